@@ -1,0 +1,12 @@
+//! The LinkOps domain model and the pure decisions made on it.
+//!
+//! This crate owns the vocabulary of the fleet — machines as the inventory
+//! describes them (desired state), what LinkOps has seen of them (observed
+//! state) — and the rules that compare the two. It performs no I/O and has no
+//! async runtime, so every rule is a plain function tested in milliseconds.
+//! The daemon (`src/`) reads Git, talks SSH and writes the store; it asks this
+//! crate what the readings mean.
+
+pub mod enrollment;
+pub mod machine;
+pub mod operation;

@@ -1,0 +1,83 @@
+//! `/api/auth`: login, and the extractor that authenticates every other request.
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::{Json, http::header};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::store::{Role, User};
+
+#[derive(Deserialize)]
+pub struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+pub struct LoginResponse {
+    token: String,
+    expires_at: jiff::Timestamp,
+    role: Role,
+}
+
+/// `POST /api/auth/login`
+pub async fn login(
+    State(state): State<AppState>,
+    Json(request): Json<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let login = state
+        .auth
+        .login(&request.username, &request.password)
+        .await?;
+    Ok(Json(LoginResponse {
+        token: login.token.token,
+        expires_at: login.token.expires_at,
+        role: login.user.role,
+    }))
+}
+
+#[derive(Serialize)]
+pub struct Me {
+    username: String,
+    role: Role,
+}
+
+/// `GET /api/auth/me`: who the token belongs to.
+pub async fn me(Authenticated(user): Authenticated) -> Json<Me> {
+    Json(Me {
+        username: user.name,
+        role: user.role,
+    })
+}
+
+/// The user behind a request's bearer token; rejects with 401 otherwise.
+pub struct Authenticated(pub User);
+
+impl Authenticated {
+    /// Refuses with 403 unless the user has at least `role`.
+    pub fn require(&self, role: Role) -> Result<&User, ApiError> {
+        if self.0.role >= role {
+            Ok(&self.0)
+        } else {
+            Err(ApiError::Forbidden { needed: role })
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        Ok(Authenticated(state.auth.authenticate(token.trim())?))
+    }
+}

@@ -1,0 +1,101 @@
+//! The one error shape of the API: `{"error": {"code", "message", "details"?}}`.
+//!
+//! Handlers return [`ApiError`]; internal causes are logged here and never sent
+//! to the client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::{auth, store};
+
+#[derive(Debug)]
+pub enum ApiError {
+    Unauthorized,
+    Forbidden { needed: store::Role },
+    InvalidCredentials,
+    Locked { retry_after_secs: u64 },
+    BadRequest(String),
+    Internal(String),
+}
+
+impl From<auth::Error> for ApiError {
+    fn from(error: auth::Error) -> Self {
+        match error {
+            auth::Error::InvalidCredentials => ApiError::InvalidCredentials,
+            auth::Error::Locked { retry_after } => ApiError::Locked {
+                retry_after_secs: retry_after.as_secs().max(1),
+            },
+            auth::Error::InvalidToken => ApiError::Unauthorized,
+            error @ (auth::Error::Store(_) | auth::Error::Hash(_)) => {
+                ApiError::Internal(error.to_string())
+            }
+        }
+    }
+}
+
+impl From<store::Error> for ApiError {
+    fn from(error: store::Error) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, details): (_, _, String, Option<Value>) = match self {
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required".into(),
+                None,
+            ),
+            ApiError::Forbidden { needed } => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this needs the {needed} role"),
+                Some(json!({ "required_role": needed })),
+            ),
+            ApiError::InvalidCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "invalid user name or password".into(),
+                None,
+            ),
+            ApiError::Locked { retry_after_secs } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "locked",
+                format!("too many failed logins; try again in {retry_after_secs} s"),
+                Some(json!({ "retry_after_secs": retry_after_secs })),
+            ),
+            ApiError::BadRequest(message) => {
+                (StatusCode::BAD_REQUEST, "bad_request", message, None)
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the daemon's log".into(),
+                    None,
+                )
+            }
+        };
+        let mut body = json!({ "error": { "code": code, "message": message } });
+        if let Some(details) = details {
+            body["error"]["details"] = details;
+        }
+        let retry_after = body["error"]["details"]["retry_after_secs"].as_u64();
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,50 @@
+//! The HTTP API. Submodules mirror the URL tree; handlers parse, authorise,
+//! call a service and map errors in one place ([`ApiError`]).
+
+mod auth;
+mod error;
+mod health;
+mod users;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::routing::{get, post};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::config::Config;
+use crate::store::Store;
+pub use error::ApiError;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub auth: crate::auth::Auth,
+}
+
+/// Every route of the API, with request tracing.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/api/auth/login", post(auth::login))
+        .route("/api/auth/me", get(auth::me))
+        .route("/api/users", get(users::list))
+        .with_state(state)
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    // The matched route, not the raw path, keeps span fields low-cardinality.
+                    let route = request
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("(unmatched)", |path| path.as_str());
+                    tracing::info_span!("http", method = %request.method(), route)
+                })
+                // Logs status and latency once per request.
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+}

@@ -1,0 +1,35 @@
+//! `/api/users`: user accounts (admin only). Password hashes never leave the store.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+
+use super::auth::Authenticated;
+use super::{ApiError, AppState};
+use crate::store::Role;
+
+#[derive(Serialize)]
+pub struct UserView {
+    username: String,
+    role: Role,
+    created_at: jiff::Timestamp,
+}
+
+/// `GET /api/users`
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Authenticated,
+) -> Result<Json<Vec<UserView>>, ApiError> {
+    caller.require(Role::Admin)?;
+    let users = state
+        .store
+        .users()?
+        .into_iter()
+        .map(|user| UserView {
+            username: user.name,
+            role: user.role,
+            created_at: jiff::Timestamp::from_millisecond(user.created_at_ms).unwrap_or_default(),
+        })
+        .collect();
+    Ok(Json(users))
+}

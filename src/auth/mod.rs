@@ -1,0 +1,168 @@
+//! Authentication: password logins with persisted lockout, and signed session tokens.
+//!
+//! [`Auth`] is the service the API calls. Password hashing is argon2id and
+//! deliberately slow, so its callers run it on the blocking pool.
+
+pub mod lockout;
+pub mod password;
+mod token;
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::store::{self, Outcome, Role, Store, User};
+pub use lockout::LockoutPolicy;
+use token::Tokens;
+pub use token::{Claims, IssuedToken};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Wrong user name or password; which one is never said.
+    #[error("invalid user name or password")]
+    InvalidCredentials,
+    #[error("account locked after repeated failed logins; try again in {} s", retry_after.as_secs().max(1))]
+    Locked { retry_after: Duration },
+    #[error("invalid or expired token")]
+    InvalidToken,
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+/// A successful login.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub token: IssuedToken,
+    pub user: User,
+}
+
+/// The authentication service: verifies logins, issues and checks tokens.
+#[derive(Clone)]
+pub struct Auth {
+    store: Store,
+    tokens: Tokens,
+    lockout: LockoutPolicy,
+}
+
+impl Auth {
+    pub fn new(
+        store: Store,
+        secret: &SecretString,
+        token_lifetime: Duration,
+        lockout: LockoutPolicy,
+    ) -> Auth {
+        Auth {
+            store,
+            tokens: Tokens::new(secret.expose_secret().as_bytes(), token_lifetime),
+            lockout,
+        }
+    }
+
+    /// Checks a login attempt and records its outcome (failure counter, audit log).
+    ///
+    /// A locked name is refused before the password is looked at, so a locked
+    /// account does not reveal whether a guess was right.
+    pub async fn login(&self, name: &str, password: &str) -> Result<Login, Error> {
+        let now = store::now_ms();
+        if let Some(retry_after) = self.lockout.locked(self.store.login_failures(name)?, now) {
+            self.store.audit(
+                name,
+                "auth.login",
+                name,
+                Outcome::Denied,
+                Some("account locked".into()),
+            )?;
+            return Err(Error::Locked { retry_after });
+        }
+
+        let user = self.store.user(name)?;
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
+        let password = password.to_owned();
+        // Unknown names are checked against a dummy hash so that they take as
+        // long as known ones.
+        let valid =
+            tokio::task::spawn_blocking(move || password::verify(&password, hash.as_deref()))
+                .await
+                .map_err(|e| Error::Hash(e.to_string()))?;
+
+        match user {
+            Some(user) if valid => {
+                self.store.update_login_failures(name, |_| None)?;
+                self.store
+                    .audit(name, "auth.login", name, Outcome::Success, None)?;
+                let token = self.tokens.issue(&user);
+                Ok(Login { token, user })
+            }
+            _ => {
+                let policy = self.lockout;
+                let failures = self.store.update_login_failures(name, |current| {
+                    Some(policy.record_failure(current, now))
+                })?;
+                let locked = failures.and_then(|f| f.locked_until_ms).is_some();
+                let detail = if locked {
+                    "wrong credentials; account now locked"
+                } else {
+                    "wrong credentials"
+                };
+                self.store.audit(
+                    name,
+                    "auth.login",
+                    name,
+                    Outcome::Failure,
+                    Some(detail.into()),
+                )?;
+                Err(Error::InvalidCredentials)
+            }
+        }
+    }
+
+    /// Resolves a bearer token to its user, as the store knows the user now.
+    ///
+    /// The role comes from the store, not the token, so a demotion or a
+    /// deleted user takes effect at once; a password change revokes older tokens.
+    pub fn authenticate(&self, token: &str) -> Result<User, Error> {
+        let claims = self.tokens.verify(token).ok_or(Error::InvalidToken)?;
+        let user = self.store.user(&claims.sub)?.ok_or(Error::InvalidToken)?;
+        if claims.iat_ms < user.password_changed_at_ms {
+            return Err(Error::InvalidToken);
+        }
+        Ok(user)
+    }
+}
+
+/// What the caller of [`bootstrap_admin`] must show the operator once.
+pub struct GeneratedPassword {
+    pub user: String,
+    pub password: SecretString,
+}
+
+/// Creates `admin` with a random password when the store has no users.
+///
+/// Returns the password so it can be shown once; only its hash is stored.
+/// Blocking (argon2): call from `spawn_blocking` or outside the runtime.
+pub fn bootstrap_admin(store: &Store) -> Result<Option<GeneratedPassword>, Error> {
+    if !store.users()?.is_empty() {
+        return Ok(None);
+    }
+    let password = password::generate();
+    let hash = password::hash(&password)?;
+    match store.create_first_user("admin", Role::Admin, &hash)? {
+        Some(user) => {
+            store.audit(
+                "system",
+                "user.create",
+                &user.name,
+                Outcome::Success,
+                Some("first admin, generated password".into()),
+            )?;
+            Ok(Some(GeneratedPassword {
+                user: user.name,
+                password: password.into(),
+            }))
+        }
+        // Another process created the first user between our two reads.
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,137 @@
+//! Session tokens: HS256 JWTs signed with the daemon's secret.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Role, User, now_ms};
+
+/// The claims LinkOps puts in a token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// User name.
+    pub sub: String,
+    /// Role at issue time; informative only — requests use the stored role.
+    pub role: Role,
+    /// Issued at, seconds (standard claim).
+    pub iat: i64,
+    /// Issued at, milliseconds: compared with the user's last password change.
+    pub iat_ms: i64,
+    /// Expires at, seconds (standard claim).
+    pub exp: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_at: jiff::Timestamp,
+}
+
+#[derive(Clone)]
+pub struct Tokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    lifetime: Duration,
+}
+
+impl Tokens {
+    pub fn new(secret: &[u8], lifetime: Duration) -> Tokens {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Tokens {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            lifetime,
+        }
+    }
+
+    pub fn issue(&self, user: &User) -> IssuedToken {
+        let iat_ms = now_ms();
+        let lifetime_ms = i64::try_from(self.lifetime.as_millis()).unwrap_or(i64::MAX);
+        let exp_ms = iat_ms.saturating_add(lifetime_ms);
+        let claims = Claims {
+            sub: user.name.clone(),
+            role: user.role,
+            iat: iat_ms / 1000,
+            iat_ms,
+            exp: exp_ms / 1000,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing with an in-memory key cannot fail");
+        IssuedToken {
+            token,
+            expires_at: jiff::Timestamp::from_second(claims.exp).unwrap_or(jiff::Timestamp::MAX),
+        }
+    }
+
+    /// The claims of a token with a valid signature that has not expired.
+    pub fn verify(&self, token: &str) -> Option<Claims> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .ok()
+            .map(|data| data.claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            name: "ada".into(),
+            role: Role::Operator,
+            password_hash: String::new(),
+            created_at_ms: 0,
+            password_changed_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn issued_token_verifies_with_the_same_secret_only() {
+        let tokens = Tokens::new(b"secret-one", Duration::from_secs(60));
+        let issued = tokens.issue(&user());
+        assert_eq!(tokens.verify(&issued.token).unwrap().sub, "ada");
+        let other = Tokens::new(b"secret-two", Duration::from_secs(60));
+        assert!(other.verify(&issued.token).is_none());
+    }
+
+    #[test]
+    fn expired_token_is_refused() {
+        let tokens = Tokens::new(b"s", Duration::from_secs(60));
+        let now = now_ms() / 1000;
+        let claims = Claims {
+            sub: "ada".into(),
+            role: Role::Operator,
+            iat: now - 120,
+            iat_ms: 0,
+            exp: now - 60,
+        };
+        let stale = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"s"),
+        )
+        .unwrap();
+        assert!(tokens.verify(&stale).is_none());
+    }
+
+    #[test]
+    fn token_with_a_swapped_payload_is_refused() {
+        let ours = Tokens::new(b"ours", Duration::from_secs(60));
+        let theirs = Tokens::new(b"theirs", Duration::from_secs(60));
+        let mut root = user();
+        root.name = "root".into();
+        let genuine = ours.issue(&user()).token;
+        let forged = theirs.issue(&root).token;
+        let signature = genuine.rsplit('.').next().unwrap();
+        let (header_and_payload, _) = forged.rsplit_once('.').unwrap();
+        assert!(
+            ours.verify(&format!("{header_and_payload}.{signature}"))
+                .is_none()
+        );
+    }
+}

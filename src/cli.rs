@@ -1,0 +1,102 @@
+//! Shell commands that act on the data dir directly (user management).
+//!
+//! They open the store themselves, so they need the daemon stopped (redb
+//! allows one process at a time); the error says so when it is running.
+
+use std::io::BufRead;
+
+use crate::auth::password;
+use crate::config::Config;
+use crate::store::{Outcome, Role, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::Error),
+    #[error("reading the password from stdin: {0}")]
+    Stdin(std::io::Error),
+    #[error("the password read from stdin is empty")]
+    EmptyPassword,
+    #[error("invalid user name {0:?}: use letters, digits, '.', '_' or '-' (1-64 characters)")]
+    InvalidName(String),
+}
+
+/// Where a new password comes from.
+pub enum PasswordSource {
+    /// Generate one and print it once.
+    Generate,
+    /// The first line of standard input (for scripts and password managers).
+    Stdin,
+}
+
+/// `linkops user add NAME --role ROLE`
+pub fn add_user(
+    config: &Config,
+    name: &str,
+    role: Role,
+    source: PasswordSource,
+) -> Result<(), Error> {
+    validate_name(name)?;
+    let store = Store::open(&config.store_path())?;
+    let (password, generated) = obtain_password(source)?;
+    store.create_user(name, role, &password::hash(&password)?)?;
+    store.audit(
+        "cli",
+        "user.create",
+        name,
+        Outcome::Success,
+        Some(format!("role {role}")),
+    )?;
+    report(name, &password, generated, "created");
+    Ok(())
+}
+
+/// `linkops user passwd NAME`
+pub fn set_password(config: &Config, name: &str, source: PasswordSource) -> Result<(), Error> {
+    let store = Store::open(&config.store_path())?;
+    let (password, generated) = obtain_password(source)?;
+    store.set_password(name, &password::hash(&password)?)?;
+    store.audit("cli", "user.passwd", name, Outcome::Success, None)?;
+    report(name, &password, generated, "updated");
+    Ok(())
+}
+
+fn validate_name(name: &str) -> Result<(), Error> {
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_owned()))
+    }
+}
+
+fn obtain_password(source: PasswordSource) -> Result<(String, bool), Error> {
+    match source {
+        PasswordSource::Generate => Ok((password::generate(), true)),
+        PasswordSource::Stdin => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(Error::Stdin)?;
+            let password = line.trim_end_matches(['\r', '\n']).to_owned();
+            if password.is_empty() {
+                return Err(Error::EmptyPassword);
+            }
+            Ok((password, false))
+        }
+    }
+}
+
+fn report(name: &str, password: &str, generated: bool, verb: &str) {
+    if generated {
+        println!("user {name} {verb}; generated password (shown only now):\n\n    {password}\n");
+    } else {
+        println!("user {name} {verb}");
+    }
+}

@@ -1,0 +1,355 @@
+//! Daemon configuration: one TOML file, overridable by `LINKOPS_*` environment variables.
+//!
+//! Every key has a default, so `linkops serve --data-dir DIR` runs with no file
+//! at all. Unknown keys are refused, naming the key. Secrets are wrapped so
+//! that `Debug` of the configuration never prints them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Where `linkops` looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/linkops/config.toml";
+
+/// Environment variables that start with the prefix but are not settings.
+const NOT_SETTINGS: &[&str] = &["LINKOPS_CONFIG", "LINKOPS_LOG"];
+
+const ENV_PREFIX: &str = "LINKOPS_";
+
+/// Sections of the file; `LINKOPS_<SECTION>_<KEY>` sets `[section] key`.
+const SECTIONS: &[&str] = &["git", "ssh", "auth", "webhook", "log"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Holds the store, keys, known_hosts, the Git checkout and the JWT secret.
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub git: GitConfig,
+    pub ssh: SshConfig,
+    pub auth: AuthConfig,
+    pub webhook: WebhookConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            data_dir: PathBuf::from("/var/lib/linkops"),
+            log: LogConfig::default(),
+            git: GitConfig::default(),
+            ssh: SshConfig::default(),
+            auth: AuthConfig::default(),
+            webhook: WebhookConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for journald or Loki.
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitConfig {
+    /// Remote of the config repository (`git@host:owner/repo.git`, `ssh://…`, a path, `file://…`, `https://…`).
+    pub url: Option<String>,
+    pub branch: String,
+    /// Deploy key: a file name in the keys directory, or an absolute path.
+    pub deploy_key: Option<String>,
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub interval: Duration,
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        GitConfig {
+            url: None,
+            branch: "main".into(),
+            deploy_key: None,
+            interval: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Login user when the inventory names none.
+    pub user: String,
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub connect_timeout: Duration,
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub command_timeout: Duration,
+    /// Most SSH sessions open across the whole fleet at once.
+    pub concurrency: usize,
+    /// Record unknown host keys instead of refusing them (audited). Off by default.
+    pub trust_on_first_use: bool,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            user: "root".into(),
+            connect_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(300),
+            concurrency: 50,
+            trust_on_first_use: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub token_lifetime: Duration,
+    /// Failed logins in a row that lock an account.
+    pub lockout_attempts: u32,
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub lockout_duration: Duration,
+    /// JWT signing secret; generated into the data dir (mode 0600) when unset.
+    pub jwt_secret: Option<SecretString>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_lifetime: Duration::from_secs(24 * 3600),
+            lockout_attempts: 5,
+            lockout_duration: Duration::from_secs(5 * 60),
+            jwt_secret: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Shared secret of the Forgejo push webhook (HMAC-SHA256).
+    pub secret: Option<SecretString>,
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then the file (if any), then `LINKOPS_*` variables.
+    ///
+    /// `path` is the file named on the command line; without one the default
+    /// path is read when it exists.
+    pub fn load(path: Option<&Path>) -> Result<Config, Error> {
+        let default_path = Path::new(DEFAULT_CONFIG_PATH);
+        let path = path.or(default_path.exists().then_some(default_path));
+        let (mut table, origin) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let table = toml::from_str::<toml::Table>(&text).map_err(|e| Error::Invalid {
+                    origin: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                (table, path.display().to_string())
+            }
+            None => (toml::Table::new(), "(defaults)".to_owned()),
+        };
+        apply_env(&mut table, std::env::vars())?;
+        Config::deserialize(table).map_err(|e| Error::Invalid {
+            origin: format!("{origin} with LINKOPS_* overrides"),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("linkops.redb")
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+
+    pub fn known_hosts_path(&self) -> PathBuf {
+        self.data_dir.join("ssh").join("known_hosts")
+    }
+
+    pub fn checkout_dir(&self) -> PathBuf {
+        self.data_dir.join("git-repo")
+    }
+
+    pub fn jwt_secret_path(&self) -> PathBuf {
+        self.data_dir.join("jwt_secret")
+    }
+}
+
+/// Merges `LINKOPS_*` variables into the parsed file.
+///
+/// `LINKOPS_SSH_CONNECT_TIMEOUT=5s` sets `[ssh] connect_timeout`;
+/// `LINKOPS_LISTEN` sets the top-level `listen`. A value is read as a TOML
+/// value when it is one (`50`, `true`), otherwise as a string.
+fn apply_env(
+    table: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<(), Error> {
+    for (name, raw) in vars {
+        let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if NOT_SETTINGS.contains(&name.as_str()) {
+            continue;
+        }
+        let key = key.to_ascii_lowercase();
+        let value = parse_env_value(&raw);
+        let section = SECTIONS.iter().find(|s| {
+            key.strip_prefix(**s)
+                .is_some_and(|rest| rest.starts_with('_'))
+        });
+        match section {
+            Some(section) => {
+                let field = key[section.len() + 1..].to_owned();
+                let entry = table
+                    .entry(section.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let toml::Value::Table(section_table) = entry else {
+                    return Err(Error::Invalid {
+                        origin: name,
+                        message: format!("`{section}` must be a table to take this override"),
+                    });
+                };
+                section_table.insert(field, value);
+            }
+            None => {
+                table.insert(key, value);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // Parse as the right-hand side of `v = …`; anything that is not a TOML
+    // scalar (a URL, a path, `5s`) is taken as a string.
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !matches!(v, toml::Value::Table(_) | toml::Value::Array(_)))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_from(text: &str, env: &[(&str, &str)]) -> Result<Config, Error> {
+        let mut table: toml::Table = toml::from_str(text).unwrap();
+        let vars = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        apply_env(&mut table, vars)?;
+        Config::deserialize(table).map_err(|e| Error::Invalid {
+            origin: "test".into(),
+            message: e.to_string(),
+        })
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let config = load_from("", &[]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/linkops"));
+        assert_eq!(config.git.interval, Duration::from_secs(900));
+        assert_eq!(config.git.branch, "main");
+        assert_eq!(config.auth.token_lifetime, Duration::from_secs(86_400));
+        assert_eq!(config.auth.lockout_attempts, 5);
+        assert_eq!(config.auth.lockout_duration, Duration::from_secs(300));
+        assert!(!config.ssh.trust_on_first_use);
+    }
+
+    #[test]
+    fn file_values_and_friendly_durations_are_read() {
+        let config = load_from(
+            "listen = \"0.0.0.0:9000\"\n[git]\nurl = \"git@forgejo:ops/fleet.git\"\ninterval = \"5m\"\n[ssh]\nconnect_timeout = \"3s\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.git.url.as_deref(), Some("git@forgejo:ops/fleet.git"));
+        assert_eq!(config.git.interval, Duration::from_secs(300));
+        assert_eq!(config.ssh.connect_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let config = load_from(
+            "[ssh]\nconcurrency = 10\n",
+            &[
+                ("LINKOPS_SSH_CONCURRENCY", "64"),
+                ("LINKOPS_SSH_TRUST_ON_FIRST_USE", "true"),
+                ("LINKOPS_DATA_DIR", "/srv/linkops"),
+                ("LINKOPS_GIT_URL", "ssh://git@10.0.0.1:2222/ops/fleet.git"),
+                ("LINKOPS_AUTH_TOKEN_LIFETIME", "1h"),
+                ("LINKOPS_LOG", "debug"),
+                ("PATH", "/usr/bin"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.ssh.concurrency, 64);
+        assert!(config.ssh.trust_on_first_use);
+        assert_eq!(config.data_dir, PathBuf::from("/srv/linkops"));
+        assert_eq!(
+            config.git.url.as_deref(),
+            Some("ssh://git@10.0.0.1:2222/ops/fleet.git")
+        );
+        assert_eq!(config.auth.token_lifetime, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let err = load_from("[ssh]\nconect_timeout = \"3s\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("conect_timeout"), "{err}");
+    }
+
+    #[test]
+    fn unknown_environment_setting_is_named() {
+        let err = load_from("", &[("LINKOPS_SSH_PROT", "22")]).unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+        let err = load_from("", &[("LINKOPS_LISTN", "x")]).unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let config = load_from(
+            "[auth]\njwt_secret = \"hunter2-jwt\"\n[webhook]\nsecret = \"hunter2-hook\"\n",
+            &[],
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(config.webhook.secret.is_some());
+    }
+}

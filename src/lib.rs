@@ -1,0 +1,13 @@
+//! LinkOps: a declarative GitOps reconciler for fleets of Linux machines reached over SSH.
+//!
+//! See `ARCHITECTURE.md` for the code map. The binary (`src/main.rs`) only
+//! parses the command line and calls into this library.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod secrets;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,129 @@
+//! The `linkops` binary: parses the command line and hands over to the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use linkops::cli::{self, PasswordSource};
+use linkops::config::Config;
+use linkops::store::Role;
+
+/// LinkOps keeps a fleet of Linux machines in the state a Git repository describes.
+///
+/// `linkops serve` is the daemon (installed as linkopsd.service); the other
+/// commands are the operator's tools.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Configuration file (TOML). Default: /etc/linkops/config.toml when it exists.
+    /// Every key can also be set as LINKOPS_<SECTION>_<KEY>, e.g. LINKOPS_SSH_CONNECT_TIMEOUT=5s.
+    #[arg(long, global = true, env = "LINKOPS_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Data directory (store, keys, known_hosts, Git checkout). Overrides `data_dir`.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: reconcile the fleet and serve the HTTP API.
+    ///
+    /// On the first start with no users it creates `admin` with a generated
+    /// password, printed once on stderr.
+    Serve {
+        /// Listen address, e.g. 127.0.0.1:8000. Overrides `listen`.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Manage user accounts (stop the daemon first: the store admits one process).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user. Prints a generated password unless --password-stdin is given.
+    Add {
+        name: String,
+        /// viewer (read), operator (+ run, stop, terminals, verify) or admin (+ users, sync).
+        #[arg(long, default_value = "viewer")]
+        role: Role,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// Set a user's password; older tokens stop working and a lockout is lifted.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+}
+
+#[derive(Args)]
+struct PasswordArgs {
+    /// Read the password from the first line of stdin instead of generating one.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+impl PasswordArgs {
+    fn source(&self) -> PasswordSource {
+        if self.password_stdin {
+            PasswordSource::Stdin
+        } else {
+            PasswordSource::Generate
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(dir) = cli.data_dir {
+        config.data_dir = dir;
+    }
+    match cli.command {
+        Command::Serve { listen } => {
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            linkops::telemetry::init(config.log.format);
+            serve(config)
+        }
+        Command::User(UserCommand::Add {
+            name,
+            role,
+            password,
+        }) => Ok(cli::add_user(&config, &name, role, password.source())?),
+        Command::User(UserCommand::Passwd { name, password }) => {
+            Ok(cli::set_password(&config, &name, password.source())?)
+        }
+    }
+}
+
+#[tokio::main]
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    linkops::server::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("shutting down: finishing in-flight requests (signal again to abort)");
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::warn!("second signal: aborting");
+        std::process::exit(130);
+    });
+}

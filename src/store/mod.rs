@@ -1,0 +1,143 @@
+//! The embedded store: observed state and history, in one redb file.
+//!
+//! This module is the only place that knows redb. Records are serde types
+//! encoded as JSON (so that later versions can add fields), kept in typed
+//! tables declared in [`schema`]; the rest of the daemon uses the typed
+//! functions of the submodules. Every write is one redb transaction: a crash
+//! at any point leaves the last committed state.
+
+mod audit;
+mod codec;
+mod schema;
+mod users;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use audit::{AuditEntry, Outcome};
+pub use schema::SCHEMA_VERSION;
+pub use users::{LoginFailures, Role, User};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "store {path} is in use by another process; is another `linkops serve` running on this data dir?"
+    )]
+    InUse { path: PathBuf },
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error(
+        "store {path} was written by a newer linkops (store schema version {found}; this binary understands up to {supported}); upgrade linkops, or restore a backup made with this version"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
+    #[error("store record {table}[{key}] cannot be decoded: {source}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("no user named {0:?}")]
+    NoSuchUser(String),
+    #[error("store I/O failed: {0}")]
+    Backend(#[from] redb::Error),
+}
+
+macro_rules! from_redb {
+    ($($error:ty),*) => {$(
+        impl From<$error> for Error {
+            fn from(error: $error) -> Self {
+                Error::Backend(error.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// A cheap-to-clone handle on the open store.
+///
+/// redb serialises write transactions itself and lets reads run beside them,
+/// so the handle needs no lock of its own.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<redb::Database>,
+    path: Arc<Path>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` and brings its schema up to date.
+    ///
+    /// Blocking: call it from `spawn_blocking` or before the runtime serves.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::Backend(redb::Error::Io(e)))?;
+        }
+        let db = redb::Database::create(path).map_err(|source| match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse {
+                path: path.to_owned(),
+            },
+            source => Error::Open {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+        let store = Store {
+            db: Arc::new(db),
+            path: path.into(),
+        };
+        schema::migrate(&store.db, path)?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the store answers a read: the readiness check of `/health`.
+    pub fn ping(&self) -> Result<()> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        tx.open_table(schema::META)?;
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch, the time unit of every stored record.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_open_of_the_same_file_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("linkops.redb");
+        let _first = Store::open(&path).unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(matches!(err, Error::InUse { .. }), "{err}");
+    }
+}

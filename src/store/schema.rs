@@ -1,0 +1,131 @@
+//! Table definitions, the schema version and the migration step run at open.
+
+use std::path::Path;
+
+use redb::{ReadableDatabase, TableDefinition};
+
+use super::codec::JsonTable;
+use super::{Error, Result};
+
+/// Version of the table layout this binary writes. Bump it with a migration step.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Store metadata: `schema_version`.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Users by name.
+pub const USERS: JsonTable<&str> = TableDefinition::new("users");
+/// Failed-login counters by user name (also for names that do not exist, so
+/// that lockout does not reveal which accounts do).
+pub const LOGIN_FAILURES: JsonTable<&str> = TableDefinition::new("login_failures");
+/// Observed state of machines by machine id.
+pub const MACHINES: JsonTable<&str> = TableDefinition::new("machines");
+/// The script catalog of the applied revision, by script id.
+pub const SCRIPTS: JsonTable<&str> = TableDefinition::new("scripts");
+/// Operations by id.
+pub const OPERATIONS: JsonTable<u64> = TableDefinition::new("operations");
+/// Per-machine results by (operation id, machine id).
+pub const OPERATION_HOSTS: JsonTable<(u64, &str)> = TableDefinition::new("operation_hosts");
+/// Output chunks by (operation id, sequence number).
+pub const OPERATION_OUTPUT: JsonTable<(u64, u64)> = TableDefinition::new("operation_output");
+/// Git sync attempts by sequence number.
+pub const SYNC_HISTORY: JsonTable<u64> = TableDefinition::new("sync_history");
+/// Terminal workspaces by id.
+pub const TERMINAL_WORKSPACES: JsonTable<&str> = TableDefinition::new("terminal_workspaces");
+/// The audit log by sequence number.
+pub const AUDIT_LOG: JsonTable<u64> = TableDefinition::new("audit_log");
+
+const VERSION_KEY: &str = "schema_version";
+
+/// Creates missing tables and upgrades older layouts, in one transaction.
+pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
+    let found = {
+        let tx = db.begin_read()?;
+        match tx.open_table(META) {
+            Ok(meta) => meta.get(VERSION_KEY)?.map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if let Some(found) = found
+        && found > SCHEMA_VERSION
+    {
+        return Err(Error::TooNew {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found == Some(SCHEMA_VERSION) {
+        return Ok(());
+    }
+    // Version 1 is the first layout: a fresh store (None) only needs its tables.
+    // Later versions add their steps here, each from the version before.
+    let tx = db.begin_write()?;
+    tx.open_table(USERS)?;
+    tx.open_table(LOGIN_FAILURES)?;
+    tx.open_table(MACHINES)?;
+    tx.open_table(SCRIPTS)?;
+    tx.open_table(OPERATIONS)?;
+    tx.open_table(OPERATION_HOSTS)?;
+    tx.open_table(OPERATION_OUTPUT)?;
+    tx.open_table(SYNC_HISTORY)?;
+    tx.open_table(TERMINAL_WORKSPACES)?;
+    tx.open_table(AUDIT_LOG)?;
+    tx.open_table(META)?.insert(VERSION_KEY, SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn fresh_store_records_the_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        drop(Store::open(&path).unwrap());
+        let db = redb::Database::open(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let meta = tx.open_table(META).unwrap();
+        assert_eq!(
+            meta.get(VERSION_KEY).unwrap().unwrap().value(),
+            SCHEMA_VERSION
+        );
+    }
+
+    #[test]
+    fn store_from_a_newer_version_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        drop(Store::open(&path).unwrap());
+        {
+            let db = redb::Database::open(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert(VERSION_KEY, SCHEMA_VERSION + 1)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let err = Store::open(&path).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, Error::TooNew { found, .. } if found == SCHEMA_VERSION + 1));
+        assert!(message.contains("upgrade linkops"), "{message}");
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path).unwrap();
+        store
+            .create_user("ada", crate::store::Role::Admin, "$argon2id$fake")
+            .unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert!(store.user("ada").unwrap().is_some());
+    }
+}

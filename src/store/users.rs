@@ -1,0 +1,252 @@
+//! Users, their roles, and the persisted failed-login counters behind lockout.
+
+use redb::{ReadableTable, ReadableTableMetadata};
+use serde::{Deserialize, Serialize};
+
+use super::codec::{decode, encode, get_str};
+use super::schema::{LOGIN_FAILURES, USERS};
+use super::{Error, Result, Store, now_ms};
+
+/// What a user may do. Ordered: each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything but users.
+    Viewer,
+    /// Also runs and stops operations, opens terminals, verifies machines.
+    Operator,
+    /// Also manages users, triggers syncs, everything.
+    Admin,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role {other:?}: expected viewer, operator or admin"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+/// A user account. Only the argon2 hash of the password is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    pub password_hash: String,
+    pub created_at_ms: i64,
+    /// Tokens issued before this instant are no longer accepted.
+    pub password_changed_at_ms: i64,
+}
+
+/// Consecutive failed logins for one user name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginFailures {
+    pub count: u32,
+    pub last_failure_ms: i64,
+    /// While in the future, every login for the name is refused.
+    pub locked_until_ms: Option<i64>,
+}
+
+impl Store {
+    /// Creates a user; fails if the name is taken.
+    pub fn create_user(&self, name: &str, role: Role, password_hash: &str) -> Result<User> {
+        let tx = self.db.begin_write()?;
+        let user = {
+            let mut users = tx.open_table(USERS)?;
+            if users.get(name)?.is_some() {
+                return Err(Error::UserExists(name.to_owned()));
+            }
+            let user = new_user(name, role, password_hash);
+            users.insert(name, encode(&user).as_slice())?;
+            user
+        };
+        tx.commit()?;
+        Ok(user)
+    }
+
+    /// Creates the first user when there is none, atomically; `None` if users exist.
+    pub fn create_first_user(
+        &self,
+        name: &str,
+        role: Role,
+        password_hash: &str,
+    ) -> Result<Option<User>> {
+        let tx = self.db.begin_write()?;
+        let user = {
+            let mut users = tx.open_table(USERS)?;
+            if !users.is_empty()? {
+                return Ok(None);
+            }
+            let user = new_user(name, role, password_hash);
+            users.insert(name, encode(&user).as_slice())?;
+            user
+        };
+        tx.commit()?;
+        Ok(Some(user))
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<User>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        get_str(&tx.open_table(USERS)?, "users", name)
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Result<Vec<User>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        let users = tx.open_table(USERS)?;
+        users
+            .range::<&str>(..)?
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode("users", key.value(), value.value())
+            })
+            .collect()
+    }
+
+    /// Replaces a user's password hash; tokens issued before now stop working.
+    pub fn set_password(&self, name: &str, password_hash: &str) -> Result<User> {
+        let tx = self.db.begin_write()?;
+        let user = {
+            let mut users = tx.open_table(USERS)?;
+            let mut user: User = get_str(&users, "users", name)?
+                .ok_or_else(|| Error::NoSuchUser(name.to_owned()))?;
+            user.password_hash = password_hash.to_owned();
+            user.password_changed_at_ms = now_ms();
+            users.insert(name, encode(&user).as_slice())?;
+            user
+        };
+        // A new password also lifts a lockout.
+        tx.open_table(LOGIN_FAILURES)?.remove(name)?;
+        tx.commit()?;
+        Ok(user)
+    }
+
+    pub fn login_failures(&self, name: &str) -> Result<Option<LoginFailures>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        get_str(&tx.open_table(LOGIN_FAILURES)?, "login_failures", name)
+    }
+
+    /// Read-modify-writes the failure counter of `name` in one transaction,
+    /// so that concurrent attempts cannot lose a count.
+    pub fn update_login_failures(
+        &self,
+        name: &str,
+        update: impl FnOnce(Option<LoginFailures>) -> Option<LoginFailures>,
+    ) -> Result<Option<LoginFailures>> {
+        let tx = self.db.begin_write()?;
+        let next = {
+            let mut table = tx.open_table(LOGIN_FAILURES)?;
+            let current = get_str(&table, "login_failures", name)?;
+            let next = update(current);
+            match &next {
+                Some(failures) => {
+                    table.insert(name, encode(failures).as_slice())?;
+                }
+                None => {
+                    table.remove(name)?;
+                }
+            }
+            next
+        };
+        tx.commit()?;
+        Ok(next)
+    }
+}
+
+fn new_user(name: &str, role: Role, password_hash: &str) -> User {
+    let now = now_ms();
+    User {
+        name: name.to_owned(),
+        role,
+        password_hash: password_hash.to_owned(),
+        created_at_ms: now,
+        password_changed_at_ms: now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn first_user_is_created_only_once() {
+        let (_dir, store) = store();
+        assert!(
+            store
+                .create_first_user("admin", Role::Admin, "h1")
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            store
+                .create_first_user("admin2", Role::Admin, "h2")
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(store.users().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn duplicate_user_is_refused() {
+        let (_dir, store) = store();
+        store.create_user("ada", Role::Viewer, "h").unwrap();
+        let err = store.create_user("ada", Role::Admin, "h").unwrap_err();
+        assert!(matches!(err, Error::UserExists(name) if name == "ada"));
+    }
+
+    #[test]
+    fn new_password_clears_failures() {
+        let (_dir, store) = store();
+        store.create_user("ada", Role::Viewer, "h").unwrap();
+        store
+            .update_login_failures("ada", |_| {
+                Some(LoginFailures {
+                    count: 3,
+                    last_failure_ms: 1,
+                    locked_until_ms: None,
+                })
+            })
+            .unwrap();
+        let user = store.set_password("ada", "h2").unwrap();
+        assert_eq!(user.password_hash, "h2");
+        assert_eq!(store.login_failures("ada").unwrap(), None);
+    }
+
+    #[test]
+    fn roles_are_ordered_by_power() {
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        assert_eq!("operator".parse::<Role>().unwrap(), Role::Operator);
+        assert!(
+            "root"
+                .parse::<Role>()
+                .unwrap_err()
+                .contains("viewer, operator or admin")
+        );
+    }
+}

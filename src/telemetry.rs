@@ -1,0 +1,18 @@
+//! Logging: `tracing` to stderr, human-readable or JSON, filtered by `LINKOPS_LOG`.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. `LINKOPS_LOG` takes `RUST_LOG`-style
+/// directives (default `info`).
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("LINKOPS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
