@@ -9,5 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod secrets;
 pub mod server;
+pub mod ssh;
 pub mod store;
 pub mod telemetry;
+pub mod testbed;

@@ -1,0 +1,339 @@
+//! SSH to fleet machines (russh): key authentication, host-key checking, command execution.
+//!
+//! Only this module opens SSH connections. A [`Connection`] is one
+//! authenticated session; every command runs on its own channel, so one
+//! connection serves many commands.
+
+mod exec;
+pub mod host_key;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::client;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+
+pub use exec::{Execution, ExitStatus, Output, OutputEvent};
+use host_key::{ExpectedKeys, Verdict, fingerprint};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {target} timed out after {after:?}")]
+    ConnectTimeout { target: String, after: Duration },
+    #[error(
+        "host key of {target} ({fingerprint}) is not known: verify it, then add it to {known_hosts} (e.g. `ssh-keyscan -p {port} {host} >> {known_hosts}`) or pin it as host_key in links.yaml"
+    )]
+    HostKeyUnknown {
+        target: String,
+        host: String,
+        port: u16,
+        fingerprint: String,
+        known_hosts: PathBuf,
+    },
+    #[error(
+        "HOST KEY CHANGED for {target}: it presented {fingerprint}, but {recorded}; refusing to connect (a man-in-the-middle, or a reinstalled machine whose known_hosts entry must be replaced)"
+    )]
+    HostKeyChanged {
+        target: String,
+        fingerprint: String,
+        recorded: String,
+    },
+    #[error("invalid pinned host_key for {target}: {reason}")]
+    PinnedKey { target: String, reason: String },
+    #[error("known_hosts {path}: {reason}")]
+    KnownHosts { path: PathBuf, reason: String },
+    #[error("{target} refused public-key authentication for user {user} with key {key}")]
+    AuthRejected {
+        target: String,
+        user: String,
+        key: PathBuf,
+    },
+    #[error("private key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("SSH session with {target} failed: {source}")]
+    Protocol {
+        target: String,
+        source: russh::Error,
+    },
+    #[error("`{command}` on {target} did not finish within {after:?}; it was sent SIGKILL")]
+    CommandTimeout {
+        target: String,
+        command: String,
+        after: Duration,
+    },
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl From<russh::Error> for Error {
+    fn from(source: russh::Error) -> Self {
+        // Only reached inside the handshake; `connect` adds the target.
+        Error::Protocol {
+            target: String::from("(handshake)"),
+            source,
+        }
+    }
+}
+
+/// A machine to connect to and the identity to use.
+#[derive(Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// Private key file (OpenSSH format, ed25519 or RSA); must be mode 0600 or stricter.
+    pub key_path: PathBuf,
+    /// A host key pinned in the inventory (OpenSSH public key line).
+    pub pinned_host_key: Option<String>,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}:{}", self.user, self.host, self.port)
+    }
+}
+
+/// How connections are made; one per daemon, from the `[ssh]` config.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub known_hosts: PathBuf,
+    pub connect_timeout: Duration,
+    pub trust_on_first_use: bool,
+}
+
+/// An authenticated SSH session with one machine.
+pub struct Connection {
+    handle: client::Handle<HostKeyCheck>,
+    target: String,
+    /// Set when this connection recorded the host key by trust on first use;
+    /// the caller audits it.
+    pub learned_host_key: Option<String>,
+}
+
+impl Connection {
+    /// Opens a TCP connection, checks the host key, authenticates with the target's key.
+    pub async fn open(target: &Target, options: &ConnectOptions) -> Result<Connection> {
+        let name = target.to_string();
+        let (key, expected) = load_identity_and_expectations(target, options).await?;
+        // The handler moves into the session; what it learns comes back through this slot.
+        let learned = Arc::new(std::sync::Mutex::new(None));
+
+        let handshake = async {
+            let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .map_err(|source| Error::Connect {
+                    target: name.clone(),
+                    source,
+                })?;
+            stream.set_nodelay(true).ok();
+            let config = Arc::new(client::Config {
+                // Keep pooled connections alive through NAT and firewalls.
+                keepalive_interval: Some(Duration::from_secs(30)),
+                ..Default::default()
+            });
+            let check = HostKeyCheck {
+                target: name.clone(),
+                host: target.host.clone(),
+                port: target.port,
+                known_hosts: options.known_hosts.clone(),
+                expected,
+                trust_on_first_use: options.trust_on_first_use,
+                learned: learned.clone(),
+            };
+            client::connect_stream(config, stream, check).await
+        };
+        let mut handle = tokio::time::timeout(options.connect_timeout, handshake)
+            .await
+            .map_err(|_| Error::ConnectTimeout {
+                target: name.clone(),
+                after: options.connect_timeout,
+            })?
+            .map_err(|error| with_target(error, &name))?;
+
+        let learned_host_key = learned.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(key) = &learned_host_key {
+            learn_host_key(&options.known_hosts, &target.host, target.port, key).await?;
+            tracing::warn!(target = %name, host_key = %fingerprint(key), "host key recorded by trust on first use");
+        }
+
+        let hash_alg = if key.algorithm().is_rsa() {
+            handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(|source| Error::Protocol {
+                    target: name.clone(),
+                    source,
+                })?
+                .flatten()
+        } else {
+            None
+        };
+        let auth = handle
+            .authenticate_publickey(
+                &target.user,
+                PrivateKeyWithHashAlg::new(Arc::new(key), hash_alg),
+            )
+            .await
+            .map_err(|source| Error::Protocol {
+                target: name.clone(),
+                source,
+            })?;
+        if !auth.success() {
+            return Err(Error::AuthRejected {
+                target: name,
+                user: target.user.clone(),
+                key: target.key_path.clone(),
+            });
+        }
+        Ok(Connection {
+            handle,
+            target: name,
+            learned_host_key: learned_host_key.map(|k| k.to_openssh().unwrap_or_default()),
+        })
+    }
+
+    /// `user@host:port` of this connection.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Whether the session has ended (the server closed it, or it failed).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Ends the session politely.
+    pub async fn close(self) -> Result<()> {
+        self.handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await
+            .map_err(|source| Error::Protocol {
+                target: self.target,
+                source,
+            })
+    }
+}
+
+fn with_target(error: Error, target: &str) -> Error {
+    match error {
+        Error::Protocol { source, .. } => Error::Protocol {
+            target: target.to_owned(),
+            source,
+        },
+        other => other,
+    }
+}
+
+/// Reads the private key and the recorded host keys off the async runtime.
+async fn load_identity_and_expectations(
+    target: &Target,
+    options: &ConnectOptions,
+) -> Result<(PrivateKey, ExpectedKeys)> {
+    let target = target.clone();
+    let known_hosts = options.known_hosts.clone();
+    tokio::task::spawn_blocking(move || {
+        let key = load_private_key(&target.key_path)?;
+        let pinned = target
+            .pinned_host_key
+            .as_deref()
+            .map(|line| {
+                PublicKey::from_openssh(line.trim()).map_err(|e| Error::PinnedKey {
+                    target: target.to_string(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        let known =
+            russh::keys::known_hosts::known_host_keys_path(&target.host, target.port, &known_hosts)
+                .map_err(|e| Error::KnownHosts {
+                    path: known_hosts.clone(),
+                    reason: e.to_string(),
+                })?;
+        Ok((key, ExpectedKeys { pinned, known }))
+    })
+    .await?
+}
+
+/// Loads an OpenSSH private key after checking that only its owner can read it.
+pub fn load_private_key(path: &Path) -> Result<PrivateKey> {
+    crate::secrets::check_private(path).map_err(|e| Error::Key {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    russh::keys::load_secret_key(path, None).map_err(|e| Error::Key {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+async fn learn_host_key(known_hosts: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()> {
+    let (path, host, key) = (known_hosts.to_owned(), host.to_owned(), key.clone());
+    tokio::task::spawn_blocking(move || {
+        russh::keys::known_hosts::learn_known_hosts_path(&host, port, &key, &path).map_err(|e| {
+            Error::KnownHosts {
+                path: path.clone(),
+                reason: format!("cannot record the host key: {e}"),
+            }
+        })
+    })
+    .await?
+}
+
+/// The russh client handler: decides whether to trust the server's host key.
+struct HostKeyCheck {
+    target: String,
+    host: String,
+    port: u16,
+    known_hosts: PathBuf,
+    expected: ExpectedKeys,
+    trust_on_first_use: bool,
+    learned: Arc<std::sync::Mutex<Option<PublicKey>>>,
+}
+
+impl client::Handler for HostKeyCheck {
+    type Error = Error;
+
+    async fn check_server_key(
+        &mut self,
+        presented: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Error> {
+        let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = presented else {
+            return Err(Error::HostKeyChanged {
+                target: self.target.clone(),
+                fingerprint: "an OpenSSH certificate".into(),
+                recorded: "host certificates are not supported".into(),
+            });
+        };
+        match self.expected.judge(key) {
+            Verdict::Trusted => Ok(true),
+            Verdict::Unknown if self.trust_on_first_use => {
+                *self
+                    .learned
+                    .lock()
+                    .expect("learned-key slot is never poisoned") = Some(key.clone());
+                Ok(true)
+            }
+            Verdict::Unknown => Err(Error::HostKeyUnknown {
+                target: self.target.clone(),
+                host: self.host.clone(),
+                port: self.port,
+                fingerprint: fingerprint(key),
+                known_hosts: self.known_hosts.clone(),
+            }),
+            Verdict::Changed { recorded } => Err(Error::HostKeyChanged {
+                target: self.target.clone(),
+                fingerprint: fingerprint(key),
+                recorded,
+            }),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! One test host: an sshd in its own mount namespace on its own loopback address.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::{
+    Error, LOCK_DIR, Result, SSHD, TEST_USER, generate_key, io_error, read, set_mode, write,
+};
+
+/// How long sshd may take to say it listens before the start counts as failed.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct TestHost {
+    name: String,
+    address: Ipv4Addr,
+    port: u16,
+    uuid: String,
+    /// Bind-mounted over `/etc/linkops` inside the host's namespace.
+    etc_dir: PathBuf,
+    host_public_key: String,
+    sshd: Child,
+    /// Held for the host's lifetime so no other test process takes the address.
+    _address_lease: fs::File,
+}
+
+impl TestHost {
+    pub(super) fn start(name: &str, fleet_dir: &Path, authorized_keys: &Path) -> Result<TestHost> {
+        let (address, lease) = lease_address()?;
+        let port = free_port(address)?;
+        let dir = fleet_dir.join(name);
+        let etc_dir = dir.join("etc-linkops");
+        fs::create_dir_all(&etc_dir).map_err(|source| io_error(&etc_dir, source))?;
+        set_mode(&dir, 0o755)?;
+        set_mode(&etc_dir, 0o755)?;
+
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let client_id = etc_dir.join("client_id");
+        write(&client_id, &format!("LINKOPS-{uuid}\n"))?;
+        set_mode(&client_id, 0o644)?;
+
+        let host_key = dir.join("ssh_host_ed25519_key");
+        generate_key(&host_key, "ed25519")?;
+        let host_public_key = read(&host_key.with_extension("pub"))?;
+
+        let config = dir.join("sshd_config");
+        write(
+            &config,
+            &format!(
+                "ListenAddress {address}:{port}\n\
+                 HostKey {host_key}\n\
+                 PidFile none\n\
+                 UsePAM no\n\
+                 PasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\n\
+                 AuthorizedKeysFile {authorized_keys}\n\
+                 StrictModes no\n\
+                 AllowUsers {TEST_USER}\n\
+                 PermitRootLogin no\n\
+                 MaxStartups 500\n\
+                 MaxSessions 500\n\
+                 AcceptEnv LINKOPS_*\n\
+                 LogLevel INFO\n",
+                host_key = host_key.display(),
+                authorized_keys = authorized_keys.display(),
+            ),
+        )?;
+
+        let mut sshd = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount --bind \"$1\" /etc/linkops && exec {SSHD} -D -e -f \"$2\""
+            ))
+            .arg("sh")
+            .arg(&etc_dir)
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| io_error(Path::new("unshare"), source))?;
+
+        let stderr = sshd.stderr.take().expect("stderr is piped");
+        if let Err(log) = wait_until_listening(stderr, &dir.join("sshd.log")) {
+            sshd.kill().ok();
+            sshd.wait().ok();
+            return Err(Error::SshdStart {
+                host: name.to_owned(),
+                log,
+            });
+        }
+        Ok(TestHost {
+            name: name.to_owned(),
+            address,
+            port,
+            uuid,
+            etc_dir,
+            host_public_key,
+            sshd,
+            _address_lease: lease,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn address(&self) -> Ipv4Addr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The uuid this host is enrolled with (its client_id reads `LINKOPS-<uuid>`).
+    pub fn uuid(&self) -> &str {
+        &self.uuid
+    }
+
+    /// The host's public key, an OpenSSH line (for pinning).
+    pub fn host_public_key(&self) -> &str {
+        self.host_public_key.trim()
+    }
+
+    /// Replaces the content of this host's `/etc/linkops/client_id`.
+    pub fn set_client_id(&self, content: &str) -> Result<()> {
+        write(&self.etc_dir.join("client_id"), content)
+    }
+
+    /// Removes this host's `/etc/linkops/client_id`.
+    pub fn remove_client_id(&self) -> Result<()> {
+        let path = self.etc_dir.join("client_id");
+        fs::remove_file(&path).map_err(|source| io_error(&path, source))
+    }
+
+    pub(super) fn known_hosts_line(&self) -> String {
+        let host = if self.port == 22 {
+            self.address.to_string()
+        } else {
+            format!("[{}]:{}", self.address, self.port)
+        };
+        format!("{host} {}\n", self.host_public_key())
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        // Stopping sshd empties the namespace, which releases the bind mount.
+        self.sshd.kill().ok();
+        self.sshd.wait().ok();
+    }
+}
+
+/// Reads sshd's log until it says it listens; then keeps copying it to `log_path`.
+fn wait_until_listening(stderr: std::process::ChildStderr, log_path: &Path) -> Result<(), String> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let log_path = log_path.to_owned();
+    std::thread::spawn(move || {
+        let mut log = fs::File::create(&log_path).ok();
+        let mut seen = String::new();
+        let mut ready = Some(ready_tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(file) = log.as_mut() {
+                use std::io::Write;
+                writeln!(file, "{line}").ok();
+            }
+            if let Some(tx) = ready.take() {
+                if line.contains("Server listening on") {
+                    tx.send(Ok(())).ok();
+                } else {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                    ready = Some(tx);
+                }
+            }
+        }
+        // sshd exited before it listened.
+        if let Some(tx) = ready {
+            tx.send(Err(seen)).ok();
+        }
+    });
+    match ready_rx.recv_timeout(START_TIMEOUT) {
+        Ok(result) => result,
+        Err(_) => Err(format!("no \"Server listening\" within {START_TIMEOUT:?}")),
+    }
+}
+
+/// Takes an address from 127.0.10.1–127.0.49.254 that no other test process holds.
+fn lease_address() -> Result<(Ipv4Addr, fs::File)> {
+    for third in 10..50u8 {
+        for fourth in 1..255u8 {
+            let address = Ipv4Addr::new(127, 0, third, fourth);
+            let path = Path::new(LOCK_DIR).join(format!("{address}.lock"));
+            let file = fs::File::create(&path).map_err(|source| io_error(&path, source))?;
+            if file.try_lock().is_ok() {
+                return Ok((address, file));
+            }
+        }
+    }
+    Err(Error::NoAddress)
+}
+
+/// Port 22 when free on `address` (it is unless a wildcard sshd runs), else any free port.
+fn free_port(address: Ipv4Addr) -> Result<u16> {
+    if TcpListener::bind((address, 22)).is_ok() {
+        return Ok(22);
+    }
+    let listener =
+        TcpListener::bind((address, 0)).map_err(|source| io_error(Path::new("bind"), source))?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| io_error(Path::new("bind"), source))?
+        .port();
+    Ok(port)
+}

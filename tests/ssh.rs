@@ -1,0 +1,284 @@
+//! The SSH layer against real OpenSSH test hosts.
+
+use std::time::Duration;
+
+use linkops::ssh::{Connection, Error, ExitStatus, OutputEvent};
+use linkops::testbed::Fleet;
+use linkops_reconcilers::enrollment::{self, ClientIdReading, Enrollment};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn reads_each_hosts_own_client_id_over_verified_ssh() {
+    let fleet = Fleet::start(2).unwrap();
+    for (index, host) in fleet.hosts().iter().enumerate() {
+        let connection = Connection::open(&fleet.target(index), &fleet.connect_options())
+            .await
+            .unwrap();
+        assert!(connection.learned_host_key.is_none());
+        let command = format!("cat {}", enrollment::CLIENT_ID_PATH);
+        let output = connection
+            .exec(&command, b"", TIMEOUT)
+            .await
+            .unwrap()
+            .collect(4096)
+            .await
+            .unwrap();
+        assert_eq!(output.status, ExitStatus::Code(0));
+        let reading = ClientIdReading::Content(String::from_utf8(output.stdout).unwrap());
+        assert_eq!(
+            enrollment::assess(host.uuid(), reading),
+            Enrollment::Enrolled,
+            "{}",
+            host.name()
+        );
+    }
+    // The two hosts really are different machines as far as enrollment goes.
+    assert_ne!(fleet.host(0).uuid(), fleet.host(1).uuid());
+}
+
+#[tokio::test]
+async fn streams_stdout_and_stderr_and_reports_exit_codes_and_signals() {
+    let fleet = Fleet::start(1).unwrap();
+    let connection = Connection::open(&fleet.target(0), &fleet.connect_options())
+        .await
+        .unwrap();
+
+    let mut execution = connection
+        .exec("cat; echo to-stderr >&2; exit 3", b"from-stdin\n", TIMEOUT)
+        .await
+        .unwrap();
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    while let Some(event) = execution.next_output().await.unwrap() {
+        match event {
+            OutputEvent::Stdout(data) => stdout.extend(data),
+            OutputEvent::Stderr(data) => stderr.extend(data),
+        }
+    }
+    assert_eq!(stdout, b"from-stdin\n");
+    assert_eq!(stderr, b"to-stderr\n");
+    assert_eq!(execution.exit_status(), ExitStatus::Code(3));
+
+    // Several commands share the one connection, and a signal is reported as such.
+    let killed = connection
+        .exec("kill -TERM $$", b"", TIMEOUT)
+        .await
+        .unwrap()
+        .collect(64)
+        .await
+        .unwrap();
+    assert!(
+        matches!(killed.status, ExitStatus::Signal { ref name, .. } if name == "TERM"),
+        "{killed:?}"
+    );
+}
+
+#[tokio::test]
+async fn reports_a_missing_client_id_file() {
+    let fleet = Fleet::start(1).unwrap();
+    fleet.host(0).remove_client_id().unwrap();
+    let connection = Connection::open(&fleet.target(0), &fleet.connect_options())
+        .await
+        .unwrap();
+    let output = connection
+        .exec("cat /etc/linkops/client_id", b"", TIMEOUT)
+        .await
+        .unwrap()
+        .collect(4096)
+        .await
+        .unwrap();
+    assert_eq!(output.status, ExitStatus::Code(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("No such file"));
+}
+
+#[tokio::test]
+async fn command_timeout_kills_and_says_so() {
+    let fleet = Fleet::start(1).unwrap();
+    let connection = Connection::open(&fleet.target(0), &fleet.connect_options())
+        .await
+        .unwrap();
+    let error = connection
+        .exec("sleep 30", b"", Duration::from_millis(300))
+        .await
+        .unwrap()
+        .collect(64)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::CommandTimeout { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn unknown_host_key_is_refused() {
+    let fleet = Fleet::start(1).unwrap();
+    let mut options = fleet.connect_options();
+    options.known_hosts = fleet.dir().join("empty_known_hosts");
+    let error = Connection::open(&fleet.target(0), &options)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, Error::HostKeyUnknown { .. }), "{error}");
+    assert!(error.to_string().contains("ssh-keyscan"), "{error}");
+}
+
+#[tokio::test]
+async fn changed_host_key_is_refused_even_with_trust_on_first_use() {
+    let fleet = Fleet::start(2).unwrap();
+    // known_hosts says host 0's address has host 1's key.
+    let host0 = fleet.host(0);
+    let forged = fleet.dir().join("forged_known_hosts");
+    let address = if host0.port() == 22 {
+        host0.address().to_string()
+    } else {
+        format!("[{}]:{}", host0.address(), host0.port())
+    };
+    std::fs::write(
+        &forged,
+        format!("{address} {}\n", fleet.host(1).host_public_key()),
+    )
+    .unwrap();
+    let mut options = fleet.connect_options();
+    options.known_hosts = forged;
+    options.trust_on_first_use = true;
+    let error = Connection::open(&fleet.target(0), &options)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, Error::HostKeyChanged { .. }), "{error}");
+    assert!(error.to_string().contains("line 1"), "{error}");
+}
+
+#[tokio::test]
+async fn pinned_host_key_wins_over_known_hosts() {
+    let fleet = Fleet::start(2).unwrap();
+    let mut target = fleet.target(0);
+    target.pinned_host_key = Some(fleet.host(1).host_public_key().to_owned());
+    let error = Connection::open(&target, &fleet.connect_options())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, Error::HostKeyChanged { .. }), "{error}");
+
+    // The right pinned key works even with an empty known_hosts.
+    target.pinned_host_key = Some(fleet.host(0).host_public_key().to_owned());
+    let mut options = fleet.connect_options();
+    options.known_hosts = fleet.dir().join("empty_known_hosts");
+    Connection::open(&target, &options).await.unwrap();
+}
+
+#[tokio::test]
+async fn trust_on_first_use_records_the_key_then_trusts_only_it() {
+    let fleet = Fleet::start(1).unwrap();
+    let mut options = fleet.connect_options();
+    options.known_hosts = fleet.dir().join("tofu_known_hosts");
+    options.trust_on_first_use = true;
+    let first = Connection::open(&fleet.target(0), &options).await.unwrap();
+    assert!(first.learned_host_key.is_some());
+    let recorded = std::fs::read_to_string(&options.known_hosts).unwrap();
+    let key_material = fleet.host(0).host_public_key().split(' ').nth(1).unwrap();
+    assert!(recorded.contains(key_material), "{recorded}");
+
+    let second = Connection::open(&fleet.target(0), &options).await.unwrap();
+    assert!(second.learned_host_key.is_none());
+}
+
+#[tokio::test]
+async fn rsa_client_keys_authenticate() {
+    let fleet = Fleet::start(1).unwrap();
+    let mut target = fleet.target(0);
+    target.key_path = fleet.add_client_key("id_rsa", "rsa").unwrap();
+    let connection = Connection::open(&target, &fleet.connect_options())
+        .await
+        .unwrap();
+    let output = connection
+        .exec("id -un", b"", TIMEOUT)
+        .await
+        .unwrap()
+        .collect(64)
+        .await
+        .unwrap();
+    assert_eq!(output.stdout, b"linkops-test\n");
+}
+
+#[tokio::test]
+async fn private_key_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let fleet = Fleet::start(1).unwrap();
+    let mut target = fleet.target(0);
+    let loose = fleet.dir().join("loose_key");
+    std::fs::copy(fleet.client_key(), &loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    target.key_path = loose;
+    let error = Connection::open(&target, &fleet.connect_options())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, Error::Key { .. }), "{error}");
+    assert!(error.to_string().contains("chmod 600"), "{error}");
+}
+
+#[tokio::test]
+async fn key_not_authorised_is_rejected_by_name() {
+    let fleet = Fleet::start(1).unwrap();
+    let stranger = fleet.dir().join("stranger");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut target = fleet.target(0);
+    target.key_path = stranger;
+    let error = Connection::open(&target, &fleet.connect_options())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, Error::AuthRejected { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn bare_repo_is_reachable_over_ssh_with_the_fleet_key() {
+    let fleet = Fleet::start(1).unwrap();
+    let repo = fleet.bare_repo(0, "config").unwrap();
+    let work = fleet.dir().join("work");
+    let git = |args: &[&str]| {
+        let output = std::process::Command::new("git")
+            .args(args)
+            .env(
+                "GIT_SSH_COMMAND",
+                format!(
+                    "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
+                    fleet.client_key().display(),
+                    fleet.known_hosts().display()
+                ),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    // Push a commit over SSH, then read it back over SSH.
+    git(&["init", "-q", "-b", "main", work.to_str().unwrap()]);
+    std::fs::write(work.join("links.yaml"), "machines: []\n").unwrap();
+    let w = work.to_str().unwrap();
+    git(&["-C", w, "add", "links.yaml"]);
+    git(&[
+        "-C",
+        w,
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-q",
+        "-m",
+        "first",
+    ]);
+    git(&["-C", w, "push", "-q", &repo.url, "main"]);
+    let remote = git(&["ls-remote", &repo.url, "refs/heads/main"]);
+    let local = git(&["-C", w, "rev-parse", "HEAD"]);
+    assert!(remote.starts_with(local.trim()), "{remote} vs {local}");
+}
