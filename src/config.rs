@@ -328,6 +328,20 @@ mod tests {
     }
 
     #[test]
+    fn bundled_example_parses_and_documents_the_defaults() {
+        let example = load_from(include_str!("../examples/config.toml"), &[]).unwrap();
+        let defaults = Config::default();
+        assert_eq!(example.listen, defaults.listen);
+        assert_eq!(example.data_dir, defaults.data_dir);
+        assert_eq!(example.git.interval, defaults.git.interval);
+        assert_eq!(example.ssh.command_timeout, defaults.ssh.command_timeout);
+        assert_eq!(
+            example.auth.lockout_duration,
+            defaults.auth.lockout_duration
+        );
+    }
+
+    #[test]
     fn unknown_key_in_file_is_named() {
         let err = load_from("[ssh]\nconect_timeout = \"3s\"\n", &[]).unwrap_err();
         assert!(err.to_string().contains("conect_timeout"), "{err}");

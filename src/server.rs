@@ -1,6 +1,7 @@
 //! The daemon: opens the store, prepares secrets and the first admin, serves the API.
 
 use std::future::Future;
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -56,8 +57,13 @@ pub async fn run(
 
 /// The blocking part of start-up: directories, store, secrets, first admin.
 fn prepare(config: Arc<Config>) -> Result<AppState, Error> {
+    // Private by default: the data dir holds keys, secrets and the audit log.
     for dir in [config.data_dir.clone(), config.keys_dir()] {
-        std::fs::create_dir_all(&dir).map_err(|source| Error::DataDir { path: dir, source })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| Error::DataDir { path: dir, source })?;
     }
     let store = store::Store::open(&config.store_path())?;
     let secret: SecretString = match &config.auth.jwt_secret {

@@ -1,0 +1,302 @@
+//! Login, tokens, roles and lockout through the real HTTP server on a real socket.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use linkops::auth::password;
+use linkops::config::Config;
+use linkops::store::{Outcome, Role, Store};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A daemon on 127.0.0.1:0 over a data dir; stopped gracefully by [`Server::stop`].
+struct Server {
+    url: String,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), linkops::server::Error>>,
+}
+
+impl Server {
+    async fn start(data_dir: &Path) -> Server {
+        let config = Config {
+            data_dir: data_dir.to_owned(),
+            ..Config::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address: SocketAddr = listener.local_addr().unwrap();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(linkops::server::run(config, listener, async {
+            stopped.await.ok();
+        }));
+        Server {
+            url: format!("http://{address}"),
+            shutdown,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+
+    async fn login(&self, username: &str, password: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}/api/auth/login", self.url))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn token(&self, username: &str, password: &str) -> String {
+        let response = self.login(username, password).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = reqwest::Client::new().get(format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+/// A data dir with users made the way `linkops user add` makes them.
+fn data_dir_with_users(users: &[(&str, Role, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        }
+        .store_path(),
+    )
+    .unwrap();
+    for (name, role, secret) in users {
+        store
+            .create_user(name, *role, &password::hash(secret).unwrap())
+            .unwrap();
+    }
+    dir
+}
+
+async fn error_code(response: reqwest::Response) -> String {
+    let body: Value = response.json().await.unwrap();
+    body["error"]["code"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn login_answers_token_expiry_and_role_and_the_token_works() {
+    let dir = data_dir_with_users(&[("ada", Role::Operator, "pw-ada-1")]);
+    let server = Server::start(dir.path()).await;
+
+    let response = server.login("ada", "pw-ada-1").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["role"], "operator");
+    let expires_at: jiff::Timestamp = body["expires_at"].as_str().unwrap().parse().unwrap();
+    let lifetime = expires_at.duration_since(jiff::Timestamp::now());
+    assert!(
+        lifetime > jiff::SignedDuration::from_hours(23),
+        "{lifetime:?}"
+    );
+    assert!(
+        lifetime <= jiff::SignedDuration::from_hours(24),
+        "{lifetime:?}"
+    );
+
+    let me = server.get("/api/auth/me", body["token"].as_str()).await;
+    assert_eq!(me.status(), StatusCode::OK);
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(me, json!({ "username": "ada", "role": "operator" }));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_get_the_same_401() {
+    let dir = data_dir_with_users(&[("ada", Role::Viewer, "pw-ada-1")]);
+    let server = Server::start(dir.path()).await;
+    let wrong = server.login("ada", "nope").await;
+    let unknown = server.login("nobody", "nope").await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong.text().await.unwrap(), unknown.text().await.unwrap());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn missing_forged_and_expired_tokens_are_401() {
+    let dir = data_dir_with_users(&[("ada", Role::Admin, "pw-ada-1")]);
+    let server = Server::start(dir.path()).await;
+    let good = server.token("ada", "pw-ada-1").await;
+
+    assert_eq!(
+        server.get("/api/auth/me", None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let missing = server.get("/api/users", None).await;
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(missing).await, "unauthorized");
+
+    // Signed with another secret.
+    let secret = std::fs::read_to_string(dir.path().join("jwt_secret")).unwrap();
+    let sign = |key: &[u8], exp: i64| {
+        let now = jiff::Timestamp::now();
+        let claims = json!({
+            "sub": "ada", "role": "admin", "iat": now.as_second(), "iat_ms": now.as_millisecond(), "exp": exp,
+        });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(key),
+        )
+        .unwrap()
+    };
+    let in_an_hour = jiff::Timestamp::now().as_second() + 3600;
+    let forged = sign(b"not the daemon's secret", in_an_hour);
+    assert_eq!(
+        server.get("/api/users", Some(&forged)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Signed with the right secret but expired a minute ago.
+    let expired = sign(
+        secret.trim().as_bytes(),
+        jiff::Timestamp::now().as_second() - 60,
+    );
+    assert_eq!(
+        server.get("/api/users", Some(&expired)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The same construction with a valid expiry is accepted: the two above failed for their flaw.
+    let fresh = sign(secret.trim().as_bytes(), in_an_hour);
+    assert_eq!(
+        server.get("/api/users", Some(&fresh)).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        server.get("/api/users", Some(&good)).await.status(),
+        StatusCode::OK
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn roles_below_admin_get_403_and_admins_never_see_hashes() {
+    let dir = data_dir_with_users(&[
+        ("ada", Role::Admin, "pw-ada-1"),
+        ("otto", Role::Operator, "pw-otto-1"),
+        ("vic", Role::Viewer, "pw-vic-1"),
+    ]);
+    let server = Server::start(dir.path()).await;
+    for (name, secret) in [("otto", "pw-otto-1"), ("vic", "pw-vic-1")] {
+        let token = server.token(name, secret).await;
+        let response = server.get("/api/users", Some(&token)).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{name}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "forbidden");
+        assert_eq!(body["error"]["details"]["required_role"], "admin");
+    }
+    let token = server.token("ada", "pw-ada-1").await;
+    let response = server.get("/api/users", Some(&token)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("argon2"), "{text}");
+    let users: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(users.as_array().unwrap().len(), 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn five_failures_lock_the_account_across_a_restart() {
+    let dir = data_dir_with_users(&[("ada", Role::Admin, "pw-ada-1")]);
+    let server = Server::start(dir.path()).await;
+    for attempt in 1..=5 {
+        let response = server.login("ada", "wrong").await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "attempt {attempt}"
+        );
+    }
+    // Locked: even the right password is refused, without saying it was right.
+    let locked = server.login("ada", "pw-ada-1").await;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = locked.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((290..=300).contains(&retry_after), "{retry_after}");
+    let body: Value = locked.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "locked");
+    assert_eq!(body["error"]["details"]["retry_after_secs"], retry_after);
+    let wrong_while_locked = server.login("ada", "wrong").await;
+    assert_eq!(wrong_while_locked.status(), StatusCode::TOO_MANY_REQUESTS);
+    server.stop().await;
+
+    // A restart does not reset the counter.
+    let server = Server::start(dir.path()).await;
+    assert_eq!(
+        server.login("ada", "pw-ada-1").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    server.stop().await;
+
+    // Every attempt is in the audit log, with no password in it.
+    let store = Store::open(&dir.path().join("linkops.redb")).unwrap();
+    let logins: Vec<_> = store
+        .audit_entries(0, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "auth.login")
+        .collect();
+    let count = |outcome| logins.iter().filter(|e| e.outcome == outcome).count();
+    assert_eq!(count(Outcome::Failure), 5);
+    assert_eq!(count(Outcome::Denied), 3);
+    let dump = format!("{logins:?}");
+    assert!(
+        !dump.contains("pw-ada-1") && !dump.contains("wrong\""),
+        "{dump}"
+    );
+}
+
+#[tokio::test]
+async fn success_resets_the_failure_count() {
+    let dir = data_dir_with_users(&[("ada", Role::Admin, "pw-ada-1")]);
+    let server = Server::start(dir.path()).await;
+    for _ in 0..4 {
+        assert_eq!(
+            server.login("ada", "wrong").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    server.token("ada", "pw-ada-1").await;
+    for _ in 0..4 {
+        assert_eq!(
+            server.login("ada", "wrong").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    server.token("ada", "pw-ada-1").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_reports_ready_without_auth() {
+    let dir = data_dir_with_users(&[]);
+    let server = Server::start(dir.path()).await;
+    let response = server.get("/health", None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["store"]["ok"], true);
+    server.stop().await;
+}

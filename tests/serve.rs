@@ -1,0 +1,182 @@
+//! The `linkops` binary end to end: first start, generated admin password, graceful stop.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStderr, Command, Stdio};
+
+use serde_json::{Value, json};
+
+struct Daemon {
+    child: Child,
+    lines: std::io::Lines<BufReader<ChildStderr>>,
+}
+
+impl Daemon {
+    fn start(data_dir: &std::path::Path) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_linkops"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            // An explicit empty config: the machine's /etc/linkops/config.toml must not leak in.
+            .args(["--config", "/dev/null"])
+            .env("LINKOPS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        Daemon { child, lines }
+    }
+
+    /// Reads stderr up to the "serving" log line; returns what came before and the address.
+    fn read_until_serving(&mut self) -> (Vec<String>, String) {
+        let mut before = Vec::new();
+        for line in self.lines.by_ref() {
+            let line = line.unwrap();
+            if line.contains("linkops serving") {
+                let address = line
+                    .split_whitespace()
+                    .find_map(|field| field.strip_prefix("address="))
+                    .unwrap()
+                    .to_owned();
+                return (before, address);
+            }
+            before.push(line);
+        }
+        panic!("daemon exited before serving: {before:#?}");
+    }
+
+    /// SIGTERM, then the exit status and the rest of stderr.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let rest: Vec<String> = self.lines.map(Result::unwrap).collect();
+        (self.child.wait().unwrap(), rest.join("\n"))
+    }
+}
+
+#[tokio::test]
+async fn first_start_prints_a_generated_admin_password_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(dir.path());
+    let (banner, address) = daemon.read_until_serving();
+    let marker = banner
+        .iter()
+        .position(|l| l.contains("LINKOPS FIRST START"))
+        .expect("banner");
+    let password = banner[marker..]
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.len() == 20 && !l.contains(' '))
+        .expect("password line")
+        .to_owned();
+
+    let login = |password: String| {
+        let address = address.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("http://{address}/api/auth/login"))
+                .json(&json!({ "username": "admin", "password": password }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let response = login(password.clone()).await;
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["role"], "admin");
+    assert_eq!(
+        login("admin".into()).await.status(),
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(log.contains("linkops stopped"), "{log}");
+    // The password is shown on stderr once, never written to the log lines.
+    assert!(!log.contains(&password));
+
+    // Second start: users exist, no new password.
+    let mut daemon = Daemon::start(dir.path());
+    let (before, _) = daemon.read_until_serving();
+    assert!(
+        !before.iter().any(|l| l.contains("FIRST START")),
+        "{before:#?}"
+    );
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+}
+
+#[test]
+fn unknown_config_key_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[ssh]\nconect_timeout = \"5s\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_linkops"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("conect_timeout"), "{stderr}");
+    assert!(stderr.contains(&config.display().to_string()), "{stderr}");
+}
+
+#[test]
+fn user_add_then_passwd_from_stdin() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_linkops"))
+            .args(["--config", "/dev/null", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let added = run(&["user", "add", "otto", "--role", "operator"], "");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    assert!(String::from_utf8_lossy(&added.stdout).contains("generated password"));
+
+    let again = run(&["user", "add", "otto"], "");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let changed = run(
+        &["user", "passwd", "otto", "--password-stdin"],
+        "new-secret-1\n",
+    );
+    assert!(
+        changed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&changed.stderr)
+    );
+
+    let store = linkops::store::Store::open(&dir.path().join("linkops.redb")).unwrap();
+    let otto = store.user("otto").unwrap().unwrap();
+    assert_eq!(otto.role, linkops::store::Role::Operator);
+    assert!(linkops::auth::password::verify(
+        "new-secret-1",
+        Some(&otto.password_hash)
+    ));
+}
