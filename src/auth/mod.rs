@@ -62,9 +62,18 @@ impl Auth {
 
     /// Checks a login attempt and records its outcome (failure counter, audit log).
     ///
+    /// Runs on the blocking pool: argon2 is slow on purpose and each outcome
+    /// is a durable store commit.
+    pub async fn login(&self, name: &str, password: &str) -> Result<Login, Error> {
+        let (auth, name, password) = (self.clone(), name.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || auth.login_blocking(&name, &password))
+            .await
+            .map_err(|e| Error::Hash(e.to_string()))?
+    }
+
     /// A locked name is refused before the password is looked at, so a locked
     /// account does not reveal whether a guess was right.
-    pub async fn login(&self, name: &str, password: &str) -> Result<Login, Error> {
+    fn login_blocking(&self, name: &str, password: &str) -> Result<Login, Error> {
         let now = store::now_ms();
         if let Some(retry_after) = self.lockout.locked(self.store.login_failures(name)?, now) {
             self.store.audit(
@@ -78,15 +87,9 @@ impl Auth {
         }
 
         let user = self.store.user(name)?;
-        let hash = user.as_ref().map(|u| u.password_hash.clone());
-        let password = password.to_owned();
         // Unknown names are checked against a dummy hash so that they take as
         // long as known ones.
-        let valid =
-            tokio::task::spawn_blocking(move || password::verify(&password, hash.as_deref()))
-                .await
-                .map_err(|e| Error::Hash(e.to_string()))?;
-
+        let valid = password::verify(password, user.as_ref().map(|u| u.password_hash.as_str()));
         match user {
             Some(user) if valid => {
                 self.store.update_login_failures(name, |_| None)?;
