@@ -1,9 +1,14 @@
-//! Shell commands that act on the data dir directly (user management).
+//! Operator commands that run without the daemon: repository validation,
+//! schema generation, and user management.
 //!
-//! They open the store themselves, so they need the daemon stopped (redb
-//! allows one process at a time); the error says so when it is running.
+//! The user commands open the store themselves, so they need the daemon
+//! stopped (redb allows one process at a time); the error says so when it is
+//! running.
 
 use std::io::BufRead;
+use std::path::Path;
+
+use linkops_reconcilers::desired;
 
 use crate::auth::password;
 use crate::config::Config;
@@ -19,8 +24,55 @@ pub enum Error {
     Stdin(std::io::Error),
     #[error("the password read from stdin is empty")]
     EmptyPassword,
+    #[error(transparent)]
+    Files(#[from] crate::git::FilesError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid user name {0:?}: use letters, digits, '.', '_' or '-' (1-64 characters)")]
     InvalidName(String),
+}
+
+/// `linkops validate DIR`: prints every problem as `file:line:col: message`.
+/// Returns whether the repository is valid.
+pub fn validate(dir: &Path) -> Result<bool, Error> {
+    let files = crate::git::read_dir(dir)?;
+    match desired::load("(working tree)", &files) {
+        Ok(state) => {
+            println!(
+                "{}: ok ({} machines, {} scripts, {} run-requests)",
+                dir.display(),
+                state.machines.len(),
+                state.scripts.len(),
+                state.runs.len()
+            );
+            Ok(true)
+        }
+        Err(problems) => {
+            for problem in &problems {
+                println!("{problem}");
+            }
+            eprintln!("{}: {} problem(s)", dir.display(), problems.len());
+            Ok(false)
+        }
+    }
+}
+
+/// `linkops schema --out DIR`: writes the JSON Schemas of the repository files.
+pub fn write_schemas(out: &Path) -> Result<(), Error> {
+    let write_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Write { path, source }
+    };
+    std::fs::create_dir_all(out).map_err(write_err(out))?;
+    for (name, text) in desired::schemas() {
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(write_err(&path))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// Where a new password comes from.

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod git;
 pub mod secrets;
 pub mod server;
 pub mod ssh;

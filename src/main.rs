@@ -39,6 +39,20 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Check a config repository: YAML, schema and cross-references.
+    ///
+    /// Prints every problem as `file:line:col: message` and exits 1 if there is
+    /// any. The daemon runs the same checks on every sync.
+    Validate {
+        /// The repository's root directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Write the JSON Schemas of links.yaml, scripts.yaml and run-requests.
+    Schema {
+        #[arg(long, default_value = "schemas", value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Manage user accounts (stop the daemon first: the store admits one process).
     #[command(subcommand)]
     User(UserCommand),
@@ -82,25 +96,37 @@ impl PasswordArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut config = Config::load(cli.config.as_deref())?;
-    if let Some(dir) = cli.data_dir {
-        config.data_dir = dir;
-    }
-    match cli.command {
+    // Only the commands that touch the data dir read the daemon's configuration.
+    let config = || -> anyhow::Result<Config> {
+        let mut config = Config::load(cli.config.as_deref())?;
+        if let Some(dir) = &cli.data_dir {
+            config.data_dir = dir.clone();
+        }
+        Ok(config)
+    };
+    match &cli.command {
         Command::Serve { listen } => {
+            let mut config = config()?;
             if let Some(listen) = listen {
-                config.listen = listen;
+                config.listen = *listen;
             }
             linkops::telemetry::init(config.log.format);
             serve(config)
         }
+        Command::Validate { dir } => {
+            if !cli::validate(dir)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Schema { out } => Ok(cli::write_schemas(out)?),
         Command::User(UserCommand::Add {
             name,
             role,
             password,
-        }) => Ok(cli::add_user(&config, &name, role, password.source())?),
+        }) => Ok(cli::add_user(&config()?, name, *role, password.source())?),
         Command::User(UserCommand::Passwd { name, password }) => {
-            Ok(cli::set_password(&config, &name, password.source())?)
+            Ok(cli::set_password(&config()?, name, password.source())?)
         }
     }
 }

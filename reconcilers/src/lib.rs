@@ -7,6 +7,9 @@
 //! The daemon (`src/`) reads Git, talks SSH and writes the store; it asks this
 //! crate what the readings mean.
 
+pub mod desired;
 pub mod enrollment;
 pub mod machine;
 pub mod operation;
+pub mod run;
+pub mod script;

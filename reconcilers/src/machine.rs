@@ -1,6 +1,7 @@
 //! Machines: an inventory entry (desired) and what was last seen of it (observed).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,10 +15,11 @@ pub struct Machine {
     pub name: String,
     pub host: String,
     pub port: u16,
-    /// Login user on the machine.
-    pub user: String,
-    /// Name of the private key in the daemon's keys directory (never a key itself).
-    pub key: String,
+    /// Login user on the machine; the daemon's default when `None`.
+    pub user: Option<String>,
+    /// Name of the private key in the daemon's keys directory (never a key
+    /// itself); the daemon's default when `None`.
+    pub key: Option<String>,
     /// Enrollment id: the machine's `/etc/linkops/client_id` must read `LINKOPS-<uuid>`.
     pub uuid: String,
     #[serde(default)]
@@ -27,6 +29,12 @@ pub struct Machine {
     /// A pinned host key (an OpenSSH public key line); wins over known_hosts.
     #[serde(default)]
     pub host_key: Option<String>,
+    /// Overrides the default health-check interval.
+    #[serde(default)]
+    pub health_interval: Option<Duration>,
+    /// Overrides the per-machine session limit.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
 }
 
 /// Reachability as the last health check saw it.

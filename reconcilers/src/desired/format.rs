@@ -1,0 +1,188 @@
+//! The files of a config repository, exactly as written: `links.yaml`,
+//! `scripts.yaml` and `runs/*.yaml`.
+//!
+//! These types define the JSON Schemas in `schemas/`. Fields that later
+//! checks must point at keep their source location (`Spanned`); the schema
+//! sees them as the plain value.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::script::{ParamType, ParamValue};
+
+/// `links.yaml`: the machines of the fleet.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "LinkOps inventory (links.yaml)")]
+pub struct LinksFile {
+    #[schemars(with = "Vec<MachineEntry>")]
+    pub machines: Vec<Spanned<MachineEntry>>,
+}
+
+/// One machine of the inventory.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MachineEntry {
+    /// Stable identifier, unique in the inventory; history is kept under it.
+    #[schemars(with = "String", regex(pattern = r"^[a-z0-9][a-z0-9._-]*$"))]
+    pub id: Spanned<String>,
+    /// Display name.
+    pub name: String,
+    /// Host name or address to reach it over SSH.
+    pub host: String,
+    #[serde(default = "default_port")]
+    #[schemars(default = "default_port")]
+    pub port: u16,
+    /// Login user; the daemon's `[ssh] user` when absent.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Name of the private key file in the daemon's keys directory (never a key itself);
+    /// the daemon's `[ssh] key` when absent.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]+$"))]
+    pub key: Option<String>,
+    /// Enrollment id: the machine's /etc/linkops/client_id must read `LINKOPS-<uuid>`.
+    #[schemars(
+        with = "String",
+        regex(
+            pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        )
+    )]
+    pub uuid: Spanned<String>,
+    /// Selectors for scripts and runs.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Free-form key/value metadata.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Pinned SSH host key (an OpenSSH public key line); wins over known_hosts.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub host_key: Option<Spanned<String>>,
+    /// How often to check health, e.g. `30s`, `2m` (default 60s).
+    #[serde(default)]
+    #[schemars(
+        with = "Option<String>",
+        regex(pattern = r"^\s*\d+\s*[a-z]+(\s*\d+\s*[a-z]+)*\s*$")
+    )]
+    pub health_interval: Option<Spanned<String>>,
+    /// Most operations' sessions on this machine at once.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub concurrency: Option<u32>,
+}
+
+fn default_port() -> u16 {
+    22
+}
+
+/// `scripts.yaml`: the script catalog.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "LinkOps script catalog (scripts.yaml)")]
+pub struct ScriptsFile {
+    #[schemars(with = "Vec<ScriptEntry>")]
+    pub scripts: Vec<Spanned<ScriptEntry>>,
+}
+
+/// One script of the catalog. Give exactly one of `body` and `file`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptEntry {
+    #[schemars(with = "String", regex(pattern = r"^[a-z0-9][a-z0-9._-]*$"))]
+    pub id: Spanned<String>,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The script text, inline.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Path of the script text, relative to the repository root.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub file: Option<Spanned<String>>,
+    /// Program that reads the script on its stdin (default `/bin/sh`).
+    #[serde(default = "default_interpreter")]
+    #[schemars(default = "default_interpreter")]
+    pub interpreter: String,
+    #[serde(default)]
+    #[schemars(with = "Vec<ParamEntry>")]
+    pub params: Vec<Spanned<ParamEntry>>,
+    /// Longest run per machine, e.g. `30s`, `10m` (default 5m).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Spanned<String>>,
+    /// Most machines running it at once.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_parallel: Option<u32>,
+    /// Machines it runs on when a run names none.
+    #[serde(default)]
+    pub targets: Option<TargetsEntry>,
+}
+
+fn default_interpreter() -> String {
+    "/bin/sh".into()
+}
+
+/// A typed script parameter. It reaches the script as `LINKOPS_PARAM_<NAME>`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParamEntry {
+    #[schemars(with = "String", regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: ParamType,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    #[schemars(with = "Option<ParamValue>")]
+    pub default: Option<Spanned<ParamValue>>,
+    /// The allowed values of an `enum` parameter.
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// A regular expression a `string` value must match (whole value).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub pattern: Option<Spanned<String>>,
+}
+
+/// Which machines: ids and/or tags (a machine matches if it is named or has any of the tags).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetsEntry {
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub machines: Vec<Spanned<String>>,
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub tags: Vec<Spanned<String>>,
+}
+
+/// `runs/<name>.yaml`: asks for a script to run once on some machines.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "LinkOps run-request (runs/*.yaml)")]
+pub struct RunRequestFile {
+    /// Unique forever: a run-request id runs at most once, even if the file changes.
+    #[schemars(with = "String", regex(pattern = r"^[a-z0-9][a-z0-9._-]*$"))]
+    pub id: Spanned<String>,
+    /// The catalog script to run.
+    #[schemars(with = "String")]
+    pub script: Spanned<String>,
+    /// Where to run; the script's default targets when absent.
+    #[serde(default)]
+    pub targets: Option<TargetsEntry>,
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ParamValue>")]
+    pub params: BTreeMap<String, Spanned<ParamValue>>,
+    /// Not before this instant (RFC 3339, e.g. `2026-12-01T03:00:00Z`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub not_before: Option<Spanned<String>>,
+}

@@ -1,0 +1,523 @@
+//! Parsing and cross-checking the files of a revision.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_saphyr::Spanned;
+
+use super::format::{
+    LinksFile, MachineEntry, ParamEntry, RunRequestFile, ScriptEntry, ScriptsFile, TargetsEntry,
+};
+use super::{DesiredState, LINKS_FILE, Problem, RepoFiles, SCRIPTS_FILE, is_run_request};
+use crate::machine::Machine;
+use crate::run::RunRequest;
+use crate::script::{ParamSpec, ParamType, Script, Targets, anchored};
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Collects problems for one file.
+struct Report<'a> {
+    file: &'a str,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Report<'_> {
+    fn at<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            line: spanned.referenced.line(),
+            column: spanned.referenced.column(),
+            message: message.into(),
+        });
+    }
+
+    fn at_start(&mut self, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            line: 1,
+            column: 1,
+            message: message.into(),
+        });
+    }
+}
+
+pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Problem>> {
+    let mut problems = Vec::new();
+
+    let machines = match parse::<LinksFile>(files, LINKS_FILE, &mut problems) {
+        Some(links) => check_machines(links, &mut problems),
+        None => {
+            if !files.contains_key(LINKS_FILE) {
+                Report { file: LINKS_FILE, problems: &mut problems }
+                    .at_start("the repository has no links.yaml (the machine inventory); add one, even with `machines: []`");
+            }
+            Vec::new()
+        }
+    };
+    let tags: BTreeSet<&str> = machines
+        .iter()
+        .flat_map(|m| m.tags.iter().map(String::as_str))
+        .collect();
+    let ids: BTreeSet<&str> = machines.iter().map(|m| m.id.as_str()).collect();
+    let known = Known { ids, tags };
+
+    let scripts = if files.contains_key(SCRIPTS_FILE) {
+        parse::<ScriptsFile>(files, SCRIPTS_FILE, &mut problems)
+            .map(|catalog| check_scripts(catalog, files, &known, &mut problems))
+            .unwrap_or_default()
+    } else {
+        BTreeMap::new()
+    };
+
+    let mut runs: BTreeMap<String, RunRequest> = BTreeMap::new();
+    let mut run_files: BTreeMap<String, String> = BTreeMap::new();
+    for path in files.keys().filter(|p| is_run_request(p)) {
+        let Some(request) = parse::<RunRequestFile>(files, path, &mut problems) else {
+            continue;
+        };
+        let mut report = Report {
+            file: path,
+            problems: &mut problems,
+        };
+        if let Some(first) = run_files.get(&request.id.value) {
+            report.at(
+                &request.id,
+                format!(
+                    "duplicate run-request id {:?} (also in {first})",
+                    request.id.value
+                ),
+            );
+            continue;
+        }
+        run_files.insert(request.id.value.clone(), path.clone());
+        if let Some(run) = check_run(request, path, &scripts, &known, &mut report) {
+            runs.insert(run.id.clone(), run);
+        }
+    }
+
+    if problems.is_empty() {
+        return Ok(DesiredState {
+            revision: revision.to_owned(),
+            machines,
+            scripts,
+            runs,
+        });
+    }
+    // Files in reading order, and top to bottom within each.
+    let rank = |file: &str| match file {
+        LINKS_FILE => 0,
+        SCRIPTS_FILE => 1,
+        _ => 2,
+    };
+    problems.sort_by(|a, b| {
+        (rank(&a.file), &a.file, a.line, a.column).cmp(&(rank(&b.file), &b.file, b.line, b.column))
+    });
+    Err(problems)
+}
+
+/// Parses one YAML file; a syntax or schema error becomes a problem at its location.
+fn parse<T: DeserializeOwned>(
+    files: &RepoFiles,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    let bytes = files.get(path)?;
+    let mut report = Report {
+        file: path,
+        problems,
+    };
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        report.at_start("not valid UTF-8");
+        return None;
+    };
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        report.at_start("the file is empty");
+        return None;
+    }
+    match serde_saphyr::from_str::<T>(text) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            let (line, column) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
+            let rendered = error.without_snippet().to_string();
+            // The crate appends the location to its message; we print it in front.
+            let suffix = format!(" at line {line}, column {column}");
+            let message = rendered
+                .strip_suffix(&suffix)
+                .unwrap_or(&rendered)
+                .to_owned();
+            problems.push(Problem {
+                file: path.to_owned(),
+                line,
+                column,
+                message,
+            });
+            None
+        }
+    }
+}
+
+/// Machine ids and tags of the inventory, for checking references.
+struct Known<'a> {
+    ids: BTreeSet<&'a str>,
+    tags: BTreeSet<&'a str>,
+}
+
+impl Known<'_> {
+    /// Reports ids that are not in the inventory and tags no machine has.
+    fn check_targets(&self, targets: &TargetsEntry, report: &mut Report) -> Targets {
+        for id in &targets.machines {
+            if !self.ids.contains(id.value.as_str()) {
+                report.at(
+                    id,
+                    format!("unknown machine {:?}: it is not in links.yaml", id.value),
+                );
+            }
+        }
+        for tag in &targets.tags {
+            if !self.tags.contains(tag.value.as_str()) {
+                report.at(
+                    tag,
+                    format!("tag {:?} matches no machine in links.yaml", tag.value),
+                );
+            }
+        }
+        Targets {
+            machines: targets.machines.iter().map(|s| s.value.clone()).collect(),
+            tags: targets.tags.iter().map(|s| s.value.clone()).collect(),
+        }
+    }
+}
+
+fn check_machines(links: LinksFile, problems: &mut Vec<Problem>) -> Vec<Machine> {
+    let mut report = Report {
+        file: LINKS_FILE,
+        problems,
+    };
+    let mut ids: BTreeMap<String, u64> = BTreeMap::new();
+    let mut uuids: BTreeMap<String, String> = BTreeMap::new();
+    let mut machines = Vec::new();
+    for entry in links.machines {
+        let MachineEntry {
+            id,
+            name,
+            host,
+            port,
+            user,
+            key,
+            uuid,
+            tags,
+            labels,
+            host_key,
+            health_interval,
+            concurrency,
+        } = entry.value;
+        if let Some(line) = ids.get(&id.value) {
+            report.at(
+                &id,
+                format!("duplicate machine id {:?} (first at line {line})", id.value),
+            );
+            continue;
+        }
+        ids.insert(id.value.clone(), id.referenced.line());
+        let uuid_text = uuid.value.trim().to_ascii_lowercase();
+        if uuid::Uuid::parse_str(&uuid_text).is_err() {
+            report.at(
+                &uuid,
+                format!(
+                    "uuid {:?} is not a UUID (like 6f1c1c9e-1f7b-4a3e-9c55-0d2a9a1b7e42)",
+                    uuid.value
+                ),
+            );
+        } else if let Some(other) = uuids.insert(uuid_text.clone(), id.value.clone()) {
+            report.at(&uuid, format!("uuid {uuid_text} is also the uuid of machine {other:?}; enrollment ids must be unique"));
+        }
+        if let Some(key) = &host_key {
+            let mut fields = key.value.split_whitespace();
+            let looks_right = matches!((fields.next(), fields.next()), (Some(alg), Some(_)) if alg.starts_with("ssh-") || alg.starts_with("ecdsa-"));
+            if !looks_right {
+                report.at(
+                    key,
+                    "host_key must be an OpenSSH public key line such as `ssh-ed25519 AAAA…`",
+                );
+            }
+        }
+        let health_interval = health_interval.and_then(|d| duration(&d, &mut report));
+        machines.push(Machine {
+            id: id.value,
+            name,
+            host,
+            port,
+            user,
+            key,
+            uuid: uuid_text,
+            tags,
+            labels,
+            host_key: host_key.map(|k| k.value.trim().to_owned()),
+            health_interval,
+            concurrency,
+        });
+    }
+    machines
+}
+
+fn check_scripts(
+    catalog: ScriptsFile,
+    files: &RepoFiles,
+    known: &Known,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, Script> {
+    let mut report = Report {
+        file: SCRIPTS_FILE,
+        problems,
+    };
+    let mut scripts = BTreeMap::new();
+    let mut lines: BTreeMap<String, u64> = BTreeMap::new();
+    for entry in catalog.scripts {
+        let at = entry.referenced;
+        let ScriptEntry {
+            id,
+            name,
+            description,
+            body,
+            file,
+            interpreter,
+            params,
+            timeout,
+            max_parallel,
+            targets,
+        } = entry.value;
+        if let Some(line) = lines.get(&id.value) {
+            report.at(
+                &id,
+                format!("duplicate script id {:?} (first at line {line})", id.value),
+            );
+            continue;
+        }
+        lines.insert(id.value.clone(), id.referenced.line());
+        let body = match (body, file) {
+            (Some(body), None) => Some(body),
+            (None, Some(file)) => script_file(&file, files, &mut report),
+            (Some(_), Some(file)) => {
+                report.at(
+                    &file,
+                    format!("script {:?} has both body and file; keep one", id.value),
+                );
+                None
+            }
+            (None, None) => {
+                report.at(
+                    &Spanned::new((), at, at),
+                    format!("script {:?} needs a body or a file", id.value),
+                );
+                None
+            }
+        };
+        let params = check_params(params, &mut report);
+        let timeout = timeout.and_then(|t| duration(&t, &mut report));
+        let targets = targets
+            .map(|t| known.check_targets(&t, &mut report))
+            .unwrap_or_default();
+        // Kept even when broken (the revision is rejected anyway), so that runs
+        // naming it are checked against it rather than called unknown.
+        scripts.insert(
+            id.value.clone(),
+            Script {
+                id: id.value,
+                name,
+                description,
+                body: body.unwrap_or_default(),
+                interpreter,
+                params,
+                timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
+                max_parallel,
+                targets,
+            },
+        );
+    }
+    scripts
+}
+
+fn script_file(file: &Spanned<String>, files: &RepoFiles, report: &mut Report) -> Option<String> {
+    let path = file.value.trim_start_matches("./");
+    match files.get(path) {
+        None => {
+            report.at(
+                file,
+                format!("script file {path:?} is not in the repository"),
+            );
+            None
+        }
+        Some(bytes) => match String::from_utf8(bytes.clone()) {
+            Ok(text) => Some(text),
+            Err(_) => {
+                report.at(
+                    file,
+                    format!("script file {path:?} is not valid UTF-8 text"),
+                );
+                None
+            }
+        },
+    }
+}
+
+fn check_params(params: Vec<Spanned<ParamEntry>>, report: &mut Report) -> Vec<ParamSpec> {
+    let mut names = BTreeSet::new();
+    let mut specs = Vec::new();
+    for param in params {
+        let ParamEntry {
+            name,
+            kind,
+            description,
+            required,
+            default,
+            values,
+            pattern,
+        } = param.value;
+        if !names.insert(name.value.to_ascii_uppercase()) {
+            // Names become LINKOPS_PARAM_<NAME>: they must differ in more than case.
+            report.at(&name, format!("duplicate parameter {:?}", name.value));
+            continue;
+        }
+        if kind == ParamType::Enum && values.is_empty() {
+            report.at(
+                &name,
+                format!("enum parameter {:?} needs `values`", name.value),
+            );
+        }
+        if let Some(pattern) = &pattern
+            && let Err(error) = anchored(&pattern.value)
+        {
+            // regex renders a multi-line diagram; its last line is the reason.
+            let reason = error.to_string();
+            let reason = reason
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned();
+            report.at(
+                pattern,
+                format!("invalid pattern {:?}: {reason}", pattern.value),
+            );
+        }
+        let spec = ParamSpec {
+            name: name.value,
+            kind,
+            description,
+            required,
+            default: default.as_ref().map(|d| d.value.clone()),
+            values,
+            pattern: pattern.map(|p| p.value),
+        };
+        if let Some(default) = &default
+            && let Err(message) = spec.check(&default.value)
+        {
+            report.at(default, format!("default of {}: {message}", spec.name));
+        }
+        specs.push(spec);
+    }
+    specs
+}
+
+fn check_run(
+    request: RunRequestFile,
+    path: &str,
+    scripts: &BTreeMap<String, Script>,
+    known: &Known,
+    report: &mut Report,
+) -> Option<RunRequest> {
+    let RunRequestFile {
+        id,
+        script,
+        targets,
+        params,
+        not_before,
+    } = request;
+    let Some(catalog_script) = scripts.get(&script.value) else {
+        report.at(
+            &script,
+            format!(
+                "unknown script {:?}: it is not in scripts.yaml",
+                script.value
+            ),
+        );
+        return None;
+    };
+    let targets = match targets {
+        Some(targets) => known.check_targets(&targets, report),
+        None => catalog_script.targets.clone(),
+    };
+    if targets.is_empty() {
+        report.at(
+            &id,
+            format!(
+                "run-request {:?} has no targets, and script {:?} has no default targets",
+                id.value, script.value
+            ),
+        );
+    }
+    let values: BTreeMap<_, _> = params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    if let Err(param_problems) = catalog_script.resolve_params(&values) {
+        for (name, message) in param_problems {
+            let from_default = catalog_script
+                .params
+                .iter()
+                .any(|p| p.name == name && p.default.is_some());
+            if from_default && !params.contains_key(&name) {
+                // A broken default is reported once, where scripts.yaml declares it.
+                continue;
+            }
+            match params.get(&name) {
+                Some(value) => report.at(value, message),
+                None => report.at(&id, message),
+            }
+        }
+    }
+    let not_before = match not_before {
+        None => None,
+        Some(text) => {
+            match text.value.parse::<jiff::Timestamp>() {
+                Ok(at) => Some(at),
+                Err(error) => {
+                    report.at(&text, format!("not_before must be an RFC 3339 time such as 2026-12-01T03:00:00Z: {error}"));
+                    None
+                }
+            }
+        }
+    };
+    Some(RunRequest {
+        id: id.value,
+        file: path.to_owned(),
+        script: script.value,
+        targets,
+        params: values,
+        not_before,
+    })
+}
+
+/// Parses `30s`, `5m`, `1h30m`.
+fn duration(text: &Spanned<String>, report: &mut Report) -> Option<Duration> {
+    let parsed = text
+        .value
+        .parse::<jiff::SignedDuration>()
+        .ok()
+        .and_then(|d| Duration::try_from(d).ok())
+        .filter(|d| !d.is_zero());
+    if parsed.is_none() {
+        report.at(
+            text,
+            format!(
+                "{:?} is not a positive duration such as 30s, 5m or 1h30m",
+                text.value
+            ),
+        );
+    }
+    parsed
+}

@@ -1,0 +1,302 @@
+//! Scripts of the catalog, their typed parameters, and targets (which machines).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::machine::Machine;
+
+/// A script of the catalog, with its body resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Script {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub body: String,
+    pub interpreter: String,
+    pub params: Vec<ParamSpec>,
+    pub timeout: Duration,
+    pub max_parallel: Option<u32>,
+    pub targets: Targets,
+}
+
+/// The type of a script parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    String,
+    Int,
+    Bool,
+    Enum,
+}
+
+/// A parameter value as written in YAML: a string, an integer or a boolean.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    String(String),
+}
+
+impl<'de> Deserialize<'de> for ParamValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ParamValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, an integer or a boolean (quote decimals such as \"1.5\")")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<ParamValue, E> {
+                Ok(ParamValue::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<ParamValue, E> {
+                Ok(ParamValue::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ParamValue, E> {
+                i64::try_from(v)
+                    .map(ParamValue::Int)
+                    .map_err(|_| E::custom("integer too large"))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ParamValue, E> {
+                Ok(ParamValue::String(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for ParamValue {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ParamValue".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A parameter value: a string, an integer or a boolean.",
+            "type": ["string", "integer", "boolean"]
+        })
+    }
+}
+
+impl std::fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParamValue::Bool(v) => write!(f, "{v}"),
+            ParamValue::Int(v) => write!(f, "{v}"),
+            ParamValue::String(v) => f.write_str(v),
+        }
+    }
+}
+
+/// A typed parameter of a script.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamSpec {
+    pub name: String,
+    pub kind: ParamType,
+    pub description: String,
+    pub required: bool,
+    pub default: Option<ParamValue>,
+    pub values: Vec<String>,
+    /// Anchored when checked: the whole value must match.
+    pub pattern: Option<String>,
+}
+
+impl ParamSpec {
+    /// Checks one value against the parameter's type, values and pattern;
+    /// returns the text the script will see.
+    pub fn check(&self, value: &ParamValue) -> Result<String, String> {
+        match (self.kind, value) {
+            (ParamType::Bool, ParamValue::Bool(b)) => Ok(b.to_string()),
+            (ParamType::Int, ParamValue::Int(i)) => Ok(i.to_string()),
+            (ParamType::Int, ParamValue::String(s)) if s.trim().parse::<i64>().is_ok() => {
+                Ok(s.trim().to_owned())
+            }
+            (ParamType::Enum, ParamValue::String(s)) => {
+                if self.values.contains(s) {
+                    Ok(s.clone())
+                } else {
+                    Err(format!("{s:?} is not one of {}", self.values.join(", ")))
+                }
+            }
+            (ParamType::String, value) => {
+                let text = value.to_string();
+                match &self.pattern {
+                    Some(pattern) if !anchored(pattern).is_ok_and(|re| re.is_match(&text)) => {
+                        Err(format!("{text:?} does not match the pattern {pattern}"))
+                    }
+                    _ => Ok(text),
+                }
+            }
+            (kind, ParamValue::String(s)) => {
+                Err(format!("expected {}, got {s:?}", kind_name(kind)))
+            }
+            (kind, value) => Err(format!("expected {}, got {value}", kind_name(kind))),
+        }
+    }
+}
+
+/// `pattern` compiled to match the whole value.
+pub fn anchored(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+}
+
+fn kind_name(kind: ParamType) -> &'static str {
+    match kind {
+        ParamType::String => "a string",
+        ParamType::Int => "an integer",
+        ParamType::Bool => "true or false",
+        ParamType::Enum => "one of the listed values",
+    }
+}
+
+impl Script {
+    /// Checks the values given for a run against the parameters and fills in
+    /// defaults. Every problem is reported, by parameter name.
+    pub fn resolve_params(
+        &self,
+        given: &BTreeMap<String, ParamValue>,
+    ) -> Result<BTreeMap<String, String>, Vec<(String, String)>> {
+        let mut resolved = BTreeMap::new();
+        let mut problems = Vec::new();
+        for name in given.keys() {
+            if !self.params.iter().any(|p| &p.name == name) {
+                problems.push((
+                    name.clone(),
+                    format!("script {} has no parameter {name:?}", self.id),
+                ));
+            }
+        }
+        for spec in &self.params {
+            match given.get(&spec.name).or(spec.default.as_ref()) {
+                Some(value) => match spec.check(value) {
+                    Ok(text) => {
+                        resolved.insert(spec.name.clone(), text);
+                    }
+                    Err(message) => problems.push((spec.name.clone(), message)),
+                },
+                None if spec.required => {
+                    problems.push((
+                        spec.name.clone(),
+                        format!("parameter {} is required", spec.name),
+                    ));
+                }
+                None => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(resolved)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Which machines: named ones, and those with any of the tags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Targets {
+    pub machines: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+impl Targets {
+    pub fn is_empty(&self) -> bool {
+        self.machines.is_empty() && self.tags.is_empty()
+    }
+
+    /// Ids of the machines selected, in inventory order, each once.
+    /// Unknown ids are not in the result (validation reports them).
+    pub fn select<'a>(&self, machines: impl IntoIterator<Item = &'a Machine>) -> Vec<String> {
+        let tags: BTreeSet<&str> = self.tags.iter().map(String::as_str).collect();
+        machines
+            .into_iter()
+            .filter(|m| {
+                self.machines.contains(&m.id) || m.tags.iter().any(|t| tags.contains(t.as_str()))
+            })
+            .map(|m| m.id.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: ParamType) -> ParamSpec {
+        ParamSpec {
+            name: "p".into(),
+            kind,
+            description: String::new(),
+            required: false,
+            default: None,
+            values: vec!["fast".into(), "safe".into()],
+            pattern: None,
+        }
+    }
+
+    #[test]
+    fn values_are_checked_by_type() {
+        let s = |v: &str| ParamValue::String(v.into());
+        assert_eq!(
+            spec(ParamType::Int).check(&ParamValue::Int(3)).unwrap(),
+            "3"
+        );
+        assert_eq!(spec(ParamType::Int).check(&s(" 42 ")).unwrap(), "42");
+        assert!(spec(ParamType::Int).check(&s("4x")).is_err());
+        assert!(spec(ParamType::Bool).check(&s("yes")).is_err());
+        assert_eq!(spec(ParamType::Enum).check(&s("safe")).unwrap(), "safe");
+        assert!(
+            spec(ParamType::Enum)
+                .check(&s("slow"))
+                .unwrap_err()
+                .contains("fast, safe")
+        );
+        assert_eq!(
+            spec(ParamType::String).check(&ParamValue::Int(7)).unwrap(),
+            "7"
+        );
+    }
+
+    #[test]
+    fn pattern_must_match_the_whole_value() {
+        let mut p = spec(ParamType::String);
+        p.pattern = Some("[a-z]+".into());
+        assert!(p.check(&ParamValue::String("nginx".into())).is_ok());
+        assert!(
+            p.check(&ParamValue::String("nginx; rm -rf /".into()))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn resolve_fills_defaults_and_reports_every_problem() {
+        let mut required = spec(ParamType::String);
+        required.name = "package".into();
+        required.required = true;
+        let mut defaulted = spec(ParamType::Enum);
+        defaulted.name = "mode".into();
+        defaulted.default = Some(ParamValue::String("safe".into()));
+        let script = Script {
+            id: "install".into(),
+            name: "Install".into(),
+            description: String::new(),
+            body: String::new(),
+            interpreter: "/bin/sh".into(),
+            params: vec![required, defaulted],
+            timeout: Duration::from_secs(60),
+            max_parallel: None,
+            targets: Targets::default(),
+        };
+        let given = BTreeMap::from([("package".to_owned(), ParamValue::String("htop".into()))]);
+        let resolved = script.resolve_params(&given).unwrap();
+        assert_eq!(resolved["mode"], "safe");
+        assert_eq!(resolved["package"], "htop");
+
+        let given = BTreeMap::from([("colour".to_owned(), ParamValue::Bool(true))]);
+        let problems = script.resolve_params(&given).unwrap_err();
+        let names: Vec<&str> = problems.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["colour", "package"]);
+    }
+}

@@ -1,0 +1,112 @@
+//! `linkops validate` and `linkops schema`, run as the operator runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn linkops(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_linkops"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn example_repository_is_valid() {
+    let dir = root().join("examples/config-repo");
+    let output = linkops(&["validate", dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("5 machines, 4 scripts, 1 run-requests"),
+        "{stdout}"
+    );
+}
+
+/// Each `tests/fixtures/broken/<case>/` is a repository; `<case>.expected` is
+/// exactly what `linkops validate` must print for it.
+#[test]
+fn broken_repositories_print_the_expected_problems() {
+    let fixtures = root().join("tests/fixtures/broken");
+    let mut cases = 0;
+    for entry in std::fs::read_dir(&fixtures).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        cases += 1;
+        let expected = std::fs::read_to_string(dir.with_extension("expected")).unwrap();
+        let output = linkops(&["validate", dir.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(1), "{}", dir.display());
+        let actual = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(actual, expected, "output for {} changed", dir.display());
+        // Every line is `file:line:col: message`.
+        for line in actual.lines() {
+            let fields: Vec<&str> = line.splitn(4, ':').collect();
+            assert!(
+                fields.len() == 4
+                    && fields[1].parse::<u32>().is_ok()
+                    && fields[2].parse::<u32>().is_ok(),
+                "{line}"
+            );
+        }
+    }
+    assert!(cases >= 4, "fixtures missing: {cases}");
+}
+
+#[test]
+fn checked_in_schemas_match_the_types() {
+    let out = tempfile::tempdir().unwrap();
+    let output = linkops(&["schema", "--out", out.path().to_str().unwrap()]);
+    assert!(output.status.success());
+    let checked_in = root().join("schemas");
+    let names = [
+        "links.schema.json",
+        "scripts.schema.json",
+        "run-request.schema.json",
+    ];
+    for name in names {
+        let generated = std::fs::read_to_string(out.path().join(name)).unwrap();
+        let committed = std::fs::read_to_string(checked_in.join(name)).unwrap_or_default();
+        assert!(
+            generated == committed,
+            "schemas/{name} is out of date: run `cargo run -- schema` and commit the result"
+        );
+    }
+}
+
+#[test]
+fn example_files_point_editors_at_the_schemas() {
+    let repo = root().join("examples/config-repo");
+    for (file, schema) in [
+        ("links.yaml", "links.schema.json"),
+        ("scripts.yaml", "scripts.schema.json"),
+        (
+            "runs/2026-11-25-upgrade-web.yaml",
+            "run-request.schema.json",
+        ),
+    ] {
+        let path = repo.join(file);
+        let first = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_owned();
+        let target = first
+            .strip_prefix("# yaml-language-server: $schema=")
+            .unwrap_or_else(|| panic!("{file} has no modeline: {first}"));
+        let resolved = path.parent().unwrap().join(target);
+        assert!(
+            resolved.ends_with(Path::new(schema)) && resolved.exists(),
+            "{file}: {target}"
+        );
+    }
+}
