@@ -136,20 +136,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    linkops::server::run(config, listener, shutdown_signal()).await?;
+    linkops::server::run(config, listener, shutdown_signal()?).await?;
     Ok(())
 }
 
 /// Completes on the first SIGINT or SIGTERM; a second one exits at once.
-async fn shutdown_signal() {
+///
+/// The handlers are installed before this returns, so a signal that arrives
+/// while the daemon starts is not lost.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::info!("shutting down: finishing in-flight requests (signal again to abort)");
-    tokio::spawn(async move {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::warn!("second signal: aborting");
-        std::process::exit(130);
-    });
+        tracing::info!("shutting down: finishing in-flight work (signal again to abort)");
+        tokio::spawn(async move {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tracing::warn!("second signal: aborting");
+            std::process::exit(130);
+        });
+    })
 }

@@ -1,15 +1,19 @@
 //! The daemon: opens the store, prepares secrets and the first admin, serves the API.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::auth::{self, Auth, LockoutPolicy};
 use crate::config::Config;
+use crate::git::mirror::{Mirror, Source};
+use crate::git::sync::SyncContext;
 use crate::{secrets, store};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,25 +42,115 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let config = Arc::new(config);
-    let state = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || prepare(config)
-    })
-    .await??;
-
-    let address = listener.local_addr().map_err(Error::Serve)?;
-    tracing::info!(%address, data_dir = %config.data_dir.display(), "linkops serving");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
+    Daemon::start(config, listener, shutdown)
+        .await?
+        .wait()
         .await
-        .map_err(Error::Serve)?;
-    tracing::info!("linkops stopped");
-    Ok(())
+}
+
+/// A running daemon: the HTTP server and its background workers.
+pub struct Daemon {
+    state: AppState,
+    server: JoinHandle<std::io::Result<()>>,
+    workers: Vec<JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Daemon {
+    /// Prepares the data dir, starts the workers and serves on `listener`
+    /// until `shutdown` completes.
+    pub async fn start(
+        config: Config,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Daemon, Error> {
+        let config = Arc::new(config);
+        let prepared = tokio::task::spawn_blocking({
+            let config = config.clone();
+            move || prepare(config)
+        })
+        .await??;
+
+        let stop = CancellationToken::new();
+        let (git, git_worker) =
+            crate::git::sync::start(git_context(&config, prepared.store.clone()), stop.clone());
+        let state = AppState {
+            config: prepared.config,
+            store: prepared.store,
+            auth: prepared.auth,
+            git,
+        };
+        let address = listener.local_addr().map_err(Error::Serve)?;
+        tracing::info!(%address, data_dir = %config.data_dir.display(), "linkops serving");
+        let server = tokio::spawn(
+            axum::serve(listener, api::router(state.clone()))
+                .with_graceful_shutdown(shutdown)
+                .into_future(),
+        );
+        Ok(Daemon {
+            state,
+            server,
+            workers: vec![git_worker],
+            stop,
+        })
+    }
+
+    /// The Git sync handle (for the desired state and sync requests).
+    pub fn git(&self) -> &crate::git::sync::GitSync {
+        &self.state.git
+    }
+
+    /// Waits for the server to stop, then stops the workers and waits for
+    /// them to record what they were doing.
+    pub async fn wait(self) -> Result<(), Error> {
+        let served = self.server.await;
+        self.stop.cancel();
+        for worker in self.workers {
+            worker.await.ok();
+        }
+        // Last: the store closes when its final handle goes.
+        drop(self.state);
+        served?.map_err(Error::Serve)?;
+        tracing::info!("linkops stopped");
+        Ok(())
+    }
+}
+
+/// How the sync worker reaches the config repository.
+fn git_context(config: &Config, store: store::Store) -> SyncContext {
+    let source = match &config.git.url {
+        Some(url) => Some(Source {
+            url: url.clone(),
+            branch: config.git.branch.clone(),
+            deploy_key: config
+                .git
+                .deploy_key
+                .as_ref()
+                .map(|key| config.keys_dir().join(key)),
+            known_hosts: config.known_hosts_path(),
+        }),
+        None => {
+            tracing::warn!("no [git] url configured: the daemon has no desired state to follow");
+            None
+        }
+    };
+    SyncContext {
+        source,
+        mirror: Mirror::new(config.checkout_dir()),
+        store,
+        interval: config.git.interval,
+    }
+}
+
+/// The parts of the state that start-up builds before the background workers.
+struct Prepared {
+    config: Arc<Config>,
+    store: store::Store,
+    auth: Auth,
 }
 
 /// The blocking part of start-up: directories, store, secrets, first admin.
-fn prepare(config: Arc<Config>) -> Result<AppState, Error> {
+fn prepare(config: Arc<Config>) -> Result<Prepared, Error> {
     // Private by default: the data dir holds keys, secrets and the audit log.
     for dir in [config.data_dir.clone(), config.keys_dir()] {
         std::fs::DirBuilder::new()
@@ -78,7 +172,7 @@ fn prepare(config: Arc<Config>) -> Result<AppState, Error> {
         duration: config.auth.lockout_duration,
     };
     let auth = Auth::new(store.clone(), &secret, config.auth.token_lifetime, lockout);
-    Ok(AppState {
+    Ok(Prepared {
         config,
         store,
         auth,

@@ -12,10 +12,21 @@ use crate::{auth, store};
 #[derive(Debug)]
 pub enum ApiError {
     Unauthorized,
-    Forbidden { needed: store::Role },
+    Forbidden {
+        needed: store::Role,
+    },
     InvalidCredentials,
-    Locked { retry_after_secs: u64 },
+    Locked {
+        retry_after_secs: u64,
+    },
     BadRequest(String),
+    /// A webhook delivery whose signature or headers do not check out.
+    Webhook(crate::git::webhook::Rejection),
+    UnsupportedMediaType(String),
+    /// A webhook delivery id seen before.
+    Replayed(String),
+    /// A feature that needs configuration first (the message says which).
+    NotConfigured(String),
     Internal(String),
 }
 
@@ -69,6 +80,27 @@ impl IntoResponse for ApiError {
             ),
             ApiError::BadRequest(message) => {
                 (StatusCode::BAD_REQUEST, "bad_request", message, None)
+            }
+            ApiError::Webhook(rejection) => (
+                StatusCode::UNAUTHORIZED,
+                "bad_signature",
+                rejection.to_string(),
+                None,
+            ),
+            ApiError::UnsupportedMediaType(message) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                message,
+                None,
+            ),
+            ApiError::Replayed(delivery) => (
+                StatusCode::CONFLICT,
+                "replayed",
+                format!("delivery {delivery} was already received"),
+                None,
+            ),
+            ApiError::NotConfigured(message) => {
+                (StatusCode::CONFLICT, "not_configured", message, None)
             }
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "request failed");

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::AppState;
+use crate::store::SyncOutcome;
 
 #[derive(Serialize)]
 pub struct Health {
@@ -29,8 +30,11 @@ pub struct Check {
 pub struct GitHealth {
     /// Whether a config repository is configured at all.
     configured: bool,
-    /// No sync has been attempted yet by this daemon.
-    last_sync: Option<()>,
+    /// The revision in force, if any.
+    applied_revision: Option<String>,
+    /// `applied`, `unchanged`, `invalid` or `failed`; `null` before the first sync.
+    last_result: Option<&'static str>,
+    last_sync_at: Option<jiff::Timestamp>,
 }
 
 /// Answers 200 when ready, 503 when the process lives but cannot serve (store unreadable).
@@ -56,11 +60,25 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         live: true,
         ready,
         store,
-        git: GitHealth {
-            configured: state.config.git.url.is_some(),
-            last_sync: None,
-        },
+        git: git_health(&state),
         version: env!("CARGO_PKG_VERSION"),
     };
     (status, Json(body))
+}
+
+fn git_health(state: &AppState) -> GitHealth {
+    let last = state.store.recent_syncs(1).ok().and_then(|mut r| r.pop());
+    let desired = state.git.desired();
+    let applied_revision = desired.borrow().as_ref().map(|d| d.revision.clone());
+    GitHealth {
+        configured: state.git.source().is_some(),
+        applied_revision,
+        last_result: last.as_ref().map(|r| match r.outcome {
+            SyncOutcome::Applied { .. } => "applied",
+            SyncOutcome::Unchanged => "unchanged",
+            SyncOutcome::Invalid { .. } => "invalid",
+            SyncOutcome::Failed { .. } => "failed",
+        }),
+        last_sync_at: last.and_then(|r| jiff::Timestamp::from_millisecond(r.started_at_ms).ok()),
+    }
 }

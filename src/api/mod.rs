@@ -3,12 +3,14 @@
 
 mod auth;
 mod error;
+mod git;
 mod health;
 mod users;
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{MatchedPath, Request};
 use axum::routing::{get, post};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -24,6 +26,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
     pub auth: crate::auth::Auth,
+    pub git: crate::git::sync::GitSync,
 }
 
 /// Every route of the API, with request tracing.
@@ -33,6 +36,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/me", get(auth::me))
         .route("/api/users", get(users::list))
+        .route("/api/git/status", get(git::status))
+        .route("/api/git/sync", post(git::sync))
+        .route(
+            "/api/git/webhook",
+            post(git::webhook).layer(DefaultBodyLimit::max(git::WEBHOOK_BODY_LIMIT)),
+        )
         .with_state(state)
         .layer(
             TraceLayer::new_for_http()

@@ -9,13 +9,16 @@
 mod audit;
 mod codec;
 mod schema;
+mod sync;
 mod users;
+mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use audit::{AuditEntry, Outcome};
 pub use schema::SCHEMA_VERSION;
+pub use sync::{MachineRecord, ScriptRecord, SyncOutcome, SyncRecord};
 pub use users::{LoginFailures, Role, User};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

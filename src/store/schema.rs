@@ -32,6 +32,9 @@ pub const OPERATION_OUTPUT: JsonTable<(u64, u64)> = TableDefinition::new("operat
 pub const SYNC_HISTORY: JsonTable<u64> = TableDefinition::new("sync_history");
 /// Terminal workspaces by id.
 pub const TERMINAL_WORKSPACES: JsonTable<&str> = TableDefinition::new("terminal_workspaces");
+/// Webhook delivery ids already accepted, with when (replay protection).
+pub const WEBHOOK_DELIVERIES: TableDefinition<&str, i64> =
+    TableDefinition::new("webhook_deliveries");
 /// The audit log by sequence number.
 pub const AUDIT_LOG: JsonTable<u64> = TableDefinition::new("audit_log");
 
@@ -72,6 +75,7 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     tx.open_table(SYNC_HISTORY)?;
     tx.open_table(TERMINAL_WORKSPACES)?;
     tx.open_table(AUDIT_LOG)?;
+    tx.open_table(WEBHOOK_DELIVERIES)?;
     tx.open_table(META)?.insert(VERSION_KEY, SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())

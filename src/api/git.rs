@@ -1,0 +1,191 @@
+//! `/api/git`: the config repository's sync status, manual syncs, and the push webhook.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::auth::Authenticated;
+use super::{ApiError, AppState};
+use crate::git::sync::Trigger;
+use crate::git::webhook;
+use crate::store::{Role, SyncOutcome, SyncRecord};
+
+/// Largest webhook body accepted; push payloads are a few KiB.
+pub const WEBHOOK_BODY_LIMIT: usize = 1 << 20;
+
+#[derive(Serialize)]
+pub struct GitStatus {
+    /// The remote, with any password in it masked; `null` when none is configured.
+    url: Option<String>,
+    branch: String,
+    /// The revision in force.
+    applied_revision: Option<String>,
+    applied_at: Option<jiff::Timestamp>,
+    last_attempt: Option<SyncView>,
+    /// What is wrong with the last attempt, each as `file:line:col: message`.
+    last_error: Vec<String>,
+}
+
+/// A sync record as the API shows it.
+#[derive(Serialize)]
+pub struct SyncView {
+    seq: u64,
+    started_at: jiff::Timestamp,
+    duration_ms: u64,
+    trigger: String,
+    revision: Option<String>,
+    previous: Option<String>,
+    #[serde(flatten)]
+    outcome: SyncOutcome,
+}
+
+impl From<SyncRecord> for SyncView {
+    fn from(record: SyncRecord) -> Self {
+        SyncView {
+            seq: record.seq,
+            started_at: jiff::Timestamp::from_millisecond(record.started_at_ms).unwrap_or_default(),
+            duration_ms: record.duration_ms,
+            trigger: record.trigger,
+            revision: record.revision,
+            previous: record.previous,
+            outcome: record.outcome,
+        }
+    }
+}
+
+/// `GET /api/git/status`
+pub async fn status(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+) -> Result<Json<GitStatus>, ApiError> {
+    let last = state.store.recent_syncs(1)?.into_iter().next();
+    let applied = state.store.last_applied_sync()?;
+    let last_error = match last.as_ref().map(|r| &r.outcome) {
+        Some(SyncOutcome::Invalid { problems }) => {
+            problems.iter().map(ToString::to_string).collect()
+        }
+        Some(SyncOutcome::Failed { error }) => vec![error.clone()],
+        _ => Vec::new(),
+    };
+    Ok(Json(GitStatus {
+        url: state.git.source().map(|s| mask_password(&s.url)),
+        branch: state.config.git.branch.clone(),
+        applied_revision: applied.as_ref().and_then(|r| r.revision.clone()),
+        applied_at: applied.and_then(|r| jiff::Timestamp::from_millisecond(r.started_at_ms).ok()),
+        last_attempt: last.map(SyncView::from),
+        last_error,
+    }))
+}
+
+/// `POST /api/git/sync`: syncs now and answers with what happened.
+pub async fn sync(
+    State(state): State<AppState>,
+    caller: Authenticated,
+) -> Result<Json<SyncView>, ApiError> {
+    let user = caller.require(Role::Admin)?;
+    if state.git.source().is_none() {
+        return Err(ApiError::NotConfigured(
+            "no Git source is configured: set [git] url".into(),
+        ));
+    }
+    let record = state
+        .git
+        .sync_now(Trigger::Api {
+            user: user.name.clone(),
+        })
+        .await
+        .ok_or_else(|| ApiError::Internal("the sync worker has stopped".into()))?;
+    Ok(Json(record.into()))
+}
+
+/// `POST /api/git/webhook`: a push delivery from Forgejo, Gitea or GitHub.
+///
+/// Authenticated by its HMAC signature, not a token. A valid push to the
+/// followed branch asks for a sync and answers 202 at once.
+pub async fn webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Some(secret) = &state.config.webhook.secret else {
+        return Err(ApiError::NotConfigured(
+            "webhooks are disabled: set [webhook] secret".into(),
+        ));
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/json") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "expected application/json, got {content_type:?}; set the webhook's content type to JSON"
+        )));
+    }
+    webhook::verify_signature(&headers, &body, secret.expose_secret().as_bytes())
+        .map_err(ApiError::Webhook)?;
+    let delivery = webhook::delivery_id(&headers).map_err(ApiError::Webhook)?;
+    if !state.store.claim_webhook_delivery(&delivery)? {
+        return Err(ApiError::Replayed(delivery));
+    }
+    let event = webhook::event(&headers);
+    if event != "push" {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "ignored": format!("{event} event; only pushes trigger syncs") })),
+        ));
+    }
+    let payload: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
+    let branch = &state.config.git.branch;
+    match webhook::pushed_branch(&payload) {
+        Some(pushed) if pushed == branch => {
+            state.git.request(Trigger::Webhook { delivery });
+            Ok((StatusCode::ACCEPTED, Json(json!({ "sync": "requested" }))))
+        }
+        other => Ok((
+            StatusCode::ACCEPTED,
+            Json(
+                json!({ "ignored": format!("push to {}, not to {branch}", other.unwrap_or("(no branch)")) }),
+            ),
+        )),
+    }
+}
+
+/// `https://user:token@host/x` → `https://user:***@host/x`.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_password;
+
+    #[test]
+    fn passwords_in_urls_are_masked() {
+        assert_eq!(
+            mask_password("https://bot:tok3n@git.example/ops/fleet.git"),
+            "https://bot:***@git.example/ops/fleet.git"
+        );
+        assert_eq!(
+            mask_password("git@forgejo:ops/fleet.git"),
+            "git@forgejo:ops/fleet.git"
+        );
+        assert_eq!(
+            mask_password("ssh://git@forgejo:2222/ops/fleet.git"),
+            "ssh://git@forgejo:2222/ops/fleet.git"
+        );
+    }
+}

@@ -1,0 +1,382 @@
+//! Following the config repository: the sync worker and its triggers.
+//!
+//! One task owns the mirror and does every sync, one at a time; triggers
+//! (the interval, the API, the webhook, a file watch) only send it requests,
+//! and requests that queue up while a sync runs are answered by the next one.
+//! A valid revision is applied to the store and published on a
+//! `watch` channel; anything else leaves the last good revision in force.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gix::ObjectId;
+use linkops_reconcilers::desired::{self, DesiredState};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::mirror::{self, Mirror, Source};
+use crate::store::{self, Outcome, Store, SyncOutcome, SyncRecord};
+
+/// Why a sync was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    Interval,
+    Api { user: String },
+    Webhook { delivery: String },
+    Watch,
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::Startup => f.write_str("startup"),
+            Trigger::Interval => f.write_str("interval"),
+            Trigger::Api { user } => write!(f, "api:{user}"),
+            Trigger::Webhook { delivery } => write!(f, "webhook:{delivery}"),
+            Trigger::Watch => f.write_str("watch"),
+        }
+    }
+}
+
+struct Request {
+    trigger: Trigger,
+    reply: Option<oneshot::Sender<SyncRecord>>,
+}
+
+/// The handle the rest of the daemon uses: ask for syncs, read the desired state.
+#[derive(Clone)]
+pub struct GitSync {
+    source: Option<Source>,
+    requests: mpsc::Sender<Request>,
+    desired: watch::Receiver<Option<Arc<DesiredState>>>,
+}
+
+impl GitSync {
+    /// The source being followed, if one is configured.
+    pub fn source(&self) -> Option<&Source> {
+        self.source.as_ref()
+    }
+
+    /// The desired state in force (`None` until a first valid revision).
+    pub fn desired(&self) -> watch::Receiver<Option<Arc<DesiredState>>> {
+        self.desired.clone()
+    }
+
+    /// Asks for a sync and waits for its record.
+    pub async fn sync_now(&self, trigger: Trigger) -> Option<SyncRecord> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request {
+                trigger,
+                reply: Some(reply),
+            })
+            .await
+            .ok()?;
+        answer.await.ok()
+    }
+
+    /// Asks for a sync without waiting for it.
+    pub fn request(&self, trigger: Trigger) {
+        // Full means a sync is already queued, which serves this request too.
+        self.requests
+            .try_send(Request {
+                trigger,
+                reply: None,
+            })
+            .ok();
+    }
+}
+
+/// What the worker needs.
+pub struct SyncContext {
+    pub source: Option<Source>,
+    pub mirror: Mirror,
+    pub store: Store,
+    /// Time between scheduled syncs; each wait is jittered by up to a tenth.
+    pub interval: Duration,
+}
+
+/// Starts the sync worker (and, for a local source, the file watch).
+///
+/// Before the first fetch it restores the last applied revision from the
+/// mirror, so a restart serves the last good state even when the remote is down.
+pub fn start(
+    context: SyncContext,
+    shutdown: CancellationToken,
+) -> (GitSync, tokio::task::JoinHandle<()>) {
+    let (requests, queue) = mpsc::channel(16);
+    let (publish, desired) = watch::channel(None);
+    let handle = GitSync {
+        source: context.source.clone(),
+        requests,
+        desired,
+    };
+    if let Some(path) = context.source.as_ref().and_then(Source::local_path) {
+        super::watch::spawn(path, handle.clone(), shutdown.clone());
+    }
+    let worker = tokio::spawn(worker(Arc::new(context), queue, publish, shutdown));
+    (handle, worker)
+}
+
+async fn worker(
+    context: Arc<SyncContext>,
+    mut queue: mpsc::Receiver<Request>,
+    publish: watch::Sender<Option<Arc<DesiredState>>>,
+    shutdown: CancellationToken,
+) {
+    let mut applied = restore(&context).await;
+    if let Some(state) = &applied {
+        publish.send_replace(Some(state.clone()));
+    }
+    let mut pending = Vec::new();
+    if context.source.is_some() {
+        pending.push(Request {
+            trigger: Trigger::Startup,
+            reply: None,
+        });
+    }
+    loop {
+        if pending.is_empty() {
+            let next_interval = tokio::time::sleep(jittered(context.interval));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                request = queue.recv() => match request {
+                    Some(request) => pending.push(request),
+                    None => return,
+                },
+                _ = next_interval, if context.source.is_some() => {
+                    pending.push(Request { trigger: Trigger::Interval, reply: None });
+                }
+            }
+        }
+        // Whatever queued up meanwhile is served by this one sync.
+        while let Ok(request) = queue.try_recv() {
+            pending.push(request);
+        }
+        let trigger = pending[0].trigger.clone();
+        let record = sync_once(&context, &trigger, applied.as_deref()).await;
+        if let Some(state) = record.1 {
+            applied = Some(state.clone());
+            publish.send_replace(Some(state));
+        }
+        for request in pending.drain(..) {
+            if let Some(reply) = request.reply {
+                reply.send(record.0.clone()).ok();
+            }
+        }
+    }
+}
+
+fn jittered(interval: Duration) -> Duration {
+    use rand::RngExt;
+    // Spreads the fleet's daemons (and our own restarts) over the interval.
+    interval.mul_f64(rand::rng().random_range(0.9..1.1))
+}
+
+/// Reads the last applied revision back from the mirror.
+async fn restore(context: &Arc<SyncContext>) -> Option<Arc<DesiredState>> {
+    let context = context.clone();
+    tokio::task::spawn_blocking(move || {
+        let record = context.store.last_applied_sync().ok()??;
+        let revision: ObjectId = record.revision.as_deref()?.parse().ok()?;
+        match context.mirror.files_at(revision) {
+            Ok(files) => desired::load(&revision.to_string(), &files).ok().map(Arc::new),
+            Err(error) => {
+                tracing::warn!(%error, "cannot restore the last applied revision; waiting for a sync");
+                None
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// One sync attempt, recorded. Returns the record and, when a new revision
+/// was applied, its desired state.
+async fn sync_once(
+    context: &Arc<SyncContext>,
+    trigger: &Trigger,
+    applied: Option<&DesiredState>,
+) -> (SyncRecord, Option<Arc<DesiredState>>) {
+    let span = tracing::info_span!("sync", %trigger);
+    let _guard = span.enter();
+    let started_at_ms = store::now_ms();
+    let started = Instant::now();
+    let previous = applied.map(|state| state.revision.clone());
+    let attempt = {
+        let context = context.clone();
+        let previous = previous.clone();
+        tokio::task::spawn_blocking(move || fetch_and_load(&context, previous.as_deref()))
+    };
+    let (revision, outcome, state) = match attempt.await {
+        Ok(Ok(Fetched::Unchanged(revision))) => (Some(revision), SyncOutcome::Unchanged, None),
+        Ok(Ok(Fetched::Loaded {
+            revision,
+            result,
+            changed_files,
+            forced,
+        })) => match result {
+            Ok(state) => (
+                Some(revision),
+                SyncOutcome::Applied {
+                    changed_files,
+                    forced,
+                },
+                Some(Arc::new(state)),
+            ),
+            Err(problems) => (Some(revision), SyncOutcome::Invalid { problems }, None),
+        },
+        Ok(Err(error)) => (
+            None,
+            SyncOutcome::Failed {
+                error: error.to_string(),
+            },
+            None,
+        ),
+        Err(error) => (
+            None,
+            SyncOutcome::Failed {
+                error: format!("sync task failed: {error}"),
+            },
+            None,
+        ),
+    };
+    let record = SyncRecord {
+        seq: 0,
+        started_at_ms,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        trigger: trigger.to_string(),
+        revision,
+        previous,
+        outcome,
+    };
+    let record = match context.store.record_sync(record.clone(), state.as_deref()) {
+        Ok(record) => record,
+        Err(error) => {
+            // Not applied if not recorded: the store is the truth after a restart.
+            tracing::error!(%error, "cannot record the sync; the revision is not applied");
+            return (record, None);
+        }
+    };
+    log_and_audit(&context.store, &record);
+    (record, state)
+}
+
+enum Fetched {
+    Unchanged(String),
+    Loaded {
+        revision: String,
+        result: Result<DesiredState, Vec<desired::Problem>>,
+        changed_files: Vec<String>,
+        forced: bool,
+    },
+}
+
+fn fetch_and_load(context: &SyncContext, previous: Option<&str>) -> Result<Fetched, SyncError> {
+    let source = context.source.as_ref().ok_or(SyncError::NotConfigured)?;
+    let commit = context.mirror.fetch(source)?;
+    let revision = commit.to_string();
+    if previous == Some(revision.as_str()) {
+        return Ok(Fetched::Unchanged(revision));
+    }
+    let files = context.mirror.files_at(commit)?;
+    let previous: Option<ObjectId> = previous.and_then(|p| p.parse().ok());
+    let (changed_files, forced) = match previous {
+        Some(previous) => {
+            let forced = !context.mirror.is_ancestor(previous, commit)?;
+            let before = context.mirror.files_at(previous).unwrap_or_default();
+            (changed(&before, &files), forced)
+        }
+        None => (files.keys().cloned().collect(), false),
+    };
+    Ok(Fetched::Loaded {
+        result: desired::load(&revision, &files),
+        revision,
+        changed_files,
+        forced,
+    })
+}
+
+/// Paths added, removed or modified between two revisions.
+fn changed(before: &desired::RepoFiles, after: &desired::RepoFiles) -> Vec<String> {
+    let mut paths: Vec<String> = after
+        .iter()
+        .filter(|(path, content)| before.get(*path) != Some(content))
+        .map(|(path, _)| path.clone())
+        .chain(
+            before
+                .keys()
+                .filter(|path| !after.contains_key(*path))
+                .cloned(),
+        )
+        .collect();
+    paths.sort();
+    paths
+}
+
+fn log_and_audit(store: &Store, record: &SyncRecord) {
+    let revision = record.revision.as_deref().unwrap_or("-");
+    match &record.outcome {
+        SyncOutcome::Applied {
+            changed_files,
+            forced,
+        } => {
+            tracing::info!(
+                revision,
+                files = changed_files.len(),
+                forced,
+                "applied a new revision"
+            );
+            let detail = format!(
+                "{} -> {revision}{}",
+                record.previous.as_deref().unwrap_or("(none)"),
+                if *forced { " (force-pushed)" } else { "" }
+            );
+            store
+                .audit(
+                    &record.trigger,
+                    "git.sync",
+                    revision,
+                    Outcome::Success,
+                    Some(detail),
+                )
+                .ok();
+        }
+        SyncOutcome::Unchanged => tracing::debug!(revision, "no new revision"),
+        SyncOutcome::Invalid { problems } => {
+            for problem in problems {
+                tracing::warn!(revision, %problem, "revision rejected");
+            }
+            let detail = format!(
+                "{} problem(s); first: {}",
+                problems.len(),
+                problems
+                    .first()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            );
+            store
+                .audit(
+                    &record.trigger,
+                    "git.sync",
+                    revision,
+                    Outcome::Failure,
+                    Some(detail),
+                )
+                .ok();
+        }
+        SyncOutcome::Failed { error } => {
+            tracing::warn!(%error, "sync failed; the last good revision stays in force");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("no Git source is configured (set [git] url)")]
+    NotConfigured,
+    #[error(transparent)]
+    Mirror(#[from] mirror::Error),
+}

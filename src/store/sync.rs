@@ -1,0 +1,211 @@
+//! Sync history, and applying a valid revision's inventory and catalog.
+//!
+//! Applying and recording happen in one transaction: the store never shows a
+//! revision as applied without its machines and scripts, nor the reverse.
+
+use linkops_reconcilers::desired::{DesiredState, Problem};
+use linkops_reconcilers::machine::Machine;
+use linkops_reconcilers::script::Script;
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+
+use super::codec::{decode, encode, get_str};
+use super::schema::{MACHINES, SCRIPTS, SYNC_HISTORY};
+use super::{Result, Store};
+
+/// What one sync attempt did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum SyncOutcome {
+    /// A new revision is in force.
+    Applied {
+        changed_files: Vec<String>,
+        /// The previous revision is not an ancestor: the branch was force-pushed.
+        forced: bool,
+    },
+    /// The branch still points at the applied revision.
+    Unchanged,
+    /// The revision has problems; the previous one stays in force.
+    Invalid { problems: Vec<Problem> },
+    /// Fetching or reading failed; the previous revision stays in force.
+    Failed { error: String },
+}
+
+/// One sync attempt. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRecord {
+    pub seq: u64,
+    pub started_at_ms: i64,
+    pub duration_ms: u64,
+    /// What asked for it: `interval`, `startup`, `api:<user>`, `webhook`, `watch`.
+    pub trigger: String,
+    /// The commit fetched, when the fetch got that far.
+    pub revision: Option<String>,
+    /// The revision in force before this attempt.
+    pub previous: Option<String>,
+    pub outcome: SyncOutcome,
+}
+
+impl SyncRecord {
+    /// The revision in force after this attempt.
+    pub fn in_force(&self) -> Option<&str> {
+        match self.outcome {
+            SyncOutcome::Applied { .. } => self.revision.as_deref(),
+            _ => self.previous.as_deref(),
+        }
+    }
+}
+
+/// A machine the inventory declares, or declared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineRecord {
+    pub spec: Machine,
+    /// The revision that last declared it.
+    pub revision: String,
+    /// Set when a later revision dropped it; its history is kept.
+    pub removed_at_ms: Option<i64>,
+}
+
+/// A script of the catalog, current or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptRecord {
+    pub spec: Script,
+    pub revision: String,
+    pub removed_at_ms: Option<i64>,
+}
+
+impl Store {
+    /// Records a sync attempt; when `desired` is given (outcome `Applied`),
+    /// also applies its machines and scripts, in the same transaction.
+    pub fn record_sync(
+        &self,
+        mut record: SyncRecord,
+        desired: Option<&DesiredState>,
+    ) -> Result<SyncRecord> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut history = tx.open_table(SYNC_HISTORY)?;
+            record.seq = history.last()?.map_or(1, |(key, _)| key.value() + 1);
+            history.insert(record.seq, encode(&record).as_slice())?;
+        }
+        if let Some(desired) = desired {
+            let now = record.started_at_ms + i64::try_from(record.duration_ms).unwrap_or(0);
+            apply(&tx, desired, now)?;
+        }
+        tx.commit()?;
+        Ok(record)
+    }
+
+    /// The most recent sync attempts, newest first.
+    pub fn recent_syncs(&self, limit: usize) -> Result<Vec<SyncRecord>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        let history = tx.open_table(SYNC_HISTORY)?;
+        history
+            .range::<u64>(..)?
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode("sync_history", key.value(), value.value())
+            })
+            .collect()
+    }
+
+    /// The latest attempt that applied a revision.
+    pub fn last_applied_sync(&self) -> Result<Option<SyncRecord>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        let history = tx.open_table(SYNC_HISTORY)?;
+        for entry in history.range::<u64>(..)?.rev() {
+            let (key, value) = entry?;
+            let record: SyncRecord = decode("sync_history", key.value(), value.value())?;
+            if matches!(record.outcome, SyncOutcome::Applied { .. }) {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every machine ever declared, current ones first in id order.
+    pub fn machines(&self) -> Result<Vec<MachineRecord>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(MACHINES)?;
+        table
+            .range::<&str>(..)?
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode("machines", key.value(), value.value())
+            })
+            .collect()
+    }
+
+    pub fn machine(&self, id: &str) -> Result<Option<MachineRecord>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        get_str(&tx.open_table(MACHINES)?, "machines", id)
+    }
+
+    /// Every script ever in the catalog, by id.
+    pub fn scripts(&self) -> Result<Vec<ScriptRecord>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(SCRIPTS)?;
+        table
+            .range::<&str>(..)?
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode("scripts", key.value(), value.value())
+            })
+            .collect()
+    }
+}
+
+/// Upserts the revision's machines and scripts and marks the ones it dropped as removed.
+fn apply(tx: &redb::WriteTransaction, desired: &DesiredState, now_ms: i64) -> Result<()> {
+    let mut machines = tx.open_table(MACHINES)?;
+    let mut dropped = Vec::new();
+    for entry in machines.range::<&str>(..)? {
+        let (key, value) = entry?;
+        let mut record: MachineRecord = decode("machines", key.value(), value.value())?;
+        if desired.machine(key.value()).is_none() && record.removed_at_ms.is_none() {
+            record.removed_at_ms = Some(now_ms);
+            dropped.push(record);
+        }
+    }
+    for record in dropped {
+        machines.insert(record.spec.id.as_str(), encode(&record).as_slice())?;
+    }
+    for machine in &desired.machines {
+        let record = MachineRecord {
+            spec: machine.clone(),
+            revision: desired.revision.clone(),
+            removed_at_ms: None,
+        };
+        machines.insert(machine.id.as_str(), encode(&record).as_slice())?;
+    }
+
+    let mut scripts = tx.open_table(SCRIPTS)?;
+    let mut dropped = Vec::new();
+    for entry in scripts.range::<&str>(..)? {
+        let (key, value) = entry?;
+        let mut record: ScriptRecord = decode("scripts", key.value(), value.value())?;
+        if !desired.scripts.contains_key(key.value()) && record.removed_at_ms.is_none() {
+            record.removed_at_ms = Some(now_ms);
+            dropped.push(record);
+        }
+    }
+    for record in dropped {
+        scripts.insert(record.spec.id.as_str(), encode(&record).as_slice())?;
+    }
+    for script in desired.scripts.values() {
+        let record = ScriptRecord {
+            spec: script.clone(),
+            revision: desired.revision.clone(),
+            removed_at_ms: None,
+        };
+        scripts.insert(script.id.as_str(), encode(&record).as_slice())?;
+    }
+    Ok(())
+}
