@@ -73,7 +73,8 @@ impl Daemon {
 
         let stop = CancellationToken::new();
         let (git, git_worker) =
-            crate::git::sync::start(git_context(&config, prepared.store.clone()), stop.clone());
+            crate::git::sync::start(git_context(&config, prepared.store.clone()), stop.clone())
+                .await;
         let state = AppState {
             config: prepared.config,
             store: prepared.store,

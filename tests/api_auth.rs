@@ -1,88 +1,21 @@
 //! Login, tokens, roles and lockout through the real HTTP server on a real socket.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::path::Path;
 
-use linkops::auth::password;
-use linkops::config::Config;
 use linkops::store::{Outcome, Role, Store};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use support::{TestDaemon, add_users};
 
-/// A daemon on 127.0.0.1:0 over a data dir; stopped gracefully by [`Server::stop`].
-struct Server {
-    url: String,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), linkops::server::Error>>,
+async fn start(dir: &Path) -> TestDaemon {
+    TestDaemon::start(support::config(dir)).await
 }
 
-impl Server {
-    async fn start(data_dir: &Path) -> Server {
-        let config = Config {
-            data_dir: data_dir.to_owned(),
-            ..Config::default()
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address: SocketAddr = listener.local_addr().unwrap();
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(linkops::server::run(config, listener, async {
-            stopped.await.ok();
-        }));
-        Server {
-            url: format!("http://{address}"),
-            shutdown,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.send(()).unwrap();
-        self.task.await.unwrap().unwrap();
-    }
-
-    async fn login(&self, username: &str, password: &str) -> reqwest::Response {
-        reqwest::Client::new()
-            .post(format!("{}/api/auth/login", self.url))
-            .json(&json!({ "username": username, "password": password }))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn token(&self, username: &str, password: &str) -> String {
-        let response = self.login(username, password).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        let body: Value = response.json().await.unwrap();
-        body["token"].as_str().unwrap().to_owned()
-    }
-
-    async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
-        let mut request = reqwest::Client::new().get(format!("{}{path}", self.url));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        request.send().await.unwrap()
-    }
-}
-
-/// A data dir with users made the way `linkops user add` makes them.
 fn data_dir_with_users(users: &[(&str, Role, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        &Config {
-            data_dir: dir.path().to_owned(),
-            ..Config::default()
-        }
-        .store_path(),
-    )
-    .unwrap();
-    for (name, role, secret) in users {
-        store
-            .create_user(name, *role, &password::hash(secret).unwrap())
-            .unwrap();
-    }
+    add_users(dir.path(), users);
     dir
 }
 
@@ -94,7 +27,7 @@ async fn error_code(response: reqwest::Response) -> String {
 #[tokio::test]
 async fn login_answers_token_expiry_and_role_and_the_token_works() {
     let dir = data_dir_with_users(&[("ada", Role::Operator, "pw-ada-1")]);
-    let server = Server::start(dir.path()).await;
+    let server = start(dir.path()).await;
 
     let response = server.login("ada", "pw-ada-1").await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -121,7 +54,7 @@ async fn login_answers_token_expiry_and_role_and_the_token_works() {
 #[tokio::test]
 async fn wrong_password_and_unknown_user_get_the_same_401() {
     let dir = data_dir_with_users(&[("ada", Role::Viewer, "pw-ada-1")]);
-    let server = Server::start(dir.path()).await;
+    let server = start(dir.path()).await;
     let wrong = server.login("ada", "nope").await;
     let unknown = server.login("nobody", "nope").await;
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
@@ -133,7 +66,7 @@ async fn wrong_password_and_unknown_user_get_the_same_401() {
 #[tokio::test]
 async fn missing_forged_and_expired_tokens_are_401() {
     let dir = data_dir_with_users(&[("ada", Role::Admin, "pw-ada-1")]);
-    let server = Server::start(dir.path()).await;
+    let server = start(dir.path()).await;
     let good = server.token("ada", "pw-ada-1").await;
 
     assert_eq!(
@@ -195,7 +128,7 @@ async fn roles_below_admin_get_403_and_admins_never_see_hashes() {
         ("otto", Role::Operator, "pw-otto-1"),
         ("vic", Role::Viewer, "pw-vic-1"),
     ]);
-    let server = Server::start(dir.path()).await;
+    let server = start(dir.path()).await;
     for (name, secret) in [("otto", "pw-otto-1"), ("vic", "pw-vic-1")] {
         let token = server.token(name, secret).await;
         let response = server.get("/api/users", Some(&token)).await;
@@ -217,7 +150,7 @@ async fn roles_below_admin_get_403_and_admins_never_see_hashes() {
 #[tokio::test]
 async fn five_failures_lock_the_account_across_a_restart() {
     let dir = data_dir_with_users(&[("ada", Role::Admin, "pw-ada-1")]);
-    let server = Server::start(dir.path()).await;
+    let server = start(dir.path()).await;
     for attempt in 1..=5 {
         let response = server.login("ada", "wrong").await;
         assert_eq!(
@@ -243,7 +176,7 @@ async fn five_failures_lock_the_account_across_a_restart() {
     server.stop().await;
 
     // A restart does not reset the counter.
-    let server = Server::start(dir.path()).await;
+    let server = start(dir.path()).await;
     assert_eq!(
         server.login("ada", "pw-ada-1").await.status(),
         StatusCode::TOO_MANY_REQUESTS
@@ -271,7 +204,7 @@ async fn five_failures_lock_the_account_across_a_restart() {
 #[tokio::test]
 async fn success_resets_the_failure_count() {
     let dir = data_dir_with_users(&[("ada", Role::Admin, "pw-ada-1")]);
-    let server = Server::start(dir.path()).await;
+    let server = start(dir.path()).await;
     for _ in 0..4 {
         assert_eq!(
             server.login("ada", "wrong").await.status(),
@@ -292,7 +225,7 @@ async fn success_resets_the_failure_count() {
 #[tokio::test]
 async fn health_reports_ready_without_auth() {
     let dir = data_dir_with_users(&[]);
-    let server = Server::start(dir.path()).await;
+    let server = start(dir.path()).await;
     let response = server.get("/health", None).await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();

@@ -99,14 +99,16 @@ pub struct SyncContext {
 
 /// Starts the sync worker (and, for a local source, the file watch).
 ///
-/// Before the first fetch it restores the last applied revision from the
-/// mirror, so a restart serves the last good state even when the remote is down.
-pub fn start(
+/// Before returning it restores the last applied revision from the mirror,
+/// so a restart serves the last good state at once, even when the remote is down.
+pub async fn start(
     context: SyncContext,
     shutdown: CancellationToken,
 ) -> (GitSync, tokio::task::JoinHandle<()>) {
+    let context = Arc::new(context);
+    let applied = restore(&context).await;
     let (requests, queue) = mpsc::channel(16);
-    let (publish, desired) = watch::channel(None);
+    let (publish, desired) = watch::channel(applied.clone());
     let handle = GitSync {
         source: context.source.clone(),
         requests,
@@ -115,20 +117,17 @@ pub fn start(
     if let Some(path) = context.source.as_ref().and_then(Source::local_path) {
         super::watch::spawn(path, handle.clone(), shutdown.clone());
     }
-    let worker = tokio::spawn(worker(Arc::new(context), queue, publish, shutdown));
+    let worker = tokio::spawn(worker(context, applied, queue, publish, shutdown));
     (handle, worker)
 }
 
 async fn worker(
     context: Arc<SyncContext>,
+    mut applied: Option<Arc<DesiredState>>,
     mut queue: mpsc::Receiver<Request>,
     publish: watch::Sender<Option<Arc<DesiredState>>>,
     shutdown: CancellationToken,
 ) {
-    let mut applied = restore(&context).await;
-    if let Some(state) = &applied {
-        publish.send_replace(Some(state.clone()));
-    }
     let mut pending = Vec::new();
     if context.source.is_some() {
         pending.push(Request {

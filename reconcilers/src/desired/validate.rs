@@ -45,7 +45,9 @@ impl Report<'_> {
 pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Problem>> {
     let mut problems = Vec::new();
 
-    let machines = match parse::<LinksFile>(files, LINKS_FILE, &mut problems) {
+    let links = parse::<LinksFile>(files, LINKS_FILE, &mut problems);
+    let inventory_read = links.is_some();
+    let machines = match links {
         Some(links) => check_machines(links, &mut problems),
         None => {
             if !files.contains_key(LINKS_FILE) {
@@ -60,7 +62,11 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         .flat_map(|m| m.tags.iter().map(String::as_str))
         .collect();
     let ids: BTreeSet<&str> = machines.iter().map(|m| m.id.as_str()).collect();
-    let known = Known { ids, tags };
+    let known = Known {
+        ids,
+        tags,
+        inventory_read,
+    };
 
     let scripts = if files.contains_key(SCRIPTS_FILE) {
         parse::<ScriptsFile>(files, SCRIPTS_FILE, &mut problems)
@@ -164,11 +170,21 @@ fn parse<T: DeserializeOwned>(
 struct Known<'a> {
     ids: BTreeSet<&'a str>,
     tags: BTreeSet<&'a str>,
+    /// False when links.yaml could not be read: references to machines are
+    /// then not checked, rather than all reported as unknown.
+    inventory_read: bool,
 }
 
 impl Known<'_> {
     /// Reports ids that are not in the inventory and tags no machine has.
     fn check_targets(&self, targets: &TargetsEntry, report: &mut Report) -> Targets {
+        let selected = Targets {
+            machines: targets.machines.iter().map(|s| s.value.clone()).collect(),
+            tags: targets.tags.iter().map(|s| s.value.clone()).collect(),
+        };
+        if !self.inventory_read {
+            return selected;
+        }
         for id in &targets.machines {
             if !self.ids.contains(id.value.as_str()) {
                 report.at(

@@ -1,0 +1,526 @@
+//! Desired state from real Git remotes: a bare repository served over SSH by a
+//! test sshd host, and a local path; manual syncs, webhooks, bad commits.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use linkops::config::Config;
+use linkops::store::Role;
+use linkops::testbed::{BareRepo, Fleet};
+use linkops_reconcilers::desired::DesiredState;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{TestDaemon, WorkRepo, add_users, example_repo};
+
+const ADMIN: (&str, &str) = ("ada", "pw-ada-1");
+const WEBHOOK_SECRET: &str = "hook-secret-1";
+/// A safety net for waits that end on an event; never reached when things work.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A daemon following `url`, its data dir holding the fleet's key and known_hosts.
+fn ssh_config(data_dir: &Path, fleet: &Fleet, url: &str) -> Config {
+    let mut config = support::config(data_dir);
+    std::fs::create_dir_all(config.keys_dir()).unwrap();
+    let key = config.keys_dir().join("deploy_key");
+    std::fs::copy(fleet.client_key(), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::create_dir_all(config.known_hosts_path().parent().unwrap()).unwrap();
+    std::fs::copy(fleet.known_hosts(), config.known_hosts_path()).unwrap();
+    config.git.url = Some(url.to_owned());
+    config.git.deploy_key = Some("deploy_key".into());
+    config.webhook.secret = Some(WEBHOOK_SECRET.to_owned().into());
+    config
+}
+
+/// Waits until the daemon's desired state is at `revision`.
+async fn applied(daemon: &TestDaemon, revision: &str) -> Arc<DesiredState> {
+    let mut desired = daemon.daemon().git().desired();
+    let wait = desired.wait_for(|d| d.as_ref().is_some_and(|d| d.revision == revision));
+    let state = tokio::time::timeout(PATIENCE, wait)
+        .await
+        .expect("revision applied")
+        .unwrap();
+    state.clone().unwrap()
+}
+
+async fn sync(daemon: &TestDaemon, token: &str) -> Value {
+    let response = daemon.post("/api/git/sync", Some(token)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+async fn git_status(daemon: &TestDaemon, token: &str) -> Value {
+    daemon
+        .get("/api/git/status", Some(token))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+struct SshSetup {
+    fleet: Fleet,
+    remote: BareRepo,
+    work: WorkRepo,
+    data: tempfile::TempDir,
+}
+
+fn ssh_setup() -> SshSetup {
+    let fleet = Fleet::start(1).unwrap();
+    let remote = fleet.bare_repo(0, "linkops-config").unwrap();
+    let work = WorkRepo::new(&fleet.dir().join("work"), Some(&example_repo()))
+        .with_ssh(fleet.client_key(), fleet.known_hosts());
+    work.push(&remote.url);
+    let data = tempfile::tempdir().unwrap();
+    add_users(
+        data.path(),
+        &[
+            (ADMIN.0, Role::Admin, ADMIN.1),
+            ("vic", Role::Viewer, "pw-vic-1"),
+        ],
+    );
+    SshSetup {
+        fleet,
+        remote,
+        work,
+        data,
+    }
+}
+
+#[tokio::test]
+async fn follows_a_remote_over_ssh_through_manual_syncs() {
+    let setup = ssh_setup();
+    let first = setup.work.head();
+    let daemon = TestDaemon::start(ssh_config(
+        setup.data.path(),
+        &setup.fleet,
+        &setup.remote.url,
+    ))
+    .await;
+    let state = applied(&daemon, &first).await;
+    assert_eq!(state.machines.len(), 5);
+    assert_eq!(state.scripts.len(), 4);
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+
+    let status = git_status(&daemon, &token).await;
+    assert_eq!(status["applied_revision"], first.as_str());
+    assert_eq!(status["url"], setup.remote.url.as_str());
+    assert_eq!(status["last_error"], json!([]));
+
+    // A new commit is picked up by POST /api/git/sync, which answers with the result.
+    let text = setup
+        .work
+        .read("scripts.yaml")
+        .replace("Shows how long", "Tells how long");
+    setup.work.write("scripts.yaml", &text);
+    let second = setup.work.commit("reword uptime");
+    setup.work.push(&setup.remote.url);
+    let record = sync(&daemon, &token).await;
+    assert_eq!(record["result"], "applied", "{record}");
+    assert_eq!(record["revision"], second.as_str());
+    assert_eq!(record["previous"], first.as_str());
+    assert_eq!(record["changed_files"], json!(["scripts.yaml"]));
+    assert_eq!(record["forced"], false);
+    assert_eq!(
+        applied(&daemon, &second).await.scripts["uptime"].description,
+        "Tells how long each machine has been up and its load."
+    );
+
+    // Nothing new: unchanged.
+    assert_eq!(sync(&daemon, &token).await["result"], "unchanged");
+
+    // Only admins may sync.
+    let viewer = daemon.token("vic", "pw-vic-1").await;
+    assert_eq!(
+        daemon.post("/api/git/sync", Some(&viewer)).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        daemon.get("/api/git/status", Some(&viewer)).await.status(),
+        StatusCode::OK
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_commit_keeps_the_last_good_state_until_fixed() {
+    let setup = ssh_setup();
+    let good = setup.work.head();
+    let daemon = TestDaemon::start(ssh_config(
+        setup.data.path(),
+        &setup.fleet,
+        &setup.remote.url,
+    ))
+    .await;
+    applied(&daemon, &good).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+
+    // Break the YAML: a key given twice, on line 9.
+    let links = setup.work.read("links.yaml");
+    setup.work.write(
+        "links.yaml",
+        &links.replace(
+            "    name: Forgejo (git server)\n",
+            "    name: Forgejo (git server)\n    name: Forgejo again\n",
+        ),
+    );
+    let bad = setup.work.commit("typo");
+    setup.work.push(&setup.remote.url);
+    let record = sync(&daemon, &token).await;
+    assert_eq!(record["result"], "invalid", "{record}");
+    assert_eq!(record["revision"], bad.as_str());
+    let problem = &record["problems"][0];
+    assert_eq!(
+        (problem["file"].as_str(), problem["line"].as_u64()),
+        (Some("links.yaml"), Some(9)),
+        "{record}"
+    );
+    assert_eq!(
+        record["problems"].as_array().unwrap().len(),
+        1,
+        "no follow-on noise: {record}"
+    );
+
+    let status = git_status(&daemon, &token).await;
+    assert_eq!(
+        status["applied_revision"],
+        good.as_str(),
+        "the good revision stays in force"
+    );
+    assert_eq!(status["last_attempt"]["revision"], bad.as_str());
+    let error = status["last_error"][0].as_str().unwrap();
+    assert!(
+        error.starts_with("links.yaml:9:5: duplicate mapping key"),
+        "{error}"
+    );
+    let desired = daemon.daemon().git().desired();
+    assert_eq!(desired.borrow().as_ref().unwrap().revision, good);
+
+    // A restart serves the last good revision, even with the bad one at the remote.
+    daemon.stop().await;
+    let daemon = TestDaemon::start(ssh_config(
+        setup.data.path(),
+        &setup.fleet,
+        &setup.remote.url,
+    ))
+    .await;
+    assert_eq!(
+        daemon
+            .daemon()
+            .git()
+            .desired()
+            .borrow()
+            .as_ref()
+            .map(|d| d.revision.clone()),
+        Some(good.clone())
+    );
+
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    // Syncing again (after the restart's own sync) finds the same bad revision.
+    assert_eq!(sync(&daemon, &token).await["result"], "invalid");
+
+    // The fix applies.
+    setup.work.write("links.yaml", &links);
+    let fixed = setup.work.commit("fix the typo");
+    setup.work.push(&setup.remote.url);
+    let record = sync(&daemon, &token).await;
+    assert_eq!(record["result"], "applied", "{record}");
+    applied(&daemon, &fixed).await;
+    assert_eq!(git_status(&daemon, &token).await["last_error"], json!([]));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_removed_machine_is_marked_removed_and_a_force_push_is_recorded() {
+    let setup = ssh_setup();
+    let first = setup.work.head();
+    let daemon = TestDaemon::start(ssh_config(
+        setup.data.path(),
+        &setup.fleet,
+        &setup.remote.url,
+    ))
+    .await;
+    applied(&daemon, &first).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+
+    // Drop `backup` from the inventory (the last entry) and rewrite history.
+    let links = setup.work.read("links.yaml");
+    let cut = links.find("  - id: backup").unwrap();
+    setup.work.write("links.yaml", &links[..cut]);
+    let scripts = setup.work.read("scripts.yaml");
+    setup.work.write(
+        "scripts.yaml",
+        &scripts.replace("tags: [debian, backup]", "tags: [debian]"),
+    );
+    setup.work.git(&["add", "-A"]);
+    setup.work.git(&[
+        "-c",
+        "user.name=T",
+        "-c",
+        "user.email=t@e.invalid",
+        "commit",
+        "-q",
+        "--amend",
+        "-m",
+        "rewritten",
+    ]);
+    let rewritten = setup.work.head();
+    setup.work.push(&setup.remote.url);
+    let record = sync(&daemon, &token).await;
+    assert_eq!(record["result"], "applied", "{record}");
+    assert_eq!(record["forced"], true, "{record}");
+    assert_eq!(applied(&daemon, &rewritten).await.machines.len(), 4);
+    daemon.stop().await;
+
+    let store =
+        linkops::store::Store::open(&support::config(setup.data.path()).store_path()).unwrap();
+    let backup = store.machine("backup").unwrap().expect("history kept");
+    assert!(backup.removed_at_ms.is_some());
+    assert_eq!(backup.revision, first);
+    assert!(
+        store
+            .machine("web-1")
+            .unwrap()
+            .unwrap()
+            .removed_at_ms
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_host_key_fails_the_sync_and_says_why() {
+    let setup = ssh_setup();
+    let config = ssh_config(setup.data.path(), &setup.fleet, &setup.remote.url);
+    std::fs::write(config.known_hosts_path(), "").unwrap();
+    let daemon = TestDaemon::start(config).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    let record = sync(&daemon, &token).await;
+    assert_eq!(record["result"], "failed", "{record}");
+    let error = record["error"].as_str().unwrap();
+    assert!(
+        error.contains("Host key verification failed")
+            || error.contains("No ED25519 host key is known"),
+        "{error}"
+    );
+    assert!(daemon.daemon().git().desired().borrow().is_none());
+    daemon.stop().await;
+}
+
+fn signed(body: &str, secret: &str) -> String {
+    linkops::git::webhook::sign(body.as_bytes(), secret.as_bytes())
+}
+
+#[tokio::test]
+async fn a_signed_push_webhook_applies_the_new_revision() {
+    let setup = ssh_setup();
+    let first = setup.work.head();
+    let daemon = TestDaemon::start(ssh_config(
+        setup.data.path(),
+        &setup.fleet,
+        &setup.remote.url,
+    ))
+    .await;
+    applied(&daemon, &first).await;
+
+    let text = setup
+        .work
+        .read("scripts.yaml")
+        .replace("timeout: 30s", "timeout: 45s");
+    setup.work.write("scripts.yaml", &text);
+    let second = setup.work.commit("longer uptime timeout");
+    setup.work.push(&setup.remote.url);
+
+    let body = json!({ "ref": "refs/heads/main", "after": second }).to_string();
+    let sent = Instant::now();
+    let response = daemon
+        .client()
+        .post(format!("{}/api/git/webhook", daemon.url))
+        .header("content-type", "application/json")
+        .header("x-forgejo-event", "push")
+        .header("x-forgejo-delivery", "delivery-1")
+        .header("x-forgejo-signature", signed(&body, WEBHOOK_SECRET))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let state = applied(&daemon, &second).await;
+    eprintln!("webhook to applied revision: {:?}", sent.elapsed());
+    assert_eq!(state.scripts["uptime"].timeout, Duration::from_secs(45));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_deliveries_are_authenticated_and_checked() {
+    let setup = ssh_setup();
+    let daemon = TestDaemon::start(ssh_config(
+        setup.data.path(),
+        &setup.fleet,
+        &setup.remote.url,
+    ))
+    .await;
+    applied(&daemon, &setup.work.head()).await;
+    let push = json!({ "ref": "refs/heads/main" }).to_string();
+    let send = |headers: Vec<(&'static str, String)>, body: String| {
+        let mut request = daemon
+            .client()
+            .post(format!("{}/api/git/webhook", daemon.url))
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let json_type = ("content-type", "application/json".to_owned());
+
+    // Valid Forgejo and GitHub deliveries.
+    let (status, body) = send(
+        vec![
+            json_type.clone(),
+            ("x-forgejo-delivery", "f-1".into()),
+            ("x-forgejo-signature", signed(&push, WEBHOOK_SECRET)),
+        ],
+        push.clone(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["sync"].as_str()),
+        (StatusCode::ACCEPTED, Some("requested"))
+    );
+    let github_signature = format!("sha256={}", signed(&push, WEBHOOK_SECRET));
+    let (status, body) = send(
+        vec![
+            json_type.clone(),
+            ("x-github-event", "push".into()),
+            ("x-github-delivery", "g-1".into()),
+            ("x-hub-signature-256", github_signature),
+        ],
+        push.clone(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["sync"].as_str()),
+        (StatusCode::ACCEPTED, Some("requested"))
+    );
+
+    // Wrong secret, tampered body, no signature: 401.
+    let (status, _) = send(
+        vec![
+            json_type.clone(),
+            ("x-forgejo-delivery", "f-2".into()),
+            ("x-forgejo-signature", signed(&push, "guess")),
+        ],
+        push.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let tampered = json!({ "ref": "refs/heads/main", "evil": true }).to_string();
+    let (status, _) = send(
+        vec![
+            json_type.clone(),
+            ("x-forgejo-delivery", "f-3".into()),
+            ("x-forgejo-signature", signed(&push, WEBHOOK_SECRET)),
+        ],
+        tampered,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = send(
+        vec![json_type.clone(), ("x-forgejo-delivery", "f-4".into())],
+        push.clone(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("bad_signature"))
+    );
+
+    // Replay of an accepted delivery: 409.
+    let (status, body) = send(
+        vec![
+            json_type.clone(),
+            ("x-forgejo-delivery", "f-1".into()),
+            ("x-forgejo-signature", signed(&push, WEBHOOK_SECRET)),
+        ],
+        push.clone(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("replayed"))
+    );
+
+    // A push to another branch is accepted and ignored, saying so.
+    let other = json!({ "ref": "refs/heads/feature" }).to_string();
+    let (status, body) = send(
+        vec![
+            json_type.clone(),
+            ("x-forgejo-delivery", "f-5".into()),
+            ("x-forgejo-signature", signed(&other, WEBHOOK_SECRET)),
+        ],
+        other,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(
+        body["ignored"]
+            .as_str()
+            .unwrap()
+            .contains("refs/heads/feature")
+            || body["ignored"].as_str().unwrap().contains("feature"),
+        "{body}"
+    );
+
+    // Not JSON: 415. Too large: 413.
+    let (status, _) = send(
+        vec![
+            ("content-type", "application/x-www-form-urlencoded".into()),
+            ("x-forgejo-delivery", "f-6".into()),
+            ("x-forgejo-signature", signed(&push, WEBHOOK_SECRET)),
+        ],
+        push.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let huge = format!(
+        "{{\"ref\":\"refs/heads/main\",\"pad\":\"{}\"}}",
+        "x".repeat(2 << 20)
+    );
+    let (status, _) = send(
+        vec![
+            json_type.clone(),
+            ("x-forgejo-delivery", "f-7".into()),
+            ("x-forgejo-signature", signed(&huge, WEBHOOK_SECRET)),
+        ],
+        huge,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_local_repository_is_watched_and_synced_on_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = WorkRepo::new(&dir.path().join("config"), Some(&example_repo()));
+    let first = work.head();
+    let data = dir.path().join("data");
+    let mut config = support::config(&data);
+    config.git.url = Some(work.dir.to_str().unwrap().to_owned());
+    let daemon = TestDaemon::start(config).await;
+    applied(&daemon, &first).await;
+
+    // No API call: committing is enough.
+    work.remove("runs/2026-11-25-upgrade-web.yaml");
+    let second = work.commit("drop the run-request");
+    assert!(applied(&daemon, &second).await.runs.is_empty());
+    daemon.stop().await;
+}

@@ -1,0 +1,208 @@
+//! Shared by the integration tests: a daemon on a real socket, and Git repositories driven by the real `git`.
+#![allow(dead_code)] // Each test crate uses a different part.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use linkops::auth::password;
+use linkops::config::Config;
+use linkops::server::Daemon;
+use linkops::store::{Role, Store};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// A daemon serving on 127.0.0.1:0 in this process.
+pub struct TestDaemon {
+    pub url: String,
+    daemon: Daemon,
+    shutdown: oneshot::Sender<()>,
+    client: reqwest::Client,
+}
+
+impl TestDaemon {
+    pub async fn start(config: Config) -> TestDaemon {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let daemon = Daemon::start(config, listener, async {
+            stopped.await.ok();
+        })
+        .await
+        .unwrap();
+        TestDaemon {
+            url,
+            daemon,
+            shutdown,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn daemon(&self) -> &Daemon {
+        &self.daemon
+    }
+
+    /// Stops gracefully; the store is closed when this returns.
+    pub async fn stop(self) {
+        self.shutdown.send(()).unwrap();
+        self.daemon.wait().await.unwrap();
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/api/auth/login", self.url))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn token(&self, username: &str, password: &str) -> String {
+        let response = self.login(username, password).await;
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.post(format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+/// A config with `data_dir` set and everything else at its default.
+pub fn config(data_dir: &Path) -> Config {
+    Config {
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    }
+}
+
+/// Creates users in a data dir the way `linkops user add` does.
+pub fn add_users(data_dir: &Path, users: &[(&str, Role, &str)]) {
+    let store = Store::open(&config(data_dir).store_path()).unwrap();
+    for (name, role, secret) in users {
+        store
+            .create_user(name, *role, &password::hash(secret).unwrap())
+            .unwrap();
+    }
+}
+
+/// A working Git repository the test edits, commits in and pushes from.
+pub struct WorkRepo {
+    pub dir: PathBuf,
+    ssh_command: Option<String>,
+}
+
+impl WorkRepo {
+    /// `git init` in `dir`, with the files of `template` (if any) committed.
+    pub fn new(dir: &Path, template: Option<&Path>) -> WorkRepo {
+        std::fs::create_dir_all(dir).unwrap();
+        let repo = WorkRepo {
+            dir: dir.to_owned(),
+            ssh_command: None,
+        };
+        repo.git(&["init", "-q", "-b", "main"]);
+        if let Some(template) = template {
+            copy_tree(template, dir);
+            repo.commit("initial configuration");
+        }
+        repo
+    }
+
+    /// Pushes over SSH with this key and known_hosts.
+    pub fn with_ssh(mut self, key: &Path, known_hosts: &Path) -> WorkRepo {
+        self.ssh_command = Some(format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
+            key.display(),
+            known_hosts.display()
+        ));
+        self
+    }
+
+    pub fn write(&self, path: &str, content: &str) {
+        let path = self.dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    pub fn remove(&self, path: &str) {
+        std::fs::remove_file(self.dir.join(path)).unwrap();
+    }
+
+    pub fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.dir.join(path)).unwrap()
+    }
+
+    /// Commits everything; returns the new revision.
+    pub fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&[
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.invalid",
+            "commit",
+            "-q",
+            "-m",
+            message,
+        ]);
+        self.head()
+    }
+
+    pub fn head(&self) -> String {
+        self.git(&["rev-parse", "HEAD"]).trim().to_owned()
+    }
+
+    /// Pushes `main` to `url`, forced (the tests rewrite history on purpose).
+    pub fn push(&self, url: &str) {
+        self.git(&["push", "-q", "--force", url, "main"]);
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let mut command = Command::new("git");
+        command.arg("-C").arg(&self.dir).args(args);
+        if let Some(ssh) = &self.ssh_command {
+            command.env("GIT_SSH_COMMAND", ssh);
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The bundled example configuration repository.
+pub fn example_repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config-repo")
+}
