@@ -105,6 +105,8 @@ impl Default for GitConfig {
 pub struct SshConfig {
     /// Login user when the inventory names none.
     pub user: String,
+    /// Private key (a file in the keys directory) when the inventory names none.
+    pub key: String,
     #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
     pub connect_timeout: Duration,
     #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
@@ -119,6 +121,7 @@ impl Default for SshConfig {
     fn default() -> Self {
         SshConfig {
             user: "root".into(),
+            key: "id_ed25519".into(),
             connect_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(300),
             concurrency: 50,

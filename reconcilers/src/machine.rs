@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::enrollment::Enrollment;
+use crate::condition::{self, Condition, ConditionKind, ConditionStatus};
+use crate::enrollment::{ClientIdReading, Enrollment, assess};
 
 /// A machine as the inventory (`links.yaml`) declares it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,13 +52,403 @@ pub enum Health {
     },
 }
 
+/// How often a machine is checked when the inventory does not say.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Failed checks in a row after which a machine counts as stalled.
+pub const STALL_AFTER_FAILURES: u32 = 5;
+
 /// Everything LinkOps has observed about one machine. Times are Unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MachineObservation {
+pub struct MachineStatus {
     pub machine_id: String,
     pub health: Health,
+    pub enrollment: Enrollment,
     /// Last time the machine answered over SSH.
     pub last_seen_ms: Option<i64>,
     pub checked_at_ms: Option<i64>,
-    pub enrollment: Enrollment,
+    /// [`check_fingerprint`] of the inventory entry the last check used.
+    pub checked_fingerprint: Option<String>,
+    /// The Git revision the machine was last reconciled against.
+    pub revision: Option<String>,
+    pub consecutive_failures: u32,
+    pub conditions: Vec<Condition>,
+}
+
+impl MachineStatus {
+    pub fn new(machine_id: &str) -> MachineStatus {
+        MachineStatus {
+            machine_id: machine_id.to_owned(),
+            health: Health::Unknown,
+            enrollment: Enrollment::Unknown,
+            last_seen_ms: None,
+            checked_at_ms: None,
+            checked_fingerprint: None,
+            revision: None,
+            consecutive_failures: 0,
+            conditions: Vec::new(),
+        }
+    }
+}
+
+/// The inventory fields a check depends on: when any changes, check again at once.
+pub fn check_fingerprint(machine: &Machine) -> String {
+    format!(
+        "{}|{}|{}|{}|{}|{}",
+        machine.host,
+        machine.port,
+        machine.user.as_deref().unwrap_or(""),
+        machine.key.as_deref().unwrap_or(""),
+        machine.uuid,
+        machine.host_key.as_deref().unwrap_or(""),
+    )
+}
+
+/// What to do about a machine now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MachineDecision {
+    /// Reconciliation is suspended: look again when that changes.
+    Suspended,
+    /// Connect, read the client id (which also proves reachability), record.
+    CheckNow,
+    /// Nothing yet; the next check is due after this long.
+    WaitFor(Duration),
+}
+
+/// Decides whether a machine needs a check: never checked, its connection
+/// details changed, or its interval has passed.
+pub fn decide(
+    machine: &Machine,
+    status: Option<&MachineStatus>,
+    now_ms: i64,
+    suspended: bool,
+) -> MachineDecision {
+    if suspended {
+        return MachineDecision::Suspended;
+    }
+    let Some(status) = status else {
+        return MachineDecision::CheckNow;
+    };
+    let (Some(checked_at), Some(fingerprint)) = (status.checked_at_ms, &status.checked_fingerprint)
+    else {
+        return MachineDecision::CheckNow;
+    };
+    if *fingerprint != check_fingerprint(machine) {
+        return MachineDecision::CheckNow;
+    }
+    let interval = machine.health_interval.unwrap_or(DEFAULT_HEALTH_INTERVAL);
+    let elapsed = Duration::from_millis(u64::try_from(now_ms - checked_at).unwrap_or(0));
+    match interval.checked_sub(elapsed) {
+        Some(left) if !left.is_zero() => MachineDecision::WaitFor(left),
+        _ => MachineDecision::CheckNow,
+    }
+}
+
+/// What one check saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    /// Connect plus command, for a reachable machine.
+    pub latency_ms: u64,
+    pub reading: ClientIdReading,
+}
+
+/// The status after a check: health, enrollment and conditions.
+pub fn observe(
+    machine: &Machine,
+    previous: Option<MachineStatus>,
+    result: CheckResult,
+    revision: &str,
+    now_ms: i64,
+) -> MachineStatus {
+    let mut status = previous.unwrap_or_else(|| MachineStatus::new(&machine.id));
+    let reachable = matches!(
+        result.reading,
+        ClientIdReading::Content(_) | ClientIdReading::Missing
+    );
+    status.health = match &result.reading {
+        ClientIdReading::Unreachable(error) => Health::Unreachable {
+            error: error.clone(),
+        },
+        ClientIdReading::HostKeyMismatch(error) => Health::Unreachable {
+            error: error.clone(),
+        },
+        _ => Health::Reachable {
+            latency_ms: result.latency_ms,
+        },
+    };
+    if reachable {
+        status.last_seen_ms = Some(now_ms);
+        status.consecutive_failures = 0;
+    } else {
+        status.consecutive_failures += 1;
+    }
+    status.enrollment = assess(&machine.uuid, result.reading);
+    status.checked_at_ms = Some(now_ms);
+    status.checked_fingerprint = Some(check_fingerprint(machine));
+    status.revision = Some(revision.to_owned());
+    set_conditions(&mut status, now_ms);
+    status
+}
+
+fn set_conditions(status: &mut MachineStatus, now_ms: i64) {
+    use ConditionKind::{Ready, Reconciling, Stalled};
+    use ConditionStatus::{False, True};
+    let conditions = &mut status.conditions;
+    let (ready, reason, message) = match (&status.health, &status.enrollment) {
+        (_, Enrollment::Enrolled) => (True, "Enrolled", "reachable and enrolled".to_owned()),
+        (_, Enrollment::HostKeyMismatch { error }) => (False, "HostKeyMismatch", error.clone()),
+        (Health::Unreachable { error }, _) => (False, "Unreachable", error.clone()),
+        (_, Enrollment::Mismatch { expected, found }) => (
+            False,
+            "ClientIdMismatch",
+            format!("/etc/linkops/client_id reads {found:?}, expected {expected:?}"),
+        ),
+        (_, Enrollment::MissingFile) => (
+            False,
+            "ClientIdMissing",
+            "/etc/linkops/client_id does not exist; enroll the machine".to_owned(),
+        ),
+        _ => (
+            ConditionStatus::Unknown,
+            "NotChecked",
+            "not checked yet".to_owned(),
+        ),
+    };
+    condition::set(conditions, Ready, ready, reason, message.clone(), now_ms);
+    condition::set(
+        conditions,
+        Reconciling,
+        False,
+        "Checked",
+        "the last check is recorded",
+        now_ms,
+    );
+    // Needs a person: nothing LinkOps retries will fix these.
+    let stalled = matches!(
+        reason,
+        "HostKeyMismatch" | "ClientIdMismatch" | "ClientIdMissing"
+    ) || status.consecutive_failures >= STALL_AFTER_FAILURES;
+    if stalled {
+        let message = if reason == "Unreachable" {
+            format!(
+                "{} failed checks in a row: {message}",
+                status.consecutive_failures
+            )
+        } else {
+            message
+        };
+        condition::set(conditions, Stalled, True, reason, message, now_ms);
+    } else {
+        condition::set(conditions, Stalled, False, "Progressing", "", now_ms);
+    }
+}
+
+/// Marks a machine as being checked (the `Reconciling` condition).
+pub fn mark_reconciling(status: &mut MachineStatus, now_ms: i64) {
+    condition::set(
+        &mut status.conditions,
+        ConditionKind::Reconciling,
+        ConditionStatus::True,
+        "Checking",
+        "connecting and reading /etc/linkops/client_id",
+        now_ms,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UUID: &str = "7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935";
+
+    fn machine() -> Machine {
+        Machine {
+            id: "web-1".into(),
+            name: "Web 1".into(),
+            host: "10.0.0.1".into(),
+            port: 22,
+            user: None,
+            key: None,
+            uuid: UUID.into(),
+            tags: vec![],
+            labels: BTreeMap::new(),
+            host_key: None,
+            health_interval: Some(Duration::from_secs(60)),
+            concurrency: None,
+        }
+    }
+
+    fn checked_at(ms: i64) -> MachineStatus {
+        observe(&machine(), None, enrolled(), "r1", ms)
+    }
+
+    fn enrolled() -> CheckResult {
+        CheckResult {
+            latency_ms: 12,
+            reading: ClientIdReading::Content(format!("LINKOPS-{UUID}\n")),
+        }
+    }
+
+    fn unreachable() -> CheckResult {
+        CheckResult {
+            latency_ms: 0,
+            reading: ClientIdReading::Unreachable("connection refused".into()),
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let mut moved = machine();
+        moved.host = "10.0.0.99".into();
+        let cases: Vec<(
+            &str,
+            Machine,
+            Option<MachineStatus>,
+            i64,
+            bool,
+            MachineDecision,
+        )> = vec![
+            (
+                "never checked",
+                machine(),
+                None,
+                0,
+                false,
+                MachineDecision::CheckNow,
+            ),
+            (
+                "suspended wins",
+                machine(),
+                None,
+                0,
+                true,
+                MachineDecision::Suspended,
+            ),
+            (
+                "fresh check waits",
+                machine(),
+                Some(checked_at(1_000)),
+                21_000,
+                false,
+                MachineDecision::WaitFor(Duration::from_secs(40)),
+            ),
+            (
+                "interval passed",
+                machine(),
+                Some(checked_at(1_000)),
+                61_000,
+                false,
+                MachineDecision::CheckNow,
+            ),
+            (
+                "long overdue",
+                machine(),
+                Some(checked_at(1_000)),
+                900_000,
+                false,
+                MachineDecision::CheckNow,
+            ),
+            (
+                "address changed",
+                moved,
+                Some(checked_at(1_000)),
+                2_000,
+                false,
+                MachineDecision::CheckNow,
+            ),
+            (
+                "status without a check",
+                machine(),
+                Some(MachineStatus::new("web-1")),
+                2_000,
+                false,
+                MachineDecision::CheckNow,
+            ),
+        ];
+        for (name, machine, status, now, suspended, expected) in cases {
+            assert_eq!(
+                decide(&machine, status.as_ref(), now, suspended),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_enrolled_machine_is_ready() {
+        let status = checked_at(5_000);
+        assert_eq!(status.health, Health::Reachable { latency_ms: 12 });
+        assert_eq!(status.last_seen_ms, Some(5_000));
+        let ready = condition::get(&status.conditions, ConditionKind::Ready).unwrap();
+        assert_eq!(
+            (ready.status, ready.reason.as_str()),
+            (ConditionStatus::True, "Enrolled")
+        );
+    }
+
+    #[test]
+    fn going_offline_is_visible_at_once_and_keeps_last_seen() {
+        let online = checked_at(5_000);
+        let offline = observe(&machine(), Some(online), unreachable(), "r1", 65_000);
+        assert!(matches!(offline.health, Health::Unreachable { .. }));
+        assert_eq!(offline.last_seen_ms, Some(5_000));
+        let ready = condition::get(&offline.conditions, ConditionKind::Ready).unwrap();
+        assert_eq!(
+            (
+                ready.status,
+                ready.reason.as_str(),
+                ready.last_transition_ms
+            ),
+            (ConditionStatus::False, "Unreachable", 65_000)
+        );
+        let back = observe(&machine(), Some(offline), enrolled(), "r1", 125_000);
+        assert_eq!(
+            condition::get(&back.conditions, ConditionKind::Ready)
+                .unwrap()
+                .status,
+            ConditionStatus::True
+        );
+        assert_eq!(back.consecutive_failures, 0);
+    }
+
+    #[test]
+    fn a_wrong_client_id_stalls_with_both_values() {
+        let wrong = CheckResult {
+            latency_ms: 5,
+            reading: ClientIdReading::Content("LINKOPS-other\n".into()),
+        };
+        let status = observe(&machine(), None, wrong, "r1", 1_000);
+        let stalled = condition::get(&status.conditions, ConditionKind::Stalled).unwrap();
+        assert_eq!(
+            (stalled.status, stalled.reason.as_str()),
+            (ConditionStatus::True, "ClientIdMismatch")
+        );
+        assert!(
+            stalled.message.contains("LINKOPS-other") && stalled.message.contains(UUID),
+            "{}",
+            stalled.message
+        );
+    }
+
+    #[test]
+    fn repeated_failures_stall() {
+        let mut status = None;
+        for i in 0..STALL_AFTER_FAILURES {
+            status = Some(observe(
+                &machine(),
+                status,
+                unreachable(),
+                "r1",
+                i64::from(i) * 1_000,
+            ));
+        }
+        let status = status.unwrap();
+        let stalled = condition::get(&status.conditions, ConditionKind::Stalled).unwrap();
+        assert_eq!(stalled.status, ConditionStatus::True);
+        assert!(
+            stalled.message.starts_with("5 failed checks"),
+            "{}",
+            stalled.message
+        );
+    }
 }

@@ -25,9 +25,11 @@ pub enum HostState {
     Pending,
     Running,
     Succeeded,
+    /// A non-zero exit, a signal, or an error before the script could run.
     Failed {
         exit_code: Option<u32>,
         signal: Option<String>,
+        error: Option<String>,
     },
     Timeout,
     Skipped {
@@ -69,6 +71,38 @@ pub struct HostResult {
     pub stderr_bytes: u64,
 }
 
+impl HostState {
+    /// Whether this host's part is over.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, HostState::Pending | HostState::Running)
+    }
+}
+
+/// The state of a finished operation, from its hosts' states.
+///
+/// Everything that ran succeeded and nothing was skipped: succeeded. Nothing
+/// succeeded: failed. Otherwise partially failed. Stops and interruptions
+/// win over both, since the operation did not run to its end.
+pub fn summarize(hosts: &[HostState]) -> OperationState {
+    if hosts.iter().any(|h| matches!(h, HostState::Interrupted)) {
+        return OperationState::Interrupted;
+    }
+    if hosts.iter().any(|h| matches!(h, HostState::Stopped)) {
+        return OperationState::Stopped;
+    }
+    let succeeded = hosts
+        .iter()
+        .filter(|h| matches!(h, HostState::Succeeded))
+        .count();
+    if succeeded == hosts.len() && succeeded > 0 {
+        OperationState::Succeeded
+    } else if succeeded == 0 {
+        OperationState::Failed
+    } else {
+        OperationState::PartiallyFailed
+    }
+}
+
 /// Which output stream a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -84,4 +118,52 @@ pub struct OutputChunk {
     pub stream: Stream,
     pub data: Vec<u8>,
     pub at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries() {
+        let failed = HostState::Failed {
+            exit_code: Some(1),
+            signal: None,
+            error: None,
+        };
+        let skipped = HostState::Skipped {
+            reason: "not enrolled".into(),
+        };
+        let cases = [
+            (
+                vec![HostState::Succeeded, HostState::Succeeded],
+                OperationState::Succeeded,
+            ),
+            (
+                vec![HostState::Succeeded, failed.clone()],
+                OperationState::PartiallyFailed,
+            ),
+            (
+                vec![HostState::Succeeded, skipped.clone()],
+                OperationState::PartiallyFailed,
+            ),
+            (
+                vec![failed.clone(), HostState::Timeout],
+                OperationState::Failed,
+            ),
+            (vec![skipped.clone()], OperationState::Failed),
+            (vec![], OperationState::Failed),
+            (
+                vec![HostState::Succeeded, HostState::Stopped],
+                OperationState::Stopped,
+            ),
+            (
+                vec![HostState::Stopped, HostState::Interrupted],
+                OperationState::Interrupted,
+            ),
+        ];
+        for (hosts, expected) in cases {
+            assert_eq!(summarize(&hosts), expected, "{hosts:?}");
+        }
+    }
 }

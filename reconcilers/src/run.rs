@@ -1,9 +1,15 @@
 //! Run-requests: a script to run once on some machines, asked for by a commit.
+//!
+//! A run-request id starts at most one operation, ever. The claim that says
+//! so is written in the same store transaction that creates the operation,
+//! before anything runs; from then on the decision is always "already ran".
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::enrollment::Enrollment;
+use crate::machine::{Machine, MachineStatus};
 use crate::script::{ParamValue, Targets};
 
 /// A run-request as committed under `runs/`.
@@ -18,4 +24,377 @@ pub struct RunRequest {
     pub targets: Targets,
     pub params: BTreeMap<String, ParamValue>,
     pub not_before: Option<jiff::Timestamp>,
+}
+
+impl RunRequest {
+    /// What the request asks for, as comparable text: a change after it ran is reported.
+    pub fn content(&self) -> String {
+        serde_json::json!({
+            "script": self.script,
+            "targets": self.targets,
+            "params": self.params,
+            "not_before": self.not_before,
+        })
+        .to_string()
+    }
+}
+
+/// Where a run-request stands. Stored; times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RunState {
+    /// Seen, not started: waiting for `not_before` or for its machines' first check.
+    Waiting { reason: String },
+    /// Claimed: its one operation was created.
+    Started { operation_id: u64 },
+    /// Removed from Git before it started; it never will.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub state: RunState,
+    /// [`RunRequest::content`] when it was claimed (or last seen, before that).
+    pub content: String,
+    /// The content in Git differs from what ran; it is not re-run.
+    pub changed_after_run: bool,
+    /// The revision it was last reconciled against.
+    pub revision: String,
+    pub updated_at_ms: i64,
+}
+
+/// One target machine's part in a run about to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    Run,
+    Skip { reason: String },
+}
+
+/// What to do about a run-request now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunDecision {
+    /// Claim it and start its operation on these machines (in target order).
+    Start { machines: Vec<(String, Placement)> },
+    /// Not yet; look again after this many milliseconds.
+    Wait { reason: String, retry_after_ms: i64 },
+    /// Its operation exists; `changed` if the request was edited since.
+    AlreadyStarted { operation_id: u64, changed: bool },
+    /// It left Git before it started.
+    Cancel,
+    /// Nothing to record (gone from Git and already settled).
+    Nothing,
+}
+
+/// How long to wait for target machines' first check before deciding.
+pub const ENROLLMENT_WAIT_MS: i64 = 2_000;
+
+/// Decides about one run-request from what Git asks and what the store knows.
+pub fn decide(
+    desired: Option<&RunRequest>,
+    record: Option<&RunRecord>,
+    machines: &[Machine],
+    status: impl Fn(&str) -> Option<MachineStatus>,
+    now_ms: i64,
+) -> RunDecision {
+    if let Some(RunRecord {
+        state: RunState::Started { operation_id },
+        content,
+        ..
+    }) = record
+    {
+        let changed = desired.is_some_and(|d| d.content() != *content);
+        return RunDecision::AlreadyStarted {
+            operation_id: *operation_id,
+            changed,
+        };
+    }
+    let Some(run) = desired else {
+        return match record {
+            Some(RunRecord {
+                state: RunState::Waiting { .. },
+                ..
+            }) => RunDecision::Cancel,
+            _ => RunDecision::Nothing,
+        };
+    };
+    if let Some(not_before) = run.not_before {
+        let at = not_before.as_millisecond();
+        if at > now_ms {
+            return RunDecision::Wait {
+                reason: format!("not before {not_before}"),
+                retry_after_ms: at - now_ms,
+            };
+        }
+    }
+    let mut placements = Vec::new();
+    for id in run.targets.select(machines) {
+        let placement = match status(&id).map(|s| s.enrollment) {
+            None | Some(Enrollment::Unknown) => {
+                return RunDecision::Wait {
+                    reason: format!("machine {id} has not been checked yet"),
+                    retry_after_ms: ENROLLMENT_WAIT_MS,
+                };
+            }
+            Some(Enrollment::Enrolled) => Placement::Run,
+            Some(other) => Placement::Skip {
+                reason: format!("not enrolled: {}", describe(&other)),
+            },
+        };
+        placements.push((id, placement));
+    }
+    for id in &run.targets.machines {
+        if !machines.iter().any(|m| &m.id == id) {
+            placements.push((
+                id.clone(),
+                Placement::Skip {
+                    reason: "unknown machine: not in links.yaml".into(),
+                },
+            ));
+        }
+    }
+    RunDecision::Start {
+        machines: placements,
+    }
+}
+
+/// A short account of why a machine is not enrolled.
+pub fn describe(enrollment: &Enrollment) -> String {
+    match enrollment {
+        Enrollment::Unknown => "not checked yet".into(),
+        Enrollment::Enrolled => "enrolled".into(),
+        Enrollment::Mismatch { expected, found } => {
+            format!("client_id reads {found:?}, expected {expected:?}")
+        }
+        Enrollment::MissingFile => "/etc/linkops/client_id is missing".into(),
+        Enrollment::Unreachable { error } => format!("unreachable ({error})"),
+        Enrollment::HostKeyMismatch { error } => format!("host key mismatch ({error})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn machine(id: &str, tags: &[&str]) -> Machine {
+        Machine {
+            id: id.into(),
+            name: id.into(),
+            host: "127.0.0.1".into(),
+            port: 22,
+            user: None,
+            key: None,
+            uuid: "7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935".into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            labels: BTreeMap::new(),
+            host_key: None,
+            health_interval: Some(Duration::from_secs(60)),
+            concurrency: None,
+        }
+    }
+
+    fn run(not_before: Option<&str>) -> RunRequest {
+        RunRequest {
+            id: "upgrade".into(),
+            file: "runs/upgrade.yaml".into(),
+            script: "apt-upgrade".into(),
+            targets: Targets {
+                machines: vec!["db".into()],
+                tags: vec!["web".into()],
+            },
+            params: BTreeMap::new(),
+            not_before: not_before.map(|t| t.parse().unwrap()),
+        }
+    }
+
+    fn started(content: String) -> RunRecord {
+        RunRecord {
+            id: "upgrade".into(),
+            state: RunState::Started { operation_id: 7 },
+            content,
+            changed_after_run: false,
+            revision: "r1".into(),
+            updated_at_ms: 0,
+        }
+    }
+
+    fn fleet() -> Vec<Machine> {
+        vec![
+            machine("web-1", &["web"]),
+            machine("web-2", &["web"]),
+            machine("db", &[]),
+            machine("mail", &["mail"]),
+        ]
+    }
+
+    fn status(enrollment: Enrollment) -> impl Fn(&str) -> Option<MachineStatus> {
+        move |id| {
+            let mut status = MachineStatus::new(id);
+            status.enrollment = if id == "web-2" {
+                Enrollment::MissingFile
+            } else {
+                enrollment.clone()
+            };
+            Some(status)
+        }
+    }
+
+    #[test]
+    fn starts_on_enrolled_targets_and_skips_the_rest_with_reasons() {
+        let decision = decide(
+            Some(&run(None)),
+            None,
+            &fleet(),
+            status(Enrollment::Enrolled),
+            0,
+        );
+        let RunDecision::Start { machines } = decision else {
+            panic!("{decision:?}")
+        };
+        let ids: Vec<&str> = machines.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["web-1", "web-2", "db"],
+            "inventory order, selected by id or tag"
+        );
+        assert_eq!(machines[0].1, Placement::Run);
+        assert_eq!(
+            machines[1].1,
+            Placement::Skip {
+                reason: "not enrolled: /etc/linkops/client_id is missing".into()
+            }
+        );
+    }
+
+    #[test]
+    fn waits_for_not_before_and_for_first_checks() {
+        let now = "2026-11-25T02:00:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond();
+        let decision = decide(
+            Some(&run(Some("2026-11-25T03:00:00Z"))),
+            None,
+            &fleet(),
+            status(Enrollment::Enrolled),
+            now,
+        );
+        assert_eq!(
+            decision,
+            RunDecision::Wait {
+                reason: "not before 2026-11-25T03:00:00Z".into(),
+                retry_after_ms: 3_600_000
+            }
+        );
+        let decision = decide(
+            Some(&run(None)),
+            None,
+            &fleet(),
+            status(Enrollment::Unknown),
+            now,
+        );
+        assert!(
+            matches!(
+                decision,
+                RunDecision::Wait {
+                    retry_after_ms: ENROLLMENT_WAIT_MS,
+                    ..
+                }
+            ),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn a_started_request_never_starts_again_and_reports_edits() {
+        let request = run(None);
+        let record = started(request.content());
+        let decision = decide(
+            Some(&request),
+            Some(&record),
+            &fleet(),
+            status(Enrollment::Enrolled),
+            0,
+        );
+        assert_eq!(
+            decision,
+            RunDecision::AlreadyStarted {
+                operation_id: 7,
+                changed: false
+            }
+        );
+        let mut edited = request.clone();
+        edited
+            .params
+            .insert("package".into(), ParamValue::String("htop".into()));
+        let decision = decide(
+            Some(&edited),
+            Some(&record),
+            &fleet(),
+            status(Enrollment::Enrolled),
+            0,
+        );
+        assert_eq!(
+            decision,
+            RunDecision::AlreadyStarted {
+                operation_id: 7,
+                changed: true
+            }
+        );
+        // Even gone from Git, it stays started.
+        let decision = decide(
+            None,
+            Some(&record),
+            &fleet(),
+            status(Enrollment::Enrolled),
+            0,
+        );
+        assert_eq!(
+            decision,
+            RunDecision::AlreadyStarted {
+                operation_id: 7,
+                changed: false
+            }
+        );
+    }
+
+    #[test]
+    fn removed_before_it_started_is_cancelled_once() {
+        let waiting = RunRecord {
+            state: RunState::Waiting {
+                reason: "not before".into(),
+            },
+            ..started(String::new())
+        };
+        assert_eq!(
+            decide(
+                None,
+                Some(&waiting),
+                &fleet(),
+                status(Enrollment::Enrolled),
+                0
+            ),
+            RunDecision::Cancel
+        );
+        let cancelled = RunRecord {
+            state: RunState::Cancelled,
+            ..waiting
+        };
+        assert_eq!(
+            decide(
+                None,
+                Some(&cancelled),
+                &fleet(),
+                status(Enrollment::Enrolled),
+                0
+            ),
+            RunDecision::Nothing
+        );
+        assert_eq!(
+            decide(None, None, &fleet(), status(Enrollment::Enrolled), 0),
+            RunDecision::Nothing
+        );
+    }
 }

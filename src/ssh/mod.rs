@@ -6,6 +6,7 @@
 
 mod exec;
 pub mod host_key;
+mod pool;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 
 pub use exec::{Execution, ExitStatus, Output, OutputEvent};
 use host_key::{ExpectedKeys, Verdict, fingerprint};
+pub use pool::Pool;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -8,6 +8,8 @@
 
 mod audit;
 mod codec;
+mod fleet;
+mod operations;
 mod schema;
 mod sync;
 mod users;
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use audit::{AuditEntry, Outcome};
+pub use fleet::HealthSample;
 pub use schema::SCHEMA_VERSION;
 pub use sync::{MachineRecord, ScriptRecord, SyncOutcome, SyncRecord};
 pub use users::{LoginFailures, Role, User};
@@ -48,6 +51,8 @@ pub enum Error {
         key: String,
         source: serde_json::Error,
     },
+    #[error("run-request {run:?} already started operation {operation_id}; run-requests run once")]
+    AlreadyClaimed { run: String, operation_id: u64 },
     #[error("user {0:?} already exists")]
     UserExists(String),
     #[error("no user named {0:?}")]

@@ -18,8 +18,14 @@ pub const USERS: JsonTable<&str> = TableDefinition::new("users");
 /// Failed-login counters by user name (also for names that do not exist, so
 /// that lockout does not reveal which accounts do).
 pub const LOGIN_FAILURES: JsonTable<&str> = TableDefinition::new("login_failures");
-/// Observed state of machines by machine id.
+/// Machines the inventory declares or declared, by machine id.
 pub const MACHINES: JsonTable<&str> = TableDefinition::new("machines");
+/// What was last observed of each machine, by machine id.
+pub const MACHINE_STATUS: JsonTable<&str> = TableDefinition::new("machine_status");
+/// Health samples by (machine id, time in ms); the newest few hundred per machine.
+pub const HEALTH_HISTORY: JsonTable<(&str, i64)> = TableDefinition::new("health_history");
+/// Run-requests seen in Git, with their claims, by run-request id.
+pub const RUN_REQUESTS: JsonTable<&str> = TableDefinition::new("run_requests");
 /// The script catalog of the applied revision, by script id.
 pub const SCRIPTS: JsonTable<&str> = TableDefinition::new("scripts");
 /// Operations by id.
@@ -68,6 +74,9 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     tx.open_table(USERS)?;
     tx.open_table(LOGIN_FAILURES)?;
     tx.open_table(MACHINES)?;
+    tx.open_table(MACHINE_STATUS)?;
+    tx.open_table(HEALTH_HISTORY)?;
+    tx.open_table(RUN_REQUESTS)?;
     tx.open_table(SCRIPTS)?;
     tx.open_table(OPERATIONS)?;
     tx.open_table(OPERATION_HOSTS)?;

@@ -22,8 +22,10 @@ pub struct TestHost {
     uuid: String,
     /// Bind-mounted over `/etc/linkops` inside the host's namespace.
     etc_dir: PathBuf,
+    sshd_config: PathBuf,
     host_public_key: String,
-    sshd: Child,
+    /// `None` while stopped.
+    sshd: Option<Child>,
     /// Held for the host's lifetime so no other test process takes the address.
     _address_lease: fs::File,
 }
@@ -71,39 +73,39 @@ impl TestHost {
             ),
         )?;
 
-        let mut sshd = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(format!(
-                "mount --bind \"$1\" /etc/linkops && exec {SSHD} -D -e -f \"$2\""
-            ))
-            .arg("sh")
-            .arg(&etc_dir)
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| io_error(Path::new("unshare"), source))?;
-
-        let stderr = sshd.stderr.take().expect("stderr is piped");
-        if let Err(log) = wait_until_listening(stderr, &dir.join("sshd.log")) {
-            sshd.kill().ok();
-            sshd.wait().ok();
-            return Err(Error::SshdStart {
-                host: name.to_owned(),
-                log,
-            });
-        }
+        let sshd = spawn_sshd(name, &etc_dir, &config, &dir.join("sshd.log"))?;
         Ok(TestHost {
             name: name.to_owned(),
             address,
             port,
             uuid,
             etc_dir,
+            sshd_config: config,
             host_public_key,
-            sshd,
+            sshd: Some(sshd),
             _address_lease: lease,
         })
+    }
+
+    /// Stops the host: sshd and every session it started (a machine going down).
+    pub fn stop(&mut self) {
+        if let Some(mut sshd) = self.sshd.take() {
+            sshd.kill().ok();
+            sshd.wait().ok();
+        }
+    }
+
+    /// Starts a stopped host again, with the same address, port and keys.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let dir = self.etc_dir.parent().expect("host dir").to_owned();
+        self.sshd = Some(spawn_sshd(
+            &self.name,
+            &self.etc_dir,
+            &self.sshd_config,
+            &dir.join("sshd.log"),
+        )?);
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -151,10 +153,49 @@ impl TestHost {
 
 impl Drop for TestHost {
     fn drop(&mut self) {
-        // Stopping sshd empties the namespace, which releases the bind mount.
-        self.sshd.kill().ok();
-        self.sshd.wait().ok();
+        self.stop();
     }
+}
+
+/// Starts sshd as PID 1 of its own PID and mount namespaces, with `etc_dir`
+/// over `/etc/linkops`; returns once it listens.
+///
+/// Killing the returned `unshare` kills sshd (`--kill-child`), and with it,
+/// as the namespace's init, every session it started — so established
+/// connections drop as they would when a machine goes down.
+fn spawn_sshd(name: &str, etc_dir: &Path, config: &Path, log: &Path) -> Result<Child> {
+    let mut sshd = Command::new("unshare")
+        .args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "mount --bind \"$1\" /etc/linkops && exec {SSHD} -D -e -f \"$2\""
+        ))
+        .arg("sh")
+        .arg(etc_dir)
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| io_error(Path::new("unshare"), source))?;
+    let stderr = sshd.stderr.take().expect("stderr is piped");
+    if let Err(log) = wait_until_listening(stderr, log) {
+        sshd.kill().ok();
+        sshd.wait().ok();
+        return Err(Error::SshdStart {
+            host: name.to_owned(),
+            log,
+        });
+    }
+    Ok(sshd)
 }
 
 /// Reads sshd's log until it says it listens; then keeps copying it to `log_path`.
@@ -162,7 +203,11 @@ fn wait_until_listening(stderr: std::process::ChildStderr, log_path: &Path) -> R
     let (ready_tx, ready_rx) = mpsc::channel();
     let log_path = log_path.to_owned();
     std::thread::spawn(move || {
-        let mut log = fs::File::create(&log_path).ok();
+        let mut log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .ok();
         let mut seen = String::new();
         let mut ready = Some(ready_tx);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {

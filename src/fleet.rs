@@ -1,0 +1,113 @@
+//! How the daemon reaches machines: SSH targets from inventory entries, the
+//! shared connection pool, the fleet-wide session limit, and the check that
+//! both proves a machine reachable and reads its enrollment id.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use linkops_reconcilers::enrollment::{CLIENT_ID_PATH, ClientIdReading};
+use linkops_reconcilers::machine::{CheckResult, Machine};
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::ssh::{self, ExitStatus, Pool, Target};
+
+/// The longest a check's command may take once connected.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Fleet {
+    pub pool: Pool,
+    /// Bounds SSH sessions across the whole fleet (`[ssh] concurrency`).
+    pub sessions: Arc<Semaphore>,
+    keys_dir: PathBuf,
+    default_user: String,
+    default_key: String,
+    pub command_timeout: Duration,
+}
+
+impl Fleet {
+    pub fn new(config: &Config) -> Fleet {
+        Fleet {
+            pool: Pool::new(ssh::ConnectOptions {
+                known_hosts: config.known_hosts_path(),
+                connect_timeout: config.ssh.connect_timeout,
+                trust_on_first_use: config.ssh.trust_on_first_use,
+            }),
+            sessions: Arc::new(Semaphore::new(config.ssh.concurrency.max(1))),
+            keys_dir: config.keys_dir(),
+            default_user: config.ssh.user.clone(),
+            default_key: config.ssh.key.clone(),
+            command_timeout: config.ssh.command_timeout,
+        }
+    }
+
+    /// The SSH target of an inventory entry, with the daemon's defaults filled in.
+    pub fn target(&self, machine: &Machine) -> Target {
+        Target {
+            host: machine.host.clone(),
+            port: machine.port,
+            user: machine
+                .user
+                .clone()
+                .unwrap_or_else(|| self.default_user.clone()),
+            key_path: self
+                .keys_dir
+                .join(machine.key.as_deref().unwrap_or(&self.default_key)),
+            pinned_host_key: machine.host_key.clone(),
+        }
+    }
+
+    /// Connects (or reuses the connection) and reads the client id: one
+    /// round-trip answers both "is it up?" and "is it the machine we mean?".
+    pub async fn check(&self, machine: &Machine) -> CheckResult {
+        let _session = self
+            .sessions
+            .acquire()
+            .await
+            .expect("the session semaphore is never closed");
+        let target = self.target(machine);
+        let started = Instant::now();
+        let mut reading = self.read_client_id(&target).await;
+        if matches!(reading, ClientIdReading::Unreachable(_)) {
+            // A pooled connection may have died since its last use: one fresh try.
+            self.pool.forget(&target).await;
+            reading = self.read_client_id(&target).await;
+        }
+        if matches!(
+            reading,
+            ClientIdReading::Unreachable(_) | ClientIdReading::HostKeyMismatch(_)
+        ) {
+            self.pool.forget(&target).await;
+        }
+        CheckResult {
+            latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            reading,
+        }
+    }
+
+    async fn read_client_id(&self, target: &Target) -> ClientIdReading {
+        let connection = match self.pool.get(target).await {
+            Ok(connection) => connection,
+            Err(
+                error @ (ssh::Error::HostKeyChanged { .. } | ssh::Error::HostKeyUnknown { .. }),
+            ) => {
+                return ClientIdReading::HostKeyMismatch(error.to_string());
+            }
+            Err(error) => return ClientIdReading::Unreachable(error.to_string()),
+        };
+        let command = format!("cat {CLIENT_ID_PATH}");
+        let output = match connection.exec(&command, b"", CHECK_TIMEOUT).await {
+            Ok(execution) => execution.collect(4096).await,
+            Err(error) => Err(error),
+        };
+        match output {
+            Ok(output) if output.status == ExitStatus::Code(0) => {
+                ClientIdReading::Content(String::from_utf8_lossy(&output.stdout).into_owned())
+            }
+            Ok(_) => ClientIdReading::Missing,
+            Err(error) => ClientIdReading::Unreachable(error.to_string()),
+        }
+    }
+}

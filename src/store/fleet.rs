@@ -1,0 +1,129 @@
+//! Observed machine status, health history, and run-request records.
+
+use linkops_reconcilers::machine::{Health, MachineStatus};
+use linkops_reconcilers::run::RunRecord;
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+
+use super::codec::{decode, encode, get_str};
+use super::schema::{HEALTH_HISTORY, MACHINE_STATUS, RUN_REQUESTS};
+use super::{Result, Store};
+
+/// Health samples kept per machine.
+const HISTORY_PER_MACHINE: usize = 500;
+
+/// One health check, as history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSample {
+    pub at_ms: i64,
+    pub health: Health,
+    pub enrolled: bool,
+}
+
+impl Store {
+    pub fn machine_status(&self, id: &str) -> Result<Option<MachineStatus>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        get_str(&tx.open_table(MACHINE_STATUS)?, "machine_status", id)
+    }
+
+    /// Stores a machine's status; with `sample`, appends it to the health
+    /// history (trimmed to the newest samples) in the same transaction.
+    pub fn put_machine_status(
+        &self,
+        status: &MachineStatus,
+        sample: Option<&HealthSample>,
+    ) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(MACHINE_STATUS)?;
+            table.insert(status.machine_id.as_str(), encode(status).as_slice())?;
+            if let Some(sample) = sample {
+                let mut history = tx.open_table(HEALTH_HISTORY)?;
+                let id = status.machine_id.as_str();
+                history.insert((id, sample.at_ms), encode(sample).as_slice())?;
+                let keys: Vec<i64> = history
+                    .range((id, i64::MIN)..=(id, i64::MAX))?
+                    .map(|entry| entry.map(|(key, _)| key.value().1))
+                    .collect::<Result<_, _>>()?;
+                for at in keys
+                    .iter()
+                    .take(keys.len().saturating_sub(HISTORY_PER_MACHINE))
+                {
+                    history.remove((id, *at))?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest `limit` health samples of a machine, newest first.
+    pub fn health_history(&self, id: &str, limit: usize) -> Result<Vec<HealthSample>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        let history = tx.open_table(HEALTH_HISTORY)?;
+        history
+            .range((id, i64::MIN)..=(id, i64::MAX))?
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode("health_history", key.value().0, value.value())
+            })
+            .collect()
+    }
+
+    pub fn run_record(&self, id: &str) -> Result<Option<RunRecord>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        get_str(&tx.open_table(RUN_REQUESTS)?, "run_requests", id)
+    }
+
+    /// Updates a run-request's record. A record that is `Started` is never
+    /// overwritten with another state: the claim is forever.
+    pub fn put_run_record(&self, record: &RunRecord) -> Result<()> {
+        use linkops_reconcilers::run::RunState;
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(RUN_REQUESTS)?;
+            let current: Option<RunRecord> = get_str(&table, "run_requests", &record.id)?;
+            let keeps_claim = match (&current, &record.state) {
+                (
+                    Some(RunRecord {
+                        state: RunState::Started { operation_id },
+                        ..
+                    }),
+                    RunState::Started { operation_id: new },
+                ) => operation_id == new,
+                (
+                    Some(RunRecord {
+                        state: RunState::Started { .. },
+                        ..
+                    }),
+                    _,
+                ) => false,
+                _ => true,
+            };
+            if keeps_claim {
+                table.insert(record.id.as_str(), encode(record).as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every run-request record, by id.
+    pub fn run_records(&self) -> Result<Vec<RunRecord>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(RUN_REQUESTS)?;
+        table
+            .range::<&str>(..)?
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode("run_requests", key.value(), value.value())
+            })
+            .collect()
+    }
+}
