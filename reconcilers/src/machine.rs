@@ -300,14 +300,16 @@ mod tests {
     fn decisions() {
         let mut moved = machine();
         moved.host = "10.0.0.99".into();
-        let cases: Vec<(
-            &str,
+        // (name, machine, status, now, suspended, expected)
+        type Case = (
+            &'static str,
             Machine,
             Option<MachineStatus>,
             i64,
             bool,
             MachineDecision,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             (
                 "never checked",
                 machine(),
