@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use linkops_reconcilers::machine::Machine;
 use linkops_reconcilers::operation::{
@@ -306,6 +305,8 @@ fn command_line(script: &Script, params: &BTreeMap<String, String>) -> Result<St
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use linkops_reconcilers::script::Targets;
 

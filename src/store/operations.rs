@@ -103,14 +103,13 @@ impl Store {
         let tx = self.db.begin_write()?;
         {
             let mut output = tx.open_table(OPERATION_OUTPUT)?;
-            let mut seq = output
+            let first = output
                 .range((operation_id, 0)..=(operation_id, u64::MAX))?
                 .next_back()
                 .transpose()?
                 .map_or(1, |(key, _)| key.value().1 + 1);
-            for chunk in chunks {
+            for (seq, chunk) in (first..).zip(chunks) {
                 output.insert((operation_id, seq), encode(chunk).as_slice())?;
-                seq += 1;
             }
             tx.open_table(OPERATION_HOSTS)?.insert(
                 (operation_id, result.machine_id.as_str()),
