@@ -20,7 +20,7 @@ const NOT_SETTINGS: &[&str] = &["LINKOPS_CONFIG", "LINKOPS_LOG"];
 const ENV_PREFIX: &str = "LINKOPS_";
 
 /// Sections of the file; `LINKOPS_<SECTION>_<KEY>` sets `[section] key`.
-const SECTIONS: &[&str] = &["git", "ssh", "auth", "webhook", "log"];
+const SECTIONS: &[&str] = &["git", "ssh", "auth", "webhook", "log", "reconcile"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -45,6 +45,7 @@ pub struct Config {
     pub ssh: SshConfig,
     pub auth: AuthConfig,
     pub webhook: WebhookConfig,
+    pub reconcile: ReconcileConfig,
 }
 
 impl Default for Config {
@@ -57,6 +58,29 @@ impl Default for Config {
             ssh: SshConfig::default(),
             auth: AuthConfig::default(),
             webhook: WebhookConfig::default(),
+            reconcile: ReconcileConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Observe nothing and start nothing (the API can also suspend, fleet-wide or per machine).
+    pub suspended: bool,
+    /// Most reconciles at once.
+    pub concurrency: usize,
+    /// How often every object is reconciled even when nothing says it changed.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub resync: Duration,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            suspended: false,
+            concurrency: 16,
+            resync: Duration::from_secs(600),
         }
     }
 }

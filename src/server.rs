@@ -12,8 +12,11 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::auth::{self, Auth, LockoutPolicy};
 use crate::config::Config;
+use crate::controller::{self, FleetReconciler};
+use crate::fleet::Fleet;
 use crate::git::mirror::{Mirror, Source};
 use crate::git::sync::SyncContext;
+use crate::operations::Engine;
 use crate::{secrets, store};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,11 +78,29 @@ impl Daemon {
         let (git, git_worker) =
             crate::git::sync::start(git_context(&config, prepared.store.clone()), stop.clone())
                 .await;
+        let fleet = Fleet::new(&config);
+        let engine = Engine::new(prepared.store.clone(), fleet.clone());
+        let reconciler = FleetReconciler {
+            store: prepared.store.clone(),
+            fleet,
+            engine,
+            desired: git.desired(),
+            forced: Default::default(),
+            suspended_by_config: config.reconcile.suspended,
+        };
+        let (controller, mut workers) = controller::start(
+            reconciler,
+            config.reconcile.concurrency,
+            config.reconcile.resync,
+            stop.clone(),
+        );
+        workers.push(git_worker);
         let state = AppState {
             config: prepared.config,
             store: prepared.store,
             auth: prepared.auth,
             git,
+            controller,
         };
         let address = listener.local_addr().map_err(Error::Serve)?;
         tracing::info!(%address, data_dir = %config.data_dir.display(), "linkops serving");
@@ -91,7 +112,7 @@ impl Daemon {
         Ok(Daemon {
             state,
             server,
-            workers: vec![git_worker],
+            workers,
             stop,
         })
     }
@@ -165,6 +186,11 @@ fn prepare(config: Arc<Config>) -> Result<Prepared, Error> {
         Some(secret) => secret.clone(),
         None => secrets::load_or_generate(&config.jwt_secret_path())?.into(),
     };
+    let interrupted = store.interrupt_unfinished_operations()?;
+    if !interrupted.is_empty() {
+        // The previous process stopped while they ran: recorded as interrupted, never re-run.
+        tracing::warn!(operations = ?interrupted, "operations interrupted by the last shutdown");
+    }
     if let Some(generated) = auth::bootstrap_admin(&store)? {
         announce_generated_password(&generated);
     }

@@ -20,6 +20,7 @@ pub enum ApiError {
         retry_after_secs: u64,
     },
     BadRequest(String),
+    NotFound(String),
     /// A webhook delivery whose signature or headers do not check out.
     Webhook(crate::git::webhook::Rejection),
     UnsupportedMediaType(String),
@@ -81,6 +82,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(message) => {
                 (StatusCode::BAD_REQUEST, "bad_request", message, None)
             }
+            ApiError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message, None),
             ApiError::Webhook(rejection) => (
                 StatusCode::UNAUTHORIZED,
                 "bad_signature",

@@ -5,6 +5,10 @@ mod auth;
 mod error;
 mod git;
 mod health;
+mod links;
+mod operations;
+mod reconcile;
+mod runs;
 mod users;
 
 use std::sync::Arc;
@@ -27,6 +31,7 @@ pub struct AppState {
     pub store: Store,
     pub auth: crate::auth::Auth,
     pub git: crate::git::sync::GitSync,
+    pub controller: crate::controller::Controller,
 }
 
 /// Every route of the API, with request tracing.
@@ -36,6 +41,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/me", get(auth::me))
         .route("/api/users", get(users::list))
+        .route("/api/links", get(links::list))
+        .route("/api/links/{id}", get(links::get))
+        .route("/api/links/{id}/verify", post(links::verify))
+        .route("/api/runs", get(runs::list))
+        .route("/api/runs/{id}", get(runs::get))
+        .route("/api/operations/{id}", get(operations::get))
+        .route("/api/reconcile", get(reconcile::status))
+        .route("/api/reconcile/suspend", post(reconcile::suspend))
+        .route("/api/reconcile/resume", post(reconcile::resume))
         .route("/api/git/status", get(git::status))
         .route("/api/git/sync", post(git::sync))
         .route(
@@ -56,4 +70,9 @@ pub fn router(state: AppState) -> Router {
                 // Logs status and latency once per request.
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
+}
+
+/// A stored Unix-millisecond time as the API shows it (RFC 3339).
+fn at(ms: i64) -> Option<jiff::Timestamp> {
+    jiff::Timestamp::from_millisecond(ms).ok()
 }

@@ -1,3 +1,199 @@
-//! The reconcile loop: triggers in, reconciles out, in the style of kube-runtime's `Controller`.
+//! The reconcile loop, in the style of kube-runtime's `Controller`.
+//!
+//! Triggers — a new applied revision (diffed: only objects that changed), a
+//! periodic resync, requeues, API requests — become reconcile requests for
+//! keyed objects; the [`scheduler`] dedupes and runs them; the [`fleet`]
+//! reconcilers decide with `reconcilers/` and act over SSH.
 
+pub mod fleet;
 pub mod scheduler;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use linkops_reconcilers::desired::DesiredState;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use fleet::{FleetReconciler, ObjectKey};
+pub use scheduler::{Action, Reason, Scheduler};
+
+/// Triggers that arrive together (a revision touching many objects) are one reconcile per object.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The running controller: how the API asks for reconciles.
+#[derive(Clone)]
+pub struct Controller {
+    pub scheduler: Scheduler<ObjectKey>,
+    pub reconciler: Arc<FleetReconciler>,
+}
+
+/// Starts the runner and the trigger task. Both stop on `shutdown`; the
+/// returned handles finish once in-flight reconciles have recorded their state.
+pub fn start(
+    reconciler: FleetReconciler,
+    concurrency: usize,
+    resync: Duration,
+    shutdown: CancellationToken,
+) -> (Controller, Vec<JoinHandle<()>>) {
+    let reconciler = Arc::new(reconciler);
+    let (scheduler, runner) =
+        scheduler::spawn(reconciler.clone(), concurrency, DEBOUNCE, shutdown.clone());
+    let triggers = tokio::spawn(watch_desired(
+        reconciler.desired.clone(),
+        reconciler.store.clone(),
+        scheduler.clone(),
+        resync,
+        shutdown,
+    ));
+    (
+        Controller {
+            scheduler,
+            reconciler,
+        },
+        vec![runner, triggers],
+    )
+}
+
+/// Turns revisions and the resync timer into reconcile requests.
+async fn watch_desired(
+    mut desired: watch::Receiver<Option<Arc<DesiredState>>>,
+    store: crate::store::Store,
+    scheduler: Scheduler<ObjectKey>,
+    resync: Duration,
+    shutdown: CancellationToken,
+) {
+    // Everything once at start: state may have changed while the daemon was down.
+    let mut current = desired.borrow_and_update().clone();
+    for key in all_keys(current.as_deref(), &store) {
+        scheduler.trigger(key, Reason::Startup);
+    }
+    let mut resync_timer = tokio::time::interval(resync);
+    resync_timer.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = desired.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let next = desired.borrow_and_update().clone();
+                for key in changed_keys(current.as_deref(), next.as_deref()) {
+                    scheduler.trigger(key, Reason::Revision);
+                }
+                current = next;
+            }
+            _ = resync_timer.tick() => {
+                for key in all_keys(current.as_deref(), &store) {
+                    scheduler.trigger(key, Reason::Resync);
+                }
+            }
+        }
+    }
+}
+
+/// Every machine and run-request of the revision, and run-requests the store
+/// knows that left Git (to settle them).
+fn all_keys(desired: Option<&DesiredState>, store: &crate::store::Store) -> Vec<ObjectKey> {
+    let mut keys: Vec<ObjectKey> = desired
+        .into_iter()
+        .flat_map(|d| {
+            d.machines
+                .iter()
+                .map(|m| ObjectKey::Machine(m.id.clone()))
+                .chain(d.runs.keys().map(|id| ObjectKey::RunRequest(id.clone())))
+        })
+        .collect();
+    for record in store.run_records().unwrap_or_default() {
+        let key = ObjectKey::RunRequest(record.id);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// Objects added, changed or removed between two revisions.
+pub fn changed_keys(before: Option<&DesiredState>, after: Option<&DesiredState>) -> Vec<ObjectKey> {
+    let empty = DesiredState::default();
+    let (before, after) = (before.unwrap_or(&empty), after.unwrap_or(&empty));
+    let mut keys = Vec::new();
+    for machine in &after.machines {
+        if before.machine(&machine.id) != Some(machine) {
+            keys.push(ObjectKey::Machine(machine.id.clone()));
+        }
+    }
+    for machine in &before.machines {
+        if after.machine(&machine.id).is_none() {
+            keys.push(ObjectKey::Machine(machine.id.clone()));
+        }
+    }
+    for (id, run) in &after.runs {
+        let script_changed = before.scripts.get(&run.script) != after.scripts.get(&run.script);
+        if before.runs.get(id) != Some(run) || script_changed {
+            keys.push(ObjectKey::RunRequest(id.clone()));
+        }
+    }
+    for id in before.runs.keys() {
+        if !after.runs.contains_key(id) {
+            keys.push(ObjectKey::RunRequest(id.clone()));
+        }
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use linkops_reconcilers::desired::{self, RepoFiles};
+
+    fn state(links: &str, runs: &[(&str, &str)]) -> DesiredState {
+        let mut files = RepoFiles::new();
+        files.insert("links.yaml".into(), links.as_bytes().to_vec());
+        files.insert(
+            "scripts.yaml".into(),
+            b"scripts:\n  - id: up\n    name: Up\n    body: uptime\n".to_vec(),
+        );
+        for (name, content) in runs {
+            files.insert(format!("runs/{name}.yaml"), content.as_bytes().to_vec());
+        }
+        desired::load("r", &files).unwrap()
+    }
+
+    const A: &str =
+        "  - {id: a, name: A, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935}\n";
+    const B: &str =
+        "  - {id: b, name: B, host: 10.0.0.2, uuid: c90a6b3e-2f15-4e8d-b7a4-61d3f5e2a8c7}\n";
+    const B_MOVED: &str =
+        "  - {id: b, name: B, host: 10.0.0.9, uuid: c90a6b3e-2f15-4e8d-b7a4-61d3f5e2a8c7}\n";
+    const RUN: &str = "id: r1\nscript: up\ntargets: {machines: [a]}\n";
+
+    #[test]
+    fn only_changed_objects_are_reconciled() {
+        let before = state(&format!("machines:\n{A}{B}"), &[("r1", RUN)]);
+        let after = state(&format!("machines:\n{A}{B_MOVED}"), &[]);
+        let keys = changed_keys(Some(&before), Some(&after));
+        assert_eq!(
+            keys,
+            [
+                ObjectKey::Machine("b".into()),
+                ObjectKey::RunRequest("r1".into())
+            ]
+        );
+        assert!(changed_keys(Some(&after), Some(&after)).is_empty());
+    }
+
+    #[test]
+    fn the_first_revision_reconciles_everything() {
+        let first = state(&format!("machines:\n{A}"), &[("r1", RUN)]);
+        let keys = changed_keys(None, Some(&first));
+        assert_eq!(
+            keys,
+            [
+                ObjectKey::Machine("a".into()),
+                ObjectKey::RunRequest("r1".into())
+            ]
+        );
+    }
+}

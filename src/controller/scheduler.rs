@@ -70,6 +70,9 @@ pub fn backoff(attempt: u32) -> Duration {
     .min(CAP)
 }
 
+/// The furthest ahead a reconcile is scheduled.
+const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+
 enum Command<K> {
     Schedule {
         key: K,
@@ -215,6 +218,9 @@ where
 
     /// Earliest due time wins; a running key is remembered for a rerun.
     fn schedule(&mut self, key: K, reason: Reason, at: Instant) {
+        // The delay queue's horizon is about two years; a day is plenty, the
+        // reconcile will simply ask again.
+        let at = at.min(Instant::now() + MAX_DELAY);
         if self.running.contains(&key) {
             let entry = self.rerun.entry(key).or_insert((at, reason));
             if at < entry.0 {

@@ -6,7 +6,7 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode, get_str};
-use super::schema::{HEALTH_HISTORY, MACHINE_STATUS, RUN_REQUESTS};
+use super::schema::{HEALTH_HISTORY, MACHINE_STATUS, RUN_REQUESTS, SUSPENSIONS};
 use super::{Result, Store};
 
 /// Health samples kept per machine.
@@ -20,7 +20,41 @@ pub struct HealthSample {
     pub enrolled: bool,
 }
 
+/// The scope name that suspends the whole fleet.
+pub const FLEET: &str = "fleet";
+
 impl Store {
+    /// Suspends (or resumes) reconciliation of `scope`: [`FLEET`] or a machine id.
+    pub fn set_suspended(&self, scope: &str, suspended: bool) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(SUSPENSIONS)?;
+            if suspended {
+                if table.get(scope)?.is_none() {
+                    table.insert(scope, super::now_ms())?;
+                }
+            } else {
+                table.remove(scope)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Suspended scopes with since when (ms).
+    pub fn suspensions(&self) -> Result<Vec<(String, i64)>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(SUSPENSIONS)?;
+        table
+            .range::<&str>(..)?
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((key.value().to_owned(), value.value()))
+            })
+            .collect()
+    }
+
     pub fn machine_status(&self, id: &str) -> Result<Option<MachineStatus>> {
         use redb::ReadableDatabase;
         let tx = self.db.begin_read()?;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use audit::{AuditEntry, Outcome};
-pub use fleet::HealthSample;
+pub use fleet::{FLEET, HealthSample};
 pub use schema::SCHEMA_VERSION;
 pub use sync::{MachineRecord, ScriptRecord, SyncOutcome, SyncRecord};
 pub use users::{LoginFailures, Role, User};

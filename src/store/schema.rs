@@ -38,6 +38,8 @@ pub const OPERATION_OUTPUT: JsonTable<(u64, u64)> = TableDefinition::new("operat
 pub const SYNC_HISTORY: JsonTable<u64> = TableDefinition::new("sync_history");
 /// Terminal workspaces by id.
 pub const TERMINAL_WORKSPACES: JsonTable<&str> = TableDefinition::new("terminal_workspaces");
+/// Suspended reconciliation: `fleet` or a machine id, with since when.
+pub const SUSPENSIONS: TableDefinition<&str, i64> = TableDefinition::new("suspensions");
 /// Webhook delivery ids already accepted, with when (replay protection).
 pub const WEBHOOK_DELIVERIES: TableDefinition<&str, i64> =
     TableDefinition::new("webhook_deliveries");
@@ -85,6 +87,7 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     tx.open_table(TERMINAL_WORKSPACES)?;
     tx.open_table(AUDIT_LOG)?;
     tx.open_table(WEBHOOK_DELIVERIES)?;
+    tx.open_table(SUSPENSIONS)?;
     tx.open_table(META)?.insert(VERSION_KEY, SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())

@@ -98,6 +98,11 @@ impl Fleet {
         &self.hosts
     }
 
+    /// For stopping and restarting hosts.
+    pub fn hosts_mut(&mut self) -> &mut [TestHost] {
+        &mut self.hosts
+    }
+
     pub fn host(&self, index: usize) -> &TestHost {
         &self.hosts[index]
     }

@@ -206,3 +206,59 @@ fn copy_tree(from: &Path, to: &Path) {
 pub fn example_repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config-repo")
 }
+
+/// A config repository describing a test fleet: `links.yaml` lists every
+/// host (ids `host1`, `host2`, …, tagged `test`), with the given uuids
+/// overridden (to make a host's enrollment wrong on purpose).
+pub fn fleet_links(fleet: &linkops::testbed::Fleet, wrong_uuid: &[usize]) -> String {
+    let mut links = String::from("machines:\n");
+    for (index, host) in fleet.hosts().iter().enumerate() {
+        let uuid = if wrong_uuid.contains(&index) {
+            "00000000-0000-4000-8000-000000000000".to_owned()
+        } else {
+            host.uuid().to_owned()
+        };
+        links.push_str(&format!(
+            "  - id: {name}\n    name: Test {name}\n    host: {address}\n    port: {port}\n    user: {user}\n    key: fleet_key\n    uuid: {uuid}\n    tags: [test]\n",
+            name = host.name(),
+            address = host.address(),
+            port = host.port(),
+            user = linkops::testbed::TEST_USER,
+        ));
+    }
+    links
+}
+
+/// A data dir whose keys dir holds the fleet's client key as `fleet_key` and
+/// whose known_hosts trusts the fleet; returns the config for it.
+pub fn fleet_config(data_dir: &Path, fleet: &linkops::testbed::Fleet) -> Config {
+    use std::os::unix::fs::PermissionsExt;
+    let config = config(data_dir);
+    std::fs::create_dir_all(config.keys_dir()).unwrap();
+    let key = config.keys_dir().join("fleet_key");
+    std::fs::copy(fleet.client_key(), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::create_dir_all(config.known_hosts_path().parent().unwrap()).unwrap();
+    std::fs::copy(fleet.known_hosts(), config.known_hosts_path()).unwrap();
+    config
+}
+
+/// Polls `check` until it returns `Some`, for state only visible through the
+/// API (no event stream exists for it yet); fails after 30 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

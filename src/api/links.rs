@@ -1,0 +1,208 @@
+//! `/api/links`: the machines of the fleet, as desired and as observed.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use linkops_reconcilers::condition::Condition;
+use linkops_reconcilers::enrollment::Enrollment;
+use linkops_reconcilers::machine::{Health, Machine, MachineStatus};
+use linkops_reconcilers::operation::Operation;
+use serde::{Deserialize, Serialize};
+
+use super::auth::Authenticated;
+use super::{ApiError, AppState, at};
+use crate::controller::ObjectKey;
+use crate::store::{HealthSample, Role};
+
+#[derive(Serialize)]
+pub struct MachineView {
+    #[serde(flatten)]
+    spec: Machine,
+    health: Health,
+    enrollment: Enrollment,
+    last_seen: Option<jiff::Timestamp>,
+    checked_at: Option<jiff::Timestamp>,
+    conditions: Vec<ConditionView>,
+    /// The Git revision it was last reconciled against.
+    revision: Option<String>,
+    suspended: bool,
+}
+
+#[derive(Serialize)]
+pub struct ConditionView {
+    #[serde(flatten)]
+    condition: Condition,
+    last_transition: Option<jiff::Timestamp>,
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    /// Only machines with this tag.
+    tag: Option<String>,
+}
+
+/// `GET /api/links`
+pub async fn list(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Vec<MachineView>>, ApiError> {
+    let desired = state.git.desired().borrow().clone();
+    let machines = desired
+        .as_ref()
+        .map(|d| d.machines.clone())
+        .unwrap_or_default();
+    let mut views = Vec::new();
+    for machine in machines {
+        if query
+            .tag
+            .as_ref()
+            .is_some_and(|tag| !machine.tags.contains(tag))
+        {
+            continue;
+        }
+        views.push(view(&state, machine)?);
+    }
+    Ok(Json(views))
+}
+
+#[derive(Serialize)]
+pub struct MachineDetail {
+    #[serde(flatten)]
+    machine: MachineView,
+    recent_operations: Vec<OperationSummary>,
+    health_history: Vec<HealthPoint>,
+}
+
+#[derive(Serialize)]
+pub struct OperationSummary {
+    id: u64,
+    script: String,
+    state: linkops_reconcilers::operation::OperationState,
+    created_at: Option<jiff::Timestamp>,
+}
+
+impl From<Operation> for OperationSummary {
+    fn from(operation: Operation) -> Self {
+        OperationSummary {
+            id: operation.id,
+            script: operation.script,
+            state: operation.state,
+            created_at: at(operation.created_at_ms),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct HealthPoint {
+    at: Option<jiff::Timestamp>,
+    health: Health,
+    enrolled: bool,
+}
+
+impl From<HealthSample> for HealthPoint {
+    fn from(sample: HealthSample) -> Self {
+        HealthPoint {
+            at: at(sample.at_ms),
+            health: sample.health,
+            enrolled: sample.enrolled,
+        }
+    }
+}
+
+/// `GET /api/links/{id}`
+pub async fn get(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<MachineDetail>, ApiError> {
+    let machine = desired_machine(&state, &id)?;
+    Ok(Json(MachineDetail {
+        machine: view(&state, machine)?,
+        recent_operations: state
+            .store
+            .operations_for_machine(&id, 10)?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+        health_history: state
+            .store
+            .health_history(&id, 50)?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    }))
+}
+
+/// `POST /api/links/{id}/verify`: checks reachability and enrollment now and answers with the result.
+pub async fn verify(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<MachineView>, ApiError> {
+    let user = caller.require(Role::Operator)?;
+    let machine = desired_machine(&state, &id)?;
+    if state.controller.reconciler.suspended(Some(&id))? {
+        return Err(ApiError::NotConfigured(format!(
+            "reconciliation of {id} is suspended; resume it first"
+        )));
+    }
+    state
+        .controller
+        .reconciler
+        .forced
+        .lock()
+        .expect("never poisoned")
+        .insert(id.clone());
+    state
+        .controller
+        .scheduler
+        .reconcile_now(ObjectKey::Machine(id.clone()))
+        .await
+        .map_err(ApiError::Internal)?;
+    let view = view(&state, machine)?;
+    let outcome = if view.enrollment == Enrollment::Enrolled {
+        crate::store::Outcome::Success
+    } else {
+        crate::store::Outcome::Failure
+    };
+    state.store.audit(
+        &user.name,
+        "machine.verify",
+        &id,
+        outcome,
+        Some(format!("{:?}", view.enrollment)),
+    )?;
+    Ok(Json(view))
+}
+
+fn desired_machine(state: &AppState, id: &str) -> Result<Machine, ApiError> {
+    let desired = state.git.desired().borrow().clone();
+    desired
+        .and_then(|d| d.machine(id).cloned())
+        .ok_or_else(|| ApiError::NotFound(format!("no machine {id:?} in the applied inventory")))
+}
+
+fn view(state: &AppState, machine: Machine) -> Result<MachineView, ApiError> {
+    let status = state
+        .store
+        .machine_status(&machine.id)?
+        .unwrap_or_else(|| MachineStatus::new(&machine.id));
+    let suspended = state.controller.reconciler.suspended(Some(&machine.id))?;
+    Ok(MachineView {
+        health: status.health,
+        enrollment: status.enrollment,
+        last_seen: status.last_seen_ms.and_then(at),
+        checked_at: status.checked_at_ms.and_then(at),
+        conditions: status
+            .conditions
+            .into_iter()
+            .map(|condition| ConditionView {
+                last_transition: at(condition.last_transition_ms),
+                condition,
+            })
+            .collect(),
+        revision: status.revision,
+        suspended,
+        spec: machine,
+    })
+}

@@ -1,0 +1,106 @@
+//! `/api/reconcile`: suspend and resume reconciliation, fleet-wide or per machine.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+
+use super::auth::Authenticated;
+use super::{ApiError, AppState, at};
+use crate::controller::{ObjectKey, Reason};
+use crate::store::{FLEET, Outcome, Role};
+
+#[derive(Serialize)]
+pub struct SuspensionView {
+    /// Suspended by `[reconcile] suspended` in the configuration (the API cannot lift it).
+    by_config: bool,
+    fleet: Option<jiff::Timestamp>,
+    /// Suspended machines, with since when.
+    machines: Vec<(String, Option<jiff::Timestamp>)>,
+}
+
+#[derive(Deserialize)]
+pub struct Scope {
+    /// A machine id; the whole fleet when absent.
+    machine: Option<String>,
+}
+
+/// `GET /api/reconcile`
+pub async fn status(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+) -> Result<Json<SuspensionView>, ApiError> {
+    Ok(Json(suspensions(&state)?))
+}
+
+/// `POST /api/reconcile/suspend` `{"machine"?}`
+pub async fn suspend(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Json(scope): Json<Scope>,
+) -> Result<Json<SuspensionView>, ApiError> {
+    set(&state, &caller, scope, true).await
+}
+
+/// `POST /api/reconcile/resume` `{"machine"?}`: resumes, and reconciles what was held back.
+pub async fn resume(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Json(scope): Json<Scope>,
+) -> Result<Json<SuspensionView>, ApiError> {
+    set(&state, &caller, scope, false).await
+}
+
+async fn set(
+    state: &AppState,
+    caller: &Authenticated,
+    scope: Scope,
+    suspended: bool,
+) -> Result<Json<SuspensionView>, ApiError> {
+    let user = caller.require(Role::Admin)?;
+    let target = scope.machine.as_deref().unwrap_or(FLEET);
+    state.store.set_suspended(target, suspended)?;
+    let action = if suspended {
+        "reconcile.suspend"
+    } else {
+        "reconcile.resume"
+    };
+    state
+        .store
+        .audit(&user.name, action, target, Outcome::Success, None)?;
+    if !suspended {
+        let desired = state.git.desired().borrow().clone();
+        for machine in desired.iter().flat_map(|d| d.machines.iter()) {
+            if scope.machine.as_ref().is_none_or(|id| *id == machine.id) {
+                state
+                    .controller
+                    .scheduler
+                    .trigger(ObjectKey::Machine(machine.id.clone()), Reason::Api);
+            }
+        }
+        if scope.machine.is_none() {
+            for id in desired.iter().flat_map(|d| d.runs.keys()) {
+                state
+                    .controller
+                    .scheduler
+                    .trigger(ObjectKey::RunRequest(id.clone()), Reason::Api);
+            }
+        }
+    }
+    Ok(Json(suspensions(state)?))
+}
+
+fn suspensions(state: &AppState) -> Result<SuspensionView, ApiError> {
+    let scopes = state.store.suspensions()?;
+    Ok(SuspensionView {
+        by_config: state.config.reconcile.suspended,
+        fleet: scopes
+            .iter()
+            .find(|(s, _)| s == FLEET)
+            .and_then(|(_, since)| at(*since)),
+        machines: scopes
+            .into_iter()
+            .filter(|(s, _)| s != FLEET)
+            .map(|(s, since)| (s, at(since)))
+            .collect(),
+    })
+}

@@ -1,0 +1,71 @@
+//! `/api/runs`: run-requests from Git and where each stands.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use linkops_reconcilers::run::{RunRequest, RunState};
+use serde::Serialize;
+
+use super::auth::Authenticated;
+use super::{ApiError, AppState, at};
+
+#[derive(Serialize)]
+pub struct RunView {
+    id: String,
+    /// As in Git now; `null` once removed from Git.
+    request: Option<RunRequest>,
+    /// `null` before the daemon has looked at it.
+    state: Option<RunState>,
+    /// The request was edited after its operation started; it is not re-run.
+    changed_after_run: bool,
+    revision: Option<String>,
+    updated_at: Option<jiff::Timestamp>,
+}
+
+/// `GET /api/runs`: every run-request in Git or in the store.
+pub async fn list(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+) -> Result<Json<Vec<RunView>>, ApiError> {
+    let desired = state.git.desired().borrow().clone();
+    let mut ids: Vec<String> = desired
+        .as_ref()
+        .map(|d| d.runs.keys().cloned().collect())
+        .unwrap_or_default();
+    for record in state.store.run_records()? {
+        if !ids.contains(&record.id) {
+            ids.push(record.id);
+        }
+    }
+    ids.sort();
+    ids.iter()
+        .map(|id| view(&state, id))
+        .collect::<Result<_, _>>()
+        .map(Json)
+}
+
+/// `GET /api/runs/{id}`
+pub async fn get(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<RunView>, ApiError> {
+    let view = view(&state, &id)?;
+    if view.request.is_none() && view.state.is_none() {
+        return Err(ApiError::NotFound(format!("no run-request {id:?}")));
+    }
+    Ok(Json(view))
+}
+
+fn view(state: &AppState, id: &str) -> Result<RunView, ApiError> {
+    let desired = state.git.desired().borrow().clone();
+    let request = desired.and_then(|d| d.runs.get(id).cloned());
+    let record = state.store.run_record(id)?;
+    Ok(RunView {
+        id: id.to_owned(),
+        request,
+        changed_after_run: record.as_ref().is_some_and(|r| r.changed_after_run),
+        revision: record.as_ref().map(|r| r.revision.clone()),
+        updated_at: record.as_ref().and_then(|r| at(r.updated_at_ms)),
+        state: record.map(|r| r.state),
+    })
+}

@@ -1,0 +1,273 @@
+//! The fleet's reconcilers: machines (health and enrollment) and run-requests.
+//!
+//! Each reconcile reads the current desired state and the store, asks
+//! `reconcilers/` what to do, does it over SSH, and records the result.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::machine::{self, Machine, MachineDecision};
+use linkops_reconcilers::operation::Requester;
+use linkops_reconcilers::run::{self, RunDecision, RunRecord, RunState};
+use rand::RngExt;
+use tokio::sync::watch;
+
+use super::scheduler::{Action, Reason, Reconcile};
+use crate::fleet::Fleet;
+use crate::operations::{Engine, Plan};
+use crate::store::{self, FLEET, HealthSample, Store, now_ms};
+
+/// What a reconcile is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ObjectKey {
+    Machine(String),
+    RunRequest(String),
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectKey::Machine(id) => write!(f, "machine/{id}"),
+            ObjectKey::RunRequest(id) => write!(f, "run/{id}"),
+        }
+    }
+}
+
+/// Everything the fleet reconcilers use. Shared by all reconciles.
+pub struct FleetReconciler {
+    pub store: Store,
+    pub fleet: Fleet,
+    pub engine: Engine,
+    pub desired: watch::Receiver<Option<Arc<DesiredState>>>,
+    /// Machines to check at their next reconcile whatever their interval (verify).
+    pub forced: Mutex<HashSet<String>>,
+    /// `[reconcile] suspended` in the configuration.
+    pub suspended_by_config: bool,
+}
+
+impl Reconcile<ObjectKey> for FleetReconciler {
+    async fn reconcile(&self, key: ObjectKey, _reason: Reason) -> Result<Action, String> {
+        let Some(desired) = self.desired.borrow().clone() else {
+            // Nothing is desired before the first valid revision.
+            return Ok(Action::AwaitChange);
+        };
+        match key {
+            ObjectKey::Machine(id) => self.machine(&desired, &id).await,
+            ObjectKey::RunRequest(id) => self.run_request(&desired, &id).await,
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+impl FleetReconciler {
+    /// Whether reconciliation of `machine` (or, with `None`, of the fleet) is suspended.
+    pub fn suspended(&self, machine: Option<&str>) -> Result<bool, store::Error> {
+        if self.suspended_by_config {
+            return Ok(true);
+        }
+        let scopes = self.store.suspensions()?;
+        Ok(scopes
+            .iter()
+            .any(|(scope, _)| scope == FLEET || Some(scope.as_str()) == machine))
+    }
+
+    async fn machine(&self, desired: &DesiredState, id: &str) -> Result<Action, store::Error> {
+        let Some(machine) = desired.machine(id) else {
+            // Gone from the inventory: the sync marked it removed; its history stays.
+            return Ok(Action::AwaitChange);
+        };
+        let status = self.store.machine_status(id)?;
+        let forced = self.forced.lock().expect("never poisoned").remove(id);
+        let suspended = self.suspended(Some(id))?;
+        let decision = if forced && !suspended {
+            MachineDecision::CheckNow
+        } else {
+            machine::decide(machine, status.as_ref(), now_ms(), suspended)
+        };
+        match decision {
+            MachineDecision::Suspended => Ok(Action::AwaitChange),
+            MachineDecision::WaitFor(left) => Ok(Action::Requeue(left)),
+            MachineDecision::CheckNow => {
+                self.check(machine, status, &desired.revision).await?;
+                Ok(Action::Requeue(jittered(
+                    machine
+                        .health_interval
+                        .unwrap_or(machine::DEFAULT_HEALTH_INTERVAL),
+                )))
+            }
+        }
+    }
+
+    async fn check(
+        &self,
+        machine: &Machine,
+        status: Option<machine::MachineStatus>,
+        revision: &str,
+    ) -> Result<(), store::Error> {
+        let mut reconciling = status
+            .clone()
+            .unwrap_or_else(|| machine::MachineStatus::new(&machine.id));
+        machine::mark_reconciling(&mut reconciling, now_ms());
+        self.store.put_machine_status(&reconciling, None)?;
+        let result = self.fleet.check(machine).await;
+        let observed = machine::observe(machine, status, result, revision, now_ms());
+        let sample = HealthSample {
+            at_ms: observed.checked_at_ms.unwrap_or_default(),
+            health: observed.health.clone(),
+            enrolled: observed.enrollment.is_enrolled(),
+        };
+        tracing::debug!(machine = %machine.id, health = ?observed.health, enrollment = ?observed.enrollment, "checked");
+        self.store.put_machine_status(&observed, Some(&sample))
+    }
+
+    async fn run_request(&self, desired: &DesiredState, id: &str) -> Result<Action, store::Error> {
+        let request = desired.runs.get(id);
+        let record = self.store.run_record(id)?;
+        if request.is_some()
+            && record
+                .as_ref()
+                .is_none_or(|r| !matches!(r.state, RunState::Started { .. }))
+            && self.suspended(None)?
+        {
+            self.record_run(
+                id,
+                request,
+                RunState::Waiting {
+                    reason: "reconciliation is suspended".into(),
+                },
+                desired,
+            )?;
+            return Ok(Action::AwaitChange);
+        }
+        let store = &self.store;
+        let decision = run::decide(
+            request,
+            record.as_ref(),
+            &desired.machines,
+            |m| store.machine_status(m).ok().flatten(),
+            now_ms(),
+        );
+        match decision {
+            RunDecision::Nothing => Ok(Action::AwaitChange),
+            RunDecision::Cancel => {
+                self.record_run(id, None, RunState::Cancelled, desired)?;
+                Ok(Action::AwaitChange)
+            }
+            RunDecision::Wait {
+                reason,
+                retry_after_ms,
+            } => {
+                self.record_run(id, request, RunState::Waiting { reason }, desired)?;
+                Ok(Action::Requeue(Duration::from_millis(
+                    u64::try_from(retry_after_ms).unwrap_or(0),
+                )))
+            }
+            RunDecision::AlreadyStarted { changed, .. } => {
+                if let Some(mut record) = record
+                    && record.changed_after_run != changed
+                {
+                    record.changed_after_run = changed;
+                    record.updated_at_ms = now_ms();
+                    self.store.put_run_record(&record)?;
+                }
+                Ok(Action::AwaitChange)
+            }
+            RunDecision::Start { machines } => {
+                let request = request.expect("a run decided to start is in Git");
+                self.start_run(request, machines, desired)?;
+                Ok(Action::AwaitChange)
+            }
+        }
+    }
+
+    fn start_run(
+        &self,
+        request: &run::RunRequest,
+        machines: Vec<(String, run::Placement)>,
+        desired: &DesiredState,
+    ) -> Result<(), store::Error> {
+        let script = desired
+            .scripts
+            .get(&request.script)
+            .expect("validated: the script exists");
+        let params = script.resolve_params(&request.params).unwrap_or_default();
+        let machines = machines
+            .into_iter()
+            .filter_map(|(id, placement)| desired.machine(&id).map(|m| (m.clone(), placement)))
+            .collect();
+        let plan = Plan {
+            script: script.clone(),
+            params,
+            machines,
+            requested_by: Requester::RunRequest {
+                id: request.id.clone(),
+                revision: desired.revision.clone(),
+            },
+            concurrency: None,
+        };
+        let claim = RunRecord {
+            id: request.id.clone(),
+            state: RunState::Started { operation_id: 0 },
+            content: request.content(),
+            changed_after_run: false,
+            revision: desired.revision.clone(),
+            updated_at_ms: now_ms(),
+        };
+        match self.engine.start(plan, Some(claim)) {
+            Ok(operation) => {
+                tracing::info!(run = %request.id, operation = operation.id, "run-request started");
+                self.store.audit(
+                    &format!("git@{}", desired.revision),
+                    "run.start",
+                    &request.id,
+                    store::Outcome::Success,
+                    Some(format!("operation {}", operation.id)),
+                )?;
+                Ok(())
+            }
+            Err(crate::operations::Error::Store(store::Error::AlreadyClaimed { .. })) => Ok(()),
+            Err(crate::operations::Error::Store(error)) => Err(error),
+            Err(error) => self.record_run(
+                &request.id,
+                Some(request),
+                RunState::Waiting {
+                    reason: error.to_string(),
+                },
+                desired,
+            ),
+        }
+    }
+
+    fn record_run(
+        &self,
+        id: &str,
+        request: Option<&run::RunRequest>,
+        state: RunState,
+        desired: &DesiredState,
+    ) -> Result<(), store::Error> {
+        let record = RunRecord {
+            id: id.to_owned(),
+            state,
+            content: request.map(run::RunRequest::content).unwrap_or_default(),
+            changed_after_run: false,
+            revision: desired.revision.clone(),
+            updated_at_ms: now_ms(),
+        };
+        if self
+            .store
+            .run_record(id)?
+            .is_some_and(|r| r.state == record.state && r.content == record.content)
+        {
+            return Ok(());
+        }
+        self.store.put_run_record(&record)
+    }
+}
+
+/// Spreads checks out: up to a tenth more than `interval`.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(rand::rng().random_range(1.0..1.1))
+}

@@ -1,0 +1,319 @@
+//! The reconcile loop against a real fleet: health, enrollment, verify, run-requests.
+
+mod support;
+
+use linkops::store::Role;
+use linkops::testbed::Fleet;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{TestDaemon, WorkRepo, add_users, eventually, fleet_config, fleet_links};
+
+const ADMIN: (&str, &str) = ("ada", "pw-ada-1");
+const SCRIPTS: &str = r#"scripts:
+  - id: mark
+    name: Leave a mark
+    body: |
+      echo "$LINKOPS_PARAM_NOTE from $(cat /etc/linkops/client_id)"
+      echo "$LINKOPS_PARAM_NOTE" >> "$MARKS/$(cat /etc/linkops/client_id)"
+    params:
+      - name: note
+        type: string
+        default: hello
+"#;
+
+struct Setup {
+    fleet: Fleet,
+    work: WorkRepo,
+    data: tempfile::TempDir,
+    marks: std::path::PathBuf,
+}
+
+/// A fleet of `hosts`, a local config repository describing it (the hosts in
+/// `wrong_uuid` with a uuid that is not theirs), and a data dir for the daemon.
+fn setup(hosts: usize, wrong_uuid: &[usize]) -> Setup {
+    let fleet = Fleet::start(hosts).unwrap();
+    // Where the test script leaves its marks: writable by the test user.
+    let marks = fleet.dir().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let work = WorkRepo::new(&fleet.dir().join("config"), None);
+    work.write("links.yaml", &fleet_links(&fleet, wrong_uuid));
+    work.write(
+        "scripts.yaml",
+        &SCRIPTS.replace("$MARKS", marks.to_str().unwrap()),
+    );
+    work.commit("the test fleet");
+    let data = tempfile::tempdir().unwrap();
+    add_users(
+        data.path(),
+        &[
+            (ADMIN.0, Role::Admin, ADMIN.1),
+            ("vic", Role::Viewer, "pw-vic-1"),
+        ],
+    );
+    Setup {
+        fleet,
+        work,
+        data,
+        marks,
+    }
+}
+
+async fn start(setup: &Setup) -> TestDaemon {
+    let mut config = fleet_config(setup.data.path(), &setup.fleet);
+    config.git.url = Some(setup.work.dir.to_str().unwrap().to_owned());
+    let daemon = TestDaemon::start(config).await;
+    let head = setup.work.head();
+    let mut desired = daemon.daemon().git().desired();
+    desired
+        .wait_for(|d| d.as_ref().is_some_and(|d| d.revision == head))
+        .await
+        .unwrap();
+    daemon
+}
+
+async fn verify(daemon: &TestDaemon, token: &str, id: &str) -> Value {
+    let response = daemon
+        .post(&format!("/api/links/{id}/verify"), Some(token))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+fn condition<'a>(machine: &'a Value, kind: &str) -> &'a Value {
+    machine["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == kind)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn links_show_health_and_enrollment_that_match_reality() {
+    let setup = setup(3, &[2]);
+    let daemon = start(&setup).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    for id in ["host1", "host2", "host3"] {
+        verify(&daemon, &token, id).await;
+    }
+    let links: Value = daemon
+        .get("/api/links", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let links = links.as_array().unwrap();
+    assert_eq!(links.len(), 3);
+    for machine in &links[..2] {
+        assert_eq!(machine["health"]["state"], "reachable", "{machine}");
+        assert_eq!(machine["enrollment"]["state"], "enrolled", "{machine}");
+        assert_eq!(condition(machine, "Ready")["status"], "True");
+        assert!(machine["revision"].as_str().is_some());
+    }
+    // host3 answers, but with its own id, not the inventory's.
+    let wrong = &links[2];
+    assert_eq!(wrong["health"]["state"], "reachable");
+    assert_eq!(wrong["enrollment"]["state"], "mismatch");
+    assert_eq!(
+        wrong["enrollment"]["expected"],
+        "LINKOPS-00000000-0000-4000-8000-000000000000"
+    );
+    assert_eq!(
+        wrong["enrollment"]["found"],
+        format!("LINKOPS-{}", setup.fleet.host(2).uuid())
+    );
+    assert_eq!(condition(wrong, "Ready")["reason"], "ClientIdMismatch");
+    assert_eq!(condition(wrong, "Stalled")["status"], "True");
+
+    // Filter by tag; details carry health history.
+    let none: Value = daemon
+        .get("/api/links?tag=web", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none, json!([]));
+    let detail: Value = daemon
+        .get("/api/links/host1", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(!detail["health_history"].as_array().unwrap().is_empty());
+    assert_eq!(
+        daemon.get("/api/links/nope", Some(&token)).await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // Viewers read but do not verify.
+    let viewer = daemon.token("vic", "pw-vic-1").await;
+    assert_eq!(
+        daemon
+            .post("/api/links/host1/verify", Some(&viewer))
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_stopped_host_goes_offline_and_comes_back() {
+    let mut setup = setup(1, &[]);
+    let daemon = start(&setup).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    let online = verify(&daemon, &token, "host1").await;
+    assert_eq!(online["health"]["state"], "reachable");
+    let seen = online["last_seen"].clone();
+
+    setup.fleet.hosts_mut()[0].stop();
+    let offline = verify(&daemon, &token, "host1").await;
+    assert_eq!(offline["health"]["state"], "unreachable", "{offline}");
+    assert_eq!(condition(&offline, "Ready")["reason"], "Unreachable");
+    assert_eq!(
+        offline["last_seen"], seen,
+        "last seen is when it last answered"
+    );
+
+    setup.fleet.hosts_mut()[0].restart().unwrap();
+    let back = verify(&daemon, &token, "host1").await;
+    assert_eq!(back["health"]["state"], "reachable", "{back}");
+    assert_eq!(condition(&back, "Ready")["status"], "True");
+    daemon.stop().await;
+}
+
+async fn run_state(daemon: &TestDaemon, token: &str, id: &str) -> Value {
+    daemon
+        .get(&format!("/api/runs/{id}"), Some(token))
+        .await
+        .json()
+        .await
+        .unwrap_or_default()
+}
+
+async fn finished_operation(daemon: &TestDaemon, token: &str, run: &str) -> Value {
+    eventually("the run-request's operation to finish", || async {
+        let state = run_state(daemon, token, run).await;
+        let id = state["state"]["operation_id"].as_u64()?;
+        let operation: Value = daemon
+            .get(&format!("/api/operations/{id}"), Some(token))
+            .await
+            .json()
+            .await
+            .ok()?;
+        (!matches!(operation["state"].as_str(), Some("pending" | "running"))).then_some(operation)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_run_request_runs_once_on_enrolled_machines_and_skips_the_rest() {
+    let setup = setup(3, &[2]);
+    let daemon = start(&setup).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+
+    // A parameter that would be code if it were spliced into shell text.
+    setup.work.write("runs/mark-1.yaml", "id: mark-1\nscript: mark\ntargets:\n  tags: [test]\nparams:\n  note: \"x'; touch /tmp/pwned; echo '\"\n");
+    let revision = setup.work.commit("run mark-1");
+    daemon
+        .daemon()
+        .git()
+        .desired()
+        .wait_for(|d| d.as_ref().is_some_and(|d| d.revision == revision))
+        .await
+        .unwrap();
+
+    let operation = finished_operation(&daemon, &token, "mark-1").await;
+    assert_eq!(operation["state"], "partially_failed", "{operation}");
+    let hosts = operation["hosts"].as_array().unwrap();
+    let by_id = |id: &str| {
+        hosts
+            .iter()
+            .find(|h| h["machine_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_id("host1")["state"]["state"], "succeeded");
+    assert_eq!(by_id("host2")["state"]["state"], "succeeded");
+    let skipped = by_id("host3");
+    assert_eq!(skipped["state"]["state"], "skipped");
+    assert!(
+        skipped["state"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not enrolled: client_id reads"),
+        "{skipped}"
+    );
+
+    // Exactly one mark per enrolled host, with the parameter intact.
+    let note = "x'; touch /tmp/pwned; echo '";
+    for host in &setup.fleet.hosts()[..2] {
+        let marks =
+            std::fs::read_to_string(setup.marks.join(format!("LINKOPS-{}", host.uuid()))).unwrap();
+        assert_eq!(marks, format!("{note}\n"));
+    }
+    assert!(
+        !setup
+            .marks
+            .join(format!("LINKOPS-{}", setup.fleet.host(2).uuid()))
+            .exists()
+    );
+    assert!(!std::path::Path::new("/tmp/pwned").exists());
+
+    // Editing it after it ran does not run it again; the status says so.
+    setup.work.write(
+        "runs/mark-1.yaml",
+        "id: mark-1\nscript: mark\ntargets:\n  tags: [test]\nparams:\n  note: again\n",
+    );
+    let edited = setup.work.commit("edit mark-1");
+    daemon
+        .daemon()
+        .git()
+        .desired()
+        .wait_for(|d| d.as_ref().is_some_and(|d| d.revision == edited))
+        .await
+        .unwrap();
+    let state = eventually("the edit to be noticed", || async {
+        let state = run_state(&daemon, &token, "mark-1").await;
+        (state["changed_after_run"] == true).then_some(state)
+    })
+    .await;
+    assert_eq!(state["state"]["operation_id"], operation["id"]);
+    daemon.stop().await;
+    for host in &setup.fleet.hosts()[..2] {
+        let marks =
+            std::fs::read_to_string(setup.marks.join(format!("LINKOPS-{}", host.uuid()))).unwrap();
+        assert_eq!(marks.lines().count(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_run_request_removed_before_its_time_is_cancelled() {
+    let setup = setup(1, &[]);
+    let daemon = start(&setup).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    setup.work.write("runs/later.yaml", "id: later\nscript: mark\ntargets:\n  machines: [host1]\nnot_before: 2999-01-01T00:00:00Z\n");
+    setup.work.commit("later");
+    let waiting = eventually("the run-request to wait", || async {
+        let state = run_state(&daemon, &token, "later").await;
+        (state["state"]["state"] == "waiting").then_some(state)
+    })
+    .await;
+    assert!(
+        waiting["state"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("2999-01-01"),
+        "{waiting}"
+    );
+
+    setup.work.remove("runs/later.yaml");
+    setup.work.commit("never mind");
+    eventually("the run-request to be cancelled", || async {
+        let state = run_state(&daemon, &token, "later").await;
+        (state["state"]["state"] == "cancelled").then_some(())
+    })
+    .await;
+    daemon.stop().await;
+}
