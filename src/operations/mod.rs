@@ -328,12 +328,21 @@ mod tests {
     fn parameters_are_quoted_not_spliced() {
         let params = BTreeMap::from([
             ("package".to_owned(), "htop; rm -rf /".to_owned()),
-            ("note".to_owned(), "it's $HOME `id`".to_owned()),
+            ("note".to_owned(), "it's $HOME `id` \"q\"".to_owned()),
         ]);
-        let line = command_line(&script(), &params).unwrap();
+        let mut script = script();
+        // The interpreter prints what the script would see.
+        script.interpreter = "printenv LINKOPS_PARAM_NOTE LINKOPS_PARAM_PACKAGE".into();
+        let line = command_line(&script, &params).unwrap();
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&line)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{line}");
         assert_eq!(
-            line,
-            r#"env 'LINKOPS_PARAM_NOTE=it'"'"'s $HOME `id`' 'LINKOPS_PARAM_PACKAGE=htop; rm -rf /' /bin/sh"#
+            String::from_utf8(output.stdout).unwrap(),
+            "it's $HOME `id` \"q\"\nhtop; rm -rf /\n"
         );
     }
 }
