@@ -280,6 +280,8 @@ async fn a_run_request_runs_once_on_enrolled_machines_and_skips_the_rest() {
     })
     .await;
     assert_eq!(state["state"]["operation_id"], operation["id"]);
+    assert_eq!(condition(&state, "Ready")["reason"], "Started");
+    assert_eq!(condition(&state, "Stalled")["reason"], "ChangedAfterRun");
     daemon.stop().await;
     for host in &setup.fleet.hosts()[..2] {
         let marks =
@@ -315,5 +317,55 @@ async fn a_run_request_removed_before_its_time_is_cancelled() {
         (state["state"]["state"] == "cancelled").then_some(())
     })
     .await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn suspended_reconciliation_starts_nothing_until_resumed() {
+    let setup = setup(1, &[]);
+    let daemon = start(&setup).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    let client = daemon.client();
+    let post = |path: &'static str, body: Value| {
+        let request = client
+            .post(format!("{}{path}", daemon.url))
+            .bearer_auth(&token)
+            .json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    let suspended: Value = post("/api/reconcile/suspend", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(suspended["fleet"].is_string(), "{suspended}");
+    let links: Value = daemon
+        .get("/api/links", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(links[0]["suspended"], true);
+
+    setup.work.write(
+        "runs/held.yaml",
+        "id: held\nscript: mark\ntargets:\n  machines: [host1]\n",
+    );
+    setup.work.commit("held");
+    let held = eventually("the run-request to be held", || async {
+        let state = run_state(&daemon, &token, "held").await;
+        (state["state"]["state"] == "waiting").then_some(state)
+    })
+    .await;
+    assert_eq!(held["state"]["reason"], "reconciliation is suspended");
+
+    let resumed: Value = post("/api/reconcile/resume", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(resumed["fleet"].is_null(), "{resumed}");
+    let operation = finished_operation(&daemon, &token, "held").await;
+    assert_eq!(operation["state"], "succeeded", "{operation}");
     daemon.stop().await;
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::condition::{self, Condition, ConditionKind, ConditionStatus};
 use crate::enrollment::Enrollment;
 use crate::machine::{Machine, MachineStatus};
 use crate::script::{ParamValue, Targets};
@@ -62,6 +63,57 @@ pub struct RunRecord {
     /// The revision it was last reconciled against.
     pub revision: String,
     pub updated_at_ms: i64,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+impl RunRecord {
+    /// Sets the conditions for the record's state, keeping transition times
+    /// from `previous` where the status did not change.
+    pub fn with_conditions(mut self, previous: &[Condition], now_ms: i64) -> RunRecord {
+        use ConditionKind::{Ready, Reconciling, Stalled};
+        use ConditionStatus::{False, True};
+        self.conditions = previous.to_vec();
+        let conditions = &mut self.conditions;
+        match &self.state {
+            RunState::Waiting { reason } => {
+                condition::set(conditions, Ready, False, "Waiting", reason.clone(), now_ms);
+                condition::set(
+                    conditions,
+                    Reconciling,
+                    True,
+                    "Waiting",
+                    reason.clone(),
+                    now_ms,
+                );
+            }
+            RunState::Started { operation_id } => {
+                let message = format!("started operation {operation_id}");
+                condition::set(conditions, Ready, True, "Started", message.clone(), now_ms);
+                condition::set(conditions, Reconciling, False, "Started", message, now_ms);
+            }
+            RunState::Cancelled => {
+                let message = "removed from Git before it started";
+                condition::set(conditions, Ready, False, "Cancelled", message, now_ms);
+                condition::set(conditions, Reconciling, False, "Cancelled", message, now_ms);
+            }
+        }
+        if self.changed_after_run {
+            let message =
+                "edited after it started; run-requests run once: commit a new id to run again";
+            condition::set(
+                conditions,
+                Stalled,
+                True,
+                "ChangedAfterRun",
+                message,
+                now_ms,
+            );
+        } else {
+            condition::set(conditions, Stalled, False, "Progressing", "", now_ms);
+        }
+        self
+    }
 }
 
 /// One target machine's part in a run about to start.
@@ -217,6 +269,7 @@ mod tests {
             changed_after_run: false,
             revision: "r1".into(),
             updated_at_ms: 0,
+            conditions: vec![],
         }
     }
 
@@ -357,6 +410,36 @@ mod tests {
                 operation_id: 7,
                 changed: false
             }
+        );
+    }
+
+    #[test]
+    fn conditions_follow_the_state() {
+        let waiting = RunRecord {
+            state: RunState::Waiting {
+                reason: "not before".into(),
+            },
+            ..started(String::new())
+        }
+        .with_conditions(&[], 10);
+        let ready = condition::get(&waiting.conditions, ConditionKind::Ready).unwrap();
+        assert_eq!(
+            (ready.status, ready.reason.as_str()),
+            (ConditionStatus::False, "Waiting")
+        );
+        let mut edited = started(String::new()).with_conditions(&waiting.conditions, 20);
+        assert_eq!(
+            condition::get(&edited.conditions, ConditionKind::Ready)
+                .unwrap()
+                .last_transition_ms,
+            20
+        );
+        edited.changed_after_run = true;
+        let edited = edited.clone().with_conditions(&edited.conditions, 30);
+        let stalled = condition::get(&edited.conditions, ConditionKind::Stalled).unwrap();
+        assert_eq!(
+            (stalled.status, stalled.reason.as_str()),
+            (ConditionStatus::True, "ChangedAfterRun")
         );
     }
 

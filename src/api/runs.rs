@@ -19,6 +19,7 @@ pub struct RunView {
     changed_after_run: bool,
     revision: Option<String>,
     updated_at: Option<jiff::Timestamp>,
+    conditions: Vec<linkops_reconcilers::condition::Condition>,
 }
 
 /// `GET /api/runs`: every run-request in Git or in the store.
@@ -66,6 +67,10 @@ fn view(state: &AppState, id: &str) -> Result<RunView, ApiError> {
         changed_after_run: record.as_ref().is_some_and(|r| r.changed_after_run),
         revision: record.as_ref().map(|r| r.revision.clone()),
         updated_at: record.as_ref().and_then(|r| at(r.updated_at_ms)),
+        conditions: record
+            .as_ref()
+            .map(|r| r.conditions.clone())
+            .unwrap_or_default(),
         state: record.map(|r| r.state),
     })
 }

@@ -171,7 +171,9 @@ impl FleetReconciler {
                 {
                     record.changed_after_run = changed;
                     record.updated_at_ms = now_ms();
-                    self.store.put_run_record(&record)?;
+                    let previous = record.conditions.clone();
+                    self.store
+                        .put_run_record(&record.with_conditions(&previous, now_ms()))?;
                 }
                 Ok(Action::AwaitChange)
             }
@@ -208,6 +210,12 @@ impl FleetReconciler {
             },
             concurrency: None,
         };
+        // The store fills in the operation id when it creates the operation.
+        let previous = self
+            .store
+            .run_record(&request.id)?
+            .map(|r| r.conditions)
+            .unwrap_or_default();
         let claim = RunRecord {
             id: request.id.clone(),
             state: RunState::Started { operation_id: 0 },
@@ -215,6 +223,7 @@ impl FleetReconciler {
             changed_after_run: false,
             revision: desired.revision.clone(),
             updated_at_ms: now_ms(),
+            conditions: previous,
         };
         match self.engine.start(plan, Some(claim)) {
             Ok(operation) => {
@@ -248,22 +257,26 @@ impl FleetReconciler {
         state: RunState,
         desired: &DesiredState,
     ) -> Result<(), store::Error> {
-        let record = RunRecord {
-            id: id.to_owned(),
-            state,
-            content: request.map(run::RunRequest::content).unwrap_or_default(),
-            changed_after_run: false,
-            revision: desired.revision.clone(),
-            updated_at_ms: now_ms(),
-        };
-        if self
-            .store
-            .run_record(id)?
-            .is_some_and(|r| r.state == record.state && r.content == record.content)
+        let current = self.store.run_record(id)?;
+        let content = request.map(run::RunRequest::content).unwrap_or_default();
+        if current
+            .as_ref()
+            .is_some_and(|r| r.state == state && r.content == content)
         {
             return Ok(());
         }
-        self.store.put_run_record(&record)
+        let record = RunRecord {
+            id: id.to_owned(),
+            state,
+            content,
+            changed_after_run: false,
+            revision: desired.revision.clone(),
+            updated_at_ms: now_ms(),
+            conditions: Vec::new(),
+        };
+        let previous = current.map(|r| r.conditions).unwrap_or_default();
+        self.store
+            .put_run_record(&record.with_conditions(&previous, now_ms()))
     }
 }
 

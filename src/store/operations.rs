@@ -47,6 +47,8 @@ impl Store {
                     });
                 }
                 claim.state = RunState::Started { operation_id: id };
+                let previous = std::mem::take(&mut claim.conditions);
+                let claim = claim.with_conditions(&previous, now_ms());
                 runs.insert(claim.id.as_str(), encode(&claim).as_slice())?;
             }
             operations.insert(id, encode(&created).as_slice())?;
