@@ -111,13 +111,34 @@ pub enum Stream {
     Stderr,
 }
 
-/// A piece of a machine's output, in arrival order within its operation.
+/// Something that happened in an operation, in the order it happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputChunk {
-    pub machine_id: String,
-    pub stream: Stream,
-    pub data: Vec<u8>,
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OperationEvent {
+    /// A piece of a machine's output. Chunks end on UTF-8 character
+    /// boundaries when the output is text.
+    Output {
+        machine_id: String,
+        stream: Stream,
+        data: Vec<u8>,
+    },
+    /// A machine's part changed state.
+    Host {
+        machine_id: String,
+        state: HostState,
+    },
+    /// The operation changed state.
+    Operation { state: OperationState },
+    /// Nothing follows.
+    End { state: OperationState },
+}
+
+/// An event as recorded: numbered from 1 within its operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    pub seq: u64,
     pub at_ms: i64,
+    pub event: OperationEvent,
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 pub use audit::{AuditEntry, Outcome};
 pub use fleet::{FLEET, HealthSample};
+pub use operations::OperationUpdate;
 pub use schema::SCHEMA_VERSION;
 pub use sync::{MachineRecord, ScriptRecord, SyncOutcome, SyncRecord};
 pub use users::{LoginFailures, Role, User};

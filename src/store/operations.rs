@@ -1,24 +1,36 @@
-//! Operations, their per-machine results and output, and run-request claims.
+//! Operations, their per-machine results, their event logs, and run-request claims.
 //!
 //! An operation started by a run-request is created in the same transaction
 //! that claims the run-request: after a crash at any point, either both
 //! exist or neither does, so a run-request never runs twice and never
-//! silently not at all.
+//! silently not at all. Events are numbered per operation inside the
+//! transaction that records them, so the log has no gaps and no duplicates.
 
 use linkops_reconcilers::operation::{
-    HostResult, HostState, Operation, OperationState, OutputChunk, summarize,
+    HostResult, HostState, Operation, OperationEvent, OperationState, RecordedEvent, summarize,
 };
 use linkops_reconcilers::run::{RunRecord, RunState};
 use redb::ReadableTable;
 
 use super::codec::{decode, encode, get_str};
-use super::schema::{OPERATION_HOSTS, OPERATION_OUTPUT, OPERATIONS, RUN_REQUESTS};
+use super::schema::{OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, RUN_REQUESTS};
 use super::{Error, Result, Store, now_ms};
+
+/// A batch of changes to one operation, recorded in one transaction.
+#[derive(Debug, Default)]
+pub struct OperationUpdate {
+    pub events: Vec<OperationEvent>,
+    /// Hosts whose result changed (byte counts, state, times).
+    pub hosts: Vec<HostResult>,
+    /// A new operation state, and whether it is the final one.
+    pub state: Option<(OperationState, bool)>,
+}
 
 impl Store {
     /// Creates an operation (its `id` is assigned) with its hosts' initial
-    /// results; with `claim`, records the run-request as started by it.
-    /// Fails with [`Error::AlreadyClaimed`] if that run-request already started.
+    /// results and first events; with `claim`, records the run-request as
+    /// started by it. Fails with [`Error::AlreadyClaimed`] if that
+    /// run-request already started.
     pub fn create_operation(
         &self,
         operation: &Operation,
@@ -56,70 +68,52 @@ impl Store {
             for host in hosts {
                 results.insert((id, host.machine_id.as_str()), encode(host).as_slice())?;
             }
+            let mut events = vec![OperationEvent::Operation {
+                state: created.state,
+            }];
+            events.extend(hosts.iter().map(|host| OperationEvent::Host {
+                machine_id: host.machine_id.clone(),
+                state: host.state.clone(),
+            }));
+            append_events(&tx, id, events)?;
             created
         };
         tx.commit()?;
         Ok(created)
     }
 
-    pub fn update_operation_state(
+    /// Records a batch of events and result changes; returns the events as numbered.
+    pub fn record_operation_update(
         &self,
         id: u64,
-        state: OperationState,
-        finished: bool,
-    ) -> Result<()> {
+        update: OperationUpdate,
+    ) -> Result<Vec<RecordedEvent>> {
         let tx = self.db.begin_write()?;
-        {
-            let mut operations = tx.open_table(OPERATIONS)?;
-            let mut operation: Operation = match operations.get(id)? {
-                Some(value) => decode("operations", id, value.value())?,
-                None => return Ok(()),
-            };
-            operation.state = state;
-            if finished {
-                operation.finished_at_ms = Some(now_ms());
+        let recorded = {
+            if !update.hosts.is_empty() {
+                let mut results = tx.open_table(OPERATION_HOSTS)?;
+                for host in &update.hosts {
+                    results.insert((id, host.machine_id.as_str()), encode(host).as_slice())?;
+                }
             }
-            operations.insert(id, encode(&operation).as_slice())?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    pub fn put_host_result(&self, operation_id: u64, host: &HostResult) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(OPERATION_HOSTS)?.insert(
-            (operation_id, host.machine_id.as_str()),
-            encode(host).as_slice(),
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Appends output chunks (one commit for the batch) and updates the host's byte counts.
-    pub fn append_output(
-        &self,
-        operation_id: u64,
-        result: &HostResult,
-        chunks: &[OutputChunk],
-    ) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut output = tx.open_table(OPERATION_OUTPUT)?;
-            let first = output
-                .range((operation_id, 0)..=(operation_id, u64::MAX))?
-                .next_back()
-                .transpose()?
-                .map_or(1, |(key, _)| key.value().1 + 1);
-            for (seq, chunk) in (first..).zip(chunks) {
-                output.insert((operation_id, seq), encode(chunk).as_slice())?;
+            if let Some((state, finished)) = update.state {
+                let mut operations = tx.open_table(OPERATIONS)?;
+                let current = operations
+                    .get(id)?
+                    .map(|v| decode::<Operation>("operations", id, v.value()));
+                if let Some(operation) = current {
+                    let mut operation = operation?;
+                    operation.state = state;
+                    if finished {
+                        operation.finished_at_ms = Some(now_ms());
+                    }
+                    operations.insert(id, encode(&operation).as_slice())?;
+                }
             }
-            tx.open_table(OPERATION_HOSTS)?.insert(
-                (operation_id, result.machine_id.as_str()),
-                encode(result).as_slice(),
-            )?;
-        }
+            append_events(&tx, id, update.events)?
+        };
         tx.commit()?;
-        Ok(())
+        Ok(recorded)
     }
 
     /// An operation and its hosts' results.
@@ -132,42 +126,44 @@ impl Store {
         };
         let operation: Operation = decode("operations", id, value.value())?;
         let results = tx.open_table(OPERATION_HOSTS)?;
-        let hosts = results
-            .range((id, "")..)?
-            .take_while(|entry| entry.as_ref().map_or(true, |(key, _)| key.value().0 == id))
-            .map(|entry| {
-                let (key, value) = entry?;
-                decode("operation_hosts", key.value().1, value.value())
+        let hosts = operation
+            .machines
+            .iter()
+            .filter_map(|machine| match results.get((id, machine.as_str())) {
+                Ok(Some(value)) => Some(decode("operation_hosts", machine, value.value())),
+                Ok(None) => None,
+                Err(error) => Some(Err(error.into())),
             })
             .collect::<Result<Vec<HostResult>>>()?;
         Ok(Some((operation, hosts)))
     }
 
-    /// Output chunks of an operation after sequence number `after`, oldest first.
-    pub fn operation_output(
+    /// Events of an operation after sequence number `after`, oldest first.
+    pub fn operation_events(
         &self,
         id: u64,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, OutputChunk)>> {
+    ) -> Result<Vec<RecordedEvent>> {
         use redb::ReadableDatabase;
         let tx = self.db.begin_read()?;
-        let output = tx.open_table(OPERATION_OUTPUT)?;
-        output
+        let events = tx.open_table(OPERATION_EVENTS)?;
+        events
             .range((id, after.saturating_add(1))..=(id, u64::MAX))?
             .take(limit)
             .map(|entry| {
                 let (key, value) = entry?;
-                Ok((
-                    key.value().1,
-                    decode("operation_output", key.value().1, value.value())?,
-                ))
+                decode("operation_events", key.value().1, value.value())
             })
             .collect()
     }
 
-    /// The newest operations that involve `machine_id`, newest first.
-    pub fn operations_for_machine(&self, machine_id: &str, limit: usize) -> Result<Vec<Operation>> {
+    /// Operations newest first, filtered by `keep`, at most `limit`.
+    pub fn operations(
+        &self,
+        limit: usize,
+        keep: impl Fn(&Operation) -> bool,
+    ) -> Result<Vec<Operation>> {
         use redb::ReadableDatabase;
         let tx = self.db.begin_read()?;
         let operations = tx.open_table(OPERATIONS)?;
@@ -175,7 +171,7 @@ impl Store {
         for entry in operations.range::<u64>(..)?.rev() {
             let (key, value) = entry?;
             let operation: Operation = decode("operations", key.value(), value.value())?;
-            if operation.machines.iter().any(|m| m == machine_id) {
+            if keep(&operation) {
                 found.push(operation);
                 if found.len() == limit {
                     break;
@@ -185,8 +181,16 @@ impl Store {
         Ok(found)
     }
 
+    /// The newest operations that involve `machine_id`, newest first.
+    pub fn operations_for_machine(&self, machine_id: &str, limit: usize) -> Result<Vec<Operation>> {
+        self.operations(limit, |operation| {
+            operation.machines.iter().any(|m| m == machine_id)
+        })
+    }
+
     /// Marks operations left pending or running by a previous process as
-    /// interrupted, with their unfinished hosts; nothing is re-run. Returns their ids.
+    /// interrupted, with their unfinished hosts, and ends their event logs;
+    /// nothing is re-run. Returns their ids.
     pub fn interrupt_unfinished_operations(&self) -> Result<Vec<u64>> {
         let tx = self.db.begin_write()?;
         let mut interrupted = Vec::new();
@@ -203,33 +207,64 @@ impl Store {
                 .collect::<Result<_>>()?;
             for mut operation in unfinished {
                 let mut states = Vec::new();
+                let mut events = Vec::new();
                 for machine in &operation.machines {
                     let key = (operation.id, machine.as_str());
-                    let Some(value) = results.get(key)? else {
-                        continue;
-                    };
-                    let mut host: HostResult = decode("operation_hosts", machine, value.value())?;
-                    drop(value);
+                    let stored = results
+                        .get(key)?
+                        .map(|v| decode::<HostResult>("operation_hosts", machine, v.value()));
+                    let Some(host) = stored else { continue };
+                    let mut host = host?;
                     if !host.state.is_final() {
                         host.state = HostState::Interrupted;
                         host.finished_at_ms = Some(now_ms());
                         results.insert(key, encode(&host).as_slice())?;
+                        events.push(OperationEvent::Host {
+                            machine_id: machine.clone(),
+                            state: HostState::Interrupted,
+                        });
                     }
                     states.push(host.state);
                 }
-                operation.state = match summarize(&states) {
-                    OperationState::Interrupted => OperationState::Interrupted,
-                    // Every host had finished; only the final write was lost.
-                    other => other,
-                };
+                // Every host may have finished with only the final write lost.
+                operation.state = summarize(&states);
                 operation.finished_at_ms.get_or_insert(now_ms());
                 operations.insert(operation.id, encode(&operation).as_slice())?;
+                events.push(OperationEvent::Operation {
+                    state: operation.state,
+                });
+                events.push(OperationEvent::End {
+                    state: operation.state,
+                });
+                append_events(&tx, operation.id, events)?;
                 interrupted.push(operation.id);
             }
         }
         tx.commit()?;
         Ok(interrupted)
     }
+}
+
+/// Numbers and appends events after the operation's last one.
+fn append_events(
+    tx: &redb::WriteTransaction,
+    id: u64,
+    events: Vec<OperationEvent>,
+) -> Result<Vec<RecordedEvent>> {
+    let mut log = tx.open_table(OPERATION_EVENTS)?;
+    let first = log
+        .range((id, 0)..=(id, u64::MAX))?
+        .next_back()
+        .transpose()?
+        .map_or(1, |(key, _)| key.value().1 + 1);
+    let at_ms = now_ms();
+    let mut recorded = Vec::with_capacity(events.len());
+    for (seq, event) in (first..).zip(events) {
+        let event = RecordedEvent { seq, at_ms, event };
+        log.insert((id, seq), encode(&event).as_slice())?;
+        recorded.push(event);
+    }
+    Ok(recorded)
 }
 
 fn is_finished(state: OperationState) -> bool {

@@ -32,8 +32,8 @@ pub const SCRIPTS: JsonTable<&str> = TableDefinition::new("scripts");
 pub const OPERATIONS: JsonTable<u64> = TableDefinition::new("operations");
 /// Per-machine results by (operation id, machine id).
 pub const OPERATION_HOSTS: JsonTable<(u64, &str)> = TableDefinition::new("operation_hosts");
-/// Output chunks by (operation id, sequence number).
-pub const OPERATION_OUTPUT: JsonTable<(u64, u64)> = TableDefinition::new("operation_output");
+/// Each operation's event log (output, state changes, end) by (operation id, sequence number).
+pub const OPERATION_EVENTS: JsonTable<(u64, u64)> = TableDefinition::new("operation_events");
 /// Git sync attempts by sequence number.
 pub const SYNC_HISTORY: JsonTable<u64> = TableDefinition::new("sync_history");
 /// Terminal workspaces by id.
@@ -82,7 +82,7 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     tx.open_table(SCRIPTS)?;
     tx.open_table(OPERATIONS)?;
     tx.open_table(OPERATION_HOSTS)?;
-    tx.open_table(OPERATION_OUTPUT)?;
+    tx.open_table(OPERATION_EVENTS)?;
     tx.open_table(SYNC_HISTORY)?;
     tx.open_table(TERMINAL_WORKSPACES)?;
     tx.open_table(AUDIT_LOG)?;

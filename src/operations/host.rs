@@ -1,0 +1,273 @@
+//! One machine's part in an operation: run, stream, stop, time out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use linkops_reconcilers::machine::Machine;
+use linkops_reconcilers::operation::{HostState, Stream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::OUTPUT_CAP;
+use super::command::signal_group;
+use super::writer::Update;
+use crate::fleet::Fleet;
+use crate::ssh::{Connection, ExitStatus, OutputEvent};
+
+/// Between SIGTERM and SIGKILL when a script is stopped or times out.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+pub struct HostRun {
+    pub fleet: Fleet,
+    pub machine: Machine,
+    pub command: Arc<str>,
+    pub body: Arc<str>,
+    pub timeout: Duration,
+    pub updates: mpsc::Sender<Update>,
+    pub stop: CancellationToken,
+}
+
+/// How the script ended, before it is a [`HostState`].
+enum End {
+    Exited(ExitStatus),
+    TimedOut,
+    Stopped,
+}
+
+impl HostRun {
+    /// Runs the script; returns the host's final state (also sent to the writer).
+    pub async fn run(self) -> HostState {
+        self.send_state(HostState::Running).await;
+        let state = match self.execute().await {
+            Ok(End::Exited(ExitStatus::Code(0))) => HostState::Succeeded,
+            Ok(End::Exited(ExitStatus::Code(code))) => HostState::Failed {
+                exit_code: Some(code),
+                signal: None,
+                error: None,
+            },
+            Ok(End::Exited(ExitStatus::Signal { name, .. })) => HostState::Failed {
+                exit_code: None,
+                signal: Some(name),
+                error: None,
+            },
+            Ok(End::Exited(ExitStatus::Unknown)) => HostState::Failed {
+                exit_code: None,
+                signal: None,
+                error: Some(
+                    "the session closed without an exit status (did the machine go down?)".into(),
+                ),
+            },
+            Ok(End::TimedOut) => HostState::Timeout,
+            Ok(End::Stopped) => HostState::Stopped,
+            Err(error) => {
+                self.fleet
+                    .pool
+                    .forget(&self.fleet.target(&self.machine))
+                    .await;
+                HostState::Failed {
+                    exit_code: None,
+                    signal: None,
+                    error: Some(error.to_string()),
+                }
+            }
+        };
+        self.send_state(state.clone()).await;
+        state
+    }
+
+    async fn send_state(&self, state: HostState) {
+        let update = Update::Host {
+            machine_id: self.machine.id.clone(),
+            state,
+        };
+        self.updates.send(update).await.ok();
+    }
+
+    async fn execute(&self) -> Result<End, crate::ssh::Error> {
+        let connection = self
+            .fleet
+            .pool
+            .get(&self.fleet.target(&self.machine))
+            .await?;
+        // The channel's own deadline is only a backstop: timeouts are handled
+        // here, by signalling the script's process group.
+        let backstop = self.timeout + STOP_GRACE * 4;
+        let mut execution = connection
+            .exec(&self.command, self.body.as_bytes(), backstop)
+            .await?;
+        let mut output = Output::new(self.machine.id.clone());
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        // Set once the script is being ended.
+        let mut ending: Option<Ending> = None;
+        loop {
+            let kill_at = ending.as_ref().filter(|e| !e.killed).map(|e| e.kill_at);
+            tokio::select! {
+                event = execution.next_output() => match event? {
+                    Some(event) => {
+                        for update in output.accept(event) {
+                            // Bounded: a slow store pauses this read, and so the SSH window.
+                            self.updates.send(update).await.ok();
+                        }
+                    }
+                    None => break,
+                },
+                _ = self.stop.cancelled(), if ending.is_none() => {
+                    ending = Some(Ending::new(End::Stopped));
+                }
+                _ = &mut deadline, if ending.is_none() => {
+                    ending = Some(Ending::new(End::TimedOut));
+                }
+                _ = tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)), if kill_at.is_some() => {
+                    let Some(pgid) = output.pgid else {
+                        // It never said its process group: nothing to signal; give up on it.
+                        break;
+                    };
+                    self.signal(&connection, pgid, "KILL").await;
+                    if let Some(ending) = ending.as_mut() {
+                        ending.killed = true;
+                    }
+                }
+            }
+            // Ask nicely first, as soon as the process group is known.
+            if let (Some(ending), Some(pgid)) = (ending.as_mut(), output.pgid)
+                && !ending.termed
+            {
+                ending.termed = true;
+                self.signal(&connection, pgid, "TERM").await;
+            }
+        }
+        for update in output.finish() {
+            self.updates.send(update).await.ok();
+        }
+        Ok(match ending {
+            Some(ending) => ending.end,
+            None => End::Exited(execution.exit_status()),
+        })
+    }
+
+    /// Signals the script's whole process group (it runs under `setsid`).
+    async fn signal(&self, connection: &Connection, pgid: u32, signal: &str) {
+        match connection
+            .exec(&signal_group(pgid, signal), b"", STOP_GRACE)
+            .await
+        {
+            Ok(execution) => {
+                execution.collect(256).await.ok();
+            }
+            Err(error) => {
+                tracing::warn!(machine = %self.machine.id, %error, "cannot signal the script")
+            }
+        }
+    }
+}
+
+/// A script being ended: why, and when SIGTERM gives way to SIGKILL.
+struct Ending {
+    end: End,
+    kill_at: tokio::time::Instant,
+    termed: bool,
+    killed: bool,
+}
+
+impl Ending {
+    fn new(end: End) -> Ending {
+        Ending {
+            end,
+            kill_at: tokio::time::Instant::now() + STOP_GRACE,
+            termed: false,
+            killed: false,
+        }
+    }
+}
+
+/// Turns raw channel output into updates: strips the process-group line,
+/// keeps chunks on UTF-8 boundaries, and caps what is kept per stream.
+struct Output {
+    machine_id: String,
+    /// The first stdout line is the script's process group.
+    pgid: Option<u32>,
+    header: Vec<u8>,
+    /// Incomplete UTF-8 sequences held back until the next chunk, per stream.
+    carry: [Vec<u8>; 2],
+    kept: [u64; 2],
+    truncated: [bool; 2],
+}
+
+impl Output {
+    fn new(machine_id: String) -> Output {
+        Output {
+            machine_id,
+            pgid: None,
+            header: Vec::new(),
+            carry: [Vec::new(), Vec::new()],
+            kept: [0, 0],
+            truncated: [false, false],
+        }
+    }
+
+    fn accept(&mut self, event: OutputEvent) -> Vec<Update> {
+        let (stream, mut data) = match event {
+            OutputEvent::Stdout(data) => (Stream::Stdout, data),
+            OutputEvent::Stderr(data) => (Stream::Stderr, data),
+        };
+        if stream == Stream::Stdout && self.pgid.is_none() && self.header.len() < 32 {
+            self.header.extend_from_slice(&data);
+            let Some(newline) = self.header.iter().position(|b| *b == b'\n') else {
+                return Vec::new();
+            };
+            self.pgid = std::str::from_utf8(&self.header[..newline])
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            data = self.header.split_off(newline + 1);
+        }
+        self.chunk(stream, data, false)
+    }
+
+    fn finish(&mut self) -> Vec<Update> {
+        let mut updates = self.chunk(Stream::Stdout, Vec::new(), true);
+        updates.extend(self.chunk(Stream::Stderr, Vec::new(), true));
+        updates
+    }
+
+    fn chunk(&mut self, stream: Stream, data: Vec<u8>, last: bool) -> Vec<Update> {
+        let index = stream as usize;
+        let received = data.len() as u64;
+        let mut bytes = std::mem::take(&mut self.carry[index]);
+        bytes.extend_from_slice(&data);
+        if !last {
+            // Hold back an incomplete character at the end (at most 3 bytes).
+            if let Err(error) = std::str::from_utf8(&bytes)
+                && error.error_len().is_none()
+                && bytes.len() - error.valid_up_to() <= 3
+            {
+                self.carry[index] = bytes.split_off(error.valid_up_to());
+            }
+        }
+        let room = OUTPUT_CAP.saturating_sub(self.kept[index]) as usize;
+        let mut updates = Vec::new();
+        if bytes.len() > room {
+            bytes.truncate(room);
+            if !self.truncated[index] {
+                self.truncated[index] = true;
+                updates.push(Update::Output {
+                    machine_id: self.machine_id.clone(),
+                    stream,
+                    data: format!("\n[linkops: output beyond {OUTPUT_CAP} bytes is not kept; the byte count goes on]\n").into_bytes(),
+                    received: 0,
+                });
+            }
+        }
+        self.kept[index] += bytes.len() as u64;
+        updates.insert(
+            0,
+            Update::Output {
+                machine_id: self.machine_id.clone(),
+                stream,
+                data: bytes,
+                received,
+            },
+        );
+        updates
+    }
+}

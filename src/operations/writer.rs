@@ -1,0 +1,164 @@
+//! The one writer of an operation's event log.
+//!
+//! Host tasks send updates over a bounded channel (a slow store slows the
+//! hosts' reads, and so the SSH windows, rather than growing memory); the
+//! writer numbers them in store transactions of up to 20 ms or 256 KiB, then
+//! broadcasts them to live subscribers. A subscriber that falls behind misses
+//! broadcasts, never blocks the writer, and catches up from the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use linkops_reconcilers::operation::{
+    HostResult, HostState, OperationEvent, OperationState, RecordedEvent, Stream,
+};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::store::{OperationUpdate, Store, now_ms};
+
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
+const BATCH_BYTES: usize = 256 << 10;
+
+/// What host tasks tell the writer.
+pub enum Update {
+    /// `data` is what is kept (possibly nothing); `received` counts every byte that arrived.
+    Output {
+        machine_id: String,
+        stream: Stream,
+        data: Vec<u8>,
+        received: u64,
+    },
+    Host {
+        machine_id: String,
+        state: HostState,
+    },
+    /// The operation's state changed (not for the last time).
+    State(OperationState),
+    /// The last update: the operation's final state.
+    Finish(OperationState),
+}
+
+pub struct Writer {
+    pub operation: u64,
+    pub store: Store,
+    pub hosts: HashMap<String, HostResult>,
+    pub updates: mpsc::Receiver<Update>,
+    pub events: broadcast::Sender<Arc<RecordedEvent>>,
+}
+
+impl Writer {
+    pub async fn run(mut self) {
+        let mut finished = false;
+        while !finished {
+            let Some(first) = self.updates.recv().await else {
+                break;
+            };
+            let mut batch = Batch::default();
+            finished = self.add(&mut batch, first);
+            let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+            while !finished && batch.bytes < BATCH_BYTES {
+                tokio::select! {
+                    update = self.updates.recv() => match update {
+                        Some(update) => finished = self.add(&mut batch, update),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            self.commit(batch).await;
+        }
+    }
+
+    /// Adds an update to the batch; true when it is the last.
+    fn add(&mut self, batch: &mut Batch, update: Update) -> bool {
+        match update {
+            Update::Output {
+                machine_id,
+                stream,
+                data,
+                received,
+            } => {
+                if let Some(host) = self.hosts.get_mut(&machine_id) {
+                    match stream {
+                        Stream::Stdout => host.stdout_bytes += received,
+                        Stream::Stderr => host.stderr_bytes += received,
+                    }
+                    batch.touched.insert(machine_id.clone());
+                }
+                if !data.is_empty() {
+                    batch.bytes += data.len();
+                    batch.update.events.push(OperationEvent::Output {
+                        machine_id,
+                        stream,
+                        data,
+                    });
+                }
+                false
+            }
+            Update::Host { machine_id, state } => {
+                if let Some(host) = self.hosts.get_mut(&machine_id) {
+                    match state {
+                        HostState::Running => host.started_at_ms = Some(now_ms()),
+                        ref s if s.is_final() => host.finished_at_ms = Some(now_ms()),
+                        _ => {}
+                    }
+                    host.state = state.clone();
+                    batch.touched.insert(machine_id.clone());
+                }
+                batch
+                    .update
+                    .events
+                    .push(OperationEvent::Host { machine_id, state });
+                false
+            }
+            Update::State(state) => {
+                batch
+                    .update
+                    .events
+                    .push(OperationEvent::Operation { state });
+                batch.update.state = Some((state, false));
+                false
+            }
+            Update::Finish(state) => {
+                batch
+                    .update
+                    .events
+                    .push(OperationEvent::Operation { state });
+                batch.update.events.push(OperationEvent::End { state });
+                batch.update.state = Some((state, true));
+                true
+            }
+        }
+    }
+
+    async fn commit(&mut self, mut batch: Batch) {
+        batch.update.hosts = batch
+            .touched
+            .iter()
+            .filter_map(|id| self.hosts.get(id).cloned())
+            .collect();
+        let (store, operation) = (self.store.clone(), self.operation);
+        let recorded = tokio::task::spawn_blocking(move || {
+            store.record_operation_update(operation, batch.update)
+        })
+        .await;
+        match recorded {
+            Ok(Ok(events)) => {
+                for event in events {
+                    // No subscribers is fine: the log is in the store.
+                    self.events.send(Arc::new(event)).ok();
+                }
+            }
+            Ok(Err(error)) => tracing::error!(operation, %error, "cannot record operation events"),
+            Err(error) => tracing::error!(operation, %error, "the event writer's commit panicked"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    update: OperationUpdate,
+    touched: std::collections::BTreeSet<String>,
+    bytes: usize,
+}
