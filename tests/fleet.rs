@@ -2,13 +2,9 @@
 
 mod support;
 
-use linkops::store::Role;
-use linkops::testbed::Fleet;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{TestDaemon, WorkRepo, add_users, eventually, fleet_config, fleet_links};
-
-const ADMIN: (&str, &str) = ("ada", "pw-ada-1");
+use support::{ADMIN, FleetSetup, TestDaemon, eventually};
 const SCRIPTS: &str = r#"scripts:
   - id: mark
     name: Leave a mark
@@ -21,55 +17,12 @@ const SCRIPTS: &str = r#"scripts:
         default: hello
 "#;
 
-struct Setup {
-    fleet: Fleet,
-    work: WorkRepo,
-    data: tempfile::TempDir,
-    marks: std::path::PathBuf,
+fn setup(hosts: usize, wrong_uuid: &[usize]) -> FleetSetup {
+    FleetSetup::new(hosts, wrong_uuid, SCRIPTS)
 }
 
-/// A fleet of `hosts`, a local config repository describing it (the hosts in
-/// `wrong_uuid` with a uuid that is not theirs), and a data dir for the daemon.
-fn setup(hosts: usize, wrong_uuid: &[usize]) -> Setup {
-    let fleet = Fleet::start(hosts).unwrap();
-    // Where the test script leaves its marks: writable by the test user.
-    let marks = fleet.dir().join("marks");
-    std::fs::create_dir(&marks).unwrap();
-    std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let work = WorkRepo::new(&fleet.dir().join("config"), None);
-    work.write("links.yaml", &fleet_links(&fleet, wrong_uuid));
-    work.write(
-        "scripts.yaml",
-        &SCRIPTS.replace("$MARKS", marks.to_str().unwrap()),
-    );
-    work.commit("the test fleet");
-    let data = tempfile::tempdir().unwrap();
-    add_users(
-        data.path(),
-        &[
-            (ADMIN.0, Role::Admin, ADMIN.1),
-            ("vic", Role::Viewer, "pw-vic-1"),
-        ],
-    );
-    Setup {
-        fleet,
-        work,
-        data,
-        marks,
-    }
-}
-
-async fn start(setup: &Setup) -> TestDaemon {
-    let mut config = fleet_config(setup.data.path(), &setup.fleet);
-    config.git.url = Some(setup.work.dir.to_str().unwrap().to_owned());
-    let daemon = TestDaemon::start(config).await;
-    let head = setup.work.head();
-    let mut desired = daemon.daemon().git().desired();
-    desired
-        .wait_for(|d| d.as_ref().is_some_and(|d| d.revision == head))
-        .await
-        .unwrap();
-    daemon
+async fn start(setup: &FleetSetup) -> TestDaemon {
+    setup.start().await
 }
 
 async fn verify(daemon: &TestDaemon, token: &str, id: &str) -> Value {

@@ -179,23 +179,47 @@ pub fn decide(
             };
         }
     }
-    let mut placements = Vec::new();
-    for id in run.targets.select(machines) {
-        let placement = match status(&id).map(|s| s.enrollment) {
-            None | Some(Enrollment::Unknown) => {
-                return RunDecision::Wait {
-                    reason: format!("machine {id} has not been checked yet"),
-                    retry_after_ms: ENROLLMENT_WAIT_MS,
-                };
-            }
-            Some(Enrollment::Enrolled) => Placement::Run,
-            Some(other) => Placement::Skip {
-                reason: format!("not enrolled: {}", describe(&other)),
-            },
+    let selected = run.targets.select(machines);
+    if let Some(id) = selected
+        .iter()
+        .find(|id| status(id).is_none_or(|s| s.enrollment == Enrollment::Unknown))
+    {
+        return RunDecision::Wait {
+            reason: format!("machine {id} has not been checked yet"),
+            retry_after_ms: ENROLLMENT_WAIT_MS,
         };
-        placements.push((id, placement));
     }
-    for id in &run.targets.machines {
+    let placements = place(&run.targets, machines, status);
+    RunDecision::Start {
+        machines: placements,
+    }
+}
+
+/// Where a run goes: each selected machine runs if enrolled, or is skipped
+/// with the reason; named machines that are not in the inventory are skipped
+/// too, so nothing asked for is silently dropped. In target order.
+pub fn place(
+    targets: &Targets,
+    machines: &[Machine],
+    status: impl Fn(&str) -> Option<MachineStatus>,
+) -> Vec<(String, Placement)> {
+    let mut placements: Vec<(String, Placement)> = targets
+        .select(machines)
+        .into_iter()
+        .map(|id| {
+            let placement = match status(&id).map(|s| s.enrollment) {
+                Some(Enrollment::Enrolled) => Placement::Run,
+                other => Placement::Skip {
+                    reason: format!(
+                        "not enrolled: {}",
+                        describe(&other.unwrap_or(Enrollment::Unknown))
+                    ),
+                },
+            };
+            (id, placement)
+        })
+        .collect();
+    for id in &targets.machines {
         if !machines.iter().any(|m| &m.id == id) {
             placements.push((
                 id.clone(),
@@ -205,15 +229,13 @@ pub fn decide(
             ));
         }
     }
-    RunDecision::Start {
-        machines: placements,
-    }
+    placements
 }
 
 /// A short account of why a machine is not enrolled.
 pub fn describe(enrollment: &Enrollment) -> String {
     match enrollment {
-        Enrollment::Unknown => "not checked yet".into(),
+        Enrollment::Unknown => "not checked yet (POST /api/links/{id}/verify checks it now)".into(),
         Enrollment::Enrolled => "enrolled".into(),
         Enrollment::Mismatch { expected, found } => {
             format!("client_id reads {found:?}, expected {expected:?}")

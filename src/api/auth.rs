@@ -72,11 +72,23 @@ impl FromRequestParts<AppState> for Authenticated {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
+        let from_header = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        // Browsers cannot set headers on EventSource or WebSocket: `?access_token=` too.
+        let from_query = || {
+            parts.uri.query().and_then(|query| {
+                query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("access_token="))
+                    .map(str::to_owned)
+            })
+        };
+        let token = from_header
+            .or_else(from_query)
             .ok_or(ApiError::Unauthorized)?;
         Ok(Authenticated(state.auth.authenticate(token.trim())?))
     }

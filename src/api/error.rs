@@ -21,6 +21,13 @@ pub enum ApiError {
     },
     BadRequest(String),
     NotFound(String),
+    /// A well-formed request the catalog or inventory cannot accept; `field` names what is wrong.
+    Unprocessable {
+        field: String,
+        message: String,
+    },
+    /// The request conflicts with the current state of the thing.
+    Conflict(String),
     /// A webhook delivery whose signature or headers do not check out.
     Webhook(crate::git::webhook::Rejection),
     UnsupportedMediaType(String),
@@ -83,6 +90,13 @@ impl IntoResponse for ApiError {
                 (StatusCode::BAD_REQUEST, "bad_request", message, None)
             }
             ApiError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message, None),
+            ApiError::Unprocessable { field, message } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                message,
+                Some(json!({ "field": field })),
+            ),
+            ApiError::Conflict(message) => (StatusCode::CONFLICT, "conflict", message, None),
             ApiError::Webhook(rejection) => (
                 StatusCode::UNAUTHORIZED,
                 "bad_signature",

@@ -1,18 +1,45 @@
-//! `/api/operations`: operations and their per-machine results.
+//! `/api/operations`: run scripts, follow them live, stop them, read their history.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
-use linkops_reconcilers::operation::{HostResult, Operation};
-use serde::Serialize;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use base64::Engine as _;
+use futures::{SinkExt, Stream};
+use linkops_reconcilers::operation::{
+    HostResult, Operation, OperationEvent, OperationState, RecordedEvent, Requester,
+};
+use linkops_reconcilers::run;
+use linkops_reconcilers::script::{ParamValue, Targets};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
 
 use super::auth::Authenticated;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, at};
+use crate::operations::{HostPlan, Plan};
+use crate::store::{Outcome, Role};
 
 #[derive(Serialize)]
 pub struct OperationView {
     #[serde(flatten)]
     operation: Operation,
+    created_at: Option<jiff::Timestamp>,
+    finished_at: Option<jiff::Timestamp>,
     hosts: Vec<HostResult>,
+}
+
+fn operation_view(operation: Operation, hosts: Vec<HostResult>) -> OperationView {
+    OperationView {
+        created_at: at(operation.created_at_ms),
+        finished_at: operation.finished_at_ms.and_then(at),
+        operation,
+        hosts,
+    }
 }
 
 /// `GET /api/operations/{id}`
@@ -25,5 +52,354 @@ pub async fn get(
         .store
         .operation(id)?
         .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))?;
-    Ok(Json(OperationView { operation, hosts }))
+    Ok(Json(operation_view(operation, hosts)))
+}
+
+#[derive(Deserialize)]
+pub struct RunBody {
+    script: String,
+    #[serde(default)]
+    targets: TargetsBody,
+    #[serde(default)]
+    params: BTreeMap<String, Value>,
+    /// At most this many machines at once (the script's and the fleet's limits also apply).
+    concurrency: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct TargetsBody {
+    #[serde(default)]
+    machines: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+/// `POST /api/operations/run`: starts at once and answers with the operation;
+/// it continues in the background (follow it at `/api/operations/{id}/events`).
+pub async fn run(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Json(body): Json<RunBody>,
+) -> Result<(StatusCode, Json<OperationView>), ApiError> {
+    let user = caller.require(Role::Operator)?;
+    let desired = state.git.desired().borrow().clone().ok_or_else(|| {
+        ApiError::NotConfigured("no desired state has been applied yet: nothing to run".into())
+    })?;
+    let script = desired
+        .scripts
+        .get(&body.script)
+        .ok_or_else(|| ApiError::Unprocessable {
+            field: "script".into(),
+            message: format!("no script {:?} in the catalog", body.script),
+        })?;
+    let mut given = BTreeMap::new();
+    for (name, value) in body.params {
+        let value = match value {
+            Value::String(s) => ParamValue::String(s),
+            Value::Bool(b) => ParamValue::Bool(b),
+            Value::Number(n) if n.as_i64().is_some() => {
+                ParamValue::Int(n.as_i64().unwrap_or_default())
+            }
+            other => {
+                return Err(ApiError::Unprocessable {
+                    field: format!("params.{name}"),
+                    message: format!(
+                        "parameter {name}: expected a string, an integer or a boolean, got {other}"
+                    ),
+                });
+            }
+        };
+        given.insert(name, value);
+    }
+    let params = script.resolve_params(&given).map_err(|problems| {
+        let (name, message) = problems.into_iter().next().unwrap_or_default();
+        ApiError::Unprocessable {
+            field: format!("params.{name}"),
+            message: format!("parameter {name}: {message}"),
+        }
+    })?;
+    let mut targets = Targets {
+        machines: body.targets.machines,
+        tags: body.targets.tags,
+    };
+    if targets.is_empty() {
+        targets = script.targets.clone();
+    }
+    if targets.is_empty() {
+        return Err(ApiError::Unprocessable {
+            field: "targets".into(),
+            message: format!(
+                "no targets given, and script {} has no default targets",
+                script.id
+            ),
+        });
+    }
+    let store = &state.store;
+    let placements = run::place(&targets, &desired.machines, |id| {
+        store.machine_status(id).ok().flatten()
+    });
+    let plan = Plan {
+        script: script.clone(),
+        params,
+        hosts: HostPlan::from_placements(placements, &desired.machines),
+        requested_by: Requester::User {
+            name: user.name.clone(),
+        },
+        concurrency: body.concurrency,
+    };
+    let operation = state
+        .controller
+        .reconciler
+        .engine
+        .start(plan, None)
+        .map_err(|error| match error {
+            crate::operations::Error::Store(error) => ApiError::from(error),
+            other => ApiError::Unprocessable {
+                field: "params".into(),
+                message: other.to_string(),
+            },
+        })?;
+    state.store.audit(
+        &user.name,
+        "operation.run",
+        &operation.id.to_string(),
+        Outcome::Success,
+        Some(format!("script {}", operation.script)),
+    )?;
+    let (operation, hosts) = state
+        .store
+        .operation(operation.id)?
+        .ok_or_else(|| ApiError::Internal("the new operation vanished".into()))?;
+    Ok((StatusCode::ACCEPTED, Json(operation_view(operation, hosts))))
+}
+
+/// `POST /api/operations/{id}/stop`
+pub async fn stop(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(id): Path<u64>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let user = caller.require(Role::Operator)?;
+    let (operation, _) = state
+        .store
+        .operation(id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))?;
+    if !state.controller.reconciler.engine.stop(id) {
+        return Err(ApiError::Conflict(format!(
+            "operation {id} is not running (it is {:?})",
+            operation.state
+        )));
+    }
+    state.store.audit(
+        &user.name,
+        "operation.stop",
+        &id.to_string(),
+        Outcome::Success,
+        None,
+    )?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "stopping": id }))))
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    script: Option<String>,
+    machine: Option<String>,
+    state: Option<OperationState>,
+    /// RFC 3339: only operations created at or after.
+    since: Option<jiff::Timestamp>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/operations`: newest first, filtered.
+pub async fn list(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<Vec<OperationView>>, ApiError> {
+    let since = query.since.map(|t| t.as_millisecond());
+    let operations = state
+        .store
+        .operations(query.limit.unwrap_or(50).min(500), |operation| {
+            query.script.as_ref().is_none_or(|s| *s == operation.script)
+                && query
+                    .machine
+                    .as_ref()
+                    .is_none_or(|m| operation.machines.contains(m))
+                && query.state.is_none_or(|s| s == operation.state)
+                && since.is_none_or(|since| operation.created_at_ms >= since)
+        })?;
+    Ok(Json(
+        operations
+            .into_iter()
+            .map(|operation| operation_view(operation, Vec::new()))
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct OutputQuery {
+    /// Only this machine's output.
+    machine: Option<String>,
+    /// Events after this sequence number (from a previous page's `next_after`).
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+/// `GET /api/operations/{id}/output`: recorded output, paged by event sequence number.
+pub async fn output(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+    Path(id): Path<u64>,
+    Query(query): Query<OutputQuery>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .store
+        .operation(id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))?;
+    let limit = query.limit.unwrap_or(1000).min(5000);
+    let events = state.store.operation_events(id, query.after, limit)?;
+    let next_after = events.last().map(|e| e.seq);
+    let chunks: Vec<Value> = events
+        .iter()
+        .filter(|e| match &e.event {
+            OperationEvent::Output { machine_id, .. } => {
+                query.machine.as_ref().is_none_or(|m| m == machine_id)
+            }
+            _ => false,
+        })
+        .map(|e| event_data(&e.event))
+        .collect();
+    Ok(Json(json!({ "chunks": chunks, "next_after": next_after })))
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    /// For clients that cannot send the `Last-Event-ID` header.
+    last_event_id: Option<u64>,
+}
+
+/// `GET /api/operations/{id}/events`: Server-Sent Events.
+///
+/// Every event has the sequence number of the operation's log as its `id`:
+/// reconnecting with `Last-Event-ID` resumes exactly after it; a finished
+/// operation replays in full, then `end`. The token may be passed as
+/// `?access_token=` (EventSource cannot set headers).
+pub async fn events(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    state
+        .store
+        .operation(id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))?;
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .or(query.last_event_id)
+        .unwrap_or(0);
+    // Subscribe before reading the log, so nothing falls between the two.
+    let live = state.controller.reconciler.engine.subscribe(id);
+    let (sender, receiver) = futures::channel::mpsc::channel(64);
+    tokio::spawn(follow(state.store.clone(), id, last, live, sender));
+    Ok(Sse::new(receiver).keep_alive(KeepAlive::default()))
+}
+
+/// Feeds one SSE client: the log from the store, then live events; back to
+/// the store whenever it fell behind. Ends after `end` or when the client goes.
+async fn follow(
+    store: crate::store::Store,
+    id: u64,
+    mut last: u64,
+    mut live: Option<broadcast::Receiver<Arc<RecordedEvent>>>,
+    mut client: futures::channel::mpsc::Sender<Result<Event, Infallible>>,
+) {
+    let mut behind = true;
+    loop {
+        if behind {
+            let (store, after) = (store.clone(), last);
+            let page =
+                match tokio::task::spawn_blocking(move || store.operation_events(id, after, 512))
+                    .await
+                {
+                    Ok(Ok(page)) => page,
+                    _ => return,
+                };
+            if page.is_empty() {
+                behind = false;
+                if live.is_none() {
+                    return;
+                }
+                continue;
+            }
+            for event in page {
+                last = event.seq;
+                let end = matches!(event.event, OperationEvent::End { .. });
+                if client.send(Ok(sse_event(&event))).await.is_err() || end {
+                    return;
+                }
+            }
+            continue;
+        }
+        let Some(receiver) = live.as_mut() else {
+            return;
+        };
+        match receiver.recv().await {
+            Ok(event) if event.seq <= last => {}
+            Ok(event) if event.seq == last + 1 => {
+                last = event.seq;
+                let end = matches!(event.event, OperationEvent::End { .. });
+                if client.send(Ok(sse_event(&event))).await.is_err() || end {
+                    return;
+                }
+            }
+            // A gap or a lag: the store has everything broadcast (it is written first).
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => behind = true,
+            Err(broadcast::error::RecvError::Closed) => {
+                live = None;
+                behind = true;
+            }
+        }
+    }
+}
+
+fn sse_event(event: &RecordedEvent) -> Event {
+    let name = match event.event {
+        OperationEvent::Output { .. } => "output",
+        OperationEvent::Host { .. } => "host",
+        OperationEvent::Operation { .. } => "operation",
+        OperationEvent::End { .. } => "end",
+    };
+    Event::default()
+        .id(event.seq.to_string())
+        .event(name)
+        .data(event_data(&event.event).to_string())
+}
+
+/// An event as JSON. Output is `text` when it is UTF-8, `base64` otherwise.
+fn event_data(event: &OperationEvent) -> Value {
+    match event {
+        OperationEvent::Output {
+            machine_id,
+            stream,
+            data,
+        } => match std::str::from_utf8(data) {
+            Ok(text) => json!({ "machine": machine_id, "stream": stream, "text": text }),
+            Err(_) => json!({
+                "machine": machine_id,
+                "stream": stream,
+                "base64": base64::engine::general_purpose::STANDARD.encode(data),
+            }),
+        },
+        OperationEvent::Host { machine_id, state } => {
+            json!({ "machine": machine_id, "state": state })
+        }
+        OperationEvent::Operation { state } | OperationEvent::End { state } => {
+            json!({ "state": state })
+        }
+    }
 }

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::scheduler::{Action, Reason, Reconcile};
 use crate::fleet::Fleet;
-use crate::operations::{Engine, Plan};
+use crate::operations::{Engine, HostPlan, Plan};
 use crate::store::{self, FLEET, HealthSample, Store, now_ms};
 
 /// What a reconcile is about.
@@ -196,14 +196,11 @@ impl FleetReconciler {
             .get(&request.script)
             .expect("validated: the script exists");
         let params = script.resolve_params(&request.params).unwrap_or_default();
-        let machines = machines
-            .into_iter()
-            .filter_map(|(id, placement)| desired.machine(&id).map(|m| (m.clone(), placement)))
-            .collect();
+        let hosts = HostPlan::from_placements(machines, &desired.machines);
         let plan = Plan {
             script: script.clone(),
             params,
-            machines,
+            hosts,
             requested_by: Requester::RunRequest {
                 id: request.id.clone(),
                 revision: desired.revision.clone(),

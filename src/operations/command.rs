@@ -6,13 +6,15 @@ use linkops_reconcilers::script::Script;
 
 use super::Error;
 
-/// `env 'LINKOPS_PARAM_<NAME>=value' … setsid -w sh -c 'echo $$; exec <interpreter>'`.
+/// `echo $$; exec env 'LINKOPS_PARAM_<NAME>=value' … <interpreter>`.
 ///
-/// Values are quoted for the remote shell, so no value can become code. The
-/// script runs in a session of its own whose id it prints first, so that a
-/// stop can signal its whole process group rather than just the channel.
+/// Values are quoted for the remote shell, so no value can become code.
+/// sshd starts every session's command in a new session (`setsid`), so the
+/// shell's pid, printed first, is the process group of everything the script
+/// starts: a stop signals that group, not just the channel. `exec` keeps the
+/// pid and lets the interpreter's own exit status or signal through.
 pub fn command_line(script: &Script, params: &BTreeMap<String, String>) -> Result<String, Error> {
-    let mut command = String::from("env");
+    let mut command = String::from("echo \"$$\"; exec env");
     for (name, value) in params {
         if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(Error::ParamName(name.clone()));
@@ -25,19 +27,15 @@ pub fn command_line(script: &Script, params: &BTreeMap<String, String>) -> Resul
         command.push(' ');
         command.push_str(&quoted);
     }
-    let inner = format!("echo \"$$\"; exec {}", script.interpreter);
-    let inner = shlex::try_quote(&inner).map_err(|_| Error::Param {
-        name: "interpreter".into(),
-        message: "contains a NUL byte".into(),
-    })?;
-    command.push_str(" setsid -w sh -c ");
-    command.push_str(&inner);
+    command.push(' ');
+    command.push_str(&script.interpreter);
     Ok(command)
 }
 
-/// The command that signals a script's process group.
+/// The command that signals a script's process group. (No `--`: dash's
+/// `kill` refuses it, and a signal given first makes `-pgid` unambiguous.)
 pub fn signal_group(pgid: u32, signal: &str) -> String {
-    format!("kill -{signal} -- -{pgid} 2>/dev/null; true")
+    format!("kill -{signal} -{pgid} 2>/dev/null; true")
 }
 
 #[cfg(test)]
@@ -60,6 +58,44 @@ mod tests {
             max_parallel: None,
             targets: Targets::default(),
         }
+    }
+
+    #[test]
+    fn signalling_the_group_ends_every_process_in_it() {
+        use std::io::BufRead;
+        // A group like a script's: a shell and a child of its own; it says when it is ready.
+        let mut group = std::process::Command::new("setsid")
+            .args(["sh", "-c", "sleep 30 & echo ready; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufReader::new(group.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        // `setsid` execs (it is not a group leader when spawned here), so its pid is the group id.
+        let pgid = group.id();
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(signal_group(pgid, "TERM"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(!group.wait().unwrap().success());
+        // Dead processes may linger as zombies until reaped; none may still run.
+        let ps = std::process::Command::new("ps")
+            .args(["-o", "stat=", "-g", &pgid.to_string()])
+            .output()
+            .unwrap();
+        let running: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter(|stat| !stat.trim_start().starts_with('Z'))
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            running.is_empty(),
+            "still running in the group: {running:?}"
+        );
     }
 
     #[test]

@@ -54,10 +54,48 @@ pub struct Plan {
     /// Checked and resolved values, by parameter name.
     pub params: BTreeMap<String, String>,
     /// Target machines in order, each to run on or to skip (with the reason).
-    pub machines: Vec<(Machine, Placement)>,
+    pub hosts: Vec<HostPlan>,
     pub requested_by: Requester,
     /// The requester's own parallelism limit, if any.
     pub concurrency: Option<usize>,
+}
+
+/// One target of a plan.
+pub enum HostPlan {
+    Run(Machine),
+    Skip { machine_id: String, reason: String },
+}
+
+impl HostPlan {
+    /// Pairs placements with inventory entries; ids not in `machines` are skipped as unknown.
+    pub fn from_placements(
+        placements: Vec<(String, Placement)>,
+        machines: &[Machine],
+    ) -> Vec<HostPlan> {
+        placements
+            .into_iter()
+            .map(
+                |(id, placement)| match (placement, machines.iter().find(|m| m.id == id)) {
+                    (Placement::Run, Some(machine)) => HostPlan::Run(machine.clone()),
+                    (Placement::Run, None) => HostPlan::Skip {
+                        machine_id: id,
+                        reason: "unknown machine: not in links.yaml".into(),
+                    },
+                    (Placement::Skip { reason }, _) => HostPlan::Skip {
+                        machine_id: id,
+                        reason,
+                    },
+                },
+            )
+            .collect()
+    }
+
+    fn machine_id(&self) -> &str {
+        match self {
+            HostPlan::Run(machine) => &machine.id,
+            HostPlan::Skip { machine_id, .. } => machine_id,
+        }
+    }
 }
 
 /// An operation in flight.
@@ -88,13 +126,13 @@ impl Engine {
     pub fn start(&self, plan: Plan, claim: Option<RunRecord>) -> Result<Operation, Error> {
         let command: Arc<str> = command::command_line(&plan.script, &plan.params)?.into();
         let hosts: Vec<HostResult> = plan
-            .machines
+            .hosts
             .iter()
-            .map(|(machine, placement)| HostResult {
-                machine_id: machine.id.clone(),
-                state: match placement {
-                    Placement::Run => HostState::Pending,
-                    Placement::Skip { reason } => HostState::Skipped {
+            .map(|host| HostResult {
+                machine_id: host.machine_id().to_owned(),
+                state: match host {
+                    HostPlan::Run(_) => HostState::Pending,
+                    HostPlan::Skip { reason, .. } => HostState::Skipped {
                         reason: reason.clone(),
                     },
                 },
@@ -108,7 +146,11 @@ impl Engine {
             id: 0,
             script: plan.script.id.clone(),
             params: plan.params.clone(),
-            machines: plan.machines.iter().map(|(m, _)| m.id.clone()).collect(),
+            machines: plan
+                .hosts
+                .iter()
+                .map(|h| h.machine_id().to_owned())
+                .collect(),
             requested_by: plan.requested_by.clone(),
             state: OperationState::Pending,
             created_at_ms: now_ms(),
@@ -195,11 +237,11 @@ impl Engine {
         let body: Arc<str> = plan.script.body.clone().into();
         let mut tasks = tokio::task::JoinSet::new();
         let mut states = Vec::new();
-        for ((machine, placement), host) in plan.machines.into_iter().zip(hosts) {
-            if placement != Placement::Run {
+        for (target, host) in plan.hosts.into_iter().zip(hosts) {
+            let HostPlan::Run(machine) = target else {
                 states.push(host.state);
                 continue;
-            }
+            };
             let run = HostRun {
                 fleet: self.fleet.clone(),
                 machine,

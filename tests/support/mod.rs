@@ -262,3 +262,126 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// One Server-Sent Event as a test reads it.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: u64,
+    pub event: String,
+    pub data: Value,
+}
+
+/// Reads an operation's SSE stream to its `end` event (or until `stop_after` events).
+pub async fn read_events(
+    daemon: &TestDaemon,
+    token: &str,
+    operation: u64,
+    last_event_id: Option<u64>,
+    stop_after: Option<usize>,
+) -> Vec<SseEvent> {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let mut request = daemon.client().get(format!(
+        "{}/api/operations/{operation}/events?access_token={token}",
+        daemon.url
+    ));
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id.to_string());
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let mut stream = response.bytes_stream().eventsource();
+    let mut events = Vec::new();
+    while let Some(event) = stream.next().await {
+        let event = event.unwrap();
+        let parsed = SseEvent {
+            id: event.id.parse().unwrap(),
+            event: event.event.clone(),
+            data: serde_json::from_str(&event.data).unwrap(),
+        };
+        let end = parsed.event == "end";
+        events.push(parsed);
+        if end || stop_after.is_some_and(|n| events.len() >= n) {
+            break;
+        }
+    }
+    events
+}
+
+/// The text a machine wrote on a stream, from SSE output events.
+pub fn output_text(events: &[SseEvent], machine: &str, stream: &str) -> String {
+    events
+        .iter()
+        .filter(|e| {
+            e.event == "output" && e.data["machine"] == machine && e.data["stream"] == stream
+        })
+        .map(|e| e.data["text"].as_str().expect("text output"))
+        .collect()
+}
+
+/// A running test fleet, a local config repository describing it, and a data dir.
+pub struct FleetSetup {
+    pub fleet: linkops::testbed::Fleet,
+    pub work: WorkRepo,
+    pub data: tempfile::TempDir,
+    /// A directory on this machine that the hosts' scripts may write to.
+    pub marks: PathBuf,
+}
+
+pub const ADMIN: (&str, &str) = ("ada", "pw-ada-1");
+pub const VIEWER: (&str, &str) = ("vic", "pw-vic-1");
+
+impl FleetSetup {
+    /// `hosts` hosts (those in `wrong_uuid` listed with a uuid that is not
+    /// theirs) and `scripts` as scripts.yaml (`$MARKS` replaced by the marks dir).
+    pub fn new(hosts: usize, wrong_uuid: &[usize], scripts: &str) -> FleetSetup {
+        use std::os::unix::fs::PermissionsExt;
+        let fleet = linkops::testbed::Fleet::start(hosts).unwrap();
+        let marks = fleet.dir().join("marks");
+        std::fs::create_dir(&marks).unwrap();
+        std::fs::set_permissions(&marks, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let work = WorkRepo::new(&fleet.dir().join("config"), None);
+        work.write("links.yaml", &fleet_links(&fleet, wrong_uuid));
+        work.write(
+            "scripts.yaml",
+            &scripts.replace("$MARKS", marks.to_str().unwrap()),
+        );
+        work.commit("the test fleet");
+        let data = tempfile::tempdir().unwrap();
+        add_users(
+            data.path(),
+            &[
+                (ADMIN.0, Role::Admin, ADMIN.1),
+                (VIEWER.0, Role::Viewer, VIEWER.1),
+            ],
+        );
+        FleetSetup {
+            fleet,
+            work,
+            data,
+            marks,
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        let mut config = fleet_config(self.data.path(), &self.fleet);
+        config.git.url = Some(self.work.dir.to_str().unwrap().to_owned());
+        config
+    }
+
+    /// Starts a daemon and waits until it has applied the repository's head.
+    pub async fn start(&self) -> TestDaemon {
+        self.start_with(self.config()).await
+    }
+
+    pub async fn start_with(&self, config: Config) -> TestDaemon {
+        let daemon = TestDaemon::start(config).await;
+        let head = self.work.head();
+        let mut desired = daemon.daemon().git().desired();
+        desired
+            .wait_for(|d| d.as_ref().is_some_and(|d| d.revision == head))
+            .await
+            .unwrap();
+        daemon
+    }
+}

@@ -1,0 +1,420 @@
+//! Operations through the API against a real fleet: run, live SSE, stop, limits, failures.
+
+mod support;
+
+use std::collections::HashSet;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{ADMIN, FleetSetup, TestDaemon, VIEWER, output_text, read_events};
+
+const SCRIPTS: &str = r#"scripts:
+  - id: talk
+    name: Talk on both streams and exit with a code
+    params:
+      - {name: code, type: int, default: 0}
+    body: |
+      for i in 1 2 3; do echo "out $i"; echo "err $i" >&2; done
+      exit "$LINKOPS_PARAM_CODE"
+  - id: signal
+    name: Die of a signal
+    body: kill -KILL $$
+  - id: sleeper
+    name: Sleep for a long time
+    params:
+      - {name: tag, type: string, required: true, pattern: "[0-9]+"}
+    body: |
+      echo started
+      sleep 600.$LINKOPS_PARAM_TAG & wait
+  - id: nap
+    name: Say so, then nap
+    body: |
+      echo started
+      sleep 2
+  - id: window
+    name: Record when it ran
+    body: |
+      date +%s.%N > $MARKS/$(cat /etc/linkops/client_id).start
+      sleep 0.3
+      date +%s.%N > $MARKS/$(cat /etc/linkops/client_id).end
+  - id: flood
+    name: Print a lot
+    params:
+      - {name: bytes, type: int, required: true}
+    body: head -c "$LINKOPS_PARAM_BYTES" /dev/zero | tr '\0' 'x'
+  - id: echo
+    name: Echo a parameter
+    params:
+      - {name: text, type: string, required: true}
+    body: printf '%s' "$LINKOPS_PARAM_TEXT"
+"#;
+
+async fn run(daemon: &TestDaemon, token: &str, body: Value) -> reqwest::Response {
+    daemon
+        .client()
+        .post(format!("{}/api/operations/run", daemon.url))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn started(daemon: &TestDaemon, token: &str, body: Value) -> u64 {
+    let response = run(daemon, token, body).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let operation: Value = response.json().await.unwrap();
+    operation["id"].as_u64().unwrap()
+}
+
+async fn operation(daemon: &TestDaemon, token: &str, id: u64) -> Value {
+    daemon
+        .get(&format!("/api/operations/{id}"), Some(token))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+fn host<'a>(operation: &'a Value, id: &str) -> &'a Value {
+    operation["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["machine_id"] == id)
+        .unwrap()
+}
+
+async fn verified(setup: &FleetSetup) -> (TestDaemon, String) {
+    let daemon = setup.start().await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    for host in setup.fleet.hosts() {
+        let response = daemon
+            .post(&format!("/api/links/{}/verify", host.name()), Some(&token))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    (daemon, token)
+}
+
+#[tokio::test]
+async fn output_streams_live_in_order_and_results_are_recorded() {
+    let setup = FleetSetup::new(3, &[2], SCRIPTS);
+    let (daemon, token) = verified(&setup).await;
+    let id = started(&daemon, &token, json!({ "script": "talk", "targets": { "tags": ["test"], "machines": ["ghost"] }, "params": { "code": 3 } })).await;
+    let events = read_events(&daemon, &token, id, None, None).await;
+
+    // Ids are the log's sequence numbers: 1, 2, 3, … with no gap.
+    let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+    assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>());
+    assert_eq!(events.last().unwrap().event, "end");
+    for machine in ["host1", "host2"] {
+        assert_eq!(
+            output_text(&events, machine, "stdout"),
+            "out 1\nout 2\nout 3\n"
+        );
+        assert_eq!(
+            output_text(&events, machine, "stderr"),
+            "err 1\nerr 2\nerr 3\n"
+        );
+    }
+    let recorded = operation(&daemon, &token, id).await;
+    assert_eq!(recorded["state"], "failed", "{recorded}");
+    assert_eq!(
+        host(&recorded, "host1")["state"],
+        json!({ "state": "failed", "exit_code": 3, "signal": null, "error": null })
+    );
+    assert_eq!(host(&recorded, "host1")["stdout_bytes"], 18);
+    assert!(
+        host(&recorded, "host3")["state"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not enrolled")
+    );
+    assert_eq!(
+        host(&recorded, "ghost")["state"]["reason"],
+        "unknown machine: not in links.yaml"
+    );
+
+    // A replay after the end is the same log.
+    let replay = read_events(&daemon, &token, id, None, None).await;
+    assert_eq!(replay.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+    // Resuming mid-stream gets exactly the rest.
+    let resumed = read_events(&daemon, &token, id, Some(5), None).await;
+    assert_eq!(resumed.first().unwrap().id, 6);
+    assert_eq!(resumed.iter().map(|e| e.id).collect::<Vec<_>>(), ids[5..]);
+
+    // Signals are recorded as such.
+    let id = started(
+        &daemon,
+        &token,
+        json!({ "script": "signal", "targets": { "machines": ["host1"] } }),
+    )
+    .await;
+    read_events(&daemon, &token, id, None, None).await;
+    let killed = operation(&daemon, &token, id).await;
+    assert_eq!(
+        host(&killed, "host1")["state"]["signal"],
+        "KILL",
+        "{killed}"
+    );
+
+    // History lists them, newest first, filtered.
+    let history: Value = daemon
+        .get("/api/operations?script=talk", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_naming_the_problem() {
+    let setup = FleetSetup::new(1, &[], SCRIPTS);
+    let (daemon, token) = verified(&setup).await;
+    let cases = [
+        (
+            json!({ "script": "nope", "targets": { "tags": ["test"] } }),
+            "script",
+        ),
+        (
+            json!({ "script": "sleeper", "targets": { "tags": ["test"] } }),
+            "params.tag",
+        ),
+        (
+            json!({ "script": "sleeper", "targets": { "tags": ["test"] }, "params": { "tag": "1; reboot" } }),
+            "params.tag",
+        ),
+        (
+            json!({ "script": "talk", "targets": { "tags": ["test"] }, "params": { "code": 1.5 } }),
+            "params.code",
+        ),
+        (
+            json!({ "script": "talk", "targets": { "tags": ["test"] }, "params": { "colour": "red" } }),
+            "params.colour",
+        ),
+        (json!({ "script": "talk" }), "targets"),
+    ];
+    for (body, field) in cases {
+        let response = run(&daemon, &token, body.clone()).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}"
+        );
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["details"]["field"], field, "{body}: {error}");
+    }
+    let viewer = daemon.token(VIEWER.0, VIEWER.1).await;
+    let response = run(
+        &daemon,
+        &viewer,
+        json!({ "script": "talk", "targets": { "tags": ["test"] } }),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn parameters_never_execute() {
+    let setup = FleetSetup::new(1, &[], SCRIPTS);
+    let (daemon, token) = verified(&setup).await;
+    let pwned = setup.marks.join("pwned");
+    for text in [
+        format!("$(touch {}); x", pwned.display()),
+        format!("line one\nline two `touch {}`", pwned.display()),
+    ] {
+        let id = started(&daemon, &token, json!({ "script": "echo", "targets": { "machines": ["host1"] }, "params": { "text": text } })).await;
+        let events = read_events(&daemon, &token, id, None, None).await;
+        assert_eq!(output_text(&events, "host1", "stdout"), text);
+    }
+    assert!(!pwned.exists());
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn stop_ends_every_remote_process_and_unstarted_hosts_never_start() {
+    let setup = FleetSetup::new(10, &[], SCRIPTS);
+    let (daemon, token) = verified(&setup).await;
+    let tag = format!("{}{}", std::process::id(), 7);
+    let id = started(&daemon, &token, json!({ "script": "sleeper", "targets": { "tags": ["test"] }, "params": { "tag": tag }, "concurrency": 8 })).await;
+    // Wait until the eight that may run have all said they started.
+    let mut started_hosts = HashSet::new();
+    let pattern = format!("^sleep 600\\.{tag}$");
+    {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let response = daemon
+            .client()
+            .get(format!(
+                "{}/api/operations/{id}/events?access_token={token}",
+                daemon.url
+            ))
+            .send()
+            .await
+            .unwrap();
+        let mut stream = response.bytes_stream().eventsource();
+        while started_hosts.len() < 8 {
+            let event = stream.next().await.unwrap().unwrap();
+            if event.event == "output" {
+                let data: Value = serde_json::from_str(&event.data).unwrap();
+                started_hosts.insert(data["machine"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    let sleeping = std::process::Command::new("pgrep")
+        .args(["-f", &pattern])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&sleeping.stdout).lines().count(),
+        8,
+        "eight sleeps run before the stop"
+    );
+
+    let response = daemon
+        .post(&format!("/api/operations/{id}/stop"), Some(&token))
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let events = read_events(&daemon, &token, id, None, None).await;
+    assert_eq!(events.last().unwrap().data["state"], "stopped");
+    let stopped = operation(&daemon, &token, id).await;
+    assert_eq!(stopped["state"], "stopped");
+    let states: Vec<&str> = stopped["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"]["state"].as_str().unwrap())
+        .collect();
+    assert!(states.iter().all(|s| *s == "stopped"), "{states:?}");
+    // Verified on the hosts' side: no sleep is left anywhere.
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &pattern])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "still running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    // A second stop has nothing to stop.
+    assert_eq!(
+        daemon
+            .post(&format!("/api/operations/{id}/stop"), Some(&token))
+            .await
+            .status(),
+        StatusCode::CONFLICT
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn concurrency_is_bounded_as_the_hosts_see_it() {
+    let setup = FleetSetup::new(20, &[], SCRIPTS);
+    let (daemon, token) = verified(&setup).await;
+    let id = started(
+        &daemon,
+        &token,
+        json!({ "script": "window", "targets": { "tags": ["test"] }, "concurrency": 5 }),
+    )
+    .await;
+    read_events(&daemon, &token, id, None, None).await;
+    let recorded = operation(&daemon, &token, id).await;
+    assert_eq!(recorded["state"], "succeeded", "{recorded}");
+    let mut windows = Vec::new();
+    for host in setup.fleet.hosts() {
+        let read = |suffix: &str| -> f64 {
+            let path = setup
+                .marks
+                .join(format!("LINKOPS-{}.{suffix}", host.uuid()));
+            std::fs::read_to_string(path)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        windows.push((read("start"), read("end")));
+    }
+    let most = windows
+        .iter()
+        .map(|(start, _)| {
+            windows
+                .iter()
+                .filter(|(s, e)| s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(most <= 5, "{most} scripts ran at once");
+    assert!(most >= 2, "the limit was not even approached: {most}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn large_output_arrives_intact() {
+    let setup = FleetSetup::new(1, &[], SCRIPTS);
+    let (daemon, token) = verified(&setup).await;
+    let bytes = 2 << 20;
+    let id = started(&daemon, &token, json!({ "script": "flood", "targets": { "machines": ["host1"] }, "params": { "bytes": bytes } })).await;
+    let events = read_events(&daemon, &token, id, None, None).await;
+    let text = output_text(&events, "host1", "stdout");
+    assert_eq!(text.len(), bytes);
+    assert!(text.bytes().all(|b| b == b'x'));
+    let recorded = operation(&daemon, &token, id).await;
+    assert_eq!(host(&recorded, "host1")["stdout_bytes"], bytes);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_host_that_goes_down_mid_operation_fails_alone() {
+    let mut setup = FleetSetup::new(3, &[], SCRIPTS);
+    let (daemon, token) = verified(&setup).await;
+    let id = started(
+        &daemon,
+        &token,
+        json!({ "script": "nap", "targets": { "tags": ["test"] } }),
+    )
+    .await;
+    {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let response = daemon
+            .client()
+            .get(format!(
+                "{}/api/operations/{id}/events?access_token={token}",
+                daemon.url
+            ))
+            .send()
+            .await
+            .unwrap();
+        let mut stream = response.bytes_stream().eventsource();
+        let mut seen = HashSet::new();
+        while seen.len() < 3 {
+            let event = stream.next().await.unwrap().unwrap();
+            if event.event == "output" {
+                let data: Value = serde_json::from_str(&event.data).unwrap();
+                seen.insert(data["machine"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    // host2 goes down with its script running.
+    setup.fleet.hosts_mut()[1].stop();
+    let events = read_events(&daemon, &token, id, None, None).await;
+    assert_eq!(events.last().unwrap().data["state"], "partially_failed");
+    let recorded = operation(&daemon, &token, id).await;
+    let failed = &host(&recorded, "host2")["state"];
+    assert_eq!(failed["state"], "failed", "{recorded}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("closed without an exit status"),
+        "{failed}"
+    );
+    assert_eq!(host(&recorded, "host1")["state"]["state"], "succeeded");
+    assert_eq!(host(&recorded, "host3")["state"]["state"], "succeeded");
+    daemon.stop().await;
+}
