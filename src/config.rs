@@ -137,6 +137,9 @@ pub struct SshConfig {
     pub command_timeout: Duration,
     /// Most SSH sessions open across the whole fleet at once.
     pub concurrency: usize,
+    /// A pooled connection unused for this long is closed.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub idle_timeout: Duration,
     /// Record unknown host keys instead of refusing them (audited). Off by default.
     pub trust_on_first_use: bool,
 }
@@ -149,6 +152,7 @@ impl Default for SshConfig {
             connect_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(300),
             concurrency: 50,
+            idle_timeout: Duration::from_secs(300),
             trust_on_first_use: false,
         }
     }

@@ -79,6 +79,9 @@ impl Daemon {
             crate::git::sync::start(git_context(&config, prepared.store.clone()), stop.clone())
                 .await;
         let fleet = Fleet::new(&config);
+        let reaper = fleet
+            .pool
+            .spawn_reaper(config.ssh.idle_timeout, stop.clone());
         let engine = Engine::new(prepared.store.clone(), fleet.clone());
         let reconciler = FleetReconciler {
             store: prepared.store.clone(),
@@ -95,6 +98,7 @@ impl Daemon {
             stop.clone(),
         );
         workers.push(git_worker);
+        workers.push(reaper);
         let state = AppState {
             config: prepared.config,
             store: prepared.store,

@@ -26,6 +26,14 @@ const SCRIPTS: &str = r#"scripts:
     body: |
       echo started
       sleep 600.$LINKOPS_PARAM_TAG & wait
+  - id: overrun
+    name: Take longer than allowed
+    timeout: 1s
+    params:
+      - {name: tag, type: string, required: true, pattern: "[0-9]+"}
+    body: |
+      echo started
+      sleep 600.$LINKOPS_PARAM_TAG & wait
   - id: nap
     name: Say so, then nap
     body: |
@@ -416,5 +424,38 @@ async fn a_host_that_goes_down_mid_operation_fails_alone() {
     );
     assert_eq!(host(&recorded, "host1")["state"]["state"], "succeeded");
     assert_eq!(host(&recorded, "host3")["state"]["state"], "succeeded");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_script_and_says_so() {
+    let setup = FleetSetup::new(2, &[], SCRIPTS);
+    let (daemon, token) = verified(&setup).await;
+    let tag = format!("{}{}", std::process::id(), 3);
+    let id = started(
+        &daemon,
+        &token,
+        json!({ "script": "overrun", "targets": { "tags": ["test"] }, "params": { "tag": tag } }),
+    )
+    .await;
+    let events = read_events(&daemon, &token, id, None, None).await;
+    assert_eq!(events.last().unwrap().data["state"], "failed");
+    let recorded = operation(&daemon, &token, id).await;
+    for machine in ["host1", "host2"] {
+        assert_eq!(
+            host(&recorded, machine)["state"]["state"],
+            "timeout",
+            "{recorded}"
+        );
+    }
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &format!("^sleep 600\\.{tag}$")])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "still running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
     daemon.stop().await;
 }

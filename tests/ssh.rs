@@ -282,3 +282,33 @@ async fn bare_repo_is_reachable_over_ssh_with_the_fleet_key() {
     let local = git(&["-C", w, "rev-parse", "HEAD"]);
     assert!(remote.starts_with(local.trim()), "{remote} vs {local}");
 }
+
+#[tokio::test]
+async fn the_pool_reuses_one_connection_and_closes_idle_ones() {
+    let fleet = Fleet::start(1).unwrap();
+    let pool = linkops::ssh::Pool::new(fleet.connect_options());
+    let target = fleet.target(0);
+    let first = pool.get(&target).await.unwrap();
+    let again = pool.get(&target).await.unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &again),
+        "one connection per machine"
+    );
+    // In use: not idle, whatever the time.
+    pool.close_idle(Duration::ZERO);
+    assert!(std::sync::Arc::ptr_eq(
+        &first,
+        &pool.get(&target).await.unwrap()
+    ));
+    drop((first, again));
+    pool.close_idle(Duration::ZERO);
+    let fresh = pool.get(&target).await.unwrap();
+    let output = fresh
+        .exec("true", b"", TIMEOUT)
+        .await
+        .unwrap()
+        .collect(16)
+        .await
+        .unwrap();
+    assert_eq!(output.status, ExitStatus::Code(0));
+}

@@ -2,16 +2,25 @@
 //!
 //! Each machine's slot has its own async lock, so concurrent callers wait for
 //! one connect instead of racing to open several; a closed connection is
-//! replaced on the next use.
+//! replaced on the next use, and one idle for longer than the idle timeout is
+//! closed by the reaper.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::Mutex as AsyncMutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{ConnectOptions, Connection, Result, Target};
 
-type Slot = Arc<AsyncMutex<Option<Arc<Connection>>>>;
+struct Pooled {
+    connection: Arc<Connection>,
+    last_used: Instant,
+}
+
+type Slot = Arc<AsyncMutex<Option<Pooled>>>;
 
 #[derive(Clone)]
 pub struct Pool {
@@ -32,11 +41,15 @@ impl Pool {
     pub async fn get(&self, target: &Target) -> Result<Arc<Connection>> {
         let slot = self.slot(target);
         let mut guard = slot.lock().await;
-        if let Some(connection) = guard.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(connection.clone());
+        if let Some(pooled) = guard.as_mut().filter(|p| !p.connection.is_closed()) {
+            pooled.last_used = Instant::now();
+            return Ok(pooled.connection.clone());
         }
         let connection = Arc::new(Connection::open(target, &self.options).await?);
-        *guard = Some(connection.clone());
+        *guard = Some(Pooled {
+            connection: connection.clone(),
+            last_used: Instant::now(),
+        });
         Ok(connection)
     }
 
@@ -47,23 +60,50 @@ impl Pool {
         slot.lock().await.take();
     }
 
-    /// Number of open pooled connections.
-    pub fn open_connections(&self) -> usize {
+    /// Closes, every so often, connections nobody has used for `idle`. Stops on `shutdown`.
+    pub fn spawn_reaper(
+        &self,
+        idle: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval((idle / 4).max(Duration::from_secs(1)));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => pool.close_idle(idle),
+                }
+            }
+        })
+    }
+
+    /// Closes the connections unused for `idle` (and drops closed ones).
+    pub fn close_idle(&self, idle: Duration) {
         let slots: Vec<Slot> = self
             .slots
             .lock()
-            .expect("pool lock is never poisoned")
+            .expect("never poisoned")
             .values()
             .cloned()
             .collect();
-        slots
-            .iter()
-            .filter(|slot| {
-                slot.try_lock()
-                    .map(|c| c.as_ref().is_some_and(|c| !c.is_closed()))
-                    .unwrap_or(true)
-            })
-            .count()
+        for slot in slots {
+            // A slot in use is not idle.
+            let Ok(mut guard) = slot.try_lock() else {
+                continue;
+            };
+            let expired = guard.as_ref().is_some_and(|p| {
+                p.connection.is_closed()
+                    || (p.last_used.elapsed() >= idle && Arc::strong_count(&p.connection) == 1)
+            });
+            if expired {
+                tracing::debug!(
+                    target = guard.as_ref().map_or("", |p| p.connection.target()),
+                    "closing an idle SSH connection"
+                );
+                guard.take();
+            }
+        }
     }
 
     fn slot(&self, target: &Target) -> Slot {
@@ -75,7 +115,7 @@ impl Pool {
         );
         self.slots
             .lock()
-            .expect("pool lock is never poisoned")
+            .expect("never poisoned")
             .entry(key)
             .or_default()
             .clone()
