@@ -20,7 +20,15 @@ const NOT_SETTINGS: &[&str] = &["LINKOPS_CONFIG", "LINKOPS_LOG"];
 const ENV_PREFIX: &str = "LINKOPS_";
 
 /// Sections of the file; `LINKOPS_<SECTION>_<KEY>` sets `[section] key`.
-const SECTIONS: &[&str] = &["git", "ssh", "auth", "webhook", "log", "reconcile"];
+const SECTIONS: &[&str] = &[
+    "git",
+    "ssh",
+    "auth",
+    "webhook",
+    "log",
+    "reconcile",
+    "operations",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -46,6 +54,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub webhook: WebhookConfig,
     pub reconcile: ReconcileConfig,
+    pub operations: OperationsConfig,
 }
 
 impl Default for Config {
@@ -59,6 +68,22 @@ impl Default for Config {
             auth: AuthConfig::default(),
             webhook: WebhookConfig::default(),
             reconcile: ReconcileConfig::default(),
+            operations: OperationsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OperationsConfig {
+    /// Output kept per host and stream, in bytes; the rest is counted and dropped with a marker.
+    pub output_cap: u64,
+}
+
+impl Default for OperationsConfig {
+    fn default() -> Self {
+        OperationsConfig {
+            output_cap: 4 << 20,
         }
     }
 }

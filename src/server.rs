@@ -82,7 +82,11 @@ impl Daemon {
         let reaper = fleet
             .pool
             .spawn_reaper(config.ssh.idle_timeout, stop.clone());
-        let engine = Engine::new(prepared.store.clone(), fleet.clone());
+        let engine = Engine::new(
+            prepared.store.clone(),
+            fleet.clone(),
+            config.operations.output_cap,
+        );
         let reconciler = FleetReconciler {
             store: prepared.store.clone(),
             fleet,

@@ -304,7 +304,8 @@ pub async fn events(
         .unwrap_or(0);
     // Subscribe before reading the log, so nothing falls between the two.
     let live = state.controller.reconciler.engine.subscribe(id);
-    let (sender, receiver) = futures::channel::mpsc::channel(64);
+    // Small: a slow client holds few events; behind that, its follower reads the store.
+    let (sender, receiver) = futures::channel::mpsc::channel(4);
     tokio::spawn(follow(state.store.clone(), id, last, live, sender));
     Ok(Sse::new(receiver).keep_alive(KeepAlive::default()))
 }

@@ -8,7 +8,6 @@ use linkops_reconcilers::operation::{HostState, Stream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::OUTPUT_CAP;
 use super::command::signal_group;
 use super::writer::Update;
 use crate::fleet::Fleet;
@@ -23,6 +22,8 @@ pub struct HostRun {
     pub command: Arc<str>,
     pub body: Arc<str>,
     pub timeout: Duration,
+    /// Output kept per stream.
+    pub output_cap: u64,
     pub updates: mpsc::Sender<Update>,
     pub stop: CancellationToken,
 }
@@ -95,7 +96,7 @@ impl HostRun {
         let mut execution = connection
             .exec(&self.command, self.body.as_bytes(), backstop)
             .await?;
-        let mut output = Output::new(self.machine.id.clone());
+        let mut output = Output::new(self.machine.id.clone(), self.output_cap);
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
         // Set once the script is being ended.
@@ -185,6 +186,7 @@ impl Ending {
 /// keeps chunks on UTF-8 boundaries, and caps what is kept per stream.
 struct Output {
     machine_id: String,
+    cap: u64,
     /// The first stdout line is the script's process group.
     pgid: Option<u32>,
     header: Vec<u8>,
@@ -195,9 +197,10 @@ struct Output {
 }
 
 impl Output {
-    fn new(machine_id: String) -> Output {
+    fn new(machine_id: String, cap: u64) -> Output {
         Output {
             machine_id,
+            cap,
             pgid: None,
             header: Vec::new(),
             carry: [Vec::new(), Vec::new()],
@@ -244,7 +247,7 @@ impl Output {
                 self.carry[index] = bytes.split_off(error.valid_up_to());
             }
         }
-        let room = OUTPUT_CAP.saturating_sub(self.kept[index]) as usize;
+        let room = self.cap.saturating_sub(self.kept[index]) as usize;
         let mut updates = Vec::new();
         if bytes.len() > room {
             bytes.truncate(room);
@@ -253,7 +256,11 @@ impl Output {
                 updates.push(Update::Output {
                     machine_id: self.machine_id.clone(),
                     stream,
-                    data: format!("\n[linkops: output beyond {OUTPUT_CAP} bytes is not kept; the byte count goes on]\n").into_bytes(),
+                    data: format!(
+                        "\n[linkops: output beyond {} bytes is not kept; the byte count goes on]\n",
+                        self.cap
+                    )
+                    .into_bytes(),
                     received: 0,
                 });
             }

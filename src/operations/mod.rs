@@ -31,9 +31,6 @@ use writer::{Update, Writer};
 
 pub use host::STOP_GRACE;
 
-/// Output kept per host and stream; the rest is counted, not stored.
-pub const OUTPUT_CAP: u64 = 4 << 20;
-
 /// Live events buffered per operation for subscribers; one that falls further
 /// behind reads the rest from the store.
 const LIVE_BUFFER: usize = 1024;
@@ -108,15 +105,18 @@ struct Live {
 pub struct Engine {
     store: Store,
     fleet: Fleet,
+    /// Output kept per host and stream; the rest is counted, not stored.
+    output_cap: u64,
     /// A std mutex: only held to insert, look up or remove, never across an await.
     live: Arc<Mutex<HashMap<u64, Live>>>,
 }
 
 impl Engine {
-    pub fn new(store: Store, fleet: Fleet) -> Engine {
+    pub fn new(store: Store, fleet: Fleet, output_cap: u64) -> Engine {
         Engine {
             store,
             fleet,
+            output_cap,
             live: Arc::default(),
         }
     }
@@ -248,6 +248,7 @@ impl Engine {
                 command: command.clone(),
                 body: body.clone(),
                 timeout: plan.script.timeout,
+                output_cap: self.output_cap,
                 updates: updates.clone(),
                 stop: stop.clone(),
             };

@@ -1,0 +1,561 @@
+//! Fan-out benchmark: `cat /etc/linkops/client_id` on 50 real sshd hosts.
+//!
+//! Side by side in one run: LinkOps through its whole API path
+//! (`POST /api/operations/run` until the SSE `end` event) cold (no pooled
+//! connections) and warm, a bare russh client (this crate's `ssh` module: no
+//! API, no store), `parallel-ssh -p 50` and `ansible all -m raw -f 50` (cold
+//! and with ControlPersist warm). Then one operation printing 10 MiB on one
+//! host, watched by 200 SSE clients: delivery time and the daemon's peak RSS.
+//!
+//! Run as root with pssh and ansible-core installed: `cargo bench --bench fanout`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use linkops::auth::password;
+use linkops::ssh::Connection;
+use linkops::store::{Role, Store};
+use linkops::testbed::{Fleet, TEST_USER};
+use serde_json::{Value, json};
+
+const HOSTS: usize = 50;
+const REPETITIONS: usize = 5;
+const ADMIN_PASSWORD: &str = "bench-password-1";
+const FLOOD_BYTES: usize = 10 << 20;
+const SSE_CLIENTS: usize = 200;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let fleet = Fleet::start(HOSTS).expect("the benchmark needs root and openssh-server");
+    let repo = config_repo(&fleet);
+    let mut rows: Vec<(String, Vec<Duration>)> = Vec::new();
+
+    // LinkOps, cold: the pool closes connections idle for 1 s; each run waits them out.
+    let cold = Daemon::start(&fleet, &repo, "cold", "1s").await;
+    cold.wait_enrolled().await;
+    let mut times = Vec::new();
+    for _ in 0..REPETITIONS {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        times.push(
+            cold.run_to_end(json!({ "script": "client-id", "targets": { "tags": ["bench"] } }))
+                .await
+                .0,
+        );
+    }
+    rows.push(("LinkOps API, cold".into(), times));
+    drop(cold);
+
+    // LinkOps, warm: connections stay pooled.
+    let warm = Daemon::start(&fleet, &repo, "warm", "10m").await;
+    warm.wait_enrolled().await;
+    warm.run_to_end(json!({ "script": "client-id", "targets": { "tags": ["bench"] } }))
+        .await;
+    let mut times = Vec::new();
+    for _ in 0..REPETITIONS {
+        times.push(
+            warm.run_to_end(json!({ "script": "client-id", "targets": { "tags": ["bench"] } }))
+                .await
+                .0,
+        );
+    }
+    rows.push(("LinkOps API, warm".into(), times));
+
+    rows.push(("bare russh client, cold".into(), bare_cold(&fleet).await));
+    rows.push(("bare russh client, warm".into(), bare_warm(&fleet).await));
+    rows.push(("parallel-ssh -p 50".into(), repeat(|| pssh(&fleet))));
+    let control = fleet.dir().join("ansible-cp-cold");
+    rows.push((
+        "ansible -m raw -f 50, cold".into(),
+        repeat(|| {
+            std::fs::remove_dir_all(&control).ok();
+            ansible(&fleet, &control)
+        }),
+    ));
+    let control = fleet.dir().join("ansible-cp-warm");
+    ansible(&fleet, &control);
+    rows.push((
+        "ansible -m raw -f 50, ControlPersist warm".into(),
+        repeat(|| ansible(&fleet, &control)),
+    ));
+
+    print_table(&rows);
+    sse_flood(&warm).await;
+}
+
+/// A config repository for the fleet: every host tagged `bench`, checked hourly.
+fn config_repo(fleet: &Fleet) -> PathBuf {
+    let dir = fleet.dir().join("config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut links = String::from("machines:\n");
+    for host in fleet.hosts() {
+        links.push_str(&format!(
+            "  - {{id: {name}, name: {name}, host: {address}, port: {port}, user: {TEST_USER}, key: fleet_key, uuid: {uuid}, tags: [bench], health_interval: 1h}}\n",
+            name = host.name(),
+            address = host.address(),
+            port = host.port(),
+            uuid = host.uuid(),
+        ));
+    }
+    std::fs::write(dir.join("links.yaml"), links).unwrap();
+    std::fs::write(
+        dir.join("scripts.yaml"),
+        "scripts:\n  - {id: client-id, name: Client id, body: cat /etc/linkops/client_id}\n  - {id: flood, name: Flood, body: \"head -c 10485760 /dev/zero | tr '\\\\0' x\"}\n",
+    )
+    .unwrap();
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=b",
+            "-c",
+            "user.email=b@b.invalid",
+            "commit",
+            "-q",
+            "-m",
+            "bench",
+        ],
+    ] {
+        assert!(
+            Command::new("git")
+                .arg("-C")
+                .arg(&dir)
+                .args(args)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    dir
+}
+
+/// The daemon as its own process (so its memory is its own).
+struct Daemon {
+    child: Child,
+    url: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Daemon {
+    async fn start(fleet: &Fleet, repo: &Path, name: &str, idle: &str) -> Daemon {
+        use std::os::unix::fs::PermissionsExt;
+        let data = fleet.dir().join(format!("data-{name}"));
+        std::fs::create_dir_all(data.join("keys")).unwrap();
+        std::fs::create_dir_all(data.join("ssh")).unwrap();
+        let key = data.join("keys/fleet_key");
+        std::fs::copy(fleet.client_key(), &key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::copy(fleet.known_hosts(), data.join("ssh/known_hosts")).unwrap();
+        let store = Store::open(&data.join("linkops.redb")).unwrap();
+        store
+            .create_user(
+                "admin",
+                Role::Admin,
+                &password::hash(ADMIN_PASSWORD).unwrap(),
+            )
+            .ok();
+        drop(store);
+        let config = data.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {data:?}\n[git]\nurl = {repo:?}\n[ssh]\nidle_timeout = {idle:?}\nconcurrency = 64\n[reconcile]\nconcurrency = 64\n[operations]\noutput_cap = 16777216\n"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_linkops"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .env("LINKOPS_LOG", "warn,linkops::server=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let address = lines
+            .by_ref()
+            .map(Result::unwrap)
+            .find_map(|line| {
+                line.split_whitespace()
+                    .find_map(|f| f.strip_prefix("address="))
+                    .map(str::to_owned)
+            })
+            .expect("the daemon serves");
+        std::thread::spawn(move || lines.for_each(drop));
+        let url = format!("http://{address}");
+        let client = reqwest::Client::new();
+        let login: Value = client
+            .post(format!("{url}/api/auth/login"))
+            .json(&json!({ "username": "admin", "password": ADMIN_PASSWORD }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = login["token"].as_str().unwrap().to_owned();
+        Daemon {
+            child,
+            url,
+            token,
+            client,
+        }
+    }
+
+    /// Waits until every machine has been checked and is enrolled.
+    async fn wait_enrolled(&self) {
+        loop {
+            let links: Value = self
+                .client
+                .get(format!("{}/api/links", self.url))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let enrolled = links.as_array().map_or(0, |l| {
+                l.iter()
+                    .filter(|m| m["enrollment"]["state"] == "enrolled")
+                    .count()
+            });
+            if enrolled == HOSTS {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs an operation and reads its events to `end`; the elapsed time and the events.
+    async fn run_to_end(&self, body: Value) -> (Duration, Vec<eventsource_stream::Event>) {
+        let started = Instant::now();
+        let operation: Value = self
+            .client
+            .post(format!("{}/api/operations/run", self.url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = operation["id"].as_u64().expect("an operation");
+        let events = read_to_end(&self.client, &self.url, &self.token, id).await;
+        let elapsed = started.elapsed();
+        let end: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+        assert_eq!(end["state"], "succeeded", "operation {id}");
+        (elapsed, events)
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+async fn read_to_end(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    id: u64,
+) -> Vec<eventsource_stream::Event> {
+    let response = client
+        .get(format!(
+            "{url}/api/operations/{id}/events?access_token={token}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream().eventsource();
+    let mut events = Vec::new();
+    while let Some(event) = stream.next().await {
+        let event = event.unwrap();
+        let end = event.event == "end";
+        events.push(event);
+        if end {
+            break;
+        }
+    }
+    events
+}
+
+async fn bare_cold(fleet: &Fleet) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..REPETITIONS {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..HOSTS)
+            .map(|i| {
+                let (target, options) = (fleet.target(i), fleet.connect_options());
+                tokio::spawn(async move {
+                    let connection = Connection::open(&target, &options).await.unwrap();
+                    connection
+                        .exec("cat /etc/linkops/client_id", b"", Duration::from_secs(30))
+                        .await
+                        .unwrap()
+                        .collect(128)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap().status.success());
+        }
+        times.push(started.elapsed());
+    }
+    times
+}
+
+async fn bare_warm(fleet: &Fleet) -> Vec<Duration> {
+    let mut connections = Vec::new();
+    for i in 0..HOSTS {
+        connections.push(Arc::new(
+            Connection::open(&fleet.target(i), &fleet.connect_options())
+                .await
+                .unwrap(),
+        ));
+    }
+    let mut times = Vec::new();
+    for _ in 0..REPETITIONS {
+        let started = Instant::now();
+        let tasks: Vec<_> = connections
+            .iter()
+            .cloned()
+            .map(|connection| {
+                tokio::spawn(async move {
+                    connection
+                        .exec("cat /etc/linkops/client_id", b"", Duration::from_secs(30))
+                        .await
+                        .unwrap()
+                        .collect(128)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap().status.success());
+        }
+        times.push(started.elapsed());
+    }
+    times
+}
+
+fn repeat(mut once: impl FnMut() -> Duration) -> Vec<Duration> {
+    (0..REPETITIONS).map(|_| once()).collect()
+}
+
+fn pssh(fleet: &Fleet) -> Duration {
+    let hosts = fleet.dir().join("pssh-hosts");
+    let lines: String = fleet
+        .hosts()
+        .iter()
+        .map(|h| format!("{}:{}\n", h.address(), h.port()))
+        .collect();
+    std::fs::write(&hosts, lines).unwrap();
+    let started = Instant::now();
+    let output = Command::new("parallel-ssh")
+        .args(["-p", "50", "-l", TEST_USER, "-h"])
+        .arg(&hosts)
+        .arg("-x")
+        .arg(format!(
+            "-i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
+            fleet.client_key().display(),
+            fleet.known_hosts().display()
+        ))
+        .arg("cat /etc/linkops/client_id")
+        .output()
+        .expect("parallel-ssh (apt-get install pssh)");
+    let elapsed = started.elapsed();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    elapsed
+}
+
+fn ansible(fleet: &Fleet, control: &Path) -> Duration {
+    let inventory = fleet.dir().join("ansible-inventory");
+    let lines: String = fleet
+        .hosts()
+        .iter()
+        .map(|h| {
+            format!(
+                "{} ansible_port={} ansible_user={TEST_USER} ansible_ssh_private_key_file={}\n",
+                h.address(),
+                h.port(),
+                fleet.client_key().display()
+            )
+        })
+        .collect();
+    std::fs::write(&inventory, format!("[bench]\n{lines}")).unwrap();
+    std::fs::create_dir_all(control).unwrap();
+    let started = Instant::now();
+    let output = Command::new("ansible")
+        .args([
+            "all",
+            "-m",
+            "raw",
+            "-a",
+            "cat /etc/linkops/client_id",
+            "-f",
+            "50",
+            "-i",
+        ])
+        .arg(&inventory)
+        .env("ANSIBLE_HOST_KEY_CHECKING", "True")
+        .env(
+            "ANSIBLE_SSH_ARGS",
+            format!(
+                "-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile={}",
+                fleet.known_hosts().display()
+            ),
+        )
+        .env("ANSIBLE_SSH_CONTROL_PATH_DIR", control)
+        .env("ANSIBLE_LOCAL_TEMP", fleet.dir().join("ansible-tmp"))
+        .output()
+        .expect("ansible (apt-get install ansible-core)");
+    let elapsed = started.elapsed();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    elapsed
+}
+
+fn median(times: &[Duration]) -> Duration {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    sorted[sorted.len() / 2]
+}
+
+fn print_table(rows: &[(String, Vec<Duration>)]) {
+    let pssh = median(
+        &rows
+            .iter()
+            .find(|(name, _)| name.starts_with("parallel-ssh"))
+            .unwrap()
+            .1,
+    );
+    let bare_cold = median(
+        &rows
+            .iter()
+            .find(|(name, _)| name == "bare russh client, cold")
+            .unwrap()
+            .1,
+    );
+    let bare_warm = median(
+        &rows
+            .iter()
+            .find(|(name, _)| name == "bare russh client, warm")
+            .unwrap()
+            .1,
+    );
+    println!(
+        "\n`cat /etc/linkops/client_id` on {HOSTS} hosts, median of {REPETITIONS} (all runs, s)\n"
+    );
+    println!("| tool | median | vs pssh | vs bare russh | runs |");
+    println!("|---|---|---|---|---|");
+    for (name, times) in rows {
+        let m = median(times);
+        let bare = if name.contains("warm") {
+            bare_warm
+        } else {
+            bare_cold
+        };
+        let runs: Vec<String> = times
+            .iter()
+            .map(|t| format!("{:.3}", t.as_secs_f64()))
+            .collect();
+        println!(
+            "| {name} | {:.3} s | {:.2}× | {:.2}× | {} |",
+            m.as_secs_f64(),
+            m.as_secs_f64() / pssh.as_secs_f64(),
+            m.as_secs_f64() / bare.as_secs_f64(),
+            runs.join(" ")
+        );
+    }
+}
+
+/// 10 MiB of output on one host, watched by 200 SSE clients: every byte to every client.
+async fn sse_flood(daemon: &Daemon) {
+    let before = daemon.peak_rss_kib();
+    let started = Instant::now();
+    let operation: Value = daemon
+        .client
+        .post(format!("{}/api/operations/run", daemon.url))
+        .bearer_auth(&daemon.token)
+        .json(&json!({ "script": "flood", "targets": { "machines": ["host1"] } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = operation["id"].as_u64().unwrap();
+    let readers: Vec<_> = (0..SSE_CLIENTS)
+        .map(|_| {
+            let (client, url, token) = (
+                reqwest::Client::new(),
+                daemon.url.clone(),
+                daemon.token.clone(),
+            );
+            tokio::spawn(async move {
+                read_to_end(&client, &url, &token, id)
+                    .await
+                    .iter()
+                    .filter(|e| e.event == "output")
+                    .map(|e| {
+                        serde_json::from_str::<Value>(&e.data).unwrap()["text"]
+                            .as_str()
+                            .unwrap()
+                            .len()
+                    })
+                    .sum::<usize>()
+            })
+        })
+        .collect();
+    let mut complete = 0;
+    for reader in readers {
+        if reader.await.unwrap() == FLOOD_BYTES {
+            complete += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "\n{} MiB on one host to {SSE_CLIENTS} SSE clients: {complete}/{SSE_CLIENTS} got every byte in {:.2} s; daemon peak RSS {} MiB (before: {} MiB)",
+        FLOOD_BYTES >> 20,
+        elapsed.as_secs_f64(),
+        daemon.peak_rss_kib() / 1024,
+        before / 1024
+    );
+}
