@@ -145,19 +145,21 @@ async fn run_state(daemon: &TestDaemon, token: &str, id: &str) -> Value {
         .unwrap_or_default()
 }
 
+/// Waits for the run-request's claim (polled: run-requests have no event
+/// stream), then follows its operation's events to the end.
 async fn finished_operation(daemon: &TestDaemon, token: &str, run: &str) -> Value {
-    eventually("the run-request's operation to finish", || async {
-        let state = run_state(daemon, token, run).await;
-        let id = state["state"]["operation_id"].as_u64()?;
-        let operation: Value = daemon
-            .get(&format!("/api/operations/{id}"), Some(token))
-            .await
-            .json()
-            .await
-            .ok()?;
-        (!matches!(operation["state"].as_str(), Some("pending" | "running"))).then_some(operation)
+    let id = eventually("the run-request to start", || async {
+        run_state(daemon, token, run).await["state"]["operation_id"].as_u64()
     })
-    .await
+    .await;
+    let events = support::read_events(daemon, token, id, None, None).await;
+    assert_eq!(events.last().unwrap().event, "end");
+    daemon
+        .get(&format!("/api/operations/{id}"), Some(token))
+        .await
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]

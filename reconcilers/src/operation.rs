@@ -120,6 +120,8 @@ pub enum OperationEvent {
     Output {
         machine_id: String,
         stream: Stream,
+        /// Base64 when serialised: output is bytes, and JSON arrays of numbers are four times larger.
+        #[serde(with = "base64_bytes")]
         data: Vec<u8>,
     },
     /// A machine's part changed state.
@@ -133,6 +135,23 @@ pub enum OperationEvent {
     End { state: OperationState },
 }
 
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// An event as recorded: numbered from 1 within its operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedEvent {
@@ -144,6 +163,21 @@ pub struct RecordedEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_bytes_are_stored_as_base64_and_read_back() {
+        let event = OperationEvent::Output {
+            machine_id: "m".into(),
+            stream: Stream::Stdout,
+            data: vec![0xff, b'x', 0],
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(json.contains(r#""data":"/3gA""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<OperationEvent>(&json).unwrap(),
+            event
+        );
+    }
 
     #[test]
     fn summaries() {

@@ -21,8 +21,11 @@ use tokio::sync::broadcast;
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
-use crate::operations::{HostPlan, Plan};
+use crate::operations::{HostPlan, LiveEvent, Plan};
 use crate::store::{Outcome, Role};
+
+/// About how much of the event log one read takes (per SSE client catching up, or per output page).
+const PAGE_BYTES: usize = 128 << 10;
 
 #[derive(Serialize)]
 pub struct OperationView {
@@ -258,7 +261,9 @@ pub async fn output(
         .operation(id)?
         .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))?;
     let limit = query.limit.unwrap_or(1000).min(5000);
-    let events = state.store.operation_events(id, query.after, limit)?;
+    let events = state
+        .store
+        .operation_events(id, query.after, limit, PAGE_BYTES)?;
     let next_after = events.last().map(|e| e.seq);
     let chunks: Vec<Value> = events
         .iter()
@@ -316,20 +321,21 @@ async fn follow(
     store: crate::store::Store,
     id: u64,
     mut last: u64,
-    mut live: Option<broadcast::Receiver<Arc<RecordedEvent>>>,
+    mut live: Option<broadcast::Receiver<Arc<LiveEvent>>>,
     mut client: futures::channel::mpsc::Sender<Result<Event, Infallible>>,
 ) {
     let mut behind = true;
     loop {
         if behind {
             let (store, after) = (store.clone(), last);
-            let page =
-                match tokio::task::spawn_blocking(move || store.operation_events(id, after, 512))
-                    .await
-                {
-                    Ok(Ok(page)) => page,
-                    _ => return,
-                };
+            let page = match tokio::task::spawn_blocking(move || {
+                store.operation_events(id, after, 512, PAGE_BYTES)
+            })
+            .await
+            {
+                Ok(Ok(page)) => page,
+                _ => return,
+            };
             if page.is_empty() {
                 behind = false;
                 if live.is_none() {
@@ -350,11 +356,20 @@ async fn follow(
             return;
         };
         match receiver.recv().await {
-            Ok(event) if event.seq <= last => {}
-            Ok(event) if event.seq == last + 1 => {
-                last = event.seq;
-                let end = matches!(event.event, OperationEvent::End { .. });
-                if client.send(Ok(sse_event(&event))).await.is_err() || end {
+            Ok(live) if live.recorded.seq <= last => {}
+            Ok(live) if live.recorded.seq == last + 1 => {
+                last = live.recorded.seq;
+                let end = matches!(live.recorded.event, OperationEvent::End { .. });
+                // Encoded once for all subscribers.
+                let data = live
+                    .encoded
+                    .get_or_init(|| event_data(&live.recorded.event).to_string());
+                if client
+                    .send(Ok(sse_frame(&live.recorded, data.clone())))
+                    .await
+                    .is_err()
+                    || end
+                {
                     return;
                 }
             }
@@ -369,6 +384,10 @@ async fn follow(
 }
 
 fn sse_event(event: &RecordedEvent) -> Event {
+    sse_frame(event, event_data(&event.event).to_string())
+}
+
+fn sse_frame(event: &RecordedEvent, data: String) -> Event {
     let name = match event.event {
         OperationEvent::Output { .. } => "output",
         OperationEvent::Host { .. } => "host",
@@ -378,7 +397,7 @@ fn sse_event(event: &RecordedEvent) -> Event {
     Event::default()
         .id(event.seq.to_string())
         .event(name)
-        .data(event_data(&event.event).to_string())
+        .data(data)
 }
 
 /// An event as JSON. Output is `text` when it is UTF-8, `base64` otherwise.

@@ -33,7 +33,7 @@ pub use host::STOP_GRACE;
 
 /// Live events buffered per operation for subscribers; one that falls further
 /// behind reads the rest from the store.
-const LIVE_BUFFER: usize = 1024;
+const LIVE_BUFFER: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -95,9 +95,16 @@ impl HostPlan {
     }
 }
 
+/// An event as broadcast to live subscribers: shared by all of them, with
+/// its wire encoding made once (by whichever subscriber needs it first).
+pub struct LiveEvent {
+    pub recorded: RecordedEvent,
+    pub encoded: std::sync::OnceLock<String>,
+}
+
 /// An operation in flight.
 struct Live {
-    events: broadcast::Sender<Arc<RecordedEvent>>,
+    events: broadcast::Sender<Arc<LiveEvent>>,
     stop: CancellationToken,
 }
 
@@ -203,7 +210,7 @@ impl Engine {
     }
 
     /// Live events of a running operation; `None` once it has ended.
-    pub fn subscribe(&self, id: u64) -> Option<broadcast::Receiver<Arc<RecordedEvent>>> {
+    pub fn subscribe(&self, id: u64) -> Option<broadcast::Receiver<Arc<LiveEvent>>> {
         self.live
             .lock()
             .expect("never poisoned")

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use linkops_reconcilers::operation::{
-    HostResult, HostState, OperationEvent, OperationState, RecordedEvent, Stream,
+    HostResult, HostState, OperationEvent, OperationState, Stream,
 };
 use tokio::sync::{broadcast, mpsc};
 
@@ -44,7 +44,7 @@ pub struct Writer {
     pub store: Store,
     pub hosts: HashMap<String, HostResult>,
     pub updates: mpsc::Receiver<Update>,
-    pub events: broadcast::Sender<Arc<RecordedEvent>>,
+    pub events: broadcast::Sender<Arc<super::LiveEvent>>,
 }
 
 impl Writer {
@@ -147,7 +147,11 @@ impl Writer {
             Ok(Ok(events)) => {
                 for event in events {
                     // No subscribers is fine: the log is in the store.
-                    self.events.send(Arc::new(event)).ok();
+                    let live = super::LiveEvent {
+                        recorded: event,
+                        encoded: Default::default(),
+                    };
+                    self.events.send(Arc::new(live)).ok();
                 }
             }
             Ok(Err(error)) => tracing::error!(operation, %error, "cannot record operation events"),

@@ -138,24 +138,33 @@ impl Store {
         Ok(Some((operation, hosts)))
     }
 
-    /// Events of an operation after sequence number `after`, oldest first.
+    /// Events of an operation after sequence number `after`, oldest first: at
+    /// most `limit` events, and no more once about `max_bytes` of records are
+    /// read (so a page of large output chunks stays small in memory).
     pub fn operation_events(
         &self,
         id: u64,
         after: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<RecordedEvent>> {
         use redb::ReadableDatabase;
         let tx = self.db.begin_read()?;
         let events = tx.open_table(OPERATION_EVENTS)?;
-        events
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        for entry in events
             .range((id, after.saturating_add(1))..=(id, u64::MAX))?
             .take(limit)
-            .map(|entry| {
-                let (key, value) = entry?;
-                decode("operation_events", key.value().1, value.value())
-            })
-            .collect()
+        {
+            let (key, value) = entry?;
+            bytes += value.value().len();
+            page.push(decode("operation_events", key.value().1, value.value())?);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(page)
     }
 
     /// Operations newest first, filtered by `keep`, at most `limit`.

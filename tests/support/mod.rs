@@ -244,7 +244,7 @@ pub fn fleet_config(data_dir: &Path, fleet: &linkops::testbed::Fleet) -> Config 
 }
 
 /// Polls `check` until it returns `Some`, for state only visible through the
-/// API (no event stream exists for it yet); fails after 30 s.
+/// API (run-requests and machine status have no event stream); fails after 30 s.
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
