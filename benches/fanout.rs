@@ -40,6 +40,13 @@ fn main() {
 async fn bench() {
     let fleet = Fleet::start(HOSTS).expect("the benchmark needs root and openssh-server");
     let repo = config_repo(&fleet);
+    // FANOUT_ONLY=sse runs the SSE part alone (for quick iterations on it).
+    if std::env::var("FANOUT_ONLY").is_ok_and(|only| only == "sse") {
+        let daemon = Daemon::start(&fleet, &repo, "sse", "10m").await;
+        daemon.wait_enrolled().await;
+        sse_flood(&daemon).await;
+        return;
+    }
     let mut rows: Vec<(String, Vec<Duration>)> = Vec::new();
 
     // LinkOps, cold: the pool closes connections idle for 1 s; each run waits them out.

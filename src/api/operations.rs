@@ -25,7 +25,7 @@ use crate::operations::{HostPlan, LiveEvent, Plan};
 use crate::store::{Outcome, Role};
 
 /// About how much of the event log one read takes (per SSE client catching up, or per output page).
-const PAGE_BYTES: usize = 128 << 10;
+const PAGE_BYTES: usize = 64 << 10;
 
 #[derive(Serialize)]
 pub struct OperationView {
@@ -311,7 +311,14 @@ pub async fn events(
     let live = state.controller.reconciler.engine.subscribe(id);
     // Small: a slow client holds few events; behind that, its follower reads the store.
     let (sender, receiver) = futures::channel::mpsc::channel(4);
-    tokio::spawn(follow(state.store.clone(), id, last, live, sender));
+    tokio::spawn(follow(
+        state.store.clone(),
+        state.controller.reconciler.engine.clone(),
+        id,
+        last,
+        live,
+        sender,
+    ));
     Ok(Sse::new(receiver).keep_alive(KeepAlive::default()))
 }
 
@@ -319,6 +326,7 @@ pub async fn events(
 /// the store whenever it fell behind. Ends after `end` or when the client goes.
 async fn follow(
     store: crate::store::Store,
+    engine: crate::operations::Engine,
     id: u64,
     mut last: u64,
     mut live: Option<broadcast::Receiver<Arc<LiveEvent>>>,
@@ -328,7 +336,9 @@ async fn follow(
     loop {
         if behind {
             let (store, after) = (store.clone(), last);
+            let permit = engine.catch_up_permit().await;
             let page = match tokio::task::spawn_blocking(move || {
+                let _permit = permit;
                 store.operation_events(id, after, 512, PAGE_BYTES)
             })
             .await

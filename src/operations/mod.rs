@@ -116,6 +116,10 @@ pub struct Engine {
     output_cap: u64,
     /// A std mutex: only held to insert, look up or remove, never across an await.
     live: Arc<Mutex<HashMap<u64, Live>>>,
+    /// Bounds the store reads of subscribers catching up: each runs on the
+    /// blocking pool, and hundreds at once would cost a thread (and an
+    /// allocator arena) each.
+    catch_up: Arc<Semaphore>,
 }
 
 impl Engine {
@@ -125,7 +129,17 @@ impl Engine {
             fleet,
             output_cap,
             live: Arc::default(),
+            catch_up: Arc::new(Semaphore::new(4)),
         }
+    }
+
+    /// Waits for a turn to read the event log from the store.
+    pub async fn catch_up_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.catch_up
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed")
     }
 
     /// Records the operation (and, for a run-request, its claim, in the same
