@@ -310,7 +310,7 @@ pub async fn events(
     // Subscribe before reading the log, so nothing falls between the two.
     let live = state.controller.reconciler.engine.subscribe(id);
     // Small: a slow client holds few events; behind that, its follower reads the store.
-    let (sender, receiver) = futures::channel::mpsc::channel(4);
+    let (sender, receiver) = futures::channel::mpsc::channel(1);
     tokio::spawn(follow(
         state.store.clone(),
         state.controller.reconciler.engine.clone(),

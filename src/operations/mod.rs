@@ -33,7 +33,7 @@ pub use host::STOP_GRACE;
 
 /// Live events buffered per operation for subscribers; one that falls further
 /// behind reads the rest from the store.
-const LIVE_BUFFER: usize = 256;
+const LIVE_BUFFER: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
