@@ -37,3 +37,35 @@ pub fn get_str<V: DeserializeOwned>(
         None => Ok(None),
     }
 }
+
+impl super::Store {
+    /// The record under `key` in a string-keyed table.
+    pub(super) fn read_one<V: DeserializeOwned>(
+        &self,
+        table: JsonTable<&'static str>,
+        name: &'static str,
+        key: &str,
+    ) -> Result<Option<V>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        get_str(&tx.open_table(table)?, name, key)
+    }
+
+    /// Every record of a string-keyed table, in key order.
+    pub(super) fn read_all<V: DeserializeOwned>(
+        &self,
+        table: JsonTable<&'static str>,
+        name: &'static str,
+    ) -> Result<Vec<V>> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(table)?;
+        table
+            .range::<&str>(..)?
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode(name, key.value(), value.value())
+            })
+            .collect()
+    }
+}

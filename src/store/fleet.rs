@@ -56,9 +56,7 @@ impl Store {
     }
 
     pub fn machine_status(&self, id: &str) -> Result<Option<MachineStatus>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        get_str(&tx.open_table(MACHINE_STATUS)?, "machine_status", id)
+        self.read_one(MACHINE_STATUS, "machine_status", id)
     }
 
     /// Stores a machine's status; with `sample`, appends it to the health
@@ -109,9 +107,7 @@ impl Store {
     }
 
     pub fn run_record(&self, id: &str) -> Result<Option<RunRecord>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        get_str(&tx.open_table(RUN_REQUESTS)?, "run_requests", id)
+        self.read_one(RUN_REQUESTS, "run_requests", id)
     }
 
     /// Updates a run-request's record. A record that is `Started` is never
@@ -149,15 +145,6 @@ impl Store {
 
     /// Every run-request record, by id.
     pub fn run_records(&self) -> Result<Vec<RunRecord>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(RUN_REQUESTS)?;
-        table
-            .range::<&str>(..)?
-            .map(|entry| {
-                let (key, value) = entry?;
-                decode("run_requests", key.value(), value.value())
-            })
-            .collect()
+        self.read_all(RUN_REQUESTS, "run_requests")
     }
 }

@@ -9,7 +9,7 @@ use linkops_reconcilers::script::Script;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use super::codec::{decode, encode, get_str};
+use super::codec::{decode, encode};
 use super::schema::{MACHINES, SCRIPTS, SYNC_HISTORY};
 use super::{Result, Store};
 
@@ -129,36 +129,16 @@ impl Store {
 
     /// Every machine ever declared, current ones first in id order.
     pub fn machines(&self) -> Result<Vec<MachineRecord>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(MACHINES)?;
-        table
-            .range::<&str>(..)?
-            .map(|entry| {
-                let (key, value) = entry?;
-                decode("machines", key.value(), value.value())
-            })
-            .collect()
+        self.read_all(MACHINES, "machines")
     }
 
     pub fn machine(&self, id: &str) -> Result<Option<MachineRecord>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        get_str(&tx.open_table(MACHINES)?, "machines", id)
+        self.read_one(MACHINES, "machines", id)
     }
 
     /// Every script ever in the catalog, by id.
     pub fn scripts(&self) -> Result<Vec<ScriptRecord>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(SCRIPTS)?;
-        table
-            .range::<&str>(..)?
-            .map(|entry| {
-                let (key, value) = entry?;
-                decode("scripts", key.value(), value.value())
-            })
-            .collect()
+        self.read_all(SCRIPTS, "scripts")
     }
 }
 

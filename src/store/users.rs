@@ -3,7 +3,7 @@
 use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
-use super::codec::{decode, encode, get_str};
+use super::codec::{encode, get_str};
 use super::schema::{LOGIN_FAILURES, USERS};
 use super::{Error, Result, Store, now_ms};
 
@@ -103,23 +103,12 @@ impl Store {
     }
 
     pub fn user(&self, name: &str) -> Result<Option<User>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        get_str(&tx.open_table(USERS)?, "users", name)
+        self.read_one(USERS, "users", name)
     }
 
     /// Every user, by name.
     pub fn users(&self) -> Result<Vec<User>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        let users = tx.open_table(USERS)?;
-        users
-            .range::<&str>(..)?
-            .map(|entry| {
-                let (key, value) = entry?;
-                decode("users", key.value(), value.value())
-            })
-            .collect()
+        self.read_all(USERS, "users")
     }
 
     /// Replaces a user's password hash; tokens issued before now stop working.
@@ -141,9 +130,7 @@ impl Store {
     }
 
     pub fn login_failures(&self, name: &str) -> Result<Option<LoginFailures>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        get_str(&tx.open_table(LOGIN_FAILURES)?, "login_failures", name)
+        self.read_one(LOGIN_FAILURES, "login_failures", name)
     }
 
     /// Read-modify-writes the failure counter of `name` in one transaction,
