@@ -1,8 +1,9 @@
 //! The daemon: opens the store, prepares secrets and the first admin, serves the API.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
@@ -112,11 +113,7 @@ impl Daemon {
         };
         let address = listener.local_addr().map_err(Error::Serve)?;
         tracing::info!(%address, data_dir = %config.data_dir.display(), "linkops serving");
-        let server = tokio::spawn(
-            axum::serve(listener, api::router(state.clone()))
-                .with_graceful_shutdown(shutdown)
-                .into_future(),
-        );
+        let server = tokio::spawn(serve(listener, api::router(state.clone()), shutdown));
         Ok(Daemon {
             state,
             server,
@@ -225,4 +222,62 @@ fn announce_generated_password(generated: &auth::GeneratedPassword) {
         user = generated.user,
         password = generated.password.expose_secret(),
     );
+}
+
+/// Most bytes hyper buffers per connection. Its default (~400 KiB) times a few
+/// hundred slow SSE clients is most of the daemon's memory; a live client
+/// keeps up with far less.
+const CONNECTION_BUFFER: usize = 64 << 10;
+
+/// How long shutdown waits for open connections (an SSE stream of a running
+/// operation would otherwise hold it open).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 on `listener` until `shutdown`, then drains connections.
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: log, and keep serving.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        stream.set_nodelay(true).ok();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.max_buf_size(CONNECTION_BUFFER);
+        // No upgrades yet: WebSocket terminals will need `with_upgrades()`, whose
+        // connection type hyper-util's graceful shutdown does not watch.
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
+    Ok(())
 }
