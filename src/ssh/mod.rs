@@ -212,17 +212,6 @@ impl Connection {
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
     }
-
-    /// Ends the session politely.
-    pub async fn close(self) -> Result<()> {
-        self.handle
-            .disconnect(russh::Disconnect::ByApplication, "", "en")
-            .await
-            .map_err(|source| Error::Protocol {
-                target: self.target,
-                source,
-            })
-    }
 }
 
 fn with_target(error: Error, target: &str) -> Error {

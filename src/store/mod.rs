@@ -119,10 +119,6 @@ impl Store {
         Ok(store)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Whether the store answers a read: the readiness check of `/health`.
     pub fn ping(&self) -> Result<()> {
         use redb::ReadableDatabase;

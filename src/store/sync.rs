@@ -127,18 +127,8 @@ impl Store {
         Ok(None)
     }
 
-    /// Every machine ever declared, current ones first in id order.
-    pub fn machines(&self) -> Result<Vec<MachineRecord>> {
-        self.read_all(MACHINES, "machines")
-    }
-
     pub fn machine(&self, id: &str) -> Result<Option<MachineRecord>> {
         self.read_one(MACHINES, "machines", id)
-    }
-
-    /// Every script ever in the catalog, by id.
-    pub fn scripts(&self) -> Result<Vec<ScriptRecord>> {
-        self.read_all(SCRIPTS, "scripts")
     }
 }
 
