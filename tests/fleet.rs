@@ -21,10 +21,6 @@ fn setup(hosts: usize, wrong_uuid: &[usize]) -> FleetSetup {
     FleetSetup::new(hosts, wrong_uuid, SCRIPTS)
 }
 
-async fn start(setup: &FleetSetup) -> TestDaemon {
-    setup.start().await
-}
-
 async fn verify(daemon: &TestDaemon, token: &str, id: &str) -> Value {
     let response = daemon
         .post(&format!("/api/links/{id}/verify"), Some(token))
@@ -45,7 +41,7 @@ fn condition<'a>(machine: &'a Value, kind: &str) -> &'a Value {
 #[tokio::test]
 async fn links_show_health_and_enrollment_that_match_reality() {
     let setup = setup(3, &[2]);
-    let daemon = start(&setup).await;
+    let daemon = setup.start().await;
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     for id in ["host1", "host2", "host3"] {
         verify(&daemon, &token, id).await;
@@ -114,7 +110,7 @@ async fn links_show_health_and_enrollment_that_match_reality() {
 #[tokio::test]
 async fn a_stopped_host_goes_offline_and_comes_back() {
     let mut setup = setup(1, &[]);
-    let daemon = start(&setup).await;
+    let daemon = setup.start().await;
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     let online = verify(&daemon, &token, "host1").await;
     assert_eq!(online["health"]["state"], "reachable");
@@ -152,7 +148,7 @@ async fn finished_operation(daemon: &TestDaemon, token: &str, run: &str) -> Valu
         run_state(daemon, token, run).await["state"]["operation_id"].as_u64()
     })
     .await;
-    let events = support::read_events(daemon, token, id, None, None).await;
+    let events = support::read_events(daemon, token, id, None).await;
     assert_eq!(events.last().unwrap().event, "end");
     daemon
         .get(&format!("/api/operations/{id}"), Some(token))
@@ -165,7 +161,7 @@ async fn finished_operation(daemon: &TestDaemon, token: &str, run: &str) -> Valu
 #[tokio::test]
 async fn a_run_request_runs_once_on_enrolled_machines_and_skips_the_rest() {
     let setup = setup(3, &[2]);
-    let daemon = start(&setup).await;
+    let daemon = setup.start().await;
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
 
     // A parameter that would be code if it were spliced into shell text.
@@ -248,7 +244,7 @@ async fn a_run_request_runs_once_on_enrolled_machines_and_skips_the_rest() {
 #[tokio::test]
 async fn a_run_request_removed_before_its_time_is_cancelled() {
     let setup = setup(1, &[]);
-    let daemon = start(&setup).await;
+    let daemon = setup.start().await;
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     setup.work.write("runs/later.yaml", "id: later\nscript: mark\ntargets:\n  machines: [host1]\nnot_before: 2999-01-01T00:00:00Z\n");
     setup.work.commit("later");
@@ -278,7 +274,7 @@ async fn a_run_request_removed_before_its_time_is_cancelled() {
 #[tokio::test]
 async fn suspended_reconciliation_starts_nothing_until_resumed() {
     let setup = setup(1, &[]);
-    let daemon = start(&setup).await;
+    let daemon = setup.start().await;
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     let client = daemon.client();
     let post = |path: &'static str, body: Value| {

@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::collections::HashSet;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{ADMIN, FleetSetup, TestDaemon, VIEWER, output_text, read_events};
@@ -110,7 +108,7 @@ async fn output_streams_live_in_order_and_results_are_recorded() {
     let setup = FleetSetup::new(3, &[2], SCRIPTS);
     let (daemon, token) = verified(&setup).await;
     let id = started(&daemon, &token, json!({ "script": "talk", "targets": { "tags": ["test"], "machines": ["ghost"] }, "params": { "code": 3 } })).await;
-    let events = read_events(&daemon, &token, id, None, None).await;
+    let events = read_events(&daemon, &token, id, None).await;
 
     // Ids are the log's sequence numbers: 1, 2, 3, … with no gap.
     let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
@@ -145,10 +143,10 @@ async fn output_streams_live_in_order_and_results_are_recorded() {
     );
 
     // A replay after the end is the same log.
-    let replay = read_events(&daemon, &token, id, None, None).await;
+    let replay = read_events(&daemon, &token, id, None).await;
     assert_eq!(replay.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
     // Resuming mid-stream gets exactly the rest.
-    let resumed = read_events(&daemon, &token, id, Some(5), None).await;
+    let resumed = read_events(&daemon, &token, id, Some(5)).await;
     assert_eq!(resumed.first().unwrap().id, 6);
     assert_eq!(resumed.iter().map(|e| e.id).collect::<Vec<_>>(), ids[5..]);
 
@@ -159,7 +157,7 @@ async fn output_streams_live_in_order_and_results_are_recorded() {
         json!({ "script": "signal", "targets": { "machines": ["host1"] } }),
     )
     .await;
-    read_events(&daemon, &token, id, None, None).await;
+    read_events(&daemon, &token, id, None).await;
     let killed = operation(&daemon, &token, id).await;
     assert_eq!(
         host(&killed, "host1")["state"]["signal"],
@@ -236,7 +234,7 @@ async fn parameters_never_execute() {
         format!("line one\nline two `touch {}`", pwned.display()),
     ] {
         let id = started(&daemon, &token, json!({ "script": "echo", "targets": { "machines": ["host1"] }, "params": { "text": text } })).await;
-        let events = read_events(&daemon, &token, id, None, None).await;
+        let events = read_events(&daemon, &token, id, None).await;
         assert_eq!(output_text(&events, "host1", "stdout"), text);
     }
     assert!(!pwned.exists());
@@ -249,30 +247,9 @@ async fn stop_ends_every_remote_process_and_unstarted_hosts_never_start() {
     let (daemon, token) = verified(&setup).await;
     let tag = format!("{}{}", std::process::id(), 7);
     let id = started(&daemon, &token, json!({ "script": "sleeper", "targets": { "tags": ["test"] }, "params": { "tag": tag }, "concurrency": 8 })).await;
-    // Wait until the eight that may run have all said they started.
-    let mut started_hosts = HashSet::new();
     let pattern = format!("^sleep 600\\.{tag}$");
-    {
-        use eventsource_stream::Eventsource;
-        use futures::StreamExt;
-        let response = daemon
-            .client()
-            .get(format!(
-                "{}/api/operations/{id}/events?access_token={token}",
-                daemon.url
-            ))
-            .send()
-            .await
-            .unwrap();
-        let mut stream = response.bytes_stream().eventsource();
-        while started_hosts.len() < 8 {
-            let event = stream.next().await.unwrap().unwrap();
-            if event.event == "output" {
-                let data: Value = serde_json::from_str(&event.data).unwrap();
-                started_hosts.insert(data["machine"].as_str().unwrap().to_owned());
-            }
-        }
-    }
+    // Wait until the eight that may run have all said they started.
+    support::wait_for_output(&daemon, &token, id, 8).await;
     let sleeping = std::process::Command::new("pgrep")
         .args(["-f", &pattern])
         .output()
@@ -287,7 +264,7 @@ async fn stop_ends_every_remote_process_and_unstarted_hosts_never_start() {
         .post(&format!("/api/operations/{id}/stop"), Some(&token))
         .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let events = read_events(&daemon, &token, id, None, None).await;
+    let events = read_events(&daemon, &token, id, None).await;
     assert_eq!(events.last().unwrap().data["state"], "stopped");
     let stopped = operation(&daemon, &token, id).await;
     assert_eq!(stopped["state"], "stopped");
@@ -329,7 +306,7 @@ async fn concurrency_is_bounded_as_the_hosts_see_it() {
         json!({ "script": "window", "targets": { "tags": ["test"] }, "concurrency": 5 }),
     )
     .await;
-    read_events(&daemon, &token, id, None, None).await;
+    read_events(&daemon, &token, id, None).await;
     let recorded = operation(&daemon, &token, id).await;
     assert_eq!(recorded["state"], "succeeded", "{recorded}");
     let mut windows = Vec::new();
@@ -367,7 +344,7 @@ async fn large_output_arrives_intact() {
     let (daemon, token) = verified(&setup).await;
     let bytes = 2 << 20;
     let id = started(&daemon, &token, json!({ "script": "flood", "targets": { "machines": ["host1"] }, "params": { "bytes": bytes } })).await;
-    let events = read_events(&daemon, &token, id, None, None).await;
+    let events = read_events(&daemon, &token, id, None).await;
     let text = output_text(&events, "host1", "stdout");
     assert_eq!(text.len(), bytes);
     assert!(text.bytes().all(|b| b == b'x'));
@@ -386,31 +363,10 @@ async fn a_host_that_goes_down_mid_operation_fails_alone() {
         json!({ "script": "nap", "targets": { "tags": ["test"] } }),
     )
     .await;
-    {
-        use eventsource_stream::Eventsource;
-        use futures::StreamExt;
-        let response = daemon
-            .client()
-            .get(format!(
-                "{}/api/operations/{id}/events?access_token={token}",
-                daemon.url
-            ))
-            .send()
-            .await
-            .unwrap();
-        let mut stream = response.bytes_stream().eventsource();
-        let mut seen = HashSet::new();
-        while seen.len() < 3 {
-            let event = stream.next().await.unwrap().unwrap();
-            if event.event == "output" {
-                let data: Value = serde_json::from_str(&event.data).unwrap();
-                seen.insert(data["machine"].as_str().unwrap().to_owned());
-            }
-        }
-    }
+    support::wait_for_output(&daemon, &token, id, 3).await;
     // host2 goes down with its script running.
     setup.fleet.hosts_mut()[1].stop();
-    let events = read_events(&daemon, &token, id, None, None).await;
+    let events = read_events(&daemon, &token, id, None).await;
     assert_eq!(events.last().unwrap().data["state"], "partially_failed");
     let recorded = operation(&daemon, &token, id).await;
     let failed = &host(&recorded, "host2")["state"];
@@ -438,7 +394,7 @@ async fn a_timeout_kills_the_script_and_says_so() {
         json!({ "script": "overrun", "targets": { "tags": ["test"] }, "params": { "tag": tag } }),
     )
     .await;
-    let events = read_events(&daemon, &token, id, None, None).await;
+    let events = read_events(&daemon, &token, id, None).await;
     assert_eq!(events.last().unwrap().data["state"], "failed");
     let recorded = operation(&daemon, &token, id).await;
     for machine in ["host1", "host2"] {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::auth::Authenticated;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, at};
 use crate::git::sync::Trigger;
 use crate::git::webhook;
 use crate::store::{Role, SyncOutcome, SyncRecord};
@@ -47,7 +47,7 @@ impl From<SyncRecord> for SyncView {
     fn from(record: SyncRecord) -> Self {
         SyncView {
             seq: record.seq,
-            started_at: jiff::Timestamp::from_millisecond(record.started_at_ms).unwrap_or_default(),
+            started_at: at(record.started_at_ms).unwrap_or_default(),
             duration_ms: record.duration_ms,
             trigger: record.trigger,
             revision: record.revision,
@@ -75,7 +75,7 @@ pub async fn status(
         url: state.git.source().map(|s| mask_password(&s.url)),
         branch: state.config.git.branch.clone(),
         applied_revision: applied.as_ref().and_then(|r| r.revision.clone()),
-        applied_at: applied.and_then(|r| jiff::Timestamp::from_millisecond(r.started_at_ms).ok()),
+        applied_at: applied.and_then(|r| at(r.started_at_ms)),
         last_attempt: last.map(SyncView::from),
         last_error,
     }))

@@ -79,6 +79,6 @@ fn git_health(state: &AppState) -> GitHealth {
             SyncOutcome::Invalid { .. } => "invalid",
             SyncOutcome::Failed { .. } => "failed",
         }),
-        last_sync_at: last.and_then(|r| jiff::Timestamp::from_millisecond(r.started_at_ms).ok()),
+        last_sync_at: last.and_then(|r| super::at(r.started_at_ms)),
     }
 }

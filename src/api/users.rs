@@ -5,7 +5,7 @@ use axum::extract::State;
 use serde::Serialize;
 
 use super::auth::Authenticated;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, at};
 use crate::store::Role;
 
 #[derive(Serialize)]
@@ -28,7 +28,7 @@ pub async fn list(
         .map(|user| UserView {
             username: user.name,
             role: user.role,
-            created_at: jiff::Timestamp::from_millisecond(user.created_at_ms).unwrap_or_default(),
+            created_at: at(user.created_at_ms).unwrap_or_default(),
         })
         .collect();
     Ok(Json(users))

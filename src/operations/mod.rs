@@ -282,18 +282,16 @@ impl Engine {
                     let session = sessions.acquire_owned().await.expect("never closed");
                     (slot, session)
                 };
+                // Biased: a stop that is already in wins over a slot that just came free.
                 let _slots = tokio::select! {
-                    slots = slots => slots,
+                    biased;
                     _ = stop.cancelled() => {
                         let state = HostState::Stopped;
                         run.updates.send(Update::Host { machine_id: run.machine.id.clone(), state: state.clone() }).await.ok();
                         return state;
                     }
+                    slots = slots => slots,
                 };
-                if stop.is_cancelled() {
-                    run.updates.send(Update::Host { machine_id: run.machine.id.clone(), state: HostState::Stopped }).await.ok();
-                    return HostState::Stopped;
-                }
                 run.run().await
             });
         }

@@ -3,13 +3,16 @@
 //! Applying and recording happen in one transaction: the store never shows a
 //! revision as applied without its machines and scripts, nor the reverse.
 
+use std::collections::BTreeMap;
+
 use linkops_reconcilers::desired::{DesiredState, Problem};
 use linkops_reconcilers::machine::Machine;
 use linkops_reconcilers::script::Script;
 use redb::ReadableTable;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::codec::{decode, encode};
+use super::codec::{JsonTable, decode, encode};
 use super::schema::{MACHINES, SCRIPTS, SYNC_HISTORY};
 use super::{Result, Store};
 
@@ -56,23 +59,21 @@ impl SyncRecord {
     }
 }
 
-/// A machine the inventory declares, or declared.
+/// Something a revision declares, or declared: a machine or a script.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MachineRecord {
-    pub spec: Machine,
+pub struct Declared<T> {
+    pub spec: T,
     /// The revision that last declared it.
     pub revision: String,
     /// Set when a later revision dropped it; its history is kept.
     pub removed_at_ms: Option<i64>,
 }
 
+/// A machine the inventory declares, or declared.
+pub type MachineRecord = Declared<Machine>;
+
 /// A script of the catalog, current or removed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScriptRecord {
-    pub spec: Script,
-    pub revision: String,
-    pub removed_at_ms: Option<i64>,
-}
+pub type ScriptRecord = Declared<Script>;
 
 impl Store {
     /// Records a sync attempt; when `desired` is given (outcome `Applied`),
@@ -134,48 +135,50 @@ impl Store {
 
 /// Upserts the revision's machines and scripts and marks the ones it dropped as removed.
 fn apply(tx: &redb::WriteTransaction, desired: &DesiredState, now_ms: i64) -> Result<()> {
-    let mut machines = tx.open_table(MACHINES)?;
-    let mut dropped = Vec::new();
-    for entry in machines.range::<&str>(..)? {
-        let (key, value) = entry?;
-        let mut record: MachineRecord = decode("machines", key.value(), value.value())?;
-        if desired.machine(key.value()).is_none() && record.removed_at_ms.is_none() {
-            record.removed_at_ms = Some(now_ms);
-            dropped.push(record);
-        }
-    }
-    for record in dropped {
-        machines.insert(record.spec.id.as_str(), encode(&record).as_slice())?;
-    }
-    for machine in &desired.machines {
-        let record = MachineRecord {
-            spec: machine.clone(),
-            revision: desired.revision.clone(),
-            removed_at_ms: None,
-        };
-        machines.insert(machine.id.as_str(), encode(&record).as_slice())?;
-    }
+    let machines = desired.machines.iter().map(|m| (m.id.as_str(), m));
+    declare(
+        tx,
+        MACHINES,
+        "machines",
+        machines,
+        &desired.revision,
+        now_ms,
+    )?;
+    let scripts = desired.scripts.iter().map(|(id, s)| (id.as_str(), s));
+    declare(tx, SCRIPTS, "scripts", scripts, &desired.revision, now_ms)
+}
 
-    let mut scripts = tx.open_table(SCRIPTS)?;
+/// Makes `table` hold exactly `current` as declared by `revision`, keeping
+/// the records of what it no longer declares, marked removed.
+fn declare<'a, T: Clone + Serialize + DeserializeOwned + 'a>(
+    tx: &redb::WriteTransaction,
+    table: JsonTable<&'static str>,
+    name: &'static str,
+    current: impl Iterator<Item = (&'a str, &'a T)>,
+    revision: &str,
+    now_ms: i64,
+) -> Result<()> {
+    let current: BTreeMap<&str, &T> = current.collect();
+    let mut table = tx.open_table(table)?;
     let mut dropped = Vec::new();
-    for entry in scripts.range::<&str>(..)? {
+    for entry in table.range::<&str>(..)? {
         let (key, value) = entry?;
-        let mut record: ScriptRecord = decode("scripts", key.value(), value.value())?;
-        if !desired.scripts.contains_key(key.value()) && record.removed_at_ms.is_none() {
+        let mut record: Declared<T> = decode(name, key.value(), value.value())?;
+        if !current.contains_key(key.value()) && record.removed_at_ms.is_none() {
             record.removed_at_ms = Some(now_ms);
-            dropped.push(record);
+            dropped.push((key.value().to_owned(), record));
         }
     }
-    for record in dropped {
-        scripts.insert(record.spec.id.as_str(), encode(&record).as_slice())?;
+    for (id, record) in dropped {
+        table.insert(id.as_str(), encode(&record).as_slice())?;
     }
-    for script in desired.scripts.values() {
-        let record = ScriptRecord {
-            spec: script.clone(),
-            revision: desired.revision.clone(),
+    for (id, spec) in current {
+        let record = Declared {
+            spec: spec.clone(),
+            revision: revision.to_owned(),
             removed_at_ms: None,
         };
-        scripts.insert(script.id.as_str(), encode(&record).as_slice())?;
+        table.insert(id, encode(&record).as_slice())?;
     }
     Ok(())
 }

@@ -271,26 +271,15 @@ pub struct SseEvent {
     pub data: Value,
 }
 
-/// Reads an operation's SSE stream to its `end` event (or until `stop_after` events).
+/// Reads an operation's SSE stream to its `end` event.
 pub async fn read_events(
     daemon: &TestDaemon,
     token: &str,
     operation: u64,
     last_event_id: Option<u64>,
-    stop_after: Option<usize>,
 ) -> Vec<SseEvent> {
-    use eventsource_stream::Eventsource;
     use futures::StreamExt;
-    let mut request = daemon.client().get(format!(
-        "{}/api/operations/{operation}/events?access_token={token}",
-        daemon.url
-    ));
-    if let Some(id) = last_event_id {
-        request = request.header("last-event-id", id.to_string());
-    }
-    let response = request.send().await.unwrap();
-    assert_eq!(response.status(), reqwest::StatusCode::OK);
-    let mut stream = response.bytes_stream().eventsource();
+    let mut stream = event_stream(daemon, token, operation, last_event_id).await;
     let mut events = Vec::new();
     while let Some(event) = stream.next().await {
         let event = event.unwrap();
@@ -301,11 +290,49 @@ pub async fn read_events(
         };
         let end = parsed.event == "end";
         events.push(parsed);
-        if end || stop_after.is_some_and(|n| events.len() >= n) {
+        if end {
             break;
         }
     }
     events
+}
+
+/// An operation's raw SSE stream, after `last_event_id` if given.
+async fn event_stream(
+    daemon: &TestDaemon,
+    token: &str,
+    operation: u64,
+    last_event_id: Option<u64>,
+) -> impl futures::Stream<Item = Result<eventsource_stream::Event, impl std::fmt::Debug>> {
+    use eventsource_stream::Eventsource;
+    let mut request = daemon.client().get(format!(
+        "{}/api/operations/{operation}/events?access_token={token}",
+        daemon.url
+    ));
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id.to_string());
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    response.bytes_stream().eventsource()
+}
+
+/// Follows an operation's events until `hosts` different machines have printed something.
+pub async fn wait_for_output(daemon: &TestDaemon, token: &str, operation: u64, hosts: usize) {
+    use futures::StreamExt;
+    let mut stream = std::pin::pin!(event_stream(daemon, token, operation, None).await);
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < hosts {
+        let event = stream
+            .next()
+            .await
+            .expect("the stream ended first")
+            .unwrap();
+        if event.event == "output" {
+            let data: Value = serde_json::from_str(&event.data).unwrap();
+            seen.insert(data["machine"].as_str().unwrap().to_owned());
+        }
+    }
 }
 
 /// The text a machine wrote on a stream, from SSE output events.
