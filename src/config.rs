@@ -28,6 +28,7 @@ const SECTIONS: &[&str] = &[
     "log",
     "reconcile",
     "operations",
+    "terminal",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,7 @@ pub struct Config {
     pub webhook: WebhookConfig,
     pub reconcile: ReconcileConfig,
     pub operations: OperationsConfig,
+    pub terminal: TerminalConfig,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             webhook: WebhookConfig::default(),
             reconcile: ReconcileConfig::default(),
             operations: OperationsConfig::default(),
+            terminal: TerminalConfig::default(),
         }
     }
 }
@@ -84,6 +87,39 @@ impl Default for OperationsConfig {
     fn default() -> Self {
         OperationsConfig {
             output_cap: 4 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TerminalConfig {
+    /// How long a terminal session outlives its dropped WebSocket, waiting for a reconnect.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub grace: Duration,
+    /// A session with no input and no output for this long is closed.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub idle_timeout: Duration,
+    /// Bytes of recent output each pane keeps to redraw the screen on reconnect.
+    pub scrollback: usize,
+    /// Record keystrokes too (they include passwords typed at prompts). Off by default.
+    pub record_input: bool,
+    /// Bytes of asciicast recorded per session; the session goes on unrecorded beyond.
+    pub recording_cap: u64,
+    /// Browser origins (`https://console.example`) allowed to open terminal
+    /// WebSockets besides the daemon's own.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for TerminalConfig {
+    fn default() -> Self {
+        TerminalConfig {
+            grace: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(3600),
+            scrollback: 64 << 10,
+            record_input: false,
+            recording_cap: 64 << 20,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -395,6 +431,8 @@ mod tests {
             example.auth.lockout_duration,
             defaults.auth.lockout_duration
         );
+        assert_eq!(example.terminal.grace, defaults.terminal.grace);
+        assert_eq!(example.terminal.scrollback, defaults.terminal.scrollback);
     }
 
     #[test]

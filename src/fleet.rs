@@ -97,17 +97,22 @@ impl Fleet {
             }
             Err(error) => return ClientIdReading::Unreachable(error.to_string()),
         };
-        let command = format!("cat {CLIENT_ID_PATH}");
-        let output = match connection.exec(&command, b"", CHECK_TIMEOUT).await {
-            Ok(execution) => execution.collect(4096).await,
-            Err(error) => Err(error),
-        };
-        match output {
-            Ok(output) if output.status == ExitStatus::Code(0) => {
-                ClientIdReading::Content(String::from_utf8_lossy(&output.stdout).into_owned())
-            }
-            Ok(_) => ClientIdReading::Missing,
-            Err(error) => ClientIdReading::Unreachable(error.to_string()),
+        read_client_id(&connection).await
+    }
+}
+
+/// Reads `/etc/linkops/client_id` on an open connection.
+pub async fn read_client_id(connection: &ssh::Connection) -> ClientIdReading {
+    let command = format!("cat {CLIENT_ID_PATH}");
+    let output = match connection.exec(&command, b"", CHECK_TIMEOUT).await {
+        Ok(execution) => execution.collect(4096).await,
+        Err(error) => Err(error),
+    };
+    match output {
+        Ok(output) if output.status == ExitStatus::Code(0) => {
+            ClientIdReading::Content(String::from_utf8_lossy(&output.stdout).into_owned())
         }
+        Ok(_) => ClientIdReading::Missing,
+        Err(error) => ClientIdReading::Unreachable(error.to_string()),
     }
 }

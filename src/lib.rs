@@ -16,4 +16,5 @@ pub mod server;
 pub mod ssh;
 pub mod store;
 pub mod telemetry;
+pub mod terminal;
 pub mod testbed;

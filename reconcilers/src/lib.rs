@@ -14,3 +14,4 @@ pub mod machine;
 pub mod operation;
 pub mod run;
 pub mod script;
+pub mod terminal;

@@ -7,6 +7,7 @@
 mod exec;
 pub mod host_key;
 mod pool;
+mod shell;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 pub use exec::{Execution, ExitStatus, Output, OutputEvent};
 use host_key::{ExpectedKeys, Verdict, fingerprint};
 pub use pool::Pool;
+pub use shell::{ShellInput, ShellOutput};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -37,6 +37,11 @@ impl Pool {
         }
     }
 
+    /// How this pool connects (for connections that must not be shared).
+    pub fn options(&self) -> &ConnectOptions {
+        &self.options
+    }
+
     /// The open connection to `target`, connecting if there is none.
     pub async fn get(&self, target: &Target) -> Result<Arc<Connection>> {
         let slot = self.slot(target);

@@ -12,6 +12,7 @@ mod fleet;
 mod operations;
 mod schema;
 mod sync;
+mod terminals;
 mod users;
 mod webhook;
 

@@ -8,7 +8,7 @@ use super::codec::JsonTable;
 use super::{Error, Result};
 
 /// Version of the table layout this binary writes. Bump it with a migration step.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Store metadata: `schema_version`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -38,6 +38,11 @@ pub const OPERATION_EVENTS: JsonTable<(u64, u64)> = TableDefinition::new("operat
 pub const SYNC_HISTORY: JsonTable<u64> = TableDefinition::new("sync_history");
 /// Terminal workspaces by id.
 pub const TERMINAL_WORKSPACES: JsonTable<&str> = TableDefinition::new("terminal_workspaces");
+/// Terminal sessions by id (version 2).
+pub const TERMINAL_SESSIONS: JsonTable<u64> = TableDefinition::new("terminal_sessions");
+/// Asciicast recordings of terminal sessions by (session id, chunk number) (version 2).
+pub const TERMINAL_RECORDINGS: TableDefinition<(u64, u64), &[u8]> =
+    TableDefinition::new("terminal_recordings");
 /// Suspended reconciliation: `fleet` or a machine id, with since when.
 pub const SUSPENSIONS: TableDefinition<&str, i64> = TableDefinition::new("suspensions");
 /// Webhook delivery ids already accepted, with when (replay protection).
@@ -70,8 +75,9 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     if found == Some(SCHEMA_VERSION) {
         return Ok(());
     }
-    // Version 1 is the first layout: a fresh store (None) only needs its tables.
-    // Later versions add their steps here, each from the version before.
+    // Every version so far only added tables: creating the missing ones
+    // brings a fresh store (None) or any older one up to date. A version that
+    // changes records adds its step here, from the version before.
     let tx = db.begin_write()?;
     tx.open_table(USERS)?;
     tx.open_table(LOGIN_FAILURES)?;
@@ -85,6 +91,8 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     tx.open_table(OPERATION_EVENTS)?;
     tx.open_table(SYNC_HISTORY)?;
     tx.open_table(TERMINAL_WORKSPACES)?;
+    tx.open_table(TERMINAL_SESSIONS)?;
+    tx.open_table(TERMINAL_RECORDINGS)?;
     tx.open_table(AUDIT_LOG)?;
     tx.open_table(WEBHOOK_DELIVERIES)?;
     tx.open_table(SUSPENSIONS)?;
@@ -130,6 +138,33 @@ mod tests {
         let message = err.to_string();
         assert!(matches!(err, Error::TooNew { found, .. } if found == SCHEMA_VERSION + 1));
         assert!(message.contains("upgrade linkops"), "{message}");
+    }
+
+    #[test]
+    fn a_version_1_store_gains_the_terminal_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            // What a version 1 binary left: its tables, no terminal sessions.
+            let db = redb::Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(USERS).unwrap();
+            tx.open_table(META).unwrap().insert(VERSION_KEY, 1).unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert!(store.terminal_sessions(10, |_| true).unwrap().is_empty());
+        drop(store);
+        let db = redb::Database::open(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let version = tx
+            .open_table(META)
+            .unwrap()
+            .get(VERSION_KEY)
+            .unwrap()
+            .unwrap()
+            .value();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]
