@@ -18,6 +18,7 @@ use crate::fleet::Fleet;
 use crate::git::mirror::{Mirror, Source};
 use crate::git::sync::SyncContext;
 use crate::operations::Engine;
+use crate::terminal::Terminals;
 use crate::{secrets, store};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,13 @@ impl Daemon {
             fleet.clone(),
             config.operations.output_cap,
         );
+        let terminals = Terminals::new(
+            prepared.store.clone(),
+            fleet.clone(),
+            git.desired(),
+            config.terminal.clone(),
+            stop.clone(),
+        );
         let reconciler = FleetReconciler {
             store: prepared.store.clone(),
             fleet,
@@ -110,6 +118,7 @@ impl Daemon {
             auth: prepared.auth,
             git,
             controller,
+            terminals,
         };
         let address = listener.local_addr().map_err(Error::Serve)?;
         tracing::info!(%address, data_dir = %config.data_dir.display(), "linkops serving");
@@ -135,6 +144,8 @@ impl Daemon {
         for worker in self.workers {
             worker.await.ok();
         }
+        // Terminal sessions record their end before the store closes.
+        self.state.terminals.wait().await;
         // Last: the store closes when its final handle goes.
         drop(self.state);
         served?.map_err(Error::Serve)?;
@@ -196,6 +207,10 @@ fn prepare(config: Arc<Config>) -> Result<Prepared, Error> {
         // The previous process stopped while they ran: recorded as interrupted, never re-run.
         tracing::warn!(operations = ?interrupted, "operations interrupted by the last shutdown");
     }
+    let interrupted = store.interrupt_open_terminal_sessions()?;
+    if !interrupted.is_empty() {
+        tracing::warn!(sessions = ?interrupted, "terminal sessions interrupted by the last shutdown");
+    }
     if let Some(generated) = auth::bootstrap_admin(&store)? {
         announce_generated_password(&generated);
     }
@@ -239,7 +254,7 @@ async fn serve(
     router: axum::Router,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::TokioIo;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::service::TowerToHyperService;
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -257,17 +272,20 @@ async fn serve(
             _ = &mut shutdown => break,
         };
         stream.set_nodelay(true).ok();
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.max_buf_size(CONNECTION_BUFFER);
-        // No upgrades yet: WebSocket terminals will need `with_upgrades()`, whose
-        // connection type hyper-util's graceful shutdown does not watch.
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
-        );
-        let connection = graceful.watch(connection);
+        let router = router.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let mut http =
+                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+            http.http1().max_buf_size(CONNECTION_BUFFER);
+            // HTTP/1.1 only, with upgrades for the terminal WebSockets. An
+            // upgraded socket leaves hyper (and this drain); it ends with the
+            // terminals' shutdown.
+            let connection = http.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(router),
+            );
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
 use crate::store::{Role, User};
+use crate::terminal::protocol::TOKEN_SUBPROTOCOL_PREFIX;
 
 #[derive(Deserialize)]
 pub struct LoginRequest {
@@ -87,8 +88,20 @@ impl FromRequestParts<AppState> for Authenticated {
                     .map(str::to_owned)
             })
         };
+        // …and a WebSocket may carry it as a subprotocol.
+        let from_protocol = || {
+            parts
+                .headers
+                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .find_map(|offer| offer.trim().strip_prefix(TOKEN_SUBPROTOCOL_PREFIX))
+                .map(str::to_owned)
+        };
         let token = from_header
             .or_else(from_query)
+            .or_else(from_protocol)
             .ok_or(ApiError::Unauthorized)?;
         Ok(Authenticated(state.auth.authenticate(token.trim())?))
     }

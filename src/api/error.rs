@@ -15,6 +15,8 @@ pub enum ApiError {
     Forbidden {
         needed: store::Role,
     },
+    /// A browser page from an origin not allowed to open terminals.
+    ForbiddenOrigin(String),
     InvalidCredentials,
     Locked {
         retry_after_secs: u64,
@@ -73,6 +75,14 @@ impl IntoResponse for ApiError {
                 "forbidden",
                 format!("this needs the {needed} role"),
                 Some(json!({ "required_role": needed })),
+            ),
+            ApiError::ForbiddenOrigin(origin) => (
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                format!(
+                    "origin {origin:?} may not open terminals; add it to [terminal] allowed_origins"
+                ),
+                Some(json!({ "origin": origin })),
             ),
             ApiError::InvalidCredentials => (
                 StatusCode::UNAUTHORIZED,

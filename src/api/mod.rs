@@ -9,6 +9,7 @@ mod links;
 mod operations;
 mod reconcile;
 mod runs;
+mod terminal;
 mod users;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{MatchedPath, Request};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -32,6 +33,7 @@ pub struct AppState {
     pub auth: crate::auth::Auth,
     pub git: crate::git::sync::GitSync,
     pub controller: crate::controller::Controller,
+    pub terminals: crate::terminal::Terminals,
 }
 
 /// Every route of the API, with request tracing.
@@ -55,6 +57,26 @@ pub fn router(state: AppState) -> Router {
         .route("/api/reconcile", get(reconcile::status))
         .route("/api/reconcile/suspend", post(reconcile::suspend))
         .route("/api/reconcile/resume", post(reconcile::resume))
+        .route(
+            "/api/terminal/workspaces",
+            get(terminal::list).post(terminal::create),
+        )
+        .route(
+            "/api/terminal/workspaces/{id}",
+            get(terminal::get).delete(terminal::delete),
+        )
+        .route(
+            "/api/terminal/workspaces/{id}/panes",
+            put(terminal::set_panes),
+        )
+        .route(
+            "/api/terminal/workspaces/{id}/connect-all",
+            post(terminal::connect_all),
+        )
+        .route("/api/terminal/workspaces/{id}/ws", get(terminal::socket))
+        .route("/api/terminal/recordings", get(terminal::recordings))
+        .route("/api/terminal/recordings/{id}", get(terminal::recording))
+        .route("/api/terminal/recordings/{id}/cast", get(terminal::cast))
         .route("/api/git/status", get(git::status))
         .route("/api/git/sync", post(git::sync))
         .route(

@@ -1,0 +1,499 @@
+//! `/api/terminal`: workspaces of panes, their WebSocket, and session recordings.
+//!
+//! The socket protocol is documented in `docs/terminal-protocol.md`.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use linkops_reconcilers::terminal::{Layout, TerminalSession, Workspace};
+use serde::{Deserialize, Serialize};
+
+use super::auth::Authenticated;
+use super::{ApiError, AppState, at};
+use crate::store::{Outcome, Role, Store, User, now_ms};
+use crate::terminal::protocol::{
+    self, ClientMessage, Frame, PaneStatus, ServerMessage, parse_binary_input,
+};
+use crate::terminal::{DEFAULT_SIZE, Terminals};
+
+/// Recording read from the store per page while streaming a `.cast`.
+const CAST_PAGE: usize = 256 << 10;
+
+#[derive(Serialize)]
+pub struct WorkspaceView {
+    id: String,
+    name: String,
+    owner: String,
+    layout: Layout,
+    panes: Vec<PaneStatus>,
+    broadcast: bool,
+    created_at: Option<jiff::Timestamp>,
+    updated_at: Option<jiff::Timestamp>,
+}
+
+fn view(terminals: &Terminals, workspace: &Workspace) -> WorkspaceView {
+    WorkspaceView {
+        id: workspace.id.clone(),
+        name: workspace.name.clone(),
+        owner: workspace.owner.clone(),
+        layout: workspace.layout,
+        panes: terminals.statuses(workspace),
+        broadcast: terminals.broadcast(&workspace.id),
+        created_at: at(workspace.created_at_ms),
+        updated_at: at(workspace.updated_at_ms),
+    }
+}
+
+/// The workspace, if `user` may use it (terminals need the operator role).
+fn usable_workspace(state: &AppState, user: &User, id: &str) -> Result<Workspace, ApiError> {
+    state
+        .store
+        .workspace(id)?
+        .filter(|workspace| workspace.usable_by(&user.name, user.role == Role::Admin))
+        // Someone else's workspace is as absent as a missing one.
+        .ok_or_else(|| ApiError::NotFound(format!("no terminal workspace {id}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    #[serde(default)]
+    name: Option<String>,
+    layout: Layout,
+}
+
+/// `POST /api/terminal/workspaces`
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Json(body): Json<CreateBody>,
+) -> Result<(StatusCode, Json<WorkspaceView>), ApiError> {
+    let user = caller.require(Role::Operator)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let name = body
+        .name
+        .unwrap_or_else(|| format!("{} workspace", body.layout.name()));
+    let workspace = Workspace::new(id, name, user.name.clone(), body.layout, now_ms());
+    state.store.put_workspace(&workspace)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(view(&state.terminals, &workspace)),
+    ))
+}
+
+/// `GET /api/terminal/workspaces`: the caller's own (every one, for admins).
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Authenticated,
+) -> Result<Json<Vec<WorkspaceView>>, ApiError> {
+    let user = caller.require(Role::Operator)?;
+    let workspaces = state.store.workspaces()?;
+    Ok(Json(
+        workspaces
+            .iter()
+            .filter(|w| w.usable_by(&user.name, user.role == Role::Admin))
+            .map(|w| view(&state.terminals, w))
+            .collect(),
+    ))
+}
+
+/// `GET /api/terminal/workspaces/{id}`
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<WorkspaceView>, ApiError> {
+    let user = caller.require(Role::Operator)?;
+    let workspace = usable_workspace(&state, user, &id)?;
+    Ok(Json(view(&state.terminals, &workspace)))
+}
+
+/// `DELETE /api/terminal/workspaces/{id}`: closes its sessions; recordings stay.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let user = caller.require(Role::Operator)?;
+    usable_workspace(&state, user, &id)?;
+    state.terminals.forget(&id).await;
+    state.store.delete_workspace(&id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PanesBody {
+    #[serde(default)]
+    layout: Option<Layout>,
+    /// A machine id (or null) per pane of the layout.
+    #[serde(default)]
+    panes: Option<Vec<Option<String>>>,
+}
+
+/// `PUT /api/terminal/workspaces/{id}/panes`: assigns machines to panes
+/// (and optionally changes the layout); panes that lose their machine close.
+pub async fn set_panes(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(id): Path<String>,
+    Json(body): Json<PanesBody>,
+) -> Result<Json<WorkspaceView>, ApiError> {
+    let user = caller.require(Role::Operator)?;
+    let workspace = usable_workspace(&state, user, &id)?;
+    let (updated, closed) = workspace
+        .assign(body.layout, body.panes, now_ms())
+        .map_err(|error| ApiError::Unprocessable {
+            field: "panes".into(),
+            message: error.to_string(),
+        })?;
+    state.store.put_workspace(&updated)?;
+    state.terminals.close(&id, &closed).await;
+    Ok(Json(view(&state.terminals, &updated)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectBody {
+    #[serde(default)]
+    cols: Option<u16>,
+    #[serde(default)]
+    rows: Option<u16>,
+}
+
+#[derive(Serialize)]
+pub struct ConnectAnswer {
+    workspace: String,
+    panes: Vec<PaneStatus>,
+}
+
+/// `POST /api/terminal/workspaces/{id}/connect-all`: a session for every
+/// assigned pane; per pane, connected or why not.
+pub async fn connect_all(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(id): Path<String>,
+    body: Option<Json<ConnectBody>>,
+) -> Result<Json<ConnectAnswer>, ApiError> {
+    let user = caller.require(Role::Operator)?;
+    let workspace = usable_workspace(&state, user, &id)?;
+    let body = body.map(|Json(body)| body).unwrap_or_default();
+    let size = terminal_size(body.cols, body.rows)?;
+    let panes = state
+        .terminals
+        .connect_all(&workspace, &user.name, size)
+        .await;
+    Ok(Json(ConnectAnswer {
+        workspace: workspace.id,
+        panes,
+    }))
+}
+
+fn terminal_size(cols: Option<u16>, rows: Option<u16>) -> Result<(u16, u16), ApiError> {
+    let size = (
+        cols.unwrap_or(DEFAULT_SIZE.0),
+        rows.unwrap_or(DEFAULT_SIZE.1),
+    );
+    if size.0 == 0 || size.1 == 0 {
+        return Err(ApiError::Unprocessable {
+            field: "cols".into(),
+            message: format!("terminal size {}x{} is empty", size.0, size.1),
+        });
+    }
+    Ok(size)
+}
+
+/// `GET /api/terminal/workspaces/{id}/ws`: the workspace's WebSocket.
+///
+/// Browsers cannot set headers on a WebSocket: the token may come as
+/// `?access_token=` or as a `linkops.token.<JWT>` subprotocol. The `Origin`
+/// must be the daemon's own or one of `[terminal] allowed_origins`.
+pub async fn socket(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    check_origin(&headers, &state.config.terminal.allowed_origins)?;
+    let user = caller.require(Role::Operator)?.clone();
+    let workspace = usable_workspace(&state, &user, &id)?;
+    let (terminals, store) = (state.terminals.clone(), state.store.clone());
+    Ok(upgrade
+        .protocols([protocol::SUBPROTOCOL])
+        .on_upgrade(move |socket| serve_socket(socket, terminals, store, workspace, user))
+        .into_response())
+}
+
+/// Refuses a browser page from a foreign origin (cross-site WebSocket hijacking).
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
+    // Clients that are not browsers send no Origin; their token is their proof.
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let own = [format!("http://{host}"), format!("https://{host}")];
+    if own.iter().any(|o| o == origin) || allowed.iter().any(|a| a.trim_end_matches('/') == origin)
+    {
+        Ok(())
+    } else {
+        Err(ApiError::ForbiddenOrigin(origin.to_owned()))
+    }
+}
+
+/// Runs one socket: frames from the panes out, client messages in, until
+/// either side closes, another socket takes over, or the daemon stops.
+async fn serve_socket(
+    socket: WebSocket,
+    terminals: Terminals,
+    store: Store,
+    workspace: Workspace,
+    user: User,
+) {
+    let attached = terminals.attach(&workspace).await;
+    let (mut outgoing, mut incoming) = socket.split();
+    let mut frames = attached.frames;
+    let client = Client {
+        terminals: &terminals,
+        store: &store,
+        workspace: &workspace,
+        user: &user,
+        sink: &attached.sink,
+    };
+    let send = async {
+        while let Some(frame) = frames.recv().await {
+            let message = match frame {
+                Frame::Output { pane, data } => Message::Binary(Frame::output_bytes(pane, &data)),
+                Frame::Message(message) => Message::Text(
+                    serde_json::to_string(&message)
+                        .expect("server messages serialise")
+                        .into(),
+                ),
+            };
+            if outgoing.send(message).await.is_err() {
+                return;
+            }
+        }
+    };
+    let receive = async {
+        while let Some(Ok(message)) = incoming.next().await {
+            match message {
+                Message::Text(text) => client.message(text.as_str()).await,
+                Message::Binary(frame) => match parse_binary_input(&frame) {
+                    Some((pane, data)) => {
+                        client.input(pane, Bytes::copy_from_slice(data)).await;
+                    }
+                    None => client.error(None, "an empty binary frame".into()).await,
+                },
+                Message::Close(_) => return,
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+    };
+    let close = tokio::select! {
+        _ = send => None,
+        _ = receive => None,
+        _ = attached.replaced.cancelled() => Some((4001, "another connection took this workspace over")),
+        _ = terminals.shutdown().cancelled() => Some((1001, "the daemon is stopping")),
+    };
+    terminals.detach(&workspace.id, &attached.sink).await;
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        outgoing.send(Message::Close(Some(frame))).await.ok();
+    }
+}
+
+/// What a client's messages act on.
+struct Client<'a> {
+    terminals: &'a Terminals,
+    store: &'a Store,
+    workspace: &'a Workspace,
+    user: &'a User,
+    sink: &'a tokio::sync::mpsc::Sender<Frame>,
+}
+
+impl Client<'_> {
+    async fn message(&self, text: &str) {
+        let message = match serde_json::from_str::<ClientMessage>(text) {
+            Ok(message) => message,
+            Err(error) => {
+                return self
+                    .error(None, format!("unreadable message: {error}"))
+                    .await;
+            }
+        };
+        let id = &self.workspace.id;
+        match message {
+            ClientMessage::Input { pane, data } => self.input(pane, data.into()).await,
+            ClientMessage::Resize { pane, cols, rows } => {
+                if let Err(message) = self.terminals.resize(id, pane, cols, rows).await {
+                    self.error(Some(pane), message).await;
+                }
+            }
+            ClientMessage::Open { pane, cols, rows } => {
+                let size = (
+                    cols.unwrap_or(DEFAULT_SIZE.0).max(1),
+                    rows.unwrap_or(DEFAULT_SIZE.1).max(1),
+                );
+                // Connecting takes a while: the status arrives on this socket when done.
+                let (terminals, user) = (self.terminals.clone(), self.user.name.clone());
+                // The panes may have been reassigned since this socket opened.
+                let workspace = match self.store.workspace(id) {
+                    Ok(Some(workspace)) => workspace,
+                    _ => return self.error(Some(pane), "the workspace is gone".into()).await,
+                };
+                tokio::spawn(async move {
+                    terminals.open(&workspace, pane, &user, size).await;
+                });
+            }
+            ClientMessage::Close { pane } => self.terminals.close(id, &[pane]).await,
+            ClientMessage::Broadcast { enabled } => {
+                self.terminals.set_broadcast(id, enabled);
+                self.sink
+                    .send(Frame::Message(ServerMessage::Broadcast { enabled }))
+                    .await
+                    .ok();
+            }
+        }
+    }
+
+    async fn input(&self, pane: usize, data: Bytes) {
+        if let Err(message) = self.terminals.input(&self.workspace.id, pane, data).await {
+            self.error(Some(pane), message).await;
+        }
+    }
+
+    async fn error(&self, pane: Option<usize>, message: String) {
+        self.sink
+            .send(Frame::Message(ServerMessage::Error { pane, message }))
+            .await
+            .ok();
+    }
+}
+
+#[derive(Serialize)]
+pub struct RecordingView {
+    #[serde(flatten)]
+    session: TerminalSession,
+    started_at: Option<jiff::Timestamp>,
+    ended_at: Option<jiff::Timestamp>,
+}
+
+fn recording_view(session: TerminalSession) -> RecordingView {
+    RecordingView {
+        started_at: at(session.started_at_ms),
+        ended_at: session.ended_at_ms.and_then(at),
+        session,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RecordingsQuery {
+    machine: Option<String>,
+    workspace: Option<String>,
+    user: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/terminal/recordings`: newest first; the caller's own (every one, for admins).
+pub async fn recordings(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Query(query): Query<RecordingsQuery>,
+) -> Result<Json<Vec<RecordingView>>, ApiError> {
+    let user = caller.require(Role::Operator)?;
+    let admin = user.role == Role::Admin;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let sessions = state.store.terminal_sessions(limit, |session| {
+        (admin || session.user == user.name)
+            && query
+                .machine
+                .as_ref()
+                .is_none_or(|m| *m == session.machine_id)
+            && query
+                .workspace
+                .as_ref()
+                .is_none_or(|w| *w == session.workspace_id)
+            && query.user.as_ref().is_none_or(|u| *u == session.user)
+    })?;
+    Ok(Json(sessions.into_iter().map(recording_view).collect()))
+}
+
+fn readable_recording(state: &AppState, user: &User, id: u64) -> Result<TerminalSession, ApiError> {
+    state
+        .store
+        .terminal_session(id)?
+        .filter(|session| user.role == Role::Admin || session.user == user.name)
+        .ok_or_else(|| ApiError::NotFound(format!("no terminal recording {id}")))
+}
+
+/// `GET /api/terminal/recordings/{id}`
+pub async fn recording(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(id): Path<u64>,
+) -> Result<Json<RecordingView>, ApiError> {
+    let user = caller.require(Role::Operator)?;
+    Ok(Json(recording_view(readable_recording(&state, user, id)?)))
+}
+
+/// `GET /api/terminal/recordings/{id}/cast`: the asciicast v2 file, streamed from the store.
+pub async fn cast(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    let user = caller.require(Role::Operator)?;
+    let session = readable_recording(&state, user, id)?;
+    state.store.audit(
+        &user.name,
+        "terminal.recording.read",
+        &session.machine_id,
+        Outcome::Success,
+        Some(format!("session {id}")),
+    )?;
+    let store = state.store.clone();
+    let pages = futures::stream::unfold(Some(0u64), move |after| {
+        let store = store.clone();
+        async move {
+            let after = after?;
+            let page =
+                tokio::task::spawn_blocking(move || store.recording_chunks(id, after, CAST_PAGE))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|page| page.map_err(std::io::Error::other));
+            match page {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    let last = page.last().map(|(seq, _)| *seq);
+                    let bytes: Vec<u8> = page.into_iter().flat_map(|(_, chunk)| chunk).collect();
+                    Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), last))
+                }
+                Err(error) => Some((Err(error), None)),
+            }
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-asciicast".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"linkops-session-{id}.cast\""),
+            ),
+        ],
+        Body::from_stream(pages),
+    )
+        .into_response())
+}

@@ -1,0 +1,482 @@
+//! Terminal workspaces against a real fleet, through a real WebSocket client.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{ADMIN, FleetSetup, TestDaemon};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// How long a test waits for a terminal to show something.
+const WAIT: Duration = Duration::from_secs(30);
+
+const OPERATOR: (&str, &str) = ("oscar", "pw-oscar-1");
+const OTHER_OPERATOR: (&str, &str) = ("olga", "pw-olga-1");
+
+fn setup(hosts: usize, wrong_uuid: &[usize]) -> FleetSetup {
+    let setup = FleetSetup::new(hosts, wrong_uuid, "scripts: []\n");
+    support::add_users(
+        setup.data.path(),
+        &[
+            (OPERATOR.0, linkops::store::Role::Operator, OPERATOR.1),
+            (
+                OTHER_OPERATOR.0,
+                linkops::store::Role::Operator,
+                OTHER_OPERATOR.1,
+            ),
+        ],
+    );
+    setup
+}
+
+async fn send(
+    daemon: &TestDaemon,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = daemon
+        .client()
+        .request(method, format!("{}{path}", daemon.url))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// Creates a workspace with `layout` showing `machines` (one per pane).
+async fn workspace(
+    daemon: &TestDaemon,
+    token: &str,
+    layout: &str,
+    machines: &[Option<&str>],
+) -> String {
+    let (status, created) = send(
+        daemon,
+        reqwest::Method::POST,
+        "/api/terminal/workspaces",
+        token,
+        Some(json!({ "name": "test", "layout": layout })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, assigned) = send(
+        daemon,
+        reqwest::Method::PUT,
+        &format!("/api/terminal/workspaces/{id}/panes"),
+        token,
+        Some(json!({ "panes": machines })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{assigned}");
+    id
+}
+
+async fn connect_all(daemon: &TestDaemon, token: &str, id: &str, size: Value) -> Vec<Value> {
+    let (status, answer) = send(
+        daemon,
+        reqwest::Method::POST,
+        &format!("/api/terminal/workspaces/{id}/connect-all"),
+        token,
+        Some(size),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer["panes"].as_array().unwrap().clone()
+}
+
+/// A WebSocket client of one workspace, keeping what each pane has shown.
+struct Terminal {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    screens: Vec<String>,
+    messages: Vec<Value>,
+}
+
+fn socket_url(daemon: &TestDaemon, id: &str) -> String {
+    format!(
+        "{}/api/terminal/workspaces/{id}/ws",
+        daemon.url.replace("http://", "ws://")
+    )
+}
+
+/// Opens the socket with these extra headers; the handshake's HTTP error if refused.
+async fn open_socket(
+    url: &str,
+    headers: &[(&'static str, String)],
+) -> Result<Terminal, tungstenite::http::Response<Option<Vec<u8>>>> {
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(Terminal {
+            socket,
+            screens: vec![String::new(); 4],
+            messages: Vec::new(),
+        }),
+        Err(tungstenite::Error::Http(response)) => Err(*response),
+        Err(other) => panic!("WebSocket handshake failed: {other}"),
+    }
+}
+
+impl Terminal {
+    async fn open(daemon: &TestDaemon, id: &str, token: &str) -> Terminal {
+        let url = format!("{}?access_token={token}", socket_url(daemon, id));
+        let mut terminal = open_socket(&url, &[]).await.expect("socket refused");
+        terminal.message(|m| m["type"] == "hello").await;
+        terminal
+    }
+
+    async fn send(&mut self, message: Value) {
+        self.socket
+            .send(Message::text(message.to_string()))
+            .await
+            .unwrap();
+    }
+
+    async fn type_in(&mut self, pane: usize, keys: &str) {
+        self.send(json!({ "type": "input", "pane": pane, "data": keys }))
+            .await;
+    }
+
+    /// Reads one frame into the screens or the messages; false once the socket ended.
+    async fn read(&mut self) -> bool {
+        let frame = tokio::time::timeout(WAIT, self.socket.next())
+            .await
+            .expect("the terminal showed nothing new in time");
+        match frame {
+            Some(Ok(Message::Binary(frame))) => {
+                let pane = usize::from(frame[0]);
+                self.screens[pane].push_str(&String::from_utf8_lossy(&frame[1..]));
+            }
+            Some(Ok(Message::Text(text))) => {
+                self.messages.push(serde_json::from_str(&text).unwrap())
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return false,
+            Some(Ok(_)) => {}
+        }
+        true
+    }
+
+    /// Reads until `pane` has shown `needle` after byte `from` of its screen; returns that part.
+    async fn shown_after(&mut self, pane: usize, from: usize, needle: &str) -> String {
+        while !self.screens[pane][from..].contains(needle) {
+            assert!(
+                self.read().await,
+                "socket closed before pane {pane} showed {needle:?}"
+            );
+        }
+        self.screens[pane][from..].to_owned()
+    }
+
+    /// Types a command and waits for a line it prints.
+    async fn run(&mut self, pane: usize, command: &str, expect: &str) -> String {
+        let from = self.screens[pane].len();
+        self.type_in(pane, &format!("{command}\r")).await;
+        self.shown_after(pane, from, expect).await
+    }
+
+    /// Has the shell print its pid as `<prefix><pid>-pid` and reads it (not the typed `$$`).
+    async fn shell_pid(&mut self, pane: usize, prefix: &str) -> u32 {
+        let from = self.screens[pane].len();
+        self.type_in(pane, &format!("echo {prefix}$$-pid\r")).await;
+        loop {
+            let shown = &self.screens[pane][from..];
+            let printed = shown.match_indices(prefix).find_map(|(at, _)| {
+                let rest = &shown[at + prefix.len()..];
+                rest.split("-pid").next()?.parse().ok()
+            });
+            if let Some(pid) = printed {
+                return pid;
+            }
+            assert!(
+                self.read().await,
+                "socket closed before pane {pane} printed its pid"
+            );
+        }
+    }
+
+    /// Reads until a JSON message matches; returns it.
+    async fn message(&mut self, matches: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            if let Some(found) = self.messages.iter().position(&matches) {
+                return self.messages.remove(found);
+            }
+            assert!(
+                self.read().await,
+                "socket closed; messages: {:?}",
+                self.messages
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_grid_of_four_panes_shows_each_machine_in_its_own_pane() {
+    let setup = setup(5, &[4]);
+    let daemon = setup.start().await;
+    let token = daemon.token(OPERATOR.0, OPERATOR.1).await;
+    let machines = [Some("host1"), Some("host2"), Some("host3"), Some("host4")];
+    let id = workspace(&daemon, &token, "grid2x2", &machines).await;
+    let mut terminal = Terminal::open(&daemon, &id, &token).await;
+
+    let panes = connect_all(&daemon, &token, &id, json!({ "cols": 100, "rows": 30 })).await;
+    assert_eq!(panes.len(), 4);
+    for (index, pane) in panes.iter().enumerate() {
+        assert_eq!(pane["state"], "connected", "{pane}");
+        assert_eq!(pane["machine"], machines[index].unwrap());
+    }
+
+    // Each pane reads its own machine's client id.
+    for pane in 0..4 {
+        let uuid = setup.fleet.host(pane).uuid();
+        let shown = terminal
+            .run(
+                pane,
+                "cat /etc/linkops/client_id",
+                &format!("LINKOPS-{uuid}"),
+            )
+            .await;
+        for other in (0..5).filter(|o| *o != pane) {
+            assert!(!shown.contains(setup.fleet.host(other).uuid()), "{shown}");
+        }
+    }
+
+    // A resize reaches the remote terminal.
+    terminal
+        .send(json!({ "type": "resize", "pane": 1, "cols": 120, "rows": 40 }))
+        .await;
+    terminal.run(1, "stty size", "40 120").await;
+
+    // Broadcast: one keystroke stream, every pane.
+    terminal
+        .send(json!({ "type": "broadcast", "enabled": true }))
+        .await;
+    let ack = terminal.message(|m| m["type"] == "broadcast").await;
+    assert_eq!(ack["enabled"], true);
+    let marks: Vec<usize> = terminal.screens.iter().map(String::len).collect();
+    terminal.type_in(2, "echo bc-$((6*7))\r").await;
+    for (pane, from) in marks.iter().enumerate() {
+        terminal.shown_after(pane, *from, "bc-42").await;
+    }
+    terminal
+        .send(json!({ "type": "broadcast", "enabled": false }))
+        .await;
+    terminal
+        .message(|m| m["type"] == "broadcast" && m["enabled"] == false)
+        .await;
+
+    // The shell in pane 0 exits: its status says so, with the exit code.
+    terminal.type_in(0, "exit 3\r").await;
+    let closed = terminal
+        .message(|m| m["type"] == "status" && m["pane"] == 0 && m["state"] == "closed")
+        .await;
+    assert_eq!(closed["end"]["reason"], "exited", "{closed}");
+    assert_eq!(closed["end"]["exit_code"], 3, "{closed}");
+    let session = closed["session"].as_u64().unwrap();
+
+    // Its recording replays what the pane showed.
+    let (status, recording) = send(
+        &daemon,
+        reqwest::Method::GET,
+        &format!("/api/terminal/recordings/{session}"),
+        &token,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{recording}");
+    assert_eq!(recording["machine_id"], "host1");
+    assert_eq!(recording["user"], OPERATOR.0);
+    assert_eq!(recording["end"]["exit_code"], 3);
+    let cast = daemon
+        .client()
+        .get(format!(
+            "{}/api/terminal/recordings/{session}/cast",
+            daemon.url
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cast.status(), StatusCode::OK);
+    assert_eq!(cast.headers()["content-type"], "application/x-asciicast");
+    let cast = cast.text().await.unwrap();
+    let mut lines = cast
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap());
+    let header = lines.next().unwrap();
+    assert_eq!(
+        (header["version"].clone(), header["width"].clone()),
+        (json!(2), json!(100))
+    );
+    let mut replayed = String::new();
+    let mut last_time = 0.0;
+    for event in lines {
+        let time = event[0].as_f64().unwrap();
+        assert!(time >= last_time, "events out of order: {event}");
+        last_time = time;
+        if event[1] == "o" {
+            replayed.push_str(event[2].as_str().unwrap());
+        }
+        // Keystrokes are not recorded by default.
+        assert_ne!(event[1], "i");
+    }
+    assert!(
+        replayed.contains(&format!("LINKOPS-{}", setup.fleet.host(0).uuid())),
+        "{replayed}"
+    );
+    assert!(replayed.contains("bc-42"), "{replayed}");
+    assert_eq!(replayed, terminal.screens[0]);
+
+    // An unenrolled machine is refused, saying why.
+    let (status, _) = send(
+        &daemon,
+        reqwest::Method::PUT,
+        &format!("/api/terminal/workspaces/{id}/panes"),
+        &token,
+        Some(json!({ "panes": ["host1", "host2", "host3", "host5"] })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let panes = connect_all(&daemon, &token, &id, json!({})).await;
+    assert_eq!(
+        panes[0]["state"], "connected",
+        "pane 0 reopens: {:?}",
+        panes[0]
+    );
+    assert_eq!(panes[3]["state"], "error");
+    assert_eq!(panes[3]["reason"], "unenrolled", "{}", panes[3]);
+    assert!(
+        panes[3]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not enrolled"),
+        "{}",
+        panes[3]
+    );
+    // The socket hears it too.
+    terminal
+        .message(|m| m["type"] == "status" && m["pane"] == 3 && m["reason"] == "unenrolled")
+        .await;
+    drop(terminal);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_socket_reconnects_to_the_same_shell_with_its_output_replayed() {
+    let setup = setup(1, &[]);
+    let daemon = setup.start().await;
+    let token = daemon.token(OPERATOR.0, OPERATOR.1).await;
+    let id = workspace(&daemon, &token, "single", &[Some("host1")]).await;
+    let mut terminal = Terminal::open(&daemon, &id, &token).await;
+    let panes = connect_all(&daemon, &token, &id, json!({})).await;
+    assert_eq!(panes[0]["state"], "connected", "{:?}", panes[0]);
+    let pid = terminal.shell_pid(0, "shell-").await;
+
+    // Gone without a close, like a laptop closing its lid.
+    drop(terminal);
+    let mut terminal = Terminal::open(&daemon, &id, &token).await;
+    let replay = terminal.message(|m| m["type"] == "replay").await;
+    assert_eq!(replay["pane"], 0);
+    let length = replay["bytes"].as_u64().unwrap() as usize;
+    while terminal.screens[0].len() < length {
+        assert!(terminal.read().await);
+    }
+    assert!(
+        terminal.screens[0].contains(&format!("shell-{pid}-pid")),
+        "{}",
+        terminal.screens[0]
+    );
+
+    // The same shell goes on.
+    assert_eq!(terminal.shell_pid(0, "again-").await, pid);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn terminals_refuse_wrong_tokens_foreign_origins_and_other_users() {
+    let setup = setup(1, &[]);
+    let mut config = setup.config();
+    config.terminal.allowed_origins = vec!["https://console.example".into()];
+    let daemon = setup.start_with(config).await;
+    let token = daemon.token(OPERATOR.0, OPERATOR.1).await;
+    let id = workspace(&daemon, &token, "single", &[Some("host1")]).await;
+    let url = socket_url(&daemon, &id);
+
+    let refused = open_socket(&format!("{url}?access_token=not-a-token"), &[])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let refused = open_socket(&url, &[]).await.err().unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let with_token = format!("{url}?access_token={token}");
+    let refused = open_socket(&with_token, &[("origin", "https://evil.example".into())])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body = String::from_utf8(refused.body().clone().unwrap()).unwrap();
+    assert!(body.contains("forbidden_origin"), "{body}");
+
+    // The daemon's own origin and the configured ones are welcome.
+    let own = daemon.url.clone();
+    for origin in [own, "https://console.example".to_owned()] {
+        assert!(
+            open_socket(&with_token, &[("origin", origin)])
+                .await
+                .is_ok()
+        );
+    }
+
+    // A browser passes the token as a subprotocol; the server selects linkops.v1.
+    let protocols = format!("linkops.v1, linkops.token.{token}");
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", protocols.parse().unwrap());
+    let (_, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "linkops.v1");
+
+    // Viewers open no terminals; other operators do not see this workspace.
+    let viewer = daemon.token(support::VIEWER.0, support::VIEWER.1).await;
+    let refused = open_socket(&format!("{url}?access_token={viewer}"), &[])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let admin = daemon.token(ADMIN.0, ADMIN.1).await;
+    let (status, _) = send(
+        &daemon,
+        reqwest::Method::GET,
+        &format!("/api/terminal/workspaces/{id}"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "admins see every workspace");
+    let olga = daemon.token(OTHER_OPERATOR.0, OTHER_OPERATOR.1).await;
+    let (status, _) = send(
+        &daemon,
+        reqwest::Method::GET,
+        &format!("/api/terminal/workspaces/{id}"),
+        &olga,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    daemon.stop().await;
+}
