@@ -100,7 +100,8 @@ struct Terminal {
     socket: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
-    screens: Vec<String>,
+    /// Each pane's output as received (bytes: a frame may end mid-character).
+    screens: Vec<Vec<u8>>,
     messages: Vec<Value>,
 }
 
@@ -123,7 +124,7 @@ async fn open_socket(
     match tokio_tungstenite::connect_async(request).await {
         Ok((socket, _)) => Ok(Terminal {
             socket,
-            screens: vec![String::new(); 4],
+            screens: vec![Vec::new(); 4],
             messages: Vec::new(),
         }),
         Err(tungstenite::Error::Http(response)) => Err(*response),
@@ -159,7 +160,7 @@ impl Terminal {
         match frame {
             Some(Ok(Message::Binary(frame))) => {
                 let pane = usize::from(frame[0]);
-                self.screens[pane].push_str(&String::from_utf8_lossy(&frame[1..]));
+                self.screens[pane].extend_from_slice(&frame[1..]);
             }
             Some(Ok(Message::Text(text))) => {
                 self.messages.push(serde_json::from_str(&text).unwrap())
@@ -172,13 +173,29 @@ impl Terminal {
 
     /// Reads until `pane` has shown `needle` after byte `from` of its screen; returns that part.
     async fn shown_after(&mut self, pane: usize, from: usize, needle: &str) -> String {
-        while !self.screens[pane][from..].contains(needle) {
+        let needle = needle.as_bytes();
+        // Only the new part is searched each time: a flood of output stays linear.
+        let mut searched = from;
+        loop {
+            let screen = &self.screens[pane];
+            if screen[searched..]
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                return self.screen(pane, from);
+            }
+            searched = screen.len().saturating_sub(needle.len() - 1).max(from);
             assert!(
                 self.read().await,
-                "socket closed before pane {pane} showed {needle:?}"
+                "socket closed before pane {pane} showed {:?}",
+                String::from_utf8_lossy(needle)
             );
         }
-        self.screens[pane][from..].to_owned()
+    }
+
+    /// What `pane` has shown since byte `from`, as text.
+    fn screen(&self, pane: usize, from: usize) -> String {
+        String::from_utf8_lossy(&self.screens[pane][from..]).into_owned()
     }
 
     /// Types a command and waits for a line it prints.
@@ -193,7 +210,7 @@ impl Terminal {
         let from = self.screens[pane].len();
         self.type_in(pane, &format!("echo {prefix}$$-pid\r")).await;
         loop {
-            let shown = &self.screens[pane][from..];
+            let shown = &self.screen(pane, from);
             let printed = shown.match_indices(prefix).find_map(|(at, _)| {
                 let rest = &shown[at + prefix.len()..];
                 rest.split("-pid").next()?.parse().ok()
@@ -266,7 +283,7 @@ async fn a_grid_of_four_panes_shows_each_machine_in_its_own_pane() {
         .await;
     let ack = terminal.message(|m| m["type"] == "broadcast").await;
     assert_eq!(ack["enabled"], true);
-    let marks: Vec<usize> = terminal.screens.iter().map(String::len).collect();
+    let marks: Vec<usize> = terminal.screens.iter().map(Vec::len).collect();
     terminal.type_in(2, "echo bc-$((6*7))\r").await;
     for (pane, from) in marks.iter().enumerate() {
         terminal.shown_after(pane, *from, "bc-42").await;
@@ -338,7 +355,7 @@ async fn a_grid_of_four_panes_shows_each_machine_in_its_own_pane() {
         "{replayed}"
     );
     assert!(replayed.contains("bc-42"), "{replayed}");
-    assert_eq!(replayed, terminal.screens[0]);
+    assert_eq!(replayed, terminal.screen(0, 0));
 
     // An unenrolled machine is refused, saying why.
     let (status, _) = send(
@@ -394,15 +411,25 @@ async fn a_dropped_socket_reconnects_to_the_same_shell_with_its_output_replayed(
     while terminal.screens[0].len() < length {
         assert!(terminal.read().await);
     }
-    assert!(
-        terminal.screens[0].contains(&format!("shell-{pid}-pid")),
-        "{}",
-        terminal.screens[0]
-    );
+    let replayed = terminal.screen(0, 0);
+    assert!(replayed.contains(&format!("shell-{pid}-pid")), "{replayed}");
 
     // The same shell goes on.
     assert_eq!(terminal.shell_pid(0, "again-").await, pid);
-    daemon.stop().await;
+
+    // A stopping daemon tells the socket and records the session as interrupted.
+    let session = connect_all(&daemon, &token, &id, json!({})).await[0]["session"]
+        .as_u64()
+        .unwrap();
+    let stopping = tokio::spawn(daemon.stop());
+    while terminal.read().await {}
+    stopping.await.unwrap();
+    let store = linkops::store::Store::open(&setup.config().store_path()).unwrap();
+    let recorded = store.terminal_session(session).unwrap().unwrap();
+    assert_eq!(
+        recorded.end,
+        Some(linkops_reconcilers::terminal::SessionEnd::Interrupted)
+    );
 }
 
 #[tokio::test]
@@ -478,5 +505,98 @@ async fn terminals_refuse_wrong_tokens_foreign_origins_and_other_users() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_close_when_idle_or_abandoned_and_record_why() {
+    let setup = setup(1, &[]);
+    let mut config = setup.config();
+    config.terminal.grace = Duration::from_millis(500);
+    config.terminal.idle_timeout = Duration::from_secs(2);
+    let daemon = setup.start_with(config).await;
+    let token = daemon.token(OPERATOR.0, OPERATOR.1).await;
+
+    // Attached but untouched: closed as idle, and the socket is told.
+    let watched = workspace(&daemon, &token, "single", &[Some("host1")]).await;
+    let mut terminal = Terminal::open(&daemon, &watched, &token).await;
+    connect_all(&daemon, &token, &watched, json!({})).await;
+    let closed = terminal
+        .message(|m| m["type"] == "status" && m["state"] == "closed")
+        .await;
+    assert_eq!(closed["end"]["reason"], "idle", "{closed}");
+
+    // Left without a socket: closed as abandoned once the grace period is over.
+    let left = workspace(&daemon, &token, "single", &[Some("host1")]).await;
+    connect_all(&daemon, &token, &left, json!({})).await;
+    let path = format!("/api/terminal/workspaces/{left}");
+    let pane = support::eventually("the abandoned session to close", || async {
+        let (_, view) = send(&daemon, reqwest::Method::GET, &path, &token, None).await;
+        let pane = view["panes"][0].clone();
+        (pane["state"] == "closed").then_some(pane)
+    })
+    .await;
+    assert_eq!(pane["end"]["reason"], "abandoned", "{pane}");
+
+    let session = pane["session"].as_u64().unwrap();
+    let (_, recording) = send(
+        &daemon,
+        reqwest::Method::GET,
+        &format!("/api/terminal/recordings/{session}"),
+        &token,
+        None,
+    )
+    .await;
+    assert_eq!(recording["end"]["reason"], "abandoned");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_stalls_the_remote_program_instead_of_filling_memory() {
+    // 32 MiB of output, written 64 KiB at a time, counting as it goes.
+    const CHUNKS: u64 = 512;
+    let setup = setup(1, &[]);
+    let daemon = setup.start().await;
+    let token = daemon.token(OPERATOR.0, OPERATOR.1).await;
+    let id = workspace(&daemon, &token, "single", &[Some("host1")]).await;
+    let mut terminal = Terminal::open(&daemon, &id, &token).await;
+    connect_all(&daemon, &token, &id, json!({})).await;
+    let progress = setup.marks.join("progress");
+    let command = format!(
+        "i=0; while [ $i -lt {CHUNKS} ]; do head -c 65536 /dev/zero | tr '\\0' a; i=$((i+1)); echo $i > {}; done; echo; echo flood-$((1+1))-done\r",
+        progress.display()
+    );
+    terminal.type_in(0, &command).await;
+
+    // The client reads nothing now. There is no event for "the writer is
+    // blocked": watch the remote counter until it stops moving.
+    let mut last = 0;
+    let stalled = support::eventually("the remote writer to stall", || {
+        let reading = std::fs::read_to_string(&progress)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let stalled = reading > 0 && reading == last;
+        last = reading;
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stalled.then_some(reading)
+        }
+    })
+    .await;
+    // Socket, SSH and TCP buffers hold a few MiB; the rest waits on the machine.
+    eprintln!("the writer stalled after {stalled} of {CHUNKS} chunks of 64 KiB");
+    assert!(
+        stalled < CHUNKS / 2,
+        "{stalled} of {CHUNKS} chunks were written while nobody read"
+    );
+
+    // Reading again lets the program finish, and nothing was dropped.
+    terminal.shown_after(0, 0, "flood-2-done").await;
+    let received = terminal.screens[0].iter().filter(|b| **b == b'a').count() as u64;
+    assert!(
+        received >= CHUNKS * 65536,
+        "{received} bytes of output arrived"
+    );
     daemon.stop().await;
 }

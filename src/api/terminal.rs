@@ -1,6 +1,6 @@
 //! `/api/terminal`: workspaces of panes, their WebSocket, and session recordings.
 //!
-//! The socket protocol is documented in `docs/terminal-protocol.md`.
+//! The REST calls and the socket protocol are documented in `src/terminal/protocol.md`.
 
 use axum::Json;
 use axum::body::Body;

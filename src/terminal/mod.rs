@@ -190,20 +190,17 @@ impl Terminals {
         size: (u16, u16),
     ) -> PaneStatus {
         let machine = workspace.panes.get(pane).cloned().flatten();
-        let Some(machine_id) = machine.clone() else {
-            let status = PaneStatus::new(pane, None, PaneState::Empty);
-            return if pane < workspace.panes.len() {
-                status
-            } else {
-                PaneStatus::refused(
-                    pane,
-                    None,
-                    Refusal::NoMachine,
-                    format!("the workspace has no pane {pane}"),
-                )
-            };
-        };
         let live = self.live(&workspace.id);
+        let Some(machine_id) = machine.clone() else {
+            let status = if pane < workspace.panes.len() {
+                PaneStatus::new(pane, None, PaneState::Empty)
+            } else {
+                let message = format!("the workspace has no pane {pane}");
+                PaneStatus::refused(pane, None, Refusal::NoMachine, message)
+            };
+            self.notify(&live, status.clone()).await;
+            return status;
+        };
         let _opening = live.opening[pane].lock().await;
         if let Some(handle) = live.state.lock().expect("never poisoned").panes.get(&pane)
             && handle.is_open()

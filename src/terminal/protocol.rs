@@ -1,7 +1,4 @@
-//! The terminal WebSocket protocol (documented in `docs/terminal-protocol.md`).
-//!
-//! Terminal bytes travel as binary frames `[pane index][bytes…]` both ways;
-//! everything else is a JSON text frame with a `type`.
+#![doc = include_str!("protocol.md")]
 
 use bytes::Bytes;
 use linkops_reconcilers::terminal::{Layout, SessionEnd};
