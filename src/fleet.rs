@@ -11,6 +11,7 @@ use linkops_reconcilers::machine::{CheckResult, Machine};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::ssh::{self, ExitStatus, Pool, Target};
 
 /// The longest a check's command may take once connected.
@@ -28,12 +29,13 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(config: &Config) -> Fleet {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Fleet {
         Fleet {
             pool: Pool::new(ssh::ConnectOptions {
                 known_hosts: config.known_hosts_path(),
                 connect_timeout: config.ssh.connect_timeout,
                 trust_on_first_use: config.ssh.trust_on_first_use,
+                metrics,
             }),
             sessions: Arc::new(Semaphore::new(config.ssh.concurrency.max(1))),
             keys_dir: config.keys_dir(),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod controller;
 pub mod fleet;
 pub mod git;
+pub mod metrics;
 pub mod operations;
 pub mod secrets;
 pub mod server;

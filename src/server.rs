@@ -17,6 +17,7 @@ use crate::controller::{self, FleetReconciler};
 use crate::fleet::Fleet;
 use crate::git::mirror::{Mirror, Source};
 use crate::git::sync::SyncContext;
+use crate::metrics::Metrics;
 use crate::operations::Engine;
 use crate::terminal::Terminals;
 use crate::{secrets, store};
@@ -77,10 +78,10 @@ impl Daemon {
         .await??;
 
         let stop = CancellationToken::new();
-        let (git, git_worker) =
-            crate::git::sync::start(git_context(&config, prepared.store.clone()), stop.clone())
-                .await;
-        let fleet = Fleet::new(&config);
+        let metrics = Arc::new(Metrics::new());
+        let sync = git_context(&config, prepared.store.clone(), metrics.clone());
+        let (git, git_worker) = crate::git::sync::start(sync, stop.clone()).await;
+        let fleet = Fleet::new(&config, metrics.clone());
         let reaper = fleet
             .pool
             .spawn_reaper(config.ssh.idle_timeout, stop.clone());
@@ -88,6 +89,7 @@ impl Daemon {
             prepared.store.clone(),
             fleet.clone(),
             config.operations.output_cap,
+            metrics.clone(),
         );
         let terminals = Terminals::new(
             prepared.store.clone(),
@@ -95,6 +97,7 @@ impl Daemon {
             git.desired(),
             config.terminal.clone(),
             stop.clone(),
+            metrics.clone(),
         );
         let reconciler = FleetReconciler {
             store: prepared.store.clone(),
@@ -103,6 +106,7 @@ impl Daemon {
             desired: git.desired(),
             forced: Default::default(),
             suspended_by_config: config.reconcile.suspended,
+            metrics: metrics.clone(),
         };
         let (controller, mut workers) = controller::start(
             reconciler,
@@ -119,6 +123,7 @@ impl Daemon {
             git,
             controller,
             terminals,
+            metrics,
         };
         let address = listener.local_addr().map_err(Error::Serve)?;
         tracing::info!(%address, data_dir = %config.data_dir.display(), "linkops serving");
@@ -155,7 +160,7 @@ impl Daemon {
 }
 
 /// How the sync worker reaches the config repository.
-fn git_context(config: &Config, store: store::Store) -> SyncContext {
+fn git_context(config: &Config, store: store::Store, metrics: Arc<Metrics>) -> SyncContext {
     let source = match &config.git.url {
         Some(url) => Some(Source {
             url: url.clone(),
@@ -177,6 +182,7 @@ fn git_context(config: &Config, store: store::Store) -> SyncContext {
         mirror: Mirror::new(config.checkout_dir()),
         store,
         interval: config.git.interval,
+        metrics,
     }
 }
 

@@ -6,6 +6,7 @@ mod error;
 mod git;
 mod health;
 mod links;
+mod metrics;
 mod operations;
 mod reconcile;
 mod runs;
@@ -34,12 +35,14 @@ pub struct AppState {
     pub git: crate::git::sync::GitSync,
     pub controller: crate::controller::Controller,
     pub terminals: crate::terminal::Terminals,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Every route of the API, with request tracing.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/me", get(auth::me))
         .route("/api/users", get(users::list))
@@ -83,6 +86,10 @@ pub fn router(state: AppState) -> Router {
             "/api/git/webhook",
             post(git::webhook).layer(DefaultBodyLimit::max(git::WEBHOOK_BODY_LIMIT)),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::count_requests,
+        ))
         .with_state(state)
         .layer(
             TraceLayer::new_for_http()

@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
+use crate::metrics::Open;
 use crate::operations::{HostPlan, LiveEvent, Plan};
 use crate::store::{Outcome, Role};
 
@@ -311,7 +312,9 @@ pub async fn events(
     let live = state.controller.reconciler.engine.subscribe(id);
     // Small: a slow client holds few events; behind that, its follower reads the store.
     let (sender, receiver) = futures::channel::mpsc::channel(1);
+    let open = Open::new(&state.metrics.sse_clients);
     tokio::spawn(follow(
+        open,
         state.store.clone(),
         state.controller.reconciler.engine.clone(),
         id,
@@ -325,6 +328,7 @@ pub async fn events(
 /// Feeds one SSE client: the log from the store, then live events; back to
 /// the store whenever it fell behind. Ends after `end` or when the client goes.
 async fn follow(
+    _open: Open,
     store: crate::store::Store,
     engine: crate::operations::Engine,
     id: u64,

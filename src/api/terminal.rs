@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
+use crate::metrics::Open;
 use crate::store::{Outcome, Role, Store, User, now_ms};
 use crate::terminal::protocol::{
     self, ClientMessage, Frame, PaneStatus, ServerMessage, parse_binary_input,
@@ -224,9 +225,13 @@ pub async fn socket(
     let user = caller.require(Role::Operator)?.clone();
     let workspace = usable_workspace(&state, &user, &id)?;
     let (terminals, store) = (state.terminals.clone(), state.store.clone());
+    let open = Open::new(&state.metrics.websocket_clients);
     Ok(upgrade
         .protocols([protocol::SUBPROTOCOL])
-        .on_upgrade(move |socket| serve_socket(socket, terminals, store, workspace, user))
+        .on_upgrade(move |socket| async move {
+            let _open = open;
+            serve_socket(socket, terminals, store, workspace, user).await;
+        })
         .into_response())
 }
 

@@ -46,6 +46,7 @@ pub struct FleetReconciler {
     pub forced: Mutex<HashSet<String>>,
     /// `[reconcile] suspended` in the configuration.
     pub suspended_by_config: bool,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Reconcile<ObjectKey> for FleetReconciler {
@@ -54,11 +55,16 @@ impl Reconcile<ObjectKey> for FleetReconciler {
             // Nothing is desired before the first valid revision.
             return Ok(Action::AwaitChange);
         };
-        match key {
-            ObjectKey::Machine(id) => self.machine(&desired, &id).await,
-            ObjectKey::RunRequest(id) => self.run_request(&desired, &id).await,
-        }
-        .map_err(|e| e.to_string())
+        let (kind, result) = match &key {
+            ObjectKey::Machine(id) => ("machine", self.machine(&desired, id).await),
+            ObjectKey::RunRequest(id) => ("run_request", self.run_request(&desired, id).await),
+        };
+        let labels = crate::metrics::ReconcileLabels {
+            kind,
+            result: if result.is_ok() { "success" } else { "error" },
+        };
+        self.metrics.reconciles.get_or_create(&labels).inc();
+        result.map_err(|e| e.to_string())
     }
 }
 

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -89,18 +90,26 @@ enum Command<K> {
 pub struct Scheduler<K> {
     commands: mpsc::UnboundedSender<Command<K>>,
     debounce: Duration,
+    /// Keys waiting (scheduled or due), as the runner last counted them.
+    depth: Arc<AtomicUsize>,
 }
 
 impl<K> Clone for Scheduler<K> {
     fn clone(&self) -> Self {
         Scheduler {
             commands: self.commands.clone(),
+            depth: self.depth.clone(),
             debounce: self.debounce,
         }
     }
 }
 
 impl<K: Send + 'static> Scheduler<K> {
+    /// How many keys wait for a reconcile (for metrics).
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
     /// Asks for a reconcile soon: after the debounce, so a burst of triggers is one reconcile.
     pub fn trigger(&self, key: K, reason: Reason) {
         let at = Instant::now() + self.debounce;
@@ -134,7 +143,9 @@ where
     R: Reconcile<K>,
 {
     let (commands, receiver) = mpsc::unbounded_channel();
+    let depth = Arc::new(AtomicUsize::new(0));
     let runner = Runner {
+        depth: depth.clone(),
         reconciler,
         concurrency: concurrency.max(1),
         queue: DelayQueue::new(),
@@ -148,11 +159,19 @@ where
         tasks: JoinSet::new(),
     };
     let handle = tokio::spawn(runner.run(receiver, shutdown));
-    (Scheduler { commands, debounce }, handle)
+    (
+        Scheduler {
+            commands,
+            debounce,
+            depth,
+        },
+        handle,
+    )
 }
 
 struct Runner<K, R> {
     reconciler: Arc<R>,
+    depth: Arc<AtomicUsize>,
     concurrency: usize,
     queue: DelayQueue<K>,
     /// Keys waiting in `queue`: their entry, due time and reason.
@@ -205,6 +224,8 @@ where
                 },
             }
             self.start_ready();
+            self.depth
+                .store(self.scheduled.len() + self.ready.len(), Ordering::Relaxed);
         }
         // Let in-flight reconciles finish and record their state.
         while let Some(done) = self.tasks.join_next().await {

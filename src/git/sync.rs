@@ -95,6 +95,7 @@ pub struct SyncContext {
     pub store: Store,
     /// Time between scheduled syncs; each wait is jittered by up to a tenth.
     pub interval: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Starts the sync worker (and, for a local source, the file watch).
@@ -259,6 +260,13 @@ async fn sync_once(
             return (record, None);
         }
     };
+    context
+        .metrics
+        .syncs
+        .get_or_create(&crate::metrics::ResultLabels {
+            result: record.outcome.name(),
+        })
+        .inc();
     log_and_audit(&context.store, &record);
     (record, state)
 }

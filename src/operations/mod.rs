@@ -12,6 +12,7 @@ mod command;
 mod host;
 mod writer;
 
+use crate::metrics::{Metrics, Open, StateLabels};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -120,14 +121,16 @@ pub struct Engine {
     /// blocking pool, and hundreds at once would cost a thread (and an
     /// allocator arena) each.
     catch_up: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Engine {
-    pub fn new(store: Store, fleet: Fleet, output_cap: u64) -> Engine {
+    pub fn new(store: Store, fleet: Fleet, output_cap: u64, metrics: Arc<Metrics>) -> Engine {
         Engine {
             store,
             fleet,
             output_cap,
+            metrics,
             live: Arc::default(),
             catch_up: Arc::new(Semaphore::new(4)),
         }
@@ -203,6 +206,7 @@ impl Engine {
         let engine = self.clone();
         let id = operation.id;
         tokio::spawn(async move {
+            let _running = Open::new(&engine.metrics.operations_running);
             let writing = tokio::spawn(writer.run());
             engine.execute(plan, hosts, command, updates, stop).await;
             writing.await.ok();
@@ -304,6 +308,13 @@ impl Engine {
         }
         let state = summarize(&states);
         updates.send(Update::Finish(state)).await.ok();
+        let labels = StateLabels {
+            state: format!("{state:?}").to_lowercase(),
+        };
+        self.metrics
+            .operations_finished
+            .get_or_create(&labels)
+            .inc();
         tracing::info!(?state, "operation finished");
     }
 }

@@ -19,6 +19,8 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 
 pub use exec::{Execution, ExitStatus, Output, OutputEvent};
 use host_key::{ExpectedKeys, Verdict, fingerprint};
+
+use crate::metrics::{Metrics, Open};
 pub use pool::Pool;
 pub use shell::{ShellInput, ShellOutput};
 
@@ -112,6 +114,8 @@ pub struct ConnectOptions {
     pub known_hosts: PathBuf,
     pub connect_timeout: Duration,
     pub trust_on_first_use: bool,
+    /// Where connects, their latency and failures are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// An authenticated SSH session with one machine.
@@ -121,11 +125,23 @@ pub struct Connection {
     /// Set when this connection recorded the host key by trust on first use;
     /// the caller audits it.
     pub learned_host_key: Option<String>,
+    /// Counts the connection as open until it is dropped.
+    _open: Open,
 }
 
 impl Connection {
     /// Opens a TCP connection, checks the host key, authenticates with the target's key.
     pub async fn open(target: &Target, options: &ConnectOptions) -> Result<Connection> {
+        let started = std::time::Instant::now();
+        let opened = Connection::connect(target, options).await;
+        match &opened {
+            Ok(_) => options.metrics.ssh_connected(started.elapsed()),
+            Err(error) => options.metrics.ssh_failed(error.kind()),
+        }
+        opened
+    }
+
+    async fn connect(target: &Target, options: &ConnectOptions) -> Result<Connection> {
         let name = target.to_string();
         let (key, expected) = load_identity_and_expectations(target, options).await?;
         // The handler moves into the session; what it learns comes back through this slot.
@@ -202,6 +218,7 @@ impl Connection {
             handle,
             target: name,
             learned_host_key: learned_host_key.map(|k| k.to_openssh().unwrap_or_default()),
+            _open: Open::new(&options.metrics.ssh_connections),
         })
     }
 
@@ -213,6 +230,21 @@ impl Connection {
     /// Whether the session has ended (the server closed it, or it failed).
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
+    }
+}
+
+impl Error {
+    /// The failure class metrics count connects by.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Connect { .. } => "unreachable",
+            Error::ConnectTimeout { .. } => "timeout",
+            Error::HostKeyUnknown { .. }
+            | Error::HostKeyChanged { .. }
+            | Error::PinnedKey { .. } => "host_key",
+            Error::AuthRejected { .. } | Error::Key { .. } => "auth",
+            _ => "other",
+        }
     }
 }
 

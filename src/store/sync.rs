@@ -34,6 +34,18 @@ pub enum SyncOutcome {
     Failed { error: String },
 }
 
+impl SyncOutcome {
+    /// The outcome's name, as stored and as metrics label it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SyncOutcome::Applied { .. } => "applied",
+            SyncOutcome::Unchanged => "unchanged",
+            SyncOutcome::Invalid { .. } => "invalid",
+            SyncOutcome::Failed { .. } => "failed",
+        }
+    }
+}
+
 /// One sync attempt. Times are Unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRecord {

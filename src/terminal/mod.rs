@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::TerminalConfig;
 use crate::fleet::Fleet;
+use crate::metrics::{Metrics, Open};
 use crate::ssh::{self, Connection};
 use crate::store::{Outcome, Store, now_ms};
 use pane::{PaneCommand, PaneSession, Sink};
@@ -53,6 +54,7 @@ struct Inner {
     workspaces: Mutex<HashMap<String, Arc<LiveWorkspace>>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 /// The live side of one workspace.
@@ -104,6 +106,7 @@ impl Terminals {
         desired: watch::Receiver<Option<Arc<DesiredState>>>,
         config: TerminalConfig,
         shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Terminals {
         Terminals {
             inner: Arc::new(Inner {
@@ -114,6 +117,7 @@ impl Terminals {
                 workspaces: Mutex::default(),
                 tasks: TaskTracker::new(),
                 shutdown,
+                metrics,
             }),
         }
     }
@@ -346,6 +350,7 @@ impl Terminals {
             config: self.inner.config.clone(),
             sink: state.socket.as_ref().map(|socket| socket.sink.clone()),
             status,
+            _open: Open::new(&self.inner.metrics.terminal_sessions),
         };
         self.inner.tasks.spawn(pane::run(
             pane_session,

@@ -56,6 +56,8 @@ pub struct PaneSession {
     pub config: Arc<TerminalConfig>,
     pub sink: Option<Sink>,
     pub status: watch::Sender<PaneStatus>,
+    /// Counts the session as open while its task runs.
+    pub _open: crate::metrics::Open,
 }
 
 /// Input for the SSH channel, written by its own task so that a stalled

@@ -150,6 +150,7 @@ impl Fleet {
             known_hosts: self.known_hosts.clone(),
             connect_timeout: std::time::Duration::from_secs(10),
             trust_on_first_use: false,
+            metrics: Default::default(),
         }
     }
 

@@ -1,0 +1,94 @@
+//! `GET /metrics`: the Prometheus exposition, with the store-derived gauges refreshed first.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use serde::Serialize;
+
+use super::{ApiError, AppState};
+use crate::metrics::{HttpLabels, Metrics, StateLabels};
+use crate::store::now_ms;
+
+/// `GET /metrics` (no authentication: it holds counts, never names or secrets).
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let metrics = &state.metrics;
+    let age = state
+        .store
+        .last_applied_sync()?
+        .map_or(-1, |sync| (now_ms() - sync.started_at_ms).max(0) / 1000);
+    metrics.sync_applied_age.set(age);
+    metrics
+        .reconcile_queue
+        .set(i64::try_from(state.controller.scheduler.depth()).unwrap_or(i64::MAX));
+    let machines = state
+        .git
+        .desired()
+        .borrow()
+        .as_ref()
+        .map(|desired| desired.machines.clone())
+        .unwrap_or_default();
+    let (mut health, mut enrollment) = (BTreeMap::new(), BTreeMap::new());
+    for machine in &machines {
+        let status = state.store.machine_status(&machine.id)?;
+        let (h, e) = match &status {
+            Some(status) => (state_name(&status.health), state_name(&status.enrollment)),
+            None => ("unknown".to_owned(), "unknown".to_owned()),
+        };
+        *health.entry(h).or_insert(0) += 1;
+        *enrollment.entry(e).or_insert(0) += 1;
+    }
+    set_counts(&metrics.machines_by_health, health);
+    set_counts(&metrics.machines_by_enrollment, enrollment);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+        .into_response())
+}
+
+/// The `state` tag of a serialised status (`reachable`, `enrolled`, …).
+fn state_name(value: &impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v["state"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Replaces a gauge family's values: states no machine is in any more disappear.
+fn set_counts(family: &Family<StateLabels, Gauge>, counts: BTreeMap<String, i64>) {
+    family.clear();
+    for (state, count) in counts {
+        family.get_or_create(&StateLabels { state }).set(count);
+    }
+}
+
+/// Middleware: counts every routed request by method, route and status.
+pub async fn count_requests(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(unmatched)", MatchedPath::as_str)
+        .to_owned();
+    let response = next.run(request).await;
+    let labels = HttpLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    metrics.http_requests.get_or_create(&labels).inc();
+    response
+}

@@ -1,0 +1,250 @@
+//! Prometheus metrics (`GET /metrics`): the daemon's counters and gauges, and
+//! the store-derived gauges filled in at scrape time.
+//!
+//! Components get the one [`Metrics`] handle at start-up and count what they
+//! do; the names are the contract with dashboards and alerts.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `unreachable`, `timeout`, `host_key`, `auth` or `other`.
+    pub reason: &'static str,
+}
+
+/// Every metric the daemon exports. Cheap to share (`Arc`); each metric is
+/// itself a shared handle.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub syncs: Family<ResultLabels, Counter>,
+    /// Seconds since the applied revision was applied; set at scrape time.
+    pub sync_applied_age: Gauge,
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    /// Objects waiting for a reconcile; set at scrape time.
+    pub reconcile_queue: Gauge,
+    /// Operations that ended, by final state.
+    pub operations_finished: Family<StateLabels, Counter>,
+    pub operations_running: Gauge,
+    pub ssh_connections: Gauge,
+    pub ssh_connect_seconds: Histogram,
+    pub ssh_connect_failures: Family<ReasonLabels, Counter>,
+    /// Machines by health and by enrollment state; set at scrape time.
+    pub machines_by_health: Family<StateLabels, Gauge>,
+    pub machines_by_enrollment: Family<StateLabels, Gauge>,
+    pub sse_clients: Gauge,
+    pub websocket_clients: Gauge,
+    pub terminal_sessions: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut metrics = Metrics {
+            http_requests: Family::default(),
+            syncs: Family::default(),
+            sync_applied_age: Gauge::default(),
+            reconciles: Family::default(),
+            reconcile_queue: Gauge::default(),
+            operations_finished: Family::default(),
+            operations_running: Gauge::default(),
+            ssh_connections: Gauge::default(),
+            // 5 ms … ~20 s.
+            ssh_connect_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 13)),
+            ssh_connect_failures: Family::default(),
+            machines_by_health: Family::default(),
+            machines_by_enrollment: Family::default(),
+            sse_clients: Gauge::default(),
+            websocket_clients: Gauge::default(),
+            terminal_sessions: Gauge::default(),
+            registry: Registry::with_prefix("linkops"),
+        };
+        let r = &mut metrics.registry;
+        r.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            metrics.http_requests.clone(),
+        );
+        r.register(
+            "syncs",
+            "Git sync attempts by result (applied, unchanged, invalid, failed)",
+            metrics.syncs.clone(),
+        );
+        r.register(
+            "sync_applied_age_seconds",
+            "Seconds since the revision in force was applied (-1 before the first)",
+            metrics.sync_applied_age.clone(),
+        );
+        r.register(
+            "reconciles",
+            "Reconciles by object kind and result",
+            metrics.reconciles.clone(),
+        );
+        r.register(
+            "reconcile_queue_depth",
+            "Objects waiting for a reconcile",
+            metrics.reconcile_queue.clone(),
+        );
+        r.register(
+            "operations_finished",
+            "Operations that ended, by final state",
+            metrics.operations_finished.clone(),
+        );
+        r.register(
+            "operations_running",
+            "Operations in flight",
+            metrics.operations_running.clone(),
+        );
+        r.register(
+            "ssh_connections_open",
+            "Open SSH connections (pooled and terminal)",
+            metrics.ssh_connections.clone(),
+        );
+        r.register(
+            "ssh_connect_duration_seconds",
+            "Time to connect, check the host key and authenticate",
+            metrics.ssh_connect_seconds.clone(),
+        );
+        r.register(
+            "ssh_connect_failures",
+            "SSH connections that failed, by reason",
+            metrics.ssh_connect_failures.clone(),
+        );
+        r.register(
+            "machines_by_health",
+            "Machines in the inventory by health state",
+            metrics.machines_by_health.clone(),
+        );
+        r.register(
+            "machines_by_enrollment",
+            "Machines in the inventory by enrollment state",
+            metrics.machines_by_enrollment.clone(),
+        );
+        r.register(
+            "sse_clients",
+            "Open Server-Sent Event streams",
+            metrics.sse_clients.clone(),
+        );
+        r.register(
+            "websocket_clients",
+            "Open terminal WebSockets",
+            metrics.websocket_clients.clone(),
+        );
+        r.register(
+            "terminal_sessions",
+            "Open terminal sessions",
+            metrics.terminal_sessions.clone(),
+        );
+        metrics
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+
+    pub fn ssh_connected(&self, took: Duration) {
+        self.ssh_connect_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn ssh_failed(&self, reason: &'static str) {
+        self.ssh_connect_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+}
+
+/// Counts one open thing (a connection, a stream) for as long as it lives.
+pub struct Open(Gauge);
+
+impl Open {
+    pub fn new(gauge: &Gauge) -> Open {
+        gauge.inc();
+        Open(gauge.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_metric_with_the_prefix() {
+        let metrics = Metrics::new();
+        metrics
+            .http_requests
+            .get_or_create(&HttpLabels {
+                method: "GET".into(),
+                route: "/api/links".into(),
+                status: 200,
+            })
+            .inc();
+        metrics.ssh_failed("host_key");
+        let open = Open::new(&metrics.websocket_clients);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"linkops_http_requests_total{method="GET",route="/api/links",status="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"linkops_ssh_connect_failures_total{reason="host_key"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("linkops_websocket_clients 1"), "{text}");
+        drop(open);
+        assert!(metrics.encode().contains("linkops_websocket_clients 0"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
