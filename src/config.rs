@@ -421,7 +421,7 @@ mod tests {
 
     #[test]
     fn bundled_example_parses_and_documents_the_defaults() {
-        let example = load_from(include_str!("../examples/config.toml"), &[]).unwrap();
+        let example = load_from(include_str!("../deploy/config.toml"), &[]).unwrap();
         let defaults = Config::default();
         assert_eq!(example.listen, defaults.listen);
         assert_eq!(example.data_dir, defaults.data_dir);

@@ -48,10 +48,21 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    Daemon::start(config, listener, shutdown)
-        .await?
-        .wait()
-        .await
+    let shutdown = async {
+        shutdown.await;
+        sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]).ok();
+    };
+    let daemon = Daemon::start(config, listener, shutdown).await?;
+    // systemd (Type=notify) counts the daemon as started once the store is
+    // open and the first sync was attempted; without NOTIFY_SOCKET this is a no-op.
+    let git = daemon.git().clone();
+    tokio::spawn(async move {
+        git.first_attempt().await;
+        if let Err(error) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(%error, "cannot notify systemd of readiness");
+        }
+    });
+    daemon.wait().await
 }
 
 /// A running daemon: the HTTP server and its background workers.

@@ -12,12 +12,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(data_dir: &std::path::Path) -> Daemon {
+        Daemon::start_with(data_dir, &[])
+    }
+
+    fn start_with(data_dir: &std::path::Path, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_linkops"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             // An explicit empty config: the machine's /etc/linkops/config.toml must not leak in.
             .args(["--config", "/dev/null"])
             .env("LINKOPS_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -179,4 +184,65 @@ fn user_add_then_passwd_from_stdin() {
         "new-secret-1",
         Some(&otto.password_hash)
     ));
+}
+
+#[tokio::test]
+async fn systemd_hears_ready_after_the_first_sync_and_stopping_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let repo = dir.path().join("repo");
+    let git = |args: &[&str]| {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    std::fs::create_dir(&repo).unwrap();
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("links.yaml"), "machines: []\n").unwrap();
+    git(&["add", "."]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qm",
+        "empty fleet",
+    ]);
+
+    let mut daemon = Daemon::start_with(
+        &dir.path().join("data"),
+        &[
+            ("NOTIFY_SOCKET", socket_path.as_os_str()),
+            ("LINKOPS_GIT_URL", repo.as_os_str()),
+        ],
+    );
+    let (before, _) = daemon.read_until_serving();
+    let mut message = vec![0; 256];
+    let received = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        socket.recv(&mut message),
+    )
+    .await
+    .expect("no readiness notification")
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&message[..received]).trim(),
+        "READY=1"
+    );
+    // Ready comes after the first sync was attempted, which is logged.
+    let (status, rest) = daemon.terminate();
+    let logged = format!("{}\n{rest}", before.join("\n"));
+    assert!(logged.contains("applied a new revision"), "{logged}");
+    assert!(status.success());
+    let received = socket.recv(&mut message).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&message[..received]).trim(),
+        "STOPPING=1"
+    );
 }

@@ -50,9 +50,18 @@ pub struct GitSync {
     source: Option<Source>,
     requests: mpsc::Sender<Request>,
     desired: watch::Receiver<Option<Arc<DesiredState>>>,
+    /// Sync attempts made since start.
+    attempts: watch::Receiver<u64>,
 }
 
 impl GitSync {
+    /// Waits until the first sync since start was attempted (at once without a source).
+    pub async fn first_attempt(&self) {
+        if self.source.is_some() {
+            self.attempts.clone().wait_for(|n| *n > 0).await.ok();
+        }
+    }
+
     /// The source being followed, if one is configured.
     pub fn source(&self) -> Option<&Source> {
         self.source.as_ref()
@@ -110,15 +119,21 @@ pub async fn start(
     let applied = restore(&context).await;
     let (requests, queue) = mpsc::channel(16);
     let (publish, desired) = watch::channel(applied.clone());
+    let (attempted, attempts) = watch::channel(0);
     let handle = GitSync {
         source: context.source.clone(),
         requests,
         desired,
+        attempts,
     };
     if let Some(path) = context.source.as_ref().and_then(Source::local_path) {
         super::watch::spawn(path, handle.clone(), shutdown.clone());
     }
-    let worker = tokio::spawn(worker(context, applied, queue, publish, shutdown));
+    let published = Published {
+        desired: publish,
+        attempts: attempted,
+    };
+    let worker = tokio::spawn(worker(context, applied, queue, published, shutdown));
     (handle, worker)
 }
 
@@ -126,7 +141,7 @@ async fn worker(
     context: Arc<SyncContext>,
     mut applied: Option<Arc<DesiredState>>,
     mut queue: mpsc::Receiver<Request>,
-    publish: watch::Sender<Option<Arc<DesiredState>>>,
+    publish: Published,
     shutdown: CancellationToken,
 ) {
     let mut pending = Vec::new();
@@ -158,14 +173,21 @@ async fn worker(
         let record = sync_once(&context, &trigger, applied.as_deref()).await;
         if let Some(state) = record.1 {
             applied = Some(state.clone());
-            publish.send_replace(Some(state));
+            publish.desired.send_replace(Some(state));
         }
+        publish.attempts.send_modify(|n| *n += 1);
         for request in pending.drain(..) {
             if let Some(reply) = request.reply {
                 reply.send(record.0.clone()).ok();
             }
         }
     }
+}
+
+/// What the worker tells the rest of the daemon.
+struct Published {
+    desired: watch::Sender<Option<Arc<DesiredState>>>,
+    attempts: watch::Sender<u64>,
 }
 
 fn jittered(interval: Duration) -> Duration {
