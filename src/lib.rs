@@ -16,6 +16,7 @@ pub mod secrets;
 pub mod server;
 pub mod ssh;
 pub mod store;
+pub mod tables;
 pub mod telemetry;
 pub mod terminal;
 pub mod testbed;

@@ -10,6 +10,7 @@ mod metrics;
 mod operations;
 mod reconcile;
 mod runs;
+mod tables;
 mod terminal;
 mod users;
 
@@ -80,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/terminal/recordings", get(terminal::recordings))
         .route("/api/terminal/recordings/{id}", get(terminal::recording))
         .route("/api/terminal/recordings/{id}/cast", get(terminal::cast))
+        .route("/api/tables/query", post(tables::query))
         .route("/api/git/status", get(git::status))
         .route("/api/git/sync", post(git::sync))
         .route(

@@ -13,6 +13,7 @@ use linkops_reconcilers::run::{RunRecord, RunState};
 use redb::ReadableTable;
 
 use super::codec::{decode, encode, get_str};
+use super::scan::index_operation;
 use super::schema::{OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, RUN_REQUESTS};
 use super::{Error, Result, Store, now_ms};
 
@@ -64,6 +65,7 @@ impl Store {
                 runs.insert(claim.id.as_str(), encode(&claim).as_slice())?;
             }
             operations.insert(id, encode(&created).as_slice())?;
+            index_operation(&tx, &created, None)?;
             let mut results = tx.open_table(OPERATION_HOSTS)?;
             for host in hosts {
                 results.insert((id, host.machine_id.as_str()), encode(host).as_slice())?;
@@ -103,7 +105,9 @@ impl Store {
                     .map(|v| decode::<Operation>("operations", id, v.value()));
                 if let Some(operation) = current {
                     let mut operation = operation?;
+                    let previous = operation.state;
                     operation.state = state;
+                    index_operation(&tx, &operation, Some(previous))?;
                     if finished {
                         operation.finished_at_ms = Some(now_ms());
                     }
@@ -236,7 +240,9 @@ impl Store {
                     states.push(host.state);
                 }
                 // Every host may have finished with only the final write lost.
+                let previous = operation.state;
                 operation.state = summarize(&states);
+                index_operation(&tx, &operation, Some(previous))?;
                 operation.finished_at_ms.get_or_insert(now_ms());
                 operations.insert(operation.id, encode(&operation).as_slice())?;
                 events.push(OperationEvent::Operation {

@@ -8,7 +8,7 @@ use super::codec::JsonTable;
 use super::{Error, Result};
 
 /// Version of the table layout this binary writes. Bump it with a migration step.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Store metadata: `schema_version`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -32,6 +32,9 @@ pub const SCRIPTS: JsonTable<&str> = TableDefinition::new("scripts");
 pub const OPERATIONS: JsonTable<u64> = TableDefinition::new("operations");
 /// Per-machine results by (operation id, machine id).
 pub const OPERATION_HOSTS: JsonTable<(u64, &str)> = TableDefinition::new("operation_hosts");
+/// Operations by state, script and machine: `(column, value, operation id)` (version 3).
+pub const OPERATION_INDEX: TableDefinition<(&str, &str, u64), ()> =
+    TableDefinition::new("operation_index");
 /// Each operation's event log (output, state changes, end) by (operation id, sequence number).
 pub const OPERATION_EVENTS: JsonTable<(u64, u64)> = TableDefinition::new("operation_events");
 /// Git sync attempts by sequence number.
@@ -75,9 +78,9 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     if found == Some(SCHEMA_VERSION) {
         return Ok(());
     }
-    // Every version so far only added tables: creating the missing ones
-    // brings a fresh store (None) or any older one up to date. A version that
-    // changes records adds its step here, from the version before.
+    // Versions 2 and 3 added tables (3 also an index built from the
+    // operations): creating the missing ones brings a fresh store (None) or an
+    // older one up to date. A version that changes records adds its step here.
     let tx = db.begin_write()?;
     tx.open_table(USERS)?;
     tx.open_table(LOGIN_FAILURES)?;
@@ -89,6 +92,12 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     tx.open_table(OPERATIONS)?;
     tx.open_table(OPERATION_HOSTS)?;
     tx.open_table(OPERATION_EVENTS)?;
+    if found.is_some_and(|version| version < 3) {
+        // Version 3 indexes operations; older stores build the index once.
+        super::scan::backfill_operation_index(&tx)?;
+    } else {
+        tx.open_table(OPERATION_INDEX)?;
+    }
     tx.open_table(SYNC_HISTORY)?;
     tx.open_table(TERMINAL_WORKSPACES)?;
     tx.open_table(TERMINAL_SESSIONS)?;

@@ -1,0 +1,44 @@
+//! `POST /api/tables/query`: filtered, sorted, paged reads of any record kind.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::auth::Authenticated;
+use super::{ApiError, AppState};
+use crate::tables::{self, query::QueryRequest};
+
+/// `POST /api/tables/query`
+pub async fn query(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    // Parsed here, so that an unknown operator or field is a 400 in the API's own shape.
+    let request: QueryRequest = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::BadRequest(format!("invalid query: {error}")))?;
+    let (store, role) = (state.store.clone(), caller.0.role);
+    let table = request.table.clone();
+    let page = tokio::task::spawn_blocking(move || tables::run(&store, &request, role))
+        .await
+        .map_err(|error| ApiError::Internal(error.to_string()))?
+        .map_err(|error| match error {
+            tables::Error::Query(error) => ApiError::BadRequest(error.to_string()),
+            tables::Error::Forbidden { needed, .. } => ApiError::Forbidden { needed },
+            tables::Error::Store(error) => error.into(),
+        })?;
+    let columns: Vec<Value> = page
+        .columns
+        .iter()
+        .map(|c| json!({ "name": c.name, "type": c.kind.name() }))
+        .collect();
+    Ok(Json(json!({
+        "table": table,
+        "columns": columns,
+        "rows": page.rows_json(),
+        "total": page.total,
+        "has_more": page.next_cursor.is_some(),
+        "next_cursor": page.next_cursor,
+    })))
+}

@@ -1,0 +1,425 @@
+//! Table queries: every record kind the store keeps, as typed rows that
+//! `POST /api/tables/query` filters, sorts and pages ([`query`]).
+//!
+//! A query sorted by a table's key (or unsorted) is answered by scanning in
+//! key order and stopping after the page, through the operations index when
+//! it pins `state`, `script` or `machine`; other sorts read the matching rows
+//! and sort them, and can then also count them.
+
+pub mod query;
+
+use linkops_reconcilers::operation::{HostResult, HostState, Operation, Requester};
+use linkops_reconcilers::terminal::{TerminalSession, Workspace};
+use serde_json::Value;
+
+use crate::store::{self, AuditEntry, OperationIndex, Role, SeqTable, Store, SyncRecord};
+use query::{Cell, Column, Direction, Kind, Query, QueryError, QueryRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("table {table} needs the {needed} role")]
+    Forbidden { table: &'static str, needed: Role },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// One page of a query's answer.
+#[derive(Debug)]
+pub struct Page {
+    pub columns: &'static [Column],
+    pub rows: Vec<Vec<Cell>>,
+    /// Continues after the last row; `None` on the last page.
+    pub next_cursor: Option<String>,
+    /// Every matching row, when the query had to read them all anyway.
+    pub total: Option<u64>,
+}
+
+impl Page {
+    /// Rows as JSON objects, column name to value.
+    pub fn rows_json(&self) -> Vec<Value> {
+        self.rows
+            .iter()
+            .map(|row| {
+                let object = self
+                    .columns
+                    .iter()
+                    .zip(row)
+                    .map(|(column, cell)| (column.name.to_owned(), cell.to_json()))
+                    .collect();
+                Value::Object(object)
+            })
+            .collect()
+    }
+}
+
+macro_rules! columns {
+    ($($name:ident: $kind:ident),* $(,)?) => {
+        &[$(Column { name: stringify!($name), kind: Kind::$kind }),*]
+    };
+}
+
+/// The tables, their columns (the first is the key) and who may read them.
+pub const TABLES: &[(&str, &[Column], Role)] = &[
+    ("machines", MACHINES, Role::Viewer),
+    ("scripts", SCRIPTS, Role::Viewer),
+    ("operations", OPERATIONS, Role::Viewer),
+    ("operation_hosts", OPERATION_HOSTS, Role::Viewer),
+    ("sync_history", SYNC_HISTORY, Role::Viewer),
+    ("terminal_workspaces", WORKSPACES, Role::Viewer),
+    ("terminal_sessions", SESSIONS, Role::Viewer),
+    ("audit_log", AUDIT_LOG, Role::Viewer),
+    ("users", USERS, Role::Admin),
+];
+
+const MACHINES: &[Column] = columns!(id: String, name: String, host: String, port: Integer, user: String,
+    tags: List, health: String, enrollment: String, last_seen: Timestamp, revision: String, removed: Boolean);
+const SCRIPTS: &[Column] = columns!(id: String, name: String, description: String, interpreter: String,
+    timeout_seconds: Integer, revision: String, removed: Boolean);
+const OPERATIONS: &[Column] = columns!(id: Integer, script: String, state: String, requested_by: String,
+    machines: List, created_at: Timestamp, finished_at: Timestamp);
+const OPERATION_HOSTS: &[Column] = columns!(key: String, operation_id: Integer, machine: String, state: String,
+    exit_code: Integer, started_at: Timestamp, finished_at: Timestamp, stdout_bytes: Integer, stderr_bytes: Integer);
+const SYNC_HISTORY: &[Column] = columns!(seq: Integer, started_at: Timestamp, duration_ms: Integer,
+    trigger: String, result: String, revision: String, previous: String);
+const WORKSPACES: &[Column] = columns!(id: String, name: String, owner: String, layout: String,
+    machines: List, created_at: Timestamp, updated_at: Timestamp);
+const SESSIONS: &[Column] = columns!(id: Integer, workspace_id: String, pane: Integer, machine: String,
+    user: String, started_at: Timestamp, ended_at: Timestamp, end: String, recorded_bytes: Integer);
+const AUDIT_LOG: &[Column] = columns!(seq: Integer, at: Timestamp, actor: String, action: String,
+    target: String, outcome: String, detail: String);
+const USERS: &[Column] =
+    columns!(name: String, role: String, created_at: Timestamp, password_changed_at: Timestamp);
+
+/// Runs a query for a user with `role`. Blocking (store reads).
+pub fn run(store: &Store, request: &QueryRequest, role: Role) -> Result<Page, Error> {
+    let (table, columns, needed) = TABLES
+        .iter()
+        .find(|(name, _, _)| *name == request.table)
+        .copied()
+        .ok_or_else(|| QueryError::UnknownTable(request.table.clone()))?;
+    if role < needed {
+        return Err(Error::Forbidden { table, needed });
+    }
+    let query = Query::compile(table, columns, request)?;
+    // Tables scanned in the order of their key column can stop after the page.
+    let key_ordered = matches!(
+        table,
+        "operations" | "sync_history" | "audit_log" | "terminal_sessions"
+    );
+    let mut collector = Collector::new(&query, key_ordered);
+    match table {
+        "operations" => scan_operations(store, &query, &mut collector)?,
+        "sync_history" => scan_seq(
+            store,
+            SeqTable::SyncHistory,
+            &query,
+            &mut collector,
+            sync_row,
+        )?,
+        "audit_log" => scan_seq(store, SeqTable::AuditLog, &query, &mut collector, audit_row)?,
+        "terminal_sessions" => scan_seq(
+            store,
+            SeqTable::TerminalSessions,
+            &query,
+            &mut collector,
+            session_row,
+        )?,
+        "operation_hosts" => {
+            // One operation's hosts are a short range; otherwise every result is read.
+            let operation = match query.pinned(1) {
+                Some(Cell::Int(id)) => Some(u64::try_from(*id).unwrap_or(0)),
+                _ => None,
+            };
+            store
+                .scan_operation_hosts(operation, |id, host| collector.offer(host_row(id, &host)))?
+        }
+        "machines" => store
+            .machines()?
+            .into_iter()
+            .for_each(|record| collector.push(machine_row(store, record))),
+        "scripts" => store.scripts()?.into_iter().for_each(|record| {
+            collector.push(vec![
+                Cell::Str(record.spec.id),
+                Cell::Str(record.spec.name),
+                Cell::Str(record.spec.description),
+                Cell::Str(record.spec.interpreter),
+                Cell::Int(record.spec.timeout.as_secs() as i64),
+                Cell::Str(record.revision),
+                Cell::Bool(record.removed_at_ms.is_some()),
+            ])
+        }),
+        "terminal_workspaces" => store
+            .workspaces()?
+            .into_iter()
+            .for_each(|w| collector.push(workspace_row(w))),
+        "users" => store.users()?.into_iter().for_each(|user| {
+            // Never the password hash.
+            collector.push(vec![
+                Cell::Str(user.name),
+                Cell::Str(user.role.to_string()),
+                Cell::Time(user.created_at_ms),
+                Cell::Time(user.password_changed_at_ms),
+            ])
+        }),
+        _ => unreachable!("every table in TABLES has a source"),
+    }
+    Ok(collector.finish(columns))
+}
+
+/// Operations through the index when a filter pins an indexed column, in id order when the sort allows.
+fn scan_operations(store: &Store, query: &Query, collector: &mut Collector) -> Result<(), Error> {
+    let reverse = query
+        .key_order()
+        .map(|dir| dir == Direction::Desc)
+        .unwrap_or(true);
+    let after = collector.key_after().and_then(|key| match key {
+        Cell::Int(id) => u64::try_from(*id).ok(),
+        _ => None,
+    });
+    let indexed = [
+        (2, OperationIndex::State),
+        (1, OperationIndex::Script),
+        (4, OperationIndex::Machine),
+    ]
+    .into_iter()
+    .find_map(|(column, index)| match query.pinned(column) {
+        Some(Cell::Str(value)) => Some((index, value.clone())),
+        _ => None,
+    });
+    // Machines are a list: `contains` on them uses the index too.
+    let indexed = indexed.or_else(|| {
+        query
+            .filter
+            .iter()
+            .find(|c| c.column == 4 && c.op == query::Op::Contains)
+            .and_then(|c| match &c.operand[0] {
+                Cell::Str(machine) => Some((OperationIndex::Machine, machine.clone())),
+                _ => None,
+            })
+    });
+    let visit = |operation: Operation| collector.offer(operation_row(operation));
+    match indexed {
+        Some((index, value)) => store.scan_operations_by(index, &value, reverse, after, visit)?,
+        None => store.scan_seq(SeqTable::Operations, reverse, after, visit)?,
+    }
+    Ok(())
+}
+
+fn scan_seq<V: serde::de::DeserializeOwned>(
+    store: &Store,
+    table: SeqTable,
+    query: &Query,
+    collector: &mut Collector,
+    row: fn(V) -> Vec<Cell>,
+) -> Result<(), Error> {
+    let reverse = query
+        .key_order()
+        .map(|dir| dir == Direction::Desc)
+        .unwrap_or(true);
+    let after = collector.key_after().and_then(|key| match key {
+        Cell::Int(id) => u64::try_from(*id).ok(),
+        _ => None,
+    });
+    store.scan_seq(table, reverse, after, |record| collector.offer(row(record)))?;
+    Ok(())
+}
+
+/// Gathers the matching rows of a scan: stops a key-ordered scan after the
+/// page, or keeps everything to sort when the order is another column's.
+struct Collector<'q> {
+    query: &'q Query,
+    rows: Vec<Vec<Cell>>,
+    /// Key-ordered: rows arrive in the final order, so the scan can stop.
+    streaming: bool,
+    matched: u64,
+}
+
+impl<'q> Collector<'q> {
+    fn new(query: &'q Query, key_ordered_scan: bool) -> Collector<'q> {
+        Collector {
+            query,
+            rows: Vec::new(),
+            streaming: key_ordered_scan && query.key_order().is_some(),
+            matched: 0,
+        }
+    }
+
+    /// Where a key-ordered scan may start: after the cursor's key.
+    fn key_after(&self) -> Option<&Cell> {
+        if self.streaming {
+            self.query.after.as_ref().and_then(|after| after.last())
+        } else {
+            None
+        }
+    }
+
+    /// Takes a row from a scan; false once the page is full.
+    fn offer(&mut self, row: Vec<Cell>) -> bool {
+        self.push(row);
+        !(self.streaming && self.rows.len() > self.query.offset + self.query.limit)
+    }
+
+    fn push(&mut self, row: Vec<Cell>) {
+        if !self.query.matches(&row) {
+            return;
+        }
+        self.matched += 1;
+        if self.query.after_cursor(&row) {
+            self.rows.push(row);
+        }
+    }
+
+    fn finish(mut self, columns: &'static [Column]) -> Page {
+        let total = (!self.streaming).then_some(self.matched);
+        if !self.streaming {
+            let query = self.query;
+            self.rows.sort_by(|a, b| query.compare(a, b));
+        }
+        let mut rows: Vec<Vec<Cell>> = self.rows.into_iter().skip(self.query.offset).collect();
+        let more = rows.len() > self.query.limit;
+        rows.truncate(self.query.limit);
+        let next_cursor = more
+            .then(|| rows.last().map(|row| self.query.cursor_after(row)))
+            .flatten();
+        Page {
+            columns,
+            rows,
+            next_cursor,
+            total,
+        }
+    }
+}
+
+fn text(value: Option<String>) -> Cell {
+    value.map_or(Cell::Null, Cell::Str)
+}
+
+fn time(ms: Option<i64>) -> Cell {
+    ms.map_or(Cell::Null, Cell::Time)
+}
+
+/// The `state` tag of a serialised status.
+fn tag(value: &impl serde::Serialize) -> Cell {
+    text(serde_json::to_value(value).ok().and_then(|v| {
+        v["state"]
+            .as_str()
+            .or(v["reason"].as_str())
+            .map(str::to_owned)
+    }))
+}
+
+fn machine_row(store: &Store, record: store::MachineRecord) -> Vec<Cell> {
+    let status = store.machine_status(&record.spec.id).ok().flatten();
+    let machine = record.spec;
+    vec![
+        Cell::Str(machine.id),
+        Cell::Str(machine.name),
+        Cell::Str(machine.host),
+        Cell::Int(machine.port.into()),
+        text(machine.user),
+        Cell::List(machine.tags),
+        status.as_ref().map_or(Cell::Null, |s| tag(&s.health)),
+        status.as_ref().map_or(Cell::Null, |s| tag(&s.enrollment)),
+        time(status.as_ref().and_then(|s| s.last_seen_ms)),
+        Cell::Str(record.revision),
+        Cell::Bool(record.removed_at_ms.is_some()),
+    ]
+}
+
+fn operation_row(operation: Operation) -> Vec<Cell> {
+    let requested_by = match operation.requested_by {
+        Requester::User { name } => name,
+        Requester::RunRequest { id, .. } => format!("run:{id}"),
+    };
+    vec![
+        Cell::Int(operation.id as i64),
+        Cell::Str(operation.script),
+        Cell::Str(store::state_name(operation.state)),
+        Cell::Str(requested_by),
+        Cell::List(operation.machines),
+        Cell::Time(operation.created_at_ms),
+        time(operation.finished_at_ms),
+    ]
+}
+
+fn host_row(operation_id: u64, host: &HostResult) -> Vec<Cell> {
+    let exit_code = match &host.state {
+        HostState::Succeeded => Cell::Int(0),
+        HostState::Failed {
+            exit_code: Some(code),
+            ..
+        } => Cell::Int((*code).into()),
+        _ => Cell::Null,
+    };
+    vec![
+        Cell::Str(format!("{operation_id}/{}", host.machine_id)),
+        Cell::Int(operation_id as i64),
+        Cell::Str(host.machine_id.clone()),
+        tag(&host.state),
+        exit_code,
+        time(host.started_at_ms),
+        time(host.finished_at_ms),
+        Cell::Int(host.stdout_bytes as i64),
+        Cell::Int(host.stderr_bytes as i64),
+    ]
+}
+
+fn sync_row(record: SyncRecord) -> Vec<Cell> {
+    vec![
+        Cell::Int(record.seq as i64),
+        Cell::Time(record.started_at_ms),
+        Cell::Int(record.duration_ms as i64),
+        Cell::Str(record.trigger),
+        Cell::Str(record.outcome.name().to_owned()),
+        text(record.revision),
+        text(record.previous),
+    ]
+}
+
+fn audit_row(entry: AuditEntry) -> Vec<Cell> {
+    vec![
+        Cell::Int(entry.seq as i64),
+        Cell::Time(entry.at_ms),
+        Cell::Str(entry.actor),
+        Cell::Str(entry.action),
+        Cell::Str(entry.target),
+        tag_outcome(entry.outcome),
+        text(entry.detail),
+    ]
+}
+
+fn tag_outcome(outcome: store::Outcome) -> Cell {
+    text(
+        serde_json::to_value(outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned)),
+    )
+}
+
+fn session_row(session: TerminalSession) -> Vec<Cell> {
+    vec![
+        Cell::Int(session.id as i64),
+        Cell::Str(session.workspace_id),
+        Cell::Int(session.pane as i64),
+        Cell::Str(session.machine_id),
+        Cell::Str(session.user),
+        Cell::Time(session.started_at_ms),
+        time(session.ended_at_ms),
+        session.end.as_ref().map_or(Cell::Null, tag),
+        Cell::Int(session.recorded_bytes as i64),
+    ]
+}
+
+fn workspace_row(workspace: Workspace) -> Vec<Cell> {
+    vec![
+        Cell::Str(workspace.id),
+        Cell::Str(workspace.name),
+        Cell::Str(workspace.owner),
+        Cell::Str(workspace.layout.name().to_owned()),
+        Cell::List(workspace.panes.into_iter().flatten().collect()),
+        Cell::Time(workspace.created_at_ms),
+        Cell::Time(workspace.updated_at_ms),
+    ]
+}
