@@ -15,7 +15,12 @@ use serde::Deserialize;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/linkops/config.toml";
 
 /// Environment variables that start with the prefix but are not settings.
-const NOT_SETTINGS: &[&str] = &["LINKOPS_CONFIG", "LINKOPS_LOG"];
+const NOT_SETTINGS: &[&str] = &[
+    "LINKOPS_CONFIG",
+    "LINKOPS_LOG",
+    "LINKOPS_SERVER",
+    "LINKOPS_TOKEN",
+];
 
 const ENV_PREFIX: &str = "LINKOPS_";
 

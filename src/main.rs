@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use linkops::cli::{self, PasswordSource};
+use linkops::client::{self, Client};
 use linkops::config::Config;
 use linkops::store::Role;
 
@@ -23,6 +24,15 @@ struct Cli {
     /// Data directory (store, keys, known_hosts, Git checkout). Overrides `data_dir`.
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+
+    /// The daemon the client commands talk to. Default: the logged-in session's,
+    /// else http://127.0.0.1:8000.
+    #[arg(long, global = true, env = "LINKOPS_SERVER", value_name = "URL")]
+    server: Option<String>,
+
+    /// Client commands print JSON instead of tables (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -56,6 +66,80 @@ enum Command {
     /// Manage user accounts (stop the daemon first: the store admits one process).
     #[command(subcommand)]
     User(UserCommand),
+    /// Log in to a daemon; the token is kept in ~/.config/linkops/session.json (mode 0600).
+    Login {
+        /// User name.
+        #[arg(long, short, default_value = "admin")]
+        user: String,
+        /// Read the password from the first line of stdin instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the machines: health, enrollment, readiness.
+    Machines {
+        /// Only machines with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Run a catalog script on machines and follow its output live.
+    ///
+    /// Exits 0 when every machine succeeded, 1 when any failed (or was
+    /// skipped or stopped), 2 when the run could not start.
+    Run {
+        /// The script's id in scripts.yaml.
+        script: String,
+        /// A machine to run on (repeatable); with no --target and no --tag, the script's default targets.
+        #[arg(long = "target", short = 't', value_name = "MACHINE")]
+        targets: Vec<String>,
+        /// Every machine with this tag (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// A parameter as name=value (repeatable).
+        #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// At most this many machines at once.
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Operation history, newest first; `ops logs ID [-f]` shows one's output.
+    Ops {
+        #[command(subcommand)]
+        logs: Option<OpsCommand>,
+        #[arg(long)]
+        script: Option<String>,
+        #[arg(long)]
+        machine: Option<String>,
+        /// pending, running, succeeded, failed, partially_failed, stopped, interrupted.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value = "20")]
+        limit: usize,
+    },
+    /// Stop an operation: unstarted machines never start, running scripts get SIGTERM then SIGKILL.
+    Stop { id: u64 },
+    /// Sync the config repository now (admin). Exits 1 when the revision was refused.
+    Sync,
+    /// The daemon, its Git source and the fleet at a glance.
+    Status,
+    /// What a checkout (e.g. a branch before merging) would change against the
+    /// daemon's applied revision, like `flux diff`.
+    ///
+    /// Exits 0 with no change, 1 with changes, 2 on errors (including an invalid checkout).
+    Plan {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum OpsCommand {
+    /// An operation's output, each line prefixed with its machine.
+    Logs {
+        id: u64,
+        /// Follow a running operation live until it ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -120,6 +204,23 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schema { out } => Ok(cli::write_schemas(out)?),
+        command @ (Command::Login { .. }
+        | Command::Machines { .. }
+        | Command::Run { .. }
+        | Command::Ops { .. }
+        | Command::Stop { .. }
+        | Command::Sync
+        | Command::Status
+        | Command::Plan { .. }) => {
+            let code = match remote(command, cli.server.as_deref(), cli.json) {
+                Ok(code) => code,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    2
+                }
+            };
+            std::process::exit(code)
+        }
         Command::User(UserCommand::Add {
             name,
             role,
@@ -128,6 +229,66 @@ fn main() -> anyhow::Result<()> {
         Command::User(UserCommand::Passwd { name, password }) => {
             Ok(cli::set_password(&config()?, name, password.source())?)
         }
+    }
+}
+
+/// Runs a client command against the daemon; returns the exit code.
+#[tokio::main]
+async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::Result<i32> {
+    if let Command::Login {
+        user,
+        password_stdin,
+    } = command
+    {
+        let server = server.unwrap_or(client::DEFAULT_SERVER);
+        client::login(server, user, *password_stdin).await?;
+        return Ok(0);
+    }
+    let client = Client::from_session(server, None)?;
+    match command {
+        Command::Machines { tag } => client::machines(&client, tag.as_deref(), json)
+            .await
+            .map(|()| 0),
+        Command::Run {
+            script,
+            targets,
+            tags,
+            params,
+            concurrency,
+        } => {
+            let args = client::RunArgs {
+                script,
+                machines: targets,
+                tags,
+                params,
+                concurrency: *concurrency,
+            };
+            client::run(&client, args, json).await
+        }
+        Command::Ops {
+            logs: Some(OpsCommand::Logs { id, follow }),
+            ..
+        } => client::logs(&client, *id, *follow, json).await,
+        Command::Ops {
+            logs: None,
+            script,
+            machine,
+            state,
+            limit,
+        } => {
+            let filters = [
+                ("script", script.clone()),
+                ("machine", machine.clone()),
+                ("state", state.clone()),
+                ("limit", Some(limit.to_string())),
+            ];
+            client::ops(&client, &filters, json).await.map(|()| 0)
+        }
+        Command::Stop { id } => client::stop(&client, *id, json).await.map(|()| 0),
+        Command::Sync => client::sync(&client, json).await,
+        Command::Status => client::status(&client, json).await.map(|()| 0),
+        Command::Plan { dir } => client::plan(&client, dir).await,
+        _ => unreachable!("only client commands come here"),
     }
 }
 

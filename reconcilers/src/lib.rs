@@ -12,6 +12,7 @@ pub mod desired;
 pub mod enrollment;
 pub mod machine;
 pub mod operation;
+pub mod plan;
 pub mod run;
 pub mod script;
 pub mod terminal;

@@ -57,6 +57,17 @@ impl From<SyncRecord> for SyncView {
     }
 }
 
+/// `GET /api/desired`: the desired state in force (machines, scripts, run-requests).
+pub async fn desired(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+) -> Result<Json<linkops_reconcilers::desired::DesiredState>, ApiError> {
+    let desired = state.git.desired().borrow().clone();
+    desired.map(|d| Json((*d).clone())).ok_or_else(|| {
+        ApiError::NotConfigured("no revision has been applied yet: see GET /api/git/status".into())
+    })
+}
+
 /// `GET /api/git/status`
 pub async fn status(
     State(state): State<AppState>,

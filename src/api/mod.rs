@@ -82,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/terminal/recordings/{id}", get(terminal::recording))
         .route("/api/terminal/recordings/{id}/cast", get(terminal::cast))
         .route("/api/tables/query", post(tables::query))
+        .route("/api/desired", get(git::desired))
         .route("/api/git/status", get(git::status))
         .route("/api/git/sync", post(git::sync))
         .route(

@@ -1,0 +1,265 @@
+//! Plans: what applying a proposed revision would change against the one in
+//! force — machines, scripts, run-requests (`linkops plan`, like `flux diff`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::desired::DesiredState;
+use crate::run::RunState;
+
+/// One difference between the applied and the proposed desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    MachineAdded(String),
+    MachineRemoved(String),
+    /// The fields of the inventory entry that differ.
+    MachineChanged {
+        id: String,
+        fields: Vec<String>,
+    },
+    ScriptAdded(String),
+    ScriptRemoved(String),
+    ScriptChanged {
+        id: String,
+        fields: Vec<String>,
+    },
+    /// A run-request the daemon has not started: it would start (once due).
+    RunWouldStart {
+        id: String,
+        script: String,
+    },
+    /// A run-request that already ran was edited: it will not run again.
+    RunEditedAfterStart {
+        id: String,
+        operation_id: u64,
+    },
+    /// A run-request removed before it started: it never will.
+    RunCancelled(String),
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::MachineAdded(id) => write!(f, "+ machine {id}"),
+            Change::MachineRemoved(id) => write!(f, "- machine {id} (its history is kept)"),
+            Change::MachineChanged { id, fields } => {
+                write!(f, "~ machine {id}: {} changed", fields.join(", "))
+            }
+            Change::ScriptAdded(id) => write!(f, "+ script {id}"),
+            Change::ScriptRemoved(id) => write!(f, "- script {id}"),
+            Change::ScriptChanged { id, fields } => {
+                write!(f, "~ script {id}: {} changed", fields.join(", "))
+            }
+            Change::RunWouldStart { id, script } => {
+                write!(f, "▶ run-request {id} would start script {script}")
+            }
+            Change::RunEditedAfterStart { id, operation_id } => write!(
+                f,
+                "! run-request {id} was edited after it ran (operation {operation_id}); it will not run again"
+            ),
+            Change::RunCancelled(id) => {
+                write!(f, "✗ run-request {id} would be cancelled before it ran")
+            }
+        }
+    }
+}
+
+/// What applying `proposed` would change, given `applied` and the run-requests' recorded states.
+pub fn plan(
+    proposed: &DesiredState,
+    applied: &DesiredState,
+    runs: &BTreeMap<String, RunState>,
+) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let applied_machines: BTreeMap<&str, _> = applied
+        .machines
+        .iter()
+        .map(|m| (m.id.as_str(), m))
+        .collect();
+    let proposed_machines: BTreeMap<&str, _> = proposed
+        .machines
+        .iter()
+        .map(|m| (m.id.as_str(), m))
+        .collect();
+    for (id, machine) in &proposed_machines {
+        match applied_machines.get(id) {
+            None => changes.push(Change::MachineAdded((*id).to_owned())),
+            Some(before) => {
+                let fields = changed_fields(before, machine);
+                if !fields.is_empty() {
+                    changes.push(Change::MachineChanged {
+                        id: (*id).to_owned(),
+                        fields,
+                    });
+                }
+            }
+        }
+    }
+    for id in applied_machines
+        .keys()
+        .filter(|id| !proposed_machines.contains_key(*id))
+    {
+        changes.push(Change::MachineRemoved((*id).to_owned()));
+    }
+    for (id, script) in &proposed.scripts {
+        match applied.scripts.get(id) {
+            None => changes.push(Change::ScriptAdded(id.clone())),
+            Some(before) => {
+                let fields = changed_fields(before, script);
+                if !fields.is_empty() {
+                    changes.push(Change::ScriptChanged {
+                        id: id.clone(),
+                        fields,
+                    });
+                }
+            }
+        }
+    }
+    for id in applied
+        .scripts
+        .keys()
+        .filter(|id| !proposed.scripts.contains_key(*id))
+    {
+        changes.push(Change::ScriptRemoved(id.clone()));
+    }
+    for (id, request) in &proposed.runs {
+        match runs.get(id) {
+            Some(RunState::Started { operation_id }) => {
+                if applied.runs.get(id).is_some_and(|before| before != request) {
+                    changes.push(Change::RunEditedAfterStart {
+                        id: id.clone(),
+                        operation_id: *operation_id,
+                    });
+                }
+            }
+            Some(RunState::Cancelled) => {}
+            Some(RunState::Waiting { .. }) | None => {
+                if applied.runs.get(id) != Some(request) {
+                    changes.push(Change::RunWouldStart {
+                        id: id.clone(),
+                        script: request.script.clone(),
+                    });
+                }
+            }
+        }
+    }
+    for id in applied
+        .runs
+        .keys()
+        .filter(|id| !proposed.runs.contains_key(*id))
+    {
+        if !matches!(
+            runs.get(id),
+            Some(RunState::Started { .. } | RunState::Cancelled)
+        ) {
+            changes.push(Change::RunCancelled(id.clone()));
+        }
+    }
+    changes
+}
+
+/// The top-level fields whose values differ, by their serialised names.
+fn changed_fields<T: Serialize>(before: &T, after: &T) -> Vec<String> {
+    let object = |value: &T| match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (before, after) = (object(before), object(after));
+    let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter(|key| before.get(*key) != after.get(*key))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{RepoFiles, load};
+
+    fn state(links: &str, scripts: &str, runs: &[(&str, &str)]) -> DesiredState {
+        let mut files = RepoFiles::new();
+        files.insert("links.yaml".into(), links.as_bytes().to_vec());
+        files.insert("scripts.yaml".into(), scripts.as_bytes().to_vec());
+        for (name, body) in runs {
+            files.insert(format!("runs/{name}.yaml"), body.as_bytes().to_vec());
+        }
+        load("r", &files).unwrap()
+    }
+
+    const UUID_A: &str = "11111111-1111-4111-8111-111111111111";
+    const UUID_B: &str = "22222222-2222-4222-8222-222222222222";
+
+    fn links(b_host: &str) -> String {
+        format!(
+            "machines:\n  - {{id: a, name: A, host: 10.0.0.1, uuid: {UUID_A}}}\n  - {{id: b, name: B, host: {b_host}, uuid: {UUID_B}}}\n"
+        )
+    }
+
+    const SCRIPTS: &str = "scripts:\n  - {id: up, name: Up, body: uptime}\n";
+
+    #[test]
+    fn nothing_changes_against_itself() {
+        let applied = state(
+            &links("10.0.0.2"),
+            SCRIPTS,
+            &[("r1", "id: r1\nscript: up\ntargets: {machines: [a]}\n")],
+        );
+        let runs = BTreeMap::from([("r1".to_owned(), RunState::Started { operation_id: 4 })]);
+        assert!(plan(&applied, &applied, &runs).is_empty());
+    }
+
+    #[test]
+    fn machines_scripts_and_runs_are_compared() {
+        let applied = state(
+            &links("10.0.0.2"),
+            SCRIPTS,
+            &[
+                ("done", "id: done\nscript: up\ntargets: {machines: [a]}\n"),
+                (
+                    "waiting",
+                    "id: waiting\nscript: up\ntargets: {machines: [a]}\n",
+                ),
+            ],
+        );
+        let proposed = state(
+            "machines:\n  - {id: b, name: B, host: 10.0.0.9, port: 2222, uuid: 22222222-2222-4222-8222-222222222222}\n  - {id: c, name: C, host: 10.0.0.3, uuid: 33333333-3333-4333-8333-333333333333}\n",
+            "scripts:\n  - {id: up, name: Up, body: uptime -p}\n  - {id: new, name: New, body: 'true'}\n",
+            &[
+                ("done", "id: done\nscript: up\ntargets: {machines: [b]}\n"),
+                (
+                    "fresh",
+                    "id: fresh\nscript: new\ntargets: {machines: [c]}\n",
+                ),
+            ],
+        );
+        let runs = BTreeMap::from([
+            ("done".to_owned(), RunState::Started { operation_id: 7 }),
+            (
+                "waiting".to_owned(),
+                RunState::Waiting {
+                    reason: "not before".into(),
+                },
+            ),
+        ]);
+        let changes: Vec<String> = plan(&proposed, &applied, &runs)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                "~ machine b: host, port changed",
+                "+ machine c",
+                "- machine a (its history is kept)",
+                "+ script new",
+                "~ script up: body changed",
+                "! run-request done was edited after it ran (operation 7); it will not run again",
+                "▶ run-request fresh would start script new",
+                "✗ run-request waiting would be cancelled before it ran",
+            ]
+        );
+    }
+}

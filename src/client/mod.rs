@@ -1,0 +1,173 @@
+//! The operator's command-line client: `linkops login`, `machines`, `run`,
+//! `ops`, `stop`, `sync`, `status`, `plan` talk to a running daemon through
+//! its public HTTP API (the same one the console uses).
+
+mod commands;
+mod session;
+
+use std::path::PathBuf;
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use commands::*;
+pub use session::Session;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot reach the daemon at {server}: {source}")]
+    Unreachable {
+        server: String,
+        source: reqwest::Error,
+    },
+    #[error("{message} (HTTP {status}, {code})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("not logged in to {server}: run `linkops login --server {server}`")]
+    NotLoggedIn { server: String },
+    #[error("the session for {server} has expired: run `linkops login --server {server}`")]
+    Expired { server: String },
+    #[error("session file {path}: {reason}")]
+    Session { path: PathBuf, reason: String },
+    #[error("reading the password: {0}")]
+    Password(std::io::Error),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Files(#[from] crate::git::FilesError),
+    #[error("the stream of operation {operation} broke off and could not be resumed: {reason}")]
+    Stream { operation: u64, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A connection to one daemon, with the token of the logged-in user.
+pub struct Client {
+    server: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(server: &str, token: Option<String>) -> Client {
+        Client {
+            server: server.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A client for the server of the saved session (or `server`), with its token.
+    pub fn from_session(server: Option<&str>, token: Option<String>) -> Result<Client> {
+        if let (Some(server), Some(token)) = (server, &token) {
+            return Ok(Client::new(server, Some(token.clone())));
+        }
+        let session = Session::load()?;
+        let server = server
+            .map(str::to_owned)
+            .or_else(|| session.as_ref().map(|s| s.server.clone()))
+            .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+        let token = match token {
+            Some(token) => token,
+            None => match session.filter(|s| s.server == server.trim_end_matches('/')) {
+                Some(session) if session.expired() => return Err(Error::Expired { server }),
+                Some(session) => session.token,
+                None => return Err(Error::NotLoggedIn { server }),
+            },
+        };
+        Ok(Client::new(&server, Some(token)))
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.server));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
+        self.send(self.request(reqwest::Method::POST, path).json(body))
+            .await
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {
+        let response = request
+            .send()
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(api_error(status.as_u16(), &body));
+        }
+        serde_json::from_value(body).map_err(|error| Error::Api {
+            status: status.as_u16(),
+            code: "unexpected_answer".into(),
+            message: format!("the daemon's answer was not understood: {error}"),
+        })
+    }
+
+    /// An operation's Server-Sent Events after `last_event_id`.
+    pub async fn events(
+        &self,
+        operation: u64,
+        last_event_id: u64,
+    ) -> Result<impl futures::Stream<Item = Result<eventsource_stream::Event, String>> + use<>>
+    {
+        use eventsource_stream::Eventsource;
+        let response = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/operations/{operation}/events"),
+            )
+            .header("last-event-id", last_event_id.to_string())
+            .send()
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            return Err(api_error(status.as_u16(), &body));
+        }
+        Ok(response
+            .bytes_stream()
+            .eventsource()
+            .map(|event| event.map_err(|error| error.to_string())))
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> Error {
+        Error::Unreachable {
+            server: self.server.clone(),
+            source,
+        }
+    }
+}
+
+/// The daemon's address when neither `--server` nor a session names one.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8000";
+
+/// The API's one error shape, `{"error": {"code", "message"}}`.
+fn api_error(status: u16, body: &Value) -> Error {
+    Error::Api {
+        status,
+        code: body["error"]["code"].as_str().unwrap_or("error").to_owned(),
+        message: body["error"]["message"]
+            .as_str()
+            .unwrap_or("the daemon answered with an error")
+            .to_owned(),
+    }
+}
