@@ -28,7 +28,7 @@ pub enum ClientIdReading {
 }
 
 /// The enrollment state of a machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Enrollment {
     /// Not checked yet.

@@ -16,3 +16,11 @@ pub mod plan;
 pub mod run;
 pub mod script;
 pub mod terminal;
+
+/// How a `std::time::Duration` appears in JSON (for the OpenAPI description).
+#[derive(utoipa::ToSchema)]
+#[schema(as = Duration)]
+pub struct DurationSchema {
+    pub secs: u64,
+    pub nanos: u32,
+}

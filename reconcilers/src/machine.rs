@@ -9,7 +9,7 @@ use crate::condition::{self, Condition, ConditionKind, ConditionStatus};
 use crate::enrollment::{ClientIdReading, Enrollment, assess};
 
 /// A machine as the inventory (`links.yaml`) declares it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Machine {
     /// Stable identifier, unique in the inventory.
     pub id: String,
@@ -32,6 +32,7 @@ pub struct Machine {
     pub host_key: Option<String>,
     /// Overrides the default health-check interval.
     #[serde(default)]
+    #[schema(value_type = Option<crate::DurationSchema>)]
     pub health_interval: Option<Duration>,
     /// Overrides the per-machine session limit.
     #[serde(default)]
@@ -39,7 +40,7 @@ pub struct Machine {
 }
 
 /// Reachability as the last health check saw it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Health {
     /// Never checked since the machine entered the inventory.

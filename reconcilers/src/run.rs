@@ -14,7 +14,7 @@ use crate::machine::{Machine, MachineStatus};
 use crate::script::{ParamValue, Targets};
 
 /// A run-request as committed under `runs/`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRequest {
     /// Unique forever: it starts at most one operation.
     pub id: String,
@@ -41,7 +41,7 @@ impl RunRequest {
 }
 
 /// Where a run-request stands. Stored; times are Unix milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum RunState {
     /// Seen, not started: waiting for `not_before` or for its machines' first check.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::machine::Machine;
 
 /// A script of the catalog, with its body resolved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Script {
     pub id: String,
     pub name: String,
@@ -17,13 +17,16 @@ pub struct Script {
     pub body: String,
     pub interpreter: String,
     pub params: Vec<ParamSpec>,
+    #[schema(value_type = crate::DurationSchema)]
     pub timeout: Duration,
     pub max_parallel: Option<u32>,
     pub targets: Targets,
 }
 
 /// The type of a script parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamType {
     String,
@@ -33,7 +36,7 @@ pub enum ParamType {
 }
 
 /// A parameter value as written in YAML: a string, an integer or a boolean.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum ParamValue {
     Bool(bool),
@@ -92,7 +95,7 @@ impl std::fmt::Display for ParamValue {
 }
 
 /// A typed parameter of a script.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ParamSpec {
     pub name: String,
     pub kind: ParamType,
@@ -195,7 +198,7 @@ impl Script {
 }
 
 /// Which machines: named ones, and those with any of the tags.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Targets {
     pub machines: Vec<String>,
     pub tags: Vec<String>,

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// How a workspace arranges its panes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     Single,
@@ -123,7 +123,7 @@ impl Workspace {
 }
 
 /// How a terminal session ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum SessionEnd {
     /// The shell exited; its status as the server reported it.
@@ -144,7 +144,7 @@ pub enum SessionEnd {
 }
 
 /// A terminal session as recorded: who opened a shell where, and how it went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TerminalSession {
     pub id: u64,
     pub workspace_id: String,

@@ -1,21 +1,23 @@
 //! `/api/auth`: login, and the extractor that authenticates every other request.
 
 use axum::extract::{FromRequestParts, State};
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::{Json, http::header};
+
+use super::extract::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
 use crate::store::{Role, User};
 use crate::terminal::protocol::TOKEN_SUBPROTOCOL_PREFIX;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
     username: String,
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct LoginResponse {
     token: String,
     expires_at: jiff::Timestamp,
@@ -23,6 +25,7 @@ pub struct LoginResponse {
 }
 
 /// `POST /api/auth/login`
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", security(()), request_body = LoginRequest, responses((status = 200, description = "A session token", body = LoginResponse), (status = 401, description = "Wrong user name or password", body = crate::api::error::ErrorBody), (status = 429, description = "Locked out for a while (Retry-After)", body = crate::api::error::ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     Json(request): Json<LoginRequest>,
@@ -38,13 +41,14 @@ pub async fn login(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Me {
     username: String,
     role: Role,
 }
 
 /// `GET /api/auth/me`: who the token belongs to.
+#[utoipa::path(get, path = "/api/auth/me", tag = "auth", responses((status = 200, description = "Who the token belongs to", body = Me)))]
 pub async fn me(Authenticated(user): Authenticated) -> Json<Me> {
     Json(Me {
         username: user.name,

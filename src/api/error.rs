@@ -61,6 +61,24 @@ impl From<store::Error> for ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs: `unauthorized`, `forbidden`, `not_found`, `invalid`, `conflict`, …
+    pub code: String,
+    /// For people: what is wrong and, where it helps, how to fix it.
+    pub message: String,
+    /// Structured context, e.g. `{"field": "params.version"}` or `{"retry_after_secs": 30}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Value>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, details): (_, _, String, Option<Value>) = match self {
@@ -138,11 +156,16 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        let mut body = json!({ "error": { "code": code, "message": message } });
-        if let Some(details) = details {
-            body["error"]["details"] = details;
-        }
-        let retry_after = body["error"]["details"]["retry_after_secs"].as_u64();
+        let retry_after = details
+            .as_ref()
+            .and_then(|d| d["retry_after_secs"].as_u64());
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message,
+                details,
+            },
+        };
         let mut response = (status, axum::Json(body)).into_response();
         if let Some(secs) = retry_after {
             response

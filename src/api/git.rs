@@ -1,8 +1,9 @@
 //! `/api/git`: the config repository's sync status, manual syncs, and the push webhook.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+
+use super::extract::Json;
 use axum::http::{HeaderMap, StatusCode, header};
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -17,7 +18,7 @@ use crate::store::{Role, SyncOutcome, SyncRecord};
 /// Largest webhook body accepted; push payloads are a few KiB.
 pub const WEBHOOK_BODY_LIMIT: usize = 1 << 20;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct GitStatus {
     /// The remote, with any password in it masked; `null` when none is configured.
     url: Option<String>,
@@ -31,7 +32,7 @@ pub struct GitStatus {
 }
 
 /// A sync record as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SyncView {
     seq: u64,
     started_at: jiff::Timestamp,
@@ -58,6 +59,7 @@ impl From<SyncRecord> for SyncView {
 }
 
 /// `GET /api/desired`: the desired state in force (machines, scripts, run-requests).
+#[utoipa::path(get, path = "/api/desired", tag = "git", responses((status = 200, description = "The desired state in force: machines, scripts, run-requests", body = linkops_reconcilers::desired::DesiredState), (status = 409, description = "No revision applied yet", body = crate::api::error::ErrorBody)))]
 pub async fn desired(
     State(state): State<AppState>,
     _caller: Authenticated,
@@ -69,6 +71,7 @@ pub async fn desired(
 }
 
 /// `GET /api/git/status`
+#[utoipa::path(get, path = "/api/git/status", tag = "git", responses((status = 200, description = "Applied and last attempted revision; problems as file:line:col", body = GitStatus)))]
 pub async fn status(
     State(state): State<AppState>,
     _caller: Authenticated,
@@ -93,6 +96,7 @@ pub async fn status(
 }
 
 /// `POST /api/git/sync`: syncs now and answers with what happened.
+#[utoipa::path(post, path = "/api/git/sync", tag = "git", responses((status = 200, description = "Synced now (admin); the attempt's record", body = SyncView)))]
 pub async fn sync(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -117,6 +121,7 @@ pub async fn sync(
 ///
 /// Authenticated by its HMAC signature, not a token. A valid push to the
 /// followed branch asks for a sync and answers 202 at once.
+#[utoipa::path(post, path = "/api/git/webhook", tag = "git", security(()), request_body(content = Object, description = "A Forgejo, Gitea or GitHub push event, HMAC-SHA256 signed (X-Forgejo-Signature, X-Gitea-Signature or X-Hub-Signature-256)", content_type = "application/json"), responses((status = 202, description = "Accepted: a sync is queued (or another branch: ignored)", body = Object), (status = 401, description = "Bad signature", body = crate::api::error::ErrorBody), (status = 409, description = "A replayed delivery, or webhooks not configured", body = crate::api::error::ErrorBody), (status = 413, description = "Body over 1 MiB", body = crate::api::error::ErrorBody), (status = 415, description = "Not JSON", body = crate::api::error::ErrorBody)))]
 pub async fn webhook(
     State(state): State<AppState>,
     headers: HeaderMap,

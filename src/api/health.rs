@@ -1,14 +1,15 @@
 //! `GET /health`: liveness and readiness for load balancers and systemd watchdogs.
 
-use axum::Json;
 use axum::extract::State;
+
+use super::extract::Json;
 use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::AppState;
 use crate::store::SyncOutcome;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Health {
     /// `ok` when ready, `degraded` otherwise.
     status: &'static str,
@@ -19,14 +20,14 @@ pub struct Health {
     version: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Check {
     ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct GitHealth {
     /// Whether a config repository is configured at all.
     configured: bool,
@@ -38,6 +39,7 @@ pub struct GitHealth {
 }
 
 /// Answers 200 when ready, 503 when the process lives but cannot serve (store unreadable).
+#[utoipa::path(get, path = "/health", tag = "daemon", security(()), responses((status = 200, description = "Alive and ready", body = Health), (status = 503, description = "Alive, not ready (the store does not answer)", body = Health)))]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let store = match state.store.ping() {
         Ok(()) => Check {

@@ -1,7 +1,8 @@
 //! `/api/links`: the machines of the fleet, as desired and as observed.
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use super::extract::{Json, Path, Query};
 use linkops_reconcilers::condition::Condition;
 use linkops_reconcilers::enrollment::Enrollment;
 use linkops_reconcilers::machine::{Health, Machine, MachineStatus};
@@ -13,7 +14,7 @@ use super::{ApiError, AppState, at};
 use crate::controller::ObjectKey;
 use crate::store::{HealthSample, Role};
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MachineView {
     #[serde(flatten)]
     spec: Machine,
@@ -27,20 +28,22 @@ pub struct MachineView {
     suspended: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ConditionView {
     #[serde(flatten)]
     condition: Condition,
     last_transition: Option<jiff::Timestamp>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only machines with this tag.
     tag: Option<String>,
 }
 
 /// `GET /api/links`
+#[utoipa::path(get, path = "/api/links", tag = "machines", params(ListQuery), responses((status = 200, description = "Machines of the applied inventory with health, enrollment and conditions", body = Vec<MachineView>)))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Authenticated,
@@ -65,7 +68,7 @@ pub async fn list(
     Ok(Json(views))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MachineDetail {
     #[serde(flatten)]
     machine: MachineView,
@@ -73,7 +76,7 @@ pub struct MachineDetail {
     health_history: Vec<HealthPoint>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct OperationSummary {
     id: u64,
     script: String,
@@ -92,7 +95,7 @@ impl From<Operation> for OperationSummary {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct HealthPoint {
     at: Option<jiff::Timestamp>,
     health: Health,
@@ -110,6 +113,7 @@ impl From<HealthSample> for HealthPoint {
 }
 
 /// `GET /api/links/{id}`
+#[utoipa::path(get, path = "/api/links/{id}", tag = "machines", params(("id" = String, Path, description = "Machine id")), responses((status = 200, description = "A machine with recent operations and health history", body = MachineDetail)))]
 pub async fn get(
     State(state): State<AppState>,
     _caller: Authenticated,
@@ -134,6 +138,7 @@ pub async fn get(
 }
 
 /// `POST /api/links/{id}/verify`: checks reachability and enrollment now and answers with the result.
+#[utoipa::path(post, path = "/api/links/{id}/verify", tag = "machines", params(("id" = String, Path, description = "Machine id")), responses((status = 200, description = "Checked now: reachability and enrollment (operator)", body = MachineView)))]
 pub async fn verify(
     State(state): State<AppState>,
     caller: Authenticated,

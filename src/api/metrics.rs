@@ -16,6 +16,7 @@ use crate::metrics::{HttpLabels, Metrics, StateLabels};
 use crate::store::now_ms;
 
 /// `GET /metrics` (no authentication: it holds counts, never names or secrets).
+#[utoipa::path(get, path = "/metrics", tag = "daemon", security(()), responses((status = 200, description = "Prometheus/OpenMetrics text exposition", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let metrics = &state.metrics;
     let age = state

@@ -3,6 +3,7 @@
 
 mod auth;
 mod error;
+mod extract;
 mod git;
 mod health;
 mod links;
@@ -19,9 +20,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{MatchedPath, Request};
-use axum::routing::{get, post, put};
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::store::Store;
@@ -41,53 +46,65 @@ pub struct AppState {
 
 /// Every route of the API, with request tracing.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/metrics", get(metrics::metrics))
-        .route("/api/auth/login", post(auth::login))
-        .route("/api/auth/me", get(auth::me))
-        .route("/api/users", get(users::list))
-        .route("/api/links", get(links::list))
-        .route("/api/links/{id}", get(links::get))
-        .route("/api/links/{id}/verify", post(links::verify))
-        .route("/api/runs", get(runs::list))
-        .route("/api/runs/{id}", get(runs::get))
-        .route("/api/operations", get(operations::list))
-        .route("/api/operations/run", post(operations::run))
-        .route("/api/operations/{id}", get(operations::get))
-        .route("/api/operations/{id}/events", get(operations::events))
-        .route("/api/operations/{id}/output", get(operations::output))
-        .route("/api/operations/{id}/stop", post(operations::stop))
-        .route("/api/reconcile", get(reconcile::status))
-        .route("/api/reconcile/suspend", post(reconcile::suspend))
-        .route("/api/reconcile/resume", post(reconcile::resume))
+    let (routes, description) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::me))
+        .routes(routes!(users::list))
+        .routes(routes!(links::list))
+        .routes(routes!(links::get))
+        .routes(routes!(links::verify))
+        .routes(routes!(runs::list))
+        .routes(routes!(runs::get))
+        .routes(routes!(operations::list))
+        .routes(routes!(operations::run))
+        .routes(routes!(operations::get))
+        .routes(routes!(operations::events))
+        .routes(routes!(operations::output))
+        .routes(routes!(operations::stop))
+        .routes(routes!(reconcile::status))
+        .routes(routes!(reconcile::suspend))
+        .routes(routes!(reconcile::resume))
+        .routes(routes!(terminal::list, terminal::create))
+        .routes(routes!(terminal::get, terminal::delete))
+        .routes(routes!(terminal::set_panes))
+        .routes(routes!(terminal::connect_all))
+        .routes(routes!(terminal::socket))
+        .routes(routes!(terminal::recordings))
+        .routes(routes!(terminal::recording))
+        .routes(routes!(terminal::cast))
+        .routes(routes!(tables::query))
+        .routes(routes!(git::desired))
+        .routes(routes!(git::status))
+        .routes(routes!(git::sync))
+        .routes({
+            let (schemas, paths, webhook) = routes!(git::webhook);
+            (
+                schemas,
+                paths,
+                webhook.layer(DefaultBodyLimit::max(git::WEBHOOK_BODY_LIMIT)),
+            )
+        })
+        .split_for_parts();
+    // Serialised once: the description is the routes' own, so it cannot drift from them.
+    let description = Arc::new(
+        description
+            .to_pretty_json()
+            .expect("the description serialises"),
+    );
+    routes
         .route(
-            "/api/terminal/workspaces",
-            get(terminal::list).post(terminal::create),
-        )
-        .route(
-            "/api/terminal/workspaces/{id}",
-            get(terminal::get).delete(terminal::delete),
-        )
-        .route(
-            "/api/terminal/workspaces/{id}/panes",
-            put(terminal::set_panes),
-        )
-        .route(
-            "/api/terminal/workspaces/{id}/connect-all",
-            post(terminal::connect_all),
-        )
-        .route("/api/terminal/workspaces/{id}/ws", get(terminal::socket))
-        .route("/api/terminal/recordings", get(terminal::recordings))
-        .route("/api/terminal/recordings/{id}", get(terminal::recording))
-        .route("/api/terminal/recordings/{id}/cast", get(terminal::cast))
-        .route("/api/tables/query", post(tables::query))
-        .route("/api/desired", get(git::desired))
-        .route("/api/git/status", get(git::status))
-        .route("/api/git/sync", post(git::sync))
-        .route(
-            "/api/git/webhook",
-            post(git::webhook).layer(DefaultBodyLimit::max(git::WEBHOOK_BODY_LIMIT)),
+            "/api/openapi.json",
+            get(move || {
+                let description = description.clone();
+                async move {
+                    (
+                        [(CONTENT_TYPE, "application/json")],
+                        description.as_str().to_owned(),
+                    )
+                }
+            }),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -107,6 +124,48 @@ pub fn router(state: AppState) -> Router {
                 // Logs status and latency once per request.
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
+}
+
+/// The OpenAPI description's frame; the paths come from the handlers' `#[utoipa::path]`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "LinkOps",
+        description = "A GitOps reconciler for fleets of Linux machines reached over SSH. Every error answer is `{\"error\": {\"code\", \"message\", \"details\"?}}` (ErrorBody). Authenticate with `POST /api/auth/login`, then `Authorization: Bearer <token>` (or `?access_token=` where a browser cannot set headers: SSE, WebSocket). Roles: viewer < operator < admin."
+    ),
+    modifiers(&Security),
+    components(schemas(error::ErrorBody)),
+    tags(
+        (name = "auth"), (name = "machines"), (name = "operations"), (name = "runs"),
+        (name = "terminals", description = "Workspaces of panes; the WebSocket protocol is in src/terminal/protocol.md"),
+        (name = "git"), (name = "reconcile"), (name = "tables"), (name = "users"), (name = "daemon")
+    )
+)]
+struct ApiDoc;
+
+/// Bearer tokens everywhere, except where a path says `security(())`.
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
 }
 
 /// A stored Unix-millisecond time as the API shows it (RFC 3339).

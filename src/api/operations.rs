@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use super::extract::{Json, Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use base64::Engine as _;
@@ -28,7 +29,7 @@ use crate::store::{Outcome, Role};
 /// About how much of the event log one read takes (per SSE client catching up, or per output page).
 const PAGE_BYTES: usize = 64 << 10;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct OperationView {
     #[serde(flatten)]
     operation: Operation,
@@ -47,6 +48,7 @@ fn operation_view(operation: Operation, hosts: Vec<HostResult>) -> OperationView
 }
 
 /// `GET /api/operations/{id}`
+#[utoipa::path(get, path = "/api/operations/{id}", tag = "operations", params(("id" = u64, Path, description = "Operation id")), responses((status = 200, description = "An operation and its per-machine results", body = OperationView)))]
 pub async fn get(
     State(state): State<AppState>,
     _caller: Authenticated,
@@ -59,7 +61,7 @@ pub async fn get(
     Ok(Json(operation_view(operation, hosts)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RunBody {
     script: String,
     #[serde(default)]
@@ -70,7 +72,7 @@ pub struct RunBody {
     concurrency: Option<usize>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 pub struct TargetsBody {
     #[serde(default)]
     machines: Vec<String>,
@@ -80,6 +82,7 @@ pub struct TargetsBody {
 
 /// `POST /api/operations/run`: starts at once and answers with the operation;
 /// it continues in the background (follow it at `/api/operations/{id}/events`).
+#[utoipa::path(post, path = "/api/operations/run", tag = "operations", request_body = RunBody, responses((status = 202, description = "Started; follow it at /api/operations/{id}/events (operator)", body = OperationView), (status = 422, description = "Unknown script, bad parameters or no targets; details.field names it", body = crate::api::error::ErrorBody)))]
 pub async fn run(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -178,6 +181,7 @@ pub async fn run(
 }
 
 /// `POST /api/operations/{id}/stop`
+#[utoipa::path(post, path = "/api/operations/{id}/stop", tag = "operations", params(("id" = u64, Path, description = "Operation id")), responses((status = 202, description = "Stopping (operator): unstarted machines never start, running scripts get SIGTERM then SIGKILL", body = Object), (status = 409, description = "Not running", body = crate::api::error::ErrorBody)))]
 pub async fn stop(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -204,7 +208,8 @@ pub async fn stop(
     Ok((StatusCode::ACCEPTED, Json(json!({ "stopping": id }))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     script: Option<String>,
     machine: Option<String>,
@@ -215,6 +220,7 @@ pub struct HistoryQuery {
 }
 
 /// `GET /api/operations`: newest first, filtered.
+#[utoipa::path(get, path = "/api/operations", tag = "operations", params(HistoryQuery), responses((status = 200, description = "Operations, newest first", body = Vec<OperationView>)))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Authenticated,
@@ -240,7 +246,8 @@ pub async fn list(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct OutputQuery {
     /// Only this machine's output.
     machine: Option<String>,
@@ -251,6 +258,7 @@ pub struct OutputQuery {
 }
 
 /// `GET /api/operations/{id}/output`: recorded output, paged by event sequence number.
+#[utoipa::path(get, path = "/api/operations/{id}/output", tag = "operations", params(("id" = u64, Path, description = "Operation id"), OutputQuery), responses((status = 200, description = "`{chunks: [{machine, stream, text | base64}], next_after}`: recorded output, paged by event sequence number", body = Object)))]
 pub async fn output(
     State(state): State<AppState>,
     _caller: Authenticated,
@@ -279,7 +287,8 @@ pub async fn output(
     Ok(Json(json!({ "chunks": chunks, "next_after": next_after })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// For clients that cannot send the `Last-Event-ID` header.
     last_event_id: Option<u64>,
@@ -291,6 +300,7 @@ pub struct EventsQuery {
 /// reconnecting with `Last-Event-ID` resumes exactly after it; a finished
 /// operation replays in full, then `end`. The token may be passed as
 /// `?access_token=` (EventSource cannot set headers).
+#[utoipa::path(get, path = "/api/operations/{id}/events", tag = "operations", params(("id" = u64, Path, description = "Operation id"), ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event"), EventsQuery), responses((status = 200, description = "Server-Sent Events `output` ({machine, stream, text | base64}), `host` ({machine, state}), `operation` ({state}), `end` ({state}); each `id` is the log sequence number. EventSource cannot send headers: pass ?access_token=", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     State(state): State<AppState>,
     _caller: Authenticated,

@@ -1,7 +1,8 @@
 //! `/api/reconcile`: suspend and resume reconciliation, fleet-wide or per machine.
 
-use axum::Json;
 use axum::extract::State;
+
+use super::extract::Json;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Authenticated;
@@ -9,7 +10,7 @@ use super::{ApiError, AppState, at};
 use crate::controller::{ObjectKey, Reason};
 use crate::store::{FLEET, Outcome, Role};
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SuspensionView {
     /// Suspended by `[reconcile] suspended` in the configuration (the API cannot lift it).
     by_config: bool,
@@ -18,13 +19,14 @@ pub struct SuspensionView {
     machines: Vec<(String, Option<jiff::Timestamp>)>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Scope {
     /// A machine id; the whole fleet when absent.
     machine: Option<String>,
 }
 
 /// `GET /api/reconcile`
+#[utoipa::path(get, path = "/api/reconcile", tag = "reconcile", responses((status = 200, description = "Suspensions in force", body = SuspensionView)))]
 pub async fn status(
     State(state): State<AppState>,
     _caller: Authenticated,
@@ -33,6 +35,7 @@ pub async fn status(
 }
 
 /// `POST /api/reconcile/suspend` `{"machine"?}`
+#[utoipa::path(post, path = "/api/reconcile/suspend", tag = "reconcile", request_body = Scope, responses((status = 200, description = "Suspended (admin): the fleet (`{}`) or one machine", body = SuspensionView)))]
 pub async fn suspend(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -42,6 +45,7 @@ pub async fn suspend(
 }
 
 /// `POST /api/reconcile/resume` `{"machine"?}`: resumes, and reconciles what was held back.
+#[utoipa::path(post, path = "/api/reconcile/resume", tag = "reconcile", request_body = Scope, responses((status = 200, description = "Resumed (admin)", body = SuspensionView)))]
 pub async fn resume(
     State(state): State<AppState>,
     caller: Authenticated,

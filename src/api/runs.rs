@@ -1,14 +1,15 @@
 //! `/api/runs`: run-requests from Git and where each stands.
 
-use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::extract::{Json, Path};
 use linkops_reconcilers::run::{RunRequest, RunState};
 use serde::Serialize;
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RunView {
     id: String,
     /// As in Git now; `null` once removed from Git.
@@ -23,6 +24,7 @@ pub struct RunView {
 }
 
 /// `GET /api/runs`: every run-request in Git or in the store.
+#[utoipa::path(get, path = "/api/runs", tag = "runs", responses((status = 200, description = "Run-requests in Git or in the store", body = Vec<RunView>)))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Authenticated,
@@ -45,6 +47,7 @@ pub async fn list(
 }
 
 /// `GET /api/runs/{id}`
+#[utoipa::path(get, path = "/api/runs/{id}", tag = "runs", params(("id" = String, Path, description = "Run-request id")), responses((status = 200, description = "One run-request", body = RunView)))]
 pub async fn get(
     State(state): State<AppState>,
     _caller: Authenticated,

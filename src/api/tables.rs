@@ -1,8 +1,9 @@
 //! `POST /api/tables/query`: filtered, sorted, paged reads of any record kind.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+
+use super::extract::Json;
 use serde_json::{Value, json};
 
 use super::auth::Authenticated;
@@ -10,6 +11,7 @@ use super::{ApiError, AppState};
 use crate::tables::{self, query::QueryRequest};
 
 /// `POST /api/tables/query`
+#[utoipa::path(post, path = "/api/tables/query", tag = "tables", request_body = crate::tables::query::QueryRequest, responses((status = 200, description = "`{table, columns: [{name, type}], rows: [{column: value}], total?, has_more, next_cursor?}`. Tables: machines, scripts, operations, operation_hosts, sync_history, terminal_workspaces, terminal_sessions, audit_log, users (admin)", body = Object), (status = 400, description = "Unknown table or column, a value of the wrong type, or an operator the column does not support; the message names it", body = crate::api::error::ErrorBody)))]
 pub async fn query(
     State(state): State<AppState>,
     caller: Authenticated,

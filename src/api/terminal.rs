@@ -2,10 +2,11 @@
 //!
 //! The REST calls and the socket protocol are documented in `src/terminal/protocol.md`.
 
-use axum::Json;
 use axum::body::Body;
+use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+
+use super::extract::{Json, Path, Query};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -25,7 +26,7 @@ use crate::terminal::{DEFAULT_SIZE, Terminals};
 /// Recording read from the store per page while streaming a `.cast`.
 const CAST_PAGE: usize = 256 << 10;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct WorkspaceView {
     id: String,
     name: String,
@@ -60,7 +61,7 @@ fn usable_workspace(state: &AppState, user: &User, id: &str) -> Result<Workspace
         .ok_or_else(|| ApiError::NotFound(format!("no terminal workspace {id}")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     #[serde(default)]
@@ -69,6 +70,7 @@ pub struct CreateBody {
 }
 
 /// `POST /api/terminal/workspaces`
+#[utoipa::path(post, path = "/api/terminal/workspaces", tag = "terminals", request_body = CreateBody, responses((status = 201, description = "A workspace of 1 to 4 panes (operator)", body = WorkspaceView)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -88,6 +90,7 @@ pub async fn create(
 }
 
 /// `GET /api/terminal/workspaces`: the caller's own (every one, for admins).
+#[utoipa::path(get, path = "/api/terminal/workspaces", tag = "terminals", responses((status = 200, description = "Your workspaces (admins: all)", body = Vec<WorkspaceView>)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -104,6 +107,7 @@ pub async fn list(
 }
 
 /// `GET /api/terminal/workspaces/{id}`
+#[utoipa::path(get, path = "/api/terminal/workspaces/{id}", tag = "terminals", params(("id" = String, Path, description = "Workspace id")), responses((status = 200, description = "A workspace and each pane's state", body = WorkspaceView)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -115,6 +119,7 @@ pub async fn get(
 }
 
 /// `DELETE /api/terminal/workspaces/{id}`: closes its sessions; recordings stay.
+#[utoipa::path(delete, path = "/api/terminal/workspaces/{id}", tag = "terminals", params(("id" = String, Path, description = "Workspace id")), responses((status = 204, description = "Deleted; its sessions closed, recordings kept")))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -127,7 +132,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PanesBody {
     #[serde(default)]
@@ -139,6 +144,7 @@ pub struct PanesBody {
 
 /// `PUT /api/terminal/workspaces/{id}/panes`: assigns machines to panes
 /// (and optionally changes the layout); panes that lose their machine close.
+#[utoipa::path(put, path = "/api/terminal/workspaces/{id}/panes", tag = "terminals", params(("id" = String, Path, description = "Workspace id")), request_body = PanesBody, responses((status = 200, description = "Assigned; panes that lost their machine closed", body = WorkspaceView), (status = 422, description = "The pane list does not fit the layout", body = crate::api::error::ErrorBody)))]
 pub async fn set_panes(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -158,7 +164,7 @@ pub async fn set_panes(
     Ok(Json(view(&state.terminals, &updated)))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectBody {
     #[serde(default)]
@@ -167,7 +173,7 @@ pub struct ConnectBody {
     rows: Option<u16>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ConnectAnswer {
     workspace: String,
     panes: Vec<PaneStatus>,
@@ -175,15 +181,24 @@ pub struct ConnectAnswer {
 
 /// `POST /api/terminal/workspaces/{id}/connect-all`: a session for every
 /// assigned pane; per pane, connected or why not.
+#[utoipa::path(post, path = "/api/terminal/workspaces/{id}/connect-all", tag = "terminals", params(("id" = String, Path, description = "Workspace id")), request_body(content = Option<ConnectBody>), responses((status = 200, description = "Per pane: connected, or error with reason (unenrolled, unreachable, host_key_mismatch, ...)", body = ConnectAnswer)))]
 pub async fn connect_all(
     State(state): State<AppState>,
     caller: Authenticated,
     Path(id): Path<String>,
-    body: Option<Json<ConnectBody>>,
+    body: Bytes,
 ) -> Result<Json<ConnectAnswer>, ApiError> {
     let user = caller.require(Role::Operator)?;
     let workspace = usable_workspace(&state, user, &id)?;
-    let body = body.map(|Json(body)| body).unwrap_or_default();
+    // The body is optional: no body means the default terminal size.
+    let body: ConnectBody = if body.is_empty() {
+        ConnectBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|error| ApiError::Unprocessable {
+            field: "body".into(),
+            message: error.to_string(),
+        })?
+    };
     let size = terminal_size(body.cols, body.rows)?;
     let panes = state
         .terminals
@@ -214,6 +229,7 @@ fn terminal_size(cols: Option<u16>, rows: Option<u16>) -> Result<(u16, u16), Api
 /// Browsers cannot set headers on a WebSocket: the token may come as
 /// `?access_token=` or as a `linkops.token.<JWT>` subprotocol. The `Origin`
 /// must be the daemon's own or one of `[terminal] allowed_origins`.
+#[utoipa::path(get, path = "/api/terminal/workspaces/{id}/ws", tag = "terminals", params(("id" = String, Path, description = "Workspace id")), responses((status = 101, description = "WebSocket, subprotocol linkops.v1: binary [pane][bytes] frames both ways, JSON control messages (input, resize, open, close, broadcast / hello, status, replay, broadcast, error). The full protocol: src/terminal/protocol.md. Token as ?access_token= or subprotocol linkops.token.<JWT>"), (status = 403, description = "A viewer, or a foreign Origin", body = crate::api::error::ErrorBody)))]
 pub async fn socket(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -388,7 +404,7 @@ impl Client<'_> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RecordingView {
     #[serde(flatten)]
     session: TerminalSession,
@@ -404,7 +420,8 @@ fn recording_view(session: TerminalSession) -> RecordingView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RecordingsQuery {
     machine: Option<String>,
     workspace: Option<String>,
@@ -413,6 +430,7 @@ pub struct RecordingsQuery {
 }
 
 /// `GET /api/terminal/recordings`: newest first; the caller's own (every one, for admins).
+#[utoipa::path(get, path = "/api/terminal/recordings", tag = "terminals", params(RecordingsQuery), responses((status = 200, description = "Terminal sessions, newest first: yours (admins: all)", body = Vec<RecordingView>)))]
 pub async fn recordings(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -445,6 +463,7 @@ fn readable_recording(state: &AppState, user: &User, id: u64) -> Result<Terminal
 }
 
 /// `GET /api/terminal/recordings/{id}`
+#[utoipa::path(get, path = "/api/terminal/recordings/{id}", tag = "terminals", params(("id" = u64, Path, description = "Session id")), responses((status = 200, description = "One session: who, where, when, how it ended", body = RecordingView)))]
 pub async fn recording(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -455,6 +474,7 @@ pub async fn recording(
 }
 
 /// `GET /api/terminal/recordings/{id}/cast`: the asciicast v2 file, streamed from the store.
+#[utoipa::path(get, path = "/api/terminal/recordings/{id}/cast", tag = "terminals", params(("id" = u64, Path, description = "Session id")), responses((status = 200, description = "The asciicast v2 recording", content_type = "application/x-asciicast", body = String)))]
 pub async fn cast(
     State(state): State<AppState>,
     caller: Authenticated,

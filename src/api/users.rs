@@ -1,14 +1,15 @@
 //! `/api/users`: user accounts (admin only). Password hashes never leave the store.
 
-use axum::Json;
 use axum::extract::State;
+
+use super::extract::Json;
 use serde::Serialize;
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
 use crate::store::Role;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserView {
     username: String,
     role: Role,
@@ -16,6 +17,7 @@ pub struct UserView {
 }
 
 /// `GET /api/users`
+#[utoipa::path(get, path = "/api/users", tag = "users", responses((status = 200, description = "Every user (admin); never a password hash", body = Vec<UserView>)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Authenticated,

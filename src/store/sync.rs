@@ -17,7 +17,7 @@ use super::schema::{MACHINES, SCRIPTS, SYNC_HISTORY};
 use super::{Result, Store};
 
 /// What one sync attempt did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum SyncOutcome {
     /// A new revision is in force.

@@ -32,7 +32,7 @@ pub enum ClientMessage {
 }
 
 /// The state of a pane, as the API and the socket report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaneState {
     /// No machine assigned.
@@ -48,7 +48,7 @@ pub enum PaneState {
 }
 
 /// Why a pane could not be opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Refusal {
     /// The machine is not in the applied inventory.
@@ -63,7 +63,7 @@ pub enum Refusal {
     Error,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PaneStatus {
     pub pane: usize,
     pub machine: Option<String>,

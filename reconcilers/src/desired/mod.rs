@@ -27,7 +27,7 @@ pub const RUNS_DIR: &str = "runs";
 pub type RepoFiles = BTreeMap<String, Vec<u8>>;
 
 /// Everything one valid revision asks for.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DesiredState {
     /// The commit it was read from.
     pub revision: String,
@@ -44,7 +44,7 @@ impl DesiredState {
 }
 
 /// One thing wrong with a revision, where it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     pub file: String,
     pub line: u64,
