@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::ssh::{self, ExitStatus, Pool, Target};
+use crate::store::{Outcome, Store};
 
 /// The longest a check's command may take once connected.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,10 +27,12 @@ pub struct Fleet {
     default_user: String,
     default_key: String,
     pub command_timeout: Duration,
+    /// Where host keys learned by trust on first use are audited.
+    store: Store,
 }
 
 impl Fleet {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Fleet {
+    pub fn new(config: &Config, store: Store, metrics: Arc<Metrics>) -> Fleet {
         Fleet {
             pool: Pool::new(ssh::ConnectOptions {
                 known_hosts: config.known_hosts_path(),
@@ -42,6 +45,7 @@ impl Fleet {
             default_user: config.ssh.user.clone(),
             default_key: config.ssh.key.clone(),
             command_timeout: config.ssh.command_timeout,
+            store,
         }
     }
 
@@ -71,11 +75,11 @@ impl Fleet {
             .expect("the session semaphore is never closed");
         let target = self.target(machine);
         let started = Instant::now();
-        let mut reading = self.read_client_id(&target).await;
+        let mut reading = self.read_client_id(&target, &machine.id).await;
         if matches!(reading, ClientIdReading::Unreachable(_)) {
             // A pooled connection may have died since its last use: one fresh try.
             self.pool.forget(&target).await;
-            reading = self.read_client_id(&target).await;
+            reading = self.read_client_id(&target, &machine.id).await;
         }
         if matches!(
             reading,
@@ -89,8 +93,36 @@ impl Fleet {
         }
     }
 
-    async fn read_client_id(&self, target: &Target) -> ClientIdReading {
-        let connection = match self.pool.get(target).await {
+    /// The pooled connection to a machine (auditing a host key it learned).
+    pub async fn connect(
+        &self,
+        target: &Target,
+        machine_id: &str,
+    ) -> ssh::Result<Arc<ssh::Connection>> {
+        let connection = self.pool.get(target).await?;
+        self.audit_learned_key(&connection, machine_id);
+        Ok(connection)
+    }
+
+    /// Audits the host key `connection` recorded by trust on first use, if any.
+    pub fn audit_learned_key(&self, connection: &ssh::Connection, machine_id: &str) {
+        if let Some(key) = connection.take_learned_host_key() {
+            let detail = format!("{}: {key}", connection.target());
+            let audited = self.store.audit(
+                "system",
+                "ssh.host_key_learned",
+                machine_id,
+                Outcome::Success,
+                Some(detail),
+            );
+            if let Err(error) = audited {
+                tracing::error!(%error, "cannot audit a learned host key");
+            }
+        }
+    }
+
+    async fn read_client_id(&self, target: &Target, machine_id: &str) -> ClientIdReading {
+        let connection = match self.connect(target, machine_id).await {
             Ok(connection) => connection,
             Err(
                 error @ (ssh::Error::HostKeyChanged { .. } | ssh::Error::HostKeyUnknown { .. }),

@@ -92,7 +92,7 @@ impl Daemon {
         let metrics = Arc::new(Metrics::new());
         let sync = git_context(&config, prepared.store.clone(), metrics.clone());
         let (git, git_worker) = crate::git::sync::start(sync, stop.clone()).await;
-        let fleet = Fleet::new(&config, metrics.clone());
+        let fleet = Fleet::new(&config, prepared.store.clone(), metrics.clone());
         let reaper = fleet
             .pool
             .spawn_reaper(config.ssh.idle_timeout, stop.clone());

@@ -15,7 +15,7 @@ async fn reads_each_hosts_own_client_id_over_verified_ssh() {
         let connection = Connection::open(&fleet.target(index), &fleet.connect_options())
             .await
             .unwrap();
-        assert!(connection.learned_host_key.is_none());
+        assert!(connection.take_learned_host_key().is_none());
         let command = format!("cat {}", enrollment::CLIENT_ID_PATH);
         let output = connection
             .exec(&command, b"", TIMEOUT)
@@ -172,13 +172,14 @@ async fn trust_on_first_use_records_the_key_then_trusts_only_it() {
     options.known_hosts = fleet.dir().join("tofu_known_hosts");
     options.trust_on_first_use = true;
     let first = Connection::open(&fleet.target(0), &options).await.unwrap();
-    assert!(first.learned_host_key.is_some());
+    assert!(first.take_learned_host_key().is_some());
+    assert!(first.take_learned_host_key().is_none(), "taken once");
     let recorded = std::fs::read_to_string(&options.known_hosts).unwrap();
     let key_material = fleet.host(0).host_public_key().split(' ').nth(1).unwrap();
     assert!(recorded.contains(key_material), "{recorded}");
 
     let second = Connection::open(&fleet.target(0), &options).await.unwrap();
-    assert!(second.learned_host_key.is_none());
+    assert!(second.take_learned_host_key().is_none());
 }
 
 #[tokio::test]

@@ -119,7 +119,26 @@ impl FleetReconciler {
         machine::mark_reconciling(&mut reconciling, now_ms());
         self.store.put_machine_status(&reconciling, None)?;
         let result = self.fleet.check(machine).await;
+        let was_refused = status.as_ref().is_some_and(|s| {
+            matches!(
+                s.enrollment,
+                linkops_reconcilers::enrollment::Enrollment::HostKeyMismatch { .. }
+            )
+        });
         let observed = machine::observe(machine, status, result, revision, now_ms());
+        // Audited when it starts, not on every check while it lasts.
+        if let linkops_reconcilers::enrollment::Enrollment::HostKeyMismatch { error } =
+            &observed.enrollment
+            && !was_refused
+        {
+            self.store.audit(
+                "system",
+                "ssh.host_key_refused",
+                &machine.id,
+                store::Outcome::Denied,
+                Some(error.clone()),
+            )?;
+        }
         let sample = HealthSample {
             at_ms: observed.checked_at_ms.unwrap_or_default(),
             health: observed.health.clone(),

@@ -398,6 +398,15 @@ fn log_and_audit(store: &Store, record: &SyncRecord) {
         }
         SyncOutcome::Failed { error } => {
             tracing::warn!(%error, "sync failed; the last good revision stays in force");
+            store
+                .audit(
+                    &record.trigger,
+                    "git.sync",
+                    record.previous.as_deref().unwrap_or("-"),
+                    Outcome::Failure,
+                    Some(error.clone()),
+                )
+                .ok();
         }
     }
 }

@@ -87,8 +87,7 @@ impl HostRun {
     async fn execute(&self) -> Result<End, crate::ssh::Error> {
         let connection = self
             .fleet
-            .pool
-            .get(&self.fleet.target(&self.machine))
+            .connect(&self.fleet.target(&self.machine), &self.machine.id)
             .await?;
         // The channel's own deadline is only a backstop: timeouts are handled
         // here, by signalling the script's process group.

@@ -122,9 +122,9 @@ pub struct ConnectOptions {
 pub struct Connection {
     handle: client::Handle<HostKeyCheck>,
     target: String,
-    /// Set when this connection recorded the host key by trust on first use;
-    /// the caller audits it.
-    pub learned_host_key: Option<String>,
+    /// Set when this connection recorded the host key by trust on first use,
+    /// until someone takes it to audit.
+    learned_host_key: std::sync::Mutex<Option<String>>,
     /// Counts the connection as open until it is dropped.
     _open: Open,
 }
@@ -217,9 +217,17 @@ impl Connection {
         Ok(Connection {
             handle,
             target: name,
-            learned_host_key: learned_host_key.map(|k| k.to_openssh().unwrap_or_default()),
+            learned_host_key: std::sync::Mutex::new(
+                learned_host_key.map(|k| k.to_openssh().unwrap_or_default()),
+            ),
             _open: Open::new(&options.metrics.ssh_connections),
         })
+    }
+
+    /// The host key this connection recorded by trust on first use, once:
+    /// whoever takes it audits it.
+    pub fn take_learned_host_key(&self) -> Option<String> {
+        self.learned_host_key.lock().expect("never poisoned").take()
     }
 
     /// `user@host:port` of this connection.

@@ -263,18 +263,7 @@ impl Terminals {
         let connection = Connection::open(&target, self.inner.fleet.pool.options())
             .await
             .map_err(refusal)?;
-        if let Some(key) = &connection.learned_host_key {
-            self.inner
-                .store
-                .audit(
-                    "system",
-                    "ssh.host_key_learned",
-                    machine_id,
-                    Outcome::Success,
-                    Some(key.clone()),
-                )
-                .ok();
-        }
+        self.inner.fleet.audit_learned_key(&connection, machine_id);
         // The id is read on this very connection: the shell is on the machine that proved itself.
         let reading = crate::fleet::read_client_id(&connection).await;
         match enrollment::assess(&machine.uuid, reading) {
