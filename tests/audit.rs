@@ -3,7 +3,7 @@
 mod support;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{ADMIN, FleetSetup};
 
 #[tokio::test]
@@ -34,17 +34,15 @@ async fn host_keys_learned_and_refused_are_audited_once() {
     let entries = |action: &'static str| {
         let (daemon, token) = (&daemon, &token);
         async move {
-            let page: Value = daemon
-                .client()
-                .post(format!("{}/api/tables/query", daemon.url))
-                .bearer_auth(token)
-                .json(&json!({ "table": "audit_log", "filter": [{ "column": "action", "op": "eq", "value": action }] }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let body = json!({ "table": "audit_log", "filter": [{ "column": "action", "op": "eq", "value": action }] });
+            let (_, page) = daemon
+                .request(
+                    reqwest::Method::POST,
+                    "/api/tables/query",
+                    token,
+                    Some(body),
+                )
+                .await;
             page["rows"].as_array().unwrap().clone()
         }
     };

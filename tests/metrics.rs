@@ -29,17 +29,15 @@ async fn a_scrape_shows_syncs_machines_operations_ssh_and_requests() {
             .await;
         assert_eq!(verified.status(), StatusCode::OK);
     }
-    let started: serde_json::Value = daemon
-        .client()
-        .post(format!("{}/api/operations/run", daemon.url))
-        .bearer_auth(&token)
-        .json(&json!({ "script": "hello", "targets": { "machines": ["host1"] } }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json!({ "script": "hello", "targets": { "machines": ["host1"] } });
+    let (_, started) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/operations/run",
+            &token,
+            Some(body),
+        )
+        .await;
     let events = support::read_events(&daemon, &token, started["id"].as_u64().unwrap(), None).await;
     assert_eq!(events.last().unwrap().data["state"], "succeeded");
 

@@ -70,15 +70,14 @@ async fn daemon_with_history(n: usize) -> (tempfile::TempDir, TestDaemon) {
 }
 
 async fn query(daemon: &TestDaemon, token: &str, body: Value) -> (StatusCode, Value) {
-    let response = daemon
-        .client()
-        .post(format!("{}/api/tables/query", daemon.url))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
+    daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/tables/query",
+            token,
+            Some(body),
+        )
         .await
-        .unwrap();
-    (response.status(), response.json().await.unwrap())
 }
 
 fn ids(page: &Value) -> Vec<i64> {

@@ -33,26 +33,6 @@ fn setup(hosts: usize, wrong_uuid: &[usize]) -> FleetSetup {
     setup
 }
 
-async fn send(
-    daemon: &TestDaemon,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = daemon
-        .client()
-        .request(method, format!("{}{path}", daemon.url))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, body)
-}
-
 /// Creates a workspace with `layout` showing `machines` (one per pane).
 async fn workspace(
     daemon: &TestDaemon,
@@ -60,37 +40,37 @@ async fn workspace(
     layout: &str,
     machines: &[Option<&str>],
 ) -> String {
-    let (status, created) = send(
-        daemon,
-        reqwest::Method::POST,
-        "/api/terminal/workspaces",
-        token,
-        Some(json!({ "name": "test", "layout": layout })),
-    )
-    .await;
+    let (status, created) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/terminal/workspaces",
+            token,
+            Some(json!({ "name": "test", "layout": layout })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
-    let (status, assigned) = send(
-        daemon,
-        reqwest::Method::PUT,
-        &format!("/api/terminal/workspaces/{id}/panes"),
-        token,
-        Some(json!({ "panes": machines })),
-    )
-    .await;
+    let (status, assigned) = daemon
+        .request(
+            reqwest::Method::PUT,
+            &format!("/api/terminal/workspaces/{id}/panes"),
+            token,
+            Some(json!({ "panes": machines })),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{assigned}");
     id
 }
 
 async fn connect_all(daemon: &TestDaemon, token: &str, id: &str, size: Value) -> Vec<Value> {
-    let (status, answer) = send(
-        daemon,
-        reqwest::Method::POST,
-        &format!("/api/terminal/workspaces/{id}/connect-all"),
-        token,
-        Some(size),
-    )
-    .await;
+    let (status, answer) = daemon
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/terminal/workspaces/{id}/connect-all"),
+            token,
+            Some(size),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     answer["panes"].as_array().unwrap().clone()
 }
@@ -305,14 +285,14 @@ async fn a_grid_of_four_panes_shows_each_machine_in_its_own_pane() {
     let session = closed["session"].as_u64().unwrap();
 
     // Its recording replays what the pane showed.
-    let (status, recording) = send(
-        &daemon,
-        reqwest::Method::GET,
-        &format!("/api/terminal/recordings/{session}"),
-        &token,
-        None,
-    )
-    .await;
+    let (status, recording) = daemon
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/terminal/recordings/{session}"),
+            &token,
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{recording}");
     assert_eq!(recording["machine_id"], "host1");
     assert_eq!(recording["user"], OPERATOR.0);
@@ -358,14 +338,14 @@ async fn a_grid_of_four_panes_shows_each_machine_in_its_own_pane() {
     assert_eq!(replayed, terminal.screen(0, 0));
 
     // An unenrolled machine is refused, saying why.
-    let (status, _) = send(
-        &daemon,
-        reqwest::Method::PUT,
-        &format!("/api/terminal/workspaces/{id}/panes"),
-        &token,
-        Some(json!({ "panes": ["host1", "host2", "host3", "host5"] })),
-    )
-    .await;
+    let (status, _) = daemon
+        .request(
+            reqwest::Method::PUT,
+            &format!("/api/terminal/workspaces/{id}/panes"),
+            &token,
+            Some(json!({ "panes": ["host1", "host2", "host3", "host5"] })),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     let panes = connect_all(&daemon, &token, &id, json!({})).await;
     assert_eq!(
@@ -486,24 +466,24 @@ async fn terminals_refuse_wrong_tokens_foreign_origins_and_other_users() {
         .unwrap();
     assert_eq!(refused.status(), 403);
     let admin = daemon.token(ADMIN.0, ADMIN.1).await;
-    let (status, _) = send(
-        &daemon,
-        reqwest::Method::GET,
-        &format!("/api/terminal/workspaces/{id}"),
-        &admin,
-        None,
-    )
-    .await;
+    let (status, _) = daemon
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/terminal/workspaces/{id}"),
+            &admin,
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "admins see every workspace");
     let olga = daemon.token(OTHER_OPERATOR.0, OTHER_OPERATOR.1).await;
-    let (status, _) = send(
-        &daemon,
-        reqwest::Method::GET,
-        &format!("/api/terminal/workspaces/{id}"),
-        &olga,
-        None,
-    )
-    .await;
+    let (status, _) = daemon
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/terminal/workspaces/{id}"),
+            &olga,
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     daemon.stop().await;
 }
@@ -531,7 +511,9 @@ async fn sessions_close_when_idle_or_abandoned_and_record_why() {
     connect_all(&daemon, &token, &left, json!({})).await;
     let path = format!("/api/terminal/workspaces/{left}");
     let pane = support::eventually("the abandoned session to close", || async {
-        let (_, view) = send(&daemon, reqwest::Method::GET, &path, &token, None).await;
+        let (_, view) = daemon
+            .request(reqwest::Method::GET, &path, &token, None)
+            .await;
         let pane = view["panes"][0].clone();
         (pane["state"] == "closed").then_some(pane)
     })
@@ -539,14 +521,14 @@ async fn sessions_close_when_idle_or_abandoned_and_record_why() {
     assert_eq!(pane["end"]["reason"], "abandoned", "{pane}");
 
     let session = pane["session"].as_u64().unwrap();
-    let (_, recording) = send(
-        &daemon,
-        reqwest::Method::GET,
-        &format!("/api/terminal/recordings/{session}"),
-        &token,
-        None,
-    )
-    .await;
+    let (_, recording) = daemon
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/terminal/recordings/{session}"),
+            &token,
+            None,
+        )
+        .await;
     assert_eq!(recording["end"]["reason"], "abandoned");
     daemon.stop().await;
 }

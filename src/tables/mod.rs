@@ -111,18 +111,11 @@ pub fn run(store: &Store, request: &QueryRequest, role: Role) -> Result<Page, Er
     let mut collector = Collector::new(&query, key_ordered);
     match table {
         "operations" => scan_operations(store, &query, &mut collector)?,
-        "sync_history" => scan_seq(
-            store,
-            SeqTable::SyncHistory,
-            &query,
-            &mut collector,
-            sync_row,
-        )?,
-        "audit_log" => scan_seq(store, SeqTable::AuditLog, &query, &mut collector, audit_row)?,
+        "sync_history" => scan_seq(store, SeqTable::SyncHistory, &mut collector, sync_row)?,
+        "audit_log" => scan_seq(store, SeqTable::AuditLog, &mut collector, audit_row)?,
         "terminal_sessions" => scan_seq(
             store,
             SeqTable::TerminalSessions,
-            &query,
             &mut collector,
             session_row,
         )?,
@@ -170,14 +163,7 @@ pub fn run(store: &Store, request: &QueryRequest, role: Role) -> Result<Page, Er
 
 /// Operations through the index when a filter pins an indexed column, in id order when the sort allows.
 fn scan_operations(store: &Store, query: &Query, collector: &mut Collector) -> Result<(), Error> {
-    let reverse = query
-        .key_order()
-        .map(|dir| dir == Direction::Desc)
-        .unwrap_or(true);
-    let after = collector.key_after().and_then(|key| match key {
-        Cell::Int(id) => u64::try_from(*id).ok(),
-        _ => None,
-    });
+    let (reverse, after) = collector.seq_bounds();
     let indexed = [
         (2, OperationIndex::State),
         (1, OperationIndex::Script),
@@ -210,18 +196,10 @@ fn scan_operations(store: &Store, query: &Query, collector: &mut Collector) -> R
 fn scan_seq<V: serde::de::DeserializeOwned>(
     store: &Store,
     table: SeqTable,
-    query: &Query,
     collector: &mut Collector,
     row: fn(V) -> Vec<Cell>,
 ) -> Result<(), Error> {
-    let reverse = query
-        .key_order()
-        .map(|dir| dir == Direction::Desc)
-        .unwrap_or(true);
-    let after = collector.key_after().and_then(|key| match key {
-        Cell::Int(id) => u64::try_from(*id).ok(),
-        _ => None,
-    });
+    let (reverse, after) = collector.seq_bounds();
     store.scan_seq(table, reverse, after, |record| collector.offer(row(record)))?;
     Ok(())
 }
@@ -246,13 +224,15 @@ impl<'q> Collector<'q> {
         }
     }
 
-    /// Where a key-ordered scan may start: after the cursor's key.
-    fn key_after(&self) -> Option<&Cell> {
-        if self.streaming {
-            self.query.after.as_ref().and_then(|after| after.last())
-        } else {
-            None
-        }
+    /// How to scan a sequence-keyed table: newest first unless the query
+    /// sorts by key ascending, and after the cursor's key when rows stream.
+    fn seq_bounds(&self) -> (bool, Option<u64>) {
+        let reverse = self.query.key_order() != Some(Direction::Asc);
+        let after = match self.query.after.as_ref().and_then(|after| after.last()) {
+            Some(Cell::Int(id)) if self.streaming => u64::try_from(*id).ok(),
+            _ => None,
+        };
+        (reverse, after)
     }
 
     /// Takes a row from a scan; false once the page is full.

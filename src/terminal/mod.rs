@@ -74,6 +74,16 @@ struct LiveState {
     broadcast: bool,
 }
 
+impl LiveState {
+    /// Every open pane's command queue.
+    fn commands(&self) -> Vec<mpsc::Sender<PaneCommand>> {
+        self.panes
+            .values()
+            .map(|handle| handle.commands.clone())
+            .collect()
+    }
+}
+
 struct Attachment {
     sink: Sink,
     /// Cancelled when another socket takes the workspace over.
@@ -430,11 +440,7 @@ impl Terminals {
             }) {
                 previous.replaced.cancel();
             }
-            state
-                .panes
-                .values()
-                .map(|handle| handle.commands.clone())
-                .collect()
+            state.commands()
         };
         for commands in handles {
             commands.send(PaneCommand::Attach(sink.clone())).await.ok();
@@ -458,11 +464,7 @@ impl Terminals {
             {
                 state.socket = None;
             }
-            state
-                .panes
-                .values()
-                .map(|handle| handle.commands.clone())
-                .collect()
+            state.commands()
         };
         for commands in handles {
             commands.send(PaneCommand::Detach(sink.clone())).await.ok();

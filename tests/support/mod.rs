@@ -79,6 +79,26 @@ impl TestDaemon {
         request.send().await.unwrap()
     }
 
+    /// Any request with an optional JSON body; the status and the JSON answer (`null` if none).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (reqwest::StatusCode, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }
