@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod controller;
+pub mod demo;
 pub mod fleet;
 pub mod git;
 pub mod metrics;

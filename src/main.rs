@@ -66,6 +66,18 @@ enum Command {
     /// Manage user accounts (stop the daemon first: the store admits one process).
     #[command(subcommand)]
     User(UserCommand),
+    /// Show the whole product on this machine: demo machines, a config repository, the daemon.
+    ///
+    /// Starts 5 real sshd hosts on loopback addresses (one deliberately not
+    /// enrolled), writes a small config repository as a Git repository, runs
+    /// the daemon on it and prints the address and the admin password.
+    /// Ctrl-C stops everything it started. Needs root; on Debian it installs
+    /// openssh-server itself when missing.
+    Demo {
+        /// Where the daemon listens.
+        #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+    },
     /// Log in to a daemon; the token is kept in ~/.config/linkops/session.json (mode 0600).
     Login {
         /// User name.
@@ -194,7 +206,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 config.listen = *listen;
             }
-            linkops::telemetry::init(config.log.format);
+            linkops::telemetry::init(config.log.format, "info");
             serve(config)
         }
         Command::Validate { dir } => {
@@ -204,6 +216,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schema { out } => Ok(cli::write_schemas(out)?),
+        Command::Demo { listen } => {
+            // Quiet by default: the banner is the point; LINKOPS_LOG=info shows the daemon at work.
+            linkops::telemetry::init(linkops::config::LogFormat::Text, "warn");
+            demo(*listen)
+        }
         command @ (Command::Login { .. }
         | Command::Machines { .. }
         | Command::Run { .. }
@@ -230,6 +247,12 @@ fn main() -> anyhow::Result<()> {
             Ok(cli::set_password(&config()?, name, password.source())?)
         }
     }
+}
+
+#[tokio::main]
+async fn demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    linkops::demo::run(listen, shutdown_signal()?).await?;
+    Ok(())
 }
 
 /// Runs a client command against the daemon; returns the exit code.

@@ -7,9 +7,9 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. `LINKOPS_LOG` takes `RUST_LOG`-style
-/// directives (default `info`).
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("LINKOPS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+/// directives (default `default`, e.g. `info`).
+pub fn init(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_env("LINKOPS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,0 +1,364 @@
+//! `linkops demo`: the whole product on one machine, in one command.
+//!
+//! Starts a handful of real sshd hosts on loopback addresses (the test
+//! suite's [`testbed`](crate::testbed); one deliberately not enrolled), writes
+//! a small config repository as a real Git repository, runs the daemon on it,
+//! and prints where to look and how to log in. Everything it started stops
+//! with it (Ctrl-C); its files live in one temporary directory.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use secrecy::ExposeSecret;
+
+use crate::config::Config;
+use crate::server::Daemon;
+use crate::testbed::{self, Fleet};
+use crate::{auth, store};
+
+/// Demo hosts; the last one's inventory entry carries a uuid it does not hold.
+const HOSTS: usize = 5;
+const UNENROLLED_UUID: &str = "00000000-0000-4000-8000-00000000dead";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "the demo needs root: its machines are sshd processes in their own mount namespaces; run `sudo linkops demo`"
+    )]
+    NotRoot,
+    #[error(
+        "{missing} missing and this is not Debian: install {packages} (sshd, ssh-keygen, unshare, git), then run the demo again"
+    )]
+    Missing { missing: String, packages: String },
+    #[error(
+        "installing {packages} failed ({status}); run `apt-get install -y {packages}` and try again"
+    )]
+    Install { packages: String, status: String },
+    #[error(transparent)]
+    Fleet(#[from] testbed::Error),
+    #[error("demo files in {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`git {args}` failed in the demo repository: {output}")]
+    Git { args: String, output: String },
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Auth(#[from] auth::Error),
+    #[error(transparent)]
+    Daemon(#[from] crate::server::Error),
+    #[error("a demo set-up task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Runs the demo until `stop` completes (Ctrl-C), then stops everything it started.
+pub async fn run(
+    listen: SocketAddr,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    tokio::task::spawn_blocking(install_prerequisites).await??;
+    eprintln!("starting {HOSTS} demo machines (sshd on loopback addresses)…");
+    let fleet = tokio::task::spawn_blocking(|| Fleet::start(HOSTS)).await??;
+    let dir = tempfile::Builder::new()
+        .prefix("linkops-demo-")
+        .tempdir()
+        .map_err(|source| io_error(Path::new("/tmp"), source))?;
+    let repo = dir.path().join("config");
+    let config = {
+        let (repo, data) = (repo.clone(), dir.path().join("data"));
+        let (key, known_hosts) = (
+            fleet.client_key().to_owned(),
+            fleet.known_hosts().to_owned(),
+        );
+        let links = links(&fleet);
+        tokio::task::spawn_blocking(move || -> Result<Config, Error> {
+            write_repository(&repo, &links)?;
+            demo_config(&data, &repo, &key, &known_hosts)
+        })
+        .await??
+    };
+    // The admin is created here, so the banner can show its password.
+    let password = {
+        let path = config.store_path();
+        tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            let store = store::Store::open(&path)?;
+            Ok(auth::bootstrap_admin(&store)?)
+        })
+        .await??
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| Error::Listen {
+            address: listen,
+            source,
+        })?;
+    let address = listener.local_addr().map_err(|source| Error::Listen {
+        address: listen,
+        source,
+    })?;
+    let daemon = Daemon::start(config, listener, stop).await?;
+    daemon.git().first_attempt().await;
+    print_banner(address, password.as_ref(), &repo, &fleet);
+    daemon.wait().await?;
+    // The hosts stop as `fleet` drops; the files go with `dir`.
+    drop(fleet);
+    eprintln!(
+        "demo stopped: the daemon, {HOSTS} sshd hosts and {} are gone",
+        dir.path().display()
+    );
+    Ok(())
+}
+
+/// Checks for root, and on Debian installs what the demo machines need.
+fn install_prerequisites() -> Result<(), Error> {
+    if !is_root() {
+        return Err(Error::NotRoot);
+    }
+    let needed = [
+        ("/usr/sbin/sshd", "openssh-server"),
+        ("/usr/bin/ssh-keygen", "openssh-client"),
+        ("/usr/bin/unshare", "util-linux"),
+        ("/usr/bin/git", "git"),
+    ];
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(path, _)| !Path::new(path).exists())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let packages = missing.join(" ");
+    if !Path::new("/etc/debian_version").exists() {
+        return Err(Error::Missing {
+            missing: format!("{packages} is"),
+            packages,
+        });
+    }
+    eprintln!("installing {packages} (apt-get)…");
+    // policy-rc.d 101: the system's own sshd is not started; the demo starts its own.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let had_policy = policy.exists();
+    if !had_policy {
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n")
+            .map_err(|source| io_error(policy, source))?;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))
+            .map_err(|source| io_error(policy, source))?;
+    }
+    let installed = Command::new("apt-get")
+        .arg("update")
+        .arg("-qq")
+        .status()
+        .and_then(|_| {
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+        });
+    if !had_policy {
+        std::fs::remove_file(policy).ok();
+    }
+    match installed {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(Error::Install {
+            packages,
+            status: status.to_string(),
+        }),
+        Err(error) => Err(Error::Install {
+            packages,
+            status: error.to_string(),
+        }),
+    }
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // The owner of /proc/self is the process's effective user.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// The inventory: every demo host, tagged; the last one with a uuid it does not hold.
+fn links(fleet: &Fleet) -> String {
+    let mut links = String::from(
+        "# yaml-language-server: $schema=https://linkops.invalid/schemas/links.schema.json\nmachines:\n",
+    );
+    for (index, host) in fleet.hosts().iter().enumerate() {
+        let last = index + 1 == fleet.hosts().len();
+        let (uuid, tags) = if last {
+            (UNENROLLED_UUID, "[demo, lab]")
+        } else if index % 2 == 0 {
+            (host.uuid(), "[demo, web]")
+        } else {
+            (host.uuid(), "[demo, db]")
+        };
+        links.push_str(&format!(
+            "  - id: {name}\n    name: Demo {name}\n    host: {address}\n    port: {port}\n    uuid: {uuid}\n    tags: {tags}\n",
+            name = host.name(),
+            address = host.address(),
+            port = host.port(),
+        ));
+    }
+    links
+}
+
+const SCRIPTS: &str = r#"scripts:
+  - id: system-info
+    name: System information
+    description: Kernel, uptime and this machine's enrollment id.
+    body: |
+      echo "$(uname -sr) on $(hostname)"
+      uptime
+      echo "client id: $(cat /etc/linkops/client_id)"
+    targets:
+      tags: [demo]
+
+  - id: greet
+    name: Greet
+    description: Prints a greeting; the name is a typed parameter (never spliced into the script).
+    body: |
+      i=0
+      while [ "$i" -lt "$LINKOPS_PARAM_TIMES" ]; do
+        echo "hello, $LINKOPS_PARAM_NAME ($((i + 1))/$LINKOPS_PARAM_TIMES)"
+        i=$((i + 1))
+      done
+    params:
+      - name: name
+        type: string
+        default: world
+      - name: times
+        type: int
+        default: 3
+
+  - id: countdown
+    name: Slow countdown
+    description: Counts down for a minute — something to watch live and to stop.
+    body: |
+      for i in $(seq 60 -1 1); do echo "$i"; sleep 1; done
+      echo liftoff
+    timeout: 5m
+"#;
+
+const WELCOME_RUN: &str = "id: welcome\nscript: system-info\ntargets:\n  tags: [web, db]\n";
+
+const README: &str = "# LinkOps demo configuration\n\nEdit, commit, and watch the daemon follow: a new file under runs/ runs its script once.\n";
+
+fn write_repository(repo: &Path, links: &str) -> Result<(), Error> {
+    let files = [
+        ("README.md", README),
+        ("links.yaml", links),
+        ("scripts.yaml", SCRIPTS),
+        ("runs/welcome.yaml", WELCOME_RUN),
+    ];
+    for (name, content) in files {
+        let path = repo.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| io_error(parent, source))?;
+        }
+        std::fs::write(&path, content).map_err(|source| io_error(&path, source))?;
+    }
+    git(repo, &["init", "-q", "-b", "main"])?;
+    // So that the operator's own commits in the demo repository just work.
+    git(repo, &["config", "user.name", "LinkOps demo"])?;
+    git(repo, &["config", "user.email", "demo@linkops.invalid"])?;
+    git(repo, &["add", "."])?;
+    git(repo, &["commit", "-q", "-m", "The demo fleet"])
+}
+
+fn git(repo: &Path, args: &[&str]) -> Result<(), Error> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .output()
+        .map_err(|source| io_error(repo, source))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(Error::Git {
+        args: args.join(" "),
+        output: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+/// A data dir holding the fleet's key (0600) and host keys, and the config that uses them.
+fn demo_config(data: &Path, repo: &Path, key: &Path, known_hosts: &Path) -> Result<Config, Error> {
+    let mut config = Config {
+        data_dir: data.to_owned(),
+        ..Config::default()
+    };
+    let keys = config.keys_dir();
+    let ssh_dir = config
+        .known_hosts_path()
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default();
+    for dir in [&keys, &ssh_dir] {
+        std::fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|source| io_error(dir, source))?;
+    }
+    let demo_key = keys.join("demo_key");
+    std::fs::copy(key, &demo_key).map_err(|source| io_error(&demo_key, source))?;
+    std::fs::set_permissions(&demo_key, std::fs::Permissions::from_mode(0o600))
+        .map_err(|source| io_error(&demo_key, source))?;
+    std::fs::copy(known_hosts, config.known_hosts_path())
+        .map_err(|source| io_error(known_hosts, source))?;
+    config.git.url = Some(repo.display().to_string());
+    config.ssh.user = testbed::TEST_USER.to_owned();
+    config.ssh.key = "demo_key".to_owned();
+    Ok(config)
+}
+
+fn print_banner(
+    address: SocketAddr,
+    password: Option<&auth::GeneratedPassword>,
+    repo: &Path,
+    fleet: &Fleet,
+) {
+    let url = format!("http://{address}");
+    let password = password.map_or(
+        "(unchanged: this data dir already had users)".to_owned(),
+        |p| p.password.expose_secret().to_owned(),
+    );
+    let hosts: Vec<String> = fleet
+        .hosts()
+        .iter()
+        .map(|h| format!("{} {}:{}", h.name(), h.address(), h.port()))
+        .collect();
+    let repo = repo.display();
+    println!(
+        "\nLinkOps demo is running.\n\n  \
+         api:       {url}  (OpenAPI: {url}/api/openapi.json)\n  \
+         user:      admin\n  \
+         password:  {password}\n  \
+         machines:  {hosts}\n             (host{HOSTS} is deliberately not enrolled: its client id does not match links.yaml)\n  \
+         config:    {repo}  (a Git repository the daemon follows; a commit applies within a second)\n\n\
+         Try:\n  \
+         linkops login --server {url} --user admin\n  \
+         linkops machines\n  \
+         linkops run greet --tag web -p name=operator\n  \
+         linkops run countdown --tag db      (then `linkops stop <id>` from another shell)\n  \
+         linkops ops                         (the `welcome` run-request already ran once)\n  \
+         printf 'id: again\\nscript: system-info\\n' > {repo}/runs/again.yaml && git -C {repo} add . && git -C {repo} commit -qm again\n\n\
+         Ctrl-C stops the daemon and every demo machine.",
+        hosts = hosts.join(", "),
+    );
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
