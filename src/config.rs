@@ -54,6 +54,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Holds the store, keys, known_hosts, the Git checkout and the JWT secret.
     pub data_dir: PathBuf,
+    /// The built web console (`npm run build` in src/web writes `src/web/dist`), served at `/`.
+    pub console_dir: PathBuf,
     pub log: LogConfig,
     pub git: GitConfig,
     pub ssh: SshConfig,
@@ -69,6 +71,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             data_dir: PathBuf::from("/var/lib/linkops"),
+            console_dir: PathBuf::from("/usr/share/linkops/console"),
             log: LogConfig::default(),
             git: GitConfig::default(),
             ssh: SshConfig::default(),

@@ -48,6 +48,10 @@ async fn the_description_covers_every_route_and_every_route_answers() {
     let response = daemon.get("/api/openapi.json", None).await;
     assert_eq!(response.status(), 200);
     let doc: Value = response.json().await.unwrap();
+    // An unknown API path is a JSON error, not the console's page.
+    let unknown = daemon.get("/api/no/such/thing", None).await;
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown.text().await.unwrap().contains("no_route"));
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
 
@@ -78,7 +82,7 @@ async fn the_description_covers_every_route_and_every_route_answers() {
             let body = answer.text().await.unwrap();
             assert_ne!(status, 405, "{method} {path} is described but not routed");
             assert!(
-                status != 404 || body.contains("not_found"),
+                !body.contains("no_route"),
                 "{method} {path} is described but not routed"
             );
             // Refusals come in the one error shape.

@@ -23,6 +23,8 @@ pub enum ApiError {
     },
     BadRequest(String),
     NotFound(String),
+    /// No route has this path.
+    NoRoute(String),
     /// A well-formed request the catalog or inventory cannot accept; `field` names what is wrong.
     Unprocessable {
         field: String,
@@ -118,6 +120,12 @@ impl IntoResponse for ApiError {
                 (StatusCode::BAD_REQUEST, "bad_request", message, None)
             }
             ApiError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message, None),
+            ApiError::NoRoute(path) => (
+                StatusCode::NOT_FOUND,
+                "no_route",
+                format!("no API route {path}; see /api/openapi.json"),
+                None,
+            ),
             ApiError::Unprocessable { field, message } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid",

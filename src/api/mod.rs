@@ -2,6 +2,7 @@
 //! call a service and map errors in one place ([`ApiError`]).
 
 mod auth;
+mod console;
 mod error;
 mod extract;
 mod git;
@@ -110,6 +111,7 @@ pub fn router(state: AppState) -> Router {
             state.metrics.clone(),
             metrics::count_requests,
         ))
+        .fallback_service(console::fallback(&state.config.console_dir))
         .with_state(state)
         .layer(
             TraceLayer::new_for_http()
