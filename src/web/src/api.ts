@@ -1,0 +1,54 @@
+// The daemon's public API (the one /api/openapi.json describes): requests with the session's token.
+
+export interface Session { token: string; user: string; role: "viewer" | "operator" | "admin" }
+
+const KEY = "linkops.session";
+
+export function session(): Session | null {
+  const stored = sessionStorage.getItem(KEY);
+  return stored ? (JSON.parse(stored) as Session) : null;
+}
+
+export function saveSession(value: Session | null): void {
+  if (value) sessionStorage.setItem(KEY, JSON.stringify(value));
+  else sessionStorage.removeItem(KEY);
+}
+
+/** An error answer: `{"error": {"code", "message", "details"?}}`. */
+export class ApiError extends Error {
+  constructor(public status: number, public code: string, message: string) {
+    super(message);
+  }
+}
+
+export async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const headers: Record<string, string> = {};
+  const current = session();
+  if (current) headers.authorization = `Bearer ${current.token}`;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!response.ok) {
+    if (response.status === 401 && path !== "/api/auth/login") {
+      saveSession(null);
+      location.hash = "#/login";
+    }
+    throw new ApiError(response.status, data?.error?.code ?? "error", data?.error?.message ?? response.statusText);
+  }
+  return data as T;
+}
+
+/** Server-Sent Events of an operation; EventSource resumes with Last-Event-ID after a drop. */
+export function operationEvents(id: number): EventSource {
+  return new EventSource(`/api/operations/${id}/events?access_token=${encodeURIComponent(session()?.token ?? "")}`);
+}
+
+/** A workspace's WebSocket; the token travels as a subprotocol, never in a log line. */
+export function workspaceSocket(id: string): WebSocket {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/api/terminal/workspaces/${id}/ws`,
+    ["linkops.v1", `linkops.token.${session()?.token ?? ""}`]);
+  socket.binaryType = "arraybuffer";
+  return socket;
+}

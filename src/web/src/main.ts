@@ -1,0 +1,85 @@
+// The console's shell: hash routes to pages, the navigation, the signed-in user.
+
+import { saveSession, session } from "./api";
+import { h } from "./dom";
+import { fleetPage, machinePage } from "./pages/fleet";
+import { gitPage } from "./pages/git";
+import { loginPage } from "./pages/login";
+import { historyPage, operationPage } from "./pages/operations";
+import { recordingsPage } from "./pages/recordings";
+import { runPage } from "./pages/run";
+import { terminalsPage, workspacePage } from "./pages/terminals";
+import { usersPage } from "./pages/users";
+
+/** A page draws itself into `main`; what it returns is called when the user leaves it. */
+export type Page = (main: HTMLElement, params: string[]) => Promise<void | (() => void)>;
+
+const routes: [RegExp, Page, string][] = [
+  [/^\/login$/, loginPage, "Sign in"],
+  [/^\/fleet$/, fleetPage, "Fleet"],
+  [/^\/machines\/([^/]+)$/, machinePage, "Machine"],
+  [/^\/run$/, runPage, "Run a script"],
+  [/^\/operations$/, historyPage, "Operations"],
+  [/^\/operations\/(\d+)$/, operationPage, "Operation"],
+  [/^\/git$/, gitPage, "Git"],
+  [/^\/terminals$/, terminalsPage, "Terminals"],
+  [/^\/terminals\/([^/]+)$/, workspacePage, "Workspace"],
+  [/^\/recordings$/, recordingsPage, "Recordings"],
+  [/^\/users$/, usersPage, "Users"],
+];
+
+const NAV: [string, string, string?][] = [
+  ["#/fleet", "Fleet"],
+  ["#/run", "Run"],
+  ["#/operations", "Operations"],
+  ["#/terminals", "Terminals"],
+  ["#/recordings", "Recordings"],
+  ["#/git", "Git"],
+  ["#/users", "Users", "admin"],
+];
+
+let leave: void | (() => void);
+
+async function show(): Promise<void> {
+  const path = location.hash.replace(/^#/, "") || "/fleet";
+  const current = session();
+  if (!current && path !== "/login") {
+    location.hash = "#/login";
+    return;
+  }
+  drawNav(path);
+  if (typeof leave === "function") leave();
+  leave = undefined;
+  const main = document.getElementById("main")!;
+  main.replaceChildren();
+  const route = routes.find(([pattern]) => pattern.test(path));
+  if (!route) {
+    main.append(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/fleet" }, "Back to the fleet")));
+    return;
+  }
+  const [pattern, page, title] = route;
+  document.title = `${title} · LinkOps`;
+  try {
+    leave = await page(main, pattern.exec(path)!.slice(1).map(decodeURIComponent));
+  } catch (error) {
+    main.append(h("p", { class: "error", role: "alert" }, String((error as Error).message ?? error)));
+  }
+}
+
+function drawNav(path: string): void {
+  const current = session();
+  const nav = document.getElementById("nav")!;
+  const who = document.getElementById("who")!;
+  if (!current) {
+    nav.replaceChildren();
+    who.replaceChildren();
+    return;
+  }
+  nav.replaceChildren(...NAV.filter(([, , role]) => !role || current.role === role).map(([href, label]) =>
+    h("a", { href, "aria-current": path.startsWith(href.slice(1)) ? "page" : undefined }, label)));
+  who.replaceChildren(`${current.user} (${current.role})`,
+    h("button", { type: "button", onclick: () => { saveSession(null); location.hash = "#/login"; } }, "Sign out"));
+}
+
+window.addEventListener("hashchange", () => void show());
+void show();

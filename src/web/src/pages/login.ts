@@ -1,0 +1,28 @@
+import { api, ApiError, saveSession, type Session } from "../api";
+import { h } from "../dom";
+
+export async function loginPage(main: HTMLElement): Promise<void> {
+  const error = h("p", { class: "error", role: "alert" });
+  const user = h("input", { name: "username", autocomplete: "username", required: true, value: "admin" });
+  const password = h("input", { name: "password", type: "password", autocomplete: "current-password", required: true });
+  const form = h("form", { class: "stack card login" },
+    h("h1", {}, "Sign in to LinkOps"),
+    h("label", {}, "User", user),
+    h("label", {}, "Password", password),
+    h("button", { class: "primary", type: "submit" }, "Sign in"),
+    error);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    try {
+      const answer = await api<{ token: string; role: Session["role"] }>("POST", "/api/auth/login",
+        { username: user.value, password: password.value });
+      saveSession({ token: answer.token, user: user.value, role: answer.role });
+      location.hash = "#/fleet";
+    } catch (failure) {
+      error.textContent = failure instanceof ApiError ? failure.message : String(failure);
+    }
+  });
+  main.append(form);
+  password.focus();
+}

@@ -1,0 +1,111 @@
+// Operations: the history, and one operation live — per-host output, states, exit codes, a stop button.
+
+import { api, operationEvents, session } from "../api";
+import { badge, h, table, when } from "../dom";
+
+interface HostResult {
+  machine_id: string;
+  state: { state: string; exit_code?: number | null; signal?: string | null; error?: string | null; reason?: string };
+}
+
+interface OperationView {
+  id: number; script: string; state: string; machines: string[];
+  requested_by: { kind: string; name?: string; id?: string };
+  created_at: string; finished_at: string | null; hosts: HostResult[];
+}
+
+const FINISHED = ["succeeded", "failed", "partially_failed", "stopped", "interrupted"];
+
+export async function historyPage(main: HTMLElement): Promise<void> {
+  const state = h("select", { "aria-label": "State" }, ...["", "running", "succeeded", "failed", "partially_failed", "stopped", "interrupted"]
+    .map((s) => h("option", { value: s }, s || "Any state")));
+  const script = h("input", { "aria-label": "Script", placeholder: "script id" });
+  const body = h("div");
+  const draw = async () => {
+    const query = new URLSearchParams({ limit: "100" });
+    if (state.value) query.set("state", state.value);
+    if (script.value) query.set("script", script.value);
+    const operations = await api<OperationView[]>("GET", `/api/operations?${query}`);
+    body.replaceChildren(table(["Operation", "Script", "State", "Machines", "By", "Created"],
+      operations.map((o) => [
+        h("a", { href: `#/operations/${o.id}` }, `#${o.id}`), o.script, badge(o.state), o.machines.length,
+        o.requested_by.kind === "user" ? o.requested_by.name : `run-request ${o.requested_by.id}`, when(o.created_at),
+      ]), "Operations"));
+  };
+  state.addEventListener("change", () => void draw());
+  script.addEventListener("change", () => void draw());
+  main.append(h("h1", {}, "Operations"), h("div", { class: "row" }, state, script), body);
+  await draw();
+}
+
+/** One host's panel: its state and its output as it arrives. */
+class HostPanel {
+  readonly element: HTMLElement;
+  private state = h("span");
+  private output = h("pre", { class: "output", "aria-live": "off", tabindex: "0" });
+
+  constructor(readonly machine: string) {
+    this.element = h("section", { class: "card", "aria-label": `Output of ${machine}`, "data-machine": machine },
+      h("div", { class: "row" }, h("strong", {}, machine), this.state), this.output);
+  }
+
+  setState(state: HostResult["state"]): void {
+    const detail = state.exit_code != null ? `exit ${state.exit_code}` : state.signal ? `signal ${state.signal}`
+      : state.error ?? state.reason ?? "";
+    this.state.replaceChildren(badge(state.state), detail ? ` ${detail}` : "");
+  }
+
+  append(stream: string, text: string): void {
+    const follow = this.output.scrollTop + this.output.clientHeight >= this.output.scrollHeight - 4;
+    this.output.append(stream === "stderr" ? h("span", { class: "stderr" }, text) : text);
+    if (follow) this.output.scrollTop = this.output.scrollHeight;
+  }
+}
+
+export async function operationPage(main: HTMLElement, [idText]: string[]): Promise<() => void> {
+  const id = Number(idText);
+  const operation = await api<OperationView>("GET", `/api/operations/${id}`);
+  const state = h("span", {}, badge(operation.state));
+  const stop = h("button", { class: "danger", type: "button" }, "Stop");
+  const panels = new Map<string, HostPanel>();
+  const hosts = h("div", { class: "hosts" });
+  for (const host of operation.hosts) {
+    const panel = new HostPanel(host.machine_id);
+    panel.setState(host.state);
+    panels.set(host.machine_id, panel);
+    hosts.append(panel.element);
+  }
+  const finished = (value: string) => {
+    state.replaceChildren(badge(value));
+    stop.hidden = FINISHED.includes(value);
+  };
+  stop.addEventListener("click", async () => {
+    stop.disabled = true;
+    await api("POST", `/api/operations/${id}/stop`).catch(() => undefined);
+  });
+  stop.hidden = session()?.role === "viewer" || FINISHED.includes(operation.state);
+  main.append(
+    h("h1", {}, `Operation #${id}: ${operation.script}`),
+    h("div", { class: "row" }, h("span", { role: "status", "aria-live": "polite" }, state), stop,
+      h("span", { class: "muted" }, `started ${when(operation.created_at)}`)),
+    hosts);
+  finished(operation.state);
+
+  // The log replays from the start, then streams; after a network drop EventSource resumes after the last id.
+  const events = operationEvents(id);
+  events.addEventListener("output", (event) => {
+    const data = JSON.parse((event as MessageEvent).data);
+    const text = data.text ?? atob(data.base64 ?? "");
+    panels.get(data.machine)?.append(data.stream, text);
+  });
+  events.addEventListener("host", (event) => {
+    const data = JSON.parse((event as MessageEvent).data);
+    panels.get(data.machine)?.setState(data.state);
+  });
+  events.addEventListener("operation", (event) => finished(JSON.parse((event as MessageEvent).data).state));
+  events.addEventListener("end", (event) => {
+    finished(JSON.parse((event as MessageEvent).data).state);
+    events.close();
+  });
+  return () => events.close();
+}

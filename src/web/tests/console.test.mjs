@@ -1,0 +1,145 @@
+// The console end to end in Debian's Chromium (playwright-core), against `linkops demo`:
+// a real daemon, real sshd machines and a real Git repository. Screenshots go to test-results/.
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { createInterface } from "node:readline";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { chromium } from "playwright-core";
+
+const BINARY = process.env.LINKOPS_BIN ?? new URL("../../../target/debug/linkops", import.meta.url).pathname;
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const SHOTS = new URL("../test-results/", import.meta.url).pathname;
+const WAIT = 30_000;
+
+let demo, banner, browser, page, uuids;
+
+/** Starts `linkops demo` and reads its banner. */
+async function startDemo() {
+  const child = spawn(BINARY, ["demo", "--listen", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "inherit"] });
+  const fields = {};
+  for await (const line of createInterface({ input: child.stdout })) {
+    const match = /^\s*(console|api|password|config):\s+(\S+)/.exec(line);
+    if (match) fields[match[1]] = match[2];
+    if (line.startsWith("Ctrl-C stops")) break;
+  }
+  assert.ok(fields.console?.startsWith("http"), `the demo serves a console: ${JSON.stringify(fields)}`);
+  return { child, ...fields };
+}
+
+async function apiGet(path, token) {
+  const response = await fetch(`${banner.api}${path}`, { headers: { authorization: `Bearer ${token}` } });
+  return response.json();
+}
+
+before(async () => {
+  mkdirSync(SHOTS, { recursive: true });
+  demo = await startDemo();
+  banner = demo;
+  const login = await fetch(`${banner.api}/api/auth/login`, {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ username: "admin", password: banner.password }),
+  }).then((r) => r.json());
+  const desired = await apiGet("/api/desired", login.token);
+  uuids = Object.fromEntries(desired.machines.map((m) => [m.id, m.uuid]));
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync"],
+  });
+  page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  page.setDefaultTimeout(WAIT);
+});
+
+after(async () => {
+  await browser?.close();
+  if (demo?.child) {
+    const exited = new Promise((resolve) => demo.child.once("exit", resolve));
+    demo.child.kill("SIGINT");
+    await exited;
+  }
+});
+
+test("sign in, and the fleet shows four machines online and the unenrolled one flagged", async () => {
+  await page.goto(banner.console);
+  await page.waitForURL(/#\/login$/);
+  await page.getByLabel("User").fill("admin");
+  await page.getByLabel("Password").fill(banner.password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForURL(/#\/fleet$/);
+  const row = (id) => page.getByRole("row").filter({ has: page.getByRole("link", { name: id, exact: true }) });
+  for (const id of ["host1", "host2", "host3", "host4"]) {
+    await row(id).getByText("enrolled", { exact: true }).waitFor();
+    await row(id).getByText("reachable", { exact: true }).waitFor();
+  }
+  await row("host5").getByText("mismatch", { exact: true }).waitFor();
+  await page.screenshot({ path: `${SHOTS}fleet.png`, fullPage: true });
+  // A narrow window still shows the fleet.
+  await page.setViewportSize({ width: 420, height: 800 });
+  await page.screenshot({ path: `${SHOTS}fleet-narrow.png`, fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 800 });
+});
+
+test("run a script from the catalog's form and see each host's output appear live", async () => {
+  await page.goto(`${banner.console}#/run`);
+  await page.getByLabel("Script").selectOption("greet");
+  await page.getByLabel("name", { exact: true }).fill("browser");
+  await page.getByLabel("tag web").check();
+  await page.getByRole("button", { name: "Run" }).click();
+  await page.waitForURL(/#\/operations\/\d+$/);
+  for (const id of ["host1", "host3"]) {
+    const panel = page.getByRole("region", { name: `Output of ${id}` });
+    await panel.getByText("hello, browser (3/3)").waitFor();
+    await panel.getByText("succeeded").waitFor();
+  }
+  await page.getByRole("status").getByText("succeeded").waitFor();
+  await page.screenshot({ path: `${SHOTS}operation.png`, fullPage: true });
+});
+
+test("stop a long script", async () => {
+  await page.goto(`${banner.console}#/run`);
+  await page.getByLabel("Script").selectOption("countdown");
+  await page.getByLabel("tag db").check();
+  await page.getByRole("button", { name: "Run" }).click();
+  await page.waitForURL(/#\/operations\/\d+$/);
+  await page.getByRole("region", { name: "Output of host2" }).getByText("59").waitFor();
+  await page.getByRole("button", { name: "Stop" }).click();
+  await page.getByRole("status").getByText("stopped").waitFor();
+  assert.equal(await page.getByRole("region", { name: "Output of host2" }).getByText("liftoff").count(), 0);
+});
+
+test("a grid2x2 workspace shows each host's own client id in its own pane", async () => {
+  await page.goto(`${banner.console}#/terminals`);
+  await page.getByLabel("Layout").selectOption("grid2x2");
+  await page.getByRole("button", { name: "New workspace" }).click();
+  await page.waitForURL(/#\/terminals\/[0-9a-f-]+$/);
+  const machines = ["host1", "host2", "host3", "host4"];
+  for (const [index, id] of machines.entries()) {
+    const assigned = page.waitForResponse((r) => r.url().endsWith("/panes") && r.request().method() === "PUT");
+    await page.getByLabel(`Machine of pane ${index + 1}`).selectOption(id);
+    await assigned;
+  }
+  await page.getByRole("button", { name: "Connect all" }).click();
+  for (const [index, id] of machines.entries()) {
+    const pane = page.getByRole("region", { name: `Pane ${index + 1}` });
+    await pane.getByText("connected").waitFor();
+    await pane.locator(".xterm").click();
+    await page.keyboard.type("cat /etc/linkops/client_id\n");
+    await pane.locator(".xterm-rows").getByText(`LINKOPS-${uuids[id]}`).waitFor();
+    for (const other of machines.filter((m) => m !== id)) {
+      assert.equal(await pane.locator(".xterm-rows").getByText(`LINKOPS-${uuids[other]}`).count(), 0);
+    }
+  }
+  await page.screenshot({ path: `${SHOTS}terminals.png` });
+});
+
+test("a bad commit shows its error, file:line:col, on the Git page", async () => {
+  writeFileSync(`${banner.config}/links.yaml`, "machines:\n  - id: broken\n    host: [not, a, host]\n");
+  execFileSync("git", ["-C", banner.config, "commit", "-qam", "a broken inventory"]);
+  await page.goto(`${banner.console}#/git`);
+  await page.getByRole("button", { name: "Sync now" }).click();
+  const problems = page.getByRole("region", { name: "Problems" });
+  await problems.getByText(/links\.yaml:\d+:\d+/).first().waitFor();
+  await page.screenshot({ path: `${SHOTS}git.png`, fullPage: true });
+});
