@@ -336,7 +336,8 @@ fn print_banner(
     let console = if console {
         format!("{url}/")
     } else {
-        "not built: run `npm --prefix src/web ci && npm --prefix src/web run build` first".to_owned()
+        "not built: run `npm --prefix src/web ci && npm --prefix src/web run build` first"
+            .to_owned()
     };
     let password = password.map_or(
         "(unchanged: this data dir already had users)".to_owned(),
