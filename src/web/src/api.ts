@@ -22,21 +22,27 @@ export class ApiError extends Error {
 }
 
 export async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const text = await apiText(method, path, body);
+  return (text ? JSON.parse(text) : null) as T;
+}
+
+/** A request whose answer is text (a recording), refusals still in the API's error shape. */
+export async function apiText(method: string, path: string, body?: unknown): Promise<string> {
   const headers: Record<string, string> = {};
   const current = session();
   if (current) headers.authorization = `Bearer ${current.token}`;
   if (body !== undefined) headers["content-type"] = "application/json";
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await response.text();
-  const data = text ? JSON.parse(text) : null;
   if (!response.ok) {
+    const data = text.startsWith("{") ? JSON.parse(text) : null;
     if (response.status === 401 && path !== "/api/auth/login") {
       saveSession(null);
       location.hash = "#/login";
     }
     throw new ApiError(response.status, data?.error?.code ?? "error", data?.error?.message ?? response.statusText);
   }
-  return data as T;
+  return text;
 }
 
 /** Server-Sent Events of an operation; EventSource resumes with Last-Event-ID after a drop. */

@@ -134,6 +134,13 @@ test("a grid2x2 workspace shows each host's own client id in its own pane", asyn
   await page.screenshot({ path: `${SHOTS}terminals.png` });
 });
 
+test("a recording plays back what its pane showed", async () => {
+  await page.goto(`${banner.console}#/recordings`);
+  await page.getByRole("button", { name: "Play" }).first().click();
+  const player = page.getByLabel(/^Playback of session \d+$/);
+  await player.locator(".xterm-rows").getByText(/LINKOPS-[0-9a-f-]{36}/).waitFor();
+});
+
 test("a bad commit shows its error, file:line:col, on the Git page", async () => {
   writeFileSync(`${banner.config}/links.yaml`, "machines:\n  - id: broken\n    host: [not, a, host]\n");
   execFileSync("git", ["-C", banner.config, "commit", "-qam", "a broken inventory"]);

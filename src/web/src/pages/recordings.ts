@@ -1,7 +1,7 @@
 // Recordings: every terminal session, played back from its asciicast.
 
 import { Terminal } from "@xterm/xterm";
-import { api, session } from "../api";
+import { api, apiText } from "../api";
 import { badge, h, table, when } from "../dom";
 
 interface Recording { id: number; machine_id: string; user: string; started_at: string; ended_at: string | null; end: { reason: string; exit_code?: number } | null; recorded_bytes: number }
@@ -17,8 +17,8 @@ export async function recordingsPage(main: HTMLElement): Promise<() => void> {
   };
   const play = async (recording: Recording) => {
     stop();
-    const response = await fetch(`/api/terminal/recordings/${recording.id}/cast`, { headers: { authorization: `Bearer ${session()?.token}` } });
-    const [header, ...events] = (await response.text()).trim().split("\n").map((line) => JSON.parse(line));
+    const cast = await apiText("GET", `/api/terminal/recordings/${recording.id}/cast`);
+    const [header, ...events] = cast.trim().split("\n").map((line) => JSON.parse(line));
     const screen = h("div", { "aria-label": `Playback of session ${recording.id}` });
     player.hidden = false;
     player.replaceChildren(h("h2", {}, `Session ${recording.id}: ${recording.user}@${recording.machine_id}`), screen);
