@@ -149,3 +149,23 @@ async fn the_demo_runs_a_fleet_follows_commits_and_cleans_up() {
         "{repo} is left behind"
     );
 }
+
+#[test]
+fn without_root_the_demo_says_what_to_run() {
+    use std::os::unix::fs::PermissionsExt;
+    // A copy nobody can run wherever the checkout lives; setpriv (util-linux) drops to nobody.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = dir.path().join("linkops");
+    std::fs::copy(env!("CARGO_BIN_EXE_linkops"), &binary).unwrap();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&binary)
+        .arg("demo")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("run `sudo linkops demo`"), "{stderr}");
+}
