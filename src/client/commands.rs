@@ -448,7 +448,7 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
     if let Some(attempt) = git["last_attempt"].as_object() {
         println!(
             "last sync  {} at {} by {}",
-            text(&attempt["result"].clone()),
+            text(&attempt["result"]),
             text(&attempt["started_at"]),
             text(&attempt["trigger"])
         );
