@@ -5,7 +5,8 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
 import { createInterface } from "node:readline";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
 
 const BINARY = process.env.LINKOPS_BIN ?? new URL("../../../target/debug/linkops", import.meta.url).pathname;
@@ -13,7 +14,25 @@ const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const SHOTS = new URL("../test-results/", import.meta.url).pathname;
 const WAIT = 30_000;
 
+const AXE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+
 let demo, banner, browser, page, uuids;
+
+/** Runs axe-core on the page: no serious or critical WCAG 2 A/AA violations. */
+async function assertAccessible(name) {
+  await page.addScriptTag({ content: AXE });
+  const { passes, violations } = await page.evaluate(async () => {
+    const result = await window.axe.run(document, { runOnly: ["wcag2a", "wcag2aa"] });
+    return {
+      passes: result.passes.length,
+      violations: result.violations
+        .filter((v) => v.impact === "serious" || v.impact === "critical")
+        .map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join(", ")})`),
+    };
+  });
+  assert.ok(passes > 5, `axe checked ${name}`);
+  assert.deepEqual(violations, [], `${name} has accessibility violations`);
+}
 
 /** Starts `linkops demo` and reads its banner. */
 async function startDemo() {
@@ -64,6 +83,7 @@ after(async () => {
 test("sign in, and the fleet shows four machines online and the unenrolled one flagged", async () => {
   await page.goto(banner.console);
   await page.waitForURL(/#\/login$/);
+  await assertAccessible("the login page");
   await page.getByLabel("User").fill("admin");
   await page.getByLabel("Password").fill(banner.password);
   await page.getByRole("button", { name: "Sign in" }).click();
@@ -75,6 +95,7 @@ test("sign in, and the fleet shows four machines online and the unenrolled one f
   }
   await row("host5").getByText("mismatch", { exact: true }).waitFor();
   await page.screenshot({ path: `${SHOTS}fleet.png`, fullPage: true });
+  await assertAccessible("the fleet page");
   // A narrow window still shows the fleet.
   await page.setViewportSize({ width: 420, height: 800 });
   await page.screenshot({ path: `${SHOTS}fleet-narrow.png`, fullPage: true });
@@ -83,6 +104,7 @@ test("sign in, and the fleet shows four machines online and the unenrolled one f
 
 test("run a script from the catalog's form and see each host's output appear live", async () => {
   await page.goto(`${banner.console}#/run`);
+  await assertAccessible("the run page");
   await page.getByLabel("Script").selectOption("greet");
   await page.getByLabel("name", { exact: true }).fill("browser");
   await page.getByLabel("tag web").check();
@@ -95,6 +117,7 @@ test("run a script from the catalog's form and see each host's output appear liv
   }
   await page.getByRole("status").getByText("succeeded").waitFor();
   await page.screenshot({ path: `${SHOTS}operation.png`, fullPage: true });
+  await assertAccessible("the operation page");
 });
 
 test("stop a long script", async () => {
@@ -132,6 +155,7 @@ test("a grid2x2 workspace shows each host's own client id in its own pane", asyn
     }
   }
   await page.screenshot({ path: `${SHOTS}terminals.png` });
+  await assertAccessible("a terminal workspace");
 });
 
 test("a recording plays back what its pane showed", async () => {
@@ -149,4 +173,5 @@ test("a bad commit shows its error, file:line:col, on the Git page", async () =>
   const problems = page.getByRole("region", { name: "Problems" });
   await problems.getByText(/links\.yaml:\d+:\d+/).first().waitFor();
   await page.screenshot({ path: `${SHOTS}git.png`, fullPage: true });
+  await assertAccessible("the Git page");
 });
