@@ -156,6 +156,14 @@ test("a grid2x2 workspace shows each host's own client id in its own pane", asyn
   }
   await page.screenshot({ path: `${SHOTS}terminals.png` });
   await assertAccessible("a terminal workspace");
+
+  // A reload is a new socket: the same sessions, each screen replayed from its scrollback.
+  await page.reload();
+  for (const [index, id] of machines.entries()) {
+    const pane = page.getByRole("region", { name: `Pane ${index + 1}` });
+    await pane.getByText("connected").waitFor();
+    await pane.locator(".xterm-rows").getByText(`LINKOPS-${uuids[id]}`).waitFor();
+  }
 });
 
 test("a recording plays back what its pane showed", async () => {
