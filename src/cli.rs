@@ -116,11 +116,7 @@ pub fn set_password(config: &Config, name: &str, source: PasswordSource) -> Resu
 }
 
 fn validate_name(name: &str) -> Result<(), Error> {
-    let valid = (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if valid {
+    if crate::auth::valid_user_name(name) {
         Ok(())
     } else {
         Err(Error::InvalidName(name.to_owned()))

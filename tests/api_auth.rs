@@ -233,3 +233,100 @@ async fn health_reports_ready_without_auth() {
     assert_eq!(body["store"]["ok"], true);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn admins_create_users_and_reset_passwords_shown_once() {
+    let dir = data_dir_with_users(&[
+        ("ada", Role::Admin, "pw-ada-1"),
+        ("oli", Role::Operator, "pw-oli-1"),
+    ]);
+    let server = start(dir.path()).await;
+    let admin = server.token("ada", "pw-ada-1").await;
+    let post = |path: &'static str, token: String, body: Option<Value>| {
+        let server = &server;
+        async move {
+            server
+                .request(reqwest::Method::POST, path, &token, body)
+                .await
+        }
+    };
+
+    let (status, created) = post(
+        "/api/users",
+        admin.clone(),
+        Some(json!({ "username": "vic", "role": "viewer" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let password = created["password"].as_str().unwrap().to_owned();
+    assert_eq!(password.len(), 20);
+    let vic = server.token("vic", &password).await;
+    let me: Value = server
+        .get("/api/auth/me", Some(&vic))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "viewer");
+
+    let (status, _) = post(
+        "/api/users",
+        admin.clone(),
+        Some(json!({ "username": "vic", "role": "admin" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, answer) = post(
+        "/api/users",
+        admin.clone(),
+        Some(json!({ "username": "no spaces", "role": "viewer" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer["error"]["details"]["field"], "username");
+    let operator = server.token("oli", "pw-oli-1").await;
+    let (status, _) = post(
+        "/api/users",
+        operator,
+        Some(json!({ "username": "eve", "role": "admin" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // A reset: the old password and the old token stop working, the new password works.
+    let (status, reset) = post("/api/users/vic/password", admin.clone(), None).await;
+    assert_eq!(status, StatusCode::OK, "{reset}");
+    assert_eq!(
+        server.get("/api/auth/me", Some(&vic)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        server.login("vic", &password).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    server
+        .token("vic", reset["password"].as_str().unwrap())
+        .await;
+    let (status, _) = post("/api/users/nobody/password", admin, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    server.stop().await;
+    let store = Store::open(&support::config(dir.path()).store_path()).unwrap();
+    let entries = store.audit_entries(0, 1000).unwrap();
+    let by_ada: Vec<(&str, &str)> = entries
+        .iter()
+        .filter(|e| e.actor == "ada" && e.action.starts_with("user."))
+        .map(|e| (e.action.as_str(), e.target.as_str()))
+        .collect();
+    assert_eq!(by_ada, [("user.create", "vic"), ("user.passwd", "vic")]);
+    assert!(
+        entries
+            .iter()
+            .all(|e| !e.detail.as_deref().unwrap_or("").contains(&password))
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.outcome != Outcome::Failure || e.action == "auth.login")
+    );
+}

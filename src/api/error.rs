@@ -50,6 +50,16 @@ impl From<auth::Error> for ApiError {
                 retry_after_secs: retry_after.as_secs().max(1),
             },
             auth::Error::InvalidToken => ApiError::Unauthorized,
+            auth::Error::InvalidName(name) => ApiError::Unprocessable {
+                field: "username".into(),
+                message: auth::Error::InvalidName(name).to_string(),
+            },
+            auth::Error::Store(store::Error::UserExists(name)) => {
+                ApiError::Conflict(format!("user {name:?} already exists"))
+            }
+            auth::Error::Store(store::Error::NoSuchUser(name)) => {
+                ApiError::NotFound(format!("no user named {name:?}"))
+            }
             error @ (auth::Error::Store(_) | auth::Error::Hash(_)) => {
                 ApiError::Internal(error.to_string())
             }

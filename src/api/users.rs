@@ -1,12 +1,14 @@
 //! `/api/users`: user accounts (admin only). Password hashes never leave the store.
 
 use axum::extract::State;
-
-use super::extract::Json;
-use serde::Serialize;
+use axum::http::StatusCode;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
 
 use super::auth::Authenticated;
+use super::extract::{Json, Path};
 use super::{ApiError, AppState, at};
+use crate::auth::{self, GeneratedPassword};
 use crate::store::Role;
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -34,4 +36,60 @@ pub async fn list(
         })
         .collect();
     Ok(Json(users))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    username: String,
+    /// viewer (read), operator (+ run, stop, terminals, verify) or admin (+ users, sync).
+    role: Role,
+}
+
+/// A generated password, shown this once; only its hash is stored.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Credentials {
+    username: String,
+    password: String,
+}
+
+impl From<GeneratedPassword> for Credentials {
+    fn from(generated: GeneratedPassword) -> Self {
+        Credentials {
+            username: generated.user,
+            password: generated.password.expose_secret().to_owned(),
+        }
+    }
+}
+
+/// `POST /api/users`
+#[utoipa::path(post, path = "/api/users", tag = "users", request_body = NewUser, responses((status = 201, description = "Created (admin), with a generated password shown this once", body = Credentials), (status = 409, description = "The name is taken", body = crate::api::error::ErrorBody), (status = 422, description = "An invalid name", body = crate::api::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Json(body): Json<NewUser>,
+) -> Result<(StatusCode, Json<Credentials>), ApiError> {
+    let admin = caller.require(Role::Admin)?.name.clone();
+    let store = state.store.clone();
+    let created = tokio::task::spawn_blocking(move || {
+        auth::create_user(&store, &admin, &body.username, body.role)
+    })
+    .await
+    .map_err(|error| ApiError::Internal(error.to_string()))??;
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+/// `POST /api/users/{name}/password`
+#[utoipa::path(post, path = "/api/users/{name}/password", tag = "users", params(("name" = String, Path, description = "User name")), responses((status = 200, description = "A new generated password (admin), shown this once; the user's older tokens stop working and a lockout is lifted", body = Credentials), (status = 404, description = "No such user", body = crate::api::error::ErrorBody)))]
+pub async fn reset_password(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(name): Path<String>,
+) -> Result<Json<Credentials>, ApiError> {
+    let admin = caller.require(Role::Admin)?.name.clone();
+    let store = state.store.clone();
+    let reset = tokio::task::spawn_blocking(move || auth::reset_password(&store, &admin, &name))
+        .await
+        .map_err(|error| ApiError::Internal(error.to_string()))??;
+    Ok(Json(reset.into()))
 }

@@ -29,6 +29,8 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error("password hashing failed: {0}")]
     Hash(String),
+    #[error("invalid user name {0:?}: use letters, digits, '.', '_' or '-' (1-64 characters)")]
+    InvalidName(String),
 }
 
 /// A successful login.
@@ -139,6 +141,52 @@ impl Auth {
 pub struct GeneratedPassword {
     pub user: String,
     pub password: SecretString,
+}
+
+/// Whether a user name is acceptable: 1–64 letters, digits, `.`, `_` or `-`.
+pub fn valid_user_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Creates a user with a generated password, audited as done by `actor`.
+/// Blocking (argon2).
+pub fn create_user(
+    store: &Store,
+    actor: &str,
+    name: &str,
+    role: Role,
+) -> Result<GeneratedPassword, Error> {
+    if !valid_user_name(name) {
+        return Err(Error::InvalidName(name.to_owned()));
+    }
+    let password = password::generate();
+    store.create_user(name, role, &password::hash(&password)?)?;
+    store.audit(
+        actor,
+        "user.create",
+        name,
+        Outcome::Success,
+        Some(format!("role {role}")),
+    )?;
+    Ok(GeneratedPassword {
+        user: name.to_owned(),
+        password: password.into(),
+    })
+}
+
+/// Replaces a user's password with a generated one (older tokens stop
+/// working, a lockout is lifted), audited as done by `actor`. Blocking (argon2).
+pub fn reset_password(store: &Store, actor: &str, name: &str) -> Result<GeneratedPassword, Error> {
+    let password = password::generate();
+    store.set_password(name, &password::hash(&password)?)?;
+    store.audit(actor, "user.passwd", name, Outcome::Success, None)?;
+    Ok(GeneratedPassword {
+        user: name.to_owned(),
+        password: password.into(),
+    })
 }
 
 /// Creates `admin` with a random password when the store has no users.

@@ -173,6 +173,22 @@ test("a recording plays back what its pane showed", async () => {
   await player.locator(".xterm-rows").getByText(/LINKOPS-[0-9a-f-]{36}/).waitFor();
 });
 
+test("an admin creates a user, whose generated password is shown once and works", async () => {
+  await page.goto(`${banner.console}#/users`);
+  await page.getByLabel("New user").fill("carol");
+  await page.getByLabel("Role").selectOption("operator");
+  await page.getByRole("button", { name: "Create" }).click();
+  const password = await page.locator("[data-password]").textContent();
+  assert.equal(password.length, 20);
+  await page.getByRole("row").filter({ hasText: "carol" }).getByText("operator").waitFor();
+  const login = await fetch(`${banner.api}/api/auth/login`, {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ username: "carol", password }),
+  });
+  assert.equal(login.status, 200);
+  await assertAccessible("the users page");
+});
+
 test("a bad commit shows its error, file:line:col, on the Git page", async () => {
   writeFileSync(`${banner.config}/links.yaml`, "machines:\n  - id: broken\n    host: [not, a, host]\n");
   execFileSync("git", ["-C", banner.config, "commit", "-qam", "a broken inventory"]);
