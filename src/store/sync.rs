@@ -61,16 +61,6 @@ pub struct SyncRecord {
     pub outcome: SyncOutcome,
 }
 
-impl SyncRecord {
-    /// The revision in force after this attempt.
-    pub fn in_force(&self) -> Option<&str> {
-        match self.outcome {
-            SyncOutcome::Applied { .. } => self.revision.as_deref(),
-            _ => self.previous.as_deref(),
-        }
-    }
-}
-
 /// Something a revision declares, or declared: a machine or a script.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Declared<T> {

@@ -143,10 +143,6 @@ impl Terminals {
         self.inner.tasks.wait().await;
     }
 
-    pub fn config(&self) -> &TerminalConfig {
-        &self.inner.config
-    }
-
     fn live(&self, id: &str) -> Arc<LiveWorkspace> {
         self.inner
             .workspaces
