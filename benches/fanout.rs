@@ -322,13 +322,7 @@ async fn bare_cold(fleet: &Fleet) -> Vec<Duration> {
                 let (target, options) = (fleet.target(i), fleet.connect_options());
                 tokio::spawn(async move {
                     let connection = Connection::open(&target, &options).await.unwrap();
-                    connection
-                        .exec("cat /etc/linkops/client_id", b"", Duration::from_secs(30))
-                        .await
-                        .unwrap()
-                        .collect(128)
-                        .await
-                        .unwrap()
+                    read_client_id(&connection).await
                 })
             })
             .collect();
@@ -355,17 +349,7 @@ async fn bare_warm(fleet: &Fleet) -> Vec<Duration> {
         let tasks: Vec<_> = connections
             .iter()
             .cloned()
-            .map(|connection| {
-                tokio::spawn(async move {
-                    connection
-                        .exec("cat /etc/linkops/client_id", b"", Duration::from_secs(30))
-                        .await
-                        .unwrap()
-                        .collect(128)
-                        .await
-                        .unwrap()
-                })
-            })
+            .map(|connection| tokio::spawn(async move { read_client_id(&connection).await }))
             .collect();
         for task in tasks {
             assert!(task.await.unwrap().status.success());
@@ -373,6 +357,17 @@ async fn bare_warm(fleet: &Fleet) -> Vec<Duration> {
         times.push(started.elapsed());
     }
     times
+}
+
+/// The bare client's unit of work: the enrollment check's command on a new channel.
+async fn read_client_id(connection: &Connection) -> linkops::ssh::Output {
+    connection
+        .exec("cat /etc/linkops/client_id", b"", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .collect(128)
+        .await
+        .unwrap()
 }
 
 fn repeat(mut once: impl FnMut() -> Duration) -> Vec<Duration> {

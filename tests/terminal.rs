@@ -75,6 +75,14 @@ async fn connect_all(daemon: &TestDaemon, token: &str, id: &str, size: Value) ->
     answer["panes"].as_array().unwrap().clone()
 }
 
+/// A terminal session's record.
+async fn recording(daemon: &TestDaemon, token: &str, session: u64) -> (StatusCode, Value) {
+    let path = format!("/api/terminal/recordings/{session}");
+    daemon
+        .request(reqwest::Method::GET, &path, token, None)
+        .await
+}
+
 /// A WebSocket client of one workspace, keeping what each pane has shown.
 struct Terminal {
     socket: tokio_tungstenite::WebSocketStream<
@@ -285,14 +293,7 @@ async fn a_grid_of_four_panes_shows_each_machine_in_its_own_pane() {
     let session = closed["session"].as_u64().unwrap();
 
     // Its recording replays what the pane showed.
-    let (status, recording) = daemon
-        .request(
-            reqwest::Method::GET,
-            &format!("/api/terminal/recordings/{session}"),
-            &token,
-            None,
-        )
-        .await;
+    let (status, recording) = recording(&daemon, &token, session).await;
     assert_eq!(status, StatusCode::OK, "{recording}");
     assert_eq!(recording["machine_id"], "host1");
     assert_eq!(recording["user"], OPERATOR.0);
@@ -521,14 +522,7 @@ async fn sessions_close_when_idle_or_abandoned_and_record_why() {
     assert_eq!(pane["end"]["reason"], "abandoned", "{pane}");
 
     let session = pane["session"].as_u64().unwrap();
-    let (_, recording) = daemon
-        .request(
-            reqwest::Method::GET,
-            &format!("/api/terminal/recordings/{session}"),
-            &token,
-            None,
-        )
-        .await;
+    let (_, recording) = recording(&daemon, &token, session).await;
     assert_eq!(recording["end"]["reason"], "abandoned");
     daemon.stop().await;
 }

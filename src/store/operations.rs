@@ -13,7 +13,7 @@ use linkops_reconcilers::run::{RunRecord, RunState};
 use redb::ReadableTable;
 
 use super::codec::{decode, encode, get_str};
-use super::scan::index_operation;
+use super::scan::{SeqTable, index_operation};
 use super::schema::{OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, RUN_REQUESTS};
 use super::{Error, Result, Store, now_ms};
 
@@ -177,21 +177,7 @@ impl Store {
         limit: usize,
         keep: impl Fn(&Operation) -> bool,
     ) -> Result<Vec<Operation>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        let operations = tx.open_table(OPERATIONS)?;
-        let mut found = Vec::new();
-        for entry in operations.range::<u64>(..)?.rev() {
-            let (key, value) = entry?;
-            let operation: Operation = decode("operations", key.value(), value.value())?;
-            if keep(&operation) {
-                found.push(operation);
-                if found.len() == limit {
-                    break;
-                }
-            }
-        }
-        Ok(found)
+        self.newest(SeqTable::Operations, limit, keep)
     }
 
     /// The newest operations that involve `machine_id`, newest first.

@@ -161,6 +161,23 @@ impl Store {
         each(range, reverse, step)
     }
 
+    /// The newest records of `table` that `keep` accepts, at most `limit`.
+    pub(super) fn newest<V: DeserializeOwned>(
+        &self,
+        table: SeqTable,
+        limit: usize,
+        keep: impl Fn(&V) -> bool,
+    ) -> Result<Vec<V>> {
+        let mut found = Vec::new();
+        self.scan_seq(table, true, None, |record: V| {
+            if found.len() < limit && keep(&record) {
+                found.push(record);
+            }
+            found.len() < limit
+        })?;
+        Ok(found)
+    }
+
     /// Visits the operations whose `index` column is `value`, in id order
     /// (newest first with `reverse`), after id `after`, until `visit` returns false.
     pub fn scan_operations_by(

@@ -8,6 +8,7 @@ use linkops_reconcilers::terminal::{SessionEnd, TerminalSession, Workspace};
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::codec::{decode, encode};
+use super::scan::SeqTable;
 use super::schema::{TERMINAL_RECORDINGS, TERMINAL_SESSIONS, TERMINAL_WORKSPACES};
 use super::{Result, Store, now_ms};
 
@@ -116,20 +117,7 @@ impl Store {
         limit: usize,
         keep: impl Fn(&TerminalSession) -> bool,
     ) -> Result<Vec<TerminalSession>> {
-        let tx = self.db.begin_read()?;
-        let sessions = tx.open_table(TERMINAL_SESSIONS)?;
-        let mut found = Vec::new();
-        for entry in sessions.range::<u64>(..)?.rev() {
-            let (key, value) = entry?;
-            let session: TerminalSession = decode("terminal_sessions", key.value(), value.value())?;
-            if keep(&session) {
-                found.push(session);
-                if found.len() == limit {
-                    break;
-                }
-            }
-        }
-        Ok(found)
+        self.newest(SeqTable::TerminalSessions, limit, keep)
     }
 
     /// Recording chunks after chunk number `after`, oldest first, stopping once
