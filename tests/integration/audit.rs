@@ -1,10 +1,9 @@
 //! The audit log records host keys learned and refused — once each, not on every check.
 
-mod support;
-
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{ADMIN, FleetSetup};
+
+use crate::support::{ADMIN, FleetSetup};
 
 #[tokio::test]
 async fn host_keys_learned_and_refused_are_audited_once() {

@@ -1,10 +1,9 @@
 //! The reconcile loop against a real fleet: health, enrollment, verify, run-requests.
 
-mod support;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{ADMIN, FleetSetup, TestDaemon, eventually};
+
+use crate::support::{self, ADMIN, FleetSetup, TestDaemon, eventually};
 const SCRIPTS: &str = r#"scripts:
   - id: mark
     name: Leave a mark

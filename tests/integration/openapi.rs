@@ -1,11 +1,10 @@
 //! The OpenAPI description: served, complete, and true to the routes.
 
-mod support;
-
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use support::TestDaemon;
+
+use crate::support::{self, TestDaemon};
 
 /// The paths the original backend's frontend depends on.
 const CONTRACT: &[(&str, &str)] = &[

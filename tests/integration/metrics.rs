@@ -1,10 +1,9 @@
 //! `GET /metrics` scraped after real work on a real fleet.
 
-mod support;
-
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{ADMIN, FleetSetup};
+
+use crate::support::{self, ADMIN, FleetSetup};
 
 const SCRIPTS: &str = r#"scripts:
   - id: hello

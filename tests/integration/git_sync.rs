@@ -1,8 +1,6 @@
 //! Desired state from real Git remotes: a bare repository served over SSH by a
 //! test sshd host, and a local path; manual syncs, webhooks, bad commits.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +12,8 @@ use linkops::testbed::{BareRepo, Fleet};
 use linkops_reconcilers::desired::DesiredState;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{TestDaemon, WorkRepo, add_users, example_repo};
+
+use crate::support::{self, TestDaemon, WorkRepo, add_users, example_repo};
 
 const ADMIN: (&str, &str) = ("ada", "pw-ada-1");
 const WEBHOOK_SECRET: &str = "hook-secret-1";

@@ -1,13 +1,12 @@
 //! Login, tokens, roles and lockout through the real HTTP server on a real socket.
 
-mod support;
-
 use std::path::Path;
 
 use linkops::store::{Outcome, Role, Store};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{TestDaemon, add_users};
+
+use crate::support::{self, TestDaemon, add_users};
 
 async fn start(dir: &Path) -> TestDaemon {
     TestDaemon::start(support::config(dir)).await

@@ -1,10 +1,9 @@
 //! Operations through the API against a real fleet: run, live SSE, stop, limits, failures.
 
-mod support;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{ADMIN, FleetSetup, TestDaemon, VIEWER, output_text, read_events};
+
+use crate::support::{self, ADMIN, FleetSetup, TestDaemon, VIEWER, output_text, read_events};
 
 const SCRIPTS: &str = r#"scripts:
   - id: talk

@@ -1,13 +1,12 @@
 //! The `linkops` client commands against a running daemon and a real fleet.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
-use support::{ADMIN, FleetSetup, TestDaemon};
+
+use crate::support::{ADMIN, FleetSetup, TestDaemon};
 
 const SCRIPTS: &str = r#"scripts:
   - id: hello

@@ -1,5 +1,4 @@
 //! Shared by the integration tests: a daemon on a real socket, and Git repositories driven by the real `git`.
-#![allow(dead_code)] // Each test crate uses a different part.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

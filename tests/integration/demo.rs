@@ -1,11 +1,11 @@
 //! `linkops demo` end to end: from nothing to a working fleet, and everything gone after Ctrl-C.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
+
+use crate::support;
 
 /// The demo's API, as its banner describes it.
 struct Api {

@@ -3,8 +3,6 @@
 //!
 //! Rounds: `EXACTLY_ONCE_ROUNDS` (default 2; CI runs 20).
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -12,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use linkops::store::Role;
 use linkops::testbed::Fleet;
 use serde_json::{Value, json};
-use support::{WorkRepo, add_users, eventually, fleet_config, fleet_links};
+
+use crate::support::{WorkRepo, add_users, eventually, fleet_config, fleet_links};
 
 const ADMIN: (&str, &str) = ("ada", "pw-ada-1");
 

@@ -1,14 +1,13 @@
 //! `POST /api/tables/query` over a store with history, through a real socket.
 
-mod support;
-
 use std::collections::BTreeMap;
 
 use linkops::store::{OperationUpdate, Role, Store};
 use linkops_reconcilers::operation::{HostResult, HostState, Operation, OperationState, Requester};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{ADMIN, TestDaemon, VIEWER};
+
+use crate::support::{self, ADMIN, TestDaemon, VIEWER};
 
 const STATES: [OperationState; 3] = [
     OperationState::Succeeded,

@@ -1,15 +1,14 @@
 //! Terminal workspaces against a real fleet, through a real WebSocket client.
 
-mod support;
-
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{ADMIN, FleetSetup, TestDaemon};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::support::{self, ADMIN, FleetSetup, TestDaemon};
 
 /// How long a test waits for a terminal to show something.
 const WAIT: Duration = Duration::from_secs(30);

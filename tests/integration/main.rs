@@ -1,0 +1,24 @@
+//! The integration tests: the daemon, the binary and the CLI through real sockets, real `sshd`
+//! test hosts and real Git repositories.
+//!
+//! One test binary rather than one per file: every binary links the whole daemon, so a binary per
+//! file multiplies link time and disk use (sixteen ~300 MB debug binaries filled a CI disk).
+//! Run one area with `cargo test --test integration terminal::`.
+
+mod support;
+
+mod api_auth;
+mod audit;
+mod cli;
+mod demo;
+mod exactly_once;
+mod fleet;
+mod git_sync;
+mod metrics;
+mod openapi;
+mod operations;
+mod serve;
+mod ssh;
+mod tables;
+mod terminal;
+mod validate;
