@@ -115,6 +115,22 @@ pub fn set_password(config: &Config, name: &str, source: PasswordSource) -> Resu
     Ok(())
 }
 
+/// `linkops user role NAME ROLE`
+pub fn change_role(config: &Config, name: &str, role: Role) -> Result<(), Error> {
+    let store = Store::open(&config.store_path())?;
+    let user = crate::auth::change_role(&store, "cli", name, role)?;
+    println!("user {} is now {}", user.name, user.role);
+    Ok(())
+}
+
+/// `linkops user remove NAME`
+pub fn remove_user(config: &Config, name: &str) -> Result<(), Error> {
+    let store = Store::open(&config.store_path())?;
+    let user = crate::auth::delete_user(&store, "cli", name)?;
+    println!("user {} ({}) removed", user.name, user.role);
+    Ok(())
+}
+
 fn validate_name(name: &str) -> Result<(), Error> {
     if crate::auth::valid_user_name(name) {
         Ok(())

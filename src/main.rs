@@ -171,6 +171,15 @@ enum UserCommand {
         #[command(flatten)]
         password: PasswordArgs,
     },
+    /// Change a user's role (the last admin cannot be demoted).
+    Role {
+        name: String,
+        /// viewer, operator or admin.
+        role: Role,
+    },
+    /// Delete a user; their tokens stop working. Their records and recordings stay.
+    #[command(alias = "rm")]
+    Remove { name: String },
 }
 
 #[derive(Args)]
@@ -246,6 +255,10 @@ fn main() -> anyhow::Result<()> {
         Command::User(UserCommand::Passwd { name, password }) => {
             Ok(cli::set_password(&config()?, name, password.source())?)
         }
+        Command::User(UserCommand::Role { name, role }) => {
+            Ok(cli::change_role(&config()?, name, *role)?)
+        }
+        Command::User(UserCommand::Remove { name }) => Ok(cli::remove_user(&config()?, name)?),
     }
 }
 

@@ -133,6 +133,8 @@ pub enum SessionEnd {
     },
     /// A user closed the pane, changed its machine or deleted the workspace.
     Closed,
+    /// The workspace's owner was deleted or lost the operator role.
+    Revoked,
     /// Nothing was typed or shown for the idle timeout.
     Idle,
     /// No client reattached within the grace period after the socket dropped.

@@ -54,22 +54,21 @@ impl From<auth::Error> for ApiError {
                 field: "username".into(),
                 message: auth::Error::InvalidName(name).to_string(),
             },
-            auth::Error::Store(store::Error::UserExists(name)) => {
-                ApiError::Conflict(format!("user {name:?} already exists"))
-            }
-            auth::Error::Store(store::Error::NoSuchUser(name)) => {
-                ApiError::NotFound(format!("no user named {name:?}"))
-            }
-            error @ (auth::Error::Store(_) | auth::Error::Hash(_)) => {
-                ApiError::Internal(error.to_string())
-            }
+            auth::Error::Store(error) => error.into(),
+            auth::Error::Hash(_) => ApiError::Internal(error.to_string()),
         }
     }
 }
 
 impl From<store::Error> for ApiError {
     fn from(error: store::Error) -> Self {
-        ApiError::Internal(error.to_string())
+        match error {
+            store::Error::UserExists(_) | store::Error::LastAdmin(_) => {
+                ApiError::Conflict(error.to_string())
+            }
+            store::Error::NoSuchUser(_) => ApiError::NotFound(error.to_string()),
+            error => ApiError::Internal(error.to_string()),
+        }
     }
 }
 

@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(auth::login))
         .routes(routes!(auth::me))
         .routes(routes!(users::list, users::create))
+        .routes(routes!(users::change_role, users::delete))
         .routes(routes!(users::reset_password))
         .routes(routes!(links::list))
         .routes(routes!(links::get))

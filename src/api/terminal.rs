@@ -19,7 +19,7 @@ use super::{ApiError, AppState, at};
 use crate::metrics::Open;
 use crate::store::{Outcome, Role, Store, User, now_ms};
 use crate::terminal::protocol::{
-    self, ClientMessage, Frame, PaneStatus, ServerMessage, parse_binary_input,
+    self, ClientMessage, Frame, PaneStatus, ServerMessage, SocketEnd, parse_binary_input,
 };
 use crate::terminal::{DEFAULT_SIZE, Terminals};
 
@@ -127,7 +127,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let user = caller.require(Role::Operator)?;
     usable_workspace(&state, user, &id)?;
-    state.terminals.forget(&id).await;
+    state.terminals.delete_workspace(&id).await;
     state.store.delete_workspace(&id)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -323,11 +323,12 @@ async fn serve_socket(
     let close = tokio::select! {
         _ = send => None,
         _ = receive => None,
-        _ = attached.replaced.cancelled() => Some((4001, "another connection took this workspace over")),
-        _ = terminals.shutdown().cancelled() => Some((1001, "the daemon is stopping")),
+        // A dropped sender (no reason given) is no reason to close.
+        Ok(end) = attached.ended => Some(end),
+        _ = terminals.shutdown().cancelled() => Some(SocketEnd::DaemonStopping),
     };
     terminals.detach(&workspace.id, &attached.sink).await;
-    if let Some((code, reason)) = close {
+    if let Some((code, reason)) = close.map(SocketEnd::close_frame) {
         let frame = CloseFrame {
             code,
             reason: reason.into(),

@@ -9,7 +9,7 @@ use super::auth::Authenticated;
 use super::extract::{Json, Path};
 use super::{ApiError, AppState, at};
 use crate::auth::{self, GeneratedPassword};
-use crate::store::Role;
+use crate::store::{Role, User};
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct UserView {
@@ -29,13 +29,19 @@ pub async fn list(
         .store
         .users()?
         .into_iter()
-        .map(|user| UserView {
+        .map(UserView::from)
+        .collect();
+    Ok(Json(users))
+}
+
+impl From<User> for UserView {
+    fn from(user: User) -> Self {
+        UserView {
             username: user.name,
             role: user.role,
             created_at: at(user.created_at_ms).unwrap_or_default(),
-        })
-        .collect();
-    Ok(Json(users))
+        }
+    }
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -92,4 +98,39 @@ pub async fn reset_password(
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))??;
     Ok(Json(reset.into()))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleChange {
+    role: Role,
+}
+
+/// `PATCH /api/users/{name}`
+#[utoipa::path(patch, path = "/api/users/{name}", tag = "users", params(("name" = String, Path, description = "User name")), request_body = RoleChange, responses((status = 200, description = "The user with the new role (admin); takes effect on their next request, and below operator their terminals close", body = UserView), (status = 404, description = "No such user", body = crate::api::error::ErrorBody), (status = 409, description = "The last admin cannot be demoted", body = crate::api::error::ErrorBody)))]
+pub async fn change_role(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(name): Path<String>,
+    Json(body): Json<RoleChange>,
+) -> Result<Json<UserView>, ApiError> {
+    let admin = caller.require(Role::Admin)?.name.clone();
+    let user = auth::change_role(&state.store, &admin, &name, body.role)?;
+    if user.role < Role::Operator {
+        state.terminals.revoke(&user.name).await?;
+    }
+    Ok(Json(user.into()))
+}
+
+/// `DELETE /api/users/{name}`
+#[utoipa::path(delete, path = "/api/users/{name}", tag = "users", params(("name" = String, Path, description = "User name")), responses((status = 204, description = "Deleted (admin): their tokens stop working and their terminals close; their records and recordings stay"), (status = 404, description = "No such user", body = crate::api::error::ErrorBody), (status = 409, description = "The last admin cannot be deleted", body = crate::api::error::ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let admin = caller.require(Role::Admin)?.name.clone();
+    let user = auth::delete_user(&state.store, &admin, &name)?;
+    state.terminals.revoke(&user.name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

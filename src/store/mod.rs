@@ -61,6 +61,10 @@ pub enum Error {
     UserExists(String),
     #[error("no user named {0:?}")]
     NoSuchUser(String),
+    #[error(
+        "user {0:?} is the last admin; make another user admin first, so that someone can still manage users"
+    )]
+    LastAdmin(String),
     #[error("store I/O failed: {0}")]
     Backend(#[from] redb::Error),
 }

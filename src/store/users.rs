@@ -3,7 +3,7 @@
 use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
-use super::codec::{encode, get_str};
+use super::codec::{decode, encode, get_str};
 use super::schema::{LOGIN_FAILURES, USERS};
 use super::{Error, Result, Store, now_ms};
 
@@ -141,6 +141,41 @@ impl Store {
         Ok(user)
     }
 
+    /// Changes a user's role; the last admin cannot be demoted.
+    pub fn set_role(&self, name: &str, role: Role) -> Result<User> {
+        let tx = self.db.begin_write()?;
+        let user = {
+            let mut users = tx.open_table(USERS)?;
+            let mut user: User = get_str(&users, "users", name)?
+                .ok_or_else(|| Error::NoSuchUser(name.to_owned()))?;
+            if role != Role::Admin {
+                refuse_last_admin(&users, &user)?;
+            }
+            user.role = role;
+            users.insert(name, encode(&user).as_slice())?;
+            user
+        };
+        tx.commit()?;
+        Ok(user)
+    }
+
+    /// Deletes a user (their tokens stop working at once); the last admin cannot be deleted.
+    /// Returns the deleted account.
+    pub fn delete_user(&self, name: &str) -> Result<User> {
+        let tx = self.db.begin_write()?;
+        let user = {
+            let mut users = tx.open_table(USERS)?;
+            let user: User = get_str(&users, "users", name)?
+                .ok_or_else(|| Error::NoSuchUser(name.to_owned()))?;
+            refuse_last_admin(&users, &user)?;
+            users.remove(name)?;
+            user
+        };
+        tx.open_table(LOGIN_FAILURES)?.remove(name)?;
+        tx.commit()?;
+        Ok(user)
+    }
+
     pub fn login_failures(&self, name: &str) -> Result<Option<LoginFailures>> {
         self.read_one(LOGIN_FAILURES, "login_failures", name)
     }
@@ -170,6 +205,25 @@ impl Store {
         tx.commit()?;
         Ok(next)
     }
+}
+
+/// Refuses to take the admin role from `user` when no other user has it:
+/// without an admin nobody can manage users through the API.
+fn refuse_last_admin(
+    users: &impl ReadableTable<&'static str, &'static [u8]>,
+    user: &User,
+) -> Result<()> {
+    if user.role != Role::Admin {
+        return Ok(());
+    }
+    for entry in users.iter()? {
+        let (key, value) = entry?;
+        let other: User = decode("users", key.value(), value.value())?;
+        if other.role == Role::Admin && other.name != user.name {
+            return Ok(());
+        }
+    }
+    Err(Error::LastAdmin(user.name.clone()))
 }
 
 fn new_user(name: &str, role: Role, password_hash: &str) -> User {
@@ -235,6 +289,35 @@ mod tests {
         let user = store.set_password("ada", "h2").unwrap();
         assert_eq!(user.password_hash, "h2");
         assert_eq!(store.login_failures("ada").unwrap(), None);
+    }
+
+    #[test]
+    fn the_last_admin_is_neither_demoted_nor_deleted() {
+        let (_dir, store) = store();
+        store.create_user("root", Role::Admin, "h").unwrap();
+        store.create_user("ada", Role::Operator, "h").unwrap();
+        let refused = store.set_role("root", Role::Operator).unwrap_err();
+        assert!(matches!(refused, Error::LastAdmin(name) if name == "root"));
+        assert!(matches!(
+            store.delete_user("root").unwrap_err(),
+            Error::LastAdmin(_)
+        ));
+        // With a second admin, either can go.
+        store.set_role("ada", Role::Admin).unwrap();
+        assert_eq!(
+            store.set_role("root", Role::Viewer).unwrap().role,
+            Role::Viewer
+        );
+        assert!(matches!(
+            store.delete_user("ada").unwrap_err(),
+            Error::LastAdmin(_)
+        ));
+        store.delete_user("root").unwrap();
+        assert_eq!(store.user("root").unwrap(), None);
+        assert!(matches!(
+            store.delete_user("root").unwrap_err(),
+            Error::NoSuchUser(_)
+        ));
     }
 
     #[test]

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::enrollment::{self, Enrollment};
-use linkops_reconcilers::terminal::{TerminalSession, Workspace};
-use tokio::sync::{Mutex as AsyncMutex, mpsc, watch};
+use linkops_reconcilers::terminal::{SessionEnd, TerminalSession, Workspace};
+use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -29,7 +29,7 @@ use crate::metrics::{Metrics, Open};
 use crate::ssh::{self, Connection};
 use crate::store::{Outcome, Store, now_ms};
 use pane::{PaneCommand, PaneSession, Sink};
-use protocol::{Frame, PaneState, PaneStatus, Refusal, ServerMessage};
+use protocol::{Frame, PaneState, PaneStatus, Refusal, ServerMessage, SocketEnd};
 use recording::Recorder;
 
 /// Frames queued for one socket before the panes wait for it.
@@ -86,8 +86,8 @@ impl LiveState {
 
 struct Attachment {
     sink: Sink,
-    /// Cancelled when another socket takes the workspace over.
-    replaced: CancellationToken,
+    /// Tells the socket why the daemon ends it (another socket took over, …).
+    end: oneshot::Sender<SocketEnd>,
 }
 
 struct PaneHandle {
@@ -101,12 +101,12 @@ impl PaneHandle {
     }
 }
 
-/// A socket's hold on a workspace: the frames to send, and a token cancelled
-/// when another socket takes over.
+/// A socket's hold on a workspace: the frames to send, and why the daemon ends
+/// the socket, should it (another socket takes over, the workspace is deleted, …).
 pub struct Attached {
     pub frames: mpsc::Receiver<Frame>,
     pub sink: mpsc::Sender<Frame>,
-    pub replaced: CancellationToken,
+    pub ended: oneshot::Receiver<SocketEnd>,
 }
 
 impl Terminals {
@@ -389,12 +389,42 @@ impl Terminals {
                 .collect()
         };
         for handle in handles {
-            handle.commands.send(PaneCommand::Close).await.ok();
+            handle
+                .commands
+                .send(PaneCommand::Close(SessionEnd::Closed))
+                .await
+                .ok();
         }
     }
 
-    /// Closes every session of a workspace and any attached socket.
-    pub async fn forget(&self, workspace_id: &str) {
+    /// The workspace is being deleted: closes its sessions and any attached socket.
+    pub async fn delete_workspace(&self, workspace_id: &str) {
+        self.end_workspace(
+            workspace_id,
+            SessionEnd::Closed,
+            SocketEnd::WorkspaceDeleted,
+        )
+        .await;
+    }
+
+    /// `owner` was deleted or lost the operator role: ends every session and
+    /// socket of their workspaces (the workspaces and recordings stay).
+    pub async fn revoke(&self, owner: &str) -> Result<(), crate::store::Error> {
+        for workspace in self.inner.store.workspaces()? {
+            if workspace.owner == owner {
+                self.end_workspace(&workspace.id, SessionEnd::Revoked, SocketEnd::AccessRevoked)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn end_workspace(
+        &self,
+        workspace_id: &str,
+        session_end: SessionEnd,
+        socket_end: SocketEnd,
+    ) {
         let live = self
             .inner
             .workspaces
@@ -407,10 +437,11 @@ impl Terminals {
             (std::mem::take(&mut state.panes), state.socket.take())
         };
         for handle in handles.into_values() {
-            handle.commands.send(PaneCommand::Close).await.ok();
+            let end = PaneCommand::Close(session_end.clone());
+            handle.commands.send(end).await.ok();
         }
         if let Some(socket) = socket {
-            socket.replaced.cancel();
+            socket.end.send(socket_end).ok();
         }
     }
 
@@ -420,7 +451,7 @@ impl Terminals {
         let live = self.live(&workspace.id);
         let _attaching = live.attaching.lock().await;
         let (sink, frames) = mpsc::channel(SOCKET_QUEUE);
-        let replaced = CancellationToken::new();
+        let (end, ended) = oneshot::channel();
         let hello = ServerMessage::Hello {
             workspace: workspace.id.clone(),
             layout: workspace.layout,
@@ -432,9 +463,9 @@ impl Terminals {
             let mut state = live.state.lock().expect("never poisoned");
             if let Some(previous) = state.socket.replace(Attachment {
                 sink: sink.clone(),
-                replaced: replaced.clone(),
+                end,
             }) {
-                previous.replaced.cancel();
+                previous.end.send(SocketEnd::TakenOver).ok();
             }
             state.commands()
         };
@@ -444,7 +475,7 @@ impl Terminals {
         Attached {
             frames,
             sink,
-            replaced,
+            ended,
         }
     }
 

@@ -41,7 +41,8 @@ pub enum PaneCommand {
     Attach(Sink),
     /// That socket went away (ignored if another has attached since).
     Detach(Sink),
-    Close,
+    /// End the session, recorded with this end.
+    Close(SessionEnd),
 }
 
 /// Everything a pane task needs; built once the shell is open.
@@ -128,7 +129,8 @@ impl Running {
                 biased;
                 _ = shutdown.cancelled() => return SessionEnd::Interrupted,
                 command = commands.recv() => match command {
-                    None | Some(PaneCommand::Close) => return SessionEnd::Closed,
+                    None => return SessionEnd::Closed,
+                    Some(PaneCommand::Close(end)) => return end,
                     Some(command) => self.command(command).await,
                 },
                 delivered = deliver(self.pane.sink.as_ref(), &mut self.pending, self.pane.index), if self.pending.is_some() => {
@@ -181,7 +183,7 @@ impl Running {
                     self.detach();
                 }
             }
-            PaneCommand::Close => unreachable!("handled by the loop"),
+            PaneCommand::Close(_) => unreachable!("handled by the loop"),
         }
     }
 

@@ -132,6 +132,34 @@ pub enum ServerMessage {
     },
 }
 
+/// Why the daemon closed a socket, carried as its close code and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketEnd {
+    /// Another socket took the workspace over.
+    TakenOver,
+    /// The workspace was deleted.
+    WorkspaceDeleted,
+    /// Its owner was deleted or no longer has the operator role.
+    AccessRevoked,
+    /// The daemon is stopping.
+    DaemonStopping,
+}
+
+impl SocketEnd {
+    /// The WebSocket close code (4000–4999 are the application's) and reason.
+    pub fn close_frame(self) -> (u16, &'static str) {
+        match self {
+            SocketEnd::TakenOver => (4001, "another connection took this workspace over"),
+            SocketEnd::WorkspaceDeleted => (4002, "the workspace was deleted"),
+            SocketEnd::AccessRevoked => (
+                4003,
+                "access revoked: the user was deleted or no longer has the operator role",
+            ),
+            SocketEnd::DaemonStopping => (1001, "the daemon is stopping"),
+        }
+    }
+}
+
 /// What the daemon sends down a socket.
 #[derive(Debug, Clone)]
 pub enum Frame {

@@ -329,3 +329,133 @@ async fn admins_create_users_and_reset_passwords_shown_once() {
             .all(|e| e.outcome != Outcome::Failure || e.action == "auth.login")
     );
 }
+
+#[tokio::test]
+async fn admins_change_roles_and_delete_users_but_never_the_last_admin() {
+    let dir = data_dir_with_users(&[
+        ("ada", Role::Admin, "pw-ada-1"),
+        ("oli", Role::Operator, "pw-oli-1"),
+        ("vic", Role::Viewer, "pw-vic-1"),
+    ]);
+    let server = start(dir.path()).await;
+    let admin = server.token("ada", "pw-ada-1").await;
+    let oli = server.token("oli", "pw-oli-1").await;
+    let vic = server.token("vic", "pw-vic-1").await;
+    let call = |method: reqwest::Method, path: &'static str, token: &str, body: Option<Value>| {
+        let (server, token) = (&server, token.to_owned());
+        async move { server.request(method, path, &token, body).await }
+    };
+    let patch = |path, token: &str, role: &str| {
+        call(
+            reqwest::Method::PATCH,
+            path,
+            token,
+            Some(json!({ "role": role })),
+        )
+    };
+    let delete = |path, token: &str| call(reqwest::Method::DELETE, path, token, None);
+    let workspace = json!({ "layout": "single" });
+    let create_workspace = |token: &str| {
+        call(
+            reqwest::Method::POST,
+            "/api/terminal/workspaces",
+            token,
+            Some(workspace.clone()),
+        )
+    };
+
+    // Demoting an operator takes effect on their very next request, with the same token.
+    assert_eq!(create_workspace(&oli).await.0, StatusCode::CREATED);
+    let (status, user) = patch("/api/users/oli", &admin, "viewer").await;
+    assert_eq!(status, StatusCode::OK, "{user}");
+    assert_eq!(
+        (&user["username"], &user["role"]),
+        (&json!("oli"), &json!("viewer"))
+    );
+    assert_eq!(create_workspace(&oli).await.0, StatusCode::FORBIDDEN);
+
+    // Only admins change users; the last admin stays one; unknown names and roles are refused.
+    assert_eq!(
+        patch("/api/users/vic", &oli, "admin").await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        delete("/api/users/ada", &vic).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, refused) = patch("/api/users/ada", &admin, "operator").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("last admin"),
+        "{refused}"
+    );
+    assert_eq!(
+        delete("/api/users/ada", &admin).await.0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        patch("/api/users/nobody", &admin, "viewer").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        delete("/api/users/nobody", &admin).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, refused) = patch("/api/users/vic", &admin, "root").await;
+    assert!(status.is_client_error(), "{status}");
+    assert!(refused["error"]["message"].is_string(), "{refused}");
+
+    // A deleted user's token and password stop working at once.
+    assert_eq!(
+        delete("/api/users/vic", &admin).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        server.get("/api/auth/me", Some(&vic)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        server.login("vic", "pw-vic-1").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // With a second admin, the first may step down.
+    assert_eq!(
+        patch("/api/users/oli", &admin, "admin").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        patch("/api/users/ada", &admin, "operator").await.0,
+        StatusCode::OK
+    );
+
+    server.stop().await;
+    let store = Store::open(&support::config(dir.path()).store_path()).unwrap();
+    let changes: Vec<(String, String, Outcome, String)> = store
+        .audit_entries(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "user.role" || e.action == "user.delete")
+        .map(|e| (e.action, e.target, e.outcome, e.detail.unwrap_or_default()))
+        .collect();
+    let summary: Vec<(&str, &str, Outcome)> = changes
+        .iter()
+        .map(|(action, target, outcome, _)| (action.as_str(), target.as_str(), *outcome))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("user.role", "oli", Outcome::Success),
+            ("user.role", "ada", Outcome::Denied),
+            ("user.delete", "ada", Outcome::Denied),
+            ("user.delete", "vic", Outcome::Success),
+            ("user.role", "oli", Outcome::Success),
+            ("user.role", "ada", Outcome::Success),
+        ]
+    );
+    assert_eq!(changes[0].3, "operator -> viewer");
+    assert_eq!(changes[3].3, "was viewer");
+}

@@ -134,7 +134,7 @@ fn unknown_config_key_is_refused_naming_it() {
 }
 
 #[test]
-fn user_add_then_passwd_from_stdin() {
+fn user_add_passwd_role_and_remove() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str], stdin: &str| {
@@ -177,13 +177,33 @@ fn user_add_then_passwd_from_stdin() {
         String::from_utf8_lossy(&changed.stderr)
     );
 
-    let store = linkops::store::Store::open(&dir.path().join("linkops.redb")).unwrap();
-    let otto = store.user("otto").unwrap().unwrap();
-    assert_eq!(otto.role, linkops::store::Role::Operator);
-    assert!(linkops::auth::password::verify(
-        "new-secret-1",
-        Some(&otto.password_hash)
-    ));
+    let store_path = dir.path().join("linkops.redb");
+    {
+        let store = linkops::store::Store::open(&store_path).unwrap();
+        let otto = store.user("otto").unwrap().unwrap();
+        assert_eq!(otto.role, linkops::store::Role::Operator);
+        assert!(linkops::auth::password::verify(
+            "new-secret-1",
+            Some(&otto.password_hash)
+        ));
+    }
+
+    // The only admin can neither step down nor go; once otto is admin, anne can.
+    run(&["user", "add", "anne", "--role", "admin"], "");
+    let refused = run(&["user", "role", "anne", "viewer"], "");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("last admin"));
+    let promoted = run(&["user", "role", "otto", "admin"], "");
+    assert!(String::from_utf8_lossy(&promoted.stdout).contains("otto is now admin"));
+    let removed = run(&["user", "remove", "anne"], "");
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let store = linkops::store::Store::open(&store_path).unwrap();
+    let names: Vec<String> = store.users().unwrap().into_iter().map(|u| u.name).collect();
+    assert_eq!(names, ["otto"]);
 }
 
 #[tokio::test]

@@ -90,6 +90,8 @@ struct Terminal {
     /// Each pane's output as received (bytes: a frame may end mid-character).
     screens: Vec<Vec<u8>>,
     messages: Vec<Value>,
+    /// The close code and reason, once the daemon closed the socket.
+    closed: Option<(u16, String)>,
 }
 
 fn socket_url(daemon: &TestDaemon, id: &str) -> String {
@@ -113,6 +115,7 @@ async fn open_socket(
             socket,
             screens: vec![Vec::new(); 4],
             messages: Vec::new(),
+            closed: None,
         }),
         Err(tungstenite::Error::Http(response)) => Err(*response),
         Err(other) => panic!("WebSocket handshake failed: {other}"),
@@ -152,7 +155,11 @@ impl Terminal {
             Some(Ok(Message::Text(text))) => {
                 self.messages.push(serde_json::from_str(&text).unwrap())
             }
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return false,
+            Some(Ok(Message::Close(frame))) => {
+                self.closed = frame.map(|f| (f.code.into(), f.reason.to_string()));
+                return false;
+            }
+            None | Some(Err(_)) => return false,
             Some(Ok(_)) => {}
         }
         true
@@ -410,6 +417,62 @@ async fn a_dropped_socket_reconnects_to_the_same_shell_with_its_output_replayed(
         recorded.end,
         Some(linkops_reconcilers::terminal::SessionEnd::Interrupted)
     );
+}
+
+#[tokio::test]
+async fn a_demoted_or_deleted_user_loses_their_open_terminals() {
+    let setup = setup(1, &[]);
+    let daemon = setup.start().await;
+    let admin = daemon.token(ADMIN.0, ADMIN.1).await;
+    let token = daemon.token(OPERATOR.0, OPERATOR.1).await;
+    let id = workspace(&daemon, &token, "single", &[Some("host1")]).await;
+    let mut terminal = Terminal::open(&daemon, &id, &token).await;
+    let pane = connect_all(&daemon, &token, &id, json!({})).await.remove(0);
+    assert_eq!(pane["state"], "connected", "{pane}");
+    terminal.run(0, "echo alive-$((40+2))", "alive-42").await;
+
+    // Demoted to viewer: the open shell ends and the socket is told why.
+    let (status, user) = daemon
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/api/users/{}", OPERATOR.0),
+            &admin,
+            Some(json!({ "role": "viewer" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{user}");
+    assert_eq!(user["role"], "viewer");
+    while terminal.read().await {}
+    let (code, reason) = terminal.closed.clone().expect("a close frame");
+    assert_eq!(code, 4003, "{reason}");
+    let session = pane["session"].as_u64().unwrap();
+    let recorded = support::eventually("the revoked session to be recorded", || async {
+        let (_, recording) = recording(&daemon, &admin, session).await;
+        (!recording["end"].is_null()).then_some(recording)
+    })
+    .await;
+    assert_eq!(recorded["end"]["reason"], "revoked", "{recorded}");
+    let url = format!("{}?access_token={token}", socket_url(&daemon, &id));
+    let refused = open_socket(&url, &[])
+        .await
+        .err()
+        .expect("a viewer's socket");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+    // Deleted: their token stops working; the workspace and recording stay for admins.
+    let (status, _) = daemon
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/api/users/{}", OPERATOR.0),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let me = daemon.get("/api/auth/me", Some(&token)).await;
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(recording(&daemon, &admin, session).await.0, StatusCode::OK);
+    daemon.stop().await;
 }
 
 #[tokio::test]
