@@ -374,7 +374,19 @@ async fn a_grid_of_four_panes_shows_each_machine_in_its_own_pane() {
     terminal
         .message(|m| m["type"] == "status" && m["pane"] == 3 && m["reason"] == "unenrolled")
         .await;
-    drop(terminal);
+
+    // Deleting the workspace closes its socket, saying why.
+    let (status, _) = daemon
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/api/terminal/workspaces/{id}"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    while terminal.read().await {}
+    assert_eq!(terminal.closed.map(|(code, _)| code), Some(4002));
     daemon.stop().await;
 }
 
@@ -404,12 +416,19 @@ async fn a_dropped_socket_reconnects_to_the_same_shell_with_its_output_replayed(
     // The same shell goes on.
     assert_eq!(terminal.shell_pid(0, "again-").await, pid);
 
+    // A second socket (another browser window) takes over; the first is told so.
+    let mut taken_over =
+        std::mem::replace(&mut terminal, Terminal::open(&daemon, &id, &token).await);
+    while taken_over.read().await {}
+    assert_eq!(taken_over.closed.map(|(code, _)| code), Some(4001));
+
     // A stopping daemon tells the socket and records the session as interrupted.
     let session = connect_all(&daemon, &token, &id, json!({})).await[0]["session"]
         .as_u64()
         .unwrap();
     let stopping = tokio::spawn(daemon.stop());
     while terminal.read().await {}
+    assert_eq!(terminal.closed.map(|(code, _)| code), Some(1001));
     stopping.await.unwrap();
     let store = linkops::store::Store::open(&setup.config().store_path()).unwrap();
     let recorded = store.terminal_session(session).unwrap().unwrap();
