@@ -176,17 +176,33 @@ test("a recording plays back what its pane showed", async () => {
 test("an admin creates a user, whose generated password is shown once and works", async () => {
   await page.goto(`${banner.console}#/users`);
   await page.getByLabel("New user").fill("carol");
-  await page.getByLabel("Role").selectOption("operator");
+  await page.locator("form").getByLabel("Role").selectOption("operator");
   await page.getByRole("button", { name: "Create" }).click();
   const password = await page.locator("[data-password]").textContent();
   assert.equal(password.length, 20);
-  await page.getByRole("row").filter({ hasText: "carol" }).getByText("operator").waitFor();
+  assert.equal(await page.getByLabel("Role of carol").inputValue(), "operator");
   const login = await fetch(`${banner.api}/api/auth/login`, {
     method: "POST", headers: { "content-type": "application/json" },
     body: JSON.stringify({ username: "carol", password }),
   });
   assert.equal(login.status, 200);
   await assertAccessible("the users page");
+
+  // Demoted to viewer, then deleted: each takes effect on carol's next request.
+  const { token } = await login.json();
+  const me = () => fetch(`${banner.api}/api/auth/me`, { headers: { authorization: `Bearer ${token}` } });
+  await page.getByLabel("Role of carol").selectOption("viewer");
+  await page.getByRole("status").getByText("carol is now viewer.").waitFor();
+  assert.equal((await (await me()).json()).role, "viewer");
+  // The last admin stays one: the daemon refuses, the page says why and shows the role unchanged.
+  await page.getByLabel("Role of admin").selectOption("operator");
+  await page.getByRole("alert").getByText(/last admin/).waitFor();
+  assert.equal(await page.getByLabel("Role of admin").inputValue(), "admin");
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.getByRole("button", { name: "Delete carol" }).click();
+  await page.getByRole("status").getByText("carol was deleted.").waitFor();
+  assert.equal(await page.getByRole("row").filter({ hasText: "carol" }).count(), 0);
+  assert.equal((await me()).status, 401);
 });
 
 test("a bad commit shows its error, file:line:col, on the Git page", async () => {

@@ -121,8 +121,10 @@ export async function workspacePage(main: HTMLElement, [id]: string[]): Promise<
     });
     socket.addEventListener("close", (event) => {
       socket = null;
-      if (closed || event.code === 4001) {
-        connection.textContent = event.code === 4001 ? "taken over by another window" : "";
+      // 4001 taken over, 4002 workspace deleted, 4003 access revoked: reconnecting cannot help.
+      const final = event.code >= 4001 && event.code <= 4003;
+      if (closed || final) {
+        connection.textContent = final ? event.reason : "";
         return;
       }
       // Sessions wait for us (grace period); the server replays each pane's screen on reconnect.

@@ -1,42 +1,80 @@
-// Users (admin): the accounts, new ones and password resets — a generated password is shown once.
+// Users (admin): the accounts, new ones, password resets (a generated password is shown once),
+// role changes and deletion. The daemon keeps the last admin; its refusal is shown as it says it.
 
-import { api, ApiError } from "../api";
+import { api, ApiError, saveSession, session, type Session } from "../api";
 import { h, table, when } from "../dom";
 
-interface UserView { username: string; role: string; created_at: string }
+interface UserView { username: string; role: Session["role"]; created_at: string }
 interface Credentials { username: string; password: string }
+
+const ROLES: Session["role"][] = ["viewer", "operator", "admin"];
 
 export async function usersPage(main: HTMLElement): Promise<void> {
   const users = await api<UserView[]>("GET", "/api/users");
   const shown = h("div", { role: "status", "aria-live": "polite" });
+  const error = h("p", { class: "error", role: "alert" });
   const reveal = (credentials: Credentials, what: string) => shown.replaceChildren(h("p", { class: "card" },
     `${what} ${credentials.username}. Password, shown only now: `, h("code", { "data-password": "" }, credentials.password)));
-  const error = h("p", { class: "error", role: "alert" });
-  const name = h("input", { name: "username", required: true, autocomplete: "off", pattern: "[A-Za-z0-9._-]{1,64}" });
-  const role = h("select", { name: "role" }, ...["viewer", "operator", "admin"].map((r) => h("option", { value: r }, r)));
-  const form = h("form", { class: "row" }, h("label", {}, "New user", name), h("label", {}, "Role", role),
-    h("button", { class: "primary", type: "submit" }, "Create"));
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  const say = (text: string) => shown.replaceChildren(h("p", {}, text));
+  /** Runs an account change; a refusal (the last admin, say) is shown and `undo` puts the row back. */
+  const attempt = async (change: () => Promise<void>, undo?: () => void) => {
     error.textContent = "";
     try {
-      const created = await api<Credentials>("POST", "/api/users", { username: name.value, role: role.value });
-      list.querySelector("tbody")!.append(h("tr", {}, ...[created.username, role.value, when(new Date().toISOString()),
-        reset(created.username)].map((cell) => h("td", {}, cell))));
-      reveal(created, "Created");
-      form.reset();
+      await change();
     } catch (failure) {
       error.textContent = failure instanceof ApiError ? failure.message : String(failure);
+      undo?.();
     }
-  });
-  const reset = (user: string) => {
-    const button = h("button", { type: "button" }, "Reset password");
-    button.addEventListener("click", async () => {
-      reveal(await api<Credentials>("POST", `/api/users/${encodeURIComponent(user)}/password`), "New password for");
-    });
-    return button;
   };
-  const list = table(["User", "Role", "Created", ""],
-    users.map((u) => [u.username, u.role, when(u.created_at), reset(u.username)]), "Users");
+
+  const roleSelect = (user: UserView) => {
+    const select = h("select", { "aria-label": `Role of ${user.username}` },
+      ...ROLES.map((r) => h("option", { value: r, selected: r === user.role }, r)));
+    select.addEventListener("change", () => void attempt(async () => {
+      const changed = await api<UserView>("PATCH", `/api/users/${encodeURIComponent(user.username)}`, { role: select.value });
+      user.role = changed.role;
+      say(`${changed.username} is now ${changed.role}.`);
+      const me = session();
+      if (me && me.user === changed.username && changed.role !== "admin") {
+        // Stepped down: this page is for admins only.
+        saveSession({ ...me, role: changed.role });
+        location.hash = "#/fleet";
+      }
+    }, () => (select.value = user.role)));
+    return select;
+  };
+  const actions = (user: UserView) => {
+    const reset = h("button", { type: "button" }, "Reset password");
+    reset.addEventListener("click", () => void attempt(async () => {
+      reveal(await api<Credentials>("POST", `/api/users/${encodeURIComponent(user.username)}/password`), "New password for");
+    }));
+    const remove = h("button", { type: "button", "aria-label": `Delete ${user.username}` }, "Delete");
+    remove.addEventListener("click", () => {
+      if (!confirm(`Delete ${user.username}? Their sessions and open terminals end now.`)) return;
+      void attempt(async () => {
+        await api("DELETE", `/api/users/${encodeURIComponent(user.username)}`);
+        remove.closest("tr")?.remove();
+        say(`${user.username} was deleted.`);
+      });
+    });
+    return h("span", { class: "row" }, reset, remove);
+  };
+  const row = (user: UserView) => [user.username, roleSelect(user), when(user.created_at), actions(user)];
+
+  const name = h("input", { name: "username", required: true, autocomplete: "off", pattern: "[A-Za-z0-9._-]{1,64}" });
+  const role = h("select", { name: "role" }, ...ROLES.map((r) => h("option", { value: r }, r)));
+  const form = h("form", { class: "row" }, h("label", {}, "New user", name), h("label", {}, "Role", role),
+    h("button", { class: "primary", type: "submit" }, "Create"));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    void attempt(async () => {
+      const created = await api<Credentials>("POST", "/api/users", { username: name.value, role: role.value });
+      const user = { username: created.username, role: role.value as Session["role"], created_at: new Date().toISOString() };
+      list.querySelector("tbody")!.append(h("tr", {}, ...row(user).map((cell) => h("td", {}, cell))));
+      reveal(created, "Created");
+      form.reset();
+    });
+  });
+  const list = table(["User", "Role", "Created", ""], users.map(row), "Users");
   main.append(h("h1", {}, "Users"), form, error, shown, list);
 }
