@@ -57,14 +57,19 @@ pub enum Error {
     Auth(#[from] auth::Error),
     #[error(transparent)]
     Daemon(#[from] crate::server::Error),
+    #[error("stopped at once by a second Ctrl-C (in-flight work was cut short); {0}")]
+    Aborted(String),
     #[error("a demo set-up task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
 
 /// Runs the demo until `stop` completes (Ctrl-C), then stops everything it started.
+/// Should `abort` complete while the daemon is stopping (a second Ctrl-C), the daemon's
+/// in-flight work is cut short, but the demo machines and files are still removed.
 pub async fn run(
     listen: SocketAddr,
     stop: impl Future<Output = ()> + Send + 'static,
+    abort: impl Future + Send,
 ) -> Result<(), Error> {
     tokio::task::spawn_blocking(install_prerequisites).await??;
     eprintln!("starting {HOSTS} demo machines (sshd on loopback addresses)…");
@@ -107,17 +112,28 @@ pub async fn run(
         source,
     })?;
     let console = config.console_dir.join("index.html").exists();
+    let stop = async move {
+        stop.await;
+        eprintln!("stopping the demo… (Ctrl-C again to cut the daemon's in-flight work short)");
+    };
     let daemon = Daemon::start(config, listener, stop).await?;
     daemon.git().first_attempt().await;
     print_banner(address, console, password.as_ref(), &repo, &fleet);
-    daemon.wait().await?;
+    let finished = tokio::select! {
+        stopped = daemon.wait() => Some(stopped),
+        _ = abort => None,
+    };
     // The hosts stop as `fleet` drops; the files go with `dir`.
     drop(fleet);
-    eprintln!(
-        "demo stopped: the daemon, {HOSTS} sshd hosts and {} are gone",
-        dir.path().display()
-    );
-    Ok(())
+    let gone = format!("{HOSTS} sshd hosts and {} are gone", dir.path().display());
+    match finished {
+        Some(stopped) => {
+            stopped?;
+            eprintln!("demo stopped: the daemon, {gone}");
+            Ok(())
+        }
+        None => Err(Error::Aborted(gone)),
+    }
 }
 
 /// Checks for root, and on Debian installs what the demo machines need.

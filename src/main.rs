@@ -71,7 +71,8 @@ enum Command {
     /// Starts 5 real sshd hosts on loopback addresses (one deliberately not
     /// enrolled), writes a small config repository as a Git repository, runs
     /// the daemon on it and prints the address and the admin password.
-    /// Ctrl-C stops everything it started. Needs root; on Debian it installs
+    /// Ctrl-C stops everything it started (a second Ctrl-C without waiting
+    /// for in-flight work). Needs root; on Debian it installs
     /// openssh-server itself when missing.
     Demo {
         /// Where the daemon listens.
@@ -264,7 +265,12 @@ fn main() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
-    linkops::demo::run(listen, shutdown_signal()?).await?;
+    // A second Ctrl-C cuts the daemon's stop short, but the demo still removes its machines.
+    let (abort, aborted) = tokio::sync::oneshot::channel();
+    let stop = shutdown_signal(move || {
+        abort.send(()).ok();
+    })?;
+    linkops::demo::run(listen, stop, aborted).await?;
     Ok(())
 }
 
@@ -333,7 +339,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    linkops::server::run(config, listener, shutdown_signal()?).await?;
+    let stop = shutdown_signal(|| {
+        tracing::warn!("second signal: aborting");
+        std::process::exit(130);
+    })?;
+    linkops::server::run(config, listener, stop).await?;
     Ok(())
 }
 
@@ -341,7 +351,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 ///
 /// The handlers are installed before this returns, so a signal that arrives
 /// while the daemon starts is not lost.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+fn shutdown_signal(
+    on_second: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -350,8 +362,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
         tracing::info!("shutting down: finishing in-flight work (signal again to abort)");
         tokio::spawn(async move {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            tracing::warn!("second signal: aborting");
-            std::process::exit(130);
+            on_second();
         });
     })
 }

@@ -1,7 +1,7 @@
 //! `linkops demo` end to end: from nothing to a working fleet, and everything gone after Ctrl-C.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStderr, Command, Stdio};
 
 use serde_json::{Value, json};
 
@@ -46,67 +46,130 @@ fn field(banner: &[String], name: &str) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn the_demo_runs_a_fleet_follows_commits_and_cleans_up() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_linkops"))
-        .args(["demo", "--listen", "127.0.0.1:0"])
-        .env_remove("LINKOPS_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut banner = Vec::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        let done = line.starts_with("Ctrl-C stops");
-        banner.push(line);
-        if done {
-            break;
+/// A running `linkops demo`, signed in as its admin.
+struct Demo {
+    child: Child,
+    stderr: Lines<BufReader<ChildStderr>>,
+    /// The demo machines' `address:port`s.
+    addresses: Vec<String>,
+    /// The demo's config repository.
+    repo: String,
+    api: Api,
+}
+
+impl Demo {
+    async fn start() -> Demo {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_linkops"))
+            .args(["demo", "--listen", "127.0.0.1:0"])
+            .env_remove("LINKOPS_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut banner = Vec::new();
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            let done = line.starts_with("Ctrl-C stops");
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+        let (url, password, repo) = (
+            field(&banner, "api:"),
+            field(&banner, "password:"),
+            field(&banner, "config:"),
+        );
+        let machines = banner
+            .iter()
+            .find(|l| l.trim().starts_with("machines:"))
+            .unwrap();
+        let addresses: Vec<String> = machines
+            .split(", ")
+            .filter_map(|host| Some(host.split_whitespace().last()?.to_owned()))
+            .collect();
+        assert_eq!(addresses.len(), 5, "{banner:#?}");
+
+        let client = reqwest::Client::new();
+        let login: Value = client
+            .post(format!("{url}/api/auth/login"))
+            .json(&json!({ "username": "admin", "password": password }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = login["token"]
+            .as_str()
+            .expect("the printed password logs in")
+            .to_owned();
+        Demo {
+            stderr: BufReader::new(child.stderr.take().unwrap()).lines(),
+            child,
+            addresses,
+            repo,
+            api: Api { url, token, client },
         }
     }
-    let (url, password, repo) = (
-        field(&banner, "api:"),
-        field(&banner, "password:"),
-        field(&banner, "config:"),
-    );
-    let machines = banner
-        .iter()
-        .find(|l| l.trim().starts_with("machines:"))
-        .unwrap();
-    let addresses: Vec<&str> = machines
-        .split(", ")
-        .filter_map(|host| host.split_whitespace().last())
-        .collect();
-    assert_eq!(addresses.len(), 5, "{banner:#?}");
 
-    let client = reqwest::Client::new();
-    let login: Value = client
-        .post(format!("{url}/api/auth/login"))
-        .json(&json!({ "username": "admin", "password": password }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"]
-        .as_str()
-        .expect("the printed password logs in")
-        .to_owned();
-    let api = Api { url, token, client };
+    /// Waits for every machine to be checked: four enrolled, the fifth flagged.
+    async fn checked(&self) {
+        support::eventually("every demo machine to be checked", || async {
+            let links = self.api.get("/api/links").await;
+            let states: Vec<&str> = links
+                .as_array()?
+                .iter()
+                .map(|m| m["enrollment"]["state"].as_str().unwrap_or(""))
+                .collect();
+            (states == ["enrolled", "enrolled", "enrolled", "enrolled", "mismatch"]).then_some(())
+        })
+        .await;
+    }
+
+    /// Sends SIGINT, as Ctrl-C does.
+    fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        assert!(status.unwrap().success());
+    }
+
+    /// Reads the demo's stderr up to a line containing `text`; returns that line.
+    fn said(&mut self, text: &str) -> String {
+        let mut before = Vec::new();
+        for line in self.stderr.by_ref().map(Result::unwrap) {
+            if line.contains(text) {
+                return line;
+            }
+            before.push(line);
+        }
+        panic!("the demo never said {text:?}; it said {before:#?}")
+    }
+
+    /// Waits for the demo to exit; asserts that its machines and files are gone.
+    fn exited_and_cleaned_up(mut self) -> std::process::ExitStatus {
+        let status = self.child.wait().unwrap();
+        for address in &self.addresses {
+            assert!(
+                std::net::TcpStream::connect(address).is_err(),
+                "{address} still answers"
+            );
+        }
+        let repo = std::path::Path::new(&self.repo);
+        assert!(!repo.exists(), "{} is left behind", self.repo);
+        status
+    }
+}
+
+#[tokio::test]
+async fn the_demo_runs_a_fleet_follows_commits_and_cleans_up() {
+    let demo = Demo::start().await;
+    let (api, repo) = (&demo.api, &demo.repo);
 
     // Four machines enrolled, the fifth flagged.
-    support::eventually("every demo machine to be checked", || async {
-        let links = api.get("/api/links").await;
-        let states: Vec<&str> = links
-            .as_array()?
-            .iter()
-            .map(|m| m["enrollment"]["state"].as_str().unwrap_or(""))
-            .collect();
-        (states == ["enrolled", "enrolled", "enrolled", "enrolled", "mismatch"]).then_some(())
-    })
-    .await;
+    demo.checked().await;
     // The bundled run-request ran once, and succeeded.
     let welcome = support::eventually("the welcome run-request to finish", || {
         api.finished_run("welcome")
@@ -120,7 +183,7 @@ async fn the_demo_runs_a_fleet_follows_commits_and_cleans_up() {
     for args in [&["add", "."][..], &["commit", "-qm", "again"][..]] {
         let status = Command::new("git")
             .arg("-C")
-            .arg(&repo)
+            .arg(repo)
             .args(args)
             .status()
             .unwrap();
@@ -133,21 +196,56 @@ async fn the_demo_runs_a_fleet_follows_commits_and_cleans_up() {
     assert_eq!(again, "succeeded");
 
     // Ctrl-C: the daemon, every demo machine and the files go.
-    let interrupted = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    assert!(interrupted.unwrap().success());
-    assert!(child.wait().unwrap().success());
-    for address in addresses {
-        assert!(
-            std::net::TcpStream::connect(address).is_err(),
-            "{address} still answers"
-        );
+    demo.interrupt();
+    assert!(demo.exited_and_cleaned_up().success());
+}
+
+#[tokio::test]
+async fn a_second_ctrl_c_stops_at_once_and_still_removes_the_machines() {
+    let mut demo = Demo::start().await;
+    demo.checked().await;
+    // Someone watches a minute-long operation: the daemon's stop would wait for that stream.
+    let (status, started) = {
+        let response = demo
+            .api
+            .client
+            .post(format!("{}/api/operations/run", demo.api.url))
+            .bearer_auth(&demo.api.token)
+            .json(&json!({ "script": "countdown", "targets": { "tags": ["db"] } }))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    assert!(status.is_success(), "{started}");
+    let id = started["id"].as_u64().unwrap();
+    let mut events = demo
+        .api
+        .client
+        .get(format!("{}/api/operations/{id}/events", demo.api.url))
+        .bearer_auth(&demo.api.token)
+        .send()
+        .await
+        .unwrap();
+    // Once the countdown prints, the stream has a minute to go.
+    let mut seen = String::new();
+    while !seen.contains("event: output") {
+        let chunk = events
+            .chunk()
+            .await
+            .unwrap()
+            .expect("the stream ended early");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(
-        !std::path::Path::new(&repo).exists(),
-        "{repo} is left behind"
-    );
+
+    demo.interrupt();
+    demo.said("stopping the demo");
+    demo.interrupt();
+    let cut_short = demo.said("second Ctrl-C");
+    assert!(cut_short.contains("sshd hosts"), "{cut_short}");
+    let status = demo.exited_and_cleaned_up();
+    assert!(!status.success(), "{status}");
+    drop(events);
 }
 
 #[test]
