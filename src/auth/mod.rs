@@ -192,35 +192,31 @@ pub fn reset_password(store: &Store, actor: &str, name: &str) -> Result<Generate
 /// Changes a user's role, audited as done by `actor` with the old and new role.
 /// A refusal (the last admin) is audited too.
 pub fn change_role(store: &Store, actor: &str, name: &str, role: Role) -> Result<User, Error> {
-    let before = store.user(name)?.map(|user| user.role);
     let changed = store.set_role(name, role);
-    audit_user_change(store, actor, "user.role", name, &changed, |user| {
-        let before = before.map_or_else(|| "?".to_owned(), |role| role.to_string());
-        format!("{before} -> {}", user.role)
-    })?;
-    Ok(changed?)
+    let detail = |(before, user): &(Role, User)| format!("{before} -> {}", user.role);
+    audit_user_change(store, actor, "user.role", name, &changed, detail)?;
+    Ok(changed?.1)
 }
 
 /// Deletes a user, audited as done by `actor`; their tokens stop working at once.
 pub fn delete_user(store: &Store, actor: &str, name: &str) -> Result<User, Error> {
     let deleted = store.delete_user(name);
-    audit_user_change(store, actor, "user.delete", name, &deleted, |user| {
-        format!("was {}", user.role)
-    })?;
+    let detail = |user: &User| format!("was {}", user.role);
+    audit_user_change(store, actor, "user.delete", name, &deleted, detail)?;
     Ok(deleted?)
 }
 
 /// Audits a role change or deletion: its detail on success, the reason when refused.
-fn audit_user_change(
+fn audit_user_change<T>(
     store: &Store,
     actor: &str,
     action: &str,
     name: &str,
-    result: &Result<User, store::Error>,
-    detail: impl FnOnce(&User) -> String,
+    result: &Result<T, store::Error>,
+    detail: impl FnOnce(&T) -> String,
 ) -> Result<(), Error> {
     let (outcome, detail) = match result {
-        Ok(user) => (Outcome::Success, detail(user)),
+        Ok(changed) => (Outcome::Success, detail(changed)),
         Err(error @ store::Error::LastAdmin(_)) => (Outcome::Denied, error.to_string()),
         // Nothing changed and nothing was there to change.
         Err(_) => return Ok(()),

@@ -142,21 +142,22 @@ impl Store {
     }
 
     /// Changes a user's role; the last admin cannot be demoted.
-    pub fn set_role(&self, name: &str, role: Role) -> Result<User> {
+    /// Returns the role before and the user now.
+    pub fn set_role(&self, name: &str, role: Role) -> Result<(Role, User)> {
         let tx = self.db.begin_write()?;
-        let user = {
+        let changed = {
             let mut users = tx.open_table(USERS)?;
             let mut user: User = get_str(&users, "users", name)?
                 .ok_or_else(|| Error::NoSuchUser(name.to_owned()))?;
             if role != Role::Admin {
                 refuse_last_admin(&users, &user)?;
             }
-            user.role = role;
+            let before = std::mem::replace(&mut user.role, role);
             users.insert(name, encode(&user).as_slice())?;
-            user
+            (before, user)
         };
         tx.commit()?;
-        Ok(user)
+        Ok(changed)
     }
 
     /// Deletes a user (their tokens stop working at once); the last admin cannot be deleted.
@@ -304,10 +305,8 @@ mod tests {
         ));
         // With a second admin, either can go.
         store.set_role("ada", Role::Admin).unwrap();
-        assert_eq!(
-            store.set_role("root", Role::Viewer).unwrap().role,
-            Role::Viewer
-        );
+        let (before, root) = store.set_role("root", Role::Viewer).unwrap();
+        assert_eq!((before, root.role), (Role::Admin, Role::Viewer));
         assert!(matches!(
             store.delete_user("ada").unwrap_err(),
             Error::LastAdmin(_)

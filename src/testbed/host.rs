@@ -3,10 +3,14 @@
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use rustix::event::{self, PollFd, PollFlags, Timespec};
+use rustix::process::{self, Pid, PidfdFlags};
 
 use super::{
     Error, LOCK_DIR, Result, SSHD, TEST_USER, generate_key, io_error, read, set_mode, write,
@@ -14,6 +18,8 @@ use super::{
 
 /// How long sshd may take to say it listens before the start counts as failed.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a stop waits for sshd and its sessions to exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct TestHost {
     name: String,
@@ -88,10 +94,26 @@ impl TestHost {
     }
 
     /// Stops the host: sshd and every session it started (a machine going down).
+    ///
+    /// Returns once they are all gone. Reaping `unshare` is not enough: the
+    /// kernel kills sshd after that, and sshd's sessions only as sshd exits, so
+    /// until then a pooled connection could still be answered.
     pub fn stop(&mut self) {
-        if let Some(mut sshd) = self.sshd.take() {
-            sshd.kill().ok();
-            sshd.wait().ok();
+        if let Some(mut unshare) = self.sshd.take() {
+            // Opened before the kill, so the pid cannot be reused in between.
+            let sshd = namespace_init(&unshare);
+            unshare.kill().ok();
+            unshare.wait().ok();
+            if let Some(sshd) = sshd {
+                // Readable once sshd has exited — as the namespace's init, after every
+                // process in it. Bounded, should the kernel not deliver.
+                let mut ready = [PollFd::new(&sshd, PollFlags::IN)];
+                let timeout = Timespec {
+                    tv_sec: STOP_TIMEOUT.as_secs() as _,
+                    tv_nsec: 0,
+                };
+                event::poll(&mut ready, Some(&timeout)).ok();
+            }
         }
     }
 
@@ -155,6 +177,14 @@ impl Drop for TestHost {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A pidfd of the sshd that `unshare` forked as its namespace's init, if it runs.
+fn namespace_init(unshare: &Child) -> Option<OwnedFd> {
+    let pid = unshare.id();
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    let sshd = children.split_whitespace().next()?.parse().ok()?;
+    process::pidfd_open(Pid::from_raw(sshd)?, PidfdFlags::empty()).ok()
 }
 
 /// Starts sshd as PID 1 of its own PID and mount namespaces, with `etc_dir`

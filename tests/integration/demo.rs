@@ -49,9 +49,10 @@ fn field(banner: &[String], name: &str) -> String {
 /// A running `linkops demo`, signed in as its admin.
 struct Demo {
     child: Child,
+    /// The sshd hosts' processes as (pid, start time). Checked by process, not by
+    /// address: once the demo lets an address go, another test's host may take it.
+    hosts: Vec<(u32, u64)>,
     stderr: Lines<BufReader<ChildStderr>>,
-    /// The demo machines' `address:port`s.
-    addresses: Vec<String>,
     /// The demo's config repository.
     repo: String,
     api: Api,
@@ -85,11 +86,7 @@ impl Demo {
             .iter()
             .find(|l| l.trim().starts_with("machines:"))
             .unwrap();
-        let addresses: Vec<String> = machines
-            .split(", ")
-            .filter_map(|host| Some(host.split_whitespace().last()?.to_owned()))
-            .collect();
-        assert_eq!(addresses.len(), 5, "{banner:#?}");
+        assert_eq!(machines.split(", ").count(), 5, "{banner:#?}");
 
         let client = reqwest::Client::new();
         let login: Value = client
@@ -105,10 +102,16 @@ impl Demo {
             .as_str()
             .expect("the printed password logs in")
             .to_owned();
+        let hosts: Vec<(u32, u64)> = descendants(child.id())
+            .into_iter()
+            .filter(|process| process.comm == "sshd")
+            .map(|process| (process.pid, process.start))
+            .collect();
+        assert!(hosts.len() >= 5, "the demo's sshd hosts: {hosts:?}");
         Demo {
             stderr: BufReader::new(child.stderr.take().unwrap()).lines(),
+            hosts,
             child,
-            addresses,
             repo,
             api: Api { url, token, client },
         }
@@ -149,18 +152,58 @@ impl Demo {
     }
 
     /// Waits for the demo to exit; asserts that its machines and files are gone.
-    fn exited_and_cleaned_up(mut self) -> std::process::ExitStatus {
+    async fn exited_and_cleaned_up(mut self) -> std::process::ExitStatus {
         let status = self.child.wait().unwrap();
-        for address in &self.addresses {
-            assert!(
-                std::net::TcpStream::connect(address).is_err(),
-                "{address} still answers"
-            );
-        }
+        support::eventually("every demo sshd host to exit", || async {
+            let alive = |(pid, start): &(u32, u64)| stat(*pid).is_some_and(|p| p.start == *start);
+            (!self.hosts.iter().any(alive)).then_some(())
+        })
+        .await;
         let repo = std::path::Path::new(&self.repo);
         assert!(!repo.exists(), "{} is left behind", self.repo);
         status
     }
+}
+
+/// A process as `/proc/PID/stat` describes it.
+#[derive(Clone)]
+struct Process {
+    pid: u32,
+    parent: u32,
+    comm: String,
+    /// Start time in clock ticks since boot: with the pid, names one process for good.
+    start: u64,
+}
+
+fn stat(pid: u32) -> Option<Process> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid … starttime …": comm may hold spaces and parentheses.
+    let (head, rest) = text.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(Process {
+        pid,
+        parent: fields.get(1)?.parse().ok()?,
+        comm,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Every process below `root`.
+fn descendants(root: u32) -> Vec<Process> {
+    let all: Vec<Process> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| stat(entry.ok()?.file_name().to_str()?.parse().ok()?))
+        .collect();
+    let mut found: Vec<Process> = Vec::new();
+    let mut parents = vec![root];
+    while let Some(parent) = parents.pop() {
+        for process in all.iter().filter(|p| p.parent == parent) {
+            parents.push(process.pid);
+            found.push(process.clone());
+        }
+    }
+    found
 }
 
 #[tokio::test]
@@ -197,7 +240,7 @@ async fn the_demo_runs_a_fleet_follows_commits_and_cleans_up() {
 
     // Ctrl-C: the daemon, every demo machine and the files go.
     demo.interrupt();
-    assert!(demo.exited_and_cleaned_up().success());
+    assert!(demo.exited_and_cleaned_up().await.success());
 }
 
 #[tokio::test]
@@ -243,7 +286,7 @@ async fn a_second_ctrl_c_stops_at_once_and_still_removes_the_machines() {
     demo.interrupt();
     let cut_short = demo.said("second Ctrl-C");
     assert!(cut_short.contains("sshd hosts"), "{cut_short}");
-    let status = demo.exited_and_cleaned_up();
+    let status = demo.exited_and_cleaned_up().await;
     assert!(!status.success(), "{status}");
     drop(events);
 }
