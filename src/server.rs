@@ -127,6 +127,15 @@ impl Daemon {
         );
         workers.push(git_worker);
         workers.push(reaper);
+        // Streams that never end by themselves (the fleet's) end here, so the drain need not wait.
+        let draining = CancellationToken::new();
+        let shutdown = {
+            let draining = draining.clone();
+            async move {
+                shutdown.await;
+                draining.cancel();
+            }
+        };
         let state = AppState {
             config: prepared.config,
             store: prepared.store,
@@ -135,6 +144,7 @@ impl Daemon {
             controller,
             terminals,
             metrics,
+            draining,
         };
         let address = listener.local_addr().map_err(Error::Serve)?;
         tracing::info!(%address, data_dir = %config.data_dir.display(), "linkops serving");

@@ -1,17 +1,26 @@
-//! `/api/links`: the machines of the fleet, as desired and as observed.
+//! `/api/links`: the machines of the fleet, as desired and as observed; and
+//! `/api/fleet/events`, the same list followed live.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
-
-use super::extract::{Json, Path, Query};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
 use linkops_reconcilers::condition::Condition;
+use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::enrollment::Enrollment;
 use linkops_reconcilers::machine::{Health, Machine, MachineStatus};
 use linkops_reconcilers::operation::Operation;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::auth::Authenticated;
+use super::extract::{Json, Path, Query};
 use super::{ApiError, AppState, at};
 use crate::controller::ObjectKey;
+use crate::metrics::Open;
 use crate::store::{HealthSample, Role};
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -49,23 +58,87 @@ pub async fn list(
     _caller: Authenticated,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Vec<MachineView>>, ApiError> {
+    Ok(Json(machine_views(&state, query.tag.as_deref())?))
+}
+
+/// The machines of the applied inventory (those with `tag`, if given) as observed now.
+fn machine_views(state: &AppState, tag: Option<&str>) -> Result<Vec<MachineView>, ApiError> {
     let desired = state.git.desired().borrow().clone();
     let machines = desired
         .as_ref()
         .map(|d| d.machines.clone())
         .unwrap_or_default();
-    let mut views = Vec::new();
-    for machine in machines {
-        if query
-            .tag
-            .as_ref()
-            .is_some_and(|tag| !machine.tags.contains(tag))
-        {
-            continue;
+    machines
+        .into_iter()
+        .filter(|machine| tag.is_none_or(|tag| machine.tags.iter().any(|t| t == tag)))
+        .map(|machine| view(state, machine))
+        .collect()
+}
+
+/// How long a burst of changes is gathered into one event: a check writes a
+/// machine twice, and a sync touches every machine.
+const COALESCE: Duration = Duration::from_millis(200);
+
+/// `GET /api/fleet/events`: the fleet live, as Server-Sent Events.
+#[utoipa::path(get, path = "/api/fleet/events", tag = "machines", params(ListQuery), responses((status = 200, description = "Server-Sent Events `machines`: the list exactly as `GET /api/links` answers it, at once and again after every change to a machine's health, enrollment, conditions or suspension, or to the inventory (changes within 200 ms make one event). EventSource cannot send headers: pass ?access_token=. The stream ends when the daemon stops.", content_type = "text/event-stream", body = String)))]
+pub async fn events(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+    Query(query): Query<ListQuery>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let follower = FleetFollower {
+        changes: state.store.fleet_changes(),
+        desired: state.git.desired(),
+        first: true,
+        _open: Open::new(&state.metrics.sse_clients),
+        tag: query.tag,
+        state,
+    };
+    Sse::new(futures::stream::unfold(follower, FleetFollower::next))
+        .keep_alive(KeepAlive::default())
+}
+
+/// One client following the fleet.
+struct FleetFollower {
+    state: AppState,
+    tag: Option<String>,
+    changes: watch::Receiver<u64>,
+    desired: watch::Receiver<Option<Arc<DesiredState>>>,
+    /// The first event is sent at once.
+    first: bool,
+    _open: Open,
+}
+
+impl FleetFollower {
+    /// The next `machines` event; `None` ends the stream.
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        if !std::mem::take(&mut self.first) {
+            let draining = self.state.draining.clone();
+            tokio::select! {
+                _ = draining.cancelled() => return None,
+                changed = self.changes.changed() => changed.ok()?,
+                changed = self.desired.changed() => changed.ok()?,
+            }
+            tokio::select! {
+                _ = draining.cancelled() => return None,
+                _ = tokio::time::sleep(COALESCE) => {}
+            }
+            self.changes.mark_unchanged();
+            self.desired.mark_unchanged();
         }
-        views.push(view(&state, machine)?);
+        let views = match machine_views(&self.state, self.tag.as_deref()) {
+            Ok(views) => views,
+            Err(error) => {
+                tracing::warn!(?error, "the fleet stream could not read the machines");
+                return None;
+            }
+        };
+        let event = Event::default()
+            .event("machines")
+            .json_data(&views)
+            .expect("machine views serialise");
+        Some((Ok(event), self))
     }
-    Ok(Json(views))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

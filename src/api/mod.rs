@@ -43,6 +43,8 @@ pub struct AppState {
     pub controller: crate::controller::Controller,
     pub terminals: crate::terminal::Terminals,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Cancelled when the server stops accepting: endless streams end.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 /// Every route of the API, with request tracing.
@@ -56,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(users::change_role, users::delete))
         .routes(routes!(users::reset_password))
         .routes(routes!(links::list))
+        .routes(routes!(links::events))
         .routes(routes!(links::get))
         .routes(routes!(links::verify))
         .routes(routes!(runs::list))

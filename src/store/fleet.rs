@@ -38,6 +38,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        self.fleet_changed();
         Ok(())
     }
 
@@ -87,7 +88,17 @@ impl Store {
             }
         }
         tx.commit()?;
+        self.fleet_changed();
         Ok(())
+    }
+
+    /// Follows changes to machines' observed state: the value changes after each commit.
+    pub fn fleet_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.fleet_changes.subscribe()
+    }
+
+    fn fleet_changed(&self) {
+        self.fleet_changes.send_modify(|count| *count += 1);
     }
 
     /// The newest `limit` health samples of a machine, newest first.

@@ -93,6 +93,9 @@ from_redb!(
 pub struct Store {
     db: Arc<redb::Database>,
     path: Arc<Path>,
+    /// Bumped after every committed change to what `/api/links` shows of a
+    /// machine (status, suspension), for clients that follow the fleet live.
+    fleet_changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -121,6 +124,7 @@ impl Store {
         let store = Store {
             db: Arc::new(db),
             path: path.into(),
+            fleet_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         schema::migrate(&store.db, path)?;
         Ok(store)

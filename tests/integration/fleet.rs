@@ -131,6 +131,71 @@ async fn a_stopped_host_goes_offline_and_comes_back() {
     daemon.stop().await;
 }
 
+#[tokio::test]
+async fn the_fleet_stream_shows_a_machine_go_down_and_come_back() {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+
+    let mut setup = setup(2, &[]);
+    let daemon = setup.start().await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    for id in ["host1", "host2"] {
+        verify(&daemon, &token, id).await;
+    }
+    let response = daemon
+        .get(&format!("/api/fleet/events?access_token={token}"), None)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut events = response.bytes_stream().eventsource();
+    // The state of host1 in each `machines` event, until `wanted`.
+    let mut host1_until = async |wanted: &str| loop {
+        let event = events.next().await.expect("the stream ended").unwrap();
+        assert_eq!(event.event, "machines");
+        let machines: Vec<Value> = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(machines.len(), 2, "the whole list every time");
+        let host1 = machines.iter().find(|m| m["id"] == "host1").unwrap();
+        if host1["health"]["state"] == wanted {
+            return host1.clone();
+        }
+    };
+    // At once: the list in the shape GET /api/links has it.
+    let first = host1_until("reachable").await;
+    let listed: Value = daemon
+        .get("/api/links", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let fields = |machine: &Value| {
+        machine
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(fields(&first), fields(&listed[0]));
+
+    setup.fleet.hosts_mut()[0].stop();
+    verify(&daemon, &token, "host1").await;
+    let down = host1_until("unreachable").await;
+    assert_eq!(condition(&down, "Ready")["reason"], "Unreachable");
+
+    setup.fleet.hosts_mut()[0].restart().unwrap();
+    verify(&daemon, &token, "host1").await;
+    host1_until("reachable").await;
+
+    // A stopping daemon ends the stream cleanly.
+    let stopping = tokio::spawn(daemon.stop());
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(event) = events.next().await {
+            event.expect("a clean end, not a cut connection");
+        }
+    });
+    ended.await.expect("the stream outlived the daemon");
+    stopping.await.unwrap();
+}
+
 async fn run_state(daemon: &TestDaemon, token: &str, id: &str) -> Value {
     daemon
         .get(&format!("/api/runs/{id}"), Some(token))

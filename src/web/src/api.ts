@@ -50,6 +50,11 @@ export function operationEvents(id: number): EventSource {
   return new EventSource(`/api/operations/${id}/events?access_token=${encodeURIComponent(session()?.token ?? "")}`);
 }
 
+/** The fleet live: a `machines` event with the whole list at once and after every change. */
+export function fleetEvents(): EventSource {
+  return new EventSource(`/api/fleet/events?access_token=${encodeURIComponent(session()?.token ?? "")}`);
+}
+
 /** A workspace's WebSocket; the token travels as a subprotocol, never in a log line. */
 export function workspaceSocket(id: string): WebSocket {
   const scheme = location.protocol === "https:" ? "wss" : "ws";

@@ -29,7 +29,7 @@ export function badge(text: string | null | undefined): HTMLElement {
   const good = ["reachable", "enrolled", "succeeded", "True", "connected", "applied", "unchanged", "success"];
   const bad = ["unreachable", "mismatch", "missing_file", "host_key_mismatch", "failed", "partially_failed",
     "False", "error", "invalid", "timeout", "interrupted", "denied", "failure", "revoked"];
-  const warn = ["running", "pending", "stopped", "connecting", "unknown", "skipped", "waiting"];
+  const warn = ["running", "pending", "stopped", "connecting", "unknown", "skipped", "waiting", "suspended"];
   const kind = good.includes(value) ? "ok" : bad.includes(value) ? "bad" : warn.includes(value) ? "warn" : "";
   return h("span", { class: `badge ${kind}` }, value);
 }

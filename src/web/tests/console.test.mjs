@@ -16,7 +16,7 @@ const WAIT = 30_000;
 
 const AXE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 
-let demo, banner, browser, page, uuids;
+let demo, banner, browser, page, uuids, adminToken;
 
 /** Runs axe-core on the page: no serious or critical WCAG 2 A/AA violations. */
 async function assertAccessible(name) {
@@ -60,6 +60,7 @@ before(async () => {
     method: "POST", headers: { "content-type": "application/json" },
     body: JSON.stringify({ username: "admin", password: banner.password }),
   }).then((r) => r.json());
+  adminToken = login.token;
   const desired = await apiGet("/api/desired", login.token);
   uuids = Object.fromEntries(desired.machines.map((m) => [m.id, m.uuid]));
   browser = await chromium.launch({
@@ -94,6 +95,15 @@ test("sign in, and the fleet shows four machines online and the unenrolled one f
     await row(id).getByText("reachable", { exact: true }).waitFor();
   }
   await row("host5").getByText("mismatch", { exact: true }).waitFor();
+  // Live: suspending a machine elsewhere shows on the open page, no reload.
+  const suspend = (verb) => fetch(`${banner.api}/api/reconcile/${verb}`, {
+    method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${adminToken}` },
+    body: JSON.stringify({ machine: "host2" }),
+  });
+  assert.equal((await suspend("suspend")).status, 200);
+  await row("host2").getByText("suspended", { exact: true }).waitFor();
+  assert.equal((await suspend("resume")).status, 200);
+  await row("host2").getByText("suspended", { exact: true }).waitFor({ state: "detached" });
   await page.screenshot({ path: `${SHOTS}fleet.png`, fullPage: true });
   await assertAccessible("the fleet page");
   // A narrow window still shows the fleet.

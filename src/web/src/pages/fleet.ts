@@ -1,6 +1,6 @@
 // The fleet: machines with live health and enrollment; one machine's details.
 
-import { api, session } from "../api";
+import { api, fleetEvents, session } from "../api";
 import { badge, h, put, table, when } from "../dom";
 
 /** A machine as `GET /api/links` shows it. */
@@ -13,15 +13,14 @@ export interface MachineView {
   suspended: boolean;
 }
 
-const REFRESH_MS = 5000;
-
 export async function fleetPage(main: HTMLElement): Promise<() => void> {
   const filter = h("select", { "aria-label": "Filter by tag" }, h("option", { value: "" }, "All tags"));
   const body = h("div");
   main.append(h("h1", {}, "Fleet"), h("div", { class: "row" }, h("label", {}, "Tag", filter)), body);
   let tags: string[] = [];
-  const draw = async () => {
-    const machines = await api<MachineView[]>("GET", "/api/links");
+  // The first list by a plain request (its refusals are the API's); then the daemon pushes every change.
+  let machines = await api<MachineView[]>("GET", "/api/links");
+  const draw = () => {
     const known = [...new Set(machines.flatMap((m) => m.tags))].sort();
     if (known.join() !== tags.join()) {
       tags = known;
@@ -35,7 +34,8 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
       shown.map((m) => {
         const ready = m.conditions.find((c) => c.type === "Ready");
         return [
-          h("a", { href: `#/machines/${encodeURIComponent(m.id)}` }, m.id),
+          h("span", {}, h("a", { href: `#/machines/${encodeURIComponent(m.id)}` }, m.id),
+            ...(m.suspended ? [" ", badge("suspended")] : [])),
           `${m.host}:${m.port}`,
           badge(m.health.state),
           h("span", { title: m.enrollment.found ? `holds ${m.enrollment.found}` : "" }, badge(m.enrollment.state)),
@@ -46,11 +46,15 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
       }),
       "Machines"));
   };
-  filter.addEventListener("change", () => void draw());
-  await draw();
-  // Health changes as machines are checked: keep the page current.
-  const timer = setInterval(() => void draw().catch(() => undefined), REFRESH_MS);
-  return () => clearInterval(timer);
+  filter.addEventListener("change", draw);
+  draw();
+  // EventSource reconnects by itself after a network drop.
+  const events = fleetEvents();
+  events.addEventListener("machines", (event) => {
+    machines = JSON.parse((event as MessageEvent<string>).data) as MachineView[];
+    draw();
+  });
+  return () => events.close();
 }
 
 interface MachineDetail extends MachineView {
