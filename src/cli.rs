@@ -33,6 +33,10 @@ pub enum Error {
     },
     #[error("invalid user name {0:?}: use letters, digits, '.', '_' or '-' (1-64 characters)")]
     InvalidName(String),
+    #[error(
+        "the store {path} is in use: the daemon is running. While it runs, manage users in the console's Users page or through /api/users (admin); or stop it first (systemctl stop linkopsd)"
+    )]
+    DaemonRunning { path: std::path::PathBuf },
 }
 
 /// `linkops validate DIR`: prints every problem as `file:line:col: message`.
@@ -91,7 +95,7 @@ pub fn add_user(
     source: PasswordSource,
 ) -> Result<(), Error> {
     validate_name(name)?;
-    let store = Store::open(&config.store_path())?;
+    let store = open_store(config)?;
     let (password, generated) = obtain_password(source)?;
     store.create_user(name, role, &password::hash(&password)?)?;
     store.audit(
@@ -107,7 +111,7 @@ pub fn add_user(
 
 /// `linkops user passwd NAME`
 pub fn set_password(config: &Config, name: &str, source: PasswordSource) -> Result<(), Error> {
-    let store = Store::open(&config.store_path())?;
+    let store = open_store(config)?;
     let (password, generated) = obtain_password(source)?;
     store.set_password(name, &password::hash(&password)?)?;
     store.audit("cli", "user.passwd", name, Outcome::Success, None)?;
@@ -117,7 +121,7 @@ pub fn set_password(config: &Config, name: &str, source: PasswordSource) -> Resu
 
 /// `linkops user role NAME ROLE`
 pub fn change_role(config: &Config, name: &str, role: Role) -> Result<(), Error> {
-    let store = Store::open(&config.store_path())?;
+    let store = open_store(config)?;
     let user = crate::auth::change_role(&store, "cli", name, role)?;
     println!("user {} is now {}", user.name, user.role);
     Ok(())
@@ -125,10 +129,18 @@ pub fn change_role(config: &Config, name: &str, role: Role) -> Result<(), Error>
 
 /// `linkops user remove NAME`
 pub fn remove_user(config: &Config, name: &str) -> Result<(), Error> {
-    let store = Store::open(&config.store_path())?;
+    let store = open_store(config)?;
     let user = crate::auth::delete_user(&store, "cli", name)?;
     println!("user {} ({}) removed", user.name, user.role);
     Ok(())
+}
+
+/// The store, for the user commands; a running daemon holds it, and the error says what to do instead.
+fn open_store(config: &Config) -> Result<Store, Error> {
+    Store::open(&config.store_path()).map_err(|error| match error {
+        crate::store::Error::InUse { path } => Error::DaemonRunning { path },
+        error => error.into(),
+    })
 }
 
 fn validate_name(name: &str) -> Result<(), Error> {

@@ -155,6 +155,15 @@ fn user_add_passwd_role_and_remove() {
             .unwrap();
         child.wait_with_output().unwrap()
     };
+    // While a daemon holds the store, the user commands say where to go instead.
+    let store = linkops::store::Store::open(&dir.path().join("linkops.redb")).unwrap();
+    let busy = run(&["user", "add", "otto"], "");
+    assert!(!busy.status.success());
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert!(stderr.contains("the daemon is running"), "{stderr}");
+    assert!(stderr.contains("/api/users"), "{stderr}");
+    drop(store);
+
     let added = run(&["user", "add", "otto", "--role", "operator"], "");
     assert!(
         added.status.success(),
