@@ -113,14 +113,13 @@ impl FleetFollower {
     /// The next `machines` event; `None` ends the stream.
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
         if !std::mem::take(&mut self.first) {
-            let draining = self.state.draining.clone();
             tokio::select! {
-                _ = draining.cancelled() => return None,
+                _ = self.state.draining.cancelled() => return None,
                 changed = self.changes.changed() => changed.ok()?,
                 changed = self.desired.changed() => changed.ok()?,
             }
             tokio::select! {
-                _ = draining.cancelled() => return None,
+                _ = self.state.draining.cancelled() => return None,
                 _ = tokio::time::sleep(COALESCE) => {}
             }
             self.changes.mark_unchanged();
