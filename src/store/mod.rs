@@ -19,6 +19,7 @@ mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub use audit::{AuditEntry, Outcome};
 pub use fleet::{FLEET, HealthSample};
@@ -104,15 +105,33 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// How long an open waits for another process to let the store go. Once a
+/// daemon is dead, the only other holders of its lock are children it was
+/// starting (`git upload-pack`): they share its open file, lock included, until
+/// they exec. A restart right after a crash can meet that moment (seen once in
+/// CI's SIGKILL rounds: "in use" just after the killed daemon was reaped).
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+const LOCK_RETRY: Duration = Duration::from_millis(50);
+
 impl Store {
-    /// Opens (or creates) the store at `path` and brings its schema up to date.
+    /// Opens (or creates) the store at `path` and brings its schema up to date;
+    /// refuses with [`Error::InUse`] when another process keeps it for [`LOCK_WAIT`].
     ///
     /// Blocking: call it from `spawn_blocking` or before the runtime serves.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::Backend(redb::Error::Io(e)))?;
         }
-        let db = redb::Database::create(path).map_err(|source| match source {
+        let deadline = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match redb::Database::create(path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                result => break result,
+            }
+        };
+        let db = db.map_err(|source| match source {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse {
                 path: path.to_owned(),
             },
