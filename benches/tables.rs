@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use linkops::store::{Role, Store};
+use linkops::store::Store;
 use linkops::tables::{self, query::QueryRequest};
 use linkops_reconcilers::operation::{HostResult, HostState, Operation, OperationState, Requester};
 use serde_json::{Value, json};
@@ -62,11 +62,11 @@ fn history(store: &Store) {
 
 fn time(store: &Store, name: &str, body: Value) {
     let request: QueryRequest = serde_json::from_value(body).unwrap();
-    let page = tables::run(store, &request, Role::Viewer).unwrap();
+    let page = tables::run(store, &request).unwrap();
     let mut times: Vec<Duration> = (0..RUNS)
         .map(|_| {
             let started = Instant::now();
-            let page = tables::run(store, &request, Role::Viewer).unwrap();
+            let page = tables::run(store, &request).unwrap();
             std::hint::black_box(page.rows_json());
             started.elapsed()
         })
@@ -121,7 +121,7 @@ fn main() {
         json!({ "table": "operations", "sort": newest, "limit": 1000, "offset": 50_000 }),
     )
     .unwrap();
-    let deep_page = tables::run(&store, &deep, Role::Viewer).unwrap();
+    let deep_page = tables::run(&store, &deep).unwrap();
     let cursor = deep_page.next_cursor.unwrap();
     time(
         &store,

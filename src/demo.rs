@@ -320,7 +320,8 @@ fn demo_config(data: &Path, repo: &Path, key: &Path, known_hosts: &Path) -> Resu
         .parent()
         .map(Path::to_owned)
         .unwrap_or_default();
-    for dir in [&keys, &ssh_dir] {
+    // The data dir first: the daemon refuses one that others can read.
+    for dir in [data, keys.as_path(), ssh_dir.as_path()] {
         std::fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|source| io_error(dir, source))?;

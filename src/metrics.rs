@@ -15,7 +15,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
+    /// One of the methods the API routes, or `other`: never the request's own string.
+    pub method: &'static str,
     pub route: String,
     pub status: u16,
 }
@@ -224,7 +225,7 @@ mod tests {
         metrics
             .http_requests
             .get_or_create(&HttpLabels {
-                method: "GET".into(),
+                method: "GET",
                 route: "/api/links".into(),
                 status: 200,
             })

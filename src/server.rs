@@ -29,6 +29,10 @@ pub enum Error {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "data dir {path} has mode {mode:04o}, but it holds the store (password hashes, output, recordings) and the keys: run `chmod 700 {path}`"
+    )]
+    DataDirOpen { path: std::path::PathBuf, mode: u32 },
     #[error(transparent)]
     Store(#[from] store::Error),
     #[error("JWT secret: {0}")]
@@ -224,6 +228,7 @@ fn prepare(config: Arc<Config>) -> Result<Prepared, Error> {
             .create(&dir)
             .map_err(|source| Error::DataDir { path: dir, source })?;
     }
+    refuse_open_data_dir(&config.data_dir)?;
     let store = store::Store::open(&config.store_path())?;
     let secret: SecretString = match &config.auth.jwt_secret {
         Some(secret) => secret.clone(),
@@ -251,6 +256,23 @@ fn prepare(config: Arc<Config>) -> Result<Prepared, Error> {
         store,
         auth,
     })
+}
+
+/// Refuses a data dir that others can enter or read (an existing 0755 one, say).
+fn refuse_open_data_dir(dir: &std::path::Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::metadata(dir).map_err(|source| Error::DataDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(Error::DataDirOpen {
+            path: dir.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// Shows the generated admin password, once, on stderr — never in the log.

@@ -72,13 +72,28 @@ fn set_counts(family: &Family<StateLabels, Gauge>, counts: BTreeMap<String, i64>
     }
 }
 
+/// A request's method as a label value from a closed set: a client chooses
+/// the method string, and each distinct label value is kept forever.
+pub(super) fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Middleware: counts every routed request by method, route and status.
 pub async fn count_requests(
     State(metrics): State<Arc<Metrics>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()

@@ -6,6 +6,7 @@ mod console;
 mod error;
 mod extract;
 mod git;
+mod headers;
 mod health;
 mod links;
 mod metrics;
@@ -118,6 +119,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .fallback_service(console::fallback(&state.config.console_dir))
         .with_state(state)
+        .layer(axum::middleware::from_fn(headers::security_headers))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -126,7 +128,11 @@ pub fn router(state: AppState) -> Router {
                         .extensions()
                         .get::<MatchedPath>()
                         .map_or("(unmatched)", |path| path.as_str());
-                    tracing::info_span!("http", method = %request.method(), route)
+                    tracing::info_span!(
+                        "http",
+                        method = metrics::method_label(request.method()),
+                        route
+                    )
                 })
                 // Logs status and latency once per request.
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),

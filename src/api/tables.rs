@@ -11,7 +11,7 @@ use super::{ApiError, AppState};
 use crate::tables::{self, query::QueryRequest};
 
 /// `POST /api/tables/query`
-#[utoipa::path(post, path = "/api/tables/query", tag = "tables", request_body = crate::tables::query::QueryRequest, responses((status = 200, description = "`{table, columns: [{name, type}], rows: [{column: value}], total?, has_more, next_cursor?}`. Tables: machines, scripts, operations, operation_hosts, sync_history, terminal_workspaces, terminal_sessions, audit_log, users (admin)", body = Object), (status = 400, description = "Unknown table or column, a value of the wrong type, or an operator the column does not support; the message names it", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/tables/query", tag = "tables", request_body = crate::tables::query::QueryRequest, responses((status = 200, description = "`{table, columns: [{name, type}], rows: [{column: value}], total?, has_more, next_cursor?}`. Tables: machines, scripts, operations, operation_hosts, sync_history, terminal_workspaces, terminal_sessions, audit_log, users (these four: admin)", body = Object), (status = 400, description = "Unknown table or column, a value of the wrong type, or an operator the column does not support; the message names it", body = crate::api::error::ErrorBody)))]
 pub async fn query(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -20,14 +20,16 @@ pub async fn query(
     // Parsed here, so that an unknown operator or field is a 400 in the API's own shape.
     let request: QueryRequest = serde_json::from_slice(&body)
         .map_err(|error| ApiError::BadRequest(format!("invalid query: {error}")))?;
-    let (store, role) = (state.store.clone(), caller.0.role);
+    let needed = tables::required_role(&request.table)
+        .map_err(|error| ApiError::BadRequest(error.to_string()))?;
+    caller.require(needed)?;
+    let store = state.store.clone();
     let table = request.table.clone();
-    let page = tokio::task::spawn_blocking(move || tables::run(&store, &request, role))
+    let page = tokio::task::spawn_blocking(move || tables::run(&store, &request))
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))?
         .map_err(|error| match error {
             tables::Error::Query(error) => ApiError::BadRequest(error.to_string()),
-            tables::Error::Forbidden { needed, .. } => ApiError::Forbidden { needed },
             tables::Error::Store(error) => error.into(),
         })?;
     let columns: Vec<Value> = page

@@ -122,6 +122,7 @@ impl Store {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::Backend(redb::Error::Io(e)))?;
         }
+        create_private(path).map_err(|e| Error::Backend(redb::Error::Io(e)))?;
         let deadline = Instant::now() + LOCK_WAIT;
         let db = loop {
             match redb::Database::create(path) {
@@ -158,6 +159,29 @@ impl Store {
     }
 }
 
+/// Makes the store file owner-only before redb writes to it: it holds password
+/// hashes, output and recordings. A new file is created 0600 (redb initialises
+/// an empty file); an older, looser one is tightened.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// Milliseconds since the Unix epoch, the time unit of every stored record.
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -166,6 +190,20 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_file_is_owner_only_even_in_an_open_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("linkops.redb");
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        drop(Store::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+    }
 
     #[test]
     fn a_second_open_of_the_same_file_is_refused_clearly() {

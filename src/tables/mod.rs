@@ -19,8 +19,6 @@ use query::{Cell, Column, Direction, Kind, Query, QueryError, QueryRequest};
 pub enum Error {
     #[error(transparent)]
     Query(#[from] QueryError),
-    #[error("table {table} needs the {needed} role")]
-    Forbidden { table: &'static str, needed: Role },
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -60,16 +58,20 @@ macro_rules! columns {
     };
 }
 
-/// The tables, their columns (the first is the key) and who may read them.
+/// The tables, their columns (the first is the key) and the role that may read them.
+///
+/// A table shows every row, so it needs the role that sees every row through
+/// the routes: terminal workspaces and sessions are their owner's (admins see
+/// all), the audit log names every user and every change, users are admin's.
 pub const TABLES: &[(&str, &[Column], Role)] = &[
     ("machines", MACHINES, Role::Viewer),
     ("scripts", SCRIPTS, Role::Viewer),
     ("operations", OPERATIONS, Role::Viewer),
     ("operation_hosts", OPERATION_HOSTS, Role::Viewer),
     ("sync_history", SYNC_HISTORY, Role::Viewer),
-    ("terminal_workspaces", WORKSPACES, Role::Viewer),
-    ("terminal_sessions", SESSIONS, Role::Viewer),
-    ("audit_log", AUDIT_LOG, Role::Viewer),
+    ("terminal_workspaces", WORKSPACES, Role::Admin),
+    ("terminal_sessions", SESSIONS, Role::Admin),
+    ("audit_log", AUDIT_LOG, Role::Admin),
     ("users", USERS, Role::Admin),
 ];
 
@@ -92,16 +94,22 @@ const AUDIT_LOG: &[Column] = columns!(seq: Integer, at: Timestamp, actor: String
 const USERS: &[Column] =
     columns!(name: String, role: String, created_at: Timestamp, password_changed_at: Timestamp);
 
-/// Runs a query for a user with `role`. Blocking (store reads).
-pub fn run(store: &Store, request: &QueryRequest, role: Role) -> Result<Page, Error> {
-    let (table, columns, needed) = TABLES
+/// The role that may read `table`; the API checks it like a route's.
+pub fn required_role(table: &str) -> Result<Role, QueryError> {
+    TABLES
+        .iter()
+        .find(|(name, _, _)| *name == table)
+        .map(|(_, _, role)| *role)
+        .ok_or_else(|| QueryError::UnknownTable(table.to_owned()))
+}
+
+/// Runs a query; the caller has checked [`required_role`]. Blocking (store reads).
+pub fn run(store: &Store, request: &QueryRequest) -> Result<Page, Error> {
+    let (table, columns, _) = TABLES
         .iter()
         .find(|(name, _, _)| *name == request.table)
         .copied()
         .ok_or_else(|| QueryError::UnknownTable(request.table.clone()))?;
-    if role < needed {
-        return Err(Error::Forbidden { table, needed });
-    }
     let query = Query::compile(table, columns, request)?;
     // Tables scanned in the order of their key column can stop after the page.
     let key_ordered = matches!(

@@ -211,7 +211,7 @@ async fn bad_queries_are_400s_that_name_the_problem_and_secrets_stay_out() {
     assert!(message.contains("no column \"colour\""), "{message}");
     let message = refused(json!({ "table": "operations", "filter": [{ "column": "id", "op": "eq", "value": "one" }] })).await;
     assert!(message.contains("column id is a integer"), "{message}");
-    let message = refused(json!({ "table": "audit_log", "filter": [{ "column": "seq", "op": "contains", "value": 1 }] })).await;
+    let message = refused(json!({ "table": "sync_history", "filter": [{ "column": "seq", "op": "contains", "value": 1 }] })).await;
     assert!(message.contains("does not support"), "{message}");
     let message = refused(
         json!({ "table": "operations", "filter": [{ "column": "id", "op": "like", "value": 1 }] }),
