@@ -169,6 +169,8 @@ impl Daemon {
         let data = fleet.dir().join(format!("data-{name}"));
         std::fs::create_dir_all(data.join("keys")).unwrap();
         std::fs::create_dir_all(data.join("ssh")).unwrap();
+        // The daemon refuses a data dir that others can read.
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
         let key = data.join("keys/fleet_key");
         std::fs::copy(fleet.client_key(), &key).unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -130,8 +130,11 @@ pub fn change_role(config: &Config, name: &str, role: Role) -> Result<(), Error>
 /// `linkops user remove NAME`
 pub fn remove_user(config: &Config, name: &str) -> Result<(), Error> {
     let store = open_store(config)?;
-    let user = crate::auth::delete_user(&store, "cli", name)?;
-    println!("user {} ({}) removed", user.name, user.role);
+    let deleted = crate::auth::delete_user(&store, "cli", name)?;
+    println!(
+        "user {} ({}) removed; the name stays retired",
+        deleted.user.name, deleted.user.role
+    );
     Ok(())
 }
 

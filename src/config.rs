@@ -238,6 +238,13 @@ pub struct AuthConfig {
     pub lockout_duration: Duration,
     /// JWT signing secret; generated into the data dir (mode 0600) when unset.
     pub jwt_secret: Option<SecretString>,
+    /// Password hashes computed at once (argon2 takes ~19 MiB and a core each); 0: one per core.
+    pub max_concurrent_hashes: usize,
+    /// Logins waiting for a hash slot; beyond it a login is answered 429 with Retry-After.
+    pub login_queue: usize,
+    /// Unknown user names whose failed logins are counted (in memory, for the
+    /// lockout duration); the oldest is forgotten beyond it.
+    pub unknown_name_counters: usize,
 }
 
 impl Default for AuthConfig {
@@ -247,6 +254,9 @@ impl Default for AuthConfig {
             lockout_attempts: 5,
             lockout_duration: Duration::from_secs(5 * 60),
             jwt_secret: None,
+            max_concurrent_hashes: 0,
+            login_queue: 32,
+            unknown_name_counters: 10_000,
         }
     }
 }

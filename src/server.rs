@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::auth::{self, Auth, LockoutPolicy};
+use crate::auth::{self, Auth, LockoutPolicy, LoginLimits};
 use crate::config::Config;
 use crate::controller::{self, FleetReconciler};
 use crate::fleet::Fleet;
@@ -246,11 +246,19 @@ fn prepare(config: Arc<Config>) -> Result<Prepared, Error> {
     if let Some(generated) = auth::bootstrap_admin(&store)? {
         announce_generated_password(&generated);
     }
-    let lockout = LockoutPolicy {
-        attempts: config.auth.lockout_attempts,
-        duration: config.auth.lockout_duration,
+    let limits = LoginLimits {
+        lockout: LockoutPolicy {
+            attempts: config.auth.lockout_attempts,
+            duration: config.auth.lockout_duration,
+        },
+        concurrent_hashes: match config.auth.max_concurrent_hashes {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        },
+        queue: config.auth.login_queue,
+        unknown_names: config.auth.unknown_name_counters,
     };
-    let auth = Auth::new(store.clone(), &secret, config.auth.token_lifetime, lockout);
+    let auth = Auth::new(store.clone(), &secret, config.auth.token_lifetime, limits);
     Ok(Prepared {
         config,
         store,

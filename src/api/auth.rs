@@ -8,6 +8,7 @@ use super::extract::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
+use crate::auth::Grant;
 use crate::store::{Role, User};
 use crate::terminal::protocol::TOKEN_SUBPROTOCOL_PREFIX;
 
@@ -49,15 +50,16 @@ pub struct Me {
 
 /// `GET /api/auth/me`: who the token belongs to.
 #[utoipa::path(get, path = "/api/auth/me", tag = "auth", responses((status = 200, description = "Who the token belongs to", body = Me)))]
-pub async fn me(Authenticated(user): Authenticated) -> Json<Me> {
+pub async fn me(Authenticated(user, _): Authenticated) -> Json<Me> {
     Json(Me {
         username: user.name,
         role: user.role,
     })
 }
 
-/// The user behind a request's bearer token; rejects with 401 otherwise.
-pub struct Authenticated(pub User);
+/// The user behind a request's bearer token, and what the token grants
+/// (for long-lived answers to re-check); rejects with 401 otherwise.
+pub struct Authenticated(pub User, pub Grant);
 
 impl Authenticated {
     /// Refuses with 403 unless the user has at least `role`.
@@ -107,6 +109,7 @@ impl FromRequestParts<AppState> for Authenticated {
             .or_else(from_query)
             .or_else(from_protocol)
             .ok_or(ApiError::Unauthorized)?;
-        Ok(Authenticated(state.auth.authenticate(token.trim())?))
+        let (user, grant) = state.auth.authenticate(token.trim())?;
+        Ok(Authenticated(user, grant))
     }
 }

@@ -21,6 +21,11 @@ pub enum ApiError {
     Locked {
         retry_after_secs: u64,
     },
+    /// Too much of something at once (logins waiting for a hash); the message names the limit.
+    Busy {
+        message: String,
+        retry_after_secs: u64,
+    },
     BadRequest(String),
     NotFound(String),
     /// No route has this path.
@@ -55,6 +60,10 @@ impl From<auth::Error> for ApiError {
                 message: auth::Error::InvalidName(name).to_string(),
             },
             auth::Error::Store(error) => error.into(),
+            auth::Error::Busy { retry_after, .. } => ApiError::Busy {
+                message: error.to_string(),
+                retry_after_secs: retry_after.as_secs().max(1),
+            },
             auth::Error::Hash(_) => ApiError::Internal(error.to_string()),
         }
     }
@@ -63,9 +72,9 @@ impl From<auth::Error> for ApiError {
 impl From<store::Error> for ApiError {
     fn from(error: store::Error) -> Self {
         match error {
-            store::Error::UserExists(_) | store::Error::LastAdmin(_) => {
-                ApiError::Conflict(error.to_string())
-            }
+            store::Error::UserExists(_)
+            | store::Error::NameRetired(_)
+            | store::Error::LastAdmin(_) => ApiError::Conflict(error.to_string()),
             store::Error::NoSuchUser(_) => ApiError::NotFound(error.to_string()),
             error => ApiError::Internal(error.to_string()),
         }
@@ -123,6 +132,15 @@ impl IntoResponse for ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "locked",
                 format!("too many failed logins; try again in {retry_after_secs} s"),
+                Some(json!({ "retry_after_secs": retry_after_secs })),
+            ),
+            ApiError::Busy {
+                message,
+                retry_after_secs,
+            } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "busy",
+                message,
                 Some(json!({ "retry_after_secs": retry_after_secs })),
             ),
             ApiError::BadRequest(message) => {

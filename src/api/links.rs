@@ -83,10 +83,11 @@ const COALESCE: Duration = Duration::from_millis(200);
 #[utoipa::path(get, path = "/api/fleet/events", tag = "machines", params(ListQuery), responses((status = 200, description = "Server-Sent Events `machines`: the list exactly as `GET /api/links` answers it, at once and again after every change to a machine's health, enrollment, conditions or suspension, or to the inventory (changes within 200 ms make one event). EventSource cannot send headers: pass ?access_token=. The stream ends when the daemon stops.", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
     Query(query): Query<ListQuery>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let follower = FleetFollower {
+        revoked: Box::pin(state.auth.revoked(caller.1, Role::Viewer)),
         changes: state.store.fleet_changes(),
         desired: state.git.desired(),
         first: true,
@@ -106,6 +107,8 @@ struct FleetFollower {
     desired: watch::Receiver<Option<Arc<DesiredState>>>,
     /// The first event is sent at once.
     first: bool,
+    /// Completes when the user is deleted or the token revoked: the stream ends.
+    revoked: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     _open: Open,
 }
 
@@ -115,11 +118,13 @@ impl FleetFollower {
         if !std::mem::take(&mut self.first) {
             tokio::select! {
                 _ = self.state.draining.cancelled() => return None,
+                () = &mut self.revoked => return None,
                 changed = self.changes.changed() => changed.ok()?,
                 changed = self.desired.changed() => changed.ok()?,
             }
             tokio::select! {
                 _ = self.state.draining.cancelled() => return None,
+                () = &mut self.revoked => return None,
                 _ = tokio::time::sleep(COALESCE) => {}
             }
             self.changes.mark_unchanged();

@@ -303,7 +303,7 @@ pub struct EventsQuery {
 #[utoipa::path(get, path = "/api/operations/{id}/events", tag = "operations", params(("id" = u64, Path, description = "Operation id"), ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event"), EventsQuery), responses((status = 200, description = "Server-Sent Events `output` ({machine, stream, text | base64}), `host` ({machine, state}), `operation` ({state}), `end` ({state}); each `id` is the log sequence number. EventSource cannot send headers: pass ?access_token=", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
     Path(id): Path<u64>,
     headers: HeaderMap,
     Query(query): Query<EventsQuery>,
@@ -323,7 +323,7 @@ pub async fn events(
     // Small: a slow client holds few events; behind that, its follower reads the store.
     let (sender, receiver) = futures::channel::mpsc::channel(1);
     let open = Open::new(&state.metrics.sse_clients);
-    tokio::spawn(follow(
+    let follow = follow(
         open,
         state.store.clone(),
         state.controller.reconciler.engine.clone(),
@@ -331,7 +331,15 @@ pub async fn events(
         last,
         live,
         sender,
-    ));
+    );
+    // A deleted user's stream, or one whose token a password change revoked, ends.
+    let revoked = state.auth.revoked(caller.1, Role::Viewer);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = follow => {}
+            () = revoked => {}
+        }
+    });
     Ok(Sse::new(receiver).keep_alive(KeepAlive::default()))
 }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
+use crate::auth::{Auth, Grant};
 use crate::metrics::Open;
 use crate::store::{Outcome, Role, Store, User, now_ms};
 use crate::terminal::protocol::{
@@ -240,13 +241,18 @@ pub async fn socket(
     check_origin(&headers, &state.config.terminal.allowed_origins)?;
     let user = caller.require(Role::Operator)?.clone();
     let workspace = usable_workspace(&state, &user, &id)?;
+    let holder = Holder {
+        user,
+        grant: caller.1,
+        auth: state.auth.clone(),
+    };
     let (terminals, store) = (state.terminals.clone(), state.store.clone());
     let open = Open::new(&state.metrics.websocket_clients);
     Ok(upgrade
         .protocols([protocol::SUBPROTOCOL])
         .on_upgrade(move |socket| async move {
             let _open = open;
-            serve_socket(socket, terminals, store, workspace, user).await;
+            serve_socket(socket, terminals, store, workspace, holder).await;
         })
         .into_response())
 }
@@ -271,15 +277,25 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError>
     }
 }
 
+/// Who holds a socket: the user as authenticated, and the grant re-checked
+/// whenever an account changes and before every `open`.
+struct Holder {
+    user: User,
+    grant: Grant,
+    auth: Auth,
+}
+
 /// Runs one socket: frames from the panes out, client messages in, until
-/// either side closes, another socket takes over, or the daemon stops.
+/// either side closes, another socket takes over, the holder loses the
+/// operator role (deleted, demoted, password changed), or the daemon stops.
 async fn serve_socket(
     socket: WebSocket,
     terminals: Terminals,
     store: Store,
     workspace: Workspace,
-    user: User,
+    holder: Holder,
 ) {
+    let revoked = holder.auth.revoked(holder.grant.clone(), Role::Operator);
     let attached = terminals.attach(&workspace).await;
     let (mut outgoing, mut incoming) = socket.split();
     let mut frames = attached.frames;
@@ -287,7 +303,7 @@ async fn serve_socket(
         terminals: &terminals,
         store: &store,
         workspace: &workspace,
-        user: &user,
+        holder: &holder,
         sink: &attached.sink,
     };
     let send = async {
@@ -325,6 +341,7 @@ async fn serve_socket(
         _ = receive => None,
         // A dropped sender (no reason given) is no reason to close.
         Ok(end) = attached.ended => Some(end),
+        () = revoked => Some(SocketEnd::AccessRevoked),
         _ = terminals.shutdown().cancelled() => Some(SocketEnd::DaemonStopping),
     };
     terminals.detach(&workspace.id, &attached.sink).await;
@@ -342,7 +359,7 @@ struct Client<'a> {
     terminals: &'a Terminals,
     store: &'a Store,
     workspace: &'a Workspace,
-    user: &'a User,
+    holder: &'a Holder,
     sink: &'a tokio::sync::mpsc::Sender<Frame>,
 }
 
@@ -369,8 +386,15 @@ impl Client<'_> {
                     cols.unwrap_or(DEFAULT_SIZE.0).max(1),
                     rows.unwrap_or(DEFAULT_SIZE.1).max(1),
                 );
+                // Re-checked at every open: a session starts only for who may have one now.
+                if !self.holder.grant.allows(&self.holder.auth, Role::Operator) {
+                    let message =
+                        "access revoked: the user was deleted, demoted or their password changed"
+                            .into();
+                    return self.error(Some(pane), message).await;
+                }
                 // Connecting takes a while: the status arrives on this socket when done.
-                let (terminals, user) = (self.terminals.clone(), self.user.name.clone());
+                let (terminals, user) = (self.terminals.clone(), self.holder.user.name.clone());
                 // The panes may have been reassigned since this socket opened.
                 let workspace = match self.store.workspace(id) {
                     Ok(Some(workspace)) => workspace,

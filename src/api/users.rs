@@ -69,7 +69,7 @@ impl From<GeneratedPassword> for Credentials {
 }
 
 /// `POST /api/users`
-#[utoipa::path(post, path = "/api/users", tag = "users", request_body = NewUser, responses((status = 201, description = "Created (admin), with a generated password shown this once", body = Credentials), (status = 409, description = "The name is taken", body = crate::api::error::ErrorBody), (status = 422, description = "An invalid name", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/users", tag = "users", request_body = NewUser, responses((status = 201, description = "Created (admin), with a generated password shown this once", body = Credentials), (status = 409, description = "The name is taken, or was a deleted account's", body = crate::api::error::ErrorBody), (status = 422, description = "An invalid name", body = crate::api::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -123,14 +123,14 @@ pub async fn change_role(
 }
 
 /// `DELETE /api/users/{name}`
-#[utoipa::path(delete, path = "/api/users/{name}", tag = "users", params(("name" = String, Path, description = "User name")), responses((status = 204, description = "Deleted (admin): their tokens stop working and their terminals close; their records and recordings stay"), (status = 404, description = "No such user", body = crate::api::error::ErrorBody), (status = 409, description = "The last admin cannot be deleted", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/users/{name}", tag = "users", params(("name" = String, Path, description = "User name")), responses((status = 204, description = "Deleted (admin): their tokens stop working, their open streams and terminals close, their workspaces go; records and recordings stay, and the name is retired (never an account again)"), (status = 404, description = "No such user", body = crate::api::error::ErrorBody), (status = 409, description = "The last admin cannot be deleted", body = crate::api::error::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Authenticated,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let admin = caller.require(Role::Admin)?.name.clone();
-    let user = auth::delete_user(&state.store, &admin, &name)?;
-    state.terminals.revoke(&user.name).await?;
+    let deleted = auth::delete_user(&state.store, &admin, &name)?;
+    state.terminals.end_workspaces(&deleted.workspaces).await;
     Ok(StatusCode::NO_CONTENT)
 }

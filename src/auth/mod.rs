@@ -6,15 +6,23 @@
 pub mod lockout;
 pub mod password;
 mod token;
+mod unknown;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Semaphore;
 
-use crate::store::{self, Outcome, Role, Store, User};
+use crate::store::{self, LoginFailures, Outcome, Role, Store, User};
 pub use lockout::LockoutPolicy;
 use token::Tokens;
 pub use token::{Claims, IssuedToken};
+use unknown::UnknownNames;
+
+/// Longest password a login hashes; a longer one cannot be an account's (generated ones are 20).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -31,6 +39,25 @@ pub enum Error {
     Hash(String),
     #[error("invalid user name {0:?}: use letters, digits, '.', '_' or '-' (1-64 characters)")]
     InvalidName(String),
+    #[error(
+        "too many logins at once ({queued} waiting for a password check, the limit set by [auth] login_queue); try again in {} s", retry_after.as_secs().max(1)
+    )]
+    Busy {
+        queued: usize,
+        retry_after: Duration,
+    },
+}
+
+/// How the login path is bounded: see [`Auth::new`].
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    pub lockout: LockoutPolicy,
+    /// Password hashes at once.
+    pub concurrent_hashes: usize,
+    /// Logins waiting for a hash before the next is refused.
+    pub queue: usize,
+    /// Unknown names whose failures are remembered.
+    pub unknown_names: usize,
 }
 
 /// A successful login.
@@ -46,6 +73,21 @@ pub struct Auth {
     store: Store,
     tokens: Tokens,
     lockout: LockoutPolicy,
+    /// One permit per password hash in progress: argon2 takes a core and ~19 MiB.
+    hashing: Arc<Semaphore>,
+    /// Logins waiting for a permit, and how many may.
+    waiting: Arc<AtomicUsize>,
+    queue: usize,
+    unknown: Arc<Mutex<UnknownNames>>,
+}
+
+/// Counts a login as waiting for a hash until it has one (or gives up).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Auth {
@@ -53,31 +95,95 @@ impl Auth {
         store: Store,
         secret: &SecretString,
         token_lifetime: Duration,
-        lockout: LockoutPolicy,
+        limits: LoginLimits,
     ) -> Auth {
+        let window_ms = i64::try_from(limits.lockout.duration.as_millis()).unwrap_or(i64::MAX);
         Auth {
             store,
             tokens: Tokens::new(secret.expose_secret().as_bytes(), token_lifetime),
-            lockout,
+            lockout: limits.lockout,
+            hashing: Arc::new(Semaphore::new(limits.concurrent_hashes.max(1))),
+            waiting: Arc::default(),
+            queue: limits.queue,
+            unknown: Arc::new(Mutex::new(UnknownNames::new(
+                limits.unknown_names,
+                window_ms,
+            ))),
         }
     }
 
     /// Checks a login attempt and records its outcome (failure counter, audit log).
     ///
-    /// Runs on the blocking pool: argon2 is slow on purpose and each outcome
-    /// is a durable store commit.
+    /// A name that cannot be an account's, or an oversized password, is refused
+    /// before any hashing or counting. Otherwise the attempt waits for one of the
+    /// bounded hash slots (refused with [`Error::Busy`] when too many wait), then
+    /// runs on the blocking pool: argon2 is slow on purpose and each outcome is
+    /// a durable store commit.
     pub async fn login(&self, name: &str, password: &str) -> Result<Login, Error> {
+        if !valid_user_name(name) || password.len() > MAX_PASSWORD_BYTES {
+            self.refuse_malformed(name, password.len()).await;
+            return Err(Error::InvalidCredentials);
+        }
+        let permit = {
+            let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
+            let _waiting = Waiting(&self.waiting);
+            if queued >= self.queue {
+                return Err(Error::Busy {
+                    queued,
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            self.hashing
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the hashing semaphore is never closed")
+        };
         let (auth, name, password) = (self.clone(), name.to_owned(), password.to_owned());
-        tokio::task::spawn_blocking(move || auth.login_blocking(&name, &password))
-            .await
-            .map_err(|e| Error::Hash(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            auth.login_blocking(&name, &password)
+        })
+        .await
+        .map_err(|e| Error::Hash(e.to_string()))?
+    }
+
+    /// Audits a login whose name or password cannot be an account's, bounded:
+    /// the name is cut, its length said.
+    async fn refuse_malformed(&self, name: &str, password_bytes: usize) {
+        let shown: String = name.chars().take(64).collect();
+        let detail = format!(
+            "refused unchecked: a user name of {} bytes, a password of {password_bytes} bytes (names: 1-64 of letters, digits, '.', '_', '-'; passwords: at most {MAX_PASSWORD_BYTES} bytes)",
+            name.len()
+        );
+        let store = self.store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            store.audit(&shown, "auth.login", &shown, Outcome::Failure, Some(detail))
+        })
+        .await;
+        if let Ok(Err(error)) = written {
+            tracing::warn!(%error, "cannot audit a refused login");
+        }
+    }
+
+    /// A name's failure counters: the store's for accounts, memory's for other names.
+    fn failures(&self, name: &str, known: bool) -> Result<Option<LoginFailures>, Error> {
+        Ok(if known {
+            self.store.login_failures(name)?
+        } else {
+            self.unknown.lock().expect("never poisoned").get(name)
+        })
     }
 
     /// A locked name is refused before the password is looked at, so a locked
     /// account does not reveal whether a guess was right.
     fn login_blocking(&self, name: &str, password: &str) -> Result<Login, Error> {
         let now = store::now_ms();
-        if let Some(retry_after) = self.lockout.locked(self.store.login_failures(name)?, now) {
+        let user = self.store.user(name)?;
+        if let Some(retry_after) = self
+            .lockout
+            .locked(self.failures(name, user.is_some())?, now)
+        {
             self.store.audit(
                 name,
                 "auth.login",
@@ -88,7 +194,6 @@ impl Auth {
             return Err(Error::Locked { retry_after });
         }
 
-        let user = self.store.user(name)?;
         // Unknown names are checked against a dummy hash so that they take as
         // long as known ones.
         let valid = password::verify(password, user.as_ref().map(|u| u.password_hash.as_str()));
@@ -100,40 +205,105 @@ impl Auth {
                 let token = self.tokens.issue(&user);
                 Ok(Login { token, user })
             }
-            _ => {
+            Some(_) => {
                 let policy = self.lockout;
                 let failures = self.store.update_login_failures(name, |current| {
                     Some(policy.record_failure(current, now))
                 })?;
-                let locked = failures.and_then(|f| f.locked_until_ms).is_some();
-                let detail = if locked {
-                    "wrong credentials; account now locked"
-                } else {
-                    "wrong credentials"
+                self.refuse(name, failures)
+            }
+            None => {
+                let failures = {
+                    let mut unknown = self.unknown.lock().expect("never poisoned");
+                    let failures = self.lockout.record_failure(unknown.get(name), now);
+                    unknown.put(name, failures, now);
+                    failures
                 };
-                self.store.audit(
-                    name,
-                    "auth.login",
-                    name,
-                    Outcome::Failure,
-                    Some(detail.into()),
-                )?;
-                Err(Error::InvalidCredentials)
+                self.refuse(name, Some(failures))
             }
         }
     }
 
-    /// Resolves a bearer token to its user, as the store knows the user now.
+    /// Audits a wrong password or name (said alike) and refuses it.
+    fn refuse(&self, name: &str, failures: Option<LoginFailures>) -> Result<Login, Error> {
+        let locked = failures.and_then(|f| f.locked_until_ms).is_some();
+        let detail = if locked {
+            "wrong credentials; account now locked"
+        } else {
+            "wrong credentials"
+        };
+        self.store.audit(
+            name,
+            "auth.login",
+            name,
+            Outcome::Failure,
+            Some(detail.into()),
+        )?;
+        Err(Error::InvalidCredentials)
+    }
+
+    /// Resolves a bearer token to its user, as the store knows the user now,
+    /// and the grant a long-lived connection re-checks ([`Auth::revoked`]).
     ///
     /// The role comes from the store, not the token, so a demotion or a
     /// deleted user takes effect at once; a password change revokes older tokens.
-    pub fn authenticate(&self, token: &str) -> Result<User, Error> {
+    pub fn authenticate(&self, token: &str) -> Result<(User, Grant), Error> {
         let claims = self.tokens.verify(token).ok_or(Error::InvalidToken)?;
-        let user = self.store.user(&claims.sub)?.ok_or(Error::InvalidToken)?;
-        if claims.iat_ms < user.password_changed_at_ms {
-            return Err(Error::InvalidToken);
+        let grant = Grant {
+            user: claims.sub,
+            issued_at_ms: claims.iat_ms,
+        };
+        let user = self.current(&grant)?.ok_or(Error::InvalidToken)?;
+        Ok((user, grant))
+    }
+
+    /// The grant's user as the store knows them now, if the grant still holds:
+    /// the account exists and its password has not changed since the token.
+    pub fn current(&self, grant: &Grant) -> Result<Option<User>, Error> {
+        Ok(self
+            .store
+            .user(&grant.user)?
+            .filter(|user| grant.issued_at_ms >= user.password_changed_at_ms))
+    }
+
+    /// Completes when `grant` no longer gives `needed`: the user was deleted,
+    /// their password changed, or their role fell below it. Long-lived
+    /// connections (SSE, WebSocket) end on it; it re-checks after every
+    /// committed account change, and a store error counts as revoked.
+    pub fn revoked(
+        &self,
+        grant: Grant,
+        needed: Role,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let auth = self.clone();
+        let mut changes = self.store.user_changes();
+        async move {
+            loop {
+                changes.mark_unchanged();
+                match auth.current(&grant) {
+                    Ok(Some(user)) if user.role >= needed => {}
+                    _ => return,
+                }
+                if changes.changed().await.is_err() {
+                    // The store is closing: the daemon ends its connections itself.
+                    return std::future::pending().await;
+                }
+            }
         }
-        Ok(user)
+    }
+}
+
+/// What a token grants, as long as it holds: who, and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub user: String,
+    pub issued_at_ms: i64,
+}
+
+impl Grant {
+    /// Whether the grant still gives `needed` (see [`Auth::revoked`]).
+    pub fn allows(&self, auth: &Auth, needed: Role) -> bool {
+        matches!(auth.current(self), Ok(Some(user)) if user.role >= needed)
     }
 }
 
@@ -199,9 +369,16 @@ pub fn change_role(store: &Store, actor: &str, name: &str, role: Role) -> Result
 }
 
 /// Deletes a user, audited as done by `actor`; their tokens stop working at once.
-pub fn delete_user(store: &Store, actor: &str, name: &str) -> Result<User, Error> {
+/// The name is retired and the user's workspaces deleted (see [`Store::delete_user`]).
+pub fn delete_user(store: &Store, actor: &str, name: &str) -> Result<store::DeletedUser, Error> {
     let deleted = store.delete_user(name);
-    let detail = |user: &User| format!("was {}", user.role);
+    let detail = |deleted: &store::DeletedUser| {
+        format!(
+            "was {}; {} terminal workspace(s) deleted; the name is retired",
+            deleted.user.role,
+            deleted.workspaces.len()
+        )
+    };
     audit_user_change(store, actor, "user.delete", name, &deleted, detail)?;
     Ok(deleted?)
 }

@@ -27,7 +27,7 @@ pub use operations::OperationUpdate;
 pub use scan::{OperationIndex, SeqTable, state_name};
 pub use schema::SCHEMA_VERSION;
 pub use sync::{MachineRecord, ScriptRecord, SyncOutcome, SyncRecord};
-pub use users::{LoginFailures, Role, User};
+pub use users::{DeletedUser, LoginFailures, Role, User};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -60,6 +60,10 @@ pub enum Error {
     AlreadyClaimed { run: String, operation_id: u64 },
     #[error("user {0:?} already exists")]
     UserExists(String),
+    #[error(
+        "the name {0:?} belonged to a deleted account and stays retired, so that the audit log, operations and recordings naming it keep meaning one person; choose another name"
+    )]
+    NameRetired(String),
     #[error("no user named {0:?}")]
     NoSuchUser(String),
     #[error(
@@ -97,6 +101,9 @@ pub struct Store {
     /// Bumped after every committed change to what `/api/links` shows of a
     /// machine (status, suspension), for clients that follow the fleet live.
     fleet_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Bumped after every committed change to an account (password, role,
+    /// deletion): long-lived connections re-check their user on it.
+    user_changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -145,6 +152,7 @@ impl Store {
             db: Arc::new(db),
             path: path.into(),
             fleet_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+            user_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         schema::migrate(&store.db, path)?;
         Ok(store)

@@ -8,16 +8,18 @@ use super::codec::JsonTable;
 use super::{Error, Result};
 
 /// Version of the table layout this binary writes. Bump it with a migration step.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// Store metadata: `schema_version`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Users by name.
 pub const USERS: JsonTable<&str> = TableDefinition::new("users");
-/// Failed-login counters by user name (also for names that do not exist, so
-/// that lockout does not reveal which accounts do).
+/// Failed-login counters by user name, for accounts only (version 4: unknown
+/// names are counted in memory, bounded, so invented names cannot grow the store).
 pub const LOGIN_FAILURES: JsonTable<&str> = TableDefinition::new("login_failures");
+/// Names of deleted accounts, with when: never reused (version 4).
+pub const RETIRED_NAMES: TableDefinition<&str, i64> = TableDefinition::new("retired_names");
 /// Machines the inventory declares or declared, by machine id.
 pub const MACHINES: JsonTable<&str> = TableDefinition::new("machines");
 /// What was last observed of each machine, by machine id.
@@ -105,8 +107,49 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     tx.open_table(AUDIT_LOG)?;
     tx.open_table(WEBHOOK_DELIVERIES)?;
     tx.open_table(SUSPENSIONS)?;
+    if found.is_some_and(|version| version < 4) {
+        retire_deleted_names(&tx)?;
+    } else {
+        tx.open_table(RETIRED_NAMES)?;
+    }
     tx.open_table(META)?.insert(VERSION_KEY, SCHEMA_VERSION)?;
     tx.commit()?;
+    Ok(())
+}
+
+/// Version 4: drops failure counters of names that are no account (older
+/// versions kept them for any name submitted), and retires the names that
+/// own workspaces or sessions but are no account (deleted before version 4).
+fn retire_deleted_names(tx: &redb::WriteTransaction) -> Result<()> {
+    use linkops_reconcilers::terminal::{TerminalSession, Workspace};
+    use redb::ReadableTable;
+
+    use super::codec::decode;
+    let users: std::collections::BTreeSet<String> = {
+        let table = tx.open_table(USERS)?;
+        table
+            .iter()?
+            .map(|entry| entry.map(|(key, _)| key.value().to_owned()))
+            .collect::<Result<_, _>>()?
+    };
+    let mut former = std::collections::BTreeSet::new();
+    for entry in tx.open_table(TERMINAL_WORKSPACES)?.iter()? {
+        let (key, value) = entry?;
+        let workspace: Workspace = decode("terminal_workspaces", key.value(), value.value())?;
+        former.insert(workspace.owner);
+    }
+    for entry in tx.open_table(TERMINAL_SESSIONS)?.iter()? {
+        let (key, value) = entry?;
+        let session: TerminalSession = decode("terminal_sessions", key.value(), value.value())?;
+        former.insert(session.user);
+    }
+    let now = super::now_ms();
+    let mut retired = tx.open_table(RETIRED_NAMES)?;
+    for name in former.difference(&users) {
+        retired.insert(name.as_str(), now)?;
+    }
+    tx.open_table(LOGIN_FAILURES)?
+        .retain(|name, _| users.contains(name))?;
     Ok(())
 }
 

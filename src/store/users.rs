@@ -3,8 +3,10 @@
 use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
+use linkops_reconcilers::terminal::Workspace;
+
 use super::codec::{decode, encode, get_str};
-use super::schema::{LOGIN_FAILURES, USERS};
+use super::schema::{LOGIN_FAILURES, RETIRED_NAMES, TERMINAL_WORKSPACES, USERS};
 use super::{Error, Result, Store, now_ms};
 
 /// What a user may do. Ordered: each role includes the ones before it.
@@ -76,14 +78,24 @@ pub struct LoginFailures {
     pub locked_until_ms: Option<i64>,
 }
 
+/// A deleted account, and the terminal workspaces deleted with it.
+#[derive(Debug)]
+pub struct DeletedUser {
+    pub user: User,
+    pub workspaces: Vec<String>,
+}
+
 impl Store {
-    /// Creates a user; fails if the name is taken.
+    /// Creates a user; fails if the name is taken or was a deleted account's.
     pub fn create_user(&self, name: &str, role: Role, password_hash: &str) -> Result<User> {
         let tx = self.db.begin_write()?;
         let user = {
             let mut users = tx.open_table(USERS)?;
             if users.get(name)?.is_some() {
                 return Err(Error::UserExists(name.to_owned()));
+            }
+            if tx.open_table(RETIRED_NAMES)?.get(name)?.is_some() {
+                return Err(Error::NameRetired(name.to_owned()));
             }
             let user = new_user(name, role, password_hash);
             users.insert(name, encode(&user).as_slice())?;
@@ -138,6 +150,7 @@ impl Store {
         // A new password also lifts a lockout.
         tx.open_table(LOGIN_FAILURES)?.remove(name)?;
         tx.commit()?;
+        self.user_changed();
         Ok(user)
     }
 
@@ -157,12 +170,16 @@ impl Store {
             (before, user)
         };
         tx.commit()?;
+        self.user_changed();
         Ok(changed)
     }
 
     /// Deletes a user (their tokens stop working at once); the last admin cannot be deleted.
-    /// Returns the deleted account.
-    pub fn delete_user(&self, name: &str) -> Result<User> {
+    ///
+    /// The name is retired, never to be an account again, so that every record
+    /// naming it (audit log, operations, recordings) keeps meaning one person;
+    /// the user's terminal workspaces go (recordings stay, for admins).
+    pub fn delete_user(&self, name: &str) -> Result<DeletedUser> {
         let tx = self.db.begin_write()?;
         let user = {
             let mut users = tx.open_table(USERS)?;
@@ -173,8 +190,35 @@ impl Store {
             user
         };
         tx.open_table(LOGIN_FAILURES)?.remove(name)?;
+        tx.open_table(RETIRED_NAMES)?.insert(name, now_ms())?;
+        let workspaces = {
+            let mut table = tx.open_table(TERMINAL_WORKSPACES)?;
+            let mut owned = Vec::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                let workspace: Workspace =
+                    decode("terminal_workspaces", key.value(), value.value())?;
+                if workspace.owner == name {
+                    owned.push(workspace.id);
+                }
+            }
+            for id in &owned {
+                table.remove(id.as_str())?;
+            }
+            owned
+        };
         tx.commit()?;
-        Ok(user)
+        self.user_changed();
+        Ok(DeletedUser { user, workspaces })
+    }
+
+    /// Changes whenever an account's password, role or existence changed.
+    pub fn user_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.user_changes.subscribe()
+    }
+
+    fn user_changed(&self) {
+        self.user_changes.send_modify(|count| *count += 1);
     }
 
     pub fn login_failures(&self, name: &str) -> Result<Option<LoginFailures>> {
@@ -313,6 +357,11 @@ mod tests {
         ));
         store.delete_user("root").unwrap();
         assert_eq!(store.user("root").unwrap(), None);
+        // The name is retired: a new account cannot inherit what it owned.
+        assert!(matches!(
+            store.create_user("root", Role::Admin, "h").unwrap_err(),
+            Error::NameRetired(name) if name == "root"
+        ));
         assert!(matches!(
             store.delete_user("root").unwrap_err(),
             Error::NoSuchUser(_)

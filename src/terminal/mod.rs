@@ -419,6 +419,14 @@ impl Terminals {
         Ok(())
     }
 
+    /// The owner of these workspaces was deleted: ends their sessions and sockets.
+    pub async fn end_workspaces(&self, workspace_ids: &[String]) {
+        for id in workspace_ids {
+            self.end_workspace(id, SessionEnd::Revoked, SocketEnd::AccessRevoked)
+                .await;
+        }
+    }
+
     async fn end_workspace(
         &self,
         workspace_id: &str,

@@ -13,7 +13,7 @@ async fn start(dir: &Path) -> TestDaemon {
 }
 
 fn data_dir_with_users(users: &[(&str, Role, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::private_dir();
     add_users(dir.path(), users);
     dir
 }
@@ -457,5 +457,8 @@ async fn admins_change_roles_and_delete_users_but_never_the_last_admin() {
         ]
     );
     assert_eq!(changes[0].3, "operator -> viewer");
-    assert_eq!(changes[3].3, "was viewer");
+    assert_eq!(
+        changes[3].3,
+        "was viewer; 0 terminal workspace(s) deleted; the name is retired"
+    );
 }

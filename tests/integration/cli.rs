@@ -54,7 +54,7 @@ fn stderr(output: &Output) -> String {
 }
 
 async fn logged_in(daemon: &TestDaemon) -> tempfile::TempDir {
-    let home = tempfile::tempdir().unwrap();
+    let home = crate::support::private_dir();
     let login = linkops(
         home.path(),
         &[
@@ -203,7 +203,7 @@ async fn plan_shows_what_a_checkout_would_change() {
 
 #[tokio::test]
 async fn without_a_session_the_client_says_how_to_log_in() {
-    let home = tempfile::tempdir().unwrap();
+    let home = crate::support::private_dir();
     let output = linkops(
         home.path(),
         &["--server", "http://127.0.0.1:9", "machines"],

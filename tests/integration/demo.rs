@@ -299,7 +299,7 @@ async fn a_second_ctrl_c_stops_at_once_and_still_removes_the_machines() {
 fn without_root_the_demo_says_what_to_run() {
     use std::os::unix::fs::PermissionsExt;
     // A copy nobody can run wherever the checkout lives; setpriv (util-linux) drops to nobody.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::private_dir();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let binary = dir.path().join("linkops");
     std::fs::copy(env!("CARGO_BIN_EXE_linkops"), &binary).unwrap();

@@ -130,7 +130,7 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
     );
     work.commit("fleet and script");
 
-    let data = tempfile::tempdir().unwrap();
+    let data = crate::support::private_dir();
     add_users(data.path(), &[(ADMIN.0, Role::Admin, ADMIN.1)]);
     fleet_config(data.path(), &fleet);
     let config = data.path().join("config.toml");

@@ -74,7 +74,7 @@ fn ssh_setup() -> SshSetup {
     let work = WorkRepo::new(&fleet.dir().join("work"), Some(&example_repo()))
         .with_ssh(fleet.client_key(), fleet.known_hosts());
     work.push(&remote.url);
-    let data = tempfile::tempdir().unwrap();
+    let data = support::private_dir();
     add_users(
         data.path(),
         &[
@@ -508,7 +508,7 @@ async fn webhook_deliveries_are_authenticated_and_checked() {
 
 #[tokio::test]
 async fn a_local_repository_is_watched_and_synced_on_commit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::private_dir();
     let work = WorkRepo::new(&dir.path().join("config"), Some(&example_repo()));
     let first = work.head();
     let data = dir.path().join("data");

@@ -64,7 +64,7 @@ impl Daemon {
 
 #[tokio::test]
 async fn first_start_prints_a_generated_admin_password_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_dir();
     let mut daemon = Daemon::start(dir.path());
     let (banner, address) = daemon.read_until_serving();
     let marker = banner
@@ -117,7 +117,7 @@ async fn first_start_prints_a_generated_admin_password_once() {
 
 #[test]
 fn unknown_config_key_is_refused_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_dir();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "[ssh]\nconect_timeout = \"5s\"\n").unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_linkops"))
@@ -136,7 +136,7 @@ fn unknown_config_key_is_refused_naming_it() {
 #[test]
 fn user_add_passwd_role_and_remove() {
     use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_dir();
     let run = |args: &[&str], stdin: &str| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_linkops"))
             .args(["--config", "/dev/null", "--data-dir"])
@@ -217,7 +217,7 @@ fn user_add_passwd_role_and_remove() {
 
 #[tokio::test]
 async fn systemd_hears_ready_after_the_first_sync_and_stopping_on_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_dir();
     let socket_path = dir.path().join("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
     let repo = dir.path().join("repo");

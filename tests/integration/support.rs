@@ -103,6 +103,16 @@ impl TestDaemon {
     }
 }
 
+/// A temporary directory only its owner may enter, as systemd makes a data dir
+/// (`StateDirectory`, 0700): the daemon refuses one that others can read.
+pub fn private_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .unwrap()
+}
+
 /// A config with `data_dir` set and everything else at its default.
 pub fn config(data_dir: &Path) -> Config {
     Config {
@@ -393,7 +403,7 @@ impl FleetSetup {
             &scripts.replace("$MARKS", marks.to_str().unwrap()),
         );
         work.commit("the test fleet");
-        let data = tempfile::tempdir().unwrap();
+        let data = private_dir();
         add_users(
             data.path(),
             &[

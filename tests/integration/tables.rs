@@ -47,7 +47,7 @@ fn operations(n: usize) -> Vec<(Operation, Vec<HostResult>)> {
 }
 
 async fn daemon_with_history(n: usize) -> (tempfile::TempDir, TestDaemon) {
-    let data = tempfile::tempdir().unwrap();
+    let data = support::private_dir();
     support::add_users(
         data.path(),
         &[

@@ -16,8 +16,12 @@ const WAIT: Duration = Duration::from_secs(30);
 const OPERATOR: (&str, &str) = ("oscar", "pw-oscar-1");
 const OTHER_OPERATOR: (&str, &str) = ("olga", "pw-olga-1");
 
+/// A script that keeps an operation (and its event stream) open.
+const SCRIPTS: &str =
+    "scripts:\n  - id: sleeper\n    name: Sleep\n    body: echo started; sleep 600\n";
+
 fn setup(hosts: usize, wrong_uuid: &[usize]) -> FleetSetup {
-    let setup = FleetSetup::new(hosts, wrong_uuid, "scripts: []\n");
+    let setup = FleetSetup::new(hosts, wrong_uuid, SCRIPTS);
     support::add_users(
         setup.data.path(),
         &[
@@ -491,6 +495,153 @@ async fn a_demoted_or_deleted_user_loses_their_open_terminals() {
     let me = daemon.get("/api/auth/me", Some(&token)).await;
     assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(recording(&daemon, &admin, session).await.0, StatusCode::OK);
+    daemon.stop().await;
+}
+
+/// Every long-lived connection a user holds ends when their access does, whoever's
+/// workspace it is on; and a deleted user's name never hands a new account their things.
+#[tokio::test]
+async fn revoked_access_ends_every_socket_and_stream_and_names_are_never_reused() {
+    let setup = setup(1, &[]);
+    let daemon = setup.start().await;
+    let admin = daemon.token(ADMIN.0, ADMIN.1).await;
+    let olga = daemon.token(OTHER_OPERATOR.0, OTHER_OPERATOR.1).await;
+    let oscar = daemon.token(OPERATOR.0, OPERATOR.1).await;
+    let (status, created) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/users",
+            &admin,
+            Some(json!({ "username": "root2", "role": "admin" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let root2 = daemon
+        .token("root2", created["password"].as_str().unwrap())
+        .await;
+
+    // A second admin attached to olga's workspace is deleted: their socket ends, olga's shell lives.
+    let olgas = workspace(&daemon, &olga, "single", &[Some("host1")]).await;
+    let pane = connect_all(&daemon, &olga, &olgas, json!({}))
+        .await
+        .remove(0);
+    assert_eq!(pane["state"], "connected", "{pane}");
+    let mut watching = Terminal::open(&daemon, &olgas, &root2).await;
+    watching.run(0, "echo seen-$((6*7))", "seen-42").await;
+    let delete = |name: &'static str| {
+        let (daemon, admin) = (&daemon, &admin);
+        async move {
+            let path = format!("/api/users/{name}");
+            let (status, answer) = daemon
+                .request(reqwest::Method::DELETE, &path, admin, None)
+                .await;
+            assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+        }
+    };
+    delete("root2").await;
+    while watching.read().await {}
+    assert_eq!(watching.closed.clone().expect("a close frame").0, 4003);
+    let mut owner = Terminal::open(&daemon, &olgas, &olga).await;
+    owner.run(0, "echo still-$((6*7))", "still-42").await;
+
+    // A password reset ends the sockets of every older token.
+    let own = workspace(&daemon, &oscar, "single", &[Some("host1")]).await;
+    let mut oscars = Terminal::open(&daemon, &own, &oscar).await;
+    let pane = connect_all(&daemon, &oscar, &own, json!({}))
+        .await
+        .remove(0);
+    assert_eq!(pane["state"], "connected", "{pane}");
+    let (status, _) = daemon
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/users/{}/password", OPERATOR.0),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    while oscars.read().await {}
+    assert_eq!(oscars.closed.clone().expect("a close frame").0, 4003);
+
+    // Olga's streams (the fleet's, an operation's) end when she is deleted.
+    use eventsource_stream::Eventsource;
+    let verified = daemon.post("/api/links/host1/verify", Some(&olga)).await;
+    assert_eq!(verified.status(), StatusCode::OK);
+    let (status, run) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/operations/run",
+            &olga,
+            Some(json!({ "script": "sleeper", "targets": { "machines": ["host1"] } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+    let operation = run["id"].as_u64().unwrap();
+    let mut operation_events = daemon
+        .get(
+            &format!("/api/operations/{operation}/events?access_token={olga}"),
+            None,
+        )
+        .await
+        .bytes_stream()
+        .eventsource();
+    let mut fleet_events = daemon
+        .get(&format!("/api/fleet/events?access_token={olga}"), None)
+        .await
+        .bytes_stream()
+        .eventsource();
+    let first = fleet_events.next().await.expect("the fleet's first event");
+    assert_eq!(first.unwrap().event, "machines");
+    loop {
+        let event = operation_events
+            .next()
+            .await
+            .expect("the operation's events");
+        if event.unwrap().event == "output" {
+            break;
+        }
+    }
+    delete(OTHER_OPERATOR.0).await;
+    while let Some(event) = tokio::time::timeout(WAIT, fleet_events.next())
+        .await
+        .unwrap()
+    {
+        assert_eq!(event.unwrap().event, "machines");
+    }
+    while let Some(event) = tokio::time::timeout(WAIT, operation_events.next())
+        .await
+        .unwrap()
+    {
+        assert_ne!(event.unwrap().event, "end", "the operation still runs");
+    }
+    while owner.read().await {}
+    assert_eq!(owner.closed.clone().expect("a close frame").0, 4003);
+
+    // A new account cannot take the name, nor inherit the workspace.
+    let (status, refused) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/users",
+            &admin,
+            Some(json!({ "username": OTHER_OPERATOR.0, "role": "operator" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("retired"), "{message}");
+    let (status, _) = daemon
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/terminal/workspaces/{olgas}"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let stopped = daemon
+        .post(&format!("/api/operations/{operation}/stop"), Some(&admin))
+        .await;
+    assert_eq!(stopped.status(), StatusCode::ACCEPTED);
     daemon.stop().await;
 }
 

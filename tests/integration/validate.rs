@@ -63,7 +63,7 @@ fn broken_repositories_print_the_expected_problems() {
 
 #[test]
 fn checked_in_schemas_match_the_types() {
-    let out = tempfile::tempdir().unwrap();
+    let out = crate::support::private_dir();
     let output = linkops(&["schema", "--out", out.path().to_str().unwrap()]);
     assert!(output.status.success());
     let checked_in = root().join("schemas");
