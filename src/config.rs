@@ -26,6 +26,7 @@ const ENV_PREFIX: &str = "LINKOPS_";
 
 /// Sections of the file; `LINKOPS_<SECTION>_<KEY>` sets `[section] key`.
 const SECTIONS: &[&str] = &[
+    "http",
     "git",
     "ssh",
     "auth",
@@ -56,6 +57,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The built web console (`npm run build` in src/web writes `src/web/dist`), served at `/`.
     pub console_dir: PathBuf,
+    pub http: HttpConfig,
     pub log: LogConfig,
     pub git: GitConfig,
     pub ssh: SshConfig,
@@ -72,6 +74,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             data_dir: PathBuf::from("/var/lib/linkops"),
             console_dir: PathBuf::from("/usr/share/linkops/console"),
+            http: HttpConfig::default(),
             log: LogConfig::default(),
             git: GitConfig::default(),
             ssh: SshConfig::default(),
@@ -80,6 +83,30 @@ impl Default for Config {
             reconcile: ReconcileConfig::default(),
             operations: OperationsConfig::default(),
             terminal: TerminalConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Connections served at once (SSE and WebSocket clients included); beyond, 503.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this; also how long an idle
+    /// keep-alive connection stays open.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_connections: 2048,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -66,6 +66,9 @@ pub struct Metrics {
     pub sse_clients: Gauge,
     pub websocket_clients: Gauge,
     pub terminal_sessions: Gauge,
+    /// HTTP connections open, and those refused at `[http] max_connections`.
+    pub http_connections: Gauge,
+    pub http_connections_refused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -99,6 +102,8 @@ impl Metrics {
             sse_clients: Gauge::default(),
             websocket_clients: Gauge::default(),
             terminal_sessions: Gauge::default(),
+            http_connections: Gauge::default(),
+            http_connections_refused: Counter::default(),
             registry: Registry::with_prefix("linkops"),
         };
         let r = &mut metrics.registry;
@@ -106,6 +111,16 @@ impl Metrics {
             "http_requests",
             "HTTP requests by route and status",
             metrics.http_requests.clone(),
+        );
+        r.register(
+            "http_connections_open",
+            "HTTP connections open (SSE and WebSocket clients included)",
+            metrics.http_connections.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "HTTP connections refused because [http] max_connections were open",
+            metrics.http_connections_refused.clone(),
         );
         r.register(
             "syncs",

@@ -152,7 +152,15 @@ impl Daemon {
         };
         let address = listener.local_addr().map_err(Error::Serve)?;
         tracing::info!(%address, data_dir = %config.data_dir.display(), "linkops serving");
-        let server = tokio::spawn(serve(listener, api::router(state.clone()), shutdown));
+        let limits = ConnectionLimits {
+            connections: Arc::new(tokio::sync::Semaphore::new(config.http.max_connections)),
+            header_timeout: config.http.header_timeout,
+            metrics: state.metrics.clone(),
+        };
+        let router = api::router(state.clone()).layer(
+            tower_http::timeout::RequestBodyTimeoutLayer::new(config.http.body_timeout),
+        );
+        let server = tokio::spawn(serve(listener, router, limits, shutdown));
         Ok(Daemon {
             state,
             server,
@@ -305,36 +313,94 @@ const CONNECTION_BUFFER: usize = 64 << 10;
 /// operation would otherwise hold it open).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What bounds the connections of [`serve`].
+struct ConnectionLimits {
+    /// A permit per open connection (`[http] max_connections`).
+    connections: Arc<tokio::sync::Semaphore>,
+    /// Headers must arrive within it; an idle keep-alive connection closes after it.
+    header_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// The answer to a connection beyond the cap, written raw: it must cost nothing.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+    content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 114\r\n\r\n\
+    {\"error\":{\"code\":\"busy\",\"message\":\"too many connections: the limit is [http] max_connections; try again shortly\"}}";
+
+/// How long the refusal may take to write.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Accept errors (out of file descriptors, say) pause accepting, doubling up to this.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Accept errors are logged at most once per this.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Serves HTTP/1.1 on `listener` until `shutdown`, then drains connections.
+///
+/// Every connection holds a permit of `limits.connections` (one beyond is
+/// answered 503 and closed); every header read is bounded by the header
+/// timeout. An accept error backs off instead of spinning, and is logged at
+/// most once per [`ACCEPT_LOG_INTERVAL`] with the count since.
 async fn serve(
     listener: TcpListener,
     router: axum::Router,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
+    use tokio::io::AsyncWriteExt;
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    accept_errors.backoff = Duration::ZERO;
+                    stream
+                }
                 Err(error) => {
-                    // Out of file descriptors and the like: log, and keep serving.
-                    tracing::warn!(%error, "accepting a connection failed");
-                    continue;
+                    let pause = accept_errors.failed(&error);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        () = &mut shutdown => break,
+                    }
                 }
             },
-            _ = &mut shutdown => break,
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = limits.connections.clone().try_acquire_owned() else {
+            limits.metrics.http_connections_refused.inc();
+            tokio::spawn(async move {
+                let mut stream = stream;
+                tokio::time::timeout(REFUSAL_TIMEOUT, stream.write_all(TOO_MANY_CONNECTIONS))
+                    .await
+                    .ok();
+            });
+            continue;
         };
         stream.set_nodelay(true).ok();
         let router = router.clone();
         let watcher = graceful.watcher();
+        let open = crate::metrics::Open::new(&limits.metrics.http_connections);
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
+            let _held = (permit, open);
+            // hyper times a header from its first byte: a client that sends nothing
+            // is bounded here (a peek waits for a byte; readiness alone can be spurious).
+            let mut first = [0u8; 1];
+            let first_byte = tokio::time::timeout(header_timeout, stream.peek(&mut first));
+            if !matches!(first_byte.await, Ok(Ok(1..))) {
+                return;
+            }
             let mut http =
                 hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
-            http.http1().max_buf_size(CONNECTION_BUFFER);
+            http.http1()
+                .max_buf_size(CONNECTION_BUFFER)
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
             // HTTP/1.1 only, with upgrades for the terminal WebSockets. An
             // upgraded socket leaves hyper (and this drain); it ends with the
             // terminals' shutdown.
@@ -355,4 +421,55 @@ async fn serve(
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
     Ok(())
+}
+
+/// Accept failures: the current pause, and the rate limit of their log lines.
+#[derive(Default)]
+struct AcceptErrors {
+    backoff: Duration,
+    logged_at: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    /// Records a failure; returns how long to pause before accepting again.
+    fn failed(&mut self, error: &std::io::Error) -> Duration {
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(10), ACCEPT_BACKOFF_MAX);
+        let due = self
+            .logged_at
+            .is_none_or(|at| at.elapsed() >= ACCEPT_LOG_INTERVAL);
+        if due {
+            tracing::warn!(
+                %error,
+                since_last_report = self.unlogged,
+                pause_ms = self.backoff.as_millis() as u64,
+                "accepting a connection failed (at the open-files limit, raise LimitNOFILE or lower [http] max_connections)"
+            );
+            self.logged_at = Some(std::time::Instant::now());
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+        self.backoff
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_refusal_is_well_formed_http() {
+        let text = std::str::from_utf8(TOO_MANY_CONNECTIONS).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(length, body.len());
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["code"], "busy");
+    }
 }

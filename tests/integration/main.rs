@@ -14,6 +14,7 @@ mod demo;
 mod exactly_once;
 mod fleet;
 mod git_sync;
+mod hostile;
 mod metrics;
 mod openapi;
 mod operations;

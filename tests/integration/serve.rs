@@ -16,7 +16,16 @@ impl Daemon {
     }
 
     fn start_with(data_dir: &std::path::Path, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_linkops"))
+        Daemon::spawn(Command::new(env!("CARGO_BIN_EXE_linkops")), data_dir, env)
+    }
+
+    /// Runs `command` (the binary, or a wrapper such as `prlimit … linkops`) as `linkops serve`.
+    fn spawn(
+        mut command: Command,
+        data_dir: &std::path::Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Daemon {
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             // An explicit empty config: the machine's /etc/linkops/config.toml must not leak in.
@@ -213,6 +222,48 @@ fn user_add_passwd_role_and_remove() {
     let store = linkops::store::Store::open(&store_path).unwrap();
     let names: Vec<String> = store.users().unwrap().into_iter().map(|u| u.name).collect();
     assert_eq!(names, ["otto"]);
+}
+
+/// Defect 5: at the open-files limit the accept loop backs off and logs once per
+/// interval, instead of spinning out millions of lines, and serves again once
+/// connections go.
+#[tokio::test]
+async fn at_the_open_files_limit_the_daemon_backs_off_and_recovers() {
+    let dir = crate::support::private_dir();
+    let mut prlimit = Command::new("prlimit");
+    prlimit.args(["--nofile=64:64", env!("CARGO_BIN_EXE_linkops")]);
+    let timeout = std::ffi::OsStr::new("120s");
+    let mut daemon = Daemon::spawn(
+        prlimit,
+        dir.path(),
+        &[("LINKOPS_HTTP_HEADER_TIMEOUT", timeout)],
+    );
+    let (_, address) = daemon.read_until_serving();
+    // More silent connections than the daemon has descriptors left.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let health = format!("http://{address}/health");
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .unwrap();
+    drop(held);
+    crate::support::eventually("/health to answer again", || async {
+        let response = client.get(&health).send().await.ok()?;
+        (response.status() == reqwest::StatusCode::OK).then_some(())
+    })
+    .await;
+    let (_, log) = daemon.terminate();
+    let reports = log
+        .lines()
+        .filter(|line| line.contains("accepting a connection failed"))
+        .count();
+    assert!(
+        (1..=3).contains(&reports),
+        "{reports} accept-failure lines:\n{log}"
+    );
 }
 
 #[tokio::test]
