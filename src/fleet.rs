@@ -58,9 +58,13 @@ impl Fleet {
                 .user
                 .clone()
                 .unwrap_or_else(|| self.default_user.clone()),
-            key_path: self
-                .keys_dir
-                .join(machine.key.as_deref().unwrap_or(&self.default_key)),
+            key: ssh::KeyFile {
+                dir: self.keys_dir.clone(),
+                name: machine
+                    .key
+                    .clone()
+                    .unwrap_or_else(|| self.default_key.clone()),
+            },
             pinned_host_key: machine.host_key.clone(),
         }
     }

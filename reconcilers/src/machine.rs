@@ -256,6 +256,17 @@ pub fn mark_reconciling(status: &mut MachineStatus, now_ms: i64) {
     );
 }
 
+/// Whether `name` is a plain file name, as key names must be: letters, digits,
+/// `.`, `_` and `-`, not starting with a dot (so never `..`, never a path).
+pub fn is_plain_file_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphanumeric() || matches!(first, '_' | '-'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.len() <= 255
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,10 +61,14 @@ pub enum Error {
     AuthRejected {
         target: String,
         user: String,
-        key: PathBuf,
+        key: String,
     },
     #[error("private key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
+    #[error(
+        "key name {name:?} is not a plain file name in {dir}: use letters, digits, '.', '_' and '-', not starting with a dot"
+    )]
+    KeyName { name: String, dir: PathBuf },
     #[error("SSH session with {target} failed: {source}")]
     Protocol {
         target: String,
@@ -97,9 +101,49 @@ pub struct Target {
     pub port: u16,
     pub user: String,
     /// Private key file (OpenSSH format, ed25519 or RSA); must be mode 0600 or stricter.
-    pub key_path: PathBuf,
+    pub key: KeyFile,
     /// A host key pinned in the inventory (OpenSSH public key line).
     pub pinned_host_key: Option<String>,
+}
+
+/// A private key named inside a keys directory. The name comes from the
+/// inventory (outside input): it must be a plain file name, checked here, at
+/// the point of use, as well as when the inventory is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFile {
+    pub dir: PathBuf,
+    pub name: String,
+}
+
+impl KeyFile {
+    /// The key at `path`: its directory and file name.
+    pub fn at(path: &Path) -> KeyFile {
+        KeyFile {
+            dir: path.parent().map(Path::to_owned).unwrap_or_default(),
+            name: path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The file's path, or a refusal when the name is not a plain file name.
+    pub fn path(&self) -> Result<PathBuf> {
+        if linkops_reconcilers::machine::is_plain_file_name(&self.name) {
+            Ok(self.dir.join(&self.name))
+        } else {
+            Err(Error::KeyName {
+                name: self.name.clone(),
+                dir: self.dir.clone(),
+            })
+        }
+    }
+}
+
+impl fmt::Display for KeyFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.dir.join(&self.name).display())
+    }
 }
 
 impl fmt::Display for Target {
@@ -211,7 +255,7 @@ impl Connection {
             return Err(Error::AuthRejected {
                 target: name,
                 user: target.user.clone(),
-                key: target.key_path.clone(),
+                key: target.key.to_string(),
             });
         }
         Ok(Connection {
@@ -250,7 +294,7 @@ impl Error {
             Error::HostKeyUnknown { .. }
             | Error::HostKeyChanged { .. }
             | Error::PinnedKey { .. } => "host_key",
-            Error::AuthRejected { .. } | Error::Key { .. } => "auth",
+            Error::AuthRejected { .. } | Error::Key { .. } | Error::KeyName { .. } => "auth",
             _ => "other",
         }
     }
@@ -274,7 +318,7 @@ async fn load_identity_and_expectations(
     let target = target.clone();
     let known_hosts = options.known_hosts.clone();
     tokio::task::spawn_blocking(move || {
-        let key = load_private_key(&target.key_path)?;
+        let key = load_private_key(&target.key.path()?)?;
         let pinned = target
             .pinned_host_key
             .as_deref()
@@ -367,6 +411,30 @@ impl client::Handler for HostKeyCheck {
                 fingerprint: fingerprint(key),
                 recorded,
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_name_that_leaves_the_keys_directory_is_refused_at_use() {
+        let key = |name: &str| KeyFile {
+            dir: PathBuf::from("/var/lib/linkops/keys"),
+            name: name.to_owned(),
+        };
+        assert_eq!(
+            key("fleet_key").path().unwrap(),
+            Path::new("/var/lib/linkops/keys/fleet_key")
+        );
+        for name in ["../outside/k", "..", ".", "a/b", "/etc/shadow", ""] {
+            let refused = key(name).path().unwrap_err();
+            assert!(
+                matches!(refused, Error::KeyName { .. }),
+                "{name}: {refused}"
+            );
         }
     }
 }

@@ -115,7 +115,7 @@ impl Pool {
         // Everything that identifies the session: a changed key or address is a new connection.
         let key = format!(
             "{target}|{}|{}",
-            target.key_path.display(),
+            target.key,
             target.pinned_host_key.as_deref().unwrap_or("")
         );
         self.slots

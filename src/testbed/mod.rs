@@ -139,7 +139,7 @@ impl Fleet {
             host: host.address().to_string(),
             port: host.port(),
             user: TEST_USER.to_owned(),
-            key_path: self.client_key.clone(),
+            key: ssh::KeyFile::at(&self.client_key),
             pinned_host_key: None,
         }
     }

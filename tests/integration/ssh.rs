@@ -186,7 +186,7 @@ async fn trust_on_first_use_records_the_key_then_trusts_only_it() {
 async fn rsa_client_keys_authenticate() {
     let fleet = Fleet::start(1).unwrap();
     let mut target = fleet.target(0);
-    target.key_path = fleet.add_client_key("id_rsa", "rsa").unwrap();
+    target.key = linkops::ssh::KeyFile::at(&fleet.add_client_key("id_rsa", "rsa").unwrap());
     let connection = Connection::open(&target, &fleet.connect_options())
         .await
         .unwrap();
@@ -208,7 +208,7 @@ async fn private_key_readable_by_others_is_refused() {
     let loose = fleet.dir().join("loose_key");
     std::fs::copy(fleet.client_key(), &loose).unwrap();
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
-    target.key_path = loose;
+    target.key = linkops::ssh::KeyFile::at(&loose);
     let error = Connection::open(&target, &fleet.connect_options())
         .await
         .err()
@@ -228,7 +228,7 @@ async fn key_not_authorised_is_rejected_by_name() {
         .unwrap();
     assert!(status.success());
     let mut target = fleet.target(0);
-    target.key_path = stranger;
+    target.key = linkops::ssh::KeyFile::at(&stranger);
     let error = Connection::open(&target, &fleet.connect_options())
         .await
         .err()

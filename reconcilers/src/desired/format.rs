@@ -13,6 +13,14 @@ use serde_saphyr::Spanned;
 
 use crate::script::{ParamType, ParamValue};
 
+/// Machine, script and run-request ids. `load` enforces every pattern here,
+/// as the schemas state them.
+pub const ID_PATTERN: &str = r"^[a-z0-9][a-z0-9._-]{0,127}$";
+/// Key names: a plain file name in the daemon's keys directory (never a path, never `..`).
+pub const KEY_PATTERN: &str = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$";
+/// Parameter names: they become `LINKOPS_PARAM_<NAME>` environment variables.
+pub const PARAM_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$";
+
 /// `links.yaml`: the machines of the fleet.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -27,7 +35,7 @@ pub struct LinksFile {
 #[serde(deny_unknown_fields)]
 pub struct MachineEntry {
     /// Stable identifier, unique in the inventory; history is kept under it.
-    #[schemars(with = "String", regex(pattern = r"^[a-z0-9][a-z0-9._-]*$"))]
+    #[schemars(with = "String", regex(pattern = ID_PATTERN))]
     pub id: Spanned<String>,
     /// Display name.
     pub name: String,
@@ -42,8 +50,8 @@ pub struct MachineEntry {
     /// Name of the private key file in the daemon's keys directory (never a key itself);
     /// the daemon's `[ssh] key` when absent.
     #[serde(default)]
-    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]+$"))]
-    pub key: Option<String>,
+    #[schemars(with = "Option<String>", regex(pattern = KEY_PATTERN))]
+    pub key: Option<Spanned<String>>,
     /// Enrollment id: the machine's /etc/linkops/client_id must read `LINKOPS-<uuid>`.
     #[schemars(
         with = "String",
@@ -92,7 +100,7 @@ pub struct ScriptsFile {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptEntry {
-    #[schemars(with = "String", regex(pattern = r"^[a-z0-9][a-z0-9._-]*$"))]
+    #[schemars(with = "String", regex(pattern = ID_PATTERN))]
     pub id: Spanned<String>,
     pub name: String,
     #[serde(default)]
@@ -132,7 +140,7 @@ fn default_interpreter() -> String {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParamEntry {
-    #[schemars(with = "String", regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    #[schemars(with = "String", regex(pattern = PARAM_NAME_PATTERN))]
     pub name: Spanned<String>,
     #[serde(rename = "type")]
     pub kind: ParamType,
@@ -170,7 +178,7 @@ pub struct TargetsEntry {
 #[schemars(title = "LinkOps run-request (runs/*.yaml)")]
 pub struct RunRequestFile {
     /// Unique forever: a run-request id runs at most once, even if the file changes.
-    #[schemars(with = "String", regex(pattern = r"^[a-z0-9][a-z0-9._-]*$"))]
+    #[schemars(with = "String", regex(pattern = ID_PATTERN))]
     pub id: Spanned<String>,
     /// The catalog script to run.
     #[schemars(with = "String")]

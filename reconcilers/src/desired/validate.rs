@@ -1,13 +1,17 @@
 //! Parsing and cross-checking the files of a revision.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use regex::Regex;
 
 use serde::de::DeserializeOwned;
 use serde_saphyr::Spanned;
 
 use super::format::{
-    LinksFile, MachineEntry, ParamEntry, RunRequestFile, ScriptEntry, ScriptsFile, TargetsEntry,
+    ID_PATTERN, KEY_PATTERN, LinksFile, MachineEntry, PARAM_NAME_PATTERN, ParamEntry,
+    RunRequestFile, ScriptEntry, ScriptsFile, TargetsEntry,
 };
 use super::{DesiredState, LINKS_FILE, Problem, RepoFiles, SCRIPTS_FILE, is_run_request};
 use crate::machine::Machine;
@@ -15,6 +19,32 @@ use crate::run::RunRequest;
 use crate::script::{ParamSpec, ParamType, Script, Targets, anchored};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The schema's patterns, compiled once.
+static ID: LazyLock<Regex> = LazyLock::new(|| Regex::new(ID_PATTERN).expect("a valid pattern"));
+static KEY: LazyLock<Regex> = LazyLock::new(|| Regex::new(KEY_PATTERN).expect("a valid pattern"));
+static PARAM_NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(PARAM_NAME_PATTERN).expect("a valid pattern"));
+
+/// Reports `value` unless it matches `pattern`; whether it did.
+fn conforms(
+    report: &mut Report,
+    what: &str,
+    value: &Spanned<String>,
+    pattern: &Regex,
+    rule: &str,
+) -> bool {
+    let ok = pattern.is_match(&value.value);
+    if !ok {
+        report.at(
+            value,
+            format!("{what} {:?} is not allowed: {rule}", value.value),
+        );
+    }
+    ok
+}
+
+const ID_RULE: &str = "use lower-case letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 characters";
 
 /// Collects problems for one file.
 struct Report<'a> {
@@ -86,6 +116,9 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
             file: path,
             problems: &mut problems,
         };
+        if !conforms(&mut report, "run-request id", &request.id, &ID, ID_RULE) {
+            continue;
+        }
         if let Some(first) = run_files.get(&request.id.value) {
             report.at(
                 &request.id,
@@ -231,6 +264,18 @@ fn check_machines(links: LinksFile, problems: &mut Vec<Problem>) -> Vec<Machine>
             health_interval,
             concurrency,
         } = entry.value;
+        if !conforms(&mut report, "machine id", &id, &ID, ID_RULE) {
+            continue;
+        }
+        if let Some(key) = &key {
+            conforms(
+                &mut report,
+                "key name",
+                key,
+                &KEY,
+                "a key is a plain file name in the daemon's keys directory: letters, digits, '.', '_' and '-', not starting with a dot",
+            );
+        }
         if let Some(line) = ids.get(&id.value) {
             report.at(
                 &id,
@@ -268,7 +313,7 @@ fn check_machines(links: LinksFile, problems: &mut Vec<Problem>) -> Vec<Machine>
             host,
             port,
             user,
-            key,
+            key: key.map(|key| key.value),
             uuid: uuid_text,
             tags,
             labels,
@@ -306,6 +351,9 @@ fn check_scripts(
             max_parallel,
             targets,
         } = entry.value;
+        if !conforms(&mut report, "script id", &id, &ID, ID_RULE) {
+            continue;
+        }
         if let Some(line) = lines.get(&id.value) {
             report.at(
                 &id,
@@ -393,6 +441,15 @@ fn check_params(params: Vec<Spanned<ParamEntry>>, report: &mut Report) -> Vec<Pa
             values,
             pattern,
         } = param.value;
+        if !conforms(
+            report,
+            "parameter name",
+            &name,
+            &PARAM_NAME,
+            "it becomes LINKOPS_PARAM_<NAME>: letters, digits and '_', not starting with a digit, at most 64 characters",
+        ) {
+            continue;
+        }
         if !names.insert(name.value.to_ascii_uppercase()) {
             // Names become LINKOPS_PARAM_<NAME>: they must differ in more than case.
             report.at(&name, format!("duplicate parameter {:?}", name.value));
