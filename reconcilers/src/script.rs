@@ -94,6 +94,14 @@ impl std::fmt::Display for ParamValue {
     }
 }
 
+/// Longest value of one parameter, in bytes.
+pub const MAX_PARAM_VALUE_BYTES: usize = 32 << 10;
+/// Most bytes all of a run's parameters may take (`NAME=value`, summed). The
+/// remote shell gets the whole command as one argument, and Linux caps one
+/// argument at 131,072 bytes (MAX_ARG_STRLEN): quoting and the command's frame
+/// fit in the rest.
+pub const MAX_PARAMS_BYTES: usize = 96 << 10;
+
 /// A typed parameter of a script.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ParamSpec {
@@ -111,6 +119,17 @@ impl ParamSpec {
     /// Checks one value against the parameter's type, values and pattern;
     /// returns the text the script will see.
     pub fn check(&self, value: &ParamValue) -> Result<String, String> {
+        let text = self.check_type(value)?;
+        if text.len() > MAX_PARAM_VALUE_BYTES {
+            return Err(format!(
+                "the value is {} bytes; a parameter value may have at most {MAX_PARAM_VALUE_BYTES}",
+                text.len()
+            ));
+        }
+        Ok(text)
+    }
+
+    fn check_type(&self, value: &ParamValue) -> Result<String, String> {
         match (self.kind, value) {
             (ParamType::Bool, ParamValue::Bool(b)) => Ok(b.to_string()),
             (ParamType::Int, ParamValue::Int(i)) => Ok(i.to_string()),
@@ -188,6 +207,19 @@ impl Script {
                 }
                 None => {}
             }
+        }
+        let total: usize = resolved
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + "LINKOPS_PARAM_=".len())
+            .sum();
+        if problems.is_empty() && total > MAX_PARAMS_BYTES {
+            let first = resolved.keys().next().cloned().unwrap_or_default();
+            problems.push((
+                first,
+                format!(
+                    "the parameters take {total} bytes; at most {MAX_PARAMS_BYTES} fit, because the remote shell receives the command as one argument, which Linux caps at 131072 bytes (MAX_ARG_STRLEN)"
+                ),
+            ));
         }
         if problems.is_empty() {
             Ok(resolved)
@@ -301,5 +333,37 @@ mod tests {
         let problems = script.resolve_params(&given).unwrap_err();
         let names: Vec<&str> = problems.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["colour", "package"]);
+    }
+
+    #[test]
+    fn values_and_all_parameters_together_are_bounded() {
+        let long = ParamValue::String("x".repeat(MAX_PARAM_VALUE_BYTES + 1));
+        let refused = spec(ParamType::String).check(&long).unwrap_err();
+        assert!(refused.contains("at most 32768"), "{refused}");
+
+        let params: Vec<ParamSpec> = (0..4)
+            .map(|i| ParamSpec {
+                name: format!("p{i}"),
+                ..spec(ParamType::String)
+            })
+            .collect();
+        let script = Script {
+            id: "big".into(),
+            name: "Big".into(),
+            description: String::new(),
+            body: String::new(),
+            interpreter: "/bin/sh".into(),
+            params,
+            timeout: Duration::from_secs(60),
+            max_parallel: None,
+            targets: Targets::default(),
+        };
+        let value = ParamValue::String("x".repeat(30 << 10));
+        let given = (0..4).map(|i| (format!("p{i}"), value.clone())).collect();
+        let problems = script.resolve_params(&given).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].1.contains("MAX_ARG_STRLEN"), "{problems:?}");
+        let three = (0..3).map(|i| (format!("p{i}"), value.clone())).collect();
+        assert!(script.resolve_params(&three).is_ok());
     }
 }

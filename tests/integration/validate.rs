@@ -110,3 +110,36 @@ fn example_files_point_editors_at_the_schemas() {
         );
     }
 }
+
+/// Defect 8: a revision built to exhaust memory is refused with `file:line:col`,
+/// by the YAML budget and the size limits, before it can grow the daemon.
+#[test]
+fn revisions_built_to_exhaust_memory_are_refused_where_they_break_the_budget() {
+    let dir = crate::support::private_dir();
+    // Aliases past the budget (each could be a whole expanded subtree).
+    let mut laughs = String::from("machines:\n");
+    for i in 0..1_001 {
+        let name = if i == 0 { "&n lol" } else { "*n" };
+        laughs.push_str(&format!(
+            "  - {{id: m{i}, name: {name}, host: h, uuid: 6f1c1c9e-1f7b-4a3e-9c55-{i:012}}}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("links.yaml"), &laughs).unwrap();
+    let output = linkops(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.starts_with("links.yaml:"), "{stdout}");
+    assert!(
+        stdout.contains("budget") || stdout.contains("limit"),
+        "{stdout}"
+    );
+
+    let huge = format!("machines: []\n# {}\n", "x".repeat(5 << 20));
+    std::fs::write(dir.path().join("links.yaml"), huge).unwrap();
+    let output = linkops(&["validate", dir.path().to_str().unwrap()]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(
+        stdout.trim(),
+        "links.yaml:1:1: the file is 5242896 bytes; a config file may have at most 4194304"
+    );
+}

@@ -20,6 +20,34 @@ use crate::script::{ParamSpec, ParamType, Script, Targets, anchored};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Budgets for one revision's YAML, far above what a real fleet writes (an
+/// inventory of 10,000 machines is about 3 MiB and 200,000 nodes) and far below
+/// what would hurt the daemon: without them a few MiB of anchors and aliases
+/// expand into gigabytes.
+pub const MAX_YAML_FILE_BYTES: usize = 4 << 20;
+/// All YAML files of a revision together.
+pub const MAX_YAML_REVISION_BYTES: usize = 16 << 20;
+/// One script's text (inline or from its file).
+pub const MAX_SCRIPT_BYTES: usize = 1 << 20;
+
+/// serde-saphyr's limits for one file, within [`MAX_YAML_FILE_BYTES`].
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 1,
+            max_depth: 32,
+            max_nodes: 500_000,
+            max_events: 2_000_000,
+            max_total_scalar_bytes: MAX_YAML_FILE_BYTES,
+            max_anchors: 1_000,
+            max_aliases: 1_000,
+            max_recorded_anchor_bytes: 1 << 20,
+            max_recorded_anchor_events: 50_000,
+            max_merge_keys: 1_000,
+        },
+    }
+}
+
 /// The schema's patterns, compiled once.
 static ID: LazyLock<Regex> = LazyLock::new(|| Regex::new(ID_PATTERN).expect("a valid pattern"));
 static KEY: LazyLock<Regex> = LazyLock::new(|| Regex::new(KEY_PATTERN).expect("a valid pattern"));
@@ -74,6 +102,19 @@ impl Report<'_> {
 
 pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Problem>> {
     let mut problems = Vec::new();
+    let yaml = files
+        .iter()
+        .filter(|(path, _)| *path == LINKS_FILE || *path == SCRIPTS_FILE || is_run_request(path));
+    let mut total = 0;
+    for (path, bytes) in yaml {
+        total += bytes.len();
+        if total > MAX_YAML_REVISION_BYTES {
+            Report { file: path, problems: &mut problems }.at_start(format!(
+                "the revision's YAML files reach {MAX_YAML_REVISION_BYTES} bytes here, the most one revision may hold"
+            ));
+            return Err(problems);
+        }
+    }
 
     let links = parse::<LinksFile>(files, LINKS_FILE, &mut problems);
     let inventory_read = links.is_some();
@@ -177,7 +218,14 @@ fn parse<T: DeserializeOwned>(
         report.at_start("the file is empty");
         return None;
     }
-    match serde_saphyr::from_str::<T>(text) {
+    if bytes.len() > MAX_YAML_FILE_BYTES {
+        report.at_start(format!(
+            "the file is {} bytes; a config file may have at most {MAX_YAML_FILE_BYTES}",
+            bytes.len()
+        ));
+        return None;
+    }
+    match serde_saphyr::from_str_with_options::<T>(text, yaml_options()) {
         Ok(value) => Some(value),
         Err(error) => {
             let (line, column) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
@@ -363,6 +411,17 @@ fn check_scripts(
         }
         lines.insert(id.value.clone(), id.referenced.line());
         let body = match (body, file) {
+            (Some(body), None) if body.len() > MAX_SCRIPT_BYTES => {
+                report.at(
+                    &id,
+                    format!(
+                        "script {:?} is {} bytes; a script may have at most {MAX_SCRIPT_BYTES}",
+                        id.value,
+                        body.len()
+                    ),
+                );
+                None
+            }
             (Some(body), None) => Some(body),
             (None, Some(file)) => script_file(&file, files, &mut report),
             (Some(_), Some(file)) => {
@@ -412,6 +471,16 @@ fn script_file(file: &Spanned<String>, files: &RepoFiles, report: &mut Report) -
             report.at(
                 file,
                 format!("script file {path:?} is not in the repository"),
+            );
+            None
+        }
+        Some(bytes) if bytes.len() > MAX_SCRIPT_BYTES => {
+            report.at(
+                file,
+                format!(
+                    "script file {path:?} is {} bytes; a script may have at most {MAX_SCRIPT_BYTES}",
+                    bytes.len()
+                ),
             );
             None
         }
