@@ -201,7 +201,7 @@ pub struct LogConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct GitConfig {
     /// Remote of the config repository (`git@host:owner/repo.git`, `ssh://…`, a path, `file://…`, `https://…`).
-    pub url: Option<String>,
+    pub url: Option<crate::git::RepoUrl>,
     pub branch: String,
     /// Deploy key: a file name in the keys directory, or an absolute path.
     pub deploy_key: Option<String>,
@@ -434,7 +434,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.listen.port(), 9000);
-        assert_eq!(config.git.url.as_deref(), Some("git@forgejo:ops/fleet.git"));
+        assert_eq!(
+            config.git.url.as_ref().map(crate::git::RepoUrl::expose),
+            Some("git@forgejo:ops/fleet.git")
+        );
         assert_eq!(config.git.interval, Duration::from_secs(300));
         assert_eq!(config.ssh.connect_timeout, Duration::from_secs(3));
     }
@@ -458,7 +461,7 @@ mod tests {
         assert!(config.ssh.trust_on_first_use);
         assert_eq!(config.data_dir, PathBuf::from("/srv/linkops"));
         assert_eq!(
-            config.git.url.as_deref(),
+            config.git.url.as_ref().map(crate::git::RepoUrl::expose),
             Some("ssh://git@10.0.0.1:2222/ops/fleet.git")
         );
         assert_eq!(config.auth.token_lifetime, Duration::from_secs(3600));

@@ -336,7 +336,7 @@ fn demo_config(data: &Path, repo: &Path, key: &Path, known_hosts: &Path) -> Resu
     if !config.console_dir.join("index.html").exists() {
         config.console_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/web/dist");
     }
-    config.git.url = Some(repo.display().to_string());
+    config.git.url = Some(crate::git::RepoUrl::parse(&repo.display().to_string()));
     config.ssh.user = testbed::TEST_USER.to_owned();
     config.ssh.key = "demo_key".to_owned();
     Ok(config)

@@ -86,7 +86,7 @@ pub async fn status(
         _ => Vec::new(),
     };
     Ok(Json(GitStatus {
-        url: state.git.source().map(|s| mask_password(&s.url)),
+        url: state.git.source().map(|s| s.url.to_string()),
         branch: state.config.git.branch.clone(),
         applied_revision: applied.as_ref().and_then(|r| r.revision.clone()),
         applied_at: applied.and_then(|r| at(r.started_at_ms)),
@@ -168,40 +168,5 @@ pub async fn webhook(
                 json!({ "ignored": format!("push to {}, not to {branch}", other.unwrap_or("(no branch)")) }),
             ),
         )),
-    }
-}
-
-/// `https://user:token@host/x` → `https://user:***@host/x`.
-fn mask_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((credentials, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mask_password;
-
-    #[test]
-    fn passwords_in_urls_are_masked() {
-        assert_eq!(
-            mask_password("https://bot:tok3n@git.example/ops/fleet.git"),
-            "https://bot:***@git.example/ops/fleet.git"
-        );
-        assert_eq!(
-            mask_password("git@forgejo:ops/fleet.git"),
-            "git@forgejo:ops/fleet.git"
-        );
-        assert_eq!(
-            mask_password("ssh://git@forgejo:2222/ops/fleet.git"),
-            "ssh://git@forgejo:2222/ops/fleet.git"
-        );
     }
 }

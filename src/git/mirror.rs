@@ -42,7 +42,7 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct Source {
     /// `git@host:owner/repo.git`, `ssh://…`, a local path, `file://…` or `https://…`.
-    pub url: String,
+    pub url: super::RepoUrl,
     pub branch: String,
     /// Private key for SSH remotes (mode 0600).
     pub deploy_key: Option<PathBuf>,
@@ -53,10 +53,11 @@ pub struct Source {
 impl Source {
     /// A local-path or `file://` source (watched for changes rather than polled only).
     pub fn local_path(&self) -> Option<PathBuf> {
-        if let Some(path) = self.url.strip_prefix("file://") {
+        let url = self.url.expose();
+        if let Some(path) = url.strip_prefix("file://") {
             return Some(PathBuf::from(path));
         }
-        let path = Path::new(&self.url);
+        let path = Path::new(url);
         path.is_absolute().then(|| path.to_owned())
     }
 }
@@ -80,9 +81,10 @@ impl Mirror {
         // that the handshake failed.
         std::fs::remove_file(&ssh_log).ok();
         let repo = self.open(source, &ssh_log)?;
+        // gix quotes the URL, credentials and all: every message is scrubbed.
         let fetch_error = |message: String| Error::Fetch {
-            url: source.url.clone(),
-            message,
+            url: source.url.to_string(),
+            message: source.url.scrub(&message),
             ssh: std::fs::read_to_string(&ssh_log)
                 .ok()
                 .map(|log| log.trim().to_owned())
@@ -93,7 +95,7 @@ impl Mirror {
         let tracking = format!("refs/remotes/origin/{}", source.branch);
         let refspec = format!("+refs/heads/{}:{tracking}", source.branch);
         let remote = repo
-            .remote_at(source.url.as_str())
+            .remote_at(source.url.expose())
             .map_err(|e| fetch_error(e.to_string()))?
             .with_refspecs([refspec.as_str()], Direction::Fetch)
             .map_err(|e| fetch_error(e.to_string()))?;
@@ -107,14 +109,14 @@ impl Mirror {
             .map_err(|e| fetch_error(e.to_string()))?;
         if outcome.ref_map.mappings.is_empty() {
             return Err(Error::NoBranch {
-                url: source.url.clone(),
+                url: source.url.to_string(),
                 branch: source.branch.clone(),
             });
         }
         let reference = repo
             .find_reference(tracking.as_str())
             .map_err(|_| Error::NoBranch {
-                url: source.url.clone(),
+                url: source.url.to_string(),
                 branch: source.branch.clone(),
             })?;
         Ok(reference.id().detach())

@@ -3,7 +3,9 @@
 mod files;
 pub mod mirror;
 pub mod sync;
+mod url;
 mod watch;
 pub mod webhook;
 
 pub use files::{Error as FilesError, read_dir};
+pub use url::RepoUrl;

@@ -29,7 +29,7 @@ fn ssh_config(data_dir: &Path, fleet: &Fleet, url: &str) -> Config {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::create_dir_all(config.known_hosts_path().parent().unwrap()).unwrap();
     std::fs::copy(fleet.known_hosts(), config.known_hosts_path()).unwrap();
-    config.git.url = Some(url.to_owned());
+    config.git.url = Some(linkops::git::RepoUrl::parse(url));
     config.git.deploy_key = Some("deploy_key".into());
     config.webhook.secret = Some(WEBHOOK_SECRET.to_owned().into());
     config
@@ -513,7 +513,7 @@ async fn a_local_repository_is_watched_and_synced_on_commit() {
     let first = work.head();
     let data = dir.path().join("data");
     let mut config = support::config(&data);
-    config.git.url = Some(work.dir.to_str().unwrap().to_owned());
+    config.git.url = Some(linkops::git::RepoUrl::parse(work.dir.to_str().unwrap()));
     let daemon = TestDaemon::start(config).await;
     applied(&daemon, &first).await;
 

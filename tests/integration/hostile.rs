@@ -281,3 +281,47 @@ async fn the_store_is_private_and_an_open_data_dir_is_refused() {
         "{message}"
     );
 }
+
+/// Defect 11: a token in the Git URL reaches no viewer, no audit entry, no error message.
+#[tokio::test]
+async fn credentials_in_the_git_url_never_leave_the_daemon() {
+    let dir = data_dir();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut config = support::config(dir.path());
+    let url = format!("https://bot:SECRET-TOKEN-42@127.0.0.1:{port}/ops/fleet.git");
+    config.git.url = Some(linkops::git::RepoUrl::parse(&url));
+    let daemon = TestDaemon::start(config).await;
+    daemon.daemon().git().first_attempt().await;
+    let viewer = daemon.token(VIEWER.0, VIEWER.1).await;
+    let admin = daemon.token(ADMIN.0, ADMIN.1).await;
+    let status = daemon
+        .get("/api/git/status", Some(&viewer))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(status.contains("bot:***@127.0.0.1"), "{status}");
+    let (_, audit) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/tables/query",
+            &admin,
+            Some(json!({ "table": "audit_log" })),
+        )
+        .await;
+    let (_, history) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/tables/query",
+            &admin,
+            Some(json!({ "table": "sync_history" })),
+        )
+        .await;
+    let health = daemon.get("/health", None).await.text().await.unwrap();
+    for text in [status, audit.to_string(), history.to_string(), health] {
+        assert!(!text.contains("SECRET-TOKEN-42"), "{text}");
+    }
+    daemon.stop().await;
+}

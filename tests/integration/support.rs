@@ -421,7 +421,9 @@ impl FleetSetup {
 
     pub fn config(&self) -> Config {
         let mut config = fleet_config(self.data.path(), &self.fleet);
-        config.git.url = Some(self.work.dir.to_str().unwrap().to_owned());
+        config.git.url = Some(linkops::git::RepoUrl::parse(
+            self.work.dir.to_str().unwrap(),
+        ));
         config
     }
 
