@@ -175,7 +175,7 @@ impl IntoResponse for ApiError {
             ApiError::Replayed(delivery) => (
                 StatusCode::CONFLICT,
                 "replayed",
-                format!("delivery {delivery} was already received"),
+                format!("{delivery} was already received"),
                 None,
             ),
             ApiError::NotConfigured(message) => {

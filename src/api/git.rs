@@ -13,7 +13,7 @@ use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
 use crate::git::sync::Trigger;
 use crate::git::webhook;
-use crate::store::{Role, SyncOutcome, SyncRecord};
+use crate::store::{DeliveryClaim, Role, SyncOutcome, SyncRecord};
 
 /// Largest webhook body accepted; push payloads are a few KiB.
 pub const WEBHOOK_BODY_LIMIT: usize = 1 << 20;
@@ -144,8 +144,15 @@ pub async fn webhook(
     webhook::verify_signature(&headers, &body, secret.expose_secret().as_bytes())
         .map_err(ApiError::Webhook)?;
     let delivery = webhook::delivery_id(&headers).map_err(ApiError::Webhook)?;
-    if !state.store.claim_webhook_delivery(&delivery)? {
-        return Err(ApiError::Replayed(delivery));
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+    match state.store.claim_webhook_delivery(&delivery, &digest)? {
+        DeliveryClaim::Fresh => {}
+        DeliveryClaim::SeenId => return Err(ApiError::Replayed(format!("delivery {delivery}"))),
+        DeliveryClaim::SeenBody => {
+            return Err(ApiError::Replayed(format!(
+                "the body of delivery {delivery} (sha256 {digest})"
+            )));
+        }
     }
     let event = webhook::event(&headers);
     if event != "push" {
@@ -159,6 +166,18 @@ pub async fn webhook(
     let branch = &state.config.git.branch;
     match webhook::pushed_branch(&payload) {
         Some(pushed) if pushed == branch => {
+            // A push of the revision already in force changes nothing: no sync.
+            let applied = state
+                .git
+                .desired()
+                .borrow()
+                .as_ref()
+                .map(|d| d.revision.clone());
+            if let Some(revision) = applied
+                && webhook::pushed_head(&payload) == Some(revision.as_str())
+            {
+                return Ok((StatusCode::ACCEPTED, Json(json!({ "unchanged": revision }))));
+            }
             state.git.request(Trigger::Webhook { delivery });
             Ok((StatusCode::ACCEPTED, Json(json!({ "sync": "requested" }))))
         }

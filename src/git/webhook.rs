@@ -16,6 +16,8 @@ pub enum Rejection {
     BadSignature,
     #[error("no delivery id header (X-Forgejo-Delivery, X-Gitea-Delivery or X-GitHub-Delivery)")]
     MissingDelivery,
+    #[error("the delivery id is empty or longer than 128 characters")]
+    BadDelivery,
 }
 
 /// Checks the HMAC-SHA256 signature of `body` in constant time.
@@ -34,17 +36,23 @@ pub fn verify_signature(headers: &HeaderMap, body: &[u8], secret: &[u8]) -> Resu
         .map_err(|_| Rejection::BadSignature)
 }
 
+/// Longest delivery id kept (forges send a UUID).
+pub const MAX_DELIVERY_ID: usize = 128;
+
 /// The delivery id, unique per delivery (re-deliveries from the forge's UI get new ones).
 pub fn delivery_id(headers: &HeaderMap) -> Result<String, Rejection> {
-    [
+    let id = [
         "x-forgejo-delivery",
         "x-gitea-delivery",
         "x-github-delivery",
     ]
     .iter()
     .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
-    .map(str::to_owned)
-    .ok_or(Rejection::MissingDelivery)
+    .ok_or(Rejection::MissingDelivery)?;
+    if id.is_empty() || id.len() > MAX_DELIVERY_ID {
+        return Err(Rejection::BadDelivery);
+    }
+    Ok(id.to_owned())
 }
 
 /// The event name (`push`, `ping`, …); `push` when the forge does not say.
@@ -59,6 +67,11 @@ pub fn event(headers: &HeaderMap) -> String {
 /// The branch a push payload names (`ref: refs/heads/<branch>`).
 pub fn pushed_branch(payload: &serde_json::Value) -> Option<&str> {
     payload.get("ref")?.as_str()?.strip_prefix("refs/heads/")
+}
+
+/// The commit a push payload says the branch now points at (`after`).
+pub fn pushed_head(payload: &serde_json::Value) -> Option<&str> {
+    payload.get("after")?.as_str()
 }
 
 /// The signature a forge would send for `body` (hex): for tests and tools.

@@ -28,6 +28,7 @@ pub use scan::{OperationIndex, SeqTable, state_name};
 pub use schema::SCHEMA_VERSION;
 pub use sync::{MachineRecord, ScriptRecord, SyncOutcome, SyncRecord};
 pub use users::{DeletedUser, LoginFailures, Role, User};
+pub use webhook::DeliveryClaim;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -1,4 +1,6 @@
-//! Webhook delivery ids, so that a replayed delivery is refused even after a restart.
+//! Webhook deliveries seen, by id and by body digest, so that a replayed
+//! delivery is refused even after a restart — also under a new id (the id is
+//! not signed; the body is).
 
 use redb::ReadableTable;
 
@@ -8,23 +10,41 @@ use super::{Result, Store, now_ms};
 /// How long a delivery id is remembered; forges re-send within minutes, not weeks.
 const RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 
+/// Whether a delivery is new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryClaim {
+    Fresh,
+    /// This delivery id was received before.
+    SeenId,
+    /// This exact (signed) body was received before, under another id.
+    SeenBody,
+}
+
 impl Store {
-    /// Records a delivery id; `false` if it was seen before.
-    pub fn claim_webhook_delivery(&self, delivery: &str) -> Result<bool> {
+    /// Records a delivery by its id and its body's digest, in one transaction.
+    pub fn claim_webhook_delivery(
+        &self,
+        delivery: &str,
+        body_digest: &str,
+    ) -> Result<DeliveryClaim> {
         let now = now_ms();
+        let body_key = format!("sha256:{body_digest}");
         let tx = self.db.begin_write()?;
-        let fresh = {
+        let claim = {
             let mut deliveries = tx.open_table(WEBHOOK_DELIVERIES)?;
             if deliveries.get(delivery)?.is_some() {
-                false
+                DeliveryClaim::SeenId
+            } else if deliveries.get(body_key.as_str())?.is_some() {
+                DeliveryClaim::SeenBody
             } else {
                 deliveries.insert(delivery, now)?;
+                deliveries.insert(body_key.as_str(), now)?;
                 deliveries.retain(|_, at| now - at < RETENTION_MS)?;
-                true
+                DeliveryClaim::Fresh
             }
         };
         tx.commit()?;
-        Ok(fresh)
+        Ok(claim)
     }
 }
 
@@ -33,11 +53,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_delivery_is_claimed_once() {
+    fn a_delivery_is_claimed_once_by_id_and_by_body() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        assert!(store.claim_webhook_delivery("d-1").unwrap());
-        assert!(!store.claim_webhook_delivery("d-1").unwrap());
-        assert!(store.claim_webhook_delivery("d-2").unwrap());
+        let claim = |id, body| store.claim_webhook_delivery(id, body).unwrap();
+        assert_eq!(claim("d-1", "aa"), DeliveryClaim::Fresh);
+        assert_eq!(claim("d-1", "bb"), DeliveryClaim::SeenId);
+        assert_eq!(claim("d-2", "aa"), DeliveryClaim::SeenBody);
+        assert_eq!(claim("d-2", "bb"), DeliveryClaim::Fresh);
     }
 }

@@ -394,7 +394,8 @@ async fn webhook_deliveries_are_authenticated_and_checked() {
         (status, body["sync"].as_str()),
         (StatusCode::ACCEPTED, Some("requested"))
     );
-    let github_signature = format!("sha256={}", signed(&push, WEBHOOK_SECRET));
+    let github_push = json!({ "ref": "refs/heads/main", "after": "0".repeat(40) }).to_string();
+    let github_signature = format!("sha256={}", signed(&github_push, WEBHOOK_SECRET));
     let (status, body) = send(
         vec![
             json_type.clone(),
@@ -402,7 +403,7 @@ async fn webhook_deliveries_are_authenticated_and_checked() {
             ("x-github-delivery", "g-1".into()),
             ("x-hub-signature-256", github_signature),
         ],
-        push.clone(),
+        github_push,
     )
     .await;
     assert_eq!(
@@ -455,6 +456,43 @@ async fn webhook_deliveries_are_authenticated_and_checked() {
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::CONFLICT, Some("replayed"))
+    );
+    // The id is not signed: the same signed body under a new id, or as GitHub, is a replay too.
+    let github_signature = format!("sha256={}", signed(&push, WEBHOOK_SECRET));
+    for headers in [
+        vec![
+            json_type.clone(),
+            ("x-forgejo-delivery", "f-1-again".into()),
+            ("x-forgejo-signature", signed(&push, WEBHOOK_SECRET)),
+        ],
+        vec![
+            json_type.clone(),
+            ("x-github-delivery", "g-2".into()),
+            ("x-hub-signature-256", github_signature),
+        ],
+    ] {
+        let (status, body) = send(headers, push.clone()).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::CONFLICT, Some("replayed")),
+            "{body}"
+        );
+    }
+    // A push of the revision in force changes nothing, and says so.
+    let head = setup.work.head();
+    let same = json!({ "ref": "refs/heads/main", "after": head }).to_string();
+    let (status, body) = send(
+        vec![
+            json_type.clone(),
+            ("x-forgejo-delivery", "f-8".into()),
+            ("x-forgejo-signature", signed(&same, WEBHOOK_SECRET)),
+        ],
+        same,
+    )
+    .await;
+    assert_eq!(
+        (status, body["unchanged"].as_str()),
+        (StatusCode::ACCEPTED, Some(head.as_str()))
     );
 
     // A push to another branch is accepted and ignored, saying so.
