@@ -124,7 +124,7 @@ impl Metrics {
         );
         r.register(
             "syncs",
-            "Git sync attempts by result (applied, unchanged, invalid, failed)",
+            "Git sync attempts by result (applied, unchanged, invalid, failed; not_moved: a timer or file-watch look that found the ref where it was, not recorded)",
             metrics.syncs.clone(),
         );
         r.register(

@@ -144,7 +144,16 @@ async fn worker(
     publish: Published,
     shutdown: CancellationToken,
 ) {
-    let mut pending = Vec::new();
+    let mut pending: Vec<Request> = Vec::new();
+    // The head last looked at, whatever came of it: a timer or file-watch sync
+    // that finds the ref where it was records nothing (no commit, no log line,
+    // no audit entry), even when that head is a bad one.
+    let mut last_attempted = context
+        .store
+        .recent_syncs(1)
+        .ok()
+        .and_then(|mut last| last.pop())
+        .and_then(|record| record.revision);
     if context.source.is_some() {
         pending.push(Request {
             trigger: Trigger::Startup,
@@ -170,15 +179,26 @@ async fn worker(
             pending.push(request);
         }
         let trigger = pending[0].trigger.clone();
-        let record = sync_once(&context, &trigger, applied.as_deref()).await;
-        if let Some(state) = record.1 {
+        let passive = pending
+            .iter()
+            .all(|request| matches!(request.trigger, Trigger::Interval | Trigger::Watch));
+        let skip_at = last_attempted.as_deref().filter(|_| passive);
+        let Some((record, state)) =
+            sync_once(&context, &trigger, applied.as_deref(), skip_at).await
+        else {
+            pending.clear();
+            publish.attempts.send_modify(|n| *n += 1);
+            continue;
+        };
+        last_attempted = record.revision.clone().or(last_attempted);
+        if let Some(state) = state {
             applied = Some(state.clone());
             publish.desired.send_replace(Some(state));
         }
         publish.attempts.send_modify(|n| *n += 1);
         for request in pending.drain(..) {
             if let Some(reply) = request.reply {
-                reply.send(record.0.clone()).ok();
+                reply.send(record.clone()).ok();
             }
         }
     }
@@ -216,12 +236,13 @@ async fn restore(context: &Arc<SyncContext>) -> Option<Arc<DesiredState>> {
 }
 
 /// One sync attempt, recorded. Returns the record and, when a new revision
-/// was applied, its desired state.
+/// was applied, its desired state; nothing when the head is still `skip_at`.
 async fn sync_once(
     context: &Arc<SyncContext>,
     trigger: &Trigger,
     applied: Option<&DesiredState>,
-) -> (SyncRecord, Option<Arc<DesiredState>>) {
+    skip_at: Option<&str>,
+) -> Option<(SyncRecord, Option<Arc<DesiredState>>)> {
     let span = tracing::info_span!("sync", %trigger);
     let _guard = span.enter();
     let started_at_ms = store::now_ms();
@@ -230,9 +251,20 @@ async fn sync_once(
     let attempt = {
         let context = context.clone();
         let previous = previous.clone();
-        tokio::task::spawn_blocking(move || fetch_and_load(&context, previous.as_deref()))
+        let skip_at = skip_at.map(str::to_owned);
+        tokio::task::spawn_blocking(move || {
+            fetch_and_load(&context, previous.as_deref(), skip_at.as_deref())
+        })
     };
     let (revision, outcome, state) = match attempt.await {
+        Ok(Ok(Fetched::NotMoved)) => {
+            tracing::trace!("the ref has not moved");
+            let labels = crate::metrics::ResultLabels {
+                result: "not_moved",
+            };
+            context.metrics.syncs.get_or_create(&labels).inc();
+            return None;
+        }
         Ok(Ok(Fetched::Unchanged(revision))) => (Some(revision), SyncOutcome::Unchanged, None),
         Ok(Ok(Fetched::Loaded {
             revision,
@@ -279,7 +311,7 @@ async fn sync_once(
         Err(error) => {
             // Not applied if not recorded: the store is the truth after a restart.
             tracing::error!(%error, "cannot record the sync; the revision is not applied");
-            return (record, None);
+            return Some((record, None));
         }
     };
     context
@@ -290,10 +322,12 @@ async fn sync_once(
         })
         .inc();
     log_and_audit(&context.store, &record);
-    (record, state)
+    Some((record, state))
 }
 
 enum Fetched {
+    /// The head is the one last looked at (only asked for by passive triggers).
+    NotMoved,
     Unchanged(String),
     Loaded {
         revision: String,
@@ -303,10 +337,17 @@ enum Fetched {
     },
 }
 
-fn fetch_and_load(context: &SyncContext, previous: Option<&str>) -> Result<Fetched, SyncError> {
+fn fetch_and_load(
+    context: &SyncContext,
+    previous: Option<&str>,
+    skip_at: Option<&str>,
+) -> Result<Fetched, SyncError> {
     let source = context.source.as_ref().ok_or(SyncError::NotConfigured)?;
     let commit = context.mirror.fetch(source)?;
     let revision = commit.to_string();
+    if skip_at == Some(revision.as_str()) {
+        return Ok(Fetched::NotMoved);
+    }
     if previous == Some(revision.as_str()) {
         return Ok(Fetched::Unchanged(revision));
     }

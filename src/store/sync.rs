@@ -77,9 +77,14 @@ pub type MachineRecord = Declared<Machine>;
 /// A script of the catalog, current or removed.
 pub type ScriptRecord = Declared<Script>;
 
+/// Sync attempts kept besides those that applied a revision (those are the
+/// deploy history and stay): a month of 5-minute polls, or of pushes.
+pub const SYNC_HISTORY_KEEP: u64 = 10_000;
+
 impl Store {
     /// Records a sync attempt; when `desired` is given (outcome `Applied`),
     /// also applies its machines and scripts, in the same transaction.
+    /// The attempt [`SYNC_HISTORY_KEEP`] before it goes, unless it applied a revision.
     pub fn record_sync(
         &self,
         mut record: SyncRecord,
@@ -90,6 +95,18 @@ impl Store {
             let mut history = tx.open_table(SYNC_HISTORY)?;
             record.seq = history.last()?.map_or(1, |(key, _)| key.value() + 1);
             history.insert(record.seq, encode(&record).as_slice())?;
+            if let Some(old) = record.seq.checked_sub(SYNC_HISTORY_KEEP) {
+                let applied = match history.get(old)? {
+                    Some(value) => {
+                        let old_record: SyncRecord = decode("sync_history", old, value.value())?;
+                        matches!(old_record.outcome, SyncOutcome::Applied { .. })
+                    }
+                    None => true,
+                };
+                if !applied {
+                    history.remove(old)?;
+                }
+            }
         }
         if let Some(desired) = desired {
             let now = record.started_at_ms + i64::try_from(record.duration_ms).unwrap_or(0);
@@ -183,4 +200,38 @@ fn declare<'a, T: Clone + Serialize + DeserializeOwned + 'a>(
         table.insert(id, encode(&record).as_slice())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_attempts_go_but_applied_revisions_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let record = |outcome| SyncRecord {
+            seq: 0,
+            started_at_ms: 0,
+            duration_ms: 0,
+            trigger: "interval".into(),
+            revision: None,
+            previous: None,
+            outcome,
+        };
+        let applied = SyncOutcome::Applied {
+            changed_files: vec![],
+            forced: false,
+        };
+        store.record_sync(record(applied), None).unwrap();
+        for _ in 0..SYNC_HISTORY_KEEP + 5 {
+            store
+                .record_sync(record(SyncOutcome::Unchanged), None)
+                .unwrap();
+        }
+        let kept = store.recent_syncs(usize::MAX).unwrap();
+        // The newest KEEP, and the applied first one.
+        assert_eq!(kept.len() as u64, SYNC_HISTORY_KEEP + 1);
+        assert_eq!(store.last_applied_sync().unwrap().unwrap().seq, 1);
+    }
 }

@@ -561,3 +561,72 @@ async fn a_local_repository_is_watched_and_synced_on_commit() {
     assert!(applied(&daemon, &second).await.runs.is_empty());
     daemon.stop().await;
 }
+
+/// Defect 9: looks that find the ref where it was (the timer, the daemon's own
+/// reads seen by the file watch) record nothing: no sync row, no audit entry,
+/// also while the head is a bad commit.
+#[tokio::test]
+async fn an_idle_local_repository_records_nothing_even_with_a_bad_head() {
+    let dir = support::private_dir();
+    let work = WorkRepo::new(&dir.path().join("config"), Some(&example_repo()));
+    let first = work.head();
+    let data_dir = support::private_dir();
+    let data = data_dir.path();
+    let mut config = support::config(data);
+    config.git.url = Some(linkops::git::RepoUrl::parse(work.dir.to_str().unwrap()));
+    config.git.interval = Duration::from_millis(50);
+    add_users(data, &[("ada", Role::Admin, "pw-ada-1")]);
+    let daemon = TestDaemon::start(config).await;
+    applied(&daemon, &first).await;
+    let token = daemon.token("ada", "pw-ada-1").await;
+    let not_moved = || async {
+        let metrics = daemon.get("/metrics", None).await.text().await.unwrap();
+        metrics
+            .lines()
+            .find(|line| line.starts_with("linkops_syncs_total{result=\"not_moved\"}"))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Sync attempts recorded, and their audit entries.
+    let recorded = || {
+        let (daemon, token) = (&daemon, &token);
+        async move {
+            let query = async |body: Value| {
+                let (_, page) = daemon
+                    .request(
+                        reqwest::Method::POST,
+                        "/api/tables/query",
+                        token,
+                        Some(body),
+                    )
+                    .await;
+                page["rows"].as_array().unwrap().len()
+            };
+            let audit = json!({ "table": "audit_log", "filter": [{ "column": "action", "op": "eq", "value": "git.sync" }] });
+            (
+                query(json!({ "table": "sync_history" })).await,
+                query(audit).await,
+            )
+        }
+    };
+    let wait_for_looks = |from: u64| {
+        let not_moved = &not_moved;
+        support::eventually("ten timer looks", move || async move {
+            (not_moved().await >= from + 10).then_some(())
+        })
+    };
+    wait_for_looks(0).await;
+    assert_eq!(recorded().await, (1, 1));
+
+    work.write("links.yaml", "machines: [oops");
+    let bad = work.commit("a broken inventory");
+    let record = sync(&daemon, &token).await;
+    assert_eq!(
+        (record["revision"].as_str(), record["result"].as_str()),
+        (Some(bad.as_str()), Some("invalid"))
+    );
+    let looked = not_moved().await;
+    wait_for_looks(looked).await;
+    assert_eq!(recorded().await, (2, 2));
+    daemon.stop().await;
+}
