@@ -352,6 +352,8 @@ async fn serve(
     use tokio::io::AsyncWriteExt;
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connections that have not sent a byte yet are not hyper's: they end here on shutdown.
+    let stopping = CancellationToken::new();
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
@@ -386,14 +388,16 @@ async fn serve(
         let watcher = graceful.watcher();
         let open = crate::metrics::Open::new(&limits.metrics.http_connections);
         let header_timeout = limits.header_timeout;
+        let stopping = stopping.clone();
         tokio::spawn(async move {
             let _held = (permit, open);
             // hyper times a header from its first byte: a client that sends nothing
             // is bounded here (a peek waits for a byte; readiness alone can be spurious).
             let mut first = [0u8; 1];
             let first_byte = tokio::time::timeout(header_timeout, stream.peek(&mut first));
-            if !matches!(first_byte.await, Ok(Ok(1..))) {
-                return;
+            tokio::select! {
+                peeked = first_byte => if !matches!(peeked, Ok(Ok(1..))) { return },
+                () = stopping.cancelled() => return,
             }
             let mut http =
                 hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
@@ -414,6 +418,7 @@ async fn serve(
         });
     }
     drop(listener);
+    stopping.cancel();
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()

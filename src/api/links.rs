@@ -228,19 +228,7 @@ pub async fn verify(
             "reconciliation of {id} is suspended; resume it first"
         )));
     }
-    state
-        .controller
-        .reconciler
-        .forced
-        .lock()
-        .expect("never poisoned")
-        .insert(id.clone());
-    state
-        .controller
-        .scheduler
-        .reconcile_now(ObjectKey::Machine(id.clone()))
-        .await
-        .map_err(ApiError::Internal)?;
+    check_now(&state, &id).await?;
     let view = view(&state, machine)?;
     let outcome = if view.enrollment == Enrollment::Enrolled {
         crate::store::Outcome::Success
@@ -255,6 +243,25 @@ pub async fn verify(
         Some(format!("{:?}", view.enrollment)),
     )?;
     Ok(Json(view))
+}
+
+/// Checks a machine now, through its reconciler (so the result is recorded
+/// like any check), and returns when it is done.
+pub(super) async fn check_now(state: &AppState, id: &str) -> Result<(), ApiError> {
+    state
+        .controller
+        .reconciler
+        .forced
+        .lock()
+        .expect("never poisoned")
+        .insert(id.to_owned());
+    state
+        .controller
+        .scheduler
+        .reconcile_now(ObjectKey::Machine(id.to_owned()))
+        .await
+        .map(drop)
+        .map_err(ApiError::Internal)
 }
 
 fn desired_machine(state: &AppState, id: &str) -> Result<Machine, ApiError> {

@@ -142,6 +142,34 @@ pub async fn run(
         });
     }
     let store = &state.store;
+    // Right after a start or an inventory change a target may not have been
+    // checked yet: check it now rather than skip it as "not checked yet".
+    let unchecked: Vec<String> = targets
+        .select(&desired.machines)
+        .into_iter()
+        .filter(|id| {
+            store
+                .machine_status(id)
+                .ok()
+                .flatten()
+                .is_none_or(|status| {
+                    status.enrollment == linkops_reconcilers::enrollment::Enrollment::Unknown
+                })
+        })
+        .filter(|id| {
+            !state
+                .controller
+                .reconciler
+                .suspended(Some(id))
+                .unwrap_or(true)
+        })
+        .collect();
+    let checks = unchecked
+        .iter()
+        .map(|id| super::links::check_now(&state, id));
+    for checked in futures::future::join_all(checks).await {
+        checked?;
+    }
     let placements = run::place(&targets, &desired.machines, |id| {
         store.machine_status(id).ok().flatten()
     });

@@ -87,15 +87,24 @@ impl Store {
     /// The attempt [`SYNC_HISTORY_KEEP`] before it goes, unless it applied a revision.
     pub fn record_sync(
         &self,
+        record: SyncRecord,
+        desired: Option<&DesiredState>,
+    ) -> Result<SyncRecord> {
+        self.record_sync_keeping(record, desired, SYNC_HISTORY_KEEP)
+    }
+
+    fn record_sync_keeping(
+        &self,
         mut record: SyncRecord,
         desired: Option<&DesiredState>,
+        keep: u64,
     ) -> Result<SyncRecord> {
         let tx = self.db.begin_write()?;
         {
             let mut history = tx.open_table(SYNC_HISTORY)?;
             record.seq = history.last()?.map_or(1, |(key, _)| key.value() + 1);
             history.insert(record.seq, encode(&record).as_slice())?;
-            if let Some(old) = record.seq.checked_sub(SYNC_HISTORY_KEEP) {
+            if let Some(old) = record.seq.checked_sub(keep) {
                 let applied = match history.get(old)? {
                     Some(value) => {
                         let old_record: SyncRecord = decode("sync_history", old, value.value())?;
@@ -223,15 +232,18 @@ mod tests {
             changed_files: vec![],
             forced: false,
         };
-        store.record_sync(record(applied), None).unwrap();
-        for _ in 0..SYNC_HISTORY_KEEP + 5 {
+        const KEEP: u64 = 20;
+        store
+            .record_sync_keeping(record(applied), None, KEEP)
+            .unwrap();
+        for _ in 0..KEEP + 5 {
             store
-                .record_sync(record(SyncOutcome::Unchanged), None)
+                .record_sync_keeping(record(SyncOutcome::Unchanged), None, KEEP)
                 .unwrap();
         }
         let kept = store.recent_syncs(usize::MAX).unwrap();
         // The newest KEEP, and the applied first one.
-        assert_eq!(kept.len() as u64, SYNC_HISTORY_KEEP + 1);
+        assert_eq!(kept.len() as u64, KEEP + 1);
         assert_eq!(store.last_applied_sync().unwrap().unwrap().seq, 1);
     }
 }

@@ -414,3 +414,39 @@ async fn a_timeout_kills_the_script_and_says_so() {
     );
     daemon.stop().await;
 }
+
+/// Defect 17: a run started before the first health check checks its targets
+/// instead of skipping them as "not checked yet"; defect 8: a parameter too big
+/// for the remote is a 422 naming the limit.
+#[tokio::test]
+async fn a_run_before_the_first_check_checks_its_machines_first() {
+    let setup = FleetSetup::new(2, &[1], SCRIPTS);
+    let daemon = setup.start().await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    let id = started(
+        &daemon,
+        &token,
+        json!({ "script": "echo", "targets": { "tags": ["test"] }, "params": { "text": "hello" } }),
+    )
+    .await;
+    let events = read_events(&daemon, &token, id, None).await;
+    assert_eq!(output_text(&events, "host1", "stdout"), "hello");
+    let result = operation(&daemon, &token, id).await;
+    let hosts = result["hosts"].as_array().unwrap();
+    let host2 = hosts.iter().find(|h| h["machine_id"] == "host2").unwrap();
+    let reason = host2["state"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("client_id reads"), "{host2}");
+
+    let huge = "x".repeat(40 << 10);
+    let response = run(
+        &daemon,
+        &token,
+        json!({ "script": "echo", "targets": { "tags": ["test"] }, "params": { "text": huge } }),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("at most 32768"), "{message}");
+    daemon.stop().await;
+}
