@@ -238,6 +238,11 @@ pub struct SshConfig {
     pub idle_timeout: Duration,
     /// Record unknown host keys instead of refusing them (audited). Off by default.
     pub trust_on_first_use: bool,
+    /// Silence on a connection after which a keepalive is sent.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalives after which the machine counts as gone.
+    pub keepalive_max: usize,
 }
 
 impl Default for SshConfig {
@@ -250,6 +255,8 @@ impl Default for SshConfig {
             concurrency: 50,
             idle_timeout: Duration::from_secs(300),
             trust_on_first_use: false,
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_max: 3,
         }
     }
 }

@@ -38,6 +38,8 @@ impl Fleet {
                 known_hosts: config.known_hosts_path(),
                 connect_timeout: config.ssh.connect_timeout,
                 trust_on_first_use: config.ssh.trust_on_first_use,
+                keepalive_interval: config.ssh.keepalive_interval,
+                keepalive_max: config.ssh.keepalive_max,
                 metrics,
             }),
             sessions: Arc::new(Semaphore::new(config.ssh.concurrency.max(1))),

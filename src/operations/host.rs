@@ -15,6 +15,12 @@ use crate::ssh::{Connection, ExitStatus, OutputEvent};
 
 /// Between SIGTERM and SIGKILL when a script is stopped or times out.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Longest wait for one signal to be delivered (a channel opened, `kill` run).
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a timeout or a stop, the host's part ends by this much later, confirmed or not:
+/// SIGTERM, the grace, SIGKILL, and its delivery.
+pub const GIVE_UP_AFTER: Duration =
+    Duration::from_secs(STOP_GRACE.as_secs() + 2 * SIGNAL_TIMEOUT.as_secs() + 1);
 
 pub struct HostRun {
     pub fleet: Fleet,
@@ -98,6 +104,10 @@ impl HostRun {
         let mut output = Output::new(self.machine.id.clone(), self.output_cap);
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
+        // Once ending, the host's part is over by this instant whatever the
+        // network does: over a silent partition neither the signals nor the
+        // channel's close ever arrive.
+        let mut given_up_at: Option<tokio::time::Instant> = None;
         // Set once the script is being ended.
         let mut ending: Option<Ending> = None;
         loop {
@@ -114,9 +124,16 @@ impl HostRun {
                 },
                 _ = self.stop.cancelled(), if ending.is_none() => {
                     ending = Some(Ending::new(End::Stopped));
+                    given_up_at = Some(tokio::time::Instant::now() + GIVE_UP_AFTER);
                 }
                 _ = &mut deadline, if ending.is_none() => {
                     ending = Some(Ending::new(End::TimedOut));
+                    given_up_at = Some(tokio::time::Instant::now() + GIVE_UP_AFTER);
+                }
+                _ = tokio::time::sleep_until(given_up_at.unwrap_or_else(tokio::time::Instant::now)), if given_up_at.is_some() => {
+                    tracing::warn!(machine = %self.machine.id, "the script's end was not confirmed within {GIVE_UP_AFTER:?} of asking; the machine may be unreachable");
+                    self.fleet.pool.forget(&self.fleet.target(&self.machine)).await;
+                    break;
                 }
                 _ = tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)), if kill_at.is_some() => {
                     let Some(pgid) = output.pgid else {
@@ -146,17 +163,22 @@ impl HostRun {
         })
     }
 
-    /// Signals the script's whole process group (it runs under `setsid`).
+    /// Signals the script's whole process group (it runs under `setsid`);
+    /// bounded as a whole (channel open included) by [`SIGNAL_TIMEOUT`].
     async fn signal(&self, connection: &Connection, pgid: u32, signal: &str) {
-        match connection
-            .exec(&signal_group(pgid, signal), b"", STOP_GRACE)
-            .await
-        {
-            Ok(execution) => {
-                execution.collect(256).await.ok();
-            }
-            Err(error) => {
+        let sent = async {
+            let execution = connection
+                .exec(&signal_group(pgid, signal), b"", SIGNAL_TIMEOUT)
+                .await?;
+            execution.collect(256).await.map(drop)
+        };
+        match tokio::time::timeout(SIGNAL_TIMEOUT, sent).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
                 tracing::warn!(machine = %self.machine.id, %error, "cannot signal the script")
+            }
+            Err(_) => {
+                tracing::warn!(machine = %self.machine.id, signal, "signalling the script got no answer within {SIGNAL_TIMEOUT:?}")
             }
         }
     }

@@ -158,6 +158,11 @@ pub struct ConnectOptions {
     pub known_hosts: PathBuf,
     pub connect_timeout: Duration,
     pub trust_on_first_use: bool,
+    /// A keepalive goes out after this much silence; after `keepalive_max`
+    /// unanswered ones the connection is dead (a silent partition is noticed
+    /// within interval × (max + 1)).
+    pub keepalive_interval: Duration,
+    pub keepalive_max: usize,
     /// Where connects, their latency and failures are counted.
     pub metrics: Arc<Metrics>,
 }
@@ -200,8 +205,10 @@ impl Connection {
                 })?;
             stream.set_nodelay(true).ok();
             let config = Arc::new(client::Config {
-                // Keep pooled connections alive through NAT and firewalls.
-                keepalive_interval: Some(Duration::from_secs(30)),
+                // Keeps pooled connections alive through NAT and firewalls, and
+                // notices a peer that stopped answering.
+                keepalive_interval: Some(options.keepalive_interval),
+                keepalive_max: options.keepalive_max,
                 ..Default::default()
             });
             let check = HostKeyCheck {

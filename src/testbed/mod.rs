@@ -150,6 +150,8 @@ impl Fleet {
             known_hosts: self.known_hosts.clone(),
             connect_timeout: std::time::Duration::from_secs(10),
             trust_on_first_use: false,
+            keepalive_interval: std::time::Duration::from_secs(10),
+            keepalive_max: 3,
             metrics: Default::default(),
         }
     }
