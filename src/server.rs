@@ -43,7 +43,12 @@ pub enum Error {
     Serve(std::io::Error),
     #[error("a start-up task panicked: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("stopped because {0}")]
+    StoreFailing(store::Error),
 }
+
+/// How often the daemon proves the store still takes writes.
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Runs the daemon on `listener` until `shutdown` completes, then stops
 /// accepting connections and lets in-flight requests finish.
@@ -75,6 +80,8 @@ pub struct Daemon {
     server: JoinHandle<std::io::Result<()>>,
     workers: Vec<JoinHandle<()>>,
     stop: CancellationToken,
+    /// Cancelled when the store refused a write probe.
+    store_failed: CancellationToken,
 }
 
 impl Daemon {
@@ -131,12 +138,23 @@ impl Daemon {
         );
         workers.push(git_worker);
         workers.push(reaper);
+        // A store that stopped taking writes (a full disk) stops the daemon, so
+        // that systemd restarts it and redb reopens the file.
+        let store_failed = CancellationToken::new();
+        workers.push(tokio::spawn(watch_store(
+            prepared.store.clone(),
+            stop.clone(),
+            store_failed.clone(),
+        )));
         // Streams that never end by themselves (the fleet's) end here, so the drain need not wait.
         let draining = CancellationToken::new();
         let shutdown = {
-            let draining = draining.clone();
+            let (draining, store_failed) = (draining.clone(), store_failed.clone());
             async move {
-                shutdown.await;
+                tokio::select! {
+                    () = shutdown => {}
+                    () = store_failed.cancelled() => {}
+                }
                 draining.cancel();
             }
         };
@@ -166,6 +184,7 @@ impl Daemon {
             server,
             workers,
             stop,
+            store_failed,
         })
     }
 
@@ -184,9 +203,17 @@ impl Daemon {
         }
         // Terminal sessions record their end before the store closes.
         self.state.terminals.wait().await;
+        let failure = self
+            .store_failed
+            .is_cancelled()
+            .then(|| self.state.store.ping().err())
+            .flatten();
         // Last: the store closes when its final handle goes.
         drop(self.state);
         served?.map_err(Error::Serve)?;
+        if let Some(failure) = failure {
+            return Err(Error::StoreFailing(failure));
+        }
         tracing::info!("linkops stopped");
         Ok(())
     }
@@ -216,6 +243,28 @@ fn git_context(config: &Config, store: store::Store, metrics: Arc<Metrics>) -> S
         store,
         interval: config.git.interval,
         metrics,
+    }
+}
+
+/// Probes the store every [`STORE_PROBE_INTERVAL`]; on a refused write, logs
+/// it, lets `/health` say so for one more interval, then cancels `failed`.
+async fn watch_store(store: store::Store, stop: CancellationToken, failed: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(STORE_PROBE_INTERVAL) => {}
+        }
+        let probe = store.clone();
+        let Ok(Err(error)) = tokio::task::spawn_blocking(move || probe.probe_write()).await else {
+            continue;
+        };
+        tracing::error!(%error, "the store refuses writes: stopping so that the service manager restarts the daemon (everything committed is kept)");
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(STORE_PROBE_INTERVAL) => {}
+        }
+        failed.cancel();
+        return;
     }
 }
 

@@ -73,6 +73,10 @@ pub enum Error {
     LastAdmin(String),
     #[error("store I/O failed: {0}")]
     Backend(#[from] redb::Error),
+    #[error(
+        "the store refuses writes since {at}: {reason} (a full disk? free space; the daemon restarts to reopen it, and keeps everything committed)"
+    )]
+    WritesFailing { at: String, reason: String },
 }
 
 macro_rules! from_redb {
@@ -105,6 +109,9 @@ pub struct Store {
     /// Bumped after every committed change to an account (password, role,
     /// deletion): long-lived connections re-check their user on it.
     user_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The first failed write probe, if any: redb refuses every later write
+    /// until reopened, so the store is not ready from then on.
+    write_failure: Arc<std::sync::Mutex<Option<(i64, String)>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -154,17 +161,44 @@ impl Store {
             path: path.into(),
             fleet_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             user_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+            write_failure: Arc::default(),
         };
         schema::migrate(&store.db, path)?;
         Ok(store)
     }
 
-    /// Whether the store answers a read: the readiness check of `/health`.
+    /// Whether the store answers a read and took the last write probe: the
+    /// readiness check of `/health`.
     pub fn ping(&self) -> Result<()> {
         use redb::ReadableDatabase;
+        if let Some((at, reason)) = self.write_failure.lock().expect("never poisoned").clone() {
+            return Err(Error::WritesFailing {
+                at: jiff::Timestamp::from_millisecond(at).map_or(at.to_string(), |t| t.to_string()),
+                reason,
+            });
+        }
         let tx = self.db.begin_read()?;
         tx.open_table(schema::META)?;
         Ok(())
+    }
+
+    /// Commits a tiny durable write; a failure is kept and makes [`Store::ping`] fail.
+    pub fn probe_write(&self) -> Result<()> {
+        let write = || -> Result<()> {
+            let tx = self.db.begin_write()?;
+            tx.open_table(schema::META)?
+                .insert("write_probe_ms", u64::try_from(now_ms()).unwrap_or(0))?;
+            tx.commit()?;
+            Ok(())
+        };
+        let result = write();
+        if let Err(error) = &result {
+            self.write_failure
+                .lock()
+                .expect("never poisoned")
+                .get_or_insert_with(|| (now_ms(), error.to_string()));
+        }
+        result
     }
 }
 

@@ -59,6 +59,12 @@ impl Daemon {
         panic!("daemon exited before serving: {before:#?}");
     }
 
+    /// Waits for the daemon to exit by itself: the exit status and the rest of stderr.
+    fn exited(mut self) -> (std::process::ExitStatus, String) {
+        let rest: Vec<String> = self.lines.map(Result::unwrap).collect();
+        (self.child.wait().unwrap(), rest.join("\n"))
+    }
+
     /// SIGTERM, then the exit status and the rest of stderr.
     fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let status = Command::new("kill")
@@ -71,21 +77,26 @@ impl Daemon {
     }
 }
 
+/// The admin password of a first start's banner.
+fn generated_password(banner: &[String]) -> String {
+    let marker = banner
+        .iter()
+        .position(|l| l.contains("LINKOPS FIRST START"))
+        .expect("banner");
+    banner[marker..]
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.len() == 20 && !l.contains(' '))
+        .expect("password line")
+        .to_owned()
+}
+
 #[tokio::test]
 async fn first_start_prints_a_generated_admin_password_once() {
     let dir = crate::support::private_dir();
     let mut daemon = Daemon::start(dir.path());
     let (banner, address) = daemon.read_until_serving();
-    let marker = banner
-        .iter()
-        .position(|l| l.contains("LINKOPS FIRST START"))
-        .expect("banner");
-    let password = banner[marker..]
-        .iter()
-        .map(|l| l.trim())
-        .find(|l| l.len() == 20 && !l.contains(' '))
-        .expect("password line")
-        .to_owned();
+    let password = generated_password(&banner);
 
     let login = |password: String| {
         let address = address.clone();
@@ -325,4 +336,104 @@ async fn systemd_hears_ready_after_the_first_sync_and_stopping_on_shutdown() {
         String::from_utf8_lossy(&message[..received]).trim(),
         "STOPPING=1"
     );
+}
+
+/// Defect 15: on a full disk (a small tmpfs, in a mount namespace held by a
+/// `sleep`) the store refuses writes; `/health` says so, naming it, and the
+/// daemon exits non-zero so that systemd restarts it; after a restart with
+/// space again, everything committed before is there.
+#[tokio::test]
+async fn a_full_disk_makes_the_daemon_unready_then_exit_and_loses_nothing() {
+    use std::io::Write;
+    let dir = crate::support::private_dir();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let mut holder = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=16m,mode=0700 tmpfs {} && echo mounted && exec sleep 600",
+            disk.display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut mounted = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut mounted)
+        .unwrap();
+    assert_eq!(mounted.trim(), "mounted");
+    let namespace = holder.id().to_string();
+    let linkops_in_namespace = || {
+        let mut command = Command::new("nsenter");
+        command.args(["-t", &namespace, "-m", "--", env!("CARGO_BIN_EXE_linkops")]);
+        command
+    };
+    let data = disk.join("data");
+    let mut daemon = Daemon::spawn(linkops_in_namespace(), &data, &[]);
+    let (banner, address) = daemon.read_until_serving();
+    let client = reqwest::Client::new();
+    let login = async |name: &str, password: &str| {
+        client
+            .post(format!("http://{address}/api/auth/login"))
+            .json(&json!({ "username": name, "password": password }))
+            .send()
+            .await
+    };
+    let admin: Value = login("admin", &generated_password(&banner))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let created: Value = client
+        .post(format!("http://{address}/api/users"))
+        .bearer_auth(admin["token"].as_str().unwrap())
+        .json(&json!({ "username": "kept", "role": "viewer" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kept_password = created["password"].as_str().unwrap().to_owned();
+
+    // Fill the disk through the namespace's view of it.
+    let filler = format!("/proc/{namespace}/root{}/filler", disk.display());
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    while file.write_all(&chunk).is_ok() {}
+    drop(file);
+    // A write now fails (the failed login's audit entry), then health says why.
+    login("kept", "wrong").await.ok();
+    let health = crate::support::eventually("/health to say the store refuses writes", || async {
+        let response = client
+            .get(format!("http://{address}/health"))
+            .send()
+            .await
+            .ok()?;
+        let status = response.status();
+        let body = response.text().await.ok()?;
+        (status == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(body)
+    })
+    .await;
+    assert!(health.contains("refuses writes"), "{health}");
+    let (status, log) = daemon.exited();
+    assert!(!status.success(), "{status:?}");
+    assert!(log.contains("the store refuses writes"), "{log}");
+
+    // Space again, a restart: what was committed is there.
+    std::fs::remove_file(&filler).unwrap();
+    let mut daemon = Daemon::spawn(linkops_in_namespace(), &data, &[]);
+    let (_, restarted) = daemon.read_until_serving();
+    let again = reqwest::Client::new()
+        .post(format!("http://{restarted}/api/auth/login"))
+        .json(&json!({ "username": "kept", "password": kept_password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), reqwest::StatusCode::OK);
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+    holder.kill().ok();
+    holder.wait().ok();
 }
