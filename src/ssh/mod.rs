@@ -336,15 +336,21 @@ async fn load_identity_and_expectations(
                 })
             })
             .transpose()?;
-        let known =
-            russh::keys::known_hosts::known_host_keys_path(&target.host, target.port, &known_hosts)
-                .map_err(|e| Error::KnownHosts {
-                    path: known_hosts.clone(),
-                    reason: e.to_string(),
-                })?;
+        let known = known_keys(&known_hosts, &target.host, target.port)?;
         Ok((key, ExpectedKeys { pinned, known }))
     })
     .await?
+}
+
+/// The keys `known_hosts` records for a host and port, with their line numbers.
+/// Blocking (reads the file).
+pub fn known_keys(known_hosts: &Path, host: &str, port: u16) -> Result<Vec<(usize, PublicKey)>> {
+    russh::keys::known_hosts::known_host_keys_path(host, port, known_hosts).map_err(|e| {
+        Error::KnownHosts {
+            path: known_hosts.to_owned(),
+            reason: e.to_string(),
+        }
+    })
 }
 
 /// Loads an OpenSSH private key after checking that only its owner can read it.
