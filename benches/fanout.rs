@@ -9,23 +9,20 @@
 //!
 //! Run as root with pssh and ansible-core installed: `cargo bench --bench fanout`.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
-use linkops::auth::password;
+use common::{Daemon, read_to_end};
 use linkops::ssh::Connection;
-use linkops::store::{Role, Store};
 use linkops::testbed::{Fleet, TEST_USER};
 use serde_json::{Value, json};
 
 const HOSTS: usize = 50;
 const REPETITIONS: usize = 5;
-const ADMIN_PASSWORD: &str = "bench-password-1";
 const FLOOD_BYTES: usize = 10 << 20;
 const SSE_CLIENTS: usize = 200;
 
@@ -39,7 +36,10 @@ fn main() {
 
 async fn bench() {
     let fleet = Fleet::start(HOSTS).expect("the benchmark needs root and openssh-server");
-    let repo = config_repo(&fleet);
+    let repo = common::config_repo(
+        &fleet,
+        "scripts:\n  - {id: client-id, name: Client id, body: cat /etc/linkops/client_id}\n  - {id: flood, name: Flood, body: \"head -c 10485760 /dev/zero | tr '\\\\0' x\"}\n",
+    );
     // FANOUT_ONLY=sse runs the SSE part alone (for quick iterations on it).
     if std::env::var("FANOUT_ONLY").is_ok_and(|only| only == "sse") {
         let daemon = Daemon::start(&fleet, &repo, "sse", "10m").await;
@@ -99,220 +99,6 @@ async fn bench() {
 
     print_table(&rows);
     sse_flood(&warm).await;
-}
-
-/// A config repository for the fleet: every host tagged `bench`, checked hourly.
-fn config_repo(fleet: &Fleet) -> PathBuf {
-    let dir = fleet.dir().join("config");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut links = String::from("machines:\n");
-    for host in fleet.hosts() {
-        links.push_str(&format!(
-            "  - {{id: {name}, name: {name}, host: {address}, port: {port}, user: {TEST_USER}, key: fleet_key, uuid: {uuid}, tags: [bench], health_interval: 1h}}\n",
-            name = host.name(),
-            address = host.address(),
-            port = host.port(),
-            uuid = host.uuid(),
-        ));
-    }
-    std::fs::write(dir.join("links.yaml"), links).unwrap();
-    std::fs::write(
-        dir.join("scripts.yaml"),
-        "scripts:\n  - {id: client-id, name: Client id, body: cat /etc/linkops/client_id}\n  - {id: flood, name: Flood, body: \"head -c 10485760 /dev/zero | tr '\\\\0' x\"}\n",
-    )
-    .unwrap();
-    for args in [
-        &["init", "-q", "-b", "main"][..],
-        &["add", "-A"],
-        &[
-            "-c",
-            "user.name=b",
-            "-c",
-            "user.email=b@b.invalid",
-            "commit",
-            "-q",
-            "-m",
-            "bench",
-        ],
-    ] {
-        assert!(
-            Command::new("git")
-                .arg("-C")
-                .arg(&dir)
-                .args(args)
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-    dir
-}
-
-/// The daemon as its own process (so its memory is its own).
-struct Daemon {
-    child: Child,
-    url: String,
-    token: String,
-    client: reqwest::Client,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-impl Daemon {
-    async fn start(fleet: &Fleet, repo: &Path, name: &str, idle: &str) -> Daemon {
-        use std::os::unix::fs::PermissionsExt;
-        let data = fleet.dir().join(format!("data-{name}"));
-        std::fs::create_dir_all(data.join("keys")).unwrap();
-        std::fs::create_dir_all(data.join("ssh")).unwrap();
-        // The daemon refuses a data dir that others can read.
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let key = data.join("keys/fleet_key");
-        std::fs::copy(fleet.client_key(), &key).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::copy(fleet.known_hosts(), data.join("ssh/known_hosts")).unwrap();
-        let store = Store::open(&data.join("linkops.redb")).unwrap();
-        store
-            .create_user(
-                "admin",
-                Role::Admin,
-                &password::hash(ADMIN_PASSWORD).unwrap(),
-            )
-            .ok();
-        drop(store);
-        let config = data.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {data:?}\n[git]\nurl = {repo:?}\n[ssh]\nidle_timeout = {idle:?}\nconcurrency = 64\n[reconcile]\nconcurrency = 64\n[operations]\noutput_cap = 16777216\n"
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_linkops"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .env("LINKOPS_LOG", "warn,linkops::server=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let address = lines
-            .by_ref()
-            .map(Result::unwrap)
-            .find_map(|line| {
-                line.split_whitespace()
-                    .find_map(|f| f.strip_prefix("address="))
-                    .map(str::to_owned)
-            })
-            .expect("the daemon serves");
-        std::thread::spawn(move || lines.for_each(drop));
-        let url = format!("http://{address}");
-        let client = reqwest::Client::new();
-        let login: Value = client
-            .post(format!("{url}/api/auth/login"))
-            .json(&json!({ "username": "admin", "password": ADMIN_PASSWORD }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = login["token"].as_str().unwrap().to_owned();
-        Daemon {
-            child,
-            url,
-            token,
-            client,
-        }
-    }
-
-    /// Waits until every machine has been checked and is enrolled.
-    async fn wait_enrolled(&self) {
-        loop {
-            let links: Value = self
-                .client
-                .get(format!("{}/api/links", self.url))
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let enrolled = links.as_array().map_or(0, |l| {
-                l.iter()
-                    .filter(|m| m["enrollment"]["state"] == "enrolled")
-                    .count()
-            });
-            if enrolled == HOSTS {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Runs an operation and reads its events to `end`; the elapsed time and the events.
-    async fn run_to_end(&self, body: Value) -> (Duration, Vec<eventsource_stream::Event>) {
-        let started = Instant::now();
-        let operation: Value = self
-            .client
-            .post(format!("{}/api/operations/run", self.url))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = operation["id"].as_u64().expect("an operation");
-        let events = read_to_end(&self.client, &self.url, &self.token, id).await;
-        let elapsed = started.elapsed();
-        let end: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
-        assert_eq!(end["state"], "succeeded", "operation {id}");
-        (elapsed, events)
-    }
-
-    fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-async fn read_to_end(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-    id: u64,
-) -> Vec<eventsource_stream::Event> {
-    let response = client
-        .get(format!(
-            "{url}/api/operations/{id}/events?access_token={token}"
-        ))
-        .send()
-        .await
-        .unwrap();
-    let mut stream = response.bytes_stream().eventsource();
-    let mut events = Vec::new();
-    while let Some(event) = stream.next().await {
-        let event = event.unwrap();
-        let end = event.event == "end";
-        events.push(event);
-        if end {
-            break;
-        }
-    }
-    events
 }
 
 async fn bare_cold(fleet: &Fleet) -> Vec<Duration> {
