@@ -31,11 +31,22 @@ pub enum HostState {
         signal: Option<String>,
         error: Option<String>,
     },
-    Timeout,
+    /// Ended at its timeout.
+    Timeout {
+        /// The machine never confirmed the end (it stopped answering: a
+        /// partition?); the daemon gave up waiting after a fixed grace.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unconfirmed: bool,
+    },
     Skipped {
         reason: String,
     },
-    Stopped,
+    /// Ended by a stop.
+    Stopped {
+        /// As for `timeout`: the end was never confirmed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unconfirmed: bool,
+    },
     Interrupted,
 }
 
@@ -87,7 +98,7 @@ pub fn summarize(hosts: &[HostState]) -> OperationState {
     if hosts.iter().any(|h| matches!(h, HostState::Interrupted)) {
         return OperationState::Interrupted;
     }
-    if hosts.iter().any(|h| matches!(h, HostState::Stopped)) {
+    if hosts.iter().any(|h| matches!(h, HostState::Stopped { .. })) {
         return OperationState::Stopped;
     }
     let succeeded = hosts
@@ -203,17 +214,23 @@ mod tests {
                 OperationState::PartiallyFailed,
             ),
             (
-                vec![failed.clone(), HostState::Timeout],
+                vec![failed.clone(), HostState::Timeout { unconfirmed: false }],
                 OperationState::Failed,
             ),
             (vec![skipped.clone()], OperationState::Failed),
             (vec![], OperationState::Failed),
             (
-                vec![HostState::Succeeded, HostState::Stopped],
+                vec![
+                    HostState::Succeeded,
+                    HostState::Stopped { unconfirmed: true },
+                ],
                 OperationState::Stopped,
             ),
             (
-                vec![HostState::Stopped, HostState::Interrupted],
+                vec![
+                    HostState::Stopped { unconfirmed: false },
+                    HostState::Interrupted,
+                ],
                 OperationState::Interrupted,
             ),
         ];

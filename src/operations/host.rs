@@ -37,8 +37,13 @@ pub struct HostRun {
 /// How the script ended, before it is a [`HostState`].
 enum End {
     Exited(ExitStatus),
-    TimedOut,
-    Stopped,
+    /// `unconfirmed`: the machine never confirmed the end; the wait was given up.
+    TimedOut {
+        unconfirmed: bool,
+    },
+    Stopped {
+        unconfirmed: bool,
+    },
 }
 
 impl HostRun {
@@ -64,8 +69,8 @@ impl HostRun {
                     "the session closed without an exit status (did the machine go down?)".into(),
                 ),
             },
-            Ok(End::TimedOut) => HostState::Timeout,
-            Ok(End::Stopped) => HostState::Stopped,
+            Ok(End::TimedOut { unconfirmed }) => HostState::Timeout { unconfirmed },
+            Ok(End::Stopped { unconfirmed }) => HostState::Stopped { unconfirmed },
             Err(error) => {
                 self.fleet
                     .pool
@@ -123,16 +128,19 @@ impl HostRun {
                     None => break,
                 },
                 _ = self.stop.cancelled(), if ending.is_none() => {
-                    ending = Some(Ending::new(End::Stopped));
+                    ending = Some(Ending::new(End::Stopped { unconfirmed: false }));
                     given_up_at = Some(tokio::time::Instant::now() + GIVE_UP_AFTER);
                 }
                 _ = &mut deadline, if ending.is_none() => {
-                    ending = Some(Ending::new(End::TimedOut));
+                    ending = Some(Ending::new(End::TimedOut { unconfirmed: false }));
                     given_up_at = Some(tokio::time::Instant::now() + GIVE_UP_AFTER);
                 }
                 _ = tokio::time::sleep_until(given_up_at.unwrap_or_else(tokio::time::Instant::now)), if given_up_at.is_some() => {
                     tracing::warn!(machine = %self.machine.id, "the script's end was not confirmed within {GIVE_UP_AFTER:?} of asking; the machine may be unreachable");
                     self.fleet.pool.forget(&self.fleet.target(&self.machine)).await;
+                    if let Some(ending) = ending.as_mut() {
+                        ending.unconfirmed();
+                    }
                     break;
                 }
                 _ = tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)), if kill_at.is_some() => {
@@ -193,6 +201,13 @@ struct Ending {
 }
 
 impl Ending {
+    /// The machine never confirmed it.
+    fn unconfirmed(&mut self) {
+        if let End::TimedOut { unconfirmed } | End::Stopped { unconfirmed } = &mut self.end {
+            *unconfirmed = true;
+        }
+    }
+
     fn new(end: End) -> Ending {
         Ending {
             end,

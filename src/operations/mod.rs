@@ -290,7 +290,7 @@ impl Engine {
                 let _slots = tokio::select! {
                     biased;
                     _ = stop.cancelled() => {
-                        let state = HostState::Stopped;
+                        let state = HostState::Stopped { unconfirmed: false };
                         run.updates.send(Update::Host { machine_id: run.machine.id.clone(), state: state.clone() }).await.ok();
                         return state;
                     }

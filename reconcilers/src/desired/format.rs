@@ -137,6 +137,8 @@ fn default_interpreter() -> String {
 }
 
 /// A typed script parameter. It reaches the script as `LINKOPS_PARAM_<NAME>`.
+/// A value may have at most 32 KiB, and all of a run's parameters together
+/// at most 96 KiB (the remote shell receives the command as one argument).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParamEntry {
