@@ -503,7 +503,7 @@ async fn a_silent_partition_does_not_stretch_a_timeout() {
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     let verified = daemon.post("/api/links/host1/verify", Some(&token)).await;
     assert_eq!(verified.status(), StatusCode::OK);
-    let tag = format!("{}{}", std::process::id(), 7);
+    let tag = format!("{}{}", std::process::id(), 9);
     let id = started(
         &daemon,
         &token,
