@@ -300,18 +300,9 @@ fn print_table(rows: &[(String, Vec<Duration>)]) {
 async fn sse_flood(daemon: &Daemon) {
     let before = daemon.peak_rss_kib();
     let started = Instant::now();
-    let operation: Value = daemon
-        .client
-        .post(format!("{}/api/operations/run", daemon.url))
-        .bearer_auth(&daemon.token)
-        .json(&json!({ "script": "flood", "targets": { "machines": ["host1"] } }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = operation["id"].as_u64().unwrap();
+    let id = daemon
+        .start_operation(json!({ "script": "flood", "targets": { "machines": ["host1"] } }))
+        .await;
     let readers: Vec<_> = (0..SSE_CLIENTS)
         .map(|_| {
             let (client, url, token) = (

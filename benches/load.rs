@@ -55,18 +55,9 @@ async fn bench() {
     let started = Instant::now();
     let mut operations = Vec::new();
     for _ in 0..OPERATIONS {
-        let answer: Value = daemon
-            .client
-            .post(format!("{}/api/operations/run", daemon.url))
-            .bearer_auth(&daemon.token)
-            .json(&json!({ "script": "chatter", "targets": { "tags": ["bench"] }, "concurrency": HOSTS }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        operations.push(answer["id"].as_u64().expect("an operation"));
+        let body =
+            json!({ "script": "chatter", "targets": { "tags": ["bench"] }, "concurrency": HOSTS });
+        operations.push(daemon.start_operation(body).await);
     }
     let followers: Vec<_> = (0..SSE_CLIENTS)
         .map(|i| {
@@ -104,16 +95,8 @@ async fn bench() {
     // What the store recorded per operation, and what the scripts printed.
     let mut stored = std::collections::BTreeMap::new();
     for &id in &operations {
-        let operation: Value = daemon
-            .client
-            .get(format!("{}/api/operations/{id}", daemon.url))
-            .bearer_auth(&daemon.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let path = format!("/api/operations/{id}");
+        let operation = daemon.api(reqwest::Method::GET, &path, None).await;
         let bytes: u64 = operation["hosts"]
             .as_array()
             .unwrap()

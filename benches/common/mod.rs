@@ -148,19 +148,30 @@ impl Daemon {
         }
     }
 
+    /// An API call as the admin; the JSON answer.
+    pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Starts an operation; its id.
+    pub async fn start_operation(&self, body: Value) -> u64 {
+        let operation = self
+            .api(reqwest::Method::POST, "/api/operations/run", Some(body))
+            .await;
+        operation["id"].as_u64().expect("an operation")
+    }
+
     /// Waits until every machine has been checked and is enrolled.
     pub async fn wait_enrolled(&self) {
         loop {
-            let links: Value = self
-                .client
-                .get(format!("{}/api/links", self.url))
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let links = self.api(reqwest::Method::GET, "/api/links", None).await;
             let enrolled = links.as_array().map_or(0, |l| {
                 l.iter()
                     .filter(|m| m["enrollment"]["state"] == "enrolled")
@@ -176,18 +187,7 @@ impl Daemon {
     /// Runs an operation and reads its events to `end`; the elapsed time and the events.
     pub async fn run_to_end(&self, body: Value) -> (Duration, Vec<eventsource_stream::Event>) {
         let started = Instant::now();
-        let operation: Value = self
-            .client
-            .post(format!("{}/api/operations/run", self.url))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = operation["id"].as_u64().expect("an operation");
+        let id = self.start_operation(body).await;
         let events = read_to_end(&self.client, &self.url, &self.token, id).await;
         let elapsed = started.elapsed();
         let end: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
