@@ -452,45 +452,6 @@ async fn a_run_before_the_first_check_checks_its_machines_first() {
     daemon.stop().await;
 }
 
-/// Drops every packet to and from one address (both directions, loopback
-/// included) until dropped: a silent partition. An nftables table of its own.
-struct Partition {
-    table: String,
-}
-
-impl Partition {
-    fn cut(address: std::net::Ipv4Addr) -> Partition {
-        let table = format!(
-            "linkops_partition_{}",
-            address.to_string().replace('.', "_")
-        );
-        let rules = format!(
-            "table inet {table} {{\n chain out {{\n  type filter hook output priority 0;\n  ip daddr {address} drop\n  ip saddr {address} drop\n }}\n}}\n"
-        );
-        let status = std::process::Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut nft| {
-                use std::io::Write;
-                nft.stdin.take().unwrap().write_all(rules.as_bytes())?;
-                nft.wait()
-            })
-            .expect("nft (Debian's nftables) runs");
-        assert!(status.success(), "nft refused {rules}");
-        Partition { table }
-    }
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        std::process::Command::new("nft")
-            .args(["delete", "table", "inet", &self.table])
-            .status()
-            .ok();
-    }
-}
-
 /// Defect 16: over a silent partition a host's part still ends soon after its
 /// timeout (before: the stop was sent over the dead connection and waited for).
 #[tokio::test]
@@ -499,6 +460,7 @@ async fn a_silent_partition_does_not_stretch_a_timeout() {
     // Keepalives far apart: the bound must come from the stop itself.
     let mut config = setup.config();
     config.ssh.keepalive_interval = std::time::Duration::from_secs(300);
+    config.ssh.connect_timeout = std::time::Duration::from_secs(2);
     let daemon = setup.start_with(config).await;
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     let verified = daemon.post("/api/links/host1/verify", Some(&token)).await;
@@ -511,7 +473,7 @@ async fn a_silent_partition_does_not_stretch_a_timeout() {
     )
     .await;
     support::wait_for_output(&daemon, &token, id, 1).await;
-    let partition = Partition::cut(setup.fleet.hosts()[0].address());
+    let partition = support::Partition::cut(setup.fleet.hosts()[0].address());
     // Bounded well below what waiting on the dead connection takes (its keepalives').
     let ended = tokio::time::timeout(
         std::time::Duration::from_secs(60),

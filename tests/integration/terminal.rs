@@ -645,6 +645,30 @@ async fn revoked_access_ends_every_socket_and_stream_and_names_are_never_reused(
     daemon.stop().await;
 }
 
+/// Defect 16: a pane whose machine silently disappears ends (`lost`) once the
+/// keepalives go unanswered, instead of hanging on the dead connection.
+#[tokio::test]
+async fn a_pane_whose_machine_goes_silent_ends_as_lost() {
+    let setup = setup(1, &[]);
+    let mut config = setup.config();
+    config.ssh.keepalive_interval = Duration::from_secs(1);
+    config.ssh.keepalive_max = 2;
+    let daemon = setup.start_with(config).await;
+    let token = daemon.token(OPERATOR.0, OPERATOR.1).await;
+    let id = workspace(&daemon, &token, "single", &[Some("host1")]).await;
+    let mut terminal = Terminal::open(&daemon, &id, &token).await;
+    let pane = connect_all(&daemon, &token, &id, json!({})).await.remove(0);
+    assert_eq!(pane["state"], "connected", "{pane}");
+    terminal.run(0, "echo up-$((6*7))", "up-42").await;
+    let partition = support::Partition::cut(setup.fleet.hosts()[0].address());
+    let closed = terminal
+        .message(|m| m["type"] == "status" && m["pane"] == 0 && m["state"] == "closed")
+        .await;
+    assert_eq!(closed["end"]["reason"], "lost", "{closed}");
+    drop(partition);
+    daemon.stop().await;
+}
+
 #[tokio::test]
 async fn terminals_refuse_wrong_tokens_foreign_origins_and_other_users() {
     let setup = setup(1, &[]);
