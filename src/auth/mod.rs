@@ -79,7 +79,13 @@ pub struct Auth {
     waiting: Arc<AtomicUsize>,
     queue: usize,
     unknown: Arc<Mutex<UnknownNames>>,
+    /// When a malformed login was last audited, and how many came since: they
+    /// cost no hash, so their audit entries are rate-limited instead.
+    malformed: Arc<Mutex<(Option<std::time::Instant>, u64)>>,
 }
+
+/// Malformed logins are audited at most once per this.
+const MALFORMED_AUDIT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Counts a login as waiting for a hash until it has one (or gives up).
 struct Waiting<'a>(&'a AtomicUsize);
@@ -109,6 +115,7 @@ impl Auth {
                 limits.unknown_names,
                 window_ms,
             ))),
+            malformed: Arc::default(),
         }
     }
 
@@ -149,11 +156,25 @@ impl Auth {
     }
 
     /// Audits a login whose name or password cannot be an account's, bounded:
-    /// the name is cut, its length said.
+    /// the name is cut, its length said, and at most one entry a second (with
+    /// the count of those not written since).
     async fn refuse_malformed(&self, name: &str, password_bytes: usize) {
+        let unwritten = {
+            let mut last = self.malformed.lock().expect("never poisoned");
+            if last
+                .0
+                .is_some_and(|at| at.elapsed() < MALFORMED_AUDIT_INTERVAL)
+            {
+                last.1 += 1;
+                return;
+            }
+            let unwritten = last.1;
+            *last = (Some(std::time::Instant::now()), 0);
+            unwritten
+        };
         let shown: String = name.chars().take(64).collect();
         let detail = format!(
-            "refused unchecked: a user name of {} bytes, a password of {password_bytes} bytes (names: 1-64 of letters, digits, '.', '_', '-'; passwords: at most {MAX_PASSWORD_BYTES} bytes)",
+            "refused unchecked: a user name of {} bytes, a password of {password_bytes} bytes (names: 1-64 of letters, digits, '.', '_', '-'; passwords: at most {MAX_PASSWORD_BYTES} bytes); {unwritten} more like it not audited before this one",
             name.len()
         );
         let store = self.store.clone();
