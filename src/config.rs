@@ -55,8 +55,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Holds the store, keys, known_hosts, the Git checkout and the JWT secret.
     pub data_dir: PathBuf,
-    /// The built web console (`npm run build` in src/web writes `src/web/dist`), served at `/`.
-    pub console_dir: PathBuf,
+    /// Serve the web console from this directory instead of the one compiled in
+    /// (console development: `npm --prefix src/web run build` writes `src/web/dist`).
+    pub console_dir: Option<PathBuf>,
     pub http: HttpConfig,
     pub log: LogConfig,
     pub git: GitConfig,
@@ -73,7 +74,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             data_dir: PathBuf::from("/var/lib/linkops"),
-            console_dir: PathBuf::from("/usr/share/linkops/console"),
+            console_dir: None,
             http: HttpConfig::default(),
             log: LogConfig::default(),
             git: GitConfig::default(),

@@ -111,14 +111,13 @@ pub async fn run(
         address: listen,
         source,
     })?;
-    let console = config.console_dir.join("index.html").exists();
     let stop = async move {
         stop.await;
         eprintln!("stopping the demo… (Ctrl-C again to cut the daemon's in-flight work short)");
     };
     let daemon = Daemon::start(config, listener, stop).await?;
     daemon.git().first_attempt().await;
-    print_banner(address, console, password.as_ref(), &repo, &fleet);
+    print_banner(address, password.as_ref(), &repo, &fleet);
     let finished = tokio::select! {
         stopped = daemon.wait() => Some(stopped),
         _ = abort => None,
@@ -332,10 +331,6 @@ fn demo_config(data: &Path, repo: &Path, key: &Path, known_hosts: &Path) -> Resu
         .map_err(|source| io_error(&demo_key, source))?;
     std::fs::copy(known_hosts, config.known_hosts_path())
         .map_err(|source| io_error(known_hosts, source))?;
-    // An installed console, else the one built in this source tree (`npm --prefix src/web run build`).
-    if !config.console_dir.join("index.html").exists() {
-        config.console_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/web/dist");
-    }
     config.git.url = Some(crate::git::RepoUrl::parse(&repo.display().to_string()));
     config.ssh.user = testbed::TEST_USER.to_owned();
     config.ssh.key = "demo_key".to_owned();
@@ -344,18 +339,12 @@ fn demo_config(data: &Path, repo: &Path, key: &Path, known_hosts: &Path) -> Resu
 
 fn print_banner(
     address: SocketAddr,
-    console: bool,
     password: Option<&auth::GeneratedPassword>,
     repo: &Path,
     fleet: &Fleet,
 ) {
     let url = format!("http://{address}");
-    let console = if console {
-        format!("{url}/")
-    } else {
-        "not built: run `npm --prefix src/web ci && npm --prefix src/web run build` first"
-            .to_owned()
-    };
+    let console = format!("{url}/");
     let password = password.map_or(
         "(unchanged: this data dir already had users)".to_owned(),
         |p| p.password.expose_secret().to_owned(),

@@ -117,7 +117,7 @@ pub fn router(state: AppState) -> Router {
             state.metrics.clone(),
             metrics::count_requests,
         ))
-        .fallback_service(console::fallback(&state.config.console_dir))
+        .fallback_service(console::fallback(state.config.console_dir.as_deref()))
         .with_state(state)
         .layer(axum::middleware::from_fn(headers::security_headers))
         .layer(

@@ -8,7 +8,8 @@ await build({
   entryPoints: ["src/main.ts"],
   bundle: true,
   minify: true,
-  sourcemap: true,
+  // No source map: the bundle is committed and compiled into the binary (see ARCHITECTURE.md).
+  sourcemap: false,
   target: "es2022",
   outfile: "dist/app.js",
   logLevel: "warning",

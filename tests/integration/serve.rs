@@ -437,3 +437,58 @@ async fn a_full_disk_makes_the_daemon_unready_then_exit_and_loses_nothing() {
     holder.kill().ok();
     holder.wait().ok();
 }
+
+/// The console is compiled in: the binary serves it with no other file, and
+/// revalidation costs nothing.
+#[tokio::test]
+async fn the_binary_serves_the_console_compiled_into_it() {
+    let dir = crate::support::private_dir();
+    let mut daemon = Daemon::start(dir.path());
+    let (_, address) = daemon.read_until_serving();
+    let client = reqwest::Client::new();
+    let get = async |path: &str, etag: Option<&str>| {
+        let mut request = client.get(format!("http://{address}{path}"));
+        if let Some(etag) = etag {
+            request = request.header("if-none-match", etag);
+        }
+        request.send().await.unwrap()
+    };
+    let index = get("/", None).await;
+    assert_eq!(index.status(), reqwest::StatusCode::OK);
+    assert!(
+        index.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = index.text().await.unwrap();
+    assert!(
+        page.contains(r#"<script type="module" src="/app.js">"#),
+        "{page}"
+    );
+    let script = get("/app.js", None).await;
+    assert_eq!(script.status(), reqwest::StatusCode::OK);
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("javascript")
+    );
+    let etag = script.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(
+        script.bytes().await.unwrap().len() > 100_000,
+        "the bundle with xterm.js"
+    );
+    assert_eq!(
+        get("/app.js", Some(&etag)).await.status(),
+        reqwest::StatusCode::NOT_MODIFIED
+    );
+    // The app routes itself; the API's unknown paths stay JSON.
+    let routed = get("/operations/7", None).await.text().await.unwrap();
+    assert_eq!(routed, page);
+    let missing = get("/api/no-such-thing", None).await;
+    assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
+    assert!(missing.text().await.unwrap().contains("\"error\""));
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+}
