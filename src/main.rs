@@ -200,7 +200,27 @@ impl PasswordArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors are the operator's to read: the message and its causes, never a
+/// backtrace (anyhow would print one whenever RUST_BACKTRACE is set).
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // Each cause once: most messages already quote their source.
+            let mut message = error.to_string();
+            for cause in error.chain().skip(1) {
+                let cause = cause.to_string();
+                if !message.contains(&cause) {
+                    message = format!("{message}: {cause}");
+                }
+            }
+            eprintln!("error: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Only the commands that touch the data dir read the daemon's configuration.
     let config = || -> anyhow::Result<Config> {
@@ -338,7 +358,12 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another daemon there? choose another address with --listen or LINKOPS_LISTEN)",
+                config.listen
+            )
+        })?;
     let stop = shutdown_signal(|| {
         tracing::warn!("second signal: aborting");
         std::process::exit(130);

@@ -34,7 +34,9 @@ pub enum Error {
     Expired { server: String },
     #[error("session file {path}: {reason}")]
     Session { path: PathBuf, reason: String },
-    #[error("reading the password: {0}")]
+    #[error(
+        "reading the password: {0} (no terminal to prompt on? pipe it in with `--password-stdin`)"
+    )]
     Password(std::io::Error),
     #[error("{0}")]
     Usage(String),

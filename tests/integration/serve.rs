@@ -492,3 +492,40 @@ async fn the_binary_serves_the_console_compiled_into_it() {
     let (status, _) = daemon.terminate();
     assert!(status.success());
 }
+
+/// An operator's error is one line naming the fix, never a Rust backtrace,
+/// even with RUST_BACKTRACE set; a login with no terminal says how else.
+#[test]
+fn operator_errors_are_one_line_without_a_backtrace() {
+    use std::os::unix::process::CommandExt;
+    let home = crate::support::private_dir();
+    let run = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_linkops"));
+        command
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .env("HOME", home.path())
+            .stdin(Stdio::null());
+        // No controlling terminal, as under a service manager or in CI.
+        // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                rustix::process::setsid().ok();
+                Ok(())
+            });
+        }
+        command.output().unwrap()
+    };
+    let missing = run(&["serve", "--config", "/nonexistent/linkops.toml"]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "error: cannot read config file /nonexistent/linkops.toml: No such file or directory (os error 2)"
+    );
+    let login = run(&["login", "--server", "http://127.0.0.1:9", "--user", "ada"]);
+    assert!(!login.status.success());
+    let stderr = String::from_utf8_lossy(&login.stderr);
+    assert!(stderr.contains("--password-stdin"), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+}
