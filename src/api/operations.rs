@@ -141,6 +141,17 @@ pub async fn run(
             ),
         });
     }
+    // A tag that matches nothing is a typo, not an empty run (as in a run-request's file).
+    if let Some(tag) = targets
+        .tags
+        .iter()
+        .find(|tag| !desired.machines.iter().any(|m| m.tags.contains(tag)))
+    {
+        return Err(ApiError::Unprocessable {
+            field: "targets.tags".into(),
+            message: format!("tag {tag:?} matches no machine in links.yaml"),
+        });
+    }
     let store = &state.store;
     // Right after a start or an inventory change a target may not have been
     // checked yet: check it now rather than skip it as "not checked yet".

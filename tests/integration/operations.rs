@@ -201,6 +201,10 @@ async fn bad_requests_are_refused_naming_the_problem() {
             "params.colour",
         ),
         (json!({ "script": "talk" }), "targets"),
+        (
+            json!({ "script": "talk", "targets": { "tags": ["test", "nosuch"] } }),
+            "targets.tags",
+        ),
     ];
     for (body, field) in cases {
         let response = run(&daemon, &token, body.clone()).await;
