@@ -41,8 +41,8 @@ pub struct MachineEntry {
     pub name: String,
     /// Host name or address to reach it over SSH.
     pub host: String,
-    #[serde(default = "default_port")]
-    #[schemars(default = "default_port")]
+    #[serde(default = "default_port", deserialize_with = "port_number")]
+    #[schemars(default = "default_port", range(min = 1, max = 65535))]
     pub port: u16,
     /// Login user; the daemon's `[ssh] user` when absent.
     #[serde(default)]
@@ -85,6 +85,25 @@ pub struct MachineEntry {
 
 fn default_port() -> u16 {
     22
+}
+
+/// A TCP port, refused in the file's words (serde would say `invalid u16`).
+fn port_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Number(i64),
+        Other(serde::de::IgnoredAny),
+    }
+    match Written::deserialize(deserializer)? {
+        Written::Number(port) if (1..=65535).contains(&port) => Ok(port as u16),
+        Written::Number(port) => Err(serde::de::Error::custom(format!(
+            "port {port} is not a port number (1-65535)"
+        ))),
+        Written::Other(_) => Err(serde::de::Error::custom(
+            "port must be a port number (1-65535)",
+        )),
+    }
 }
 
 /// `scripts.yaml`: the script catalog.
