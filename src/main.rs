@@ -63,6 +63,13 @@ enum Command {
         #[arg(long, default_value = "schemas", value_name = "DIR")]
         out: PathBuf,
     },
+    /// Print shell completions: `linkops completions bash > /etc/bash_completion.d/linkops`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `linkops man | man -l -`.
+    Man,
     /// Manage user accounts (stop the daemon first: the store admits one process).
     #[command(subcommand)]
     User(UserCommand),
@@ -246,6 +253,22 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schema { out } => Ok(cli::write_schemas(out)?),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "linkops",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("writing the man page")
+        }
         Command::Demo { listen } => {
             // Quiet by default: the banner is the point; LINKOPS_LOG=info shows the daemon at work.
             linkops::telemetry::init(linkops::config::LogFormat::Text, "warn");

@@ -143,3 +143,24 @@ fn revisions_built_to_exhaust_memory_are_refused_where_they_break_the_budget() {
         "links.yaml:1:1: the file is 5242896 bytes; a config file may have at most 4194304"
     );
 }
+
+/// Completions and the man page come from the same clap definitions as `--help`.
+#[test]
+fn completions_and_the_man_page_are_generated_from_the_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = linkops(&["completions", shell]);
+        assert!(output.status.success(), "{shell}");
+        let script = String::from_utf8(output.stdout).unwrap();
+        for command in ["serve", "validate", "login", "completions"] {
+            assert!(
+                script.contains(command),
+                "{shell} completions lack {command}"
+            );
+        }
+    }
+    let output = linkops(&["man"]);
+    assert!(output.status.success());
+    let page = String::from_utf8(output.stdout).unwrap();
+    assert!(page.contains(".TH linkops 1"), "{page}");
+    assert!(page.contains("demo") && page.contains("serve"), "{page}");
+}
