@@ -502,4 +502,19 @@ mod tests {
             RunDecision::Nothing
         );
     }
+
+    #[test]
+    fn a_tag_no_machine_has_is_named() {
+        let machines = [machine("web1", &["web"]), machine("db1", &["db"])];
+        let targets = |tags: &[&str]| Targets {
+            machines: vec![],
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        };
+        assert_eq!(targets(&["web", "db"]).unmatched_tag(&machines), None);
+        assert_eq!(
+            targets(&["web", "nosuch"]).unmatched_tag(&machines),
+            Some("nosuch")
+        );
+        assert_eq!(targets(&[]).unmatched_tag(&machines), None);
+    }
 }

@@ -241,6 +241,14 @@ impl Targets {
         self.machines.is_empty() && self.tags.is_empty()
     }
 
+    /// A tag of the selector that no machine has: a typo, not an empty selection.
+    pub fn unmatched_tag<'a>(&'a self, machines: &[Machine]) -> Option<&'a str> {
+        self.tags
+            .iter()
+            .find(|tag| !machines.iter().any(|m| m.tags.contains(tag)))
+            .map(String::as_str)
+    }
+
     /// Ids of the machines selected, in inventory order, each once.
     /// Unknown ids are not in the result (validation reports them).
     pub fn select<'a>(&self, machines: impl IntoIterator<Item = &'a Machine>) -> Vec<String> {

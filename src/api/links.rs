@@ -108,7 +108,7 @@ struct FleetFollower {
     /// The first event is sent at once.
     first: bool,
     /// Completes when the user is deleted or the token revoked: the stream ends.
-    revoked: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    revoked: futures::future::BoxFuture<'static, ()>,
     _open: Open,
 }
 

@@ -142,11 +142,7 @@ pub async fn run(
         });
     }
     // A tag that matches nothing is a typo, not an empty run (as in a run-request's file).
-    if let Some(tag) = targets
-        .tags
-        .iter()
-        .find(|tag| !desired.machines.iter().any(|m| m.tags.contains(tag)))
-    {
+    if let Some(tag) = targets.unmatched_tag(&desired.machines) {
         return Err(ApiError::Unprocessable {
             field: "targets.tags".into(),
             message: format!("tag {tag:?} matches no machine in links.yaml"),

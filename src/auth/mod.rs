@@ -301,9 +301,8 @@ impl Auth {
         async move {
             loop {
                 changes.mark_unchanged();
-                match auth.current(&grant) {
-                    Ok(Some(user)) if user.role >= needed => {}
-                    _ => return,
+                if !grant.allows(&auth, needed) {
+                    return;
                 }
                 if changes.changed().await.is_err() {
                     // The store is closing: the daemon ends its connections itself.

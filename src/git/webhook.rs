@@ -16,7 +16,7 @@ pub enum Rejection {
     BadSignature,
     #[error("no delivery id header (X-Forgejo-Delivery, X-Gitea-Delivery or X-GitHub-Delivery)")]
     MissingDelivery,
-    #[error("the delivery id is empty or longer than 128 characters")]
+    #[error("the delivery id is empty or longer than {MAX_DELIVERY_ID} characters")]
     BadDelivery,
 }
 
