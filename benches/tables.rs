@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use linkops::store::Store;
 use linkops::tables::{self, query::QueryRequest};
 use linkops_reconcilers::operation::{HostResult, HostState, Operation, OperationState, Requester};
+use linkops_reconcilers::script::ParamValue;
 use serde_json::{Value, json};
 
 const OPERATIONS: usize = 100_000;
@@ -45,7 +46,10 @@ fn history(store: &Store) {
                 let operation = Operation {
                     id: 0,
                     script: format!("script-{}", n % 20),
-                    params: BTreeMap::from([("version".to_owned(), format!("1.{}", n % 7))]),
+                    params: BTreeMap::from([(
+                        "version".to_owned(),
+                        ParamValue::String(format!("1.{}", n % 7)),
+                    )]),
                     machines,
                     requested_by: Requester::User { name: "ada".into() },
                     // A pseudo-random spread, so the rare states are scattered.

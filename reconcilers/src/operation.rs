@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::script::ParamValue;
+
 /// The state of a whole operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -63,7 +65,7 @@ pub enum Requester {
 pub struct Operation {
     pub id: u64,
     pub script: String,
-    pub params: BTreeMap<String, String>,
+    pub params: BTreeMap<String, ParamValue>,
     pub machines: Vec<String>,
     pub requested_by: Requester,
     pub state: OperationState,

@@ -117,28 +117,32 @@ pub struct ParamSpec {
 
 impl ParamSpec {
     /// Checks one value against the parameter's type, values and pattern;
-    /// returns the text the script will see.
-    pub fn check(&self, value: &ParamValue) -> Result<String, String> {
-        let text = self.check_type(value)?;
-        if text.len() > MAX_PARAM_VALUE_BYTES {
+    /// returns it as its declared type (an int given as `"2"` is the int 2;
+    /// anything given for a string is its text), so records and answers keep
+    /// the type the catalog declares.
+    pub fn check(&self, value: &ParamValue) -> Result<ParamValue, String> {
+        let checked = self.check_type(value)?;
+        let bytes = checked.to_string().len();
+        if bytes > MAX_PARAM_VALUE_BYTES {
             return Err(format!(
-                "the value is {} bytes; a parameter value may have at most {MAX_PARAM_VALUE_BYTES}",
-                text.len()
+                "the value is {bytes} bytes; a parameter value may have at most {MAX_PARAM_VALUE_BYTES}"
             ));
         }
-        Ok(text)
+        Ok(checked)
     }
 
-    fn check_type(&self, value: &ParamValue) -> Result<String, String> {
+    fn check_type(&self, value: &ParamValue) -> Result<ParamValue, String> {
         match (self.kind, value) {
-            (ParamType::Bool, ParamValue::Bool(b)) => Ok(b.to_string()),
-            (ParamType::Int, ParamValue::Int(i)) => Ok(i.to_string()),
-            (ParamType::Int, ParamValue::String(s)) if s.trim().parse::<i64>().is_ok() => {
-                Ok(s.trim().to_owned())
-            }
+            (ParamType::Bool, ParamValue::Bool(b)) => Ok(ParamValue::Bool(*b)),
+            (ParamType::Int, ParamValue::Int(i)) => Ok(ParamValue::Int(*i)),
+            (ParamType::Int, ParamValue::String(s)) => s
+                .trim()
+                .parse()
+                .map(ParamValue::Int)
+                .map_err(|_| format!("expected an integer, got {s:?}")),
             (ParamType::Enum, ParamValue::String(s)) => {
                 if self.values.contains(s) {
-                    Ok(s.clone())
+                    Ok(ParamValue::String(s.clone()))
                 } else {
                     Err(format!("{s:?} is not one of {}", self.values.join(", ")))
                 }
@@ -149,7 +153,7 @@ impl ParamSpec {
                     Some(pattern) if !anchored(pattern).is_ok_and(|re| re.is_match(&text)) => {
                         Err(format!("{text:?} does not match the pattern {pattern}"))
                     }
-                    _ => Ok(text),
+                    _ => Ok(ParamValue::String(text)),
                 }
             }
             (kind, ParamValue::String(s)) => {
@@ -180,7 +184,7 @@ impl Script {
     pub fn resolve_params(
         &self,
         given: &BTreeMap<String, ParamValue>,
-    ) -> Result<BTreeMap<String, String>, Vec<(String, String)>> {
+    ) -> Result<BTreeMap<String, ParamValue>, Vec<(String, String)>> {
         let mut resolved = BTreeMap::new();
         let mut problems = Vec::new();
         for name in given.keys() {
@@ -194,8 +198,8 @@ impl Script {
         for spec in &self.params {
             match given.get(&spec.name).or(spec.default.as_ref()) {
                 Some(value) => match spec.check(value) {
-                    Ok(text) => {
-                        resolved.insert(spec.name.clone(), text);
+                    Ok(checked) => {
+                        resolved.insert(spec.name.clone(), checked);
                     }
                     Err(message) => problems.push((spec.name.clone(), message)),
                 },
@@ -210,7 +214,7 @@ impl Script {
         }
         let total: usize = resolved
             .iter()
-            .map(|(name, value)| name.len() + value.len() + "LINKOPS_PARAM_=".len())
+            .map(|(name, value)| name.len() + value.to_string().len() + "LINKOPS_PARAM_=".len())
             .sum();
         if problems.is_empty() && total > MAX_PARAMS_BYTES {
             let first = resolved.keys().next().cloned().unwrap_or_default();
@@ -280,16 +284,19 @@ mod tests {
     }
 
     #[test]
-    fn values_are_checked_by_type() {
+    fn values_are_checked_and_kept_as_their_declared_type() {
         let s = |v: &str| ParamValue::String(v.into());
         assert_eq!(
             spec(ParamType::Int).check(&ParamValue::Int(3)).unwrap(),
-            "3"
+            ParamValue::Int(3)
         );
-        assert_eq!(spec(ParamType::Int).check(&s(" 42 ")).unwrap(), "42");
+        assert_eq!(
+            spec(ParamType::Int).check(&s(" 42 ")).unwrap(),
+            ParamValue::Int(42)
+        );
         assert!(spec(ParamType::Int).check(&s("4x")).is_err());
         assert!(spec(ParamType::Bool).check(&s("yes")).is_err());
-        assert_eq!(spec(ParamType::Enum).check(&s("safe")).unwrap(), "safe");
+        assert_eq!(spec(ParamType::Enum).check(&s("safe")).unwrap(), s("safe"));
         assert!(
             spec(ParamType::Enum)
                 .check(&s("slow"))
@@ -298,7 +305,7 @@ mod tests {
         );
         assert_eq!(
             spec(ParamType::String).check(&ParamValue::Int(7)).unwrap(),
-            "7"
+            s("7")
         );
     }
 
@@ -334,8 +341,8 @@ mod tests {
         };
         let given = BTreeMap::from([("package".to_owned(), ParamValue::String("htop".into()))]);
         let resolved = script.resolve_params(&given).unwrap();
-        assert_eq!(resolved["mode"], "safe");
-        assert_eq!(resolved["package"], "htop");
+        assert_eq!(resolved["mode"], ParamValue::String("safe".into()));
+        assert_eq!(resolved["package"], ParamValue::String("htop".into()));
 
         let given = BTreeMap::from([("colour".to_owned(), ParamValue::Bool(true))]);
         let problems = script.resolve_params(&given).unwrap_err();

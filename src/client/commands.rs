@@ -207,7 +207,7 @@ async fn follow(client: &Client, id: u64, json: bool) -> Result<String> {
                     printer.finish();
                     let state = text(&data["state"]);
                     if !json {
-                        eprintln!("operation {id}: {state}");
+                        eprintln!("operation {id}: {state} ({})", printer.tally().ended());
                     }
                     return Ok(state);
                 }
@@ -302,29 +302,13 @@ impl Printer {
     }
 
     fn show_progress(&self) {
-        if !self.progress {
-            return;
+        if self.progress {
+            eprint!("\r\x1b[K[{}]", self.tally());
         }
-        let count = |states: &[&str]| {
-            self.hosts
-                .values()
-                .filter(|s| states.contains(&s.as_str()))
-                .count()
-        };
-        eprint!(
-            "\r\x1b[K[{}/{} done · {} running · {} failed]",
-            count(&[
-                "succeeded",
-                "failed",
-                "timeout",
-                "skipped",
-                "stopped",
-                "interrupted"
-            ]),
-            self.total,
-            count(&["running"]),
-            count(&["failed", "timeout"]),
-        );
+    }
+
+    fn tally(&self) -> Tally {
+        Tally::of(self.hosts.values().map(String::as_str), self.total)
     }
 
     /// Prints what is left of unfinished lines, and ends the progress line.
@@ -337,6 +321,77 @@ impl Printer {
         if self.progress {
             eprintln!();
         }
+    }
+}
+
+/// Machines of an operation by where they are: what the progress line and
+/// the last line say, so the two agree with the operation's end state.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    total: usize,
+    succeeded: usize,
+    /// A failure, a timeout, or the daemon stopping while it ran.
+    failed: usize,
+    /// Never ran: not enrolled, unknown, unreachable; counts against success.
+    skipped: usize,
+    stopped: usize,
+    running: usize,
+}
+
+impl Tally {
+    fn of<'a>(states: impl Iterator<Item = &'a str>, total: usize) -> Tally {
+        let mut tally = Tally {
+            total,
+            ..Tally::default()
+        };
+        for state in states {
+            match state {
+                "succeeded" => tally.succeeded += 1,
+                "failed" | "timeout" | "interrupted" => tally.failed += 1,
+                "skipped" => tally.skipped += 1,
+                "stopped" => tally.stopped += 1,
+                "running" => tally.running += 1,
+                _ => {}
+            }
+        }
+        tally
+    }
+
+    /// The end's summary: only what happened.
+    fn ended(&self) -> String {
+        let parts = [
+            (self.succeeded, "succeeded"),
+            (self.failed, "failed"),
+            (self.skipped, "skipped"),
+            (self.stopped, "stopped"),
+        ];
+        let said: Vec<String> = parts
+            .iter()
+            .filter(|(count, _)| *count > 0)
+            .map(|(count, what)| format!("{count} {what}"))
+            .collect();
+        match said.is_empty() {
+            true => "no machine ran".into(),
+            false => format!("{} of {} machines", said.join(" · "), self.total),
+        }
+    }
+}
+
+impl std::fmt::Display for Tally {
+    /// The progress line: every machine is counted once, skipped ones too.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ended = self.succeeded + self.failed + self.skipped + self.stopped;
+        write!(
+            f,
+            "{ended}/{} ended · {} running · {} succeeded · {} failed",
+            self.total, self.running, self.succeeded, self.failed
+        )?;
+        for (count, what) in [(self.skipped, "skipped"), (self.stopped, "stopped")] {
+            if count > 0 {
+                write!(f, " · {count} {what}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -384,8 +439,9 @@ pub async fn stop(client: &Client, id: u64, json: bool) -> Result<()> {
         return print_json(&answer);
     }
     eprintln!(
-        "operation {id}: stop requested ({})",
-        text(&answer["state"])
+        "operation {}: stopping — machines not started yet will not start; running scripts get SIGTERM, then SIGKILL {} s later. `linkops ops logs {id} -f` follows it to its end.",
+        text(&answer["stopping"]),
+        crate::operations::STOP_GRACE.as_secs()
     );
     Ok(())
 }
@@ -546,5 +602,45 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     line(headers.iter().map(|h| h.to_string()).collect());
     for row in rows {
         line(row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn the_progress_counts_every_machine_and_agrees_with_the_end() {
+        let cases: &[(&[&str], usize, &str, &str)] = &[
+            (
+                &["skipped"],
+                1,
+                "1/1 ended · 0 running · 0 succeeded · 0 failed · 1 skipped",
+                "1 skipped of 1 machines",
+            ),
+            (
+                &["succeeded", "running", "pending"],
+                3,
+                "1/3 ended · 1 running · 1 succeeded · 0 failed",
+                "1 succeeded of 3 machines",
+            ),
+            (
+                &["succeeded", "timeout", "interrupted", "stopped"],
+                4,
+                "4/4 ended · 0 running · 1 succeeded · 2 failed · 1 stopped",
+                "1 succeeded · 2 failed · 1 stopped of 4 machines",
+            ),
+            (
+                &[],
+                0,
+                "0/0 ended · 0 running · 0 succeeded · 0 failed",
+                "no machine ran",
+            ),
+        ];
+        for (states, total, progress, end) in cases {
+            let tally = Tally::of(states.iter().copied(), *total);
+            assert_eq!(tally.to_string(), *progress, "{states:?}");
+            assert_eq!(tally.ended(), *end, "{states:?}");
+        }
     }
 }

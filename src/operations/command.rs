@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use linkops_reconcilers::script::Script;
+use linkops_reconcilers::script::{ParamValue, Script};
 
 use super::Error;
 
@@ -13,7 +13,10 @@ use super::Error;
 /// shell's pid, printed first, is the process group of everything the script
 /// starts: a stop signals that group, not just the channel. `exec` keeps the
 /// pid and lets the interpreter's own exit status or signal through.
-pub fn command_line(script: &Script, params: &BTreeMap<String, String>) -> Result<String, Error> {
+pub fn command_line(
+    script: &Script,
+    params: &BTreeMap<String, ParamValue>,
+) -> Result<String, Error> {
     let mut command = String::from("echo \"$$\"; exec env");
     for (name, value) in params {
         if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -101,10 +104,13 @@ mod tests {
     #[test]
     fn parameters_are_quoted_not_spliced() {
         let params = BTreeMap::from([
-            ("package".to_owned(), "htop; rm -rf /".to_owned()),
+            (
+                "package".to_owned(),
+                ParamValue::String("htop; rm -rf /".into()),
+            ),
             (
                 "note".to_owned(),
-                "it's $HOME `id` \"q\"\nline two $(touch pwned)".to_owned(),
+                ParamValue::String("it's $HOME `id` \"q\"\nline two $(touch pwned)".into()),
             ),
         ]);
         // The interpreter prints what the script would see.

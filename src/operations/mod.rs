@@ -21,7 +21,7 @@ use linkops_reconcilers::operation::{
     HostResult, HostState, Operation, OperationState, RecordedEvent, Requester, summarize,
 };
 use linkops_reconcilers::run::{Placement, RunRecord};
-use linkops_reconcilers::script::Script;
+use linkops_reconcilers::script::{ParamValue, Script};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -50,7 +50,7 @@ pub enum Error {
 pub struct Plan {
     pub script: Script,
     /// Checked and resolved values, by parameter name.
-    pub params: BTreeMap<String, String>,
+    pub params: BTreeMap<String, ParamValue>,
     /// Target machines in order, each to run on or to skip (with the reason).
     pub hosts: Vec<HostPlan>,
     pub requested_by: Requester,

@@ -106,7 +106,7 @@ async fn verified(setup: &FleetSetup) -> (TestDaemon, String) {
 async fn output_streams_live_in_order_and_results_are_recorded() {
     let setup = FleetSetup::new(3, &[2], SCRIPTS);
     let (daemon, token) = verified(&setup).await;
-    let id = started(&daemon, &token, json!({ "script": "talk", "targets": { "tags": ["test"], "machines": ["ghost"] }, "params": { "code": 3 } })).await;
+    let id = started(&daemon, &token, json!({ "script": "talk", "targets": { "tags": ["test"], "machines": ["ghost"] }, "params": { "code": "3" } })).await;
     let events = read_events(&daemon, &token, id, None).await;
 
     // Ids are the log's sequence numbers: 1, 2, 3, … with no gap.
@@ -125,6 +125,8 @@ async fn output_streams_live_in_order_and_results_are_recorded() {
     }
     let recorded = operation(&daemon, &token, id).await;
     assert_eq!(recorded["state"], "failed", "{recorded}");
+    // Given as "3", recorded as the int the catalog declares.
+    assert_eq!(recorded["params"], json!({ "code": 3 }));
     assert_eq!(
         host(&recorded, "host1")["state"],
         json!({ "state": "failed", "exit_code": 3, "signal": null, "error": null })

@@ -116,10 +116,10 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         }
     }
 
-    let links = parse::<LinksFile>(files, LINKS_FILE, &mut problems);
-    let inventory_read = links.is_some();
+    let links = parse::<LinksFile>(files, LINKS_FILE, Some("machines"), &mut problems);
+    let inventory_read = links.as_ref().is_some_and(|links| links.whole);
     let machines = match links {
-        Some(links) => check_machines(links, &mut problems),
+        Some(links) => check_machines(links.value, &mut problems),
         None => {
             if !files.contains_key(LINKS_FILE) {
                 Report { file: LINKS_FILE, problems: &mut problems }
@@ -139,18 +139,24 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         inventory_read,
     };
 
-    let scripts = if files.contains_key(SCRIPTS_FILE) {
-        parse::<ScriptsFile>(files, SCRIPTS_FILE, &mut problems)
-            .map(|catalog| check_scripts(catalog, files, &known, &mut problems))
-            .unwrap_or_default()
+    let (scripts, catalog_read) = if files.contains_key(SCRIPTS_FILE) {
+        match parse::<ScriptsFile>(files, SCRIPTS_FILE, Some("scripts"), &mut problems) {
+            Some(catalog) => (
+                check_scripts(catalog.value, files, &known, &mut problems),
+                catalog.whole,
+            ),
+            None => (BTreeMap::new(), false),
+        }
     } else {
-        BTreeMap::new()
+        (BTreeMap::new(), true)
     };
 
     let mut runs: BTreeMap<String, RunRequest> = BTreeMap::new();
     let mut run_files: BTreeMap<String, String> = BTreeMap::new();
     for path in files.keys().filter(|p| is_run_request(p)) {
-        let Some(request) = parse::<RunRequestFile>(files, path, &mut problems) else {
+        let Some(Read { value: request, .. }) =
+            parse::<RunRequestFile>(files, path, None, &mut problems)
+        else {
             continue;
         };
         let mut report = Report {
@@ -171,7 +177,7 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
             continue;
         }
         run_files.insert(request.id.value.clone(), path.clone());
-        if let Some(run) = check_run(request, path, &scripts, &known, &mut report) {
+        if let Some(run) = check_run(request, path, &scripts, catalog_read, &known, &mut report) {
             runs.insert(run.id.clone(), run);
         }
     }
@@ -196,12 +202,22 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
     Err(problems)
 }
 
-/// Parses one YAML file; a syntax or schema error becomes a problem at its location.
+/// A file as read: whole, or only its good entries (the broken ones reported).
+struct Read<T> {
+    value: T,
+    whole: bool,
+}
+
+/// Parses one YAML file; a syntax or schema error becomes a problem at its
+/// location. For a file that is one list (`list`: its key), every broken
+/// entry is reported, not only the first, and the rest is still read, so
+/// its later checks report their problems too.
 fn parse<T: DeserializeOwned>(
     files: &RepoFiles,
     path: &str,
+    list: Option<&str>,
     problems: &mut Vec<Problem>,
-) -> Option<T> {
+) -> Option<Read<T>> {
     let bytes = files.get(path)?;
     let mut report = Report {
         file: path,
@@ -225,26 +241,97 @@ fn parse<T: DeserializeOwned>(
         ));
         return None;
     }
-    match serde_saphyr::from_str_with_options::<T>(text, yaml_options()) {
-        Ok(value) => Some(value),
-        Err(error) => {
-            let (line, column) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
-            let rendered = error.without_snippet().to_string();
-            // The crate appends the location to its message; we print it in front.
-            let suffix = format!(" at line {line}, column {column}");
-            let message = rendered
-                .strip_suffix(&suffix)
-                .unwrap_or(&rendered)
-                .to_owned();
-            problems.push(Problem {
-                file: path.to_owned(),
-                line,
-                column,
-                message,
-            });
-            None
+    let error = match serde_saphyr::from_str_with_options::<T>(text, yaml_options()) {
+        Ok(value) => return Some(Read { value, whole: true }),
+        Err(error) => error,
+    };
+    let first = yaml_problem(path, 0, &error);
+    let Some(Entries { mut broken, rest }) = list.and_then(|key| entries::<T>(path, text, key))
+    else {
+        problems.push(first);
+        return None;
+    };
+    if !broken.contains(&first) {
+        broken.push(first);
+    }
+    problems.extend(broken);
+    // The good entries, at their own lines: later problems point at the file.
+    serde_saphyr::from_str_with_options::<T>(&rest, yaml_options())
+        .ok()
+        .map(|value| Read {
+            value,
+            whole: false,
+        })
+}
+
+/// A YAML error as a problem, `offset` lines further down the file.
+fn yaml_problem(path: &str, offset: u64, error: &serde_saphyr::Error) -> Problem {
+    let (line, column) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
+    let rendered = error.without_snippet().to_string();
+    // The crate appends the location to its message; we print it in front.
+    let suffix = format!(" at line {line}, column {column}");
+    let message = rendered
+        .strip_suffix(&suffix)
+        .unwrap_or(&rendered)
+        .to_owned();
+    Problem {
+        file: path.to_owned(),
+        line: line + offset,
+        column,
+        message,
+    }
+}
+
+/// A list file taken entry by entry.
+struct Entries {
+    /// The problem of each entry that does not parse.
+    broken: Vec<Problem>,
+    /// The file with the broken entries' lines emptied: the same line numbers.
+    rest: String,
+}
+
+/// Parses each entry of a file that is one block list under `key` on its
+/// own (its lines under a `key:` line, so columns and messages are the
+/// file's). None when the file cannot be cut that way: it is not one list,
+/// the list is in flow style, or it has anchors (an alias may refer to
+/// another entry).
+fn entries<T: DeserializeOwned>(path: &str, text: &str, key: &str) -> Option<Entries> {
+    let mut options = yaml_options();
+    if let Some(budget) = options.budget.as_mut() {
+        budget.max_anchors = 0;
+    }
+    let outline: BTreeMap<String, Vec<Spanned<serde::de::IgnoredAny>>> =
+        serde_saphyr::from_str_with_options(text, options).ok()?;
+    let [(only, entries)] = <[_; 1]>::try_from(outline.into_iter().collect::<Vec<_>>()).ok()?;
+    let starts: Vec<usize> = entries
+        .iter()
+        .map(|entry| usize::try_from(entry.referenced.line()).unwrap_or(usize::MAX))
+        .collect();
+    let mut lines: Vec<&str> = text.lines().collect();
+    // Block style: each entry starts at its own `-`, below the one before.
+    let dashed = |start: &usize| {
+        *start >= 2
+            && lines
+                .get(start - 1)
+                .is_some_and(|line| line.trim_start().starts_with('-'))
+    };
+    if only != key || !starts.iter().all(dashed) || !starts.is_sorted_by(|a, b| a < b) {
+        return None;
+    }
+    let mut broken = Vec::new();
+    for (i, start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).map_or(lines.len(), |next| next - 1);
+        let alone = format!("{key}:\n{}\n", lines[start - 1..end].join("\n"));
+        if let Err(error) = serde_saphyr::from_str_with_options::<T>(&alone, yaml_options()) {
+            // Line 1 of `alone` is the key; line 2 is the entry's first.
+            broken.push(yaml_problem(path, *start as u64 - 2, &error));
+            lines[start - 1..end].fill("");
         }
     }
+    Some(Entries {
+        broken,
+        rest: lines.join("\n"),
+    })
 }
 
 /// Machine ids and tags of the inventory, for checking references.
@@ -569,6 +656,9 @@ fn check_run(
     request: RunRequestFile,
     path: &str,
     scripts: &BTreeMap<String, Script>,
+    // False when scripts.yaml could not be read whole: an unknown script is
+    // then not reported (it may be one of the broken entries).
+    catalog_read: bool,
     known: &Known,
     report: &mut Report,
 ) -> Option<RunRequest> {
@@ -580,6 +670,9 @@ fn check_run(
         not_before,
     } = request;
     let Some(catalog_script) = scripts.get(&script.value) else {
+        if !catalog_read {
+            return None;
+        }
         report.at(
             &script,
             format!(
