@@ -73,7 +73,9 @@ pub async fn run(
 ) -> Result<(), Error> {
     tokio::task::spawn_blocking(install_prerequisites).await??;
     eprintln!("starting {HOSTS} demo machines (sshd on loopback addresses)…");
-    let fleet = tokio::task::spawn_blocking(|| Fleet::start(HOSTS)).await??;
+    let mut fleet = tokio::task::spawn_blocking(|| Fleet::start(HOSTS)).await??;
+    // Ctrl-C leaves the machine as it was: the test user goes too, if the demo made it.
+    fleet.tidy();
     let dir = tempfile::Builder::new()
         .prefix("linkops-demo-")
         .tempdir()
@@ -122,9 +124,13 @@ pub async fn run(
         stopped = daemon.wait() => Some(stopped),
         _ = abort => None,
     };
-    // The hosts stop as `fleet` drops; the files go with `dir`.
-    drop(fleet);
-    let gone = format!("{HOSTS} sshd hosts and {} are gone", dir.path().display());
+    // The hosts stop as `fleet` drops (and the test user goes); the files go with `dir`.
+    tokio::task::spawn_blocking(move || drop(fleet)).await?;
+    let gone = format!(
+        "{HOSTS} sshd hosts, their user {} (if the demo created it) and {} are gone",
+        testbed::TEST_USER,
+        dir.path().display()
+    );
     match finished {
         Some(stopped) => {
             stopped?;
@@ -237,7 +243,7 @@ const SCRIPTS: &str = r#"scripts:
       uptime
       echo "client id: $(cat /etc/linkops/client_id)"
     targets:
-      tags: [demo]
+      tags: [web, db]
 
   - id: greet
     name: Greet
@@ -355,24 +361,46 @@ fn print_banner(
         .map(|h| format!("{} {}:{}", h.name(), h.address(), h.port()))
         .collect();
     let repo = repo.display();
+    let unenrolled = fleet.hosts().last().map_or("", |h| h.name());
+    let alias = match cli_on_path() {
+        true => String::new(),
+        false => std::env::current_exe().map_or(String::new(), |exe| {
+            format!("alias linkops={}\n  ", exe.display())
+        }),
+    };
     println!(
         "\nLinkOps demo is running.\n\n  \
          console:   {console}\n  \
          api:       {url}  (OpenAPI: {url}/api/openapi.json)\n  \
          user:      admin\n  \
          password:  {password}\n  \
-         machines:  {hosts}\n             (host{HOSTS} is deliberately not enrolled: its client id does not match links.yaml)\n  \
+         machines:  {hosts}\n             ({unenrolled} is deliberately not enrolled: its client id does not match links.yaml)\n  \
          config:    {repo}  (a Git repository the daemon follows; a commit applies within a second)\n\n\
-         Try:\n  \
-         linkops login --server {url} --user admin\n  \
+         Try, from another shell:\n  \
+         {alias}linkops login --server {url} --user admin\n  \
          linkops machines\n  \
-         linkops run greet --tag web -p name=operator\n  \
-         linkops run countdown --tag db      (then `linkops stop <id>` from another shell)\n  \
-         linkops ops                         (the `welcome` run-request already ran once)\n  \
+         linkops ops                           (the `welcome` run-request already ran, once)\n  \
+         linkops run greet --tag web -p name=operator -p times=2\n  \
+         linkops run system-info --target {unenrolled}  (refused there: not enrolled, so nothing runs; exit 1)\n  \
+         linkops run countdown --tag db        (then `linkops stop <id>` from another shell)\n  \
          printf 'id: again\\nscript: system-info\\n' > {repo}/runs/again.yaml && git -C {repo} add . && git -C {repo} commit -qm again\n\n\
-         Ctrl-C stops the daemon and every demo machine.",
+         Ctrl-C stops the daemon and every demo machine, and removes what the demo created.",
         hosts = hosts.join(", "),
     );
+}
+
+/// Whether `linkops` on the PATH is this very binary (else the banner says
+/// how to reach it, as after `cargo run`).
+fn cli_on_path() -> bool {
+    let Ok(exe) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+        return false;
+    };
+    // The shell runs the first `linkops` on the PATH.
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .find_map(|dir| std::fs::canonicalize(dir.join("linkops")).ok())
+            .is_some_and(|found| found == exe)
+    })
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> Error {

@@ -372,7 +372,7 @@ impl Tally {
             .collect();
         match said.is_empty() {
             true => "no machine ran".into(),
-            false => format!("{} of {} machines", said.join(" · "), self.total),
+            false => format!("of {} machine(s): {}", self.total, said.join(" · ")),
         }
     }
 }
@@ -616,19 +616,19 @@ mod tests {
                 &["skipped"],
                 1,
                 "1/1 ended · 0 running · 0 succeeded · 0 failed · 1 skipped",
-                "1 skipped of 1 machines",
+                "of 1 machine(s): 1 skipped",
             ),
             (
                 &["succeeded", "running", "pending"],
                 3,
                 "1/3 ended · 1 running · 1 succeeded · 0 failed",
-                "1 succeeded of 3 machines",
+                "of 3 machine(s): 1 succeeded",
             ),
             (
                 &["succeeded", "timeout", "interrupted", "stopped"],
                 4,
                 "4/4 ended · 0 running · 1 succeeded · 2 failed · 1 stopped",
-                "1 succeeded · 2 failed · 1 stopped of 4 machines",
+                "of 4 machine(s): 1 succeeded · 2 failed · 1 stopped",
             ),
             (
                 &[],

@@ -534,13 +534,12 @@ impl Terminals {
             .get(&pane)
             .filter(|handle| handle.is_open())
             .map(|handle| handle.commands.clone());
-        match handle {
-            Some(commands) => {
-                commands.send(PaneCommand::Resize { cols, rows }).await.ok();
-                Ok(())
-            }
-            None => Err(format!("pane {pane} has no open session")),
+        // No session, nothing to resize: a session opens at the size its
+        // open asks for, and the console fits every pane, open or not.
+        if let Some(commands) = handle {
+            commands.send(PaneCommand::Resize { cols, rows }).await.ok();
         }
+        Ok(())
     }
 
     pub fn set_broadcast(&self, workspace_id: &str, enabled: bool) {
@@ -573,7 +572,13 @@ impl Terminals {
             .get(&pane)
             .filter(open)
             .map(|handle| vec![handle.commands.clone()])
-            .ok_or_else(|| format!("pane {pane} has no open session"))
+            .ok_or_else(|| {
+                // Named as the console shows it (Pane 1 is index 0).
+                format!(
+                    "Pane {} (index {pane}) has no open session: the input was not sent",
+                    pane + 1
+                )
+            })
     }
 }
 

@@ -13,7 +13,7 @@ use rustix::event::{self, PollFd, PollFlags, Timespec};
 use rustix::process::{self, Pid, PidfdFlags};
 
 use super::{
-    Error, LOCK_DIR, Result, SSHD, TEST_USER, generate_key, io_error, read, set_mode, write,
+    CLAIM_PREFIX, Error, Result, SSHD, TEST_USER, generate_key, io_error, read, set_mode, write,
 };
 
 /// How long sshd may take to say it listens before the start counts as failed.
@@ -33,7 +33,7 @@ pub struct TestHost {
     /// `None` while stopped.
     sshd: Option<Child>,
     /// Held for the host's lifetime so no other test process takes the address.
-    _address_lease: fs::File,
+    _address_lease: std::os::unix::net::UnixListener,
 }
 
 impl TestHost {
@@ -266,15 +266,21 @@ fn wait_until_listening(stderr: std::process::ChildStderr, log_path: &Path) -> R
     }
 }
 
-/// Takes an address from 127.0.10.1–127.0.49.254 that no other test process holds.
-fn lease_address() -> Result<(Ipv4Addr, fs::File)> {
+/// Takes an address from 127.0.10.1–127.0.49.254 that no other test process
+/// holds. The claim is an abstract Unix socket named for the address: the
+/// kernel frees it when the holder exits, however it exits, and it leaves no
+/// file behind.
+fn lease_address() -> Result<(Ipv4Addr, std::os::unix::net::UnixListener)> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
     for third in 10..50u8 {
         for fourth in 1..255u8 {
             let address = Ipv4Addr::new(127, 0, third, fourth);
-            let path = Path::new(LOCK_DIR).join(format!("{address}.lock"));
-            let file = fs::File::create(&path).map_err(|source| io_error(&path, source))?;
-            if file.try_lock().is_ok() {
-                return Ok((address, file));
+            let name = format!("{CLAIM_PREFIX}address/{address}");
+            let claim = SocketAddr::from_abstract_name(&name)
+                .map_err(|source| io_error(Path::new(&name), source))?;
+            if let Ok(lease) = UnixListener::bind_addr(&claim) {
+                return Ok((address, lease));
             }
         }
     }

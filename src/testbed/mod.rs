@@ -23,7 +23,11 @@ use crate::ssh;
 pub const TEST_USER: &str = "linkops-test";
 
 const SSHD: &str = "/usr/sbin/sshd";
-const LOCK_DIR: &str = "/tmp/linkops-testbed";
+/// Abstract Unix socket names that claim addresses and mark running fleets:
+/// the kernel drops them with their process, and they leave no file behind.
+const CLAIM_PREFIX: &str = "linkops-testbed/";
+/// The mount point each host's namespace binds its own directory over.
+const ETC_LINKOPS: &str = "/etc/linkops";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -51,6 +55,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// N running test hosts sharing one client key and one known_hosts file.
 pub struct Fleet {
+    /// Says, while the fleet runs, that it does (see [`Fleet::tidy`]).
+    claim: std::os::unix::net::UnixListener,
+    /// What this fleet created on the machine, when it is to remove it.
+    tidy: Option<Created>,
+    created: Created,
     root: tempfile::TempDir,
     client_key: PathBuf,
     known_hosts: PathBuf,
@@ -61,8 +70,12 @@ pub struct Fleet {
 impl Fleet {
     /// Starts `count` hosts, all enrolled (each `client_id` holds `LINKOPS-<its uuid>`).
     pub fn start(count: usize) -> Result<Fleet> {
-        check_prerequisites()?;
-        ensure_test_user()?;
+        let claim = claim_fleet()?;
+        let etc_linkops = check_prerequisites()?;
+        let created = Created {
+            user: ensure_test_user()?,
+            etc_linkops,
+        };
         let root = tempfile::Builder::new()
             .prefix("linkops-fleet-")
             .tempdir()
@@ -86,6 +99,9 @@ impl Fleet {
         let lines: String = hosts.iter().map(TestHost::known_hosts_line).collect();
         write(&known_hosts, &lines)?;
         Ok(Fleet {
+            claim,
+            tidy: None,
+            created,
             root,
             client_key,
             known_hosts,
@@ -96,6 +112,14 @@ impl Fleet {
 
     pub fn hosts(&self) -> &[TestHost] {
         &self.hosts
+    }
+
+    /// On drop, also removes what this fleet created on the machine (the
+    /// test user with its home, an empty `/etc/linkops`) unless another
+    /// fleet runs. The demo does; the tests keep the user, which every run
+    /// would otherwise create again.
+    pub fn tidy(&mut self) {
+        self.tidy = Some(self.created);
     }
 
     /// For stopping and restarting hosts.
@@ -182,6 +206,71 @@ impl Fleet {
     }
 }
 
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let Some(created) = self.tidy else {
+            return;
+        };
+        // The user's processes end with its hosts; userdel refuses a user in use.
+        self.hosts.clear();
+        if other_fleets(&self.claim) {
+            return;
+        }
+        if created.user {
+            run(Command::new("userdel").args(["--remove", TEST_USER])).ok();
+        }
+        if created.etc_linkops {
+            // Only when empty: it may hold an installed daemon's config by now.
+            fs::remove_dir(ETC_LINKOPS).ok();
+        }
+    }
+}
+
+/// What a fleet found missing on the machine and created.
+#[derive(Debug, Clone, Copy)]
+struct Created {
+    user: bool,
+    etc_linkops: bool,
+}
+
+/// Marks a running fleet: `linkops-testbed/fleet/<pid>/<n>`.
+fn claim_fleet() -> Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "{CLAIM_PREFIX}fleet/{}/{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let address = SocketAddr::from_abstract_name(&name)
+        .map_err(|source| io_error(Path::new(&name), source))?;
+    UnixListener::bind_addr(&address).map_err(|source| io_error(Path::new(&name), source))
+}
+
+/// Whether a fleet other than `own` runs on this machine (any process):
+/// the kernel lists bound abstract names in /proc/net/unix as `@name`.
+fn other_fleets(own: &std::os::unix::net::UnixListener) -> bool {
+    let own = own
+        .local_addr()
+        .ok()
+        .and_then(|a| {
+            use std::os::linux::net::SocketAddrExt;
+            a.as_abstract_name()
+                .map(|n| format!("@{}", String::from_utf8_lossy(n)))
+        })
+        .unwrap_or_default();
+    let fleets = format!("@{CLAIM_PREFIX}fleet/");
+    // Unreadable: assume another fleet, and leave everything in place.
+    fs::read_to_string("/proc/net/unix").map_or(true, |table| {
+        table
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(7))
+            .any(|name| name.starts_with(&fleets) && name != own)
+    })
+}
+
 /// A bare repository reachable over SSH through a test host.
 #[derive(Debug, Clone)]
 pub struct BareRepo {
@@ -189,7 +278,8 @@ pub struct BareRepo {
     pub url: String,
 }
 
-fn check_prerequisites() -> Result<()> {
+/// Checks for root and the programs; returns whether it created `/etc/linkops`.
+fn check_prerequisites() -> Result<bool> {
     use std::os::unix::fs::MetadataExt;
     // /proc/self belongs to the process's effective user.
     let proc_self =
@@ -215,28 +305,39 @@ fn check_prerequisites() -> Result<()> {
     }
     // sshd's privilege separation directory.
     fs::create_dir_all("/run/sshd").map_err(|source| io_error(Path::new("/run/sshd"), source))?;
-    // The mount point each host's namespace binds its own directory over.
-    fs::create_dir_all("/etc/linkops")
-        .map_err(|source| io_error(Path::new("/etc/linkops"), source))?;
-    fs::create_dir_all(LOCK_DIR).map_err(|source| io_error(Path::new(LOCK_DIR), source))
+    let etc = Path::new(ETC_LINKOPS);
+    let existed = etc.exists();
+    fs::create_dir_all(etc).map_err(|source| io_error(etc, source))?;
+    Ok(!existed)
 }
 
-/// Creates the test user once per machine; serialised across test processes.
-fn ensure_test_user() -> Result<()> {
-    let lock_path = Path::new(LOCK_DIR).join("user.lock");
-    let lock = fs::File::create(&lock_path).map_err(|source| io_error(&lock_path, source))?;
-    lock.lock().map_err(|source| io_error(&lock_path, source))?;
-    let exists = Command::new("id")
-        .arg(TEST_USER)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !exists {
-        run(Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", TEST_USER]))?;
-        // sshd without PAM treats an account with a `!` password as locked.
-        run(Command::new("usermod").args(["-p", "*", TEST_USER]))?;
+/// Creates the test user when missing; returns whether it did. Concurrent
+/// test processes may race here: useradd locks the account files itself,
+/// and a loser finds the user made.
+fn ensure_test_user() -> Result<bool> {
+    let exists = || {
+        Command::new("id")
+            .arg(TEST_USER)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if exists() {
+        return Ok(false);
     }
-    Ok(())
+    // The `*` password: sshd without PAM treats an account with `!` as locked.
+    let created = run(Command::new("useradd").args([
+        "--create-home",
+        "--shell",
+        "/bin/sh",
+        "--password",
+        "*",
+        TEST_USER,
+    ]));
+    match created {
+        Ok(()) => Ok(true),
+        Err(_) if exists() => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 fn generate_key(path: &Path, kind: &str) -> Result<()> {

@@ -378,6 +378,19 @@ async fn a_grid_of_four_panes_shows_each_machine_in_its_own_pane() {
     terminal
         .message(|m| m["type"] == "status" && m["pane"] == 3 && m["reason"] == "unenrolled")
         .await;
+    // A resize of the pane without a session is nothing to complain of (the
+    // console fits every pane); input to it is, naming the pane as the console does.
+    terminal
+        .send(json!({ "type": "resize", "pane": 3, "cols": 90, "rows": 20 }))
+        .await;
+    terminal
+        .send(json!({ "type": "input", "pane": 3, "data": "x" }))
+        .await;
+    let error = terminal.message(|m| m["type"] == "error").await;
+    assert_eq!(
+        error["message"],
+        "Pane 4 (index 3) has no open session: the input was not sent"
+    );
 
     // Deleting the workspace closes its socket, saying why.
     let (status, _) = daemon

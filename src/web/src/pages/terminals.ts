@@ -110,7 +110,12 @@ export async function workspacePage(main: HTMLElement, [id]: string[]): Promise<
         broadcast.checked = message.broadcast;
         message.panes.forEach((status: PaneStatus) => panes[status.pane]?.show(status));
       } else if (message.type === "status") {
-        panes[message.pane]?.show(message);
+        const pane = panes[message.pane];
+        pane?.show(message);
+        // A session opens at the size its open asked for; each pane may have its own.
+        if (pane && message.state === "connected") {
+          send({ type: "resize", pane: pane.index, cols: pane.terminal.cols, rows: pane.terminal.rows });
+        }
       } else if (message.type === "replay") {
         panes[message.pane]?.terminal.reset();
       } else if (message.type === "broadcast") {
@@ -143,8 +148,6 @@ export async function workspacePage(main: HTMLElement, [id]: string[]): Promise<
     const first = panes[0]?.terminal;
     await api("POST", `/api/terminal/workspaces/${id}/connect-all`, first ? { cols: first.cols, rows: first.rows } : {})
       .finally(() => (connect.disabled = false));
-    // Each pane may have its own size: tell the sessions.
-    panes.forEach((p) => send({ type: "resize", pane: p.index, cols: p.terminal.cols, rows: p.terminal.rows }));
   });
   broadcast.addEventListener("change", () => send({ type: "broadcast", enabled: broadcast.checked }));
   window.addEventListener("resize", fitAll);
