@@ -28,6 +28,9 @@ const SSHD: &str = "/usr/sbin/sshd";
 const CLAIM_PREFIX: &str = "linkops-testbed/";
 /// The mount point each host's namespace binds its own directory over.
 const ETC_LINKOPS: &str = "/etc/linkops";
+/// Serialises creating the test user with removing it, across processes:
+/// one empty file in the system's lock directory (a tmpfs, empty at boot).
+const USER_LOCK: &str = "/run/lock/linkops-testbed.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -70,12 +73,15 @@ pub struct Fleet {
 impl Fleet {
     /// Starts `count` hosts, all enrolled (each `client_id` holds `LINKOPS-<its uuid>`).
     pub fn start(count: usize) -> Result<Fleet> {
+        // Claimed first: a tidying fleet that has not yet looked will see
+        // this one and keep the user; one that has is waited for by the lock.
         let claim = claim_fleet()?;
         let etc_linkops = check_prerequisites()?;
-        let created = Created {
-            user: ensure_test_user()?,
-            etc_linkops,
+        let user = {
+            let _lock = user_lock()?;
+            ensure_test_user()?
         };
+        let created = Created { user, etc_linkops };
         let root = tempfile::Builder::new()
             .prefix("linkops-fleet-")
             .tempdir()
@@ -213,6 +219,9 @@ impl Drop for Fleet {
         };
         // The user's processes end with its hosts; userdel refuses a user in use.
         self.hosts.clear();
+        let Ok(_lock) = user_lock() else {
+            return;
+        };
         if other_fleets(&self.claim) {
             return;
         }
@@ -311,33 +320,33 @@ fn check_prerequisites() -> Result<bool> {
     Ok(!existed)
 }
 
-/// Creates the test user when missing; returns whether it did. Concurrent
-/// test processes may race here: useradd locks the account files itself,
-/// and a loser finds the user made.
+/// Held while the test user is created or removed.
+fn user_lock() -> Result<fs::File> {
+    let path = Path::new(USER_LOCK);
+    let file = fs::File::create(path).map_err(|source| io_error(path, source))?;
+    file.lock().map_err(|source| io_error(path, source))?;
+    Ok(file)
+}
+
+/// Creates the test user when missing; returns whether it did.
 fn ensure_test_user() -> Result<bool> {
-    let exists = || {
-        Command::new("id")
-            .arg(TEST_USER)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if exists() {
+    let exists = Command::new("id")
+        .arg(TEST_USER)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if exists {
         return Ok(false);
     }
     // The `*` password: sshd without PAM treats an account with `!` as locked.
-    let created = run(Command::new("useradd").args([
+    run(Command::new("useradd").args([
         "--create-home",
         "--shell",
         "/bin/sh",
         "--password",
         "*",
         TEST_USER,
-    ]));
-    match created {
-        Ok(()) => Ok(true),
-        Err(_) if exists() => Ok(false),
-        Err(error) => Err(error),
-    }
+    ]))?;
+    Ok(true)
 }
 
 fn generate_key(path: &Path, kind: &str) -> Result<()> {

@@ -1,8 +1,21 @@
-//! `cargo xtask test`: every check and test LinkOps has, in CI's order, after
-//! installing the Debian packages they need when missing. `.ci/run` calls it.
+//! LinkOps' development tasks, in the rust-analyzer `xtask` convention:
+//!
+//! - `cargo xtask test`: every check and test, in CI's order, after installing
+//!   the Debian packages they need when missing; then the Debian package's
+//!   install, start, upgrade and purge. `.ci/run` calls it.
+//! - `cargo xtask deb`: the Debian package, `target/debian/linkops_*.deb`;
+//!   `cargo xtask deb-test` only its install-to-purge test.
+//!
+//! Run as root or as a user with sudo: only apt, the tests (real sshd hosts in
+//! their own namespaces) and the package's install are run through sudo.
+
+mod deb;
+mod privilege;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+use privilege::Root;
 
 /// What the tests need: a command that must exist, and the Debian package that brings it.
 const NEEDS: &[(&str, &str)] = &[
@@ -17,14 +30,21 @@ const NEEDS: &[(&str, &str)] = &[
     ("/usr/bin/chromium", "chromium"),
 ];
 
+const USAGE: &str = "usage: cargo xtask test       every check and test, then the package's install, upgrade and purge
+       cargo xtask deb        the Debian package, in target/debian/
+       cargo xtask deb-test   only the package's install, start, upgrade, start and purge
+As root or as a user with sudo (the tests start sshd hosts in namespaces).";
+
 fn main() -> ExitCode {
     let task = std::env::args().nth(1);
     let result = match task.as_deref() {
         Some("test") => test(),
+        Some("deb") => {
+            deb::build(&workspace(), None).map(|package| println!("{}", package.display()))
+        }
+        Some("deb-test") => Root::find().and_then(|root| deb::lifecycle(&workspace(), &root)),
         _ => {
-            eprintln!(
-                "usage: cargo xtask test   (every check and test; as root: the tests start sshd hosts in namespaces)"
-            );
+            eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -37,21 +57,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn test() -> Result<(), String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
-        .to_owned();
-    if !is_root() {
-        return Err("the tests start real sshd hosts in their own mount namespaces and need root: run it as root (e.g. `sudo -E env PATH=\"$PATH\" cargo xtask test`)".into());
-    }
-    install_missing()?;
-    let web = root.join("src/web");
+        .to_owned()
+}
+
+fn test() -> Result<(), String> {
+    let root_dir = workspace();
+    let root = Root::find()?;
+    install_missing(&root)?;
+    let web = root_dir.join("src/web");
     let npm = |args: &[&str]| run(Command::new("npm").arg("--prefix").arg(&web).args(args));
     npm(&["ci", "--no-audit", "--no-fund"])?;
     npm(&["run", "build"])?;
     // The console is committed and compiled in: rebuilding it must change nothing.
-    let changed = output(Command::new("git").current_dir(&root).args([
+    let changed = output(Command::new("git").current_dir(&root_dir).args([
         "status",
         "--porcelain",
         "--",
@@ -62,9 +84,22 @@ fn test() -> Result<(), String> {
             "src/web/dist is not what src/web builds; commit the rebuilt bundle:\n{changed}"
         ));
     }
-    let cargo = |args: &[&str]| run(Command::new(env!("CARGO")).current_dir(&root).args(args));
-    cargo(&["fmt", "--all", "--check"])?;
-    cargo(&[
+    let runner = root.cargo_runner()?;
+    let cargo = || {
+        let mut command = Command::new(env!("CARGO"));
+        command.current_dir(&root_dir);
+        command
+    };
+    // Built as the user; the test binaries run as root.
+    let cargo_test = || {
+        let mut command = cargo();
+        if let Some((variable, value)) = &runner {
+            command.env(variable, value);
+        }
+        command
+    };
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
         "clippy",
         "--locked",
         "--workspace",
@@ -72,47 +107,43 @@ fn test() -> Result<(), String> {
         "--",
         "-D",
         "warnings",
-    ])?;
-    cargo(&["test", "--locked", "--workspace"])?;
+    ]))?;
+    run(cargo_test().args(["test", "--locked", "--workspace"]))?;
     // A longer run of every fuzz target than the suite's (README has the long campaign).
-    run(Command::new(env!("CARGO"))
-        .current_dir(&root)
+    run(cargo_test()
         .env(
             "FUZZ_CASES",
             std::env::var("FUZZ_CASES").unwrap_or_else(|_| "20000".into()),
         )
         .args(["test", "--locked", "--test", "integration", "fuzz::"]))?;
-    npm(&["test"])?;
-    verify_unit(&root)
+    // The browser tests start `linkops demo`, which needs root.
+    let browser = run(root.command("npm").arg("--prefix").arg(&web).arg("test"));
+    root.give_back(&web.join("test-results"));
+    browser?;
+    verify_unit(&root_dir, &root_dir.join("target/debug/linkops"))?;
+    deb::lifecycle(&root_dir, &root)
 }
 
-/// `systemd-analyze verify` of the unit, ExecStart pointed at the binary just
-/// built; any output fails (verify exits 0 on unknown keys).
-fn verify_unit(root: &Path) -> Result<(), String> {
+/// `systemd-analyze verify` of the unit, ExecStart pointed at `binary`; any
+/// output fails (verify exits 0 on unknown keys).
+fn verify_unit(root_dir: &Path, binary: &Path) -> Result<(), String> {
     if which("systemd-analyze").is_none() {
         eprintln!("xtask: no systemd-analyze here; the unit is not verified");
         return Ok(());
     }
-    let unit = std::fs::read_to_string(root.join("deploy/linkopsd.service"))
+    let unit = std::fs::read_to_string(root_dir.join("deploy/linkopsd.service"))
         .map_err(|e| format!("deploy/linkopsd.service: {e}"))?
-        .replace(
-            "/usr/local/bin/linkops",
-            &root.join("target/debug/linkops").display().to_string(),
-        );
+        .replace("/usr/bin/linkops", &binary.display().to_string());
     let dir = std::env::temp_dir().join(format!("linkops-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("linkopsd.service"), unit).map_err(|e| e.to_string())?;
-    let verify = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(dir.join("linkopsd.service"))
-        .output()
-        .map_err(|e| format!("systemd-analyze: {e}"))?;
-    std::fs::remove_dir_all(&dir).ok();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
+    let said = output_and_errors(
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(dir.join("linkopsd.service")),
     );
+    std::fs::remove_dir_all(&dir).ok();
+    let said = said?;
     if !said.trim().is_empty() {
         return Err(format!(
             "systemd-analyze verify deploy/linkopsd.service:\n{said}"
@@ -123,7 +154,7 @@ fn verify_unit(root: &Path) -> Result<(), String> {
 }
 
 /// Installs the packages of [`NEEDS`] whose command is missing (Debian's apt).
-fn install_missing() -> Result<(), String> {
+fn install_missing(root: &Root) -> Result<(), String> {
     let missing: Vec<&str> = NEEDS
         .iter()
         .filter(|(command, _)| which(command).is_none())
@@ -133,24 +164,7 @@ fn install_missing() -> Result<(), String> {
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    // policy-rc.d 101: do not start the system's own sshd; the tests start theirs.
-    let policy = Path::new("/usr/sbin/policy-rc.d");
-    std::fs::write(policy, "#!/bin/sh\nexit 101\n")
-        .map_err(|e| format!("{}: {e}", policy.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| format!("{}: {e}", policy.display()))?;
-    let installed = run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq"])
-        .args(&missing));
-    std::fs::remove_file(policy).ok();
-    installed
-}
-
-fn is_root() -> bool {
-    output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
+    root.apt_install(&missing)
 }
 
 /// A command's path: as given when absolute, else found on PATH.
@@ -175,8 +189,27 @@ fn run(command: &mut Command) -> Result<(), String> {
     }
 }
 
+/// What a command printed on stdout; it must succeed.
 fn output(command: &mut Command) -> Result<String, String> {
     let shown = format!("{command:?}");
     let output = command.output().map_err(|e| format!("{shown}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{shown} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Everything a command printed, whatever its exit status.
+fn output_and_errors(command: &mut Command) -> Result<String, String> {
+    let shown = format!("{command:?}");
+    let output = command.output().map_err(|e| format!("{shown}: {e}"))?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    ))
 }
