@@ -26,7 +26,7 @@ const UNENROLLED_UUID: &str = "00000000-0000-4000-8000-00000000dead";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "the demo needs root: its machines are sshd processes in their own mount namespaces; run `sudo linkops demo`"
+        "the demo needs root: its machines are sshd processes in their own mount namespaces; run it as root, or as a user with sudo"
     )]
     NotRoot,
     #[error(
@@ -204,6 +204,32 @@ fn install_prerequisites() -> Result<(), Error> {
     }
 }
 
+/// As a user with sudo, runs this very command again through sudo. Returns
+/// only when it did not: as root, without sudo, or when sudo could not start
+/// (said on stderr); the demo then says what it needs.
+pub fn elevate() {
+    use std::os::unix::process::CommandExt;
+    if is_root() {
+        return;
+    }
+    let sudo = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("sudo"))
+            .find(|candidate| candidate.exists())
+    });
+    let (Some(sudo), Ok(exe)) = (sudo, std::env::current_exe()) else {
+        return;
+    };
+    eprintln!(
+        "the demo needs root (its machines are sshd processes in their own mount namespaces): asking sudo"
+    );
+    let error = Command::new(&sudo)
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    eprintln!("{}: {error}", sudo.display());
+}
+
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     // The owner of /proc/self is the process's effective user.
@@ -362,11 +388,14 @@ fn print_banner(
         .collect();
     let repo = repo.display();
     let unenrolled = fleet.hosts().last().map_or("", |h| h.name());
-    let alias = match cli_on_path() {
+    let on_path = match cli_on_path() {
         true => String::new(),
-        false => std::env::current_exe().map_or(String::new(), |exe| {
-            format!("alias linkops={}\n  ", exe.display())
-        }),
+        false => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_owned))
+            .map_or(String::new(), |dir| {
+                format!("export PATH=\"{}:$PATH\"\n  ", dir.display())
+            }),
     };
     println!(
         "\nLinkOps demo is running.\n\n  \
@@ -377,7 +406,7 @@ fn print_banner(
          machines:  {hosts}\n             ({unenrolled} is deliberately not enrolled: its client id does not match links.yaml)\n  \
          config:    {repo}  (a Git repository the daemon follows; a commit applies within a second)\n\n\
          Try, from another shell:\n  \
-         {alias}linkops login --server {url} --user admin\n  \
+         {on_path}linkops login --server {url} --user admin\n  \
          linkops machines\n  \
          linkops ops                           (the `welcome` run-request already ran, once)\n  \
          linkops run greet --tag web -p name=operator -p times=2\n  \

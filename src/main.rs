@@ -270,6 +270,8 @@ fn run() -> anyhow::Result<()> {
                 .context("writing the man page")
         }
         Command::Demo { listen } => {
+            // Runs on here only as root, or when sudo cannot be had (the demo then says what it needs).
+            linkops::demo::elevate();
             // Quiet by default: the banner is the point; LINKOPS_LOG=info shows the daemon at work.
             linkops::telemetry::init(linkops::config::LogFormat::Text, "warn");
             demo(*listen)
