@@ -55,6 +55,8 @@ struct Demo {
     stderr: Lines<BufReader<ChildStderr>>,
     /// The demo's config repository.
     repo: String,
+    /// The admin's password, from the banner.
+    password: String,
     api: Api,
 }
 
@@ -91,7 +93,7 @@ impl Demo {
         let client = reqwest::Client::new();
         let login: Value = client
             .post(format!("{url}/api/auth/login"))
-            .json(&json!({ "username": "admin", "password": password }))
+            .json(&json!({ "username": "admin", "password": &password }))
             .send()
             .await
             .unwrap()
@@ -113,6 +115,7 @@ impl Demo {
             hosts,
             child,
             repo,
+            password,
             api: Api { url, token, client },
         }
     }
@@ -295,6 +298,127 @@ async fn a_second_ctrl_c_stops_at_once_and_still_removes_the_machines() {
     drop(events);
 }
 
+/// The README's shell blocks marked `# while the demo runs`, in order, as a
+/// reader types them in a terminal (`script` gives them one, so `linkops
+/// login` prompts and reads the password typed), with the banner's values in
+/// place of the README's example ones: the address, the config path, and
+/// where the binary is.
+#[tokio::test]
+async fn the_readme_examples_run_against_the_demo_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|block| block.split_once("```").map(|(code, _)| code))
+        .filter(|code| code.starts_with("# while the demo runs"))
+        .collect();
+    assert_eq!(blocks.len(), 3, "the README's demo blocks");
+    // The README's example banner values.
+    let (example_url, example_config) =
+        ("http://127.0.0.1:8000", "/tmp/linkops-demo-rtPTaD/config");
+    for block in &blocks {
+        assert!(!block.contains("127.0.0.1:8000") || block.contains(example_url));
+    }
+
+    let demo = Demo::start().await;
+    demo.checked().await;
+    support::eventually("the welcome run-request to finish", || {
+        demo.api.finished_run("welcome")
+    })
+    .await;
+    let home = support::private_dir();
+    let binary_dir = std::path::Path::new(env!("CARGO_BIN_EXE_linkops"))
+        .parent()
+        .unwrap();
+    // One shell for all of them, as the reader's second shell.
+    let script = blocks
+        .concat()
+        .replace(example_url, &demo.api.url)
+        .replace(example_config, &demo.repo)
+        .replace("$PWD/target/release", &binary_dir.display().to_string());
+    let path = home.path().join("readme.sh");
+    std::fs::write(&path, format!("set -euo pipefail\n{script}")).unwrap();
+    let mut typed = Command::new("script")
+        .args(["--quiet", "--return", "--command"])
+        .arg(format!("bash {}", path.display()))
+        .arg("/dev/null")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("HOME", home.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("LINKOPS_SERVER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The password, typed at the login prompt.
+    {
+        use std::io::Write;
+        let mut stdin = typed.stdin.take().unwrap();
+        writeln!(stdin, "{}", demo.password).unwrap();
+    }
+    let output = typed.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{script}\nfailed:\n{said}");
+
+    // What the README says they show.
+    for expected in [
+        "logged in to",
+        "host5    127.0.10.",
+        "mismatch",
+        "run:welcome",
+        "hello, operator (2/2)",
+        "operation 2: succeeded (of 2 machine(s): 2 succeeded)",
+        "host5 skipped: not enrolled",
+        "refused: host5 is not enrolled",
+        "applied: revision",
+        "no changes against the applied revision",
+        "hello, ops (1/1)",
+    ] {
+        assert!(said.contains(expected), "{expected:?} not in:\n{said}");
+    }
+    let again = support::eventually("the README's run-request to finish", || {
+        demo.api.finished_run("again")
+    })
+    .await;
+    assert_eq!(again, "succeeded");
+
+    demo.interrupt();
+    assert!(demo.exited_and_cleaned_up().success());
+}
+
+#[test]
+fn as_a_user_the_demo_asks_sudo_to_run_it_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = support::private_dir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = dir.path().join("linkops");
+    std::fs::copy(env!("CARGO_BIN_EXE_linkops"), &binary).unwrap();
+    // A stand-in sudo that says how it was called: the demo must exec it with its own command line.
+    let sudo = dir.path().join("sudo");
+    std::fs::write(&sudo, "#!/bin/sh\necho \"sudo $*\"\nexit 7\n").unwrap();
+    std::fs::set_permissions(&sudo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&binary)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    // exec: the process became the stand-in, exit code and all.
+    assert_eq!(output.status.code(), Some(7));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("sudo {} demo --listen 127.0.0.1:0", binary.display())
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("asking sudo"));
+}
+
 #[test]
 fn without_root_the_demo_says_what_to_run() {
     use std::os::unix::fs::PermissionsExt;
@@ -303,14 +427,19 @@ fn without_root_the_demo_says_what_to_run() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let binary = dir.path().join("linkops");
     std::fs::copy(env!("CARGO_BIN_EXE_linkops"), &binary).unwrap();
-    let output = Command::new("setpriv")
+    let output = Command::new("/usr/bin/setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&binary)
         .arg("demo")
         .env_remove("RUST_BACKTRACE")
+        // No sudo to ask: only the copy is on the PATH.
+        .env("PATH", dir.path())
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("run `sudo linkops demo`"), "{stderr}");
+    assert!(
+        stderr.contains("run it as root, or as a user with sudo"),
+        "{stderr}"
+    );
 }
