@@ -392,24 +392,35 @@ async fn the_readme_examples_run_against_the_demo_as_written() {
     assert!(demo.exited_and_cleaned_up().success());
 }
 
-#[test]
-fn as_a_user_the_demo_asks_sudo_to_run_it_again() {
+/// `linkops demo` run as nobody from a copy nobody can run, wherever the
+/// checkout lives (setpriv, from util-linux, drops to nobody), with only the
+/// copy's directory on the PATH and `sudo` there when given.
+fn demo_as_nobody(sudo: Option<&str>) -> (std::process::Output, std::path::PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     let dir = support::private_dir();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let binary = dir.path().join("linkops");
     std::fs::copy(env!("CARGO_BIN_EXE_linkops"), &binary).unwrap();
-    // A stand-in sudo that says how it was called: the demo must exec it with its own command line.
-    let sudo = dir.path().join("sudo");
-    std::fs::write(&sudo, "#!/bin/sh\necho \"sudo $*\"\nexit 7\n").unwrap();
-    std::fs::set_permissions(&sudo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if let Some(script) = sudo {
+        let path = dir.path().join("sudo");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let output = Command::new("/usr/bin/setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&binary)
         .args(["demo", "--listen", "127.0.0.1:0"])
+        .env_remove("RUST_BACKTRACE")
         .env("PATH", dir.path())
         .output()
         .unwrap();
+    (output, binary)
+}
+
+#[test]
+fn as_a_user_the_demo_asks_sudo_to_run_it_again() {
+    // A stand-in sudo that says how it was called: the demo must exec it with its own command line.
+    let (output, binary) = demo_as_nobody(Some("#!/bin/sh\necho \"sudo $*\"\nexit 7\n"));
     // exec: the process became the stand-in, exit code and all.
     assert_eq!(output.status.code(), Some(7));
     assert_eq!(
@@ -421,21 +432,8 @@ fn as_a_user_the_demo_asks_sudo_to_run_it_again() {
 
 #[test]
 fn without_root_the_demo_says_what_to_run() {
-    use std::os::unix::fs::PermissionsExt;
-    // A copy nobody can run wherever the checkout lives; setpriv (util-linux) drops to nobody.
-    let dir = support::private_dir();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let binary = dir.path().join("linkops");
-    std::fs::copy(env!("CARGO_BIN_EXE_linkops"), &binary).unwrap();
-    let output = Command::new("/usr/bin/setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&binary)
-        .arg("demo")
-        .env_remove("RUST_BACKTRACE")
-        // No sudo to ask: only the copy is on the PATH.
-        .env("PATH", dir.path())
-        .output()
-        .unwrap();
+    // No sudo to ask.
+    let (output, _) = demo_as_nobody(None);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

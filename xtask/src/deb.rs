@@ -108,12 +108,7 @@ fn install_upgrade(root: &Root, first: &Path, second: &Path) -> Result<(), Strin
         .map(|v| v.trim().to_owned())
     };
     let (version, upgrade) = (field(first)?, field(second)?);
-    apt(root, &["install"], first)?;
-    expect(
-        "the installed version",
-        installed_version().as_deref().unwrap_or("none"),
-        &version,
-    )?;
+    install(root, first, &version)?;
     // The binary says the version the package has, without its Debian revision.
     let upstream = version
         .rsplit_once('-')
@@ -134,12 +129,7 @@ fn install_upgrade(root: &Root, first: &Path, second: &Path) -> Result<(), Strin
         .command("sh")
         .arg("-c")
         .arg(format!("echo '{edit}' >> /etc/linkops/config.toml")))?;
-    apt(root, &["install"], second)?;
-    expect(
-        "the upgraded version",
-        installed_version().as_deref().unwrap_or("none"),
-        &upgrade,
-    )?;
+    install(root, second, &upgrade)?;
     let config = output(root.command("cat").arg("/etc/linkops/config.toml"))?;
     expect_contains("/etc/linkops/config.toml after the upgrade", &config, edit)?;
     check_installed(root)?;
@@ -360,14 +350,19 @@ fn purge(root: &Root) -> Result<(), String> {
     Ok(())
 }
 
-/// apt-get `args` the package file, non-interactively.
-fn apt(root: &Root, args: &[&str], package: &Path) -> Result<(), String> {
+/// Installs (or upgrades to) the package file, non-interactively; then
+/// `version` must be the one installed.
+fn install(root: &Root, package: &Path, version: &str) -> Result<(), String> {
     run(root
         .command("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(args)
-        .args(["-y", "-qq", "-o", "Dpkg::Use-Pty=0"])
-        .arg(package))
+        .args(["install", "-y", "-qq", "-o", "Dpkg::Use-Pty=0"])
+        .arg(package))?;
+    expect(
+        "the installed version",
+        installed_version().as_deref().unwrap_or("none"),
+        version,
+    )
 }
 
 /// The installed package's version, if it is installed.
