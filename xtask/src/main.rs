@@ -24,7 +24,7 @@ const NEEDS: &[(&str, &str)] = &[
     ("git", "git"),
     ("unshare", "util-linux"),
     // The partition tests drop a test host's traffic.
-    ("nft", "nftables"),
+    ("/usr/sbin/nft", "nftables"),
     // The console's build and its browser tests.
     ("npm", "npm"),
     ("/usr/bin/chromium", "chromium"),
