@@ -169,6 +169,19 @@ impl Demo {
     }
 }
 
+/// A test that fails midway still stops its demo (Ctrl-C), machines and all.
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // No assertion here: this may run while a failed one unwinds.
+            let pid = self.child.id().to_string();
+            if Command::new("kill").args(["-INT", &pid]).status().is_ok() {
+                self.child.wait().ok();
+            }
+        }
+    }
+}
+
 /// A process as `/proc/PID/stat` describes it.
 #[derive(Clone)]
 struct Process {
