@@ -185,6 +185,28 @@ test("a recording plays back what its pane showed", async () => {
   await player.locator(".xterm-rows").getByText(/LINKOPS-[0-9a-f-]{36}/).waitFor();
 });
 
+test("a pane without a machine is no trouble for the one beside it", async () => {
+  await page.goto(`${banner.console}#/terminals`);
+  await page.getByLabel("Layout").selectOption("grid2x1");
+  await page.getByRole("button", { name: "New workspace" }).click();
+  await page.waitForURL(/#\/terminals\/[0-9a-f-]+$/);
+  const assigned = page.waitForResponse((r) => r.url().endsWith("/panes") && r.request().method() === "PUT");
+  await page.getByLabel("Machine of pane 1").selectOption("host1");
+  await assigned;
+  await page.getByRole("button", { name: "Connect all" }).click();
+  const pane = page.getByRole("region", { name: "Pane 1" });
+  await pane.getByText("connected").waitFor();
+  await pane.locator(".xterm").click();
+  await page.keyboard.type("echo pane-one-$((6*7))\n");
+  await pane.locator(".xterm-rows").getByText("pane-one-42").waitFor();
+  // Every pane is fitted and sized, the empty one too: no error for either.
+  await page.setViewportSize({ width: 1100, height: 700 });
+  await page.keyboard.type("echo resized\n");
+  await pane.locator(".xterm-rows").getByText("resized", { exact: true }).waitFor();
+  assert.equal(await page.getByRole("status").textContent(), "live");
+  await page.setViewportSize({ width: 1280, height: 800 });
+});
+
 test("an admin creates a user, whose generated password is shown once and works", async () => {
   await page.goto(`${banner.console}#/users`);
   await page.getByLabel("New user").fill("carol");
