@@ -15,6 +15,7 @@ pub mod operation;
 pub mod plan;
 pub mod run;
 pub mod script;
+pub mod suspension;
 pub mod terminal;
 
 /// How a `std::time::Duration` appears in JSON (for the OpenAPI description).

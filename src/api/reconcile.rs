@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
 use crate::controller::{ObjectKey, Reason};
-use crate::store::{FLEET, Outcome, Role};
+use crate::store::{Outcome, Role};
+use linkops_reconcilers::suspension;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct SuspensionView {
@@ -61,8 +62,10 @@ async fn set(
     suspended: bool,
 ) -> Result<Json<SuspensionView>, ApiError> {
     let user = caller.require(Role::Admin)?;
-    let target = scope.machine.as_deref().unwrap_or(FLEET);
-    state.store.set_suspended(target, suspended)?;
+    let held = suspension::Scope::of(scope.machine.clone());
+    state.store.set_suspended(&held, suspended)?;
+    // The audit's target: the machine, or `*` for the fleet (no machine id can be `*`).
+    let target = held.machine().unwrap_or("*");
     let action = if suspended {
         "reconcile.suspend"
     } else {
@@ -99,12 +102,14 @@ fn suspensions(state: &AppState) -> Result<SuspensionView, ApiError> {
         by_config: state.config.reconcile.suspended,
         fleet: scopes
             .iter()
-            .find(|(s, _)| s == FLEET)
+            .find(|(scope, _)| *scope == suspension::Scope::Fleet)
             .and_then(|(_, since)| at(*since)),
         machines: scopes
             .into_iter()
-            .filter(|(s, _)| s != FLEET)
-            .map(|(s, since)| (s, at(since)))
+            .filter_map(|(scope, since)| match scope {
+                suspension::Scope::Machine(id) => Some((id, at(since))),
+                suspension::Scope::Fleet => None,
+            })
             .collect(),
     })
 }

@@ -12,13 +12,14 @@ use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::machine::{self, Machine, MachineDecision};
 use linkops_reconcilers::operation::Requester;
 use linkops_reconcilers::run::{self, RunDecision, RunRecord, RunState};
+use linkops_reconcilers::suspension::{self, Scope};
 use rand::RngExt;
 use tokio::sync::watch;
 
 use super::scheduler::{Action, Reason, Reconcile};
 use crate::fleet::Fleet;
 use crate::operations::{Engine, HostPlan, Plan};
-use crate::store::{self, FLEET, HealthSample, Store, now_ms};
+use crate::store::{self, HealthSample, Store, now_ms};
 
 /// What a reconcile is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -74,10 +75,13 @@ impl FleetReconciler {
         if self.suspended_by_config {
             return Ok(true);
         }
-        let scopes = self.store.suspensions()?;
-        Ok(scopes
-            .iter()
-            .any(|(scope, _)| scope == FLEET || Some(scope.as_str()) == machine))
+        let held: Vec<Scope> = self
+            .store
+            .suspensions()?
+            .into_iter()
+            .map(|(scope, _)| scope)
+            .collect();
+        Ok(suspension::holds(&held, machine))
     }
 
     async fn machine(&self, desired: &DesiredState, id: &str) -> Result<Action, store::Error> {

@@ -2,6 +2,7 @@
 
 use linkops_reconcilers::machine::{Health, MachineStatus};
 use linkops_reconcilers::run::RunRecord;
+use linkops_reconcilers::suspension::Scope;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
@@ -20,21 +21,27 @@ pub struct HealthSample {
     pub enrolled: bool,
 }
 
-/// The scope name that suspends the whole fleet.
-pub const FLEET: &str = "fleet";
+/// The suspensions table's key of the fleet-wide hold (schema version 5): no
+/// machine id can be it, as ids start with a letter or digit.
+pub(super) const FLEET_KEY: &str = "*";
+
+fn scope_key(scope: &Scope) -> &str {
+    scope.machine().unwrap_or(FLEET_KEY)
+}
 
 impl Store {
-    /// Suspends (or resumes) reconciliation of `scope`: [`FLEET`] or a machine id.
-    pub fn set_suspended(&self, scope: &str, suspended: bool) -> Result<()> {
+    /// Suspends (or resumes) reconciliation of `scope`.
+    pub fn set_suspended(&self, scope: &Scope, suspended: bool) -> Result<()> {
+        let key = scope_key(scope);
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(SUSPENSIONS)?;
             if suspended {
-                if table.get(scope)?.is_none() {
-                    table.insert(scope, super::now_ms())?;
+                if table.get(key)?.is_none() {
+                    table.insert(key, super::now_ms())?;
                 }
             } else {
-                table.remove(scope)?;
+                table.remove(key)?;
             }
         }
         tx.commit()?;
@@ -43,7 +50,7 @@ impl Store {
     }
 
     /// Suspended scopes with since when (ms).
-    pub fn suspensions(&self) -> Result<Vec<(String, i64)>> {
+    pub fn suspensions(&self) -> Result<Vec<(Scope, i64)>> {
         use redb::ReadableDatabase;
         let tx = self.db.begin_read()?;
         let table = tx.open_table(SUSPENSIONS)?;
@@ -51,7 +58,11 @@ impl Store {
             .range::<&str>(..)?
             .map(|entry| {
                 let (key, value) = entry?;
-                Ok((key.value().to_owned(), value.value()))
+                let scope = match key.value() {
+                    FLEET_KEY => Scope::Fleet,
+                    id => Scope::Machine(id.to_owned()),
+                };
+                Ok((scope, value.value()))
             })
             .collect()
     }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use audit::{AuditEntry, Outcome};
-pub use fleet::{FLEET, HealthSample};
+pub use fleet::HealthSample;
 pub use operations::OperationUpdate;
 pub use scan::{OperationIndex, SeqTable, state_name};
 pub use schema::SCHEMA_VERSION;

@@ -8,7 +8,7 @@ use super::codec::JsonTable;
 use super::{Error, Result};
 
 /// Version of the table layout this binary writes. Bump it with a migration step.
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// Store metadata: `schema_version`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -106,7 +106,11 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     tx.open_table(TERMINAL_RECORDINGS)?;
     tx.open_table(AUDIT_LOG)?;
     tx.open_table(WEBHOOK_DELIVERIES)?;
-    tx.open_table(SUSPENSIONS)?;
+    if found.is_some_and(|version| version < 5) {
+        rekey_fleet_suspension(&tx)?;
+    } else {
+        tx.open_table(SUSPENSIONS)?;
+    }
     if found.is_some_and(|version| version < 4) {
         retire_deleted_names(&tx)?;
     } else {
@@ -114,6 +118,18 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     }
     tx.open_table(META)?.insert(VERSION_KEY, SCHEMA_VERSION)?;
     tx.commit()?;
+    Ok(())
+}
+
+/// Version 5: the fleet-wide suspension was the key `fleet`, which is also a
+/// valid machine id; it becomes [`super::fleet::FLEET_KEY`]. An old `fleet`
+/// key held the whole fleet, so it stays a fleet-wide hold.
+fn rekey_fleet_suspension(tx: &redb::WriteTransaction) -> Result<()> {
+    let mut table = tx.open_table(SUSPENSIONS)?;
+    let since = table.remove("fleet")?.map(|since| since.value());
+    if let Some(since) = since {
+        table.insert(super::fleet::FLEET_KEY, since)?;
+    }
     Ok(())
 }
 
@@ -217,6 +233,38 @@ mod tests {
             .unwrap()
             .value();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_version_4_fleet_suspension_stays_fleet_wide_and_frees_the_machine_name() {
+        use linkops_reconcilers::suspension::Scope;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        drop(Store::open(&path).unwrap());
+        {
+            // What a version 4 binary wrote for `POST /api/reconcile/suspend {}`.
+            let db = redb::Database::open(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(SUSPENSIONS)
+                .unwrap()
+                .insert("fleet", 42)
+                .unwrap();
+            tx.open_table(META).unwrap().insert(VERSION_KEY, 4).unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.suspensions().unwrap(), [(Scope::Fleet, 42)]);
+        // Now a machine called "fleet" is suspended on its own.
+        store.set_suspended(&Scope::Fleet, false).unwrap();
+        let machine = Scope::Machine("fleet".into());
+        store.set_suspended(&machine, true).unwrap();
+        let held: Vec<Scope> = store
+            .suspensions()
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(held, [machine]);
     }
 
     #[test]
