@@ -13,6 +13,7 @@ use gix::ObjectId;
 use linkops_reconcilers::desired::{self, DesiredState};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::mirror::{self, Mirror, Source};
 use crate::store::{self, Outcome, Store, SyncOutcome, SyncRecord};
@@ -243,8 +244,19 @@ async fn sync_once(
     applied: Option<&DesiredState>,
     skip_at: Option<&str>,
 ) -> Option<(SyncRecord, Option<Arc<DesiredState>>)> {
+    // Instrumented, not entered: a guard held across `.await` would tag other tasks' lines.
     let span = tracing::info_span!("sync", %trigger);
-    let _guard = span.enter();
+    sync_attempt(context, trigger, applied, skip_at)
+        .instrument(span)
+        .await
+}
+
+async fn sync_attempt(
+    context: &Arc<SyncContext>,
+    trigger: &Trigger,
+    applied: Option<&DesiredState>,
+    skip_at: Option<&str>,
+) -> Option<(SyncRecord, Option<Arc<DesiredState>>)> {
     let started_at_ms = store::now_ms();
     let started = Instant::now();
     let previous = applied.map(|state| state.revision.clone());

@@ -23,4 +23,5 @@ mod serve;
 mod ssh;
 mod tables;
 mod terminal;
+mod tidy;
 mod validate;

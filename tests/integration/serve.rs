@@ -497,23 +497,18 @@ async fn the_binary_serves_the_console_compiled_into_it() {
 /// even with RUST_BACKTRACE set; a login with no terminal says how else.
 #[test]
 fn operator_errors_are_one_line_without_a_backtrace() {
-    use std::os::unix::process::CommandExt;
     let home = crate::support::private_dir();
     let run = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_linkops"));
+        // No controlling terminal, as under a service manager or in CI:
+        // setsid (util-linux) starts it in a session of its own.
+        let mut command = Command::new("setsid");
         command
+            .arg("--wait")
+            .arg(env!("CARGO_BIN_EXE_linkops"))
             .args(args)
             .env("RUST_BACKTRACE", "1")
             .env("HOME", home.path())
             .stdin(Stdio::null());
-        // No controlling terminal, as under a service manager or in CI.
-        // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                rustix::process::setsid().ok();
-                Ok(())
-            });
-        }
         command.output().unwrap()
     };
     let missing = run(&["serve", "--config", "/nonexistent/linkops.toml"]);

@@ -1,0 +1,121 @@
+//! The layering ARCHITECTURE.md states, held by reading the source (the
+//! rust-analyzer "tidy" pattern): who may use redb and russh, what the
+//! functional core may not touch, a module doc on every file, and no span
+//! guard that could be held across an `.await`.
+
+use std::path::{Path, PathBuf};
+
+/// Every `.rs` file of the workspace, relative to its root, but this one
+/// (which names what it looks for).
+fn sources() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    let mut dirs: Vec<PathBuf> = ["src", "reconcilers/src", "xtask/src", "tests", "benches"]
+        .iter()
+        .map(|dir| root.join(dir))
+        .collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.ends_with("node_modules") {
+                continue;
+            }
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let name = path.strip_prefix(root).unwrap().display().to_string();
+                if name != "tests/integration/tidy.rs" {
+                    found.push((name, std::fs::read_to_string(&path).unwrap()));
+                }
+            }
+        }
+    }
+    assert!(found.len() > 100, "the sources: {}", found.len());
+    found
+}
+
+/// The lines of code (not comments) of `text` that contain `needle`.
+fn uses<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|line| {
+            let code = line.trim_start();
+            !code.starts_with("//") && code.contains(needle)
+        })
+        .collect()
+}
+
+#[test]
+fn the_store_alone_uses_redb_and_the_ssh_module_alone_russh() {
+    let mut wrong = Vec::new();
+    for (name, text) in sources() {
+        for (needle, home) in [
+            ("redb::", "src/store/"),
+            ("use redb", "src/store/"),
+            ("russh::", "src/ssh/"),
+            ("use russh", "src/ssh/"),
+        ] {
+            if !name.starts_with(home) && !uses(&text, needle).is_empty() {
+                wrong.push(format!("{name} uses {needle} (only {home} may)"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn the_functional_core_does_no_io_reads_no_clock_and_runs_no_runtime() {
+    let forbidden = [
+        "std::fs",
+        "std::net",
+        "std::process",
+        "std::thread",
+        "std::env",
+        "tokio",
+        "SystemTime::now",
+        "Instant::now",
+        "Timestamp::now",
+    ];
+    let mut wrong = Vec::new();
+    for (name, text) in sources() {
+        if !name.starts_with("reconcilers/") {
+            continue;
+        }
+        for needle in forbidden {
+            for line in uses(&text, needle) {
+                wrong.push(format!("{name}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "decisions take these as inputs: {wrong:#?}"
+    );
+}
+
+#[test]
+fn every_file_says_what_it_owns() {
+    let undocumented: Vec<String> = sources()
+        .into_iter()
+        .filter(|(_, text)| !(text.starts_with("//!") || text.starts_with("#![doc")))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "no //! module doc: {undocumented:#?}"
+    );
+}
+
+#[test]
+fn no_span_is_entered_by_hand() {
+    // An entered span's guard held across `.await` tags whatever else the
+    // thread runs meanwhile; futures get `.instrument(span)` instead.
+    let mut wrong = Vec::new();
+    for (name, text) in sources() {
+        for needle in [".enter()", ".entered()"] {
+            for line in uses(&text, needle) {
+                wrong.push(format!("{name}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
