@@ -23,7 +23,12 @@ pub struct RunRequest {
     pub script: String,
     /// The resolved targets (the script's defaults when the request names none).
     pub targets: Targets,
+    /// As written in the file (what `content` compares).
     pub params: BTreeMap<String, ParamValue>,
+    /// What the script gets: checked against its parameters, defaults filled
+    /// in, each as its declared type — resolved once, when the revision loads.
+    #[serde(default)]
+    pub resolved: BTreeMap<String, ParamValue>,
     pub not_before: Option<jiff::Timestamp>,
 }
 
@@ -279,6 +284,7 @@ mod tests {
                 tags: vec!["web".into()],
             },
             params: BTreeMap::new(),
+            resolved: BTreeMap::new(),
             not_before: not_before.map(|t| t.parse().unwrap()),
         }
     }

@@ -224,7 +224,7 @@ impl FleetReconciler {
             .scripts
             .get(&request.script)
             .expect("validated: the script exists");
-        let params = script.resolve_params(&request.params).unwrap_or_default();
+        let params = request.resolved.clone();
         let hosts = HostPlan::from_placements(machines, &desired.machines);
         let plan = Plan {
             script: script.clone(),

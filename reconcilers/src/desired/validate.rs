@@ -699,22 +699,26 @@ fn check_run(
         .iter()
         .map(|(k, v)| (k.clone(), v.value.clone()))
         .collect();
-    if let Err(param_problems) = catalog_script.resolve_params(&values) {
-        for (name, message) in param_problems {
-            let from_default = catalog_script
-                .params
-                .iter()
-                .any(|p| p.name == name && p.default.is_some());
-            if from_default && !params.contains_key(&name) {
-                // A broken default is reported once, where scripts.yaml declares it.
-                continue;
+    let resolved = match catalog_script.resolve_params(&values) {
+        Ok(resolved) => Some(resolved),
+        Err(param_problems) => {
+            for (name, message) in param_problems {
+                let from_default = catalog_script
+                    .params
+                    .iter()
+                    .any(|p| p.name == name && p.default.is_some());
+                if from_default && !params.contains_key(&name) {
+                    // A broken default is reported once, where scripts.yaml declares it.
+                    continue;
+                }
+                match params.get(&name) {
+                    Some(value) => report.at(value, message),
+                    None => report.at(&id, message),
+                }
             }
-            match params.get(&name) {
-                Some(value) => report.at(value, message),
-                None => report.at(&id, message),
-            }
+            None
         }
-    }
+    };
     let not_before = match not_before {
         None => None,
         Some(text) => {
@@ -733,6 +737,8 @@ fn check_run(
         script: script.value,
         targets,
         params: values,
+        // Last: not_before's problem is reported too.
+        resolved: resolved?,
         not_before,
     })
 }
@@ -755,4 +761,39 @@ fn duration(text: &Spanned<String>, report: &mut Report) -> Option<Duration> {
         );
     }
     parsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::ParamValue;
+
+    #[test]
+    fn a_run_request_carries_its_parameters_resolved_once() {
+        let files: RepoFiles = [
+            (
+                "links.yaml",
+                "machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [web]}\n",
+            ),
+            (
+                "scripts.yaml",
+                "scripts:\n  - id: greet\n    name: Greet\n    body: echo\n    params:\n      - {name: name, type: string, default: world}\n      - {name: times, type: int, required: true}\n",
+            ),
+            (
+                "runs/once.yaml",
+                "id: once\nscript: greet\ntargets: {tags: [web]}\nparams: {times: \"2\"}\n",
+            ),
+        ]
+        .into_iter()
+        .map(|(path, text)| (path.to_owned(), text.as_bytes().to_vec()))
+        .collect();
+        let desired = load("r1", &files).unwrap();
+        let run = &desired.runs["once"];
+        // As written, for telling an edit after the run…
+        assert_eq!(run.params["times"], ParamValue::String("2".into()));
+        assert!(!run.params.contains_key("name"));
+        // …and what the script gets: typed, defaults filled in.
+        assert_eq!(run.resolved["times"], ParamValue::Int(2));
+        assert_eq!(run.resolved["name"], ParamValue::String("world".into()));
+    }
 }
