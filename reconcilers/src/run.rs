@@ -143,6 +143,10 @@ pub enum RunDecision {
     Nothing,
 }
 
+/// What the store knows of machines, by id, read before a decision: a store
+/// error is the shell's to handle, never a machine "not checked yet".
+pub type Statuses = BTreeMap<String, MachineStatus>;
+
 /// How long to wait for target machines' first check before deciding.
 pub const ENROLLMENT_WAIT_MS: i64 = 2_000;
 
@@ -151,7 +155,7 @@ pub fn decide(
     desired: Option<&RunRequest>,
     record: Option<&RunRecord>,
     machines: &[Machine],
-    status: impl Fn(&str) -> Option<MachineStatus>,
+    statuses: &Statuses,
     now_ms: i64,
 ) -> RunDecision {
     if let Some(RunRecord {
@@ -185,16 +189,17 @@ pub fn decide(
         }
     }
     let selected = run.targets.select(machines);
-    if let Some(id) = selected
-        .iter()
-        .find(|id| status(id).is_none_or(|s| s.enrollment == Enrollment::Unknown))
-    {
+    if let Some(id) = selected.iter().find(|id| {
+        statuses
+            .get(*id)
+            .is_none_or(|s| s.enrollment == Enrollment::Unknown)
+    }) {
         return RunDecision::Wait {
             reason: format!("machine {id} has not been checked yet"),
             retry_after_ms: ENROLLMENT_WAIT_MS,
         };
     }
-    let placements = place(&run.targets, machines, status);
+    let placements = place(&run.targets, machines, statuses);
     RunDecision::Start {
         machines: placements,
     }
@@ -206,18 +211,18 @@ pub fn decide(
 pub fn place(
     targets: &Targets,
     machines: &[Machine],
-    status: impl Fn(&str) -> Option<MachineStatus>,
+    statuses: &Statuses,
 ) -> Vec<(String, Placement)> {
     let mut placements: Vec<(String, Placement)> = targets
         .select(machines)
         .into_iter()
         .map(|id| {
-            let placement = match status(&id).map(|s| s.enrollment) {
+            let placement = match statuses.get(&id).map(|s| &s.enrollment) {
                 Some(Enrollment::Enrolled) => Placement::Run,
                 other => Placement::Skip {
                     reason: format!(
                         "not enrolled: {}",
-                        describe(&other.unwrap_or(Enrollment::Unknown))
+                        describe(other.unwrap_or(&Enrollment::Unknown))
                     ),
                 },
             };
@@ -310,16 +315,20 @@ mod tests {
         ]
     }
 
-    fn status(enrollment: Enrollment) -> impl Fn(&str) -> Option<MachineStatus> {
-        move |id| {
-            let mut status = MachineStatus::new(id);
-            status.enrollment = if id == "web-2" {
-                Enrollment::MissingFile
-            } else {
-                enrollment.clone()
-            };
-            Some(status)
-        }
+    /// Every machine of `fleet()` as `enrollment`, but web-2: its file is missing.
+    fn status(enrollment: Enrollment) -> Statuses {
+        fleet()
+            .iter()
+            .map(|machine| {
+                let mut status = MachineStatus::new(&machine.id);
+                status.enrollment = if machine.id == "web-2" {
+                    Enrollment::MissingFile
+                } else {
+                    enrollment.clone()
+                };
+                (machine.id.clone(), status)
+            })
+            .collect()
     }
 
     #[test]
@@ -328,7 +337,7 @@ mod tests {
             Some(&run(None)),
             None,
             &fleet(),
-            status(Enrollment::Enrolled),
+            &status(Enrollment::Enrolled),
             0,
         );
         let RunDecision::Start { machines } = decision else {
@@ -359,7 +368,7 @@ mod tests {
             Some(&run(Some("2026-11-25T03:00:00Z"))),
             None,
             &fleet(),
-            status(Enrollment::Enrolled),
+            &status(Enrollment::Enrolled),
             now,
         );
         assert_eq!(
@@ -373,7 +382,7 @@ mod tests {
             Some(&run(None)),
             None,
             &fleet(),
-            status(Enrollment::Unknown),
+            &status(Enrollment::Unknown),
             now,
         );
         assert!(
@@ -396,7 +405,7 @@ mod tests {
             Some(&request),
             Some(&record),
             &fleet(),
-            status(Enrollment::Enrolled),
+            &status(Enrollment::Enrolled),
             0,
         );
         assert_eq!(
@@ -414,7 +423,7 @@ mod tests {
             Some(&edited),
             Some(&record),
             &fleet(),
-            status(Enrollment::Enrolled),
+            &status(Enrollment::Enrolled),
             0,
         );
         assert_eq!(
@@ -429,7 +438,7 @@ mod tests {
             None,
             Some(&record),
             &fleet(),
-            status(Enrollment::Enrolled),
+            &status(Enrollment::Enrolled),
             0,
         );
         assert_eq!(
@@ -484,7 +493,7 @@ mod tests {
                 None,
                 Some(&waiting),
                 &fleet(),
-                status(Enrollment::Enrolled),
+                &status(Enrollment::Enrolled),
                 0
             ),
             RunDecision::Cancel
@@ -498,13 +507,13 @@ mod tests {
                 None,
                 Some(&cancelled),
                 &fleet(),
-                status(Enrollment::Enrolled),
+                &status(Enrollment::Enrolled),
                 0
             ),
             RunDecision::Nothing
         );
         assert_eq!(
-            decide(None, None, &fleet(), status(Enrollment::Enrolled), 0),
+            decide(None, None, &fleet(), &status(Enrollment::Enrolled), 0),
             RunDecision::Nothing
         );
     }

@@ -149,37 +149,27 @@ pub async fn run(
         });
     }
     let store = &state.store;
+    let selected = targets.select(&desired.machines);
     // Right after a start or an inventory change a target may not have been
     // checked yet: check it now rather than skip it as "not checked yet".
-    let unchecked: Vec<String> = targets
-        .select(&desired.machines)
-        .into_iter()
-        .filter(|id| {
-            store
-                .machine_status(id)
-                .ok()
-                .flatten()
-                .is_none_or(|status| {
-                    status.enrollment == linkops_reconcilers::enrollment::Enrollment::Unknown
-                })
-        })
-        .filter(|id| {
-            !state
-                .controller
-                .reconciler
-                .suspended(Some(id))
-                .unwrap_or(true)
-        })
-        .collect();
+    let before = store.machine_statuses(&selected)?;
+    let mut unchecked = Vec::new();
+    for id in &selected {
+        let checked = before.get(id).is_some_and(|status| {
+            status.enrollment != linkops_reconcilers::enrollment::Enrollment::Unknown
+        });
+        if !checked && !state.controller.reconciler.suspended(Some(id))? {
+            unchecked.push(id.clone());
+        }
+    }
     let checks = unchecked
         .iter()
         .map(|id| super::links::check_now(&state, id));
     for checked in futures::future::join_all(checks).await {
         checked?;
     }
-    let placements = run::place(&targets, &desired.machines, |id| {
-        store.machine_status(id).ok().flatten()
-    });
+    let statuses = store.machine_statuses(&selected)?;
+    let placements = run::place(&targets, &desired.machines, &statuses);
     let plan = Plan {
         script: script.clone(),
         params,

@@ -171,12 +171,13 @@ impl FleetReconciler {
             )?;
             return Ok(Action::AwaitChange);
         }
-        let store = &self.store;
+        let selected = request.map_or_else(Vec::new, |r| r.targets.select(&desired.machines));
+        let statuses = self.store.machine_statuses(&selected)?;
         let decision = run::decide(
             request,
             record.as_ref(),
             &desired.machines,
-            |m| store.machine_status(m).ok().flatten(),
+            &statuses,
             now_ms(),
         );
         match decision {

@@ -1,7 +1,7 @@
 //! Observed machine status, health history, and run-request records.
 
 use linkops_reconcilers::machine::{Health, MachineStatus};
-use linkops_reconcilers::run::RunRecord;
+use linkops_reconcilers::run::{RunRecord, Statuses};
 use linkops_reconcilers::suspension::Scope;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,17 @@ impl Store {
 
     pub fn machine_status(&self, id: &str) -> Result<Option<MachineStatus>> {
         self.read_one(MACHINE_STATUS, "machine_status", id)
+    }
+
+    /// The statuses the store has of `ids`, for a decision to take as a value.
+    pub fn machine_statuses(&self, ids: &[String]) -> Result<Statuses> {
+        let mut statuses = Statuses::new();
+        for id in ids {
+            if let Some(status) = self.machine_status(id)? {
+                statuses.insert(id.clone(), status);
+            }
+        }
+        Ok(statuses)
     }
 
     /// Stores a machine's status; with `sample`, appends it to the health
