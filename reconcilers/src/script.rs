@@ -179,6 +179,15 @@ fn kind_name(kind: ParamType) -> &'static str {
 }
 
 impl Script {
+    /// The machines a run asks for, or the script's default targets when it names none.
+    pub fn targets_or_default(&self, given: Targets) -> Targets {
+        if given.is_empty() {
+            self.targets.clone()
+        } else {
+            given
+        }
+    }
+
     /// Checks the values given for a run against the parameters and fills in
     /// defaults. Every problem is reported, by parameter name.
     pub fn resolve_params(

@@ -125,13 +125,10 @@ pub async fn run(
             message: format!("parameter {name}: {message}"),
         }
     })?;
-    let mut targets = Targets {
+    let targets = script.targets_or_default(Targets {
         machines: body.targets.machines,
         tags: body.targets.tags,
-    };
-    if targets.is_empty() {
-        targets = script.targets.clone();
-    }
+    });
     if targets.is_empty() {
         return Err(ApiError::Unprocessable {
             field: "targets".into(),

@@ -682,10 +682,10 @@ fn check_run(
         );
         return None;
     };
-    let targets = match targets {
-        Some(targets) => known.check_targets(&targets, report),
-        None => catalog_script.targets.clone(),
-    };
+    let given = targets.map_or_else(Targets::default, |targets| {
+        known.check_targets(&targets, report)
+    });
+    let targets = catalog_script.targets_or_default(given);
     if targets.is_empty() {
         report.at(
             &id,
