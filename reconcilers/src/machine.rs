@@ -116,16 +116,28 @@ pub enum MachineDecision {
     WaitFor(Duration),
 }
 
-/// Decides whether a machine needs a check: never checked, its connection
-/// details changed, or its interval has passed.
+/// What an operator asked of a machine, outside the repository.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Asked {
+    /// Reconciliation is suspended for it (or the fleet): nothing is checked.
+    pub suspended: bool,
+    /// A verify asked for a check now, whatever its interval.
+    pub check: bool,
+}
+
+/// Decides whether a machine needs a check: asked for (unless suspended),
+/// never checked, its connection details changed, or its interval has passed.
 pub fn decide(
     machine: &Machine,
     status: Option<&MachineStatus>,
     now_ms: i64,
-    suspended: bool,
+    asked: Asked,
 ) -> MachineDecision {
-    if suspended {
+    if asked.suspended {
         return MachineDecision::Suspended;
+    }
+    if asked.check {
+        return MachineDecision::CheckNow;
     }
     let Some(status) = status else {
         return MachineDecision::CheckNow;
@@ -160,7 +172,10 @@ pub fn observe(
     result: CheckResult,
     revision: &str,
     now_ms: i64,
-) -> MachineStatus {
+) -> Observed {
+    let was_refused = previous
+        .as_ref()
+        .is_some_and(|s| matches!(s.enrollment, Enrollment::HostKeyMismatch { .. }));
     let mut status = previous.unwrap_or_else(|| MachineStatus::new(&machine.id));
     let reachable = matches!(
         result.reading,
@@ -188,7 +203,33 @@ pub fn observe(
     status.checked_fingerprint = Some(check_fingerprint(machine));
     status.revision = Some(revision.to_owned());
     set_conditions(&mut status, now_ms);
-    status
+    let mut transitions = Vec::new();
+    // Told once when it starts, not on every check while it lasts.
+    if let Enrollment::HostKeyMismatch { error } = &status.enrollment
+        && !was_refused
+    {
+        transitions.push(Transition::HostKeyRefused {
+            error: error.clone(),
+        });
+    }
+    Observed {
+        status,
+        transitions,
+    }
+}
+
+/// A check's outcome: the new status, and what changed that the shell must
+/// act on (audit it, count it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub status: MachineStatus,
+    pub transitions: Vec<Transition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// The machine's host key started being refused (it was not, before).
+    HostKeyRefused { error: String },
 }
 
 fn set_conditions(status: &mut MachineStatus, now_ms: i64) {
@@ -291,7 +332,7 @@ mod tests {
     }
 
     fn checked_at(ms: i64) -> MachineStatus {
-        observe(&machine(), None, enrolled(), "r1", ms)
+        observe(&machine(), None, enrolled(), "r1", ms).status
     }
 
     fn enrolled() -> CheckResult {
@@ -381,11 +422,59 @@ mod tests {
         ];
         for (name, machine, status, now, suspended, expected) in cases {
             assert_eq!(
-                decide(&machine, status.as_ref(), now, suspended),
+                decide(
+                    &machine,
+                    status.as_ref(),
+                    now,
+                    Asked {
+                        suspended,
+                        check: false
+                    }
+                ),
                 expected,
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn a_verify_checks_at_once_unless_suspended() {
+        let fresh = checked_at(1_000);
+        let check = Asked {
+            suspended: false,
+            check: true,
+        };
+        assert_eq!(
+            decide(&machine(), Some(&fresh), 2_000, check),
+            MachineDecision::CheckNow
+        );
+        let held = Asked {
+            suspended: true,
+            check: true,
+        };
+        assert_eq!(
+            decide(&machine(), Some(&fresh), 2_000, held),
+            MachineDecision::Suspended
+        );
+    }
+
+    #[test]
+    fn a_refused_host_key_is_a_transition_once() {
+        let refused = || CheckResult {
+            latency_ms: 0,
+            reading: ClientIdReading::HostKeyMismatch("the key changed".into()),
+        };
+        let first = observe(&machine(), Some(checked_at(1_000)), refused(), "r1", 2_000);
+        assert_eq!(
+            first.transitions,
+            [Transition::HostKeyRefused {
+                error: "the key changed".into()
+            }]
+        );
+        let again = observe(&machine(), Some(first.status), refused(), "r1", 3_000);
+        assert!(again.transitions.is_empty(), "{:?}", again.transitions);
+        let back = observe(&machine(), Some(again.status), enrolled(), "r1", 4_000);
+        assert!(back.transitions.is_empty());
     }
 
     #[test]
@@ -403,7 +492,7 @@ mod tests {
     #[test]
     fn going_offline_is_visible_at_once_and_keeps_last_seen() {
         let online = checked_at(5_000);
-        let offline = observe(&machine(), Some(online), unreachable(), "r1", 65_000);
+        let offline = observe(&machine(), Some(online), unreachable(), "r1", 65_000).status;
         assert!(matches!(offline.health, Health::Unreachable { .. }));
         assert_eq!(offline.last_seen_ms, Some(5_000));
         let ready = condition::get(&offline.conditions, ConditionKind::Ready).unwrap();
@@ -415,7 +504,7 @@ mod tests {
             ),
             (ConditionStatus::False, "Unreachable", 65_000)
         );
-        let back = observe(&machine(), Some(offline), enrolled(), "r1", 125_000);
+        let back = observe(&machine(), Some(offline), enrolled(), "r1", 125_000).status;
         assert_eq!(
             condition::get(&back.conditions, ConditionKind::Ready)
                 .unwrap()
@@ -431,7 +520,7 @@ mod tests {
             latency_ms: 5,
             reading: ClientIdReading::Content("LINKOPS-other\n".into()),
         };
-        let status = observe(&machine(), None, wrong, "r1", 1_000);
+        let status = observe(&machine(), None, wrong, "r1", 1_000).status;
         let stalled = condition::get(&status.conditions, ConditionKind::Stalled).unwrap();
         assert_eq!(
             (stalled.status, stalled.reason.as_str()),
@@ -448,13 +537,16 @@ mod tests {
     fn repeated_failures_stall() {
         let mut status = None;
         for i in 0..STALL_AFTER_FAILURES {
-            status = Some(observe(
-                &machine(),
-                status,
-                unreachable(),
-                "r1",
-                i64::from(i) * 1_000,
-            ));
+            status = Some(
+                observe(
+                    &machine(),
+                    status,
+                    unreachable(),
+                    "r1",
+                    i64::from(i) * 1_000,
+                )
+                .status,
+            );
         }
         let status = status.unwrap();
         let stalled = condition::get(&status.conditions, ConditionKind::Stalled).unwrap();

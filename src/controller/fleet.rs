@@ -90,13 +90,11 @@ impl FleetReconciler {
             return Ok(Action::AwaitChange);
         };
         let status = self.store.machine_status(id)?;
-        let forced = self.forced.lock().expect("never poisoned").remove(id);
-        let suspended = self.suspended(Some(id))?;
-        let decision = if forced && !suspended {
-            MachineDecision::CheckNow
-        } else {
-            machine::decide(machine, status.as_ref(), now_ms(), suspended)
+        let asked = machine::Asked {
+            suspended: self.suspended(Some(id))?,
+            check: self.forced.lock().expect("never poisoned").remove(id),
         };
+        let decision = machine::decide(machine, status.as_ref(), now_ms(), asked);
         match decision {
             MachineDecision::Suspended => Ok(Action::AwaitChange),
             MachineDecision::WaitFor(left) => Ok(Action::Requeue(left)),
@@ -123,25 +121,22 @@ impl FleetReconciler {
         machine::mark_reconciling(&mut reconciling, now_ms());
         self.store.put_machine_status(&reconciling, None)?;
         let result = self.fleet.check(machine).await;
-        let was_refused = status.as_ref().is_some_and(|s| {
-            matches!(
-                s.enrollment,
-                linkops_reconcilers::enrollment::Enrollment::HostKeyMismatch { .. }
-            )
-        });
-        let observed = machine::observe(machine, status, result, revision, now_ms());
-        // Audited when it starts, not on every check while it lasts.
-        if let linkops_reconcilers::enrollment::Enrollment::HostKeyMismatch { error } =
-            &observed.enrollment
-            && !was_refused
-        {
-            self.store.audit(
-                "system",
-                "ssh.host_key_refused",
-                &machine.id,
-                store::Outcome::Denied,
-                Some(error.clone()),
-            )?;
+        let machine::Observed {
+            status: observed,
+            transitions,
+        } = machine::observe(machine, status, result, revision, now_ms());
+        for transition in transitions {
+            match transition {
+                machine::Transition::HostKeyRefused { error } => {
+                    self.store.audit(
+                        "system",
+                        "ssh.host_key_refused",
+                        &machine.id,
+                        store::Outcome::Denied,
+                        Some(error),
+                    )?;
+                }
+            }
         }
         let sample = HealthSample {
             at_ms: observed.checked_at_ms.unwrap_or_default(),
