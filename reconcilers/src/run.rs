@@ -135,6 +135,8 @@ pub enum RunDecision {
     Start { machines: Vec<(String, Placement)> },
     /// Not yet; look again after this many milliseconds.
     Wait { reason: String, retry_after_ms: i64 },
+    /// Reconciliation is suspended: it waits, and is looked at again on resume.
+    Suspended,
     /// Its operation exists; `changed` if the request was edited since.
     AlreadyStarted { operation_id: u64, changed: bool },
     /// It left Git before it started.
@@ -150,12 +152,15 @@ pub type Statuses = BTreeMap<String, MachineStatus>;
 /// How long to wait for target machines' first check before deciding.
 pub const ENROLLMENT_WAIT_MS: i64 = 2_000;
 
-/// Decides about one run-request from what Git asks and what the store knows.
+/// Decides about one run-request from what Git asks, what the store knows
+/// and whether the fleet is suspended (a suspension holds back a start, not
+/// the record of one, nor a cancellation).
 pub fn decide(
     desired: Option<&RunRequest>,
     record: Option<&RunRecord>,
     machines: &[Machine],
     statuses: &Statuses,
+    suspended: bool,
     now_ms: i64,
 ) -> RunDecision {
     if let Some(RunRecord {
@@ -179,6 +184,9 @@ pub fn decide(
             _ => RunDecision::Nothing,
         };
     };
+    if suspended {
+        return RunDecision::Suspended;
+    }
     if let Some(not_before) = run.not_before {
         let at = not_before.as_millisecond();
         if at > now_ms {
@@ -338,6 +346,7 @@ mod tests {
             None,
             &fleet(),
             &status(Enrollment::Enrolled),
+            false,
             0,
         );
         let RunDecision::Start { machines } = decision else {
@@ -359,6 +368,30 @@ mod tests {
     }
 
     #[test]
+    fn a_suspension_holds_back_a_start_but_not_a_record_or_a_cancel() {
+        let (statuses, machines, request) = (status(Enrollment::Enrolled), fleet(), run(None));
+        let held = |desired: Option<&RunRequest>, record: Option<&RunRecord>| {
+            decide(desired, record, &machines, &statuses, true, 0)
+        };
+        assert_eq!(held(Some(&request), None), RunDecision::Suspended);
+        let ran = started(request.content());
+        assert_eq!(
+            held(Some(&request), Some(&ran)),
+            RunDecision::AlreadyStarted {
+                operation_id: 7,
+                changed: false
+            }
+        );
+        let waiting = RunRecord {
+            state: RunState::Waiting {
+                reason: "suspended".into(),
+            },
+            ..started(String::new())
+        };
+        assert_eq!(held(None, Some(&waiting)), RunDecision::Cancel);
+    }
+
+    #[test]
     fn waits_for_not_before_and_for_first_checks() {
         let now = "2026-11-25T02:00:00Z"
             .parse::<jiff::Timestamp>()
@@ -369,6 +402,7 @@ mod tests {
             None,
             &fleet(),
             &status(Enrollment::Enrolled),
+            false,
             now,
         );
         assert_eq!(
@@ -383,6 +417,7 @@ mod tests {
             None,
             &fleet(),
             &status(Enrollment::Unknown),
+            false,
             now,
         );
         assert!(
@@ -406,6 +441,7 @@ mod tests {
             Some(&record),
             &fleet(),
             &status(Enrollment::Enrolled),
+            false,
             0,
         );
         assert_eq!(
@@ -424,6 +460,7 @@ mod tests {
             Some(&record),
             &fleet(),
             &status(Enrollment::Enrolled),
+            false,
             0,
         );
         assert_eq!(
@@ -439,6 +476,7 @@ mod tests {
             Some(&record),
             &fleet(),
             &status(Enrollment::Enrolled),
+            false,
             0,
         );
         assert_eq!(
@@ -494,6 +532,7 @@ mod tests {
                 Some(&waiting),
                 &fleet(),
                 &status(Enrollment::Enrolled),
+                false,
                 0
             ),
             RunDecision::Cancel
@@ -508,12 +547,20 @@ mod tests {
                 Some(&cancelled),
                 &fleet(),
                 &status(Enrollment::Enrolled),
+                false,
                 0
             ),
             RunDecision::Nothing
         );
         assert_eq!(
-            decide(None, None, &fleet(), &status(Enrollment::Enrolled), 0),
+            decide(
+                None,
+                None,
+                &fleet(),
+                &status(Enrollment::Enrolled),
+                false,
+                0
+            ),
             RunDecision::Nothing
         );
     }

@@ -150,22 +150,6 @@ impl FleetReconciler {
     async fn run_request(&self, desired: &DesiredState, id: &str) -> Result<Action, store::Error> {
         let request = desired.runs.get(id);
         let record = self.store.run_record(id)?;
-        if request.is_some()
-            && record
-                .as_ref()
-                .is_none_or(|r| !matches!(r.state, RunState::Started { .. }))
-            && self.suspended(None)?
-        {
-            self.record_run(
-                id,
-                request,
-                RunState::Waiting {
-                    reason: "reconciliation is suspended".into(),
-                },
-                desired,
-            )?;
-            return Ok(Action::AwaitChange);
-        }
         let selected = request.map_or_else(Vec::new, |r| r.targets.select(&desired.machines));
         let statuses = self.store.machine_statuses(&selected)?;
         let decision = run::decide(
@@ -173,10 +157,17 @@ impl FleetReconciler {
             record.as_ref(),
             &desired.machines,
             &statuses,
+            self.suspended(None)?,
             now_ms(),
         );
         match decision {
             RunDecision::Nothing => Ok(Action::AwaitChange),
+            RunDecision::Suspended => {
+                let reason = "reconciliation is suspended".into();
+                self.record_run(id, request, RunState::Waiting { reason }, desired)?;
+                // Resuming triggers every run-request again.
+                Ok(Action::AwaitChange)
+            }
             RunDecision::Cancel => {
                 self.record_run(id, None, RunState::Cancelled, desired)?;
                 Ok(Action::AwaitChange)
