@@ -10,6 +10,8 @@
 pub mod condition;
 pub mod desired;
 pub mod enrollment;
+#[cfg(test)]
+mod fixtures;
 pub mod machine;
 pub mod operation;
 pub mod plan;

@@ -266,39 +266,17 @@ pub fn describe(enrollment: &Enrollment) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-
-    fn machine(id: &str, tags: &[&str]) -> Machine {
-        Machine {
-            id: id.into(),
-            name: id.into(),
-            host: "127.0.0.1".into(),
-            port: 22,
-            user: None,
-            key: None,
-            uuid: "7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935".into(),
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            labels: BTreeMap::new(),
-            host_key: None,
-            health_interval: Some(Duration::from_secs(60)),
-            concurrency: None,
-        }
-    }
+    use crate::fixtures::{machine, run_request};
 
     fn run(not_before: Option<&str>) -> RunRequest {
+        let targets = Targets {
+            machines: vec!["db".into()],
+            tags: vec!["web".into()],
+        };
         RunRequest {
-            id: "upgrade".into(),
-            file: "runs/upgrade.yaml".into(),
-            script: "apt-upgrade".into(),
-            targets: Targets {
-                machines: vec!["db".into()],
-                tags: vec!["web".into()],
-            },
-            params: BTreeMap::new(),
-            resolved: BTreeMap::new(),
             not_before: not_before.map(|t| t.parse().unwrap()),
+            ..run_request("upgrade", "apt-upgrade", targets)
         }
     }
 

@@ -1,6 +1,8 @@
 //! Suspensions: an operator holds reconciliation of the whole fleet or of one
 //! machine, and what a held scope means for each decision.
 
+use crate::desired::DesiredState;
+
 /// What a suspension holds.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scope {
@@ -32,9 +34,60 @@ pub fn holds(held: &[Scope], machine: Option<&str>) -> bool {
     })
 }
 
+/// What a resume lets go: the machines to reconcile again and the
+/// run-requests to look at again (only the fleet's resume holds those).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    pub machines: Vec<String>,
+    pub runs: Vec<String>,
+}
+
+pub fn released(scope: &Scope, desired: &DesiredState) -> Released {
+    let machines = desired
+        .machines
+        .iter()
+        .filter(|m| scope.machine().is_none_or(|id| id == m.id))
+        .map(|m| m.id.clone())
+        .collect();
+    let runs = match scope {
+        Scope::Fleet => desired.runs.keys().cloned().collect(),
+        Scope::Machine(_) => Vec::new(),
+    };
+    Released { machines, runs }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resume_releases_its_scope() {
+        use crate::fixtures::{machine, run_request};
+        let once = run_request("once", "uptime", Default::default());
+        let desired = DesiredState {
+            machines: vec![machine("web1", &[]), machine("db1", &[])],
+            runs: [("once".to_owned(), once)].into(),
+            ..DesiredState::default()
+        };
+        assert_eq!(
+            released(&Scope::Fleet, &desired),
+            Released {
+                machines: vec!["web1".into(), "db1".into()],
+                runs: vec!["once".into()],
+            }
+        );
+        assert_eq!(
+            released(&Scope::Machine("db1".into()), &desired),
+            Released {
+                machines: vec!["db1".into()],
+                runs: vec![],
+            }
+        );
+        assert_eq!(
+            released(&Scope::Machine("gone".into()), &desired),
+            Released::default()
+        );
+    }
 
     #[test]
     fn a_machine_named_fleet_is_a_machine() {

@@ -74,23 +74,13 @@ async fn set(
     state
         .store
         .audit(&user.name, action, target, Outcome::Success, None)?;
-    if !suspended {
-        let desired = state.git.desired().borrow().clone();
-        for machine in desired.iter().flat_map(|d| d.machines.iter()) {
-            if scope.machine.as_ref().is_none_or(|id| *id == machine.id) {
-                state
-                    .controller
-                    .scheduler
-                    .trigger(ObjectKey::Machine(machine.id.clone()), Reason::Api);
-            }
-        }
-        if scope.machine.is_none() {
-            for id in desired.iter().flat_map(|d| d.runs.keys()) {
-                state
-                    .controller
-                    .scheduler
-                    .trigger(ObjectKey::RunRequest(id.clone()), Reason::Api);
-            }
+    let desired = state.git.desired().borrow().clone();
+    if !suspended && let Some(desired) = desired {
+        let released = suspension::released(&held, &desired);
+        let keys = (released.machines.into_iter().map(ObjectKey::Machine))
+            .chain(released.runs.into_iter().map(ObjectKey::RunRequest));
+        for key in keys {
+            state.controller.scheduler.trigger(key, Reason::Api);
         }
     }
     Ok(Json(suspensions(state)?))

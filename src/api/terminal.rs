@@ -22,7 +22,7 @@ use crate::store::{Outcome, Role, Store, User, now_ms};
 use crate::terminal::protocol::{
     self, ClientMessage, Frame, PaneStatus, ServerMessage, SocketEnd, parse_binary_input,
 };
-use crate::terminal::{DEFAULT_SIZE, Terminals};
+use crate::terminal::{self, DEFAULT_SIZE, Terminals};
 
 /// Recording read from the store per page while streaming a `.cast`.
 const CAST_PAGE: usize = 256 << 10;
@@ -77,7 +77,7 @@ pub async fn create(
     caller: Authenticated,
     Json(body): Json<CreateBody>,
 ) -> Result<(StatusCode, Json<WorkspaceView>), ApiError> {
-    let user = caller.require(Role::Operator)?;
+    let user = caller.require(terminal::ROLE)?;
     let id = uuid::Uuid::new_v4().to_string();
     let name = body
         .name
@@ -96,7 +96,7 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Authenticated,
 ) -> Result<Json<Vec<WorkspaceView>>, ApiError> {
-    let user = caller.require(Role::Operator)?;
+    let user = caller.require(terminal::ROLE)?;
     let workspaces = state.store.workspaces()?;
     Ok(Json(
         workspaces
@@ -114,7 +114,7 @@ pub async fn get(
     caller: Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
-    let user = caller.require(Role::Operator)?;
+    let user = caller.require(terminal::ROLE)?;
     let workspace = usable_workspace(&state, user, &id)?;
     Ok(Json(view(&state.terminals, &workspace)))
 }
@@ -126,7 +126,7 @@ pub async fn delete(
     caller: Authenticated,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let user = caller.require(Role::Operator)?;
+    let user = caller.require(terminal::ROLE)?;
     usable_workspace(&state, user, &id)?;
     state.terminals.delete_workspace(&id).await;
     state.store.delete_workspace(&id)?;
@@ -152,7 +152,7 @@ pub async fn set_panes(
     Path(id): Path<String>,
     Json(body): Json<PanesBody>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
-    let user = caller.require(Role::Operator)?;
+    let user = caller.require(terminal::ROLE)?;
     let workspace = usable_workspace(&state, user, &id)?;
     let (updated, closed) = workspace
         .assign(body.layout, body.panes, now_ms())
@@ -189,7 +189,7 @@ pub async fn connect_all(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<ConnectAnswer>, ApiError> {
-    let user = caller.require(Role::Operator)?;
+    let user = caller.require(terminal::ROLE)?;
     let workspace = usable_workspace(&state, user, &id)?;
     // The body is optional: no body means the default terminal size.
     let body: ConnectBody = if body.is_empty() {
@@ -239,7 +239,7 @@ pub async fn socket(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     check_origin(&headers, &state.config.terminal.allowed_origins)?;
-    let user = caller.require(Role::Operator)?.clone();
+    let user = caller.require(terminal::ROLE)?.clone();
     let workspace = usable_workspace(&state, &user, &id)?;
     let holder = Holder {
         user,
@@ -295,7 +295,7 @@ async fn serve_socket(
     workspace: Workspace,
     holder: Holder,
 ) {
-    let revoked = holder.auth.revoked(holder.grant.clone(), Role::Operator);
+    let revoked = holder.auth.revoked(holder.grant.clone(), terminal::ROLE);
     let attached = terminals.attach(&workspace).await;
     let (mut outgoing, mut incoming) = socket.split();
     let mut frames = attached.frames;
@@ -387,7 +387,7 @@ impl Client<'_> {
                     rows.unwrap_or(DEFAULT_SIZE.1).max(1),
                 );
                 // Re-checked at every open: a session starts only for who may have one now.
-                if !self.holder.grant.allows(&self.holder.auth, Role::Operator) {
+                if !self.holder.grant.allows(&self.holder.auth, terminal::ROLE) {
                     let message =
                         "access revoked: the user was deleted, demoted or their password changed"
                             .into();
@@ -461,7 +461,7 @@ pub async fn recordings(
     caller: Authenticated,
     Query(query): Query<RecordingsQuery>,
 ) -> Result<Json<Vec<RecordingView>>, ApiError> {
-    let user = caller.require(Role::Operator)?;
+    let user = caller.require(terminal::ROLE)?;
     let admin = user.role == Role::Admin;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let sessions = state.store.terminal_sessions(limit, |session| {
@@ -494,7 +494,7 @@ pub async fn recording(
     caller: Authenticated,
     Path(id): Path<u64>,
 ) -> Result<Json<RecordingView>, ApiError> {
-    let user = caller.require(Role::Operator)?;
+    let user = caller.require(terminal::ROLE)?;
     Ok(Json(recording_view(readable_recording(&state, user, id)?)))
 }
 
@@ -505,7 +505,7 @@ pub async fn cast(
     caller: Authenticated,
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
-    let user = caller.require(Role::Operator)?;
+    let user = caller.require(terminal::ROLE)?;
     let session = readable_recording(&state, user, id)?;
     state.store.audit(
         &user.name,

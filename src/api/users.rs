@@ -116,7 +116,7 @@ pub async fn change_role(
 ) -> Result<Json<UserView>, ApiError> {
     let admin = caller.require(Role::Admin)?.name.clone();
     let user = auth::change_role(&state.store, &admin, &name, body.role)?;
-    if user.role < Role::Operator {
+    if user.role < crate::terminal::ROLE {
         state.terminals.revoke(&user.name).await?;
     }
     Ok(Json(user.into()))

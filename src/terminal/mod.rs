@@ -27,7 +27,7 @@ use crate::config::TerminalConfig;
 use crate::fleet::Fleet;
 use crate::metrics::{Metrics, Open};
 use crate::ssh::{self, Connection};
-use crate::store::{Outcome, Store, now_ms};
+use crate::store::{Outcome, Role, Store, now_ms};
 use pane::{PaneCommand, PaneSession, Sink};
 use protocol::{Frame, PaneState, PaneStatus, Refusal, ServerMessage, SocketEnd};
 use recording::Recorder;
@@ -38,6 +38,9 @@ const SOCKET_QUEUE: usize = 64;
 const PANE_QUEUE: usize = 256;
 /// The size of a terminal whose client did not say.
 pub const DEFAULT_SIZE: (u16, u16) = (80, 24);
+/// Who may open terminals and keep their sessions open: below it, a user's
+/// sockets close and their sessions end.
+pub const ROLE: Role = Role::Operator;
 
 /// The terminal service; cheap to clone.
 #[derive(Clone)]

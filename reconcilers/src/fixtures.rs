@@ -1,0 +1,39 @@
+//! Values the crate's tests share.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::machine::Machine;
+use crate::run::RunRequest;
+use crate::script::Targets;
+
+/// A machine with these tags on loopback, checked every minute.
+pub fn machine(id: &str, tags: &[&str]) -> Machine {
+    Machine {
+        id: id.into(),
+        name: id.into(),
+        host: "127.0.0.1".into(),
+        port: 22,
+        user: None,
+        key: None,
+        uuid: "7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935".into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        labels: BTreeMap::new(),
+        host_key: None,
+        health_interval: Some(Duration::from_secs(60)),
+        concurrency: None,
+    }
+}
+
+/// A run-request of `script` on `targets`, without parameters.
+pub fn run_request(id: &str, script: &str, targets: Targets) -> RunRequest {
+    RunRequest {
+        id: id.into(),
+        file: format!("runs/{id}.yaml"),
+        script: script.into(),
+        targets,
+        params: BTreeMap::new(),
+        resolved: BTreeMap::new(),
+        not_before: None,
+    }
+}
