@@ -124,8 +124,11 @@ impl RunRecord {
 /// One target machine's part in a run about to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
-    Run,
-    Skip { reason: String },
+    /// Enrolled: it runs there, as the inventory describes it.
+    Run(Box<Machine>),
+    Skip {
+        reason: String,
+    },
 }
 
 /// What to do about a run-request now.
@@ -221,12 +224,14 @@ pub fn place(
     machines: &[Machine],
     statuses: &Statuses,
 ) -> Vec<(String, Placement)> {
-    let mut placements: Vec<(String, Placement)> = targets
-        .select(machines)
-        .into_iter()
-        .map(|id| {
-            let placement = match statuses.get(&id).map(|s| &s.enrollment) {
-                Some(Enrollment::Enrolled) => Placement::Run,
+    let selected: std::collections::BTreeSet<String> =
+        targets.select(machines).into_iter().collect();
+    let mut placements: Vec<(String, Placement)> = machines
+        .iter()
+        .filter(|machine| selected.contains(&machine.id))
+        .map(|machine| {
+            let placement = match statuses.get(&machine.id).map(|s| &s.enrollment) {
+                Some(Enrollment::Enrolled) => Placement::Run(Box::new(machine.clone())),
                 other => Placement::Skip {
                     reason: format!(
                         "not enrolled: {}",
@@ -234,7 +239,7 @@ pub fn place(
                     ),
                 },
             };
-            (id, placement)
+            (machine.id.clone(), placement)
         })
         .collect();
     for id in &targets.machines {
@@ -336,7 +341,10 @@ mod tests {
             ["web-1", "web-2", "db"],
             "inventory order, selected by id or tag"
         );
-        assert_eq!(machines[0].1, Placement::Run);
+        assert_eq!(
+            machines[0].1,
+            Placement::Run(Box::new(machine("web-1", &["web"])))
+        );
         assert_eq!(
             machines[1].1,
             Placement::Skip {

@@ -170,7 +170,7 @@ pub async fn run(
     let plan = Plan {
         script: script.clone(),
         params,
-        hosts: HostPlan::from_placements(placements, &desired.machines),
+        hosts: HostPlan::from_placements(placements),
         requested_by: Requester::User {
             name: user.name.clone(),
         },

@@ -212,7 +212,7 @@ impl FleetReconciler {
             .get(&request.script)
             .expect("validated: the script exists");
         let params = request.resolved.clone();
-        let hosts = HostPlan::from_placements(machines, &desired.machines);
+        let hosts = HostPlan::from_placements(machines);
         let plan = Plan {
             script: script.clone(),
             params,

@@ -65,26 +65,17 @@ pub enum HostPlan {
 }
 
 impl HostPlan {
-    /// Pairs placements with inventory entries; ids not in `machines` are skipped as unknown.
-    pub fn from_placements(
-        placements: Vec<(String, Placement)>,
-        machines: &[Machine],
-    ) -> Vec<HostPlan> {
+    /// The plan of each placement: machines not in the inventory were placed as skipped.
+    pub fn from_placements(placements: Vec<(String, Placement)>) -> Vec<HostPlan> {
         placements
             .into_iter()
-            .map(
-                |(id, placement)| match (placement, machines.iter().find(|m| m.id == id)) {
-                    (Placement::Run, Some(machine)) => HostPlan::Run(machine.clone()),
-                    (Placement::Run, None) => HostPlan::Skip {
-                        machine_id: id,
-                        reason: "unknown machine: not in links.yaml".into(),
-                    },
-                    (Placement::Skip { reason }, _) => HostPlan::Skip {
-                        machine_id: id,
-                        reason,
-                    },
+            .map(|(id, placement)| match placement {
+                Placement::Run(machine) => HostPlan::Run(*machine),
+                Placement::Skip { reason } => HostPlan::Skip {
+                    machine_id: id,
+                    reason,
                 },
-            )
+            })
             .collect()
     }
 
