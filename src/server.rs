@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::auth::{self, Auth, LockoutPolicy, LoginLimits};
 use crate::config::Config;
-use crate::controller::{self, FleetReconciler};
+use crate::controller::{self, Context};
 use crate::fleet::Fleet;
 use crate::git::mirror::{Mirror, Source};
 use crate::git::sync::SyncContext;
@@ -121,17 +121,16 @@ impl Daemon {
             stop.clone(),
             metrics.clone(),
         );
-        let reconciler = FleetReconciler {
-            store: prepared.store.clone(),
+        let context = Context::new(
+            prepared.store.clone(),
             fleet,
             engine,
-            desired: git.desired(),
-            forced: Default::default(),
-            suspended_by_config: config.reconcile.suspended,
-            metrics: metrics.clone(),
-        };
+            git.desired(),
+            config.reconcile.suspended,
+            metrics.clone(),
+        );
         let (controller, mut workers) = controller::start(
-            reconciler,
+            context,
             config.reconcile.concurrency,
             config.reconcile.resync,
             stop.clone(),

@@ -69,6 +69,15 @@ impl From<auth::Error> for ApiError {
     }
 }
 
+impl From<crate::controller::Error> for ApiError {
+    fn from(error: crate::controller::Error) -> Self {
+        match error {
+            crate::controller::Error::Store(error) => error.into(),
+            reconcile => ApiError::Internal(reconcile.to_string()),
+        }
+    }
+}
+
 impl From<store::Error> for ApiError {
     fn from(error: store::Error) -> Self {
         match error {

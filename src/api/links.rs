@@ -19,7 +19,6 @@ use tokio::sync::watch;
 use super::auth::Authenticated;
 use super::extract::{Json, Path, Query};
 use super::{ApiError, AppState, at};
-use crate::controller::ObjectKey;
 use crate::metrics::Open;
 use crate::store::{HealthSample, Role};
 
@@ -223,12 +222,12 @@ pub async fn verify(
 ) -> Result<Json<MachineView>, ApiError> {
     let user = caller.require(Role::Operator)?;
     let machine = desired_machine(&state, &id)?;
-    if state.controller.reconciler.suspended(Some(&id))? {
+    if state.controller.suspended(Some(&id))? {
         return Err(ApiError::NotConfigured(format!(
             "reconciliation of {id} is suspended; resume it first"
         )));
     }
-    check_now(&state, &id).await?;
+    state.controller.verify(&id).await?;
     let view = view(&state, machine)?;
     let outcome = if view.enrollment == Enrollment::Enrolled {
         crate::store::Outcome::Success
@@ -245,25 +244,6 @@ pub async fn verify(
     Ok(Json(view))
 }
 
-/// Checks a machine now, through its reconciler (so the result is recorded
-/// like any check), and returns when it is done.
-pub(super) async fn check_now(state: &AppState, id: &str) -> Result<(), ApiError> {
-    state
-        .controller
-        .reconciler
-        .forced
-        .lock()
-        .expect("never poisoned")
-        .insert(id.to_owned());
-    state
-        .controller
-        .scheduler
-        .reconcile_now(ObjectKey::Machine(id.to_owned()))
-        .await
-        .map(drop)
-        .map_err(ApiError::Internal)
-}
-
 fn desired_machine(state: &AppState, id: &str) -> Result<Machine, ApiError> {
     let desired = state.git.desired().borrow().clone();
     desired
@@ -276,7 +256,7 @@ fn view(state: &AppState, machine: Machine) -> Result<MachineView, ApiError> {
         .store
         .machine_status(&machine.id)?
         .unwrap_or_else(|| MachineStatus::new(&machine.id));
-    let suspended = state.controller.reconciler.suspended(Some(&machine.id))?;
+    let suspended = state.controller.suspended(Some(&machine.id))?;
     Ok(MachineView {
         health: status.health,
         enrollment: status.enrollment,

@@ -26,7 +26,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     metrics.sync_applied_age.set(age);
     metrics
         .reconcile_queue
-        .set(i64::try_from(state.controller.scheduler.depth()).unwrap_or(i64::MAX));
+        .set(i64::try_from(state.controller.queue_depth()).unwrap_or(i64::MAX));
     let machines = state
         .git
         .desired()

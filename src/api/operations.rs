@@ -155,13 +155,11 @@ pub async fn run(
         let checked = before.get(id).is_some_and(|status| {
             status.enrollment != linkops_reconcilers::enrollment::Enrollment::Unknown
         });
-        if !checked && !state.controller.reconciler.suspended(Some(id))? {
+        if !checked && !state.controller.suspended(Some(id))? {
             unchecked.push(id.clone());
         }
     }
-    let checks = unchecked
-        .iter()
-        .map(|id| super::links::check_now(&state, id));
+    let checks = unchecked.iter().map(|id| state.controller.verify(id));
     for checked in futures::future::join_all(checks).await {
         checked?;
     }
@@ -176,18 +174,18 @@ pub async fn run(
         },
         concurrency: body.concurrency,
     };
-    let operation = state
-        .controller
-        .reconciler
-        .engine
-        .start(plan, None)
-        .map_err(|error| match error {
-            crate::operations::Error::Store(error) => ApiError::from(error),
-            other => ApiError::Unprocessable {
-                field: "params".into(),
-                message: other.to_string(),
-            },
-        })?;
+    let operation =
+        state
+            .controller
+            .operations()
+            .start(plan, None)
+            .map_err(|error| match error {
+                crate::operations::Error::Store(error) => ApiError::from(error),
+                other => ApiError::Unprocessable {
+                    field: "params".into(),
+                    message: other.to_string(),
+                },
+            })?;
     state.store.audit(
         &user.name,
         "operation.run",
@@ -214,7 +212,7 @@ pub async fn stop(
         .store
         .operation(id)?
         .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))?;
-    if !state.controller.reconciler.engine.stop(id) {
+    if !state.controller.operations().stop(id) {
         return Err(ApiError::Conflict(format!(
             "operation {id} is not running (it is {:?})",
             operation.state
@@ -341,14 +339,14 @@ pub async fn events(
         .or(query.last_event_id)
         .unwrap_or(0);
     // Subscribe before reading the log, so nothing falls between the two.
-    let live = state.controller.reconciler.engine.subscribe(id);
+    let live = state.controller.operations().subscribe(id);
     // Small: a slow client holds few events; behind that, its follower reads the store.
     let (sender, receiver) = futures::channel::mpsc::channel(1);
     let open = Open::new(&state.metrics.sse_clients);
     let follow = follow(
         open,
         state.store.clone(),
-        state.controller.reconciler.engine.clone(),
+        state.controller.operations().clone(),
         id,
         last,
         live,

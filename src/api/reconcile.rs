@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
-use crate::controller::{ObjectKey, Reason};
 use crate::store::{Outcome, Role};
 use linkops_reconcilers::suspension;
 
@@ -63,7 +62,7 @@ async fn set(
 ) -> Result<Json<SuspensionView>, ApiError> {
     let user = caller.require(Role::Admin)?;
     let held = suspension::Scope::of(scope.machine.clone());
-    state.store.set_suspended(&held, suspended)?;
+    state.controller.set_suspended(&held, suspended)?;
     // The audit's target: the machine, or `*` for the fleet (no machine id can be `*`).
     let target = held.machine().unwrap_or("*");
     let action = if suspended {
@@ -74,15 +73,6 @@ async fn set(
     state
         .store
         .audit(&user.name, action, target, Outcome::Success, None)?;
-    let desired = state.git.desired().borrow().clone();
-    if !suspended && let Some(desired) = desired {
-        let released = suspension::released(&held, &desired);
-        let keys = (released.machines.into_iter().map(ObjectKey::Machine))
-            .chain(released.runs.into_iter().map(ObjectKey::RunRequest));
-        for key in keys {
-            state.controller.scheduler.trigger(key, Reason::Api);
-        }
-    }
     Ok(Json(suspensions(state)?))
 }
 

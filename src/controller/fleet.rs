@@ -37,20 +37,42 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-/// Everything the fleet reconcilers use. Shared by all reconciles.
-pub struct FleetReconciler {
-    pub store: Store,
-    pub fleet: Fleet,
-    pub engine: Engine,
-    pub desired: watch::Receiver<Option<Arc<DesiredState>>>,
-    /// Machines to check at their next reconcile whatever their interval (verify).
-    pub forced: Mutex<HashSet<String>>,
+/// What every reconcile works with (kube-runtime's `Context`): the store,
+/// the fleet's connections, the operation engine, the desired state.
+pub struct Context {
+    pub(super) store: Store,
+    fleet: Fleet,
+    pub(super) engine: Engine,
+    pub(super) desired: watch::Receiver<Option<Arc<DesiredState>>>,
+    /// Machines whose next reconcile checks them whatever their interval (a verify).
+    pub(super) check_asked: Mutex<HashSet<String>>,
     /// `[reconcile] suspended` in the configuration.
-    pub suspended_by_config: bool,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    suspended_by_config: bool,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
-impl Reconcile<ObjectKey> for FleetReconciler {
+impl Context {
+    pub fn new(
+        store: Store,
+        fleet: Fleet,
+        engine: Engine,
+        desired: watch::Receiver<Option<Arc<DesiredState>>>,
+        suspended_by_config: bool,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Context {
+        Context {
+            store,
+            fleet,
+            engine,
+            desired,
+            check_asked: Mutex::default(),
+            suspended_by_config,
+            metrics,
+        }
+    }
+}
+
+impl Reconcile<ObjectKey> for Context {
     async fn reconcile(&self, key: ObjectKey, _reason: Reason) -> Result<Action, String> {
         let Some(desired) = self.desired.borrow().clone() else {
             // Nothing is desired before the first valid revision.
@@ -69,7 +91,7 @@ impl Reconcile<ObjectKey> for FleetReconciler {
     }
 }
 
-impl FleetReconciler {
+impl Context {
     /// Whether reconciliation of `machine` (or, with `None`, of the fleet) is suspended.
     pub fn suspended(&self, machine: Option<&str>) -> Result<bool, store::Error> {
         if self.suspended_by_config {
@@ -92,7 +114,7 @@ impl FleetReconciler {
         let status = self.store.machine_status(id)?;
         let asked = machine::Asked {
             suspended: self.suspended(Some(id))?,
-            check: self.forced.lock().expect("never poisoned").remove(id),
+            check: self.check_asked.lock().expect("never poisoned").remove(id),
         };
         let decision = machine::decide(machine, status.as_ref(), now_ms(), asked);
         match decision {

@@ -16,44 +16,99 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use fleet::{FleetReconciler, ObjectKey};
+pub use fleet::{Context, ObjectKey};
 pub use scheduler::{Action, Reason, Scheduler};
+
+use linkops_reconcilers::suspension::{self, Scope};
+
+use crate::operations::Engine;
+use crate::store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reconciling {key} failed: {message}")]
+    Reconcile { key: ObjectKey, message: String },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
 
 /// Triggers that arrive together (a revision touching many objects) are one reconcile per object.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// The running controller: how the API asks for reconciles.
+/// The running controller, and the one way into it: what the API may ask.
 #[derive(Clone)]
 pub struct Controller {
-    pub scheduler: Scheduler<ObjectKey>,
-    pub reconciler: Arc<FleetReconciler>,
+    scheduler: Scheduler<ObjectKey>,
+    context: Arc<Context>,
+}
+
+impl Controller {
+    /// Checks a machine now, through its reconciler (so the result is recorded
+    /// like any check), whatever its interval; returns when it is done.
+    pub async fn verify(&self, machine: &str) -> Result<(), Error> {
+        self.context
+            .check_asked
+            .lock()
+            .expect("never poisoned")
+            .insert(machine.to_owned());
+        let key = ObjectKey::Machine(machine.to_owned());
+        self.scheduler
+            .reconcile_now(key.clone())
+            .await
+            .map(drop)
+            .map_err(|message| Error::Reconcile { key, message })
+    }
+
+    /// Whether reconciliation of `machine` (or, with `None`, of the fleet) is suspended.
+    pub fn suspended(&self, machine: Option<&str>) -> Result<bool, store::Error> {
+        self.context.suspended(machine)
+    }
+
+    /// Suspends or resumes `scope`; a resume reconciles at once what it held back.
+    pub fn set_suspended(&self, scope: &Scope, suspended: bool) -> Result<(), store::Error> {
+        self.context.store.set_suspended(scope, suspended)?;
+        let desired = self.context.desired.borrow().clone();
+        if !suspended && let Some(desired) = desired {
+            let released = suspension::released(scope, &desired);
+            let keys = (released.machines.into_iter().map(ObjectKey::Machine))
+                .chain(released.runs.into_iter().map(ObjectKey::RunRequest));
+            for key in keys {
+                self.scheduler.trigger(key, Reason::Api);
+            }
+        }
+        Ok(())
+    }
+
+    /// Operations: start, stop, follow.
+    pub fn operations(&self) -> &Engine {
+        &self.context.engine
+    }
+
+    /// Reconciles waiting to run (for `/metrics`).
+    pub fn queue_depth(&self) -> usize {
+        self.scheduler.depth()
+    }
 }
 
 /// Starts the runner and the trigger task. Both stop on `shutdown`; the
 /// returned handles finish once in-flight reconciles have recorded their state.
 pub fn start(
-    reconciler: FleetReconciler,
+    context: Context,
     concurrency: usize,
     resync: Duration,
     shutdown: CancellationToken,
 ) -> (Controller, Vec<JoinHandle<()>>) {
-    let reconciler = Arc::new(reconciler);
+    let context = Arc::new(context);
     let (scheduler, runner) =
-        scheduler::spawn(reconciler.clone(), concurrency, DEBOUNCE, shutdown.clone());
+        scheduler::spawn(context.clone(), concurrency, DEBOUNCE, shutdown.clone());
     let triggers = tokio::spawn(watch_desired(
-        reconciler.desired.clone(),
-        reconciler.store.clone(),
+        context.desired.clone(),
+        context.store.clone(),
         scheduler.clone(),
         resync,
         shutdown,
     ));
-    (
-        Controller {
-            scheduler,
-            reconciler,
-        },
-        vec![runner, triggers],
-    )
+    (Controller { scheduler, context }, vec![runner, triggers])
 }
 
 /// Turns revisions and the resync timer into reconcile requests.
