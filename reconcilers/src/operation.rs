@@ -20,6 +20,31 @@ pub enum OperationState {
     Interrupted,
 }
 
+impl OperationState {
+    pub const ALL: [OperationState; 7] = [
+        OperationState::Pending,
+        OperationState::Running,
+        OperationState::Succeeded,
+        OperationState::Failed,
+        OperationState::PartiallyFailed,
+        OperationState::Stopped,
+        OperationState::Interrupted,
+    ];
+
+    /// The name the API uses, also a metric's label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            OperationState::Pending => "pending",
+            OperationState::Running => "running",
+            OperationState::Succeeded => "succeeded",
+            OperationState::Failed => "failed",
+            OperationState::PartiallyFailed => "partially_failed",
+            OperationState::Stopped => "stopped",
+            OperationState::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// The state of one machine within an operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -176,6 +201,13 @@ pub struct RecordedEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_is_named_as_the_api_names_it() {
+        for state in OperationState::ALL {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.name());
+        }
+    }
 
     #[test]
     fn output_bytes_are_stored_as_base64_and_read_back() {

@@ -24,6 +24,7 @@ use linkops_reconcilers::run::{Placement, RunRecord};
 use linkops_reconcilers::script::{ParamValue, Script};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::fleet::Fleet;
 use crate::store::{self, Store, now_ms};
@@ -196,13 +197,18 @@ impl Engine {
         };
         let engine = self.clone();
         let id = operation.id;
-        tokio::spawn(async move {
-            let _running = Open::new(&engine.metrics.operations_running);
-            let writing = tokio::spawn(writer.run());
-            engine.execute(plan, hosts, command, updates, stop).await;
-            writing.await.ok();
-            engine.live.lock().expect("never poisoned").remove(&id);
-        });
+        // Every line the operation logs, its hosts' too, says which it is.
+        let span = tracing::info_span!("operation", operation.id = id, script = %operation.script);
+        tokio::spawn(
+            async move {
+                let _running = Open::new(&engine.metrics.operations_running);
+                let writing = tokio::spawn(writer.run().in_current_span());
+                engine.execute(plan, hosts, command, updates, stop).await;
+                writing.await.ok();
+                engine.live.lock().expect("never poisoned").remove(&id);
+            }
+            .instrument(span),
+        );
         Ok(operation)
     }
 
@@ -270,7 +276,9 @@ impl Engine {
             };
             let (parallel, sessions, stop) =
                 (parallel.clone(), self.fleet.sessions.clone(), stop.clone());
-            tasks.spawn(async move {
+            let span = tracing::info_span!("host", machine.id = %run.machine.id);
+            tasks.spawn(
+                async move {
                 // Waiting for a slot: a stop means this host never starts.
                 let slots = async {
                     let slot = parallel.acquire_owned().await.expect("never closed");
@@ -288,7 +296,9 @@ impl Engine {
                     slots = slots => slots,
                 };
                 run.run().await
-            });
+            }
+            .instrument(span),
+            );
         }
         while let Some(result) = tasks.join_next().await {
             states.push(result.unwrap_or_else(|error| HostState::Failed {
@@ -300,12 +310,100 @@ impl Engine {
         let state = summarize(&states);
         updates.send(Update::Finish(state)).await.ok();
         let labels = StateLabels {
-            state: format!("{state:?}").to_lowercase(),
+            state: state.name().to_owned(),
         };
         self.metrics
             .operations_finished
             .get_or_create(&labels)
             .inc();
         tracing::info!(?state, "operation finished");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use linkops_reconcilers::script::Targets;
+
+    use super::*;
+
+    /// Where the test's subscriber writes its JSON lines.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl tracing_subscriber::fmt::MakeWriter<'_> for Lines {
+        type Writer = Lines;
+        fn make_writer(&self) -> Lines {
+            self.clone()
+        }
+    }
+
+    /// One host skipped, so no SSH: the operation still runs its whole course.
+    #[tokio::test]
+    async fn every_line_an_operation_logs_names_it() {
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(lines.clone())
+            .finish();
+        // The current-thread runtime runs the operation's tasks on this thread, under it.
+        let _default = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let fleet = Fleet::new(
+            &crate::config::Config::default(),
+            store.clone(),
+            metrics.clone(),
+        );
+        let engine = Engine::new(store, fleet, 1024, metrics);
+        let script = Script {
+            id: "uptime".into(),
+            name: "Uptime".into(),
+            description: String::new(),
+            body: "uptime".into(),
+            interpreter: "/bin/sh".into(),
+            params: vec![],
+            timeout: Duration::from_secs(60),
+            max_parallel: None,
+            targets: Targets::default(),
+        };
+        let plan = Plan {
+            script,
+            params: BTreeMap::new(),
+            hosts: vec![HostPlan::Skip {
+                machine_id: "web1".into(),
+                reason: "not enrolled".into(),
+            }],
+            requested_by: Requester::User { name: "ada".into() },
+            concurrency: None,
+        };
+        let operation = engine.start(plan, None).unwrap();
+        // Its live channel closes once it has ended and its events are recorded.
+        let mut events = engine.subscribe(operation.id).unwrap();
+        while !matches!(
+            events.recv().await,
+            Err(broadcast::error::RecvError::Closed)
+        ) {}
+        let written = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let finished = written
+            .lines()
+            .find(|line| line.contains("operation finished"))
+            .unwrap_or_else(|| panic!("no 'operation finished' in {written}"));
+        let line: serde_json::Value = serde_json::from_str(finished).unwrap();
+        assert_eq!(line["span"]["name"], "operation", "{line}");
+        assert_eq!(line["span"]["operation.id"], operation.id, "{line}");
+        assert_eq!(line["span"]["script"], "uptime", "{line}");
     }
 }
