@@ -73,7 +73,9 @@ impl Context {
 }
 
 impl Reconcile<ObjectKey> for Context {
-    async fn reconcile(&self, key: ObjectKey, _reason: Reason) -> Result<Action, String> {
+    type Error = store::Error;
+
+    async fn reconcile(&self, key: ObjectKey, _reason: Reason) -> Result<Action, store::Error> {
         let Some(desired) = self.desired.borrow().clone() else {
             // Nothing is desired before the first valid revision.
             return Ok(Action::AwaitChange);
@@ -87,7 +89,7 @@ impl Reconcile<ObjectKey> for Context {
             result: if result.is_ok() { "success" } else { "error" },
         };
         self.metrics.reconciles.get_or_create(&labels).inc();
-        result.map_err(|e| e.to_string())
+        result
     }
 }
 

@@ -26,8 +26,11 @@ use crate::store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("reconciling {key} failed: {message}")]
-    Reconcile { key: ObjectKey, message: String },
+    #[error("reconciling {key}: {source}")]
+    Reconcile {
+        key: ObjectKey,
+        source: scheduler::Error<store::Error>,
+    },
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -38,7 +41,7 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// The running controller, and the one way into it: what the API may ask.
 #[derive(Clone)]
 pub struct Controller {
-    scheduler: Scheduler<ObjectKey>,
+    scheduler: Scheduler<ObjectKey, store::Error>,
     context: Arc<Context>,
 }
 
@@ -56,7 +59,7 @@ impl Controller {
             .reconcile_now(key.clone())
             .await
             .map(drop)
-            .map_err(|message| Error::Reconcile { key, message })
+            .map_err(|source| Error::Reconcile { key, source })
     }
 
     /// Whether reconciliation of `machine` (or, with `None`, of the fleet) is suspended.
@@ -115,7 +118,7 @@ pub fn start(
 async fn watch_desired(
     mut desired: watch::Receiver<Option<Arc<DesiredState>>>,
     store: crate::store::Store,
-    scheduler: Scheduler<ObjectKey>,
+    scheduler: Scheduler<ObjectKey, store::Error>,
     resync: Duration,
     shutdown: CancellationToken,
 ) {

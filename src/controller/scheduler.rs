@@ -53,12 +53,28 @@ impl fmt::Display for Reason {
 
 /// Reconciles one object by key.
 pub trait Reconcile<K>: Send + Sync + 'static {
+    /// What a failed reconcile says; it is logged, retried with backoff and
+    /// handed, shared, to every `reconcile_now` caller.
+    type Error: std::error::Error + Send + Sync + 'static;
+
     fn reconcile(
         &self,
         key: K,
         reason: Reason,
-    ) -> impl Future<Output = Result<Action, String>> + Send;
+    ) -> impl Future<Output = Result<Action, Self::Error>> + Send;
 }
+
+/// Why a `reconcile_now` has no action to show.
+#[derive(Debug, thiserror::Error)]
+pub enum Error<E: std::error::Error + 'static> {
+    #[error("the controller has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Failed(Arc<E>),
+}
+
+/// A reconcile's outcome, as its waiters share it.
+type Outcome<E> = Result<Action, Arc<E>>;
 
 /// Capped exponential backoff after `attempt` consecutive failures (1 → 1 s, 2 → 2 s, …, ≤ 5 min).
 pub fn backoff(attempt: u32) -> Duration {
@@ -74,7 +90,7 @@ pub fn backoff(attempt: u32) -> Duration {
 /// The furthest ahead a reconcile is scheduled.
 const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
 
-enum Command<K> {
+enum Command<K, E> {
     Schedule {
         key: K,
         reason: Reason,
@@ -82,19 +98,19 @@ enum Command<K> {
     },
     Now {
         key: K,
-        reply: oneshot::Sender<Result<Action, String>>,
+        reply: oneshot::Sender<Outcome<E>>,
     },
 }
 
-/// The handle triggers use.
-pub struct Scheduler<K> {
-    commands: mpsc::UnboundedSender<Command<K>>,
+/// The handle triggers use; `E` is the reconciler's error.
+pub struct Scheduler<K, E> {
+    commands: mpsc::UnboundedSender<Command<K, E>>,
     debounce: Duration,
     /// Keys waiting (scheduled or due), as the runner last counted them.
     depth: Arc<AtomicUsize>,
 }
 
-impl<K> Clone for Scheduler<K> {
+impl<K, E> Clone for Scheduler<K, E> {
     fn clone(&self) -> Self {
         Scheduler {
             commands: self.commands.clone(),
@@ -104,7 +120,7 @@ impl<K> Clone for Scheduler<K> {
     }
 }
 
-impl<K: Send + 'static> Scheduler<K> {
+impl<K: Send + 'static, E: std::error::Error + Send + Sync + 'static> Scheduler<K, E> {
     /// How many keys wait for a reconcile (for metrics).
     pub fn depth(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
@@ -119,14 +135,15 @@ impl<K: Send + 'static> Scheduler<K> {
     }
 
     /// Reconciles `key` as soon as it may run, and answers with its result.
-    pub async fn reconcile_now(&self, key: K) -> Result<Action, String> {
+    pub async fn reconcile_now(&self, key: K) -> Result<Action, Error<E>> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Now { key, reply })
-            .map_err(|_| "the controller has stopped".to_owned())?;
+            .map_err(|_| Error::Stopped)?;
         answer
             .await
-            .map_err(|_| "the controller has stopped".to_owned())?
+            .map_err(|_| Error::Stopped)?
+            .map_err(Error::Failed)
     }
 }
 
@@ -137,7 +154,7 @@ pub fn spawn<K, R>(
     concurrency: usize,
     debounce: Duration,
     shutdown: CancellationToken,
-) -> (Scheduler<K>, JoinHandle<()>)
+) -> (Scheduler<K, R::Error>, JoinHandle<()>)
 where
     K: Clone + Eq + std::hash::Hash + fmt::Display + Send + Sync + 'static,
     R: Reconcile<K>,
@@ -169,7 +186,7 @@ where
     )
 }
 
-struct Runner<K, R> {
+struct Runner<K, R: Reconcile<K>> {
     reconciler: Arc<R>,
     depth: Arc<AtomicUsize>,
     concurrency: usize,
@@ -182,12 +199,12 @@ struct Runner<K, R> {
     /// Asked for while running: run again when done, at the earliest time asked.
     rerun: HashMap<K, (Instant, Reason)>,
     /// `reconcile_now` callers for the next run of a key.
-    waiting: HashMap<K, Vec<oneshot::Sender<Result<Action, String>>>>,
+    waiting: HashMap<K, Vec<oneshot::Sender<Outcome<R::Error>>>>,
     /// Callers of the run in flight.
-    answering: HashMap<K, Vec<oneshot::Sender<Result<Action, String>>>>,
+    answering: HashMap<K, Vec<oneshot::Sender<Outcome<R::Error>>>>,
     /// Consecutive failures per key.
     attempts: HashMap<K, u32>,
-    tasks: JoinSet<(K, Result<Action, String>)>,
+    tasks: JoinSet<(K, Outcome<R::Error>)>,
 }
 
 impl<K, R> Runner<K, R>
@@ -197,7 +214,7 @@ where
 {
     async fn run(
         mut self,
-        mut commands: mpsc::UnboundedReceiver<Command<K>>,
+        mut commands: mpsc::UnboundedReceiver<Command<K, R::Error>>,
         shutdown: CancellationToken,
     ) {
         loop {
@@ -284,14 +301,14 @@ where
             self.tasks.spawn(tracing::Instrument::instrument(
                 async move {
                     let result = reconciler.reconcile(key.clone(), reason).await;
-                    (key, result)
+                    (key, result.map_err(Arc::new))
                 },
                 span,
             ));
         }
     }
 
-    fn finished(&mut self, key: K, result: Result<Action, String>) {
+    fn finished(&mut self, key: K, result: Outcome<R::Error>) {
         self.running.remove(&key);
         for reply in self.answering.remove(&key).unwrap_or_default() {
             reply.send(result.clone()).ok();
@@ -336,8 +353,14 @@ mod tests {
         action: Option<Action>,
     }
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("boom")]
+    struct Boom;
+
     impl Reconcile<String> for Recorder {
-        async fn reconcile(&self, key: String, reason: Reason) -> Result<Action, String> {
+        type Error = Boom;
+
+        async fn reconcile(&self, key: String, reason: Reason) -> Result<Action, Boom> {
             self.calls
                 .lock()
                 .unwrap()
@@ -357,13 +380,13 @@ mod tests {
             let mut failures = self.failures.lock().unwrap();
             if *failures > 0 {
                 *failures -= 1;
-                return Err("boom".into());
+                return Err(Boom);
             }
             Ok(self.action.unwrap_or(Action::AwaitChange))
         }
     }
 
-    fn start(recorder: Recorder, concurrency: usize) -> (Arc<Recorder>, Scheduler<String>) {
+    fn start(recorder: Recorder, concurrency: usize) -> (Arc<Recorder>, Scheduler<String, Boom>) {
         let recorder = Arc::new(recorder);
         let (scheduler, _) = spawn(
             recorder.clone(),
@@ -528,8 +551,8 @@ mod tests {
         );
         let begin = Instant::now();
         assert_eq!(
-            scheduler.reconcile_now("k".into()).await,
-            Ok(Action::Requeue(Duration::from_secs(60)))
+            scheduler.reconcile_now("k".into()).await.unwrap(),
+            Action::Requeue(Duration::from_secs(60))
         );
         tokio::time::sleep(Duration::from_secs(150)).await;
         let offsets: Vec<u64> = recorder
