@@ -12,7 +12,7 @@ use linkops_reconcilers::desired;
 
 use crate::auth::password;
 use crate::config::Config;
-use crate::store::{Outcome, Role, Store};
+use crate::store::{Actor, AuditAction, Outcome, Role, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -99,8 +99,8 @@ pub fn add_user(
     let (password, generated) = obtain_password(source)?;
     store.create_user(name, role, &password::hash(&password)?)?;
     store.audit(
-        "cli",
-        "user.create",
+        &Actor::Cli,
+        AuditAction::UserCreate,
         name,
         Outcome::Success,
         Some(format!("role {role}")),
@@ -114,7 +114,13 @@ pub fn set_password(config: &Config, name: &str, source: PasswordSource) -> Resu
     let store = open_store(config)?;
     let (password, generated) = obtain_password(source)?;
     store.set_password(name, &password::hash(&password)?)?;
-    store.audit("cli", "user.passwd", name, Outcome::Success, None)?;
+    store.audit(
+        &Actor::Cli,
+        AuditAction::UserPasswd,
+        name,
+        Outcome::Success,
+        None,
+    )?;
     report(name, &password, generated, "updated");
     Ok(())
 }

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::ssh::{self, ExitStatus, Pool, Target};
-use crate::store::{Outcome, Store};
+use crate::store::{Actor, AuditAction, Outcome, Store};
 
 /// The longest a check's command may take once connected.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,8 +115,8 @@ impl Fleet {
         if let Some(key) = connection.take_learned_host_key() {
             let detail = format!("{}: {key}", connection.target());
             let audited = self.store.audit(
-                "system",
-                "ssh.host_key_learned",
+                &Actor::System,
+                AuditAction::SshHostKeyLearned,
                 machine_id,
                 Outcome::Success,
                 Some(detail),

@@ -20,7 +20,7 @@ use super::auth::Authenticated;
 use super::extract::{Json, Path, Query};
 use super::{ApiError, AppState, at};
 use crate::metrics::Open;
-use crate::store::{HealthSample, Role};
+use crate::store::{Actor, AuditAction, HealthSample, Role};
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct MachineView {
@@ -235,8 +235,8 @@ pub async fn verify(
         crate::store::Outcome::Failure
     };
     state.store.audit(
-        &user.name,
-        "machine.verify",
+        &Actor::user(&user.name),
+        AuditAction::MachineVerify,
         &id,
         outcome,
         Some(format!("{:?}", view.enrollment)),

@@ -24,7 +24,7 @@ use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
 use crate::metrics::Open;
 use crate::operations::{HostPlan, LiveEvent, Plan};
-use crate::store::{Outcome, Role};
+use crate::store::{Actor, AuditAction, Outcome, Role};
 
 /// About how much of the event log one read takes (per SSE client catching up, or per output page).
 const PAGE_BYTES: usize = 64 << 10;
@@ -187,8 +187,8 @@ pub async fn run(
                 },
             })?;
     state.store.audit(
-        &user.name,
-        "operation.run",
+        &Actor::user(&user.name),
+        AuditAction::OperationRun,
         &operation.id.to_string(),
         Outcome::Success,
         Some(format!("script {}", operation.script)),
@@ -219,8 +219,8 @@ pub async fn stop(
         )));
     }
     state.store.audit(
-        &user.name,
-        "operation.stop",
+        &Actor::user(&user.name),
+        AuditAction::OperationStop,
         &id.to_string(),
         Outcome::Success,
         None,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
-use crate::store::{Outcome, Role};
+use crate::store::{Actor, AuditAction, Outcome, Role};
 use linkops_reconcilers::suspension;
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -66,13 +66,17 @@ async fn set(
     // The audit's target: the machine, or `*` for the fleet (no machine id can be `*`).
     let target = held.machine().unwrap_or("*");
     let action = if suspended {
-        "reconcile.suspend"
+        AuditAction::ReconcileSuspend
     } else {
-        "reconcile.resume"
+        AuditAction::ReconcileResume
     };
-    state
-        .store
-        .audit(&user.name, action, target, Outcome::Success, None)?;
+    state.store.audit(
+        &Actor::user(&user.name),
+        action,
+        target,
+        Outcome::Success,
+        None,
+    )?;
     Ok(Json(suspensions(state)?))
 }
 

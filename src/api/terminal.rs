@@ -18,7 +18,7 @@ use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
 use crate::auth::{Auth, Grant};
 use crate::metrics::Open;
-use crate::store::{Outcome, Role, Store, User, now_ms};
+use crate::store::{Actor, AuditAction, Outcome, Role, Store, User, now_ms};
 use crate::terminal::protocol::{
     self, ClientMessage, Frame, PaneStatus, ServerMessage, SocketEnd, parse_binary_input,
 };
@@ -508,8 +508,8 @@ pub async fn cast(
     let user = caller.require(terminal::ROLE)?;
     let session = readable_recording(&state, user, id)?;
     state.store.audit(
-        &user.name,
-        "terminal.recording.read",
+        &Actor::user(&user.name),
+        AuditAction::TerminalRecordingRead,
         &session.machine_id,
         Outcome::Success,
         Some(format!("session {id}")),

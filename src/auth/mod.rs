@@ -15,7 +15,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
-use crate::store::{self, LoginFailures, Outcome, Role, Store, User};
+use crate::store::{self, Actor, AuditAction, LoginFailures, Outcome, Role, Store, User};
 pub use lockout::LockoutPolicy;
 use token::Tokens;
 pub use token::{Claims, IssuedToken};
@@ -179,7 +179,13 @@ impl Auth {
         );
         let store = self.store.clone();
         let written = tokio::task::spawn_blocking(move || {
-            store.audit(&shown, "auth.login", &shown, Outcome::Failure, Some(detail))
+            store.audit(
+                &Actor::user(&shown),
+                AuditAction::AuthLogin,
+                &shown,
+                Outcome::Failure,
+                Some(detail),
+            )
         })
         .await;
         if let Ok(Err(error)) = written {
@@ -206,8 +212,8 @@ impl Auth {
             .locked(self.failures(name, user.is_some())?, now)
         {
             self.store.audit(
-                name,
-                "auth.login",
+                &Actor::user(name),
+                AuditAction::AuthLogin,
                 name,
                 Outcome::Denied,
                 Some("account locked".into()),
@@ -221,8 +227,13 @@ impl Auth {
         match user {
             Some(user) if valid => {
                 self.store.update_login_failures(name, |_| None)?;
-                self.store
-                    .audit(name, "auth.login", name, Outcome::Success, None)?;
+                self.store.audit(
+                    &Actor::user(name),
+                    AuditAction::AuthLogin,
+                    name,
+                    Outcome::Success,
+                    None,
+                )?;
                 let token = self.tokens.issue(&user);
                 Ok(Login { token, user })
             }
@@ -254,8 +265,8 @@ impl Auth {
             "wrong credentials"
         };
         self.store.audit(
-            name,
-            "auth.login",
+            &Actor::user(name),
+            AuditAction::AuthLogin,
             name,
             Outcome::Failure,
             Some(detail.into()),
@@ -355,8 +366,8 @@ pub fn create_user(
     let password = password::generate();
     store.create_user(name, role, &password::hash(&password)?)?;
     store.audit(
-        actor,
-        "user.create",
+        &Actor::user(actor),
+        AuditAction::UserCreate,
         name,
         Outcome::Success,
         Some(format!("role {role}")),
@@ -372,7 +383,13 @@ pub fn create_user(
 pub fn reset_password(store: &Store, actor: &str, name: &str) -> Result<GeneratedPassword, Error> {
     let password = password::generate();
     store.set_password(name, &password::hash(&password)?)?;
-    store.audit(actor, "user.passwd", name, Outcome::Success, None)?;
+    store.audit(
+        &Actor::user(actor),
+        AuditAction::UserPasswd,
+        name,
+        Outcome::Success,
+        None,
+    )?;
     Ok(GeneratedPassword {
         user: name.to_owned(),
         password: password.into(),
@@ -384,7 +401,7 @@ pub fn reset_password(store: &Store, actor: &str, name: &str) -> Result<Generate
 pub fn change_role(store: &Store, actor: &str, name: &str, role: Role) -> Result<User, Error> {
     let changed = store.set_role(name, role);
     let detail = |(before, user): &(Role, User)| format!("{before} -> {}", user.role);
-    audit_user_change(store, actor, "user.role", name, &changed, detail)?;
+    audit_user_change(store, actor, AuditAction::UserRole, name, &changed, detail)?;
     Ok(changed?.1)
 }
 
@@ -399,7 +416,14 @@ pub fn delete_user(store: &Store, actor: &str, name: &str) -> Result<store::Dele
             deleted.workspaces.len()
         )
     };
-    audit_user_change(store, actor, "user.delete", name, &deleted, detail)?;
+    audit_user_change(
+        store,
+        actor,
+        AuditAction::UserDelete,
+        name,
+        &deleted,
+        detail,
+    )?;
     Ok(deleted?)
 }
 
@@ -407,7 +431,7 @@ pub fn delete_user(store: &Store, actor: &str, name: &str) -> Result<store::Dele
 fn audit_user_change<T>(
     store: &Store,
     actor: &str,
-    action: &str,
+    action: AuditAction,
     name: &str,
     result: &Result<T, store::Error>,
     detail: impl FnOnce(&T) -> String,
@@ -418,7 +442,7 @@ fn audit_user_change<T>(
         // Nothing changed and nothing was there to change.
         Err(_) => return Ok(()),
     };
-    store.audit(actor, action, name, outcome, Some(detail))?;
+    store.audit(&Actor::user(actor), action, name, outcome, Some(detail))?;
     Ok(())
 }
 
@@ -435,8 +459,8 @@ pub fn bootstrap_admin(store: &Store) -> Result<Option<GeneratedPassword>, Error
     match store.create_first_user("admin", Role::Admin, &hash)? {
         Some(user) => {
             store.audit(
-                "system",
-                "user.create",
+                &Actor::System,
+                AuditAction::UserCreate,
                 &user.name,
                 Outcome::Success,
                 Some("first admin, generated password".into()),

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::scheduler::{Action, Reason, Reconcile};
 use crate::fleet::Fleet;
 use crate::operations::{Engine, HostPlan, Plan};
-use crate::store::{self, HealthSample, Store, now_ms};
+use crate::store::{self, Actor, AuditAction, HealthSample, Store, now_ms};
 
 /// What a reconcile is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -153,8 +153,8 @@ impl Context {
             match transition {
                 machine::Transition::HostKeyRefused { error } => {
                     self.store.audit(
-                        "system",
-                        "ssh.host_key_refused",
+                        &Actor::System,
+                        AuditAction::SshHostKeyRefused,
                         &machine.id,
                         store::Outcome::Denied,
                         Some(error),
@@ -266,8 +266,10 @@ impl Context {
             Ok(operation) => {
                 tracing::info!(run = %request.id, operation = operation.id, "run-request started");
                 self.store.audit(
-                    &format!("git@{}", desired.revision),
-                    "run.start",
+                    &Actor::Git {
+                        revision: desired.revision.clone(),
+                    },
+                    AuditAction::RunStart,
                     &request.id,
                     store::Outcome::Success,
                     Some(format!("operation {}", operation.id)),

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::mirror::{self, Mirror, Source};
-use crate::store::{self, Outcome, Store, SyncOutcome, SyncRecord};
+use crate::store::{self, Actor, AuditAction, Outcome, Store, SyncOutcome, SyncRecord};
 
 /// Why a sync was asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -418,8 +418,8 @@ fn log_and_audit(store: &Store, record: &SyncRecord) {
             );
             store
                 .audit(
-                    &record.trigger,
-                    "git.sync",
+                    &Actor::Sync(record.trigger.clone()),
+                    AuditAction::GitSync,
                     revision,
                     Outcome::Success,
                     Some(detail),
@@ -441,8 +441,8 @@ fn log_and_audit(store: &Store, record: &SyncRecord) {
             );
             store
                 .audit(
-                    &record.trigger,
-                    "git.sync",
+                    &Actor::Sync(record.trigger.clone()),
+                    AuditAction::GitSync,
                     revision,
                     Outcome::Failure,
                     Some(detail),
@@ -453,8 +453,8 @@ fn log_and_audit(store: &Store, record: &SyncRecord) {
             tracing::warn!(%error, "sync failed; the last good revision stays in force");
             store
                 .audit(
-                    &record.trigger,
-                    "git.sync",
+                    &Actor::Sync(record.trigger.clone()),
+                    AuditAction::GitSync,
                     record.previous.as_deref().unwrap_or("-"),
                     Outcome::Failure,
                     Some(error.clone()),

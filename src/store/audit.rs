@@ -16,14 +16,93 @@ pub enum Outcome {
     Denied,
 }
 
+/// Who did it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// A user, through the API.
+    User(String),
+    /// An operator on the daemon's machine, through `linkops user …` (no daemon running).
+    Cli,
+    /// The daemon itself: a check, the first start.
+    System,
+    /// A revision of the config repository: what its run-requests started.
+    Git { revision: String },
+    /// A sync, named by what triggered it (`timer`, `webhook`, `api:<user>`, …).
+    Sync(String),
+}
+
+impl Actor {
+    pub fn user(name: impl Into<String>) -> Actor {
+        Actor::User(name.into())
+    }
+}
+
+impl std::fmt::Display for Actor {
+    /// As the log stores it: the name, `cli`, `system`, `git@<revision>`, the trigger.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Actor::User(name) | Actor::Sync(name) => f.write_str(name),
+            Actor::Cli => f.write_str("cli"),
+            Actor::System => f.write_str("system"),
+            Actor::Git { revision } => write!(f, "git@{revision}"),
+        }
+    }
+}
+
+/// What was done: a closed set, stored by its dotted name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    AuthLogin,
+    UserCreate,
+    UserPasswd,
+    UserRole,
+    UserDelete,
+    OperationRun,
+    OperationStop,
+    MachineVerify,
+    ReconcileSuspend,
+    ReconcileResume,
+    RunStart,
+    TerminalOpen,
+    TerminalClose,
+    TerminalRecordingRead,
+    SshHostKeyLearned,
+    SshHostKeyRefused,
+    GitSync,
+}
+
+impl AuditAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditAction::AuthLogin => "auth.login",
+            AuditAction::UserCreate => "user.create",
+            AuditAction::UserPasswd => "user.passwd",
+            AuditAction::UserRole => "user.role",
+            AuditAction::UserDelete => "user.delete",
+            AuditAction::OperationRun => "operation.run",
+            AuditAction::OperationStop => "operation.stop",
+            AuditAction::MachineVerify => "machine.verify",
+            AuditAction::ReconcileSuspend => "reconcile.suspend",
+            AuditAction::ReconcileResume => "reconcile.resume",
+            AuditAction::RunStart => "run.start",
+            AuditAction::TerminalOpen => "terminal.open",
+            AuditAction::TerminalClose => "terminal.close",
+            AuditAction::TerminalRecordingRead => "terminal.recording.read",
+            AuditAction::SshHostKeyLearned => "ssh.host_key_learned",
+            AuditAction::SshHostKeyRefused => "ssh.host_key_refused",
+            AuditAction::GitSync => "git.sync",
+        }
+    }
+}
+
 /// One audit record. Never holds a password or a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub seq: u64,
     pub at_ms: i64,
-    /// A user name, `git@<revision>`, `webhook` or `system`.
+    /// [`Actor`] as text.
     pub actor: String,
-    /// A dotted verb such as `auth.login` or `user.create`.
+    /// [`AuditAction::name`].
     pub action: String,
     pub target: String,
     pub outcome: Outcome,
@@ -34,28 +113,14 @@ impl Store {
     /// Appends an entry stamped with the next sequence number and the current time.
     pub fn audit(
         &self,
-        actor: &str,
-        action: &str,
+        actor: &Actor,
+        action: AuditAction,
         target: &str,
         outcome: Outcome,
         detail: Option<String>,
     ) -> Result<AuditEntry> {
         let tx = self.db.begin_write()?;
-        let entry = {
-            let mut log = tx.open_table(AUDIT_LOG)?;
-            let seq = log.last()?.map_or(1, |(key, _)| key.value() + 1);
-            let entry = AuditEntry {
-                seq,
-                at_ms: now_ms(),
-                actor: actor.to_owned(),
-                action: action.to_owned(),
-                target: target.to_owned(),
-                outcome,
-                detail,
-            };
-            log.insert(seq, encode(&entry).as_slice())?;
-            entry
-        };
+        let entry = append(&tx, actor, action, target, outcome, detail)?;
         tx.commit()?;
         Ok(entry)
     }
@@ -75,6 +140,31 @@ impl Store {
     }
 }
 
+/// Appends an entry in `tx`: with the change it records, so that the change
+/// is never committed without its audit, nor the audit without the change.
+pub(super) fn append(
+    tx: &redb::WriteTransaction,
+    actor: &Actor,
+    action: AuditAction,
+    target: &str,
+    outcome: Outcome,
+    detail: Option<String>,
+) -> Result<AuditEntry> {
+    let mut log = tx.open_table(AUDIT_LOG)?;
+    let seq = log.last()?.map_or(1, |(key, _)| key.value() + 1);
+    let entry = AuditEntry {
+        seq,
+        at_ms: now_ms(),
+        actor: actor.to_string(),
+        action: action.name().to_owned(),
+        target: target.to_owned(),
+        outcome,
+        detail,
+    };
+    log.insert(seq, encode(&entry).as_slice())?;
+    Ok(entry)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,12 +175,18 @@ mod tests {
         let path = dir.path().join("s.redb");
         let store = Store::open(&path).unwrap();
         store
-            .audit("ada", "auth.login", "ada", Outcome::Success, None)
+            .audit(
+                &Actor::user("ada"),
+                AuditAction::AuthLogin,
+                "ada",
+                Outcome::Success,
+                None,
+            )
             .unwrap();
         store
             .audit(
-                "bob",
-                "auth.login",
+                &Actor::user("bob"),
+                AuditAction::AuthLogin,
                 "bob",
                 Outcome::Failure,
                 Some("bad password".into()),

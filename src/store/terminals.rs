@@ -7,6 +7,7 @@
 use linkops_reconcilers::terminal::{SessionEnd, TerminalSession, Workspace};
 use redb::{ReadableDatabase, ReadableTable};
 
+use super::audit::{self, Actor, AuditAction, Outcome};
 use super::codec::{decode, encode};
 use super::scan::SeqTable;
 use super::schema::{TERMINAL_RECORDINGS, TERMINAL_SESSIONS, TERMINAL_WORKSPACES};
@@ -37,7 +38,8 @@ impl Store {
         Ok(removed)
     }
 
-    /// Records a new session (its `id` is assigned) with the first part of its recording.
+    /// Records a new session (its `id` is assigned) with the first part of
+    /// its recording, and audits its opening, in one transaction.
     pub fn create_terminal_session(
         &self,
         session: &TerminalSession,
@@ -57,12 +59,20 @@ impl Store {
                 .insert((id, 1), recording)?;
             created
         };
+        audit::append(
+            &tx,
+            &Actor::user(&created.user),
+            AuditAction::TerminalOpen,
+            &created.machine_id,
+            Outcome::Success,
+            Some(describe(&created)),
+        )?;
         tx.commit()?;
         Ok(created)
     }
 
-    /// Appends a chunk of recording; with `end`, also closes the session.
-    /// Returns the session as now recorded.
+    /// Appends a chunk of recording; with `end`, also closes the session and
+    /// audits its close, in the same transaction. Returns the session as now recorded.
     pub fn record_terminal(
         &self,
         id: u64,
@@ -92,6 +102,19 @@ impl Store {
             }
             session.truncated |= truncated;
             if let Some(end) = end {
+                let detail = format!(
+                    "{}: {}",
+                    describe(&session),
+                    serde_json::to_string(&end).unwrap_or_default()
+                );
+                audit::append(
+                    &tx,
+                    &Actor::user(&session.user),
+                    AuditAction::TerminalClose,
+                    &session.machine_id,
+                    Outcome::Success,
+                    Some(detail),
+                )?;
                 session.end = Some(end);
                 session.ended_at_ms = Some(now_ms());
             }
@@ -169,6 +192,14 @@ impl Store {
     }
 }
 
+/// A session as its audit entries name it.
+fn describe(session: &TerminalSession) -> String {
+    format!(
+        "session {} (workspace {} pane {})",
+        session.id, session.workspace_id, session.pane
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +242,34 @@ mod tests {
         assert_eq!(text, b"header\none\ntwo\n");
         // Paging resumes after the last chunk read.
         assert_eq!(store.recording_chunks(1, 2, 1 << 20).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn opening_and_closing_a_session_write_their_audit_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let created = store.create_terminal_session(&session(), b"h\n").unwrap();
+        // A chunk without an end is no audited change.
+        store
+            .record_terminal(created.id, b"x\n", false, None)
+            .unwrap();
+        store
+            .record_terminal(created.id, b"", false, Some(SessionEnd::Closed))
+            .unwrap();
+        let entries = store.audit_entries(0, 10).unwrap();
+        let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["terminal.open", "terminal.close"]);
+        assert_eq!(entries[0].actor, created.user);
+        assert_eq!(entries[0].target, created.machine_id);
+        let described = format!(
+            "session 1 (workspace {} pane {})",
+            created.workspace_id, created.pane
+        );
+        assert_eq!(entries[0].detail.as_deref(), Some(described.as_str()));
+        assert_eq!(
+            entries[1].detail.as_deref(),
+            Some(format!("{described}: {{\"reason\":\"closed\"}}").as_str())
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::config::TerminalConfig;
 use crate::fleet::Fleet;
 use crate::metrics::{Metrics, Open};
 use crate::ssh::{self, Connection};
-use crate::store::{Outcome, Role, Store, now_ms};
+use crate::store::{Actor, AuditAction, Outcome, Role, Store, now_ms};
 use pane::{PaneCommand, PaneSession, Sink};
 use protocol::{Frame, PaneState, PaneStatus, Refusal, ServerMessage, SocketEnd};
 use recording::Recorder;
@@ -235,8 +235,8 @@ impl Terminals {
                 self.inner
                     .store
                     .audit(
-                        user,
-                        "terminal.open",
+                        &Actor::user(user),
+                        AuditAction::TerminalOpen,
                         &machine_id,
                         Outcome::Denied,
                         Some(message.clone()),
@@ -311,23 +311,11 @@ impl Terminals {
         let mut recorder = recorder;
         let (header, _) = recorder.take();
         let store = self.inner.store.clone();
-        let session = tokio::task::spawn_blocking(move || {
-            let session = store.create_terminal_session(&record, &header)?;
-            store.audit(
-                &session.user,
-                "terminal.open",
-                &session.machine_id,
-                Outcome::Success,
-                Some(format!(
-                    "session {} (workspace {} pane {})",
-                    session.id, session.workspace_id, session.pane
-                )),
-            )?;
-            Ok::<_, crate::store::Error>(session)
-        })
-        .await
-        .map_err(|e| (Refusal::Error, e.to_string()))?
-        .map_err(|e| (Refusal::Error, e.to_string()))?;
+        let session =
+            tokio::task::spawn_blocking(move || store.create_terminal_session(&record, &header))
+                .await
+                .map_err(|e| (Refusal::Error, e.to_string()))?
+                .map_err(|e| (Refusal::Error, e.to_string()))?;
         tracing::info!(session = session.id, machine = %machine_id, %user, "terminal session opened");
 
         let connected = PaneStatus {

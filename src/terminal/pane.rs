@@ -19,7 +19,7 @@ use super::protocol::{Frame, PaneState, PaneStatus, ServerMessage};
 use super::recording::{Recorder, Scrollback};
 use crate::config::TerminalConfig;
 use crate::ssh::{Connection, ExitStatus, ShellInput, ShellOutput};
-use crate::store::{Outcome, Store};
+use crate::store::Store;
 
 /// Frames for one socket; bounded, so a slow client pushes back.
 pub type Sink = mpsc::Sender<Frame>;
@@ -273,22 +273,6 @@ impl Running {
         self.flush(Some(end.clone())).await;
         let session = &self.pane.session;
         tracing::info!(session = session.id, machine = %session.machine_id, user = %session.user, ?end, "terminal session ended");
-        let detail = format!(
-            "session {} (workspace {} pane {}): {}",
-            session.id,
-            session.workspace_id,
-            session.pane,
-            serde_json::to_string(&end).unwrap_or_default()
-        );
-        if let Err(error) = self.pane.store.audit(
-            &session.user,
-            "terminal.close",
-            &session.machine_id,
-            Outcome::Success,
-            Some(detail),
-        ) {
-            tracing::error!(%error, "cannot audit the end of a terminal session");
-        }
         let status = PaneStatus {
             session: Some(session.id),
             end: Some(end),
