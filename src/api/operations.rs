@@ -186,13 +186,6 @@ pub async fn run(
                     message: other.to_string(),
                 },
             })?;
-    state.store.audit(
-        &Actor::user(&user.name),
-        AuditAction::OperationRun,
-        &operation.id.to_string(),
-        Outcome::Success,
-        Some(format!("script {}", operation.script)),
-    )?;
     let (operation, hosts) = state
         .store
         .operation(operation.id)?

@@ -265,15 +265,6 @@ impl Context {
         match self.engine.start(plan, Some(claim)) {
             Ok(operation) => {
                 tracing::info!(run = %request.id, operation = operation.id, "run-request started");
-                self.store.audit(
-                    &Actor::Git {
-                        revision: desired.revision.clone(),
-                    },
-                    AuditAction::RunStart,
-                    &request.id,
-                    store::Outcome::Success,
-                    Some(format!("operation {}", operation.id)),
-                )?;
                 Ok(())
             }
             Err(crate::operations::Error::Store(store::Error::AlreadyClaimed { .. })) => Ok(()),

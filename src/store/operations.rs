@@ -7,11 +7,13 @@
 //! transaction that records them, so the log has no gaps and no duplicates.
 
 use linkops_reconcilers::operation::{
-    HostResult, HostState, Operation, OperationEvent, OperationState, RecordedEvent, summarize,
+    HostResult, HostState, Operation, OperationEvent, OperationState, RecordedEvent, Requester,
+    summarize,
 };
 use linkops_reconcilers::run::{RunRecord, RunState};
 use redb::ReadableTable;
 
+use super::audit::{self, Actor, AuditAction, Outcome};
 use super::codec::{decode, encode, get_str};
 use super::scan::{SeqTable, index_operation};
 use super::schema::{OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, RUN_REQUESTS};
@@ -80,6 +82,24 @@ impl Store {
             append_events(&tx, id, events)?;
             created
         };
+        // Audited with the change: who asked for it, in the same transaction.
+        let (actor, action, target, detail) = match &created.requested_by {
+            Requester::User { name } => (
+                Actor::user(name),
+                AuditAction::OperationRun,
+                created.id.to_string(),
+                format!("script {}", created.script),
+            ),
+            Requester::RunRequest { id, revision } => (
+                Actor::Git {
+                    revision: revision.clone(),
+                },
+                AuditAction::RunStart,
+                id.clone(),
+                format!("operation {}", created.id),
+            ),
+        };
+        audit::append(&tx, &actor, action, &target, Outcome::Success, Some(detail))?;
         tx.commit()?;
         Ok(created)
     }
@@ -270,4 +290,62 @@ fn append_events(
 
 fn is_finished(state: OperationState) -> bool {
     !matches!(state, OperationState::Pending | OperationState::Running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operation(requested_by: Requester) -> Operation {
+        Operation {
+            id: 0,
+            script: "uptime".into(),
+            params: Default::default(),
+            machines: vec![],
+            requested_by,
+            state: OperationState::Pending,
+            created_at_ms: 0,
+            finished_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn an_operation_is_audited_in_the_transaction_that_creates_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let by_user = Requester::User { name: "ada".into() };
+        store
+            .create_operation(&operation(by_user), &[], None)
+            .unwrap();
+        let by_git = Requester::RunRequest {
+            id: "once".into(),
+            revision: "r7".into(),
+        };
+        store
+            .create_operation(&operation(by_git), &[], None)
+            .unwrap();
+        let audited: Vec<(String, String, String, Option<String>)> = store
+            .audit_entries(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.actor, e.action, e.target, e.detail))
+            .collect();
+        assert_eq!(
+            audited,
+            [
+                (
+                    "ada".into(),
+                    "operation.run".into(),
+                    "1".into(),
+                    Some("script uptime".into())
+                ),
+                (
+                    "git@r7".into(),
+                    "run.start".into(),
+                    "once".into(),
+                    Some("operation 2".into())
+                ),
+            ]
+        );
+    }
 }
