@@ -12,7 +12,7 @@ use linkops_reconcilers::desired;
 
 use crate::auth::password;
 use crate::config::Config;
-use crate::store::{Actor, AuditAction, Outcome, Role, Store};
+use crate::store::{Actor, Role, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -97,14 +97,7 @@ pub fn add_user(
     validate_name(name)?;
     let store = open_store(config)?;
     let (password, generated) = obtain_password(source)?;
-    store.create_user(name, role, &password::hash(&password)?)?;
-    store.audit(
-        &Actor::Cli,
-        AuditAction::UserCreate,
-        name,
-        Outcome::Success,
-        Some(format!("role {role}")),
-    )?;
+    store.create_user(name, role, &password::hash(&password)?, &Actor::Cli)?;
     report(name, &password, generated, "created");
     Ok(())
 }
@@ -113,14 +106,7 @@ pub fn add_user(
 pub fn set_password(config: &Config, name: &str, source: PasswordSource) -> Result<(), Error> {
     let store = open_store(config)?;
     let (password, generated) = obtain_password(source)?;
-    store.set_password(name, &password::hash(&password)?)?;
-    store.audit(
-        &Actor::Cli,
-        AuditAction::UserPasswd,
-        name,
-        Outcome::Success,
-        None,
-    )?;
+    store.set_password(name, &password::hash(&password)?, &Actor::Cli)?;
     report(name, &password, generated, "updated");
     Ok(())
 }
@@ -128,7 +114,7 @@ pub fn set_password(config: &Config, name: &str, source: PasswordSource) -> Resu
 /// `linkops user role NAME ROLE`
 pub fn change_role(config: &Config, name: &str, role: Role) -> Result<(), Error> {
     let store = open_store(config)?;
-    let user = crate::auth::change_role(&store, "cli", name, role)?;
+    let user = crate::auth::change_role(&store, &Actor::Cli, name, role)?;
     println!("user {} is now {}", user.name, user.role);
     Ok(())
 }
@@ -136,7 +122,7 @@ pub fn change_role(config: &Config, name: &str, role: Role) -> Result<(), Error>
 /// `linkops user remove NAME`
 pub fn remove_user(config: &Config, name: &str) -> Result<(), Error> {
     let store = open_store(config)?;
-    let deleted = crate::auth::delete_user(&store, "cli", name)?;
+    let deleted = crate::auth::delete_user(&store, &Actor::Cli, name)?;
     println!(
         "user {} ({}) removed; the name stays retired",
         deleted.user.name, deleted.user.role

@@ -96,6 +96,7 @@ impl Daemon {
                 "admin",
                 Role::Admin,
                 &password::hash(ADMIN_PASSWORD).unwrap(),
+                &linkops::store::Actor::Cli,
             )
             .ok();
         drop(store);

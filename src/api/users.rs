@@ -9,7 +9,7 @@ use super::auth::Authenticated;
 use super::extract::{Json, Path};
 use super::{ApiError, AppState, at};
 use crate::auth::{self, GeneratedPassword};
-use crate::store::{Role, User};
+use crate::store::{Actor, Role, User};
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct UserView {
@@ -75,7 +75,7 @@ pub async fn create(
     caller: Authenticated,
     Json(body): Json<NewUser>,
 ) -> Result<(StatusCode, Json<Credentials>), ApiError> {
-    let admin = caller.require(Role::Admin)?.name.clone();
+    let admin = Actor::user(&caller.require(Role::Admin)?.name);
     let store = state.store.clone();
     let created = tokio::task::spawn_blocking(move || {
         auth::create_user(&store, &admin, &body.username, body.role)
@@ -92,7 +92,7 @@ pub async fn reset_password(
     caller: Authenticated,
     Path(name): Path<String>,
 ) -> Result<Json<Credentials>, ApiError> {
-    let admin = caller.require(Role::Admin)?.name.clone();
+    let admin = Actor::user(&caller.require(Role::Admin)?.name);
     let store = state.store.clone();
     let reset = tokio::task::spawn_blocking(move || auth::reset_password(&store, &admin, &name))
         .await
@@ -114,7 +114,7 @@ pub async fn change_role(
     Path(name): Path<String>,
     Json(body): Json<RoleChange>,
 ) -> Result<Json<UserView>, ApiError> {
-    let admin = caller.require(Role::Admin)?.name.clone();
+    let admin = Actor::user(&caller.require(Role::Admin)?.name);
     let user = auth::change_role(&state.store, &admin, &name, body.role)?;
     if user.role < crate::terminal::ROLE {
         state.terminals.revoke(&user.name).await?;
@@ -129,7 +129,7 @@ pub async fn delete(
     caller: Authenticated,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let admin = caller.require(Role::Admin)?.name.clone();
+    let admin = Actor::user(&caller.require(Role::Admin)?.name);
     let deleted = auth::delete_user(&state.store, &admin, &name)?;
     state.terminals.end_workspaces(&deleted.workspaces).await;
     Ok(StatusCode::NO_CONTENT)

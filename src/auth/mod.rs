@@ -352,11 +352,11 @@ pub fn valid_user_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// Creates a user with a generated password, audited as done by `actor`.
+/// Creates a user with a generated password, audited as done `by`.
 /// Blocking (argon2).
 pub fn create_user(
     store: &Store,
-    actor: &str,
+    by: &Actor,
     name: &str,
     role: Role,
 ) -> Result<GeneratedPassword, Error> {
@@ -364,14 +364,7 @@ pub fn create_user(
         return Err(Error::InvalidName(name.to_owned()));
     }
     let password = password::generate();
-    store.create_user(name, role, &password::hash(&password)?)?;
-    store.audit(
-        &Actor::user(actor),
-        AuditAction::UserCreate,
-        name,
-        Outcome::Success,
-        Some(format!("role {role}")),
-    )?;
+    store.create_user(name, role, &password::hash(&password)?, by)?;
     Ok(GeneratedPassword {
         user: name.to_owned(),
         password: password.into(),
@@ -379,70 +372,44 @@ pub fn create_user(
 }
 
 /// Replaces a user's password with a generated one (older tokens stop
-/// working, a lockout is lifted), audited as done by `actor`. Blocking (argon2).
-pub fn reset_password(store: &Store, actor: &str, name: &str) -> Result<GeneratedPassword, Error> {
+/// working, a lockout is lifted), audited as done `by`. Blocking (argon2).
+pub fn reset_password(store: &Store, by: &Actor, name: &str) -> Result<GeneratedPassword, Error> {
     let password = password::generate();
-    store.set_password(name, &password::hash(&password)?)?;
-    store.audit(
-        &Actor::user(actor),
-        AuditAction::UserPasswd,
-        name,
-        Outcome::Success,
-        None,
-    )?;
+    store.set_password(name, &password::hash(&password)?, by)?;
     Ok(GeneratedPassword {
         user: name.to_owned(),
         password: password.into(),
     })
 }
 
-/// Changes a user's role, audited as done by `actor` with the old and new role.
+/// Changes a user's role, audited as done `by` with the old and new role.
 /// A refusal (the last admin) is audited too.
-pub fn change_role(store: &Store, actor: &str, name: &str, role: Role) -> Result<User, Error> {
-    let changed = store.set_role(name, role);
-    let detail = |(before, user): &(Role, User)| format!("{before} -> {}", user.role);
-    audit_user_change(store, actor, AuditAction::UserRole, name, &changed, detail)?;
+pub fn change_role(store: &Store, by: &Actor, name: &str, role: Role) -> Result<User, Error> {
+    let changed = store.set_role(name, role, by);
+    audit_refusal(store, by, AuditAction::UserRole, name, &changed)?;
     Ok(changed?.1)
 }
 
-/// Deletes a user, audited as done by `actor`; their tokens stop working at once.
+/// Deletes a user, audited as done `by`; their tokens stop working at once.
 /// The name is retired and the user's workspaces deleted (see [`Store::delete_user`]).
-pub fn delete_user(store: &Store, actor: &str, name: &str) -> Result<store::DeletedUser, Error> {
-    let deleted = store.delete_user(name);
-    let detail = |deleted: &store::DeletedUser| {
-        format!(
-            "was {}; {} terminal workspace(s) deleted; the name is retired",
-            deleted.user.role,
-            deleted.workspaces.len()
-        )
-    };
-    audit_user_change(
-        store,
-        actor,
-        AuditAction::UserDelete,
-        name,
-        &deleted,
-        detail,
-    )?;
+pub fn delete_user(store: &Store, by: &Actor, name: &str) -> Result<store::DeletedUser, Error> {
+    let deleted = store.delete_user(name, by);
+    audit_refusal(store, by, AuditAction::UserDelete, name, &deleted)?;
     Ok(deleted?)
 }
 
-/// Audits a role change or deletion: its detail on success, the reason when refused.
-fn audit_user_change<T>(
+/// Audits a role change or deletion refused (the last admin): nothing changed,
+/// so it has a transaction of its own. A change is audited by the store with it.
+fn audit_refusal<T>(
     store: &Store,
-    actor: &str,
+    by: &Actor,
     action: AuditAction,
     name: &str,
     result: &Result<T, store::Error>,
-    detail: impl FnOnce(&T) -> String,
 ) -> Result<(), Error> {
-    let (outcome, detail) = match result {
-        Ok(changed) => (Outcome::Success, detail(changed)),
-        Err(error @ store::Error::LastAdmin(_)) => (Outcome::Denied, error.to_string()),
-        // Nothing changed and nothing was there to change.
-        Err(_) => return Ok(()),
-    };
-    store.audit(&Actor::user(actor), action, name, outcome, Some(detail))?;
+    if let Err(error @ store::Error::LastAdmin(_)) = result {
+        store.audit(by, action, name, Outcome::Denied, Some(error.to_string()))?;
+    }
     Ok(())
 }
 
@@ -457,19 +424,10 @@ pub fn bootstrap_admin(store: &Store) -> Result<Option<GeneratedPassword>, Error
     let password = password::generate();
     let hash = password::hash(&password)?;
     match store.create_first_user("admin", Role::Admin, &hash)? {
-        Some(user) => {
-            store.audit(
-                &Actor::System,
-                AuditAction::UserCreate,
-                &user.name,
-                Outcome::Success,
-                Some("first admin, generated password".into()),
-            )?;
-            Ok(Some(GeneratedPassword {
-                user: user.name,
-                password: password.into(),
-            }))
-        }
+        Some(user) => Ok(Some(GeneratedPassword {
+            user: user.name,
+            password: password.into(),
+        })),
         // Another process created the first user between our two reads.
         None => Ok(None),
     }

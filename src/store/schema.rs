@@ -273,7 +273,12 @@ mod tests {
         let path = dir.path().join("s.redb");
         let store = Store::open(&path).unwrap();
         store
-            .create_user("ada", crate::store::Role::Admin, "$argon2id$fake")
+            .create_user(
+                "ada",
+                crate::store::Role::Admin,
+                "$argon2id$fake",
+                &crate::store::Actor::Cli,
+            )
             .unwrap();
         drop(store);
         let store = Store::open(&path).unwrap();

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use linkops_reconcilers::terminal::Workspace;
 
+use super::audit::{self, Actor, AuditAction, Outcome};
 use super::codec::{decode, encode, get_str};
 use super::schema::{LOGIN_FAILURES, RETIRED_NAMES, TERMINAL_WORKSPACES, USERS};
 use super::{Error, Result, Store, now_ms};
@@ -86,8 +87,14 @@ pub struct DeletedUser {
 }
 
 impl Store {
-    /// Creates a user; fails if the name is taken or was a deleted account's.
-    pub fn create_user(&self, name: &str, role: Role, password_hash: &str) -> Result<User> {
+    /// Creates a user, audited as done `by`; fails if the name is taken or was a deleted account's.
+    pub fn create_user(
+        &self,
+        name: &str,
+        role: Role,
+        password_hash: &str,
+        by: &Actor,
+    ) -> Result<User> {
         let tx = self.db.begin_write()?;
         let user = {
             let mut users = tx.open_table(USERS)?;
@@ -101,6 +108,15 @@ impl Store {
             users.insert(name, encode(&user).as_slice())?;
             user
         };
+        let detail = format!("role {role}");
+        audit::append(
+            &tx,
+            by,
+            AuditAction::UserCreate,
+            name,
+            Outcome::Success,
+            Some(detail),
+        )?;
         tx.commit()?;
         Ok(user)
     }
@@ -122,6 +138,15 @@ impl Store {
             users.insert(name, encode(&user).as_slice())?;
             user
         };
+        let detail = Some("first admin, generated password".into());
+        audit::append(
+            &tx,
+            &Actor::System,
+            AuditAction::UserCreate,
+            name,
+            Outcome::Success,
+            detail,
+        )?;
         tx.commit()?;
         Ok(Some(user))
     }
@@ -135,8 +160,9 @@ impl Store {
         self.read_all(USERS, "users")
     }
 
-    /// Replaces a user's password hash; tokens issued before now stop working.
-    pub fn set_password(&self, name: &str, password_hash: &str) -> Result<User> {
+    /// Replaces a user's password hash, audited as done `by`; tokens issued
+    /// before now stop working.
+    pub fn set_password(&self, name: &str, password_hash: &str, by: &Actor) -> Result<User> {
         let tx = self.db.begin_write()?;
         let user = {
             let mut users = tx.open_table(USERS)?;
@@ -149,14 +175,22 @@ impl Store {
         };
         // A new password also lifts a lockout.
         tx.open_table(LOGIN_FAILURES)?.remove(name)?;
+        audit::append(
+            &tx,
+            by,
+            AuditAction::UserPasswd,
+            name,
+            Outcome::Success,
+            None,
+        )?;
         tx.commit()?;
         self.user_changed();
         Ok(user)
     }
 
-    /// Changes a user's role; the last admin cannot be demoted.
-    /// Returns the role before and the user now.
-    pub fn set_role(&self, name: &str, role: Role) -> Result<(Role, User)> {
+    /// Changes a user's role, audited as done `by`; the last admin cannot be
+    /// demoted. Returns the role before and the user now.
+    pub fn set_role(&self, name: &str, role: Role, by: &Actor) -> Result<(Role, User)> {
         let tx = self.db.begin_write()?;
         let changed = {
             let mut users = tx.open_table(USERS)?;
@@ -169,6 +203,15 @@ impl Store {
             users.insert(name, encode(&user).as_slice())?;
             (before, user)
         };
+        let detail = format!("{} -> {role}", changed.0);
+        audit::append(
+            &tx,
+            by,
+            AuditAction::UserRole,
+            name,
+            Outcome::Success,
+            Some(detail),
+        )?;
         tx.commit()?;
         self.user_changed();
         Ok(changed)
@@ -179,7 +222,7 @@ impl Store {
     /// The name is retired, never to be an account again, so that every record
     /// naming it (audit log, operations, recordings) keeps meaning one person;
     /// the user's terminal workspaces go (recordings stay, for admins).
-    pub fn delete_user(&self, name: &str) -> Result<DeletedUser> {
+    pub fn delete_user(&self, name: &str, by: &Actor) -> Result<DeletedUser> {
         let tx = self.db.begin_write()?;
         let user = {
             let mut users = tx.open_table(USERS)?;
@@ -207,6 +250,19 @@ impl Store {
             }
             owned
         };
+        let detail = format!(
+            "was {}; {} terminal workspace(s) deleted; the name is retired",
+            user.role,
+            workspaces.len()
+        );
+        audit::append(
+            &tx,
+            by,
+            AuditAction::UserDelete,
+            name,
+            Outcome::Success,
+            Some(detail),
+        )?;
         tx.commit()?;
         self.user_changed();
         Ok(DeletedUser { user, workspaces })
@@ -311,17 +367,67 @@ mod tests {
     }
 
     #[test]
+    fn every_account_change_is_audited_in_its_own_transaction() {
+        let (_dir, store) = store();
+        let ada = Actor::user("ada");
+        store.create_first_user("ada", Role::Admin, "h").unwrap();
+        store.create_user("bob", Role::Viewer, "h", &ada).unwrap();
+        store.set_password("bob", "h2", &ada).unwrap();
+        store.set_role("bob", Role::Operator, &ada).unwrap();
+        store.delete_user("bob", &ada).unwrap();
+        // A refusal changes nothing and writes nothing.
+        store.delete_user("ada", &ada).unwrap_err();
+        let audited: Vec<(String, String, Option<String>)> = store
+            .audit_entries(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.actor, e.action, e.detail))
+            .collect();
+        let entry = |actor: &str, action: &str, detail: Option<&str>| {
+            (
+                actor.to_owned(),
+                action.to_owned(),
+                detail.map(str::to_owned),
+            )
+        };
+        assert_eq!(
+            audited,
+            [
+                entry(
+                    "system",
+                    "user.create",
+                    Some("first admin, generated password")
+                ),
+                entry("ada", "user.create", Some("role viewer")),
+                entry("ada", "user.passwd", None),
+                entry("ada", "user.role", Some("viewer -> operator")),
+                entry(
+                    "ada",
+                    "user.delete",
+                    Some("was operator; 0 terminal workspace(s) deleted; the name is retired")
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn duplicate_user_is_refused() {
         let (_dir, store) = store();
-        store.create_user("ada", Role::Viewer, "h").unwrap();
-        let err = store.create_user("ada", Role::Admin, "h").unwrap_err();
+        store
+            .create_user("ada", Role::Viewer, "h", &Actor::Cli)
+            .unwrap();
+        let err = store
+            .create_user("ada", Role::Admin, "h", &Actor::Cli)
+            .unwrap_err();
         assert!(matches!(err, Error::UserExists(name) if name == "ada"));
     }
 
     #[test]
     fn new_password_clears_failures() {
         let (_dir, store) = store();
-        store.create_user("ada", Role::Viewer, "h").unwrap();
+        store
+            .create_user("ada", Role::Viewer, "h", &Actor::Cli)
+            .unwrap();
         store
             .update_login_failures("ada", |_| {
                 Some(LoginFailures {
@@ -331,7 +437,7 @@ mod tests {
                 })
             })
             .unwrap();
-        let user = store.set_password("ada", "h2").unwrap();
+        let user = store.set_password("ada", "h2", &Actor::Cli).unwrap();
         assert_eq!(user.password_hash, "h2");
         assert_eq!(store.login_failures("ada").unwrap(), None);
     }
@@ -339,31 +445,37 @@ mod tests {
     #[test]
     fn the_last_admin_is_neither_demoted_nor_deleted() {
         let (_dir, store) = store();
-        store.create_user("root", Role::Admin, "h").unwrap();
-        store.create_user("ada", Role::Operator, "h").unwrap();
-        let refused = store.set_role("root", Role::Operator).unwrap_err();
+        store
+            .create_user("root", Role::Admin, "h", &Actor::Cli)
+            .unwrap();
+        store
+            .create_user("ada", Role::Operator, "h", &Actor::Cli)
+            .unwrap();
+        let refused = store
+            .set_role("root", Role::Operator, &Actor::Cli)
+            .unwrap_err();
         assert!(matches!(refused, Error::LastAdmin(name) if name == "root"));
         assert!(matches!(
-            store.delete_user("root").unwrap_err(),
+            store.delete_user("root", &Actor::Cli).unwrap_err(),
             Error::LastAdmin(_)
         ));
         // With a second admin, either can go.
-        store.set_role("ada", Role::Admin).unwrap();
-        let (before, root) = store.set_role("root", Role::Viewer).unwrap();
+        store.set_role("ada", Role::Admin, &Actor::Cli).unwrap();
+        let (before, root) = store.set_role("root", Role::Viewer, &Actor::Cli).unwrap();
         assert_eq!((before, root.role), (Role::Admin, Role::Viewer));
         assert!(matches!(
-            store.delete_user("ada").unwrap_err(),
+            store.delete_user("ada", &Actor::Cli).unwrap_err(),
             Error::LastAdmin(_)
         ));
-        store.delete_user("root").unwrap();
+        store.delete_user("root", &Actor::Cli).unwrap();
         assert_eq!(store.user("root").unwrap(), None);
         // The name is retired: a new account cannot inherit what it owned.
         assert!(matches!(
-            store.create_user("root", Role::Admin, "h").unwrap_err(),
+            store.create_user("root", Role::Admin, "h", &Actor::Cli).unwrap_err(),
             Error::NameRetired(name) if name == "root"
         ));
         assert!(matches!(
-            store.delete_user("root").unwrap_err(),
+            store.delete_user("root", &Actor::Cli).unwrap_err(),
             Error::NoSuchUser(_)
         ));
     }

@@ -126,7 +126,12 @@ pub fn add_users(data_dir: &Path, users: &[(&str, Role, &str)]) {
     let store = Store::open(&config(data_dir).store_path()).unwrap();
     for (name, role, secret) in users {
         store
-            .create_user(name, *role, &password::hash(secret).unwrap())
+            .create_user(
+                name,
+                *role,
+                &password::hash(secret).unwrap(),
+                &linkops::store::Actor::Cli,
+            )
             .unwrap();
     }
 }
