@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
-use crate::store::{Actor, AuditAction, Outcome, Role};
+use crate::store::{Actor, Role};
 use linkops_reconcilers::suspension;
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -62,21 +62,9 @@ async fn set(
 ) -> Result<Json<SuspensionView>, ApiError> {
     let user = caller.require(Role::Admin)?;
     let held = suspension::Scope::of(scope.machine.clone());
-    state.controller.set_suspended(&held, suspended)?;
-    // The audit's target: the machine, or `*` for the fleet (no machine id can be `*`).
-    let target = held.machine().unwrap_or("*");
-    let action = if suspended {
-        AuditAction::ReconcileSuspend
-    } else {
-        AuditAction::ReconcileResume
-    };
-    state.store.audit(
-        &Actor::user(&user.name),
-        action,
-        target,
-        Outcome::Success,
-        None,
-    )?;
+    state
+        .controller
+        .set_suspended(&held, suspended, &Actor::user(&user.name))?;
     Ok(Json(suspensions(state)?))
 }
 

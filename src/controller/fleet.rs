@@ -143,32 +143,33 @@ impl Context {
             .clone()
             .unwrap_or_else(|| machine::MachineStatus::new(&machine.id));
         machine::mark_reconciling(&mut reconciling, now_ms());
-        self.store.put_machine_status(&reconciling, None)?;
+        self.store.put_machine_status(&reconciling, None, &[])?;
         let result = self.fleet.check(machine).await;
         let machine::Observed {
             status: observed,
             transitions,
         } = machine::observe(machine, status, result, revision, now_ms());
-        for transition in transitions {
-            match transition {
-                machine::Transition::HostKeyRefused { error } => {
-                    self.store.audit(
-                        &Actor::System,
-                        AuditAction::SshHostKeyRefused,
-                        &machine.id,
-                        store::Outcome::Denied,
-                        Some(error),
-                    )?;
-                }
-            }
-        }
+        // What the check's transitions mean for the audit log, written with the status.
+        let audits: Vec<store::Audit> = transitions
+            .into_iter()
+            .map(|transition| match transition {
+                machine::Transition::HostKeyRefused { error } => store::Audit {
+                    actor: Actor::System,
+                    action: AuditAction::SshHostKeyRefused,
+                    target: machine.id.clone(),
+                    outcome: store::Outcome::Denied,
+                    detail: Some(error),
+                },
+            })
+            .collect();
         let sample = HealthSample {
             at_ms: observed.checked_at_ms.unwrap_or_default(),
             health: observed.health.clone(),
             enrolled: observed.enrollment.is_enrolled(),
         };
         tracing::debug!(machine = %machine.id, health = ?observed.health, enrollment = ?observed.enrollment, "checked");
-        self.store.put_machine_status(&observed, Some(&sample))
+        self.store
+            .put_machine_status(&observed, Some(&sample), &audits)
     }
 
     async fn run_request(&self, desired: &DesiredState, id: &str) -> Result<Action, store::Error> {

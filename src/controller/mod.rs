@@ -67,9 +67,15 @@ impl Controller {
         self.context.suspended(machine)
     }
 
-    /// Suspends or resumes `scope`; a resume reconciles at once what it held back.
-    pub fn set_suspended(&self, scope: &Scope, suspended: bool) -> Result<(), store::Error> {
-        self.context.store.set_suspended(scope, suspended)?;
+    /// Suspends or resumes `scope` (audited as done `by`); a resume reconciles
+    /// at once what it held back.
+    pub fn set_suspended(
+        &self,
+        scope: &Scope,
+        suspended: bool,
+        by: &store::Actor,
+    ) -> Result<(), store::Error> {
+        self.context.store.set_suspended(scope, suspended, by)?;
         let desired = self.context.desired.borrow().clone();
         if !suspended && let Some(desired) = desired {
             let released = suspension::released(scope, &desired);

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::mirror::{self, Mirror, Source};
-use crate::store::{self, Actor, AuditAction, Outcome, Store, SyncOutcome, SyncRecord};
+use crate::store::{self, Actor, Audit, AuditAction, Outcome, Store, SyncOutcome, SyncRecord};
 
 /// Why a sync was asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,7 +318,11 @@ async fn sync_attempt(
         previous,
         outcome,
     };
-    let record = match context.store.record_sync(record.clone(), state.as_deref()) {
+    let audit = audit_of(&record);
+    let recorded = context
+        .store
+        .record_sync(record.clone(), state.as_deref(), audit.as_ref());
+    let record = match recorded {
         Ok(record) => record,
         Err(error) => {
             // Not applied if not recorded: the store is the truth after a restart.
@@ -333,7 +337,7 @@ async fn sync_attempt(
             result: record.outcome.name(),
         })
         .inc();
-    log_and_audit(&context.store, &record);
+    log(&record);
     Some((record, state))
 }
 
@@ -398,70 +402,70 @@ fn changed(before: &desired::RepoFiles, after: &desired::RepoFiles) -> Vec<Strin
     paths
 }
 
-fn log_and_audit(store: &Store, record: &SyncRecord) {
+fn log(record: &SyncRecord) {
     let revision = record.revision.as_deref().unwrap_or("-");
     match &record.outcome {
         SyncOutcome::Applied {
             changed_files,
             forced,
-        } => {
-            tracing::info!(
-                revision,
-                files = changed_files.len(),
-                forced,
-                "applied a new revision"
-            );
-            let detail = format!(
-                "{} -> {revision}{}",
-                record.previous.as_deref().unwrap_or("(none)"),
-                if *forced { " (force-pushed)" } else { "" }
-            );
-            store
-                .audit(
-                    &Actor::Sync(record.trigger.clone()),
-                    AuditAction::GitSync,
-                    revision,
-                    Outcome::Success,
-                    Some(detail),
-                )
-                .ok();
-        }
+        } => tracing::info!(
+            revision,
+            files = changed_files.len(),
+            forced,
+            "applied a new revision"
+        ),
         SyncOutcome::Unchanged => tracing::debug!(revision, "no new revision"),
         SyncOutcome::Invalid { problems } => {
             for problem in problems {
                 tracing::warn!(revision, %problem, "revision rejected");
             }
-            let detail = format!(
+        }
+        SyncOutcome::Failed { error } => {
+            tracing::warn!(%error, "sync failed; the last good revision stays in force")
+        }
+    }
+}
+
+/// A sync's audit entry, recorded with it: revisions applied or refused, and
+/// failed fetches (an unchanged look is no event).
+fn audit_of(record: &SyncRecord) -> Option<Audit> {
+    let revision = record.revision.as_deref().unwrap_or("-");
+    let (target, outcome, detail) = match &record.outcome {
+        SyncOutcome::Applied { forced, .. } => (
+            revision,
+            Outcome::Success,
+            format!(
+                "{} -> {revision}{}",
+                record.previous.as_deref().unwrap_or("(none)"),
+                if *forced { " (force-pushed)" } else { "" }
+            ),
+        ),
+        SyncOutcome::Unchanged => return None,
+        SyncOutcome::Invalid { problems } => (
+            revision,
+            Outcome::Failure,
+            format!(
                 "{} problem(s); first: {}",
                 problems.len(),
                 problems
                     .first()
                     .map(ToString::to_string)
                     .unwrap_or_default()
-            );
-            store
-                .audit(
-                    &Actor::Sync(record.trigger.clone()),
-                    AuditAction::GitSync,
-                    revision,
-                    Outcome::Failure,
-                    Some(detail),
-                )
-                .ok();
-        }
-        SyncOutcome::Failed { error } => {
-            tracing::warn!(%error, "sync failed; the last good revision stays in force");
-            store
-                .audit(
-                    &Actor::Sync(record.trigger.clone()),
-                    AuditAction::GitSync,
-                    record.previous.as_deref().unwrap_or("-"),
-                    Outcome::Failure,
-                    Some(error.clone()),
-                )
-                .ok();
-        }
-    }
+            ),
+        ),
+        SyncOutcome::Failed { error } => (
+            record.previous.as_deref().unwrap_or("-"),
+            Outcome::Failure,
+            error.clone(),
+        ),
+    };
+    Some(Audit {
+        actor: Actor::Sync(record.trigger.clone()),
+        action: AuditAction::GitSync,
+        target: target.to_owned(),
+        outcome,
+        detail: Some(detail),
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

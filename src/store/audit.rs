@@ -95,6 +95,17 @@ impl AuditAction {
     }
 }
 
+/// The audit entry of a change, handed to the store function that makes the
+/// change so that both are one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    pub actor: Actor,
+    pub action: AuditAction,
+    pub target: String,
+    pub outcome: Outcome,
+    pub detail: Option<String>,
+}
+
 /// One audit record. Never holds a password or a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -163,6 +174,18 @@ pub(super) fn append(
     };
     log.insert(seq, encode(&entry).as_slice())?;
     Ok(entry)
+}
+
+/// Appends `audit` in `tx`, as [`append`] does.
+pub(super) fn append_audit(tx: &redb::WriteTransaction, audit: &Audit) -> Result<AuditEntry> {
+    append(
+        tx,
+        &audit.actor,
+        audit.action,
+        &audit.target,
+        audit.outcome,
+        audit.detail.clone(),
+    )
 }
 
 #[cfg(test)]

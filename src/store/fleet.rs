@@ -6,6 +6,7 @@ use linkops_reconcilers::suspension::Scope;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
+use super::audit::{self, Actor, Audit, AuditAction, Outcome};
 use super::codec::{decode, encode, get_str};
 use super::schema::{HEALTH_HISTORY, MACHINE_STATUS, RUN_REQUESTS, SUSPENSIONS};
 use super::{Result, Store};
@@ -30,8 +31,9 @@ fn scope_key(scope: &Scope) -> &str {
 }
 
 impl Store {
-    /// Suspends (or resumes) reconciliation of `scope`.
-    pub fn set_suspended(&self, scope: &Scope, suspended: bool) -> Result<()> {
+    /// Suspends (or resumes) reconciliation of `scope`, audited as done `by`
+    /// (the fleet's target is `*`, which no machine id can be).
+    pub fn set_suspended(&self, scope: &Scope, suspended: bool, by: &Actor) -> Result<()> {
         let key = scope_key(scope);
         let tx = self.db.begin_write()?;
         {
@@ -44,6 +46,11 @@ impl Store {
                 table.remove(key)?;
             }
         }
+        let action = match suspended {
+            true => AuditAction::ReconcileSuspend,
+            false => AuditAction::ReconcileResume,
+        };
+        audit::append(&tx, by, action, key, Outcome::Success, None)?;
         tx.commit()?;
         self.fleet_changed();
         Ok(())
@@ -83,13 +90,18 @@ impl Store {
     }
 
     /// Stores a machine's status; with `sample`, appends it to the health
-    /// history (trimmed to the newest samples) in the same transaction.
+    /// history (trimmed to the newest samples), and writes `audits` (what
+    /// the change means: a host key refused), all in one transaction.
     pub fn put_machine_status(
         &self,
         status: &MachineStatus,
         sample: Option<&HealthSample>,
+        audits: &[Audit],
     ) -> Result<()> {
         let tx = self.db.begin_write()?;
+        for entry in audits {
+            audit::append_audit(&tx, entry)?;
+        }
         {
             let mut table = tx.open_table(MACHINE_STATUS)?;
             table.insert(status.machine_id.as_str(), encode(status).as_slice())?;

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use audit::{Actor, AuditAction, AuditEntry, Outcome};
+pub use audit::{Actor, Audit, AuditAction, AuditEntry, Outcome};
 pub use fleet::HealthSample;
 pub use operations::OperationUpdate;
 pub use scan::{OperationIndex, SeqTable, state_name};

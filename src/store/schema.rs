@@ -255,9 +255,13 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.suspensions().unwrap(), [(Scope::Fleet, 42)]);
         // Now a machine called "fleet" is suspended on its own.
-        store.set_suspended(&Scope::Fleet, false).unwrap();
+        store
+            .set_suspended(&Scope::Fleet, false, &crate::store::Actor::Cli)
+            .unwrap();
         let machine = Scope::Machine("fleet".into());
-        store.set_suspended(&machine, true).unwrap();
+        store
+            .set_suspended(&machine, true, &crate::store::Actor::Cli)
+            .unwrap();
         let held: Vec<Scope> = store
             .suspensions()
             .unwrap()

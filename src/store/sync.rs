@@ -12,6 +12,7 @@ use redb::ReadableTable;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::audit::{self, Audit};
 use super::codec::{JsonTable, decode, encode};
 use super::schema::{MACHINES, SCRIPTS, SYNC_HISTORY};
 use super::{Result, Store};
@@ -89,17 +90,22 @@ impl Store {
         &self,
         record: SyncRecord,
         desired: Option<&DesiredState>,
+        audit: Option<&Audit>,
     ) -> Result<SyncRecord> {
-        self.record_sync_keeping(record, desired, SYNC_HISTORY_KEEP)
+        self.record_sync_keeping(record, desired, audit, SYNC_HISTORY_KEEP)
     }
 
     fn record_sync_keeping(
         &self,
         mut record: SyncRecord,
         desired: Option<&DesiredState>,
+        audit: Option<&Audit>,
         keep: u64,
     ) -> Result<SyncRecord> {
         let tx = self.db.begin_write()?;
+        if let Some(entry) = audit {
+            audit::append_audit(&tx, entry)?;
+        }
         {
             let mut history = tx.open_table(SYNC_HISTORY)?;
             record.seq = history.last()?.map_or(1, |(key, _)| key.value() + 1);
@@ -234,11 +240,11 @@ mod tests {
         };
         const KEEP: u64 = 20;
         store
-            .record_sync_keeping(record(applied), None, KEEP)
+            .record_sync_keeping(record(applied), None, None, KEEP)
             .unwrap();
         for _ in 0..KEEP + 5 {
             store
-                .record_sync_keeping(record(SyncOutcome::Unchanged), None, KEEP)
+                .record_sync_keeping(record(SyncOutcome::Unchanged), None, None, KEEP)
                 .unwrap();
         }
         let kept = store.recent_syncs(usize::MAX).unwrap();
