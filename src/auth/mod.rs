@@ -226,23 +226,23 @@ impl Auth {
         let valid = password::verify(password, user.as_ref().map(|u| u.password_hash.as_str()));
         match user {
             Some(user) if valid => {
-                self.store.update_login_failures(name, |_| None)?;
-                self.store.audit(
-                    &Actor::user(name),
-                    AuditAction::AuthLogin,
+                self.store.update_login_failures(
                     name,
-                    Outcome::Success,
-                    None,
+                    |_| None,
+                    |_| login_audit(name, Attempt::Succeeded),
                 )?;
                 let token = self.tokens.issue(&user);
                 Ok(Login { token, user })
             }
             Some(_) => {
                 let policy = self.lockout;
-                let failures = self.store.update_login_failures(name, |current| {
-                    Some(policy.record_failure(current, now))
-                })?;
-                self.refuse(name, failures)
+                // The count and its audit in one transaction.
+                self.store.update_login_failures(
+                    name,
+                    |current| Some(policy.record_failure(current, now)),
+                    |failures| login_audit(name, Attempt::WrongCredentials(failures)),
+                )?;
+                Err(Error::InvalidCredentials)
             }
             None => {
                 let failures = {
@@ -251,27 +251,18 @@ impl Auth {
                     unknown.put(name, failures, now);
                     failures
                 };
-                self.refuse(name, Some(failures))
+                // Counted in memory: the audit entry is the only write.
+                let audit = login_audit(name, Attempt::WrongCredentials(Some(&failures)));
+                self.store.audit(
+                    &audit.actor,
+                    audit.action,
+                    &audit.target,
+                    audit.outcome,
+                    audit.detail,
+                )?;
+                Err(Error::InvalidCredentials)
             }
         }
-    }
-
-    /// Audits a wrong password or name (said alike) and refuses it.
-    fn refuse(&self, name: &str, failures: Option<LoginFailures>) -> Result<Login, Error> {
-        let locked = failures.and_then(|f| f.locked_until_ms).is_some();
-        let detail = if locked {
-            "wrong credentials; account now locked"
-        } else {
-            "wrong credentials"
-        };
-        self.store.audit(
-            &Actor::user(name),
-            AuditAction::AuthLogin,
-            name,
-            Outcome::Failure,
-            Some(detail.into()),
-        )?;
-        Err(Error::InvalidCredentials)
     }
 
     /// Resolves a bearer token to its user, as the store knows the user now,
@@ -335,6 +326,36 @@ impl Grant {
     /// Whether the grant still gives `needed` (see [`Auth::revoked`]).
     pub fn allows(&self, auth: &Auth, needed: Role) -> bool {
         matches!(auth.current(self), Ok(Some(user)) if user.role >= needed)
+    }
+}
+
+/// How a login attempt went, for its audit entry.
+enum Attempt<'a> {
+    Succeeded,
+    /// A wrong password or an unknown name (said alike), with the failure
+    /// count as it ends up.
+    WrongCredentials(Option<&'a LoginFailures>),
+}
+
+fn login_audit(name: &str, attempt: Attempt) -> store::Audit {
+    let (outcome, detail) = match attempt {
+        Attempt::Succeeded => (Outcome::Success, None),
+        Attempt::WrongCredentials(failures) => {
+            let locked = failures.and_then(|f| f.locked_until_ms).is_some();
+            let detail = if locked {
+                "wrong credentials; account now locked"
+            } else {
+                "wrong credentials"
+            };
+            (Outcome::Failure, Some(detail.to_owned()))
+        }
+    };
+    store::Audit {
+        actor: Actor::user(name),
+        action: AuditAction::AuthLogin,
+        target: name.to_owned(),
+        outcome,
+        detail,
     }
 }
 

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use linkops_reconcilers::terminal::Workspace;
 
-use super::audit::{self, Actor, AuditAction, Outcome};
+use super::audit::{self, Actor, Audit, AuditAction, Outcome};
 use super::codec::{decode, encode, get_str};
 use super::schema::{LOGIN_FAILURES, RETIRED_NAMES, TERMINAL_WORKSPACES, USERS};
 use super::{Error, Result, Store, now_ms};
@@ -282,11 +282,13 @@ impl Store {
     }
 
     /// Read-modify-writes the failure counter of `name` in one transaction,
-    /// so that concurrent attempts cannot lose a count.
+    /// so that concurrent attempts cannot lose a count, with the login's audit
+    /// entry (`audit` sees the counter as it ends up).
     pub fn update_login_failures(
         &self,
         name: &str,
         update: impl FnOnce(Option<LoginFailures>) -> Option<LoginFailures>,
+        audit: impl FnOnce(Option<&LoginFailures>) -> Audit,
     ) -> Result<Option<LoginFailures>> {
         let tx = self.db.begin_write()?;
         let next = {
@@ -303,6 +305,7 @@ impl Store {
             }
             next
         };
+        audit::append_audit(&tx, &audit(next.as_ref()))?;
         tx.commit()?;
         Ok(next)
     }
@@ -429,13 +432,23 @@ mod tests {
             .create_user("ada", Role::Viewer, "h", &Actor::Cli)
             .unwrap();
         store
-            .update_login_failures("ada", |_| {
-                Some(LoginFailures {
-                    count: 3,
-                    last_failure_ms: 1,
-                    locked_until_ms: None,
-                })
-            })
+            .update_login_failures(
+                "ada",
+                |_| {
+                    Some(LoginFailures {
+                        count: 3,
+                        last_failure_ms: 1,
+                        locked_until_ms: None,
+                    })
+                },
+                |_| Audit {
+                    actor: Actor::user("ada"),
+                    action: AuditAction::AuthLogin,
+                    target: "ada".into(),
+                    outcome: Outcome::Failure,
+                    detail: None,
+                },
+            )
             .unwrap();
         let user = store.set_password("ada", "h2", &Actor::Cli).unwrap();
         assert_eq!(user.password_hash, "h2");
