@@ -377,8 +377,8 @@ impl Client<'_> {
         match message {
             ClientMessage::Input { pane, data } => self.input(pane, data.into()).await,
             ClientMessage::Resize { pane, cols, rows } => {
-                if let Err(message) = self.terminals.resize(id, pane, cols, rows).await {
-                    self.error(Some(pane), message).await;
+                if let Err(error) = self.terminals.resize(id, pane, cols, rows).await {
+                    self.error(Some(pane), error.to_string()).await;
                 }
             }
             ClientMessage::Open { pane, cols, rows } => {
@@ -416,8 +416,8 @@ impl Client<'_> {
     }
 
     async fn input(&self, pane: usize, data: Bytes) {
-        if let Err(message) = self.terminals.input(&self.workspace.id, pane, data).await {
-            self.error(Some(pane), message).await;
+        if let Err(error) = self.terminals.input(&self.workspace.id, pane, data).await {
+            self.error(Some(pane), error.to_string()).await;
         }
     }
 

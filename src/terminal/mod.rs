@@ -38,6 +38,16 @@ const SOCKET_QUEUE: usize = 64;
 const PANE_QUEUE: usize = 256;
 /// The size of a terminal whose client did not say.
 pub const DEFAULT_SIZE: (u16, u16) = (80, 24);
+/// What a client asked of a pane that cannot be done; the socket tells it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("terminal size {cols}x{rows} is empty")]
+    EmptySize { cols: u16, rows: u16 },
+    /// Named as the console shows it (Pane 1 is index 0).
+    #[error("Pane {} (index {pane}) has no open session: the input was not sent", pane + 1)]
+    NoSession { pane: usize },
+}
+
 /// Who may open terminals and keep their sessions open: below it, a user's
 /// sockets close and their sessions end.
 pub const ROLE: Role = Role::Operator;
@@ -498,7 +508,7 @@ impl Terminals {
     }
 
     /// Sends keystrokes to a pane, or to every open pane in broadcast mode.
-    pub async fn input(&self, workspace_id: &str, pane: usize, data: Bytes) -> Result<(), String> {
+    pub async fn input(&self, workspace_id: &str, pane: usize, data: Bytes) -> Result<(), Error> {
         let targets = self.targets(workspace_id, pane)?;
         for commands in targets {
             commands.send(PaneCommand::Input(data.clone())).await.ok();
@@ -512,9 +522,9 @@ impl Terminals {
         pane: usize,
         cols: u16,
         rows: u16,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         if cols == 0 || rows == 0 {
-            return Err(format!("terminal size {cols}x{rows} is empty"));
+            return Err(Error::EmptySize { cols, rows });
         }
         let live = self.live(workspace_id);
         let handle = live
@@ -546,7 +556,7 @@ impl Terminals {
         &self,
         workspace_id: &str,
         pane: usize,
-    ) -> Result<Vec<mpsc::Sender<PaneCommand>>, String> {
+    ) -> Result<Vec<mpsc::Sender<PaneCommand>>, Error> {
         let live = self.live(workspace_id);
         let state = live.state.lock().expect("never poisoned");
         let open = |handle: &&PaneHandle| handle.is_open();
@@ -563,13 +573,7 @@ impl Terminals {
             .get(&pane)
             .filter(open)
             .map(|handle| vec![handle.commands.clone()])
-            .ok_or_else(|| {
-                // Named as the console shows it (Pane 1 is index 0).
-                format!(
-                    "Pane {} (index {pane}) has no open session: the input was not sent",
-                    pane + 1
-                )
-            })
+            .ok_or(Error::NoSession { pane })
     }
 }
 
