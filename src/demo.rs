@@ -212,12 +212,7 @@ pub fn elevate() {
     if is_root() {
         return;
     }
-    let sudo = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("sudo"))
-            .find(|candidate| candidate.exists())
-    });
-    let (Some(sudo), Ok(exe)) = (sudo, std::env::current_exe()) else {
+    let (Some(sudo), Ok(exe)) = (on_path("sudo"), std::env::current_exe()) else {
         return;
     };
     eprintln!(
@@ -425,11 +420,17 @@ fn cli_on_path() -> bool {
         return false;
     };
     // The shell runs the first `linkops` on the PATH.
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path)
-            .find_map(|dir| std::fs::canonicalize(dir.join("linkops")).ok())
-            .is_some_and(|found| found == exe)
-    })
+    on_path("linkops")
+        .and_then(|found| std::fs::canonicalize(found).ok())
+        .is_some_and(|found| found == exe)
+}
+
+/// The first `program` on the PATH, as the shell would run it.
+fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.exists())
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> Error {

@@ -78,11 +78,14 @@ impl Store {
         self.read_one(MACHINE_STATUS, "machine_status", id)
     }
 
-    /// The statuses the store has of `ids`, for a decision to take as a value.
+    /// The statuses the store has of `ids` (one read), for a decision to take as a value.
     pub fn machine_statuses(&self, ids: &[String]) -> Result<Statuses> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(MACHINE_STATUS)?;
         let mut statuses = Statuses::new();
         for id in ids {
-            if let Some(status) = self.machine_status(id)? {
+            if let Some(status) = get_str(&table, "machine_status", id)? {
                 statuses.insert(id.clone(), status);
             }
         }

@@ -60,9 +60,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Fleet {
     /// Says, while the fleet runs, that it does (see [`Fleet::tidy`]).
     claim: std::os::unix::net::UnixListener,
-    /// What this fleet created on the machine, when it is to remove it.
-    tidy: Option<Created>,
+    /// What this fleet created on the machine, and whether it removes it on drop.
     created: Created,
+    tidy: bool,
     root: tempfile::TempDir,
     client_key: PathBuf,
     known_hosts: PathBuf,
@@ -106,8 +106,8 @@ impl Fleet {
         write(&known_hosts, &lines)?;
         Ok(Fleet {
             claim,
-            tidy: None,
             created,
+            tidy: false,
             root,
             client_key,
             known_hosts,
@@ -125,7 +125,7 @@ impl Fleet {
     /// fleet runs. The demo does; the tests keep the user, which every run
     /// would otherwise create again.
     pub fn tidy(&mut self) {
-        self.tidy = Some(self.created);
+        self.tidy = true;
     }
 
     /// For stopping and restarting hosts.
@@ -214,9 +214,10 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        let Some(created) = self.tidy else {
+        if !self.tidy {
             return;
-        };
+        }
+        let created = self.created;
         // The user's processes end with its hosts; userdel refuses a user in use.
         self.hosts.clear();
         let Ok(_lock) = user_lock() else {

@@ -352,8 +352,16 @@ async fn the_readme_examples_run_against_the_demo_as_written() {
         .replace("$PWD/target/release", &binary_dir.display().to_string());
     let path = home.path().join("readme.sh");
     std::fs::write(&path, format!("set -euo pipefail\n{script}")).unwrap();
-    let mut typed = Command::new("script")
-        .args(["--quiet", "--return", "--command"])
+    // Bounded: a prompt nobody answers ends the test, not CI's clock (timeout(1)).
+    let mut typed = Command::new("timeout")
+        .args([
+            "--kill-after=5",
+            "300",
+            "script",
+            "--quiet",
+            "--return",
+            "--command",
+        ])
         .arg(format!("bash {}", path.display()))
         .arg("/dev/null")
         .current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -306,12 +306,27 @@ fn health(port: u16) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGTERM (sudo, when it runs the daemon, relays it), then a clean exit.
+/// SIGTERM (sudo, when it runs the daemon, relays it), then a clean exit
+/// within the unit's stop timeout (systemd's default, 90 s), else SIGKILL.
 fn stop(root: &Root, daemon: &mut Child) -> Result<(), String> {
-    run(root
-        .command("kill")
-        .args(["-TERM", &daemon.id().to_string()]))?;
-    let status = daemon.wait().map_err(|e| e.to_string())?;
+    const STOP_TIMEOUT: Duration = Duration::from_secs(90);
+    let pid = daemon.id().to_string();
+    run(root.command("kill").args(["-TERM", &pid]))?;
+    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+    // std has no wait with a timeout: look every 100 ms.
+    let status = loop {
+        if let Some(status) = daemon.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            run(root.command("kill").args(["-KILL", &pid])).ok();
+            daemon.wait().ok();
+            return Err(format!(
+                "the daemon did not exit within {STOP_TIMEOUT:?} of SIGTERM"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     if !status.success() {
         return Err(format!(
             "the daemon did not exit cleanly on SIGTERM: {status}"

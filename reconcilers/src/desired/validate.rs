@@ -27,6 +27,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub const MAX_YAML_FILE_BYTES: usize = 4 << 20;
 /// All YAML files of a revision together.
 pub const MAX_YAML_REVISION_BYTES: usize = 16 << 20;
+/// Problems reported for one revision (in file order); the rest are counted.
+pub const MAX_REPORTED_PROBLEMS: usize = 200;
 /// One script's text (inline or from its file).
 pub const MAX_SCRIPT_BYTES: usize = 1 << 20;
 
@@ -199,6 +201,19 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
     problems.sort_by(|a, b| {
         (rank(&a.file), &a.file, a.line, a.column).cmp(&(rank(&b.file), &b.file, b.line, b.column))
     });
+    // Every sync record keeps its problems: a revision breaking every one of
+    // thousands of entries must not write megabytes per attempt.
+    if problems.len() > MAX_REPORTED_PROBLEMS {
+        let more = problems.len() - MAX_REPORTED_PROBLEMS;
+        problems.truncate(MAX_REPORTED_PROBLEMS);
+        let last = problems.last().cloned().expect("more than none");
+        problems.push(Problem {
+            message: format!(
+                "and {more} more problem(s) after this one: at most {MAX_REPORTED_PROBLEMS} are reported per revision"
+            ),
+            ..last
+        });
+    }
     Err(problems)
 }
 
@@ -767,6 +782,23 @@ fn duration(text: &Spanned<String>, report: &mut Report) -> Option<Duration> {
 mod tests {
     use super::*;
     use crate::script::ParamValue;
+
+    #[test]
+    fn a_revision_reports_at_most_so_many_problems_and_counts_the_rest() {
+        let mut links = String::from("machines:\n");
+        for i in 0..MAX_REPORTED_PROBLEMS + 50 {
+            links.push_str(&format!("  - {{id: m{i}, name: M, host: h, uuid: nope}}\n"));
+        }
+        let files: RepoFiles = [("links.yaml".to_owned(), links.into_bytes())].into();
+        let problems = load("r1", &files).unwrap_err();
+        assert_eq!(problems.len(), MAX_REPORTED_PROBLEMS + 1);
+        let last = problems.last().unwrap();
+        assert!(
+            last.message.starts_with("and 50 more problem(s)"),
+            "{}",
+            last.message
+        );
+    }
 
     #[test]
     fn a_run_request_carries_its_parameters_resolved_once() {
