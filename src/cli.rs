@@ -64,14 +64,22 @@ pub fn validate(dir: &Path) -> Result<bool, Error> {
     }
 }
 
-/// `linkops schema --out DIR`: writes the JSON Schemas of the repository files.
+/// `linkops schema --out DIR`: writes the JSON Schemas of the repository
+/// files and the API's OpenAPI description (`openapi.json`).
 pub fn write_schemas(out: &Path) -> Result<(), Error> {
     let write_err = |path: &Path| {
         let path = path.to_owned();
         move |source| Error::Write { path, source }
     };
     std::fs::create_dir_all(out).map_err(write_err(out))?;
-    for (name, text) in desired::schemas() {
+    let mut api = crate::api::description()
+        .to_pretty_json()
+        .expect("the description serialises");
+    api.push('\n');
+    let files = desired::schemas()
+        .into_iter()
+        .chain([("openapi.json", api)]);
+    for (name, text) in files {
         let path = out.join(name);
         std::fs::write(&path, text).map_err(write_err(&path))?;
         println!("wrote {}", path.display());

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod contract;
 pub mod controller;
 pub mod demo;
 pub mod fleet;

@@ -8,6 +8,7 @@ use linkops::cli::{self, PasswordSource};
 use linkops::client::{self, Client};
 use linkops::config::Config;
 use linkops::store::Role;
+use linkops_reconcilers::operation::OperationState;
 
 /// LinkOps keeps a fleet of Linux machines in the state a Git repository describes.
 ///
@@ -58,7 +59,8 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
-    /// Write the JSON Schemas of links.yaml, scripts.yaml and run-requests.
+    /// Write the JSON Schemas of links.yaml, scripts.yaml and run-requests,
+    /// and the HTTP API's OpenAPI description (openapi.json).
     Schema {
         #[arg(long, default_value = "schemas", value_name = "DIR")]
         out: PathBuf,
@@ -129,9 +131,8 @@ enum Command {
         script: Option<String>,
         #[arg(long)]
         machine: Option<String>,
-        /// pending, running, succeeded, failed, partially_failed, stopped, interrupted.
-        #[arg(long)]
-        state: Option<String>,
+        #[arg(long, value_parser = operation_state)]
+        state: Option<OperationState>,
         #[arg(long, default_value = "20")]
         limit: usize,
     },
@@ -363,13 +364,14 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
             state,
             limit,
         } => {
-            let filters = [
-                ("script", script.clone()),
-                ("machine", machine.clone()),
-                ("state", state.clone()),
-                ("limit", Some(limit.to_string())),
-            ];
-            client::ops(&client, &filters, json).await.map(|()| 0)
+            let query = linkops::contract::HistoryQuery {
+                script: script.clone(),
+                machine: machine.clone(),
+                state: *state,
+                since: None,
+                limit: Some(*limit),
+            };
+            client::ops(&client, &query, json).await.map(|()| 0)
         }
         Command::Stop { id } => client::stop(&client, *id, json).await.map(|()| 0),
         Command::Sync => client::sync(&client, json).await,
@@ -415,4 +417,15 @@ fn shutdown_signal(
             on_second();
         });
     })
+}
+
+/// `--state NAME`: one of the states the API names.
+fn operation_state(name: &str) -> Result<OperationState, String> {
+    OperationState::ALL
+        .into_iter()
+        .find(|state| state.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = OperationState::ALL.iter().map(|s| s.name()).collect();
+            format!("no operation state {name:?}; one of {}", names.join(", "))
+        })
 }

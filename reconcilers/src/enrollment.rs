@@ -48,6 +48,18 @@ pub enum Enrollment {
 }
 
 impl Enrollment {
+    /// The `state` the API shows, also a metric's label value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Enrollment::Unknown => "unknown",
+            Enrollment::Enrolled => "enrolled",
+            Enrollment::Mismatch { .. } => "mismatch",
+            Enrollment::MissingFile => "missing_file",
+            Enrollment::Unreachable { .. } => "unreachable",
+            Enrollment::HostKeyMismatch { .. } => "host_key_mismatch",
+        }
+    }
+
     pub fn is_enrolled(&self) -> bool {
         matches!(self, Enrollment::Enrolled)
     }

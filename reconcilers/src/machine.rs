@@ -23,9 +23,12 @@ pub struct Machine {
     pub key: Option<String>,
     /// Enrollment id: the machine's `/etc/linkops/client_id` must read `LINKOPS-<uuid>`.
     pub uuid: String,
+    // Optional in stored records, always in answers.
     #[serde(default)]
+    #[schema(required = true)]
     pub tags: Vec<String>,
     #[serde(default)]
+    #[schema(required = true)]
     pub labels: BTreeMap<String, String>,
     /// A pinned host key (an OpenSSH public key line); wins over known_hosts.
     #[serde(default)]
@@ -51,6 +54,17 @@ pub enum Health {
     Unreachable {
         error: String,
     },
+}
+
+impl Health {
+    /// The `state` the API shows, also a metric's label value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Reachable { .. } => "reachable",
+            Health::Unreachable { .. } => "unreachable",
+        }
+    }
 }
 
 /// How often a machine is checked when the inventory does not say.

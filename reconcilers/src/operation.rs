@@ -110,6 +110,20 @@ pub struct HostResult {
 }
 
 impl HostState {
+    /// The `state` the API shows.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HostState::Pending => "pending",
+            HostState::Running => "running",
+            HostState::Succeeded => "succeeded",
+            HostState::Failed { .. } => "failed",
+            HostState::Timeout { .. } => "timeout",
+            HostState::Skipped { .. } => "skipped",
+            HostState::Stopped { .. } => "stopped",
+            HostState::Interrupted => "interrupted",
+        }
+    }
+
     /// Whether this host's part is over.
     pub fn is_final(&self) -> bool {
         !matches!(self, HostState::Pending | HostState::Running)
@@ -142,7 +156,9 @@ pub fn summarize(hosts: &[HostState]) -> OperationState {
 }
 
 /// Which output stream a chunk came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Stream {
     Stdout,
@@ -206,6 +222,58 @@ mod tests {
     fn a_state_is_named_as_the_api_names_it() {
         for state in OperationState::ALL {
             assert_eq!(serde_json::to_value(state).unwrap(), state.name());
+        }
+        let tagged = |value: serde_json::Value| value["state"].as_str().unwrap().to_owned();
+        let unconfirmed = false;
+        let hosts = [
+            HostState::Pending,
+            HostState::Running,
+            HostState::Succeeded,
+            HostState::Failed {
+                exit_code: Some(1),
+                signal: None,
+                error: None,
+            },
+            HostState::Timeout { unconfirmed },
+            HostState::Skipped { reason: "r".into() },
+            HostState::Stopped { unconfirmed },
+            HostState::Interrupted,
+        ];
+        for state in hosts {
+            assert_eq!(tagged(serde_json::to_value(&state).unwrap()), state.name());
+        }
+        use crate::enrollment::Enrollment;
+        use crate::machine::Health;
+        let error = String::from("e");
+        let healths = [
+            Health::Unknown,
+            Health::Reachable { latency_ms: 1 },
+            Health::Unreachable {
+                error: error.clone(),
+            },
+        ];
+        for health in healths {
+            assert_eq!(
+                tagged(serde_json::to_value(&health).unwrap()),
+                health.name()
+            );
+        }
+        let enrollments = [
+            Enrollment::Unknown,
+            Enrollment::Enrolled,
+            Enrollment::Mismatch {
+                expected: "a".into(),
+                found: "b".into(),
+            },
+            Enrollment::MissingFile,
+            Enrollment::Unreachable {
+                error: error.clone(),
+            },
+            Enrollment::HostKeyMismatch { error },
+        ];
+        for enrollment in enrollments {
+            let name = tagged(serde_json::to_value(&enrollment).unwrap());
+            assert_eq!(name, enrollment.name());
         }
     }
 

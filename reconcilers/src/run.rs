@@ -29,6 +29,7 @@ pub struct RunRequest {
     /// in, each as its declared type — resolved once, when the revision loads.
     #[serde(default)]
     pub resolved: BTreeMap<String, ParamValue>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub not_before: Option<jiff::Timestamp>,
 }
 

@@ -5,28 +5,15 @@ use axum::http::header;
 use axum::http::request::Parts;
 
 use super::extract::Json;
-use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
 use crate::auth::Grant;
+use crate::contract::{LoginRequest, LoginResponse, Me};
 use crate::store::{Role, User};
 use crate::terminal::protocol::TOKEN_SUBPROTOCOL_PREFIX;
 
-#[derive(Deserialize, utoipa::ToSchema)]
-pub struct LoginRequest {
-    username: String,
-    password: String,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct LoginResponse {
-    token: String,
-    expires_at: jiff::Timestamp,
-    role: Role,
-}
-
 /// `POST /api/auth/login`
-#[utoipa::path(post, path = "/api/auth/login", tag = "auth", security(()), request_body = LoginRequest, responses((status = 200, description = "A session token", body = LoginResponse), (status = 401, description = "Wrong user name or password", body = crate::api::error::ErrorBody), (status = 429, description = "Locked out for a while (Retry-After)", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", security(()), request_body = LoginRequest, responses((status = 200, description = "A session token", body = LoginResponse), (status = 401, description = "Wrong user name or password", body = crate::contract::ErrorBody), (status = 429, description = "Locked out for a while (Retry-After)", body = crate::contract::ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     Json(request): Json<LoginRequest>,
@@ -40,12 +27,6 @@ pub async fn login(
         expires_at: login.token.expires_at,
         role: login.user.role,
     }))
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Me {
-    username: String,
-    role: Role,
 }
 
 /// `GET /api/auth/me`: who the token belongs to.

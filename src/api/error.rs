@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::contract::{ErrorBody, ErrorDetail};
 use crate::{auth, store};
 
 #[derive(Debug)]
@@ -88,24 +89,6 @@ impl From<store::Error> for ApiError {
             error => ApiError::Internal(error.to_string()),
         }
     }
-}
-
-/// The body of every error answer.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable, for programs: `unauthorized`, `forbidden`, `not_found`, `invalid`, `conflict`, …
-    pub code: String,
-    /// For people: what is wrong and, where it helps, how to fix it.
-    pub message: String,
-    /// Structured context, e.g. `{"field": "params.version"}` or `{"retry_after_secs": 30}`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub details: Option<Value>,
 }
 
 impl IntoResponse for ApiError {

@@ -6,43 +6,17 @@ use axum::extract::State;
 use super::extract::Json;
 use axum::http::{HeaderMap, StatusCode, header};
 use secrecy::ExposeSecret;
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
+use crate::contract::{GitStatus, SyncRequested, SyncView, WebhookAnswer};
 use crate::git::sync::Trigger;
 use crate::git::webhook;
 use crate::store::{DeliveryClaim, Role, SyncOutcome, SyncRecord};
 
 /// Largest webhook body accepted; push payloads are a few KiB.
 pub const WEBHOOK_BODY_LIMIT: usize = 1 << 20;
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct GitStatus {
-    /// The remote, with any password in it masked; `null` when none is configured.
-    url: Option<String>,
-    branch: String,
-    /// The revision in force.
-    applied_revision: Option<String>,
-    applied_at: Option<jiff::Timestamp>,
-    last_attempt: Option<SyncView>,
-    /// What is wrong with the last attempt, each as `file:line:col: message`.
-    last_error: Vec<String>,
-}
-
-/// A sync record as the API shows it.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct SyncView {
-    seq: u64,
-    started_at: jiff::Timestamp,
-    duration_ms: u64,
-    trigger: String,
-    revision: Option<String>,
-    previous: Option<String>,
-    #[serde(flatten)]
-    outcome: SyncOutcome,
-}
 
 impl From<SyncRecord> for SyncView {
     fn from(record: SyncRecord) -> Self {
@@ -59,7 +33,7 @@ impl From<SyncRecord> for SyncView {
 }
 
 /// `GET /api/desired`: the desired state in force (machines, scripts, run-requests).
-#[utoipa::path(get, path = "/api/desired", tag = "git", responses((status = 200, description = "The desired state in force: machines, scripts, run-requests", body = linkops_reconcilers::desired::DesiredState), (status = 409, description = "No revision applied yet", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(get, path = "/api/desired", tag = "git", responses((status = 200, description = "The desired state in force: machines, scripts, run-requests", body = linkops_reconcilers::desired::DesiredState), (status = 409, description = "No revision applied yet", body = crate::contract::ErrorBody)))]
 pub async fn desired(
     State(state): State<AppState>,
     _caller: Authenticated,
@@ -121,12 +95,12 @@ pub async fn sync(
 ///
 /// Authenticated by its HMAC signature, not a token. A valid push to the
 /// followed branch asks for a sync and answers 202 at once.
-#[utoipa::path(post, path = "/api/git/webhook", tag = "git", security(()), request_body(content = Object, description = "A Forgejo, Gitea or GitHub push event, HMAC-SHA256 signed (X-Forgejo-Signature, X-Gitea-Signature or X-Hub-Signature-256)", content_type = "application/json"), responses((status = 202, description = "Accepted: a sync is queued (or another branch: ignored)", body = Object), (status = 401, description = "Bad signature", body = crate::api::error::ErrorBody), (status = 409, description = "A replayed delivery, or webhooks not configured", body = crate::api::error::ErrorBody), (status = 413, description = "Body over 1 MiB", body = crate::api::error::ErrorBody), (status = 415, description = "Not JSON", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/git/webhook", tag = "git", security(()), request_body(content = Object, description = "A Forgejo, Gitea or GitHub push event, HMAC-SHA256 signed (X-Forgejo-Signature, X-Gitea-Signature or X-Hub-Signature-256)", content_type = "application/json"), responses((status = 202, description = "Accepted: a sync is queued (or another branch: ignored)", body = WebhookAnswer), (status = 401, description = "Bad signature", body = crate::contract::ErrorBody), (status = 409, description = "A replayed delivery, or webhooks not configured", body = crate::contract::ErrorBody), (status = 413, description = "Body over 1 MiB", body = crate::contract::ErrorBody), (status = 415, description = "Not JSON", body = crate::contract::ErrorBody)))]
 pub async fn webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
     let Some(secret) = &state.config.webhook.secret else {
         return Err(ApiError::NotConfigured(
             "webhooks are disabled: set [webhook] secret".into(),
@@ -158,7 +132,9 @@ pub async fn webhook(
     if event != "push" {
         return Ok((
             StatusCode::ACCEPTED,
-            Json(json!({ "ignored": format!("{event} event; only pushes trigger syncs") })),
+            Json(WebhookAnswer::Ignored(format!(
+                "{event} event; only pushes trigger syncs"
+            ))),
         ));
     }
     let payload: Value = serde_json::from_slice(&body)
@@ -176,16 +152,23 @@ pub async fn webhook(
             if let Some(revision) = applied
                 && webhook::pushed_head(&payload) == Some(revision.as_str())
             {
-                return Ok((StatusCode::ACCEPTED, Json(json!({ "unchanged": revision }))));
+                return Ok((
+                    StatusCode::ACCEPTED,
+                    Json(WebhookAnswer::Unchanged(revision)),
+                ));
             }
             state.git.request(Trigger::Webhook { delivery });
-            Ok((StatusCode::ACCEPTED, Json(json!({ "sync": "requested" }))))
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(WebhookAnswer::Sync(SyncRequested::Requested)),
+            ))
         }
         other => Ok((
             StatusCode::ACCEPTED,
-            Json(
-                json!({ "ignored": format!("push to {}, not to {branch}", other.unwrap_or("(no branch)")) }),
-            ),
+            Json(WebhookAnswer::Ignored(format!(
+                "push to {}, not to {branch}",
+                other.unwrap_or("(no branch)")
+            ))),
         )),
     }
 }

@@ -2,41 +2,10 @@
 
 use axum::extract::State;
 
-use super::extract::Json;
-use axum::http::StatusCode;
-use serde::Serialize;
-
 use super::AppState;
-use crate::store::SyncOutcome;
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Health {
-    /// `ok` when ready, `degraded` otherwise.
-    status: &'static str,
-    live: bool,
-    ready: bool,
-    store: Check,
-    git: GitHealth,
-    version: &'static str,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Check {
-    ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct GitHealth {
-    /// Whether a config repository is configured at all.
-    configured: bool,
-    /// The revision in force, if any.
-    applied_revision: Option<String>,
-    /// `applied`, `unchanged`, `invalid` or `failed`; `null` before the first sync.
-    last_result: Option<&'static str>,
-    last_sync_at: Option<jiff::Timestamp>,
-}
+use super::extract::Json;
+use crate::contract::{Check, GitHealth, Health, Readiness};
+use axum::http::StatusCode;
 
 /// Answers 200 when ready, 503 when the process lives but cannot serve (store unreadable).
 #[utoipa::path(get, path = "/health", tag = "daemon", security(()), responses((status = 200, description = "Alive and ready", body = Health), (status = 503, description = "Alive, not ready (the store does not answer)", body = Health)))]
@@ -58,12 +27,16 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = Health {
-        status: if ready { "ok" } else { "degraded" },
+        status: if ready {
+            Readiness::Ok
+        } else {
+            Readiness::Degraded
+        },
         live: true,
         ready,
         store,
         git: git_health(&state),
-        version: env!("CARGO_PKG_VERSION"),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     (status, Json(body))
 }
@@ -75,12 +48,7 @@ fn git_health(state: &AppState) -> GitHealth {
     GitHealth {
         configured: state.git.source().is_some(),
         applied_revision,
-        last_result: last.as_ref().map(|r| match r.outcome {
-            SyncOutcome::Applied { .. } => "applied",
-            SyncOutcome::Unchanged => "unchanged",
-            SyncOutcome::Invalid { .. } => "invalid",
-            SyncOutcome::Failed { .. } => "failed",
-        }),
+        last_result: last.as_ref().map(|r| r.outcome.name().to_owned()),
         last_sync_at: last.and_then(|r| super::at(r.started_at_ms)),
     }
 }

@@ -8,54 +8,27 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
-use linkops_reconcilers::condition::Condition;
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::enrollment::Enrollment;
-use linkops_reconcilers::machine::{Health, Machine, MachineStatus};
+use linkops_reconcilers::machine::{Machine, MachineStatus};
 use linkops_reconcilers::operation::Operation;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::auth::Authenticated;
 use super::extract::{Json, Path, Query};
 use super::{ApiError, AppState, at};
+use crate::contract::{
+    ConditionView, HealthPoint, MachineDetail, MachineQuery, MachineView, OperationSummary,
+};
 use crate::metrics::Open;
 use crate::store::{Actor, AuditAction, HealthSample, Role};
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct MachineView {
-    #[serde(flatten)]
-    spec: Machine,
-    health: Health,
-    enrollment: Enrollment,
-    last_seen: Option<jiff::Timestamp>,
-    checked_at: Option<jiff::Timestamp>,
-    conditions: Vec<ConditionView>,
-    /// The Git revision it was last reconciled against.
-    revision: Option<String>,
-    suspended: bool,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ConditionView {
-    #[serde(flatten)]
-    condition: Condition,
-    last_transition: Option<jiff::Timestamp>,
-}
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Only machines with this tag.
-    tag: Option<String>,
-}
-
 /// `GET /api/links`
-#[utoipa::path(get, path = "/api/links", tag = "machines", params(ListQuery), responses((status = 200, description = "Machines of the applied inventory with health, enrollment and conditions", body = Vec<MachineView>)))]
+#[utoipa::path(get, path = "/api/links", tag = "machines", params(MachineQuery), responses((status = 200, description = "Machines of the applied inventory with health, enrollment and conditions", body = Vec<MachineView>)))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Authenticated,
-    Query(query): Query<ListQuery>,
+    Query(query): Query<MachineQuery>,
 ) -> Result<Json<Vec<MachineView>>, ApiError> {
     Ok(Json(machine_views(&state, query.tag.as_deref())?))
 }
@@ -79,11 +52,11 @@ fn machine_views(state: &AppState, tag: Option<&str>) -> Result<Vec<MachineView>
 const COALESCE: Duration = Duration::from_millis(200);
 
 /// `GET /api/fleet/events`: the fleet live, as Server-Sent Events.
-#[utoipa::path(get, path = "/api/fleet/events", tag = "machines", params(ListQuery), responses((status = 200, description = "Server-Sent Events `machines`: the list exactly as `GET /api/links` answers it, at once and again after every change to a machine's health, enrollment, conditions or suspension, or to the inventory (changes within 200 ms make one event). EventSource cannot send headers: pass ?access_token=. The stream ends when the daemon stops.", content_type = "text/event-stream", body = String)))]
+#[utoipa::path(get, path = "/api/fleet/events", tag = "machines", params(MachineQuery), responses((status = 200, description = "Server-Sent Events `machines`: the list exactly as `GET /api/links` answers it, at once and again after every change to a machine's health, enrollment, conditions or suspension, or to the inventory (changes within 200 ms make one event). EventSource cannot send headers: pass ?access_token=. The stream ends when the daemon stops.", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     State(state): State<AppState>,
     caller: Authenticated,
-    Query(query): Query<ListQuery>,
+    Query(query): Query<MachineQuery>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let follower = FleetFollower {
         revoked: Box::pin(state.auth.revoked(caller.1, Role::Viewer)),
@@ -144,22 +117,6 @@ impl FleetFollower {
     }
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct MachineDetail {
-    #[serde(flatten)]
-    machine: MachineView,
-    recent_operations: Vec<OperationSummary>,
-    health_history: Vec<HealthPoint>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct OperationSummary {
-    id: u64,
-    script: String,
-    state: linkops_reconcilers::operation::OperationState,
-    created_at: Option<jiff::Timestamp>,
-}
-
 impl From<Operation> for OperationSummary {
     fn from(operation: Operation) -> Self {
         OperationSummary {
@@ -169,13 +126,6 @@ impl From<Operation> for OperationSummary {
             created_at: at(operation.created_at_ms),
         }
     }
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct HealthPoint {
-    at: Option<jiff::Timestamp>,
-    health: Health,
-    enrolled: bool,
 }
 
 impl From<HealthSample> for HealthPoint {

@@ -9,7 +9,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use serde::Serialize;
 
 use super::{ApiError, AppState};
 use crate::metrics::{HttpLabels, Metrics, StateLabels};
@@ -38,8 +37,8 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     for machine in &machines {
         let status = state.store.machine_status(&machine.id)?;
         let (h, e) = match &status {
-            Some(status) => (state_name(&status.health), state_name(&status.enrollment)),
-            None => ("unknown".to_owned(), "unknown".to_owned()),
+            Some(status) => (status.health.name(), status.enrollment.name()),
+            None => ("unknown", "unknown"),
         };
         *health.entry(h).or_insert(0) += 1;
         *enrollment.entry(e).or_insert(0) += 1;
@@ -56,19 +55,15 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         .into_response())
 }
 
-/// The `state` tag of a serialised status (`reachable`, `enrolled`, …).
-fn state_name(value: &impl Serialize) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v["state"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
 /// Replaces a gauge family's values: states no machine is in any more disappear.
-fn set_counts(family: &Family<StateLabels, Gauge>, counts: BTreeMap<String, i64>) {
+fn set_counts(family: &Family<StateLabels, Gauge>, counts: BTreeMap<&str, i64>) {
     family.clear();
     for (state, count) in counts {
-        family.get_or_create(&StateLabels { state }).set(count);
+        family
+            .get_or_create(&StateLabels {
+                state: state.to_owned(),
+            })
+            .set(count);
     }
 }
 

@@ -50,50 +50,7 @@ pub struct AppState {
 
 /// Every route of the API, with request tracing.
 pub fn router(state: AppState) -> Router {
-    let (routes, description) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(health::health))
-        .routes(routes!(metrics::metrics))
-        .routes(routes!(auth::login))
-        .routes(routes!(auth::me))
-        .routes(routes!(users::list, users::create))
-        .routes(routes!(users::change_role, users::delete))
-        .routes(routes!(users::reset_password))
-        .routes(routes!(links::list))
-        .routes(routes!(links::events))
-        .routes(routes!(links::get))
-        .routes(routes!(links::verify))
-        .routes(routes!(runs::list))
-        .routes(routes!(runs::get))
-        .routes(routes!(operations::list))
-        .routes(routes!(operations::run))
-        .routes(routes!(operations::get))
-        .routes(routes!(operations::events))
-        .routes(routes!(operations::output))
-        .routes(routes!(operations::stop))
-        .routes(routes!(reconcile::status))
-        .routes(routes!(reconcile::suspend))
-        .routes(routes!(reconcile::resume))
-        .routes(routes!(terminal::list, terminal::create))
-        .routes(routes!(terminal::get, terminal::delete))
-        .routes(routes!(terminal::set_panes))
-        .routes(routes!(terminal::connect_all))
-        .routes(routes!(terminal::socket))
-        .routes(routes!(terminal::recordings))
-        .routes(routes!(terminal::recording))
-        .routes(routes!(terminal::cast))
-        .routes(routes!(tables::query))
-        .routes(routes!(git::desired))
-        .routes(routes!(git::status))
-        .routes(routes!(git::sync))
-        .routes({
-            let (schemas, paths, webhook) = routes!(git::webhook);
-            (
-                schemas,
-                paths,
-                webhook.layer(DefaultBodyLimit::max(git::WEBHOOK_BODY_LIMIT)),
-            )
-        })
-        .split_for_parts();
+    let (routes, description) = described_routes();
     // Serialised once: the description is the routes' own, so it cannot drift from them.
     let description = Arc::new(
         description
@@ -139,6 +96,82 @@ pub fn router(state: AppState) -> Router {
         )
 }
 
+/// The routes, each with its part of the description.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::me))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::change_role, users::delete))
+        .routes(routes!(users::reset_password))
+        .routes(routes!(links::list))
+        .routes(routes!(links::events))
+        .routes(routes!(links::get))
+        .routes(routes!(links::verify))
+        .routes(routes!(runs::list))
+        .routes(routes!(runs::get))
+        .routes(routes!(operations::list))
+        .routes(routes!(operations::run))
+        .routes(routes!(operations::get))
+        .routes(routes!(operations::events))
+        .routes(routes!(operations::output))
+        .routes(routes!(operations::stop))
+        .routes(routes!(reconcile::status))
+        .routes(routes!(reconcile::suspend))
+        .routes(routes!(reconcile::resume))
+        .routes(routes!(terminal::list, terminal::create))
+        .routes(routes!(terminal::get, terminal::delete))
+        .routes(routes!(terminal::set_panes))
+        .routes(routes!(terminal::connect_all))
+        .routes(routes!(terminal::socket))
+        .routes(routes!(terminal::recordings))
+        .routes(routes!(terminal::recording))
+        .routes(routes!(terminal::cast))
+        .routes(routes!(tables::query))
+        .routes(routes!(git::desired))
+        .routes(routes!(git::status))
+        .routes(routes!(git::sync))
+        .routes({
+            let (schemas, paths, webhook) = routes!(git::webhook);
+            (
+                schemas,
+                paths,
+                webhook.layer(DefaultBodyLimit::max(git::WEBHOOK_BODY_LIMIT)),
+            )
+        })
+}
+
+/// The OpenAPI description the daemon serves at `/api/openapi.json`, with the
+/// event and socket shapes no route names (checked in as `schemas/openapi.json`;
+/// the console's TypeScript types are generated from it).
+pub fn description() -> utoipa::openapi::OpenApi {
+    described_routes().1
+}
+
+fn described_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut description) = routes().split_for_parts();
+    // Handlers are named for their module (`users::list`, `runs::list`); an
+    // operation id must be unique, so it is the tag and the handler's name.
+    for item in description.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let tag = operation.tags.iter().flatten().next().cloned();
+            if let (Some(tag), Some(id)) = (tag, operation.operation_id.as_mut()) {
+                *id = format!("{tag}_{id}");
+            }
+        }
+    }
+    (routes, description)
+}
+
 /// The OpenAPI description's frame; the paths come from the handlers' `#[utoipa::path]`.
 #[derive(OpenApi)]
 #[openapi(
@@ -147,10 +180,18 @@ pub fn router(state: AppState) -> Router {
         description = "A GitOps reconciler for fleets of Linux machines reached over SSH. Every error answer is `{\"error\": {\"code\", \"message\", \"details\"?}}` (ErrorBody). Authenticate with `POST /api/auth/login`, then `Authorization: Bearer <token>` (or `?access_token=` where a browser cannot set headers: SSE, WebSocket). Roles: viewer < operator < admin."
     ),
     modifiers(&Security),
-    components(schemas(error::ErrorBody)),
+    components(schemas(
+        crate::contract::ErrorBody,
+        crate::contract::OutputChunk,
+        crate::contract::HostEvent,
+        crate::contract::StateEvent,
+        crate::contract::ClientMessage,
+        crate::contract::ServerMessage,
+        crate::contract::SocketCloseCode,
+    )),
     tags(
         (name = "auth"), (name = "machines"), (name = "operations"), (name = "runs"),
-        (name = "terminals", description = "Workspaces of panes; the WebSocket protocol is in src/terminal/protocol.md"),
+        (name = "terminals", description = "Workspaces of panes. The WebSocket sends ServerMessage (JSON) and `[pane][bytes]` binary output, takes ClientMessage and `[pane][bytes]` input, and closes with a SocketCloseCode; see src/terminal/protocol.md"),
         (name = "git"), (name = "reconcile"), (name = "tables"), (name = "users"), (name = "daemon")
     )
 )]

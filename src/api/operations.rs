@@ -12,31 +12,25 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use base64::Engine as _;
 use futures::{SinkExt, Stream};
 use linkops_reconcilers::operation::{
-    HostResult, Operation, OperationEvent, OperationState, RecordedEvent, Requester,
+    HostResult, Operation, OperationEvent, RecordedEvent, Requester, Stream as OutputStream,
 };
 use linkops_reconcilers::run;
 use linkops_reconcilers::script::{ParamValue, Targets};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
+use crate::contract::{
+    EventsQuery, HistoryQuery, HostEvent, OperationView, OutputBytes, OutputChunk, OutputPage,
+    OutputQuery, RunBody, StateEvent, Stopping,
+};
 use crate::metrics::Open;
 use crate::operations::{HostPlan, LiveEvent, Plan};
 use crate::store::{Actor, AuditAction, Outcome, Role};
 
 /// About how much of the event log one read takes (per SSE client catching up, or per output page).
 const PAGE_BYTES: usize = 64 << 10;
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct OperationView {
-    #[serde(flatten)]
-    operation: Operation,
-    created_at: Option<jiff::Timestamp>,
-    finished_at: Option<jiff::Timestamp>,
-    hosts: Vec<HostResult>,
-}
 
 fn operation_view(operation: Operation, hosts: Vec<HostResult>) -> OperationView {
     OperationView {
@@ -61,28 +55,9 @@ pub async fn get(
     Ok(Json(operation_view(operation, hosts)))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-pub struct RunBody {
-    script: String,
-    #[serde(default)]
-    targets: TargetsBody,
-    #[serde(default)]
-    params: BTreeMap<String, Value>,
-    /// At most this many machines at once (the script's and the fleet's limits also apply).
-    concurrency: Option<usize>,
-}
-
-#[derive(Deserialize, Default, utoipa::ToSchema)]
-pub struct TargetsBody {
-    #[serde(default)]
-    machines: Vec<String>,
-    #[serde(default)]
-    tags: Vec<String>,
-}
-
 /// `POST /api/operations/run`: starts at once and answers with the operation;
 /// it continues in the background (follow it at `/api/operations/{id}/events`).
-#[utoipa::path(post, path = "/api/operations/run", tag = "operations", request_body = RunBody, responses((status = 202, description = "Started; follow it at /api/operations/{id}/events (operator)", body = OperationView), (status = 422, description = "Unknown script, bad parameters or no targets; details.field names it", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/operations/run", tag = "operations", request_body = RunBody, responses((status = 202, description = "Started; follow it at /api/operations/{id}/events (operator)", body = OperationView), (status = 422, description = "Unknown script, bad parameters or no targets; details.field names it", body = crate::contract::ErrorBody)))]
 pub async fn run(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -194,12 +169,12 @@ pub async fn run(
 }
 
 /// `POST /api/operations/{id}/stop`
-#[utoipa::path(post, path = "/api/operations/{id}/stop", tag = "operations", params(("id" = u64, Path, description = "Operation id")), responses((status = 202, description = "Stopping (operator): unstarted machines never start, running scripts get SIGTERM then SIGKILL", body = Object), (status = 409, description = "Not running", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/operations/{id}/stop", tag = "operations", params(("id" = u64, Path, description = "Operation id")), responses((status = 202, description = "Stopping (operator): unstarted machines never start, running scripts get SIGTERM then SIGKILL", body = Stopping), (status = 409, description = "Not running", body = crate::contract::ErrorBody)))]
 pub async fn stop(
     State(state): State<AppState>,
     caller: Authenticated,
     Path(id): Path<u64>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Stopping>), ApiError> {
     let user = caller.require(Role::Operator)?;
     let (operation, _) = state
         .store
@@ -218,18 +193,7 @@ pub async fn stop(
         Outcome::Success,
         None,
     )?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "stopping": id }))))
-}
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct HistoryQuery {
-    script: Option<String>,
-    machine: Option<String>,
-    state: Option<OperationState>,
-    /// RFC 3339: only operations created at or after.
-    since: Option<jiff::Timestamp>,
-    limit: Option<usize>,
+    Ok((StatusCode::ACCEPTED, Json(Stopping { stopping: id })))
 }
 
 /// `GET /api/operations`: newest first, filtered.
@@ -259,25 +223,14 @@ pub async fn list(
     ))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct OutputQuery {
-    /// Only this machine's output.
-    machine: Option<String>,
-    /// Events after this sequence number (from a previous page's `next_after`).
-    #[serde(default)]
-    after: u64,
-    limit: Option<usize>,
-}
-
 /// `GET /api/operations/{id}/output`: recorded output, paged by event sequence number.
-#[utoipa::path(get, path = "/api/operations/{id}/output", tag = "operations", params(("id" = u64, Path, description = "Operation id"), OutputQuery), responses((status = 200, description = "`{chunks: [{machine, stream, text | base64}], next_after}`: recorded output, paged by event sequence number", body = Object)))]
+#[utoipa::path(get, path = "/api/operations/{id}/output", tag = "operations", params(("id" = u64, Path, description = "Operation id"), OutputQuery), responses((status = 200, description = "Recorded output, paged by event sequence number", body = OutputPage)))]
 pub async fn output(
     State(state): State<AppState>,
     _caller: Authenticated,
     Path(id): Path<u64>,
     Query(query): Query<OutputQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OutputPage>, ApiError> {
     state
         .store
         .operation(id)?
@@ -287,24 +240,20 @@ pub async fn output(
         .store
         .operation_events(id, query.after, limit, PAGE_BYTES)?;
     let next_after = events.last().map(|e| e.seq);
-    let chunks: Vec<Value> = events
-        .iter()
-        .filter(|e| match &e.event {
-            OperationEvent::Output { machine_id, .. } => {
-                query.machine.as_ref().is_none_or(|m| m == machine_id)
+    let chunks = events
+        .into_iter()
+        .filter_map(|e| match e.event {
+            OperationEvent::Output {
+                machine_id,
+                stream,
+                data,
+            } if query.machine.as_ref().is_none_or(|m| *m == machine_id) => {
+                Some(output_chunk(machine_id, stream, &data))
             }
-            _ => false,
+            _ => None,
         })
-        .map(|e| event_data(&e.event))
         .collect();
-    Ok(Json(json!({ "chunks": chunks, "next_after": next_after })))
-}
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct EventsQuery {
-    /// For clients that cannot send the `Last-Event-ID` header.
-    last_event_id: Option<u64>,
+    Ok(Json(OutputPage { chunks, next_after }))
 }
 
 /// `GET /api/operations/{id}/events`: Server-Sent Events.
@@ -313,7 +262,7 @@ pub struct EventsQuery {
 /// reconnecting with `Last-Event-ID` resumes exactly after it; a finished
 /// operation replays in full, then `end`. The token may be passed as
 /// `?access_token=` (EventSource cannot set headers).
-#[utoipa::path(get, path = "/api/operations/{id}/events", tag = "operations", params(("id" = u64, Path, description = "Operation id"), ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event"), EventsQuery), responses((status = 200, description = "Server-Sent Events `output` ({machine, stream, text | base64}), `host` ({machine, state}), `operation` ({state}), `end` ({state}); each `id` is the log sequence number. EventSource cannot send headers: pass ?access_token=", content_type = "text/event-stream", body = String)))]
+#[utoipa::path(get, path = "/api/operations/{id}/events", tag = "operations", params(("id" = u64, Path, description = "Operation id"), ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event"), EventsQuery), responses((status = 200, description = "Server-Sent Events `output` (data: OutputChunk), `host` (HostEvent), `operation` and `end` (StateEvent); each `id` is the log sequence number. EventSource cannot send headers: pass ?access_token=", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -408,7 +357,7 @@ async fn follow(
                 // Encoded once for all subscribers.
                 let data = live
                     .encoded
-                    .get_or_init(|| event_data(&live.recorded.event).to_string());
+                    .get_or_init(|| event_data(&live.recorded.event));
                 if client
                     .send(Ok(sse_frame(&live.recorded, data.clone())))
                     .await
@@ -429,7 +378,7 @@ async fn follow(
 }
 
 fn sse_event(event: &RecordedEvent) -> Event {
-    sse_frame(event, event_data(&event.event).to_string())
+    sse_frame(event, event_data(&event.event))
 }
 
 fn sse_frame(event: &RecordedEvent, data: String) -> Event {
@@ -445,26 +394,38 @@ fn sse_frame(event: &RecordedEvent, data: String) -> Event {
         .data(data)
 }
 
-/// An event as JSON. Output is `text` when it is UTF-8, `base64` otherwise.
-fn event_data(event: &OperationEvent) -> Value {
-    match event {
+/// An event's data as JSON: [`OutputChunk`], [`HostEvent`] or [`StateEvent`].
+fn event_data(event: &OperationEvent) -> String {
+    let data = match event {
         OperationEvent::Output {
             machine_id,
             stream,
             data,
-        } => match std::str::from_utf8(data) {
-            Ok(text) => json!({ "machine": machine_id, "stream": stream, "text": text }),
-            Err(_) => json!({
-                "machine": machine_id,
-                "stream": stream,
-                "base64": base64::engine::general_purpose::STANDARD.encode(data),
-            }),
-        },
-        OperationEvent::Host { machine_id, state } => {
-            json!({ "machine": machine_id, "state": state })
-        }
+        } => serde_json::to_string(&output_chunk(machine_id.clone(), *stream, data)),
+        OperationEvent::Host { machine_id, state } => serde_json::to_string(&HostEvent {
+            machine: machine_id.clone(),
+            state: state.clone(),
+        }),
         OperationEvent::Operation { state } | OperationEvent::End { state } => {
-            json!({ "state": state })
+            serde_json::to_string(&StateEvent { state: *state })
         }
+    };
+    data.expect("event data serialises")
+}
+
+/// Output is `text` when it is UTF-8, `base64` otherwise.
+fn output_chunk(machine: String, stream: OutputStream, data: &[u8]) -> OutputChunk {
+    let bytes = match std::str::from_utf8(data) {
+        Ok(text) => OutputBytes::Text {
+            text: text.to_owned(),
+        },
+        Err(_) => OutputBytes::Base64 {
+            base64: base64::engine::general_purpose::STANDARD.encode(data),
+        },
+    };
+    OutputChunk {
+        machine,
+        stream,
+        bytes,
     }
 }

@@ -3,27 +3,12 @@
 use axum::extract::State;
 
 use super::extract::Json;
-use serde::{Deserialize, Serialize};
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
+use crate::contract::{SuspensionScope, SuspensionView};
 use crate::store::{Actor, Role};
 use linkops_reconcilers::suspension;
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct SuspensionView {
-    /// Suspended by `[reconcile] suspended` in the configuration (the API cannot lift it).
-    by_config: bool,
-    fleet: Option<jiff::Timestamp>,
-    /// Suspended machines, with since when.
-    machines: Vec<(String, Option<jiff::Timestamp>)>,
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-pub struct Scope {
-    /// A machine id; the whole fleet when absent.
-    machine: Option<String>,
-}
 
 /// `GET /api/reconcile`
 #[utoipa::path(get, path = "/api/reconcile", tag = "reconcile", responses((status = 200, description = "Suspensions in force", body = SuspensionView)))]
@@ -35,21 +20,21 @@ pub async fn status(
 }
 
 /// `POST /api/reconcile/suspend` `{"machine"?}`
-#[utoipa::path(post, path = "/api/reconcile/suspend", tag = "reconcile", request_body = Scope, responses((status = 200, description = "Suspended (admin): the fleet (`{}`) or one machine", body = SuspensionView)))]
+#[utoipa::path(post, path = "/api/reconcile/suspend", tag = "reconcile", request_body = SuspensionScope, responses((status = 200, description = "Suspended (admin): the fleet (`{}`) or one machine", body = SuspensionView)))]
 pub async fn suspend(
     State(state): State<AppState>,
     caller: Authenticated,
-    Json(scope): Json<Scope>,
+    Json(scope): Json<SuspensionScope>,
 ) -> Result<Json<SuspensionView>, ApiError> {
     set(&state, &caller, scope, true).await
 }
 
 /// `POST /api/reconcile/resume` `{"machine"?}`: resumes, and reconciles what was held back.
-#[utoipa::path(post, path = "/api/reconcile/resume", tag = "reconcile", request_body = Scope, responses((status = 200, description = "Resumed (admin)", body = SuspensionView)))]
+#[utoipa::path(post, path = "/api/reconcile/resume", tag = "reconcile", request_body = SuspensionScope, responses((status = 200, description = "Resumed (admin)", body = SuspensionView)))]
 pub async fn resume(
     State(state): State<AppState>,
     caller: Authenticated,
-    Json(scope): Json<Scope>,
+    Json(scope): Json<SuspensionScope>,
 ) -> Result<Json<SuspensionView>, ApiError> {
     set(&state, &caller, scope, false).await
 }
@@ -57,7 +42,7 @@ pub async fn resume(
 async fn set(
     state: &AppState,
     caller: &Authenticated,
-    scope: Scope,
+    scope: SuspensionScope,
     suspended: bool,
 ) -> Result<Json<SuspensionView>, ApiError> {
     let user = caller.require(Role::Admin)?;

@@ -3,25 +3,10 @@
 use axum::extract::State;
 
 use super::extract::{Json, Path};
-use linkops_reconcilers::run::{RunRequest, RunState};
-use serde::Serialize;
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct RunView {
-    id: String,
-    /// As in Git now; `null` once removed from Git.
-    request: Option<RunRequest>,
-    /// `null` before the daemon has looked at it.
-    state: Option<RunState>,
-    /// The request was edited after its operation started; it is not re-run.
-    changed_after_run: bool,
-    revision: Option<String>,
-    updated_at: Option<jiff::Timestamp>,
-    conditions: Vec<linkops_reconcilers::condition::Condition>,
-}
+use crate::contract::RunView;
 
 /// `GET /api/runs`: every run-request in Git or in the store.
 #[utoipa::path(get, path = "/api/runs", tag = "runs", responses((status = 200, description = "Run-requests in Git or in the store", body = Vec<RunView>)))]

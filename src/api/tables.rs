@@ -4,19 +4,19 @@ use axum::body::Bytes;
 use axum::extract::State;
 
 use super::extract::Json;
-use serde_json::{Value, json};
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState};
+use crate::contract::{TableColumn, TablePage};
 use crate::tables::{self, query::QueryRequest};
 
 /// `POST /api/tables/query`
-#[utoipa::path(post, path = "/api/tables/query", tag = "tables", request_body = crate::tables::query::QueryRequest, responses((status = 200, description = "`{table, columns: [{name, type}], rows: [{column: value}], total?, has_more, next_cursor?}`. Tables: machines, scripts, operations, operation_hosts, sync_history, terminal_workspaces, terminal_sessions, audit_log, users (these four: admin)", body = Object), (status = 400, description = "Unknown table or column, a value of the wrong type, or an operator the column does not support; the message names it", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/tables/query", tag = "tables", request_body = crate::tables::query::QueryRequest, responses((status = 200, description = "`{table, columns: [{name, type}], rows: [{column: value}], total?, has_more, next_cursor?}`. Tables: machines, scripts, operations, operation_hosts, sync_history, terminal_workspaces, terminal_sessions, audit_log, users (these four: admin)", body = TablePage), (status = 400, description = "Unknown table or column, a value of the wrong type, or an operator the column does not support; the message names it", body = crate::contract::ErrorBody)))]
 pub async fn query(
     State(state): State<AppState>,
     caller: Authenticated,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TablePage>, ApiError> {
     // Parsed here, so that an unknown operator or field is a 400 in the API's own shape.
     let request: QueryRequest = serde_json::from_slice(&body)
         .map_err(|error| ApiError::BadRequest(format!("invalid query: {error}")))?;
@@ -32,17 +32,20 @@ pub async fn query(
             tables::Error::Query(error) => ApiError::BadRequest(error.to_string()),
             tables::Error::Store(error) => error.into(),
         })?;
-    let columns: Vec<Value> = page
+    let columns = page
         .columns
         .iter()
-        .map(|c| json!({ "name": c.name, "type": c.kind.name() }))
+        .map(|c| TableColumn {
+            name: c.name.to_owned(),
+            kind: c.kind,
+        })
         .collect();
-    Ok(Json(json!({
-        "table": table,
-        "columns": columns,
-        "rows": page.rows_json(),
-        "total": page.total,
-        "has_more": page.next_cursor.is_some(),
-        "next_cursor": page.next_cursor,
-    })))
+    Ok(Json(TablePage {
+        table,
+        columns,
+        rows: page.rows_json(),
+        total: page.total,
+        has_more: page.next_cursor.is_some(),
+        next_cursor: page.next_cursor,
+    }))
 }

@@ -11,33 +11,24 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use linkops_reconcilers::terminal::{Layout, TerminalSession, Workspace};
-use serde::{Deserialize, Serialize};
+use linkops_reconcilers::terminal::{TerminalSession, Workspace};
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
 use crate::auth::{Auth, Grant};
+use crate::contract::{
+    ConnectAnswer, ConnectBody, CreateBody, PanesBody, RecordingView, RecordingsQuery,
+    WorkspaceView,
+};
 use crate::metrics::Open;
 use crate::store::{Actor, AuditAction, Outcome, Role, Store, User, now_ms};
 use crate::terminal::protocol::{
-    self, ClientMessage, Frame, PaneStatus, ServerMessage, SocketEnd, parse_binary_input,
+    self, ClientMessage, Frame, ServerMessage, SocketEnd, parse_binary_input,
 };
 use crate::terminal::{self, DEFAULT_SIZE, Terminals};
 
 /// Recording read from the store per page while streaming a `.cast`.
 const CAST_PAGE: usize = 256 << 10;
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct WorkspaceView {
-    id: String,
-    name: String,
-    owner: String,
-    layout: Layout,
-    panes: Vec<PaneStatus>,
-    broadcast: bool,
-    created_at: Option<jiff::Timestamp>,
-    updated_at: Option<jiff::Timestamp>,
-}
 
 fn view(terminals: &Terminals, workspace: &Workspace) -> WorkspaceView {
     WorkspaceView {
@@ -60,14 +51,6 @@ fn usable_workspace(state: &AppState, user: &User, id: &str) -> Result<Workspace
         .filter(|workspace| workspace.usable_by(&user.name, user.role == Role::Admin))
         // Someone else's workspace is as absent as a missing one.
         .ok_or_else(|| ApiError::NotFound(format!("no terminal workspace {id}")))
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBody {
-    #[serde(default)]
-    name: Option<String>,
-    layout: Layout,
 }
 
 /// `POST /api/terminal/workspaces`
@@ -133,19 +116,9 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PanesBody {
-    #[serde(default)]
-    layout: Option<Layout>,
-    /// A machine id (or null) per pane of the layout.
-    #[serde(default)]
-    panes: Option<Vec<Option<String>>>,
-}
-
 /// `PUT /api/terminal/workspaces/{id}/panes`: assigns machines to panes
 /// (and optionally changes the layout); panes that lose their machine close.
-#[utoipa::path(put, path = "/api/terminal/workspaces/{id}/panes", tag = "terminals", params(("id" = String, Path, description = "Workspace id")), request_body = PanesBody, responses((status = 200, description = "Assigned; panes that lost their machine closed", body = WorkspaceView), (status = 422, description = "The pane list does not fit the layout", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(put, path = "/api/terminal/workspaces/{id}/panes", tag = "terminals", params(("id" = String, Path, description = "Workspace id")), request_body = PanesBody, responses((status = 200, description = "Assigned; panes that lost their machine closed", body = WorkspaceView), (status = 422, description = "The pane list does not fit the layout", body = crate::contract::ErrorBody)))]
 pub async fn set_panes(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -163,21 +136,6 @@ pub async fn set_panes(
     state.store.put_workspace(&updated)?;
     state.terminals.close(&id, &closed).await;
     Ok(Json(view(&state.terminals, &updated)))
-}
-
-#[derive(Deserialize, Default, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ConnectBody {
-    #[serde(default)]
-    cols: Option<u16>,
-    #[serde(default)]
-    rows: Option<u16>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ConnectAnswer {
-    workspace: String,
-    panes: Vec<PaneStatus>,
 }
 
 /// `POST /api/terminal/workspaces/{id}/connect-all`: a session for every
@@ -230,7 +188,7 @@ fn terminal_size(cols: Option<u16>, rows: Option<u16>) -> Result<(u16, u16), Api
 /// Browsers cannot set headers on a WebSocket: the token may come as
 /// `?access_token=` or as a `linkops.token.<JWT>` subprotocol. The `Origin`
 /// must be the daemon's own or one of `[terminal] allowed_origins`.
-#[utoipa::path(get, path = "/api/terminal/workspaces/{id}/ws", tag = "terminals", params(("id" = String, Path, description = "Workspace id")), responses((status = 101, description = "WebSocket, subprotocol linkops.v1: binary [pane][bytes] frames both ways, JSON control messages (input, resize, open, close, broadcast / hello, status, replay, broadcast, error). The full protocol: src/terminal/protocol.md. Token as ?access_token= or subprotocol linkops.token.<JWT>"), (status = 403, description = "A viewer, or a foreign Origin", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(get, path = "/api/terminal/workspaces/{id}/ws", tag = "terminals", params(("id" = String, Path, description = "Workspace id")), responses((status = 101, description = "WebSocket, subprotocol linkops.v1: binary [pane][bytes] frames both ways, JSON control messages (input, resize, open, close, broadcast / hello, status, replay, broadcast, error). The full protocol: src/terminal/protocol.md. Token as ?access_token= or subprotocol linkops.token.<JWT>"), (status = 403, description = "A viewer, or a foreign Origin", body = crate::contract::ErrorBody)))]
 pub async fn socket(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -429,29 +387,12 @@ impl Client<'_> {
     }
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct RecordingView {
-    #[serde(flatten)]
-    session: TerminalSession,
-    started_at: Option<jiff::Timestamp>,
-    ended_at: Option<jiff::Timestamp>,
-}
-
 fn recording_view(session: TerminalSession) -> RecordingView {
     RecordingView {
         started_at: at(session.started_at_ms),
         ended_at: session.ended_at_ms.and_then(at),
         session,
     }
-}
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct RecordingsQuery {
-    machine: Option<String>,
-    workspace: Option<String>,
-    user: Option<String>,
-    limit: Option<usize>,
 }
 
 /// `GET /api/terminal/recordings`: newest first; the caller's own (every one, for admins).

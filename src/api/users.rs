@@ -3,20 +3,13 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use secrecy::ExposeSecret;
-use serde::{Deserialize, Serialize};
 
 use super::auth::Authenticated;
 use super::extract::{Json, Path};
 use super::{ApiError, AppState, at};
 use crate::auth::{self, GeneratedPassword};
+use crate::contract::{Credentials, NewUser, RoleChange, UserView};
 use crate::store::{Actor, Role, User};
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct UserView {
-    username: String,
-    role: Role,
-    created_at: jiff::Timestamp,
-}
 
 /// `GET /api/users`
 #[utoipa::path(get, path = "/api/users", tag = "users", responses((status = 200, description = "Every user (admin); never a password hash", body = Vec<UserView>)))]
@@ -44,21 +37,6 @@ impl From<User> for UserView {
     }
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewUser {
-    username: String,
-    /// viewer (read), operator (+ run, stop, terminals, verify) or admin (+ users, sync).
-    role: Role,
-}
-
-/// A generated password, shown this once; only its hash is stored.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Credentials {
-    username: String,
-    password: String,
-}
-
 impl From<GeneratedPassword> for Credentials {
     fn from(generated: GeneratedPassword) -> Self {
         Credentials {
@@ -69,7 +47,7 @@ impl From<GeneratedPassword> for Credentials {
 }
 
 /// `POST /api/users`
-#[utoipa::path(post, path = "/api/users", tag = "users", request_body = NewUser, responses((status = 201, description = "Created (admin), with a generated password shown this once", body = Credentials), (status = 409, description = "The name is taken, or was a deleted account's", body = crate::api::error::ErrorBody), (status = 422, description = "An invalid name", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/users", tag = "users", request_body = NewUser, responses((status = 201, description = "Created (admin), with a generated password shown this once", body = Credentials), (status = 409, description = "The name is taken, or was a deleted account's", body = crate::contract::ErrorBody), (status = 422, description = "An invalid name", body = crate::contract::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -86,7 +64,7 @@ pub async fn create(
 }
 
 /// `POST /api/users/{name}/password`
-#[utoipa::path(post, path = "/api/users/{name}/password", tag = "users", params(("name" = String, Path, description = "User name")), responses((status = 200, description = "A new generated password (admin), shown this once; the user's older tokens stop working and a lockout is lifted", body = Credentials), (status = 404, description = "No such user", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/users/{name}/password", tag = "users", params(("name" = String, Path, description = "User name")), responses((status = 200, description = "A new generated password (admin), shown this once; the user's older tokens stop working and a lockout is lifted", body = Credentials), (status = 404, description = "No such user", body = crate::contract::ErrorBody)))]
 pub async fn reset_password(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -100,14 +78,8 @@ pub async fn reset_password(
     Ok(Json(reset.into()))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RoleChange {
-    role: Role,
-}
-
 /// `PATCH /api/users/{name}`
-#[utoipa::path(patch, path = "/api/users/{name}", tag = "users", params(("name" = String, Path, description = "User name")), request_body = RoleChange, responses((status = 200, description = "The user with the new role (admin); takes effect on their next request, and below operator their terminals close", body = UserView), (status = 404, description = "No such user", body = crate::api::error::ErrorBody), (status = 409, description = "The last admin cannot be demoted", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(patch, path = "/api/users/{name}", tag = "users", params(("name" = String, Path, description = "User name")), request_body = RoleChange, responses((status = 200, description = "The user with the new role (admin); takes effect on their next request, and below operator their terminals close", body = UserView), (status = 404, description = "No such user", body = crate::contract::ErrorBody), (status = 409, description = "The last admin cannot be demoted", body = crate::contract::ErrorBody)))]
 pub async fn change_role(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -123,7 +95,7 @@ pub async fn change_role(
 }
 
 /// `DELETE /api/users/{name}`
-#[utoipa::path(delete, path = "/api/users/{name}", tag = "users", params(("name" = String, Path, description = "User name")), responses((status = 204, description = "Deleted (admin): their tokens stop working, their open streams and terminals close, their workspaces go; records and recordings stay, and the name is retired (never an account again)"), (status = 404, description = "No such user", body = crate::api::error::ErrorBody), (status = 409, description = "The last admin cannot be deleted", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/users/{name}", tag = "users", params(("name" = String, Path, description = "User name")), responses((status = 204, description = "Deleted (admin): their tokens stop working, their open streams and terminals close, their workspaces go; records and recordings stay, and the name is retired (never an account again)"), (status = 404, description = "No such user", body = crate::contract::ErrorBody), (status = 409, description = "The last admin cannot be deleted", body = crate::contract::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Authenticated,

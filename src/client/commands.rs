@@ -7,12 +7,20 @@ use std::path::Path;
 
 use base64::Engine as _;
 use futures::StreamExt;
+use linkops_reconcilers::condition::ConditionKind;
 use linkops_reconcilers::desired::{self, DesiredState};
+use linkops_reconcilers::operation::{HostState, OperationState, Requester, Stream};
 use linkops_reconcilers::plan::plan as plan_changes;
 use linkops_reconcilers::run::RunState;
 use serde_json::{Value, json};
 
 use super::{Client, Error, Result, Session};
+use crate::contract::{
+    GitStatus, Health, HistoryQuery, HostEvent, LoginRequest, LoginResponse, MachineQuery,
+    MachineView, OperationView, OutputBytes, OutputChunk, OutputPage, RunBody, RunView, StateEvent,
+    Stopping, SyncView, TargetsBody,
+};
+use crate::store::SyncOutcome;
 
 /// How many times a broken event stream is resumed before giving up.
 const STREAM_RETRIES: u32 = 5;
@@ -30,26 +38,22 @@ pub async fn login(server: &str, user: &str, password_stdin: bool) -> Result<()>
             .map_err(Error::Password)?
     };
     let client = Client::new(server, None);
-    let answer: Value = client
-        .post(
-            "/api/auth/login",
-            &json!({ "username": user, "password": password }),
-        )
-        .await?;
+    let request = LoginRequest {
+        username: user.to_owned(),
+        password,
+    };
+    let answer: LoginResponse = client.post("/api/auth/login", &request).await?;
     let session = Session {
         server: client.server().to_owned(),
         user: user.to_owned(),
-        token: answer["token"].as_str().unwrap_or_default().to_owned(),
-        expires_at: answer["expires_at"]
-            .as_str()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or_else(jiff::Timestamp::now),
+        token: answer.token,
+        expires_at: answer.expires_at,
     };
     let path = session.save()?;
     eprintln!(
         "logged in to {} as {user} ({}); session saved in {} (mode 0600), valid until {}",
         session.server,
-        answer["role"].as_str().unwrap_or("?"),
+        answer.role,
         path.display(),
         session.expires_at
     );
@@ -58,11 +62,10 @@ pub async fn login(server: &str, user: &str, password_stdin: bool) -> Result<()>
 
 /// `linkops machines`
 pub async fn machines(client: &Client, tag: Option<&str>, json: bool) -> Result<()> {
-    let path = match tag {
-        Some(tag) => format!("/api/links?tag={tag}"),
-        None => "/api/links".to_owned(),
+    let query = MachineQuery {
+        tag: tag.map(str::to_owned),
     };
-    let machines: Vec<Value> = client.get(&path).await?;
+    let machines: Vec<MachineView> = client.get_query("/api/links", &query).await?;
     if json {
         return print_json(&machines);
     }
@@ -70,15 +73,14 @@ pub async fn machines(client: &Client, tag: Option<&str>, json: bool) -> Result<
         .iter()
         .map(|m| {
             vec![
-                text(&m["id"]),
-                format!("{}:{}", text(&m["host"]), text(&m["port"])),
-                text(&m["health"]["state"]),
-                text(&m["enrollment"]["state"]),
-                condition(m, "Ready"),
-                text(&m["last_seen"]),
-                m["tags"].as_array().map_or(String::new(), |tags| {
-                    tags.iter().map(text).collect::<Vec<_>>().join(",")
-                }),
+                m.spec.id.clone(),
+                format!("{}:{}", m.spec.host, m.spec.port),
+                m.health.name().to_owned(),
+                m.enrollment.name().to_owned(),
+                m.condition(ConditionKind::Ready)
+                    .map_or("-".to_owned(), |c| api_name(&c.condition.status)),
+                or_dash(m.last_seen),
+                m.spec.tags.join(","),
             ]
         })
         .collect();
@@ -97,13 +99,6 @@ pub async fn machines(client: &Client, tag: Option<&str>, json: bool) -> Result<
     Ok(())
 }
 
-fn condition(machine: &Value, kind: &str) -> String {
-    machine["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == kind))
-        .map_or("-".to_owned(), |c| text(&c["status"]))
-}
-
 /// What `linkops run` asks for.
 pub struct RunArgs<'a> {
     pub script: &'a str,
@@ -117,7 +112,7 @@ pub struct RunArgs<'a> {
 /// `linkops run`: starts the script, follows its output live, and returns the
 /// exit code (0 when every host succeeded, 1 otherwise).
 pub async fn run(client: &Client, args: RunArgs<'_>, json: bool) -> Result<i32> {
-    let mut params = serde_json::Map::new();
+    let mut params = BTreeMap::new();
     for param in args.params {
         let (name, value) = param
             .split_once('=')
@@ -128,41 +123,44 @@ pub async fn run(client: &Client, args: RunArgs<'_>, json: bool) -> Result<i32> 
             .unwrap_or_else(|| Value::String(value.to_owned()));
         params.insert(name.to_owned(), value);
     }
-    let body = json!({
-        "script": args.script,
-        "targets": { "machines": args.machines, "tags": args.tags },
-        "params": params,
-        "concurrency": args.concurrency,
-    });
-    let operation: Value = client.post("/api/operations/run", &body).await?;
-    let id = operation["id"].as_u64().unwrap_or_default();
+    let body = RunBody {
+        script: args.script.to_owned(),
+        targets: TargetsBody {
+            machines: args.machines.to_vec(),
+            tags: args.tags.to_vec(),
+        },
+        params,
+        concurrency: args.concurrency,
+    };
+    let operation: OperationView = client.post("/api/operations/run", &body).await?;
+    let id = operation.operation.id;
     if !json {
         eprintln!(
             "operation {id}: {} on {} machine(s)",
             args.script,
-            operation["machines"].as_array().map_or(0, Vec::len)
+            operation.operation.machines.len()
         );
     }
     let state = follow(client, id, json).await?;
-    Ok(if state == "succeeded" { 0 } else { 1 })
+    Ok(exit_code(state))
 }
 
 /// `linkops ops logs ID [-f]`: the recorded output; with `follow`, live until the end.
 pub async fn logs(client: &Client, id: u64, follow_live: bool, json: bool) -> Result<i32> {
     if follow_live {
         let state = follow(client, id, json).await?;
-        return Ok(if state == "succeeded" { 0 } else { 1 });
+        return Ok(exit_code(state));
     }
     let mut printer = Printer::new(json, 0);
     let mut after = 0;
     loop {
-        let page: Value = client
+        let page: OutputPage = client
             .get(&format!("/api/operations/{id}/output?after={after}"))
             .await?;
-        for chunk in page["chunks"].as_array().into_iter().flatten() {
+        for chunk in &page.chunks {
             printer.output(chunk);
         }
-        match page["next_after"].as_u64() {
+        match page.next_after {
             Some(next) => after = next,
             None => break,
         }
@@ -171,12 +169,19 @@ pub async fn logs(client: &Client, id: u64, follow_live: bool, json: bool) -> Re
     Ok(0)
 }
 
+/// 0 when every machine succeeded, 1 otherwise.
+fn exit_code(state: OperationState) -> i32 {
+    match state {
+        OperationState::Succeeded => 0,
+        _ => 1,
+    }
+}
+
 /// Follows an operation's events to its end, resuming after a dropped
 /// connection; returns its final state.
-async fn follow(client: &Client, id: u64, json: bool) -> Result<String> {
-    let operation: Value = client.get(&format!("/api/operations/{id}")).await?;
-    let hosts = operation["hosts"].as_array().map_or(0, Vec::len);
-    let mut printer = Printer::new(json, hosts);
+async fn follow(client: &Client, id: u64, json: bool) -> Result<OperationState> {
+    let operation: OperationView = client.get(&format!("/api/operations/{id}")).await?;
+    let mut printer = Printer::new(json, operation.hosts.len());
     let mut last = 0;
     let mut retries = 0;
     loop {
@@ -193,23 +198,31 @@ async fn follow(client: &Client, id: u64, json: bool) -> Result<String> {
             };
             retries = 0;
             last = event.id.parse().unwrap_or(last);
-            let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
             if json {
+                let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
                 println!(
                     "{}",
                     json!({ "id": last, "event": event.event, "data": data })
                 );
             }
+            let unexpected = |error: serde_json::Error| Error::Stream {
+                operation: id,
+                reason: format!("a {} event was not understood: {error}", event.event),
+            };
             match event.event.as_str() {
-                "output" => printer.output(&data),
-                "host" => printer.host(&data),
+                "output" => printer.output(&serde_json::from_str(&event.data).map_err(unexpected)?),
+                "host" => printer.host(serde_json::from_str(&event.data).map_err(unexpected)?),
                 "end" => {
                     printer.finish();
-                    let state = text(&data["state"]);
+                    let end: StateEvent = serde_json::from_str(&event.data).map_err(unexpected)?;
                     if !json {
-                        eprintln!("operation {id}: {state} ({})", printer.tally().ended());
+                        eprintln!(
+                            "operation {id}: {} ({})",
+                            end.state.name(),
+                            printer.tally().ended()
+                        );
                     }
-                    return Ok(state);
+                    return Ok(end.state);
                 }
                 _ => {}
             }
@@ -231,8 +244,8 @@ async fn follow(client: &Client, id: u64, json: bool) -> Result<String> {
 struct Printer {
     json: bool,
     /// Partial lines, by (machine, stream).
-    partial: BTreeMap<(String, String), Vec<u8>>,
-    hosts: BTreeMap<String, String>,
+    partial: BTreeMap<(String, Stream), Vec<u8>>,
+    hosts: BTreeMap<String, HostState>,
     total: usize,
     progress: bool,
 }
@@ -248,18 +261,17 @@ impl Printer {
         }
     }
 
-    fn output(&mut self, data: &Value) {
+    fn output(&mut self, chunk: &OutputChunk) {
         if self.json {
             return;
         }
-        let bytes = match (data["text"].as_str(), data["base64"].as_str()) {
-            (Some(text), _) => text.as_bytes().to_vec(),
-            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
-                .decode(encoded)
+        let bytes = match &chunk.bytes {
+            OutputBytes::Text { text } => text.as_bytes().to_vec(),
+            OutputBytes::Base64 { base64 } => base64::engine::general_purpose::STANDARD
+                .decode(base64)
                 .unwrap_or_default(),
-            _ => return,
         };
-        let key = (text(&data["machine"]), text(&data["stream"]));
+        let key = (chunk.machine.clone(), chunk.stream);
         let buffer = self.partial.entry(key.clone()).or_default();
         buffer.extend_from_slice(&bytes);
         let Some(end) = buffer.iter().rposition(|b| *b == b'\n') else {
@@ -269,11 +281,11 @@ impl Printer {
         self.print(&key, &complete);
     }
 
-    fn print(&self, (machine, stream): &(String, String), bytes: &[u8]) {
+    fn print(&self, (machine, stream): &(String, Stream), bytes: &[u8]) {
         self.clear_progress();
         let text = String::from_utf8_lossy(bytes);
         for line in text.lines() {
-            if stream == "stderr" {
+            if *stream == Stream::Stderr {
                 eprintln!("{machine} ! {line}");
             } else {
                 println!("{machine} | {line}");
@@ -283,15 +295,20 @@ impl Printer {
         self.show_progress();
     }
 
-    fn host(&mut self, data: &Value) {
-        let (machine, state) = (text(&data["machine"]), &data["state"]);
+    fn host(&mut self, HostEvent { machine, state }: HostEvent) {
         // Why a machine did not run, or failed before its script did.
-        let why = state["reason"].as_str().or(state["error"].as_str());
+        let why = match &state {
+            HostState::Skipped { reason } => Some(reason),
+            HostState::Failed {
+                error: Some(error), ..
+            } => Some(error),
+            _ => None,
+        };
         if let (false, Some(why)) = (self.json, why) {
             self.clear_progress();
-            eprintln!("{machine} {}: {why}", text(&state["state"]));
+            eprintln!("{machine} {}: {why}", state.name());
         }
-        self.hosts.insert(machine, text(&state["state"]));
+        self.hosts.insert(machine, state);
         self.show_progress();
     }
 
@@ -308,7 +325,7 @@ impl Printer {
     }
 
     fn tally(&self) -> Tally {
-        Tally::of(self.hosts.values().map(String::as_str), self.total)
+        Tally::of(self.hosts.values(), self.total)
     }
 
     /// Prints what is left of unfinished lines, and ends the progress line.
@@ -339,19 +356,21 @@ struct Tally {
 }
 
 impl Tally {
-    fn of<'a>(states: impl Iterator<Item = &'a str>, total: usize) -> Tally {
+    fn of<'a>(states: impl Iterator<Item = &'a HostState>, total: usize) -> Tally {
         let mut tally = Tally {
             total,
             ..Tally::default()
         };
         for state in states {
             match state {
-                "succeeded" => tally.succeeded += 1,
-                "failed" | "timeout" | "interrupted" => tally.failed += 1,
-                "skipped" => tally.skipped += 1,
-                "stopped" => tally.stopped += 1,
-                "running" => tally.running += 1,
-                _ => {}
+                HostState::Succeeded => tally.succeeded += 1,
+                HostState::Failed { .. } | HostState::Timeout { .. } | HostState::Interrupted => {
+                    tally.failed += 1
+                }
+                HostState::Skipped { .. } => tally.skipped += 1,
+                HostState::Stopped { .. } => tally.stopped += 1,
+                HostState::Running => tally.running += 1,
+                HostState::Pending => {}
             }
         }
         tally
@@ -396,30 +415,25 @@ impl std::fmt::Display for Tally {
 }
 
 /// `linkops ops`: operation history, newest first.
-pub async fn ops(client: &Client, filters: &[(&str, Option<String>)], json: bool) -> Result<()> {
-    let query: Vec<String> = filters
-        .iter()
-        .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}={v}")))
-        .collect();
-    let operations: Vec<Value> = client
-        .get(&format!("/api/operations?{}", query.join("&")))
-        .await?;
+pub async fn ops(client: &Client, query: &HistoryQuery, json: bool) -> Result<()> {
+    let operations: Vec<OperationView> = client.get_query("/api/operations", query).await?;
     if json {
         return print_json(&operations);
     }
     let rows = operations
         .iter()
-        .map(|o| {
+        .map(|view| {
+            let o = &view.operation;
             vec![
-                text(&o["id"]),
-                text(&o["script"]),
-                text(&o["state"]),
-                o["machines"].as_array().map_or(0, Vec::len).to_string(),
-                match o["requested_by"]["kind"].as_str() {
-                    Some("user") => text(&o["requested_by"]["name"]),
-                    _ => format!("run:{}", text(&o["requested_by"]["id"])),
+                o.id.to_string(),
+                o.script.clone(),
+                o.state.name().to_owned(),
+                o.machines.len().to_string(),
+                match &o.requested_by {
+                    Requester::User { name } => name.clone(),
+                    Requester::RunRequest { id, .. } => format!("run:{id}"),
                 },
-                text(&o["created_at"]),
+                or_dash(view.created_at),
             ]
         })
         .collect();
@@ -432,7 +446,7 @@ pub async fn ops(client: &Client, filters: &[(&str, Option<String>)], json: bool
 
 /// `linkops stop ID`
 pub async fn stop(client: &Client, id: u64, json: bool) -> Result<()> {
-    let answer: Value = client
+    let answer: Stopping = client
         .post(&format!("/api/operations/{id}/stop"), &json!({}))
         .await?;
     if json {
@@ -440,7 +454,7 @@ pub async fn stop(client: &Client, id: u64, json: bool) -> Result<()> {
     }
     eprintln!(
         "operation {}: stopping — machines not started yet will not start; running scripts get SIGTERM, then SIGKILL {} s later. `linkops ops logs {id} -f` follows it to its end.",
-        text(&answer["stopping"]),
+        answer.stopping,
         crate::operations::STOP_GRACE.as_secs()
     );
     Ok(())
@@ -448,81 +462,69 @@ pub async fn stop(client: &Client, id: u64, json: bool) -> Result<()> {
 
 /// `linkops sync`: a Git sync now; exit code 1 when the revision was refused or the fetch failed.
 pub async fn sync(client: &Client, json: bool) -> Result<i32> {
-    let record: Value = client.post("/api/git/sync", &json!({})).await?;
-    let result = text(&record["result"]);
+    let record: SyncView = client.post("/api/git/sync", &json!({})).await?;
     if json {
         print_json(&record)?;
     } else {
-        println!("{result}: revision {}", text(&record["revision"]));
-        for problem in record["problems"].as_array().into_iter().flatten() {
-            println!("  {}", problem_line(problem));
-        }
-        if let Some(error) = record["error"].as_str() {
-            println!("  {error}");
+        println!(
+            "{}: revision {}",
+            record.outcome.name(),
+            or_dash(record.revision.as_ref())
+        );
+        match &record.outcome {
+            SyncOutcome::Invalid { problems } => {
+                for problem in problems {
+                    println!("  {problem}");
+                }
+            }
+            SyncOutcome::Failed { error } => println!("  {error}"),
+            SyncOutcome::Applied { .. } | SyncOutcome::Unchanged => {}
         }
     }
-    Ok(if matches!(result.as_str(), "applied" | "unchanged") {
-        0
-    } else {
-        1
+    Ok(match record.outcome {
+        SyncOutcome::Applied { .. } | SyncOutcome::Unchanged => 0,
+        SyncOutcome::Invalid { .. } | SyncOutcome::Failed { .. } => 1,
     })
-}
-
-fn problem_line(problem: &Value) -> String {
-    match problem.as_str() {
-        Some(line) => line.to_owned(),
-        None => format!(
-            "{}:{}:{}: {}",
-            text(&problem["file"]),
-            text(&problem["line"]),
-            text(&problem["column"]),
-            text(&problem["message"])
-        ),
-    }
 }
 
 /// `linkops status`: health, Git, reconcile suspension, in one screen.
 pub async fn status(client: &Client, json: bool) -> Result<()> {
-    let health: Value = client.get("/health").await?;
-    let git: Value = client.get("/api/git/status").await?;
-    let machines: Vec<Value> = client.get("/api/links").await?;
+    let health: Health = client.get("/health").await?;
+    let git: GitStatus = client.get("/api/git/status").await?;
+    let machines: Vec<MachineView> = client.get("/api/links").await?;
     if json {
         return print_json(&json!({ "health": health, "git": git, "machines": machines.len() }));
     }
     println!(
         "daemon     {} ({})",
         client.server(),
-        text(&health["status"])
+        api_name(&health.status)
     );
     println!(
         "git        {} @ {} — applied {} ({})",
-        text(&git["url"]),
-        text(&git["branch"]),
-        text(&git["applied_revision"]),
-        text(&git["applied_at"])
+        or_dash(git.url.as_ref()),
+        git.branch,
+        or_dash(git.applied_revision.as_ref()),
+        or_dash(git.applied_at)
     );
-    if let Some(attempt) = git["last_attempt"].as_object() {
+    if let Some(attempt) = &git.last_attempt {
         println!(
             "last sync  {} at {} by {}",
-            text(&attempt["result"]),
-            text(&attempt["started_at"]),
-            text(&attempt["trigger"])
+            attempt.outcome.name(),
+            attempt.started_at,
+            attempt.trigger
         );
     }
-    for error in git["last_error"].as_array().into_iter().flatten() {
-        println!("  {}", text(error));
+    for error in &git.last_error {
+        println!("  {error}");
     }
-    let count = |state: &str, field: &str| {
-        machines
-            .iter()
-            .filter(|m| m[field]["state"] == state)
-            .count()
-    };
+    let reachable = machines.iter().filter(|m| m.health.name() == "reachable");
+    let enrolled = machines.iter().filter(|m| m.enrollment.is_enrolled());
     println!(
         "machines   {} — {} reachable, {} enrolled",
         machines.len(),
-        count("reachable", "health"),
-        count("enrolled", "enrollment")
+        reachable.count(),
+        enrolled.count()
     );
     Ok(())
 }
@@ -545,13 +547,10 @@ pub async fn plan(client: &Client, dir: &Path) -> Result<i32> {
         }
     };
     let applied: DesiredState = client.get("/api/desired").await?;
-    let runs: Vec<Value> = client.get("/api/runs").await?;
+    let runs: Vec<RunView> = client.get("/api/runs").await?;
     let states: BTreeMap<String, RunState> = runs
-        .iter()
-        .filter_map(|run| {
-            let state = serde_json::from_value(run["state"].clone()).ok()?;
-            Some((text(&run["id"]), state))
-        })
+        .into_iter()
+        .filter_map(|run| Some((run.id, run.state?)))
         .collect();
     let changes = plan_changes(&proposed, &applied, &states);
     let short = &applied.revision[..applied.revision.len().min(12)];
@@ -567,12 +566,17 @@ pub async fn plan(client: &Client, dir: &Path) -> Result<i32> {
     Ok(1)
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+/// A unit variant as the API names it (`True`, `degraded`).
+fn api_name(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(name)) => name,
+        _ => "-".to_owned(),
     }
+}
+
+/// A value that may be absent, `-` when it is.
+fn or_dash(value: Option<impl std::fmt::Display>) -> String {
+    value.map_or("-".to_owned(), |value| value.to_string())
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
@@ -607,6 +611,8 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
 
 #[cfg(test)]
 mod tests {
+    use linkops_reconcilers::operation::HostState;
+
     use super::Tally;
 
     #[test]
@@ -637,8 +643,12 @@ mod tests {
                 "no machine ran",
             ),
         ];
+        let state = |name: &str| -> HostState {
+            serde_json::from_value(serde_json::json!({ "state": name, "reason": "r" })).unwrap()
+        };
         for (states, total, progress, end) in cases {
-            let tally = Tally::of(states.iter().copied(), *total);
+            let states: Vec<HostState> = states.iter().map(|name| state(name)).collect();
+            let tally = Tally::of(states.iter(), *total);
             assert_eq!(tally.to_string(), *progress, "{states:?}");
             assert_eq!(tally.ended(), *end, "{states:?}");
         }

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+
+use crate::contract::ErrorBody;
 
 pub use commands::*;
 pub use session::Session;
@@ -101,6 +102,16 @@ impl Client {
         self.send(self.request(reqwest::Method::GET, path)).await
     }
 
+    /// A GET with `query` as its (encoded) query string.
+    pub async fn get_query<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &impl Serialize,
+    ) -> Result<T> {
+        self.send(self.request(reqwest::Method::GET, path).query(query))
+            .await
+    }
+
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
         self.send(self.request(reqwest::Method::POST, path).json(body))
             .await
@@ -112,11 +123,14 @@ impl Client {
             .await
             .map_err(|source| self.unreachable(source))?;
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| self.unreachable(source))?;
         if !status.is_success() {
             return Err(api_error(status.as_u16(), &body));
         }
-        serde_json::from_value(body).map_err(|error| Error::Api {
+        serde_json::from_slice(&body).map_err(|error| Error::Api {
             status: status.as_u16(),
             code: "unexpected_answer".into(),
             message: format!("the daemon's answer was not understood: {error}"),
@@ -142,7 +156,7 @@ impl Client {
             .map_err(|source| self.unreachable(source))?;
         let status = response.status();
         if !status.is_success() {
-            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let body = response.bytes().await.unwrap_or_default();
             return Err(api_error(status.as_u16(), &body));
         }
         Ok(response
@@ -162,14 +176,18 @@ impl Client {
 /// The daemon's address when neither `--server` nor a session names one.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8000";
 
-/// The API's one error shape, `{"error": {"code", "message"}}`.
-fn api_error(status: u16, body: &Value) -> Error {
-    Error::Api {
-        status,
-        code: body["error"]["code"].as_str().unwrap_or("error").to_owned(),
-        message: body["error"]["message"]
-            .as_str()
-            .unwrap_or("the daemon answered with an error")
-            .to_owned(),
+/// The API's one error shape ([`ErrorBody`]), or what a proxy in between said.
+fn api_error(status: u16, body: &[u8]) -> Error {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody { error }) => Error::Api {
+            status,
+            code: error.code,
+            message: error.message,
+        },
+        Err(_) => Error::Api {
+            status,
+            code: "error".into(),
+            message: "the daemon answered with an error".into(),
+        },
     }
 }

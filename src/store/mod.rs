@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 pub use audit::{Actor, Audit, AuditAction, AuditEntry, Outcome};
 pub use fleet::HealthSample;
 pub use operations::OperationUpdate;
-pub use scan::{OperationIndex, SeqTable, state_name};
+pub use scan::{OperationIndex, SeqTable};
 pub use schema::SCHEMA_VERSION;
 pub use sync::{MachineRecord, ScriptRecord, SyncOutcome, SyncRecord};
 pub use users::{DeletedUser, LoginFailures, Role, User};

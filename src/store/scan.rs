@@ -54,18 +54,13 @@ impl OperationIndex {
     }
 }
 
-/// The stored name of an operation state (`running`, `partially_failed`, …).
-pub fn state_name(state: OperationState) -> String {
-    match serde_json::to_value(state) {
-        Ok(serde_json::Value::String(name)) => name,
-        _ => format!("{state:?}"),
-    }
-}
-
 /// The index entries of an operation.
 pub(super) fn index_entries(operation: &Operation) -> Vec<(&'static str, String)> {
     let mut entries = vec![
-        (OperationIndex::State.name(), state_name(operation.state)),
+        (
+            OperationIndex::State.name(),
+            operation.state.name().to_owned(),
+        ),
         (OperationIndex::Script.name(), operation.script.clone()),
     ];
     entries.extend(
@@ -88,9 +83,9 @@ pub(super) fn index_operation(
         if previous == operation.state {
             return Ok(());
         }
-        let old = state_name(previous);
+        let old = previous.name().to_owned();
         index.remove((OperationIndex::State.name(), old.as_str(), operation.id))?;
-        let new = state_name(operation.state);
+        let new = operation.state.name().to_owned();
         index.insert(
             (OperationIndex::State.name(), new.as_str(), operation.id),
             (),

@@ -324,7 +324,7 @@ fn operation_row(operation: Operation) -> Vec<Cell> {
     vec![
         Cell::Int(operation.id as i64),
         Cell::Str(operation.script),
-        Cell::Str(store::state_name(operation.state)),
+        Cell::Str(operation.state.name().to_owned()),
         Cell::Str(requested_by),
         Cell::List(operation.machines),
         Cell::Time(operation.created_at_ms),

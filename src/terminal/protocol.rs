@@ -10,7 +10,7 @@ pub const SUBPROTOCOL: &str = "linkops.v1";
 pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "linkops.token.";
 
 /// JSON messages from the client.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
     /// Keystrokes for a pane (or, in broadcast mode, for every connected pane).
@@ -32,7 +32,7 @@ pub enum ClientMessage {
 }
 
 /// The state of a pane, as the API and the socket report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaneState {
     /// No machine assigned.
@@ -48,7 +48,7 @@ pub enum PaneState {
 }
 
 /// Why a pane could not be opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Refusal {
     /// The machine is not in the applied inventory.
@@ -63,7 +63,7 @@ pub enum Refusal {
     Error,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PaneStatus {
     pub pane: usize,
     pub machine: Option<String>,
@@ -107,7 +107,7 @@ impl PaneStatus {
 }
 
 /// JSON messages from the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// First message on every socket: the workspace and each pane's state.
@@ -146,6 +146,13 @@ pub enum SocketEnd {
 }
 
 impl SocketEnd {
+    pub const ALL: [SocketEnd; 4] = [
+        SocketEnd::TakenOver,
+        SocketEnd::WorkspaceDeleted,
+        SocketEnd::AccessRevoked,
+        SocketEnd::DaemonStopping,
+    ];
+
     /// The WebSocket close code (4000–4999 are the application's) and reason.
     pub fn close_frame(self) -> (u16, &'static str) {
         match self {
@@ -159,6 +166,33 @@ impl SocketEnd {
         }
     }
 }
+
+/// The close codes of [`SocketEnd`], as the API description lists them: the
+/// 4000s are final (reconnecting cannot help), 1001 is a daemon restarting.
+pub struct SocketCloseCode;
+
+impl utoipa::PartialSchema for SocketCloseCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let said: Vec<String> = SocketEnd::ALL
+            .iter()
+            .map(|end| {
+                let (code, reason) = end.close_frame();
+                format!("{code}: {reason}")
+            })
+            .collect();
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .enum_values(Some(SocketEnd::ALL.map(|end| end.close_frame().0)))
+            .description(Some(format!(
+                "Why the daemon closed a workspace socket. {}. The 4000s are final: reconnecting cannot help.",
+                said.join("; ")
+            )))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for SocketCloseCode {}
 
 /// What the daemon sends down a socket.
 #[derive(Debug, Clone)]

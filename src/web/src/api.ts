@@ -1,6 +1,9 @@
 // The daemon's public API (the one /api/openapi.json describes): requests with the session's token.
+// Every shape it exchanges is in ./contract.ts, generated from schemas/openapi.json by `npm run build`.
 
-export interface Session { token: string; user: string; role: "viewer" | "operator" | "admin" }
+import type { ErrorBody, Role } from "./contract";
+
+export interface Session { token: string; user: string; role: Role }
 
 const KEY = "linkops.session";
 
@@ -35,7 +38,7 @@ export async function apiText(method: string, path: string, body?: unknown): Pro
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await response.text();
   if (!response.ok) {
-    const data = text.startsWith("{") ? JSON.parse(text) : null;
+    const data = text.startsWith("{") ? (JSON.parse(text) as ErrorBody) : null;
     if (response.status === 401 && path !== "/api/auth/login") {
       saveSession(null);
       location.hash = "#/login";

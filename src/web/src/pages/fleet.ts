@@ -1,17 +1,8 @@
 // The fleet: machines with live health and enrollment; one machine's details.
 
 import { api, fleetEvents, session } from "../api";
+import type { MachineDetail, MachineView } from "../contract";
 import { badge, h, put, table, when } from "../dom";
-
-/** A machine as `GET /api/links` shows it. */
-export interface MachineView {
-  id: string; name: string; host: string; port: number; tags: string[];
-  health: { state: string; error?: string };
-  enrollment: { state: string; expected?: string; found?: string; error?: string };
-  conditions: { type: string; status: string; reason: string; message: string }[];
-  last_seen: string | null;
-  suspended: boolean;
-}
 
 export async function fleetPage(main: HTMLElement): Promise<() => void> {
   const filter = h("select", { "aria-label": "Filter by tag" }, h("option", { value: "" }, "All tags"));
@@ -38,7 +29,7 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
             ...(m.suspended ? [" ", badge("suspended")] : [])),
           `${m.host}:${m.port}`,
           badge(m.health.state),
-          h("span", { title: m.enrollment.found ? `holds ${m.enrollment.found}` : "" }, badge(m.enrollment.state)),
+          h("span", { title: m.enrollment.state === "mismatch" ? `holds ${m.enrollment.found}` : "" }, badge(m.enrollment.state)),
           h("span", { title: ready?.message ?? "" }, badge(ready?.status)),
           when(m.last_seen),
           m.tags.join(", "),
@@ -55,11 +46,6 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
     draw();
   });
   return () => events.close();
-}
-
-interface MachineDetail extends MachineView {
-  recent_operations: { id: number; script: string; state: string; created_at: string }[];
-  health_history: { at: string; health: { state: string }; enrolled: boolean }[];
 }
 
 export async function machinePage(main: HTMLElement, [id]: string[]): Promise<void> {

@@ -1,13 +1,8 @@
 // Git: the revision in force, the last attempt, its problems as file:line:col, and a sync button.
 
 import { api, ApiError, session } from "../api";
+import type { GitStatus, SyncView } from "../contract";
 import { badge, h, put, when } from "../dom";
-
-interface GitStatus {
-  url: string | null; branch: string; applied_revision: string | null; applied_at: string | null;
-  last_attempt: { result: string; revision: string | null; started_at: string; trigger: string; error?: string } | null;
-  last_error: string[];
-}
 
 export async function gitPage(main: HTMLElement): Promise<void> {
   const status = await api<GitStatus>("GET", "/api/git/status");
@@ -17,7 +12,7 @@ export async function gitPage(main: HTMLElement): Promise<void> {
     sync.disabled = true;
     message.textContent = "Syncing…";
     try {
-      const record = await api<{ result: string }>("POST", "/api/git/sync");
+      const record = await api<SyncView>("POST", "/api/git/sync");
       message.textContent = `Sync: ${record.result}`;
       main.replaceChildren();
       await gitPage(main);

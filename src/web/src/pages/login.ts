@@ -1,4 +1,5 @@
-import { api, ApiError, saveSession, type Session } from "../api";
+import { api, ApiError, saveSession } from "../api";
+import type { LoginRequest, LoginResponse } from "../contract";
 import { h } from "../dom";
 
 export async function loginPage(main: HTMLElement): Promise<void> {
@@ -15,8 +16,8 @@ export async function loginPage(main: HTMLElement): Promise<void> {
     event.preventDefault();
     error.textContent = "";
     try {
-      const answer = await api<{ token: string; role: Session["role"] }>("POST", "/api/auth/login",
-        { username: user.value, password: password.value });
+      const answer = await api<LoginResponse>("POST", "/api/auth/login",
+        { username: user.value, password: password.value } satisfies LoginRequest);
       saveSession({ token: answer.token, user: user.value, role: answer.role });
       location.hash = "#/fleet";
     } catch (failure) {

@@ -1,24 +1,14 @@
 // Operations: the history, and one operation live — per-host output, states, exit codes, a stop button.
 
 import { api, operationEvents, session } from "../api";
+import type { HostEvent, HostState, OperationState, OperationView, OutputChunk, StateEvent } from "../contract";
 import { badge, h, table, when } from "../dom";
 
-interface HostResult {
-  machine_id: string;
-  state: { state: string; exit_code?: number | null; signal?: string | null; error?: string | null; reason?: string };
-}
-
-interface OperationView {
-  id: number; script: string; state: string; machines: string[];
-  requested_by: { kind: string; name?: string; id?: string };
-  created_at: string; finished_at: string | null; hosts: HostResult[];
-}
-
-const FINISHED = ["succeeded", "failed", "partially_failed", "stopped", "interrupted"];
+const FINISHED: OperationState[] = ["succeeded", "failed", "partially_failed", "stopped", "interrupted"];
+const STATES: (OperationState | "")[] = ["", "running", ...FINISHED];
 
 export async function historyPage(main: HTMLElement): Promise<void> {
-  const state = h("select", { "aria-label": "State" }, ...["", "running", "succeeded", "failed", "partially_failed", "stopped", "interrupted"]
-    .map((s) => h("option", { value: s }, s || "Any state")));
+  const state = h("select", { "aria-label": "State" }, ...STATES.map((s) => h("option", { value: s }, s || "Any state")));
   const script = h("input", { "aria-label": "Script", placeholder: "script id" });
   const body = h("div");
   const draw = async () => {
@@ -49,9 +39,10 @@ class HostPanel {
       h("div", { class: "row" }, h("strong", {}, machine), this.state), this.output);
   }
 
-  setState(state: HostResult["state"]): void {
-    const detail = state.exit_code != null ? `exit ${state.exit_code}` : state.signal ? `signal ${state.signal}`
-      : state.error ?? state.reason ?? "";
+  setState(state: HostState): void {
+    const detail = "exit_code" in state && state.exit_code != null ? `exit ${state.exit_code}`
+      : "signal" in state && state.signal ? `signal ${state.signal}`
+      : "error" in state ? state.error : "reason" in state ? state.reason : "";
     this.state.replaceChildren(badge(state.state), detail ? ` ${detail}` : "");
   }
 
@@ -75,7 +66,7 @@ export async function operationPage(main: HTMLElement, [idText]: string[]): Prom
     panels.set(host.machine_id, panel);
     hosts.append(panel.element);
   }
-  const finished = (value: string) => {
+  const finished = (value: OperationState) => {
     state.replaceChildren(badge(value));
     stop.hidden = FINISHED.includes(value);
   };
@@ -94,17 +85,18 @@ export async function operationPage(main: HTMLElement, [idText]: string[]): Prom
   // The log replays from the start, then streams; after a network drop EventSource resumes after the last id.
   const events = operationEvents(id);
   events.addEventListener("output", (event) => {
-    const data = JSON.parse((event as MessageEvent).data);
-    const text = data.text ?? atob(data.base64 ?? "");
+    const data = JSON.parse((event as MessageEvent<string>).data) as OutputChunk;
+    const text = "text" in data ? data.text : atob(data.base64);
     panels.get(data.machine)?.append(data.stream, text);
   });
   events.addEventListener("host", (event) => {
-    const data = JSON.parse((event as MessageEvent).data);
+    const data = JSON.parse((event as MessageEvent<string>).data) as HostEvent;
     panels.get(data.machine)?.setState(data.state);
   });
-  events.addEventListener("operation", (event) => finished(JSON.parse((event as MessageEvent).data).state));
+  const stateOf = (event: Event) => (JSON.parse((event as MessageEvent<string>).data) as StateEvent).state;
+  events.addEventListener("operation", (event) => finished(stateOf(event)));
   events.addEventListener("end", (event) => {
-    finished(JSON.parse((event as MessageEvent).data).state);
+    finished(stateOf(event));
     events.close();
   });
   return () => events.close();

@@ -2,12 +2,11 @@
 
 import { Terminal } from "@xterm/xterm";
 import { api, apiText } from "../api";
+import type { RecordingView } from "../contract";
 import { badge, h, table, when } from "../dom";
 
-interface Recording { id: number; machine_id: string; user: string; started_at: string; ended_at: string | null; end: { reason: string; exit_code?: number } | null; recorded_bytes: number }
-
 export async function recordingsPage(main: HTMLElement): Promise<() => void> {
-  const recordings = await api<Recording[]>("GET", "/api/terminal/recordings");
+  const recordings = await api<RecordingView[]>("GET", "/api/terminal/recordings");
   const player = h("div", { class: "card", hidden: true });
   let playing: { terminal: Terminal; timers: number[] } | null = null;
   const stop = () => {
@@ -15,7 +14,7 @@ export async function recordingsPage(main: HTMLElement): Promise<() => void> {
     playing?.terminal.dispose();
     playing = null;
   };
-  const play = async (recording: Recording) => {
+  const play = async (recording: RecordingView) => {
     stop();
     const cast = await apiText("GET", `/api/terminal/recordings/${recording.id}/cast`);
     const [header, ...events] = cast.trim().split("\n").map((line) => JSON.parse(line));

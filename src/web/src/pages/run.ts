@@ -1,18 +1,11 @@
 // Run a script: a form generated from the catalog's typed parameters, targets by machine or tag.
 
 import { api, ApiError } from "../api";
+import type { DesiredState, MachineView, OperationView, ParamSpec, RunBody } from "../contract";
 import { h } from "../dom";
-import type { MachineView } from "./fleet";
-
-interface ParamSpec {
-  name: string; kind: "string" | "int" | "bool" | "enum"; description: string;
-  default: string | number | boolean | null; required: boolean; values: string[]; pattern: string | null;
-}
-interface Script { id: string; name: string; description: string; params: ParamSpec[]; targets: { machines: string[]; tags: string[] } }
-interface Desired { scripts: Record<string, Script> }
 
 export async function runPage(main: HTMLElement): Promise<void> {
-  const [desired, machines] = await Promise.all([api<Desired>("GET", "/api/desired"), api<MachineView[]>("GET", "/api/links")]);
+  const [desired, machines] = await Promise.all([api<DesiredState>("GET", "/api/desired"), api<MachineView[]>("GET", "/api/links")]);
   const scripts = Object.values(desired.scripts);
   const select = h("select", { name: "script", required: true }, ...scripts.map((s) => h("option", { value: s.id }, s.name)));
   const description = h("p", { class: "muted" });
@@ -45,11 +38,12 @@ export async function runPage(main: HTMLElement): Promise<void> {
       else if (raw !== null && raw !== "") values[spec.name] = spec.kind === "int" ? Number(raw) : String(raw);
     }
     try {
-      const operation = await api<{ id: number }>("POST", "/api/operations/run", {
+      const body: RunBody = {
         script: select.value,
-        targets: { machines: data.getAll("machine"), tags: data.getAll("tag") },
+        targets: { machines: data.getAll("machine").map(String), tags: data.getAll("tag").map(String) },
         params: values,
-      });
+      };
+      const operation = await api<OperationView>("POST", "/api/operations/run", body);
       location.hash = `#/operations/${operation.id}`;
     } catch (failure) {
       error.textContent = failure instanceof ApiError ? failure.message : String(failure);

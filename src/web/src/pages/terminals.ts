@@ -4,13 +4,15 @@
 import { FitAddon } from "@xterm/addon-fit";
 import { Terminal } from "@xterm/xterm";
 import { api, ApiError, workspaceSocket } from "../api";
+import type {
+  ClientMessage, CreateBody, Layout, MachineView, PanesBody, PaneStatus, ServerMessage, SocketCloseCode, WorkspaceView as Workspace,
+} from "../contract";
 import { badge, h, table, when } from "../dom";
-import type { MachineView } from "./fleet";
 
-interface PaneStatus { pane: number; machine: string | null; state: string; session?: number; reason?: string; message?: string; end?: { reason: string; exit_code?: number } }
-interface Workspace { id: string; name: string; owner: string; layout: string; panes: PaneStatus[]; broadcast: boolean; created_at: string }
+/** Closes after which reconnecting cannot help (the rest, a daemon restarting, are retried). */
+const FINAL: ReadonlySet<number> = new Set<SocketCloseCode>([4001, 4002, 4003]);
 
-const LAYOUTS: [string, string][] = [["single", "1 pane"], ["grid2x1", "2 side by side"], ["grid1x3", "3 side by side"], ["grid2x2", "2 × 2"]];
+const LAYOUTS: [Layout, string][] = [["single", "1 pane"], ["grid2x1", "2 side by side"], ["grid1x3", "3 side by side"], ["grid2x2", "2 × 2"]];
 
 export async function terminalsPage(main: HTMLElement): Promise<void> {
   const workspaces = await api<Workspace[]>("GET", "/api/terminal/workspaces");
@@ -21,7 +23,7 @@ export async function terminalsPage(main: HTMLElement): Promise<void> {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
-      const created = await api<Workspace>("POST", "/api/terminal/workspaces", { name: name.value || undefined, layout: layout.value });
+      const created = await api<Workspace>("POST", "/api/terminal/workspaces", { name: name.value || undefined, layout: layout.value as Layout } satisfies CreateBody);
       location.hash = `#/terminals/${created.id}`;
     } catch (failure) {
       error.textContent = failure instanceof ApiError ? failure.message : String(failure);
@@ -55,7 +57,7 @@ class PaneView {
 
   show(status: PaneStatus): void {
     const detail = status.state === "error" ? `${status.reason}: ${status.message}`
-      : status.end ? `${status.end.reason}${status.end.exit_code != null ? ` (exit ${status.end.exit_code})` : ""}` : "";
+      : status.end ? `${status.end.reason}${status.end.reason === "exited" && status.end.exit_code != null ? ` (exit ${status.end.exit_code})` : ""}` : "";
     this.state.replaceChildren(badge(status.state), detail ? ` ${detail}` : "");
     this.state.title = detail;
   }
@@ -74,18 +76,18 @@ export async function workspacePage(main: HTMLElement, [id]: string[]): Promise<
   let closed = false;
   let retry = 500;
 
-  const send = (message: unknown) => {
+  const send = (message: ClientMessage) => {
     if (socket?.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message));
   };
   const assign = async () => {
     const assigned = panes.map((p) => p.machine.value || null);
-    await api("PUT", `/api/terminal/workspaces/${id}/panes`, { panes: assigned });
+    await api("PUT", `/api/terminal/workspaces/${id}/panes`, { panes: assigned } satisfies PanesBody);
   };
   const build = (current: Workspace) => {
     panes.forEach((p) => p.terminal.dispose());
     grid.className = `grid ${current.layout}`;
     panes = current.panes.map((status) => {
-      const pane = new PaneView(status.pane, machines, status.machine, () => void assign());
+      const pane = new PaneView(status.pane, machines, status.machine ?? null, () => void assign());
       pane.show(status);
       pane.terminal.onData((data) => send({ type: "input", pane: status.pane, data }));
       pane.terminal.onResize(({ cols, rows }) => send({ type: "resize", pane: status.pane, cols, rows }));
@@ -105,7 +107,7 @@ export async function workspacePage(main: HTMLElement, [id]: string[]): Promise<
         panes[bytes[0]]?.terminal.write(bytes.subarray(1));
         return;
       }
-      const message = JSON.parse(event.data);
+      const message = JSON.parse(event.data) as ServerMessage;
       if (message.type === "hello") {
         broadcast.checked = message.broadcast;
         message.panes.forEach((status: PaneStatus) => panes[status.pane]?.show(status));
@@ -126,8 +128,7 @@ export async function workspacePage(main: HTMLElement, [id]: string[]): Promise<
     });
     socket.addEventListener("close", (event) => {
       socket = null;
-      // 4001 taken over, 4002 workspace deleted, 4003 access revoked: reconnecting cannot help.
-      const final = event.code >= 4001 && event.code <= 4003;
+      const final = FINAL.has(event.code);
       if (closed || final) {
         connection.textContent = final ? event.reason : "";
         return;
@@ -140,7 +141,7 @@ export async function workspacePage(main: HTMLElement, [id]: string[]): Promise<
   };
 
   layout.addEventListener("change", async () => {
-    const updated = await api<Workspace>("PUT", `/api/terminal/workspaces/${id}/panes`, { layout: layout.value });
+    const updated = await api<Workspace>("PUT", `/api/terminal/workspaces/${id}/panes`, { layout: layout.value as Layout } satisfies PanesBody);
     build(updated);
   });
   connect.addEventListener("click", async () => {

@@ -1,13 +1,11 @@
 // Users (admin): the accounts, new ones, password resets (a generated password is shown once),
 // role changes and deletion. The daemon keeps the last admin; its refusal is shown as it says it.
 
-import { api, ApiError, saveSession, session, type Session } from "../api";
+import { api, ApiError, saveSession, session } from "../api";
+import type { Credentials, NewUser, Role, RoleChange, UserView } from "../contract";
 import { h, table, when } from "../dom";
 
-interface UserView { username: string; role: Session["role"]; created_at: string }
-interface Credentials { username: string; password: string }
-
-const ROLES: Session["role"][] = ["viewer", "operator", "admin"];
+const ROLES: Role[] = ["viewer", "operator", "admin"];
 
 export async function usersPage(main: HTMLElement): Promise<void> {
   const users = await api<UserView[]>("GET", "/api/users");
@@ -31,7 +29,7 @@ export async function usersPage(main: HTMLElement): Promise<void> {
     const select = h("select", { "aria-label": `Role of ${user.username}` },
       ...ROLES.map((r) => h("option", { value: r, selected: r === user.role }, r)));
     select.addEventListener("change", () => void attempt(async () => {
-      const changed = await api<UserView>("PATCH", `/api/users/${encodeURIComponent(user.username)}`, { role: select.value });
+      const changed = await api<UserView>("PATCH", `/api/users/${encodeURIComponent(user.username)}`, { role: select.value as Role } satisfies RoleChange);
       user.role = changed.role;
       say(`${changed.username} is now ${changed.role}.`);
       const me = session();
@@ -68,8 +66,8 @@ export async function usersPage(main: HTMLElement): Promise<void> {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     void attempt(async () => {
-      const created = await api<Credentials>("POST", "/api/users", { username: name.value, role: role.value });
-      const user = { username: created.username, role: role.value as Session["role"], created_at: new Date().toISOString() };
+      const created = await api<Credentials>("POST", "/api/users", { username: name.value, role: role.value as Role } satisfies NewUser);
+      const user: UserView = { username: created.username, role: role.value as Role, created_at: new Date().toISOString() };
       list.querySelector("tbody")!.append(h("tr", {}, ...row(user).map((cell) => h("td", {}, cell))));
       reveal(created, "Created");
       form.reset();
