@@ -5,17 +5,16 @@
     reason = "compiled into each benchmark, which uses a part of it"
 )]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use linkops::auth::password;
 use linkops::store::{Role, Store};
-use linkops::testbed::{Fleet, TEST_USER};
-use serde_json::{Value, json};
+use linkops::testbed::{Fleet, ServeProcess, TEST_USER, until_machines};
+use serde_json::Value;
 
 pub const ADMIN_PASSWORD: &str = "bench-password-1";
 
@@ -64,18 +63,11 @@ pub fn config_repo(fleet: &Fleet, scripts: &str) -> PathBuf {
 
 /// The daemon as its own process (so its memory is its own).
 pub struct Daemon {
-    child: Child,
+    process: ServeProcess,
     pub url: String,
     pub token: String,
     pub client: reqwest::Client,
     hosts: usize,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
 }
 
 impl Daemon {
@@ -108,43 +100,18 @@ impl Daemon {
             ),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_linkops"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .env("LINKOPS_LOG", "warn,linkops::server=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let address = lines
-            .by_ref()
-            .map(Result::unwrap)
-            .find_map(|line| {
-                line.split_whitespace()
-                    .find_map(|f| f.strip_prefix("address="))
-                    .map(str::to_owned)
-            })
-            .expect("the daemon serves");
-        std::thread::spawn(move || lines.for_each(drop));
-        let url = format!("http://{address}");
-        let client = reqwest::Client::new();
-        let login: Value = client
-            .post(format!("{url}/api/auth/login"))
-            .json(&json!({ "username": "admin", "password": ADMIN_PASSWORD }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = login["token"].as_str().unwrap().to_owned();
+        let mut binary = Command::new(env!("CARGO_BIN_EXE_linkops"));
+        binary.env("LINKOPS_LOG", "warn,linkops::server=info");
+        let (mut process, _) =
+            ServeProcess::spawn(binary, ["--config".as_ref(), config.as_os_str()])
+                .expect("the daemon serves");
+        process.drain_log();
+        let token = process.login("admin", ADMIN_PASSWORD).await.unwrap();
         Daemon {
-            child,
-            url,
+            url: process.url.clone(),
+            process,
             token,
-            client,
+            client: reqwest::Client::new(),
             hosts: fleet.hosts().len(),
         }
     }
@@ -171,18 +138,17 @@ impl Daemon {
 
     /// Waits until every machine has been checked and is enrolled.
     pub async fn wait_enrolled(&self) {
-        loop {
-            let links = self.api(reqwest::Method::GET, "/api/links", None).await;
-            let enrolled = links.as_array().map_or(0, |l| {
-                l.iter()
-                    .filter(|m| m["enrollment"]["state"] == "enrolled")
-                    .count()
-            });
-            if enrolled == self.hosts {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let hosts = self.hosts;
+        until_machines(
+            &self.url,
+            &self.token,
+            "every machine enrolled",
+            |machines| {
+                machines.len() == hosts && machines.iter().all(|m| m.enrollment.is_enrolled())
+            },
+        )
+        .await
+        .unwrap();
     }
 
     /// Runs an operation and reads its events to `end`; the elapsed time and the events.
@@ -197,7 +163,7 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// The most memory the daemon held so far.
@@ -211,7 +177,7 @@ impl Daemon {
     }
 
     fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix(field))

@@ -7,7 +7,9 @@
 //! shell is `/bin/sh`. Everything started is stopped (by pid) on drop.
 //!
 //! Needs root (namespaces, sshd), `sshd`, `ssh-keygen`, `unshare` and `git`.
+//! [`ServeProcess`] runs the daemon itself beside such a fleet.
 
+mod daemon;
 mod host;
 
 use std::fs;
@@ -15,6 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub use daemon::{ServeProcess, until_machines};
 pub use host::TestHost;
 
 use crate::ssh;

@@ -122,16 +122,13 @@ impl Demo {
 
     /// Waits for every machine to be checked: four enrolled, the fifth flagged.
     async fn checked(&self) {
-        support::eventually("every demo machine to be checked", || async {
-            let links = self.api.get("/api/links").await;
-            let states: Vec<&str> = links
-                .as_array()?
-                .iter()
-                .map(|m| m["enrollment"]["state"].as_str().unwrap_or(""))
-                .collect();
-            (states == ["enrolled", "enrolled", "enrolled", "enrolled", "mismatch"]).then_some(())
+        let expected = ["enrolled", "enrolled", "enrolled", "enrolled", "mismatch"];
+        let what = "every demo machine to be checked";
+        linkops::testbed::until_machines(&self.api.url, &self.api.token, what, |machines| {
+            machines.iter().map(|m| m.enrollment.name()).eq(expected)
         })
-        .await;
+        .await
+        .unwrap();
     }
 
     /// Sends SIGINT, as Ctrl-C does.

@@ -3,13 +3,13 @@
 //!
 //! Rounds: `EXACTLY_ONCE_ROUNDS` (default 2; CI runs 20).
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use linkops::store::Role;
-use linkops::testbed::Fleet;
-use serde_json::{Value, json};
+use linkops::testbed::{Fleet, ServeProcess};
+use serde_json::Value;
 
 use crate::support::{WorkRepo, add_users, eventually, fleet_config, fleet_links};
 
@@ -17,82 +17,28 @@ const ADMIN: (&str, &str) = ("ada", "pw-ada-1");
 
 /// The daemon as a separate process, so that it can be killed for real.
 struct Daemon {
-    child: Child,
-    url: String,
+    process: ServeProcess,
+    token: String,
 }
 
 impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_linkops"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut log = Vec::new();
-        let address = lines
-            .by_ref()
-            .map(Result::unwrap)
-            .find_map(|line| {
-                let address = line
-                    .contains("linkops serving")
-                    .then(|| {
-                        line.split_whitespace()
-                            .find_map(|f| f.strip_prefix("address="))
-                            .map(str::to_owned)
-                    })
-                    .flatten();
-                log.push(line);
-                address
-            })
-            .unwrap_or_else(|| panic!("the daemon did not start: {log:#?}"));
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Daemon {
-            child,
-            url: format!("http://{address}"),
-        }
+    async fn start(config: &Path) -> Daemon {
+        let binary = Command::new(env!("CARGO_BIN_EXE_linkops"));
+        let (mut process, _) =
+            ServeProcess::spawn(binary, [OsStr::new("--config"), config.as_os_str()]).unwrap();
+        process.drain_log();
+        let token = process.login(ADMIN.0, ADMIN.1).await.unwrap();
+        Daemon { process, token }
     }
 
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        assert!(self.child.wait().unwrap().success());
-    }
-
-    async fn get(&self, token: &str, path: &str) -> Value {
+    async fn get(&self, path: &str) -> Value {
         let response = reqwest::Client::new()
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(token)
+            .get(format!("{}{path}", self.process.url))
+            .bearer_auth(&self.token)
             .send()
             .await
             .unwrap();
         response.json().await.unwrap_or_default()
-    }
-
-    async fn token(&self) -> String {
-        let response = reqwest::Client::new()
-            .post(format!("{}/api/auth/login", self.url))
-            .json(&json!({ "username": ADMIN.0, "password": ADMIN.1 }))
-            .send()
-            .await
-            .unwrap();
-        let body: Value = response.json().await.unwrap();
-        body["token"].as_str().unwrap().to_owned()
     }
 }
 
@@ -146,8 +92,7 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
 
     for round in 0..rounds {
         let run = format!("round-{round}");
-        let daemon = Daemon::start(&config);
-        let token = daemon.token().await;
+        let daemon = Daemon::start(&config).await;
         work.write(
             &format!("runs/{run}.yaml"),
             &format!(
@@ -159,7 +104,7 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
         // Kill at two points: right after the claim is recorded, and once the
         // script has visibly run on every host.
         let operation_id = eventually("the claim", || async {
-            daemon.get(&token, &format!("/api/runs/{run}")).await["state"]["operation_id"].as_u64()
+            daemon.get(&format!("/api/runs/{run}")).await["state"]["operation_id"].as_u64()
         })
         .await;
         if round % 2 == 1 {
@@ -168,14 +113,11 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
             })
             .await;
         }
-        daemon.kill_9();
+        daemon.process.kill_9();
 
         // After the restart: the operation is interrupted, not re-run.
-        let daemon = Daemon::start(&config);
-        let token = daemon.token().await;
-        let operation = daemon
-            .get(&token, &format!("/api/operations/{operation_id}"))
-            .await;
+        let daemon = Daemon::start(&config).await;
+        let operation = daemon.get(&format!("/api/operations/{operation_id}")).await;
         assert_eq!(
             operation["state"], "interrupted",
             "round {round}: {operation}"
@@ -184,7 +126,7 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
         work.write(&format!("runs/{run}.yaml"), &format!("id: {run}\nscript: slow\ntargets: {{tags: [test]}}\nparams: {{run: {run}-edited}}\n"));
         work.commit(&format!("{run} edited"));
         let state = eventually("the edit to be reconciled", || async {
-            let state = daemon.get(&token, &format!("/api/runs/{run}")).await;
+            let state = daemon.get(&format!("/api/runs/{run}")).await;
             (state["changed_after_run"] == true).then_some(state)
         })
         .await;
@@ -192,7 +134,8 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
             state["state"]["operation_id"], operation_id,
             "round {round}"
         );
-        daemon.stop();
+        let (status, log) = daemon.process.terminate();
+        assert!(status.success(), "round {round}: {status:?} {log}");
 
         let counts = marks(&marks_dir, &run);
         assert!(

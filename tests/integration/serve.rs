@@ -1,80 +1,37 @@
 //! The `linkops` binary end to end: first start, generated admin password, graceful stop.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use linkops::testbed::ServeProcess;
 
 use serde_json::{Value, json};
 
-struct Daemon {
-    child: Child,
-    lines: std::io::Lines<BufReader<ChildStderr>>,
+/// `linkops serve` on `data_dir` through `command` (the binary, or a wrapper
+/// such as `prlimit … linkops`), logging at info: the process, its log before
+/// serving, its address.
+fn serve(
+    mut command: Command,
+    data_dir: &Path,
+    env: &[(&str, &OsStr)],
+) -> (ServeProcess, Vec<String>, String) {
+    command.env("LINKOPS_LOG", "info").envs(env.iter().copied());
+    // An explicit empty config: the machine's /etc/linkops/config.toml must not leak in.
+    let args = [
+        OsStr::new("--data-dir"),
+        data_dir.as_os_str(),
+        OsStr::new("--config"),
+        OsStr::new("/dev/null"),
+    ];
+    let (daemon, before) = ServeProcess::spawn(command, args).unwrap();
+    let address = daemon.url.trim_start_matches("http://").to_owned();
+    (daemon, before, address)
 }
 
-impl Daemon {
-    fn start(data_dir: &std::path::Path) -> Daemon {
-        Daemon::start_with(data_dir, &[])
-    }
-
-    fn start_with(data_dir: &std::path::Path, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
-        Daemon::spawn(Command::new(env!("CARGO_BIN_EXE_linkops")), data_dir, env)
-    }
-
-    /// Runs `command` (the binary, or a wrapper such as `prlimit … linkops`) as `linkops serve`.
-    fn spawn(
-        mut command: Command,
-        data_dir: &std::path::Path,
-        env: &[(&str, &std::ffi::OsStr)],
-    ) -> Daemon {
-        let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            // An explicit empty config: the machine's /etc/linkops/config.toml must not leak in.
-            .args(["--config", "/dev/null"])
-            .env("LINKOPS_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        Daemon { child, lines }
-    }
-
-    /// Reads stderr up to the "serving" log line; returns what came before and the address.
-    fn read_until_serving(&mut self) -> (Vec<String>, String) {
-        let mut before = Vec::new();
-        for line in self.lines.by_ref() {
-            let line = line.unwrap();
-            if line.contains("linkops serving") {
-                let address = line
-                    .split_whitespace()
-                    .find_map(|field| field.strip_prefix("address="))
-                    .unwrap()
-                    .to_owned();
-                return (before, address);
-            }
-            before.push(line);
-        }
-        panic!("daemon exited before serving: {before:#?}");
-    }
-
-    /// Waits for the daemon to exit by itself: the exit status and the rest of stderr.
-    fn exited(mut self) -> (std::process::ExitStatus, String) {
-        let rest: Vec<String> = self.lines.map(Result::unwrap).collect();
-        (self.child.wait().unwrap(), rest.join("\n"))
-    }
-
-    /// SIGTERM, then the exit status and the rest of stderr.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let rest: Vec<String> = self.lines.map(Result::unwrap).collect();
-        (self.child.wait().unwrap(), rest.join("\n"))
-    }
+fn linkops() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_linkops"))
 }
 
 /// The admin password of a first start's banner.
@@ -94,8 +51,7 @@ fn generated_password(banner: &[String]) -> String {
 #[tokio::test]
 async fn first_start_prints_a_generated_admin_password_once() {
     let dir = crate::support::private_dir();
-    let mut daemon = Daemon::start(dir.path());
-    let (banner, address) = daemon.read_until_serving();
+    let (daemon, banner, address) = serve(linkops(), dir.path(), &[]);
     let password = generated_password(&banner);
 
     let login = |password: String| {
@@ -125,8 +81,7 @@ async fn first_start_prints_a_generated_admin_password_once() {
     assert!(!log.contains(&password));
 
     // Second start: users exist, no new password.
-    let mut daemon = Daemon::start(dir.path());
-    let (before, _) = daemon.read_until_serving();
+    let (daemon, before, _) = serve(linkops(), dir.path(), &[]);
     assert!(
         !before.iter().any(|l| l.contains("FIRST START")),
         "{before:#?}"
@@ -244,12 +199,11 @@ async fn at_the_open_files_limit_the_daemon_backs_off_and_recovers() {
     let mut prlimit = Command::new("prlimit");
     prlimit.args(["--nofile=64:64", env!("CARGO_BIN_EXE_linkops")]);
     let timeout = std::ffi::OsStr::new("120s");
-    let mut daemon = Daemon::spawn(
+    let (daemon, _, address) = serve(
         prlimit,
         dir.path(),
         &[("LINKOPS_HTTP_HEADER_TIMEOUT", timeout)],
     );
-    let (_, address) = daemon.read_until_serving();
     // More silent connections than the daemon has descriptors left.
     let mut held = Vec::new();
     for _ in 0..100 {
@@ -306,14 +260,14 @@ async fn systemd_hears_ready_after_the_first_sync_and_stopping_on_shutdown() {
         "empty fleet",
     ]);
 
-    let mut daemon = Daemon::start_with(
+    let (daemon, before, _) = serve(
+        linkops(),
         &dir.path().join("data"),
         &[
             ("NOTIFY_SOCKET", socket_path.as_os_str()),
             ("LINKOPS_GIT_URL", repo.as_os_str()),
         ],
     );
-    let (before, _) = daemon.read_until_serving();
     let mut message = vec![0; 256];
     let received = tokio::time::timeout(
         std::time::Duration::from_secs(30),
@@ -369,8 +323,7 @@ async fn a_full_disk_makes_the_daemon_unready_then_exit_and_loses_nothing() {
         command
     };
     let data = disk.join("data");
-    let mut daemon = Daemon::spawn(linkops_in_namespace(), &data, &[]);
-    let (banner, address) = daemon.read_until_serving();
+    let (daemon, banner, address) = serve(linkops_in_namespace(), &data, &[]);
     let client = reqwest::Client::new();
     let login = async |name: &str, password: &str| {
         client
@@ -423,8 +376,7 @@ async fn a_full_disk_makes_the_daemon_unready_then_exit_and_loses_nothing() {
 
     // Space again, a restart: what was committed is there.
     std::fs::remove_file(&filler).unwrap();
-    let mut daemon = Daemon::spawn(linkops_in_namespace(), &data, &[]);
-    let (_, restarted) = daemon.read_until_serving();
+    let (daemon, _, restarted) = serve(linkops_in_namespace(), &data, &[]);
     let again = reqwest::Client::new()
         .post(format!("http://{restarted}/api/auth/login"))
         .json(&json!({ "username": "kept", "password": kept_password }))
@@ -443,8 +395,7 @@ async fn a_full_disk_makes_the_daemon_unready_then_exit_and_loses_nothing() {
 #[tokio::test]
 async fn the_binary_serves_the_console_compiled_into_it() {
     let dir = crate::support::private_dir();
-    let mut daemon = Daemon::start(dir.path());
-    let (_, address) = daemon.read_until_serving();
+    let (daemon, _, address) = serve(linkops(), dir.path(), &[]);
     let client = reqwest::Client::new();
     let get = async |path: &str, etag: Option<&str>| {
         let mut request = client.get(format!("http://{address}{path}"));

@@ -277,8 +277,9 @@ pub fn fleet_config(data_dir: &Path, fleet: &linkops::testbed::Fleet) -> Config 
     config
 }
 
-/// Polls `check` until it returns `Some`, for state only visible through the
-/// API (run-requests and machine status have no event stream); fails after 30 s.
+/// Polls `check` until it returns `Some`, for state no event stream shows
+/// (run-requests, files on the hosts; machines: `testbed::until_machines`);
+/// fails after 30 s.
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,

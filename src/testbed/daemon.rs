@@ -1,0 +1,183 @@
+//! A daemon for tests, benchmarks and the demo: `linkops serve` as its own
+//! process (spawned on a free loopback port, its address read from its
+//! "linkops serving" log line, a login), and waiting on the fleet it sees
+//! through its event stream rather than by polling.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::contract::{LoginRequest, LoginResponse, MachineView};
+
+/// How long [`until_machines`] waits: a first check of every machine.
+const FLEET_WAIT: Duration = Duration::from_secs(60);
+
+/// Follows `/api/fleet/events` of the daemon at `url` until the machines
+/// satisfy `done`; returns them. Fails, saying `what` it waited for and the
+/// last list seen, after a minute or when the stream ends.
+pub async fn until_machines(
+    url: &str,
+    token: &str,
+    what: &str,
+    done: impl Fn(&[MachineView]) -> bool,
+) -> Result<Vec<MachineView>, String> {
+    use eventsource_stream::Eventsource;
+    let response = reqwest::Client::new()
+        .get(format!("{url}/api/fleet/events"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|error| format!("waiting for {what}: {error}"))?;
+    if !response.status().is_success() {
+        return Err(format!("waiting for {what}: HTTP {}", response.status()));
+    }
+    let mut events = response.bytes_stream().eventsource();
+    let mut last = Vec::new();
+    let follow = async {
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|error| error.to_string())?;
+            last = serde_json::from_str(&event.data).map_err(|error| error.to_string())?;
+            if done(&last) {
+                return Ok(true);
+            }
+        }
+        Ok::<_, String>(false)
+    };
+    match tokio::time::timeout(FLEET_WAIT, follow).await {
+        Ok(Ok(true)) => Ok(last),
+        Ok(Ok(false)) => Err(format!("the fleet stream ended before {what}")),
+        Ok(Err(error)) => Err(format!("waiting for {what}: {error}")),
+        Err(_) => Err(format!(
+            "timed out after {FLEET_WAIT:?} waiting for {what}; the machines: {}",
+            serde_json::to_string(&last).unwrap_or_default()
+        )),
+    }
+}
+
+/// A running `linkops serve`; killed on drop.
+pub struct ServeProcess {
+    child: Child,
+    /// Its stderr after the "serving" line, until [`ServeProcess::drain_log`].
+    log: Option<Lines<BufReader<ChildStderr>>>,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+}
+
+impl ServeProcess {
+    /// Runs `command` (the binary, or a wrapper such as `prlimit … linkops`)
+    /// as `linkops serve --listen 127.0.0.1:0 ARGS…` and waits until it
+    /// serves. Returns it with the log lines before "serving" (a first
+    /// start's banner is among them), or, if it exits first, everything it said.
+    pub fn spawn(
+        mut command: Command,
+        args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+    ) -> Result<(ServeProcess, Vec<String>), String> {
+        let mut child = command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|error| format!("linkops serve did not start: {error}"))?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let mut before = Vec::new();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            let address = line
+                .contains("linkops serving")
+                .then(|| {
+                    line.split_whitespace()
+                        .find_map(|field| field.strip_prefix("address="))
+                })
+                .flatten();
+            if let Some(address) = address {
+                let url = format!("http://{address}");
+                let serving = ServeProcess {
+                    child,
+                    log: Some(lines),
+                    url,
+                };
+                return Ok((serving, before));
+            }
+            before.push(line);
+        }
+        child.wait().ok();
+        Err(format!(
+            "linkops serve exited before serving:\n{}",
+            before.join("\n")
+        ))
+    }
+
+    /// A session token for `user`.
+    pub async fn login(&self, user: &str, password: &str) -> Result<String, String> {
+        let request = LoginRequest {
+            username: user.to_owned(),
+            password: password.to_owned(),
+        };
+        let response = reqwest::Client::new()
+            .post(format!("{}/api/auth/login", self.url))
+            .json(&request)
+            .send()
+            .await
+            .map_err(|error| format!("login as {user}: {error}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("login as {user}: HTTP {status}"));
+        }
+        let answer: LoginResponse = response
+            .json()
+            .await
+            .map_err(|error| format!("login as {user}: {error}"))?;
+        Ok(answer.token)
+    }
+
+    /// Reads (and drops) the rest of its log in a thread, so a long run
+    /// never blocks the daemon on a full pipe.
+    pub fn drain_log(&mut self) {
+        if let Some(lines) = self.log.take() {
+            std::thread::spawn(move || lines.for_each(drop));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill_9(mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    /// SIGTERM, then its exit status and the rest of its log (empty once drained).
+    pub fn terminate(self) -> (ExitStatus, String) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("a child's pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).ok();
+        self.exited()
+    }
+
+    /// Waits for it to exit by itself: its exit status and the rest of its log.
+    pub fn exited(mut self) -> (ExitStatus, String) {
+        let rest: Vec<String> = self
+            .log
+            .take()
+            .map(|lines| lines.map_while(Result::ok).collect())
+            .unwrap_or_default();
+        let status = self.child.wait().expect("the daemon is our child");
+        (status, rest.join("\n"))
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.child.kill().ok();
+            self.child.wait().ok();
+        }
+    }
+}
