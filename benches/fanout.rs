@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, read_to_end};
 use linkops::ssh::Connection;
-use linkops::testbed::{Fleet, TEST_USER};
+use linkops::testbed::{TEST_USER, TestFleet};
 use serde_json::{Value, json};
 
 const HOSTS: usize = 50;
@@ -35,7 +35,7 @@ fn main() {
 }
 
 async fn bench() {
-    let fleet = Fleet::start(HOSTS).expect("the benchmark needs root and openssh-server");
+    let fleet = TestFleet::start(HOSTS).expect("the benchmark needs root and openssh-server");
     let repo = common::config_repo(
         &fleet,
         "scripts:\n  - {id: client-id, name: Client id, body: cat /etc/linkops/client_id}\n  - {id: flood, name: Flood, body: \"head -c 10485760 /dev/zero | tr '\\\\0' x\"}\n",
@@ -101,7 +101,7 @@ async fn bench() {
     sse_flood(&warm).await;
 }
 
-async fn bare_cold(fleet: &Fleet) -> Vec<Duration> {
+async fn bare_cold(fleet: &TestFleet) -> Vec<Duration> {
     let mut times = Vec::new();
     for _ in 0..REPETITIONS {
         let started = Instant::now();
@@ -122,7 +122,7 @@ async fn bare_cold(fleet: &Fleet) -> Vec<Duration> {
     times
 }
 
-async fn bare_warm(fleet: &Fleet) -> Vec<Duration> {
+async fn bare_warm(fleet: &TestFleet) -> Vec<Duration> {
     let mut connections = Vec::new();
     for i in 0..HOSTS {
         connections.push(Arc::new(
@@ -162,7 +162,7 @@ fn repeat(mut once: impl FnMut() -> Duration) -> Vec<Duration> {
     (0..REPETITIONS).map(|_| once()).collect()
 }
 
-fn pssh(fleet: &Fleet) -> Duration {
+fn pssh(fleet: &TestFleet) -> Duration {
     let hosts = fleet.dir().join("pssh-hosts");
     let lines: String = fleet
         .hosts()
@@ -192,7 +192,7 @@ fn pssh(fleet: &Fleet) -> Duration {
     elapsed
 }
 
-fn ansible(fleet: &Fleet, control: &Path) -> Duration {
+fn ansible(fleet: &TestFleet, control: &Path) -> Duration {
     let inventory = fleet.dir().join("ansible-inventory");
     let lines: String = fleet
         .hosts()

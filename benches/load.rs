@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, read_to_end};
 use futures::{SinkExt, StreamExt};
-use linkops::testbed::Fleet;
+use linkops::testbed::TestFleet;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -31,7 +31,7 @@ fn main() {
 }
 
 async fn bench() {
-    let fleet = Fleet::start(HOSTS).expect("the benchmark needs root and openssh-server");
+    let fleet = TestFleet::start(HOSTS).expect("the benchmark needs root and openssh-server");
     let scripts = format!(
         "scripts:\n  - id: chatter\n    name: Chatter\n    body: |\n      for i in $(seq 1 {LINES}); do echo \"line $i of $(cat /etc/linkops/client_id)\"; sleep 0.02; done\n  - {{id: client-id, name: Client id, body: cat /etc/linkops/client_id}}\n"
     );

@@ -16,7 +16,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::Config;
 use crate::server::Daemon;
-use crate::testbed::{self, Fleet};
+use crate::testbed::{self, TestFleet};
 use crate::{auth, store};
 
 /// Demo hosts; the last one's inventory entry carries a uuid it does not hold.
@@ -73,7 +73,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     tokio::task::spawn_blocking(install_prerequisites).await??;
     eprintln!("starting {HOSTS} demo machines (sshd on loopback addresses)…");
-    let mut fleet = tokio::task::spawn_blocking(|| Fleet::start(HOSTS)).await??;
+    let mut fleet = tokio::task::spawn_blocking(|| TestFleet::start(HOSTS)).await??;
     // Ctrl-C leaves the machine as it was: the test user goes too, if the demo made it.
     fleet.tidy();
     let dir = tempfile::Builder::new()
@@ -232,7 +232,7 @@ fn is_root() -> bool {
 }
 
 /// The inventory: every demo host, tagged; the last one with a uuid it does not hold.
-fn links(fleet: &Fleet) -> String {
+fn links(fleet: &TestFleet) -> String {
     let mut links = String::from(
         "# yaml-language-server: $schema=https://linkops.invalid/schemas/links.schema.json\nmachines:\n",
     );
@@ -368,7 +368,7 @@ fn print_banner(
     address: SocketAddr,
     password: Option<&auth::GeneratedPassword>,
     repo: &Path,
-    fleet: &Fleet,
+    fleet: &TestFleet,
 ) {
     let url = format!("http://{address}");
     let console = format!("{url}/");

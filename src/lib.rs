@@ -3,17 +3,17 @@
 //! See `ARCHITECTURE.md` for the code map. The binary (`src/main.rs`) only
 //! parses the command line and calls into this library.
 
+pub mod access;
 pub mod api;
 pub mod auth;
-pub mod cli;
 pub mod client;
 pub mod config;
 pub mod contract;
 pub mod controller;
 pub mod demo;
-pub mod fleet;
 pub mod git;
 pub mod metrics;
+pub mod offline;
 pub mod operations;
 pub mod secrets;
 pub mod server;

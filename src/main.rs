@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use linkops::cli::{self, PasswordSource};
 use linkops::client::{self, Client};
 use linkops::config::Config;
+use linkops::offline::{self, PasswordSource};
 use linkops::store::Role;
 use linkops_reconcilers::operation::OperationState;
 
@@ -248,12 +248,12 @@ fn run() -> anyhow::Result<()> {
             serve(config)
         }
         Command::Validate { dir } => {
-            if !cli::validate(dir)? {
+            if !offline::validate(dir)? {
                 std::process::exit(1);
             }
             Ok(())
         }
-        Command::Schema { out } => Ok(cli::write_schemas(out)?),
+        Command::Schema { out } => Ok(offline::write_schemas(out)?),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -298,14 +298,19 @@ fn run() -> anyhow::Result<()> {
             name,
             role,
             password,
-        }) => Ok(cli::add_user(&config()?, name, *role, password.source())?),
+        }) => Ok(offline::add_user(
+            &config()?,
+            name,
+            *role,
+            password.source(),
+        )?),
         Command::User(UserCommand::Passwd { name, password }) => {
-            Ok(cli::set_password(&config()?, name, password.source())?)
+            Ok(offline::set_password(&config()?, name, password.source())?)
         }
         Command::User(UserCommand::Role { name, role }) => {
-            Ok(cli::change_role(&config()?, name, *role)?)
+            Ok(offline::change_role(&config()?, name, *role)?)
         }
-        Command::User(UserCommand::Remove { name }) => Ok(cli::remove_user(&config()?, name)?),
+        Command::User(UserCommand::Remove { name }) => Ok(offline::remove_user(&config()?, name)?),
     }
 }
 

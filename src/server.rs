@@ -10,11 +10,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::MachineAccess;
 use crate::api::{self, AppState};
 use crate::auth::{self, Auth, LockoutPolicy, LoginLimits};
 use crate::config::Config;
 use crate::controller::{self, Context};
-use crate::fleet::Fleet;
 use crate::git::mirror::{Mirror, Source};
 use crate::git::sync::SyncContext;
 use crate::metrics::Metrics;
@@ -103,19 +103,19 @@ impl Daemon {
         let metrics = Arc::new(Metrics::new());
         let sync = git_context(&config, prepared.store.clone(), metrics.clone());
         let (git, git_worker) = crate::git::sync::start(sync, stop.clone()).await;
-        let fleet = Fleet::new(&config, prepared.store.clone(), metrics.clone());
-        let reaper = fleet
+        let access = MachineAccess::new(&config, prepared.store.clone(), metrics.clone());
+        let reaper = access
             .pool
             .spawn_reaper(config.ssh.idle_timeout, stop.clone());
         let engine = Engine::new(
             prepared.store.clone(),
-            fleet.clone(),
+            access.clone(),
             config.operations.output_cap,
             metrics.clone(),
         );
         let terminals = Terminals::new(
             prepared.store.clone(),
-            fleet.clone(),
+            access.clone(),
             git.desired(),
             config.terminal.clone(),
             stop.clone(),
@@ -123,7 +123,7 @@ impl Daemon {
         );
         let context = Context::new(
             prepared.store.clone(),
-            fleet,
+            access,
             engine,
             git.desired(),
             config.reconcile.suspended,

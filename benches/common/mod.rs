@@ -13,13 +13,13 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use linkops::auth::password;
 use linkops::store::{Role, Store};
-use linkops::testbed::{Fleet, ServeProcess, TEST_USER, until_machines};
+use linkops::testbed::{ServeProcess, TEST_USER, TestFleet, until_machines};
 use serde_json::Value;
 
 pub const ADMIN_PASSWORD: &str = "bench-password-1";
 
 /// A config repository for the fleet: every host tagged `bench`, checked hourly.
-pub fn config_repo(fleet: &Fleet, scripts: &str) -> PathBuf {
+pub fn config_repo(fleet: &TestFleet, scripts: &str) -> PathBuf {
     let dir = fleet.dir().join("config");
     std::fs::create_dir_all(&dir).unwrap();
     let mut links = String::from("machines:\n");
@@ -71,7 +71,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub async fn start(fleet: &Fleet, repo: &Path, name: &str, idle: &str) -> Daemon {
+    pub async fn start(fleet: &TestFleet, repo: &Path, name: &str, idle: &str) -> Daemon {
         use std::os::unix::fs::PermissionsExt;
         let data = fleet.dir().join(format!("data-{name}"));
         std::fs::create_dir_all(data.join("keys")).unwrap();

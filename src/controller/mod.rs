@@ -5,7 +5,7 @@
 //! keyed objects; the [`scheduler`] dedupes and runs them; the [`fleet`]
 //! reconcilers decide with `reconcilers/` and act over SSH.
 
-pub mod fleet;
+pub mod reconcile;
 pub mod scheduler;
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use fleet::{Context, ObjectKey};
+pub use reconcile::{Context, ObjectKey};
 pub use scheduler::{Action, Reason, Scheduler};
 
 use linkops_reconcilers::suspension::{self, Scope};

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::command::signal_group;
 use super::writer::Update;
-use crate::fleet::Fleet;
+use crate::access::MachineAccess;
 use crate::ssh::{Connection, ExitStatus, OutputEvent};
 
 /// Between SIGTERM and SIGKILL when a script is stopped or times out.
@@ -23,7 +23,7 @@ pub const GIVE_UP_AFTER: Duration =
     Duration::from_secs(STOP_GRACE.as_secs() + 2 * SIGNAL_TIMEOUT.as_secs() + 1);
 
 pub struct HostRun {
-    pub fleet: Fleet,
+    pub access: MachineAccess,
     pub machine: Machine,
     pub command: Arc<str>,
     pub body: Arc<str>,
@@ -72,9 +72,9 @@ impl HostRun {
             Ok(End::TimedOut { unconfirmed }) => HostState::Timeout { unconfirmed },
             Ok(End::Stopped { unconfirmed }) => HostState::Stopped { unconfirmed },
             Err(error) => {
-                self.fleet
+                self.access
                     .pool
-                    .forget(&self.fleet.target(&self.machine))
+                    .forget(&self.access.target(&self.machine))
                     .await;
                 HostState::Failed {
                     exit_code: None,
@@ -97,8 +97,8 @@ impl HostRun {
 
     async fn execute(&self) -> Result<End, crate::ssh::Error> {
         let connection = self
-            .fleet
-            .connect(&self.fleet.target(&self.machine), &self.machine.id)
+            .access
+            .connect(&self.access.target(&self.machine), &self.machine.id)
             .await?;
         // The channel's own deadline is only a backstop: timeouts are handled
         // here, by signalling the script's process group.
@@ -137,7 +137,7 @@ impl HostRun {
                 }
                 _ = tokio::time::sleep_until(given_up_at.unwrap_or_else(tokio::time::Instant::now)), if given_up_at.is_some() => {
                     tracing::warn!(machine = %self.machine.id, "the script's end was not confirmed within {GIVE_UP_AFTER:?} of asking; the machine may be unreachable");
-                    self.fleet.pool.forget(&self.fleet.target(&self.machine)).await;
+                    self.access.pool.forget(&self.access.target(&self.machine)).await;
                     if let Some(ending) = ending.as_mut() {
                         ending.unconfirmed();
                     }

@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::fleet::Fleet;
+use crate::access::MachineAccess;
 use crate::store::{self, Store, now_ms};
 use host::HostRun;
 use writer::{Update, Writer};
@@ -104,7 +104,7 @@ struct Live {
 #[derive(Clone)]
 pub struct Engine {
     store: Store,
-    fleet: Fleet,
+    access: MachineAccess,
     /// Output kept per host and stream; the rest is counted, not stored.
     output_cap: u64,
     /// A std mutex: only held to insert, look up or remove, never across an await.
@@ -117,10 +117,15 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(store: Store, fleet: Fleet, output_cap: u64, metrics: Arc<Metrics>) -> Engine {
+    pub fn new(
+        store: Store,
+        access: MachineAccess,
+        output_cap: u64,
+        metrics: Arc<Metrics>,
+    ) -> Engine {
         Engine {
             store,
-            fleet,
+            access,
             output_cap,
             metrics,
             live: Arc::default(),
@@ -265,7 +270,7 @@ impl Engine {
                 continue;
             };
             let run = HostRun {
-                fleet: self.fleet.clone(),
+                access: self.access.clone(),
                 machine,
                 command: command.clone(),
                 body: body.clone(),
@@ -275,7 +280,7 @@ impl Engine {
                 stop: stop.clone(),
             };
             let (parallel, sessions, stop) =
-                (parallel.clone(), self.fleet.sessions.clone(), stop.clone());
+                (parallel.clone(), self.access.sessions.clone(), stop.clone());
             let span = tracing::info_span!("host", machine.id = %run.machine.id);
             tasks.spawn(
                 async move {
@@ -362,12 +367,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let metrics = Arc::new(Metrics::new());
-        let fleet = Fleet::new(
+        let access = MachineAccess::new(
             &crate::config::Config::default(),
             store.clone(),
             metrics.clone(),
         );
-        let engine = Engine::new(store, fleet, 1024, metrics);
+        let engine = Engine::new(store, access, 1024, metrics);
         let script = Script {
             id: "uptime".into(),
             name: "Uptime".into(),

@@ -8,7 +8,7 @@
 
 mod audit;
 mod codec;
-mod fleet;
+mod observed;
 mod operations;
 mod scan;
 mod schema;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use audit::{Actor, Audit, AuditAction, AuditEntry, Outcome};
-pub use fleet::HealthSample;
+pub use observed::HealthSample;
 pub use operations::OperationUpdate;
 pub use scan::{OperationIndex, SeqTable};
 pub use schema::SCHEMA_VERSION;

@@ -122,13 +122,13 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
 }
 
 /// Version 5: the fleet-wide suspension was the key `fleet`, which is also a
-/// valid machine id; it becomes [`super::fleet::FLEET_KEY`]. An old `fleet`
+/// valid machine id; it becomes [`super::observed::FLEET_KEY`]. An old `fleet`
 /// key held the whole fleet, so it stays a fleet-wide hold.
 fn rekey_fleet_suspension(tx: &redb::WriteTransaction) -> Result<()> {
     let mut table = tx.open_table(SUSPENSIONS)?;
     let since = table.remove("fleet")?.map(|since| since.value());
     if let Some(since) = since {
-        table.insert(super::fleet::FLEET_KEY, since)?;
+        table.insert(super::observed::FLEET_KEY, since)?;
     }
     Ok(())
 }

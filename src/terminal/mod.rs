@@ -23,8 +23,8 @@ use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::MachineAccess;
 use crate::config::TerminalConfig;
-use crate::fleet::Fleet;
 use crate::metrics::{Metrics, Open};
 use crate::ssh::{self, Connection};
 use crate::store::{Actor, AuditAction, Outcome, Role, Store, now_ms};
@@ -60,7 +60,7 @@ pub struct Terminals {
 
 struct Inner {
     store: Store,
-    fleet: Fleet,
+    access: MachineAccess,
     desired: watch::Receiver<Option<Arc<DesiredState>>>,
     config: Arc<TerminalConfig>,
     /// A std mutex: held only to find or insert, never across an await.
@@ -125,7 +125,7 @@ pub struct Attached {
 impl Terminals {
     pub fn new(
         store: Store,
-        fleet: Fleet,
+        access: MachineAccess,
         desired: watch::Receiver<Option<Arc<DesiredState>>>,
         config: TerminalConfig,
         shutdown: CancellationToken,
@@ -134,7 +134,7 @@ impl Terminals {
         Terminals {
             inner: Arc::new(Inner {
                 store,
-                fleet,
+                access,
                 desired,
                 config: Arc::new(config),
                 workspaces: Mutex::default(),
@@ -278,13 +278,13 @@ impl Terminals {
                     format!("no machine {machine_id:?} in the applied inventory"),
                 )
             })?;
-        let target = self.inner.fleet.target(&machine);
-        let connection = Connection::open(&target, self.inner.fleet.pool.options())
+        let target = self.inner.access.target(&machine);
+        let connection = Connection::open(&target, self.inner.access.pool.options())
             .await
             .map_err(refusal)?;
-        self.inner.fleet.audit_learned_key(&connection, machine_id);
+        self.inner.access.audit_learned_key(&connection, machine_id);
         // The id is read on this very connection: the shell is on the machine that proved itself.
-        let reading = crate::fleet::read_client_id(&connection).await;
+        let reading = crate::access::read_client_id(&connection).await;
         match enrollment::assess(&machine.uuid, reading) {
             Enrollment::Enrolled => {}
             other => {

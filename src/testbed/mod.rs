@@ -60,8 +60,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// N running test hosts sharing one client key and one known_hosts file.
-pub struct Fleet {
-    /// Says, while the fleet runs, that it does (see [`Fleet::tidy`]).
+pub struct TestFleet {
+    /// Says, while the fleet runs, that it does (see [`TestFleet::tidy`]).
     claim: std::os::unix::net::UnixListener,
     /// What this fleet created on the machine, and whether it removes it on drop.
     created: Created,
@@ -73,9 +73,9 @@ pub struct Fleet {
     hosts: Vec<TestHost>,
 }
 
-impl Fleet {
+impl TestFleet {
     /// Starts `count` hosts, all enrolled (each `client_id` holds `LINKOPS-<its uuid>`).
-    pub fn start(count: usize) -> Result<Fleet> {
+    pub fn start(count: usize) -> Result<TestFleet> {
         // Claimed first: a tidying fleet that has not yet looked will see
         // this one and keep the user; one that has is waited for by the lock.
         let claim = claim_fleet()?;
@@ -107,7 +107,7 @@ impl Fleet {
         let known_hosts = root.path().join("known_hosts");
         let lines: String = hosts.iter().map(TestHost::known_hosts_line).collect();
         write(&known_hosts, &lines)?;
-        Ok(Fleet {
+        Ok(TestFleet {
             claim,
             created,
             tidy: false,
@@ -215,7 +215,7 @@ impl Fleet {
     }
 }
 
-impl Drop for Fleet {
+impl Drop for TestFleet {
     fn drop(&mut self) {
         if !self.tidy {
             return;

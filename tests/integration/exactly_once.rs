@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use linkops::store::Role;
-use linkops::testbed::{Fleet, ServeProcess};
+use linkops::testbed::{ServeProcess, TestFleet};
 use serde_json::Value;
 
 use crate::support::{WorkRepo, add_users, eventually, fleet_config, fleet_links};
@@ -57,7 +57,7 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(2);
-    let fleet = Fleet::start(2).unwrap();
+    let fleet = TestFleet::start(2).unwrap();
     let marks_dir = fleet.dir().join("marks");
     std::fs::create_dir(&marks_dir).unwrap();
     std::fs::set_permissions(

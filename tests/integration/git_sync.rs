@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use linkops::config::Config;
 use linkops::store::Role;
-use linkops::testbed::{BareRepo, Fleet};
+use linkops::testbed::{BareRepo, TestFleet};
 use linkops_reconcilers::desired::DesiredState;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -21,7 +21,7 @@ const WEBHOOK_SECRET: &str = "hook-secret-1";
 const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A daemon following `url`, its data dir holding the fleet's key and known_hosts.
-fn ssh_config(data_dir: &Path, fleet: &Fleet, url: &str) -> Config {
+fn ssh_config(data_dir: &Path, fleet: &TestFleet, url: &str) -> Config {
     let mut config = support::config(data_dir);
     std::fs::create_dir_all(config.keys_dir()).unwrap();
     let key = config.keys_dir().join("deploy_key");
@@ -62,14 +62,14 @@ async fn git_status(daemon: &TestDaemon, token: &str) -> Value {
 }
 
 struct SshSetup {
-    fleet: Fleet,
+    fleet: TestFleet,
     remote: BareRepo,
     work: WorkRepo,
     data: tempfile::TempDir,
 }
 
 fn ssh_setup() -> SshSetup {
-    let fleet = Fleet::start(1).unwrap();
+    let fleet = TestFleet::start(1).unwrap();
     let remote = fleet.bare_repo(0, "linkops-config").unwrap();
     let work = WorkRepo::new(&fleet.dir().join("work"), Some(&example_repo()))
         .with_ssh(fleet.client_key(), fleet.known_hosts());

@@ -63,9 +63,16 @@ async fn the_description_covers_every_route_and_every_route_answers() {
 
     // Every described operation is routed: placeholders in, anything but "no such route" out.
     let mut operations = 0;
+    let mut ids = BTreeSet::new();
     for (path, item) in paths {
         for (method, operation) in item.as_object().unwrap() {
             operations += 1;
+            // Generators (the console's types) key operations by id.
+            let id = operation["operationId"].as_str().unwrap_or_default();
+            assert!(
+                ids.insert(id.to_owned()),
+                "{method} {path}: operation id {id:?} twice"
+            );
             assert!(
                 operation["responses"]
                     .as_object()
@@ -111,7 +118,22 @@ async fn the_description_covers_every_route_and_every_route_answers() {
             "{target} is referred to but not defined"
         );
     }
-    assert!(schemas.contains_key("ErrorBody"));
+    // The shapes no route names: SSE event payloads, the terminal socket's messages and close codes.
+    for name in [
+        "ErrorBody",
+        "OutputChunk",
+        "HostEvent",
+        "StateEvent",
+        "ClientMessage",
+        "ServerMessage",
+        "SocketCloseCode",
+    ] {
+        assert!(schemas.contains_key(name), "{name} is not described");
+    }
+    assert_eq!(
+        doc["components"]["schemas"]["SocketCloseCode"]["enum"],
+        serde_json::json!([4001, 4002, 4003, 1001])
+    );
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"

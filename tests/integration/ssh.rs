@@ -3,14 +3,14 @@
 use std::time::Duration;
 
 use linkops::ssh::{Connection, Error, ExitStatus, OutputEvent};
-use linkops::testbed::Fleet;
+use linkops::testbed::TestFleet;
 use linkops_reconcilers::enrollment::{self, ClientIdReading, Enrollment};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn reads_each_hosts_own_client_id_over_verified_ssh() {
-    let fleet = Fleet::start(2).unwrap();
+    let fleet = TestFleet::start(2).unwrap();
     for (index, host) in fleet.hosts().iter().enumerate() {
         let connection = Connection::open(&fleet.target(index), &fleet.connect_options())
             .await
@@ -39,7 +39,7 @@ async fn reads_each_hosts_own_client_id_over_verified_ssh() {
 
 #[tokio::test]
 async fn streams_stdout_and_stderr_and_reports_exit_codes_and_signals() {
-    let fleet = Fleet::start(1).unwrap();
+    let fleet = TestFleet::start(1).unwrap();
     let connection = Connection::open(&fleet.target(0), &fleet.connect_options())
         .await
         .unwrap();
@@ -75,7 +75,7 @@ async fn streams_stdout_and_stderr_and_reports_exit_codes_and_signals() {
 
 #[tokio::test]
 async fn reports_a_missing_client_id_file() {
-    let fleet = Fleet::start(1).unwrap();
+    let fleet = TestFleet::start(1).unwrap();
     fleet.host(0).remove_client_id().unwrap();
     let connection = Connection::open(&fleet.target(0), &fleet.connect_options())
         .await
@@ -93,7 +93,7 @@ async fn reports_a_missing_client_id_file() {
 
 #[tokio::test]
 async fn command_timeout_kills_and_says_so() {
-    let fleet = Fleet::start(1).unwrap();
+    let fleet = TestFleet::start(1).unwrap();
     let connection = Connection::open(&fleet.target(0), &fleet.connect_options())
         .await
         .unwrap();
@@ -109,7 +109,7 @@ async fn command_timeout_kills_and_says_so() {
 
 #[tokio::test]
 async fn unknown_host_key_is_refused() {
-    let fleet = Fleet::start(1).unwrap();
+    let fleet = TestFleet::start(1).unwrap();
     let mut options = fleet.connect_options();
     options.known_hosts = fleet.dir().join("empty_known_hosts");
     let error = Connection::open(&fleet.target(0), &options)
@@ -122,7 +122,7 @@ async fn unknown_host_key_is_refused() {
 
 #[tokio::test]
 async fn changed_host_key_is_refused_even_with_trust_on_first_use() {
-    let fleet = Fleet::start(2).unwrap();
+    let fleet = TestFleet::start(2).unwrap();
     // known_hosts says host 0's address has host 1's key.
     let host0 = fleet.host(0);
     let forged = fleet.dir().join("forged_known_hosts");
@@ -149,7 +149,7 @@ async fn changed_host_key_is_refused_even_with_trust_on_first_use() {
 
 #[tokio::test]
 async fn pinned_host_key_wins_over_known_hosts() {
-    let fleet = Fleet::start(2).unwrap();
+    let fleet = TestFleet::start(2).unwrap();
     let mut target = fleet.target(0);
     target.pinned_host_key = Some(fleet.host(1).host_public_key().to_owned());
     let error = Connection::open(&target, &fleet.connect_options())
@@ -167,7 +167,7 @@ async fn pinned_host_key_wins_over_known_hosts() {
 
 #[tokio::test]
 async fn trust_on_first_use_records_the_key_then_trusts_only_it() {
-    let fleet = Fleet::start(1).unwrap();
+    let fleet = TestFleet::start(1).unwrap();
     let mut options = fleet.connect_options();
     options.known_hosts = fleet.dir().join("tofu_known_hosts");
     options.trust_on_first_use = true;
@@ -184,7 +184,7 @@ async fn trust_on_first_use_records_the_key_then_trusts_only_it() {
 
 #[tokio::test]
 async fn rsa_client_keys_authenticate() {
-    let fleet = Fleet::start(1).unwrap();
+    let fleet = TestFleet::start(1).unwrap();
     let mut target = fleet.target(0);
     target.key = linkops::ssh::KeyFile::at(&fleet.add_client_key("id_rsa", "rsa").unwrap());
     let connection = Connection::open(&target, &fleet.connect_options())
@@ -203,7 +203,7 @@ async fn rsa_client_keys_authenticate() {
 #[tokio::test]
 async fn private_key_readable_by_others_is_refused() {
     use std::os::unix::fs::PermissionsExt;
-    let fleet = Fleet::start(1).unwrap();
+    let fleet = TestFleet::start(1).unwrap();
     let mut target = fleet.target(0);
     let loose = fleet.dir().join("loose_key");
     std::fs::copy(fleet.client_key(), &loose).unwrap();
@@ -219,7 +219,7 @@ async fn private_key_readable_by_others_is_refused() {
 
 #[tokio::test]
 async fn key_not_authorised_is_rejected_by_name() {
-    let fleet = Fleet::start(1).unwrap();
+    let fleet = TestFleet::start(1).unwrap();
     let stranger = fleet.dir().join("stranger");
     let status = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
@@ -238,7 +238,7 @@ async fn key_not_authorised_is_rejected_by_name() {
 
 #[tokio::test]
 async fn bare_repo_is_reachable_over_ssh_with_the_fleet_key() {
-    let fleet = Fleet::start(1).unwrap();
+    let fleet = TestFleet::start(1).unwrap();
     let repo = fleet.bare_repo(0, "config").unwrap();
     let work = fleet.dir().join("work");
     let git = |args: &[&str]| {
@@ -286,7 +286,7 @@ async fn bare_repo_is_reachable_over_ssh_with_the_fleet_key() {
 
 #[tokio::test]
 async fn the_pool_reuses_one_connection_and_closes_idle_ones() {
-    let fleet = Fleet::start(1).unwrap();
+    let fleet = TestFleet::start(1).unwrap();
     let pool = linkops::ssh::Pool::new(fleet.connect_options());
     let target = fleet.target(0);
     let first = pool.get(&target).await.unwrap();

@@ -244,7 +244,7 @@ pub fn example_repo() -> PathBuf {
 /// A config repository describing a test fleet: `links.yaml` lists every
 /// host (ids `host1`, `host2`, …, tagged `test`), with the given uuids
 /// overridden (to make a host's enrollment wrong on purpose).
-pub fn fleet_links(fleet: &linkops::testbed::Fleet, wrong_uuid: &[usize]) -> String {
+pub fn fleet_links(fleet: &linkops::testbed::TestFleet, wrong_uuid: &[usize]) -> String {
     let mut links = String::from("machines:\n");
     for (index, host) in fleet.hosts().iter().enumerate() {
         let uuid = if wrong_uuid.contains(&index) {
@@ -265,7 +265,7 @@ pub fn fleet_links(fleet: &linkops::testbed::Fleet, wrong_uuid: &[usize]) -> Str
 
 /// A data dir whose keys dir holds the fleet's client key as `fleet_key` and
 /// whose known_hosts trusts the fleet; returns the config for it.
-pub fn fleet_config(data_dir: &Path, fleet: &linkops::testbed::Fleet) -> Config {
+pub fn fleet_config(data_dir: &Path, fleet: &linkops::testbed::TestFleet) -> Config {
     use std::os::unix::fs::PermissionsExt;
     let config = config(data_dir);
     std::fs::create_dir_all(config.keys_dir()).unwrap();
@@ -383,7 +383,7 @@ pub fn output_text(events: &[SseEvent], machine: &str, stream: &str) -> String {
 
 /// A running test fleet, a local config repository describing it, and a data dir.
 pub struct FleetSetup {
-    pub fleet: linkops::testbed::Fleet,
+    pub fleet: linkops::testbed::TestFleet,
     pub work: WorkRepo,
     pub data: tempfile::TempDir,
     /// A directory on this machine that the hosts' scripts may write to.
@@ -398,7 +398,7 @@ impl FleetSetup {
     /// theirs) and `scripts` as scripts.yaml (`$MARKS` replaced by the marks dir).
     pub fn new(hosts: usize, wrong_uuid: &[usize], scripts: &str) -> FleetSetup {
         use std::os::unix::fs::PermissionsExt;
-        let fleet = linkops::testbed::Fleet::start(hosts).unwrap();
+        let fleet = linkops::testbed::TestFleet::start(hosts).unwrap();
         let marks = fleet.dir().join("marks");
         std::fs::create_dir(&marks).unwrap();
         std::fs::set_permissions(&marks, std::fs::Permissions::from_mode(0o777)).unwrap();

@@ -19,7 +19,7 @@ use crate::store::{Actor, AuditAction, Outcome, Store};
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
-pub struct Fleet {
+pub struct MachineAccess {
     pub pool: Pool,
     /// Bounds SSH sessions across the whole fleet (`[ssh] concurrency`).
     pub sessions: Arc<Semaphore>,
@@ -31,9 +31,9 @@ pub struct Fleet {
     store: Store,
 }
 
-impl Fleet {
-    pub fn new(config: &Config, store: Store, metrics: Arc<Metrics>) -> Fleet {
-        Fleet {
+impl MachineAccess {
+    pub fn new(config: &Config, store: Store, metrics: Arc<Metrics>) -> MachineAccess {
+        MachineAccess {
             pool: Pool::new(ssh::ConnectOptions {
                 known_hosts: config.known_hosts_path(),
                 connect_timeout: config.ssh.connect_timeout,

@@ -17,7 +17,7 @@ use rand::RngExt;
 use tokio::sync::watch;
 
 use super::scheduler::{Action, Reason, Reconcile};
-use crate::fleet::Fleet;
+use crate::access::MachineAccess;
 use crate::operations::{Engine, HostPlan, Plan};
 use crate::store::{self, Actor, AuditAction, HealthSample, Store, now_ms};
 
@@ -41,7 +41,7 @@ impl fmt::Display for ObjectKey {
 /// the fleet's connections, the operation engine, the desired state.
 pub struct Context {
     pub(super) store: Store,
-    fleet: Fleet,
+    access: MachineAccess,
     pub(super) engine: Engine,
     pub(super) desired: watch::Receiver<Option<Arc<DesiredState>>>,
     /// Machines whose next reconcile checks them whatever their interval (a verify).
@@ -54,7 +54,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         store: Store,
-        fleet: Fleet,
+        access: MachineAccess,
         engine: Engine,
         desired: watch::Receiver<Option<Arc<DesiredState>>>,
         suspended_by_config: bool,
@@ -62,7 +62,7 @@ impl Context {
     ) -> Context {
         Context {
             store,
-            fleet,
+            access,
             engine,
             desired,
             check_asked: Mutex::default(),
@@ -144,7 +144,7 @@ impl Context {
             .unwrap_or_else(|| machine::MachineStatus::new(&machine.id));
         machine::mark_reconciling(&mut reconciling, now_ms());
         self.store.put_machine_status(&reconciling, None, &[])?;
-        let result = self.fleet.check(machine).await;
+        let result = self.access.check(machine).await;
         let machine::Observed {
             status: observed,
             transitions,
