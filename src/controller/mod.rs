@@ -8,6 +8,7 @@
 pub mod reconcile;
 pub mod scheduler;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,11 +170,21 @@ fn all_keys(desired: Option<&DesiredState>, store: &crate::store::Store) -> Vec<
                 .chain(d.runs.keys().map(|id| ObjectKey::RunRequest(id.clone())))
         })
         .collect();
-    for record in store.run_records().unwrap_or_default() {
-        let key = ObjectKey::RunRequest(record.id);
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
+    let in_git: HashSet<&str> = desired
+        .map(|d| d.runs.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    match store.run_records() {
+        Ok(records) => keys.extend(
+            records
+                .into_iter()
+                .filter(|record| !in_git.contains(record.id.as_str()))
+                .map(|record| ObjectKey::RunRequest(record.id)),
+        ),
+        // Git's own objects are still reconciled; the next resync reads the records again.
+        Err(error) => tracing::warn!(
+            %error,
+            "reading run-request records failed: those that left Git are settled at the next resync"
+        ),
     }
     keys
 }
