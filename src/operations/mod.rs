@@ -321,7 +321,7 @@ impl Engine {
             .operations_finished
             .get_or_create(&labels)
             .inc();
-        tracing::info!(?state, "operation finished");
+        tracing::info!(state = state.name(), "operation finished");
     }
 }
 

@@ -1,7 +1,8 @@
 //! The layering ARCHITECTURE.md states, held by reading the source (the
 //! rust-analyzer "tidy" pattern): who may use redb and russh, what the
-//! functional core may not touch, a module doc on every file, and no span
-//! guard that could be held across an `.await`.
+//! functional core may not touch, where the API's shapes are declared, a
+//! module doc on every file, and no span guard that could be held across an
+//! `.await`.
 
 use std::path::{Path, PathBuf};
 
@@ -56,6 +57,28 @@ fn the_store_alone_uses_redb_and_the_ssh_module_alone_russh() {
         ] {
             if !name.starts_with(home) && !uses(&text, needle).is_empty() {
                 wrong.push(format!("{name} uses {needle} (only {home} may)"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn the_api_shapes_are_declared_in_the_contract_alone() {
+    let mut wrong = Vec::new();
+    for (name, text) in sources() {
+        // The saved login is the CLI's own file, not an API shape.
+        let edge = name.starts_with("src/api/") || name.starts_with("src/client/");
+        if !edge || name == "src/client/session.rs" {
+            continue;
+        }
+        for line in uses(&text, "derive(") {
+            let shape = ["Serialize", "Deserialize", "ToSchema", "IntoParams"];
+            if shape.iter().any(|derive| line.contains(derive)) {
+                wrong.push(format!(
+                    "{name}: {} (declare it in src/contract)",
+                    line.trim()
+                ));
             }
         }
     }
