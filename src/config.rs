@@ -35,6 +35,7 @@ const SECTIONS: &[&str] = &[
     "reconcile",
     "operations",
     "terminal",
+    "retention",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,7 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     pub operations: OperationsConfig,
     pub terminal: TerminalConfig,
+    pub retention: RetentionConfig,
 }
 
 impl Default for Config {
@@ -84,6 +86,7 @@ impl Default for Config {
             reconcile: ReconcileConfig::default(),
             operations: OperationsConfig::default(),
             terminal: TerminalConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -156,6 +159,60 @@ impl Default for TerminalConfig {
             record_input: false,
             recording_cap: 64 << 20,
             allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// What the store keeps, so its size is bounded by these settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Every health sample of a machine younger than this is kept…
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub health_full: Duration,
+    /// …older ones are thinned to one per this long (and every change of state)…
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub health_bucket: Duration,
+    /// …and dropped at this age.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub health_window: Duration,
+    /// At most this many samples per machine, a flapping one's included.
+    pub health_max_samples: usize,
+    /// Output of operations that ended longer ago goes (records and results stay).
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub operation_output: Duration,
+    /// Sync attempts kept besides those that applied a revision (the deploy
+    /// history, which stays).
+    pub sync_records: usize,
+    /// How often the store lets go of what the settings above no longer keep.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            health_full: Duration::from_secs(3600),
+            health_bucket: Duration::from_secs(3600),
+            health_window: Duration::from_secs(7 * 24 * 3600),
+            health_max_samples: 1000,
+            operation_output: Duration::from_secs(30 * 24 * 3600),
+            sync_records: 10_000,
+            interval: Duration::from_secs(600),
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn policy(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            health: linkops_reconcilers::retention::HealthRetention {
+                full: self.health_full,
+                bucket: self.health_bucket,
+                window: self.health_window,
+                max_samples: self.health_max_samples,
+            },
+            operation_output: self.operation_output,
         }
     }
 }
@@ -489,6 +546,12 @@ mod tests {
         );
         assert_eq!(example.terminal.grace, defaults.terminal.grace);
         assert_eq!(example.terminal.scrollback, defaults.terminal.scrollback);
+        assert_eq!(
+            example.retention.policy(),
+            defaults.retention.policy(),
+            "[retention]"
+        );
+        assert_eq!(example.retention.interval, defaults.retention.interval);
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     /// `unreachable`, `timeout`, `host_key`, `auth` or `other`.
     pub reason: &'static str,
@@ -65,6 +70,8 @@ pub struct Metrics {
     pub machines_by_enrollment: Family<StateLabels, Gauge>,
     pub sse_clients: Gauge,
     pub websocket_clients: Gauge,
+    /// Records the retention pass let go: `health_sample`, `output_event`.
+    pub store_pruned: Family<KindLabels, Counter>,
     pub terminal_sessions: Gauge,
     /// HTTP connections open, and those refused at `[http] max_connections`.
     pub http_connections: Gauge,
@@ -101,6 +108,7 @@ impl Metrics {
             machines_by_enrollment: Family::default(),
             sse_clients: Gauge::default(),
             websocket_clients: Gauge::default(),
+            store_pruned: Family::default(),
             terminal_sessions: Gauge::default(),
             http_connections: Gauge::default(),
             http_connections_refused: Counter::default(),
@@ -111,6 +119,11 @@ impl Metrics {
             "http_requests",
             "HTTP requests by route and status",
             metrics.http_requests.clone(),
+        );
+        r.register(
+            "store_pruned",
+            "Records the store let go under [retention], by kind",
+            metrics.store_pruned.clone(),
         );
         r.register(
             "http_connections_open",

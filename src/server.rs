@@ -145,6 +145,12 @@ impl Daemon {
             stop.clone(),
             store_failed.clone(),
         )));
+        workers.push(tokio::spawn(prune_store(
+            prepared.store.clone(),
+            config.retention.clone(),
+            metrics.clone(),
+            stop.clone(),
+        )));
         // Streams that never end by themselves (the fleet's) end here, so the drain need not wait.
         let draining = CancellationToken::new();
         let shutdown = {
@@ -239,6 +245,7 @@ fn git_context(config: &Config, store: store::Store, metrics: Arc<Metrics>) -> S
     SyncContext {
         source,
         mirror: Mirror::new(config.checkout_dir()),
+        keep_attempts: config.retention.sync_records as u64,
         store,
         interval: config.git.interval,
         metrics,
@@ -264,6 +271,49 @@ async fn watch_store(store: store::Store, stop: CancellationToken, failed: Cance
         }
         failed.cancel();
         return;
+    }
+}
+
+/// Lets the store go of what `[retention]` no longer keeps, every `interval`
+/// (the first pass right after start).
+async fn prune_store(
+    store: store::Store,
+    retention: crate::config::RetentionConfig,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let policy = retention.policy();
+    loop {
+        let pass = store.clone();
+        let pruned =
+            tokio::task::spawn_blocking(move || pass.prune(&policy, store::now_ms())).await;
+        match pruned {
+            Ok(Ok(pruned)) => {
+                for (kind, count) in [
+                    ("health_sample", pruned.health_samples),
+                    ("output_event", pruned.output_events),
+                ] {
+                    metrics
+                        .store_pruned
+                        .get_or_create(&crate::metrics::KindLabels { kind })
+                        .inc_by(count);
+                }
+                if pruned != store::Pruned::default() {
+                    tracing::info!(
+                        ?pruned,
+                        "the store let go of what [retention] no longer keeps"
+                    );
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "the retention pass failed; it runs again later")
+            }
+            Err(error) => tracing::warn!(%error, "the retention pass stopped"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(retention.interval) => {}
+        }
     }
 }
 

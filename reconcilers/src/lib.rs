@@ -15,6 +15,7 @@ mod fixtures;
 pub mod machine;
 pub mod operation;
 pub mod plan;
+pub mod retention;
 pub mod run;
 pub mod script;
 pub mod suspension;

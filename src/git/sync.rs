@@ -105,6 +105,8 @@ pub struct SyncContext {
     pub store: Store,
     /// Time between scheduled syncs; each wait is jittered by up to a tenth.
     pub interval: Duration,
+    /// Attempts kept besides those that applied a revision (`[retention] sync_records`).
+    pub keep_attempts: u64,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -319,9 +321,12 @@ async fn sync_attempt(
         outcome,
     };
     let audit = audit_of(&record);
-    let recorded = context
-        .store
-        .record_sync(record.clone(), state.as_deref(), audit.as_ref());
+    let recorded = context.store.record_sync(
+        record.clone(),
+        state.as_deref(),
+        audit.as_ref(),
+        context.keep_attempts,
+    );
     let record = match recorded {
         Ok(record) => record,
         Err(error) => {

@@ -11,9 +11,6 @@ use super::codec::{decode, encode, get_str};
 use super::schema::{HEALTH_HISTORY, MACHINE_STATUS, RUN_REQUESTS, SUSPENSIONS};
 use super::{Result, Store};
 
-/// Health samples kept per machine.
-const HISTORY_PER_MACHINE: usize = 500;
-
 /// One health check, as history keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthSample {
@@ -93,7 +90,7 @@ impl Store {
     }
 
     /// Stores a machine's status; with `sample`, appends it to the health
-    /// history (trimmed to the newest samples), and writes `audits` (what
+    /// history, and writes `audits` (what
     /// the change means: a host key refused), all in one transaction.
     pub fn put_machine_status(
         &self,
@@ -111,17 +108,9 @@ impl Store {
             if let Some(sample) = sample {
                 let mut history = tx.open_table(HEALTH_HISTORY)?;
                 let id = status.machine_id.as_str();
+                // Thinned by the retention pass (`retention.rs`), not here:
+                // a check's write stays one insert.
                 history.insert((id, sample.at_ms), encode(sample).as_slice())?;
-                let keys: Vec<i64> = history
-                    .range((id, i64::MIN)..=(id, i64::MAX))?
-                    .map(|entry| entry.map(|(key, _)| key.value().1))
-                    .collect::<Result<_, _>>()?;
-                for at in keys
-                    .iter()
-                    .take(keys.len().saturating_sub(HISTORY_PER_MACHINE))
-                {
-                    history.remove((id, *at))?;
-                }
             }
         }
         tx.commit()?;

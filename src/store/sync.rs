@@ -78,24 +78,12 @@ pub type MachineRecord = Declared<Machine>;
 /// A script of the catalog, current or removed.
 pub type ScriptRecord = Declared<Script>;
 
-/// Sync attempts kept besides those that applied a revision (those are the
-/// deploy history and stay): a month of 5-minute polls, or of pushes.
-pub const SYNC_HISTORY_KEEP: u64 = 10_000;
-
 impl Store {
     /// Records a sync attempt; when `desired` is given (outcome `Applied`),
     /// also applies its machines and scripts, in the same transaction.
-    /// The attempt [`SYNC_HISTORY_KEEP`] before it goes, unless it applied a revision.
+    /// The attempt `keep` before it goes (`[retention] sync_records`), unless
+    /// it applied a revision: those are the deploy history and stay.
     pub fn record_sync(
-        &self,
-        record: SyncRecord,
-        desired: Option<&DesiredState>,
-        audit: Option<&Audit>,
-    ) -> Result<SyncRecord> {
-        self.record_sync_keeping(record, desired, audit, SYNC_HISTORY_KEEP)
-    }
-
-    fn record_sync_keeping(
         &self,
         mut record: SyncRecord,
         desired: Option<&DesiredState>,
@@ -240,11 +228,11 @@ mod tests {
         };
         const KEEP: u64 = 20;
         store
-            .record_sync_keeping(record(applied), None, None, KEEP)
+            .record_sync(record(applied), None, None, KEEP)
             .unwrap();
         for _ in 0..KEEP + 5 {
             store
-                .record_sync_keeping(record(SyncOutcome::Unchanged), None, None, KEEP)
+                .record_sync(record(SyncOutcome::Unchanged), None, None, KEEP)
                 .unwrap();
         }
         let kept = store.recent_syncs(usize::MAX).unwrap();
