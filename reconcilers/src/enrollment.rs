@@ -48,6 +48,16 @@ pub enum Enrollment {
 }
 
 impl Enrollment {
+    /// Every [`Enrollment::name`].
+    pub const NAMES: [&'static str; 6] = [
+        "unknown",
+        "enrolled",
+        "mismatch",
+        "missing_file",
+        "unreachable",
+        "host_key_mismatch",
+    ];
+
     /// The `state` the API shows, also a metric's label value.
     pub fn name(&self) -> &'static str {
         match self {

@@ -57,6 +57,9 @@ pub enum Health {
 }
 
 impl Health {
+    /// Every [`Health::name`].
+    pub const NAMES: [&'static str; 3] = ["unknown", "reachable", "unreachable"];
+
     /// The `state` the API shows, also a metric's label value.
     pub fn name(&self) -> &'static str {
         match self {
@@ -311,6 +314,24 @@ pub fn mark_reconciling(status: &mut MachineStatus, now_ms: i64) {
     );
 }
 
+/// Whether a machine's new status shows differently from its old one in the
+/// fleet's views — its health state, enrollment, conditions or revision — as
+/// opposed to only the times of its checks and the latency they measured,
+/// which change at every check and which live views need not hear about.
+pub fn shown_change(before: Option<&MachineStatus>, after: &MachineStatus) -> bool {
+    let Some(before) = before else {
+        return true;
+    };
+    let health = match (&before.health, &after.health) {
+        (Health::Reachable { .. }, Health::Reachable { .. }) => false,
+        (before, after) => before != after,
+    };
+    health
+        || before.enrollment != after.enrollment
+        || before.conditions != after.conditions
+        || before.revision != after.revision
+}
+
 /// Whether `name` is a plain file name, as key names must be: letters, digits,
 /// `.`, `_` and `-`, not starting with a dot (so never `..`, never a path).
 pub fn is_plain_file_name(name: &str) -> bool {
@@ -325,6 +346,60 @@ pub fn is_plain_file_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_that_only_moves_times_and_latency_is_no_shown_change() {
+        let before = MachineStatus {
+            health: Health::Reachable { latency_ms: 3 },
+            enrollment: Enrollment::Enrolled,
+            checked_at_ms: Some(1),
+            last_seen_ms: Some(1),
+            ..MachineStatus::new("m")
+        };
+        let cases: &[(&str, MachineStatus, bool)] = &[
+            (
+                "times and latency",
+                MachineStatus {
+                    health: Health::Reachable { latency_ms: 9 },
+                    checked_at_ms: Some(2),
+                    last_seen_ms: Some(2),
+                    consecutive_failures: 0,
+                    ..before.clone()
+                },
+                false,
+            ),
+            (
+                "health state",
+                MachineStatus {
+                    health: Health::Unreachable {
+                        error: "refused".into(),
+                    },
+                    ..before.clone()
+                },
+                true,
+            ),
+            (
+                "enrollment",
+                MachineStatus {
+                    enrollment: Enrollment::MissingFile,
+                    ..before.clone()
+                },
+                true,
+            ),
+            (
+                "revision",
+                MachineStatus {
+                    revision: Some("r2".into()),
+                    ..before.clone()
+                },
+                true,
+            ),
+        ];
+        for (what, after, shown) in cases {
+            assert_eq!(shown_change(Some(&before), after), *shown, "{what}");
+        }
+        assert!(shown_change(None, &before), "a first status");
+    }
 
     const UUID: &str = "7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935";
 

@@ -252,12 +252,10 @@ mod tests {
                 error: error.clone(),
             },
         ];
-        for health in healths {
-            assert_eq!(
-                tagged(serde_json::to_value(&health).unwrap()),
-                health.name()
-            );
+        for health in &healths {
+            assert_eq!(tagged(serde_json::to_value(health).unwrap()), health.name());
         }
+        assert_eq!(healths.map(|h| h.name()), Health::NAMES);
         let enrollments = [
             Enrollment::Unknown,
             Enrollment::Enrolled,
@@ -271,10 +269,11 @@ mod tests {
             },
             Enrollment::HostKeyMismatch { error },
         ];
-        for enrollment in enrollments {
-            let name = tagged(serde_json::to_value(&enrollment).unwrap());
+        for enrollment in &enrollments {
+            let name = tagged(serde_json::to_value(enrollment).unwrap());
             assert_eq!(name, enrollment.name());
         }
+        assert_eq!(enrollments.map(|e| e.name()), Enrollment::NAMES);
     }
 
     #[test]

@@ -24,6 +24,21 @@ impl Scope {
     }
 }
 
+/// The suspensions in force: the configuration's (which holds everything) and
+/// the operators' scopes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    pub by_config: bool,
+    pub scopes: Vec<Scope>,
+}
+
+impl Held {
+    /// Whether reconciliation of `machine` (with `None`, of the fleet's own objects) is held.
+    pub fn holds(&self, machine: Option<&str>) -> bool {
+        self.by_config || holds(&self.scopes, machine)
+    }
+}
+
 /// Whether `held` stops reconciling `machine`, or with `None`, what belongs to
 /// the fleet as a whole (run-requests): a fleet-wide hold stops everything, a
 /// machine's only that machine.

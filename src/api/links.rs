@@ -1,16 +1,18 @@
 //! `/api/links`: the machines of the fleet, as desired and as observed; and
 //! `/api/fleet/events`, the same list followed live.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::enrollment::Enrollment;
-use linkops_reconcilers::machine::{Machine, MachineStatus};
+use linkops_reconcilers::machine::{Health, Machine, MachineStatus};
 use linkops_reconcilers::operation::Operation;
 use tokio::sync::watch;
 
@@ -18,102 +20,343 @@ use super::auth::Authenticated;
 use super::extract::{Json, Path, Query};
 use super::{ApiError, AppState, at};
 use crate::contract::{
-    ConditionView, HealthPoint, MachineDetail, MachineQuery, MachineView, OperationSummary,
+    ConditionView, FleetChanges, FleetSnapshot, HealthPoint, MachineDetail, MachineQuery,
+    MachineView, OperationSummary,
 };
 use crate::metrics::Open;
-use crate::store::{Actor, AuditAction, HealthSample, Role};
+use crate::store::{Actor, AuditAction, Changed, HealthSample, Role};
+
+/// Most machines one page holds.
+const MAX_PAGE: usize = 1000;
 
 /// `GET /api/links`
-#[utoipa::path(get, path = "/api/links", tag = "machines", params(MachineQuery), responses((status = 200, description = "Machines of the applied inventory with health, enrollment and conditions", body = Vec<MachineView>)))]
+#[utoipa::path(get, path = "/api/links", tag = "machines", params(MachineQuery), responses((status = 200, description = "Machines of the applied inventory with health, enrollment and conditions, in id order, filtered and paged as asked", body = Vec<MachineView>, headers(("X-Total-Count" = u64, description = "How many machines match, over all pages"), ("Link" = String, description = "`<…>; rel=\"next\"`: the next page, when there is one"))), (status = 422, description = "An unknown state, or a limit out of range; details.field names it", body = crate::contract::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Authenticated,
     Query(query): Query<MachineQuery>,
-) -> Result<Json<Vec<MachineView>>, ApiError> {
-    Ok(Json(machine_views(&state, query.tag.as_deref())?))
-}
-
-/// The machines of the applied inventory (those with `tag`, if given) as observed now.
-fn machine_views(state: &AppState, tag: Option<&str>) -> Result<Vec<MachineView>, ApiError> {
+) -> Result<(HeaderMap, Json<Vec<MachineView>>), ApiError> {
+    check_query(&query)?;
     let desired = state.git.desired().borrow().clone();
-    let machines = desired
-        .as_ref()
-        .map(|d| d.machines.clone())
-        .unwrap_or_default();
-    machines
+    let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
+    let mut sorted: Vec<&Machine> = machines
+        .iter()
+        .filter(|m| query.after.as_ref().is_none_or(|after| m.id > *after))
+        .collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let matching: Vec<MachineView> = views(&state, sorted.into_iter())?
         .into_iter()
-        .filter(|machine| tag.is_none_or(|tag| machine.tags.iter().any(|t| t == tag)))
-        .map(|machine| view(state, machine))
-        .collect()
+        .filter(|view| query.matches(view))
+        .collect();
+    // The total counts every page, not only those after the cursor.
+    let total = match &query.after {
+        None => matching.len(),
+        Some(_) => views(&state, machines.iter())?
+            .iter()
+            .filter(|view| query.matches(view))
+            .count(),
+    };
+    let limit = query.limit.unwrap_or(usize::MAX);
+    let mut headers = HeaderMap::new();
+    headers.insert("x-total-count", HeaderValue::from(total));
+    if matching.len() > limit {
+        let last = &matching[limit - 1].spec.id;
+        let next = MachineQuery {
+            after: Some(last.clone()),
+            ..query.clone()
+        };
+        let link = format!(
+            "</api/links?{}>; rel=\"next\"",
+            serde_urlencoded::to_string(&next).unwrap_or_default()
+        );
+        if let Ok(link) = HeaderValue::from_str(&link) {
+            headers.insert(header::LINK, link);
+        }
+    }
+    Ok((headers, Json(matching.into_iter().take(limit).collect())))
 }
 
-/// How long a burst of changes is gathered into one event: a check writes a
-/// machine twice, and a sync touches every machine.
+/// Refuses a state no machine can be in, and a page size out of range.
+fn check_query(query: &MachineQuery) -> Result<(), ApiError> {
+    let unknown = |field: &str, value: &str, names: &[&str]| ApiError::Unprocessable {
+        field: field.into(),
+        message: format!("no {field} state {value:?}; one of {}", names.join(", ")),
+    };
+    if let Some(health) = query.health.as_deref()
+        && !Health::NAMES.contains(&health)
+    {
+        return Err(unknown("health", health, &Health::NAMES));
+    }
+    if let Some(enrollment) = query.enrollment.as_deref()
+        && !Enrollment::NAMES.contains(&enrollment)
+    {
+        return Err(unknown("enrollment", enrollment, &Enrollment::NAMES));
+    }
+    if query
+        .limit
+        .is_some_and(|limit| !(1..=MAX_PAGE).contains(&limit))
+    {
+        return Err(ApiError::Unprocessable {
+            field: "limit".into(),
+            message: format!("limit must be 1 to {MAX_PAGE}; page on with `after`"),
+        });
+    }
+    Ok(())
+}
+
+/// The views of `machines`, with their statuses read in one transaction and
+/// the suspensions once.
+fn views<'a>(
+    state: &AppState,
+    machines: impl Iterator<Item = &'a Machine>,
+) -> Result<Vec<MachineView>, ApiError> {
+    let machines: Vec<&Machine> = machines.collect();
+    let ids: Vec<String> = machines.iter().map(|m| m.id.clone()).collect();
+    let mut statuses = state.store.machine_statuses(&ids)?;
+    let held = state.controller.held()?;
+    Ok(machines
+        .into_iter()
+        .map(|machine| {
+            let status = statuses
+                .remove(&machine.id)
+                .unwrap_or_else(|| MachineStatus::new(&machine.id));
+            let suspended = held.holds(Some(&machine.id));
+            machine_view(machine.clone(), status, suspended)
+        })
+        .collect())
+}
+
+/// How long a burst of changes is gathered into one event: a sync touches
+/// every machine, and a sweep checks them one after another.
 const COALESCE: Duration = Duration::from_millis(200);
 
 /// `GET /api/fleet/events`: the fleet live, as Server-Sent Events.
-#[utoipa::path(get, path = "/api/fleet/events", tag = "machines", params(MachineQuery), responses((status = 200, description = "Server-Sent Events `machines`: the list exactly as `GET /api/links` answers it, at once and again after every change to a machine's health, enrollment, conditions or suspension, or to the inventory (changes within 200 ms make one event). EventSource cannot send headers: pass ?access_token=. The stream ends when the daemon stops.", content_type = "text/event-stream", body = String)))]
+#[utoipa::path(get, path = "/api/fleet/events", tag = "machines", params(MachineQuery, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")), responses((status = 200, description = "Server-Sent Events: `snapshot` (FleetSnapshot: every machine asked for, as `GET /api/links` answers without paging) first, then `changes` (FleetChanges: machines whose health state, enrollment, conditions, revision or suspension changed — not mere check times — and ids no longer among those asked for); changes within 200 ms make one event. Each event's id resumes: reconnecting with Last-Event-ID sends only what changed since, or a new snapshot when that cannot be told (a restart, a new revision, a client too far behind). EventSource cannot send headers: pass ?access_token=. The stream ends when the daemon stops.", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     State(state): State<AppState>,
     caller: Authenticated,
+    headers: HeaderMap,
     Query(query): Query<MachineQuery>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    check_query(&query)?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(FleetPosition::parse);
     let follower = FleetFollower {
         revoked: Box::pin(state.auth.revoked(caller.1, Role::Viewer)),
-        changes: state.store.fleet_changes(),
+        version: state.store.fleet_version(),
         desired: state.git.desired(),
-        first: true,
+        position: None,
+        resume,
+        sent: HashMap::new(),
+        sent_all: false,
         _open: Open::new(&state.metrics.sse_clients),
-        tag: query.tag,
+        query: MachineQuery {
+            limit: None,
+            after: None,
+            ..query
+        },
         state,
     };
-    Sse::new(futures::stream::unfold(follower, FleetFollower::next))
-        .keep_alive(KeepAlive::default())
+    Ok(
+        Sse::new(futures::stream::unfold(follower, FleetFollower::next))
+            .keep_alive(KeepAlive::default()),
+    )
+}
+
+/// Where a client following the fleet stands: the event id it last saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FleetPosition {
+    incarnation: u32,
+    version: u64,
+    /// The revision whose inventory it has.
+    revision: String,
+}
+
+impl FleetPosition {
+    fn parse(id: &str) -> Option<FleetPosition> {
+        let mut parts = id.splitn(3, '.');
+        Some(FleetPosition {
+            incarnation: parts.next()?.parse().ok()?,
+            version: parts.next()?.parse().ok()?,
+            revision: parts.next()?.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for FleetPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.incarnation, self.version, self.revision)
+    }
 }
 
 /// One client following the fleet.
 struct FleetFollower {
     state: AppState,
-    tag: Option<String>,
-    changes: watch::Receiver<u64>,
+    query: MachineQuery,
+    version: watch::Receiver<u64>,
     desired: watch::Receiver<Option<Arc<DesiredState>>>,
-    /// The first event is sent at once.
-    first: bool,
+    /// What the client has seen; `None` before the first event.
+    position: Option<FleetPosition>,
+    /// Where a reconnecting client says it stood.
+    resume: Option<FleetPosition>,
+    /// What each machine sent looked like (`MachineView::shown`): a check
+    /// that flips a condition and back, or moves only times, is not sent.
+    sent: HashMap<String, u64>,
+    /// `sent` holds every machine the client has (since a snapshot); after a
+    /// resume it does not, so a machine that stopped matching is always removed.
+    sent_all: bool,
     /// Completes when the user is deleted or the token revoked: the stream ends.
     revoked: futures::future::BoxFuture<'static, ()>,
     _open: Open,
 }
 
 impl FleetFollower {
-    /// The next `machines` event; `None` ends the stream.
+    /// The next event; `None` ends the stream.
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
-        if !std::mem::take(&mut self.first) {
-            tokio::select! {
-                _ = self.state.draining.cancelled() => return None,
-                () = &mut self.revoked => return None,
-                changed = self.changes.changed() => changed.ok()?,
-                changed = self.desired.changed() => changed.ok()?,
+        loop {
+            let event = match self.position.take() {
+                None => {
+                    let resume = self.resume.take();
+                    self.first(resume)
+                }
+                Some(position) => {
+                    if !self.wait().await {
+                        return None;
+                    }
+                    self.after(position)
+                }
+            };
+            match event {
+                Ok(Some(event)) => return Some((Ok(event), self)),
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(?error, "the fleet stream could not read the machines");
+                    return None;
+                }
             }
-            tokio::select! {
-                _ = self.state.draining.cancelled() => return None,
-                () = &mut self.revoked => return None,
-                _ = tokio::time::sleep(COALESCE) => {}
-            }
-            self.changes.mark_unchanged();
-            self.desired.mark_unchanged();
         }
-        let views = match machine_views(&self.state, self.tag.as_deref()) {
-            Ok(views) => views,
-            Err(error) => {
-                tracing::warn!(?error, "the fleet stream could not read the machines");
-                return None;
-            }
+    }
+
+    /// Waits for a change, then gathers the burst; false when the stream ends.
+    async fn wait(&mut self) -> bool {
+        tokio::select! {
+            _ = self.state.draining.cancelled() => return false,
+            () = &mut self.revoked => return false,
+            changed = self.version.changed() => if changed.is_err() { return false },
+            changed = self.desired.changed() => if changed.is_err() { return false },
+        }
+        tokio::select! {
+            _ = self.state.draining.cancelled() => return false,
+            () = &mut self.revoked => return false,
+            _ = tokio::time::sleep(COALESCE) => {}
+        }
+        self.version.mark_unchanged();
+        self.desired.mark_unchanged();
+        true
+    }
+
+    fn current(&self) -> (Option<Arc<DesiredState>>, FleetPosition) {
+        let desired = self.desired.borrow().clone();
+        let position = FleetPosition {
+            incarnation: self.state.store.fleet_incarnation(),
+            version: *self.version.borrow(),
+            revision: desired
+                .as_ref()
+                .map(|d| d.revision.clone())
+                .unwrap_or_default(),
         };
+        (desired, position)
+    }
+
+    /// The first event: what changed since a reconnecting client's position
+    /// when that can be told, else a snapshot.
+    fn first(&mut self, resume: Option<FleetPosition>) -> Result<Option<Event>, ApiError> {
+        let (desired, now) = self.current();
+        if let Some(from) = resume
+            && from.incarnation == now.incarnation
+            && from.revision == now.revision
+        {
+            return self.after(from);
+        }
+        self.snapshot(desired, now).map(Some)
+    }
+
+    /// What changed after `from`; `None` when nothing the client sees did.
+    fn after(&mut self, from: FleetPosition) -> Result<Option<Event>, ApiError> {
+        let (desired, now) = self.current();
+        if from.revision != now.revision {
+            return self.snapshot(desired, now).map(Some);
+        }
+        let changed = match self.state.store.fleet_changed_since(from.version) {
+            Some((_, Changed::Machines(ids))) => ids,
+            _ => return self.snapshot(desired, now).map(Some),
+        };
+        let position = FleetPosition {
+            version: now.version.max(from.version),
+            ..now
+        };
+        if changed.is_empty() {
+            self.position = Some(position);
+            return Ok(None);
+        }
+        let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
+        let in_inventory = machines.iter().filter(|m| changed.contains(&m.id));
+        let mut changes = FleetChanges {
+            changed: Vec::new(),
+            removed: Vec::new(),
+        };
+        for view in views(&self.state, in_inventory)? {
+            let id = view.spec.id.clone();
+            if !self.query.matches(&view) {
+                if self.sent.remove(&id).is_some() || !self.sent_all {
+                    changes.removed.push(id);
+                }
+                continue;
+            }
+            let shown = view.shown();
+            if self.sent.insert(id, shown) != Some(shown) {
+                changes.changed.push(view);
+            }
+        }
+        if changes.changed.is_empty() && changes.removed.is_empty() {
+            self.position = Some(position);
+            return Ok(None);
+        }
         let event = Event::default()
-            .event("machines")
-            .json_data(&views)
+            .event("changes")
+            .id(position.to_string())
+            .json_data(&changes)
+            .expect("fleet changes serialise");
+        self.position = Some(position);
+        Ok(Some(event))
+    }
+
+    fn snapshot(
+        &mut self,
+        desired: Option<Arc<DesiredState>>,
+        position: FleetPosition,
+    ) -> Result<Event, ApiError> {
+        let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
+        let mut sorted: Vec<&Machine> = machines.iter().collect();
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        let machines: Vec<MachineView> = views(&self.state, sorted.into_iter())?
+            .into_iter()
+            .filter(|view| self.query.matches(view))
+            .collect();
+        self.sent = machines
+            .iter()
+            .map(|view| (view.spec.id.clone(), view.shown()))
+            .collect();
+        self.sent_all = true;
+        let event = Event::default()
+            .event("snapshot")
+            .id(position.to_string())
+            .json_data(FleetSnapshot { machines })
             .expect("machine views serialise");
-        Some((Ok(event), self))
+        self.position = Some(position);
+        Ok(event)
     }
 }
 
@@ -202,12 +445,11 @@ fn desired_machine(state: &AppState, id: &str) -> Result<Machine, ApiError> {
 }
 
 fn view(state: &AppState, machine: Machine) -> Result<MachineView, ApiError> {
-    let status = state
-        .store
-        .machine_status(&machine.id)?
-        .unwrap_or_else(|| MachineStatus::new(&machine.id));
-    let suspended = state.controller.suspended(Some(&machine.id))?;
-    Ok(MachineView {
+    Ok(views(state, std::iter::once(&machine))?.remove(0))
+}
+
+fn machine_view(machine: Machine, status: MachineStatus, suspended: bool) -> MachineView {
+    MachineView {
         health: status.health,
         enrollment: status.enrollment,
         last_seen: status.last_seen_ms.and_then(at),
@@ -223,5 +465,5 @@ fn view(state: &AppState, machine: Machine) -> Result<MachineView, ApiError> {
         revision: status.revision,
         suspended,
         spec: machine,
-    })
+    }
 }

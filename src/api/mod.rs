@@ -185,6 +185,8 @@ fn described_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         crate::contract::OutputChunk,
         crate::contract::HostEvent,
         crate::contract::StateEvent,
+        crate::contract::FleetSnapshot,
+        crate::contract::FleetChanges,
         crate::contract::ClientMessage,
         crate::contract::ServerMessage,
         crate::contract::SocketCloseCode,

@@ -64,6 +64,7 @@ pub async fn login(server: &str, user: &str, password_stdin: bool) -> Result<()>
 pub async fn machines(client: &Client, tag: Option<&str>, json: bool) -> Result<()> {
     let query = MachineQuery {
         tag: tag.map(str::to_owned),
+        ..MachineQuery::default()
     };
     let machines: Vec<MachineView> = client.get_query("/api/links", &query).await?;
     if json {

@@ -24,6 +24,33 @@ pub struct MachineView {
 }
 
 impl MachineView {
+    /// A digest of what the view shows beyond check times and latency: two
+    /// views with the same one look alike to someone watching the fleet.
+    pub fn shown(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        fn json(value: &impl Serialize) -> String {
+            serde_json::to_string(value).unwrap_or_default()
+        }
+        json(&self.spec).hash(&mut hasher);
+        let health = match &self.health {
+            Health::Reachable { .. } => String::from("reachable"),
+            other => json(other),
+        };
+        health.hash(&mut hasher);
+        json(&self.enrollment).hash(&mut hasher);
+        for view in &self.conditions {
+            let condition = &view.condition;
+            json(&condition.kind).hash(&mut hasher);
+            json(&condition.status).hash(&mut hasher);
+            condition.reason.hash(&mut hasher);
+            condition.message.hash(&mut hasher);
+        }
+        self.revision.hash(&mut hasher);
+        self.suspended.hash(&mut hasher);
+        hasher.finish()
+    }
+
     /// The status of its condition `kind` (`Ready`, …), if it has one.
     pub fn condition(&self, kind: ConditionKind) -> Option<&ConditionView> {
         self.conditions.iter().find(|c| c.condition.kind == kind)
@@ -38,11 +65,59 @@ pub struct ConditionView {
     pub last_transition: Option<jiff::Timestamp>,
 }
 
+/// Which machines of `GET /api/links` and `GET /api/fleet/events`, in id order.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct MachineQuery {
     /// Only machines with this tag.
     pub tag: Option<String>,
+    /// Only machines in this health state: `unknown`, `reachable`, `unreachable`.
+    pub health: Option<String>,
+    /// Only machines in this enrollment state: `unknown`, `enrolled`, `mismatch`,
+    /// `missing_file`, `unreachable`, `host_key_mismatch`.
+    pub enrollment: Option<String>,
+    /// Only machines whose id, name or host contains this, ignoring case.
+    pub q: Option<String>,
+    /// At most this many (1 to 1000; every matching machine when absent). The
+    /// `X-Total-Count` header says how many match, `Link` where the next page is.
+    pub limit: Option<usize>,
+    /// Only machines whose id sorts after this: the last id of the previous page.
+    pub after: Option<String>,
+}
+
+impl MachineQuery {
+    /// Whether `view` is one of the machines asked for (paging aside).
+    pub fn matches(&self, view: &MachineView) -> bool {
+        let spec = &view.spec;
+        let text = self.q.as_ref().map(|q| q.to_lowercase());
+        self.tag.as_ref().is_none_or(|tag| spec.tags.contains(tag))
+            && self.health.as_ref().is_none_or(|h| view.health.name() == h)
+            && self
+                .enrollment
+                .as_ref()
+                .is_none_or(|e| view.enrollment.name() == e)
+            && text.is_none_or(|q| {
+                [&spec.id, &spec.name, &spec.host]
+                    .iter()
+                    .any(|field| field.to_lowercase().contains(&q))
+            })
+    }
+}
+
+/// The first event of `/api/fleet/events` (and again when the client was too
+/// far behind, or the inventory changed): every machine asked for.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FleetSnapshot {
+    pub machines: Vec<MachineView>,
+}
+
+/// A later event of `/api/fleet/events`: machines whose health state,
+/// enrollment, conditions, revision or suspension changed (not mere check
+/// times), and machines no longer among those asked for.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FleetChanges {
+    pub changed: Vec<MachineView>,
+    pub removed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -68,6 +68,11 @@ impl Controller {
         self.context.suspended(machine)
     }
 
+    /// The suspensions in force, read once (for answers about many machines).
+    pub fn held(&self) -> Result<suspension::Held, store::Error> {
+        self.context.held()
+    }
+
     /// Suspends or resumes `scope` (audited as done `by`); a resume reconciles
     /// at once what it held back.
     pub fn set_suspended(

@@ -12,7 +12,7 @@ use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::machine::{self, Machine, MachineDecision};
 use linkops_reconcilers::operation::Requester;
 use linkops_reconcilers::run::{self, RunDecision, RunRecord, RunState};
-use linkops_reconcilers::suspension::{self, Scope};
+use linkops_reconcilers::suspension;
 use rand::RngExt;
 use tokio::sync::watch;
 
@@ -96,16 +96,24 @@ impl Reconcile<ObjectKey> for Context {
 impl Context {
     /// Whether reconciliation of `machine` (or, with `None`, of the fleet) is suspended.
     pub fn suspended(&self, machine: Option<&str>) -> Result<bool, store::Error> {
-        if self.suspended_by_config {
-            return Ok(true);
-        }
-        let held: Vec<Scope> = self
-            .store
-            .suspensions()?
-            .into_iter()
-            .map(|(scope, _)| scope)
-            .collect();
-        Ok(suspension::holds(&held, machine))
+        Ok(self.held()?.holds(machine))
+    }
+
+    /// The suspensions in force, read once (for answers about many machines).
+    pub fn held(&self) -> Result<suspension::Held, store::Error> {
+        let scopes = match self.suspended_by_config {
+            true => Vec::new(),
+            false => self
+                .store
+                .suspensions()?
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect(),
+        };
+        Ok(suspension::Held {
+            by_config: self.suspended_by_config,
+            scopes,
+        })
     }
 
     async fn machine(&self, desired: &DesiredState, id: &str) -> Result<Action, store::Error> {

@@ -7,6 +7,7 @@
 //! at any point leaves the last committed state.
 
 mod audit;
+mod changes;
 mod codec;
 mod observed;
 mod operations;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use audit::{Actor, Audit, AuditAction, AuditEntry, Outcome};
+pub use changes::Changed;
 pub use observed::HealthSample;
 pub use operations::OperationUpdate;
 pub use retention::{Pruned, Retention};
@@ -105,9 +107,9 @@ from_redb!(
 pub struct Store {
     db: Arc<redb::Database>,
     path: Arc<Path>,
-    /// Bumped after every committed change to what `/api/links` shows of a
-    /// machine (status, suspension), for clients that follow the fleet live.
-    fleet_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Which machines changed in what `/api/links` shows of them (state,
+    /// suspension), for clients that follow the fleet live.
+    fleet_changes: Arc<changes::FleetChanges>,
     /// Bumped after every committed change to an account (password, role,
     /// deletion): long-lived connections re-check their user on it.
     user_changes: Arc<tokio::sync::watch::Sender<u64>>,
@@ -161,7 +163,7 @@ impl Store {
         let store = Store {
             db: Arc::new(db),
             path: path.into(),
-            fleet_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+            fleet_changes: Arc::new(changes::FleetChanges::new()),
             user_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             write_failure: Arc::default(),
         };

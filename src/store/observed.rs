@@ -1,6 +1,6 @@
 //! Observed machine status, health history, and run-request records.
 
-use linkops_reconcilers::machine::{Health, MachineStatus};
+use linkops_reconcilers::machine::{self, Health, MachineStatus};
 use linkops_reconcilers::run::{RunRecord, Statuses};
 use linkops_reconcilers::suspension::Scope;
 use redb::ReadableTable;
@@ -49,7 +49,7 @@ impl Store {
         };
         audit::append(&tx, by, action, key, Outcome::Success, None)?;
         tx.commit()?;
-        self.fleet_changed();
+        self.fleet_changes.record(scope.machine());
         Ok(())
     }
 
@@ -102,29 +102,41 @@ impl Store {
         for entry in audits {
             audit::append_audit(&tx, entry)?;
         }
-        {
+        let shown = {
             let mut table = tx.open_table(MACHINE_STATUS)?;
-            table.insert(status.machine_id.as_str(), encode(status).as_slice())?;
+            let id = status.machine_id.as_str();
+            let before: Option<MachineStatus> = get_str(&table, "machine_status", id)?;
+            table.insert(id, encode(status).as_slice())?;
             if let Some(sample) = sample {
                 let mut history = tx.open_table(HEALTH_HISTORY)?;
-                let id = status.machine_id.as_str();
                 // Thinned by the retention pass (`retention.rs`), not here:
                 // a check's write stays one insert.
                 history.insert((id, sample.at_ms), encode(sample).as_slice())?;
             }
-        }
+            machine::shown_change(before.as_ref(), status)
+        };
         tx.commit()?;
-        self.fleet_changed();
+        if shown {
+            self.fleet_changes.record(Some(&status.machine_id));
+        }
         Ok(())
     }
 
-    /// Follows changes to machines' observed state: the value changes after each commit.
-    pub fn fleet_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+    /// The newest version of the fleet's change log: it changes after each
+    /// commit that changes what a machine's view shows.
+    pub fn fleet_version(&self) -> tokio::sync::watch::Receiver<u64> {
         self.fleet_changes.subscribe()
     }
 
-    fn fleet_changed(&self) {
-        self.fleet_changes.send_modify(|count| *count += 1);
+    /// Which process's versions [`Store::fleet_version`] counts.
+    pub fn fleet_incarnation(&self) -> u32 {
+        self.fleet_changes.incarnation()
+    }
+
+    /// Which machines' views changed after `version` (see [`super::Changed`]),
+    /// and the version that covers; `None` when the log no longer reaches back.
+    pub fn fleet_changed_since(&self, version: u64) -> Option<(u64, super::Changed)> {
+        self.fleet_changes.since(version)
     }
 
     /// The newest `limit` health samples of a machine, newest first.

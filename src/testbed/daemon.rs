@@ -3,6 +3,7 @@
 //! "linkops serving" log line, a login), and waiting on the fleet it sees
 //! through its event stream rather than by polling.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Lines};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
@@ -10,13 +11,20 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::contract::{LoginRequest, LoginResponse, MachineView};
+use crate::contract::{FleetChanges, FleetSnapshot, LoginRequest, LoginResponse, MachineView};
 
 /// How long [`until_machines`] waits: a first check of every machine.
 const FLEET_WAIT: Duration = Duration::from_secs(60);
 
+fn by_id(machines: Vec<MachineView>) -> BTreeMap<String, MachineView> {
+    machines
+        .into_iter()
+        .map(|machine| (machine.spec.id.clone(), machine))
+        .collect()
+}
+
 /// Follows `/api/fleet/events` of the daemon at `url` until the machines
-/// satisfy `done`; returns them. Fails, saying `what` it waited for and the
+/// (in id order) satisfy `done`; returns them. Fails, saying `what` it waited for and the
 /// last list seen, after a minute or when the stream ends.
 pub async fn until_machines(
     url: &str,
@@ -35,11 +43,30 @@ pub async fn until_machines(
         return Err(format!("waiting for {what}: HTTP {}", response.status()));
     }
     let mut events = response.bytes_stream().eventsource();
+    // The machines the stream has told of, by id: a snapshot, then changes.
+    let mut machines: BTreeMap<String, MachineView> = BTreeMap::new();
     let mut last = Vec::new();
     let follow = async {
         while let Some(event) = events.next().await {
             let event = event.map_err(|error| error.to_string())?;
-            last = serde_json::from_str(&event.data).map_err(|error| error.to_string())?;
+            let unreadable = |error: serde_json::Error| format!("a {} event: {error}", event.event);
+            match event.event.as_str() {
+                "snapshot" => {
+                    let snapshot: FleetSnapshot =
+                        serde_json::from_str(&event.data).map_err(unreadable)?;
+                    machines = by_id(snapshot.machines);
+                }
+                "changes" => {
+                    let changes: FleetChanges =
+                        serde_json::from_str(&event.data).map_err(unreadable)?;
+                    machines.extend(by_id(changes.changed));
+                    for id in changes.removed {
+                        machines.remove(&id);
+                    }
+                }
+                _ => continue,
+            }
+            last = machines.values().cloned().collect();
             if done(&last) {
                 return Ok(true);
             }

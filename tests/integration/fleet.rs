@@ -131,35 +131,86 @@ async fn a_stopped_host_goes_offline_and_comes_back() {
     daemon.stop().await;
 }
 
-#[tokio::test]
-async fn the_fleet_stream_shows_a_machine_go_down_and_come_back() {
-    use eventsource_stream::Eventsource;
-    use futures::StreamExt;
+/// An SSE stream as the fleet tests read it.
+type Events = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<eventsource_stream::Event, String>> + Send>,
+>;
 
+/// Follows `/api/fleet/events`, folding its snapshots and changes into the
+/// list the client holds.
+struct FleetStream {
+    events: Events,
+    machines: std::collections::BTreeMap<String, Value>,
+    last_id: String,
+}
+
+impl FleetStream {
+    async fn open(daemon: &TestDaemon, token: &str, last_id: Option<&str>) -> FleetStream {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let mut request = daemon.client().get(format!(
+            "{}/api/fleet/events?access_token={token}",
+            daemon.url
+        ));
+        if let Some(id) = last_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let events = response
+            .bytes_stream()
+            .eventsource()
+            .map(|event| event.map_err(|error| error.to_string()));
+        FleetStream {
+            events: Box::pin(events),
+            machines: Default::default(),
+            last_id: String::new(),
+        }
+    }
+
+    /// The next event's name and data, folded in.
+    async fn next(&mut self) -> (String, Value) {
+        use futures::StreamExt;
+        let event = self.events.next().await.expect("the stream ended").unwrap();
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        match event.event.as_str() {
+            "snapshot" => {
+                self.machines = data["machines"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| (m["id"].as_str().unwrap().to_owned(), m.clone()))
+                    .collect();
+            }
+            "changes" => {
+                for machine in data["changed"].as_array().unwrap() {
+                    let id = machine["id"].as_str().unwrap().to_owned();
+                    self.machines.insert(id, machine.clone());
+                }
+                for id in data["removed"].as_array().unwrap() {
+                    self.machines.remove(id.as_str().unwrap());
+                }
+            }
+            other => panic!("unexpected fleet event {other}"),
+        }
+        self.last_id = event.id;
+        (event.event, data)
+    }
+}
+
+#[tokio::test]
+async fn the_fleet_stream_sends_a_snapshot_then_only_what_changed_and_resumes() {
     let mut setup = setup(2, &[]);
     let daemon = setup.start().await;
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     for id in ["host1", "host2"] {
         verify(&daemon, &token, id).await;
     }
-    let response = daemon
-        .get(&format!("/api/fleet/events?access_token={token}"), None)
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut events = response.bytes_stream().eventsource();
-    // The state of host1 in each `machines` event, until `wanted`.
-    let mut host1_until = async |wanted: &str| loop {
-        let event = events.next().await.expect("the stream ended").unwrap();
-        assert_eq!(event.event, "machines");
-        let machines: Vec<Value> = serde_json::from_str(&event.data).unwrap();
-        assert_eq!(machines.len(), 2, "the whole list every time");
-        let host1 = machines.iter().find(|m| m["id"] == "host1").unwrap();
-        if host1["health"]["state"] == wanted {
-            return host1.clone();
-        }
-    };
-    // At once: the list in the shape GET /api/links has it.
-    let first = host1_until("reachable").await;
+    let mut stream = FleetStream::open(&daemon, &token, None).await;
+    // At once: every machine, in the shape GET /api/links has it.
+    let (kind, first) = stream.next().await;
+    assert_eq!(kind, "snapshot");
+    assert_eq!(first["machines"].as_array().unwrap().len(), 2);
     let listed: Value = daemon
         .get("/api/links", Some(&token))
         .await
@@ -174,26 +225,110 @@ async fn the_fleet_stream_shows_a_machine_go_down_and_come_back() {
             .cloned()
             .collect::<Vec<_>>()
     };
-    assert_eq!(fields(&first), fields(&listed[0]));
+    assert_eq!(fields(&first["machines"][0]), fields(&listed[0]));
 
+    // A check that changes only times says nothing: the next event is host1 going down, alone.
+    verify(&daemon, &token, "host2").await;
     setup.fleet.hosts_mut()[0].stop();
     verify(&daemon, &token, "host1").await;
-    let down = host1_until("unreachable").await;
-    assert_eq!(condition(&down, "Ready")["reason"], "Unreachable");
+    let (kind, changes) = stream.next().await;
+    assert_eq!(kind, "changes");
+    assert_eq!(changes["changed"].as_array().unwrap().len(), 1, "{changes}");
+    assert_eq!(changes["changed"][0]["id"], "host1");
+    let down = &stream.machines["host1"];
+    assert_eq!(down["health"]["state"], "unreachable");
+    assert_eq!(condition(down, "Ready")["reason"], "Unreachable");
 
+    // Disconnected, host1 comes back; reconnecting resumes with just that.
+    let last = stream.last_id.clone();
+    drop(stream);
     setup.fleet.hosts_mut()[0].restart().unwrap();
     verify(&daemon, &token, "host1").await;
-    host1_until("reachable").await;
+    let mut resumed = FleetStream::open(&daemon, &token, Some(&last)).await;
+    let (kind, changes) = resumed.next().await;
+    assert_eq!(kind, "changes", "{changes}");
+    assert_eq!(changes["changed"][0]["id"], "host1");
+    assert_eq!(changes["changed"][0]["health"]["state"], "reachable");
+    // A position it cannot place (another daemon's, a garbled one) starts over.
+    let mut fresh = FleetStream::open(&daemon, &token, Some("7.1.nope")).await;
+    assert_eq!(fresh.next().await.0, "snapshot");
+    drop((resumed, fresh));
 
-    // A stopping daemon ends the stream cleanly.
+    // A stopping daemon ends a stream cleanly.
+    let mut events = FleetStream::open(&daemon, &token, None).await;
+    events.next().await;
     let stopping = tokio::spawn(daemon.stop());
     let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while let Some(event) = events.next().await {
+        use futures::StreamExt;
+        while let Some(event) = events.events.next().await {
             event.expect("a clean end, not a cut connection");
         }
     });
     ended.await.expect("the stream outlived the daemon");
     stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_machine_list_filters_and_pages_in_id_order_with_a_total() {
+    let mut setup = setup(3, &[]);
+    let daemon = setup.start().await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    for id in ["host1", "host2", "host3"] {
+        verify(&daemon, &token, id).await;
+    }
+    setup.fleet.hosts_mut()[1].stop();
+    verify(&daemon, &token, "host2").await;
+    let list = async |query: &str| {
+        let response = daemon
+            .get(&format!("/api/links?{query}"), Some(&token))
+            .await;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body: Value = response.json().await.unwrap();
+        (status, headers, body)
+    };
+    let ids = |body: &Value| -> Vec<String> {
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, headers, body) = list("health=unreachable").await;
+    assert_eq!(ids(&body), ["host2"]);
+    assert_eq!(headers["x-total-count"], "1");
+    let (_, _, body) = list("q=HOST3").await;
+    assert_eq!(ids(&body), ["host3"], "text matches ignoring case");
+    let (_, _, body) = list("enrollment=enrolled").await;
+    assert_eq!(ids(&body), ["host1", "host3"]);
+
+    // Pages of two, in id order, the total over all of them, a link to the next.
+    let (_, headers, body) = list("limit=2").await;
+    assert_eq!(ids(&body), ["host1", "host2"]);
+    assert_eq!(headers["x-total-count"], "3");
+    let link = headers[reqwest::header::LINK].to_str().unwrap().to_owned();
+    assert!(
+        link.contains("after=host2") && link.ends_with("rel=\"next\""),
+        "{link}"
+    );
+    let (_, headers, body) = list("limit=2&after=host2").await;
+    assert_eq!(ids(&body), ["host3"]);
+    assert_eq!(headers["x-total-count"], "3");
+    assert!(
+        headers.get(reqwest::header::LINK).is_none(),
+        "the last page"
+    );
+
+    for (query, field) in [
+        ("health=sleepy", "health"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+    ] {
+        let (status, _, body) = list(query).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
+        assert_eq!(body["error"]["details"]["field"], field, "{query}: {body}");
+    }
+    daemon.stop().await;
 }
 
 async fn run_state(daemon: &TestDaemon, token: &str, id: &str) -> Value {

@@ -53,7 +53,7 @@ export function operationEvents(id: number): EventSource {
   return new EventSource(`/api/operations/${id}/events?access_token=${encodeURIComponent(session()?.token ?? "")}`);
 }
 
-/** The fleet live: a `machines` event with the whole list at once and after every change. */
+/** The fleet live: a `snapshot` event with every machine, then `changes` with what changed. */
 export function fleetEvents(): EventSource {
   return new EventSource(`/api/fleet/events?access_token=${encodeURIComponent(session()?.token ?? "")}`);
 }

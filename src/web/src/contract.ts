@@ -767,6 +767,22 @@ export interface components {
             op: components["schemas"]["Op"];
             value: unknown;
         };
+        /**
+         * @description A later event of `/api/fleet/events`: machines whose health state,
+         *     enrollment, conditions, revision or suspension changed (not mere check
+         *     times), and machines no longer among those asked for.
+         */
+        FleetChanges: {
+            changed: components["schemas"]["MachineView"][];
+            removed: string[];
+        };
+        /**
+         * @description The first event of `/api/fleet/events` (and again when the client was too
+         *     far behind, or the inventory changed): every machine asked for.
+         */
+        FleetSnapshot: {
+            machines: components["schemas"]["MachineView"][];
+        };
         GitHealth: {
             /** @description The revision in force, if any. */
             applied_revision?: string | null;
@@ -1400,6 +1416,8 @@ export type Enrollment = components['schemas']['Enrollment'];
 export type ErrorBody = components['schemas']['ErrorBody'];
 export type ErrorDetail = components['schemas']['ErrorDetail'];
 export type FilterRequest = components['schemas']['FilterRequest'];
+export type FleetChanges = components['schemas']['FleetChanges'];
+export type FleetSnapshot = components['schemas']['FleetSnapshot'];
 export type GitHealth = components['schemas']['GitHealth'];
 export type GitStatus = components['schemas']['GitStatus'];
 export type Health = components['schemas']['Health'];
@@ -1561,14 +1579,33 @@ export interface operations {
             query?: {
                 /** @description Only machines with this tag. */
                 tag?: string;
+                /** @description Only machines in this health state: `unknown`, `reachable`, `unreachable`. */
+                health?: string;
+                /**
+                 * @description Only machines in this enrollment state: `unknown`, `enrolled`, `mismatch`,
+                 *     `missing_file`, `unreachable`, `host_key_mismatch`.
+                 */
+                enrollment?: string;
+                /** @description Only machines whose id, name or host contains this, ignoring case. */
+                q?: string;
+                /**
+                 * @description At most this many (1 to 1000; every matching machine when absent). The
+                 *     `X-Total-Count` header says how many match, `Link` where the next page is.
+                 */
+                limit?: number;
+                /** @description Only machines whose id sorts after this: the last id of the previous page. */
+                after?: string;
             };
-            header?: never;
+            header?: {
+                /** @description Resume after this event */
+                "Last-Event-ID"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description Server-Sent Events `machines`: the list exactly as `GET /api/links` answers it, at once and again after every change to a machine's health, enrollment, conditions or suspension, or to the inventory (changes within 200 ms make one event). EventSource cannot send headers: pass ?access_token=. The stream ends when the daemon stops. */
+            /** @description Server-Sent Events: `snapshot` (FleetSnapshot: every machine asked for, as `GET /api/links` answers without paging) first, then `changes` (FleetChanges: machines whose health state, enrollment, conditions, revision or suspension changed — not mere check times — and ids no longer among those asked for); changes within 200 ms make one event. Each event's id resumes: reconnecting with Last-Event-ID sends only what changed since, or a new snapshot when that cannot be told (a restart, a new revision, a client too far behind). EventSource cannot send headers: pass ?access_token=. The stream ends when the daemon stops. */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -1685,6 +1722,22 @@ export interface operations {
             query?: {
                 /** @description Only machines with this tag. */
                 tag?: string;
+                /** @description Only machines in this health state: `unknown`, `reachable`, `unreachable`. */
+                health?: string;
+                /**
+                 * @description Only machines in this enrollment state: `unknown`, `enrolled`, `mismatch`,
+                 *     `missing_file`, `unreachable`, `host_key_mismatch`.
+                 */
+                enrollment?: string;
+                /** @description Only machines whose id, name or host contains this, ignoring case. */
+                q?: string;
+                /**
+                 * @description At most this many (1 to 1000; every matching machine when absent). The
+                 *     `X-Total-Count` header says how many match, `Link` where the next page is.
+                 */
+                limit?: number;
+                /** @description Only machines whose id sorts after this: the last id of the previous page. */
+                after?: string;
             };
             header?: never;
             path?: never;
@@ -1692,13 +1745,26 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Machines of the applied inventory with health, enrollment and conditions */
+            /** @description Machines of the applied inventory with health, enrollment and conditions, in id order, filtered and paged as asked */
             200: {
                 headers: {
+                    /** @description `<…>; rel="next"`: the next page, when there is one */
+                    Link?: string;
+                    /** @description How many machines match, over all pages */
+                    "X-Total-Count"?: number;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["MachineView"][];
+                };
+            };
+            /** @description An unknown state, or a limit out of range; details.field names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };

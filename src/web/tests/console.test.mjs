@@ -97,6 +97,16 @@ test("sign in, and the fleet shows four machines online and the unenrolled one f
     await row(id).getByText("reachable", { exact: true }).waitFor();
   }
   await row("host5").getByText("mismatch", { exact: true }).waitFor();
+  // Counts by state at a glance, and a search that narrows the table.
+  const summary = page.getByLabel("Fleet summary");
+  await summary.getByText("5 machines:").waitFor();
+  assert.match(await summary.innerText(), /reachable\s+5/);
+  await page.getByLabel("Search machines").fill("HOST5");
+  await row("host1").waitFor({ state: "detached" });
+  await row("host5").waitFor();
+  assert.equal(await page.getByText("1–1 of 1").count(), 1);
+  await page.getByLabel("Search machines").fill("");
+  await row("host1").waitFor();
   // Live: suspending a machine elsewhere shows on the open page, no reload.
   const suspend = (verb) => fetch(`${banner.api}/api/reconcile/${verb}`, {
     method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${adminToken}` },

@@ -1,28 +1,56 @@
 // The fleet: machines with live health and enrollment; one machine's details.
 
 import { api, fleetEvents, session } from "../api";
-import type { MachineDetail, MachineView } from "../contract";
+import type { FleetChanges, FleetSnapshot, MachineDetail, MachineView } from "../contract";
 import { badge, h, put, table, when } from "../dom";
+
+/** Rows on one page of the fleet's table: at 10,000 machines the DOM holds a page, not the fleet. */
+const PAGE = 100;
 
 export async function fleetPage(main: HTMLElement): Promise<() => void> {
   const filter = h("select", { "aria-label": "Filter by tag" }, h("option", { value: "" }, "All tags"));
+  const search = h("input", { type: "search", "aria-label": "Search machines", placeholder: "id, name or host" });
+  const summary = h("p", { class: "row", "aria-label": "Fleet summary" });
   const body = h("div");
-  main.append(h("h1", {}, "Fleet"), h("div", { class: "row" }, h("label", {}, "Tag", filter)), body);
+  const previous = h("button", { type: "button" }, "Previous");
+  const next = h("button", { type: "button" }, "Next");
+  const range = h("span", { class: "muted", "aria-live": "polite" });
+  main.append(h("h1", {}, "Fleet"), summary,
+    h("div", { class: "row" }, h("label", {}, "Tag", filter), search), body,
+    h("div", { class: "row" }, previous, range, next));
   let tags: string[] = [];
+  let first = 0;
   // The first list by a plain request (its refusals are the API's); then the daemon pushes every change.
-  let machines = await api<MachineView[]>("GET", "/api/links");
+  const machines = new Map<string, MachineView>();
+  for (const m of await api<MachineView[]>("GET", "/api/links")) machines.set(m.id, m);
+  const counts = (state: (m: MachineView) => string) => {
+    const by = new Map<string, number>();
+    for (const m of machines.values()) by.set(state(m), (by.get(state(m)) ?? 0) + 1);
+    return [...by.entries()].sort(([a], [b]) => a.localeCompare(b));
+  };
+  let drawing = 0;
   const draw = () => {
-    const known = [...new Set(machines.flatMap((m) => m.tags))].sort();
+    drawing = 0;
+    const all = [...machines.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const known = [...new Set(all.flatMap((m) => m.tags))].sort();
     if (known.join() !== tags.join()) {
       tags = known;
       const chosen = filter.value;
       filter.replaceChildren(h("option", { value: "" }, "All tags"), ...tags.map((tag) => h("option", { value: tag }, tag)));
       filter.value = chosen;
     }
-    const shown = machines.filter((m) => !filter.value || m.tags.includes(filter.value));
+    summary.replaceChildren(`${all.length} machines:`,
+      ...counts((m) => m.health.state).map(([state, n]) => h("span", {}, badge(state), ` ${n}`)),
+      ...counts((m) => m.enrollment.state).map(([state, n]) => h("span", {}, badge(state), ` ${n}`)));
+    const text = search.value.trim().toLowerCase();
+    const shown = all.filter((m) => (!filter.value || m.tags.includes(filter.value))
+      && (!text || [m.id, m.name, m.host].some((field) => field.toLowerCase().includes(text))));
+    // A list that shrank under the page shown: its last page.
+    if (first >= shown.length) first = Math.max(0, Math.floor((shown.length - 1) / PAGE) * PAGE);
+    const page = shown.slice(first, first + PAGE);
     body.replaceChildren(table(
       ["Machine", "Address", "Health", "Enrollment", "Ready", "Last seen", "Tags"],
-      shown.map((m) => {
+      page.map((m) => {
         const ready = m.conditions.find((c) => c.type === "Ready");
         return [
           h("span", {}, h("a", { href: `#/machines/${encodeURIComponent(m.id)}` }, m.id),
@@ -36,16 +64,36 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
         ];
       }),
       "Machines"));
+    range.textContent = shown.length ? `${first + 1}–${first + page.length} of ${shown.length}` : "no machine matches";
+    previous.disabled = first === 0;
+    next.disabled = first + PAGE >= shown.length;
   };
-  filter.addEventListener("change", draw);
+  // Many events in a burst draw once.
+  const redraw = () => { if (!drawing) drawing = requestAnimationFrame(draw); };
+  filter.addEventListener("change", () => { first = 0; draw(); });
+  search.addEventListener("input", () => { first = 0; redraw(); });
+  previous.addEventListener("click", () => { first = Math.max(0, first - PAGE); draw(); });
+  next.addEventListener("click", () => { first += PAGE; draw(); });
   draw();
-  // EventSource reconnects by itself after a network drop.
+  // A snapshot first (and after a reconnect the daemon cannot resume), then only what changed.
+  // EventSource reconnects by itself after a network drop, sending the last event's id.
   const events = fleetEvents();
-  events.addEventListener("machines", (event) => {
-    machines = JSON.parse((event as MessageEvent<string>).data) as MachineView[];
-    draw();
+  events.addEventListener("snapshot", (event) => {
+    const snapshot = JSON.parse((event as MessageEvent<string>).data) as FleetSnapshot;
+    machines.clear();
+    for (const m of snapshot.machines) machines.set(m.id, m);
+    redraw();
   });
-  return () => events.close();
+  events.addEventListener("changes", (event) => {
+    const changes = JSON.parse((event as MessageEvent<string>).data) as FleetChanges;
+    for (const m of changes.changed) machines.set(m.id, m);
+    for (const id of changes.removed) machines.delete(id);
+    redraw();
+  });
+  return () => {
+    events.close();
+    if (drawing) cancelAnimationFrame(drawing);
+  };
 }
 
 export async function machinePage(main: HTMLElement, [id]: string[]): Promise<void> {
