@@ -291,6 +291,9 @@ pub struct SshConfig {
     pub command_timeout: Duration,
     /// Most SSH sessions open across the whole fleet at once.
     pub concurrency: usize,
+    /// Connections kept open at most; beyond, the least recently used idle
+    /// ones close (about 100 KiB and a file descriptor each).
+    pub pool_size: usize,
     /// A pooled connection unused for this long is closed.
     #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
     pub idle_timeout: Duration,
@@ -311,6 +314,7 @@ impl Default for SshConfig {
             connect_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(300),
             concurrency: 50,
+            pool_size: 1000,
             idle_timeout: Duration::from_secs(300),
             trust_on_first_use: false,
             keepalive_interval: Duration::from_secs(10),

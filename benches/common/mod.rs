@@ -34,6 +34,12 @@ pub fn config_repo(fleet: &TestFleet, scripts: &str) -> PathBuf {
     }
     std::fs::write(dir.join("links.yaml"), links).unwrap();
     std::fs::write(dir.join("scripts.yaml"), scripts).unwrap();
+    commit_all(&dir);
+    dir
+}
+
+/// `git init` in `dir` and commits every file in it.
+pub fn commit_all(dir: &Path) {
     for args in [
         &["init", "-q", "-b", "main"][..],
         &["add", "-A"],
@@ -51,14 +57,36 @@ pub fn config_repo(fleet: &TestFleet, scripts: &str) -> PathBuf {
         assert!(
             Command::new("git")
                 .arg("-C")
-                .arg(&dir)
+                .arg(dir)
                 .args(args)
                 .status()
                 .unwrap()
                 .success()
         );
     }
-    dir
+}
+
+/// A data dir as the daemon wants it (0700), with the client key, the
+/// known_hosts and the admin user (password [`ADMIN_PASSWORD`]).
+pub fn private_data_dir(data: &Path, key: &Path, known_hosts: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(data.join("keys")).unwrap();
+    std::fs::create_dir_all(data.join("ssh")).unwrap();
+    // The daemon refuses a data dir that others can read.
+    std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let copy = data.join("keys/fleet_key");
+    std::fs::copy(key, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(data.join("ssh/known_hosts"), known_hosts).unwrap();
+    let store = Store::open(&data.join("linkops.redb")).unwrap();
+    store
+        .create_user(
+            "admin",
+            Role::Admin,
+            &password::hash(ADMIN_PASSWORD).unwrap(),
+            &linkops::store::Actor::Cli,
+        )
+        .ok();
 }
 
 /// The daemon as its own process (so its memory is its own).
@@ -72,26 +100,9 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start(fleet: &TestFleet, repo: &Path, name: &str, idle: &str) -> Daemon {
-        use std::os::unix::fs::PermissionsExt;
         let data = fleet.dir().join(format!("data-{name}"));
-        std::fs::create_dir_all(data.join("keys")).unwrap();
-        std::fs::create_dir_all(data.join("ssh")).unwrap();
-        // The daemon refuses a data dir that others can read.
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let key = data.join("keys/fleet_key");
-        std::fs::copy(fleet.client_key(), &key).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::copy(fleet.known_hosts(), data.join("ssh/known_hosts")).unwrap();
-        let store = Store::open(&data.join("linkops.redb")).unwrap();
-        store
-            .create_user(
-                "admin",
-                Role::Admin,
-                &password::hash(ADMIN_PASSWORD).unwrap(),
-                &linkops::store::Actor::Cli,
-            )
-            .ok();
-        drop(store);
+        let known_hosts = std::fs::read_to_string(fleet.known_hosts()).unwrap();
+        private_data_dir(&data, fleet.client_key(), &known_hosts);
         let config = data.join("config.toml");
         std::fs::write(
             &config,

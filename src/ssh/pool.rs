@@ -3,9 +3,12 @@
 //! Each machine's slot has its own async lock, so concurrent callers wait for
 //! one connect instead of racing to open several; a closed connection is
 //! replaced on the next use, and one idle for longer than the idle timeout is
-//! closed by the reaper.
+//! closed by the reaper. At most `capacity` connections stay open: beyond it
+//! the least recently used idle ones close, so memory and open files are
+//! bounded by a setting (`[ssh] pool_size`) whatever the fleet's size.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,14 +30,25 @@ pub struct Pool {
     options: ConnectOptions,
     /// A std mutex: held only to find or insert a slot, never across an await.
     slots: Arc<Mutex<HashMap<String, Slot>>>,
+    /// Connections kept open at most.
+    capacity: usize,
+    /// Slots holding a connection (closed ones included, until dropped).
+    pooled: Arc<AtomicUsize>,
 }
 
 impl Pool {
-    pub fn new(options: ConnectOptions) -> Pool {
+    pub fn new(options: ConnectOptions, capacity: usize) -> Pool {
         Pool {
             options,
             slots: Arc::default(),
+            capacity: capacity.max(1),
+            pooled: Arc::default(),
         }
+    }
+
+    /// How many connections the pool holds now.
+    pub fn open_connections(&self) -> usize {
+        self.pooled.load(Ordering::Relaxed)
     }
 
     /// How this pool connects (for connections that must not be shared).
@@ -51,18 +65,67 @@ impl Pool {
             return Ok(pooled.connection.clone());
         }
         let connection = Arc::new(Connection::open(target, &self.options).await?);
-        *guard = Some(Pooled {
+        let replaced = guard.replace(Pooled {
             connection: connection.clone(),
             last_used: Instant::now(),
         });
+        drop(guard);
+        if replaced.is_none() && self.pooled.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.evict();
+        }
         Ok(connection)
+    }
+
+    /// Closes the least recently used idle connections until a tenth of the
+    /// capacity is free again (a tenth at once: one scan serves many connects).
+    fn evict(&self) {
+        let slots: Vec<Slot> = self
+            .slots
+            .lock()
+            .expect("never poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let mut idle: Vec<(Instant, Slot)> = slots
+            .into_iter()
+            .filter_map(|slot| {
+                let guard = slot.try_lock().ok()?;
+                let pooled = guard.as_ref()?;
+                let unused = Arc::strong_count(&pooled.connection) == 1;
+                let last_used = pooled.last_used;
+                drop(guard);
+                unused.then_some((last_used, slot))
+            })
+            .collect();
+        idle.sort_by_key(|(last_used, _)| *last_used);
+        let target = self.capacity - self.capacity / 10;
+        for (_, slot) in idle {
+            if self.open_connections() <= target {
+                break;
+            }
+            self.take(&slot);
+        }
+    }
+
+    /// Drops a slot's connection, if it is idle now.
+    fn take(&self, slot: &Slot) {
+        if let Ok(mut guard) = slot.try_lock()
+            && guard
+                .as_ref()
+                .is_some_and(|p| Arc::strong_count(&p.connection) == 1)
+            && guard.take().is_some()
+        {
+            self.pooled.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Drops the pooled connection to `target` (after it failed), so the next
     /// `get` connects afresh.
     pub async fn forget(&self, target: &Target) {
         let slot = self.slot(target);
-        slot.lock().await.take();
+        if slot.lock().await.take().is_some() {
+            self.pooled.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Closes, every so often, connections nobody has used for `idle`. Stops on `shutdown`.
@@ -107,6 +170,7 @@ impl Pool {
                     "closing an idle SSH connection"
                 );
                 guard.take();
+                self.pooled.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }

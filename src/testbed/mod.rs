@@ -11,6 +11,7 @@
 
 mod daemon;
 mod host;
+pub mod simulated;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -287,7 +287,7 @@ async fn bare_repo_is_reachable_over_ssh_with_the_fleet_key() {
 #[tokio::test]
 async fn the_pool_reuses_one_connection_and_closes_idle_ones() {
     let fleet = TestFleet::start(1).unwrap();
-    let pool = linkops::ssh::Pool::new(fleet.connect_options());
+    let pool = linkops::ssh::Pool::new(fleet.connect_options(), 10);
     let target = fleet.target(0);
     let first = pool.get(&target).await.unwrap();
     let again = pool.get(&target).await.unwrap();
@@ -312,4 +312,24 @@ async fn the_pool_reuses_one_connection_and_closes_idle_ones() {
         .await
         .unwrap();
     assert_eq!(output.status, ExitStatus::Code(0));
+}
+
+#[tokio::test]
+async fn a_full_pool_closes_its_least_recently_used_idle_connection() {
+    use std::sync::Arc;
+    let fleet = TestFleet::start(3).unwrap();
+    let pool = linkops::ssh::Pool::new(fleet.connect_options(), 2);
+    let first = Arc::downgrade(&pool.get(&fleet.target(0)).await.unwrap());
+    let second = Arc::downgrade(&pool.get(&fleet.target(1)).await.unwrap());
+    // The first is used again, so the second is the least recently used.
+    drop(pool.get(&fleet.target(0)).await.unwrap());
+    let third = pool.get(&fleet.target(2)).await.unwrap();
+    assert_eq!(pool.open_connections(), 2);
+    assert!(second.upgrade().is_none(), "the least recently used went");
+    let first = first.upgrade().expect("the recently used stayed");
+    // Connections in use are never closed, even over capacity.
+    let again = pool.get(&fleet.target(1)).await.unwrap();
+    assert_eq!(pool.open_connections(), 3);
+    assert!(first.exec("true", b"", TIMEOUT).await.is_ok());
+    drop((first, third, again));
 }

@@ -55,7 +55,9 @@ fn the_store_alone_uses_redb_and_the_ssh_module_alone_russh() {
             ("russh::", "src/ssh/"),
             ("use russh", "src/ssh/"),
         ] {
-            if !name.starts_with(home) && !uses(&text, needle).is_empty() {
+            // The benchmarks' simulated fleet is an SSH server, on russh's server side.
+            let simulator = name == "src/testbed/simulated.rs" && needle.contains("russh");
+            if !name.starts_with(home) && !simulator && !uses(&text, needle).is_empty() {
                 wrong.push(format!("{name} uses {needle} (only {home} may)"));
             }
         }
