@@ -314,7 +314,7 @@ impl Default for SshConfig {
             connect_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(300),
             concurrency: 50,
-            pool_size: 1000,
+            pool_size: 256,
             idle_timeout: Duration::from_secs(300),
             trust_on_first_use: false,
             keepalive_interval: Duration::from_secs(10),
@@ -556,6 +556,7 @@ mod tests {
             "[retention]"
         );
         assert_eq!(example.retention.interval, defaults.retention.interval);
+        assert_eq!(example.ssh.pool_size, defaults.ssh.pool_size);
     }
 
     #[test]

@@ -132,6 +132,12 @@ impl std::fmt::Debug for Store {
 const LOCK_WAIT: Duration = Duration::from_secs(1);
 const LOCK_RETRY: Duration = Duration::from_millis(50);
 
+/// The most of the file redb keeps in memory (its default is 1 GiB, which a
+/// 10,000-machine store's pages would fill): what the daemon reads most —
+/// statuses, recent operations — fits, and the rest is read from the page
+/// cache of the kernel.
+const CACHE_BYTES: usize = 32 << 20;
+
 impl Store {
     /// Opens (or creates) the store at `path` and brings its schema up to date;
     /// refuses with [`Error::InUse`] when another process keeps it for [`LOCK_WAIT`].
@@ -144,7 +150,10 @@ impl Store {
         create_private(path).map_err(|e| Error::Backend(redb::Error::Io(e)))?;
         let deadline = Instant::now() + LOCK_WAIT;
         let db = loop {
-            match redb::Database::create(path) {
+            match redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create(path)
+            {
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
                     std::thread::sleep(LOCK_RETRY);
                 }
