@@ -87,7 +87,9 @@ mod tests {
     #[test]
     fn recent_samples_stay_older_ones_thin_to_a_bucket_and_changes_the_oldest_go() {
         let now = 100 * HOUR;
-        let cases: &[(&str, Vec<i64>, Vec<i64>, usize, Vec<i64>)] = &[
+        // What, the samples' times, those that changed, the cap, and the times removed.
+        type Case = (&'static str, Vec<i64>, Vec<i64>, usize, Vec<i64>);
+        let cases: &[Case] = &[
             (
                 "all within the full window",
                 vec![now - 30 * MIN, now - MIN, now],

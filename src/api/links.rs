@@ -37,6 +37,17 @@ pub async fn list(
     Query(query): Query<MachineQuery>,
 ) -> Result<(HeaderMap, Json<Vec<MachineView>>), ApiError> {
     check_query(&query)?;
+    // Thousands of statuses decoded: off the async runtime.
+    tokio::task::spawn_blocking(move || page(&state, &query))
+        .await
+        .map_err(|error| ApiError::Internal(error.to_string()))?
+}
+
+/// A page of `GET /api/links`, with its headers.
+fn page(
+    state: &AppState,
+    query: &MachineQuery,
+) -> Result<(HeaderMap, Json<Vec<MachineView>>), ApiError> {
     let desired = state.git.desired().borrow().clone();
     let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
     let mut sorted: Vec<&Machine> = machines
@@ -44,14 +55,14 @@ pub async fn list(
         .filter(|m| query.after.as_ref().is_none_or(|after| m.id > *after))
         .collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    let matching: Vec<MachineView> = views(&state, sorted.into_iter())?
+    let matching: Vec<MachineView> = views(state, sorted.into_iter())?
         .into_iter()
         .filter(|view| query.matches(view))
         .collect();
     // The total counts every page, not only those after the cursor.
     let total = match &query.after {
         None => matching.len(),
-        Some(_) => views(&state, machines.iter())?
+        Some(_) => views(state, machines.iter())?
             .iter()
             .filter(|view| query.matches(view))
             .count(),

@@ -212,6 +212,8 @@ async fn serve(spec: Spec, authorized: PublicKey) -> std::io::Result<()> {
         tasks.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
+                    // Out of files, say: wait rather than spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
                 stream.set_nodelay(true).ok();

@@ -20,9 +20,10 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
     h("div", { class: "row" }, previous, range, next));
   let tags: string[] = [];
   let first = 0;
-  // The first list by a plain request (its refusals are the API's); then the daemon pushes every change.
+  // A one-machine page first, so that a refusal (an expired session) comes as the API's; the
+  // fleet itself comes with the stream's snapshot, then every change.
+  await api<MachineView[]>("GET", "/api/links?limit=1");
   const machines = new Map<string, MachineView>();
-  for (const m of await api<MachineView[]>("GET", "/api/links")) machines.set(m.id, m);
   const counts = (state: (m: MachineView) => string) => {
     const by = new Map<string, number>();
     for (const m of machines.values()) by.set(state(m), (by.get(state(m)) ?? 0) + 1);
@@ -74,7 +75,7 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
   search.addEventListener("input", () => { first = 0; redraw(); });
   previous.addEventListener("click", () => { first = Math.max(0, first - PAGE); draw(); });
   next.addEventListener("click", () => { first += PAGE; draw(); });
-  draw();
+  summary.textContent = "Loading the fleet…";
   // A snapshot first (and after a reconnect the daemon cannot resume), then only what changed.
   // EventSource reconnects by itself after a network drop, sending the last event's id.
   const events = fleetEvents();

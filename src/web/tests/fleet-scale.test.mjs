@@ -1,0 +1,128 @@
+// The fleet page at 10,000 machines, in Debian's Chromium against a real `linkops serve` whose
+// inventory holds 10,000 machines nobody listens for (each check fails at once: the first minute
+// is 10,000 changes). It checks what the page shows and prints how long it took to first render
+// and to show one change; the figures are reported in the README, not asserted (timings belong
+// in benchmarks).
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { createInterface } from "node:readline";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const BINARY = process.env.LINKOPS_BIN ?? new URL("../../../target/debug/linkops", import.meta.url).pathname;
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const MACHINES = 10_000;
+const WAIT = 120_000;
+
+let dir, daemon, url, token, browser, page;
+
+/** 10,000 machines on 127.200.x.y port 1: a connection there is refused at once. */
+function inventory() {
+  const lines = ["machines:"];
+  for (let i = 0; i < MACHINES; i++) {
+    const id = `m${String(i).padStart(5, "0")}`;
+    const host = `127.200.${Math.floor(i / 250)}.${(i % 250) + 1}`;
+    const uuid = `00000000-0000-4000-8000-${String(i).padStart(12, "0")}`;
+    lines.push(`  - {id: ${id}, name: ${id}, host: ${host}, port: 1, uuid: ${uuid}, tags: [${i % 2 ? "odd" : "even"}]}`);
+  }
+  return lines.join("\n") + "\n";
+}
+
+/** Starts the daemon; its address and the first admin's password, from its log. */
+async function serve(config) {
+  const child = spawn(BINARY, ["serve", "--listen", "127.0.0.1:0", "--config", config],
+    { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, LINKOPS_LOG: "info" } });
+  let password, address;
+  const lines = createInterface({ input: child.stderr });
+  for await (const line of lines) {
+    if (/^\s*[A-Za-z0-9]{20}\s*$/.test(line)) password = line.trim();
+    const serving = /linkops serving.*address=(\S+)/.exec(line);
+    if (serving) { address = serving[1]; break; }
+  }
+  // Keep reading, so the daemon never blocks on a full pipe.
+  lines.on("line", () => {});
+  assert.ok(address && password, "the daemon serves and prints the first admin's password");
+  return { child, url: `http://${address}`, password };
+}
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), "linkops-fleet-scale-"));
+  const repo = join(dir, "config");
+  mkdirSync(repo);
+  writeFileSync(join(repo, "links.yaml"), inventory());
+  writeFileSync(join(repo, "scripts.yaml"), "scripts: []\n");
+  const git = (...args) => execFileSync("git", ["-C", repo, ...args]);
+  git("init", "-q", "-b", "main");
+  git("add", "-A");
+  git("-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "10,000 machines");
+  const data = join(dir, "data");
+  mkdirSync(data, { mode: 0o700 });
+  chmodSync(data, 0o700);
+  const config = join(dir, "config.toml");
+  writeFileSync(config, `data_dir = ${JSON.stringify(data)}\n[git]\nurl = ${JSON.stringify(repo)}\n[reconcile]\nconcurrency = 64\n`);
+  daemon = await serve(config);
+  url = daemon.url;
+  const login = await fetch(`${url}/api/auth/login`, {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ username: "admin", password: daemon.password }),
+  }).then((r) => r.json());
+  token = login.token;
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"],
+  });
+  page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  page.setDefaultTimeout(WAIT);
+  // Signed in as the login page would leave it.
+  await page.goto(`${url}/#/login`);
+  await page.evaluate((session) => sessionStorage.setItem("linkops.session", JSON.stringify(session)),
+    { token, user: "admin", role: "admin" });
+});
+
+after(async () => {
+  await browser?.close();
+  if (daemon?.child) {
+    const exited = new Promise((resolve) => daemon.child.once("exit", resolve));
+    daemon.child.kill("SIGTERM");
+    await exited;
+  }
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+test("the fleet page shows 10,000 machines: counts at a glance, a page of rows, live changes", async () => {
+  const started = performance.now();
+  await page.goto(`${url}/#/fleet`);
+  const summary = page.getByLabel("Fleet summary");
+  await summary.getByText(`${MACHINES} machines:`).waitFor();
+  await page.getByText(`1–100 of ${MACHINES}`).waitFor();
+  const firstRender = performance.now() - started;
+  // One page of rows in the DOM, not the fleet.
+  assert.equal(await page.getByRole("row").count(), 101);
+
+  // Every check fails at once (nothing listens): the counts follow the stream to 10,000 unreachable.
+  await page.waitForFunction((count) => document.querySelector("[aria-label='Fleet summary']")?.textContent
+    ?.includes(`unreachable ${count}`), MACHINES, { timeout: WAIT });
+
+  // One change, end to end: a suspension through the API, shown on the open page.
+  const changed = performance.now();
+  const suspended = await fetch(`${url}/api/reconcile/suspend`, {
+    method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+    body: JSON.stringify({ machine: "m00000" }),
+  });
+  assert.equal(suspended.status, 200);
+  const row = page.getByRole("row").filter({ has: page.getByRole("link", { name: "m00000", exact: true }) });
+  await row.getByText("suspended", { exact: true }).waitFor();
+  const oneChange = performance.now() - changed;
+
+  // The search narrows 10,000 to one, and the pages move.
+  await page.getByLabel("Search machines").fill("m09999");
+  await page.getByText("1–1 of 1").waitFor();
+  await page.getByLabel("Search machines").fill("");
+  await page.getByRole("button", { name: "Next" }).click();
+  await page.getByText(`101–200 of ${MACHINES}`).waitFor();
+  console.log(`fleet page at ${MACHINES} machines: first render ${firstRender.toFixed(0)} ms, one change shown ${oneChange.toFixed(0)} ms after the API call`);
+});
