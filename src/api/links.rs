@@ -158,17 +158,21 @@ pub async fn events(
         revoked: Box::pin(state.auth.revoked(caller.1, Role::Viewer)),
         version: state.store.fleet_version(),
         desired: state.git.desired(),
-        position: None,
         resume,
-        sent: HashMap::new(),
-        sent_all: false,
+        draining: state.draining.clone(),
+        incarnation: state.store.fleet_incarnation(),
         _open: Open::new(&state.metrics.sse_clients),
-        query: MachineQuery {
-            limit: None,
-            after: None,
-            ..query
-        },
-        state,
+        views: Some(FleetViews {
+            query: MachineQuery {
+                limit: None,
+                after: None,
+                ..query
+            },
+            position: None,
+            sent: HashMap::new(),
+            sent_all: false,
+            state,
+        }),
     };
     Ok(
         Sse::new(futures::stream::unfold(follower, FleetFollower::next))
@@ -202,43 +206,65 @@ impl std::fmt::Display for FleetPosition {
     }
 }
 
-/// One client following the fleet.
+/// One client following the fleet: the waiting, on the async runtime.
 struct FleetFollower {
-    state: AppState,
-    query: MachineQuery,
+    /// Builds the events; lent to the blocking pool for each one.
+    views: Option<FleetViews>,
     version: watch::Receiver<u64>,
     desired: watch::Receiver<Option<Arc<DesiredState>>>,
-    /// What the client has seen; `None` before the first event.
-    position: Option<FleetPosition>,
     /// Where a reconnecting client says it stood.
     resume: Option<FleetPosition>,
+    /// Completes when the user is deleted or the token revoked: the stream ends.
+    revoked: futures::future::BoxFuture<'static, ()>,
+    draining: tokio_util::sync::CancellationToken,
+    incarnation: u32,
+    _open: Open,
+}
+
+/// What one client following the fleet has been sent, and the building of
+/// what it is sent next (store reads and JSON: off the async runtime).
+struct FleetViews {
+    state: AppState,
+    query: MachineQuery,
+    /// What the client has seen; `None` before the first event.
+    position: Option<FleetPosition>,
     /// What each machine sent looked like (`MachineView::shown`): a check
     /// that flips a condition and back, or moves only times, is not sent.
     sent: HashMap<String, u64>,
     /// `sent` holds every machine the client has (since a snapshot); after a
     /// resume it does not, so a machine that stopped matching is always removed.
     sent_all: bool,
-    /// Completes when the user is deleted or the token revoked: the stream ends.
-    revoked: futures::future::BoxFuture<'static, ()>,
-    _open: Open,
 }
 
 impl FleetFollower {
     /// The next event; `None` ends the stream.
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
         loop {
-            let event = match self.position.take() {
-                None => {
-                    let resume = self.resume.take();
-                    self.first(resume)
-                }
-                Some(position) => {
-                    if !self.wait().await {
-                        return None;
-                    }
-                    self.after(position)
-                }
+            let started = self.views.as_ref()?.position.is_some();
+            if started && !self.wait().await {
+                return None;
+            }
+            let desired = self.desired.borrow().clone();
+            let now = FleetPosition {
+                incarnation: self.incarnation,
+                version: *self.version.borrow(),
+                revision: desired
+                    .as_ref()
+                    .map(|d| d.revision.clone())
+                    .unwrap_or_default(),
             };
+            let resume = self.resume.take();
+            let mut views = self.views.take()?;
+            let (views, event) = tokio::task::spawn_blocking(move || {
+                let event = match views.position.take() {
+                    None => views.first(resume, desired, now),
+                    Some(position) => views.after(position, desired, now),
+                };
+                (views, event)
+            })
+            .await
+            .ok()?;
+            self.views = Some(views);
             match event {
                 Ok(Some(event)) => return Some((Ok(event), self)),
                 Ok(None) => continue,
@@ -253,13 +279,13 @@ impl FleetFollower {
     /// Waits for a change, then gathers the burst; false when the stream ends.
     async fn wait(&mut self) -> bool {
         tokio::select! {
-            _ = self.state.draining.cancelled() => return false,
+            _ = self.draining.cancelled() => return false,
             () = &mut self.revoked => return false,
             changed = self.version.changed() => if changed.is_err() { return false },
             changed = self.desired.changed() => if changed.is_err() { return false },
         }
         tokio::select! {
-            _ = self.state.draining.cancelled() => return false,
+            _ = self.draining.cancelled() => return false,
             () = &mut self.revoked => return false,
             _ = tokio::time::sleep(COALESCE) => {}
         }
@@ -267,36 +293,33 @@ impl FleetFollower {
         self.desired.mark_unchanged();
         true
     }
+}
 
-    fn current(&self) -> (Option<Arc<DesiredState>>, FleetPosition) {
-        let desired = self.desired.borrow().clone();
-        let position = FleetPosition {
-            incarnation: self.state.store.fleet_incarnation(),
-            version: *self.version.borrow(),
-            revision: desired
-                .as_ref()
-                .map(|d| d.revision.clone())
-                .unwrap_or_default(),
-        };
-        (desired, position)
-    }
-
+impl FleetViews {
     /// The first event: what changed since a reconnecting client's position
     /// when that can be told, else a snapshot.
-    fn first(&mut self, resume: Option<FleetPosition>) -> Result<Option<Event>, ApiError> {
-        let (desired, now) = self.current();
+    fn first(
+        &mut self,
+        resume: Option<FleetPosition>,
+        desired: Option<Arc<DesiredState>>,
+        now: FleetPosition,
+    ) -> Result<Option<Event>, ApiError> {
         if let Some(from) = resume
             && from.incarnation == now.incarnation
             && from.revision == now.revision
         {
-            return self.after(from);
+            return self.after(from, desired, now);
         }
         self.snapshot(desired, now).map(Some)
     }
 
     /// What changed after `from`; `None` when nothing the client sees did.
-    fn after(&mut self, from: FleetPosition) -> Result<Option<Event>, ApiError> {
-        let (desired, now) = self.current();
+    fn after(
+        &mut self,
+        from: FleetPosition,
+        desired: Option<Arc<DesiredState>>,
+        now: FleetPosition,
+    ) -> Result<Option<Event>, ApiError> {
         if from.revision != now.revision {
             return self.snapshot(desired, now).map(Some);
         }
@@ -308,10 +331,6 @@ impl FleetFollower {
             version: now.version.max(from.version),
             ..now
         };
-        if changed.is_empty() {
-            self.position = Some(position);
-            return Ok(None);
-        }
         let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
         let in_inventory = machines.iter().filter(|m| changed.contains(&m.id));
         let mut changes = FleetChanges {
@@ -331,17 +350,18 @@ impl FleetFollower {
                 changes.changed.push(view);
             }
         }
-        if changes.changed.is_empty() && changes.removed.is_empty() {
-            self.position = Some(position);
-            return Ok(None);
-        }
-        let event = Event::default()
-            .event("changes")
-            .id(position.to_string())
-            .json_data(&changes)
-            .expect("fleet changes serialise");
+        let event = match changes.changed.is_empty() && changes.removed.is_empty() {
+            true => None,
+            false => Some(
+                Event::default()
+                    .event("changes")
+                    .id(position.to_string())
+                    .json_data(&changes)
+                    .expect("fleet changes serialise"),
+            ),
+        };
         self.position = Some(position);
-        Ok(Some(event))
+        Ok(event)
     }
 
     fn snapshot(
