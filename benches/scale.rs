@@ -9,8 +9,9 @@
 //! memory (RSS, and per machine), CPU over that sweep and open files; then a
 //! fan-out of the client-id read to every machine through the API until the
 //! SSE `end`, twice (the second on the connections the first left pooled),
-//! with the daemon's memory after it. And the inventory's parse, validation
-//! and plan at 10,000 machines.
+//! with the daemon's memory after it; at 1,000 machines the same read with
+//! `parallel-ssh -p 200` and `ansible -m raw -f 200` on the same fleet. And
+//! the inventory's parse, validation and plan at 10,000 machines.
 //!
 //! `cargo bench --bench scale` as root (it binds 127.100.x.y:2222). Sizes:
 //! `SCALE_SIZES=1000,5000,10000` (the default).
@@ -29,6 +30,8 @@ use linkops::testbed::{ServeProcess, until_machines};
 use serde_json::json;
 
 const SEED: u64 = 2026;
+/// The largest fleet `parallel-ssh` and Ansible are run on.
+const PEERS_UP_TO: usize = 1000;
 const HOSTS_PER_WORKER: usize = 2500;
 const SCRIPTS: &str = "scripts:\n  - id: client-id\n    name: Read the client id\n    targets: {tags: [bench]}\n    max_parallel: 256\n    body: |\n      cat /etc/linkops/client_id\n";
 
@@ -197,6 +200,10 @@ async fn measure(size: usize) -> Row {
     }
     let rss_after_kib = status_kib(pid, "VmRSS:");
     drop(daemon);
+    // The same read with the peers, on the same fleet, where they manage in reasonable time.
+    if size <= PEERS_UP_TO {
+        peers(&fleet.spec, &key, &data.join("ssh/known_hosts"), dir.path());
+    }
     drop(fleet);
     Row {
         size,
@@ -207,6 +214,86 @@ async fn measure(size: usize) -> Row {
         files,
         fanout,
         rss_after_kib,
+    }
+}
+
+/// `parallel-ssh -p 200` and `ansible -m raw -f 200` reading every client id;
+/// their times and how many hosts answered (down and rekeyed ones cannot).
+fn peers(spec: &Spec, key: &Path, known_hosts: &Path, dir: &Path) {
+    let hosts: Vec<String> = (spec.first..spec.first + spec.count)
+        .map(|index| format!("{}:{}", simulated::address(index), simulated::PORT))
+        .collect();
+    let list = dir.join("pssh-hosts");
+    std::fs::write(&list, hosts.join("\n") + "\n").unwrap();
+    let started = Instant::now();
+    let pssh = Command::new("parallel-ssh")
+        .args(["-p", "200", "-t", "30", "-l", "bench", "-h"])
+        .arg(&list)
+        .arg("-x")
+        .arg(format!(
+            "-i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
+            key.display(),
+            known_hosts.display()
+        ))
+        .arg("cat /etc/linkops/client_id")
+        .output();
+    match pssh {
+        Ok(output) => {
+            let answered = String::from_utf8_lossy(&output.stdout)
+                .matches("[SUCCESS]")
+                .count();
+            println!(
+                "parallel-ssh -p 200 on {} machines: {:.1} s, {answered} answered",
+                spec.count,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Err(error) => println!("parallel-ssh not run ({error}): apt-get install pssh"),
+    }
+    let inventory = dir.join("ansible-inventory");
+    let lines: String = (spec.first..spec.first + spec.count)
+        .map(|index| {
+            format!(
+                "{} ansible_port={} ansible_user=bench ansible_ssh_private_key_file={}\n",
+                simulated::address(index),
+                simulated::PORT,
+                key.display()
+            )
+        })
+        .collect();
+    std::fs::write(&inventory, format!("[bench]\n{lines}")).unwrap();
+    let started = Instant::now();
+    let ansible = Command::new("ansible")
+        .args([
+            "all",
+            "-m",
+            "raw",
+            "-a",
+            "cat /etc/linkops/client_id",
+            "-f",
+            "200",
+            "-i",
+        ])
+        .arg(&inventory)
+        .env("ANSIBLE_HOST_KEY_CHECKING", "True")
+        .env(
+            "ANSIBLE_SSH_ARGS",
+            format!("-o UserKnownHostsFile={}", known_hosts.display()),
+        )
+        .env("ANSIBLE_LOCAL_TEMP", dir.join("ansible-tmp"))
+        .output();
+    match ansible {
+        Ok(output) => {
+            let answered = String::from_utf8_lossy(&output.stdout)
+                .matches("| CHANGED |")
+                .count();
+            println!(
+                "ansible -m raw -f 200 on {} machines: {:.1} s, {answered} answered",
+                spec.count,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Err(error) => println!("ansible not run ({error}): apt-get install ansible-core"),
     }
 }
 
