@@ -228,7 +228,7 @@ impl Usage {
     fn start(daemon: &Daemon) -> Usage {
         Usage {
             pid: daemon.pid(),
-            cpu_at_start: cpu_time(daemon.pid()),
+            cpu_at_start: common::cpu_time(daemon.pid()),
             started: Instant::now(),
         }
     }
@@ -241,23 +241,9 @@ impl Usage {
 
     fn finish(self, daemon: &Daemon) -> Measured {
         Measured {
-            cpu: cpu_time(self.pid).saturating_sub(self.cpu_at_start),
+            cpu: common::cpu_time(self.pid).saturating_sub(self.cpu_at_start),
             wall: self.started.elapsed(),
             rss_kib: daemon.rss_kib(),
         }
     }
-}
-
-/// User plus system time of a process, from `/proc/PID/stat` (clock ticks of 10 ms).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
 }

@@ -151,7 +151,7 @@ async fn measure(size: usize) -> Row {
     // until every machine was checked again; the longest gap between a
     // machine's two checks says whether the sweep kept to its 60 s.
     let client = reqwest::Client::new();
-    let cpu_before = cpu_time(pid);
+    let cpu_before = common::cpu_time(pid);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut sweep = None;
     while sweep.is_none() && Instant::now() < deadline {
@@ -177,8 +177,8 @@ async fn measure(size: usize) -> Row {
             .and_then(|gaps| gaps.into_iter().max())
             .and_then(|gap| Duration::try_from(gap).ok());
     }
-    let cpu = cpu_time(pid).saturating_sub(cpu_before);
-    let rss_kib = status_kib(pid, "VmRSS:");
+    let cpu = common::cpu_time(pid).saturating_sub(cpu_before);
+    let rss_kib = common::status_kib(pid, "VmRSS:");
     let files = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
 
     let mut fanout = [Duration::ZERO; 2];
@@ -198,7 +198,7 @@ async fn measure(size: usize) -> Row {
         common::read_to_end(&client, &daemon.url, &token, id).await;
         *run = begun.elapsed();
     }
-    let rss_after_kib = status_kib(pid, "VmRSS:");
+    let rss_after_kib = common::status_kib(pid, "VmRSS:");
     drop(daemon);
     // The same read with the peers, on the same fleet, where they manage in reasonable time.
     if size <= PEERS_UP_TO {
@@ -345,26 +345,6 @@ fn data_dir(dir: &Path, key: &Path, spec: &Spec, repo: &Path) -> PathBuf {
     )
     .unwrap();
     data
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name in parentheses: utime and stime are fields 14 and 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10)
 }
 
 /// The inventory of `size` machines: parsed and validated, then planned against itself plus one.

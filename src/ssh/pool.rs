@@ -79,13 +79,7 @@ impl Pool {
     /// Closes the least recently used idle connections until a tenth of the
     /// capacity is free again (a tenth at once: one scan serves many connects).
     fn evict(&self) {
-        let slots: Vec<Slot> = self
-            .slots
-            .lock()
-            .expect("never poisoned")
-            .values()
-            .cloned()
-            .collect();
+        let slots = self.all_slots();
         let mut idle: Vec<(Instant, Slot)> = slots
             .into_iter()
             .filter_map(|slot| {
@@ -148,13 +142,7 @@ impl Pool {
 
     /// Closes the connections unused for `idle` (and drops closed ones).
     pub fn close_idle(&self, idle: Duration) {
-        let slots: Vec<Slot> = self
-            .slots
-            .lock()
-            .expect("never poisoned")
-            .values()
-            .cloned()
-            .collect();
+        let slots = self.all_slots();
         for slot in slots {
             // A slot in use is not idle.
             let Ok(mut guard) = slot.try_lock() else {
@@ -173,6 +161,12 @@ impl Pool {
                 self.pooled.fetch_sub(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Every slot, copied out so that the map's lock is not held while they are looked at.
+    fn all_slots(&self) -> Vec<Slot> {
+        let slots = self.slots.lock().expect("never poisoned");
+        slots.values().cloned().collect()
     }
 
     fn slot(&self, target: &Target) -> Slot {
