@@ -50,23 +50,18 @@ fn page(
 ) -> Result<(HeaderMap, Json<Vec<MachineView>>), ApiError> {
     let desired = state.git.desired().borrow().clone();
     let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
-    let mut sorted: Vec<&Machine> = machines
-        .iter()
-        .filter(|m| query.after.as_ref().is_none_or(|after| m.id > *after))
-        .collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    let matching: Vec<MachineView> = views(state, sorted.into_iter())?
-        .into_iter()
-        .filter(|view| query.matches(view))
-        .collect();
+    let all = matching_views(state, machines, query)?;
     // The total counts every page, not only those after the cursor.
-    let total = match &query.after {
-        None => matching.len(),
-        Some(_) => views(state, machines.iter())?
-            .iter()
-            .filter(|view| query.matches(view))
-            .count(),
-    };
+    let total = all.len();
+    let matching: Vec<MachineView> = all
+        .into_iter()
+        .filter(|view| {
+            query
+                .after
+                .as_ref()
+                .is_none_or(|after| view.spec.id > *after)
+        })
+        .collect();
     let limit = query.limit.unwrap_or(usize::MAX);
     let mut headers = HeaderMap::new();
     headers.insert("x-total-count", HeaderValue::from(total));
@@ -85,6 +80,20 @@ fn page(
         }
     }
     Ok((headers, Json(matching.into_iter().take(limit).collect())))
+}
+
+/// The views of the machines `query` asks for (paging aside), in id order.
+fn matching_views(
+    state: &AppState,
+    machines: &[Machine],
+    query: &MachineQuery,
+) -> Result<Vec<MachineView>, ApiError> {
+    let mut sorted: Vec<&Machine> = machines.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(views(state, sorted.into_iter())?
+        .into_iter()
+        .filter(|view| query.matches(view))
+        .collect())
 }
 
 /// Refuses a state no machine can be in, and a page size out of range.
@@ -370,12 +379,7 @@ impl FleetViews {
         position: FleetPosition,
     ) -> Result<Event, ApiError> {
         let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
-        let mut sorted: Vec<&Machine> = machines.iter().collect();
-        sorted.sort_by(|a, b| a.id.cmp(&b.id));
-        let machines: Vec<MachineView> = views(&self.state, sorted.into_iter())?
-            .into_iter()
-            .filter(|view| self.query.matches(view))
-            .collect();
+        let machines = matching_views(&self.state, machines, &self.query)?;
         self.sent = machines
             .iter()
             .map(|view| (view.spec.id.clone(), view.shown()))

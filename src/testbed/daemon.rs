@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Lines};
-use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
@@ -15,6 +16,10 @@ use crate::contract::{FleetChanges, FleetSnapshot, LoginRequest, LoginResponse, 
 
 /// How long [`until_machines`] waits: a first check of every machine.
 const FLEET_WAIT: Duration = Duration::from_secs(60);
+/// How long [`ServeProcess::spawn`] waits for the daemon to serve.
+const SERVE_WAIT: Duration = Duration::from_secs(60);
+/// How long [`ServeProcess::exited`] waits for the daemon to exit.
+const EXIT_WAIT: Duration = Duration::from_secs(120);
 
 fn by_id(machines: Vec<MachineView>) -> BTreeMap<String, MachineView> {
     machines
@@ -87,8 +92,9 @@ pub async fn until_machines(
 /// A running `linkops serve`; killed on drop.
 pub struct ServeProcess {
     child: Child,
-    /// Its stderr after the "serving" line, until [`ServeProcess::drain_log`].
-    log: Option<Lines<BufReader<ChildStderr>>>,
+    /// Its stderr after the "serving" line, as a thread reads it, until
+    /// [`ServeProcess::drain_log`] (the thread then drops what it reads).
+    log: Option<mpsc::Receiver<String>>,
     /// `http://127.0.0.1:PORT`
     pub url: String,
 }
@@ -111,10 +117,30 @@ impl ServeProcess {
             .spawn()
             .map_err(|error| format!("linkops serve did not start: {error}"))?;
         let stderr = child.stderr.take().expect("stderr is piped");
-        let mut lines = BufReader::new(stderr).lines();
+        // A thread reads the log, so that every wait on it has a bound.
+        let (lines, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Kept reading when nobody listens: the daemon never blocks on a full pipe.
+                lines.send(line).ok();
+            }
+        });
+        let deadline = Instant::now() + SERVE_WAIT;
         let mut before = Vec::new();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match log.recv_timeout(left) {
+                Ok(line) => line,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    child.kill().ok();
+                    child.wait().ok();
+                    return Err(format!(
+                        "linkops serve did not serve within {SERVE_WAIT:?}:\n{}",
+                        before.join("\n")
+                    ));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let address = line
                 .contains("linkops serving")
                 .then(|| {
@@ -126,7 +152,7 @@ impl ServeProcess {
                 let url = format!("http://{address}");
                 let serving = ServeProcess {
                     child,
-                    log: Some(lines),
+                    log: Some(log),
                     url,
                 };
                 return Ok((serving, before));
@@ -163,12 +189,9 @@ impl ServeProcess {
         Ok(answer.token)
     }
 
-    /// Reads (and drops) the rest of its log in a thread, so a long run
-    /// never blocks the daemon on a full pipe.
+    /// Drops the rest of its log as it comes, so a long run holds none of it.
     pub fn drain_log(&mut self) {
-        if let Some(lines) = self.log.take() {
-            std::thread::spawn(move || lines.for_each(drop));
-        }
+        self.log = None;
     }
 
     pub fn pid(&self) -> u32 {
@@ -188,13 +211,25 @@ impl ServeProcess {
         self.exited()
     }
 
-    /// Waits for it to exit by itself: its exit status and the rest of its log.
+    /// Waits (at most [`EXIT_WAIT`], then kills it) for it to exit by itself:
+    /// its exit status and the rest of its log.
     pub fn exited(mut self) -> (ExitStatus, String) {
-        let rest: Vec<String> = self
-            .log
-            .take()
-            .map(|lines| lines.map_while(Result::ok).collect())
-            .unwrap_or_default();
+        let deadline = Instant::now() + EXIT_WAIT;
+        let mut rest = Vec::new();
+        if let Some(log) = self.log.take() {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match log.recv_timeout(left) {
+                    Ok(line) => rest.push(line),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        rest.push(format!("(still running after {EXIT_WAIT:?}: killed)"));
+                        self.child.kill().ok();
+                        break;
+                    }
+                }
+            }
+        }
         let status = self.child.wait().expect("the daemon is our child");
         (status, rest.join("\n"))
     }
