@@ -36,7 +36,7 @@ impl MachineAccess {
         MachineAccess {
             pool: Pool::new(
                 ssh::ConnectOptions {
-                    known_hosts: config.known_hosts_path(),
+                    known_hosts: Arc::new(ssh::KnownHosts::new(config.known_hosts_path())),
                     connect_timeout: config.ssh.connect_timeout,
                     trust_on_first_use: config.ssh.trust_on_first_use,
                     keepalive_interval: config.ssh.keepalive_interval,

@@ -6,6 +6,7 @@
 
 mod exec;
 pub mod host_key;
+mod known_hosts;
 mod pool;
 mod shell;
 
@@ -19,6 +20,7 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 
 pub use exec::{Execution, ExitStatus, Output, OutputEvent};
 use host_key::{ExpectedKeys, Verdict, fingerprint};
+pub use known_hosts::KnownHosts;
 
 use crate::metrics::{Metrics, Open};
 pub use pool::Pool;
@@ -155,7 +157,8 @@ impl fmt::Display for Target {
 /// How connections are made; one per daemon, from the `[ssh]` config.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
-    pub known_hosts: PathBuf,
+    /// Shared, so every connect reads the file only when it changed.
+    pub known_hosts: Arc<KnownHosts>,
     pub connect_timeout: Duration,
     pub trust_on_first_use: bool,
     /// A keepalive goes out after this much silence; after `keepalive_max`
@@ -215,7 +218,7 @@ impl Connection {
                 target: name.clone(),
                 host: target.host.clone(),
                 port: target.port,
-                known_hosts: options.known_hosts.clone(),
+                known_hosts: options.known_hosts.path().to_owned(),
                 expected,
                 trust_on_first_use: options.trust_on_first_use,
                 learned: learned.clone(),
@@ -232,7 +235,7 @@ impl Connection {
 
         let learned_host_key = learned.lock().ok().and_then(|mut slot| slot.take());
         if let Some(key) = &learned_host_key {
-            learn_host_key(&options.known_hosts, &target.host, target.port, key).await?;
+            learn_host_key(options.known_hosts.path(), &target.host, target.port, key).await?;
             tracing::warn!(target = %name, host_key = %fingerprint(key), "host key recorded by trust on first use");
         }
 
@@ -336,21 +339,10 @@ async fn load_identity_and_expectations(
                 })
             })
             .transpose()?;
-        let known = known_keys(&known_hosts, &target.host, target.port)?;
+        let known = known_hosts.keys(&target.host, target.port)?;
         Ok((key, ExpectedKeys { pinned, known }))
     })
     .await?
-}
-
-/// The keys `known_hosts` records for a host and port, with their line numbers.
-/// Blocking (reads the file).
-pub fn known_keys(known_hosts: &Path, host: &str, port: u16) -> Result<Vec<(usize, PublicKey)>> {
-    russh::keys::known_hosts::known_host_keys_path(host, port, known_hosts).map_err(|e| {
-        Error::KnownHosts {
-            path: known_hosts.to_owned(),
-            reason: e.to_string(),
-        }
-    })
 }
 
 /// Loads an OpenSSH private key after checking that only its owner can read it.

@@ -181,7 +181,7 @@ impl TestFleet {
     /// SSH options that trust exactly this fleet's host keys.
     pub fn connect_options(&self) -> ssh::ConnectOptions {
         ssh::ConnectOptions {
-            known_hosts: self.known_hosts.clone(),
+            known_hosts: std::sync::Arc::new(ssh::KnownHosts::new(self.known_hosts.clone())),
             connect_timeout: std::time::Duration::from_secs(10),
             trust_on_first_use: false,
             keepalive_interval: std::time::Duration::from_secs(10),

@@ -261,7 +261,8 @@ fn the_known_hosts_reader_never_panics() {
     ];
     campaign("known_hosts", &seeds, |input| {
         std::fs::write(&path, input).unwrap();
-        let _ = linkops::ssh::known_keys(&path, "127.0.10.1", 22);
-        let _ = linkops::ssh::known_keys(&path, "127.0.10.2", 2222);
+        let known = linkops::ssh::KnownHosts::new(path.clone());
+        let _ = known.keys("127.0.10.1", 22);
+        let _ = known.keys("127.0.10.2", 2222);
     });
 }

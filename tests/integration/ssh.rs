@@ -1,8 +1,9 @@
 //! The SSH layer against real OpenSSH test hosts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use linkops::ssh::{Connection, Error, ExitStatus, OutputEvent};
+use linkops::ssh::{Connection, Error, ExitStatus, KnownHosts, OutputEvent};
 use linkops::testbed::TestFleet;
 use linkops_reconcilers::enrollment::{self, ClientIdReading, Enrollment};
 
@@ -111,7 +112,7 @@ async fn command_timeout_kills_and_says_so() {
 async fn unknown_host_key_is_refused() {
     let fleet = TestFleet::start(1).unwrap();
     let mut options = fleet.connect_options();
-    options.known_hosts = fleet.dir().join("empty_known_hosts");
+    options.known_hosts = Arc::new(KnownHosts::new(fleet.dir().join("empty_known_hosts")));
     let error = Connection::open(&fleet.target(0), &options)
         .await
         .err()
@@ -137,7 +138,7 @@ async fn changed_host_key_is_refused_even_with_trust_on_first_use() {
     )
     .unwrap();
     let mut options = fleet.connect_options();
-    options.known_hosts = forged;
+    options.known_hosts = Arc::new(KnownHosts::new(forged));
     options.trust_on_first_use = true;
     let error = Connection::open(&fleet.target(0), &options)
         .await
@@ -161,7 +162,7 @@ async fn pinned_host_key_wins_over_known_hosts() {
     // The right pinned key works even with an empty known_hosts.
     target.pinned_host_key = Some(fleet.host(0).host_public_key().to_owned());
     let mut options = fleet.connect_options();
-    options.known_hosts = fleet.dir().join("empty_known_hosts");
+    options.known_hosts = Arc::new(KnownHosts::new(fleet.dir().join("empty_known_hosts")));
     Connection::open(&target, &options).await.unwrap();
 }
 
@@ -169,12 +170,12 @@ async fn pinned_host_key_wins_over_known_hosts() {
 async fn trust_on_first_use_records_the_key_then_trusts_only_it() {
     let fleet = TestFleet::start(1).unwrap();
     let mut options = fleet.connect_options();
-    options.known_hosts = fleet.dir().join("tofu_known_hosts");
+    options.known_hosts = Arc::new(KnownHosts::new(fleet.dir().join("tofu_known_hosts")));
     options.trust_on_first_use = true;
     let first = Connection::open(&fleet.target(0), &options).await.unwrap();
     assert!(first.take_learned_host_key().is_some());
     assert!(first.take_learned_host_key().is_none(), "taken once");
-    let recorded = std::fs::read_to_string(&options.known_hosts).unwrap();
+    let recorded = std::fs::read_to_string(options.known_hosts.path()).unwrap();
     let key_material = fleet.host(0).host_public_key().split(' ').nth(1).unwrap();
     assert!(recorded.contains(key_material), "{recorded}");
 
