@@ -41,6 +41,8 @@ impl fmt::Display for ObjectKey {
 /// the fleet's connections, the operation engine, the desired state.
 pub struct Context {
     pub(super) store: Store,
+    /// Where checks store what they observed (group commit).
+    statuses: store::StatusWriter,
     access: MachineAccess,
     pub(super) engine: Engine,
     pub(super) desired: watch::Receiver<Option<Arc<DesiredState>>>,
@@ -61,6 +63,7 @@ impl Context {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Context {
         Context {
+            statuses: store::StatusWriter::start(store.clone()),
             store,
             access,
             engine,
@@ -151,7 +154,13 @@ impl Context {
             .clone()
             .unwrap_or_else(|| machine::MachineStatus::new(&machine.id));
         machine::mark_reconciling(&mut reconciling, now_ms());
-        self.store.put_machine_status(&reconciling, None, &[])?;
+        self.statuses
+            .put(store::StatusWrite {
+                status: reconciling,
+                sample: None,
+                audits: Vec::new(),
+            })
+            .await?;
         let result = self.access.check(machine).await;
         let machine::Observed {
             status: observed,
@@ -176,8 +185,13 @@ impl Context {
             enrolled: observed.enrollment.is_enrolled(),
         };
         tracing::debug!(machine = %machine.id, health = ?observed.health, enrollment = ?observed.enrollment, "checked");
-        self.store
-            .put_machine_status(&observed, Some(&sample), &audits)
+        self.statuses
+            .put(store::StatusWrite {
+                status: observed,
+                sample: Some(sample),
+                audits,
+            })
+            .await
     }
 
     async fn run_request(&self, desired: &DesiredState, id: &str) -> Result<Action, store::Error> {

@@ -9,6 +9,7 @@
 mod audit;
 mod changes;
 mod codec;
+mod group_commit;
 mod observed;
 mod operations;
 mod retention;
@@ -25,7 +26,8 @@ use std::time::{Duration, Instant};
 
 pub use audit::{Actor, Audit, AuditAction, AuditEntry, Outcome};
 pub use changes::Changed;
-pub use observed::HealthSample;
+pub use group_commit::StatusWriter;
+pub use observed::{HealthSample, StatusWrite};
 pub use operations::OperationUpdate;
 pub use retention::{Pruned, Retention};
 pub use scan::{OperationIndex, SeqTable};
@@ -81,6 +83,8 @@ pub enum Error {
         "the store refuses writes since {at}: {reason} (a full disk? free space; the daemon restarts to reopen it, and keeps everything committed)"
     )]
     WritesFailing { at: String, reason: String },
+    #[error("the store's status writer has stopped (the daemon is shutting down)")]
+    WriterStopped,
 }
 
 macro_rules! from_redb {

@@ -19,6 +19,15 @@ pub struct HealthSample {
     pub enrolled: bool,
 }
 
+/// One machine's status to store, with the health sample of the check that
+/// observed it and the audit entries the change means.
+#[derive(Debug, Clone)]
+pub struct StatusWrite {
+    pub status: MachineStatus,
+    pub sample: Option<HealthSample>,
+    pub audits: Vec<Audit>,
+}
+
 /// The suspensions table's key of the fleet-wide hold (schema version 5): no
 /// machine id can be it, as ids start with a letter or digit.
 pub(super) const FLEET_KEY: &str = "*";
@@ -89,35 +98,35 @@ impl Store {
         Ok(statuses)
     }
 
-    /// Stores a machine's status; with `sample`, appends it to the health
-    /// history, and writes `audits` (what
-    /// the change means: a host key refused), all in one transaction.
-    pub fn put_machine_status(
-        &self,
-        status: &MachineStatus,
-        sample: Option<&HealthSample>,
-        audits: &[Audit],
-    ) -> Result<()> {
+    /// Stores machines' statuses in one transaction: each status, with its
+    /// sample appended to the health history and its audits (what the change
+    /// means: a host key refused), in order.
+    pub fn put_machine_statuses(&self, writes: &[StatusWrite]) -> Result<()> {
         let tx = self.db.begin_write()?;
-        for entry in audits {
-            audit::append_audit(&tx, entry)?;
-        }
-        let shown = {
+        let mut shown = Vec::new();
+        {
             let mut table = tx.open_table(MACHINE_STATUS)?;
-            let id = status.machine_id.as_str();
-            let before: Option<MachineStatus> = get_str(&table, "machine_status", id)?;
-            table.insert(id, encode(status).as_slice())?;
-            if let Some(sample) = sample {
-                let mut history = tx.open_table(HEALTH_HISTORY)?;
-                // Thinned by the retention pass (`retention.rs`), not here:
-                // a check's write stays one insert.
-                history.insert((id, sample.at_ms), encode(sample).as_slice())?;
+            let mut history = tx.open_table(HEALTH_HISTORY)?;
+            for write in writes {
+                for entry in &write.audits {
+                    audit::append_audit(&tx, entry)?;
+                }
+                let id = write.status.machine_id.as_str();
+                let before: Option<MachineStatus> = get_str(&table, "machine_status", id)?;
+                table.insert(id, encode(&write.status).as_slice())?;
+                if let Some(sample) = &write.sample {
+                    // Thinned by the retention pass (`retention.rs`), not here:
+                    // a check's write stays one insert.
+                    history.insert((id, sample.at_ms), encode(sample).as_slice())?;
+                }
+                if machine::shown_change(before.as_ref(), &write.status) {
+                    shown.push(id);
+                }
             }
-            machine::shown_change(before.as_ref(), status)
-        };
+        }
         tx.commit()?;
-        if shown {
-            self.fleet_changes.record(Some(&status.machine_id));
+        for id in shown {
+            self.fleet_changes.record(Some(id));
         }
         Ok(())
     }

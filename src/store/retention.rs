@@ -244,15 +244,16 @@ mod tests {
         }
         tx.commit().unwrap();
         // A check as the daemon records it lands beside them.
-        let status = MachineStatus::new("m000");
-        let checked = HealthSample {
-            at_ms: now,
-            health: Health::Reachable { latency_ms: 1 },
-            enrolled: true,
+        let checked = crate::store::StatusWrite {
+            status: MachineStatus::new("m000"),
+            sample: Some(HealthSample {
+                at_ms: now,
+                health: Health::Reachable { latency_ms: 1 },
+                enrolled: true,
+            }),
+            audits: Vec::new(),
         };
-        store
-            .put_machine_status(&status, Some(&checked), &[])
-            .unwrap();
+        store.put_machine_statuses(&[checked]).unwrap();
         let pruned = store.prune(&policy(), now).unwrap();
         // Per machine: the 7 samples of the last hour and the first of each of the 47 hours before.
         let kept_per_machine = 7 + 47;
