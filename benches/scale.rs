@@ -33,7 +33,10 @@ const SEED: u64 = 2026;
 /// The largest fleet `parallel-ssh` and Ansible are run on.
 const PEERS_UP_TO: usize = 1000;
 const HOSTS_PER_WORKER: usize = 2500;
-const SCRIPTS: &str = "scripts:\n  - id: client-id\n    name: Read the client id\n    targets: {tags: [bench]}\n    max_parallel: 256\n    body: |\n      cat /etc/linkops/client_id\n";
+const SCRIPTS: &str = "scripts:\n  - id: client-id\n    name: Read the client id\n    targets: {tags: [bench]}\n    max_parallel: 256\n    body: |\n      cat /etc/linkops/client_id\n  - id: clock\n    name: Say when it ran\n    targets: {tags: [bench]}\n    body: |\n      date +%s%N\n";
+/// Pushes timed from the webhook to the run-request's first exec, per size.
+const PUSHES: usize = 40;
+const WEBHOOK_SECRET: &str = "bench-hook";
 
 fn main() {
     simulated::run_worker_if_asked();
@@ -52,8 +55,23 @@ fn main() {
         "\n| machines | all observed | longest gap between two checks | daemon RSS | per machine | CPU in a sweep | open files | fan-out 1st | fan-out 2nd | RSS after |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for row in rows {
+    for row in &rows {
         println!("{row}");
+    }
+    println!(
+        "\n| machines | webhook → revision applied, p50 | p99 | webhook → first exec of its run-request, p50 | p99 |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            row.size,
+            ms(row.push.applied[0]),
+            ms(row.push.applied[1]),
+            ms(row.push.exec[0]),
+            ms(row.push.exec[1])
+        );
     }
 }
 
@@ -66,6 +84,7 @@ struct Row {
     files: usize,
     fanout: [Duration; 2],
     rss_after_kib: u64,
+    push: PushLatency,
 }
 
 impl std::fmt::Display for Row {
@@ -165,17 +184,25 @@ async fn measure(size: usize) -> Row {
             .json()
             .await
             .unwrap();
-        let gaps: Option<Vec<jiff::SignedDuration>> = machines
+        let gaps: Option<Vec<(jiff::SignedDuration, &str)>> = machines
             .iter()
             .map(|m| {
                 let before = first.get(&m.spec.id)?;
                 let now = m.checked_at.filter(|at| at > before)?;
-                Some(now.duration_since(*before))
+                Some((now.duration_since(*before), m.spec.id.as_str()))
             })
             .collect();
-        sweep = gaps
-            .and_then(|gaps| gaps.into_iter().max())
-            .and_then(|gap| Duration::try_from(gap).ok());
+        if let Some(mut gaps) = gaps {
+            gaps.sort();
+            let at = |q: f64| gaps[((gaps.len() - 1) as f64 * q) as usize];
+            println!(
+                "{size} machines, gaps between two checks: p50 {:?}, p99 {:?}, longest {:?}",
+                at(0.5).0,
+                at(0.99).0,
+                at(1.0)
+            );
+            sweep = Duration::try_from(at(1.0).0).ok();
+        }
     }
     let cpu = common::cpu_time(pid).saturating_sub(cpu_before);
     let rss_kib = common::status_kib(pid, "VmRSS:");
@@ -199,6 +226,7 @@ async fn measure(size: usize) -> Row {
         *run = begun.elapsed();
     }
     let rss_after_kib = common::status_kib(pid, "VmRSS:");
+    let push = pushes(&client, &daemon.url, &token, &repo, &fleet.spec).await;
     drop(daemon);
     // The same read with the peers, on the same fleet, where they manage in reasonable time.
     if size <= PEERS_UP_TO {
@@ -214,7 +242,119 @@ async fn measure(size: usize) -> Row {
         files,
         fanout,
         rss_after_kib,
+        push,
     }
+}
+
+/// Webhook to applied revision, and to the first exec of the run-request it
+/// brought (the host's clock, which is this machine's), p50 and p99.
+#[derive(Debug, Default)]
+struct PushLatency {
+    applied: [Duration; 2],
+    exec: [Duration; 2],
+}
+
+/// [`PUSHES`] times: commits a run-request for one healthy machine, sends
+/// the signed push webhook, and times the revision's application and the
+/// run's exec on the machine.
+async fn pushes(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    repo: &Path,
+    spec: &Spec,
+) -> PushLatency {
+    let mut applied = Vec::new();
+    let mut exec = Vec::new();
+    let healthy = (0..spec.count)
+        .map(|n| (n * 7919) % spec.count)
+        .filter(|&index| !spec.is_down(index) && !spec.is_rekeyed(index) && !spec.is_slow(index));
+    for (push, index) in healthy.take(PUSHES).enumerate() {
+        let id = format!("latency-{push}");
+        std::fs::create_dir_all(repo.join("runs")).unwrap();
+        std::fs::write(
+            repo.join(format!("runs/{id}.yaml")),
+            format!("id: {id}\nscript: clock\ntargets: {{machines: [m{index:05}]}}\n"),
+        )
+        .unwrap();
+        let revision = common::commit(repo, &id);
+        let body = json!({ "ref": "refs/heads/main", "after": revision }).to_string();
+        let sent = std::time::SystemTime::now();
+        let answer = client
+            .post(format!("{url}/api/git/webhook"))
+            .header("content-type", "application/json")
+            .header("x-forgejo-event", "push")
+            .header("x-forgejo-delivery", &id)
+            .header(
+                "x-forgejo-signature",
+                linkops::git::webhook::sign(body.as_bytes(), WEBHOOK_SECRET.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
+        let operation = loop {
+            let run = client
+                .get(format!("{url}/api/runs/{id}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            if run.status().is_success() {
+                let run: linkops::contract::RunView = run.json().await.unwrap();
+                if let Some(linkops_reconcilers::run::RunState::Started { operation_id }) =
+                    run.state
+                {
+                    break operation_id;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let status: linkops::contract::GitStatus = client
+            .get(format!("{url}/api/git/status"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status.applied_revision.as_deref(), Some(revision.as_str()));
+        let applied_at = std::time::SystemTime::from(status.applied_at.expect("applied"));
+        applied.push(applied_at.duration_since(sent).unwrap_or_default());
+        let ran = common::read_to_end(client, url, token, operation)
+            .await
+            .into_iter()
+            .filter(|event| event.event == "output")
+            .find_map(|event| {
+                let chunk: linkops::contract::OutputChunk =
+                    serde_json::from_str(&event.data).ok()?;
+                match chunk.bytes {
+                    linkops::contract::OutputBytes::Text { text } => {
+                        text.trim().parse::<u64>().ok()
+                    }
+                    linkops::contract::OutputBytes::Base64 { .. } => None,
+                }
+            })
+            .expect("the host said when it ran");
+        let ran = std::time::UNIX_EPOCH + Duration::from_nanos(ran);
+        exec.push(ran.duration_since(sent).unwrap_or_default());
+    }
+    let quantiles = |mut samples: Vec<Duration>| {
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        [at(0.5), at(0.99)]
+    };
+    let latency = PushLatency {
+        applied: quantiles(applied),
+        exec: quantiles(exec),
+    };
+    println!(
+        "{} machines, {PUSHES} pushes: webhook to revision applied p50 {:?} p99 {:?}; to the run-request's first exec p50 {:?} p99 {:?}",
+        spec.count, latency.applied[0], latency.applied[1], latency.exec[0], latency.exec[1]
+    );
+    latency
 }
 
 /// `parallel-ssh -p 200` and `ansible -m raw -f 200` reading every client id;
@@ -340,7 +480,7 @@ fn data_dir(dir: &Path, key: &Path, spec: &Spec, repo: &Path) -> PathBuf {
     std::fs::write(
         data.join("config.toml"),
         format!(
-            "data_dir = {data:?}\n[git]\nurl = {repo:?}\n[ssh]\nuser = \"bench\"\nkey = \"fleet_key\"\nconcurrency = 256\nidle_timeout = \"1h\"\n[reconcile]\nconcurrency = 128\n[http]\nmax_connections = 1024\n"
+            "data_dir = {data:?}\n[git]\nurl = {repo:?}\n[ssh]\nuser = \"bench\"\nkey = \"fleet_key\"\nconcurrency = 256\nidle_timeout = \"1h\"\n[reconcile]\nconcurrency = 128\n[http]\nmax_connections = 1024\n[webhook]\nsecret = {WEBHOOK_SECRET:?}\n"
         ),
     )
     .unwrap();

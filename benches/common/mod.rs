@@ -66,6 +66,24 @@ pub fn commit_all(dir: &Path) {
     }
 }
 
+/// Commits every change in the repository `dir`; the new revision.
+pub fn commit(dir: &Path, message: &str) -> String {
+    let git = |args: &[&str]| {
+        let output = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=b", "-c", "user.email=b@b.invalid"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", message]);
+    git(&["rev-parse", "HEAD"])
+}
+
 /// A data dir as the daemon wants it (0700), with the client key, the
 /// known_hosts and the admin user (password [`ADMIN_PASSWORD`]).
 pub fn private_data_dir(data: &Path, key: &Path, known_hosts: &str) {

@@ -63,7 +63,10 @@ pub async fn status(
         url: state.git.source().map(|s| s.url.to_string()),
         branch: state.config.git.branch.clone(),
         applied_revision: applied.as_ref().and_then(|r| r.revision.clone()),
-        applied_at: applied.and_then(|r| at(r.started_at_ms)),
+        applied_at: applied.and_then(|r| {
+            at(r.started_at_ms
+                .saturating_add(i64::try_from(r.duration_ms).unwrap_or(0)))
+        }),
         last_attempt: last.map(SyncView::from),
         last_error,
     }))

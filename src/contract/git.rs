@@ -12,6 +12,7 @@ pub struct GitStatus {
     pub branch: String,
     /// The revision in force.
     pub applied_revision: Option<String>,
+    /// When the sync that applied it ended.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub applied_at: Option<jiff::Timestamp>,
     pub last_attempt: Option<SyncView>,

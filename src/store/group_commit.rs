@@ -119,7 +119,11 @@ mod tests {
         for m in 0..100 {
             let id = format!("m{m}");
             let status = store.machine_status(&id).unwrap().unwrap();
-            assert_eq!(status.checked_at_ms, Some(1900 + m), "{id}: the last write wins");
+            assert_eq!(
+                status.checked_at_ms,
+                Some(1900 + m),
+                "{id}: the last write wins"
+            );
             assert_eq!(store.health_history(&id, 100).unwrap().len(), 20, "{id}");
         }
     }

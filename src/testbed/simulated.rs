@@ -15,6 +15,7 @@
 //! - anything containing `cat /etc/linkops/client_id`: its client id;
 //! - a script the daemon runs (`echo "$$"; exec env … sh`, the body on
 //!   stdin), line by line: `cat /etc/linkops/client_id`, `echo TEXT`,
+//!   `date +%s%N` (the time it ran, in nanoseconds since the epoch),
 //!   `yes x | head -c N` (N bytes of "x\n"), `sleep SECONDS`, `exit CODE`;
 //! - `kill …`: nothing, exit 0; anything else: exit 127.
 //!
@@ -102,8 +103,12 @@ impl Spec {
         Spec::every(self.rekeyed_every, index)
     }
 
+    pub fn is_slow(&self, index: usize) -> bool {
+        Spec::every(self.slow_every, index)
+    }
+
     fn latency_of(&self, index: usize) -> Duration {
-        match Spec::every(self.slow_every, index) {
+        match self.is_slow(index) {
             true => self.latency * 10,
             false => self.latency,
         }
@@ -345,6 +350,15 @@ async fn run_script(body: &str, client_id: &str, handle: &Handle, channel: Chann
         if line == "cat /etc/linkops/client_id" {
             handle
                 .data(channel, client_id.as_bytes().to_vec())
+                .await
+                .ok();
+        } else if line == "date +%s%N" {
+            // The host's clock is this machine's: benchmarks time the exec with it.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            handle
+                .data(channel, format!("{}\n", now.as_nanos()).into_bytes())
                 .await
                 .ok();
         } else if let Some(text) = line.strip_prefix("echo ") {

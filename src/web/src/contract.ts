@@ -794,7 +794,10 @@ export interface components {
             last_sync_at?: string | null;
         };
         GitStatus: {
-            /** Format: date-time */
+            /**
+             * Format: date-time
+             * @description When the sync that applied it ended.
+             */
             applied_at?: string | null;
             /** @description The revision in force. */
             applied_revision?: string | null;
