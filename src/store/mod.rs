@@ -217,6 +217,21 @@ impl Store {
         }
         result
     }
+
+    /// Bytes each table stores (keys and values, redb's pages not counted),
+    /// largest first. Walks every table: for benchmarks and diagnostics, not
+    /// for every scrape.
+    pub fn table_sizes(&self) -> Result<Vec<(String, u64)>> {
+        use redb::{ReadableDatabase, ReadableTableMetadata, TableHandle};
+        let tx = self.db.begin_read()?;
+        let mut sizes = Vec::new();
+        for handle in tx.list_tables()? {
+            let table = tx.open_untyped_table(handle)?;
+            sizes.push((table.name().to_owned(), table.stats()?.stored_bytes()));
+        }
+        sizes.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+        Ok(sizes)
+    }
 }
 
 /// Makes the store file owner-only before redb writes to it: it holds password
@@ -250,6 +265,36 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_sizes_name_each_table_and_grow_with_what_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("linkops.redb")).unwrap();
+        let size = |store: &Store, name: &str| {
+            let sizes = store.table_sizes().unwrap();
+            sizes
+                .iter()
+                .find(|(table, _)| table == name)
+                .map(|(_, bytes)| *bytes)
+        };
+        let before = size(&store, "audit_log").expect("every table exists once migrated");
+        let entry = Audit {
+            actor: Actor::System,
+            action: AuditAction::SshHostKeyRefused,
+            target: "web1".into(),
+            outcome: Outcome::Denied,
+            detail: Some("x".repeat(10_000)),
+        };
+        let status = StatusWrite {
+            status: linkops_reconcilers::machine::MachineStatus::new("web1"),
+            sample: None,
+            audits: vec![entry],
+        };
+        store.put_machine_statuses(&[status]).unwrap();
+        assert!(size(&store, "audit_log").unwrap() >= before + 10_000);
+        let sizes = store.table_sizes().unwrap();
+        assert!(sizes.windows(2).all(|w| w[0].1 >= w[1].1), "largest first");
+    }
 
     #[test]
     fn the_store_file_is_owner_only_even_in_an_open_directory() {
