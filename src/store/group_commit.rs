@@ -54,30 +54,32 @@ impl StatusWriter {
 }
 
 fn write_batches(store: &Store, mut received: mpsc::Receiver<Queued>) {
-    let mut batch = Vec::with_capacity(MOST_PER_COMMIT);
+    let mut writes = Vec::with_capacity(MOST_PER_COMMIT);
+    let mut waiting = Vec::with_capacity(MOST_PER_COMMIT);
     while let Some(first) = received.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MOST_PER_COMMIT {
-            match received.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
+        let mut next = Some(first);
+        while let Some(Queued { write, done }) = next {
+            writes.push(write);
+            waiting.push(done);
+            next = match writes.len() < MOST_PER_COMMIT {
+                true => received.try_recv().ok(),
+                false => None,
+            };
         }
-        let writes: Vec<StatusWrite> = batch.iter().map(|q| q.write.clone()).collect();
         match store.put_machine_statuses(&writes) {
             Ok(()) => {
-                for queued in batch.drain(..) {
-                    let _ = queued.done.send(Ok(()));
+                for done in waiting.drain(..) {
+                    let _ = done.send(Ok(()));
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, writes = batch.len(), "a batch of machine statuses failed to commit; committing them one by one");
-                for queued in batch.drain(..) {
-                    let outcome = store.put_machine_statuses(std::slice::from_ref(&queued.write));
-                    let _ = queued.done.send(outcome);
+                tracing::warn!(%error, writes = writes.len(), "a batch of machine statuses failed to commit; committing them one by one");
+                for (write, done) in writes.iter().zip(waiting.drain(..)) {
+                    let _ = done.send(store.put_machine_statuses(std::slice::from_ref(write)));
                 }
             }
         }
+        writes.clear();
     }
 }
 

@@ -35,13 +35,42 @@ pub struct DesiredState {
     pub machines: Vec<Machine>,
     pub scripts: BTreeMap<String, Script>,
     pub runs: BTreeMap<String, RunRequest>,
+    #[serde(skip)]
+    pub(crate) index: MachineIndex,
 }
 
 impl DesiredState {
+    /// The machine with this id. Indexed (a reconcile looks its machine up,
+    /// and a revision's diff every machine: at 10,000 machines a scan each
+    /// time was most of a sweep's string comparisons).
     pub fn machine(&self, id: &str) -> Option<&Machine> {
-        self.machines.iter().find(|m| m.id == id)
+        let index = self.index.0.get_or_init(|| {
+            self.machines
+                .iter()
+                .enumerate()
+                .map(|(position, m)| (m.id.clone(), position))
+                .collect()
+        });
+        match index.get(id).and_then(|&at| self.machines.get(at)) {
+            Some(machine) if machine.id == id => Some(machine),
+            // `machines` changed after the index was built: still right, if slower.
+            _ => self.machines.iter().find(|m| m.id == id),
+        }
     }
 }
+
+/// Machine id → position in `machines`, built on the first lookup. Derived
+/// data: it never makes two states differ.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MachineIndex(std::sync::OnceLock<std::collections::HashMap<String, usize>>);
+
+impl PartialEq for MachineIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for MachineIndex {}
 
 /// One thing wrong with a revision, where it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -92,4 +121,31 @@ pub fn schemas() -> Vec<(&'static str, String)> {
             render::<format::RunRequestFile>(),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::machine;
+
+    #[test]
+    fn machines_are_found_by_id_even_after_the_list_changed() {
+        let mut desired = DesiredState {
+            machines: (0..100).map(|n| machine(&format!("m{n}"), &[])).collect(),
+            ..DesiredState::default()
+        };
+        assert_eq!(desired.machine("m42").map(|m| m.id.as_str()), Some("m42"));
+        assert!(desired.machine("m100").is_none());
+        // Changed after the first lookup built the index.
+        desired.machines.remove(0);
+        desired.machines.push(machine("m100", &[]));
+        assert_eq!(desired.machine("m42").map(|m| m.id.as_str()), Some("m42"));
+        assert_eq!(desired.machine("m100").map(|m| m.id.as_str()), Some("m100"));
+        assert!(desired.machine("m0").is_none());
+        assert_eq!(
+            desired,
+            desired.clone(),
+            "the index is no part of the state"
+        );
+    }
 }

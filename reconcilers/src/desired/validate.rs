@@ -190,6 +190,7 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
             machines,
             scripts,
             runs,
+            ..DesiredState::default()
         });
     }
     // Files in reading order, and top to bottom within each.
