@@ -38,6 +38,15 @@ pub enum Reason {
     Resync,
 }
 
+impl Reason {
+    /// Asked for by a new revision or a caller: run before the routine
+    /// (requeues, resyncs, backoffs, the startup sweep), so that a commit's
+    /// run-request does not wait behind a sweep of the fleet.
+    fn is_asked(self) -> bool {
+        matches!(self, Reason::Revision | Reason::Api)
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -167,7 +176,7 @@ where
         concurrency: concurrency.max(1),
         queue: DelayQueue::new(),
         scheduled: HashMap::new(),
-        ready: VecDeque::new(),
+        ready: Ready::default(),
         running: HashSet::new(),
         rerun: HashMap::new(),
         waiting: HashMap::new(),
@@ -194,7 +203,7 @@ struct Runner<K, R: Reconcile<K>> {
     /// Keys waiting in `queue`: their entry, due time and reason.
     scheduled: HashMap<K, (delay_queue::Key, Instant, Reason)>,
     /// Due, waiting for a free slot.
-    ready: VecDeque<(K, Reason)>,
+    ready: Ready<K>,
     running: HashSet<K>,
     /// Asked for while running: run again when done, at the earliest time asked.
     rerun: HashMap<K, (Instant, Reason)>,
@@ -205,6 +214,52 @@ struct Runner<K, R: Reconcile<K>> {
     /// Consecutive failures per key.
     attempts: HashMap<K, u32>,
     tasks: JoinSet<(K, Outcome<R::Error>)>,
+}
+
+/// Due keys in the order they start: asked-for ones first, each class in
+/// the order it became due; a key is in it at most once.
+struct Ready<K> {
+    asked: VecDeque<(K, Reason)>,
+    routine: VecDeque<(K, Reason)>,
+    keys: HashSet<K>,
+}
+
+impl<K> Default for Ready<K> {
+    fn default() -> Self {
+        Ready {
+            asked: VecDeque::new(),
+            routine: VecDeque::new(),
+            keys: HashSet::new(),
+        }
+    }
+}
+
+impl<K: Clone + Eq + std::hash::Hash> Ready<K> {
+    fn push(&mut self, key: K, reason: Reason) {
+        if self.keys.insert(key.clone()) {
+            match reason.is_asked() {
+                true => self.asked.push_back((key, reason)),
+                false => self.routine.push_back((key, reason)),
+            }
+        }
+    }
+
+    fn pop(&mut self) -> Option<(K, Reason)> {
+        let next = self
+            .asked
+            .pop_front()
+            .or_else(|| self.routine.pop_front())?;
+        self.keys.remove(&next.0);
+        Some(next)
+    }
+
+    fn contains(&self, key: &K) -> bool {
+        self.keys.contains(key)
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
 }
 
 impl<K, R> Runner<K, R>
@@ -231,7 +286,7 @@ where
                 Some(expired) = self.queue.next(), if !self.queue.is_empty() => {
                     let key = expired.into_inner();
                     if let Some((_, _, reason)) = self.scheduled.remove(&key) {
-                        self.ready.push_back((key, reason));
+                        self.ready.push(key, reason);
                     }
                 },
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
@@ -275,7 +330,7 @@ where
                 }
             }
             None => {
-                if self.ready.iter().any(|(k, _)| *k == key) {
+                if self.ready.contains(&key) {
                     return;
                 }
                 let entry = self.queue.insert_at(key.clone(), at);
@@ -286,7 +341,7 @@ where
 
     fn start_ready(&mut self) {
         while self.running.len() < self.concurrency {
-            let Some((key, reason)) = self.ready.pop_front() else {
+            let Some((key, reason)) = self.ready.pop() else {
                 break;
             };
             if self.running.contains(&key) {
@@ -504,6 +559,28 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(calls(&recorder).len(), 10);
         assert_eq!(*recorder.max_in_flight.lock().unwrap(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_a_revision_asks_for_runs_before_a_sweeps_backlog() {
+        let (recorder, scheduler) = start(
+            Recorder {
+                work: Duration::from_secs(1),
+                ..Default::default()
+            },
+            1,
+        );
+        for i in 0..5 {
+            scheduler.trigger(format!("machine/{i}"), Reason::Resync);
+        }
+        // Due while machine/0 runs and the other four wait for its slot.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        scheduler.trigger("run/deploy".into(), Reason::Revision);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let seen = calls(&recorder);
+        assert_eq!(seen.len(), 6);
+        assert_eq!(seen[0], "machine/0");
+        assert_eq!(seen[1], "run/deploy", "{seen:?}");
     }
 
     #[tokio::test(start_paused = true)]
