@@ -279,30 +279,50 @@ impl Engine {
                 updates: updates.clone(),
                 stop: stop.clone(),
             };
-            let (parallel, sessions, stop) =
-                (parallel.clone(), self.access.sessions.clone(), stop.clone());
+            // A host's task is spawned once it has its slots, so the tasks
+            // alive are bounded by the slots: a task per host waiting was
+            // 83 MB at a fan-out to 10,000 machines.
+            let slots = async {
+                let slot = parallel
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
+                let session = self
+                    .access
+                    .sessions
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
+                (slot, session)
+            };
+            // Biased: a stop that is already in wins over a slot that just came free.
+            let slots = tokio::select! {
+                biased;
+                _ = stop.cancelled() => None,
+                slots = slots => Some(slots),
+            };
+            let Some(slots) = slots else {
+                // Stopped while waiting for a slot: this host never starts.
+                let state = HostState::Stopped { unconfirmed: false };
+                run.updates
+                    .send(Update::Host {
+                        machine_id: run.machine.id.clone(),
+                        state: state.clone(),
+                    })
+                    .await
+                    .ok();
+                states.push(state);
+                continue;
+            };
             let span = tracing::info_span!("host", machine.id = %run.machine.id);
             tasks.spawn(
                 async move {
-                // Waiting for a slot: a stop means this host never starts.
-                let slots = async {
-                    let slot = parallel.acquire_owned().await.expect("never closed");
-                    let session = sessions.acquire_owned().await.expect("never closed");
-                    (slot, session)
-                };
-                // Biased: a stop that is already in wins over a slot that just came free.
-                let _slots = tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => {
-                        let state = HostState::Stopped { unconfirmed: false };
-                        run.updates.send(Update::Host { machine_id: run.machine.id.clone(), state: state.clone() }).await.ok();
-                        return state;
-                    }
-                    slots = slots => slots,
-                };
-                run.run().await
-            }
-            .instrument(span),
+                    let _slots = slots;
+                    run.run().await
+                }
+                .instrument(span),
             );
         }
         while let Some(result) = tasks.join_next().await {
