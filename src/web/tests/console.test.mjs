@@ -9,7 +9,8 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
 
-const BINARY = process.env.LINKOPS_BIN ?? new URL("../../../target/debug/linkops", import.meta.url).pathname;
+// Not LINKOPS_…: the daemon refuses environment settings it does not know.
+const BINARY = process.env.CONSOLE_TEST_BINARY ?? new URL("../../../target/debug/linkops", import.meta.url).pathname;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const SHOTS = new URL("../test-results/", import.meta.url).pathname;
 const WAIT = 30_000;
