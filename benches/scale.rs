@@ -151,7 +151,8 @@ async fn measure(size: usize) -> Row {
     let mut binary = Command::new("prlimit");
     binary
         .arg("--nofile=20000:20000")
-        // Profiling: SCALE_DAEMON_WRAPPER="heaptrack -o /tmp/daemon"
+        // Profiling: SCALE_DAEMON_WRAPPER="heaptrack -o /tmp/daemon". Only the
+        // wrapper is killed at the end: heaptrack's daemon outlives it (pkill it).
         .args(
             std::env::var("SCALE_DAEMON_WRAPPER")
                 .unwrap_or_default()
