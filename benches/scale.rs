@@ -197,15 +197,8 @@ async fn measure(size: usize) -> Row {
     let mut sweep = None;
     while sweep.is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let machines: Vec<linkops::contract::MachineView> = client
-            .get(format!("{}/api/links", daemon.url))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let machines: Vec<linkops::contract::MachineView> =
+            common::get_json(&client, &format!("{}/api/links", daemon.url), &token).await;
         let gaps: Option<Vec<(jiff::SignedDuration, &str)>> = machines
             .iter()
             .map(|m| {
@@ -316,7 +309,12 @@ async fn pushes(
             .await
             .unwrap();
         assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
+        let deadline = Instant::now() + Duration::from_secs(60);
         let operation = loop {
+            assert!(
+                Instant::now() < deadline,
+                "run-request {id} did not start within 60 s of its webhook"
+            );
             let run = client
                 .get(format!("{url}/api/runs/{id}"))
                 .bearer_auth(token)
@@ -333,15 +331,8 @@ async fn pushes(
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        let status: linkops::contract::GitStatus = client
-            .get(format!("{url}/api/git/status"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status: linkops::contract::GitStatus =
+            common::get_json(client, &format!("{url}/api/git/status"), token).await;
         assert_eq!(status.applied_revision.as_deref(), Some(revision.as_str()));
         let applied_at = std::time::SystemTime::from(status.applied_at.expect("applied"));
         applied.push(applied_at.duration_since(sent).unwrap_or_default());
@@ -399,19 +390,14 @@ fn peers(spec: &Spec, key: &Path, known_hosts: &Path, dir: &Path) {
         ))
         .arg("cat /etc/linkops/client_id")
         .output();
-    match pssh {
-        Ok(output) => {
-            let answered = String::from_utf8_lossy(&output.stdout)
-                .matches("[SUCCESS]")
-                .count();
-            println!(
-                "parallel-ssh -p 200 on {} machines: {:.1} s, {answered} answered",
-                spec.count,
-                started.elapsed().as_secs_f64()
-            );
-        }
-        Err(error) => println!("parallel-ssh not run ({error}): apt-get install pssh"),
-    }
+    report(
+        "parallel-ssh -p 200",
+        "pssh",
+        pssh,
+        "[SUCCESS]",
+        spec.count,
+        started,
+    );
     let inventory = dir.join("ansible-inventory");
     let lines: String = (spec.first..spec.first + spec.count)
         .map(|index| {
@@ -444,18 +430,34 @@ fn peers(spec: &Spec, key: &Path, known_hosts: &Path, dir: &Path) {
         )
         .env("ANSIBLE_LOCAL_TEMP", dir.join("ansible-tmp"))
         .output();
-    match ansible {
-        Ok(output) => {
-            let answered = String::from_utf8_lossy(&output.stdout)
-                .matches("| CHANGED |")
-                .count();
-            println!(
-                "ansible -m raw -f 200 on {} machines: {:.1} s, {answered} answered",
-                spec.count,
-                started.elapsed().as_secs_f64()
-            );
-        }
-        Err(error) => println!("ansible not run ({error}): apt-get install ansible-core"),
+    report(
+        "ansible -m raw -f 200",
+        "ansible-core",
+        ansible,
+        "| CHANGED |",
+        spec.count,
+        started,
+    );
+}
+
+/// A peer's time on `machines`, and how many answered (lines of its output with `answered`).
+fn report(
+    tool: &str,
+    package: &str,
+    output: std::io::Result<std::process::Output>,
+    answered: &str,
+    machines: usize,
+    started: Instant,
+) {
+    match output {
+        Ok(output) => println!(
+            "{tool} on {machines} machines: {:.1} s, {} answered",
+            started.elapsed().as_secs_f64(),
+            String::from_utf8_lossy(&output.stdout)
+                .matches(answered)
+                .count()
+        ),
+        Err(error) => println!("{tool} not run ({error}): apt-get install {package}"),
     }
 }
 
