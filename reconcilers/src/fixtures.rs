@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::machine::Machine;
 use crate::run::RunRequest;
-use crate::script::Targets;
+use crate::script::{Script, Targets};
 
 /// A machine with these tags on loopback, checked every minute.
 pub fn machine(id: &str, tags: &[&str]) -> Machine {
@@ -35,5 +35,21 @@ pub fn run_request(id: &str, script: &str, targets: Targets) -> RunRequest {
         params: BTreeMap::new(),
         resolved: BTreeMap::new(),
         not_before: None,
+    }
+}
+
+/// A script of `body` without parameters, check or targets.
+pub fn script(id: &str, body: &str) -> Script {
+    Script {
+        id: id.into(),
+        name: id.into(),
+        description: String::new(),
+        body: body.into(),
+        check: None,
+        interpreter: "/bin/sh".into(),
+        params: vec![],
+        timeout: Duration::from_secs(60),
+        max_parallel: None,
+        targets: Targets::default(),
     }
 }

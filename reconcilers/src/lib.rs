@@ -16,8 +16,10 @@ pub mod machine;
 pub mod operation;
 pub mod plan;
 pub mod retention;
+pub mod rollout;
 pub mod run;
 pub mod script;
+pub mod state;
 pub mod suspension;
 pub mod terminal;
 

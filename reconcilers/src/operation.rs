@@ -83,6 +83,19 @@ pub enum HostState {
 pub enum Requester {
     User { name: String },
     RunRequest { id: String, revision: String },
+    /// A declared state's apply, for the revision that declared its content.
+    State { id: String, revision: String },
+}
+
+impl Requester {
+    /// Who asked, in a word: the user's name, `run:<id>` or `state:<id>`.
+    pub fn label(&self) -> String {
+        match self {
+            Requester::User { name } => name.clone(),
+            Requester::RunRequest { id, .. } => format!("run:{id}"),
+            Requester::State { id, .. } => format!("state:{id}"),
+        }
+    }
 }
 
 /// An operation as recorded. Times are Unix milliseconds.

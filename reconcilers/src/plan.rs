@@ -1,5 +1,6 @@
 //! Plans: what applying a proposed revision would change against the one in
-//! force — machines, scripts, run-requests (`linkops plan`, like `flux diff`).
+//! force — machines, scripts, run-requests, declared states (`linkops plan`,
+//! like `flux diff`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -37,6 +38,14 @@ pub enum Change {
     },
     /// A run-request removed before it started: it never will.
     RunCancelled(String),
+    StateAdded(String),
+    StateRemoved(String),
+    /// Its content (script, check, parameters) changed: every target is checked again.
+    StateChanged {
+        id: String,
+        fields: Vec<String>,
+        rechecks: bool,
+    },
 }
 
 impl fmt::Display for Change {
@@ -61,6 +70,21 @@ impl fmt::Display for Change {
             ),
             Change::RunCancelled(id) => {
                 write!(f, "✗ run-request {id} would be cancelled before it ran")
+            }
+            Change::StateAdded(id) => write!(f, "+ state {id}"),
+            Change::StateRemoved(id) => {
+                write!(f, "- state {id} (no longer kept; machines are left as they are)")
+            }
+            Change::StateChanged {
+                id,
+                fields,
+                rechecks,
+            } => {
+                write!(f, "~ state {id}: {} changed", fields.join(", "))?;
+                if *rechecks {
+                    f.write_str("; its content changed, every target is checked again")?;
+                }
+                Ok(())
             }
         }
     }
@@ -157,6 +181,37 @@ pub fn plan(
             changes.push(Change::RunCancelled(id.clone()));
         }
     }
+    for (id, state) in &proposed.states {
+        let Some(before) = applied.states.get(id) else {
+            changes.push(Change::StateAdded(id.clone()));
+            continue;
+        };
+        let content = |desired: &DesiredState, state: &crate::state::DeclaredState| {
+            desired
+                .scripts
+                .get(&state.script)
+                .map(|script| crate::state::digest(state, script))
+        };
+        let rechecks = content(applied, before) != content(proposed, state);
+        let mut fields = changed_fields(before, state);
+        if rechecks && !fields.contains(&"script".to_owned()) {
+            fields.push(format!("script {}", state.script));
+        }
+        if !fields.is_empty() {
+            changes.push(Change::StateChanged {
+                id: id.clone(),
+                fields,
+                rechecks,
+            });
+        }
+    }
+    for id in applied
+        .states
+        .keys()
+        .filter(|id| !proposed.states.contains_key(*id))
+    {
+        changes.push(Change::StateRemoved(id.clone()));
+    }
     changes
 }
 
@@ -183,8 +238,12 @@ mod tests {
         let mut files = RepoFiles::new();
         files.insert("links.yaml".into(), links.as_bytes().to_vec());
         files.insert("scripts.yaml".into(), scripts.as_bytes().to_vec());
-        for (name, body) in runs {
-            files.insert(format!("runs/{name}.yaml"), body.as_bytes().to_vec());
+        for (path, body) in runs {
+            let path = match path.contains('/') {
+                true => path.to_string(),
+                false => format!("runs/{path}.yaml"),
+            };
+            files.insert(path, body.as_bytes().to_vec());
         }
         load("r", &files).unwrap()
     }
@@ -259,6 +318,40 @@ mod tests {
                 "! run-request done was edited after it ran (operation 7); it will not run again",
                 "▶ run-request fresh would start script new",
                 "✗ run-request waiting would be cancelled before it ran",
+            ]
+        );
+    }
+
+    #[test]
+    fn states_say_whether_their_targets_are_checked_again() {
+        let scripts = |check: &str| {
+            format!("scripts:\n  - {{id: motd, name: Motd, body: 'echo hi > /etc/motd', check: '{check}'}}\n  - {{id: up, name: Up, body: uptime, check: 'true'}}\n")
+        };
+        let motd = "id: motd\nscript: motd\ntargets: {machines: [a]}\n";
+        let applied = state(
+            &links("10.0.0.2"),
+            &scripts("test -f /etc/motd"),
+            &[("states/motd.yaml", motd), ("states/up.yaml", "id: up\nscript: up\ntargets: {machines: [a]}\n")],
+        );
+        let proposed = state(
+            &links("10.0.0.2"),
+            &scripts("grep -q hi /etc/motd"),
+            &[
+                ("states/motd.yaml", &format!("{motd}interval: 1m\n")),
+                ("states/new.yaml", "id: new\nscript: up\ntargets: {machines: [b]}\nmode: report\n"),
+            ],
+        );
+        let changes: Vec<String> = plan(&proposed, &applied, &BTreeMap::new())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                "~ script motd: check changed",
+                "~ state motd: interval, script motd changed; its content changed, every target is checked again",
+                "+ state new",
+                "- state up (no longer kept; machines are left as they are)",
             ]
         );
     }

@@ -15,6 +15,10 @@ pub struct Script {
     pub name: String,
     pub description: String,
     pub body: String,
+    /// What proves a declared state holds: exit 0 holds, 1 drifted, anything
+    /// else an error. Same interpreter, parameters and timeout as the body.
+    #[serde(default)]
+    pub check: Option<String>,
     pub interpreter: String,
     pub params: Vec<ParamSpec>,
     #[schema(value_type = crate::DurationSchema)]
@@ -342,6 +346,7 @@ mod tests {
             name: "Install".into(),
             description: String::new(),
             body: String::new(),
+            check: None,
             interpreter: "/bin/sh".into(),
             params: vec![required, defaulted],
             timeout: Duration::from_secs(60),
@@ -376,6 +381,7 @@ mod tests {
             name: "Big".into(),
             description: String::new(),
             body: String::new(),
+            check: None,
             interpreter: "/bin/sh".into(),
             params,
             timeout: Duration::from_secs(60),

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use futures::StreamExt;
 use linkops_reconcilers::condition::ConditionKind;
 use linkops_reconcilers::desired::{self, DesiredState};
-use linkops_reconcilers::operation::{HostState, OperationState, Requester, Stream};
+use linkops_reconcilers::operation::{HostState, OperationState, Stream};
 use linkops_reconcilers::plan::plan as plan_changes;
 use linkops_reconcilers::run::RunState;
 use serde_json::{Value, json};
@@ -430,10 +430,7 @@ pub async fn ops(client: &Client, query: &HistoryQuery, json: bool) -> Result<()
                 o.script.clone(),
                 o.state.name().to_owned(),
                 o.machines.len().to_string(),
-                match &o.requested_by {
-                    Requester::User { name } => name.clone(),
-                    Requester::RunRequest { id, .. } => format!("run:{id}"),
-                },
+                o.requested_by.label(),
                 or_dash(view.created_at),
             ]
         })

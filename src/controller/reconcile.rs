@@ -285,7 +285,7 @@ impl Context {
             updated_at_ms: now_ms(),
             conditions: previous,
         };
-        match self.engine.start(plan, Some(claim)) {
+        match self.engine.start(plan, Some(store::Claim::Run(claim))) {
             Ok(operation) => {
                 tracing::info!(run = %request.id, operation = operation.id, "run-request started");
                 Ok(())

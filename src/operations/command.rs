@@ -55,6 +55,7 @@ mod tests {
             name: "s".into(),
             description: String::new(),
             body: String::new(),
+            check: None,
             interpreter: interpreter.into(),
             params: vec![],
             timeout: Duration::from_secs(1),

@@ -20,7 +20,7 @@ use linkops_reconcilers::machine::Machine;
 use linkops_reconcilers::operation::{
     HostResult, HostState, Operation, OperationState, RecordedEvent, Requester, summarize,
 };
-use linkops_reconcilers::run::{Placement, RunRecord};
+use linkops_reconcilers::run::Placement;
 use linkops_reconcilers::script::{ParamValue, Script};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -142,9 +142,10 @@ impl Engine {
             .expect("never closed")
     }
 
-    /// Records the operation (and, for a run-request, its claim, in the same
-    /// transaction), then runs it in the background. Returns once recorded.
-    pub fn start(&self, plan: Plan, claim: Option<RunRecord>) -> Result<Operation, Error> {
+    /// Records the operation (and what it claims — a run-request, a state's
+    /// applies — in the same transaction), then runs it in the background.
+    /// Returns once recorded.
+    pub fn start(&self, plan: Plan, claim: Option<store::Claim>) -> Result<Operation, Error> {
         let command: Arc<str> = command::command_line(&plan.script, &plan.params)?.into();
         let hosts: Vec<HostResult> = plan
             .hosts
@@ -406,6 +407,7 @@ mod tests {
             name: "Uptime".into(),
             description: String::new(),
             body: "uptime".into(),
+            check: None,
             interpreter: "/bin/sh".into(),
             params: vec![],
             timeout: Duration::from_secs(60),

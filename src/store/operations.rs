@@ -1,4 +1,5 @@
-//! Operations, their per-machine results, their event logs, and run-request claims.
+//! Operations, their per-machine results, their event logs, and what they
+//! claim: a run-request, or a declared state's applies.
 //!
 //! An operation started by a run-request is created in the same transaction
 //! that claims the run-request: after a crash at any point, either both
@@ -11,13 +12,28 @@ use linkops_reconcilers::operation::{
     summarize,
 };
 use linkops_reconcilers::run::{RunRecord, RunState};
+use linkops_reconcilers::state::{ApplyResult, Standing, StateStatus, Target};
 use redb::ReadableTable;
 
 use super::audit::{self, Actor, AuditAction, Outcome};
 use super::codec::{decode, encode, get_str};
 use super::scan::{SeqTable, index_operation};
-use super::schema::{OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, RUN_REQUESTS};
+use super::schema::{OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, RUN_REQUESTS, STATE_STATUS};
 use super::{Error, Result, Store, now_ms};
+
+/// What an operation takes over, written in the transaction that creates it.
+#[derive(Debug)]
+pub enum Claim {
+    /// A run-request, started by this operation (so never again).
+    Run(RunRecord),
+    /// A declared state's applies: the targets the operation applies on
+    /// (each with an apply record, whose operation id the store fills in) and
+    /// the state's status.
+    StateApply {
+        status: StateStatus,
+        targets: Vec<Target>,
+    },
+}
 
 /// A batch of changes to one operation, recorded in one transaction.
 #[derive(Debug, Default)]
@@ -32,13 +48,13 @@ pub struct OperationUpdate {
 impl Store {
     /// Creates an operation (its `id` is assigned) with its hosts' initial
     /// results and first events; with `claim`, records the run-request as
-    /// started by it. Fails with [`Error::AlreadyClaimed`] if that
-    /// run-request already started.
+    /// started by it (failing with [`Error::AlreadyClaimed`] if that
+    /// run-request already started) or the state's targets as applying under it.
     pub fn create_operation(
         &self,
         operation: &Operation,
         hosts: &[HostResult],
-        claim: Option<RunRecord>,
+        claim: Option<Claim>,
     ) -> Result<Operation> {
         let tx = self.db.begin_write()?;
         let created = {
@@ -48,7 +64,22 @@ impl Store {
                 id,
                 ..operation.clone()
             };
-            if let Some(mut claim) = claim {
+            if let Some(Claim::StateApply { status, targets }) = claim {
+                let mut statuses = tx.open_table(STATE_STATUS)?;
+                statuses.insert(status.state_id.as_str(), encode(&status).as_slice())?;
+                let applying: Vec<Target> = targets
+                    .into_iter()
+                    .map(|mut target| {
+                        if let Some(apply) = target.apply.as_mut() {
+                            apply.operation_id = id;
+                            apply.result = ApplyResult::Running;
+                        }
+                        target.standing = Standing::Applying { operation_id: id };
+                        target
+                    })
+                    .collect();
+                super::states::put_targets(&tx, &applying)?;
+            } else if let Some(Claim::Run(mut claim)) = claim {
                 let mut runs = tx.open_table(RUN_REQUESTS)?;
                 let current: Option<RunRecord> = get_str(&runs, "run_requests", &claim.id)?;
                 if let Some(RunRecord {
@@ -97,6 +128,19 @@ impl Store {
                 AuditAction::RunStart,
                 id.clone(),
                 format!("operation {}", created.id),
+            ),
+            Requester::State { id, revision } => (
+                Actor::Git {
+                    revision: revision.clone(),
+                },
+                AuditAction::StateApply,
+                id.clone(),
+                format!(
+                    "operation {} applies script {} on {}",
+                    created.id,
+                    created.script,
+                    created.machines.join(", ")
+                ),
             ),
         };
         audit::append(&tx, &actor, action, &target, Outcome::Success, Some(detail))?;

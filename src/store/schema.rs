@@ -8,7 +8,7 @@ use super::codec::JsonTable;
 use super::{Error, Result};
 
 /// Version of the table layout this binary writes. Bump it with a migration step.
-pub const SCHEMA_VERSION: u64 = 5;
+pub const SCHEMA_VERSION: u64 = 6;
 
 /// Store metadata: `schema_version`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -53,6 +53,12 @@ pub const SUSPENSIONS: TableDefinition<&str, i64> = TableDefinition::new("suspen
 /// Webhook delivery ids already accepted, with when (replay protection).
 pub const WEBHOOK_DELIVERIES: TableDefinition<&str, i64> =
     TableDefinition::new("webhook_deliveries");
+/// Declared states' status and rollout, by state id (version 6).
+pub const STATE_STATUS: JsonTable<&str> = TableDefinition::new("state_status");
+/// Each declared state on each of its machines, by (state id, machine id) (version 6).
+pub const STATE_TARGETS: JsonTable<(&str, &str)> = TableDefinition::new("state_targets");
+/// Check results by (state id, machine id, time in ms); the newest few per machine (version 6).
+pub const STATE_CHECKS: JsonTable<(&str, &str, i64)> = TableDefinition::new("state_checks");
 /// The audit log by sequence number.
 pub const AUDIT_LOG: JsonTable<u64> = TableDefinition::new("audit_log");
 
@@ -80,7 +86,7 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     if found == Some(SCHEMA_VERSION) {
         return Ok(());
     }
-    // Versions 2 and 3 added tables (3 also an index built from the
+    // Versions 2, 3 and 6 added tables (3 also an index built from the
     // operations): creating the missing ones brings a fresh store (None) or an
     // older one up to date. A version that changes records adds its step here.
     let tx = db.begin_write()?;
@@ -106,6 +112,9 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     tx.open_table(TERMINAL_RECORDINGS)?;
     tx.open_table(AUDIT_LOG)?;
     tx.open_table(WEBHOOK_DELIVERIES)?;
+    tx.open_table(STATE_STATUS)?;
+    tx.open_table(STATE_TARGETS)?;
+    tx.open_table(STATE_CHECKS)?;
     if found.is_some_and(|version| version < 5) {
         rekey_fleet_suspension(&tx)?;
     } else {

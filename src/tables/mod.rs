@@ -8,7 +8,7 @@
 
 pub mod query;
 
-use linkops_reconcilers::operation::{HostResult, HostState, Operation, Requester};
+use linkops_reconcilers::operation::{HostResult, HostState, Operation};
 use linkops_reconcilers::terminal::{TerminalSession, Workspace};
 use serde_json::Value;
 
@@ -317,10 +317,7 @@ fn machine_row(store: &Store, record: store::MachineRecord) -> Vec<Cell> {
 }
 
 fn operation_row(operation: Operation) -> Vec<Cell> {
-    let requested_by = match operation.requested_by {
-        Requester::User { name } => name,
-        Requester::RunRequest { id, .. } => format!("run:{id}"),
-    };
+    let requested_by = operation.requested_by.label();
     vec![
         Cell::Int(operation.id as i64),
         Cell::Str(operation.script),

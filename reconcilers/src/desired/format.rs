@@ -1,5 +1,5 @@
 //! The files of a config repository, exactly as written: `links.yaml`,
-//! `scripts.yaml` and `runs/*.yaml`.
+//! `scripts.yaml`, `runs/*.yaml` and `states/*.yaml`.
 //!
 //! These types define the JSON Schemas in `schemas/`. Fields that later
 //! checks must point at keep their source location (`Spanned`); the schema
@@ -11,7 +11,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::rollout::Rollout;
 use crate::script::{ParamType, ParamValue};
+use crate::state::{Mode, Weekday};
 
 /// Machine, script and run-request ids. `load` enforces every pattern here,
 /// as the schemas state them.
@@ -131,6 +133,16 @@ pub struct ScriptEntry {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub file: Option<Spanned<String>>,
+    /// A check, inline: whether a declared state using this script holds
+    /// (exit 0 holds, 1 drifted, anything else an error). It runs like the
+    /// body: same interpreter, parameters and timeout. Give at most one of
+    /// `check` and `check_file`.
+    #[serde(default)]
+    pub check: Option<String>,
+    /// Path of the check's text, relative to the repository root.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub check_file: Option<Spanned<String>>,
     /// Program that reads the script on its stdin (default `/bin/sh`).
     #[serde(default = "default_interpreter")]
     #[schemars(default = "default_interpreter")]
@@ -215,3 +227,55 @@ pub struct RunRequestFile {
     #[schemars(with = "Option<String>")]
     pub not_before: Option<Spanned<String>>,
 }
+
+/// `states/<name>.yaml`: a state the targets converge to and are kept in.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "LinkOps declared state (states/*.yaml)")]
+pub struct StateFile {
+    /// Unique among states; its history is kept under it.
+    #[schemars(with = "String", regex(pattern = ID_PATTERN))]
+    pub id: Spanned<String>,
+    #[serde(default)]
+    pub description: String,
+    /// The catalog script that makes the state hold; it must have a check.
+    #[schemars(with = "String")]
+    pub script: Spanned<String>,
+    /// Where the state holds; the script's default targets when absent.
+    #[serde(default)]
+    pub targets: Option<TargetsEntry>,
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ParamValue>")]
+    pub params: BTreeMap<String, Spanned<ParamValue>>,
+    /// `enforce` (default): apply where the check says drifted; `report`: only report drift.
+    #[serde(default)]
+    pub mode: Mode,
+    /// How often each machine is checked, e.g. `1m`, `1h` (default 5m, at least 10s).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub interval: Option<Spanned<String>>,
+    /// When applying is allowed (UTC); at any time when absent. Checks run at any time.
+    #[serde(default)]
+    #[schemars(with = "Vec<WindowEntry>")]
+    pub windows: Vec<Spanned<WindowEntry>>,
+    /// Applies in batches (default: 1 canary, then 5 at a time, halted by the first failure).
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+}
+
+/// A maintenance window, in UTC: `from` and `to` as `HH:MM`; a window that
+/// ends before it starts runs past midnight.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowEntry {
+    /// The days it opens on (`mon` … `sun`); every day when absent.
+    #[serde(default)]
+    pub days: Vec<Weekday>,
+    #[schemars(with = "String", regex(pattern = TIME_PATTERN))]
+    pub from: Spanned<String>,
+    #[schemars(with = "String", regex(pattern = TIME_PATTERN))]
+    pub to: Spanned<String>,
+}
+
+/// A time of day, `HH:MM` (24 hours).
+pub const TIME_PATTERN: &str = r"^([01][0-9]|2[0-3]):[0-5][0-9]$";

@@ -5,7 +5,8 @@
 //! daemon and `linkops validate` hand it the files and print what it says.
 //!
 //! Repository layout: `links.yaml` (required), `scripts.yaml` (optional),
-//! `runs/*.yaml` (optional, one run-request per file), script files anywhere.
+//! `runs/*.yaml` (optional, one run-request per file), `states/*.yaml`
+//! (optional, one declared state per file), script files anywhere.
 
 pub mod format;
 mod validate;
@@ -18,10 +19,12 @@ use serde::{Deserialize, Serialize};
 use crate::machine::Machine;
 use crate::run::RunRequest;
 use crate::script::Script;
+use crate::state::DeclaredState;
 
 pub const LINKS_FILE: &str = "links.yaml";
 pub const SCRIPTS_FILE: &str = "scripts.yaml";
 pub const RUNS_DIR: &str = "runs";
+pub const STATES_DIR: &str = "states";
 
 /// The files of one revision: repository-relative path → content.
 pub type RepoFiles = BTreeMap<String, Vec<u8>>;
@@ -35,6 +38,8 @@ pub struct DesiredState {
     pub machines: Vec<Machine>,
     pub scripts: BTreeMap<String, Script>,
     pub runs: BTreeMap<String, RunRequest>,
+    #[serde(default)]
+    pub states: BTreeMap<String, DeclaredState>,
     #[serde(skip)]
     pub(crate) index: MachineIndex,
 }
@@ -98,9 +103,20 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
 
 /// Whether `path` is a run-request file (`runs/<name>.yaml` or `.yml`).
 pub fn is_run_request(path: &str) -> bool {
-    path.strip_prefix("runs/").is_some_and(|name| {
-        !name.contains('/') && (name.ends_with(".yaml") || name.ends_with(".yml"))
-    })
+    in_dir(path, RUNS_DIR)
+}
+
+/// Whether `path` is a declared state's file (`states/<name>.yaml` or `.yml`).
+pub fn is_state_file(path: &str) -> bool {
+    in_dir(path, STATES_DIR)
+}
+
+fn in_dir(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|name| {
+            !name.contains('/') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+        })
 }
 
 /// The JSON Schemas of the repository files, by file name in `schemas/`
@@ -120,6 +136,7 @@ pub fn schemas() -> Vec<(&'static str, String)> {
             "run-request.schema.json",
             render::<format::RunRequestFile>(),
         ),
+        ("state.schema.json", render::<format::StateFile>()),
     ]
 }
 

@@ -11,12 +11,15 @@ use serde_saphyr::Spanned;
 
 use super::format::{
     ID_PATTERN, KEY_PATTERN, LinksFile, MachineEntry, PARAM_NAME_PATTERN, ParamEntry,
-    RunRequestFile, ScriptEntry, ScriptsFile, TargetsEntry,
+    RunRequestFile, ScriptEntry, ScriptsFile, StateFile, TargetsEntry, WindowEntry,
 };
-use super::{DesiredState, LINKS_FILE, Problem, RepoFiles, SCRIPTS_FILE, is_run_request};
+use super::{
+    DesiredState, LINKS_FILE, Problem, RepoFiles, SCRIPTS_FILE, is_run_request, is_state_file,
+};
 use crate::machine::Machine;
 use crate::run::RunRequest;
-use crate::script::{ParamSpec, ParamType, Script, Targets, anchored};
+use crate::script::{ParamSpec, ParamType, ParamValue, Script, Targets, anchored};
+use crate::state::{self, DeclaredState, Window};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -106,7 +109,9 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
     let mut problems = Vec::new();
     let yaml = files
         .iter()
-        .filter(|(path, _)| *path == LINKS_FILE || *path == SCRIPTS_FILE || is_run_request(path));
+        .filter(|(path, _)| {
+            *path == LINKS_FILE || *path == SCRIPTS_FILE || is_run_request(path) || is_state_file(path)
+        });
     let mut total = 0;
     for (path, bytes) in yaml {
         total += bytes.len();
@@ -184,12 +189,43 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         }
     }
 
+    let mut states: BTreeMap<String, DeclaredState> = BTreeMap::new();
+    let mut state_files: BTreeMap<String, String> = BTreeMap::new();
+    for path in files.keys().filter(|p| is_state_file(p)) {
+        let Some(Read { value: declared, .. }) =
+            parse::<StateFile>(files, path, None, &mut problems)
+        else {
+            continue;
+        };
+        let mut report = Report {
+            file: path,
+            problems: &mut problems,
+        };
+        if !conforms(&mut report, "state id", &declared.id, &ID, ID_RULE) {
+            continue;
+        }
+        if let Some(first) = state_files.get(&declared.id.value) {
+            report.at(
+                &declared.id,
+                format!("duplicate state id {:?} (also in {first})", declared.id.value),
+            );
+            continue;
+        }
+        state_files.insert(declared.id.value.clone(), path.clone());
+        if let Some(state) =
+            check_state(declared, path, &scripts, catalog_read, &known, &mut report)
+        {
+            states.insert(state.id.clone(), state);
+        }
+    }
+
     if problems.is_empty() {
         return Ok(DesiredState {
             revision: revision.to_owned(),
             machines,
             scripts,
             runs,
+            states,
             ..DesiredState::default()
         });
     }
@@ -197,7 +233,8 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
     let rank = |file: &str| match file {
         LINKS_FILE => 0,
         SCRIPTS_FILE => 1,
-        _ => 2,
+        file if is_run_request(file) => 2,
+        _ => 3,
     };
     problems.sort_by(|a, b| {
         (rank(&a.file), &a.file, a.line, a.column).cmp(&(rank(&b.file), &b.file, b.line, b.column))
@@ -496,6 +533,8 @@ fn check_scripts(
             description,
             body,
             file,
+            check,
+            check_file,
             interpreter,
             params,
             timeout,
@@ -542,6 +581,32 @@ fn check_scripts(
                 None
             }
         };
+        let check = match (check, check_file) {
+            (Some(check), None) if check.len() > MAX_SCRIPT_BYTES => {
+                report.at(
+                    &id,
+                    format!(
+                        "the check of script {:?} is {} bytes; a check may have at most {MAX_SCRIPT_BYTES}",
+                        id.value,
+                        check.len()
+                    ),
+                );
+                None
+            }
+            (Some(check), None) => Some(check),
+            (None, Some(file)) => script_file(&file, files, &mut report),
+            (Some(_), Some(file)) => {
+                report.at(
+                    &file,
+                    format!(
+                        "script {:?} has both check and check_file; keep one",
+                        id.value
+                    ),
+                );
+                None
+            }
+            (None, None) => None,
+        };
         let params = check_params(params, &mut report);
         let timeout = timeout.and_then(|t| duration(&t, &mut report));
         let targets = targets
@@ -556,6 +621,7 @@ fn check_scripts(
                 name,
                 description,
                 body: body.unwrap_or_default(),
+                check,
                 interpreter,
                 params,
                 timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
@@ -715,26 +781,7 @@ fn check_run(
         .iter()
         .map(|(k, v)| (k.clone(), v.value.clone()))
         .collect();
-    let resolved = match catalog_script.resolve_params(&values) {
-        Ok(resolved) => Some(resolved),
-        Err(param_problems) => {
-            for (name, message) in param_problems {
-                let from_default = catalog_script
-                    .params
-                    .iter()
-                    .any(|p| p.name == name && p.default.is_some());
-                if from_default && !params.contains_key(&name) {
-                    // A broken default is reported once, where scripts.yaml declares it.
-                    continue;
-                }
-                match params.get(&name) {
-                    Some(value) => report.at(value, message),
-                    None => report.at(&id, message),
-                }
-            }
-            None
-        }
-    };
+    let resolved = resolve_params(catalog_script, &params, &id, report);
     let not_before = match not_before {
         None => None,
         Some(text) => {
@@ -756,6 +803,174 @@ fn check_run(
         // Last: not_before's problem is reported too.
         resolved: resolved?,
         not_before,
+    })
+}
+
+/// The values a run or a state gives its script, checked against the
+/// script's parameters, each problem at the value it is about (at `owner`, for
+/// a missing one).
+fn resolve_params(
+    script: &Script,
+    params: &BTreeMap<String, Spanned<ParamValue>>,
+    owner: &Spanned<String>,
+    report: &mut Report,
+) -> Option<BTreeMap<String, ParamValue>> {
+    let values: BTreeMap<_, _> = params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    match script.resolve_params(&values) {
+        Ok(resolved) => Some(resolved),
+        Err(param_problems) => {
+            for (name, message) in param_problems {
+                let from_default = script
+                    .params
+                    .iter()
+                    .any(|p| p.name == name && p.default.is_some());
+                if from_default && !params.contains_key(&name) {
+                    // A broken default is reported once, where scripts.yaml declares it.
+                    continue;
+                }
+                match params.get(&name) {
+                    Some(value) => report.at(value, message),
+                    None => report.at(owner, message),
+                }
+            }
+            None
+        }
+    }
+}
+
+fn check_state(
+    declared: StateFile,
+    path: &str,
+    scripts: &BTreeMap<String, Script>,
+    catalog_read: bool,
+    known: &Known,
+    report: &mut Report,
+) -> Option<DeclaredState> {
+    let StateFile {
+        id,
+        description,
+        script,
+        targets,
+        params,
+        mode,
+        interval,
+        windows,
+        rollout,
+    } = declared;
+    let Some(catalog_script) = scripts.get(&script.value) else {
+        if catalog_read {
+            report.at(
+                &script,
+                format!(
+                    "unknown script {:?}: it is not in scripts.yaml",
+                    script.value
+                ),
+            );
+        }
+        return None;
+    };
+    if catalog_script.check.is_none() {
+        report.at(
+            &script,
+            format!(
+                "script {:?} has no check: a declared state needs one to know whether it holds (add `check:` or `check_file:` to it in scripts.yaml)",
+                script.value
+            ),
+        );
+    }
+    let given = targets.map_or_else(Targets::default, |targets| {
+        known.check_targets(&targets, report)
+    });
+    let targets = catalog_script.targets_or_default(given);
+    if targets.is_empty() {
+        report.at(
+            &id,
+            format!(
+                "state {:?} has no targets, and script {:?} has no default targets",
+                id.value, script.value
+            ),
+        );
+    }
+    let resolved = resolve_params(catalog_script, &params, &id, report);
+    let interval = match interval {
+        None => Some(state::DEFAULT_INTERVAL),
+        Some(text) => duration(&text, report).filter(|interval| {
+            let enough = *interval >= state::MIN_INTERVAL;
+            if !enough {
+                report.at(
+                    &text,
+                    format!(
+                        "interval {:?} is shorter than {}s, the shortest allowed: each check is an SSH session on every target",
+                        text.value,
+                        state::MIN_INTERVAL.as_secs()
+                    ),
+                );
+            }
+            enough
+        }),
+    };
+    let windows: Vec<Option<Window>> = windows
+        .iter()
+        .map(|window| check_window(window, report))
+        .collect();
+    let rollout = rollout.unwrap_or_default();
+    if rollout.batch == 0 || rollout.max_failures == 0 {
+        report.at(
+            &id,
+            format!(
+                "state {:?}: rollout batch and max_failures must be at least 1",
+                id.value
+            ),
+        );
+    }
+    Some(DeclaredState {
+        id: id.value,
+        file: path.to_owned(),
+        description,
+        script: script.value,
+        targets,
+        params: resolved?,
+        mode,
+        interval: interval?,
+        windows: windows.into_iter().collect::<Option<_>>()?,
+        rollout,
+    })
+}
+
+fn check_window(window: &Spanned<WindowEntry>, report: &mut Report) -> Option<Window> {
+    let minute = |text: &Spanned<String>, report: &mut Report| {
+        let parsed = text.value.split_once(':').and_then(|(h, m)| {
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60 && text.value.len() == 5).then_some(h * 60 + m)
+        });
+        if parsed.is_none() {
+            report.at(
+                text,
+                format!(
+                    "{:?} is not a time of day such as 02:00 or 23:30 (HH:MM, UTC)",
+                    text.value
+                ),
+            );
+        }
+        parsed
+    };
+    let from = minute(&window.value.from, report);
+    let to = minute(&window.value.to, report);
+    let (from, to) = (from?, to?);
+    if from == to {
+        report.at(
+            &window.value.to,
+            "a window must end at another time than it starts (it would be empty)",
+        );
+        return None;
+    }
+    Some(Window {
+        days: window.value.days.clone(),
+        from_minute: from,
+        to_minute: to,
     })
 }
 
