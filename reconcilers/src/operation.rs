@@ -81,10 +81,18 @@ pub enum HostState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Requester {
-    User { name: String },
-    RunRequest { id: String, revision: String },
+    User {
+        name: String,
+    },
+    RunRequest {
+        id: String,
+        revision: String,
+    },
     /// A declared state's apply, for the revision that declared its content.
-    State { id: String, revision: String },
+    State {
+        id: String,
+        revision: String,
+    },
 }
 
 impl Requester {

@@ -73,7 +73,10 @@ impl fmt::Display for Change {
             }
             Change::StateAdded(id) => write!(f, "+ state {id}"),
             Change::StateRemoved(id) => {
-                write!(f, "- state {id} (no longer kept; machines are left as they are)")
+                write!(
+                    f,
+                    "- state {id} (no longer kept; machines are left as they are)"
+                )
             }
             Change::StateChanged {
                 id,
@@ -325,20 +328,31 @@ mod tests {
     #[test]
     fn states_say_whether_their_targets_are_checked_again() {
         let scripts = |check: &str| {
-            format!("scripts:\n  - {{id: motd, name: Motd, body: 'echo hi > /etc/motd', check: '{check}'}}\n  - {{id: up, name: Up, body: uptime, check: 'true'}}\n")
+            format!(
+                "scripts:\n  - {{id: motd, name: Motd, body: 'echo hi > /etc/motd', check: '{check}'}}\n  - {{id: up, name: Up, body: uptime, check: 'true'}}\n"
+            )
         };
         let motd = "id: motd\nscript: motd\ntargets: {machines: [a]}\n";
         let applied = state(
             &links("10.0.0.2"),
             &scripts("test -f /etc/motd"),
-            &[("states/motd.yaml", motd), ("states/up.yaml", "id: up\nscript: up\ntargets: {machines: [a]}\n")],
+            &[
+                ("states/motd.yaml", motd),
+                (
+                    "states/up.yaml",
+                    "id: up\nscript: up\ntargets: {machines: [a]}\n",
+                ),
+            ],
         );
         let proposed = state(
             &links("10.0.0.2"),
             &scripts("grep -q hi /etc/motd"),
             &[
                 ("states/motd.yaml", &format!("{motd}interval: 1m\n")),
-                ("states/new.yaml", "id: new\nscript: up\ntargets: {machines: [b]}\nmode: report\n"),
+                (
+                    "states/new.yaml",
+                    "id: new\nscript: up\ntargets: {machines: [b]}\nmode: report\n",
+                ),
             ],
         );
         let changes: Vec<String> = plan(&proposed, &applied, &BTreeMap::new())

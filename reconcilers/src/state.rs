@@ -250,7 +250,9 @@ pub enum ApplyResult {
     Running,
     Succeeded,
     /// A non-zero exit, a signal, a timeout, a stop: the operation has the output.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     /// The daemon stopped while it ran: the machine is checked again before anything else.
     Interrupted,
 }
@@ -309,14 +311,23 @@ pub enum Standing {
     InSync,
     /// The check says it does not hold (report mode, or not applied yet).
     Drifted,
-    Applying { operation_id: u64 },
+    Applying {
+        operation_id: u64,
+    },
     /// Its apply for this content failed; it is not applied again until the
     /// next content, a resume of the rollout or a retry.
-    Failed { operation_id: u64, reason: String },
+    Failed {
+        operation_id: u64,
+        reason: String,
+    },
     /// Drifted or not checkable, and held back: why.
-    Held { reason: String },
+    Held {
+        reason: String,
+    },
     /// The check itself could not say (another exit code, a timeout, no connection).
-    CheckError { message: String },
+    CheckError {
+        message: String,
+    },
 }
 
 impl Standing {
@@ -494,7 +505,9 @@ impl StateStatus {
     /// started before a resume no longer counts).
     pub fn count(&mut self, apply: &ApplyRecord) {
         let current = apply.digest == self.digest
-            && self.resumed_at_ms.is_none_or(|at| apply.started_at_ms >= at);
+            && self
+                .resumed_at_ms
+                .is_none_or(|at| apply.started_at_ms >= at);
         match &apply.result {
             ApplyResult::Succeeded if current => self.progress.succeeded += 1,
             ApplyResult::Failed { .. } if current => self.progress.failed += 1,
@@ -996,7 +1009,10 @@ mod tests {
             NOW,
         );
         assert!(decision.apply.is_empty());
-        assert_eq!(standings(&decision), [("web1", "drifted"), ("web2", "in_sync")]);
+        assert_eq!(
+            standings(&decision),
+            [("web1", "drifted"), ("web2", "in_sync")]
+        );
         assert_eq!(decision.targets[0].drifted_since_ms, Some(NOW - MINUTE));
         let ready = condition::get(&decision.status.conditions, ConditionKind::Ready).unwrap();
         assert_eq!(ready.reason, "DriftReported");
@@ -1027,7 +1043,10 @@ mod tests {
             NOW,
         );
         assert_eq!(decision.check, ["web2", "web3", "web4"]);
-        assert!(decision.apply.is_empty(), "an interrupted apply is re-checked, not re-applied");
+        assert!(
+            decision.apply.is_empty(),
+            "an interrupted apply is re-checked, not re-applied"
+        );
         // web1 is due again when its interval ends.
         assert_eq!(decision.wake_after_ms, Some(4 * MINUTE));
     }
@@ -1057,7 +1076,14 @@ mod tests {
         );
         // Monday 01:00 is still Sunday's window.
         let monday_night = NOW - 9 * 60 * MINUTE;
-        let inside = decide_with(&state, &machines, &targets, None, &Held::default(), monday_night);
+        let inside = decide_with(
+            &state,
+            &machines,
+            &targets,
+            None,
+            &Held::default(),
+            monday_night,
+        );
         assert_eq!(inside.apply, ["web1"]);
 
         let held = Held {
@@ -1115,7 +1141,9 @@ mod tests {
         };
         assert_eq!(CheckOutcome::of(&HostState::Succeeded), CheckOutcome::Holds);
         assert_eq!(CheckOutcome::of(&failed(1)), CheckOutcome::Drifted);
-        assert!(matches!(CheckOutcome::of(&failed(2)), CheckOutcome::Error { message } if message.contains("exited 2")));
+        assert!(
+            matches!(CheckOutcome::of(&failed(2)), CheckOutcome::Error { message } if message.contains("exited 2"))
+        );
         assert!(matches!(
             CheckOutcome::of(&HostState::Timeout { unconfirmed: false }),
             CheckOutcome::Error { .. }

@@ -49,12 +49,14 @@ pub fn holds(held: &[Scope], machine: Option<&str>) -> bool {
     })
 }
 
-/// What a resume lets go: the machines to reconcile again and the
-/// run-requests to look at again (only the fleet's resume holds those).
+/// What a resume lets go: the machines to reconcile again, the
+/// run-requests to look at again (only the fleet's resume holds those) and
+/// the states on the machines it released.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Released {
     pub machines: Vec<String>,
     pub runs: Vec<String>,
+    pub states: Vec<String>,
 }
 
 pub fn released(scope: &Scope, desired: &DesiredState) -> Released {
@@ -68,7 +70,20 @@ pub fn released(scope: &Scope, desired: &DesiredState) -> Released {
         Scope::Fleet => desired.runs.keys().cloned().collect(),
         Scope::Machine(_) => Vec::new(),
     };
-    Released { machines, runs }
+    let states = desired
+        .states
+        .values()
+        .filter(|state| match scope {
+            Scope::Fleet => true,
+            Scope::Machine(id) => state.targets.select(&desired.machines).contains(id),
+        })
+        .map(|state| state.id.clone())
+        .collect();
+    Released {
+        machines,
+        runs,
+        states,
+    }
 }
 
 #[cfg(test)]
@@ -89,6 +104,7 @@ mod tests {
             Released {
                 machines: vec!["web1".into(), "db1".into()],
                 runs: vec!["once".into()],
+                states: vec![],
             }
         );
         assert_eq!(
@@ -96,6 +112,7 @@ mod tests {
             Released {
                 machines: vec!["db1".into()],
                 runs: vec![],
+                states: vec![],
             }
         );
         assert_eq!(

@@ -13,6 +13,7 @@ mod metrics;
 mod operations;
 mod reconcile;
 mod runs;
+mod states;
 mod tables;
 mod terminal;
 mod users;
@@ -112,6 +113,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(links::verify))
         .routes(routes!(runs::list))
         .routes(routes!(runs::get))
+        .routes(routes!(states::list))
+        .routes(routes!(states::get))
+        .routes(routes!(states::resume))
         .routes(routes!(operations::list))
         .routes(routes!(operations::run))
         .routes(routes!(operations::get))
@@ -192,7 +196,7 @@ fn described_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         crate::contract::SocketCloseCode,
     )),
     tags(
-        (name = "auth"), (name = "machines"), (name = "operations"), (name = "runs"),
+        (name = "auth"), (name = "machines"), (name = "operations"), (name = "runs"), (name = "states", description = "Declared states: what the fleet converges to and is kept in"),
         (name = "terminals", description = "Workspaces of panes. The WebSocket sends ServerMessage (JSON) and `[pane][bytes]` binary output, takes ClientMessage and `[pane][bytes]` input, and closes with a SocketCloseCode; see src/terminal/protocol.md"),
         (name = "git"), (name = "reconcile"), (name = "tables"), (name = "users"), (name = "daemon")
     )

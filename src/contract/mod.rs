@@ -11,12 +11,14 @@ mod auth;
 mod git;
 mod machines;
 mod operations;
+mod states;
 mod terminals;
 
 pub use auth::*;
 pub use git::*;
 pub use machines::*;
 pub use operations::*;
+pub use states::*;
 pub use terminals::*;
 
 use serde::{Deserialize, Serialize};

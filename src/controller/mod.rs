@@ -1,12 +1,14 @@
 //! The reconcile loop, in the style of kube-runtime's `Controller`.
 //!
 //! Triggers — a new applied revision (diffed: only objects that changed), a
-//! periodic resync, requeues, API requests — become reconcile requests for
-//! keyed objects; the [`scheduler`] dedupes and runs them; the [`fleet`]
-//! reconcilers decide with `reconcilers/` and act over SSH.
+//! periodic resync, requeues, API requests, a state's apply ending — become
+//! reconcile requests for keyed objects; the [`scheduler`] dedupes and runs
+//! them; the reconcilers ([`reconcile`], `states.rs`) decide with
+//! `reconcilers/` and act over SSH.
 
 pub mod reconcile;
 pub mod scheduler;
+mod states;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,6 +23,9 @@ pub use reconcile::{Context, ObjectKey};
 pub use scheduler::{Action, Reason, Scheduler};
 
 use linkops_reconcilers::suspension::{self, Scope};
+
+use linkops_reconcilers::operation::Requester;
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::operations::Engine;
 use crate::store;
@@ -86,12 +91,36 @@ impl Controller {
         if !suspended && let Some(desired) = desired {
             let released = suspension::released(scope, &desired);
             let keys = (released.machines.into_iter().map(ObjectKey::Machine))
-                .chain(released.runs.into_iter().map(ObjectKey::RunRequest));
+                .chain(released.runs.into_iter().map(ObjectKey::RunRequest))
+                .chain(released.states.into_iter().map(ObjectKey::State));
             for key in keys {
                 self.scheduler.trigger(key, Reason::Api);
             }
         }
         Ok(())
+    }
+
+    /// Resumes a state's halted rollout (audited as done `by`) and reconciles
+    /// the state at once; its new status, `None` if it was never reconciled.
+    pub fn resume_state(
+        &self,
+        id: &str,
+        by: &store::Actor,
+    ) -> Result<Option<linkops_reconcilers::state::StateStatus>, store::Error> {
+        let audit = store::Audit {
+            actor: by.clone(),
+            action: store::AuditAction::StateRolloutResume,
+            target: id.to_owned(),
+            outcome: store::Outcome::Success,
+            detail: None,
+        };
+        let resumed = self
+            .context
+            .store
+            .resume_state_rollout(id, &audit, store::now_ms())?;
+        self.scheduler
+            .trigger(ObjectKey::State(id.to_owned()), Reason::Api);
+        Ok(resumed)
     }
 
     /// Operations: start, stop, follow.
@@ -118,6 +147,7 @@ pub fn start(
         scheduler::spawn(context.clone(), concurrency, DEBOUNCE, shutdown.clone());
     let triggers = tokio::spawn(watch_desired(
         context.desired.clone(),
+        context.engine.finished(),
         context.store.clone(),
         scheduler.clone(),
         resync,
@@ -126,9 +156,11 @@ pub fn start(
     (Controller { scheduler, context }, vec![runner, triggers])
 }
 
-/// Turns revisions and the resync timer into reconcile requests.
+/// Turns revisions, the resync timer and the end of a state's apply into
+/// reconcile requests.
 async fn watch_desired(
     mut desired: watch::Receiver<Option<Arc<DesiredState>>>,
+    mut finished: tokio::sync::broadcast::Receiver<crate::operations::Finished>,
     store: crate::store::Store,
     scheduler: Scheduler<ObjectKey, store::Error>,
     resync: Duration,
@@ -159,12 +191,26 @@ async fn watch_desired(
                     scheduler.trigger(key, Reason::Resync);
                 }
             }
+            ended = finished.recv() => match ended {
+                Ok(operation) => {
+                    if let Requester::State { id, .. } = operation.requested_by {
+                        scheduler.trigger(ObjectKey::State(id), Reason::Api);
+                    }
+                }
+                // Missed some: every state looks at its applies again.
+                Err(RecvError::Lagged(_)) => {
+                    for id in current.iter().flat_map(|d| d.states.keys()) {
+                        scheduler.trigger(ObjectKey::State(id.clone()), Reason::Api);
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            },
         }
     }
 }
 
-/// Every machine and run-request of the revision, and run-requests the store
-/// knows that left Git (to settle them).
+/// Every machine, run-request and state of the revision, and run-requests
+/// the store knows that left Git (to settle them).
 fn all_keys(desired: Option<&DesiredState>, store: &crate::store::Store) -> Vec<ObjectKey> {
     let mut keys: Vec<ObjectKey> = desired
         .into_iter()
@@ -173,6 +219,7 @@ fn all_keys(desired: Option<&DesiredState>, store: &crate::store::Store) -> Vec<
                 .iter()
                 .map(|m| ObjectKey::Machine(m.id.clone()))
                 .chain(d.runs.keys().map(|id| ObjectKey::RunRequest(id.clone())))
+                .chain(d.states.keys().map(|id| ObjectKey::State(id.clone())))
         })
         .collect();
     let in_git: HashSet<&str> = desired
@@ -218,6 +265,21 @@ pub fn changed_keys(before: Option<&DesiredState>, after: Option<&DesiredState>)
     for id in before.runs.keys() {
         if !after.runs.contains_key(id) {
             keys.push(ObjectKey::RunRequest(id.clone()));
+        }
+    }
+    // A state is looked at again when it, its script, or its machines changed
+    // (a machine that joins its tag converges without a commit to the state).
+    for (id, state) in &after.states {
+        let targeted = |desired: &DesiredState| state.targets.select(&desired.machines);
+        let selected = targeted(after);
+        let changed = before.states.get(id) != Some(state)
+            || before.scripts.get(&state.script) != after.scripts.get(&state.script)
+            || targeted(before) != selected
+            || selected
+                .iter()
+                .any(|machine| before.machine(machine) != after.machine(machine));
+        if changed {
+            keys.push(ObjectKey::State(id.clone()));
         }
     }
     keys

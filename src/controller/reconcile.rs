@@ -1,4 +1,5 @@
-//! The fleet's reconcilers: machines (health and enrollment) and run-requests.
+//! The fleet's reconcilers: machines (health and enrollment) and run-requests
+//! (declared states: `states.rs`).
 //!
 //! Each reconcile reads the current desired state and the store, asks
 //! `reconcilers/` what to do, does it over SSH, and records the result.
@@ -26,6 +27,7 @@ use crate::store::{self, Actor, AuditAction, HealthSample, Store, now_ms};
 pub enum ObjectKey {
     Machine(String),
     RunRequest(String),
+    State(String),
 }
 
 impl fmt::Display for ObjectKey {
@@ -33,6 +35,7 @@ impl fmt::Display for ObjectKey {
         match self {
             ObjectKey::Machine(id) => write!(f, "machine/{id}"),
             ObjectKey::RunRequest(id) => write!(f, "run/{id}"),
+            ObjectKey::State(id) => write!(f, "state/{id}"),
         }
     }
 }
@@ -86,6 +89,7 @@ impl Reconcile<ObjectKey> for Context {
         let (kind, result) = match &key {
             ObjectKey::Machine(id) => ("machine", self.machine(&desired, id).await),
             ObjectKey::RunRequest(id) => ("run_request", self.run_request(&desired, id).await),
+            ObjectKey::State(id) => ("state", self.declared_state(&desired, id).await),
         };
         let labels = crate::metrics::ReconcileLabels {
             kind,

@@ -95,6 +95,23 @@ pub struct LiveEvent {
     pub encoded: std::sync::OnceLock<String>,
 }
 
+/// An operation that ended, its events all recorded: who asked for it
+/// (the controller reconciles a state again when its apply ends).
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub id: u64,
+    pub requested_by: Requester,
+    pub state: OperationState,
+}
+
+/// A check as it ran on one machine: how it ended and the start of what it printed.
+#[derive(Debug, Clone)]
+pub struct CheckRun {
+    pub end: HostState,
+    pub output: String,
+    pub duration: std::time::Duration,
+}
+
 /// An operation in flight.
 struct Live {
     events: broadcast::Sender<Arc<LiveEvent>>,
@@ -113,6 +130,7 @@ pub struct Engine {
     /// blocking pool, and hundreds at once would cost a thread (and an
     /// allocator arena) each.
     catch_up: Arc<Semaphore>,
+    finished: broadcast::Sender<Finished>,
     metrics: Arc<Metrics>,
 }
 
@@ -130,7 +148,62 @@ impl Engine {
             metrics,
             live: Arc::default(),
             catch_up: Arc::new(Semaphore::new(4)),
+            finished: broadcast::channel(256).0,
         }
+    }
+
+    /// Operations as they end (after their last event is recorded). A
+    /// receiver that lags learns how many it missed.
+    pub fn finished(&self) -> broadcast::Receiver<Finished> {
+        self.finished.subscribe()
+    }
+
+    /// Runs a script's check on a machine as an operation runs a host — the
+    /// script's interpreter, parameters as environment, its timeout, and
+    /// the same ending by SIGTERM then SIGKILL — but records nothing: the
+    /// caller keeps the outcome and the first `keep` bytes of output.
+    pub async fn check(
+        &self,
+        machine: Machine,
+        script: &Script,
+        params: &BTreeMap<String, ParamValue>,
+        keep: usize,
+    ) -> Result<CheckRun, Error> {
+        let command = command::command_line(script, params)?;
+        let _session = self
+            .access
+            .sessions
+            .acquire()
+            .await
+            .expect("the session semaphore is never closed");
+        let (updates, mut receiver) = mpsc::channel(64);
+        let run = HostRun {
+            access: self.access.clone(),
+            machine,
+            command: command.into(),
+            body: script.check.as_deref().unwrap_or_default().into(),
+            timeout: script.timeout,
+            output_cap: keep as u64,
+            updates,
+            stop: CancellationToken::new(),
+        };
+        let started = std::time::Instant::now();
+        let output = async {
+            let mut output = Vec::new();
+            while let Some(update) = receiver.recv().await {
+                if let Update::Output { data, .. } = update {
+                    let room = keep.saturating_sub(output.len());
+                    output.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            output
+        };
+        let (end, output) = tokio::join!(run.run(), output);
+        Ok(CheckRun {
+            end,
+            output: String::from_utf8_lossy(&output).into_owned(),
+            duration: started.elapsed(),
+        })
     }
 
     /// Waits for a turn to read the event log from the store.
@@ -209,9 +282,17 @@ impl Engine {
             async move {
                 let _running = Open::new(&engine.metrics.operations_running);
                 let writing = tokio::spawn(writer.run().in_current_span());
-                engine.execute(plan, hosts, command, updates, stop).await;
+                let requested_by = plan.requested_by.clone();
+                let state = engine.execute(plan, hosts, command, updates, stop).await;
                 writing.await.ok();
                 engine.live.lock().expect("never poisoned").remove(&id);
+                // No receiver (no controller, in tests) is no error.
+                let finished = Finished {
+                    id,
+                    requested_by,
+                    state,
+                };
+                engine.finished.send(finished).ok();
             }
             .instrument(span),
         );
@@ -246,7 +327,7 @@ impl Engine {
         command: Arc<str>,
         updates: mpsc::Sender<Update>,
         stop: CancellationToken,
-    ) {
+    ) -> OperationState {
         updates
             .send(Update::State(OperationState::Running))
             .await
@@ -342,6 +423,7 @@ impl Engine {
             .get_or_create(&labels)
             .inc();
         tracing::info!(state = state.name(), "operation finished");
+        state
     }
 }
 

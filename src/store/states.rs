@@ -82,9 +82,14 @@ impl Store {
             put_targets(&tx, &write.targets)?;
             let mut history = tx.open_table(STATE_CHECKS)?;
             for (machine, check) in &write.checks {
-                history.insert((state, machine.as_str(), check.at_ms), encode(check).as_slice())?;
+                history.insert(
+                    (state, machine.as_str(), check.at_ms),
+                    encode(check).as_slice(),
+                )?;
                 let stale: Vec<i64> = history
-                    .range((state, machine.as_str(), i64::MIN)..=(state, machine.as_str(), i64::MAX))?
+                    .range(
+                        (state, machine.as_str(), i64::MIN)..=(state, machine.as_str(), i64::MAX),
+                    )?
                     .rev()
                     .skip(CHECK_HISTORY)
                     .map(|entry| entry.map(|(key, _)| key.value().2))
@@ -163,10 +168,7 @@ mod tests {
                 .put_state(StateWrite {
                     status: status.clone(),
                     targets: vec![Target::new("motd", "web1", at)],
-                    checks: vec![
-                        ("web1".into(), check(at)),
-                        ("web2".into(), check(at * 10)),
-                    ],
+                    checks: vec![("web1".into(), check(at)), ("web2".into(), check(at * 10))],
                     audits: vec![],
                 })
                 .unwrap();
@@ -175,7 +177,10 @@ mod tests {
         assert_eq!(kept.len(), CHECK_HISTORY);
         assert_eq!(kept[0].at_ms, CHECK_HISTORY as i64 + 4, "newest first");
         assert_eq!(kept.last().unwrap().at_ms, 5);
-        assert_eq!(store.state_checks("motd", "web2").unwrap().len(), CHECK_HISTORY);
+        assert_eq!(
+            store.state_checks("motd", "web2").unwrap().len(),
+            CHECK_HISTORY
+        );
         assert!(store.state_checks("other", "web1").unwrap().is_empty());
         let targets = store.state_targets("motd").unwrap();
         assert_eq!(targets.keys().collect::<Vec<_>>(), ["web1"]);

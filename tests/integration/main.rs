@@ -21,6 +21,7 @@ mod openapi;
 mod operations;
 mod serve;
 mod ssh;
+mod states;
 mod tables;
 mod terminal;
 mod tidy;

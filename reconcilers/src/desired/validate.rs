@@ -107,11 +107,9 @@ impl Report<'_> {
 
 pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Problem>> {
     let mut problems = Vec::new();
-    let yaml = files
-        .iter()
-        .filter(|(path, _)| {
-            *path == LINKS_FILE || *path == SCRIPTS_FILE || is_run_request(path) || is_state_file(path)
-        });
+    let yaml = files.iter().filter(|(path, _)| {
+        *path == LINKS_FILE || *path == SCRIPTS_FILE || is_run_request(path) || is_state_file(path)
+    });
     let mut total = 0;
     for (path, bytes) in yaml {
         total += bytes.len();
@@ -192,8 +190,9 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
     let mut states: BTreeMap<String, DeclaredState> = BTreeMap::new();
     let mut state_files: BTreeMap<String, String> = BTreeMap::new();
     for path in files.keys().filter(|p| is_state_file(p)) {
-        let Some(Read { value: declared, .. }) =
-            parse::<StateFile>(files, path, None, &mut problems)
+        let Some(Read {
+            value: declared, ..
+        }) = parse::<StateFile>(files, path, None, &mut problems)
         else {
             continue;
         };
@@ -207,7 +206,10 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         if let Some(first) = state_files.get(&declared.id.value) {
             report.at(
                 &declared.id,
-                format!("duplicate state id {:?} (also in {first})", declared.id.value),
+                format!(
+                    "duplicate state id {:?} (also in {first})",
+                    declared.id.value
+                ),
             );
             continue;
         }

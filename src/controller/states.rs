@@ -1,0 +1,303 @@
+//! The declared-state reconciler: settle the applies that ended, run the
+//! checks that are due, ask `reconcilers::state::decide` what to apply, and
+//! start the rollout's next batch as one operation.
+//!
+//! Everything one reconcile saw is written in one transaction; the batch's
+//! apply records are written in the transaction that creates its operation,
+//! so a daemon killed mid-apply restarts knowing which apply it interrupted.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::operation::Requester;
+use linkops_reconcilers::script::Script;
+use linkops_reconcilers::state::{
+    self, ApplyRecord, ApplyResult, CHECK_OUTPUT_BYTES, CheckOutcome, CheckRecord, DeclaredState,
+    StateDecision, Target,
+};
+use tracing::Instrument;
+
+use super::reconcile::Context;
+use super::scheduler::Action;
+use crate::operations::{HostPlan, Plan};
+use crate::store::{self, Actor, Audit, AuditAction, Outcome, now_ms};
+
+/// Checks of one state running at once (the fleet's session limit applies too).
+const CHECKS_AT_ONCE: usize = 32;
+
+impl Context {
+    pub(super) async fn declared_state(
+        &self,
+        desired: &DesiredState,
+        id: &str,
+    ) -> Result<Action, store::Error> {
+        let Some(state) = desired.states.get(id) else {
+            // Gone from Git: its records stay, nothing more is checked or applied.
+            return Ok(Action::AwaitChange);
+        };
+        let script = desired
+            .scripts
+            .get(&state.script)
+            .expect("validated: the state's script exists");
+        let digest = state::digest(state, script);
+        let stored = self.store.state_targets(id)?;
+        let mut targets = stored.clone();
+        let mut status = self.store.state_status(id)?;
+        self.settle_applies(&mut targets, status.as_mut())?;
+
+        let selected = state.targets.select(&desired.machines);
+        let statuses = self.store.machine_statuses(&selected)?;
+        let held = self.held()?;
+        let decide = |targets: &BTreeMap<String, Target>| {
+            let observed = state::Observed {
+                status: status.as_ref(),
+                targets,
+                statuses: &statuses,
+                held: &held,
+            };
+            state::decide(
+                state,
+                &digest,
+                &desired.revision,
+                &desired.machines,
+                &observed,
+                now_ms(),
+            )
+        };
+        let mut decision = decide(&targets);
+        let mut checks = Vec::new();
+        if !decision.check.is_empty() {
+            checks = self
+                .run_checks(desired, state, script, &digest, &decision.check)
+                .await;
+            for (machine, check) in &checks {
+                if let Some(target) = targets.get_mut(machine) {
+                    target.checked(check.clone());
+                } else {
+                    let mut target = Target::new(id, machine, check.at_ms);
+                    target.checked(check.clone());
+                    targets.insert(machine.clone(), target);
+                }
+            }
+            decision = decide(&targets);
+        }
+        let wake = decision
+            .wake_after_ms
+            .map_or(state.interval, |ms| {
+                Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+            })
+            .max(Duration::from_millis(200));
+        // Machines no longer targeted keep their record, with how their last apply ended.
+        let selected_now: std::collections::HashSet<&str> = decision
+            .targets
+            .iter()
+            .map(|t| t.machine_id.as_str())
+            .collect();
+        let left: Vec<Target> = targets
+            .values()
+            .filter(|t| !selected_now.contains(t.machine_id.as_str()))
+            .cloned()
+            .collect();
+        decision.targets.extend(left);
+        self.record_state(state, decision, &stored, checks, desired)?;
+        Ok(Action::Requeue(wake))
+    }
+
+    /// Reads how the applies in flight ended (from their operations) and
+    /// counts the ended ones into the rollout of their content.
+    fn settle_applies(
+        &self,
+        targets: &mut BTreeMap<String, Target>,
+        mut status: Option<&mut state::StateStatus>,
+    ) -> Result<(), store::Error> {
+        let mut operations = BTreeMap::new();
+        for target in targets.values_mut() {
+            let Some(apply) = target.apply.as_mut() else {
+                continue;
+            };
+            if apply.result != ApplyResult::Running {
+                continue;
+            }
+            if !operations.contains_key(&apply.operation_id) {
+                let read = self.store.operation(apply.operation_id)?;
+                operations.insert(apply.operation_id, read);
+            }
+            let host = operations[&apply.operation_id]
+                .as_ref()
+                .and_then(|(_, hosts)| hosts.iter().find(|h| h.machine_id == target.machine_id));
+            let ended = match host {
+                Some(host) => ApplyResult::of(&host.state).map(|r| (r, host.finished_at_ms)),
+                // Its operation is gone (it cannot be, but the record must not stay applying).
+                None => Some((ApplyResult::Interrupted, None)),
+            };
+            if let Some((result, finished_at_ms)) = ended {
+                apply.result = result;
+                apply.finished_at_ms = finished_at_ms.or(Some(now_ms()));
+                if let Some(status) = status.as_deref_mut() {
+                    status.count(apply);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the checks of `machines`, a few at a time; each result is for `digest`.
+    async fn run_checks(
+        &self,
+        desired: &DesiredState,
+        state: &DeclaredState,
+        script: &Script,
+        digest: &str,
+        machines: &[String],
+    ) -> Vec<(String, CheckRecord)> {
+        let targets: Vec<_> = machines
+            .iter()
+            .filter_map(|id| desired.machine(id).cloned())
+            .collect();
+        let checks: Vec<_> = targets
+            .into_iter()
+            .map(|machine| {
+                let span = tracing::info_span!("check", machine.id = %machine.id);
+                self.check_one(machine, state, script, digest)
+                    .instrument(span)
+            })
+            .collect();
+        futures::stream::iter(checks)
+            .buffer_unordered(CHECKS_AT_ONCE)
+            .collect()
+            .await
+    }
+
+    async fn check_one(
+        &self,
+        machine: linkops_reconcilers::machine::Machine,
+        state: &DeclaredState,
+        script: &Script,
+        digest: &str,
+    ) -> (String, CheckRecord) {
+        let id = machine.id.clone();
+        let at_ms = now_ms();
+        let ran = self
+            .engine
+            .check(machine, script, &state.params, CHECK_OUTPUT_BYTES)
+            .await;
+        let (outcome, output, duration) = match ran {
+            Ok(run) => (CheckOutcome::of(&run.end), run.output, run.duration),
+            Err(error) => (
+                CheckOutcome::Error {
+                    message: error.to_string(),
+                },
+                String::new(),
+                Duration::ZERO,
+            ),
+        };
+        tracing::debug!(?outcome, "checked");
+        let record = CheckRecord {
+            digest: digest.to_owned(),
+            at_ms,
+            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            outcome,
+            output,
+        };
+        (id, record)
+    }
+
+    /// Writes what the reconcile saw and decided, then starts the batch it
+    /// decided on (whose records its operation's transaction writes).
+    fn record_state(
+        &self,
+        state: &DeclaredState,
+        decision: StateDecision,
+        stored: &BTreeMap<String, Target>,
+        checks: Vec<(String, CheckRecord)>,
+        desired: &DesiredState,
+    ) -> Result<(), store::Error> {
+        let StateDecision {
+            apply,
+            targets,
+            status,
+            halted_now,
+            ..
+        } = decision;
+        let mut audits = Vec::new();
+        if halted_now && let Some(halt) = &status.halted {
+            tracing::warn!(state = %state.id, reason = %halt.reason, "rollout halted");
+            audits.push(Audit {
+                actor: Actor::System,
+                action: AuditAction::StateRolloutHalted,
+                target: state.id.clone(),
+                outcome: Outcome::Failure,
+                detail: Some(halt.reason.clone()),
+            });
+        }
+        let changed: Vec<Target> = targets
+            .iter()
+            .filter(|t| stored.get(&t.machine_id) != Some(*t))
+            .cloned()
+            .collect();
+        // Only the selected machines are counted: `decide` did.
+        self.store.put_state(store::StateWrite {
+            status: status.clone(),
+            targets: changed,
+            checks,
+            audits,
+        })?;
+        if apply.is_empty() {
+            return Ok(());
+        }
+        let script = desired
+            .scripts
+            .get(&state.script)
+            .expect("validated: the state's script exists");
+        let now = now_ms();
+        let mut batch = Vec::new();
+        let mut hosts = Vec::new();
+        for id in &apply {
+            let (Some(machine), Some(target)) = (
+                desired.machine(id),
+                targets.iter().find(|t| &t.machine_id == id),
+            ) else {
+                continue;
+            };
+            let mut target = target.clone();
+            target.apply = Some(ApplyRecord {
+                digest: status.digest.clone(),
+                // The store fills it in when it creates the operation.
+                operation_id: 0,
+                started_at_ms: now,
+                finished_at_ms: None,
+                result: ApplyResult::Running,
+            });
+            batch.push(target);
+            hosts.push(HostPlan::Run(machine.clone()));
+        }
+        let plan = Plan {
+            script: script.clone(),
+            params: state.params.clone(),
+            hosts,
+            requested_by: Requester::State {
+                id: state.id.clone(),
+                revision: desired.revision.clone(),
+            },
+            concurrency: None,
+        };
+        let claim = store::Claim::StateApply {
+            status,
+            targets: batch,
+        };
+        match self.engine.start(plan, Some(claim)) {
+            Ok(operation) => {
+                tracing::info!(state = %state.id, operation = operation.id, machines = ?apply, "applying");
+                Ok(())
+            }
+            Err(crate::operations::Error::Store(error)) => Err(error),
+            // Parameters were checked when the revision loaded: this is a bug, said loudly.
+            Err(error) => {
+                tracing::error!(state = %state.id, %error, "cannot start the state's apply");
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Declared states against real sshd hosts: a state converges its targets, a
+//! machine joining the tag converges without a commit to the state, a hand
+//! change is corrected (enforce) or reported (report), new content rolls out
+//! in batches behind a canary, a failed canary halts the rest, and nothing is
+//! applied outside the maintenance windows.
+//!
+//! The state is a config file per host under the shared marks directory
+//! (`<marks>/<client id>.conf`), so the test reads what each host has.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::{ADMIN, FleetSetup, TestDaemon, eventually, fleet_links, read_events};
+
+const SCRIPTS: &str = r#"scripts:
+  - id: config-file
+    name: A config file with its content
+    params:
+      - {name: content, type: string, required: true}
+    body: |
+      f=$MARKS/$(cat /etc/linkops/client_id).conf
+      [ "$LINKOPS_PARAM_CONTENT" = fail ] && { echo "refusing to write $f" >&2; exit 3; }
+      printf '%s\n' "$LINKOPS_PARAM_CONTENT" > "$f"
+      echo "$LINKOPS_PARAM_CONTENT" >> "$f.applies"
+    check: |
+      f=$MARKS/$(cat /etc/linkops/client_id).conf
+      [ -f "$f" ] || { echo "$f is missing"; exit 1; }
+      [ "$(cat "$f")" = "$LINKOPS_PARAM_CONTENT" ] || { echo "$f reads $(cat "$f")"; exit 1; }
+    timeout: 30s
+  - id: hand-edit
+    name: Someone edits the file by hand
+    body: |
+      echo edited-by-hand > $MARKS/$(cat /etc/linkops/client_id).conf
+"#;
+
+/// The fleet's links with `web` added to the tags of the hosts at `web`.
+fn links(setup: &FleetSetup, web: &[usize]) -> String {
+    let mut links = String::new();
+    for (index, entry) in fleet_links(&setup.fleet, &[]).split("  - id: ").enumerate() {
+        if index == 0 {
+            links.push_str(entry);
+            continue;
+        }
+        links.push_str("  - id: ");
+        match web.contains(&(index - 1)) {
+            true => links.push_str(&entry.replace("tags: [test]", "tags: [test, web]")),
+            false => links.push_str(entry),
+        }
+    }
+    links
+}
+
+fn state_file(content: &str, extra: &str) -> String {
+    format!(
+        "id: app-config\nscript: config-file\ntargets: {{tags: [web]}}\nparams: {{content: {content}}}\ninterval: 10s\nrollout: {{canary: 1, batch: 2, max_failures: 1}}\n{extra}"
+    )
+}
+
+/// A fleet of `hosts`, those at `web` tagged `web`, with the state committed.
+fn setup(hosts: usize, web: &[usize], state: &str) -> FleetSetup {
+    let setup = FleetSetup::new(hosts, &[], SCRIPTS);
+    setup.work.write("links.yaml", &links(&setup, web));
+    setup.work.write("states/app-config.yaml", state);
+    setup.work.commit("the app's config file, declared");
+    setup
+}
+
+/// What host `index` has in its config file, if it has one.
+fn config_of(setup: &FleetSetup, index: usize) -> Option<String> {
+    let uuid = setup.fleet.hosts()[index].uuid();
+    std::fs::read_to_string(setup.marks.join(format!("LINKOPS-{uuid}.conf")))
+        .ok()
+        .map(|text| text.trim_end().to_owned())
+}
+
+/// How many times the state was applied on host `index`.
+fn applies_on(setup: &FleetSetup, index: usize) -> usize {
+    let uuid = setup.fleet.hosts()[index].uuid();
+    std::fs::read_to_string(setup.marks.join(format!("LINKOPS-{uuid}.conf.applies")))
+        .map(|text| text.lines().count())
+        .unwrap_or(0)
+}
+
+async fn detail(daemon: &TestDaemon, token: &str) -> Value {
+    let (status, detail) = daemon
+        .request(Method::GET, "/api/states/app-config", token, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{detail}");
+    detail
+}
+
+/// Waits until `check` holds for the state's detail; returns that detail.
+async fn until_state(
+    daemon: &TestDaemon,
+    token: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(what, || async {
+        let detail = detail(daemon, token).await;
+        check(&detail).then_some(detail)
+    })
+    .await
+}
+
+fn standing(detail: &Value, id: &str) -> String {
+    machine(detail, id)["standing"]["standing"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The state's apply operations, oldest first, as the machines each ran on.
+async fn applies(daemon: &TestDaemon, token: &str) -> Vec<Vec<String>> {
+    let (status, operations) = daemon
+        .request(
+            Method::GET,
+            "/api/operations?script=config-file&limit=100",
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{operations}");
+    let mut batches: Vec<(u64, Vec<String>)> = operations
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["requested_by"]["kind"] == "state")
+        .map(|o| {
+            let machines = o["machines"].as_array().unwrap();
+            let machines = machines.iter().map(|m| m.as_str().unwrap().to_owned());
+            (o["id"].as_u64().unwrap(), machines.collect())
+        })
+        .collect();
+    batches.sort();
+    batches.into_iter().map(|(_, machines)| machines).collect()
+}
+
+/// Edits a host's config file by hand, over SSH (an operation of the
+/// `hand-edit` script), and waits until that is done.
+async fn hand_edit(daemon: &TestDaemon, token: &str, machine: &str) {
+    let body = json!({"script": "hand-edit", "targets": {"machines": [machine]}});
+    let (status, operation) = daemon
+        .request(Method::POST, "/api/operations/run", token, Some(body))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{operation}");
+    let events = read_events(daemon, token, operation["id"].as_u64().unwrap(), None).await;
+    assert_eq!(events.last().unwrap().data["state"], "succeeded");
+}
+
+async fn sync(daemon: &TestDaemon, token: &str) {
+    let response = daemon.post("/api/git/sync", Some(token)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+fn in_sync(detail: &Value, machines: u64) -> bool {
+    detail["state"]["counts"]["in_sync"] == machines
+}
+
+/// Whether the detail is of the reconcile of `revision` or later.
+fn of(detail: &Value, revision: &str) -> bool {
+    detail["state"]["revision"] == revision
+}
+
+fn machine<'a>(detail: &'a Value, id: &str) -> &'a Value {
+    detail["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["machine_id"] == id)
+        .unwrap_or_else(|| panic!("no {id} in {detail}"))
+}
+
+#[tokio::test]
+async fn a_state_converges_its_tag_and_a_machine_joining_it() {
+    let setup = setup(3, &[0, 1], &state_file("v1", ""));
+    let daemon = setup.start().await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    let converged = until_state(&daemon, &token, "both web hosts in sync", |d| in_sync(d, 2)).await;
+    assert_eq!(config_of(&setup, 0).as_deref(), Some("v1"));
+    assert_eq!(config_of(&setup, 1).as_deref(), Some("v1"));
+    assert_eq!(config_of(&setup, 2), None, "host3 is not a web host");
+    assert_eq!(converged["machines"].as_array().unwrap().len(), 2);
+    let ready = &converged["state"]["conditions"][0];
+    assert_eq!(
+        (&ready["type"], &ready["status"]),
+        (&json!("Ready"), &json!("True"))
+    );
+    // The canary alone first, then the rest.
+    assert_eq!(
+        applies(&daemon, &token).await,
+        [vec!["host1"], vec!["host2"]]
+    );
+    // Each apply is audited for the revision that declared it.
+    let query = json!({ "table": "audit_log", "filter": [{ "column": "action", "op": "eq", "value": "state.apply" }] });
+    let (_, page) = daemon
+        .request(Method::POST, "/api/tables/query", &token, Some(query))
+        .await;
+    let revision = setup.work.head();
+    let applied = page["rows"].as_array().unwrap();
+    assert_eq!(applied.len(), 2, "{page}");
+    assert!(
+        applied
+            .iter()
+            .all(|e| e["actor"] == format!("git@{revision}"))
+    );
+
+    // host3 joins the tag: only links.yaml changes.
+    setup.work.write("links.yaml", &links(&setup, &[0, 1, 2]));
+    setup.work.commit("host3 serves the app too");
+    sync(&daemon, &token).await;
+    until_state(&daemon, &token, "host3 in sync", |d| in_sync(d, 3)).await;
+    assert_eq!(config_of(&setup, 2).as_deref(), Some("v1"));
+    assert_eq!((applies_on(&setup, 0), applies_on(&setup, 2)), (1, 1));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_hand_change_is_corrected_when_enforced_and_only_reported_otherwise() {
+    let setup = setup(2, &[0, 1], &state_file("v1", ""));
+    let daemon = setup.start().await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    until_state(&daemon, &token, "in sync", |d| in_sync(d, 2)).await;
+
+    hand_edit(&daemon, &token, "host1").await;
+    // Detected at its next check, corrected, checked again.
+    until_state(&daemon, &token, "host1 corrected", |d| {
+        in_sync(d, 2) && applies_on(&setup, 0) == 2
+    })
+    .await;
+    assert_eq!(config_of(&setup, 0).as_deref(), Some("v1"));
+    assert_eq!(applies_on(&setup, 1), 1, "host2 was left alone");
+
+    // In report mode the same edit is reported, with what the check printed, and left.
+    setup.work.write(
+        "states/app-config.yaml",
+        &state_file("v1", "mode: report\n"),
+    );
+    let report = setup.work.commit("only report drift");
+    sync(&daemon, &token).await;
+    until_state(&daemon, &token, "report mode", |d| of(d, &report)).await;
+    hand_edit(&daemon, &token, "host1").await;
+    let reported = until_state(&daemon, &token, "host1 reported drifted", |d| {
+        standing(d, "host1") == "drifted"
+    })
+    .await;
+    let host1 = machine(&reported, "host1");
+    assert!(
+        host1["check"]["output"]
+            .as_str()
+            .unwrap()
+            .ends_with(".conf reads edited-by-hand\n"),
+        "{host1}"
+    );
+    assert!(host1["drifted_since"].is_string(), "{host1}");
+    assert_eq!(
+        reported["state"]["conditions"][0]["reason"],
+        "DriftReported"
+    );
+    assert_eq!(config_of(&setup, 0).as_deref(), Some("edited-by-hand"));
+    assert_eq!(applies_on(&setup, 0), 2);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn new_content_rolls_out_in_batches_and_a_failed_canary_halts_the_rest() {
+    let setup = setup(4, &[0, 1, 2, 3], &state_file("v1", ""));
+    let daemon = setup.start().await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    until_state(&daemon, &token, "v1 everywhere", |d| in_sync(d, 4)).await;
+    let v1 = applies(&daemon, &token).await;
+    assert_eq!(v1, [vec!["host1"], vec!["host2", "host3"], vec!["host4"]]);
+
+    setup
+        .work
+        .write("states/app-config.yaml", &state_file("v2", ""));
+    let v2_revision = setup.work.commit("v2");
+    sync(&daemon, &token).await;
+    until_state(&daemon, &token, "v2 everywhere", |d| {
+        of(d, &v2_revision) && in_sync(d, 4)
+    })
+    .await;
+    let v2 = applies(&daemon, &token).await.split_off(v1.len());
+    assert_eq!(v2, [vec!["host1"], vec!["host2", "host3"], vec!["host4"]]);
+    assert!((0..4).all(|host| config_of(&setup, host).as_deref() == Some("v2")));
+
+    // The canary's apply fails: the rollout halts and nothing else is touched.
+    setup
+        .work
+        .write("states/app-config.yaml", &state_file("fail", ""));
+    let broken = setup.work.commit("a broken release");
+    sync(&daemon, &token).await;
+    let halted = until_state(&daemon, &token, "the rollout halted", |d| {
+        of(d, &broken) && d["state"]["halted"].is_object()
+    })
+    .await;
+    assert_eq!(standing(&halted, "host1"), "failed", "{halted}");
+    for other in ["host2", "host3", "host4"] {
+        assert_eq!(standing(&halted, other), "held", "{halted}");
+    }
+    assert!(
+        halted["state"]["halted"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("a canary failed"),
+        "{halted}"
+    );
+    assert_eq!(
+        applies(&daemon, &token).await.len(),
+        v1.len() + v2.len() + 1
+    );
+    assert!((1..4).all(|host| config_of(&setup, host).as_deref() == Some("v2")));
+
+    // It stays halted until an operator resumes it (or new content comes).
+    let (status, answer) = daemon
+        .request(Method::POST, "/api/states/app-config/resume", &token, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let first = machine(&halted, "host1")["apply"]["operation_id"].clone();
+    let again = until_state(&daemon, &token, "the canary failed again", |d| {
+        let apply = &machine(d, "host1")["apply"];
+        d["state"]["halted"].is_object()
+            && apply["operation_id"] != first
+            && apply["result"]["result"] == "failed"
+    })
+    .await;
+    assert_eq!(standing(&again, "host2"), "held");
+    assert_eq!(
+        applies(&daemon, &token).await.len(),
+        v1.len() + v2.len() + 2
+    );
+    let (status, _) = daemon
+        .request(Method::POST, "/api/states/missing/resume", &token, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn outside_its_windows_a_state_is_checked_but_never_applied() {
+    // A window that closed an hour ago and opens again tomorrow.
+    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+    let from = now
+        .checked_sub(jiff::SignedDuration::from_hours(2))
+        .unwrap();
+    let to = now
+        .checked_sub(jiff::SignedDuration::from_hours(1))
+        .unwrap();
+    let window = format!(
+        "windows:\n  - {{from: \"{}\", to: \"{}\"}}\n",
+        from.strftime("%H:%M"),
+        to.strftime("%H:%M")
+    );
+    let setup = setup(2, &[0, 1], &state_file("v1", &window));
+    let daemon = setup.start().await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    let held = until_state(&daemon, &token, "both held", |d| {
+        d["state"]["counts"]["held"] == 2
+    })
+    .await;
+    let reason = held["machines"][0]["standing"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("outside the maintenance windows; the next opens at "),
+        "{reason}"
+    );
+    assert_eq!(held["machines"][0]["check"]["outcome"]["result"], "drifted");
+    assert!(applies(&daemon, &token).await.is_empty());
+    assert_eq!((config_of(&setup, 0), config_of(&setup, 1)), (None, None));
+    daemon.stop().await;
+}
