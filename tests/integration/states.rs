@@ -7,6 +7,10 @@
 //! The state is a config file per host under the shared marks directory
 //! (`<marks>/<client id>.conf`), so the test reads what each host has.
 
+use std::ffi::OsStr;
+use std::process::Command;
+
+use linkops::testbed::ServeProcess;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -17,11 +21,13 @@ const SCRIPTS: &str = r#"scripts:
     name: A config file with its content
     params:
       - {name: content, type: string, required: true}
+      - {name: linger, type: int, default: 0, description: Seconds the apply takes after writing}
     body: |
       f=$MARKS/$(cat /etc/linkops/client_id).conf
       [ "$LINKOPS_PARAM_CONTENT" = fail ] && { echo "refusing to write $f" >&2; exit 3; }
       printf '%s\n' "$LINKOPS_PARAM_CONTENT" > "$f"
       echo "$LINKOPS_PARAM_CONTENT" >> "$f.applies"
+      sleep "$LINKOPS_PARAM_LINGER"
     check: |
       f=$MARKS/$(cat /etc/linkops/client_id).conf
       [ -f "$f" ] || { echo "$f is missing"; exit 1; }
@@ -367,4 +373,60 @@ async fn outside_its_windows_a_state_is_checked_but_never_applied() {
     assert!(applies(&daemon, &token).await.is_empty());
     assert_eq!((config_of(&setup, 0), config_of(&setup, 1)), (None, None));
     daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_daemon_killed_mid_apply_checks_again_before_applying_again() {
+    let state = "id: app-config\nscript: config-file\ntargets: {tags: [web]}\nparams: {content: v1, linger: 25}\ninterval: 1h\n";
+    let setup = setup(1, &[0], state);
+    let data = setup.data.path();
+    setup.config();
+    let config = data.join("config.toml");
+    let toml = format!("data_dir = {data:?}\n[git]\nurl = {:?}\n", setup.work.dir);
+    std::fs::write(&config, toml).unwrap();
+    let serve = || {
+        let binary = Command::new(env!("CARGO_BIN_EXE_linkops"));
+        let (mut process, _) =
+            ServeProcess::spawn(binary, [OsStr::new("--config"), config.as_os_str()]).unwrap();
+        process.drain_log();
+        process
+    };
+    let get = |process: &ServeProcess, token: &str, path: &str| {
+        let request = reqwest::Client::new()
+            .get(format!("{}{path}", process.url))
+            .bearer_auth(token);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+
+    let daemon = serve();
+    let token = daemon.login(ADMIN.0, ADMIN.1).await.unwrap();
+    // The apply has written the file and lingers: kill the daemon under it.
+    let operation = eventually("the apply to be under way", || async {
+        let detail = get(&daemon, &token, "/api/states/app-config").await;
+        let apply = &machine(&detail, "host1")["apply"];
+        (applies_on(&setup, 0) == 1 && apply["result"]["result"] == "running")
+            .then(|| apply["operation_id"].as_u64().unwrap())
+    })
+    .await;
+    daemon.kill_9();
+
+    let daemon = serve();
+    let token = daemon.login(ADMIN.0, ADMIN.1).await.unwrap();
+    let detail = eventually("host1 checked again", || async {
+        let detail = get(&daemon, &token, "/api/states/app-config").await;
+        (standing(&detail, "host1") == "in_sync").then_some(detail)
+    })
+    .await;
+    let host1 = machine(&detail, "host1");
+    assert_eq!(host1["apply"]["operation_id"], operation);
+    assert_eq!(host1["apply"]["result"]["result"], "interrupted", "{host1}");
+    let checked: jiff::Timestamp = host1["check"]["at"].as_str().unwrap().parse().unwrap();
+    let applied: jiff::Timestamp = host1["apply"]["started_at"].as_str().unwrap().parse().unwrap();
+    assert!(checked > applied, "{host1}");
+    // The check proved the interrupted apply's work: it was not applied again.
+    assert_eq!(applies_on(&setup, 0), 1);
+    let recorded = get(&daemon, &token, &format!("/api/operations/{operation}")).await;
+    assert_eq!(recorded["state"], "interrupted");
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{status:?} {log}");
 }
