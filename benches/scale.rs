@@ -640,6 +640,8 @@ fn store_after_a_day(size: usize) {
                         state: OperationState::Running,
                         created_at_ms: now,
                         finished_at_ms: None,
+                        rollout: None,
+                        retry_of: None,
                     },
                     &hosts,
                     None,

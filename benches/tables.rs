@@ -56,6 +56,8 @@ fn history(store: &Store) {
                     state: states[(n * 7919) % states.len()],
                     created_at_ms: 1_700_000_000_000 + n as i64 * 30_000,
                     finished_at_ms: Some(1_700_000_000_000 + n as i64 * 30_000 + 900),
+                    rollout: None,
+                    retry_of: None,
                 };
                 (operation, hosts)
             })

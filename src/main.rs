@@ -122,7 +122,27 @@ enum Command {
         /// At most this many machines at once.
         #[arg(long)]
         concurrency: Option<usize>,
+        /// Roll out in batches of this many machines (after the canaries); with
+        /// any of --batch, --canary, --max-failures the run is a rollout
+        /// (defaults: batch 5, no canary, halt at the first failure), and
+        /// machines it never reaches are left `held`.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: Option<u32>,
+        /// Run on this many machines first, alone; any failure among them halts the rest.
+        #[arg(long)]
+        canary: Option<u32>,
+        /// Halt the rollout after this many failed machines.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_failures: Option<u32>,
     },
+    /// Run an operation's script again, with the same parameters, on its
+    /// machines that failed, timed out or were interrupted (operator); follows
+    /// it like `run`.
+    Retry { id: u64 },
+    /// Declared states: each with its machines by standing; `states ID` shows
+    /// where one stands on each machine (drift, the last check's output,
+    /// applies, why a machine is held).
+    States { id: Option<String> },
     /// Operation history, newest first; `ops logs ID [-f]` shows one's output.
     Ops {
         #[command(subcommand)]
@@ -280,6 +300,8 @@ fn run() -> anyhow::Result<()> {
         command @ (Command::Login { .. }
         | Command::Machines { .. }
         | Command::Run { .. }
+        | Command::Retry { .. }
+        | Command::States { .. }
         | Command::Ops { .. }
         | Command::Stop { .. }
         | Command::Sync
@@ -348,16 +370,31 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
             tags,
             params,
             concurrency,
+            batch,
+            canary,
+            max_failures,
         } => {
+            let rollout =
+                (batch.is_some() || canary.is_some() || max_failures.is_some()).then(|| {
+                    linkops_reconcilers::rollout::Rollout {
+                        batch: batch.unwrap_or(5),
+                        canary: canary.unwrap_or(0),
+                        max_failures: max_failures.unwrap_or(1),
+                    }
+                });
             let args = client::RunArgs {
                 script,
                 machines: targets,
                 tags,
                 params,
                 concurrency: *concurrency,
+                rollout,
             };
             client::run(&client, args, json).await
         }
+        Command::Retry { id } => client::retry(&client, *id, json).await,
+        Command::States { id: None } => client::states(&client, json).await.map(|()| 0),
+        Command::States { id: Some(id) } => client::state(&client, id, json).await.map(|()| 0),
         Command::Ops {
             logs: Some(OpsCommand::Logs { id, follow }),
             ..

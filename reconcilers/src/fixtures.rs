@@ -35,6 +35,7 @@ pub fn run_request(id: &str, script: &str, targets: Targets) -> RunRequest {
         params: BTreeMap::new(),
         resolved: BTreeMap::new(),
         not_before: None,
+        rollout: None,
     }
 }
 

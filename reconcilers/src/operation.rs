@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rollout::{Progress, Rollout};
 use crate::script::ParamValue;
 
 /// The state of a whole operation.
@@ -75,6 +76,10 @@ pub enum HostState {
         unconfirmed: bool,
     },
     Interrupted,
+    /// Never started: the operation's rollout halted first.
+    Held {
+        reason: String,
+    },
 }
 
 /// Who asked for an operation.
@@ -117,6 +122,12 @@ pub struct Operation {
     pub state: OperationState,
     pub created_at_ms: i64,
     pub finished_at_ms: Option<i64>,
+    /// Its hosts ran in these batches (canaries first), halting as it says.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+    /// The operation whose failed, timed-out and interrupted machines it runs again.
+    #[serde(default)]
+    pub retry_of: Option<u64>,
 }
 
 /// One machine's part in an operation.
@@ -142,12 +153,33 @@ impl HostState {
             HostState::Skipped { .. } => "skipped",
             HostState::Stopped { .. } => "stopped",
             HostState::Interrupted => "interrupted",
+            HostState::Held { .. } => "held",
         }
+    }
+
+    /// Whether a retry runs this machine again: it failed, timed out or was interrupted.
+    pub fn is_retried(&self) -> bool {
+        matches!(
+            self,
+            HostState::Failed { .. } | HostState::Timeout { .. } | HostState::Interrupted
+        )
     }
 
     /// Whether this host's part is over.
     pub fn is_final(&self) -> bool {
         !matches!(self, HostState::Pending | HostState::Running)
+    }
+}
+
+impl Progress {
+    /// Counts a host's end into a rollout: a success, or a failure (a
+    /// non-zero exit or a timeout); stops and skips are neither.
+    pub fn count(&mut self, host: &HostState) {
+        match host {
+            HostState::Succeeded => self.succeeded += 1,
+            HostState::Failed { .. } | HostState::Timeout { .. } => self.failed += 1,
+            _ => {}
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::condition::{self, Condition, ConditionKind, ConditionStatus};
 use crate::enrollment::Enrollment;
 use crate::machine::{Machine, MachineStatus};
+use crate::rollout::Rollout;
 use crate::script::{ParamValue, Targets};
 
 /// A run-request as committed under `runs/`.
@@ -31,18 +32,25 @@ pub struct RunRequest {
     pub resolved: BTreeMap<String, ParamValue>,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub not_before: Option<jiff::Timestamp>,
+    /// Its machines in batches, canaries first; all at once when absent.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
 }
 
 impl RunRequest {
     /// What the request asks for, as comparable text: a change after it ran is reported.
     pub fn content(&self) -> String {
-        serde_json::json!({
+        let mut content = serde_json::json!({
             "script": self.script,
             "targets": self.targets,
             "params": self.params,
             "not_before": self.not_before,
-        })
-        .to_string()
+        });
+        // Only when given: requests recorded before rollouts existed keep their content.
+        if let Some(rollout) = self.rollout {
+            content["rollout"] = serde_json::json!(rollout);
+        }
+        content.to_string()
     }
 }
 

@@ -285,8 +285,8 @@ impl ApplyResult {
             HostState::Stopped { .. } => ApplyResult::Failed {
                 reason: "stopped".into(),
             },
-            HostState::Skipped { reason } => ApplyResult::Failed {
-                reason: format!("skipped: {reason}"),
+            HostState::Skipped { reason } | HostState::Held { reason } => ApplyResult::Failed {
+                reason: format!("not run: {reason}"),
             },
         })
     }

@@ -122,6 +122,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(operations::events))
         .routes(routes!(operations::output))
         .routes(routes!(operations::stop))
+        .routes(routes!(operations::retry))
         .routes(routes!(reconcile::status))
         .routes(routes!(reconcile::suspend))
         .routes(routes!(reconcile::resume))

@@ -120,10 +120,108 @@ pub async fn run(
             message: format!("tag {tag:?} matches no machine in links.yaml"),
         });
     }
+    if let Some(rollout) = &body.rollout
+        && (rollout.batch == 0 || rollout.max_failures == 0)
+    {
+        return Err(ApiError::Unprocessable {
+            field: "rollout".into(),
+            message: "rollout batch and max_failures must be at least 1".into(),
+        });
+    }
+    let plan = Plan {
+        script: script.clone(),
+        params,
+        hosts: placed(&state, &desired, &targets).await?,
+        requested_by: Requester::User {
+            name: user.name.clone(),
+        },
+        concurrency: body.concurrency,
+        rollout: body.rollout,
+        retry_of: None,
+    };
+    started(&state, plan)
+}
+
+/// `POST /api/operations/{id}/retry`: the same script and parameters again, on
+/// the machines of the operation that failed, timed out or were interrupted.
+#[utoipa::path(post, path = "/api/operations/{id}/retry", tag = "operations", params(("id" = u64, Path, description = "Operation id")), responses((status = 202, description = "Started (operator): a new operation whose `retry_of` is this one", body = OperationView), (status = 409, description = "Still running, or no machine of it failed, timed out or was interrupted", body = crate::contract::ErrorBody), (status = 422, description = "Its script left the catalog, or its parameters no longer fit it", body = crate::contract::ErrorBody)))]
+pub async fn retry(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(id): Path<u64>,
+) -> Result<(StatusCode, Json<OperationView>), ApiError> {
+    let user = caller.require(Role::Operator)?;
+    let (operation, hosts) = state
+        .store
+        .operation(id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))?;
+    if operation.finished_at_ms.is_none() {
+        return Err(ApiError::Conflict(format!(
+            "operation {id} is still {}: retry it once it has ended",
+            operation.state.name()
+        )));
+    }
+    let again: Vec<String> = hosts
+        .iter()
+        .filter(|host| host.state.is_retried())
+        .map(|host| host.machine_id.clone())
+        .collect();
+    if again.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "no machine of operation {id} failed, timed out or was interrupted: nothing to retry"
+        )));
+    }
+    let desired = state.git.desired().borrow().clone().ok_or_else(|| {
+        ApiError::NotConfigured("no desired state has been applied yet: nothing to run".into())
+    })?;
+    let script = desired
+        .scripts
+        .get(&operation.script)
+        .ok_or_else(|| ApiError::Unprocessable {
+            field: "script".into(),
+            message: format!("script {:?} is no longer in the catalog", operation.script),
+        })?;
+    // The values it ran with, checked against the script as it is now.
+    let params = script
+        .resolve_params(&operation.params)
+        .map_err(|problems| {
+            let (name, message) = problems.into_iter().next().unwrap_or_default();
+            ApiError::Unprocessable {
+                field: format!("params.{name}"),
+                message: format!(
+                    "parameter {name} no longer fits script {}: {message}",
+                    script.id
+                ),
+            }
+        })?;
+    let targets = Targets {
+        machines: again,
+        tags: Vec::new(),
+    };
+    let plan = Plan {
+        script: script.clone(),
+        params,
+        hosts: placed(&state, &desired, &targets).await?,
+        requested_by: Requester::User {
+            name: user.name.clone(),
+        },
+        concurrency: None,
+        rollout: operation.rollout,
+        retry_of: Some(id),
+    };
+    started(&state, plan)
+}
+
+/// Where a run goes. Right after a start or an inventory change a target
+/// may not have been checked yet: it is checked now rather than skipped as
+/// "not checked yet".
+async fn placed(
+    state: &AppState,
+    desired: &linkops_reconcilers::desired::DesiredState,
+    targets: &Targets,
+) -> Result<Vec<HostPlan>, ApiError> {
     let store = &state.store;
     let selected = targets.select(&desired.machines);
-    // Right after a start or an inventory change a target may not have been
-    // checked yet: check it now rather than skip it as "not checked yet".
     let before = store.machine_statuses(&selected)?;
     let mut unchecked = Vec::new();
     for id in &selected {
@@ -139,16 +237,12 @@ pub async fn run(
         checked?;
     }
     let statuses = store.machine_statuses(&selected)?;
-    let placements = run::place(&targets, &desired.machines, &statuses);
-    let plan = Plan {
-        script: script.clone(),
-        params,
-        hosts: HostPlan::from_placements(placements),
-        requested_by: Requester::User {
-            name: user.name.clone(),
-        },
-        concurrency: body.concurrency,
-    };
+    let placements = run::place(targets, &desired.machines, &statuses);
+    Ok(HostPlan::from_placements(placements))
+}
+
+/// Starts a plan; answers as `POST /api/operations/run` does.
+fn started(state: &AppState, plan: Plan) -> Result<(StatusCode, Json<OperationView>), ApiError> {
     let operation =
         state
             .controller

@@ -11,14 +11,16 @@ use linkops_reconcilers::condition::ConditionKind;
 use linkops_reconcilers::desired::{self, DesiredState};
 use linkops_reconcilers::operation::{HostState, OperationState, Stream};
 use linkops_reconcilers::plan::plan as plan_changes;
+use linkops_reconcilers::rollout::Rollout;
 use linkops_reconcilers::run::RunState;
+use linkops_reconcilers::state::Standing;
 use serde_json::{Value, json};
 
 use super::{Client, Error, Result, Session};
 use crate::contract::{
     GitStatus, Health, HistoryQuery, HostEvent, LoginRequest, LoginResponse, MachineQuery,
-    MachineView, OperationView, OutputBytes, OutputChunk, OutputPage, RunBody, RunView, StateEvent,
-    Stopping, SyncView, TargetsBody,
+    MachineView, OperationView, OutputBytes, OutputChunk, OutputPage, RunBody, RunView,
+    StateDetail, StateEvent, StateView, Stopping, SyncView, TargetsBody,
 };
 use crate::store::SyncOutcome;
 
@@ -108,6 +110,7 @@ pub struct RunArgs<'a> {
     /// `name=value`; values are sent as strings, integers or booleans when they read as such.
     pub params: &'a [String],
     pub concurrency: Option<usize>,
+    pub rollout: Option<Rollout>,
 }
 
 /// `linkops run`: starts the script, follows its output live, and returns the
@@ -132,18 +135,139 @@ pub async fn run(client: &Client, args: RunArgs<'_>, json: bool) -> Result<i32> 
         },
         params,
         concurrency: args.concurrency,
+        rollout: args.rollout,
     };
     let operation: OperationView = client.post("/api/operations/run", &body).await?;
+    started(client, operation, json).await
+}
+
+/// `linkops retry ID`: runs the operation's script again on its machines that
+/// failed, timed out or were interrupted, and follows it like `linkops run`.
+pub async fn retry(client: &Client, id: u64, json: bool) -> Result<i32> {
+    let operation: OperationView = client
+        .post(&format!("/api/operations/{id}/retry"), &json!({}))
+        .await?;
+    started(client, operation, json).await
+}
+
+/// Says what started, follows it to its end; the exit code of its end.
+async fn started(client: &Client, operation: OperationView, json: bool) -> Result<i32> {
     let id = operation.operation.id;
     if !json {
+        let retry = match operation.operation.retry_of {
+            Some(of) => format!(" (retrying operation {of})"),
+            None => String::new(),
+        };
+        let batches = match operation.operation.rollout {
+            Some(r) => format!(
+                ", {} canary then {} at a time, halting after {} failure(s)",
+                r.canary, r.batch, r.max_failures
+            ),
+            None => String::new(),
+        };
         eprintln!(
-            "operation {id}: {} on {} machine(s)",
-            args.script,
+            "operation {id}: {} on {} machine(s){batches}{retry}",
+            operation.operation.script,
             operation.operation.machines.len()
         );
     }
     let state = follow(client, id, json).await?;
     Ok(exit_code(state))
+}
+
+/// `linkops states`: every declared state and its machines by standing.
+pub async fn states(client: &Client, json: bool) -> Result<()> {
+    let states: Vec<StateView> = client.get("/api/states").await?;
+    if json {
+        return print_json(&states);
+    }
+    let rows = states
+        .iter()
+        .map(|state| {
+            let counts = state.counts;
+            vec![
+                state.id.clone(),
+                api_name(&state.declared.mode),
+                format!("{}/{}", counts.in_sync, counts.total()),
+                counts.drifted.to_string(),
+                counts.applying.to_string(),
+                counts.failed.to_string(),
+                counts.held.to_string(),
+                match &state.halted {
+                    Some(halt) => format!("halted: {}", halt.reason),
+                    None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "STATE", "MODE", "IN SYNC", "DRIFTED", "APPLYING", "FAILED", "HELD", "ROLLOUT",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
+/// `linkops states ID`: where the state stands on each of its machines.
+pub async fn state(client: &Client, id: &str, json: bool) -> Result<()> {
+    let detail: StateDetail = client.get(&format!("/api/states/{id}")).await?;
+    if json {
+        return print_json(&detail);
+    }
+    let state = &detail.state;
+    eprintln!(
+        "state {} ({} mode, script {}, content {}){}",
+        state.id,
+        api_name(&state.declared.mode),
+        state.declared.script,
+        state.digest.as_deref().unwrap_or("not reconciled yet"),
+        match &state.halted {
+            Some(halt) => format!(": rollout halted — {}", halt.reason),
+            None => String::new(),
+        }
+    );
+    let rows = detail
+        .machines
+        .iter()
+        .map(|machine| {
+            let why = match &machine.standing {
+                Standing::Applying { operation_id } => format!("operation {operation_id}"),
+                Standing::Failed {
+                    operation_id,
+                    reason,
+                } => format!("operation {operation_id}: {reason}"),
+                Standing::Held { reason } => reason.clone(),
+                Standing::CheckError { message } => message.clone(),
+                Standing::Drifted => machine
+                    .check
+                    .as_ref()
+                    .map(|c| c.output.lines().next().unwrap_or_default().to_owned())
+                    .unwrap_or_default(),
+                Standing::Pending | Standing::InSync => String::new(),
+            };
+            vec![
+                machine.machine_id.clone(),
+                machine.standing.name().to_owned(),
+                or_dash(machine.since),
+                or_dash(machine.check.as_ref().and_then(|c| c.at)),
+                or_dash(machine.apply.as_ref().map(|a| a.operation_id)),
+                why,
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "MACHINE",
+            "STANDING",
+            "SINCE",
+            "CHECKED",
+            "LAST APPLY",
+            "WHY",
+        ],
+        rows,
+    );
+    Ok(())
 }
 
 /// `linkops ops logs ID [-f]`: the recorded output; with `follow`, live until the end.
@@ -353,6 +477,8 @@ struct Tally {
     /// Never ran: not enrolled, unknown, unreachable; counts against success.
     skipped: usize,
     stopped: usize,
+    /// Never started: the rollout halted first.
+    held: usize,
     running: usize,
 }
 
@@ -370,6 +496,7 @@ impl Tally {
                 }
                 HostState::Skipped { .. } => tally.skipped += 1,
                 HostState::Stopped { .. } => tally.stopped += 1,
+                HostState::Held { .. } => tally.held += 1,
                 HostState::Running => tally.running += 1,
                 HostState::Pending => {}
             }
@@ -384,6 +511,7 @@ impl Tally {
             (self.failed, "failed"),
             (self.skipped, "skipped"),
             (self.stopped, "stopped"),
+            (self.held, "held (the rollout halted)"),
         ];
         let said: Vec<String> = parts
             .iter()
@@ -400,13 +528,18 @@ impl Tally {
 impl std::fmt::Display for Tally {
     /// The progress line: every machine is counted once, skipped ones too.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ended = self.succeeded + self.failed + self.skipped + self.stopped;
+        let ended = self.succeeded + self.failed + self.skipped + self.stopped + self.held;
         write!(
             f,
             "{ended}/{} ended · {} running · {} succeeded · {} failed",
             self.total, self.running, self.succeeded, self.failed
         )?;
-        for (count, what) in [(self.skipped, "skipped"), (self.stopped, "stopped")] {
+        let others = [
+            (self.skipped, "skipped"),
+            (self.stopped, "stopped"),
+            (self.held, "held"),
+        ];
+        for (count, what) in others {
             if count > 0 {
                 write!(f, " · {count} {what}")?;
             }

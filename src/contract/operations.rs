@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use linkops_reconcilers::condition::Condition;
 use linkops_reconcilers::operation::{HostResult, HostState, Operation, OperationState, Stream};
+use linkops_reconcilers::rollout::Rollout;
 use linkops_reconcilers::run::{RunRequest, RunState};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,6 +33,9 @@ pub struct RunBody {
     /// At most this many machines at once (the script's and the fleet's limits also apply).
     #[serde(default)]
     pub concurrency: Option<usize>,
+    /// Run in batches, canaries first, halting after `max_failures`; all at once when absent.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]

@@ -273,6 +273,8 @@ impl Context {
                 revision: desired.revision.clone(),
             },
             concurrency: None,
+            rollout: request.rollout,
+            retry_of: None,
         };
         // The store fills in the operation id when it creates the operation.
         let previous = self

@@ -282,6 +282,8 @@ impl Context {
                 revision: desired.revision.clone(),
             },
             concurrency: None,
+            rollout: None,
+            retry_of: None,
         };
         let claim = store::Claim::StateApply {
             status,

@@ -20,6 +20,7 @@ use linkops_reconcilers::machine::Machine;
 use linkops_reconcilers::operation::{
     HostResult, HostState, Operation, OperationState, RecordedEvent, Requester, summarize,
 };
+use linkops_reconcilers::rollout::{Progress, Rollout};
 use linkops_reconcilers::run::Placement;
 use linkops_reconcilers::script::{ParamValue, Script};
 use tokio::sync::{Semaphore, broadcast, mpsc};
@@ -57,6 +58,10 @@ pub struct Plan {
     pub requested_by: Requester,
     /// The requester's own parallelism limit, if any.
     pub concurrency: Option<usize>,
+    /// Hosts in batches, canaries first, the rest held once it halts; all at once when `None`.
+    pub rollout: Option<Rollout>,
+    /// The operation this one retries.
+    pub retry_of: Option<u64>,
 }
 
 /// One target of a plan.
@@ -250,6 +255,8 @@ impl Engine {
             state: OperationState::Pending,
             created_at_ms: now_ms(),
             finished_at_ms: None,
+            rollout: plan.rollout,
+            retry_of: plan.retry_of,
         };
         let operation = self.store.create_operation(&operation, &hosts, claim)?;
         tracing::info!(operation = operation.id, script = %operation.script, hosts = hosts.len(), "operation started");
@@ -346,11 +353,39 @@ impl Engine {
         let body: Arc<str> = plan.script.body.clone().into();
         let mut tasks = tokio::task::JoinSet::new();
         let mut states = Vec::new();
+        let mut rollout = plan.rollout.map(|policy| Batches {
+            policy,
+            progress: Progress::default(),
+            left: policy.next_batch(Progress::default(), 0),
+            halted: None,
+        });
         for (target, host) in plan.hosts.into_iter().zip(hosts) {
             let HostPlan::Run(machine) = target else {
                 states.push(host.state);
                 continue;
             };
+            // A batch starts once the one before it has ended; a halt holds the rest.
+            if let Some(batches) = rollout.as_mut() {
+                if batches.left == 0 && batches.halted.is_none() {
+                    while let Some(ended) = tasks.join_next().await {
+                        states.push(batches.ended(host_state(ended)));
+                    }
+                    batches.next();
+                }
+                if let Some(reason) = &batches.halted {
+                    let state = HostState::Held {
+                        reason: format!("the rollout halted: {reason}"),
+                    };
+                    let update = Update::Host {
+                        machine_id: machine.id.clone(),
+                        state: state.clone(),
+                    };
+                    updates.send(update).await.ok();
+                    states.push(state);
+                    continue;
+                }
+                batches.left -= 1;
+            }
             let run = HostRun {
                 access: self.access.clone(),
                 machine,
@@ -365,7 +400,11 @@ impl Engine {
             // soon as it ends, so the tasks alive are bounded by the slots: a
             // task per host was 83 MB at a fan-out to 10,000 machines.
             while let Some(ended) = tasks.try_join_next() {
-                states.push(host_state(ended));
+                let state = host_state(ended);
+                states.push(match rollout.as_mut() {
+                    Some(batches) => batches.ended(state),
+                    None => state,
+                });
             }
             let slots = async {
                 let slot = parallel
@@ -424,6 +463,35 @@ impl Engine {
             .inc();
         tracing::info!(state = state.name(), "operation finished");
         state
+    }
+}
+
+/// An operation's rollout as its hosts run: the batch being filled and what
+/// the ended hosts add up to.
+struct Batches {
+    policy: Rollout,
+    progress: Progress,
+    /// Hosts the current batch may still start.
+    left: usize,
+    halted: Option<String>,
+}
+
+impl Batches {
+    /// Counts a host's end; returns its state.
+    fn ended(&mut self, state: HostState) -> HostState {
+        self.progress.count(&state);
+        state
+    }
+
+    /// After a batch ended: halt, or open the next.
+    fn next(&mut self) {
+        match self.policy.halts(self.progress) {
+            Some(reason) => {
+                tracing::warn!(%reason, "rollout halted");
+                self.halted = Some(reason);
+            }
+            None => self.left = self.policy.next_batch(self.progress, 0),
+        }
     }
 }
 
@@ -505,6 +573,8 @@ mod tests {
             }],
             requested_by: Requester::User { name: "ada".into() },
             concurrency: None,
+            rollout: None,
+            retry_of: None,
         };
         let operation = engine.start(plan, None).unwrap();
         // Its live channel closes once it has ended and its events are recorded.

@@ -119,7 +119,10 @@ impl Store {
                 Actor::user(name),
                 AuditAction::OperationRun,
                 created.id.to_string(),
-                format!("script {}", created.script),
+                match created.retry_of {
+                    Some(of) => format!("script {} (retry of operation {of})", created.script),
+                    None => format!("script {}", created.script),
+                },
             ),
             Requester::RunRequest { id, revision } => (
                 Actor::Git {
@@ -350,6 +353,8 @@ mod tests {
             state: OperationState::Pending,
             created_at_ms: 0,
             finished_at_ms: None,
+            rollout: None,
+            retry_of: None,
         }
     }
 

@@ -287,6 +287,8 @@ mod tests {
             state: OperationState::Running,
             created_at_ms: now_ms(),
             finished_at_ms: None,
+            rollout: None,
+            retry_of: None,
         };
         let output = |text: &str| OperationEvent::Output {
             machine_id: "m".into(),

@@ -421,7 +421,11 @@ async fn a_daemon_killed_mid_apply_checks_again_before_applying_again() {
     assert_eq!(host1["apply"]["operation_id"], operation);
     assert_eq!(host1["apply"]["result"]["result"], "interrupted", "{host1}");
     let checked: jiff::Timestamp = host1["check"]["at"].as_str().unwrap().parse().unwrap();
-    let applied: jiff::Timestamp = host1["apply"]["started_at"].as_str().unwrap().parse().unwrap();
+    let applied: jiff::Timestamp = host1["apply"]["started_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(checked > applied, "{host1}");
     // The check proved the interrupted apply's work: it was not applied again.
     assert_eq!(applies_on(&setup, 0), 1);

@@ -29,6 +29,8 @@ fn operations(n: usize) -> Vec<(Operation, Vec<HostResult>)> {
                 state: STATES[i % 3],
                 created_at_ms: 1_700_000_000_000 + i as i64 * 60_000,
                 finished_at_ms: Some(1_700_000_000_000 + i as i64 * 60_000 + 5_000),
+                rollout: None,
+                retry_of: None,
             };
             let hosts = machines
                 .into_iter()

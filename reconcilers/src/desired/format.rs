@@ -226,6 +226,10 @@ pub struct RunRequestFile {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub not_before: Option<Spanned<String>>,
+    /// Run on the machines in batches, canaries first, halting after
+    /// `max_failures`; all at once when absent.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
 }
 
 /// `states/<name>.yaml`: a state the targets converge to and are kept in.

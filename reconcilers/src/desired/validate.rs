@@ -752,6 +752,7 @@ fn check_run(
         targets,
         params,
         not_before,
+        rollout,
     } = request;
     let Some(catalog_script) = scripts.get(&script.value) else {
         if !catalog_read {
@@ -796,9 +797,19 @@ fn check_run(
             }
         }
     };
+    if rollout.is_some_and(|r| r.batch == 0 || r.max_failures == 0) {
+        report.at(
+            &id,
+            format!(
+                "run-request {:?}: rollout batch and max_failures must be at least 1",
+                id.value
+            ),
+        );
+    }
     Some(RunRequest {
         id: id.value,
         file: path.to_owned(),
+        rollout,
         script: script.value,
         targets,
         params: values,
