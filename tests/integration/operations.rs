@@ -52,6 +52,14 @@ const SCRIPTS: &str = r#"scripts:
     params:
       - {name: text, type: string, required: true}
     body: printf '%s' "$LINKOPS_PARAM_TEXT"
+  - id: flaky
+    name: Fail where a host is marked broken
+    params:
+      - {name: note, type: string, default: first}
+    body: |
+      me=$MARKS/$(cat /etc/linkops/client_id)
+      [ -f "$me.broken" ] && { echo "broken" >&2; exit 4; }
+      echo "$LINKOPS_PARAM_NOTE" >> "$me.ran"
 "#;
 
 async fn run(daemon: &TestDaemon, token: &str, body: Value) -> reqwest::Response {
@@ -495,5 +503,118 @@ async fn a_silent_partition_does_not_stretch_a_timeout() {
         "{recorded}"
     );
     drop(partition);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_rollout_halts_after_its_failures_and_a_retry_reruns_exactly_the_failed_hosts() {
+    let setup = FleetSetup::new(4, &[], SCRIPTS);
+    let (daemon, token) = verified(&setup).await;
+    let mark = |host: usize, suffix: &str| {
+        let uuid = setup.fleet.hosts()[host].uuid();
+        setup.marks.join(format!("LINKOPS-{uuid}.{suffix}"))
+    };
+    for broken in [1, 2] {
+        std::fs::write(mark(broken, "broken"), "").unwrap();
+    }
+    let rollout = json!({"canary": 1, "batch": 2, "max_failures": 1});
+    let body = json!({"script": "flaky", "targets": {"tags": ["test"]}, "params": {"note": "v1"}, "rollout": rollout});
+    let first = started(&daemon, &token, body).await;
+    let events = read_events(&daemon, &token, first, None).await;
+    assert_eq!(events.last().unwrap().data["state"], "partially_failed");
+    let ran = operation(&daemon, &token, first).await;
+    assert_eq!(ran["rollout"], rollout);
+    assert_eq!(host(&ran, "host1")["state"]["state"], "succeeded");
+    for failed in ["host2", "host3"] {
+        assert_eq!(host(&ran, failed)["state"]["exit_code"], 4, "{ran}");
+    }
+    // The canary passed, the next batch failed twice: host4 was never reached.
+    assert_eq!(
+        host(&ran, "host4")["state"],
+        json!({"state": "held", "reason": "the rollout halted: 2 machine(s) failed, max_failures is 1"})
+    );
+    assert!(!mark(3, "ran").exists());
+
+    // Still running: no retry yet; nothing failed: nothing to retry.
+    let sleeper = started(
+        &daemon,
+        &token,
+        json!({"script": "sleeper", "targets": {"machines": ["host1"]}, "params": {"tag": "7"}}),
+    )
+    .await;
+    let (status, refused) = daemon
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/operations/{sleeper}/retry"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    daemon
+        .post(&format!("/api/operations/{sleeper}/stop"), Some(&token))
+        .await;
+    let clean = started(
+        &daemon,
+        &token,
+        json!({"script": "flaky", "targets": {"machines": ["host1"]}}),
+    )
+    .await;
+    read_events(&daemon, &token, clean, None).await;
+    let (status, refused) = daemon
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/operations/{clean}/retry"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing to retry")
+    );
+
+    // host2 is mended; the retry runs host2 and host3 only, with the same parameters.
+    std::fs::remove_file(mark(1, "broken")).unwrap();
+    let (status, retried) = daemon
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/operations/{first}/retry"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{retried}");
+    assert_eq!(retried["retry_of"], first);
+    assert_eq!(retried["machines"], json!(["host2", "host3"]));
+    assert_eq!(retried["params"], json!({"note": "v1"}));
+    let second = retried["id"].as_u64().unwrap();
+    let events = read_events(&daemon, &token, second, None).await;
+    assert_eq!(events.last().unwrap().data["state"], "partially_failed");
+    let ran = operation(&daemon, &token, second).await;
+    assert_eq!(host(&ran, "host2")["state"]["state"], "succeeded");
+    assert_eq!(host(&ran, "host3")["state"]["exit_code"], 4);
+    assert_eq!(
+        std::fs::read_to_string(mark(0, "ran")).unwrap(),
+        "v1\nfirst\n"
+    );
+    assert_eq!(std::fs::read_to_string(mark(1, "ran")).unwrap(), "v1\n");
+    let query = json!({"table": "audit_log", "filter": [{"column": "target", "op": "eq", "value": second.to_string()}]});
+    let (_, page) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/tables/query",
+            &token,
+            Some(query),
+        )
+        .await;
+    assert_eq!(
+        page["rows"][0]["detail"],
+        format!("script flaky (retry of operation {first})"),
+        "{page}"
+    );
     daemon.stop().await;
 }
