@@ -120,9 +120,10 @@ impl Context {
             if apply.result != ApplyResult::Running {
                 continue;
             }
-            if !operations.contains_key(&apply.operation_id) {
-                let read = self.store.operation(apply.operation_id)?;
-                operations.insert(apply.operation_id, read);
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                operations.entry(apply.operation_id)
+            {
+                slot.insert(self.store.operation(apply.operation_id)?);
             }
             let host = operations[&apply.operation_id]
                 .as_ref()

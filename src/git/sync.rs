@@ -292,7 +292,7 @@ async fn sync_attempt(
                     changed_files,
                     forced,
                 },
-                Some(Arc::new(state)),
+                Some(Arc::new(*state)),
             ),
             Err(problems) => (Some(revision), SyncOutcome::Invalid { problems }, None),
         },
@@ -352,7 +352,8 @@ enum Fetched {
     Unchanged(String),
     Loaded {
         revision: String,
-        result: Result<DesiredState, Vec<desired::Problem>>,
+        /// Boxed: a desired state is a few hundred bytes of maps inline.
+        result: Result<Box<DesiredState>, Vec<desired::Problem>>,
         changed_files: Vec<String>,
         forced: bool,
     },
@@ -383,7 +384,7 @@ fn fetch_and_load(
         None => (files.keys().cloned().collect(), false),
     };
     Ok(Fetched::Loaded {
-        result: desired::load(&revision, &files),
+        result: desired::load(&revision, &files).map(Box::new),
         revision,
         changed_files,
         forced,

@@ -272,6 +272,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/operations/{id}/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * `POST /api/operations/{id}/retry`: the same script and parameters again, on
+         *     the machines of the operation that failed, timed out or were interrupted.
+         */
+        post: operations["operations_retry"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/operations/{id}/stop": {
         parameters: {
             query?: never;
@@ -368,6 +388,57 @@ export interface paths {
         get: operations["runs_get"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/states": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/states`: every state of the applied revision. */
+        get: operations["states_list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/states/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/states/{id}` */
+        get: operations["states_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/states/{id}/resume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** `POST /api/states/{id}/resume`: resumes a halted rollout (operator). */
+        post: operations["states_resume"];
         delete?: never;
         options?: never;
         head?: never;
@@ -631,9 +702,58 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** @description How an apply ended (or that it has not yet). */
+        ApplyResult: {
+            /** @enum {string} */
+            result: "running";
+        } | {
+            /** @enum {string} */
+            result: "succeeded";
+        } | {
+            reason: string;
+            /** @enum {string} */
+            result: "failed";
+        } | {
+            /** @enum {string} */
+            result: "interrupted";
+        };
+        /** @description An apply: its operation has the live output and the exit code. */
+        ApplyView: {
+            digest: string;
+            /** Format: date-time */
+            finished_at?: string | null;
+            /** Format: int64 */
+            operation_id: number;
+            result: components["schemas"]["ApplyResult"];
+            /** Format: date-time */
+            started_at?: string | null;
+        };
         Check: {
             error?: string | null;
             ok: boolean;
+        };
+        /** @description What a check said. */
+        CheckOutcome: {
+            /** @enum {string} */
+            result: "holds";
+        } | {
+            /** @enum {string} */
+            result: "drifted";
+        } | {
+            message: string;
+            /** @enum {string} */
+            result: "error";
+        };
+        /** @description A check's result. */
+        CheckView: {
+            /** Format: date-time */
+            at?: string | null;
+            digest: string;
+            /** Format: int64 */
+            duration_ms: number;
+            outcome: components["schemas"]["CheckOutcome"];
+            /** @description The start of what it printed (at most 4 KiB). */
+            output: string;
         };
         /** @description JSON messages from the client. */
         ClientMessage: {
@@ -695,6 +815,23 @@ export interface components {
             /** Format: int32 */
             rows?: number | null;
         };
+        /** @description Machines of a state by standing. */
+        Counts: {
+            /** Format: int32 */
+            applying: number;
+            /** Format: int32 */
+            check_error: number;
+            /** Format: int32 */
+            drifted: number;
+            /** Format: int32 */
+            failed: number;
+            /** Format: int32 */
+            held: number;
+            /** Format: int32 */
+            in_sync: number;
+            /** Format: int32 */
+            pending: number;
+        };
         CreateBody: {
             layout: components["schemas"]["Layout"];
             name?: string | null;
@@ -703,6 +840,27 @@ export interface components {
         Credentials: {
             password: string;
             username: string;
+        };
+        /** @description A declared state as committed under `states/`. */
+        DeclaredState: {
+            description: string;
+            /** @description Repository path of the file that declares it. */
+            file: string;
+            id: string;
+            /** @description How often each machine is checked. */
+            interval: components["schemas"]["Duration"];
+            mode: components["schemas"]["Mode"];
+            /** @description What the script and its check get: checked, defaults filled in. */
+            params: {
+                [key: string]: components["schemas"]["ParamValue"];
+            };
+            rollout: components["schemas"]["Rollout"];
+            /** @description The catalog script (which has a check) that makes the state hold. */
+            script: string;
+            /** @description The resolved targets (the script's defaults when the state names none). */
+            targets: components["schemas"]["Targets"];
+            /** @description When applying is allowed (UTC); none: at any time. Checks run at any time. */
+            windows: components["schemas"]["Window"][];
         };
         /** @description Everything one valid revision asks for. */
         DesiredState: {
@@ -715,6 +873,9 @@ export interface components {
             };
             scripts: {
                 [key: string]: components["schemas"]["Script"];
+            };
+            states?: {
+                [key: string]: components["schemas"]["DeclaredState"];
             };
         };
         /** @enum {string} */
@@ -808,6 +969,11 @@ export interface components {
             /** @description The remote, with any password in it masked; `null` when none is configured. */
             url?: string | null;
         };
+        HaltView: {
+            /** Format: date-time */
+            at?: string | null;
+            reason: string;
+        };
         /** @description Reachability as the last health check saw it. */
         Health: {
             /** @enum {string} */
@@ -883,6 +1049,10 @@ export interface components {
         } | {
             /** @enum {string} */
             state: "interrupted";
+        } | {
+            reason: string;
+            /** @enum {string} */
+            state: "held";
         };
         /**
          * @description A column's type, as a page's `columns` name it.
@@ -956,6 +1126,11 @@ export interface components {
             role: components["schemas"]["Role"];
             username: string;
         };
+        /**
+         * @description What a state does about drift.
+         * @enum {string}
+         */
+        Mode: "enforce" | "report";
         NewUser: {
             /** @description viewer (read), operator (+ run, stop, terminals, verify) or admin (+ users, sync). */
             role: components["schemas"]["Role"];
@@ -976,6 +1151,12 @@ export interface components {
                 [key: string]: components["schemas"]["ParamValue"];
             };
             requested_by: components["schemas"]["Requester"];
+            /**
+             * Format: int64
+             * @description The operation whose failed, timed-out and interrupted machines it runs again.
+             */
+            retry_of?: number | null;
+            rollout?: null | components["schemas"]["Rollout"];
             script: string;
             state: components["schemas"]["OperationState"];
         };
@@ -1070,6 +1251,13 @@ export interface components {
             line: number;
             message: string;
         };
+        /** @description What a rollout has done so far. */
+        Progress: {
+            /** Format: int32 */
+            failed: number;
+            /** Format: int32 */
+            succeeded: number;
+        };
         /** @description The request body, as the client sends it. */
         QueryRequest: {
             cursor?: string | null;
@@ -1102,6 +1290,11 @@ export interface components {
             /** @enum {string} */
             kind: "run_request";
             revision: string;
+        } | {
+            id: string;
+            /** @enum {string} */
+            kind: "state";
+            revision: string;
         };
         /**
          * @description What a user may do. Ordered: each role includes the ones before it.
@@ -1111,6 +1304,24 @@ export interface components {
         RoleChange: {
             role: components["schemas"]["Role"];
         };
+        /** @description A rollout policy. */
+        Rollout: {
+            /**
+             * Format: int32
+             * @description Machines changed at once, after the canaries (at least 1).
+             */
+            batch?: number;
+            /**
+             * Format: int32
+             * @description Machines changed first, alone, which must all succeed before any other starts.
+             */
+            canary?: number;
+            /**
+             * Format: int32
+             * @description Failures that halt the rollout (at least 1); a failed canary halts it whatever this says.
+             */
+            max_failures?: number;
+        };
         RunBody: {
             /** @description At most this many machines at once (the script's and the fleet's limits also apply). */
             concurrency?: number | null;
@@ -1118,6 +1329,7 @@ export interface components {
             params?: {
                 [key: string]: unknown;
             };
+            rollout?: null | components["schemas"]["Rollout"];
             script: string;
             targets?: components["schemas"]["TargetsBody"];
         };
@@ -1140,6 +1352,7 @@ export interface components {
             resolved?: {
                 [key: string]: components["schemas"]["ParamValue"];
             };
+            rollout?: null | components["schemas"]["Rollout"];
             script: string;
             /** @description The resolved targets (the script's defaults when the request names none). */
             targets: components["schemas"]["Targets"];
@@ -1172,6 +1385,11 @@ export interface components {
         /** @description A script of the catalog, with its body resolved. */
         Script: {
             body: string;
+            /**
+             * @description What proves a declared state holds: exit 0 holds, 1 drifted, anything
+             *     else an error. Same interpreter, parameters and timeout as the body.
+             */
+            check?: string | null;
             description: string;
             id: string;
             interpreter: string;
@@ -1244,9 +1462,78 @@ export interface components {
             column: string;
             dir?: components["schemas"]["Direction"];
         };
+        /** @description Where a state stands on a machine, in the fleet's words. */
+        Standing: {
+            /** @enum {string} */
+            standing: "pending";
+        } | {
+            /** @enum {string} */
+            standing: "in_sync";
+        } | {
+            /** @enum {string} */
+            standing: "drifted";
+        } | {
+            /** Format: int64 */
+            operation_id: number;
+            /** @enum {string} */
+            standing: "applying";
+        } | {
+            /** Format: int64 */
+            operation_id: number;
+            reason: string;
+            /** @enum {string} */
+            standing: "failed";
+        } | {
+            reason: string;
+            /** @enum {string} */
+            standing: "held";
+        } | {
+            message: string;
+            /** @enum {string} */
+            standing: "check_error";
+        };
+        /** @description `GET /api/states/{id}`: the state and each of its machines. */
+        StateDetail: {
+            /** @description Its selected machines, in inventory order. */
+            machines: components["schemas"]["StateMachineView"][];
+            state: components["schemas"]["StateView"];
+        };
         /** @description The data of an `operation` event (it changed state) and of `end` (nothing follows). */
         StateEvent: {
             state: components["schemas"]["OperationState"];
+        };
+        /** @description A state on one machine. */
+        StateMachineView: {
+            apply?: null | components["schemas"]["ApplyView"];
+            check?: null | components["schemas"]["CheckView"];
+            /**
+             * Format: date-time
+             * @description Since when its checks have said drifted.
+             */
+            drifted_since?: string | null;
+            machine_id: string;
+            /**
+             * Format: date-time
+             * @description Since when it stands so.
+             */
+            since?: string | null;
+            standing: components["schemas"]["Standing"];
+        };
+        /** @description A declared state as Git declares it and as the daemon last reconciled it. */
+        StateView: {
+            conditions: components["schemas"]["Condition"][];
+            /** @description Its selected machines by standing. */
+            counts: components["schemas"]["Counts"];
+            declared: components["schemas"]["DeclaredState"];
+            /** @description The content its checks and applies are for; `null` before its first reconcile. */
+            digest?: string | null;
+            halted?: null | components["schemas"]["HaltView"];
+            id: string;
+            /** @description Applies of this content since its rollout started (or was resumed). */
+            progress: components["schemas"]["Progress"];
+            revision?: string | null;
+            /** Format: date-time */
+            updated_at?: string | null;
         };
         /** @description The answer to a stop. */
         Stopping: {
@@ -1383,6 +1670,23 @@ export interface components {
             /** @description Not a push to the followed branch; the text says what it was. */
             ignored: string;
         };
+        /** @enum {string} */
+        Weekday: "mon" | "tue" | "wed" | "thu" | "fri" | "sat" | "sun";
+        /**
+         * @description A maintenance window: on these days (every day when none), from one time
+         *     of day to another, in UTC. A window that ends before it starts runs past
+         *     midnight into the next day.
+         */
+        Window: {
+            days: components["schemas"]["Weekday"][];
+            /**
+             * Format: int32
+             * @description Minutes after midnight, UTC.
+             */
+            from_minute: number;
+            /** Format: int32 */
+            to_minute: number;
+        };
         WorkspaceView: {
             broadcast: boolean;
             /** Format: date-time */
@@ -1402,7 +1706,11 @@ export interface components {
     headers: never;
     pathItems: never;
 }
+export type ApplyResult = components['schemas']['ApplyResult'];
+export type ApplyView = components['schemas']['ApplyView'];
 export type Check = components['schemas']['Check'];
+export type CheckOutcome = components['schemas']['CheckOutcome'];
+export type CheckView = components['schemas']['CheckView'];
 export type ClientMessage = components['schemas']['ClientMessage'];
 export type Condition = components['schemas']['Condition'];
 export type ConditionKind = components['schemas']['ConditionKind'];
@@ -1410,8 +1718,10 @@ export type ConditionStatus = components['schemas']['ConditionStatus'];
 export type ConditionView = components['schemas']['ConditionView'];
 export type ConnectAnswer = components['schemas']['ConnectAnswer'];
 export type ConnectBody = components['schemas']['ConnectBody'];
+export type Counts = components['schemas']['Counts'];
 export type CreateBody = components['schemas']['CreateBody'];
 export type Credentials = components['schemas']['Credentials'];
+export type DeclaredState = components['schemas']['DeclaredState'];
 export type DesiredState = components['schemas']['DesiredState'];
 export type Direction = components['schemas']['Direction'];
 export type Duration = components['schemas']['Duration'];
@@ -1423,6 +1733,7 @@ export type FleetChanges = components['schemas']['FleetChanges'];
 export type FleetSnapshot = components['schemas']['FleetSnapshot'];
 export type GitHealth = components['schemas']['GitHealth'];
 export type GitStatus = components['schemas']['GitStatus'];
+export type HaltView = components['schemas']['HaltView'];
 export type Health = components['schemas']['Health'];
 export type HealthPoint = components['schemas']['HealthPoint'];
 export type HostEvent = components['schemas']['HostEvent'];
@@ -1436,6 +1747,7 @@ export type Machine = components['schemas']['Machine'];
 export type MachineDetail = components['schemas']['MachineDetail'];
 export type MachineView = components['schemas']['MachineView'];
 export type Me = components['schemas']['Me'];
+export type Mode = components['schemas']['Mode'];
 export type NewUser = components['schemas']['NewUser'];
 export type Op = components['schemas']['Op'];
 export type Operation = components['schemas']['Operation'];
@@ -1452,6 +1764,7 @@ export type ParamSpec = components['schemas']['ParamSpec'];
 export type ParamType = components['schemas']['ParamType'];
 export type ParamValue = components['schemas']['ParamValue'];
 export type Problem = components['schemas']['Problem'];
+export type Progress = components['schemas']['Progress'];
 export type QueryRequest = components['schemas']['QueryRequest'];
 export type Readiness = components['schemas']['Readiness'];
 export type RecordingView = components['schemas']['RecordingView'];
@@ -1459,6 +1772,7 @@ export type Refusal = components['schemas']['Refusal'];
 export type Requester = components['schemas']['Requester'];
 export type Role = components['schemas']['Role'];
 export type RoleChange = components['schemas']['RoleChange'];
+export type Rollout = components['schemas']['Rollout'];
 export type RunBody = components['schemas']['RunBody'];
 export type RunRequest = components['schemas']['RunRequest'];
 export type RunState = components['schemas']['RunState'];
@@ -1468,7 +1782,11 @@ export type ServerMessage = components['schemas']['ServerMessage'];
 export type SessionEnd = components['schemas']['SessionEnd'];
 export type SocketCloseCode = components['schemas']['SocketCloseCode'];
 export type SortRequest = components['schemas']['SortRequest'];
+export type Standing = components['schemas']['Standing'];
+export type StateDetail = components['schemas']['StateDetail'];
 export type StateEvent = components['schemas']['StateEvent'];
+export type StateMachineView = components['schemas']['StateMachineView'];
+export type StateView = components['schemas']['StateView'];
 export type Stopping = components['schemas']['Stopping'];
 export type Stream = components['schemas']['Stream'];
 export type SuspensionScope = components['schemas']['SuspensionScope'];
@@ -1483,6 +1801,8 @@ export type TargetsBody = components['schemas']['TargetsBody'];
 export type TerminalSession = components['schemas']['TerminalSession'];
 export type UserView = components['schemas']['UserView'];
 export type WebhookAnswer = components['schemas']['WebhookAnswer'];
+export type Weekday = components['schemas']['Weekday'];
+export type Window = components['schemas']['Window'];
 export type WorkspaceView = components['schemas']['WorkspaceView'];
 export type $defs = Record<string, never>;
 export interface operations {
@@ -1959,6 +2279,47 @@ export interface operations {
             };
         };
     };
+    operations_retry: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Operation id */
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Started (operator): a new operation whose `retry_of` is this one */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OperationView"];
+                };
+            };
+            /** @description Still running, or no machine of it failed, timed out or was interrupted */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Its script left the catalog, or its parameters no longer fit it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     operations_stop: {
         parameters: {
             query?: never;
@@ -2098,6 +2459,81 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["RunView"];
+                };
+            };
+        };
+    };
+    states_list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Declared states of the applied revision, by id */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StateView"][];
+                };
+            };
+        };
+    };
+    states_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description State id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The state and each of its machines */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StateDetail"];
+                };
+            };
+        };
+    };
+    states_resume: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description State id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Resumed: failures so far no longer count, and machines whose apply failed are applied again */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StateView"];
+                };
+            };
+            /** @description The rollout is not halted */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
