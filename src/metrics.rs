@@ -37,6 +37,18 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// A declared state (an id from Git) and a standing (a closed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StandingLabels {
+    pub state: String,
+    pub standing: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeclaredStateLabels {
+    pub state: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
@@ -68,6 +80,10 @@ pub struct Metrics {
     /// Machines by health and by enrollment state; set at scrape time.
     pub machines_by_health: Family<StateLabels, Gauge>,
     pub machines_by_enrollment: Family<StateLabels, Gauge>,
+    /// Machines of each declared state by standing; set at scrape time.
+    pub state_machines: Family<StandingLabels, Gauge>,
+    /// 1 while a declared state's rollout is halted; set at scrape time.
+    pub state_rollout_halted: Family<DeclaredStateLabels, Gauge>,
     pub sse_clients: Gauge,
     pub websocket_clients: Gauge,
     /// Records the retention pass let go: `health_sample`, `output_event`.
@@ -106,6 +122,8 @@ impl Metrics {
             ssh_connect_failures: Family::default(),
             machines_by_health: Family::default(),
             machines_by_enrollment: Family::default(),
+            state_machines: Family::default(),
+            state_rollout_halted: Family::default(),
             sse_clients: Gauge::default(),
             websocket_clients: Gauge::default(),
             store_pruned: Family::default(),
@@ -189,6 +207,16 @@ impl Metrics {
             "machines_by_enrollment",
             "Machines in the inventory by enrollment state",
             metrics.machines_by_enrollment.clone(),
+        );
+        r.register(
+            "state_machines",
+            "Machines of each declared state by standing (in_sync, drifted, applying, failed, held, pending, check_error)",
+            metrics.state_machines.clone(),
+        );
+        r.register(
+            "state_rollout_halted",
+            "1 while a declared state's rollout is halted (resume it or commit new content)",
+            metrics.state_rollout_halted.clone(),
         );
         r.register(
             "sse_clients",

@@ -343,16 +343,6 @@ impl Standing {
             Standing::CheckError { .. } => "check_error",
         }
     }
-
-    pub const NAMES: [&'static str; 7] = [
-        "pending",
-        "in_sync",
-        "drifted",
-        "applying",
-        "failed",
-        "held",
-        "check_error",
-    ];
 }
 
 /// A state on one machine, as the store keeps it.
@@ -473,6 +463,19 @@ impl Counts {
             } += 1;
         }
         counts
+    }
+
+    /// Each standing's name with its count (metrics' label values).
+    pub fn by_standing(&self) -> [(&'static str, u32); 7] {
+        [
+            ("pending", self.pending),
+            ("in_sync", self.in_sync),
+            ("drifted", self.drifted),
+            ("applying", self.applying),
+            ("failed", self.failed),
+            ("held", self.held),
+            ("check_error", self.check_error),
+        ]
     }
 
     pub fn total(&self) -> u32 {
@@ -1159,6 +1162,40 @@ mod tests {
                 reason: "exited 3".into()
             })
         );
+    }
+
+    #[test]
+    fn counts_are_named_as_the_standings_are() {
+        let standings = [
+            Standing::Pending,
+            Standing::InSync,
+            Standing::Drifted,
+            Standing::Applying { operation_id: 1 },
+            Standing::Failed {
+                operation_id: 1,
+                reason: String::new(),
+            },
+            Standing::Held {
+                reason: String::new(),
+            },
+            Standing::CheckError {
+                message: String::new(),
+            },
+        ];
+        for standing in &standings {
+            let counts = Counts::of([standing]);
+            let named: Vec<&str> = counts
+                .by_standing()
+                .iter()
+                .filter(|(_, count)| *count == 1)
+                .map(|(name, _)| *name)
+                .collect();
+            assert_eq!(named, [standing.name()]);
+            // …and as serde tags them.
+            let tagged = serde_json::to_value(standing).unwrap();
+            assert_eq!(tagged["standing"], standing.name());
+        }
+        assert_eq!(Counts::of(&standings).total(), 7);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::{ApiError, AppState};
-use crate::metrics::{HttpLabels, Metrics, StateLabels};
+use crate::metrics::{DeclaredStateLabels, HttpLabels, Metrics, StandingLabels, StateLabels};
 use crate::store::now_ms;
 
 /// `GET /metrics` (no authentication: it holds counts, never names or secrets).
@@ -26,15 +26,10 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     metrics
         .reconcile_queue
         .set(i64::try_from(state.controller.queue_depth()).unwrap_or(i64::MAX));
-    let machines = state
-        .git
-        .desired()
-        .borrow()
-        .as_ref()
-        .map(|desired| desired.machines.clone())
-        .unwrap_or_default();
+    let desired = state.git.desired().borrow().clone().unwrap_or_default();
+    let machines = &desired.machines;
     let (mut health, mut enrollment) = (BTreeMap::new(), BTreeMap::new());
-    for machine in &machines {
+    for machine in machines {
         let status = state.store.machine_status(&machine.id)?;
         let (h, e) = match &status {
             Some(status) => (status.health.name(), status.enrollment.name()),
@@ -45,6 +40,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     }
     set_counts(&metrics.machines_by_health, health);
     set_counts(&metrics.machines_by_enrollment, enrollment);
+    set_states(metrics, &desired, state.store.state_statuses()?);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -64,6 +60,41 @@ fn set_counts(family: &Family<StateLabels, Gauge>, counts: BTreeMap<&str, i64>) 
                 state: state.to_owned(),
             })
             .set(count);
+    }
+}
+
+/// Each declared state's machines by standing, and whether its rollout is
+/// halted; states that left Git disappear.
+fn set_states(
+    metrics: &Metrics,
+    desired: &linkops_reconcilers::desired::DesiredState,
+    statuses: Vec<linkops_reconcilers::state::StateStatus>,
+) {
+    metrics.state_machines.clear();
+    metrics.state_rollout_halted.clear();
+    let statuses: BTreeMap<String, _> = statuses
+        .into_iter()
+        .map(|status| (status.state_id.clone(), status))
+        .collect();
+    for id in desired.states.keys() {
+        let status = statuses.get(id);
+        let counts = status.map(|s| s.counts).unwrap_or_default();
+        for (standing, count) in counts.by_standing() {
+            let labels = StandingLabels {
+                state: id.clone(),
+                standing,
+            };
+            metrics
+                .state_machines
+                .get_or_create(&labels)
+                .set(count.into());
+        }
+        let halted = status.is_some_and(|s| s.halted.is_some());
+        let labels = DeclaredStateLabels { state: id.clone() };
+        metrics
+            .state_rollout_halted
+            .get_or_create(&labels)
+            .set(halted.into());
     }
 }
 

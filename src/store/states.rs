@@ -55,6 +55,27 @@ impl Store {
         Ok(targets)
     }
 
+    /// Every state's record on every machine, by (state, machine), for table queries.
+    pub fn scan_state_targets(&self, mut visit: impl FnMut(Target)) -> Result<()> {
+        let tx = self.db.begin_read()?;
+        for entry in tx.open_table(STATE_TARGETS)?.iter()? {
+            let (key, value) = entry?;
+            visit(decode("state_targets", key.value().1, value.value())?);
+        }
+        Ok(())
+    }
+
+    /// Every kept check result as (state, machine, result), for table queries.
+    pub fn scan_state_checks(&self, mut visit: impl FnMut(&str, &str, CheckRecord)) -> Result<()> {
+        let tx = self.db.begin_read()?;
+        for entry in tx.open_table(STATE_CHECKS)?.iter()? {
+            let (key, value) = entry?;
+            let (state, machine, at) = key.value();
+            visit(state, machine, decode("state_checks", at, value.value())?);
+        }
+        Ok(())
+    }
+
     /// The newest check results of a state on a machine, newest first.
     pub fn state_checks(&self, state_id: &str, machine_id: &str) -> Result<Vec<CheckRecord>> {
         let tx = self.db.begin_read()?;

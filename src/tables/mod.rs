@@ -9,6 +9,7 @@
 pub mod query;
 
 use linkops_reconcilers::operation::{HostResult, HostState, Operation};
+use linkops_reconcilers::state::{Standing, Target};
 use linkops_reconcilers::terminal::{TerminalSession, Workspace};
 use serde_json::Value;
 
@@ -69,6 +70,8 @@ pub const TABLES: &[(&str, &[Column], Role)] = &[
     ("operations", OPERATIONS, Role::Viewer),
     ("operation_hosts", OPERATION_HOSTS, Role::Viewer),
     ("sync_history", SYNC_HISTORY, Role::Viewer),
+    ("state_machines", STATE_MACHINES, Role::Viewer),
+    ("state_checks", STATE_CHECKS, Role::Viewer),
     ("terminal_workspaces", WORKSPACES, Role::Admin),
     ("terminal_sessions", SESSIONS, Role::Admin),
     ("audit_log", AUDIT_LOG, Role::Admin),
@@ -85,6 +88,11 @@ const OPERATION_HOSTS: &[Column] = columns!(key: String, operation_id: Integer, 
     exit_code: Integer, started_at: Timestamp, finished_at: Timestamp, stdout_bytes: Integer, stderr_bytes: Integer);
 const SYNC_HISTORY: &[Column] = columns!(seq: Integer, started_at: Timestamp, duration_ms: Integer,
     trigger: String, result: String, revision: String, previous: String);
+const STATE_MACHINES: &[Column] = columns!(key: String, state: String, machine: String, standing: String,
+    reason: String, since: Timestamp, drifted_since: Timestamp, checked_at: Timestamp, check: String,
+    apply_operation: Integer, apply_result: String);
+const STATE_CHECKS: &[Column] = columns!(key: String, state: String, machine: String, at: Timestamp,
+    result: String, duration_ms: Integer, digest: String, output: String);
 const WORKSPACES: &[Column] = columns!(id: String, name: String, owner: String, layout: String,
     machines: List, created_at: Timestamp, updated_at: Timestamp);
 const SESSIONS: &[Column] = columns!(id: Integer, workspace_id: String, pane: Integer, machine: String,
@@ -151,6 +159,19 @@ pub fn run(store: &Store, request: &QueryRequest) -> Result<Page, Error> {
                 Cell::Bool(record.removed_at_ms.is_some()),
             ])
         }),
+        "state_machines" => store.scan_state_targets(|target| collector.push(state_row(target)))?,
+        "state_checks" => store.scan_state_checks(|state, machine, check| {
+            collector.push(vec![
+                Cell::Str(format!("{state}/{machine}/{}", check.at_ms)),
+                Cell::Str(state.to_owned()),
+                Cell::Str(machine.to_owned()),
+                Cell::Time(check.at_ms),
+                result(&check.outcome),
+                Cell::Int(i64::try_from(check.duration_ms).unwrap_or(i64::MAX)),
+                Cell::Str(check.digest),
+                Cell::Str(check.output),
+            ])
+        })?,
         "terminal_workspaces" => store
             .workspaces()?
             .into_iter()
@@ -313,6 +334,45 @@ fn machine_row(store: &Store, record: store::MachineRecord) -> Vec<Cell> {
         time(status.as_ref().and_then(|s| s.last_seen_ms)),
         Cell::Str(record.revision),
         Cell::Bool(record.removed_at_ms.is_some()),
+    ]
+}
+
+/// The `result` tag of a serialised check outcome or apply result.
+fn result(value: &impl serde::Serialize) -> Cell {
+    text(
+        serde_json::to_value(value)
+            .ok()
+            .and_then(|v| v["result"].as_str().map(str::to_owned)),
+    )
+}
+
+fn state_row(target: Target) -> Vec<Cell> {
+    let reason = match &target.standing {
+        Standing::Held { reason } | Standing::Failed { reason, .. } => Some(reason.clone()),
+        Standing::CheckError { message } => Some(message.clone()),
+        _ => None,
+    };
+    vec![
+        Cell::Str(format!("{}/{}", target.state_id, target.machine_id)),
+        Cell::Str(target.state_id),
+        Cell::Str(target.machine_id),
+        Cell::Str(target.standing.name().to_owned()),
+        text(reason),
+        Cell::Time(target.since_ms),
+        time(target.drifted_since_ms),
+        time(target.check.as_ref().map(|c| c.at_ms)),
+        target
+            .check
+            .as_ref()
+            .map_or(Cell::Null, |c| result(&c.outcome)),
+        target
+            .apply
+            .as_ref()
+            .map_or(Cell::Null, |a| Cell::Int(a.operation_id as i64)),
+        target
+            .apply
+            .as_ref()
+            .map_or(Cell::Null, |a| result(&a.result)),
     ]
 }
 
