@@ -210,6 +210,40 @@ async fn a_state_converges_its_tag_and_a_machine_joining_it() {
             .iter()
             .all(|e| e["actor"] == format!("git@{revision}"))
     );
+    // Tables and metrics say the same.
+    let query = json!({ "table": "state_machines", "filter": [{ "column": "state", "op": "eq", "value": "app-config" }] });
+    let (_, page) = daemon
+        .request(Method::POST, "/api/tables/query", &token, Some(query))
+        .await;
+    let standings: Vec<&Value> = page["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["standing"])
+        .collect();
+    assert_eq!(standings, [&json!("in_sync"), &json!("in_sync")], "{page}");
+    let query = json!({ "table": "state_checks", "filter": [{ "column": "machine", "op": "eq", "value": "host1" }], "sort": [{ "column": "at", "dir": "asc" }] });
+    let (_, page) = daemon
+        .request(Method::POST, "/api/tables/query", &token, Some(query))
+        .await;
+    let results: Vec<&Value> = page["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["result"])
+        .collect();
+    assert_eq!(results, [&json!("drifted"), &json!("holds")], "{page}");
+    let metrics = daemon.get("/metrics", None).await.text().await.unwrap();
+    for line in [
+        "linkops_state_machines{state=\"app-config\",standing=\"in_sync\"} 2",
+        "linkops_state_machines{state=\"app-config\",standing=\"drifted\"} 0",
+        "linkops_state_rollout_halted{state=\"app-config\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
+    }
 
     // host3 joins the tag: only links.yaml changes.
     setup.work.write("links.yaml", &links(&setup, &[0, 1, 2]));
