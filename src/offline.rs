@@ -46,11 +46,12 @@ pub fn validate(dir: &Path) -> Result<bool, Error> {
     match desired::load("(working tree)", &files) {
         Ok(state) => {
             println!(
-                "{}: ok ({} machines, {} scripts, {} run-requests)",
+                "{}: ok ({} machines, {} scripts, {} run-requests, {} states)",
                 dir.display(),
                 state.machines.len(),
                 state.scripts.len(),
-                state.runs.len()
+                state.runs.len(),
+                state.states.len()
             );
             Ok(true)
         }

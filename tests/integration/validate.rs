@@ -25,7 +25,7 @@ fn example_repository_is_valid() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("5 machines, 4 scripts, 1 run-requests"),
+        stdout.contains("5 machines, 7 scripts, 1 run-requests, 3 states"),
         "{stdout}"
     );
 }
@@ -71,6 +71,7 @@ fn checked_in_schemas_match_the_types() {
         "links.schema.json",
         "scripts.schema.json",
         "run-request.schema.json",
+        "state.schema.json",
         // The console's TypeScript types are generated from it (src/web/build.mjs).
         "openapi.json",
     ];

@@ -229,7 +229,8 @@ pub struct RunRequestFile {
     /// Run on the machines in batches, canaries first, halting after
     /// `max_failures`; all at once when absent.
     #[serde(default)]
-    pub rollout: Option<Rollout>,
+    #[schemars(with = "Option<Rollout>")]
+    pub rollout: Option<Spanned<Rollout>>,
 }
 
 /// `states/<name>.yaml`: a state the targets converge to and are kept in.
@@ -264,7 +265,8 @@ pub struct StateFile {
     pub windows: Vec<Spanned<WindowEntry>>,
     /// Applies in batches (default: 1 canary, then 5 at a time, halted by the first failure).
     #[serde(default)]
-    pub rollout: Option<Rollout>,
+    #[schemars(with = "Option<Rollout>")]
+    pub rollout: Option<Spanned<Rollout>>,
 }
 
 /// A maintenance window, in UTC: `from` and `to` as `HH:MM`; a window that

@@ -17,6 +17,7 @@ use super::{
     DesiredState, LINKS_FILE, Problem, RepoFiles, SCRIPTS_FILE, is_run_request, is_state_file,
 };
 use crate::machine::Machine;
+use crate::rollout::Rollout;
 use crate::run::RunRequest;
 use crate::script::{ParamSpec, ParamType, ParamValue, Script, Targets, anchored};
 use crate::state::{self, DeclaredState, Window};
@@ -797,15 +798,7 @@ fn check_run(
             }
         }
     };
-    if rollout.is_some_and(|r| r.batch == 0 || r.max_failures == 0) {
-        report.at(
-            &id,
-            format!(
-                "run-request {:?}: rollout batch and max_failures must be at least 1",
-                id.value
-            ),
-        );
-    }
+    let rollout = rollout.and_then(|r| check_rollout(&r, report));
     Some(RunRequest {
         id: id.value,
         file: path.to_owned(),
@@ -929,16 +922,10 @@ fn check_state(
         .iter()
         .map(|window| check_window(window, report))
         .collect();
-    let rollout = rollout.unwrap_or_default();
-    if rollout.batch == 0 || rollout.max_failures == 0 {
-        report.at(
-            &id,
-            format!(
-                "state {:?}: rollout batch and max_failures must be at least 1",
-                id.value
-            ),
-        );
-    }
+    let rollout = match rollout {
+        Some(given) => check_rollout(&given, report),
+        None => Some(Rollout::default()),
+    };
     Some(DeclaredState {
         id: id.value,
         file: path.to_owned(),
@@ -949,8 +936,21 @@ fn check_state(
         mode,
         interval: interval?,
         windows: windows.into_iter().collect::<Option<_>>()?,
-        rollout,
+        rollout: rollout?,
     })
+}
+
+/// A rollout as given, if its numbers can work.
+fn check_rollout(rollout: &Spanned<Rollout>, report: &mut Report) -> Option<Rollout> {
+    let given = rollout.value;
+    if given.batch == 0 || given.max_failures == 0 {
+        report.at(
+            rollout,
+            "a rollout's batch and max_failures must be at least 1",
+        );
+        return None;
+    }
+    Some(given)
 }
 
 fn check_window(window: &Spanned<WindowEntry>, report: &mut Report) -> Option<Window> {
@@ -1056,5 +1056,39 @@ mod tests {
         // …and what the script gets: typed, defaults filled in.
         assert_eq!(run.resolved["times"], ParamValue::Int(2));
         assert_eq!(run.resolved["name"], ParamValue::String("world".into()));
+    }
+
+    #[test]
+    fn run_requests_and_states_carry_their_rollouts() {
+        let files: RepoFiles = [
+            (
+                "links.yaml",
+                "machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [web]}\n",
+            ),
+            (
+                "scripts.yaml",
+                "scripts:\n  - {id: motd, name: Motd, body: 'echo hi > /etc/motd', check: 'test -f /etc/motd'}\n",
+            ),
+            (
+                "runs/once.yaml",
+                "id: once\nscript: motd\ntargets: {tags: [web]}\nrollout: {canary: 2}\n",
+            ),
+            ("states/motd.yaml", "id: motd\nscript: motd\ntargets: {tags: [web]}\n"),
+        ]
+        .into_iter()
+        .map(|(path, text)| (path.to_owned(), text.as_bytes().to_vec()))
+        .collect();
+        let desired = load("r1", &files).unwrap();
+        let given = Rollout {
+            batch: 5,
+            canary: 2,
+            max_failures: 1,
+        };
+        assert_eq!(desired.runs["once"].rollout, Some(given));
+        let state = &desired.states["motd"];
+        assert_eq!(state.rollout, Rollout::default());
+        assert_eq!(state.interval, crate::state::DEFAULT_INTERVAL);
+        assert_eq!(state.mode, crate::state::Mode::Enforce);
+        assert!(state.windows.is_empty());
     }
 }
