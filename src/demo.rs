@@ -88,8 +88,14 @@ pub async fn run(
             fleet.known_hosts().to_owned(),
         );
         let links = links(&fleet);
+        // Where the demo's declared state keeps each machine's file: the
+        // machines share this computer's disk, so each writes its own.
+        let state_dir = fleet.dir().join("motd");
         tokio::task::spawn_blocking(move || -> Result<Config, Error> {
-            write_repository(&repo, &links)?;
+            std::fs::create_dir(&state_dir).map_err(|source| io_error(&state_dir, source))?;
+            std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o777))
+                .map_err(|source| io_error(&state_dir, source))?;
+            write_repository(&repo, &links, &state_dir)?;
             demo_config(&data, &repo, &key, &known_hosts)
         })
         .await??
@@ -290,18 +296,36 @@ const SCRIPTS: &str = r#"scripts:
       for i in $(seq 60 -1 1); do echo "$i"; sleep 1; done
       echo liftoff
     timeout: 5m
+
+  - id: motd
+    name: Message of the day
+    description: A message-of-the-day file with exactly this text (the demo keeps one per machine in $STATE_DIR).
+    params:
+      - name: text
+        type: string
+        default: Managed by LinkOps
+    body: |
+      printf '%s\n' "$LINKOPS_PARAM_TEXT" > "$STATE_DIR/$(cat /etc/linkops/client_id)"
+    check: |
+      f="$STATE_DIR/$(cat /etc/linkops/client_id)"
+      [ -f "$f" ] || { echo "$f is missing"; exit 1; }
+      [ "$(cat "$f")" = "$LINKOPS_PARAM_TEXT" ] || { echo "$f reads: $(cat "$f")"; exit 1; }
 "#;
+
+const MOTD_STATE: &str = "id: motd\ndescription: Every web machine has the message of the day.\nscript: motd\ntargets:\n  tags: [web]\ninterval: 30s\nrollout: {canary: 1, batch: 5, max_failures: 1}\n";
 
 const WELCOME_RUN: &str = "id: welcome\nscript: system-info\ntargets:\n  tags: [web, db]\n";
 
-const README: &str = "# LinkOps demo configuration\n\nEdit, commit, and watch the daemon follow: a new file under runs/ runs its script once.\n";
+const README: &str = "# LinkOps demo configuration\n\nEdit, commit, and watch the daemon follow: a new file under runs/ runs its script once; states/ declares what the machines are kept in.\n";
 
-fn write_repository(repo: &Path, links: &str) -> Result<(), Error> {
+fn write_repository(repo: &Path, links: &str, state_dir: &Path) -> Result<(), Error> {
+    let scripts = SCRIPTS.replace("$STATE_DIR", &state_dir.display().to_string());
     let files = [
         ("README.md", README),
         ("links.yaml", links),
-        ("scripts.yaml", SCRIPTS),
+        ("scripts.yaml", &scripts),
         ("runs/welcome.yaml", WELCOME_RUN),
+        ("states/motd.yaml", MOTD_STATE),
     ];
     for (name, content) in files {
         let path = repo.join(name);

@@ -26,10 +26,12 @@ export function put(parent: HTMLElement, ...children: Child[]): void {
 /** A badge coloured by what a state means. */
 export function badge(text: string | null | undefined): HTMLElement {
   const value = text ?? "unknown";
-  const good = ["reachable", "enrolled", "succeeded", "True", "connected", "applied", "unchanged", "success"];
+  const good = ["reachable", "enrolled", "succeeded", "True", "connected", "applied", "unchanged", "success",
+    "in_sync", "holds"];
   const bad = ["unreachable", "mismatch", "missing_file", "host_key_mismatch", "failed", "partially_failed",
-    "False", "error", "invalid", "timeout", "interrupted", "denied", "failure", "revoked"];
-  const warn = ["running", "pending", "stopped", "connecting", "unknown", "skipped", "waiting", "suspended"];
+    "False", "error", "invalid", "timeout", "interrupted", "denied", "failure", "revoked", "check_error", "halted"];
+  const warn = ["running", "pending", "stopped", "connecting", "unknown", "skipped", "waiting", "suspended",
+    "drifted", "applying", "held"];
   const kind = good.includes(value) ? "ok" : bad.includes(value) ? "bad" : warn.includes(value) ? "warn" : "";
   return h("span", { class: `badge ${kind}` }, value);
 }

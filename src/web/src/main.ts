@@ -8,6 +8,7 @@ import { loginPage } from "./pages/login";
 import { historyPage, operationPage } from "./pages/operations";
 import { recordingsPage } from "./pages/recordings";
 import { runPage } from "./pages/run";
+import { statePage, statesPage } from "./pages/states";
 import { terminalsPage, workspacePage } from "./pages/terminals";
 import { usersPage } from "./pages/users";
 
@@ -18,6 +19,8 @@ const routes: [RegExp, Page, string][] = [
   [/^\/login$/, loginPage, "Sign in"],
   [/^\/fleet$/, fleetPage, "Fleet"],
   [/^\/machines\/([^/]+)$/, machinePage, "Machine"],
+  [/^\/states$/, statesPage, "States"],
+  [/^\/states\/([^/]+)$/, statePage, "State"],
   [/^\/run$/, runPage, "Run a script"],
   [/^\/operations$/, historyPage, "Operations"],
   [/^\/operations\/(\d+)$/, operationPage, "Operation"],
@@ -30,6 +33,7 @@ const routes: [RegExp, Page, string][] = [
 
 const NAV: [string, string, string?][] = [
   ["#/fleet", "Fleet"],
+  ["#/states", "States"],
   ["#/run", "Run"],
   ["#/operations", "Operations"],
   ["#/terminals", "Terminals"],

@@ -143,6 +143,35 @@ test("run a script from the catalog's form and see each host's output appear liv
   await assertAccessible("the operation page");
 });
 
+test("the States page shows the declared state on its machines, and each check's output", async () => {
+  // The daemon converges the demo's state on its own; wait for it through the API.
+  const deadline = Date.now() + WAIT;
+  while ((await apiGet("/api/states/motd", adminToken)).state?.counts?.in_sync !== 2) {
+    assert.ok(Date.now() < deadline, "the motd state converges on both web machines");
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  await page.goto(`${banner.console}#/states`);
+  const states = page.getByRole("table", { name: "Declared states" });
+  await states.getByRole("row").filter({ hasText: "motd" }).getByText("2/2").waitFor();
+  const grid = page.getByRole("table", { name: "States by machine" });
+  assert.equal(await grid.getByText("in_sync", { exact: true }).count(), 2);
+  await page.screenshot({ path: `${SHOTS}states.png`, fullPage: true });
+  await assertAccessible("the States page");
+  await states.getByRole("link", { name: "motd" }).click();
+  await page.waitForURL(/#\/states\/motd$/);
+  const machines = page.getByRole("table", { name: "Machines of motd" });
+  for (const id of ["host1", "host3"]) {
+    const row = machines.getByRole("row").filter({ has: page.getByRole("link", { name: id, exact: true }) });
+    await row.getByText("in_sync", { exact: true }).waitFor();
+    // The first apply's operation is linked; the check's output opens in place.
+    await row.getByRole("link", { name: /^#\d+$/ }).waitFor();
+    await row.getByText("holds", { exact: true }).click();
+    await row.getByText("(no output)").waitFor();
+  }
+  await page.screenshot({ path: `${SHOTS}state.png`, fullPage: true });
+  await assertAccessible("a state's page");
+});
+
 test("stop a long script", async () => {
   await page.goto(`${banner.console}#/run`);
   await page.getByLabel("Script").selectOption("countdown");

@@ -19,7 +19,9 @@ export async function historyPage(main: HTMLElement): Promise<void> {
     body.replaceChildren(table(["Operation", "Script", "State", "Machines", "By", "Created"],
       operations.map((o) => [
         h("a", { href: `#/operations/${o.id}` }, `#${o.id}`), o.script, badge(o.state), o.machines.length,
-        o.requested_by.kind === "user" ? o.requested_by.name : `run-request ${o.requested_by.id}`, when(o.created_at),
+        o.requested_by.kind === "user" ? o.requested_by.name
+          : o.requested_by.kind === "state" ? `state ${o.requested_by.id}` : `run-request ${o.requested_by.id}`,
+        when(o.created_at),
       ]), "Operations"));
   };
   state.addEventListener("change", () => void draw());
@@ -31,19 +33,22 @@ export async function historyPage(main: HTMLElement): Promise<void> {
 /** One host's panel: its state and its output as it arrives. */
 class HostPanel {
   readonly element: HTMLElement;
-  private state = h("span");
+  private badge = h("span");
+  /** The host's state name, for the retry button. */
+  state = "pending";
   private output = h("pre", { class: "output", "aria-live": "off", tabindex: "0" });
 
   constructor(readonly machine: string) {
     this.element = h("section", { class: "card", "aria-label": `Output of ${machine}`, "data-machine": machine },
-      h("div", { class: "row" }, h("strong", {}, machine), this.state), this.output);
+      h("div", { class: "row" }, h("strong", {}, machine), this.badge), this.output);
   }
 
   setState(state: HostState): void {
     const detail = "exit_code" in state && state.exit_code != null ? `exit ${state.exit_code}`
       : "signal" in state && state.signal ? `signal ${state.signal}`
       : "error" in state ? state.error : "reason" in state ? state.reason : "";
-    this.state.replaceChildren(badge(state.state), detail ? ` ${detail}` : "");
+    this.state = state.state;
+    this.badge.replaceChildren(badge(state.state), detail ? ` ${detail}` : "");
   }
 
   append(stream: string, text: string): void {
@@ -58,6 +63,9 @@ export async function operationPage(main: HTMLElement, [idText]: string[]): Prom
   const operation = await api<OperationView>("GET", `/api/operations/${id}`);
   const state = h("span", {}, badge(operation.state));
   const stop = h("button", { class: "danger", type: "button" }, "Stop");
+  // Runs the script again on the machines that failed, timed out or were interrupted.
+  const retry = h("button", { type: "button" }, "Retry failed machines");
+  const operator = session()?.role !== "viewer";
   const panels = new Map<string, HostPanel>();
   const hosts = h("div", { class: "hosts" });
   for (const host of operation.hosts) {
@@ -66,19 +74,26 @@ export async function operationPage(main: HTMLElement, [idText]: string[]): Prom
     panels.set(host.machine_id, panel);
     hosts.append(panel.element);
   }
+  const retried = new Set(["failed", "timeout", "interrupted"]);
   const finished = (value: OperationState) => {
     state.replaceChildren(badge(value));
-    stop.hidden = FINISHED.includes(value);
+    stop.hidden = !operator || FINISHED.includes(value);
+    retry.hidden = !operator || !FINISHED.includes(value) || ![...panels.values()].some((p) => retried.has(p.state));
   };
+  retry.addEventListener("click", async () => {
+    retry.disabled = true;
+    const again = await api<OperationView>("POST", `/api/operations/${id}/retry`);
+    location.hash = `#/operations/${again.id}`;
+  });
   stop.addEventListener("click", async () => {
     stop.disabled = true;
     await api("POST", `/api/operations/${id}/stop`).catch(() => undefined);
   });
-  stop.hidden = session()?.role === "viewer" || FINISHED.includes(operation.state);
   main.append(
     h("h1", {}, `Operation #${id}: ${operation.script}`),
-    h("div", { class: "row" }, h("span", { role: "status", "aria-live": "polite" }, state), stop,
-      h("span", { class: "muted" }, `started ${when(operation.created_at)}`)),
+    h("div", { class: "row" }, h("span", { role: "status", "aria-live": "polite" }, state), stop, retry,
+      h("span", { class: "muted" }, `started ${when(operation.created_at)}`),
+      operation.retry_of ? h("a", { href: `#/operations/${operation.retry_of}` }, `retry of #${operation.retry_of}`) : null),
     hosts);
   finished(operation.state);
 
