@@ -41,6 +41,14 @@ fn operation_view(operation: Operation, hosts: Vec<HostResult>) -> OperationView
     }
 }
 
+/// An operation and its hosts' results, or a 404 naming it.
+fn recorded(state: &AppState, id: u64) -> Result<(Operation, Vec<HostResult>), ApiError> {
+    state
+        .store
+        .operation(id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))
+}
+
 /// `GET /api/operations/{id}`
 #[utoipa::path(get, path = "/api/operations/{id}", tag = "operations", params(("id" = u64, Path, description = "Operation id")), responses((status = 200, description = "An operation and its per-machine results", body = OperationView)))]
 pub async fn get(
@@ -48,10 +56,7 @@ pub async fn get(
     _caller: Authenticated,
     Path(id): Path<u64>,
 ) -> Result<Json<OperationView>, ApiError> {
-    let (operation, hosts) = state
-        .store
-        .operation(id)?
-        .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))?;
+    let (operation, hosts) = recorded(&state, id)?;
     Ok(Json(operation_view(operation, hosts)))
 }
 
@@ -151,10 +156,7 @@ pub async fn retry(
     Path(id): Path<u64>,
 ) -> Result<(StatusCode, Json<OperationView>), ApiError> {
     let user = caller.require(Role::Operator)?;
-    let (operation, hosts) = state
-        .store
-        .operation(id)?
-        .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))?;
+    let (operation, hosts) = recorded(&state, id)?;
     if operation.finished_at_ms.is_none() {
         return Err(ApiError::Conflict(format!(
             "operation {id} is still {}: retry it once it has ended",
@@ -270,10 +272,7 @@ pub async fn stop(
     Path(id): Path<u64>,
 ) -> Result<(StatusCode, Json<Stopping>), ApiError> {
     let user = caller.require(Role::Operator)?;
-    let (operation, _) = state
-        .store
-        .operation(id)?
-        .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))?;
+    let (operation, _) = recorded(&state, id)?;
     if !state.controller.operations().stop(id) {
         return Err(ApiError::Conflict(format!(
             "operation {id} is not running (it is {:?})",
@@ -325,10 +324,7 @@ pub async fn output(
     Path(id): Path<u64>,
     Query(query): Query<OutputQuery>,
 ) -> Result<Json<OutputPage>, ApiError> {
-    state
-        .store
-        .operation(id)?
-        .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))?;
+    recorded(&state, id)?;
     let limit = query.limit.unwrap_or(1000).min(5000);
     let events = state
         .store
@@ -364,10 +360,7 @@ pub async fn events(
     headers: HeaderMap,
     Query(query): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    state
-        .store
-        .operation(id)?
-        .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))?;
+    recorded(&state, id)?;
     let last = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

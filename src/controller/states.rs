@@ -73,13 +73,10 @@ impl Context {
                 .run_checks(desired, state, script, &digest, &decision.check)
                 .await;
             for (machine, check) in &checks {
-                if let Some(target) = targets.get_mut(machine) {
-                    target.checked(check.clone());
-                } else {
-                    let mut target = Target::new(id, machine, check.at_ms);
-                    target.checked(check.clone());
-                    targets.insert(machine.clone(), target);
-                }
+                targets
+                    .entry(machine.clone())
+                    .or_insert_with(|| Target::new(id, machine, check.at_ms))
+                    .checked(check.clone());
             }
             decision = decide(&targets);
         }
@@ -95,12 +92,12 @@ impl Context {
             .iter()
             .map(|t| t.machine_id.as_str())
             .collect();
-        let left: Vec<Target> = targets
+        let untargeted: Vec<Target> = targets
             .values()
             .filter(|t| !selected_now.contains(t.machine_id.as_str()))
             .cloned()
             .collect();
-        decision.targets.extend(left);
+        decision.targets.extend(untargeted);
         self.record_state(state, decision, &stored, checks, desired)?;
         Ok(Action::Requeue(wake))
     }
@@ -238,7 +235,6 @@ impl Context {
             .filter(|t| stored.get(&t.machine_id) != Some(*t))
             .cloned()
             .collect();
-        // Only the selected machines are counted: `decide` did.
         self.store.put_state(store::StateWrite {
             status: status.clone(),
             targets: changed,

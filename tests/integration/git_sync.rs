@@ -102,7 +102,8 @@ async fn follows_a_remote_over_ssh_through_manual_syncs() {
     .await;
     let state = applied(&daemon, &first).await;
     assert_eq!(state.machines.len(), 5);
-    assert_eq!(state.scripts.len(), 4);
+    assert_eq!(state.scripts.len(), 7);
+    assert_eq!(state.states.len(), 3);
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
 
     let status = git_status(&daemon, &token).await;

@@ -324,6 +324,34 @@ async fn new_content_rolls_out_in_batches_and_a_failed_canary_halts_the_rest() {
     assert_eq!(v2, [vec!["host1"], vec!["host2", "host3"], vec!["host4"]]);
     assert!((0..4).all(|host| config_of(&setup, host).as_deref() == Some("v2")));
 
+    // A new revision of the script (a new file format): its check fails everywhere, and it re-applies in batches.
+    let revised = SCRIPTS
+        .replace(
+            r#"printf '%s\n' "$LINKOPS_PARAM_CONTENT" > "$f""#,
+            r#"printf 'content=%s\n' "$LINKOPS_PARAM_CONTENT" > "$f""#,
+        )
+        .replace(
+            r#"= "$LINKOPS_PARAM_CONTENT" ]"#,
+            r#"= "content=$LINKOPS_PARAM_CONTENT" ]"#,
+        );
+    assert_ne!(revised, SCRIPTS);
+    let marks = setup.marks.to_str().unwrap();
+    setup
+        .work
+        .write("scripts.yaml", &revised.replace("$MARKS", marks));
+    let v3_revision = setup.work.commit("the config file's new format");
+    sync(&daemon, &token).await;
+    until_state(&daemon, &token, "the new format everywhere", |d| {
+        of(d, &v3_revision) && in_sync(d, 4)
+    })
+    .await;
+    let v3 = applies(&daemon, &token)
+        .await
+        .split_off(v1.len() + v2.len());
+    assert_eq!(v3, [vec!["host1"], vec!["host2", "host3"], vec!["host4"]]);
+    let done = v1.len() + v2.len() + v3.len();
+    assert!((0..4).all(|host| config_of(&setup, host).as_deref() == Some("content=v2")));
+
     // The canary's apply fails: the rollout halts and nothing else is touched.
     setup
         .work
@@ -345,11 +373,8 @@ async fn new_content_rolls_out_in_batches_and_a_failed_canary_halts_the_rest() {
             .starts_with("a canary failed"),
         "{halted}"
     );
-    assert_eq!(
-        applies(&daemon, &token).await.len(),
-        v1.len() + v2.len() + 1
-    );
-    assert!((1..4).all(|host| config_of(&setup, host).as_deref() == Some("v2")));
+    assert_eq!(applies(&daemon, &token).await.len(), done + 1);
+    assert!((1..4).all(|host| config_of(&setup, host).as_deref() == Some("content=v2")));
 
     // It stays halted until an operator resumes it (or new content comes).
     let (status, answer) = daemon
@@ -365,10 +390,7 @@ async fn new_content_rolls_out_in_batches_and_a_failed_canary_halts_the_rest() {
     })
     .await;
     assert_eq!(standing(&again, "host2"), "held");
-    assert_eq!(
-        applies(&daemon, &token).await.len(),
-        v1.len() + v2.len() + 2
-    );
+    assert_eq!(applies(&daemon, &token).await.len(), done + 2);
     let (status, _) = daemon
         .request(Method::POST, "/api/states/missing/resume", &token, None)
         .await;
@@ -467,4 +489,48 @@ async fn a_daemon_killed_mid_apply_checks_again_before_applying_again() {
     assert_eq!(recorded["state"], "interrupted");
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{status:?} {log}");
+}
+
+#[tokio::test]
+async fn a_suspended_machine_holds_its_states_until_resumed() {
+    let setup = setup(2, &[0, 1], &state_file("v1", ""));
+    let daemon = setup.start().await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    until_state(&daemon, &token, "in sync", |d| in_sync(d, 2)).await;
+    let suspend = |verb: &'static str| {
+        let (daemon, token) = (&daemon, &token);
+        async move {
+            let path = format!("/api/reconcile/{verb}");
+            let (status, answer) = daemon
+                .request(
+                    Method::POST,
+                    &path,
+                    token,
+                    Some(json!({"machine": "host1"})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+        }
+    };
+    suspend("suspend").await;
+    setup
+        .work
+        .write("states/app-config.yaml", &state_file("v2", ""));
+    let v2 = setup.work.commit("v2");
+    sync(&daemon, &token).await;
+    let held = until_state(&daemon, &token, "host2 on v2, host1 held", |d| {
+        of(d, &v2) && standing(d, "host2") == "in_sync" && standing(d, "host1") == "held"
+    })
+    .await;
+    assert_eq!(
+        machine(&held, "host1")["standing"]["reason"],
+        "reconciliation is suspended"
+    );
+    assert_eq!(config_of(&setup, 0).as_deref(), Some("v1"));
+    assert_eq!(config_of(&setup, 1).as_deref(), Some("v2"));
+    // The resume reconciles the state at once.
+    suspend("resume").await;
+    until_state(&daemon, &token, "host1 on v2", |d| in_sync(d, 2)).await;
+    assert_eq!(config_of(&setup, 0).as_deref(), Some("v2"));
+    daemon.stop().await;
 }

@@ -157,70 +157,24 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         (BTreeMap::new(), true)
     };
 
-    let mut runs: BTreeMap<String, RunRequest> = BTreeMap::new();
-    let mut run_files: BTreeMap<String, String> = BTreeMap::new();
-    for path in files.keys().filter(|p| is_run_request(p)) {
-        let Some(Read { value: request, .. }) =
-            parse::<RunRequestFile>(files, path, None, &mut problems)
-        else {
-            continue;
-        };
-        let mut report = Report {
-            file: path,
-            problems: &mut problems,
-        };
-        if !conforms(&mut report, "run-request id", &request.id, &ID, ID_RULE) {
-            continue;
-        }
-        if let Some(first) = run_files.get(&request.id.value) {
-            report.at(
-                &request.id,
-                format!(
-                    "duplicate run-request id {:?} (also in {first})",
-                    request.id.value
-                ),
-            );
-            continue;
-        }
-        run_files.insert(request.id.value.clone(), path.clone());
-        if let Some(run) = check_run(request, path, &scripts, catalog_read, &known, &mut report) {
-            runs.insert(run.id.clone(), run);
-        }
-    }
-
-    let mut states: BTreeMap<String, DeclaredState> = BTreeMap::new();
-    let mut state_files: BTreeMap<String, String> = BTreeMap::new();
-    for path in files.keys().filter(|p| is_state_file(p)) {
-        let Some(Read {
-            value: declared, ..
-        }) = parse::<StateFile>(files, path, None, &mut problems)
-        else {
-            continue;
-        };
-        let mut report = Report {
-            file: path,
-            problems: &mut problems,
-        };
-        if !conforms(&mut report, "state id", &declared.id, &ID, ID_RULE) {
-            continue;
-        }
-        if let Some(first) = state_files.get(&declared.id.value) {
-            report.at(
-                &declared.id,
-                format!(
-                    "duplicate state id {:?} (also in {first})",
-                    declared.id.value
-                ),
-            );
-            continue;
-        }
-        state_files.insert(declared.id.value.clone(), path.clone());
-        if let Some(state) =
-            check_state(declared, path, &scripts, catalog_read, &known, &mut report)
-        {
-            states.insert(state.id.clone(), state);
-        }
-    }
+    let runs = per_file(
+        files,
+        is_run_request,
+        "run-request",
+        |request: &RunRequestFile| &request.id,
+        &mut problems,
+        |request, path, report| check_run(request, path, &scripts, catalog_read, &known, report),
+    );
+    let states = per_file(
+        files,
+        is_state_file,
+        "state",
+        |declared: &StateFile| &declared.id,
+        &mut problems,
+        |declared, path, report| {
+            check_state(declared, path, &scripts, catalog_read, &known, report)
+        },
+    );
 
     if problems.is_empty() {
         return Ok(DesiredState {
@@ -256,6 +210,45 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         });
     }
     Err(problems)
+}
+
+/// Reads the files that each hold one object (run-requests, states): each
+/// id conforming and unique across the files, then `check`ed into what the
+/// revision holds, by id.
+fn per_file<F: DeserializeOwned, T>(
+    files: &RepoFiles,
+    holds_one: fn(&str) -> bool,
+    what: &str,
+    id: fn(&F) -> &Spanned<String>,
+    problems: &mut Vec<Problem>,
+    mut check: impl FnMut(F, &str, &mut Report) -> Option<T>,
+) -> BTreeMap<String, T> {
+    let mut read = BTreeMap::new();
+    let mut first_in: BTreeMap<String, String> = BTreeMap::new();
+    for path in files.keys().filter(|p| holds_one(p)) {
+        let Some(Read { value, .. }) = parse::<F>(files, path, None, problems) else {
+            continue;
+        };
+        let mut report = Report {
+            file: path,
+            problems,
+        };
+        let given = id(&value);
+        if !conforms(&mut report, &format!("{what} id"), given, &ID, ID_RULE) {
+            continue;
+        }
+        if let Some(first) = first_in.get(&given.value) {
+            let message = format!("duplicate {what} id {:?} (also in {first})", given.value);
+            report.at(given, message);
+            continue;
+        }
+        let key = given.value.clone();
+        first_in.insert(key.clone(), path.clone());
+        if let Some(checked) = check(value, path, &mut report) {
+            read.insert(key, checked);
+        }
+    }
+    read
 }
 
 /// A file as read: whole, or only its good entries (the broken ones reported).
