@@ -55,6 +55,12 @@ pub struct Progress {
 }
 
 impl Rollout {
+    /// What makes the policy unworkable, if anything (serde takes any number).
+    pub fn problem(&self) -> Option<&'static str> {
+        (self.batch == 0 || self.max_failures == 0)
+            .then_some("a rollout's batch and max_failures must be at least 1")
+    }
+
     /// Why the rollout halts after `progress`, if it does.
     pub fn halts(&self, progress: Progress) -> Option<String> {
         if progress.failed > 0 && progress.succeeded < self.canary {

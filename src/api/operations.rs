@@ -125,12 +125,10 @@ pub async fn run(
             message: format!("tag {tag:?} matches no machine in links.yaml"),
         });
     }
-    if let Some(rollout) = &body.rollout
-        && (rollout.batch == 0 || rollout.max_failures == 0)
-    {
+    if let Some(problem) = body.rollout.and_then(|rollout| rollout.problem()) {
         return Err(ApiError::Unprocessable {
             field: "rollout".into(),
-            message: "rollout batch and max_failures must be at least 1".into(),
+            message: problem.into(),
         });
     }
     let plan = Plan {

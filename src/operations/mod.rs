@@ -106,7 +106,6 @@ pub struct LiveEvent {
 pub struct Finished {
     pub id: u64,
     pub requested_by: Requester,
-    pub state: OperationState,
 }
 
 /// A check as it ran on one machine: how it ended and the start of what it printed.
@@ -290,15 +289,11 @@ impl Engine {
                 let _running = Open::new(&engine.metrics.operations_running);
                 let writing = tokio::spawn(writer.run().in_current_span());
                 let requested_by = plan.requested_by.clone();
-                let state = engine.execute(plan, hosts, command, updates, stop).await;
+                engine.execute(plan, hosts, command, updates, stop).await;
                 writing.await.ok();
                 engine.live.lock().expect("never poisoned").remove(&id);
                 // No receiver (no controller, in tests) is no error.
-                let finished = Finished {
-                    id,
-                    requested_by,
-                    state,
-                };
+                let finished = Finished { id, requested_by };
                 engine.finished.send(finished).ok();
             }
             .instrument(span),
@@ -334,7 +329,7 @@ impl Engine {
         command: Arc<str>,
         updates: mpsc::Sender<Update>,
         stop: CancellationToken,
-    ) -> OperationState {
+    ) {
         updates
             .send(Update::State(OperationState::Running))
             .await
@@ -462,7 +457,6 @@ impl Engine {
             .get_or_create(&labels)
             .inc();
         tracing::info!(state = state.name(), "operation finished");
-        state
     }
 }
 

@@ -35,6 +35,51 @@ pub enum Claim {
     },
 }
 
+/// Records a run-request as started by operation `id`, unless it already was.
+fn claim_run(tx: &redb::WriteTransaction, mut claim: RunRecord, id: u64) -> Result<()> {
+    let mut runs = tx.open_table(RUN_REQUESTS)?;
+    let current: Option<RunRecord> = get_str(&runs, "run_requests", &claim.id)?;
+    if let Some(RunRecord {
+        state: RunState::Started { operation_id },
+        ..
+    }) = current
+    {
+        return Err(Error::AlreadyClaimed {
+            run: claim.id,
+            operation_id,
+        });
+    }
+    claim.state = RunState::Started { operation_id: id };
+    let previous = std::mem::take(&mut claim.conditions);
+    let claim = claim.with_conditions(&previous, now_ms());
+    runs.insert(claim.id.as_str(), encode(&claim).as_slice())?;
+    Ok(())
+}
+
+/// Records a state's targets as applying under operation `id`, with the state's status.
+fn claim_state_apply(
+    tx: &redb::WriteTransaction,
+    status: &StateStatus,
+    targets: Vec<Target>,
+    id: u64,
+) -> Result<()> {
+    let mut statuses = tx.open_table(STATE_STATUS)?;
+    statuses.insert(status.state_id.as_str(), encode(status).as_slice())?;
+    let now = now_ms();
+    let applying: Vec<Target> = targets
+        .into_iter()
+        .map(|mut target| {
+            if let Some(apply) = target.apply.as_mut() {
+                apply.operation_id = id;
+                apply.result = ApplyResult::Running;
+            }
+            target.stand(Standing::Applying { operation_id: id }, now);
+            target
+        })
+        .collect();
+    super::states::put_targets(tx, &applying)
+}
+
 /// A batch of changes to one operation, recorded in one transaction.
 #[derive(Debug, Default)]
 pub struct OperationUpdate {
@@ -64,38 +109,12 @@ impl Store {
                 id,
                 ..operation.clone()
             };
-            if let Some(Claim::StateApply { status, targets }) = claim {
-                let mut statuses = tx.open_table(STATE_STATUS)?;
-                statuses.insert(status.state_id.as_str(), encode(&status).as_slice())?;
-                let applying: Vec<Target> = targets
-                    .into_iter()
-                    .map(|mut target| {
-                        if let Some(apply) = target.apply.as_mut() {
-                            apply.operation_id = id;
-                            apply.result = ApplyResult::Running;
-                        }
-                        target.standing = Standing::Applying { operation_id: id };
-                        target
-                    })
-                    .collect();
-                super::states::put_targets(&tx, &applying)?;
-            } else if let Some(Claim::Run(mut claim)) = claim {
-                let mut runs = tx.open_table(RUN_REQUESTS)?;
-                let current: Option<RunRecord> = get_str(&runs, "run_requests", &claim.id)?;
-                if let Some(RunRecord {
-                    state: RunState::Started { operation_id },
-                    ..
-                }) = current
-                {
-                    return Err(Error::AlreadyClaimed {
-                        run: claim.id,
-                        operation_id,
-                    });
+            match claim {
+                Some(Claim::Run(claim)) => claim_run(&tx, claim, id)?,
+                Some(Claim::StateApply { status, targets }) => {
+                    claim_state_apply(&tx, &status, targets, id)?
                 }
-                claim.state = RunState::Started { operation_id: id };
-                let previous = std::mem::take(&mut claim.conditions);
-                let claim = claim.with_conditions(&previous, now_ms());
-                runs.insert(claim.id.as_str(), encode(&claim).as_slice())?;
+                None => {}
             }
             operations.insert(id, encode(&created).as_slice())?;
             index_operation(&tx, &created, None)?;

@@ -168,9 +168,73 @@ pub(super) fn put_targets(tx: &redb::WriteTransaction, targets: &[Target]) -> Re
 
 #[cfg(test)]
 mod tests {
-    use linkops_reconcilers::state::CheckOutcome;
+    use linkops_reconcilers::operation::{
+        HostResult, HostState, Operation, OperationState, Requester,
+    };
+    use linkops_reconcilers::state::{ApplyRecord, ApplyResult, CheckOutcome, Standing};
 
     use super::*;
+
+    /// An apply is recorded with its operation, in one transaction: the
+    /// target names the operation the store numbered, and the change is audited.
+    #[test]
+    fn a_state_s_apply_is_claimed_with_its_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let mut target = Target::new("motd", "web1", 0);
+        target.apply = Some(ApplyRecord {
+            digest: "d".into(),
+            operation_id: 0,
+            started_at_ms: 5,
+            finished_at_ms: None,
+            result: ApplyResult::Running,
+        });
+        let operation = Operation {
+            id: 0,
+            script: "motd".into(),
+            params: Default::default(),
+            machines: vec!["web1".into()],
+            requested_by: Requester::State {
+                id: "motd".into(),
+                revision: "abc".into(),
+            },
+            state: OperationState::Pending,
+            created_at_ms: 5,
+            finished_at_ms: None,
+            rollout: None,
+            retry_of: None,
+        };
+        let host = HostResult {
+            machine_id: "web1".into(),
+            state: HostState::Pending,
+            started_at_ms: None,
+            finished_at_ms: None,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        };
+        let claim = super::super::Claim::StateApply {
+            status: StateStatus::new("motd", "d", "abc", 5),
+            targets: vec![target],
+        };
+        let created = store
+            .create_operation(&operation, &[host], Some(claim))
+            .unwrap();
+        let stored = &store.state_targets("motd").unwrap()["web1"];
+        assert_eq!(
+            stored.standing,
+            Standing::Applying {
+                operation_id: created.id
+            }
+        );
+        assert_eq!(stored.apply.as_ref().unwrap().operation_id, created.id);
+        assert!(store.state_status("motd").unwrap().is_some());
+        let audit = store.audit_entries(0, 10).unwrap();
+        let applied = audit.iter().find(|e| e.action == "state.apply").unwrap();
+        assert_eq!(
+            (applied.actor.as_str(), applied.target.as_str()),
+            ("git@abc", "motd")
+        );
+    }
 
     #[test]
     fn check_history_keeps_the_newest_per_machine() {

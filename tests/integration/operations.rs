@@ -535,6 +535,33 @@ async fn a_rollout_halts_after_its_failures_and_a_retry_reruns_exactly_the_faile
     );
     assert!(!mark(3, "ran").exists());
 
+    // A run-request takes the same policy: the canary passes, host2 fails, the rest is held.
+    setup.work.write(
+        "runs/careful.yaml",
+        "id: careful\nscript: flaky\ntargets: {tags: [test]}\nparams: {note: careful}\nrollout: {canary: 1, batch: 1, max_failures: 1}\n",
+    );
+    setup.work.commit("a careful run-request");
+    let synced = daemon.post("/api/git/sync", Some(&token)).await;
+    assert_eq!(synced.status(), StatusCode::OK);
+    let careful = support::eventually("the run-request to start", || async {
+        let run: Value = daemon
+            .get("/api/runs/careful", Some(&token))
+            .await
+            .json()
+            .await
+            .unwrap();
+        run["state"]["operation_id"].as_u64()
+    })
+    .await;
+    read_events(&daemon, &token, careful, None).await;
+    let ran = operation(&daemon, &token, careful).await;
+    assert_eq!(ran["rollout"]["batch"], 1, "{ran}");
+    assert_eq!(host(&ran, "host1")["state"]["state"], "succeeded");
+    assert_eq!(host(&ran, "host2")["state"]["exit_code"], 4);
+    for held in ["host3", "host4"] {
+        assert_eq!(host(&ran, held)["state"]["state"], "held", "{ran}");
+    }
+
     // Still running: no retry yet; nothing failed: nothing to retry.
     let sleeper = started(
         &daemon,
@@ -599,7 +626,7 @@ async fn a_rollout_halts_after_its_failures_and_a_retry_reruns_exactly_the_faile
     assert_eq!(host(&ran, "host3")["state"]["exit_code"], 4);
     assert_eq!(
         std::fs::read_to_string(mark(0, "ran")).unwrap(),
-        "v1\nfirst\n"
+        "v1\ncareful\nfirst\n"
     );
     assert_eq!(std::fs::read_to_string(mark(1, "ran")).unwrap(), "v1\n");
     let query = json!({"table": "audit_log", "filter": [{"column": "target", "op": "eq", "value": second.to_string()}]});

@@ -935,15 +935,13 @@ fn check_state(
 
 /// A rollout as given, if its numbers can work.
 fn check_rollout(rollout: &Spanned<Rollout>, report: &mut Report) -> Option<Rollout> {
-    let given = rollout.value;
-    if given.batch == 0 || given.max_failures == 0 {
-        report.at(
-            rollout,
-            "a rollout's batch and max_failures must be at least 1",
-        );
-        return None;
+    match rollout.value.problem() {
+        Some(problem) => {
+            report.at(rollout, problem);
+            None
+        }
+        None => Some(rollout.value),
     }
-    Some(given)
 }
 
 fn check_window(window: &Spanned<WindowEntry>, report: &mut Report) -> Option<Window> {
