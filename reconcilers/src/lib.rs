@@ -14,6 +14,7 @@ pub mod enrollment;
 mod fixtures;
 pub mod machine;
 pub mod operation;
+pub mod outbox;
 pub mod plan;
 pub mod retention;
 pub mod rollout;

@@ -12,6 +12,7 @@ mod codec;
 mod group_commit;
 mod observed;
 mod operations;
+mod outbox;
 mod retention;
 mod scan;
 mod schema;

@@ -8,7 +8,7 @@ use super::codec::JsonTable;
 use super::{Error, Result};
 
 /// Version of the table layout this binary writes. Bump it with a migration step.
-pub const SCHEMA_VERSION: u64 = 6;
+pub const SCHEMA_VERSION: u64 = 7;
 
 /// Store metadata: `schema_version`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -59,6 +59,12 @@ pub const STATE_STATUS: JsonTable<&str> = TableDefinition::new("state_status");
 pub const STATE_TARGETS: JsonTable<(&str, &str)> = TableDefinition::new("state_targets");
 /// Check results by (state id, machine id, time in ms); the newest few per machine (version 6).
 pub const STATE_CHECKS: JsonTable<(&str, &str, i64)> = TableDefinition::new("state_checks");
+/// Commit statuses and notifications waiting for delivery, by number (version 7).
+pub const OUTBOX: JsonTable<u64> = TableDefinition::new("outbox");
+/// Messages given up on after their last attempt, by number (version 7).
+pub const OUTBOX_DEAD: JsonTable<u64> = TableDefinition::new("outbox_dead");
+/// The last commit status the forge accepted, by (commit, context) (version 7).
+pub const FORGE_STATUSES: JsonTable<(&str, &str)> = TableDefinition::new("forge_statuses");
 /// The audit log by sequence number.
 pub const AUDIT_LOG: JsonTable<u64> = TableDefinition::new("audit_log");
 
@@ -86,7 +92,7 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     if found == Some(SCHEMA_VERSION) {
         return Ok(());
     }
-    // Versions 2, 3 and 6 added tables (3 also an index built from the
+    // Versions 2, 3, 6 and 7 added tables (3 also an index built from the
     // operations): creating the missing ones brings a fresh store (None) or an
     // older one up to date. A version that changes records adds its step here.
     let tx = db.begin_write()?;
@@ -115,6 +121,9 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
     tx.open_table(STATE_STATUS)?;
     tx.open_table(STATE_TARGETS)?;
     tx.open_table(STATE_CHECKS)?;
+    tx.open_table(OUTBOX)?;
+    tx.open_table(OUTBOX_DEAD)?;
+    tx.open_table(FORGE_STATUSES)?;
     if found.is_some_and(|version| version < 5) {
         rekey_fleet_suspension(&tx)?;
     } else {

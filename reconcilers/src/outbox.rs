@@ -1,0 +1,486 @@
+//! What the daemon tells the outside: commit statuses on the forge and
+//! notifications to people's sinks, decided from what happened.
+//!
+//! The daemon queues these in the store in the transaction of the event they
+//! are about, and delivers them later (retried, one at a time per channel);
+//! this module decides *what* to say, and when to try again.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::operation::{HostResult, HostState, Operation, OperationState, Requester};
+
+/// The channel of the forge's commit statuses.
+pub const FORGE: &str = "forge";
+/// The longest description a commit status carries (Forgejo and GitHub cut longer ones).
+pub const STATUS_DESCRIPTION_CHARS: usize = 140;
+/// Attempts before a message goes to the dead letters.
+pub const MAX_ATTEMPTS: u32 = 10;
+/// Longest wait between two attempts.
+const MAX_BACKOFF_MS: i64 = 5 * 60_000;
+
+/// A commit status's state, as Forgejo, Gitea and GitHub name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitState {
+    Pending,
+    Success,
+    Error,
+    Failure,
+    Warning,
+}
+
+/// A status on one commit, in one context (`linkops/sync`, `linkops/run/<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommitStatus {
+    /// The full commit id.
+    pub sha: String,
+    pub context: String,
+    pub state: CommitState,
+    pub description: String,
+    pub target_url: Option<String>,
+}
+
+/// What a notification is about; sinks choose by these.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A revision has problems; the last good one stays in force.
+    RevisionRefused,
+    /// A revision applied after one or more were refused.
+    RevisionRecovered,
+    /// An operation ended failed, partially failed, stopped or interrupted
+    /// (a machine timed out, failed or never confirmed its end).
+    OperationFailed,
+    /// A run-request's operation ended, however it ended.
+    RunRequestDone,
+    /// The daemon started and found operations a previous process left running.
+    DaemonRecovered,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 5] = [
+        EventKind::RevisionRefused,
+        EventKind::RevisionRecovered,
+        EventKind::OperationFailed,
+        EventKind::RunRequestDone,
+        EventKind::DaemonRecovered,
+    ];
+}
+
+/// The current version of [`Notification`]'s shape; receivers check it.
+pub const NOTIFICATION_VERSION: u32 = 1;
+
+/// A notification as every sink receives it (webhooks: this JSON; ntfy and
+/// Slack: `title` and `text`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Notification {
+    pub version: u32,
+    pub kind: EventKind,
+    /// When it happened (Unix ms).
+    pub at_ms: i64,
+    /// One line for people.
+    pub title: String,
+    /// A few lines for people.
+    pub text: String,
+    /// What it is about: a revision, an operation id.
+    pub subject: String,
+    /// The console's page about it, when the daemon knows its address.
+    pub url: Option<String>,
+}
+
+/// One message to deliver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    CommitStatus(CommitStatus),
+    Notification(Notification),
+}
+
+/// A message bound for a channel: [`FORGE`] or a sink's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Outgoing {
+    pub channel: String,
+    pub message: Message,
+}
+
+/// A message in the queue, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Queued {
+    pub seq: u64,
+    pub channel: String,
+    pub message: Message,
+    pub created_at_ms: i64,
+    pub attempts: u32,
+    /// Not before this (Unix ms).
+    pub next_at_ms: i64,
+    pub last_error: Option<String>,
+}
+
+/// After `attempts` failed attempts: when to try again, or `None` to give up
+/// (the message goes to the dead letters). 1 s, 2 s, 4 s … at most 5 min.
+pub fn retry_after_ms(attempts: u32) -> Option<i64> {
+    (attempts < MAX_ATTEMPTS).then(|| (1_000i64 << attempts.min(20)).min(MAX_BACKOFF_MS))
+}
+
+/// Cut to what a commit status shows, on a character boundary.
+pub fn short(text: &str) -> String {
+    if text.chars().count() <= STATUS_DESCRIPTION_CHARS {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(STATUS_DESCRIPTION_CHARS - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// Where the console shows a revision, if its address is known.
+fn git_page(console: Option<&str>, revision: &str) -> Option<String> {
+    console.map(|base| format!("{}/#/git?revision={revision}", base.trim_end_matches('/')))
+}
+
+/// How a sync attempt on the followed branch ended, for the outside.
+pub enum SyncEnd<'a> {
+    Applied,
+    /// Refused: its problems (the first is shown), how many.
+    Refused {
+        first: &'a str,
+        count: usize,
+    },
+}
+
+/// The statuses and notifications of a fetched revision: `pending` then
+/// `success` or `failure` on the commit (`linkops/sync`); a refusal, and the
+/// first good revision after refusals, notified.
+pub fn for_sync(
+    revision: &str,
+    end: SyncEnd,
+    refused_before: bool,
+    console: Option<&str>,
+    now_ms: i64,
+) -> (Vec<CommitStatus>, Vec<Notification>) {
+    let status = |state, description: String| CommitStatus {
+        sha: revision.to_owned(),
+        context: "linkops/sync".into(),
+        state,
+        description: short(&description),
+        target_url: git_page(console, revision),
+    };
+    let short_revision = &revision[..revision.len().min(12)];
+    let mut statuses = vec![status(
+        CommitState::Pending,
+        "fetched; checking the revision".into(),
+    )];
+    let mut events = Vec::new();
+    let event = |kind, title: String, text: String| Notification {
+        version: NOTIFICATION_VERSION,
+        kind,
+        at_ms: now_ms,
+        title,
+        text,
+        subject: revision.to_owned(),
+        url: git_page(console, revision),
+    };
+    match end {
+        SyncEnd::Applied => {
+            statuses.push(status(
+                CommitState::Success,
+                "applied: the fleet follows this revision".into(),
+            ));
+            if refused_before {
+                events.push(event(
+                    EventKind::RevisionRecovered,
+                    format!("revision {short_revision} applied"),
+                    "The config repository is valid again; this revision is in force.".into(),
+                ));
+            }
+        }
+        SyncEnd::Refused { first, count } => {
+            let more = match count {
+                0 | 1 => String::new(),
+                n => format!(" (+{} more)", n - 1),
+            };
+            statuses.push(status(
+                CommitState::Failure,
+                format!("refused: {first}{more}"),
+            ));
+            events.push(event(
+                EventKind::RevisionRefused,
+                format!("revision {short_revision} refused"),
+                format!(
+                    "{count} problem(s); the last good revision stays in force. First: {first}"
+                ),
+            ));
+        }
+    }
+    (statuses, events)
+}
+
+/// "3 succeeded, 1 failed on web-2": the machines' ends in a line.
+pub fn tally(hosts: &[HostResult]) -> String {
+    let succeeded = hosts
+        .iter()
+        .filter(|h| h.state == HostState::Succeeded)
+        .count();
+    let mut parts = vec![format!("{succeeded} succeeded")];
+    let mut by_end: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for host in hosts.iter().filter(|h| h.state != HostState::Succeeded) {
+        by_end
+            .entry(host.state.name())
+            .or_default()
+            .push(&host.machine_id);
+    }
+    for (end, machines) in by_end {
+        let shown: Vec<&str> = machines.iter().take(5).copied().collect();
+        let more = match machines.len() - shown.len() {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        parts.push(format!(
+            "{} {end} on {}{more}",
+            machines.len(),
+            shown.join(", ")
+        ));
+    }
+    parts.join(", ")
+}
+
+/// The context of a run-request's commit status.
+pub fn run_context(id: &str) -> String {
+    format!("linkops/run/{id}")
+}
+
+/// A run-request's operation started: `pending` on its commit.
+pub fn for_run_started(
+    id: &str,
+    revision: &str,
+    operation_id: u64,
+    console: Option<&str>,
+) -> CommitStatus {
+    CommitStatus {
+        sha: revision.to_owned(),
+        context: run_context(id),
+        state: CommitState::Pending,
+        description: format!("operation {operation_id} started"),
+        target_url: operation_page(console, operation_id),
+    }
+}
+
+fn operation_page(console: Option<&str>, id: u64) -> Option<String> {
+    console.map(|base| format!("{}/#/operations/{id}", base.trim_end_matches('/')))
+}
+
+/// What an ended operation tells the outside: a failure notified; a
+/// run-request's end notified and set on its commit.
+pub fn for_operation(
+    operation: &Operation,
+    hosts: &[HostResult],
+    console: Option<&str>,
+    now_ms: i64,
+) -> (Vec<CommitStatus>, Vec<Notification>) {
+    let counts = tally(hosts);
+    let url = operation_page(console, operation.id);
+    let event = |kind, title: String| Notification {
+        version: NOTIFICATION_VERSION,
+        kind,
+        at_ms: now_ms,
+        title,
+        text: counts.clone(),
+        subject: operation.id.to_string(),
+        url: url.clone(),
+    };
+    let (mut statuses, mut events) = (Vec::new(), Vec::new());
+    let ended = operation.state.name().replace('_', " ");
+    if matches!(
+        operation.state,
+        OperationState::Failed | OperationState::PartiallyFailed
+    ) {
+        events.push(event(
+            EventKind::OperationFailed,
+            format!(
+                "operation {} ({}, by {}) {ended}",
+                operation.id,
+                operation.script,
+                operation.requested_by.label()
+            ),
+        ));
+    }
+    if let Requester::RunRequest { id, revision } = &operation.requested_by {
+        events.push(event(
+            EventKind::RunRequestDone,
+            format!("run-request {id} {ended} (operation {})", operation.id),
+        ));
+        let state = match operation.state {
+            OperationState::Succeeded => CommitState::Success,
+            _ => CommitState::Failure,
+        };
+        statuses.push(CommitStatus {
+            sha: revision.clone(),
+            context: run_context(id),
+            state,
+            description: short(&format!("{ended}: {counts}")),
+            target_url: url.clone(),
+        });
+    }
+    (statuses, events)
+}
+
+/// The daemon found operations a previous process left running.
+pub fn for_restart(interrupted: &[u64], now_ms: i64) -> Option<Notification> {
+    let (first, rest) = interrupted.split_first()?;
+    let ids: Vec<String> = std::iter::once(first)
+        .chain(rest)
+        .map(u64::to_string)
+        .collect();
+    Some(Notification {
+        version: NOTIFICATION_VERSION,
+        kind: EventKind::DaemonRecovered,
+        at_ms: now_ms,
+        title: format!(
+            "the daemon restarted; {} operation(s) were interrupted",
+            ids.len()
+        ),
+        text: format!(
+            "Operations {} were running when the previous process stopped; nothing was re-run.",
+            ids.join(", ")
+        ),
+        subject: first.to_string(),
+        url: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REV: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn a_sync_says_pending_then_its_end_on_the_commit() {
+        let (statuses, events) = for_sync(
+            REV,
+            SyncEnd::Applied,
+            false,
+            Some("https://ops.example/"),
+            7,
+        );
+        let states: Vec<CommitState> = statuses.iter().map(|s| s.state).collect();
+        assert_eq!(states, [CommitState::Pending, CommitState::Success]);
+        assert!(
+            statuses
+                .iter()
+                .all(|s| s.context == "linkops/sync" && s.sha == REV)
+        );
+        assert_eq!(
+            statuses[1].target_url.as_deref(),
+            Some(format!("https://ops.example/#/git?revision={REV}").as_str())
+        );
+        assert!(
+            events.is_empty(),
+            "a good revision after a good one says nothing"
+        );
+
+        let first = "links.yaml:3:11: expected string scalar";
+        let (statuses, events) =
+            for_sync(REV, SyncEnd::Refused { first, count: 3 }, false, None, 7);
+        assert_eq!(statuses[1].state, CommitState::Failure);
+        assert_eq!(
+            statuses[1].description,
+            "refused: links.yaml:3:11: expected string scalar (+2 more)"
+        );
+        assert_eq!(events[0].kind, EventKind::RevisionRefused);
+
+        let (_, events) = for_sync(REV, SyncEnd::Applied, true, None, 7);
+        assert_eq!(events[0].kind, EventKind::RevisionRecovered);
+    }
+
+    #[test]
+    fn an_ended_run_request_reports_on_its_commit_with_counts() {
+        let host = |id: &str, state| HostResult {
+            machine_id: id.into(),
+            state,
+            started_at_ms: None,
+            finished_at_ms: None,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        };
+        let failed = HostState::Failed {
+            exit_code: Some(1),
+            signal: None,
+            error: None,
+        };
+        let hosts = [
+            host("web-1", HostState::Succeeded),
+            host("web-2", failed),
+            host("web-3", HostState::Succeeded),
+            host("web-4", HostState::Succeeded),
+        ];
+        let operation = Operation {
+            id: 9,
+            script: "upgrade".into(),
+            params: Default::default(),
+            machines: vec![],
+            requested_by: Requester::RunRequest {
+                id: "nightly".into(),
+                revision: REV.into(),
+            },
+            state: OperationState::PartiallyFailed,
+            created_at_ms: 0,
+            finished_at_ms: Some(5),
+            rollout: None,
+            retry_of: None,
+        };
+        let (statuses, events) = for_operation(&operation, &hosts, None, 5);
+        assert_eq!(statuses.len(), 1);
+        assert_eq!(statuses[0].context, "linkops/run/nightly");
+        assert_eq!(statuses[0].state, CommitState::Failure);
+        assert_eq!(
+            statuses[0].description,
+            "partially failed: 3 succeeded, 1 failed on web-2"
+        );
+        let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [EventKind::OperationFailed, EventKind::RunRequestDone]
+        );
+        assert_eq!(
+            events[0].title,
+            "operation 9 (upgrade, by run:nightly) partially failed"
+        );
+
+        // A person's operation that succeeded tells nobody.
+        let quiet = Operation {
+            requested_by: Requester::User { name: "ada".into() },
+            state: OperationState::Succeeded,
+            ..operation
+        };
+        assert_eq!(
+            for_operation(&quiet, &hosts[..1], None, 5),
+            (vec![], vec![])
+        );
+        assert!(for_restart(&[], 5).is_none());
+        assert_eq!(
+            for_restart(&[3, 4], 5).unwrap().kind,
+            EventKind::DaemonRecovered
+        );
+    }
+
+    #[test]
+    fn descriptions_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(200);
+        let cut = short(&long);
+        assert_eq!(cut.chars().count(), STATUS_DESCRIPTION_CHARS);
+        assert!(cut.ends_with('…'));
+        assert_eq!(short("short"), "short");
+    }
+
+    #[test]
+    fn retries_back_off_and_then_give_up() {
+        assert_eq!(retry_after_ms(0), Some(1_000));
+        assert_eq!(retry_after_ms(3), Some(8_000));
+        assert_eq!(retry_after_ms(9), Some(MAX_BACKOFF_MS));
+        assert_eq!(retry_after_ms(MAX_ATTEMPTS), None);
+    }
+}
