@@ -645,6 +645,7 @@ fn store_after_a_day(size: usize) {
                     },
                     &hosts,
                     None,
+                    |_| Vec::new(),
                 )
                 .unwrap();
             for batch in hosts.chunks(256) {

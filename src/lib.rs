@@ -13,6 +13,7 @@ pub mod controller;
 pub mod demo;
 pub mod git;
 pub mod metrics;
+pub mod notify;
 pub mod offline;
 pub mod operations;
 pub mod secrets;

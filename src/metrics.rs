@@ -49,6 +49,13 @@ pub struct DeclaredStateLabels {
     pub state: String,
 }
 
+/// A delivery channel (`forge` or a configured sink's name) and how an attempt went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    pub channel: String,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
@@ -82,6 +89,11 @@ pub struct Metrics {
     pub machines_by_enrollment: Family<StateLabels, Gauge>,
     /// Machines of each declared state by standing; set at scrape time.
     pub state_machines: Family<StandingLabels, Gauge>,
+    /// Delivery attempts of commit statuses and notifications, by channel and result.
+    pub deliveries: Family<ChannelLabels, Counter>,
+    /// Messages waiting in the outbox, and dead letters; set at scrape time.
+    pub outbox_queued: Gauge,
+    pub outbox_dead: Gauge,
     /// 1 while a declared state's rollout is halted; set at scrape time.
     pub state_rollout_halted: Family<DeclaredStateLabels, Gauge>,
     pub sse_clients: Gauge,
@@ -124,6 +136,9 @@ impl Metrics {
             machines_by_enrollment: Family::default(),
             state_machines: Family::default(),
             state_rollout_halted: Family::default(),
+            deliveries: Family::default(),
+            outbox_queued: Gauge::default(),
+            outbox_dead: Gauge::default(),
             sse_clients: Gauge::default(),
             websocket_clients: Gauge::default(),
             store_pruned: Family::default(),
@@ -217,6 +232,21 @@ impl Metrics {
             "state_rollout_halted",
             "1 while a declared state's rollout is halted (resume it or commit new content)",
             metrics.state_rollout_halted.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Delivery attempts of commit statuses and notifications, by channel (forge or a sink) and result (delivered, failed, dead)",
+            metrics.deliveries.clone(),
+        );
+        r.register(
+            "outbox_queued",
+            "Commit statuses and notifications waiting for delivery",
+            metrics.outbox_queued.clone(),
+        );
+        r.register(
+            "outbox_dead",
+            "Messages given up on after their last attempt (GET /api/notifications)",
+            metrics.outbox_dead.clone(),
         );
         r.register(
             "sse_clients",

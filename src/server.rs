@@ -37,6 +37,8 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error("JWT secret: {0}")]
     Secret(#[from] secrets::Error),
+    #[error("notifications: {0}")]
+    Notify(#[from] crate::notify::Error),
     #[error("creating the first admin failed: {0}")]
     Bootstrap(#[from] auth::Error),
     #[error("HTTP server failed: {0}")]
@@ -101,7 +103,12 @@ impl Daemon {
 
         let stop = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
-        let sync = git_context(&config, prepared.store.clone(), metrics.clone());
+        let sync = git_context(
+            &config,
+            prepared.store.clone(),
+            prepared.notifier.clone(),
+            metrics.clone(),
+        );
         let (git, git_worker) = crate::git::sync::start(sync, stop.clone()).await;
         let access = MachineAccess::new(&config, prepared.store.clone(), metrics.clone());
         let reaper = access
@@ -111,6 +118,7 @@ impl Daemon {
             prepared.store.clone(),
             access.clone(),
             config.operations.output_cap,
+            prepared.notifier.clone(),
             metrics.clone(),
         );
         let terminals = Terminals::new(
@@ -137,6 +145,11 @@ impl Daemon {
         );
         workers.push(git_worker);
         workers.push(reaper);
+        workers.extend(prepared.notifier.start(
+            prepared.store.clone(),
+            metrics.clone(),
+            stop.clone(),
+        ));
         // A store that stopped taking writes (a full disk) stops the daemon, so
         // that systemd restarts it and redb reopens the file.
         let store_failed = CancellationToken::new();
@@ -225,7 +238,12 @@ impl Daemon {
 }
 
 /// How the sync worker reaches the config repository.
-fn git_context(config: &Config, store: store::Store, metrics: Arc<Metrics>) -> SyncContext {
+fn git_context(
+    config: &Config,
+    store: store::Store,
+    notifier: Arc<crate::notify::Notifier>,
+    metrics: Arc<Metrics>,
+) -> SyncContext {
     let source = match &config.git.url {
         Some(url) => Some(Source {
             url: url.clone(),
@@ -248,6 +266,7 @@ fn git_context(config: &Config, store: store::Store, metrics: Arc<Metrics>) -> S
         keep_attempts: config.retention.sync_records as u64,
         store,
         interval: config.git.interval,
+        notifier,
         metrics,
     }
 }
@@ -322,6 +341,7 @@ struct Prepared {
     config: Arc<Config>,
     store: store::Store,
     auth: Auth,
+    notifier: Arc<crate::notify::Notifier>,
 }
 
 /// The blocking part of start-up: directories, store, secrets, first admin.
@@ -340,7 +360,11 @@ fn prepare(config: Arc<Config>) -> Result<Prepared, Error> {
         Some(secret) => secret.clone(),
         None => secrets::load_or_generate(&config.jwt_secret_path())?.into(),
     };
-    let interrupted = store.interrupt_unfinished_operations()?;
+    let notifier = Arc::new(crate::notify::Notifier::from_config(&config)?);
+    let interrupted = store.interrupt_unfinished_operations(|interrupted| {
+        let events = linkops_reconcilers::outbox::for_restart(interrupted, store::now_ms());
+        notifier.route(Vec::new(), events.into_iter().collect())
+    })?;
     if !interrupted.is_empty() {
         // The previous process stopped while they ran: recorded as interrupted, never re-run.
         tracing::warn!(operations = ?interrupted, "operations interrupted by the last shutdown");
@@ -369,6 +393,7 @@ fn prepare(config: Arc<Config>) -> Result<Prepared, Error> {
         config,
         store,
         auth,
+        notifier,
     })
 }
 

@@ -107,6 +107,8 @@ pub struct SyncContext {
     pub interval: Duration,
     /// Attempts kept besides those that applied a revision (`[retention] sync_records`).
     pub keep_attempts: u64,
+    /// What a fetched revision tells the forge and the sinks.
+    pub notifier: Arc<crate::notify::Notifier>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -321,12 +323,17 @@ async fn sync_attempt(
         outcome,
     };
     let audit = audit_of(&record);
+    let outgoing = outgoing_of(context, &record);
     let recorded = context.store.record_sync(
         record.clone(),
         state.as_deref(),
         audit.as_ref(),
         context.keep_attempts,
+        &outgoing,
     );
+    if !outgoing.is_empty() {
+        context.notifier.ring();
+    }
     let record = match recorded {
         Ok(record) => record,
         Err(error) => {
@@ -344,6 +351,55 @@ async fn sync_attempt(
         .inc();
     log(&record);
     Some((record, state))
+}
+
+/// The commit statuses and notifications of a sync that fetched a revision
+/// (a refused one, or one applied; unchanged heads and failed fetches say nothing).
+fn outgoing_of(
+    context: &SyncContext,
+    record: &SyncRecord,
+) -> Vec<linkops_reconcilers::outbox::Outgoing> {
+    use linkops_reconcilers::outbox::{self, SyncEnd};
+    let Some(revision) = &record.revision else {
+        return Vec::new();
+    };
+    let first;
+    let end = match &record.outcome {
+        SyncOutcome::Applied { .. } => SyncEnd::Applied,
+        SyncOutcome::Invalid { problems } => {
+            first = problems
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            SyncEnd::Refused {
+                first: &first,
+                count: problems.len(),
+            }
+        }
+        SyncOutcome::Unchanged | SyncOutcome::Failed { .. } => return Vec::new(),
+    };
+    // Whether the last revision looked at before this one was refused (for "recovered").
+    let refused_before = context
+        .store
+        .recent_syncs(50)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|r| {
+            matches!(
+                r.outcome,
+                SyncOutcome::Applied { .. } | SyncOutcome::Invalid { .. }
+            )
+        })
+        .is_some_and(|r| matches!(r.outcome, SyncOutcome::Invalid { .. }));
+    let notifier = &context.notifier;
+    let (statuses, events) = outbox::for_sync(
+        revision,
+        end,
+        refused_before,
+        notifier.console_url(),
+        record.started_at_ms,
+    );
+    notifier.route(statuses, events)
 }
 
 enum Fetched {

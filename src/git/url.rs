@@ -30,6 +30,31 @@ impl RepoUrl {
         &self.raw
     }
 
+    /// The forge host and the `owner/repo` of a remote URL (`git@host:o/r.git`,
+    /// `ssh://git@host:2222/o/r.git`, `https://host/o/r`); `None` for a local path.
+    pub fn forge_repository(&self) -> Option<(String, String)> {
+        let raw = self.raw.as_str();
+        let (host, path) = match raw.split_once("://") {
+            Some((scheme, rest)) if scheme != "file" => {
+                let (authority, path) = rest.split_once('/')?;
+                let host = authority.rsplit('@').next()?;
+                (host.split(':').next()?.to_owned(), path)
+            }
+            Some(_) => return None,
+            None => {
+                // scp-like: [user@]host:path, never a path with a slash before the colon.
+                let (authority, path) = raw.split_once(':')?;
+                if authority.contains('/') {
+                    return None;
+                }
+                (authority.rsplit('@').next()?.to_owned(), path)
+            }
+        };
+        let path = path.trim_matches('/');
+        let path = path.strip_suffix(".git").unwrap_or(path);
+        (!host.is_empty() && path.split('/').count() == 2).then(|| (host, path.to_owned()))
+    }
+
     /// `text` with every occurrence of the credentials (as written, or
     /// percent-decoded) replaced by `***`.
     pub fn scrub(&self, text: &str) -> String {
@@ -104,6 +129,21 @@ fn percent_decode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_forge_repository_is_read_from_the_url() {
+        let of = |raw: &str| RepoUrl::parse(raw).forge_repository();
+        let expected = Some(("forgejo.example".to_owned(), "ops/config".to_owned()));
+        assert_eq!(of("git@forgejo.example:ops/config.git"), expected);
+        assert_eq!(
+            of("ssh://git@forgejo.example:2222/ops/config.git"),
+            expected
+        );
+        assert_eq!(of("https://bot:token@forgejo.example/ops/config"), expected);
+        assert_eq!(of("/srv/git/config"), None);
+        assert_eq!(of("file:///srv/git/config"), None);
+        assert_eq!(of("https://forgejo.example/config"), None);
+    }
 
     #[test]
     fn credentials_never_show_and_are_scrubbed_from_messages() {

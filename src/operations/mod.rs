@@ -135,6 +135,8 @@ pub struct Engine {
     /// allocator arena) each.
     catch_up: Arc<Semaphore>,
     finished: broadcast::Sender<Finished>,
+    /// What an operation's start and end tell the outside.
+    notifier: Arc<crate::notify::Notifier>,
     metrics: Arc<Metrics>,
 }
 
@@ -143,12 +145,14 @@ impl Engine {
         store: Store,
         access: MachineAccess,
         output_cap: u64,
+        notifier: Arc<crate::notify::Notifier>,
         metrics: Arc<Metrics>,
     ) -> Engine {
         Engine {
             store,
             access,
             output_cap,
+            notifier,
             metrics,
             live: Arc::default(),
             catch_up: Arc::new(Semaphore::new(4)),
@@ -257,7 +261,25 @@ impl Engine {
             rollout: plan.rollout,
             retry_of: plan.retry_of,
         };
-        let operation = self.store.create_operation(&operation, &hosts, claim)?;
+        let notifier = &self.notifier;
+        let operation = self
+            .store
+            .create_operation(&operation, &hosts, claim, |created| {
+                // A run-request's operation is pending on the commit that asked for it.
+                match &created.requested_by {
+                    Requester::RunRequest { id, revision } => notifier.route(
+                        vec![linkops_reconcilers::outbox::for_run_started(
+                            id,
+                            revision,
+                            created.id,
+                            notifier.console_url(),
+                        )],
+                        vec![],
+                    ),
+                    _ => vec![],
+                }
+            })?;
+        notifier.ring();
         tracing::info!(operation = operation.id, script = %operation.script, hosts = hosts.len(), "operation started");
 
         let (events, _) = broadcast::channel(LIVE_BUFFER);
@@ -271,7 +293,8 @@ impl Engine {
         );
         let (updates, receiver) = mpsc::channel(256);
         let writer = Writer {
-            operation: operation.id,
+            operation: operation.clone(),
+            notifier: self.notifier.clone(),
             store: self.store.clone(),
             hosts: hosts
                 .iter()
@@ -545,7 +568,9 @@ mod tests {
             store.clone(),
             metrics.clone(),
         );
-        let engine = Engine::new(store, access, 1024, metrics);
+        let config = crate::config::Config::default();
+        let notifier = Arc::new(crate::notify::Notifier::from_config(&config).unwrap());
+        let engine = Engine::new(store, access, 1024, notifier, metrics);
         let script = Script {
             id: "uptime".into(),
             name: "Uptime".into(),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use linkops_reconcilers::operation::{
-    HostResult, HostState, OperationEvent, OperationState, Stream,
+    HostResult, HostState, Operation, OperationEvent, OperationState, Stream,
 };
 use tokio::sync::{broadcast, mpsc};
 
@@ -40,7 +40,9 @@ pub enum Update {
 }
 
 pub struct Writer {
-    pub operation: u64,
+    /// The operation as created (its end is told to the outside from it).
+    pub operation: Operation,
+    pub notifier: Arc<crate::notify::Notifier>,
     pub store: Store,
     pub hosts: HashMap<String, HostResult>,
     pub updates: mpsc::Receiver<Update>,
@@ -127,6 +129,25 @@ impl Writer {
                     .push(OperationEvent::Operation { state });
                 batch.update.events.push(OperationEvent::End { state });
                 batch.update.state = Some((state, true));
+                // What the outside hears of its end, queued with it.
+                let ended = Operation {
+                    state,
+                    finished_at_ms: Some(now_ms()),
+                    ..self.operation.clone()
+                };
+                let hosts: Vec<HostResult> = ended
+                    .machines
+                    .iter()
+                    .filter_map(|id| self.hosts.get(id).cloned())
+                    .collect();
+                let notifier = &self.notifier;
+                let (statuses, events) = linkops_reconcilers::outbox::for_operation(
+                    &ended,
+                    &hosts,
+                    notifier.console_url(),
+                    now_ms(),
+                );
+                batch.update.outgoing = notifier.route(statuses, events);
                 true
             }
         }
@@ -138,13 +159,17 @@ impl Writer {
             .iter()
             .filter_map(|id| self.hosts.get(id).cloned())
             .collect();
-        let (store, operation) = (self.store.clone(), self.operation);
+        let (store, operation) = (self.store.clone(), self.operation.id);
+        let queued = !batch.update.outgoing.is_empty();
         let recorded = tokio::task::spawn_blocking(move || {
             store.record_operation_update(operation, batch.update)
         })
         .await;
         match recorded {
             Ok(Ok(events)) => {
+                if queued {
+                    self.notifier.ring();
+                }
                 for event in events {
                     // No subscribers is fine: the log is in the store.
                     let live = super::LiveEvent {

@@ -88,6 +88,8 @@ pub struct OperationUpdate {
     pub hosts: Vec<HostResult>,
     /// A new operation state, and whether it is the final one.
     pub state: Option<(OperationState, bool)>,
+    /// What the outside is told of it (its end), queued in the same transaction.
+    pub outgoing: Vec<linkops_reconcilers::outbox::Outgoing>,
 }
 
 impl Store {
@@ -100,6 +102,7 @@ impl Store {
         operation: &Operation,
         hosts: &[HostResult],
         claim: Option<Claim>,
+        outgoing: impl FnOnce(&Operation) -> Vec<linkops_reconcilers::outbox::Outgoing>,
     ) -> Result<Operation> {
         let tx = self.db.begin_write()?;
         let created = {
@@ -166,6 +169,7 @@ impl Store {
             ),
         };
         audit::append(&tx, &actor, action, &target, Outcome::Success, Some(detail))?;
+        super::outbox::enqueue(&tx, &outgoing(&created))?;
         tx.commit()?;
         Ok(created)
     }
@@ -200,6 +204,7 @@ impl Store {
                     operations.insert(id, encode(&operation).as_slice())?;
                 }
             }
+            super::outbox::enqueue(&tx, &update.outgoing)?;
             append_events(&tx, id, update.events)?
         };
         tx.commit()?;
@@ -276,7 +281,10 @@ impl Store {
     /// Marks operations left pending or running by a previous process as
     /// interrupted, with their unfinished hosts, and ends their event logs;
     /// nothing is re-run. Returns their ids.
-    pub fn interrupt_unfinished_operations(&self) -> Result<Vec<u64>> {
+    pub fn interrupt_unfinished_operations(
+        &self,
+        outgoing: impl FnOnce(&[u64]) -> Vec<linkops_reconcilers::outbox::Outgoing>,
+    ) -> Result<Vec<u64>> {
         let tx = self.db.begin_write()?;
         let mut interrupted = Vec::new();
         {
@@ -327,6 +335,7 @@ impl Store {
                 interrupted.push(operation.id);
             }
         }
+        super::outbox::enqueue(&tx, &outgoing(&interrupted))?;
         tx.commit()?;
         Ok(interrupted)
     }
@@ -383,14 +392,14 @@ mod tests {
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let by_user = Requester::User { name: "ada".into() };
         store
-            .create_operation(&operation(by_user), &[], None)
+            .create_operation(&operation(by_user), &[], None, |_| Vec::new())
             .unwrap();
         let by_git = Requester::RunRequest {
             id: "once".into(),
             revision: "r7".into(),
         };
         store
-            .create_operation(&operation(by_git), &[], None)
+            .create_operation(&operation(by_git), &[], None, |_| Vec::new())
             .unwrap();
         let audited: Vec<(String, String, String, Option<String>)> = store
             .audit_entries(0, 10)

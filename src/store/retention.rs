@@ -297,7 +297,10 @@ mod tests {
         };
         let mut ids = Vec::new();
         for finished in [true, true, false] {
-            let id = store.create_operation(&operation, &[], None).unwrap().id;
+            let id = store
+                .create_operation(&operation, &[], None, |_| Vec::new())
+                .unwrap()
+                .id;
             let mut events = vec![output("one\n"), output("two\n")];
             let mut state = None;
             if finished {
@@ -308,8 +311,8 @@ mod tests {
             }
             let update = OperationUpdate {
                 events,
-                hosts: vec![],
                 state,
+                ..OperationUpdate::default()
             };
             store.record_operation_update(id, update).unwrap();
             ids.push(id);

@@ -217,7 +217,7 @@ mod tests {
             targets: vec![target],
         };
         let created = store
-            .create_operation(&operation, &[host], Some(claim))
+            .create_operation(&operation, &[host], Some(claim), |_| Vec::new())
             .unwrap();
         let stored = &store.state_targets("motd").unwrap()["web1"];
         assert_eq!(

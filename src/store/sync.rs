@@ -89,8 +89,10 @@ impl Store {
         desired: Option<&DesiredState>,
         audit: Option<&Audit>,
         keep: u64,
+        outgoing: &[linkops_reconcilers::outbox::Outgoing],
     ) -> Result<SyncRecord> {
         let tx = self.db.begin_write()?;
+        super::outbox::enqueue(&tx, outgoing)?;
         if let Some(entry) = audit {
             audit::append_audit(&tx, entry)?;
         }
@@ -228,11 +230,11 @@ mod tests {
         };
         const KEEP: u64 = 20;
         store
-            .record_sync(record(applied), None, None, KEEP)
+            .record_sync(record(applied), None, None, KEEP, &[])
             .unwrap();
         for _ in 0..KEEP + 5 {
             store
-                .record_sync(record(SyncOutcome::Unchanged), None, None, KEEP)
+                .record_sync(record(SyncOutcome::Unchanged), None, None, KEEP, &[])
                 .unwrap();
         }
         let kept = store.recent_syncs(usize::MAX).unwrap();
