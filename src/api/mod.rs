@@ -10,6 +10,7 @@ mod headers;
 mod health;
 mod links;
 mod metrics;
+mod notifications;
 mod operations;
 mod reconcile;
 mod runs;
@@ -123,6 +124,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(operations::output))
         .routes(routes!(operations::stop))
         .routes(routes!(operations::retry))
+        .routes(routes!(notifications::list))
         .routes(routes!(reconcile::status))
         .routes(routes!(reconcile::suspend))
         .routes(routes!(reconcile::resume))

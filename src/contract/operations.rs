@@ -157,3 +157,12 @@ pub struct TableColumn {
     #[serde(rename = "type")]
     pub kind: crate::tables::query::Kind,
 }
+
+/// `GET /api/notifications`: what waits in the outbox and what was given up on.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OutboxView {
+    /// Commit statuses and notifications waiting, oldest first (with their attempts and last error).
+    pub queued: Vec<linkops_reconcilers::outbox::Queued>,
+    /// Given up on after their last attempt.
+    pub dead: Vec<linkops_reconcilers::outbox::Queued>,
+}

@@ -21,7 +21,7 @@ const WEBHOOK_SECRET: &str = "hook-secret-1";
 const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A daemon following `url`, its data dir holding the fleet's key and known_hosts.
-fn ssh_config(data_dir: &Path, fleet: &TestFleet, url: &str) -> Config {
+pub(crate) fn ssh_config(data_dir: &Path, fleet: &TestFleet, url: &str) -> Config {
     let mut config = support::config(data_dir);
     std::fs::create_dir_all(config.keys_dir()).unwrap();
     let key = config.keys_dir().join("deploy_key");
@@ -36,7 +36,7 @@ fn ssh_config(data_dir: &Path, fleet: &TestFleet, url: &str) -> Config {
 }
 
 /// Waits until the daemon's desired state is at `revision`.
-async fn applied(daemon: &TestDaemon, revision: &str) -> Arc<DesiredState> {
+pub(crate) async fn applied(daemon: &TestDaemon, revision: &str) -> Arc<DesiredState> {
     let mut desired = daemon.daemon().git().desired();
     let wait = desired.wait_for(|d| d.as_ref().is_some_and(|d| d.revision == revision));
     let state = tokio::time::timeout(PATIENCE, wait)
@@ -46,7 +46,7 @@ async fn applied(daemon: &TestDaemon, revision: &str) -> Arc<DesiredState> {
     state.clone().unwrap()
 }
 
-async fn sync(daemon: &TestDaemon, token: &str) -> Value {
+pub(crate) async fn sync(daemon: &TestDaemon, token: &str) -> Value {
     let response = daemon.post("/api/git/sync", Some(token)).await;
     assert_eq!(response.status(), StatusCode::OK);
     response.json().await.unwrap()
@@ -61,14 +61,14 @@ async fn git_status(daemon: &TestDaemon, token: &str) -> Value {
         .unwrap()
 }
 
-struct SshSetup {
-    fleet: TestFleet,
-    remote: BareRepo,
-    work: WorkRepo,
-    data: tempfile::TempDir,
+pub(crate) struct SshSetup {
+    pub fleet: TestFleet,
+    pub remote: BareRepo,
+    pub work: WorkRepo,
+    pub data: tempfile::TempDir,
 }
 
-fn ssh_setup() -> SshSetup {
+pub(crate) fn ssh_setup() -> SshSetup {
     let fleet = TestFleet::start(1).unwrap();
     let remote = fleet.bare_repo(0, "linkops-config").unwrap();
     let work = WorkRepo::new(&fleet.dir().join("work"), Some(&example_repo()))

@@ -13,6 +13,7 @@ mod cli;
 mod demo;
 mod exactly_once;
 mod fleet;
+mod forge;
 mod fuzz;
 mod git_sync;
 mod hostile;
