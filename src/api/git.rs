@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
-use crate::contract::{GitStatus, SyncRequested, SyncView, WebhookAnswer};
+use crate::contract::{GitStatus, PostedStatusView, SyncRequested, SyncView, WebhookAnswer};
 use crate::git::sync::Trigger;
 use crate::git::webhook;
 use crate::store::{DeliveryClaim, Role, SyncOutcome, SyncRecord};
@@ -59,6 +59,26 @@ pub async fn status(
         Some(SyncOutcome::Failed { error }) => vec![error.clone()],
         _ => Vec::new(),
     };
+    let looked_at = last.as_ref().and_then(|r| r.revision.clone());
+    let statuses = match looked_at {
+        Some(revision) => state
+            .store
+            .posted_statuses(&revision)?
+            .into_iter()
+            .map(|posted| PostedStatusView {
+                posted_at: at(posted.posted_at_ms),
+                status: posted.status,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    // Only the forge's messages: the sinks' are at /api/notifications.
+    let forge = |messages: Vec<linkops_reconcilers::outbox::Queued>| {
+        messages
+            .into_iter()
+            .filter(|q| q.channel == linkops_reconcilers::outbox::FORGE)
+            .collect()
+    };
     Ok(Json(GitStatus {
         url: state.git.source().map(|s| s.url.to_string()),
         branch: state.config.git.branch.clone(),
@@ -67,6 +87,9 @@ pub async fn status(
             at(r.started_at_ms
                 .saturating_add(i64::try_from(r.duration_ms).unwrap_or(0)))
         }),
+        statuses,
+        statuses_queued: forge(state.store.queued()?),
+        statuses_dead: forge(state.store.dead_letters()?),
         last_attempt: last.map(SyncView::from),
         last_error,
     }))

@@ -41,6 +41,13 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     set_counts(&metrics.machines_by_health, health);
     set_counts(&metrics.machines_by_enrollment, enrollment);
     set_states(metrics, &desired, state.store.state_statuses()?);
+    let (queued, dead) = state.store.outbox_counts()?;
+    metrics
+        .outbox_queued
+        .set(i64::try_from(queued).unwrap_or(i64::MAX));
+    metrics
+        .outbox_dead
+        .set(i64::try_from(dead).unwrap_or(i64::MAX));
     Ok((
         [(
             header::CONTENT_TYPE,

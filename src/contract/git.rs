@@ -18,6 +18,19 @@ pub struct GitStatus {
     pub last_attempt: Option<SyncView>,
     /// What is wrong with the last attempt, each as `file:line:col: message`.
     pub last_error: Vec<String>,
+    /// The commit statuses the forge accepted for the last revision looked at.
+    pub statuses: Vec<PostedStatusView>,
+    /// Commit statuses waiting for the forge (with their attempts and last error), and those given up on.
+    pub statuses_queued: Vec<linkops_reconcilers::outbox::Queued>,
+    pub statuses_dead: Vec<linkops_reconcilers::outbox::Queued>,
+}
+
+/// A commit status the forge accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PostedStatusView {
+    pub status: linkops_reconcilers::outbox::CommitStatus,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub posted_at: Option<jiff::Timestamp>,
 }
 
 /// A sync record as the API shows it.

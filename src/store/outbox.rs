@@ -6,12 +6,15 @@
 //! crash loses both or neither; delivery removes them one by one.
 
 use linkops_reconcilers::outbox::{CommitStatus, Message, Outgoing, Queued, retry_after_ms};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
 use super::schema::{FORGE_STATUSES, OUTBOX, OUTBOX_DEAD};
 use super::{Result, Store, now_ms};
+
+/// Dead letters kept; the oldest go first.
+pub const MAX_DEAD_LETTERS: u64 = 1_000;
 
 /// A commit status the forge accepted, with when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +109,15 @@ impl Store {
         Ok(None)
     }
 
+    /// How many messages wait, and how many were given up on (for `/metrics`).
+    pub fn outbox_counts(&self) -> Result<(u64, u64)> {
+        let tx = self.db.begin_read()?;
+        Ok((
+            tx.open_table(OUTBOX)?.len()?,
+            tx.open_table(OUTBOX_DEAD)?.len()?,
+        ))
+    }
+
     /// Every message waiting, oldest first.
     pub fn queued(&self) -> Result<Vec<Queued>> {
         self.all_of(OUTBOX, "outbox")
@@ -182,8 +194,12 @@ impl Store {
                         }
                         None => {
                             queue.remove(seq)?;
-                            tx.open_table(OUTBOX_DEAD)?
-                                .insert(seq, encode(&queued).as_slice())?;
+                            let mut dead = tx.open_table(OUTBOX_DEAD)?;
+                            dead.insert(seq, encode(&queued).as_slice())?;
+                            // The oldest go first beyond the bound.
+                            while dead.len()? > MAX_DEAD_LETTERS {
+                                dead.pop_first()?;
+                            }
                         }
                     }
                     Some(queued)

@@ -383,6 +383,21 @@ async fn every_revision_shows_on_its_commit_pending_then_applied_or_refused() {
         description.starts_with("refused: links.yaml:"),
         "{description}"
     );
+    // `GET /api/git/status` says what the forge has for the revision it looked at last.
+    let status: Value = daemon
+        .get("/api/git/status", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let shown: Vec<&Value> = status["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|posted| &posted["status"]["state"])
+        .collect();
+    assert_eq!(shown, [&json!("failure")], "{status}");
+    assert_eq!(status["statuses_queued"], json!([]));
     // Nothing new for the revision in force, and nothing outside the API description.
     assert_eq!(statuses_of(&forge.received.all(), &first).len(), 2);
     assert_eq!(forge.received.violations(), Vec::<String>::new());

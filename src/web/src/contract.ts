@@ -178,6 +178,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/notifications": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/notifications` */
+        get: operations["daemon_list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/operations": {
         parameters: {
             query?: never;
@@ -786,6 +803,20 @@ export interface components {
             /** @enum {string} */
             type: "broadcast";
         };
+        /**
+         * @description A commit status's state, as Forgejo, Gitea and GitHub name them.
+         * @enum {string}
+         */
+        CommitState: "pending" | "success" | "error" | "failure" | "warning";
+        /** @description A status on one commit, in one context (`linkops/sync`, `linkops/run/<id>`). */
+        CommitStatus: {
+            context: string;
+            description: string;
+            /** @description The full commit id. */
+            sha: string;
+            state: components["schemas"]["CommitState"];
+            target_url?: string | null;
+        };
         Condition: {
             /** Format: int64 */
             last_transition_ms: number;
@@ -923,6 +954,11 @@ export interface components {
             /** @description For people: what is wrong and, where it helps, how to fix it. */
             message: string;
         };
+        /**
+         * @description What a notification is about; sinks choose by these.
+         * @enum {string}
+         */
+        EventKind: "revision_refused" | "revision_recovered" | "operation_failed" | "run_request_done" | "daemon_recovered";
         FilterRequest: {
             column: string;
             op: components["schemas"]["Op"];
@@ -966,6 +1002,11 @@ export interface components {
             last_attempt?: null | components["schemas"]["SyncView"];
             /** @description What is wrong with the last attempt, each as `file:line:col: message`. */
             last_error: string[];
+            /** @description The commit statuses the forge accepted for the last revision looked at. */
+            statuses: components["schemas"]["PostedStatusView"][];
+            statuses_dead: components["schemas"]["Queued"][];
+            /** @description Commit statuses waiting for the forge (with their attempts and last error), and those given up on. */
+            statuses_queued: components["schemas"]["Queued"][];
             /** @description The remote, with any password in it masked; `null` when none is configured. */
             url?: string | null;
         };
@@ -1126,6 +1167,14 @@ export interface components {
             role: components["schemas"]["Role"];
             username: string;
         };
+        /** @description One message to deliver. */
+        Message: (components["schemas"]["CommitStatus"] & {
+            /** @enum {string} */
+            type: "commit_status";
+        }) | (components["schemas"]["Notification"] & {
+            /** @enum {string} */
+            type: "notification";
+        });
         /**
          * @description What a state does about drift.
          * @enum {string}
@@ -1135,6 +1184,28 @@ export interface components {
             /** @description viewer (read), operator (+ run, stop, terminals, verify) or admin (+ users, sync). */
             role: components["schemas"]["Role"];
             username: string;
+        };
+        /**
+         * @description A notification as every sink receives it (webhooks: this JSON; ntfy and
+         *     Slack: `title` and `text`).
+         */
+        Notification: {
+            /**
+             * Format: int64
+             * @description When it happened (Unix ms).
+             */
+            at_ms: number;
+            kind: components["schemas"]["EventKind"];
+            /** @description What it is about: a revision, an operation id. */
+            subject: string;
+            /** @description A few lines for people. */
+            text: string;
+            /** @description One line for people. */
+            title: string;
+            /** @description The console's page about it, when the daemon knows its address. */
+            url?: string | null;
+            /** Format: int32 */
+            version: number;
         };
         /** @enum {string} */
         Op: "eq" | "ne" | "lt" | "le" | "gt" | "ge" | "contains" | "prefix" | "in";
@@ -1180,6 +1251,13 @@ export interface components {
             finished_at?: string | null;
             /** @description Per machine; empty in lists. */
             hosts: components["schemas"]["HostResult"][];
+        };
+        /** @description `GET /api/notifications`: what waits in the outbox and what was given up on. */
+        OutboxView: {
+            /** @description Given up on after their last attempt. */
+            dead: components["schemas"]["Queued"][];
+            /** @description Commit statuses and notifications waiting, oldest first (with their attempts and last error). */
+            queued: components["schemas"]["Queued"][];
         };
         /** @description Output is `text` when it is UTF-8, `base64` otherwise. */
         OutputBytes: {
@@ -1242,6 +1320,12 @@ export interface components {
         ParamType: "string" | "int" | "bool" | "enum";
         /** @description A parameter value as written in YAML: a string, an integer or a boolean. */
         ParamValue: boolean | number | string;
+        /** @description A commit status the forge accepted. */
+        PostedStatusView: {
+            /** Format: date-time */
+            posted_at?: string | null;
+            status: components["schemas"]["CommitStatus"];
+        };
         /** @description One thing wrong with a revision, where it is. */
         Problem: {
             /** Format: int64 */
@@ -1266,6 +1350,23 @@ export interface components {
             offset?: number | null;
             sort?: components["schemas"]["SortRequest"][];
             table: string;
+        };
+        /** @description A message in the queue, as the store keeps it. */
+        Queued: {
+            /** Format: int32 */
+            attempts: number;
+            channel: string;
+            /** Format: int64 */
+            created_at_ms: number;
+            last_error?: string | null;
+            message: components["schemas"]["Message"];
+            /**
+             * Format: int64
+             * @description Not before this (Unix ms).
+             */
+            next_at_ms: number;
+            /** Format: int64 */
+            seq: number;
         };
         /** @enum {string} */
         Readiness: "ok" | "degraded";
@@ -1712,6 +1813,8 @@ export type Check = components['schemas']['Check'];
 export type CheckOutcome = components['schemas']['CheckOutcome'];
 export type CheckView = components['schemas']['CheckView'];
 export type ClientMessage = components['schemas']['ClientMessage'];
+export type CommitState = components['schemas']['CommitState'];
+export type CommitStatus = components['schemas']['CommitStatus'];
 export type Condition = components['schemas']['Condition'];
 export type ConditionKind = components['schemas']['ConditionKind'];
 export type ConditionStatus = components['schemas']['ConditionStatus'];
@@ -1728,6 +1831,7 @@ export type Duration = components['schemas']['Duration'];
 export type Enrollment = components['schemas']['Enrollment'];
 export type ErrorBody = components['schemas']['ErrorBody'];
 export type ErrorDetail = components['schemas']['ErrorDetail'];
+export type EventKind = components['schemas']['EventKind'];
 export type FilterRequest = components['schemas']['FilterRequest'];
 export type FleetChanges = components['schemas']['FleetChanges'];
 export type FleetSnapshot = components['schemas']['FleetSnapshot'];
@@ -1747,13 +1851,16 @@ export type Machine = components['schemas']['Machine'];
 export type MachineDetail = components['schemas']['MachineDetail'];
 export type MachineView = components['schemas']['MachineView'];
 export type Me = components['schemas']['Me'];
+export type Message = components['schemas']['Message'];
 export type Mode = components['schemas']['Mode'];
 export type NewUser = components['schemas']['NewUser'];
+export type Notification = components['schemas']['Notification'];
 export type Op = components['schemas']['Op'];
 export type Operation = components['schemas']['Operation'];
 export type OperationState = components['schemas']['OperationState'];
 export type OperationSummary = components['schemas']['OperationSummary'];
 export type OperationView = components['schemas']['OperationView'];
+export type OutboxView = components['schemas']['OutboxView'];
 export type OutputBytes = components['schemas']['OutputBytes'];
 export type OutputChunk = components['schemas']['OutputChunk'];
 export type OutputPage = components['schemas']['OutputPage'];
@@ -1763,9 +1870,11 @@ export type PanesBody = components['schemas']['PanesBody'];
 export type ParamSpec = components['schemas']['ParamSpec'];
 export type ParamType = components['schemas']['ParamType'];
 export type ParamValue = components['schemas']['ParamValue'];
+export type PostedStatusView = components['schemas']['PostedStatusView'];
 export type Problem = components['schemas']['Problem'];
 export type Progress = components['schemas']['Progress'];
 export type QueryRequest = components['schemas']['QueryRequest'];
+export type Queued = components['schemas']['Queued'];
 export type Readiness = components['schemas']['Readiness'];
 export type RecordingView = components['schemas']['RecordingView'];
 export type Refusal = components['schemas']['Refusal'];
@@ -2134,6 +2243,26 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["MachineView"];
+                };
+            };
+        };
+    };
+    daemon_list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Commit statuses and notifications waiting for delivery, and the dead letters */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OutboxView"];
                 };
             };
         };
