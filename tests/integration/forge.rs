@@ -410,6 +410,11 @@ const SCRIPTS: &str = r#"scripts:
     body: |
       echo "about to fail"
       exit 3
+  - id: flaky
+    name: Fail where a host is marked broken
+    body: |
+      [ -f "$MARKS/$(cat /etc/linkops/client_id).broken" ] && exit 4
+      echo fine
 "#;
 
 fn sinks(url: &str) -> Vec<SinkConfig> {
@@ -538,5 +543,59 @@ async fn a_failed_operation_reaches_each_sink_once_across_a_restart_and_an_outag
             .contains("0 succeeded, 1 failed on host1")
     );
     assert_eq!(receivers.received.violations(), Vec::<String>::new());
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_request_reports_on_the_commit_that_asked_for_it() {
+    let setup = FleetSetup::new(2, &[], SCRIPTS);
+    let forge = TestForge::start(setup.work.dir.join(".git")).await;
+    let uuid = setup.fleet.hosts()[1].uuid();
+    std::fs::write(setup.marks.join(format!("LINKOPS-{uuid}.broken")), "").unwrap();
+    let mut config = setup.config();
+    config.forge.kind = Some(ForgeKind::Gitea);
+    config.forge.api_url = Some(format!("{}/api/v1", forge.url));
+    config.forge.repository = Some(format!("{}/{}", OWNER_REPO.0, OWNER_REPO.1));
+    write_secret(&config, "forge_token", TOKEN);
+    let daemon = setup.start_with(config).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    setup.work.write(
+        "runs/nightly.yaml",
+        "id: nightly\nscript: flaky\ntargets: {tags: [test]}\n",
+    );
+    let asked = setup.work.commit("run flaky once");
+    sync(&daemon, &token).await;
+    let posted = forge
+        .received
+        .until("the run-request's end on its commit", 4, |r| {
+            r["sha"] == asked.as_str()
+        })
+        .await;
+    assert_eq!(
+        statuses_of(&posted, &asked),
+        [
+            (
+                "linkops/sync".into(),
+                "pending".into(),
+                "fetched; checking the revision".into()
+            ),
+            (
+                "linkops/sync".into(),
+                "success".into(),
+                "applied: the fleet follows this revision".into()
+            ),
+            (
+                "linkops/run/nightly".into(),
+                "pending".into(),
+                format!("operation {} started", 1)
+            ),
+            (
+                "linkops/run/nightly".into(),
+                "failure".into(),
+                "partially failed: 1 succeeded, 1 failed on host2".into()
+            ),
+        ]
+    );
+    assert_eq!(forge.received.violations(), Vec::<String>::new());
     daemon.stop().await;
 }
