@@ -348,6 +348,10 @@ pub struct GitConfig {
     pub deploy_key: Option<String>,
     #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
     pub interval: Duration,
+    /// Other branches whose pushes (by webhook) are planned: what merging
+    /// them would change, as a `linkops/plan` commit status on their head.
+    /// Names, or prefixes ending in `*` (`feature/*`); `*` is every branch.
+    pub plan_branches: Vec<String>,
 }
 
 impl Default for GitConfig {
@@ -357,7 +361,22 @@ impl Default for GitConfig {
             branch: "main".into(),
             deploy_key: None,
             interval: Duration::from_secs(15 * 60),
+            plan_branches: vec!["*".into()],
         }
+    }
+}
+
+impl GitConfig {
+    /// Whether a push to `branch` (not the followed one) is planned.
+    pub fn plans(&self, branch: &str) -> bool {
+        branch != self.branch
+            && self
+                .plan_branches
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => branch.starts_with(prefix),
+                    None => pattern == branch,
+                })
     }
 }
 

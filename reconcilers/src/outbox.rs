@@ -141,6 +141,14 @@ fn git_page(console: Option<&str>, revision: &str) -> Option<String> {
     console.map(|base| format!("{}/#/git?revision={revision}", base.trim_end_matches('/')))
 }
 
+/// A revision's first problem, and how many follow it.
+fn problems(first: &str, count: usize) -> String {
+    match count {
+        0 | 1 => first.to_owned(),
+        n => format!("{first} (+{} more)", n - 1),
+    }
+}
+
 /// How a sync attempt on the followed branch ended, for the outside.
 pub enum SyncEnd<'a> {
     Applied,
@@ -198,13 +206,9 @@ pub fn for_sync(
             }
         }
         SyncEnd::Refused { first, count } => {
-            let more = match count {
-                0 | 1 => String::new(),
-                n => format!(" (+{} more)", n - 1),
-            };
             statuses.push(status(
                 CommitState::Failure,
-                format!("refused: {first}{more}"),
+                format!("refused: {}", problems(first, count)),
             ));
             events.push(event(
                 EventKind::RevisionRefused,
@@ -325,6 +329,37 @@ pub fn for_operation(
         });
     }
     (statuses, events)
+}
+
+/// What merging a branch would change, on its head (`linkops/plan`):
+/// `success` with the changes in a line, or `failure` where it would be refused.
+pub fn for_plan(
+    head: &str,
+    branch: &str,
+    plan: Result<&[String], (&str, usize)>,
+    console: Option<&str>,
+) -> CommitStatus {
+    let (state, description) = match plan {
+        Ok([]) => (
+            CommitState::Success,
+            format!("merging {branch} changes nothing"),
+        ),
+        Ok(changes) => (
+            CommitState::Success,
+            format!("{} change(s): {}", changes.len(), changes.join("; ")),
+        ),
+        Err((first, count)) => (
+            CommitState::Failure,
+            format!("would be refused: {}", problems(first, count)),
+        ),
+    };
+    CommitStatus {
+        sha: head.to_owned(),
+        context: "linkops/plan".into(),
+        state,
+        description: short(&description),
+        target_url: console.map(|base| format!("{}/#/git", base.trim_end_matches('/'))),
+    }
 }
 
 /// The daemon found operations a previous process left running.
@@ -464,6 +499,36 @@ mod tests {
         assert_eq!(
             for_restart(&[3, 4], 5).unwrap().kind,
             EventKind::DaemonRecovered
+        );
+    }
+
+    #[test]
+    fn a_plan_is_a_status_on_the_branch_s_head() {
+        let changes = [
+            "+ machine c".to_owned(),
+            "~ script up: body changed".to_owned(),
+        ];
+        let planned = for_plan(REV, "feature", Ok(&changes), None);
+        assert_eq!(planned.context, "linkops/plan");
+        assert_eq!(planned.state, CommitState::Success);
+        assert_eq!(
+            planned.description,
+            "2 change(s): + machine c; ~ script up: body changed"
+        );
+        assert_eq!(
+            for_plan(REV, "feature", Ok(&[]), None).description,
+            "merging feature changes nothing"
+        );
+        let refused = for_plan(
+            REV,
+            "feature",
+            Err(("links.yaml:1:1: the file is empty", 1)),
+            None,
+        );
+        assert_eq!(refused.state, CommitState::Failure);
+        assert_eq!(
+            refused.description,
+            "would be refused: links.yaml:1:1: the file is empty"
         );
     }
 

@@ -189,6 +189,18 @@ pub async fn webhook(
                 Json(WebhookAnswer::Sync(SyncRequested::Requested)),
             ))
         }
+        // Another branch: planned (if asked for, and only with a forge to say it on), never applied.
+        Some(pushed)
+            if state.config.git.plans(pushed)
+                && state.config.forge.kind.is_some()
+                && webhook::is_branch_name(pushed) =>
+        {
+            state.git.request_plan(pushed.to_owned());
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(WebhookAnswer::Plan(pushed.to_owned())),
+            ))
+        }
         other => Ok((
             StatusCode::ACCEPTED,
             Json(WebhookAnswer::Ignored(format!(

@@ -56,6 +56,8 @@ pub enum WebhookAnswer {
     Sync(SyncRequested),
     /// The pushed head is the revision in force: nothing to do.
     Unchanged(String),
+    /// A push to another branch: what merging it would change is posted on its head (`linkops/plan`).
+    Plan(String),
     /// Not a push to the followed branch; the text says what it was.
     Ignored(String),
 }

@@ -50,6 +50,8 @@ struct Request {
 pub struct GitSync {
     source: Option<Source>,
     requests: mpsc::Sender<Request>,
+    /// Branches to plan (`linkops/plan` on their heads); never applied.
+    plans: mpsc::Sender<String>,
     desired: watch::Receiver<Option<Arc<DesiredState>>>,
     /// Sync attempts made since start.
     attempts: watch::Receiver<u64>,
@@ -84,6 +86,13 @@ impl GitSync {
             .await
             .ok()?;
         answer.await.ok()
+    }
+
+    /// Asks for a plan of `branch`: fetched, loaded and compared with the
+    /// revision in force; the result is a commit status on its head. Nothing
+    /// is applied. A full queue drops the request (a later push asks again).
+    pub fn request_plan(&self, branch: String) {
+        self.plans.try_send(branch).ok();
     }
 
     /// Asks for a sync without waiting for it.
@@ -123,11 +132,13 @@ pub async fn start(
     let context = Arc::new(context);
     let applied = restore(&context).await;
     let (requests, queue) = mpsc::channel(16);
+    let (plans, planned) = mpsc::channel(16);
     let (publish, desired) = watch::channel(applied.clone());
     let (attempted, attempts) = watch::channel(0);
     let handle = GitSync {
         source: context.source.clone(),
         requests,
+        plans,
         desired,
         attempts,
     };
@@ -138,7 +149,9 @@ pub async fn start(
         desired: publish,
         attempts: attempted,
     };
-    let worker = tokio::spawn(worker(context, applied, queue, published, shutdown));
+    let worker = tokio::spawn(worker(
+        context, applied, queue, planned, published, shutdown,
+    ));
     (handle, worker)
 }
 
@@ -146,6 +159,7 @@ async fn worker(
     context: Arc<SyncContext>,
     mut applied: Option<Arc<DesiredState>>,
     mut queue: mpsc::Receiver<Request>,
+    mut plans: mpsc::Receiver<String>,
     publish: Published,
     shutdown: CancellationToken,
 ) {
@@ -176,6 +190,11 @@ async fn worker(
                 },
                 _ = next_interval, if context.source.is_some() => {
                     pending.push(Request { trigger: Trigger::Interval, reply: None });
+                }
+                Some(branch) = plans.recv() => {
+                    let span = tracing::info_span!("plan", %branch);
+                    plan_branch(&context, applied.clone(), branch).instrument(span).await;
+                    continue;
                 }
             }
         }
@@ -351,6 +370,73 @@ async fn sync_attempt(
         .inc();
     log(&record);
     Some((record, state))
+}
+
+/// Fetches another branch, loads its head and posts what merging it would
+/// change as a `linkops/plan` status on that head. Applies nothing.
+async fn plan_branch(
+    context: &Arc<SyncContext>,
+    applied: Option<Arc<DesiredState>>,
+    branch: String,
+) {
+    let Some(mut source) = context.source.clone() else {
+        return;
+    };
+    source.branch = branch.clone();
+    let worker = context.clone();
+    let planned = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
+        let head = worker.mirror.fetch(&source)?;
+        let files = worker.mirror.files_at(head)?;
+        let revision = head.to_string();
+        let runs = worker
+            .store
+            .run_records()
+            .map_err(SyncError::Store)?
+            .into_iter()
+            .map(|record| (record.id, record.state))
+            .collect();
+        let applied = applied.as_deref().cloned().unwrap_or_default();
+        let outcome = match desired::load(&revision, &files) {
+            Ok(proposed) => Ok(linkops_reconcilers::plan::plan(&proposed, &applied, &runs)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<String>>()),
+            Err(problems) => Err(problems),
+        };
+        Ok((revision, outcome))
+    })
+    .await;
+    let (head, outcome) = match planned {
+        Ok(Ok(planned)) => planned,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot plan the branch");
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the plan's task failed");
+            return;
+        }
+    };
+    let notifier = &context.notifier;
+    let first = match &outcome {
+        Err(problems) => problems
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        Ok(_) => String::new(),
+    };
+    let plan = match &outcome {
+        Ok(changes) => Ok(changes.as_slice()),
+        Err(problems) => Err((first.as_str(), problems.len())),
+    };
+    let status =
+        linkops_reconcilers::outbox::for_plan(&head, &branch, plan, notifier.console_url());
+    tracing::info!(head = %head, state = ?status.state, description = %status.description, "planned");
+    let outgoing = notifier.route(vec![status], Vec::new());
+    match context.store.enqueue(&outgoing) {
+        Ok(()) => notifier.ring(),
+        Err(error) => tracing::warn!(%error, "cannot queue the plan's status"),
+    }
 }
 
 /// The commit statuses and notifications of a sync that fetched a revision
@@ -536,4 +622,6 @@ enum SyncError {
     NotConfigured,
     #[error(transparent)]
     Mirror(#[from] mirror::Error),
+    #[error(transparent)]
+    Store(store::Error),
 }

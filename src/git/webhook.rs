@@ -81,8 +81,35 @@ pub fn sign(body: &[u8], secret: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// Whether a pushed branch's name is one a fetch may name: 1–200 of
+/// `A-Za-z0-9._/-`, no `..`, no leading `-` or `/`, no trailing `/` or `.lock`
+/// (it becomes part of a refspec; `:`, `*` or a space would change its meaning).
+pub fn is_branch_name(name: &str) -> bool {
+    (1..=200).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'))
+        && !name.contains("..")
+        && !name.contains("//")
+        && !name.starts_with(['-', '/', '.'])
+        && !name.ends_with(['/', '.'])
+        && !name.ends_with(".lock")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn branch_names_that_could_change_a_refspec_are_refused() {
+        for good in ["feature", "feature/login-form", "release-1.2", "a_b"] {
+            assert!(super::is_branch_name(good), "{good}");
+        }
+        for bad in [
+            "", "a:b", "a*", "a b", "../main", "-x", "/x", "x/", "x.lock", "a..b", "a//b", ".x",
+        ] {
+            assert!(!super::is_branch_name(bad), "{bad}");
+        }
+    }
+
     use axum::http::HeaderValue;
 
     use super::*;

@@ -25,7 +25,7 @@ use hmac::{KeyInit, Mac};
 use linkops::config::{Config, ForgeKind, SinkConfig, SinkKind};
 use serde_json::{Value, json};
 
-use crate::git_sync::{applied, ssh_config, ssh_setup, sync};
+use crate::git_sync::{WEBHOOK_SECRET, applied, ssh_config, ssh_setup, sync};
 use crate::support::{ADMIN, FleetSetup, TestDaemon, eventually, read_events};
 
 const TOKEN: &str = "forge-token-0123456789";
@@ -596,6 +596,120 @@ async fn a_run_request_reports_on_the_commit_that_asked_for_it() {
             ),
         ]
     );
+    assert_eq!(forge.received.violations(), Vec::<String>::new());
+    daemon.stop().await;
+}
+
+/// A signed Forgejo push delivery of `head` to `branch`.
+async fn push_delivery(daemon: &TestDaemon, branch: &str, head: &str, delivery: &str) -> Value {
+    let body = json!({ "ref": format!("refs/heads/{branch}"), "after": head }).to_string();
+    let signature = linkops::git::webhook::sign(body.as_bytes(), WEBHOOK_SECRET.as_bytes());
+    let response = daemon
+        .client()
+        .post(format!("{}/api/git/webhook", daemon.url))
+        .header("content-type", "application/json")
+        .header("x-forgejo-event", "push")
+        .header("x-forgejo-delivery", delivery)
+        .header("x-forgejo-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_push_to_another_branch_is_planned_on_its_head_and_changes_nothing() {
+    let setup = ssh_setup();
+    let forge = TestForge::start(setup.remote.path.clone()).await;
+    let mut config = ssh_config(setup.data.path(), &setup.fleet, &setup.remote.url);
+    config.forge.kind = Some(ForgeKind::Forgejo);
+    config.forge.api_url = Some(format!("{}/api/v1", forge.url));
+    config.forge.repository = Some(format!("{}/{}", OWNER_REPO.0, OWNER_REPO.1));
+    write_secret(&config, "forge_token", TOKEN);
+    let first = setup.work.head();
+    let daemon = TestDaemon::start(config).await;
+    applied(&daemon, &first).await;
+
+    // A feature branch that changes a script's timeout.
+    setup
+        .work
+        .git(&["checkout", "-q", "-b", "feature/longer-uptime"]);
+    let scripts = setup
+        .work
+        .read("scripts.yaml")
+        .replace("timeout: 30s", "timeout: 45s");
+    setup.work.write("scripts.yaml", &scripts);
+    let good = setup.work.commit("a longer uptime timeout");
+    setup.work.git(&[
+        "push",
+        "-q",
+        "--force",
+        &setup.remote.url,
+        "feature/longer-uptime",
+    ]);
+    let answer = push_delivery(&daemon, "feature/longer-uptime", &good, "plan-1").await;
+    assert_eq!(answer, json!({"plan": "feature/longer-uptime"}));
+    let planned = forge
+        .received
+        .until("the plan", 1, |r| r["sha"] == good.as_str())
+        .await;
+    assert_eq!(
+        statuses_of(&planned, &good),
+        [(
+            "linkops/plan".into(),
+            "success".into(),
+            "1 change(s): ~ script uptime: timeout changed".into()
+        )]
+    );
+
+    // A broken branch: the plan says where it would be refused.
+    setup.work.write(
+        "links.yaml",
+        "machines:\n  - id: broken\n    host: [not, a, host]\n",
+    );
+    let broken = setup.work.commit("a broken inventory");
+    setup.work.git(&[
+        "push",
+        "-q",
+        "--force",
+        &setup.remote.url,
+        "feature/longer-uptime",
+    ]);
+    push_delivery(&daemon, "feature/longer-uptime", &broken, "plan-2").await;
+    let refused = forge
+        .received
+        .until("the refusal", 1, |r| r["sha"] == broken.as_str())
+        .await;
+    let (context, state, description) = statuses_of(&refused, &broken).remove(0);
+    assert_eq!(
+        (context.as_str(), state.as_str()),
+        ("linkops/plan", "failure")
+    );
+    assert!(
+        description.starts_with("would be refused: links.yaml:"),
+        "{description}"
+    );
+
+    // Nothing was applied from the branch, and the sync history has no attempt of it.
+    let desired = daemon.daemon().git().desired().borrow().clone().unwrap();
+    assert_eq!(desired.revision, first);
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    let status: Value = daemon
+        .get("/api/git/status", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["last_attempt"]["revision"],
+        first.as_str(),
+        "{status}"
+    );
+    // A name that could change the fetch's refspec is not planned.
+    let answer = push_delivery(&daemon, "a:b", &good, "plan-3").await;
+    assert!(answer["ignored"].is_string(), "{answer}");
     assert_eq!(forge.received.violations(), Vec::<String>::new());
     daemon.stop().await;
 }

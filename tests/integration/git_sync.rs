@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::support::{self, TestDaemon, WorkRepo, add_users, example_repo};
 
 const ADMIN: (&str, &str) = ("ada", "pw-ada-1");
-const WEBHOOK_SECRET: &str = "hook-secret-1";
+pub(crate) const WEBHOOK_SECRET: &str = "hook-secret-1";
 /// A safety net for waits that end on an event; never reached when things work.
 const PATIENCE: Duration = Duration::from_secs(20);
 

@@ -1768,6 +1768,9 @@ export interface components {
             /** @description The pushed head is the revision in force: nothing to do. */
             unchanged: string;
         } | {
+            /** @description A push to another branch: what merging it would change is posted on its head (`linkops/plan`). */
+            plan: string;
+        } | {
             /** @description Not a push to the followed branch; the text says what it was. */
             ignored: string;
         };
