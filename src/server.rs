@@ -135,6 +135,7 @@ impl Daemon {
             engine,
             git.desired(),
             config.reconcile.suspended,
+            prepared.notifier.clone(),
             metrics.clone(),
         );
         let (controller, mut workers) = controller::start(

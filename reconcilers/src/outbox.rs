@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::operation::{HostResult, HostState, Operation, OperationState, Requester};
+use crate::state::StateStatus;
 
 /// The channel of the forge's commit statuses.
 pub const FORGE: &str = "forge";
@@ -59,15 +60,21 @@ pub enum EventKind {
     RunRequestDone,
     /// The daemon started and found operations a previous process left running.
     DaemonRecovered,
+    /// Machines that held a declared state's content no longer do (a hand change?).
+    StateDrifted,
+    /// A declared state's rollout halted (a failed canary, too many failures).
+    RolloutHalted,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::RevisionRefused,
         EventKind::RevisionRecovered,
         EventKind::OperationFailed,
         EventKind::RunRequestDone,
         EventKind::DaemonRecovered,
+        EventKind::StateDrifted,
+        EventKind::RolloutHalted,
     ];
 }
 
@@ -360,6 +367,97 @@ pub fn for_plan(
         description: short(&description),
         target_url: console.map(|base| format!("{}/#/git", base.trim_end_matches('/'))),
     }
+}
+
+/// The context of a declared state's commit status.
+pub fn state_context(id: &str) -> String {
+    format!("linkops/state/{id}")
+}
+
+/// What a state reconcile tells the outside: on the revision that gave the
+/// state its content, where its rollout stands (`pending` while not all in
+/// sync, `success` once they are, `failure` once halted); machines that held
+/// the content and no longer do, and a halt, notified.
+pub fn for_state(
+    status: &StateStatus,
+    drifted: &[String],
+    halted_now: bool,
+    console: Option<&str>,
+    now_ms: i64,
+) -> (Vec<CommitStatus>, Vec<Notification>) {
+    let counts = status.counts;
+    let total = counts.total();
+    let (state, description) = match &status.halted {
+        Some(halt) => (
+            CommitState::Failure,
+            format!("rollout halted: {}", halt.reason),
+        ),
+        None if counts.in_sync == total => (
+            CommitState::Success,
+            format!("in sync on {total} machine(s)"),
+        ),
+        None => (
+            CommitState::Pending,
+            format!(
+                "{}/{total} in sync, {} applying, {} drifted, {} held, {} failed",
+                counts.in_sync, counts.applying, counts.drifted, counts.held, counts.failed
+            ),
+        ),
+    };
+    let url = console.map(|base| {
+        format!(
+            "{}/#/states/{}",
+            base.trim_end_matches('/'),
+            status.state_id
+        )
+    });
+    let statuses = match &status.content_revision {
+        Some(revision) => vec![CommitStatus {
+            sha: revision.clone(),
+            context: state_context(&status.state_id),
+            state,
+            description: short(&description),
+            target_url: url.clone(),
+        }],
+        None => Vec::new(),
+    };
+    let event = |kind, title: String, text: String| Notification {
+        version: NOTIFICATION_VERSION,
+        kind,
+        at_ms: now_ms,
+        title,
+        text,
+        subject: status.state_id.clone(),
+        url: url.clone(),
+    };
+    let mut events = Vec::new();
+    if !drifted.is_empty() {
+        let shown: Vec<&str> = drifted.iter().take(10).map(String::as_str).collect();
+        let more = match drifted.len() - shown.len() {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        events.push(event(
+            EventKind::StateDrifted,
+            format!(
+                "state {} drifted on {} machine(s)",
+                status.state_id,
+                drifted.len()
+            ),
+            format!("No longer as declared: {}{more}.", shown.join(", ")),
+        ));
+    }
+    if halted_now && let Some(halt) = &status.halted {
+        events.push(event(
+            EventKind::RolloutHalted,
+            format!("state {}: rollout halted", status.state_id),
+            format!(
+                "{}. Resume it (POST /api/states/{}/resume) or commit new content.",
+                halt.reason, status.state_id
+            ),
+        ));
+    }
+    (statuses, events)
 }
 
 /// The daemon found operations a previous process left running.

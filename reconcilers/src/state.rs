@@ -419,6 +419,9 @@ pub struct StateStatus {
     /// The content the rollout is for; a new one starts a new rollout.
     pub digest: String,
     pub revision: String,
+    /// The revision that gave the state this content (where its rollout is reported).
+    #[serde(default)]
+    pub content_revision: Option<String>,
     /// Applies of this content since the rollout started (or was resumed).
     pub progress: Progress,
     pub halted: Option<Halt>,
@@ -495,6 +498,7 @@ impl StateStatus {
             state_id: state_id.to_owned(),
             digest: digest.to_owned(),
             revision: revision.to_owned(),
+            content_revision: Some(revision.to_owned()),
             progress: Progress::default(),
             halted: None,
             resumed_at_ms: None,
@@ -756,6 +760,28 @@ pub fn decide(
         halted_now,
         wake_after_ms: wake,
     }
+}
+
+/// Machines whose check now says drifted where the one before, for the
+/// same content, held: the state was changed under it (not new content).
+pub fn drifted(before: &BTreeMap<String, Target>, after: &[Target]) -> Vec<String> {
+    after
+        .iter()
+        .filter(|target| {
+            let (Some(now), Some(then)) = (
+                target.check.as_ref(),
+                before
+                    .get(&target.machine_id)
+                    .and_then(|b| b.check.as_ref()),
+            ) else {
+                return false;
+            };
+            now.outcome == CheckOutcome::Drifted
+                && then.outcome == CheckOutcome::Holds
+                && now.digest == then.digest
+        })
+        .map(|target| target.machine_id.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -1162,6 +1188,32 @@ mod tests {
                 reason: "exited 3".into()
             })
         );
+    }
+
+    #[test]
+    fn drift_is_a_held_state_failing_its_check_not_new_content() {
+        let held = checked("web1", CheckOutcome::Holds, NOW - MINUTE);
+        let before: BTreeMap<String, Target> = [
+            ("web1".to_owned(), held.clone()),
+            (
+                "web2".to_owned(),
+                checked("web2", CheckOutcome::Holds, NOW - MINUTE),
+            ),
+            (
+                "web3".to_owned(),
+                checked("web3", CheckOutcome::Drifted, NOW - MINUTE),
+            ),
+        ]
+        .into();
+        let mut new_content = checked("web2", CheckOutcome::Drifted, NOW);
+        new_content.check.as_mut().unwrap().digest = "d2".into();
+        let after = [
+            checked("web1", CheckOutcome::Drifted, NOW),
+            new_content,
+            checked("web3", CheckOutcome::Drifted, NOW),
+            checked("web4", CheckOutcome::Drifted, NOW),
+        ];
+        assert_eq!(drifted(&before, &after), ["web1"]);
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct Context {
     pub(super) check_asked: Mutex<HashSet<String>>,
     /// `[reconcile] suspended` in the configuration.
     suspended_by_config: bool,
+    /// What reconciles tell the forge and the sinks.
+    pub(super) notifier: Arc<crate::notify::Notifier>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -63,9 +65,11 @@ impl Context {
         engine: Engine,
         desired: watch::Receiver<Option<Arc<DesiredState>>>,
         suspended_by_config: bool,
+        notifier: Arc<crate::notify::Notifier>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Context {
         Context {
+            notifier,
             statuses: store::StatusWriter::start(store.clone()),
             store,
             access,

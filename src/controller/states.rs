@@ -235,12 +235,30 @@ impl Context {
             .filter(|t| stored.get(&t.machine_id) != Some(*t))
             .cloned()
             .collect();
+        let drifted = state::drifted(stored, &targets);
+        if !drifted.is_empty() {
+            tracing::warn!(state = %state.id, machines = ?drifted, "drifted");
+        }
+        let notifier = &self.notifier;
+        let (statuses, events) = linkops_reconcilers::outbox::for_state(
+            &status,
+            &drifted,
+            halted_now,
+            notifier.console_url(),
+            now_ms(),
+        );
+        let outgoing = notifier.route(statuses, events);
+        let queued = !outgoing.is_empty();
         self.store.put_state(store::StateWrite {
             status: status.clone(),
             targets: changed,
             checks,
             audits,
+            outgoing,
         })?;
+        if queued {
+            notifier.ring();
+        }
         if apply.is_empty() {
             return Ok(());
         }

@@ -146,7 +146,11 @@ fn kind_name(kind: EventKind) -> String {
 /// ntfy's priority: failures 4 (high), the rest 3 (default).
 fn priority(kind: EventKind) -> &'static str {
     match kind {
-        EventKind::RevisionRefused | EventKind::OperationFailed | EventKind::DaemonRecovered => "4",
+        EventKind::RevisionRefused
+        | EventKind::OperationFailed
+        | EventKind::DaemonRecovered
+        | EventKind::StateDrifted
+        | EventKind::RolloutHalted => "4",
         EventKind::RevisionRecovered | EventKind::RunRequestDone => "3",
     }
 }

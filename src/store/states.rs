@@ -25,6 +25,8 @@ pub struct StateWrite {
     /// Checks that ran, also kept in the history: (machine id, result).
     pub checks: Vec<(String, CheckRecord)>,
     pub audits: Vec<Audit>,
+    /// What the outside is told of it, queued with it.
+    pub outgoing: Vec<linkops_reconcilers::outbox::Outgoing>,
 }
 
 impl Store {
@@ -123,6 +125,7 @@ impl Store {
         for entry in &write.audits {
             audit::append_audit(&tx, entry)?;
         }
+        super::outbox::enqueue(&tx, &write.outgoing)?;
         tx.commit()?;
         Ok(())
     }
@@ -255,6 +258,7 @@ mod tests {
                     targets: vec![Target::new("motd", "web1", at)],
                     checks: vec![("web1".into(), check(at)), ("web2".into(), check(at * 10))],
                     audits: vec![],
+                    outgoing: vec![],
                 })
                 .unwrap();
         }

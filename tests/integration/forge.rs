@@ -713,3 +713,100 @@ async fn a_push_to_another_branch_is_planned_on_its_head_and_changes_nothing() {
     assert_eq!(forge.received.violations(), Vec::<String>::new());
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_state_reports_its_rollout_on_its_commit_and_notifies_drift_and_halts() {
+    use crate::states;
+    let setup = states::setup(2, &[0, 1], &states::state_file("v1", ""));
+    let forge = TestForge::start(setup.work.dir.join(".git")).await;
+    let receivers = TestSinks::start().await;
+    let mut config = setup.config();
+    config.forge.kind = Some(ForgeKind::Forgejo);
+    config.forge.api_url = Some(format!("{}/api/v1", forge.url));
+    config.forge.repository = Some(format!("{}/{}", OWNER_REPO.0, OWNER_REPO.1));
+    write_secret(&config, "forge_token", TOKEN);
+    write_secret(&config, "hook_secret", HOOK_SECRET);
+    config.notify.sinks = vec![SinkConfig {
+        name: "ops".into(),
+        kind: SinkKind::Webhook,
+        url: format!("{}/hook", receivers.url),
+        secret_file: Some("hook_secret".into()),
+        token_file: None,
+        events: vec![
+            linkops_reconcilers::outbox::EventKind::StateDrifted,
+            linkops_reconcilers::outbox::EventKind::RolloutHalted,
+        ],
+    }];
+    let declared = setup.work.head();
+    let daemon = setup.start_with(config).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    states::until_state(&daemon, &token, "in sync", |d| states::in_sync(d, 2)).await;
+    let on_commit = |sha: &str| {
+        statuses_of(&forge.received.all(), sha)
+            .into_iter()
+            .filter(|(context, _, _)| context == "linkops/state/app-config")
+            .collect::<Vec<_>>()
+    };
+    let reported = eventually("the state's success on its commit", || async {
+        let statuses = on_commit(&declared);
+        statuses
+            .iter()
+            .any(|(_, state, _)| state == "success")
+            .then_some(statuses)
+    })
+    .await;
+    assert_eq!(
+        reported.first().map(|s| s.1.as_str()),
+        Some("pending"),
+        "{reported:?}"
+    );
+    assert_eq!(reported.last().unwrap().2, "in sync on 2 machine(s)");
+
+    // A hand edit on host1: notified as drift, once.
+    states::hand_edit(&daemon, &token, "host1").await;
+    let drifted = receivers
+        .received
+        .until("the drift", 1, |r| r["event"]["kind"] == "state_drifted")
+        .await;
+    assert_eq!(
+        drifted[0]["event"]["title"],
+        "state app-config drifted on 1 machine(s)"
+    );
+    assert_eq!(drifted[0]["event"]["text"], "No longer as declared: host1.");
+
+    // A broken release: the canary fails, the rollout halts — on the commit, and notified.
+    setup
+        .work
+        .write("states/app-config.yaml", &states::state_file("fail", ""));
+    let broken = setup.work.commit("a broken release");
+    states::sync(&daemon, &token).await;
+    let halted = receivers
+        .received
+        .until("the halt", 1, |r| r["event"]["kind"] == "rollout_halted")
+        .await;
+    assert!(
+        halted[0]["event"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("a canary failed")
+    );
+    let failure = eventually("the failure on the broken commit", || async {
+        on_commit(&broken)
+            .into_iter()
+            .find(|(_, state, _)| state == "failure")
+    })
+    .await;
+    assert!(
+        failure.2.starts_with("rollout halted: a canary failed"),
+        "{failure:?}"
+    );
+    assert_eq!(
+        receivers.of("webhook").len(),
+        2,
+        "{:?}",
+        receivers.received.all()
+    );
+    assert_eq!(forge.received.violations(), Vec::<String>::new());
+    assert_eq!(receivers.received.violations(), Vec::<String>::new());
+    daemon.stop().await;
+}

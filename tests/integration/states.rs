@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::support::{ADMIN, FleetSetup, TestDaemon, eventually, fleet_links, read_events};
 
-const SCRIPTS: &str = r#"scripts:
+pub(crate) const SCRIPTS: &str = r#"scripts:
   - id: config-file
     name: A config file with its content
     params:
@@ -40,7 +40,7 @@ const SCRIPTS: &str = r#"scripts:
 "#;
 
 /// The fleet's links with `web` added to the tags of the hosts at `web`.
-fn links(setup: &FleetSetup, web: &[usize]) -> String {
+pub(crate) fn links(setup: &FleetSetup, web: &[usize]) -> String {
     let mut links = String::new();
     for (index, entry) in fleet_links(&setup.fleet, &[]).split("  - id: ").enumerate() {
         if index == 0 {
@@ -56,14 +56,14 @@ fn links(setup: &FleetSetup, web: &[usize]) -> String {
     links
 }
 
-fn state_file(content: &str, extra: &str) -> String {
+pub(crate) fn state_file(content: &str, extra: &str) -> String {
     format!(
         "id: app-config\nscript: config-file\ntargets: {{tags: [web]}}\nparams: {{content: {content}}}\ninterval: 10s\nrollout: {{canary: 1, batch: 2, max_failures: 1}}\n{extra}"
     )
 }
 
 /// A fleet of `hosts`, those at `web` tagged `web`, with the state committed.
-fn setup(hosts: usize, web: &[usize], state: &str) -> FleetSetup {
+pub(crate) fn setup(hosts: usize, web: &[usize], state: &str) -> FleetSetup {
     let setup = FleetSetup::new(hosts, &[], SCRIPTS);
     setup.work.write("links.yaml", &links(&setup, web));
     setup.work.write("states/app-config.yaml", state);
@@ -96,7 +96,7 @@ async fn detail(daemon: &TestDaemon, token: &str) -> Value {
 }
 
 /// Waits until `check` holds for the state's detail; returns that detail.
-async fn until_state(
+pub(crate) async fn until_state(
     daemon: &TestDaemon,
     token: &str,
     what: &str,
@@ -144,7 +144,7 @@ async fn applies(daemon: &TestDaemon, token: &str) -> Vec<Vec<String>> {
 
 /// Edits a host's config file by hand, over SSH (an operation of the
 /// `hand-edit` script), and waits until that is done.
-async fn hand_edit(daemon: &TestDaemon, token: &str, machine: &str) {
+pub(crate) async fn hand_edit(daemon: &TestDaemon, token: &str, machine: &str) {
     let body = json!({"script": "hand-edit", "targets": {"machines": [machine]}});
     let (status, operation) = daemon
         .request(Method::POST, "/api/operations/run", token, Some(body))
@@ -154,17 +154,17 @@ async fn hand_edit(daemon: &TestDaemon, token: &str, machine: &str) {
     assert_eq!(events.last().unwrap().data["state"], "succeeded");
 }
 
-async fn sync(daemon: &TestDaemon, token: &str) {
+pub(crate) async fn sync(daemon: &TestDaemon, token: &str) {
     let response = daemon.post("/api/git/sync", Some(token)).await;
     assert_eq!(response.status(), StatusCode::OK);
 }
 
-fn in_sync(detail: &Value, machines: u64) -> bool {
+pub(crate) fn in_sync(detail: &Value, machines: u64) -> bool {
     detail["state"]["counts"]["in_sync"] == machines
 }
 
 /// Whether the detail is of the reconcile of `revision` or later.
-fn of(detail: &Value, revision: &str) -> bool {
+pub(crate) fn of(detail: &Value, revision: &str) -> bool {
     detail["state"]["revision"] == revision
 }
 
