@@ -608,6 +608,7 @@ fn store_after_a_day(size: usize) {
                     }),
                     status: observed,
                     audits: Vec::new(),
+                    outgoing: Vec::new(),
                 }
             })
             .collect();

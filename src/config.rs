@@ -168,8 +168,8 @@ pub struct SinkConfig {
     /// ntfy: an access token, a file in the keys directory (0600).
     #[serde(default)]
     pub token_file: Option<String>,
-    /// The events it gets (`revision_refused`, `revision_recovered`,
-    /// `operation_failed`, `run_request_done`, `daemon_recovered`); all when empty.
+    /// The events it gets (`revision_refused`, `operation_failed`,
+    /// `machine_unreachable`, …: every `EventKind`); all when empty.
     #[serde(default)]
     pub events: Vec<linkops_reconcilers::outbox::EventKind>,
 }

@@ -91,6 +91,9 @@ pub struct MachineStatus {
     pub revision: Option<String>,
     pub consecutive_failures: u32,
     pub conditions: Vec<Condition>,
+    /// What the sinks were last told about it (damping a machine that bounces).
+    #[serde(default)]
+    pub told: Option<crate::outbox::Told>,
 }
 
 impl MachineStatus {
@@ -105,6 +108,7 @@ impl MachineStatus {
             revision: None,
             consecutive_failures: 0,
             conditions: Vec::new(),
+            told: None,
         }
     }
 }

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::enrollment::Enrollment;
+use crate::machine::MachineStatus;
 use crate::operation::{HostResult, HostState, Operation, OperationState, Requester};
 use crate::state::StateStatus;
 
@@ -64,10 +66,18 @@ pub enum EventKind {
     StateDrifted,
     /// A declared state's rollout halted (a failed canary, too many failures).
     RolloutHalted,
+    /// A machine stopped answering over SSH.
+    MachineUnreachable,
+    /// A machine answers but is not the one the inventory means (its client id differs or is missing).
+    MachineUnenrolled,
+    /// A machine's host key is not the one known: refused, as always.
+    MachineHostKeyChanged,
+    /// A machine is reachable and enrolled again.
+    MachineRecovered,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::RevisionRefused,
         EventKind::RevisionRecovered,
         EventKind::OperationFailed,
@@ -75,7 +85,89 @@ impl EventKind {
         EventKind::DaemonRecovered,
         EventKind::StateDrifted,
         EventKind::RolloutHalted,
+        EventKind::MachineUnreachable,
+        EventKind::MachineUnenrolled,
+        EventKind::MachineHostKeyChanged,
+        EventKind::MachineRecovered,
     ];
+}
+
+/// A machine bouncing sends at most one message per this long: the state it
+/// settles in is told once the time has passed (at its next check).
+pub const MACHINE_DAMPING_MS: i64 = 5 * 60_000;
+
+/// What was last told about a machine, kept with its status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Told {
+    /// The trouble told (`None`: that it recovered).
+    pub trouble: Option<EventKind>,
+    pub at_ms: i64,
+}
+
+/// What is wrong with a machine, for people: `None` when it is fine or not checked yet.
+fn trouble(status: &MachineStatus) -> Option<(EventKind, String)> {
+    match &status.enrollment {
+        Enrollment::HostKeyMismatch { error } => {
+            Some((EventKind::MachineHostKeyChanged, error.clone()))
+        }
+        Enrollment::Unreachable { error } => Some((EventKind::MachineUnreachable, error.clone())),
+        Enrollment::Mismatch { .. } | Enrollment::MissingFile => Some((
+            EventKind::MachineUnenrolled,
+            crate::run::describe(&status.enrollment),
+        )),
+        Enrollment::Enrolled | Enrollment::Unknown => None,
+    }
+}
+
+/// After a check: what to tell about the machine, if anything, and what is
+/// then the last told. A first trouble is told at once; a change after
+/// that only once [`MACHINE_DAMPING_MS`] have passed since the last message.
+pub fn for_machine(
+    status: &MachineStatus,
+    told: Option<&Told>,
+    console: Option<&str>,
+    now_ms: i64,
+) -> (Option<Notification>, Option<Told>) {
+    let current = trouble(status);
+    let kind = current.as_ref().map(|(kind, _)| *kind);
+    let unchanged = match told {
+        Some(told) => told.trouble == kind,
+        None => kind.is_none(),
+    };
+    let damped = told.is_some_and(|told| now_ms - told.at_ms < MACHINE_DAMPING_MS);
+    if unchanged || damped || status.enrollment == Enrollment::Unknown {
+        return (None, told.cloned());
+    }
+    let id = &status.machine_id;
+    let (kind, title, text) = match current {
+        Some((kind, detail)) => {
+            let what = match kind {
+                EventKind::MachineHostKeyChanged => "presents another host key (refused)",
+                EventKind::MachineUnreachable => "is unreachable",
+                _ => "is not enrolled",
+            };
+            (kind, format!("machine {id} {what}"), detail)
+        }
+        None => (
+            EventKind::MachineRecovered,
+            format!("machine {id} is back"),
+            "Reachable and enrolled again.".to_owned(),
+        ),
+    };
+    let notification = Notification {
+        version: NOTIFICATION_VERSION,
+        kind,
+        at_ms: now_ms,
+        title,
+        text,
+        subject: id.clone(),
+        url: console.map(|base| format!("{}/#/machines/{id}", base.trim_end_matches('/'))),
+    };
+    let told = Told {
+        trouble: (kind != EventKind::MachineRecovered).then_some(kind),
+        at_ms: now_ms,
+    };
+    (Some(notification), Some(told))
 }
 
 /// The current version of [`Notification`]'s shape; receivers check it.
@@ -628,6 +720,42 @@ mod tests {
             refused.description,
             "would be refused: links.yaml:1:1: the file is empty"
         );
+    }
+
+    #[test]
+    fn a_bouncing_machine_is_told_once_per_damping_time() {
+        let mut status = MachineStatus::new("web-1");
+        let minute = 60_000;
+        let down = Enrollment::Unreachable {
+            error: "connection refused".into(),
+        };
+        // (enrollment, now) → the kind told, if any
+        let table = [
+            (Enrollment::Enrolled, 0, None),
+            (down.clone(), minute, Some(EventKind::MachineUnreachable)),
+            (Enrollment::Enrolled, 2 * minute, None),
+            (down.clone(), 3 * minute, None),
+            (Enrollment::Enrolled, 4 * minute, None),
+            // The damping time since the last message has passed: its state now is told.
+            (
+                Enrollment::Enrolled,
+                7 * minute,
+                Some(EventKind::MachineRecovered),
+            ),
+            (Enrollment::Enrolled, 20 * minute, None),
+            (
+                Enrollment::MissingFile,
+                21 * minute,
+                Some(EventKind::MachineUnenrolled),
+            ),
+        ];
+        let mut told: Option<Told> = None;
+        for (enrollment, now, expected) in table {
+            status.enrollment = enrollment;
+            let (message, next) = for_machine(&status, told.as_ref(), None, now);
+            assert_eq!(message.map(|m| m.kind), expected, "at {now}");
+            told = next;
+        }
     }
 
     #[test]

@@ -167,13 +167,26 @@ impl Context {
                 status: reconciling,
                 sample: None,
                 audits: Vec::new(),
+                outgoing: Vec::new(),
             })
             .await?;
         let result = self.access.check(machine).await;
         let machine::Observed {
-            status: observed,
+            status: mut observed,
             transitions,
         } = machine::observe(machine, status, result, revision, now_ms());
+        // A machine's trouble and recovery, told to the sinks (damped).
+        let (message, told) = linkops_reconcilers::outbox::for_machine(
+            &observed,
+            observed.told.as_ref(),
+            self.notifier.console_url(),
+            now_ms(),
+        );
+        observed.told = told;
+        let outgoing = self
+            .notifier
+            .route(Vec::new(), message.into_iter().collect());
+        let queued = !outgoing.is_empty();
         // What the check's transitions mean for the audit log, written with the status.
         let audits: Vec<store::Audit> = transitions
             .into_iter()
@@ -198,8 +211,13 @@ impl Context {
                 status: observed,
                 sample: Some(sample),
                 audits,
+                outgoing,
             })
-            .await
+            .await?;
+        if queued {
+            self.notifier.ring();
+        }
+        Ok(())
     }
 
     async fn run_request(&self, desired: &DesiredState, id: &str) -> Result<Action, store::Error> {

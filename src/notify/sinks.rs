@@ -150,8 +150,13 @@ fn priority(kind: EventKind) -> &'static str {
         | EventKind::OperationFailed
         | EventKind::DaemonRecovered
         | EventKind::StateDrifted
-        | EventKind::RolloutHalted => "4",
-        EventKind::RevisionRecovered | EventKind::RunRequestDone => "3",
+        | EventKind::RolloutHalted
+        | EventKind::MachineUnreachable
+        | EventKind::MachineUnenrolled
+        | EventKind::MachineHostKeyChanged => "4",
+        EventKind::RevisionRecovered | EventKind::RunRequestDone | EventKind::MachineRecovered => {
+            "3"
+        }
     }
 }
 

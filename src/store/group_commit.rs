@@ -112,6 +112,7 @@ mod tests {
                         status,
                         sample: Some(sample),
                         audits: Vec::new(),
+                        outgoing: Vec::new(),
                     };
                     writer.put(write).await.unwrap();
                 }

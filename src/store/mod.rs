@@ -293,6 +293,7 @@ mod tests {
             status: linkops_reconcilers::machine::MachineStatus::new("web1"),
             sample: None,
             audits: vec![entry],
+            outgoing: Vec::new(),
         };
         store.put_machine_statuses(&[status]).unwrap();
         assert!(size(&store, "audit_log").unwrap() >= before + 10_000);

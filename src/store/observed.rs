@@ -26,6 +26,8 @@ pub struct StatusWrite {
     pub status: MachineStatus,
     pub sample: Option<HealthSample>,
     pub audits: Vec<Audit>,
+    /// What the sinks are told of it, queued with it.
+    pub outgoing: Vec<linkops_reconcilers::outbox::Outgoing>,
 }
 
 /// The suspensions table's key of the fleet-wide hold (schema version 5): no
@@ -111,6 +113,7 @@ impl Store {
                 for entry in &write.audits {
                     audit::append_audit(&tx, entry)?;
                 }
+                super::outbox::enqueue(&tx, &write.outgoing)?;
                 let id = write.status.machine_id.as_str();
                 let before: Option<MachineStatus> = get_str(&table, "machine_status", id)?;
                 table.insert(id, encode(&write.status).as_slice())?;

@@ -252,6 +252,7 @@ mod tests {
                 enrolled: true,
             }),
             audits: Vec::new(),
+            outgoing: Vec::new(),
         };
         store.put_machine_statuses(&[checked]).unwrap();
         let pruned = store.prune(&policy(), now).unwrap();

@@ -368,7 +368,9 @@ async fn every_revision_shows_on_its_commit_pending_then_applied_or_refused() {
     let sent = std::time::Instant::now();
     let refused = forge
         .received
-        .until("the refusal", 2, |r| r["sha"] == broken.as_str())
+        .until("the refusal", 2, |r| {
+            r["sha"] == broken.as_str() && r["status"]["context"] == "linkops/sync"
+        })
         .await;
     eprintln!(
         "refusal on the forge {:?} after the sync answered",
@@ -397,9 +399,19 @@ async fn every_revision_shows_on_its_commit_pending_then_applied_or_refused() {
         .map(|posted| &posted["status"]["state"])
         .collect();
     assert_eq!(shown, [&json!("failure")], "{status}");
-    assert_eq!(status["statuses_queued"], json!([]));
+    let waiting_on_it = status["statuses_queued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|q| q["message"]["sha"] == broken.as_str())
+        .count();
+    assert_eq!(waiting_on_it, 0, "{status}");
     // Nothing new for the revision in force, and nothing outside the API description.
-    assert_eq!(statuses_of(&forge.received.all(), &first).len(), 2);
+    let sync_statuses = statuses_of(&forge.received.all(), &first)
+        .into_iter()
+        .filter(|(context, _, _)| context == "linkops/sync")
+        .count();
+    assert_eq!(sync_statuses, 2);
     assert_eq!(forge.received.violations(), Vec::<String>::new());
     daemon.stop().await;
 }
@@ -807,6 +819,59 @@ async fn a_state_reports_its_rollout_on_its_commit_and_notifies_drift_and_halts(
         receivers.received.all()
     );
     assert_eq!(forge.received.violations(), Vec::<String>::new());
+    assert_eq!(receivers.received.violations(), Vec::<String>::new());
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_machine_going_down_is_told_once_and_its_bouncing_damped() {
+    let mut setup = FleetSetup::new(1, &[], SCRIPTS);
+    let receivers = TestSinks::start().await;
+    let mut config = setup.config();
+    write_secret(&config, "hook_secret", HOOK_SECRET);
+    config.notify.sinks = vec![SinkConfig {
+        name: "ops".into(),
+        kind: SinkKind::Webhook,
+        url: format!("{}/hook", receivers.url),
+        secret_file: Some("hook_secret".into()),
+        token_file: None,
+        events: vec![],
+    }];
+    let daemon = setup.start_with(config).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    let verify = || async {
+        let response = daemon.post("/api/links/host1/verify", Some(&token)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    };
+    verify().await;
+    setup.fleet.hosts_mut()[0].stop();
+    verify().await;
+    let told = receivers
+        .received
+        .until("the machine's trouble", 1, |r| {
+            r["event"]["kind"] == "machine_unreachable"
+        })
+        .await;
+    assert_eq!(told[0]["event"]["title"], "machine host1 is unreachable");
+    assert_eq!(told[0]["event"]["subject"], "host1");
+    // It bounces within the damping time: nothing more is sent.
+    setup.fleet.hosts_mut()[0].restart().unwrap();
+    verify().await;
+    setup.fleet.hosts_mut()[0].stop();
+    verify().await;
+    setup.fleet.hosts_mut()[0].restart().unwrap();
+    verify().await;
+    let (_, outbox) = daemon
+        .request(reqwest::Method::GET, "/api/notifications", &token, None)
+        .await;
+    assert_eq!(outbox["queued"], json!([]), "{outbox}");
+    let kinds: Vec<Value> = receivers
+        .received
+        .all()
+        .iter()
+        .map(|r| r["event"]["kind"].clone())
+        .collect();
+    assert_eq!(kinds, [json!("machine_unreachable")]);
     assert_eq!(receivers.received.violations(), Vec::<String>::new());
     daemon.stop().await;
 }

@@ -958,7 +958,7 @@ export interface components {
          * @description What a notification is about; sinks choose by these.
          * @enum {string}
          */
-        EventKind: "revision_refused" | "revision_recovered" | "operation_failed" | "run_request_done" | "daemon_recovered";
+        EventKind: "revision_refused" | "revision_recovered" | "operation_failed" | "run_request_done" | "daemon_recovered" | "state_drifted" | "rollout_halted" | "machine_unreachable" | "machine_unenrolled" | "machine_host_key_changed" | "machine_recovered";
         FilterRequest: {
             column: string;
             op: components["schemas"]["Op"];
