@@ -161,7 +161,8 @@ pub struct SinkConfig {
     /// Names the sink in the API, metrics and logs: `[a-z0-9_-]`, at most 64.
     pub name: String,
     pub kind: SinkKind,
-    pub url: String,
+    /// Secret, as Slack's and ntfy's URLs are: never shown in a log or an answer.
+    pub url: SecretString,
     /// Webhook: the HMAC-SHA256 key, a file in the keys directory (0600).
     #[serde(default)]
     pub secret_file: Option<String>,
@@ -678,12 +679,13 @@ mod tests {
     #[test]
     fn debug_output_redacts_secrets() {
         let config = load_from(
-            "[auth]\njwt_secret = \"hunter2-jwt\"\n[webhook]\nsecret = \"hunter2-hook\"\n",
+            "[auth]\njwt_secret = \"hunter2-jwt\"\n[webhook]\nsecret = \"hunter2-hook\"\n[[notify.sinks]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"https://hooks.slack.example/services/hunter2-url\"\n",
             &[],
         )
         .unwrap();
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(config.webhook.secret.is_some());
+        assert_eq!(config.notify.sinks.len(), 1);
     }
 }

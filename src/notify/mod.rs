@@ -212,7 +212,9 @@ impl Delivery {
                     .deliveries
                     .get_or_create(&labels("delivered"))
                     .inc();
-                if let Err(error) = self.store.delivered(queued.seq) {
+                let (store, seq) = (self.store.clone(), queued.seq);
+                let recorded = tokio::task::spawn_blocking(move || store.delivered(seq)).await;
+                if let Ok(Err(error)) = recorded {
                     tracing::warn!(%error, seq = queued.seq, "delivered, but cannot record it: it may be sent again");
                 }
             }
@@ -221,7 +223,12 @@ impl Delivery {
                     .deliveries
                     .get_or_create(&labels("failed"))
                     .inc();
-                match self.store.delivery_failed(queued.seq, &error) {
+                let (store, seq, message) = (self.store.clone(), queued.seq, error.clone());
+                let recorded =
+                    tokio::task::spawn_blocking(move || store.delivery_failed(seq, &message))
+                        .await
+                        .unwrap_or(Ok(None));
+                match recorded {
                     Ok(Some(failed))
                         if failed.attempts >= linkops_reconcilers::outbox::MAX_ATTEMPTS =>
                     {

@@ -41,11 +41,9 @@ impl Sink {
                 "a sink's name is 1-64 of a-z, 0-9, '-' and '_', and not `forge`".into(),
             ));
         }
-        if !config.url.starts_with("https://") && !config.url.starts_with("http://") {
-            return Err(refuse(format!(
-                "url {:?} is not an http(s) URL",
-                config.url
-            )));
+        let url = config.url.expose_secret();
+        if !url.starts_with("https://") && !url.starts_with("http://") {
+            return Err(refuse("url is not an http(s) URL".into()));
         }
         let read = |file: &Option<String>| -> Result<Option<SecretString>, Error> {
             file.as_ref()
@@ -56,7 +54,7 @@ impl Sink {
         Ok(Sink {
             name: config.name.clone(),
             kind: config.kind,
-            url: config.url.clone(),
+            url: url.to_owned(),
             secret: read(&config.secret_file)?,
             token: read(&config.token_file)?,
             events: config.events.clone(),

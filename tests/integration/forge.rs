@@ -433,7 +433,7 @@ fn sinks(url: &str) -> Vec<SinkConfig> {
     let sink = |name: &str, kind, path: &str| SinkConfig {
         name: name.into(),
         kind,
-        url: format!("{url}{path}"),
+        url: format!("{url}{path}").into(),
         secret_file: None,
         token_file: None,
         events: vec![linkops_reconcilers::outbox::EventKind::OperationFailed],
@@ -565,7 +565,8 @@ async fn a_run_request_reports_on_the_commit_that_asked_for_it() {
     let uuid = setup.fleet.hosts()[1].uuid();
     std::fs::write(setup.marks.join(format!("LINKOPS-{uuid}.broken")), "").unwrap();
     let mut config = setup.config();
-    config.forge.kind = Some(ForgeKind::Gitea);
+    // GitHub's form: `Authorization: Bearer`, the same statuses path.
+    config.forge.kind = Some(ForgeKind::Github);
     config.forge.api_url = Some(format!("{}/api/v1", forge.url));
     config.forge.repository = Some(format!("{}/{}", OWNER_REPO.0, OWNER_REPO.1));
     write_secret(&config, "forge_token", TOKEN);
@@ -741,7 +742,7 @@ async fn a_state_reports_its_rollout_on_its_commit_and_notifies_drift_and_halts(
     config.notify.sinks = vec![SinkConfig {
         name: "ops".into(),
         kind: SinkKind::Webhook,
-        url: format!("{}/hook", receivers.url),
+        url: format!("{}/hook", receivers.url).into(),
         secret_file: Some("hook_secret".into()),
         token_file: None,
         events: vec![
@@ -832,7 +833,7 @@ async fn a_machine_going_down_is_told_once_and_its_bouncing_damped() {
     config.notify.sinks = vec![SinkConfig {
         name: "ops".into(),
         kind: SinkKind::Webhook,
-        url: format!("{}/hook", receivers.url),
+        url: format!("{}/hook", receivers.url).into(),
         secret_file: Some("hook_secret".into()),
         token_file: None,
         events: vec![],

@@ -286,6 +286,8 @@ test("a bad commit shows its error, file:line:col, on the Git page", async () =>
   await page.getByRole("button", { name: "Sync now" }).click();
   const problems = page.getByRole("region", { name: "Problems" });
   await problems.getByText(/links\.yaml:\d+:\d+/).first().waitFor();
+  // The outbox: the demo has no forge or sinks, so nothing waits.
+  await page.getByText("Nothing waits to be told; nothing was given up on.").waitFor();
   await page.screenshot({ path: `${SHOTS}git.png`, fullPage: true });
   await assertAccessible("the Git page");
 });

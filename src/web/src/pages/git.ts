@@ -1,8 +1,9 @@
-// Git: the revision in force, the last attempt, its problems as file:line:col, and a sync button.
+// Git: the revision in force, the last attempt, its problems as file:line:col, a sync button,
+// the forge's commit statuses, and the outbox (what waits to be told, what was given up on).
 
 import { api, ApiError, session } from "../api";
-import type { GitStatus, SyncView } from "../contract";
-import { badge, h, put, when } from "../dom";
+import type { GitStatus, Message, OutboxView, Queued, SyncView } from "../contract";
+import { badge, h, put, table, when } from "../dom";
 
 export async function gitPage(main: HTMLElement): Promise<void> {
   const status = await api<GitStatus>("GET", "/api/git/status");
@@ -36,4 +37,29 @@ export async function gitPage(main: HTMLElement): Promise<void> {
       : null,
     session()?.role === "admin" ? h("div", { class: "row" }, sync, message) : null,
   );
+  if (status.statuses.length) {
+    main.append(h("h2", {}, "On the forge"), table(["Context", "State", "Description", "Posted"],
+      status.statuses.map((posted) => [posted.status.context, badge(posted.status.state), posted.status.description,
+        when(posted.posted_at)]), "Commit statuses"));
+  }
+  const outbox = await api<OutboxView>("GET", "/api/notifications");
+  main.append(h("h2", {}, "Outbox"));
+  if (!outbox.queued.length && !outbox.dead.length) {
+    main.append(h("p", { class: "muted" }, "Nothing waits to be told; nothing was given up on."));
+    return;
+  }
+  const rows = (messages: Queued[]) => messages.map((queued) => [
+    `#${queued.seq}`, queued.channel, describe(queued.message), queued.attempts, queued.last_error ?? "—",
+  ]);
+  const headers = ["Message", "Channel", "What", "Attempts", "Last error"];
+  if (outbox.queued.length) main.append(table(headers, rows(outbox.queued), "Waiting for delivery"));
+  if (outbox.dead.length) {
+    main.append(h("h3", {}, "Given up on"), table(headers, rows(outbox.dead), "Dead letters"));
+  }
+}
+
+function describe(message: Message): string {
+  return message.type === "commit_status"
+    ? `${message.context} ${message.state} on ${message.sha.slice(0, 12)}`
+    : `${message.kind}: ${message.title}`;
 }
