@@ -154,15 +154,12 @@ pub fn for_machine(
             "Reachable and enrolled again.".to_owned(),
         ),
     };
-    let notification = Notification {
-        version: NOTIFICATION_VERSION,
-        kind,
-        at_ms: now_ms,
-        title,
-        text,
+    let about = About {
         subject: id.clone(),
         url: console.map(|base| format!("{}/#/machines/{id}", base.trim_end_matches('/'))),
+        at_ms: now_ms,
     };
+    let notification = about.tell(kind, title, text);
     let told = Told {
         trouble: (kind != EventKind::MachineRecovered).then_some(kind),
         at_ms: now_ms,
@@ -189,6 +186,27 @@ pub struct Notification {
     pub subject: String,
     /// The console's page about it, when the daemon knows its address.
     pub url: Option<String>,
+}
+
+/// What notifications about one thing share: the thing, its page, the time.
+struct About {
+    subject: String,
+    url: Option<String>,
+    at_ms: i64,
+}
+
+impl About {
+    fn tell(&self, kind: EventKind, title: String, text: String) -> Notification {
+        Notification {
+            version: NOTIFICATION_VERSION,
+            kind,
+            at_ms: self.at_ms,
+            title,
+            text,
+            subject: self.subject.clone(),
+            url: self.url.clone(),
+        }
+    }
 }
 
 /// One message to deliver.
@@ -281,15 +299,12 @@ pub fn for_sync(
         "fetched; checking the revision".into(),
     )];
     let mut events = Vec::new();
-    let event = |kind, title: String, text: String| Notification {
-        version: NOTIFICATION_VERSION,
-        kind,
-        at_ms: now_ms,
-        title,
-        text,
+    let about = About {
         subject: revision.to_owned(),
         url: git_page(console, revision),
+        at_ms: now_ms,
     };
+    let event = |kind, title, text| about.tell(kind, title, text);
     match end {
         SyncEnd::Applied => {
             statuses.push(status(
@@ -385,15 +400,12 @@ pub fn for_operation(
 ) -> (Vec<CommitStatus>, Vec<Notification>) {
     let counts = tally(hosts);
     let url = operation_page(console, operation.id);
-    let event = |kind, title: String| Notification {
-        version: NOTIFICATION_VERSION,
-        kind,
-        at_ms: now_ms,
-        title,
-        text: counts.clone(),
+    let about = About {
         subject: operation.id.to_string(),
         url: url.clone(),
+        at_ms: now_ms,
     };
+    let event = |kind, title| about.tell(kind, title, counts.clone());
     let (mut statuses, mut events) = (Vec::new(), Vec::new());
     let ended = operation.state.name().replace('_', " ");
     if matches!(
@@ -513,15 +525,12 @@ pub fn for_state(
         }],
         None => Vec::new(),
     };
-    let event = |kind, title: String, text: String| Notification {
-        version: NOTIFICATION_VERSION,
-        kind,
-        at_ms: now_ms,
-        title,
-        text,
+    let about = About {
         subject: status.state_id.clone(),
         url: url.clone(),
+        at_ms: now_ms,
     };
+    let event = |kind, title, text| about.tell(kind, title, text);
     let mut events = Vec::new();
     if !drifted.is_empty() {
         let shown: Vec<&str> = drifted.iter().take(10).map(String::as_str).collect();
@@ -559,21 +568,22 @@ pub fn for_restart(interrupted: &[u64], now_ms: i64) -> Option<Notification> {
         .chain(rest)
         .map(u64::to_string)
         .collect();
-    Some(Notification {
-        version: NOTIFICATION_VERSION,
-        kind: EventKind::DaemonRecovered,
+    let about = About {
+        subject: first.to_string(),
+        url: None,
         at_ms: now_ms,
-        title: format!(
+    };
+    Some(about.tell(
+        EventKind::DaemonRecovered,
+        format!(
             "the daemon restarted; {} operation(s) were interrupted",
             ids.len()
         ),
-        text: format!(
+        format!(
             "Operations {} were running when the previous process stopped; nothing was re-run.",
             ids.join(", ")
         ),
-        subject: first.to_string(),
-        url: None,
-    })
+    ))
 }
 
 #[cfg(test)]

@@ -333,7 +333,7 @@ async fn every_revision_shows_on_its_commit_pending_then_applied_or_refused() {
     let posted = forge
         .received
         .until("the first revision's statuses", 2, |r| {
-            r["sha"] == first.as_str()
+            r["sha"] == first.as_str() && r["status"]["context"] == "linkops/sync"
         })
         .await;
     assert_eq!(
