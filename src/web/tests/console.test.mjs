@@ -152,7 +152,8 @@ test("the States page shows the declared state on its machines, and each check's
   }
   await page.goto(`${banner.console}#/states`);
   const states = page.getByRole("table", { name: "Declared states" });
-  await states.getByRole("row").filter({ hasText: "motd" }).getByText("2/2").waitFor();
+  // The in-sync cell exactly ("2/2" is also in a date such as 12/2/2026).
+  await states.getByRole("row").filter({ hasText: "motd" }).getByRole("cell", { name: "2/2", exact: true }).waitFor();
   const grid = page.getByRole("table", { name: "States by machine" });
   assert.equal(await grid.getByText("in_sync", { exact: true }).count(), 2);
   await page.screenshot({ path: `${SHOTS}states.png`, fullPage: true });
