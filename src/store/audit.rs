@@ -1,9 +1,8 @@
 //! The audit log: who did what to which thing, and how it went. Append-only.
 
-use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use super::codec::{decode, encode};
+use super::engine::{Read, Write, WriteTx};
 use super::schema::AUDIT_LOG;
 use super::{Result, Store, now_ms};
 
@@ -136,23 +135,18 @@ impl Store {
         outcome: Outcome,
         detail: Option<String>,
     ) -> Result<AuditEntry> {
-        let tx = self.db.begin_write()?;
-        let entry = append(&tx, actor, action, target, outcome, detail)?;
+        let mut tx = self.write()?;
+        let entry = append(&mut tx, actor, action, target, outcome, detail)?;
         tx.commit()?;
         Ok(entry)
     }
 
     /// Up to `limit` entries with a sequence number above `after`, oldest first.
     pub fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        let log = tx.open_table(AUDIT_LOG)?;
-        log.range(after.saturating_add(1)..)?
+        self.read()?
+            .range(AUDIT_LOG, after.saturating_add(1)..)
             .take(limit)
-            .map(|entry| {
-                let (key, value) = entry?;
-                decode("audit_log", key.value(), value.value())
-            })
+            .map(|entry| entry.map(|(_, entry)| entry))
             .collect()
     }
 }
@@ -160,15 +154,14 @@ impl Store {
 /// Appends an entry in `tx`: with the change it records, so that the change
 /// is never committed without its audit, nor the audit without the change.
 pub(super) fn append(
-    tx: &redb::WriteTransaction,
+    tx: &mut WriteTx,
     actor: &Actor,
     action: AuditAction,
     target: &str,
     outcome: Outcome,
     detail: Option<String>,
 ) -> Result<AuditEntry> {
-    let mut log = tx.open_table(AUDIT_LOG)?;
-    let seq = log.last()?.map_or(1, |(key, _)| key.value() + 1);
+    let seq = tx.last(AUDIT_LOG)?.map_or(1, |(seq, _)| seq + 1);
     let entry = AuditEntry {
         seq,
         at_ms: now_ms(),
@@ -178,12 +171,12 @@ pub(super) fn append(
         outcome,
         detail,
     };
-    log.insert(seq, encode(&entry).as_slice())?;
+    tx.insert(AUDIT_LOG, seq, &entry)?;
     Ok(entry)
 }
 
 /// Appends `audit` in `tx`, as [`append`] does.
-pub(super) fn append_audit(tx: &redb::WriteTransaction, audit: &Audit) -> Result<AuditEntry> {
+pub(super) fn append_audit(tx: &mut WriteTx, audit: &Audit) -> Result<AuditEntry> {
     append(
         tx,
         &audit.actor,

@@ -85,6 +85,7 @@ fn write_batches(store: &Store, mut received: mpsc::Receiver<Queued>) {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::testing;
     use linkops_reconcilers::machine::{Health, MachineStatus};
 
     use super::*;
@@ -92,42 +93,43 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_are_all_stored_in_order_per_machine() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("store.redb")).unwrap();
-        let writer = StatusWriter::start(store.clone());
-        // 100 machines written at once, each machine's 20 writes in turn.
-        let per_machine = (0..100i64).map(|m| {
-            let writer = writer.clone();
-            async move {
-                for check in 0..20 {
-                    let at_ms = check * 100 + m;
-                    let mut status = MachineStatus::new(&format!("m{m}"));
-                    status.checked_at_ms = Some(at_ms);
-                    let sample = HealthSample {
-                        at_ms,
-                        health: Health::Reachable { latency_ms: 1 },
-                        enrolled: false,
-                    };
-                    let write = StatusWrite {
-                        status,
-                        sample: Some(sample),
-                        audits: Vec::new(),
-                        outgoing: Vec::new(),
-                    };
-                    writer.put(write).await.unwrap();
+        for backing in testing::backings() {
+            let store = backing.open();
+            let writer = StatusWriter::start(store.clone());
+            // 100 machines written at once, each machine's 20 writes in turn.
+            let per_machine = (0..100i64).map(|m| {
+                let writer = writer.clone();
+                async move {
+                    for check in 0..20 {
+                        let at_ms = check * 100 + m;
+                        let mut status = MachineStatus::new(&format!("m{m}"));
+                        status.checked_at_ms = Some(at_ms);
+                        let sample = HealthSample {
+                            at_ms,
+                            health: Health::Reachable { latency_ms: 1 },
+                            enrolled: false,
+                        };
+                        let write = StatusWrite {
+                            status,
+                            sample: Some(sample),
+                            audits: Vec::new(),
+                            outgoing: Vec::new(),
+                        };
+                        writer.put(write).await.unwrap();
+                    }
                 }
+            });
+            futures::future::join_all(per_machine).await;
+            for m in 0..100 {
+                let id = format!("m{m}");
+                let status = store.machine_status(&id).unwrap().unwrap();
+                assert_eq!(
+                    status.checked_at_ms,
+                    Some(1900 + m),
+                    "{id}: the last write wins"
+                );
+                assert_eq!(store.health_history(&id, 100).unwrap().len(), 20, "{id}");
             }
-        });
-        futures::future::join_all(per_machine).await;
-        for m in 0..100 {
-            let id = format!("m{m}");
-            let status = store.machine_status(&id).unwrap().unwrap();
-            assert_eq!(
-                status.checked_at_ms,
-                Some(1900 + m),
-                "{id}: the last write wins"
-            );
-            assert_eq!(store.health_history(&id, 100).unwrap().len(), 20, "{id}");
         }
     }
 }

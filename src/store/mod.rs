@@ -1,14 +1,15 @@
-//! The embedded store: observed state and history, in one redb file.
+//! The store: observed state and history, in one redb file or in PostgreSQL.
 //!
-//! This module is the only place that knows redb. Records are serde types
-//! encoded as JSON (so that later versions can add fields), kept in typed
-//! tables declared in [`schema`]; the rest of the daemon uses the typed
-//! functions of the submodules. Every write is one redb transaction: a crash
-//! at any point leaves the last committed state.
+//! This module is the only place that knows either engine ([`engine`]).
+//! Records are serde types encoded as JSON (so that later versions can add
+//! fields), kept in typed tables declared in [`schema`]; the rest of the
+//! daemon uses the typed functions of the submodules, written once for both
+//! engines. Every write is one transaction: a crash at any point leaves the
+//! last committed state.
 
 mod audit;
 mod changes;
-mod codec;
+pub mod engine;
 mod group_commit;
 mod observed;
 mod operations;
@@ -24,7 +25,8 @@ mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+
+use engine::{Engine, Read, Write};
 
 pub use audit::{Actor, Audit, AuditAction, AuditEntry, Outcome};
 pub use changes::Changed;
@@ -54,10 +56,10 @@ pub enum Error {
         source: redb::DatabaseError,
     },
     #[error(
-        "store {path} was written by a newer linkops (store schema version {found}; this binary understands up to {supported}); upgrade linkops, or restore a backup made with this version"
+        "store {store} was written by a newer linkops (store schema version {found}; this binary understands up to {supported}); upgrade linkops, or restore a backup made with this version"
     )]
     TooNew {
-        path: PathBuf,
+        store: String,
         found: u64,
         supported: u64,
     },
@@ -67,6 +69,8 @@ pub enum Error {
         key: String,
         source: serde_json::Error,
     },
+    #[error("store table {table} holds a key that is not one of its keys (hex {key})")]
+    CorruptKey { table: &'static str, key: String },
     #[error("run-request {run:?} already started operation {operation_id}; run-requests run once")]
     AlreadyClaimed { run: String, operation_id: u64 },
     #[error("user {0:?} already exists")]
@@ -82,7 +86,9 @@ pub enum Error {
     )]
     LastAdmin(String),
     #[error("store I/O failed: {0}")]
-    Backend(#[from] redb::Error),
+    Redb(#[from] redb::Error),
+    #[error(transparent)]
+    Postgres(#[from] engine::postgres::Error),
     #[error(
         "the store refuses writes since {at}: {reason} (a full disk? free space; the daemon restarts to reopen it, and keeps everything committed)"
     )]
@@ -95,7 +101,7 @@ macro_rules! from_redb {
     ($($error:ty),*) => {$(
         impl From<$error> for Error {
             fn from(error: $error) -> Self {
-                Error::Backend(error.into())
+                Error::Redb(error.into())
             }
         }
     )*};
@@ -109,12 +115,13 @@ from_redb!(
 
 /// A cheap-to-clone handle on the open store.
 ///
-/// redb serialises write transactions itself and lets reads run beside them,
-/// so the handle needs no lock of its own.
+/// Both engines serialise write transactions themselves and let reads run
+/// beside them, so the handle needs no lock of its own.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<redb::Database>,
-    path: Arc<Path>,
+    engine: Arc<Engine>,
+    /// The file, or the database URL without its password: for messages.
+    name: Arc<str>,
     /// Which machines changed in what `/api/links` shows of them (state,
     /// suspension), for clients that follow the fleet live.
     fleet_changes: Arc<changes::FleetChanges>,
@@ -128,89 +135,91 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store").field("name", &self.name).finish()
     }
 }
 
-/// How long an open waits for another process to let the store go. Once a
-/// daemon is dead, the only other holders of its lock are children it was
-/// starting (`git upload-pack`): they share its open file, lock included, until
-/// they exec. A restart right after a crash can meet that moment (seen once in
-/// CI's SIGKILL rounds: "in use" just after the killed daemon was reaped).
-const LOCK_WAIT: Duration = Duration::from_secs(1);
-const LOCK_RETRY: Duration = Duration::from_millis(50);
-
-/// The most of the file redb keeps in memory (its default is 1 GiB, which a
-/// 10,000-machine store's pages would fill): what the daemon reads most —
-/// statuses, recent operations — fits, and the rest is read from the page
-/// cache of the kernel.
-const CACHE_BYTES: usize = 32 << 20;
-
 impl Store {
-    /// Opens (or creates) the store at `path` and brings its schema up to date;
-    /// refuses with [`Error::InUse`] when another process keeps it for [`LOCK_WAIT`].
+    /// Opens (or creates) the redb store at `path` and brings its schema up to
+    /// date; refuses with [`Error::InUse`] when another process keeps it.
     ///
     /// Blocking: call it from `spawn_blocking` or before the runtime serves.
     pub fn open(path: &Path) -> Result<Store> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::Backend(redb::Error::Io(e)))?;
-        }
-        create_private(path).map_err(|e| Error::Backend(redb::Error::Io(e)))?;
-        let deadline = Instant::now() + LOCK_WAIT;
-        let db = loop {
-            match redb::Builder::new()
-                .set_cache_size(CACHE_BYTES)
-                .create(path)
-            {
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
-                    std::thread::sleep(LOCK_RETRY);
-                }
-                result => break result,
-            }
-        };
-        let db = db.map_err(|source| match source {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse {
-                path: path.to_owned(),
-            },
-            source => Error::Open {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
-        let store = Store {
-            db: Arc::new(db),
-            path: path.into(),
+        let engine = Engine::Redb(engine::redb::Redb::open(path)?);
+        Store::with_engine(engine, &path.display().to_string())
+    }
+
+    /// Connects to the PostgreSQL store and brings its schema up to date.
+    pub fn connect(options: &engine::postgres::Options) -> Result<Store> {
+        let engine = Engine::Postgres(engine::postgres::Postgres::connect(options)?);
+        Store::with_engine(engine, &options.shown())
+    }
+
+    fn with_engine(engine: Engine, name: &str) -> Result<Store> {
+        schema::migrate(&engine, name)?;
+        Ok(Store {
+            engine: Arc::new(engine),
+            name: name.into(),
             fleet_changes: Arc::new(changes::FleetChanges::new()),
             user_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             write_failure: Arc::default(),
-        };
-        schema::migrate(&store.db, path)?;
-        Ok(store)
+        })
+    }
+
+    fn read(&self) -> Result<engine::ReadTx> {
+        self.engine.read()
+    }
+
+    fn write(&self) -> Result<engine::WriteTx> {
+        self.engine.write()
+    }
+
+    /// The record under `key`, in one read.
+    fn read_one<K: std::fmt::Debug, C: engine::Codec, Q>(
+        &self,
+        table: engine::Table<K, C>,
+        key: Q,
+    ) -> Result<Option<C::Item>>
+    where
+        Q: engine::Key<Owned = K> + std::fmt::Debug,
+    {
+        self.read()?.get(table, key)
+    }
+
+    /// Every record of a table, in key order.
+    fn read_all<K: engine::Decode + std::fmt::Debug, C: engine::Codec>(
+        &self,
+        table: engine::Table<K, C>,
+    ) -> Result<Vec<C::Item>> {
+        self.read()?
+            .all(table, false)
+            .map(|entry| entry.map(|(_, item)| item))
+            .collect()
     }
 
     /// Whether the store answers a read and took the last write probe: the
     /// readiness check of `/health`.
     pub fn ping(&self) -> Result<()> {
-        use redb::ReadableDatabase;
         if let Some((at, reason)) = self.write_failure.lock().expect("never poisoned").clone() {
             return Err(Error::WritesFailing {
                 at: jiff::Timestamp::from_millisecond(at).map_or(at.to_string(), |t| t.to_string()),
                 reason,
             });
         }
-        let tx = self.db.begin_read()?;
-        tx.open_table(schema::META)?;
+        self.read()?.get(schema::META, schema::VERSION_KEY)?;
         Ok(())
     }
 
     /// Commits a tiny durable write; a failure is kept and makes [`Store::ping`] fail.
     pub fn probe_write(&self) -> Result<()> {
         let write = || -> Result<()> {
-            let tx = self.db.begin_write()?;
-            tx.open_table(schema::META)?
-                .insert("write_probe_ms", u64::try_from(now_ms()).unwrap_or(0))?;
-            tx.commit()?;
-            Ok(())
+            let mut tx = self.write()?;
+            tx.insert(
+                schema::META,
+                "write_probe_ms",
+                &u64::try_from(now_ms()).unwrap_or(0),
+            )?;
+            tx.commit()
         };
         let result = write();
         if let Err(error) = &result {
@@ -226,38 +235,7 @@ impl Store {
     /// largest first. Walks every table: for benchmarks and diagnostics, not
     /// for every scrape.
     pub fn table_sizes(&self) -> Result<Vec<(String, u64)>> {
-        use redb::{ReadableDatabase, ReadableTableMetadata, TableHandle};
-        let tx = self.db.begin_read()?;
-        let mut sizes = Vec::new();
-        for handle in tx.list_tables()? {
-            let table = tx.open_untyped_table(handle)?;
-            sizes.push((table.name().to_owned(), table.stats()?.stored_bytes()));
-        }
-        sizes.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
-        Ok(sizes)
-    }
-}
-
-/// Makes the store file owner-only before redb writes to it: it holds password
-/// hashes, output and recordings. A new file is created 0600 (redb initialises
-/// an empty file); an older, looser one is tightened.
-fn create_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            let mode = std::fs::metadata(path)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-            }
-            Ok(())
-        }
-        Err(error) => Err(error),
+        self.engine.table_sizes()
     }
 }
 
@@ -322,5 +300,49 @@ mod tests {
         let _first = Store::open(&path).unwrap();
         let err = Store::open(&path).unwrap_err();
         assert!(matches!(err, Error::InUse { .. }), "{err}");
+    }
+}
+
+/// Stores of both engines for the store's own tests: each test runs against
+/// a redb file and a PostgreSQL database (one server per test process).
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::{Arc, OnceLock};
+
+    use super::Store;
+    use crate::testbed::postgres::TestPostgres;
+
+    /// One store's backing, which can be opened again (as after a restart).
+    pub struct Backing {
+        open: Box<dyn Fn() -> Store>,
+    }
+
+    impl Backing {
+        pub fn open(&self) -> Store {
+            (self.open)()
+        }
+    }
+
+    fn server() -> &'static TestPostgres {
+        static SERVER: OnceLock<TestPostgres> = OnceLock::new();
+        SERVER.get_or_init(|| TestPostgres::start().expect("the test PostgreSQL server starts"))
+    }
+
+    /// A fresh redb file and a fresh PostgreSQL database.
+    pub fn backings() -> [Backing; 2] {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let path = dir.path().join("s.redb");
+        let options = server().database().unwrap();
+        [
+            Backing {
+                open: Box::new(move || {
+                    let _kept = &dir;
+                    Store::open(&path).unwrap()
+                }),
+            },
+            Backing {
+                open: Box::new(move || Store::connect(&options).unwrap()),
+            },
+        ]
     }
 }

@@ -3,11 +3,10 @@
 use linkops_reconcilers::machine::{self, Health, MachineStatus};
 use linkops_reconcilers::run::{RunRecord, Statuses};
 use linkops_reconcilers::suspension::Scope;
-use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::audit::{self, Actor, Audit, AuditAction, Outcome};
-use super::codec::{decode, encode, get_str};
+use super::engine::{Read, Write};
 use super::schema::{HEALTH_HISTORY, MACHINE_STATUS, RUN_REQUESTS, SUSPENSIONS};
 use super::{Result, Store};
 
@@ -43,22 +42,19 @@ impl Store {
     /// (the fleet's target is `*`, which no machine id can be).
     pub fn set_suspended(&self, scope: &Scope, suspended: bool, by: &Actor) -> Result<()> {
         let key = scope_key(scope);
-        let tx = self.db.begin_write()?;
-        {
-            let mut table = tx.open_table(SUSPENSIONS)?;
-            if suspended {
-                if table.get(key)?.is_none() {
-                    table.insert(key, super::now_ms())?;
-                }
-            } else {
-                table.remove(key)?;
+        let mut tx = self.write()?;
+        if suspended {
+            if tx.get(SUSPENSIONS, key)?.is_none() {
+                tx.insert(SUSPENSIONS, key, &super::now_ms())?;
             }
+        } else {
+            tx.remove(SUSPENSIONS, key)?;
         }
         let action = match suspended {
             true => AuditAction::ReconcileSuspend,
             false => AuditAction::ReconcileResume,
         };
-        audit::append(&tx, by, action, key, Outcome::Success, None)?;
+        audit::append(&mut tx, by, action, key, Outcome::Success, None)?;
         tx.commit()?;
         self.fleet_changes.record(scope.machine());
         Ok(())
@@ -66,34 +62,29 @@ impl Store {
 
     /// Suspended scopes with since when (ms).
     pub fn suspensions(&self) -> Result<Vec<(Scope, i64)>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(SUSPENSIONS)?;
-        table
-            .range::<&str>(..)?
+        self.read()?
+            .all(SUSPENSIONS, false)
             .map(|entry| {
-                let (key, value) = entry?;
-                let scope = match key.value() {
+                let (key, since) = entry?;
+                let scope = match key.as_str() {
                     FLEET_KEY => Scope::Fleet,
-                    id => Scope::Machine(id.to_owned()),
+                    _ => Scope::Machine(key),
                 };
-                Ok((scope, value.value()))
+                Ok((scope, since))
             })
             .collect()
     }
 
     pub fn machine_status(&self, id: &str) -> Result<Option<MachineStatus>> {
-        self.read_one(MACHINE_STATUS, "machine_status", id)
+        self.read_one(MACHINE_STATUS, id)
     }
 
     /// The statuses the store has of `ids` (one read), for a decision to take as a value.
     pub fn machine_statuses(&self, ids: &[String]) -> Result<Statuses> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(MACHINE_STATUS)?;
+        let tx = self.read()?;
         let mut statuses = Statuses::new();
         for id in ids {
-            if let Some(status) = get_str(&table, "machine_status", id)? {
+            if let Some(status) = tx.get(MACHINE_STATUS, id)? {
                 statuses.insert(id.clone(), status);
             }
         }
@@ -104,27 +95,23 @@ impl Store {
     /// sample appended to the health history and its audits (what the change
     /// means: a host key refused), in order.
     pub fn put_machine_statuses(&self, writes: &[StatusWrite]) -> Result<()> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.write()?;
         let mut shown = Vec::new();
-        {
-            let mut table = tx.open_table(MACHINE_STATUS)?;
-            let mut history = tx.open_table(HEALTH_HISTORY)?;
-            for write in writes {
-                for entry in &write.audits {
-                    audit::append_audit(&tx, entry)?;
-                }
-                super::outbox::enqueue(&tx, &write.outgoing)?;
-                let id = write.status.machine_id.as_str();
-                let before: Option<MachineStatus> = get_str(&table, "machine_status", id)?;
-                table.insert(id, encode(&write.status).as_slice())?;
-                if let Some(sample) = &write.sample {
-                    // Thinned by the retention pass (`retention.rs`), not here:
-                    // a check's write stays one insert.
-                    history.insert((id, sample.at_ms), encode(sample).as_slice())?;
-                }
-                if machine::shown_change(before.as_ref(), &write.status) {
-                    shown.push(id);
-                }
+        for write in writes {
+            for entry in &write.audits {
+                audit::append_audit(&mut tx, entry)?;
+            }
+            super::outbox::enqueue(&mut tx, &write.outgoing)?;
+            let id = write.status.machine_id.as_str();
+            let before = tx.get(MACHINE_STATUS, id)?;
+            tx.insert(MACHINE_STATUS, id, &write.status)?;
+            if let Some(sample) = &write.sample {
+                // Thinned by the retention pass (`retention.rs`), not here:
+                // a check's write stays one insert.
+                tx.insert(HEALTH_HISTORY, (id, sample.at_ms), sample)?;
+            }
+            if machine::shown_change(before.as_ref(), &write.status) {
+                shown.push(id);
             }
         }
         tx.commit()?;
@@ -153,32 +140,24 @@ impl Store {
 
     /// The newest `limit` health samples of a machine, newest first.
     pub fn health_history(&self, id: &str, limit: usize) -> Result<Vec<HealthSample>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        let history = tx.open_table(HEALTH_HISTORY)?;
-        history
-            .range((id, i64::MIN)..=(id, i64::MAX))?
-            .rev()
+        self.read()?
+            .range_rev(HEALTH_HISTORY, (id, i64::MIN)..=(id, i64::MAX))
             .take(limit)
-            .map(|entry| {
-                let (key, value) = entry?;
-                decode("health_history", key.value().0, value.value())
-            })
+            .map(|entry| entry.map(|(_, sample)| sample))
             .collect()
     }
 
     pub fn run_record(&self, id: &str) -> Result<Option<RunRecord>> {
-        self.read_one(RUN_REQUESTS, "run_requests", id)
+        self.read_one(RUN_REQUESTS, id)
     }
 
     /// Updates a run-request's record. A record that is `Started` is never
     /// overwritten with another state: the claim is forever.
     pub fn put_run_record(&self, record: &RunRecord) -> Result<()> {
         use linkops_reconcilers::run::RunState;
-        let tx = self.db.begin_write()?;
+        let mut tx = self.write()?;
         {
-            let mut table = tx.open_table(RUN_REQUESTS)?;
-            let current: Option<RunRecord> = get_str(&table, "run_requests", &record.id)?;
+            let current = tx.get(RUN_REQUESTS, &record.id)?;
             let keeps_claim = match (&current, &record.state) {
                 (
                     Some(RunRecord {
@@ -197,7 +176,7 @@ impl Store {
                 _ => true,
             };
             if keeps_claim {
-                table.insert(record.id.as_str(), encode(record).as_slice())?;
+                tx.insert(RUN_REQUESTS, &record.id, record)?;
             }
         }
         tx.commit()?;
@@ -206,6 +185,6 @@ impl Store {
 
     /// Every run-request record, by id.
     pub fn run_records(&self) -> Result<Vec<RunRecord>> {
-        self.read_all(RUN_REQUESTS, "run_requests")
+        self.read_all(RUN_REQUESTS)
     }
 }

@@ -13,10 +13,9 @@ use linkops_reconcilers::operation::{
 };
 use linkops_reconcilers::run::{RunRecord, RunState};
 use linkops_reconcilers::state::{ApplyResult, Standing, StateStatus, Target};
-use redb::ReadableTable;
 
 use super::audit::{self, Actor, AuditAction, Outcome};
-use super::codec::{decode, encode, get_str};
+use super::engine::{Read, Write, WriteTx};
 use super::scan::{SeqTable, index_operation};
 use super::schema::{OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, RUN_REQUESTS, STATE_STATUS};
 use super::{Error, Result, Store, now_ms};
@@ -36,9 +35,8 @@ pub enum Claim {
 }
 
 /// Records a run-request as started by operation `id`, unless it already was.
-fn claim_run(tx: &redb::WriteTransaction, mut claim: RunRecord, id: u64) -> Result<()> {
-    let mut runs = tx.open_table(RUN_REQUESTS)?;
-    let current: Option<RunRecord> = get_str(&runs, "run_requests", &claim.id)?;
+fn claim_run(tx: &mut WriteTx, mut claim: RunRecord, id: u64) -> Result<()> {
+    let current = tx.get(RUN_REQUESTS, &claim.id)?;
     if let Some(RunRecord {
         state: RunState::Started { operation_id },
         ..
@@ -52,19 +50,18 @@ fn claim_run(tx: &redb::WriteTransaction, mut claim: RunRecord, id: u64) -> Resu
     claim.state = RunState::Started { operation_id: id };
     let previous = std::mem::take(&mut claim.conditions);
     let claim = claim.with_conditions(&previous, now_ms());
-    runs.insert(claim.id.as_str(), encode(&claim).as_slice())?;
+    tx.insert(RUN_REQUESTS, &claim.id, &claim)?;
     Ok(())
 }
 
 /// Records a state's targets as applying under operation `id`, with the state's status.
 fn claim_state_apply(
-    tx: &redb::WriteTransaction,
+    tx: &mut WriteTx,
     status: &StateStatus,
     targets: Vec<Target>,
     id: u64,
 ) -> Result<()> {
-    let mut statuses = tx.open_table(STATE_STATUS)?;
-    statuses.insert(status.state_id.as_str(), encode(status).as_slice())?;
+    tx.insert(STATE_STATUS, &status.state_id, status)?;
     let now = now_ms();
     let applying: Vec<Target> = targets
         .into_iter()
@@ -104,26 +101,24 @@ impl Store {
         claim: Option<Claim>,
         outgoing: impl FnOnce(&Operation) -> Vec<linkops_reconcilers::outbox::Outgoing>,
     ) -> Result<Operation> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.write()?;
         let created = {
-            let mut operations = tx.open_table(OPERATIONS)?;
-            let id = operations.last()?.map_or(1, |(key, _)| key.value() + 1);
+            let id = tx.last(OPERATIONS)?.map_or(1, |(id, _)| id + 1);
             let created = Operation {
                 id,
                 ..operation.clone()
             };
             match claim {
-                Some(Claim::Run(claim)) => claim_run(&tx, claim, id)?,
+                Some(Claim::Run(claim)) => claim_run(&mut tx, claim, id)?,
                 Some(Claim::StateApply { status, targets }) => {
-                    claim_state_apply(&tx, &status, targets, id)?
+                    claim_state_apply(&mut tx, &status, targets, id)?
                 }
                 None => {}
             }
-            operations.insert(id, encode(&created).as_slice())?;
-            index_operation(&tx, &created, None)?;
-            let mut results = tx.open_table(OPERATION_HOSTS)?;
+            tx.insert(OPERATIONS, id, &created)?;
+            index_operation(&mut tx, &created, None)?;
             for host in hosts {
-                results.insert((id, host.machine_id.as_str()), encode(host).as_slice())?;
+                tx.insert(OPERATION_HOSTS, (id, host.machine_id.as_str()), host)?;
             }
             let mut events = vec![OperationEvent::Operation {
                 state: created.state,
@@ -132,7 +127,7 @@ impl Store {
                 machine_id: host.machine_id.clone(),
                 state: host.state.clone(),
             }));
-            append_events(&tx, id, events)?;
+            append_events(&mut tx, id, events)?;
             created
         };
         // Audited with the change: who asked for it, in the same transaction.
@@ -168,8 +163,15 @@ impl Store {
                 ),
             ),
         };
-        audit::append(&tx, &actor, action, &target, Outcome::Success, Some(detail))?;
-        super::outbox::enqueue(&tx, &outgoing(&created))?;
+        audit::append(
+            &mut tx,
+            &actor,
+            action,
+            &target,
+            Outcome::Success,
+            Some(detail),
+        )?;
+        super::outbox::enqueue(&mut tx, &outgoing(&created))?;
         tx.commit()?;
         Ok(created)
     }
@@ -180,32 +182,24 @@ impl Store {
         id: u64,
         update: OperationUpdate,
     ) -> Result<Vec<RecordedEvent>> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.write()?;
         let recorded = {
-            if !update.hosts.is_empty() {
-                let mut results = tx.open_table(OPERATION_HOSTS)?;
-                for host in &update.hosts {
-                    results.insert((id, host.machine_id.as_str()), encode(host).as_slice())?;
-                }
+            for host in &update.hosts {
+                tx.insert(OPERATION_HOSTS, (id, host.machine_id.as_str()), host)?;
             }
-            if let Some((state, finished)) = update.state {
-                let mut operations = tx.open_table(OPERATIONS)?;
-                let current = operations
-                    .get(id)?
-                    .map(|v| decode::<Operation>("operations", id, v.value()));
-                if let Some(operation) = current {
-                    let mut operation = operation?;
-                    let previous = operation.state;
-                    operation.state = state;
-                    index_operation(&tx, &operation, Some(previous))?;
-                    if finished {
-                        operation.finished_at_ms = Some(now_ms());
-                    }
-                    operations.insert(id, encode(&operation).as_slice())?;
+            if let Some((state, finished)) = update.state
+                && let Some(mut operation) = tx.get(OPERATIONS, id)?
+            {
+                let previous = operation.state;
+                operation.state = state;
+                index_operation(&mut tx, &operation, Some(previous))?;
+                if finished {
+                    operation.finished_at_ms = Some(now_ms());
                 }
+                tx.insert(OPERATIONS, id, &operation)?;
             }
-            super::outbox::enqueue(&tx, &update.outgoing)?;
-            append_events(&tx, id, update.events)?
+            super::outbox::enqueue(&mut tx, &update.outgoing)?;
+            append_events(&mut tx, id, update.events)?
         };
         tx.commit()?;
         Ok(recorded)
@@ -213,22 +207,14 @@ impl Store {
 
     /// An operation and its hosts' results.
     pub fn operation(&self, id: u64) -> Result<Option<(Operation, Vec<HostResult>)>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        let operations = tx.open_table(OPERATIONS)?;
-        let Some(value) = operations.get(id)? else {
+        let tx = self.read()?;
+        let Some(operation) = tx.get(OPERATIONS, id)? else {
             return Ok(None);
         };
-        let operation: Operation = decode("operations", id, value.value())?;
-        let results = tx.open_table(OPERATION_HOSTS)?;
         let hosts = operation
             .machines
             .iter()
-            .filter_map(|machine| match results.get((id, machine.as_str())) {
-                Ok(Some(value)) => Some(decode("operation_hosts", machine, value.value())),
-                Ok(None) => None,
-                Err(error) => Some(Err(error.into())),
-            })
+            .filter_map(|machine| tx.get(OPERATION_HOSTS, (id, machine.as_str())).transpose())
             .collect::<Result<Vec<HostResult>>>()?;
         Ok(Some((operation, hosts)))
     }
@@ -243,18 +229,21 @@ impl Store {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        let events = tx.open_table(OPERATION_EVENTS)?;
+        let tx = self.read()?;
         let mut page = Vec::new();
         let mut bytes = 0;
-        for entry in events
-            .range((id, after.saturating_add(1))..=(id, u64::MAX))?
+        for entry in tx
+            .range(
+                OPERATION_EVENTS,
+                (id, after.saturating_add(1))..=(id, u64::MAX),
+            )
+            // Output events are large: a page is read in a few fetches.
+            .paged(limit.min(64))
             .take(limit)
         {
-            let (key, value) = entry?;
-            bytes += value.value().len();
-            page.push(decode("operation_events", key.value().1, value.value())?);
+            let (_, event) = entry?;
+            bytes += held_bytes(&event.event);
+            page.push(event);
             if bytes >= max_bytes {
                 break;
             }
@@ -285,17 +274,12 @@ impl Store {
         &self,
         outgoing: impl FnOnce(&[u64]) -> Vec<linkops_reconcilers::outbox::Outgoing>,
     ) -> Result<Vec<u64>> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.write()?;
         let mut interrupted = Vec::new();
         {
-            let mut operations = tx.open_table(OPERATIONS)?;
-            let mut results = tx.open_table(OPERATION_HOSTS)?;
-            let unfinished: Vec<Operation> = operations
-                .range::<u64>(..)?
-                .map(|entry| {
-                    let (key, value) = entry?;
-                    decode::<Operation>("operations", key.value(), value.value())
-                })
+            let unfinished: Vec<Operation> = tx
+                .all(OPERATIONS, false)
+                .map(|entry| entry.map(|(_, operation)| operation))
                 .filter(|op| !matches!(op, Ok(op) if is_finished(op.state)))
                 .collect::<Result<_>>()?;
             for mut operation in unfinished {
@@ -303,15 +287,13 @@ impl Store {
                 let mut events = Vec::new();
                 for machine in &operation.machines {
                     let key = (operation.id, machine.as_str());
-                    let stored = results
-                        .get(key)?
-                        .map(|v| decode::<HostResult>("operation_hosts", machine, v.value()));
-                    let Some(host) = stored else { continue };
-                    let mut host = host?;
+                    let Some(mut host) = tx.get(OPERATION_HOSTS, key)? else {
+                        continue;
+                    };
                     if !host.state.is_final() {
                         host.state = HostState::Interrupted;
                         host.finished_at_ms = Some(now_ms());
-                        results.insert(key, encode(&host).as_slice())?;
+                        tx.insert(OPERATION_HOSTS, key, &host)?;
                         events.push(OperationEvent::Host {
                             machine_id: machine.clone(),
                             state: HostState::Interrupted,
@@ -322,20 +304,20 @@ impl Store {
                 // Every host may have finished with only the final write lost.
                 let previous = operation.state;
                 operation.state = summarize(&states);
-                index_operation(&tx, &operation, Some(previous))?;
+                index_operation(&mut tx, &operation, Some(previous))?;
                 operation.finished_at_ms.get_or_insert(now_ms());
-                operations.insert(operation.id, encode(&operation).as_slice())?;
+                tx.insert(OPERATIONS, operation.id, &operation)?;
                 events.push(OperationEvent::Operation {
                     state: operation.state,
                 });
                 events.push(OperationEvent::End {
                     state: operation.state,
                 });
-                append_events(&tx, operation.id, events)?;
+                append_events(&mut tx, operation.id, events)?;
                 interrupted.push(operation.id);
             }
         }
-        super::outbox::enqueue(&tx, &outgoing(&interrupted))?;
+        super::outbox::enqueue(&mut tx, &outgoing(&interrupted))?;
         tx.commit()?;
         Ok(interrupted)
     }
@@ -343,24 +325,32 @@ impl Store {
 
 /// Numbers and appends events after the operation's last one.
 fn append_events(
-    tx: &redb::WriteTransaction,
+    tx: &mut WriteTx,
     id: u64,
     events: Vec<OperationEvent>,
 ) -> Result<Vec<RecordedEvent>> {
-    let mut log = tx.open_table(OPERATION_EVENTS)?;
-    let first = log
-        .range((id, 0)..=(id, u64::MAX))?
-        .next_back()
+    let first = tx
+        .range_rev(OPERATION_EVENTS, (id, 0)..=(id, u64::MAX))
+        .paged(1)
+        .next()
         .transpose()?
-        .map_or(1, |(key, _)| key.value().1 + 1);
+        .map_or(1, |((_, seq), _)| seq + 1);
     let at_ms = now_ms();
     let mut recorded = Vec::with_capacity(events.len());
     for (seq, event) in (first..).zip(events) {
         let event = RecordedEvent { seq, at_ms, event };
-        log.insert((id, seq), encode(&event).as_slice())?;
+        tx.insert(OPERATION_EVENTS, (id, seq), &event)?;
         recorded.push(event);
     }
     Ok(recorded)
+}
+
+/// About what an event takes in memory once read: its output, plus a little.
+fn held_bytes(event: &OperationEvent) -> usize {
+    match event {
+        OperationEvent::Output { data, .. } => data.len() + 64,
+        _ => 64,
+    }
 }
 
 fn is_finished(state: OperationState) -> bool {
@@ -370,6 +360,7 @@ fn is_finished(state: OperationState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing;
 
     fn operation(requested_by: Requester) -> Operation {
         Operation {
@@ -388,41 +379,42 @@ mod tests {
 
     #[test]
     fn an_operation_is_audited_in_the_transaction_that_creates_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let by_user = Requester::User { name: "ada".into() };
-        store
-            .create_operation(&operation(by_user), &[], None, |_| Vec::new())
-            .unwrap();
-        let by_git = Requester::RunRequest {
-            id: "once".into(),
-            revision: "r7".into(),
-        };
-        store
-            .create_operation(&operation(by_git), &[], None, |_| Vec::new())
-            .unwrap();
-        let audited: Vec<(String, String, String, Option<String>)> = store
-            .audit_entries(0, 10)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.actor, e.action, e.target, e.detail))
-            .collect();
-        assert_eq!(
-            audited,
-            [
-                (
-                    "ada".into(),
-                    "operation.run".into(),
-                    "1".into(),
-                    Some("script uptime".into())
-                ),
-                (
-                    "git@r7".into(),
-                    "run.start".into(),
-                    "once".into(),
-                    Some("operation 2".into())
-                ),
-            ]
-        );
+        for backing in testing::backings() {
+            let store = backing.open();
+            let by_user = Requester::User { name: "ada".into() };
+            store
+                .create_operation(&operation(by_user), &[], None, |_| Vec::new())
+                .unwrap();
+            let by_git = Requester::RunRequest {
+                id: "once".into(),
+                revision: "r7".into(),
+            };
+            store
+                .create_operation(&operation(by_git), &[], None, |_| Vec::new())
+                .unwrap();
+            let audited: Vec<(String, String, String, Option<String>)> = store
+                .audit_entries(0, 10)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.actor, e.action, e.target, e.detail))
+                .collect();
+            assert_eq!(
+                audited,
+                [
+                    (
+                        "ada".into(),
+                        "operation.run".into(),
+                        "1".into(),
+                        Some("script uptime".into())
+                    ),
+                    (
+                        "git@r7".into(),
+                        "run.start".into(),
+                        "once".into(),
+                        Some("operation 2".into())
+                    ),
+                ]
+            );
+        }
     }
 }

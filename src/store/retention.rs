@@ -6,13 +6,10 @@
 
 use std::time::Duration;
 
-use linkops_reconcilers::operation::Operation;
 use linkops_reconcilers::retention::{self, HealthRetention, Sample};
-use redb::ReadableTable;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::codec::decode;
-use super::observed::HealthSample;
+use super::engine::{Json, Read, Table, Write};
 use super::schema::{HEALTH_HISTORY, META, OPERATION_EVENTS, OPERATIONS};
 use super::{Result, Store};
 
@@ -40,16 +37,19 @@ pub struct Pruned {
 }
 
 /// Only the tag of a stored operation event (its data is not decoded).
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct StoredEvent {
     event: EventKind,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct EventKind {
     #[serde(rename = "type")]
     kind: String,
 }
+
+/// The operations' event logs, read for their tags only.
+const EVENT_KINDS: Table<(u64, u64), Json<StoredEvent>> = Table::new(OPERATION_EVENTS.name);
 
 impl Store {
     /// One retention pass at `now_ms`. Blocking: run it off the async runtime.
@@ -64,39 +64,38 @@ impl Store {
         let mut removed = 0;
         let mut after: Option<String> = None;
         loop {
-            let tx = self.db.begin_write()?;
+            let mut tx = self.write()?;
             let next = {
-                let mut history = tx.open_table(HEALTH_HISTORY)?;
                 let mut machines = Vec::new();
                 let mut cursor = after.clone();
                 while machines.len() < MACHINES_PER_BATCH {
                     let start = match &cursor {
                         // The first key after every sample of the previous machine.
-                        Some(id) => history.range((id.as_str(), i64::MAX)..)?.find(|entry| {
-                            entry.as_ref().map_or(true, |(key, _)| key.value().0 != id)
-                        }),
-                        None => history.range::<(&str, i64)>(..)?.next(),
+                        Some(id) => tx
+                            .range(HEALTH_HISTORY, (id.as_str(), i64::MAX)..)
+                            .find(|entry| entry.as_ref().map_or(true, |((of, _), _)| of != id)),
+                        None => tx.all(HEALTH_HISTORY, false).next(),
                     };
                     let Some(entry) = start else { break };
-                    let id = entry?.0.value().0.to_owned();
+                    let ((id, _), _) = entry?;
                     cursor = Some(id.clone());
                     machines.push(id);
                 }
                 for id in &machines {
                     let mut samples = Vec::new();
                     let mut previous: Option<(String, bool)> = None;
-                    for entry in history.range((id.as_str(), i64::MIN)..=(id.as_str(), i64::MAX))? {
-                        let (key, value) = entry?;
-                        let sample: HealthSample = decode("health_history", id, value.value())?;
+                    let all = (id.as_str(), i64::MIN)..=(id.as_str(), i64::MAX);
+                    for entry in tx.range(HEALTH_HISTORY, all) {
+                        let ((_, at_ms), sample) = entry?;
                         let state = (sample.health.name().to_owned(), sample.enrolled);
                         samples.push(Sample {
-                            at_ms: key.value().1,
+                            at_ms,
                             changed: previous.as_ref().is_some_and(|p| *p != state),
                         });
                         previous = Some(state);
                     }
                     for at in retention::expired(&samples, now_ms, policy) {
-                        history.remove((id.as_str(), at))?;
+                        tx.remove(HEALTH_HISTORY, (id.as_str(), at))?;
                         removed += 1;
                     }
                 }
@@ -116,18 +115,15 @@ impl Store {
         let cutoff = now_ms.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
         let mut removed = 0;
         loop {
-            let tx = self.db.begin_write()?;
+            let mut tx = self.write()?;
             let mut judged = 0;
             let mut more = false;
             {
-                let mut meta = tx.open_table(META)?;
-                let from = meta.get(OUTPUT_JUDGED_BELOW)?.map_or(0, |v| v.value());
-                let operations = tx.open_table(OPERATIONS)?;
-                let mut events = tx.open_table(OPERATION_EVENTS)?;
+                let from = tx.get(META, OUTPUT_JUDGED_BELOW)?.unwrap_or(0);
                 let mut below = from;
-                for entry in operations.range(from..)? {
-                    let (key, value) = entry?;
-                    let operation: Operation = decode("operations", key.value(), value.value())?;
+                let mut ended = Vec::new();
+                for entry in tx.range(OPERATIONS, from..) {
+                    let (_, operation) = entry?;
                     // Ids grow with creation time, and an operation ends within its
                     // timeout: one not ended before the cutoff waits, and those after it.
                     if operation.finished_at_ms.is_none_or(|at| at >= cutoff) {
@@ -137,26 +133,27 @@ impl Store {
                         more = true;
                         break;
                     }
-                    let outputs: Vec<u64> = events
-                        .range((operation.id, 0)..=(operation.id, u64::MAX))?
-                        .filter_map(|entry| match entry {
-                            Ok((key, value)) => {
-                                serde_json::from_slice::<StoredEvent>(value.value())
-                                    .is_ok_and(|stored| stored.event.kind == "output")
-                                    .then(|| Ok(key.value().1))
-                            }
-                            Err(error) => Some(Err(error)),
-                        })
-                        .collect::<Result<_, _>>()?;
-                    for seq in outputs {
-                        events.remove((operation.id, seq))?;
-                        removed += 1;
-                    }
+                    ended.push(operation.id);
                     judged += 1;
                     below = operation.id + 1;
                 }
+                for id in ended {
+                    let outputs: Vec<u64> = tx
+                        .range(EVENT_KINDS, (id, 0)..=(id, u64::MAX))
+                        .filter_map(|entry| match entry {
+                            Ok(((_, seq), stored)) => {
+                                (stored.event.kind == "output").then_some(Ok(seq))
+                            }
+                            Err(error) => Some(Err(error)),
+                        })
+                        .collect::<Result<_>>()?;
+                    for seq in outputs {
+                        tx.remove(OPERATION_EVENTS, (id, seq))?;
+                        removed += 1;
+                    }
+                }
                 if below != from {
-                    meta.insert(OUTPUT_JUDGED_BELOW, below)?;
+                    tx.insert(META, OUTPUT_JUDGED_BELOW, &below)?;
                 }
             }
             tx.commit()?;
@@ -169,11 +166,14 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::testing;
     use linkops_reconcilers::machine::{Health, MachineStatus};
-    use linkops_reconcilers::operation::{OperationEvent, OperationState, Requester, Stream};
+    use linkops_reconcilers::operation::{
+        Operation, OperationEvent, OperationState, Requester, Stream,
+    };
 
     use super::*;
-    use crate::store::{OperationUpdate, now_ms};
+    use crate::store::{HealthSample, OperationUpdate, now_ms};
 
     const MINUTE: i64 = 60_000;
     const HOUR: i64 = 60 * MINUTE;
@@ -192,154 +192,151 @@ mod tests {
         }
     }
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        (dir, store)
-    }
-
     #[test]
     fn an_empty_store_prunes_nothing() {
-        let (_dir, store) = store();
-        assert_eq!(
-            store.prune(&policy(), 1_000_000).unwrap(),
-            Pruned::default()
-        );
+        for backing in testing::backings() {
+            let store = backing.open();
+            assert_eq!(
+                store.prune(&policy(), 1_000_000).unwrap(),
+                Pruned::default()
+            );
+        }
     }
 
     #[test]
     fn two_days_of_checks_keep_the_last_hour_one_per_hour_and_every_change() {
-        let (_dir, store) = store();
-        // More machines than one batch, each checked every 10 minutes for two
-        // days; the first machine is unreachable for one check of the first day.
-        let machines = MACHINES_PER_BATCH + 3;
-        let now = 2 * DAY;
-        let down = DAY / 2 + 20 * MINUTE;
-        // One transaction: a commit per check would take minutes.
-        let tx = store.db.begin_write().unwrap();
-        {
-            let mut history = tx.open_table(HEALTH_HISTORY).unwrap();
-            for machine in 0..machines {
-                let id = format!("m{machine:03}");
-                for check in 0..=(2 * DAY / EVERY) {
-                    let at_ms = check * EVERY;
-                    let health = if machine == 0 && at_ms == down {
-                        Health::Unreachable {
-                            error: "gone".into(),
-                        }
-                    } else {
-                        Health::Reachable { latency_ms: 1 }
-                    };
-                    let sample = HealthSample {
-                        at_ms,
-                        health,
-                        enrolled: true,
-                    };
-                    let bytes = crate::store::codec::encode(&sample);
-                    history
-                        .insert((id.as_str(), at_ms), bytes.as_slice())
-                        .unwrap();
+        for backing in testing::backings() {
+            let store = backing.open();
+            // More machines than one batch, each checked every 10 minutes for two
+            // days; the first machine is unreachable for one check of the first day.
+            let machines = MACHINES_PER_BATCH + 3;
+            let now = 2 * DAY;
+            let down = DAY / 2 + 20 * MINUTE;
+            // One transaction: a commit per check would take minutes.
+            let mut tx = store.write().unwrap();
+            {
+                for machine in 0..machines {
+                    let id = format!("m{machine:03}");
+                    for check in 0..=(2 * DAY / EVERY) {
+                        let at_ms = check * EVERY;
+                        let health = if machine == 0 && at_ms == down {
+                            Health::Unreachable {
+                                error: "gone".into(),
+                            }
+                        } else {
+                            Health::Reachable { latency_ms: 1 }
+                        };
+                        let sample = HealthSample {
+                            at_ms,
+                            health,
+                            enrolled: true,
+                        };
+                        tx.insert(HEALTH_HISTORY, (id.as_str(), at_ms), &sample)
+                            .unwrap();
+                    }
                 }
             }
+            tx.commit().unwrap();
+            // A check as the daemon records it lands beside them.
+            let checked = crate::store::StatusWrite {
+                status: MachineStatus::new("m000"),
+                sample: Some(HealthSample {
+                    at_ms: now,
+                    health: Health::Reachable { latency_ms: 1 },
+                    enrolled: true,
+                }),
+                audits: Vec::new(),
+                outgoing: Vec::new(),
+            };
+            store.put_machine_statuses(&[checked]).unwrap();
+            let pruned = store.prune(&policy(), now).unwrap();
+            // Per machine: the 7 samples of the last hour and the first of each of the 47 hours before.
+            let kept_per_machine = 7 + 47;
+            let written = (2 * DAY / EVERY + 1) as usize;
+            let changes = 2; // down, and up again
+            assert_eq!(
+                pruned.health_samples as usize,
+                machines * (written - kept_per_machine) - changes
+            );
+            let first = store.health_history("m000", usize::MAX).unwrap();
+            assert_eq!(first.len(), kept_per_machine + changes);
+            assert!(first.iter().any(|s| s.at_ms == down));
+            assert!(first.iter().any(|s| s.at_ms == down + EVERY));
+            let last = store
+                .health_history(&format!("m{:03}", machines - 1), usize::MAX)
+                .unwrap();
+            assert_eq!(last.len(), kept_per_machine);
+            // A second pass finds nothing more to let go.
+            assert_eq!(store.prune(&policy(), now).unwrap(), Pruned::default());
         }
-        tx.commit().unwrap();
-        // A check as the daemon records it lands beside them.
-        let checked = crate::store::StatusWrite {
-            status: MachineStatus::new("m000"),
-            sample: Some(HealthSample {
-                at_ms: now,
-                health: Health::Reachable { latency_ms: 1 },
-                enrolled: true,
-            }),
-            audits: Vec::new(),
-            outgoing: Vec::new(),
-        };
-        store.put_machine_statuses(&[checked]).unwrap();
-        let pruned = store.prune(&policy(), now).unwrap();
-        // Per machine: the 7 samples of the last hour and the first of each of the 47 hours before.
-        let kept_per_machine = 7 + 47;
-        let written = (2 * DAY / EVERY + 1) as usize;
-        let changes = 2; // down, and up again
-        assert_eq!(
-            pruned.health_samples as usize,
-            machines * (written - kept_per_machine) - changes
-        );
-        let first = store.health_history("m000", usize::MAX).unwrap();
-        assert_eq!(first.len(), kept_per_machine + changes);
-        assert!(first.iter().any(|s| s.at_ms == down));
-        assert!(first.iter().any(|s| s.at_ms == down + EVERY));
-        let last = store
-            .health_history(&format!("m{:03}", machines - 1), usize::MAX)
-            .unwrap();
-        assert_eq!(last.len(), kept_per_machine);
-        // A second pass finds nothing more to let go.
-        assert_eq!(store.prune(&policy(), now).unwrap(), Pruned::default());
     }
 
     #[test]
     fn output_of_operations_that_ended_long_ago_goes_and_their_record_stays() {
-        let (_dir, store) = store();
-        let operation = Operation {
-            id: 0,
-            script: "uptime".into(),
-            params: Default::default(),
-            machines: vec!["m".into()],
-            requested_by: Requester::User { name: "ada".into() },
-            state: OperationState::Running,
-            created_at_ms: now_ms(),
-            finished_at_ms: None,
-            rollout: None,
-            retry_of: None,
-        };
-        let output = |text: &str| OperationEvent::Output {
-            machine_id: "m".into(),
-            stream: Stream::Stdout,
-            data: text.as_bytes().to_vec(),
-        };
-        let mut ids = Vec::new();
-        for finished in [true, true, false] {
-            let id = store
-                .create_operation(&operation, &[], None, |_| Vec::new())
-                .unwrap()
-                .id;
-            let mut events = vec![output("one\n"), output("two\n")];
-            let mut state = None;
-            if finished {
-                events.push(OperationEvent::End {
-                    state: OperationState::Succeeded,
-                });
-                state = Some((OperationState::Succeeded, true));
-            }
-            let update = OperationUpdate {
-                events,
-                state,
-                ..OperationUpdate::default()
+        for backing in testing::backings() {
+            let store = backing.open();
+            let operation = Operation {
+                id: 0,
+                script: "uptime".into(),
+                params: Default::default(),
+                machines: vec!["m".into()],
+                requested_by: Requester::User { name: "ada".into() },
+                state: OperationState::Running,
+                created_at_ms: now_ms(),
+                finished_at_ms: None,
+                rollout: None,
+                retry_of: None,
             };
-            store.record_operation_update(id, update).unwrap();
-            ids.push(id);
+            let output = |text: &str| OperationEvent::Output {
+                machine_id: "m".into(),
+                stream: Stream::Stdout,
+                data: text.as_bytes().to_vec(),
+            };
+            let mut ids = Vec::new();
+            for finished in [true, true, false] {
+                let id = store
+                    .create_operation(&operation, &[], None, |_| Vec::new())
+                    .unwrap()
+                    .id;
+                let mut events = vec![output("one\n"), output("two\n")];
+                let mut state = None;
+                if finished {
+                    events.push(OperationEvent::End {
+                        state: OperationState::Succeeded,
+                    });
+                    state = Some((OperationState::Succeeded, true));
+                }
+                let update = OperationUpdate {
+                    events,
+                    state,
+                    ..OperationUpdate::default()
+                };
+                store.record_operation_update(id, update).unwrap();
+                ids.push(id);
+            }
+            let kinds = |id: u64| -> Vec<&'static str> {
+                let events = store.operation_events(id, 0, 100, 1 << 20).unwrap();
+                events
+                    .iter()
+                    .map(|e| match e.event {
+                        OperationEvent::Output { .. } => "output",
+                        OperationEvent::End { .. } => "end",
+                        _ => "other",
+                    })
+                    .collect()
+            };
+            // Within the month, nothing goes.
+            assert_eq!(store.prune(&policy(), now_ms()).unwrap(), Pruned::default());
+            let later = now_ms() + 31 * DAY;
+            let pruned = store.prune(&policy(), later).unwrap();
+            assert_eq!(pruned.output_events, 4);
+            // Its states stay (the operation's start, its end).
+            assert_eq!(kinds(ids[0]), ["other", "end"]);
+            assert_eq!(kinds(ids[1]), ["other", "end"]);
+            // The unfinished one keeps its output, and is judged again next time.
+            assert_eq!(kinds(ids[2]), ["other", "output", "output"]);
+            assert!(store.operation(ids[0]).unwrap().is_some());
+            assert_eq!(store.prune(&policy(), later).unwrap(), Pruned::default());
         }
-        let kinds = |id: u64| -> Vec<&'static str> {
-            let events = store.operation_events(id, 0, 100, 1 << 20).unwrap();
-            events
-                .iter()
-                .map(|e| match e.event {
-                    OperationEvent::Output { .. } => "output",
-                    OperationEvent::End { .. } => "end",
-                    _ => "other",
-                })
-                .collect()
-        };
-        // Within the month, nothing goes.
-        assert_eq!(store.prune(&policy(), now_ms()).unwrap(), Pruned::default());
-        let later = now_ms() + 31 * DAY;
-        let pruned = store.prune(&policy(), later).unwrap();
-        assert_eq!(pruned.output_events, 4);
-        // Its states stay (the operation's start, its end).
-        assert_eq!(kinds(ids[0]), ["other", "end"]);
-        assert_eq!(kinds(ids[1]), ["other", "end"]);
-        // The unfinished one keeps its output, and is judged again next time.
-        assert_eq!(kinds(ids[2]), ["other", "output", "output"]);
-        assert!(store.operation(ids[0]).unwrap().is_some());
-        assert_eq!(store.prune(&policy(), later).unwrap(), Pruned::default());
     }
 }

@@ -4,12 +4,12 @@
 //! A scan visits decoded records until the visitor says stop, so a page of a
 //! large table reads about as many records as it shows.
 
-use redb::{ReadableDatabase, ReadableTable};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use linkops_reconcilers::operation::{HostResult, Operation, OperationState};
 
-use super::codec::{JsonTable, decode, encode};
+use super::engine::{Json, Read, Table, Write, WriteTx};
 use super::schema::{
     AUDIT_LOG, MACHINES, OPERATION_HOSTS, OPERATION_INDEX, OPERATIONS, SCRIPTS, SYNC_HISTORY,
     TERMINAL_SESSIONS,
@@ -26,13 +26,14 @@ pub enum SeqTable {
 }
 
 impl SeqTable {
-    fn definition(self) -> (JsonTable<u64>, &'static str) {
-        match self {
-            SeqTable::Operations => (OPERATIONS, "operations"),
-            SeqTable::SyncHistory => (SYNC_HISTORY, "sync_history"),
-            SeqTable::AuditLog => (AUDIT_LOG, "audit_log"),
-            SeqTable::TerminalSessions => (TERMINAL_SESSIONS, "terminal_sessions"),
-        }
+    /// The table, its records read as `V` (the caller's view of them).
+    fn view<V>(self) -> Table<u64, Json<V>> {
+        Table::new(match self {
+            SeqTable::Operations => OPERATIONS.name,
+            SeqTable::SyncHistory => SYNC_HISTORY.name,
+            SeqTable::AuditLog => AUDIT_LOG.name,
+            SeqTable::TerminalSessions => TERMINAL_SESSIONS.name,
+        })
     }
 }
 
@@ -74,57 +75,49 @@ pub(super) fn index_entries(operation: &Operation) -> Vec<(&'static str, String)
 
 /// Adds an operation's index entries (and, with `previous`, drops a changed state's).
 pub(super) fn index_operation(
-    tx: &redb::WriteTransaction,
+    tx: &mut WriteTx,
     operation: &Operation,
     previous: Option<OperationState>,
 ) -> Result<()> {
-    let mut index = tx.open_table(OPERATION_INDEX)?;
+    let state = OperationIndex::State.name();
     if let Some(previous) = previous {
         if previous == operation.state {
             return Ok(());
         }
-        let old = previous.name().to_owned();
-        index.remove((OperationIndex::State.name(), old.as_str(), operation.id))?;
-        let new = operation.state.name().to_owned();
-        index.insert(
-            (OperationIndex::State.name(), new.as_str(), operation.id),
-            (),
-        )?;
-        return Ok(());
+        tx.remove(OPERATION_INDEX, (state, previous.name(), operation.id))?;
+        let entry = (state, operation.state.name(), operation.id);
+        return tx.insert(OPERATION_INDEX, entry, &());
     }
     for (column, value) in index_entries(operation) {
-        index.insert((column, value.as_str(), operation.id), ())?;
+        tx.insert(OPERATION_INDEX, (column, value.as_str(), operation.id), &())?;
     }
     Ok(())
 }
 
 /// Builds the operation index from the operations table (migration to version 3).
-pub(super) fn backfill_operation_index(tx: &redb::WriteTransaction) -> Result<()> {
-    let operations = tx.open_table(OPERATIONS)?;
-    let mut index = tx.open_table(OPERATION_INDEX)?;
-    for entry in operations.range::<u64>(..)? {
-        let (key, value) = entry?;
-        let operation: Operation = decode("operations", key.value(), value.value())?;
-        for (column, value) in index_entries(&operation) {
-            index.insert((column, value.as_str(), operation.id), ())?;
-        }
+pub(super) fn backfill_operation_index(tx: &mut WriteTx) -> Result<()> {
+    let mut entries = Vec::new();
+    for entry in tx.all(OPERATIONS, false) {
+        let (id, operation) = entry?;
+        entries.extend(
+            index_entries(&operation)
+                .into_iter()
+                .map(|(column, value)| (column, value, id)),
+        );
+    }
+    for entry in entries {
+        tx.insert(OPERATION_INDEX, entry, &())?;
     }
     Ok(())
 }
 
-/// Runs `step` on each item, backwards with `reverse`, until it returns false.
-fn each<I: DoubleEndedIterator>(
-    range: I,
-    reverse: bool,
-    mut step: impl FnMut(I::Item) -> Result<bool>,
+/// Runs `step` on each entry until it returns false.
+fn each<T>(
+    entries: impl Iterator<Item = Result<T>>,
+    mut step: impl FnMut(T) -> Result<bool>,
 ) -> Result<()> {
-    let items: Box<dyn Iterator<Item = I::Item> + '_> = if reverse {
-        Box::new(range.rev())
-    } else {
-        Box::new(range)
-    };
-    for item in items {
-        if !step(item)? {
+    for entry in entries {
+        if !step(entry?)? {
             break;
         }
     }
@@ -134,30 +127,25 @@ fn each<I: DoubleEndedIterator>(
 impl Store {
     /// Visits the records of `table` in key order (newest first with
     /// `reverse`), after key `after`, until `visit` returns false.
-    pub fn scan_seq<V: DeserializeOwned>(
+    pub fn scan_seq<V: Serialize + DeserializeOwned>(
         &self,
         table: SeqTable,
         reverse: bool,
         after: Option<u64>,
         mut visit: impl FnMut(V) -> bool,
     ) -> Result<()> {
-        let (definition, name) = table.definition();
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(definition)?;
+        let table = table.view::<V>();
+        let tx = self.read()?;
         let range = match (after, reverse) {
-            (None, _) => table.range::<u64>(..)?,
-            (Some(after), false) => table.range(after.saturating_add(1)..)?,
-            (Some(after), true) => table.range(..after)?,
+            (None, reverse) => tx.all(table, reverse),
+            (Some(after), false) => tx.range(table, after.saturating_add(1)..),
+            (Some(after), true) => tx.range_rev(table, ..after),
         };
-        let step = |entry: std::result::Result<_, redb::StorageError>| -> Result<bool> {
-            let (key, value): (redb::AccessGuard<u64>, redb::AccessGuard<&[u8]>) = entry?;
-            Ok(visit(decode(name, key.value(), value.value())?))
-        };
-        each(range, reverse, step)
+        each(range, |(_, record)| Ok(visit(record)))
     }
 
     /// The newest records of `table` that `keep` accepts, at most `limit`.
-    pub(super) fn newest<V: DeserializeOwned>(
+    pub(super) fn newest<V: Serialize + DeserializeOwned>(
         &self,
         table: SeqTable,
         limit: usize,
@@ -183,25 +171,24 @@ impl Store {
         after: Option<u64>,
         mut visit: impl FnMut(Operation) -> bool,
     ) -> Result<()> {
-        let tx = self.db.begin_read()?;
-        let entries = tx.open_table(OPERATION_INDEX)?;
-        let operations = tx.open_table(OPERATIONS)?;
+        let tx = self.read()?;
         let column = index.name();
         let (low, high) = match (after, reverse) {
             (Some(after), false) => (after.saturating_add(1), u64::MAX),
             (Some(after), true) => (0, after.saturating_sub(1)),
             (None, _) => (0, u64::MAX),
         };
-        let range = entries.range((column, value, low)..=(column, value, high))?;
-        let step = |entry: std::result::Result<_, redb::StorageError>| -> Result<bool> {
-            let (key, _): (redb::AccessGuard<(&str, &str, u64)>, redb::AccessGuard<()>) = entry?;
-            let id = key.value().2;
-            match operations.get(id)? {
-                Some(value) => Ok(visit(decode("operations", id, value.value())?)),
+        let span = (column, value, low)..=(column, value, high);
+        let entries = match reverse {
+            false => tx.range(OPERATION_INDEX, span),
+            true => tx.range_rev(OPERATION_INDEX, span),
+        };
+        each(entries, |((_, _, id), ())| {
+            match tx.get(OPERATIONS, id)? {
+                Some(operation) => Ok(visit(operation)),
                 None => Ok(true),
             }
-        };
-        each(range, reverse, step)
+        })
     }
 
     /// Visits per-machine results (of one operation, or of all) in
@@ -211,54 +198,40 @@ impl Store {
         operation: Option<u64>,
         mut visit: impl FnMut(u64, HostResult) -> bool,
     ) -> Result<()> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(OPERATION_HOSTS)?;
-        let range = match operation {
-            Some(id) => table.range((id, "")..(id.saturating_add(1), ""))?,
-            None => table.range::<(u64, &str)>(..)?,
+        let tx = self.read()?;
+        let entries = match operation {
+            Some(id) => tx.range(OPERATION_HOSTS, (id, "")..(id.saturating_add(1), "")),
+            None => tx.all(OPERATION_HOSTS, false),
         };
-        let step = |entry: std::result::Result<_, redb::StorageError>| -> Result<bool> {
-            let (key, value): (redb::AccessGuard<(u64, &str)>, redb::AccessGuard<&[u8]>) = entry?;
-            let (id, machine) = key.value();
-            Ok(visit(
-                id,
-                decode("operation_hosts", machine, value.value())?,
-            ))
-        };
-        each(range, false, step)
+        each(entries, |((id, _), host)| Ok(visit(id, host)))
     }
 
     /// Every machine the inventory declares or declared.
     pub fn machines(&self) -> Result<Vec<MachineRecord>> {
-        self.read_all(MACHINES, "machines")
+        self.read_all(MACHINES)
     }
 
     /// Every script of the catalog, removed ones included.
     pub fn scripts(&self) -> Result<Vec<ScriptRecord>> {
-        self.read_all(SCRIPTS, "scripts")
+        self.read_all(SCRIPTS)
     }
 
     /// Creates many operations with their hosts in one transaction (imports
     /// and benchmarks; the daemon creates them one by one with their claims).
     pub fn import_operations(&self, operations: &[(Operation, Vec<HostResult>)]) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut table = tx.open_table(OPERATIONS)?;
-            let mut hosts = tx.open_table(OPERATION_HOSTS)?;
-            let first = table.last()?.map_or(1, |(key, _)| key.value() + 1);
-            for (id, (operation, results)) in (first..).zip(operations) {
-                let operation = Operation {
-                    id,
-                    ..operation.clone()
-                };
-                table.insert(id, encode(&operation).as_slice())?;
-                for result in results {
-                    hosts.insert((id, result.machine_id.as_str()), encode(result).as_slice())?;
-                }
-                index_operation(&tx, &operation, None)?;
+        let mut tx = self.write()?;
+        let first = tx.last(OPERATIONS)?.map_or(1, |(id, _)| id + 1);
+        for (id, (operation, results)) in (first..).zip(operations) {
+            let operation = Operation {
+                id,
+                ..operation.clone()
+            };
+            tx.insert(OPERATIONS, id, &operation)?;
+            for result in results {
+                tx.insert(OPERATION_HOSTS, (id, result.machine_id.as_str()), result)?;
             }
+            index_operation(&mut tx, &operation, None)?;
         }
-        tx.commit()?;
-        Ok(())
+        tx.commit()
     }
 }

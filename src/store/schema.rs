@@ -1,90 +1,139 @@
 //! Table definitions, the schema version and the migration step run at open.
 
-use std::path::Path;
+use linkops_reconcilers::machine::MachineStatus;
+use linkops_reconcilers::operation::{HostResult, Operation, RecordedEvent};
+use linkops_reconcilers::outbox::Queued;
+use linkops_reconcilers::run::RunRecord;
+use linkops_reconcilers::state::{CheckRecord, StateStatus, Target};
+use linkops_reconcilers::terminal::{TerminalSession, Workspace};
 
-use redb::{ReadableDatabase, TableDefinition};
-
-use super::codec::JsonTable;
+use super::audit::AuditEntry;
+use super::engine::{Engine, Json, Raw, Read, Table, Unit, Write, WriteTx};
+use super::observed::HealthSample;
+use super::outbox::PostedStatus;
+use super::sync::{MachineRecord, ScriptRecord, SyncRecord};
+use super::users::{LoginFailures, User};
 use super::{Error, Result};
 
 /// Version of the table layout this binary writes. Bump it with a migration step.
-pub const SCHEMA_VERSION: u64 = 7;
+///
+/// Version 8 keeps every table as ordered bytes (`engine::key`) with JSON
+/// records, the same in redb and PostgreSQL; older redb files are converted.
+pub const SCHEMA_VERSION: u64 = 8;
 
-/// Store metadata: `schema_version`.
-pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Store metadata: `schema_version`, `write_probe_ms`.
+pub const META: Table<String, Json<u64>> = Table::new("meta");
 
 /// Users by name.
-pub const USERS: JsonTable<&str> = TableDefinition::new("users");
+pub const USERS: Table<String, Json<User>> = Table::new("users");
 /// Failed-login counters by user name, for accounts only (version 4: unknown
 /// names are counted in memory, bounded, so invented names cannot grow the store).
-pub const LOGIN_FAILURES: JsonTable<&str> = TableDefinition::new("login_failures");
+pub const LOGIN_FAILURES: Table<String, Json<LoginFailures>> = Table::new("login_failures");
 /// Names of deleted accounts, with when: never reused (version 4).
-pub const RETIRED_NAMES: TableDefinition<&str, i64> = TableDefinition::new("retired_names");
+pub const RETIRED_NAMES: Table<String, Json<i64>> = Table::new("retired_names");
 /// Machines the inventory declares or declared, by machine id.
-pub const MACHINES: JsonTable<&str> = TableDefinition::new("machines");
+pub const MACHINES: Table<String, Json<MachineRecord>> = Table::new("machines");
 /// What was last observed of each machine, by machine id.
-pub const MACHINE_STATUS: JsonTable<&str> = TableDefinition::new("machine_status");
+pub const MACHINE_STATUS: Table<String, Json<MachineStatus>> = Table::new("machine_status");
 /// Health samples by (machine id, time in ms); the newest few hundred per machine.
-pub const HEALTH_HISTORY: JsonTable<(&str, i64)> = TableDefinition::new("health_history");
+pub const HEALTH_HISTORY: Table<(String, i64), Json<HealthSample>> = Table::new("health_history");
 /// Run-requests seen in Git, with their claims, by run-request id.
-pub const RUN_REQUESTS: JsonTable<&str> = TableDefinition::new("run_requests");
+pub const RUN_REQUESTS: Table<String, Json<RunRecord>> = Table::new("run_requests");
 /// The script catalog of the applied revision, by script id.
-pub const SCRIPTS: JsonTable<&str> = TableDefinition::new("scripts");
+pub const SCRIPTS: Table<String, Json<ScriptRecord>> = Table::new("scripts");
 /// Operations by id.
-pub const OPERATIONS: JsonTable<u64> = TableDefinition::new("operations");
+pub const OPERATIONS: Table<u64, Json<Operation>> = Table::new("operations");
 /// Per-machine results by (operation id, machine id).
-pub const OPERATION_HOSTS: JsonTable<(u64, &str)> = TableDefinition::new("operation_hosts");
+pub const OPERATION_HOSTS: Table<(u64, String), Json<HostResult>> = Table::new("operation_hosts");
 /// Operations by state, script and machine: `(column, value, operation id)` (version 3).
-pub const OPERATION_INDEX: TableDefinition<(&str, &str, u64), ()> =
-    TableDefinition::new("operation_index");
+pub const OPERATION_INDEX: Table<(String, String, u64), Unit> = Table::new("operation_index");
 /// Each operation's event log (output, state changes, end) by (operation id, sequence number).
-pub const OPERATION_EVENTS: JsonTable<(u64, u64)> = TableDefinition::new("operation_events");
+pub const OPERATION_EVENTS: Table<(u64, u64), Json<RecordedEvent>> = Table::new("operation_events");
 /// Git sync attempts by sequence number.
-pub const SYNC_HISTORY: JsonTable<u64> = TableDefinition::new("sync_history");
+pub const SYNC_HISTORY: Table<u64, Json<SyncRecord>> = Table::new("sync_history");
 /// Terminal workspaces by id.
-pub const TERMINAL_WORKSPACES: JsonTable<&str> = TableDefinition::new("terminal_workspaces");
+pub const TERMINAL_WORKSPACES: Table<String, Json<Workspace>> = Table::new("terminal_workspaces");
 /// Terminal sessions by id (version 2).
-pub const TERMINAL_SESSIONS: JsonTable<u64> = TableDefinition::new("terminal_sessions");
+pub const TERMINAL_SESSIONS: Table<u64, Json<TerminalSession>> = Table::new("terminal_sessions");
 /// Asciicast recordings of terminal sessions by (session id, chunk number) (version 2).
-pub const TERMINAL_RECORDINGS: TableDefinition<(u64, u64), &[u8]> =
-    TableDefinition::new("terminal_recordings");
+pub const TERMINAL_RECORDINGS: Table<(u64, u64), Raw> = Table::new("terminal_recordings");
 /// Suspended reconciliation: `fleet` or a machine id, with since when.
-pub const SUSPENSIONS: TableDefinition<&str, i64> = TableDefinition::new("suspensions");
+pub const SUSPENSIONS: Table<String, Json<i64>> = Table::new("suspensions");
 /// Webhook delivery ids already accepted, with when (replay protection).
-pub const WEBHOOK_DELIVERIES: TableDefinition<&str, i64> =
-    TableDefinition::new("webhook_deliveries");
+pub const WEBHOOK_DELIVERIES: Table<String, Json<i64>> = Table::new("webhook_deliveries");
 /// Declared states' status and rollout, by state id (version 6).
-pub const STATE_STATUS: JsonTable<&str> = TableDefinition::new("state_status");
+pub const STATE_STATUS: Table<String, Json<StateStatus>> = Table::new("state_status");
 /// Each declared state on each of its machines, by (state id, machine id) (version 6).
-pub const STATE_TARGETS: JsonTable<(&str, &str)> = TableDefinition::new("state_targets");
+pub const STATE_TARGETS: Table<(String, String), Json<Target>> = Table::new("state_targets");
 /// Check results by (state id, machine id, time in ms); the newest few per machine (version 6).
-pub const STATE_CHECKS: JsonTable<(&str, &str, i64)> = TableDefinition::new("state_checks");
+pub const STATE_CHECKS: Table<(String, String, i64), Json<CheckRecord>> =
+    Table::new("state_checks");
 /// Commit statuses and notifications waiting for delivery, by number (version 7).
-pub const OUTBOX: JsonTable<u64> = TableDefinition::new("outbox");
+pub const OUTBOX: Table<u64, Json<Queued>> = Table::new("outbox");
 /// Messages given up on after their last attempt, by number (version 7).
-pub const OUTBOX_DEAD: JsonTable<u64> = TableDefinition::new("outbox_dead");
+pub const OUTBOX_DEAD: Table<u64, Json<Queued>> = Table::new("outbox_dead");
 /// The last commit status the forge accepted, by (commit, context) (version 7).
-pub const FORGE_STATUSES: JsonTable<(&str, &str)> = TableDefinition::new("forge_statuses");
+pub const FORGE_STATUSES: Table<(String, String), Json<PostedStatus>> =
+    Table::new("forge_statuses");
 /// The audit log by sequence number.
-pub const AUDIT_LOG: JsonTable<u64> = TableDefinition::new("audit_log");
+pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
-const VERSION_KEY: &str = "schema_version";
+/// Every table's name: what an engine creates, and what `linkops store migrate` copies.
+pub const TABLES: [&str; 26] = [
+    META.name,
+    USERS.name,
+    LOGIN_FAILURES.name,
+    RETIRED_NAMES.name,
+    MACHINES.name,
+    MACHINE_STATUS.name,
+    HEALTH_HISTORY.name,
+    RUN_REQUESTS.name,
+    SCRIPTS.name,
+    OPERATIONS.name,
+    OPERATION_HOSTS.name,
+    OPERATION_INDEX.name,
+    OPERATION_EVENTS.name,
+    SYNC_HISTORY.name,
+    TERMINAL_WORKSPACES.name,
+    TERMINAL_SESSIONS.name,
+    TERMINAL_RECORDINGS.name,
+    SUSPENSIONS.name,
+    WEBHOOK_DELIVERIES.name,
+    STATE_STATUS.name,
+    STATE_TARGETS.name,
+    STATE_CHECKS.name,
+    OUTBOX.name,
+    OUTBOX_DEAD.name,
+    FORGE_STATUSES.name,
+    AUDIT_LOG.name,
+];
 
-/// Creates missing tables and upgrades older layouts, in one transaction.
-pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
-    let found = {
-        let tx = db.begin_read()?;
-        match tx.open_table(META) {
-            Ok(meta) => meta.get(VERSION_KEY)?.map(|v| v.value()),
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(e.into()),
+pub const VERSION_KEY: &str = "schema_version";
+
+/// Creates missing tables and upgrades older layouts, in one transaction;
+/// refuses a store written by a newer binary. `store` names it in errors.
+pub fn migrate(engine: &Engine, store: &str) -> Result<()> {
+    let mut tx = engine.write()?;
+    let found = match &tx {
+        WriteTx::Redb(redb) => legacy::convert(redb)?,
+        WriteTx::Postgres(_) => None,
+    };
+    let found = match found {
+        Some(version) => Some(version),
+        None => {
+            if let WriteTx::Postgres(postgres) = &mut tx {
+                postgres.create_tables(&TABLES)?;
+            } else if let WriteTx::Redb(redb) = &tx {
+                legacy::create_tables(redb)?;
+            }
+            tx.get(META, VERSION_KEY)?
         }
     };
     if let Some(found) = found
         && found > SCHEMA_VERSION
     {
         return Err(Error::TooNew {
-            path: path.to_owned(),
+            store: store.to_owned(),
             found,
             supported: SCHEMA_VERSION,
         });
@@ -93,60 +142,30 @@ pub fn migrate(db: &redb::Database, path: &Path) -> Result<()> {
         return Ok(());
     }
     // Versions 2, 3, 6 and 7 added tables (3 also an index built from the
-    // operations): creating the missing ones brings a fresh store (None) or an
-    // older one up to date. A version that changes records adds its step here.
-    let tx = db.begin_write()?;
-    tx.open_table(USERS)?;
-    tx.open_table(LOGIN_FAILURES)?;
-    tx.open_table(MACHINES)?;
-    tx.open_table(MACHINE_STATUS)?;
-    tx.open_table(HEALTH_HISTORY)?;
-    tx.open_table(RUN_REQUESTS)?;
-    tx.open_table(SCRIPTS)?;
-    tx.open_table(OPERATIONS)?;
-    tx.open_table(OPERATION_HOSTS)?;
-    tx.open_table(OPERATION_EVENTS)?;
-    if found.is_some_and(|version| version < 3) {
-        // Version 3 indexes operations; older stores build the index once.
-        super::scan::backfill_operation_index(&tx)?;
-    } else {
-        tx.open_table(OPERATION_INDEX)?;
+    // operations), 8 converted redb's tables to bytes: a fresh store (None)
+    // has its tables now. A version that changes records adds its step here.
+    if let Some(version) = found {
+        if version < 3 {
+            super::scan::backfill_operation_index(&mut tx)?;
+        }
+        if version < 4 {
+            retire_deleted_names(&mut tx)?;
+        }
+        if version < 5 {
+            rekey_fleet_suspension(&mut tx)?;
+        }
     }
-    tx.open_table(SYNC_HISTORY)?;
-    tx.open_table(TERMINAL_WORKSPACES)?;
-    tx.open_table(TERMINAL_SESSIONS)?;
-    tx.open_table(TERMINAL_RECORDINGS)?;
-    tx.open_table(AUDIT_LOG)?;
-    tx.open_table(WEBHOOK_DELIVERIES)?;
-    tx.open_table(STATE_STATUS)?;
-    tx.open_table(STATE_TARGETS)?;
-    tx.open_table(STATE_CHECKS)?;
-    tx.open_table(OUTBOX)?;
-    tx.open_table(OUTBOX_DEAD)?;
-    tx.open_table(FORGE_STATUSES)?;
-    if found.is_some_and(|version| version < 5) {
-        rekey_fleet_suspension(&tx)?;
-    } else {
-        tx.open_table(SUSPENSIONS)?;
-    }
-    if found.is_some_and(|version| version < 4) {
-        retire_deleted_names(&tx)?;
-    } else {
-        tx.open_table(RETIRED_NAMES)?;
-    }
-    tx.open_table(META)?.insert(VERSION_KEY, SCHEMA_VERSION)?;
-    tx.commit()?;
-    Ok(())
+    tx.insert(META, VERSION_KEY, &SCHEMA_VERSION)?;
+    tx.commit()
 }
 
 /// Version 5: the fleet-wide suspension was the key `fleet`, which is also a
 /// valid machine id; it becomes [`super::observed::FLEET_KEY`]. An old `fleet`
 /// key held the whole fleet, so it stays a fleet-wide hold.
-fn rekey_fleet_suspension(tx: &redb::WriteTransaction) -> Result<()> {
-    let mut table = tx.open_table(SUSPENSIONS)?;
-    let since = table.remove("fleet")?.map(|since| since.value());
-    if let Some(since) = since {
-        table.insert(super::observed::FLEET_KEY, since)?;
+fn rekey_fleet_suspension(tx: &mut WriteTx) -> Result<()> {
+    if let Some(since) = tx.get(SUSPENSIONS, "fleet")? {
+        tx.remove(SUSPENSIONS, "fleet")?;
+        tx.insert(SUSPENSIONS, super::observed::FLEET_KEY, &since)?;
     }
     Ok(())
 }
@@ -154,37 +173,147 @@ fn rekey_fleet_suspension(tx: &redb::WriteTransaction) -> Result<()> {
 /// Version 4: drops failure counters of names that are no account (older
 /// versions kept them for any name submitted), and retires the names that
 /// own workspaces or sessions but are no account (deleted before version 4).
-fn retire_deleted_names(tx: &redb::WriteTransaction) -> Result<()> {
-    use linkops_reconcilers::terminal::{TerminalSession, Workspace};
-    use redb::ReadableTable;
-
-    use super::codec::decode;
-    let users: std::collections::BTreeSet<String> = {
-        let table = tx.open_table(USERS)?;
-        table
-            .iter()?
-            .map(|entry| entry.map(|(key, _)| key.value().to_owned()))
-            .collect::<Result<_, _>>()?
-    };
+fn retire_deleted_names(tx: &mut WriteTx) -> Result<()> {
+    let users: std::collections::BTreeSet<String> = tx
+        .all(USERS, false)
+        .map(|entry| entry.map(|(name, _)| name))
+        .collect::<Result<_>>()?;
     let mut former = std::collections::BTreeSet::new();
-    for entry in tx.open_table(TERMINAL_WORKSPACES)?.iter()? {
-        let (key, value) = entry?;
-        let workspace: Workspace = decode("terminal_workspaces", key.value(), value.value())?;
-        former.insert(workspace.owner);
+    for entry in tx.all(TERMINAL_WORKSPACES, false) {
+        former.insert(entry?.1.owner);
     }
-    for entry in tx.open_table(TERMINAL_SESSIONS)?.iter()? {
-        let (key, value) = entry?;
-        let session: TerminalSession = decode("terminal_sessions", key.value(), value.value())?;
-        former.insert(session.user);
+    for entry in tx.all(TERMINAL_SESSIONS, false) {
+        former.insert(entry?.1.user);
     }
     let now = super::now_ms();
-    let mut retired = tx.open_table(RETIRED_NAMES)?;
     for name in former.difference(&users) {
-        retired.insert(name.as_str(), now)?;
+        tx.insert(RETIRED_NAMES, name, &now)?;
     }
-    tx.open_table(LOGIN_FAILURES)?
-        .retain(|name, _| users.contains(name))?;
-    Ok(())
+    tx.retain(LOGIN_FAILURES, |name, _| users.contains(name))
+}
+
+/// The typed redb tables of versions 1 to 7, converted to version 8's bytes.
+mod legacy {
+    use redb::{ReadableTable, TableDefinition, TableError, TableHandle};
+
+    use super::super::engine::Key;
+    use super::{Result, TABLES, VERSION_KEY};
+
+    pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+    /// Opens every table, so that read transactions find them.
+    pub fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
+        for name in TABLES {
+            tx.open_table(TableDefinition::<&[u8], &[u8]>::new(name))?;
+        }
+        Ok(())
+    }
+
+    /// The version of a typed (version 1 to 7) file, after converting its
+    /// tables to bytes; `None` for a fresh file or one already in bytes.
+    pub fn convert(tx: &redb::WriteTransaction) -> Result<Option<u64>> {
+        // A write transaction's `open_table` creates what is missing: look first.
+        if !tx.list_tables()?.any(|table| table.name() == "meta") {
+            return Ok(None);
+        }
+        let version = match tx.open_table(META) {
+            Ok(meta) => meta.get(VERSION_KEY)?.map(|v| v.value()),
+            Err(TableError::TableDoesNotExist(_) | TableError::TableTypeMismatch { .. }) => {
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let Some(version) = version else {
+            return Ok(None);
+        };
+        if version >= 8 {
+            // A newer binary's typed meta table: not ours to convert.
+            return Ok(Some(version));
+        }
+        let json = |v: &[u8]| v.to_vec();
+        let number = |v: i64| serde_json::to_vec(&v).expect("numbers serialise");
+        convert_table::<&str, u64>(
+            tx,
+            "meta",
+            |k| k.encode(),
+            |v| serde_json::to_vec(&v).expect("numbers serialise"),
+        )?;
+        macro_rules! json_tables {
+            ($($key:ty => $name:literal),* $(,)?) => {$(
+                convert_table::<$key, &[u8]>(tx, $name, |k| k.encode(), json)?;
+            )*};
+        }
+        json_tables!(
+            &str => "users",
+            &str => "login_failures",
+            &str => "machines",
+            &str => "machine_status",
+            (&str, i64) => "health_history",
+            &str => "run_requests",
+            &str => "scripts",
+            u64 => "operations",
+            (u64, &str) => "operation_hosts",
+            (u64, u64) => "operation_events",
+            u64 => "sync_history",
+            &str => "terminal_workspaces",
+            u64 => "terminal_sessions",
+            (u64, u64) => "terminal_recordings",
+            &str => "state_status",
+            (&str, &str) => "state_targets",
+            (&str, &str, i64) => "state_checks",
+            u64 => "outbox",
+            u64 => "outbox_dead",
+            (&str, &str) => "forge_statuses",
+            u64 => "audit_log",
+        );
+        convert_table::<&str, i64>(tx, "retired_names", |k| k.encode(), number)?;
+        convert_table::<&str, i64>(tx, "suspensions", |k| k.encode(), number)?;
+        convert_table::<&str, i64>(tx, "webhook_deliveries", |k| k.encode(), number)?;
+        convert_table::<(&str, &str, u64), ()>(
+            tx,
+            "operation_index",
+            |k| k.encode(),
+            |()| Vec::new(),
+        )?;
+        create_tables(tx)?;
+        Ok(Some(version))
+    }
+
+    /// Rewrites one typed table under its name as bytes (through a
+    /// temporary table: redb keeps one type per name); absent tables stay absent.
+    fn convert_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        tx: &redb::WriteTransaction,
+        name: &'static str,
+        key: impl for<'a> Fn(K::SelfType<'a>) -> Vec<u8>,
+        value: impl for<'a> Fn(V::SelfType<'a>) -> Vec<u8>,
+    ) -> Result<()> {
+        let typed = TableDefinition::<K, V>::new(name);
+        let temporary_name = format!("{name}.converting");
+        let temporary = TableDefinition::<&[u8], &[u8]>::new(&temporary_name);
+        {
+            let old = match tx.open_table(typed) {
+                Ok(old) => old,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(()),
+                Err(error) => return Err(error.into()),
+            };
+            let mut new = tx.open_table(temporary)?;
+            for entry in old.iter()? {
+                let (k, v) = entry?;
+                new.insert(key(k.value()).as_slice(), value(v.value()).as_slice())?;
+            }
+        }
+        tx.delete_table(typed)?;
+        {
+            let from = tx.open_table(temporary)?;
+            let mut to = tx.open_table(TableDefinition::<&[u8], &[u8]>::new(name))?;
+            for entry in from.iter()? {
+                let (k, v) = entry?;
+                to.insert(k.value(), v.value())?;
+            }
+        }
+        tx.delete_table(temporary)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -192,34 +321,26 @@ mod tests {
     use super::*;
     use crate::store::Store;
 
+    use redb::{ReadableDatabase, TableDefinition};
+
     #[test]
     fn fresh_store_records_the_current_version() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
-        drop(Store::open(&path).unwrap());
-        let db = redb::Database::open(&path).unwrap();
-        let tx = db.begin_read().unwrap();
-        let meta = tx.open_table(META).unwrap();
-        assert_eq!(
-            meta.get(VERSION_KEY).unwrap().unwrap().value(),
-            SCHEMA_VERSION
-        );
+        let store = Store::open(&path).unwrap();
+        let version = store.read().unwrap().get(META, VERSION_KEY).unwrap();
+        assert_eq!(version, Some(SCHEMA_VERSION));
     }
 
     #[test]
     fn store_from_a_newer_version_is_refused_with_a_clear_message() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
-        drop(Store::open(&path).unwrap());
-        {
-            let db = redb::Database::open(&path).unwrap();
-            let tx = db.begin_write().unwrap();
-            tx.open_table(META)
-                .unwrap()
-                .insert(VERSION_KEY, SCHEMA_VERSION + 1)
-                .unwrap();
-            tx.commit().unwrap();
-        }
+        let store = Store::open(&path).unwrap();
+        let mut tx = store.write().unwrap();
+        tx.insert(META, VERSION_KEY, &(SCHEMA_VERSION + 1)).unwrap();
+        tx.commit().unwrap();
+        drop(store);
         let err = Store::open(&path).unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, Error::TooNew { found, .. } if found == SCHEMA_VERSION + 1));
@@ -234,23 +355,31 @@ mod tests {
             // What a version 1 binary left: its tables, no terminal sessions.
             let db = redb::Database::create(&path).unwrap();
             let tx = db.begin_write().unwrap();
-            tx.open_table(USERS).unwrap();
-            tx.open_table(META).unwrap().insert(VERSION_KEY, 1).unwrap();
+            let users = TableDefinition::<&str, &[u8]>::new("users");
+            tx.open_table(users)
+                .unwrap()
+                .insert("ada", br#"{"name":"ada","role":"admin","password_hash":"x","created_at_ms":1,"password_changed_at_ms":1}"#.as_slice())
+                .unwrap();
+            tx.open_table(legacy::META)
+                .unwrap()
+                .insert(VERSION_KEY, 1)
+                .unwrap();
             tx.commit().unwrap();
         }
         let store = Store::open(&path).unwrap();
         assert!(store.terminal_sessions(10, |_| true).unwrap().is_empty());
+        assert_eq!(
+            store.user("ada").unwrap().unwrap().name,
+            "ada",
+            "records are converted"
+        );
+        let version = store.read().unwrap().get(META, VERSION_KEY).unwrap();
+        assert_eq!(version, Some(SCHEMA_VERSION));
         drop(store);
+        // Converted once: the file now holds byte tables only.
         let db = redb::Database::open(&path).unwrap();
         let tx = db.begin_read().unwrap();
-        let version = tx
-            .open_table(META)
-            .unwrap()
-            .get(VERSION_KEY)
-            .unwrap()
-            .unwrap()
-            .value();
-        assert_eq!(version, SCHEMA_VERSION);
+        assert!(tx.open_table(legacy::META).is_err());
     }
 
     #[test]
@@ -258,16 +387,19 @@ mod tests {
         use linkops_reconcilers::suspension::Scope;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
-        drop(Store::open(&path).unwrap());
         {
             // What a version 4 binary wrote for `POST /api/reconcile/suspend {}`.
-            let db = redb::Database::open(&path).unwrap();
+            let db = redb::Database::create(&path).unwrap();
             let tx = db.begin_write().unwrap();
-            tx.open_table(SUSPENSIONS)
+            let suspensions = TableDefinition::<&str, i64>::new("suspensions");
+            tx.open_table(suspensions)
                 .unwrap()
                 .insert("fleet", 42)
                 .unwrap();
-            tx.open_table(META).unwrap().insert(VERSION_KEY, 4).unwrap();
+            tx.open_table(legacy::META)
+                .unwrap()
+                .insert(VERSION_KEY, 4)
+                .unwrap();
             tx.commit().unwrap();
         }
         let store = Store::open(&path).unwrap();

@@ -9,10 +9,9 @@
 use std::collections::BTreeMap;
 
 use linkops_reconcilers::state::{CHECK_HISTORY, CheckRecord, StateStatus, Target};
-use redb::{ReadableDatabase, ReadableTable};
 
 use super::audit::{self, Audit};
-use super::codec::{decode, encode, get_str};
+use super::engine::{Read, Write, WriteTx};
 use super::schema::{STATE_CHECKS, STATE_STATUS, STATE_TARGETS};
 use super::{Result, Store};
 
@@ -32,64 +31,54 @@ pub struct StateWrite {
 impl Store {
     /// A state's status, if it was ever reconciled.
     pub fn state_status(&self, id: &str) -> Result<Option<StateStatus>> {
-        self.read_one(STATE_STATUS, "state_status", id)
+        self.read_one(STATE_STATUS, id)
     }
 
     /// Every state's status, by state id.
     pub fn state_statuses(&self) -> Result<Vec<StateStatus>> {
-        self.read_all(STATE_STATUS, "state_status")
+        self.read_all(STATE_STATUS)
     }
 
     /// A state's records on its machines, by machine id.
     pub fn state_targets(&self, state_id: &str) -> Result<BTreeMap<String, Target>> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(STATE_TARGETS)?;
+        let tx = self.read()?;
         let mut targets = BTreeMap::new();
-        for entry in table.range((state_id, "")..)? {
-            let (key, value) = entry?;
-            let (state, machine) = key.value();
+        for entry in tx.range(STATE_TARGETS, (state_id, "")..) {
+            let ((state, machine), target) = entry?;
             if state != state_id {
                 break;
             }
-            let target: Target = decode("state_targets", machine, value.value())?;
-            targets.insert(machine.to_owned(), target);
+            targets.insert(machine, target);
         }
         Ok(targets)
     }
 
     /// Every state's record on every machine, by (state, machine), for table queries.
     pub fn scan_state_targets(&self, mut visit: impl FnMut(Target)) -> Result<()> {
-        let tx = self.db.begin_read()?;
-        for entry in tx.open_table(STATE_TARGETS)?.iter()? {
-            let (key, value) = entry?;
-            visit(decode("state_targets", key.value().1, value.value())?);
+        for entry in self.read()?.all(STATE_TARGETS, false) {
+            visit(entry?.1);
         }
         Ok(())
     }
 
     /// Every kept check result as (state, machine, result), for table queries.
     pub fn scan_state_checks(&self, mut visit: impl FnMut(&str, &str, CheckRecord)) -> Result<()> {
-        let tx = self.db.begin_read()?;
-        for entry in tx.open_table(STATE_CHECKS)?.iter()? {
-            let (key, value) = entry?;
-            let (state, machine, at) = key.value();
-            visit(state, machine, decode("state_checks", at, value.value())?);
+        for entry in self.read()?.all(STATE_CHECKS, false) {
+            let ((state, machine, _), check) = entry?;
+            visit(&state, &machine, check);
         }
         Ok(())
     }
 
     /// The newest check results of a state on a machine, newest first.
     pub fn state_checks(&self, state_id: &str, machine_id: &str) -> Result<Vec<CheckRecord>> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(STATE_CHECKS)?;
-        table
-            .range((state_id, machine_id, i64::MIN)..=(state_id, machine_id, i64::MAX))?
-            .rev()
+        self.read()?
+            .range_rev(
+                STATE_CHECKS,
+                (state_id, machine_id, i64::MIN)..=(state_id, machine_id, i64::MAX),
+            )
             .take(CHECK_HISTORY)
-            .map(|entry| {
-                let (key, value) = entry?;
-                decode("state_checks", key.value().2, value.value())
-            })
+            .map(|entry| entry.map(|(_, check)| check))
             .collect()
     }
 
@@ -97,37 +86,30 @@ impl Store {
     /// targets that changed, the checks (the history trimmed to
     /// [`CHECK_HISTORY`] per machine) and the audit entries, in one transaction.
     pub fn put_state(&self, write: StateWrite) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        {
-            let state = write.status.state_id.as_str();
-            let mut statuses = tx.open_table(STATE_STATUS)?;
-            statuses.insert(state, encode(&write.status).as_slice())?;
-            put_targets(&tx, &write.targets)?;
-            let mut history = tx.open_table(STATE_CHECKS)?;
-            for (machine, check) in &write.checks {
-                history.insert(
-                    (state, machine.as_str(), check.at_ms),
-                    encode(check).as_slice(),
-                )?;
-                let stale: Vec<i64> = history
-                    .range(
-                        (state, machine.as_str(), i64::MIN)..=(state, machine.as_str(), i64::MAX),
-                    )?
-                    .rev()
-                    .skip(CHECK_HISTORY)
-                    .map(|entry| entry.map(|(key, _)| key.value().2))
-                    .collect::<std::result::Result<_, _>>()?;
-                for at in stale {
-                    history.remove((state, machine.as_str(), at))?;
-                }
+        let mut tx = self.write()?;
+        let state = write.status.state_id.as_str();
+        tx.insert(STATE_STATUS, state, &write.status)?;
+        put_targets(&mut tx, &write.targets)?;
+        for (machine, check) in &write.checks {
+            let machine = machine.as_str();
+            tx.insert(STATE_CHECKS, (state, machine, check.at_ms), check)?;
+            let stale: Vec<i64> = tx
+                .range_rev(
+                    STATE_CHECKS,
+                    (state, machine, i64::MIN)..=(state, machine, i64::MAX),
+                )
+                .skip(CHECK_HISTORY)
+                .map(|entry| entry.map(|((_, _, at), _)| at))
+                .collect::<Result<_>>()?;
+            for at in stale {
+                tx.remove(STATE_CHECKS, (state, machine, at))?;
             }
         }
         for entry in &write.audits {
-            audit::append_audit(&tx, entry)?;
+            audit::append_audit(&mut tx, entry)?;
         }
-        super::outbox::enqueue(&tx, &write.outgoing)?;
-        tx.commit()?;
-        Ok(())
+        super::outbox::enqueue(&mut tx, &write.outgoing)?;
+        tx.commit()
     }
 
     /// Resumes a state's halted rollout, audited with it; the new status, or
@@ -138,39 +120,30 @@ impl Store {
         audit: &Audit,
         now_ms: i64,
     ) -> Result<Option<StateStatus>> {
-        let tx = self.db.begin_write()?;
-        let resumed = {
-            let mut statuses = tx.open_table(STATE_STATUS)?;
-            let current: Option<StateStatus> = get_str(&statuses, "state_status", id)?;
-            match current {
-                None => None,
-                Some(mut status) => {
-                    status.resume(now_ms);
-                    statuses.insert(id, encode(&status).as_slice())?;
-                    Some(status)
-                }
-            }
+        let mut tx = self.write()?;
+        let Some(mut status) = tx.get(STATE_STATUS, id)? else {
+            return Ok(None);
         };
-        if resumed.is_some() {
-            audit::append_audit(&tx, audit)?;
-        }
+        status.resume(now_ms);
+        tx.insert(STATE_STATUS, id, &status)?;
+        audit::append_audit(&mut tx, audit)?;
         tx.commit()?;
-        Ok(resumed)
+        Ok(Some(status))
     }
 }
 
 /// Writes targets' records in `tx`.
-pub(super) fn put_targets(tx: &redb::WriteTransaction, targets: &[Target]) -> Result<()> {
-    let mut table = tx.open_table(STATE_TARGETS)?;
+pub(super) fn put_targets(tx: &mut WriteTx, targets: &[Target]) -> Result<()> {
     for target in targets {
         let key = (target.state_id.as_str(), target.machine_id.as_str());
-        table.insert(key, encode(target).as_slice())?;
+        tx.insert(STATE_TARGETS, key, target)?;
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::store::testing;
     use linkops_reconcilers::operation::{
         HostResult, HostState, Operation, OperationState, Requester,
     };
@@ -182,97 +155,99 @@ mod tests {
     /// target names the operation the store numbered, and the change is audited.
     #[test]
     fn a_state_s_apply_is_claimed_with_its_operation() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let mut target = Target::new("motd", "web1", 0);
-        target.apply = Some(ApplyRecord {
-            digest: "d".into(),
-            operation_id: 0,
-            started_at_ms: 5,
-            finished_at_ms: None,
-            result: ApplyResult::Running,
-        });
-        let operation = Operation {
-            id: 0,
-            script: "motd".into(),
-            params: Default::default(),
-            machines: vec!["web1".into()],
-            requested_by: Requester::State {
-                id: "motd".into(),
-                revision: "abc".into(),
-            },
-            state: OperationState::Pending,
-            created_at_ms: 5,
-            finished_at_ms: None,
-            rollout: None,
-            retry_of: None,
-        };
-        let host = HostResult {
-            machine_id: "web1".into(),
-            state: HostState::Pending,
-            started_at_ms: None,
-            finished_at_ms: None,
-            stdout_bytes: 0,
-            stderr_bytes: 0,
-        };
-        let claim = super::super::Claim::StateApply {
-            status: StateStatus::new("motd", "d", "abc", 5),
-            targets: vec![target],
-        };
-        let created = store
-            .create_operation(&operation, &[host], Some(claim), |_| Vec::new())
-            .unwrap();
-        let stored = &store.state_targets("motd").unwrap()["web1"];
-        assert_eq!(
-            stored.standing,
-            Standing::Applying {
-                operation_id: created.id
-            }
-        );
-        assert_eq!(stored.apply.as_ref().unwrap().operation_id, created.id);
-        assert!(store.state_status("motd").unwrap().is_some());
-        let audit = store.audit_entries(0, 10).unwrap();
-        let applied = audit.iter().find(|e| e.action == "state.apply").unwrap();
-        assert_eq!(
-            (applied.actor.as_str(), applied.target.as_str()),
-            ("git@abc", "motd")
-        );
+        for backing in testing::backings() {
+            let store = backing.open();
+            let mut target = Target::new("motd", "web1", 0);
+            target.apply = Some(ApplyRecord {
+                digest: "d".into(),
+                operation_id: 0,
+                started_at_ms: 5,
+                finished_at_ms: None,
+                result: ApplyResult::Running,
+            });
+            let operation = Operation {
+                id: 0,
+                script: "motd".into(),
+                params: Default::default(),
+                machines: vec!["web1".into()],
+                requested_by: Requester::State {
+                    id: "motd".into(),
+                    revision: "abc".into(),
+                },
+                state: OperationState::Pending,
+                created_at_ms: 5,
+                finished_at_ms: None,
+                rollout: None,
+                retry_of: None,
+            };
+            let host = HostResult {
+                machine_id: "web1".into(),
+                state: HostState::Pending,
+                started_at_ms: None,
+                finished_at_ms: None,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+            };
+            let claim = super::super::Claim::StateApply {
+                status: StateStatus::new("motd", "d", "abc", 5),
+                targets: vec![target],
+            };
+            let created = store
+                .create_operation(&operation, &[host], Some(claim), |_| Vec::new())
+                .unwrap();
+            let stored = &store.state_targets("motd").unwrap()["web1"];
+            assert_eq!(
+                stored.standing,
+                Standing::Applying {
+                    operation_id: created.id
+                }
+            );
+            assert_eq!(stored.apply.as_ref().unwrap().operation_id, created.id);
+            assert!(store.state_status("motd").unwrap().is_some());
+            let audit = store.audit_entries(0, 10).unwrap();
+            let applied = audit.iter().find(|e| e.action == "state.apply").unwrap();
+            assert_eq!(
+                (applied.actor.as_str(), applied.target.as_str()),
+                ("git@abc", "motd")
+            );
+        }
     }
 
     #[test]
     fn check_history_keeps_the_newest_per_machine() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let check = |at_ms| CheckRecord {
-            digest: "d".into(),
-            at_ms,
-            duration_ms: 1,
-            outcome: CheckOutcome::Holds,
-            output: format!("check at {at_ms}"),
-        };
-        let status = StateStatus::new("motd", "d", "r", 0);
-        for at in 0..(CHECK_HISTORY as i64 + 5) {
-            store
-                .put_state(StateWrite {
-                    status: status.clone(),
-                    targets: vec![Target::new("motd", "web1", at)],
-                    checks: vec![("web1".into(), check(at)), ("web2".into(), check(at * 10))],
-                    audits: vec![],
-                    outgoing: vec![],
-                })
-                .unwrap();
+        for backing in testing::backings() {
+            let store = backing.open();
+            let check = |at_ms| CheckRecord {
+                digest: "d".into(),
+                at_ms,
+                duration_ms: 1,
+                outcome: CheckOutcome::Holds,
+                output: format!("check at {at_ms}"),
+            };
+            let status = StateStatus::new("motd", "d", "r", 0);
+            for at in 0..(CHECK_HISTORY as i64 + 5) {
+                store
+                    .put_state(StateWrite {
+                        status: status.clone(),
+                        targets: vec![Target::new("motd", "web1", at)],
+                        checks: vec![("web1".into(), check(at)), ("web2".into(), check(at * 10))],
+                        audits: vec![],
+                        outgoing: vec![],
+                    })
+                    .unwrap();
+            }
+            let kept = store.state_checks("motd", "web1").unwrap();
+            assert_eq!(kept.len(), CHECK_HISTORY);
+            assert_eq!(kept[0].at_ms, CHECK_HISTORY as i64 + 4, "newest first");
+            assert_eq!(kept.last().unwrap().at_ms, 5);
+            assert_eq!(
+                store.state_checks("motd", "web2").unwrap().len(),
+                CHECK_HISTORY
+            );
+            assert!(store.state_checks("other", "web1").unwrap().is_empty());
+            let targets = store.state_targets("motd").unwrap();
+            assert_eq!(targets.keys().collect::<Vec<_>>(), ["web1"]);
+            assert!(store.state_targets("mot").unwrap().is_empty());
         }
-        let kept = store.state_checks("motd", "web1").unwrap();
-        assert_eq!(kept.len(), CHECK_HISTORY);
-        assert_eq!(kept[0].at_ms, CHECK_HISTORY as i64 + 4, "newest first");
-        assert_eq!(kept.last().unwrap().at_ms, 5);
-        assert_eq!(
-            store.state_checks("motd", "web2").unwrap().len(),
-            CHECK_HISTORY
-        );
-        assert!(store.state_checks("other", "web1").unwrap().is_empty());
-        let targets = store.state_targets("motd").unwrap();
-        assert_eq!(targets.keys().collect::<Vec<_>>(), ["web1"]);
-        assert!(store.state_targets("mot").unwrap().is_empty());
     }
 }

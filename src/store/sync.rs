@@ -8,12 +8,11 @@ use std::collections::BTreeMap;
 use linkops_reconcilers::desired::{DesiredState, Problem};
 use linkops_reconcilers::machine::Machine;
 use linkops_reconcilers::script::Script;
-use redb::ReadableTable;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::audit::{self, Audit};
-use super::codec::{JsonTable, decode, encode};
+use super::engine::{Json, Read, Table, Write, WriteTx};
 use super::schema::{MACHINES, SCRIPTS, SYNC_HISTORY};
 use super::{Result, Store};
 
@@ -91,31 +90,25 @@ impl Store {
         keep: u64,
         outgoing: &[linkops_reconcilers::outbox::Outgoing],
     ) -> Result<SyncRecord> {
-        let tx = self.db.begin_write()?;
-        super::outbox::enqueue(&tx, outgoing)?;
+        let mut tx = self.write()?;
+        super::outbox::enqueue(&mut tx, outgoing)?;
         if let Some(entry) = audit {
-            audit::append_audit(&tx, entry)?;
+            audit::append_audit(&mut tx, entry)?;
         }
-        {
-            let mut history = tx.open_table(SYNC_HISTORY)?;
-            record.seq = history.last()?.map_or(1, |(key, _)| key.value() + 1);
-            history.insert(record.seq, encode(&record).as_slice())?;
-            if let Some(old) = record.seq.checked_sub(keep) {
-                let applied = match history.get(old)? {
-                    Some(value) => {
-                        let old_record: SyncRecord = decode("sync_history", old, value.value())?;
-                        matches!(old_record.outcome, SyncOutcome::Applied { .. })
-                    }
-                    None => true,
-                };
-                if !applied {
-                    history.remove(old)?;
-                }
+        record.seq = tx.last(SYNC_HISTORY)?.map_or(1, |(seq, _)| seq + 1);
+        tx.insert(SYNC_HISTORY, record.seq, &record)?;
+        if let Some(old) = record.seq.checked_sub(keep) {
+            let applied = match tx.get(SYNC_HISTORY, old)? {
+                Some(old) => matches!(old.outcome, SyncOutcome::Applied { .. }),
+                None => true,
+            };
+            if !applied {
+                tx.remove(SYNC_HISTORY, old)?;
             }
         }
         if let Some(desired) = desired {
             let now = record.started_at_ms + i64::try_from(record.duration_ms).unwrap_or(0);
-            apply(&tx, desired, now)?;
+            apply(&mut tx, desired, now)?;
         }
         tx.commit()?;
         Ok(record)
@@ -123,28 +116,17 @@ impl Store {
 
     /// The most recent sync attempts, newest first.
     pub fn recent_syncs(&self, limit: usize) -> Result<Vec<SyncRecord>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        let history = tx.open_table(SYNC_HISTORY)?;
-        history
-            .range::<u64>(..)?
-            .rev()
+        self.read()?
+            .all(SYNC_HISTORY, true)
             .take(limit)
-            .map(|entry| {
-                let (key, value) = entry?;
-                decode("sync_history", key.value(), value.value())
-            })
+            .map(|entry| entry.map(|(_, record)| record))
             .collect()
     }
 
     /// The latest attempt that applied a revision.
     pub fn last_applied_sync(&self) -> Result<Option<SyncRecord>> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read()?;
-        let history = tx.open_table(SYNC_HISTORY)?;
-        for entry in history.range::<u64>(..)?.rev() {
-            let (key, value) = entry?;
-            let record: SyncRecord = decode("sync_history", key.value(), value.value())?;
+        for entry in self.read()?.all(SYNC_HISTORY, true) {
+            let (_, record) = entry?;
             if matches!(record.outcome, SyncOutcome::Applied { .. }) {
                 return Ok(Some(record));
             }
@@ -153,48 +135,38 @@ impl Store {
     }
 
     pub fn machine(&self, id: &str) -> Result<Option<MachineRecord>> {
-        self.read_one(MACHINES, "machines", id)
+        self.read_one(MACHINES, id)
     }
 }
 
 /// Upserts the revision's machines and scripts and marks the ones it dropped as removed.
-fn apply(tx: &redb::WriteTransaction, desired: &DesiredState, now_ms: i64) -> Result<()> {
+fn apply(tx: &mut WriteTx, desired: &DesiredState, now_ms: i64) -> Result<()> {
     let machines = desired.machines.iter().map(|m| (m.id.as_str(), m));
-    declare(
-        tx,
-        MACHINES,
-        "machines",
-        machines,
-        &desired.revision,
-        now_ms,
-    )?;
+    declare(tx, MACHINES, machines, &desired.revision, now_ms)?;
     let scripts = desired.scripts.iter().map(|(id, s)| (id.as_str(), s));
-    declare(tx, SCRIPTS, "scripts", scripts, &desired.revision, now_ms)
+    declare(tx, SCRIPTS, scripts, &desired.revision, now_ms)
 }
 
 /// Makes `table` hold exactly `current` as declared by `revision`, keeping
 /// the records of what it no longer declares, marked removed.
 fn declare<'a, T: Clone + Serialize + DeserializeOwned + 'a>(
-    tx: &redb::WriteTransaction,
-    table: JsonTable<&'static str>,
-    name: &'static str,
+    tx: &mut WriteTx,
+    table: Table<String, Json<Declared<T>>>,
     current: impl Iterator<Item = (&'a str, &'a T)>,
     revision: &str,
     now_ms: i64,
 ) -> Result<()> {
     let current: BTreeMap<&str, &T> = current.collect();
-    let mut table = tx.open_table(table)?;
     let mut dropped = Vec::new();
-    for entry in table.range::<&str>(..)? {
-        let (key, value) = entry?;
-        let mut record: Declared<T> = decode(name, key.value(), value.value())?;
-        if !current.contains_key(key.value()) && record.removed_at_ms.is_none() {
+    for entry in tx.all(table, false) {
+        let (id, mut record) = entry?;
+        if !current.contains_key(id.as_str()) && record.removed_at_ms.is_none() {
             record.removed_at_ms = Some(now_ms);
-            dropped.push((key.value().to_owned(), record));
+            dropped.push((id, record));
         }
     }
     for (id, record) in dropped {
-        table.insert(id.as_str(), encode(&record).as_slice())?;
+        tx.insert(table, &id, &record)?;
     }
     for (id, spec) in current {
         let record = Declared {
@@ -202,7 +174,7 @@ fn declare<'a, T: Clone + Serialize + DeserializeOwned + 'a>(
             revision: revision.to_owned(),
             removed_at_ms: None,
         };
-        table.insert(id, encode(&record).as_slice())?;
+        tx.insert(table, id, &record)?;
     }
     Ok(())
 }
@@ -210,36 +182,38 @@ fn declare<'a, T: Clone + Serialize + DeserializeOwned + 'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing;
 
     #[test]
     fn old_attempts_go_but_applied_revisions_stay() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let record = |outcome| SyncRecord {
-            seq: 0,
-            started_at_ms: 0,
-            duration_ms: 0,
-            trigger: "interval".into(),
-            revision: None,
-            previous: None,
-            outcome,
-        };
-        let applied = SyncOutcome::Applied {
-            changed_files: vec![],
-            forced: false,
-        };
-        const KEEP: u64 = 20;
-        store
-            .record_sync(record(applied), None, None, KEEP, &[])
-            .unwrap();
-        for _ in 0..KEEP + 5 {
+        for backing in testing::backings() {
+            let store = backing.open();
+            let record = |outcome| SyncRecord {
+                seq: 0,
+                started_at_ms: 0,
+                duration_ms: 0,
+                trigger: "interval".into(),
+                revision: None,
+                previous: None,
+                outcome,
+            };
+            let applied = SyncOutcome::Applied {
+                changed_files: vec![],
+                forced: false,
+            };
+            const KEEP: u64 = 20;
             store
-                .record_sync(record(SyncOutcome::Unchanged), None, None, KEEP, &[])
+                .record_sync(record(applied), None, None, KEEP, &[])
                 .unwrap();
+            for _ in 0..KEEP + 5 {
+                store
+                    .record_sync(record(SyncOutcome::Unchanged), None, None, KEEP, &[])
+                    .unwrap();
+            }
+            let kept = store.recent_syncs(usize::MAX).unwrap();
+            // The newest KEEP, and the applied first one.
+            assert_eq!(kept.len() as u64, KEEP + 1);
+            assert_eq!(store.last_applied_sync().unwrap().unwrap().seq, 1);
         }
-        let kept = store.recent_syncs(usize::MAX).unwrap();
-        // The newest KEEP, and the applied first one.
-        assert_eq!(kept.len() as u64, KEEP + 1);
-        assert_eq!(store.last_applied_sync().unwrap().unwrap().seq, 1);
     }
 }

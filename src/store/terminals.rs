@@ -5,35 +5,32 @@
 //! that the record and the recording never disagree after a crash.
 
 use linkops_reconcilers::terminal::{SessionEnd, TerminalSession, Workspace};
-use redb::{ReadableDatabase, ReadableTable};
 
 use super::audit::{self, Actor, AuditAction, Outcome};
-use super::codec::{decode, encode};
+use super::engine::{Read, Write};
 use super::scan::SeqTable;
 use super::schema::{TERMINAL_RECORDINGS, TERMINAL_SESSIONS, TERMINAL_WORKSPACES};
 use super::{Result, Store, now_ms};
 
 impl Store {
     pub fn put_workspace(&self, workspace: &Workspace) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(TERMINAL_WORKSPACES)?
-            .insert(workspace.id.as_str(), encode(workspace).as_slice())?;
-        tx.commit()?;
-        Ok(())
+        let mut tx = self.write()?;
+        tx.insert(TERMINAL_WORKSPACES, &workspace.id, workspace)?;
+        tx.commit()
     }
 
     pub fn workspace(&self, id: &str) -> Result<Option<Workspace>> {
-        self.read_one(TERMINAL_WORKSPACES, "terminal_workspaces", id)
+        self.read_one(TERMINAL_WORKSPACES, id)
     }
 
     pub fn workspaces(&self) -> Result<Vec<Workspace>> {
-        self.read_all(TERMINAL_WORKSPACES, "terminal_workspaces")
+        self.read_all(TERMINAL_WORKSPACES)
     }
 
     /// Removes a workspace; its sessions' records and recordings stay.
     pub fn delete_workspace(&self, id: &str) -> Result<bool> {
-        let tx = self.db.begin_write()?;
-        let removed = tx.open_table(TERMINAL_WORKSPACES)?.remove(id)?.is_some();
+        let mut tx = self.write()?;
+        let removed = tx.remove(TERMINAL_WORKSPACES, id)?;
         tx.commit()?;
         Ok(removed)
     }
@@ -45,22 +42,17 @@ impl Store {
         session: &TerminalSession,
         recording: &[u8],
     ) -> Result<TerminalSession> {
-        let tx = self.db.begin_write()?;
-        let created = {
-            let mut sessions = tx.open_table(TERMINAL_SESSIONS)?;
-            let id = sessions.last()?.map_or(1, |(key, _)| key.value() + 1);
-            let created = TerminalSession {
-                id,
-                recorded_bytes: recording.len() as u64,
-                ..session.clone()
-            };
-            sessions.insert(id, encode(&created).as_slice())?;
-            tx.open_table(TERMINAL_RECORDINGS)?
-                .insert((id, 1), recording)?;
-            created
+        let mut tx = self.write()?;
+        let id = tx.last(TERMINAL_SESSIONS)?.map_or(1, |(id, _)| id + 1);
+        let created = TerminalSession {
+            id,
+            recorded_bytes: recording.len() as u64,
+            ..session.clone()
         };
+        tx.insert(TERMINAL_SESSIONS, id, &created)?;
+        tx.insert(TERMINAL_RECORDINGS, (id, 1u64), &recording.to_vec())?;
         audit::append(
-            &tx,
+            &mut tx,
             &Actor::user(&created.user),
             AuditAction::TerminalOpen,
             &created.machine_id,
@@ -80,24 +72,19 @@ impl Store {
         truncated: bool,
         end: Option<SessionEnd>,
     ) -> Result<Option<TerminalSession>> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.write()?;
         let updated = {
-            let mut sessions = tx.open_table(TERMINAL_SESSIONS)?;
-            let current = sessions
-                .get(id)?
-                .map(|v| decode::<TerminalSession>("terminal_sessions", id, v.value()));
-            let Some(session) = current else {
+            let Some(mut session) = tx.get(TERMINAL_SESSIONS, id)? else {
                 return Ok(None);
             };
-            let mut session = session?;
             if !chunk.is_empty() {
-                let mut recording = tx.open_table(TERMINAL_RECORDINGS)?;
-                let next = recording
-                    .range((id, 0)..=(id, u64::MAX))?
-                    .next_back()
+                let next = tx
+                    .range_rev(TERMINAL_RECORDINGS, (id, 0)..=(id, u64::MAX))
+                    .paged(1)
+                    .next()
                     .transpose()?
-                    .map_or(1, |(key, _)| key.value().1 + 1);
-                recording.insert((id, next), chunk)?;
+                    .map_or(1, |((_, number), _)| number + 1);
+                tx.insert(TERMINAL_RECORDINGS, (id, next), &chunk.to_vec())?;
                 session.recorded_bytes += chunk.len() as u64;
             }
             session.truncated |= truncated;
@@ -108,7 +95,7 @@ impl Store {
                     serde_json::to_string(&end).unwrap_or_default()
                 );
                 audit::append(
-                    &tx,
+                    &mut tx,
                     &Actor::user(&session.user),
                     AuditAction::TerminalClose,
                     &session.machine_id,
@@ -118,7 +105,7 @@ impl Store {
                 session.end = Some(end);
                 session.ended_at_ms = Some(now_ms());
             }
-            sessions.insert(id, encode(&session).as_slice())?;
+            tx.insert(TERMINAL_SESSIONS, id, &session)?;
             session
         };
         tx.commit()?;
@@ -126,12 +113,7 @@ impl Store {
     }
 
     pub fn terminal_session(&self, id: u64) -> Result<Option<TerminalSession>> {
-        let tx = self.db.begin_read()?;
-        let sessions = tx.open_table(TERMINAL_SESSIONS)?;
-        let value = sessions.get(id)?;
-        value
-            .map(|v| decode("terminal_sessions", id, v.value()))
-            .transpose()
+        self.read_one(TERMINAL_SESSIONS, id)
     }
 
     /// Sessions newest first, filtered by `keep`, at most `limit`.
@@ -151,14 +133,15 @@ impl Store {
         after: u64,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>> {
-        let tx = self.db.begin_read()?;
-        let recording = tx.open_table(TERMINAL_RECORDINGS)?;
+        let tx = self.read()?;
         let mut page = Vec::new();
         let mut bytes = 0;
-        for entry in recording.range((id, after.saturating_add(1))..=(id, u64::MAX))? {
-            let (key, value) = entry?;
-            bytes += value.value().len();
-            page.push((key.value().1, value.value().to_vec()));
+        let chunks = (id, after.saturating_add(1))..=(id, u64::MAX);
+        // Chunks are large: a few at a time from the engine.
+        for entry in tx.range(TERMINAL_RECORDINGS, chunks).paged(8) {
+            let ((_, number), chunk) = entry?;
+            bytes += chunk.len();
+            page.push((number, chunk));
             if bytes >= max_bytes {
                 break;
             }
@@ -168,24 +151,18 @@ impl Store {
 
     /// Marks sessions a previous process left open as interrupted; returns their ids.
     pub fn interrupt_open_terminal_sessions(&self) -> Result<Vec<u64>> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.write()?;
         let mut interrupted = Vec::new();
-        {
-            let mut sessions = tx.open_table(TERMINAL_SESSIONS)?;
-            let open: Vec<TerminalSession> = sessions
-                .range::<u64>(..)?
-                .map(|entry| {
-                    let (key, value) = entry?;
-                    decode::<TerminalSession>("terminal_sessions", key.value(), value.value())
-                })
-                .filter(|session| !matches!(session, Ok(s) if s.end.is_some()))
-                .collect::<Result<_>>()?;
-            for mut session in open {
-                session.end = Some(SessionEnd::Interrupted);
-                session.ended_at_ms = Some(now_ms());
-                sessions.insert(session.id, encode(&session).as_slice())?;
-                interrupted.push(session.id);
-            }
+        let open: Vec<TerminalSession> = tx
+            .all(TERMINAL_SESSIONS, false)
+            .map(|entry| entry.map(|(_, session)| session))
+            .filter(|session| !matches!(session, Ok(s) if s.end.is_some()))
+            .collect::<Result<_>>()?;
+        for mut session in open {
+            session.end = Some(SessionEnd::Interrupted);
+            session.ended_at_ms = Some(now_ms());
+            tx.insert(TERMINAL_SESSIONS, session.id, &session)?;
+            interrupted.push(session.id);
         }
         tx.commit()?;
         Ok(interrupted)
@@ -203,6 +180,7 @@ fn describe(session: &TerminalSession) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing;
 
     fn session() -> TerminalSession {
         TerminalSession {
@@ -224,69 +202,72 @@ mod tests {
 
     #[test]
     fn a_recording_reads_back_in_order_and_counts_its_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let created = store
-            .create_terminal_session(&session(), b"header\n")
-            .unwrap();
-        assert_eq!(created.id, 1);
-        store.record_terminal(1, b"one\n", false, None).unwrap();
-        let ended = store
-            .record_terminal(1, b"two\n", true, Some(SessionEnd::Idle))
-            .unwrap()
-            .unwrap();
-        assert_eq!(ended.recorded_bytes, 15);
-        assert!(ended.truncated && ended.ended_at_ms.is_some());
-        let chunks = store.recording_chunks(1, 0, 1 << 20).unwrap();
-        let text: Vec<u8> = chunks.iter().flat_map(|(_, c)| c.clone()).collect();
-        assert_eq!(text, b"header\none\ntwo\n");
-        // Paging resumes after the last chunk read.
-        assert_eq!(store.recording_chunks(1, 2, 1 << 20).unwrap().len(), 1);
+        for backing in testing::backings() {
+            let store = backing.open();
+            let created = store
+                .create_terminal_session(&session(), b"header\n")
+                .unwrap();
+            assert_eq!(created.id, 1);
+            store.record_terminal(1, b"one\n", false, None).unwrap();
+            let ended = store
+                .record_terminal(1, b"two\n", true, Some(SessionEnd::Idle))
+                .unwrap()
+                .unwrap();
+            assert_eq!(ended.recorded_bytes, 15);
+            assert!(ended.truncated && ended.ended_at_ms.is_some());
+            let chunks = store.recording_chunks(1, 0, 1 << 20).unwrap();
+            let text: Vec<u8> = chunks.iter().flat_map(|(_, c)| c.clone()).collect();
+            assert_eq!(text, b"header\none\ntwo\n");
+            // Paging resumes after the last chunk read.
+            assert_eq!(store.recording_chunks(1, 2, 1 << 20).unwrap().len(), 1);
+        }
     }
 
     #[test]
     fn opening_and_closing_a_session_write_their_audit_with_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let created = store.create_terminal_session(&session(), b"h\n").unwrap();
-        // A chunk without an end is no audited change.
-        store
-            .record_terminal(created.id, b"x\n", false, None)
-            .unwrap();
-        store
-            .record_terminal(created.id, b"", false, Some(SessionEnd::Closed))
-            .unwrap();
-        let entries = store.audit_entries(0, 10).unwrap();
-        let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
-        assert_eq!(actions, ["terminal.open", "terminal.close"]);
-        assert_eq!(entries[0].actor, created.user);
-        assert_eq!(entries[0].target, created.machine_id);
-        let described = format!(
-            "session 1 (workspace {} pane {})",
-            created.workspace_id, created.pane
-        );
-        assert_eq!(entries[0].detail.as_deref(), Some(described.as_str()));
-        assert_eq!(
-            entries[1].detail.as_deref(),
-            Some(format!("{described}: {{\"reason\":\"closed\"}}").as_str())
-        );
+        for backing in testing::backings() {
+            let store = backing.open();
+            let created = store.create_terminal_session(&session(), b"h\n").unwrap();
+            // A chunk without an end is no audited change.
+            store
+                .record_terminal(created.id, b"x\n", false, None)
+                .unwrap();
+            store
+                .record_terminal(created.id, b"", false, Some(SessionEnd::Closed))
+                .unwrap();
+            let entries = store.audit_entries(0, 10).unwrap();
+            let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+            assert_eq!(actions, ["terminal.open", "terminal.close"]);
+            assert_eq!(entries[0].actor, created.user);
+            assert_eq!(entries[0].target, created.machine_id);
+            let described = format!(
+                "session 1 (workspace {} pane {})",
+                created.workspace_id, created.pane
+            );
+            assert_eq!(entries[0].detail.as_deref(), Some(described.as_str()));
+            assert_eq!(
+                entries[1].detail.as_deref(),
+                Some(format!("{described}: {{\"reason\":\"closed\"}}").as_str())
+            );
+        }
     }
 
     #[test]
     fn sessions_left_open_are_interrupted_at_the_next_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        store.create_terminal_session(&session(), b"h\n").unwrap();
-        store.create_terminal_session(&session(), b"h\n").unwrap();
-        store
-            .record_terminal(2, b"", false, Some(SessionEnd::Closed))
-            .unwrap();
-        assert_eq!(store.interrupt_open_terminal_sessions().unwrap(), vec![1]);
-        let first = store.terminal_session(1).unwrap().unwrap();
-        assert_eq!(first.end, Some(SessionEnd::Interrupted));
-        assert_eq!(
-            store.terminal_session(2).unwrap().unwrap().end,
-            Some(SessionEnd::Closed)
-        );
+        for backing in testing::backings() {
+            let store = backing.open();
+            store.create_terminal_session(&session(), b"h\n").unwrap();
+            store.create_terminal_session(&session(), b"h\n").unwrap();
+            store
+                .record_terminal(2, b"", false, Some(SessionEnd::Closed))
+                .unwrap();
+            assert_eq!(store.interrupt_open_terminal_sessions().unwrap(), vec![1]);
+            let first = store.terminal_session(1).unwrap().unwrap();
+            assert_eq!(first.end, Some(SessionEnd::Interrupted));
+            assert_eq!(
+                store.terminal_session(2).unwrap().unwrap().end,
+                Some(SessionEnd::Closed)
+            );
+        }
     }
 }

@@ -1,12 +1,9 @@
 //! Users, their roles, and the persisted failed-login counters behind lockout.
 
-use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
-use linkops_reconcilers::terminal::Workspace;
-
 use super::audit::{self, Actor, Audit, AuditAction, Outcome};
-use super::codec::{decode, encode, get_str};
+use super::engine::{Read, Write, WriteTx};
 use super::schema::{LOGIN_FAILURES, RETIRED_NAMES, TERMINAL_WORKSPACES, USERS};
 use super::{Error, Result, Store, now_ms};
 
@@ -95,22 +92,18 @@ impl Store {
         password_hash: &str,
         by: &Actor,
     ) -> Result<User> {
-        let tx = self.db.begin_write()?;
-        let user = {
-            let mut users = tx.open_table(USERS)?;
-            if users.get(name)?.is_some() {
-                return Err(Error::UserExists(name.to_owned()));
-            }
-            if tx.open_table(RETIRED_NAMES)?.get(name)?.is_some() {
-                return Err(Error::NameRetired(name.to_owned()));
-            }
-            let user = new_user(name, role, password_hash);
-            users.insert(name, encode(&user).as_slice())?;
-            user
-        };
+        let mut tx = self.write()?;
+        if tx.get(USERS, name)?.is_some() {
+            return Err(Error::UserExists(name.to_owned()));
+        }
+        if tx.get(RETIRED_NAMES, name)?.is_some() {
+            return Err(Error::NameRetired(name.to_owned()));
+        }
+        let user = new_user(name, role, password_hash);
+        tx.insert(USERS, name, &user)?;
         let detail = format!("role {role}");
         audit::append(
-            &tx,
+            &mut tx,
             by,
             AuditAction::UserCreate,
             name,
@@ -128,19 +121,15 @@ impl Store {
         role: Role,
         password_hash: &str,
     ) -> Result<Option<User>> {
-        let tx = self.db.begin_write()?;
-        let user = {
-            let mut users = tx.open_table(USERS)?;
-            if !users.is_empty()? {
-                return Ok(None);
-            }
-            let user = new_user(name, role, password_hash);
-            users.insert(name, encode(&user).as_slice())?;
-            user
-        };
+        let mut tx = self.write()?;
+        if tx.first(USERS)?.is_some() {
+            return Ok(None);
+        }
+        let user = new_user(name, role, password_hash);
+        tx.insert(USERS, name, &user)?;
         let detail = Some("first admin, generated password".into());
         audit::append(
-            &tx,
+            &mut tx,
             &Actor::System,
             AuditAction::UserCreate,
             name,
@@ -152,31 +141,28 @@ impl Store {
     }
 
     pub fn user(&self, name: &str) -> Result<Option<User>> {
-        self.read_one(USERS, "users", name)
+        self.read_one(USERS, name)
     }
 
     /// Every user, by name.
     pub fn users(&self) -> Result<Vec<User>> {
-        self.read_all(USERS, "users")
+        self.read_all(USERS)
     }
 
     /// Replaces a user's password hash, audited as done `by`; tokens issued
     /// before now stop working.
     pub fn set_password(&self, name: &str, password_hash: &str, by: &Actor) -> Result<User> {
-        let tx = self.db.begin_write()?;
-        let user = {
-            let mut users = tx.open_table(USERS)?;
-            let mut user: User = get_str(&users, "users", name)?
-                .ok_or_else(|| Error::NoSuchUser(name.to_owned()))?;
-            user.password_hash = password_hash.to_owned();
-            user.password_changed_at_ms = now_ms();
-            users.insert(name, encode(&user).as_slice())?;
-            user
-        };
+        let mut tx = self.write()?;
+        let mut user = tx
+            .get(USERS, name)?
+            .ok_or_else(|| Error::NoSuchUser(name.to_owned()))?;
+        user.password_hash = password_hash.to_owned();
+        user.password_changed_at_ms = now_ms();
+        tx.insert(USERS, name, &user)?;
         // A new password also lifts a lockout.
-        tx.open_table(LOGIN_FAILURES)?.remove(name)?;
+        tx.remove(LOGIN_FAILURES, name)?;
         audit::append(
-            &tx,
+            &mut tx,
             by,
             AuditAction::UserPasswd,
             name,
@@ -191,21 +177,21 @@ impl Store {
     /// Changes a user's role, audited as done `by`; the last admin cannot be
     /// demoted. Returns the role before and the user now.
     pub fn set_role(&self, name: &str, role: Role, by: &Actor) -> Result<(Role, User)> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.write()?;
         let changed = {
-            let mut users = tx.open_table(USERS)?;
-            let mut user: User = get_str(&users, "users", name)?
+            let mut user = tx
+                .get(USERS, name)?
                 .ok_or_else(|| Error::NoSuchUser(name.to_owned()))?;
             if role != Role::Admin {
-                refuse_last_admin(&users, &user)?;
+                refuse_last_admin(&tx, &user)?;
             }
             let before = std::mem::replace(&mut user.role, role);
-            users.insert(name, encode(&user).as_slice())?;
+            tx.insert(USERS, name, &user)?;
             (before, user)
         };
         let detail = format!("{} -> {role}", changed.0);
         audit::append(
-            &tx,
+            &mut tx,
             by,
             AuditAction::UserRole,
             name,
@@ -223,40 +209,31 @@ impl Store {
     /// naming it (audit log, operations, recordings) keeps meaning one person;
     /// the user's terminal workspaces go (recordings stay, for admins).
     pub fn delete_user(&self, name: &str, by: &Actor) -> Result<DeletedUser> {
-        let tx = self.db.begin_write()?;
-        let user = {
-            let mut users = tx.open_table(USERS)?;
-            let user: User = get_str(&users, "users", name)?
-                .ok_or_else(|| Error::NoSuchUser(name.to_owned()))?;
-            refuse_last_admin(&users, &user)?;
-            users.remove(name)?;
-            user
-        };
-        tx.open_table(LOGIN_FAILURES)?.remove(name)?;
-        tx.open_table(RETIRED_NAMES)?.insert(name, now_ms())?;
-        let workspaces = {
-            let mut table = tx.open_table(TERMINAL_WORKSPACES)?;
-            let mut owned = Vec::new();
-            for entry in table.iter()? {
-                let (key, value) = entry?;
-                let workspace: Workspace =
-                    decode("terminal_workspaces", key.value(), value.value())?;
-                if workspace.owner == name {
-                    owned.push(workspace.id);
-                }
+        let mut tx = self.write()?;
+        let user = tx
+            .get(USERS, name)?
+            .ok_or_else(|| Error::NoSuchUser(name.to_owned()))?;
+        refuse_last_admin(&tx, &user)?;
+        tx.remove(USERS, name)?;
+        tx.remove(LOGIN_FAILURES, name)?;
+        tx.insert(RETIRED_NAMES, name, &now_ms())?;
+        let mut workspaces = Vec::new();
+        for entry in tx.all(TERMINAL_WORKSPACES, false) {
+            let (id, workspace) = entry?;
+            if workspace.owner == name {
+                workspaces.push(id);
             }
-            for id in &owned {
-                table.remove(id.as_str())?;
-            }
-            owned
-        };
+        }
+        for id in &workspaces {
+            tx.remove(TERMINAL_WORKSPACES, id)?;
+        }
         let detail = format!(
             "was {}; {} terminal workspace(s) deleted; the name is retired",
             user.role,
             workspaces.len()
         );
         audit::append(
-            &tx,
+            &mut tx,
             by,
             AuditAction::UserDelete,
             name,
@@ -278,7 +255,7 @@ impl Store {
     }
 
     pub fn login_failures(&self, name: &str) -> Result<Option<LoginFailures>> {
-        self.read_one(LOGIN_FAILURES, "login_failures", name)
+        self.read_one(LOGIN_FAILURES, name)
     }
 
     /// Read-modify-writes the failure counter of `name` in one transaction,
@@ -290,22 +267,15 @@ impl Store {
         update: impl FnOnce(Option<LoginFailures>) -> Option<LoginFailures>,
         audit: impl FnOnce(Option<&LoginFailures>) -> Audit,
     ) -> Result<Option<LoginFailures>> {
-        let tx = self.db.begin_write()?;
-        let next = {
-            let mut table = tx.open_table(LOGIN_FAILURES)?;
-            let current = get_str(&table, "login_failures", name)?;
-            let next = update(current);
-            match &next {
-                Some(failures) => {
-                    table.insert(name, encode(failures).as_slice())?;
-                }
-                None => {
-                    table.remove(name)?;
-                }
+        let mut tx = self.write()?;
+        let next = update(tx.get(LOGIN_FAILURES, name)?);
+        match &next {
+            Some(failures) => tx.insert(LOGIN_FAILURES, name, failures)?,
+            None => {
+                tx.remove(LOGIN_FAILURES, name)?;
             }
-            next
-        };
-        audit::append_audit(&tx, &audit(next.as_ref()))?;
+        }
+        audit::append_audit(&mut tx, &audit(next.as_ref()))?;
         tx.commit()?;
         Ok(next)
     }
@@ -313,16 +283,12 @@ impl Store {
 
 /// Refuses to take the admin role from `user` when no other user has it:
 /// without an admin nobody can manage users through the API.
-fn refuse_last_admin(
-    users: &impl ReadableTable<&'static str, &'static [u8]>,
-    user: &User,
-) -> Result<()> {
+fn refuse_last_admin(tx: &WriteTx, user: &User) -> Result<()> {
     if user.role != Role::Admin {
         return Ok(());
     }
-    for entry in users.iter()? {
-        let (key, value) = entry?;
-        let other: User = decode("users", key.value(), value.value())?;
+    for entry in tx.all(USERS, false) {
+        let (_, other) = entry?;
         if other.role == Role::Admin && other.name != user.name {
             return Ok(());
         }
@@ -344,153 +310,158 @@ fn new_user(name: &str, role: Role, password_hash: &str) -> User {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        (dir, store)
-    }
+    use crate::store::testing;
 
     #[test]
     fn first_user_is_created_only_once() {
-        let (_dir, store) = store();
-        assert!(
-            store
-                .create_first_user("admin", Role::Admin, "h1")
-                .unwrap()
-                .is_some()
-        );
-        assert!(
-            store
-                .create_first_user("admin2", Role::Admin, "h2")
-                .unwrap()
-                .is_none()
-        );
-        assert_eq!(store.users().unwrap().len(), 1);
+        for backing in testing::backings() {
+            let store = backing.open();
+            assert!(
+                store
+                    .create_first_user("admin", Role::Admin, "h1")
+                    .unwrap()
+                    .is_some()
+            );
+            assert!(
+                store
+                    .create_first_user("admin2", Role::Admin, "h2")
+                    .unwrap()
+                    .is_none()
+            );
+            assert_eq!(store.users().unwrap().len(), 1);
+        }
     }
 
     #[test]
     fn every_account_change_is_audited_in_its_own_transaction() {
-        let (_dir, store) = store();
-        let ada = Actor::user("ada");
-        store.create_first_user("ada", Role::Admin, "h").unwrap();
-        store.create_user("bob", Role::Viewer, "h", &ada).unwrap();
-        store.set_password("bob", "h2", &ada).unwrap();
-        store.set_role("bob", Role::Operator, &ada).unwrap();
-        store.delete_user("bob", &ada).unwrap();
-        // A refusal changes nothing and writes nothing.
-        store.delete_user("ada", &ada).unwrap_err();
-        let audited: Vec<(String, String, Option<String>)> = store
-            .audit_entries(0, 10)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.actor, e.action, e.detail))
-            .collect();
-        let entry = |actor: &str, action: &str, detail: Option<&str>| {
-            (
-                actor.to_owned(),
-                action.to_owned(),
-                detail.map(str::to_owned),
-            )
-        };
-        assert_eq!(
-            audited,
-            [
-                entry(
-                    "system",
-                    "user.create",
-                    Some("first admin, generated password")
-                ),
-                entry("ada", "user.create", Some("role viewer")),
-                entry("ada", "user.passwd", None),
-                entry("ada", "user.role", Some("viewer -> operator")),
-                entry(
-                    "ada",
-                    "user.delete",
-                    Some("was operator; 0 terminal workspace(s) deleted; the name is retired")
-                ),
-            ]
-        );
+        for backing in testing::backings() {
+            let store = backing.open();
+            let ada = Actor::user("ada");
+            store.create_first_user("ada", Role::Admin, "h").unwrap();
+            store.create_user("bob", Role::Viewer, "h", &ada).unwrap();
+            store.set_password("bob", "h2", &ada).unwrap();
+            store.set_role("bob", Role::Operator, &ada).unwrap();
+            store.delete_user("bob", &ada).unwrap();
+            // A refusal changes nothing and writes nothing.
+            store.delete_user("ada", &ada).unwrap_err();
+            let audited: Vec<(String, String, Option<String>)> = store
+                .audit_entries(0, 10)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.actor, e.action, e.detail))
+                .collect();
+            let entry = |actor: &str, action: &str, detail: Option<&str>| {
+                (
+                    actor.to_owned(),
+                    action.to_owned(),
+                    detail.map(str::to_owned),
+                )
+            };
+            assert_eq!(
+                audited,
+                [
+                    entry(
+                        "system",
+                        "user.create",
+                        Some("first admin, generated password")
+                    ),
+                    entry("ada", "user.create", Some("role viewer")),
+                    entry("ada", "user.passwd", None),
+                    entry("ada", "user.role", Some("viewer -> operator")),
+                    entry(
+                        "ada",
+                        "user.delete",
+                        Some("was operator; 0 terminal workspace(s) deleted; the name is retired")
+                    ),
+                ]
+            );
+        }
     }
 
     #[test]
     fn duplicate_user_is_refused() {
-        let (_dir, store) = store();
-        store
-            .create_user("ada", Role::Viewer, "h", &Actor::Cli)
-            .unwrap();
-        let err = store
-            .create_user("ada", Role::Admin, "h", &Actor::Cli)
-            .unwrap_err();
-        assert!(matches!(err, Error::UserExists(name) if name == "ada"));
+        for backing in testing::backings() {
+            let store = backing.open();
+            store
+                .create_user("ada", Role::Viewer, "h", &Actor::Cli)
+                .unwrap();
+            let err = store
+                .create_user("ada", Role::Admin, "h", &Actor::Cli)
+                .unwrap_err();
+            assert!(matches!(err, Error::UserExists(name) if name == "ada"));
+        }
     }
 
     #[test]
     fn new_password_clears_failures() {
-        let (_dir, store) = store();
-        store
-            .create_user("ada", Role::Viewer, "h", &Actor::Cli)
-            .unwrap();
-        store
-            .update_login_failures(
-                "ada",
-                |_| {
-                    Some(LoginFailures {
-                        count: 3,
-                        last_failure_ms: 1,
-                        locked_until_ms: None,
-                    })
-                },
-                |_| Audit {
-                    actor: Actor::user("ada"),
-                    action: AuditAction::AuthLogin,
-                    target: "ada".into(),
-                    outcome: Outcome::Failure,
-                    detail: None,
-                },
-            )
-            .unwrap();
-        let user = store.set_password("ada", "h2", &Actor::Cli).unwrap();
-        assert_eq!(user.password_hash, "h2");
-        assert_eq!(store.login_failures("ada").unwrap(), None);
+        for backing in testing::backings() {
+            let store = backing.open();
+            store
+                .create_user("ada", Role::Viewer, "h", &Actor::Cli)
+                .unwrap();
+            store
+                .update_login_failures(
+                    "ada",
+                    |_| {
+                        Some(LoginFailures {
+                            count: 3,
+                            last_failure_ms: 1,
+                            locked_until_ms: None,
+                        })
+                    },
+                    |_| Audit {
+                        actor: Actor::user("ada"),
+                        action: AuditAction::AuthLogin,
+                        target: "ada".into(),
+                        outcome: Outcome::Failure,
+                        detail: None,
+                    },
+                )
+                .unwrap();
+            let user = store.set_password("ada", "h2", &Actor::Cli).unwrap();
+            assert_eq!(user.password_hash, "h2");
+            assert_eq!(store.login_failures("ada").unwrap(), None);
+        }
     }
 
     #[test]
     fn the_last_admin_is_neither_demoted_nor_deleted() {
-        let (_dir, store) = store();
-        store
-            .create_user("root", Role::Admin, "h", &Actor::Cli)
-            .unwrap();
-        store
-            .create_user("ada", Role::Operator, "h", &Actor::Cli)
-            .unwrap();
-        let refused = store
-            .set_role("root", Role::Operator, &Actor::Cli)
-            .unwrap_err();
-        assert!(matches!(refused, Error::LastAdmin(name) if name == "root"));
-        assert!(matches!(
-            store.delete_user("root", &Actor::Cli).unwrap_err(),
-            Error::LastAdmin(_)
-        ));
-        // With a second admin, either can go.
-        store.set_role("ada", Role::Admin, &Actor::Cli).unwrap();
-        let (before, root) = store.set_role("root", Role::Viewer, &Actor::Cli).unwrap();
-        assert_eq!((before, root.role), (Role::Admin, Role::Viewer));
-        assert!(matches!(
-            store.delete_user("ada", &Actor::Cli).unwrap_err(),
-            Error::LastAdmin(_)
-        ));
-        store.delete_user("root", &Actor::Cli).unwrap();
-        assert_eq!(store.user("root").unwrap(), None);
-        // The name is retired: a new account cannot inherit what it owned.
-        assert!(matches!(
-            store.create_user("root", Role::Admin, "h", &Actor::Cli).unwrap_err(),
-            Error::NameRetired(name) if name == "root"
-        ));
-        assert!(matches!(
-            store.delete_user("root", &Actor::Cli).unwrap_err(),
-            Error::NoSuchUser(_)
-        ));
+        for backing in testing::backings() {
+            let store = backing.open();
+            store
+                .create_user("root", Role::Admin, "h", &Actor::Cli)
+                .unwrap();
+            store
+                .create_user("ada", Role::Operator, "h", &Actor::Cli)
+                .unwrap();
+            let refused = store
+                .set_role("root", Role::Operator, &Actor::Cli)
+                .unwrap_err();
+            assert!(matches!(refused, Error::LastAdmin(name) if name == "root"));
+            assert!(matches!(
+                store.delete_user("root", &Actor::Cli).unwrap_err(),
+                Error::LastAdmin(_)
+            ));
+            // With a second admin, either can go.
+            store.set_role("ada", Role::Admin, &Actor::Cli).unwrap();
+            let (before, root) = store.set_role("root", Role::Viewer, &Actor::Cli).unwrap();
+            assert_eq!((before, root.role), (Role::Admin, Role::Viewer));
+            assert!(matches!(
+                store.delete_user("ada", &Actor::Cli).unwrap_err(),
+                Error::LastAdmin(_)
+            ));
+            store.delete_user("root", &Actor::Cli).unwrap();
+            assert_eq!(store.user("root").unwrap(), None);
+            // The name is retired: a new account cannot inherit what it owned.
+            assert!(matches!(
+                store.create_user("root", Role::Admin, "h", &Actor::Cli).unwrap_err(),
+                Error::NameRetired(name) if name == "root"
+            ));
+            assert!(matches!(
+                store.delete_user("root", &Actor::Cli).unwrap_err(),
+                Error::NoSuchUser(_)
+            ));
+        }
     }
 
     #[test]

@@ -2,8 +2,7 @@
 //! delivery is refused even after a restart — also under a new id (the id is
 //! not signed; the body is).
 
-use redb::ReadableTable;
-
+use super::engine::{Read, Write};
 use super::schema::WEBHOOK_DELIVERIES;
 use super::{Result, Store, now_ms};
 
@@ -29,19 +28,16 @@ impl Store {
     ) -> Result<DeliveryClaim> {
         let now = now_ms();
         let body_key = format!("sha256:{body_digest}");
-        let tx = self.db.begin_write()?;
-        let claim = {
-            let mut deliveries = tx.open_table(WEBHOOK_DELIVERIES)?;
-            if deliveries.get(delivery)?.is_some() {
-                DeliveryClaim::SeenId
-            } else if deliveries.get(body_key.as_str())?.is_some() {
-                DeliveryClaim::SeenBody
-            } else {
-                deliveries.insert(delivery, now)?;
-                deliveries.insert(body_key.as_str(), now)?;
-                deliveries.retain(|_, at| now - at < RETENTION_MS)?;
-                DeliveryClaim::Fresh
-            }
+        let mut tx = self.write()?;
+        let claim = if tx.get(WEBHOOK_DELIVERIES, delivery)?.is_some() {
+            DeliveryClaim::SeenId
+        } else if tx.get(WEBHOOK_DELIVERIES, &body_key)?.is_some() {
+            DeliveryClaim::SeenBody
+        } else {
+            tx.insert(WEBHOOK_DELIVERIES, delivery, &now)?;
+            tx.insert(WEBHOOK_DELIVERIES, &body_key, &now)?;
+            tx.retain(WEBHOOK_DELIVERIES, |_, at| now - at < RETENTION_MS)?;
+            DeliveryClaim::Fresh
         };
         tx.commit()?;
         Ok(claim)
@@ -51,15 +47,17 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing;
 
     #[test]
     fn a_delivery_is_claimed_once_by_id_and_by_body() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let claim = |id, body| store.claim_webhook_delivery(id, body).unwrap();
-        assert_eq!(claim("d-1", "aa"), DeliveryClaim::Fresh);
-        assert_eq!(claim("d-1", "bb"), DeliveryClaim::SeenId);
-        assert_eq!(claim("d-2", "aa"), DeliveryClaim::SeenBody);
-        assert_eq!(claim("d-2", "bb"), DeliveryClaim::Fresh);
+        for backing in testing::backings() {
+            let store = backing.open();
+            let claim = |id, body| store.claim_webhook_delivery(id, body).unwrap();
+            assert_eq!(claim("d-1", "aa"), DeliveryClaim::Fresh);
+            assert_eq!(claim("d-1", "bb"), DeliveryClaim::SeenId);
+            assert_eq!(claim("d-2", "aa"), DeliveryClaim::SeenBody);
+            assert_eq!(claim("d-2", "bb"), DeliveryClaim::Fresh);
+        }
     }
 }

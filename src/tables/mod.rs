@@ -222,7 +222,7 @@ fn scan_operations(store: &Store, query: &Query, collector: &mut Collector) -> R
     Ok(())
 }
 
-fn scan_seq<V: serde::de::DeserializeOwned>(
+fn scan_seq<V: serde::Serialize + serde::de::DeserializeOwned>(
     store: &Store,
     table: SeqTable,
     collector: &mut Collector,

@@ -11,6 +11,7 @@
 
 mod daemon;
 mod host;
+pub mod postgres;
 pub mod simulated;
 
 use std::fs;
