@@ -37,6 +37,7 @@ const SECTIONS: &[&str] = &[
     "terminal",
     "retention",
     "forge",
+    "store",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,8 @@ pub enum Error {
     },
     #[error("invalid config {origin}: {message}")]
     Invalid { origin: String, message: String },
+    #[error("[store] password_file: {0}")]
+    StorePassword(#[from] crate::secrets::Error),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +75,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub forge: ForgeConfig,
     pub notify: NotifyConfig,
+    pub store: StoreConfig,
 }
 
 impl Default for Config {
@@ -92,6 +96,43 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             forge: ForgeConfig::default(),
             notify: NotifyConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+/// Which engine holds the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// One file in the data dir (`linkops.redb`): one daemon.
+    #[default]
+    Redb,
+    /// A PostgreSQL database, which several daemons can share.
+    Postgres,
+}
+
+/// Where observed state and history live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// `postgres://USER@HOST:PORT/DATABASE`, without a password (backend `postgres`).
+    pub url: Option<String>,
+    /// The database user's password: a file in the keys directory, mode 0600.
+    /// Absent file: no password (peer or certificate authentication).
+    pub password_file: String,
+    /// Connections to the database kept at most.
+    pub pool_size: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Redb,
+            url: None,
+            password_file: "postgres_password".into(),
+            pool_size: 16,
         }
     }
 }
@@ -498,6 +539,39 @@ impl Config {
 
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("linkops.redb")
+    }
+
+    /// Where the store is, the PostgreSQL password read (from its 0600 file).
+    pub fn store_location(&self) -> Result<crate::store::Location, Error> {
+        use crate::store::Location;
+        let invalid = |message: &str| Error::Invalid {
+            origin: "[store]".into(),
+            message: message.into(),
+        };
+        match self.store.backend {
+            StoreBackend::Redb => Ok(Location::Redb(self.store_path())),
+            StoreBackend::Postgres => {
+                let url = self.store.url.clone().ok_or_else(|| {
+                    invalid(
+                        "backend \"postgres\" needs url = \"postgres://USER@HOST:PORT/DATABASE\"",
+                    )
+                })?;
+                crate::store::engine::postgres::check_url(&url)
+                    .map_err(|message| invalid(&message))?;
+                let path = self.keys_dir().join(&self.store.password_file);
+                let password = match path.exists() {
+                    true => Some(SecretString::from(crate::secrets::read_private(&path)?)),
+                    false => None,
+                };
+                Ok(Location::Postgres(
+                    crate::store::engine::postgres::Options {
+                        url,
+                        password,
+                        pool_size: self.store.pool_size.max(2),
+                    },
+                ))
+            }
+        }
     }
 
     pub fn keys_dir(&self) -> PathBuf {

@@ -75,6 +75,9 @@ enum Command {
     /// Manage user accounts (stop the daemon first: the store admits one process).
     #[command(subcommand)]
     User(UserCommand),
+    /// Move the store between engines (stop the daemon first).
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Show the whole product on this machine: demo machines, a config repository, the daemon.
     ///
     /// Starts 5 real sshd hosts on loopback addresses (one deliberately not
@@ -180,6 +183,24 @@ enum OpsCommand {
         /// Follow a running operation live until it ends.
         #[arg(long, short)]
         follow: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy a redb store into an empty PostgreSQL database, in one
+    /// transaction, then verify every table (entries and SHA-256) on both
+    /// sides. Then set `[store] backend = "postgres"` and `url`.
+    Migrate {
+        /// The data dir that holds linkops.redb (the daemon stopped).
+        #[arg(long, value_name = "DATA_DIR")]
+        from: std::path::PathBuf,
+        /// postgres://USER@HOST:PORT/DATABASE (no password in it).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// A 0600 file holding the database user's password.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -333,6 +354,11 @@ fn run() -> anyhow::Result<()> {
             Ok(offline::change_role(&config()?, name, *role)?)
         }
         Command::User(UserCommand::Remove { name }) => Ok(offline::remove_user(&config()?, name)?),
+        Command::Store(StoreCommand::Migrate {
+            from,
+            to,
+            password_file,
+        }) => Ok(offline::migrate_store(from, to, password_file.as_deref())?),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Operator commands that run without the daemon: repository validation,
-//! schema generation, and user management.
+//! schema generation, user management and moving the store between engines.
 //!
 //! The user commands open the store themselves, so they need the daemon
 //! stopped (redb allows one process at a time); the error says so when it is
@@ -18,6 +18,12 @@ use crate::store::{Actor, Role, Store};
 pub enum Error {
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::Error),
+    #[error("no store at {path}: is --from the daemon's data dir?")]
+    NoStore { path: std::path::PathBuf },
     #[error(transparent)]
     Auth(#[from] crate::auth::Error),
     #[error("reading the password from stdin: {0}")]
@@ -139,9 +145,48 @@ pub fn remove_user(config: &Config, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Copies the redb store of `data_dir` into the PostgreSQL database at `url`, verified.
+pub fn migrate_store(
+    data_dir: &Path,
+    url: &str,
+    password_file: Option<&Path>,
+) -> Result<(), Error> {
+    let password = password_file
+        .map(crate::secrets::read_private)
+        .transpose()?
+        .map(secrecy::SecretString::from);
+    let options = crate::store::engine::postgres::Options {
+        url: url.to_owned(),
+        password,
+        pool_size: 4,
+    };
+    let path = data_dir.join("linkops.redb");
+    if !path.exists() {
+        return Err(Error::NoStore { path });
+    }
+    let source = Store::open(&path).map_err(|error| match error {
+        crate::store::Error::InUse { path } => Error::DaemonRunning { path },
+        error => error.into(),
+    })?;
+    let target = Store::connect(&options)?;
+    eprintln!("copying {} into {} …", path.display(), options.shown());
+    let digests = source.copy_into(&target)?;
+    println!("{:<22} {:>10}  sha256", "table", "entries");
+    for digest in &digests {
+        println!(
+            "{:<22} {:>10}  {}",
+            digest.table, digest.entries, digest.sha256
+        );
+    }
+    println!(
+        "verified: every table is the same on both sides. Now set [store] backend = \"postgres\" and url = {url:?}, and start the daemon."
+    );
+    Ok(())
+}
+
 /// The store, for the user commands; a running daemon holds it, and the error says what to do instead.
 fn open_store(config: &Config) -> Result<Store, Error> {
-    Store::open(&config.store_path()).map_err(|error| match error {
+    Store::open_at(&config.store_location()?).map_err(|error| match error {
         crate::store::Error::InUse { path } => Error::DaemonRunning { path },
         error => error.into(),
     })

@@ -35,6 +35,8 @@ pub enum Error {
     DataDirOpen { path: std::path::PathBuf, mode: u32 },
     #[error(transparent)]
     Store(#[from] store::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
     #[error("JWT secret: {0}")]
     Secret(#[from] secrets::Error),
     #[error("notifications: {0}")]
@@ -356,7 +358,7 @@ fn prepare(config: Arc<Config>) -> Result<Prepared, Error> {
             .map_err(|source| Error::DataDir { path: dir, source })?;
     }
     refuse_open_data_dir(&config.data_dir)?;
-    let store = store::Store::open(&config.store_path())?;
+    let store = store::Store::open_at(&config.store_location()?)?;
     let secret: SecretString = match &config.auth.jwt_secret {
         Some(secret) => secret.clone(),
         None => secrets::load_or_generate(&config.jwt_secret_path())?.into(),

@@ -9,6 +9,7 @@
 
 mod audit;
 mod changes;
+mod copy;
 pub mod engine;
 mod group_commit;
 mod observed;
@@ -30,6 +31,7 @@ use engine::{Engine, Read, Write};
 
 pub use audit::{Actor, Audit, AuditAction, AuditEntry, Outcome};
 pub use changes::Changed;
+pub use copy::TableDigest;
 pub use group_commit::StatusWriter;
 pub use observed::{HealthSample, StatusWrite};
 pub use operations::Claim;
@@ -85,6 +87,14 @@ pub enum Error {
         "user {0:?} is the last admin; make another user admin first, so that someone can still manage users"
     )]
     LastAdmin(String),
+    #[error(
+        "the target store {store} already holds records (table {table}); migrate into an empty database"
+    )]
+    TargetNotEmpty { store: String, table: &'static str },
+    #[error(
+        "the copy in {store} differs from the original in table {table}; the target is left as it is: drop its database and migrate again"
+    )]
+    CopyDiffers { store: String, table: &'static str },
     #[error("store I/O failed: {0}")]
     Redb(#[from] redb::Error),
     #[error(transparent)]
@@ -139,7 +149,32 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Where a store lives: what `[store]` says.
+#[derive(Debug, Clone)]
+pub enum Location {
+    Redb(PathBuf),
+    Postgres(engine::postgres::Options),
+}
+
+impl Location {
+    /// The file, or the database (never its password), for messages.
+    pub fn shown(&self) -> String {
+        match self {
+            Location::Redb(path) => path.display().to_string(),
+            Location::Postgres(options) => options.shown(),
+        }
+    }
+}
+
 impl Store {
+    /// Opens the store at `location` (blocking; see [`Store::open`]).
+    pub fn open_at(location: &Location) -> Result<Store> {
+        match location {
+            Location::Redb(path) => Store::open(path),
+            Location::Postgres(options) => Store::connect(options),
+        }
+    }
+
     /// Opens (or creates) the redb store at `path` and brings its schema up to
     /// date; refuses with [`Error::InUse`] when another process keeps it.
     ///

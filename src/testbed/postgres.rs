@@ -51,6 +51,8 @@ pub struct TestPostgres {
     password: String,
     guard: Option<(Child, ChildStdin)>,
     databases: AtomicU32,
+    /// Databases [`TestPostgres::database_named`] made.
+    named: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl TestPostgres {
@@ -99,6 +101,7 @@ impl TestPostgres {
             password,
             guard: None,
             databases: AtomicU32::new(0),
+            named: Default::default(),
         };
         server.resume()?;
         Ok(server)
@@ -113,13 +116,32 @@ impl TestPostgres {
     pub fn database(&self) -> Result<Options, Error> {
         let number = self.databases.fetch_add(1, Ordering::Relaxed);
         let name = format!("linkops_{number}");
+        self.create(&name)?;
+        Ok(self.options(&name))
+    }
+
+    /// The database named `name`, created when it does not exist yet.
+    pub fn database_named(&self, name: &str) -> Result<Options, Error> {
+        let mut named = self.named.lock().expect("never poisoned");
+        if !named.contains(name) {
+            self.create(name)?;
+            named.insert(name.to_owned());
+        }
+        Ok(self.options(name))
+    }
+
+    fn create(&self, name: &str) -> Result<(), Error> {
         let mut createdb = Command::new(self.bin.join("createdb"));
         createdb
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--username", USER, &name])
+            .args(["--username", USER, name])
             .env("PGPASSWORD", &self.password);
-        run(&mut createdb, "createdb")?;
-        Ok(self.options(&name))
+        run(&mut createdb, "createdb")
+    }
+
+    /// The password of [`USER`] (a test secret).
+    pub fn password(&self) -> &str {
+        &self.password
     }
 
     /// How to reach database `name`.
@@ -165,7 +187,10 @@ wait "$server"
             .args(["-c", &format!("port={}", self.port)])
             .args(["-c", "unix_socket_directories="])
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
-            .args(["-c", "max_connections=200"])
+            .args(["-c", "max_connections=300"])
+            // Clients hear their errors; the test log gets only the server's
+            // own failures (a dropped connection is no news in these tests).
+            .args(["-c", "log_min_messages=fatal"])
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .stdout(Stdio::null());

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use linkops::store::{Outcome, Role, Store};
+use linkops::store::{Outcome, Role};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -183,7 +183,7 @@ async fn five_failures_lock_the_account_across_a_restart() {
     server.stop().await;
 
     // Every attempt is in the audit log, with no password in it.
-    let store = Store::open(&dir.path().join("linkops.redb")).unwrap();
+    let store = support::open_store(&support::config(dir.path()));
     let logins: Vec<_> = store
         .audit_entries(0, 100)
         .unwrap()
@@ -310,7 +310,7 @@ async fn admins_create_users_and_reset_passwords_shown_once() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     server.stop().await;
-    let store = Store::open(&support::config(dir.path()).store_path()).unwrap();
+    let store = support::open_store(&support::config(dir.path()));
     let entries = store.audit_entries(0, 1000).unwrap();
     let by_ada: Vec<(&str, &str)> = entries
         .iter()
@@ -433,7 +433,7 @@ async fn admins_change_roles_and_delete_users_but_never_the_last_admin() {
     );
 
     server.stop().await;
-    let store = Store::open(&support::config(dir.path()).store_path()).unwrap();
+    let store = support::open_store(&support::config(dir.path()));
     let changes: Vec<(String, String, Outcome, String)> = store
         .audit_entries(0, 1000)
         .unwrap()

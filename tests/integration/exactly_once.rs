@@ -78,12 +78,12 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
 
     let data = crate::support::private_dir();
     add_users(data.path(), &[(ADMIN.0, Role::Admin, ADMIN.1)]);
-    fleet_config(data.path(), &fleet);
+    let store = crate::support::store_toml(&fleet_config(data.path(), &fleet));
     let config = data.path().join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n[git]\nurl = {:?}\n",
+            "data_dir = {:?}\n[git]\nurl = {:?}\n{store}",
             data.path(),
             work.dir
         ),

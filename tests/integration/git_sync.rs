@@ -276,8 +276,7 @@ async fn a_removed_machine_is_marked_removed_and_a_force_push_is_recorded() {
     assert_eq!(applied(&daemon, &rewritten).await.machines.len(), 4);
     daemon.stop().await;
 
-    let store =
-        linkops::store::Store::open(&support::config(setup.data.path()).store_path()).unwrap();
+    let store = support::open_store(&support::config(setup.data.path()));
     let backup = store.machine("backup").unwrap().expect("history kept");
     assert!(backup.removed_at_ms.is_some());
     assert_eq!(backup.revision, first);

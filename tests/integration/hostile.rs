@@ -105,9 +105,8 @@ async fn login_floods_neither_grow_the_store_nor_exhaust_the_daemon() {
     let mut config = support::config(dir.path());
     config.auth.max_concurrent_hashes = 1;
     config.auth.login_queue = 4;
-    let store_path = config.store_path();
-    let daemon = TestDaemon::start(config).await;
-    let size = || std::fs::metadata(&store_path).unwrap().len();
+    let daemon = TestDaemon::start(config.clone()).await;
+    let size = || support::store_bytes(&config);
     let before = size();
     let huge = "n".repeat(1 << 20);
     for _ in 0..20 {
@@ -262,12 +261,29 @@ async fn the_store_is_private_and_an_open_data_dir_is_refused() {
     let dir = data_dir();
     let config = support::config(dir.path());
     let daemon = TestDaemon::start(config.clone()).await;
-    let mode = std::fs::metadata(config.store_path())
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
     daemon.stop().await;
+    // What holds secrets is owner-only: the redb file, or the database's password file.
+    let private = match support::postgres() {
+        None => config.store_path(),
+        Some(_) => config.keys_dir().join(&config.store.password_file),
+    };
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    if support::postgres().is_some() {
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let refused =
+            linkops::server::Daemon::start(config.clone(), listener, std::future::pending())
+                .await
+                .err()
+                .expect("a readable password file is refused");
+        let message = refused.to_string();
+        assert!(
+            message.contains(&format!("chmod 600 {}", private.display())),
+            "{message}"
+        );
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
 
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -436,9 +436,12 @@ async fn a_daemon_killed_mid_apply_checks_again_before_applying_again() {
     let state = "id: app-config\nscript: config-file\ntargets: {tags: [web]}\nparams: {content: v1, linger: 25}\ninterval: 1h\n";
     let setup = setup(1, &[0], state);
     let data = setup.data.path();
-    setup.config();
+    let store = crate::support::store_toml(&setup.config());
     let config = data.join("config.toml");
-    let toml = format!("data_dir = {data:?}\n[git]\nurl = {:?}\n", setup.work.dir);
+    let toml = format!(
+        "data_dir = {data:?}\n[git]\nurl = {:?}\n{store}",
+        setup.work.dir
+    );
     std::fs::write(&config, toml).unwrap();
     let serve = || {
         let binary = Command::new(env!("CARGO_BIN_EXE_linkops"));

@@ -4,9 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use linkops::auth::password;
-use linkops::config::Config;
+use std::sync::OnceLock;
+
+use linkops::config::{Config, StoreBackend};
 use linkops::server::Daemon;
 use linkops::store::{Role, Store};
+use linkops::testbed::postgres::TestPostgres;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -113,17 +116,93 @@ pub fn private_dir() -> tempfile::TempDir {
         .unwrap()
 }
 
-/// A config with `data_dir` set and everything else at its default.
+/// The PostgreSQL server the daemons under test keep their store in, when
+/// `TEST_STORE_ENGINE=postgres` (`cargo xtask test` runs the suite both
+/// ways); `None`: redb, in each data dir.
+pub fn postgres() -> Option<&'static TestPostgres> {
+    static SERVER: OnceLock<Option<TestPostgres>> = OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            let wanted = std::env::var("TEST_STORE_ENGINE").is_ok_and(|store| store == "postgres");
+            wanted.then(|| TestPostgres::start().expect("the test PostgreSQL server starts"))
+        })
+        .as_ref()
+}
+
+/// A config with `data_dir` set and everything else at its default — the
+/// store in PostgreSQL under `TEST_STORE_ENGINE=postgres`, one database per
+/// data dir (its password in the keys dir, as an operator keeps it).
 pub fn config(data_dir: &Path) -> Config {
-    Config {
+    let mut config = Config {
         data_dir: data_dir.to_owned(),
         ..Config::default()
+    };
+    if let Some(server) = postgres() {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+        let options = server
+            .database_named(&format!("linkops_{}", &hex::encode(digest)[..16]))
+            .unwrap();
+        write_private(
+            &config.keys_dir().join(&config.store.password_file),
+            server.password(),
+        );
+        config.store.backend = StoreBackend::Postgres;
+        config.store.url = Some(options.url);
     }
+    config
+}
+
+/// The `[store]` section `config` sets, for tests that write a config file.
+pub fn store_toml(config: &Config) -> String {
+    match &config.store.url {
+        Some(url) if config.store.backend == StoreBackend::Postgres => {
+            format!("[store]\nbackend = \"postgres\"\nurl = {url:?}\n")
+        }
+        _ => String::new(),
+    }
+}
+
+/// The store of `config`, opened as `linkops user` opens it.
+pub fn open_store(config: &Config) -> Store {
+    Store::open_at(&config.store_location().unwrap()).unwrap()
+}
+
+/// Bytes the store of `config` takes: the redb file, or the database's tables.
+pub fn store_bytes(config: &Config) -> u64 {
+    match postgres() {
+        None => std::fs::metadata(config.store_path()).unwrap().len(),
+        Some(_) => open_store(config)
+            .table_sizes()
+            .unwrap()
+            .iter()
+            .map(|(_, bytes)| bytes)
+            .sum(),
+    }
+}
+
+/// Writes a secret file (0600) in a directory only its owner enters.
+fn write_private(path: &Path, secret: &str) {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = path.parent().unwrap();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, secret.as_bytes()))
+        .unwrap();
 }
 
 /// Creates users in a data dir the way `linkops user add` does.
 pub fn add_users(data_dir: &Path, users: &[(&str, Role, &str)]) {
-    let store = Store::open(&config(data_dir).store_path()).unwrap();
+    let store = open_store(&config(data_dir));
     for (name, role, secret) in users {
         store
             .create_user(

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use linkops::store::{OperationUpdate, Role, Store};
+use linkops::store::{OperationUpdate, Role};
 use linkops_reconcilers::operation::{HostResult, HostState, Operation, OperationState, Requester};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -57,7 +57,7 @@ async fn daemon_with_history(n: usize) -> (tempfile::TempDir, TestDaemon) {
             (VIEWER.0, Role::Viewer, VIEWER.1),
         ],
     );
-    let store = Store::open(&support::config(data.path()).store_path()).unwrap();
+    let store = support::open_store(&support::config(data.path()));
     store.import_operations(&operations(n)).unwrap();
     // A state change moves the operation in the index.
     let update = OperationUpdate {

@@ -447,7 +447,7 @@ async fn a_dropped_socket_reconnects_to_the_same_shell_with_its_output_replayed(
     while terminal.read().await {}
     assert_eq!(terminal.closed.map(|(code, _)| code), Some(1001));
     stopping.await.unwrap();
-    let store = linkops::store::Store::open(&setup.config().store_path()).unwrap();
+    let store = support::open_store(&setup.config());
     let recorded = store.terminal_session(session).unwrap().unwrap();
     assert_eq!(
         recorded.end,

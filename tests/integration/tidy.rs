@@ -46,18 +46,24 @@ fn uses<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
 }
 
 #[test]
-fn the_store_alone_uses_redb_and_the_ssh_module_alone_russh() {
+fn the_store_s_engines_alone_use_redb_and_postgres_and_the_ssh_module_alone_russh() {
     let mut wrong = Vec::new();
     for (name, text) in sources() {
         for (needle, home) in [
-            ("redb::", "src/store/"),
-            ("use redb", "src/store/"),
+            ("redb::", "src/store/engine/"),
+            ("use redb", "src/store/engine/"),
+            ("tokio_postgres", "src/store/engine/"),
+            ("deadpool_postgres", "src/store/engine/"),
             ("russh::", "src/ssh/"),
             ("use russh", "src/ssh/"),
         ] {
             // The benchmarks' simulated fleet is an SSH server, on russh's server side.
             let simulator = name == "src/testbed/simulated.rs" && needle.contains("russh");
-            if !name.starts_with(home) && !simulator && !uses(&text, needle).is_empty() {
+            // The store's error enum wraps redb's errors, and the conversion of
+            // redb's typed tables (schema 7 and before) knows those tables.
+            let legacy = ["src/store/mod.rs", "src/store/schema.rs"].contains(&name.as_str())
+                && needle.contains("redb");
+            if !name.starts_with(home) && !simulator && !legacy && !uses(&text, needle).is_empty() {
                 wrong.push(format!("{name} uses {needle} (only {home} may)"));
             }
         }

@@ -28,6 +28,8 @@ const NEEDS: &[(&str, &str)] = &[
     // The console's build and its browser tests.
     ("npm", "npm"),
     ("/usr/bin/chromium", "chromium"),
+    // The store's tests and the suite's second pass start their own server.
+    ("/usr/lib/postgresql/15/bin/postgres", "postgresql"),
 ];
 
 const USAGE: &str = "usage: cargo xtask test       every check and test, then the package's install, upgrade and purge
@@ -111,6 +113,13 @@ fn test() -> Result<(), String> {
         "warnings",
     ]))?;
     run(cargo_test().args(["test", "--locked", "--workspace"]))?;
+    // The integration suite again, every daemon's store in PostgreSQL.
+    run(cargo_test().env("TEST_STORE_ENGINE", "postgres").args([
+        "test",
+        "--locked",
+        "--test",
+        "integration",
+    ]))?;
     // A longer run of every fuzz target than the suite's (README has the long campaign).
     run(cargo_test()
         .env(

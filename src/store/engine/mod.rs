@@ -125,7 +125,7 @@ impl Span {
         }
     }
 
-    fn everything() -> Span {
+    pub fn everything() -> Span {
         Span {
             low: Bound::Unbounded,
             high: Bound::Unbounded,

@@ -27,6 +27,9 @@ use super::{Read, Span, Write};
 /// Every statement's bound, the pool's wait and a connection's set-up.
 const STATEMENT_LIMIT: Duration = Duration::from_secs(30);
 
+/// Writes queued before they are sent without waiting for a read.
+const MOST_PENDING: usize = 1024;
+
 /// The advisory lock every write transaction holds ("linkops" in ASCII).
 const WRITE_LOCK: i64 = 0x006c_696e_6b6f_7073;
 
@@ -101,6 +104,18 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("url", &self.shown())
             .finish()
+    }
+}
+
+/// Why `url` cannot be `[store] url`, if it cannot: not a PostgreSQL URL,
+/// or one that carries a password (which logs and messages would show).
+pub fn check_url(url: &str) -> Result<(), String> {
+    let parsed: tokio_postgres::Config = url.parse().map_err(|error| {
+        format!("url is not a PostgreSQL URL ({error}); write postgres://USER@HOST:PORT/DATABASE")
+    })?;
+    match parsed.get_password() {
+        Some(_) => Err("url carries a password; put it in password_file (mode 0600 in the keys directory) and drop it from the url, which logs and messages show".into()),
+        None => Ok(()),
     }
 }
 
@@ -305,9 +320,19 @@ impl Conn {
         self.begin.get_mut().is_some() && self.pending.get_mut().is_empty()
     }
 
-    /// Queues a write, sent with the next statement.
-    fn defer(&self, sql: String, params: Vec<Vec<u8>>) {
-        self.pending.borrow_mut().push((sql, params));
+    /// Queues a write, sent with the next statement (or once
+    /// [`MOST_PENDING`] wait, so that a large transaction's writes are not
+    /// all held in memory).
+    fn defer(&self, sql: String, params: Vec<Vec<u8>>) -> Result<(), Error> {
+        let full = {
+            let mut pending = self.pending.borrow_mut();
+            pending.push((sql, params));
+            pending.len() >= MOST_PENDING
+        };
+        if full {
+            self.simple("write", "SELECT 1".to_owned())?;
+        }
+        Ok(())
     }
 
     fn query(
@@ -517,7 +542,7 @@ impl Write for WriteTx {
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
             ),
             vec![key, value],
-        );
+        )?;
         Ok(())
     }
 
