@@ -23,6 +23,7 @@ mod operations;
 mod serve;
 mod ssh;
 mod states;
+mod store;
 mod tables;
 mod terminal;
 mod tidy;
