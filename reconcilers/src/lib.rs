@@ -13,6 +13,7 @@ pub mod enrollment;
 #[cfg(test)]
 mod fixtures;
 pub mod machine;
+pub mod membership;
 pub mod operation;
 pub mod outbox;
 pub mod plan;

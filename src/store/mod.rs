@@ -9,6 +9,7 @@
 
 mod audit;
 mod changes;
+mod cluster;
 mod copy;
 pub mod engine;
 mod group_commit;
@@ -95,6 +96,10 @@ pub enum Error {
         "the copy in {store} differs from the original in table {table}; the target is left as it is: drop its database and migrate again"
     )]
     CopyDiffers { store: String, table: &'static str },
+    #[error(
+        "this replica's lease as {fence} no longer holds (it passed, or another replica took over): nothing was written"
+    )]
+    Fenced { fence: String },
     #[error("store I/O failed: {0}")]
     Redb(#[from] redb::Error),
     #[error(transparent)]
@@ -141,6 +146,8 @@ pub struct Store {
     /// The first failed write probe, if any: redb refuses every later write
     /// until reopened, so the store is not ready from then on.
     write_failure: Arc<std::sync::Mutex<Option<(i64, String)>>>,
+    /// The lease every write of this handle is checked against (see [`Store::fenced`]).
+    fence: Option<Arc<engine::postgres::Fence>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -198,6 +205,7 @@ impl Store {
             fleet_changes: Arc::new(changes::FleetChanges::new()),
             user_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             write_failure: Arc::default(),
+            fence: None,
         })
     }
 
@@ -206,7 +214,11 @@ impl Store {
     }
 
     fn write(&self) -> Result<engine::WriteTx> {
-        self.engine.write()
+        let mut tx = self.engine.write()?;
+        if let (Some(fence), engine::WriteTx::Postgres(postgres)) = (&self.fence, &mut tx) {
+            postgres.fence(fence)?;
+        }
+        Ok(tx)
     }
 
     /// The record under `key`, in one read.

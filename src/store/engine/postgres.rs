@@ -215,6 +215,101 @@ impl Postgres {
         })
     }
 
+    /// Joins, or renews this replica's member lease for `ttl_ms`; returns its
+    /// epoch, a new one when the lease had passed (a paused replica rejoins
+    /// as a new member, its old epoch fenced).
+    pub fn renew_member(&self, replica: &str, address: &str, ttl_ms: i64) -> Result<i64, Error> {
+        let rows = self.autocommit(
+            "renew the member lease",
+            "INSERT INTO linkops_members (replica, epoch, address, valid_until) \
+             VALUES ($1, nextval('linkops_epochs'), $2, now() + $3 * interval '1 millisecond') \
+             ON CONFLICT (replica) DO UPDATE SET \
+               epoch = CASE WHEN linkops_members.valid_until > now() \
+                 THEN linkops_members.epoch ELSE EXCLUDED.epoch END, \
+               address = EXCLUDED.address, valid_until = EXCLUDED.valid_until \
+             RETURNING epoch",
+            vec![
+                Param::Text(replica.to_owned()),
+                Param::Text(address.to_owned()),
+                Param::Int(ttl_ms),
+            ],
+        )?;
+        Ok(rows.first().map_or(0, |row| row.get(0)))
+    }
+
+    /// Takes the leader lease if nobody holds it, or renews it if this
+    /// replica does; its epoch while held (a new one after a lapse).
+    pub fn renew_leadership(&self, replica: &str, ttl_ms: i64) -> Result<Option<i64>, Error> {
+        let rows = self.autocommit(
+            "renew the leader lease",
+            "INSERT INTO linkops_leases (name, holder, epoch, valid_until) \
+             VALUES ('leader', $1, nextval('linkops_epochs'), now() + $2 * interval '1 millisecond') \
+             ON CONFLICT (name) DO UPDATE SET \
+               epoch = CASE WHEN linkops_leases.holder = EXCLUDED.holder \
+                   AND linkops_leases.valid_until > now() \
+                 THEN linkops_leases.epoch ELSE EXCLUDED.epoch END, \
+               holder = EXCLUDED.holder, valid_until = EXCLUDED.valid_until \
+             WHERE linkops_leases.holder = EXCLUDED.holder OR linkops_leases.valid_until <= now() \
+             RETURNING epoch",
+            vec![Param::Text(replica.to_owned()), Param::Int(ttl_ms)],
+        )?;
+        Ok(rows.first().map(|row| row.get(0)))
+    }
+
+    /// Members whose lease has not passed, by replica id.
+    pub fn live_members(&self) -> Result<Vec<Member>, Error> {
+        let rows = self.autocommit(
+            "read the members",
+            "SELECT replica, epoch, address, \
+               (extract(epoch FROM valid_until - now()) * 1000)::bigint \
+             FROM linkops_members WHERE valid_until > now() ORDER BY replica",
+            Vec::new(),
+        )?;
+        Ok(rows
+            .iter()
+            .map(|row| Member {
+                replica: row.get(0),
+                epoch: row.get(1),
+                address: row.get(2),
+                valid_for_ms: row.get(3),
+            })
+            .collect())
+    }
+
+    /// Gives up this replica's leases (a clean shutdown): the others take
+    /// over at once rather than when the leases pass.
+    pub fn leave(&self, replica: &str) -> Result<(), Error> {
+        self.autocommit(
+            "leave",
+            "WITH gone AS (DELETE FROM linkops_members WHERE replica = $1) \
+             DELETE FROM linkops_leases WHERE holder = $1",
+            vec![Param::Text(replica.to_owned())],
+        )?;
+        Ok(())
+    }
+
+    /// One statement in a transaction of its own, not behind the write lock.
+    fn autocommit(
+        &self,
+        what: &'static str,
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> Result<Vec<tokio_postgres::Row>, Error> {
+        let client = self.link.connection()?;
+        let store = self.link.store.to_string();
+        self.link.run(what, async move {
+            let typed: Vec<_> = params.iter().map(Param::typed).collect();
+            client
+                .query_typed(sql, &typed)
+                .await
+                .map_err(|source| Error::Statement {
+                    store,
+                    what,
+                    source,
+                })
+        })
+    }
+
     pub fn table_sizes(&self) -> Result<Vec<(String, u64)>, Error> {
         let tx = self.begin_read()?;
         let rows = tx.conn.query(
@@ -275,6 +370,50 @@ impl Link {
 /// A statement and its `bytea` parameters.
 type Statement = (String, Vec<Vec<u8>>);
 
+/// A parameter of the lease statements.
+#[derive(Debug, Clone)]
+enum Param {
+    Text(String),
+    Int(i64),
+}
+
+impl Param {
+    fn typed(&self) -> (&(dyn ToSql + Sync), Type) {
+        match self {
+            Param::Text(text) => (text as &(dyn ToSql + Sync), Type::TEXT),
+            Param::Int(number) => (number as &(dyn ToSql + Sync), Type::INT8),
+        }
+    }
+}
+
+/// What a fenced write acts as: the leader, or a live member (a machine's
+/// owner), each at the epoch its lease had when its work began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fence {
+    Leader { replica: String, epoch: i64 },
+    Member { replica: String, epoch: i64 },
+}
+
+impl std::fmt::Display for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fence::Leader { replica, epoch } => write!(f, "leader {replica} at epoch {epoch}"),
+            Fence::Member { replica, epoch } => write!(f, "member {replica} at epoch {epoch}"),
+        }
+    }
+}
+
+/// A live member as the database sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub replica: String,
+    pub epoch: i64,
+    /// Where the other replicas reach it (`host:port` of its API).
+    pub address: String,
+    /// How much longer its lease lasts, on the database's clock.
+    pub valid_for_ms: i64,
+}
+
 /// One pooled connection inside one transaction, begun with its first statement.
 ///
 /// Writes whose answer nobody needs wait in `pending` and go out with the
@@ -333,6 +472,19 @@ impl Conn {
             self.simple("write", "SELECT 1".to_owned())?;
         }
         Ok(())
+    }
+
+    /// A statement with typed (not `bytea`) parameters.
+    fn query_with(
+        &self,
+        what: &'static str,
+        sql: String,
+        params: Vec<Param>,
+    ) -> Result<Vec<tokio_postgres::Row>, Error> {
+        self.statement(what, sql, Vec::new(), move |client, sql, _| async move {
+            let typed: Vec<_> = params.iter().map(Param::typed).collect();
+            client.query_typed(&sql, &typed).await
+        })
     }
 
     fn query(
@@ -430,6 +582,48 @@ impl WriteTx {
                     "CREATE TABLE IF NOT EXISTS kv_{name} (key bytea PRIMARY KEY, value bytea NOT NULL)"
                 ),
             )?;
+        }
+        // Leases are rows on the database's clock; epochs only grow.
+        self.conn.simple(
+            "create lease tables",
+            "CREATE SEQUENCE IF NOT EXISTS linkops_epochs; \
+             CREATE TABLE IF NOT EXISTS linkops_members (replica text PRIMARY KEY, \
+                 epoch bigint NOT NULL, address text NOT NULL, valid_until timestamptz NOT NULL); \
+             CREATE TABLE IF NOT EXISTS linkops_leases (name text PRIMARY KEY, \
+                 holder text NOT NULL, epoch bigint NOT NULL, valid_until timestamptz NOT NULL)"
+                .to_owned(),
+        )?;
+        Ok(())
+    }
+
+    /// Makes the transaction fail at commit unless `fence` still holds then:
+    /// checked in the transaction, its row share-locked, so a takeover waits
+    /// for this transaction or this transaction sees the takeover.
+    pub fn fence(&mut self, fence: &Fence) -> crate::store::Result<()> {
+        let (table, key, holder) = match fence {
+            Fence::Leader { .. } => ("linkops_leases", "name", "holder = $2 AND "),
+            Fence::Member { .. } => ("linkops_members", "replica", ""),
+        };
+        let (name, replica, epoch) = match fence {
+            Fence::Leader { replica, epoch } => ("leader", replica.as_str(), *epoch),
+            Fence::Member { replica, epoch } => (replica.as_str(), replica.as_str(), *epoch),
+        };
+        let rows = self.conn.query_with(
+            "fence",
+            format!(
+                "SELECT 1 FROM {table} WHERE {key} = $1 AND {holder}epoch = $3 \
+                 AND valid_until > now() FOR SHARE"
+            ),
+            vec![
+                Param::Text(name.to_owned()),
+                Param::Text(replica.to_owned()),
+                Param::Int(epoch),
+            ],
+        )?;
+        if rows.is_empty() {
+            return Err(crate::store::Error::Fenced {
+                fence: fence.to_string(),
+            });
         }
         Ok(())
     }

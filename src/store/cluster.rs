@@ -1,0 +1,180 @@
+//! Several daemons on one PostgreSQL store: member leases, the leader lease
+//! and fenced writes. Leases are rows on the database's clock, each with an
+//! epoch that only grows; a write that acts as the leader or as a member
+//! (a machine's owner) checks its lease and epoch in its own transaction,
+//! so a replica that was paused or cut off past its lease writes nothing.
+//!
+//! A redb store has one daemon: it is the only member and always the leader.
+
+use super::engine::Engine;
+pub use super::engine::postgres::{Fence, Member};
+use super::{Result, Store};
+
+impl Store {
+    /// This store, every write through it fenced by `fence`.
+    pub fn fenced(&self, fence: Fence) -> Store {
+        Store {
+            fence: Some(std::sync::Arc::new(fence)),
+            ..self.clone()
+        }
+    }
+
+    /// Joins, or renews this replica's member lease; its epoch.
+    pub fn renew_member(&self, replica: &str, address: &str, ttl_ms: i64) -> Result<i64> {
+        match &*self.engine {
+            Engine::Redb(_) => Ok(1),
+            Engine::Postgres(db) => Ok(db.renew_member(replica, address, ttl_ms)?),
+        }
+    }
+
+    /// Takes or renews the leader lease; its epoch while this replica holds it.
+    pub fn renew_leadership(&self, replica: &str, ttl_ms: i64) -> Result<Option<i64>> {
+        match &*self.engine {
+            Engine::Redb(_) => Ok(Some(1)),
+            Engine::Postgres(db) => Ok(db.renew_leadership(replica, ttl_ms)?),
+        }
+    }
+
+    /// The members whose lease has not passed (a redb store: none but itself,
+    /// which the caller knows).
+    pub fn live_members(&self) -> Result<Vec<Member>> {
+        match &*self.engine {
+            Engine::Redb(_) => Ok(Vec::new()),
+            Engine::Postgres(db) => Ok(db.live_members()?),
+        }
+    }
+
+    /// Gives up this replica's leases at a clean shutdown.
+    pub fn leave(&self, replica: &str) -> Result<()> {
+        match &*self.engine {
+            Engine::Redb(_) => Ok(()),
+            Engine::Postgres(db) => Ok(db.leave(replica)?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing;
+    use crate::store::{Actor, Error, Role};
+
+    const TTL: i64 = 60_000;
+
+    #[test]
+    fn one_leader_at_a_time_and_a_lapsed_lease_comes_back_with_a_new_epoch() {
+        let [_, postgres] = testing::backings();
+        let store = postgres.open();
+        let a = store
+            .renew_leadership("a", TTL)
+            .unwrap()
+            .expect("free: a takes it");
+        assert_eq!(
+            store.renew_leadership("b", TTL).unwrap(),
+            None,
+            "a holds it"
+        );
+        assert_eq!(
+            store.renew_leadership("a", TTL).unwrap(),
+            Some(a),
+            "renewed, same epoch"
+        );
+        // a's lease passes (a 0 ms renewal ends it now): b takes over, with a greater epoch.
+        store.renew_leadership("a", 0).unwrap();
+        let b = store
+            .renew_leadership("b", TTL)
+            .unwrap()
+            .expect("passed: b takes it");
+        assert!(b > a);
+        assert_eq!(store.renew_leadership("a", TTL).unwrap(), None);
+        // A clean leave hands over at once.
+        store.leave("b").unwrap();
+        let again = store
+            .renew_leadership("a", TTL)
+            .unwrap()
+            .expect("left: a takes it");
+        assert!(again > b);
+    }
+
+    #[test]
+    fn a_member_that_lapsed_rejoins_with_a_new_epoch_and_its_old_writes_are_refused() {
+        let [_, postgres] = testing::backings();
+        let store = postgres.open();
+        let first = store.renew_member("r1", "127.0.0.1:1", TTL).unwrap();
+        assert_eq!(store.renew_member("r1", "127.0.0.1:1", TTL).unwrap(), first);
+        store.renew_member("r2", "127.0.0.1:2", TTL).unwrap();
+        let live: Vec<String> = store
+            .live_members()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.replica)
+            .collect();
+        assert_eq!(live, ["r1", "r2"]);
+
+        let as_first = store.fenced(Fence::Member {
+            replica: "r1".into(),
+            epoch: first,
+        });
+        as_first
+            .create_user("ada", Role::Admin, "h", &Actor::Cli)
+            .unwrap();
+        // r1 is paused past its lease: it is no member any more…
+        store.renew_member("r1", "127.0.0.1:1", 0).unwrap();
+        assert_eq!(store.live_members().unwrap().len(), 1);
+        // …so what it still tries to write is refused, and nothing of it lands.
+        let refused = as_first
+            .create_user("bob", Role::Viewer, "h", &Actor::Cli)
+            .unwrap_err();
+        assert!(matches!(refused, Error::Fenced { .. }), "{refused}");
+        assert!(refused.to_string().contains("member r1"), "{refused}");
+        assert!(store.user("bob").unwrap().is_none());
+        // It wakes and rejoins as a new member; only the new epoch writes.
+        let second = store.renew_member("r1", "127.0.0.1:1", TTL).unwrap();
+        assert!(second > first);
+        assert!(matches!(
+            as_first.create_user("bob", Role::Viewer, "h", &Actor::Cli),
+            Err(Error::Fenced { .. })
+        ));
+        store
+            .fenced(Fence::Member {
+                replica: "r1".into(),
+                epoch: second,
+            })
+            .create_user("bob", Role::Viewer, "h", &Actor::Cli)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_stale_leader_writes_nothing() {
+        let [_, postgres] = testing::backings();
+        let store = postgres.open();
+        let epoch = store.renew_leadership("a", TTL).unwrap().unwrap();
+        let as_leader = store.fenced(Fence::Leader {
+            replica: "a".into(),
+            epoch,
+        });
+        as_leader.enqueue(&[]).unwrap();
+        as_leader
+            .audit(
+                &Actor::System,
+                crate::store::AuditAction::SshHostKeyRefused,
+                "web1",
+                crate::store::Outcome::Denied,
+                None,
+            )
+            .unwrap();
+        store.renew_leadership("a", 0).unwrap();
+        store.renew_leadership("b", TTL).unwrap().unwrap();
+        let refused = as_leader
+            .audit(
+                &Actor::System,
+                crate::store::AuditAction::SshHostKeyRefused,
+                "web2",
+                crate::store::Outcome::Denied,
+                None,
+            )
+            .unwrap_err();
+        assert!(matches!(refused, Error::Fenced { .. }), "{refused}");
+        assert_eq!(store.audit_entries(0, 10).unwrap().len(), 1);
+    }
+}
