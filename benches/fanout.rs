@@ -40,6 +40,25 @@ async fn bench() {
         &fleet,
         "scripts:\n  - {id: client-id, name: Client id, body: cat /etc/linkops/client_id}\n  - {id: flood, name: Flood, body: \"head -c 10485760 /dev/zero | tr '\\\\0' x\"}\n",
     );
+    // FANOUT_ONLY=store: the warm fan-out on each store engine, side by side.
+    if std::env::var("FANOUT_ONLY").is_ok_and(|only| only == "store") {
+        let rows = store_engines(&fleet, &repo).await;
+        let redb = median(&rows[0].1).as_secs_f64();
+        println!("\n| store | median | vs redb | runs (s) |\n|---|---|---|---|");
+        for (name, times) in &rows {
+            let m = median(times).as_secs_f64();
+            let runs: Vec<String> = times
+                .iter()
+                .map(|t| format!("{:.3}", t.as_secs_f64()))
+                .collect();
+            println!(
+                "| {name} | {m:.3} s | {:.2}× | {} |",
+                m / redb,
+                runs.join(" ")
+            );
+        }
+        return;
+    }
     // FANOUT_ONLY=sse runs the SSE part alone (for quick iterations on it).
     if std::env::var("FANOUT_ONLY").is_ok_and(|only| only == "sse") {
         let daemon = Daemon::start(&fleet, &repo, "sse", "10m").await;
@@ -78,6 +97,10 @@ async fn bench() {
         );
     }
     rows.push(("LinkOps API, warm".into(), times));
+    drop(warm);
+    rows.extend(store_engines(&fleet, &repo).await);
+    let warm = Daemon::start(&fleet, &repo, "warm-again", "10m").await;
+    warm.wait_enrolled().await;
 
     rows.push(("bare russh client, cold".into(), bare_cold(&fleet).await));
     rows.push(("bare russh client, warm".into(), bare_warm(&fleet).await));
@@ -99,6 +122,26 @@ async fn bench() {
 
     print_table(&rows);
     sse_flood(&warm).await;
+}
+
+/// The warm fan-out through the API with the store in redb, then in PostgreSQL.
+async fn store_engines(fleet: &TestFleet, repo: &Path) -> Vec<(String, Vec<Duration>)> {
+    let server = linkops::testbed::postgres::TestPostgres::start()
+        .expect("the benchmark needs Debian's postgresql");
+    let database = server.database().unwrap();
+    let mut rows = Vec::new();
+    for (name, postgres) in [("redb", None), ("postgres", Some(&database))] {
+        let daemon = Daemon::start_on(fleet, repo, &format!("store-{name}"), "10m", postgres).await;
+        daemon.wait_enrolled().await;
+        let body = json!({ "script": "client-id", "targets": { "tags": ["bench"] } });
+        daemon.run_to_end(body.clone()).await;
+        let mut times = Vec::new();
+        for _ in 0..REPETITIONS * 4 {
+            times.push(daemon.run_to_end(body.clone()).await.0);
+        }
+        rows.push((format!("LinkOps API, warm, store in {name}"), times));
+    }
+    rows
 }
 
 async fn bare_cold(fleet: &TestFleet) -> Vec<Duration> {

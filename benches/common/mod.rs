@@ -118,14 +118,47 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start(fleet: &TestFleet, repo: &Path, name: &str, idle: &str) -> Daemon {
+        Daemon::start_on(fleet, repo, name, idle, None).await
+    }
+
+    /// [`Daemon::start`], its store in the PostgreSQL database `postgres` when given.
+    pub async fn start_on(
+        fleet: &TestFleet,
+        repo: &Path,
+        name: &str,
+        idle: &str,
+        postgres: Option<&linkops::store::engine::postgres::Options>,
+    ) -> Daemon {
         let data = fleet.dir().join(format!("data-{name}"));
         let known_hosts = std::fs::read_to_string(fleet.known_hosts()).unwrap();
         private_data_dir(&data, fleet.client_key(), &known_hosts);
+        let store = match postgres {
+            None => String::new(),
+            Some(options) => {
+                use secrecy::ExposeSecret;
+                use std::os::unix::fs::PermissionsExt;
+                let password = data.join("keys/postgres_password");
+                let secret = options.password.as_ref().expect("a password");
+                std::fs::write(&password, secret.expose_secret()).unwrap();
+                std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600))
+                    .unwrap();
+                let store = linkops::store::Store::connect(options).unwrap();
+                store
+                    .create_user(
+                        "admin",
+                        Role::Admin,
+                        &password::hash(ADMIN_PASSWORD).unwrap(),
+                        &linkops::store::Actor::Cli,
+                    )
+                    .ok();
+                format!("[store]\nbackend = \"postgres\"\nurl = {:?}\n", options.url)
+            }
+        };
         let config = data.join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "data_dir = {data:?}\n[git]\nurl = {repo:?}\n[ssh]\nidle_timeout = {idle:?}\nconcurrency = 64\n[reconcile]\nconcurrency = 64\n[operations]\noutput_cap = 16777216\n"
+                "data_dir = {data:?}\n[git]\nurl = {repo:?}\n[ssh]\nidle_timeout = {idle:?}\nconcurrency = 64\n[reconcile]\nconcurrency = 64\n[operations]\noutput_cap = 16777216\n{store}"
             ),
         )
         .unwrap();
