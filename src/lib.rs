@@ -12,6 +12,7 @@ pub mod contract;
 pub mod controller;
 pub mod demo;
 pub mod git;
+pub mod lease;
 pub mod metrics;
 pub mod notify;
 pub mod offline;

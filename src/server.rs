@@ -49,6 +49,12 @@ pub enum Error {
     Join(#[from] tokio::task::JoinError),
     #[error("stopped because {0}")]
     StoreFailing(store::Error),
+    #[error(
+        "stopped because the store's lease passed to another daemon (this one was paused, or cut off from the database); the service manager restarts it as a standby"
+    )]
+    LeaseLost,
+    #[error("stopped while standing by")]
+    StoppedStandingBy,
 }
 
 /// How often the daemon proves the store still takes writes.
@@ -65,7 +71,13 @@ pub async fn run(
         shutdown.await;
         sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]).ok();
     };
-    let daemon = Daemon::start(config, listener, shutdown).await?;
+    let daemon = match Daemon::start(config, listener, shutdown).await {
+        Err(Error::StoppedStandingBy) => {
+            tracing::info!("linkops stopped while standing by");
+            return Ok(());
+        }
+        started => started?,
+    };
     // systemd (Type=notify) counts the daemon as started once the store is
     // open and the first sync was attempted; without NOTIFY_SOCKET this is a no-op.
     let git = daemon.git().clone();
@@ -86,6 +98,9 @@ pub struct Daemon {
     stop: CancellationToken,
     /// Cancelled when the store refused a write probe.
     store_failed: CancellationToken,
+    /// Cancelled when the store's lease passed to another daemon.
+    lease_lost: CancellationToken,
+    lease: crate::lease::Lease,
 }
 
 impl Daemon {
@@ -97,11 +112,31 @@ impl Daemon {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Daemon, Error> {
         let config = Arc::new(config);
-        let prepared = tokio::task::spawn_blocking({
+        let shutdown = {
+            // Heard while standing by too.
+            let requested = CancellationToken::new();
+            let heard = requested.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                heard.cancel();
+            });
+            requested
+        };
+        let opened = tokio::task::spawn_blocking({
             let config = config.clone();
-            move || prepare(config)
+            move || open_store(&config)
         })
         .await??;
+        let timing = linkops_reconcilers::membership::LeaseTiming::DEFAULT;
+        let Some((lease, store)) = crate::lease::acquire(&opened, timing, &shutdown).await? else {
+            return Err(Error::StoppedStandingBy);
+        };
+        let prepared = tokio::task::spawn_blocking({
+            let config = config.clone();
+            move || prepare(config, store)
+        })
+        .await??;
+        let shutdown = shutdown.cancelled_owned();
 
         let stop = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
@@ -161,6 +196,13 @@ impl Daemon {
             stop.clone(),
             store_failed.clone(),
         )));
+        let lease_lost = CancellationToken::new();
+        workers.push(tokio::spawn(crate::lease::hold(
+            prepared.store.clone(),
+            lease.clone(),
+            stop.clone(),
+            lease_lost.clone(),
+        )));
         workers.push(tokio::spawn(prune_store(
             prepared.store.clone(),
             config.retention.clone(),
@@ -171,10 +213,12 @@ impl Daemon {
         let draining = CancellationToken::new();
         let shutdown = {
             let (draining, store_failed) = (draining.clone(), store_failed.clone());
+            let lease_lost = lease_lost.clone();
             async move {
                 tokio::select! {
                     () = shutdown => {}
                     () = store_failed.cancelled() => {}
+                    () = lease_lost.cancelled() => {}
                 }
                 draining.cancel();
             }
@@ -206,6 +250,8 @@ impl Daemon {
             workers,
             stop,
             store_failed,
+            lease_lost,
+            lease,
         })
     }
 
@@ -229,6 +275,17 @@ impl Daemon {
             .is_cancelled()
             .then(|| self.state.store.ping().err())
             .flatten();
+        if self.lease_lost.is_cancelled() {
+            drop(self.state);
+            return Err(Error::LeaseLost);
+        }
+        // Everything is recorded: a standby may take over at once.
+        if failure.is_none() {
+            let (store, lease) = (self.state.store.clone(), self.lease.clone());
+            tokio::task::spawn_blocking(move || crate::lease::release(&store, &lease))
+                .await
+                .ok();
+        }
         // Last: the store closes when its final handle goes.
         drop(self.state);
         served?.map_err(Error::Serve)?;
@@ -347,8 +404,8 @@ struct Prepared {
     notifier: Arc<crate::notify::Notifier>,
 }
 
-/// The blocking part of start-up: directories, store, secrets, first admin.
-fn prepare(config: Arc<Config>) -> Result<Prepared, Error> {
+/// The first blocking part of start-up: directories, the store.
+fn open_store(config: &Config) -> Result<store::Store, Error> {
     // Private by default: the data dir holds keys, secrets and the audit log.
     for dir in [config.data_dir.clone(), config.keys_dir()] {
         std::fs::DirBuilder::new()
@@ -358,7 +415,12 @@ fn prepare(config: Arc<Config>) -> Result<Prepared, Error> {
             .map_err(|source| Error::DataDir { path: dir, source })?;
     }
     refuse_open_data_dir(&config.data_dir)?;
-    let store = store::Store::open_at(&config.store_location()?)?;
+    Ok(store::Store::open_at(&config.store_location()?)?)
+}
+
+/// The blocking part of start-up once this daemon holds the store: what the
+/// last one left running, secrets, the first admin.
+fn prepare(config: Arc<Config>, store: store::Store) -> Result<Prepared, Error> {
     let secret: SecretString = match &config.auth.jwt_secret {
         Some(secret) => secret.clone(),
         None => secrets::load_or_generate(&config.jwt_secret_path())?.into(),

@@ -11,6 +11,11 @@ pub use super::engine::postgres::{Fence, Member};
 use super::{Result, Store};
 
 impl Store {
+    /// Whether other daemons may share this store (PostgreSQL), so that leases matter.
+    pub fn is_shared(&self) -> bool {
+        matches!(&*self.engine, Engine::Postgres(_))
+    }
+
     /// This store, every write through it fenced by `fence`.
     pub fn fenced(&self, fence: Fence) -> Store {
         Store {
