@@ -96,14 +96,14 @@ pub fn private_data_dir(data: &Path, key: &Path, known_hosts: &str) {
     std::fs::copy(key, &copy).unwrap();
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(data.join("ssh/known_hosts"), known_hosts).unwrap();
-    let store = Store::open(&data.join("linkops.redb")).unwrap();
+    create_admin(&Store::open(&data.join("linkops.redb")).unwrap());
+}
+
+/// The benchmarks' admin (password [`ADMIN_PASSWORD`]), unless it exists.
+fn create_admin(store: &Store) {
+    let hash = password::hash(ADMIN_PASSWORD).unwrap();
     store
-        .create_user(
-            "admin",
-            Role::Admin,
-            &password::hash(ADMIN_PASSWORD).unwrap(),
-            &linkops::store::Actor::Cli,
-        )
+        .create_user("admin", Role::Admin, &hash, &linkops::store::Actor::Cli)
         .ok();
 }
 
@@ -142,15 +142,7 @@ impl Daemon {
                 std::fs::write(&password, secret.expose_secret()).unwrap();
                 std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600))
                     .unwrap();
-                let store = linkops::store::Store::connect(options).unwrap();
-                store
-                    .create_user(
-                        "admin",
-                        Role::Admin,
-                        &password::hash(ADMIN_PASSWORD).unwrap(),
-                        &linkops::store::Actor::Cli,
-                    )
-                    .ok();
+                create_admin(&linkops::store::Store::connect(options).unwrap());
                 format!("[store]\nbackend = \"postgres\"\nurl = {:?}\n", options.url)
             }
         };

@@ -113,51 +113,34 @@ fn page_of(
     }
 }
 
-impl Read for redb::ReadTransaction {
-    fn get_bytes(&self, name: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .open_table(table(name))?
-            .get(key)?
-            .map(|value| value.value().to_vec()))
-    }
+/// Reading is the same in both kinds of redb transaction.
+macro_rules! read_through_tables {
+    ($($tx:ty),*) => {$(
+        impl Read for $tx {
+            fn get_bytes(&self, name: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+                Ok(self
+                    .open_table(table(name))?
+                    .get(key)?
+                    .map(|value| value.value().to_vec()))
+            }
 
-    fn page(
-        &self,
-        name: &'static str,
-        span: &Span,
-        reverse: bool,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        page_of(&self.open_table(table(name))?, span, reverse, limit)
-    }
+            fn page(
+                &self,
+                name: &'static str,
+                span: &Span,
+                reverse: bool,
+                limit: usize,
+            ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+                page_of(&self.open_table(table(name))?, span, reverse, limit)
+            }
 
-    fn count(&self, name: &'static str) -> Result<u64> {
-        Ok(self.open_table(table(name))?.len()?)
-    }
+            fn count(&self, name: &'static str) -> Result<u64> {
+                Ok(self.open_table(table(name))?.len()?)
+            }
+        }
+    )*};
 }
-
-impl Read for redb::WriteTransaction {
-    fn get_bytes(&self, name: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .open_table(table(name))?
-            .get(key)?
-            .map(|value| value.value().to_vec()))
-    }
-
-    fn page(
-        &self,
-        name: &'static str,
-        span: &Span,
-        reverse: bool,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        page_of(&self.open_table(table(name))?, span, reverse, limit)
-    }
-
-    fn count(&self, name: &'static str) -> Result<u64> {
-        Ok(self.open_table(table(name))?.len()?)
-    }
-}
+read_through_tables!(redb::ReadTransaction, redb::WriteTransaction);
 
 impl Write for redb::WriteTransaction {
     fn put_bytes(&mut self, name: &'static str, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
