@@ -30,7 +30,7 @@ impl Store {
     /// Removes a workspace; its sessions' records and recordings stay.
     pub fn delete_workspace(&self, id: &str) -> Result<bool> {
         let mut tx = self.write()?;
-        let removed = tx.remove(TERMINAL_WORKSPACES, id)?;
+        let removed = tx.delete(TERMINAL_WORKSPACES, id)?;
         tx.commit()?;
         Ok(removed)
     }

@@ -236,6 +236,12 @@ impl Write for WriteTx {
             WriteTx::Postgres(tx) => tx.delete_bytes(table, key),
         }
     }
+    fn discard_bytes(&mut self, table: &'static str, key: Vec<u8>) -> Result<()> {
+        match self {
+            WriteTx::Redb(tx) => tx.discard_bytes(table, key),
+            WriteTx::Postgres(tx) => tx.discard_bytes(table, key),
+        }
+    }
 }
 
 /// Entries a scan fetches from its engine at once: a scan that stops early
@@ -330,6 +336,11 @@ pub trait Write: Read {
     fn put_bytes(&mut self, table: &'static str, key: Vec<u8>, value: Vec<u8>) -> Result<()>;
     /// Whether there was an entry to delete.
     fn delete_bytes(&mut self, table: &'static str, key: &[u8]) -> Result<bool>;
+    /// Deletes an entry, if any, without saying whether there was one (so
+    /// an engine may send it with the next statement).
+    fn discard_bytes(&mut self, table: &'static str, key: Vec<u8>) -> Result<()> {
+        self.delete_bytes(table, &key).map(drop)
+    }
 
     fn insert<K, C: Codec, Q: Key<Owned = K>>(
         &mut self,
@@ -340,7 +351,13 @@ pub trait Write: Read {
         self.put_bytes(table.name, key.encode(), C::encode(item))
     }
 
-    fn remove<K, C, Q: Key<Owned = K>>(&mut self, table: Table<K, C>, key: Q) -> Result<bool> {
+    /// Deletes the entry under `key`, if any.
+    fn remove<K, C, Q: Key<Owned = K>>(&mut self, table: Table<K, C>, key: Q) -> Result<()> {
+        self.discard_bytes(table.name, key.encode())
+    }
+
+    /// Deletes the entry under `key`; whether there was one.
+    fn delete<K, C, Q: Key<Owned = K>>(&mut self, table: Table<K, C>, key: Q) -> Result<bool> {
         self.delete_bytes(table.name, &key.encode())
     }
 
@@ -361,7 +378,7 @@ pub trait Write: Read {
             }
         }
         for key in doomed {
-            self.delete_bytes(table.name, &key)?;
+            self.discard_bytes(table.name, key)?;
         }
         Ok(())
     }

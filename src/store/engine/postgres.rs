@@ -436,11 +436,34 @@ async fn typed(
     sql: &str,
     params: &[Vec<u8>],
 ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-    let params: Vec<(&(dyn ToSql + Sync), Type)> = params
+    let statement = prepared(client, sql, params.len()).await?;
+    execute(client, &statement, params).await
+}
+
+/// `sql` prepared on this connection: once per connection (a few dozen
+/// statements in all), so the server plans each only once; a cached one
+/// costs no round trip.
+async fn prepared(
+    client: &Object,
+    sql: &str,
+    params: usize,
+) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+    client
+        .prepare_typed_cached(sql, &vec![Type::BYTEA; params])
+        .await
+}
+
+/// Runs a prepared statement; it is queued on the connection when first polled.
+async fn execute(
+    client: &Object,
+    statement: &tokio_postgres::Statement,
+    params: &[Vec<u8>],
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let params: Vec<&(dyn ToSql + Sync)> = params
         .iter()
-        .map(|param| (param as &(dyn ToSql + Sync), Type::BYTEA))
+        .map(|param| param as &(dyn ToSql + Sync))
         .collect();
-    client.query_typed(sql, &params).await
+    client.query(statement, &params).await
 }
 
 impl Conn {
@@ -528,13 +551,29 @@ impl Conn {
                     None => Ok(()),
                 }
             };
+            // Prepared first: a statement waiting for its preparation would
+            // let the ones after it overtake it.
+            let mut statements = Vec::with_capacity(pending.len());
+            for (sql, params) in &pending {
+                match prepared(&client, sql, params.len()).await {
+                    Ok(statement) => statements.push(statement),
+                    Err(source) => {
+                        return Err(Error::Statement {
+                            store,
+                            what,
+                            source,
+                        });
+                    }
+                }
+            }
             let writes = futures::future::try_join_all(
-                pending
+                statements
                     .iter()
-                    .map(|(sql, params)| typed(&client, sql, params)),
+                    .zip(&pending)
+                    .map(|(statement, (_, params))| execute(&client, statement, params)),
             );
             // Each is queued on the connection when first polled, in this
-            // order: one round trip for all of them.
+            // order, the statement that needs an answer last: one round trip.
             let (begun, written, result) =
                 futures::join!(begun, writes, send(client.clone(), sql, params));
             begun
@@ -737,6 +776,12 @@ impl Write for WriteTx {
             ),
             vec![key, value],
         )?;
+        Ok(())
+    }
+
+    fn discard_bytes(&mut self, table: &'static str, key: Vec<u8>) -> crate::store::Result<()> {
+        self.conn
+            .defer(format!("DELETE FROM kv_{table} WHERE key = $1"), vec![key])?;
         Ok(())
     }
 
