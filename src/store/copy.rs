@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::engine::{Read, Span, Write};
+use super::engine::{Raw, Read, Table, Write};
 use super::schema::{META, TABLES};
 use super::{Error, Result, Store};
 
@@ -17,6 +17,11 @@ pub struct TableDigest {
 
 /// Entries one read fetches while copying or digesting.
 const BATCH: usize = 512;
+
+/// A table read as it is stored: encoded keys and records.
+fn raw(table: &'static str) -> Table<Vec<u8>, Raw> {
+    Table::new(table)
+}
 
 impl Store {
     /// Copies every table of this store into `target`, which must hold no
@@ -37,19 +42,9 @@ impl Store {
         }
         let mut tx = target.write()?;
         for table in TABLES {
-            let mut span = Span::everything();
-            loop {
-                let page = source.page(table, &span, false, BATCH)?;
-                let full = page.len() == BATCH;
-                if let Some((last, _)) = page.last() {
-                    span.low = std::ops::Bound::Excluded(last.clone());
-                }
-                for (key, value) in page {
-                    tx.put_bytes(table, key, value)?;
-                }
-                if !full {
-                    break;
-                }
+            for entry in source.all(raw(table), false).paged(BATCH) {
+                let (key, value) = entry?;
+                tx.put_bytes(table, key, value)?;
             }
         }
         tx.commit()?;
@@ -77,24 +72,14 @@ impl Store {
             .map(|table| {
                 let mut digest = Sha256::new();
                 let mut entries = 0;
-                let mut span = Span::everything();
-                loop {
-                    let page = tx.page(table, &span, false, BATCH)?;
-                    let full = page.len() == BATCH;
-                    for (key, value) in &page {
-                        // Lengths first: no two different tables digest alike.
-                        digest.update((key.len() as u64).to_be_bytes());
-                        digest.update(key);
-                        digest.update((value.len() as u64).to_be_bytes());
-                        digest.update(value);
-                        entries += 1;
-                    }
-                    match page.last() {
-                        Some((last, _)) if full => {
-                            span.low = std::ops::Bound::Excluded(last.clone());
-                        }
-                        _ => break,
-                    }
+                for entry in tx.all(raw(table), false).paged(BATCH) {
+                    let (key, value) = entry?;
+                    // Lengths first: no two different tables digest alike.
+                    digest.update((key.len() as u64).to_be_bytes());
+                    digest.update(&key);
+                    digest.update((value.len() as u64).to_be_bytes());
+                    digest.update(&value);
+                    entries += 1;
                 }
                 Ok(TableDigest {
                     table,

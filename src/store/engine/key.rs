@@ -110,6 +110,22 @@ impl Decode for String {
     }
 }
 
+/// A key as it is stored: every byte of it (for copying tables whole).
+impl Key for Vec<u8> {
+    type Owned = Vec<u8>;
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self);
+    }
+}
+
+impl Decode for Vec<u8> {
+    fn decode_from(bytes: &mut &[u8]) -> Option<Self> {
+        let all = bytes.to_vec();
+        *bytes = &[];
+        Some(all)
+    }
+}
+
 macro_rules! tuple_key {
     ($($part:ident),+) => {
         impl<$($part: Key),+> Key for ($($part,)+) {

@@ -125,7 +125,7 @@ impl Span {
         }
     }
 
-    pub fn everything() -> Span {
+    fn everything() -> Span {
         Span {
             low: Bound::Unbounded,
             high: Bound::Unbounded,
