@@ -644,6 +644,7 @@ fn store_after_a_day(size: usize) {
                         rollout: None,
                         retry_of: None,
                     },
+                    "local",
                     &hosts,
                     None,
                     |_| Vec::new(),

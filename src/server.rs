@@ -19,8 +19,10 @@ use crate::git::mirror::{Mirror, Source};
 use crate::git::sync::SyncContext;
 use crate::metrics::Metrics;
 use crate::operations::Engine;
+use crate::replica::{self, Membership};
 use crate::terminal::Terminals;
 use crate::{secrets, store};
+use linkops_reconcilers::membership::LeaseTiming;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,11 +52,9 @@ pub enum Error {
     #[error("stopped because {0}")]
     StoreFailing(store::Error),
     #[error(
-        "stopped because the store's lease passed to another daemon (this one was paused, or cut off from the database); the service manager restarts it as a standby"
+        "stopped because this replica's lease on the store passed (it was paused, or cut off from the database) and the others took its work over; the service manager restarts it as a new member"
     )]
     LeaseLost,
-    #[error("stopped while standing by")]
-    StoppedStandingBy,
 }
 
 /// How often the daemon proves the store still takes writes.
@@ -71,13 +71,7 @@ pub async fn run(
         shutdown.await;
         sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]).ok();
     };
-    let daemon = match Daemon::start(config, listener, shutdown).await {
-        Err(Error::StoppedStandingBy) => {
-            tracing::info!("linkops stopped while standing by");
-            return Ok(());
-        }
-        started => started?,
-    };
+    let daemon = Daemon::start(config, listener, shutdown).await?;
     // systemd (Type=notify) counts the daemon as started once the store is
     // open and the first sync was attempted; without NOTIFY_SOCKET this is a no-op.
     let git = daemon.git().clone();
@@ -98,9 +92,9 @@ pub struct Daemon {
     stop: CancellationToken,
     /// Cancelled when the store refused a write probe.
     store_failed: CancellationToken,
-    /// Cancelled when the store's lease passed to another daemon.
+    /// Cancelled when this replica's lease passed (the others took over).
     lease_lost: CancellationToken,
-    lease: crate::lease::Lease,
+    membership: Membership,
 }
 
 impl Daemon {
@@ -112,31 +106,19 @@ impl Daemon {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Daemon, Error> {
         let config = Arc::new(config);
-        let shutdown = {
-            // Heard while standing by too.
-            let requested = CancellationToken::new();
-            let heard = requested.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                heard.cancel();
-            });
-            requested
-        };
         let opened = tokio::task::spawn_blocking({
             let config = config.clone();
             move || open_store(&config)
         })
         .await??;
-        let timing = linkops_reconcilers::membership::LeaseTiming::DEFAULT;
-        let Some((lease, store)) = crate::lease::acquire(&opened, timing, &shutdown).await? else {
-            return Err(Error::StoppedStandingBy);
-        };
+        let address = listener.local_addr().map_err(Error::Serve)?;
+        let mut joined = replica::join(&opened, address.to_string(), LeaseTiming::DEFAULT).await?;
+        let membership = joined.membership.clone();
         let prepared = tokio::task::spawn_blocking({
-            let config = config.clone();
+            let (config, store) = (config.clone(), joined.store.clone());
             move || prepare(config, store)
         })
         .await??;
-        let shutdown = shutdown.cancelled_owned();
 
         let stop = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
@@ -146,13 +128,15 @@ impl Daemon {
             prepared.notifier.clone(),
             metrics.clone(),
         );
-        let (git, git_worker) = crate::git::sync::start(sync, stop.clone()).await;
+        let (git, git_worker) =
+            crate::git::sync::start(sync, membership.clone(), stop.clone()).await;
         let access = MachineAccess::new(&config, prepared.store.clone(), metrics.clone());
         let reaper = access
             .pool
             .spawn_reaper(config.ssh.idle_timeout, stop.clone());
         let engine = Engine::new(
             prepared.store.clone(),
+            membership.clone(),
             access.clone(),
             config.operations.output_cap,
             prepared.notifier.clone(),
@@ -183,11 +167,22 @@ impl Daemon {
         );
         workers.push(git_worker);
         workers.push(reaper);
-        workers.extend(prepared.notifier.start(
-            prepared.store.clone(),
-            metrics.clone(),
-            stop.clone(),
-        ));
+        // What must happen once is the leader's: the outbox's deliveries,
+        // retention, and ending what a dead replica left running.
+        let leading = Leading {
+            membership: membership.clone(),
+            store: prepared.store.clone(),
+            stop: stop.clone(),
+        };
+        workers.push(leading.spawn({
+            let (notifier, metrics, stop) =
+                (prepared.notifier.clone(), metrics.clone(), stop.clone());
+            move |store| async move {
+                for delivery in notifier.start(store, metrics, stop) {
+                    delivery.await.ok();
+                }
+            }
+        }));
         // A store that stopped taking writes (a full disk) stops the daemon, so
         // that systemd restarts it and redb reopens the file.
         let store_failed = CancellationToken::new();
@@ -197,18 +192,17 @@ impl Daemon {
             store_failed.clone(),
         )));
         let lease_lost = CancellationToken::new();
-        workers.push(tokio::spawn(crate::lease::hold(
-            prepared.store.clone(),
-            lease.clone(),
-            stop.clone(),
-            lease_lost.clone(),
-        )));
-        workers.push(tokio::spawn(prune_store(
-            prepared.store.clone(),
-            config.retention.clone(),
-            metrics.clone(),
-            stop.clone(),
-        )));
+        workers.push(tokio::spawn(joined.renew(stop.clone(), lease_lost.clone())));
+        workers.push(leading.spawn({
+            let (retention, metrics, stop) =
+                (config.retention.clone(), metrics.clone(), stop.clone());
+            move |store| prune_store(store, retention, metrics, stop)
+        }));
+        workers.push(leading.spawn({
+            let (membership, notifier, stop) =
+                (membership.clone(), prepared.notifier.clone(), stop.clone());
+            move |store| end_what_the_gone_left(store, membership, notifier, stop)
+        }));
         // Streams that never end by themselves (the fleet's) end here, so the drain need not wait.
         let draining = CancellationToken::new();
         let shutdown = {
@@ -233,8 +227,7 @@ impl Daemon {
             metrics,
             draining,
         };
-        let address = listener.local_addr().map_err(Error::Serve)?;
-        tracing::info!(%address, data_dir = %config.data_dir.display(), "linkops serving");
+        tracing::info!(%address, data_dir = %config.data_dir.display(), replica = %membership.id(), "linkops serving");
         let limits = ConnectionLimits {
             connections: Arc::new(tokio::sync::Semaphore::new(config.http.max_connections)),
             header_timeout: config.http.header_timeout,
@@ -251,7 +244,7 @@ impl Daemon {
             stop,
             store_failed,
             lease_lost,
-            lease,
+            membership,
         })
     }
 
@@ -275,16 +268,15 @@ impl Daemon {
             .is_cancelled()
             .then(|| self.state.store.ping().err())
             .flatten();
+        // Everything is recorded (or, the lease lost, refused): the others
+        // take this replica's work over at once.
+        let (store, membership) = (self.state.store.clone(), self.membership.clone());
+        tokio::task::spawn_blocking(move || replica::leave(&store, &membership))
+            .await
+            .ok();
         if self.lease_lost.is_cancelled() {
             drop(self.state);
             return Err(Error::LeaseLost);
-        }
-        // Everything is recorded: a standby may take over at once.
-        if failure.is_none() {
-            let (store, lease) = (self.state.store.clone(), self.lease.clone());
-            tokio::task::spawn_blocking(move || crate::lease::release(&store, &lease))
-                .await
-                .ok();
         }
         // Last: the store closes when its final handle goes.
         drop(self.state);
@@ -396,6 +388,78 @@ async fn prune_store(
     }
 }
 
+/// Starts the work that must happen once among the replicas, when this one leads.
+struct Leading {
+    membership: Membership,
+    store: store::Store,
+    stop: CancellationToken,
+}
+
+impl Leading {
+    /// Runs `work` with the store fenced by the leader lease once this
+    /// replica leads (at once on an unshared store); nothing if it stops first.
+    fn spawn<F: Future<Output = ()> + Send + 'static>(
+        &self,
+        work: impl FnOnce(store::Store) -> F + Send + 'static,
+    ) -> JoinHandle<()> {
+        let (membership, store, stop) = (
+            self.membership.clone(),
+            self.store.clone(),
+            self.stop.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                leader = membership.leader_store(&store) => work(leader).await,
+            }
+        })
+    }
+}
+
+/// How often the leader looks for operations of replicas that are gone,
+/// besides whenever the members change.
+const GONE_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The leader's part when a replica dies: its running operations are marked
+/// interrupted (hosts that had not finished too; nothing is re-run), their
+/// ends told like a restart's, and their followers on any replica see `end`.
+async fn end_what_the_gone_left(
+    store: store::Store,
+    membership: Membership,
+    notifier: Arc<crate::notify::Notifier>,
+    stop: CancellationToken,
+) {
+    let mut members = membership.changes();
+    loop {
+        let (sweeping, telling) = (store.clone(), notifier.clone());
+        let swept = tokio::task::spawn_blocking(move || {
+            sweeping.interrupt_operations_of_gone(|interrupted| {
+                let events = linkops_reconcilers::outbox::for_restart(interrupted, store::now_ms());
+                telling.route(Vec::new(), events.into_iter().collect())
+            })
+        })
+        .await;
+        match swept {
+            Ok(Ok(interrupted)) if !interrupted.is_empty() => {
+                notifier.ring();
+                tracing::warn!(operations = ?interrupted, "operations of a replica that is gone marked interrupted");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot look for operations of replicas that are gone; looking again")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the look for operations of replicas that are gone failed")
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = members.changed() => {}
+            () = tokio::time::sleep(GONE_SWEEP_INTERVAL) => {}
+        }
+    }
+}
+
 /// The parts of the state that start-up builds before the background workers.
 struct Prepared {
     config: Arc<Config>,
@@ -418,25 +482,28 @@ fn open_store(config: &Config) -> Result<store::Store, Error> {
     Ok(store::Store::open_at(&config.store_location()?)?)
 }
 
-/// The blocking part of start-up once this daemon holds the store: what the
-/// last one left running, secrets, the first admin.
+/// The blocking part of start-up once this daemon joined: what the last
+/// one left running (the only daemon of a store; with several, the leader
+/// ends what a dead one left), secrets, the first admin.
 fn prepare(config: Arc<Config>, store: store::Store) -> Result<Prepared, Error> {
     let secret: SecretString = match &config.auth.jwt_secret {
         Some(secret) => secret.clone(),
         None => secrets::load_or_generate(&config.jwt_secret_path())?.into(),
     };
     let notifier = Arc::new(crate::notify::Notifier::from_config(&config)?);
-    let interrupted = store.interrupt_unfinished_operations(|interrupted| {
-        let events = linkops_reconcilers::outbox::for_restart(interrupted, store::now_ms());
-        notifier.route(Vec::new(), events.into_iter().collect())
-    })?;
-    if !interrupted.is_empty() {
-        // The previous process stopped while they ran: recorded as interrupted, never re-run.
-        tracing::warn!(operations = ?interrupted, "operations interrupted by the last shutdown");
-    }
-    let interrupted = store.interrupt_open_terminal_sessions()?;
-    if !interrupted.is_empty() {
-        tracing::warn!(sessions = ?interrupted, "terminal sessions interrupted by the last shutdown");
+    if !store.is_shared() {
+        let interrupted = store.interrupt_unfinished_operations(|interrupted| {
+            let events = linkops_reconcilers::outbox::for_restart(interrupted, store::now_ms());
+            notifier.route(Vec::new(), events.into_iter().collect())
+        })?;
+        if !interrupted.is_empty() {
+            // The previous process stopped while they ran: recorded as interrupted, never re-run.
+            tracing::warn!(operations = ?interrupted, "operations interrupted by the last shutdown");
+        }
+        let interrupted = store.interrupt_open_terminal_sessions()?;
+        if !interrupted.is_empty() {
+            tracing::warn!(sessions = ?interrupted, "terminal sessions interrupted by the last shutdown");
+        }
     }
     if let Some(generated) = auth::bootstrap_admin(&store)? {
         announce_generated_password(&generated);

@@ -32,6 +32,11 @@ impl OperationState {
         OperationState::Interrupted,
     ];
 
+    /// Whether it is an end state (nothing more runs).
+    pub fn is_finished(self) -> bool {
+        !matches!(self, OperationState::Pending | OperationState::Running)
+    }
+
     /// The name the API uses, also a metric's label value.
     pub fn name(self) -> &'static str {
         match self {

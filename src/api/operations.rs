@@ -404,11 +404,11 @@ async fn follow(
     let mut behind = true;
     loop {
         if behind {
-            let (store, after) = (store.clone(), last);
+            let (reading, after) = (store.clone(), last);
             let permit = engine.catch_up_permit().await;
             let page = match tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                store.operation_events(id, after, 512, PAGE_BYTES)
+                reading.operation_events(id, after, 512, PAGE_BYTES)
             })
             .await
             {
@@ -418,7 +418,13 @@ async fn follow(
             if page.is_empty() {
                 behind = false;
                 if live.is_none() {
-                    return;
+                    // Not running here: it ended (its `end` sent), or another
+                    // replica runs it and the store is read again shortly.
+                    if client.is_closed() || !running_elsewhere(&store, id).await {
+                        return;
+                    }
+                    tokio::time::sleep(ELSEWHERE_POLL).await;
+                    behind = true;
                 }
                 continue;
             }
@@ -460,6 +466,16 @@ async fn follow(
             }
         }
     }
+}
+
+/// How often a follower reads the log of an operation another replica runs.
+const ELSEWHERE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Whether operation `id` has not finished (so another replica runs it).
+async fn running_elsewhere(store: &crate::store::Store, id: u64) -> bool {
+    let store = store.clone();
+    let state = tokio::task::spawn_blocking(move || store.operation_state(id)).await;
+    matches!(state, Ok(Ok(Some(state))) if !state.is_finished())
 }
 
 fn sse_event(event: &RecordedEvent) -> Event {

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use linkops_reconcilers::desired::DesiredState;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -146,9 +145,7 @@ pub fn start(
     let (scheduler, runner) =
         scheduler::spawn(context.clone(), concurrency, DEBOUNCE, shutdown.clone());
     let triggers = tokio::spawn(watch_desired(
-        context.desired.clone(),
-        context.engine.finished(),
-        context.store.clone(),
+        context.clone(),
         scheduler.clone(),
         resync,
         shutdown,
@@ -156,19 +153,23 @@ pub fn start(
     (Controller { scheduler, context }, vec![runner, triggers])
 }
 
-/// Turns revisions, the resync timer and the end of a state's apply into
-/// reconcile requests.
+/// Turns revisions, the resync timer, the end of a state's apply and
+/// changes of the members (objects moving to this replica) into reconcile
+/// requests, for the objects this replica owns.
 async fn watch_desired(
-    mut desired: watch::Receiver<Option<Arc<DesiredState>>>,
-    mut finished: tokio::sync::broadcast::Receiver<crate::operations::Finished>,
-    store: crate::store::Store,
+    context: Arc<Context>,
     scheduler: Scheduler<ObjectKey, store::Error>,
     resync: Duration,
     shutdown: CancellationToken,
 ) {
+    let (mut desired, mut finished) = (context.desired.clone(), context.engine.finished());
+    let mut members = context.engine.membership().changes();
+    let store = &context.store;
+    let owned = |keys: Vec<ObjectKey>| keys.into_iter().filter(|key| context.owns(key));
     // Everything once at start: state may have changed while the daemon was down.
     let mut current = desired.borrow_and_update().clone();
-    for key in all_keys(current.as_deref(), &store) {
+    members.borrow_and_update();
+    for key in owned(all_keys(current.as_deref(), store)) {
         scheduler.trigger(key, Reason::Startup);
     }
     let mut resync_timer = tokio::time::interval(resync);
@@ -181,13 +182,20 @@ async fn watch_desired(
                     return;
                 }
                 let next = desired.borrow_and_update().clone();
-                for key in changed_keys(current.as_deref(), next.as_deref()) {
+                for key in owned(changed_keys(current.as_deref(), next.as_deref())) {
                     scheduler.trigger(key, Reason::Revision);
                 }
                 current = next;
             }
+            _ = members.changed() => {
+                members.borrow_and_update();
+                // What moved here is looked at now (what moved away waits, unowned).
+                for key in owned(all_keys(current.as_deref(), store)) {
+                    scheduler.trigger(key, Reason::Resync);
+                }
+            }
             _ = resync_timer.tick() => {
-                for key in all_keys(current.as_deref(), &store) {
+                for key in owned(all_keys(current.as_deref(), store)) {
                     scheduler.trigger(key, Reason::Resync);
                 }
             }

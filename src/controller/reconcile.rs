@@ -90,6 +90,13 @@ impl Reconcile<ObjectKey> for Context {
             // Nothing is desired before the first valid revision.
             return Ok(Action::AwaitChange);
         };
+        // A verify asked of this replica checks the machine whoever owns it.
+        let asked = matches!(&key, ObjectKey::Machine(id)
+            if self.check_asked.lock().expect("never poisoned").contains(id));
+        if !asked && !self.owns(&key) {
+            // Another replica's; it comes back when the members change.
+            return Ok(Action::AwaitChange);
+        }
         let (kind, result) = match &key {
             ObjectKey::Machine(id) => ("machine", self.machine(&desired, id).await),
             ObjectKey::RunRequest(id) => ("run_request", self.run_request(&desired, id).await),
@@ -105,6 +112,11 @@ impl Reconcile<ObjectKey> for Context {
 }
 
 impl Context {
+    /// Whether `key` is this replica's to reconcile (every key, with one replica).
+    pub fn owns(&self, key: &ObjectKey) -> bool {
+        self.engine.membership().owns(&key.to_string())
+    }
+
     /// Whether reconciliation of `machine` (or, with `None`, of the fleet) is suspended.
     pub fn suspended(&self, machine: Option<&str>) -> Result<bool, store::Error> {
         Ok(self.held()?.holds(machine))

@@ -309,6 +309,10 @@ impl Context {
                 tracing::info!(state = %state.id, operation = operation.id, machines = ?apply, "applying");
                 Ok(())
             }
+            Err(crate::operations::Error::Store(error @ store::Error::AlreadyApplying { .. })) => {
+                tracing::info!(%error, "not applying");
+                Ok(())
+            }
             Err(crate::operations::Error::Store(error)) => Err(error),
             // Parameters were checked when the revision loaded: this is a bug, said loudly.
             Err(error) => {

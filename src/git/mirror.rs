@@ -62,6 +62,7 @@ impl Source {
     }
 }
 
+#[derive(Clone)]
 pub struct Mirror {
     path: PathBuf,
 }

@@ -5,6 +5,10 @@
 //! and requests that queue up while a sync runs are answered by the next one.
 //! A valid revision is applied to the store and published on a
 //! `watch` channel; anything else leaves the last good revision in force.
+//!
+//! Only the replica that leads fetches and applies. The others follow the
+//! state in force from the store, and pass the syncs and plans asked of
+//! them (the API, webhooks) to the leader through it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,16 +20,25 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::mirror::{self, Mirror, Source};
-use crate::store::{self, Actor, Audit, AuditAction, Outcome, Store, SyncOutcome, SyncRecord};
+use crate::replica::Membership;
+use crate::store::{
+    self, Actor, Audit, AuditAction, Outcome, Store, SyncAsk, SyncOutcome, SyncRecord,
+};
 
 /// Why a sync was asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
     Startup,
     Interval,
-    Api { user: String },
-    Webhook { delivery: String },
+    Api {
+        user: String,
+    },
+    Webhook {
+        delivery: String,
+    },
     Watch,
+    /// Asked through another replica; its trigger as that one named it.
+    Relayed(String),
 }
 
 impl std::fmt::Display for Trigger {
@@ -36,6 +49,7 @@ impl std::fmt::Display for Trigger {
             Trigger::Api { user } => write!(f, "api:{user}"),
             Trigger::Webhook { delivery } => write!(f, "webhook:{delivery}"),
             Trigger::Watch => f.write_str("watch"),
+            Trigger::Relayed(trigger) => f.write_str(trigger),
         }
     }
 }
@@ -108,6 +122,7 @@ impl GitSync {
 }
 
 /// What the worker needs.
+#[derive(Clone)]
 pub struct SyncContext {
     pub source: Option<Source>,
     pub mirror: Mirror,
@@ -127,10 +142,15 @@ pub struct SyncContext {
 /// so a restart serves the last good state at once, even when the remote is down.
 pub async fn start(
     context: SyncContext,
+    membership: Membership,
     shutdown: CancellationToken,
 ) -> (GitSync, tokio::task::JoinHandle<()>) {
     let context = Arc::new(context);
-    let applied = restore(&context).await;
+    let leading_at_start = membership.view().leading.is_some();
+    let applied = match leading_at_start {
+        true => restore(&context).await,
+        false => follow_applied(&context.store, None).await,
+    };
     let (requests, queue) = mpsc::channel(16);
     let (plans, planned) = mpsc::channel(16);
     let (publish, desired) = watch::channel(applied.clone());
@@ -149,21 +169,232 @@ pub async fn start(
         desired: publish,
         attempts: attempted,
     };
-    let worker = tokio::spawn(worker(
-        context, applied, queue, planned, published, shutdown,
-    ));
+    let worker = tokio::spawn(async move {
+        let channels = Channels {
+            queue,
+            plans: planned,
+            publish: published,
+        };
+        let Some((leader, applied, channels, relayed)) =
+            follow(&context, applied, channels, &membership, &shutdown).await
+        else {
+            return;
+        };
+        let context = Arc::new(SyncContext {
+            store: leader,
+            ..(*context).clone()
+        });
+        // What was followed may be older than the mirror's last applied revision.
+        let restored = match leading_at_start {
+            true => None,
+            false => restore(&context).await,
+        };
+        let applied = match restored {
+            Some(restored) => {
+                if applied
+                    .as_ref()
+                    .is_none_or(|a| a.revision != restored.revision)
+                {
+                    channels
+                        .publish
+                        .desired
+                        .send_replace(Some(restored.clone()));
+                }
+                Some(restored)
+            }
+            None => applied,
+        };
+        lead(context, applied, channels, relayed, shutdown).await;
+    });
     (handle, worker)
 }
 
-async fn worker(
+/// The worker's ends of the handle's channels.
+struct Channels {
+    queue: mpsc::Receiver<Request>,
+    plans: mpsc::Receiver<String>,
+    publish: Published,
+}
+
+/// How often a replica that does not lead reads the store for a new
+/// revision in force (and for the records of the syncs it passed on).
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a sync passed to the leader is waited for.
+const RELAYED_WAIT: Duration = Duration::from_secs(120);
+
+/// Until this replica leads: publishes the state in force as the store has
+/// it, and passes syncs and plans asked of it to the leader. Returns the
+/// store fenced by the leader lease once it leads; `None` at shutdown.
+async fn follow(
+    context: &SyncContext,
+    mut applied: Option<Arc<DesiredState>>,
+    mut channels: Channels,
+    membership: &Membership,
+    shutdown: &CancellationToken,
+) -> Option<(Store, Option<Arc<DesiredState>>, Channels, Vec<Request>)> {
+    let leading = membership.leader_store(&context.store);
+    tokio::pin!(leading);
+    // Syncs passed on, waiting for their record: (asked after this attempt, the request, until when).
+    let mut relayed: Vec<(u64, Request, Instant)> = Vec::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            leader = &mut leading => {
+                // Those still waiting are the leader's own requests now.
+                let relayed = relayed.into_iter().map(|(_, request, _)| request).collect();
+                return Some((leader, applied, channels, relayed));
+            }
+            Some(request) = channels.queue.recv() => {
+                // The leader has its own timer and file watch.
+                if matches!(request.trigger, Trigger::Interval | Trigger::Watch | Trigger::Startup) {
+                    continue;
+                }
+                let ask = SyncAsk::Sync { trigger: request.trigger.to_string() };
+                match relay(&context.store, ask).await {
+                    Some(seq) => relayed.push((seq, request, Instant::now() + RELAYED_WAIT)),
+                    None => drop(request),
+                }
+            }
+            Some(branch) = channels.plans.recv() => {
+                relay(&context.store, SyncAsk::Plan { branch }).await;
+            }
+            () = tokio::time::sleep(FOLLOW_EVERY) => {
+                let followed = follow_applied(&context.store, applied.as_deref()).await;
+                if let Some(state) = followed {
+                    tracing::info!(revision = %state.revision, "following the revision the leader applied");
+                    applied = Some(state.clone());
+                    channels.publish.desired.send_replace(Some(state));
+                }
+                relayed = answer_relayed(&context.store, relayed).await;
+                channels.publish.attempts.send_if_modified(|n| {
+                    let first = *n == 0;
+                    *n = n.saturating_add(u64::from(first));
+                    first
+                });
+            }
+        }
+    }
+}
+
+/// What other replicas asked of the leader, taken from the store.
+async fn taken_asks(store: &Store) -> Vec<SyncAsk> {
+    let taking = store.clone();
+    match tokio::task::spawn_blocking(move || taking.take_sync_asks()).await {
+        Ok(Ok(asks)) => asks,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot read what other replicas asked for; reading again");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Passes `ask` to the leader through the store; the attempt it comes after.
+async fn relay(store: &Store, ask: SyncAsk) -> Option<u64> {
+    let asking = store.clone();
+    match tokio::task::spawn_blocking(move || asking.ask_sync(&ask)).await {
+        Ok(Ok(seq)) => Some(seq),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot pass the request to the replica that leads");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "passing the request on failed");
+            None
+        }
+    }
+}
+
+/// Answers the relayed syncs whose record the leader wrote (or that waited
+/// too long: no answer); the rest still wait.
+async fn answer_relayed(
+    store: &Store,
+    relayed: Vec<(u64, Request, Instant)>,
+) -> Vec<(u64, Request, Instant)> {
+    if relayed.is_empty() {
+        return relayed;
+    }
+    let reading = store.clone();
+    let asked: Vec<(u64, String)> = relayed
+        .iter()
+        .map(|(seq, request, _)| (*seq, request.trigger.to_string()))
+        .collect();
+    let found =
+        tokio::task::spawn_blocking(move || -> Result<Vec<Option<SyncRecord>>, store::Error> {
+            asked
+                .iter()
+                .map(|(seq, trigger)| reading.sync_by(*seq, trigger))
+                .collect()
+        })
+        .await;
+    let Ok(Ok(found)) = found else {
+        return relayed;
+    };
+    let now = Instant::now();
+    let mut waiting = Vec::new();
+    for ((seq, request, until), record) in relayed.into_iter().zip(found) {
+        match record {
+            Some(record) => {
+                if let Some(reply) = request.reply {
+                    reply.send(record).ok();
+                }
+            }
+            None if now < until => waiting.push((seq, request, until)),
+            None => {
+                tracing::warn!(trigger = %request.trigger, "the replica that leads did not record the sync passed to it in time")
+            }
+        }
+    }
+    waiting
+}
+
+/// The state in force in the store, when its revision is not `current`'s.
+async fn follow_applied(
+    store: &Store,
+    current: Option<&DesiredState>,
+) -> Option<Arc<DesiredState>> {
+    let current = current.map(|state| state.revision.clone());
+    let reading = store.clone();
+    let read = tokio::task::spawn_blocking(move || -> Result<_, store::Error> {
+        let Some(revision) = reading
+            .last_applied_sync()?
+            .and_then(|record| record.revision)
+        else {
+            return Ok(None);
+        };
+        if current.as_deref() == Some(revision.as_str()) {
+            return Ok(None);
+        }
+        let Some(state) = reading.applied_state(&revision)? else {
+            return Ok(None);
+        };
+        Ok(Some(state))
+    })
+    .await;
+    match read {
+        Ok(Ok(state)) => state.map(Arc::new),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot read the revision in force from the store; reading again");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The leader's loop: every sync, one at a time.
+async fn lead(
     context: Arc<SyncContext>,
     mut applied: Option<Arc<DesiredState>>,
-    mut queue: mpsc::Receiver<Request>,
-    mut plans: mpsc::Receiver<String>,
-    publish: Published,
+    channels: Channels,
+    mut pending: Vec<Request>,
     shutdown: CancellationToken,
 ) {
-    let mut pending: Vec<Request> = Vec::new();
+    let Channels {
+        mut queue,
+        mut plans,
+        publish,
+    } = channels;
     // The head last looked at, whatever came of it: a timer or file-watch sync
     // that finds the ref where it was records nothing (no commit, no log line,
     // no audit entry), even when that head is a bad one.
@@ -179,16 +410,26 @@ async fn worker(
             reply: None,
         });
     }
+    // Syncs other replicas passed on: each its own attempt, recorded with its trigger.
+    let mut relayed: std::collections::VecDeque<Trigger> = Default::default();
+    let mut next_interval = tokio::time::Instant::now() + jittered(context.interval);
     loop {
+        if pending.is_empty()
+            && let Some(trigger) = relayed.pop_front()
+        {
+            pending.push(Request {
+                trigger,
+                reply: None,
+            });
+        }
         if pending.is_empty() {
-            let next_interval = tokio::time::sleep(jittered(context.interval));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 request = queue.recv() => match request {
                     Some(request) => pending.push(request),
                     None => return,
                 },
-                _ = next_interval, if context.source.is_some() => {
+                _ = tokio::time::sleep_until(next_interval), if context.source.is_some() => {
                     pending.push(Request { trigger: Trigger::Interval, reply: None });
                 }
                 Some(branch) = plans.recv() => {
@@ -196,8 +437,21 @@ async fn worker(
                     plan_branch(&context, applied.clone(), branch).instrument(span).await;
                     continue;
                 }
+                () = tokio::time::sleep(FOLLOW_EVERY), if context.store.is_shared() => {
+                    for ask in taken_asks(&context.store).await {
+                        match ask {
+                            SyncAsk::Sync { trigger } => relayed.push_back(Trigger::Relayed(trigger)),
+                            SyncAsk::Plan { branch } => {
+                                let span = tracing::info_span!("plan", %branch);
+                                plan_branch(&context, applied.clone(), branch).instrument(span).await;
+                            }
+                        }
+                    }
+                    continue;
+                }
             }
         }
+        next_interval = tokio::time::Instant::now() + jittered(context.interval);
         // Whatever queued up meanwhile is served by this one sync.
         while let Ok(request) = queue.try_recv() {
             pending.push(request);
@@ -240,14 +494,22 @@ fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(rand::rng().random_range(0.9..1.1))
 }
 
-/// Reads the last applied revision back from the mirror.
+/// Reads the last applied revision back from the mirror (a replica that
+/// followed it from the store may not have fetched it: then `None`).
 async fn restore(context: &Arc<SyncContext>) -> Option<Arc<DesiredState>> {
     let context = context.clone();
     tokio::task::spawn_blocking(move || {
         let record = context.store.last_applied_sync().ok()??;
         let revision: ObjectId = record.revision.as_deref()?.parse().ok()?;
         match context.mirror.files_at(revision) {
-            Ok(files) => desired::load(&revision.to_string(), &files).ok().map(Arc::new),
+            Ok(files) => {
+                let state = desired::load(&revision.to_string(), &files).ok()?;
+                // The other replicas follow it from the store (one written before they did lacks it).
+                if let Err(error) = context.store.keep_applied_state(&state) {
+                    tracing::warn!(%error, "cannot record the revision in force for the other replicas");
+                }
+                Some(Arc::new(state))
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot restore the last applied revision; waiting for a sync");
                 None

@@ -24,6 +24,8 @@ use linkops_reconcilers::rollout::{Progress, Rollout};
 use linkops_reconcilers::run::Placement;
 use linkops_reconcilers::script::{ParamValue, Script};
 use tokio::sync::{Semaphore, broadcast, mpsc};
+
+use crate::replica::Membership;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -125,6 +127,8 @@ struct Live {
 #[derive(Clone)]
 pub struct Engine {
     store: Store,
+    /// This replica: its member id is recorded with every operation it runs.
+    membership: Membership,
     access: MachineAccess,
     /// Output kept per host and stream; the rest is counted, not stored.
     output_cap: u64,
@@ -143,6 +147,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(
         store: Store,
+        membership: Membership,
         access: MachineAccess,
         output_cap: u64,
         notifier: Arc<crate::notify::Notifier>,
@@ -150,6 +155,7 @@ impl Engine {
     ) -> Engine {
         Engine {
             store,
+            membership,
             access,
             output_cap,
             notifier,
@@ -158,6 +164,11 @@ impl Engine {
             catch_up: Arc::new(Semaphore::new(4)),
             finished: broadcast::channel(256).0,
         }
+    }
+
+    /// This replica.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
     }
 
     /// Operations as they end (after their last event is recorded). A
@@ -262,9 +273,12 @@ impl Engine {
             retry_of: plan.retry_of,
         };
         let notifier = &self.notifier;
-        let operation = self
-            .store
-            .create_operation(&operation, &hosts, claim, |created| {
+        let operation = self.store.create_operation(
+            &operation,
+            self.membership.id(),
+            &hosts,
+            claim,
+            |created| {
                 // A run-request's operation is pending on the commit that asked for it.
                 match &created.requested_by {
                     Requester::RunRequest { id, revision } => notifier.route(
@@ -278,7 +292,8 @@ impl Engine {
                     ),
                     _ => vec![],
                 }
-            })?;
+            },
+        )?;
         notifier.ring();
         tracing::info!(operation = operation.id, script = %operation.script, hosts = hosts.len(), "operation started");
 
@@ -570,7 +585,7 @@ mod tests {
         );
         let config = crate::config::Config::default();
         let notifier = Arc::new(crate::notify::Notifier::from_config(&config).unwrap());
-        let engine = Engine::new(store, access, 1024, notifier, metrics);
+        let engine = Engine::new(store, Membership::alone(), access, 1024, notifier, metrics);
         let script = Script {
             id: "uptime".into(),
             name: "Uptime".into(),

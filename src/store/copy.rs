@@ -128,7 +128,7 @@ mod tests {
             stderr_bytes: 0,
         };
         let created = source
-            .create_operation(&operation, &[host], None, |_| Vec::new())
+            .create_operation(&operation, "local", &[host], None, |_| Vec::new())
             .unwrap();
         // More output events than one batch of the copy.
         for chunk in 0..1200 {

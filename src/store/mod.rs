@@ -42,7 +42,7 @@ pub use retention::{Pruned, Retention};
 pub use scan::{OperationIndex, SeqTable};
 pub use schema::SCHEMA_VERSION;
 pub use states::StateWrite;
-pub use sync::{MachineRecord, ScriptRecord, SyncOutcome, SyncRecord};
+pub use sync::{MachineRecord, ScriptRecord, SyncAsk, SyncOutcome, SyncRecord};
 pub use users::{DeletedUser, LoginFailures, Role, User};
 pub use webhook::DeliveryClaim;
 
@@ -77,6 +77,14 @@ pub enum Error {
     CorruptKey { table: &'static str, key: String },
     #[error("run-request {run:?} already started operation {operation_id}; run-requests run once")]
     AlreadyClaimed { run: String, operation_id: u64 },
+    #[error(
+        "state {state:?} is being applied on {machine:?} by operation {operation_id} (another replica owned the state a moment ago); it is looked at again after that"
+    )]
+    AlreadyApplying {
+        state: String,
+        machine: String,
+        operation_id: u64,
+    },
     #[error("user {0:?} already exists")]
     UserExists(String),
     #[error(

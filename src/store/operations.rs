@@ -17,7 +17,10 @@ use linkops_reconcilers::state::{ApplyResult, Standing, StateStatus, Target};
 use super::audit::{self, Actor, AuditAction, Outcome};
 use super::engine::{Read, Write, WriteTx};
 use super::scan::{SeqTable, index_operation};
-use super::schema::{OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, RUN_REQUESTS, STATE_STATUS};
+use super::schema::{
+    OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, OPERATIONS_RUNNING, RUN_REQUESTS, STATE_STATUS,
+    STATE_TARGETS,
+};
 use super::{Error, Result, Store, now_ms};
 
 /// What an operation takes over, written in the transaction that creates it.
@@ -61,6 +64,23 @@ fn claim_state_apply(
     targets: Vec<Target>,
     id: u64,
 ) -> Result<()> {
+    // Two replicas may both own a state for the moment their views of the
+    // members differ: the second to claim a machine still applying refuses.
+    for target in &targets {
+        let key = (target.state_id.as_str(), target.machine_id.as_str());
+        if let Some(Target {
+            standing: Standing::Applying { operation_id },
+            ..
+        }) = tx.get(STATE_TARGETS, key)?
+            && tx.get(OPERATIONS_RUNNING, operation_id)?.is_some()
+        {
+            return Err(Error::AlreadyApplying {
+                state: target.state_id.clone(),
+                machine: target.machine_id.clone(),
+                operation_id,
+            });
+        }
+    }
     tx.insert(STATE_STATUS, &status.state_id, status)?;
     let now = now_ms();
     let applying: Vec<Target> = targets
@@ -97,6 +117,7 @@ impl Store {
     pub fn create_operation(
         &self,
         operation: &Operation,
+        replica: &str,
         hosts: &[HostResult],
         claim: Option<Claim>,
         outgoing: impl FnOnce(&Operation) -> Vec<linkops_reconcilers::outbox::Outgoing>,
@@ -116,6 +137,7 @@ impl Store {
                 None => {}
             }
             tx.insert(OPERATIONS, id, &created)?;
+            tx.insert(OPERATIONS_RUNNING, id, &replica.to_owned())?;
             index_operation(&mut tx, &created, None)?;
             for host in hosts {
                 tx.insert(OPERATION_HOSTS, (id, host.machine_id.as_str()), host)?;
@@ -195,6 +217,7 @@ impl Store {
                 index_operation(&mut tx, &operation, Some(previous))?;
                 if finished {
                     operation.finished_at_ms = Some(now_ms());
+                    tx.remove(OPERATIONS_RUNNING, id)?;
                 }
                 tx.insert(OPERATIONS, id, &operation)?;
             }
@@ -203,6 +226,13 @@ impl Store {
         };
         tx.commit()?;
         Ok(recorded)
+    }
+
+    /// An operation's state, without its hosts.
+    pub fn operation_state(&self, id: u64) -> Result<Option<OperationState>> {
+        Ok(self
+            .read_one(OPERATIONS, id)?
+            .map(|operation| operation.state))
     }
 
     /// An operation and its hosts' results.
@@ -269,58 +299,113 @@ impl Store {
 
     /// Marks operations left pending or running by a previous process as
     /// interrupted, with their unfinished hosts, and ends their event logs;
-    /// nothing is re-run. Returns their ids.
+    /// nothing is re-run. Returns their ids. For the only daemon of a store,
+    /// at start: with several, [`Store::interrupt_operations_of_gone`].
     pub fn interrupt_unfinished_operations(
         &self,
         outgoing: impl FnOnce(&[u64]) -> Vec<linkops_reconcilers::outbox::Outgoing>,
     ) -> Result<Vec<u64>> {
         let mut tx = self.write()?;
+        let unfinished: Vec<Operation> = tx
+            .all(OPERATIONS, false)
+            .map(|entry| entry.map(|(_, operation)| operation))
+            .filter(|op| !matches!(op, Ok(op) if op.state.is_finished()))
+            .collect::<Result<_>>()?;
         let mut interrupted = Vec::new();
-        {
-            let unfinished: Vec<Operation> = tx
-                .all(OPERATIONS, false)
-                .map(|entry| entry.map(|(_, operation)| operation))
-                .filter(|op| !matches!(op, Ok(op) if is_finished(op.state)))
-                .collect::<Result<_>>()?;
-            for mut operation in unfinished {
-                let mut states = Vec::new();
-                let mut events = Vec::new();
-                for machine in &operation.machines {
-                    let key = (operation.id, machine.as_str());
-                    let Some(mut host) = tx.get(OPERATION_HOSTS, key)? else {
-                        continue;
-                    };
-                    if !host.state.is_final() {
-                        host.state = HostState::Interrupted;
-                        host.finished_at_ms = Some(now_ms());
-                        tx.insert(OPERATION_HOSTS, key, &host)?;
-                        events.push(OperationEvent::Host {
-                            machine_id: machine.clone(),
-                            state: HostState::Interrupted,
-                        });
-                    }
-                    states.push(host.state);
+        for operation in unfinished {
+            interrupted.push(interrupt(&mut tx, operation)?);
+        }
+        super::outbox::enqueue(&mut tx, &outgoing(&interrupted))?;
+        tx.commit()?;
+        Ok(interrupted)
+    }
+
+    /// Marks the operations run by replicas that are no live member any more
+    /// (killed, cut off: their member lease passed) as interrupted, like
+    /// [`Store::interrupt_unfinished_operations`]. Returns their ids. Nothing
+    /// on an unshared store, whose only daemon runs them all.
+    pub fn interrupt_operations_of_gone(
+        &self,
+        outgoing: impl FnOnce(&[u64]) -> Vec<linkops_reconcilers::outbox::Outgoing>,
+    ) -> Result<Vec<u64>> {
+        // Read first: the leader looks every few seconds, and there is mostly nothing to do.
+        if !self.is_shared() || self.run_by_gone(&self.read()?)?.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write()?;
+        let orphans = self.run_by_gone(&tx)?;
+        let mut interrupted = Vec::new();
+        for id in orphans {
+            match tx.get(OPERATIONS, id)? {
+                Some(operation) if !operation.state.is_finished() => {
+                    interrupted.push(interrupt(&mut tx, operation)?)
                 }
-                // Every host may have finished with only the final write lost.
-                let previous = operation.state;
-                operation.state = summarize(&states);
-                index_operation(&mut tx, &operation, Some(previous))?;
-                operation.finished_at_ms.get_or_insert(now_ms());
-                tx.insert(OPERATIONS, operation.id, &operation)?;
-                events.push(OperationEvent::Operation {
-                    state: operation.state,
-                });
-                events.push(OperationEvent::End {
-                    state: operation.state,
-                });
-                append_events(&mut tx, operation.id, events)?;
-                interrupted.push(operation.id);
+                _ => tx.remove(OPERATIONS_RUNNING, id)?,
             }
         }
         super::outbox::enqueue(&mut tx, &outgoing(&interrupted))?;
         tx.commit()?;
         Ok(interrupted)
     }
+
+    /// The unfinished operations whose replica is no live member.
+    fn run_by_gone(&self, tx: &impl Read) -> Result<Vec<u64>> {
+        let running: Vec<(u64, String)> =
+            tx.all(OPERATIONS_RUNNING, false).collect::<Result<_>>()?;
+        if running.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Read after the operations: a replica that joined and started one
+        // since is among the members by then.
+        let live: std::collections::HashSet<String> = self
+            .live_members()?
+            .into_iter()
+            .map(|member| member.replica)
+            .collect();
+        Ok(running
+            .into_iter()
+            .filter(|(_, replica)| !live.contains(replica))
+            .map(|(id, _)| id)
+            .collect())
+    }
+}
+
+/// Marks `operation` and its unfinished hosts interrupted and ends its event
+/// log; its id.
+fn interrupt(tx: &mut WriteTx, mut operation: Operation) -> Result<u64> {
+    let mut states = Vec::new();
+    let mut events = Vec::new();
+    for machine in &operation.machines {
+        let key = (operation.id, machine.as_str());
+        let Some(mut host) = tx.get(OPERATION_HOSTS, key)? else {
+            continue;
+        };
+        if !host.state.is_final() {
+            host.state = HostState::Interrupted;
+            host.finished_at_ms = Some(now_ms());
+            tx.insert(OPERATION_HOSTS, key, &host)?;
+            events.push(OperationEvent::Host {
+                machine_id: machine.clone(),
+                state: HostState::Interrupted,
+            });
+        }
+        states.push(host.state);
+    }
+    // Every host may have finished with only the final write lost.
+    let previous = operation.state;
+    operation.state = summarize(&states);
+    index_operation(tx, &operation, Some(previous))?;
+    operation.finished_at_ms.get_or_insert(now_ms());
+    tx.insert(OPERATIONS, operation.id, &operation)?;
+    tx.remove(OPERATIONS_RUNNING, operation.id)?;
+    events.push(OperationEvent::Operation {
+        state: operation.state,
+    });
+    events.push(OperationEvent::End {
+        state: operation.state,
+    });
+    append_events(tx, operation.id, events)?;
+    Ok(operation.id)
 }
 
 /// Numbers and appends events after the operation's last one.
@@ -353,10 +438,6 @@ fn held_bytes(event: &OperationEvent) -> usize {
     }
 }
 
-fn is_finished(state: OperationState) -> bool {
-    !matches!(state, OperationState::Pending | OperationState::Running)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,14 +464,14 @@ mod tests {
             let store = backing.open();
             let by_user = Requester::User { name: "ada".into() };
             store
-                .create_operation(&operation(by_user), &[], None, |_| Vec::new())
+                .create_operation(&operation(by_user), "local", &[], None, |_| Vec::new())
                 .unwrap();
             let by_git = Requester::RunRequest {
                 id: "once".into(),
                 revision: "r7".into(),
             };
             store
-                .create_operation(&operation(by_git), &[], None, |_| Vec::new())
+                .create_operation(&operation(by_git), "local", &[], None, |_| Vec::new())
                 .unwrap();
             let audited: Vec<(String, String, String, Option<String>)> = store
                 .audit_entries(0, 10)

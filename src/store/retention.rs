@@ -295,7 +295,7 @@ mod tests {
             let mut ids = Vec::new();
             for finished in [true, true, false] {
                 let id = store
-                    .create_operation(&operation, &[], None, |_| Vec::new())
+                    .create_operation(&operation, "local", &[], None, |_| Vec::new())
                     .unwrap()
                     .id;
                 let mut events = vec![output("one\n"), output("two\n")];

@@ -1,5 +1,6 @@
 //! Table definitions, the schema version and the migration step run at open.
 
+use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::machine::MachineStatus;
 use linkops_reconcilers::operation::{HostResult, Operation, RecordedEvent};
 use linkops_reconcilers::outbox::Queued;
@@ -11,7 +12,7 @@ use super::audit::AuditEntry;
 use super::engine::{Engine, Json, Raw, Read, Table, Unit, Write, WriteTx};
 use super::observed::HealthSample;
 use super::outbox::PostedStatus;
-use super::sync::{MachineRecord, ScriptRecord, SyncRecord};
+use super::sync::{MachineRecord, ScriptRecord, SyncAsk, SyncRecord};
 use super::users::{LoginFailures, User};
 use super::{Error, Result};
 
@@ -49,8 +50,17 @@ pub const OPERATION_HOSTS: Table<(u64, String), Json<HostResult>> = Table::new("
 pub const OPERATION_INDEX: Table<(String, String, u64), Unit> = Table::new("operation_index");
 /// Each operation's event log (output, state changes, end) by (operation id, sequence number).
 pub const OPERATION_EVENTS: Table<(u64, u64), Json<RecordedEvent>> = Table::new("operation_events");
+/// Operations not yet finished, by id: the replica running them (its
+/// member id; a dead member's are interrupted by the leader).
+pub const OPERATIONS_RUNNING: Table<u64, Json<String>> = Table::new("operations_running");
 /// Git sync attempts by sequence number.
 pub const SYNC_HISTORY: Table<u64, Json<SyncRecord>> = Table::new("sync_history");
+/// The desired state in force, by its revision: one row, what replicas
+/// that do not fetch Git follow.
+pub const APPLIED_STATE: Table<String, Json<DesiredState>> = Table::new("applied_state");
+/// Syncs and plans asked for through a replica that does not lead, by
+/// number, for the leader to serve.
+pub const SYNC_ASKS: Table<u64, Json<SyncAsk>> = Table::new("sync_asks");
 /// Terminal workspaces by id.
 pub const TERMINAL_WORKSPACES: Table<String, Json<Workspace>> = Table::new("terminal_workspaces");
 /// Terminal sessions by id (version 2).
@@ -79,7 +89,7 @@ pub const FORGE_STATUSES: Table<(String, String), Json<PostedStatus>> =
 pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
 /// Every table's name: what an engine creates, and what `linkops store migrate` copies.
-pub const TABLES: [&str; 26] = [
+pub const TABLES: [&str; 29] = [
     META.name,
     USERS.name,
     LOGIN_FAILURES.name,
@@ -93,7 +103,10 @@ pub const TABLES: [&str; 26] = [
     OPERATION_HOSTS.name,
     OPERATION_INDEX.name,
     OPERATION_EVENTS.name,
+    OPERATIONS_RUNNING.name,
     SYNC_HISTORY.name,
+    APPLIED_STATE.name,
+    SYNC_ASKS.name,
     TERMINAL_WORKSPACES.name,
     TERMINAL_SESSIONS.name,
     TERMINAL_RECORDINGS.name,

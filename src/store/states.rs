@@ -193,7 +193,7 @@ mod tests {
                 targets: vec![target],
             };
             let created = store
-                .create_operation(&operation, &[host], Some(claim), |_| Vec::new())
+                .create_operation(&operation, "local", &[host], Some(claim), |_| Vec::new())
                 .unwrap();
             let stored = &store.state_targets("motd").unwrap()["web1"];
             assert_eq!(

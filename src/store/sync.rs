@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::{self, Audit};
 use super::engine::{Json, Read, Table, Write, WriteTx};
-use super::schema::{MACHINES, SCRIPTS, SYNC_HISTORY};
+use super::schema::{APPLIED_STATE, MACHINES, SCRIPTS, SYNC_ASKS, SYNC_HISTORY};
 use super::{Result, Store};
 
 /// What one sync attempt did.
@@ -59,6 +59,16 @@ pub struct SyncRecord {
     /// The revision in force before this attempt.
     pub previous: Option<String>,
     pub outcome: SyncOutcome,
+}
+
+/// What a replica that does not lead asks the leader for (it alone fetches Git).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncAsk {
+    /// A sync, recorded with this trigger.
+    Sync { trigger: String },
+    /// A plan of another branch's head.
+    Plan { branch: String },
 }
 
 /// Something a revision declares, or declared: a machine or a script.
@@ -109,9 +119,62 @@ impl Store {
         if let Some(desired) = desired {
             let now = record.started_at_ms + i64::try_from(record.duration_ms).unwrap_or(0);
             apply(&mut tx, desired, now)?;
+            put_applied_state(&mut tx, desired)?;
         }
         tx.commit()?;
         Ok(record)
+    }
+
+    /// The desired state applied at `revision`, if it is the one in force.
+    pub fn applied_state(&self, revision: &str) -> Result<Option<DesiredState>> {
+        self.read_one(APPLIED_STATE, revision)
+    }
+
+    /// Makes `desired` the state in force that replicas follow, unless it
+    /// already is (a store written before they followed it).
+    pub fn keep_applied_state(&self, desired: &DesiredState) -> Result<()> {
+        if self.applied_state(&desired.revision)?.is_some() {
+            return Ok(());
+        }
+        let mut tx = self.write()?;
+        put_applied_state(&mut tx, desired)?;
+        tx.commit()
+    }
+
+    /// The first sync attempt after `seq` that `trigger` asked for.
+    pub fn sync_by(&self, seq: u64, trigger: &str) -> Result<Option<SyncRecord>> {
+        for entry in self.read()?.range(SYNC_HISTORY, seq + 1..) {
+            let (_, record) = entry?;
+            if record.trigger == trigger {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Asks the replica that leads for a sync or a plan; the number of the
+    /// newest attempt at the time: a sync's record comes after it.
+    pub fn ask_sync(&self, ask: &SyncAsk) -> Result<u64> {
+        let mut tx = self.write()?;
+        let seq = tx.last(SYNC_HISTORY)?.map_or(0, |(seq, _)| seq);
+        let number = tx.last(SYNC_ASKS)?.map_or(1, |(number, _)| number + 1);
+        tx.insert(SYNC_ASKS, number, ask)?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Takes what was asked for through other replicas, oldest first.
+    pub fn take_sync_asks(&self) -> Result<Vec<SyncAsk>> {
+        if self.read()?.first(SYNC_ASKS)?.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write()?;
+        let asks: Vec<(u64, SyncAsk)> = tx.all(SYNC_ASKS, false).collect::<Result<_>>()?;
+        for (ask, _) in &asks {
+            tx.remove(SYNC_ASKS, *ask)?;
+        }
+        tx.commit()?;
+        Ok(asks.into_iter().map(|(_, ask)| ask).collect())
     }
 
     /// The most recent sync attempts, newest first.
@@ -137,6 +200,12 @@ impl Store {
     pub fn machine(&self, id: &str) -> Result<Option<MachineRecord>> {
         self.read_one(MACHINES, id)
     }
+}
+
+/// Replaces the state in force with `desired`.
+fn put_applied_state(tx: &mut WriteTx, desired: &DesiredState) -> Result<()> {
+    tx.retain(APPLIED_STATE, |revision, _| *revision == desired.revision)?;
+    tx.insert(APPLIED_STATE, &desired.revision, desired)
 }
 
 /// Upserts the revision's machines and scripts and marks the ones it dropped as removed.
