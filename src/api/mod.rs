@@ -2,6 +2,7 @@
 //! call a service and map errors in one place ([`ApiError`]).
 
 mod auth;
+mod cluster;
 mod console;
 mod error;
 mod extract;
@@ -103,6 +104,7 @@ fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::health))
         .routes(routes!(metrics::metrics))
+        .routes(routes!(cluster::status))
         .routes(routes!(auth::login))
         .routes(routes!(auth::me))
         .routes(routes!(users::list, users::create))

@@ -8,6 +8,7 @@
 //! Only data lives here; how a view is built from the store is the handler's.
 
 mod auth;
+mod cluster;
 mod git;
 mod machines;
 mod operations;
@@ -15,6 +16,7 @@ mod states;
 mod terminals;
 
 pub use auth::*;
+pub use cluster::*;
 pub use git::*;
 pub use machines::*;
 pub use operations::*;

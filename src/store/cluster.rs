@@ -49,6 +49,15 @@ impl Store {
         }
     }
 
+    /// The replica that holds the leader lease (a redb store: none but
+    /// itself, which the caller knows).
+    pub fn leader(&self) -> Result<Option<String>> {
+        match &*self.engine {
+            Engine::Redb(_) => Ok(None),
+            Engine::Postgres(db) => Ok(db.leader()?),
+        }
+    }
+
     /// Gives up this replica's leases at a clean shutdown.
     pub fn leave(&self, replica: &str) -> Result<()> {
         match &*self.engine {
@@ -84,6 +93,7 @@ mod tests {
             Some(a),
             "renewed, same epoch"
         );
+        assert_eq!(store.leader().unwrap().as_deref(), Some("a"));
         // a's lease passes (a 0 ms renewal ends it now): b takes over, with a greater epoch.
         store.renew_leadership("a", 0).unwrap();
         let b = store

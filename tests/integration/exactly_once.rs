@@ -115,9 +115,14 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
         }
         daemon.process.kill_9();
 
-        // After the restart: the operation is interrupted, not re-run.
+        // After the restart: the operation is interrupted, not re-run (at
+        // once on redb; on PostgreSQL once the killed replica's lease passed).
         let daemon = Daemon::start(&config).await;
-        let operation = daemon.get(&format!("/api/operations/{operation_id}")).await;
+        let operation = eventually("the operation to be marked interrupted", || async {
+            let operation = daemon.get(&format!("/api/operations/{operation_id}")).await;
+            (operation["state"] != "running").then_some(operation)
+        })
+        .await;
         assert_eq!(
             operation["state"], "interrupted",
             "round {round}: {operation}"

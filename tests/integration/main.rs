@@ -20,6 +20,7 @@ mod hostile;
 mod metrics;
 mod openapi;
 mod operations;
+mod replicas;
 mod serve;
 mod ssh;
 mod states;

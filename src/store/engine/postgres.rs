@@ -276,6 +276,16 @@ impl Postgres {
             .collect())
     }
 
+    /// The replica whose leader lease has not passed, if any.
+    pub fn leader(&self) -> Result<Option<String>, Error> {
+        let rows = self.autocommit(
+            "read the leader",
+            "SELECT holder FROM linkops_leases WHERE name = 'leader' AND valid_until > now()",
+            Vec::new(),
+        )?;
+        Ok(rows.first().map(|row| row.get(0)))
+    }
+
     /// Gives up this replica's leases (a clean shutdown): the others take
     /// over at once rather than when the leases pass.
     pub fn leave(&self, replica: &str) -> Result<(), Error> {

@@ -38,6 +38,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/cluster": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/cluster` */
+        get: operations["daemon_status"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/desired": {
         parameters: {
             query?: never;
@@ -803,6 +820,15 @@ export interface components {
             /** @enum {string} */
             type: "broadcast";
         };
+        /** @description `GET /api/cluster`: the replicas as the answering one sees them. */
+        ClusterView: {
+            /** @description The live members, by replica id. */
+            members: components["schemas"]["MemberView"][];
+            /** @description The replica that answered (`local` for the only daemon of a redb store). */
+            replica: string;
+            /** @description Whether other replicas may share the store (PostgreSQL). */
+            shared: boolean;
+        };
         /**
          * @description A commit status's state, as Forgejo, Gitea and GitHub name them.
          * @enum {string}
@@ -1166,6 +1192,18 @@ export interface components {
         Me: {
             role: components["schemas"]["Role"];
             username: string;
+        };
+        /** @description One live replica. */
+        MemberView: {
+            /** @description Where the others reach its API (`host:port`); unknown for a redb store's daemon. */
+            address?: string | null;
+            /** @description Whether it leads: fetches Git, applies revisions, keeps retention, delivers the outbox. */
+            leader: boolean;
+            /** @description The machines, run-requests and states of the revision in force it reconciles. */
+            machines: string[];
+            replica: string;
+            runs: string[];
+            states: string[];
         };
         /** @description One message to deliver. */
         Message: (components["schemas"]["CommitStatus"] & {
@@ -1816,6 +1854,7 @@ export type Check = components['schemas']['Check'];
 export type CheckOutcome = components['schemas']['CheckOutcome'];
 export type CheckView = components['schemas']['CheckView'];
 export type ClientMessage = components['schemas']['ClientMessage'];
+export type ClusterView = components['schemas']['ClusterView'];
 export type CommitState = components['schemas']['CommitState'];
 export type CommitStatus = components['schemas']['CommitStatus'];
 export type Condition = components['schemas']['Condition'];
@@ -1854,6 +1893,7 @@ export type Machine = components['schemas']['Machine'];
 export type MachineDetail = components['schemas']['MachineDetail'];
 export type MachineView = components['schemas']['MachineView'];
 export type Me = components['schemas']['Me'];
+export type MemberView = components['schemas']['MemberView'];
 export type Message = components['schemas']['Message'];
 export type Mode = components['schemas']['Mode'];
 export type NewUser = components['schemas']['NewUser'];
@@ -1976,6 +2016,26 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Me"];
+                };
+            };
+        };
+    };
+    daemon_status: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The live replicas as the answering one sees them: which leads, where each is reached, and the machines, run-requests and states each reconciles */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ClusterView"];
                 };
             };
         };

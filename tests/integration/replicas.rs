@@ -1,0 +1,435 @@
+//! Several daemons on one PostgreSQL store, as real processes on a real
+//! server with a real sshd fleet: the machines shared among the live
+//! replicas, an operation followed through another replica, a replica killed
+//! mid-operation, the leader paused past its lease.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use linkops::store::{Actor, Role, Store};
+use linkops::testbed::postgres::TestPostgres;
+use linkops::testbed::{ServeProcess, TestFleet};
+use rustix::process::Signal;
+use serde_json::Value;
+
+use crate::support::{self, WorkRepo, eventually, fleet_config, fleet_links};
+
+const ADMIN: (&str, &str) = ("ada", "shared-pw-1");
+
+/// One `linkops serve` of the replicas, logged in.
+struct Replica {
+    process: ServeProcess,
+    config: PathBuf,
+    token: String,
+    /// Its member id, as `/api/cluster` names it.
+    id: String,
+}
+
+impl Replica {
+    async fn start(config: &Path) -> Replica {
+        let path = config.to_owned();
+        let (process, _) = tokio::task::spawn_blocking(move || {
+            let binary = Command::new(env!("CARGO_BIN_EXE_linkops"));
+            ServeProcess::spawn(binary, [OsStr::new("--config"), path.as_os_str()])
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let token = process.login(ADMIN.0, ADMIN.1).await.unwrap();
+        let mut replica = Replica {
+            process,
+            config: config.to_owned(),
+            token,
+            id: String::new(),
+        };
+        replica.id = replica.get("/api/cluster").await["replica"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        replica
+    }
+
+    /// The JSON answer to `GET path`; null when it is no success (a 404 before a run exists).
+    async fn get(&self, path: &str) -> Value {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", self.process.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        match response.status().is_success() {
+            true => response.json().await.unwrap(),
+            false => Value::Null,
+        }
+    }
+
+    /// `linkops_ssh_connections_open`: the machines it holds a connection to.
+    async fn ssh_connections(&self) -> u64 {
+        let text = reqwest::get(format!("{}/metrics", self.process.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix("linkops_ssh_connections_open "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no linkops_ssh_connections_open in {text}"))
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = rustix::process::Pid::from_raw(self.process.pid() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+}
+
+/// A data dir for one replica: the fleet's key and known hosts, the store's
+/// password (0600), and a config that follows `work` and shares `options`' database.
+fn replica_config(
+    server: &TestPostgres,
+    options: &linkops::store::engine::postgres::Options,
+    fleet: &TestFleet,
+    work: &Path,
+) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let data = support::private_dir();
+    let keys = fleet_config(data.path(), fleet).keys_dir();
+    let password = keys.join("postgres_password");
+    std::fs::write(&password, server.password()).unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = data.path().join("config.toml");
+    let toml = format!(
+        "data_dir = {:?}\n[git]\nurl = {:?}\n[store]\nbackend = \"postgres\"\nurl = {:?}\n",
+        data.path(),
+        work,
+        options.url
+    );
+    std::fs::write(&config, toml).unwrap();
+    (data, config)
+}
+
+/// The owner of each machine, when every view names the same `members`
+/// replicas, exactly one leader, and gives each of `machines` to exactly one.
+fn agreed_owners(
+    views: &[Value],
+    members: usize,
+    machines: &BTreeSet<String>,
+) -> Option<BTreeMap<String, String>> {
+    let mut agreed = None;
+    for view in views {
+        let listed = view["members"].as_array()?;
+        let leaders = listed.iter().filter(|m| m["leader"] == true).count();
+        if listed.len() != members || leaders != 1 {
+            return None;
+        }
+        let mut owners = BTreeMap::new();
+        for member in listed {
+            for machine in member["machines"].as_array()? {
+                let replica = member["replica"].as_str()?.to_owned();
+                if owners
+                    .insert(machine.as_str()?.to_owned(), replica)
+                    .is_some()
+                {
+                    return None;
+                }
+            }
+        }
+        if owners.keys().cloned().collect::<BTreeSet<_>>() != *machines {
+            return None;
+        }
+        match &agreed {
+            None => agreed = Some(owners),
+            Some(first) if *first == owners => {}
+            Some(_) => return None,
+        }
+    }
+    agreed
+}
+
+fn marks(dir: &Path) -> BTreeMap<String, usize> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .map(|entry| {
+            let lines = std::fs::read_to_string(entry.path())
+                .unwrap()
+                .lines()
+                .count();
+            (entry.file_name().to_string_lossy().into_owned(), lines)
+        })
+        .collect()
+}
+
+/// Three replicas share a fleet: each machine is checked by its owner only;
+/// an operation runs on one replica and is followed through another; that
+/// replica is killed mid-operation and within seconds its machines have new
+/// owners, its operation is interrupted (each host too), the follower sees the
+/// end and the run-request never runs again; the leader, paused past its
+/// lease, is replaced, writes nothing when it wakes, and stops; started
+/// again it rejoins as a new member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held() {
+    let server = tokio::task::spawn_blocking(TestPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let options = server.database().unwrap();
+    let store = Store::connect(&options).unwrap();
+    let hash = linkops::auth::password::hash(ADMIN.1).unwrap();
+    store
+        .create_user(ADMIN.0, Role::Admin, &hash, &Actor::Cli)
+        .unwrap();
+
+    let fleet = TestFleet::start(3).unwrap();
+    let marks_dir = fleet.dir().join("marks");
+    std::fs::create_dir(&marks_dir).unwrap();
+    std::fs::set_permissions(
+        &marks_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let work = WorkRepo::new(&fleet.dir().join("config"), None);
+    // The fleet is declared once the replicas agree on their members, so
+    // that no machine is ever checked by a replica that does not own it.
+    work.write("links.yaml", "machines: []\n");
+    work.write(
+        "scripts.yaml",
+        &format!(
+            "scripts:\n  - id: slow\n    name: Mark, then take a while\n    body: |\n      echo x >> {marks}/$(cat /etc/linkops/client_id)\n      echo started\n      sleep 60\n",
+            marks = marks_dir.display()
+        ),
+    );
+    work.commit("scripts");
+    let data: Vec<_> = (0..3)
+        .map(|_| replica_config(&server, &options, &fleet, &work.dir))
+        .collect();
+    let mut replicas = Vec::new();
+    for (_, config) in &data {
+        replicas.push(Replica::start(config).await);
+    }
+
+    let machines: BTreeSet<String> = fleet.hosts().iter().map(|h| h.name().to_owned()).collect();
+    eventually("the three replicas to agree on their members", || async {
+        let mut views = Vec::new();
+        for replica in &replicas {
+            views.push(replica.get("/api/cluster").await);
+        }
+        agreed_owners(&views, 3, &BTreeSet::new())
+    })
+    .await;
+    work.write("links.yaml", &fleet_links(&fleet, &[]));
+    work.commit("the fleet");
+    let owners = eventually("every replica to share the fleet out alike", || async {
+        let mut views = Vec::new();
+        for replica in &replicas {
+            views.push(replica.get("/api/cluster").await);
+        }
+        agreed_owners(&views, 3, &machines)
+    })
+    .await;
+    // Every machine is checked, through whichever replica is asked…
+    eventually("every machine checked, as any replica shows", || async {
+        let links = replicas[2].get("/api/links").await;
+        let reachable = links
+            .as_array()?
+            .iter()
+            .filter(|m| m["health"]["state"] == "reachable")
+            .count();
+        (reachable == machines.len()).then_some(())
+    })
+    .await;
+    // …and only by its owner: each replica holds a connection to exactly the machines it owns.
+    eventually(
+        "each replica connected to its own machines only",
+        || async {
+            for replica in &replicas {
+                let owned = owners
+                    .values()
+                    .filter(|owner| **owner == replica.id)
+                    .count() as u64;
+                if replica.ssh_connections().await != owned {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+
+    // A run-request runs on the replica that owns it; another follows it.
+    work.write(
+        "runs/r1.yaml",
+        "id: r1\nscript: slow\ntargets: {tags: [test]}\n",
+    );
+    work.commit("r1");
+    let operation = eventually("r1 to start", || async {
+        replicas[0].get("/api/runs/r1").await["state"]["operation_id"].as_u64()
+    })
+    .await;
+    let cluster = replicas[0].get("/api/cluster").await;
+    let runner = cluster["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["runs"].as_array().unwrap().iter().any(|r| r == "r1"))
+        .unwrap()["replica"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let killed = replicas.iter().position(|r| r.id == runner).unwrap();
+    let killed = replicas.remove(killed);
+    let follower = &replicas[0];
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/api/operations/{operation}/events?access_token={}",
+            follower.process.url, follower.token
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let mut events = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
+    eventually("the script to run on every machine", || async {
+        (marks(&marks_dir).len() == machines.len()).then_some(())
+    })
+    .await;
+    // What it prints reaches the follower through the store, numbered from 1.
+    let output = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut ids = Vec::new();
+        while let Some(event) = events.next().await {
+            let event = event.unwrap();
+            ids.push(event.id.parse::<u64>().unwrap());
+            if event.event == "output" {
+                return (event, ids);
+            }
+        }
+        panic!("the stream ended before any output");
+    })
+    .await
+    .expect("output through the other replica");
+    assert!(output.0.data.contains("started"), "{:?}", output.0);
+    assert_eq!(output.1, (1..=output.1.len() as u64).collect::<Vec<_>>());
+
+    killed.process.kill_9();
+    let at = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(event) = events.next().await {
+            let event = event.unwrap();
+            if event.event == "end" {
+                return event;
+            }
+        }
+        panic!("the stream ended without `end`");
+    })
+    .await
+    .expect("the end of the killed replica's operation, seen through another");
+    let took = at.elapsed();
+    eprintln!("a killed replica's operation ended {took:?} after kill -9");
+    let ended: Value = serde_json::from_str(&end.data).unwrap();
+    assert_eq!(ended["state"], "interrupted", "{ended}");
+    let view = follower.get(&format!("/api/operations/{operation}")).await;
+    assert_eq!(view["state"], "interrupted", "{view}");
+    for host in view["hosts"].as_array().unwrap() {
+        assert_eq!(host["state"]["state"], "interrupted", "{view}");
+    }
+    // Its machines moved to the two that are left.
+    let survivors = eventually("the survivors to share the whole fleet", || async {
+        let mut views = Vec::new();
+        for replica in &replicas {
+            views.push(replica.get("/api/cluster").await);
+        }
+        agreed_owners(&views, 2, &machines)
+    })
+    .await;
+    assert!(
+        survivors.values().all(|owner| *owner != runner),
+        "{survivors:?}"
+    );
+
+    // The run-request is reconciled again by its new owner, and does not run again.
+    let listed: Vec<&str> = machines.iter().map(String::as_str).collect();
+    work.write(
+        "runs/r1.yaml",
+        &format!(
+            "id: r1\nscript: slow\ntargets: {{machines: [{}]}}\n",
+            listed.join(", ")
+        ),
+    );
+    work.commit("r1 edited");
+    let run = eventually("the edit to be reconciled", || async {
+        let run = follower.get("/api/runs/r1").await;
+        (run["changed_after_run"] == true).then_some(run)
+    })
+    .await;
+    assert_eq!(run["state"]["operation_id"], operation, "{run}");
+    assert!(
+        marks(&marks_dir).values().all(|&runs| runs == 1),
+        "{:?}",
+        marks(&marks_dir)
+    );
+
+    // The leader is paused past its lease: the other takes the lead…
+    let cluster = follower.get("/api/cluster").await;
+    let leader = cluster["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["leader"] == true)
+        .unwrap()["replica"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let paused = replicas.iter().position(|r| r.id == leader).unwrap();
+    let paused = replicas.remove(paused);
+    let other = &replicas[0];
+    let audited = |store: &Store| store.audit_entries(0, 10_000).unwrap().len();
+    paused.signal(Signal::STOP);
+    let at = Instant::now();
+    eventually("the other replica to lead alone", || async {
+        let members = other.get("/api/cluster").await["members"].clone();
+        let alone = members.as_array()?.len() == 1 && members[0]["leader"] == true;
+        alone.then_some(())
+    })
+    .await;
+    eprintln!(
+        "the lead moved {:?} after the leader was paused",
+        at.elapsed()
+    );
+    let before = audited(&store);
+    // …and it wakes to find its leases gone: it writes nothing and stops.
+    paused.signal(Signal::CONT);
+    let config = paused.config.clone();
+    let (status, log) = tokio::task::spawn_blocking(move || paused.process.exited())
+        .await
+        .unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("lease passed"), "{log}");
+    assert_eq!(
+        audited(&store),
+        before,
+        "the paused replica wrote nothing: {log}"
+    );
+
+    // Started again, it rejoins as a new member and takes its share.
+    let rejoined = Replica::start(&config).await;
+    assert_ne!(rejoined.id, leader);
+    replicas.push(rejoined);
+    eventually("the two replicas to share the fleet again", || async {
+        let mut views = Vec::new();
+        for replica in &replicas {
+            views.push(replica.get("/api/cluster").await);
+        }
+        agreed_owners(&views, 2, &machines)
+    })
+    .await;
+    for replica in replicas {
+        let (status, log) = tokio::task::spawn_blocking(move || replica.process.terminate())
+            .await
+            .unwrap();
+        assert!(status.success(), "{log}");
+    }
+}
