@@ -142,6 +142,7 @@ impl Daemon {
             prepared.notifier.clone(),
             metrics.clone(),
         );
+        let stop_asks = tokio::spawn(engine.clone().follow_stop_asks(stop.clone()));
         let terminals = Terminals::new(
             prepared.store.clone(),
             access.clone(),
@@ -193,6 +194,12 @@ impl Daemon {
         )));
         let lease_lost = CancellationToken::new();
         workers.push(tokio::spawn(joined.renew(stop.clone(), lease_lost.clone())));
+        // What other replicas (or the CLI) change of shared state reaches this one.
+        workers.push(stop_asks);
+        workers.push(tokio::spawn(notice_account_changes(
+            prepared.store.clone(),
+            stop.clone(),
+        )));
         workers.push(leading.spawn({
             let (retention, metrics, stop) =
                 (config.retention.clone(), metrics.clone(), stop.clone());
@@ -413,6 +420,38 @@ impl Leading {
                 leader = membership.leader_store(&store) => work(leader).await,
             }
         })
+    }
+}
+
+/// How soon an account change made through another replica (or the CLI)
+/// ends the long-lived connections it revokes here.
+const ACCOUNT_CHANGES_EVERY: Duration = Duration::from_secs(1);
+
+/// Tells this replica's long-lived connections of account changes made
+/// elsewhere (they are told of their own at once). Nothing on an unshared store.
+async fn notice_account_changes(store: store::Store, stop: CancellationToken) {
+    if !store.is_shared() {
+        return;
+    }
+    let mut seen = None;
+    loop {
+        let looking = store.clone();
+        let looked = tokio::task::spawn_blocking(move || {
+            let noticed = looking.notice_account_changes(&mut seen);
+            (noticed, seen)
+        })
+        .await;
+        match looked {
+            Ok((Ok(()), now)) => seen = now,
+            Ok((Err(error), _)) => {
+                tracing::warn!(%error, "cannot look for account changes made through other replicas; looking again")
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(ACCOUNT_CHANGES_EVERY) => {}
+        }
     }
 }
 

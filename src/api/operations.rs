@@ -27,7 +27,7 @@ use crate::contract::{
 };
 use crate::metrics::Open;
 use crate::operations::{HostPlan, LiveEvent, Plan};
-use crate::store::{Actor, AuditAction, Outcome, Role};
+use crate::store::{Actor, Audit, AuditAction, Outcome, Role};
 
 /// About how much of the event log one read takes (per SSE client catching up, or per output page).
 const PAGE_BYTES: usize = 64 << 10;
@@ -271,19 +271,36 @@ pub async fn stop(
 ) -> Result<(StatusCode, Json<Stopping>), ApiError> {
     let user = caller.require(Role::Operator)?;
     let (operation, _) = recorded(&state, id)?;
-    if !state.controller.operations().stop(id) {
+    let audit = Audit {
+        actor: Actor::user(&user.name),
+        action: AuditAction::OperationStop,
+        target: id.to_string(),
+        outcome: Outcome::Success,
+        detail: None,
+    };
+    let stopping = match state.controller.operations().stop(id) {
+        true => {
+            let Audit {
+                actor,
+                action,
+                target,
+                outcome,
+                detail,
+            } = audit;
+            state
+                .store
+                .audit(&actor, action, &target, outcome, detail)?;
+            true
+        }
+        // Another replica runs it: asked through the store, which it reads.
+        false => state.store.ask_stop(id, &audit)?,
+    };
+    if !stopping {
         return Err(ApiError::Conflict(format!(
             "operation {id} is not running (it is {:?})",
             operation.state
         )));
     }
-    state.store.audit(
-        &Actor::user(&user.name),
-        AuditAction::OperationStop,
-        &id.to_string(),
-        Outcome::Success,
-        None,
-    )?;
     Ok((StatusCode::ACCEPTED, Json(Stopping { stopping: id })))
 }
 

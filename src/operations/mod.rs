@@ -95,6 +95,9 @@ impl HostPlan {
     }
 }
 
+/// How often a replica looks for stops asked of its operations through another.
+const STOP_ASKS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// An event as broadcast to live subscribers: shared by all of them, with
 /// its wire encoding made once (by whichever subscriber needs it first).
 pub struct LiveEvent {
@@ -348,6 +351,33 @@ impl Engine {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Stops the operations of this replica that the store says another
+    /// replica was asked to stop (an API call that reached it), looking
+    /// every [`STOP_ASKS_EVERY`] until `shutdown`. Nothing on an unshared store.
+    pub async fn follow_stop_asks(self, shutdown: CancellationToken) {
+        if !self.store.is_shared() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(STOP_ASKS_EVERY) => {}
+            }
+            if self.live.lock().expect("never poisoned").is_empty() {
+                continue;
+            }
+            let store = self.store.clone();
+            let Ok(Ok(asked)) = tokio::task::spawn_blocking(move || store.stop_asks()).await else {
+                continue;
+            };
+            for id in asked {
+                if self.stop(id) {
+                    tracing::info!(operation = id, "stopping, as asked through another replica");
+                }
+            }
         }
     }
 

@@ -14,12 +14,12 @@ use linkops_reconcilers::operation::{
 use linkops_reconcilers::run::{RunRecord, RunState};
 use linkops_reconcilers::state::{ApplyResult, Standing, StateStatus, Target};
 
-use super::audit::{self, Actor, AuditAction, Outcome};
+use super::audit::{self, Actor, Audit, AuditAction, Outcome};
 use super::engine::{Read, Write, WriteTx};
 use super::scan::{SeqTable, index_operation};
 use super::schema::{
     OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, OPERATIONS_RUNNING, RUN_REQUESTS, STATE_STATUS,
-    STATE_TARGETS,
+    STATE_TARGETS, STOP_ASKS,
 };
 use super::{Error, Result, Store, now_ms};
 
@@ -218,6 +218,7 @@ impl Store {
                 if finished {
                     operation.finished_at_ms = Some(now_ms());
                     tx.remove(OPERATIONS_RUNNING, id)?;
+                    tx.remove(STOP_ASKS, id)?;
                 }
                 tx.insert(OPERATIONS, id, &operation)?;
             }
@@ -226,6 +227,27 @@ impl Store {
         };
         tx.commit()?;
         Ok(recorded)
+    }
+
+    /// Asks the replica running operation `id` to stop it, audited in the
+    /// same transaction; false (nothing written) if it is not running.
+    pub fn ask_stop(&self, id: u64, audit: &Audit) -> Result<bool> {
+        let mut tx = self.write()?;
+        if tx.get(OPERATIONS_RUNNING, id)?.is_none() {
+            return Ok(false);
+        }
+        tx.insert(STOP_ASKS, id, &())?;
+        audit::append_audit(&mut tx, audit)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// The operations replicas were asked to stop (each leaves the list as it ends).
+    pub fn stop_asks(&self) -> Result<Vec<u64>> {
+        let tx = self.read()?;
+        tx.all(STOP_ASKS, false)
+            .map(|entry| entry.map(|(id, ())| id))
+            .collect()
     }
 
     /// An operation's state, without its hosts.
@@ -398,6 +420,7 @@ fn interrupt(tx: &mut WriteTx, mut operation: Operation) -> Result<u64> {
     operation.finished_at_ms.get_or_insert(now_ms());
     tx.insert(OPERATIONS, operation.id, &operation)?;
     tx.remove(OPERATIONS_RUNNING, operation.id)?;
+    tx.remove(STOP_ASKS, operation.id)?;
     events.push(OperationEvent::Operation {
         state: operation.state,
     });

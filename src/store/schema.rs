@@ -53,6 +53,8 @@ pub const OPERATION_EVENTS: Table<(u64, u64), Json<RecordedEvent>> = Table::new(
 /// Operations not yet finished, by id: the replica running them (its
 /// member id; a dead member's are interrupted by the leader).
 pub const OPERATIONS_RUNNING: Table<u64, Json<String>> = Table::new("operations_running");
+/// Operations a replica other than the one running them was asked to stop, by id.
+pub const STOP_ASKS: Table<u64, Unit> = Table::new("stop_asks");
 /// Git sync attempts by sequence number.
 pub const SYNC_HISTORY: Table<u64, Json<SyncRecord>> = Table::new("sync_history");
 /// The desired state in force, by its revision: one row, what replicas
@@ -89,7 +91,7 @@ pub const FORGE_STATUSES: Table<(String, String), Json<PostedStatus>> =
 pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
 /// Every table's name: what an engine creates, and what `linkops store migrate` copies.
-pub const TABLES: [&str; 29] = [
+pub const TABLES: [&str; 30] = [
     META.name,
     USERS.name,
     LOGIN_FAILURES.name,
@@ -104,6 +106,7 @@ pub const TABLES: [&str; 29] = [
     OPERATION_INDEX.name,
     OPERATION_EVENTS.name,
     OPERATIONS_RUNNING.name,
+    STOP_ASKS.name,
     SYNC_HISTORY.name,
     APPLIED_STATE.name,
     SYNC_ASKS.name,

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::{self, Actor, Audit, AuditAction, Outcome};
 use super::engine::{Read, Write, WriteTx};
-use super::schema::{LOGIN_FAILURES, RETIRED_NAMES, TERMINAL_WORKSPACES, USERS};
+use super::schema::{LOGIN_FAILURES, META, RETIRED_NAMES, TERMINAL_WORKSPACES, USERS};
 use super::{Error, Result, Store, now_ms};
 
 /// What a user may do. Ordered: each role includes the ones before it.
@@ -169,6 +169,7 @@ impl Store {
             Outcome::Success,
             None,
         )?;
+        bump_account_version(&mut tx)?;
         tx.commit()?;
         self.user_changed();
         Ok(user)
@@ -198,6 +199,7 @@ impl Store {
             Outcome::Success,
             Some(detail),
         )?;
+        bump_account_version(&mut tx)?;
         tx.commit()?;
         self.user_changed();
         Ok(changed)
@@ -240,6 +242,7 @@ impl Store {
             Outcome::Success,
             Some(detail),
         )?;
+        bump_account_version(&mut tx)?;
         tx.commit()?;
         self.user_changed();
         Ok(DeletedUser { user, workspaces })
@@ -252,6 +255,18 @@ impl Store {
 
     fn user_changed(&self) {
         self.user_changes.send_modify(|count| *count += 1);
+    }
+
+    /// Tells [`Store::user_changes`]' receivers of account changes made
+    /// through another handle of the store (another replica, the CLI):
+    /// `seen` is the account version last looked at, updated.
+    pub fn notice_account_changes(&self, seen: &mut Option<u64>) -> Result<()> {
+        let version = self.read()?.get(META, ACCOUNT_VERSION)?.unwrap_or(0);
+        if seen.is_some_and(|seen| seen != version) {
+            self.user_changed();
+        }
+        *seen = Some(version);
+        Ok(())
     }
 
     pub fn login_failures(&self, name: &str) -> Result<Option<LoginFailures>> {
@@ -307,10 +322,41 @@ fn new_user(name: &str, role: Role, password_hash: &str) -> User {
     }
 }
 
+/// The `meta` key counting account changes, for other replicas to notice.
+const ACCOUNT_VERSION: &str = "account_version";
+
+fn bump_account_version(tx: &mut WriteTx) -> Result<()> {
+    let version = tx.get(META, ACCOUNT_VERSION)?.unwrap_or(0);
+    tx.insert(META, ACCOUNT_VERSION, &(version + 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::testing;
+
+    /// Two replicas of one store: a demotion through one reaches the
+    /// long-lived connections of the other when it looks.
+    #[test]
+    fn an_account_change_through_another_handle_is_noticed() {
+        let [_, postgres] = testing::backings();
+        let (here, there) = (postgres.open(), postgres.open());
+        here.create_user("ada", Role::Admin, "h", &Actor::Cli)
+            .unwrap();
+        let mut changes = there.user_changes();
+        let mut seen = None;
+        there.notice_account_changes(&mut seen).unwrap();
+        assert!(
+            !changes.has_changed().unwrap(),
+            "the first look sets the mark"
+        );
+        here.set_role("ada", Role::Viewer, &Actor::Cli).unwrap();
+        there.notice_account_changes(&mut seen).unwrap();
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        there.notice_account_changes(&mut seen).unwrap();
+        assert!(!changes.has_changed().unwrap(), "nothing new");
+    }
 
     #[test]
     fn first_user_is_created_only_once() {

@@ -433,3 +433,141 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
         assert!(status.success(), "{log}");
     }
 }
+
+/// Through another replica: an operation is stopped (the one running it
+/// reads the ask from the store), and a deleted user's stream of an
+/// operation ends (account changes reach every replica's connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_the_stream() {
+    let server = tokio::task::spawn_blocking(TestPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let options = server.database().unwrap();
+    let store = Store::connect(&options).unwrap();
+    for (name, role, password) in [
+        (ADMIN.0, Role::Admin, ADMIN.1),
+        ("bob", Role::Operator, "pw-bob-1"),
+    ] {
+        let hash = linkops::auth::password::hash(password).unwrap();
+        store.create_user(name, role, &hash, &Actor::Cli).unwrap();
+    }
+    let fleet = TestFleet::start(1).unwrap();
+    let work = WorkRepo::new(&fleet.dir().join("config"), None);
+    work.write("links.yaml", &fleet_links(&fleet, &[]));
+    work.write(
+        "scripts.yaml",
+        "scripts:\n  - id: slow\n    name: Talk, then take a while\n    body: |\n      echo started\n      sleep 60\n",
+    );
+    work.commit("fleet and script");
+    let data: Vec<_> = (0..2)
+        .map(|_| replica_config(&server, &options, &fleet, &work.dir))
+        .collect();
+    let (a, b) = (
+        Replica::start(&data[0].1).await,
+        Replica::start(&data[1].1).await,
+    );
+    let host = fleet.hosts()[0].name().to_owned();
+    eventually("the fleet on both replicas", || async {
+        let both = a.get("/api/links").await.as_array()?.len() == 1
+            && b.get("/api/links").await.as_array()?.len() == 1;
+        both.then_some(())
+    })
+    .await;
+    let start = |replica: &Replica| {
+        let request = reqwest::Client::new()
+            .post(format!("{}/api/operations/run", replica.process.url))
+            .bearer_auth(&replica.token)
+            .json(&serde_json::json!({ "script": "slow", "targets": { "machines": [host] } }));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+            response.json::<Value>().await.unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let follow = |replica: &Replica, token: &str, operation: u64| {
+        let url = format!(
+            "{}/api/operations/{operation}/events?access_token={token}",
+            replica.process.url
+        );
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            assert!(response.status().is_success());
+            eventsource_stream::Eventsource::eventsource(response.bytes_stream())
+        }
+    };
+
+    // Started on A, stopped through B.
+    let first = start(&a).await;
+    let mut events = follow(&b, &b.token, first).await;
+    let output = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(event) = events.next().await {
+            if event.as_ref().unwrap().event == "output" {
+                return;
+            }
+        }
+    });
+    output
+        .await
+        .expect("the first operation's output through B");
+    let stopped = reqwest::Client::new()
+        .post(format!("{}/api/operations/{first}/stop", b.process.url))
+        .bearer_auth(&b.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stopped.status(), reqwest::StatusCode::ACCEPTED);
+    let end = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(event) = events.next().await {
+            let event = event.unwrap();
+            if event.event == "end" {
+                return event.data;
+            }
+        }
+        panic!("no end");
+    })
+    .await
+    .expect("the stopped operation's end through B");
+    assert!(end.contains("stopped"), "{end}");
+    let audited = store.audit_entries(0, 10_000).unwrap();
+    assert!(
+        audited
+            .iter()
+            .any(|entry| entry.target == first.to_string() && entry.action == "operation.stop"),
+        "the stop is audited"
+    );
+
+    // Bob follows the second through B; deleted through A, his stream ends.
+    let second = start(&a).await;
+    let bob = b.process.login("bob", "pw-bob-1").await.unwrap();
+    let mut events = follow(&b, &bob, second).await;
+    let first_event = tokio::time::timeout(Duration::from_secs(30), events.next())
+        .await
+        .expect("bob's stream through B");
+    assert!(first_event.is_some());
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/api/users/bob", a.process.url))
+        .bearer_auth(&a.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => assert_ne!(event.event, "end", "the operation still runs"),
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "bob's stream through B outlived his account");
+    for replica in [a, b] {
+        let (status, log) = tokio::task::spawn_blocking(move || replica.process.terminate())
+            .await
+            .unwrap();
+        assert!(status.success(), "{log}");
+    }
+}
