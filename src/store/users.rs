@@ -341,8 +341,10 @@ mod tests {
     fn an_account_change_through_another_handle_is_noticed() {
         let [_, postgres] = testing::backings();
         let (here, there) = (postgres.open(), postgres.open());
-        here.create_user("ada", Role::Admin, "h", &Actor::Cli)
-            .unwrap();
+        for name in ["ada", "bob"] {
+            here.create_user(name, Role::Admin, "h", &Actor::Cli)
+                .unwrap();
+        }
         let mut changes = there.user_changes();
         let mut seen = None;
         there.notice_account_changes(&mut seen).unwrap();
