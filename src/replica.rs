@@ -223,11 +223,16 @@ impl Renewing {
             }
             // A lease runs from no earlier than the moment it was asked for.
             let asked_at = since_start();
+            if !self.timing.may_act(renewed_at, asked_at) {
+                tracing::error!(replica = %id, "this replica's lease could have passed since it was last renewed (the process was paused, or its renewals failed): stopping; it writes nothing more");
+                lost.cancel();
+                return;
+            }
             let before = membership.view();
             let (store, replica, address) =
                 (self.store.clone(), id.to_owned(), self.address.clone());
             let ttl = self.timing.ttl_ms;
-            let renewed = tokio::task::spawn_blocking(move || -> Result<View, store::Error> {
+            let renewing = tokio::task::spawn_blocking(move || -> Result<View, store::Error> {
                 let epoch = store.renew_member(&replica, &address, ttl)?;
                 let leading = store.renew_leadership(&replica, ttl)?;
                 let members = store.live_members()?;
@@ -236,10 +241,16 @@ impl Renewing {
                     leading,
                     members: members.into_iter().map(|member| member.replica).collect(),
                 })
-            })
-            .await
-            .expect("renewing does not panic");
-            match renewed {
+            });
+            // A renewal that hangs (a cut network) must not let it act past its lease.
+            let acting_for = renewed_at.map_or(0, |at| self.timing.acts_until(at) - asked_at);
+            let answer = Duration::from_millis(u64::try_from(acting_for).unwrap_or(0));
+            let Ok(renewed) = tokio::time::timeout(answer, renewing).await else {
+                tracing::error!(replica = %id, "the database did not answer this replica's lease renewal before the lease could pass: stopping before another replica may take its work over");
+                lost.cancel();
+                return;
+            };
+            match renewed.expect("renewing does not panic") {
                 Ok(view) => {
                     if let Some(passed) = passed(&before, &view) {
                         tracing::error!(replica = %id, lease = passed, "this replica's {passed} lease passed (it was paused, or cut off from the database): stopping; it writes nothing more");

@@ -57,6 +57,12 @@ pub enum Error {
     LeaseLost,
 }
 
+/// How long a replica whose lease passed waits for its workers to stop.
+const LOST_WORKERS_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a stopping replica tries to give up its leases.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How often the daemon proves the store still takes writes.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -186,12 +192,16 @@ impl Daemon {
         }));
         // A store that stopped taking writes (a full disk) stops the daemon, so
         // that systemd restarts it and redb reopens the file.
+        // A shared store that does not answer is the leases' business: a
+        // short outage (a restart) is ridden out, a longer one stops the replica.
         let store_failed = CancellationToken::new();
-        workers.push(tokio::spawn(watch_store(
-            prepared.store.clone(),
-            stop.clone(),
-            store_failed.clone(),
-        )));
+        if !prepared.store.is_shared() {
+            workers.push(tokio::spawn(watch_store(
+                prepared.store.clone(),
+                stop.clone(),
+                store_failed.clone(),
+            )));
+        }
         let lease_lost = CancellationToken::new();
         workers.push(tokio::spawn(joined.renew(stop.clone(), lease_lost.clone())));
         // What other replicas (or the CLI) change of shared state reaches this one.
@@ -265,8 +275,16 @@ impl Daemon {
     pub async fn wait(self) -> Result<(), Error> {
         let served = self.server.await;
         self.stop.cancel();
-        for worker in self.workers {
-            worker.await.ok();
+        let workers = async {
+            for worker in self.workers {
+                worker.await.ok();
+            }
+        };
+        match self.lease_lost.is_cancelled() {
+            // Fenced, they write nothing more: a worker waiting on a database
+            // it is cut off from does not hold the exit up.
+            true => drop(tokio::time::timeout(LOST_WORKERS_WAIT, workers).await),
+            false => workers.await,
         }
         // Terminal sessions record their end before the store closes.
         self.state.terminals.wait().await;
@@ -277,10 +295,10 @@ impl Daemon {
             .flatten();
         // Everything is recorded (or, the lease lost, refused): the others
         // take this replica's work over at once.
+        // Bounded: a replica cut off from its database must still exit.
         let (store, membership) = (self.state.store.clone(), self.membership.clone());
-        tokio::task::spawn_blocking(move || replica::leave(&store, &membership))
-            .await
-            .ok();
+        let leaving = tokio::task::spawn_blocking(move || replica::leave(&store, &membership));
+        tokio::time::timeout(LEAVE_TIMEOUT, leaving).await.ok();
         if self.lease_lost.is_cancelled() {
             drop(self.state);
             return Err(Error::LeaseLost);

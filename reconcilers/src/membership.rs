@@ -56,7 +56,14 @@ impl LeaseTiming {
     /// acting stops a margin (one renewal interval) before it can have
     /// passed there — before any other replica can take it over.
     pub fn may_act(self, renewed_at_ms: Option<i64>, now_ms: i64) -> bool {
-        renewed_at_ms.is_some_and(|at| now_ms - at < self.ttl_ms - self.renew_ms)
+        renewed_at_ms.is_some_and(|at| now_ms < self.acts_until(at))
+    }
+
+    /// Until when (on the holder's clock) a holder whose last successful
+    /// renewal started at `renewed_at_ms` may act: a renewal still waiting
+    /// for its answer then is as good as failed.
+    pub fn acts_until(self, renewed_at_ms: i64) -> i64 {
+        renewed_at_ms + self.ttl_ms - self.renew_ms
     }
 }
 
@@ -85,6 +92,7 @@ mod tests {
         // lease it last renewed passes at 6 s at the earliest.
         assert!(!timing.may_act(Some(1_000), 5_000));
         assert!(!timing.may_act(Some(1_000), 60_000));
+        assert_eq!(timing.acts_until(1_000), 5_000);
     }
 
     #[test]

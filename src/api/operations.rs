@@ -430,6 +430,11 @@ async fn follow(
             .await
             {
                 Ok(Ok(page)) => page,
+                // The database restarting: read again shortly, from where it was.
+                Ok(Err(error)) if error.is_transient() && !client.is_closed() => {
+                    tokio::time::sleep(ELSEWHERE_POLL).await;
+                    continue;
+                }
                 _ => return,
             };
             if page.is_empty() {
@@ -488,11 +493,16 @@ async fn follow(
 /// How often a follower reads the log of an operation another replica runs.
 const ELSEWHERE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Whether operation `id` has not finished (so another replica runs it).
+/// Whether operation `id` has not finished (so another replica runs it), or
+/// the store cannot tell for a moment.
 async fn running_elsewhere(store: &crate::store::Store, id: u64) -> bool {
     let store = store.clone();
-    let state = tokio::task::spawn_blocking(move || store.operation_state(id)).await;
-    matches!(state, Ok(Ok(Some(state))) if !state.is_finished())
+    match tokio::task::spawn_blocking(move || store.operation_state(id)).await {
+        Ok(Ok(Some(state))) => !state.is_finished(),
+        // The database restarting: it may well still run.
+        Ok(Err(error)) => error.is_transient(),
+        _ => false,
+    }
 }
 
 fn sse_event(event: &RecordedEvent) -> Event {

@@ -159,12 +159,27 @@ impl Writer {
             .iter()
             .filter_map(|id| self.hosts.get(id).cloned())
             .collect();
-        let (store, operation) = (self.store.clone(), self.operation.id);
+        let operation = self.operation.id;
         let queued = !batch.update.outgoing.is_empty();
-        let recorded = tokio::task::spawn_blocking(move || {
-            store.record_operation_update(operation, batch.update)
-        })
-        .await;
+        // The database unreachable a moment (restarting): the same batch again,
+        // while the hosts wait (their output is read only as this drains).
+        let mut pause = RETRY_FIRST;
+        let started = std::time::Instant::now();
+        let recorded = loop {
+            let (store, update) = (self.store.clone(), batch.update.clone());
+            let recorded = tokio::task::spawn_blocking(move || {
+                store.record_operation_update(operation, update)
+            })
+            .await;
+            match recorded {
+                Ok(Err(error)) if error.is_transient() && started.elapsed() < RETRY_FOR => {
+                    tracing::warn!(operation, %error, "cannot record operation events yet; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+                recorded => break recorded,
+            }
+        };
         match recorded {
             Ok(Ok(events)) => {
                 if queued {
@@ -184,6 +199,13 @@ impl Writer {
         }
     }
 }
+
+/// How a batch the store could not take for a moment is tried again: after
+/// this, doubling up to [`RETRY_MAX`], for at most [`RETRY_FOR`] (by then a
+/// replica cut off from its database has stopped: its lease passed).
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Default)]
 struct Batch {

@@ -121,6 +121,14 @@ pub enum Error {
     WriterStopped,
 }
 
+impl Error {
+    /// Whether trying again later may succeed: the database is unreachable
+    /// or restarting (PostgreSQL). A refusal, a fence, a full disk are not.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Postgres(error) if error.is_transient())
+    }
+}
+
 macro_rules! from_redb {
     ($($error:ty),*) => {$(
         impl From<$error> for Error {

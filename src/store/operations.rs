@@ -98,7 +98,7 @@ fn claim_state_apply(
 }
 
 /// A batch of changes to one operation, recorded in one transaction.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct OperationUpdate {
     pub events: Vec<OperationEvent>,
     /// Hosts whose result changed (byte counts, state, times).

@@ -88,10 +88,10 @@ impl Replica {
 }
 
 /// A data dir for one replica: the fleet's key and known hosts, the store's
-/// password (0600), and a config that follows `work` and shares `options`' database.
+/// password (0600), and a config that follows `work` and keeps its store at `url`.
 fn replica_config(
     server: &TestPostgres,
-    options: &linkops::store::engine::postgres::Options,
+    url: &str,
     fleet: &TestFleet,
     work: &Path,
 ) -> (tempfile::TempDir, PathBuf) {
@@ -106,7 +106,7 @@ fn replica_config(
         "data_dir = {:?}\n[git]\nurl = {:?}\n[store]\nbackend = \"postgres\"\nurl = {:?}\n",
         data.path(),
         work,
-        options.url
+        url
     );
     std::fs::write(&config, toml).unwrap();
     (data, config)
@@ -205,7 +205,7 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     );
     work.commit("scripts");
     let data: Vec<_> = (0..3)
-        .map(|_| replica_config(&server, &options, &fleet, &work.dir))
+        .map(|_| replica_config(&server, &options.url, &fleet, &work.dir))
         .collect();
     let mut replicas = Vec::new();
     for (_, config) in &data {
@@ -407,7 +407,10 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
         .await
         .unwrap();
     assert!(!status.success(), "{log}");
-    assert!(log.contains("lease passed"), "{log}");
+    assert!(
+        log.contains("lease could have passed") || log.contains("lease passed"),
+        "{log}"
+    );
     assert_eq!(
         audited(&store),
         before,
@@ -461,7 +464,7 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
     );
     work.commit("fleet and script");
     let data: Vec<_> = (0..2)
-        .map(|_| replica_config(&server, &options, &fleet, &work.dir))
+        .map(|_| replica_config(&server, &options.url, &fleet, &work.dir))
         .collect();
     let (a, b) = (
         Replica::start(&data[0].1).await,
@@ -570,4 +573,273 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
             .unwrap();
         assert!(status.success(), "{log}");
     }
+}
+
+/// Output of `talk` (a line every 50 ms for about 4 s), as the script prints it.
+fn talk_output() -> String {
+    (1..=80).map(|i| format!("line {i}\n")).collect()
+}
+
+const TALK: &str = "scripts:\n  - id: talk\n    name: Talk a while\n    body: |\n      for i in $(seq 1 80); do echo line $i; sleep 0.05; done\n";
+
+/// Two replicas, one machine, `talk` in the catalog; the store at `url` for the first replica.
+async fn two_replicas(
+    server: &TestPostgres,
+    options: &linkops::store::engine::postgres::Options,
+    first_url: &str,
+    fleet: &TestFleet,
+) -> (
+    WorkRepo,
+    Vec<(tempfile::TempDir, PathBuf)>,
+    Replica,
+    Replica,
+) {
+    let store = Store::connect(options).unwrap();
+    let hash = linkops::auth::password::hash(ADMIN.1).unwrap();
+    store
+        .create_user(ADMIN.0, Role::Admin, &hash, &Actor::Cli)
+        .unwrap();
+    let work = WorkRepo::new(&fleet.dir().join("config"), None);
+    work.write("links.yaml", &fleet_links(fleet, &[]));
+    work.write("scripts.yaml", TALK);
+    work.commit("fleet and script");
+    let data = vec![
+        replica_config(server, first_url, fleet, &work.dir),
+        replica_config(server, &options.url, fleet, &work.dir),
+    ];
+    let a = Replica::start(&data[0].1).await;
+    let b = Replica::start(&data[1].1).await;
+    let machines = fleet.hosts().iter().map(|h| h.name().to_owned()).collect();
+    eventually("the two replicas to share the fleet", || async {
+        let views = [a.get("/api/cluster").await, b.get("/api/cluster").await];
+        agreed_owners(&views, 2, &machines)
+    })
+    .await;
+    (work, data, a, b)
+}
+
+/// PostgreSQL is restarted (stopped as by a crash) under a running operation
+/// whose output another replica follows: while it is down both say not ready
+/// and start nothing; once it is back the output is whole, each event once,
+/// in order, and the operation ends as it would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_under_load_loses_no_event_and_reports_nothing_twice() {
+    let mut server = tokio::task::spawn_blocking(TestPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let options = server.database().unwrap();
+    let fleet = TestFleet::start(1).unwrap();
+    let (_work, _data, a, b) = two_replicas(&server, &options, &options.url, &fleet).await;
+    let host = fleet.hosts()[0].name().to_owned();
+    let run = |replica: &Replica| {
+        reqwest::Client::new()
+            .post(format!("{}/api/operations/run", replica.process.url))
+            .bearer_auth(&replica.token)
+            .json(&serde_json::json!({ "script": "talk", "targets": { "machines": [host] } }))
+            .send()
+    };
+    let response = run(&a).await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    let operation = response.json::<Value>().await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let response = reqwest::get(format!(
+        "{}/api/operations/{operation}/events?access_token={}",
+        b.process.url, b.token
+    ))
+    .await
+    .unwrap();
+    let mut events = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
+    let mut seen = Vec::new();
+    while let Some(event) = events.next().await {
+        let event = event.unwrap();
+        let output = event.event == "output";
+        seen.push(event);
+        if output {
+            break;
+        }
+    }
+
+    // Down: neither replica is ready, and nothing starts.
+    let mut server = tokio::task::spawn_blocking(move || {
+        server.stop().unwrap();
+        server
+    })
+    .await
+    .unwrap();
+    let health = |replica: &Replica| reqwest::get(format!("{}/health", replica.process.url));
+    for replica in [&a, &b] {
+        let status = health(replica).await.unwrap().status();
+        assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let refused = run(&b).await.unwrap().status();
+    assert!(refused.is_server_error(), "{refused}");
+    let server = tokio::task::spawn_blocking(move || {
+        server.resume().unwrap();
+        server
+    })
+    .await
+    .unwrap();
+
+    // Back: the rest of the log, through the same stream.
+    let rest = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(event) = events.next().await {
+            let event = event.unwrap();
+            let end = event.event == "end";
+            seen.push(event);
+            if end {
+                return;
+            }
+        }
+        panic!("the stream ended without `end`");
+    });
+    rest.await.expect("the operation's end after the restart");
+    let ids: Vec<u64> = seen.iter().map(|event| event.id.parse().unwrap()).collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
+        "each event once, in order"
+    );
+    let printed: String = seen
+        .iter()
+        .filter(|event| event.event == "output")
+        .map(|event| {
+            let chunk: Value = serde_json::from_str(&event.data).unwrap();
+            chunk["text"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(printed, talk_output(), "the whole output, once");
+    let end: Value = serde_json::from_str(&seen.last().unwrap().data).unwrap();
+    assert_eq!(end["state"], "succeeded", "{end}");
+    // The run refused while the database was down never started.
+    let operations = b.get("/api/operations").await;
+    let ids: Vec<u64> = operations
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|view| view["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [operation], "{operations}");
+    for replica in [a, b] {
+        let (status, log) = tokio::task::spawn_blocking(move || replica.process.terminate())
+            .await
+            .unwrap();
+        assert!(status.success(), "{log}");
+    }
+    drop(server);
+}
+
+/// A TCP forwarder to the database for one replica, which can be cut: then
+/// it passes nothing either way and answers nothing — as a network that
+/// drops packets — while the sockets stay open.
+struct Link {
+    address: std::net::SocketAddr,
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl Link {
+    async fn to(upstream: std::net::SocketAddr) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let cut = tokio_util::sync::CancellationToken::new();
+        let cutting = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let cut = cutting.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (from_client, to_client) = client.into_split();
+                    let (from_server, to_server) = server.into_split();
+                    tokio::join!(
+                        pass(cut.clone(), from_client, to_server),
+                        pass(cut, from_server, to_client)
+                    );
+                });
+            }
+        });
+        Link { address, cut }
+    }
+}
+
+/// Copies `from` to `to` until either closes; once `cut`, passes nothing more.
+async fn pass(
+    cut: tokio_util::sync::CancellationToken,
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0; 16 << 10];
+    loop {
+        let read = tokio::select! {
+            () = cut.cancelled() => break,
+            read = from.read(&mut buffer) => read,
+        };
+        match read {
+            Ok(n) if n > 0 && !cut.is_cancelled() => {
+                if to.write_all(&buffer[..n]).await.is_err() {
+                    return;
+                }
+            }
+            Ok(0) | Err(_) => return,
+            Ok(_) => break,
+        }
+    }
+    // Cut: the sockets stay open, and nothing passes.
+    std::future::pending::<()>().await;
+    drop((from, to));
+}
+
+/// The network between one replica and the database is cut: that replica
+/// stops by itself before its lease can have passed, and the other takes
+/// every machine and the lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_the_database_stops_and_the_other_takes_over() {
+    let server = tokio::task::spawn_blocking(TestPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let options = server.database().unwrap();
+    let link = Link::to(([127, 0, 0, 1], server.port()).into()).await;
+    let through = options.url.replace(
+        &format!("127.0.0.1:{}", server.port()),
+        &link.address.to_string(),
+    );
+    let fleet = TestFleet::start(3).unwrap();
+    let (_work, _data, a, b) = two_replicas(&server, &options, &through, &fleet).await;
+    let machines: BTreeSet<String> = fleet.hosts().iter().map(|h| h.name().to_owned()).collect();
+
+    link.cut.cancel();
+    let at = Instant::now();
+    let owners = eventually(
+        "the other replica to hold every machine and the lead",
+        || async {
+            let view = b.get("/api/cluster").await;
+            let owners = agreed_owners(std::slice::from_ref(&view), 1, &machines)?;
+            (view["members"][0]["leader"] == true).then_some(owners)
+        },
+    )
+    .await;
+    eprintln!(
+        "the other replica took over {:?} after the cut",
+        at.elapsed()
+    );
+    assert!(owners.values().all(|owner| *owner == b.id), "{owners:?}");
+    let (status, log) = tokio::task::spawn_blocking(move || a.process.exited())
+        .await
+        .unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("before the lease could pass") || log.contains("could not be renewed in time"),
+        "it stopped by itself, before its lease passed: {log}"
+    );
+    let (status, log) = tokio::task::spawn_blocking(move || b.process.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{log}");
 }

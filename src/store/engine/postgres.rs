@@ -66,6 +66,29 @@ pub enum Error {
     Closed,
 }
 
+impl Error {
+    /// Whether the same statement may succeed later: the server is
+    /// unreachable or restarting, or the connection broke — not a refusal.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::TimedOut { .. } => true,
+            Error::Statement { source, .. } => match source.code() {
+                None => true,
+                Some(code) => {
+                    let code = code.code();
+                    // Connection exceptions; the server shutting down or
+                    // starting; a serialization failure or deadlock.
+                    code.starts_with("08")
+                        || code.starts_with("57P")
+                        || code == "40001"
+                        || code == "40P01"
+                }
+            },
+            Error::Url { .. } | Error::Runtime(_) | Error::Closed => false,
+        }
+    }
+}
+
 /// How to reach the database.
 #[derive(Clone)]
 pub struct Options {
