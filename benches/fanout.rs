@@ -8,6 +8,11 @@
 //! host, watched by 200 SSE clients: delivery time and the daemon's peak RSS.
 //!
 //! Run as root with pssh and ansible-core installed: `cargo bench --bench fanout`.
+//! `FANOUT_ONLY=store`: the warm fan-out with the store in redb, in
+//! PostgreSQL, and through one of three replicas sharing it.
+//! `FANOUT_ONLY=takeover`: three replicas on one PostgreSQL store with the
+//! fleet; how long until the others own a replica's machines after it is
+//! killed, and after it is paused, over 20 rounds each.
 
 mod common;
 
@@ -57,6 +62,10 @@ async fn bench() {
                 runs.join(" ")
             );
         }
+        return;
+    }
+    if std::env::var("FANOUT_ONLY").is_ok_and(|only| only == "takeover") {
+        takeover(&fleet, &repo).await;
         return;
     }
     // FANOUT_ONLY=sse runs the SSE part alone (for quick iterations on it).
@@ -141,7 +150,124 @@ async fn store_engines(fleet: &TestFleet, repo: &Path) -> Vec<(String, Vec<Durat
         }
         rows.push((format!("LinkOps API, warm, store in {name}"), times));
     }
+    // Three replicas share the database (and the fleet's checks); the
+    // operations run on the one the API call reached.
+    let shared = server.database().unwrap();
+    let mut replicas = Vec::new();
+    for name in ["a", "b", "c"] {
+        replicas.push(
+            Daemon::start_on(fleet, repo, &format!("shared-{name}"), "10m", Some(&shared)).await,
+        );
+    }
+    until_members(&replicas.iter().collect::<Vec<_>>(), 3).await;
+    let through = &replicas[0];
+    through.wait_enrolled().await;
+    let body = json!({ "script": "client-id", "targets": { "tags": ["bench"] } });
+    through.run_to_end(body.clone()).await;
+    let mut times = Vec::new();
+    for _ in 0..REPETITIONS * 4 {
+        times.push(through.run_to_end(body.clone()).await.0);
+    }
+    rows.push((
+        "LinkOps API, warm, one of three replicas on postgres".into(),
+        times,
+    ));
     rows
+}
+
+/// Rounds of each kind of takeover measured.
+const TAKEOVER_ROUNDS: usize = 20;
+
+/// Three replicas on one store: each round one is killed (or paused, then
+/// resumed: it stops by itself) and replaced; the time from the signal
+/// until both others list only each other as members, which is when its
+/// machines, run-requests and states have their new owners (and the leader
+/// marks its operations interrupted).
+async fn takeover(fleet: &TestFleet, repo: &Path) {
+    use rustix::process::Signal;
+    let server = linkops::testbed::postgres::TestPostgres::start()
+        .expect("the benchmark needs Debian's postgresql");
+    let database = server.database().unwrap();
+    let mut started = 0;
+    let mut start = async || {
+        started += 1;
+        Daemon::start_on(
+            fleet,
+            repo,
+            &format!("replica-{started}"),
+            "10m",
+            Some(&database),
+        )
+        .await
+    };
+    let mut replicas = vec![start().await, start().await, start().await];
+    until_members(&replicas.iter().collect::<Vec<_>>(), 3).await;
+    let mut rows = Vec::new();
+    for kind in ["kill -9", "SIGSTOP"] {
+        let mut times = Vec::new();
+        for round in 0..TAKEOVER_ROUNDS {
+            let victim = replicas.remove(round % 3);
+            let at = Instant::now();
+            let paused = match kind {
+                "kill -9" => {
+                    victim.kill_9();
+                    None
+                }
+                _ => {
+                    victim.signal(Signal::STOP);
+                    Some(victim)
+                }
+            };
+            until_members(&replicas.iter().collect::<Vec<_>>(), 2).await;
+            times.push(at.elapsed());
+            if let Some(paused) = paused {
+                paused.signal(Signal::CONT);
+                assert!(
+                    !paused.exited().success(),
+                    "a paused replica stops when it wakes"
+                );
+            }
+            replicas.insert(round % 3, start().await);
+            until_members(&replicas.iter().collect::<Vec<_>>(), 3).await;
+        }
+        rows.push((format!("after {kind}"), times));
+    }
+    println!("
+| takeover ({TAKEOVER_ROUNDS} rounds, 3 replicas, {HOSTS} machines) | p50 | p99 | max |\n|---|---|---|---|");
+    for (name, mut times) in rows {
+        times.sort();
+        let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64();
+        println!(
+            "| {name} | {:.2} s | {:.2} s | {:.2} s |",
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
+    }
+}
+
+/// Waits until every one of `replicas` lists exactly `members` live members.
+async fn until_members(replicas: &[&Daemon], members: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut agreed = true;
+        for replica in replicas {
+            let view = replica
+                .api(reqwest::Method::GET, "/api/cluster", None)
+                .await;
+            agreed &= view["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == members);
+        }
+        if agreed {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas never agreed on {members} members"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn bare_cold(fleet: &TestFleet) -> Vec<Duration> {

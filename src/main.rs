@@ -449,8 +449,19 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
     }
 }
 
-#[tokio::main]
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// How long the daemon's exit waits for store calls still running on the
+/// blocking pool (one cut off from its database waits out its timeouts):
+/// what they would write is fenced or already committed.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let served = runtime.block_on(serve_on(config));
+    runtime.shutdown_timeout(EXIT_WAIT);
+    served
+}
+
+async fn serve_on(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {

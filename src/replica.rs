@@ -17,6 +17,7 @@
 //! store has one daemon: the only member, always the leader, no leases.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use linkops_reconcilers::membership::{self, LeaseTiming};
@@ -190,7 +191,7 @@ impl Joined {
         let membership = self.membership.clone();
         async move {
             if let Some(renewing) = renewing {
-                renewing.run(&membership, stop, lost).await;
+                renewing.run(membership, stop, lost).await;
             }
         }
     }
@@ -210,54 +211,107 @@ pub fn leave(store: &Store, membership: &Membership) {
     }
 }
 
+/// How often the watchdog looks whether the last renewal is still good, and
+/// a sleeping renewer whether to stop.
+const WATCH_EVERY: Duration = Duration::from_millis(50);
+
+/// What the stop of a replica that could not renew in time says.
+const NOT_RENEWED: &str = "this replica could not renew its leases in time (it was paused, or the database did not answer): stopping before another replica may take its work over; it writes nothing more";
+
+/// The renewer's and the watchdog's clock: milliseconds since the renewals
+/// began, and when the last successful one was asked for.
+struct Clock {
+    start: Instant,
+    renewed_at: AtomicI64,
+}
+
+impl Clock {
+    fn now(&self) -> i64 {
+        i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    fn renewed_at(&self) -> i64 {
+        self.renewed_at.load(Ordering::Acquire)
+    }
+}
+
+/// Sleeps `pause`, in steps, unless `stop` or `lost` comes first (false then).
+fn sleep_unless(pause: Duration, stop: &CancellationToken, lost: &CancellationToken) -> bool {
+    let until = Instant::now() + pause;
+    while Instant::now() < until {
+        if stop.is_cancelled() || lost.is_cancelled() {
+            return false;
+        }
+        std::thread::sleep(WATCH_EVERY.min(until.saturating_duration_since(Instant::now())));
+    }
+    true
+}
+
 impl Renewing {
-    async fn run(self, membership: &Membership, stop: CancellationToken, lost: CancellationToken) {
+    /// Renews on threads of their own (the blocking pool), never on the
+    /// async runtime: store calls made from async code may hold its workers
+    /// for as long as the database does not answer, and neither a renewal
+    /// nor the watchdog that stops a replica whose renewal hangs may wait on that.
+    async fn run(self, membership: Membership, stop: CancellationToken, lost: CancellationToken) {
+        // Joining renewed the leases just before.
+        let clock = Arc::new(Clock {
+            start: Instant::now(),
+            renewed_at: AtomicI64::new(0),
+        });
+        let watchdog = {
+            let (clock, timing) = (clock.clone(), self.timing);
+            let (stop, lost, id) = (stop.clone(), lost.clone(), membership.id.clone());
+            tokio::task::spawn_blocking(move || {
+                while sleep_unless(WATCH_EVERY, &stop, &lost) {
+                    if !timing.may_act(Some(clock.renewed_at()), clock.now()) {
+                        tracing::error!(replica = %id, "{NOT_RENEWED}");
+                        lost.cancel();
+                    }
+                }
+            })
+        };
+        let renewer = tokio::task::spawn_blocking(move || {
+            self.renew_until(&membership, &stop, &lost, &clock)
+        });
+        renewer.await.expect("renewing does not panic");
+        watchdog.await.expect("the watchdog does not panic");
+    }
+
+    fn renew_until(
+        &self,
+        membership: &Membership,
+        stop: &CancellationToken,
+        lost: &CancellationToken,
+        clock: &Clock,
+    ) {
         let id = membership.id();
-        let start = Instant::now();
-        let since_start = || i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
-        let mut renewed_at = Some(0);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(RENEW_EVERY) => {}
-            }
+        while sleep_unless(RENEW_EVERY, stop, lost) {
             // A lease runs from no earlier than the moment it was asked for.
-            let asked_at = since_start();
-            if !self.timing.may_act(renewed_at, asked_at) {
-                tracing::error!(replica = %id, "this replica's lease could have passed since it was last renewed (the process was paused, or its renewals failed): stopping; it writes nothing more");
-                lost.cancel();
-                return;
-            }
+            let asked_at = clock.now();
             let before = membership.view();
-            let (store, replica, address) =
-                (self.store.clone(), id.to_owned(), self.address.clone());
             let ttl = self.timing.ttl_ms;
-            let renewing = tokio::task::spawn_blocking(move || -> Result<View, store::Error> {
-                let epoch = store.renew_member(&replica, &address, ttl)?;
-                let leading = store.renew_leadership(&replica, ttl)?;
-                let members = store.live_members()?;
+            let renewed = (|| -> Result<View, store::Error> {
+                let epoch = self.store.renew_member(id, &self.address, ttl)?;
+                let leading = self.store.renew_leadership(id, ttl)?;
+                let members = self.store.live_members()?;
                 Ok(View {
                     epoch,
                     leading,
                     members: members.into_iter().map(|member| member.replica).collect(),
                 })
-            });
-            // A renewal that hangs (a cut network) must not let it act past its lease.
-            let acting_for = renewed_at.map_or(0, |at| self.timing.acts_until(at) - asked_at);
-            let answer = Duration::from_millis(u64::try_from(acting_for).unwrap_or(0));
-            let Ok(renewed) = tokio::time::timeout(answer, renewing).await else {
-                tracing::error!(replica = %id, "the database did not answer this replica's lease renewal before the lease could pass: stopping before another replica may take its work over");
-                lost.cancel();
+            })();
+            if lost.is_cancelled() {
+                // The watchdog stopped it while the answer was awaited.
                 return;
-            };
-            match renewed.expect("renewing does not panic") {
+            }
+            match renewed {
                 Ok(view) => {
                     if let Some(passed) = passed(&before, &view) {
                         tracing::error!(replica = %id, lease = passed, "this replica's {passed} lease passed (it was paused, or cut off from the database): stopping; it writes nothing more");
                         lost.cancel();
                         return;
                     }
-                    renewed_at = Some(asked_at);
+                    clock.renewed_at.store(asked_at, Ordering::Release);
                     if view.leading.is_some() && before.leading.is_none() {
                         tracing::info!(replica = %id, epoch = view.leading, "this replica leads: it fetches Git, applies revisions, keeps retention and delivers the outbox");
                     }
@@ -270,13 +324,9 @@ impl Renewing {
                         changed
                     });
                 }
-                Err(error) if self.timing.may_act(renewed_at, since_start()) => {
-                    tracing::warn!(%error, "cannot renew this replica's leases; trying again");
-                }
+                // The watchdog stops it once the last renewal is too old.
                 Err(error) => {
-                    tracing::error!(%error, "this replica's leases could not be renewed in time: stopping before another replica may take its work over");
-                    lost.cancel();
-                    return;
+                    tracing::warn!(%error, "cannot renew this replica's leases; trying again")
                 }
             }
         }

@@ -216,6 +216,22 @@ impl Daemon {
         (elapsed, events)
     }
 
+    /// Sends `signal` to the daemon (a pause, a resume).
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("a live daemon");
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Kills it at once, as a crash would.
+    pub fn kill_9(self) {
+        self.process.kill_9();
+    }
+
+    /// Waits for it to exit by itself.
+    pub fn exited(self) -> std::process::ExitStatus {
+        self.process.exited().0
+    }
+
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }
