@@ -206,7 +206,7 @@ impl Daemon {
         workers.push(tokio::spawn(joined.renew(stop.clone(), lease_lost.clone())));
         // What other replicas (or the CLI) change of shared state reaches this one.
         workers.push(stop_asks);
-        workers.push(tokio::spawn(notice_account_changes(
+        workers.push(tokio::spawn(follow_other_replicas(
             prepared.store.clone(),
             stop.clone(),
         )));
@@ -441,34 +441,37 @@ impl Leading {
     }
 }
 
-/// How soon an account change made through another replica (or the CLI)
-/// ends the long-lived connections it revokes here.
-const ACCOUNT_CHANGES_EVERY: Duration = Duration::from_secs(1);
+/// How soon what another replica (or the CLI) changed reaches this one's
+/// long-lived connections: a revoked account's, the fleet's followers.
+const OTHERS_EVERY: Duration = Duration::from_millis(500);
 
-/// Tells this replica's long-lived connections of account changes made
-/// elsewhere (they are told of their own at once). Nothing on an unshared store.
-async fn notice_account_changes(store: store::Store, stop: CancellationToken) {
+/// Tells this replica's long-lived connections of what other replicas
+/// changed: accounts (revoking what they must) and machines' views (for
+/// `/api/fleet/events`); they hear of this one's own at once. Nothing on an
+/// unshared store.
+async fn follow_other_replicas(store: store::Store, stop: CancellationToken) {
     if !store.is_shared() {
         return;
     }
-    let mut seen = None;
+    let (mut accounts, mut fleet) = (None, None);
     loop {
         let looking = store.clone();
         let looked = tokio::task::spawn_blocking(move || {
-            let noticed = looking.notice_account_changes(&mut seen);
-            (noticed, seen)
+            let noticed = looking
+                .notice_account_changes(&mut accounts)
+                .and_then(|()| looking.follow_fleet_changes(&mut fleet));
+            (noticed, accounts, fleet)
         })
         .await;
-        match looked {
-            Ok((Ok(()), now)) => seen = now,
-            Ok((Err(error), _)) => {
-                tracing::warn!(%error, "cannot look for account changes made through other replicas; looking again")
+        if let Ok((noticed, seen_accounts, seen_fleet)) = looked {
+            (accounts, fleet) = (seen_accounts, seen_fleet);
+            if let Err(error) = noticed {
+                tracing::warn!(%error, "cannot read what other replicas changed; reading again");
             }
-            Err(_) => {}
         }
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(ACCOUNT_CHANGES_EVERY) => {}
+            () = tokio::time::sleep(OTHERS_EVERY) => {}
         }
     }
 }

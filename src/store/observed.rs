@@ -6,8 +6,8 @@ use linkops_reconcilers::suspension::Scope;
 use serde::{Deserialize, Serialize};
 
 use super::audit::{self, Actor, Audit, AuditAction, Outcome};
-use super::engine::{Read, Write};
-use super::schema::{HEALTH_HISTORY, MACHINE_STATUS, RUN_REQUESTS, SUSPENSIONS};
+use super::engine::{Read, Write, WriteTx};
+use super::schema::{FLEET_CHANGES, HEALTH_HISTORY, MACHINE_STATUS, RUN_REQUESTS, SUSPENSIONS};
 use super::{Result, Store};
 
 /// One health check, as history keeps it.
@@ -37,6 +37,12 @@ fn scope_key(scope: &Scope) -> &str {
     scope.machine().unwrap_or(FLEET_KEY)
 }
 
+/// Changes the store's shared log keeps (the in-memory one keeps 20,000).
+const SHARED_FLEET_CHANGES: u64 = 20_000;
+
+/// Changes a replica reads from the shared log at a time.
+const FLEET_CHANGES_PAGE: usize = 4_096;
+
 impl Store {
     /// Suspends (or resumes) reconciliation of `scope`, audited as done `by`
     /// (the fleet's target is `*`, which no machine id can be).
@@ -55,8 +61,10 @@ impl Store {
             false => AuditAction::ReconcileResume,
         };
         audit::append(&mut tx, by, action, key, Outcome::Success, None)?;
+        let changed = [scope.machine()];
+        self.share_fleet_changes(&mut tx, &changed)?;
         tx.commit()?;
-        self.fleet_changes.record(scope.machine());
+        self.record_fleet_changes(&changed);
         Ok(())
     }
 
@@ -111,12 +119,66 @@ impl Store {
                 tx.insert(HEALTH_HISTORY, (id, sample.at_ms), sample)?;
             }
             if machine::shown_change(before.as_ref(), &write.status) {
-                shown.push(id);
+                shown.push(Some(id));
             }
         }
+        self.share_fleet_changes(&mut tx, &shown)?;
         tx.commit()?;
-        for id in shown {
-            self.fleet_changes.record(Some(id));
+        self.record_fleet_changes(&shown);
+        Ok(())
+    }
+
+    /// On a shared store, numbers `changed` in the store's change log, in
+    /// the transaction that changes them; every replica's log is fed from it
+    /// ([`Store::follow_fleet_changes`]).
+    fn share_fleet_changes(&self, tx: &mut WriteTx, changed: &[Option<&str>]) -> Result<()> {
+        if !self.is_shared() || changed.is_empty() {
+            return Ok(());
+        }
+        let mut seq = tx.last(FLEET_CHANGES)?.map_or(0, |(seq, _)| seq);
+        for machine in changed {
+            seq += 1;
+            tx.insert(FLEET_CHANGES, seq, &machine.map(str::to_owned))?;
+            if let Some(old) = seq.checked_sub(SHARED_FLEET_CHANGES) {
+                tx.remove(FLEET_CHANGES, old)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells this process's followers of the fleet of `changed` at once (an
+    /// unshared store's only log; a shared one's come through the store).
+    fn record_fleet_changes(&self, changed: &[Option<&str>]) {
+        if self.is_shared() {
+            return;
+        }
+        for machine in changed {
+            self.fleet_changes.record(*machine);
+        }
+    }
+
+    /// Brings this replica's log of fleet changes up to the store's: what
+    /// any replica changed after `seen` (updated), which starts at the
+    /// newest when `None`. Reads a page at most; called again, it goes on.
+    pub fn follow_fleet_changes(&self, seen: &mut Option<u64>) -> Result<()> {
+        let tx = self.read()?;
+        let Some(after) = *seen else {
+            *seen = Some(tx.last(FLEET_CHANGES)?.map_or(0, |(seq, _)| seq));
+            return Ok(());
+        };
+        let newer: Vec<(u64, Option<String>)> = tx
+            .range(FLEET_CHANGES, after + 1..)
+            .take(FLEET_CHANGES_PAGE)
+            .collect::<Result<_>>()?;
+        if let Some(oldest) = newer.first().map(|(seq, _)| *seq)
+            && oldest > after + 1
+        {
+            // Fell behind what the store keeps: every view may have changed.
+            self.fleet_changes.record(None);
+        }
+        for (seq, machine) in newer {
+            self.fleet_changes.record(machine.as_deref());
+            *seen = Some(seq);
         }
         Ok(())
     }

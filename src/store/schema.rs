@@ -55,6 +55,10 @@ pub const OPERATION_EVENTS: Table<(u64, u64), Json<RecordedEvent>> = Table::new(
 pub const OPERATIONS_RUNNING: Table<u64, Json<String>> = Table::new("operations_running");
 /// Operations a replica other than the one running them was asked to stop, by id.
 pub const STOP_ASKS: Table<u64, Unit> = Table::new("stop_asks");
+/// Changes of what machines' views show, by number (a machine id; `None`: the
+/// whole fleet), the newest few thousand: how replicas of a shared store
+/// learn of each other's (`changes.rs` keeps each one's own log).
+pub const FLEET_CHANGES: Table<u64, Json<Option<String>>> = Table::new("fleet_changes");
 /// Git sync attempts by sequence number.
 pub const SYNC_HISTORY: Table<u64, Json<SyncRecord>> = Table::new("sync_history");
 /// The desired state in force, by its revision: one row, what replicas
@@ -91,7 +95,7 @@ pub const FORGE_STATUSES: Table<(String, String), Json<PostedStatus>> =
 pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
 /// Every table's name: what an engine creates, and what `linkops store migrate` copies.
-pub const TABLES: [&str; 30] = [
+pub const TABLES: [&str; 31] = [
     META.name,
     USERS.name,
     LOGIN_FAILURES.name,
@@ -107,6 +111,7 @@ pub const TABLES: [&str; 30] = [
     OPERATION_EVENTS.name,
     OPERATIONS_RUNNING.name,
     STOP_ASKS.name,
+    FLEET_CHANGES.name,
     SYNC_HISTORY.name,
     APPLIED_STATE.name,
     SYNC_ASKS.name,

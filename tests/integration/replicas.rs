@@ -231,17 +231,25 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
         agreed_owners(&views, 3, &machines)
     })
     .await;
-    // Every machine is checked, through whichever replica is asked…
-    eventually("every machine checked, as any replica shows", || async {
-        let links = replicas[2].get("/api/links").await;
-        let reachable = links
-            .as_array()?
-            .iter()
-            .filter(|m| m["health"]["state"] == "reachable")
-            .count();
-        (reachable == machines.len()).then_some(())
-    })
-    .await;
+    // Every machine is checked, as the fleet's live stream of any replica
+    // tells (each commit of another replica reaches it through the store)…
+    let follower = &replicas[2];
+    linkops::testbed::until_machines(
+        &follower.process.url,
+        &follower.token,
+        "every machine reachable",
+        |views| {
+            views.len() == machines.len()
+                && views.iter().all(|view| {
+                    matches!(
+                        view.health,
+                        linkops_reconcilers::machine::Health::Reachable { .. }
+                    )
+                })
+        },
+    )
+    .await
+    .unwrap();
     // …and only by its owner: each replica holds a connection to exactly the machines it owns.
     eventually(
         "each replica connected to its own machines only",
