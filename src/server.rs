@@ -151,6 +151,7 @@ impl Daemon {
         let stop_asks = tokio::spawn(engine.clone().follow_stop_asks(stop.clone()));
         let terminals = Terminals::new(
             prepared.store.clone(),
+            membership.id(),
             access.clone(),
             git.desired(),
             config.terminal.clone(),
@@ -482,7 +483,8 @@ const GONE_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The leader's part when a replica dies: its running operations are marked
 /// interrupted (hosts that had not finished too; nothing is re-run), their
-/// ends told like a restart's, and their followers on any replica see `end`.
+/// ends told like a restart's, and their followers on any replica see `end`;
+/// its open terminal sessions are marked interrupted.
 async fn end_what_the_gone_left(
     store: store::Store,
     membership: Membership,
@@ -493,18 +495,29 @@ async fn end_what_the_gone_left(
     loop {
         let (sweeping, telling) = (store.clone(), notifier.clone());
         let swept = tokio::task::spawn_blocking(move || {
-            sweeping.interrupt_operations_of_gone(|interrupted| {
+            let operations = sweeping.interrupt_operations_of_gone(|interrupted| {
                 let events = linkops_reconcilers::outbox::for_restart(interrupted, store::now_ms());
                 telling.route(Vec::new(), events.into_iter().collect())
-            })
+            })?;
+            Ok::<_, store::Error>((operations, sweeping.interrupt_terminal_sessions_of_gone()?))
         })
         .await;
         match swept {
-            Ok(Ok(interrupted)) if !interrupted.is_empty() => {
-                notifier.ring();
-                tracing::warn!(operations = ?interrupted, "operations of a replica that is gone marked interrupted");
+            Ok(Ok((operations, sessions))) => {
+                if !operations.is_empty() {
+                    notifier.ring();
+                    tracing::warn!(
+                        ?operations,
+                        "operations of a replica that is gone marked interrupted"
+                    );
+                }
+                if !sessions.is_empty() {
+                    tracing::warn!(
+                        ?sessions,
+                        "terminal sessions of a replica that is gone marked interrupted"
+                    );
+                }
             }
-            Ok(Ok(_)) => {}
             Ok(Err(error)) => {
                 tracing::warn!(%error, "cannot look for operations of replicas that are gone; looking again")
             }

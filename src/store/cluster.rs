@@ -6,8 +6,8 @@
 //!
 //! A redb store has one daemon: it is the only member and always the leader.
 
-use super::engine::Engine;
 pub use super::engine::postgres::{Fence, Member};
+use super::engine::{Engine, Json, Read, Table};
 use super::{Result, Store};
 
 impl Store {
@@ -56,6 +56,31 @@ impl Store {
             Engine::Redb(_) => Ok(None),
             Engine::Postgres(db) => Ok(db.leader()?),
         }
+    }
+
+    /// The keys of `held` (what replicas hold: their running operations,
+    /// open terminal sessions, by id → member id) whose replica is no live member.
+    pub(super) fn held_by_gone(
+        &self,
+        tx: &impl Read,
+        held: Table<u64, Json<String>>,
+    ) -> Result<Vec<u64>> {
+        let holders: Vec<(u64, String)> = tx.all(held, false).collect::<Result<_>>()?;
+        if holders.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Read after what they hold: a replica that joined and started
+        // something since is among the members by then.
+        let live: std::collections::HashSet<String> = self
+            .live_members()?
+            .into_iter()
+            .map(|member| member.replica)
+            .collect();
+        Ok(holders
+            .into_iter()
+            .filter(|(_, replica)| !live.contains(replica))
+            .map(|(id, _)| id)
+            .collect())
     }
 
     /// Gives up this replica's leases at a clean shutdown.

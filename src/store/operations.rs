@@ -351,11 +351,15 @@ impl Store {
         outgoing: impl FnOnce(&[u64]) -> Vec<linkops_reconcilers::outbox::Outgoing>,
     ) -> Result<Vec<u64>> {
         // Read first: the leader looks every few seconds, and there is mostly nothing to do.
-        if !self.is_shared() || self.run_by_gone(&self.read()?)?.is_empty() {
+        if !self.is_shared()
+            || self
+                .held_by_gone(&self.read()?, OPERATIONS_RUNNING)?
+                .is_empty()
+        {
             return Ok(Vec::new());
         }
         let mut tx = self.write()?;
-        let orphans = self.run_by_gone(&tx)?;
+        let orphans = self.held_by_gone(&tx, OPERATIONS_RUNNING)?;
         let mut interrupted = Vec::new();
         for id in orphans {
             match tx.get(OPERATIONS, id)? {
@@ -368,27 +372,6 @@ impl Store {
         super::outbox::enqueue(&mut tx, &outgoing(&interrupted))?;
         tx.commit()?;
         Ok(interrupted)
-    }
-
-    /// The unfinished operations whose replica is no live member.
-    fn run_by_gone(&self, tx: &impl Read) -> Result<Vec<u64>> {
-        let running: Vec<(u64, String)> =
-            tx.all(OPERATIONS_RUNNING, false).collect::<Result<_>>()?;
-        if running.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Read after the operations: a replica that joined and started one
-        // since is among the members by then.
-        let live: std::collections::HashSet<String> = self
-            .live_members()?
-            .into_iter()
-            .map(|member| member.replica)
-            .collect();
-        Ok(running
-            .into_iter()
-            .filter(|(_, replica)| !live.contains(replica))
-            .map(|(id, _)| id)
-            .collect())
     }
 }
 
@@ -479,6 +462,62 @@ mod tests {
             rollout: None,
             retry_of: None,
         }
+    }
+
+    /// The leader's sweep ends the operations of a replica whose lease
+    /// passed, each once, and never those of a live one.
+    #[test]
+    fn the_operations_of_a_replica_that_is_gone_are_interrupted_and_no_others() {
+        let [_, postgres] = testing::backings();
+        let store = postgres.open();
+        store.renew_member("live", "127.0.0.1:1", 60_000).unwrap();
+        store.renew_member("dead", "127.0.0.1:2", 60_000).unwrap();
+        let on_web1 = Operation {
+            machines: vec!["web1".into()],
+            ..operation(Requester::User { name: "ada".into() })
+        };
+        let host = HostResult {
+            machine_id: "web1".into(),
+            state: HostState::Running,
+            started_at_ms: Some(1),
+            finished_at_ms: None,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        };
+        let start = |replica| {
+            store
+                .create_operation(&on_web1, replica, std::slice::from_ref(&host), None, |_| {
+                    Vec::new()
+                })
+                .unwrap()
+        };
+        let (kept, lost) = (start("live"), start("dead"));
+        assert!(
+            store
+                .interrupt_operations_of_gone(|_| Vec::new())
+                .unwrap()
+                .is_empty()
+        );
+        store.renew_member("dead", "127.0.0.1:2", 0).unwrap();
+        assert_eq!(
+            store.interrupt_operations_of_gone(|_| Vec::new()).unwrap(),
+            [lost.id]
+        );
+        let state = |id| store.operation_state(id).unwrap().unwrap();
+        assert_eq!(state(lost.id), OperationState::Interrupted);
+        assert_eq!(state(kept.id), OperationState::Pending);
+        assert!(
+            store
+                .interrupt_operations_of_gone(|_| Vec::new())
+                .unwrap()
+                .is_empty(),
+            "once"
+        );
+        let events = store.operation_events(lost.id, 0, 100, usize::MAX).unwrap();
+        assert!(matches!(
+            events.last().map(|e| &e.event),
+            Some(OperationEvent::End { .. })
+        ));
     }
 
     #[test]

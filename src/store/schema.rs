@@ -71,6 +71,8 @@ pub const SYNC_ASKS: Table<u64, Json<SyncAsk>> = Table::new("sync_asks");
 pub const TERMINAL_WORKSPACES: Table<String, Json<Workspace>> = Table::new("terminal_workspaces");
 /// Terminal sessions by id (version 2).
 pub const TERMINAL_SESSIONS: Table<u64, Json<TerminalSession>> = Table::new("terminal_sessions");
+/// Terminal sessions still open, by id: the replica whose pane holds them.
+pub const TERMINAL_SESSIONS_OPEN: Table<u64, Json<String>> = Table::new("terminal_sessions_open");
 /// Asciicast recordings of terminal sessions by (session id, chunk number) (version 2).
 pub const TERMINAL_RECORDINGS: Table<(u64, u64), Raw> = Table::new("terminal_recordings");
 /// Suspended reconciliation: `fleet` or a machine id, with since when.
@@ -95,7 +97,7 @@ pub const FORGE_STATUSES: Table<(String, String), Json<PostedStatus>> =
 pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
 /// Every table's name: what an engine creates, and what `linkops store migrate` copies.
-pub const TABLES: [&str; 31] = [
+pub const TABLES: [&str; 32] = [
     META.name,
     USERS.name,
     LOGIN_FAILURES.name,
@@ -117,6 +119,7 @@ pub const TABLES: [&str; 31] = [
     SYNC_ASKS.name,
     TERMINAL_WORKSPACES.name,
     TERMINAL_SESSIONS.name,
+    TERMINAL_SESSIONS_OPEN.name,
     TERMINAL_RECORDINGS.name,
     SUSPENSIONS.name,
     WEBHOOK_DELIVERIES.name,

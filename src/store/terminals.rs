@@ -7,9 +7,11 @@
 use linkops_reconcilers::terminal::{SessionEnd, TerminalSession, Workspace};
 
 use super::audit::{self, Actor, AuditAction, Outcome};
-use super::engine::{Read, Write};
+use super::engine::{Read, Write, WriteTx};
 use super::scan::SeqTable;
-use super::schema::{TERMINAL_RECORDINGS, TERMINAL_SESSIONS, TERMINAL_WORKSPACES};
+use super::schema::{
+    TERMINAL_RECORDINGS, TERMINAL_SESSIONS, TERMINAL_SESSIONS_OPEN, TERMINAL_WORKSPACES,
+};
 use super::{Result, Store, now_ms};
 
 impl Store {
@@ -40,6 +42,7 @@ impl Store {
     pub fn create_terminal_session(
         &self,
         session: &TerminalSession,
+        replica: &str,
         recording: &[u8],
     ) -> Result<TerminalSession> {
         let mut tx = self.write()?;
@@ -50,6 +53,7 @@ impl Store {
             ..session.clone()
         };
         tx.insert(TERMINAL_SESSIONS, id, &created)?;
+        tx.insert(TERMINAL_SESSIONS_OPEN, id, &replica.to_owned())?;
         tx.insert(TERMINAL_RECORDINGS, (id, 1u64), &recording.to_vec())?;
         audit::append(
             &mut tx,
@@ -104,6 +108,7 @@ impl Store {
                 )?;
                 session.end = Some(end);
                 session.ended_at_ms = Some(now_ms());
+                tx.remove(TERMINAL_SESSIONS_OPEN, id)?;
             }
             tx.insert(TERMINAL_SESSIONS, id, &session)?;
             session
@@ -152,21 +157,50 @@ impl Store {
     /// Marks sessions a previous process left open as interrupted; returns their ids.
     pub fn interrupt_open_terminal_sessions(&self) -> Result<Vec<u64>> {
         let mut tx = self.write()?;
-        let mut interrupted = Vec::new();
-        let open: Vec<TerminalSession> = tx
+        let open: Vec<u64> = tx
             .all(TERMINAL_SESSIONS, false)
-            .map(|entry| entry.map(|(_, session)| session))
-            .filter(|session| !matches!(session, Ok(s) if s.end.is_some()))
+            .filter(|entry| !matches!(entry, Ok((_, session)) if session.end.is_some()))
+            .map(|entry| entry.map(|(id, _)| id))
             .collect::<Result<_>>()?;
-        for mut session in open {
-            session.end = Some(SessionEnd::Interrupted);
-            session.ended_at_ms = Some(now_ms());
-            tx.insert(TERMINAL_SESSIONS, session.id, &session)?;
-            interrupted.push(session.id);
+        for &id in &open {
+            interrupt_session(&mut tx, id)?;
         }
         tx.commit()?;
-        Ok(interrupted)
+        Ok(open)
     }
+
+    /// Marks the sessions whose replica is no live member any more as
+    /// interrupted. Returns their ids; nothing on an unshared store.
+    pub fn interrupt_terminal_sessions_of_gone(&self) -> Result<Vec<u64>> {
+        if !self.is_shared()
+            || self
+                .held_by_gone(&self.read()?, TERMINAL_SESSIONS_OPEN)?
+                .is_empty()
+        {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write()?;
+        let gone = self.held_by_gone(&tx, TERMINAL_SESSIONS_OPEN)?;
+        for &id in &gone {
+            interrupt_session(&mut tx, id)?;
+        }
+        tx.commit()?;
+        Ok(gone)
+    }
+}
+
+/// Marks session `id` interrupted, unless it has ended.
+fn interrupt_session(tx: &mut WriteTx, id: u64) -> Result<()> {
+    tx.remove(TERMINAL_SESSIONS_OPEN, id)?;
+    let Some(mut session) = tx.get(TERMINAL_SESSIONS, id)? else {
+        return Ok(());
+    };
+    if session.end.is_none() {
+        session.end = Some(SessionEnd::Interrupted);
+        session.ended_at_ms = Some(now_ms());
+        tx.insert(TERMINAL_SESSIONS, id, &session)?;
+    }
+    Ok(())
 }
 
 /// A session as its audit entries name it.
@@ -181,6 +215,51 @@ fn describe(session: &TerminalSession) -> String {
 mod tests {
     use super::*;
     use crate::store::testing;
+
+    /// Two replicas hold a session each; one dies: the leader's sweep ends
+    /// its session only, and a session already ended is left as it ended.
+    #[test]
+    fn the_sessions_of_a_replica_that_is_gone_are_interrupted_and_no_others() {
+        let [_, postgres] = testing::backings();
+        let store = postgres.open();
+        store.renew_member("live", "127.0.0.1:1", 60_000).unwrap();
+        store.renew_member("dead", "127.0.0.1:2", 60_000).unwrap();
+        let kept = store
+            .create_terminal_session(&session(), "live", b"h\n")
+            .unwrap();
+        let lost = store
+            .create_terminal_session(&session(), "dead", b"h\n")
+            .unwrap();
+        let closed = store
+            .create_terminal_session(&session(), "dead", b"h\n")
+            .unwrap();
+        store
+            .record_terminal(closed.id, b"", false, Some(SessionEnd::Closed))
+            .unwrap();
+        assert!(
+            store
+                .interrupt_terminal_sessions_of_gone()
+                .unwrap()
+                .is_empty(),
+            "both live"
+        );
+        store.renew_member("dead", "127.0.0.1:2", 0).unwrap();
+        assert_eq!(
+            store.interrupt_terminal_sessions_of_gone().unwrap(),
+            [lost.id]
+        );
+        let end = |id| store.terminal_session(id).unwrap().unwrap().end;
+        assert_eq!(end(lost.id), Some(SessionEnd::Interrupted));
+        assert_eq!(end(kept.id), None);
+        assert_eq!(end(closed.id), Some(SessionEnd::Closed));
+        assert!(
+            store
+                .interrupt_terminal_sessions_of_gone()
+                .unwrap()
+                .is_empty(),
+            "once"
+        );
+    }
 
     fn session() -> TerminalSession {
         TerminalSession {
@@ -205,7 +284,7 @@ mod tests {
         for backing in testing::backings() {
             let store = backing.open();
             let created = store
-                .create_terminal_session(&session(), b"header\n")
+                .create_terminal_session(&session(), "local", b"header\n")
                 .unwrap();
             assert_eq!(created.id, 1);
             store.record_terminal(1, b"one\n", false, None).unwrap();
@@ -227,7 +306,9 @@ mod tests {
     fn opening_and_closing_a_session_write_their_audit_with_them() {
         for backing in testing::backings() {
             let store = backing.open();
-            let created = store.create_terminal_session(&session(), b"h\n").unwrap();
+            let created = store
+                .create_terminal_session(&session(), "local", b"h\n")
+                .unwrap();
             // A chunk without an end is no audited change.
             store
                 .record_terminal(created.id, b"x\n", false, None)
@@ -256,8 +337,12 @@ mod tests {
     fn sessions_left_open_are_interrupted_at_the_next_start() {
         for backing in testing::backings() {
             let store = backing.open();
-            store.create_terminal_session(&session(), b"h\n").unwrap();
-            store.create_terminal_session(&session(), b"h\n").unwrap();
+            store
+                .create_terminal_session(&session(), "local", b"h\n")
+                .unwrap();
+            store
+                .create_terminal_session(&session(), "local", b"h\n")
+                .unwrap();
             store
                 .record_terminal(2, b"", false, Some(SessionEnd::Closed))
                 .unwrap();

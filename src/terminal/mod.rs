@@ -60,6 +60,8 @@ pub struct Terminals {
 
 struct Inner {
     store: Store,
+    /// This replica's member id, recorded with each session it holds.
+    replica: Arc<str>,
     access: MachineAccess,
     desired: watch::Receiver<Option<Arc<DesiredState>>>,
     config: Arc<TerminalConfig>,
@@ -125,6 +127,7 @@ pub struct Attached {
 impl Terminals {
     pub fn new(
         store: Store,
+        replica: &str,
         access: MachineAccess,
         desired: watch::Receiver<Option<Arc<DesiredState>>>,
         config: TerminalConfig,
@@ -134,6 +137,7 @@ impl Terminals {
         Terminals {
             inner: Arc::new(Inner {
                 store,
+                replica: replica.into(),
                 access,
                 desired,
                 config: Arc::new(config),
@@ -320,12 +324,13 @@ impl Terminals {
         };
         let mut recorder = recorder;
         let (header, _) = recorder.take();
-        let store = self.inner.store.clone();
-        let session =
-            tokio::task::spawn_blocking(move || store.create_terminal_session(&record, &header))
-                .await
-                .map_err(|e| (Refusal::Error, e.to_string()))?
-                .map_err(|e| (Refusal::Error, e.to_string()))?;
+        let (store, replica) = (self.inner.store.clone(), self.inner.replica.clone());
+        let session = tokio::task::spawn_blocking(move || {
+            store.create_terminal_session(&record, &replica, &header)
+        })
+        .await
+        .map_err(|e| (Refusal::Error, e.to_string()))?
+        .map_err(|e| (Refusal::Error, e.to_string()))?;
         tracing::info!(session = session.id, machine = %machine_id, %user, "terminal session opened");
 
         let connected = PaneStatus {
