@@ -446,8 +446,9 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
 }
 
 /// Through another replica: an operation is stopped (the one running it
-/// reads the ask from the store), and a deleted user's stream of an
-/// operation ends (account changes reach every replica's connections).
+/// reads the ask from the store), a sync is the leader's, and a deleted
+/// user's stream of an operation ends (account changes reach every
+/// replica's connections).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_the_stream() {
     let server = tokio::task::spawn_blocking(TestPostgres::start)
@@ -549,6 +550,28 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
             .any(|entry| entry.target == first.to_string() && entry.action == "operation.stop"),
         "the stop is audited"
     );
+
+    // A sync asked of the replica that does not lead is the leader's, and
+    // answered with its record.
+    let cluster = a.get("/api/cluster").await;
+    let leader = cluster["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["leader"] == true)
+        .unwrap()["replica"]
+        .clone();
+    let follower = if leader == a.id.as_str() { &b } else { &a };
+    let synced = reqwest::Client::new()
+        .post(format!("{}/api/git/sync", follower.process.url))
+        .bearer_auth(&follower.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(synced.status(), reqwest::StatusCode::OK);
+    let synced: Value = synced.json().await.unwrap();
+    assert_eq!(synced["trigger"], "api:ada", "{synced}");
+    assert_eq!(synced["revision"], work.head(), "{synced}");
 
     // Bob follows the second through B; deleted through A, his stream ends.
     let second = start(&a).await;
