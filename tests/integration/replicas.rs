@@ -112,6 +112,106 @@ fn replica_config(
     (data, config)
 }
 
+/// A new test server with a database of its own holding `users`.
+async fn shared_store(
+    users: &[(&str, Role, &str)],
+) -> (
+    TestPostgres,
+    linkops::store::engine::postgres::Options,
+    Store,
+) {
+    let server = tokio::task::spawn_blocking(TestPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let options = server.database().unwrap();
+    let store = Store::connect(&options).unwrap();
+    for (name, role, password) in users {
+        let hash = linkops::auth::password::hash(password).unwrap();
+        store.create_user(name, *role, &hash, &Actor::Cli).unwrap();
+    }
+    (server, options, store)
+}
+
+/// What each of `replicas` answers at `/api/cluster`.
+async fn views<'a>(replicas: impl IntoIterator<Item = &'a Replica>) -> Vec<Value> {
+    let mut views = Vec::new();
+    for replica in replicas {
+        views.push(replica.get("/api/cluster").await);
+    }
+    views
+}
+
+/// The id of the first member of a `/api/cluster` answer that `pick` picks.
+fn member(view: &Value, pick: impl Fn(&Value) -> bool) -> String {
+    let members = view["members"].as_array().expect("members");
+    let picked = members.iter().find(|member| pick(member));
+    picked.expect("such a member")["replica"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `POST /api/operations/run` of `script` on `machine` through `replica`.
+async fn run(replica: &Replica, script: &str, machine: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/api/operations/run", replica.process.url))
+        .bearer_auth(&replica.token)
+        .json(&serde_json::json!({ "script": script, "targets": { "machines": [machine] } }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Starts `script` on `machine` through `replica`; the operation's id.
+async fn start(replica: &Replica, script: &str, machine: &str) -> u64 {
+    let response = run(replica, script, machine).await;
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    response.json::<Value>().await.unwrap()["id"]
+        .as_u64()
+        .unwrap()
+}
+
+/// What reading an event stream can fail with.
+type SseError = eventsource_stream::EventStreamError<reqwest::Error>;
+
+/// The event stream of `operation` through `replica`, as the holder of `token`.
+async fn follow(
+    replica: &Replica,
+    token: &str,
+    operation: u64,
+) -> impl futures::Stream<Item = Result<eventsource_stream::Event, SseError>> + Unpin + use<> {
+    let url = format!(
+        "{}/api/operations/{operation}/events?access_token={token}",
+        replica.process.url
+    );
+    let response = reqwest::get(url).await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    eventsource_stream::Eventsource::eventsource(response.bytes_stream())
+}
+
+/// Reads `events` until one named `name`, within a minute; all it read, that one last.
+async fn read_until(
+    events: &mut (impl futures::Stream<Item = Result<eventsource_stream::Event, SseError>> + Unpin),
+    name: &str,
+) -> Vec<eventsource_stream::Event> {
+    let read = async {
+        let mut read = Vec::new();
+        while let Some(event) = events.next().await {
+            let event = event.unwrap();
+            let done = event.event == name;
+            read.push(event);
+            if done {
+                return read;
+            }
+        }
+        panic!("the stream ended before `{name}`: {read:?}");
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .unwrap_or_else(|_| panic!("no `{name}` within a minute"))
+}
+
 /// The owner of each machine, when every view names the same `members`
 /// replicas, exactly one leader, and gives each of `machines` to exactly one.
 fn agreed_owners(
@@ -173,16 +273,7 @@ fn marks(dir: &Path) -> BTreeMap<String, usize> {
 /// again it rejoins as a new member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held() {
-    let server = tokio::task::spawn_blocking(TestPostgres::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let options = server.database().unwrap();
-    let store = Store::connect(&options).unwrap();
-    let hash = linkops::auth::password::hash(ADMIN.1).unwrap();
-    store
-        .create_user(ADMIN.0, Role::Admin, &hash, &Actor::Cli)
-        .unwrap();
+    let (server, options, store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1)]).await;
 
     let fleet = TestFleet::start(3).unwrap();
     let marks_dir = fleet.dir().join("marks");
@@ -214,21 +305,13 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
 
     let machines: BTreeSet<String> = fleet.hosts().iter().map(|h| h.name().to_owned()).collect();
     eventually("the three replicas to agree on their members", || async {
-        let mut views = Vec::new();
-        for replica in &replicas {
-            views.push(replica.get("/api/cluster").await);
-        }
-        agreed_owners(&views, 3, &BTreeSet::new())
+        agreed_owners(&views(&replicas).await, 3, &BTreeSet::new())
     })
     .await;
     work.write("links.yaml", &fleet_links(&fleet, &[]));
     work.commit("the fleet");
     let owners = eventually("every replica to share the fleet out alike", || async {
-        let mut views = Vec::new();
-        for replica in &replicas {
-            views.push(replica.get("/api/cluster").await);
-        }
-        agreed_owners(&views, 3, &machines)
+        agreed_owners(&views(&replicas).await, 3, &machines)
     })
     .await;
     // Every machine is checked, as the fleet's live stream of any replica
@@ -279,62 +362,27 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     })
     .await;
     let cluster = replicas[0].get("/api/cluster").await;
-    let runner = cluster["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["runs"].as_array().unwrap().iter().any(|r| r == "r1"))
-        .unwrap()["replica"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let runner = member(&cluster, |m| {
+        m["runs"].as_array().unwrap().iter().any(|r| r == "r1")
+    });
     let killed = replicas.iter().position(|r| r.id == runner).unwrap();
     let killed = replicas.remove(killed);
     let follower = &replicas[0];
-    let response = reqwest::Client::new()
-        .get(format!(
-            "{}/api/operations/{operation}/events?access_token={}",
-            follower.process.url, follower.token
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
-    let mut events = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
+    let mut events = follow(follower, &follower.token, operation).await;
     eventually("the script to run on every machine", || async {
         (marks(&marks_dir).len() == machines.len()).then_some(())
     })
     .await;
     // What it prints reaches the follower through the store, numbered from 1.
-    let output = tokio::time::timeout(Duration::from_secs(30), async {
-        let mut ids = Vec::new();
-        while let Some(event) = events.next().await {
-            let event = event.unwrap();
-            ids.push(event.id.parse::<u64>().unwrap());
-            if event.event == "output" {
-                return (event, ids);
-            }
-        }
-        panic!("the stream ended before any output");
-    })
-    .await
-    .expect("output through the other replica");
-    assert!(output.0.data.contains("started"), "{:?}", output.0);
-    assert_eq!(output.1, (1..=output.1.len() as u64).collect::<Vec<_>>());
+    let read = read_until(&mut events, "output").await;
+    let output = read.last().unwrap();
+    assert!(output.data.contains("started"), "{output:?}");
+    let ids: Vec<u64> = read.iter().map(|event| event.id.parse().unwrap()).collect();
+    assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>());
 
     killed.process.kill_9();
     let at = Instant::now();
-    let end = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(event) = events.next().await {
-            let event = event.unwrap();
-            if event.event == "end" {
-                return event;
-            }
-        }
-        panic!("the stream ended without `end`");
-    })
-    .await
-    .expect("the end of the killed replica's operation, seen through another");
+    let end = read_until(&mut events, "end").await.pop().unwrap();
     let took = at.elapsed();
     eprintln!("a killed replica's operation ended {took:?} after kill -9");
     let ended: Value = serde_json::from_str(&end.data).unwrap();
@@ -346,11 +394,7 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     }
     // Its machines moved to the two that are left.
     let survivors = eventually("the survivors to share the whole fleet", || async {
-        let mut views = Vec::new();
-        for replica in &replicas {
-            views.push(replica.get("/api/cluster").await);
-        }
-        agreed_owners(&views, 2, &machines)
+        agreed_owners(&views(&replicas).await, 2, &machines)
     })
     .await;
     assert!(
@@ -381,16 +425,7 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     );
 
     // The leader is paused past its lease: the other takes the lead…
-    let cluster = follower.get("/api/cluster").await;
-    let leader = cluster["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["leader"] == true)
-        .unwrap()["replica"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let leader = member(&follower.get("/api/cluster").await, |m| m["leader"] == true);
     let paused = replicas.iter().position(|r| r.id == leader).unwrap();
     let paused = replicas.remove(paused);
     let other = &replicas[0];
@@ -430,11 +465,7 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     assert_ne!(rejoined.id, leader);
     replicas.push(rejoined);
     eventually("the two replicas to share the fleet again", || async {
-        let mut views = Vec::new();
-        for replica in &replicas {
-            views.push(replica.get("/api/cluster").await);
-        }
-        agreed_owners(&views, 2, &machines)
+        agreed_owners(&views(&replicas).await, 2, &machines)
     })
     .await;
     for replica in replicas {
@@ -451,19 +482,8 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
 /// replica's connections).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_the_stream() {
-    let server = tokio::task::spawn_blocking(TestPostgres::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let options = server.database().unwrap();
-    let store = Store::connect(&options).unwrap();
-    for (name, role, password) in [
-        (ADMIN.0, Role::Admin, ADMIN.1),
-        ("bob", Role::Operator, "pw-bob-1"),
-    ] {
-        let hash = linkops::auth::password::hash(password).unwrap();
-        store.create_user(name, role, &hash, &Actor::Cli).unwrap();
-    }
+    let bob = ("bob", Role::Operator, "pw-bob-1");
+    let (server, options, store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1), bob]).await;
     let fleet = TestFleet::start(1).unwrap();
     let work = WorkRepo::new(&fleet.dir().join("config"), None);
     work.write("links.yaml", &fleet_links(&fleet, &[]));
@@ -486,44 +506,10 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
         both.then_some(())
     })
     .await;
-    let start = |replica: &Replica| {
-        let request = reqwest::Client::new()
-            .post(format!("{}/api/operations/run", replica.process.url))
-            .bearer_auth(&replica.token)
-            .json(&serde_json::json!({ "script": "slow", "targets": { "machines": [host] } }));
-        async move {
-            let response = request.send().await.unwrap();
-            assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
-            response.json::<Value>().await.unwrap()["id"]
-                .as_u64()
-                .unwrap()
-        }
-    };
-    let follow = |replica: &Replica, token: &str, operation: u64| {
-        let url = format!(
-            "{}/api/operations/{operation}/events?access_token={token}",
-            replica.process.url
-        );
-        async move {
-            let response = reqwest::get(url).await.unwrap();
-            assert!(response.status().is_success());
-            eventsource_stream::Eventsource::eventsource(response.bytes_stream())
-        }
-    };
-
     // Started on A, stopped through B.
-    let first = start(&a).await;
+    let first = start(&a, "slow", &host).await;
     let mut events = follow(&b, &b.token, first).await;
-    let output = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(event) = events.next().await {
-            if event.as_ref().unwrap().event == "output" {
-                return;
-            }
-        }
-    });
-    output
-        .await
-        .expect("the first operation's output through B");
+    read_until(&mut events, "output").await;
     let stopped = reqwest::Client::new()
         .post(format!("{}/api/operations/{first}/stop", b.process.url))
         .bearer_auth(&b.token)
@@ -531,18 +517,8 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
         .await
         .unwrap();
     assert_eq!(stopped.status(), reqwest::StatusCode::ACCEPTED);
-    let end = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(event) = events.next().await {
-            let event = event.unwrap();
-            if event.event == "end" {
-                return event.data;
-            }
-        }
-        panic!("no end");
-    })
-    .await
-    .expect("the stopped operation's end through B");
-    assert!(end.contains("stopped"), "{end}");
+    let end = read_until(&mut events, "end").await.pop().unwrap();
+    assert!(end.data.contains("stopped"), "{end:?}");
     let audited = store.audit_entries(0, 10_000).unwrap();
     assert!(
         audited
@@ -553,15 +529,8 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
 
     // A sync asked of the replica that does not lead is the leader's, and
     // answered with its record.
-    let cluster = a.get("/api/cluster").await;
-    let leader = cluster["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["leader"] == true)
-        .unwrap()["replica"]
-        .clone();
-    let follower = if leader == a.id.as_str() { &b } else { &a };
+    let leader = member(&a.get("/api/cluster").await, |m| m["leader"] == true);
+    let follower = if leader == a.id { &b } else { &a };
     let synced = reqwest::Client::new()
         .post(format!("{}/api/git/sync", follower.process.url))
         .bearer_auth(&follower.token)
@@ -574,8 +543,8 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
     assert_eq!(synced["revision"], work.head(), "{synced}");
 
     // Bob follows the second through B; deleted through A, his stream ends.
-    let second = start(&a).await;
-    let bob = b.process.login("bob", "pw-bob-1").await.unwrap();
+    let second = start(&a, "slow", &host).await;
+    let bob = b.process.login(bob.0, bob.2).await.unwrap();
     let mut events = follow(&b, &bob, second).await;
     let first_event = tokio::time::timeout(Duration::from_secs(30), events.next())
         .await
@@ -613,7 +582,8 @@ fn talk_output() -> String {
 
 const TALK: &str = "scripts:\n  - id: talk\n    name: Talk a while\n    body: |\n      for i in $(seq 1 80); do echo line $i; sleep 0.05; done\n";
 
-/// Two replicas, one machine, `talk` in the catalog; the store at `url` for the first replica.
+/// Two replicas of the store at `options` (reached at `first_url` by the
+/// first), `fleet`, `talk` in the catalog.
 async fn two_replicas(
     server: &TestPostgres,
     options: &linkops::store::engine::postgres::Options,
@@ -625,11 +595,6 @@ async fn two_replicas(
     Replica,
     Replica,
 ) {
-    let store = Store::connect(options).unwrap();
-    let hash = linkops::auth::password::hash(ADMIN.1).unwrap();
-    store
-        .create_user(ADMIN.0, Role::Admin, &hash, &Actor::Cli)
-        .unwrap();
     let work = WorkRepo::new(&fleet.dir().join("config"), None);
     work.write("links.yaml", &fleet_links(fleet, &[]));
     work.write("scripts.yaml", TALK);
@@ -642,8 +607,7 @@ async fn two_replicas(
     let b = Replica::start(&data[1].1).await;
     let machines = fleet.hosts().iter().map(|h| h.name().to_owned()).collect();
     eventually("the two replicas to share the fleet", || async {
-        let views = [a.get("/api/cluster").await, b.get("/api/cluster").await];
-        agreed_owners(&views, 2, &machines)
+        agreed_owners(&views([&a, &b]).await, 2, &machines)
     })
     .await;
     (work, data, a, b)
@@ -655,42 +619,13 @@ async fn two_replicas(
 /// in order, and the operation ends as it would have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_under_load_loses_no_event_and_reports_nothing_twice() {
-    let mut server = tokio::task::spawn_blocking(TestPostgres::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let options = server.database().unwrap();
+    let (mut server, options, _store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1)]).await;
     let fleet = TestFleet::start(1).unwrap();
     let (_work, _data, a, b) = two_replicas(&server, &options, &options.url, &fleet).await;
     let host = fleet.hosts()[0].name().to_owned();
-    let run = |replica: &Replica| {
-        reqwest::Client::new()
-            .post(format!("{}/api/operations/run", replica.process.url))
-            .bearer_auth(&replica.token)
-            .json(&serde_json::json!({ "script": "talk", "targets": { "machines": [host] } }))
-            .send()
-    };
-    let response = run(&a).await.unwrap();
-    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
-    let operation = response.json::<Value>().await.unwrap()["id"]
-        .as_u64()
-        .unwrap();
-    let response = reqwest::get(format!(
-        "{}/api/operations/{operation}/events?access_token={}",
-        b.process.url, b.token
-    ))
-    .await
-    .unwrap();
-    let mut events = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
-    let mut seen = Vec::new();
-    while let Some(event) = events.next().await {
-        let event = event.unwrap();
-        let output = event.event == "output";
-        seen.push(event);
-        if output {
-            break;
-        }
-    }
+    let operation = start(&a, "talk", &host).await;
+    let mut events = follow(&b, &b.token, operation).await;
+    let mut seen = read_until(&mut events, "output").await;
 
     // Down: neither replica is ready, and nothing starts.
     let mut server = tokio::task::spawn_blocking(move || {
@@ -704,7 +639,7 @@ async fn a_database_restart_under_load_loses_no_event_and_reports_nothing_twice(
         let status = health(replica).await.unwrap().status();
         assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
     }
-    let refused = run(&b).await.unwrap().status();
+    let refused = run(&b, "talk", &host).await.status();
     assert!(refused.is_server_error(), "{refused}");
     let server = tokio::task::spawn_blocking(move || {
         server.resume().unwrap();
@@ -714,18 +649,7 @@ async fn a_database_restart_under_load_loses_no_event_and_reports_nothing_twice(
     .unwrap();
 
     // Back: the rest of the log, through the same stream.
-    let rest = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(event) = events.next().await {
-            let event = event.unwrap();
-            let end = event.event == "end";
-            seen.push(event);
-            if end {
-                return;
-            }
-        }
-        panic!("the stream ended without `end`");
-    });
-    rest.await.expect("the operation's end after the restart");
+    seen.extend(read_until(&mut events, "end").await);
     let ids: Vec<u64> = seen.iter().map(|event| event.id.parse().unwrap()).collect();
     assert_eq!(
         ids,
@@ -831,11 +755,7 @@ async fn pass(
 /// every machine and the lead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_from_the_database_stops_and_the_other_takes_over() {
-    let server = tokio::task::spawn_blocking(TestPostgres::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let options = server.database().unwrap();
+    let (server, options, _store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1)]).await;
     let link = Link::to(([127, 0, 0, 1], server.port()).into()).await;
     let through = options.url.replace(
         &format!("127.0.0.1:{}", server.port()),
