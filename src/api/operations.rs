@@ -419,6 +419,8 @@ async fn follow(
     mut client: futures::channel::mpsc::Sender<Result<Event, Infallible>>,
 ) {
     let mut behind = true;
+    // Seen finished in the store: the page after that is the last.
+    let mut ended = false;
     loop {
         if behind {
             let (reading, after) = (store.clone(), last);
@@ -435,17 +437,26 @@ async fn follow(
                     tokio::time::sleep(ELSEWHERE_POLL).await;
                     continue;
                 }
-                _ => return,
+                Ok(Err(error)) => {
+                    tracing::warn!(operation = id, %error, "cannot read the operation's events: its stream ends here (the client may resume with Last-Event-ID)");
+                    return;
+                }
+                Err(_) => return,
             };
             if page.is_empty() {
                 behind = false;
                 if live.is_none() {
                     // Not running here: it ended (its `end` sent), or another
                     // replica runs it and the store is read again shortly.
-                    if client.is_closed() || !running_elsewhere(&store, id).await {
+                    if client.is_closed() || ended {
                         return;
                     }
-                    tokio::time::sleep(ELSEWHERE_POLL).await;
+                    match running_elsewhere(&store, id).await {
+                        true => tokio::time::sleep(ELSEWHERE_POLL).await,
+                        // It ended since the page was read: its last events
+                        // are in the store now, read once more.
+                        false => ended = true,
+                    }
                     behind = true;
                 }
                 continue;

@@ -304,6 +304,7 @@ impl Auth {
             loop {
                 changes.mark_unchanged();
                 if !grant.allows(&auth, needed) {
+                    tracing::info!(user = %grant.user, "a long-lived connection ends: its account no longer allows it");
                     return;
                 }
                 if changes.changed().await.is_err() {

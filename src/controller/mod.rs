@@ -169,7 +169,7 @@ async fn watch_desired(
     // Everything once at start: state may have changed while the daemon was down.
     let mut current = desired.borrow_and_update().clone();
     members.borrow_and_update();
-    for key in owned(all_keys(current.as_deref(), store)) {
+    for key in owned(all_keys(current.as_deref(), store).await) {
         scheduler.trigger(key, Reason::Startup);
     }
     let mut resync_timer = tokio::time::interval(resync);
@@ -190,12 +190,12 @@ async fn watch_desired(
             _ = members.changed() => {
                 members.borrow_and_update();
                 // What moved here is looked at now (what moved away waits, unowned).
-                for key in owned(all_keys(current.as_deref(), store)) {
+                for key in owned(all_keys(current.as_deref(), store).await) {
                     scheduler.trigger(key, Reason::Resync);
                 }
             }
             _ = resync_timer.tick() => {
-                for key in owned(all_keys(current.as_deref(), store)) {
+                for key in owned(all_keys(current.as_deref(), store).await) {
                     scheduler.trigger(key, Reason::Resync);
                 }
             }
@@ -218,8 +218,8 @@ async fn watch_desired(
 }
 
 /// Every machine, run-request and state of the revision, and run-requests
-/// the store knows that left Git (to settle them).
-fn all_keys(desired: Option<&DesiredState>, store: &crate::store::Store) -> Vec<ObjectKey> {
+/// the store knows that left Git (to settle them; read off the async runtime).
+async fn all_keys(desired: Option<&DesiredState>, store: &crate::store::Store) -> Vec<ObjectKey> {
     let mut keys: Vec<ObjectKey> = desired
         .into_iter()
         .flat_map(|d| {
@@ -233,7 +233,11 @@ fn all_keys(desired: Option<&DesiredState>, store: &crate::store::Store) -> Vec<
     let in_git: HashSet<&str> = desired
         .map(|d| d.runs.keys().map(String::as_str).collect())
         .unwrap_or_default();
-    match store.run_records() {
+    let reading = store.clone();
+    let records = tokio::task::spawn_blocking(move || reading.run_records())
+        .await
+        .expect("reading run-request records does not panic");
+    match records {
         Ok(records) => keys.extend(
             records
                 .into_iter()

@@ -398,10 +398,11 @@ async fn lead(
     // The head last looked at, whatever came of it: a timer or file-watch sync
     // that finds the ref where it was records nothing (no commit, no log line,
     // no audit entry), even when that head is a bad one.
-    let mut last_attempted = context
-        .store
-        .recent_syncs(1)
+    let reading = context.store.clone();
+    let mut last_attempted = tokio::task::spawn_blocking(move || reading.recent_syncs(1))
+        .await
         .ok()
+        .and_then(Result::ok)
         .and_then(|mut last| last.pop())
         .and_then(|record| record.revision);
     if context.source.is_some() {
