@@ -15,7 +15,7 @@ use linkops_reconcilers::operation::Requester;
 use linkops_reconcilers::script::Script;
 use linkops_reconcilers::state::{
     self, ApplyRecord, ApplyResult, CHECK_OUTPUT_BYTES, CheckOutcome, CheckRecord, DeclaredState,
-    StateDecision, Target,
+    Standing, StateDecision, Target,
 };
 use tracing::Instrument;
 
@@ -26,6 +26,9 @@ use crate::store::{self, Actor, Audit, AuditAction, Outcome, now_ms};
 
 /// Checks of one state running at once (the fleet's session limit applies too).
 const CHECKS_AT_ONCE: usize = 32;
+
+/// How often a state whose apply runs on another replica is looked at.
+const APPLY_ELSEWHERE_POLL: Duration = Duration::from_secs(2);
 
 impl Context {
     pub(super) async fn declared_state(
@@ -86,6 +89,16 @@ impl Context {
                 Duration::from_millis(u64::try_from(ms).unwrap_or(0))
             })
             .max(Duration::from_millis(200));
+        // An apply another replica runs (or a gone one left, until the leader
+        // ends it) sends no end here: look again shortly.
+        let elsewhere = decision.targets.iter().any(|target| {
+            matches!(target.standing, Standing::Applying { operation_id }
+                if !self.engine.runs_here(operation_id))
+        });
+        let wake = match elsewhere {
+            true => wake.min(APPLY_ELSEWHERE_POLL),
+            false => wake,
+        };
         // Machines no longer targeted keep their record, with how their last apply ended.
         let selected_now: std::collections::HashSet<&str> = decision
             .targets

@@ -381,6 +381,11 @@ impl Engine {
         }
     }
 
+    /// Whether operation `id` runs on this replica.
+    pub fn runs_here(&self, id: u64) -> bool {
+        self.live.lock().expect("never poisoned").contains_key(&id)
+    }
+
     /// Live events of a running operation; `None` once it has ended.
     pub fn subscribe(&self, id: u64) -> Option<broadcast::Receiver<Arc<LiveEvent>>> {
         self.live
