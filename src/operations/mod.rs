@@ -361,6 +361,8 @@ impl Engine {
         if !self.store.is_shared() {
             return;
         }
+        // Asks already acted on: an ask stays in the store until its operation ends.
+        let mut stopping = std::collections::HashSet::new();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -373,9 +375,11 @@ impl Engine {
             let Ok(Ok(asked)) = tokio::task::spawn_blocking(move || store.stop_asks()).await else {
                 continue;
             };
+            stopping.retain(|id| asked.contains(id));
             for id in asked {
-                if self.stop(id) {
+                if !stopping.contains(&id) && self.stop(id) {
                     tracing::info!(operation = id, "stopping, as asked through another replica");
+                    stopping.insert(id);
                 }
             }
         }
