@@ -38,6 +38,7 @@ const SECTIONS: &[&str] = &[
     "retention",
     "forge",
     "store",
+    "cluster",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,7 @@ pub struct Config {
     pub forge: ForgeConfig,
     pub notify: NotifyConfig,
     pub store: StoreConfig,
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -97,6 +99,7 @@ impl Default for Config {
             forge: ForgeConfig::default(),
             notify: NotifyConfig::default(),
             store: StoreConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -135,6 +138,16 @@ impl Default for StoreConfig {
             pool_size: 16,
         }
     }
+}
+
+/// Several daemons on one PostgreSQL store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `HOST:PORT` the other replicas reach this one's API at (they forward
+    /// a terminal workspace's requests to the replica that holds its
+    /// sessions). Unset: `listen`, unless that is every address (`0.0.0.0`).
+    pub advertise: Option<String>,
 }
 
 /// Which forge API commit statuses are posted to.
@@ -574,6 +587,30 @@ impl Config {
         }
     }
 
+    /// Where the other replicas reach this one, listening on `bound`.
+    pub fn advertised_address(&self, bound: SocketAddr) -> Result<String, Error> {
+        let invalid = |message: String| Error::Invalid {
+            origin: "[cluster] advertise".into(),
+            message,
+        };
+        match &self.cluster.advertise {
+            Some(address) => {
+                let port = address
+                    .rsplit_once(':')
+                    .map(|(host, port)| (host, port.parse::<u16>()));
+                match port {
+                    Some((host, Ok(port))) if !host.is_empty() && port != 0 => Ok(address.clone()),
+                    _ => Err(invalid(format!("{address:?} is no HOST:PORT"))),
+                }
+            }
+            None if bound.ip().is_unspecified() => Err(invalid(format!(
+                "listen = \"{bound}\" is every address of this machine, which names none the other replicas can reach it at: set advertise = \"HOST:{}\"",
+                bound.port()
+            ))),
+            None => Ok(bound.to_string()),
+        }
+    }
+
     pub fn keys_dir(&self) -> PathBuf {
         self.data_dir.join("keys")
     }
@@ -657,6 +694,29 @@ mod tests {
             origin: "test".into(),
             message: e.to_string(),
         })
+    }
+
+    #[test]
+    fn replicas_are_reached_at_listen_or_advertise() {
+        let bound: SocketAddr = "10.0.0.5:8000".parse().unwrap();
+        let every: SocketAddr = "0.0.0.0:8000".parse().unwrap();
+        let mut config = Config::default();
+        assert_eq!(config.advertised_address(bound).unwrap(), "10.0.0.5:8000");
+        let refused = config.advertised_address(every).unwrap_err().to_string();
+        assert!(
+            refused.contains("[cluster] advertise") && refused.contains("HOST:8000"),
+            "{refused}"
+        );
+        config.cluster.advertise = Some("linkops-2.example:8000".into());
+        assert_eq!(
+            config.advertised_address(every).unwrap(),
+            "linkops-2.example:8000"
+        );
+        for wrong in ["linkops-2.example", ":8000", "host:0", "host:http"] {
+            config.cluster.advertise = Some(wrong.into());
+            let refused = config.advertised_address(every).unwrap_err().to_string();
+            assert!(refused.contains("is no HOST:PORT"), "{wrong}: {refused}");
+        }
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub enum Error {
     Secret(#[from] secrets::Error),
     #[error("notifications: {0}")]
     Notify(#[from] crate::notify::Error),
+    #[error(
+        "this replica's token signing key ({key}) is not the one the live replicas of this store sign with, so their tokens would be refused here: copy jwt_secret (mode 0600) from a running replica's data dir, or set [auth] jwt_secret to the same value on every replica"
+    )]
+    SigningKeyDiffers { key: String },
     #[error("creating the first admin failed: {0}")]
     Bootstrap(#[from] auth::Error),
     #[error("HTTP server failed: {0}")]
@@ -118,11 +122,17 @@ impl Daemon {
         })
         .await??;
         let address = listener.local_addr().map_err(Error::Serve)?;
-        let mut joined = replica::join(&opened, address.to_string(), LeaseTiming::DEFAULT).await?;
+        // Only replicas sharing a store reach each other.
+        let advertised = match opened.is_shared() {
+            true => config.advertised_address(address)?,
+            false => address.to_string(),
+        };
+        let mut joined = replica::join(&opened, advertised, LeaseTiming::DEFAULT).await?;
         let membership = joined.membership.clone();
         let prepared = tokio::task::spawn_blocking({
             let (config, store) = (config.clone(), joined.store.clone());
-            move || prepare(config, store)
+            let replica = membership.id().to_owned();
+            move || prepare(config, store, &replica)
         })
         .await??;
 
@@ -558,11 +568,14 @@ fn open_store(config: &Config) -> Result<store::Store, Error> {
 /// The blocking part of start-up once this daemon joined: what the last
 /// one left running (the only daemon of a store; with several, the leader
 /// ends what a dead one left), secrets, the first admin.
-fn prepare(config: Arc<Config>, store: store::Store) -> Result<Prepared, Error> {
+fn prepare(config: Arc<Config>, store: store::Store, replica: &str) -> Result<Prepared, Error> {
     let secret: SecretString = match &config.auth.jwt_secret {
         Some(secret) => secret.clone(),
         None => secrets::load_or_generate(&config.jwt_secret_path())?.into(),
     };
+    if store.is_shared() {
+        agree_on_signing_key(&config, &store, replica, &secret)?;
+    }
     let notifier = Arc::new(crate::notify::Notifier::from_config(&config)?);
     if !store.is_shared() {
         let interrupted = store.interrupt_unfinished_operations(|interrupted| {
@@ -600,6 +613,37 @@ fn prepare(config: Arc<Config>, store: store::Store) -> Result<Prepared, Error> 
         auth,
         notifier,
     })
+}
+
+/// Refuses to serve beside replicas that sign tokens with another key: a
+/// load balancer would send the console's requests to a replica that
+/// refuses its token.
+fn agree_on_signing_key(
+    config: &Config,
+    store: &store::Store,
+    replica: &str,
+    secret: &SecretString,
+) -> Result<(), Error> {
+    let check = auth::signing_key_check(secret.expose_secret().as_bytes());
+    let alone = store
+        .live_members()?
+        .iter()
+        .all(|member| member.replica == replica);
+    match store.agree_on_signing_key(check, alone)? {
+        store::SigningKey::Same | store::SigningKey::First => Ok(()),
+        store::SigningKey::Changed => {
+            tracing::warn!(
+                "the token signing key changed while every replica was stopped: tokens issued before are refused"
+            );
+            Ok(())
+        }
+        store::SigningKey::Differs => Err(Error::SigningKeyDiffers {
+            key: match &config.auth.jwt_secret {
+                Some(_) => "[auth] jwt_secret".into(),
+                None => config.jwt_secret_path().display().to_string(),
+            },
+        }),
+    }
 }
 
 /// Refuses a data dir that others can enter or read (an existing 0755 one, say).

@@ -142,6 +142,11 @@ impl Daemon {
                 std::fs::write(&password, secret.expose_secret()).unwrap();
                 std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600))
                     .unwrap();
+                // Replicas sign tokens with one key (each refuses to start beside others otherwise).
+                let signing_key = data.join("jwt_secret");
+                std::fs::write(&signing_key, "bench-replicas-share-this-signing-key").unwrap();
+                std::fs::set_permissions(&signing_key, std::fs::Permissions::from_mode(0o600))
+                    .unwrap();
                 create_admin(&linkops::store::Store::connect(options).unwrap());
                 format!("[store]\nbackend = \"postgres\"\nurl = {:?}\n", options.url)
             }

@@ -45,6 +45,12 @@ pub enum ApiError {
     Replayed(String),
     /// A feature that needs configuration first (the message says which).
     NotConfigured(String),
+    /// The replica holding a terminal workspace's sessions does not answer.
+    HolderUnreachable {
+        replica: String,
+        address: String,
+        reason: String,
+    },
     Internal(String),
 }
 
@@ -172,6 +178,21 @@ impl IntoResponse for ApiError {
             ),
             ApiError::NotConfigured(message) => {
                 (StatusCode::CONFLICT, "not_configured", message, None)
+            }
+            ApiError::HolderUnreachable {
+                replica,
+                address,
+                reason,
+            } => {
+                tracing::warn!(%replica, %address, %reason, "the replica holding a terminal workspace does not answer");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "holder_unreachable",
+                    format!(
+                        "replica {replica} at {address} holds this workspace's terminals and does not answer ({reason}); if it is gone, another replica takes the workspace over once its lease passes: try again in a few seconds"
+                    ),
+                    Some(json!({ "replica": replica, "address": address, "retry_after_secs": 2 })),
+                )
             }
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "request failed");

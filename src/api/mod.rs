@@ -6,6 +6,7 @@ mod cluster;
 mod console;
 mod error;
 mod extract;
+mod forward;
 mod git;
 mod headers;
 mod health;
@@ -73,6 +74,10 @@ pub fn router(state: AppState) -> Router {
                 }
             }),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_holder,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::count_requests,

@@ -78,14 +78,24 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     caller: Authenticated,
+    headers: HeaderMap,
 ) -> Result<Json<Vec<WorkspaceView>>, ApiError> {
     let user = caller.require(terminal::ROLE)?;
     let workspaces = state.store.workspaces()?;
+    let mut elsewhere = match headers.contains_key(super::forward::FORWARDED_BY) {
+        // Asked by a replica for what this one holds.
+        true => Default::default(),
+        false => super::forward::views_held_elsewhere(&state, &headers).await?,
+    };
     Ok(Json(
         workspaces
             .iter()
             .filter(|w| w.usable_by(&user.name, user.role == Role::Admin))
-            .map(|w| view(&state.terminals, w))
+            .map(|w| {
+                elsewhere
+                    .remove(&w.id)
+                    .unwrap_or_else(|| view(&state.terminals, w))
+            })
             .collect(),
     ))
 }

@@ -8,6 +8,8 @@ pub mod password;
 mod token;
 mod unknown;
 
+pub use token::signing_key_check;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -28,6 +28,21 @@ pub struct IssuedToken {
     pub expires_at: jiff::Timestamp,
 }
 
+/// A fingerprint of the signing key, for replicas to check they share it
+/// (one replica's tokens are good at every other): the first 64 bits of an
+/// HMAC of a fixed text, which tells nothing of the key.
+pub fn signing_key_check(secret: &[u8]) -> u64 {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(b"linkops: the key replicas sign session tokens with");
+    let digest = mac.finalize().into_bytes();
+    u64::from_be_bytes(
+        digest[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 8 bytes"),
+    )
+}
+
 #[derive(Clone)]
 pub struct Tokens {
     encoding: EncodingKey,

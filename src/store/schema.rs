@@ -75,6 +75,10 @@ pub const TERMINAL_SESSIONS: Table<u64, Json<TerminalSession>> = Table::new("ter
 pub const TERMINAL_SESSIONS_OPEN: Table<u64, Json<String>> = Table::new("terminal_sessions_open");
 /// Asciicast recordings of terminal sessions by (session id, chunk number) (version 2).
 pub const TERMINAL_RECORDINGS: Table<(u64, u64), Raw> = Table::new("terminal_recordings");
+/// Terminal workspaces whose live side (sessions, socket) a replica holds, by
+/// workspace id: that replica's member id. Shared stores only: the others
+/// forward the workspace's requests to it.
+pub const TERMINAL_HOLDERS: Table<String, Json<String>> = Table::new("terminal_holders");
 /// Suspended reconciliation: `fleet` or a machine id, with since when.
 pub const SUSPENSIONS: Table<String, Json<i64>> = Table::new("suspensions");
 /// Webhook delivery ids already accepted, with when (replay protection).
@@ -97,7 +101,7 @@ pub const FORGE_STATUSES: Table<(String, String), Json<PostedStatus>> =
 pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
 /// Every table's name: what an engine creates, and what `linkops store migrate` copies.
-pub const TABLES: [&str; 32] = [
+pub const TABLES: [&str; 33] = [
     META.name,
     USERS.name,
     LOGIN_FAILURES.name,
@@ -121,6 +125,7 @@ pub const TABLES: [&str; 32] = [
     TERMINAL_SESSIONS.name,
     TERMINAL_SESSIONS_OPEN.name,
     TERMINAL_RECORDINGS.name,
+    TERMINAL_HOLDERS.name,
     SUSPENSIONS.name,
     WEBHOOK_DELIVERIES.name,
     STATE_STATUS.name,

@@ -7,10 +7,12 @@
 use linkops_reconcilers::terminal::{SessionEnd, TerminalSession, Workspace};
 
 use super::audit::{self, Actor, AuditAction, Outcome};
+use super::cluster::Member;
 use super::engine::{Read, Write, WriteTx};
 use super::scan::SeqTable;
 use super::schema::{
-    TERMINAL_RECORDINGS, TERMINAL_SESSIONS, TERMINAL_SESSIONS_OPEN, TERMINAL_WORKSPACES,
+    TERMINAL_HOLDERS, TERMINAL_RECORDINGS, TERMINAL_SESSIONS, TERMINAL_SESSIONS_OPEN,
+    TERMINAL_WORKSPACES,
 };
 use super::{Result, Store, now_ms};
 
@@ -29,12 +31,69 @@ impl Store {
         self.read_all(TERMINAL_WORKSPACES)
     }
 
-    /// Removes a workspace; its sessions' records and recordings stay.
+    /// Removes a workspace (and who held it); its sessions' records and recordings stay.
     pub fn delete_workspace(&self, id: &str) -> Result<bool> {
         let mut tx = self.write()?;
         let removed = tx.delete(TERMINAL_WORKSPACES, id)?;
+        tx.delete(TERMINAL_HOLDERS, id)?;
         tx.commit()?;
         Ok(removed)
+    }
+
+    /// The live member other than `replica` that holds `workspace`'s live side,
+    /// if one does; with `take`, `replica` holds it from now on when none does
+    /// (the one that held it left, or it never was live). Nobody else holds
+    /// anything on an unshared store.
+    pub fn workspace_holder(
+        &self,
+        workspace: &str,
+        replica: &str,
+        take: bool,
+    ) -> Result<Option<Member>> {
+        if !self.is_shared() {
+            return Ok(None);
+        }
+        let held_by = |holder: Option<String>| -> Result<Option<Member>> {
+            let Some(holder) = holder.filter(|holder| holder != replica) else {
+                return Ok(None);
+            };
+            Ok(self
+                .live_members()?
+                .into_iter()
+                .find(|member| member.replica == holder))
+        };
+        if !take {
+            return held_by(self.read_one(TERMINAL_HOLDERS, workspace)?);
+        }
+        // Under the write lock: two replicas taking one workspace at once
+        // see each other, and only the first holds it.
+        let mut tx = self.write()?;
+        let other = held_by(tx.get(TERMINAL_HOLDERS, workspace)?)?;
+        if other.is_none() && tx.get(TERMINAL_WORKSPACES, workspace)?.is_some() {
+            tx.insert(TERMINAL_HOLDERS, workspace, &replica.to_owned())?;
+        }
+        tx.commit()?;
+        Ok(other)
+    }
+
+    /// Every workspace whose live side a live member other than `replica` holds, with that member.
+    pub fn workspace_holders(&self, replica: &str) -> Result<Vec<(String, Member)>> {
+        if !self.is_shared() {
+            return Ok(Vec::new());
+        }
+        let holders: Vec<(String, String)> = self
+            .read()?
+            .all(TERMINAL_HOLDERS, false)
+            .collect::<Result<_>>()?;
+        let live = self.live_members()?;
+        Ok(holders
+            .into_iter()
+            .filter(|(_, holder)| holder != replica)
+            .filter_map(|(workspace, holder)| {
+                let member = live.iter().find(|member| member.replica == holder)?;
+                Some((workspace, member.clone()))
+            })
+            .collect())
     }
 
     /// Records a new session (its `id` is assigned) with the first part of
@@ -215,6 +274,59 @@ fn describe(session: &TerminalSession) -> String {
 mod tests {
     use super::*;
     use crate::store::testing;
+
+    /// A workspace is held by the first live replica that takes it, the
+    /// others are told which; once that one is gone the next takes it.
+    #[test]
+    fn a_workspace_is_held_by_one_live_replica_at_a_time() {
+        const TTL: i64 = 60_000;
+        let workspace = Workspace::new(
+            "w1".into(),
+            "w".into(),
+            "ada".into(),
+            linkops_reconcilers::terminal::Layout::Single,
+            0,
+        );
+        let [redb, postgres] = testing::backings();
+        let alone = redb.open();
+        alone.put_workspace(&workspace).unwrap();
+        assert_eq!(alone.workspace_holder("w1", "local", true).unwrap(), None);
+        assert!(alone.workspace_holders("local").unwrap().is_empty());
+
+        let store = postgres.open();
+        store.put_workspace(&workspace).unwrap();
+        store.renew_member("r1", "127.0.0.1:1", TTL).unwrap();
+        store.renew_member("r2", "127.0.0.1:2", TTL).unwrap();
+        let holder = |asking: &str, take: bool| {
+            store
+                .workspace_holder("w1", asking, take)
+                .unwrap()
+                .map(|member| (member.replica, member.address))
+        };
+        assert_eq!(holder("r2", false), None, "looking takes nothing");
+        assert_eq!(holder("r1", true), None, "r1 takes it");
+        assert_eq!(
+            holder("r2", true),
+            Some(("r1".into(), "127.0.0.1:1".into()))
+        );
+        assert_eq!(holder("r1", true), None, "r1's own");
+        assert_eq!(store.workspace_holders("r2").unwrap().len(), 1);
+        assert!(store.workspace_holders("r1").unwrap().is_empty());
+        // No such workspace: nothing is held.
+        assert_eq!(store.workspace_holder("w2", "r1", true).unwrap(), None);
+        assert_eq!(store.workspace_holder("w2", "r2", false).unwrap(), None);
+
+        // r1's lease passes: r2 takes it; r1 back finds it r2's.
+        store.renew_member("r1", "127.0.0.1:1", 0).unwrap();
+        assert_eq!(holder("r2", true), None);
+        store.renew_member("r1", "127.0.0.1:1", TTL).unwrap();
+        assert_eq!(
+            holder("r1", true),
+            Some(("r2".into(), "127.0.0.1:2".into()))
+        );
+        store.delete_workspace("w1").unwrap();
+        assert_eq!(holder("r1", false), None, "deleted, held by nobody");
+    }
 
     /// Two replicas hold a session each; one dies: the leader's sweep ends
     /// its session only, and a session already ended is left as it ended.

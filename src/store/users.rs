@@ -322,6 +322,45 @@ fn new_user(name: &str, role: Role, password_hash: &str) -> User {
     }
 }
 
+/// The `meta` key holding the fingerprint of the key replicas sign tokens with.
+const SIGNING_KEY_CHECK: &str = "signing_key_check";
+
+/// How a replica's token signing key compares with the others'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningKey {
+    /// The key the others sign with.
+    Same,
+    /// None was recorded: this replica's is the store's from now on.
+    First,
+    /// No other replica is live and the recorded key was another: this one's
+    /// replaced it (the key was changed while every replica was stopped).
+    Changed,
+    /// Live replicas sign with another key: their tokens would be refused here.
+    Differs,
+}
+
+impl Store {
+    /// Compares this replica's token signing key with the others', by its
+    /// fingerprint ([`crate::auth::signing_key_check`]); `alone`: no other
+    /// replica is live.
+    pub fn agree_on_signing_key(&self, check: u64, alone: bool) -> Result<SigningKey> {
+        let mut tx = self.write()?;
+        let agreement = match tx.get(META, SIGNING_KEY_CHECK)? {
+            Some(recorded) if recorded == check => SigningKey::Same,
+            Some(_) if !alone => SigningKey::Differs,
+            recorded => {
+                tx.insert(META, SIGNING_KEY_CHECK, &check)?;
+                match recorded {
+                    Some(_) => SigningKey::Changed,
+                    None => SigningKey::First,
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(agreement)
+    }
+}
+
 /// The `meta` key counting account changes, for other replicas to notice.
 const ACCOUNT_VERSION: &str = "account_version";
 
@@ -358,6 +397,39 @@ mod tests {
         changes.mark_unchanged();
         there.notice_account_changes(&mut seen).unwrap();
         assert!(!changes.has_changed().unwrap(), "nothing new");
+    }
+
+    /// The first replica records its signing key; another key is refused
+    /// while others are live, and replaces the recorded one when none is.
+    #[test]
+    fn replicas_agree_on_one_signing_key() {
+        let [_, postgres] = testing::backings();
+        let store = postgres.open();
+        assert_eq!(
+            store.agree_on_signing_key(1, true).unwrap(),
+            SigningKey::First
+        );
+        assert_eq!(
+            store.agree_on_signing_key(1, false).unwrap(),
+            SigningKey::Same
+        );
+        assert_eq!(
+            store.agree_on_signing_key(2, false).unwrap(),
+            SigningKey::Differs
+        );
+        assert_eq!(
+            store.agree_on_signing_key(1, false).unwrap(),
+            SigningKey::Same,
+            "a refusal records nothing"
+        );
+        assert_eq!(
+            store.agree_on_signing_key(2, true).unwrap(),
+            SigningKey::Changed
+        );
+        assert_eq!(
+            store.agree_on_signing_key(1, false).unwrap(),
+            SigningKey::Differs
+        );
     }
 
     #[test]

@@ -17,8 +17,11 @@ use rustix::process::Signal;
 use serde_json::Value;
 
 use crate::support::{self, WorkRepo, eventually, fleet_config, fleet_links};
+use crate::terminal::Terminal;
 
 const ADMIN: (&str, &str) = ("ada", "shared-pw-1");
+/// The token signing key every replica's data dir holds.
+const SIGNING_KEY: &str = "9f1c0d2e7a4b6c8d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f";
 
 /// One `linkops serve` of the replicas, logged in.
 struct Replica {
@@ -101,6 +104,10 @@ fn replica_config(
     let password = keys.join("postgres_password");
     std::fs::write(&password, server.password()).unwrap();
     std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Copied to every replica, as the README says: one replica's tokens are good at the others.
+    let signing_key = data.path().join("jwt_secret");
+    std::fs::write(&signing_key, SIGNING_KEY).unwrap();
+    std::fs::set_permissions(&signing_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let config = data.path().join("config.toml");
     let toml = format!(
         "data_dir = {:?}\n[git]\nurl = {:?}\n[store]\nbackend = \"postgres\"\nurl = {:?}\n",
@@ -573,6 +580,143 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
             .unwrap();
         assert!(status.success(), "{log}");
     }
+}
+
+/// `method path` through `replica` as the holder of `token`: the status and JSON answer.
+async fn call(
+    replica: &Replica,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (reqwest::StatusCode, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{}{path}", replica.process.url))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A terminal workspace lives on the replica that connected it: through the
+/// other, its calls and its socket reach the same shell (forwarded), the
+/// holder's revocation closes the forwarded socket, and once the holder left
+/// the other takes the workspace over. One replica's token is good at the
+/// other; a replica with another signing key refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminals_and_tokens_work_through_any_replica() {
+    let oscar = ("oscar", Role::Operator, "pw-oscar-1");
+    let (server, options, _store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1), oscar]).await;
+    let fleet = TestFleet::start(1).unwrap();
+    let (work, _data, a, b) = two_replicas(&server, &options, &options.url, &fleet).await;
+    let host = fleet.hosts()[0].name().to_owned();
+    // Signed in through A, working through B (as behind a load balancer).
+    let token = a.process.login(oscar.0, oscar.2).await.unwrap();
+    let (status, created) = call(
+        &b,
+        reqwest::Method::POST,
+        "/api/terminal/workspaces",
+        &token,
+        Some(serde_json::json!({ "layout": "single" })),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let panes = format!("/api/terminal/workspaces/{id}/panes");
+    let assigned = serde_json::json!({ "panes": [host] });
+    let (status, answer) = call(&b, reqwest::Method::PUT, &panes, &token, Some(assigned)).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+
+    // The socket makes it A's; connecting through B opens the pane on A.
+    let mut on_a = Terminal::open_at(&a.process.url, &id, &token).await;
+    let connect = format!("/api/terminal/workspaces/{id}/connect-all");
+    let (status, answer) = call(&b, reqwest::Method::POST, &connect, &token, None).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    assert_eq!(answer["panes"][0]["state"], "connected", "{answer}");
+    on_a.run(0, "echo alive-$((40+2))", "alive-42").await;
+    let shell = on_a.shell_pid(0, "first").await;
+    let path = format!("/api/terminal/workspaces/{id}");
+    let (_, seen) = call(&b, reqwest::Method::GET, &path, &token, None).await;
+    assert_eq!(
+        seen["panes"][0]["state"], "connected",
+        "B shows A's pane: {seen}"
+    );
+    let (_, listed) = call(
+        &b,
+        reqwest::Method::GET,
+        "/api/terminal/workspaces",
+        &token,
+        None,
+    )
+    .await;
+    assert_eq!(listed[0]["panes"][0]["state"], "connected", "{listed}");
+
+    // A socket through B takes over from the one on A, on the same shell.
+    let mut on_b = Terminal::open_at(&b.process.url, &id, &token).await;
+    while on_a.read().await {}
+    assert_eq!(
+        on_a.closed.as_ref().map(|c| c.0),
+        Some(4001),
+        "{:?}",
+        on_a.closed
+    );
+    assert_eq!(on_b.shell_pid(0, "second").await, shell, "the same shell");
+
+    // Demoted through B by a token from A: A, holding the session, closes the socket.
+    let user = format!("/api/users/{}", oscar.0);
+    let viewer = serde_json::json!({ "role": "viewer" });
+    let (status, answer) = call(&b, reqwest::Method::PATCH, &user, &a.token, Some(viewer)).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    while on_b.read().await {}
+    assert_eq!(
+        on_b.closed.as_ref().map(|c| c.0),
+        Some(4003),
+        "{:?}",
+        on_b.closed
+    );
+
+    // A leaves: B takes the workspace over and opens its own session.
+    let (status, log) = tokio::task::spawn_blocking(move || a.process.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{log}");
+    let operator = serde_json::json!({ "role": "operator" });
+    let (status, answer) = call(&b, reqwest::Method::PATCH, &user, &b.token, Some(operator)).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    let token = b.process.login(oscar.0, oscar.2).await.unwrap();
+    let mut taken = Terminal::open_at(&b.process.url, &id, &token).await;
+    let (status, answer) = call(&b, reqwest::Method::POST, &connect, &token, None).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    assert_eq!(answer["panes"][0]["state"], "connected", "{answer}");
+    taken.run(0, "echo again-$((1+1))", "again-2").await;
+    assert_ne!(taken.shell_pid(0, "third").await, shell, "a new shell");
+
+    // A replica that signs with another key would refuse B's tokens: it does not start.
+    let (other, config) = replica_config(&server, &options.url, &fleet, &work.dir);
+    std::fs::write(
+        other.path().join("jwt_secret"),
+        "another-key-entirely-0123456789",
+    )
+    .unwrap();
+    let refused = tokio::task::spawn_blocking(move || {
+        let binary = Command::new(env!("CARGO_BIN_EXE_linkops"));
+        ServeProcess::spawn(binary, [OsStr::new("--config"), config.as_os_str()])
+    })
+    .await
+    .unwrap()
+    .err()
+    .expect("a replica with another signing key refused");
+    assert!(
+        refused.contains("jwt_secret") && refused.contains("the same value on every replica"),
+        "{refused}"
+    );
+    let (status, log) = tokio::task::spawn_blocking(move || b.process.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{log}");
 }
 
 /// Output of `talk` (a line every 50 ms for about 4 s), as the script prints it.

@@ -87,7 +87,7 @@ async fn recording(daemon: &TestDaemon, token: &str, session: u64) -> (StatusCod
 }
 
 /// A WebSocket client of one workspace, keeping what each pane has shown.
-struct Terminal {
+pub(crate) struct Terminal {
     socket: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
@@ -95,13 +95,18 @@ struct Terminal {
     screens: Vec<Vec<u8>>,
     messages: Vec<Value>,
     /// The close code and reason, once the daemon closed the socket.
-    closed: Option<(u16, String)>,
+    pub(crate) closed: Option<(u16, String)>,
 }
 
 fn socket_url(daemon: &TestDaemon, id: &str) -> String {
+    socket_url_at(&daemon.url, id)
+}
+
+/// The socket of workspace `id` of the daemon at `url`.
+fn socket_url_at(url: &str, id: &str) -> String {
     format!(
         "{}/api/terminal/workspaces/{id}/ws",
-        daemon.url.replace("http://", "ws://")
+        url.replace("http://", "ws://")
     )
 }
 
@@ -128,13 +133,18 @@ async fn open_socket(
 
 impl Terminal {
     async fn open(daemon: &TestDaemon, id: &str, token: &str) -> Terminal {
-        let url = format!("{}?access_token={token}", socket_url(daemon, id));
+        Terminal::open_at(&daemon.url, id, token).await
+    }
+
+    /// The socket of workspace `id` of the daemon at `url`, once it said hello.
+    pub(crate) async fn open_at(url: &str, id: &str, token: &str) -> Terminal {
+        let url = format!("{}?access_token={token}", socket_url_at(url, id));
         let mut terminal = open_socket(&url, &[]).await.expect("socket refused");
         terminal.message(|m| m["type"] == "hello").await;
         terminal
     }
 
-    async fn send(&mut self, message: Value) {
+    pub(crate) async fn send(&mut self, message: Value) {
         self.socket
             .send(Message::text(message.to_string()))
             .await
@@ -147,7 +157,7 @@ impl Terminal {
     }
 
     /// Reads one frame into the screens or the messages; false once the socket ended.
-    async fn read(&mut self) -> bool {
+    pub(crate) async fn read(&mut self) -> bool {
         let frame = tokio::time::timeout(WAIT, self.socket.next())
             .await
             .expect("the terminal showed nothing new in time");
@@ -197,14 +207,14 @@ impl Terminal {
     }
 
     /// Types a command and waits for a line it prints.
-    async fn run(&mut self, pane: usize, command: &str, expect: &str) -> String {
+    pub(crate) async fn run(&mut self, pane: usize, command: &str, expect: &str) -> String {
         let from = self.screens[pane].len();
         self.type_in(pane, &format!("{command}\r")).await;
         self.shown_after(pane, from, expect).await
     }
 
     /// Has the shell print its pid as `<prefix><pid>-pid` and reads it (not the typed `$$`).
-    async fn shell_pid(&mut self, pane: usize, prefix: &str) -> u32 {
+    pub(crate) async fn shell_pid(&mut self, pane: usize, prefix: &str) -> u32 {
         let from = self.screens[pane].len();
         self.type_in(pane, &format!("echo {prefix}$$-pid\r")).await;
         loop {
@@ -224,7 +234,7 @@ impl Terminal {
     }
 
     /// Reads until a JSON message matches; returns it.
-    async fn message(&mut self, matches: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn message(&mut self, matches: impl Fn(&Value) -> bool) -> Value {
         loop {
             if let Some(found) = self.messages.iter().position(&matches) {
                 return self.messages.remove(found);
