@@ -453,8 +453,9 @@ impl Leading {
 }
 
 /// How soon what another replica (or the CLI) changed reaches this one's
-/// long-lived connections: a revoked account's, the fleet's followers.
-const OTHERS_EVERY: Duration = Duration::from_millis(500);
+/// long-lived connections (a revoked account's, the fleet's followers)
+/// without the store's doorbell, which rings at once.
+const OTHERS_EVERY: Duration = Duration::from_secs(2);
 
 /// Tells this replica's long-lived connections of what other replicas
 /// changed: accounts (revoking what they must) and machines' views (for
@@ -465,6 +466,7 @@ async fn follow_other_replicas(store: store::Store, stop: CancellationToken) {
         return;
     }
     let (mut accounts, mut fleet) = (None, None);
+    let mut changed = store.doorbell(store::Followed::AccountsAndFleet);
     loop {
         let looking = store.clone();
         let looked = tokio::task::spawn_blocking(move || {
@@ -482,7 +484,7 @@ async fn follow_other_replicas(store: store::Store, stop: CancellationToken) {
         }
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(OTHERS_EVERY) => {}
+            _ = changed.wait(OTHERS_EVERY) => {}
         }
     }
 }

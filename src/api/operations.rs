@@ -27,7 +27,7 @@ use crate::contract::{
 };
 use crate::metrics::Open;
 use crate::operations::{HostPlan, LiveEvent, Plan};
-use crate::store::{Actor, Audit, AuditAction, Outcome, Role};
+use crate::store::{Actor, Audit, AuditAction, Followed, Outcome, Role};
 
 /// About how much of the event log one read takes (per SSE client catching up, or per output page).
 const PAGE_BYTES: usize = 64 << 10;
@@ -421,6 +421,8 @@ async fn follow(
     let mut behind = true;
     // Seen finished in the store: the page after that is the last.
     let mut ended = false;
+    // Woken by another replica's writes of the log (subscribed once needed).
+    let mut rung: Option<crate::store::Ring> = None;
     loop {
         if behind {
             let (reading, after) = (store.clone(), last);
@@ -452,7 +454,11 @@ async fn follow(
                         return;
                     }
                     match running_elsewhere(&store, id).await {
-                        true => tokio::time::sleep(ELSEWHERE_POLL).await,
+                        true => {
+                            rung.get_or_insert_with(|| store.doorbell(Followed::OperationLogs))
+                                .wait(ELSEWHERE_POLL)
+                                .await;
+                        }
                         // It ended since the page was read: its last events
                         // are in the store now, read once more.
                         false => ended = true,
@@ -501,8 +507,9 @@ async fn follow(
     }
 }
 
-/// How often a follower reads the log of an operation another replica runs.
-const ELSEWHERE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often a follower reads the log of an operation another replica runs
+/// by itself: the store's doorbell wakes it as soon as that one writes.
+const ELSEWHERE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whether operation `id` has not finished (so another replica runs it), or
 /// the store cannot tell for a moment.

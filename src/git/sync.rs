@@ -22,7 +22,7 @@ use tracing::Instrument;
 use super::mirror::{self, Mirror, Source};
 use crate::replica::Membership;
 use crate::store::{
-    self, Actor, Audit, AuditAction, Outcome, Store, SyncAsk, SyncOutcome, SyncRecord,
+    self, Actor, Audit, AuditAction, Followed, Outcome, Store, SyncAsk, SyncOutcome, SyncRecord,
 };
 
 /// Why a sync was asked for.
@@ -217,8 +217,10 @@ struct Channels {
 }
 
 /// How often a replica that does not lead reads the store for a new
-/// revision in force (and for the records of the syncs it passed on).
-const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+/// revision in force (and for the records of the syncs it passed on), and
+/// the leader for what was asked of it, by themselves: the store's doorbell
+/// wakes them as soon as it is written.
+const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 
 /// How long a sync passed to the leader is waited for.
 const RELAYED_WAIT: Duration = Duration::from_secs(120);
@@ -237,6 +239,7 @@ async fn follow(
     tokio::pin!(leading);
     // Syncs passed on, waiting for their record: (asked after this attempt, the request, until when).
     let mut relayed: Vec<(u64, Request, Instant)> = Vec::new();
+    let mut synced = context.store.doorbell(Followed::Sync);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return None,
@@ -259,7 +262,7 @@ async fn follow(
             Some(branch) = channels.plans.recv() => {
                 relay(&context.store, SyncAsk::Plan { branch }).await;
             }
-            () = tokio::time::sleep(FOLLOW_EVERY) => {
+            _ = synced.wait(FOLLOW_EVERY) => {
                 let followed = follow_applied(&context.store, applied.as_deref()).await;
                 if let Some(state) = followed {
                     tracing::info!(revision = %state.revision, "following the revision the leader applied");
@@ -414,6 +417,7 @@ async fn lead(
     // Syncs other replicas passed on: each its own attempt, recorded with its trigger.
     let mut relayed: std::collections::VecDeque<Trigger> = Default::default();
     let mut next_interval = tokio::time::Instant::now() + jittered(context.interval);
+    let mut asked = context.store.doorbell(Followed::SyncAsks);
     loop {
         if pending.is_empty()
             && let Some(trigger) = relayed.pop_front()
@@ -438,7 +442,7 @@ async fn lead(
                     plan_branch(&context, applied.clone(), branch).instrument(span).await;
                     continue;
                 }
-                () = tokio::time::sleep(FOLLOW_EVERY), if context.store.is_shared() => {
+                _ = asked.wait(FOLLOW_EVERY), if context.store.is_shared() => {
                     for ask in taken_asks(&context.store).await {
                         match ask {
                             SyncAsk::Sync { trigger } => relayed.push_back(Trigger::Relayed(trigger)),

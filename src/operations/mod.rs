@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::access::MachineAccess;
-use crate::store::{self, Store, now_ms};
+use crate::store::{self, Followed, Store, now_ms};
 use host::HostRun;
 use writer::{Update, Writer};
 
@@ -96,7 +96,7 @@ impl HostPlan {
 }
 
 /// How often a replica looks for stops asked of its operations through another.
-const STOP_ASKS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+const STOP_ASKS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// An event as broadcast to live subscribers: shared by all of them, with
 /// its wire encoding made once (by whichever subscriber needs it first).
@@ -363,10 +363,11 @@ impl Engine {
         }
         // Asks already acted on: an ask stays in the store until its operation ends.
         let mut stopping = std::collections::HashSet::new();
+        let mut asked = self.store.doorbell(Followed::StopAsks);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(STOP_ASKS_EVERY) => {}
+                _ = asked.wait(STOP_ASKS_EVERY) => {}
             }
             if self.live.lock().expect("never poisoned").is_empty() {
                 continue;

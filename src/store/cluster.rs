@@ -6,14 +6,56 @@
 //!
 //! A redb store has one daemon: it is the only member and always the leader.
 
+pub use super::engine::doorbell::Ring;
 pub use super::engine::postgres::{Fence, Member};
 use super::engine::{Engine, Json, Read, Table};
+use super::schema::{
+    APPLIED_STATE, FLEET_CHANGES, META, OPERATION_EVENTS, OPERATIONS, STOP_ASKS, SYNC_ASKS,
+    SYNC_HISTORY, USERS,
+};
 use super::{Result, Store};
+
+/// What a replica follows of the others' writes, each woken by the store's
+/// doorbell (PostgreSQL's notifications of the tables a commit wrote).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Followed {
+    /// Operations' event logs and ends (the streams of operations run elsewhere).
+    OperationLogs,
+    /// Stops asked through other replicas.
+    StopAsks,
+    /// Accounts and the fleet's view (revocation, `/api/fleet/events`).
+    AccountsAndFleet,
+    /// The revision in force and the leader's sync records.
+    Sync,
+    /// Syncs and plans asked of the leader.
+    SyncAsks,
+}
+
+impl Followed {
+    fn tables(self) -> &'static [&'static str] {
+        match self {
+            Followed::OperationLogs => &[OPERATION_EVENTS.name, OPERATIONS.name],
+            Followed::StopAsks => &[STOP_ASKS.name],
+            Followed::AccountsAndFleet => &[META.name, USERS.name, FLEET_CHANGES.name],
+            Followed::Sync => &[APPLIED_STATE.name, SYNC_HISTORY.name],
+            Followed::SyncAsks => &[SYNC_ASKS.name],
+        }
+    }
+}
 
 impl Store {
     /// Whether other daemons may share this store (PostgreSQL), so that leases matter.
     pub fn is_shared(&self) -> bool {
         matches!(&*self.engine, Engine::Postgres(_))
+    }
+
+    /// What wakes a follower of `followed` when another replica (or this
+    /// one) commits a write of it; nothing rings on an unshared store.
+    pub fn doorbell(&self, followed: Followed) -> Ring {
+        match &*self.engine {
+            Engine::Redb(_) => Ring::never(),
+            Engine::Postgres(db) => db.ring_for(followed.tables()),
+        }
     }
 
     /// This store, every write through it fenced by `fence`.
@@ -99,6 +141,64 @@ mod tests {
     use crate::store::{Actor, Error, Role};
 
     const TTL: i64 = 60_000;
+
+    /// A commit through one handle rings, at the other, the followers of
+    /// what it wrote and no others (their own look is an hour away); a
+    /// listener whose connection was ended rings every follower once back.
+    #[test]
+    fn the_doorbell_rings_for_other_replicas_writes_and_after_a_reconnect() {
+        use std::time::Duration;
+        const HOUR: Duration = Duration::from_secs(3600);
+        let [redb, postgres] = testing::backings();
+        let (here, there) = (postgres.open(), postgres.open());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let rung = |ring: &mut Ring, within: Duration| {
+            runtime
+                .block_on(async { tokio::time::timeout(within, ring.wait(HOUR)).await })
+                .unwrap_or(false)
+        };
+        let mut asks = there.doorbell(Followed::SyncAsks);
+        let mut stops = there.doorbell(Followed::StopAsks);
+        assert!(
+            rung(&mut asks, Duration::from_secs(30)),
+            "listening rings everything once"
+        );
+        // Whether the first ring reached it too depends on when it subscribed.
+        rung(&mut stops, Duration::ZERO);
+
+        here.ask_sync(&super::super::SyncAsk::Sync {
+            trigger: "api:ada".into(),
+        })
+        .unwrap();
+        assert!(
+            rung(&mut asks, Duration::from_secs(30)),
+            "a sync asked through another handle"
+        );
+        assert!(
+            !rung(&mut stops, Duration::from_millis(200)),
+            "nothing was asked to stop"
+        );
+
+        let Engine::Postgres(db) = &*here.engine else {
+            unreachable!("a PostgreSQL store")
+        };
+        db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query = 'LISTEN linkops'",
+        )
+        .unwrap();
+        assert!(
+            rung(&mut stops, Duration::from_secs(30)),
+            "rung once listening again"
+        );
+
+        // An unshared store has nobody else to hear of.
+        let mut alone = redb.open().doorbell(Followed::SyncAsks);
+        assert!(!rung(&mut alone, Duration::from_millis(50)));
+    }
 
     #[test]
     fn one_leader_at_a_time_and_a_lapsed_lease_comes_back_with_a_new_epoch() {

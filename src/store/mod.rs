@@ -32,7 +32,7 @@ use engine::{Engine, Read, Write};
 
 pub use audit::{Actor, Audit, AuditAction, AuditEntry, Outcome};
 pub use changes::Changed;
-pub use cluster::{Fence, Member};
+pub use cluster::{Fence, Followed, Member, Ring};
 pub use copy::TableDigest;
 pub use group_commit::StatusWriter;
 pub use observed::{HealthSample, StatusWrite};

@@ -10,6 +10,7 @@
 //! one committed, and a write transaction dropped without `commit` leaves
 //! nothing behind.
 
+pub mod doorbell;
 pub mod key;
 pub mod postgres;
 pub mod redb;

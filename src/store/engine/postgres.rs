@@ -22,6 +22,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::types::{ToSql, Type};
 
+use super::doorbell::{self, Doorbell, Ring};
 use super::{Read, Span, Write};
 
 /// Every statement's bound, the pool's wait and a connection's set-up.
@@ -146,6 +147,11 @@ pub fn check_url(url: &str) -> Result<(), String> {
 pub struct Postgres {
     runtime: Option<tokio::runtime::Runtime>,
     link: Link,
+    /// For the doorbell's connection of its own (boxed: the engine enum stays small).
+    config: Box<tokio_postgres::Config>,
+    doorbell: std::sync::OnceLock<Arc<Doorbell>>,
+    /// Listening from the first follower on.
+    listening: std::sync::Once,
 }
 
 /// What a transaction needs of the engine: where to run, the pool, a name.
@@ -196,7 +202,7 @@ impl Postgres {
             .build()
             .map_err(Error::Runtime)?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             tokio_postgres::NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -219,7 +225,33 @@ impl Postgres {
         Ok(Postgres {
             runtime: Some(runtime),
             link,
+            config: Box::new(config),
+            doorbell: std::sync::OnceLock::new(),
+            listening: std::sync::Once::new(),
         })
+    }
+
+    /// What wakes a follower of `tables` when any replica commits a write to one.
+    pub fn ring_for(&self, tables: &[&str]) -> Ring {
+        let doorbell = self.doorbell.get_or_init(Default::default);
+        // Subscribed before the listener starts: the first follower hears its first ring.
+        let ring = doorbell.ring_for(tables);
+        self.listening.call_once(|| {
+            let listening = doorbell::listen(
+                (*self.config).clone(),
+                doorbell.clone(),
+                self.link.store.clone(),
+            );
+            self.link.handle.spawn(listening);
+        });
+        ring
+    }
+
+    /// Runs `sql` as it is (tests reach behind the store's back with it).
+    #[cfg(test)]
+    pub fn execute(&self, sql: &'static str) -> Result<(), Error> {
+        self.autocommit("a test's statement", sql, Vec::new())
+            .map(drop)
     }
 
     pub fn begin_read(&self) -> Result<ReadTx, Error> {
@@ -235,6 +267,7 @@ impl Postgres {
         let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})");
         Ok(WriteTx {
             conn: Conn::new(&self.link, begin)?,
+            written: Default::default(),
         })
     }
 
@@ -631,6 +664,8 @@ pub struct ReadTx {
 
 pub struct WriteTx {
     conn: Conn,
+    /// The tables written, for the commit to ring their followers' doorbell.
+    written: std::collections::BTreeSet<&'static str>,
 }
 
 impl WriteTx {
@@ -639,7 +674,16 @@ impl WriteTx {
             // Nothing was read or written: there is nothing to commit.
             return Ok(());
         }
-        self.conn.simple("commit", "COMMIT".to_owned())?;
+        // Delivered at the commit, and only if it commits; the names are the
+        // schema's own (`[a-z_]`), so they are written into the statement as they are.
+        let notify = match self.written.is_empty() {
+            true => String::new(),
+            false => {
+                let tables = Vec::from_iter(self.written.iter().copied()).join(",");
+                format!("SELECT pg_notify('{}', '{tables}'); ", doorbell::CHANNEL)
+            }
+        };
+        self.conn.simple("commit", format!("{notify}COMMIT"))?;
         // Committed: the connection goes back to the pool as it is.
         drop(self.conn.client.take());
         Ok(())
@@ -802,6 +846,7 @@ impl Write for WriteTx {
         key: Vec<u8>,
         value: Vec<u8>,
     ) -> crate::store::Result<()> {
+        self.written.insert(table);
         self.conn.defer(
             format!(
                 "INSERT INTO kv_{table} (key, value) VALUES ($1, $2) \
@@ -813,12 +858,14 @@ impl Write for WriteTx {
     }
 
     fn discard_bytes(&mut self, table: &'static str, key: Vec<u8>) -> crate::store::Result<()> {
+        self.written.insert(table);
         self.conn
             .defer(format!("DELETE FROM kv_{table} WHERE key = $1"), vec![key])?;
         Ok(())
     }
 
     fn delete_bytes(&mut self, table: &'static str, key: &[u8]) -> crate::store::Result<bool> {
+        self.written.insert(table);
         let deleted = self.conn.query(
             "delete",
             format!("DELETE FROM kv_{table} WHERE key = $1 RETURNING 1"),
