@@ -130,9 +130,16 @@ impl Daemon {
         let mut joined = replica::join(&opened, advertised, LeaseTiming::DEFAULT).await?;
         let membership = joined.membership.clone();
         let prepared = tokio::task::spawn_blocking({
-            let (config, store) = (config.clone(), joined.store.clone());
-            let replica = membership.id().to_owned();
-            move || prepare(config, store, &replica)
+            let (config, store) = (config.clone(), opened.clone());
+            let (fenced, membership) = (joined.store.clone(), membership.clone());
+            move || {
+                let prepared = prepare(config, fenced, membership.id());
+                if prepared.is_err() {
+                    // Not serving after all: its share of the fleet goes to the others now.
+                    replica::leave(&store, &membership);
+                }
+                prepared
+            }
         })
         .await??;
 

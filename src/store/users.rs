@@ -405,31 +405,20 @@ mod tests {
     fn replicas_agree_on_one_signing_key() {
         let [_, postgres] = testing::backings();
         let store = postgres.open();
-        assert_eq!(
-            store.agree_on_signing_key(1, true).unwrap(),
-            SigningKey::First
-        );
-        assert_eq!(
-            store.agree_on_signing_key(1, false).unwrap(),
-            SigningKey::Same
-        );
-        assert_eq!(
-            store.agree_on_signing_key(2, false).unwrap(),
-            SigningKey::Differs
-        );
-        assert_eq!(
-            store.agree_on_signing_key(1, false).unwrap(),
-            SigningKey::Same,
-            "a refusal records nothing"
-        );
-        assert_eq!(
-            store.agree_on_signing_key(2, true).unwrap(),
-            SigningKey::Changed
-        );
-        assert_eq!(
-            store.agree_on_signing_key(1, false).unwrap(),
-            SigningKey::Differs
-        );
+        // (this replica's key, no other live, what it finds), in order.
+        let steps = [
+            (1, true, SigningKey::First),
+            (1, false, SigningKey::Same),
+            (2, false, SigningKey::Differs),
+            // The refusal recorded nothing.
+            (1, false, SigningKey::Same),
+            (2, true, SigningKey::Changed),
+            (1, false, SigningKey::Differs),
+        ];
+        for (step, (check, alone, found)) in steps.into_iter().enumerate() {
+            let agreement = store.agree_on_signing_key(check, alone).unwrap();
+            assert_eq!(agreement, found, "step {step}");
+        }
     }
 
     #[test]

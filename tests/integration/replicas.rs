@@ -590,15 +590,8 @@ async fn call(
     token: &str,
     body: Option<Value>,
 ) -> (reqwest::StatusCode, Value) {
-    let mut request = reqwest::Client::new()
-        .request(method, format!("{}{path}", replica.process.url))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let client = reqwest::Client::new();
+    support::request(&client, &replica.process.url, method, path, token, body).await
 }
 
 /// A terminal workspace lives on the replica that connected it: through the
@@ -657,12 +650,7 @@ async fn terminals_and_tokens_work_through_any_replica() {
     // A socket through B takes over from the one on A, on the same shell.
     let mut on_b = Terminal::open_at(&b.process.url, &id, &token).await;
     while on_a.read().await {}
-    assert_eq!(
-        on_a.closed.as_ref().map(|c| c.0),
-        Some(4001),
-        "{:?}",
-        on_a.closed
-    );
+    assert_eq!(on_a.closed.map(|(code, _)| code), Some(4001));
     assert_eq!(on_b.shell_pid(0, "second").await, shell, "the same shell");
 
     // Demoted through B by a token from A: A, holding the session, closes the socket.
@@ -671,12 +659,7 @@ async fn terminals_and_tokens_work_through_any_replica() {
     let (status, answer) = call(&b, reqwest::Method::PATCH, &user, &a.token, Some(viewer)).await;
     assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
     while on_b.read().await {}
-    assert_eq!(
-        on_b.closed.as_ref().map(|c| c.0),
-        Some(4003),
-        "{:?}",
-        on_b.closed
-    );
+    assert_eq!(on_b.closed.map(|(code, _)| code), Some(4003));
 
     // A leaves: B takes the workspace over and opens its own session.
     let (status, log) = tokio::task::spawn_blocking(move || a.process.terminate())
@@ -712,6 +695,12 @@ async fn terminals_and_tokens_work_through_any_replica() {
     assert!(
         refused.contains("jwt_secret") && refused.contains("the same value on every replica"),
         "{refused}"
+    );
+    let cluster = b.get("/api/cluster").await;
+    assert_eq!(
+        cluster["members"].as_array().map(Vec::len),
+        Some(1),
+        "the refused replica left at once: {cluster}"
     );
     let (status, log) = tokio::task::spawn_blocking(move || b.process.terminate())
         .await

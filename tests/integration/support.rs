@@ -89,16 +89,7 @@ impl TestDaemon {
         token: &str,
         body: Option<Value>,
     ) -> (reqwest::StatusCode, Value) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        request(&self.client, &self.url, method, path, token, body).await
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -566,4 +557,25 @@ impl Drop for Partition {
             .status()
             .ok();
     }
+}
+
+/// `method path` of the daemon at `url` as the holder of `token`, with an
+/// optional JSON body; the status and the JSON answer (`null` if none).
+pub async fn request(
+    client: &reqwest::Client,
+    url: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (reqwest::StatusCode, Value) {
+    let mut request = client
+        .request(method, format!("{url}{path}"))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
