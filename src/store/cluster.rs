@@ -142,6 +142,37 @@ mod tests {
 
     const TTL: i64 = 60_000;
 
+    /// A store call made from async code does not hold the runtime's
+    /// worker while the database takes its time: the worker's other tasks
+    /// go on meanwhile (here the runtime has one worker, and the database
+    /// sleeps 2 s in the call).
+    #[test]
+    fn a_slow_database_holds_no_runtime_worker() {
+        let [_, postgres] = testing::backings();
+        let store = postgres.open();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (done, mut order) = tokio::sync::mpsc::unbounded_channel();
+        let slept = done.clone();
+        runtime.spawn(async move {
+            let Engine::Postgres(db) = &*store.engine else {
+                unreachable!("a PostgreSQL store")
+            };
+            db.execute("SELECT pg_sleep(2)").unwrap();
+            slept.send("the store call").unwrap();
+        });
+        runtime.spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            done.send("another task").unwrap();
+        });
+        let first = runtime.block_on(order.recv());
+        assert_eq!(first, Some("another task"));
+        assert_eq!(runtime.block_on(order.recv()), Some("the store call"));
+    }
+
     /// A commit through one handle rings, at the other, the followers of
     /// what it wrote and no others (their own look is an hour away); a
     /// listener whose connection was ended rings every follower once back.
