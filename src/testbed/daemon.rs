@@ -189,6 +189,30 @@ impl ServeProcess {
         Ok(answer.token)
     }
 
+    /// Reads its log until a line contains `needle` (at most `within`): the
+    /// lines read, that one last.
+    pub fn log_until(&mut self, needle: &str, within: Duration) -> Result<Vec<String>, String> {
+        let log = self.log.as_ref().ok_or("its log was drained")?;
+        let deadline = Instant::now() + within;
+        let mut read = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => {
+                    read.push(line);
+                    return Ok(read);
+                }
+                Ok(line) => read.push(line),
+                Err(_) => {
+                    return Err(format!(
+                        "no log line with {needle:?} within {within:?}:\n{}",
+                        read.join("\n")
+                    ));
+                }
+            }
+        }
+    }
+
     /// Drops the rest of its log as it comes, so a long run holds none of it.
     pub fn drain_log(&mut self) {
         self.log = None;

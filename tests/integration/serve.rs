@@ -199,16 +199,23 @@ async fn at_the_open_files_limit_the_daemon_backs_off_and_recovers() {
     let mut prlimit = Command::new("prlimit");
     prlimit.args(["--nofile=64:64", env!("CARGO_BIN_EXE_linkops")]);
     let timeout = std::ffi::OsStr::new("120s");
-    let (daemon, _, address) = serve(
+    let (mut daemon, _, address) = serve(
         prlimit,
         dir.path(),
         &[("LINKOPS_HTTP_HEADER_TIMEOUT", timeout)],
     );
-    // More silent connections than the daemon has descriptors left.
+    // More silent connections than the daemon has descriptors left, held
+    // until it ran out (it may accept more slowly than they are made).
     let mut held = Vec::new();
     for _ in 0..100 {
         held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
     }
+    let before = daemon
+        .log_until(
+            "accepting a connection failed",
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap();
     let health = format!("http://{address}/health");
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(2))
@@ -221,8 +228,10 @@ async fn at_the_open_files_limit_the_daemon_backs_off_and_recovers() {
     })
     .await;
     let (_, log) = daemon.terminate();
-    let reports = log
-        .lines()
+    let reports = before
+        .iter()
+        .map(String::as_str)
+        .chain(log.lines())
         .filter(|line| line.contains("accepting a connection failed"))
         .count();
     assert!(
