@@ -8,7 +8,8 @@
 //! addresses are often not reachable from where the browser is. The holder
 //! checks everything itself (token, role, origin: the `Host` is passed on);
 //! the forwarding replica only makes sure the caller is signed in before
-//! relaying, and a forwarded request is never forwarded again.
+//! relaying. The holder is one row of the store, so a forwarded request
+//! reaches the replica that finds itself the holder.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,7 +27,8 @@ use super::{ApiError, AppState};
 use crate::contract::WorkspaceView;
 use crate::store::Member;
 
-/// Marks a request one replica forwarded to another (its value: the forwarder's member id).
+/// Marks a request one replica forwarded to another (its value: the
+/// forwarder's member id): a list asked so shows only what the holder holds.
 pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-linkops-forwarded-by");
 /// The routes of one workspace; what follows `{id}` says which.
 const WORKSPACE_ROUTE: &str = "/api/terminal/workspaces/{id}";
@@ -47,7 +49,9 @@ pub async fn to_holder(State(state): State<AppState>, request: Request, next: Ne
     let Some(route) = route else {
         return next.run(request).await;
     };
-    if !state.store.is_shared() || request.headers().contains_key(FORWARDED_BY) {
+    // No header decides this (a client could send any): the holder finds
+    // itself the holder and serves the request, a forwarded one included.
+    if !state.store.is_shared() {
         return next.run(request).await;
     }
     // Connecting panes and the socket make the workspace live: here, unless
