@@ -62,8 +62,11 @@ impl Store {
                 .into_iter()
                 .find(|member| member.replica == holder))
         };
-        if !take {
-            return held_by(self.read_one(TERMINAL_HOLDERS, workspace)?);
+        let holder = self.read_one(TERMINAL_HOLDERS, workspace)?;
+        let here = holder.as_deref() == Some(replica);
+        let other = held_by(holder)?;
+        if !take || here || other.is_some() {
+            return Ok(other);
         }
         // Under the write lock: two replicas taking one workspace at once
         // see each other, and only the first holds it.

@@ -149,7 +149,7 @@ pub struct Postgres {
     link: Link,
     /// For the doorbell's connection of its own (boxed: the engine enum stays small).
     config: Box<tokio_postgres::Config>,
-    doorbell: std::sync::OnceLock<Arc<Doorbell>>,
+    doorbell: Arc<Doorbell>,
     /// Listening from the first follower on.
     listening: std::sync::Once,
 }
@@ -226,20 +226,19 @@ impl Postgres {
             runtime: Some(runtime),
             link,
             config: Box::new(config),
-            doorbell: std::sync::OnceLock::new(),
+            doorbell: Arc::default(),
             listening: std::sync::Once::new(),
         })
     }
 
     /// What wakes a follower of `tables` when any replica commits a write to one.
     pub fn ring_for(&self, tables: &[&str]) -> Ring {
-        let doorbell = self.doorbell.get_or_init(Default::default);
         // Subscribed before the listener starts: the first follower hears its first ring.
-        let ring = doorbell.ring_for(tables);
+        let ring = self.doorbell.ring_for(tables);
         self.listening.call_once(|| {
             let listening = doorbell::listen(
                 (*self.config).clone(),
-                doorbell.clone(),
+                self.doorbell.clone(),
                 self.link.store.clone(),
             );
             self.link.handle.spawn(listening);
