@@ -1,4 +1,6 @@
-//! Files that hold secrets: private SSH keys and the JWT signing secret.
+//! Files that hold secrets: private SSH keys and the JWT signing secret; and
+//! the one place that takes the daemon's secrets out of text that came from
+//! outside ([`Redactor`]).
 //!
 //! A secret file readable by anyone but its owner is refused — the error says
 //! which file and the `chmod` that fixes it — rather than silently used.
@@ -94,9 +96,128 @@ pub fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What stands for a secret in redacted text.
+pub const REDACTED: &str = "[redacted]";
+
+/// Secrets shorter than this are not looked for: they would mangle ordinary
+/// words, and a secret that short is no secret.
+const SHORTEST_REDACTED: usize = 4;
+
+/// Takes every secret the daemon holds out of text that came from outside —
+/// a forge's or sink's answer, an HTTP client's error — before it is stored,
+/// shown or logged: an endpoint (a proxy, a gateway, a debug page) that echoes
+/// a request's `Authorization` header or URL must not hand the forge token to
+/// a viewer. Each secret is looked for as sent, JSON-escaped and
+/// percent-encoded; a URL that is secret (a Slack or ntfy URL) also by its
+/// path, which is what servers echo.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    /// Every form to look for, longest first (a secret containing another is
+    /// replaced whole).
+    forms: Vec<String>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redactor({} forms)", self.forms.len())
+    }
+}
+
+impl Redactor {
+    /// The secrets the configuration holds itself: the webhook's shared
+    /// secret, the signing key when set there, the Git URL's credentials. The
+    /// forge's and sinks' are added as they are read.
+    pub fn of_config(config: &crate::config::Config) -> Redactor {
+        use secrecy::ExposeSecret;
+        let held = [&config.webhook.secret, &config.auth.jwt_secret];
+        let mut redactor = Redactor::default();
+        for secret in held.into_iter().flatten() {
+            redactor = redactor.secret(secret.expose_secret());
+        }
+        let credentials = config.git.url.iter().flat_map(|url| url.credentials());
+        credentials.fold(redactor, |redactor, secret| redactor.secret(&secret))
+    }
+
+    /// Adds a secret (a token, a shared secret, a password).
+    pub fn secret(mut self, secret: &str) -> Redactor {
+        let json = serde_json::to_string(secret).unwrap_or_default();
+        let json = json.trim_matches('"').to_owned();
+        let escaped_slashes = json.replace('/', "\\/");
+        let percent = serde_urlencoded::to_string([("", secret)]).unwrap_or_default();
+        let percent = percent.trim_start_matches('=').to_owned();
+        for form in [secret.to_owned(), json, escaped_slashes, percent] {
+            if form.len() >= SHORTEST_REDACTED && !self.forms.contains(&form) {
+                self.forms.push(form);
+            }
+        }
+        self.forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
+        self
+    }
+
+    /// Adds a URL that is a secret as a whole (a Slack webhook, an ntfy topic):
+    /// the URL and its path and query.
+    pub fn secret_url(self, url: &str) -> Redactor {
+        let path = reqwest::Url::parse(url).ok().map(|url| {
+            let mut path = url.path().to_owned();
+            if let Some(query) = url.query() {
+                path = format!("{path}?{query}");
+            }
+            path
+        });
+        let redactor = self.secret(url);
+        match path.filter(|path| path.trim_matches('/').len() >= SHORTEST_REDACTED) {
+            Some(path) => redactor.secret(&path),
+            None => redactor,
+        }
+    }
+
+    /// `text` with every secret replaced by [`REDACTED`].
+    pub fn redact(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for form in &self.forms {
+            if text.contains(form.as_str()) {
+                text = text.replace(form.as_str(), REDACTED);
+            }
+        }
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_form_of_a_secret_is_redacted_and_nothing_else() {
+        let redactor = Redactor::default()
+            .secret("tok/en+secret 42")
+            .secret("abc")
+            .secret_url("https://hooks.slack.example/services/T0/B0/hunter2?x=1");
+        let cases = [
+            (
+                "Authorization: token tok/en+secret 42",
+                "Authorization: token [redacted]",
+            ),
+            (
+                r#"{"auth":"token tok\/en+secret 42"}"#,
+                r#"{"auth":"token [redacted]"}"#,
+            ),
+            ("?t=tok%2Fen%2Bsecret+42", "?t=[redacted]"),
+            (
+                "POST https://hooks.slack.example/services/T0/B0/hunter2?x=1: 404",
+                "POST [redacted]: 404",
+            ),
+            (
+                "no route /services/T0/B0/hunter2?x=1",
+                "no route [redacted]",
+            ),
+            // Too short to look for: ordinary text stays whole.
+            ("abc and abcdef", "abc and abcdef"),
+        ];
+        for (text, redacted) in cases {
+            assert_eq!(redactor.redact(text), redacted, "{text}");
+        }
+    }
 
     #[test]
     fn generated_secret_is_private_and_stable() {

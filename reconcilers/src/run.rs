@@ -13,6 +13,7 @@ use crate::enrollment::Enrollment;
 use crate::machine::{Machine, MachineStatus};
 use crate::rollout::Rollout;
 use crate::script::{ParamValue, Targets};
+use crate::suspension::Held;
 
 /// A run-request as committed under `runs/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -147,8 +148,9 @@ pub enum RunDecision {
     Start { machines: Vec<(String, Placement)> },
     /// Not yet; look again after this many milliseconds.
     Wait { reason: String, retry_after_ms: i64 },
-    /// Reconciliation is suspended: it waits, and is looked at again on resume.
-    Suspended,
+    /// The fleet, or a machine it targets, is suspended: it waits, and is
+    /// looked at again on resume. `reason` names the suspension.
+    Suspended { reason: String },
     /// Its operation exists; `changed` if the request was edited since.
     AlreadyStarted { operation_id: u64, changed: bool },
     /// It left Git before it started.
@@ -165,14 +167,15 @@ pub type Statuses = BTreeMap<String, MachineStatus>;
 pub const ENROLLMENT_WAIT_MS: i64 = 2_000;
 
 /// Decides about one run-request from what Git asks, what the store knows
-/// and whether the fleet is suspended (a suspension holds back a start, not
-/// the record of one, nor a cancellation).
+/// and what is suspended (a suspension holds back a start, not the record of
+/// one, nor a cancellation). A request runs once, so a machine of it that is
+/// suspended holds the whole request rather than being skipped for ever.
 pub fn decide(
     desired: Option<&RunRequest>,
     record: Option<&RunRecord>,
     machines: &[Machine],
     statuses: &Statuses,
-    suspended: bool,
+    held: &Held,
     now_ms: i64,
 ) -> RunDecision {
     if let Some(RunRecord {
@@ -196,8 +199,8 @@ pub fn decide(
             _ => RunDecision::Nothing,
         };
     };
-    if suspended {
-        return RunDecision::Suspended;
+    if let Some(reason) = held.refusal(None) {
+        return RunDecision::Suspended { reason };
     }
     if let Some(not_before) = run.not_before {
         let at = not_before.as_millisecond();
@@ -209,6 +212,9 @@ pub fn decide(
         }
     }
     let selected = run.targets.select(machines);
+    if let Some(reason) = selected.iter().find_map(|id| held.refusal(Some(id))) {
+        return RunDecision::Suspended { reason };
+    }
     if let Some(id) = selected.iter().find(|id| {
         statuses
             .get(*id)
@@ -219,19 +225,33 @@ pub fn decide(
             retry_after_ms: ENROLLMENT_WAIT_MS,
         };
     }
-    let placements = place(&run.targets, machines, statuses);
+    let placements = place(&run.targets, machines, statuses, held);
     RunDecision::Start {
         machines: placements,
     }
 }
 
-/// Where a run goes: each selected machine runs if enrolled, or is skipped
-/// with the reason; named machines that are not in the inventory are skipped
-/// too, so nothing asked for is silently dropped. In target order.
+/// Why a run asked for by hand (or a retry) is refused as a whole: the fleet
+/// is held, or every machine it selects is. Otherwise it starts and
+/// [`place`] skips the held machines, naming their suspension.
+pub fn refused_by_suspension(held: &Held, selected: &[String]) -> Option<String> {
+    if let Some(reason) = held.refusal(None) {
+        return Some(reason);
+    }
+    let mut reasons = selected.iter().map(|id| held.refusal(Some(id)));
+    let first = reasons.next()??;
+    reasons.all(|reason| reason.is_some()).then_some(first)
+}
+
+/// Where a run goes: each selected machine runs if enrolled and not
+/// suspended, or is skipped with the reason; named machines that are not in
+/// the inventory are skipped too, so nothing asked for is silently dropped.
+/// In target order.
 pub fn place(
     targets: &Targets,
     machines: &[Machine],
     statuses: &Statuses,
+    held: &Held,
 ) -> Vec<(String, Placement)> {
     let selected: std::collections::BTreeSet<String> =
         targets.select(machines).into_iter().collect();
@@ -239,9 +259,11 @@ pub fn place(
         .iter()
         .filter(|machine| selected.contains(&machine.id))
         .map(|machine| {
-            let placement = match statuses.get(&machine.id).map(|s| &s.enrollment) {
-                Some(Enrollment::Enrolled) => Placement::Run(Box::new(machine.clone())),
-                other => Placement::Skip {
+            let enrollment = statuses.get(&machine.id).map(|s| &s.enrollment);
+            let placement = match (held.refusal(Some(&machine.id)), enrollment) {
+                (Some(reason), _) => Placement::Skip { reason },
+                (None, Some(Enrollment::Enrolled)) => Placement::Run(Box::new(machine.clone())),
+                (None, other) => Placement::Skip {
                     reason: format!(
                         "not enrolled: {}",
                         describe(other.unwrap_or(&Enrollment::Unknown))
@@ -338,7 +360,7 @@ mod tests {
             None,
             &fleet(),
             &status(Enrollment::Enrolled),
-            false,
+            &Held::default(),
             0,
         );
         let RunDecision::Start { machines } = decision else {
@@ -364,14 +386,47 @@ mod tests {
 
     #[test]
     fn a_suspension_holds_back_a_start_but_not_a_record_or_a_cancel() {
+        use crate::suspension::Scope;
         let (statuses, machines, request) = (status(Enrollment::Enrolled), fleet(), run(None));
-        let held = |desired: Option<&RunRequest>, record: Option<&RunRecord>| {
-            decide(desired, record, &machines, &statuses, true, 0)
+        let fleet_held = Held {
+            by_config: false,
+            scopes: vec![Scope::Fleet],
         };
-        assert_eq!(held(Some(&request), None), RunDecision::Suspended);
+        let decide_held = |held: &Held, desired: Option<&RunRequest>, record| {
+            decide(desired, record, &machines, &statuses, held, 0)
+        };
+        let machine_held = |id: &str| Held {
+            by_config: false,
+            scopes: vec![Scope::Machine(id.into())],
+        };
+        let by_config = Held {
+            by_config: true,
+            scopes: vec![],
+        };
+        // Each hold, and the reason the request waits with.
+        let cases: [(&Held, &str); 3] = [
+            (&fleet_held, "reconciliation of the fleet is suspended"),
+            (&by_config, "suspended by the configuration"),
+            (
+                &machine_held("db"),
+                "reconciliation of machine db is suspended",
+            ),
+        ];
+        for (held, says) in cases {
+            let decision = decide_held(held, Some(&request), None);
+            let RunDecision::Suspended { reason } = &decision else {
+                panic!("{held:?}: {decision:?}")
+            };
+            assert!(reason.contains(says), "{reason}");
+        }
+        // A machine it does not target holds nothing.
+        assert!(matches!(
+            decide_held(&machine_held("other"), Some(&request), None),
+            RunDecision::Start { .. }
+        ));
         let ran = started(request.content());
         assert_eq!(
-            held(Some(&request), Some(&ran)),
+            decide_held(&fleet_held, Some(&request), Some(&ran)),
             RunDecision::AlreadyStarted {
                 operation_id: 7,
                 changed: false
@@ -383,7 +438,70 @@ mod tests {
             },
             ..started(String::new())
         };
-        assert_eq!(held(None, Some(&waiting)), RunDecision::Cancel);
+        assert_eq!(
+            decide_held(&fleet_held, None, Some(&waiting)),
+            RunDecision::Cancel
+        );
+    }
+
+    #[test]
+    fn a_run_by_hand_is_refused_only_when_nothing_it_selects_may_start() {
+        use crate::suspension::Scope;
+        let held = |scopes: &[Scope]| Held {
+            by_config: false,
+            scopes: scopes.to_vec(),
+        };
+        let web = Scope::Machine("web".into());
+        let db = Scope::Machine("db".into());
+        let selected = ["web".to_owned(), "db".to_owned()];
+        let cases: [(Held, &[String], Option<&str>); 6] = [
+            (held(&[]), &selected, None),
+            (held(std::slice::from_ref(&web)), &selected, None),
+            (held(&[web.clone(), db]), &selected, Some("machine web")),
+            (held(&[Scope::Fleet]), &selected, Some("the fleet")),
+            (held(&[Scope::Fleet]), &[], Some("the fleet")),
+            (held(&[web]), &[], None),
+        ];
+        for (held, selected, expected) in cases {
+            let refusal = refused_by_suspension(&held, selected);
+            match expected {
+                None => assert_eq!(refusal, None, "{held:?} {selected:?}"),
+                Some(names) => assert!(
+                    refusal.as_deref().is_some_and(|r| r.contains(names)),
+                    "{held:?} {selected:?}: {refusal:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn a_suspended_machine_is_placed_as_skipped_naming_its_suspension() {
+        let held = Held {
+            by_config: false,
+            scopes: vec![crate::suspension::Scope::Machine("web-1".into())],
+        };
+        let placements = place(
+            &run(None).targets,
+            &fleet(),
+            &status(Enrollment::Enrolled),
+            &held,
+        );
+        let reasons: Vec<String> = placements
+            .iter()
+            .map(|(id, placement)| match placement {
+                Placement::Run(_) => format!("{id}: runs"),
+                Placement::Skip { reason } => format!("{id}: {reason}"),
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "web-1: reconciliation of machine web-1 is suspended \
+                 (POST /api/reconcile/resume {\"machine\": \"web-1\"} lifts it)",
+                "web-2: not enrolled: /etc/linkops/client_id is missing",
+                "db: runs",
+            ]
+        );
     }
 
     #[test]
@@ -397,7 +515,7 @@ mod tests {
             None,
             &fleet(),
             &status(Enrollment::Enrolled),
-            false,
+            &Held::default(),
             now,
         );
         assert_eq!(
@@ -412,7 +530,7 @@ mod tests {
             None,
             &fleet(),
             &status(Enrollment::Unknown),
-            false,
+            &Held::default(),
             now,
         );
         assert!(
@@ -436,7 +554,7 @@ mod tests {
             Some(&record),
             &fleet(),
             &status(Enrollment::Enrolled),
-            false,
+            &Held::default(),
             0,
         );
         assert_eq!(
@@ -455,7 +573,7 @@ mod tests {
             Some(&record),
             &fleet(),
             &status(Enrollment::Enrolled),
-            false,
+            &Held::default(),
             0,
         );
         assert_eq!(
@@ -471,7 +589,7 @@ mod tests {
             Some(&record),
             &fleet(),
             &status(Enrollment::Enrolled),
-            false,
+            &Held::default(),
             0,
         );
         assert_eq!(
@@ -527,8 +645,8 @@ mod tests {
                 Some(&waiting),
                 &fleet(),
                 &status(Enrollment::Enrolled),
-                false,
-                0
+                &Held::default(),
+                0,
             ),
             RunDecision::Cancel
         );
@@ -542,8 +660,8 @@ mod tests {
                 Some(&cancelled),
                 &fleet(),
                 &status(Enrollment::Enrolled),
-                false,
-                0
+                &Held::default(),
+                0,
             ),
             RunDecision::Nothing
         );
@@ -553,8 +671,8 @@ mod tests {
                 None,
                 &fleet(),
                 &status(Enrollment::Enrolled),
-                false,
-                0
+                &Held::default(),
+                0,
             ),
             RunDecision::Nothing
         );

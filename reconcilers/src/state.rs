@@ -650,10 +650,8 @@ pub fn decide(
                     operation_id: apply.operation_id,
                 };
             }
-            if observed.held.holds(Some(&id)) {
-                break 'standing Standing::Held {
-                    reason: "reconciliation is suspended".into(),
-                };
+            if let Some(reason) = observed.held.refusal(Some(&id)) {
+                break 'standing Standing::Held { reason };
             }
             match observed.statuses.get(&id).map(|s| &s.enrollment) {
                 Some(Enrollment::Enrolled) => {}
@@ -1125,7 +1123,9 @@ mod tests {
         assert_eq!(
             decision.targets[1].standing,
             Standing::Held {
-                reason: "reconciliation is suspended".into()
+                reason: "reconciliation of machine web2 is suspended \
+                         (POST /api/reconcile/resume {\"machine\": \"web2\"} lifts it)"
+                    .into()
             }
         );
         let fleet_held = Held {

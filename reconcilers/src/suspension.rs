@@ -37,6 +37,29 @@ impl Held {
     pub fn holds(&self, machine: Option<&str>) -> bool {
         self.by_config || holds(&self.scopes, machine)
     }
+
+    /// The one rule for every start — a manual run, a retry, a run-request,
+    /// a state's apply: nothing starts on a held `machine` (with `None`,
+    /// nothing of the fleet's own). Names the suspension and how it is lifted.
+    pub fn refusal(&self, machine: Option<&str>) -> Option<String> {
+        if self.by_config {
+            return Some(
+                "reconciliation is suspended by the configuration ([reconcile] suspended = true)"
+                    .into(),
+            );
+        }
+        if holds(&self.scopes, None) {
+            return Some(
+                "reconciliation of the fleet is suspended (POST /api/reconcile/resume {} lifts it)"
+                    .into(),
+            );
+        }
+        let machine = machine.filter(|id| holds(&self.scopes, Some(id)))?;
+        Some(format!(
+            "reconciliation of machine {machine} is suspended \
+             (POST /api/reconcile/resume {{\"machine\": {machine:?}}} lifts it)"
+        ))
+    }
 }
 
 /// Whether `held` stops reconciling `machine`, or with `None`, what belongs to
@@ -66,10 +89,16 @@ pub fn released(scope: &Scope, desired: &DesiredState) -> Released {
         .filter(|m| scope.machine().is_none_or(|id| id == m.id))
         .map(|m| m.id.clone())
         .collect();
-    let runs = match scope {
-        Scope::Fleet => desired.runs.keys().cloned().collect(),
-        Scope::Machine(_) => Vec::new(),
-    };
+    // A run-request waits while any machine it targets is held.
+    let runs = desired
+        .runs
+        .values()
+        .filter(|run| match scope {
+            Scope::Fleet => true,
+            Scope::Machine(id) => run.targets.select(&desired.machines).contains(id),
+        })
+        .map(|run| run.id.clone())
+        .collect();
     let states = desired
         .states
         .values()

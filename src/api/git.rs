@@ -48,7 +48,7 @@ pub async fn desired(
 #[utoipa::path(get, path = "/api/git/status", tag = "git", responses((status = 200, description = "Applied and last attempted revision; problems as file:line:col", body = GitStatus)))]
 pub async fn status(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
 ) -> Result<Json<GitStatus>, ApiError> {
     let last = state.store.recent_syncs(1)?.into_iter().next();
     let applied = state.store.last_applied_sync()?;
@@ -72,11 +72,17 @@ pub async fn status(
             .collect(),
         None => Vec::new(),
     };
-    // Only the forge's messages: the sinks' are at /api/notifications.
+    // Only the forge's messages: the sinks' are at /api/notifications. What
+    // the forge answered (redacted) is for admins, as the outbox is.
+    let admin = caller.require(Role::Admin).is_ok();
     let forge = |messages: Vec<linkops_reconcilers::outbox::Queued>| {
         messages
             .into_iter()
             .filter(|q| q.channel == linkops_reconcilers::outbox::FORGE)
+            .map(|queued| linkops_reconcilers::outbox::Queued {
+                last_error: queued.last_error.filter(|_| admin),
+                ..queued
+            })
             .collect()
     };
     Ok(Json(GitStatus {

@@ -7,13 +7,16 @@ use super::extract::Json;
 use super::auth::Authenticated;
 use super::{ApiError, AppState};
 use crate::contract::OutboxView;
+use crate::store::Role;
 
 /// `GET /api/notifications`
-#[utoipa::path(get, path = "/api/notifications", tag = "daemon", responses((status = 200, description = "Commit statuses and notifications waiting for delivery, and the dead letters", body = OutboxView)))]
+#[utoipa::path(get, path = "/api/notifications", tag = "daemon", responses((status = 200, description = "Commit statuses and notifications waiting for delivery, and the dead letters (admin)", body = OutboxView)))]
 pub async fn list(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
 ) -> Result<Json<OutboxView>, ApiError> {
+    // Admin: what the forge and sinks answered is theirs, whatever it says.
+    caller.require(Role::Admin)?;
     Ok(Json(OutboxView {
         queued: state.store.queued()?,
         dead: state.store.dead_letters()?,

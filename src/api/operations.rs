@@ -62,7 +62,7 @@ pub async fn get(
 
 /// `POST /api/operations/run`: starts at once and answers with the operation;
 /// it continues in the background (follow it at `/api/operations/{id}/events`).
-#[utoipa::path(post, path = "/api/operations/run", tag = "operations", request_body = RunBody, responses((status = 202, description = "Started; follow it at /api/operations/{id}/events (operator)", body = OperationView), (status = 422, description = "Unknown script, bad parameters or no targets; details.field names it", body = crate::contract::ErrorBody)))]
+#[utoipa::path(post, path = "/api/operations/run", tag = "operations", request_body = RunBody, responses((status = 202, description = "Started; follow it at /api/operations/{id}/events (operator); suspended machines are skipped, naming their suspension", body = OperationView), (status = 409, description = "The fleet, or every machine it selects, is suspended", body = crate::contract::ErrorBody), (status = 422, description = "Unknown script, bad parameters or no targets; details.field names it", body = crate::contract::ErrorBody)))]
 pub async fn run(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -147,7 +147,7 @@ pub async fn run(
 
 /// `POST /api/operations/{id}/retry`: the same script and parameters again, on
 /// the machines of the operation that failed, timed out or were interrupted.
-#[utoipa::path(post, path = "/api/operations/{id}/retry", tag = "operations", params(("id" = u64, Path, description = "Operation id")), responses((status = 202, description = "Started (operator): a new operation whose `retry_of` is this one", body = OperationView), (status = 409, description = "Still running, or no machine of it failed, timed out or was interrupted", body = crate::contract::ErrorBody), (status = 422, description = "Its script left the catalog, or its parameters no longer fit it", body = crate::contract::ErrorBody)))]
+#[utoipa::path(post, path = "/api/operations/{id}/retry", tag = "operations", params(("id" = u64, Path, description = "Operation id")), responses((status = 202, description = "Started (operator): a new operation whose `retry_of` is this one", body = OperationView), (status = 409, description = "Still running, no machine of it failed, timed out or was interrupted, a state's apply (resume the state instead), or its machines are suspended", body = crate::contract::ErrorBody), (status = 422, description = "Its script left the catalog, or its parameters no longer fit it", body = crate::contract::ErrorBody)))]
 pub async fn retry(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -155,6 +155,13 @@ pub async fn retry(
 ) -> Result<(StatusCode, Json<OperationView>), ApiError> {
     let user = caller.require(Role::Operator)?;
     let (operation, hosts) = recorded(&state, id)?;
+    if let Requester::State { id: state_id, .. } = &operation.requested_by {
+        // A state's applies keep its windows, rollout and halt: retried by hand they would not.
+        return Err(ApiError::Conflict(format!(
+            "operation {id} applied state {state_id}, whose applies follow its windows and \
+             rollout: resume the state instead (POST /api/states/{state_id}/resume)"
+        )));
+    }
     if operation.finished_at_ms.is_none() {
         return Err(ApiError::Conflict(format!(
             "operation {id} is still {}: retry it once it has ended",
@@ -212,32 +219,37 @@ pub async fn retry(
     started(&state, plan)
 }
 
-/// Where a run goes. Right after a start or an inventory change a target
-/// may not have been checked yet: it is checked now rather than skipped as
-/// "not checked yet".
+/// Where a run goes. Nothing starts on a suspended machine (the whole run
+/// is refused when nothing it selects may start). Right after a start or an
+/// inventory change a target may not have been checked yet: it is checked
+/// now rather than skipped as "not checked yet".
 async fn placed(
     state: &AppState,
     desired: &linkops_reconcilers::desired::DesiredState,
     targets: &Targets,
 ) -> Result<Vec<HostPlan>, ApiError> {
     let store = &state.store;
+    let held = state.controller.held()?;
     let selected = targets.select(&desired.machines);
-    let before = store.machine_statuses(&selected)?;
-    let mut unchecked = Vec::new();
-    for id in &selected {
-        let checked = before.get(id).is_some_and(|status| {
-            status.enrollment != linkops_reconcilers::enrollment::Enrollment::Unknown
-        });
-        if !checked && !state.controller.suspended(Some(id))? {
-            unchecked.push(id.clone());
-        }
+    if let Some(reason) = run::refused_by_suspension(&held, &selected) {
+        return Err(ApiError::Conflict(format!("nothing was started: {reason}")));
     }
+    let before = store.machine_statuses(&selected)?;
+    let unchecked: Vec<&String> = selected
+        .iter()
+        .filter(|id| {
+            held.refusal(Some(id)).is_none()
+                && before.get(*id).is_none_or(|status| {
+                    status.enrollment == linkops_reconcilers::enrollment::Enrollment::Unknown
+                })
+        })
+        .collect();
     let checks = unchecked.iter().map(|id| state.controller.verify(id));
     for checked in futures::future::join_all(checks).await {
         checked?;
     }
     let statuses = store.machine_statuses(&selected)?;
-    let placements = run::place(targets, &desired.machines, &statuses);
+    let placements = run::place(targets, &desired.machines, &statuses, &held);
     Ok(HostPlan::from_placements(placements))
 }
 

@@ -11,11 +11,12 @@ use crate::store::{Actor, Role};
 use linkops_reconcilers::suspension;
 
 /// `GET /api/reconcile`
-#[utoipa::path(get, path = "/api/reconcile", tag = "reconcile", responses((status = 200, description = "Suspensions in force", body = SuspensionView)))]
+#[utoipa::path(get, path = "/api/reconcile", tag = "reconcile", responses((status = 200, description = "Suspensions in force (admin)", body = SuspensionView)))]
 pub async fn status(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
 ) -> Result<Json<SuspensionView>, ApiError> {
+    caller.require(Role::Admin)?;
     Ok(Json(suspensions(&state)?))
 }
 

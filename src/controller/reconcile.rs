@@ -242,15 +242,14 @@ impl Context {
             record.as_ref(),
             &desired.machines,
             &statuses,
-            self.suspended(None)?,
+            &self.held()?,
             now_ms(),
         );
         match decision {
             RunDecision::Nothing => Ok(Action::AwaitChange),
-            RunDecision::Suspended => {
-                let reason = "reconciliation is suspended".into();
+            RunDecision::Suspended { reason } => {
                 self.record_run(id, request, RunState::Waiting { reason }, desired)?;
-                // Resuming triggers every run-request again.
+                // Resuming triggers the run-requests it held again.
                 Ok(Action::AwaitChange)
             }
             RunDecision::Cancel => {

@@ -55,6 +55,20 @@ impl RepoUrl {
         (!host.is_empty() && path.split('/').count() == 2).then(|| (host, path.to_owned()))
     }
 
+    /// The credentials, as written and percent-decoded (for the daemon's
+    /// [`crate::secrets::Redactor`]).
+    pub fn credentials(&self) -> Vec<String> {
+        let Some(secret) = &self.secret else {
+            return Vec::new();
+        };
+        let decoded = percent_decode(secret);
+        let mut forms = vec![secret.clone()];
+        if decoded != *secret && !decoded.is_empty() {
+            forms.push(decoded);
+        }
+        forms
+    }
+
     /// `text` with every occurrence of the credentials (as written, or
     /// percent-decoded) replaced by `***`.
     pub fn scrub(&self, text: &str) -> String {

@@ -67,7 +67,13 @@ impl Forge {
         }))
     }
 
-    /// Posts one status; the error is what to record and retry on.
+    /// `redactor` with the token added.
+    pub fn redacted_from(&self, redactor: crate::secrets::Redactor) -> crate::secrets::Redactor {
+        redactor.secret(self.token.expose_secret())
+    }
+
+    /// Posts one status; the error is what to record and retry on (redacted
+    /// by the caller: it may echo the token).
     pub async fn post(
         &self,
         client: &reqwest::Client,
@@ -104,8 +110,9 @@ impl Forge {
             return Ok(());
         }
         let code = answer.status();
-        let body = answer.text().await.unwrap_or_default();
-        let body: String = body.chars().take(300).collect();
-        Err(format!("the forge answered {code}: {body}"))
+        Err(format!(
+            "the forge answered {code}: {}",
+            super::answer_excerpt(answer).await
+        ))
     }
 }

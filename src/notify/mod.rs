@@ -22,12 +22,18 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::metrics::{ChannelLabels, Metrics};
+use crate::secrets::Redactor;
 use crate::store::{Store, now_ms};
 pub use forge::Forge;
 pub use sinks::Sink;
 
 /// One attempt's bound: connecting, sending and reading the answer.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How much of a refusal's body is read (the rest is never downloaded) and
+/// how much of it, redacted, is kept with the failed delivery.
+const ANSWER_READ_BYTES: usize = 4 << 10;
+const ANSWER_KEPT_CHARS: usize = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -46,12 +52,18 @@ pub struct Notifier {
     sinks: Vec<Sink>,
     console_url: Option<String>,
     doorbell: watch::Sender<u64>,
+    /// Every secret of the daemon's, taken out of what a forge or sink answers.
+    redactor: Redactor,
 }
 
 impl Notifier {
     /// Reads `[forge]` and `[[notify.sinks]]` (and their secret files: blocking).
     pub fn from_config(config: &Config) -> Result<Notifier, Error> {
         let forge = Forge::from_config(config)?;
+        let mut redactor = Redactor::of_config(config);
+        if let Some(forge) = &forge {
+            redactor = forge.redacted_from(redactor);
+        }
         let mut sinks = Vec::new();
         for sink in &config.notify.sinks {
             if sinks.iter().any(|s: &Sink| s.name == sink.name) {
@@ -60,13 +72,16 @@ impl Notifier {
                     message: "two sinks have this name".into(),
                 });
             }
-            sinks.push(Sink::from_config(sink, &config.keys_dir())?);
+            let sink = Sink::from_config(sink, &config.keys_dir())?;
+            redactor = sink.redacted_from(redactor);
+            sinks.push(sink);
         }
         Ok(Notifier {
             forge,
             sinks,
             console_url: config.forge.console_url.clone(),
             doorbell: watch::channel(0).0,
+            redactor,
         })
     }
 
@@ -219,6 +234,8 @@ impl Delivery {
                 }
             }
             Err(error) => {
+                // Whatever the far end answered, redacted before it is kept or logged.
+                let error = cut(&self.notifier.redactor.redact(&error), ANSWER_KEPT_CHARS);
                 self.metrics
                     .deliveries
                     .get_or_create(&labels("failed"))
@@ -244,6 +261,28 @@ impl Delivery {
                 }
             }
         }
+    }
+}
+
+/// The start of a refusal's body, read only that far (a hostile endpoint
+/// may answer without end), as text.
+pub(super) async fn answer_excerpt(mut answer: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < ANSWER_READ_BYTES {
+        match answer.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body.truncate(ANSWER_READ_BYTES);
+    String::from_utf8_lossy(&body).trim().to_owned()
+}
+
+/// `text` cut to `chars` characters, marked when cut.
+fn cut(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
     }
 }
 

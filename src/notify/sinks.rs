@@ -61,12 +61,24 @@ impl Sink {
         })
     }
 
+    /// `redactor` with this sink's URL, secret and token added.
+    pub fn redacted_from(&self, redactor: crate::secrets::Redactor) -> crate::secrets::Redactor {
+        let redactor = redactor.secret_url(&self.url);
+        [&self.secret, &self.token]
+            .into_iter()
+            .flatten()
+            .fold(redactor, |redactor, secret| {
+                redactor.secret(secret.expose_secret())
+            })
+    }
+
     /// Whether the sink gets notifications of this kind.
     pub fn takes(&self, kind: EventKind) -> bool {
         self.events.is_empty() || self.events.contains(&kind)
     }
 
-    /// Sends one notification; `seq` is its delivery id (the same on every retry).
+    /// Sends one notification; `seq` is its delivery id (the same on every
+    /// retry). The error is redacted by the caller: it may echo the URL or token.
     pub async fn send(
         &self,
         client: &reqwest::Client,
@@ -121,7 +133,10 @@ impl Sink {
             .map_err(|error| request_error(&error))?;
         match answer.status() {
             code if code.is_success() => Ok(()),
-            code => Err(format!("the sink answered {code}")),
+            code => Err(format!(
+                "the sink answered {code}: {}",
+                super::answer_excerpt(answer).await
+            )),
         }
     }
 }

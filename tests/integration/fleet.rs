@@ -14,6 +14,9 @@ const SCRIPTS: &str = r#"scripts:
       - name: note
         type: string
         default: hello
+  - id: fail
+    name: Fail
+    body: exit 3
 "#;
 
 fn setup(hosts: usize, wrong_uuid: &[usize]) -> FleetSetup {
@@ -470,24 +473,60 @@ async fn a_run_request_removed_before_its_time_is_cancelled() {
     daemon.stop().await;
 }
 
-#[tokio::test]
-async fn suspended_reconciliation_starts_nothing_until_resumed() {
-    let setup = setup(1, &[]);
-    let daemon = setup.start().await;
-    let token = daemon.token(ADMIN.0, ADMIN.1).await;
-    let client = daemon.client();
-    let post = |path: &'static str, body: Value| {
-        let request = client
-            .post(format!("{}{path}", daemon.url))
-            .bearer_auth(&token)
-            .json(&body);
-        async move { request.send().await.unwrap() }
-    };
-    let suspended: Value = post("/api/reconcile/suspend", json!({}))
+/// Starts `script` on `machines` by hand: the answer's status and body.
+async fn run_by_hand(
+    daemon: &TestDaemon,
+    token: &str,
+    script: &str,
+    machines: &[&str],
+) -> (StatusCode, Value) {
+    let body = json!({"script": script, "targets": {"machines": machines}});
+    daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/operations/run",
+            token,
+            Some(body),
+        )
+        .await
+}
+
+/// The operation `id` once it has ended.
+async fn ended(daemon: &TestDaemon, token: &str, id: u64) -> Value {
+    let events = support::read_events(daemon, token, id, None).await;
+    assert_eq!(events.last().unwrap().event, "end");
+    daemon
+        .get(&format!("/api/operations/{id}"), Some(token))
         .await
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_suspension_holds_every_start_naming_itself_until_resumed() {
+    let setup = setup(2, &[]);
+    let daemon = setup.start().await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    let scope = |verb: &'static str, body: Value| {
+        let (daemon, token) = (&daemon, &token);
+        async move {
+            let path = format!("/api/reconcile/{verb}");
+            let (status, answer) = daemon
+                .request(reqwest::Method::POST, &path, token, Some(body))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            answer
+        }
+    };
+    let (status, failed) = run_by_hand(&daemon, &token, "fail", &["host1"]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{failed}");
+    let failed = failed["id"].as_u64().unwrap();
+    assert_eq!(ended(&daemon, &token, failed).await["state"], "failed");
+    let retry = format!("/api/operations/{failed}/retry");
+
+    // The fleet held: no run, no retry, no run-request.
+    let suspended = scope("suspend", json!({})).await;
     assert!(suspended["fleet"].is_string(), "{suspended}");
     let links: Value = daemon
         .get("/api/links", Some(&token))
@@ -496,7 +535,17 @@ async fn suspended_reconciliation_starts_nothing_until_resumed() {
         .await
         .unwrap();
     assert_eq!(links[0]["suspended"], true);
-
+    let (status, refused) = run_by_hand(&daemon, &token, "mark", &["host1", "host2"]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let says = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        says.contains("reconciliation of the fleet is suspended"),
+        "{says}"
+    );
+    let (status, refused) = daemon
+        .request(reqwest::Method::POST, &retry, &token, None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
     setup.work.write(
         "runs/held.yaml",
         "id: held\nscript: mark\ntargets:\n  machines: [host1]\n",
@@ -507,15 +556,59 @@ async fn suspended_reconciliation_starts_nothing_until_resumed() {
         (state["state"]["state"] == "waiting").then_some(state)
     })
     .await;
-    assert_eq!(held["state"]["reason"], "reconciliation is suspended");
+    let reason = held["state"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("reconciliation of the fleet is suspended"),
+        "{reason}"
+    );
 
-    let resumed: Value = post("/api/reconcile/resume", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    // Only host1 held: the run-request waits for it, a run skips it, naming
+    // the suspension, and a run or retry on host1 alone is refused.
+    scope("suspend", json!({"machine": "host1"})).await;
+    let resumed = scope("resume", json!({})).await;
     assert!(resumed["fleet"].is_null(), "{resumed}");
+    let waiting = eventually("the run-request to wait for host1", || async {
+        let state = run_state(&daemon, &token, "held").await;
+        let reason = state["state"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        reason
+            .contains("machine host1 is suspended")
+            .then_some(state)
+    })
+    .await;
+    assert_eq!(waiting["state"]["state"], "waiting", "{waiting}");
+    let (status, started) = run_by_hand(&daemon, &token, "mark", &["host1", "host2"]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let operation = ended(&daemon, &token, started["id"].as_u64().unwrap()).await;
+    let host1 = &operation["hosts"][0];
+    assert_eq!(host1["machine_id"], "host1", "{operation}");
+    assert_eq!(host1["state"]["state"], "skipped", "{operation}");
+    let reason = host1["state"]["reason"].as_str().unwrap();
+    assert!(reason.contains("machine host1 is suspended"), "{reason}");
+    assert_eq!(operation["hosts"][1]["state"]["state"], "succeeded");
+    let (status, refused) = run_by_hand(&daemon, &token, "mark", &["host1"]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let (status, refused) = daemon
+        .request(reqwest::Method::POST, &retry, &token, None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let says = refused["error"]["message"].as_str().unwrap();
+    assert!(says.contains("machine host1 is suspended"), "{says}");
+    // host1 has no mark: nothing ran there.
+    let host1_marks = setup
+        .marks
+        .join(format!("LINKOPS-{}", setup.fleet.host(0).uuid()));
+    assert!(!host1_marks.exists());
+
+    // Resuming host1 releases the run-request that waited for it.
+    scope("resume", json!({"machine": "host1"})).await;
     let operation = finished_operation(&daemon, &token, "held").await;
     assert_eq!(operation["state"], "succeeded", "{operation}");
+    let (status, retried) = daemon
+        .request(reqwest::Method::POST, &retry, &token, None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{retried}");
     daemon.stop().await;
 }

@@ -26,7 +26,7 @@ use linkops::config::{Config, ForgeKind, SinkConfig, SinkKind};
 use serde_json::{Value, json};
 
 use crate::git_sync::{WEBHOOK_SECRET, applied, ssh_config, ssh_setup, sync};
-use crate::support::{ADMIN, FleetSetup, TestDaemon, eventually, read_events};
+use crate::support::{ADMIN, FleetSetup, TestDaemon, VIEWER, eventually, read_events};
 
 const TOKEN: &str = "forge-token-0123456789";
 const OWNER_REPO: (&str, &str) = ("ops", "linkops-config");
@@ -874,5 +874,115 @@ async fn a_machine_going_down_is_told_once_and_its_bouncing_damped() {
         .collect();
     assert_eq!(kinds, [json!("machine_unreachable")]);
     assert_eq!(receivers.received.violations(), Vec::<String>::new());
+    daemon.stop().await;
+}
+
+/// A gateway in front of the forge and the sinks that answers every request
+/// with a 502 echoing its path, headers and body — as debug pages and some
+/// proxies do.
+async fn echoing_gateway() -> String {
+    let app = axum::Router::new().fallback(|request: axum::extract::Request| async move {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .unwrap_or_default();
+        let mut echo = format!("bad gateway: {} {}\n", parts.method, parts.uri);
+        for (name, value) in &parts.headers {
+            echo += &format!("{name}: {}\n", value.to_str().unwrap_or(""));
+        }
+        echo += &String::from_utf8_lossy(&body);
+        (StatusCode::BAD_GATEWAY, echo)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    url
+}
+
+#[tokio::test]
+async fn an_answer_that_echoes_a_secret_is_kept_redacted_and_shown_to_admins_only() {
+    let setup = FleetSetup::new(1, &[], SCRIPTS);
+    let gateway = echoing_gateway().await;
+    let slack_path = "/services/T0/B0/slack-path-secret";
+    let mut config = setup.config();
+    config.forge.kind = Some(ForgeKind::Forgejo);
+    config.forge.api_url = Some(format!("{gateway}/api/v1"));
+    config.forge.repository = Some(format!("{}/{}", OWNER_REPO.0, OWNER_REPO.1));
+    write_secret(&config, "forge_token", TOKEN);
+    write_secret(&config, "ntfy_token", NTFY_TOKEN);
+    let sink = |name: &str, kind, url: String, token_file: Option<String>| SinkConfig {
+        name: name.into(),
+        kind,
+        url: url.into(),
+        secret_file: None,
+        token_file,
+        events: vec![linkops_reconcilers::outbox::EventKind::OperationFailed],
+    };
+    config.notify.sinks = vec![
+        sink(
+            "chat",
+            SinkKind::Slack,
+            format!("{gateway}{slack_path}"),
+            None,
+        ),
+        sink(
+            "ntfy",
+            SinkKind::Ntfy,
+            format!("{gateway}/alerts"),
+            Some("ntfy_token".into()),
+        ),
+    ];
+    let daemon = setup.start_with(config).await;
+    let admin = daemon.token(ADMIN.0, ADMIN.1).await;
+    let (status, operation) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/operations/run",
+            &admin,
+            Some(json!({"script": "fail", "targets": {"machines": ["host1"]}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{operation}");
+    read_events(&daemon, &admin, operation["id"].as_u64().unwrap(), None).await;
+    let outbox = eventually("every channel to have failed once", || async {
+        let (_, outbox) = daemon
+            .request(reqwest::Method::GET, "/api/notifications", &admin, None)
+            .await;
+        let queued = outbox["queued"].as_array().cloned().unwrap_or_default();
+        let failed: BTreeMap<String, String> = queued
+            .iter()
+            .filter_map(|q| {
+                Some((
+                    q["channel"].as_str()?.into(),
+                    q["last_error"].as_str()?.into(),
+                ))
+            })
+            .collect();
+        (failed.len() == 3).then_some(failed)
+    })
+    .await;
+    for (channel, error) in &outbox {
+        assert!(error.contains("502"), "{channel}: {error}");
+        assert!(error.contains("[redacted]"), "{channel}: {error}");
+        for secret in [TOKEN, NTFY_TOKEN, slack_path] {
+            assert!(!error.contains(secret), "{channel}: {error}");
+        }
+    }
+    // Viewers see that statuses wait, not what the forge answered.
+    let viewer = daemon.token(VIEWER.0, VIEWER.1).await;
+    let (status, _) = daemon
+        .request(reqwest::Method::GET, "/api/notifications", &viewer, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, git) = daemon
+        .request(reqwest::Method::GET, "/api/git/status", &viewer, None)
+        .await;
+    let waiting = git["statuses_queued"].as_array().unwrap();
+    assert!(!waiting.is_empty(), "{git}");
+    assert!(waiting.iter().all(|q| q["last_error"].is_null()), "{git}");
+    let (_, git) = daemon
+        .request(reqwest::Method::GET, "/api/git/status", &admin, None)
+        .await;
+    assert!(git["statuses_queued"][0]["last_error"].is_string(), "{git}");
     daemon.stop().await;
 }

@@ -2319,7 +2319,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Commit statuses and notifications waiting for delivery, and the dead letters */
+            /** @description Commit statuses and notifications waiting for delivery, and the dead letters (admin) */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -2370,13 +2370,22 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Started; follow it at /api/operations/{id}/events (operator) */
+            /** @description Started; follow it at /api/operations/{id}/events (operator); suspended machines are skipped, naming their suspension */
             202: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["OperationView"];
+                };
+            };
+            /** @description The fleet, or every machine it selects, is suspended */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description Unknown script, bad parameters or no targets; details.field names it */
@@ -2492,7 +2501,7 @@ export interface operations {
                     "application/json": components["schemas"]["OperationView"];
                 };
             };
-            /** @description Still running, or no machine of it failed, timed out or was interrupted */
+            /** @description Still running, no machine of it failed, timed out or was interrupted, a state's apply (resume the state instead), or its machines are suspended */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2553,7 +2562,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Suspensions in force */
+            /** @description Suspensions in force (admin) */
             200: {
                 headers: {
                     [name: string]: unknown;

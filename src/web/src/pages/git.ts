@@ -42,6 +42,8 @@ export async function gitPage(main: HTMLElement): Promise<void> {
       status.statuses.map((posted) => [posted.status.context, badge(posted.status.state), posted.status.description,
         when(posted.posted_at)]), "Commit statuses"));
   }
+  // The outbox holds what the forge and sinks answered: admins only.
+  if (session()?.role !== "admin") return;
   const outbox = await api<OutboxView>("GET", "/api/notifications");
   main.append(h("h2", {}, "Outbox"));
   if (!outbox.queued.length && !outbox.dead.length) {
