@@ -407,6 +407,9 @@ pub struct GitConfig {
     /// them would change, as a `linkops/plan` commit status on their head.
     /// Names, or prefixes ending in `*` (`feature/*`); `*` is every branch.
     pub plan_branches: Vec<String>,
+    /// Branches waiting to be planned at most; a push beyond is answered 503
+    /// with `Retry-After` (forges redeliver), never dropped.
+    pub plan_queue: usize,
 }
 
 impl Default for GitConfig {
@@ -417,6 +420,7 @@ impl Default for GitConfig {
             deploy_key: None,
             interval: Duration::from_secs(15 * 60),
             plan_branches: vec!["*".into()],
+            plan_queue: 64,
         }
     }
 }
@@ -621,6 +625,12 @@ impl Config {
 
     pub fn checkout_dir(&self) -> PathBuf {
         self.data_dir.join("git-repo")
+    }
+
+    /// The mirror other branches are fetched into for plans (apart from the
+    /// followed branch's, so that plans never hold up a sync).
+    pub fn plans_dir(&self) -> PathBuf {
+        self.data_dir.join("git-plans")
     }
 
     pub fn jwt_secret_path(&self) -> PathBuf {

@@ -358,6 +358,8 @@ fn git_context(
     SyncContext {
         source,
         mirror: Mirror::new(config.checkout_dir()),
+        plan_mirror: Mirror::new(config.plans_dir()),
+        plan_queue: config.git.plan_queue,
         keep_attempts: config.retention.sync_records as u64,
         store,
         interval: config.git.interval,

@@ -2,7 +2,7 @@
 //! force — machines, scripts, run-requests, declared states (`linkops plan`,
 //! like `flux diff`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use serde::Serialize;
@@ -232,6 +232,48 @@ fn changed_fields<T: Serialize>(before: &T, after: &T) -> Vec<String> {
         .collect()
 }
 
+/// What a push to another branch asks of the planner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchWork {
+    /// Plan its head (whichever head it has when the plan runs).
+    Plan,
+    /// It was deleted: forget what was fetched of it.
+    Forget,
+}
+
+/// A branch waiting for the planner, and what for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub branch: String,
+    pub work: BranchWork,
+}
+
+/// What became of a push to another branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// It waits at the end of the queue.
+    Added,
+    /// The branch already waited: its newest push decides, in its place.
+    Coalesced,
+    /// `capacity` branches already wait: refused, for the forge to redeliver.
+    Full,
+}
+
+/// Queues `asked`: one entry per branch (a plan fetches the branch's newest
+/// head, so a burst of pushes to one branch is one plan), at most `capacity`
+/// branches; never dropped silently.
+pub fn queue(queue: &mut VecDeque<Waiting>, asked: Waiting, capacity: usize) -> Queued {
+    if let Some(waiting) = queue.iter_mut().find(|w| w.branch == asked.branch) {
+        waiting.work = asked.work;
+        return Queued::Coalesced;
+    }
+    if queue.len() >= capacity {
+        return Queued::Full;
+    }
+    queue.push_back(asked);
+    Queued::Added
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +409,30 @@ mod tests {
                 "+ state new",
                 "- state up (no longer kept; machines are left as they are)",
             ]
+        );
+    }
+
+    #[test]
+    fn pushes_to_a_branch_coalesce_and_a_full_queue_refuses() {
+        let ask = |branch: &str, work| Waiting {
+            branch: branch.into(),
+            work,
+        };
+        let mut waiting = VecDeque::new();
+        let steps = [
+            (ask("a", BranchWork::Plan), Queued::Added),
+            (ask("b", BranchWork::Plan), Queued::Added),
+            (ask("a", BranchWork::Plan), Queued::Coalesced),
+            (ask("c", BranchWork::Plan), Queued::Full),
+            // Deleted while waiting: forgotten instead, in its place.
+            (ask("a", BranchWork::Forget), Queued::Coalesced),
+        ];
+        for (asked, expected) in steps {
+            assert_eq!(queue(&mut waiting, asked.clone(), 2), expected, "{asked:?}");
+        }
+        assert_eq!(
+            Vec::from(waiting),
+            [ask("a", BranchWork::Forget), ask("b", BranchWork::Plan)]
         );
     }
 }

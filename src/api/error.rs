@@ -45,6 +45,12 @@ pub enum ApiError {
     Replayed(String),
     /// A feature that needs configuration first (the message says which).
     NotConfigured(String),
+    /// Not now: the message names what is missing (a full queue and its
+    /// setting, the database); `Retry-After` says when to try again.
+    Unavailable {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The replica holding a terminal workspace's sessions does not answer.
     HolderUnreachable {
         replica: String,
@@ -179,6 +185,15 @@ impl IntoResponse for ApiError {
             ApiError::NotConfigured(message) => {
                 (StatusCode::CONFLICT, "not_configured", message, None)
             }
+            ApiError::Unavailable {
+                message,
+                retry_after_secs,
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                message,
+                Some(json!({ "retry_after_secs": retry_after_secs })),
+            ),
             ApiError::HolderUnreachable {
                 replica,
                 address,

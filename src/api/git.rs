@@ -14,6 +14,7 @@ use crate::contract::{GitStatus, PostedStatusView, SyncRequested, SyncView, Webh
 use crate::git::sync::Trigger;
 use crate::git::webhook;
 use crate::store::{DeliveryClaim, Role, SyncOutcome, SyncRecord};
+use linkops_reconcilers::plan::BranchWork;
 
 /// Largest webhook body accepted; push payloads are a few KiB.
 pub const WEBHOOK_BODY_LIMIT: usize = 1 << 20;
@@ -127,7 +128,7 @@ pub async fn sync(
 ///
 /// Authenticated by its HMAC signature, not a token. A valid push to the
 /// followed branch asks for a sync and answers 202 at once.
-#[utoipa::path(post, path = "/api/git/webhook", tag = "git", security(()), request_body(content = Object, description = "A Forgejo, Gitea or GitHub push event, HMAC-SHA256 signed (X-Forgejo-Signature, X-Gitea-Signature or X-Hub-Signature-256)", content_type = "application/json"), responses((status = 202, description = "Accepted: a sync is queued (or another branch: ignored)", body = WebhookAnswer), (status = 401, description = "Bad signature", body = crate::contract::ErrorBody), (status = 409, description = "A replayed delivery, or webhooks not configured", body = crate::contract::ErrorBody), (status = 413, description = "Body over 1 MiB", body = crate::contract::ErrorBody), (status = 415, description = "Not JSON", body = crate::contract::ErrorBody)))]
+#[utoipa::path(post, path = "/api/git/webhook", tag = "git", security(()), request_body(content = Object, description = "A Forgejo, Gitea or GitHub push event, HMAC-SHA256 signed (X-Forgejo-Signature, X-Gitea-Signature or X-Hub-Signature-256)", content_type = "application/json"), responses((status = 202, description = "Accepted: a sync is queued (or another branch: ignored)", body = WebhookAnswer), (status = 401, description = "Bad signature", body = crate::contract::ErrorBody), (status = 409, description = "A replayed delivery, or webhooks not configured", body = crate::contract::ErrorBody), (status = 413, description = "Body over 1 MiB", body = crate::contract::ErrorBody), (status = 415, description = "Not JSON", body = crate::contract::ErrorBody), (status = 503, description = "Too many branches wait to be planned ([git] plan_queue): deliver again after Retry-After", body = crate::contract::ErrorBody)))]
 pub async fn webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -201,11 +202,23 @@ pub async fn webhook(
                 && state.config.forge.kind.is_some()
                 && webhook::is_branch_name(pushed) =>
         {
-            state.git.request_plan(pushed.to_owned());
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(WebhookAnswer::Plan(pushed.to_owned())),
-            ))
+            let work = match webhook::deletes_branch(&payload) {
+                true => BranchWork::Forget,
+                false => BranchWork::Plan,
+            };
+            if let Err(full) = state.git.request_plan(pushed, work) {
+                // Not taken: the forge's redelivery must not count as a replay.
+                state.store.release_webhook_delivery(&delivery, &digest)?;
+                return Err(ApiError::Unavailable {
+                    message: full.to_string(),
+                    retry_after_secs: 10,
+                });
+            }
+            let answer = match work {
+                BranchWork::Plan => WebhookAnswer::Plan(pushed.to_owned()),
+                BranchWork::Forget => WebhookAnswer::Forgotten(pushed.to_owned()),
+            };
+            Ok((StatusCode::ACCEPTED, Json(answer)))
         }
         other => Ok((
             StatusCode::ACCEPTED,

@@ -58,6 +58,8 @@ pub enum WebhookAnswer {
     Unchanged(String),
     /// A push to another branch: what merging it would change is posted on its head (`linkops/plan`).
     Plan(String),
+    /// Another branch was deleted: what was fetched of it for plans is forgotten.
+    Forgotten(String),
     /// Not a push to the followed branch; the text says what it was.
     Ignored(String),
 }

@@ -123,6 +123,37 @@ impl Mirror {
         Ok(reference.id().detach())
     }
 
+    /// Forgets a branch that was deleted: its tracking ref goes, and once no
+    /// branch is left the whole mirror (its objects with it) — it is made
+    /// again by the next fetch.
+    pub fn forget(&self, branch: &str) -> Result<(), Error> {
+        if !self.path.join("HEAD").exists() {
+            return Ok(());
+        }
+        let forget = |message: String| Error::Init {
+            path: self.path.clone(),
+            message,
+        };
+        let repo = gix::open_opts(&self.path, gix::open::Options::isolated())
+            .map_err(|e| forget(e.to_string()))?;
+        let tracking = format!("refs/remotes/origin/{branch}");
+        if let Ok(reference) = repo.find_reference(tracking.as_str()) {
+            reference.delete().map_err(|e| forget(e.to_string()))?;
+        }
+        let left = repo
+            .references()
+            .map_err(|e| forget(e.to_string()))?
+            .remote_branches()
+            .map_err(|e| forget(e.to_string()))?
+            .next()
+            .is_some();
+        drop(repo);
+        if !left {
+            std::fs::remove_dir_all(&self.path).map_err(|e| forget(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// Every file of `revision`, keyed by its path in the repository.
     pub fn files_at(&self, revision: ObjectId) -> Result<RepoFiles, Error> {
         let read = |message: String| Error::Read {

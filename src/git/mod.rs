@@ -2,6 +2,7 @@
 
 mod files;
 pub mod mirror;
+pub mod plans;
 pub mod sync;
 mod url;
 mod watch;

@@ -20,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::mirror::{self, Mirror, Source};
+use super::plans::{Full, PlanQueue};
 use crate::replica::Membership;
 use crate::store::{
     self, Actor, Audit, AuditAction, Followed, Outcome, Store, SyncAsk, SyncOutcome, SyncRecord,
 };
+use linkops_reconcilers::plan::{BranchWork, Queued};
 
 /// Why a sync was asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +67,7 @@ pub struct GitSync {
     source: Option<Source>,
     requests: mpsc::Sender<Request>,
     /// Branches to plan (`linkops/plan` on their heads); never applied.
-    plans: mpsc::Sender<String>,
+    plans: PlanQueue,
     desired: watch::Receiver<Option<Arc<DesiredState>>>,
     /// Sync attempts made since start.
     attempts: watch::Receiver<u64>,
@@ -102,11 +104,11 @@ impl GitSync {
         answer.await.ok()
     }
 
-    /// Asks for a plan of `branch`: fetched, loaded and compared with the
-    /// revision in force; the result is a commit status on its head. Nothing
-    /// is applied. A full queue drops the request (a later push asks again).
-    pub fn request_plan(&self, branch: String) {
-        self.plans.try_send(branch).ok();
+    /// Asks for a plan of `branch` (or, deleted, to forget it): fetched,
+    /// loaded and compared with the revision in force; the result is a commit
+    /// status on its head. Nothing is applied. Refused when the queue is full.
+    pub fn request_plan(&self, branch: &str, work: BranchWork) -> Result<Queued, Full> {
+        self.plans.ask(branch, work)
     }
 
     /// Asks for a sync without waiting for it.
@@ -131,6 +133,10 @@ pub struct SyncContext {
     pub interval: Duration,
     /// Attempts kept besides those that applied a revision (`[retention] sync_records`).
     pub keep_attempts: u64,
+    /// Where other branches are fetched for plans (never the followed one's).
+    pub plan_mirror: Mirror,
+    /// Branches waiting to be planned at most (`[git] plan_queue`).
+    pub plan_queue: usize,
     /// What a fetched revision tells the forge and the sinks.
     pub notifier: Arc<crate::notify::Notifier>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -152,13 +158,13 @@ pub async fn start(
         false => follow_applied(&context.store, None).await,
     };
     let (requests, queue) = mpsc::channel(16);
-    let (plans, planned) = mpsc::channel(16);
+    let plans = PlanQueue::new(context.plan_queue);
     let (publish, desired) = watch::channel(applied.clone());
     let (attempted, attempts) = watch::channel(0);
     let handle = GitSync {
         source: context.source.clone(),
         requests,
-        plans,
+        plans: plans.clone(),
         desired,
         attempts,
     };
@@ -172,7 +178,7 @@ pub async fn start(
     let worker = tokio::spawn(async move {
         let channels = Channels {
             queue,
-            plans: planned,
+            plans,
             publish: published,
         };
         let Some((leader, applied, channels, relayed)) =
@@ -212,7 +218,7 @@ pub async fn start(
 /// The worker's ends of the handle's channels.
 struct Channels {
     queue: mpsc::Receiver<Request>,
-    plans: mpsc::Receiver<String>,
+    plans: PlanQueue,
     publish: Published,
 }
 
@@ -259,8 +265,12 @@ async fn follow(
                     None => drop(request),
                 }
             }
-            Some(branch) = channels.plans.recv() => {
-                relay(&context.store, SyncAsk::Plan { branch }).await;
+            waiting = channels.plans.next() => {
+                let ask = match waiting.work {
+                    BranchWork::Plan => SyncAsk::Plan { branch: waiting.branch },
+                    BranchWork::Forget => SyncAsk::Forget { branch: waiting.branch },
+                };
+                relay(&context.store, ask).await;
             }
             _ = synced.wait(FOLLOW_EVERY) => {
                 let followed = follow_applied(&context.store, applied.as_deref()).await;
@@ -277,6 +287,14 @@ async fn follow(
                 });
             }
         }
+    }
+}
+
+/// Queues a plan another replica passed on; it answered the push already, so
+/// a full queue can only be logged.
+fn queue_relayed(plans: &PlanQueue, branch: &str, work: BranchWork) {
+    if let Err(full) = plans.ask(branch, work) {
+        tracing::warn!(%branch, "a plan passed on by another replica is dropped: {full}");
     }
 }
 
@@ -395,9 +413,17 @@ async fn lead(
 ) {
     let Channels {
         mut queue,
-        mut plans,
+        plans,
         publish,
     } = channels;
+    // Plans run beside syncs, on their own mirror: a burst of branch pushes
+    // never holds up the followed branch.
+    tokio::spawn(super::plans::work(
+        context.clone(),
+        plans.clone(),
+        publish.desired.subscribe(),
+        shutdown.clone(),
+    ));
     // The head last looked at, whatever came of it: a timer or file-watch sync
     // that finds the ref where it was records nothing (no commit, no log line,
     // no audit entry), even when that head is a bad one.
@@ -437,19 +463,12 @@ async fn lead(
                 _ = tokio::time::sleep_until(next_interval), if context.source.is_some() => {
                     pending.push(Request { trigger: Trigger::Interval, reply: None });
                 }
-                Some(branch) = plans.recv() => {
-                    let span = tracing::info_span!("plan", %branch);
-                    plan_branch(&context, applied.clone(), branch).instrument(span).await;
-                    continue;
-                }
                 _ = asked.wait(FOLLOW_EVERY), if context.store.is_shared() => {
                     for ask in taken_asks(&context.store).await {
                         match ask {
                             SyncAsk::Sync { trigger } => relayed.push_back(Trigger::Relayed(trigger)),
-                            SyncAsk::Plan { branch } => {
-                                let span = tracing::info_span!("plan", %branch);
-                                plan_branch(&context, applied.clone(), branch).instrument(span).await;
-                            }
+                            SyncAsk::Plan { branch } => queue_relayed(&plans, &branch, BranchWork::Plan),
+                            SyncAsk::Forget { branch } => queue_relayed(&plans, &branch, BranchWork::Forget),
                         }
                     }
                     continue;
@@ -639,73 +658,6 @@ async fn sync_attempt(
     Some((record, state))
 }
 
-/// Fetches another branch, loads its head and posts what merging it would
-/// change as a `linkops/plan` status on that head. Applies nothing.
-async fn plan_branch(
-    context: &Arc<SyncContext>,
-    applied: Option<Arc<DesiredState>>,
-    branch: String,
-) {
-    let Some(mut source) = context.source.clone() else {
-        return;
-    };
-    source.branch = branch.clone();
-    let worker = context.clone();
-    let planned = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
-        let head = worker.mirror.fetch(&source)?;
-        let files = worker.mirror.files_at(head)?;
-        let revision = head.to_string();
-        let runs = worker
-            .store
-            .run_records()
-            .map_err(SyncError::Store)?
-            .into_iter()
-            .map(|record| (record.id, record.state))
-            .collect();
-        let applied = applied.as_deref().cloned().unwrap_or_default();
-        let outcome = match desired::load(&revision, &files) {
-            Ok(proposed) => Ok(linkops_reconcilers::plan::plan(&proposed, &applied, &runs)
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<String>>()),
-            Err(problems) => Err(problems),
-        };
-        Ok((revision, outcome))
-    })
-    .await;
-    let (head, outcome) = match planned {
-        Ok(Ok(planned)) => planned,
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "cannot plan the branch");
-            return;
-        }
-        Err(error) => {
-            tracing::warn!(%error, "the plan's task failed");
-            return;
-        }
-    };
-    let notifier = &context.notifier;
-    let first = match &outcome {
-        Err(problems) => problems
-            .first()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        Ok(_) => String::new(),
-    };
-    let plan = match &outcome {
-        Ok(changes) => Ok(changes.as_slice()),
-        Err(problems) => Err((first.as_str(), problems.len())),
-    };
-    let status =
-        linkops_reconcilers::outbox::for_plan(&head, &branch, plan, notifier.console_url());
-    tracing::info!(head = %head, state = ?status.state, description = %status.description, "planned");
-    let outgoing = notifier.route(vec![status], Vec::new());
-    match context.store.enqueue(&outgoing) {
-        Ok(()) => notifier.ring(),
-        Err(error) => tracing::warn!(%error, "cannot queue the plan's status"),
-    }
-}
-
 /// The commit statuses and notifications of a sync that fetched a revision
 /// (a refused one, or one applied; unchanged heads and failed fetches say nothing).
 fn outgoing_of(
@@ -884,7 +836,7 @@ fn audit_of(record: &SyncRecord) -> Option<Audit> {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum SyncError {
+pub(super) enum SyncError {
     #[error("no Git source is configured (set [git] url)")]
     NotConfigured,
     #[error(transparent)]

@@ -69,6 +69,14 @@ pub fn pushed_branch(payload: &serde_json::Value) -> Option<&str> {
     payload.get("ref")?.as_str()?.strip_prefix("refs/heads/")
 }
 
+/// Whether a push deleted its branch (Forgejo, Gitea and GitHub send
+/// `deleted: true` and an `after` of zeros).
+pub fn deletes_branch(payload: &serde_json::Value) -> bool {
+    payload.get("deleted").and_then(|d| d.as_bool()) == Some(true)
+        || pushed_head(payload)
+            .is_some_and(|head| !head.is_empty() && head.bytes().all(|b| b == b'0'))
+}
+
 /// The commit a push payload says the branch now points at (`after`).
 pub fn pushed_head(payload: &serde_json::Value) -> Option<&str> {
     payload.get("after")?.as_str()

@@ -69,6 +69,8 @@ pub enum SyncAsk {
     Sync { trigger: String },
     /// A plan of another branch's head.
     Plan { branch: String },
+    /// Another branch was deleted: forget what was fetched of it.
+    Forget { branch: String },
 }
 
 /// Something a revision declares, or declared: a machine or a script.

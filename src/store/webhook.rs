@@ -42,6 +42,15 @@ impl Store {
         tx.commit()?;
         Ok(claim)
     }
+
+    /// Forgets a claimed delivery that was refused for now (`503`): the
+    /// forge's redelivery of it must be taken, not refused as a replay.
+    pub fn release_webhook_delivery(&self, delivery: &str, body_digest: &str) -> Result<()> {
+        let mut tx = self.write()?;
+        tx.remove(WEBHOOK_DELIVERIES, delivery)?;
+        tx.remove(WEBHOOK_DELIVERIES, format!("sha256:{body_digest}").as_str())?;
+        tx.commit()
+    }
 }
 
 #[cfg(test)]
@@ -57,6 +66,8 @@ mod tests {
             assert_eq!(claim("d-1", "aa"), DeliveryClaim::Fresh);
             assert_eq!(claim("d-1", "bb"), DeliveryClaim::SeenId);
             assert_eq!(claim("d-2", "aa"), DeliveryClaim::SeenBody);
+            assert_eq!(claim("d-2", "bb"), DeliveryClaim::Fresh);
+            store.release_webhook_delivery("d-2", "bb").unwrap();
             assert_eq!(claim("d-2", "bb"), DeliveryClaim::Fresh);
         }
     }

@@ -1809,6 +1809,9 @@ export interface components {
             /** @description A push to another branch: what merging it would change is posted on its head (`linkops/plan`). */
             plan: string;
         } | {
+            /** @description Another branch was deleted: what was fetched of it for plans is forgotten. */
+            forgotten: string;
+        } | {
             /** @description Not a push to the followed branch; the text says what it was. */
             ignored: string;
         };
@@ -2203,6 +2206,15 @@ export interface operations {
             };
             /** @description Not JSON */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many branches wait to be planned ([git] plan_queue): deliver again after Retry-After */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
