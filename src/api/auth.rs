@@ -1,8 +1,8 @@
 //! `/api/auth`: login, and the extractor that authenticates every other request.
 
 use axum::extract::{FromRequestParts, State};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Uri, header};
 
 use super::extract::Json;
 
@@ -53,6 +53,35 @@ impl Authenticated {
     }
 }
 
+/// The token a request presents: `Authorization: Bearer`, or — browsers
+/// cannot set headers on EventSource or WebSocket — `?access_token=`, or a
+/// WebSocket subprotocol `linkops.token.<JWT>`.
+pub fn presented_token(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let from_query = || {
+        uri.query().and_then(|query| {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("access_token="))
+                .map(str::to_owned)
+        })
+    };
+    let from_protocol = || {
+        headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .find_map(|offer| offer.trim().strip_prefix(TOKEN_SUBPROTOCOL_PREFIX))
+            .map(str::to_owned)
+    };
+    from_header.or_else(from_query).or_else(from_protocol)
+}
+
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
@@ -60,36 +89,7 @@ impl FromRequestParts<AppState> for Authenticated {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let from_header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::to_owned);
-        // Browsers cannot set headers on EventSource or WebSocket: `?access_token=` too.
-        let from_query = || {
-            parts.uri.query().and_then(|query| {
-                query
-                    .split('&')
-                    .find_map(|pair| pair.strip_prefix("access_token="))
-                    .map(str::to_owned)
-            })
-        };
-        // …and a WebSocket may carry it as a subprotocol.
-        let from_protocol = || {
-            parts
-                .headers
-                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-                .iter()
-                .filter_map(|value| value.to_str().ok())
-                .flat_map(|value| value.split(','))
-                .find_map(|offer| offer.trim().strip_prefix(TOKEN_SUBPROTOCOL_PREFIX))
-                .map(str::to_owned)
-        };
-        let token = from_header
-            .or_else(from_query)
-            .or_else(from_protocol)
-            .ok_or(ApiError::Unauthorized)?;
+        let token = presented_token(&parts.headers, &parts.uri).ok_or(ApiError::Unauthorized)?;
         let (user, grant) = state.auth.authenticate(token.trim())?;
         Ok(Authenticated(user, grant))
     }

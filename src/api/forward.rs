@@ -7,9 +7,10 @@
 //! WebSocket handshake, and behind a load balancer the replicas' own
 //! addresses are often not reachable from where the browser is. The holder
 //! checks everything itself (token, role, origin: the `Host` is passed on);
-//! the forwarding replica only makes sure the caller is signed in before
-//! relaying. The holder is one row of the store, so a forwarded request
-//! reaches the replica that finds itself the holder.
+//! the forwarding replica makes sure the caller is signed in before relaying,
+//! and takes a workspace only for a caller the handler would let in (a
+//! refused request moves nothing). The holder is one row of the store, so a
+//! forwarded request reaches the replica that finds itself the holder.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -56,7 +57,11 @@ pub async fn to_holder(State(state): State<AppState>, request: Request, next: Ne
     }
     // Connecting panes and the socket make the workspace live: here, unless
     // it is live elsewhere. The rest only follows where it is live.
-    let take = matches!(route.as_str(), "/ws" | "/connect-all");
+    let take = match route.as_str() {
+        "/ws" => Take::Socket,
+        "/connect-all" => Take::Panes,
+        _ => Take::No,
+    };
     let (mut parts, body) = request.into_parts();
     match holder(&state, &mut parts, take).await {
         Ok(None) => next.run(Request::from_parts(parts, body)).await,
@@ -67,14 +72,22 @@ pub async fn to_holder(State(state): State<AppState>, request: Request, next: Ne
     }
 }
 
+/// Whether a request makes its workspace live here unless it is elsewhere.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Take {
+    No,
+    Panes,
+    Socket,
+}
+
 /// The live replica other than this one that holds the workspace of `parts`.
 async fn holder(
     state: &AppState,
     parts: &mut Parts,
-    take: bool,
+    take: Take,
 ) -> Result<Option<Member>, ApiError> {
     // Nothing is relayed for a caller who is not signed in.
-    Authenticated::from_request_parts(parts, state).await?;
+    let caller = Authenticated::from_request_parts(parts, state).await?;
     let params = RawPathParams::from_request_parts(parts, state)
         .await
         .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
@@ -82,6 +95,9 @@ async fn holder(
         .iter()
         .find_map(|(name, value)| (name == "id").then(|| value.to_owned()))
         .ok_or_else(|| ApiError::BadRequest("no workspace id in the path".into()))?;
+    // Authorized first, then taken: what the handler would refuse moves nothing.
+    let socket = (take == Take::Socket).then_some(&parts.headers);
+    let take = take != Take::No && super::terminal::admits(state, &caller, &workspace, socket)?;
     let (store, replica) = (state.store.clone(), replica(state));
     Ok(
         tokio::task::spawn_blocking(move || store.workspace_holder(&workspace, &replica, take))
@@ -186,6 +202,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
 pub async fn views_held_elsewhere(
     state: &AppState,
     headers: &HeaderMap,
+    token: &str,
 ) -> Result<HashMap<String, WorkspaceView>, ApiError> {
     let (store, replica) = (state.store.clone(), replica(state));
     let held = tokio::task::spawn_blocking(move || store.workspace_holders(&replica))
@@ -201,7 +218,7 @@ pub async fn views_held_elsewhere(
     }
     let mut views = HashMap::new();
     for (holder, workspaces) in holders.into_values() {
-        match list_of(state, &holder, headers).await {
+        match list_of(state, &holder, headers, token).await {
             Ok(listed) => views.extend(
                 listed
                     .into_iter()
@@ -216,20 +233,21 @@ pub async fn views_held_elsewhere(
     Ok(views)
 }
 
-/// `GET /api/terminal/workspaces` of `holder`, as the caller.
+/// `GET /api/terminal/workspaces` of `holder`, as the caller (whose
+/// `token` came however it came: a header, the query, a subprotocol).
 async fn list_of(
     state: &AppState,
     holder: &Member,
     headers: &HeaderMap,
+    token: &str,
 ) -> Result<Vec<WorkspaceView>, ApiError> {
     let mut request = hyper::Request::builder()
         .method(Method::GET)
         .uri("/api/terminal/workspaces")
-        .header(FORWARDED_BY, replica(state));
-    for name in [header::HOST, header::AUTHORIZATION] {
-        if let Some(value) = headers.get(&name) {
-            request = request.header(name, value);
-        }
+        .header(FORWARDED_BY, replica(state))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"));
+    if let Some(host) = headers.get(header::HOST) {
+        request = request.header(header::HOST, host);
     }
     let request = request
         .body(Body::empty())

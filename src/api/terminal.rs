@@ -53,6 +53,29 @@ fn usable_workspace(state: &AppState, user: &User, id: &str) -> Result<Workspace
         .ok_or_else(|| ApiError::NotFound(format!("no terminal workspace {id}")))
 }
 
+/// Whether the handlers would let `caller` use workspace `id` through this
+/// request (role, ownership, and for the `socket` a browser's origin): only
+/// then may a replica take the workspace for it.
+pub(super) fn admits(
+    state: &AppState,
+    caller: &Authenticated,
+    id: &str,
+    socket: Option<&HeaderMap>,
+) -> Result<bool, ApiError> {
+    let Ok(user) = caller.require(terminal::ROLE) else {
+        return Ok(false);
+    };
+    let origin = |headers| check_origin(headers, &state.config.terminal.allowed_origins);
+    if socket.is_some_and(|headers| origin(headers).is_err()) {
+        return Ok(false);
+    }
+    match usable_workspace(state, user, id) {
+        Ok(_) => Ok(true),
+        Err(ApiError::NotFound(_)) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
 /// `POST /api/terminal/workspaces`
 #[utoipa::path(post, path = "/api/terminal/workspaces", tag = "terminals", request_body = CreateBody, responses((status = 201, description = "A workspace of 1 to 4 panes (operator)", body = WorkspaceView)))]
 pub async fn create(
@@ -79,13 +102,17 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Authenticated,
     headers: HeaderMap,
+    uri: axum::http::Uri,
 ) -> Result<Json<Vec<WorkspaceView>>, ApiError> {
     let user = caller.require(terminal::ROLE)?;
     let workspaces = state.store.workspaces()?;
     let mut elsewhere = match headers.contains_key(super::forward::FORWARDED_BY) {
         // Asked by a replica for what this one holds.
         true => Default::default(),
-        false => super::forward::views_held_elsewhere(&state, &headers).await?,
+        false => {
+            let token = super::auth::presented_token(&headers, &uri).unwrap_or_default();
+            super::forward::views_held_elsewhere(&state, &headers, &token).await?
+        }
     };
     Ok(Json(
         workspaces

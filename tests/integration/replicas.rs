@@ -602,7 +602,10 @@ async fn call(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminals_and_tokens_work_through_any_replica() {
     let oscar = ("oscar", Role::Operator, "pw-oscar-1");
-    let (server, options, store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1), oscar]).await;
+    let olga = ("olga", Role::Operator, "pw-olga-1");
+    let vic = ("vic", Role::Viewer, "pw-vic-1");
+    let users = [(ADMIN.0, Role::Admin, ADMIN.1), oscar, olga, vic];
+    let (server, options, store) = shared_store(&users).await;
     let fleet = TestFleet::start(1).unwrap();
     let (work, _data, a, b) = two_replicas(&server, &options, &options.url, &fleet).await;
     let host = fleet.hosts()[0].name().to_owned();
@@ -623,9 +626,24 @@ async fn terminals_and_tokens_work_through_any_replica() {
     let (status, answer) = call(&b, reqwest::Method::PUT, &panes, &token, Some(assigned)).await;
     assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
 
+    // Refused requests take nothing: a viewer's and another operator's
+    // connect-all through A leave the dormant workspace to no replica.
+    let connect = format!("/api/terminal/workspaces/{id}/connect-all");
+    for (name, _, password) in [vic, olga] {
+        let other = a.process.login(name, password).await.unwrap();
+        let (status, answer) = call(&a, reqwest::Method::POST, &connect, &other, None).await;
+        assert!(status.is_client_error(), "{name}: {status} {answer}");
+    }
+    let (holding, id_now) = (store.clone(), id.clone());
+    let held =
+        tokio::task::spawn_blocking(move || holding.workspace_holder(&id_now, "none", false))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(held.map(|member| member.replica), None, "nobody holds it");
+
     // The socket makes it A's; connecting through B opens the pane on A.
     let mut on_a = Terminal::open_at(&a.process.url, &id, &token).await;
-    let connect = format!("/api/terminal/workspaces/{id}/connect-all");
     let (status, answer) = call(&b, reqwest::Method::POST, &connect, &token, None).await;
     assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
     assert_eq!(answer["panes"][0]["state"], "connected", "{answer}");
@@ -645,6 +663,17 @@ async fn terminals_and_tokens_work_through_any_replica() {
         None,
     )
     .await;
+    assert_eq!(listed[0]["panes"][0]["state"], "connected", "{listed}");
+    // A token in the query (as the console's EventSource sends it) is passed on too.
+    let by_query = reqwest::Client::new()
+        .get(format!(
+            "{}/api/terminal/workspaces?access_token={token}",
+            b.process.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    let listed: serde_json::Value = by_query.json().await.unwrap();
     assert_eq!(listed[0]["panes"][0]["state"], "connected", "{listed}");
 
     // A socket through B takes over from the one on A, on the same shell.
