@@ -368,25 +368,32 @@ fn git_context(
     }
 }
 
-/// Probes the store every [`STORE_PROBE_INTERVAL`]; on a refused write, logs
-/// it, lets `/health` say so for one more interval, then cancels `failed`.
+/// Watches the store's writes: a refused one (any write, or the probe made
+/// every [`STORE_PROBE_INTERVAL`] in quiet periods) is logged, `/health`
+/// says so at once and for one more interval, then `failed` is cancelled.
 async fn watch_store(store: store::Store, stop: CancellationToken, failed: CancellationToken) {
+    let Some(mut refusals) = store.refusals() else {
+        return;
+    };
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(STORE_PROBE_INTERVAL) => {}
+            refused = async { refusals.wait_for(Option::is_some).await.is_ok() } => match refused {
+                true => break,
+                false => return,
+            },
+            () = tokio::time::sleep(STORE_PROBE_INTERVAL) => {
+                let probe = store.clone();
+                // A refusal is kept by the store and wakes the arm above.
+                tokio::task::spawn_blocking(move || probe.probe_write()).await.ok();
+            }
         }
-        let probe = store.clone();
-        let Ok(Err(error)) = tokio::task::spawn_blocking(move || probe.probe_write()).await else {
-            continue;
-        };
-        tracing::error!(%error, "the store refuses writes: stopping so that the service manager restarts the daemon (everything committed is kept)");
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(STORE_PROBE_INTERVAL) => {}
-        }
-        failed.cancel();
-        return;
+    }
+    let error = store.ping().err().map(|error| error.to_string()).unwrap_or_default();
+    tracing::error!(%error, "the store refuses writes: stopping so that the service manager restarts the daemon (everything committed is kept)");
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(STORE_PROBE_INTERVAL) => failed.cancel(),
     }
 }
 

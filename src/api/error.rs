@@ -98,6 +98,14 @@ impl From<store::Error> for ApiError {
             | store::Error::NameRetired(_)
             | store::Error::LastAdmin(_) => ApiError::Conflict(error.to_string()),
             store::Error::NoSuchUser(_) => ApiError::NotFound(error.to_string()),
+            // The database away (or restarting), or a disk that refuses writes:
+            // not this request's fault, and nothing was done.
+            error if error.is_transient() || matches!(error, store::Error::WritesFailing { .. }) => {
+                ApiError::Unavailable {
+                    message: format!("the store cannot serve this now; nothing was done: {error}"),
+                    retry_after_secs: 2,
+                }
+            }
             error => ApiError::Internal(error.to_string()),
         }
     }

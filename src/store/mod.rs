@@ -160,9 +160,6 @@ pub struct Store {
     /// Bumped after every committed change to an account (password, role,
     /// deletion): long-lived connections re-check their user on it.
     user_changes: Arc<tokio::sync::watch::Sender<u64>>,
-    /// The first failed write probe, if any: redb refuses every later write
-    /// until reopened, so the store is not ready from then on.
-    write_failure: Arc<std::sync::Mutex<Option<(i64, String)>>>,
     /// The lease every write of this handle is checked against (see [`Store::fenced`]).
     fence: Option<Arc<engine::postgres::Fence>>,
 }
@@ -221,7 +218,6 @@ impl Store {
             name: name.into(),
             fleet_changes: Arc::new(changes::FleetChanges::new()),
             user_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
-            write_failure: Arc::default(),
             fence: None,
         })
     }
@@ -261,38 +257,42 @@ impl Store {
             .collect()
     }
 
-    /// Whether the store answers a read and took the last write probe: the
-    /// readiness check of `/health`.
+    /// Whether the store answers a read and has refused no write: the
+    /// readiness check of `/health`. A refused write (any, not only the
+    /// probe's) fails it at once: redb refuses every later one until reopened.
     pub fn ping(&self) -> Result<()> {
-        if let Some((at, reason)) = self.write_failure.lock().expect("never poisoned").clone() {
+        if let Some(refused) = self.refused() {
+            let at = refused.at_ms;
             return Err(Error::WritesFailing {
                 at: jiff::Timestamp::from_millisecond(at).map_or(at.to_string(), |t| t.to_string()),
-                reason,
+                reason: refused.reason,
             });
         }
         self.read()?.get(schema::META, schema::VERSION_KEY)?;
         Ok(())
     }
 
-    /// Commits a tiny durable write; a failure is kept and makes [`Store::ping`] fail.
+    /// The first write the store refused, if it keeps refusals (redb).
+    pub fn refused(&self) -> Option<engine::redb::Refused> {
+        self.engine.refusals()?.first()
+    }
+
+    /// Follows the store's refused writes; `None` for PostgreSQL, whose
+    /// absence reads show.
+    pub fn refusals(&self) -> Option<tokio::sync::watch::Receiver<Option<engine::redb::Refused>>> {
+        Some(self.engine.refusals()?.subscribe())
+    }
+
+    /// Commits a tiny durable write, for quiet periods: a refusal is kept
+    /// (as every refused commit is) and makes [`Store::ping`] fail.
     pub fn probe_write(&self) -> Result<()> {
-        let write = || -> Result<()> {
-            let mut tx = self.write()?;
-            tx.insert(
-                schema::META,
-                "write_probe_ms",
-                &u64::try_from(now_ms()).unwrap_or(0),
-            )?;
-            tx.commit()
-        };
-        let result = write();
-        if let Err(error) = &result {
-            self.write_failure
-                .lock()
-                .expect("never poisoned")
-                .get_or_insert_with(|| (now_ms(), error.to_string()));
-        }
-        result
+        let mut tx = self.write()?;
+        tx.insert(
+            schema::META,
+            "write_probe_ms",
+            &u64::try_from(now_ms()).unwrap_or(0),
+        )?;
+        tx.commit()
     }
 
     /// Bytes each table stores (keys and values, redb's pages not counted),

@@ -809,8 +809,12 @@ async fn a_database_restart_under_load_loses_no_event_and_reports_nothing_twice(
         let status = health(replica).await.unwrap().status();
         assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
     }
-    let refused = run(&b, "talk", &host).await.status();
-    assert!(refused.is_server_error(), "{refused}");
+    let refused = run(&b, "talk", &host).await;
+    assert_eq!(refused.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    let said: Value = refused.json().await.unwrap();
+    let message = said["error"]["message"].as_str().unwrap();
+    assert!(message.contains("PostgreSQL at"), "names the database: {message}");
     let server = tokio::task::spawn_blocking(move || {
         server.resume().unwrap();
         server

@@ -152,9 +152,18 @@ impl Engine {
     /// The write transaction, once the previous one ended.
     pub fn write(&self) -> Result<WriteTx> {
         Ok(match self {
-            Engine::Redb(db) => WriteTx::Redb(Box::new(db.begin_write()?)),
+            Engine::Redb(db) => WriteTx::Redb(Box::new(db.begin_write()?), db.refusals().clone()),
             Engine::Postgres(db) => WriteTx::Postgres(db.begin_write()?),
         })
+    }
+
+    /// The writes the store refused: redb's file keeps its refusals (a full
+    /// disk); a PostgreSQL database away is noticed by reading it.
+    pub fn refusals(&self) -> Option<&redb::Refusals> {
+        match self {
+            Engine::Redb(db) => Some(db.refusals()),
+            Engine::Postgres(_) => None,
+        }
     }
 
     /// Bytes each table holds, largest first.
@@ -174,8 +183,9 @@ pub enum ReadTx {
 }
 
 pub enum WriteTx {
-    /// Boxed: redb's transaction is large beside a PostgreSQL one.
-    Redb(Box<::redb::WriteTransaction>),
+    /// Boxed: redb's transaction is large beside a PostgreSQL one. A refused
+    /// commit is kept in the file's refusals.
+    Redb(Box<::redb::WriteTransaction>, redb::Refusals),
     Postgres(postgres::WriteTx),
 }
 
@@ -183,7 +193,11 @@ impl WriteTx {
     /// Makes every write of the transaction durable, or none of them.
     pub fn commit(self) -> Result<()> {
         match self {
-            WriteTx::Redb(tx) => Ok(tx.commit()?),
+            WriteTx::Redb(tx, refusals) => tx.commit().map_err(|error| {
+                let error = Error::from(error);
+                refusals.mark(&error);
+                error
+            }),
             WriteTx::Postgres(tx) => tx.commit(),
         }
     }
@@ -194,7 +208,7 @@ macro_rules! dispatch_read {
         impl Read for $tx {
             fn get_bytes(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
                 match self {
-                    $tx::Redb(tx) => tx.get_bytes(table, key),
+                    $tx::Redb(tx, ..) => tx.get_bytes(table, key),
                     $tx::Postgres(tx) => tx.get_bytes(table, key),
                 }
             }
@@ -209,13 +223,13 @@ macro_rules! dispatch_read {
                     return Ok(Vec::new());
                 }
                 match self {
-                    $tx::Redb(tx) => tx.page(table, span, reverse, limit),
+                    $tx::Redb(tx, ..) => tx.page(table, span, reverse, limit),
                     $tx::Postgres(tx) => tx.page(table, span, reverse, limit),
                 }
             }
             fn count(&self, table: &'static str) -> Result<u64> {
                 match self {
-                    $tx::Redb(tx) => tx.count(table),
+                    $tx::Redb(tx, ..) => tx.count(table),
                     $tx::Postgres(tx) => tx.count(table),
                 }
             }
@@ -227,19 +241,19 @@ dispatch_read!(ReadTx, WriteTx);
 impl Write for WriteTx {
     fn put_bytes(&mut self, table: &'static str, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
         match self {
-            WriteTx::Redb(tx) => tx.put_bytes(table, key, value),
+            WriteTx::Redb(tx, _) => tx.put_bytes(table, key, value),
             WriteTx::Postgres(tx) => tx.put_bytes(table, key, value),
         }
     }
     fn delete_bytes(&mut self, table: &'static str, key: &[u8]) -> Result<bool> {
         match self {
-            WriteTx::Redb(tx) => tx.delete_bytes(table, key),
+            WriteTx::Redb(tx, _) => tx.delete_bytes(table, key),
             WriteTx::Postgres(tx) => tx.delete_bytes(table, key),
         }
     }
     fn discard_bytes(&mut self, table: &'static str, key: Vec<u8>) -> Result<()> {
         match self {
-            WriteTx::Redb(tx) => tx.discard_bytes(table, key),
+            WriteTx::Redb(tx, _) => tx.discard_bytes(table, key),
             WriteTx::Postgres(tx) => tx.discard_bytes(table, key),
         }
     }

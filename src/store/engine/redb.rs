@@ -2,8 +2,10 @@
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 
 use super::{Read, Span, Write};
@@ -25,6 +27,46 @@ const CACHE_BYTES: usize = 32 << 20;
 
 pub struct Redb {
     db: redb::Database,
+    refusals: Refusals,
+}
+
+/// The first write the file refused (redb refuses every later one until it
+/// is reopened), kept and told at once: `/health` and the daemon's watchdog
+/// must not wait for the next probe while writes fail.
+#[derive(Clone, Default)]
+pub struct Refusals(Arc<watch::Sender<Option<Refused>>>);
+
+/// When a write was refused (Unix ms), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub at_ms: i64,
+    pub reason: String,
+}
+
+impl Refusals {
+    /// Keeps the first refusal (and wakes whoever waits for one).
+    pub fn mark(&self, error: &Error) {
+        self.0.send_if_modified(|first| {
+            let fresh = first.is_none();
+            if fresh {
+                *first = Some(Refused {
+                    at_ms: crate::store::now_ms(),
+                    reason: error.to_string(),
+                });
+            }
+            fresh
+        });
+    }
+
+    /// The first refusal, if any.
+    pub fn first(&self) -> Option<Refused> {
+        self.0.borrow().clone()
+    }
+
+    /// Follows the refusals (`wait_for(Option::is_some)` waits for the first).
+    pub fn subscribe(&self) -> watch::Receiver<Option<Refused>> {
+        self.0.subscribe()
+    }
 }
 
 fn table(name: &'static str) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
@@ -60,7 +102,15 @@ impl Redb {
                 source,
             },
         })?;
-        Ok(Redb { db })
+        Ok(Redb {
+            db,
+            refusals: Refusals::default(),
+        })
+    }
+
+    /// The writes this file refused.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     pub fn begin_read(&self) -> Result<redb::ReadTransaction> {
