@@ -389,7 +389,11 @@ async fn watch_store(store: store::Store, stop: CancellationToken, failed: Cance
             }
         }
     }
-    let error = store.ping().err().map(|error| error.to_string()).unwrap_or_default();
+    let error = store
+        .ping()
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
     tracing::error!(%error, "the store refuses writes: stopping so that the service manager restarts the daemon (everything committed is kept)");
     tokio::select! {
         () = stop.cancelled() => {}

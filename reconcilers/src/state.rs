@@ -668,6 +668,10 @@ pub fn decide(
             match target.check_due(digest, state.interval, now_ms) {
                 Ok(()) => {
                     check.push(id.clone());
+                    // Due now: a check run in progress must not push it a
+                    // whole interval back (the wake is also for those that
+                    // fell due while checks ran).
+                    soon(0);
                     break 'standing target.standing.clone();
                 }
                 Err(after) => soon(after),
@@ -1074,7 +1078,14 @@ mod tests {
             decision.apply.is_empty(),
             "an interrupted apply is re-checked, not re-applied"
         );
-        // web1 is due again when its interval ends.
+        // Machines are due now: look again as soon as their checks ran.
+        assert_eq!(decision.wake_after_ms, Some(0));
+        // Once they were checked, web1 is due again when its interval ends.
+        let now_checked = ["web2", "web3", "web4"].map(|id| checked(id, CheckOutcome::Holds, NOW));
+        let mut targets = vec![checked("web1", CheckOutcome::Holds, NOW - MINUTE)];
+        targets.extend(now_checked);
+        let decision = decide_with(&state, &machines, &targets, None, &Held::default(), NOW);
+        assert!(decision.check.is_empty(), "{:?}", decision.check);
         assert_eq!(decision.wake_after_ms, Some(4 * MINUTE));
     }
 
@@ -1272,5 +1283,73 @@ mod tests {
         reported.mode = Mode::Report;
         reported.interval = Duration::from_secs(60);
         assert_eq!(digest(&reported, &script), base);
+    }
+
+    /// The controller's loop over `decide`, on a clock of its own: decide,
+    /// run the due checks 32 at a time (each taking its machine's time),
+    /// decide again at the clock the checks ended, sleep until the wake.
+    /// Every machine is checked again within its interval plus what one
+    /// sweep of checks takes, every cycle — also those that fell due while
+    /// checks ran.
+    #[test]
+    fn every_target_is_checked_again_within_its_interval_every_cycle() {
+        const AT_ONCE: usize = 32;
+        let machines = fleet(2_000);
+        let mut state = state(Mode::Report, Rollout::default());
+        state.interval = Duration::from_secs(60);
+        let interval = 60_000;
+        // 20-400 ms per check, by machine: the sweep spreads unevenly.
+        let takes = |id: &str| 20 + (id.bytes().map(u64::from).sum::<u64>() * 37 % 381) as i64;
+        let sweep: i64 = machines.iter().map(|m| takes(&m.id)).sum::<i64>() / AT_ONCE as i64;
+        let statuses = enrolled(&machines);
+        let held = Held::default();
+        let mut targets: BTreeMap<String, Target> = BTreeMap::new();
+        let mut last: BTreeMap<String, i64> = BTreeMap::new();
+        let mut gaps = Vec::new();
+        let mut now = NOW;
+        let decide_at = |targets: &BTreeMap<String, Target>, now| {
+            let observed = Observed {
+                status: None,
+                targets,
+                statuses: &statuses,
+                held: &held,
+            };
+            decide(&state, "d1", "r1", &machines, &observed, now)
+        };
+        while now < NOW + 10 * interval {
+            let mut decision = decide_at(&targets, now);
+            if !decision.check.is_empty() {
+                // Each of 32 lanes takes the next machine when it is free.
+                let mut lanes = [now; AT_ONCE];
+                for id in &decision.check {
+                    let lane = lanes.iter_mut().min().expect("lanes");
+                    let at_ms = *lane;
+                    *lane += takes(id);
+                    if let Some(before) = last.insert(id.clone(), at_ms) {
+                        gaps.push(at_ms - before);
+                    }
+                    let record = CheckRecord {
+                        digest: "d1".into(),
+                        at_ms,
+                        duration_ms: 1,
+                        outcome: CheckOutcome::Holds,
+                        output: String::new(),
+                    };
+                    targets
+                        .entry(id.clone())
+                        .or_insert_with(|| Target::new("motd", id, at_ms))
+                        .checked(record);
+                }
+                now = lanes.into_iter().max().expect("lanes");
+                decision = decide_at(&targets, now);
+            }
+            now += decision.wake_after_ms.unwrap_or(interval).max(200);
+        }
+        let worst = gaps.iter().copied().max().expect("checked again");
+        assert!(gaps.len() > 2_000 * 8, "{} checks again", gaps.len());
+        assert!(
+            worst <= interval + 2 * sweep,
+            "a machine waited {worst} ms between checks (interval {interval}, sweep {sweep})"
+        );
     }
 }

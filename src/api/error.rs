@@ -100,7 +100,9 @@ impl From<store::Error> for ApiError {
             store::Error::NoSuchUser(_) => ApiError::NotFound(error.to_string()),
             // The database away (or restarting), or a disk that refuses writes:
             // not this request's fault, and nothing was done.
-            error if error.is_transient() || matches!(error, store::Error::WritesFailing { .. }) => {
+            error
+                if error.is_transient() || matches!(error, store::Error::WritesFailing { .. }) =>
+            {
                 ApiError::Unavailable {
                     message: format!("the store cannot serve this now; nothing was done: {error}"),
                     retry_after_secs: 2,

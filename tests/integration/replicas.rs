@@ -814,7 +814,10 @@ async fn a_database_restart_under_load_loses_no_event_and_reports_nothing_twice(
     assert!(refused.headers().contains_key("retry-after"));
     let said: Value = refused.json().await.unwrap();
     let message = said["error"]["message"].as_str().unwrap();
-    assert!(message.contains("PostgreSQL at"), "names the database: {message}");
+    assert!(
+        message.contains("PostgreSQL at"),
+        "names the database: {message}"
+    );
     let server = tokio::task::spawn_blocking(move || {
         server.resume().unwrap();
         server
