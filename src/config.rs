@@ -241,6 +241,9 @@ pub struct HttpConfig {
     /// A request's body must arrive within this.
     #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
     pub body_timeout: Duration,
+    /// Table queries running at once, in all and per user; beyond, 429.
+    pub table_queries: usize,
+    pub table_queries_per_user: usize,
 }
 
 impl Default for HttpConfig {
@@ -249,6 +252,8 @@ impl Default for HttpConfig {
             max_connections: 2048,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
+            table_queries: 8,
+            table_queries_per_user: 2,
         }
     }
 }

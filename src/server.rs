@@ -260,6 +260,10 @@ impl Daemon {
             controller,
             terminals,
             metrics,
+            table_queries: crate::tables::Permits::new(
+                config.http.table_queries,
+                config.http.table_queries_per_user,
+            ),
             draining,
         };
         tracing::info!(%address, data_dir = %config.data_dir.display(), replica = %membership.id(), "linkops serving");

@@ -43,26 +43,41 @@ pub async fn list(
         .map_err(|error| ApiError::Internal(error.to_string()))?
 }
 
-/// A page of `GET /api/links`, with its headers.
+/// A page of `GET /api/links`, with its headers. The inventory answers the
+/// tag and text filters and the total; statuses are read only for the page,
+/// unless the query filters on them.
 fn page(
     state: &AppState,
     query: &MachineQuery,
 ) -> Result<(HeaderMap, Json<Vec<MachineView>>), ApiError> {
     let desired = state.git.desired().borrow().clone();
     let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
-    let all = matching_views(state, machines, query)?;
-    // The total counts every page, not only those after the cursor.
-    let total = all.len();
-    let matching: Vec<MachineView> = all
-        .into_iter()
-        .filter(|view| {
-            query
-                .after
-                .as_ref()
-                .is_none_or(|after| view.spec.id > *after)
-        })
-        .collect();
+    let after = |id: &String| query.after.as_ref().is_none_or(|after| id > after);
     let limit = query.limit.unwrap_or(usize::MAX);
+    let (total, matching) = match query.asks_observed() {
+        false => {
+            let inventory = query.inventory_filter();
+            let mut candidates: Vec<&Machine> =
+                machines.iter().filter(|m| inventory.matches(m)).collect();
+            candidates.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            let start = candidates.partition_point(|m| !after(&m.id));
+            let page = candidates[start..]
+                .iter()
+                .copied()
+                .take(limit.saturating_add(1));
+            (candidates.len(), views(state, page)?)
+        }
+        true => {
+            let all = matching_views(state, machines, query)?;
+            let total = all.len();
+            (
+                total,
+                all.into_iter()
+                    .filter(|view| after(&view.spec.id))
+                    .collect(),
+            )
+        }
+    };
     let mut headers = HeaderMap::new();
     headers.insert("x-total-count", HeaderValue::from(total));
     if matching.len() > limit {
@@ -88,8 +103,9 @@ fn matching_views(
     machines: &[Machine],
     query: &MachineQuery,
 ) -> Result<Vec<MachineView>, ApiError> {
-    let mut sorted: Vec<&Machine> = machines.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let inventory = query.inventory_filter();
+    let mut sorted: Vec<&Machine> = machines.iter().filter(|m| inventory.matches(m)).collect();
+    sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     Ok(views(state, sorted.into_iter())?
         .into_iter()
         .filter(|view| query.matches(view))

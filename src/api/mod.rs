@@ -48,6 +48,8 @@ pub struct AppState {
     pub controller: crate::controller::Controller,
     pub terminals: crate::terminal::Terminals,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Table queries running at once (`[http] table_queries`).
+    pub table_queries: crate::tables::Permits,
     /// Cancelled when the server stops accepting: endless streams end.
     pub draining: tokio_util::sync::CancellationToken,
 }

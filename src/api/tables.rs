@@ -11,7 +11,7 @@ use crate::contract::{TableColumn, TablePage};
 use crate::tables::{self, query::QueryRequest};
 
 /// `POST /api/tables/query`
-#[utoipa::path(post, path = "/api/tables/query", tag = "tables", request_body = crate::tables::query::QueryRequest, responses((status = 200, description = "`{table, columns: [{name, type}], rows: [{column: value}], total?, has_more, next_cursor?}`. Tables: machines, scripts, operations, operation_hosts, sync_history, terminal_workspaces, terminal_sessions, audit_log, users (these four: admin)", body = TablePage), (status = 400, description = "Unknown table or column, a value of the wrong type, or an operator the column does not support; the message names it", body = crate::contract::ErrorBody)))]
+#[utoipa::path(post, path = "/api/tables/query", tag = "tables", request_body = crate::tables::query::QueryRequest, responses((status = 200, description = "`{table, columns: [{name, type}], rows: [{column: value}], total?, has_more, next_cursor?}`. Tables: machines, scripts, operations, operation_hosts, sync_history, terminal_workspaces, terminal_sessions, audit_log, users (these four: admin)", body = TablePage), (status = 400, description = "Unknown table or column, a value of the wrong type, or an operator the column does not support; the message names it", body = crate::contract::ErrorBody), (status = 429, description = "Too many table queries at once ([http] table_queries, table_queries_per_user)", body = crate::contract::ErrorBody)))]
 pub async fn query(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -22,16 +22,27 @@ pub async fn query(
         .map_err(|error| ApiError::BadRequest(format!("invalid query: {error}")))?;
     let needed = tables::required_role(&request.table)
         .map_err(|error| ApiError::BadRequest(error.to_string()))?;
-    caller.require(needed)?;
+    let user = caller.require(needed)?;
+    let permit = state
+        .table_queries
+        .take(&user.name)
+        .map_err(|error| ApiError::Busy {
+            message: error.to_string(),
+            retry_after_secs: 1,
+        })?;
     let store = state.store.clone();
     let table = request.table.clone();
-    let page = tokio::task::spawn_blocking(move || tables::run(&store, &request))
-        .await
-        .map_err(|error| ApiError::Internal(error.to_string()))?
-        .map_err(|error| match error {
-            tables::Error::Query(error) => ApiError::BadRequest(error.to_string()),
-            tables::Error::Store(error) => error.into(),
-        })?;
+    let page = tokio::task::spawn_blocking(move || {
+        // Held until the read ends, even when the caller has gone.
+        let _permit = permit;
+        tables::run(&store, &request)
+    })
+    .await
+    .map_err(|error| ApiError::Internal(error.to_string()))?
+    .map_err(|error| match error {
+        tables::Error::Query(error) => ApiError::BadRequest(error.to_string()),
+        tables::Error::Store(error) => error.into(),
+    })?;
     let columns = page
         .columns
         .iter()

@@ -88,18 +88,44 @@ pub struct MachineQuery {
 impl MachineQuery {
     /// Whether `view` is one of the machines asked for (paging aside).
     pub fn matches(&self, view: &MachineView) -> bool {
-        let spec = &view.spec;
-        let text = self.q.as_ref().map(|q| q.to_lowercase());
-        self.tag.as_ref().is_none_or(|tag| spec.tags.contains(tag))
+        self.inventory_filter().matches(&view.spec)
             && self.health.as_ref().is_none_or(|h| view.health.name() == h)
             && self
                 .enrollment
                 .as_ref()
                 .is_none_or(|e| view.enrollment.name() == e)
-            && text.is_none_or(|q| {
+    }
+
+    /// Whether the query filters on what was observed (health, enrollment),
+    /// not only on the inventory.
+    pub fn asks_observed(&self) -> bool {
+        self.health.is_some() || self.enrollment.is_some()
+    }
+
+    /// The part of the query the inventory answers alone (tag, text), its
+    /// text lower-cased once.
+    pub fn inventory_filter(&self) -> InventoryFilter<'_> {
+        InventoryFilter {
+            tag: self.tag.as_deref(),
+            text: self.q.as_ref().map(|q| q.to_lowercase()),
+        }
+    }
+}
+
+/// What a [`MachineQuery`] asks of the inventory.
+pub struct InventoryFilter<'q> {
+    tag: Option<&'q str>,
+    text: Option<String>,
+}
+
+impl InventoryFilter<'_> {
+    pub fn matches(&self, spec: &Machine) -> bool {
+        self.tag
+            .is_none_or(|tag| spec.tags.iter().any(|have| have == tag))
+            && self.text.as_ref().is_none_or(|q| {
                 [&spec.id, &spec.name, &spec.host]
                     .iter()
-                    .any(|field| field.to_lowercase().contains(&q))
+                    .any(|field| field.to_lowercase().contains(q))
             })
     }
 }

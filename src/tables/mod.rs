@@ -3,10 +3,14 @@
 //!
 //! A query sorted by a table's key (or unsorted) is answered by scanning in
 //! key order and stopping after the page, through the operations index when
-//! it pins `state`, `script` or `machine`; other sorts read the matching rows
-//! and sort them, and can then also count them.
+//! it pins `state`, `script` or `machine`; other sorts read every matching
+//! row, keep only the best ones for the page as they go (a query's memory is
+//! bounded by its page, whatever the table holds) and count them.
 
 pub mod query;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use linkops_reconcilers::operation::{HostResult, HostState, Operation};
 use linkops_reconcilers::state::{Standing, Target};
@@ -22,6 +26,80 @@ pub enum Error {
     Query(#[from] QueryError),
     #[error(transparent)]
     Store(#[from] store::Error),
+}
+
+/// A query refused because too many run at once.
+#[derive(Debug, thiserror::Error)]
+#[error("{running} table queries already run ({setting} = {limit}): try again when one has ended")]
+pub struct Busy {
+    running: usize,
+    limit: usize,
+    setting: &'static str,
+}
+
+/// Table queries running at once, bounded per user and in all: each reads
+/// the store on a blocking thread, and what many viewers ask at once must
+/// not take the daemon's memory or threads.
+#[derive(Clone)]
+pub struct Permits {
+    running: Arc<Mutex<HashMap<String, usize>>>,
+    per_user: usize,
+    in_all: usize,
+}
+
+/// A running query's place; given back when dropped.
+pub struct Permit {
+    running: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Permits {
+    /// `[http] table_queries` in all, `table_queries_per_user` each.
+    pub fn new(in_all: usize, per_user: usize) -> Permits {
+        Permits {
+            running: Arc::default(),
+            per_user: per_user.max(1),
+            in_all: in_all.max(1),
+        }
+    }
+
+    /// A place for one more query of `user`, or why not.
+    pub fn take(&self, user: &str) -> Result<Permit, Busy> {
+        let mut running = self.running.lock().expect("never poisoned");
+        let in_all: usize = running.values().sum();
+        if in_all >= self.in_all {
+            return Err(Busy {
+                running: in_all,
+                limit: self.in_all,
+                setting: "[http] table_queries",
+            });
+        }
+        let mine = running.entry(user.to_owned()).or_default();
+        if *mine >= self.per_user {
+            return Err(Busy {
+                running: *mine,
+                limit: self.per_user,
+                setting: "[http] table_queries_per_user",
+            });
+        }
+        *mine += 1;
+        Ok(Permit {
+            running: self.running.clone(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut running = self.running.lock().expect("never poisoned");
+        if let Some(mine) = running.get_mut(&self.user) {
+            *mine -= 1;
+            if *mine == 0 {
+                running.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// One page of a query's answer.
@@ -234,7 +312,9 @@ fn scan_seq<V: serde::Serialize + serde::de::DeserializeOwned>(
 }
 
 /// Gathers the matching rows of a scan: stops a key-ordered scan after the
-/// page, or keeps everything to sort when the order is another column's.
+/// page; when the order is another column's, keeps the best rows for the
+/// page as they come (never more than twice what the page needs) and counts
+/// the rest.
 struct Collector<'q> {
     query: &'q Query,
     rows: Vec<Vec<Cell>>,
@@ -251,6 +331,11 @@ impl<'q> Collector<'q> {
             streaming: key_ordered_scan && query.key_order().is_some(),
             matched: 0,
         }
+    }
+
+    /// Rows the page needs: those it skips, shows, and one to tell there is more.
+    fn needed(&self) -> usize {
+        self.query.offset + self.query.limit + 1
     }
 
     /// How to scan a sequence-keyed table: newest first unless the query
@@ -275,8 +360,16 @@ impl<'q> Collector<'q> {
             return;
         }
         self.matched += 1;
-        if self.query.after_cursor(&row) {
-            self.rows.push(row);
+        if !self.query.after_cursor(&row) {
+            return;
+        }
+        self.rows.push(row);
+        // Sorted as they come: the best `needed` stay, the rest go (amortised
+        // to one sort per `needed` rows).
+        if !self.streaming && self.rows.len() >= 2 * self.needed() {
+            let (query, needed) = (self.query, self.needed());
+            self.rows.sort_by(|a, b| query.compare(a, b));
+            self.rows.truncate(needed);
         }
     }
 
@@ -467,4 +560,69 @@ fn workspace_row(workspace: Workspace) -> Vec<Cell> {
         Cell::Time(workspace.created_at_ms),
         Cell::Time(workspace.updated_at_ms),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_at_once_are_bounded_per_user_and_in_all() {
+        let permits = Permits::new(3, 2);
+        let first = permits.take("vic").unwrap();
+        let _second = permits.take("vic").unwrap();
+        let refused = permits.take("vic").err().unwrap().to_string();
+        assert!(
+            refused.contains("[http] table_queries_per_user = 2"),
+            "{refused}"
+        );
+        let _other = permits.take("olga").unwrap();
+        let refused = permits.take("ada").err().unwrap().to_string();
+        assert!(refused.contains("[http] table_queries = 3"), "{refused}");
+        drop(first);
+        permits.take("ada").unwrap();
+    }
+
+    #[test]
+    fn a_sort_on_another_column_holds_no_more_than_twice_its_page() {
+        let request: QueryRequest = serde_json::from_value(serde_json::json!({
+            "table": "state_checks",
+            "filter": [{"column": "result", "op": "eq", "value": "holds"}],
+            "sort": [{"column": "at", "dir": "desc"}],
+            "limit": 10,
+            "offset": 5,
+        }))
+        .unwrap();
+        let query = Query::compile("state_checks", STATE_CHECKS, &request).unwrap();
+        let mut collector = Collector::new(&query, false);
+        let mut most = 0;
+        for n in 0..10_000i64 {
+            // Every third row does not match; the times come in no order.
+            let at = (n * 7_919) % 10_000;
+            collector.push(vec![
+                Cell::Str(format!("s/m{n}/{at}")),
+                Cell::Str("s".into()),
+                Cell::Str(format!("m{n}")),
+                Cell::Time(at),
+                Cell::Str(if n % 3 == 0 { "drifted" } else { "holds" }.into()),
+                Cell::Int(1),
+                Cell::Str("d".into()),
+                Cell::Str("x".repeat(64)),
+            ]);
+            most = most.max(collector.rows.len());
+        }
+        assert!(most <= 2 * (5 + 10 + 1), "held {most} rows at once");
+        let page = collector.finish(STATE_CHECKS);
+        assert_eq!(page.total, Some(6_666));
+        let times: Vec<&Cell> = page.rows.iter().map(|row| &row[3]).collect();
+        // The newest matching times, after the first five: as a full sort gives them.
+        let mut expected: Vec<i64> = (0..10_000i64)
+            .filter(|n| n % 3 != 0)
+            .map(|n| (n * 7_919) % 10_000)
+            .collect();
+        expected.sort_unstable_by(|a, b| b.cmp(a));
+        let expected: Vec<Cell> = expected[5..15].iter().map(|at| Cell::Time(*at)).collect();
+        assert_eq!(times, expected.iter().collect::<Vec<_>>());
+        assert!(page.next_cursor.is_some());
+    }
 }

@@ -253,3 +253,55 @@ async fn bad_queries_are_400s_that_name_the_problem_and_secrets_stay_out() {
     assert!(!audit["rows"].as_array().unwrap().is_empty(), "{audit}");
     daemon.stop().await;
 }
+
+/// Queries at once are bounded: a viewer asking many at a time is answered
+/// 429 naming the setting for those beyond `[http] table_queries_per_user`,
+/// and each query answered holds only its page.
+#[tokio::test]
+async fn queries_at_once_are_bounded_per_user() {
+    let data = support::private_dir();
+    support::add_users(
+        data.path(),
+        &[
+            (ADMIN.0, Role::Admin, ADMIN.1),
+            (VIEWER.0, Role::Viewer, VIEWER.1),
+        ],
+    );
+    let mut config = support::config(data.path());
+    config.http.table_queries_per_user = 1;
+    let store = support::open_store(&config);
+    store.import_operations(&operations(20_000)).unwrap();
+    drop(store);
+    let daemon = TestDaemon::start(config).await;
+    let viewer = daemon.token(VIEWER.0, VIEWER.1).await;
+    // Sorted by a column no index serves: every operation is read.
+    let body =
+        json!({"table": "operations", "sort": [{"column": "script", "dir": "desc"}], "limit": 10});
+    let answers =
+        futures::future::join_all((0..16).map(|_| query(&daemon, &viewer, body.clone()))).await;
+    let mut refused = 0;
+    for (status, answer) in &answers {
+        match *status {
+            StatusCode::OK => {
+                assert_eq!(answer["rows"].as_array().unwrap().len(), 10);
+                assert_eq!(answer["total"], 20_000);
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                let message = answer["error"]["message"].as_str().unwrap();
+                assert!(
+                    message.contains("[http] table_queries_per_user = 1"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other}: {answer}"),
+        }
+    }
+    assert!(refused > 0, "16 at once, one allowed: some are refused");
+    assert!(refused < 16, "the first one is served");
+    // Another user is not held back by the viewer's queries.
+    let admin = daemon.token(ADMIN.0, ADMIN.1).await;
+    let (status, _) = query(&daemon, &admin, body).await;
+    assert_eq!(status, StatusCode::OK);
+    daemon.stop().await;
+}
