@@ -176,6 +176,9 @@ pub struct ForgeConfig {
     /// The console's address as people reach it, for links in statuses and
     /// notifications (`https://linkops.example`).
     pub console_url: Option<String>,
+    /// Sends the token over a plain `http://` `api_url` that is not
+    /// loopback (refused unless this is true: it would travel in cleartext).
+    pub allow_plain_http: bool,
 }
 
 impl Default for ForgeConfig {
@@ -186,6 +189,7 @@ impl Default for ForgeConfig {
             repository: None,
             token_file: "forge_token".into(),
             console_url: None,
+            allow_plain_http: false,
         }
     }
 }
@@ -227,6 +231,10 @@ pub struct SinkConfig {
     /// `machine_unreachable`, …: every `EventKind`); all when empty.
     #[serde(default)]
     pub events: Vec<linkops_reconcilers::outbox::EventKind>,
+    /// Sends to a plain `http://` URL that is not loopback (refused unless
+    /// this is true: the URL, token and payload would travel in cleartext).
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

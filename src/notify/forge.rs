@@ -52,11 +52,9 @@ impl Forge {
                 ));
             }
         };
-        if !api_url.starts_with("https://") && !api_url.starts_with("http://") {
-            return Err(Error::Forge(format!(
-                "api_url {api_url:?} is not an http(s) URL"
-            )));
-        }
+        let allowed = config.forge.allow_plain_http;
+        super::check_transport(&api_url, allowed, "[forge] allow_plain_http")
+            .map_err(|problem| Error::Forge(format!("api_url {api_url:?}: {problem}")))?;
         let token =
             crate::secrets::read_private(&config.keys_dir().join(&config.forge.token_file))?;
         Ok(Some(Forge {

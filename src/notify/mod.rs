@@ -264,6 +264,26 @@ impl Delivery {
     }
 }
 
+/// Refuses a URL that would carry a secret in cleartext: `https://`, or
+/// `http://` to a loopback address, or `http://` where `allowed` (the
+/// setting the refusal names). Names only the host: the URL may be secret.
+pub(super) fn check_transport(url: &str, allowed: bool, setting: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| "is not a URL".to_owned())?;
+    let host = parsed.host_str().unwrap_or_default().to_owned();
+    let loopback = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback || allowed => Ok(()),
+        "http" => Err(format!(
+            "http://{host} would carry a secret in cleartext: use https://, or set {setting} = true where the network is trusted"
+        )),
+        other => Err(format!("{other}:// is not http(s)")),
+    }
+}
+
 /// The start of a refusal's body, read only that far (a hostile endpoint
 /// may answer without end), as text.
 pub(super) async fn answer_excerpt(mut answer: reqwest::Response) -> String {

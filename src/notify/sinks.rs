@@ -42,9 +42,9 @@ impl Sink {
             ));
         }
         let url = config.url.expose_secret();
-        if !url.starts_with("https://") && !url.starts_with("http://") {
-            return Err(refuse("url is not an http(s) URL".into()));
-        }
+        let setting = format!("allow_plain_http (of sink {:?})", config.name);
+        super::check_transport(url, config.allow_plain_http, &setting)
+            .map_err(|problem| refuse(format!("url: {problem}")))?;
         let read = |file: &Option<String>| -> Result<Option<SecretString>, Error> {
             file.as_ref()
                 .map(|file| crate::secrets::read_private(&keys.join(file)).map(SecretString::from))

@@ -437,6 +437,7 @@ fn sinks(url: &str) -> Vec<SinkConfig> {
         secret_file: None,
         token_file: None,
         events: vec![linkops_reconcilers::outbox::EventKind::OperationFailed],
+        allow_plain_http: false,
     };
     vec![
         SinkConfig {
@@ -881,6 +882,7 @@ async fn a_state_reports_its_rollout_on_its_commit_and_notifies_drift_and_halts(
             linkops_reconcilers::outbox::EventKind::StateDrifted,
             linkops_reconcilers::outbox::EventKind::RolloutHalted,
         ],
+        allow_plain_http: false,
     }];
     let declared = setup.work.head();
     let daemon = setup.start_with(config).await;
@@ -969,6 +971,7 @@ async fn a_machine_going_down_is_told_once_and_its_bouncing_damped() {
         secret_file: Some("hook_secret".into()),
         token_file: None,
         events: vec![],
+        allow_plain_http: false,
     }];
     let daemon = setup.start_with(config).await;
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
@@ -1049,6 +1052,7 @@ async fn an_answer_that_echoes_a_secret_is_kept_redacted_and_shown_to_admins_onl
         secret_file: None,
         token_file,
         events: vec![linkops_reconcilers::outbox::EventKind::OperationFailed],
+        allow_plain_http: false,
     };
     config.notify.sinks = vec![
         sink(

@@ -481,3 +481,43 @@ fn operator_errors_are_one_line_without_a_backtrace() {
     assert!(stderr.contains("--password-stdin"), "{stderr}");
     assert!(!stderr.contains("backtrace"), "{stderr}");
 }
+
+/// A forge token (or a sink's URL) bound for plain `http://` anywhere but
+/// loopback would cross the network in cleartext: the daemon refuses to
+/// start, naming the setting that would allow it.
+#[test]
+fn a_secret_bound_for_plain_http_beyond_loopback_is_refused_at_start() {
+    let dir = crate::support::private_dir();
+    for (url, cleartext) in [
+        ("http://forge.example/api/v1", true),
+        ("http://[::1]:3000/api/v1", false),
+        ("https://forge.example/api/v1", false),
+    ] {
+        let mut command = linkops();
+        command
+            .env("LINKOPS_FORGE_KIND", "forgejo")
+            .env("LINKOPS_FORGE_API_URL", url)
+            .env("LINKOPS_FORGE_REPOSITORY", "ops/config");
+        let args = [
+            OsStr::new("--data-dir"),
+            dir.path().as_os_str(),
+            OsStr::new("--config"),
+            OsStr::new("/dev/null"),
+        ];
+        let said = match ServeProcess::spawn(command, args) {
+            Ok((daemon, _)) => {
+                daemon.terminate();
+                None
+            }
+            Err(said) => Some(said),
+        };
+        // Refused for the transport before the token file is read; the
+        // others get past it (to be refused for the missing token file).
+        let said = said.unwrap_or_default();
+        assert_eq!(
+            said.contains("[forge] allow_plain_http = true"),
+            cleartext,
+            "{url}: {said}"
+        );
+    }
+}
