@@ -266,9 +266,23 @@ impl Daemon {
             ),
             draining,
         };
+        let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        let cap = connection_cap(
+            open_files,
+            config.http.max_connections,
+            config.ssh.pool_size,
+        );
+        tracing::info!(
+            connections = cap,
+            open_files_limit = ?open_files,
+            max_connections = config.http.max_connections,
+            ssh_pool_size = config.ssh.pool_size,
+            "HTTP connections at once: [http] max_connections, within what the open-files limit leaves beside the SSH pool, the store and files"
+        );
         tracing::info!(%address, data_dir = %config.data_dir.display(), replica = %membership.id(), "linkops serving");
         let limits = ConnectionLimits {
-            connections: Arc::new(tokio::sync::Semaphore::new(config.http.max_connections)),
+            connections: Arc::new(tokio::sync::Semaphore::new(cap)),
+            waiting_for_a_request: Arc::default(),
             header_timeout: config.http.header_timeout,
             metrics: state.metrics.clone(),
         };
@@ -712,9 +726,73 @@ const CONNECTION_BUFFER: usize = 64 << 10;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What bounds the connections of [`serve`].
+/// Descriptors kept beside the SSH pool for everything else: the store (its
+/// file, or PostgreSQL's pool and listener), Git, key and log files,
+/// terminal panes' own SSH connections, the listeners.
+const OTHER_FILES: u64 = 128;
+
+/// Connections to serve at once: `[http] max_connections`, within what the
+/// open-files `limit` leaves beside the SSH pool and [`OTHER_FILES`] — but
+/// at least a quarter of it, so that a low limit still serves. Beyond the
+/// cap a connection is answered 503 at once (or takes the place of one that
+/// has not sent a request), instead of the process running out of files.
+fn connection_cap(limit: Option<u64>, configured: usize, pool_size: usize) -> usize {
+    let Some(limit) = limit else {
+        return configured;
+    };
+    let left = limit.saturating_sub(pool_size as u64 + OTHER_FILES);
+    let cap = left.max(limit / 4);
+    configured
+        .min(usize::try_from(cap).unwrap_or(usize::MAX))
+        .max(1)
+}
+
+/// Connections that have not sent a whole request yet, oldest first, each
+/// with the token that ends it: at the cap, a new connection takes the place
+/// of the oldest (a flood of half-sent heads must not keep `/health` out).
+#[derive(Default)]
+struct WaitingForARequest {
+    next: std::sync::atomic::AtomicU64,
+    connections: std::sync::Mutex<std::collections::BTreeMap<u64, CancellationToken>>,
+}
+
+impl WaitingForARequest {
+    fn add(&self) -> (u64, CancellationToken) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let evicted = CancellationToken::new();
+        let mut connections = self.connections.lock().expect("never poisoned");
+        connections.insert(id, evicted.clone());
+        (id, evicted)
+    }
+
+    /// The connection sent a request (or ended): no longer evicted.
+    fn remove(&self, id: u64) {
+        self.connections.lock().expect("never poisoned").remove(&id);
+    }
+
+    /// Ends the connection that has waited longest for a request; whether there was one.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.connections.lock().expect("never poisoned").pop_first();
+        oldest.map(|(_, evicted)| evicted.cancel()).is_some()
+    }
+}
+
+/// A connection's place among those waiting for a request, left when dropped.
+struct Waiting {
+    set: Arc<WaitingForARequest>,
+    id: u64,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.set.remove(self.id);
+    }
+}
+
 struct ConnectionLimits {
-    /// A permit per open connection (`[http] max_connections`).
+    /// A permit per open connection (`[http] max_connections`, within the open-files limit).
     connections: Arc<tokio::sync::Semaphore>,
+    waiting_for_a_request: Arc<WaitingForARequest>,
     /// Headers must arrive within it; an idle keep-alive connection closes after it.
     header_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -722,8 +800,8 @@ struct ConnectionLimits {
 
 /// The answer to a connection beyond the cap, written raw: it must cost nothing.
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-    content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 114\r\n\r\n\
-    {\"error\":{\"code\":\"busy\",\"message\":\"too many connections: the limit is [http] max_connections; try again shortly\"}}";
+    content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 166\r\n\r\n\
+    {\"error\":{\"code\":\"busy\",\"message\":\"too many connections: the limit is [http] max_connections, within the open-files limit (see the log at start); try again shortly\"}}";
 
 /// How long the refusal may take to write.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -771,7 +849,19 @@ async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Ok(permit) = limits.connections.clone().try_acquire_owned() else {
+        let permit = match limits.connections.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            // Full: the connection waiting longest for a request makes room.
+            Err(_) if limits.waiting_for_a_request.evict_oldest() => {
+                let freed = limits.connections.clone().acquire_owned();
+                tokio::time::timeout(REFUSAL_TIMEOUT, freed)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        let Some(permit) = permit else {
             limits.metrics.http_connections_refused.inc();
             tokio::spawn(async move {
                 let mut stream = stream;
@@ -787,8 +877,15 @@ async fn serve(
         let open = crate::metrics::Open::new(&limits.metrics.http_connections);
         let header_timeout = limits.header_timeout;
         let stopping = stopping.clone();
+        let waiting = limits.waiting_for_a_request.clone();
+        let (id, evicted) = waiting.add();
         tokio::spawn(async move {
             let _held = (permit, open);
+            // Whatever ends the connection, it waits for nothing any more.
+            let _waiting = Waiting {
+                set: waiting.clone(),
+                id,
+            };
             // hyper times a header from its first byte: a client that sends nothing
             // is bounded here (a peek waits for a byte; readiness alone can be spurious).
             let mut first = [0u8; 1];
@@ -796,6 +893,7 @@ async fn serve(
             tokio::select! {
                 peeked = first_byte => if !matches!(peeked, Ok(Ok(1..))) { return },
                 () = stopping.cancelled() => return,
+                () = evicted.cancelled() => return,
             }
             let mut http =
                 hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
@@ -806,12 +904,22 @@ async fn serve(
             // HTTP/1.1 only, with upgrades for the terminal WebSockets. An
             // upgraded socket leaves hyper (and this drain); it ends with the
             // terminals' shutdown.
+            // Its first request head makes it a connection that is served.
+            let router = tower::ServiceExt::map_request(router, move |request| {
+                waiting.remove(id);
+                request
+            });
             let connection = http.serve_connection_with_upgrades(
                 TokioIo::new(stream),
                 TowerToHyperService::new(router),
             );
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%error, "connection ended with an error");
+            tokio::select! {
+                served = watcher.watch(connection) => if let Err(error) = served {
+                    tracing::debug!(%error, "connection ended with an error");
+                },
+                () = evicted.cancelled() => {
+                    tracing::debug!("a connection that sent no whole request made room for a new one");
+                }
             }
         });
     }
@@ -860,6 +968,36 @@ impl AcceptErrors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_errors_back_off_doubling_and_are_logged_at_most_once_per_interval() {
+        let mut errors = AcceptErrors::default();
+        let emfile = std::io::Error::from_raw_os_error(24);
+        let pauses: Vec<u128> = (0..9).map(|_| errors.failed(&emfile).as_millis()).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        // The first was logged; the rest within the interval are counted for the next line.
+        assert_eq!(errors.unlogged, 8);
+    }
+
+    #[test]
+    fn the_connection_cap_leaves_files_for_the_pool_and_the_store() {
+        let cases = [
+            // (open-files limit, [http] max_connections, [ssh] pool_size, cap)
+            (Some(65_536), 2_048, 256, 2_048),
+            (Some(1_024), 2_048, 256, 640),
+            (Some(256), 2_048, 256, 64),
+            (Some(256), 16, 256, 16),
+            (None, 2_048, 256, 2_048),
+            (Some(0), 2_048, 256, 1),
+        ];
+        for (limit, configured, pool, cap) in cases {
+            assert_eq!(
+                connection_cap(limit, configured, pool),
+                cap,
+                "{limit:?} {configured} {pool}"
+            );
+        }
+    }
 
     #[test]
     fn the_connection_refusal_is_well_formed_http() {

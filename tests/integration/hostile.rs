@@ -41,8 +41,9 @@ async fn read_to_close(stream: &mut TcpStream) -> String {
 }
 
 /// Defect 5: half a header, or an idle keep-alive connection, is closed by
-/// the header timeout; past the connection cap a client gets a 503 at once,
-/// counted, and the daemon answers again when a connection goes.
+/// the header timeout; at the connection cap a new client takes the place of
+/// a connection that sent no request, and when every slot is being served it
+/// gets a 503 at once, counted; the daemon answers again when one goes.
 #[tokio::test]
 async fn slow_and_excess_connections_are_closed_and_counted() {
     let dir = data_dir();
@@ -65,10 +66,56 @@ async fn slow_and_excess_connections_are_closed_and_counted() {
     let answer = read_to_close(&mut idle).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
 
-    // Three connections that send nothing hold every slot; the fourth is refused, naming the limit.
+    // Three connections that send nothing hold every slot: a fourth takes
+    // the place of the oldest (which is closed) and is served.
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(TcpStream::connect(address(&daemon)).await.unwrap());
+    }
+    let mut fourth = TcpStream::connect(address(&daemon)).await.unwrap();
+    fourth
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut fourth).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let started = std::time::Instant::now();
+    assert_eq!(read_to_close(&mut held.remove(0)).await, "");
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "closed to make room"
+    );
+    drop(held);
+
+    // Three streams being served hold every slot: the fourth is refused, naming the limit.
+    let token = {
+        // On a connection of its own that closes: the client's pool would hold a slot.
+        let mut login = TcpStream::connect(address(&daemon)).await.unwrap();
+        let body = format!(r#"{{"username":"{}","password":"{}"}}"#, ADMIN.0, ADMIN.1);
+        let request = format!(
+            "POST /api/auth/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        login.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_to_close(&mut login).await;
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let answer: serde_json::Value = serde_json::from_str(body).expect(&answer);
+        answer["token"].as_str().unwrap().to_owned()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(address(&daemon)).await.unwrap();
+        let request = format!(
+            "GET /api/fleet/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        streams.push(stream);
     }
     let mut excess = TcpStream::connect(address(&daemon)).await.unwrap();
     let answer = read_to_close(&mut excess).await;
@@ -76,10 +123,7 @@ async fn slow_and_excess_connections_are_closed_and_counted() {
         answer.starts_with("HTTP/1.1 503") && answer.contains("[http] max_connections"),
         "{answer}"
     );
-    // The held ones end with the header timeout; then the daemon answers again.
-    for mut stream in held {
-        read_to_close(&mut stream).await;
-    }
+    drop(streams);
     let metrics = support::eventually("the daemon to answer again", || async {
         let response = daemon
             .client()

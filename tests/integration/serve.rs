@@ -190,54 +190,56 @@ fn user_add_passwd_role_and_remove() {
     assert_eq!(names, ["otto"]);
 }
 
-/// Defect 5: at the open-files limit the accept loop backs off and logs once per
-/// interval, instead of spinning out millions of lines, and serves again once
-/// connections go.
+/// At a low open-files limit the daemon serves what the limit allows (and
+/// says so at start) instead of running out of files, and a flood of silent
+/// connections and half-sent request heads never keeps `/health` out: a new
+/// connection takes the place of the oldest one that has not sent a whole
+/// request. (Defect 5 was the accept loop spinning at the limit; its backoff
+/// stays, tested in `server`.)
 #[tokio::test]
-async fn at_the_open_files_limit_the_daemon_backs_off_and_recovers() {
+async fn under_a_flood_of_half_sent_heads_health_answers_at_once() {
+    use tokio::io::AsyncWriteExt;
     let dir = crate::support::private_dir();
     let mut prlimit = Command::new("prlimit");
-    prlimit.args(["--nofile=64:64", env!("CARGO_BIN_EXE_linkops")]);
+    prlimit.args(["--nofile=256:256", env!("CARGO_BIN_EXE_linkops")]);
     let timeout = std::ffi::OsStr::new("120s");
-    let (mut daemon, _, address) = serve(
+    let (daemon, before, address) = serve(
         prlimit,
         dir.path(),
         &[("LINKOPS_HTTP_HEADER_TIMEOUT", timeout)],
     );
-    // More silent connections than the daemon has descriptors left, held
-    // until it ran out (it may accept more slowly than they are made).
-    let mut held = Vec::new();
-    for _ in 0..100 {
-        held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    let cap = before
+        .iter()
+        .find(|line| line.contains("HTTP connections at once"))
+        .expect("the cap is logged at start");
+    assert!(cap.contains("connections=64"), "{cap}");
+    let mut flood = Vec::new();
+    for n in 0..300 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        if n % 2 == 0 {
+            stream
+                .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+                .await
+                .unwrap();
+        }
+        flood.push(stream);
     }
-    let before = daemon
-        .log_until(
-            "accepting a connection failed",
-            std::time::Duration::from_secs(30),
-        )
-        .unwrap();
-    let health = format!("http://{address}/health");
     let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(5))
         .build()
         .unwrap();
-    drop(held);
-    crate::support::eventually("/health to answer again", || async {
-        let response = client.get(&health).send().await.ok()?;
-        (response.status() == reqwest::StatusCode::OK).then_some(())
-    })
-    .await;
-    let (_, log) = daemon.terminate();
-    let reports = before
-        .iter()
-        .map(String::as_str)
-        .chain(log.lines())
-        .filter(|line| line.contains("accepting a connection failed"))
-        .count();
-    assert!(
-        (1..=3).contains(&reports),
-        "{reports} accept-failure lines:\n{log}"
-    );
+    for _ in 0..3 {
+        let health = client
+            .get(format!("http://{address}/health"))
+            .send()
+            .await
+            .expect("/health answers under the flood");
+        assert_eq!(health.status(), reqwest::StatusCode::OK);
+    }
+    drop(flood);
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("accepting a connection failed"), "{log}");
 }
 
 #[tokio::test]
