@@ -5,7 +5,9 @@
 //! As root the server runs as `nobody` (PostgreSQL refuses root). It is
 //! started under a small `sh` guard that reads its standard input: when the
 //! test process ends — even killed — the pipe closes and the guard stops
-//! the server at once, so no server outlives its tests.
+//! the server at once, so no server outlives its tests. A second guard, as
+//! the test's own user, then removes the cluster's directory: servers kept
+//! in a `static` are never dropped, and nothing may stay in the temp dir.
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -43,9 +45,12 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
-/// A running server; stopped on drop (or when this process ends).
+/// A running server; stopped on drop (or when this process ends), its
+/// directory removed then.
 pub struct TestPostgres {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
+    /// The cleaner's standard input: closed, it removes `dir` once the server stopped.
+    _cleaner: ChildStdin,
     bin: PathBuf,
     port: u16,
     password: String,
@@ -62,16 +67,18 @@ impl TestPostgres {
         let dir = tempfile::Builder::new()
             .prefix("linkops-postgres-")
             .tempdir()
-            .map_err(io("temporary directory"))?;
+            .map_err(io("temporary directory"))?
+            .keep();
+        let cleaner = cleaner(&dir)?;
         let password = uuid::Uuid::new_v4().simple().to_string();
-        let data = dir.path().join("data");
+        let data = dir.join("data");
         std::fs::create_dir(&data).map_err(io("data directory"))?;
-        let password_file = dir.path().join("password");
+        let password_file = dir.join("password");
         std::fs::write(&password_file, &password).map_err(io("password file"))?;
         if as_root() {
             use std::os::unix::fs::PermissionsExt;
             // `nobody` must reach its directories: the temporary one opened, the rest its own.
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
                 .map_err(io("temporary directory"))?;
             for path in [&data, &password_file] {
                 std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY))
@@ -96,6 +103,7 @@ impl TestPostgres {
         let port = free_port()?;
         let mut server = TestPostgres {
             dir,
+            _cleaner: cleaner,
             bin,
             port,
             password,
@@ -167,7 +175,7 @@ impl TestPostgres {
         if self.guard.is_some() {
             return Ok(());
         }
-        let data = self.dir.path().join("data");
+        let data = self.dir.join("data");
         let postgres = self.bin.join("postgres");
         // The guard stops the server as soon as its standard input closes.
         let script = r#"postgres="$1"; shift
@@ -235,6 +243,26 @@ impl Drop for TestPostgres {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// Removes `dir` once its standard input closes (this process ended, or the
+/// server was dropped) and the server has stopped: PostgreSQL removes
+/// `postmaster.pid` as it exits (waited for at most 10 s).
+fn cleaner(dir: &Path) -> Result<ChildStdin, Error> {
+    let script = r#"read -r _ignored
+tries=0
+while [ -e "$1/data/postmaster.pid" ] && [ "$tries" -lt 100 ]; do sleep 0.1; tries=$((tries+1)); done
+rm -rf "$1"
+"#;
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", script, "linkops-test-postgres-cleaner"])
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(io("start the directory's cleaner"))?;
+    // It is never waited for: it outlives this process by design.
+    Ok(child.stdin.take().expect("piped"))
 }
 
 fn as_root() -> bool {
