@@ -295,8 +295,11 @@ fn parse<T: DeserializeOwned>(
         Err(error) => error,
     };
     let first = yaml_problem(path, 0, &error);
-    let Some(Entries { mut broken, rest }) = list.and_then(|key| entries::<T>(path, text, key))
-    else {
+    let cut = match list {
+        Some(key) => entries::<T>(path, text, key),
+        None => fields::<T>(path, text),
+    };
+    let Some(Entries { mut broken, rest }) = cut else {
         problems.push(first);
         return None;
     };
@@ -378,6 +381,71 @@ fn entries<T: DeserializeOwned>(path: &str, text: &str, key: &str) -> Option<Ent
         }
     }
     Some(Entries {
+        broken,
+        rest: lines.join("\n"),
+    })
+}
+
+/// Parses a file that is one mapping (a run-request, a state) again and
+/// again, each time without the top-level key whose lines the last error
+/// was in, so that every broken field is reported at once — not one per
+/// commit. Stops at an error no single key holds (or a required key gone:
+/// its own error is reported already). None when the first error is not
+/// within a top-level key.
+fn fields<T: DeserializeOwned>(path: &str, text: &str) -> Option<Entries> {
+    let mut lines: Vec<&str> = text.lines().collect();
+    // Each top-level key's lines: from its line to the next top-level key.
+    let starts: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| {
+            line.starts_with(|c: char| !c.is_whitespace() && c != '#' && c != '-')
+                && line.contains(':')
+        })
+        .map(|(index, _)| index)
+        .collect();
+    let blocks: Vec<(usize, usize, String)> = starts
+        .iter()
+        .enumerate()
+        .map(|(at, start)| {
+            let end = starts.get(at + 1).copied().unwrap_or(lines.len());
+            let key = lines[*start].split(':').next().unwrap_or_default().trim();
+            (*start, end, key.to_owned())
+        })
+        .collect();
+    // The block holding 1-based `line`.
+    let block_of = |line: usize| {
+        blocks
+            .iter()
+            .find(|(start, end, _)| (start + 1..=*end).contains(&line))
+            .cloned()
+    };
+    let mut broken: Vec<Problem> = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..=starts.len() {
+        let Err(error) =
+            serde_saphyr::from_str_with_options::<T>(&lines.join("\n"), yaml_options())
+        else {
+            break;
+        };
+        let problem = yaml_problem(path, 0, &error);
+        if removed
+            .iter()
+            .any(|key| problem.message.contains(&format!("missing field `{key}`")))
+        {
+            break;
+        }
+        let Some((start, end, key)) = block_of(usize::try_from(problem.line).unwrap_or(0)) else {
+            break;
+        };
+        if removed.contains(&key) {
+            break;
+        }
+        broken.push(problem);
+        lines[start..end].fill("");
+        removed.push(key);
+    }
+    (!broken.is_empty()).then(|| Entries {
         broken,
         rest: lines.join("\n"),
     })
@@ -1081,5 +1149,33 @@ mod tests {
         assert_eq!(state.interval, crate::state::DEFAULT_INTERVAL);
         assert_eq!(state.mode, crate::state::Mode::Enforce);
         assert!(state.windows.is_empty());
+    }
+
+    #[test]
+    fn every_broken_field_of_a_state_file_is_reported_at_once() {
+        let files: RepoFiles = [
+            (
+                "links.yaml",
+                "machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [web]}\n",
+            ),
+            (
+                "scripts.yaml",
+                "scripts:\n  - {id: motd, name: Motd, body: 'echo hi > /etc/motd', check: 'test -f /etc/motd'}\n",
+            ),
+            (
+                "states/motd.yaml",
+                "id: motd\nscript: motd\nmode: enforced\ntargets: {tags: [web]}\nrollout:\n  canary: many\nwindows:\n  - {days: [funday], from: \"01:00\", to: \"02:00\"}\n",
+            ),
+        ]
+        .into_iter()
+        .map(|(path, text)| (path.to_owned(), text.as_bytes().to_vec()))
+        .collect();
+        let problems = load("r1", &files).unwrap_err();
+        let lines: Vec<(u64, bool)> = problems
+            .iter()
+            .map(|p| (p.line, p.file == "states/motd.yaml"))
+            .collect();
+        assert_eq!(lines, [(3, true), (6, true), (8, true)], "{problems:?}");
+        assert!(problems[0].message.contains("enforced"), "{problems:?}");
     }
 }
