@@ -251,6 +251,17 @@ impl PasswordArgs {
 
 /// Errors are the operator's to read: the message and its causes, never a
 /// backtrace (anyhow would print one whenever RUST_BACKTRACE is set).
+/// Writes `bytes` to standard output; a reader that stopped early
+/// (`linkops man | head`) is no error.
+fn print_all(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written,
+    }
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -297,19 +308,17 @@ fn run() -> anyhow::Result<()> {
         Command::Schema { out } => Ok(offline::write_schemas(out)?),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "linkops",
-                &mut std::io::stdout(),
-            );
-            Ok(())
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "linkops", &mut script);
+            print_all(&script).context("writing the completions")
         }
         Command::Man => {
             use clap::CommandFactory;
+            let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .context("writing the man page")
+                .render(&mut page)
+                .context("rendering the man page")?;
+            print_all(&page).context("writing the man page")
         }
         Command::Demo { listen } => {
             // Runs on here only as root, or when sudo cannot be had (the demo then says what it needs).
@@ -385,7 +394,11 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
         client::login(server, user, *password_stdin).await?;
         return Ok(0);
     }
-    let client = Client::from_session(server, None)?;
+    // The daemon's health needs no session: `status` tells it without one.
+    let client = match command {
+        Command::Status => Client::from_session_if_any(server)?,
+        _ => Client::from_session(server, None)?,
+    };
     match command {
         Command::Machines { tag } => client::machines(&client, tag.as_deref(), json)
             .await

@@ -621,6 +621,21 @@ pub async fn sync(client: &Client, json: bool) -> Result<i32> {
 /// `linkops status`: health, Git, reconcile suspension, in one screen.
 pub async fn status(client: &Client, json: bool) -> Result<()> {
     let health: Health = client.get("/health").await?;
+    if !client.has_session() {
+        if json {
+            return print_json(&json!({ "health": health }));
+        }
+        println!(
+            "daemon     {} ({})",
+            client.server(),
+            api_name(&health.status)
+        );
+        println!(
+            "           log in for the revision and the machines: linkops login --server {}",
+            client.server()
+        );
+        return Ok(());
+    }
     let git: GitStatus = client.get("/api/git/status").await?;
     let machines: Vec<MachineView> = client.get("/api/links").await?;
     if json {

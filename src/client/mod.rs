@@ -33,6 +33,10 @@ pub enum Error {
     NotLoggedIn { server: String },
     #[error("the session for {server} has expired: run `linkops login --server {server}`")]
     Expired { server: String },
+    #[error(
+        "your session for {server} is no longer valid (the daemon signs with another key, or your password or account changed): run `linkops login --server {server}`"
+    )]
+    SessionInvalid { server: String },
     #[error("session file {path}: {reason}")]
     Session { path: PathBuf, reason: String },
     #[error(
@@ -63,6 +67,23 @@ impl Client {
             token,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// A client for the server of the saved session (or `server`), with its
+    /// token when there is a session for it, without one otherwise (for what
+    /// needs none: the daemon's health).
+    pub fn from_session_if_any(server: Option<&str>) -> Result<Client> {
+        match Client::from_session(server, None) {
+            Err(Error::NotLoggedIn { server } | Error::Expired { server }) => {
+                Ok(Client::new(&server, None))
+            }
+            other => other,
+        }
+    }
+
+    /// Whether requests carry a session's token.
+    pub fn has_session(&self) -> bool {
+        self.token.is_some()
     }
 
     /// A client for the server of the saved session (or `server`), with its token.
@@ -128,7 +149,7 @@ impl Client {
             .await
             .map_err(|source| self.unreachable(source))?;
         if !status.is_success() {
-            return Err(api_error(status.as_u16(), &body));
+            return Err(self.refused(status.as_u16(), &body));
         }
         serde_json::from_slice(&body).map_err(|error| Error::Api {
             status: status.as_u16(),
@@ -157,12 +178,23 @@ impl Client {
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().await.unwrap_or_default();
-            return Err(api_error(status.as_u16(), &body));
+            return Err(self.refused(status.as_u16(), &body));
         }
         Ok(response
             .bytes_stream()
             .eventsource()
             .map(|event| event.map_err(|error| error.to_string())))
+    }
+
+    /// A refusal; a 401 to a request with a token means the session is no
+    /// longer good, which the operator is told how to mend.
+    fn refused(&self, status: u16, body: &[u8]) -> Error {
+        match (status, &self.token) {
+            (401, Some(_)) => Error::SessionInvalid {
+                server: self.server.clone(),
+            },
+            _ => api_error(status, body),
+        }
     }
 
     fn unreachable(&self, source: reqwest::Error) -> Error {

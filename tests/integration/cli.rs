@@ -217,3 +217,49 @@ async fn without_a_session_the_client_says_how_to_log_in() {
         stderr(&output)
     );
 }
+
+#[tokio::test]
+async fn a_session_the_daemon_no_longer_takes_says_to_log_in_and_status_needs_none() {
+    let setup = FleetSetup::new(1, &[], SCRIPTS);
+    let daemon = setup.start().await;
+    let home = logged_in(&daemon).await;
+    // As after a restart with a new signing key: the saved token is refused.
+    let session = home.path().join("linkops/session.json");
+    let mut saved: Value = serde_json::from_slice(&std::fs::read(&session).unwrap()).unwrap();
+    saved["token"] = Value::String(format!("{}x", saved["token"].as_str().unwrap()));
+    std::fs::write(&session, serde_json::to_vec(&saved).unwrap()).unwrap();
+    let output = linkops(home.path(), &["machines"], None).await;
+    assert_eq!(output.status.code(), Some(2));
+    let said = stderr(&output);
+    assert!(
+        said.contains("no longer valid") && said.contains("run `linkops login --server"),
+        "{said}"
+    );
+    // Without a session, status still tells the daemon's health.
+    let fresh = crate::support::private_dir();
+    let output = linkops(fresh.path(), &["--server", &daemon.url, "status"], None).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let told = stdout(&output);
+    assert!(
+        told.contains("(ok)") && told.contains("linkops login"),
+        "{told}"
+    );
+    daemon.stop().await;
+}
+
+/// `linkops man | head` and the like: a reader that is gone before the page
+/// is written is no error.
+#[test]
+fn the_man_page_and_completions_to_a_closed_pipe_are_no_error() {
+    for args in [&["man"][..], &["completions", "bash"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_linkops"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+        assert_eq!(stderr(&output), "", "{args:?}");
+    }
+}
