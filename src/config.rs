@@ -195,11 +195,23 @@ impl Default for ForgeConfig {
 }
 
 /// Where notifications go.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
     /// `[[notify.sinks]]`, each delivered on its own, in order.
     pub sinks: Vec<SinkConfig>,
+    /// Messages one channel (the forge, each sink) holds while it cannot be
+    /// reached; beyond, its oldest go to the dead letters.
+    pub max_queued: usize,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            sinks: Vec::new(),
+            max_queued: crate::store::MAX_QUEUED,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -602,7 +602,8 @@ fn open_store(config: &Config) -> Result<store::Store, Error> {
             .map_err(|source| Error::DataDir { path: dir, source })?;
     }
     refuse_open_data_dir(&config.data_dir)?;
-    Ok(store::Store::open_at(&config.store_location()?)?)
+    let store = store::Store::open_at(&config.store_location()?)?;
+    Ok(store.bounding_outbox(config.notify.max_queued))
 }
 
 /// The blocking part of start-up once this daemon joined: what the last

@@ -237,6 +237,28 @@ pub struct Queued {
     pub last_error: Option<String>,
 }
 
+/// Whether `newer`, queued for a channel, makes `older` — queued for the
+/// same channel and not delivered yet — redundant: both tell how one
+/// machine stands, and the newer is how it stands now. While a sink is down,
+/// a bouncing machine then waits as one message, not one per change.
+pub fn supersedes(newer: &Message, older: &Message) -> bool {
+    let machine = |kind: EventKind| {
+        matches!(
+            kind,
+            EventKind::MachineUnreachable
+                | EventKind::MachineUnenrolled
+                | EventKind::MachineHostKeyChanged
+                | EventKind::MachineRecovered
+        )
+    };
+    match (newer, older) {
+        (Message::Notification(newer), Message::Notification(older)) => {
+            machine(newer.kind) && machine(older.kind) && newer.subject == older.subject
+        }
+        _ => false,
+    }
+}
+
 /// After `attempts` failed attempts: when to try again, or `None` to give up
 /// (the message goes to the dead letters). 1 s, 2 s, 4 s … at most 5 min.
 pub fn retry_after_ms(attempts: u32) -> Option<i64> {
@@ -591,6 +613,57 @@ mod tests {
     use super::*;
 
     const REV: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn a_machine_s_newer_standing_supersedes_its_older_one_and_nothing_else() {
+        let event = |kind, subject: &str| {
+            Message::Notification(Notification {
+                version: NOTIFICATION_VERSION,
+                kind,
+                at_ms: 0,
+                title: String::new(),
+                text: String::new(),
+                subject: subject.into(),
+                url: None,
+            })
+        };
+        use EventKind::*;
+        let cases = [
+            (
+                event(MachineRecovered, "web1"),
+                event(MachineUnreachable, "web1"),
+                true,
+            ),
+            (
+                event(MachineUnenrolled, "web1"),
+                event(MachineRecovered, "web1"),
+                true,
+            ),
+            (
+                event(MachineRecovered, "web1"),
+                event(MachineUnreachable, "web2"),
+                false,
+            ),
+            // An operation's or a revision's news is never coalesced.
+            (
+                event(OperationFailed, "7"),
+                event(OperationFailed, "7"),
+                false,
+            ),
+            (
+                event(MachineRecovered, "7"),
+                event(OperationFailed, "7"),
+                false,
+            ),
+        ];
+        for (newer, older, expected) in cases {
+            assert_eq!(
+                supersedes(&newer, &older),
+                expected,
+                "{newer:?} over {older:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_sync_says_pending_then_its_end_on_the_commit() {

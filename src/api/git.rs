@@ -14,6 +14,7 @@ use crate::contract::{GitStatus, PostedStatusView, SyncRequested, SyncView, Webh
 use crate::git::sync::Trigger;
 use crate::git::webhook;
 use crate::store::{DeliveryClaim, Role, SyncOutcome, SyncRecord};
+use linkops_reconcilers::outbox::FORGE;
 use linkops_reconcilers::plan::BranchWork;
 
 /// Largest webhook body accepted; push payloads are a few KiB.
@@ -45,6 +46,9 @@ pub async fn desired(
     })
 }
 
+/// Commit statuses waiting (and given up on) that `GET /api/git/status` shows.
+const STATUSES_SHOWN: usize = 100;
+
 /// `GET /api/git/status`
 #[utoipa::path(get, path = "/api/git/status", tag = "git", responses((status = 200, description = "Applied and last attempted revision; problems as file:line:col", body = GitStatus)))]
 pub async fn status(
@@ -73,13 +77,13 @@ pub async fn status(
             .collect(),
         None => Vec::new(),
     };
-    // Only the forge's messages: the sinks' are at /api/notifications. What
-    // the forge answered (redacted) is for admins, as the outbox is.
+    // Only the forge's messages (the oldest waiting, the newest given up on):
+    // the rest is at /api/notifications. What the forge answered (redacted)
+    // is for admins, as the outbox is.
     let admin = caller.require(Role::Admin).is_ok();
     let forge = |messages: Vec<linkops_reconcilers::outbox::Queued>| {
         messages
             .into_iter()
-            .filter(|q| q.channel == linkops_reconcilers::outbox::FORGE)
             .map(|queued| linkops_reconcilers::outbox::Queued {
                 last_error: queued.last_error.filter(|_| admin),
                 ..queued
@@ -95,8 +99,8 @@ pub async fn status(
                 .saturating_add(i64::try_from(r.duration_ms).unwrap_or(0)))
         }),
         statuses,
-        statuses_queued: forge(state.store.queued()?),
-        statuses_dead: forge(state.store.dead_letters()?),
+        statuses_queued: forge(state.store.queued(Some(FORGE), 0, STATUSES_SHOWN)?),
+        statuses_dead: forge(state.store.dead_letters(Some(FORGE), STATUSES_SHOWN)?),
         last_attempt: last.map(SyncView::from),
         last_error,
     }))

@@ -2,23 +2,31 @@
 
 use axum::extract::State;
 
-use super::extract::Json;
+use super::extract::{Json, Query};
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState};
-use crate::contract::OutboxView;
+use crate::contract::{OutboxQuery, OutboxView};
 use crate::store::Role;
 
 /// `GET /api/notifications`
-#[utoipa::path(get, path = "/api/notifications", tag = "daemon", responses((status = 200, description = "Commit statuses and notifications waiting for delivery, and the dead letters (admin)", body = OutboxView)))]
+#[utoipa::path(get, path = "/api/notifications", tag = "daemon", params(OutboxQuery), responses((status = 200, description = "Commit statuses and notifications waiting for delivery, and the dead letters (admin)", body = OutboxView)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Authenticated,
+    Query(query): Query<OutboxQuery>,
 ) -> Result<Json<OutboxView>, ApiError> {
     // Admin: what the forge and sinks answered is theirs, whatever it says.
     caller.require(Role::Admin)?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let channel = query.channel.as_deref();
+    let (queued_total, dead_total) = state.store.outbox_counts()?;
     Ok(Json(OutboxView {
-        queued: state.store.queued()?,
-        dead: state.store.dead_letters()?,
+        queued: state
+            .store
+            .queued(channel, query.after.unwrap_or(0), limit)?,
+        dead: state.store.dead_letters(channel, limit)?,
+        queued_total,
+        dead_total,
     }))
 }

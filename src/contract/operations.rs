@@ -161,8 +161,25 @@ pub struct TableColumn {
 /// `GET /api/notifications`: what waits in the outbox and what was given up on.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutboxView {
-    /// Commit statuses and notifications waiting, oldest first (with their attempts and last error).
+    /// Commit statuses and notifications waiting, oldest first (with their
+    /// attempts and last error): a page of them, after `after`.
     pub queued: Vec<linkops_reconcilers::outbox::Queued>,
-    /// Given up on after their last attempt.
+    /// Given up on after their last attempt, or dropped from a full channel:
+    /// the newest, oldest first.
     pub dead: Vec<linkops_reconcilers::outbox::Queued>,
+    /// How many wait, and how many dead letters are kept, in all channels.
+    pub queued_total: u64,
+    pub dead_total: u64,
+}
+
+/// Which part of the outbox `GET /api/notifications` shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OutboxQuery {
+    /// One channel: `forge` or a sink's name.
+    pub channel: Option<String>,
+    /// Waiting messages after this number (the last one seen).
+    pub after: Option<u64>,
+    /// At most this many of each (default 100, at most 1000).
+    pub limit: Option<usize>,
 }

@@ -38,6 +38,7 @@ pub use group_commit::StatusWriter;
 pub use observed::{HealthSample, StatusWrite};
 pub use operations::Claim;
 pub use operations::OperationUpdate;
+pub use outbox::MAX_QUEUED;
 pub use retention::{Pruned, Retention};
 pub use scan::{OperationIndex, SeqTable};
 pub use schema::SCHEMA_VERSION;
@@ -162,6 +163,8 @@ pub struct Store {
     user_changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// The lease every write of this handle is checked against (see [`Store::fenced`]).
     fence: Option<Arc<engine::postgres::Fence>>,
+    /// Messages an outbox channel holds at most (`[notify] max_queued`).
+    outbox_bound: usize,
 }
 
 impl std::fmt::Debug for Store {
@@ -219,7 +222,16 @@ impl Store {
             fleet_changes: Arc::new(changes::FleetChanges::new()),
             user_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             fence: None,
+            outbox_bound: outbox::MAX_QUEUED,
         })
+    }
+
+    /// This store, each outbox channel holding at most `bound` messages.
+    pub fn bounding_outbox(self, bound: usize) -> Store {
+        Store {
+            outbox_bound: bound.max(1),
+            ..self
+        }
     }
 
     fn read(&self) -> Result<engine::ReadTx> {

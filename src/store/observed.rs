@@ -109,7 +109,7 @@ impl Store {
             for entry in &write.audits {
                 audit::append_audit(&mut tx, entry)?;
             }
-            super::outbox::enqueue(&mut tx, &write.outgoing)?;
+            super::outbox::enqueue(&mut tx, &write.outgoing, self.outbox_bound)?;
             let id = write.status.machine_id.as_str();
             let before = tx.get(MACHINE_STATUS, id)?;
             tx.insert(MACHINE_STATUS, id, &write.status)?;

@@ -193,7 +193,7 @@ impl Store {
             Outcome::Success,
             Some(detail),
         )?;
-        super::outbox::enqueue(&mut tx, &outgoing(&created))?;
+        super::outbox::enqueue(&mut tx, &outgoing(&created), self.outbox_bound)?;
         tx.commit()?;
         Ok(created)
     }
@@ -222,7 +222,7 @@ impl Store {
                 }
                 tx.insert(OPERATIONS, id, &operation)?;
             }
-            super::outbox::enqueue(&mut tx, &update.outgoing)?;
+            super::outbox::enqueue(&mut tx, &update.outgoing, self.outbox_bound)?;
             append_events(&mut tx, id, update.events)?
         };
         tx.commit()?;
@@ -337,7 +337,7 @@ impl Store {
         for operation in unfinished {
             interrupted.push(interrupt(&mut tx, operation)?);
         }
-        super::outbox::enqueue(&mut tx, &outgoing(&interrupted))?;
+        super::outbox::enqueue(&mut tx, &outgoing(&interrupted), self.outbox_bound)?;
         tx.commit()?;
         Ok(interrupted)
     }
@@ -369,7 +369,7 @@ impl Store {
                 _ => tx.remove(OPERATIONS_RUNNING, id)?,
             }
         }
-        super::outbox::enqueue(&mut tx, &outgoing(&interrupted))?;
+        super::outbox::enqueue(&mut tx, &outgoing(&interrupted), self.outbox_bound)?;
         tx.commit()?;
         Ok(interrupted)
     }

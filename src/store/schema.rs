@@ -20,7 +20,7 @@ use super::{Error, Result};
 ///
 /// Version 8 keeps every table as ordered bytes (`engine::key`) with JSON
 /// records, the same in redb and PostgreSQL; older redb files are converted.
-pub const SCHEMA_VERSION: u64 = 8;
+pub const SCHEMA_VERSION: u64 = 9;
 
 /// Store metadata: `schema_version`, `write_probe_ms`.
 pub const META: Table<String, Json<u64>> = Table::new("meta");
@@ -92,6 +92,8 @@ pub const STATE_CHECKS: Table<(String, String, i64), Json<CheckRecord>> =
     Table::new("state_checks");
 /// Commit statuses and notifications waiting for delivery, by number (version 7).
 pub const OUTBOX: Table<u64, Json<Queued>> = Table::new("outbox");
+/// Each channel's waiting messages, by (channel, number) (version 9).
+pub const OUTBOX_CHANNELS: Table<(String, u64), Unit> = Table::new("outbox_channels");
 /// Messages given up on after their last attempt, by number (version 7).
 pub const OUTBOX_DEAD: Table<u64, Json<Queued>> = Table::new("outbox_dead");
 /// The last commit status the forge accepted, by (commit, context) (version 7).
@@ -101,7 +103,7 @@ pub const FORGE_STATUSES: Table<(String, String), Json<PostedStatus>> =
 pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
 /// Every table's name: what an engine creates, and what `linkops store migrate` copies.
-pub const TABLES: [&str; 33] = [
+pub const TABLES: [&str; 34] = [
     META.name,
     USERS.name,
     LOGIN_FAILURES.name,
@@ -132,6 +134,7 @@ pub const TABLES: [&str; 33] = [
     STATE_TARGETS.name,
     STATE_CHECKS.name,
     OUTBOX.name,
+    OUTBOX_CHANNELS.name,
     OUTBOX_DEAD.name,
     FORGE_STATUSES.name,
     AUDIT_LOG.name,
@@ -183,9 +186,24 @@ pub fn migrate(engine: &Engine, store: &str) -> Result<()> {
         if version < 5 {
             rekey_fleet_suspension(&mut tx)?;
         }
+        if version < 9 {
+            index_outbox_channels(&mut tx)?;
+        }
     }
     tx.insert(META, VERSION_KEY, &SCHEMA_VERSION)?;
     tx.commit()
+}
+
+/// Version 9: each channel's waiting messages are indexed.
+fn index_outbox_channels(tx: &mut WriteTx) -> Result<()> {
+    let queued: Vec<(String, u64)> = tx
+        .all(OUTBOX, false)
+        .map(|entry| entry.map(|(seq, queued)| (queued.channel, seq)))
+        .collect::<Result<_>>()?;
+    for (channel, seq) in queued {
+        tx.insert(OUTBOX_CHANNELS, (channel.as_str(), seq), &())?;
+    }
+    Ok(())
 }
 
 /// Version 5: the fleet-wide suspension was the key `fleet`, which is also a
@@ -409,6 +427,38 @@ mod tests {
         let db = redb::Database::open(&path).unwrap();
         let tx = db.begin_read().unwrap();
         assert!(tx.open_table(legacy::META).is_err());
+    }
+
+    #[test]
+    fn a_version_8_outbox_is_indexed_by_channel() {
+        use linkops_reconcilers::outbox::{EventKind, Message, Notification, Outgoing};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let told = |subject: &str| Outgoing {
+                channel: "chat".into(),
+                message: Message::Notification(Notification {
+                    version: 1,
+                    kind: EventKind::OperationFailed,
+                    at_ms: 0,
+                    title: String::new(),
+                    text: String::new(),
+                    subject: subject.into(),
+                    url: None,
+                }),
+            };
+            store.enqueue(&[told("1"), told("2")]).unwrap();
+            // As version 8 left it: the messages, no index.
+            let mut tx = store.write().unwrap();
+            tx.insert(META, VERSION_KEY, &8u64).unwrap();
+            tx.retain(OUTBOX_CHANNELS, |_, _| false).unwrap();
+            tx.commit().unwrap();
+            assert!(store.next_queued("chat").unwrap().is_none());
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.queued(Some("chat"), 0, 10).unwrap().len(), 2);
+        assert!(store.next_queued("chat").unwrap().is_some());
     }
 
     #[test]

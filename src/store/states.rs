@@ -108,7 +108,7 @@ impl Store {
         for entry in &write.audits {
             audit::append_audit(&mut tx, entry)?;
         }
-        super::outbox::enqueue(&mut tx, &write.outgoing)?;
+        super::outbox::enqueue(&mut tx, &write.outgoing, self.outbox_bound)?;
         tx.commit()
     }
 

@@ -103,7 +103,7 @@ impl Store {
         outgoing: &[linkops_reconcilers::outbox::Outgoing],
     ) -> Result<SyncRecord> {
         let mut tx = self.write()?;
-        super::outbox::enqueue(&mut tx, outgoing)?;
+        super::outbox::enqueue(&mut tx, outgoing, self.outbox_bound)?;
         if let Some(entry) = audit {
             audit::append_audit(&mut tx, entry)?;
         }

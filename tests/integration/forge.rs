@@ -1122,3 +1122,78 @@ async fn an_answer_that_echoes_a_secret_is_kept_redacted_and_shown_to_admins_onl
     assert!(git["statuses_queued"][0]["last_error"].is_string(), "{git}");
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_sink_that_stays_down_holds_at_most_its_bound_and_the_outbox_pages() {
+    let setup = FleetSetup::new(1, &[], SCRIPTS);
+    let receivers = TestSinks::start().await;
+    receivers.received.down.store(true, Ordering::SeqCst);
+    let mut config = setup.config();
+    config.notify.sinks = sinks(&receivers.url)
+        .into_iter()
+        .filter(|sink| sink.name == "chat")
+        .collect();
+    config.notify.max_queued = 3;
+    let daemon = setup.start_with(config).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    let mut failed = Vec::new();
+    for _ in 0..6 {
+        let (status, operation) = daemon
+            .request(
+                reqwest::Method::POST,
+                "/api/operations/run",
+                &token,
+                Some(json!({"script": "fail", "targets": {"machines": ["host1"]}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{operation}");
+        let id = operation["id"].as_u64().unwrap();
+        read_events(&daemon, &token, id, None).await;
+        failed.push(id.to_string());
+    }
+    let outbox = |query: &'static str| {
+        let (daemon, token) = (&daemon, &token);
+        async move {
+            let path = format!("/api/notifications{query}");
+            let (status, outbox) = daemon
+                .request(reqwest::Method::GET, &path, token, None)
+                .await;
+            assert_eq!(status, StatusCode::OK, "{outbox}");
+            outbox
+        }
+    };
+    let subjects = |messages: &Value| -> Vec<String> {
+        messages
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["message"]["subject"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = outbox("?channel=chat").await;
+    assert_eq!(all["queued_total"], 3, "{all}");
+    assert_eq!(
+        subjects(&all["queued"]),
+        failed[3..],
+        "the newest three wait"
+    );
+    assert_eq!(
+        subjects(&all["dead"]),
+        failed[..3],
+        "the oldest three were dropped"
+    );
+    for dead in all["dead"].as_array().unwrap() {
+        let why = dead["last_error"].as_str().unwrap();
+        assert!(why.contains("[notify] max_queued"), "{why}");
+    }
+    // Paged: two, then the one after them.
+    let first = outbox("?channel=chat&limit=2").await;
+    assert_eq!(subjects(&first["queued"]), failed[3..5]);
+    let last_seq = first["queued"][1]["seq"].as_u64().unwrap();
+    let path = format!("/api/notifications?channel=chat&after={last_seq}");
+    let (_, rest) = daemon
+        .request(reqwest::Method::GET, &path, &token, None)
+        .await;
+    assert_eq!(subjects(&rest["queued"]), failed[5..]);
+    daemon.stop().await;
+}

@@ -1292,10 +1292,23 @@ export interface components {
         };
         /** @description `GET /api/notifications`: what waits in the outbox and what was given up on. */
         OutboxView: {
-            /** @description Given up on after their last attempt. */
+            /**
+             * @description Given up on after their last attempt, or dropped from a full channel:
+             *     the newest, oldest first.
+             */
             dead: components["schemas"]["Queued"][];
-            /** @description Commit statuses and notifications waiting, oldest first (with their attempts and last error). */
+            /** Format: int64 */
+            dead_total: number;
+            /**
+             * @description Commit statuses and notifications waiting, oldest first (with their
+             *     attempts and last error): a page of them, after `after`.
+             */
             queued: components["schemas"]["Queued"][];
+            /**
+             * Format: int64
+             * @description How many wait, and how many dead letters are kept, in all channels.
+             */
+            queued_total: number;
         };
         /** @description Output is `text` when it is UTF-8, `base64` otherwise. */
         OutputBytes: {
@@ -2324,7 +2337,14 @@ export interface operations {
     };
     daemon_list: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description One channel: `forge` or a sink's name. */
+                channel?: string;
+                /** @description Waiting messages after this number (the last one seen). */
+                after?: number;
+                /** @description At most this many of each (default 100, at most 1000). */
+                limit?: number;
+            };
             header?: never;
             path?: never;
             cookie?: never;
