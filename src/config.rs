@@ -347,6 +347,10 @@ pub struct RetentionConfig {
     /// Sync attempts kept besides those that applied a revision (the deploy
     /// history, which stays).
     pub sync_records: usize,
+    /// A declared state's records (its status, its record and checks on each
+    /// machine) stay this long after it left Git, or the machine its targets.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub departed_states: Duration,
     /// How often the store lets go of what the settings above no longer keep.
     #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
     pub interval: Duration,
@@ -361,6 +365,7 @@ impl Default for RetentionConfig {
             health_max_samples: 1000,
             operation_output: Duration::from_secs(30 * 24 * 3600),
             sync_records: 10_000,
+            departed_states: Duration::from_secs(30 * 24 * 3600),
             interval: Duration::from_secs(600),
         }
     }
@@ -376,6 +381,7 @@ impl RetentionConfig {
                 max_samples: self.health_max_samples,
             },
             operation_output: self.operation_output,
+            departed_states: self.departed_states,
         }
     }
 }

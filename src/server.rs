@@ -437,6 +437,7 @@ async fn prune_store(
                 for (kind, count) in [
                     ("health_sample", pruned.health_samples),
                     ("output_event", pruned.output_events),
+                    ("state_record", pruned.state_records),
                 ] {
                     metrics
                         .store_pruned

@@ -1,6 +1,8 @@
 //! What the store keeps of a machine's health history: every sample while it
 //! is recent, then one per bucket and every change of state, then nothing —
-//! so its size is bounded by settings, not by how long the daemon has run.
+//! so its size is bounded by settings, not by how long the daemon has run;
+//! and how long the records of a declared state outlive its leaving Git (or
+//! a machine's leaving its targets).
 
 use std::time::Duration;
 
@@ -56,6 +58,30 @@ pub fn expired(samples: &[Sample], now_ms: i64, policy: &HealthRetention) -> Vec
     removed.extend_from_slice(&kept[..over]);
     removed.sort_unstable();
     removed
+}
+
+/// Whether a declared state's record (or its record on one machine) goes:
+/// Git no longer declares the state (or its targets no longer select the
+/// machine), and nothing has happened to the record for `grace` — long
+/// enough to look back at what was there, not for ever.
+pub fn departed(declared: bool, last_activity_ms: i64, grace: Duration, now_ms: i64) -> bool {
+    let grace = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    !declared && now_ms.saturating_sub(last_activity_ms) >= grace
+}
+
+/// When a state's record on a machine last changed: its standing, its last
+/// check, its last apply.
+pub fn last_activity(target: &crate::state::Target) -> i64 {
+    let check = target.check.as_ref().map(|c| c.at_ms);
+    let apply = target
+        .apply
+        .as_ref()
+        .map(|a| a.finished_at_ms.unwrap_or(a.started_at_ms));
+    [Some(target.since_ms), check, apply]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(target.since_ms)
 }
 
 #[cfg(test)]
@@ -156,4 +182,34 @@ mod tests {
         // 61 samples of the last hour, then one per hour for the rest of the day.
         assert_eq!(kept, 61 + 23);
     }
+
+    #[test]
+    fn departed_records_go_after_their_grace_and_declared_ones_never() {
+        let day = Duration::from_secs(86_400);
+        let cases = [
+            (true, 0, 100 * DAY_MS, false),
+            (false, 0, DAY_MS - 1, false),
+            (false, 0, DAY_MS, true),
+            (false, 5 * DAY_MS, 5 * DAY_MS + 1, false),
+        ];
+        for (declared, last, now, gone) in cases {
+            assert_eq!(
+                departed(declared, last, day, now),
+                gone,
+                "{declared} {last} {now}"
+            );
+        }
+        let mut target = crate::state::Target::new("motd", "web1", 10);
+        assert_eq!(last_activity(&target), 10);
+        target.apply = Some(crate::state::ApplyRecord {
+            digest: "d".into(),
+            operation_id: 1,
+            started_at_ms: 20,
+            finished_at_ms: Some(30),
+            result: crate::state::ApplyResult::Succeeded,
+        });
+        assert_eq!(last_activity(&target), 30);
+    }
+
+    const DAY_MS: i64 = 86_400_000;
 }

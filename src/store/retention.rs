@@ -1,8 +1,10 @@
 //! What the store lets go, so its size is bounded by settings rather than by
 //! how long the daemon has run: health history thinned with age
 //! (`reconcilers::retention`) and the output of operations that ended long
-//! ago (sync attempts are bounded as they are recorded: `sync.rs`). Run in
-//! batches of small transactions, so writers never wait long.
+//! ago (sync attempts are bounded as they are recorded: `sync.rs`), and the
+//! records of declared states that left Git, or of machines that left a
+//! state's targets, once their grace passed. Run in batches of small
+//! transactions, so writers never wait long.
 
 use std::time::Duration;
 
@@ -10,11 +12,16 @@ use linkops_reconcilers::retention::{self, HealthRetention, Sample};
 use serde::{Deserialize, Serialize};
 
 use super::engine::{Json, Read, Table, Write};
-use super::schema::{HEALTH_HISTORY, META, OPERATION_EVENTS, OPERATIONS};
+use super::schema::{
+    APPLIED_STATE, HEALTH_HISTORY, META, OPERATION_EVENTS, OPERATIONS, STATE_CHECKS, STATE_STATUS,
+    STATE_TARGETS,
+};
 use super::{Result, Store};
 
 /// Machines whose history one transaction thins.
 const MACHINES_PER_BATCH: usize = 200;
+/// Departed records of states on machines one transaction removes.
+const TARGETS_PER_BATCH: usize = 200;
 /// Operations whose output one transaction removes.
 const OPERATIONS_PER_BATCH: usize = 20;
 /// `META` key: operations with a smaller id have had their output judged.
@@ -27,6 +34,9 @@ pub struct Retention {
     /// The output of an operation that ended longer ago than this goes; its
     /// record, per-machine results and states stay.
     pub operation_output: Duration,
+    /// A declared state's records stay this long after it left Git (its
+    /// record on a machine, after the machine left its targets).
+    pub departed_states: Duration,
 }
 
 /// What one pass removed.
@@ -34,6 +44,8 @@ pub struct Retention {
 pub struct Pruned {
     pub health_samples: u64,
     pub output_events: u64,
+    /// Records of states, and of states on machines, with their checks.
+    pub state_records: u64,
 }
 
 /// Only the tag of a stored operation event (its data is not decoded).
@@ -57,7 +69,87 @@ impl Store {
         Ok(Pruned {
             health_samples: self.prune_health(&policy.health, now_ms)?,
             output_events: self.prune_output(policy.operation_output, now_ms)?,
+            state_records: self.prune_departed_states(policy.departed_states, now_ms)?,
         })
+    }
+
+    /// Lets go of the records of states Git no longer declares, and of
+    /// states on machines their targets no longer select, once `grace`
+    /// passed without anything happening to them. Nothing goes before a
+    /// revision was applied.
+    fn prune_departed_states(&self, grace: Duration, now_ms: i64) -> Result<u64> {
+        use linkops_reconcilers::retention::{departed, last_activity};
+        let (gone_targets, gone_states) = {
+            let tx = self.read()?;
+            let Some((_, desired)) = tx.all(APPLIED_STATE, false).next().transpose()? else {
+                return Ok(0);
+            };
+            let selected: std::collections::HashMap<&str, std::collections::HashSet<String>> =
+                desired
+                    .states
+                    .values()
+                    .map(|state| {
+                        let machines = state.targets.select(&desired.machines);
+                        (state.id.as_str(), machines.into_iter().collect())
+                    })
+                    .collect();
+            let mut targets = Vec::new();
+            for entry in tx.all(STATE_TARGETS, false) {
+                let ((state, machine), target) = entry?;
+                let declared = selected
+                    .get(state.as_str())
+                    .is_some_and(|machines| machines.contains(&machine));
+                if departed(declared, last_activity(&target), grace, now_ms) {
+                    targets.push((state, machine));
+                }
+            }
+            let mut states = Vec::new();
+            for entry in tx.all(STATE_STATUS, false) {
+                let (id, status) = entry?;
+                let declared = desired.states.contains_key(&id);
+                // Its machines' records go first: a state goes once it has none.
+                let has_records = tx
+                    .range(STATE_TARGETS, (id.as_str(), "")..)
+                    .next()
+                    .transpose()?
+                    .is_some_and(|((of, machine), _)| {
+                        of == id && !targets.iter().any(|(s, m)| *s == of && *m == machine)
+                    });
+                if !has_records && departed(declared, status.updated_at_ms, grace, now_ms) {
+                    states.push(id);
+                }
+            }
+            (targets, states)
+        };
+        let mut removed = 0;
+        for batch in gone_targets.chunks(TARGETS_PER_BATCH) {
+            let mut tx = self.write()?;
+            for (state, machine) in batch {
+                let (state, machine) = (state.as_str(), machine.as_str());
+                let checks: Vec<i64> = tx
+                    .range(
+                        STATE_CHECKS,
+                        (state, machine, i64::MIN)..=(state, machine, i64::MAX),
+                    )
+                    .map(|entry| entry.map(|((_, _, at), _)| at))
+                    .collect::<Result<_>>()?;
+                for at in checks {
+                    tx.remove(STATE_CHECKS, (state, machine, at))?;
+                }
+                tx.remove(STATE_TARGETS, (state, machine))?;
+                removed += 1;
+            }
+            tx.commit()?;
+        }
+        if !gone_states.is_empty() {
+            let mut tx = self.write()?;
+            for id in &gone_states {
+                tx.remove(STATE_STATUS, id.as_str())?;
+                removed += 1;
+            }
+            tx.commit()?;
+        }
+        Ok(removed)
     }
 
     fn prune_health(&self, policy: &HealthRetention, now_ms: i64) -> Result<u64> {
@@ -189,6 +281,74 @@ mod tests {
                 max_samples: 1000,
             },
             operation_output: Duration::from_secs(30 * 86400),
+            departed_states: Duration::from_secs(30 * 86400),
+        }
+    }
+
+    #[test]
+    fn records_of_departed_states_and_machines_go_after_their_grace() {
+        use crate::store::{StateWrite, SyncOutcome, SyncRecord};
+        use linkops_reconcilers::desired::DesiredState;
+        use linkops_reconcilers::state::{CheckOutcome, CheckRecord, StateStatus, Target};
+        for backing in testing::backings() {
+            let store = backing.open();
+            let write = |state: &str, machines: &[&str]| StateWrite {
+                status: StateStatus::new(state, "d", "r", 0),
+                targets: machines.iter().map(|m| Target::new(state, m, 0)).collect(),
+                checks: machines
+                    .iter()
+                    .map(|m| {
+                        let check = CheckRecord {
+                            digest: "d".into(),
+                            at_ms: 0,
+                            duration_ms: 1,
+                            outcome: CheckOutcome::Holds,
+                            output: String::new(),
+                        };
+                        (m.to_string(), check)
+                    })
+                    .collect(),
+                audits: vec![],
+                outgoing: vec![],
+            };
+            store.put_state(write("kept", &["web1", "web2"])).unwrap();
+            store.put_state(write("gone", &["web1"])).unwrap();
+            // Git now declares `kept` on web1 only, and no `gone`.
+            let files: linkops_reconcilers::desired::RepoFiles = [
+                ("links.yaml", "machines:\n  - {id: web1, name: W, host: h, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935}\n  - {id: web2, name: W, host: h, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f936}\n"),
+                ("scripts.yaml", "scripts:\n  - {id: s, name: S, body: 'true', check: 'true'}\n"),
+                ("states/kept.yaml", "id: kept\nscript: s\ntargets: {machines: [web1]}\n"),
+            ]
+            .into_iter()
+            .map(|(path, text)| (path.to_owned(), text.as_bytes().to_vec()))
+            .collect();
+            let desired: DesiredState = linkops_reconcilers::desired::load("r2", &files).unwrap();
+            let applied = SyncRecord {
+                seq: 0,
+                started_at_ms: 0,
+                duration_ms: 0,
+                trigger: "test".into(),
+                revision: Some("r2".into()),
+                previous: None,
+                outcome: SyncOutcome::Applied {
+                    changed_files: vec![],
+                    forced: false,
+                },
+            };
+            store
+                .record_sync(applied, Some(&desired), None, 10, &[])
+                .unwrap();
+            // Within the grace nothing goes; after it, what left Git does.
+            let within = store.prune(&policy(), 29 * DAY).unwrap();
+            assert_eq!(within.state_records, 0);
+            let after = store.prune(&policy(), 31 * DAY).unwrap();
+            assert_eq!(after.state_records, 3, "kept/web2, gone/web1 and gone");
+            assert!(store.state_status("gone").unwrap().is_none());
+            assert!(store.state_status("kept").unwrap().is_some());
+            let kept = store.state_targets("kept").unwrap();
+            assert_eq!(kept.keys().collect::<Vec<_>>(), ["web1"]);
+            assert!(store.state_checks("kept", "web2").unwrap().is_empty());
+            assert_eq!(store.state_checks("kept", "web1").unwrap().len(), 1);
         }
     }
 
