@@ -462,3 +462,98 @@ async fn admins_change_roles_and_delete_users_but_never_the_last_admin() {
         "was viewer; 0 terminal workspace(s) deleted; the name is retired"
     );
 }
+
+/// The roles of `docs/api.md`'s table: (METHOD, path template) → the least
+/// role (0 anyone, 1 viewer, 2 operator, 3 admin).
+fn documented_roles() -> std::collections::BTreeMap<(String, String), u8> {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).unwrap();
+    let rows = page
+        .split_once("| route | role | what |\n|---|---|---|\n")
+        .expect("the API table")
+        .1
+        .lines()
+        .take_while(|line| line.starts_with("| `"));
+    let mut roles = std::collections::BTreeMap::new();
+    for row in rows {
+        let cells: Vec<&str> = row.trim_start_matches("| ").splitn(3, " | ").collect();
+        let role = match cells[1] {
+            "anyone" => 0,
+            "viewer" => 1,
+            "operator" => 2,
+            "admin" => 3,
+            other => panic!("no role {other:?} in {row}"),
+        };
+        for route in cells[0].split(", ") {
+            let route = route.trim_matches('`');
+            let (method, path) = route.split_once(' ').expect(route);
+            let path = path.split('[').next().unwrap();
+            roles.insert((method.to_owned(), path.to_owned()), role);
+        }
+    }
+    roles
+}
+
+/// Every route of the OpenAPI description is in the API table with its
+/// role, and each `GET` route refuses exactly the callers below it: no
+/// token 401, too low a role 403.
+#[tokio::test]
+async fn every_route_needs_the_role_the_api_table_names() {
+    let dir = data_dir_with_users(&[
+        ("ada", Role::Admin, "pw-ada-1"),
+        ("otto", Role::Operator, "pw-otto-1"),
+        ("vic", Role::Viewer, "pw-vic-1"),
+    ]);
+    let server = start(dir.path()).await;
+    let roles = documented_roles();
+    let description: Value = server
+        .get("/api/openapi.json", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    for (path, methods) in description["paths"].as_object().unwrap() {
+        for method in methods.as_object().unwrap().keys() {
+            let method = method.to_uppercase();
+            let ws = (method == "GET" && path.ends_with("/ws")).then_some("WS");
+            let key = (ws.unwrap_or(&method).to_owned(), path.clone());
+            assert!(
+                roles.contains_key(&key),
+                "{key:?} is not in docs/api.md's table"
+            );
+        }
+    }
+    let mut callers = vec![(0u8, None)];
+    for (rank, name, password) in [
+        (1, "vic", "pw-vic-1"),
+        (2, "otto", "pw-otto-1"),
+        (3, "ada", "pw-ada-1"),
+    ] {
+        callers.push((rank, Some(server.token(name, password).await)));
+    }
+    let mut asked = 0;
+    for ((method, path), role) in &roles {
+        if method != "GET" {
+            continue;
+        }
+        let concrete = path.replace("{id}", "1").replace("{name}", "nobody");
+        for (rank, token) in &callers {
+            let status = server.get(&concrete, token.as_deref()).await.status();
+            let expected = match (*rank < *role, token) {
+                (true, None) => Some(StatusCode::UNAUTHORIZED),
+                (true, Some(_)) => Some(StatusCode::FORBIDDEN),
+                (false, _) => None,
+            };
+            match expected {
+                Some(expected) => assert_eq!(status, expected, "GET {path} as rank {rank}"),
+                None => assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "GET {path} as rank {rank}: {status}"
+                ),
+            }
+            asked += 1;
+        }
+    }
+    assert!(asked > 60, "{asked} asks");
+    server.stop().await;
+}
