@@ -350,14 +350,7 @@ async fn finished_operation(daemon: &TestDaemon, token: &str, run: &str) -> Valu
         run_state(daemon, token, run).await["state"]["operation_id"].as_u64()
     })
     .await;
-    let events = support::read_events(daemon, token, id, None).await;
-    assert_eq!(events.last().unwrap().event, "end");
-    daemon
-        .get(&format!("/api/operations/{id}"), Some(token))
-        .await
-        .json()
-        .await
-        .unwrap()
+    ended(daemon, token, id).await
 }
 
 #[tokio::test]

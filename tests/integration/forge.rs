@@ -294,6 +294,29 @@ async fn slack(State(received): State<Arc<Received>>, body: axum::body::Bytes) -
     received.take(json!({"sink": "slack", "text": message["text"]}), problems)
 }
 
+/// Posts commit statuses to the Forgejo API at `url` (a test forge or gateway).
+fn forgejo(config: &mut Config, url: &str) {
+    config.forge.kind = Some(ForgeKind::Forgejo);
+    config.forge.api_url = Some(format!("{url}/api/v1"));
+    config.forge.repository = Some(format!("{}/{}", OWNER_REPO.0, OWNER_REPO.1));
+}
+
+/// Runs `fail` on host1 and follows it to its end: its id.
+async fn failed_on_host1(daemon: &TestDaemon, token: &str) -> u64 {
+    let (status, operation) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/operations/run",
+            token,
+            Some(json!({"script": "fail", "targets": {"machines": ["host1"]}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{operation}");
+    let id = operation["id"].as_u64().unwrap();
+    read_events(daemon, token, id, None).await;
+    id
+}
+
 fn write_secret(config: &Config, name: &str, value: &str) {
     std::fs::create_dir_all(config.keys_dir()).unwrap();
     let path = config.keys_dir().join(name);
@@ -321,9 +344,7 @@ async fn every_revision_shows_on_its_commit_pending_then_applied_or_refused() {
     let setup = ssh_setup();
     let forge = TestForge::start(setup.remote.path.clone()).await;
     let mut config = ssh_config(setup.data.path(), &setup.fleet, &setup.remote.url);
-    config.forge.kind = Some(ForgeKind::Forgejo);
-    config.forge.api_url = Some(format!("{}/api/v1", forge.url));
-    config.forge.repository = Some(format!("{}/{}", OWNER_REPO.0, OWNER_REPO.1));
+    forgejo(&mut config, &forge.url);
     config.forge.console_url = Some("https://linkops.example".into());
     write_secret(&config, "forge_token", TOKEN);
     let first = setup.work.head();
@@ -470,17 +491,7 @@ async fn a_failed_operation_reaches_each_sink_once_across_a_restart_and_an_outag
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     let verified = daemon.post("/api/links/host1/verify", Some(&token)).await;
     assert_eq!(verified.status(), StatusCode::OK);
-    let (status, operation) = daemon
-        .request(
-            reqwest::Method::POST,
-            "/api/operations/run",
-            &token,
-            Some(json!({"script": "fail", "targets": {"machines": ["host1"]}})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{operation}");
-    let id = operation["id"].as_u64().unwrap();
-    read_events(&daemon, &token, id, None).await;
+    let id = failed_on_host1(&daemon, &token).await;
     // Queued for each sink, tried, still there.
     let outbox = eventually("three tried deliveries", || async {
         let (_, outbox) = daemon
@@ -648,9 +659,7 @@ async fn a_push_to_another_branch_is_planned_on_its_head_and_changes_nothing() {
     let setup = ssh_setup();
     let forge = TestForge::start(setup.remote.path.clone()).await;
     let mut config = ssh_config(setup.data.path(), &setup.fleet, &setup.remote.url);
-    config.forge.kind = Some(ForgeKind::Forgejo);
-    config.forge.api_url = Some(format!("{}/api/v1", forge.url));
-    config.forge.repository = Some(format!("{}/{}", OWNER_REPO.0, OWNER_REPO.1));
+    forgejo(&mut config, &forge.url);
     write_secret(&config, "forge_token", TOKEN);
     let first = setup.work.head();
     let daemon = TestDaemon::start(config).await;
@@ -743,9 +752,7 @@ async fn a_burst_of_branch_pushes_is_planned_without_loss_and_deleted_branches_a
     let setup = ssh_setup();
     let forge = TestForge::start(setup.remote.path.clone()).await;
     let mut config = ssh_config(setup.data.path(), &setup.fleet, &setup.remote.url);
-    config.forge.kind = Some(ForgeKind::Forgejo);
-    config.forge.api_url = Some(format!("{}/api/v1", forge.url));
-    config.forge.repository = Some(format!("{}/{}", OWNER_REPO.0, OWNER_REPO.1));
+    forgejo(&mut config, &forge.url);
     config.git.plan_queue = 3;
     let plans_dir = config.plans_dir();
     write_secret(&config, "forge_token", TOKEN);
@@ -867,9 +874,7 @@ async fn a_state_reports_its_rollout_on_its_commit_and_notifies_drift_and_halts(
     let forge = TestForge::start(setup.work.dir.join(".git")).await;
     let receivers = TestSinks::start().await;
     let mut config = setup.config();
-    config.forge.kind = Some(ForgeKind::Forgejo);
-    config.forge.api_url = Some(format!("{}/api/v1", forge.url));
-    config.forge.repository = Some(format!("{}/{}", OWNER_REPO.0, OWNER_REPO.1));
+    forgejo(&mut config, &forge.url);
     write_secret(&config, "forge_token", TOKEN);
     write_secret(&config, "hook_secret", HOOK_SECRET);
     config.notify.sinks = vec![SinkConfig {
@@ -1040,9 +1045,7 @@ async fn an_answer_that_echoes_a_secret_is_kept_redacted_and_shown_to_admins_onl
     let gateway = echoing_gateway().await;
     let slack_path = "/services/T0/B0/slack-path-secret";
     let mut config = setup.config();
-    config.forge.kind = Some(ForgeKind::Forgejo);
-    config.forge.api_url = Some(format!("{gateway}/api/v1"));
-    config.forge.repository = Some(format!("{}/{}", OWNER_REPO.0, OWNER_REPO.1));
+    forgejo(&mut config, &gateway);
     write_secret(&config, "forge_token", TOKEN);
     write_secret(&config, "ntfy_token", NTFY_TOKEN);
     let sink = |name: &str, kind, url: String, token_file: Option<String>| SinkConfig {
@@ -1070,16 +1073,7 @@ async fn an_answer_that_echoes_a_secret_is_kept_redacted_and_shown_to_admins_onl
     ];
     let daemon = setup.start_with(config).await;
     let admin = daemon.token(ADMIN.0, ADMIN.1).await;
-    let (status, operation) = daemon
-        .request(
-            reqwest::Method::POST,
-            "/api/operations/run",
-            &admin,
-            Some(json!({"script": "fail", "targets": {"machines": ["host1"]}})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{operation}");
-    read_events(&daemon, &admin, operation["id"].as_u64().unwrap(), None).await;
+    failed_on_host1(&daemon, &admin).await;
     let outbox = eventually("every channel to have failed once", || async {
         let (_, outbox) = daemon
             .request(reqwest::Method::GET, "/api/notifications", &admin, None)
@@ -1138,18 +1132,7 @@ async fn a_sink_that_stays_down_holds_at_most_its_bound_and_the_outbox_pages() {
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     let mut failed = Vec::new();
     for _ in 0..6 {
-        let (status, operation) = daemon
-            .request(
-                reqwest::Method::POST,
-                "/api/operations/run",
-                &token,
-                Some(json!({"script": "fail", "targets": {"machines": ["host1"]}})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{operation}");
-        let id = operation["id"].as_u64().unwrap();
-        read_events(&daemon, &token, id, None).await;
-        failed.push(id.to_string());
+        failed.push(failed_on_host1(&daemon, &token).await.to_string());
     }
     let outbox = |query: &'static str| {
         let (daemon, token) = (&daemon, &token);
