@@ -466,10 +466,8 @@ pub async fn verify(
 ) -> Result<Json<MachineView>, ApiError> {
     let user = caller.require(Role::Operator)?;
     let machine = desired_machine(&state, &id)?;
-    if state.controller.suspended(Some(&id))? {
-        return Err(ApiError::NotConfigured(format!(
-            "reconciliation of {id} is suspended; resume it first"
-        )));
+    if let Some(reason) = state.controller.held()?.refusal(Some(&id)) {
+        return Err(ApiError::Conflict(format!("nothing was checked: {reason}")));
     }
     state.controller.verify(&id).await?;
     let view = view(&state, machine)?;

@@ -67,11 +67,6 @@ impl Controller {
             .map_err(|source| Error::Reconcile { key, source })
     }
 
-    /// Whether reconciliation of `machine` (or, with `None`, of the fleet) is suspended.
-    pub fn suspended(&self, machine: Option<&str>) -> Result<bool, store::Error> {
-        self.context.suspended(machine)
-    }
-
     /// The suspensions in force, read once (for answers about many machines).
     pub fn held(&self) -> Result<suspension::Held, store::Error> {
         self.context.held()
