@@ -795,7 +795,7 @@ async fn a_burst_of_branch_pushes_is_planned_without_loss_and_deleted_branches_a
         );
     let mut waiting: Vec<(String, String, String)> = deliveries.collect();
     let mut refused = 0;
-    for round in 0..50 {
+    for round in 0..150 {
         let answers = futures::future::join_all(
             waiting
                 .iter()
