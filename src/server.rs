@@ -727,7 +727,6 @@ const CONNECTION_BUFFER: usize = 64 << 10;
 /// operation would otherwise hold it open).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What bounds the connections of [`serve`].
 /// Descriptors kept beside the SSH pool for everything else: the store (its
 /// file, or PostgreSQL's pool and listener), Git, key and log files,
 /// terminal panes' own SSH connections, the listeners.
@@ -791,6 +790,7 @@ impl Drop for Waiting {
     }
 }
 
+/// What bounds the connections of [`serve`].
 struct ConnectionLimits {
     /// A permit per open connection (`[http] max_connections`, within the open-files limit).
     connections: Arc<tokio::sync::Semaphore>,
