@@ -237,23 +237,31 @@ pub struct Queued {
     pub last_error: Option<String>,
 }
 
+/// Whether `message` tells how one machine stands (and so can be replaced
+/// by a newer standing of it, [`supersedes`]).
+pub fn tells_a_machine_s_standing(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::Notification(Notification {
+            kind: EventKind::MachineUnreachable
+                | EventKind::MachineUnenrolled
+                | EventKind::MachineHostKeyChanged
+                | EventKind::MachineRecovered,
+            ..
+        })
+    )
+}
+
 /// Whether `newer`, queued for a channel, makes `older` — queued for the
 /// same channel and not delivered yet — redundant: both tell how one
 /// machine stands, and the newer is how it stands now. While a sink is down,
 /// a bouncing machine then waits as one message, not one per change.
 pub fn supersedes(newer: &Message, older: &Message) -> bool {
-    let machine = |kind: EventKind| {
-        matches!(
-            kind,
-            EventKind::MachineUnreachable
-                | EventKind::MachineUnenrolled
-                | EventKind::MachineHostKeyChanged
-                | EventKind::MachineRecovered
-        )
-    };
     match (newer, older) {
-        (Message::Notification(newer), Message::Notification(older)) => {
-            machine(newer.kind) && machine(older.kind) && newer.subject == older.subject
+        (Message::Notification(newer_event), Message::Notification(older_event)) => {
+            tells_a_machine_s_standing(newer)
+                && tells_a_machine_s_standing(older)
+                && newer_event.subject == older_event.subject
         }
         _ => false,
     }
@@ -267,10 +275,15 @@ pub fn retry_after_ms(attempts: u32) -> Option<i64> {
 
 /// Cut to what a commit status shows, on a character boundary.
 pub fn short(text: &str) -> String {
-    if text.chars().count() <= STATUS_DESCRIPTION_CHARS {
+    cut(text, STATUS_DESCRIPTION_CHARS)
+}
+
+/// `text` in at most `chars` characters, the last one `…` when it was cut.
+pub fn cut(text: &str, chars: usize) -> String {
+    if text.chars().count() <= chars {
         return text.to_owned();
     }
-    let mut cut: String = text.chars().take(STATUS_DESCRIPTION_CHARS - 1).collect();
+    let mut cut: String = text.chars().take(chars.saturating_sub(1)).collect();
     cut.push('…');
     cut
 }

@@ -89,23 +89,22 @@ pub fn released(scope: &Scope, desired: &DesiredState) -> Released {
         .filter(|m| scope.machine().is_none_or(|id| id == m.id))
         .map(|m| m.id.clone())
         .collect();
-    // A run-request waits while any machine it targets is held.
+    // What targets the released scope: a run-request waits while any machine
+    // it targets is held, a state holds its applies there.
+    let released = |targets: &crate::script::Targets| match scope {
+        Scope::Fleet => true,
+        Scope::Machine(id) => targets.select(&desired.machines).contains(id),
+    };
     let runs = desired
         .runs
         .values()
-        .filter(|run| match scope {
-            Scope::Fleet => true,
-            Scope::Machine(id) => run.targets.select(&desired.machines).contains(id),
-        })
+        .filter(|run| released(&run.targets))
         .map(|run| run.id.clone())
         .collect();
     let states = desired
         .states
         .values()
-        .filter(|state| match scope {
-            Scope::Fleet => true,
-            Scope::Machine(id) => state.targets.select(&desired.machines).contains(id),
-        })
+        .filter(|state| released(&state.targets))
         .map(|state| state.id.clone())
         .collect();
     Released {

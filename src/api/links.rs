@@ -56,10 +56,7 @@ fn page(
     let limit = query.limit.unwrap_or(usize::MAX);
     let (total, matching) = match query.asks_observed() {
         false => {
-            let inventory = query.inventory_filter();
-            let mut candidates: Vec<&Machine> =
-                machines.iter().filter(|m| inventory.matches(m)).collect();
-            candidates.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            let candidates = in_inventory(machines, query);
             let start = candidates.partition_point(|m| !after(&m.id));
             let page = candidates[start..]
                 .iter()
@@ -97,16 +94,21 @@ fn page(
     Ok((headers, Json(matching.into_iter().take(limit).collect())))
 }
 
+/// The machines whose inventory entry `query` asks for (tag, text), in id order.
+fn in_inventory<'a>(machines: &'a [Machine], query: &MachineQuery) -> Vec<&'a Machine> {
+    let inventory = query.inventory_filter();
+    let mut selected: Vec<&Machine> = machines.iter().filter(|m| inventory.matches(m)).collect();
+    selected.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    selected
+}
+
 /// The views of the machines `query` asks for (paging aside), in id order.
 fn matching_views(
     state: &AppState,
     machines: &[Machine],
     query: &MachineQuery,
 ) -> Result<Vec<MachineView>, ApiError> {
-    let inventory = query.inventory_filter();
-    let mut sorted: Vec<&Machine> = machines.iter().filter(|m| inventory.matches(m)).collect();
-    sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-    Ok(views(state, sorted.into_iter())?
+    Ok(views(state, in_inventory(machines, query).into_iter())?
         .into_iter()
         .filter(|view| query.matches(view))
         .collect())

@@ -621,15 +621,16 @@ pub async fn sync(client: &Client, json: bool) -> Result<i32> {
 /// `linkops status`: health, Git, reconcile suspension, in one screen.
 pub async fn status(client: &Client, json: bool) -> Result<()> {
     let health: Health = client.get("/health").await?;
+    let daemon = format!(
+        "daemon     {} ({})",
+        client.server(),
+        api_name(&health.status)
+    );
     if !client.has_session() {
         if json {
             return print_json(&json!({ "health": health }));
         }
-        println!(
-            "daemon     {} ({})",
-            client.server(),
-            api_name(&health.status)
-        );
+        println!("{daemon}");
         println!(
             "           log in for the revision and the machines: linkops login --server {}",
             client.server()
@@ -641,11 +642,7 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
     if json {
         return print_json(&json!({ "health": health, "git": git, "machines": machines.len() }));
     }
-    println!(
-        "daemon     {} ({})",
-        client.server(),
-        api_name(&health.status)
-    );
+    println!("{daemon}");
     println!(
         "git        {} @ {} — applied {} ({})",
         or_dash(git.url.as_ref()),

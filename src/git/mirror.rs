@@ -34,6 +34,12 @@ pub enum Error {
         "revision {revision} holds more than {limit} bytes of files; LinkOps reads config repositories whole"
     )]
     TooLarge { revision: String, limit: u64 },
+    #[error("forgetting branch {branch:?} in the Git mirror at {path}: {message}")]
+    Forget {
+        path: PathBuf,
+        branch: String,
+        message: String,
+    },
     #[error("deploy key: {0}")]
     DeployKey(#[from] crate::secrets::Error),
 }
@@ -130,8 +136,9 @@ impl Mirror {
         if !self.path.join("HEAD").exists() {
             return Ok(());
         }
-        let forget = |message: String| Error::Init {
+        let forget = |message: String| Error::Forget {
             path: self.path.clone(),
+            branch: branch.to_owned(),
             message,
         };
         let repo = gix::open_opts(&self.path, gix::open::Options::isolated())

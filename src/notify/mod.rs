@@ -235,7 +235,10 @@ impl Delivery {
             }
             Err(error) => {
                 // Whatever the far end answered, redacted before it is kept or logged.
-                let error = cut(&self.notifier.redactor.redact(&error), ANSWER_KEPT_CHARS);
+                let error = linkops_reconcilers::outbox::cut(
+                    &self.notifier.redactor.redact(&error),
+                    ANSWER_KEPT_CHARS,
+                );
                 self.metrics
                     .deliveries
                     .get_or_create(&labels("failed"))
@@ -296,14 +299,6 @@ pub(super) async fn answer_excerpt(mut answer: reqwest::Response) -> String {
     }
     body.truncate(ANSWER_READ_BYTES);
     String::from_utf8_lossy(&body).trim().to_owned()
-}
-
-/// `text` cut to `chars` characters, marked when cut.
-fn cut(text: &str, chars: usize) -> String {
-    match text.char_indices().nth(chars) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
-    }
 }
 
 /// A request error without the URL (it is the forge's, and a proxy's could carry credentials).

@@ -10,7 +10,7 @@
 //! a machine's newer standing replaces its older one still waiting.
 
 use linkops_reconcilers::outbox::{
-    CommitStatus, Message, Outgoing, Queued, retry_after_ms, supersedes,
+    CommitStatus, Message, Outgoing, Queued, retry_after_ms, supersedes, tells_a_machine_s_standing,
 };
 use serde::{Deserialize, Serialize};
 
@@ -108,15 +108,18 @@ pub(super) fn enqueue(tx: &mut WriteTx, outgoing: &[Outgoing], bound: usize) -> 
                 continue;
             }
         }
-        let mut left = waiting.len();
-        // Not the one in flight (attempted): its delivery may be under way.
-        for older in &waiting {
-            if let Some(queued) = tx.get(OUTBOX, *older)?
-                && queued.attempts == 0
-                && supersedes(&item.message, &queued.message)
-            {
-                unqueue(tx, channel, *older)?;
-                left -= 1;
+        // A machine's older standing still waiting goes (not one attempted:
+        // its delivery may be under way); only machines' news is read for it.
+        let mut kept = Vec::with_capacity(waiting.len() + 1);
+        for older in waiting {
+            let superseded = tells_a_machine_s_standing(&item.message)
+                && tx.get(OUTBOX, older)?.is_some_and(|queued| {
+                    queued.attempts == 0 && supersedes(&item.message, &queued.message)
+                });
+            if superseded {
+                unqueue(tx, channel, older)?;
+            } else {
+                kept.push(older);
             }
         }
         let queued = Queued {
@@ -130,13 +133,11 @@ pub(super) fn enqueue(tx: &mut WriteTx, outgoing: &[Outgoing], bound: usize) -> 
         };
         tx.insert(OUTBOX, seq, &queued)?;
         tx.insert(OUTBOX_CHANNELS, (channel, seq), &())?;
+        kept.push(seq);
         seq += 1;
         // Beyond the bound the oldest go, told as dead letters.
-        for oldest in channel_seqs(tx, channel)?
-            .into_iter()
-            .take((left + 1).saturating_sub(bound.max(1)))
-        {
-            if let Some(mut dropped) = unqueue(tx, channel, oldest)? {
+        for oldest in kept.iter().take(kept.len().saturating_sub(bound)) {
+            if let Some(mut dropped) = unqueue(tx, channel, *oldest)? {
                 dropped.last_error = Some(format!(
                     "dropped undelivered: channel {channel} held {bound} messages ([notify] max_queued)"
                 ));

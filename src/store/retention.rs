@@ -94,6 +94,8 @@ impl Store {
                     })
                     .collect();
             let mut targets = Vec::new();
+            // States with a record on a machine that stays: a state goes once it has none.
+            let mut still_held = std::collections::HashSet::new();
             for entry in tx.all(STATE_TARGETS, false) {
                 let ((state, machine), target) = entry?;
                 let declared = selected
@@ -101,21 +103,17 @@ impl Store {
                     .is_some_and(|machines| machines.contains(&machine));
                 if departed(declared, last_activity(&target), grace, now_ms) {
                     targets.push((state, machine));
+                } else {
+                    still_held.insert(state);
                 }
             }
             let mut states = Vec::new();
             for entry in tx.all(STATE_STATUS, false) {
                 let (id, status) = entry?;
                 let declared = desired.states.contains_key(&id);
-                // Its machines' records go first: a state goes once it has none.
-                let has_records = tx
-                    .range(STATE_TARGETS, (id.as_str(), "")..)
-                    .next()
-                    .transpose()?
-                    .is_some_and(|((of, machine), _)| {
-                        of == id && !targets.iter().any(|(s, m)| *s == of && *m == machine)
-                    });
-                if !has_records && departed(declared, status.updated_at_ms, grace, now_ms) {
+                if !still_held.contains(&id)
+                    && departed(declared, status.updated_at_ms, grace, now_ms)
+                {
                     states.push(id);
                 }
             }

@@ -488,12 +488,7 @@ async fn run_by_hand(
 async fn ended(daemon: &TestDaemon, token: &str, id: u64) -> Value {
     let events = support::read_events(daemon, token, id, None).await;
     assert_eq!(events.last().unwrap().event, "end");
-    daemon
-        .get(&format!("/api/operations/{id}"), Some(token))
-        .await
-        .json()
-        .await
-        .unwrap()
+    support::operation(daemon, token, id).await
 }
 
 #[tokio::test]

@@ -3,7 +3,9 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{self, ADMIN, FleetSetup, TestDaemon, VIEWER, output_text, read_events};
+use crate::support::{
+    self, ADMIN, FleetSetup, TestDaemon, VIEWER, operation, output_text, read_events,
+};
 
 const SCRIPTS: &str = r#"scripts:
   - id: talk
@@ -78,15 +80,6 @@ async fn started(daemon: &TestDaemon, token: &str, body: Value) -> u64 {
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let operation: Value = response.json().await.unwrap();
     operation["id"].as_u64().unwrap()
-}
-
-async fn operation(daemon: &TestDaemon, token: &str, id: u64) -> Value {
-    daemon
-        .get(&format!("/api/operations/{id}"), Some(token))
-        .await
-        .json()
-        .await
-        .unwrap()
 }
 
 fn host<'a>(operation: &'a Value, id: &str) -> &'a Value {

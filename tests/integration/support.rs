@@ -422,6 +422,16 @@ async fn event_stream(
     response.bytes_stream().eventsource()
 }
 
+/// `GET /api/operations/{id}`: an operation and its hosts.
+pub async fn operation(daemon: &TestDaemon, token: &str, id: u64) -> Value {
+    daemon
+        .get(&format!("/api/operations/{id}"), Some(token))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Follows an operation's events until `hosts` different machines have printed something.
 pub async fn wait_for_output(daemon: &TestDaemon, token: &str, operation: u64, hosts: usize) {
     use futures::StreamExt;
