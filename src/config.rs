@@ -144,10 +144,34 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// `HOST:PORT` the other replicas reach this one's API at (they forward
-    /// a terminal workspace's requests to the replica that holds its
-    /// sessions). Unset: `listen`, unless that is every address (`0.0.0.0`).
+    /// `HOST:PORT` the other replicas reach this one at (they forward a
+    /// terminal workspace's requests to the replica that holds its
+    /// sessions). Unset: `[cluster] listen`, else `listen`, unless that is
+    /// every address (`0.0.0.0`).
     pub advertise: Option<String>,
+    /// An address of its own for what replicas send each other, over mutual
+    /// TLS (`tls_certificate`, `tls_key`, `tls_ca`): only a replica with a
+    /// certificate from `tls_ca` is served there. Unset: replicas reach each
+    /// other at `listen`, in plain HTTP.
+    pub listen: Option<SocketAddr>,
+    /// This replica's certificate (PEM, the chain after it), a file in the keys dir.
+    pub tls_certificate: Option<String>,
+    /// Its private key (PEM), a file in the keys dir, mode 0600.
+    pub tls_key: Option<String>,
+    /// The authority whose certificates replicas accept of each other (PEM), in the keys dir.
+    pub tls_ca: Option<String>,
+}
+
+/// How replicas reach each other: their own mutual-TLS listener, or the API's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaTransport {
+    Plain,
+    MutualTls {
+        listen: SocketAddr,
+        certificate: PathBuf,
+        key: PathBuf,
+        ca: PathBuf,
+    },
 }
 
 /// Which forge API commit statuses are posted to.
@@ -622,7 +646,47 @@ impl Config {
         }
     }
 
-    /// Where the other replicas reach this one, listening on `bound`.
+    /// How replicas reach each other: `[cluster] listen` and its three TLS
+    /// files all set, or none of them.
+    pub fn replica_transport(&self) -> Result<ReplicaTransport, Error> {
+        let cluster = &self.cluster;
+        let files = [
+            ("tls_certificate", &cluster.tls_certificate),
+            ("tls_key", &cluster.tls_key),
+            ("tls_ca", &cluster.tls_ca),
+        ];
+        let missing: Vec<&str> = files
+            .iter()
+            .filter(|(_, file)| file.is_none())
+            .map(|(name, _)| *name)
+            .collect();
+        match (cluster.listen, &files.map(|(_, file)| file.as_deref())) {
+            (None, [None, None, None]) => Ok(ReplicaTransport::Plain),
+            (Some(listen), [Some(certificate), Some(key), Some(ca)]) => {
+                let keys = self.keys_dir();
+                Ok(ReplicaTransport::MutualTls {
+                    listen,
+                    certificate: keys.join(certificate),
+                    key: keys.join(key),
+                    ca: keys.join(ca),
+                })
+            }
+            (Some(_), _) => Err(Error::Invalid {
+                origin: "[cluster] listen".into(),
+                message: format!(
+                    "replicas are served there over mutual TLS only: set {} too (files in the keys dir)",
+                    missing.join(", ")
+                ),
+            }),
+            (None, _) => Err(Error::Invalid {
+                origin: "[cluster] tls_*".into(),
+                message: "TLS between replicas is served on an address of its own: set [cluster] listen = \"HOST:PORT\"".into(),
+            }),
+        }
+    }
+
+    /// Where the other replicas reach this one, listening on `bound` (the
+    /// replicas' own listener, or else the API's).
     pub fn advertised_address(&self, bound: SocketAddr) -> Result<String, Error> {
         let invalid = |message: String| Error::Invalid {
             origin: "[cluster] advertise".into(),
@@ -639,7 +703,11 @@ impl Config {
                 }
             }
             None if bound.ip().is_unspecified() => Err(invalid(format!(
-                "listen = \"{bound}\" is every address of this machine, which names none the other replicas can reach it at: set advertise = \"HOST:{}\"",
+                "{} = \"{bound}\" is every address of this machine, which names none the other replicas can reach it at: set advertise = \"HOST:{}\"",
+                match self.cluster.listen {
+                    Some(_) => "[cluster] listen",
+                    None => "listen",
+                },
                 bound.port()
             ))),
             None => Ok(bound.to_string()),
@@ -758,6 +826,44 @@ mod tests {
             let refused = config.advertised_address(every).unwrap_err().to_string();
             assert!(refused.contains("is no HOST:PORT"), "{wrong}: {refused}");
         }
+    }
+
+    #[test]
+    fn replicas_have_mutual_tls_on_their_own_address_or_plain_http() {
+        assert_eq!(
+            Config::default().replica_transport().unwrap(),
+            ReplicaTransport::Plain
+        );
+        let whole = "[cluster]\nlisten = \"10.0.0.5:8443\"\ntls_certificate = \"r.crt\"\ntls_key = \"r.key\"\ntls_ca = \"ca.crt\"\n";
+        let config = load_from(whole, &[]).unwrap();
+        let keys = config.keys_dir();
+        assert_eq!(
+            config.replica_transport().unwrap(),
+            ReplicaTransport::MutualTls {
+                listen: "10.0.0.5:8443".parse().unwrap(),
+                certificate: keys.join("r.crt"),
+                key: keys.join("r.key"),
+                ca: keys.join("ca.crt"),
+            }
+        );
+        let every = load_from(&whole.replace("10.0.0.5:8443", "0.0.0.0:8443"), &[]).unwrap();
+        let refused = every
+            .advertised_address("0.0.0.0:8443".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("[cluster] listen") && refused.contains("HOST:8443"),
+            "{refused}"
+        );
+        let no_key = load_from(&whole.replace("tls_key = \"r.key\"\n", ""), &[]).unwrap();
+        let refused = no_key.replica_transport().unwrap_err().to_string();
+        assert!(
+            refused.contains("[cluster] listen") && refused.contains("set tls_key"),
+            "{refused}"
+        );
+        let no_listen = load_from(&whole.replace("listen = \"10.0.0.5:8443\"\n", ""), &[]).unwrap();
+        let refused = no_listen.replica_transport().unwrap_err().to_string();
+        assert!(refused.contains("set [cluster] listen"), "{refused}");
     }
 
     #[test]

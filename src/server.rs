@@ -19,6 +19,7 @@ use crate::git::mirror::{Mirror, Source};
 use crate::git::sync::SyncContext;
 use crate::metrics::Metrics;
 use crate::operations::Engine;
+use crate::replica::tls::ReplicaTls;
 use crate::replica::{self, Membership};
 use crate::terminal::Terminals;
 use crate::{secrets, store};
@@ -51,6 +52,13 @@ pub enum Error {
     Bootstrap(#[from] auth::Error),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot listen for the other replicas at [cluster] listen = \"{address}\": {source}")]
+    ReplicaListen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS between replicas: {0}")]
+    ReplicaTls(#[from] crate::replica::tls::Error),
     #[error("a start-up task panicked: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("stopped because {0}")]
@@ -122,10 +130,23 @@ impl Daemon {
         })
         .await??;
         let address = listener.local_addr().map_err(Error::Serve)?;
-        // Only replicas sharing a store reach each other.
-        let advertised = match opened.is_shared() {
-            true => config.advertised_address(address)?,
-            false => address.to_string(),
+        // Only replicas sharing a store reach each other: at the API's
+        // address, or at their own, over mutual TLS.
+        let replicas = match opened.is_shared() {
+            true => listen_for_replicas(&config).await?,
+            false => {
+                if config.cluster.listen.is_some() {
+                    tracing::warn!(
+                        "[cluster] listen is for replicas sharing a PostgreSQL store: with [store] backend = \"redb\" nothing listens there"
+                    );
+                }
+                None
+            }
+        };
+        let advertised = match (&replicas, opened.is_shared()) {
+            (Some(replicas), _) => config.advertised_address(replicas.address)?,
+            (None, true) => config.advertised_address(address)?,
+            (None, false) => address.to_string(),
         };
         let mut joined = replica::join(&opened, advertised, LeaseTiming::DEFAULT).await?;
         let membership = joined.membership.clone();
@@ -265,6 +286,7 @@ impl Daemon {
                 config.http.table_queries_per_user,
             ),
             draining,
+            replica_tls: replicas.as_ref().map(|replicas| replicas.tls.clone()),
         };
         let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
         let cap = connection_cap(
@@ -289,7 +311,25 @@ impl Daemon {
         let router = api::router(state.clone()).layer(
             tower_http::timeout::RequestBodyTimeoutLayer::new(config.http.body_timeout),
         );
-        let server = tokio::spawn(serve(listener, router, limits, shutdown));
+        let server = match replicas {
+            None => tokio::spawn(serve(listener, router, limits, None, shutdown)),
+            Some(replicas) => {
+                tracing::info!(address = %replicas.address, "serving the other replicas over mutual TLS");
+                let drained = state.draining.clone().cancelled_owned();
+                let for_replicas = serve(
+                    replicas.listener,
+                    router.clone(),
+                    limits.clone(),
+                    Some(replicas.tls),
+                    drained,
+                );
+                let api = serve(listener, router, limits, None, shutdown);
+                tokio::spawn(async move {
+                    let (api, for_replicas) = tokio::join!(api, for_replicas);
+                    api.and(for_replicas)
+                })
+            }
+        };
         Ok(Daemon {
             state,
             server,
@@ -348,6 +388,39 @@ impl Daemon {
         tracing::info!("linkops stopped");
         Ok(())
     }
+}
+
+/// The listener replicas reach each other at, over mutual TLS.
+struct ReplicaListener {
+    listener: TcpListener,
+    address: std::net::SocketAddr,
+    tls: ReplicaTls,
+}
+
+/// Binds `[cluster] listen` with its certificates, when it is set.
+async fn listen_for_replicas(config: &Config) -> Result<Option<ReplicaListener>, Error> {
+    let crate::config::ReplicaTransport::MutualTls {
+        listen,
+        certificate,
+        key,
+        ca,
+    } = config.replica_transport()?
+    else {
+        return Ok(None);
+    };
+    let tls =
+        tokio::task::spawn_blocking(move || ReplicaTls::load(&certificate, &key, &ca)).await??;
+    let bound = |source| Error::ReplicaListen {
+        address: listen,
+        source,
+    };
+    let listener = TcpListener::bind(listen).await.map_err(bound)?;
+    let address = listener.local_addr().map_err(bound)?;
+    Ok(Some(ReplicaListener {
+        listener,
+        address,
+        tls,
+    }))
 }
 
 /// How the sync worker reaches the config repository.
@@ -790,7 +863,8 @@ impl Drop for Waiting {
     }
 }
 
-/// What bounds the connections of [`serve`].
+/// What bounds the connections of [`serve`] (of both listeners, when replicas have their own).
+#[derive(Clone)]
 struct ConnectionLimits {
     /// A permit per open connection (`[http] max_connections`, within the open-files limit).
     connections: Arc<tokio::sync::Semaphore>,
@@ -813,20 +887,20 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Accept errors are logged at most once per this.
 const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Serves HTTP/1.1 on `listener` until `shutdown`, then drains connections.
+/// Serves HTTP/1.1 on `listener` until `shutdown`, then drains connections;
+/// with `tls`, each connection first completes a replica's TLS handshake.
 ///
 /// Every connection holds a permit of `limits.connections` (one beyond is
-/// answered 503 and closed); every header read is bounded by the header
-/// timeout. An accept error backs off instead of spinning, and is logged at
-/// most once per [`ACCEPT_LOG_INTERVAL`] with the count since.
+/// answered 503 and closed); every header read (and handshake) is bounded by
+/// the header timeout. An accept error backs off instead of spinning, and is
+/// logged at most once per [`ACCEPT_LOG_INTERVAL`] with the count since.
 async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: ConnectionLimits,
+    tls: Option<ReplicaTls>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
     use tokio::io::AsyncWriteExt;
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -835,11 +909,11 @@ async fn serve(
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok(accepted) => {
                     accept_errors.backoff = Duration::ZERO;
-                    stream
+                    accepted
                 }
                 Err(error) => {
                     let pause = accept_errors.failed(&error);
@@ -874,54 +948,47 @@ async fn serve(
             continue;
         };
         stream.set_nodelay(true).ok();
-        let router = router.clone();
-        let watcher = graceful.watcher();
         let open = crate::metrics::Open::new(&limits.metrics.http_connections);
-        let header_timeout = limits.header_timeout;
-        let stopping = stopping.clone();
         let waiting = limits.waiting_for_a_request.clone();
         let (id, evicted) = waiting.add();
+        let connection = Connection {
+            router: router.clone(),
+            watcher: graceful.watcher(),
+            header_timeout: limits.header_timeout,
+            evicted,
+            waiting: waiting.clone(),
+            id,
+        };
+        let (stopping, tls) = (stopping.clone(), tls.clone());
         tokio::spawn(async move {
             let _held = (permit, open);
             // Whatever ends the connection, it waits for nothing any more.
-            let _waiting = Waiting {
-                set: waiting.clone(),
-                id,
-            };
+            let _waiting = Waiting { set: waiting, id };
             // hyper times a header from its first byte: a client that sends nothing
             // is bounded here (a peek waits for a byte; readiness alone can be spurious).
             let mut first = [0u8; 1];
-            let first_byte = tokio::time::timeout(header_timeout, stream.peek(&mut first));
+            let first_byte =
+                tokio::time::timeout(connection.header_timeout, stream.peek(&mut first));
             tokio::select! {
                 peeked = first_byte => if !matches!(peeked, Ok(Ok(1..))) { return },
                 () = stopping.cancelled() => return,
-                () = evicted.cancelled() => return,
+                () = connection.evicted.cancelled() => return,
             }
-            let mut http =
-                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
-            http.http1()
-                .max_buf_size(CONNECTION_BUFFER)
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            // HTTP/1.1 only, with upgrades for the terminal WebSockets. An
-            // upgraded socket leaves hyper (and this drain); it ends with the
-            // terminals' shutdown.
-            // Its first request head makes it a connection that is served.
-            let router = tower::ServiceExt::map_request(router, move |request| {
-                waiting.remove(id);
-                request
-            });
-            let connection = http.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(router),
-            );
+            let Some(tls) = tls else {
+                return connection.serve(stream).await;
+            };
+            let handshake = tokio::time::timeout(connection.header_timeout, tls.accept(stream));
             tokio::select! {
-                served = watcher.watch(connection) => if let Err(error) = served {
-                    tracing::debug!(%error, "connection ended with an error");
+                accepted = handshake => match accepted {
+                    Ok(Ok(stream)) => connection.serve(stream).await,
+                    // Not above debug: anyone who reaches the port could fill the log.
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "refused a connection to [cluster] listen: only replicas with a certificate from [cluster] tls_ca are served there");
+                    }
+                    Err(_) => {}
                 },
-                () = evicted.cancelled() => {
-                    tracing::debug!("a connection that sent no whole request made room for a new one");
-                }
+                () = stopping.cancelled() => {}
+                () = connection.evicted.cancelled() => {}
             }
         });
     }
@@ -934,6 +1001,54 @@ async fn serve(
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
     Ok(())
+}
+
+/// One accepted connection of [`serve`], about to be served.
+struct Connection {
+    router: axum::Router,
+    watcher: hyper_util::server::graceful::Watcher,
+    header_timeout: Duration,
+    /// Cancelled when it must make room for a newer one.
+    evicted: CancellationToken,
+    waiting: Arc<WaitingForARequest>,
+    id: u64,
+}
+
+impl Connection {
+    /// HTTP/1.1 on `stream` until the client or the drain ends it.
+    async fn serve<S>(self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+        use hyper_util::service::TowerToHyperService;
+
+        let mut http =
+            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+        http.http1()
+            .max_buf_size(CONNECTION_BUFFER)
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout);
+        // HTTP/1.1 only, with upgrades for the terminal WebSockets. An
+        // upgraded socket leaves hyper (and this drain); it ends with the
+        // terminals' shutdown.
+        // Its first request head makes it a connection that is served.
+        let (waiting, id) = (self.waiting, self.id);
+        let router = tower::ServiceExt::map_request(self.router, move |request| {
+            waiting.remove(id);
+            request
+        });
+        let connection = http
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(router));
+        tokio::select! {
+            served = self.watcher.watch(connection) => if let Err(error) = served {
+                tracing::debug!(%error, "connection ended with an error");
+            },
+            () = self.evicted.cancelled() => {
+                tracing::debug!("a connection that sent no whole request made room for a new one");
+            }
+        }
+    }
 }
 
 /// Accept failures: the current pause, and the rate limit of their log lines.

@@ -11,6 +11,7 @@
 //! and takes a workspace only for a caller the handler would let in (a
 //! refused request moves nothing). The holder is one row of the store, so a
 //! forwarded request reaches the replica that finds itself the holder.
+//! With `[cluster] listen` it goes there, over mutual TLS (`replica::tls`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -126,7 +127,7 @@ async fn forward(
     parts.headers.insert(FORWARDED_BY, me);
     let mut request = hyper::Request::from_parts(parts, body);
     request.extensions_mut().clear();
-    let mut answer = send(holder, request).await?;
+    let mut answer = send(state, holder, request).await?;
     tracing::debug!(holder = %holder.replica, address = %holder.address, status = %answer.status(), "forwarded a terminal workspace's request to the replica holding it");
     if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
         let client_side = client_side.ok_or_else(|| {
@@ -153,8 +154,10 @@ async fn forward(
     Ok(answer.map(Body::new))
 }
 
-/// One request to `holder` on a connection of its own; its answer's head.
+/// One request to `holder` on a connection of its own (over mutual TLS when
+/// the replicas talk so); its answer's head.
 async fn send(
+    state: &AppState,
     holder: &Member,
     request: hyper::Request<Body>,
 ) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
@@ -163,24 +166,50 @@ async fn send(
         address: holder.address.clone(),
         reason,
     };
-    let stream = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect(&holder.address),
-    )
-    .await
-    .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
-    .map_err(|error| unreachable(error.to_string()))?;
+    let connected = async {
+        let stream = tokio::net::TcpStream::connect(&holder.address).await?;
+        match &state.replica_tls {
+            None => Ok(Transport::Plain(stream)),
+            Some(tls) => Ok(Transport::Tls(Box::new(
+                tls.connect(&holder.address, stream).await?,
+            ))),
+        }
+    };
+    let transport = tokio::time::timeout(CONNECT_TIMEOUT, connected)
+        .await
+        .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|error: std::io::Error| unreachable(error.to_string()))?;
     let exchange = async {
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        // Ends with the exchange (or, upgraded, hands the connection over).
-        tokio::spawn(connection.with_upgrades());
-        sender.send_request(request).await
+        match transport {
+            Transport::Plain(stream) => exchange(stream, request).await,
+            Transport::Tls(stream) => exchange(stream, request).await,
+        }
     };
     tokio::time::timeout(ANSWER_TIMEOUT, exchange)
         .await
         .map_err(|_| unreachable(format!("no answer within {ANSWER_TIMEOUT:?}")))?
         .map_err(|error| unreachable(error.to_string()))
+}
+
+/// How a request reaches the holder.
+enum Transport {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// `request` over `stream`, with upgrades.
+async fn exchange<S>(
+    stream: S,
+    request: hyper::Request<Body>,
+) -> hyper::Result<hyper::Response<hyper::body::Incoming>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // Ends with the exchange (or, upgraded, hands the connection over).
+    tokio::spawn(connection.with_upgrades());
+    sender.send_request(request).await
 }
 
 /// Headers that belong to one connection, not to the request or answer
@@ -252,7 +281,7 @@ async fn list_of(
     let request = request
         .body(Body::empty())
         .map_err(|error| ApiError::Internal(error.to_string()))?;
-    let answer = send(holder, request).await?;
+    let answer = send(state, holder, request).await?;
     let status = answer.status();
     let body = axum::body::to_bytes(Body::new(answer.into_body()), LIST_LIMIT)
         .await

@@ -52,6 +52,8 @@ pub struct AppState {
     pub table_queries: crate::tables::Permits,
     /// Cancelled when the server stops accepting: endless streams end.
     pub draining: tokio_util::sync::CancellationToken,
+    /// How this replica reaches the others when they talk over mutual TLS.
+    pub replica_tls: Option<crate::replica::tls::ReplicaTls>,
 }
 
 /// Every route of the API, with request tracing.

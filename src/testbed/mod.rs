@@ -9,6 +9,7 @@
 //! Needs root (namespaces, sshd), `sshd`, `ssh-keygen`, `unshare` and `git`.
 //! [`ServeProcess`] runs the daemon itself beside such a fleet.
 
+mod authority;
 mod daemon;
 mod host;
 pub mod postgres;
@@ -19,6 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub use authority::TestAuthority;
 pub use daemon::{ServeProcess, until_machines};
 pub use host::TestHost;
 

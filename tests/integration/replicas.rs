@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use linkops::store::{Actor, Role, Store};
 use linkops::testbed::postgres::TestPostgres;
-use linkops::testbed::{ServeProcess, TestFleet};
+use linkops::testbed::{ServeProcess, TestAuthority, TestFleet};
 use rustix::process::Signal;
 use serde_json::Value;
 
@@ -743,6 +743,136 @@ async fn terminals_and_tokens_work_through_any_replica() {
         .await
         .unwrap();
     assert!(status.success(), "{log}");
+}
+
+/// Replicas with `[cluster] listen` reach each other there over mutual TLS
+/// only: a workspace held by A is worked through B (forwarded over TLS), the
+/// members advertise that address, and it serves nobody without a
+/// certificate of the replicas' authority; the API's listener is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_talk_to_each_other_over_mutual_tls_only() {
+    let oscar = ("oscar", Role::Operator, "pw-oscar-1");
+    let (server, options, _store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1), oscar]).await;
+    let fleet = TestFleet::start(1).unwrap();
+    let work = WorkRepo::new(&fleet.dir().join("config"), None);
+    work.write("links.yaml", &fleet_links(&fleet, &[]));
+    work.commit("fleet");
+    let certificates = support::private_dir();
+    let authority = TestAuthority::new(certificates.path(), "replicas").unwrap();
+    let data: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let (data, config) = replica_config(&server, &options.url, &fleet, &work.dir);
+            with_mutual_tls(&data, &config, &authority, name);
+            (data, config)
+        })
+        .collect();
+    let a = Replica::start(&data[0].1).await;
+    let b = Replica::start(&data[1].1).await;
+
+    // Each advertises its replicas' address, not its API's.
+    let members = eventually("both replicas to see each other", || async {
+        let view = a.get("/api/cluster").await;
+        let members = view["members"].as_array()?.clone();
+        (members.len() == 2 && members.iter().all(|m| m["address"].is_string())).then_some(members)
+    })
+    .await;
+    let address_of = |replica: &Replica| {
+        let member = members.iter().find(|m| m["replica"] == replica.id.as_str());
+        member.unwrap()["address"].as_str().unwrap().to_owned()
+    };
+    let (at_a, at_b) = (address_of(&a), address_of(&b));
+    for (replica, address) in [(&a, &at_a), (&b, &at_b)] {
+        assert!(
+            !replica.process.url.ends_with(address.as_str()),
+            "{address}"
+        );
+    }
+
+    // Held by A (its socket), worked through B: forwarded over TLS.
+    let token = a.process.login(oscar.0, oscar.2).await.unwrap();
+    let (status, created) = call(
+        &b,
+        reqwest::Method::POST,
+        "/api/terminal/workspaces",
+        &token,
+        Some(serde_json::json!({ "layout": "single" })),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let panes = format!("/api/terminal/workspaces/{id}/panes");
+    let assigned = serde_json::json!({ "panes": [fleet.hosts()[0].name()] });
+    let (status, answer) = call(&b, reqwest::Method::PUT, &panes, &token, Some(assigned)).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    let mut on_a = Terminal::open_at(&a.process.url, &id, &token).await;
+    let connect = format!("/api/terminal/workspaces/{id}/connect-all");
+    let (status, answer) = call(&b, reqwest::Method::POST, &connect, &token, None).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    assert_eq!(answer["panes"][0]["state"], "connected", "{answer}");
+    on_a.run(0, "echo sealed-$((6*7))", "sealed-42").await;
+    let mut on_b = Terminal::open_at(&b.process.url, &id, &token).await;
+    on_b.run(0, "echo through-b-$((1+1))", "through-b-2").await;
+
+    // The replicas' address serves a replica's certificate and nothing else.
+    let pem = |path: &Path| std::fs::read(path).unwrap();
+    let ca = reqwest::Certificate::from_pem(&pem(&authority.certificate())).unwrap();
+    let stranger = TestAuthority::new(certificates.path(), "strangers").unwrap();
+    let client = |identity: Option<(PathBuf, PathBuf)>| {
+        let mut client = reqwest::Client::builder().tls_certs_only([ca.clone()]);
+        if let Some((certificate, key)) = identity {
+            let both = [pem(&certificate), pem(&key)].concat();
+            client = client.identity(reqwest::Identity::from_pem(&both).unwrap());
+        }
+        client.build().unwrap()
+    };
+    let health = format!("https://{at_a}/health");
+    let replica = client(Some(authority.issue("c", "IP:127.0.0.1").unwrap()));
+    let answer = replica.get(&health).send().await.unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    let refused = [
+        ("no certificate", client(None)),
+        (
+            "another authority's",
+            client(Some(stranger.issue("d", "IP:127.0.0.1").unwrap())),
+        ),
+    ];
+    for (what, client) in refused {
+        let answer = client.get(&health).send().await;
+        assert!(answer.is_err(), "{what}: {answer:?}");
+    }
+    let plain = reqwest::get(format!("http://{at_a}/health")).await;
+    assert!(plain.is_err(), "plain HTTP: {plain:?}");
+    let answer = reqwest::get(format!("{}/health", a.process.url))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status(),
+        reqwest::StatusCode::OK,
+        "the API's listener"
+    );
+
+    for replica in [a, b] {
+        let (status, log) = tokio::task::spawn_blocking(move || replica.process.terminate())
+            .await
+            .unwrap();
+        assert!(status.success(), "{log}");
+    }
+}
+
+/// Adds to the replica's `config` its own listener for replicas, with a
+/// certificate `authority` issues to `name` (in its keys dir).
+fn with_mutual_tls(data: &tempfile::TempDir, config: &Path, authority: &TestAuthority, name: &str) {
+    let keys = data.path().join("keys");
+    let (certificate, key) = authority.issue(name, "IP:127.0.0.1").unwrap();
+    std::fs::rename(certificate, keys.join("replica.crt")).unwrap();
+    std::fs::rename(key, keys.join("replica.key")).unwrap();
+    std::fs::copy(authority.certificate(), keys.join("replicas-ca.crt")).unwrap();
+    let mut toml = std::fs::read_to_string(config).unwrap();
+    toml.push_str(
+        "[cluster]\nlisten = \"127.0.0.1:0\"\ntls_certificate = \"replica.crt\"\ntls_key = \"replica.key\"\ntls_ca = \"replicas-ca.crt\"\n",
+    );
+    std::fs::write(config, toml).unwrap();
 }
 
 /// Output of `talk` (a line every 50 ms for about 4 s), as the script prints it.

@@ -30,6 +30,8 @@ const NEEDS: &[(&str, &str)] = &[
     ("/usr/bin/chromium", "chromium"),
     // The store's tests and the suite's second pass start their own server.
     ("/usr/lib/postgresql/15/bin/postgres", "postgresql"),
+    // The replicas' mutual TLS: a test certificate authority.
+    ("/usr/bin/openssl", "openssl"),
 ];
 
 const USAGE: &str = "usage: cargo xtask test       every check and test, then the package's install, upgrade and purge
