@@ -14,6 +14,7 @@ use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::enrollment::Enrollment;
 use linkops_reconcilers::machine::{Health, Machine, MachineStatus};
 use linkops_reconcilers::operation::Operation;
+use linkops_reconcilers::suspension::Held;
 use tokio::sync::watch;
 
 use super::auth::Authenticated;
@@ -45,36 +46,20 @@ pub async fn list(
 
 /// A page of `GET /api/links`, with its headers. The inventory answers the
 /// tag and text filters and the total; statuses are read only for the page,
-/// unless the query filters on them.
+/// unless the query filters on them: then a chunk at a time, only the
+/// page's views kept.
 fn page(
     state: &AppState,
     query: &MachineQuery,
 ) -> Result<(HeaderMap, Json<Vec<MachineView>>), ApiError> {
     let desired = state.git.desired().borrow().clone();
     let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
-    let after = |id: &String| query.after.as_ref().is_none_or(|after| id > after);
     let limit = query.limit.unwrap_or(usize::MAX);
-    let (total, matching) = match query.asks_observed() {
-        false => {
-            let candidates = in_inventory(machines, query);
-            let start = candidates.partition_point(|m| !after(&m.id));
-            let page = candidates[start..]
-                .iter()
-                .copied()
-                .take(limit.saturating_add(1));
-            (candidates.len(), views(state, page)?)
-        }
-        true => {
-            let all = matching_views(state, machines, query)?;
-            let total = all.len();
-            (
-                total,
-                all.into_iter()
-                    .filter(|view| after(&view.spec.id))
-                    .collect(),
-            )
-        }
-    };
+    let held = state.controller.held()?;
+    let candidates = in_inventory(machines, query);
+    let (total, matching) = paged(&candidates, query, limit, |machines| {
+        views(state, machines, &held)
+    })?;
     let mut headers = HeaderMap::new();
     headers.insert("x-total-count", HeaderValue::from(total));
     if matching.len() > limit {
@@ -94,6 +79,44 @@ fn page(
     Ok((headers, Json(matching.into_iter().take(limit).collect())))
 }
 
+/// How many machines' statuses a query that filters on them reads at once.
+const STATUS_CHUNK: usize = 256;
+
+/// How many of `candidates` (the inventory's answer, in id order) `query`
+/// asks for over all pages, and the views of its page: those after its
+/// cursor, `limit` and one more (to tell whether a next page exists).
+/// `views_of` makes views of a run of candidates; it is asked for the page
+/// only, or — when the query filters on what was observed — for every
+/// candidate [`STATUS_CHUNK`] at a time, so that no more views are held than
+/// a chunk and the page, whatever the fleet.
+fn paged<'m>(
+    candidates: &[&'m Machine],
+    query: &MachineQuery,
+    limit: usize,
+    mut views_of: impl FnMut(&[&'m Machine]) -> Result<Vec<MachineView>, ApiError>,
+) -> Result<(usize, Vec<MachineView>), ApiError> {
+    let after = |id: &String| query.after.as_ref().is_none_or(|after| id > after);
+    let keep = limit.saturating_add(1);
+    if !query.asks_observed() {
+        let start = candidates.partition_point(|m| !after(&m.id));
+        let end = candidates.len().min(start.saturating_add(keep));
+        return Ok((candidates.len(), views_of(&candidates[start..end])?));
+    }
+    let (mut total, mut page) = (0, Vec::new());
+    for chunk in candidates.chunks(STATUS_CHUNK) {
+        for view in views_of(chunk)? {
+            if !query.observed_matches(&view) {
+                continue;
+            }
+            total += 1;
+            if page.len() < keep && after(&view.spec.id) {
+                page.push(view);
+            }
+        }
+    }
+    Ok((total, page))
+}
+
 /// The machines whose inventory entry `query` asks for (tag, text), in id order.
 fn in_inventory<'a>(machines: &'a [Machine], query: &MachineQuery) -> Vec<&'a Machine> {
     let inventory = query.inventory_filter();
@@ -108,9 +131,10 @@ fn matching_views(
     machines: &[Machine],
     query: &MachineQuery,
 ) -> Result<Vec<MachineView>, ApiError> {
-    Ok(views(state, in_inventory(machines, query).into_iter())?
+    let held = state.controller.held()?;
+    Ok(views(state, &in_inventory(machines, query), &held)?
         .into_iter()
-        .filter(|view| query.matches(view))
+        .filter(|view| query.observed_matches(view))
         .collect())
 }
 
@@ -142,24 +166,23 @@ fn check_query(query: &MachineQuery) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The views of `machines`, with their statuses read in one transaction and
-/// the suspensions once.
-fn views<'a>(
+/// The views of `machines`, with their statuses read in one transaction,
+/// suspended as `held` says.
+fn views(
     state: &AppState,
-    machines: impl Iterator<Item = &'a Machine>,
+    machines: &[&Machine],
+    held: &Held,
 ) -> Result<Vec<MachineView>, ApiError> {
-    let machines: Vec<&Machine> = machines.collect();
     let ids: Vec<String> = machines.iter().map(|m| m.id.clone()).collect();
     let mut statuses = state.store.machine_statuses(&ids)?;
-    let held = state.controller.held()?;
     Ok(machines
-        .into_iter()
+        .iter()
         .map(|machine| {
             let status = statuses
                 .remove(&machine.id)
                 .unwrap_or_else(|| MachineStatus::new(&machine.id));
             let suspended = held.holds(Some(&machine.id));
-            machine_view(machine.clone(), status, suspended)
+            machine_view((*machine).clone(), status, suspended)
         })
         .collect())
 }
@@ -359,12 +382,16 @@ impl FleetViews {
             ..now
         };
         let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
-        let in_inventory = machines.iter().filter(|m| changed.contains(&m.id));
+        let in_inventory: Vec<&Machine> = machines
+            .iter()
+            .filter(|m| changed.contains(&m.id))
+            .collect();
         let mut changes = FleetChanges {
             changed: Vec::new(),
             removed: Vec::new(),
         };
-        for view in views(&self.state, in_inventory)? {
+        let held = self.state.controller.held()?;
+        for view in views(&self.state, &in_inventory, &held)? {
             let id = view.spec.id.clone();
             if !self.query.matches(&view) {
                 if self.sent.remove(&id).is_some() || !self.sent_all {
@@ -496,7 +523,8 @@ fn desired_machine(state: &AppState, id: &str) -> Result<Machine, ApiError> {
 }
 
 fn view(state: &AppState, machine: Machine) -> Result<MachineView, ApiError> {
-    Ok(views(state, std::iter::once(&machine))?.remove(0))
+    let held = state.controller.held()?;
+    Ok(views(state, &[&machine], &held)?.remove(0))
 }
 
 fn machine_view(machine: Machine, status: MachineStatus, suspended: bool) -> MachineView {
@@ -516,5 +544,73 @@ fn machine_view(machine: Machine, status: MachineStatus, suspended: bool) -> Mac
         revision: status.revision,
         suspended,
         spec: machine,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machines(count: usize) -> Vec<Machine> {
+        (0..count)
+            .map(|i| {
+                serde_json::from_value(serde_json::json!({
+                    "id": format!("m{i:05}"),
+                    "name": format!("m{i:05}"),
+                    "host": "127.0.0.1",
+                    "port": 22,
+                    "uuid": "7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935",
+                }))
+                .unwrap()
+            })
+            .collect()
+    }
+
+    /// Every third machine is reachable.
+    fn view_of(machine: &Machine) -> MachineView {
+        let mut status = MachineStatus::new(&machine.id);
+        let number: usize = machine.id[1..].parse().unwrap();
+        if number.is_multiple_of(3) {
+            status.health = Health::Reachable { latency_ms: 1 };
+        }
+        machine_view(machine.clone(), status, false)
+    }
+
+    #[test]
+    fn a_page_filtered_on_health_holds_a_chunk_and_its_page_whatever_the_fleet() {
+        let fleet = machines(10_000);
+        let candidates: Vec<&Machine> = fleet.iter().collect();
+        let query = |after: Option<&str>| MachineQuery {
+            health: Some("reachable".into()),
+            after: after.map(str::to_owned),
+            limit: Some(10),
+            ..MachineQuery::default()
+        };
+        let mut asked = Vec::new();
+        let (total, page) = paged(&candidates, &query(Some("m00100")), 10, |run| {
+            asked.push(run.len());
+            Ok(run.iter().map(|m| view_of(m)).collect())
+        })
+        .unwrap();
+        assert_eq!(total, 3_334, "counted over all pages");
+        let ids: Vec<&str> = page.iter().map(|view| view.spec.id.as_str()).collect();
+        assert_eq!(ids.first(), Some(&"m00102"));
+        assert_eq!(ids.len(), 11, "the page and one more, to tell a next page");
+        assert!(asked.iter().all(|&run| run <= STATUS_CHUNK), "{asked:?}");
+        assert_eq!(asked.iter().sum::<usize>(), 10_000);
+
+        // Without a filter on statuses only the page's are read.
+        let unfiltered = MachineQuery {
+            health: None,
+            ..query(Some("m00100"))
+        };
+        let mut asked = Vec::new();
+        let (total, page) = paged(&candidates, &unfiltered, 10, |run| {
+            asked.push(run.len());
+            Ok(run.iter().map(|m| view_of(m)).collect())
+        })
+        .unwrap();
+        assert_eq!((total, page.len(), asked), (10_000, 11, vec![11]));
+        assert_eq!(page[0].spec.id, "m00101");
     }
 }

@@ -88,8 +88,13 @@ pub struct MachineQuery {
 impl MachineQuery {
     /// Whether `view` is one of the machines asked for (paging aside).
     pub fn matches(&self, view: &MachineView) -> bool {
-        self.inventory_filter().matches(&view.spec)
-            && self.health.as_ref().is_none_or(|h| view.health.name() == h)
+        self.inventory_filter().matches(&view.spec) && self.observed_matches(view)
+    }
+
+    /// Whether what was observed of `view` is what the query asks for
+    /// (health, enrollment), its inventory entry aside.
+    pub fn observed_matches(&self, view: &MachineView) -> bool {
+        self.health.as_ref().is_none_or(|h| view.health.name() == h)
             && self
                 .enrollment
                 .as_ref()
