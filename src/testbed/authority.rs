@@ -31,16 +31,13 @@ impl TestAuthority {
             dir: dir.to_owned(),
             name: name.to_owned(),
         };
-        run(Command::new(openssl()?)
-            .args(["req"])
-            .args(NEW_KEY)
-            .arg("-keyout")
-            .arg(authority.key())
-            .arg("-out")
-            .arg(authority.certificate())
-            .args(["-subj", &format!("/CN={name} replicas")])
-            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
-            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]))?;
+        run(new_key(
+            &authority.key(),
+            &authority.certificate(),
+            &format!("/CN={name} replicas"),
+        )?
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]))?;
         Ok(authority)
     }
 
@@ -59,14 +56,7 @@ impl TestAuthority {
     pub fn issue(&self, name: &str, names: &str) -> Result<(PathBuf, PathBuf)> {
         let certificate = self.dir.join(format!("{name}.crt"));
         let key = self.dir.join(format!("{name}.key"));
-        run(Command::new(openssl()?)
-            .args(["req"])
-            .args(NEW_KEY)
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&certificate)
-            .args(["-subj", &format!("/CN={name}")])
+        run(new_key(&key, &certificate, &format!("/CN={name}"))?
             .arg("-CA")
             .arg(self.certificate())
             .arg("-CAkey")
@@ -76,6 +66,20 @@ impl TestAuthority {
             .args(["-addext", "extendedKeyUsage=serverAuth,clientAuth"]))?;
         Ok((certificate, key))
     }
+}
+
+/// `openssl req` making a key at `key` and a certificate of `subject` at `certificate`.
+fn new_key(key: &Path, certificate: &Path, subject: &str) -> Result<Command> {
+    let mut command = Command::new(openssl()?);
+    command
+        .arg("req")
+        .args(NEW_KEY)
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(certificate)
+        .args(["-subj", subject]);
+    Ok(command)
 }
 
 fn openssl() -> Result<&'static str> {

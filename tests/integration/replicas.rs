@@ -594,6 +594,25 @@ async fn call(
     support::request(&client, &replica.process.url, method, path, token, body).await
 }
 
+/// A new single-pane workspace on `host`, made through `replica`: its id.
+async fn workspace_through(replica: &Replica, token: &str, host: &str) -> String {
+    let (status, created) = call(
+        replica,
+        reqwest::Method::POST,
+        "/api/terminal/workspaces",
+        token,
+        Some(serde_json::json!({ "layout": "single" })),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let panes = format!("/api/terminal/workspaces/{id}/panes");
+    let assigned = serde_json::json!({ "panes": [host] });
+    let (status, answer) = call(replica, reqwest::Method::PUT, &panes, token, Some(assigned)).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    id
+}
+
 /// A terminal workspace lives on the replica that connected it: through the
 /// other, its calls and its socket reach the same shell (forwarded), the
 /// holder's revocation closes the forwarded socket, and once the holder left
@@ -607,24 +626,10 @@ async fn terminals_and_tokens_work_through_any_replica() {
     let users = [(ADMIN.0, Role::Admin, ADMIN.1), oscar, olga, vic];
     let (server, options, store) = shared_store(&users).await;
     let fleet = TestFleet::start(1).unwrap();
-    let (work, _data, a, b) = two_replicas(&server, &options, &options.url, &fleet).await;
-    let host = fleet.hosts()[0].name().to_owned();
+    let (work, _data, a, b) = two_replicas(&server, &options, &options.url, &fleet, None).await;
     // Signed in through A, working through B (as behind a load balancer).
     let token = a.process.login(oscar.0, oscar.2).await.unwrap();
-    let (status, created) = call(
-        &b,
-        reqwest::Method::POST,
-        "/api/terminal/workspaces",
-        &token,
-        Some(serde_json::json!({ "layout": "single" })),
-    )
-    .await;
-    assert_eq!(status, reqwest::StatusCode::CREATED, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
-    let panes = format!("/api/terminal/workspaces/{id}/panes");
-    let assigned = serde_json::json!({ "panes": [host] });
-    let (status, answer) = call(&b, reqwest::Method::PUT, &panes, &token, Some(assigned)).await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    let id = workspace_through(&b, &token, fleet.hosts()[0].name()).await;
 
     // Refused requests take nothing: a viewer's and another operator's
     // connect-all through A leave the dormant workspace to no replica.
@@ -754,21 +759,10 @@ async fn replicas_talk_to_each_other_over_mutual_tls_only() {
     let oscar = ("oscar", Role::Operator, "pw-oscar-1");
     let (server, options, _store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1), oscar]).await;
     let fleet = TestFleet::start(1).unwrap();
-    let work = WorkRepo::new(&fleet.dir().join("config"), None);
-    work.write("links.yaml", &fleet_links(&fleet, &[]));
-    work.commit("fleet");
     let certificates = support::private_dir();
     let authority = TestAuthority::new(certificates.path(), "replicas").unwrap();
-    let data: Vec<_> = ["a", "b"]
-        .into_iter()
-        .map(|name| {
-            let (data, config) = replica_config(&server, &options.url, &fleet, &work.dir);
-            with_mutual_tls(&data, &config, &authority, name);
-            (data, config)
-        })
-        .collect();
-    let a = Replica::start(&data[0].1).await;
-    let b = Replica::start(&data[1].1).await;
+    let (_work, _data, a, b) =
+        two_replicas(&server, &options, &options.url, &fleet, Some(&authority)).await;
 
     // Each advertises its replicas' address, not its API's.
     let members = eventually("both replicas to see each other", || async {
@@ -791,20 +785,7 @@ async fn replicas_talk_to_each_other_over_mutual_tls_only() {
 
     // Held by A (its socket), worked through B: forwarded over TLS.
     let token = a.process.login(oscar.0, oscar.2).await.unwrap();
-    let (status, created) = call(
-        &b,
-        reqwest::Method::POST,
-        "/api/terminal/workspaces",
-        &token,
-        Some(serde_json::json!({ "layout": "single" })),
-    )
-    .await;
-    assert_eq!(status, reqwest::StatusCode::CREATED, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
-    let panes = format!("/api/terminal/workspaces/{id}/panes");
-    let assigned = serde_json::json!({ "panes": [fleet.hosts()[0].name()] });
-    let (status, answer) = call(&b, reqwest::Method::PUT, &panes, &token, Some(assigned)).await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    let id = workspace_through(&b, &token, fleet.hosts()[0].name()).await;
     let mut on_a = Terminal::open_at(&a.process.url, &id, &token).await;
     let connect = format!("/api/terminal/workspaces/{id}/connect-all");
     let (status, answer) = call(&b, reqwest::Method::POST, &connect, &token, None).await;
@@ -883,12 +864,14 @@ fn talk_output() -> String {
 const TALK: &str = "scripts:\n  - id: talk\n    name: Talk a while\n    body: |\n      for i in $(seq 1 80); do echo line $i; sleep 0.05; done\n";
 
 /// Two replicas of the store at `options` (reached at `first_url` by the
-/// first), `fleet`, `talk` in the catalog.
+/// first), `fleet`, `talk` in the catalog; talking to each other over
+/// mutual TLS with certificates of `authority`, when given.
 async fn two_replicas(
     server: &TestPostgres,
     options: &linkops::store::engine::postgres::Options,
     first_url: &str,
     fleet: &TestFleet,
+    authority: Option<&TestAuthority>,
 ) -> (
     WorkRepo,
     Vec<(tempfile::TempDir, PathBuf)>,
@@ -903,6 +886,11 @@ async fn two_replicas(
         replica_config(server, first_url, fleet, &work.dir),
         replica_config(server, &options.url, fleet, &work.dir),
     ];
+    if let Some(authority) = authority {
+        for ((dir, config), name) in data.iter().zip(["a", "b"]) {
+            with_mutual_tls(dir, config, authority, name);
+        }
+    }
     let a = Replica::start(&data[0].1).await;
     let b = Replica::start(&data[1].1).await;
     let machines = fleet.hosts().iter().map(|h| h.name().to_owned()).collect();
@@ -921,7 +909,7 @@ async fn two_replicas(
 async fn a_database_restart_under_load_loses_no_event_and_reports_nothing_twice() {
     let (mut server, options, _store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1)]).await;
     let fleet = TestFleet::start(1).unwrap();
-    let (_work, _data, a, b) = two_replicas(&server, &options, &options.url, &fleet).await;
+    let (_work, _data, a, b) = two_replicas(&server, &options, &options.url, &fleet, None).await;
     let host = fleet.hosts()[0].name().to_owned();
     let operation = start(&a, "talk", &host).await;
     let mut events = follow(&b, &b.token, operation).await;
@@ -1069,7 +1057,7 @@ async fn a_replica_cut_off_from_the_database_stops_and_the_other_takes_over() {
         &link.address.to_string(),
     );
     let fleet = TestFleet::start(3).unwrap();
-    let (_work, _data, a, b) = two_replicas(&server, &options, &through, &fleet).await;
+    let (_work, _data, a, b) = two_replicas(&server, &options, &through, &fleet, None).await;
     let machines: BTreeSet<String> = fleet.hosts().iter().map(|h| h.name().to_owned()).collect();
 
     link.cut.cancel();
