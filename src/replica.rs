@@ -16,6 +16,8 @@
 //! lease it could not renew can have passed (`LeaseTiming::may_act`). A redb
 //! store has one daemon: the only member, always the leader, no leases.
 
+pub mod following;
+pub mod leading;
 pub mod tls;
 
 use std::sync::Arc;
