@@ -96,12 +96,14 @@ fn test() -> Result<(), String> {
         command.current_dir(&root_dir);
         command
     };
-    // Built as the user; the test binaries run as root.
+    // Built as the user; the test binaries run as root. Here every store
+    // test runs on PostgreSQL too: a missing server fails them, not skips.
     let cargo_test = || {
         let mut command = cargo();
         if let Some((variable, value)) = &runner {
             command.env(variable, value);
         }
+        command.env("LINKOPS_TEST_POSTGRES", "required");
         command
     };
     run(cargo().args(["fmt", "--all", "--check"]))?;
