@@ -109,21 +109,28 @@ impl MachineAccess {
         machine_id: &str,
     ) -> ssh::Result<Arc<ssh::Connection>> {
         let connection = self.pool.get(target).await?;
-        self.audit_learned_key(&connection, machine_id);
+        self.audit_learned_key(&connection, machine_id).await;
         Ok(connection)
     }
 
     /// Audits the host key `connection` recorded by trust on first use, if any.
-    pub fn audit_learned_key(&self, connection: &ssh::Connection, machine_id: &str) {
+    pub async fn audit_learned_key(&self, connection: &ssh::Connection, machine_id: &str) {
         if let Some(key) = connection.take_learned_host_key() {
             let detail = format!("{}: {key}", connection.target());
-            let audited = self.store.audit(
-                &Actor::System,
-                AuditAction::SshHostKeyLearned,
-                machine_id,
-                Outcome::Success,
-                Some(detail),
-            );
+            let machine = machine_id.to_owned();
+            let audited = self
+                .store
+                .run(move |store| {
+                    let learned = AuditAction::SshHostKeyLearned;
+                    store.audit(
+                        &Actor::System,
+                        learned,
+                        &machine,
+                        Outcome::Success,
+                        Some(detail),
+                    )
+                })
+                .await;
             if let Err(error) = audited {
                 tracing::error!(%error, "cannot audit a learned host key");
             }

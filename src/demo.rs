@@ -71,9 +71,9 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
     abort: impl Future + Send,
 ) -> Result<(), Error> {
-    tokio::task::spawn_blocking(install_prerequisites).await??;
+    crate::blocking::run(install_prerequisites).await??;
     eprintln!("starting {HOSTS} demo machines (sshd on loopback addresses)…");
-    let mut fleet = tokio::task::spawn_blocking(|| TestFleet::start(HOSTS)).await??;
+    let mut fleet = crate::blocking::run(|| TestFleet::start(HOSTS)).await??;
     // Ctrl-C leaves the machine as it was: the test user goes too, if the demo made it.
     fleet.tidy();
     let dir = tempfile::Builder::new()
@@ -91,7 +91,7 @@ pub async fn run(
         // Where the demo's declared state keeps each machine's file: the
         // machines share this computer's disk, so each writes its own.
         let state_dir = fleet.dir().join("motd");
-        tokio::task::spawn_blocking(move || -> Result<Config, Error> {
+        crate::blocking::run(move || -> Result<Config, Error> {
             std::fs::create_dir(&state_dir).map_err(|source| io_error(&state_dir, source))?;
             std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o777))
                 .map_err(|source| io_error(&state_dir, source))?;
@@ -103,7 +103,7 @@ pub async fn run(
     // The admin is created here, so the banner can show its password.
     let password = {
         let path = config.store_path();
-        tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        crate::blocking::run(move || -> Result<_, Error> {
             let store = store::Store::open(&path)?;
             Ok(auth::bootstrap_admin(&store)?)
         })
@@ -131,7 +131,7 @@ pub async fn run(
         _ = abort => None,
     };
     // The hosts stop as `fleet` drops (and the test user goes); the files go with `dir`.
-    tokio::task::spawn_blocking(move || drop(fleet)).await?;
+    crate::blocking::run(move || drop(fleet)).await?;
     let gone = format!(
         "{HOSTS} sshd hosts, their user {} (if the demo created it) and {} are gone",
         testbed::TEST_USER,

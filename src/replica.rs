@@ -154,7 +154,7 @@ pub async fn join(
     let id = uuid::Uuid::new_v4().simple().to_string();
     let asking = store.clone();
     let (replica, at) = (id.clone(), address.clone());
-    let view = tokio::task::spawn_blocking(move || -> Result<View, store::Error> {
+    let view = crate::blocking::run(move || -> Result<View, store::Error> {
         let epoch = asking.renew_member(&replica, &at, timing.ttl_ms)?;
         let leading = asking.renew_leadership(&replica, timing.ttl_ms)?;
         let members = asking.live_members()?;
@@ -265,7 +265,7 @@ impl Renewing {
         let watchdog = {
             let (clock, timing) = (clock.clone(), self.timing);
             let (stop, lost, id) = (stop.clone(), lost.clone(), membership.id.clone());
-            tokio::task::spawn_blocking(move || {
+            crate::blocking::run(move || {
                 while sleep_unless(WATCH_EVERY, &stop, &lost) {
                     if !timing.may_act(Some(clock.renewed_at()), clock.now()) {
                         tracing::error!(replica = %id, "{NOT_RENEWED}");
@@ -274,9 +274,8 @@ impl Renewing {
                 }
             })
         };
-        let renewer = tokio::task::spawn_blocking(move || {
-            self.renew_until(&membership, &stop, &lost, &clock)
-        });
+        let renewer =
+            crate::blocking::run(move || self.renew_until(&membership, &stop, &lost, &clock));
         renewer.await.expect("renewing does not panic");
         watchdog.await.expect("the watchdog does not panic");
     }

@@ -90,7 +90,7 @@ impl FromRequestParts<AppState> for Authenticated {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = presented_token(&parts.headers, &parts.uri).ok_or(ApiError::Unauthorized)?;
-        let (user, grant) = state.auth.authenticate(token.trim())?;
+        let (user, grant) = state.auth.authenticate(token.trim()).await?;
         Ok(Authenticated(user, grant))
     }
 }

@@ -18,7 +18,7 @@ pub async fn status(
     let membership = state.controller.operations().membership().clone();
     let store = state.store.clone();
     let shared = store.is_shared();
-    let (members, leader) = tokio::task::spawn_blocking(move || {
+    let (members, leader) = crate::blocking::run(move || {
         Ok::<_, crate::store::Error>((store.live_members()?, store.leader()?))
     })
     .await

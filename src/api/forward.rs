@@ -98,10 +98,11 @@ async fn holder(
         .ok_or_else(|| ApiError::BadRequest("no workspace id in the path".into()))?;
     // Authorized first, then taken: what the handler would refuse moves nothing.
     let socket = (take == Take::Socket).then_some(&parts.headers);
-    let take = take != Take::No && super::terminal::admits(state, &caller, &workspace, socket)?;
+    let take =
+        take != Take::No && super::terminal::admits(state, &caller, &workspace, socket).await?;
     let (store, replica) = (state.store.clone(), replica(state));
     Ok(
-        tokio::task::spawn_blocking(move || store.workspace_holder(&workspace, &replica, take))
+        crate::blocking::run(move || store.workspace_holder(&workspace, &replica, take))
             .await
             .map_err(|error| ApiError::Internal(error.to_string()))??,
     )
@@ -234,7 +235,7 @@ pub async fn views_held_elsewhere(
     token: &str,
 ) -> Result<HashMap<String, WorkspaceView>, ApiError> {
     let (store, replica) = (state.store.clone(), replica(state));
-    let held = tokio::task::spawn_blocking(move || store.workspace_holders(&replica))
+    let held = crate::blocking::run(move || store.workspace_holders(&replica))
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))??;
     let mut holders: HashMap<String, (Member, Vec<String>)> = HashMap::new();

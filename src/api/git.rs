@@ -55,8 +55,24 @@ pub async fn status(
     State(state): State<AppState>,
     caller: Authenticated,
 ) -> Result<Json<GitStatus>, ApiError> {
-    let last = state.store.recent_syncs(1)?.into_iter().next();
-    let applied = state.store.last_applied_sync()?;
+    let (last, applied, statuses, queued, dead) = state
+        .store
+        .run(|store| {
+            let last = store.recent_syncs(1)?.into_iter().next();
+            let looked_at = last.as_ref().and_then(|r| r.revision.clone());
+            let statuses = match looked_at {
+                Some(revision) => store.posted_statuses(&revision)?,
+                None => Vec::new(),
+            };
+            Ok((
+                last,
+                store.last_applied_sync()?,
+                statuses,
+                store.queued(Some(FORGE), 0, STATUSES_SHOWN)?,
+                store.dead_letters(Some(FORGE), STATUSES_SHOWN)?,
+            ))
+        })
+        .await?;
     let last_error = match last.as_ref().map(|r| &r.outcome) {
         Some(SyncOutcome::Invalid { problems }) => {
             problems.iter().map(ToString::to_string).collect()
@@ -64,19 +80,13 @@ pub async fn status(
         Some(SyncOutcome::Failed { error }) => vec![error.clone()],
         _ => Vec::new(),
     };
-    let looked_at = last.as_ref().and_then(|r| r.revision.clone());
-    let statuses = match looked_at {
-        Some(revision) => state
-            .store
-            .posted_statuses(&revision)?
-            .into_iter()
-            .map(|posted| PostedStatusView {
-                posted_at: at(posted.posted_at_ms),
-                status: posted.status,
-            })
-            .collect(),
-        None => Vec::new(),
-    };
+    let statuses = statuses
+        .into_iter()
+        .map(|posted| PostedStatusView {
+            posted_at: at(posted.posted_at_ms),
+            status: posted.status,
+        })
+        .collect();
     // Only the forge's messages (the oldest waiting, the newest given up on):
     // the rest is at /api/notifications. What the forge answered (redacted)
     // is for admins, as the outbox is.
@@ -99,8 +109,8 @@ pub async fn status(
                 .saturating_add(i64::try_from(r.duration_ms).unwrap_or(0)))
         }),
         statuses,
-        statuses_queued: forge(state.store.queued(Some(FORGE), 0, STATUSES_SHOWN)?),
-        statuses_dead: forge(state.store.dead_letters(Some(FORGE), STATUSES_SHOWN)?),
+        statuses_queued: forge(queued),
+        statuses_dead: forge(dead),
         last_attempt: last.map(SyncView::from),
         last_error,
     }))
@@ -156,7 +166,14 @@ pub async fn webhook(
         .map_err(ApiError::Webhook)?;
     let delivery = webhook::delivery_id(&headers).map_err(ApiError::Webhook)?;
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
-    match state.store.claim_webhook_delivery(&delivery, &digest)? {
+    let claim = {
+        let (delivery, digest) = (delivery.clone(), digest.clone());
+        let claimed = state
+            .store
+            .run(move |store| store.claim_webhook_delivery(&delivery, &digest));
+        claimed.await?
+    };
+    match claim {
         DeliveryClaim::Fresh => {}
         DeliveryClaim::SeenId => return Err(ApiError::Replayed(format!("delivery {delivery}"))),
         DeliveryClaim::SeenBody => {
@@ -212,7 +229,10 @@ pub async fn webhook(
             };
             if let Err(full) = state.git.request_plan(pushed, work) {
                 // Not taken: the forge's redelivery must not count as a replay.
-                state.store.release_webhook_delivery(&delivery, &digest)?;
+                let released = move |store: &crate::store::Store| {
+                    store.release_webhook_delivery(&delivery, &digest)
+                };
+                state.store.run(released).await?;
                 return Err(ApiError::Unavailable {
                     message: full.to_string(),
                     retry_after_secs: 10,

@@ -16,7 +16,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     // Off the async runtime, and bounded: a database that does not answer
     // (cut off) must make this answer "not ready" at once, not in 30 s.
     let asking = state.store.clone();
-    let asked = tokio::task::spawn_blocking(move || {
+    let asked = crate::blocking::run(move || {
         let pinged = asking.ping();
         let last = asking.recent_syncs(1).ok().and_then(|mut r| r.pop());
         (pinged, last)

@@ -39,7 +39,7 @@ pub async fn list(
 ) -> Result<(HeaderMap, Json<Vec<MachineView>>), ApiError> {
     check_query(&query)?;
     // Thousands of statuses decoded: off the async runtime.
-    tokio::task::spawn_blocking(move || page(&state, &query))
+    crate::blocking::run(move || page(&state, &query))
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))?
 }
@@ -55,7 +55,7 @@ fn page(
     let desired = state.git.desired().borrow().clone();
     let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
     let limit = query.limit.unwrap_or(usize::MAX);
-    let held = state.controller.held()?;
+    let held = state.controller.held_now()?;
     let candidates = in_inventory(machines, query);
     let (total, matching) = paged(&candidates, query, limit, |machines| {
         views(state, machines, &held)
@@ -131,7 +131,7 @@ fn matching_views(
     machines: &[Machine],
     query: &MachineQuery,
 ) -> Result<Vec<MachineView>, ApiError> {
-    let held = state.controller.held()?;
+    let held = state.controller.held_now()?;
     Ok(views(state, &in_inventory(machines, query), &held)?
         .into_iter()
         .filter(|view| query.observed_matches(view))
@@ -177,13 +177,7 @@ fn views(
     let mut statuses = state.store.machine_statuses(&ids)?;
     Ok(machines
         .iter()
-        .map(|machine| {
-            let status = statuses
-                .remove(&machine.id)
-                .unwrap_or_else(|| MachineStatus::new(&machine.id));
-            let suspended = held.holds(Some(&machine.id));
-            machine_view((*machine).clone(), status, suspended)
-        })
+        .map(|machine| view((*machine).clone(), statuses.remove(&machine.id), held))
         .collect())
 }
 
@@ -305,7 +299,7 @@ impl FleetFollower {
             };
             let resume = self.resume.take();
             let mut views = self.views.take()?;
-            let (views, event) = tokio::task::spawn_blocking(move || {
+            let (views, event) = crate::blocking::run(move || {
                 let event = match views.position.take() {
                     None => views.first(resume, desired, now),
                     Some(position) => views.after(position, desired, now),
@@ -390,7 +384,7 @@ impl FleetViews {
             changed: Vec::new(),
             removed: Vec::new(),
         };
-        let held = self.state.controller.held()?;
+        let held = self.state.controller.held_now()?;
         for view in views(&self.state, &in_inventory, &held)? {
             let id = view.spec.id.clone();
             if !self.query.matches(&view) {
@@ -469,20 +463,21 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<MachineDetail>, ApiError> {
     let machine = desired_machine(&state, &id)?;
+    let held = state.controller.held().await?;
+    let (status, operations, samples) = state
+        .store
+        .run(move |store| {
+            Ok((
+                store.machine_status(&id)?,
+                store.operations_for_machine(&id, 10)?,
+                store.health_history(&id, 50)?,
+            ))
+        })
+        .await?;
     Ok(Json(MachineDetail {
-        machine: view(&state, machine)?,
-        recent_operations: state
-            .store
-            .operations_for_machine(&id, 10)?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
-        health_history: state
-            .store
-            .health_history(&id, 50)?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+        machine: view(machine, status, &held),
+        recent_operations: operations.into_iter().map(Into::into).collect(),
+        health_history: samples.into_iter().map(Into::into).collect(),
     }))
 }
 
@@ -495,23 +490,29 @@ pub async fn verify(
 ) -> Result<Json<MachineView>, ApiError> {
     let user = caller.require(Role::Operator)?;
     let machine = desired_machine(&state, &id)?;
-    if let Some(reason) = state.controller.held()?.refusal(Some(&id)) {
+    if let Some(reason) = state.controller.held().await?.refusal(Some(&id)) {
         return Err(ApiError::Conflict(format!("nothing was checked: {reason}")));
     }
     state.controller.verify(&id).await?;
-    let view = view(&state, machine)?;
+    let held = state.controller.held().await?;
+    let status = state
+        .store
+        .run({
+            let id = id.clone();
+            move |store| store.machine_status(&id)
+        })
+        .await?;
+    let view = view(machine, status, &held);
     let outcome = if view.enrollment == Enrollment::Enrolled {
         crate::store::Outcome::Success
     } else {
         crate::store::Outcome::Failure
     };
-    state.store.audit(
-        &Actor::user(&user.name),
-        AuditAction::MachineVerify,
-        &id,
-        outcome,
-        Some(format!("{:?}", view.enrollment)),
-    )?;
+    let (by, detail) = (Actor::user(&user.name), format!("{:?}", view.enrollment));
+    state
+        .store
+        .run(move |store| store.audit(&by, AuditAction::MachineVerify, &id, outcome, Some(detail)))
+        .await?;
     Ok(Json(view))
 }
 
@@ -522,9 +523,11 @@ fn desired_machine(state: &AppState, id: &str) -> Result<Machine, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no machine {id:?} in the applied inventory")))
 }
 
-fn view(state: &AppState, machine: Machine) -> Result<MachineView, ApiError> {
-    let held = state.controller.held()?;
-    Ok(views(state, &[&machine], &held)?.remove(0))
+/// The view of one machine, from its status (none yet: unknown).
+fn view(machine: Machine, status: Option<MachineStatus>, held: &Held) -> MachineView {
+    let status = status.unwrap_or_else(|| MachineStatus::new(&machine.id));
+    let suspended = held.holds(Some(&machine.id));
+    machine_view(machine, status, suspended)
 }
 
 fn machine_view(machine: Machine, status: MachineStatus, suspended: bool) -> MachineView {

@@ -18,20 +18,27 @@ use crate::store::now_ms;
 #[utoipa::path(get, path = "/metrics", tag = "daemon", security(()), responses((status = 200, description = "Prometheus/OpenMetrics text exposition", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let metrics = &state.metrics;
-    let age = state
+    let desired = state.git.desired().borrow().clone().unwrap_or_default();
+    let ids: Vec<String> = desired.machines.iter().map(|m| m.id.clone()).collect();
+    let (applied, statuses, states, (queued, dead)) = state
         .store
-        .last_applied_sync()?
-        .map_or(-1, |sync| (now_ms() - sync.started_at_ms).max(0) / 1000);
+        .run(move |store| {
+            Ok((
+                store.last_applied_sync()?,
+                store.machine_statuses(&ids)?,
+                store.state_statuses()?,
+                store.outbox_counts()?,
+            ))
+        })
+        .await?;
+    let age = applied.map_or(-1, |sync| (now_ms() - sync.started_at_ms).max(0) / 1000);
     metrics.sync_applied_age.set(age);
     metrics
         .reconcile_queue
         .set(i64::try_from(state.controller.queue_depth()).unwrap_or(i64::MAX));
-    let desired = state.git.desired().borrow().clone().unwrap_or_default();
-    let machines = &desired.machines;
     let (mut health, mut enrollment) = (BTreeMap::new(), BTreeMap::new());
-    for machine in machines {
-        let status = state.store.machine_status(&machine.id)?;
-        let (h, e) = match &status {
+    for machine in &desired.machines {
+        let (h, e) = match statuses.get(&machine.id) {
             Some(status) => (status.health.name(), status.enrollment.name()),
             None => ("unknown", "unknown"),
         };
@@ -40,8 +47,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     }
     set_counts(&metrics.machines_by_health, health);
     set_counts(&metrics.machines_by_enrollment, enrollment);
-    set_states(metrics, &desired, state.store.state_statuses()?);
-    let (queued, dead) = state.store.outbox_counts()?;
+    set_states(metrics, &desired, states);
     metrics
         .outbox_queued
         .set(i64::try_from(queued).unwrap_or(i64::MAX));

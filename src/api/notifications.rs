@@ -19,14 +19,15 @@ pub async fn list(
     // Admin: what the forge and sinks answered is theirs, whatever it says.
     caller.require(Role::Admin)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let channel = query.channel.as_deref();
-    let (queued_total, dead_total) = state.store.outbox_counts()?;
-    Ok(Json(OutboxView {
-        queued: state
-            .store
-            .queued(channel, query.after.unwrap_or(0), limit)?,
-        dead: state.store.dead_letters(channel, limit)?,
-        queued_total,
-        dead_total,
-    }))
+    let view = state.store.run(move |store| {
+        let channel = query.channel.as_deref();
+        let (queued_total, dead_total) = store.outbox_counts()?;
+        Ok(OutboxView {
+            queued: store.queued(channel, query.after.unwrap_or(0), limit)?,
+            dead: store.dead_letters(channel, limit)?,
+            queued_total,
+            dead_total,
+        })
+    });
+    Ok(Json(view.await?))
 }

@@ -42,10 +42,11 @@ fn operation_view(operation: Operation, hosts: Vec<HostResult>) -> OperationView
 }
 
 /// An operation and its hosts' results, or a 404 naming it.
-fn recorded(state: &AppState, id: u64) -> Result<(Operation, Vec<HostResult>), ApiError> {
+async fn recorded(state: &AppState, id: u64) -> Result<(Operation, Vec<HostResult>), ApiError> {
     state
         .store
-        .operation(id)?
+        .run(move |store| store.operation(id))
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))
 }
 
@@ -56,7 +57,7 @@ pub async fn get(
     _caller: Authenticated,
     Path(id): Path<u64>,
 ) -> Result<Json<OperationView>, ApiError> {
-    let (operation, hosts) = recorded(&state, id)?;
+    let (operation, hosts) = recorded(&state, id).await?;
     Ok(Json(operation_view(operation, hosts)))
 }
 
@@ -142,7 +143,7 @@ pub async fn run(
         rollout: body.rollout,
         retry_of: None,
     };
-    started(&state, plan)
+    started(&state, plan).await
 }
 
 /// `POST /api/operations/{id}/retry`: the same script and parameters again, on
@@ -154,7 +155,7 @@ pub async fn retry(
     Path(id): Path<u64>,
 ) -> Result<(StatusCode, Json<OperationView>), ApiError> {
     let user = caller.require(Role::Operator)?;
-    let (operation, hosts) = recorded(&state, id)?;
+    let (operation, hosts) = recorded(&state, id).await?;
     if let Requester::State { id: state_id, .. } = &operation.requested_by {
         // A state's applies keep its windows, rollout and halt: retried by hand they would not.
         return Err(ApiError::Conflict(format!(
@@ -216,7 +217,7 @@ pub async fn retry(
         rollout: operation.rollout,
         retry_of: Some(id),
     };
-    started(&state, plan)
+    started(&state, plan).await
 }
 
 /// Where a run goes. Nothing starts on a suspended machine (the whole run
@@ -228,13 +229,17 @@ async fn placed(
     desired: &linkops_reconcilers::desired::DesiredState,
     targets: &Targets,
 ) -> Result<Vec<HostPlan>, ApiError> {
-    let store = &state.store;
-    let held = state.controller.held()?;
+    let held = state.controller.held().await?;
     let selected = targets.select(&desired.machines);
     if let Some(reason) = run::refused_by_suspension(&held, &selected) {
         return Err(ApiError::Conflict(format!("nothing was started: {reason}")));
     }
-    let before = store.machine_statuses(&selected)?;
+    let statuses_of = |selected: Vec<String>| {
+        state
+            .store
+            .run(move |store| store.machine_statuses(&selected))
+    };
+    let before = statuses_of(selected.clone()).await?;
     let unchecked: Vec<&String> = selected
         .iter()
         .filter(|id| {
@@ -248,29 +253,28 @@ async fn placed(
     for checked in futures::future::join_all(checks).await {
         checked?;
     }
-    let statuses = store.machine_statuses(&selected)?;
+    let statuses = statuses_of(selected).await?;
     let placements = run::place(targets, &desired.machines, &statuses, &held);
     Ok(HostPlan::from_placements(placements))
 }
 
 /// Starts a plan; answers as `POST /api/operations/run` does.
-fn started(state: &AppState, plan: Plan) -> Result<(StatusCode, Json<OperationView>), ApiError> {
-    let operation =
-        state
-            .controller
-            .operations()
-            .start(plan, None)
-            .map_err(|error| match error {
-                crate::operations::Error::Store(error) => ApiError::from(error),
-                other => ApiError::Unprocessable {
-                    field: "params".into(),
-                    message: other.to_string(),
-                },
-            })?;
-    let (operation, hosts) = state
-        .store
-        .operation(operation.id)?
-        .ok_or_else(|| ApiError::Internal("the new operation vanished".into()))?;
+async fn started(
+    state: &AppState,
+    plan: Plan,
+) -> Result<(StatusCode, Json<OperationView>), ApiError> {
+    let engine = state.controller.operations().clone();
+    let operation = crate::blocking::run(move || engine.start(plan, None))
+        .await
+        .map_err(|error| ApiError::Internal(error.to_string()))?
+        .map_err(|error| match error {
+            crate::operations::Error::Store(error) => ApiError::from(error),
+            other => ApiError::Unprocessable {
+                field: "params".into(),
+                message: other.to_string(),
+            },
+        })?;
+    let (operation, hosts) = recorded(state, operation.id).await?;
     Ok((StatusCode::ACCEPTED, Json(operation_view(operation, hosts))))
 }
 
@@ -282,7 +286,7 @@ pub async fn stop(
     Path(id): Path<u64>,
 ) -> Result<(StatusCode, Json<Stopping>), ApiError> {
     let user = caller.require(Role::Operator)?;
-    let (operation, _) = recorded(&state, id)?;
+    let (operation, _) = recorded(&state, id).await?;
     let audit = Audit {
         actor: Actor::user(&user.name),
         action: AuditAction::OperationStop,
@@ -290,23 +294,25 @@ pub async fn stop(
         outcome: Outcome::Success,
         detail: None,
     };
-    let stopping = match state.controller.operations().stop(id) {
-        true => {
-            let Audit {
-                actor,
-                action,
-                target,
-                outcome,
-                detail,
-            } = audit;
-            state
-                .store
-                .audit(&actor, action, &target, outcome, detail)?;
-            true
-        }
-        // Another replica runs it: asked through the store, which it reads.
-        false => state.store.ask_stop(id, &audit)?,
-    };
+    let stopped_here = state.controller.operations().stop(id);
+    let stopping = state
+        .store
+        .run(move |store| match stopped_here {
+            true => {
+                let Audit {
+                    actor,
+                    action,
+                    target,
+                    outcome,
+                    detail,
+                } = audit;
+                store.audit(&actor, action, &target, outcome, detail)?;
+                Ok(true)
+            }
+            // Another replica runs it: asked through the store, which it reads.
+            false => store.ask_stop(id, &audit),
+        })
+        .await?;
     if !stopping {
         return Err(ApiError::Conflict(format!(
             "operation {id} is not running (it is {:?})",
@@ -326,15 +332,18 @@ pub async fn list(
     let since = query.since.map(|t| t.as_millisecond());
     let operations = state
         .store
-        .operations(query.limit.unwrap_or(50).min(500), |operation| {
-            query.script.as_ref().is_none_or(|s| *s == operation.script)
-                && query
-                    .machine
-                    .as_ref()
-                    .is_none_or(|m| operation.machines.contains(m))
-                && query.state.is_none_or(|s| s == operation.state)
-                && since.is_none_or(|since| operation.created_at_ms >= since)
-        })?;
+        .run(move |store| {
+            store.operations(query.limit.unwrap_or(50).min(500), |operation| {
+                query.script.as_ref().is_none_or(|s| *s == operation.script)
+                    && query
+                        .machine
+                        .as_ref()
+                        .is_none_or(|m| operation.machines.contains(m))
+                    && query.state.is_none_or(|s| s == operation.state)
+                    && since.is_none_or(|since| operation.created_at_ms >= since)
+            })
+        })
+        .await?;
     Ok(Json(
         operations
             .into_iter()
@@ -351,11 +360,13 @@ pub async fn output(
     Path(id): Path<u64>,
     Query(query): Query<OutputQuery>,
 ) -> Result<Json<OutputPage>, ApiError> {
-    recorded(&state, id)?;
+    recorded(&state, id).await?;
     let limit = query.limit.unwrap_or(1000).min(5000);
+    let after = query.after;
     let events = state
         .store
-        .operation_events(id, query.after, limit, PAGE_BYTES)?;
+        .run(move |store| store.operation_events(id, after, limit, PAGE_BYTES))
+        .await?;
     let next_after = events.last().map(|e| e.seq);
     let chunks = events
         .into_iter()
@@ -387,7 +398,7 @@ pub async fn events(
     headers: HeaderMap,
     Query(query): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    recorded(&state, id)?;
+    recorded(&state, id).await?;
     let last = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -439,7 +450,7 @@ async fn follow(
         if behind {
             let (reading, after) = (store.clone(), last);
             let permit = engine.catch_up_permit().await;
-            let page = match tokio::task::spawn_blocking(move || {
+            let page = match crate::blocking::run(move || {
                 let _permit = permit;
                 reading.operation_events(id, after, 512, PAGE_BYTES)
             })
@@ -527,7 +538,7 @@ const ELSEWHERE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// the store cannot tell for a moment.
 async fn running_elsewhere(store: &crate::store::Store, id: u64) -> bool {
     let store = store.clone();
-    match tokio::task::spawn_blocking(move || store.operation_state(id)).await {
+    match crate::blocking::run(move || store.operation_state(id)).await {
         Ok(Ok(Some(state))) => !state.is_finished(),
         // The database restarting: it may well still run.
         Ok(Err(error)) => error.is_transient(),

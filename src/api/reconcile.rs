@@ -17,7 +17,7 @@ pub async fn status(
     caller: Authenticated,
 ) -> Result<Json<SuspensionView>, ApiError> {
     caller.require(Role::Admin)?;
-    Ok(Json(suspensions(&state)?))
+    Ok(Json(suspensions(&state).await?))
 }
 
 /// `POST /api/reconcile/suspend` `{"machine"?}`
@@ -50,12 +50,13 @@ async fn set(
     let held = suspension::Scope::of(scope.machine.clone());
     state
         .controller
-        .set_suspended(&held, suspended, &Actor::user(&user.name))?;
-    Ok(Json(suspensions(state)?))
+        .set_suspended(&held, suspended, &Actor::user(&user.name))
+        .await?;
+    Ok(Json(suspensions(state).await?))
 }
 
-fn suspensions(state: &AppState) -> Result<SuspensionView, ApiError> {
-    let scopes = state.store.suspensions()?;
+async fn suspensions(state: &AppState) -> Result<SuspensionView, ApiError> {
+    let scopes = state.store.run(|store| store.suspensions()).await?;
     Ok(SuspensionView {
         by_config: state.config.reconcile.suspended,
         fleet: scopes

@@ -7,6 +7,8 @@ use super::extract::{Json, Path};
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
 use crate::contract::RunView;
+use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::run::RunRecord;
 
 /// `GET /api/runs`: every run-request in Git or in the store.
 #[utoipa::path(get, path = "/api/runs", tag = "runs", responses((status = 200, description = "Run-requests in Git or in the store", body = Vec<RunView>)))]
@@ -19,16 +21,24 @@ pub async fn list(
         .as_ref()
         .map(|d| d.runs.keys().cloned().collect())
         .unwrap_or_default();
-    for record in state.store.run_records()? {
-        if !ids.contains(&record.id) {
-            ids.push(record.id);
+    let mut records: std::collections::BTreeMap<String, RunRecord> = state
+        .store
+        .run(|store| store.run_records())
+        .await?
+        .into_iter()
+        .map(|record| (record.id.clone(), record))
+        .collect();
+    for id in records.keys() {
+        if !ids.contains(id) {
+            ids.push(id.clone());
         }
     }
     ids.sort();
-    ids.iter()
-        .map(|id| view(&state, id))
-        .collect::<Result<_, _>>()
-        .map(Json)
+    let views = ids.into_iter().map(|id| {
+        let record = records.remove(&id);
+        view(desired.as_deref(), id, record)
+    });
+    Ok(Json(views.collect()))
 }
 
 /// `GET /api/runs/{id}`
@@ -38,19 +48,24 @@ pub async fn get(
     _caller: Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<RunView>, ApiError> {
-    let view = view(&state, &id)?;
+    let desired = state.git.desired().borrow().clone();
+    let asked = id.clone();
+    let record = state
+        .store
+        .run(move |store| store.run_record(&asked))
+        .await?;
+    let view = view(desired.as_deref(), id.clone(), record);
     if view.request.is_none() && view.state.is_none() {
         return Err(ApiError::NotFound(format!("no run-request {id:?}")));
     }
     Ok(Json(view))
 }
 
-fn view(state: &AppState, id: &str) -> Result<RunView, ApiError> {
-    let desired = state.git.desired().borrow().clone();
-    let request = desired.and_then(|d| d.runs.get(id).cloned());
-    let record = state.store.run_record(id)?;
-    Ok(RunView {
-        id: id.to_owned(),
+/// A run-request as Git declares it and the store recorded it.
+fn view(desired: Option<&DesiredState>, id: String, record: Option<RunRecord>) -> RunView {
+    let request = desired.and_then(|d| d.runs.get(&id).cloned());
+    RunView {
+        id,
         request,
         changed_after_run: record.as_ref().is_some_and(|r| r.changed_after_run),
         revision: record.as_ref().map(|r| r.revision.clone()),
@@ -60,5 +75,5 @@ fn view(state: &AppState, id: &str) -> Result<RunView, ApiError> {
             .map(|r| r.conditions.clone())
             .unwrap_or_default(),
         state: record.map(|r| r.state),
-    })
+    }
 }

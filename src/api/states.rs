@@ -24,7 +24,8 @@ pub async fn list(
     };
     let mut statuses: std::collections::BTreeMap<String, StateStatus> = state
         .store
-        .state_statuses()?
+        .run(|store| store.state_statuses())
+        .await?
         .into_iter()
         .map(|s| (s.state_id.clone(), s))
         .collect();
@@ -46,7 +47,11 @@ pub async fn get(
     let desired = state.git.desired().borrow().clone();
     let desired = desired.unwrap_or_default();
     let declared = declared(Some(&desired), &id)?;
-    let mut targets = state.store.state_targets(&id)?;
+    let asked = id.clone();
+    let (mut targets, status) = state
+        .store
+        .run(move |store| Ok((store.state_targets(&asked)?, store.state_status(&asked)?)))
+        .await?;
     let machines = declared
         .targets
         .select(&desired.machines)
@@ -59,7 +64,7 @@ pub async fn get(
         })
         .collect();
     Ok(Json(StateDetail {
-        state: view(declared, state.store.state_status(&id)?),
+        state: view(declared, status),
         machines,
     }))
 }
@@ -74,9 +79,11 @@ pub async fn resume(
     let user = caller.require(Role::Operator)?;
     let desired = state.git.desired().borrow().clone();
     let declared = declared(desired.as_deref(), &id)?.clone();
+    let asked = id.clone();
     let halted = state
         .store
-        .state_status(&id)?
+        .run(move |store| store.state_status(&asked))
+        .await?
         .is_some_and(|status| status.halted.is_some());
     if !halted {
         return Err(ApiError::Conflict(format!(
@@ -85,7 +92,8 @@ pub async fn resume(
     }
     let status = state
         .controller
-        .resume_state(&id, &Actor::user(&user.name))?;
+        .resume_state(&id, &Actor::user(&user.name))
+        .await?;
     Ok(Json(view(&declared, status)))
 }
 

@@ -32,7 +32,7 @@ pub async fn query(
         })?;
     let store = state.store.clone();
     let table = request.table.clone();
-    let page = tokio::task::spawn_blocking(move || {
+    let page = crate::blocking::run(move || {
         // Held until the read ends, even when the caller has gone.
         let _permit = permit;
         tables::run(&store, &request)

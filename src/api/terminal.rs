@@ -44,10 +44,12 @@ fn view(terminals: &Terminals, workspace: &Workspace) -> WorkspaceView {
 }
 
 /// The workspace, if `user` may use it (terminals need the operator role).
-fn usable_workspace(state: &AppState, user: &User, id: &str) -> Result<Workspace, ApiError> {
+async fn usable_workspace(state: &AppState, user: &User, id: &str) -> Result<Workspace, ApiError> {
+    let asked = id.to_owned();
     state
         .store
-        .workspace(id)?
+        .run(move |store| store.workspace(&asked))
+        .await?
         .filter(|workspace| workspace.usable_by(&user.name, user.role == Role::Admin))
         // Someone else's workspace is as absent as a missing one.
         .ok_or_else(|| ApiError::NotFound(format!("no terminal workspace {id}")))
@@ -56,7 +58,7 @@ fn usable_workspace(state: &AppState, user: &User, id: &str) -> Result<Workspace
 /// Whether the handlers would let `caller` use workspace `id` through this
 /// request (role, ownership, and for the `socket` a browser's origin): only
 /// then may a replica take the workspace for it.
-pub(super) fn admits(
+pub(super) async fn admits(
     state: &AppState,
     caller: &Authenticated,
     id: &str,
@@ -69,7 +71,7 @@ pub(super) fn admits(
     if socket.is_some_and(|headers| origin(headers).is_err()) {
         return Ok(false);
     }
-    match usable_workspace(state, user, id) {
+    match usable_workspace(state, user, id).await {
         Ok(_) => Ok(true),
         Err(ApiError::NotFound(_)) => Ok(false),
         Err(error) => Err(error),
@@ -89,7 +91,10 @@ pub async fn create(
         .name
         .unwrap_or_else(|| format!("{} workspace", body.layout.name()));
     let workspace = Workspace::new(id, name, user.name.clone(), body.layout, now_ms());
-    state.store.put_workspace(&workspace)?;
+    let workspace = state
+        .store
+        .run(move |store| store.put_workspace(&workspace).map(|()| workspace))
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(view(&state.terminals, &workspace)),
@@ -105,7 +110,7 @@ pub async fn list(
     uri: axum::http::Uri,
 ) -> Result<Json<Vec<WorkspaceView>>, ApiError> {
     let user = caller.require(terminal::ROLE)?;
-    let workspaces = state.store.workspaces()?;
+    let workspaces = state.store.run(|store| store.workspaces()).await?;
     let mut elsewhere = match headers.contains_key(super::forward::FORWARDED_BY) {
         // Asked by a replica for what this one holds.
         true => Default::default(),
@@ -135,7 +140,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
     let user = caller.require(terminal::ROLE)?;
-    let workspace = usable_workspace(&state, user, &id)?;
+    let workspace = usable_workspace(&state, user, &id).await?;
     Ok(Json(view(&state.terminals, &workspace)))
 }
 
@@ -147,9 +152,13 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let user = caller.require(terminal::ROLE)?;
-    usable_workspace(&state, user, &id)?;
+    usable_workspace(&state, user, &id).await?;
     state.terminals.delete_workspace(&id).await;
-    state.store.delete_workspace(&id)?;
+    let deleted = id.clone();
+    state
+        .store
+        .run(move |store| store.delete_workspace(&deleted))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -163,14 +172,17 @@ pub async fn set_panes(
     Json(body): Json<PanesBody>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
     let user = caller.require(terminal::ROLE)?;
-    let workspace = usable_workspace(&state, user, &id)?;
+    let workspace = usable_workspace(&state, user, &id).await?;
     let (updated, closed) = workspace
         .assign(body.layout, body.panes, now_ms())
         .map_err(|error| ApiError::Unprocessable {
             field: "panes".into(),
             message: error.to_string(),
         })?;
-    state.store.put_workspace(&updated)?;
+    let updated = state
+        .store
+        .run(move |store| store.put_workspace(&updated).map(|()| updated))
+        .await?;
     state.terminals.close(&id, &closed).await;
     Ok(Json(view(&state.terminals, &updated)))
 }
@@ -185,7 +197,7 @@ pub async fn connect_all(
     body: Bytes,
 ) -> Result<Json<ConnectAnswer>, ApiError> {
     let user = caller.require(terminal::ROLE)?;
-    let workspace = usable_workspace(&state, user, &id)?;
+    let workspace = usable_workspace(&state, user, &id).await?;
     // The body is optional: no body means the default terminal size.
     let body: ConnectBody = if body.is_empty() {
         ConnectBody::default()
@@ -235,7 +247,7 @@ pub async fn socket(
 ) -> Result<Response, ApiError> {
     check_origin(&headers, &state.config.terminal.allowed_origins)?;
     let user = caller.require(terminal::ROLE)?.clone();
-    let workspace = usable_workspace(&state, &user, &id)?;
+    let workspace = usable_workspace(&state, &user, &id).await?;
     let holder = Holder {
         user,
         grant: caller.1,
@@ -382,7 +394,12 @@ impl Client<'_> {
                     rows.unwrap_or(DEFAULT_SIZE.1).max(1),
                 );
                 // Re-checked at every open: a session starts only for who may have one now.
-                if !self.holder.grant.allows(&self.holder.auth, terminal::ROLE) {
+                if !self
+                    .holder
+                    .grant
+                    .allows(&self.holder.auth, terminal::ROLE)
+                    .await
+                {
                     let message =
                         "access revoked: the user was deleted, demoted or their password changed"
                             .into();
@@ -391,7 +408,8 @@ impl Client<'_> {
                 // Connecting takes a while: the status arrives on this socket when done.
                 let (terminals, user) = (self.terminals.clone(), self.holder.user.name.clone());
                 // The panes may have been reassigned since this socket opened.
-                let workspace = match self.store.workspace(id) {
+                let asked = id.clone();
+                let workspace = match self.store.run(move |store| store.workspace(&asked)).await {
                     Ok(Some(workspace)) => workspace,
                     _ => return self.error(Some(pane), "the workspace is gone".into()).await,
                 };
@@ -442,25 +460,36 @@ pub async fn recordings(
     let user = caller.require(terminal::ROLE)?;
     let admin = user.role == Role::Admin;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let sessions = state.store.terminal_sessions(limit, |session| {
-        (admin || session.user == user.name)
-            && query
-                .machine
-                .as_ref()
-                .is_none_or(|m| *m == session.machine_id)
-            && query
-                .workspace
-                .as_ref()
-                .is_none_or(|w| *w == session.workspace_id)
-            && query.user.as_ref().is_none_or(|u| *u == session.user)
-    })?;
+    let name = user.name.clone();
+    let sessions = state
+        .store
+        .run(move |store| {
+            store.terminal_sessions(limit, |session| {
+                (admin || session.user == name)
+                    && query
+                        .machine
+                        .as_ref()
+                        .is_none_or(|m| *m == session.machine_id)
+                    && query
+                        .workspace
+                        .as_ref()
+                        .is_none_or(|w| *w == session.workspace_id)
+                    && query.user.as_ref().is_none_or(|u| *u == session.user)
+            })
+        })
+        .await?;
     Ok(Json(sessions.into_iter().map(recording_view).collect()))
 }
 
-fn readable_recording(state: &AppState, user: &User, id: u64) -> Result<TerminalSession, ApiError> {
+async fn readable_recording(
+    state: &AppState,
+    user: &User,
+    id: u64,
+) -> Result<TerminalSession, ApiError> {
     state
         .store
-        .terminal_session(id)?
+        .run(move |store| store.terminal_session(id))
+        .await?
         .filter(|session| user.role == Role::Admin || session.user == user.name)
         .ok_or_else(|| ApiError::NotFound(format!("no terminal recording {id}")))
 }
@@ -473,7 +502,9 @@ pub async fn recording(
     Path(id): Path<u64>,
 ) -> Result<Json<RecordingView>, ApiError> {
     let user = caller.require(terminal::ROLE)?;
-    Ok(Json(recording_view(readable_recording(&state, user, id)?)))
+    Ok(Json(recording_view(
+        readable_recording(&state, user, id).await?,
+    )))
 }
 
 /// `GET /api/terminal/recordings/{id}/cast`: the asciicast v2 file, streamed from the store.
@@ -484,24 +515,30 @@ pub async fn cast(
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
     let user = caller.require(terminal::ROLE)?;
-    let session = readable_recording(&state, user, id)?;
-    state.store.audit(
-        &Actor::user(&user.name),
-        AuditAction::TerminalRecordingRead,
-        &session.machine_id,
-        Outcome::Success,
-        Some(format!("session {id}")),
-    )?;
+    let session = readable_recording(&state, user, id).await?;
+    let (by, machine) = (Actor::user(&user.name), session.machine_id.clone());
+    state
+        .store
+        .run(move |store| {
+            let read = AuditAction::TerminalRecordingRead;
+            store.audit(
+                &by,
+                read,
+                &machine,
+                Outcome::Success,
+                Some(format!("session {id}")),
+            )
+        })
+        .await?;
     let store = state.store.clone();
     let pages = futures::stream::unfold(Some(0u64), move |after| {
         let store = store.clone();
         async move {
             let after = after?;
-            let page =
-                tokio::task::spawn_blocking(move || store.recording_chunks(id, after, CAST_PAGE))
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|page| page.map_err(std::io::Error::other));
+            let page = crate::blocking::run(move || store.recording_chunks(id, after, CAST_PAGE))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|page| page.map_err(std::io::Error::other));
             match page {
                 Ok(page) if page.is_empty() => None,
                 Ok(page) => {

@@ -20,7 +20,8 @@ pub async fn list(
     caller.require(Role::Admin)?;
     let users = state
         .store
-        .users()?
+        .run(|store| store.users())
+        .await?
         .into_iter()
         .map(UserView::from)
         .collect();
@@ -55,11 +56,10 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Credentials>), ApiError> {
     let admin = Actor::user(&caller.require(Role::Admin)?.name);
     let store = state.store.clone();
-    let created = tokio::task::spawn_blocking(move || {
-        auth::create_user(&store, &admin, &body.username, body.role)
-    })
-    .await
-    .map_err(|error| ApiError::Internal(error.to_string()))??;
+    let created =
+        crate::blocking::run(move || auth::create_user(&store, &admin, &body.username, body.role))
+            .await
+            .map_err(|error| ApiError::Internal(error.to_string()))??;
     Ok((StatusCode::CREATED, Json(created.into())))
 }
 
@@ -72,7 +72,7 @@ pub async fn reset_password(
 ) -> Result<Json<Credentials>, ApiError> {
     let admin = Actor::user(&caller.require(Role::Admin)?.name);
     let store = state.store.clone();
-    let reset = tokio::task::spawn_blocking(move || auth::reset_password(&store, &admin, &name))
+    let reset = crate::blocking::run(move || auth::reset_password(&store, &admin, &name))
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))??;
     Ok(Json(reset.into()))
@@ -87,7 +87,10 @@ pub async fn change_role(
     Json(body): Json<RoleChange>,
 ) -> Result<Json<UserView>, ApiError> {
     let admin = Actor::user(&caller.require(Role::Admin)?.name);
-    let user = auth::change_role(&state.store, &admin, &name, body.role)?;
+    let store = state.store.clone();
+    let user = crate::blocking::run(move || auth::change_role(&store, &admin, &name, body.role))
+        .await
+        .map_err(|error| ApiError::Internal(error.to_string()))??;
     if user.role < crate::terminal::ROLE {
         state.terminals.revoke(&user.name).await?;
     }
@@ -102,7 +105,10 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let admin = Actor::user(&caller.require(Role::Admin)?.name);
-    let deleted = auth::delete_user(&state.store, &admin, &name)?;
+    let store = state.store.clone();
+    let deleted = crate::blocking::run(move || auth::delete_user(&store, &admin, &name))
+        .await
+        .map_err(|error| ApiError::Internal(error.to_string()))??;
     state.terminals.end_workspaces(&deleted.workspaces).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -149,7 +149,7 @@ impl Auth {
                 .expect("the hashing semaphore is never closed")
         };
         let (auth, name, password) = (self.clone(), name.to_owned(), password.to_owned());
-        tokio::task::spawn_blocking(move || {
+        crate::blocking::run(move || {
             let _permit = permit;
             auth.login_blocking(&name, &password)
         })
@@ -180,7 +180,7 @@ impl Auth {
             name.len()
         );
         let store = self.store.clone();
-        let written = tokio::task::spawn_blocking(move || {
+        let written = crate::blocking::run(move || {
             store.audit(
                 &Actor::user(&shown),
                 AuditAction::AuthLogin,
@@ -272,23 +272,22 @@ impl Auth {
     ///
     /// The role comes from the store, not the token, so a demotion or a
     /// deleted user takes effect at once; a password change revokes older tokens.
-    pub fn authenticate(&self, token: &str) -> Result<(User, Grant), Error> {
+    pub async fn authenticate(&self, token: &str) -> Result<(User, Grant), Error> {
         let claims = self.tokens.verify(token).ok_or(Error::InvalidToken)?;
         let grant = Grant {
             user: claims.sub,
             issued_at_ms: claims.iat_ms,
         };
-        let user = self.current(&grant)?.ok_or(Error::InvalidToken)?;
+        let user = self.current(&grant).await?.ok_or(Error::InvalidToken)?;
         Ok((user, grant))
     }
 
     /// The grant's user as the store knows them now, if the grant still holds:
     /// the account exists and its password has not changed since the token.
-    pub fn current(&self, grant: &Grant) -> Result<Option<User>, Error> {
-        Ok(self
-            .store
-            .user(&grant.user)?
-            .filter(|user| grant.issued_at_ms >= user.password_changed_at_ms))
+    pub async fn current(&self, grant: &Grant) -> Result<Option<User>, Error> {
+        let (name, issued_at_ms) = (grant.user.clone(), grant.issued_at_ms);
+        let user = self.store.run(move |store| store.user(&name)).await?;
+        Ok(user.filter(|user| issued_at_ms >= user.password_changed_at_ms))
     }
 
     /// Completes when `grant` no longer gives `needed`: the user was deleted,
@@ -305,7 +304,7 @@ impl Auth {
         async move {
             loop {
                 changes.mark_unchanged();
-                if !grant.allows(&auth, needed) {
+                if !grant.allows(&auth, needed).await {
                     tracing::info!(user = %grant.user, "a long-lived connection ends: its account no longer allows it");
                     return;
                 }
@@ -327,8 +326,8 @@ pub struct Grant {
 
 impl Grant {
     /// Whether the grant still gives `needed` (see [`Auth::revoked`]).
-    pub fn allows(&self, auth: &Auth, needed: Role) -> bool {
-        matches!(auth.current(self), Ok(Some(user)) if user.role >= needed)
+    pub async fn allows(&self, auth: &Auth, needed: Role) -> bool {
+        matches!(auth.current(self).await, Ok(Some(user)) if user.role >= needed)
     }
 }
 
@@ -440,7 +439,7 @@ fn audit_refusal<T>(
 /// Creates `admin` with a random password when the store has no users.
 ///
 /// Returns the password so it can be shown once; only its hash is stored.
-/// Blocking (argon2): call from `spawn_blocking` or outside the runtime.
+/// Blocking (argon2): call from `blocking::run` or outside the runtime.
 pub fn bootstrap_admin(store: &Store) -> Result<Option<GeneratedPassword>, Error> {
     if !store.users()?.is_empty() {
         return Ok(None);

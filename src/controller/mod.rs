@@ -68,19 +68,28 @@ impl Controller {
     }
 
     /// The suspensions in force, read once (for answers about many machines).
-    pub fn held(&self) -> Result<suspension::Held, store::Error> {
-        self.context.held()
+    pub async fn held(&self) -> Result<suspension::Held, store::Error> {
+        self.context.held().await
+    }
+
+    /// [`Controller::held`], for code on the blocking pool.
+    pub fn held_now(&self) -> Result<suspension::Held, store::Error> {
+        self.context.held_now()
     }
 
     /// Suspends or resumes `scope` (audited as done `by`); a resume reconciles
     /// at once what it held back.
-    pub fn set_suspended(
+    pub async fn set_suspended(
         &self,
         scope: &Scope,
         suspended: bool,
         by: &store::Actor,
     ) -> Result<(), store::Error> {
-        self.context.store.set_suspended(scope, suspended, by)?;
+        let (held, by) = (scope.clone(), by.clone());
+        self.context
+            .store
+            .run(move |store| store.set_suspended(&held, suspended, &by))
+            .await?;
         let desired = self.context.desired.borrow().clone();
         if !suspended && let Some(desired) = desired {
             let released = suspension::released(scope, &desired);
@@ -96,7 +105,7 @@ impl Controller {
 
     /// Resumes a state's halted rollout (audited as done `by`) and reconciles
     /// the state at once; its new status, `None` if it was never reconciled.
-    pub fn resume_state(
+    pub async fn resume_state(
         &self,
         id: &str,
         by: &store::Actor,
@@ -108,10 +117,12 @@ impl Controller {
             outcome: store::Outcome::Success,
             detail: None,
         };
+        let asked = id.to_owned();
         let resumed = self
             .context
             .store
-            .resume_state_rollout(id, &audit, store::now_ms())?;
+            .run(move |store| store.resume_state_rollout(&asked, &audit, store::now_ms()))
+            .await?;
         self.scheduler
             .trigger(ObjectKey::State(id.to_owned()), Reason::Api);
         Ok(resumed)
@@ -229,7 +240,7 @@ async fn all_keys(desired: Option<&DesiredState>, store: &crate::store::Store) -
         .map(|d| d.runs.keys().map(String::as_str).collect())
         .unwrap_or_default();
     let reading = store.clone();
-    let records = tokio::task::spawn_blocking(move || reading.run_records())
+    let records = crate::blocking::run(move || reading.run_records())
         .await
         .expect("reading run-request records does not panic");
     match records {

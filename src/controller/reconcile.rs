@@ -41,7 +41,9 @@ impl fmt::Display for ObjectKey {
 }
 
 /// What every reconcile works with (kube-runtime's `Context`): the store,
-/// the fleet's connections, the operation engine, the desired state.
+/// the fleet's connections, the operation engine, the desired state. Cheap to
+/// clone: what a reconcile does on the blocking pool takes a clone along.
+#[derive(Clone)]
 pub struct Context {
     pub(super) store: Store,
     /// Where checks store what they observed (group commit).
@@ -50,7 +52,7 @@ pub struct Context {
     pub(super) engine: Engine,
     pub(super) desired: watch::Receiver<Option<Arc<DesiredState>>>,
     /// Machines whose next reconcile checks them whatever their interval (a verify).
-    pub(super) check_asked: Mutex<HashSet<String>>,
+    pub(super) check_asked: Arc<Mutex<HashSet<String>>>,
     /// `[reconcile] suspended` in the configuration.
     suspended_by_config: bool,
     /// What reconciles tell the forge and the sinks.
@@ -75,7 +77,7 @@ impl Context {
             access,
             engine,
             desired,
-            check_asked: Mutex::default(),
+            check_asked: Arc::default(),
             suspended_by_config,
             metrics,
         }
@@ -99,7 +101,14 @@ impl Reconcile<ObjectKey> for Context {
         }
         let (kind, result) = match &key {
             ObjectKey::Machine(id) => ("machine", self.machine(&desired, id).await),
-            ObjectKey::RunRequest(id) => ("run_request", self.run_request(&desired, id).await),
+            ObjectKey::RunRequest(id) => {
+                let (context, id) = (self.clone(), id.clone());
+                let decided = crate::blocking::run(move || context.run_request(&desired, &id));
+                (
+                    "run_request",
+                    decided.await.unwrap_or(Err(store::Error::ShuttingDown)),
+                )
+            }
             ObjectKey::State(id) => ("state", self.declared_state(&desired, id).await),
         };
         let labels = crate::metrics::ReconcileLabels {
@@ -117,13 +126,14 @@ impl Context {
         self.engine.membership().owns(&key.to_string())
     }
 
-    /// Whether reconciliation of `machine` (or, with `None`, of the fleet) is suspended.
-    pub fn suspended(&self, machine: Option<&str>) -> Result<bool, store::Error> {
-        Ok(self.held()?.holds(machine))
+    /// The suspensions in force, read once (for answers about many machines).
+    pub async fn held(&self) -> Result<suspension::Held, store::Error> {
+        let context = self.clone();
+        self.store.run(move |_| context.held_now()).await
     }
 
-    /// The suspensions in force, read once (for answers about many machines).
-    pub fn held(&self) -> Result<suspension::Held, store::Error> {
+    /// [`Context::held`], on the blocking pool.
+    pub fn held_now(&self) -> Result<suspension::Held, store::Error> {
         let scopes = match self.suspended_by_config {
             true => Vec::new(),
             false => self
@@ -144,9 +154,13 @@ impl Context {
             // Gone from the inventory: the sync marked it removed; its history stays.
             return Ok(Action::AwaitChange);
         };
-        let status = self.store.machine_status(id)?;
+        let (context, asked_for) = (self.clone(), id.to_owned());
+        let (status, held) = self
+            .store
+            .run(move |store| Ok((store.machine_status(&asked_for)?, context.held_now()?)))
+            .await?;
         let asked = machine::Asked {
-            suspended: self.suspended(Some(id))?,
+            suspended: held.holds(Some(id)),
             check: self.check_asked.lock().expect("never poisoned").remove(id),
         };
         let decision = machine::decide(machine, status.as_ref(), now_ms(), asked);
@@ -198,7 +212,6 @@ impl Context {
         let outgoing = self
             .notifier
             .route(Vec::new(), message.into_iter().collect());
-        let queued = !outgoing.is_empty();
         // What the check's transitions mean for the audit log, written with the status.
         let audits: Vec<store::Audit> = transitions
             .into_iter()
@@ -226,13 +239,12 @@ impl Context {
                 outgoing,
             })
             .await?;
-        if queued {
-            self.notifier.ring();
-        }
         Ok(())
     }
 
-    async fn run_request(&self, desired: &DesiredState, id: &str) -> Result<Action, store::Error> {
+    /// A run-request's reconcile, on the blocking pool (it reads, decides,
+    /// records and starts; nothing in it waits for a machine).
+    fn run_request(&self, desired: &DesiredState, id: &str) -> Result<Action, store::Error> {
         let request = desired.runs.get(id);
         let record = self.store.run_record(id)?;
         let selected = request.map_or_else(Vec::new, |r| r.targets.select(&desired.machines));
@@ -242,7 +254,7 @@ impl Context {
             record.as_ref(),
             &desired.machines,
             &statuses,
-            &self.held()?,
+            &self.held_now()?,
             now_ms(),
         );
         match decision {

@@ -7,6 +7,7 @@
 //! so a daemon killed mid-apply restarts knowing which apply it interrupted.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -33,7 +34,7 @@ const APPLY_ELSEWHERE_POLL: Duration = Duration::from_secs(2);
 impl Context {
     pub(super) async fn declared_state(
         &self,
-        desired: &DesiredState,
+        desired: &Arc<DesiredState>,
         id: &str,
     ) -> Result<Action, store::Error> {
         let Some(state) = desired.states.get(id) else {
@@ -45,14 +46,19 @@ impl Context {
             .get(&state.script)
             .expect("validated: the state's script exists");
         let digest = state::digest(state, script);
-        let stored = self.store.state_targets(id)?;
-        let mut targets = stored.clone();
-        let mut status = self.store.state_status(id)?;
-        self.settle_applies(&mut targets, status.as_mut())?;
-
         let selected = state.targets.select(&desired.machines);
-        let statuses = self.store.machine_statuses(&selected)?;
-        let held = self.held()?;
+        let (context, asked) = (self.clone(), id.to_owned());
+        let (stored, mut targets, status, statuses, held) = self
+            .store
+            .run(move |store| {
+                let stored = store.state_targets(&asked)?;
+                let mut targets = stored.clone();
+                let mut status = store.state_status(&asked)?;
+                context.settle_applies(&mut targets, status.as_mut())?;
+                let statuses = store.machine_statuses(&selected)?;
+                Ok((stored, targets, status, statuses, context.held_now()?))
+            })
+            .await?;
         let decide = |targets: &BTreeMap<String, Target>| {
             let observed = state::Observed {
                 status: status.as_ref(),
@@ -111,12 +117,18 @@ impl Context {
             .cloned()
             .collect();
         decision.targets.extend(untargeted);
-        self.record_state(state, decision, &stored, checks, desired)?;
+        let (context, desired, id) = (self.clone(), desired.clone(), id.to_owned());
+        self.store
+            .run(move |_| {
+                let state = &desired.states[&id];
+                context.record_state(state, decision, &stored, checks, &desired)
+            })
+            .await?;
         Ok(Action::Requeue(wake))
     }
 
     /// Reads how the applies in flight ended (from their operations) and
-    /// counts the ended ones into the rollout of their content.
+    /// counts the ended ones into the rollout of their content (on the blocking pool).
     fn settle_applies(
         &self,
         targets: &mut BTreeMap<String, Target>,
@@ -216,7 +228,8 @@ impl Context {
     }
 
     /// Writes what the reconcile saw and decided, then starts the batch it
-    /// decided on (whose records its operation's transaction writes).
+    /// decided on (whose records its operation's transaction writes); on the
+    /// blocking pool.
     fn record_state(
         &self,
         state: &DeclaredState,
@@ -261,7 +274,6 @@ impl Context {
             now_ms(),
         );
         let outgoing = notifier.route(statuses, events);
-        let queued = !outgoing.is_empty();
         self.store.put_state(store::StateWrite {
             status: status.clone(),
             targets: changed,
@@ -269,9 +281,6 @@ impl Context {
             audits,
             outgoing,
         })?;
-        if queued {
-            notifier.ring();
-        }
         if apply.is_empty() {
             return Ok(());
         }

@@ -4,7 +4,7 @@
 //! The desired state is read from commit objects, never from a worktree: a
 //! revision is read whole and atomically, and the last good one can be read
 //! again after a restart even when the branch has moved on to a bad one.
-//! Everything here blocks (gix is synchronous): call it from `spawn_blocking`.
+//! Everything here blocks (gix is synchronous): call it from `blocking::run`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

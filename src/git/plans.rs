@@ -107,7 +107,7 @@ pub async fn work(
 
 /// Forgets a deleted branch's fetched head (and, with the last, the objects).
 async fn forget(mirror: Mirror, branch: String) {
-    match tokio::task::spawn_blocking(move || mirror.forget(&branch)).await {
+    match crate::blocking::run(move || mirror.forget(&branch)).await {
         Ok(Ok(())) => tracing::info!("the branch was deleted: forgotten"),
         Ok(Err(error)) => tracing::warn!(%error, "cannot forget the deleted branch"),
         Err(error) => tracing::warn!(%error, "the task forgetting the branch failed"),
@@ -128,7 +128,7 @@ async fn plan_branch(
     source.branch = branch.clone();
     let worker = context.clone();
     let mirror: Mirror = context.plan_mirror.clone();
-    let planned = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
+    let planned = crate::blocking::run(move || -> Result<_, SyncError> {
         let head = mirror.fetch(&source)?;
         let files = mirror.files_at(head)?;
         let revision = head.to_string();
@@ -177,10 +177,11 @@ async fn plan_branch(
         linkops_reconcilers::outbox::for_plan(&head, &branch, plan, notifier.console_url());
     tracing::info!(head = %head, state = ?status.state, description = %status.description, "planned");
     let outgoing = notifier.route(vec![status], Vec::new());
-    let store = context.store.clone();
-    match tokio::task::spawn_blocking(move || store.enqueue(&outgoing)).await {
-        Ok(Ok(())) => notifier.ring(),
-        Ok(Err(error)) => tracing::warn!(%error, "cannot queue the plan's status"),
-        Err(error) => tracing::warn!(%error, "the task queueing the plan's status failed"),
+    let queued = context
+        .store
+        .run(move |store| store.enqueue(&outgoing))
+        .await;
+    if let Err(error) = queued {
+        tracing::warn!(%error, "cannot queue the plan's status");
     }
 }

@@ -301,7 +301,7 @@ fn queue_relayed(plans: &PlanQueue, branch: &str, work: BranchWork) {
 /// What other replicas asked of the leader, taken from the store.
 async fn taken_asks(store: &Store) -> Vec<SyncAsk> {
     let taking = store.clone();
-    match tokio::task::spawn_blocking(move || taking.take_sync_asks()).await {
+    match crate::blocking::run(move || taking.take_sync_asks()).await {
         Ok(Ok(asks)) => asks,
         Ok(Err(error)) => {
             tracing::warn!(%error, "cannot read what other replicas asked for; reading again");
@@ -314,7 +314,7 @@ async fn taken_asks(store: &Store) -> Vec<SyncAsk> {
 /// Passes `ask` to the leader through the store; the attempt it comes after.
 async fn relay(store: &Store, ask: SyncAsk) -> Option<u64> {
     let asking = store.clone();
-    match tokio::task::spawn_blocking(move || asking.ask_sync(&ask)).await {
+    match crate::blocking::run(move || asking.ask_sync(&ask)).await {
         Ok(Ok(seq)) => Some(seq),
         Ok(Err(error)) => {
             tracing::warn!(%error, "cannot pass the request to the replica that leads");
@@ -341,14 +341,13 @@ async fn answer_relayed(
         .iter()
         .map(|(seq, request, _)| (*seq, request.trigger.to_string()))
         .collect();
-    let found =
-        tokio::task::spawn_blocking(move || -> Result<Vec<Option<SyncRecord>>, store::Error> {
-            asked
-                .iter()
-                .map(|(seq, trigger)| reading.sync_by(*seq, trigger))
-                .collect()
-        })
-        .await;
+    let found = crate::blocking::run(move || -> Result<Vec<Option<SyncRecord>>, store::Error> {
+        asked
+            .iter()
+            .map(|(seq, trigger)| reading.sync_by(*seq, trigger))
+            .collect()
+    })
+    .await;
     let Ok(Ok(found)) = found else {
         return relayed;
     };
@@ -377,7 +376,7 @@ async fn follow_applied(
 ) -> Option<Arc<DesiredState>> {
     let current = current.map(|state| state.revision.clone());
     let reading = store.clone();
-    let read = tokio::task::spawn_blocking(move || -> Result<_, store::Error> {
+    let read = crate::blocking::run(move || -> Result<_, store::Error> {
         let Some(revision) = reading
             .last_applied_sync()?
             .and_then(|record| record.revision)
@@ -428,7 +427,7 @@ async fn lead(
     // that finds the ref where it was records nothing (no commit, no log line,
     // no audit entry), even when that head is a bad one.
     let reading = context.store.clone();
-    let mut last_attempted = tokio::task::spawn_blocking(move || reading.recent_syncs(1))
+    let mut last_attempted = crate::blocking::run(move || reading.recent_syncs(1))
         .await
         .ok()
         .and_then(Result::ok)
@@ -522,7 +521,7 @@ fn jittered(interval: Duration) -> Duration {
 /// followed it from the store may not have fetched it: then `None`).
 async fn restore(context: &Arc<SyncContext>) -> Option<Arc<DesiredState>> {
     let context = context.clone();
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run(move || {
         let record = context.store.last_applied_sync().ok()??;
         let revision: ObjectId = record.revision.as_deref()?.parse().ok()?;
         match context.mirror.files_at(revision) {
@@ -573,7 +572,7 @@ async fn sync_attempt(
         let context = context.clone();
         let previous = previous.clone();
         let skip_at = skip_at.map(str::to_owned);
-        tokio::task::spawn_blocking(move || {
+        crate::blocking::run(move || {
             fetch_and_load(&context, previous.as_deref(), skip_at.as_deref())
         })
     };
@@ -627,18 +626,17 @@ async fn sync_attempt(
         previous,
         outcome,
     };
-    let audit = audit_of(&record);
-    let outgoing = outgoing_of(context, &record);
-    let recorded = context.store.record_sync(
-        record.clone(),
-        state.as_deref(),
-        audit.as_ref(),
-        context.keep_attempts,
-        &outgoing,
-    );
-    if !outgoing.is_empty() {
-        context.notifier.ring();
-    }
+    let recording = (context.clone(), record.clone(), state.clone());
+    let recorded = context
+        .store
+        .run(move |store| {
+            let (context, record, state) = recording;
+            let audit = audit_of(&record);
+            let outgoing = outgoing_of(&context, &record);
+            let keep = context.keep_attempts;
+            store.record_sync(record, state.as_deref(), audit.as_ref(), keep, &outgoing)
+        })
+        .await;
     let record = match recorded {
         Ok(record) => record,
         Err(error) => {
@@ -659,7 +657,8 @@ async fn sync_attempt(
 }
 
 /// The commit statuses and notifications of a sync that fetched a revision
-/// (a refused one, or one applied; unchanged heads and failed fetches say nothing).
+/// (a refused one, or one applied; unchanged heads and failed fetches say
+/// nothing). On the blocking pool: it reads the sync history.
 fn outgoing_of(
     context: &SyncContext,
     record: &SyncRecord,

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use linkops_reconcilers::outbox::{CommitStatus, FORGE, Message, Notification, Outgoing, Queued};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -23,7 +22,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::metrics::{ChannelLabels, Metrics};
 use crate::secrets::Redactor;
-use crate::store::{Store, now_ms};
+use crate::store::{Followed, Ring, Store, now_ms};
 pub use forge::Forge;
 pub use sinks::Sink;
 
@@ -33,6 +32,9 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of a refusal's body is read (the rest is never downloaded) and
 /// how much of it, redacted, is kept with the failed delivery.
 const ANSWER_READ_BYTES: usize = 4 << 10;
+/// How often a delivery looks at its channel by itself: the store's doorbell
+/// wakes it at once, but a shared store's notifications can be away.
+const LOOK_EVERY: Duration = Duration::from_secs(30);
 const ANSWER_KEPT_CHARS: usize = 300;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +47,12 @@ pub enum Error {
     Secret(#[from] crate::secrets::Error),
 }
 
-/// Where messages go, from the configuration, and the bell that wakes their
-/// delivery once a transaction has queued some.
+/// Where messages go, from the configuration. Their delivery wakes on the
+/// store's doorbell, which every commit that queued some rings.
 pub struct Notifier {
     forge: Option<Forge>,
     sinks: Vec<Sink>,
     console_url: Option<String>,
-    doorbell: watch::Sender<u64>,
     /// Every secret of the daemon's, taken out of what a forge or sink answers.
     redactor: Redactor,
 }
@@ -80,7 +81,6 @@ impl Notifier {
             forge,
             sinks,
             console_url: config.forge.console_url.clone(),
-            doorbell: watch::channel(0).0,
             redactor,
         })
     }
@@ -110,11 +110,6 @@ impl Notifier {
             }
         }
         outgoing
-    }
-
-    /// Wakes the delivery tasks: call after a commit that queued messages.
-    pub fn ring(&self) {
-        self.doorbell.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Starts one delivery task per channel; they stop on `shutdown`.
@@ -147,11 +142,8 @@ impl Notifier {
                     channel: channel.clone(),
                 };
                 let span = tracing::info_span!("delivery", channel = %channel);
-                tokio::spawn(
-                    delivery
-                        .run(self.doorbell.subscribe(), shutdown.clone())
-                        .instrument(span),
-                )
+                let rung = store.doorbell(Followed::Outbox);
+                tokio::spawn(delivery.run(rung, shutdown.clone()).instrument(span))
             })
             .collect()
     }
@@ -185,11 +177,15 @@ struct Delivery {
 }
 
 impl Delivery {
-    async fn run(self, mut doorbell: watch::Receiver<u64>, shutdown: CancellationToken) {
+    async fn run(self, mut rung: Ring, shutdown: CancellationToken) {
         loop {
-            // Seen before the read: a ring during it wakes the wait below.
-            doorbell.borrow_and_update();
-            let next = match self.store.next_queued(&self.channel) {
+            // A commit that queues during the read rings the wait below.
+            let channel = self.channel.clone();
+            let next = match self
+                .store
+                .run(move |store| store.next_queued(&channel))
+                .await
+            {
                 Ok(next) => next,
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the outbox; trying again in a second");
@@ -205,8 +201,7 @@ impl Delivery {
             if wait != Some(Duration::ZERO) {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    changed = doorbell.changed() => if changed.is_err() { return },
-                    () = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
+                    _ = rung.wait(wait.unwrap_or(LOOK_EVERY).min(LOOK_EVERY)) => {}
                 }
                 continue;
             }
@@ -227,9 +222,9 @@ impl Delivery {
                     .deliveries
                     .get_or_create(&labels("delivered"))
                     .inc();
-                let (store, seq) = (self.store.clone(), queued.seq);
-                let recorded = tokio::task::spawn_blocking(move || store.delivered(seq)).await;
-                if let Ok(Err(error)) = recorded {
+                let seq = queued.seq;
+                let recorded = self.store.run(move |store| store.delivered(seq)).await;
+                if let Err(error) = recorded {
                     tracing::warn!(%error, seq = queued.seq, "delivered, but cannot record it: it may be sent again");
                 }
             }
@@ -243,11 +238,11 @@ impl Delivery {
                     .deliveries
                     .get_or_create(&labels("failed"))
                     .inc();
-                let (store, seq, message) = (self.store.clone(), queued.seq, error.clone());
-                let recorded =
-                    tokio::task::spawn_blocking(move || store.delivery_failed(seq, &message))
-                        .await
-                        .unwrap_or(Ok(None));
+                let (seq, message) = (queued.seq, error.clone());
+                let recorded = self
+                    .store
+                    .run(move |store| store.delivery_failed(seq, &message))
+                    .await;
                 match recorded {
                     Ok(Some(failed))
                         if failed.attempts >= linkops_reconcilers::outbox::MAX_ATTEMPTS =>

@@ -297,7 +297,6 @@ impl Engine {
                 }
             },
         )?;
-        notifier.ring();
         tracing::info!(operation = operation.id, script = %operation.script, hosts = hosts.len(), "operation started");
 
         let (events, _) = broadcast::channel(LIVE_BUFFER);
@@ -373,7 +372,7 @@ impl Engine {
                 continue;
             }
             let store = self.store.clone();
-            let Ok(Ok(asked)) = tokio::task::spawn_blocking(move || store.stop_asks()).await else {
+            let Ok(Ok(asked)) = crate::blocking::run(move || store.stop_asks()).await else {
                 continue;
             };
             stopping.retain(|id| asked.contains(id));
@@ -650,7 +649,11 @@ mod tests {
             rollout: None,
             retry_of: None,
         };
-        let operation = engine.start(plan, None).unwrap();
+        let starting = engine.clone();
+        let operation = crate::blocking::run(move || starting.start(plan, None))
+            .await
+            .unwrap()
+            .unwrap();
         // Its live channel closes once it has ended and its events are recorded.
         let mut events = engine.subscribe(operation.id).unwrap();
         while !matches!(

@@ -160,17 +160,15 @@ impl Writer {
             .filter_map(|id| self.hosts.get(id).cloned())
             .collect();
         let operation = self.operation.id;
-        let queued = !batch.update.outgoing.is_empty();
         // The database unreachable a moment (restarting): the same batch again,
         // while the hosts wait (their output is read only as this drains).
         let mut pause = RETRY_FIRST;
         let started = std::time::Instant::now();
         let recorded = loop {
             let (store, update) = (self.store.clone(), batch.update.clone());
-            let recorded = tokio::task::spawn_blocking(move || {
-                store.record_operation_update(operation, update)
-            })
-            .await;
+            let recorded =
+                crate::blocking::run(move || store.record_operation_update(operation, update))
+                    .await;
             match recorded {
                 Ok(Err(error)) if error.is_transient() && started.elapsed() < RETRY_FOR => {
                     tracing::warn!(operation, %error, "cannot record operation events yet; trying again");
@@ -182,9 +180,6 @@ impl Writer {
         };
         match recorded {
             Ok(Ok(events)) => {
-                if queued {
-                    self.notifier.ring();
-                }
                 for event in events {
                     // No subscribers is fine: the log is in the store.
                     let live = super::LiveEvent {

@@ -24,7 +24,7 @@ pub async fn follow_other_replicas(store: store::Store, stop: CancellationToken)
     let mut changed = store.doorbell(store::Followed::AccountsAndFleet);
     loop {
         let looking = store.clone();
-        let looked = tokio::task::spawn_blocking(move || {
+        let looked = crate::blocking::run(move || {
             let noticed = looking
                 .notice_account_changes(&mut accounts)
                 .and_then(|()| looking.follow_fleet_changes(&mut fleet));

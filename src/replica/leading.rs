@@ -24,8 +24,7 @@ pub async fn prune_store(
     let policy = retention.policy();
     loop {
         let pass = store.clone();
-        let pruned =
-            tokio::task::spawn_blocking(move || pass.prune(&policy, store::now_ms())).await;
+        let pruned = crate::blocking::run(move || pass.prune(&policy, store::now_ms())).await;
         match pruned {
             Ok(Ok(pruned)) => {
                 for (kind, count) in [
@@ -110,7 +109,7 @@ pub async fn end_what_the_gone_left(
     let mut members = membership.changes();
     loop {
         let (sweeping, telling) = (store.clone(), notifier.clone());
-        let swept = tokio::task::spawn_blocking(move || {
+        let swept = crate::blocking::run(move || {
             let operations = sweeping.interrupt_operations_of_gone(|interrupted| {
                 let events = linkops_reconcilers::outbox::for_restart(interrupted, store::now_ms());
                 telling.route(Vec::new(), events.into_iter().collect())
@@ -121,7 +120,6 @@ pub async fn end_what_the_gone_left(
         match swept {
             Ok(Ok((operations, sessions))) => {
                 if !operations.is_empty() {
-                    notifier.ring();
                     tracing::warn!(
                         ?operations,
                         "operations of a replica that is gone marked interrupted"

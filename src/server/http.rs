@@ -85,8 +85,7 @@ pub(super) async fn listen_for_replicas(config: &Config) -> Result<Option<Replic
     else {
         return Ok(None);
     };
-    let tls =
-        tokio::task::spawn_blocking(move || ReplicaTls::load(&certificate, &key, &ca)).await??;
+    let tls = crate::blocking::run(move || ReplicaTls::load(&certificate, &key, &ca)).await??;
     let bound = |source| Error::ReplicaListen {
         address: listen,
         source,

@@ -128,7 +128,7 @@ impl Daemon {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Daemon, Error> {
         let config = Arc::new(config);
-        let opened = tokio::task::spawn_blocking({
+        let opened = crate::blocking::run({
             let config = config.clone();
             move || open_store(&config)
         })
@@ -154,7 +154,7 @@ impl Daemon {
         };
         let mut joined = replica::join(&opened, advertised, LeaseTiming::DEFAULT).await?;
         let membership = joined.membership.clone();
-        let prepared = tokio::task::spawn_blocking({
+        let prepared = crate::blocking::run({
             let (config, store) = (config.clone(), opened.clone());
             let (fenced, membership) = (joined.store.clone(), membership.clone());
             move || {
@@ -288,7 +288,6 @@ impl Daemon {
             draining,
             replica_tls: replicas.as_ref().map(|replicas| replicas.tls.clone()),
         };
-        tracing::info!(%address, data_dir = %config.data_dir.display(), replica = %membership.id(), "linkops serving");
         let server = http::spawn(
             &config,
             api::router(state.clone()),
@@ -297,6 +296,7 @@ impl Daemon {
             shutdown,
             state.draining.clone(),
         );
+        tracing::info!(%address, data_dir = %config.data_dir.display(), replica = %membership.id(), "linkops serving");
         Ok(Daemon {
             state,
             server,
@@ -340,7 +340,7 @@ impl Daemon {
         // take this replica's work over at once.
         // Bounded: a replica cut off from its database must still exit.
         let (store, membership) = (self.state.store.clone(), self.membership.clone());
-        let leaving = tokio::task::spawn_blocking(move || replica::leave(&store, &membership));
+        let leaving = crate::blocking::run(move || replica::leave(&store, &membership));
         tokio::time::timeout(LEAVE_TIMEOUT, leaving).await.ok();
         if self.lease_lost.is_cancelled() {
             drop(self.state);
@@ -410,7 +410,7 @@ async fn watch_store(store: store::Store, stop: CancellationToken, failed: Cance
             () = tokio::time::sleep(STORE_PROBE_INTERVAL) => {
                 let probe = store.clone();
                 // A refusal is kept by the store and wakes the arm above.
-                tokio::task::spawn_blocking(move || probe.probe_write()).await.ok();
+                crate::blocking::run(move || probe.probe_write()).await.ok();
             }
         }
     }

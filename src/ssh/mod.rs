@@ -327,7 +327,7 @@ async fn load_identity_and_expectations(
 ) -> Result<(PrivateKey, ExpectedKeys)> {
     let target = target.clone();
     let known_hosts = options.known_hosts.clone();
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run(move || {
         let key = load_private_key(&target.key.path()?)?;
         let pinned = target
             .pinned_host_key
@@ -359,7 +359,7 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKey> {
 
 async fn learn_host_key(known_hosts: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()> {
     let (path, host, key) = (known_hosts.to_owned(), host.to_owned(), key.clone());
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run(move || {
         russh::keys::known_hosts::learn_known_hosts_path(&host, port, &key, &path).map_err(|e| {
             Error::KnownHosts {
                 path: path.clone(),

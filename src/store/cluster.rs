@@ -10,7 +10,7 @@ pub use super::engine::doorbell::Ring;
 pub use super::engine::postgres::{Fence, Member};
 use super::engine::{Engine, Json, Read, Table};
 use super::schema::{
-    APPLIED_STATE, FLEET_CHANGES, META, OPERATION_EVENTS, OPERATIONS, STOP_ASKS, SYNC_ASKS,
+    APPLIED_STATE, FLEET_CHANGES, META, OPERATION_EVENTS, OPERATIONS, OUTBOX, STOP_ASKS, SYNC_ASKS,
     SYNC_HISTORY, USERS,
 };
 use super::{Result, Store};
@@ -29,6 +29,8 @@ pub enum Followed {
     Sync,
     /// Syncs and plans asked of the leader.
     SyncAsks,
+    /// Messages queued for the forge and the sinks (the leader delivers them).
+    Outbox,
 }
 
 impl Followed {
@@ -39,6 +41,7 @@ impl Followed {
             Followed::AccountsAndFleet => &[META.name, USERS.name, FLEET_CHANGES.name],
             Followed::Sync => &[APPLIED_STATE.name, SYNC_HISTORY.name],
             Followed::SyncAsks => &[SYNC_ASKS.name],
+            Followed::Outbox => &[OUTBOX.name],
         }
     }
 }
@@ -49,11 +52,11 @@ impl Store {
         matches!(&*self.engine, Engine::Postgres(_))
     }
 
-    /// What wakes a follower of `followed` when another replica (or this
-    /// one) commits a write of it; nothing rings on an unshared store.
+    /// What wakes a follower of `followed` when this replica (or, on a
+    /// shared store, another) commits a write of it.
     pub fn doorbell(&self, followed: Followed) -> Ring {
         match &*self.engine {
-            Engine::Redb(_) => Ring::never(),
+            Engine::Redb(db) => db.ring_for(followed.tables()),
             Engine::Postgres(db) => db.ring_for(followed.tables()),
         }
     }
@@ -142,10 +145,10 @@ mod tests {
 
     const TTL: i64 = 60_000;
 
-    /// A store call made from async code does not hold the runtime's
-    /// worker while the database takes its time: the worker's other tasks
-    /// go on meanwhile (here the runtime has one worker, and the database
-    /// sleeps 2 s in the call).
+    /// A store call made from async code (through `Store::run`) does not
+    /// hold the runtime's worker while the database takes its time: the
+    /// worker's other tasks go on meanwhile (here the runtime has one
+    /// worker, and the database sleeps 2 s in the call).
     #[test]
     fn a_slow_database_holds_no_runtime_worker() {
         let Some(postgres) = testing::postgres() else {
@@ -160,10 +163,13 @@ mod tests {
         let (done, mut order) = tokio::sync::mpsc::unbounded_channel();
         let slept = done.clone();
         runtime.spawn(async move {
-            let Engine::Postgres(db) = &*store.engine else {
-                unreachable!("a PostgreSQL store")
+            let sleep = |store: &Store| {
+                let Engine::Postgres(db) = &*store.engine else {
+                    unreachable!("a PostgreSQL store")
+                };
+                Ok(db.execute("SELECT pg_sleep(2)")?)
             };
-            db.execute("SELECT pg_sleep(2)").unwrap();
+            store.run(sleep).await.unwrap();
             slept.send("the store call").unwrap();
         });
         runtime.spawn(async move {
@@ -177,7 +183,8 @@ mod tests {
 
     /// A commit through one handle rings, at the other, the followers of
     /// what it wrote and no others (their own look is an hour away); a
-    /// listener whose connection was ended rings every follower once back.
+    /// listener whose connection was ended rings every follower once back;
+    /// redb's commits ring this process's followers.
     #[test]
     fn the_doorbell_rings_for_other_replicas_writes_and_after_a_reconnect() {
         use std::time::Duration;
@@ -230,9 +237,24 @@ mod tests {
             "rung once listening again"
         );
 
-        // An unshared store has nobody else to hear of.
-        let mut alone = redb.open().doorbell(Followed::SyncAsks);
-        assert!(!rung(&mut alone, Duration::from_millis(50)));
+        // An unshared store rings for its own commits: what they wrote, nothing else.
+        let alone = redb.open();
+        let mut asks = alone.doorbell(Followed::SyncAsks);
+        let mut stops = alone.doorbell(Followed::StopAsks);
+        assert!(
+            !rung(&mut asks, Duration::from_millis(50)),
+            "nothing written"
+        );
+        alone
+            .ask_sync(&super::super::SyncAsk::Sync {
+                trigger: "api:ada".into(),
+            })
+            .unwrap();
+        assert!(rung(&mut asks, Duration::from_secs(30)), "its own sync ask");
+        assert!(
+            !rung(&mut stops, Duration::from_millis(50)),
+            "nothing was asked to stop"
+        );
     }
 
     #[test]

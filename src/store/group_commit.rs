@@ -120,16 +120,20 @@ mod tests {
                 }
             });
             futures::future::join_all(per_machine).await;
-            for m in 0..100 {
-                let id = format!("m{m}");
-                let status = store.machine_status(&id).unwrap().unwrap();
-                assert_eq!(
-                    status.checked_at_ms,
-                    Some(1900 + m),
-                    "{id}: the last write wins"
-                );
-                assert_eq!(store.health_history(&id, 100).unwrap().len(), 20, "{id}");
-            }
+            let checked = store.run(|store| {
+                for m in 0..100 {
+                    let id = format!("m{m}");
+                    let status = store.machine_status(&id)?.unwrap();
+                    assert_eq!(
+                        status.checked_at_ms,
+                        Some(1900 + m),
+                        "{id}: the last write wins"
+                    );
+                    assert_eq!(store.health_history(&id, 100)?.len(), 20, "{id}");
+                }
+                Ok(())
+            });
+            checked.await.unwrap();
         }
     }
 }

@@ -120,6 +120,8 @@ pub enum Error {
     WritesFailing { at: String, reason: String },
     #[error("the store's status writer has stopped (the daemon is shutting down)")]
     WriterStopped,
+    #[error("the daemon is shutting down: the store call did not run")]
+    ShuttingDown,
 }
 
 impl Error {
@@ -202,7 +204,7 @@ impl Store {
     /// Opens (or creates) the redb store at `path` and brings its schema up to
     /// date; refuses with [`Error::InUse`] when another process keeps it.
     ///
-    /// Blocking: call it from `spawn_blocking` or before the runtime serves.
+    /// Blocking: call it from `Store::run` or before the runtime serves.
     pub fn open(path: &Path) -> Result<Store> {
         let engine = Engine::Redb(engine::redb::Redb::open(path)?);
         Store::with_engine(engine, &path.display().to_string())
@@ -234,11 +236,30 @@ impl Store {
         }
     }
 
+    /// Runs `work` with this store on the blocking pool: how async code
+    /// calls the store (see [`crate::blocking`]). A panic in `work` is the
+    /// caller's, as if it ran inline.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.clone();
+        match crate::blocking::run(move || work(&store)).await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(Error::ShuttingDown),
+        }
+    }
+
+    #[track_caller]
     fn read(&self) -> Result<engine::ReadTx> {
+        crate::blocking::check_may_block("a store read");
         self.engine.read()
     }
 
+    #[track_caller]
     fn write(&self) -> Result<engine::WriteTx> {
+        crate::blocking::check_may_block("a store write");
         let mut tx = self.engine.write()?;
         if let (Some(fence), engine::WriteTx::Postgres(postgres)) = (&self.fence, &mut tx) {
             postgres.fence(fence)?;

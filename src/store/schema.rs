@@ -147,7 +147,7 @@ pub const VERSION_KEY: &str = "schema_version";
 pub fn migrate(engine: &Engine, store: &str) -> Result<()> {
     let mut tx = engine.write()?;
     let found = match &tx {
-        WriteTx::Redb(redb, _) => legacy::convert(redb)?,
+        WriteTx::Redb(redb) => legacy::convert(redb.transaction())?,
         WriteTx::Postgres(_) => None,
     };
     let found = match found {
@@ -155,8 +155,8 @@ pub fn migrate(engine: &Engine, store: &str) -> Result<()> {
         None => {
             if let WriteTx::Postgres(postgres) = &mut tx {
                 postgres.create_tables(&TABLES)?;
-            } else if let WriteTx::Redb(redb, _) = &tx {
-                legacy::create_tables(redb)?;
+            } else if let WriteTx::Redb(redb) = &tx {
+                legacy::create_tables(redb.transaction())?;
             }
             tx.get(META, VERSION_KEY)?
         }

@@ -246,16 +246,13 @@ impl Terminals {
             Ok(status) => status,
             Err((reason, message)) => {
                 tracing::info!(workspace = %workspace.id, pane, machine = %machine_id, ?reason, %message, "terminal refused");
-                self.inner
-                    .store
-                    .audit(
-                        &Actor::user(user),
-                        AuditAction::TerminalOpen,
-                        &machine_id,
-                        Outcome::Denied,
-                        Some(message.clone()),
-                    )
-                    .ok();
+                let (by, refused_on, detail) =
+                    (Actor::user(user), machine_id.clone(), message.clone());
+                let denied = move |store: &crate::store::Store| {
+                    let open = AuditAction::TerminalOpen;
+                    store.audit(&by, open, &refused_on, Outcome::Denied, Some(detail))
+                };
+                self.inner.store.run(denied).await.ok();
                 let status = PaneStatus::refused(pane, machine, reason, message);
                 self.notify(&live, status.clone()).await;
                 status
@@ -286,7 +283,10 @@ impl Terminals {
         let connection = Connection::open(&target, self.inner.access.pool.options())
             .await
             .map_err(refusal)?;
-        self.inner.access.audit_learned_key(&connection, machine_id);
+        self.inner
+            .access
+            .audit_learned_key(&connection, machine_id)
+            .await;
         // The id is read on this very connection: the shell is on the machine that proved itself.
         let reading = crate::access::read_client_id(&connection).await;
         match enrollment::assess(&machine.uuid, reading) {
@@ -325,12 +325,11 @@ impl Terminals {
         let mut recorder = recorder;
         let (header, _) = recorder.take();
         let (store, replica) = (self.inner.store.clone(), self.inner.replica.clone());
-        let session = tokio::task::spawn_blocking(move || {
-            store.create_terminal_session(&record, &replica, &header)
-        })
-        .await
-        .map_err(|e| (Refusal::Error, e.to_string()))?
-        .map_err(|e| (Refusal::Error, e.to_string()))?;
+        let session =
+            crate::blocking::run(move || store.create_terminal_session(&record, &replica, &header))
+                .await
+                .map_err(|e| (Refusal::Error, e.to_string()))?
+                .map_err(|e| (Refusal::Error, e.to_string()))?;
         tracing::info!(session = session.id, machine = %machine_id, %user, "terminal session opened");
 
         let connected = PaneStatus {
@@ -416,7 +415,8 @@ impl Terminals {
     /// `owner` was deleted or lost the operator role: ends every session and
     /// socket of their workspaces (the workspaces and recordings stay).
     pub async fn revoke(&self, owner: &str) -> Result<(), crate::store::Error> {
-        for workspace in self.inner.store.workspaces()? {
+        let workspaces = self.inner.store.run(|store| store.workspaces()).await?;
+        for workspace in workspaces {
             if workspace.owner == owner {
                 self.end_workspace(&workspace.id, SessionEnd::Revoked, SocketEnd::AccessRevoked)
                     .await;

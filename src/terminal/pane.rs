@@ -252,8 +252,7 @@ impl Running {
         }
         let (store, id) = (self.pane.store.clone(), self.pane.session.id);
         let stored =
-            tokio::task::spawn_blocking(move || store.record_terminal(id, &chunk, truncated, end))
-                .await;
+            crate::blocking::run(move || store.record_terminal(id, &chunk, truncated, end)).await;
         match stored {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => {

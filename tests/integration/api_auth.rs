@@ -183,10 +183,7 @@ async fn five_failures_lock_the_account_across_a_restart() {
     server.stop().await;
 
     // Every attempt is in the audit log, with no password in it.
-    let store = support::open_store(&support::config(dir.path()));
-    let logins: Vec<_> = store
-        .audit_entries(0, 100)
-        .unwrap()
+    let logins: Vec<_> = support::audit_log(dir.path(), 100)
         .into_iter()
         .filter(|e| e.action == "auth.login")
         .collect();
@@ -310,8 +307,7 @@ async fn admins_create_users_and_reset_passwords_shown_once() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     server.stop().await;
-    let store = support::open_store(&support::config(dir.path()));
-    let entries = store.audit_entries(0, 1000).unwrap();
+    let entries = support::audit_log(dir.path(), 1000);
     let by_ada: Vec<(&str, &str)> = entries
         .iter()
         .filter(|e| e.actor == "ada" && e.action.starts_with("user."))
@@ -433,10 +429,7 @@ async fn admins_change_roles_and_delete_users_but_never_the_last_admin() {
     );
 
     server.stop().await;
-    let store = support::open_store(&support::config(dir.path()));
-    let changes: Vec<(String, String, Outcome, String)> = store
-        .audit_entries(0, 1000)
-        .unwrap()
+    let changes: Vec<(String, String, Outcome, String)> = support::audit_log(dir.path(), 1000)
         .into_iter()
         .filter(|e| e.action == "user.role" || e.action == "user.delete")
         .map(|e| (e.action, e.target, e.outcome, e.detail.unwrap_or_default()))

@@ -277,17 +277,13 @@ async fn a_removed_machine_is_marked_removed_and_a_force_push_is_recorded() {
     daemon.stop().await;
 
     let store = support::open_store(&support::config(setup.data.path()));
-    let backup = store.machine("backup").unwrap().expect("history kept");
+    let (backup, web) = support::as_the_cli(|| {
+        let machine = |id| store.machine(id).unwrap().expect("history kept");
+        (machine("backup"), machine("web-1"))
+    });
     assert!(backup.removed_at_ms.is_some());
     assert_eq!(backup.revision, first);
-    assert!(
-        store
-            .machine("web-1")
-            .unwrap()
-            .unwrap()
-            .removed_at_ms
-            .is_none()
-    );
+    assert!(web.removed_at_ms.is_none());
 }
 
 #[tokio::test]

@@ -35,7 +35,7 @@ struct Replica {
 impl Replica {
     async fn start(config: &Path) -> Replica {
         let path = config.to_owned();
-        let (process, _) = tokio::task::spawn_blocking(move || {
+        let (process, _) = linkops::blocking::run(move || {
             let binary = Command::new(env!("CARGO_BIN_EXE_linkops"));
             ServeProcess::spawn(binary, [OsStr::new("--config"), path.as_os_str()])
         })
@@ -127,16 +127,18 @@ async fn shared_store(
     linkops::store::engine::postgres::Options,
     Store,
 ) {
-    let server = tokio::task::spawn_blocking(TestPostgres::start)
+    let server = linkops::blocking::run(TestPostgres::start)
         .await
         .unwrap()
         .unwrap();
     let options = server.database().unwrap();
     let store = Store::connect(&options).unwrap();
-    for (name, role, password) in users {
-        let hash = linkops::auth::password::hash(password).unwrap();
-        store.create_user(name, *role, &hash, &Actor::Cli).unwrap();
-    }
+    support::as_the_cli(|| {
+        for (name, role, password) in users {
+            let hash = linkops::auth::password::hash(password).unwrap();
+            store.create_user(name, *role, &hash, &Actor::Cli).unwrap();
+        }
+    });
     (server, options, store)
 }
 
@@ -436,7 +438,8 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     let paused = replicas.iter().position(|r| r.id == leader).unwrap();
     let paused = replicas.remove(paused);
     let other = &replicas[0];
-    let audited = |store: &Store| store.audit_entries(0, 10_000).unwrap().len();
+    let audited =
+        |store: &Store| support::as_the_cli(|| store.audit_entries(0, 10_000).unwrap().len());
     paused.signal(Signal::STOP);
     let at = Instant::now();
     eventually("the other replica to lead alone", || async {
@@ -453,7 +456,7 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     // …and it wakes to find its leases gone: it writes nothing and stops.
     paused.signal(Signal::CONT);
     let config = paused.config.clone();
-    let (status, log) = tokio::task::spawn_blocking(move || paused.process.exited())
+    let (status, log) = linkops::blocking::run(move || paused.process.exited())
         .await
         .unwrap();
     assert!(!status.success(), "{log}");
@@ -476,7 +479,7 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     })
     .await;
     for replica in replicas {
-        let (status, log) = tokio::task::spawn_blocking(move || replica.process.terminate())
+        let (status, log) = linkops::blocking::run(move || replica.process.terminate())
             .await
             .unwrap();
         assert!(status.success(), "{log}");
@@ -526,7 +529,7 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
     assert_eq!(stopped.status(), reqwest::StatusCode::ACCEPTED);
     let end = read_until(&mut events, "end").await.pop().unwrap();
     assert!(end.data.contains("stopped"), "{end:?}");
-    let audited = store.audit_entries(0, 10_000).unwrap();
+    let audited = support::as_the_cli(|| store.audit_entries(0, 10_000).unwrap());
     assert!(
         audited
             .iter()
@@ -575,7 +578,7 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
     .await;
     assert!(ended.is_ok(), "bob's stream through B outlived his account");
     for replica in [a, b] {
-        let (status, log) = tokio::task::spawn_blocking(move || replica.process.terminate())
+        let (status, log) = linkops::blocking::run(move || replica.process.terminate())
             .await
             .unwrap();
         assert!(status.success(), "{log}");
@@ -640,11 +643,10 @@ async fn terminals_and_tokens_work_through_any_replica() {
         assert!(status.is_client_error(), "{name}: {status} {answer}");
     }
     let (holding, id_now) = (store.clone(), id.clone());
-    let held =
-        tokio::task::spawn_blocking(move || holding.workspace_holder(&id_now, "none", false))
-            .await
-            .unwrap()
-            .unwrap();
+    let held = linkops::blocking::run(move || holding.workspace_holder(&id_now, "none", false))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(held.map(|member| member.replica), None, "nobody holds it");
 
     // The socket makes it A's; connecting through B opens the pane on A.
@@ -696,7 +698,7 @@ async fn terminals_and_tokens_work_through_any_replica() {
     assert_eq!(on_b.closed.map(|(code, _)| code), Some(4003));
 
     // A leaves: B takes the workspace over and opens its own session.
-    let (status, log) = tokio::task::spawn_blocking(move || a.process.terminate())
+    let (status, log) = linkops::blocking::run(move || a.process.terminate())
         .await
         .unwrap();
     assert!(status.success(), "{log}");
@@ -723,7 +725,7 @@ async fn terminals_and_tokens_work_through_any_replica() {
         "another-key-entirely-0123456789",
     )
     .unwrap();
-    let refused = tokio::task::spawn_blocking(move || {
+    let refused = linkops::blocking::run(move || {
         let binary = Command::new(env!("CARGO_BIN_EXE_linkops"));
         ServeProcess::spawn(binary, [OsStr::new("--config"), config.as_os_str()])
     })
@@ -735,7 +737,7 @@ async fn terminals_and_tokens_work_through_any_replica() {
         refused.contains("jwt_secret") && refused.contains("the same value on every replica"),
         "{refused}"
     );
-    let members = tokio::task::spawn_blocking(move || store.live_members().unwrap())
+    let members = linkops::blocking::run(move || store.live_members().unwrap())
         .await
         .unwrap();
     let members: Vec<_> = members.into_iter().map(|member| member.replica).collect();
@@ -744,7 +746,7 @@ async fn terminals_and_tokens_work_through_any_replica() {
         std::slice::from_ref(&b.id),
         "the refused replica left at once"
     );
-    let (status, log) = tokio::task::spawn_blocking(move || b.process.terminate())
+    let (status, log) = linkops::blocking::run(move || b.process.terminate())
         .await
         .unwrap();
     assert!(status.success(), "{log}");
@@ -834,7 +836,7 @@ async fn replicas_talk_to_each_other_over_mutual_tls_only() {
     );
 
     for replica in [a, b] {
-        let (status, log) = tokio::task::spawn_blocking(move || replica.process.terminate())
+        let (status, log) = linkops::blocking::run(move || replica.process.terminate())
             .await
             .unwrap();
         assert!(status.success(), "{log}");
@@ -916,7 +918,7 @@ async fn a_database_restart_under_load_loses_no_event_and_reports_nothing_twice(
     let mut seen = read_until(&mut events, "output").await;
 
     // Down: neither replica is ready, and nothing starts.
-    let mut server = tokio::task::spawn_blocking(move || {
+    let mut server = linkops::blocking::run(move || {
         server.stop().unwrap();
         server
     })
@@ -936,7 +938,7 @@ async fn a_database_restart_under_load_loses_no_event_and_reports_nothing_twice(
         message.contains("PostgreSQL at"),
         "names the database: {message}"
     );
-    let server = tokio::task::spawn_blocking(move || {
+    let server = linkops::blocking::run(move || {
         server.resume().unwrap();
         server
     })
@@ -972,7 +974,7 @@ async fn a_database_restart_under_load_loses_no_event_and_reports_nothing_twice(
         .collect();
     assert_eq!(ids, [operation], "{operations}");
     for replica in [a, b] {
-        let (status, log) = tokio::task::spawn_blocking(move || replica.process.terminate())
+        let (status, log) = linkops::blocking::run(move || replica.process.terminate())
             .await
             .unwrap();
         assert!(status.success(), "{log}");
@@ -1076,7 +1078,7 @@ async fn a_replica_cut_off_from_the_database_stops_and_the_other_takes_over() {
         at.elapsed()
     );
     assert!(owners.values().all(|owner| *owner == b.id), "{owners:?}");
-    let (status, log) = tokio::task::spawn_blocking(move || a.process.exited())
+    let (status, log) = linkops::blocking::run(move || a.process.exited())
         .await
         .unwrap();
     assert!(!status.success(), "{log}");
@@ -1084,7 +1086,7 @@ async fn a_replica_cut_off_from_the_database_stops_and_the_other_takes_over() {
         log.contains("could not renew its leases in time"),
         "it stopped by itself, before its lease passed: {log}"
     );
-    let (status, log) = tokio::task::spawn_blocking(move || b.process.terminate())
+    let (status, log) = linkops::blocking::run(move || b.process.terminate())
         .await
         .unwrap();
     assert!(status.success(), "{log}");

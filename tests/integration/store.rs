@@ -17,11 +17,9 @@ async fn a_migrated_redb_store_serves_from_postgres_and_a_second_migration_is_re
         // What a redb daemon left: an account and its audit.
         let store = Store::open(&data.path().join("linkops.redb")).unwrap();
         let hash = linkops::auth::password::hash("migrated-pw-1").unwrap();
-        store
-            .create_user("ada", Role::Admin, &hash, &Actor::Cli)
-            .unwrap();
+        support::as_the_cli(|| store.create_user("ada", Role::Admin, &hash, &Actor::Cli)).unwrap();
     }
-    let server = tokio::task::spawn_blocking(TestPostgres::start)
+    let server = linkops::blocking::run(TestPostgres::start)
         .await
         .unwrap()
         .unwrap();
@@ -80,9 +78,7 @@ async fn a_migrated_redb_store_serves_from_postgres_and_a_second_migration_is_re
     );
     daemon.stop().await;
     let store = Store::connect(&options).unwrap();
-    let actions: Vec<String> = store
-        .audit_entries(0, 100)
-        .unwrap()
+    let actions: Vec<String> = support::as_the_cli(|| store.audit_entries(0, 100).unwrap())
         .into_iter()
         .map(|entry| entry.action)
         .collect();

@@ -191,8 +191,25 @@ fn write_private(path: &Path, secret: &str) {
         .unwrap();
 }
 
+/// Runs `work` off the async runtime, on a thread of its own, as the CLI
+/// calls the store (async code reaches it through `Store::run`).
+pub fn as_the_cli<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| scope.spawn(work).join().unwrap())
+}
+
+/// The audit log of the (stopped) daemon of `data_dir`, oldest first, as
+/// `linkops audit` reads it.
+pub fn audit_log(data_dir: &Path, limit: usize) -> Vec<linkops::store::AuditEntry> {
+    let store = open_store(&config(data_dir));
+    as_the_cli(|| store.audit_entries(0, limit).unwrap())
+}
+
 /// Creates users in a data dir the way `linkops user add` does.
 pub fn add_users(data_dir: &Path, users: &[(&str, Role, &str)]) {
+    as_the_cli(|| create_users(data_dir, users))
+}
+
+fn create_users(data_dir: &Path, users: &[(&str, Role, &str)]) {
     let store = open_store(&config(data_dir));
     for (name, role, secret) in users {
         store

@@ -58,13 +58,13 @@ async fn daemon_with_history(n: usize) -> (tempfile::TempDir, TestDaemon) {
         ],
     );
     let store = support::open_store(&support::config(data.path()));
-    store.import_operations(&operations(n)).unwrap();
+    support::as_the_cli(|| store.import_operations(&operations(n)).unwrap());
     // A state change moves the operation in the index.
     let update = OperationUpdate {
         state: Some((OperationState::Interrupted, true)),
         ..Default::default()
     };
-    store.record_operation_update(3, update).unwrap();
+    support::as_the_cli(|| store.record_operation_update(3, update).unwrap());
     drop(store);
     let daemon = TestDaemon::start(support::config(data.path())).await;
     (data, daemon)

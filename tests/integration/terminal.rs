@@ -458,7 +458,7 @@ async fn a_dropped_socket_reconnects_to_the_same_shell_with_its_output_replayed(
     assert_eq!(terminal.closed.map(|(code, _)| code), Some(1001));
     stopping.await.unwrap();
     let store = support::open_store(&setup.config());
-    let recorded = store.terminal_session(session).unwrap().unwrap();
+    let recorded = support::as_the_cli(|| store.terminal_session(session).unwrap().unwrap());
     assert_eq!(
         recorded.end,
         Some(linkops_reconcilers::terminal::SessionEnd::Interrupted)

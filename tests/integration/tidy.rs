@@ -1,8 +1,8 @@
 //! The layering ARCHITECTURE.md states, held by reading the source (the
 //! rust-analyzer "tidy" pattern): who may use redb and russh, what the
 //! functional core may not touch, where the API's shapes are declared, a
-//! module doc on every file, and no span guard that could be held across an
-//! `.await`.
+//! module doc on every file, no span guard that could be held across an
+//! `.await`, and one way off the async runtime.
 
 use std::path::{Path, PathBuf};
 
@@ -146,6 +146,25 @@ fn no_span_is_entered_by_hand() {
             for line in uses(&text, needle) {
                 wrong.push(format!("{name}: {}", line.trim()));
             }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn blocking_work_leaves_the_runtime_one_way() {
+    // `blocking::run` marks its threads as allowed to call the store (which
+    // debug builds check at every transaction); tokio's own would not.
+    let mut wrong = Vec::new();
+    for (name, text) in sources() {
+        if name == "src/blocking.rs" {
+            continue;
+        }
+        for line in uses(&text, "spawn_blocking(") {
+            wrong.push(format!(
+                "{name}: {} (use blocking::run or Store::run)",
+                line.trim()
+            ));
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");

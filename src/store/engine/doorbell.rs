@@ -1,4 +1,6 @@
-//! The doorbell of a shared store: a commit says which tables it wrote
+//! The store's doorbell: what wakes the followers of a table when a commit
+//! wrote it. redb's commits ring this process's followers themselves. A
+//! shared store: a commit says which tables it wrote
 //! (`NOTIFY linkops, 'table,table'`, sent in the commit's own round trip and
 //! delivered only if it commits), and each replica's listener wakes the
 //! followers of those tables. Table names only, never data or ids of
@@ -41,8 +43,13 @@ impl Doorbell {
 
     /// Wakes the followers of the tables a notification names.
     fn ring(&self, payload: &str) {
+        self.ring_tables(payload.split(','));
+    }
+
+    /// Wakes the followers of `written` (a commit's tables).
+    pub fn ring_tables<'t>(&self, written: impl IntoIterator<Item = &'t str>) {
         let tables = self.tables.lock().expect("never poisoned");
-        for table in payload.split(',') {
+        for table in written {
             if let Some(bell) = tables.get(table) {
                 bell.send_replace(());
             }
@@ -112,17 +119,13 @@ async fn session(
     }
 }
 
-/// What wakes one follower: a commit that wrote one of its tables, or the
-/// listener's (re)connect. On an unshared store nothing rings.
+/// What wakes one follower: a commit that wrote one of its tables, or (a
+/// shared store) the listener's (re)connect.
 pub struct Ring {
     bells: Vec<watch::Receiver<()>>,
 }
 
 impl Ring {
-    pub fn never() -> Ring {
-        Ring { bells: Vec::new() }
-    }
-
     /// Waits until a bell rings or `at_most` passed (the follower's own
     /// look); whether a bell rang.
     pub async fn wait(&mut self, at_most: Duration) -> bool {

@@ -152,7 +152,7 @@ impl Engine {
     /// The write transaction, once the previous one ended.
     pub fn write(&self) -> Result<WriteTx> {
         Ok(match self {
-            Engine::Redb(db) => WriteTx::Redb(Box::new(db.begin_write()?), db.refusals().clone()),
+            Engine::Redb(db) => WriteTx::Redb(Box::new(db.begin_write()?)),
             Engine::Postgres(db) => WriteTx::Postgres(db.begin_write()?),
         })
     }
@@ -183,9 +183,8 @@ pub enum ReadTx {
 }
 
 pub enum WriteTx {
-    /// Boxed: redb's transaction is large beside a PostgreSQL one. A refused
-    /// commit is kept in the file's refusals.
-    Redb(Box<::redb::WriteTransaction>, redb::Refusals),
+    /// Boxed: redb's transaction is large beside a PostgreSQL one.
+    Redb(Box<redb::WriteTx>),
     Postgres(postgres::WriteTx),
 }
 
@@ -193,11 +192,7 @@ impl WriteTx {
     /// Makes every write of the transaction durable, or none of them.
     pub fn commit(self) -> Result<()> {
         match self {
-            WriteTx::Redb(tx, refusals) => tx.commit().map_err(|error| {
-                let error = Error::from(error);
-                refusals.mark(&error);
-                error
-            }),
+            WriteTx::Redb(tx) => tx.commit(),
             WriteTx::Postgres(tx) => tx.commit(),
         }
     }
@@ -241,19 +236,19 @@ dispatch_read!(ReadTx, WriteTx);
 impl Write for WriteTx {
     fn put_bytes(&mut self, table: &'static str, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
         match self {
-            WriteTx::Redb(tx, _) => tx.put_bytes(table, key, value),
+            WriteTx::Redb(tx) => tx.put_bytes(table, key, value),
             WriteTx::Postgres(tx) => tx.put_bytes(table, key, value),
         }
     }
     fn delete_bytes(&mut self, table: &'static str, key: &[u8]) -> Result<bool> {
         match self {
-            WriteTx::Redb(tx, _) => tx.delete_bytes(table, key),
+            WriteTx::Redb(tx) => tx.delete_bytes(table, key),
             WriteTx::Postgres(tx) => tx.delete_bytes(table, key),
         }
     }
     fn discard_bytes(&mut self, table: &'static str, key: Vec<u8>) -> Result<()> {
         match self {
-            WriteTx::Redb(tx, _) => tx.discard_bytes(table, key),
+            WriteTx::Redb(tx) => tx.discard_bytes(table, key),
             WriteTx::Postgres(tx) => tx.discard_bytes(table, key),
         }
     }

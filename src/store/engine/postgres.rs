@@ -408,16 +408,10 @@ impl Link {
             // The timer is made inside the task: only the engine's runtime has one.
             let _ = answer.send(tokio::time::timeout(STATEMENT_LIMIT, future).await);
         });
-        let answer = match tokio::runtime::Handle::try_current() {
-            // Called from async code on the daemon's runtime: its worker's
-            // other tasks move to another thread while this one waits for
-            // the database, which may take up to the statement's bound.
-            Ok(caller) if caller.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| answered.recv())
-            }
-            _ => answered.recv(),
-        };
-        match answer {
+        // The caller is off the daemon's runtime (`blocking::run`, which
+        // debug builds hold) or outside any: it may wait here, up to the
+        // statement's bound, while the engine's own runtime does the work.
+        match answered.recv() {
             Ok(Ok(result)) => result,
             Ok(Err(_elapsed)) => Err(Error::TimedOut {
                 store: self.store.to_string(),

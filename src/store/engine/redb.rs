@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use tokio::sync::watch;
 
+use super::doorbell::{Doorbell, Ring};
 use super::{Read, Span, Write};
 use crate::store::{Error, Result};
 
@@ -28,6 +29,8 @@ const CACHE_BYTES: usize = 32 << 20;
 pub struct Redb {
     db: redb::Database,
     refusals: Refusals,
+    /// Rung by every commit with the tables it wrote, for this process's followers.
+    doorbell: Arc<Doorbell>,
 }
 
 /// The first write the file refused (redb refuses every later one until it
@@ -105,6 +108,7 @@ impl Redb {
         Ok(Redb {
             db,
             refusals: Refusals::default(),
+            doorbell: Arc::default(),
         })
     }
 
@@ -117,8 +121,18 @@ impl Redb {
         Ok(self.db.begin_read()?)
     }
 
-    pub fn begin_write(&self) -> Result<redb::WriteTransaction> {
-        Ok(self.db.begin_write()?)
+    pub fn begin_write(&self) -> Result<WriteTx> {
+        Ok(WriteTx {
+            tx: self.db.begin_write()?,
+            refusals: self.refusals.clone(),
+            doorbell: self.doorbell.clone(),
+            written: Default::default(),
+        })
+    }
+
+    /// What wakes a follower of `tables`: a commit that wrote one.
+    pub fn ring_for(&self, tables: &[&str]) -> Ring {
+        self.doorbell.ring_for(tables)
     }
 
     /// The file's raw database, for the migration from the typed tables of
@@ -192,15 +206,64 @@ macro_rules! read_through_tables {
 }
 read_through_tables!(redb::ReadTransaction, redb::WriteTransaction);
 
-impl Write for redb::WriteTransaction {
+/// A write transaction of the file: its commit keeps a refusal and rings
+/// the doorbell of the tables it wrote.
+pub struct WriteTx {
+    tx: redb::WriteTransaction,
+    refusals: Refusals,
+    doorbell: Arc<Doorbell>,
+    written: std::collections::BTreeSet<&'static str>,
+}
+
+impl WriteTx {
+    /// redb's own transaction, for the conversion of older files.
+    pub fn transaction(&self) -> &redb::WriteTransaction {
+        &self.tx
+    }
+
+    pub fn commit(self) -> Result<()> {
+        self.tx.commit().map_err(|error| {
+            let error = Error::from(error);
+            self.refusals.mark(&error);
+            error
+        })?;
+        self.doorbell.ring_tables(self.written.iter().copied());
+        Ok(())
+    }
+}
+
+impl Read for WriteTx {
+    fn get_bytes(&self, name: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.tx.get_bytes(name, key)
+    }
+
+    fn page(
+        &self,
+        name: &'static str,
+        span: &Span,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.tx.page(name, span, reverse, limit)
+    }
+
+    fn count(&self, name: &'static str) -> Result<u64> {
+        self.tx.count(name)
+    }
+}
+
+impl Write for WriteTx {
     fn put_bytes(&mut self, name: &'static str, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
-        self.open_table(table(name))?
+        self.written.insert(name);
+        self.tx
+            .open_table(table(name))?
             .insert(key.as_slice(), value.as_slice())?;
         Ok(())
     }
 
     fn delete_bytes(&mut self, name: &'static str, key: &[u8]) -> Result<bool> {
-        Ok(self.open_table(table(name))?.remove(key)?.is_some())
+        self.written.insert(name);
+        Ok(self.tx.open_table(table(name))?.remove(key)?.is_some())
     }
 }
 
