@@ -34,7 +34,7 @@ const STATES: [&str; 5] = ["pending", "success", "error", "failure", "warning"];
 
 /// What a test server received, and what in it broke the peer's API description.
 #[derive(Default)]
-struct Received {
+pub(crate) struct Received {
     requests: Mutex<Vec<Value>>,
     violations: Mutex<Vec<String>>,
     /// Answer 503 to everything (the peer is down).
@@ -64,7 +64,12 @@ impl Received {
     }
 
     /// Waits until `count` requests matching `keep` have arrived (bounded by `eventually`).
-    async fn until(&self, what: &str, count: usize, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
+    pub(crate) async fn until(
+        &self,
+        what: &str,
+        count: usize,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         eventually(what, || async {
             let matching: Vec<Value> = self.all().into_iter().filter(|r| keep(r)).collect();
             (matching.len() >= count).then_some(matching)
@@ -178,16 +183,16 @@ async fn create_status(
 }
 
 /// A webhook receiver (signature checked), ntfy's publish endpoint and a Slack-style webhook.
-struct TestSinks {
-    url: String,
-    received: Arc<Received>,
+pub(crate) struct TestSinks {
+    pub(crate) url: String,
+    pub(crate) received: Arc<Received>,
 }
 
 const HOOK_SECRET: &str = "sink-secret-1";
 const NTFY_TOKEN: &str = "tk_ntfy0123";
 
 impl TestSinks {
-    async fn start() -> TestSinks {
+    pub(crate) async fn start() -> TestSinks {
         let received = Arc::new(Received::default());
         let app = axum::Router::new()
             .route("/hook", post(webhook))

@@ -487,9 +487,10 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
 }
 
 /// Through another replica: an operation is stopped (the one running it
-/// reads the ask from the store), a sync is the leader's, and a deleted
-/// user's stream of an operation ends (account changes reach every
-/// replica's connections).
+/// reads the ask from the store), a sync is the leader's, what a replica
+/// that does not lead queues for a sink the leader delivers at once (the
+/// store's doorbell), and a deleted user's stream of an operation ends
+/// (account changes reach every replica's connections).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_the_stream() {
     let bob = ("bob", Role::Operator, "pw-bob-1");
@@ -499,11 +500,21 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
     work.write("links.yaml", &fleet_links(&fleet, &[]));
     work.write(
         "scripts.yaml",
-        "scripts:\n  - id: slow\n    name: Talk, then take a while\n    body: |\n      echo started\n      sleep 60\n",
+        "scripts:\n  - id: slow\n    name: Talk, then take a while\n    body: |\n      echo started\n      sleep 60\n  - id: fail\n    name: Fail\n    body: exit 3\n",
     );
     work.commit("fleet and script");
+    let sinks = crate::forge::TestSinks::start().await;
     let data: Vec<_> = (0..2)
-        .map(|_| replica_config(&server, &options.url, &fleet, &work.dir))
+        .map(|_| {
+            let (dir, config) = replica_config(&server, &options.url, &fleet, &work.dir);
+            let mut toml = std::fs::read_to_string(&config).unwrap();
+            toml.push_str(&format!(
+                "[[notify.sinks]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"{}/slack\"\nevents = [\"operation_failed\"]\n",
+                sinks.url
+            ));
+            std::fs::write(&config, toml).unwrap();
+            (dir, config)
+        })
         .collect();
     let (a, b) = (
         Replica::start(&data[0].1).await,
@@ -551,6 +562,19 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
     let synced: Value = synced.json().await.unwrap();
     assert_eq!(synced["trigger"], "api:ada", "{synced}");
     assert_eq!(synced["revision"], work.head(), "{synced}");
+
+    // Failed on the replica that does not lead: the leader tells the sink
+    // at once (a delivery looks by itself only every few minutes).
+    let failed = start(follower, "fail", &host).await;
+    let told = format!("operation {failed} (fail,");
+    sinks
+        .received
+        .until("the leader to tell the sink of the failure", 1, |request| {
+            request["text"]
+                .as_str()
+                .is_some_and(|text| text.contains(&told))
+        })
+        .await;
 
     // Bob follows the second through B; deleted through A, his stream ends.
     let second = start(&a, "slow", &host).await;

@@ -270,7 +270,7 @@ async fn queries_at_once_are_bounded_per_user() {
     let mut config = support::config(data.path());
     config.http.table_queries_per_user = 1;
     let store = support::open_store(&config);
-    store.import_operations(&operations(20_000)).unwrap();
+    support::as_the_cli(|| store.import_operations(&operations(20_000)).unwrap());
     drop(store);
     let daemon = TestDaemon::start(config).await;
     let viewer = daemon.token(VIEWER.0, VIEWER.1).await;
