@@ -1,0 +1,322 @@
+//! Parsing and cross-checking the files of a revision: one module per kind
+//! of file (`machines`, `scripts`, `runs`, `states`), reading in `parse`.
+
+mod machines;
+mod parse;
+mod runs;
+mod scripts;
+mod states;
+#[cfg(test)]
+mod tests;
+
+use machines::check_machines;
+use parse::{Read, parse};
+use runs::{check_run, resolve_params};
+use scripts::check_scripts;
+use states::check_state;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use regex::Regex;
+
+use serde::de::DeserializeOwned;
+use serde_saphyr::Spanned;
+
+use super::format::{
+    ID_PATTERN, KEY_PATTERN, LinksFile, MachineEntry, PARAM_NAME_PATTERN, ParamEntry,
+    RunRequestFile, ScriptEntry, ScriptsFile, StateFile, TargetsEntry, WindowEntry,
+};
+use super::{
+    DesiredState, LINKS_FILE, Problem, RepoFiles, SCRIPTS_FILE, is_run_request, is_state_file,
+};
+use crate::machine::Machine;
+use crate::rollout::Rollout;
+use crate::run::RunRequest;
+use crate::script::{ParamSpec, ParamType, ParamValue, Script, Targets, anchored};
+use crate::state::{self, DeclaredState, Window};
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Budgets for one revision's YAML, far above what a real fleet writes (an
+/// inventory of 10,000 machines is about 3 MiB and 200,000 nodes) and far below
+/// what would hurt the daemon: without them a few MiB of anchors and aliases
+/// expand into gigabytes.
+pub const MAX_YAML_FILE_BYTES: usize = 4 << 20;
+/// All YAML files of a revision together.
+pub const MAX_YAML_REVISION_BYTES: usize = 16 << 20;
+/// Problems reported for one revision (in file order); the rest are counted.
+pub const MAX_REPORTED_PROBLEMS: usize = 200;
+/// One script's text (inline or from its file).
+pub const MAX_SCRIPT_BYTES: usize = 1 << 20;
+
+/// The schema's patterns, compiled once.
+static ID: LazyLock<Regex> = LazyLock::new(|| Regex::new(ID_PATTERN).expect("a valid pattern"));
+static KEY: LazyLock<Regex> = LazyLock::new(|| Regex::new(KEY_PATTERN).expect("a valid pattern"));
+static PARAM_NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(PARAM_NAME_PATTERN).expect("a valid pattern"));
+
+/// Reports `value` unless it matches `pattern`; whether it did.
+fn conforms(
+    report: &mut Report,
+    what: &str,
+    value: &Spanned<String>,
+    pattern: &Regex,
+    rule: &str,
+) -> bool {
+    let ok = pattern.is_match(&value.value);
+    if !ok {
+        report.at(
+            value,
+            format!("{what} {:?} is not allowed: {rule}", value.value),
+        );
+    }
+    ok
+}
+
+const ID_RULE: &str = "use lower-case letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 characters";
+
+/// Collects problems for one file.
+struct Report<'a> {
+    file: &'a str,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Report<'_> {
+    fn at<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            line: spanned.referenced.line(),
+            column: spanned.referenced.column(),
+            message: message.into(),
+        });
+    }
+
+    fn at_start(&mut self, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            line: 1,
+            column: 1,
+            message: message.into(),
+        });
+    }
+}
+
+pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let yaml = files.iter().filter(|(path, _)| {
+        *path == LINKS_FILE || *path == SCRIPTS_FILE || is_run_request(path) || is_state_file(path)
+    });
+    let mut total = 0;
+    for (path, bytes) in yaml {
+        total += bytes.len();
+        if total > MAX_YAML_REVISION_BYTES {
+            Report { file: path, problems: &mut problems }.at_start(format!(
+                "the revision's YAML files reach {MAX_YAML_REVISION_BYTES} bytes here, the most one revision may hold"
+            ));
+            return Err(problems);
+        }
+    }
+
+    let links = parse::<LinksFile>(files, LINKS_FILE, Some("machines"), &mut problems);
+    let inventory_read = links.as_ref().is_some_and(|links| links.whole);
+    let machines = match links {
+        Some(links) => check_machines(links.value, &mut problems),
+        None => {
+            if !files.contains_key(LINKS_FILE) {
+                Report { file: LINKS_FILE, problems: &mut problems }
+                    .at_start("the repository has no links.yaml (the machine inventory); add one, even with `machines: []`");
+            }
+            Vec::new()
+        }
+    };
+    let tags: BTreeSet<&str> = machines
+        .iter()
+        .flat_map(|m| m.tags.iter().map(String::as_str))
+        .collect();
+    let ids: BTreeSet<&str> = machines.iter().map(|m| m.id.as_str()).collect();
+    let known = Known {
+        ids,
+        tags,
+        inventory_read,
+    };
+
+    let (scripts, catalog_read) = if files.contains_key(SCRIPTS_FILE) {
+        match parse::<ScriptsFile>(files, SCRIPTS_FILE, Some("scripts"), &mut problems) {
+            Some(catalog) => (
+                check_scripts(catalog.value, files, &known, &mut problems),
+                catalog.whole,
+            ),
+            None => (BTreeMap::new(), false),
+        }
+    } else {
+        (BTreeMap::new(), true)
+    };
+
+    let runs = per_file(
+        files,
+        is_run_request,
+        "run-request",
+        |request: &RunRequestFile| &request.id,
+        &mut problems,
+        |request, path, report| check_run(request, path, &scripts, catalog_read, &known, report),
+    );
+    let states = per_file(
+        files,
+        is_state_file,
+        "state",
+        |declared: &StateFile| &declared.id,
+        &mut problems,
+        |declared, path, report| {
+            check_state(declared, path, &scripts, catalog_read, &known, report)
+        },
+    );
+
+    if problems.is_empty() {
+        return Ok(DesiredState {
+            revision: revision.to_owned(),
+            machines,
+            scripts,
+            runs,
+            states,
+            ..DesiredState::default()
+        });
+    }
+    // Files in reading order, and top to bottom within each.
+    let rank = |file: &str| match file {
+        LINKS_FILE => 0,
+        SCRIPTS_FILE => 1,
+        file if is_run_request(file) => 2,
+        _ => 3,
+    };
+    problems.sort_by(|a, b| {
+        (rank(&a.file), &a.file, a.line, a.column).cmp(&(rank(&b.file), &b.file, b.line, b.column))
+    });
+    // Every sync record keeps its problems: a revision breaking every one of
+    // thousands of entries must not write megabytes per attempt.
+    if problems.len() > MAX_REPORTED_PROBLEMS {
+        let more = problems.len() - MAX_REPORTED_PROBLEMS;
+        problems.truncate(MAX_REPORTED_PROBLEMS);
+        let last = problems.last().cloned().expect("more than none");
+        problems.push(Problem {
+            message: format!(
+                "and {more} more problem(s) after this one: at most {MAX_REPORTED_PROBLEMS} are reported per revision"
+            ),
+            ..last
+        });
+    }
+    Err(problems)
+}
+
+/// Reads the files that each hold one object (run-requests, states): each
+/// id conforming and unique across the files, then `check`ed into what the
+/// revision holds, by id.
+fn per_file<F: DeserializeOwned, T>(
+    files: &RepoFiles,
+    holds_one: fn(&str) -> bool,
+    what: &str,
+    id: fn(&F) -> &Spanned<String>,
+    problems: &mut Vec<Problem>,
+    mut check: impl FnMut(F, &str, &mut Report) -> Option<T>,
+) -> BTreeMap<String, T> {
+    let mut read = BTreeMap::new();
+    let mut first_in: BTreeMap<String, String> = BTreeMap::new();
+    for path in files.keys().filter(|p| holds_one(p)) {
+        let Some(Read { value, .. }) = parse::<F>(files, path, None, problems) else {
+            continue;
+        };
+        let mut report = Report {
+            file: path,
+            problems,
+        };
+        let given = id(&value);
+        if !conforms(&mut report, &format!("{what} id"), given, &ID, ID_RULE) {
+            continue;
+        }
+        if let Some(first) = first_in.get(&given.value) {
+            let message = format!("duplicate {what} id {:?} (also in {first})", given.value);
+            report.at(given, message);
+            continue;
+        }
+        let key = given.value.clone();
+        first_in.insert(key.clone(), path.clone());
+        if let Some(checked) = check(value, path, &mut report) {
+            read.insert(key, checked);
+        }
+    }
+    read
+}
+
+/// Machine ids and tags of the inventory, for checking references.
+struct Known<'a> {
+    ids: BTreeSet<&'a str>,
+    tags: BTreeSet<&'a str>,
+    /// False when links.yaml could not be read: references to machines are
+    /// then not checked, rather than all reported as unknown.
+    inventory_read: bool,
+}
+
+impl Known<'_> {
+    /// Reports ids that are not in the inventory and tags no machine has.
+    fn check_targets(&self, targets: &TargetsEntry, report: &mut Report) -> Targets {
+        let selected = Targets {
+            machines: targets.machines.iter().map(|s| s.value.clone()).collect(),
+            tags: targets.tags.iter().map(|s| s.value.clone()).collect(),
+        };
+        if !self.inventory_read {
+            return selected;
+        }
+        for id in &targets.machines {
+            if !self.ids.contains(id.value.as_str()) {
+                report.at(
+                    id,
+                    format!("unknown machine {:?}: it is not in links.yaml", id.value),
+                );
+            }
+        }
+        for tag in &targets.tags {
+            if !self.tags.contains(tag.value.as_str()) {
+                report.at(
+                    tag,
+                    format!("tag {:?} matches no machine in links.yaml", tag.value),
+                );
+            }
+        }
+        Targets {
+            machines: targets.machines.iter().map(|s| s.value.clone()).collect(),
+            tags: targets.tags.iter().map(|s| s.value.clone()).collect(),
+        }
+    }
+}
+
+/// A rollout as given, if its numbers can work.
+fn check_rollout(rollout: &Spanned<Rollout>, report: &mut Report) -> Option<Rollout> {
+    match rollout.value.problem() {
+        Some(problem) => {
+            report.at(rollout, problem);
+            None
+        }
+        None => Some(rollout.value),
+    }
+}
+
+/// Parses `30s`, `5m`, `1h30m`.
+fn duration(text: &Spanned<String>, report: &mut Report) -> Option<Duration> {
+    let parsed = text
+        .value
+        .parse::<jiff::SignedDuration>()
+        .ok()
+        .and_then(|d| Duration::try_from(d).ok())
+        .filter(|d| !d.is_zero());
+    if parsed.is_none() {
+        report.at(
+            text,
+            format!(
+                "{:?} is not a positive duration such as 30s, 5m or 1h30m",
+                text.value
+            ),
+        );
+    }
+    parsed
+}

@@ -1,0 +1,130 @@
+//! Declared states (`states/*.yaml`): their script, targets, rollout and windows.
+
+use super::*;
+
+pub(super) fn check_state(
+    declared: StateFile,
+    path: &str,
+    scripts: &BTreeMap<String, Script>,
+    catalog_read: bool,
+    known: &Known,
+    report: &mut Report,
+) -> Option<DeclaredState> {
+    let StateFile {
+        id,
+        description,
+        script,
+        targets,
+        params,
+        mode,
+        interval,
+        windows,
+        rollout,
+    } = declared;
+    let Some(catalog_script) = scripts.get(&script.value) else {
+        if catalog_read {
+            report.at(
+                &script,
+                format!(
+                    "unknown script {:?}: it is not in scripts.yaml",
+                    script.value
+                ),
+            );
+        }
+        return None;
+    };
+    if catalog_script.check.is_none() {
+        report.at(
+            &script,
+            format!(
+                "script {:?} has no check: a declared state needs one to know whether it holds (add `check:` or `check_file:` to it in scripts.yaml)",
+                script.value
+            ),
+        );
+    }
+    let given = targets.map_or_else(Targets::default, |targets| {
+        known.check_targets(&targets, report)
+    });
+    let targets = catalog_script.targets_or_default(given);
+    if targets.is_empty() {
+        report.at(
+            &id,
+            format!(
+                "state {:?} has no targets, and script {:?} has no default targets",
+                id.value, script.value
+            ),
+        );
+    }
+    let resolved = resolve_params(catalog_script, &params, &id, report);
+    let interval = match interval {
+        None => Some(state::DEFAULT_INTERVAL),
+        Some(text) => duration(&text, report).filter(|interval| {
+            let enough = *interval >= state::MIN_INTERVAL;
+            if !enough {
+                report.at(
+                    &text,
+                    format!(
+                        "interval {:?} is shorter than {}s, the shortest allowed: each check is an SSH session on every target",
+                        text.value,
+                        state::MIN_INTERVAL.as_secs()
+                    ),
+                );
+            }
+            enough
+        }),
+    };
+    let windows: Vec<Option<Window>> = windows
+        .iter()
+        .map(|window| check_window(window, report))
+        .collect();
+    let rollout = match rollout {
+        Some(given) => check_rollout(&given, report),
+        None => Some(Rollout::default()),
+    };
+    Some(DeclaredState {
+        id: id.value,
+        file: path.to_owned(),
+        description,
+        script: script.value,
+        targets,
+        params: resolved?,
+        mode,
+        interval: interval?,
+        windows: windows.into_iter().collect::<Option<_>>()?,
+        rollout: rollout?,
+    })
+}
+
+pub(super) fn check_window(window: &Spanned<WindowEntry>, report: &mut Report) -> Option<Window> {
+    let minute = |text: &Spanned<String>, report: &mut Report| {
+        let parsed = text.value.split_once(':').and_then(|(h, m)| {
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60 && text.value.len() == 5).then_some(h * 60 + m)
+        });
+        if parsed.is_none() {
+            report.at(
+                text,
+                format!(
+                    "{:?} is not a time of day such as 02:00 or 23:30 (HH:MM, UTC)",
+                    text.value
+                ),
+            );
+        }
+        parsed
+    };
+    let from = minute(&window.value.from, report);
+    let to = minute(&window.value.to, report);
+    let (from, to) = (from?, to?);
+    if from == to {
+        report.at(
+            &window.value.to,
+            "a window must end at another time than it starts (it would be empty)",
+        );
+        return None;
+    }
+    Some(Window {
+        days: window.value.days.clone(),
+        from_minute: from,
+        to_minute: to,
+    })
+}

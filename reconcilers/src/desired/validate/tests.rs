@@ -1,0 +1,112 @@
+//! `load` table-tested: every kind of file, every kind of problem.
+
+use super::*;
+use crate::script::ParamValue;
+
+#[test]
+fn a_revision_reports_at_most_so_many_problems_and_counts_the_rest() {
+    let mut links = String::from("machines:\n");
+    for i in 0..MAX_REPORTED_PROBLEMS + 50 {
+        links.push_str(&format!("  - {{id: m{i}, name: M, host: h, uuid: nope}}\n"));
+    }
+    let files: RepoFiles = [("links.yaml".to_owned(), links.into_bytes())].into();
+    let problems = load("r1", &files).unwrap_err();
+    assert_eq!(problems.len(), MAX_REPORTED_PROBLEMS + 1);
+    let last = problems.last().unwrap();
+    assert!(
+        last.message.starts_with("and 50 more problem(s)"),
+        "{}",
+        last.message
+    );
+}
+
+#[test]
+fn a_run_request_carries_its_parameters_resolved_once() {
+    let files: RepoFiles = [
+        (
+            "links.yaml",
+            "machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [web]}\n",
+        ),
+        (
+            "scripts.yaml",
+            "scripts:\n  - id: greet\n    name: Greet\n    body: echo\n    params:\n      - {name: name, type: string, default: world}\n      - {name: times, type: int, required: true}\n",
+        ),
+        (
+            "runs/once.yaml",
+            "id: once\nscript: greet\ntargets: {tags: [web]}\nparams: {times: \"2\"}\n",
+        ),
+    ]
+    .into_iter()
+    .map(|(path, text)| (path.to_owned(), text.as_bytes().to_vec()))
+    .collect();
+    let desired = load("r1", &files).unwrap();
+    let run = &desired.runs["once"];
+    // As written, for telling an edit after the run…
+    assert_eq!(run.params["times"], ParamValue::String("2".into()));
+    assert!(!run.params.contains_key("name"));
+    // …and what the script gets: typed, defaults filled in.
+    assert_eq!(run.resolved["times"], ParamValue::Int(2));
+    assert_eq!(run.resolved["name"], ParamValue::String("world".into()));
+}
+
+#[test]
+fn run_requests_and_states_carry_their_rollouts() {
+    let files: RepoFiles = [
+        (
+            "links.yaml",
+            "machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [web]}\n",
+        ),
+        (
+            "scripts.yaml",
+            "scripts:\n  - {id: motd, name: Motd, body: 'echo hi > /etc/motd', check: 'test -f /etc/motd'}\n",
+        ),
+        (
+            "runs/once.yaml",
+            "id: once\nscript: motd\ntargets: {tags: [web]}\nrollout: {canary: 2}\n",
+        ),
+        ("states/motd.yaml", "id: motd\nscript: motd\ntargets: {tags: [web]}\n"),
+    ]
+    .into_iter()
+    .map(|(path, text)| (path.to_owned(), text.as_bytes().to_vec()))
+    .collect();
+    let desired = load("r1", &files).unwrap();
+    let given = Rollout {
+        batch: 5,
+        canary: 2,
+        max_failures: 1,
+    };
+    assert_eq!(desired.runs["once"].rollout, Some(given));
+    let state = &desired.states["motd"];
+    assert_eq!(state.rollout, Rollout::default());
+    assert_eq!(state.interval, crate::state::DEFAULT_INTERVAL);
+    assert_eq!(state.mode, crate::state::Mode::Enforce);
+    assert!(state.windows.is_empty());
+}
+
+#[test]
+fn every_broken_field_of_a_state_file_is_reported_at_once() {
+    let files: RepoFiles = [
+        (
+            "links.yaml",
+            "machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [web]}\n",
+        ),
+        (
+            "scripts.yaml",
+            "scripts:\n  - {id: motd, name: Motd, body: 'echo hi > /etc/motd', check: 'test -f /etc/motd'}\n",
+        ),
+        (
+            "states/motd.yaml",
+            "id: motd\nscript: motd\nmode: enforced\ntargets: {tags: [web]}\nrollout:\n  canary: many\nwindows:\n  - {days: [funday], from: \"01:00\", to: \"02:00\"}\n",
+        ),
+    ]
+    .into_iter()
+    .map(|(path, text)| (path.to_owned(), text.as_bytes().to_vec()))
+    .collect();
+    let problems = load("r1", &files).unwrap_err();
+    let lines: Vec<(u64, bool)> = problems
+        .iter()
+        .map(|p| (p.line, p.file == "states/motd.yaml"))
+        .collect();
+    assert_eq!(lines, [(3, true), (6, true), (8, true)], "{problems:?}");
+    assert!(problems[0].message.contains("enforced"), "{problems:?}");
+}
