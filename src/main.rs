@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use linkops::client::{self, Client};
 use linkops::config::Config;
 use linkops::offline::{self, PasswordSource};
-use linkops::store::Role;
 use linkops_reconcilers::operation::OperationState;
+use linkops_reconcilers::role::Role;
 
 /// LinkOps keeps a fleet of Linux machines in the state a Git repository describes.
 ///

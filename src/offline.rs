@@ -12,7 +12,8 @@ use linkops_reconcilers::desired;
 
 use crate::auth::password;
 use crate::config::Config;
-use crate::store::{Actor, Role, Store};
+use crate::store::{Actor, Store};
+use linkops_reconcilers::role::Role;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

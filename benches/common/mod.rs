@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use linkops::auth::password;
-use linkops::store::{Role, Store};
+use linkops::store::Store;
 use linkops::testbed::{ServeProcess, TEST_USER, TestFleet, until_machines};
+use linkops_reconcilers::role::Role;
 use serde_json::Value;
 
 pub const ADMIN_PASSWORD: &str = "bench-password-1";

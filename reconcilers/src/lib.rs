@@ -18,6 +18,7 @@ pub mod operation;
 pub mod outbox;
 pub mod plan;
 pub mod retention;
+pub mod role;
 pub mod rollout;
 pub mod run;
 pub mod script;

@@ -9,8 +9,9 @@ use super::extract::Json;
 use super::{ApiError, AppState};
 use crate::auth::Grant;
 use crate::contract::{LoginRequest, LoginResponse, Me};
-use crate::store::{Role, User};
+use crate::store::User;
 use crate::terminal::protocol::TOKEN_SUBPROTOCOL_PREFIX;
+use linkops_reconcilers::role::Role;
 
 /// `POST /api/auth/login`
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth", security(()), request_body = LoginRequest, responses((status = 200, description = "A session token", body = LoginResponse), (status = 401, description = "Wrong user name or password", body = crate::contract::ErrorBody), (status = 429, description = "Locked out for a while (Retry-After)", body = crate::contract::ErrorBody)))]

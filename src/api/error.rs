@@ -14,7 +14,7 @@ use crate::{auth, store};
 pub enum ApiError {
     Unauthorized,
     Forbidden {
-        needed: store::Role,
+        needed: linkops_reconcilers::role::Role,
     },
     /// A browser page from an origin not allowed to open terminals.
     ForbiddenOrigin(String),

@@ -13,9 +13,10 @@ use super::{ApiError, AppState, at};
 use crate::contract::{GitStatus, PostedStatusView, SyncRequested, SyncView, WebhookAnswer};
 use crate::git::sync::Trigger;
 use crate::git::webhook;
-use crate::store::{DeliveryClaim, Role, SyncOutcome, SyncRecord};
+use crate::store::{DeliveryClaim, SyncOutcome, SyncRecord};
 use linkops_reconcilers::outbox::FORGE;
 use linkops_reconcilers::plan::BranchWork;
+use linkops_reconcilers::role::Role;
 
 /// Largest webhook body accepted; push payloads are a few KiB.
 pub const WEBHOOK_BODY_LIMIT: usize = 1 << 20;

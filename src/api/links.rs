@@ -25,7 +25,8 @@ use crate::contract::{
     MachineView, OperationSummary,
 };
 use crate::metrics::Open;
-use crate::store::{Actor, AuditAction, Changed, HealthSample, Role};
+use crate::store::{Actor, AuditAction, Changed, HealthSample};
+use linkops_reconcilers::role::Role;
 
 /// Most machines one page holds.
 const MAX_PAGE: usize = 1000;

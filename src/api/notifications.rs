@@ -7,7 +7,7 @@ use super::extract::{Json, Query};
 use super::auth::Authenticated;
 use super::{ApiError, AppState};
 use crate::contract::{OutboxQuery, OutboxView};
-use crate::store::Role;
+use linkops_reconcilers::role::Role;
 
 /// `GET /api/notifications`
 #[utoipa::path(get, path = "/api/notifications", tag = "daemon", params(OutboxQuery), responses((status = 200, description = "Commit statuses and notifications waiting for delivery, and the dead letters (admin)", body = OutboxView)))]

@@ -27,7 +27,8 @@ use crate::contract::{
 };
 use crate::metrics::Open;
 use crate::operations::{HostPlan, LiveEvent, Plan};
-use crate::store::{Actor, Audit, AuditAction, Followed, Outcome, Role};
+use crate::store::{Actor, Audit, AuditAction, Followed, Outcome};
+use linkops_reconcilers::role::Role;
 
 /// About how much of the event log one read takes (per SSE client catching up, or per output page).
 const PAGE_BYTES: usize = 64 << 10;

@@ -7,7 +7,8 @@ use super::extract::Json;
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
 use crate::contract::{SuspensionScope, SuspensionView};
-use crate::store::{Actor, Role};
+use crate::store::Actor;
+use linkops_reconcilers::role::Role;
 use linkops_reconcilers::suspension;
 
 /// `GET /api/reconcile`

@@ -8,8 +8,9 @@ use super::extract::{Json, Path};
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
 use crate::contract::{ApplyView, CheckView, HaltView, StateDetail, StateMachineView, StateView};
-use crate::store::{Actor, Role};
+use crate::store::Actor;
 use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::role::Role;
 use linkops_reconcilers::state::{DeclaredState, StateStatus, Target};
 
 /// `GET /api/states`: every state of the applied revision.

@@ -21,11 +21,12 @@ use crate::contract::{
     WorkspaceView,
 };
 use crate::metrics::Open;
-use crate::store::{Actor, AuditAction, Outcome, Role, Store, User, now_ms};
+use crate::store::{Actor, AuditAction, Outcome, Store, User, now_ms};
 use crate::terminal::protocol::{
     self, ClientMessage, Frame, ServerMessage, SocketEnd, parse_binary_input,
 };
 use crate::terminal::{self, DEFAULT_SIZE, Terminals};
+use linkops_reconcilers::role::Role;
 
 /// Recording read from the store per page while streaming a `.cast`.
 const CAST_PAGE: usize = 256 << 10;

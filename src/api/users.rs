@@ -9,7 +9,8 @@ use super::extract::{Json, Path};
 use super::{ApiError, AppState, at};
 use crate::auth::{self, GeneratedPassword};
 use crate::contract::{Credentials, NewUser, RoleChange, UserView};
-use crate::store::{Actor, Role, User};
+use crate::store::{Actor, User};
+use linkops_reconcilers::role::Role;
 
 /// `GET /api/users`
 #[utoipa::path(get, path = "/api/users", tag = "users", responses((status = 200, description = "Every user (admin); never a password hash", body = Vec<UserView>)))]

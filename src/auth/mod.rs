@@ -17,7 +17,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
-use crate::store::{self, Actor, AuditAction, LoginFailures, Outcome, Role, Store, User};
+use crate::store::{self, Actor, AuditAction, LoginFailures, Outcome, Store, User};
+use linkops_reconcilers::role::Role;
 pub use lockout::LockoutPolicy;
 use token::Tokens;
 pub use token::{Claims, IssuedToken};

@@ -5,7 +5,8 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Role, User, now_ms};
+use crate::store::{User, now_ms};
+use linkops_reconcilers::role::Role;
 
 /// The claims LinkOps puts in a token.
 #[derive(Debug, Clone, Serialize, Deserialize)]

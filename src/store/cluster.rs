@@ -141,7 +141,8 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::testing;
-    use crate::store::{Actor, Error, Role};
+    use crate::store::{Actor, Error};
+    use linkops_reconcilers::role::Role;
 
     const TTL: i64 = 60_000;
 

@@ -98,7 +98,8 @@ mod tests {
     };
 
     use crate::store::testing;
-    use crate::store::{Actor, OperationUpdate, Role};
+    use crate::store::{Actor, OperationUpdate};
+    use linkops_reconcilers::role::Role;
 
     #[test]
     fn a_redb_store_copies_into_postgres_whole_and_verified() {

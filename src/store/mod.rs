@@ -44,7 +44,7 @@ pub use scan::{OperationIndex, SeqTable};
 pub use schema::SCHEMA_VERSION;
 pub use states::StateWrite;
 pub use sync::{MachineRecord, ScriptRecord, SyncAsk, SyncOutcome, SyncRecord};
-pub use users::{DeletedUser, LoginFailures, Role, SigningKey, User};
+pub use users::{DeletedUser, LoginFailures, SigningKey, User};
 pub use webhook::DeliveryClaim;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

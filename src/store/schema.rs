@@ -508,7 +508,7 @@ mod tests {
         store
             .create_user(
                 "ada",
-                crate::store::Role::Admin,
+                linkops_reconcilers::role::Role::Admin,
                 "$argon2id$fake",
                 &crate::store::Actor::Cli,
             )

@@ -17,7 +17,8 @@ use linkops_reconcilers::state::{Standing, Target};
 use linkops_reconcilers::terminal::{TerminalSession, Workspace};
 use serde_json::Value;
 
-use crate::store::{self, AuditEntry, OperationIndex, Role, SeqTable, Store, SyncRecord};
+use crate::store::{self, AuditEntry, OperationIndex, SeqTable, Store, SyncRecord};
+use linkops_reconcilers::role::Role;
 use query::{Cell, Column, Direction, Kind, Query, QueryError, QueryRequest};
 
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use linkops::store::{Outcome, Role};
+use linkops::store::Outcome;
+use linkops_reconcilers::role::Role;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

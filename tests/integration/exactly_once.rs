@@ -7,8 +7,8 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
-use linkops::store::Role;
 use linkops::testbed::{ServeProcess, TestFleet};
+use linkops_reconcilers::role::Role;
 use serde_json::Value;
 
 use crate::support::{WorkRepo, add_users, eventually, fleet_config, fleet_links};

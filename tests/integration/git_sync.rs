@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use linkops::config::Config;
-use linkops::store::Role;
 use linkops::testbed::{BareRepo, TestFleet};
 use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::role::Role;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use linkops::store::Role;
+use linkops_reconcilers::role::Role;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -10,9 +10,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use linkops::store::{Actor, Role, Store};
+use linkops::store::{Actor, Store};
 use linkops::testbed::postgres::TestPostgres;
 use linkops::testbed::{ServeProcess, TestAuthority, TestFleet};
+use linkops_reconcilers::role::Role;
 use rustix::process::Signal;
 use serde_json::Value;
 

@@ -165,7 +165,7 @@ fn user_add_passwd_role_and_remove() {
     {
         let store = linkops::store::Store::open(&store_path).unwrap();
         let otto = store.user("otto").unwrap().unwrap();
-        assert_eq!(otto.role, linkops::store::Role::Operator);
+        assert_eq!(otto.role, linkops_reconcilers::role::Role::Operator);
         assert!(linkops::auth::password::verify(
             "new-secret-1",
             Some(&otto.password_hash)

@@ -4,8 +4,9 @@
 use std::process::Command;
 
 use linkops::config::StoreBackend;
-use linkops::store::{Actor, Role, Store};
+use linkops::store::{Actor, Store};
 use linkops::testbed::postgres::TestPostgres;
+use linkops_reconcilers::role::Role;
 use reqwest::StatusCode;
 
 use crate::support::{self, TestDaemon};

@@ -8,8 +8,9 @@ use std::sync::OnceLock;
 
 use linkops::config::{Config, StoreBackend};
 use linkops::server::Daemon;
-use linkops::store::{Role, Store};
+use linkops::store::Store;
 use linkops::testbed::postgres::TestPostgres;
+use linkops_reconcilers::role::Role;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 

@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use linkops::store::{OperationUpdate, Role};
+use linkops::store::OperationUpdate;
 use linkops_reconcilers::operation::{HostResult, HostState, Operation, OperationState, Requester};
+use linkops_reconcilers::role::Role;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

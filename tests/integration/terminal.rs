@@ -25,10 +25,14 @@ fn setup(hosts: usize, wrong_uuid: &[usize]) -> FleetSetup {
     support::add_users(
         setup.data.path(),
         &[
-            (OPERATOR.0, linkops::store::Role::Operator, OPERATOR.1),
+            (
+                OPERATOR.0,
+                linkops_reconcilers::role::Role::Operator,
+                OPERATOR.1,
+            ),
             (
                 OTHER_OPERATOR.0,
-                linkops::store::Role::Operator,
+                linkops_reconcilers::role::Role::Operator,
                 OTHER_OPERATOR.1,
             ),
         ],
