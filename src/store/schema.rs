@@ -79,7 +79,7 @@ pub const TERMINAL_RECORDINGS: Table<(u64, u64), Raw> = Table::new("terminal_rec
 /// workspace id: that replica's member id. Shared stores only: the others
 /// forward the workspace's requests to it.
 pub const TERMINAL_HOLDERS: Table<String, Json<String>> = Table::new("terminal_holders");
-/// Suspended reconciliation: `fleet` or a machine id, with since when.
+/// Suspended reconciliation: `*` (the fleet) or a machine id, with since when.
 pub const SUSPENSIONS: Table<String, Json<i64>> = Table::new("suspensions");
 /// Webhook delivery ids already accepted, with when (replay protection).
 pub const WEBHOOK_DELIVERIES: Table<String, Json<i64>> = Table::new("webhook_deliveries");
