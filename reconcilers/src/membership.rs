@@ -34,6 +34,23 @@ pub fn owner<'a>(machine: &str, members: impl IntoIterator<Item = &'a str>) -> O
     })
 }
 
+/// Each member's share of `keys`: the keys it owns, in the keys' order,
+/// members in their order (a member that owns none has an empty share).
+pub fn shares<K>(
+    keys: impl IntoIterator<Item = K>,
+    named: impl Fn(&K) -> String,
+    members: &[&str],
+) -> Vec<Vec<K>> {
+    let mut shares: Vec<Vec<K>> = members.iter().map(|_| Vec::new()).collect();
+    for key in keys {
+        let owned_by = owner(&named(&key), members.iter().copied());
+        if let Some(at) = owned_by.and_then(|m| members.iter().position(|member| *member == m)) {
+            shares[at].push(key);
+        }
+    }
+    shares
+}
+
 /// A lease's timing: valid for `ttl_ms` on the database's clock from each
 /// renewal, renewed every `renew_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +122,26 @@ mod tests {
         // The weight is specified: a replica of another build agrees.
         assert_eq!(weight("a", "web-00000"), weight("a", "web-00000"));
         assert_ne!(weight("a", "web-00000"), weight("b", "web-00000"));
+    }
+
+    #[test]
+    fn shares_split_the_keys_among_the_members_as_their_owners_say() {
+        let fleet = machines(300);
+        let members = ["a", "b", "c"];
+        let shares = shares(fleet.clone(), String::clone, &members);
+        assert_eq!(
+            shares.iter().map(Vec::len).sum::<usize>(),
+            300,
+            "each key once"
+        );
+        for (member, share) in members.iter().zip(&shares) {
+            assert!(!share.is_empty(), "{member} owns some");
+            for key in share {
+                assert_eq!(owner(key, members), Some(*member));
+            }
+            assert!(share.is_sorted(), "in the keys' order");
+        }
+        assert!(super::shares(fleet, String::clone, &[]).is_empty());
     }
 
     #[test]

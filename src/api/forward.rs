@@ -109,7 +109,7 @@ async fn holder(
 }
 
 fn replica(state: &AppState) -> String {
-    state.controller.operations().membership().id().to_owned()
+    state.membership.id().to_owned()
 }
 
 /// Sends the request on to `holder` and its answer back; a WebSocket

@@ -54,6 +54,8 @@ pub struct AppState {
     pub draining: tokio_util::sync::CancellationToken,
     /// How this replica reaches the others when they talk over mutual TLS.
     pub replica_tls: Option<crate::replica::tls::ReplicaTls>,
+    /// This replica among the others sharing the store.
+    pub membership: crate::replica::Membership,
 }
 
 /// Every route of the API, with request tracing.

@@ -287,6 +287,7 @@ impl Daemon {
             ),
             draining,
             replica_tls: replicas.as_ref().map(|replicas| replicas.tls.clone()),
+            membership: membership.clone(),
         };
         let server = http::spawn(
             &config,
