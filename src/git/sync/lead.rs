@@ -1,305 +1,19 @@
-//! Following the config repository: the sync worker and its triggers.
-//!
-//! One task owns the mirror and does every sync, one at a time; triggers
-//! (the interval, the API, the webhook, a file watch) only send it requests,
-//! and requests that queue up while a sync runs are answered by the next one.
-//! A valid revision is applied to the store and published on a
-//! `watch` channel; anything else leaves the last good revision in force.
-//!
-//! Only the replica that leads fetches and applies. The others follow the
-//! state in force from the store, and pass the syncs and plans asked of
-//! them (the API, webhooks) to the leader through it.
+//! The replica that leads: every sync, one at a time, recorded; a valid
+//! revision applied and published, anything else leaving the last good one
+//! in force; what other replicas asked of it taken from the store.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use gix::ObjectId;
-use linkops_reconcilers::desired::{self, DesiredState};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
-
-use super::mirror::{self, Mirror, Source};
-use super::plans::{Full, PlanQueue};
-use crate::replica::Membership;
-use crate::store::{
-    self, Actor, Audit, AuditAction, Followed, Outcome, Store, SyncAsk, SyncOutcome, SyncRecord,
-};
-use linkops_reconcilers::plan::{BranchWork, Queued};
-
-/// Why a sync was asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trigger {
-    Startup,
-    Interval,
-    Api {
-        user: String,
-    },
-    Webhook {
-        delivery: String,
-    },
-    Watch,
-    /// Asked through another replica; its trigger as that one named it.
-    Relayed(String),
-}
-
-impl std::fmt::Display for Trigger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Trigger::Startup => f.write_str("startup"),
-            Trigger::Interval => f.write_str("interval"),
-            Trigger::Api { user } => write!(f, "api:{user}"),
-            Trigger::Webhook { delivery } => write!(f, "webhook:{delivery}"),
-            Trigger::Watch => f.write_str("watch"),
-            Trigger::Relayed(trigger) => f.write_str(trigger),
-        }
-    }
-}
-
-struct Request {
-    trigger: Trigger,
-    reply: Option<oneshot::Sender<SyncRecord>>,
-}
-
-/// The handle the rest of the daemon uses: ask for syncs, read the desired state.
-#[derive(Clone)]
-pub struct GitSync {
-    source: Option<Source>,
-    requests: mpsc::Sender<Request>,
-    /// Branches to plan (`linkops/plan` on their heads); never applied.
-    plans: PlanQueue,
-    desired: watch::Receiver<Option<Arc<DesiredState>>>,
-    /// Sync attempts made since start.
-    attempts: watch::Receiver<u64>,
-}
-
-impl GitSync {
-    /// Waits until the first sync since start was attempted (at once without a source).
-    pub async fn first_attempt(&self) {
-        if self.source.is_some() {
-            self.attempts.clone().wait_for(|n| *n > 0).await.ok();
-        }
-    }
-
-    /// The source being followed, if one is configured.
-    pub fn source(&self) -> Option<&Source> {
-        self.source.as_ref()
-    }
-
-    /// The desired state in force (`None` until a first valid revision).
-    pub fn desired(&self) -> watch::Receiver<Option<Arc<DesiredState>>> {
-        self.desired.clone()
-    }
-
-    /// Asks for a sync and waits for its record.
-    pub async fn sync_now(&self, trigger: Trigger) -> Option<SyncRecord> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request {
-                trigger,
-                reply: Some(reply),
-            })
-            .await
-            .ok()?;
-        answer.await.ok()
-    }
-
-    /// Asks for a plan of `branch` (or, deleted, to forget it): fetched,
-    /// loaded and compared with the revision in force; the result is a commit
-    /// status on its head. Nothing is applied. Refused when the queue is full.
-    pub fn request_plan(&self, branch: &str, work: BranchWork) -> Result<Queued, Full> {
-        self.plans.ask(branch, work)
-    }
-
-    /// Asks for a sync without waiting for it.
-    pub fn request(&self, trigger: Trigger) {
-        // Full means a sync is already queued, which serves this request too.
-        self.requests
-            .try_send(Request {
-                trigger,
-                reply: None,
-            })
-            .ok();
-    }
-}
-
-/// What the worker needs.
-#[derive(Clone)]
-pub struct SyncContext {
-    pub source: Option<Source>,
-    pub mirror: Mirror,
-    pub store: Store,
-    /// Time between scheduled syncs; each wait is jittered by up to a tenth.
-    pub interval: Duration,
-    /// Attempts kept besides those that applied a revision (`[retention] sync_records`).
-    pub keep_attempts: u64,
-    /// Where other branches are fetched for plans (never the followed one's).
-    pub plan_mirror: Mirror,
-    /// Branches waiting to be planned at most (`[git] plan_queue`).
-    pub plan_queue: usize,
-    /// What a fetched revision tells the forge and the sinks.
-    pub notifier: Arc<crate::notify::Notifier>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-}
-
-/// Starts the sync worker (and, for a local source, the file watch).
-///
-/// Before returning it restores the last applied revision from the mirror,
-/// so a restart serves the last good state at once, even when the remote is down.
-pub async fn start(
-    context: SyncContext,
-    membership: Membership,
-    shutdown: CancellationToken,
-) -> (GitSync, tokio::task::JoinHandle<()>) {
-    let context = Arc::new(context);
-    let leading_at_start = membership.view().leading.is_some();
-    let applied = match leading_at_start {
-        true => restore(&context).await,
-        false => follow_applied(&context.store, None).await,
-    };
-    let (requests, queue) = mpsc::channel(16);
-    let plans = PlanQueue::new(context.plan_queue);
-    let (publish, desired) = watch::channel(applied.clone());
-    let (attempted, attempts) = watch::channel(0);
-    let handle = GitSync {
-        source: context.source.clone(),
-        requests,
-        plans: plans.clone(),
-        desired,
-        attempts,
-    };
-    if let Some(path) = context.source.as_ref().and_then(Source::local_path) {
-        super::watch::spawn(path, handle.clone(), shutdown.clone());
-    }
-    let published = Published {
-        desired: publish,
-        attempts: attempted,
-    };
-    let worker = tokio::spawn(async move {
-        let channels = Channels {
-            queue,
-            plans,
-            publish: published,
-        };
-        let Some((leader, applied, channels, relayed)) =
-            follow(&context, applied, channels, &membership, &shutdown).await
-        else {
-            return;
-        };
-        let context = Arc::new(SyncContext {
-            store: leader,
-            ..(*context).clone()
-        });
-        // What was followed may be older than the mirror's last applied revision.
-        let restored = match leading_at_start {
-            true => None,
-            false => restore(&context).await,
-        };
-        let applied = match restored {
-            Some(restored) => {
-                if applied
-                    .as_ref()
-                    .is_none_or(|a| a.revision != restored.revision)
-                {
-                    channels
-                        .publish
-                        .desired
-                        .send_replace(Some(restored.clone()));
-                }
-                Some(restored)
-            }
-            None => applied,
-        };
-        lead(context, applied, channels, relayed, shutdown).await;
-    });
-    (handle, worker)
-}
-
-/// The worker's ends of the handle's channels.
-struct Channels {
-    queue: mpsc::Receiver<Request>,
-    plans: PlanQueue,
-    publish: Published,
-}
-
-/// How often a replica that does not lead reads the store for a new
-/// revision in force (and for the records of the syncs it passed on), and
-/// the leader for what was asked of it, by themselves: the store's doorbell
-/// wakes them as soon as it is written.
-const FOLLOW_EVERY: Duration = Duration::from_secs(2);
-
-/// How long a sync passed to the leader is waited for.
-const RELAYED_WAIT: Duration = Duration::from_secs(120);
-
-/// Until this replica leads: publishes the state in force as the store has
-/// it, and passes syncs and plans asked of it to the leader. Returns the
-/// store fenced by the leader lease once it leads; `None` at shutdown.
-async fn follow(
-    context: &SyncContext,
-    mut applied: Option<Arc<DesiredState>>,
-    mut channels: Channels,
-    membership: &Membership,
-    shutdown: &CancellationToken,
-) -> Option<(Store, Option<Arc<DesiredState>>, Channels, Vec<Request>)> {
-    let leading = membership.leader_store(&context.store);
-    tokio::pin!(leading);
-    // Syncs passed on, waiting for their record: (asked after this attempt, the request, until when).
-    let mut relayed: Vec<(u64, Request, Instant)> = Vec::new();
-    let mut synced = context.store.doorbell(Followed::Sync);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            leader = &mut leading => {
-                // Those still waiting are the leader's own requests now.
-                let relayed = relayed.into_iter().map(|(_, request, _)| request).collect();
-                return Some((leader, applied, channels, relayed));
-            }
-            Some(request) = channels.queue.recv() => {
-                // The leader has its own timer and file watch.
-                if matches!(request.trigger, Trigger::Interval | Trigger::Watch | Trigger::Startup) {
-                    continue;
-                }
-                let ask = SyncAsk::Sync { trigger: request.trigger.to_string() };
-                match relay(&context.store, ask).await {
-                    Some(seq) => relayed.push((seq, request, Instant::now() + RELAYED_WAIT)),
-                    None => drop(request),
-                }
-            }
-            waiting = channels.plans.next() => {
-                let ask = match waiting.work {
-                    BranchWork::Plan => SyncAsk::Plan { branch: waiting.branch },
-                    BranchWork::Forget => SyncAsk::Forget { branch: waiting.branch },
-                };
-                relay(&context.store, ask).await;
-            }
-            _ = synced.wait(FOLLOW_EVERY) => {
-                let followed = follow_applied(&context.store, applied.as_deref()).await;
-                if let Some(state) = followed {
-                    tracing::info!(revision = %state.revision, "following the revision the leader applied");
-                    applied = Some(state.clone());
-                    channels.publish.desired.send_replace(Some(state));
-                }
-                relayed = answer_relayed(&context.store, relayed).await;
-                channels.publish.attempts.send_if_modified(|n| {
-                    let first = *n == 0;
-                    *n = n.saturating_add(u64::from(first));
-                    first
-                });
-            }
-        }
-    }
-}
+use super::*;
 
 /// Queues a plan another replica passed on; it answered the push already, so
 /// a full queue can only be logged.
-fn queue_relayed(plans: &PlanQueue, branch: &str, work: BranchWork) {
+pub(super) fn queue_relayed(plans: &PlanQueue, branch: &str, work: BranchWork) {
     if let Err(full) = plans.ask(branch, work) {
         tracing::warn!(%branch, "a plan passed on by another replica is dropped: {full}");
     }
 }
 
 /// What other replicas asked of the leader, taken from the store.
-async fn taken_asks(store: &Store) -> Vec<SyncAsk> {
+pub(super) async fn taken_asks(store: &Store) -> Vec<SyncAsk> {
     let taking = store.clone();
     match crate::blocking::run(move || taking.take_sync_asks()).await {
         Ok(Ok(asks)) => asks,
@@ -311,99 +25,8 @@ async fn taken_asks(store: &Store) -> Vec<SyncAsk> {
     }
 }
 
-/// Passes `ask` to the leader through the store; the attempt it comes after.
-async fn relay(store: &Store, ask: SyncAsk) -> Option<u64> {
-    let asking = store.clone();
-    match crate::blocking::run(move || asking.ask_sync(&ask)).await {
-        Ok(Ok(seq)) => Some(seq),
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "cannot pass the request to the replica that leads");
-            None
-        }
-        Err(error) => {
-            tracing::warn!(%error, "passing the request on failed");
-            None
-        }
-    }
-}
-
-/// Answers the relayed syncs whose record the leader wrote (or that waited
-/// too long: no answer); the rest still wait.
-async fn answer_relayed(
-    store: &Store,
-    relayed: Vec<(u64, Request, Instant)>,
-) -> Vec<(u64, Request, Instant)> {
-    if relayed.is_empty() {
-        return relayed;
-    }
-    let reading = store.clone();
-    let asked: Vec<(u64, String)> = relayed
-        .iter()
-        .map(|(seq, request, _)| (*seq, request.trigger.to_string()))
-        .collect();
-    let found = crate::blocking::run(move || -> Result<Vec<Option<SyncRecord>>, store::Error> {
-        asked
-            .iter()
-            .map(|(seq, trigger)| reading.sync_by(*seq, trigger))
-            .collect()
-    })
-    .await;
-    let Ok(Ok(found)) = found else {
-        return relayed;
-    };
-    let now = Instant::now();
-    let mut waiting = Vec::new();
-    for ((seq, request, until), record) in relayed.into_iter().zip(found) {
-        match record {
-            Some(record) => {
-                if let Some(reply) = request.reply {
-                    reply.send(record).ok();
-                }
-            }
-            None if now < until => waiting.push((seq, request, until)),
-            None => {
-                tracing::warn!(trigger = %request.trigger, "the replica that leads did not record the sync passed to it in time")
-            }
-        }
-    }
-    waiting
-}
-
-/// The state in force in the store, when its revision is not `current`'s.
-async fn follow_applied(
-    store: &Store,
-    current: Option<&DesiredState>,
-) -> Option<Arc<DesiredState>> {
-    let current = current.map(|state| state.revision.clone());
-    let reading = store.clone();
-    let read = crate::blocking::run(move || -> Result<_, store::Error> {
-        let Some(revision) = reading
-            .last_applied_sync()?
-            .and_then(|record| record.revision)
-        else {
-            return Ok(None);
-        };
-        if current.as_deref() == Some(revision.as_str()) {
-            return Ok(None);
-        }
-        let Some(state) = reading.applied_state(&revision)? else {
-            return Ok(None);
-        };
-        Ok(Some(state))
-    })
-    .await;
-    match read {
-        Ok(Ok(state)) => state.map(Arc::new),
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "cannot read the revision in force from the store; reading again");
-            None
-        }
-        Err(_) => None,
-    }
-}
-
 /// The leader's loop: every sync, one at a time.
-async fn lead(
+pub(super) async fn lead(
     context: Arc<SyncContext>,
     mut applied: Option<Arc<DesiredState>>,
     channels: Channels,
@@ -417,7 +40,7 @@ async fn lead(
     } = channels;
     // Plans run beside syncs, on their own mirror: a burst of branch pushes
     // never holds up the followed branch.
-    tokio::spawn(super::plans::work(
+    tokio::spawn(super::super::plans::work(
         context.clone(),
         plans.clone(),
         publish.desired.subscribe(),
@@ -505,13 +128,7 @@ async fn lead(
     }
 }
 
-/// What the worker tells the rest of the daemon.
-struct Published {
-    desired: watch::Sender<Option<Arc<DesiredState>>>,
-    attempts: watch::Sender<u64>,
-}
-
-fn jittered(interval: Duration) -> Duration {
+pub(super) fn jittered(interval: Duration) -> Duration {
     use rand::RngExt;
     // Spreads the fleet's daemons (and our own restarts) over the interval.
     interval.mul_f64(rand::rng().random_range(0.9..1.1))
@@ -519,7 +136,7 @@ fn jittered(interval: Duration) -> Duration {
 
 /// Reads the last applied revision back from the mirror (a replica that
 /// followed it from the store may not have fetched it: then `None`).
-async fn restore(context: &Arc<SyncContext>) -> Option<Arc<DesiredState>> {
+pub(super) async fn restore(context: &Arc<SyncContext>) -> Option<Arc<DesiredState>> {
     let context = context.clone();
     crate::blocking::run(move || {
         let record = context.store.last_applied_sync().ok()??;
@@ -546,7 +163,7 @@ async fn restore(context: &Arc<SyncContext>) -> Option<Arc<DesiredState>> {
 
 /// One sync attempt, recorded. Returns the record and, when a new revision
 /// was applied, its desired state; nothing when the head is still `skip_at`.
-async fn sync_once(
+pub(super) async fn sync_once(
     context: &Arc<SyncContext>,
     trigger: &Trigger,
     applied: Option<&DesiredState>,
@@ -559,7 +176,7 @@ async fn sync_once(
         .await
 }
 
-async fn sync_attempt(
+pub(super) async fn sync_attempt(
     context: &Arc<SyncContext>,
     trigger: &Trigger,
     applied: Option<&DesiredState>,
@@ -659,7 +276,7 @@ async fn sync_attempt(
 /// The commit statuses and notifications of a sync that fetched a revision
 /// (a refused one, or one applied; unchanged heads and failed fetches say
 /// nothing). On the blocking pool: it reads the sync history.
-fn outgoing_of(
+pub(super) fn outgoing_of(
     context: &SyncContext,
     record: &SyncRecord,
 ) -> Vec<linkops_reconcilers::outbox::Outgoing> {
@@ -706,7 +323,7 @@ fn outgoing_of(
     notifier.route(statuses, events)
 }
 
-enum Fetched {
+pub(super) enum Fetched {
     /// The head is the one last looked at (only asked for by passive triggers).
     NotMoved,
     Unchanged(String),
@@ -719,7 +336,7 @@ enum Fetched {
     },
 }
 
-fn fetch_and_load(
+pub(super) fn fetch_and_load(
     context: &SyncContext,
     previous: Option<&str>,
     skip_at: Option<&str>,
@@ -752,7 +369,7 @@ fn fetch_and_load(
 }
 
 /// Paths added, removed or modified between two revisions.
-fn changed(before: &desired::RepoFiles, after: &desired::RepoFiles) -> Vec<String> {
+pub(super) fn changed(before: &desired::RepoFiles, after: &desired::RepoFiles) -> Vec<String> {
     let mut paths: Vec<String> = after
         .iter()
         .filter(|(path, content)| before.get(*path) != Some(content))
@@ -768,7 +385,7 @@ fn changed(before: &desired::RepoFiles, after: &desired::RepoFiles) -> Vec<Strin
     paths
 }
 
-fn log(record: &SyncRecord) {
+pub(super) fn log(record: &SyncRecord) {
     let revision = record.revision.as_deref().unwrap_or("-");
     match &record.outcome {
         SyncOutcome::Applied {
@@ -794,7 +411,7 @@ fn log(record: &SyncRecord) {
 
 /// A sync's audit entry, recorded with it: revisions applied or refused, and
 /// failed fetches (an unchanged look is no event).
-fn audit_of(record: &SyncRecord) -> Option<Audit> {
+pub(super) fn audit_of(record: &SyncRecord) -> Option<Audit> {
     let revision = record.revision.as_deref().unwrap_or("-");
     let (target, outcome, detail) = match &record.outcome {
         SyncOutcome::Applied { forced, .. } => (
@@ -832,14 +449,4 @@ fn audit_of(record: &SyncRecord) -> Option<Audit> {
         outcome,
         detail: Some(detail),
     })
-}
-
-#[derive(Debug, thiserror::Error)]
-pub(super) enum SyncError {
-    #[error("no Git source is configured (set [git] url)")]
-    NotConfigured,
-    #[error(transparent)]
-    Mirror(#[from] mirror::Error),
-    #[error(transparent)]
-    Store(store::Error),
 }
