@@ -403,7 +403,7 @@ mod tests {
 /// Stores of both engines for the store's own tests: each test runs against
 /// a redb file and a PostgreSQL database (one server per test process).
 /// Without PostgreSQL's server binaries the PostgreSQL side is skipped, said
-/// once on stderr — unless `LINKOPS_TEST_POSTGRES=required` (as `cargo xtask
+/// once on stderr — unless `TEST_POSTGRES=required` (as `cargo xtask
 /// test` sets), when it fails instead.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -428,7 +428,7 @@ pub(crate) mod testing {
         let started = SERVER.get_or_init(|| match TestPostgres::start() {
             Ok(server) => Some(server),
             Err(postgres::Error::NoServer)
-                if std::env::var("LINKOPS_TEST_POSTGRES").as_deref() != Ok("required") =>
+                if std::env::var("TEST_POSTGRES").as_deref() != Ok("required") =>
             {
                 // Past the test harness's capture: a skip must be seen.
                 use std::io::Write;

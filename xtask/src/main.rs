@@ -103,7 +103,8 @@ fn test() -> Result<(), String> {
         if let Some((variable, value)) = &runner {
             command.env(variable, value);
         }
-        command.env("LINKOPS_TEST_POSTGRES", "required");
+        // Not LINKOPS_*: those are the daemon's config overrides, refused when unknown.
+        command.env("TEST_POSTGRES", "required");
         command
     };
     run(cargo().args(["fmt", "--all", "--check"]))?;
