@@ -3,6 +3,8 @@
 //! its public HTTP API (the same one the console uses).
 
 mod commands;
+mod follow;
+mod print;
 mod session;
 
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use serde::de::DeserializeOwned;
 use crate::contract::ErrorBody;
 
 pub use commands::*;
+pub use follow::logs;
 pub use session::Session;
 
 #[derive(Debug, thiserror::Error)]
