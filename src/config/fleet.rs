@@ -1,0 +1,138 @@
+//! Reaching the config repository and the fleet, and who may: `[git]`, `[ssh]`, `[auth]`, `[webhook]`.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitConfig {
+    /// Remote of the config repository (`git@host:owner/repo.git`, `ssh://…`, a path, `file://…`, `https://…`).
+    pub url: Option<crate::git::RepoUrl>,
+    pub branch: String,
+    /// Deploy key: a file name in the keys directory, or an absolute path.
+    pub deploy_key: Option<String>,
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub interval: Duration,
+    /// Other branches whose pushes (by webhook) are planned: what merging
+    /// them would change, as a `linkops/plan` commit status on their head.
+    /// Names, or prefixes ending in `*` (`feature/*`); `*` is every branch.
+    pub plan_branches: Vec<String>,
+    /// Branches waiting to be planned at most; a push beyond is answered 503
+    /// with `Retry-After` (forges redeliver), never dropped.
+    pub plan_queue: usize,
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        GitConfig {
+            url: None,
+            branch: "main".into(),
+            deploy_key: None,
+            interval: Duration::from_secs(15 * 60),
+            plan_branches: vec!["*".into()],
+            plan_queue: 64,
+        }
+    }
+}
+
+impl GitConfig {
+    /// Whether a push to `branch` (not the followed one) is planned.
+    pub fn plans(&self, branch: &str) -> bool {
+        branch != self.branch
+            && self
+                .plan_branches
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => branch.starts_with(prefix),
+                    None => pattern == branch,
+                })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Login user when the inventory names none.
+    pub user: String,
+    /// Private key (a file in the keys directory) when the inventory names none.
+    pub key: String,
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub connect_timeout: Duration,
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub command_timeout: Duration,
+    /// Most SSH sessions open across the whole fleet at once.
+    pub concurrency: usize,
+    /// Connections kept open at most; beyond, the least recently used idle
+    /// ones close (about 100 KiB and a file descriptor each).
+    pub pool_size: usize,
+    /// A pooled connection unused for this long is closed.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub idle_timeout: Duration,
+    /// Record unknown host keys instead of refusing them (audited). Off by default.
+    pub trust_on_first_use: bool,
+    /// Silence on a connection after which a keepalive is sent.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalives after which the machine counts as gone.
+    pub keepalive_max: usize,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            user: "root".into(),
+            key: "id_ed25519".into(),
+            connect_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(300),
+            concurrency: 50,
+            pool_size: 256,
+            idle_timeout: Duration::from_secs(300),
+            trust_on_first_use: false,
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_max: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub token_lifetime: Duration,
+    /// Failed logins in a row that lock an account.
+    pub lockout_attempts: u32,
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub lockout_duration: Duration,
+    /// JWT signing secret; generated into the data dir (mode 0600) when unset.
+    pub jwt_secret: Option<SecretString>,
+    /// Password hashes computed at once (argon2 takes ~19 MiB and a core each); 0: one per core.
+    pub max_concurrent_hashes: usize,
+    /// Logins waiting for a hash slot; beyond it a login is answered 429 with Retry-After.
+    pub login_queue: usize,
+    /// Unknown user names whose failed logins are counted (in memory, for the
+    /// lockout duration); the oldest is forgotten beyond it.
+    pub unknown_name_counters: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_lifetime: Duration::from_secs(24 * 3600),
+            lockout_attempts: 5,
+            lockout_duration: Duration::from_secs(5 * 60),
+            jwt_secret: None,
+            max_concurrent_hashes: 0,
+            login_queue: 32,
+            unknown_name_counters: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Shared secret of the Forgejo push webhook (HMAC-SHA256).
+    pub secret: Option<SecretString>,
+}
