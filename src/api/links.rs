@@ -25,7 +25,7 @@ use crate::contract::{
     MachineView, OperationSummary,
 };
 use crate::metrics::Open;
-use crate::store::{Actor, AuditAction, Changed, HealthSample};
+use crate::store::{Actor, Changed, HealthSample};
 use linkops_reconcilers::role::Role;
 
 /// Most machines one page holds.
@@ -494,27 +494,15 @@ pub async fn verify(
     if let Some(reason) = state.controller.held().await?.refusal(Some(&id)) {
         return Err(ApiError::Conflict(format!("nothing was checked: {reason}")));
     }
-    state.controller.verify(&id).await?;
+    // Audited by the check itself, in its record's transaction.
+    let by = Actor::user(&user.name);
+    state.controller.verify(&id, Some(&by)).await?;
     let held = state.controller.held().await?;
     let status = state
         .store
-        .run({
-            let id = id.clone();
-            move |store| store.machine_status(&id)
-        })
+        .run(move |store| store.machine_status(&id))
         .await?;
-    let view = view(machine, status, &held);
-    let outcome = if view.enrollment == Enrollment::Enrolled {
-        crate::store::Outcome::Success
-    } else {
-        crate::store::Outcome::Failure
-    };
-    let (by, detail) = (Actor::user(&user.name), format!("{:?}", view.enrollment));
-    state
-        .store
-        .run(move |store| store.audit(&by, AuditAction::MachineVerify, &id, outcome, Some(detail)))
-        .await?;
-    Ok(Json(view))
+    Ok(Json(view(machine, status, &held)))
 }
 
 fn desired_machine(state: &AppState, id: &str) -> Result<Machine, ApiError> {

@@ -250,7 +250,7 @@ async fn placed(
                 })
         })
         .collect();
-    let checks = unchecked.iter().map(|id| state.controller.verify(id));
+    let checks = unchecked.iter().map(|id| state.controller.verify(id, None));
     for checked in futures::future::join_all(checks).await {
         checked?;
     }

@@ -52,13 +52,17 @@ pub struct Controller {
 
 impl Controller {
     /// Checks a machine now, through its reconciler (so the result is recorded
-    /// like any check), whatever its interval; returns when it is done.
-    pub async fn verify(&self, machine: &str) -> Result<(), Error> {
+    /// like any check), whatever its interval; returns when it is done. Asked
+    /// `by` someone, the check's record carries its `machine.verify` audit
+    /// entry (in the same transaction).
+    pub async fn verify(&self, machine: &str, by: Option<&store::Actor>) -> Result<(), Error> {
         self.context
             .check_asked
             .lock()
             .expect("never poisoned")
-            .insert(machine.to_owned());
+            .entry(machine.to_owned())
+            .or_default()
+            .extend(by.cloned());
         let key = ObjectKey::Machine(machine.to_owned());
         self.scheduler
             .reconcile_now(key.clone())

@@ -4,7 +4,7 @@
 //! Each reconcile reads the current desired state and the store, asks
 //! `reconcilers/` what to do, does it over SSH, and records the result.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,8 +51,9 @@ pub struct Context {
     access: MachineAccess,
     pub(super) engine: Engine,
     pub(super) desired: watch::Receiver<Option<Arc<DesiredState>>>,
-    /// Machines whose next reconcile checks them whatever their interval (a verify).
-    pub(super) check_asked: Arc<Mutex<HashSet<String>>>,
+    /// Machines whose next reconcile checks them whatever their interval (a
+    /// verify), with who asked (each audited with the check).
+    pub(super) check_asked: Arc<Mutex<HashMap<String, Vec<Actor>>>>,
     /// `[reconcile] suspended` in the configuration.
     suspended_by_config: bool,
     /// What reconciles tell the forge and the sinks.
@@ -94,7 +95,7 @@ impl Reconcile<ObjectKey> for Context {
         };
         // A verify asked of this replica checks the machine whoever owns it.
         let asked = matches!(&key, ObjectKey::Machine(id)
-            if self.check_asked.lock().expect("never poisoned").contains(id));
+            if self.check_asked.lock().expect("never poisoned").contains_key(id));
         if !asked && !self.owns(&key) {
             // Another replica's; it comes back when the members change.
             return Ok(Action::AwaitChange);
@@ -159,16 +160,19 @@ impl Context {
             .store
             .run(move |store| Ok((store.machine_status(&asked_for)?, context.held_now()?)))
             .await?;
+        let asked_by = self.check_asked.lock().expect("never poisoned").remove(id);
         let asked = machine::Asked {
             suspended: held.holds(Some(id)),
-            check: self.check_asked.lock().expect("never poisoned").remove(id),
+            check: asked_by.is_some(),
         };
         let decision = machine::decide(machine, status.as_ref(), now_ms(), asked);
         match decision {
             MachineDecision::Suspended => Ok(Action::AwaitChange),
             MachineDecision::WaitFor(left) => Ok(Action::Requeue(left)),
             MachineDecision::CheckNow => {
-                self.check(machine, status, &desired.revision).await?;
+                let asked_by = asked_by.unwrap_or_default();
+                self.check(machine, status, &desired.revision, asked_by)
+                    .await?;
                 Ok(Action::Requeue(jittered(
                     machine
                         .health_interval
@@ -183,6 +187,7 @@ impl Context {
         machine: &Machine,
         status: Option<machine::MachineStatus>,
         revision: &str,
+        asked_by: Vec<Actor>,
     ) -> Result<(), store::Error> {
         let mut reconciling = status
             .clone()
@@ -213,7 +218,7 @@ impl Context {
             .notifier
             .route(Vec::new(), message.into_iter().collect());
         // What the check's transitions mean for the audit log, written with the status.
-        let audits: Vec<store::Audit> = transitions
+        let mut audits: Vec<store::Audit> = transitions
             .into_iter()
             .map(|transition| match transition {
                 machine::Transition::HostKeyRefused { error } => store::Audit {
@@ -225,6 +230,18 @@ impl Context {
                 },
             })
             .collect();
+        // A verify is audited with what it found, in the check's transaction.
+        let verified = match observed.enrollment.is_enrolled() {
+            true => store::Outcome::Success,
+            false => store::Outcome::Failure,
+        };
+        audits.extend(asked_by.into_iter().map(|actor| store::Audit {
+            actor,
+            action: AuditAction::MachineVerify,
+            target: machine.id.clone(),
+            outcome: verified,
+            detail: Some(format!("{:?}", observed.enrollment)),
+        }));
         let sample = HealthSample {
             at_ms: observed.checked_at_ms.unwrap_or_default(),
             health: observed.health.clone(),
