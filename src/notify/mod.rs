@@ -32,10 +32,10 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of a refusal's body is read (the rest is never downloaded) and
 /// how much of it, redacted, is kept with the failed delivery.
 const ANSWER_READ_BYTES: usize = 4 << 10;
+const ANSWER_KEPT_CHARS: usize = 300;
 /// How often a delivery looks at its channel by itself: the store's doorbell
 /// wakes it at once (and rings everything once its listener is back).
 const LOOK_EVERY: Duration = Duration::from_secs(300);
-const ANSWER_KEPT_CHARS: usize = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
