@@ -12,6 +12,7 @@ pub mod config;
 pub mod contract;
 pub mod controller;
 pub mod demo;
+pub mod fleet;
 pub mod git;
 pub mod metrics;
 pub mod notify;

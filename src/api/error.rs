@@ -91,6 +91,27 @@ impl From<crate::controller::Error> for ApiError {
     }
 }
 
+impl From<crate::controller::RunError> for ApiError {
+    fn from(error: crate::controller::RunError) -> Self {
+        use crate::controller::RunError;
+        match error {
+            RunError::NothingApplied => ApiError::NotConfigured(error.to_string()),
+            RunError::NoSuchOperation(_) => ApiError::NotFound(error.to_string()),
+            RunError::Unfit { field, message } => ApiError::Unprocessable { field, message },
+            RunError::Conflict(message) => ApiError::Conflict(message),
+            RunError::Check(error) => error.into(),
+            RunError::Store(error) | RunError::Start(crate::operations::Error::Store(error)) => {
+                error.into()
+            }
+            // A value that cannot travel as the script's environment.
+            RunError::Start(error) => ApiError::Unprocessable {
+                field: "params".into(),
+                message: error.to_string(),
+            },
+        }
+    }
+}
+
 impl From<store::Error> for ApiError {
     fn from(error: store::Error) -> Self {
         match error {

@@ -100,12 +100,7 @@ async fn holder(
     let socket = (take == Take::Socket).then_some(&parts.headers);
     let take =
         take != Take::No && super::terminal::admits(state, &caller, &workspace, socket).await?;
-    let (store, replica) = (state.store.clone(), replica(state));
-    Ok(
-        crate::blocking::run(move || store.workspace_holder(&workspace, &replica, take))
-            .await
-            .map_err(|error| ApiError::Internal(error.to_string()))??,
-    )
+    Ok(state.terminals.holder(&workspace, take).await?)
 }
 
 fn replica(state: &AppState) -> String {
@@ -234,10 +229,10 @@ pub async fn views_held_elsewhere(
     headers: &HeaderMap,
     token: &str,
 ) -> Result<HashMap<String, WorkspaceView>, ApiError> {
-    let (store, replica) = (state.store.clone(), replica(state));
-    let held = crate::blocking::run(move || store.workspace_holders(&replica))
-        .await
-        .map_err(|error| ApiError::Internal(error.to_string()))??;
+    let replica = replica(state);
+    let held = (state.store)
+        .run(move |store| store.workspace_holders(&replica))
+        .await?;
     let mut holders: HashMap<String, (Member, Vec<String>)> = HashMap::new();
     for (workspace, member) in held {
         holders

@@ -6,13 +6,12 @@ use axum::extract::State;
 use super::extract::Json;
 use axum::http::{HeaderMap, StatusCode, header};
 use secrecy::ExposeSecret;
-use serde_json::Value;
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
 use crate::contract::{GitStatus, PostedStatusView, SyncRequested, SyncView, WebhookAnswer};
 use crate::git::sync::Trigger;
-use crate::git::webhook;
+use crate::git::webhook::{self, Triage};
 use crate::store::{DeliveryClaim, SyncOutcome, SyncRecord};
 use linkops_reconcilers::outbox::FORGE;
 use linkops_reconcilers::plan::BranchWork;
@@ -165,92 +164,59 @@ pub async fn webhook(
     }
     webhook::verify_signature(&headers, &body, secret.expose_secret().as_bytes())
         .map_err(ApiError::Webhook)?;
-    let delivery = webhook::delivery_id(&headers).map_err(ApiError::Webhook)?;
-    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
-    let claim = {
-        let (delivery, digest) = (delivery.clone(), digest.clone());
-        let claimed = state
-            .store
-            .run(move |store| store.claim_webhook_delivery(&delivery, &digest));
-        claimed.await?
-    };
-    match claim {
+    let delivery = webhook::Delivery::new(&headers, &body).map_err(ApiError::Webhook)?;
+    match delivery.claim(&state.store).await? {
         DeliveryClaim::Fresh => {}
-        DeliveryClaim::SeenId => return Err(ApiError::Replayed(format!("delivery {delivery}"))),
+        DeliveryClaim::SeenId => {
+            return Err(ApiError::Replayed(format!("delivery {}", delivery.id)));
+        }
         DeliveryClaim::SeenBody => {
             return Err(ApiError::Replayed(format!(
-                "the body of delivery {delivery} (sha256 {digest})"
+                "the body of delivery {} (sha256 {})",
+                delivery.id, delivery.digest
             )));
         }
     }
-    let event = webhook::event(&headers);
-    if event != "push" {
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(WebhookAnswer::Ignored(format!(
-                "{event} event; only pushes trigger syncs"
-            ))),
-        ));
-    }
-    let payload: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
-    let branch = &state.config.git.branch;
-    match webhook::pushed_branch(&payload) {
-        Some(pushed) if pushed == branch => {
-            // A push of the revision already in force changes nothing: no sync.
-            let applied = state
-                .git
-                .desired()
-                .borrow()
-                .as_ref()
-                .map(|d| d.revision.clone());
-            if let Some(revision) = applied
-                && webhook::pushed_head(&payload) == Some(revision.as_str())
-            {
-                return Ok((
-                    StatusCode::ACCEPTED,
-                    Json(WebhookAnswer::Unchanged(revision)),
-                ));
-            }
-            state.git.request(Trigger::Webhook { delivery });
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(WebhookAnswer::Sync(SyncRequested::Requested)),
-            ))
+    let triage = {
+        let applied = state
+            .git
+            .desired()
+            .borrow()
+            .as_ref()
+            .map(|d| d.revision.clone());
+        let config = &state.config;
+        // Other branches are planned only when asked for, and with a forge to say it on.
+        let planned = |branch: &str| config.git.plans(branch) && config.forge.kind.is_some();
+        let followed = webhook::Followed {
+            branch: &config.git.branch,
+            applied: applied.as_deref(),
+            planned: &planned,
+        };
+        webhook::classify(&webhook::event(&headers), &body, &followed)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?
+    };
+    let answer = match triage {
+        Triage::Sync => {
+            state.git.request(Trigger::Webhook {
+                delivery: delivery.id,
+            });
+            WebhookAnswer::Sync(SyncRequested::Requested)
         }
-        // Another branch: planned (if asked for, and only with a forge to say it on), never applied.
-        Some(pushed)
-            if state.config.git.plans(pushed)
-                && state.config.forge.kind.is_some()
-                && webhook::is_branch_name(pushed) =>
-        {
-            let work = match webhook::deletes_branch(&payload) {
-                true => BranchWork::Forget,
-                false => BranchWork::Plan,
-            };
-            if let Err(full) = state.git.request_plan(pushed, work) {
-                // Not taken: the forge's redelivery must not count as a replay.
-                let released = move |store: &crate::store::Store| {
-                    store.release_webhook_delivery(&delivery, &digest)
-                };
-                state.store.run(released).await?;
+        Triage::Unchanged(revision) => WebhookAnswer::Unchanged(revision),
+        Triage::Plan { branch, work } => {
+            if let Err(full) = state.git.request_plan(&branch, work) {
+                delivery.release(&state.store).await?;
                 return Err(ApiError::Unavailable {
                     message: full.to_string(),
                     retry_after_secs: 10,
                 });
             }
-            let answer = match work {
-                BranchWork::Plan => WebhookAnswer::Plan(pushed.to_owned()),
-                BranchWork::Forget => WebhookAnswer::Forgotten(pushed.to_owned()),
-            };
-            Ok((StatusCode::ACCEPTED, Json(answer)))
+            match work {
+                BranchWork::Plan => WebhookAnswer::Plan(branch),
+                BranchWork::Forget => WebhookAnswer::Forgotten(branch),
+            }
         }
-        other => Ok((
-            StatusCode::ACCEPTED,
-            Json(WebhookAnswer::Ignored(format!(
-                "push to {}, not to {branch}",
-                other.unwrap_or("(no branch)")
-            ))),
-        )),
-    }
+        Triage::Ignored(what) => WebhookAnswer::Ignored(what),
+    };
+    Ok((StatusCode::ACCEPTED, Json(answer)))
 }

@@ -35,6 +35,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::Config;
+use crate::contract::at;
 use crate::store::Store;
 pub use error::ApiError;
 
@@ -46,6 +47,8 @@ pub struct AppState {
     pub auth: crate::auth::Auth,
     pub git: crate::git::sync::GitSync,
     pub controller: crate::controller::Controller,
+    /// The machines as operators see them: views, pages, followed live.
+    pub fleet: crate::fleet::Fleet,
     pub terminals: crate::terminal::Terminals,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Table queries running at once (`[http] table_queries`).
@@ -242,9 +245,4 @@ impl utoipa::Modify for Security {
             Vec::<String>::new(),
         )]);
     }
-}
-
-/// A stored Unix-millisecond time as the API shows it (RFC 3339).
-fn at(ms: i64) -> Option<jiff::Timestamp> {
-    jiff::Timestamp::from_millisecond(ms).ok()
 }

@@ -21,15 +21,12 @@ use crate::contract::{
     WorkspaceView,
 };
 use crate::metrics::Open;
-use crate::store::{Actor, AuditAction, Outcome, Store, User, now_ms};
+use crate::store::{Actor, Store, User};
 use crate::terminal::protocol::{
     self, ClientMessage, Frame, ServerMessage, SocketEnd, parse_binary_input,
 };
-use crate::terminal::{self, DEFAULT_SIZE, Terminals};
+use crate::terminal::{self, AssignFailed, DEFAULT_SIZE, Terminals};
 use linkops_reconcilers::role::Role;
-
-/// Recording read from the store per page while streaming a `.cast`.
-const CAST_PAGE: usize = 256 << 10;
 
 fn view(terminals: &Terminals, workspace: &Workspace) -> WorkspaceView {
     WorkspaceView {
@@ -87,14 +84,8 @@ pub async fn create(
     Json(body): Json<CreateBody>,
 ) -> Result<(StatusCode, Json<WorkspaceView>), ApiError> {
     let user = caller.require(terminal::ROLE)?;
-    let id = uuid::Uuid::new_v4().to_string();
-    let name = body
-        .name
-        .unwrap_or_else(|| format!("{} workspace", body.layout.name()));
-    let workspace = Workspace::new(id, name, user.name.clone(), body.layout, now_ms());
-    let workspace = state
-        .store
-        .run(move |store| store.put_workspace(&workspace).map(|()| workspace))
+    let workspace = (state.terminals)
+        .create(&user.name, body.layout, body.name)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -154,12 +145,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let user = caller.require(terminal::ROLE)?;
     usable_workspace(&state, user, &id).await?;
-    state.terminals.delete_workspace(&id).await;
-    let deleted = id.clone();
-    state
-        .store
-        .run(move |store| store.delete_workspace(&deleted))
-        .await?;
+    state.terminals.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -174,17 +160,16 @@ pub async fn set_panes(
 ) -> Result<Json<WorkspaceView>, ApiError> {
     let user = caller.require(terminal::ROLE)?;
     let workspace = usable_workspace(&state, user, &id).await?;
-    let (updated, closed) = workspace
-        .assign(body.layout, body.panes, now_ms())
-        .map_err(|error| ApiError::Unprocessable {
-            field: "panes".into(),
-            message: error.to_string(),
+    let updated = (state.terminals)
+        .assign(&workspace, body.layout, body.panes)
+        .await
+        .map_err(|error| match error {
+            AssignFailed::Panes(error) => ApiError::Unprocessable {
+                field: "panes".into(),
+                message: error.to_string(),
+            },
+            AssignFailed::Store(error) => error.into(),
         })?;
-    let updated = state
-        .store
-        .run(move |store| store.put_workspace(&updated).map(|()| updated))
-        .await?;
-    state.terminals.close(&id, &closed).await;
     Ok(Json(view(&state.terminals, &updated)))
 }
 
@@ -517,40 +502,10 @@ pub async fn cast(
 ) -> Result<Response, ApiError> {
     let user = caller.require(terminal::ROLE)?;
     let session = readable_recording(&state, user, id).await?;
-    let (by, machine) = (Actor::user(&user.name), session.machine_id.clone());
-    state
-        .store
-        .run(move |store| {
-            let read = AuditAction::TerminalRecordingRead;
-            store.audit(
-                &by,
-                read,
-                &machine,
-                Outcome::Success,
-                Some(format!("session {id}")),
-            )
-        })
-        .await?;
-    let store = state.store.clone();
-    let pages = futures::stream::unfold(Some(0u64), move |after| {
-        let store = store.clone();
-        async move {
-            let after = after?;
-            let page = crate::blocking::run(move || store.recording_chunks(id, after, CAST_PAGE))
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|page| page.map_err(std::io::Error::other));
-            match page {
-                Ok(page) if page.is_empty() => None,
-                Ok(page) => {
-                    let last = page.last().map(|(seq, _)| *seq);
-                    let bytes: Vec<u8> = page.into_iter().flat_map(|(_, chunk)| chunk).collect();
-                    Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), last))
-                }
-                Err(error) => Some((Err(error), None)),
-            }
-        }
-    });
+    let pages = (state.terminals)
+        .cast(&session, &Actor::user(&user.name))
+        .await?
+        .map(|page| page.map_err(std::io::Error::other));
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-asciicast".to_owned()),

@@ -299,7 +299,7 @@ impl Auth {
         &self,
         grant: Grant,
         needed: Role,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+    ) -> impl std::future::Future<Output = ()> + Send + use<> {
         let auth = self.clone();
         let mut changes = self.store.user_changes();
         async move {

@@ -5,7 +5,8 @@
 //! make (`schemas/openapi.json` → `src/web/src/contract.ts`), so none of the
 //! three can drift from the others.
 //!
-//! Only data lives here; how a view is built from the store is the handler's.
+//! Only data lives here (and [`at`], how a stored time is shown); how a view
+//! is built from the store is its service's.
 
 mod auth;
 mod cluster;
@@ -25,6 +26,11 @@ pub use terminals::*;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// A stored Unix-millisecond time as the API shows it (RFC 3339).
+pub fn at(ms: i64) -> Option<jiff::Timestamp> {
+    jiff::Timestamp::from_millisecond(ms).ok()
+}
 
 /// The body of every error answer: `{"error": {"code", "message", "details"?}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

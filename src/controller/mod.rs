@@ -7,6 +7,7 @@
 //! `reconcilers/` and act over SSH.
 
 pub mod reconcile;
+mod runs;
 pub mod scheduler;
 mod states;
 
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use reconcile::{Context, ObjectKey};
+pub use runs::RunError;
 pub use scheduler::{Action, Reason, Scheduler};
 
 use linkops_reconcilers::suspension::{self, Scope};

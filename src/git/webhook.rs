@@ -5,7 +5,10 @@
 
 use axum::http::HeaderMap;
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use linkops_reconcilers::plan::BranchWork;
+use sha2::{Digest, Sha256};
+
+use crate::store::{self, DeliveryClaim, Store};
 
 /// Why a delivery is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +83,97 @@ pub fn deletes_branch(payload: &serde_json::Value) -> bool {
 /// The commit a push payload says the branch now points at (`after`).
 pub fn pushed_head(payload: &serde_json::Value) -> Option<&str> {
     payload.get("after")?.as_str()
+}
+
+/// A signed delivery, by its id and its body's digest: each is taken once,
+/// so that a replayed delivery (same id, or same body) does nothing.
+pub struct Delivery {
+    pub id: String,
+    /// SHA-256 of the body, hex.
+    pub digest: String,
+}
+
+impl Delivery {
+    /// The delivery `headers` name, carrying `body`.
+    pub fn new(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, Rejection> {
+        Ok(Delivery {
+            id: delivery_id(headers)?,
+            digest: hex::encode(Sha256::digest(body)),
+        })
+    }
+
+    /// Takes the delivery, unless it (or its body) was taken before.
+    pub async fn claim(&self, store: &Store) -> Result<DeliveryClaim, store::Error> {
+        let (id, digest) = (self.id.clone(), self.digest.clone());
+        store
+            .run(move |store| store.claim_webhook_delivery(&id, &digest))
+            .await
+    }
+
+    /// Gives back a delivery that was not acted on: the forge's redelivery
+    /// must not count as a replay.
+    pub async fn release(self, store: &Store) -> Result<(), store::Error> {
+        store
+            .run(move |store| store.release_webhook_delivery(&self.id, &self.digest))
+            .await
+    }
+}
+
+/// What a signed, first-seen delivery asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Triage {
+    /// A push to the followed branch: sync.
+    Sync,
+    /// A push of the revision already in force: nothing changes.
+    Unchanged(String),
+    /// A push to (or deletion of) another branch that is planned.
+    Plan { branch: String, work: BranchWork },
+    /// Nothing to do; the text says what the delivery was.
+    Ignored(String),
+}
+
+/// The branches a delivery is triaged against.
+pub struct Followed<'a> {
+    /// The branch the fleet follows.
+    pub branch: &'a str,
+    /// The revision in force, if any.
+    pub applied: Option<&'a str>,
+    /// Whether pushes to a branch are planned (`[git] plan_branches`, with a forge to post on).
+    pub planned: &'a dyn Fn(&str) -> bool,
+}
+
+/// Triages a delivery by its `event` and body; an error when a push's body is not JSON.
+pub fn classify(
+    event: &str,
+    body: &[u8],
+    followed: &Followed,
+) -> Result<Triage, serde_json::Error> {
+    if event != "push" {
+        return Ok(Triage::Ignored(format!(
+            "{event} event; only pushes trigger syncs"
+        )));
+    }
+    let payload: serde_json::Value = serde_json::from_slice(body)?;
+    Ok(match pushed_branch(&payload) {
+        Some(pushed) if pushed == followed.branch => match followed.applied {
+            Some(revision) if pushed_head(&payload) == Some(revision) => {
+                Triage::Unchanged(revision.to_owned())
+            }
+            _ => Triage::Sync,
+        },
+        Some(pushed) if (followed.planned)(pushed) && is_branch_name(pushed) => Triage::Plan {
+            branch: pushed.to_owned(),
+            work: match deletes_branch(&payload) {
+                true => BranchWork::Forget,
+                false => BranchWork::Plan,
+            },
+        },
+        other => Triage::Ignored(format!(
+            "push to {}, not to {}",
+            other.unwrap_or("(no branch)"),
+            followed.branch
+        )),
+    })
 }
 
 /// The signature a forge would send for `body` (hex): for tests and tools.
@@ -183,6 +277,58 @@ mod tests {
             verify_signature(&HeaderMap::new(), BODY, b"s3cret"),
             Err(Rejection::MissingSignature)
         );
+    }
+
+    #[test]
+    fn deliveries_are_triaged_by_event_branch_and_head() {
+        let planned = |branch: &str| branch.starts_with("feature/");
+        let followed = Followed {
+            branch: "main",
+            applied: Some("abc"),
+            planned: &planned,
+        };
+        let push = |body: &str| classify("push", body.as_bytes(), &followed).unwrap();
+        let table = [
+            (r#"{"ref":"refs/heads/main","after":"def"}"#, Triage::Sync),
+            (
+                r#"{"ref":"refs/heads/main","after":"abc"}"#,
+                Triage::Unchanged("abc".into()),
+            ),
+            (
+                r#"{"ref":"refs/heads/feature/x","after":"def"}"#,
+                Triage::Plan {
+                    branch: "feature/x".into(),
+                    work: BranchWork::Plan,
+                },
+            ),
+            (
+                r#"{"ref":"refs/heads/feature/x","deleted":true,"after":"0000"}"#,
+                Triage::Plan {
+                    branch: "feature/x".into(),
+                    work: BranchWork::Forget,
+                },
+            ),
+            (
+                r#"{"ref":"refs/heads/feature/a:b"}"#,
+                Triage::Ignored("push to feature/a:b, not to main".into()),
+            ),
+            (
+                r#"{"ref":"refs/heads/other"}"#,
+                Triage::Ignored("push to other, not to main".into()),
+            ),
+            (
+                r#"{"ref":"refs/tags/v1"}"#,
+                Triage::Ignored("push to (no branch), not to main".into()),
+            ),
+        ];
+        for (body, expected) in table {
+            assert_eq!(push(body), expected, "{body}");
+        }
+        assert_eq!(
+            classify("ping", b"not json", &followed).unwrap(),
+            Triage::Ignored("ping event; only pushes trigger syncs".into())
+        );
+        assert!(classify("push", b"not json", &followed).is_err());
     }
 
     #[test]

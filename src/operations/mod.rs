@@ -9,6 +9,7 @@
 //! process it started.
 
 mod command;
+mod follow;
 mod host;
 mod writer;
 
@@ -34,6 +35,7 @@ use crate::store::{self, Followed, Store, now_ms};
 use host::HostRun;
 use writer::{Update, Writer};
 
+pub use follow::PAGE_BYTES;
 pub use host::STOP_GRACE;
 
 /// Live events buffered per operation for subscribers; one that falls further
@@ -229,7 +231,7 @@ impl Engine {
     }
 
     /// Waits for a turn to read the event log from the store.
-    pub async fn catch_up_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+    async fn catch_up_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
         self.catch_up
             .clone()
             .acquire_owned()
@@ -353,6 +355,33 @@ impl Engine {
         }
     }
 
+    /// Stops operation `id` as asked by `by` (audited): here when it runs
+    /// here, else through the store, which the replica running it reads.
+    /// False (nothing audited) when it is not running anywhere.
+    pub async fn stop_as(&self, id: u64, by: &store::Actor) -> Result<bool, store::Error> {
+        let (by, action) = (by.clone(), store::AuditAction::OperationStop);
+        let stopped_here = self.stop(id);
+        (self.store)
+            .run(move |store| match stopped_here {
+                true => {
+                    let target = id.to_string();
+                    store.audit(&by, action, &target, store::Outcome::Success, None)?;
+                    Ok(true)
+                }
+                false => store.ask_stop(
+                    id,
+                    &store::Audit {
+                        actor: by,
+                        action,
+                        target: id.to_string(),
+                        outcome: store::Outcome::Success,
+                        detail: None,
+                    },
+                ),
+            })
+            .await
+    }
+
     /// Stops the operations of this replica that the store says another
     /// replica was asked to stop (an API call that reached it), looking
     /// every [`STOP_ASKS_EVERY`] until `shutdown`. Nothing on an unshared store.
@@ -391,7 +420,7 @@ impl Engine {
     }
 
     /// Live events of a running operation; `None` once it has ended.
-    pub fn subscribe(&self, id: u64) -> Option<broadcast::Receiver<Arc<LiveEvent>>> {
+    fn subscribe(&self, id: u64) -> Option<broadcast::Receiver<Arc<LiveEvent>>> {
         self.live
             .lock()
             .expect("never poisoned")

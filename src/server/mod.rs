@@ -112,6 +112,10 @@ pub struct Daemon {
     server: JoinHandle<std::io::Result<()>>,
     workers: Vec<JoinHandle<()>>,
     stop: CancellationToken,
+    /// A daemon dropped without [`Daemon::wait`] (its caller failed) still
+    /// stops its workers: the lease renewer's threads would otherwise keep
+    /// renewing, and its runtime from ever shutting down.
+    _stop_when_dropped: tokio_util::sync::DropGuard,
     /// Cancelled when the store refused a write probe.
     store_failed: CancellationToken,
     /// Cancelled when this replica's lease passed (the others took over).
@@ -273,7 +277,10 @@ impl Daemon {
                 draining.cancel();
             }
         };
+        let fleet =
+            crate::fleet::Fleet::new(prepared.store.clone(), controller.clone(), git.desired());
         let state = AppState {
+            fleet,
             config: prepared.config,
             store: prepared.store,
             auth: prepared.auth,
@@ -302,6 +309,7 @@ impl Daemon {
             state,
             server,
             workers,
+            _stop_when_dropped: stop.clone().drop_guard(),
             stop,
             store_failed,
             lease_lost,

@@ -11,6 +11,7 @@
 mod pane;
 pub mod protocol;
 mod recording;
+mod workspaces;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,7 @@ use linkops_reconcilers::role::Role;
 use pane::{PaneCommand, PaneSession, Sink};
 use protocol::{Frame, PaneState, PaneStatus, Refusal, ServerMessage, SocketEnd};
 use recording::Recorder;
+pub use workspaces::AssignFailed;
 
 /// Frames queued for one socket before the panes wait for it.
 const SOCKET_QUEUE: usize = 64;
@@ -401,16 +403,6 @@ impl Terminals {
                 .await
                 .ok();
         }
-    }
-
-    /// The workspace is being deleted: closes its sessions and any attached socket.
-    pub async fn delete_workspace(&self, workspace_id: &str) {
-        self.end_workspace(
-            workspace_id,
-            SessionEnd::Closed,
-            SocketEnd::WorkspaceDeleted,
-        )
-        .await;
     }
 
     /// `owner` was deleted or lost the operator role: ends every session and

@@ -1116,3 +1116,46 @@ async fn a_replica_cut_off_from_the_database_stops_and_the_other_takes_over() {
         .unwrap();
     assert!(status.success(), "{log}");
 }
+
+/// A daemon dropped without being stopped — a caller that failed or gave up
+/// — stops its workers: its lease renewer's threads would otherwise renew
+/// for ever, and the runtime that started it could never shut down (a
+/// failing test would hang instead of failing).
+#[test]
+fn a_daemon_dropped_unstopped_lets_its_runtime_shut_down() {
+    let (server, options) = {
+        let server = TestPostgres::start().unwrap();
+        let options = server.database().unwrap();
+        (server, options)
+    };
+    let data = support::private_dir();
+    let mut config = linkops::config::Config {
+        data_dir: data.path().to_owned(),
+        ..linkops::config::Config::default()
+    };
+    support::write_private(
+        &config.keys_dir().join(&config.store.password_file),
+        server.password(),
+    );
+    config.store.backend = linkops::config::StoreBackend::Postgres;
+    config.store.url = Some(options.url);
+    let (shut_down, shutting) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let daemon = support::TestDaemon::start(config).await;
+            // Serving: its workers, the renewer among them, have started.
+            let health = daemon.get("/health", None).await;
+            assert_eq!(health.status(), reqwest::StatusCode::OK);
+            drop(daemon);
+        });
+        drop(runtime);
+        shut_down.send(()).unwrap();
+    });
+    shutting
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the runtime of a dropped daemon shuts down");
+}

@@ -174,7 +174,7 @@ pub fn store_bytes(config: &Config) -> u64 {
 }
 
 /// Writes a secret file (0600) in a directory only its owner enters.
-fn write_private(path: &Path, secret: &str) {
+pub fn write_private(path: &Path, secret: &str) {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = path.parent().unwrap();
     std::fs::DirBuilder::new()

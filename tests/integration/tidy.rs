@@ -2,7 +2,8 @@
 //! rust-analyzer "tidy" pattern): who may use redb and russh, what the
 //! functional core may not touch, where the API's shapes are declared, a
 //! module doc on every file, no span guard that could be held across an
-//! `.await`, and one way off the async runtime.
+//! `.await`, one way off the async runtime, and handlers that leave writing
+//! the store to the services.
 
 use std::path::{Path, PathBuf};
 
@@ -165,6 +166,89 @@ fn blocking_work_leaves_the_runtime_one_way() {
                 "{name}: {} (use blocking::run or Store::run)",
                 line.trim()
             ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// The store's methods that write: those whose body opens a write
+/// transaction, and those that call one of them.
+fn store_writes(sources: &[(String, String)]) -> std::collections::BTreeSet<String> {
+    let mut bodies = Vec::new();
+    for (name, text) in sources {
+        if !name.starts_with("src/store/") || name.starts_with("src/store/engine/") {
+            continue;
+        }
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            let Some(rest) = line.strip_prefix("    pub fn ") else {
+                continue;
+            };
+            let method: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let mut body = String::new();
+            for line in lines.by_ref() {
+                if line == "    }" {
+                    break;
+                }
+                body.push_str(line);
+                body.push('\n');
+            }
+            bodies.push((method, body));
+        }
+    }
+    let mut writes: std::collections::BTreeSet<String> = bodies
+        .iter()
+        .filter(|(_, body)| body.contains("self.write()"))
+        .map(|(method, _)| method.clone())
+        .collect();
+    loop {
+        let more: Vec<String> = bodies
+            .iter()
+            .filter(|(method, body)| {
+                !writes.contains(method)
+                    && writes.iter().any(|w| body.contains(&format!("self.{w}(")))
+            })
+            .map(|(method, _)| method.clone())
+            .collect();
+        if more.is_empty() {
+            return writes;
+        }
+        writes.extend(more);
+    }
+}
+
+#[test]
+fn handlers_call_services_and_only_read_the_store() {
+    // What a request changes is a service's work (the controller, the
+    // engine, the terminals, auth, the webhook's deliveries), which records
+    // it with its audit in one transaction; handlers parse, authorise, call
+    // it and frame the answer.
+    let sources = sources();
+    let writes = store_writes(&sources);
+    for known in [
+        "audit",
+        "put_workspace",
+        "ask_stop",
+        "claim_webhook_delivery",
+    ] {
+        assert!(
+            writes.contains(known),
+            "{known} not seen as a write: {writes:?}"
+        );
+    }
+    assert!(!writes.contains("machine_statuses"), "{writes:?}");
+    let mut wrong = Vec::new();
+    for (name, text) in &sources {
+        if !name.starts_with("src/api/") {
+            continue;
+        }
+        for write in &writes {
+            for line in uses(text, &format!("store.{write}(")) {
+                wrong.push(format!("{name}: {} (a write: call a service)", line.trim()));
+            }
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");

@@ -11,7 +11,7 @@ mod tests;
 
 use machines::check_machines;
 use parse::{Read, parse};
-use runs::{check_run, resolve_params};
+use runs::{Asked, check_run};
 use scripts::check_scripts;
 use states::check_state;
 
@@ -31,6 +31,7 @@ use super::format::{
 use super::{
     DesiredState, LINKS_FILE, Problem, RepoFiles, SCRIPTS_FILE, is_run_request, is_state_file,
 };
+use crate::ask::{Ask, Problem as AskProblem};
 use crate::machine::Machine;
 use crate::rollout::Rollout;
 use crate::run::RunRequest;
@@ -137,6 +138,7 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         .collect();
     let ids: BTreeSet<&str> = machines.iter().map(|m| m.id.as_str()).collect();
     let known = Known {
+        machines: &machines,
         ids,
         tags,
         inventory_read,
@@ -250,6 +252,7 @@ fn per_file<F: DeserializeOwned, T>(
 
 /// Machine ids and tags of the inventory, for checking references.
 struct Known<'a> {
+    machines: &'a [Machine],
     ids: BTreeSet<&'a str>,
     tags: BTreeSet<&'a str>,
     /// False when links.yaml could not be read: references to machines are

@@ -20,37 +20,16 @@ pub(super) fn check_run(
         not_before,
         rollout,
     } = request;
-    let Some(catalog_script) = scripts.get(&script.value) else {
-        if !catalog_read {
-            return None;
-        }
-        report.at(
-            &script,
-            format!(
-                "unknown script {:?}: it is not in scripts.yaml",
-                script.value
-            ),
-        );
-        return None;
-    };
     let given = targets.map_or_else(Targets::default, |targets| {
         known.check_targets(&targets, report)
     });
-    let targets = catalog_script.targets_or_default(given);
-    if targets.is_empty() {
-        report.at(
-            &id,
-            format!(
-                "run-request {:?} has no targets, and script {:?} has no default targets",
-                id.value, script.value
-            ),
-        );
-    }
-    let values: BTreeMap<_, _> = params
-        .iter()
-        .map(|(k, v)| (k.clone(), v.value.clone()))
-        .collect();
-    let resolved = resolve_params(catalog_script, &params, &id, report);
+    let asked = Asked {
+        script: &script,
+        params: &params,
+        owner: &id,
+        what: "run-request",
+    };
+    let resolved = asked.report(given, scripts, catalog_read, known, report);
     let not_before = match not_before {
         None => None,
         Some(text) => {
@@ -64,50 +43,90 @@ pub(super) fn check_run(
         }
     };
     let rollout = rollout.and_then(|r| check_rollout(&r, report));
+    // Last: the other problems are reported too.
+    let (targets, resolved) = resolved?;
     Some(RunRequest {
         id: id.value,
         file: path.to_owned(),
         rollout,
         script: script.value,
         targets,
-        params: values,
-        // Last: not_before's problem is reported too.
-        resolved: resolved?,
+        params: params.into_iter().map(|(k, v)| (k, v.value)).collect(),
+        resolved,
         not_before,
     })
 }
 
-/// The values a run or a state gives its script, checked against the
-/// script's parameters, each problem at the value it is about (at `owner`, for
-/// a missing one).
-pub(super) fn resolve_params(
-    script: &Script,
-    params: &BTreeMap<String, Spanned<ParamValue>>,
-    owner: &Spanned<String>,
-    report: &mut Report,
-) -> Option<BTreeMap<String, ParamValue>> {
-    let values: BTreeMap<_, _> = params
-        .iter()
-        .map(|(k, v)| (k.clone(), v.value.clone()))
-        .collect();
-    match script.resolve_params(&values) {
-        Ok(resolved) => Some(resolved),
-        Err(param_problems) => {
-            for (name, message) in param_problems {
-                let from_default = script
-                    .params
-                    .iter()
-                    .any(|p| p.name == name && p.default.is_some());
-                if from_default && !params.contains_key(&name) {
-                    // A broken default is reported once, where scripts.yaml declares it.
-                    continue;
+/// A run-request's or a declared state's ask, as written: what its problems
+/// are reported at.
+pub(super) struct Asked<'a> {
+    pub script: &'a Spanned<String>,
+    pub params: &'a BTreeMap<String, Spanned<ParamValue>>,
+    /// The id of the run-request or state: where a missing value or target is reported.
+    pub owner: &'a Spanned<String>,
+    /// "run-request" or "state", for the words.
+    pub what: &'static str,
+}
+
+impl Asked<'_> {
+    /// Resolves the ask on `targets` (given, checked by `Known::check_targets`)
+    /// as the API resolves one, reporting each problem where it is written;
+    /// its targets and values when it can run.
+    pub fn report(
+        &self,
+        targets: Targets,
+        scripts: &BTreeMap<String, Script>,
+        // False when scripts.yaml could not be read whole: an unknown script is
+        // then not reported (it may be one of the broken entries).
+        catalog_read: bool,
+        known: &Known,
+        report: &mut Report,
+    ) -> Option<(Targets, BTreeMap<String, ParamValue>)> {
+        let ask = Ask {
+            script: self.script.value.clone(),
+            params: (self.params.iter())
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect(),
+            targets,
+            rollout: None,
+        };
+        let problems = match ask.resolve(scripts, known.machines) {
+            Ok(resolved) => return Some((resolved.targets, resolved.params)),
+            Err(problems) => problems,
+        };
+        for problem in problems {
+            match problem {
+                AskProblem::UnknownScript(script) if catalog_read => report.at(
+                    self.script,
+                    format!("unknown script {script:?}: it is not in scripts.yaml"),
+                ),
+                AskProblem::Param { name, message } => {
+                    let from_default = scripts.get(&self.script.value).is_some_and(|script| {
+                        script
+                            .params
+                            .iter()
+                            .any(|p| p.name == name && p.default.is_some())
+                    });
+                    match self.params.get(&name) {
+                        Some(value) => report.at(value, message),
+                        // A broken default is reported once, where scripts.yaml declares it.
+                        None if from_default => {}
+                        None => report.at(self.owner, message),
+                    }
                 }
-                match params.get(&name) {
-                    Some(value) => report.at(value, message),
-                    None => report.at(owner, message),
-                }
+                AskProblem::NoTargets { script } => report.at(
+                    self.owner,
+                    format!(
+                        "{} {:?} has no targets, and script {script:?} has no default targets",
+                        self.what, self.owner.value
+                    ),
+                ),
+                // Reported where written: a given tag by `Known::check_targets`,
+                // a default one with its script.
+                AskProblem::UnmatchedTag(_) => {}
+                AskProblem::UnknownScript(_) | AskProblem::Rollout(_) => {}
             }
-            None
         }
+        None
     }
 }

@@ -21,19 +21,10 @@ pub(super) fn check_state(
         windows,
         rollout,
     } = declared;
-    let Some(catalog_script) = scripts.get(&script.value) else {
-        if catalog_read {
-            report.at(
-                &script,
-                format!(
-                    "unknown script {:?}: it is not in scripts.yaml",
-                    script.value
-                ),
-            );
-        }
-        return None;
-    };
-    if catalog_script.check.is_none() {
+    let catalog_script = scripts.get(&script.value);
+    if let Some(catalog_script) = catalog_script
+        && catalog_script.check.is_none()
+    {
         report.at(
             &script,
             format!(
@@ -45,17 +36,13 @@ pub(super) fn check_state(
     let given = targets.map_or_else(Targets::default, |targets| {
         known.check_targets(&targets, report)
     });
-    let targets = catalog_script.targets_or_default(given);
-    if targets.is_empty() {
-        report.at(
-            &id,
-            format!(
-                "state {:?} has no targets, and script {:?} has no default targets",
-                id.value, script.value
-            ),
-        );
-    }
-    let resolved = resolve_params(catalog_script, &params, &id, report);
+    let asked = Asked {
+        script: &script,
+        params: &params,
+        owner: &id,
+        what: "state",
+    };
+    let resolved = asked.report(given, scripts, catalog_read, known, report);
     let interval = match interval {
         None => Some(state::DEFAULT_INTERVAL),
         Some(text) => duration(&text, report).filter(|interval| {
@@ -81,13 +68,14 @@ pub(super) fn check_state(
         Some(given) => check_rollout(&given, report),
         None => Some(Rollout::default()),
     };
+    let (targets, params) = resolved?;
     Some(DeclaredState {
         id: id.value,
         file: path.to_owned(),
         description,
         script: script.value,
         targets,
-        params: resolved?,
+        params,
         mode,
         interval: interval?,
         windows: windows.into_iter().collect::<Option<_>>()?,

@@ -1,0 +1,186 @@
+//! Runs asked for by hand — `POST /api/operations/run` and a retry —
+//! resolved as a run-request's file is ([`ask`]), placed on the machines that
+//! may take them, and started.
+
+use linkops_reconcilers::ask::{self, Ask};
+use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::enrollment::Enrollment;
+use linkops_reconcilers::operation::{Operation, Requester};
+use linkops_reconcilers::run;
+use linkops_reconcilers::script::Targets;
+
+use super::Controller;
+use crate::operations::{self, HostPlan, Plan};
+use crate::store;
+
+/// Why a run asked for by hand was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no desired state has been applied yet: nothing to run")]
+    NothingApplied,
+    #[error("no operation {0}")]
+    NoSuchOperation(u64),
+    /// The ask does not fit the catalog or the inventory; `field` names the part.
+    #[error("{message}")]
+    Unfit { field: String, message: String },
+    /// Not now, or not this: the message says why and what to do instead.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Check(#[from] super::Error),
+    #[error(transparent)]
+    Start(#[from] operations::Error),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl Controller {
+    /// Runs `ask` (at most `concurrency` machines at once), by user `by`.
+    pub async fn run(
+        &self,
+        ask: Ask,
+        concurrency: Option<usize>,
+        by: &str,
+    ) -> Result<Operation, RunError> {
+        let desired = self.applied()?;
+        let resolved = ask
+            .resolve(&desired.scripts, &desired.machines)
+            .map_err(|problems| {
+                let problem = problems.into_iter().next().expect("at least one problem");
+                RunError::Unfit {
+                    field: problem.field(),
+                    message: problem.to_string(),
+                }
+            })?;
+        let plan = Plan {
+            script: resolved.script.clone(),
+            params: resolved.params,
+            hosts: self.placed(&desired, &resolved.targets).await?,
+            requested_by: Requester::User { name: by.into() },
+            concurrency,
+            rollout: resolved.rollout,
+            retry_of: None,
+        };
+        self.started(plan).await
+    }
+
+    /// Runs operation `id`'s script with its values again (by user `by`), on
+    /// its machines that failed, timed out or were interrupted.
+    pub async fn retry(&self, id: u64, by: &str) -> Result<Operation, RunError> {
+        let (operation, hosts) = (self.context.store)
+            .run(move |store| store.operation(id))
+            .await?
+            .ok_or(RunError::NoSuchOperation(id))?;
+        if let Requester::State { id: state_id, .. } = &operation.requested_by {
+            // A state's applies keep its windows, rollout and halt: retried by hand they would not.
+            return Err(RunError::Conflict(format!(
+                "operation {id} applied state {state_id}, whose applies follow its windows and \
+                 rollout: resume the state instead (POST /api/states/{state_id}/resume)"
+            )));
+        }
+        if operation.finished_at_ms.is_none() {
+            return Err(RunError::Conflict(format!(
+                "operation {id} is still {}: retry it once it has ended",
+                operation.state.name()
+            )));
+        }
+        let again: Vec<String> = hosts
+            .into_iter()
+            .filter(|host| host.state.is_retried())
+            .map(|host| host.machine_id)
+            .collect();
+        if again.is_empty() {
+            return Err(RunError::Conflict(format!(
+                "no machine of operation {id} failed, timed out or was interrupted: nothing to retry"
+            )));
+        }
+        let desired = self.applied()?;
+        // The values it ran with, checked against the script as it is now.
+        let ask = Ask {
+            script: operation.script.clone(),
+            params: operation.params,
+            targets: Targets {
+                machines: again,
+                tags: Vec::new(),
+            },
+            rollout: operation.rollout,
+        };
+        let resolved = ask
+            .resolve(&desired.scripts, &desired.machines)
+            .map_err(|problems| {
+                let problem = problems.into_iter().next().expect("at least one problem");
+                let message = match &problem {
+                    ask::Problem::UnknownScript(script) => {
+                        format!("script {script:?} is no longer in the catalog")
+                    }
+                    ask::Problem::Param { name, message } => format!(
+                        "parameter {name} no longer fits script {}: {message}",
+                        operation.script
+                    ),
+                    problem => problem.to_string(),
+                };
+                RunError::Unfit {
+                    field: problem.field(),
+                    message,
+                }
+            })?;
+        let plan = Plan {
+            script: resolved.script.clone(),
+            params: resolved.params,
+            hosts: self.placed(&desired, &resolved.targets).await?,
+            requested_by: Requester::User { name: by.into() },
+            concurrency: None,
+            rollout: resolved.rollout,
+            retry_of: Some(id),
+        };
+        self.started(plan).await
+    }
+
+    fn applied(&self) -> Result<std::sync::Arc<DesiredState>, RunError> {
+        let desired = self.context.desired.borrow().clone();
+        desired.ok_or(RunError::NothingApplied)
+    }
+
+    /// Where a run goes. Nothing starts on a suspended machine (the whole run
+    /// is refused when nothing it selects may start). Right after a start or an
+    /// inventory change a target may not have been checked yet: it is checked
+    /// now rather than skipped as "not checked yet".
+    async fn placed(
+        &self,
+        desired: &DesiredState,
+        targets: &Targets,
+    ) -> Result<Vec<HostPlan>, RunError> {
+        let held = self.held().await?;
+        let selected = targets.select(&desired.machines);
+        if let Some(reason) = run::refused_by_suspension(&held, &selected) {
+            return Err(RunError::Conflict(format!("nothing was started: {reason}")));
+        }
+        let statuses_of = |selected: Vec<String>| {
+            (self.context.store).run(move |store| store.machine_statuses(&selected))
+        };
+        let before = statuses_of(selected.clone()).await?;
+        let unchecked = selected.iter().filter(|id| {
+            held.refusal(Some(id)).is_none()
+                && before
+                    .get(*id)
+                    .is_none_or(|status| status.enrollment == Enrollment::Unknown)
+        });
+        let checks = unchecked.map(|id| self.verify(id, None));
+        for checked in futures::future::join_all(checks).await {
+            checked?;
+        }
+        let statuses = statuses_of(selected).await?;
+        let placements = run::place(targets, &desired.machines, &statuses, &held);
+        Ok(HostPlan::from_placements(placements))
+    }
+
+    /// Records the plan's operation and starts it.
+    async fn started(&self, plan: Plan) -> Result<Operation, RunError> {
+        let engine = self.context.engine.clone();
+        match crate::blocking::run(move || engine.start(plan, None)).await {
+            Ok(started) => Ok(started?),
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(store::Error::ShuttingDown.into()),
+        }
+    }
+}
