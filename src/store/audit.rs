@@ -1,19 +1,9 @@
 //! The audit log: who did what to which thing, and how it went. Append-only.
 
-use serde::{Deserialize, Serialize};
-
 use super::engine::{Read, Write, WriteTx};
+use super::records::{AuditEntry, Outcome};
 use super::schema::AUDIT_LOG;
 use super::{Result, Store, now_ms};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Success,
-    Failure,
-    /// Refused by policy (lockout, permissions, host key).
-    Denied,
-}
 
 /// Who did it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,20 +96,6 @@ impl AuditAction {
 pub struct Audit {
     pub actor: Actor,
     pub action: AuditAction,
-    pub target: String,
-    pub outcome: Outcome,
-    pub detail: Option<String>,
-}
-
-/// One audit record. Never holds a password or a token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    pub seq: u64,
-    pub at_ms: i64,
-    /// [`Actor`] as text.
-    pub actor: String,
-    /// [`AuditAction::name`].
-    pub action: String,
     pub target: String,
     pub outcome: Outcome,
     pub detail: Option<String>,

@@ -13,9 +13,11 @@ mod cluster;
 mod copy;
 pub mod engine;
 mod group_commit;
+mod migrations;
 mod observed;
 mod operations;
 mod outbox;
+mod records;
 mod retention;
 mod scan;
 mod schema;
@@ -30,21 +32,24 @@ use std::sync::Arc;
 
 use engine::{Engine, Read, Write};
 
-pub use audit::{Actor, Audit, AuditAction, AuditEntry, Outcome};
+pub use audit::{Actor, Audit, AuditAction};
 pub use changes::Changed;
 pub use cluster::{Fence, Followed, Member, Ring};
 pub use copy::TableDigest;
 pub use group_commit::StatusWriter;
-pub use observed::{HealthSample, StatusWrite};
+pub use observed::StatusWrite;
 pub use operations::Claim;
 pub use operations::OperationUpdate;
 pub use outbox::MAX_QUEUED;
+pub use records::{
+    AuditEntry, Declared, HealthSample, LoginFailures, MachineRecord, Outcome, PostedStatus,
+    ScriptRecord, SyncAsk, SyncOutcome, SyncRecord, User,
+};
 pub use retention::{Pruned, Retention};
 pub use scan::{OperationIndex, SeqTable};
 pub use schema::SCHEMA_VERSION;
 pub use states::StateWrite;
-pub use sync::{MachineRecord, ScriptRecord, SyncAsk, SyncOutcome, SyncRecord};
-pub use users::{DeletedUser, LoginFailures, SigningKey, User};
+pub use users::{DeletedUser, SigningKey};
 pub use webhook::DeliveryClaim;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -217,7 +222,7 @@ impl Store {
     }
 
     fn with_engine(engine: Engine, name: &str) -> Result<Store> {
-        schema::migrate(&engine, name)?;
+        migrations::migrate(&engine, name)?;
         Ok(Store {
             engine: Arc::new(engine),
             name: name.into(),

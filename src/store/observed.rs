@@ -1,22 +1,15 @@
 //! Observed machine status, health history, and run-request records.
 
-use linkops_reconcilers::machine::{self, Health, MachineStatus};
+use linkops_reconcilers::machine::{self, MachineStatus};
 use linkops_reconcilers::run::{RunRecord, Statuses};
 use linkops_reconcilers::suspension::Scope;
-use serde::{Deserialize, Serialize};
 
-use super::audit::{self, Actor, Audit, AuditAction, Outcome};
+use super::audit::{self, Actor, Audit, AuditAction};
 use super::engine::{Read, Write, WriteTx};
+use super::records::HealthSample;
+use super::records::Outcome;
 use super::schema::{FLEET_CHANGES, HEALTH_HISTORY, MACHINE_STATUS, RUN_REQUESTS, SUSPENSIONS};
 use super::{Result, Store};
-
-/// One health check, as history keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthSample {
-    pub at_ms: i64,
-    pub health: Health,
-    pub enrolled: bool,
-}
 
 /// One machine's status to store, with the health sample of the check that
 /// observed it and the audit entries the change means.

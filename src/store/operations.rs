@@ -14,8 +14,9 @@ use linkops_reconcilers::operation::{
 use linkops_reconcilers::run::{RunRecord, RunState};
 use linkops_reconcilers::state::{ApplyResult, Standing, StateStatus, Target};
 
-use super::audit::{self, Actor, Audit, AuditAction, Outcome};
+use super::audit::{self, Actor, Audit, AuditAction};
 use super::engine::{Read, Write, WriteTx};
+use super::records::Outcome;
 use super::scan::{SeqTable, index_operation};
 use super::schema::{
     OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, OPERATIONS_RUNNING, RUN_REQUESTS, STATE_STATUS,

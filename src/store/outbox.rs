@@ -10,11 +10,11 @@
 //! a machine's newer standing replaces its older one still waiting.
 
 use linkops_reconcilers::outbox::{
-    CommitStatus, Message, Outgoing, Queued, retry_after_ms, supersedes, tells_a_machine_s_standing,
+    Message, Outgoing, Queued, retry_after_ms, supersedes, tells_a_machine_s_standing,
 };
-use serde::{Deserialize, Serialize};
 
 use super::engine::{Json, Read, Table, Write, WriteTx};
+use super::records::PostedStatus;
 use super::schema::{FORGE_STATUSES, OUTBOX, OUTBOX_CHANNELS, OUTBOX_DEAD};
 use super::{Result, Store, now_ms};
 
@@ -23,13 +23,6 @@ pub const MAX_DEAD_LETTERS: u64 = 1_000;
 
 /// Messages a channel holds by default (`[notify] max_queued`).
 pub const MAX_QUEUED: usize = 1_000;
-
-/// A commit status the forge accepted, with when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PostedStatus {
-    pub status: CommitStatus,
-    pub posted_at_ms: i64,
-}
 
 /// The numbers of `channel`'s waiting messages, oldest first.
 fn channel_seqs(tx: &impl Read, channel: &str) -> Result<Vec<u64>> {
@@ -277,7 +270,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use crate::store::testing;
-    use linkops_reconcilers::outbox::{CommitState, FORGE, MAX_ATTEMPTS};
+    use linkops_reconcilers::outbox::{CommitState, CommitStatus, FORGE, MAX_ATTEMPTS};
 
     use super::*;
 

@@ -5,89 +5,15 @@
 
 use std::collections::BTreeMap;
 
-use linkops_reconcilers::desired::{DesiredState, Problem};
-use linkops_reconcilers::machine::Machine;
-use linkops_reconcilers::script::Script;
+use linkops_reconcilers::desired::DesiredState;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use super::audit::{self, Audit};
 use super::engine::{Json, Read, Table, Write, WriteTx};
+use super::records::{Declared, MachineRecord, SyncAsk, SyncOutcome, SyncRecord};
 use super::schema::{APPLIED_STATE, MACHINES, SCRIPTS, SYNC_ASKS, SYNC_HISTORY};
 use super::{Result, Store};
-
-/// What one sync attempt did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum SyncOutcome {
-    /// A new revision is in force.
-    Applied {
-        changed_files: Vec<String>,
-        /// The previous revision is not an ancestor: the branch was force-pushed.
-        forced: bool,
-    },
-    /// The branch still points at the applied revision.
-    Unchanged,
-    /// The revision has problems; the previous one stays in force.
-    Invalid { problems: Vec<Problem> },
-    /// Fetching or reading failed; the previous revision stays in force.
-    Failed { error: String },
-}
-
-impl SyncOutcome {
-    /// The outcome's name, as stored and as metrics label it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            SyncOutcome::Applied { .. } => "applied",
-            SyncOutcome::Unchanged => "unchanged",
-            SyncOutcome::Invalid { .. } => "invalid",
-            SyncOutcome::Failed { .. } => "failed",
-        }
-    }
-}
-
-/// One sync attempt. Times are Unix milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SyncRecord {
-    pub seq: u64,
-    pub started_at_ms: i64,
-    pub duration_ms: u64,
-    /// What asked for it: `interval`, `startup`, `api:<user>`, `webhook`, `watch`.
-    pub trigger: String,
-    /// The commit fetched, when the fetch got that far.
-    pub revision: Option<String>,
-    /// The revision in force before this attempt.
-    pub previous: Option<String>,
-    pub outcome: SyncOutcome,
-}
-
-/// What a replica that does not lead asks the leader for (it alone fetches Git).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncAsk {
-    /// A sync, recorded with this trigger.
-    Sync { trigger: String },
-    /// A plan of another branch's head.
-    Plan { branch: String },
-    /// Another branch was deleted: forget what was fetched of it.
-    Forget { branch: String },
-}
-
-/// Something a revision declares, or declared: a machine or a script.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Declared<T> {
-    pub spec: T,
-    /// The revision that last declared it.
-    pub revision: String,
-    /// Set when a later revision dropped it; its history is kept.
-    pub removed_at_ms: Option<i64>,
-}
-
-/// A machine the inventory declares, or declared.
-pub type MachineRecord = Declared<Machine>;
-
-/// A script of the catalog, current or removed.
-pub type ScriptRecord = Declared<Script>;
 
 impl Store {
     /// Records a sync attempt; when `desired` is given (outcome `Applied`),

@@ -6,9 +6,10 @@
 
 use linkops_reconcilers::terminal::{SessionEnd, TerminalSession, Workspace};
 
-use super::audit::{self, Actor, AuditAction, Outcome};
+use super::audit::{self, Actor, AuditAction};
 use super::cluster::Member;
 use super::engine::{Read, Write, WriteTx};
+use super::records::Outcome;
 use super::scan::SeqTable;
 use super::schema::{
     TERMINAL_HOLDERS, TERMINAL_RECORDINGS, TERMINAL_SESSIONS, TERMINAL_SESSIONS_OPEN,

@@ -1,32 +1,13 @@
 //! Users, their roles, and the persisted failed-login counters behind lockout.
 
 use linkops_reconcilers::role::Role;
-use serde::{Deserialize, Serialize};
 
-use super::audit::{self, Actor, Audit, AuditAction, Outcome};
+use super::audit::{self, Actor, Audit, AuditAction};
 use super::engine::{Read, Write, WriteTx};
+use super::records::Outcome;
+use super::records::{LoginFailures, User};
 use super::schema::{LOGIN_FAILURES, META, RETIRED_NAMES, TERMINAL_WORKSPACES, USERS};
 use super::{Error, Result, Store, now_ms};
-
-/// A user account. Only the argon2 hash of the password is kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct User {
-    pub name: String,
-    pub role: Role,
-    pub password_hash: String,
-    pub created_at_ms: i64,
-    /// Tokens issued before this instant are no longer accepted.
-    pub password_changed_at_ms: i64,
-}
-
-/// Consecutive failed logins for one user name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LoginFailures {
-    pub count: u32,
-    pub last_failure_ms: i64,
-    /// While in the future, every login for the name is refused.
-    pub locked_until_ms: Option<i64>,
-}
 
 /// A deleted account, and the terminal workspaces deleted with it.
 #[derive(Debug)]

@@ -411,13 +411,25 @@ async fn every_revision_shows_on_its_commit_pending_then_applied_or_refused() {
         description.starts_with("refused: links.yaml:"),
         "{description}"
     );
-    // `GET /api/git/status` says what the forge has for the revision it looked at last.
-    let status: Value = daemon
-        .get("/api/git/status", Some(&token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    // `GET /api/git/status` says what the forge has for the revision it looked
+    // at last — once the delivery that the forge answered is recorded.
+    let status = eventually("the refusal recorded as posted", || async {
+        let status: Value = daemon
+            .get("/api/git/status", Some(&token))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let shown: Vec<&Value> = status["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|posted| &posted["status"]["state"])
+            .collect();
+        (shown.len() > 1 || shown.first().is_some_and(|state| *state != "pending"))
+            .then_some(status)
+    })
+    .await;
     let shown: Vec<&Value> = status["statuses"]
         .as_array()
         .unwrap()
