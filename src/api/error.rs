@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::contract::{ErrorBody, ErrorDetail};
+use crate::contract::{ErrorBody, ErrorCode, ErrorDetail};
 use crate::{auth, store};
 
 #[derive(Debug)]
@@ -136,22 +136,22 @@ impl From<store::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code, message, details): (_, _, String, Option<Value>) = match self {
+        let (status, code, message, details): (_, ErrorCode, String, Option<Value>) = match self {
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "a valid bearer token is required".into(),
                 None,
             ),
             ApiError::Forbidden { needed } => (
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 format!("this needs the {needed} role"),
                 Some(json!({ "required_role": needed })),
             ),
             ApiError::ForbiddenOrigin(origin) => (
                 StatusCode::FORBIDDEN,
-                "forbidden_origin",
+                ErrorCode::ForbiddenOrigin,
                 format!(
                     "origin {origin:?} may not open terminals; add it to [terminal] allowed_origins"
                 ),
@@ -159,13 +159,13 @@ impl IntoResponse for ApiError {
             ),
             ApiError::InvalidCredentials => (
                 StatusCode::UNAUTHORIZED,
-                "invalid_credentials",
+                ErrorCode::InvalidCredentials,
                 "invalid user name or password".into(),
                 None,
             ),
             ApiError::Locked { retry_after_secs } => (
                 StatusCode::TOO_MANY_REQUESTS,
-                "locked",
+                ErrorCode::Locked,
                 format!("too many failed logins; try again in {retry_after_secs} s"),
                 Some(json!({ "retry_after_secs": retry_after_secs })),
             ),
@@ -174,54 +174,64 @@ impl IntoResponse for ApiError {
                 retry_after_secs,
             } => (
                 StatusCode::TOO_MANY_REQUESTS,
-                "busy",
+                ErrorCode::Busy,
                 message,
                 Some(json!({ "retry_after_secs": retry_after_secs })),
             ),
-            ApiError::BadRequest(message) => {
-                (StatusCode::BAD_REQUEST, "bad_request", message, None)
+            ApiError::BadRequest(message) => (
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                message,
+                None,
+            ),
+            ApiError::NotFound(message) => {
+                (StatusCode::NOT_FOUND, ErrorCode::NotFound, message, None)
             }
-            ApiError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message, None),
             ApiError::NoRoute(path) => (
                 StatusCode::NOT_FOUND,
-                "no_route",
+                ErrorCode::NoRoute,
                 format!("no API route {path}; see /api/openapi.json"),
                 None,
             ),
             ApiError::Unprocessable { field, message } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
+                ErrorCode::Invalid,
                 message,
                 Some(json!({ "field": field })),
             ),
-            ApiError::Conflict(message) => (StatusCode::CONFLICT, "conflict", message, None),
+            ApiError::Conflict(message) => {
+                (StatusCode::CONFLICT, ErrorCode::Conflict, message, None)
+            }
             ApiError::Webhook(rejection) => (
                 StatusCode::UNAUTHORIZED,
-                "bad_signature",
+                ErrorCode::BadSignature,
                 rejection.to_string(),
                 None,
             ),
             ApiError::UnsupportedMediaType(message) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 message,
                 None,
             ),
             ApiError::Replayed(delivery) => (
                 StatusCode::CONFLICT,
-                "replayed",
+                ErrorCode::Replayed,
                 format!("{delivery} was already received"),
                 None,
             ),
-            ApiError::NotConfigured(message) => {
-                (StatusCode::CONFLICT, "not_configured", message, None)
-            }
+            ApiError::NotConfigured(message) => (
+                StatusCode::CONFLICT,
+                ErrorCode::NotConfigured,
+                message,
+                None,
+            ),
             ApiError::Unavailable {
                 message,
                 retry_after_secs,
             } => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
+                ErrorCode::Unavailable,
                 message,
                 Some(json!({ "retry_after_secs": retry_after_secs })),
             ),
@@ -233,7 +243,7 @@ impl IntoResponse for ApiError {
                 tracing::warn!(%replica, %address, %reason, "the replica holding a terminal workspace does not answer");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "holder_unreachable",
+                    ErrorCode::HolderUnreachable,
                     format!(
                         "replica {replica} at {address} holds this workspace's terminals and does not answer ({reason}); if it is gone, another replica takes the workspace over once its lease passes: try again in a few seconds"
                     ),
@@ -244,7 +254,7 @@ impl IntoResponse for ApiError {
                 tracing::error!(%cause, "request failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    ErrorCode::Internal,
                     "internal error; see the daemon's log".into(),
                     None,
                 )
@@ -255,7 +265,7 @@ impl IntoResponse for ApiError {
             .and_then(|d| d["retry_after_secs"].as_u64());
         let body = ErrorBody {
             error: ErrorDetail {
-                code: code.to_owned(),
+                code,
                 message,
                 details,
             },

@@ -9,10 +9,12 @@ use secrecy::ExposeSecret;
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
-use crate::contract::{GitStatus, PostedStatusView, SyncRequested, SyncView, WebhookAnswer};
+use crate::contract::{
+    GitStatus, PostedStatusView, SyncOutcome, SyncRequested, SyncView, WebhookAnswer,
+};
 use crate::git::sync::Trigger;
 use crate::git::webhook::{self, Triage};
-use crate::store::{DeliveryClaim, SyncOutcome, SyncRecord};
+use crate::store::{self, DeliveryClaim, SyncRecord};
 use linkops_reconcilers::outbox::FORGE;
 use linkops_reconcilers::plan::BranchWork;
 use linkops_reconcilers::role::Role;
@@ -29,7 +31,18 @@ impl From<SyncRecord> for SyncView {
             trigger: record.trigger,
             revision: record.revision,
             previous: record.previous,
-            outcome: record.outcome,
+            outcome: match record.outcome {
+                store::SyncOutcome::Applied {
+                    changed_files,
+                    forced,
+                } => SyncOutcome::Applied {
+                    changed_files,
+                    forced,
+                },
+                store::SyncOutcome::Unchanged => SyncOutcome::Unchanged,
+                store::SyncOutcome::Invalid { problems } => SyncOutcome::Invalid { problems },
+                store::SyncOutcome::Failed { error } => SyncOutcome::Failed { error },
+            },
         }
     }
 }
@@ -74,10 +87,10 @@ pub async fn status(
         })
         .await?;
     let last_error = match last.as_ref().map(|r| &r.outcome) {
-        Some(SyncOutcome::Invalid { problems }) => {
+        Some(store::SyncOutcome::Invalid { problems }) => {
             problems.iter().map(ToString::to_string).collect()
         }
-        Some(SyncOutcome::Failed { error }) => vec![error.clone()],
+        Some(store::SyncOutcome::Failed { error }) => vec![error.clone()],
         _ => Vec::new(),
     };
     let statuses = statuses

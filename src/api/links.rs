@@ -14,7 +14,9 @@ use linkops_reconcilers::operation::Operation;
 use super::auth::Authenticated;
 use super::extract::{Json, Path, Query};
 use super::{ApiError, AppState, at};
-use crate::contract::{HealthPoint, MachineDetail, MachineQuery, MachineView, OperationSummary};
+use crate::contract::{
+    FleetStreamEvent, HealthPoint, MachineDetail, MachineQuery, MachineView, OperationSummary,
+};
 use crate::fleet::{self, FleetEvent, Page};
 use crate::metrics::Open;
 use crate::store::{Actor, HealthSample};
@@ -109,12 +111,13 @@ pub async fn events(
         let _open = &open;
         let event = match event {
             FleetEvent::Snapshot { id, snapshot } => Event::default()
-                .event("snapshot")
+                .event(FleetStreamEvent::Snapshot.name())
                 .id(id)
                 .json_data(snapshot),
-            FleetEvent::Changes { id, changes } => {
-                Event::default().event("changes").id(id).json_data(changes)
-            }
+            FleetEvent::Changes { id, changes } => Event::default()
+                .event(FleetStreamEvent::Changes.name())
+                .id(id)
+                .json_data(changes),
         };
         Ok(event.expect("machine views serialise"))
     });

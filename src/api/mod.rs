@@ -205,6 +205,8 @@ fn described_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     modifiers(&Security),
     components(schemas(
         crate::contract::ErrorBody,
+        crate::contract::OperationStreamEvent,
+        crate::contract::FleetStreamEvent,
         crate::contract::OutputChunk,
         crate::contract::HostEvent,
         crate::contract::StateEvent,

@@ -20,8 +20,8 @@ use serde_json::Value;
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
 use crate::contract::{
-    EventsQuery, HistoryQuery, HostEvent, OperationView, OutputBytes, OutputChunk, OutputPage,
-    OutputQuery, RunBody, StateEvent, Stopping,
+    EventsQuery, HistoryQuery, HostEvent, OperationStreamEvent, OperationView, OutputBytes,
+    OutputChunk, OutputPage, OutputQuery, RunBody, StateEvent, Stopping,
 };
 use crate::metrics::Open;
 use crate::store::Actor;
@@ -240,14 +240,14 @@ pub async fn events(
 
 fn sse_frame(event: &RecordedEvent, data: String) -> Event {
     let name = match event.event {
-        OperationEvent::Output { .. } => "output",
-        OperationEvent::Host { .. } => "host",
-        OperationEvent::Operation { .. } => "operation",
-        OperationEvent::End { .. } => "end",
+        OperationEvent::Output { .. } => OperationStreamEvent::Output,
+        OperationEvent::Host { .. } => OperationStreamEvent::Host,
+        OperationEvent::Operation { .. } => OperationStreamEvent::Operation,
+        OperationEvent::End { .. } => OperationStreamEvent::End,
     };
     Event::default()
         .id(event.seq.to_string())
-        .event(name)
+        .event(name.name())
         .data(data)
 }
 

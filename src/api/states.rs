@@ -49,9 +49,9 @@ pub async fn get(
     let desired = desired.unwrap_or_default();
     let declared = declared(Some(&desired), &id)?;
     let asked = id.clone();
-    let (mut targets, status) = state
+    let (status, mut targets) = state
         .store
-        .run(move |store| Ok((store.state_targets(&asked)?, store.state_status(&asked)?)))
+        .run(move |store| store.state_detail(&asked))
         .await?;
     let machines = declared
         .targets

@@ -17,9 +17,9 @@ use super::print::{api_name, or_dash, print_json, print_table};
 use super::{Client, Error, Result, Session};
 use crate::contract::{
     GitStatus, Health, HistoryQuery, LoginRequest, LoginResponse, MachineQuery, MachineView,
-    OperationView, RunBody, RunView, StateDetail, StateView, Stopping, SyncView, TargetsBody,
+    OperationView, RunBody, RunView, StateDetail, StateView, Stopping, SyncOutcome, SyncView,
+    TargetsBody,
 };
-use crate::store::SyncOutcome;
 
 /// `linkops login`: exchanges a password for a token and saves the session.
 pub async fn login(server: &str, user: &str, password_stdin: bool) -> Result<()> {

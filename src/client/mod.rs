@@ -216,7 +216,7 @@ fn api_error(status: u16, body: &[u8]) -> Error {
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(ErrorBody { error }) => Error::Api {
             status,
-            code: error.code,
+            code: error.code.to_string(),
             message: error.message,
         },
         Err(_) => Error::Api {

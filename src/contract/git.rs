@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::SyncOutcome;
+use linkops_reconcilers::desired::Problem;
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GitStatus {
@@ -46,6 +46,36 @@ pub struct SyncView {
     pub previous: Option<String>,
     #[serde(flatten)]
     pub outcome: SyncOutcome,
+}
+
+/// What one sync attempt did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum SyncOutcome {
+    /// A new revision is in force.
+    Applied {
+        changed_files: Vec<String>,
+        /// The previous revision is not an ancestor: the branch was force-pushed.
+        forced: bool,
+    },
+    /// The branch still points at the applied revision.
+    Unchanged,
+    /// The revision has problems; the previous one stays in force.
+    Invalid { problems: Vec<Problem> },
+    /// Fetching or reading failed; the previous revision stays in force.
+    Failed { error: String },
+}
+
+impl SyncOutcome {
+    /// The outcome's name: its `result`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SyncOutcome::Applied { .. } => "applied",
+            SyncOutcome::Unchanged => "unchanged",
+            SyncOutcome::Invalid { .. } => "invalid",
+            SyncOutcome::Failed { .. } => "failed",
+        }
+    }
 }
 
 /// What a push delivery did.

@@ -32,6 +32,94 @@ pub fn at(ms: i64) -> Option<jiff::Timestamp> {
     jiff::Timestamp::from_millisecond(ms).ok()
 }
 
+/// What kind of error an answer is: stable, for programs (the message is for people).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No valid bearer token (401).
+    Unauthorized,
+    /// The role is too low; `details.required_role` names the one needed (403).
+    Forbidden,
+    /// A browser page from an origin not allowed to open terminals (403).
+    ForbiddenOrigin,
+    /// A login with a wrong user name or password (401).
+    InvalidCredentials,
+    /// Too many failed logins; `details.retry_after_secs` (429).
+    Locked,
+    /// Too much at once; `details.retry_after_secs` (429).
+    Busy,
+    BadRequest,
+    NotFound,
+    /// No API route has this path (404).
+    NoRoute,
+    /// A well-formed request that does not fit; `details.field` names what (422).
+    Invalid,
+    Conflict,
+    /// A webhook delivery whose signature does not check out (401).
+    BadSignature,
+    UnsupportedMediaType,
+    /// A webhook delivery received before (409).
+    Replayed,
+    /// A feature that needs configuration first; the message says which (409).
+    NotConfigured,
+    /// Not now; `details.retry_after_secs` (503).
+    Unavailable,
+    /// The replica holding a terminal workspace does not answer (503).
+    HolderUnreachable,
+    Internal,
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = serde_json::to_value(self).expect("a unit variant serialises");
+        f.write_str(value.as_str().unwrap_or_default())
+    }
+}
+
+/// The `event` of each Server-Sent Event of `GET /api/operations/{id}/events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationStreamEvent {
+    /// Output of a machine (data: OutputChunk).
+    Output,
+    /// A machine's state changed (data: HostEvent).
+    Host,
+    /// The operation's state changed (data: StateEvent).
+    Operation,
+    /// The last event: the operation ended (data: StateEvent).
+    End,
+}
+
+impl OperationStreamEvent {
+    pub fn name(self) -> &'static str {
+        match self {
+            OperationStreamEvent::Output => "output",
+            OperationStreamEvent::Host => "host",
+            OperationStreamEvent::Operation => "operation",
+            OperationStreamEvent::End => "end",
+        }
+    }
+}
+
+/// The `event` of each Server-Sent Event of `GET /api/fleet/events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetStreamEvent {
+    /// Every machine asked for (data: FleetSnapshot).
+    Snapshot,
+    /// What changed since the last event (data: FleetChanges).
+    Changes,
+}
+
+impl FleetStreamEvent {
+    pub fn name(self) -> &'static str {
+        match self {
+            FleetStreamEvent::Snapshot => "snapshot",
+            FleetStreamEvent::Changes => "changes",
+        }
+    }
+}
+
 /// The body of every error answer: `{"error": {"code", "message", "details"?}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -40,12 +128,32 @@ pub struct ErrorBody {
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, for programs: `unauthorized`, `forbidden`, `not_found`, `invalid`, `conflict`, …
-    pub code: String,
+    /// Stable, for programs.
+    pub code: ErrorCode,
     /// For people: what is wrong and, where it helps, how to fix it.
     pub message: String,
     /// Structured context, e.g. `{"field": "params.version"}` or `{"retry_after_secs": 30}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub details: Option<Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_event_names_are_their_serialised_names() {
+        use OperationStreamEvent::*;
+        for event in [Output, Host, Operation, End] {
+            assert_eq!(serde_json::to_value(event).unwrap(), event.name());
+        }
+        for event in [FleetStreamEvent::Snapshot, FleetStreamEvent::Changes] {
+            assert_eq!(serde_json::to_value(event).unwrap(), event.name());
+        }
+        assert_eq!(
+            ErrorCode::HolderUnreachable.to_string(),
+            "holder_unreachable"
+        );
+    }
 }

@@ -41,16 +41,17 @@ impl Store {
 
     /// A state's records on its machines, by machine id.
     pub fn state_targets(&self, state_id: &str) -> Result<BTreeMap<String, Target>> {
+        targets_of(&self.read()?, state_id)
+    }
+
+    /// A state's status and its records on its machines, read together: the
+    /// counts are those of the records.
+    pub fn state_detail(
+        &self,
+        state_id: &str,
+    ) -> Result<(Option<StateStatus>, BTreeMap<String, Target>)> {
         let tx = self.read()?;
-        let mut targets = BTreeMap::new();
-        for entry in tx.range(STATE_TARGETS, (state_id, "")..) {
-            let ((state, machine), target) = entry?;
-            if state != state_id {
-                break;
-            }
-            targets.insert(machine, target);
-        }
-        Ok(targets)
+        Ok((tx.get(STATE_STATUS, state_id)?, targets_of(&tx, state_id)?))
     }
 
     /// Every state's record on every machine, by (state, machine), for table queries.
@@ -141,6 +142,19 @@ pub(super) fn put_targets(tx: &mut WriteTx, targets: &[Target]) -> Result<()> {
     Ok(())
 }
 
+/// The records of state `state_id` on its machines, by machine id.
+fn targets_of(tx: &impl Read, state_id: &str) -> Result<BTreeMap<String, Target>> {
+    let mut targets = BTreeMap::new();
+    for entry in tx.range(STATE_TARGETS, (state_id, "")..) {
+        let ((state, machine), target) = entry?;
+        if state != state_id {
+            break;
+        }
+        targets.insert(machine, target);
+    }
+    Ok(targets)
+}
+
 #[cfg(test)]
 mod tests {
     use crate::store::testing;
@@ -204,6 +218,10 @@ mod tests {
             );
             assert_eq!(stored.apply.as_ref().unwrap().operation_id, created.id);
             assert!(store.state_status("motd").unwrap().is_some());
+            // The detail the API shows reads both at once.
+            let (status, targets) = store.state_detail("motd").unwrap();
+            assert_eq!(status, store.state_status("motd").unwrap());
+            assert_eq!(targets["web1"].standing, stored.standing);
             let audit = store.audit_entries(0, 10).unwrap();
             let applied = audit.iter().find(|e| e.action == "state.apply").unwrap();
             assert_eq!(

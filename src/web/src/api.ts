@@ -1,7 +1,7 @@
 // The daemon's public API (the one /api/openapi.json describes): requests with the session's token.
 // Every shape it exchanges is in ./contract.ts, generated from schemas/openapi.json by `npm run build`.
 
-import type { ErrorBody, Role } from "./contract";
+import type { ErrorBody, ErrorCode, FleetStreamEvent, OperationStreamEvent, Role } from "./contract";
 
 export interface Session { token: string; user: string; role: Role }
 
@@ -19,7 +19,8 @@ export function saveSession(value: Session | null): void {
 
 /** An error answer: `{"error": {"code", "message", "details"?}}`. */
 export class ApiError extends Error {
-  constructor(public status: number, public code: string, message: string) {
+  /** `error` when the answer was not the API's (a proxy in between). */
+  constructor(public status: number, public code: ErrorCode | "error", message: string) {
     super(message);
   }
 }
@@ -48,14 +49,28 @@ export async function apiText(method: string, path: string, body?: unknown): Pro
   return text;
 }
 
+/** A stream of Server-Sent Events whose event names are the contract's `E`. */
+export interface Stream<E extends string> {
+  on(name: E, listener: (data: string) => void): void;
+  close(): void;
+}
+
+function stream<E extends string>(path: string): Stream<E> {
+  const source = new EventSource(`${path}?access_token=${encodeURIComponent(session()?.token ?? "")}`);
+  return {
+    on: (name, listener) => source.addEventListener(name, (event) => listener((event as MessageEvent<string>).data)),
+    close: () => source.close(),
+  };
+}
+
 /** Server-Sent Events of an operation; EventSource resumes with Last-Event-ID after a drop. */
-export function operationEvents(id: number): EventSource {
-  return new EventSource(`/api/operations/${id}/events?access_token=${encodeURIComponent(session()?.token ?? "")}`);
+export function operationEvents(id: number): Stream<OperationStreamEvent> {
+  return stream(`/api/operations/${id}/events`);
 }
 
 /** The fleet live: a `snapshot` event with every machine, then `changes` with what changed. */
-export function fleetEvents(): EventSource {
-  return new EventSource(`/api/fleet/events?access_token=${encodeURIComponent(session()?.token ?? "")}`);
+export function fleetEvents(): Stream<FleetStreamEvent> {
+  return stream("/api/fleet/events");
 }
 
 /** A workspace's WebSocket; the token travels as a subprotocol, never in a log line. */

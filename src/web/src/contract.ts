@@ -972,9 +972,14 @@ export interface components {
         ErrorBody: {
             error: components["schemas"]["ErrorDetail"];
         };
+        /**
+         * @description What kind of error an answer is: stable, for programs (the message is for people).
+         * @enum {string}
+         */
+        ErrorCode: "unauthorized" | "forbidden" | "forbidden_origin" | "invalid_credentials" | "locked" | "busy" | "bad_request" | "not_found" | "no_route" | "invalid" | "conflict" | "bad_signature" | "unsupported_media_type" | "replayed" | "not_configured" | "unavailable" | "holder_unreachable" | "internal";
         ErrorDetail: {
-            /** @description Stable, for programs: `unauthorized`, `forbidden`, `not_found`, `invalid`, `conflict`, … */
-            code: string;
+            /** @description Stable, for programs. */
+            code: components["schemas"]["ErrorCode"];
             /** @description Structured context, e.g. `{"field": "params.version"}` or `{"retry_after_secs": 30}`. */
             details?: Record<string, never> | null;
             /** @description For people: what is wrong and, where it helps, how to fix it. */
@@ -1006,6 +1011,11 @@ export interface components {
         FleetSnapshot: {
             machines: components["schemas"]["MachineView"][];
         };
+        /**
+         * @description The `event` of each Server-Sent Event of `GET /api/fleet/events`.
+         * @enum {string}
+         */
+        FleetStreamEvent: "snapshot" | "changes";
         GitHealth: {
             /** @description The revision in force, if any. */
             applied_revision?: string | null;
@@ -1274,6 +1284,11 @@ export interface components {
          * @enum {string}
          */
         OperationState: "pending" | "running" | "succeeded" | "failed" | "partially_failed" | "stopped" | "interrupted";
+        /**
+         * @description The `event` of each Server-Sent Event of `GET /api/operations/{id}/events`.
+         * @enum {string}
+         */
+        OperationStreamEvent: "output" | "host" | "operation" | "end";
         OperationSummary: {
             /** Format: date-time */
             created_at?: string | null;
@@ -1888,11 +1903,13 @@ export type Direction = components['schemas']['Direction'];
 export type Duration = components['schemas']['Duration'];
 export type Enrollment = components['schemas']['Enrollment'];
 export type ErrorBody = components['schemas']['ErrorBody'];
+export type ErrorCode = components['schemas']['ErrorCode'];
 export type ErrorDetail = components['schemas']['ErrorDetail'];
 export type EventKind = components['schemas']['EventKind'];
 export type FilterRequest = components['schemas']['FilterRequest'];
 export type FleetChanges = components['schemas']['FleetChanges'];
 export type FleetSnapshot = components['schemas']['FleetSnapshot'];
+export type FleetStreamEvent = components['schemas']['FleetStreamEvent'];
 export type GitHealth = components['schemas']['GitHealth'];
 export type GitStatus = components['schemas']['GitStatus'];
 export type HaltView = components['schemas']['HaltView'];
@@ -1917,6 +1934,7 @@ export type Notification = components['schemas']['Notification'];
 export type Op = components['schemas']['Op'];
 export type Operation = components['schemas']['Operation'];
 export type OperationState = components['schemas']['OperationState'];
+export type OperationStreamEvent = components['schemas']['OperationStreamEvent'];
 export type OperationSummary = components['schemas']['OperationSummary'];
 export type OperationView = components['schemas']['OperationView'];
 export type OutboxView = components['schemas']['OutboxView'];

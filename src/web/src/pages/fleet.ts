@@ -79,14 +79,14 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
   // A snapshot first (and after a reconnect the daemon cannot resume), then only what changed.
   // EventSource reconnects by itself after a network drop, sending the last event's id.
   const events = fleetEvents();
-  events.addEventListener("snapshot", (event) => {
-    const snapshot = JSON.parse((event as MessageEvent<string>).data) as FleetSnapshot;
+  events.on("snapshot", (event) => {
+    const snapshot = JSON.parse(event) as FleetSnapshot;
     machines.clear();
     for (const m of snapshot.machines) machines.set(m.id, m);
     redraw();
   });
-  events.addEventListener("changes", (event) => {
-    const changes = JSON.parse((event as MessageEvent<string>).data) as FleetChanges;
+  events.on("changes", (event) => {
+    const changes = JSON.parse(event) as FleetChanges;
     for (const m of changes.changed) machines.set(m.id, m);
     for (const id of changes.removed) machines.delete(id);
     redraw();

@@ -99,18 +99,18 @@ export async function operationPage(main: HTMLElement, [idText]: string[]): Prom
 
   // The log replays from the start, then streams; after a network drop EventSource resumes after the last id.
   const events = operationEvents(id);
-  events.addEventListener("output", (event) => {
-    const data = JSON.parse((event as MessageEvent<string>).data) as OutputChunk;
+  events.on("output", (event) => {
+    const data = JSON.parse(event) as OutputChunk;
     const text = "text" in data ? data.text : atob(data.base64);
     panels.get(data.machine)?.append(data.stream, text);
   });
-  events.addEventListener("host", (event) => {
-    const data = JSON.parse((event as MessageEvent<string>).data) as HostEvent;
+  events.on("host", (event) => {
+    const data = JSON.parse(event) as HostEvent;
     panels.get(data.machine)?.setState(data.state);
   });
-  const stateOf = (event: Event) => (JSON.parse((event as MessageEvent<string>).data) as StateEvent).state;
-  events.addEventListener("operation", (event) => finished(stateOf(event)));
-  events.addEventListener("end", (event) => {
+  const stateOf = (event: string) => (JSON.parse(event) as StateEvent).state;
+  events.on("operation", (event) => finished(stateOf(event)));
+  events.on("end", (event) => {
     finished(stateOf(event));
     events.close();
   });
