@@ -568,7 +568,7 @@ fn store_after_a_day(size: usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     let store = Store::open(&path).unwrap();
-    let policy = linkops::config::RetentionConfig::default().policy();
+    let policy = linkops::store::Retention::from(&linkops::config::RetentionConfig::default());
     let begun = Instant::now();
     let day_start = linkops::store::now_ms();
     let mut pruned = 0;

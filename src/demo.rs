@@ -382,7 +382,7 @@ fn demo_config(data: &Path, repo: &Path, key: &Path, known_hosts: &Path) -> Resu
         .map_err(|source| io_error(&demo_key, source))?;
     std::fs::copy(known_hosts, config.known_hosts_path())
         .map_err(|source| io_error(known_hosts, source))?;
-    config.git.url = Some(crate::git::RepoUrl::parse(&repo.display().to_string()));
+    config.git.url = Some(crate::config::RepoUrl::parse(&repo.display().to_string()));
     config.ssh.user = testbed::TEST_USER.to_owned();
     config.ssh.key = "demo_key".to_owned();
     Ok(config)

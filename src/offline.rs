@@ -187,7 +187,7 @@ pub fn migrate_store(
 
 /// The store, for the user commands; a running daemon holds it, and the error says what to do instead.
 fn open_store(config: &Config) -> Result<Store, Error> {
-    Store::open_at(&config.store_location()?).map_err(|error| match error {
+    Store::open_at(&crate::store::Location::of(config)?).map_err(|error| match error {
         crate::store::Error::InUse { path } => Error::DaemonRunning { path },
         error => error.into(),
     })

@@ -82,7 +82,7 @@ impl Default for TerminalConfig {
 }
 
 /// What the store keeps, so its size is bounded by these settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Every health sample of a machine younger than this is kept…
@@ -122,21 +122,6 @@ impl Default for RetentionConfig {
             sync_records: 10_000,
             departed_states: Duration::from_secs(30 * 24 * 3600),
             interval: Duration::from_secs(600),
-        }
-    }
-}
-
-impl RetentionConfig {
-    pub fn policy(&self) -> crate::store::Retention {
-        crate::store::Retention {
-            health: linkops_reconcilers::retention::HealthRetention {
-                full: self.health_full,
-                bucket: self.health_bucket,
-                window: self.health_window,
-                max_samples: self.health_max_samples,
-            },
-            operation_output: self.operation_output,
-            departed_states: self.departed_states,
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct GitConfig {
     /// Remote of the config repository (`git@host:owner/repo.git`, `ssh://…`, a path, `file://…`, `https://…`).
-    pub url: Option<crate::git::RepoUrl>,
+    pub url: Option<super::RepoUrl>,
     pub branch: String,
     /// Deploy key: a file name in the keys directory, or an absolute path.
     pub deploy_key: Option<String>,

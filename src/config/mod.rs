@@ -7,17 +7,18 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use secrecy::SecretString;
 use serde::Deserialize;
 
 mod daemon;
 mod fleet;
 mod notify;
+mod repo_url;
 mod store;
 
 pub use daemon::*;
 pub use fleet::*;
 pub use notify::*;
+pub use repo_url::RepoUrl;
 pub use store::*;
 
 /// Where `linkops` looks for its configuration when `--config` is not given.
@@ -143,39 +144,6 @@ impl Config {
 
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("linkops.redb")
-    }
-
-    /// Where the store is, the PostgreSQL password read (from its 0600 file).
-    pub fn store_location(&self) -> Result<crate::store::Location, Error> {
-        use crate::store::Location;
-        let invalid = |message: &str| Error::Invalid {
-            origin: "[store]".into(),
-            message: message.into(),
-        };
-        match self.store.backend {
-            StoreBackend::Redb => Ok(Location::Redb(self.store_path())),
-            StoreBackend::Postgres => {
-                let url = self.store.url.clone().ok_or_else(|| {
-                    invalid(
-                        "backend \"postgres\" needs url = \"postgres://USER@HOST:PORT/DATABASE\"",
-                    )
-                })?;
-                crate::store::engine::postgres::check_url(&url)
-                    .map_err(|message| invalid(&message))?;
-                let path = self.keys_dir().join(&self.store.password_file);
-                let password = match path.exists() {
-                    true => Some(SecretString::from(crate::secrets::read_private(&path)?)),
-                    false => None,
-                };
-                Ok(Location::Postgres(
-                    crate::store::engine::postgres::Options {
-                        url,
-                        password,
-                        pool_size: self.store.pool_size.max(2),
-                    },
-                ))
-            }
-        }
     }
 
     /// How replicas reach each other: `[cluster] listen` and its three TLS
@@ -421,7 +389,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(
-            config.git.url.as_ref().map(crate::git::RepoUrl::expose),
+            config.git.url.as_ref().map(RepoUrl::expose),
             Some("git@forgejo:ops/fleet.git")
         );
         assert_eq!(config.git.interval, Duration::from_secs(300));
@@ -447,7 +415,7 @@ mod tests {
         assert!(config.ssh.trust_on_first_use);
         assert_eq!(config.data_dir, PathBuf::from("/srv/linkops"));
         assert_eq!(
-            config.git.url.as_ref().map(crate::git::RepoUrl::expose),
+            config.git.url.as_ref().map(RepoUrl::expose),
             Some("ssh://git@10.0.0.1:2222/ops/fleet.git")
         );
         assert_eq!(config.auth.token_lifetime, Duration::from_secs(3600));
@@ -467,12 +435,7 @@ mod tests {
         );
         assert_eq!(example.terminal.grace, defaults.terminal.grace);
         assert_eq!(example.terminal.scrollback, defaults.terminal.scrollback);
-        assert_eq!(
-            example.retention.policy(),
-            defaults.retention.policy(),
-            "[retention]"
-        );
-        assert_eq!(example.retention.interval, defaults.retention.interval);
+        assert_eq!(example.retention, defaults.retention, "[retention]");
         assert_eq!(example.ssh.pool_size, defaults.ssh.pool_size);
     }
 

@@ -4,6 +4,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 /// Which forge API commit statuses are posted to.
+/// Messages a channel holds by default (`[notify] max_queued`).
+pub const MAX_QUEUED: usize = 1_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ForgeKind {
@@ -62,7 +65,7 @@ impl Default for NotifyConfig {
     fn default() -> Self {
         NotifyConfig {
             sinks: Vec::new(),
-            max_queued: crate::store::MAX_QUEUED,
+            max_queued: MAX_QUEUED,
         }
     }
 }

@@ -48,7 +48,7 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct Source {
     /// `git@host:owner/repo.git`, `ssh://…`, a local path, `file://…` or `https://…`.
-    pub url: super::RepoUrl,
+    pub url: crate::config::RepoUrl,
     pub branch: String,
     /// Private key for SSH remotes (mode 0600).
     pub deploy_key: Option<PathBuf>,

@@ -4,9 +4,7 @@ mod files;
 pub mod mirror;
 pub mod plans;
 pub mod sync;
-mod url;
 mod watch;
 pub mod webhook;
 
 pub use files::{Error as FilesError, read_dir};
-pub use url::RepoUrl;

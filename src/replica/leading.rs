@@ -21,7 +21,7 @@ pub async fn prune_store(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let policy = retention.policy();
+    let policy = crate::store::Retention::from(&retention);
     loop {
         let pass = store.clone();
         let pruned = crate::blocking::run(move || pass.prune(&policy, store::now_ms())).await;

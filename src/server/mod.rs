@@ -454,7 +454,7 @@ fn open_store(config: &Config) -> Result<store::Store, Error> {
             .map_err(|source| Error::DataDir { path: dir, source })?;
     }
     refuse_open_data_dir(&config.data_dir)?;
-    let store = store::Store::open_at(&config.store_location()?)?;
+    let store = store::Store::open_at(&store::Location::of(config)?)?;
     Ok(store.bounding_outbox(config.notify.max_queued))
 }
 

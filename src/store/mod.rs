@@ -40,7 +40,6 @@ pub use group_commit::StatusWriter;
 pub use observed::StatusWrite;
 pub use operations::Claim;
 pub use operations::OperationUpdate;
-pub use outbox::MAX_QUEUED;
 pub use records::{
     AuditEntry, Declared, HealthSample, LoginFailures, MachineRecord, Outcome, PostedStatus,
     ScriptRecord, SyncAsk, SyncOutcome, SyncRecord, User,
@@ -188,6 +187,39 @@ pub enum Location {
 }
 
 impl Location {
+    /// Where `config`'s `[store]` section says the store is, the PostgreSQL
+    /// password read (from its 0600 file in the keys directory).
+    pub fn of(config: &crate::config::Config) -> Result<Location, crate::config::Error> {
+        use crate::config::{Error, StoreBackend};
+        let invalid = |message: &str| Error::Invalid {
+            origin: "[store]".into(),
+            message: message.into(),
+        };
+        match config.store.backend {
+            StoreBackend::Redb => Ok(Location::Redb(config.store_path())),
+            StoreBackend::Postgres => {
+                let url = config.store.url.clone().ok_or_else(|| {
+                    invalid(
+                        "backend \"postgres\" needs url = \"postgres://USER@HOST:PORT/DATABASE\"",
+                    )
+                })?;
+                engine::postgres::check_url(&url).map_err(|message| invalid(&message))?;
+                let path = config.keys_dir().join(&config.store.password_file);
+                let password = match path.exists() {
+                    true => Some(secrecy::SecretString::from(crate::secrets::read_private(
+                        &path,
+                    )?)),
+                    false => None,
+                };
+                Ok(Location::Postgres(engine::postgres::Options {
+                    url,
+                    password,
+                    pool_size: config.store.pool_size.max(2),
+                }))
+            }
+        }
+    }
+
     /// The file, or the database (never its password), for messages.
     pub fn shown(&self) -> String {
         match self {
@@ -229,7 +261,7 @@ impl Store {
             fleet_changes: Arc::new(changes::FleetChanges::new()),
             user_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             fence: None,
-            outbox_bound: outbox::MAX_QUEUED,
+            outbox_bound: crate::config::MAX_QUEUED,
         })
     }
 

@@ -21,9 +21,6 @@ use super::{Result, Store, now_ms};
 /// Dead letters kept; the oldest go first.
 pub const MAX_DEAD_LETTERS: u64 = 1_000;
 
-/// Messages a channel holds by default (`[notify] max_queued`).
-pub const MAX_QUEUED: usize = 1_000;
-
 /// The numbers of `channel`'s waiting messages, oldest first.
 fn channel_seqs(tx: &impl Read, channel: &str) -> Result<Vec<u64>> {
     tx.range(OUTBOX_CHANNELS, (channel, 0u64)..)

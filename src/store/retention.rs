@@ -39,6 +39,21 @@ pub struct Retention {
     pub departed_states: Duration,
 }
 
+impl From<&crate::config::RetentionConfig> for Retention {
+    fn from(config: &crate::config::RetentionConfig) -> Retention {
+        Retention {
+            health: HealthRetention {
+                full: config.health_full,
+                bucket: config.health_bucket,
+                window: config.health_window,
+                max_samples: config.health_max_samples,
+            },
+            operation_output: config.operation_output,
+            departed_states: config.departed_states,
+        }
+    }
+}
+
 /// What one pass removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {

@@ -29,7 +29,7 @@ pub(crate) fn ssh_config(data_dir: &Path, fleet: &TestFleet, url: &str) -> Confi
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::create_dir_all(config.known_hosts_path().parent().unwrap()).unwrap();
     std::fs::copy(fleet.known_hosts(), config.known_hosts_path()).unwrap();
-    config.git.url = Some(linkops::git::RepoUrl::parse(url));
+    config.git.url = Some(linkops::config::RepoUrl::parse(url));
     config.git.deploy_key = Some("deploy_key".into());
     config.webhook.secret = Some(WEBHOOK_SECRET.to_owned().into());
     config
@@ -547,7 +547,7 @@ async fn a_local_repository_is_watched_and_synced_on_commit() {
     let first = work.head();
     let data = dir.path().join("data");
     let mut config = support::config(&data);
-    config.git.url = Some(linkops::git::RepoUrl::parse(work.dir.to_str().unwrap()));
+    config.git.url = Some(linkops::config::RepoUrl::parse(work.dir.to_str().unwrap()));
     let daemon = TestDaemon::start(config).await;
     applied(&daemon, &first).await;
 
@@ -569,7 +569,7 @@ async fn an_idle_local_repository_records_nothing_even_with_a_bad_head() {
     let data_dir = support::private_dir();
     let data = data_dir.path();
     let mut config = support::config(data);
-    config.git.url = Some(linkops::git::RepoUrl::parse(work.dir.to_str().unwrap()));
+    config.git.url = Some(linkops::config::RepoUrl::parse(work.dir.to_str().unwrap()));
     config.git.interval = Duration::from_millis(50);
     add_users(data, &[("ada", Role::Admin, "pw-ada-1")]);
     let daemon = TestDaemon::start(config).await;

@@ -351,7 +351,7 @@ async fn credentials_in_the_git_url_never_leave_the_daemon() {
     drop(closed);
     let mut config = support::config(dir.path());
     let url = format!("https://bot:SECRET-TOKEN-42@127.0.0.1:{port}/ops/fleet.git");
-    config.git.url = Some(linkops::git::RepoUrl::parse(&url));
+    config.git.url = Some(linkops::config::RepoUrl::parse(&url));
     let daemon = TestDaemon::start(config).await;
     daemon.daemon().git().first_attempt().await;
     let viewer = daemon.token(VIEWER.0, VIEWER.1).await;

@@ -157,7 +157,7 @@ pub fn store_toml(config: &Config) -> String {
 
 /// The store of `config`, opened as `linkops user` opens it.
 pub fn open_store(config: &Config) -> Store {
-    Store::open_at(&config.store_location().unwrap()).unwrap()
+    Store::open_at(&linkops::store::Location::of(config).unwrap()).unwrap()
 }
 
 /// Bytes the store of `config` takes: the redb file, or the database's tables.
@@ -525,7 +525,7 @@ impl FleetSetup {
 
     pub fn config(&self) -> Config {
         let mut config = fleet_config(self.data.path(), &self.fleet);
-        config.git.url = Some(linkops::git::RepoUrl::parse(
+        config.git.url = Some(linkops::config::RepoUrl::parse(
             self.work.dir.to_str().unwrap(),
         ));
         config

@@ -267,3 +267,25 @@ fn handlers_call_services_and_only_read_the_store() {
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+#[test]
+fn the_configuration_stands_below_the_rooms_that_read_it() {
+    // Every room reads the configuration; were it to reach back into one
+    // (the store, Git), the two could no longer change apart.
+    let mut wrong = Vec::new();
+    for (name, text) in sources() {
+        if !name.starts_with("src/config/") {
+            continue;
+        }
+        for line in uses(&text, "crate::") {
+            let below = ["crate::config", "crate::secrets"];
+            if !below.iter().any(|room| line.contains(room)) {
+                wrong.push(format!(
+                    "{name}: {} (config uses only secrets)",
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
