@@ -169,32 +169,32 @@ mod tests {
 
     #[test]
     fn entries_are_numbered_in_order_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.redb");
-        let store = Store::open(&path).unwrap();
-        store
-            .audit(
-                &Actor::user("ada"),
-                AuditAction::AuthLogin,
-                "ada",
-                Outcome::Success,
-                None,
-            )
-            .unwrap();
-        store
-            .audit(
-                &Actor::user("bob"),
-                AuditAction::AuthLogin,
-                "bob",
-                Outcome::Failure,
-                Some("bad password".into()),
-            )
-            .unwrap();
-        drop(store);
-        let store = Store::open(&path).unwrap();
-        let entries = store.audit_entries(0, 10).unwrap();
-        assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(entries[1].actor, "bob");
-        assert_eq!(store.audit_entries(1, 10).unwrap().len(), 1);
+        for backing in crate::store::testing::backings() {
+            let store = backing.open();
+            store
+                .audit(
+                    &Actor::user("ada"),
+                    AuditAction::AuthLogin,
+                    "ada",
+                    Outcome::Success,
+                    None,
+                )
+                .unwrap();
+            store
+                .audit(
+                    &Actor::user("bob"),
+                    AuditAction::AuthLogin,
+                    "bob",
+                    Outcome::Failure,
+                    Some("bad password".into()),
+                )
+                .unwrap();
+            drop(store);
+            let store = backing.open();
+            let entries = store.audit_entries(0, 10).unwrap();
+            assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+            assert_eq!(entries[1].actor, "bob");
+            assert_eq!(store.audit_entries(1, 10).unwrap().len(), 1);
+        }
     }
 }

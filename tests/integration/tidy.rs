@@ -289,3 +289,91 @@ fn the_configuration_stands_below_the_rooms_that_read_it() {
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+#[test]
+fn anyhow_stays_at_the_binary_s_edge() {
+    // Errors inside name the thing and the fix in a typed enum per module.
+    let mut wrong = Vec::new();
+    for (name, text) in sources() {
+        if name != "src/main.rs" && !uses(&text, "anyhow").is_empty() {
+            wrong.push(format!("{name} uses anyhow (only src/main.rs may)"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn only_the_sync_worker_fetches_and_changes_the_desired_state() {
+    // The followed branch is fetched by the leader's sync (git/sync/lead.rs),
+    // other branches by the plans it queues (git/plans.rs); nothing else
+    // reaches the remote, and only the sync publishes a desired state.
+    let mut wrong = Vec::new();
+    for (name, text) in sources() {
+        let fetcher = name == "src/git/sync/lead.rs" || name == "src/git/plans.rs";
+        for line in uses(&text, "mirror.fetch(") {
+            if !fetcher {
+                wrong.push(format!(
+                    "{name}: {} (only the sync worker fetches)",
+                    line.trim()
+                ));
+            }
+        }
+        if !name.starts_with("src/git/sync/") {
+            for line in uses(&text, "desired.send") {
+                wrong.push(format!("{name}: {} (only the sync publishes)", line.trim()));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn every_store_test_runs_on_both_engines() {
+    // `store::testing::backings` gives each test a redb file and a PostgreSQL
+    // database. The exceptions test one engine's own matter, or no store.
+    let one_engine = [
+        // redb's typed tables of versions 1 to 7, and versions stored by redb.
+        "src/store/migrations.rs",
+        // The keys' encoding and the records' JSON: no store at all.
+        "src/store/engine/key.rs",
+        "src/store/records.rs",
+        // The in-memory log of changes.
+        "src/store/changes.rs",
+    ];
+    let redb_only = [
+        // A file's mode and lock, and redb's page-granular table sizes.
+        "the_store_file_is_owner_only_even_in_an_open_directory",
+        "a_second_open_of_the_same_file_is_refused_clearly",
+        "table_sizes_name_each_table_and_grow_with_what_it_holds",
+        // Roles' order: no store.
+        "roles_are_ordered_by_power",
+    ];
+    let mut wrong = Vec::new();
+    for (name, text) in sources() {
+        if !name.starts_with("src/store/") || one_engine.contains(&name.as_str()) {
+            continue;
+        }
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            if line.trim() != "#[test]" {
+                continue;
+            }
+            let Some(test) = lines.next().and_then(|l| l.trim().strip_prefix("fn ")) else {
+                continue;
+            };
+            let test: String = test.chars().take_while(|c| *c != '(').collect();
+            let mut body = String::new();
+            for line in lines.by_ref() {
+                if line == "    }" {
+                    break;
+                }
+                body.push_str(line);
+            }
+            let both = body.contains("backings()") || body.contains("testing::");
+            if !both && !redb_only.contains(&test.as_str()) {
+                wrong.push(format!("{name}: {test} (run it on testing::backings())"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
