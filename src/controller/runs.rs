@@ -52,16 +52,7 @@ impl Controller {
                     message: problem.to_string(),
                 }
             })?;
-        let plan = Plan {
-            script: resolved.script.clone(),
-            params: resolved.params,
-            hosts: self.placed(&desired, &resolved.targets).await?,
-            requested_by: Requester::User { name: by.into() },
-            concurrency,
-            rollout: resolved.rollout,
-            retry_of: None,
-        };
-        self.started(plan).await
+        self.start(&desired, resolved, by, concurrency, None).await
     }
 
     /// Runs operation `id`'s script with its values again (by user `by`), on
@@ -124,16 +115,7 @@ impl Controller {
                     message,
                 }
             })?;
-        let plan = Plan {
-            script: resolved.script.clone(),
-            params: resolved.params,
-            hosts: self.placed(&desired, &resolved.targets).await?,
-            requested_by: Requester::User { name: by.into() },
-            concurrency: None,
-            rollout: resolved.rollout,
-            retry_of: Some(id),
-        };
-        self.started(plan).await
+        self.start(&desired, resolved, by, None, Some(id)).await
     }
 
     fn applied(&self) -> Result<std::sync::Arc<DesiredState>, RunError> {
@@ -174,8 +156,25 @@ impl Controller {
         Ok(HostPlan::from_placements(placements))
     }
 
-    /// Records the plan's operation and starts it.
-    async fn started(&self, plan: Plan) -> Result<Operation, RunError> {
+    /// Places `resolved` and starts it as asked by user `by` (at most
+    /// `concurrency` machines at once; retrying operation `retry_of`).
+    async fn start(
+        &self,
+        desired: &DesiredState,
+        resolved: ask::Resolved<'_>,
+        by: &str,
+        concurrency: Option<usize>,
+        retry_of: Option<u64>,
+    ) -> Result<Operation, RunError> {
+        let plan = Plan {
+            script: resolved.script.clone(),
+            params: resolved.params,
+            hosts: self.placed(desired, &resolved.targets).await?,
+            requested_by: Requester::User { name: by.into() },
+            concurrency,
+            rollout: resolved.rollout,
+            retry_of,
+        };
         let engine = self.context.engine.clone();
         match crate::blocking::run(move || engine.start(plan, None)).await {
             Ok(started) => Ok(started?),
