@@ -21,9 +21,13 @@
 //! `cargo bench --bench scale` as root (it binds 127.100.x.y:2222), about
 //! 25 minutes. Sizes: `SCALE_SIZES=1000,5000,10000` (the default); the
 //! simulated day's: `SCALE_DAY_MACHINES=10000` (0 skips it).
+//!
+//! Here: the fleet's measures; the peers in `peers.rs`, what needs no fleet in `day.rs`.
 
-#[path = "common/mod.rs"]
+#[path = "../common/mod.rs"]
 mod common;
+mod day;
+mod peers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,12 +40,17 @@ use linkops::testbed::{ServeProcess, until_machines};
 use serde_json::json;
 
 const SEED: u64 = 2026;
+
 /// The largest fleet `parallel-ssh` and Ansible are run on.
 const PEERS_UP_TO: usize = 1000;
+
 const HOSTS_PER_WORKER: usize = 2500;
+
 const SCRIPTS: &str = "scripts:\n  - id: client-id\n    name: Read the client id\n    targets: {tags: [bench]}\n    max_parallel: 256\n    body: |\n      cat /etc/linkops/client_id\n  - id: clock\n    name: Say when it ran\n    targets: {tags: [bench]}\n    body: |\n      date +%s%N\n";
+
 /// Pushes timed from the webhook to the run-request's first exec, per size.
 const PUSHES: usize = 40;
+
 const WEBHOOK_SECRET: &str = "bench-hook";
 
 fn main() {
@@ -56,14 +65,14 @@ fn main() {
     for &size in &sizes {
         rows.push(runtime.block_on(measure(size)));
     }
-    inventory_at(10_000);
+    day::inventory_at(10_000);
     // SCALE_DAY_MACHINES=0 skips the simulated day (13 minutes at 10,000).
     let day: usize = std::env::var("SCALE_DAY_MACHINES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     if day > 0 {
-        store_after_a_day(day);
+        day::store_after_a_day(day);
     }
     println!(
         "\n| machines | all observed | longest gap between two checks | daemon RSS | per machine | CPU in a sweep | open files | fan-out 1st | fan-out 2nd | RSS after |"
@@ -245,7 +254,7 @@ async fn measure(size: usize) -> Row {
     drop(daemon);
     // The same read with the peers, on the same fleet, where they manage in reasonable time.
     if size <= PEERS_UP_TO {
-        peers(&fleet.spec, &key, &data.join("ssh/known_hosts"), dir.path());
+        peers::peers(&fleet.spec, &key, &data.join("ssh/known_hosts"), dir.path());
     }
     drop(fleet);
     Row {
@@ -370,76 +379,6 @@ async fn pushes(
     latency
 }
 
-/// `parallel-ssh -p 200` and `ansible -m raw -f 200` reading every client id;
-/// their times and how many hosts answered (down and rekeyed ones cannot).
-fn peers(spec: &Spec, key: &Path, known_hosts: &Path, dir: &Path) {
-    let hosts: Vec<String> = (spec.first..spec.first + spec.count)
-        .map(|index| format!("{}:{}", simulated::address(index), simulated::PORT))
-        .collect();
-    let list = dir.join("pssh-hosts");
-    std::fs::write(&list, hosts.join("\n") + "\n").unwrap();
-    let started = Instant::now();
-    let pssh = Command::new("parallel-ssh")
-        .args(["-p", "200", "-t", "30", "-l", "bench", "-h"])
-        .arg(&list)
-        .arg("-x")
-        .arg(format!(
-            "-i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
-            key.display(),
-            known_hosts.display()
-        ))
-        .arg("cat /etc/linkops/client_id")
-        .output();
-    report(
-        "parallel-ssh -p 200",
-        "pssh",
-        pssh,
-        "[SUCCESS]",
-        spec.count,
-        started,
-    );
-    let inventory = dir.join("ansible-inventory");
-    let lines: String = (spec.first..spec.first + spec.count)
-        .map(|index| {
-            format!(
-                "{} ansible_port={} ansible_user=bench ansible_ssh_private_key_file={}\n",
-                simulated::address(index),
-                simulated::PORT,
-                key.display()
-            )
-        })
-        .collect();
-    std::fs::write(&inventory, format!("[bench]\n{lines}")).unwrap();
-    let started = Instant::now();
-    let ansible = Command::new("ansible")
-        .args([
-            "all",
-            "-m",
-            "raw",
-            "-a",
-            "cat /etc/linkops/client_id",
-            "-f",
-            "200",
-            "-i",
-        ])
-        .arg(&inventory)
-        .env("ANSIBLE_HOST_KEY_CHECKING", "True")
-        .env(
-            "ANSIBLE_SSH_ARGS",
-            format!("-o UserKnownHostsFile={}", known_hosts.display()),
-        )
-        .env("ANSIBLE_LOCAL_TEMP", dir.join("ansible-tmp"))
-        .output();
-    report(
-        "ansible -m raw -f 200",
-        "ansible-core",
-        ansible,
-        "| CHANGED |",
-        spec.count,
-        started,
-    );
-}
-
 /// A peer's time on `machines`, and how many answered (lines of its output with `answered`).
 fn report(
     tool: &str,
@@ -509,210 +448,4 @@ fn data_dir(dir: &Path, key: &Path, spec: &Spec, repo: &Path) -> PathBuf {
     )
     .unwrap();
     data
-}
-
-/// The inventory of `size` machines: parsed and validated, then planned against itself plus one.
-fn inventory_at(size: usize) {
-    let spec = Spec {
-        count: size,
-        ..spec(size)
-    };
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    files.insert("links.yaml".into(), inventory(&spec).into_bytes());
-    files.insert("scripts.yaml".into(), SCRIPTS.as_bytes().to_vec());
-    let started = Instant::now();
-    let applied = linkops_reconcilers::desired::load("a", &files).unwrap();
-    let loaded = started.elapsed();
-    let bigger = Spec {
-        count: size + 1,
-        ..spec.clone()
-    };
-    files.insert("links.yaml".into(), inventory(&bigger).into_bytes());
-    let proposed = linkops_reconcilers::desired::load("b", &files).unwrap();
-    let started = Instant::now();
-    let changes = linkops_reconcilers::plan::plan(&proposed, &applied, &BTreeMap::new());
-    let planned = started.elapsed();
-    assert_eq!(changes.len(), 1);
-    println!(
-        "inventory of {size} machines ({} KiB): parsed and validated in {} ms, planned in {} ms",
-        files["links.yaml"].len() / 1024,
-        loaded.as_millis(),
-        planned.as_millis()
-    );
-}
-
-/// A day of a fleet of `size` in a store, written as the daemon writes it:
-/// every machine checked every 60 s (statuses from `machine::observe`,
-/// group-committed 512 at a time; 0.5 % of machines down, 2 % flapping every
-/// hour), a fan-out to every machine each hour (200 bytes of output each),
-/// and a retention pass every 10 minutes with the default `[retention]`.
-/// Prints the store's size and what it holds at the end.
-fn store_after_a_day(size: usize) {
-    use linkops::store::{HealthSample, OperationUpdate, StatusWrite, Store};
-    use linkops_reconcilers::enrollment::ClientIdReading;
-    use linkops_reconcilers::machine::{self, CheckResult};
-    use linkops_reconcilers::operation::{
-        HostResult, HostState, Operation, OperationEvent, OperationState, Requester, Stream,
-    };
-
-    const MINUTE_MS: i64 = 60_000;
-    let spec = Spec {
-        count: size,
-        ..spec(size)
-    };
-    let files = BTreeMap::from([
-        ("links.yaml".to_owned(), inventory(&spec).into_bytes()),
-        ("scripts.yaml".to_owned(), SCRIPTS.as_bytes().to_vec()),
-    ]);
-    let desired = linkops_reconcilers::desired::load("a", &files).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.redb");
-    let store = Store::open(&path).unwrap();
-    let policy = linkops::store::Retention::from(&linkops::config::RetentionConfig::default());
-    let begun = Instant::now();
-    let day_start = linkops::store::now_ms();
-    let mut pruned = 0;
-    let mut statuses: Vec<Option<machine::MachineStatus>> = vec![None; size];
-    for minute in 0..24 * 60 {
-        let now = day_start + minute * MINUTE_MS;
-        let hour = minute / 60;
-        let writes: Vec<StatusWrite> = desired
-            .machines
-            .iter()
-            .enumerate()
-            .map(|(index, entry)| {
-                let down = spec.is_down(index) || (index % 50 == 7 && hour % 2 == 1);
-                let reading = match down {
-                    true => ClientIdReading::Unreachable(format!(
-                        "cannot connect to bench@{}:2222: Connection refused (os error 111)",
-                        entry.host
-                    )),
-                    false => ClientIdReading::Content(format!(
-                        "LINKOPS-{}\n",
-                        simulated::uuid(spec.seed, index)
-                    )),
-                };
-                let result = CheckResult {
-                    latency_ms: 3,
-                    reading,
-                };
-                let at = now + (index as i64 * MINUTE_MS) / size as i64;
-                let observed =
-                    machine::observe(entry, statuses[index].take(), result, "a", at).status;
-                statuses[index] = Some(observed.clone());
-                StatusWrite {
-                    sample: Some(HealthSample {
-                        at_ms: at,
-                        health: observed.health.clone(),
-                        enrolled: observed.enrollment.is_enrolled(),
-                    }),
-                    status: observed,
-                    audits: Vec::new(),
-                    outgoing: Vec::new(),
-                }
-            })
-            .collect();
-        for batch in writes.chunks(512) {
-            store.put_machine_statuses(batch).unwrap();
-        }
-        if minute % 60 == 30 {
-            let machines: Vec<String> = desired.machines.iter().map(|m| m.id.clone()).collect();
-            let hosts: Vec<HostResult> = machines
-                .iter()
-                .map(|id| HostResult {
-                    machine_id: id.clone(),
-                    state: HostState::Pending,
-                    started_at_ms: None,
-                    finished_at_ms: None,
-                    stdout_bytes: 0,
-                    stderr_bytes: 0,
-                })
-                .collect();
-            let operation = store
-                .create_operation(
-                    &Operation {
-                        id: 0,
-                        script: "client-id".into(),
-                        params: BTreeMap::new(),
-                        machines: machines.clone(),
-                        requested_by: Requester::User {
-                            name: "admin".into(),
-                        },
-                        state: OperationState::Running,
-                        created_at_ms: now,
-                        finished_at_ms: None,
-                        rollout: None,
-                        retry_of: None,
-                    },
-                    "local",
-                    &hosts,
-                    None,
-                    |_| Vec::new(),
-                )
-                .unwrap();
-            for batch in hosts.chunks(256) {
-                let mut update = OperationUpdate::default();
-                for host in batch {
-                    update.events.push(OperationEvent::Output {
-                        machine_id: host.machine_id.clone(),
-                        stream: Stream::Stdout,
-                        data: [b"x".repeat(199), b"\n".to_vec()].concat(),
-                    });
-                    let done = HostResult {
-                        state: HostState::Succeeded,
-                        started_at_ms: Some(now),
-                        finished_at_ms: Some(now + 1000),
-                        stdout_bytes: 200,
-                        ..host.clone()
-                    };
-                    update.events.push(OperationEvent::Host {
-                        machine_id: host.machine_id.clone(),
-                        state: done.state.clone(),
-                    });
-                    update.hosts.push(done);
-                }
-                store.record_operation_update(operation.id, update).unwrap();
-            }
-            let update = OperationUpdate {
-                state: Some((OperationState::Succeeded, true)),
-                events: vec![OperationEvent::Operation {
-                    state: OperationState::Succeeded,
-                }],
-                ..OperationUpdate::default()
-            };
-            store.record_operation_update(operation.id, update).unwrap();
-        }
-        if minute % 10 == 9 {
-            pruned += store.prune(&policy, now).unwrap().health_samples;
-        }
-        if minute % 60 == 59 {
-            eprintln!(
-                "simulated hour {}: {:.0} MiB, {:.0} s",
-                hour + 1,
-                std::fs::metadata(&path).unwrap().len() as f64 / (1 << 20) as f64,
-                begun.elapsed().as_secs_f64()
-            );
-        }
-    }
-    let bytes = std::fs::metadata(&path).unwrap().len();
-    let kept: usize = desired
-        .machines
-        .iter()
-        .map(|m| store.health_history(&m.id, usize::MAX).unwrap().len())
-        .sum();
-    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
-    let tables: Vec<String> = store
-        .table_sizes()
-        .unwrap()
-        .into_iter()
-        .take(5)
-        .map(|(name, bytes)| format!("{name} {:.0} MiB", mib(bytes)))
-        .collect();
-    println!(
-        "a simulated day of {size} machines in the store: {:.0} MiB on disk ({}), {kept} health samples kept of {} written ({pruned} pruned), 24 operations × {size} machines of output; written in {:.0} s",
-        mib(bytes),
-        tables.join(", "),
-        size * 24 * 60,
-        begun.elapsed().as_secs_f64()
-    );
 }
