@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use linkops::contract::{Credentials, ErrorBody, ErrorCode, Health, LoginResponse, Me, UserView};
 use linkops::store::Outcome;
 use linkops_reconcilers::role::Role;
 use reqwest::StatusCode;
@@ -19,9 +20,9 @@ fn data_dir_with_users(users: &[(&str, Role, &str)]) -> tempfile::TempDir {
     dir
 }
 
-async fn error_code(response: reqwest::Response) -> String {
-    let body: Value = response.json().await.unwrap();
-    body["error"]["code"].as_str().unwrap().to_owned()
+async fn error_code(response: reqwest::Response) -> ErrorCode {
+    let body: ErrorBody = response.json().await.unwrap();
+    body.error.code
 }
 
 #[tokio::test]
@@ -31,10 +32,9 @@ async fn login_answers_token_expiry_and_role_and_the_token_works() {
 
     let response = server.login("ada", "pw-ada-1").await;
     assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["role"], "operator");
-    let expires_at: jiff::Timestamp = body["expires_at"].as_str().unwrap().parse().unwrap();
-    let lifetime = expires_at.duration_since(jiff::Timestamp::now());
+    let body: LoginResponse = response.json().await.unwrap();
+    assert_eq!(body.role, Role::Operator);
+    let lifetime = body.expires_at.duration_since(jiff::Timestamp::now());
     assert!(
         lifetime > jiff::SignedDuration::from_hours(23),
         "{lifetime:?}"
@@ -44,7 +44,7 @@ async fn login_answers_token_expiry_and_role_and_the_token_works() {
         "{lifetime:?}"
     );
 
-    let me = server.get("/api/auth/me", body["token"].as_str()).await;
+    let me = server.get("/api/auth/me", Some(&body.token)).await;
     assert_eq!(me.status(), StatusCode::OK);
     let me: Value = me.json().await.unwrap();
     assert_eq!(me, json!({ "username": "ada", "role": "operator" }));
@@ -75,7 +75,7 @@ async fn missing_forged_and_expired_tokens_are_401() {
     );
     let missing = server.get("/api/users", None).await;
     assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(error_code(missing).await, "unauthorized");
+    assert_eq!(error_code(missing).await, ErrorCode::Unauthorized);
 
     // Signed with another secret.
     let secret = std::fs::read_to_string(dir.path().join("jwt_secret")).unwrap();
@@ -133,17 +133,17 @@ async fn roles_below_admin_get_403_and_admins_never_see_hashes() {
         let token = server.token(name, secret).await;
         let response = server.get("/api/users", Some(&token)).await;
         assert_eq!(response.status(), StatusCode::FORBIDDEN, "{name}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "forbidden");
-        assert_eq!(body["error"]["details"]["required_role"], "admin");
+        let body: ErrorBody = response.json().await.unwrap();
+        assert_eq!(body.error.code, ErrorCode::Forbidden);
+        assert_eq!(body.error.details.unwrap()["required_role"], "admin");
     }
     let token = server.token("ada", "pw-ada-1").await;
     let response = server.get("/api/users", Some(&token)).await;
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.unwrap();
     assert!(!text.contains("argon2"), "{text}");
-    let users: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(users.as_array().unwrap().len(), 3);
+    let users: Vec<UserView> = serde_json::from_str(&text).unwrap();
+    assert_eq!(users.len(), 3);
     server.stop().await;
 }
 
@@ -168,9 +168,9 @@ async fn five_failures_lock_the_account_across_a_restart() {
         .parse()
         .unwrap();
     assert!((290..=300).contains(&retry_after), "{retry_after}");
-    let body: Value = locked.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "locked");
-    assert_eq!(body["error"]["details"]["retry_after_secs"], retry_after);
+    let body: ErrorBody = locked.json().await.unwrap();
+    assert_eq!(body.error.code, ErrorCode::Locked);
+    assert_eq!(body.error.details.unwrap()["retry_after_secs"], retry_after);
     let wrong_while_locked = server.login("ada", "wrong").await;
     assert_eq!(wrong_while_locked.status(), StatusCode::TOO_MANY_REQUESTS);
     server.stop().await;
@@ -225,9 +225,9 @@ async fn health_reports_ready_without_auth() {
     let server = start(dir.path()).await;
     let response = server.get("/health", None).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["ready"], true);
-    assert_eq!(body["store"]["ok"], true);
+    let body: Health = response.json().await.unwrap();
+    assert!(body.ready);
+    assert!(body.store.ok);
     server.stop().await;
 }
 
@@ -255,16 +255,16 @@ async fn admins_create_users_and_reset_passwords_shown_once() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    let password = created["password"].as_str().unwrap().to_owned();
+    let password = support::answer::<Credentials>(&created).password;
     assert_eq!(password.len(), 20);
     let vic = server.token("vic", &password).await;
-    let me: Value = server
+    let me: Me = server
         .get("/api/auth/me", Some(&vic))
         .await
         .json()
         .await
         .unwrap();
-    assert_eq!(me["role"], "viewer");
+    assert_eq!(me.role, Role::Viewer);
 
     let (status, _) = post(
         "/api/users",
@@ -280,7 +280,8 @@ async fn admins_create_users_and_reset_passwords_shown_once() {
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(answer["error"]["details"]["field"], "username");
+    let refused = support::answer::<ErrorBody>(&answer).error;
+    assert_eq!(refused.details.unwrap()["field"], "username");
     let operator = server.token("oli", "pw-oli-1").await;
     let (status, _) = post(
         "/api/users",
@@ -301,9 +302,8 @@ async fn admins_create_users_and_reset_passwords_shown_once() {
         server.login("vic", &password).await.status(),
         StatusCode::UNAUTHORIZED
     );
-    server
-        .token("vic", reset["password"].as_str().unwrap())
-        .await;
+    let reset = support::answer::<Credentials>(&reset);
+    server.token("vic", &reset.password).await;
     let (status, _) = post("/api/users/nobody/password", admin, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
@@ -365,10 +365,8 @@ async fn admins_change_roles_and_delete_users_but_never_the_last_admin() {
     assert_eq!(create_workspace(&oli).await.0, StatusCode::CREATED);
     let (status, user) = patch("/api/users/oli", &admin, "viewer").await;
     assert_eq!(status, StatusCode::OK, "{user}");
-    assert_eq!(
-        (&user["username"], &user["role"]),
-        (&json!("oli"), &json!("viewer"))
-    );
+    let user = support::answer::<UserView>(&user);
+    assert_eq!((user.username.as_str(), user.role), ("oli", Role::Viewer));
     assert_eq!(create_workspace(&oli).await.0, StatusCode::FORBIDDEN);
 
     // Only admins change users; the last admin stays one; unknown names and roles are refused.
@@ -382,13 +380,8 @@ async fn admins_change_roles_and_delete_users_but_never_the_last_admin() {
     );
     let (status, refused) = patch("/api/users/ada", &admin, "operator").await;
     assert_eq!(status, StatusCode::CONFLICT, "{refused}");
-    assert!(
-        refused["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("last admin"),
-        "{refused}"
-    );
+    let message = support::answer::<ErrorBody>(&refused).error.message;
+    assert!(message.contains("last admin"), "{message}");
     assert_eq!(
         delete("/api/users/ada", &admin).await.0,
         StatusCode::CONFLICT
@@ -403,7 +396,12 @@ async fn admins_change_roles_and_delete_users_but_never_the_last_admin() {
     );
     let (status, refused) = patch("/api/users/vic", &admin, "root").await;
     assert!(status.is_client_error(), "{status}");
-    assert!(refused["error"]["message"].is_string(), "{refused}");
+    assert!(
+        !support::answer::<ErrorBody>(&refused)
+            .error
+            .message
+            .is_empty()
+    );
 
     // A deleted user's token and password stop working at once.
     assert_eq!(

@@ -365,6 +365,16 @@ pub fn fleet_config(data_dir: &Path, fleet: &linkops::testbed::TestFleet) -> Con
     config
 }
 
+/// An answer read as its contract type; a shape that does not fit fails naming the answer.
+pub fn answer<T: serde::de::DeserializeOwned>(value: &Value) -> T {
+    serde_json::from_value(value.clone()).unwrap_or_else(|error| {
+        panic!(
+            "the answer is no {}: {error}\n{value}",
+            std::any::type_name::<T>()
+        )
+    })
+}
+
 /// Polls `check` until it returns `Some`, for state no event stream shows
 /// (run-requests, files on the hosts; machines: `testbed::until_machines`);
 /// fails after 30 s.
