@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use linkops::config::Config;
+use linkops::contract::{GitStatus, SyncOutcome, SyncView};
 use linkops::testbed::{BareRepo, TestFleet};
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::role::Role;
@@ -46,13 +47,13 @@ pub(crate) async fn applied(daemon: &TestDaemon, revision: &str) -> Arc<DesiredS
     state.clone().unwrap()
 }
 
-pub(crate) async fn sync(daemon: &TestDaemon, token: &str) -> Value {
+pub(crate) async fn sync(daemon: &TestDaemon, token: &str) -> SyncView {
     let response = daemon.post("/api/git/sync", Some(token)).await;
     assert_eq!(response.status(), StatusCode::OK);
     response.json().await.unwrap()
 }
 
-async fn git_status(daemon: &TestDaemon, token: &str) -> Value {
+async fn git_status(daemon: &TestDaemon, token: &str) -> GitStatus {
     daemon
         .get("/api/git/status", Some(token))
         .await
@@ -107,9 +108,9 @@ async fn follows_a_remote_over_ssh_through_manual_syncs() {
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
 
     let status = git_status(&daemon, &token).await;
-    assert_eq!(status["applied_revision"], first.as_str());
-    assert_eq!(status["url"], setup.remote.url.as_str());
-    assert_eq!(status["last_error"], json!([]));
+    assert_eq!(status.applied_revision.as_deref(), Some(first.as_str()));
+    assert_eq!(status.url.as_deref(), Some(setup.remote.url.as_str()));
+    assert_eq!(status.last_error, Vec::<String>::new());
 
     // A new commit is picked up by POST /api/git/sync, which answers with the result.
     let text = setup
@@ -120,18 +121,23 @@ async fn follows_a_remote_over_ssh_through_manual_syncs() {
     let second = setup.work.commit("reword uptime");
     setup.work.push(&setup.remote.url);
     let record = sync(&daemon, &token).await;
-    assert_eq!(record["result"], "applied", "{record}");
-    assert_eq!(record["revision"], second.as_str());
-    assert_eq!(record["previous"], first.as_str());
-    assert_eq!(record["changed_files"], json!(["scripts.yaml"]));
-    assert_eq!(record["forced"], false);
+    assert_eq!(
+        record.outcome,
+        SyncOutcome::Applied {
+            changed_files: vec!["scripts.yaml".into()],
+            forced: false
+        },
+        "{record:?}"
+    );
+    assert_eq!(record.revision.as_deref(), Some(second.as_str()));
+    assert_eq!(record.previous.as_deref(), Some(first.as_str()));
     assert_eq!(
         applied(&daemon, &second).await.scripts["uptime"].description,
         "Tells how long each machine has been up and its load."
     );
 
     // Nothing new: unchanged.
-    assert_eq!(sync(&daemon, &token).await["result"], "unchanged");
+    assert_eq!(sync(&daemon, &token).await.outcome, SyncOutcome::Unchanged);
 
     // Only admins may sync.
     let viewer = daemon.token("vic", "pw-vic-1").await;
@@ -171,28 +177,26 @@ async fn a_bad_commit_keeps_the_last_good_state_until_fixed() {
     let bad = setup.work.commit("typo");
     setup.work.push(&setup.remote.url);
     let record = sync(&daemon, &token).await;
-    assert_eq!(record["result"], "invalid", "{record}");
-    assert_eq!(record["revision"], bad.as_str());
-    let problem = &record["problems"][0];
+    let SyncOutcome::Invalid { problems } = &record.outcome else {
+        panic!("not invalid: {record:?}");
+    };
+    assert_eq!(record.revision.as_deref(), Some(bad.as_str()));
     assert_eq!(
-        (problem["file"].as_str(), problem["line"].as_u64()),
-        (Some("links.yaml"), Some(9)),
-        "{record}"
+        (problems[0].file.as_str(), problems[0].line),
+        ("links.yaml", 9),
+        "{record:?}"
     );
-    assert_eq!(
-        record["problems"].as_array().unwrap().len(),
-        1,
-        "no follow-on noise: {record}"
-    );
+    assert_eq!(problems.len(), 1, "no follow-on noise: {record:?}");
 
     let status = git_status(&daemon, &token).await;
     assert_eq!(
-        status["applied_revision"],
-        good.as_str(),
+        status.applied_revision.as_deref(),
+        Some(good.as_str()),
         "the good revision stays in force"
     );
-    assert_eq!(status["last_attempt"]["revision"], bad.as_str());
-    let error = status["last_error"][0].as_str().unwrap();
+    let last = status.last_attempt.as_ref().unwrap();
+    assert_eq!(last.revision.as_deref(), Some(bad.as_str()));
+    let error = &status.last_error[0];
     assert!(
         error.starts_with("links.yaml:9:5: duplicate mapping key"),
         "{error}"
@@ -221,16 +225,26 @@ async fn a_bad_commit_keeps_the_last_good_state_until_fixed() {
 
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     // Syncing again (after the restart's own sync) finds the same bad revision.
-    assert_eq!(sync(&daemon, &token).await["result"], "invalid");
+    let again = sync(&daemon, &token).await;
+    assert!(
+        matches!(again.outcome, SyncOutcome::Invalid { .. }),
+        "{again:?}"
+    );
 
     // The fix applies.
     setup.work.write("links.yaml", &links);
     let fixed = setup.work.commit("fix the typo");
     setup.work.push(&setup.remote.url);
     let record = sync(&daemon, &token).await;
-    assert_eq!(record["result"], "applied", "{record}");
+    assert!(
+        matches!(record.outcome, SyncOutcome::Applied { .. }),
+        "{record:?}"
+    );
     applied(&daemon, &fixed).await;
-    assert_eq!(git_status(&daemon, &token).await["last_error"], json!([]));
+    assert_eq!(
+        git_status(&daemon, &token).await.last_error,
+        Vec::<String>::new()
+    );
     daemon.stop().await;
 }
 
@@ -271,8 +285,10 @@ async fn a_removed_machine_is_marked_removed_and_a_force_push_is_recorded() {
     let rewritten = setup.work.head();
     setup.work.push(&setup.remote.url);
     let record = sync(&daemon, &token).await;
-    assert_eq!(record["result"], "applied", "{record}");
-    assert_eq!(record["forced"], true, "{record}");
+    assert!(
+        matches!(record.outcome, SyncOutcome::Applied { forced: true, .. }),
+        "{record:?}"
+    );
     assert_eq!(applied(&daemon, &rewritten).await.machines.len(), 4);
     daemon.stop().await;
 
@@ -294,8 +310,9 @@ async fn an_unknown_host_key_fails_the_sync_and_says_why() {
     let daemon = TestDaemon::start(config).await;
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     let record = sync(&daemon, &token).await;
-    assert_eq!(record["result"], "failed", "{record}");
-    let error = record["error"].as_str().unwrap();
+    let SyncOutcome::Failed { error } = &record.outcome else {
+        panic!("not failed: {record:?}");
+    };
     assert!(
         error.contains("Host key verification failed")
             || error.contains("No ED25519 host key is known"),
@@ -618,8 +635,8 @@ async fn an_idle_local_repository_records_nothing_even_with_a_bad_head() {
     let bad = work.commit("a broken inventory");
     let record = sync(&daemon, &token).await;
     assert_eq!(
-        (record["revision"].as_str(), record["result"].as_str()),
-        (Some(bad.as_str()), Some("invalid"))
+        (record.revision.as_deref(), record.outcome.name()),
+        (Some(bad.as_str()), "invalid")
     );
     // Recorded once, or twice when a timer look found the new head before
     // the asked sync did; then idle looks add nothing.

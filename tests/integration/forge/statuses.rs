@@ -48,7 +48,7 @@ async fn every_revision_shows_on_its_commit_pending_then_applied_or_refused() {
     let broken = setup.work.commit("a broken inventory");
     setup.work.push(&setup.remote.url);
     let synced = sync(&daemon, &token).await;
-    assert_eq!(synced["result"], "invalid", "{synced}");
+    assert_eq!(synced.outcome.name(), "invalid", "{synced:?}");
     let sent = std::time::Instant::now();
     let refused = forge
         .received
