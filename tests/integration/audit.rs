@@ -1,9 +1,10 @@
 //! The audit log records host keys learned and refused — once each, not on every check.
 
+use linkops::contract::TablePage;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{ADMIN, FleetSetup};
+use crate::support::{self, ADMIN, FleetSetup};
 
 #[tokio::test]
 async fn host_keys_learned_and_refused_are_audited_once() {
@@ -42,7 +43,8 @@ async fn host_keys_learned_and_refused_are_audited_once() {
                     Some(body),
                 )
                 .await;
-            page["rows"].as_array().unwrap().clone()
+            // Rows are free-form: each table has its own columns.
+            support::answer::<TablePage>(&page).rows
         }
     };
     let refused = entries("ssh.host_key_refused").await;

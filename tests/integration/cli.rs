@@ -4,6 +4,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
 
+use linkops::contract::OperationView;
+use linkops_reconcilers::operation::OperationState;
 use serde_json::Value;
 
 use crate::support::{ADMIN, FleetSetup, TestDaemon};
@@ -127,10 +129,10 @@ async fn run_follows_output_live_and_exits_with_the_fleets_verdict() {
     );
 
     let ops = linkops(home, &["--json", "ops"], None).await;
-    let ops: Vec<Value> = serde_json::from_slice(&ops.stdout).unwrap();
-    let states: Vec<&str> = ops.iter().map(|o| o["state"].as_str().unwrap()).collect();
-    assert_eq!(states, ["failed", "succeeded"]);
-    let first = ops[1]["id"].as_u64().unwrap().to_string();
+    let ops: Vec<OperationView> = serde_json::from_slice(&ops.stdout).unwrap();
+    let states: Vec<_> = ops.iter().map(|o| o.operation.state).collect();
+    assert_eq!(states, [OperationState::Failed, OperationState::Succeeded]);
+    let first = ops[1].operation.id.to_string();
     let logs = linkops(home, &["ops", "logs", &first], None).await;
     assert!(
         stdout(&logs).contains("host2 | hello ops"),

@@ -3,6 +3,9 @@
 use std::io::{BufRead, BufReader, Lines};
 use std::process::{Child, ChildStderr, Command, Stdio};
 
+use linkops::contract::{LoginResponse, OperationView, RunView};
+use linkops_reconcilers::operation::OperationState;
+use linkops_reconcilers::run::RunState;
 use serde_json::{Value, json};
 
 use crate::support;
@@ -15,7 +18,8 @@ struct Api {
 }
 
 impl Api {
-    async fn get(&self, path: &str) -> Value {
+    /// The answer to `GET path` as `T`; `None` when it is no success (a 404 before a run exists).
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
         let response = self
             .client
             .get(format!("{}{path}", self.url))
@@ -23,16 +27,22 @@ impl Api {
             .send()
             .await
             .unwrap();
-        response.json().await.unwrap()
+        match response.status().is_success() {
+            true => Some(support::answer(&response.json().await.unwrap())),
+            false => None,
+        }
     }
 
     /// The final state of a run-request's operation, once it has one.
-    async fn finished_run(&self, id: &str) -> Option<String> {
-        let run = self.get(&format!("/api/runs/{id}")).await;
-        let operation = run["state"]["operation_id"].as_u64()?;
-        let operation = self.get(&format!("/api/operations/{operation}")).await;
-        let state = operation["state"].as_str()?.to_owned();
-        (state != "running" && state != "pending").then_some(state)
+    async fn finished_run(&self, id: &str) -> Option<OperationState> {
+        let run: RunView = self.get(&format!("/api/runs/{id}")).await?;
+        let RunState::Started { operation_id } = run.state? else {
+            return None;
+        };
+        let path = format!("/api/operations/{operation_id}");
+        let operation: OperationView = self.get(&path).await?;
+        let state = operation.operation.state;
+        (![OperationState::Running, OperationState::Pending].contains(&state)).then_some(state)
     }
 }
 
@@ -91,7 +101,7 @@ impl Demo {
         assert_eq!(machines.split(", ").count(), 5, "{banner:#?}");
 
         let client = reqwest::Client::new();
-        let login: Value = client
+        let login: LoginResponse = client
             .post(format!("{url}/api/auth/login"))
             .json(&json!({ "username": "admin", "password": &password }))
             .send()
@@ -100,10 +110,7 @@ impl Demo {
             .json()
             .await
             .unwrap();
-        let token = login["token"]
-            .as_str()
-            .expect("the printed password logs in")
-            .to_owned();
+        let token = login.token;
         let hosts: Vec<(u32, u64)> = descendants(child.id())
             .into_iter()
             .filter(|process| process.comm == "sshd")
@@ -235,7 +242,7 @@ async fn the_demo_runs_a_fleet_follows_commits_and_cleans_up() {
         api.finished_run("welcome")
     })
     .await;
-    assert_eq!(welcome, "succeeded");
+    assert_eq!(welcome, OperationState::Succeeded);
 
     // A commit to the demo repository is followed.
     let request = "id: again\nscript: greet\ntargets:\n  machines: [host1]\n";
@@ -253,7 +260,7 @@ async fn the_demo_runs_a_fleet_follows_commits_and_cleans_up() {
         api.finished_run("again")
     })
     .await;
-    assert_eq!(again, "succeeded");
+    assert_eq!(again, OperationState::Succeeded);
 
     // Ctrl-C: the daemon, every demo machine and the files go.
     demo.interrupt();
@@ -278,7 +285,7 @@ async fn a_second_ctrl_c_stops_at_once_and_still_removes_the_machines() {
         (response.status(), response.json::<Value>().await.unwrap())
     };
     assert!(status.is_success(), "{started}");
-    let id = started["id"].as_u64().unwrap();
+    let id = support::answer::<OperationView>(&started).operation.id;
     let mut events = demo
         .api
         .client
@@ -407,7 +414,7 @@ async fn the_readme_examples_run_against_the_demo_as_written() {
         demo.api.finished_run("again")
     })
     .await;
-    assert_eq!(again, "succeeded");
+    assert_eq!(again, OperationState::Succeeded);
 
     demo.interrupt();
     assert!(demo.exited_and_cleaned_up().success());

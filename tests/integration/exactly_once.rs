@@ -7,11 +7,13 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
+use linkops::contract::{OperationView, RunView};
 use linkops::testbed::{ServeProcess, TestFleet};
+use linkops_reconcilers::operation::OperationState;
 use linkops_reconcilers::role::Role;
-use serde_json::Value;
+use linkops_reconcilers::run::RunState;
 
-use crate::support::{WorkRepo, add_users, eventually, fleet_config, fleet_links};
+use crate::support::{WorkRepo, add_users, answer, eventually, fleet_config, fleet_links};
 
 const ADMIN: (&str, &str) = ("ada", "pw-ada-1");
 
@@ -31,14 +33,27 @@ impl Daemon {
         Daemon { process, token }
     }
 
-    async fn get(&self, path: &str) -> Value {
+    /// The answer to `GET path` as `T`; `None` when it is no success (a 404 before a run exists).
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
         let response = reqwest::Client::new()
             .get(format!("{}{path}", self.process.url))
             .bearer_auth(&self.token)
             .send()
             .await
             .unwrap();
-        response.json().await.unwrap_or_default()
+        match response.status().is_success() {
+            true => Some(answer(&response.json().await.unwrap())),
+            false => None,
+        }
+    }
+
+    /// The operation run-request `run` started, once it has.
+    async fn started_by(&self, run: &str) -> Option<u64> {
+        let view: RunView = self.get(&format!("/api/runs/{run}")).await?;
+        match view.state? {
+            RunState::Started { operation_id } => Some(operation_id),
+            _ => None,
+        }
     }
 }
 
@@ -103,10 +118,8 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
 
         // Kill at two points: right after the claim is recorded, and once the
         // script has visibly run on every host.
-        let operation_id = eventually("the claim", || async {
-            daemon.get(&format!("/api/runs/{run}")).await["state"]["operation_id"].as_u64()
-        })
-        .await;
+        let operation_id =
+            eventually("the claim", || async { daemon.started_by(&run).await }).await;
         if round % 2 == 1 {
             eventually("the script to run on both hosts", || async {
                 (marks(&marks_dir, &run).len() == 2).then_some(())
@@ -119,26 +132,29 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
         // once on redb; on PostgreSQL once the killed replica's lease passed).
         let daemon = Daemon::start(&config).await;
         let operation = eventually("the operation to be marked interrupted", || async {
-            let operation = daemon.get(&format!("/api/operations/{operation_id}")).await;
-            let unfinished =
-                ["pending", "running"].contains(&operation["state"].as_str().unwrap_or_default());
+            let path = format!("/api/operations/{operation_id}");
+            let operation: OperationView = daemon.get(&path).await?;
+            let state = operation.operation.state;
+            let unfinished = [OperationState::Pending, OperationState::Running].contains(&state);
             (!unfinished).then_some(operation)
         })
         .await;
         assert_eq!(
-            operation["state"], "interrupted",
-            "round {round}: {operation}"
+            operation.operation.state,
+            OperationState::Interrupted,
+            "round {round}: {operation:?}"
         );
         // An edit makes the run-request reconcile again after the restart; it still does not re-run.
         work.write(&format!("runs/{run}.yaml"), &format!("id: {run}\nscript: slow\ntargets: {{tags: [test]}}\nparams: {{run: {run}-edited}}\n"));
         work.commit(&format!("{run} edited"));
         let state = eventually("the edit to be reconciled", || async {
-            let state = daemon.get(&format!("/api/runs/{run}")).await;
-            (state["changed_after_run"] == true).then_some(state)
+            let state: RunView = daemon.get(&format!("/api/runs/{run}")).await?;
+            state.changed_after_run.then_some(state)
         })
         .await;
         assert_eq!(
-            state["state"]["operation_id"], operation_id,
+            state.state,
+            Some(RunState::Started { operation_id }),
             "round {round}"
         );
         let (status, log) = daemon.process.terminate();

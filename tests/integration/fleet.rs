@@ -1,9 +1,17 @@
 //! The reconcile loop against a real fleet: health, enrollment, verify, run-requests.
 
+use linkops::contract::{
+    ErrorBody, ErrorCode, FleetChanges, FleetSnapshot, FleetStreamEvent, MachineDetail,
+    MachineView, OperationView, RunView, SuspensionView,
+};
+use linkops_reconcilers::condition::{Condition, ConditionKind, ConditionStatus};
+use linkops_reconcilers::enrollment::Enrollment;
+use linkops_reconcilers::operation::{HostState, OperationState};
+use linkops_reconcilers::run::RunState;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{self, ADMIN, FleetSetup, TestDaemon, eventually};
+use crate::support::{self, ADMIN, FleetSetup, TestDaemon, answer, eventually};
 const SCRIPTS: &str = r#"scripts:
   - id: mark
     name: Leave a mark
@@ -23,7 +31,7 @@ fn setup(hosts: usize, wrong_uuid: &[usize]) -> FleetSetup {
     FleetSetup::new(hosts, wrong_uuid, SCRIPTS)
 }
 
-async fn verify(daemon: &TestDaemon, token: &str, id: &str) -> Value {
+async fn verify(daemon: &TestDaemon, token: &str, id: &str) -> MachineView {
     let response = daemon
         .post(&format!("/api/links/{id}/verify"), Some(token))
         .await;
@@ -31,13 +39,8 @@ async fn verify(daemon: &TestDaemon, token: &str, id: &str) -> Value {
     response.json().await.unwrap()
 }
 
-fn condition<'a>(machine: &'a Value, kind: &str) -> &'a Value {
-    machine["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == kind)
-        .unwrap()
+fn condition(machine: &MachineView, kind: ConditionKind) -> &Condition {
+    &machine.condition(kind).unwrap().condition
 }
 
 #[tokio::test]
@@ -48,50 +51,41 @@ async fn links_show_health_and_enrollment_that_match_reality() {
     for id in ["host1", "host2", "host3"] {
         verify(&daemon, &token, id).await;
     }
-    let links: Value = daemon
-        .get("/api/links", Some(&token))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let links = links.as_array().unwrap();
+    let links: Vec<MachineView> = daemon.read("/api/links", &token).await;
     assert_eq!(links.len(), 3);
     for machine in &links[..2] {
-        assert_eq!(machine["health"]["state"], "reachable", "{machine}");
-        assert_eq!(machine["enrollment"]["state"], "enrolled", "{machine}");
-        assert_eq!(condition(machine, "Ready")["status"], "True");
-        assert!(machine["revision"].as_str().is_some());
+        assert_eq!(machine.health.name(), "reachable", "{machine:?}");
+        assert_eq!(machine.enrollment, Enrollment::Enrolled, "{machine:?}");
+        assert_eq!(
+            condition(machine, ConditionKind::Ready).status,
+            ConditionStatus::True
+        );
+        assert!(machine.revision.is_some());
     }
     // host3 answers, but with its own id, not the inventory's.
     let wrong = &links[2];
-    assert_eq!(wrong["health"]["state"], "reachable");
-    assert_eq!(wrong["enrollment"]["state"], "mismatch");
+    assert_eq!(wrong.health.name(), "reachable");
     assert_eq!(
-        wrong["enrollment"]["expected"],
-        "LINKOPS-00000000-0000-4000-8000-000000000000"
+        wrong.enrollment,
+        Enrollment::Mismatch {
+            expected: "LINKOPS-00000000-0000-4000-8000-000000000000".into(),
+            found: format!("LINKOPS-{}", setup.fleet.host(2).uuid()),
+        }
     );
     assert_eq!(
-        wrong["enrollment"]["found"],
-        format!("LINKOPS-{}", setup.fleet.host(2).uuid())
+        condition(wrong, ConditionKind::Ready).reason,
+        "ClientIdMismatch"
     );
-    assert_eq!(condition(wrong, "Ready")["reason"], "ClientIdMismatch");
-    assert_eq!(condition(wrong, "Stalled")["status"], "True");
+    assert_eq!(
+        condition(wrong, ConditionKind::Stalled).status,
+        ConditionStatus::True
+    );
 
     // Filter by tag; details carry health history.
-    let none: Value = daemon
-        .get("/api/links?tag=web", Some(&token))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(none, json!([]));
-    let detail: Value = daemon
-        .get("/api/links/host1", Some(&token))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert!(!detail["health_history"].as_array().unwrap().is_empty());
+    let none: Vec<MachineView> = daemon.read("/api/links?tag=web", &token).await;
+    assert!(none.is_empty(), "{none:?}");
+    let detail: MachineDetail = daemon.read("/api/links/host1", &token).await;
+    assert!(!detail.health_history.is_empty());
     assert_eq!(
         daemon.get("/api/links/nope", Some(&token)).await.status(),
         StatusCode::NOT_FOUND
@@ -115,22 +109,28 @@ async fn a_stopped_host_goes_offline_and_comes_back() {
     let daemon = setup.start().await;
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     let online = verify(&daemon, &token, "host1").await;
-    assert_eq!(online["health"]["state"], "reachable");
-    let seen = online["last_seen"].clone();
+    assert_eq!(online.health.name(), "reachable");
+    let seen = online.last_seen;
 
     setup.fleet.hosts_mut()[0].stop();
     let offline = verify(&daemon, &token, "host1").await;
-    assert_eq!(offline["health"]["state"], "unreachable", "{offline}");
-    assert_eq!(condition(&offline, "Ready")["reason"], "Unreachable");
+    assert_eq!(offline.health.name(), "unreachable", "{offline:?}");
     assert_eq!(
-        offline["last_seen"], seen,
+        condition(&offline, ConditionKind::Ready).reason,
+        "Unreachable"
+    );
+    assert_eq!(
+        offline.last_seen, seen,
         "last seen is when it last answered"
     );
 
     setup.fleet.hosts_mut()[0].restart().unwrap();
     let back = verify(&daemon, &token, "host1").await;
-    assert_eq!(back["health"]["state"], "reachable", "{back}");
-    assert_eq!(condition(&back, "Ready")["status"], "True");
+    assert_eq!(back.health.name(), "reachable", "{back:?}");
+    assert_eq!(
+        condition(&back, ConditionKind::Ready).status,
+        ConditionStatus::True
+    );
     daemon.stop().await;
 }
 
@@ -143,7 +143,7 @@ type Events = std::pin::Pin<
 /// list the client holds.
 struct FleetStream {
     events: Events,
-    machines: std::collections::BTreeMap<String, Value>,
+    machines: std::collections::BTreeMap<String, MachineView>,
     last_id: String,
 }
 
@@ -171,34 +171,42 @@ impl FleetStream {
         }
     }
 
-    /// The next event's name and data, folded in.
-    async fn next(&mut self) -> (String, Value) {
+    /// The next event, folded in; its data as sent.
+    async fn next(&mut self) -> FleetEvent {
         use futures::StreamExt;
         let event = self.events.next().await.expect("the stream ended").unwrap();
         let data: Value = serde_json::from_str(&event.data).unwrap();
-        match event.event.as_str() {
-            "snapshot" => {
-                self.machines = data["machines"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|m| (m["id"].as_str().unwrap().to_owned(), m.clone()))
+        let kind: FleetStreamEvent = answer(&Value::String(event.event.clone()));
+        let folded = match kind {
+            FleetStreamEvent::Snapshot => {
+                let snapshot: FleetSnapshot = answer(&data);
+                self.machines = (snapshot.machines.iter())
+                    .map(|m| (m.spec.id.clone(), m.clone()))
                     .collect();
+                FleetEvent::Snapshot(snapshot, data)
             }
-            "changes" => {
-                for machine in data["changed"].as_array().unwrap() {
-                    let id = machine["id"].as_str().unwrap().to_owned();
-                    self.machines.insert(id, machine.clone());
+            FleetStreamEvent::Changes => {
+                let changes: FleetChanges = answer(&data);
+                for machine in &changes.changed {
+                    (self.machines).insert(machine.spec.id.clone(), machine.clone());
                 }
-                for id in data["removed"].as_array().unwrap() {
-                    self.machines.remove(id.as_str().unwrap());
+                for id in &changes.removed {
+                    self.machines.remove(id);
                 }
+                FleetEvent::Changes(changes)
             }
-            other => panic!("unexpected fleet event {other}"),
-        }
+        };
         self.last_id = event.id;
-        (event.event, data)
+        folded
     }
+}
+
+/// An event of `/api/fleet/events` read as the contract has it; a snapshot
+/// also as sent, for its field names.
+#[derive(Debug)]
+enum FleetEvent {
+    Snapshot(FleetSnapshot, Value),
+    Changes(FleetChanges),
 }
 
 #[tokio::test]
@@ -211,9 +219,10 @@ async fn the_fleet_stream_sends_a_snapshot_then_only_what_changed_and_resumes() 
     }
     let mut stream = FleetStream::open(&daemon, &token, None).await;
     // At once: every machine, in the shape GET /api/links has it.
-    let (kind, first) = stream.next().await;
-    assert_eq!(kind, "snapshot");
-    assert_eq!(first["machines"].as_array().unwrap().len(), 2);
+    let FleetEvent::Snapshot(first, sent) = stream.next().await else {
+        panic!("the first event is no snapshot");
+    };
+    assert_eq!(first.machines.len(), 2);
     let listed: Value = daemon
         .get("/api/links", Some(&token))
         .await
@@ -228,19 +237,20 @@ async fn the_fleet_stream_sends_a_snapshot_then_only_what_changed_and_resumes() 
             .cloned()
             .collect::<Vec<_>>()
     };
-    assert_eq!(fields(&first["machines"][0]), fields(&listed[0]));
+    assert_eq!(fields(&sent["machines"][0]), fields(&listed[0]));
 
     // A check that changes only times says nothing: the next event is host1 going down, alone.
     verify(&daemon, &token, "host2").await;
     setup.fleet.hosts_mut()[0].stop();
     verify(&daemon, &token, "host1").await;
-    let (kind, changes) = stream.next().await;
-    assert_eq!(kind, "changes");
-    assert_eq!(changes["changed"].as_array().unwrap().len(), 1, "{changes}");
-    assert_eq!(changes["changed"][0]["id"], "host1");
+    let FleetEvent::Changes(changes) = stream.next().await else {
+        panic!("a snapshot where changes were due");
+    };
+    assert_eq!(changes.changed.len(), 1, "{changes:?}");
+    assert_eq!(changes.changed[0].spec.id, "host1");
     let down = &stream.machines["host1"];
-    assert_eq!(down["health"]["state"], "unreachable");
-    assert_eq!(condition(down, "Ready")["reason"], "Unreachable");
+    assert_eq!(down.health.name(), "unreachable");
+    assert_eq!(condition(down, ConditionKind::Ready).reason, "Unreachable");
 
     // Disconnected, host1 comes back; reconnecting resumes with just that.
     let last = stream.last_id.clone();
@@ -248,13 +258,18 @@ async fn the_fleet_stream_sends_a_snapshot_then_only_what_changed_and_resumes() 
     setup.fleet.hosts_mut()[0].restart().unwrap();
     verify(&daemon, &token, "host1").await;
     let mut resumed = FleetStream::open(&daemon, &token, Some(&last)).await;
-    let (kind, changes) = resumed.next().await;
-    assert_eq!(kind, "changes", "{changes}");
-    assert_eq!(changes["changed"][0]["id"], "host1");
-    assert_eq!(changes["changed"][0]["health"]["state"], "reachable");
+    let FleetEvent::Changes(changes) = resumed.next().await else {
+        panic!("a snapshot where the stream should resume");
+    };
+    assert_eq!(changes.changed[0].spec.id, "host1");
+    assert_eq!(changes.changed[0].health.name(), "reachable");
     // A position it cannot place (another daemon's, a garbled one) starts over.
     let mut fresh = FleetStream::open(&daemon, &token, Some("7.1.nope")).await;
-    assert_eq!(fresh.next().await.0, "snapshot");
+    let restarted = fresh.next().await;
+    assert!(
+        matches!(restarted, FleetEvent::Snapshot(..)),
+        "{restarted:?}"
+    );
     drop((resumed, fresh));
 
     // A stopping daemon ends a stream cleanly.
@@ -291,11 +306,8 @@ async fn the_machine_list_filters_and_pages_in_id_order_with_a_total() {
         (status, headers, body)
     };
     let ids = |body: &Value| -> Vec<String> {
-        body.as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].as_str().unwrap().to_owned())
-            .collect()
+        let machines: Vec<MachineView> = answer(body);
+        machines.into_iter().map(|m| m.spec.id).collect()
     };
     let (_, headers, body) = list("health=unreachable").await;
     assert_eq!(ids(&body), ["host2"]);
@@ -329,25 +341,41 @@ async fn the_machine_list_filters_and_pages_in_id_order_with_a_total() {
     ] {
         let (status, _, body) = list(query).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
-        assert_eq!(body["error"]["details"]["field"], field, "{query}: {body}");
+        let refused: ErrorBody = answer(&body);
+        assert_eq!(refused.error.code, ErrorCode::Invalid, "{query}: {body}");
+        assert_eq!(
+            refused.error.details.unwrap()["field"],
+            field,
+            "{query}: {body}"
+        );
     }
     daemon.stop().await;
 }
 
-async fn run_state(daemon: &TestDaemon, token: &str, id: &str) -> Value {
-    daemon
-        .get(&format!("/api/runs/{id}"), Some(token))
-        .await
-        .json()
-        .await
-        .unwrap_or_default()
+/// The run-request `id`, once the daemon has seen it.
+async fn run_state(daemon: &TestDaemon, token: &str, id: &str) -> Option<RunView> {
+    let response = daemon.get(&format!("/api/runs/{id}"), Some(token)).await;
+    match response.status() {
+        StatusCode::NOT_FOUND => None,
+        _ => Some(answer(&response.json().await.unwrap())),
+    }
+}
+
+/// The state of run-request `id` once the daemon has looked at it.
+async fn run_looked_at(daemon: &TestDaemon, token: &str, id: &str) -> Option<(RunView, RunState)> {
+    let view = run_state(daemon, token, id).await?;
+    let state = view.state.clone()?;
+    Some((view, state))
 }
 
 /// Waits for the run-request's claim (polled: run-requests have no event
 /// stream), then follows its operation's events to the end.
-async fn finished_operation(daemon: &TestDaemon, token: &str, run: &str) -> Value {
+async fn finished_operation(daemon: &TestDaemon, token: &str, run: &str) -> OperationView {
     let id = eventually("the run-request to start", || async {
-        run_state(daemon, token, run).await["state"]["operation_id"].as_u64()
+        match run_looked_at(daemon, token, run).await?.1 {
+            RunState::Started { operation_id } => Some(operation_id),
+            _ => None,
+        }
     })
     .await;
     ended(daemon, token, id).await
@@ -371,25 +399,21 @@ async fn a_run_request_runs_once_on_enrolled_machines_and_skips_the_rest() {
         .unwrap();
 
     let operation = finished_operation(&daemon, &token, "mark-1").await;
-    assert_eq!(operation["state"], "partially_failed", "{operation}");
-    let hosts = operation["hosts"].as_array().unwrap();
+    let state = operation.operation.state;
+    assert_eq!(state, OperationState::PartiallyFailed, "{operation:?}");
     let by_id = |id: &str| {
-        hosts
-            .iter()
-            .find(|h| h["machine_id"] == id)
-            .unwrap()
-            .clone()
+        let hosts = &operation.hosts;
+        hosts.iter().find(|h| h.machine_id == id).unwrap().clone()
     };
-    assert_eq!(by_id("host1")["state"]["state"], "succeeded");
-    assert_eq!(by_id("host2")["state"]["state"], "succeeded");
+    assert_eq!(by_id("host1").state, HostState::Succeeded);
+    assert_eq!(by_id("host2").state, HostState::Succeeded);
     let skipped = by_id("host3");
-    assert_eq!(skipped["state"]["state"], "skipped");
+    let HostState::Skipped { reason } = &skipped.state else {
+        panic!("host3 not skipped: {skipped:?}");
+    };
     assert!(
-        skipped["state"]["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("not enrolled: client_id reads"),
-        "{skipped}"
+        reason.starts_with("not enrolled: client_id reads"),
+        "{reason}"
     );
 
     // Exactly one mark per enrolled host, with the parameter intact.
@@ -421,13 +445,27 @@ async fn a_run_request_runs_once_on_enrolled_machines_and_skips_the_rest() {
         .await
         .unwrap();
     let state = eventually("the edit to be noticed", || async {
-        let state = run_state(&daemon, &token, "mark-1").await;
-        (state["changed_after_run"] == true).then_some(state)
+        let state = run_state(&daemon, &token, "mark-1").await?;
+        state.changed_after_run.then_some(state)
     })
     .await;
-    assert_eq!(state["state"]["operation_id"], operation["id"]);
-    assert_eq!(condition(&state, "Ready")["reason"], "Started");
-    assert_eq!(condition(&state, "Stalled")["reason"], "ChangedAfterRun");
+    assert_eq!(
+        state.state,
+        Some(RunState::Started {
+            operation_id: operation.operation.id
+        })
+    );
+    let run_condition = |kind: ConditionKind| {
+        let conditions = &state.conditions;
+        conditions
+            .iter()
+            .find(|c| c.kind == kind)
+            .unwrap()
+            .reason
+            .clone()
+    };
+    assert_eq!(run_condition(ConditionKind::Ready), "Started");
+    assert_eq!(run_condition(ConditionKind::Stalled), "ChangedAfterRun");
     daemon.stop().await;
     for host in &setup.fleet.hosts()[..2] {
         let marks =
@@ -443,24 +481,20 @@ async fn a_run_request_removed_before_its_time_is_cancelled() {
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     setup.work.write("runs/later.yaml", "id: later\nscript: mark\ntargets:\n  machines: [host1]\nnot_before: 2999-01-01T00:00:00Z\n");
     setup.work.commit("later");
-    let waiting = eventually("the run-request to wait", || async {
-        let state = run_state(&daemon, &token, "later").await;
-        (state["state"]["state"] == "waiting").then_some(state)
+    let reason = eventually("the run-request to wait", || async {
+        match run_looked_at(&daemon, &token, "later").await?.1 {
+            RunState::Waiting { reason } => Some(reason),
+            _ => None,
+        }
     })
     .await;
-    assert!(
-        waiting["state"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("2999-01-01"),
-        "{waiting}"
-    );
+    assert!(reason.contains("2999-01-01"), "{reason}");
 
     setup.work.remove("runs/later.yaml");
     setup.work.commit("never mind");
     eventually("the run-request to be cancelled", || async {
-        let state = run_state(&daemon, &token, "later").await;
-        (state["state"]["state"] == "cancelled").then_some(())
+        let (_, state) = run_looked_at(&daemon, &token, "later").await?;
+        (state == RunState::Cancelled).then_some(())
     })
     .await;
     daemon.stop().await;
@@ -485,7 +519,7 @@ async fn run_by_hand(
 }
 
 /// The operation `id` once it has ended.
-async fn ended(daemon: &TestDaemon, token: &str, id: u64) -> Value {
+async fn ended(daemon: &TestDaemon, token: &str, id: u64) -> OperationView {
     let events = support::read_events(daemon, token, id, None).await;
     assert_eq!(events.last().unwrap().event, "end");
     support::operation(daemon, token, id).await
@@ -500,32 +534,28 @@ async fn a_suspension_holds_every_start_naming_itself_until_resumed() {
         let (daemon, token) = (&daemon, &token);
         async move {
             let path = format!("/api/reconcile/{verb}");
-            let (status, answer) = daemon
+            let (status, body) = daemon
                 .request(reqwest::Method::POST, &path, token, Some(body))
                 .await;
-            assert_eq!(status, StatusCode::OK, "{answer}");
-            answer
+            assert_eq!(status, StatusCode::OK, "{body}");
+            answer::<SuspensionView>(&body)
         }
     };
     let (status, failed) = run_by_hand(&daemon, &token, "fail", &["host1"]).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{failed}");
-    let failed = failed["id"].as_u64().unwrap();
-    assert_eq!(ended(&daemon, &token, failed).await["state"], "failed");
+    let failed = answer::<OperationView>(&failed).operation.id;
+    let state = ended(&daemon, &token, failed).await.operation.state;
+    assert_eq!(state, OperationState::Failed);
     let retry = format!("/api/operations/{failed}/retry");
 
     // The fleet held: no run, no retry, no run-request.
     let suspended = scope("suspend", json!({})).await;
-    assert!(suspended["fleet"].is_string(), "{suspended}");
-    let links: Value = daemon
-        .get("/api/links", Some(&token))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(links[0]["suspended"], true);
+    assert!(suspended.fleet.is_some(), "{suspended:?}");
+    let links: Vec<MachineView> = daemon.read("/api/links", &token).await;
+    assert!(links[0].suspended);
     let (status, refused) = run_by_hand(&daemon, &token, "mark", &["host1", "host2"]).await;
     assert_eq!(status, StatusCode::CONFLICT, "{refused}");
-    let says = refused["error"]["message"].as_str().unwrap();
+    let says = answer::<ErrorBody>(&refused).error.message;
     assert!(
         says.contains("reconciliation of the fleet is suspended"),
         "{says}"
@@ -539,12 +569,13 @@ async fn a_suspension_holds_every_start_naming_itself_until_resumed() {
         "id: held\nscript: mark\ntargets:\n  machines: [host1]\n",
     );
     setup.work.commit("held");
-    let held = eventually("the run-request to be held", || async {
-        let state = run_state(&daemon, &token, "held").await;
-        (state["state"]["state"] == "waiting").then_some(state)
+    let reason = eventually("the run-request to be held", || async {
+        match run_looked_at(&daemon, &token, "held").await?.1 {
+            RunState::Waiting { reason } => Some(reason),
+            _ => None,
+        }
     })
     .await;
-    let reason = held["state"]["reason"].as_str().unwrap();
     assert!(
         reason.contains("reconciliation of the fleet is suspended"),
         "{reason}"
@@ -554,35 +585,34 @@ async fn a_suspension_holds_every_start_naming_itself_until_resumed() {
     // the suspension, and a run or retry on host1 alone is refused.
     scope("suspend", json!({"machine": "host1"})).await;
     let resumed = scope("resume", json!({})).await;
-    assert!(resumed["fleet"].is_null(), "{resumed}");
-    let waiting = eventually("the run-request to wait for host1", || async {
-        let state = run_state(&daemon, &token, "held").await;
-        let reason = state["state"]["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        reason
-            .contains("machine host1 is suspended")
-            .then_some(state)
+    assert!(resumed.fleet.is_none(), "{resumed:?}");
+    eventually("the run-request to wait for host1", || async {
+        match run_looked_at(&daemon, &token, "held").await?.1 {
+            RunState::Waiting { reason } => {
+                reason.contains("machine host1 is suspended").then_some(())
+            }
+            _ => None,
+        }
     })
     .await;
-    assert_eq!(waiting["state"]["state"], "waiting", "{waiting}");
     let (status, started) = run_by_hand(&daemon, &token, "mark", &["host1", "host2"]).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{started}");
-    let operation = ended(&daemon, &token, started["id"].as_u64().unwrap()).await;
-    let host1 = &operation["hosts"][0];
-    assert_eq!(host1["machine_id"], "host1", "{operation}");
-    assert_eq!(host1["state"]["state"], "skipped", "{operation}");
-    let reason = host1["state"]["reason"].as_str().unwrap();
+    let started = answer::<OperationView>(&started).operation.id;
+    let operation = ended(&daemon, &token, started).await;
+    let host1 = &operation.hosts[0];
+    assert_eq!(host1.machine_id, "host1", "{operation:?}");
+    let HostState::Skipped { reason } = &host1.state else {
+        panic!("host1 not skipped: {operation:?}");
+    };
     assert!(reason.contains("machine host1 is suspended"), "{reason}");
-    assert_eq!(operation["hosts"][1]["state"]["state"], "succeeded");
+    assert_eq!(operation.hosts[1].state, HostState::Succeeded);
     let (status, refused) = run_by_hand(&daemon, &token, "mark", &["host1"]).await;
     assert_eq!(status, StatusCode::CONFLICT, "{refused}");
     let (status, refused) = daemon
         .request(reqwest::Method::POST, &retry, &token, None)
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{refused}");
-    let says = refused["error"]["message"].as_str().unwrap();
+    let says = answer::<ErrorBody>(&refused).error.message;
     assert!(says.contains("machine host1 is suspended"), "{says}");
     // host1 has no mark: nothing ran there.
     let host1_marks = setup
@@ -593,7 +623,8 @@ async fn a_suspension_holds_every_start_naming_itself_until_resumed() {
     // Resuming host1 releases the run-request that waited for it.
     scope("resume", json!({"machine": "host1"})).await;
     let operation = finished_operation(&daemon, &token, "held").await;
-    assert_eq!(operation["state"], "succeeded", "{operation}");
+    let state = operation.operation.state;
+    assert_eq!(state, OperationState::Succeeded, "{operation:?}");
     let (status, retried) = daemon
         .request(reqwest::Method::POST, &retry, &token, None)
         .await;

@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use linkops::config::Config;
-use linkops::contract::{GitStatus, SyncOutcome, SyncView};
+use linkops::contract::{
+    ErrorBody, ErrorCode, GitStatus, SyncOutcome, SyncRequested, SyncView, TablePage, WebhookAnswer,
+};
 use linkops::testbed::{BareRepo, TestFleet};
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::role::Role;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{self, TestDaemon, WorkRepo, add_users, example_repo};
+use crate::support::{self, TestDaemon, WorkRepo, add_users, answer, example_repo};
 
 const ADMIN: (&str, &str) = ("ada", "pw-ada-1");
 pub(crate) const WEBHOOK_SECRET: &str = "hook-secret-1";
@@ -403,9 +405,10 @@ async fn webhook_deliveries_are_authenticated_and_checked() {
         push.clone(),
     )
     .await;
+    let requested = WebhookAnswer::Sync(SyncRequested::Requested);
     assert_eq!(
-        (status, body["sync"].as_str()),
-        (StatusCode::ACCEPTED, Some("requested"))
+        (status, answer::<WebhookAnswer>(&body)),
+        (StatusCode::ACCEPTED, requested.clone())
     );
     let github_push = json!({ "ref": "refs/heads/main", "after": "0".repeat(40) }).to_string();
     let github_signature = format!("sha256={}", signed(&github_push, WEBHOOK_SECRET));
@@ -420,8 +423,8 @@ async fn webhook_deliveries_are_authenticated_and_checked() {
     )
     .await;
     assert_eq!(
-        (status, body["sync"].as_str()),
-        (StatusCode::ACCEPTED, Some("requested"))
+        (status, answer::<WebhookAnswer>(&body)),
+        (StatusCode::ACCEPTED, requested)
     );
 
     // Wrong secret, tampered body, no signature: 401.
@@ -452,8 +455,8 @@ async fn webhook_deliveries_are_authenticated_and_checked() {
     )
     .await;
     assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::UNAUTHORIZED, Some("bad_signature"))
+        (status, answer::<ErrorBody>(&body).error.code),
+        (StatusCode::UNAUTHORIZED, ErrorCode::BadSignature)
     );
 
     // Replay of an accepted delivery: 409.
@@ -467,8 +470,8 @@ async fn webhook_deliveries_are_authenticated_and_checked() {
     )
     .await;
     assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("replayed"))
+        (status, answer::<ErrorBody>(&body).error.code),
+        (StatusCode::CONFLICT, ErrorCode::Replayed)
     );
     // The id is not signed: the same signed body under a new id, or as GitHub, is a replay too.
     let github_signature = format!("sha256={}", signed(&push, WEBHOOK_SECRET));
@@ -486,8 +489,8 @@ async fn webhook_deliveries_are_authenticated_and_checked() {
     ] {
         let (status, body) = send(headers, push.clone()).await;
         assert_eq!(
-            (status, body["error"]["code"].as_str()),
-            (StatusCode::CONFLICT, Some("replayed")),
+            (status, answer::<ErrorBody>(&body).error.code),
+            (StatusCode::CONFLICT, ErrorCode::Replayed),
             "{body}"
         );
     }
@@ -504,8 +507,8 @@ async fn webhook_deliveries_are_authenticated_and_checked() {
     )
     .await;
     assert_eq!(
-        (status, body["unchanged"].as_str()),
-        (StatusCode::ACCEPTED, Some(head.as_str()))
+        (status, answer::<WebhookAnswer>(&body)),
+        (StatusCode::ACCEPTED, WebhookAnswer::Unchanged(head))
     );
 
     // A push to another branch is accepted and ignored, saying so.
@@ -520,14 +523,10 @@ async fn webhook_deliveries_are_authenticated_and_checked() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert!(
-        body["ignored"]
-            .as_str()
-            .unwrap()
-            .contains("refs/heads/feature")
-            || body["ignored"].as_str().unwrap().contains("feature"),
-        "{body}"
-    );
+    let WebhookAnswer::Ignored(why) = answer(&body) else {
+        panic!("not ignored: {body}");
+    };
+    assert!(why.contains("feature"), "{why}");
 
     // Not JSON: 415. Too large: 413.
     let (status, _) = send(
@@ -613,7 +612,7 @@ async fn an_idle_local_repository_records_nothing_even_with_a_bad_head() {
                         Some(body),
                     )
                     .await;
-                page["rows"].as_array().unwrap().len()
+                answer::<TablePage>(&page).rows.len()
             };
             let audit = json!({ "table": "audit_log", "filter": [{ "column": "action", "op": "eq", "value": "git.sync" }] });
             (

@@ -1,5 +1,7 @@
 //! `GET /metrics` scraped after real work on a real fleet.
 
+use linkops::contract::OperationView;
+use linkops_reconcilers::operation::OperationState;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -37,8 +39,9 @@ async fn a_scrape_shows_syncs_machines_operations_ssh_and_requests() {
             Some(body),
         )
         .await;
-    let events = support::read_events(&daemon, &token, started["id"].as_u64().unwrap(), None).await;
-    assert_eq!(events.last().unwrap().data["state"], "succeeded");
+    let started = support::answer::<OperationView>(&started).operation.id;
+    let events = support::read_events(&daemon, &token, started, None).await;
+    assert_eq!(events.last().unwrap().state(), OperationState::Succeeded);
 
     let response = daemon.get("/metrics", None).await;
     assert_eq!(response.status(), StatusCode::OK);

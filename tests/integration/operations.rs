@@ -1,10 +1,15 @@
 //! Operations through the API against a real fleet: run, live SSE, stop, limits, failures.
 
+use linkops::contract::{ErrorBody, ErrorCode, OperationView, RunView, TablePage};
+use linkops_reconcilers::operation::{HostResult, HostState, OperationState};
+use linkops_reconcilers::rollout::Rollout;
+use linkops_reconcilers::run::RunState;
+use linkops_reconcilers::script::ParamValue;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::{
-    self, ADMIN, FleetSetup, TestDaemon, VIEWER, operation, output_text, read_events,
+    self, ADMIN, FleetSetup, TestDaemon, VIEWER, answer, operation, output_text, read_events,
 };
 
 const SCRIPTS: &str = r#"scripts:
@@ -78,17 +83,37 @@ async fn run(daemon: &TestDaemon, token: &str, body: Value) -> reqwest::Response
 async fn started(daemon: &TestDaemon, token: &str, body: Value) -> u64 {
     let response = run(daemon, token, body).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let operation: Value = response.json().await.unwrap();
-    operation["id"].as_u64().unwrap()
+    let operation: OperationView = response.json().await.unwrap();
+    operation.operation.id
 }
 
-fn host<'a>(operation: &'a Value, id: &str) -> &'a Value {
-    operation["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["machine_id"] == id)
-        .unwrap()
+/// Machine `id`'s part in `operation`.
+fn host<'a>(operation: &'a OperationView, id: &str) -> &'a HostResult {
+    let hosts = &operation.hosts;
+    hosts.iter().find(|h| h.machine_id == id).unwrap()
+}
+
+/// The exit code machine `id` failed with.
+fn exit_code(operation: &OperationView, id: &str) -> Option<u32> {
+    match &host(operation, id).state {
+        HostState::Failed { exit_code, .. } => *exit_code,
+        other => panic!("{id} did not fail: {other:?}"),
+    }
+}
+
+/// Why machine `id` was skipped.
+fn skipped(operation: &OperationView, id: &str) -> String {
+    match &host(operation, id).state {
+        HostState::Skipped { reason } => reason.clone(),
+        other => panic!("{id} was not skipped: {other:?}"),
+    }
+}
+
+/// The parameters as an operation records them.
+fn params<const N: usize>(
+    given: [(&str, ParamValue); N],
+) -> std::collections::BTreeMap<String, ParamValue> {
+    given.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 async fn verified(setup: &FleetSetup) -> (TestDaemon, String) {
@@ -125,22 +150,25 @@ async fn output_streams_live_in_order_and_results_are_recorded() {
         );
     }
     let recorded = operation(&daemon, &token, id).await;
-    assert_eq!(recorded["state"], "failed", "{recorded}");
+    let state = recorded.operation.state;
+    assert_eq!(state, OperationState::Failed, "{recorded:?}");
     // Given as "3", recorded as the int the catalog declares.
-    assert_eq!(recorded["params"], json!({ "code": 3 }));
     assert_eq!(
-        host(&recorded, "host1")["state"],
-        json!({ "state": "failed", "exit_code": 3, "signal": null, "error": null })
-    );
-    assert_eq!(host(&recorded, "host1")["stdout_bytes"], 18);
-    assert!(
-        host(&recorded, "host3")["state"]["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("not enrolled")
+        recorded.operation.params,
+        params([("code", ParamValue::Int(3))])
     );
     assert_eq!(
-        host(&recorded, "ghost")["state"]["reason"],
+        host(&recorded, "host1").state,
+        HostState::Failed {
+            exit_code: Some(3),
+            signal: None,
+            error: None
+        }
+    );
+    assert_eq!(host(&recorded, "host1").stdout_bytes, 18);
+    assert!(skipped(&recorded, "host3").starts_with("not enrolled"));
+    assert_eq!(
+        skipped(&recorded, "ghost"),
         "unknown machine: not in links.yaml"
     );
 
@@ -161,20 +189,14 @@ async fn output_streams_live_in_order_and_results_are_recorded() {
     .await;
     read_events(&daemon, &token, id, None).await;
     let killed = operation(&daemon, &token, id).await;
-    assert_eq!(
-        host(&killed, "host1")["state"]["signal"],
-        "KILL",
-        "{killed}"
-    );
+    let HostState::Failed { signal, .. } = &host(&killed, "host1").state else {
+        panic!("not failed: {killed:?}");
+    };
+    assert_eq!(signal.as_deref(), Some("KILL"), "{killed:?}");
 
     // History lists them, newest first, filtered.
-    let history: Value = daemon
-        .get("/api/operations?script=talk", Some(&token))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(history.as_array().unwrap().len(), 1);
+    let history: Vec<OperationView> = daemon.read("/api/operations?script=talk", &token).await;
+    assert_eq!(history.len(), 1);
     daemon.stop().await;
 }
 
@@ -216,8 +238,10 @@ async fn bad_requests_are_refused_naming_the_problem() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "{body}"
         );
-        let error: Value = response.json().await.unwrap();
-        assert_eq!(error["error"]["details"]["field"], field, "{body}: {error}");
+        let error: ErrorBody = response.json().await.unwrap();
+        assert_eq!(error.error.code, ErrorCode::Invalid, "{body}: {error:?}");
+        let details = error.error.details.unwrap_or_default();
+        assert_eq!(details["field"], field, "{body}: {details}");
     }
     let viewer = daemon.token(VIEWER.0, VIEWER.1).await;
     let response = run(
@@ -271,15 +295,10 @@ async fn stop_ends_every_remote_process_and_unstarted_hosts_never_start() {
         .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let events = read_events(&daemon, &token, id, None).await;
-    assert_eq!(events.last().unwrap().data["state"], "stopped");
+    assert_eq!(events.last().unwrap().state(), OperationState::Stopped);
     let stopped = operation(&daemon, &token, id).await;
-    assert_eq!(stopped["state"], "stopped");
-    let states: Vec<&str> = stopped["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["state"]["state"].as_str().unwrap())
-        .collect();
+    assert_eq!(stopped.operation.state, OperationState::Stopped);
+    let states: Vec<&str> = stopped.hosts.iter().map(|h| h.state.name()).collect();
     assert!(states.iter().all(|s| *s == "stopped"), "{states:?}");
     // Verified on the hosts' side: no sleep is left anywhere.
     let left = std::process::Command::new("pgrep")
@@ -314,7 +333,8 @@ async fn concurrency_is_bounded_as_the_hosts_see_it() {
     .await;
     read_events(&daemon, &token, id, None).await;
     let recorded = operation(&daemon, &token, id).await;
-    assert_eq!(recorded["state"], "succeeded", "{recorded}");
+    let state = recorded.operation.state;
+    assert_eq!(state, OperationState::Succeeded, "{recorded:?}");
     let mut windows = Vec::new();
     for host in setup.fleet.hosts() {
         let read = |suffix: &str| -> f64 {
@@ -355,7 +375,7 @@ async fn large_output_arrives_intact() {
     assert_eq!(text.len(), bytes);
     assert!(text.bytes().all(|b| b == b'x'));
     let recorded = operation(&daemon, &token, id).await;
-    assert_eq!(host(&recorded, "host1")["stdout_bytes"], bytes);
+    assert_eq!(host(&recorded, "host1").stdout_bytes, bytes as u64);
     daemon.stop().await;
 }
 
@@ -373,19 +393,16 @@ async fn a_host_that_goes_down_mid_operation_fails_alone() {
     // host2 goes down with its script running.
     setup.fleet.hosts_mut()[1].stop();
     let events = read_events(&daemon, &token, id, None).await;
-    assert_eq!(events.last().unwrap().data["state"], "partially_failed");
+    let ended = events.last().unwrap().state();
+    assert_eq!(ended, OperationState::PartiallyFailed);
     let recorded = operation(&daemon, &token, id).await;
-    let failed = &host(&recorded, "host2")["state"];
-    assert_eq!(failed["state"], "failed", "{recorded}");
-    assert!(
-        failed["error"]
-            .as_str()
-            .unwrap()
-            .contains("closed without an exit status"),
-        "{failed}"
-    );
-    assert_eq!(host(&recorded, "host1")["state"]["state"], "succeeded");
-    assert_eq!(host(&recorded, "host3")["state"]["state"], "succeeded");
+    let HostState::Failed { error, .. } = &host(&recorded, "host2").state else {
+        panic!("host2 did not fail: {recorded:?}");
+    };
+    let error = error.as_deref().unwrap_or_default();
+    assert!(error.contains("closed without an exit status"), "{error}");
+    assert_eq!(host(&recorded, "host1").state, HostState::Succeeded);
+    assert_eq!(host(&recorded, "host3").state, HostState::Succeeded);
     daemon.stop().await;
 }
 
@@ -401,14 +418,14 @@ async fn a_timeout_kills_the_script_and_says_so() {
     )
     .await;
     let events = read_events(&daemon, &token, id, None).await;
-    assert_eq!(events.last().unwrap().data["state"], "failed");
+    assert_eq!(events.last().unwrap().state(), OperationState::Failed);
     let recorded = operation(&daemon, &token, id).await;
     for machine in ["host1", "host2"] {
         // Reached over a working network: the end was confirmed.
         assert_eq!(
-            host(&recorded, machine)["state"],
-            json!({ "state": "timeout" }),
-            "{recorded}"
+            host(&recorded, machine).state,
+            HostState::Timeout { unconfirmed: false },
+            "{recorded:?}"
         );
     }
     let left = std::process::Command::new("pgrep")
@@ -440,10 +457,8 @@ async fn a_run_before_the_first_check_checks_its_machines_first() {
     let events = read_events(&daemon, &token, id, None).await;
     assert_eq!(output_text(&events, "host1", "stdout"), "hello");
     let result = operation(&daemon, &token, id).await;
-    let hosts = result["hosts"].as_array().unwrap();
-    let host2 = hosts.iter().find(|h| h["machine_id"] == "host2").unwrap();
-    let reason = host2["state"]["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("client_id reads"), "{host2}");
+    let reason = skipped(&result, "host2");
+    assert!(reason.contains("client_id reads"), "{reason}");
 
     let huge = "x".repeat(40 << 10);
     let response = run(
@@ -453,8 +468,8 @@ async fn a_run_before_the_first_check_checks_its_machines_first() {
     )
     .await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let body: Value = response.json().await.unwrap();
-    let message = body["error"]["message"].as_str().unwrap();
+    let body: ErrorBody = response.json().await.unwrap();
+    let message = body.error.message;
     assert!(message.contains("at most 32768"), "{message}");
     daemon.stop().await;
 }
@@ -488,13 +503,10 @@ async fn a_silent_partition_does_not_stretch_a_timeout() {
     )
     .await
     .expect("the operation ended despite the partition");
-    assert_eq!(ended.last().unwrap().data["state"], "failed");
+    assert_eq!(ended.last().unwrap().state(), OperationState::Failed);
     let recorded = operation(&daemon, &token, id).await;
-    assert_eq!(
-        host(&recorded, "host1")["state"]["state"],
-        "timeout",
-        "{recorded}"
-    );
+    let state = &host(&recorded, "host1").state;
+    assert_eq!(state.name(), "timeout", "{recorded:?}");
     drop(partition);
     daemon.stop().await;
 }
@@ -514,17 +526,20 @@ async fn a_rollout_halts_after_its_failures_and_a_retry_reruns_exactly_the_faile
     let body = json!({"script": "flaky", "targets": {"tags": ["test"]}, "params": {"note": "v1"}, "rollout": rollout});
     let first = started(&daemon, &token, body).await;
     let events = read_events(&daemon, &token, first, None).await;
-    assert_eq!(events.last().unwrap().data["state"], "partially_failed");
+    let ended = events.last().unwrap().state();
+    assert_eq!(ended, OperationState::PartiallyFailed);
     let ran = operation(&daemon, &token, first).await;
-    assert_eq!(ran["rollout"], rollout);
-    assert_eq!(host(&ran, "host1")["state"]["state"], "succeeded");
+    assert_eq!(ran.operation.rollout, Some(answer::<Rollout>(&rollout)));
+    assert_eq!(host(&ran, "host1").state, HostState::Succeeded);
     for failed in ["host2", "host3"] {
-        assert_eq!(host(&ran, failed)["state"]["exit_code"], 4, "{ran}");
+        assert_eq!(exit_code(&ran, failed), Some(4), "{ran:?}");
     }
     // The canary passed, the next batch failed twice: host4 was never reached.
     assert_eq!(
-        host(&ran, "host4")["state"],
-        json!({"state": "held", "reason": "the rollout halted: 2 machine(s) failed, max_failures is 1"})
+        host(&ran, "host4").state,
+        HostState::Held {
+            reason: "the rollout halted: 2 machine(s) failed, max_failures is 1".into()
+        }
     );
     assert!(!mark(3, "ran").exists());
 
@@ -537,22 +552,21 @@ async fn a_rollout_halts_after_its_failures_and_a_retry_reruns_exactly_the_faile
     let synced = daemon.post("/api/git/sync", Some(&token)).await;
     assert_eq!(synced.status(), StatusCode::OK);
     let careful = support::eventually("the run-request to start", || async {
-        let run: Value = daemon
-            .get("/api/runs/careful", Some(&token))
-            .await
-            .json()
-            .await
-            .unwrap();
-        run["state"]["operation_id"].as_u64()
+        let run: RunView = daemon.read("/api/runs/careful", &token).await;
+        match run.state? {
+            RunState::Started { operation_id } => Some(operation_id),
+            _ => None,
+        }
     })
     .await;
     read_events(&daemon, &token, careful, None).await;
     let ran = operation(&daemon, &token, careful).await;
-    assert_eq!(ran["rollout"]["batch"], 1, "{ran}");
-    assert_eq!(host(&ran, "host1")["state"]["state"], "succeeded");
-    assert_eq!(host(&ran, "host2")["state"]["exit_code"], 4);
+    let batch = ran.operation.rollout.as_ref().map(|r| r.batch);
+    assert_eq!(batch, Some(1), "{ran:?}");
+    assert_eq!(host(&ran, "host1").state, HostState::Succeeded);
+    assert_eq!(exit_code(&ran, "host2"), Some(4));
     for held in ["host3", "host4"] {
-        assert_eq!(host(&ran, held)["state"]["state"], "held", "{ran}");
+        assert_eq!(host(&ran, held).state.name(), "held", "{ran:?}");
     }
 
     // Still running: no retry yet; nothing failed: nothing to retry.
@@ -590,12 +604,8 @@ async fn a_rollout_halts_after_its_failures_and_a_retry_reruns_exactly_the_faile
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{refused}");
-    assert!(
-        refused["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("nothing to retry")
-    );
+    let says = answer::<ErrorBody>(&refused).error.message;
+    assert!(says.contains("nothing to retry"), "{says}");
 
     // host2 is mended; the retry runs host2 and host3 only, with the same parameters.
     std::fs::remove_file(mark(1, "broken")).unwrap();
@@ -608,15 +618,18 @@ async fn a_rollout_halts_after_its_failures_and_a_retry_reruns_exactly_the_faile
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{retried}");
-    assert_eq!(retried["retry_of"], first);
-    assert_eq!(retried["machines"], json!(["host2", "host3"]));
-    assert_eq!(retried["params"], json!({"note": "v1"}));
-    let second = retried["id"].as_u64().unwrap();
+    let retried = answer::<OperationView>(&retried).operation;
+    assert_eq!(retried.retry_of, Some(first));
+    assert_eq!(retried.machines, ["host2", "host3"]);
+    let note = ParamValue::String("v1".into());
+    assert_eq!(retried.params, params([("note", note)]));
+    let second = retried.id;
     let events = read_events(&daemon, &token, second, None).await;
-    assert_eq!(events.last().unwrap().data["state"], "partially_failed");
+    let ended = events.last().unwrap().state();
+    assert_eq!(ended, OperationState::PartiallyFailed);
     let ran = operation(&daemon, &token, second).await;
-    assert_eq!(host(&ran, "host2")["state"]["state"], "succeeded");
-    assert_eq!(host(&ran, "host3")["state"]["exit_code"], 4);
+    assert_eq!(host(&ran, "host2").state, HostState::Succeeded);
+    assert_eq!(exit_code(&ran, "host3"), Some(4));
     assert_eq!(
         std::fs::read_to_string(mark(0, "ran")).unwrap(),
         "v1\ncareful\nfirst\n"
@@ -631,10 +644,12 @@ async fn a_rollout_halts_after_its_failures_and_a_retry_reruns_exactly_the_faile
             Some(query),
         )
         .await;
+    // Rows are free-form: each table has its own columns.
+    let page: TablePage = answer(&page);
     assert_eq!(
-        page["rows"][0]["detail"],
+        page.rows[0]["detail"],
         format!("script flaky (retry of operation {first})"),
-        "{page}"
+        "{page:?}"
     );
     daemon.stop().await;
 }

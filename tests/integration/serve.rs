@@ -5,9 +5,10 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use linkops::contract::{Credentials, LoginResponse};
 use linkops::testbed::ServeProcess;
-
-use serde_json::{Value, json};
+use linkops_reconcilers::role::Role;
+use serde_json::json;
 
 /// `linkops serve` on `data_dir` through `command` (the binary, or a wrapper
 /// such as `prlimit … linkops`), logging at info: the process, its log before
@@ -67,8 +68,8 @@ async fn first_start_prints_a_generated_admin_password_once() {
     };
     let response = login(password.clone()).await;
     assert_eq!(response.status(), reqwest::StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["role"], "admin");
+    let body: LoginResponse = response.json().await.unwrap();
+    assert_eq!(body.role, Role::Admin);
     assert_eq!(
         login("admin".into()).await.status(),
         reqwest::StatusCode::UNAUTHORIZED
@@ -343,15 +344,15 @@ async fn a_full_disk_makes_the_daemon_unready_then_exit_and_loses_nothing() {
             .send()
             .await
     };
-    let admin: Value = login("admin", &generated_password(&banner))
+    let admin: LoginResponse = login("admin", &generated_password(&banner))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let created: Value = client
+    let created: Credentials = client
         .post(format!("http://{address}/api/users"))
-        .bearer_auth(admin["token"].as_str().unwrap())
+        .bearer_auth(&admin.token)
         .json(&json!({ "username": "kept", "role": "viewer" }))
         .send()
         .await
@@ -359,7 +360,7 @@ async fn a_full_disk_makes_the_daemon_unready_then_exit_and_loses_nothing() {
         .json()
         .await
         .unwrap();
-    let kept_password = created["password"].as_str().unwrap().to_owned();
+    let kept_password = created.password;
 
     // Fill the disk through the namespace's view of it.
     let filler = format!("/proc/{namespace}/root{}/filler", disk.display());

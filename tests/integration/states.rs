@@ -10,11 +10,15 @@
 use std::ffi::OsStr;
 use std::process::Command;
 
+use linkops::contract::{OperationView, StateDetail, StateMachineView, TablePage};
 use linkops::testbed::ServeProcess;
+use linkops_reconcilers::condition::{ConditionKind, ConditionStatus};
+use linkops_reconcilers::operation::{OperationState, Requester};
+use linkops_reconcilers::state::{ApplyResult, CheckOutcome, Standing};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN, FleetSetup, TestDaemon, eventually, fleet_links, read_events};
+use crate::support::{ADMIN, FleetSetup, TestDaemon, answer, eventually, fleet_links, read_events};
 
 pub(crate) const SCRIPTS: &str = r#"scripts:
   - id: config-file
@@ -87,12 +91,8 @@ fn applies_on(setup: &FleetSetup, index: usize) -> usize {
         .unwrap_or(0)
 }
 
-async fn detail(daemon: &TestDaemon, token: &str) -> Value {
-    let (status, detail) = daemon
-        .request(Method::GET, "/api/states/app-config", token, None)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{detail}");
-    detail
+async fn detail(daemon: &TestDaemon, token: &str) -> StateDetail {
+    daemon.read("/api/states/app-config", token).await
 }
 
 /// Waits until `check` holds for the state's detail; returns that detail.
@@ -100,8 +100,8 @@ pub(crate) async fn until_state(
     daemon: &TestDaemon,
     token: &str,
     what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
+    check: impl Fn(&StateDetail) -> bool,
+) -> StateDetail {
     eventually(what, || async {
         let detail = detail(daemon, token).await;
         check(&detail).then_some(detail)
@@ -109,34 +109,27 @@ pub(crate) async fn until_state(
     .await
 }
 
-fn standing(detail: &Value, id: &str) -> String {
-    machine(detail, id)["standing"]["standing"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+/// The name of machine `id`'s standing: `in_sync`, `held`, …
+fn standing(detail: &StateDetail, id: &str) -> &'static str {
+    machine(detail, id).standing.name()
+}
+
+/// Why machine `id` is held.
+fn held_because(detail: &StateDetail, id: &str) -> String {
+    match &machine(detail, id).standing {
+        Standing::Held { reason } => reason.clone(),
+        other => panic!("{id} is not held: {other:?}"),
+    }
 }
 
 /// The state's apply operations, oldest first, as the machines each ran on.
 async fn applies(daemon: &TestDaemon, token: &str) -> Vec<Vec<String>> {
-    let (status, operations) = daemon
-        .request(
-            Method::GET,
-            "/api/operations?script=config-file&limit=100",
-            token,
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{operations}");
-    let mut batches: Vec<(u64, Vec<String>)> = operations
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["requested_by"]["kind"] == "state")
-        .map(|o| {
-            let machines = o["machines"].as_array().unwrap();
-            let machines = machines.iter().map(|m| m.as_str().unwrap().to_owned());
-            (o["id"].as_u64().unwrap(), machines.collect())
-        })
+    let path = "/api/operations?script=config-file&limit=100";
+    let operations: Vec<OperationView> = daemon.read(path, token).await;
+    let mut batches: Vec<(u64, Vec<String>)> = (operations.into_iter())
+        .map(|view| view.operation)
+        .filter(|o| matches!(o.requested_by, Requester::State { .. }))
+        .map(|o| (o.id, o.machines))
         .collect();
     batches.sort();
     batches.into_iter().map(|(_, machines)| machines).collect()
@@ -150,8 +143,9 @@ pub(crate) async fn hand_edit(daemon: &TestDaemon, token: &str, machine: &str) {
         .request(Method::POST, "/api/operations/run", token, Some(body))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{operation}");
-    let events = read_events(daemon, token, operation["id"].as_u64().unwrap(), None).await;
-    assert_eq!(events.last().unwrap().data["state"], "succeeded");
+    let operation = answer::<OperationView>(&operation).operation.id;
+    let events = read_events(daemon, token, operation, None).await;
+    assert_eq!(events.last().unwrap().state(), OperationState::Succeeded);
 }
 
 pub(crate) async fn sync(daemon: &TestDaemon, token: &str) {
@@ -159,22 +153,28 @@ pub(crate) async fn sync(daemon: &TestDaemon, token: &str) {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
-pub(crate) fn in_sync(detail: &Value, machines: u64) -> bool {
-    detail["state"]["counts"]["in_sync"] == machines
+pub(crate) fn in_sync(detail: &StateDetail, machines: u32) -> bool {
+    detail.state.counts.in_sync == machines
 }
 
 /// Whether the detail is of the reconcile of `revision` or later.
-pub(crate) fn of(detail: &Value, revision: &str) -> bool {
-    detail["state"]["revision"] == revision
+pub(crate) fn of(detail: &StateDetail, revision: &str) -> bool {
+    detail.state.revision.as_deref() == Some(revision)
 }
 
-fn machine<'a>(detail: &'a Value, id: &str) -> &'a Value {
-    detail["machines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["machine_id"] == id)
-        .unwrap_or_else(|| panic!("no {id} in {detail}"))
+fn machine<'a>(detail: &'a StateDetail, id: &str) -> &'a StateMachineView {
+    let machines = &detail.machines;
+    (machines.iter().find(|m| m.machine_id == id))
+        .unwrap_or_else(|| panic!("no {id} in {detail:?}"))
+}
+
+/// The rows of a `POST /api/tables/query` (free-form: each table has its columns).
+async fn table_rows(daemon: &TestDaemon, token: &str, query: Value) -> Vec<Value> {
+    let (status, page) = daemon
+        .request(Method::POST, "/api/tables/query", token, Some(query))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    answer::<TablePage>(&page).rows
 }
 
 #[tokio::test]
@@ -186,11 +186,11 @@ async fn a_state_converges_its_tag_and_a_machine_joining_it() {
     assert_eq!(config_of(&setup, 0).as_deref(), Some("v1"));
     assert_eq!(config_of(&setup, 1).as_deref(), Some("v1"));
     assert_eq!(config_of(&setup, 2), None, "host3 is not a web host");
-    assert_eq!(converged["machines"].as_array().unwrap().len(), 2);
-    let ready = &converged["state"]["conditions"][0];
+    assert_eq!(converged.machines.len(), 2);
+    let ready = &converged.state.conditions[0];
     assert_eq!(
-        (&ready["type"], &ready["status"]),
-        (&json!("Ready"), &json!("True"))
+        (ready.kind, ready.status),
+        (ConditionKind::Ready, ConditionStatus::True)
     );
     // The canary alone first, then the rest.
     assert_eq!(
@@ -199,12 +199,9 @@ async fn a_state_converges_its_tag_and_a_machine_joining_it() {
     );
     // Each apply is audited for the revision that declared it.
     let query = json!({ "table": "audit_log", "filter": [{ "column": "action", "op": "eq", "value": "state.apply" }] });
-    let (_, page) = daemon
-        .request(Method::POST, "/api/tables/query", &token, Some(query))
-        .await;
+    let applied = table_rows(&daemon, &token, query).await;
     let revision = setup.work.head();
-    let applied = page["rows"].as_array().unwrap();
-    assert_eq!(applied.len(), 2, "{page}");
+    assert_eq!(applied.len(), 2, "{applied:?}");
     assert!(
         applied
             .iter()
@@ -212,27 +209,17 @@ async fn a_state_converges_its_tag_and_a_machine_joining_it() {
     );
     // Tables and metrics say the same.
     let query = json!({ "table": "state_machines", "filter": [{ "column": "state", "op": "eq", "value": "app-config" }] });
-    let (_, page) = daemon
-        .request(Method::POST, "/api/tables/query", &token, Some(query))
-        .await;
-    let standings: Vec<&Value> = page["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| &r["standing"])
-        .collect();
-    assert_eq!(standings, [&json!("in_sync"), &json!("in_sync")], "{page}");
+    let rows = table_rows(&daemon, &token, query).await;
+    let standings: Vec<&Value> = rows.iter().map(|r| &r["standing"]).collect();
+    assert_eq!(
+        standings,
+        [&json!("in_sync"), &json!("in_sync")],
+        "{rows:?}"
+    );
     let query = json!({ "table": "state_checks", "filter": [{ "column": "machine", "op": "eq", "value": "host1" }], "sort": [{ "column": "at", "dir": "asc" }] });
-    let (_, page) = daemon
-        .request(Method::POST, "/api/tables/query", &token, Some(query))
-        .await;
-    let results: Vec<&Value> = page["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| &r["result"])
-        .collect();
-    assert_eq!(results, [&json!("drifted"), &json!("holds")], "{page}");
+    let rows = table_rows(&daemon, &token, query).await;
+    let results: Vec<&Value> = rows.iter().map(|r| &r["result"]).collect();
+    assert_eq!(results, [&json!("drifted"), &json!("holds")], "{rows:?}");
     let metrics = daemon.get("/metrics", None).await.text().await.unwrap();
     for line in [
         "linkops_state_machines{state=\"app-config\",standing=\"in_sync\"} 2",
@@ -285,18 +272,13 @@ async fn a_hand_change_is_corrected_when_enforced_and_only_reported_otherwise() 
     })
     .await;
     let host1 = machine(&reported, "host1");
+    let output = &host1.check.as_ref().unwrap().output;
     assert!(
-        host1["check"]["output"]
-            .as_str()
-            .unwrap()
-            .ends_with(".conf reads edited-by-hand\n"),
-        "{host1}"
+        output.ends_with(".conf reads edited-by-hand\n"),
+        "{host1:?}"
     );
-    assert!(host1["drifted_since"].is_string(), "{host1}");
-    assert_eq!(
-        reported["state"]["conditions"][0]["reason"],
-        "DriftReported"
-    );
+    assert!(host1.drifted_since.is_some(), "{host1:?}");
+    assert_eq!(reported.state.conditions[0].reason, "DriftReported");
     assert_eq!(config_of(&setup, 0).as_deref(), Some("edited-by-hand"));
     assert_eq!(applies_on(&setup, 0), 2);
     daemon.stop().await;
@@ -359,20 +341,15 @@ async fn new_content_rolls_out_in_batches_and_a_failed_canary_halts_the_rest() {
     let broken = setup.work.commit("a broken release");
     sync(&daemon, &token).await;
     let halted = until_state(&daemon, &token, "the rollout halted", |d| {
-        of(d, &broken) && d["state"]["halted"].is_object()
+        of(d, &broken) && d.state.halted.is_some()
     })
     .await;
-    assert_eq!(standing(&halted, "host1"), "failed", "{halted}");
+    assert_eq!(standing(&halted, "host1"), "failed", "{halted:?}");
     for other in ["host2", "host3", "host4"] {
-        assert_eq!(standing(&halted, other), "held", "{halted}");
+        assert_eq!(standing(&halted, other), "held", "{halted:?}");
     }
-    assert!(
-        halted["state"]["halted"]["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("a canary failed"),
-        "{halted}"
-    );
+    let reason = &halted.state.halted.as_ref().unwrap().reason;
+    assert!(reason.starts_with("a canary failed"), "{reason}");
     assert_eq!(applies(&daemon, &token).await.len(), done + 1);
     assert!((1..4).all(|host| config_of(&setup, host).as_deref() == Some("content=v2")));
 
@@ -381,12 +358,16 @@ async fn new_content_rolls_out_in_batches_and_a_failed_canary_halts_the_rest() {
         .request(Method::POST, "/api/states/app-config/resume", &token, None)
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    let first = machine(&halted, "host1")["apply"]["operation_id"].clone();
+    let first = machine(&halted, "host1")
+        .apply
+        .as_ref()
+        .unwrap()
+        .operation_id;
     let again = until_state(&daemon, &token, "the canary failed again", |d| {
-        let apply = &machine(d, "host1")["apply"];
-        d["state"]["halted"].is_object()
-            && apply["operation_id"] != first
-            && apply["result"]["result"] == "failed"
+        let apply = machine(d, "host1").apply.as_ref().unwrap();
+        d.state.halted.is_some()
+            && apply.operation_id != first
+            && matches!(apply.result, ApplyResult::Failed { .. })
     })
     .await;
     assert_eq!(standing(&again, "host2"), "held");
@@ -416,16 +397,14 @@ async fn outside_its_windows_a_state_is_checked_but_never_applied() {
     let setup = setup(2, &[0, 1], &state_file("v1", &window));
     let daemon = setup.start().await;
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
-    let held = until_state(&daemon, &token, "both held", |d| {
-        d["state"]["counts"]["held"] == 2
-    })
-    .await;
-    let reason = held["machines"][0]["standing"]["reason"].as_str().unwrap();
+    let held = until_state(&daemon, &token, "both held", |d| d.state.counts.held == 2).await;
+    let reason = held_because(&held, "host1");
     assert!(
         reason.starts_with("outside the maintenance windows; the next opens at "),
         "{reason}"
     );
-    assert_eq!(held["machines"][0]["check"]["outcome"]["result"], "drifted");
+    let check = held.machines[0].check.as_ref().unwrap();
+    assert_eq!(check.outcome, CheckOutcome::Drifted);
     assert!(applies(&daemon, &token).await.is_empty());
     assert_eq!((config_of(&setup, 0), config_of(&setup, 1)), (None, None));
     daemon.stop().await;
@@ -461,10 +440,10 @@ async fn a_daemon_killed_mid_apply_checks_again_before_applying_again() {
     let token = daemon.login(ADMIN.0, ADMIN.1).await.unwrap();
     // The apply has written the file and lingers: kill the daemon under it.
     let operation = eventually("the apply to be under way", || async {
-        let detail = get(&daemon, &token, "/api/states/app-config").await;
-        let apply = &machine(&detail, "host1")["apply"];
-        (applies_on(&setup, 0) == 1 && apply["result"]["result"] == "running")
-            .then(|| apply["operation_id"].as_u64().unwrap())
+        let detail: StateDetail = answer(&get(&daemon, &token, "/api/states/app-config").await);
+        let apply = machine(&detail, "host1").apply.clone()?;
+        (applies_on(&setup, 0) == 1 && apply.result == ApplyResult::Running)
+            .then_some(apply.operation_id)
     })
     .await;
     daemon.kill_9();
@@ -472,24 +451,21 @@ async fn a_daemon_killed_mid_apply_checks_again_before_applying_again() {
     let daemon = serve();
     let token = daemon.login(ADMIN.0, ADMIN.1).await.unwrap();
     let detail = eventually("host1 checked again", || async {
-        let detail = get(&daemon, &token, "/api/states/app-config").await;
+        let detail: StateDetail = answer(&get(&daemon, &token, "/api/states/app-config").await);
         (standing(&detail, "host1") == "in_sync").then_some(detail)
     })
     .await;
     let host1 = machine(&detail, "host1");
-    assert_eq!(host1["apply"]["operation_id"], operation);
-    assert_eq!(host1["apply"]["result"]["result"], "interrupted", "{host1}");
-    let checked: jiff::Timestamp = host1["check"]["at"].as_str().unwrap().parse().unwrap();
-    let applied: jiff::Timestamp = host1["apply"]["started_at"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(checked > applied, "{host1}");
+    let apply = host1.apply.as_ref().unwrap();
+    assert_eq!(apply.operation_id, operation);
+    assert_eq!(apply.result, ApplyResult::Interrupted, "{host1:?}");
+    let checked = host1.check.as_ref().unwrap().at.unwrap();
+    assert!(checked > apply.started_at.unwrap(), "{host1:?}");
     // The check proved the interrupted apply's work: it was not applied again.
     assert_eq!(applies_on(&setup, 0), 1);
-    let recorded = get(&daemon, &token, &format!("/api/operations/{operation}")).await;
-    assert_eq!(recorded["state"], "interrupted");
+    let path = format!("/api/operations/{operation}");
+    let recorded: OperationView = answer(&get(&daemon, &token, &path).await);
+    assert_eq!(recorded.operation.state, OperationState::Interrupted);
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{status:?} {log}");
 }
@@ -525,10 +501,7 @@ async fn a_suspended_machine_holds_its_states_until_resumed() {
         of(d, &v2) && standing(d, "host2") == "in_sync" && standing(d, "host1") == "held"
     })
     .await;
-    let reason = machine(&held, "host1")["standing"]["reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reason = held_because(&held, "host1");
     assert!(reason.contains("machine host1 is suspended"), "{reason}");
     assert_eq!(config_of(&setup, 0).as_deref(), Some("v1"));
     assert_eq!(config_of(&setup, 1).as_deref(), Some("v2"));

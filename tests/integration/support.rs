@@ -7,9 +7,11 @@ use linkops::auth::password;
 use std::sync::OnceLock;
 
 use linkops::config::{Config, StoreBackend};
+use linkops::contract::{LoginResponse, OperationView, OutputBytes, OutputChunk, StateEvent};
 use linkops::server::Daemon;
 use linkops::store::Store;
 use linkops::testbed::postgres::TestPostgres;
+use linkops_reconcilers::operation::{OperationState, Stream};
 use linkops_reconcilers::role::Role;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -62,8 +64,8 @@ impl TestDaemon {
     pub async fn token(&self, username: &str, password: &str) -> String {
         let response = self.login(username, password).await;
         assert_eq!(response.status(), reqwest::StatusCode::OK);
-        let body: Value = response.json().await.unwrap();
-        body["token"].as_str().unwrap().to_owned()
+        let body: LoginResponse = response.json().await.unwrap();
+        body.token
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
@@ -72,6 +74,15 @@ impl TestDaemon {
             request = request.bearer_auth(token);
         }
         request.send().await.unwrap()
+    }
+
+    /// `GET path` answered 200 OK, its body read as `T` (a contract type).
+    pub async fn read<T: serde::de::DeserializeOwned>(&self, path: &str, token: &str) -> T {
+        let response = self.get(path, Some(token)).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, reqwest::StatusCode::OK, "GET {path}: {body}");
+        answer(&body)
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>) -> reqwest::Response {
@@ -404,6 +415,13 @@ pub struct SseEvent {
     pub data: Value,
 }
 
+impl SseEvent {
+    /// The state an `operation` or `end` event carries.
+    pub fn state(&self) -> OperationState {
+        answer::<StateEvent>(&self.data).state
+    }
+}
+
 /// Reads an operation's SSE stream to its `end` event.
 pub async fn read_events(
     daemon: &TestDaemon,
@@ -451,13 +469,8 @@ async fn event_stream(
 }
 
 /// `GET /api/operations/{id}`: an operation and its hosts.
-pub async fn operation(daemon: &TestDaemon, token: &str, id: u64) -> Value {
-    daemon
-        .get(&format!("/api/operations/{id}"), Some(token))
-        .await
-        .json()
-        .await
-        .unwrap()
+pub async fn operation(daemon: &TestDaemon, token: &str, id: u64) -> OperationView {
+    daemon.read(&format!("/api/operations/{id}"), token).await
 }
 
 /// Follows an operation's events until `hosts` different machines have printed something.
@@ -472,20 +485,22 @@ pub async fn wait_for_output(daemon: &TestDaemon, token: &str, operation: u64, h
             .expect("the stream ended first")
             .unwrap();
         if event.event == "output" {
-            let data: Value = serde_json::from_str(&event.data).unwrap();
-            seen.insert(data["machine"].as_str().unwrap().to_owned());
+            let chunk: OutputChunk = serde_json::from_str(&event.data).unwrap();
+            seen.insert(chunk.machine);
         }
     }
 }
 
-/// The text a machine wrote on a stream, from SSE output events.
+/// The text a machine wrote on a stream (`stdout`, `stderr`), from SSE output events.
 pub fn output_text(events: &[SseEvent], machine: &str, stream: &str) -> String {
-    events
-        .iter()
-        .filter(|e| {
-            e.event == "output" && e.data["machine"] == machine && e.data["stream"] == stream
+    let stream: Stream = answer(&Value::from(stream));
+    (events.iter().filter(|e| e.event == "output"))
+        .map(|e| answer::<OutputChunk>(&e.data))
+        .filter(|chunk| chunk.machine == machine && chunk.stream == stream)
+        .map(|chunk| match chunk.bytes {
+            OutputBytes::Text { text } => text,
+            OutputBytes::Base64 { .. } => panic!("{machine} wrote no text on {stream:?}"),
         })
-        .map(|e| e.data["text"].as_str().expect("text output"))
         .collect()
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use linkops::contract::{ErrorBody, TablePage};
 use linkops::store::OperationUpdate;
 use linkops_reconcilers::operation::{HostResult, HostState, Operation, OperationState, Requester};
 use linkops_reconcilers::role::Role;
@@ -82,13 +83,19 @@ async fn query(daemon: &TestDaemon, token: &str, body: Value) -> (StatusCode, Va
         .await
 }
 
-fn ids(page: &Value) -> Vec<i64> {
-    page["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_i64().unwrap())
-        .collect()
+/// The page an answer holds; its rows stay free-form (each table has its columns).
+fn page(answered: &Value) -> TablePage {
+    support::answer(answered)
+}
+
+fn ids(page: &TablePage) -> Vec<i64> {
+    let rows = page.rows.iter();
+    rows.map(|r| r["id"].as_i64().unwrap()).collect()
+}
+
+/// The values of `column` in each row of `page`.
+fn column<'a>(page: &'a TablePage, column: &str) -> Vec<&'a Value> {
+    page.rows.iter().map(|r| &r[column]).collect()
 }
 
 #[tokio::test]
@@ -102,9 +109,9 @@ async fn indexed_filters_page_with_cursors_without_gaps_or_repeats() {
         .map(|i| i as i64)
         .collect();
     let mut seen = Vec::new();
-    let mut cursor = Value::Null;
+    let mut cursor = None;
     loop {
-        let (status, page) = query(
+        let (status, answered) = query(
             &daemon,
             &token,
             json!({
@@ -116,17 +123,18 @@ async fn indexed_filters_page_with_cursors_without_gaps_or_repeats() {
             }),
         )
         .await;
-        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(status, StatusCode::OK, "{answered}");
+        let page = page(&answered);
         assert!(
-            page["total"].is_null(),
-            "a key-ordered page does not count: {page}"
+            page.total.is_none(),
+            "a key-ordered page does not count: {answered}"
         );
         seen.extend(ids(&page));
-        if page["has_more"] == false {
-            assert!(page["next_cursor"].is_null());
+        if !page.has_more {
+            assert!(page.next_cursor.is_none());
             break;
         }
-        cursor = page["next_cursor"].clone();
+        cursor = page.next_cursor;
     }
     assert_eq!(seen, expected);
 
@@ -136,14 +144,15 @@ async fn indexed_filters_page_with_cursors_without_gaps_or_repeats() {
         json!({ "table": "operations", "filter": [{ "column": "state", "op": "eq", "value": "interrupted" }] }),
     )
     .await;
+    let interrupted = page(&interrupted);
     assert_eq!(ids(&interrupted), [3]);
-    let row = &interrupted["rows"][0];
+    let row = &interrupted.rows[0];
     assert_eq!(row["script"], "s3");
     assert_eq!(row["machines"], json!(["web3", "db1"]));
     assert_eq!(row["created_at"], "2023-11-14T22:16:20Z");
 
     // A machine (through the index) and a time window, oldest first.
-    let (_, page) = query(
+    let (_, answered) = query(
         &daemon,
         &token,
         json!({
@@ -162,18 +171,19 @@ async fn indexed_filters_page_with_cursors_without_gaps_or_repeats() {
         .filter(|i| 1_700_000_000_000 + i * 60_000 >= 1_700_006_400_000)
         .take(5)
         .collect();
-    assert_eq!(ids(&page), expected, "{page}");
+    assert_eq!(ids(&page(&answered)), expected, "{answered}");
 
     // Sorting by another column reads every match and can count them.
-    let (_, page) = query(
+    let (_, answered) = query(
         &daemon,
         &token,
         json!({ "table": "operations", "sort": [{ "column": "script" }, { "column": "id", "dir": "desc" }], "limit": 3, "offset": 1 }),
     )
     .await;
-    assert_eq!(page["total"], 300);
+    let sorted = page(&answered);
+    assert_eq!(sorted.total, Some(300));
     assert_eq!(
-        ids(&page),
+        ids(&sorted),
         [296, 292, 288],
         "s0 is every fourth id; the first is skipped"
     );
@@ -184,14 +194,9 @@ async fn indexed_filters_page_with_cursors_without_gaps_or_repeats() {
         json!({ "table": "operation_hosts", "filter": [{ "column": "operation_id", "op": "eq", "value": 7 }] }),
     )
     .await;
-    let machines: Vec<&str> = hosts["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["machine"].as_str().unwrap())
-        .collect();
-    assert_eq!(machines, ["db1", "web2"]);
-    assert_eq!(hosts["rows"][0]["exit_code"], 0);
+    let hosts = page(&hosts);
+    assert_eq!(column(&hosts, "machine"), [&json!("db1"), &json!("web2")]);
+    assert_eq!(hosts.rows[0]["exit_code"], 0);
     daemon.stop().await;
 }
 
@@ -205,7 +210,7 @@ async fn bad_queries_are_400s_that_name_the_problem_and_secrets_stay_out() {
         async move {
             let (status, answer) = query(daemon, viewer, body).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
-            answer["error"]["message"].as_str().unwrap().to_owned()
+            support::answer::<ErrorBody>(&answer).error.message
         }
     };
     let message = refused(json!({ "table": "secrets" })).await;
@@ -231,13 +236,9 @@ async fn bad_queries_are_400s_that_name_the_problem_and_secrets_stay_out() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let names: Vec<&str> = users["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, [ADMIN.0, VIEWER.0]);
+    let users_page = page(&users);
+    let names = column(&users_page, "name");
+    assert_eq!(names, [&json!(ADMIN.0), &json!(VIEWER.0)]);
     let text = users.to_string();
     assert!(
         !text.contains("argon2") && !text.contains("password_hash"),
@@ -251,7 +252,7 @@ async fn bad_queries_are_400s_that_name_the_problem_and_secrets_stay_out() {
         json!({ "table": "audit_log", "filter": [{ "column": "action", "op": "prefix", "value": "auth." }, { "column": "actor", "op": "eq", "value": VIEWER.0 }] }),
     )
     .await;
-    assert!(!audit["rows"].as_array().unwrap().is_empty(), "{audit}");
+    assert!(!page(&audit).rows.is_empty(), "{audit}");
     daemon.stop().await;
 }
 
@@ -284,12 +285,13 @@ async fn queries_at_once_are_bounded_per_user() {
     for (status, answer) in &answers {
         match *status {
             StatusCode::OK => {
-                assert_eq!(answer["rows"].as_array().unwrap().len(), 10);
-                assert_eq!(answer["total"], 20_000);
+                let answered = page(answer);
+                assert_eq!(answered.rows.len(), 10);
+                assert_eq!(answered.total, Some(20_000));
             }
             StatusCode::TOO_MANY_REQUESTS => {
                 refused += 1;
-                let message = answer["error"]["message"].as_str().unwrap();
+                let message = support::answer::<ErrorBody>(answer).error.message;
                 assert!(
                     message.contains("[http] table_queries_per_user = 1"),
                     "{message}"

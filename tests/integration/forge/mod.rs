@@ -30,10 +30,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use hmac::{KeyInit, Mac};
 use linkops::config::{Config, ForgeKind, SinkConfig, SinkKind};
+use linkops::contract::{ErrorBody, GitStatus, OperationView, WebhookAnswer};
+use linkops_reconcilers::outbox::{CommitState, Message};
 use serde_json::{Value, json};
 
 use crate::git_sync::{WEBHOOK_SECRET, applied, ssh_config, ssh_setup, sync};
-use crate::support::{ADMIN, FleetSetup, TestDaemon, VIEWER, eventually, read_events};
+use crate::support::{self, ADMIN, FleetSetup, TestDaemon, VIEWER, eventually, read_events};
 
 const TOKEN: &str = "forge-token-0123456789";
 const OWNER_REPO: (&str, &str) = ("ops", "linkops-config");
@@ -324,7 +326,7 @@ async fn failed_on_host1(daemon: &TestDaemon, token: &str) -> u64 {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{operation}");
-    let id = operation["id"].as_u64().unwrap();
+    let id = support::answer::<OperationView>(&operation).operation.id;
     read_events(daemon, token, id, None).await;
     id
 }

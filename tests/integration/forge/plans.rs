@@ -106,20 +106,16 @@ async fn a_push_to_another_branch_is_planned_on_its_head_and_changes_nothing() {
     let desired = daemon.daemon().git().desired().borrow().clone().unwrap();
     assert_eq!(desired.revision, first);
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
-    let status: Value = daemon
-        .get("/api/git/status", Some(&token))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        status["last_attempt"]["revision"],
-        first.as_str(),
-        "{status}"
-    );
+    let status: GitStatus = daemon.read("/api/git/status", &token).await;
+    let last = status
+        .last_attempt
+        .as_ref()
+        .and_then(|a| a.revision.as_deref());
+    assert_eq!(last, Some(first.as_str()), "{status:?}");
     // A name that could change the fetch's refspec is not planned.
     let answer = push_delivery(&daemon, "a:b", &good, "plan-3").await;
-    assert!(answer["ignored"].is_string(), "{answer}");
+    let ignored = matches!(support::answer(&answer), WebhookAnswer::Ignored(_));
+    assert!(ignored, "{answer}");
     assert_eq!(forge.received.violations(), Vec::<String>::new());
     daemon.stop().await;
 }
@@ -189,8 +185,8 @@ async fn a_burst_of_branch_pushes_is_planned_without_loss_and_deleted_branches_a
                 StatusCode::SERVICE_UNAVAILABLE => {
                     refused += 1;
                     assert!(answer.headers().contains_key("retry-after"));
-                    let body: Value = answer.json().await.unwrap();
-                    let message = body["error"]["message"].as_str().unwrap();
+                    let body: ErrorBody = answer.json().await.unwrap();
+                    let message = body.error.message;
                     assert!(message.contains("[git] plan_queue"), "{message}");
                     next.push(delivery);
                 }

@@ -71,31 +71,21 @@ async fn every_revision_shows_on_its_commit_pending_then_applied_or_refused() {
     );
     // `GET /api/git/status` says what the forge has for the revision it looked
     // at last — once the delivery that the forge answered is recorded.
-    let shown = |status: &Value| -> Vec<Value> {
-        let posted = status["statuses"].as_array().unwrap().iter();
-        posted
-            .map(|posted| posted["status"]["state"].clone())
-            .collect()
+    let shown = |status: &GitStatus| -> Vec<CommitState> {
+        let posted = status.statuses.iter();
+        posted.map(|posted| posted.status.state).collect()
     };
     let status = eventually("the refusal recorded as posted", || async {
-        let status: Value = daemon
-            .get("/api/git/status", Some(&token))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let status: GitStatus = daemon.read("/api/git/status", &token).await;
         let shown = shown(&status);
-        (!shown.is_empty() && shown != [json!("pending")]).then_some(status)
+        (!shown.is_empty() && shown != [CommitState::Pending]).then_some(status)
     })
     .await;
-    assert_eq!(shown(&status), [json!("failure")], "{status}");
-    let waiting_on_it = status["statuses_queued"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|q| q["message"]["sha"] == broken.as_str())
+    assert_eq!(shown(&status), [CommitState::Failure], "{status:?}");
+    let waiting_on_it = (status.statuses_queued.iter())
+        .filter(|q| matches!(&q.message, Message::CommitStatus(s) if s.sha == broken))
         .count();
-    assert_eq!(waiting_on_it, 0, "{status}");
+    assert_eq!(waiting_on_it, 0, "{status:?}");
     // Nothing new for the revision in force, and nothing outside the API description.
     let sync_statuses = statuses_of(&forge.received.all(), &first)
         .into_iter()

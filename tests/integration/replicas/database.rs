@@ -1,5 +1,8 @@
 //! The database restarted under load: nothing lost, nothing told twice.
 
+use linkops::contract::{ErrorBody, OutputBytes, OutputChunk, StateEvent};
+use linkops_reconcilers::operation::OperationState;
+
 use super::*;
 
 /// PostgreSQL is restarted (stopped as by a crash) under a running operation
@@ -31,8 +34,8 @@ async fn a_database_restart_under_load_loses_no_event_and_reports_nothing_twice(
     let refused = run(&b, "talk", &host).await;
     assert_eq!(refused.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.headers().contains_key("retry-after"));
-    let said: Value = refused.json().await.unwrap();
-    let message = said["error"]["message"].as_str().unwrap();
+    let said: ErrorBody = refused.json().await.unwrap();
+    let message = said.error.message;
     assert!(
         message.contains("PostgreSQL at"),
         "names the database: {message}"
@@ -56,22 +59,20 @@ async fn a_database_restart_under_load_loses_no_event_and_reports_nothing_twice(
         .iter()
         .filter(|event| event.event == "output")
         .map(|event| {
-            let chunk: Value = serde_json::from_str(&event.data).unwrap();
-            chunk["text"].as_str().unwrap().to_owned()
+            let chunk: OutputChunk = serde_json::from_str(&event.data).unwrap();
+            match chunk.bytes {
+                OutputBytes::Text { text } => text,
+                OutputBytes::Base64 { .. } => panic!("the script prints text: {chunk:?}"),
+            }
         })
         .collect();
     assert_eq!(printed, talk_output(), "the whole output, once");
-    let end: Value = serde_json::from_str(&seen.last().unwrap().data).unwrap();
-    assert_eq!(end["state"], "succeeded", "{end}");
+    let end: StateEvent = serde_json::from_str(&seen.last().unwrap().data).unwrap();
+    assert_eq!(end.state, OperationState::Succeeded, "{end:?}");
     // The run refused while the database was down never started.
-    let operations = b.get("/api/operations").await;
-    let ids: Vec<u64> = operations
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|view| view["id"].as_u64().unwrap())
-        .collect();
-    assert_eq!(ids, [operation], "{operations}");
+    let operations: Vec<OperationView> = b.get("/api/operations").await.unwrap();
+    let ids: Vec<u64> = operations.iter().map(|v| v.operation.id).collect();
+    assert_eq!(ids, [operation], "{operations:?}");
     for replica in [a, b] {
         let (status, log) = linkops::blocking::run(move || replica.process.terminate())
             .await

@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use linkops::contract::{ClusterView, MemberView, OperationView};
 use linkops::store::{Actor, Store};
 use linkops::testbed::postgres::TestPostgres;
 use linkops::testbed::{ServeProcess, TestAuthority, TestFleet};
@@ -24,7 +25,7 @@ use linkops_reconcilers::role::Role;
 use rustix::process::Signal;
 use serde_json::Value;
 
-use crate::support::{self, WorkRepo, eventually, fleet_config, fleet_links};
+use crate::support::{self, WorkRepo, answer, eventually, fleet_config, fleet_links};
 use crate::terminal::Terminal;
 
 const ADMIN: (&str, &str) = ("ada", "shared-pw-1");
@@ -58,15 +59,18 @@ impl Replica {
             token,
             id: String::new(),
         };
-        replica.id = replica.get("/api/cluster").await["replica"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        replica.id = replica.cluster().await.replica;
         replica
     }
 
-    /// The JSON answer to `GET path`; null when it is no success (a 404 before a run exists).
-    async fn get(&self, path: &str) -> Value {
+    /// `GET /api/cluster`: the replicas as this one sees them.
+    async fn cluster(&self) -> ClusterView {
+        let view = self.get("/api/cluster").await;
+        view.expect("every replica answers /api/cluster")
+    }
+
+    /// The answer to `GET path` as `T`; `None` when it is no success (a 404 before a run exists).
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
         let response = reqwest::Client::new()
             .get(format!("{}{path}", self.process.url))
             .bearer_auth(&self.token)
@@ -74,8 +78,8 @@ impl Replica {
             .await
             .unwrap();
         match response.status().is_success() {
-            true => response.json().await.unwrap(),
-            false => Value::Null,
+            true => Some(answer(&response.json().await.unwrap())),
+            false => None,
         }
     }
 
@@ -152,22 +156,18 @@ async fn shared_store(
 }
 
 /// What each of `replicas` answers at `/api/cluster`.
-async fn views<'a>(replicas: impl IntoIterator<Item = &'a Replica>) -> Vec<Value> {
+async fn views<'a>(replicas: impl IntoIterator<Item = &'a Replica>) -> Vec<ClusterView> {
     let mut views = Vec::new();
     for replica in replicas {
-        views.push(replica.get("/api/cluster").await);
+        views.push(replica.cluster().await);
     }
     views
 }
 
 /// The id of the first member of a `/api/cluster` answer that `pick` picks.
-fn member(view: &Value, pick: impl Fn(&Value) -> bool) -> String {
-    let members = view["members"].as_array().expect("members");
-    let picked = members.iter().find(|member| pick(member));
-    picked.expect("such a member")["replica"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+fn member(view: &ClusterView, pick: impl Fn(&MemberView) -> bool) -> String {
+    let picked = view.members.iter().find(|member| pick(member));
+    picked.expect("such a member").replica.clone()
 }
 
 /// `POST /api/operations/run` of `script` on `machine` through `replica`.
@@ -185,9 +185,8 @@ async fn run(replica: &Replica, script: &str, machine: &str) -> reqwest::Respons
 async fn start(replica: &Replica, script: &str, machine: &str) -> u64 {
     let response = run(replica, script, machine).await;
     assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
-    response.json::<Value>().await.unwrap()["id"]
-        .as_u64()
-        .unwrap()
+    let started: OperationView = response.json().await.unwrap();
+    started.operation.id
 }
 
 /// What reading an event stream can fail with.
@@ -233,25 +232,21 @@ async fn read_until(
 /// The owner of each machine, when every view names the same `members`
 /// replicas, exactly one leader, and gives each of `machines` to exactly one.
 fn agreed_owners(
-    views: &[Value],
+    views: &[ClusterView],
     members: usize,
     machines: &BTreeSet<String>,
 ) -> Option<BTreeMap<String, String>> {
     let mut agreed = None;
     for view in views {
-        let listed = view["members"].as_array()?;
-        let leaders = listed.iter().filter(|m| m["leader"] == true).count();
+        let listed = &view.members;
+        let leaders = listed.iter().filter(|m| m.leader).count();
         if listed.len() != members || leaders != 1 {
             return None;
         }
         let mut owners = BTreeMap::new();
         for member in listed {
-            for machine in member["machines"].as_array()? {
-                let replica = member["replica"].as_str()?.to_owned();
-                if owners
-                    .insert(machine.as_str()?.to_owned(), replica)
-                    .is_some()
-                {
+            for machine in &member.machines {
+                if (owners.insert(machine.clone(), member.replica.clone())).is_some() {
                     return None;
                 }
             }

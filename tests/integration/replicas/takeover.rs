@@ -1,6 +1,10 @@
 //! What a replica held, taken over: a killed or paused replica's machines and
 //! operations, one cut off from the database, and a daemon dropped unstopped.
 
+use linkops::contract::{RunView, StateEvent};
+use linkops_reconcilers::operation::{HostState, OperationState};
+use linkops_reconcilers::run::RunState;
+
 use super::*;
 
 /// Three replicas share a fleet: each machine is checked by its owner only;
@@ -97,13 +101,15 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     );
     work.commit("r1");
     let operation = eventually("r1 to start", || async {
-        replicas[0].get("/api/runs/r1").await["state"]["operation_id"].as_u64()
+        let run: RunView = replicas[0].get("/api/runs/r1").await?;
+        match run.state? {
+            RunState::Started { operation_id } => Some(operation_id),
+            _ => None,
+        }
     })
     .await;
-    let cluster = replicas[0].get("/api/cluster").await;
-    let runner = member(&cluster, |m| {
-        m["runs"].as_array().unwrap().iter().any(|r| r == "r1")
-    });
+    let cluster = replicas[0].cluster().await;
+    let runner = member(&cluster, |m| m.runs.iter().any(|r| r == "r1"));
     let killed = replicas.iter().position(|r| r.id == runner).unwrap();
     let killed = replicas.remove(killed);
     let follower = &replicas[0];
@@ -124,12 +130,14 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     let end = read_until(&mut events, "end").await.pop().unwrap();
     let took = at.elapsed();
     eprintln!("a killed replica's operation ended {took:?} after kill -9");
-    let ended: Value = serde_json::from_str(&end.data).unwrap();
-    assert_eq!(ended["state"], "interrupted", "{ended}");
-    let view = follower.get(&format!("/api/operations/{operation}")).await;
-    assert_eq!(view["state"], "interrupted", "{view}");
-    for host in view["hosts"].as_array().unwrap() {
-        assert_eq!(host["state"]["state"], "interrupted", "{view}");
+    let ended: StateEvent = serde_json::from_str(&end.data).unwrap();
+    assert_eq!(ended.state, OperationState::Interrupted, "{ended:?}");
+    let path = format!("/api/operations/{operation}");
+    let view: OperationView = follower.get(&path).await.unwrap();
+    let state = view.operation.state;
+    assert_eq!(state, OperationState::Interrupted, "{view:?}");
+    for host in &view.hosts {
+        assert_eq!(host.state, HostState::Interrupted, "{view:?}");
     }
     // Its machines moved to the two that are left.
     let survivors = eventually("the survivors to share the whole fleet", || async {
@@ -152,11 +160,14 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     );
     work.commit("r1 edited");
     let run = eventually("the edit to be reconciled", || async {
-        let run = follower.get("/api/runs/r1").await;
-        (run["changed_after_run"] == true).then_some(run)
+        let run: RunView = follower.get("/api/runs/r1").await?;
+        run.changed_after_run.then_some(run)
     })
     .await;
-    assert_eq!(run["state"]["operation_id"], operation, "{run}");
+    let started = RunState::Started {
+        operation_id: operation,
+    };
+    assert_eq!(run.state, Some(started), "{run:?}");
     assert!(
         marks(&marks_dir).values().all(|&runs| runs == 1),
         "{:?}",
@@ -164,7 +175,7 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     );
 
     // The leader is paused past its lease: the other takes the lead…
-    let leader = member(&follower.get("/api/cluster").await, |m| m["leader"] == true);
+    let leader = member(&follower.cluster().await, |m| m.leader);
     let paused = replicas.iter().position(|r| r.id == leader).unwrap();
     let paused = replicas.remove(paused);
     let other = &replicas[0];
@@ -173,8 +184,8 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     paused.signal(Signal::STOP);
     let at = Instant::now();
     eventually("the other replica to lead alone", || async {
-        let members = other.get("/api/cluster").await["members"].clone();
-        let alone = members.as_array()?.len() == 1 && members[0]["leader"] == true;
+        let members = other.cluster().await.members;
+        let alone = members.len() == 1 && members[0].leader;
         alone.then_some(())
     })
     .await;
@@ -301,9 +312,9 @@ async fn a_replica_cut_off_from_the_database_stops_and_the_other_takes_over() {
     let owners = eventually(
         "the other replica to hold every machine and the lead",
         || async {
-            let view = b.get("/api/cluster").await;
+            let view = b.cluster().await;
             let owners = agreed_owners(std::slice::from_ref(&view), 1, &machines)?;
-            (view["members"][0]["leader"] == true).then_some(owners)
+            view.members[0].leader.then_some(owners)
         },
     )
     .await;

@@ -2,6 +2,8 @@
 //! holds the operation or the stream, terminals are forwarded, and replicas talk
 //! over mutual TLS only.
 
+use linkops::contract::{ConnectAnswer, MachineView, PaneState, SyncView, WorkspaceView};
+
 use super::*;
 
 /// Through another replica: an operation is stopped (the one running it
@@ -40,8 +42,11 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
     );
     let host = fleet.hosts()[0].name().to_owned();
     eventually("the fleet on both replicas", || async {
-        let both = a.get("/api/links").await.as_array()?.len() == 1
-            && b.get("/api/links").await.as_array()?.len() == 1;
+        let on = async |replica: &Replica| {
+            let machines: Vec<MachineView> = replica.get("/api/links").await?;
+            Some(machines.len())
+        };
+        let both = on(&a).await? == 1 && on(&b).await? == 1;
         both.then_some(())
     })
     .await;
@@ -68,7 +73,7 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
 
     // A sync asked of the replica that does not lead is the leader's, and
     // answered with its record.
-    let leader = member(&a.get("/api/cluster").await, |m| m["leader"] == true);
+    let leader = member(&a.cluster().await, |m| m.leader);
     let follower = if leader == a.id { &b } else { &a };
     let synced = reqwest::Client::new()
         .post(format!("{}/api/git/sync", follower.process.url))
@@ -77,9 +82,9 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
         .await
         .unwrap();
     assert_eq!(synced.status(), reqwest::StatusCode::OK);
-    let synced: Value = synced.json().await.unwrap();
-    assert_eq!(synced["trigger"], "api:ada", "{synced}");
-    assert_eq!(synced["revision"], work.head(), "{synced}");
+    let synced: SyncView = synced.json().await.unwrap();
+    assert_eq!(synced.trigger, "api:ada", "{synced:?}");
+    assert_eq!(synced.revision, Some(work.head()), "{synced:?}");
 
     // Failed on the replica that does not lead: the leader tells the sink
     // at once (a delivery looks by itself only every few minutes).
@@ -150,7 +155,7 @@ async fn workspace_through(replica: &Replica, token: &str, host: &str) -> String
     )
     .await;
     assert_eq!(status, reqwest::StatusCode::CREATED, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
+    let id = answer::<WorkspaceView>(&created).id;
     let panes = format!("/api/terminal/workspaces/{id}/panes");
     let assigned = serde_json::json!({ "panes": [host] });
     let (status, answer) = call(replica, reqwest::Method::PUT, &panes, token, Some(assigned)).await;
@@ -193,17 +198,17 @@ async fn terminals_and_tokens_work_through_any_replica() {
 
     // The socket makes it A's; connecting through B opens the pane on A.
     let mut on_a = Terminal::open_at(&a.process.url, &id, &token).await;
-    let (status, answer) = call(&b, reqwest::Method::POST, &connect, &token, None).await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
-    assert_eq!(answer["panes"][0]["state"], "connected", "{answer}");
+    let (status, connected_panes) = call(&b, reqwest::Method::POST, &connect, &token, None).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{connected_panes}");
+    let state = connected(&connected_panes);
+    assert_eq!(state, PaneState::Connected, "{connected_panes}");
     on_a.run(0, "echo alive-$((40+2))", "alive-42").await;
     let shell = on_a.shell_pid(0, "first").await;
     let path = format!("/api/terminal/workspaces/{id}");
     let (_, seen) = call(&b, reqwest::Method::GET, &path, &token, None).await;
-    assert_eq!(
-        seen["panes"][0]["state"], "connected",
-        "B shows A's pane: {seen}"
-    );
+    let seen: WorkspaceView = answer(&seen);
+    let state = seen.panes[0].state;
+    assert_eq!(state, PaneState::Connected, "B shows A's pane: {seen:?}");
     let (_, listed) = call(
         &b,
         reqwest::Method::GET,
@@ -212,7 +217,7 @@ async fn terminals_and_tokens_work_through_any_replica() {
         None,
     )
     .await;
-    assert_eq!(listed[0]["panes"][0]["state"], "connected", "{listed}");
+    assert_eq!(listed_state(&listed), PaneState::Connected, "{listed}");
     // A token in the query (as the console's EventSource sends it) is passed on too.
     let by_query = reqwest::Client::new()
         .get(format!(
@@ -223,7 +228,7 @@ async fn terminals_and_tokens_work_through_any_replica() {
         .await
         .unwrap();
     let listed: serde_json::Value = by_query.json().await.unwrap();
-    assert_eq!(listed[0]["panes"][0]["state"], "connected", "{listed}");
+    assert_eq!(listed_state(&listed), PaneState::Connected, "{listed}");
 
     // A socket through B takes over from the one on A, on the same shell.
     let mut on_b = Terminal::open_at(&b.process.url, &id, &token).await;
@@ -249,16 +254,17 @@ async fn terminals_and_tokens_work_through_any_replica() {
     assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
     let token = b.process.login(oscar.0, oscar.2).await.unwrap();
     let mut taken = Terminal::open_at(&b.process.url, &id, &token).await;
-    let (status, answer) = call(&b, reqwest::Method::POST, &connect, &token, None).await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
-    assert_eq!(answer["panes"][0]["state"], "connected", "{answer}");
+    let (status, connected_panes) = call(&b, reqwest::Method::POST, &connect, &token, None).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{connected_panes}");
+    let state = connected(&connected_panes);
+    assert_eq!(state, PaneState::Connected, "{connected_panes}");
     taken.run(0, "echo again-$((1+1))", "again-2").await;
     assert_ne!(taken.shell_pid(0, "third").await, shell, "a new shell");
 
     // A replica that signs with another key would refuse B's tokens: it does not start.
     eventually("B to see itself alone", || async {
-        let view = b.get("/api/cluster").await;
-        (view["members"].as_array()?.len() == 1).then_some(())
+        let view = b.cluster().await;
+        (view.members.len() == 1).then_some(())
     })
     .await;
     let (other, config) = replica_config(&server, &options.url, &fleet, &work.dir);
@@ -310,14 +316,13 @@ async fn replicas_talk_to_each_other_over_mutual_tls_only() {
 
     // Each advertises its replicas' address, not its API's.
     let members = eventually("both replicas to see each other", || async {
-        let view = a.get("/api/cluster").await;
-        let members = view["members"].as_array()?.clone();
-        (members.len() == 2 && members.iter().all(|m| m["address"].is_string())).then_some(members)
+        let members = a.cluster().await.members;
+        (members.len() == 2 && members.iter().all(|m| m.address.is_some())).then_some(members)
     })
     .await;
     let address_of = |replica: &Replica| {
-        let member = members.iter().find(|m| m["replica"] == replica.id.as_str());
-        member.unwrap()["address"].as_str().unwrap().to_owned()
+        let member = members.iter().find(|m| m.replica == replica.id);
+        member.unwrap().address.clone().unwrap()
     };
     let (at_a, at_b) = (address_of(&a), address_of(&b));
     for (replica, address) in [(&a, &at_a), (&b, &at_b)] {
@@ -332,9 +337,10 @@ async fn replicas_talk_to_each_other_over_mutual_tls_only() {
     let id = workspace_through(&b, &token, fleet.hosts()[0].name()).await;
     let mut on_a = Terminal::open_at(&a.process.url, &id, &token).await;
     let connect = format!("/api/terminal/workspaces/{id}/connect-all");
-    let (status, answer) = call(&b, reqwest::Method::POST, &connect, &token, None).await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
-    assert_eq!(answer["panes"][0]["state"], "connected", "{answer}");
+    let (status, connected_panes) = call(&b, reqwest::Method::POST, &connect, &token, None).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{connected_panes}");
+    let state = connected(&connected_panes);
+    assert_eq!(state, PaneState::Connected, "{connected_panes}");
     on_a.run(0, "echo sealed-$((6*7))", "sealed-42").await;
     let mut on_b = Terminal::open_at(&b.process.url, &id, &token).await;
     on_b.run(0, "echo through-b-$((1+1))", "through-b-2").await;
@@ -383,4 +389,14 @@ async fn replicas_talk_to_each_other_over_mutual_tls_only() {
             .unwrap();
         assert!(status.success(), "{log}");
     }
+}
+
+/// The state of the first pane a connect answered with.
+fn connected(answered: &Value) -> PaneState {
+    answer::<ConnectAnswer>(answered).panes[0].state
+}
+
+/// The state of the first pane of the first workspace listed.
+fn listed_state(listed: &Value) -> PaneState {
+    answer::<Vec<WorkspaceView>>(listed)[0].panes[0].state
 }

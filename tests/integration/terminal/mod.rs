@@ -8,12 +8,16 @@ mod sessions;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use linkops::contract::{
+    ConnectAnswer, PaneState, PaneStatus, RecordingView, ServerMessage, WorkspaceView,
+};
+use linkops_reconcilers::terminal::SessionEnd;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::support::{self, ADMIN, FleetSetup, TestDaemon};
+use crate::support::{self, ADMIN, FleetSetup, TestDaemon, answer};
 
 /// How long a test waits for a terminal to show something.
 const WAIT: Duration = Duration::from_secs(30);
@@ -62,7 +66,7 @@ async fn workspace(
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
+    let id = answer::<WorkspaceView>(&created).id;
     let (status, assigned) = daemon
         .request(
             reqwest::Method::PUT,
@@ -75,8 +79,8 @@ async fn workspace(
     id
 }
 
-async fn connect_all(daemon: &TestDaemon, token: &str, id: &str, size: Value) -> Vec<Value> {
-    let (status, answer) = daemon
+async fn connect_all(daemon: &TestDaemon, token: &str, id: &str, size: Value) -> Vec<PaneStatus> {
+    let (status, connected) = daemon
         .request(
             reqwest::Method::POST,
             &format!("/api/terminal/workspaces/{id}/connect-all"),
@@ -84,16 +88,21 @@ async fn connect_all(daemon: &TestDaemon, token: &str, id: &str, size: Value) ->
             Some(size),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    answer["panes"].as_array().unwrap().clone()
+    assert_eq!(status, StatusCode::OK, "{connected}");
+    answer::<ConnectAnswer>(&connected).panes
 }
 
 /// A terminal session's record.
-async fn recording(daemon: &TestDaemon, token: &str, session: u64) -> (StatusCode, Value) {
+async fn recording(daemon: &TestDaemon, token: &str, session: u64) -> RecordingView {
     let path = format!("/api/terminal/recordings/{session}");
-    daemon
-        .request(reqwest::Method::GET, &path, token, None)
-        .await
+    daemon.read(&path, token).await
+}
+
+/// How the session shown by `pane` ended.
+fn ended(pane: &PaneStatus) -> &SessionEnd {
+    pane.end
+        .as_ref()
+        .unwrap_or_else(|| panic!("pane {} has not ended: {pane:?}", pane.pane))
 }
 
 /// A WebSocket client of one workspace, keeping what each pane has shown.
@@ -103,7 +112,7 @@ pub(crate) struct Terminal {
     >,
     /// Each pane's output as received (bytes: a frame may end mid-character).
     screens: Vec<Vec<u8>>,
-    messages: Vec<Value>,
+    messages: Vec<ServerMessage>,
     /// The close code and reason, once the daemon closed the socket.
     pub(crate) closed: Option<(u16, String)>,
 }
@@ -150,7 +159,7 @@ impl Terminal {
     pub(crate) async fn open_at(url: &str, id: &str, token: &str) -> Terminal {
         let url = format!("{}?access_token={token}", socket_url_at(url, id));
         let mut terminal = open_socket(&url, &[]).await.expect("socket refused");
-        terminal.message(|m| m["type"] == "hello").await;
+        (terminal.message(|m| matches!(m, ServerMessage::Hello { .. }))).await;
         terminal
     }
 
@@ -243,8 +252,27 @@ impl Terminal {
         }
     }
 
+    /// Reads until a pane of `pane` (any pane when `None`) says it is `state`; returns what it said.
+    async fn status(&mut self, pane: Option<usize>, state: PaneState) -> PaneStatus {
+        let said = self
+            .message(|m| match m {
+                ServerMessage::Status(status) => {
+                    status.state == state && pane.is_none_or(|pane| status.pane == pane)
+                }
+                _ => false,
+            })
+            .await;
+        let ServerMessage::Status(status) = said else {
+            unreachable!("matched a status")
+        };
+        status
+    }
+
     /// Reads until a JSON message matches; returns it.
-    pub(crate) async fn message(&mut self, matches: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn message(
+        &mut self,
+        matches: impl Fn(&ServerMessage) -> bool,
+    ) -> ServerMessage {
         loop {
             if let Some(found) = self.messages.iter().position(&matches) {
                 return self.messages.remove(found);

@@ -1,6 +1,8 @@
 //! Sessions in panes: a grid of machines, a socket that reconnects to its shell,
 //! panes that end (lost, idle, abandoned) and record why, a reader that stalls.
 
+use linkops::contract::Refusal;
+
 use super::*;
 
 #[tokio::test]
@@ -15,8 +17,8 @@ async fn a_grid_of_four_panes_shows_each_machine_in_its_own_pane() {
     let panes = connect_all(&daemon, &token, &id, json!({ "cols": 100, "rows": 30 })).await;
     assert_eq!(panes.len(), 4);
     for (index, pane) in panes.iter().enumerate() {
-        assert_eq!(pane["state"], "connected", "{pane}");
-        assert_eq!(pane["machine"], machines[index].unwrap());
+        assert_eq!(pane.state, PaneState::Connected, "{pane:?}");
+        assert_eq!(pane.machine.as_deref(), machines[index]);
     }
 
     // Each pane reads its own machine's client id.
@@ -44,8 +46,8 @@ async fn a_grid_of_four_panes_shows_each_machine_in_its_own_pane() {
     terminal
         .send(json!({ "type": "broadcast", "enabled": true }))
         .await;
-    let ack = terminal.message(|m| m["type"] == "broadcast").await;
-    assert_eq!(ack["enabled"], true);
+    let ack = (terminal.message(|m| matches!(m, ServerMessage::Broadcast { .. }))).await;
+    assert_eq!(ack, ServerMessage::Broadcast { enabled: true });
     let marks: Vec<usize> = terminal.screens.iter().map(Vec::len).collect();
     terminal.type_in(2, "echo bc-$((6*7))\r").await;
     for (pane, from) in marks.iter().enumerate() {
@@ -55,24 +57,24 @@ async fn a_grid_of_four_panes_shows_each_machine_in_its_own_pane() {
         .send(json!({ "type": "broadcast", "enabled": false }))
         .await;
     terminal
-        .message(|m| m["type"] == "broadcast" && m["enabled"] == false)
+        .message(|m| *m == ServerMessage::Broadcast { enabled: false })
         .await;
 
     // The shell in pane 0 exits: its status says so, with the exit code.
     terminal.type_in(0, "exit 3\r").await;
-    let closed = terminal
-        .message(|m| m["type"] == "status" && m["pane"] == 0 && m["state"] == "closed")
-        .await;
-    assert_eq!(closed["end"]["reason"], "exited", "{closed}");
-    assert_eq!(closed["end"]["exit_code"], 3, "{closed}");
-    let session = closed["session"].as_u64().unwrap();
+    let closed = terminal.status(Some(0), PaneState::Closed).await;
+    let exited = SessionEnd::Exited {
+        exit_code: Some(3),
+        signal: None,
+    };
+    assert_eq!(ended(&closed), &exited, "{closed:?}");
+    let session = closed.session.unwrap();
 
     // Its recording replays what the pane showed.
-    let (status, recording) = recording(&daemon, &token, session).await;
-    assert_eq!(status, StatusCode::OK, "{recording}");
-    assert_eq!(recording["machine_id"], "host1");
-    assert_eq!(recording["user"], OPERATOR.0);
-    assert_eq!(recording["end"]["exit_code"], 3);
+    let recording = recording(&daemon, &token, session).await.session;
+    assert_eq!(recording.machine_id, "host1");
+    assert_eq!(recording.user, OPERATOR.0);
+    assert_eq!(recording.end, Some(exited));
     let cast = daemon
         .client()
         .get(format!(
@@ -125,24 +127,18 @@ async fn a_grid_of_four_panes_shows_each_machine_in_its_own_pane() {
     assert_eq!(status, StatusCode::OK);
     let panes = connect_all(&daemon, &token, &id, json!({})).await;
     assert_eq!(
-        panes[0]["state"], "connected",
+        panes[0].state,
+        PaneState::Connected,
         "pane 0 reopens: {:?}",
         panes[0]
     );
-    assert_eq!(panes[3]["state"], "error");
-    assert_eq!(panes[3]["reason"], "unenrolled", "{}", panes[3]);
-    assert!(
-        panes[3]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not enrolled"),
-        "{}",
-        panes[3]
-    );
+    assert_eq!(panes[3].state, PaneState::Error);
+    assert_eq!(panes[3].reason, Some(Refusal::Unenrolled), "{:?}", panes[3]);
+    let message = panes[3].message.as_deref().unwrap_or_default();
+    assert!(message.contains("not enrolled"), "{:?}", panes[3]);
     // The socket hears it too.
-    terminal
-        .message(|m| m["type"] == "status" && m["pane"] == 3 && m["reason"] == "unenrolled")
-        .await;
+    let heard = terminal.status(Some(3), PaneState::Error).await;
+    assert_eq!(heard.reason, Some(Refusal::Unenrolled), "{heard:?}");
     // A resize of the pane without a session is nothing to complain of (the
     // console fits every pane); input to it is, naming the pane as the console does.
     terminal
@@ -151,9 +147,12 @@ async fn a_grid_of_four_panes_shows_each_machine_in_its_own_pane() {
     terminal
         .send(json!({ "type": "input", "pane": 3, "data": "x" }))
         .await;
-    let error = terminal.message(|m| m["type"] == "error").await;
+    let error = (terminal.message(|m| matches!(m, ServerMessage::Error { .. }))).await;
+    let ServerMessage::Error { message, .. } = error else {
+        unreachable!("matched an error")
+    };
     assert_eq!(
-        error["message"],
+        message,
         "Pane 4 (index 3) has no open session: the input was not sent"
     );
 
@@ -180,15 +179,21 @@ async fn a_dropped_socket_reconnects_to_the_same_shell_with_its_output_replayed(
     let id = workspace(&daemon, &token, "single", &[Some("host1")]).await;
     let mut terminal = Terminal::open(&daemon, &id, &token).await;
     let panes = connect_all(&daemon, &token, &id, json!({})).await;
-    assert_eq!(panes[0]["state"], "connected", "{:?}", panes[0]);
+    assert_eq!(panes[0].state, PaneState::Connected, "{:?}", panes[0]);
     let pid = terminal.shell_pid(0, "shell-").await;
 
     // Gone without a close, like a laptop closing its lid.
     drop(terminal);
     let mut terminal = Terminal::open(&daemon, &id, &token).await;
-    let replay = terminal.message(|m| m["type"] == "replay").await;
-    assert_eq!(replay["pane"], 0);
-    let length = replay["bytes"].as_u64().unwrap() as usize;
+    let replay = (terminal.message(|m| matches!(m, ServerMessage::Replay { .. }))).await;
+    let ServerMessage::Replay {
+        pane,
+        bytes: length,
+    } = replay
+    else {
+        unreachable!("matched a replay")
+    };
+    assert_eq!(pane, 0);
     while terminal.screens[0].len() < length {
         assert!(terminal.read().await);
     }
@@ -205,8 +210,8 @@ async fn a_dropped_socket_reconnects_to_the_same_shell_with_its_output_replayed(
     assert_eq!(taken_over.closed.map(|(code, _)| code), Some(4001));
 
     // A stopping daemon tells the socket and records the session as interrupted.
-    let session = connect_all(&daemon, &token, &id, json!({})).await[0]["session"]
-        .as_u64()
+    let session = connect_all(&daemon, &token, &id, json!({})).await[0]
+        .session
         .unwrap();
     let stopping = tokio::spawn(daemon.stop());
     while terminal.read().await {}
@@ -214,10 +219,7 @@ async fn a_dropped_socket_reconnects_to_the_same_shell_with_its_output_replayed(
     stopping.await.unwrap();
     let store = support::open_store(&setup.config());
     let recorded = support::as_the_cli(|| store.terminal_session(session).unwrap().unwrap());
-    assert_eq!(
-        recorded.end,
-        Some(linkops_reconcilers::terminal::SessionEnd::Interrupted)
-    );
+    assert_eq!(recorded.end, Some(SessionEnd::Interrupted));
 }
 
 /// Defect 16: a pane whose machine silently disappears ends (`lost`) once the
@@ -233,13 +235,12 @@ async fn a_pane_whose_machine_goes_silent_ends_as_lost() {
     let id = workspace(&daemon, &token, "single", &[Some("host1")]).await;
     let mut terminal = Terminal::open(&daemon, &id, &token).await;
     let pane = connect_all(&daemon, &token, &id, json!({})).await.remove(0);
-    assert_eq!(pane["state"], "connected", "{pane}");
+    assert_eq!(pane.state, PaneState::Connected, "{pane:?}");
     terminal.run(0, "echo up-$((6*7))", "up-42").await;
     let partition = support::Partition::cut(setup.fleet.hosts()[0].address());
-    let closed = terminal
-        .message(|m| m["type"] == "status" && m["pane"] == 0 && m["state"] == "closed")
-        .await;
-    assert_eq!(closed["end"]["reason"], "lost", "{closed}");
+    let closed = terminal.status(Some(0), PaneState::Closed).await;
+    let lost = matches!(ended(&closed), SessionEnd::Lost { .. });
+    assert!(lost, "{closed:?}");
     drop(partition);
     daemon.stop().await;
 }
@@ -257,28 +258,24 @@ async fn sessions_close_when_idle_or_abandoned_and_record_why() {
     let watched = workspace(&daemon, &token, "single", &[Some("host1")]).await;
     let mut terminal = Terminal::open(&daemon, &watched, &token).await;
     connect_all(&daemon, &token, &watched, json!({})).await;
-    let closed = terminal
-        .message(|m| m["type"] == "status" && m["state"] == "closed")
-        .await;
-    assert_eq!(closed["end"]["reason"], "idle", "{closed}");
+    let closed = terminal.status(None, PaneState::Closed).await;
+    assert_eq!(ended(&closed), &SessionEnd::Idle, "{closed:?}");
 
     // Left without a socket: closed as abandoned once the grace period is over.
     let left = workspace(&daemon, &token, "single", &[Some("host1")]).await;
     connect_all(&daemon, &token, &left, json!({})).await;
     let path = format!("/api/terminal/workspaces/{left}");
     let pane = support::eventually("the abandoned session to close", || async {
-        let (_, view) = daemon
-            .request(reqwest::Method::GET, &path, &token, None)
-            .await;
-        let pane = view["panes"][0].clone();
-        (pane["state"] == "closed").then_some(pane)
+        let view: WorkspaceView = daemon.read(&path, &token).await;
+        let pane = view.panes[0].clone();
+        (pane.state == PaneState::Closed).then_some(pane)
     })
     .await;
-    assert_eq!(pane["end"]["reason"], "abandoned", "{pane}");
+    assert_eq!(ended(&pane), &SessionEnd::Abandoned, "{pane:?}");
 
-    let session = pane["session"].as_u64().unwrap();
-    let (_, recording) = recording(&daemon, &token, session).await;
-    assert_eq!(recording["end"]["reason"], "abandoned");
+    let session = pane.session.unwrap();
+    let recording = recording(&daemon, &token, session).await.session;
+    assert_eq!(recording.end, Some(SessionEnd::Abandoned));
     daemon.stop().await;
 }
 
