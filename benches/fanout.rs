@@ -22,9 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, read_to_end};
-use linkops::ssh::Connection;
-use linkops::testbed::{TEST_USER, TestFleet};
+use linkops::config::SshConfig;
+use linkops::ssh::{ConnectOptions, Connection, KeyFile, Target};
 use serde_json::{Value, json};
+use testbed::{TEST_USER, TestFleet};
 
 const HOSTS: usize = 50;
 const REPETITIONS: usize = 5;
@@ -44,7 +45,8 @@ async fn bench() {
     let repo = common::config_repo(
         &fleet,
         "scripts:\n  - {id: client-id, name: Client id, body: cat /etc/linkops/client_id}\n  - {id: flood, name: Flood, body: \"head -c 10485760 /dev/zero | tr '\\\\0' x\"}\n",
-    );
+    )
+    .dir;
     // FANOUT_ONLY=store: the warm fan-out on each store engine, side by side.
     if std::env::var("FANOUT_ONLY").is_ok_and(|only| only == "store") {
         let rows = store_engines(&fleet, &repo).await;
@@ -135,8 +137,8 @@ async fn bench() {
 
 /// The warm fan-out through the API with the store in redb, then in PostgreSQL.
 async fn store_engines(fleet: &TestFleet, repo: &Path) -> Vec<(String, Vec<Duration>)> {
-    let server = linkops::testbed::postgres::TestPostgres::start()
-        .expect("the benchmark needs Debian's postgresql");
+    let server =
+        testbed::postgres::TestPostgres::start().expect("the benchmark needs Debian's postgresql");
     let database = server.database().unwrap();
     let mut rows = Vec::new();
     for (name, postgres) in [("redb", None), ("postgres", Some(&database))] {
@@ -185,8 +187,8 @@ const TAKEOVER_ROUNDS: usize = 20;
 /// marks its operations interrupted).
 async fn takeover(fleet: &TestFleet, repo: &Path) {
     use rustix::process::Signal;
-    let server = linkops::testbed::postgres::TestPostgres::start()
-        .expect("the benchmark needs Debian's postgresql");
+    let server =
+        testbed::postgres::TestPostgres::start().expect("the benchmark needs Debian's postgresql");
     let database = server.database().unwrap();
     let mut started = 0;
     let mut start = async || {
@@ -270,13 +272,33 @@ async fn until_members(replicas: &[&Daemon], members: usize) {
     }
 }
 
+/// How to reach host `index` with the fleet's client key.
+fn target(fleet: &TestFleet, index: usize) -> Target {
+    let host = fleet.host(index);
+    let key = KeyFile::at(fleet.client_key());
+    let (host, port, user) = (host.address().to_string(), host.port(), TEST_USER.into());
+    Target {
+        host,
+        port,
+        user,
+        key,
+        pinned_host_key: None,
+    }
+}
+
+/// Connections as the default `[ssh]` makes them, trusting the fleet's host keys.
+fn connect_options(fleet: &TestFleet) -> ConnectOptions {
+    let known_hosts = fleet.known_hosts().to_owned();
+    ConnectOptions::new(&SshConfig::default(), known_hosts, Default::default())
+}
+
 async fn bare_cold(fleet: &TestFleet) -> Vec<Duration> {
     let mut times = Vec::new();
     for _ in 0..REPETITIONS {
         let started = Instant::now();
         let tasks: Vec<_> = (0..HOSTS)
             .map(|i| {
-                let (target, options) = (fleet.target(i), fleet.connect_options());
+                let (target, options) = (target(fleet, i), connect_options(fleet));
                 tokio::spawn(async move {
                     let connection = Connection::open(&target, &options).await.unwrap();
                     read_client_id(&connection).await
@@ -295,7 +317,7 @@ async fn bare_warm(fleet: &TestFleet) -> Vec<Duration> {
     let mut connections = Vec::new();
     for i in 0..HOSTS {
         connections.push(Arc::new(
-            Connection::open(&fleet.target(i), &fleet.connect_options())
+            Connection::open(&target(fleet, i), &connect_options(fleet))
                 .await
                 .unwrap(),
         ));

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, read_to_end};
 use futures::{SinkExt, StreamExt};
-use linkops::testbed::TestFleet;
 use serde_json::{Value, json};
+use testbed::TestFleet;
 use tokio_tungstenite::tungstenite::Message;
 
 const HOSTS: usize = 50;
@@ -35,7 +35,7 @@ async fn bench() {
     let scripts = format!(
         "scripts:\n  - id: chatter\n    name: Chatter\n    body: |\n      for i in $(seq 1 {LINES}); do echo \"line $i of $(cat /etc/linkops/client_id)\"; sleep 0.02; done\n  - {{id: client-id, name: Client id, body: cat /etc/linkops/client_id}}\n"
     );
-    let repo = common::config_repo(&fleet, &scripts);
+    let repo = common::config_repo(&fleet, &scripts).dir;
     let daemon = Daemon::start(&fleet, &repo, "load", "10m").await;
     daemon.wait_enrolled().await;
     // Warm the pool, so that the load measures serving rather than connecting.
@@ -228,7 +228,7 @@ impl Usage {
     fn start(daemon: &Daemon) -> Usage {
         Usage {
             pid: daemon.pid(),
-            cpu_at_start: common::cpu_time(daemon.pid()),
+            cpu_at_start: testbed::measure::cpu_time(daemon.pid()),
             started: Instant::now(),
         }
     }
@@ -241,7 +241,7 @@ impl Usage {
 
     fn finish(self, daemon: &Daemon) -> Measured {
         Measured {
-            cpu: common::cpu_time(self.pid).saturating_sub(self.cpu_at_start),
+            cpu: testbed::measure::cpu_time(self.pid).saturating_sub(self.cpu_at_start),
             wall: self.started.elapsed(),
             rss_kib: daemon.rss_kib(),
         }

@@ -35,14 +35,7 @@ impl MachineAccess {
     pub fn new(config: &Config, store: Store, metrics: Arc<Metrics>) -> MachineAccess {
         MachineAccess {
             pool: Pool::new(
-                ssh::ConnectOptions {
-                    known_hosts: Arc::new(ssh::KnownHosts::new(config.known_hosts_path())),
-                    connect_timeout: config.ssh.connect_timeout,
-                    trust_on_first_use: config.ssh.trust_on_first_use,
-                    keepalive_interval: config.ssh.keepalive_interval,
-                    keepalive_max: config.ssh.keepalive_max,
-                    metrics,
-                },
+                ssh::ConnectOptions::new(&config.ssh, config.known_hosts_path(), metrics),
                 config.ssh.pool_size,
             ),
             sessions: Arc::new(Semaphore::new(config.ssh.concurrency.max(1))),

@@ -1,7 +1,7 @@
 //! `linkops demo`: the whole product on one machine, in one command.
 //!
 //! Starts a handful of real sshd hosts on loopback addresses (the test
-//! suite's [`testbed`](crate::testbed); one deliberately not enrolled), writes
+//! suite's [`testbed`]; one deliberately not enrolled), writes
 //! a small config repository as a real Git repository, runs the daemon on it,
 //! and prints where to look and how to log in. Everything it started stops
 //! with it (Ctrl-C); its files live in one temporary directory.
@@ -16,8 +16,8 @@ use secrecy::ExposeSecret;
 
 use crate::config::Config;
 use crate::server::Daemon;
-use crate::testbed::{self, TestFleet};
 use crate::{auth, store};
+use testbed::TestFleet;
 
 /// Demo hosts; the last one's inventory entry carries a uuid it does not hold.
 const HOSTS: usize = 5;

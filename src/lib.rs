@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod contract;
 pub mod controller;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod fleet;
 pub mod git;
@@ -26,4 +27,3 @@ pub mod store;
 pub mod tables;
 pub mod telemetry;
 pub mod terminal;
-pub mod testbed;

@@ -78,6 +78,7 @@ enum Command {
     /// Move the store between engines (stop the daemon first).
     #[command(subcommand)]
     Store(StoreCommand),
+    #[cfg(feature = "demo")]
     /// Show the whole product on this machine: demo machines, a config repository, the daemon.
     ///
     /// Starts 5 real sshd hosts on loopback addresses (one deliberately not
@@ -320,6 +321,7 @@ fn run() -> anyhow::Result<()> {
                 .context("rendering the man page")?;
             print_all(&page).context("writing the man page")
         }
+        #[cfg(feature = "demo")]
         Command::Demo { listen } => {
             // Runs on here only as root, or when sudo cannot be had (the demo then says what it needs).
             linkops::demo::elevate();
@@ -371,6 +373,7 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
+#[cfg(feature = "demo")]
 #[tokio::main]
 async fn demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     // A second Ctrl-C cuts the daemon's stop short, but the demo still removes its machines.

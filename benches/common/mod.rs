@@ -5,84 +5,31 @@
     reason = "compiled into each benchmark, which uses a part of it"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use linkops::auth::password;
+use linkops::contract::MachineView;
 use linkops::store::Store;
-use linkops::testbed::{ServeProcess, TEST_USER, TestFleet, until_machines};
 use linkops_reconcilers::role::Role;
 use serde_json::Value;
+use testbed::{ServeProcess, TestFleet, WorkRepo, until_machines};
 
 pub const ADMIN_PASSWORD: &str = "bench-password-1";
 
 /// A config repository for the fleet: every host tagged `bench`, checked hourly.
-pub fn config_repo(fleet: &TestFleet, scripts: &str) -> PathBuf {
-    let dir = fleet.dir().join("config");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut links = String::from("machines:\n");
-    for host in fleet.hosts() {
-        links.push_str(&format!(
-            "  - {{id: {name}, name: {name}, host: {address}, port: {port}, user: {TEST_USER}, key: fleet_key, uuid: {uuid}, tags: [bench], health_interval: 1h}}\n",
-            name = host.name(),
-            address = host.address(),
-            port = host.port(),
-            uuid = host.uuid(),
-        ));
-    }
-    std::fs::write(dir.join("links.yaml"), links).unwrap();
-    std::fs::write(dir.join("scripts.yaml"), scripts).unwrap();
-    commit_all(&dir);
-    dir
-}
-
-/// `git init` in `dir` and commits every file in it.
-pub fn commit_all(dir: &Path) {
-    for args in [
-        &["init", "-q", "-b", "main"][..],
-        &["add", "-A"],
-        &[
-            "-c",
-            "user.name=b",
-            "-c",
-            "user.email=b@b.invalid",
-            "commit",
-            "-q",
-            "-m",
-            "bench",
-        ],
-    ] {
-        assert!(
-            Command::new("git")
-                .arg("-C")
-                .arg(dir)
-                .args(args)
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-}
-
-/// Commits every change in the repository `dir`; the new revision.
-pub fn commit(dir: &Path, message: &str) -> String {
-    let git = |args: &[&str]| {
-        let output = Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["-c", "user.name=b", "-c", "user.email=b@b.invalid"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "git {args:?}: {output:?}");
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
-    };
-    git(&["add", "-A"]);
-    git(&["commit", "-q", "-m", message]);
-    git(&["rev-parse", "HEAD"])
+pub fn config_repo(fleet: &TestFleet, scripts: &str) -> WorkRepo {
+    let repo = WorkRepo::new(&fleet.dir().join("config"), None);
+    repo.write(
+        "links.yaml",
+        &fleet.inventory("bench", &[], "health_interval: 1h"),
+    );
+    repo.write("scripts.yaml", scripts);
+    repo.commit("bench");
+    repo
 }
 
 /// A data dir as the daemon wants it (0700), with the client key, the
@@ -128,19 +75,17 @@ impl Daemon {
         repo: &Path,
         name: &str,
         idle: &str,
-        postgres: Option<&linkops::store::engine::postgres::Options>,
+        postgres: Option<&testbed::postgres::Database>,
     ) -> Daemon {
         let data = fleet.dir().join(format!("data-{name}"));
         let known_hosts = std::fs::read_to_string(fleet.known_hosts()).unwrap();
         private_data_dir(&data, fleet.client_key(), &known_hosts);
         let store = match postgres {
             None => String::new(),
-            Some(options) => {
-                use secrecy::ExposeSecret;
+            Some(database) => {
                 use std::os::unix::fs::PermissionsExt;
                 let password = data.join("keys/postgres_password");
-                let secret = options.password.as_ref().expect("a password");
-                std::fs::write(&password, secret.expose_secret()).unwrap();
+                std::fs::write(&password, &database.password).unwrap();
                 std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600))
                     .unwrap();
                 // Replicas sign tokens with one key (each refuses to start beside others otherwise).
@@ -148,8 +93,14 @@ impl Daemon {
                 std::fs::write(&signing_key, "bench-replicas-share-this-signing-key").unwrap();
                 std::fs::set_permissions(&signing_key, std::fs::Permissions::from_mode(0o600))
                     .unwrap();
-                create_admin(&linkops::store::Store::connect(options).unwrap());
-                format!("[store]\nbackend = \"postgres\"\nurl = {:?}\n", options.url)
+                let (url, password) = (database.url.clone(), database.password.clone());
+                let options =
+                    linkops::store::engine::postgres::Options::with_password(url, password);
+                create_admin(&linkops::store::Store::connect(&options).unwrap());
+                format!(
+                    "[store]\nbackend = \"postgres\"\nurl = {:?}\n",
+                    database.url
+                )
             }
         };
         let config = data.join("config.toml");
@@ -203,6 +154,7 @@ impl Daemon {
             &self.url,
             &self.token,
             "every machine enrolled",
+            |m: &MachineView| &m.spec.id,
             |machines| {
                 machines.len() == hosts && machines.iter().all(|m| m.enrollment.is_enrolled())
             },
@@ -253,30 +205,8 @@ impl Daemon {
     }
 
     fn status_kib(&self, field: &str) -> u64 {
-        status_kib(self.pid(), field)
+        testbed::measure::status_kib(self.pid(), field)
     }
-}
-
-/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`); 0 once the process is gone.
-pub fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .unwrap_or(0)
-}
-
-/// User plus system time of a process, from `/proc/PID/stat` (clock ticks of 10 ms).
-pub fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10)
 }
 
 /// `GET url` as `token`'s user, its JSON answer.

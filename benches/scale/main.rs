@@ -34,10 +34,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use linkops::testbed::simulated::{self, SimulatedFleet, Spec};
-use linkops::testbed::{ServeProcess, until_machines};
-
+use linkops::contract::MachineView;
 use serde_json::json;
+use testbed::measure::{cpu_time, status_kib};
+use testbed::simulated::{self, SimulatedFleet, Spec};
+use testbed::{ServeProcess, WorkRepo, until_machines};
 
 const SEED: u64 = 2026;
 
@@ -154,7 +155,7 @@ async fn measure(size: usize) -> Row {
     )
     .unwrap();
     let repo = config_repo(dir.path(), &fleet.spec);
-    let data = data_dir(dir.path(), &key, &fleet.spec, &repo);
+    let data = data_dir(dir.path(), &key, &fleet.spec, &repo.dir);
 
     let started = Instant::now();
     let mut binary = Command::new("prlimit");
@@ -185,9 +186,14 @@ async fn measure(size: usize) -> Row {
         ServeProcess::spawn(binary, ["--config".as_ref(), config.as_os_str()]).unwrap();
     daemon.drain_log();
     let token = daemon.login("admin", common::ADMIN_PASSWORD).await.unwrap();
-    let observed = until_machines(&daemon.url, &token, "every machine observed", |machines| {
-        machines.len() == size && machines.iter().all(|m| m.checked_at.is_some())
-    })
+    let id: fn(&MachineView) -> &str = |m| &m.spec.id;
+    let observed = until_machines(
+        &daemon.url,
+        &token,
+        "every machine observed",
+        id,
+        |machines| machines.len() == size && machines.iter().all(|m| m.checked_at.is_some()),
+    )
     .await
     .unwrap();
     let observed_after = started.elapsed();
@@ -201,7 +207,7 @@ async fn measure(size: usize) -> Row {
     // until every machine was checked again; the longest gap between a
     // machine's two checks says whether the sweep kept to its 60 s.
     let client = reqwest::Client::new();
-    let cpu_before = common::cpu_time(pid);
+    let cpu_before = cpu_time(pid);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut sweep = None;
     while sweep.is_none() && Instant::now() < deadline {
@@ -228,8 +234,8 @@ async fn measure(size: usize) -> Row {
             sweep = Duration::try_from(at(1.0).0).ok();
         }
     }
-    let cpu = common::cpu_time(pid).saturating_sub(cpu_before);
-    let rss_kib = common::status_kib(pid, "VmRSS:");
+    let cpu = cpu_time(pid).saturating_sub(cpu_before);
+    let rss_kib = status_kib(pid, "VmRSS:");
     let files = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
 
     let mut fanout = [Duration::ZERO; 2];
@@ -249,7 +255,7 @@ async fn measure(size: usize) -> Row {
         common::read_to_end(&client, &daemon.url, &token, id).await;
         *run = begun.elapsed();
     }
-    let rss_after_kib = common::status_kib(pid, "VmRSS:");
+    let rss_after_kib = status_kib(pid, "VmRSS:");
     let push = pushes(&client, &daemon.url, &token, &repo, &fleet.spec).await;
     drop(daemon);
     // The same read with the peers, on the same fleet, where they manage in reasonable time.
@@ -285,7 +291,7 @@ async fn pushes(
     client: &reqwest::Client,
     url: &str,
     token: &str,
-    repo: &Path,
+    repo: &WorkRepo,
     spec: &Spec,
 ) -> PushLatency {
     let mut applied = Vec::new();
@@ -295,13 +301,11 @@ async fn pushes(
         .filter(|&index| !spec.is_down(index) && !spec.is_rekeyed(index) && !spec.is_slow(index));
     for (push, index) in healthy.take(PUSHES).enumerate() {
         let id = format!("latency-{push}");
-        std::fs::create_dir_all(repo.join("runs")).unwrap();
-        std::fs::write(
-            repo.join(format!("runs/{id}.yaml")),
-            format!("id: {id}\nscript: clock\ntargets: {{machines: [m{index:05}]}}\n"),
-        )
-        .unwrap();
-        let revision = common::commit(repo, &id);
+        repo.write(
+            &format!("runs/{id}.yaml"),
+            &format!("id: {id}\nscript: clock\ntargets: {{machines: [m{index:05}]}}\n"),
+        );
+        let revision = repo.commit(&id);
         let body = json!({ "ref": "refs/heads/main", "after": revision }).to_string();
         let sent = std::time::SystemTime::now();
         let answer = client
@@ -425,12 +429,11 @@ fn inventory(spec: &Spec) -> String {
     links
 }
 
-fn config_repo(dir: &Path, spec: &Spec) -> PathBuf {
-    let repo = dir.join("config");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(repo.join("links.yaml"), inventory(spec)).unwrap();
-    std::fs::write(repo.join("scripts.yaml"), SCRIPTS).unwrap();
-    common::commit_all(&repo);
+fn config_repo(dir: &Path, spec: &Spec) -> WorkRepo {
+    let repo = WorkRepo::new(&dir.join("config"), None);
+    repo.write("links.yaml", &inventory(spec));
+    repo.write("scripts.yaml", SCRIPTS);
+    repo.commit("bench");
     repo
 }
 

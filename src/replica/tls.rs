@@ -158,7 +158,7 @@ fn certificates(setting: &'static str, path: &Path) -> Result<Vec<CertificateDer
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testbed::TestAuthority;
+    use testbed::TestAuthority;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn load(authority: &TestAuthority, name: &str) -> ReplicaTls {

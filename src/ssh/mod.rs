@@ -22,6 +22,7 @@ pub use exec::{Execution, ExitStatus, Output, OutputEvent};
 use host_key::{ExpectedKeys, Verdict, fingerprint};
 pub use known_hosts::KnownHosts;
 
+use crate::config::SshConfig;
 use crate::metrics::{Metrics, Open};
 pub use pool::Pool;
 pub use shell::{ShellInput, ShellOutput};
@@ -168,6 +169,20 @@ pub struct ConnectOptions {
     pub keepalive_max: usize,
     /// Where connects, their latency and failures are counted.
     pub metrics: Arc<Metrics>,
+}
+
+impl ConnectOptions {
+    /// Connections as `[ssh]` says, trusting the host keys in `known_hosts`.
+    pub fn new(ssh: &SshConfig, known_hosts: PathBuf, metrics: Arc<Metrics>) -> ConnectOptions {
+        ConnectOptions {
+            known_hosts: Arc::new(KnownHosts::new(known_hosts)),
+            connect_timeout: ssh.connect_timeout,
+            trust_on_first_use: ssh.trust_on_first_use,
+            keepalive_interval: ssh.keepalive_interval,
+            keepalive_max: ssh.keepalive_max,
+            metrics,
+        }
+    }
 }
 
 /// An authenticated SSH session with one machine.

@@ -447,7 +447,7 @@ pub(crate) mod testing {
     use std::sync::{Arc, OnceLock};
 
     use super::Store;
-    use crate::testbed::postgres::{self, TestPostgres};
+    use testbed::postgres::{self, TestPostgres};
 
     /// One store's backing, which can be opened again (as after a restart).
     pub struct Backing {
@@ -496,7 +496,9 @@ pub(crate) mod testing {
 
     /// A fresh PostgreSQL database, when the server runs.
     pub fn postgres() -> Option<Backing> {
-        let options = server()?.database().unwrap();
+        let database = server()?.database().unwrap();
+        let options =
+            super::engine::postgres::Options::with_password(database.url, database.password);
         Some(Backing {
             open: Box::new(move || Store::connect(&options).unwrap()),
         })

@@ -15,7 +15,7 @@ async fn start(dir: &Path) -> TestDaemon {
 }
 
 fn data_dir_with_users(users: &[(&str, Role, &str)]) -> tempfile::TempDir {
-    let dir = support::private_dir();
+    let dir = testbed::private_dir();
     add_users(dir.path(), users);
     dir
 }

@@ -56,7 +56,7 @@ fn stderr(output: &Output) -> String {
 }
 
 async fn logged_in(daemon: &TestDaemon) -> tempfile::TempDir {
-    let home = crate::support::private_dir();
+    let home = testbed::private_dir();
     let login = linkops(
         home.path(),
         &[
@@ -205,7 +205,7 @@ async fn plan_shows_what_a_checkout_would_change() {
 
 #[tokio::test]
 async fn without_a_session_the_client_says_how_to_log_in() {
-    let home = crate::support::private_dir();
+    let home = testbed::private_dir();
     let output = linkops(
         home.path(),
         &["--server", "http://127.0.0.1:9", "machines"],
@@ -238,7 +238,7 @@ async fn a_session_the_daemon_no_longer_takes_says_to_log_in_and_status_needs_no
         "{said}"
     );
     // Without a session, status still tells the daemon's health.
-    let fresh = crate::support::private_dir();
+    let fresh = testbed::private_dir();
     let output = linkops(fresh.path(), &["--server", &daemon.url, "status"], None).await;
     assert!(output.status.success(), "{}", stderr(&output));
     let told = stdout(&output);

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader, Lines};
 use std::process::{Child, ChildStderr, Command, Stdio};
 
-use linkops::contract::{LoginResponse, OperationView, RunView};
+use linkops::contract::{LoginResponse, MachineView, OperationView, RunView};
 use linkops_reconcilers::operation::OperationState;
 use linkops_reconcilers::run::RunState;
 use serde_json::{Value, json};
@@ -131,7 +131,9 @@ impl Demo {
     async fn checked(&self) {
         let expected = ["enrolled", "enrolled", "enrolled", "enrolled", "mismatch"];
         let what = "every demo machine to be checked";
-        linkops::testbed::until_machines(&self.api.url, &self.api.token, what, |machines| {
+        let (url, token) = (&self.api.url, &self.api.token);
+        let id: fn(&MachineView) -> &str = |m| &m.spec.id;
+        testbed::until_machines(url, token, what, id, |machines| {
             machines.iter().map(|m| m.enrollment.name()).eq(expected)
         })
         .await
@@ -344,7 +346,7 @@ async fn the_readme_examples_run_against_the_demo_as_written() {
         demo.api.finished_run("welcome")
     })
     .await;
-    let home = support::private_dir();
+    let home = testbed::private_dir();
     let binary_dir = std::path::Path::new(env!("CARGO_BIN_EXE_linkops"))
         .parent()
         .unwrap();
@@ -425,7 +427,7 @@ async fn the_readme_examples_run_against_the_demo_as_written() {
 /// copy's directory on the PATH and `sudo` there when given.
 fn demo_as_nobody(sudo: Option<&str>) -> (std::process::Output, std::path::PathBuf) {
     use std::os::unix::fs::PermissionsExt;
-    let dir = support::private_dir();
+    let dir = testbed::private_dir();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let binary = dir.path().join("linkops");
     std::fs::copy(env!("CARGO_BIN_EXE_linkops"), &binary).unwrap();

@@ -8,12 +8,13 @@ use std::path::Path;
 use std::process::Command;
 
 use linkops::contract::{OperationView, RunView};
-use linkops::testbed::{ServeProcess, TestFleet};
 use linkops_reconcilers::operation::OperationState;
 use linkops_reconcilers::role::Role;
 use linkops_reconcilers::run::RunState;
+use testbed::{ServeProcess, TestFleet};
 
-use crate::support::{WorkRepo, add_users, answer, eventually, fleet_config, fleet_links};
+use crate::support::{add_users, answer, eventually, fleet_config};
+use testbed::WorkRepo;
 
 const ADMIN: (&str, &str) = ("ada", "pw-ada-1");
 
@@ -81,7 +82,7 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
     )
     .unwrap();
     let work = WorkRepo::new(&fleet.dir().join("config"), None);
-    work.write("links.yaml", &fleet_links(&fleet, &[]));
+    work.write("links.yaml", &fleet.inventory("test", &[], ""));
     work.write(
         "scripts.yaml",
         &format!(
@@ -91,7 +92,7 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
     );
     work.commit("fleet and script");
 
-    let data = crate::support::private_dir();
+    let data = testbed::private_dir();
     add_users(data.path(), &[(ADMIN.0, Role::Admin, ADMIN.1)]);
     let store = crate::support::store_toml(&fleet_config(data.path(), &fleet));
     let config = data.path().join("config.toml");

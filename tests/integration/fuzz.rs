@@ -200,7 +200,7 @@ fn the_webhook_verify_and_parse_never_panic() {
 #[test]
 fn the_tables_query_never_panics() {
     use linkops::tables::{self, query::QueryRequest};
-    let dir = crate::support::private_dir();
+    let dir = testbed::private_dir();
     let store = linkops::store::Store::open(&dir.path().join("fuzz.redb")).unwrap();
     let seeds: Vec<Vec<u8>> = [
         r#"{"table":"operations","filter":[{"column":"state","op":"eq","value":"failed"}],"sort":[{"column":"created_at","dir":"desc"}],"limit":50}"#,
@@ -240,7 +240,7 @@ fn the_terminal_client_messages_never_panic() {
 
 #[test]
 fn the_config_file_reader_never_panics() {
-    let dir = crate::support::private_dir();
+    let dir = testbed::private_dir();
     let path = dir.path().join("config.toml");
     let seeds = vec![
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config.toml")).unwrap(),
@@ -253,7 +253,7 @@ fn the_config_file_reader_never_panics() {
 
 #[test]
 fn the_known_hosts_reader_never_panics() {
-    let dir = crate::support::private_dir();
+    let dir = testbed::private_dir();
     let path: PathBuf = dir.path().join("known_hosts");
     let seeds = vec![
         b"127.0.10.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n[127.0.10.2]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl comment\n".to_vec(),

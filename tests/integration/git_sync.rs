@@ -10,13 +10,14 @@ use linkops::config::Config;
 use linkops::contract::{
     ErrorBody, ErrorCode, GitStatus, SyncOutcome, SyncRequested, SyncView, TablePage, WebhookAnswer,
 };
-use linkops::testbed::{BareRepo, TestFleet};
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::role::Role;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use testbed::{BareRepo, TestFleet};
 
-use crate::support::{self, TestDaemon, WorkRepo, add_users, answer, example_repo};
+use crate::support::{self, TestDaemon, add_users, answer, example_repo};
+use testbed::WorkRepo;
 
 const ADMIN: (&str, &str) = ("ada", "pw-ada-1");
 pub(crate) const WEBHOOK_SECRET: &str = "hook-secret-1";
@@ -77,7 +78,7 @@ pub(crate) fn ssh_setup() -> SshSetup {
     let work = WorkRepo::new(&fleet.dir().join("work"), Some(&example_repo()))
         .with_ssh(fleet.client_key(), fleet.known_hosts());
     work.push(&remote.url);
-    let data = support::private_dir();
+    let data = testbed::private_dir();
     add_users(
         data.path(),
         &[
@@ -558,7 +559,7 @@ async fn webhook_deliveries_are_authenticated_and_checked() {
 
 #[tokio::test]
 async fn a_local_repository_is_watched_and_synced_on_commit() {
-    let dir = support::private_dir();
+    let dir = testbed::private_dir();
     let work = WorkRepo::new(&dir.path().join("config"), Some(&example_repo()));
     let first = work.head();
     let data = dir.path().join("data");
@@ -579,10 +580,10 @@ async fn a_local_repository_is_watched_and_synced_on_commit() {
 /// also while the head is a bad commit.
 #[tokio::test]
 async fn an_idle_local_repository_records_nothing_even_with_a_bad_head() {
-    let dir = support::private_dir();
+    let dir = testbed::private_dir();
     let work = WorkRepo::new(&dir.path().join("config"), Some(&example_repo()));
     let first = work.head();
-    let data_dir = support::private_dir();
+    let data_dir = testbed::private_dir();
     let data = data_dir.path();
     let mut config = support::config(data);
     config.git.url = Some(linkops::config::RepoUrl::parse(work.dir.to_str().unwrap()));

@@ -16,7 +16,7 @@ use crate::support::{self, ADMIN, TestDaemon, VIEWER};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn data_dir() -> tempfile::TempDir {
-    let dir = support::private_dir();
+    let dir = testbed::private_dir();
     support::add_users(
         dir.path(),
         &[

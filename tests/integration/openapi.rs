@@ -42,7 +42,7 @@ fn refs(value: &Value, found: &mut BTreeSet<String>) {
 
 #[tokio::test]
 async fn the_description_covers_every_route_and_every_route_answers() {
-    let data = support::private_dir();
+    let data = testbed::private_dir();
     let daemon = TestDaemon::start(support::config(data.path())).await;
     let response = daemon.get("/api/openapi.json", None).await;
     assert_eq!(response.status(), 200);

@@ -495,7 +495,7 @@ async fn a_silent_partition_does_not_stretch_a_timeout() {
     )
     .await;
     support::wait_for_output(&daemon, &token, id, 1).await;
-    let partition = support::Partition::cut(setup.fleet.hosts()[0].address());
+    let partition = testbed::Partition::cut(setup.fleet.hosts()[0].address());
     // Bounded well below what waiting on the dead connection takes (its keepalives').
     let ended = tokio::time::timeout(
         std::time::Duration::from_secs(60),

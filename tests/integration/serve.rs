@@ -6,9 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use linkops::contract::{Credentials, LoginResponse};
-use linkops::testbed::ServeProcess;
 use linkops_reconcilers::role::Role;
 use serde_json::json;
+use testbed::ServeProcess;
 
 /// `linkops serve` on `data_dir` through `command` (the binary, or a wrapper
 /// such as `prlimit … linkops`), logging at info: the process, its log before
@@ -51,7 +51,7 @@ fn generated_password(banner: &[String]) -> String {
 
 #[tokio::test]
 async fn first_start_prints_a_generated_admin_password_once() {
-    let dir = crate::support::private_dir();
+    let dir = testbed::private_dir();
     let (daemon, banner, address) = serve(linkops(), dir.path(), &[]);
     let password = generated_password(&banner);
 
@@ -93,7 +93,7 @@ async fn first_start_prints_a_generated_admin_password_once() {
 
 #[test]
 fn unknown_config_key_is_refused_naming_it() {
-    let dir = crate::support::private_dir();
+    let dir = testbed::private_dir();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "[ssh]\nconect_timeout = \"5s\"\n").unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_linkops"))
@@ -112,7 +112,7 @@ fn unknown_config_key_is_refused_naming_it() {
 #[test]
 fn user_add_passwd_role_and_remove() {
     use std::io::Write;
-    let dir = crate::support::private_dir();
+    let dir = testbed::private_dir();
     let run = |args: &[&str], stdin: &str| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_linkops"))
             .args(["--config", "/dev/null", "--data-dir"])
@@ -200,7 +200,7 @@ fn user_add_passwd_role_and_remove() {
 #[tokio::test]
 async fn under_a_flood_of_half_sent_heads_health_answers_at_once() {
     use tokio::io::AsyncWriteExt;
-    let dir = crate::support::private_dir();
+    let dir = testbed::private_dir();
     let mut prlimit = Command::new("prlimit");
     prlimit.args(["--nofile=256:256", env!("CARGO_BIN_EXE_linkops")]);
     let timeout = std::ffi::OsStr::new("120s");
@@ -245,7 +245,7 @@ async fn under_a_flood_of_half_sent_heads_health_answers_at_once() {
 
 #[tokio::test]
 async fn systemd_hears_ready_after_the_first_sync_and_stopping_on_shutdown() {
-    let dir = crate::support::private_dir();
+    let dir = testbed::private_dir();
     let socket_path = dir.path().join("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
     let repo = dir.path().join("repo");
@@ -311,7 +311,7 @@ async fn systemd_hears_ready_after_the_first_sync_and_stopping_on_shutdown() {
 #[tokio::test]
 async fn a_full_disk_makes_the_daemon_unready_then_exit_and_loses_nothing() {
     use std::io::Write;
-    let dir = crate::support::private_dir();
+    let dir = testbed::private_dir();
     let disk = dir.path().join("disk");
     std::fs::create_dir(&disk).unwrap();
     let mut holder = Command::new("unshare")
@@ -403,7 +403,7 @@ async fn a_full_disk_makes_the_daemon_unready_then_exit_and_loses_nothing() {
 /// revalidation costs nothing.
 #[tokio::test]
 async fn the_binary_serves_the_console_compiled_into_it() {
-    let dir = crate::support::private_dir();
+    let dir = testbed::private_dir();
     let (daemon, _, address) = serve(linkops(), dir.path(), &[]);
     let client = reqwest::Client::new();
     let get = async |path: &str, etag: Option<&str>| {
@@ -457,7 +457,7 @@ async fn the_binary_serves_the_console_compiled_into_it() {
 /// even with RUST_BACKTRACE set; a login with no terminal says how else.
 #[test]
 fn operator_errors_are_one_line_without_a_backtrace() {
-    let home = crate::support::private_dir();
+    let home = testbed::private_dir();
     let run = |args: &[&str]| {
         // No controlling terminal, as under a service manager or in CI:
         // setsid (util-linux) starts it in a session of its own.
@@ -490,7 +490,7 @@ fn operator_errors_are_one_line_without_a_backtrace() {
 /// start, naming the setting that would allow it.
 #[test]
 fn a_secret_bound_for_plain_http_beyond_loopback_is_refused_at_start() {
-    let dir = crate::support::private_dir();
+    let dir = testbed::private_dir();
     for (url, cleartext) in [
         ("http://forge.example/api/v1", true),
         ("http://[::1]:3000/api/v1", false),

@@ -3,17 +3,40 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use linkops::ssh::{Connection, Error, ExitStatus, KnownHosts, OutputEvent};
-use linkops::testbed::TestFleet;
+use linkops::config::SshConfig;
+use linkops::ssh::{
+    ConnectOptions, Connection, Error, ExitStatus, KeyFile, KnownHosts, OutputEvent, Target,
+};
 use linkops_reconcilers::enrollment::{self, ClientIdReading, Enrollment};
+use testbed::{TEST_USER, TestFleet};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to reach host `index` of `fleet` with the fleet's client key.
+fn target(fleet: &TestFleet, index: usize) -> Target {
+    let host = fleet.host(index);
+    let key = KeyFile::at(fleet.client_key());
+    let (host, port, user) = (host.address().to_string(), host.port(), TEST_USER.into());
+    Target {
+        host,
+        port,
+        user,
+        key,
+        pinned_host_key: None,
+    }
+}
+
+/// Connections as the default `[ssh]` makes them, trusting exactly the fleet's host keys.
+fn connect_options(fleet: &TestFleet) -> ConnectOptions {
+    let known_hosts = fleet.known_hosts().to_owned();
+    ConnectOptions::new(&SshConfig::default(), known_hosts, Default::default())
+}
 
 #[tokio::test]
 async fn reads_each_hosts_own_client_id_over_verified_ssh() {
     let fleet = TestFleet::start(2).unwrap();
     for (index, host) in fleet.hosts().iter().enumerate() {
-        let connection = Connection::open(&fleet.target(index), &fleet.connect_options())
+        let connection = Connection::open(&target(&fleet, index), &connect_options(&fleet))
             .await
             .unwrap();
         assert!(connection.take_learned_host_key().is_none());
@@ -41,7 +64,7 @@ async fn reads_each_hosts_own_client_id_over_verified_ssh() {
 #[tokio::test]
 async fn streams_stdout_and_stderr_and_reports_exit_codes_and_signals() {
     let fleet = TestFleet::start(1).unwrap();
-    let connection = Connection::open(&fleet.target(0), &fleet.connect_options())
+    let connection = Connection::open(&target(&fleet, 0), &connect_options(&fleet))
         .await
         .unwrap();
 
@@ -78,7 +101,7 @@ async fn streams_stdout_and_stderr_and_reports_exit_codes_and_signals() {
 async fn reports_a_missing_client_id_file() {
     let fleet = TestFleet::start(1).unwrap();
     fleet.host(0).remove_client_id().unwrap();
-    let connection = Connection::open(&fleet.target(0), &fleet.connect_options())
+    let connection = Connection::open(&target(&fleet, 0), &connect_options(&fleet))
         .await
         .unwrap();
     let output = connection
@@ -95,7 +118,7 @@ async fn reports_a_missing_client_id_file() {
 #[tokio::test]
 async fn command_timeout_kills_and_says_so() {
     let fleet = TestFleet::start(1).unwrap();
-    let connection = Connection::open(&fleet.target(0), &fleet.connect_options())
+    let connection = Connection::open(&target(&fleet, 0), &connect_options(&fleet))
         .await
         .unwrap();
     let error = connection
@@ -111,9 +134,9 @@ async fn command_timeout_kills_and_says_so() {
 #[tokio::test]
 async fn unknown_host_key_is_refused() {
     let fleet = TestFleet::start(1).unwrap();
-    let mut options = fleet.connect_options();
+    let mut options = connect_options(&fleet);
     options.known_hosts = Arc::new(KnownHosts::new(fleet.dir().join("empty_known_hosts")));
-    let error = Connection::open(&fleet.target(0), &options)
+    let error = Connection::open(&target(&fleet, 0), &options)
         .await
         .err()
         .unwrap();
@@ -137,10 +160,10 @@ async fn changed_host_key_is_refused_even_with_trust_on_first_use() {
         format!("{address} {}\n", fleet.host(1).host_public_key()),
     )
     .unwrap();
-    let mut options = fleet.connect_options();
+    let mut options = connect_options(&fleet);
     options.known_hosts = Arc::new(KnownHosts::new(forged));
     options.trust_on_first_use = true;
-    let error = Connection::open(&fleet.target(0), &options)
+    let error = Connection::open(&target(&fleet, 0), &options)
         .await
         .err()
         .unwrap();
@@ -151,9 +174,9 @@ async fn changed_host_key_is_refused_even_with_trust_on_first_use() {
 #[tokio::test]
 async fn pinned_host_key_wins_over_known_hosts() {
     let fleet = TestFleet::start(2).unwrap();
-    let mut target = fleet.target(0);
+    let mut target = target(&fleet, 0);
     target.pinned_host_key = Some(fleet.host(1).host_public_key().to_owned());
-    let error = Connection::open(&target, &fleet.connect_options())
+    let error = Connection::open(&target, &connect_options(&fleet))
         .await
         .err()
         .unwrap();
@@ -161,7 +184,7 @@ async fn pinned_host_key_wins_over_known_hosts() {
 
     // The right pinned key works even with an empty known_hosts.
     target.pinned_host_key = Some(fleet.host(0).host_public_key().to_owned());
-    let mut options = fleet.connect_options();
+    let mut options = connect_options(&fleet);
     options.known_hosts = Arc::new(KnownHosts::new(fleet.dir().join("empty_known_hosts")));
     Connection::open(&target, &options).await.unwrap();
 }
@@ -169,26 +192,30 @@ async fn pinned_host_key_wins_over_known_hosts() {
 #[tokio::test]
 async fn trust_on_first_use_records_the_key_then_trusts_only_it() {
     let fleet = TestFleet::start(1).unwrap();
-    let mut options = fleet.connect_options();
+    let mut options = connect_options(&fleet);
     options.known_hosts = Arc::new(KnownHosts::new(fleet.dir().join("tofu_known_hosts")));
     options.trust_on_first_use = true;
-    let first = Connection::open(&fleet.target(0), &options).await.unwrap();
+    let first = Connection::open(&target(&fleet, 0), &options)
+        .await
+        .unwrap();
     assert!(first.take_learned_host_key().is_some());
     assert!(first.take_learned_host_key().is_none(), "taken once");
     let recorded = std::fs::read_to_string(options.known_hosts.path()).unwrap();
     let key_material = fleet.host(0).host_public_key().split(' ').nth(1).unwrap();
     assert!(recorded.contains(key_material), "{recorded}");
 
-    let second = Connection::open(&fleet.target(0), &options).await.unwrap();
+    let second = Connection::open(&target(&fleet, 0), &options)
+        .await
+        .unwrap();
     assert!(second.take_learned_host_key().is_none());
 }
 
 #[tokio::test]
 async fn rsa_client_keys_authenticate() {
     let fleet = TestFleet::start(1).unwrap();
-    let mut target = fleet.target(0);
+    let mut target = target(&fleet, 0);
     target.key = linkops::ssh::KeyFile::at(&fleet.add_client_key("id_rsa", "rsa").unwrap());
-    let connection = Connection::open(&target, &fleet.connect_options())
+    let connection = Connection::open(&target, &connect_options(&fleet))
         .await
         .unwrap();
     let output = connection
@@ -205,12 +232,12 @@ async fn rsa_client_keys_authenticate() {
 async fn private_key_readable_by_others_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let fleet = TestFleet::start(1).unwrap();
-    let mut target = fleet.target(0);
+    let mut target = target(&fleet, 0);
     let loose = fleet.dir().join("loose_key");
     std::fs::copy(fleet.client_key(), &loose).unwrap();
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
     target.key = linkops::ssh::KeyFile::at(&loose);
-    let error = Connection::open(&target, &fleet.connect_options())
+    let error = Connection::open(&target, &connect_options(&fleet))
         .await
         .err()
         .unwrap();
@@ -228,9 +255,9 @@ async fn key_not_authorised_is_rejected_by_name() {
         .status()
         .unwrap();
     assert!(status.success());
-    let mut target = fleet.target(0);
+    let mut target = target(&fleet, 0);
     target.key = linkops::ssh::KeyFile::at(&stranger);
-    let error = Connection::open(&target, &fleet.connect_options())
+    let error = Connection::open(&target, &connect_options(&fleet))
         .await
         .err()
         .unwrap();
@@ -288,8 +315,8 @@ async fn bare_repo_is_reachable_over_ssh_with_the_fleet_key() {
 #[tokio::test]
 async fn the_pool_reuses_one_connection_and_closes_idle_ones() {
     let fleet = TestFleet::start(1).unwrap();
-    let pool = linkops::ssh::Pool::new(fleet.connect_options(), 10);
-    let target = fleet.target(0);
+    let pool = linkops::ssh::Pool::new(connect_options(&fleet), 10);
+    let target = target(&fleet, 0);
     let first = pool.get(&target).await.unwrap();
     let again = pool.get(&target).await.unwrap();
     assert!(
@@ -319,17 +346,17 @@ async fn the_pool_reuses_one_connection_and_closes_idle_ones() {
 async fn a_full_pool_closes_its_least_recently_used_idle_connection() {
     use std::sync::Arc;
     let fleet = TestFleet::start(3).unwrap();
-    let pool = linkops::ssh::Pool::new(fleet.connect_options(), 2);
-    let first = Arc::downgrade(&pool.get(&fleet.target(0)).await.unwrap());
-    let second = Arc::downgrade(&pool.get(&fleet.target(1)).await.unwrap());
+    let pool = linkops::ssh::Pool::new(connect_options(&fleet), 2);
+    let first = Arc::downgrade(&pool.get(&target(&fleet, 0)).await.unwrap());
+    let second = Arc::downgrade(&pool.get(&target(&fleet, 1)).await.unwrap());
     // The first is used again, so the second is the least recently used.
-    drop(pool.get(&fleet.target(0)).await.unwrap());
-    let third = pool.get(&fleet.target(2)).await.unwrap();
+    drop(pool.get(&target(&fleet, 0)).await.unwrap());
+    let third = pool.get(&target(&fleet, 2)).await.unwrap();
     assert_eq!(pool.open_connections(), 2);
     assert!(second.upgrade().is_none(), "the least recently used went");
     let first = first.upgrade().expect("the recently used stayed");
     // Connections in use are never closed, even over capacity.
-    let again = pool.get(&fleet.target(1)).await.unwrap();
+    let again = pool.get(&target(&fleet, 1)).await.unwrap();
     assert_eq!(pool.open_connections(), 3);
     assert!(first.exec("true", b"", TIMEOUT).await.is_ok());
     drop((first, third, again));

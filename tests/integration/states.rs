@@ -11,14 +11,14 @@ use std::ffi::OsStr;
 use std::process::Command;
 
 use linkops::contract::{OperationView, StateDetail, StateMachineView, TablePage};
-use linkops::testbed::ServeProcess;
 use linkops_reconcilers::condition::{ConditionKind, ConditionStatus};
 use linkops_reconcilers::operation::{OperationState, Requester};
 use linkops_reconcilers::state::{ApplyResult, CheckOutcome, Standing};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use testbed::ServeProcess;
 
-use crate::support::{ADMIN, FleetSetup, TestDaemon, answer, eventually, fleet_links, read_events};
+use crate::support::{ADMIN, FleetSetup, TestDaemon, answer, eventually, read_events};
 
 pub(crate) const SCRIPTS: &str = r#"scripts:
   - id: config-file
@@ -46,7 +46,12 @@ pub(crate) const SCRIPTS: &str = r#"scripts:
 /// The fleet's links with `web` added to the tags of the hosts at `web`.
 pub(crate) fn links(setup: &FleetSetup, web: &[usize]) -> String {
     let mut links = String::new();
-    for (index, entry) in fleet_links(&setup.fleet, &[]).split("  - id: ").enumerate() {
+    for (index, entry) in setup
+        .fleet
+        .inventory("test", &[], "")
+        .split("  - id: ")
+        .enumerate()
+    {
         if index == 0 {
             links.push_str(entry);
             continue;

@@ -5,15 +5,15 @@ use std::process::Command;
 
 use linkops::config::StoreBackend;
 use linkops::store::{Actor, Store};
-use linkops::testbed::postgres::TestPostgres;
 use linkops_reconcilers::role::Role;
 use reqwest::StatusCode;
+use testbed::postgres::TestPostgres;
 
 use crate::support::{self, TestDaemon};
 
 #[tokio::test]
 async fn a_migrated_redb_store_serves_from_postgres_and_a_second_migration_is_refused() {
-    let data = support::private_dir();
+    let data = testbed::private_dir();
     {
         // What a redb daemon left: an account and its audit.
         let store = Store::open(&data.path().join("linkops.redb")).unwrap();
@@ -24,12 +24,12 @@ async fn a_migrated_redb_store_serves_from_postgres_and_a_second_migration_is_re
         .await
         .unwrap()
         .unwrap();
-    let options = server.database().unwrap();
+    let database = server.database().unwrap();
     let keys = data.path().join("keys");
     let config = {
         let mut config = support::config(data.path());
         config.store.backend = StoreBackend::Postgres;
-        config.store.url = Some(options.url.clone());
+        config.store.url = Some(database.url.clone());
         config
     };
     std::fs::create_dir_all(&keys).unwrap();
@@ -43,7 +43,7 @@ async fn a_migrated_redb_store_serves_from_postgres_and_a_second_migration_is_re
         Command::new(env!("CARGO_BIN_EXE_linkops"))
             .args(["store", "migrate", "--from"])
             .arg(data.path())
-            .args(["--to", &options.url, "--password-file"])
+            .args(["--to", &database.url, "--password-file"])
             .arg(&password_file)
             .output()
             .unwrap()
@@ -78,7 +78,7 @@ async fn a_migrated_redb_store_serves_from_postgres_and_a_second_migration_is_re
         StatusCode::OK
     );
     daemon.stop().await;
-    let store = Store::connect(&options).unwrap();
+    let store = support::connect(&database);
     let actions: Vec<String> = support::as_the_cli(|| store.audit_entries(0, 100).unwrap())
         .into_iter()
         .map(|entry| entry.action)

@@ -1,7 +1,6 @@
 //! Shared by the integration tests: a daemon on a real socket, and Git repositories driven by the real `git`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use linkops::auth::password;
 use std::sync::OnceLock;
@@ -10,10 +9,11 @@ use linkops::config::{Config, StoreBackend};
 use linkops::contract::{LoginResponse, OperationView, OutputBytes, OutputChunk, StateEvent};
 use linkops::server::Daemon;
 use linkops::store::Store;
-use linkops::testbed::postgres::TestPostgres;
 use linkops_reconcilers::operation::{OperationState, Stream};
 use linkops_reconcilers::role::Role;
 use serde_json::{Value, json};
+use testbed::postgres::TestPostgres;
+use testbed::{WorkRepo, private_dir, write_private};
 use tokio::sync::oneshot;
 
 /// A daemon serving on 127.0.0.1:0 in this process.
@@ -109,16 +109,6 @@ impl TestDaemon {
     }
 }
 
-/// A temporary directory only its owner may enter, as systemd makes a data dir
-/// (`StateDirectory`, 0700): the daemon refuses one that others can read.
-pub fn private_dir() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    tempfile::Builder::new()
-        .permissions(std::fs::Permissions::from_mode(0o700))
-        .tempdir()
-        .unwrap()
-}
-
 /// The PostgreSQL server the daemons under test keep their store in, when
 /// `TEST_STORE_ENGINE=postgres` (`cargo xtask test` runs the suite both
 /// ways); `None`: redb, in each data dir.
@@ -171,6 +161,13 @@ pub fn open_store(config: &Config) -> Store {
     Store::open_at(&linkops::store::Location::of(config).unwrap()).unwrap()
 }
 
+/// The store in `database` of the test PostgreSQL server.
+pub fn connect(database: &testbed::postgres::Database) -> Store {
+    let (url, password) = (database.url.clone(), database.password.clone());
+    let options = linkops::store::engine::postgres::Options::with_password(url, password);
+    Store::connect(&options).unwrap()
+}
+
 /// Bytes the store of `config` takes: the redb file, or the database's tables.
 pub fn store_bytes(config: &Config) -> u64 {
     match postgres() {
@@ -182,25 +179,6 @@ pub fn store_bytes(config: &Config) -> u64 {
             .map(|(_, bytes)| bytes)
             .sum(),
     }
-}
-
-/// Writes a secret file (0600) in a directory only its owner enters.
-pub fn write_private(path: &Path, secret: &str) {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let dir = path.parent().unwrap();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut file| std::io::Write::write_all(&mut file, secret.as_bytes()))
-        .unwrap();
 }
 
 /// Runs `work` off the async runtime, on a thread of its own, as the CLI
@@ -235,136 +213,14 @@ fn create_users(data_dir: &Path, users: &[(&str, Role, &str)]) {
     }
 }
 
-/// A working Git repository the test edits, commits in and pushes from.
-pub struct WorkRepo {
-    pub dir: PathBuf,
-    ssh_command: Option<String>,
-}
-
-impl WorkRepo {
-    /// `git init` in `dir`, with the files of `template` (if any) committed.
-    pub fn new(dir: &Path, template: Option<&Path>) -> WorkRepo {
-        std::fs::create_dir_all(dir).unwrap();
-        let repo = WorkRepo {
-            dir: dir.to_owned(),
-            ssh_command: None,
-        };
-        repo.git(&["init", "-q", "-b", "main"]);
-        if let Some(template) = template {
-            copy_tree(template, dir);
-            repo.commit("initial configuration");
-        }
-        repo
-    }
-
-    /// Pushes over SSH with this key and known_hosts.
-    pub fn with_ssh(mut self, key: &Path, known_hosts: &Path) -> WorkRepo {
-        self.ssh_command = Some(format!(
-            "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
-            key.display(),
-            known_hosts.display()
-        ));
-        self
-    }
-
-    pub fn write(&self, path: &str, content: &str) {
-        let path = self.dir.join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, content).unwrap();
-    }
-
-    pub fn remove(&self, path: &str) {
-        std::fs::remove_file(self.dir.join(path)).unwrap();
-    }
-
-    pub fn read(&self, path: &str) -> String {
-        std::fs::read_to_string(self.dir.join(path)).unwrap()
-    }
-
-    /// Commits everything; returns the new revision.
-    pub fn commit(&self, message: &str) -> String {
-        self.git(&["add", "-A"]);
-        self.git(&[
-            "-c",
-            "user.name=Test",
-            "-c",
-            "user.email=test@example.invalid",
-            "commit",
-            "-q",
-            "-m",
-            message,
-        ]);
-        self.head()
-    }
-
-    pub fn head(&self) -> String {
-        self.git(&["rev-parse", "HEAD"]).trim().to_owned()
-    }
-
-    /// Pushes `main` to `url`, forced (the tests rewrite history on purpose).
-    pub fn push(&self, url: &str) {
-        self.git(&["push", "-q", "--force", url, "main"]);
-    }
-
-    pub fn git(&self, args: &[&str]) -> String {
-        let mut command = Command::new("git");
-        command.arg("-C").arg(&self.dir).args(args);
-        if let Some(ssh) = &self.ssh_command {
-            command.env("GIT_SSH_COMMAND", ssh);
-        }
-        let output = command.output().unwrap();
-        assert!(
-            output.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// The bundled example configuration repository.
 pub fn example_repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config-repo")
 }
 
-/// A config repository describing a test fleet: `links.yaml` lists every
-/// host (ids `host1`, `host2`, …, tagged `test`), with the given uuids
-/// overridden (to make a host's enrollment wrong on purpose).
-pub fn fleet_links(fleet: &linkops::testbed::TestFleet, wrong_uuid: &[usize]) -> String {
-    let mut links = String::from("machines:\n");
-    for (index, host) in fleet.hosts().iter().enumerate() {
-        let uuid = if wrong_uuid.contains(&index) {
-            "00000000-0000-4000-8000-000000000000".to_owned()
-        } else {
-            host.uuid().to_owned()
-        };
-        links.push_str(&format!(
-            "  - id: {name}\n    name: Test {name}\n    host: {address}\n    port: {port}\n    user: {user}\n    key: fleet_key\n    uuid: {uuid}\n    tags: [test]\n",
-            name = host.name(),
-            address = host.address(),
-            port = host.port(),
-            user = linkops::testbed::TEST_USER,
-        ));
-    }
-    links
-}
-
 /// A data dir whose keys dir holds the fleet's client key as `fleet_key` and
 /// whose known_hosts trusts the fleet; returns the config for it.
-pub fn fleet_config(data_dir: &Path, fleet: &linkops::testbed::TestFleet) -> Config {
+pub fn fleet_config(data_dir: &Path, fleet: &testbed::TestFleet) -> Config {
     use std::os::unix::fs::PermissionsExt;
     let config = config(data_dir);
     std::fs::create_dir_all(config.keys_dir()).unwrap();
@@ -506,7 +362,7 @@ pub fn output_text(events: &[SseEvent], machine: &str, stream: &str) -> String {
 
 /// A running test fleet, a local config repository describing it, and a data dir.
 pub struct FleetSetup {
-    pub fleet: linkops::testbed::TestFleet,
+    pub fleet: testbed::TestFleet,
     pub work: WorkRepo,
     pub data: tempfile::TempDir,
     /// A directory on this machine that the hosts' scripts may write to.
@@ -521,12 +377,12 @@ impl FleetSetup {
     /// theirs) and `scripts` as scripts.yaml (`$MARKS` replaced by the marks dir).
     pub fn new(hosts: usize, wrong_uuid: &[usize], scripts: &str) -> FleetSetup {
         use std::os::unix::fs::PermissionsExt;
-        let fleet = linkops::testbed::TestFleet::start(hosts).unwrap();
+        let fleet = testbed::TestFleet::start(hosts).unwrap();
         let marks = fleet.dir().join("marks");
         std::fs::create_dir(&marks).unwrap();
         std::fs::set_permissions(&marks, std::fs::Permissions::from_mode(0o777)).unwrap();
         let work = WorkRepo::new(&fleet.dir().join("config"), None);
-        work.write("links.yaml", &fleet_links(&fleet, wrong_uuid));
+        work.write("links.yaml", &fleet.inventory("test", wrong_uuid, ""));
         work.write(
             "scripts.yaml",
             &scripts.replace("$MARKS", marks.to_str().unwrap()),
@@ -570,45 +426,6 @@ impl FleetSetup {
             .await
             .unwrap();
         daemon
-    }
-}
-
-/// Drops every packet to and from one address (both directions, loopback
-/// included) until dropped: a silent partition. An nftables table of its own.
-pub struct Partition {
-    table: String,
-}
-
-impl Partition {
-    pub fn cut(address: std::net::Ipv4Addr) -> Partition {
-        let table = format!(
-            "linkops_partition_{}",
-            address.to_string().replace('.', "_")
-        );
-        let rules = format!(
-            "table inet {table} {{\n chain out {{\n  type filter hook output priority 0;\n  ip daddr {address} drop\n  ip saddr {address} drop\n }}\n}}\n"
-        );
-        let status = std::process::Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut nft| {
-                use std::io::Write;
-                nft.stdin.take().unwrap().write_all(rules.as_bytes())?;
-                nft.wait()
-            })
-            .expect("nft (Debian's nftables) runs");
-        assert!(status.success(), "nft refused {rules}");
-        Partition { table }
-    }
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        std::process::Command::new("nft")
-            .args(["delete", "table", "inet", &self.table])
-            .status()
-            .ok();
     }
 }
 

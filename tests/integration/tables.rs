@@ -51,7 +51,7 @@ fn operations(n: usize) -> Vec<(Operation, Vec<HostResult>)> {
 }
 
 async fn daemon_with_history(n: usize) -> (tempfile::TempDir, TestDaemon) {
-    let data = support::private_dir();
+    let data = testbed::private_dir();
     support::add_users(
         data.path(),
         &[
@@ -261,7 +261,7 @@ async fn bad_queries_are_400s_that_name_the_problem_and_secrets_stay_out() {
 /// and each query answered holds only its page.
 #[tokio::test]
 async fn queries_at_once_are_bounded_per_user() {
-    let data = support::private_dir();
+    let data = testbed::private_dir();
     support::add_users(
         data.path(),
         &[

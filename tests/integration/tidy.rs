@@ -59,7 +59,7 @@ fn the_store_s_engines_alone_use_redb_and_postgres_and_the_ssh_module_alone_russ
             ("use russh", "src/ssh/"),
         ] {
             // The benchmarks' simulated fleet is an SSH server, on russh's server side.
-            let simulator = name == "src/testbed/simulated.rs" && needle.contains("russh");
+            let simulator = name == "tests/testbed/src/simulated.rs" && needle.contains("russh");
             // The store's error enum wraps redb's errors, and the conversion of
             // redb's typed tables (schema 7 and before) knows those tables.
             let legacy = ["src/store/mod.rs", "src/store/migrations.rs"].contains(&name.as_str())
@@ -297,6 +297,27 @@ fn anyhow_stays_at_the_binary_s_edge() {
     for (name, text) in sources() {
         if name != "src/main.rs" && !uses(&text, "anyhow").is_empty() {
             wrong.push(format!("{name} uses anyhow (only src/main.rs may)"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn the_product_uses_the_testbed_only_for_the_demo_and_its_own_tests() {
+    // Test support lives in its crate (tests/testbed), which knows the daemon
+    // from outside; the library reaches it for `linkops demo` (the `demo`
+    // feature) and in its `#[cfg(test)]` modules, nowhere else.
+    let mut wrong = Vec::new();
+    for (name, text) in sources() {
+        if !name.starts_with("src/") || name == "src/demo.rs" {
+            continue;
+        }
+        let tests_from = text.find("#[cfg(test)]").unwrap_or(text.len());
+        let first_use = (text.match_indices("testbed::"))
+            .map(|(at, _)| at)
+            .find(|&at| !text[..at].rsplit('\n').next().unwrap_or_default().contains("//"));
+        if first_use.is_some_and(|at| at < tests_from) {
+            wrong.push(format!("{name} uses the testbed outside its tests"));
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");

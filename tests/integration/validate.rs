@@ -63,7 +63,7 @@ fn broken_repositories_print_the_expected_problems() {
 
 #[test]
 fn checked_in_schemas_match_the_types() {
-    let out = crate::support::private_dir();
+    let out = testbed::private_dir();
     let output = linkops(&["schema", "--out", out.path().to_str().unwrap()]);
     assert!(output.status.success());
     let checked_in = root().join("schemas");
@@ -118,7 +118,7 @@ fn example_files_point_editors_at_the_schemas() {
 /// by the YAML budget and the size limits, before it can grow the daemon.
 #[test]
 fn revisions_built_to_exhaust_memory_are_refused_where_they_break_the_budget() {
-    let dir = crate::support::private_dir();
+    let dir = testbed::private_dir();
     // Aliases past the budget (each could be a whole expanded subtree).
     let mut laughs = String::from("machines:\n");
     for i in 0..1_001 {

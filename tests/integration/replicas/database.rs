@@ -11,9 +11,9 @@ use super::*;
 /// in order, and the operation ends as it would have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_under_load_loses_no_event_and_reports_nothing_twice() {
-    let (mut server, options, _store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1)]).await;
+    let (mut server, database, _store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1)]).await;
     let fleet = TestFleet::start(1).unwrap();
-    let (_work, _data, a, b) = two_replicas(&server, &options, &options.url, &fleet, None).await;
+    let (_work, _data, a, b) = two_replicas(&server, &database, &database.url, &fleet, None).await;
     let host = fleet.hosts()[0].name().to_owned();
     let operation = start(&a, "talk", &host).await;
     let mut events = follow(&b, &b.token, operation).await;

@@ -19,14 +19,15 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use linkops::contract::{ClusterView, MemberView, OperationView};
 use linkops::store::{Actor, Store};
-use linkops::testbed::postgres::TestPostgres;
-use linkops::testbed::{ServeProcess, TestAuthority, TestFleet};
 use linkops_reconcilers::role::Role;
 use rustix::process::Signal;
 use serde_json::Value;
+use testbed::postgres::TestPostgres;
+use testbed::{ServeProcess, TestAuthority, TestFleet};
 
-use crate::support::{self, WorkRepo, answer, eventually, fleet_config, fleet_links};
+use crate::support::{self, answer, eventually, fleet_config};
 use crate::terminal::Terminal;
+use testbed::WorkRepo;
 
 const ADMIN: (&str, &str) = ("ada", "shared-pw-1");
 
@@ -112,7 +113,7 @@ fn replica_config(
     work: &Path,
 ) -> (tempfile::TempDir, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
-    let data = support::private_dir();
+    let data = testbed::private_dir();
     let keys = fleet_config(data.path(), fleet).keys_dir();
     let password = keys.join("postgres_password");
     std::fs::write(&password, server.password()).unwrap();
@@ -135,24 +136,20 @@ fn replica_config(
 /// A new test server with a database of its own holding `users`.
 async fn shared_store(
     users: &[(&str, Role, &str)],
-) -> (
-    TestPostgres,
-    linkops::store::engine::postgres::Options,
-    Store,
-) {
+) -> (TestPostgres, testbed::postgres::Database, Store) {
     let server = linkops::blocking::run(TestPostgres::start)
         .await
         .unwrap()
         .unwrap();
-    let options = server.database().unwrap();
-    let store = Store::connect(&options).unwrap();
+    let database = server.database().unwrap();
+    let store = support::connect(&database);
     support::as_the_cli(|| {
         for (name, role, password) in users {
             let hash = linkops::auth::password::hash(password).unwrap();
             store.create_user(name, *role, &hash, &Actor::Cli).unwrap();
         }
     });
-    (server, options, store)
+    (server, database, store)
 }
 
 /// What each of `replicas` answers at `/api/cluster`.
@@ -277,12 +274,12 @@ fn marks(dir: &Path) -> BTreeMap<String, usize> {
         .collect()
 }
 
-/// Two replicas of the store at `options` (reached at `first_url` by the
+/// Two replicas of the store at `database` (reached at `first_url` by the
 /// first), `fleet`, `talk` in the catalog; talking to each other over
 /// mutual TLS with certificates of `authority`, when given.
 async fn two_replicas(
     server: &TestPostgres,
-    options: &linkops::store::engine::postgres::Options,
+    database: &testbed::postgres::Database,
     first_url: &str,
     fleet: &TestFleet,
     authority: Option<&TestAuthority>,
@@ -293,12 +290,12 @@ async fn two_replicas(
     Replica,
 ) {
     let work = WorkRepo::new(&fleet.dir().join("config"), None);
-    work.write("links.yaml", &fleet_links(fleet, &[]));
+    work.write("links.yaml", &fleet.inventory("test", &[], ""));
     work.write("scripts.yaml", TALK);
     work.commit("fleet and script");
     let data = vec![
         replica_config(server, first_url, fleet, &work.dir),
-        replica_config(server, &options.url, fleet, &work.dir),
+        replica_config(server, &database.url, fleet, &work.dir),
     ];
     if let Some(authority) = authority {
         for ((dir, config), name) in data.iter().zip(["a", "b"]) {

@@ -1,7 +1,7 @@
 //! What a replica held, taken over: a killed or paused replica's machines and
 //! operations, one cut off from the database, and a daemon dropped unstopped.
 
-use linkops::contract::{RunView, StateEvent};
+use linkops::contract::{MachineView, RunView, StateEvent};
 use linkops_reconcilers::operation::{HostState, OperationState};
 use linkops_reconcilers::run::RunState;
 
@@ -16,7 +16,7 @@ use super::*;
 /// again it rejoins as a new member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held() {
-    let (server, options, store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1)]).await;
+    let (server, database, store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1)]).await;
 
     let fleet = TestFleet::start(3).unwrap();
     let marks_dir = fleet.dir().join("marks");
@@ -39,7 +39,7 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     );
     work.commit("scripts");
     let data: Vec<_> = (0..3)
-        .map(|_| replica_config(&server, &options.url, &fleet, &work.dir))
+        .map(|_| replica_config(&server, &database.url, &fleet, &work.dir))
         .collect();
     let mut replicas = Vec::new();
     for (_, config) in &data {
@@ -51,7 +51,7 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
         agreed_owners(&views(&replicas).await, 3, &BTreeSet::new())
     })
     .await;
-    work.write("links.yaml", &fleet_links(&fleet, &[]));
+    work.write("links.yaml", &fleet.inventory("test", &[], ""));
     work.commit("the fleet");
     let owners = eventually("every replica to share the fleet out alike", || async {
         agreed_owners(&views(&replicas).await, 3, &machines)
@@ -60,10 +60,11 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     // Every machine is checked, as the fleet's live stream of any replica
     // tells (each commit of another replica reaches it through the store)…
     let follower = &replicas[2];
-    linkops::testbed::until_machines(
+    testbed::until_machines(
         &follower.process.url,
         &follower.token,
         "every machine reachable",
+        |view: &MachineView| &view.spec.id,
         |views| {
             views.len() == machines.len()
                 && views.iter().all(|view| {
@@ -297,14 +298,14 @@ async fn pass(
 /// every machine and the lead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_from_the_database_stops_and_the_other_takes_over() {
-    let (server, options, _store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1)]).await;
+    let (server, database, _store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1)]).await;
     let link = Link::to(([127, 0, 0, 1], server.port()).into()).await;
-    let through = options.url.replace(
+    let through = database.url.replace(
         &format!("127.0.0.1:{}", server.port()),
         &link.address.to_string(),
     );
     let fleet = TestFleet::start(3).unwrap();
-    let (_work, _data, a, b) = two_replicas(&server, &options, &through, &fleet, None).await;
+    let (_work, _data, a, b) = two_replicas(&server, &database, &through, &fleet, None).await;
     let machines: BTreeSet<String> = fleet.hosts().iter().map(|h| h.name().to_owned()).collect();
 
     link.cut.cancel();
@@ -343,22 +344,22 @@ async fn a_replica_cut_off_from_the_database_stops_and_the_other_takes_over() {
 /// failing test would hang instead of failing).
 #[test]
 fn a_daemon_dropped_unstopped_lets_its_runtime_shut_down() {
-    let (server, options) = {
+    let (server, database) = {
         let server = TestPostgres::start().unwrap();
-        let options = server.database().unwrap();
-        (server, options)
+        let database = server.database().unwrap();
+        (server, database)
     };
-    let data = support::private_dir();
+    let data = testbed::private_dir();
     let mut config = linkops::config::Config {
         data_dir: data.path().to_owned(),
         ..linkops::config::Config::default()
     };
-    support::write_private(
+    testbed::write_private(
         &config.keys_dir().join(&config.store.password_file),
         server.password(),
     );
     config.store.backend = linkops::config::StoreBackend::Postgres;
-    config.store.url = Some(options.url);
+    config.store.url = Some(database.url);
     let (shut_down, shutting) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()

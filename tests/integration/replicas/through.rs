@@ -14,10 +14,10 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_the_stream() {
     let bob = ("bob", Role::Operator, "pw-bob-1");
-    let (server, options, store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1), bob]).await;
+    let (server, database, store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1), bob]).await;
     let fleet = TestFleet::start(1).unwrap();
     let work = WorkRepo::new(&fleet.dir().join("config"), None);
-    work.write("links.yaml", &fleet_links(&fleet, &[]));
+    work.write("links.yaml", &fleet.inventory("test", &[], ""));
     work.write(
         "scripts.yaml",
         "scripts:\n  - id: slow\n    name: Talk, then take a while\n    body: |\n      echo started\n      sleep 60\n  - id: fail\n    name: Fail\n    body: exit 3\n",
@@ -26,7 +26,7 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
     let sinks = crate::forge::TestSinks::start().await;
     let data: Vec<_> = (0..2)
         .map(|_| {
-            let (dir, config) = replica_config(&server, &options.url, &fleet, &work.dir);
+            let (dir, config) = replica_config(&server, &database.url, &fleet, &work.dir);
             let mut toml = std::fs::read_to_string(&config).unwrap();
             toml.push_str(&format!(
                 "[[notify.sinks]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"{}/slack\"\nevents = [\"operation_failed\"]\n",
@@ -174,9 +174,9 @@ async fn terminals_and_tokens_work_through_any_replica() {
     let olga = ("olga", Role::Operator, "pw-olga-1");
     let vic = ("vic", Role::Viewer, "pw-vic-1");
     let users = [(ADMIN.0, Role::Admin, ADMIN.1), oscar, olga, vic];
-    let (server, options, store) = shared_store(&users).await;
+    let (server, database, store) = shared_store(&users).await;
     let fleet = TestFleet::start(1).unwrap();
-    let (work, _data, a, b) = two_replicas(&server, &options, &options.url, &fleet, None).await;
+    let (work, _data, a, b) = two_replicas(&server, &database, &database.url, &fleet, None).await;
     // Signed in through A, working through B (as behind a load balancer).
     let token = a.process.login(oscar.0, oscar.2).await.unwrap();
     let id = workspace_through(&b, &token, fleet.hosts()[0].name()).await;
@@ -267,7 +267,7 @@ async fn terminals_and_tokens_work_through_any_replica() {
         (view.members.len() == 1).then_some(())
     })
     .await;
-    let (other, config) = replica_config(&server, &options.url, &fleet, &work.dir);
+    let (other, config) = replica_config(&server, &database.url, &fleet, &work.dir);
     std::fs::write(
         other.path().join("jwt_secret"),
         "another-key-entirely-0123456789",
@@ -307,12 +307,12 @@ async fn terminals_and_tokens_work_through_any_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_talk_to_each_other_over_mutual_tls_only() {
     let oscar = ("oscar", Role::Operator, "pw-oscar-1");
-    let (server, options, _store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1), oscar]).await;
+    let (server, database, _store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1), oscar]).await;
     let fleet = TestFleet::start(1).unwrap();
-    let certificates = support::private_dir();
+    let certificates = testbed::private_dir();
     let authority = TestAuthority::new(certificates.path(), "replicas").unwrap();
     let (_work, _data, a, b) =
-        two_replicas(&server, &options, &options.url, &fleet, Some(&authority)).await;
+        two_replicas(&server, &database, &database.url, &fleet, Some(&authority)).await;
 
     // Each advertises its replicas' address, not its API's.
     let members = eventually("both replicas to see each other", || async {

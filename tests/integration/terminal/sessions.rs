@@ -237,7 +237,7 @@ async fn a_pane_whose_machine_goes_silent_ends_as_lost() {
     let pane = connect_all(&daemon, &token, &id, json!({})).await.remove(0);
     assert_eq!(pane.state, PaneState::Connected, "{pane:?}");
     terminal.run(0, "echo up-$((6*7))", "up-42").await;
-    let partition = support::Partition::cut(setup.fleet.hosts()[0].address());
+    let partition = testbed::Partition::cut(setup.fleet.hosts()[0].address());
     let closed = terminal.status(Some(0), PaneState::Closed).await;
     let lost = matches!(ended(&closed), SessionEnd::Lost { .. });
     assert!(lost, "{closed:?}");

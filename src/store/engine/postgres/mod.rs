@@ -109,6 +109,17 @@ pub struct Options {
 }
 
 impl Options {
+    /// The database at `url` (no password in it), reached with `password`
+    /// through a small pool: what a tool or a test needs (the daemon sizes
+    /// its pool from `[store] pool_size`).
+    pub fn with_password(url: String, password: String) -> Options {
+        Options {
+            url,
+            password: Some(SecretString::from(password)),
+            pool_size: 8,
+        }
+    }
+
     /// The server and database, for messages: never the password.
     pub fn shown(&self) -> String {
         match self.url.parse::<tokio_postgres::Config>() {

@@ -1,7 +1,11 @@
-//! A daemon for tests, benchmarks and the demo: `linkops serve` as its own
-//! process (spawned on a free loopback port, its address read from its
-//! "linkops serving" log line, a login), and waiting on the fleet it sees
-//! through its event stream rather than by polling.
+//! The daemon for tests and benchmarks: `linkops serve` as its own process
+//! (spawned on a free loopback port, its address read from its "linkops
+//! serving" log line, a login), and waiting on the fleet it sees through its
+//! event stream rather than by polling.
+//!
+//! The testbed knows the daemon from outside only, as any client of its API:
+//! the answers are read into the caller's types (`linkops::contract`), the
+//! envelope of the fleet's events (`snapshot`, `changes`) here.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -11,8 +15,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-
-use crate::contract::{FleetChanges, FleetSnapshot, LoginRequest, LoginResponse, MachineView};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// How long [`until_machines`] waits: a first check of every machine.
 const FLEET_WAIT: Duration = Duration::from_secs(60);
@@ -21,22 +25,36 @@ const SERVE_WAIT: Duration = Duration::from_secs(60);
 /// How long [`ServeProcess::exited`] waits for the daemon to exit.
 const EXIT_WAIT: Duration = Duration::from_secs(120);
 
-fn by_id(machines: Vec<MachineView>) -> BTreeMap<String, MachineView> {
-    machines
-        .into_iter()
-        .map(|machine| (machine.spec.id.clone(), machine))
-        .collect()
+/// The first event of `/api/fleet/events`: every machine.
+#[derive(serde::Deserialize)]
+struct Snapshot<M> {
+    machines: Vec<M>,
+}
+
+/// A later event: the machines that changed, and those gone.
+#[derive(serde::Deserialize)]
+struct Changes<M> {
+    changed: Vec<M>,
+    removed: Vec<String>,
 }
 
 /// Follows `/api/fleet/events` of the daemon at `url` until the machines
-/// (in id order) satisfy `done`; returns them. Fails, saying `what` it waited for and the
-/// last list seen, after a minute or when the stream ends.
-pub async fn until_machines(
+/// (`M`, read as the API shows them, `id` naming each; in id order) satisfy
+/// `done`; returns them. Fails, saying `what` it waited for and the last list
+/// seen, after a minute or when the stream ends.
+pub async fn until_machines<M: DeserializeOwned + Serialize + Clone>(
     url: &str,
     token: &str,
     what: &str,
-    done: impl Fn(&[MachineView]) -> bool,
-) -> Result<Vec<MachineView>, String> {
+    id: fn(&M) -> &str,
+    done: impl Fn(&[M]) -> bool,
+) -> Result<Vec<M>, String> {
+    let by_id = |machines: Vec<M>| -> BTreeMap<String, M> {
+        let keyed = machines
+            .into_iter()
+            .map(|machine| (id(&machine).to_owned(), machine));
+        keyed.collect()
+    };
     use eventsource_stream::Eventsource;
     let response = reqwest::Client::new()
         .get(format!("{url}/api/fleet/events"))
@@ -49,7 +67,7 @@ pub async fn until_machines(
     }
     let mut events = response.bytes_stream().eventsource();
     // The machines the stream has told of, by id: a snapshot, then changes.
-    let mut machines: BTreeMap<String, MachineView> = BTreeMap::new();
+    let mut machines: BTreeMap<String, M> = BTreeMap::new();
     let mut last = Vec::new();
     let follow = async {
         while let Some(event) = events.next().await {
@@ -57,12 +75,12 @@ pub async fn until_machines(
             let unreadable = |error: serde_json::Error| format!("a {} event: {error}", event.event);
             match event.event.as_str() {
                 "snapshot" => {
-                    let snapshot: FleetSnapshot =
+                    let snapshot: Snapshot<M> =
                         serde_json::from_str(&event.data).map_err(unreadable)?;
                     machines = by_id(snapshot.machines);
                 }
                 "changes" => {
-                    let changes: FleetChanges =
+                    let changes: Changes<M> =
                         serde_json::from_str(&event.data).map_err(unreadable)?;
                     machines.extend(by_id(changes.changed));
                     for id in changes.removed {
@@ -168,10 +186,11 @@ impl ServeProcess {
 
     /// A session token for `user`.
     pub async fn login(&self, user: &str, password: &str) -> Result<String, String> {
-        let request = LoginRequest {
-            username: user.to_owned(),
-            password: password.to_owned(),
-        };
+        #[derive(serde::Deserialize)]
+        struct Session {
+            token: String,
+        }
+        let request = serde_json::json!({ "username": user, "password": password });
         let response = reqwest::Client::new()
             .post(format!("{}/api/auth/login", self.url))
             .json(&request)
@@ -182,7 +201,7 @@ impl ServeProcess {
         if !status.is_success() {
             return Err(format!("login as {user}: HTTP {status}"));
         }
-        let answer: LoginResponse = response
+        let answer: Session = response
             .json()
             .await
             .map_err(|error| format!("login as {user}: {error}"))?;

@@ -14,10 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use secrecy::SecretString;
-
-use crate::store::engine::postgres::Options;
-
 /// The superuser the tests connect as.
 pub const USER: &str = "linkops";
 /// Where Debian installs the server binaries, by version.
@@ -43,6 +39,15 @@ pub enum Error {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
+}
+
+/// A database of the server, and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// `postgres://linkops@127.0.0.1:PORT/NAME`, without the password.
+    pub url: String,
+    /// The password of [`USER`] (a test secret).
+    pub password: String,
 }
 
 /// A running server; stopped on drop (or when this process ends), its
@@ -121,21 +126,21 @@ impl TestPostgres {
     }
 
     /// A new, empty database, and how to reach it.
-    pub fn database(&self) -> Result<Options, Error> {
+    pub fn database(&self) -> Result<Database, Error> {
         let number = self.databases.fetch_add(1, Ordering::Relaxed);
         let name = format!("linkops_{number}");
         self.create(&name)?;
-        Ok(self.options(&name))
+        Ok(self.reach(&name))
     }
 
     /// The database named `name`, created when it does not exist yet.
-    pub fn database_named(&self, name: &str) -> Result<Options, Error> {
+    pub fn database_named(&self, name: &str) -> Result<Database, Error> {
         let mut named = self.named.lock().expect("never poisoned");
         if !named.contains(name) {
             self.create(name)?;
             named.insert(name.to_owned());
         }
-        Ok(self.options(name))
+        Ok(self.reach(name))
     }
 
     fn create(&self, name: &str) -> Result<(), Error> {
@@ -153,11 +158,10 @@ impl TestPostgres {
     }
 
     /// How to reach database `name`.
-    pub fn options(&self, name: &str) -> Options {
-        Options {
+    fn reach(&self, name: &str) -> Database {
+        Database {
             url: format!("postgres://{USER}@127.0.0.1:{}/{name}", self.port),
-            password: Some(SecretString::from(self.password.clone())),
-            pool_size: 8,
+            password: self.password.clone(),
         }
     }
 

@@ -7,12 +7,23 @@
 //! shell is `/bin/sh`. Everything started is stopped (by pid) on drop.
 //!
 //! Needs root (namespaces, sshd), `sshd`, `ssh-keygen`, `unshare` and `git`.
-//! [`ServeProcess`] runs the daemon itself beside such a fleet.
+//!
+//! Beside the fleet, the other real things LinkOps is tested against: a
+//! PostgreSQL server ([`postgres`]), an SSH certificate authority
+//! ([`TestAuthority`]), Git repositories driven by the real `git`
+//! ([`WorkRepo`]), the daemon as its own process ([`ServeProcess`]), and, for
+//! benchmarks beyond what real sshd fits on one machine, a [`simulated`]
+//! fleet. It knows the daemon only from outside — its command line, its
+//! log and its HTTP API — so the product can use it too (`linkops demo`).
 
 mod authority;
-mod daemon;
+mod files;
+mod git;
 mod host;
+pub mod measure;
+mod partition;
 pub mod postgres;
+mod serve;
 pub mod simulated;
 
 use std::fs;
@@ -21,10 +32,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use authority::TestAuthority;
-pub use daemon::{ServeProcess, until_machines};
+pub use files::{private_dir, write_private};
+pub use git::WorkRepo;
 pub use host::TestHost;
-
-use crate::ssh;
+pub use partition::Partition;
+pub use serve::{ServeProcess, until_machines};
 
 /// The unprivileged account the test hosts log in.
 pub const TEST_USER: &str = "linkops-test";
@@ -159,6 +171,30 @@ impl TestFleet {
         self.root.path()
     }
 
+    /// `links.yaml` listing every host (ids `host1`, `host2`, …, named `Test
+    /// host1`, …, tagged `tag`, logging in with the key `fleet_key`), the hosts
+    /// at `wrong_uuid` with a uuid they do not hold (an enrollment wrong on
+    /// purpose), and `extra` (`field: value`) added to each entry.
+    pub fn inventory(&self, tag: &str, wrong_uuid: &[usize], extra: &str) -> String {
+        let mut links = String::from("machines:\n");
+        for (index, host) in self.hosts.iter().enumerate() {
+            let uuid = match wrong_uuid.contains(&index) {
+                true => "00000000-0000-4000-8000-000000000000",
+                false => host.uuid(),
+            };
+            links.push_str(&format!(
+                "  - id: {name}\n    name: Test {name}\n    host: {address}\n    port: {port}\n    user: {TEST_USER}\n    key: fleet_key\n    uuid: {uuid}\n    tags: [{tag}]\n",
+                name = host.name(),
+                address = host.address(),
+                port = host.port(),
+            ));
+            if !extra.is_empty() {
+                links.push_str(&format!("    {extra}\n"));
+            }
+        }
+        links
+    }
+
     /// Generates another client key (`ed25519`, `rsa`, …) and authorises it on every host.
     pub fn add_client_key(&self, name: &str, kind: &str) -> Result<PathBuf> {
         let path = self.root.path().join(name);
@@ -167,30 +203,6 @@ impl TestFleet {
         authorized.push_str(&read(&path.with_extension("pub"))?);
         write(&self.authorized_keys, &authorized)?;
         Ok(path)
-    }
-
-    /// How to reach host `index` with the fleet's client key.
-    pub fn target(&self, index: usize) -> ssh::Target {
-        let host = &self.hosts[index];
-        ssh::Target {
-            host: host.address().to_string(),
-            port: host.port(),
-            user: TEST_USER.to_owned(),
-            key: ssh::KeyFile::at(&self.client_key),
-            pinned_host_key: None,
-        }
-    }
-
-    /// SSH options that trust exactly this fleet's host keys.
-    pub fn connect_options(&self) -> ssh::ConnectOptions {
-        ssh::ConnectOptions {
-            known_hosts: std::sync::Arc::new(ssh::KnownHosts::new(self.known_hosts.clone())),
-            connect_timeout: std::time::Duration::from_secs(10),
-            trust_on_first_use: false,
-            keepalive_interval: std::time::Duration::from_secs(10),
-            keepalive_max: 3,
-            metrics: Default::default(),
-        }
     }
 
     /// Creates a bare Git repository served over SSH by host `index`.
