@@ -272,24 +272,21 @@ async fn until_members(replicas: &[&Daemon], members: usize) {
     }
 }
 
-/// How to reach host `index` with the fleet's client key.
-fn target(fleet: &TestFleet, index: usize) -> Target {
-    let host = fleet.host(index);
-    let key = KeyFile::at(fleet.client_key());
-    let (host, port, user) = (host.address().to_string(), host.port(), TEST_USER.into());
-    Target {
-        host,
-        port,
-        user,
+/// Host `index` of `fleet` with the fleet's client key; connections as the
+/// default `[ssh]` makes them, trusting exactly the fleet's host keys.
+fn reach(fleet: &TestFleet, index: usize) -> (Target, ConnectOptions) {
+    let (host, key) = (fleet.host(index), KeyFile::at(fleet.client_key()));
+    let target = Target::new(
+        host.address().to_string(),
+        host.port(),
+        TEST_USER.into(),
         key,
-        pinned_host_key: None,
-    }
-}
-
-/// Connections as the default `[ssh]` makes them, trusting the fleet's host keys.
-fn connect_options(fleet: &TestFleet) -> ConnectOptions {
+    );
     let known_hosts = fleet.known_hosts().to_owned();
-    ConnectOptions::new(&SshConfig::default(), known_hosts, Default::default())
+    (
+        target,
+        ConnectOptions::new(&SshConfig::default(), known_hosts, Default::default()),
+    )
 }
 
 async fn bare_cold(fleet: &TestFleet) -> Vec<Duration> {
@@ -298,7 +295,7 @@ async fn bare_cold(fleet: &TestFleet) -> Vec<Duration> {
         let started = Instant::now();
         let tasks: Vec<_> = (0..HOSTS)
             .map(|i| {
-                let (target, options) = (target(fleet, i), connect_options(fleet));
+                let (target, options) = reach(fleet, i);
                 tokio::spawn(async move {
                     let connection = Connection::open(&target, &options).await.unwrap();
                     read_client_id(&connection).await
@@ -316,11 +313,9 @@ async fn bare_cold(fleet: &TestFleet) -> Vec<Duration> {
 async fn bare_warm(fleet: &TestFleet) -> Vec<Duration> {
     let mut connections = Vec::new();
     for i in 0..HOSTS {
-        connections.push(Arc::new(
-            Connection::open(&target(fleet, i), &connect_options(fleet))
-                .await
-                .unwrap(),
-        ));
+        let (target, options) = reach(fleet, i);
+        let connection = Connection::open(&target, &options).await.unwrap();
+        connections.push(Arc::new(connection));
     }
     let mut times = Vec::new();
     for _ in 0..REPETITIONS {

@@ -49,21 +49,17 @@ impl MachineAccess {
 
     /// The SSH target of an inventory entry, with the daemon's defaults filled in.
     pub fn target(&self, machine: &Machine) -> Target {
-        Target {
-            host: machine.host.clone(),
-            port: machine.port,
-            user: machine
-                .user
+        let user = machine.user.as_ref().unwrap_or(&self.default_user);
+        let key = ssh::KeyFile {
+            dir: self.keys_dir.clone(),
+            name: machine
+                .key
                 .clone()
-                .unwrap_or_else(|| self.default_user.clone()),
-            key: ssh::KeyFile {
-                dir: self.keys_dir.clone(),
-                name: machine
-                    .key
-                    .clone()
-                    .unwrap_or_else(|| self.default_key.clone()),
-            },
+                .unwrap_or_else(|| self.default_key.clone()),
+        };
+        Target {
             pinned_host_key: machine.host_key.clone(),
+            ..Target::new(machine.host.clone(), machine.port, user.clone(), key)
         }
     }
 

@@ -149,6 +149,19 @@ impl fmt::Display for KeyFile {
     }
 }
 
+impl Target {
+    /// `user@host:port` with `key`, its host key looked up in known_hosts (none pinned).
+    pub fn new(host: String, port: u16, user: String, key: KeyFile) -> Target {
+        Target {
+            host,
+            port,
+            user,
+            key,
+            pinned_host_key: None,
+        }
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}:{}", self.user, self.host, self.port)

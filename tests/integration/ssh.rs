@@ -14,16 +14,13 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to reach host `index` of `fleet` with the fleet's client key.
 fn target(fleet: &TestFleet, index: usize) -> Target {
-    let host = fleet.host(index);
-    let key = KeyFile::at(fleet.client_key());
-    let (host, port, user) = (host.address().to_string(), host.port(), TEST_USER.into());
-    Target {
-        host,
-        port,
-        user,
+    let (host, key) = (fleet.host(index), KeyFile::at(fleet.client_key()));
+    Target::new(
+        host.address().to_string(),
+        host.port(),
+        TEST_USER.into(),
         key,
-        pinned_host_key: None,
-    }
+    )
 }
 
 /// Connections as the default `[ssh]` makes them, trusting exactly the fleet's host keys.

@@ -315,7 +315,13 @@ fn the_product_uses_the_testbed_only_for_the_demo_and_its_own_tests() {
         let tests_from = text.find("#[cfg(test)]").unwrap_or(text.len());
         let first_use = (text.match_indices("testbed::"))
             .map(|(at, _)| at)
-            .find(|&at| !text[..at].rsplit('\n').next().unwrap_or_default().contains("//"));
+            .find(|&at| {
+                !text[..at]
+                    .rsplit('\n')
+                    .next()
+                    .unwrap_or_default()
+                    .contains("//")
+            });
         if first_use.is_some_and(|at| at < tests_from) {
             wrong.push(format!("{name} uses the testbed outside its tests"));
         }
