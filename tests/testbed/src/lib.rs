@@ -9,8 +9,8 @@
 //! Needs root (namespaces, sshd), `sshd`, `ssh-keygen`, `unshare` and `git`.
 //!
 //! Beside the fleet, the other real things LinkOps is tested against: a
-//! PostgreSQL server ([`postgres`]), an SSH certificate authority
-//! ([`TestAuthority`]), Git repositories driven by the real `git`
+//! PostgreSQL server ([`postgres`]), a TLS certificate authority for
+//! replicas' mutual TLS ([`TestAuthority`]), Git repositories driven by the real `git`
 //! ([`WorkRepo`]), the daemon as its own process ([`ServeProcess`]), and, for
 //! benchmarks beyond what real sshd fits on one machine, a [`simulated`]
 //! fleet. It knows the daemon only from outside — its command line, its
