@@ -8,6 +8,7 @@
 //! crate what the readings mean.
 
 pub mod ask;
+pub mod certificate;
 pub mod condition;
 pub mod desired;
 pub mod enrollment;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use russh::client;
-use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+use russh::keys::{Certificate, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 
 pub use exec::{Execution, ExitStatus, Output, OutputEvent};
 use host_key::{ExpectedKeys, Verdict, fingerprint};
@@ -60,7 +60,7 @@ pub enum Error {
     PinnedKey { target: String, reason: String },
     #[error("known_hosts {path}: {reason}")]
     KnownHosts { path: PathBuf, reason: String },
-    #[error("{target} refused public-key authentication for user {user} with key {key}")]
+    #[error("{target} refused public-key authentication for user {user} with {key}")]
     AuthRejected {
         target: String,
         user: String,
@@ -209,11 +209,49 @@ pub struct Connection {
     _open: Open,
 }
 
+/// A key held in memory and a user certificate the user CA signed for it:
+/// what a connection to a machine that trusts the CA logs in with.
+#[derive(Clone)]
+pub struct Certified {
+    pub key: Arc<PrivateKey>,
+    pub certificate: Certificate,
+}
+
+impl fmt::Display for Certified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let certificate = &self.certificate;
+        write!(
+            f,
+            "certificate {} (serial {})",
+            certificate.key_id(),
+            certificate.serial()
+        )
+    }
+}
+
 impl Connection {
     /// Opens a TCP connection, checks the host key, authenticates with the target's key.
     pub async fn open(target: &Target, options: &ConnectOptions) -> Result<Connection> {
+        Connection::open_as(target, options, None).await
+    }
+
+    /// [`Connection::open`], logging in with a user certificate instead of
+    /// the target's key file.
+    pub async fn open_certified(
+        target: &Target,
+        options: &ConnectOptions,
+        certified: Certified,
+    ) -> Result<Connection> {
+        Connection::open_as(target, options, Some(certified)).await
+    }
+
+    async fn open_as(
+        target: &Target,
+        options: &ConnectOptions,
+        certified: Option<Certified>,
+    ) -> Result<Connection> {
         let started = std::time::Instant::now();
-        let opened = Connection::connect(target, options).await;
+        let opened = Connection::connect(target, options, certified).await;
         match &opened {
             Ok(_) => options.metrics.ssh_connected(started.elapsed()),
             Err(error) => options.metrics.ssh_failed(error.kind()),
@@ -221,9 +259,14 @@ impl Connection {
         opened
     }
 
-    async fn connect(target: &Target, options: &ConnectOptions) -> Result<Connection> {
+    async fn connect(
+        target: &Target,
+        options: &ConnectOptions,
+        certified: Option<Certified>,
+    ) -> Result<Connection> {
         let name = target.to_string();
-        let (key, expected) = load_identity_and_expectations(target, options).await?;
+        let key_file = certified.is_none();
+        let (key, expected) = load_identity_and_expectations(target, options, key_file).await?;
         // The handler moves into the session; what it learns comes back through this slot.
         let learned = Arc::new(std::sync::Mutex::new(None));
 
@@ -267,33 +310,37 @@ impl Connection {
             tracing::warn!(target = %name, host_key = %fingerprint(key), "host key recorded by trust on first use");
         }
 
-        let hash_alg = if key.algorithm().is_rsa() {
-            handle
-                .best_supported_rsa_hash()
-                .await
-                .map_err(|source| Error::Protocol {
-                    target: name.clone(),
-                    source,
-                })?
-                .flatten()
-        } else {
-            None
+        let protocol = |source| Error::Protocol {
+            target: name.clone(),
+            source,
         };
-        let auth = handle
-            .authenticate_publickey(
-                &target.user,
-                PrivateKeyWithHashAlg::new(Arc::new(key), hash_alg),
-            )
-            .await
-            .map_err(|source| Error::Protocol {
-                target: name.clone(),
-                source,
-            })?;
+        let (auth, credential) = match (certified, key) {
+            (Some(certified), _) => {
+                let credential = certified.to_string();
+                let Certified { key, certificate } = certified;
+                let auth = handle.authenticate_openssh_cert(&target.user, key, certificate);
+                (auth.await.map_err(protocol)?, credential)
+            }
+            (None, key) => {
+                let key = key.expect("loaded when no certificate is given");
+                let hash_alg = match key.algorithm().is_rsa() {
+                    true => handle
+                        .best_supported_rsa_hash()
+                        .await
+                        .map_err(protocol)?
+                        .flatten(),
+                    false => None,
+                };
+                let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash_alg);
+                let auth = handle.authenticate_publickey(&target.user, key);
+                (auth.await.map_err(protocol)?, format!("key {}", target.key))
+            }
+        };
         if !auth.success() {
             return Err(Error::AuthRejected {
                 target: name,
                 user: target.user.clone(),
-                key: target.key.to_string(),
+                key: credential,
             });
         }
         Ok(Connection {
@@ -348,15 +395,19 @@ fn with_target(error: Error, target: &str) -> Error {
     }
 }
 
-/// Reads the private key and the recorded host keys off the async runtime.
+/// Reads the private key (when `key_file`) and the recorded host keys off the async runtime.
 async fn load_identity_and_expectations(
     target: &Target,
     options: &ConnectOptions,
-) -> Result<(PrivateKey, ExpectedKeys)> {
+    key_file: bool,
+) -> Result<(Option<PrivateKey>, ExpectedKeys)> {
     let target = target.clone();
     let known_hosts = options.known_hosts.clone();
     crate::blocking::run(move || {
-        let key = load_private_key(&target.key.path()?)?;
+        let key = match key_file {
+            true => Some(load_private_key(&target.key.path()?)?),
+            false => None,
+        };
         let pinned = target
             .pinned_host_key
             .as_deref()

@@ -9,6 +9,7 @@ mod support;
 
 mod api_auth;
 mod audit;
+mod certificates;
 mod cli;
 mod demo;
 mod exactly_once;

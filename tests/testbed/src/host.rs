@@ -37,7 +37,12 @@ pub struct TestHost {
 }
 
 impl TestHost {
-    pub(super) fn start(name: &str, fleet_dir: &Path, authorized_keys: &Path) -> Result<TestHost> {
+    pub(super) fn start(
+        name: &str,
+        fleet_dir: &Path,
+        authorized_keys: &Path,
+        trusted_user_ca_keys: &Path,
+    ) -> Result<TestHost> {
         let (address, lease) = lease_address()?;
         let port = free_port(address)?;
         let dir = fleet_dir.join(name);
@@ -67,6 +72,7 @@ impl TestHost {
                  KbdInteractiveAuthentication no\n\
                  PubkeyAuthentication yes\n\
                  AuthorizedKeysFile {authorized_keys}\n\
+                 TrustedUserCAKeys {trusted_user_ca_keys}\n\
                  StrictModes no\n\
                  AllowUsers {TEST_USER}\n\
                  PermitRootLogin no\n\
@@ -76,6 +82,7 @@ impl TestHost {
                  LogLevel INFO\n",
                 host_key = host_key.display(),
                 authorized_keys = authorized_keys.display(),
+                trusted_user_ca_keys = trusted_user_ca_keys.display(),
             ),
         )?;
 
@@ -150,6 +157,13 @@ impl TestHost {
     /// The host's public key, an OpenSSH line (for pinning).
     pub fn host_public_key(&self) -> &str {
         self.host_public_key.trim()
+    }
+
+    /// What its sshd has logged so far (at `INFO`: each login accepted, with
+    /// a certificate's key id and serial, and each refused).
+    pub fn sshd_log(&self) -> Result<String> {
+        let dir = self.etc_dir.parent().expect("host dir");
+        read(&dir.join("sshd.log"))
     }
 
     /// Replaces the content of this host's `/etc/linkops/client_id`.

@@ -86,6 +86,7 @@ pub struct TestFleet {
     client_key: PathBuf,
     known_hosts: PathBuf,
     authorized_keys: PathBuf,
+    trusted_user_ca_keys: PathBuf,
     hosts: Vec<TestHost>,
 }
 
@@ -114,11 +115,21 @@ impl TestFleet {
         let public = read(&client_key.with_extension("pub"))?;
         write(&authorized_keys, &public)?;
         set_mode(&authorized_keys, 0o644)?;
+        // No user CA is trusted until a test says so.
+        let trusted_user_ca_keys = root.path().join("trusted_user_ca_keys");
+        write(&trusted_user_ca_keys, "")?;
+        set_mode(&trusted_user_ca_keys, 0o644)?;
 
         let mut hosts = Vec::with_capacity(count);
         for index in 0..count {
             let name = format!("host{}", index + 1);
-            hosts.push(TestHost::start(&name, root.path(), &authorized_keys)?);
+            let trusted = &trusted_user_ca_keys;
+            hosts.push(TestHost::start(
+                &name,
+                root.path(),
+                &authorized_keys,
+                trusted,
+            )?);
         }
         let known_hosts = root.path().join("known_hosts");
         let lines: String = hosts.iter().map(TestHost::known_hosts_line).collect();
@@ -131,6 +142,7 @@ impl TestFleet {
             client_key,
             known_hosts,
             authorized_keys,
+            trusted_user_ca_keys,
             hosts,
         })
     }
@@ -203,6 +215,13 @@ impl TestFleet {
         authorized.push_str(&read(&path.with_extension("pub"))?);
         write(&self.authorized_keys, &authorized)?;
         Ok(path)
+    }
+
+    /// Makes every host accept user certificates signed by the CA whose public
+    /// key (an OpenSSH line) is `ca` — for a login its certificate names as a
+    /// principal (sshd reads the file at each login: no restart).
+    pub fn trust_user_ca(&self, ca: &str) -> Result<()> {
+        write(&self.trusted_user_ca_keys, &format!("{}\n", ca.trim()))
     }
 
     /// Creates a bare Git repository served over SSH by host `index`.

@@ -1,0 +1,116 @@
+//! What a user certificate grants: the login it is good for, how long, what
+//! it may open, and the key id that tells the machine's own log who connected
+//! and why.
+//!
+//! The daemon signs one for every connection it opens to a machine that
+//! trusts its user CA; this module decides what goes in it, the `ca` module
+//! signs it.
+
+use std::time::Duration;
+
+/// Why a connection to a machine is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purpose {
+    /// Health checks, enrollment reads and declared states' checks: the daemon's own.
+    Health,
+    /// An operation's scripts, for whoever asked for it (a user, `run:<id>`, `state:<id>`).
+    Operation { id: u64, requested_by: String },
+    /// A terminal pane of a user's workspace.
+    Terminal { workspace: String, user: String },
+}
+
+/// What a certificate grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserGrant {
+    /// The logins it is good for (sshd accepts it for a user it names, or one
+    /// its `AuthorizedPrincipalsFile` lists).
+    pub principals: Vec<String>,
+    /// `linkops:<replica>:<why>`: sshd logs it with each login it accepts.
+    pub key_id: String,
+    /// From shortly before signing (clocks differ) to this long after.
+    pub valid_for: Duration,
+    /// Whether it may open a terminal (`permit-pty`); only terminals do.
+    pub pty: bool,
+}
+
+/// How far a certificate's validity reaches back before it was signed, so a
+/// machine whose clock is a little behind accepts it.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// The grant for a connection of `replica` logging in as `login` for `purpose`.
+pub fn user_grant(replica: &str, login: &str, purpose: &Purpose, valid_for: Duration) -> UserGrant {
+    let why = match purpose {
+        Purpose::Health => "health".to_owned(),
+        Purpose::Operation { id, requested_by } => format!("op-{id}:{requested_by}"),
+        Purpose::Terminal { workspace, user } => format!("terminal:{workspace}:{user}"),
+    };
+    UserGrant {
+        principals: vec![login.to_owned()],
+        key_id: format!("linkops:{replica}:{why}"),
+        valid_for,
+        pty: matches!(purpose, Purpose::Terminal { .. }),
+    }
+}
+
+/// The validity window, in Unix seconds, of a certificate signed at `now`
+/// (Unix seconds) for `valid_for`.
+pub fn validity(now: u64, valid_for: Duration) -> (u64, u64) {
+    (
+        now.saturating_sub(CLOCK_SKEW.as_secs()),
+        now.saturating_add(valid_for.as_secs()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_id_names_the_replica_and_why_and_only_terminals_get_a_pty() {
+        let five = Duration::from_secs(300);
+        let cases = [
+            (Purpose::Health, "linkops:r1:health", false),
+            (
+                Purpose::Operation {
+                    id: 42,
+                    requested_by: "alice".into(),
+                },
+                "linkops:r1:op-42:alice",
+                false,
+            ),
+            (
+                Purpose::Operation {
+                    id: 7,
+                    requested_by: "run:nightly".into(),
+                },
+                "linkops:r1:op-7:run:nightly",
+                false,
+            ),
+            (
+                Purpose::Terminal {
+                    workspace: "w9".into(),
+                    user: "bob".into(),
+                },
+                "linkops:r1:terminal:w9:bob",
+                true,
+            ),
+        ];
+        for (purpose, key_id, pty) in cases {
+            let grant = user_grant("r1", "root", &purpose, five);
+            assert_eq!(grant.key_id, key_id, "{purpose:?}");
+            assert_eq!(grant.pty, pty, "{purpose:?}");
+            assert_eq!(grant.principals, ["root"], "{purpose:?}");
+            assert_eq!(grant.valid_for, five);
+        }
+    }
+
+    #[test]
+    fn validity_reaches_back_for_skewed_clocks_and_forward_for_its_lifetime() {
+        assert_eq!(
+            validity(1_000_000, Duration::from_secs(300)),
+            (999_940, 1_000_300)
+        );
+        // Near the epoch (a clock reset to 1970): never before 0.
+        assert_eq!(validity(30, Duration::from_secs(300)), (0, 330));
+    }
+}

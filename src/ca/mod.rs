@@ -1,0 +1,211 @@
+//! The SSH certificate authority: the user CA and the host CA (ed25519),
+//! created at first start in the data dir (`ca/user_ca`, `ca/host_ca`, 0600,
+//! OpenSSH's format, so `ssh-keygen -s` can use them too), and the short-lived
+//! user certificates they sign for the daemon's own connections.
+//!
+//! What a certificate grants is decided in `linkops_reconcilers::certificate`;
+//! this module holds the keys and signs.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use linkops_reconcilers::certificate::{UserGrant, validity};
+use rand::Rng;
+use russh::keys::ssh_key::certificate::{Builder, CertType};
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::ssh_key::{self, LineEnding};
+use russh::keys::{Certificate, PrivateKey, PublicKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the certificate authority's key {path}: {source}")]
+    Secret {
+        path: PathBuf,
+        source: crate::secrets::Error,
+    },
+    #[error("the certificate authority's key {path} is no OpenSSH private key: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("cannot create the certificate authority's key {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("signing a certificate for {key_id}: {source}")]
+    Sign {
+        key_id: String,
+        source: ssh_key::Error,
+    },
+}
+
+/// The two signing keys.
+pub struct Authority {
+    user: PrivateKey,
+    host: PrivateKey,
+}
+
+impl Authority {
+    /// The authority whose keys are in `dir` (the data dir's `ca/`), each
+    /// created (0600, in a 0700 directory) when absent.
+    pub fn open(dir: &Path) -> Result<Authority, Error> {
+        Ok(Authority {
+            user: load_or_create(&dir.join("user_ca"), "linkops user CA")?,
+            host: load_or_create(&dir.join("host_ca"), "linkops host CA")?,
+        })
+    }
+
+    /// What machines trust to accept the daemon's logins (`TrustedUserCAKeys`).
+    pub fn user_public(&self) -> &PublicKey {
+        self.user.public_key()
+    }
+
+    /// What the daemon trusts for machines' host certificates.
+    pub fn host_public(&self) -> &PublicKey {
+        self.host.public_key()
+    }
+
+    /// A user certificate for `subject` as `grant` says, valid from `now`, with
+    /// a random serial (unique without coordination between replicas).
+    pub fn sign_user(
+        &self,
+        subject: &PublicKey,
+        grant: &UserGrant,
+        now: SystemTime,
+    ) -> Result<Certificate, Error> {
+        let failed = |source| Error::Sign {
+            key_id: grant.key_id.clone(),
+            source,
+        };
+        let seconds = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let (after, before) = validity(seconds, grant.valid_for);
+        let mut rng = rand::rng();
+        let mut nonce = [0u8; 32];
+        rng.fill_bytes(&mut nonce);
+        let mut builder =
+            Builder::new(nonce, subject.key_data().clone(), after, before).map_err(failed)?;
+        builder
+            .serial(rng.next_u64().max(1))
+            .and_then(|b| b.cert_type(CertType::User))
+            .and_then(|b| b.key_id(grant.key_id.as_str()))
+            .map_err(failed)?;
+        for principal in &grant.principals {
+            builder
+                .valid_principal(principal.as_str())
+                .map_err(failed)?;
+        }
+        if grant.pty {
+            builder.extension("permit-pty", "").map_err(failed)?;
+        }
+        builder.sign(&self.user).map_err(failed)
+    }
+}
+
+/// A new ed25519 key that lives in memory only: what the daemon's
+/// certificates are signed for, so no key that opens the fleet is on disk.
+pub fn session_key() -> PrivateKey {
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    PrivateKey::from(Ed25519Keypair::from_seed(&seed))
+}
+
+/// The ed25519 key at `path`, or a new one written there (create-new: two
+/// replicas starting at once on one data dir never both write it).
+fn load_or_create(path: &Path, comment: &str) -> Result<PrivateKey, Error> {
+    if path.exists() {
+        return crate::ssh::load_private_key(path).map_err(|error| Error::Key {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        });
+    }
+    let created = |source| Error::Create {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(created)?;
+    }
+    let mut key = session_key();
+    key.set_comment(comment);
+    let text = key.to_openssh(LineEnding::LF).map_err(|error| Error::Key {
+        path: path.to_owned(),
+        reason: error.to_string(),
+    })?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(created)?;
+    file.write_all(text.as_bytes()).map_err(created)?;
+    file.sync_all().map_err(created)?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    use linkops_reconcilers::certificate::{Purpose, user_grant};
+
+    use super::*;
+
+    #[test]
+    fn keys_are_created_once_private_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        let first = Authority::open(&ca).unwrap();
+        for name in ["user_ca", "host_ca"] {
+            let mode = std::fs::metadata(ca.join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        let mode = std::fs::metadata(&ca).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert_ne!(first.user_public(), first.host_public());
+        let again = Authority::open(&ca).unwrap();
+        assert_eq!(first.user_public(), again.user_public());
+        assert_eq!(first.host_public(), again.host_public());
+    }
+
+    #[test]
+    fn a_user_certificate_says_what_its_grant_says_and_checks_against_the_user_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::open(dir.path()).unwrap();
+        let subject = PrivateKey::from(Ed25519Keypair::from_seed(&[7; 32]));
+        let purpose = Purpose::Terminal {
+            workspace: "w1".into(),
+            user: "bob".into(),
+        };
+        let grant = user_grant("r1", "root", &purpose, Duration::from_secs(300));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let certificate = ca.sign_user(subject.public_key(), &grant, now).unwrap();
+        assert_eq!(certificate.cert_type(), CertType::User);
+        assert_eq!(certificate.key_id(), "linkops:r1:terminal:w1:bob");
+        assert_eq!(certificate.valid_principals(), ["root"]);
+        assert_eq!(
+            (certificate.valid_after(), certificate.valid_before()),
+            (1_999_999_940, 2_000_000_300)
+        );
+        assert!(certificate.extensions().contains_key("permit-pty"));
+        assert_eq!(certificate.public_key(), subject.public_key().key_data());
+        let user_ca = ca.user_public().fingerprint(Default::default());
+        certificate.validate_at(2_000_000_000, [&user_ca]).unwrap();
+        let host_ca = ca.host_public().fingerprint(Default::default());
+        assert!(certificate.validate_at(2_000_000_000, [&host_ca]).is_err());
+        assert!(certificate.validate_at(2_000_000_301, [&user_ca]).is_err());
+        // Serials differ, so each login is told apart in the machine's log.
+        let other = ca.sign_user(subject.public_key(), &grant, now).unwrap();
+        assert_ne!(certificate.serial(), other.serial());
+    }
+}
