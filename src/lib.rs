@@ -7,7 +7,6 @@ pub mod access;
 pub mod api;
 pub mod auth;
 pub mod blocking;
-pub mod ca;
 pub mod client;
 pub mod config;
 pub mod contract;

@@ -1,9 +1,12 @@
-//! SSH to fleet machines (russh): key authentication, host-key checking, command execution.
+//! SSH to fleet machines (russh): key and certificate authentication,
+//! host-key checking, command execution, and the certificate authority that
+//! signs the daemon's logins (`ca`).
 //!
 //! Only this module opens SSH connections. A [`Connection`] is one
 //! authenticated session; every command runs on its own channel, so one
 //! connection serves many commands.
 
+pub mod ca;
 mod exec;
 pub mod host_key;
 mod known_hosts;

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use linkops::ca::{self, Authority};
 use linkops::config::SshConfig;
+use linkops::ssh::ca::{self, Authority};
 use linkops::ssh::{Certified, ConnectOptions, Connection, Error, ExitStatus, KeyFile, Target};
 use linkops_reconcilers::certificate::{Purpose, UserGrant, user_grant};
 use testbed::{TEST_USER, TestFleet};

@@ -4,7 +4,8 @@
 //! user certificates they sign for the daemon's own connections.
 //!
 //! What a certificate grants is decided in `linkops_reconcilers::certificate`;
-//! this module holds the keys and signs.
+//! this module holds the keys and signs. (It is SSH's: only `src/ssh` speaks
+//! russh and its key formats.)
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -116,7 +117,7 @@ pub fn session_key() -> PrivateKey {
 /// replicas starting at once on one data dir never both write it).
 fn load_or_create(path: &Path, comment: &str) -> Result<PrivateKey, Error> {
     if path.exists() {
-        return crate::ssh::load_private_key(path).map_err(|error| Error::Key {
+        return super::load_private_key(path).map_err(|error| Error::Key {
             path: path.to_owned(),
             reason: error.to_string(),
         });
