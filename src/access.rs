@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use linkops_reconcilers::certificate::Purpose;
 use linkops_reconcilers::enrollment::{CLIENT_ID_PATH, ClientIdReading};
 use linkops_reconcilers::machine::{CheckResult, Machine};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::ssh::ca::Certifier;
 use crate::ssh::{self, ExitStatus, Pool, Target};
 use crate::store::{Actor, AuditAction, Outcome, Store};
 
@@ -32,12 +34,15 @@ pub struct MachineAccess {
 }
 
 impl MachineAccess {
-    pub fn new(config: &Config, store: Store, metrics: Arc<Metrics>) -> MachineAccess {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        metrics: Arc<Metrics>,
+        certifier: Arc<Certifier>,
+    ) -> MachineAccess {
+        let options = ssh::ConnectOptions::new(&config.ssh, config.known_hosts_path(), metrics);
         MachineAccess {
-            pool: Pool::new(
-                ssh::ConnectOptions::new(&config.ssh, config.known_hosts_path(), metrics),
-                config.ssh.pool_size,
-            ),
+            pool: Pool::new(options.with_certifier(certifier), config.ssh.pool_size),
             sessions: Arc::new(Semaphore::new(config.ssh.concurrency.max(1))),
             keys_dir: config.keys_dir(),
             default_user: config.ssh.user.clone(),
@@ -59,6 +64,7 @@ impl MachineAccess {
         };
         Target {
             pinned_host_key: machine.host_key.clone(),
+            auth: machine.auth,
             ..Target::new(machine.host.clone(), machine.port, user.clone(), key)
         }
     }
@@ -91,13 +97,15 @@ impl MachineAccess {
         }
     }
 
-    /// The pooled connection to a machine (auditing a host key it learned).
+    /// The pooled connection to a machine, opened for `purpose` when there is
+    /// none (auditing a host key it learned).
     pub async fn connect(
         &self,
         target: &Target,
         machine_id: &str,
+        purpose: &Purpose,
     ) -> ssh::Result<Arc<ssh::Connection>> {
-        let connection = self.pool.get(target).await?;
+        let connection = self.pool.get_for(target, purpose).await?;
         self.audit_learned_key(&connection, machine_id).await;
         Ok(connection)
     }
@@ -127,7 +135,7 @@ impl MachineAccess {
     }
 
     async fn read_client_id(&self, target: &Target, machine_id: &str) -> ClientIdReading {
-        let connection = match self.connect(target, machine_id).await {
+        let connection = match self.connect(target, machine_id, &Purpose::Health).await {
             Ok(connection) => connection,
             Err(
                 error @ (ssh::Error::HostKeyChanged { .. } | ssh::Error::HostKeyUnknown { .. }),

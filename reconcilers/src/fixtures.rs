@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::machine::Machine;
+use crate::machine::{Auth, Machine};
 use crate::run::RunRequest;
 use crate::script::{Script, Targets};
 
@@ -22,6 +22,7 @@ pub fn machine(id: &str, tags: &[&str]) -> Machine {
         host_key: None,
         health_interval: Some(Duration::from_secs(60)),
         concurrency: None,
+        auth: Auth::Key,
     }
 }
 

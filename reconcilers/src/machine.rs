@@ -40,6 +40,34 @@ pub struct Machine {
     /// Overrides the per-machine session limit.
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// How the daemon logs in.
+    #[serde(default)]
+    pub auth: Auth,
+}
+
+/// How the daemon logs in to a machine.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Auth {
+    /// With a private key file in its keys directory (`key`, or `[ssh] key`):
+    /// for what cannot take certificates, such as Dropbear on routers.
+    #[default]
+    Key,
+    /// With a user certificate its CA signs for each connection, valid for
+    /// minutes: the machine's sshd trusts the CA (`TrustedUserCAKeys`), and no
+    /// key that opens it is kept anywhere.
+    Certificate,
 }
 
 /// Reachability as the last health check saw it.
@@ -421,6 +449,7 @@ mod tests {
             host_key: None,
             health_interval: Some(Duration::from_secs(60)),
             concurrency: None,
+            auth: Auth::Key,
         }
     }
 

@@ -77,6 +77,10 @@ pub struct SshConfig {
     pub keepalive_interval: Duration,
     /// Unanswered keepalives after which the machine counts as gone.
     pub keepalive_max: usize,
+    /// How long the certificate of a login lasts (machines with `auth:
+    /// certificate`): sshd checks it as the connection logs in, so minutes do.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub certificate_lifetime: Duration,
 }
 
 impl Default for SshConfig {
@@ -92,6 +96,7 @@ impl Default for SshConfig {
             trust_on_first_use: false,
             keepalive_interval: Duration::from_secs(10),
             keepalive_max: 3,
+            certificate_lifetime: Duration::from_secs(600),
         }
     }
 }

@@ -235,6 +235,11 @@ impl Config {
     pub fn jwt_secret_path(&self) -> PathBuf {
         self.data_dir.join("jwt_secret")
     }
+
+    /// The SSH certificate authority's keys (`user_ca`, `host_ca`).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.data_dir.join("ca")
+    }
 }
 
 /// Merges `LINKOPS_*` variables into the parsed file.
@@ -437,6 +442,10 @@ mod tests {
         assert_eq!(example.terminal.scrollback, defaults.terminal.scrollback);
         assert_eq!(example.retention, defaults.retention, "[retention]");
         assert_eq!(example.ssh.pool_size, defaults.ssh.pool_size);
+        assert_eq!(
+            example.ssh.certificate_lifetime,
+            defaults.ssh.certificate_lifetime
+        );
     }
 
     #[test]

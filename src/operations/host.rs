@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use linkops_reconcilers::certificate::Purpose;
 use linkops_reconcilers::machine::Machine;
 use linkops_reconcilers::operation::{HostState, Stream};
 use tokio::sync::mpsc;
@@ -25,6 +26,8 @@ pub const GIVE_UP_AFTER: Duration =
 pub struct HostRun {
     pub access: MachineAccess,
     pub machine: Machine,
+    /// What a new connection's certificate names.
+    pub purpose: Purpose,
     pub command: Arc<str>,
     pub body: Arc<str>,
     pub timeout: Duration,
@@ -98,7 +101,11 @@ impl HostRun {
     async fn execute(&self) -> Result<End, crate::ssh::Error> {
         let connection = self
             .access
-            .connect(&self.access.target(&self.machine), &self.machine.id)
+            .connect(
+                &self.access.target(&self.machine),
+                &self.machine.id,
+                &self.purpose,
+            )
             .await?;
         // The channel's own deadline is only a backstop: timeouts are handled
         // here, by signalling the script's process group.

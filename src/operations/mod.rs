@@ -17,6 +17,7 @@ use crate::metrics::{Metrics, Open, StateLabels};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use linkops_reconcilers::certificate::Purpose;
 use linkops_reconcilers::machine::Machine;
 use linkops_reconcilers::operation::{
     HostResult, HostState, Operation, OperationState, RecordedEvent, Requester, summarize,
@@ -204,6 +205,7 @@ impl Engine {
         let run = HostRun {
             access: self.access.clone(),
             machine,
+            purpose: Purpose::Health,
             command: command.into(),
             body: script.check.as_deref().unwrap_or_default().into(),
             timeout: script.timeout,
@@ -331,7 +333,14 @@ impl Engine {
                 let _running = Open::new(&engine.metrics.operations_running);
                 let writing = tokio::spawn(writer.run().in_current_span());
                 let requested_by = plan.requested_by.clone();
-                engine.execute(plan, hosts, command, updates, stop).await;
+                // Certificates of its logins name it, in the machines' own logs.
+                let purpose = Purpose::Operation {
+                    id,
+                    requested_by: requested_by.label(),
+                };
+                engine
+                    .execute(plan, hosts, command, purpose, updates, stop)
+                    .await;
                 writing.await.ok();
                 engine.live.lock().expect("never poisoned").remove(&id);
                 // No receiver (no controller, in tests) is no error.
@@ -433,6 +442,7 @@ impl Engine {
         plan: Plan,
         hosts: Vec<HostResult>,
         command: Arc<str>,
+        purpose: Purpose,
         updates: mpsc::Sender<Update>,
         stop: CancellationToken,
     ) {
@@ -490,6 +500,7 @@ impl Engine {
             let run = HostRun {
                 access: self.access.clone(),
                 machine,
+                purpose: purpose.clone(),
                 command: command.clone(),
                 body: body.clone(),
                 timeout: plan.script.timeout,
@@ -646,10 +657,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let metrics = Arc::new(Metrics::new());
+        let authority = crate::ssh::ca::Authority::open(&dir.path().join("ca")).unwrap();
+        let certifier =
+            crate::ssh::ca::Certifier::new(Arc::new(authority), "r1", Duration::from_secs(60));
         let access = MachineAccess::new(
             &crate::config::Config::default(),
             store.clone(),
             metrics.clone(),
+            Arc::new(certifier),
         );
         let config = crate::config::Config::default();
         let notifier = Arc::new(crate::notify::Notifier::from_config(&config).unwrap());

@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::operations::Engine;
 use crate::replica::leading::{self, Leading};
 use crate::replica::{self, Membership};
+use crate::ssh::ca::{Authority, Certifier};
 use crate::terminal::Terminals;
 use crate::{secrets, store};
 use linkops_reconcilers::membership::LeaseTiming;
@@ -52,6 +53,8 @@ pub enum Error {
         "this replica's token signing key ({key}) is not the one the live replicas of this store sign with, so their tokens would be refused here: copy jwt_secret (mode 0600) from a running replica's data dir, or set [auth] jwt_secret to the same value on every replica"
     )]
     SigningKeyDiffers { key: String },
+    #[error("SSH certificate authority: {0}")]
+    Authority(#[from] crate::ssh::ca::Error),
     #[error("creating the first admin failed: {0}")]
     Bootstrap(#[from] auth::Error),
     #[error("HTTP server failed: {0}")]
@@ -182,7 +185,17 @@ impl Daemon {
         );
         let (git, git_worker) =
             crate::git::sync::start(sync, membership.clone(), stop.clone()).await;
-        let access = MachineAccess::new(&config, prepared.store.clone(), metrics.clone());
+        let certifier = Certifier::new(
+            prepared.authority.clone(),
+            membership.id(),
+            config.ssh.certificate_lifetime,
+        );
+        let access = MachineAccess::new(
+            &config,
+            prepared.store.clone(),
+            metrics.clone(),
+            Arc::new(certifier),
+        );
         let reaper = access
             .pool
             .spawn_reaper(config.ssh.idle_timeout, stop.clone());
@@ -441,6 +454,8 @@ struct Prepared {
     store: store::Store,
     auth: Auth,
     notifier: Arc<crate::notify::Notifier>,
+    /// Created at first start, like the admin password.
+    authority: Arc<Authority>,
 }
 
 /// The first blocking part of start-up: directories, the store.
@@ -487,6 +502,7 @@ fn prepare(config: Arc<Config>, store: store::Store, replica: &str) -> Result<Pr
     if let Some(generated) = auth::bootstrap_admin(&store)? {
         announce_generated_password(&generated);
     }
+    let authority = Arc::new(Authority::open(&config.ca_dir())?);
     let limits = LoginLimits {
         lockout: LockoutPolicy {
             attempts: config.auth.lockout_attempts,
@@ -505,6 +521,7 @@ fn prepare(config: Arc<Config>, store: store::Store, replica: &str) -> Result<Pr
         store,
         auth,
         notifier,
+        authority,
     })
 }
 

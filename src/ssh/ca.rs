@@ -1,6 +1,7 @@
 //! The SSH certificate authority: the user CA and the host CA (ed25519),
 //! created at first start in the data dir (`ca/user_ca`, `ca/host_ca`, 0600,
-//! OpenSSH's format, so `ssh-keygen -s` can use them too), and the short-lived
+//! OpenSSH's format, so `ssh-keygen -s` can use them too; their public halves
+//! beside them as `.pub`), and the short-lived
 //! user certificates they sign for the daemon's own connections.
 //!
 //! What a certificate grants is decided in `linkops_reconcilers::certificate`;
@@ -10,14 +11,17 @@
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use linkops_reconcilers::certificate::{UserGrant, validity};
+use linkops_reconcilers::certificate::{Purpose, UserGrant, user_grant, validity};
 use rand::Rng;
 use russh::keys::ssh_key::certificate::{Builder, CertType};
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::{self, LineEnding};
 use russh::keys::{Certificate, PrivateKey, PublicKey};
+
+use super::Certified;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,6 +42,51 @@ pub enum Error {
         key_id: String,
         source: ssh_key::Error,
     },
+}
+
+/// Signs the daemon's logins: certificates for one in-memory key, each for
+/// a login and a purpose, valid for minutes.
+pub struct Certifier {
+    authority: Arc<Authority>,
+    key: Arc<PrivateKey>,
+    replica: String,
+    lifetime: Duration,
+}
+
+impl Certifier {
+    /// Certificates of `authority` for a new [`session_key`], naming `replica`,
+    /// valid for `lifetime` (`[ssh] certificate_lifetime`).
+    pub fn new(authority: Arc<Authority>, replica: &str, lifetime: Duration) -> Certifier {
+        Certifier {
+            authority,
+            key: Arc::new(session_key()),
+            replica: replica.to_owned(),
+            lifetime,
+        }
+    }
+
+    /// A certificate to log in as `login` for `purpose`, signed now.
+    pub fn certify(&self, login: &str, purpose: &Purpose) -> Result<Certified, Error> {
+        let grant = user_grant(&self.replica, login, purpose, self.lifetime);
+        let certificate =
+            (self.authority).sign_user(self.key.public_key(), &grant, SystemTime::now())?;
+        Ok(Certified {
+            key: self.key.clone(),
+            certificate,
+        })
+    }
+}
+
+impl std::fmt::Debug for Certifier {
+    // Never the keys: the CA's fingerprint says which one signs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user_ca = self.authority.user_public().fingerprint(Default::default());
+        f.debug_struct("Certifier")
+            .field("user_ca", &user_ca.to_string())
+            .field("replica", &self.replica)
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
 }
 
 /// The two signing keys.
@@ -147,15 +196,18 @@ fn load_or_create(path: &Path, comment: &str) -> Result<PrivateKey, Error> {
         .map_err(created)?;
     file.write_all(text.as_bytes()).map_err(created)?;
     file.sync_all().map_err(created)?;
+    // The public half beside it, for machines' `TrustedUserCAKeys` (readable by all).
+    let public = key.public_key().to_openssh().map_err(|error| Error::Key {
+        path: path.to_owned(),
+        reason: error.to_string(),
+    })?;
+    std::fs::write(path.with_extension("pub"), format!("{public}\n")).map_err(created)?;
     Ok(key)
 }
 
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
-    use std::time::Duration;
-
-    use linkops_reconcilers::certificate::{Purpose, user_grant};
 
     use super::*;
 
@@ -174,6 +226,12 @@ mod tests {
         let mode = std::fs::metadata(&ca).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         assert_ne!(first.user_public(), first.host_public());
+        let public = std::fs::read_to_string(ca.join("user_ca.pub")).unwrap();
+        assert_eq!(
+            public.trim(),
+            first.user_public().to_openssh().unwrap(),
+            "the public half beside it"
+        );
         let again = Authority::open(&ca).unwrap();
         assert_eq!(first.user_public(), again.user_public());
         assert_eq!(first.host_public(), again.host_public());

@@ -25,6 +25,10 @@ pub use exec::{Execution, ExitStatus, Output, OutputEvent};
 use host_key::{ExpectedKeys, Verdict, fingerprint};
 pub use known_hosts::KnownHosts;
 
+use ca::Certifier;
+use linkops_reconcilers::certificate::Purpose;
+use linkops_reconcilers::machine::Auth;
+
 use crate::config::SshConfig;
 use crate::metrics::{Metrics, Open};
 pub use pool::Pool;
@@ -86,6 +90,12 @@ pub enum Error {
         command: String,
         after: Duration,
     },
+    #[error(
+        "{target} is to be reached with a certificate (auth: certificate in links.yaml), but this connection has no certificate authority to sign one"
+    )]
+    NoCertifier { target: String },
+    #[error(transparent)]
+    Certificate(#[from] ca::Error),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -106,10 +116,13 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub user: String,
-    /// Private key file (OpenSSH format, ed25519 or RSA); must be mode 0600 or stricter.
+    /// Private key file (OpenSSH format, ed25519 or RSA); must be mode 0600 or
+    /// stricter. Unused when `auth` is a certificate.
     pub key: KeyFile,
     /// A host key pinned in the inventory (OpenSSH public key line).
     pub pinned_host_key: Option<String>,
+    /// With the key file, or with a certificate [`ConnectOptions::certifier`] signs.
+    pub auth: Auth,
 }
 
 /// A private key named inside a keys directory. The name comes from the
@@ -161,6 +174,7 @@ impl Target {
             user,
             key,
             pinned_host_key: None,
+            auth: Auth::Key,
         }
     }
 }
@@ -185,6 +199,8 @@ pub struct ConnectOptions {
     pub keepalive_max: usize,
     /// Where connects, their latency and failures are counted.
     pub metrics: Arc<Metrics>,
+    /// Signs the certificates of targets whose `auth` is a certificate.
+    pub certifier: Option<Arc<Certifier>>,
 }
 
 impl ConnectOptions {
@@ -197,6 +213,15 @@ impl ConnectOptions {
             keepalive_interval: ssh.keepalive_interval,
             keepalive_max: ssh.keepalive_max,
             metrics,
+            certifier: None,
+        }
+    }
+
+    /// These options, signing certificates with `certifier`.
+    pub fn with_certifier(self, certifier: Arc<Certifier>) -> ConnectOptions {
+        ConnectOptions {
+            certifier: Some(certifier),
+            ..self
         }
     }
 }
@@ -233,9 +258,29 @@ impl fmt::Display for Certified {
 }
 
 impl Connection {
-    /// Opens a TCP connection, checks the host key, authenticates with the target's key.
+    /// Opens a TCP connection, checks the host key, authenticates as the
+    /// target says: for the daemon's own checks ([`Purpose::Health`]).
     pub async fn open(target: &Target, options: &ConnectOptions) -> Result<Connection> {
-        Connection::open_as(target, options, None).await
+        Connection::open_for(target, options, &Purpose::Health).await
+    }
+
+    /// [`Connection::open`] for `purpose`, which a certificate names (the
+    /// machine's sshd logs it with the login).
+    pub async fn open_for(
+        target: &Target,
+        options: &ConnectOptions,
+        purpose: &Purpose,
+    ) -> Result<Connection> {
+        let certified = match target.auth {
+            Auth::Key => None,
+            Auth::Certificate => {
+                let certifier = options.certifier.as_ref().ok_or(Error::NoCertifier {
+                    target: target.to_string(),
+                })?;
+                Some(certifier.certify(&target.user, purpose)?)
+            }
+        };
+        Connection::open_as(target, options, certified).await
     }
 
     /// [`Connection::open`], logging in with a user certificate instead of

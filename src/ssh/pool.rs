@@ -16,6 +16,8 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use linkops_reconcilers::certificate::Purpose;
+
 use super::{ConnectOptions, Connection, Result, Target};
 
 struct Pooled {
@@ -56,15 +58,22 @@ impl Pool {
         &self.options
     }
 
-    /// The open connection to `target`, connecting if there is none.
+    /// The open connection to `target`, connecting if there is none (for the
+    /// daemon's own checks).
     pub async fn get(&self, target: &Target) -> Result<Arc<Connection>> {
+        self.get_for(target, &Purpose::Health).await
+    }
+
+    /// [`Pool::get`], a new connection opened for `purpose` (its certificate
+    /// names it; later users share the connection).
+    pub async fn get_for(&self, target: &Target, purpose: &Purpose) -> Result<Arc<Connection>> {
         let slot = self.slot(target);
         let mut guard = slot.lock().await;
         if let Some(pooled) = guard.as_mut().filter(|p| !p.connection.is_closed()) {
             pooled.last_used = Instant::now();
             return Ok(pooled.connection.clone());
         }
-        let connection = Arc::new(Connection::open(target, &self.options).await?);
+        let connection = Arc::new(Connection::open_for(target, &self.options, purpose).await?);
         let replaced = guard.replace(Pooled {
             connection: connection.clone(),
             last_used: Instant::now(),

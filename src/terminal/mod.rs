@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use linkops_reconcilers::certificate::Purpose;
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::enrollment::{self, Enrollment};
 use linkops_reconcilers::terminal::{SessionEnd, TerminalSession, Workspace};
@@ -283,7 +284,13 @@ impl Terminals {
                 )
             })?;
         let target = self.inner.access.target(&machine);
-        let connection = Connection::open(&target, self.inner.access.pool.options())
+        // Its own connection, never pooled: its certificate names the workspace and the user.
+        let purpose = Purpose::Terminal {
+            workspace: workspace.id.clone(),
+            user: user.to_owned(),
+        };
+        let options = self.inner.access.pool.options();
+        let connection = Connection::open_for(&target, options, &purpose)
             .await
             .map_err(refusal)?;
         self.inner

@@ -8,12 +8,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use linkops::config::SshConfig;
+use linkops::contract::{ClusterView, MachineView, OperationView};
 use linkops::ssh::ca::{self, Authority};
 use linkops::ssh::{Certified, ConnectOptions, Connection, Error, ExitStatus, KeyFile, Target};
 use linkops_reconcilers::certificate::{Purpose, UserGrant, user_grant};
+use linkops_reconcilers::enrollment::Enrollment;
+use linkops_reconcilers::operation::OperationState;
+use reqwest::StatusCode;
+use serde_json::json;
 use testbed::{TEST_USER, TestFleet};
 
-use crate::support::eventually;
+use crate::support::{ADMIN, FleetSetup, TestDaemon, answer, eventually, read_events};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
@@ -131,4 +136,75 @@ async fn sshd_refuses_a_certificate_expired_for_another_login_or_from_another_ca
     login(&fleet, certified(&authority, &grant, now))
         .await
         .unwrap();
+}
+
+/// `linkops_ssh_connections_open`: the machines the daemon holds a connection to.
+async fn connections_open(daemon: &TestDaemon) -> u64 {
+    let text = daemon.get("/metrics", None).await.text().await.unwrap();
+    let open = text
+        .lines()
+        .find_map(|line| line.strip_prefix("linkops_ssh_connections_open "));
+    open.and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no linkops_ssh_connections_open in {text}"))
+}
+
+#[tokio::test]
+async fn machines_on_certificates_alone_are_checked_and_run_operations_their_logs_name() {
+    let scripts = "scripts:\n  - {id: whoami, name: Who am I, body: id -un}\n";
+    let setup = FleetSetup::new(2, &[], scripts);
+    let links = setup.fleet.inventory("test", &[], "");
+    let certified = links.replace("    key: fleet_key\n", "    auth: certificate\n");
+    setup.work.write("links.yaml", &certified);
+    setup.work.commit("certificates instead of the fleet key");
+    let mut config = setup.config();
+    // Idle connections close at once, so the operation logs in anew.
+    config.ssh.idle_timeout = Duration::from_secs(1);
+    // The daemon's CA, as its first start makes it; the hosts trust it and no key any more.
+    let authority = Authority::open(&config.ca_dir()).unwrap();
+    let user_ca = authority.user_public().to_openssh().unwrap();
+    setup.fleet.trust_user_ca(&user_ca).unwrap();
+    setup.fleet.revoke_client_keys().unwrap();
+    let daemon = setup.start_with(config).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    let replica = daemon
+        .read::<ClusterView>("/api/cluster", &token)
+        .await
+        .replica;
+
+    let verified = daemon.post("/api/links/host1/verify", Some(&token)).await;
+    assert_eq!(verified.status(), StatusCode::OK);
+    let machine: MachineView = verified.json().await.unwrap();
+    assert_eq!(machine.enrollment, Enrollment::Enrolled, "{machine:?}");
+
+    eventually("the idle connections to close", || async {
+        (connections_open(&daemon).await == 0).then_some(())
+    })
+    .await;
+    let body = json!({"script": "whoami", "targets": {"machines": ["host1"]}});
+    let (status, started) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/operations/run",
+            &token,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = answer::<OperationView>(&started).operation.id;
+    let events = read_events(&daemon, &token, id, None).await;
+    assert_eq!(events.last().unwrap().state(), OperationState::Succeeded);
+
+    // host1's own log: the check's login and the operation's, each named.
+    let host1 = setup.fleet.host(0);
+    for why in ["health".to_owned(), format!("op-{id}:{}", ADMIN.0)] {
+        let named = format!("ID linkops:{replica}:{why} (serial ");
+        eventually("sshd to log the login", || async {
+            let log = host1.sshd_log().unwrap();
+            log.lines()
+                .any(|line| line.contains("Accepted publickey") && line.contains(&named))
+                .then_some(())
+        })
+        .await;
+    }
+    daemon.stop().await;
 }

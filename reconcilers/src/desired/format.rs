@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::machine::Auth;
 use crate::rollout::Rollout;
 use crate::script::{ParamType, ParamValue};
 use crate::state::{Mode, Weekday};
@@ -83,6 +84,10 @@ pub struct MachineEntry {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub concurrency: Option<u32>,
+    /// How the daemon logs in: `key` (a key file, the default) or `certificate`
+    /// (a short-lived certificate of its user CA; the machine's sshd trusts the CA).
+    #[serde(default)]
+    pub auth: Auth,
 }
 
 fn default_port() -> u16 {

@@ -762,6 +762,11 @@ export interface components {
             /** Format: date-time */
             started_at?: string | null;
         };
+        /**
+         * @description How the daemon logs in to a machine.
+         * @enum {string}
+         */
+        Auth: "key" | "certificate";
         Check: {
             error?: string | null;
             ok: boolean;
@@ -1153,6 +1158,8 @@ export interface components {
         };
         /** @description A machine as the inventory (`links.yaml`) declares it. */
         Machine: {
+            /** @description How the daemon logs in. */
+            auth?: components["schemas"]["Auth"];
             /**
              * Format: int32
              * @description Overrides the per-machine session limit.
@@ -1881,6 +1888,7 @@ export interface components {
 }
 export type ApplyResult = components['schemas']['ApplyResult'];
 export type ApplyView = components['schemas']['ApplyView'];
+export type Auth = components['schemas']['Auth'];
 export type Check = components['schemas']['Check'];
 export type CheckOutcome = components['schemas']['CheckOutcome'];
 export type CheckView = components['schemas']['CheckView'];

@@ -224,6 +224,12 @@ impl TestFleet {
         write(&self.trusted_user_ca_keys, &format!("{}\n", ca.trim()))
     }
 
+    /// Takes every client key out of the hosts' `authorized_keys`: no key
+    /// opens them any more, only certificates of a trusted CA do.
+    pub fn revoke_client_keys(&self) -> Result<()> {
+        write(&self.authorized_keys, "")
+    }
+
     /// Creates a bare Git repository served over SSH by host `index`.
     ///
     /// Returns its path on this machine (push to it locally) and its SSH URL

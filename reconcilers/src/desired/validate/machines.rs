@@ -1,6 +1,7 @@
 //! `links.yaml`: the inventory.
 
 use super::*;
+use crate::machine::Auth;
 
 pub(super) fn check_machines(links: LinksFile, problems: &mut Vec<Problem>) -> Vec<Machine> {
     let mut report = Report {
@@ -24,9 +25,16 @@ pub(super) fn check_machines(links: LinksFile, problems: &mut Vec<Problem>) -> V
             host_key,
             health_interval,
             concurrency,
+            auth,
         } = entry.value;
         if !conforms(&mut report, "machine id", &id, &ID, ID_RULE) {
             continue;
+        }
+        if let (Some(key), Auth::Certificate) = (&key, auth) {
+            report.at(
+                key,
+                "key names a key file, but auth is certificate: the daemon logs in with a certificate of its CA; remove key (or say auth: key)",
+            );
         }
         if let Some(key) = &key {
             conforms(
@@ -81,6 +89,7 @@ pub(super) fn check_machines(links: LinksFile, problems: &mut Vec<Problem>) -> V
             host_key: host_key.map(|k| k.value.trim().to_owned()),
             health_interval,
             concurrency,
+            auth,
         });
     }
     machines
