@@ -2,13 +2,14 @@
 //! short-lived user certificate alone (its key in no `authorized_keys`),
 //! named in the host's own log; refused by sshd when the host does not trust
 //! the CA, when it has expired, when it names another login, or when another
-//! CA signed it.
+//! CA signed it; and a daemon whose machines say `auth: certificate` checking
+//! them, running operations and opening terminals through certificates alone.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use linkops::config::SshConfig;
-use linkops::contract::{ClusterView, MachineView, OperationView};
+use linkops::contract::{ClusterView, MachineView, OperationView, PaneState};
 use linkops::ssh::ca::{self, Authority};
 use linkops::ssh::{Certified, ConnectOptions, Connection, Error, ExitStatus, KeyFile, Target};
 use linkops_reconcilers::certificate::{Purpose, UserGrant, user_grant};
@@ -19,6 +20,7 @@ use serde_json::json;
 use testbed::{TEST_USER, TestFleet};
 
 use crate::support::{ADMIN, FleetSetup, TestDaemon, answer, eventually, read_events};
+use crate::terminal::{self, Terminal};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
@@ -194,9 +196,17 @@ async fn machines_on_certificates_alone_are_checked_and_run_operations_their_log
     let events = read_events(&daemon, &token, id, None).await;
     assert_eq!(events.last().unwrap().state(), OperationState::Succeeded);
 
-    // host1's own log: the check's login and the operation's, each named.
+    // A terminal logs in on its own, with a certificate that permits a pty.
+    let workspace = terminal::workspace(&daemon, &token, "single", &[Some("host1")]).await;
+    let mut shell = Terminal::open_at(&daemon.url, &workspace, &token).await;
+    let panes = terminal::connect_all(&daemon, &token, &workspace, json!({})).await;
+    assert_eq!(panes[0].state, PaneState::Connected, "{panes:?}");
+    shell.run(0, "tty", "/dev/pts/").await;
+
+    // host1's own log: the check's login, the operation's and the terminal's, each named.
     let host1 = setup.fleet.host(0);
-    for why in ["health".to_owned(), format!("op-{id}:{}", ADMIN.0)] {
+    let terminal = format!("terminal:{workspace}:{}", ADMIN.0);
+    for why in ["health".to_owned(), format!("op-{id}:{}", ADMIN.0), terminal] {
         let named = format!("ID linkops:{replica}:{why} (serial ");
         eventually("sshd to log the login", || async {
             let log = host1.sshd_log().unwrap();

@@ -51,7 +51,7 @@ fn setup(hosts: usize, wrong_uuid: &[usize]) -> FleetSetup {
 }
 
 /// Creates a workspace with `layout` showing `machines` (one per pane).
-async fn workspace(
+pub(crate) async fn workspace(
     daemon: &TestDaemon,
     token: &str,
     layout: &str,
@@ -79,7 +79,7 @@ async fn workspace(
     id
 }
 
-async fn connect_all(daemon: &TestDaemon, token: &str, id: &str, size: Value) -> Vec<PaneStatus> {
+pub(crate) async fn connect_all(daemon: &TestDaemon, token: &str, id: &str, size: Value) -> Vec<PaneStatus> {
     let (status, connected) = daemon
         .request(
             reqwest::Method::POST,
