@@ -2,6 +2,7 @@
 //! call a service and map errors in one place ([`ApiError`]).
 
 mod auth;
+mod ca;
 mod cluster;
 mod console;
 mod error;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub replica_tls: Option<crate::replica::tls::ReplicaTls>,
     /// This replica among the others sharing the store.
     pub membership: crate::replica::Membership,
+    /// The SSH certificate authority (its public halves are shown).
+    pub authority: Arc<crate::ssh::ca::Authority>,
 }
 
 /// Every route of the API, with request tracing.
@@ -119,6 +122,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::health))
         .routes(routes!(metrics::metrics))
         .routes(routes!(cluster::status))
+        .routes(routes!(ca::authority))
         .routes(routes!(auth::login))
         .routes(routes!(auth::me))
         .routes(routes!(users::list, users::create))

@@ -9,6 +9,7 @@
 //! is built from the store is its service's.
 
 mod auth;
+mod ca;
 mod cluster;
 mod git;
 mod machines;
@@ -17,6 +18,7 @@ mod states;
 mod terminals;
 
 pub use auth::*;
+pub use ca::*;
 pub use cluster::*;
 pub use git::*;
 pub use machines::*;

@@ -308,6 +308,7 @@ impl Daemon {
             draining,
             replica_tls: replicas.as_ref().map(|replicas| replicas.tls.clone()),
             membership: membership.clone(),
+            authority: prepared.authority,
         };
         let server = http::spawn(
             &config,

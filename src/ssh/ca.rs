@@ -16,10 +16,11 @@ use std::time::{Duration, SystemTime};
 
 use linkops_reconcilers::certificate::{Purpose, UserGrant, user_grant, validity};
 use rand::Rng;
+pub use russh::keys::PublicKey;
 use russh::keys::ssh_key::certificate::{Builder, CertType};
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::{self, LineEnding};
-use russh::keys::{Certificate, PrivateKey, PublicKey};
+use russh::keys::{Certificate, PrivateKey};
 
 use super::Certified;
 

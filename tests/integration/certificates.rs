@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use linkops::config::SshConfig;
-use linkops::contract::{ClusterView, MachineView, OperationView, PaneState};
+use linkops::contract::{CaView, ClusterView, MachineView, OperationView, PaneState};
 use linkops::ssh::ca::{self, Authority};
 use linkops::ssh::{Certified, ConnectOptions, Connection, Error, ExitStatus, KeyFile, Target};
 use linkops_reconcilers::certificate::{Purpose, UserGrant, user_grant};
@@ -172,6 +172,14 @@ async fn machines_on_certificates_alone_are_checked_and_run_operations_their_log
         .read::<ClusterView>("/api/cluster", &token)
         .await
         .replica;
+    // The API shows the CA the hosts were told to trust.
+    let shown: CaView = daemon.read("/api/ca", &token).await;
+    assert_eq!(shown.user_ca, user_ca);
+    assert!(
+        shown.user_ca_fingerprint.starts_with("SHA256:"),
+        "{shown:?}"
+    );
+    assert_ne!(shown.host_ca, shown.user_ca);
 
     let verified = daemon.post("/api/links/host1/verify", Some(&token)).await;
     assert_eq!(verified.status(), StatusCode::OK);
@@ -206,7 +214,11 @@ async fn machines_on_certificates_alone_are_checked_and_run_operations_their_log
     // host1's own log: the check's login, the operation's and the terminal's, each named.
     let host1 = setup.fleet.host(0);
     let terminal = format!("terminal:{workspace}:{}", ADMIN.0);
-    for why in ["health".to_owned(), format!("op-{id}:{}", ADMIN.0), terminal] {
+    for why in [
+        "health".to_owned(),
+        format!("op-{id}:{}", ADMIN.0),
+        terminal,
+    ] {
         let named = format!("ID linkops:{replica}:{why} (serial ");
         eventually("sshd to log the login", || async {
             let log = host1.sshd_log().unwrap();

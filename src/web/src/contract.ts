@@ -38,6 +38,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/ca": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/ca` */
+        get: operations["daemon_authority"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/cluster": {
         parameters: {
             query?: never;
@@ -767,6 +784,19 @@ export interface components {
          * @enum {string}
          */
         Auth: "key" | "certificate";
+        /**
+         * @description `GET /api/ca`: what machines trust to accept the daemon's logins, and
+         *     what the daemon trusts for machines' host certificates.
+         */
+        CaView: {
+            /** @description The host CA's public key, an OpenSSH line. */
+            host_ca: string;
+            host_ca_fingerprint: string;
+            /** @description The user CA's public key, an OpenSSH line: a machine's `TrustedUserCAKeys`. */
+            user_ca: string;
+            /** @description Its SHA-256 fingerprint (`SHA256:…`, as `ssh-keygen -l` prints it). */
+            user_ca_fingerprint: string;
+        };
         Check: {
             error?: string | null;
             ok: boolean;
@@ -1889,6 +1919,7 @@ export interface components {
 export type ApplyResult = components['schemas']['ApplyResult'];
 export type ApplyView = components['schemas']['ApplyView'];
 export type Auth = components['schemas']['Auth'];
+export type CaView = components['schemas']['CaView'];
 export type Check = components['schemas']['Check'];
 export type CheckOutcome = components['schemas']['CheckOutcome'];
 export type CheckView = components['schemas']['CheckView'];
@@ -2058,6 +2089,26 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Me"];
+                };
+            };
+        };
+    };
+    daemon_authority: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The SSH certificate authority's public keys: the user CA machines trust for the daemon's logins (`TrustedUserCAKeys`), the host CA */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CaView"];
                 };
             };
         };

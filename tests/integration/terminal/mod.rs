@@ -79,7 +79,12 @@ pub(crate) async fn workspace(
     id
 }
 
-pub(crate) async fn connect_all(daemon: &TestDaemon, token: &str, id: &str, size: Value) -> Vec<PaneStatus> {
+pub(crate) async fn connect_all(
+    daemon: &TestDaemon,
+    token: &str,
+    id: &str,
+    size: Value,
+) -> Vec<PaneStatus> {
     let (status, connected) = daemon
         .request(
             reqwest::Method::POST,
