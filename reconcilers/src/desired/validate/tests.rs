@@ -1,6 +1,7 @@
 //! `load` table-tested: every kind of file, every kind of problem.
 
 use super::*;
+use crate::machine::Auth;
 use crate::script::ParamValue;
 
 #[test]
@@ -109,4 +110,25 @@ fn every_broken_field_of_a_state_file_is_reported_at_once() {
         .collect();
     assert_eq!(lines, [(3, true), (6, true), (8, true)], "{problems:?}");
     assert!(problems[0].message.contains("enforced"), "{problems:?}");
+}
+
+#[test]
+fn a_machine_logs_in_by_key_unless_it_says_certificate_and_never_both() {
+    let links = "machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935}\n  - {id: web2, name: Web, host: 10.0.0.2, uuid: 8d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, auth: certificate}\n";
+    let files: RepoFiles = [("links.yaml".to_owned(), links.as_bytes().to_vec())].into();
+    let desired = load("r1", &files).unwrap();
+    let auth: Vec<Auth> = desired.machines.iter().map(|m| m.auth).collect();
+    assert_eq!(auth, [Auth::Key, Auth::Certificate]);
+
+    let both = "machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, key: web_key, auth: certificate}\n";
+    let files: RepoFiles = [("links.yaml".to_owned(), both.as_bytes().to_vec())].into();
+    let problems = load("r1", &files).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let said = &problems[0];
+    assert_eq!((said.file.as_str(), said.line), ("links.yaml", 2));
+    assert!(
+        said.message.contains("auth is certificate"),
+        "{}",
+        said.message
+    );
 }
