@@ -8,10 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use linkops::config::SshConfig;
-use linkops::contract::{CaView, ClusterView, MachineView, OperationView, PaneState};
+use linkops::contract::{CaView, ClusterView, MachineView, PaneState};
 use linkops::ssh::ca::{self, Authority};
-use linkops::ssh::{Certified, ConnectOptions, Connection, Error, ExitStatus, KeyFile, Target};
+use linkops::ssh::{Certified, Connection, Error, ExitStatus};
 use linkops_reconcilers::certificate::{Purpose, UserGrant, user_grant};
 use linkops_reconcilers::enrollment::Enrollment;
 use linkops_reconcilers::operation::OperationState;
@@ -19,27 +18,12 @@ use reqwest::StatusCode;
 use serde_json::json;
 use testbed::{TEST_USER, TestFleet};
 
-use crate::support::{ADMIN, FleetSetup, TestDaemon, answer, eventually, read_events};
+use crate::ssh::{connect_options, target};
+use crate::support::{ADMIN, FleetSetup, TestDaemon, eventually, run_to_end};
 use crate::terminal::{self, Terminal};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
-
-/// Host `index` of `fleet` as a certificate reaches it (the key file is not used).
-fn target(fleet: &TestFleet, index: usize) -> Target {
-    let (host, key) = (fleet.host(index), KeyFile::at(fleet.client_key()));
-    Target::new(
-        host.address().to_string(),
-        host.port(),
-        TEST_USER.into(),
-        key,
-    )
-}
-
-fn connect_options(fleet: &TestFleet) -> ConnectOptions {
-    let known_hosts = fleet.known_hosts().to_owned();
-    ConnectOptions::new(&SshConfig::default(), known_hosts, Default::default())
-}
 
 /// A new in-memory key and a certificate `authority` signed for it, at `now`.
 fn certified(authority: &Authority, grant: &UserGrant, now: SystemTime) -> Certified {
@@ -190,19 +174,8 @@ async fn machines_on_certificates_alone_are_checked_and_run_operations_their_log
         (connections_open(&daemon).await == 0).then_some(())
     })
     .await;
-    let body = json!({"script": "whoami", "targets": {"machines": ["host1"]}});
-    let (status, started) = daemon
-        .request(
-            reqwest::Method::POST,
-            "/api/operations/run",
-            &token,
-            Some(body),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
-    let id = answer::<OperationView>(&started).operation.id;
-    let events = read_events(&daemon, &token, id, None).await;
-    assert_eq!(events.last().unwrap().state(), OperationState::Succeeded);
+    let (id, ended) = run_to_end(&daemon, &token, "whoami", &["host1"]).await;
+    assert_eq!(ended, OperationState::Succeeded);
 
     // A terminal logs in on its own, with a certificate that permits a pty.
     let workspace = terminal::workspace(&daemon, &token, "single", &[Some("host1")]).await;

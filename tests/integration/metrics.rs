@@ -1,9 +1,7 @@
 //! `GET /metrics` scraped after real work on a real fleet.
 
-use linkops::contract::OperationView;
 use linkops_reconcilers::operation::OperationState;
 use reqwest::StatusCode;
-use serde_json::json;
 
 use crate::support::{self, ADMIN, FleetSetup};
 
@@ -30,18 +28,8 @@ async fn a_scrape_shows_syncs_machines_operations_ssh_and_requests() {
             .await;
         assert_eq!(verified.status(), StatusCode::OK);
     }
-    let body = json!({ "script": "hello", "targets": { "machines": ["host1"] } });
-    let (_, started) = daemon
-        .request(
-            reqwest::Method::POST,
-            "/api/operations/run",
-            &token,
-            Some(body),
-        )
-        .await;
-    let started = support::answer::<OperationView>(&started).operation.id;
-    let events = support::read_events(&daemon, &token, started, None).await;
-    assert_eq!(events.last().unwrap().state(), OperationState::Succeeded);
+    let (_, ended) = support::run_to_end(&daemon, &token, "hello", &["host1"]).await;
+    assert_eq!(ended, OperationState::Succeeded);
 
     let response = daemon.get("/metrics", None).await;
     assert_eq!(response.status(), StatusCode::OK);

@@ -13,7 +13,7 @@ use testbed::{TEST_USER, TestFleet};
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to reach host `index` of `fleet` with the fleet's client key.
-fn target(fleet: &TestFleet, index: usize) -> Target {
+pub(crate) fn target(fleet: &TestFleet, index: usize) -> Target {
     let (host, key) = (fleet.host(index), KeyFile::at(fleet.client_key()));
     Target::new(
         host.address().to_string(),
@@ -24,7 +24,7 @@ fn target(fleet: &TestFleet, index: usize) -> Target {
 }
 
 /// Connections as the default `[ssh]` makes them, trusting exactly the fleet's host keys.
-fn connect_options(fleet: &TestFleet) -> ConnectOptions {
+pub(crate) fn connect_options(fleet: &TestFleet) -> ConnectOptions {
     let known_hosts = fleet.known_hosts().to_owned();
     ConnectOptions::new(&SshConfig::default(), known_hosts, Default::default())
 }

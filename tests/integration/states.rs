@@ -18,7 +18,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use testbed::ServeProcess;
 
-use crate::support::{ADMIN, FleetSetup, TestDaemon, answer, eventually, read_events};
+use crate::support::{ADMIN, FleetSetup, TestDaemon, answer, eventually, run_to_end};
 
 pub(crate) const SCRIPTS: &str = r#"scripts:
   - id: config-file
@@ -143,14 +143,8 @@ async fn applies(daemon: &TestDaemon, token: &str) -> Vec<Vec<String>> {
 /// Edits a host's config file by hand, over SSH (an operation of the
 /// `hand-edit` script), and waits until that is done.
 pub(crate) async fn hand_edit(daemon: &TestDaemon, token: &str, machine: &str) {
-    let body = json!({"script": "hand-edit", "targets": {"machines": [machine]}});
-    let (status, operation) = daemon
-        .request(Method::POST, "/api/operations/run", token, Some(body))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{operation}");
-    let operation = answer::<OperationView>(&operation).operation.id;
-    let events = read_events(daemon, token, operation, None).await;
-    assert_eq!(events.last().unwrap().state(), OperationState::Succeeded);
+    let (_, ended) = run_to_end(daemon, token, "hand-edit", &[machine]).await;
+    assert_eq!(ended, OperationState::Succeeded);
 }
 
 pub(crate) async fn sync(daemon: &TestDaemon, token: &str) {

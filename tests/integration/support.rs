@@ -324,6 +324,23 @@ async fn event_stream(
     response.bytes_stream().eventsource()
 }
 
+/// Runs `script` on `machines` through the API and follows the operation to
+/// its end: its id and how it ended.
+pub async fn run_to_end(
+    daemon: &TestDaemon,
+    token: &str,
+    script: &str,
+    machines: &[&str],
+) -> (u64, OperationState) {
+    let body = json!({"script": script, "targets": {"machines": machines}});
+    let path = "/api/operations/run";
+    let (status, started) = (daemon.request(reqwest::Method::POST, path, token, Some(body))).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{started}");
+    let id = answer::<OperationView>(&started).operation.id;
+    let events = read_events(daemon, token, id, None).await;
+    (id, events.last().expect("an end event").state())
+}
+
 /// `GET /api/operations/{id}`: an operation and its hosts.
 pub async fn operation(daemon: &TestDaemon, token: &str, id: u64) -> OperationView {
     daemon.read(&format!("/api/operations/{id}"), token).await

@@ -30,12 +30,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use hmac::{KeyInit, Mac};
 use linkops::config::{Config, ForgeKind, SinkConfig, SinkKind};
-use linkops::contract::{ErrorBody, GitStatus, OperationView, WebhookAnswer};
+use linkops::contract::{ErrorBody, GitStatus, WebhookAnswer};
 use linkops_reconcilers::outbox::{CommitState, Message};
 use serde_json::{Value, json};
 
 use crate::git_sync::{WEBHOOK_SECRET, applied, ssh_config, ssh_setup, sync};
-use crate::support::{self, ADMIN, FleetSetup, TestDaemon, VIEWER, eventually, read_events};
+use crate::support::{self, ADMIN, FleetSetup, TestDaemon, VIEWER, eventually};
 
 const TOKEN: &str = "forge-token-0123456789";
 const OWNER_REPO: (&str, &str) = ("ops", "linkops-config");
@@ -317,18 +317,9 @@ fn forgejo(config: &mut Config, url: &str) {
 
 /// Runs `fail` on host1 and follows it to its end: its id.
 async fn failed_on_host1(daemon: &TestDaemon, token: &str) -> u64 {
-    let (status, operation) = daemon
-        .request(
-            reqwest::Method::POST,
-            "/api/operations/run",
-            token,
-            Some(json!({"script": "fail", "targets": {"machines": ["host1"]}})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{operation}");
-    let id = support::answer::<OperationView>(&operation).operation.id;
-    read_events(daemon, token, id, None).await;
-    id
+    support::run_to_end(daemon, token, "fail", &["host1"])
+        .await
+        .0
 }
 
 fn write_secret(config: &Config, name: &str, value: &str) {
