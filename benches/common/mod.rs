@@ -88,11 +88,15 @@ impl Daemon {
                 std::fs::write(&password, &database.password).unwrap();
                 std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600))
                     .unwrap();
-                // Replicas sign tokens with one key (each refuses to start beside others otherwise).
+                // Replicas sign tokens with one key and logins with one CA (each
+                // refuses to start beside others otherwise).
                 let signing_key = data.join("jwt_secret");
                 std::fs::write(&signing_key, "bench-replicas-share-this-signing-key").unwrap();
                 std::fs::set_permissions(&signing_key, std::fs::Permissions::from_mode(0o600))
                     .unwrap();
+                let shared_ca = fleet.dir().join("bench-ca");
+                linkops::ssh::ca::Authority::open(&shared_ca).unwrap();
+                testbed::copy_private(&shared_ca, &data.join("ca"));
                 let (url, password) = (database.url.clone(), database.password.clone());
                 let options =
                     linkops::store::engine::postgres::Options::with_password(url, password);

@@ -26,6 +26,7 @@ use crate::operations::Engine;
 use crate::replica::leading::{self, Leading};
 use crate::replica::{self, Membership};
 use crate::ssh::ca::{Authority, Certifier};
+use crate::store::{Agreement, SharedKey};
 use crate::terminal::Terminals;
 use crate::{secrets, store};
 use linkops_reconcilers::membership::LeaseTiming;
@@ -53,6 +54,10 @@ pub enum Error {
         "this replica's token signing key ({key}) is not the one the live replicas of this store sign with, so their tokens would be refused here: copy jwt_secret (mode 0600) from a running replica's data dir, or set [auth] jwt_secret to the same value on every replica"
     )]
     SigningKeyDiffers { key: String },
+    #[error(
+        "this replica's SSH user CA ({dir}) is not the one the live replicas of this store sign logins with, so machines would refuse its certificates: copy the ca directory (its files mode 0600) from a running replica's data dir"
+    )]
+    UserCaDiffers { dir: std::path::PathBuf },
     #[error("SSH certificate authority: {0}")]
     Authority(#[from] crate::ssh::ca::Error),
     #[error("creating the first admin failed: {0}")]
@@ -482,8 +487,9 @@ fn prepare(config: Arc<Config>, store: store::Store, replica: &str) -> Result<Pr
         Some(secret) => secret.clone(),
         None => secrets::load_or_generate(&config.jwt_secret_path())?.into(),
     };
+    let authority = Arc::new(Authority::open(&config.ca_dir())?);
     if store.is_shared() {
-        agree_on_signing_key(&config, &store, replica, &secret)?;
+        agree_on_shared_keys(&config, &store, replica, &secret, &authority)?;
     }
     let notifier = Arc::new(crate::notify::Notifier::from_config(&config)?);
     if !store.is_shared() {
@@ -503,7 +509,6 @@ fn prepare(config: Arc<Config>, store: store::Store, replica: &str) -> Result<Pr
     if let Some(generated) = auth::bootstrap_admin(&store)? {
         announce_generated_password(&generated);
     }
-    let authority = Arc::new(Authority::open(&config.ca_dir())?);
     let limits = LoginLimits {
         lockout: LockoutPolicy {
             attempts: config.auth.lockout_attempts,
@@ -526,33 +531,45 @@ fn prepare(config: Arc<Config>, store: store::Store, replica: &str) -> Result<Pr
     })
 }
 
-/// Refuses to serve beside replicas that sign tokens with another key: a
-/// load balancer would send the console's requests to a replica that
-/// refuses its token.
-fn agree_on_signing_key(
+/// Refuses to serve beside replicas that hold other keys: a load balancer
+/// would send the console's requests to a replica that refuses its token,
+/// and machines that trust the others' user CA would refuse this one's logins.
+fn agree_on_shared_keys(
     config: &Config,
     store: &store::Store,
     replica: &str,
     secret: &SecretString,
+    authority: &Authority,
 ) -> Result<(), Error> {
-    let check = auth::signing_key_check(secret.expose_secret().as_bytes());
     let alone = store
         .live_members()?
         .iter()
         .all(|member| member.replica == replica);
-    match store.agree_on_signing_key(check, alone)? {
-        store::SigningKey::Same | store::SigningKey::First => Ok(()),
-        store::SigningKey::Changed => {
+    let signing = auth::signing_key_check(secret.expose_secret().as_bytes());
+    match store.agree_on_key(SharedKey::TokenSigning, signing, alone)? {
+        Agreement::Same | Agreement::First => {}
+        Agreement::Changed => tracing::warn!(
+            "the token signing key changed while every replica was stopped: tokens issued before are refused"
+        ),
+        Agreement::Differs => {
+            return Err(Error::SigningKeyDiffers {
+                key: match &config.auth.jwt_secret {
+                    Some(_) => "[auth] jwt_secret".into(),
+                    None => config.jwt_secret_path().display().to_string(),
+                },
+            });
+        }
+    }
+    match store.agree_on_key(SharedKey::UserCa, authority.user_ca_check(), alone)? {
+        Agreement::Same | Agreement::First => Ok(()),
+        Agreement::Changed => {
             tracing::warn!(
-                "the token signing key changed while every replica was stopped: tokens issued before are refused"
+                "the SSH user CA changed while every replica was stopped: machines that trust the old one refuse the daemon's certificates until they trust this one"
             );
             Ok(())
         }
-        store::SigningKey::Differs => Err(Error::SigningKeyDiffers {
-            key: match &config.auth.jwt_secret {
-                Some(_) => "[auth] jwt_secret".into(),
-                None => config.jwt_secret_path().display().to_string(),
-            },
+        Agreement::Differs => Err(Error::UserCaDiffers {
+            dir: config.ca_dir(),
         }),
     }
 }

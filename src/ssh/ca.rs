@@ -111,6 +111,18 @@ impl Authority {
         self.user.public_key()
     }
 
+    /// A fingerprint of the user CA, for replicas to check they share it: the
+    /// first 64 bits of its SHA-256 fingerprint (of the public half).
+    pub fn user_ca_check(&self) -> u64 {
+        let fingerprint = self.user_public().fingerprint(Default::default());
+        let digest = fingerprint.as_bytes();
+        u64::from_be_bytes(
+            digest[..8]
+                .try_into()
+                .expect("a SHA-256 digest has 8 bytes"),
+        )
+    }
+
     /// What the daemon trusts for machines' host certificates.
     pub fn host_public(&self) -> &PublicKey {
         self.host.public_key()

@@ -48,7 +48,7 @@ pub use retention::{Pruned, Retention};
 pub use scan::{OperationIndex, SeqTable};
 pub use schema::SCHEMA_VERSION;
 pub use states::StateWrite;
-pub use users::{DeletedUser, SigningKey};
+pub use users::{Agreement, DeletedUser, SharedKey};
 pub use webhook::DeliveryClaim;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

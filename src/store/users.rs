@@ -255,37 +255,53 @@ fn new_user(name: &str, role: Role, password_hash: &str) -> User {
     }
 }
 
-/// The `meta` key holding the fingerprint of the key replicas sign tokens with.
-const SIGNING_KEY_CHECK: &str = "signing_key_check";
-
-/// How a replica's token signing key compares with the others'.
+/// A key every replica must hold the same of, compared by a fingerprint
+/// kept in `meta`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SigningKey {
-    /// The key the others sign with.
+pub enum SharedKey {
+    /// The key session tokens are signed with (`jwt_secret`).
+    TokenSigning,
+    /// The SSH user CA machines trust for the daemon's logins (`ca/user_ca`).
+    UserCa,
+}
+
+impl SharedKey {
+    /// The `meta` key holding its fingerprint.
+    fn check_key(self) -> &'static str {
+        match self {
+            SharedKey::TokenSigning => "signing_key_check",
+            SharedKey::UserCa => "user_ca_check",
+        }
+    }
+}
+
+/// How a replica's key compares with the others'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agreement {
+    /// The key the others hold.
     Same,
     /// None was recorded: this replica's is the store's from now on.
     First,
     /// No other replica is live and the recorded key was another: this one's
     /// replaced it (the key was changed while every replica was stopped).
     Changed,
-    /// Live replicas sign with another key: their tokens would be refused here.
+    /// Live replicas hold another key.
     Differs,
 }
 
 impl Store {
-    /// Compares this replica's token signing key with the others', by its
-    /// fingerprint ([`crate::auth::signing_key_check`]); `alone`: no other
-    /// replica is live.
-    pub fn agree_on_signing_key(&self, check: u64, alone: bool) -> Result<SigningKey> {
+    /// Compares this replica's `key` with the others', by its fingerprint
+    /// `check`; `alone`: no other replica is live.
+    pub fn agree_on_key(&self, key: SharedKey, check: u64, alone: bool) -> Result<Agreement> {
         let mut tx = self.write()?;
-        let agreement = match tx.get(META, SIGNING_KEY_CHECK)? {
-            Some(recorded) if recorded == check => SigningKey::Same,
-            Some(_) if !alone => SigningKey::Differs,
+        let agreement = match tx.get(META, key.check_key())? {
+            Some(recorded) if recorded == check => Agreement::Same,
+            Some(_) if !alone => Agreement::Differs,
             recorded => {
-                tx.insert(META, SIGNING_KEY_CHECK, &check)?;
+                tx.insert(META, key.check_key(), &check)?;
                 match recorded {
-                    Some(_) => SigningKey::Changed,
-                    None => SigningKey::First,
+                    Some(_) => Agreement::Changed,
+                    None => Agreement::First,
                 }
             }
         };
@@ -334,27 +350,32 @@ mod tests {
         assert!(!changes.has_changed().unwrap(), "nothing new");
     }
 
-    /// The first replica records its signing key; another key is refused
-    /// while others are live, and replaces the recorded one when none is.
+    /// The first replica records its key; another key is refused while
+    /// others are live, and replaces the recorded one when none is. Each
+    /// shared key is agreed on apart from the others.
     #[test]
-    fn replicas_agree_on_one_signing_key() {
+    fn replicas_agree_on_one_signing_key_and_one_user_ca() {
         let Some(postgres) = testing::postgres() else {
             return;
         };
         let store = postgres.open();
-        // (this replica's key, no other live, what it finds), in order.
+        // (the key, this replica's, no other live, what it finds), in order.
         let steps = [
-            (1, true, SigningKey::First),
-            (1, false, SigningKey::Same),
-            (2, false, SigningKey::Differs),
+            (SharedKey::TokenSigning, 1, true, Agreement::First),
+            (SharedKey::TokenSigning, 1, false, Agreement::Same),
+            (SharedKey::TokenSigning, 2, false, Agreement::Differs),
             // The refusal recorded nothing.
-            (1, false, SigningKey::Same),
-            (2, true, SigningKey::Changed),
-            (1, false, SigningKey::Differs),
+            (SharedKey::TokenSigning, 1, false, Agreement::Same),
+            // The user CA is another key: its first check is its own.
+            (SharedKey::UserCa, 1, false, Agreement::First),
+            (SharedKey::UserCa, 7, false, Agreement::Differs),
+            (SharedKey::TokenSigning, 2, true, Agreement::Changed),
+            (SharedKey::TokenSigning, 1, false, Agreement::Differs),
+            (SharedKey::UserCa, 1, false, Agreement::Same),
         ];
-        for (step, (check, alone, found)) in steps.into_iter().enumerate() {
-            let agreement = store.agree_on_signing_key(check, alone).unwrap();
-            assert_eq!(agreement, found, "step {step}");
+        for (step, (key, check, alone, found)) in steps.into_iter().enumerate() {
+            let agreement = store.agree_on_key(key, check, alone).unwrap();
+            assert_eq!(agreement, found, "step {step}: {key:?}");
         }
     }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use linkops::contract::{ClusterView, MemberView, OperationView};
+use linkops::ssh::ca::Authority;
 use linkops::store::{Actor, Store};
 use linkops_reconcilers::role::Role;
 use rustix::process::Signal;
@@ -122,6 +123,10 @@ fn replica_config(
     let signing_key = data.path().join("jwt_secret");
     std::fs::write(&signing_key, SIGNING_KEY).unwrap();
     std::fs::set_permissions(&signing_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // So is the SSH CA (made once for the fleet): machines trust one CA.
+    let shared_ca = fleet.dir().join("replicas-ca");
+    Authority::open(&shared_ca).unwrap();
+    testbed::copy_private(&shared_ca, &data.path().join("ca"));
     let config = data.path().join("config.toml");
     let toml = format!(
         "data_dir = {:?}\n[git]\nurl = {:?}\n[store]\nbackend = \"postgres\"\nurl = {:?}\n",

@@ -285,6 +285,22 @@ async fn terminals_and_tokens_work_through_any_replica() {
         refused.contains("jwt_secret") && refused.contains("the same value on every replica"),
         "{refused}"
     );
+    // Nor does one holding another SSH user CA: machines would refuse its logins.
+    let (other_ca, config) = replica_config(&server, &database.url, &fleet, &work.dir);
+    std::fs::remove_dir_all(other_ca.path().join("ca")).unwrap();
+    let refused = linkops::blocking::run(move || {
+        let binary = Command::new(env!("CARGO_BIN_EXE_linkops"));
+        ServeProcess::spawn(binary, [OsStr::new("--config"), config.as_os_str()])
+    })
+    .await
+    .unwrap()
+    .err()
+    .expect("a replica with another user CA refused");
+    let names = format!("SSH user CA ({})", other_ca.path().join("ca").display());
+    assert!(
+        refused.contains(&names) && refused.contains("copy the ca directory"),
+        "{refused}"
+    );
     let members = linkops::blocking::run(move || store.live_members().unwrap())
         .await
         .unwrap();

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use authority::TestAuthority;
-pub use files::{private_dir, write_private};
+pub use files::{copy_private, private_dir, write_private};
 pub use git::WorkRepo;
 pub use host::TestHost;
 pub use partition::Partition;
