@@ -273,14 +273,7 @@ async fn terminals_and_tokens_work_through_any_replica() {
         "another-key-entirely-0123456789",
     )
     .unwrap();
-    let refused = linkops::blocking::run(move || {
-        let binary = Command::new(env!("CARGO_BIN_EXE_linkops"));
-        ServeProcess::spawn(binary, [OsStr::new("--config"), config.as_os_str()])
-    })
-    .await
-    .unwrap()
-    .err()
-    .expect("a replica with another signing key refused");
+    let refused = refused_to_start(config, "a replica with another signing key").await;
     assert!(
         refused.contains("jwt_secret") && refused.contains("the same value on every replica"),
         "{refused}"
@@ -288,14 +281,7 @@ async fn terminals_and_tokens_work_through_any_replica() {
     // Nor does one holding another SSH user CA: machines would refuse its logins.
     let (other_ca, config) = replica_config(&server, &database.url, &fleet, &work.dir);
     std::fs::remove_dir_all(other_ca.path().join("ca")).unwrap();
-    let refused = linkops::blocking::run(move || {
-        let binary = Command::new(env!("CARGO_BIN_EXE_linkops"));
-        ServeProcess::spawn(binary, [OsStr::new("--config"), config.as_os_str()])
-    })
-    .await
-    .unwrap()
-    .err()
-    .expect("a replica with another user CA refused");
+    let refused = refused_to_start(config, "a replica with another user CA").await;
     let names = format!("SSH user CA ({})", other_ca.path().join("ca").display());
     assert!(
         refused.contains(&names) && refused.contains("copy the ca directory"),
@@ -415,4 +401,14 @@ fn connected(answered: &Value) -> PaneState {
 /// The state of the first pane of the first workspace listed.
 fn listed_state(listed: &Value) -> PaneState {
     answer::<Vec<WorkspaceView>>(listed)[0].panes[0].state
+}
+
+/// What `linkops serve --config CONFIG` said as it refused to start (`what` must be refused).
+async fn refused_to_start(config: PathBuf, what: &str) -> String {
+    let started = linkops::blocking::run(move || {
+        let binary = Command::new(env!("CARGO_BIN_EXE_linkops"));
+        ServeProcess::spawn(binary, [OsStr::new("--config"), config.as_os_str()])
+    });
+    let refused = started.await.unwrap().err();
+    refused.unwrap_or_else(|| panic!("{what} started"))
 }
