@@ -1,8 +1,8 @@
 //! The SSH certificate authority: the user CA and the host CA (ed25519),
 //! created at first start in the data dir (`ca/user_ca`, `ca/host_ca`, 0600,
 //! OpenSSH's format, so `ssh-keygen -s` can use them too; their public halves
-//! beside them as `.pub`), and the short-lived
-//! user certificates they sign for the daemon's own connections.
+//! beside them as `.pub`), and the short-lived user certificates they sign
+//! for the daemon's own connections.
 //!
 //! What a certificate grants is decided in `linkops_reconcilers::certificate`;
 //! this module holds the keys and signs. (It is SSH's: only `src/ssh` speaks
@@ -26,11 +26,6 @@ use super::Certified;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the certificate authority's key {path}: {source}")]
-    Secret {
-        path: PathBuf,
-        source: crate::secrets::Error,
-    },
     #[error("the certificate authority's key {path} is no OpenSSH private key: {reason}")]
     Key { path: PathBuf, reason: String },
     #[error("cannot create the certificate authority's key {path}: {source}")]
@@ -69,8 +64,10 @@ impl Certifier {
     /// A certificate to log in as `login` for `purpose`, signed now.
     pub fn certify(&self, login: &str, purpose: &Purpose) -> Result<Certified, Error> {
         let grant = user_grant(&self.replica, login, purpose, self.lifetime);
-        let certificate =
-            (self.authority).sign_user(self.key.public_key(), &grant, SystemTime::now())?;
+        let now = SystemTime::now();
+        let certificate = self
+            .authority
+            .sign_user(self.key.public_key(), &grant, now)?;
         Ok(Certified {
             key: self.key.clone(),
             certificate,
