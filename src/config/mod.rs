@@ -146,6 +146,18 @@ impl Config {
         self.data_dir.join("linkops.redb")
     }
 
+    /// `[cluster] lease`, refused outside 3 s to 10 minutes.
+    pub fn lease(&self) -> Result<std::time::Duration, Error> {
+        let lease = self.cluster.lease;
+        match (3..=600).contains(&lease.as_secs()) {
+            true => Ok(lease),
+            false => Err(Error::Invalid {
+                origin: "[cluster] lease".into(),
+                message: format!("{lease:?} is not between 3s and 10m"),
+            }),
+        }
+    }
+
     /// How replicas reach each other: `[cluster] listen` and its three TLS
     /// files all set, or none of them.
     pub fn replica_transport(&self) -> Result<ReplicaTransport, Error> {
@@ -446,6 +458,7 @@ mod tests {
             example.ssh.certificate_lifetime,
             defaults.ssh.certificate_lifetime
         );
+        assert_eq!(example.cluster.lease, defaults.cluster.lease);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -42,9 +43,15 @@ impl Default for StoreConfig {
 }
 
 /// Several daemons on one PostgreSQL store.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
+    /// How long a replica's lease lasts (3 s to 10 min): it is renewed every
+    /// third of it, its holder stops acting a third before it ends, and a dead
+    /// replica's work moves once it has passed. Longer rides out longer
+    /// database restarts; shorter moves work sooner.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub lease: Duration,
     /// `HOST:PORT` the other replicas reach this one at (they forward a
     /// terminal workspace's requests to the replica that holds its
     /// sessions). Unset: `[cluster] listen`, else `listen`, unless that is
@@ -61,6 +68,19 @@ pub struct ClusterConfig {
     pub tls_key: Option<String>,
     /// The authority whose certificates replicas accept of each other (PEM), in the keys dir.
     pub tls_ca: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            lease: Duration::from_secs(6),
+            advertise: None,
+            listen: None,
+            tls_certificate: None,
+            tls_key: None,
+            tls_ca: None,
+        }
+    }
 }
 
 /// How replicas reach each other: their own mutual-TLS listener, or the API's.

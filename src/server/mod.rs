@@ -164,7 +164,12 @@ impl Daemon {
             (None, true) => config.advertised_address(address)?,
             (None, false) => address.to_string(),
         };
-        let mut joined = replica::join(&opened, advertised, LeaseTiming::DEFAULT).await?;
+        let lease = i64::try_from(config.lease()?.as_millis()).unwrap_or(i64::MAX);
+        let timing = LeaseTiming {
+            ttl_ms: lease,
+            renew_ms: lease / 3,
+        };
+        let mut joined = replica::join(&opened, advertised, timing).await?;
         let membership = joined.membership.clone();
         let prepared = crate::blocking::run({
             let (config, store) = (config.clone(), opened.clone());

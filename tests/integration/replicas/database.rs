@@ -13,7 +13,11 @@ use super::*;
 async fn a_database_restart_under_load_loses_no_event_and_reports_nothing_twice() {
     let (mut server, database, _store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1)]).await;
     let fleet = TestFleet::start(1).unwrap();
-    let (_work, _data, a, b) = two_replicas(&server, &database, &database.url, &fleet, None).await;
+    // A lease longer than a restart of the database takes under load: the
+    // replicas ride it out (with the 6 s lease, a restart slower than ~4 s
+    // rightly stops them: they could not renew).
+    let (_work, _data, a, b) =
+        two_replicas(&server, &database, &database.url, &fleet, None, "30s").await;
     let host = fleet.hosts()[0].name().to_owned();
     let operation = start(&a, "talk", &host).await;
     let mut events = follow(&b, &b.token, operation).await;

@@ -32,6 +32,9 @@ use testbed::WorkRepo;
 
 const ADMIN: (&str, &str) = ("ada", "shared-pw-1");
 
+/// `[cluster] lease` as shipped: what takeovers are timed by.
+const LEASE: &str = "6s";
+
 /// The token signing key every replica's data dir holds.
 const SIGNING_KEY: &str = "9f1c0d2e7a4b6c8d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f";
 
@@ -112,6 +115,7 @@ fn replica_config(
     url: &str,
     fleet: &TestFleet,
     work: &Path,
+    lease: &str,
 ) -> (tempfile::TempDir, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     let data = testbed::private_dir();
@@ -129,7 +133,7 @@ fn replica_config(
     testbed::copy_private(&shared_ca, &data.path().join("ca"));
     let config = data.path().join("config.toml");
     let toml = format!(
-        "data_dir = {:?}\n[git]\nurl = {:?}\n[store]\nbackend = \"postgres\"\nurl = {:?}\n",
+        "data_dir = {:?}\n[git]\nurl = {:?}\n[store]\nbackend = \"postgres\"\nurl = {:?}\n[cluster]\nlease = {lease:?}\n",
         data.path(),
         work,
         url
@@ -288,6 +292,7 @@ async fn two_replicas(
     first_url: &str,
     fleet: &TestFleet,
     authority: Option<&TestAuthority>,
+    lease: &str,
 ) -> (
     WorkRepo,
     Vec<(tempfile::TempDir, PathBuf)>,
@@ -299,8 +304,8 @@ async fn two_replicas(
     work.write("scripts.yaml", TALK);
     work.commit("fleet and script");
     let data = vec![
-        replica_config(server, first_url, fleet, &work.dir),
-        replica_config(server, &database.url, fleet, &work.dir),
+        replica_config(server, first_url, fleet, &work.dir, lease),
+        replica_config(server, &database.url, fleet, &work.dir, lease),
     ];
     if let Some(authority) = authority {
         for ((dir, config), name) in data.iter().zip(["a", "b"]) {
@@ -327,7 +332,8 @@ fn with_mutual_tls(data: &tempfile::TempDir, config: &Path, authority: &TestAuth
     std::fs::copy(authority.certificate(), keys.join("replicas-ca.crt")).unwrap();
     let mut toml = std::fs::read_to_string(config).unwrap();
     toml.push_str(
-        "[cluster]\nlisten = \"127.0.0.1:0\"\ntls_certificate = \"replica.crt\"\ntls_key = \"replica.key\"\ntls_ca = \"replicas-ca.crt\"\n",
+        // Under the `[cluster]` its config ends with.
+        "listen = \"127.0.0.1:0\"\ntls_certificate = \"replica.crt\"\ntls_key = \"replica.key\"\ntls_ca = \"replicas-ca.crt\"\n",
     );
     std::fs::write(config, toml).unwrap();
 }

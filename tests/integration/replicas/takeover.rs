@@ -39,7 +39,7 @@ async fn replicas_share_the_fleet_and_take_over_what_a_killed_or_paused_one_held
     );
     work.commit("scripts");
     let data: Vec<_> = (0..3)
-        .map(|_| replica_config(&server, &database.url, &fleet, &work.dir))
+        .map(|_| replica_config(&server, &database.url, &fleet, &work.dir, LEASE))
         .collect();
     let mut replicas = Vec::new();
     for (_, config) in &data {
@@ -305,7 +305,8 @@ async fn a_replica_cut_off_from_the_database_stops_and_the_other_takes_over() {
         &link.address.to_string(),
     );
     let fleet = TestFleet::start(3).unwrap();
-    let (_work, _data, a, b) = two_replicas(&server, &database, &through, &fleet, None).await;
+    let (_work, _data, a, b) =
+        two_replicas(&server, &database, &through, &fleet, None, LEASE).await;
     let machines: BTreeSet<String> = fleet.hosts().iter().map(|h| h.name().to_owned()).collect();
 
     link.cut.cancel();

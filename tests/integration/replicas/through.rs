@@ -26,7 +26,7 @@ async fn a_stop_and_a_revocation_reach_the_replica_that_holds_the_operation_or_t
     let sinks = crate::forge::TestSinks::start().await;
     let data: Vec<_> = (0..2)
         .map(|_| {
-            let (dir, config) = replica_config(&server, &database.url, &fleet, &work.dir);
+            let (dir, config) = replica_config(&server, &database.url, &fleet, &work.dir, LEASE);
             let mut toml = std::fs::read_to_string(&config).unwrap();
             toml.push_str(&format!(
                 "[[notify.sinks]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"{}/slack\"\nevents = [\"operation_failed\"]\n",
@@ -176,7 +176,8 @@ async fn terminals_and_tokens_work_through_any_replica() {
     let users = [(ADMIN.0, Role::Admin, ADMIN.1), oscar, olga, vic];
     let (server, database, store) = shared_store(&users).await;
     let fleet = TestFleet::start(1).unwrap();
-    let (work, _data, a, b) = two_replicas(&server, &database, &database.url, &fleet, None).await;
+    let (work, _data, a, b) =
+        two_replicas(&server, &database, &database.url, &fleet, None, LEASE).await;
     // Signed in through A, working through B (as behind a load balancer).
     let token = a.process.login(oscar.0, oscar.2).await.unwrap();
     let id = workspace_through(&b, &token, fleet.hosts()[0].name()).await;
@@ -267,7 +268,7 @@ async fn terminals_and_tokens_work_through_any_replica() {
         (view.members.len() == 1).then_some(())
     })
     .await;
-    let (other, config) = replica_config(&server, &database.url, &fleet, &work.dir);
+    let (other, config) = replica_config(&server, &database.url, &fleet, &work.dir, LEASE);
     std::fs::write(
         other.path().join("jwt_secret"),
         "another-key-entirely-0123456789",
@@ -279,7 +280,7 @@ async fn terminals_and_tokens_work_through_any_replica() {
         "{refused}"
     );
     // Nor does one holding another SSH user CA: machines would refuse its logins.
-    let (other_ca, config) = replica_config(&server, &database.url, &fleet, &work.dir);
+    let (other_ca, config) = replica_config(&server, &database.url, &fleet, &work.dir, LEASE);
     std::fs::remove_dir_all(other_ca.path().join("ca")).unwrap();
     let refused = refused_to_start(config, "a replica with another user CA").await;
     let names = format!("SSH user CA ({})", other_ca.path().join("ca").display());
@@ -313,8 +314,15 @@ async fn replicas_talk_to_each_other_over_mutual_tls_only() {
     let fleet = TestFleet::start(1).unwrap();
     let certificates = testbed::private_dir();
     let authority = TestAuthority::new(certificates.path(), "replicas").unwrap();
-    let (_work, _data, a, b) =
-        two_replicas(&server, &database, &database.url, &fleet, Some(&authority)).await;
+    let (_work, _data, a, b) = two_replicas(
+        &server,
+        &database,
+        &database.url,
+        &fleet,
+        Some(&authority),
+        LEASE,
+    )
+    .await;
 
     // Each advertises its replicas' address, not its API's.
     let members = eventually("both replicas to see each other", || async {
