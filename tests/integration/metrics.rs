@@ -30,6 +30,12 @@ async fn a_scrape_shows_syncs_machines_operations_ssh_and_requests() {
     }
     let (_, ended) = support::run_to_end(&daemon, &token, "hello", &["host1"]).await;
     assert_eq!(ended, OperationState::Succeeded);
+    // Its `end` event goes out before its task has wound down: the gauge follows.
+    support::eventually("the operation to stop counting as running", || async {
+        let text = daemon.get("/metrics", None).await.text().await.unwrap();
+        (sample(&text, "linkops_operations_running") == Some(0.0)).then_some(())
+    })
+    .await;
 
     let response = daemon.get("/metrics", None).await;
     assert_eq!(response.status(), StatusCode::OK);
