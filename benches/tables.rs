@@ -41,6 +41,7 @@ fn history(store: &Store) {
                         finished_at_ms: Some(n as i64 + 900),
                         stdout_bytes: 1024,
                         stderr_bytes: 0,
+                        certificate: None,
                     })
                     .collect();
                 let operation = Operation {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use linkops_reconcilers::certificate::Purpose;
 use linkops_reconcilers::enrollment::{CLIENT_ID_PATH, ClientIdReading};
-use linkops_reconcilers::machine::{CheckResult, Machine};
+use linkops_reconcilers::machine::{Auth, CheckResult, Machine};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
@@ -29,6 +29,8 @@ pub struct MachineAccess {
     default_user: String,
     default_key: String,
     pub command_timeout: Duration,
+    /// `[ssh] login_per_operation`.
+    login_per_operation: bool,
     /// Where host keys learned by trust on first use are audited.
     store: Store,
 }
@@ -48,6 +50,7 @@ impl MachineAccess {
             default_user: config.ssh.user.clone(),
             default_key: config.ssh.key.clone(),
             command_timeout: config.ssh.command_timeout,
+            login_per_operation: config.ssh.login_per_operation,
             store,
         }
     }
@@ -97,15 +100,25 @@ impl MachineAccess {
         }
     }
 
-    /// The pooled connection to a machine, opened for `purpose` when there is
-    /// none (auditing a host key it learned).
+    /// A connection to a machine for `purpose` (auditing a host key it
+    /// learned): the pooled one, opened when there is none — or, for an
+    /// operation on a machine logged in to with certificates and `[ssh]
+    /// login_per_operation`, one of its own, whose certificate names it.
     pub async fn connect(
         &self,
         target: &Target,
         machine_id: &str,
         purpose: &Purpose,
     ) -> ssh::Result<Arc<ssh::Connection>> {
-        let connection = self.pool.get_for(target, purpose).await?;
+        let own = self.login_per_operation
+            && target.auth == Auth::Certificate
+            && matches!(purpose, Purpose::Operation { .. });
+        let connection = match own {
+            true => {
+                Arc::new(ssh::Connection::open_for(target, self.pool.options(), purpose).await?)
+            }
+            false => self.pool.get_for(target, purpose).await?,
+        };
         self.audit_learned_key(&connection, machine_id).await;
         Ok(connection)
     }

@@ -118,6 +118,7 @@ pub(super) fn store_after_a_day(size: usize) {
                     finished_at_ms: None,
                     stdout_bytes: 0,
                     stderr_bytes: 0,
+                    certificate: None,
                 })
                 .collect();
             let operation = store

@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// Why a connection to a machine is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Purpose {
@@ -49,6 +51,32 @@ pub fn user_grant(replica: &str, login: &str, purpose: &Purpose, valid_for: Dura
         key_id: format!("linkops:{replica}:{why}"),
         valid_for,
         pty: matches!(purpose, Purpose::Terminal { .. }),
+    }
+}
+
+/// The certificate a login presented, as the machine's sshd logs it
+/// (`ID <key_id> (serial <serial>)`): kept with the operation's host and the
+/// terminal session it opened, so LinkOps' record and the machine's own log
+/// name the same login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CertificateLogin {
+    /// Decimal, as sshd writes it (a JSON number would lose digits above 2^53).
+    #[serde(with = "decimal")]
+    #[schema(value_type = String, example = "14125390239011839231")]
+    pub serial: u64,
+    pub key_id: String,
+}
+
+mod decimal {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(serial: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(serial)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -102,6 +130,23 @@ mod tests {
             assert_eq!(grant.principals, ["root"], "{purpose:?}");
             assert_eq!(grant.valid_for, five);
         }
+    }
+
+    #[test]
+    fn a_serial_is_written_in_decimal_whole() {
+        let login = CertificateLogin {
+            serial: u64::MAX,
+            key_id: "linkops:r1:health".into(),
+        };
+        let json = serde_json::to_string(&login).unwrap();
+        assert_eq!(
+            json,
+            r#"{"serial":"18446744073709551615","key_id":"linkops:r1:health"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<CertificateLogin>(&json).unwrap(),
+            login
+        );
     }
 
     #[test]

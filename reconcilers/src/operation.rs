@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::certificate::CertificateLogin;
 use crate::rollout::{Progress, Rollout};
 use crate::script::ParamValue;
 
@@ -144,6 +145,9 @@ pub struct HostResult {
     pub finished_at_ms: Option<i64>,
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
+    /// The certificate its script's login presented (none with a static key).
+    #[serde(default)]
+    pub certificate: Option<CertificateLogin>,
 }
 
 impl HostState {

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::certificate::CertificateLogin;
+
 /// How a workspace arranges its panes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -164,6 +166,9 @@ pub struct TerminalSession {
     pub recorded_bytes: u64,
     /// The recording stopped at the configured cap; the session went on.
     pub truncated: bool,
+    /// The certificate its login presented (none with a static key).
+    #[serde(default)]
+    pub certificate: Option<CertificateLogin>,
 }
 
 #[cfg(test)]

@@ -81,6 +81,11 @@ pub struct SshConfig {
     /// certificate`): sshd checks it as the connection logs in, so minutes do.
     #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
     pub certificate_lifetime: Duration,
+    /// Each operation logs in to each `auth: certificate` machine on its own
+    /// connection, so the machine's sshd log names the operation and who asked
+    /// for it; false: operations share the pooled connection (no handshake,
+    /// the log names what opened it).
+    pub login_per_operation: bool,
 }
 
 impl Default for SshConfig {
@@ -97,6 +102,7 @@ impl Default for SshConfig {
             keepalive_interval: Duration::from_secs(10),
             keepalive_max: 3,
             certificate_lifetime: Duration::from_secs(600),
+            login_per_operation: true,
         }
     }
 }

@@ -458,6 +458,10 @@ mod tests {
             example.ssh.certificate_lifetime,
             defaults.ssh.certificate_lifetime
         );
+        assert_eq!(
+            example.ssh.login_per_operation,
+            defaults.ssh.login_per_operation
+        );
         assert_eq!(example.cluster.lease, defaults.cluster.lease);
     }
 

@@ -107,6 +107,13 @@ impl HostRun {
                 &self.purpose,
             )
             .await?;
+        if let Some(certificate) = connection.certificate() {
+            let login = Update::Login {
+                machine_id: self.machine.id.clone(),
+                certificate: certificate.clone(),
+            };
+            self.updates.send(login).await.ok();
+        }
         // The channel's own deadline is only a backstop: timeouts are handled
         // here, by signalling the script's process group.
         let backstop = self.timeout + STOP_GRACE * 4;

@@ -261,6 +261,7 @@ impl Engine {
                 finished_at_ms: None,
                 stdout_bytes: 0,
                 stderr_bytes: 0,
+                certificate: None,
             })
             .collect();
         let operation = Operation {

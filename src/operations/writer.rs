@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use linkops_reconcilers::certificate::CertificateLogin;
 use linkops_reconcilers::operation::{
     HostResult, HostState, Operation, OperationEvent, OperationState, Stream,
 };
@@ -32,6 +33,11 @@ pub enum Update {
     Host {
         machine_id: String,
         state: HostState,
+    },
+    /// A host's script logged in with this certificate.
+    Login {
+        machine_id: String,
+        certificate: CertificateLogin,
     },
     /// The operation's state changed (not for the last time).
     State(OperationState),
@@ -112,6 +118,16 @@ impl Writer {
                     .update
                     .events
                     .push(OperationEvent::Host { machine_id, state });
+                false
+            }
+            Update::Login {
+                machine_id,
+                certificate,
+            } => {
+                if let Some(host) = self.hosts.get_mut(&machine_id) {
+                    host.certificate = Some(certificate);
+                    batch.touched.insert(machine_id);
+                }
                 false
             }
             Update::State(state) => {

@@ -26,7 +26,7 @@ use host_key::{ExpectedKeys, Verdict, fingerprint};
 pub use known_hosts::KnownHosts;
 
 use ca::Certifier;
-use linkops_reconcilers::certificate::Purpose;
+use linkops_reconcilers::certificate::{CertificateLogin, Purpose};
 use linkops_reconcilers::machine::Auth;
 
 use crate::config::SshConfig;
@@ -233,6 +233,8 @@ pub struct Connection {
     /// Set when this connection recorded the host key by trust on first use,
     /// until someone takes it to audit.
     learned_host_key: std::sync::Mutex<Option<String>>,
+    /// The certificate it logged in with, if it did not use a key.
+    certificate: Option<CertificateLogin>,
     /// Counts the connection as open until it is dropped.
     _open: Open,
 }
@@ -243,6 +245,16 @@ pub struct Connection {
 pub struct Certified {
     pub key: Arc<PrivateKey>,
     pub certificate: Certificate,
+}
+
+impl Certified {
+    /// What the machine's sshd logs of a login with this certificate.
+    pub fn login(&self) -> CertificateLogin {
+        CertificateLogin {
+            serial: self.certificate.serial(),
+            key_id: self.certificate.key_id().to_owned(),
+        }
+    }
 }
 
 impl fmt::Display for Certified {
@@ -362,6 +374,7 @@ impl Connection {
             target: name.clone(),
             source,
         };
+        let login = certified.as_ref().map(Certified::login);
         let (auth, credential) = match (certified, key) {
             (Some(certified), _) => {
                 let credential = certified.to_string();
@@ -397,6 +410,7 @@ impl Connection {
             learned_host_key: std::sync::Mutex::new(
                 learned_host_key.map(|k| k.to_openssh().unwrap_or_default()),
             ),
+            certificate: login,
             _open: Open::new(&options.metrics.ssh_connections),
         })
     }
@@ -405,6 +419,11 @@ impl Connection {
     /// whoever takes it audits it.
     pub fn take_learned_host_key(&self) -> Option<String> {
         self.learned_host_key.lock().expect("never poisoned").take()
+    }
+
+    /// The certificate this connection logged in with (`None`: a key).
+    pub fn certificate(&self) -> Option<&CertificateLogin> {
+        self.certificate.as_ref()
     }
 
     /// `user@host:port` of this connection.

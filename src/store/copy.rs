@@ -129,6 +129,7 @@ mod tests {
             finished_at_ms: None,
             stdout_bytes: 0,
             stderr_bytes: 0,
+            certificate: None,
         };
         let created = source
             .create_operation(&operation, "local", &[host], None, |_| Vec::new())

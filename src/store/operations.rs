@@ -486,6 +486,7 @@ mod tests {
             finished_at_ms: None,
             stdout_bytes: 0,
             stderr_bytes: 0,
+            certificate: None,
         };
         let start = |replica| {
             store

@@ -154,11 +154,13 @@ mod tests {
     use super::super::schema::*;
 
     /// Fields added since the golden records were written, each with the value
-    /// a record without it decodes to: a new field must default, so that what
-    /// an earlier version stored still reads.
+    /// (JSON) a record without it decodes to: a new field must default, so that
+    /// what an earlier version stored still reads.
     const ADDED: &[(&str, &str)] = &[
-        // Issue 30: how the daemon logs in to a machine.
-        ("auth", "key"),
+        // Issue 30: how the daemon logs in to a machine, and the certificate
+        // an operation's host or a terminal session logged in with.
+        ("auth", r#""key""#),
+        ("certificate", "null"),
     ];
 
     /// `encoded` without the [`ADDED`] fields that `stored` lacks, each checked
@@ -177,8 +179,9 @@ mod tests {
                             kept.insert(name.clone(), without_added(value, was));
                         }
                         (None, Some((_, default))) => {
+                            let default: Value = serde_json::from_str(default).unwrap();
                             assert_eq!(
-                                value, default,
+                                value, &default,
                                 "{name}: a record without it must read as {default}"
                             );
                         }

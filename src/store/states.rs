@@ -201,6 +201,7 @@ mod tests {
                 finished_at_ms: None,
                 stdout_bytes: 0,
                 stderr_bytes: 0,
+                certificate: None,
             };
             let claim = super::super::Claim::StateApply {
                 status: StateStatus::new("motd", "d", "abc", 5),

@@ -268,10 +268,14 @@ fn interrupt_session(tx: &mut WriteTx, id: u64) -> Result<()> {
 
 /// A session as its audit entries name it.
 fn describe(session: &TerminalSession) -> String {
-    format!(
+    let described = format!(
         "session {} (workspace {} pane {})",
         session.id, session.workspace_id, session.pane
-    )
+    );
+    match &session.certificate {
+        Some(login) => format!("{described}, certificate serial {}", login.serial),
+        None => described,
+    }
 }
 
 #[cfg(test)]
@@ -396,6 +400,7 @@ mod tests {
             input_recorded: false,
             recorded_bytes: 0,
             truncated: false,
+            certificate: None,
         }
     }
 

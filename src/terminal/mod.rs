@@ -331,6 +331,7 @@ impl Terminals {
             input_recorded: self.inner.config.record_input,
             recorded_bytes: 0,
             truncated: false,
+            certificate: connection.certificate().cloned(),
         };
         let mut recorder = recorder;
         let (header, _) = recorder.take();

@@ -3,15 +3,16 @@
 //! named in the host's own log; refused by sshd when the host does not trust
 //! the CA, when it has expired, when it names another login, or when another
 //! CA signed it; and a daemon whose machines say `auth: certificate` checking
-//! them, running operations and opening terminals through certificates alone.
+//! them, running operations and opening terminals through certificates alone,
+//! each login's certificate recorded with what it opened.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use linkops::contract::{CaView, ClusterView, MachineView, PaneState};
+use linkops::contract::{CaView, ClusterView, MachineView, OperationView, PaneState};
 use linkops::ssh::ca::{self, Authority};
 use linkops::ssh::{Certified, Connection, Error, ExitStatus};
-use linkops_reconcilers::certificate::{Purpose, UserGrant, user_grant};
+use linkops_reconcilers::certificate::{CertificateLogin, Purpose, UserGrant, user_grant};
 use linkops_reconcilers::enrollment::Enrollment;
 use linkops_reconcilers::operation::OperationState;
 use reqwest::StatusCode;
@@ -19,7 +20,7 @@ use serde_json::json;
 use testbed::{TEST_USER, TestFleet};
 
 use crate::ssh::{connect_options, target};
-use crate::support::{ADMIN, FleetSetup, TestDaemon, eventually, run_to_end};
+use crate::support::{ADMIN, FleetSetup, eventually, run_to_end};
 use crate::terminal::{self, Terminal};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -124,14 +125,16 @@ async fn sshd_refuses_a_certificate_expired_for_another_login_or_from_another_ca
         .unwrap();
 }
 
-/// `linkops_ssh_connections_open`: the machines the daemon holds a connection to.
-async fn connections_open(daemon: &TestDaemon) -> u64 {
-    let text = daemon.get("/metrics", None).await.text().await.unwrap();
-    let open = text
-        .lines()
-        .find_map(|line| line.strip_prefix("linkops_ssh_connections_open "));
-    open.and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no linkops_ssh_connections_open in {text}"))
+/// That `host`'s sshd logged an accepted login with `certificate`.
+async fn logged(host: &testbed::TestHost, certificate: &CertificateLogin) {
+    let named = format!("ID {} (serial {})", certificate.key_id, certificate.serial);
+    eventually("sshd to log the login", || async {
+        let log = host.sshd_log().unwrap();
+        log.lines()
+            .any(|line| line.contains("Accepted publickey") && line.contains(&named))
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -142,9 +145,7 @@ async fn machines_on_certificates_alone_are_checked_and_run_operations_their_log
     let certified = links.replace("    key: fleet_key\n", "    auth: certificate\n");
     setup.work.write("links.yaml", &certified);
     setup.work.commit("certificates instead of the fleet key");
-    let mut config = setup.config();
-    // Idle connections close at once, so the operation logs in anew.
-    config.ssh.idle_timeout = Duration::from_secs(1);
+    let config = setup.config();
     // The daemon's CA, as its first start makes it; the hosts trust it and no key any more.
     let authority = Authority::open(&config.ca_dir()).unwrap();
     let user_ca = authority.user_public().to_openssh().unwrap();
@@ -169,13 +170,30 @@ async fn machines_on_certificates_alone_are_checked_and_run_operations_their_log
     assert_eq!(verified.status(), StatusCode::OK);
     let machine: MachineView = verified.json().await.unwrap();
     assert_eq!(machine.enrollment, Enrollment::Enrolled, "{machine:?}");
-
-    eventually("the idle connections to close", || async {
-        (connections_open(&daemon).await == 0).then_some(())
+    let host1 = setup.fleet.host(0);
+    let health = format!("ID linkops:{replica}:health (serial ");
+    eventually("sshd to log the check's login", || async {
+        let log = host1.sshd_log().unwrap();
+        log.lines()
+            .any(|line| line.contains("Accepted publickey") && line.contains(&health))
+            .then_some(())
     })
     .await;
+
+    // The operation logs in on its own (the check's connection is still
+    // pooled): its record and host1's log name the same certificate.
     let (id, ended) = run_to_end(&daemon, &token, "whoami", &["host1"]).await;
     assert_eq!(ended, OperationState::Succeeded);
+    let operation: OperationView = daemon.read(&format!("/api/operations/{id}"), &token).await;
+    let login = operation.hosts[0]
+        .certificate
+        .clone()
+        .expect("a certificate login");
+    assert_eq!(
+        login.key_id,
+        format!("linkops:{replica}:op-{id}:{}", ADMIN.0)
+    );
+    logged(host1, &login).await;
 
     // A terminal logs in on its own, with a certificate that permits a pty.
     let workspace = terminal::workspace(&daemon, &token, "single", &[Some("host1")]).await;
@@ -183,23 +201,13 @@ async fn machines_on_certificates_alone_are_checked_and_run_operations_their_log
     let panes = terminal::connect_all(&daemon, &token, &workspace, json!({})).await;
     assert_eq!(panes[0].state, PaneState::Connected, "{panes:?}");
     shell.run(0, "tty", "/dev/pts/").await;
-
-    // host1's own log: the check's login, the operation's and the terminal's, each named.
-    let host1 = setup.fleet.host(0);
-    let terminal = format!("terminal:{workspace}:{}", ADMIN.0);
-    for why in [
-        "health".to_owned(),
-        format!("op-{id}:{}", ADMIN.0),
-        terminal,
-    ] {
-        let named = format!("ID linkops:{replica}:{why} (serial ");
-        eventually("sshd to log the login", || async {
-            let log = host1.sshd_log().unwrap();
-            log.lines()
-                .any(|line| line.contains("Accepted publickey") && line.contains(&named))
-                .then_some(())
-        })
-        .await;
-    }
+    let session = panes[0].session.expect("a session");
+    let recorded = terminal::recording(&daemon, &token, session).await;
+    let login = recorded.session.certificate.expect("a certificate login");
+    assert_eq!(
+        login.key_id,
+        format!("linkops:{replica}:terminal:{workspace}:{}", ADMIN.0)
+    );
+    logged(host1, &login).await;
     daemon.stop().await;
 }

@@ -43,6 +43,7 @@ fn operations(n: usize) -> Vec<(Operation, Vec<HostResult>)> {
                     finished_at_ms: None,
                     stdout_bytes: i as u64,
                     stderr_bytes: 0,
+                    certificate: None,
                 })
                 .collect();
             (operation, hosts)

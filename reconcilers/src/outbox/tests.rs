@@ -102,6 +102,7 @@ fn an_ended_run_request_reports_on_its_commit_with_counts() {
         finished_at_ms: None,
         stdout_bytes: 0,
         stderr_bytes: 0,
+        certificate: None,
     };
     let failed = HostState::Failed {
         exit_code: Some(1),

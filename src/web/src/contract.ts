@@ -797,6 +797,20 @@ export interface components {
             /** @description Its SHA-256 fingerprint (`SHA256:…`, as `ssh-keygen -l` prints it). */
             user_ca_fingerprint: string;
         };
+        /**
+         * @description The certificate a login presented, as the machine's sshd logs it
+         *     (`ID <key_id> (serial <serial>)`): kept with the operation's host and the
+         *     terminal session it opened, so LinkOps' record and the machine's own log
+         *     name the same login.
+         */
+        CertificateLogin: {
+            key_id: string;
+            /**
+             * @description Decimal, as sshd writes it (a JSON number would lose digits above 2^53).
+             * @example 14125390239011839231
+             */
+            serial: string;
+        };
         Check: {
             error?: string | null;
             ok: boolean;
@@ -1113,6 +1127,7 @@ export interface components {
         };
         /** @description One machine's part in an operation. */
         HostResult: {
+            certificate?: null | components["schemas"]["CertificateLogin"];
             /** Format: int64 */
             finished_at_ms?: number | null;
             machine_id: string;
@@ -1832,6 +1847,7 @@ export interface components {
         };
         /** @description A terminal session as recorded: who opened a shell where, and how it went. */
         TerminalSession: {
+            certificate?: null | components["schemas"]["CertificateLogin"];
             /** Format: int32 */
             cols: number;
             end?: null | components["schemas"]["SessionEnd"];
@@ -1920,6 +1936,7 @@ export type ApplyResult = components['schemas']['ApplyResult'];
 export type ApplyView = components['schemas']['ApplyView'];
 export type Auth = components['schemas']['Auth'];
 export type CaView = components['schemas']['CaView'];
+export type CertificateLogin = components['schemas']['CertificateLogin'];
 export type Check = components['schemas']['Check'];
 export type CheckOutcome = components['schemas']['CheckOutcome'];
 export type CheckView = components['schemas']['CheckView'];

@@ -98,7 +98,7 @@ pub(crate) async fn connect_all(
 }
 
 /// A terminal session's record.
-async fn recording(daemon: &TestDaemon, token: &str, session: u64) -> RecordingView {
+pub async fn recording(daemon: &TestDaemon, token: &str, session: u64) -> RecordingView {
     let path = format!("/api/terminal/recordings/{session}");
     daemon.read(&path, token).await
 }
