@@ -150,9 +150,7 @@ impl MachineAccess {
     async fn read_client_id(&self, target: &Target, machine_id: &str) -> ClientIdReading {
         let connection = match self.connect(target, machine_id, &Purpose::Health).await {
             Ok(connection) => connection,
-            Err(
-                error @ (ssh::Error::HostKeyChanged { .. } | ssh::Error::HostKeyUnknown { .. }),
-            ) => {
+            Err(error) if error.is_host_key_refusal() => {
                 return ClientIdReading::HostKeyMismatch(error.to_string());
             }
             Err(error) => return ClientIdReading::Unreachable(error.to_string()),

@@ -54,6 +54,36 @@ pub fn user_grant(replica: &str, login: &str, purpose: &Purpose, valid_for: Dura
     }
 }
 
+/// How long a machine's host certificate lasts: enrolling the machine again
+/// renews it.
+pub const HOST_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// What a host certificate grants: the names a machine may be reached by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostGrant {
+    /// The machine's address and names, as the daemon dials them.
+    pub principals: Vec<String>,
+    /// `linkops:host:<machine id>`.
+    pub key_id: String,
+    pub valid_for: Duration,
+}
+
+/// The host certificate of machine `machine_id`, reached at `names`
+/// (duplicates dropped, order kept).
+pub fn host_grant(machine_id: &str, names: &[String]) -> HostGrant {
+    let mut principals: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        if !principals.contains(name) {
+            principals.push(name.clone());
+        }
+    }
+    HostGrant {
+        principals,
+        key_id: format!("linkops:host:{machine_id}"),
+        valid_for: HOST_CERTIFICATE_LIFETIME,
+    }
+}
+
 /// The certificate a login presented, as the machine's sshd logs it
 /// (`ID <key_id> (serial <serial>)`): kept with the operation's host and the
 /// terminal session it opened, so LinkOps' record and the machine's own log
@@ -130,6 +160,15 @@ mod tests {
             assert_eq!(grant.principals, ["root"], "{purpose:?}");
             assert_eq!(grant.valid_for, five);
         }
+    }
+
+    #[test]
+    fn a_host_certificate_names_the_machine_and_each_of_its_names_once() {
+        let names = ["10.0.0.5", "web1", "10.0.0.5", "web1.lan"].map(String::from);
+        let grant = host_grant("web1", &names);
+        assert_eq!(grant.principals, ["10.0.0.5", "web1", "web1.lan"]);
+        assert_eq!(grant.key_id, "linkops:host:web1");
+        assert_eq!(grant.valid_for, HOST_CERTIFICATE_LIFETIME);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use linkops_reconcilers::certificate::{Purpose, UserGrant, user_grant, validity};
+use linkops_reconcilers::certificate::{HostGrant, Purpose, UserGrant, user_grant, validity};
 use rand::Rng;
 pub use russh::keys::PublicKey;
 use russh::keys::ssh_key::certificate::{Builder, CertType};
@@ -59,6 +59,11 @@ impl Certifier {
             replica: replica.to_owned(),
             lifetime,
         }
+    }
+
+    /// The host CA whose certificates prove machines' host keys.
+    pub fn host_ca(&self) -> &PublicKey {
+        self.authority.host_public()
     }
 
     /// A certificate to log in as `login` for `purpose`, signed now.
@@ -125,23 +130,69 @@ impl Authority {
         self.host.public_key()
     }
 
-    /// A user certificate for `subject` as `grant` says, valid from `now`, with
-    /// a random serial (unique without coordination between replicas).
+    /// A user certificate for `subject` as `grant` says, valid from `now`.
     pub fn sign_user(
         &self,
         subject: &PublicKey,
         grant: &UserGrant,
         now: SystemTime,
     ) -> Result<Certificate, Error> {
+        let signing = Signing {
+            cert_type: CertType::User,
+            key_id: &grant.key_id,
+            principals: &grant.principals,
+            valid_for: grant.valid_for,
+            pty: grant.pty,
+        };
+        signing.sign(subject, now, &self.user)
+    }
+
+    /// A host certificate for a machine's host key `subject`, as `grant` says,
+    /// valid from `now`.
+    pub fn sign_host(
+        &self,
+        subject: &PublicKey,
+        grant: &HostGrant,
+        now: SystemTime,
+    ) -> Result<Certificate, Error> {
+        let signing = Signing {
+            cert_type: CertType::Host,
+            key_id: &grant.key_id,
+            principals: &grant.principals,
+            valid_for: grant.valid_for,
+            pty: false,
+        };
+        signing.sign(subject, now, &self.host)
+    }
+}
+
+/// What goes in a certificate, user or host.
+struct Signing<'a> {
+    cert_type: CertType,
+    key_id: &'a str,
+    principals: &'a [String],
+    valid_for: Duration,
+    pty: bool,
+}
+
+impl Signing<'_> {
+    /// Signs with `ca`, valid from `now`, with a random serial (unique
+    /// without coordination between replicas).
+    fn sign(
+        &self,
+        subject: &PublicKey,
+        now: SystemTime,
+        ca: &PrivateKey,
+    ) -> Result<Certificate, Error> {
         let failed = |source| Error::Sign {
-            key_id: grant.key_id.clone(),
+            key_id: self.key_id.to_owned(),
             source,
         };
         let seconds = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let (after, before) = validity(seconds, grant.valid_for);
+        let (after, before) = validity(seconds, self.valid_for);
         let mut rng = rand::rng();
         let mut nonce = [0u8; 32];
         rng.fill_bytes(&mut nonce);
@@ -149,18 +200,18 @@ impl Authority {
             Builder::new(nonce, subject.key_data().clone(), after, before).map_err(failed)?;
         builder
             .serial(rng.next_u64().max(1))
-            .and_then(|b| b.cert_type(CertType::User))
-            .and_then(|b| b.key_id(grant.key_id.as_str()))
+            .and_then(|b| b.cert_type(self.cert_type))
+            .and_then(|b| b.key_id(self.key_id))
             .map_err(failed)?;
-        for principal in &grant.principals {
+        for principal in self.principals {
             builder
                 .valid_principal(principal.as_str())
                 .map_err(failed)?;
         }
-        if grant.pty {
+        if self.pty {
             builder.extension("permit-pty", "").map_err(failed)?;
         }
-        builder.sign(&self.user).map_err(failed)
+        builder.sign(ca).map_err(failed)
     }
 }
 

@@ -63,6 +63,15 @@ pub enum Error {
         fingerprint: String,
         recorded: String,
     },
+    #[error(
+        "host certificate of {target} ({fingerprint}) is not trusted: {reason}; and its key is neither pinned nor in {known_hosts} (enroll the machine again with `linkops enroll` to renew its certificate, or verify the key and pin it)"
+    )]
+    HostCertificate {
+        target: String,
+        fingerprint: String,
+        reason: String,
+        known_hosts: PathBuf,
+    },
     #[error("invalid pinned host_key for {target}: {reason}")]
     PinnedKey { target: String, reason: String },
     #[error("known_hosts {path}: {reason}")]
@@ -199,9 +208,32 @@ pub struct ConnectOptions {
     pub keepalive_max: usize,
     /// Where connects, their latency and failures are counted.
     pub metrics: Arc<Metrics>,
-    /// Signs the certificates of targets whose `auth` is a certificate.
+    /// Signs the certificates of targets whose `auth` is a certificate; its
+    /// host CA's certificates prove machines' host keys.
     pub certifier: Option<Arc<Certifier>>,
 }
+
+/// The host-key algorithms whose certificates a connection asks for when it
+/// trusts a host CA (a machine with a certificate then presents it rather
+/// than its bare key): russh's own preference, as certificates.
+const HOST_CERTIFICATE_ALGORITHMS: &[russh::keys::Algorithm] = &[
+    russh::keys::Algorithm::Ed25519,
+    russh::keys::Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP256,
+    },
+    russh::keys::Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP384,
+    },
+    russh::keys::Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP521,
+    },
+    russh::keys::Algorithm::Rsa {
+        hash: Some(russh::keys::HashAlg::Sha512),
+    },
+    russh::keys::Algorithm::Rsa {
+        hash: Some(russh::keys::HashAlg::Sha256),
+    },
+];
 
 impl ConnectOptions {
     /// Connections as `[ssh]` says, trusting the host keys in `known_hosts`.
@@ -338,13 +370,18 @@ impl Connection {
                     source,
                 })?;
             stream.set_nodelay(true).ok();
-            let config = Arc::new(client::Config {
+            let mut config = client::Config {
                 // Keeps pooled connections alive through NAT and firewalls, and
                 // notices a peer that stopped answering.
                 keepalive_interval: Some(options.keepalive_interval),
                 keepalive_max: options.keepalive_max,
                 ..Default::default()
-            });
+            };
+            if expected.host_ca.is_some() {
+                config.preferred.host_key_certificates =
+                    std::borrow::Cow::Borrowed(HOST_CERTIFICATE_ALGORITHMS);
+            }
+            let config = Arc::new(config);
             let check = HostKeyCheck {
                 target: name.clone(),
                 host: target.host.clone(),
@@ -438,14 +475,24 @@ impl Connection {
 }
 
 impl Error {
+    /// Whether the machine's host key was refused (unknown, changed, badly
+    /// certified, or the pin itself unreadable): not a machine to talk to.
+    pub fn is_host_key_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::HostKeyUnknown { .. }
+                | Error::HostKeyChanged { .. }
+                | Error::HostCertificate { .. }
+                | Error::PinnedKey { .. }
+        )
+    }
+
     /// The failure class metrics count connects by.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Connect { .. } => "unreachable",
             Error::ConnectTimeout { .. } => "timeout",
-            Error::HostKeyUnknown { .. }
-            | Error::HostKeyChanged { .. }
-            | Error::PinnedKey { .. } => "host_key",
+            error if error.is_host_key_refusal() => "host_key",
             Error::AuthRejected { .. } | Error::Key { .. } | Error::KeyName { .. } => "auth",
             _ => "other",
         }
@@ -470,6 +517,7 @@ async fn load_identity_and_expectations(
 ) -> Result<(Option<PrivateKey>, ExpectedKeys)> {
     let target = target.clone();
     let known_hosts = options.known_hosts.clone();
+    let host_ca = options.certifier.as_ref().map(|c| c.host_ca().clone());
     crate::blocking::run(move || {
         let key = match key_file {
             true => Some(load_private_key(&target.key.path()?)?),
@@ -486,7 +534,14 @@ async fn load_identity_and_expectations(
             })
             .transpose()?;
         let known = known_hosts.keys(&target.host, target.port)?;
-        Ok((key, ExpectedKeys { pinned, known }))
+        Ok((
+            key,
+            ExpectedKeys {
+                pinned,
+                known,
+                host_ca,
+            },
+        ))
     })
     .await?
 }
@@ -534,14 +589,23 @@ impl client::Handler for HostKeyCheck {
         &mut self,
         presented: &russh::keys::PublicKeyOrCertificate,
     ) -> Result<bool, Error> {
-        let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = presented else {
-            return Err(Error::HostKeyChanged {
-                target: self.target.clone(),
-                fingerprint: "an OpenSSH certificate".into(),
-                recorded: "host certificates are not supported".into(),
-            });
+        let (verdict, key) = match presented {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => {
+                (self.expected.judge(key), key.clone())
+            }
+            russh::keys::PublicKeyOrCertificate::Certificate(certificate) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let verdict = self
+                    .expected
+                    .judge_certificate(certificate, &self.host, now);
+                (verdict, PublicKey::from(certificate.public_key().clone()))
+            }
         };
-        match self.expected.judge(key) {
+        let key = &key;
+        match verdict {
             Verdict::Trusted => Ok(true),
             Verdict::Unknown if self.trust_on_first_use => {
                 *self
@@ -561,6 +625,12 @@ impl client::Handler for HostKeyCheck {
                 target: self.target.clone(),
                 fingerprint: fingerprint(key),
                 recorded,
+            }),
+            Verdict::Uncertified { reason } => Err(Error::HostCertificate {
+                target: self.target.clone(),
+                fingerprint: fingerprint(key),
+                reason,
+                known_hosts: self.known_hosts.clone(),
             }),
         }
     }

@@ -585,9 +585,7 @@ impl Terminals {
 
 fn refusal(error: ssh::Error) -> (Refusal, String) {
     let reason = match &error {
-        ssh::Error::HostKeyChanged { .. }
-        | ssh::Error::HostKeyUnknown { .. }
-        | ssh::Error::PinnedKey { .. } => Refusal::HostKeyMismatch,
+        error if error.is_host_key_refusal() => Refusal::HostKeyMismatch,
         ssh::Error::AuthRejected { .. } | ssh::Error::Key { .. } => Refusal::AuthenticationFailed,
         ssh::Error::Connect { .. } | ssh::Error::ConnectTimeout { .. } => Refusal::Unreachable,
         _ => Refusal::Error,

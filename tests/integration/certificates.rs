@@ -4,15 +4,19 @@
 //! the CA, when it has expired, when it names another login, or when another
 //! CA signed it; and a daemon whose machines say `auth: certificate` checking
 //! them, running operations and opening terminals through certificates alone,
-//! each login's certificate recorded with what it opened.
+//! each login's certificate recorded with what it opened; and hosts proved
+//! by host certificates of the daemon's host CA, a bad one refused.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use linkops::config::SshConfig;
 use linkops::contract::{CaView, ClusterView, MachineView, OperationView, PaneState};
-use linkops::ssh::ca::{self, Authority};
-use linkops::ssh::{Certified, Connection, Error, ExitStatus};
-use linkops_reconcilers::certificate::{CertificateLogin, Purpose, UserGrant, user_grant};
+use linkops::ssh::ca::{self, Authority, Certifier, PublicKey};
+use linkops::ssh::{Certified, ConnectOptions, Connection, Error, ExitStatus};
+use linkops_reconcilers::certificate::{
+    CertificateLogin, HOST_CERTIFICATE_LIFETIME, Purpose, UserGrant, host_grant, user_grant,
+};
 use linkops_reconcilers::enrollment::Enrollment;
 use linkops_reconcilers::operation::OperationState;
 use reqwest::StatusCode;
@@ -210,4 +214,78 @@ async fn machines_on_certificates_alone_are_checked_and_run_operations_their_log
     );
     logged(host1, &login).await;
     daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_host_is_proved_by_a_certificate_of_the_host_ca_naming_it_and_nothing_less() {
+    let mut fleet = TestFleet::start(1).unwrap();
+    let dir = testbed::private_dir();
+    let authority = Arc::new(Authority::open(&dir.path().join("ca")).unwrap());
+    let stranger = Authority::open(&dir.path().join("other-ca")).unwrap();
+    let certifier = Arc::new(Certifier::new(authority.clone(), "r1", FIVE_MINUTES));
+    // Nothing in known_hosts: only a certificate can prove the host.
+    let known_hosts = dir.path().join("known_hosts");
+    let options = ConnectOptions::new(&SshConfig::default(), known_hosts, Default::default())
+        .with_certifier(certifier);
+    let target = target(&fleet, 0);
+    let host_key = PublicKey::from_openssh(fleet.host(0).host_public_key()).unwrap();
+    let address = fleet.host(0).address().to_string();
+    let now = SystemTime::now();
+
+    // Its bare key, unknown and unpinned: refused.
+    match Connection::open(&target, &options).await {
+        Err(Error::HostKeyUnknown { .. }) => {}
+        Err(other) => panic!("refused otherwise: {other}"),
+        Ok(_) => panic!("an unknown bare key was trusted"),
+    }
+
+    let for_names = |names: &[&str]| {
+        host_grant(
+            "host1",
+            &names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    let refusals = [
+        (
+            stranger.sign_host(&host_key, &for_names(&[&address]), now),
+            "not the host CA",
+        ),
+        (
+            authority.sign_host(&host_key, &for_names(&["10.99.0.1"]), now),
+            "not 127.",
+        ),
+        (
+            authority.sign_host(
+                &host_key,
+                &for_names(&[&address]),
+                now - HOST_CERTIFICATE_LIFETIME - Duration::from_secs(3600),
+            ),
+            "expired at",
+        ),
+    ];
+    for (certificate, why) in refusals {
+        let line = certificate.unwrap().to_openssh().unwrap();
+        fleet.hosts_mut()[0]
+            .present_host_certificate(&line)
+            .unwrap();
+        match Connection::open(&target, &options).await {
+            Err(error @ Error::HostCertificate { .. }) => {
+                let said = error.to_string();
+                assert!(said.contains(why), "{why}: {said}");
+            }
+            Err(other) => panic!("{why}: refused otherwise: {other}"),
+            Ok(_) => panic!("{why}: trusted"),
+        }
+    }
+
+    let good = authority.sign_host(&host_key, &for_names(&["host1", &address]), now);
+    let line = good.unwrap().to_openssh().unwrap();
+    fleet.hosts_mut()[0]
+        .present_host_certificate(&line)
+        .unwrap();
+    let connection = Connection::open(&target, &options).await.unwrap();
+    assert!(
+        connection.take_learned_host_key().is_none(),
+        "a certified key is not learned"
+    );
 }

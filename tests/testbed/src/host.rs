@@ -137,6 +137,21 @@ impl TestHost {
         Ok(())
     }
 
+    /// Makes sshd present `certificate` (an OpenSSH host certificate line for
+    /// its ed25519 host key) from now on: written beside the key, named in its
+    /// config, sshd restarted.
+    pub fn present_host_certificate(&mut self, certificate: &str) -> Result<()> {
+        let dir = self.etc_dir.parent().expect("host dir").to_owned();
+        let path = dir.join("ssh_host_ed25519_key-cert.pub");
+        write(&path, &format!("{}\n", certificate.trim()))?;
+        let config = read(&self.sshd_config)?;
+        let line = format!("HostCertificate {}\n", path.display());
+        if !config.contains(&line) {
+            write(&self.sshd_config, &format!("{config}{line}"))?;
+        }
+        self.restart()
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
