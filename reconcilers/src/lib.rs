@@ -27,6 +27,7 @@ pub mod script;
 pub mod state;
 pub mod suspension;
 pub mod terminal;
+pub mod trust;
 
 /// How a `std::time::Duration` appears in JSON (for the OpenAPI description).
 #[derive(utoipa::ToSchema)]

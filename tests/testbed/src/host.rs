@@ -1,4 +1,6 @@
-//! One test host: an sshd in its own mount namespace on its own loopback address.
+//! One test host: an sshd in its own mount and PID namespaces on its own
+//! loopback address, with its own `/etc/linkops` and `/etc/ssh` (what
+//! `linkops enroll` writes, and `sshd -t` and a reload read, are the host's).
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -13,7 +15,8 @@ use rustix::event::{self, PollFd, PollFlags, Timespec};
 use rustix::process::{self, Pid, PidfdFlags};
 
 use super::{
-    CLAIM_PREFIX, Error, Result, SSHD, TEST_USER, generate_key, io_error, read, set_mode, write,
+    CLAIM_PREFIX, Error, Result, SSHD, SharedFiles, TEST_USER, generate_key, io_error, read,
+    set_mode, write,
 };
 
 /// How long sshd may take to say it listens before the start counts as failed.
@@ -28,7 +31,8 @@ pub struct TestHost {
     uuid: String,
     /// Bind-mounted over `/etc/linkops` inside the host's namespace.
     etc_dir: PathBuf,
-    sshd_config: PathBuf,
+    /// Bind-mounted over `/etc/ssh`; holds `sshd_config` and `sshd_config.d/`.
+    etc_ssh: PathBuf,
     host_public_key: String,
     /// `None` while stopped.
     sshd: Option<Child>,
@@ -37,12 +41,7 @@ pub struct TestHost {
 }
 
 impl TestHost {
-    pub(super) fn start(
-        name: &str,
-        fleet_dir: &Path,
-        authorized_keys: &Path,
-        trusted_user_ca_keys: &Path,
-    ) -> Result<TestHost> {
+    pub(super) fn start(name: &str, fleet_dir: &Path, shared: &SharedFiles) -> Result<TestHost> {
         let (address, lease) = lease_address()?;
         let port = free_port(address)?;
         let dir = fleet_dir.join(name);
@@ -60,11 +59,17 @@ impl TestHost {
         generate_key(&host_key, "ed25519")?;
         let host_public_key = read(&host_key.with_extension("pub"))?;
 
-        let config = dir.join("sshd_config");
+        let etc_ssh = dir.join("etc-ssh");
+        let drop_ins = etc_ssh.join("sshd_config.d");
+        fs::create_dir_all(&drop_ins).map_err(|source| io_error(&drop_ins, source))?;
+        set_mode(&etc_ssh, 0o755)?;
+        let config = etc_ssh.join("sshd_config");
+        // As Debian's: the drop-ins first (sshd keeps the first value it reads).
         write(
             &config,
             &format!(
-                "ListenAddress {address}:{port}\n\
+                "Include /etc/ssh/sshd_config.d/*.conf\n\
+                 ListenAddress {address}:{port}\n\
                  HostKey {host_key}\n\
                  PidFile none\n\
                  UsePAM no\n\
@@ -74,26 +79,30 @@ impl TestHost {
                  AuthorizedKeysFile {authorized_keys}\n\
                  TrustedUserCAKeys {trusted_user_ca_keys}\n\
                  StrictModes no\n\
-                 AllowUsers {TEST_USER}\n\
-                 PermitRootLogin no\n\
+                 AllowUsers {TEST_USER} root\n\
+                 PermitRootLogin prohibit-password\n\
                  MaxStartups 500\n\
                  MaxSessions 500\n\
                  AcceptEnv LINKOPS_*\n\
-                 LogLevel INFO\n",
+                 LogLevel INFO\n\
+                 Match User root\n\
+                 \x20   AuthorizedKeysFile {operator_authorized_keys}\n\
+                 \x20   PubkeyAcceptedAlgorithms ssh-ed25519\n",
                 host_key = host_key.display(),
-                authorized_keys = authorized_keys.display(),
-                trusted_user_ca_keys = trusted_user_ca_keys.display(),
+                authorized_keys = shared.authorized_keys.display(),
+                trusted_user_ca_keys = shared.trusted_user_ca_keys.display(),
+                operator_authorized_keys = shared.operator_authorized_keys.display(),
             ),
         )?;
 
-        let sshd = spawn_sshd(name, &etc_dir, &config, &dir.join("sshd.log"))?;
+        let sshd = spawn_sshd(name, &etc_dir, &etc_ssh, &dir.join("sshd.log"))?;
         Ok(TestHost {
             name: name.to_owned(),
             address,
             port,
             uuid,
             etc_dir,
-            sshd_config: config,
+            etc_ssh,
             host_public_key,
             sshd: Some(sshd),
             _address_lease: lease,
@@ -131,24 +140,21 @@ impl TestHost {
         self.sshd = Some(spawn_sshd(
             &self.name,
             &self.etc_dir,
-            &self.sshd_config,
+            &self.etc_ssh,
             &dir.join("sshd.log"),
         )?);
         Ok(())
     }
 
     /// Makes sshd present `certificate` (an OpenSSH host certificate line for
-    /// its ed25519 host key) from now on: written beside the key, named in its
-    /// config, sshd restarted.
+    /// its ed25519 host key) from now on: written beside the key, named in a
+    /// drop-in of its own, sshd restarted.
     pub fn present_host_certificate(&mut self, certificate: &str) -> Result<()> {
         let dir = self.etc_dir.parent().expect("host dir").to_owned();
         let path = dir.join("ssh_host_ed25519_key-cert.pub");
         write(&path, &format!("{}\n", certificate.trim()))?;
-        let config = read(&self.sshd_config)?;
-        let line = format!("HostCertificate {}\n", path.display());
-        if !config.contains(&line) {
-            write(&self.sshd_config, &format!("{config}{line}"))?;
-        }
+        let drop_in = self.etc_ssh.join("sshd_config.d/testbed-host-certificate.conf");
+        write(&drop_in, &format!("HostCertificate {}\n", path.display()))?;
         self.restart()
     }
 
@@ -216,30 +222,32 @@ fn namespace_init(unshare: &Child) -> Option<OwnedFd> {
     process::pidfd_open(Pid::from_raw(sshd)?, PidfdFlags::empty()).ok()
 }
 
-/// Starts sshd as PID 1 of its own PID and mount namespaces, with `etc_dir`
-/// over `/etc/linkops`; returns once it listens.
+/// Starts sshd as PID 1 of its own PID and mount namespaces (its own
+/// `/proc`), with `etc_dir` over `/etc/linkops` and `etc_ssh` over
+/// `/etc/ssh`; returns once it listens.
 ///
 /// Killing the returned `unshare` kills sshd (`--kill-child`), and with it,
 /// as the namespace's init, every session it started — so established
 /// connections drop as they would when a machine goes down.
-fn spawn_sshd(name: &str, etc_dir: &Path, config: &Path, log: &Path) -> Result<Child> {
+fn spawn_sshd(name: &str, etc_dir: &Path, etc_ssh: &Path, log: &Path) -> Result<Child> {
     let mut sshd = Command::new("unshare")
         .args([
             "--mount",
             "--pid",
             "--fork",
             "--kill-child",
+            "--mount-proc",
             "--propagation",
             "private",
             "sh",
             "-c",
         ])
         .arg(format!(
-            "mount --bind \"$1\" /etc/linkops && exec {SSHD} -D -e -f \"$2\""
+            "mount --bind \"$1\" /etc/linkops && mount --bind \"$2\" /etc/ssh && exec {SSHD} -D -e -f /etc/ssh/sshd_config"
         ))
         .arg("sh")
         .arg(etc_dir)
-        .arg(config)
+        .arg(etc_ssh)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -87,7 +87,19 @@ pub struct TestFleet {
     known_hosts: PathBuf,
     authorized_keys: PathBuf,
     trusted_user_ca_keys: PathBuf,
+    operator_key: PathBuf,
     hosts: Vec<TestHost>,
+}
+
+/// What every host of a fleet reads beside its own files.
+pub(crate) struct SharedFiles<'a> {
+    /// The test user's authorized keys.
+    pub authorized_keys: &'a Path,
+    /// The user CAs the hosts trust.
+    pub trusted_user_ca_keys: &'a Path,
+    /// Root's authorized keys: the operator's own access, as `linkops
+    /// enroll` uses it (with a plain key: root takes no certificate).
+    pub operator_authorized_keys: &'a Path,
 }
 
 impl TestFleet {
@@ -120,16 +132,25 @@ impl TestFleet {
         write(&trusted_user_ca_keys, "")?;
         set_mode(&trusted_user_ca_keys, 0o644)?;
 
+        // The operator's key, which logs in as root (to enroll a host).
+        let operator_key = root.path().join("operator_ed25519");
+        generate_key(&operator_key, "ed25519")?;
+        let operator_authorized_keys = root.path().join("operator_authorized_keys");
+        write(
+            &operator_authorized_keys,
+            &read(&operator_key.with_extension("pub"))?,
+        )?;
+        set_mode(&operator_authorized_keys, 0o644)?;
+
+        let shared = SharedFiles {
+            authorized_keys: &authorized_keys,
+            trusted_user_ca_keys: &trusted_user_ca_keys,
+            operator_authorized_keys: &operator_authorized_keys,
+        };
         let mut hosts = Vec::with_capacity(count);
         for index in 0..count {
             let name = format!("host{}", index + 1);
-            let trusted = &trusted_user_ca_keys;
-            hosts.push(TestHost::start(
-                &name,
-                root.path(),
-                &authorized_keys,
-                trusted,
-            )?);
+            hosts.push(TestHost::start(&name, root.path(), &shared)?);
         }
         let known_hosts = root.path().join("known_hosts");
         let lines: String = hosts.iter().map(TestHost::known_hosts_line).collect();
@@ -143,6 +164,7 @@ impl TestFleet {
             known_hosts,
             authorized_keys,
             trusted_user_ca_keys,
+            operator_key,
             hosts,
         })
     }
@@ -171,6 +193,12 @@ impl TestFleet {
     /// Private key (ed25519, mode 0600) authorised on every host.
     pub fn client_key(&self) -> &Path {
         &self.client_key
+    }
+
+    /// The operator's private key (ed25519, mode 0600), which logs in to
+    /// every host as root — with the key only, never a certificate.
+    pub fn operator_key(&self) -> &Path {
+        &self.operator_key
     }
 
     /// known_hosts with every host's key.
