@@ -6,6 +6,7 @@
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod authority;
 pub mod blocking;
 pub mod client;
 pub mod config;

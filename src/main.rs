@@ -166,6 +166,48 @@ enum Command {
     Sync,
     /// The daemon, its Git source and the fleet at a glance.
     Status,
+    /// Bring a machine into the fleet (admin): over your own SSH access, once,
+    /// it installs the trust in the daemon's certificates (user CA,
+    /// principals, revocation list, an sshd drop-in checked with `sshd -t`),
+    /// a host certificate the daemon signs, and the enrollment id; reloads
+    /// sshd (putting everything back if it then fails); and proposes the
+    /// machine's entry for links.yaml. Enrolling an enrolled machine changes
+    /// nothing.
+    Enroll {
+        /// The machine's host name or address, as the daemon will reach it.
+        host: String,
+        #[arg(long, default_value = "22")]
+        port: u16,
+        /// Its id in links.yaml. Default: the host name's first label.
+        #[arg(long)]
+        id: Option<String>,
+        /// A tag for its entry (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// The login the daemon will use on it.
+        #[arg(long, default_value = "root")]
+        user: String,
+        /// Your own login on it, which enrolls (it writes /etc/ssh: root).
+        #[arg(long, default_value = "root")]
+        login: String,
+        /// Your private key file. Default: the keys of your ssh-agent (SSH_AUTH_SOCK).
+        #[arg(long, value_name = "KEY_FILE")]
+        identity: Option<PathBuf>,
+        /// The host key's fingerprint (`SHA256:…`), checked beforehand; without
+        /// it, a key not in your known_hosts is shown for you to confirm.
+        #[arg(long, value_name = "SHA256")]
+        host_key_fingerprint: Option<String>,
+        /// Commit the entry on a branch `enroll/<id>` of this config-repository
+        /// checkout (default: print it).
+        #[arg(long, value_name = "CHECKOUT", conflicts_with = "print")]
+        repo: Option<PathBuf>,
+        /// Print the entry for links.yaml (the default without --repo).
+        #[arg(long)]
+        print: bool,
+        /// With --repo: push the branch to origin.
+        #[arg(long, requires = "repo")]
+        push: bool,
+    },
     /// What a checkout (e.g. a branch before merging) would change against the
     /// daemon's applied revision, like `flux diff`.
     ///
@@ -338,6 +380,7 @@ fn run() -> anyhow::Result<()> {
         | Command::Stop { .. }
         | Command::Sync
         | Command::Status
+        | Command::Enroll { .. }
         | Command::Plan { .. }) => {
             let code = match remote(command, cli.server.as_deref(), cli.json) {
                 Ok(code) => code,
@@ -461,6 +504,39 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
         Command::Sync => client::sync(&client, json).await,
         Command::Status => client::status(&client, json).await.map(|()| 0),
         Command::Plan { dir } => client::plan(&client, dir).await,
+        Command::Enroll {
+            host,
+            port,
+            id,
+            tags,
+            user,
+            login,
+            identity,
+            host_key_fingerprint,
+            repo,
+            push,
+            print: _,
+        } => {
+            let proposal = match repo {
+                Some(repo) => client::enroll::Proposal::Branch {
+                    repo: repo.clone(),
+                    push: *push,
+                },
+                None => client::enroll::Proposal::Print,
+            };
+            let args = client::enroll::EnrollArgs {
+                host: host.clone(),
+                port: *port,
+                id: id.clone(),
+                tags: tags.clone(),
+                user: user.clone(),
+                login: login.clone(),
+                identity: identity.clone(),
+                host_key_fingerprint: host_key_fingerprint.clone(),
+                proposal,
+            };
+            Ok(client::enroll::enroll(&client, &args).await?)
+        }
         _ => unreachable!("only client commands come here"),
     }
 }

@@ -201,8 +201,7 @@ pub fn inventory_entry(machine: &NewMachine, indent: &str) -> String {
 pub fn append_entry(links_yaml: &str, machine: &NewMachine) -> Option<String> {
     let last_key = links_yaml
         .lines()
-        .filter(|line| !line.starts_with([' ', '\t', '#', '-']) && !line.trim().is_empty())
-        .next_back()?;
+        .rfind(|line| !line.starts_with([' ', '\t', '#', '-']) && !line.trim().is_empty())?;
     if last_key.trim_end() != "machines:" && last_key.trim_end() != "machines: []" {
         return None;
     }

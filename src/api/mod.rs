@@ -123,6 +123,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics::metrics))
         .routes(routes!(cluster::status))
         .routes(routes!(ca::authority))
+        .routes(routes!(ca::host_certificate))
         .routes(routes!(auth::login))
         .routes(routes!(auth::me))
         .routes(routes!(users::list, users::create))

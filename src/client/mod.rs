@@ -1,8 +1,10 @@
 //! The operator's command-line client: `linkops login`, `machines`, `run`,
 //! `ops`, `stop`, `sync`, `status`, `plan` talk to a running daemon through
-//! its public HTTP API (the same one the console uses).
+//! its public HTTP API (the same one the console uses); `enroll` brings a
+//! machine in over the operator's own SSH access, the daemon signing.
 
 mod commands;
+pub mod enroll;
 mod follow;
 mod print;
 mod session;
@@ -52,6 +54,8 @@ pub enum Error {
     Files(#[from] crate::git::FilesError),
     #[error("the stream of operation {operation} broke off and could not be resumed: {reason}")]
     Stream { operation: u64, reason: String },
+    #[error(transparent)]
+    Enroll(#[from] enroll::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -14,3 +14,29 @@ pub struct CaView {
     pub host_ca: String,
     pub host_ca_fingerprint: String,
 }
+
+/// `POST /api/ca/host-certificates`: a host certificate for a machine's host
+/// key (what `linkops enroll` installs as sshd's `HostCertificate`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostCertificateRequest {
+    /// The machine's id (as its inventory entry will say).
+    pub machine: String,
+    /// The names the daemon reaches it by (its `host`), at most 16.
+    pub names: Vec<String>,
+    /// The host key to certify, an OpenSSH public key line.
+    pub host_key: String,
+}
+
+/// A host certificate signed by the host CA.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostCertificateView {
+    /// The certificate, an OpenSSH line (`…-cert-v01@openssh.com …`).
+    pub certificate: String,
+    /// Decimal.
+    pub serial: String,
+    pub key_id: String,
+    pub principals: Vec<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub valid_before: jiff::Timestamp,
+}

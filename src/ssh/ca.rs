@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use linkops_reconcilers::certificate::{HostGrant, Purpose, UserGrant, user_grant, validity};
+use linkops_reconcilers::trust::FoundCertificate;
 use rand::Rng;
 pub use russh::keys::PublicKey;
 use russh::keys::ssh_key::certificate::{Builder, CertType};
@@ -213,6 +214,25 @@ impl Signing<'_> {
         }
         builder.sign(ca).map_err(failed)
     }
+}
+
+/// A machine's host certificate file (`text`, an OpenSSH line) as `host_ca`
+/// judges it for `host_key`: `None` when it is no certificate at all.
+pub fn examine_host_certificate(
+    text: &str,
+    host_ca: &PublicKey,
+    host_key: &PublicKey,
+) -> Option<FoundCertificate> {
+    let certificate = Certificate::from_openssh(text.trim()).ok()?;
+    let ours = certificate.cert_type() == CertType::Host
+        && certificate.signature_key() == host_ca.key_data()
+        && certificate.public_key() == host_key.key_data()
+        && certificate.verify_signature().is_ok();
+    Some(FoundCertificate {
+        ours,
+        principals: certificate.valid_principals().to_vec(),
+        valid_before: certificate.valid_before(),
+    })
 }
 
 /// A new ed25519 key that lives in memory only: what the daemon's

@@ -82,6 +82,10 @@ pub enum Error {
         user: String,
         key: String,
     },
+    #[error(
+        "the ssh-agent at {socket}: {reason} (is SSH_AUTH_SOCK right? `ssh-add -l` lists its keys)"
+    )]
+    Agent { socket: PathBuf, reason: String },
     #[error("private key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
     #[error(
@@ -208,9 +212,10 @@ pub struct ConnectOptions {
     pub keepalive_max: usize,
     /// Where connects, their latency and failures are counted.
     pub metrics: Arc<Metrics>,
-    /// Signs the certificates of targets whose `auth` is a certificate; its
-    /// host CA's certificates prove machines' host keys.
+    /// Signs the certificates of targets whose `auth` is a certificate.
     pub certifier: Option<Arc<Certifier>>,
+    /// The host CA whose host certificates prove machines' keys.
+    pub host_ca: Option<PublicKey>,
 }
 
 /// The host-key algorithms whose certificates a connection asks for when it
@@ -246,13 +251,24 @@ impl ConnectOptions {
             keepalive_max: ssh.keepalive_max,
             metrics,
             certifier: None,
+            host_ca: None,
         }
     }
 
-    /// These options, signing certificates with `certifier`.
+    /// These options, signing certificates with `certifier` and trusting
+    /// its authority's host certificates.
     pub fn with_certifier(self, certifier: Arc<Certifier>) -> ConnectOptions {
         ConnectOptions {
+            host_ca: Some(certifier.host_ca().clone()),
             certifier: Some(certifier),
+            ..self
+        }
+    }
+
+    /// These options, trusting the host certificates of `host_ca`.
+    pub fn with_host_ca(self, host_ca: PublicKey) -> ConnectOptions {
+        ConnectOptions {
+            host_ca: Some(host_ca),
             ..self
         }
     }
@@ -269,6 +285,63 @@ pub struct Connection {
     certificate: Option<CertificateLogin>,
     /// Counts the connection as open until it is dropped.
     _open: Open,
+}
+
+/// What a connection logs in with.
+enum Login {
+    /// The target's key file.
+    KeyFile,
+    /// A user certificate of the daemon's CA (boxed: a certificate is large).
+    Certified(Box<Certified>),
+    /// The keys of the ssh-agent at this socket.
+    Agent(PathBuf),
+}
+
+/// Tries each key the agent at `socket` holds until `user` is let in.
+async fn agent_login(
+    handle: &mut client::Handle<HostKeyCheck>,
+    user: &str,
+    socket: &Path,
+    target: &str,
+) -> Result<bool> {
+    use russh::keys::agent::AgentIdentity;
+    use russh::keys::agent::client::AgentClient;
+    let agent_failed = |reason: String| Error::Agent {
+        socket: socket.to_owned(),
+        reason,
+    };
+    let mut agent = AgentClient::connect_uds(socket)
+        .await
+        .map_err(|error| agent_failed(error.to_string()))?;
+    let identities = agent
+        .request_identities()
+        .await
+        .map_err(|error| agent_failed(error.to_string()))?;
+    for identity in identities {
+        let AgentIdentity::PublicKey { key, .. } = identity else {
+            continue;
+        };
+        let hash_alg = match key.algorithm().is_rsa() {
+            true => handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(|source| Error::Protocol {
+                    target: target.to_owned(),
+                    source,
+                })?
+                .flatten(),
+            false => None,
+        };
+        let tried = handle
+            .authenticate_publickey_with(user, key, hash_alg, &mut agent)
+            .await;
+        match tried {
+            Ok(result) if result.success() => return Ok(true),
+            Ok(_) => continue,
+            Err(error) => return Err(agent_failed(error.to_string())),
+        }
+    }
+    Ok(false)
 }
 
 /// A key held in memory and a user certificate the user CA signed for it:
@@ -315,16 +388,16 @@ impl Connection {
         options: &ConnectOptions,
         purpose: &Purpose,
     ) -> Result<Connection> {
-        let certified = match target.auth {
-            Auth::Key => None,
+        let login = match target.auth {
+            Auth::Key => Login::KeyFile,
             Auth::Certificate => {
                 let certifier = options.certifier.as_ref().ok_or(Error::NoCertifier {
                     target: target.to_string(),
                 })?;
-                Some(certifier.certify(&target.user, purpose)?)
+                Login::Certified(Box::new(certifier.certify(&target.user, purpose)?))
             }
         };
-        Connection::open_as(target, options, certified).await
+        Connection::open_as(target, options, login).await
     }
 
     /// [`Connection::open`], logging in with a user certificate instead of
@@ -334,16 +407,26 @@ impl Connection {
         options: &ConnectOptions,
         certified: Certified,
     ) -> Result<Connection> {
-        Connection::open_as(target, options, Some(certified)).await
+        Connection::open_as(target, options, Login::Certified(Box::new(certified))).await
+    }
+
+    /// [`Connection::open`], logging in with the keys of the ssh-agent
+    /// listening at `socket` (the operator's own access, for `linkops enroll`).
+    pub async fn open_with_agent(
+        target: &Target,
+        options: &ConnectOptions,
+        socket: &Path,
+    ) -> Result<Connection> {
+        Connection::open_as(target, options, Login::Agent(socket.to_owned())).await
     }
 
     async fn open_as(
         target: &Target,
         options: &ConnectOptions,
-        certified: Option<Certified>,
+        login: Login,
     ) -> Result<Connection> {
         let started = std::time::Instant::now();
-        let opened = Connection::connect(target, options, certified).await;
+        let opened = Connection::connect(target, options, login).await;
         match &opened {
             Ok(_) => options.metrics.ssh_connected(started.elapsed()),
             Err(error) => options.metrics.ssh_failed(error.kind()),
@@ -354,10 +437,10 @@ impl Connection {
     async fn connect(
         target: &Target,
         options: &ConnectOptions,
-        certified: Option<Certified>,
+        login: Login,
     ) -> Result<Connection> {
         let name = target.to_string();
-        let key_file = certified.is_none();
+        let key_file = matches!(login, Login::KeyFile);
         let (key, expected) = load_identity_and_expectations(target, options, key_file).await?;
         // The handler moves into the session; what it learns comes back through this slot.
         let learned = Arc::new(std::sync::Mutex::new(None));
@@ -411,15 +494,25 @@ impl Connection {
             target: name.clone(),
             source,
         };
-        let login = certified.as_ref().map(Certified::login);
-        let (auth, credential) = match (certified, key) {
-            (Some(certified), _) => {
+        let certificate = match &login {
+            Login::Certified(certified) => Some(certified.login()),
+            _ => None,
+        };
+        let (accepted, credential) = match (login, key) {
+            (Login::Certified(certified), _) => {
                 let credential = certified.to_string();
-                let Certified { key, certificate } = certified;
+                let Certified { key, certificate } = *certified;
                 let auth = handle.authenticate_openssh_cert(&target.user, key, certificate);
-                (auth.await.map_err(protocol)?, credential)
+                (auth.await.map_err(protocol)?.success(), credential)
             }
-            (None, key) => {
+            (Login::Agent(socket), _) => {
+                let accepted = agent_login(&mut handle, &target.user, &socket, &name).await?;
+                (
+                    accepted,
+                    format!("the keys of the ssh-agent at {}", socket.display()),
+                )
+            }
+            (Login::KeyFile, key) => {
                 let key = key.expect("loaded when no certificate is given");
                 let hash_alg = match key.algorithm().is_rsa() {
                     true => handle
@@ -431,10 +524,11 @@ impl Connection {
                 };
                 let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash_alg);
                 let auth = handle.authenticate_publickey(&target.user, key);
-                (auth.await.map_err(protocol)?, format!("key {}", target.key))
+                let accepted = auth.await.map_err(protocol)?.success();
+                (accepted, format!("key {}", target.key))
             }
         };
-        if !auth.success() {
+        if !accepted {
             return Err(Error::AuthRejected {
                 target: name,
                 user: target.user.clone(),
@@ -447,7 +541,7 @@ impl Connection {
             learned_host_key: std::sync::Mutex::new(
                 learned_host_key.map(|k| k.to_openssh().unwrap_or_default()),
             ),
-            certificate: login,
+            certificate,
             _open: Open::new(&options.metrics.ssh_connections),
         })
     }
@@ -493,7 +587,10 @@ impl Error {
             Error::Connect { .. } => "unreachable",
             Error::ConnectTimeout { .. } => "timeout",
             error if error.is_host_key_refusal() => "host_key",
-            Error::AuthRejected { .. } | Error::Key { .. } | Error::KeyName { .. } => "auth",
+            Error::AuthRejected { .. }
+            | Error::Agent { .. }
+            | Error::Key { .. }
+            | Error::KeyName { .. } => "auth",
             _ => "other",
         }
     }
@@ -517,7 +614,7 @@ async fn load_identity_and_expectations(
 ) -> Result<(Option<PrivateKey>, ExpectedKeys)> {
     let target = target.clone();
     let known_hosts = options.known_hosts.clone();
-    let host_ca = options.certifier.as_ref().map(|c| c.host_ca().clone());
+    let host_ca = options.host_ca.clone();
     crate::blocking::run(move || {
         let key = match key_file {
             true => Some(load_private_key(&target.key.path()?)?),
@@ -569,6 +666,113 @@ async fn learn_host_key(known_hosts: &Path, host: &str, port: u16, key: &PublicK
         })
     })
     .await?
+}
+
+/// The host key a machine presents, with the host certificate it has for it
+/// (when asked for one: the options trust a host CA).
+#[derive(Debug, Clone)]
+pub struct Presented {
+    pub key: PublicKey,
+    pub certificate: Option<Certificate>,
+}
+
+impl Presented {
+    /// `SHA256:…` of the key, as `ssh-keygen -l` shows it.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.key)
+    }
+
+    /// Whether its certificate proves it is `host` to `host_ca`; else why not.
+    pub fn certified(&self, host_ca: &PublicKey, host: &str) -> Result<(), String> {
+        let Some(certificate) = &self.certificate else {
+            return Err("it presents no host certificate".into());
+        };
+        let expected = ExpectedKeys {
+            host_ca: Some(host_ca.clone()),
+            ..ExpectedKeys::default()
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        match expected.judge_certificate(certificate, host, now) {
+            Verdict::Trusted => Ok(()),
+            Verdict::Uncertified { reason } => Err(reason),
+            other => Err(format!("{other:?}")),
+        }
+    }
+}
+
+/// Reads the host key (and host certificate) `host:port` presents, trusting
+/// nothing and logging in to nothing — as `ssh-keyscan` does, for the
+/// operator to confirm before anything is sent.
+pub async fn scan_host_key(host: &str, port: u16, options: &ConnectOptions) -> Result<Presented> {
+    let name = format!("{host}:{port}");
+    let slot = Arc::new(std::sync::Mutex::new(None));
+    let scan = async {
+        let stream = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|source| Error::Connect {
+                target: name.clone(),
+                source,
+            })?;
+        let mut config = client::Config::default();
+        if options.host_ca.is_some() {
+            config.preferred.host_key_certificates =
+                std::borrow::Cow::Borrowed(HOST_CERTIFICATE_ALGORITHMS);
+        }
+        let scan = Scan { slot: slot.clone() };
+        // Refused by `Scan` once the key is seen: the handshake ends there.
+        client::connect_stream(Arc::new(config), stream, scan)
+            .await
+            .map(drop)
+            .map_err(|source| Error::Protocol {
+                target: name.clone(),
+                source,
+            })
+    };
+    let ended = tokio::time::timeout(options.connect_timeout, scan)
+        .await
+        .map_err(|_| Error::ConnectTimeout {
+            target: name.clone(),
+            after: options.connect_timeout,
+        })?;
+    let presented = slot.lock().expect("never poisoned").take();
+    match (presented, ended) {
+        (Some(presented), _) => Ok(presented),
+        (None, Err(error)) => Err(error),
+        (None, Ok(())) => Err(Error::Protocol {
+            target: name,
+            source: russh::Error::UnknownKey,
+        }),
+    }
+}
+
+/// The russh client handler of [`scan_host_key`]: keeps what is presented, trusts nothing.
+struct Scan {
+    slot: Arc<std::sync::Mutex<Option<Presented>>>,
+}
+
+impl client::Handler for Scan {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        presented: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, russh::Error> {
+        let seen = match presented {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => Presented {
+                key: key.clone(),
+                certificate: None,
+            },
+            russh::keys::PublicKeyOrCertificate::Certificate(certificate) => Presented {
+                key: PublicKey::from(certificate.public_key().clone()),
+                certificate: Some(certificate.clone()),
+            },
+        };
+        *self.slot.lock().expect("never poisoned") = Some(seen);
+        Ok(false)
+    }
 }
 
 /// The russh client handler: decides whether to trust the server's host key.

@@ -60,6 +60,7 @@ pub enum AuditAction {
     TerminalRecordingRead,
     SshHostKeyLearned,
     SshHostKeyRefused,
+    CaHostCertificate,
     GitSync,
 }
 
@@ -85,6 +86,7 @@ impl AuditAction {
             AuditAction::TerminalRecordingRead => "terminal.recording.read",
             AuditAction::SshHostKeyLearned => "ssh.host_key_learned",
             AuditAction::SshHostKeyRefused => "ssh.host_key_refused",
+            AuditAction::CaHostCertificate => "ca.host_certificate",
             AuditAction::GitSync => "git.sync",
         }
     }

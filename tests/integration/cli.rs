@@ -29,11 +29,24 @@ const SCRIPTS: &str = r#"scripts:
 
 /// Runs `linkops ARGS` with its own config dir, optionally feeding stdin.
 async fn linkops(home: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    linkops_with(home, args, stdin, &[]).await
+}
+
+/// [`linkops`] with `env` set too; `home` is its HOME as well.
+pub(crate) async fn linkops_with(
+    home: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> Output {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_linkops"))
         .args(args)
         .env("XDG_CONFIG_HOME", home)
+        .env("HOME", home)
         .env_remove("LINKOPS_SERVER")
+        .env_remove("SSH_AUTH_SOCK")
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -47,15 +60,15 @@ async fn linkops(home: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().await.unwrap()
 }
 
-fn stdout(output: &Output) -> String {
+pub(crate) fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-async fn logged_in(daemon: &TestDaemon) -> tempfile::TempDir {
+pub(crate) async fn logged_in(daemon: &TestDaemon) -> tempfile::TempDir {
     let home = testbed::private_dir();
     let login = linkops(
         home.path(),

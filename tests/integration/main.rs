@@ -12,6 +12,7 @@ mod audit;
 mod certificates;
 mod cli;
 mod demo;
+mod enroll;
 mod exactly_once;
 mod fleet;
 mod forge;

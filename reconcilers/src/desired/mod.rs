@@ -11,6 +11,8 @@
 pub mod format;
 mod validate;
 
+pub use validate::is_id;
+
 use std::collections::BTreeMap;
 use std::fmt;
 

@@ -55,6 +55,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/ca/host-certificates": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** `POST /api/ca/host-certificates` (admin; audited) */
+        post: operations["daemon_host_certificate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/cluster": {
         parameters: {
             query?: never;
@@ -1120,6 +1137,29 @@ export interface components {
             enrolled: boolean;
             health: components["schemas"]["Health"];
         };
+        /**
+         * @description `POST /api/ca/host-certificates`: a host certificate for a machine's host
+         *     key (what `linkops enroll` installs as sshd's `HostCertificate`).
+         */
+        HostCertificateRequest: {
+            /** @description The host key to certify, an OpenSSH public key line. */
+            host_key: string;
+            /** @description The machine's id (as its inventory entry will say). */
+            machine: string;
+            /** @description The names the daemon reaches it by (its `host`), at most 16. */
+            names: string[];
+        };
+        /** @description A host certificate signed by the host CA. */
+        HostCertificateView: {
+            /** @description The certificate, an OpenSSH line (`…-cert-v01@openssh.com …`). */
+            certificate: string;
+            key_id: string;
+            principals: string[];
+            /** @description Decimal. */
+            serial: string;
+            /** Format: date-time */
+            valid_before: string;
+        };
         /** @description The data of a `host` event: a machine's part changed state. */
         HostEvent: {
             machine: string;
@@ -1971,6 +2011,8 @@ export type GitStatus = components['schemas']['GitStatus'];
 export type HaltView = components['schemas']['HaltView'];
 export type Health = components['schemas']['Health'];
 export type HealthPoint = components['schemas']['HealthPoint'];
+export type HostCertificateRequest = components['schemas']['HostCertificateRequest'];
+export type HostCertificateView = components['schemas']['HostCertificateView'];
 export type HostEvent = components['schemas']['HostEvent'];
 export type HostResult = components['schemas']['HostResult'];
 export type HostState = components['schemas']['HostState'];
@@ -2126,6 +2168,39 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["CaView"];
+                };
+            };
+        };
+    };
+    daemon_host_certificate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["HostCertificateRequest"];
+            };
+        };
+        responses: {
+            /** @description A host certificate of the host CA for the key and names (what `linkops enroll` installs) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HostCertificateView"];
+                };
+            };
+            /** @description A machine id, name or host key that is not one, or too many names */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };

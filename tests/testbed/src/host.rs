@@ -153,7 +153,9 @@ impl TestHost {
         let dir = self.etc_dir.parent().expect("host dir").to_owned();
         let path = dir.join("ssh_host_ed25519_key-cert.pub");
         write(&path, &format!("{}\n", certificate.trim()))?;
-        let drop_in = self.etc_ssh.join("sshd_config.d/testbed-host-certificate.conf");
+        let drop_in = self
+            .etc_ssh
+            .join("sshd_config.d/testbed-host-certificate.conf");
         write(&drop_in, &format!("HostCertificate {}\n", path.display()))?;
         self.restart()
     }
@@ -190,6 +192,16 @@ impl TestHost {
     /// Replaces the content of this host's `/etc/linkops/client_id`.
     pub fn set_client_id(&self, content: &str) -> Result<()> {
         write(&self.etc_dir.join("client_id"), content)
+    }
+
+    /// This host's `/etc/linkops/client_id`, if it has one.
+    pub fn client_id(&self) -> Option<String> {
+        fs::read_to_string(self.etc_dir.join("client_id")).ok()
+    }
+
+    /// This host's `/etc/ssh`, as seen from outside its namespace.
+    pub fn etc_ssh(&self) -> &Path {
+        &self.etc_ssh
     }
 
     /// Removes this host's `/etc/linkops/client_id`.

@@ -58,6 +58,11 @@ static KEY: LazyLock<Regex> = LazyLock::new(|| Regex::new(KEY_PATTERN).expect("a
 static PARAM_NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(PARAM_NAME_PATTERN).expect("a valid pattern"));
 
+/// Whether `value` may be an id in the repository's files ([`ID_PATTERN`]).
+pub fn is_id(value: &str) -> bool {
+    ID.is_match(value)
+}
+
 /// Reports `value` unless it matches `pattern`; whether it did.
 fn conforms(
     report: &mut Report,

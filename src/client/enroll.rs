@@ -1,0 +1,730 @@
+//! `linkops enroll HOST`: from a bare machine to one the daemon reaches with
+//! certificates alone, through the operator's own SSH access, once.
+//!
+//! The steps, each refused with its reason and leaving the machine as it was:
+//! read the host key and have it confirmed (or proved by a host certificate
+//! of the daemon's host CA); log in as the operator (an ssh-agent's keys or a
+//! key file); read what the machine holds; write what
+//! `linkops_reconcilers::trust::plan` says differs — the enrollment id, the
+//! user CA, the principals, the revocation list, a host certificate the
+//! daemon signs, the sshd drop-in — check it with `sshd -t`, reload sshd and
+//! see it present the new host certificate (else put everything back); then
+//! propose the machine's inventory entry, printed or committed on a branch
+//! for review in Git.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use linkops_reconcilers::desired::{self, LINKS_FILE};
+use linkops_reconcilers::enrollment::CLIENT_ID_PATH;
+use linkops_reconcilers::trust::{
+    self, ManagedFile, NewMachine, PRINCIPALS_DIR, SSHD_DROP_IN_PATH, Trust, USER_CA_PATH,
+};
+
+use super::Client;
+use crate::config::SshConfig;
+use crate::contract::{CaView, HostCertificateRequest, HostCertificateView};
+use crate::ssh::ca::{PublicKey, examine_host_certificate};
+use crate::ssh::{self, ConnectOptions, Connection, ExitStatus, KeyFile, KnownHosts, Target};
+
+/// A command on the machine may take this long (`sshd -t` and a reload included).
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// What a step may print (the files read are a few KiB).
+const STEP_OUTPUT: usize = 1 << 20;
+/// sshd re-executes itself on SIGHUP: new connections are refused for a moment.
+const RELOAD_WAIT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Api(#[from] Box<super::Error>),
+    #[error(transparent)]
+    Ssh(#[from] ssh::Error),
+    #[error("the daemon's CA key {what} is unreadable: {reason}")]
+    CaKey { what: &'static str, reason: String },
+    #[error(
+        "{target} presents host key {presented}, not {expected} as --host-key-fingerprint says: refusing (is it the machine you mean?)"
+    )]
+    Fingerprint {
+        target: String,
+        presented: String,
+        expected: String,
+    },
+    #[error(
+        "cannot confirm the host key of {target} ({presented}): nothing to ask on (stdin is no terminal); check it on the machine (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`) and pass --host-key-fingerprint {presented}"
+    )]
+    Unconfirmable { target: String, presented: String },
+    #[error("the host key of {target} was not confirmed: nothing was sent")]
+    NotConfirmed { target: String },
+    #[error(
+        "no way to log in as the operator: pass --identity KEY_FILE or run an ssh-agent (SSH_AUTH_SOCK) holding a key {login}@{host} accepts"
+    )]
+    NoCredential { login: String, host: String },
+    #[error("{machine}: {step}: {reason}")]
+    Step {
+        machine: String,
+        step: &'static str,
+        reason: String,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("git {command} in {repo}: {output}")]
+    Git {
+        command: String,
+        repo: PathBuf,
+        output: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl From<super::Error> for Error {
+    fn from(error: super::Error) -> Error {
+        Error::Api(Box::new(error))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the machine's inventory entry goes.
+#[derive(Debug, Clone)]
+pub enum Proposal {
+    /// Printed, for the operator to place.
+    Print,
+    /// Committed on the branch `enroll/<id>` of the checkout at `repo` (and pushed to `origin`).
+    Branch { repo: PathBuf, push: bool },
+}
+
+/// What `linkops enroll` was asked.
+#[derive(Debug, Clone)]
+pub struct EnrollArgs {
+    pub host: String,
+    pub port: u16,
+    /// The machine's id; from the host name when absent.
+    pub id: Option<String>,
+    pub tags: Vec<String>,
+    /// The login the daemon will use.
+    pub user: String,
+    /// The operator's own login, which enrolls (root: it writes /etc/ssh).
+    pub login: String,
+    /// The operator's key file; the ssh-agent's keys when absent.
+    pub identity: Option<PathBuf>,
+    /// The host key's `SHA256:…`, confirmed beforehand (unattended use).
+    pub host_key_fingerprint: Option<String>,
+    pub proposal: Proposal,
+}
+
+/// `linkops enroll`. Prints each step as it is done; returns 0.
+pub async fn enroll(client: &Client, args: &EnrollArgs) -> Result<i32> {
+    let id = match &args.id {
+        Some(id) => id.clone(),
+        None => id_from_host(&args.host)?,
+    };
+    if !desired::is_id(&id) {
+        return Err(Error::Usage(format!(
+            "{id:?} is no machine id (lowercase letters, digits, '.', '_', '-'): pass --id"
+        )));
+    }
+    let ca: CaView = client.get("/api/ca").await?;
+    let user_ca = parse_key(&ca.user_ca, "user CA")?;
+    let host_ca = parse_key(&ca.host_ca, "host CA")?;
+    let known_hosts = operator_known_hosts();
+    let options = ConnectOptions::new(
+        &SshConfig::default(),
+        known_hosts.clone(),
+        Default::default(),
+    )
+    .with_host_ca(host_ca.clone());
+    let target_name = format!("{}:{}", args.host, args.port);
+
+    // 1. The host key, confirmed before anything is sent.
+    let presented = ssh::scan_host_key(&args.host, args.port, &options).await?;
+    let how = confirm_host_key(args, &presented, &host_ca, &known_hosts, &target_name)?;
+    step(&format!("host key {} ({how})", presented.fingerprint()));
+
+    // 2. The operator's login.
+    let target = Target {
+        pinned_host_key: Some(presented.key.to_openssh().unwrap_or_default()),
+        ..Target::new(
+            args.host.clone(),
+            args.port,
+            args.login.clone(),
+            KeyFile::at(args.identity.as_deref().unwrap_or(Path::new(""))),
+        )
+    };
+    let connection = operator_login(&target, &options, args).await?;
+    let machine = Machine {
+        id: &id,
+        connection: &connection,
+    };
+
+    // 3. What it holds.
+    let host_keys = machine.host_keys().await?;
+    let host_key_path = host_keys
+        .iter()
+        .find(|(_, key)| key.key_data() == presented.key.key_data())
+        .map(|(path, _)| path.clone())
+        .ok_or_else(|| {
+            machine.refused(
+                "finding its host key",
+                format!(
+                    "sshd presents {} but none of its HostKey files ({}) holds it",
+                    presented.fingerprint(),
+                    host_keys
+                        .iter()
+                        .map(|(path, _)| path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+    let certificate_path = format!("{host_key_path}-cert.pub");
+    let principals = format!("{PRINCIPALS_DIR}/{}", args.user);
+    let paths = [
+        CLIENT_ID_PATH,
+        USER_CA_PATH,
+        principals.as_str(),
+        trust::REVOKED_KEYS_PATH,
+        SSHD_DROP_IN_PATH,
+        certificate_path.as_str(),
+    ];
+    let observed = machine.read_files(&paths).await?;
+
+    // 4. What to change.
+    let uuid = trust::enrollment_uuid(
+        observed.get(CLIENT_ID_PATH).map(String::as_str),
+        &uuid::Uuid::new_v4().to_string(),
+    );
+    let wanted = trust::files(&Trust {
+        user_cas: vec![user_ca.to_openssh().unwrap_or_default()],
+        login: args.user.clone(),
+        uuid: uuid.clone(),
+        host_certificate_path: certificate_path.clone(),
+    });
+    let mut plan = trust::plan(wanted, &observed);
+    let names = vec![args.host.clone()];
+    let found = observed
+        .get(&certificate_path)
+        .and_then(|text| examine_host_certificate(text, &host_ca, &presented.key));
+    let now = unix_now();
+    if !trust::host_certificate_current(found.as_ref(), &names, now) {
+        let request = HostCertificateRequest {
+            machine: id.clone(),
+            names: names.clone(),
+            host_key: presented.key.to_openssh().unwrap_or_default(),
+        };
+        let issued: HostCertificateView =
+            client.post("/api/ca/host-certificates", &request).await?;
+        step(&format!(
+            "host certificate serial {} for {} until {}",
+            issued.serial,
+            issued.principals.join(", "),
+            issued.valid_before
+        ));
+        plan.writes.push(ManagedFile {
+            path: certificate_path.clone(),
+            content: format!("{}\n", issued.certificate.trim()),
+            only_if_absent: false,
+        });
+        plan.reload_sshd = true;
+    }
+
+    // 5. Written, checked, reloaded — or put back.
+    if plan.is_empty() {
+        step(&format!("{id} is enrolled already: nothing changed on it"));
+    } else {
+        let written = machine.write(&plan).await?;
+        let paths: Vec<&str> = plan.writes.iter().map(|file| file.path.as_str()).collect();
+        step(&format!("wrote {}", paths.join(", ")));
+        if plan.reload_sshd {
+            let proved = presents_its_certificate(&args.host, args.port, &options, args).await;
+            if let Err(reason) = proved {
+                machine.restore(&written).await?;
+                return Err(machine.refused(
+                    "reloading sshd",
+                    format!("{reason}; what enrolling wrote was put back and sshd reloaded"),
+                ));
+            }
+            step("sshd reloaded: it presents its host certificate and trusts the user CA");
+        }
+        machine.forget(&written).await?;
+    }
+
+    // 6. The inventory entry, for review.
+    let entry = NewMachine {
+        id: id.clone(),
+        host: args.host.clone(),
+        port: args.port,
+        user: args.user.clone(),
+        uuid,
+        tags: args.tags.clone(),
+    };
+    match &args.proposal {
+        Proposal::Print => {
+            step(&format!("add this entry to {LINKS_FILE}:"));
+            print!("{}", trust::inventory_entry(&entry, "  "));
+        }
+        Proposal::Branch { repo, push } => propose(repo, &entry, *push)?,
+    }
+    Ok(0)
+}
+
+fn step(what: &str) {
+    println!("• {what}");
+    std::io::stdout().flush().ok();
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn parse_key(line: &str, what: &'static str) -> Result<PublicKey> {
+    PublicKey::from_openssh(line.trim()).map_err(|error| Error::CaKey {
+        what,
+        reason: error.to_string(),
+    })
+}
+
+/// A machine id from a host name: its first label, lowercased
+/// (`web-1.lan` → `web-1`); an address as it is (`10.0.1.5`).
+fn id_from_host(host: &str) -> Result<String> {
+    let is_address = host.parse::<std::net::IpAddr>().is_ok();
+    let id = match is_address {
+        true => host.replace(':', "-"),
+        false => host.split('.').next().unwrap_or(host).to_lowercase(),
+    };
+    match desired::is_id(&id) {
+        true => Ok(id),
+        false => Err(Error::Usage(format!(
+            "cannot make a machine id of {host:?}: pass --id"
+        ))),
+    }
+}
+
+/// The operator's own known_hosts (`~/.ssh/known_hosts`).
+fn operator_known_hosts() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".ssh/known_hosts")
+}
+
+/// How the presented host key is trusted, or why it is not.
+fn confirm_host_key(
+    args: &EnrollArgs,
+    presented: &ssh::Presented,
+    host_ca: &PublicKey,
+    known_hosts: &Path,
+    target: &str,
+) -> Result<&'static str> {
+    let fingerprint = presented.fingerprint();
+    if let Some(expected) = &args.host_key_fingerprint {
+        return match expected.trim() == fingerprint {
+            true => Ok("as --host-key-fingerprint says"),
+            false => Err(Error::Fingerprint {
+                target: target.to_owned(),
+                presented: fingerprint,
+                expected: expected.clone(),
+            }),
+        };
+    }
+    if presented.certified(host_ca, &args.host).is_ok() {
+        return Ok("proved by its host certificate of the daemon's host CA");
+    }
+    let known = KnownHosts::new(known_hosts.to_owned())
+        .keys(&args.host, args.port)
+        .unwrap_or_default();
+    if known
+        .iter()
+        .any(|(_, key)| key.key_data() == presented.key.key_data())
+    {
+        return Ok("in your known_hosts");
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Unconfirmable {
+            target: target.to_owned(),
+            presented: fingerprint,
+        });
+    }
+    eprint!(
+        "{target} presents host key {fingerprint} ({}).\nIs it the machine you mean (compare with `ssh-keygen -lf` on its console)? [y/N] ",
+        presented.key.algorithm()
+    );
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).ok();
+    match answer.trim().to_lowercase().as_str() {
+        "y" | "yes" => Ok("confirmed by you"),
+        _ => Err(Error::NotConfirmed {
+            target: target.to_owned(),
+        }),
+    }
+}
+
+/// Logs in as the operator: with the key file, else the ssh-agent's keys.
+async fn operator_login(
+    target: &Target,
+    options: &ConnectOptions,
+    args: &EnrollArgs,
+) -> Result<Connection> {
+    if args.identity.is_some() {
+        return Ok(Connection::open(target, options).await?);
+    }
+    match std::env::var_os("SSH_AUTH_SOCK") {
+        Some(socket) => Ok(Connection::open_with_agent(target, options, Path::new(&socket)).await?),
+        None => Err(Error::NoCredential {
+            login: args.login.clone(),
+            host: args.host.clone(),
+        }),
+    }
+}
+
+/// After a reload: a new connection, trusting nothing but the daemon's host
+/// CA, gets in — sshd reads the new configuration and presents its
+/// certificate. Tried until [`RELOAD_WAIT`] (sshd re-executes itself).
+async fn presents_its_certificate(
+    host: &str,
+    port: u16,
+    options: &ConnectOptions,
+    args: &EnrollArgs,
+) -> Result<(), String> {
+    let target = Target::new(
+        host.to_owned(),
+        port,
+        args.login.clone(),
+        KeyFile::at(args.identity.as_deref().unwrap_or(Path::new(""))),
+    );
+    let options = ConnectOptions {
+        known_hosts: std::sync::Arc::new(KnownHosts::new(PathBuf::from("/dev/null"))),
+        ..options.clone()
+    };
+    let deadline = tokio::time::Instant::now() + RELOAD_WAIT;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let error = match operator_login(&target, &options, args).await {
+            Ok(connection) => {
+                connection.disconnect().await;
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(format!(
+                "after the reload, sshd did not let a connection in within {RELOAD_WAIT:?} proving itself by its new host certificate: {error}"
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// The operator's session on the machine being enrolled.
+struct Machine<'a> {
+    id: &'a str,
+    connection: &'a Connection,
+}
+
+/// Where a write put what it replaced, and which directories it made.
+struct Written {
+    backup: String,
+    made: String,
+    paths: Vec<String>,
+}
+
+/// Walks up from the shell to the sshd that listens (the last `sshd` among
+/// its ancestors: a session's own processes are `sshd-session`, or `sshd`
+/// below the listener on older OpenSSH) — what `systemctl reload ssh` signals.
+const FIND_LISTENER: &str = r#"listener=
+pid=$(awk '{print $4}' /proc/self/stat)
+while [ "${pid:-0}" -ge 1 ] 2>/dev/null; do
+  [ "$(cat /proc/$pid/comm 2>/dev/null)" = sshd ] && listener=$pid
+  pid=$(awk '{print $4}' /proc/$pid/stat 2>/dev/null)
+done
+"#;
+
+impl Machine<'_> {
+    fn refused(&self, step: &'static str, reason: String) -> Error {
+        Error::Step {
+            machine: self.id.to_owned(),
+            step,
+            reason,
+        }
+    }
+
+    /// Runs `script` with `sh` as root; its standard output, or the refusal.
+    async fn run(&self, step: &'static str, script: &str) -> Result<String> {
+        let script = format!(
+            "set -u\nif [ \"$(id -u)\" != 0 ]; then echo 'enrolling writes /etc/ssh and reloads sshd: log in as root (--login root)' >&2; exit 10; fi\n{script}"
+        );
+        let execution = self
+            .connection
+            .exec("sh -s", script.as_bytes(), STEP_TIMEOUT)
+            .await?;
+        let output = execution.collect(STEP_OUTPUT).await?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        match output.status {
+            ExitStatus::Code(0) => Ok(stdout),
+            status => {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                Err(self.refused(step, format!("{} ({status:?})", stderr.trim())))
+            }
+        }
+    }
+
+    /// sshd's host keys: each `HostKey` path with its public key.
+    async fn host_keys(&self) -> Result<Vec<(String, PublicKey)>> {
+        let script = r#"sshd=$(command -v sshd || echo /usr/sbin/sshd)
+"$sshd" -T | while read -r key value; do
+  [ "$key" = hostkey ] && [ -f "$value.pub" ] && printf '%s\t%s\n' "$value" "$(cat "$value.pub")"
+done
+true
+"#;
+        let listed = self
+            .run("reading sshd's host keys (`sshd -T`)", script)
+            .await?;
+        Ok(listed
+            .lines()
+            .filter_map(|line| {
+                let (path, key) = line.split_once('\t')?;
+                Some((path.to_owned(), PublicKey::from_openssh(key.trim()).ok()?))
+            })
+            .collect())
+    }
+
+    /// The content of each of `paths` that exists.
+    async fn read_files(&self, paths: &[&str]) -> Result<BTreeMap<String, String>> {
+        let quoted: Vec<String> = paths.iter().map(|path| quote(path)).collect();
+        let script = format!(
+            "for f in {}; do [ -f \"$f\" ] && printf '%s\\t%s\\n' \"$f\" \"$(base64 -w0 < \"$f\")\"; done; true\n",
+            quoted.join(" ")
+        );
+        let listed = self.run("reading what it holds", &script).await?;
+        let mut files = BTreeMap::new();
+        for line in listed.lines() {
+            let Some((path, encoded)) = line.split_once('\t') else {
+                continue;
+            };
+            let content = BASE64.decode(encoded.trim()).map_err(|error| {
+                self.refused("reading what it holds", format!("{path}: {error}"))
+            })?;
+            files.insert(
+                path.to_owned(),
+                String::from_utf8_lossy(&content).into_owned(),
+            );
+        }
+        Ok(files)
+    }
+
+    /// Writes the plan's files (what they replace kept aside), then, when sshd
+    /// must reload: `sshd -t`, a check that sshd reads the drop-in first, and
+    /// SIGHUP to the listener. Any refusal puts everything back.
+    async fn write(&self, plan: &trust::Plan) -> Result<Written> {
+        let mut script = String::from("set -e\numask 022\nmade=\n");
+        script.push_str(&format!(
+            "for d in {TRUST_DIRS}; do [ -d \"$d\" ] || made=\"$d $made\"; done\nmkdir -p {TRUST_DIRS}\nbackup=$(mktemp -d /etc/ssh/linkops/.enroll-XXXXXX)\n"
+        ));
+        let paths: Vec<String> = plan.writes.iter().map(|file| file.path.clone()).collect();
+        script.push_str(&restore_function(&paths));
+        for (index, file) in plan.writes.iter().enumerate() {
+            let path = quote(&file.path);
+            script.push_str(&format!(
+                "if [ -e {path} ]; then cp -p {path} \"$backup/{index}\"; fi\nprintf '%s' '{}' | base64 -d > {path}.linkops-new\nchmod 644 {path}.linkops-new\nmv -f {path}.linkops-new {path}\n",
+                BASE64.encode(file.content.as_bytes())
+            ));
+        }
+        if plan.reload_sshd {
+            script.push_str("set +e\nsshd=$(command -v sshd || echo /usr/sbin/sshd)\n");
+            script.push_str(
+                "if ! checked=$(\"$sshd\" -t 2>&1); then restore; echo \"sshd -t refuses the configuration: $checked\" >&2; exit 20; fi\n",
+            );
+            script.push_str(&format!(
+                "if ! \"$sshd\" -T 2>/dev/null | grep -qx 'trustedusercakeys {USER_CA_PATH}'; then restore; echo 'sshd does not take TrustedUserCAKeys from {SSHD_DROP_IN_PATH}: its sshd_config must Include /etc/ssh/sshd_config.d/*.conf before setting TrustedUserCAKeys itself' >&2; exit 21; fi\n"
+            ));
+            script.push_str(FIND_LISTENER);
+            script.push_str(
+                "if [ -z \"$listener\" ]; then restore; echo 'no listening sshd among this session'\\''s ancestors to reload' >&2; exit 22; fi\nkill -HUP \"$listener\"\n",
+            );
+        }
+        script.push_str("printf '%s\\n%s\\n' \"$backup\" \"$made\"\n");
+        let printed = self.run("writing the trust", &script).await?;
+        let mut lines = printed.lines();
+        Ok(Written {
+            backup: lines.next().unwrap_or_default().trim().to_owned(),
+            made: lines.next().unwrap_or_default().trim().to_owned(),
+            paths,
+        })
+    }
+
+    /// Puts back what a write replaced and reloads sshd.
+    async fn restore(&self, written: &Written) -> Result<()> {
+        let mut script = format!(
+            "backup={}\nmade={}\n",
+            quote(&written.backup),
+            quote(&written.made)
+        );
+        script.push_str(&restore_function(&written.paths));
+        script.push_str("restore\n");
+        script.push_str(FIND_LISTENER);
+        script.push_str("if [ -n \"$listener\" ]; then kill -HUP \"$listener\"; fi\n");
+        self.run("putting back what enrolling wrote", &script)
+            .await
+            .map(drop)
+    }
+
+    /// Drops what a successful write kept aside.
+    async fn forget(&self, written: &Written) -> Result<()> {
+        let script = format!("rm -rf {}\n", quote(&written.backup));
+        self.run("removing the backup", &script).await.map(drop)
+    }
+}
+
+/// The directories the trust lives in, parents first.
+const TRUST_DIRS: &str =
+    "/etc/linkops /etc/ssh/sshd_config.d /etc/ssh/linkops /etc/ssh/linkops/principals";
+
+/// A shell function `restore` putting `paths` back from `$backup` (a file
+/// that was not there is removed), then removing the backup and the
+/// directories the write made (`$made`, deepest first).
+fn restore_function(paths: &[String]) -> String {
+    let mut function = String::from("restore() {\n");
+    for (index, path) in paths.iter().enumerate() {
+        let path = quote(path);
+        function.push_str(&format!(
+            "  if [ -e \"$backup/{index}\" ]; then cp -p \"$backup/{index}\" {path}; else rm -f {path}; fi\n"
+        ));
+    }
+    function.push_str(
+        "  rm -rf \"$backup\"\n  for d in $made; do rmdir \"$d\" 2>/dev/null; done\n  true\n}\n",
+    );
+    function
+}
+
+fn quote(text: &str) -> String {
+    shlex::try_quote(text)
+        .map(|quoted| quoted.into_owned())
+        .unwrap_or_else(|_| "''".to_owned())
+}
+
+/// Commits the machine's entry on the branch `enroll/<id>` of the checkout
+/// at `repo` (its own branch checked out again after), validated as the
+/// daemon would; pushes it to `origin` when asked.
+fn propose(repo: &Path, machine: &NewMachine, push: bool) -> Result<()> {
+    let links_path = repo.join(LINKS_FILE);
+    let links = std::fs::read_to_string(&links_path).map_err(|source| Error::Io {
+        path: links_path.clone(),
+        source,
+    })?;
+    let files = crate::git::read_dir(repo).map_err(|error| Error::Usage(error.to_string()))?;
+    if let Ok(state) = desired::load("(checkout)", &files)
+        && let Some(existing) = state.machine(&machine.id)
+    {
+        return match existing.uuid == machine.uuid {
+            true => {
+                step(&format!(
+                    "{} is in {LINKS_FILE} already: nothing to propose",
+                    machine.id
+                ));
+                Ok(())
+            }
+            false => Err(Error::Usage(format!(
+                "{LINKS_FILE} has a machine {} with uuid {}, but the machine holds {}: another machine under that id? pass another --id",
+                machine.id, existing.uuid, machine.uuid
+            ))),
+        };
+    }
+    let Some(proposed) = trust::append_entry(&links, machine) else {
+        return Err(Error::Usage(format!(
+            "{LINKS_FILE} does not end with its machines: list; add this entry yourself:\n{}",
+            trust::inventory_entry(machine, "  ")
+        )));
+    };
+    let mut checked = files;
+    checked.insert(LINKS_FILE.to_owned(), proposed.clone().into_bytes());
+    if let Err(problems) = desired::load("(proposed)", &checked) {
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        return Err(Error::Usage(format!(
+            "the entry would make the checkout invalid:\n{}",
+            problems.join("\n")
+        )));
+    }
+    if !git(repo, &["status", "--porcelain"])?.trim().is_empty() {
+        return Err(Error::Usage(format!(
+            "{} has uncommitted changes: commit or stash them, or use --print",
+            repo.display()
+        )));
+    }
+    let branch = format!("enroll/{}", machine.id);
+    let original = git(repo, &["rev-parse", "--abbrev-ref", "HEAD"])?;
+    git(repo, &["switch", "--quiet", "-c", &branch])?;
+    let committed = std::fs::write(&links_path, &proposed)
+        .map_err(|source| Error::Io {
+            path: links_path.clone(),
+            source,
+        })
+        .and_then(|()| git(repo, &["add", LINKS_FILE]))
+        .and_then(|_| {
+            let message = format!("Enroll {} ({})", machine.id, machine.host);
+            git(repo, &["commit", "--quiet", "-m", &message])
+        });
+    let back = git(repo, &["switch", "--quiet", original.trim()]);
+    committed?;
+    back?;
+    step(&format!(
+        "entry committed on branch {branch} of {}",
+        repo.display()
+    ));
+    if push {
+        git(repo, &["push", "--quiet", "-u", "origin", &branch])?;
+        step(&format!(
+            "pushed {branch} to origin: open a pull request to merge it"
+        ));
+    } else {
+        step(&format!(
+            "push it (`git push -u origin {branch}`) and open a pull request"
+        ));
+    }
+    Ok(())
+}
+
+/// `git ARGS` in `repo`; its standard output.
+fn git(repo: &Path, args: &[&str]) -> Result<String> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .output()
+        .map_err(|source| Error::Io {
+            path: PathBuf::from("git"),
+            source,
+        })?;
+    match output.status.success() {
+        true => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
+        false => Err(Error::Git {
+            command: args.join(" "),
+            repo: repo.to_owned(),
+            output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_made_of_a_host_name_s_first_label_or_an_address() {
+        assert_eq!(id_from_host("Web-1.lan").unwrap(), "web-1");
+        assert_eq!(id_from_host("10.0.1.5").unwrap(), "10.0.1.5");
+        assert!(id_from_host("_bad").is_err());
+    }
+}
