@@ -9,6 +9,7 @@ use linkops_reconcilers::certificate::host_grant;
 use linkops_reconcilers::desired::is_id;
 
 use crate::contract::{HostCertificateRequest, HostCertificateView};
+use crate::metrics::Metrics;
 use crate::ssh::ca::{self, Authority, PublicKey};
 use crate::store::{self, Actor, AuditAction, Outcome, Store};
 
@@ -32,11 +33,12 @@ pub enum Error {
     Store(#[from] store::Error),
 }
 
-/// Signs a host certificate for `request`'s key and names, and audits it as
-/// `user`'s.
+/// Signs a host certificate for `request`'s key and names, audits it as
+/// `user`'s, and counts it.
 pub async fn issue_host_certificate(
     authority: Arc<Authority>,
     store: &Store,
+    metrics: &Metrics,
     user: &str,
     request: HostCertificateRequest,
 ) -> Result<HostCertificateView, Error> {
@@ -61,6 +63,7 @@ pub async fn issue_host_certificate(
             store.audit(&actor, action, &machine, Outcome::Success, Some(detail))
         })
         .await?;
+    metrics.certificate_issued("host");
     let valid_before = i64::try_from(certificate.valid_before())
         .ok()
         .and_then(|seconds| jiff::Timestamp::from_second(seconds).ok())

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub ssh_connections: Gauge,
     pub ssh_connect_seconds: Histogram,
     pub ssh_connect_failures: Family<ReasonLabels, Counter>,
+    /// Certificates the CA signed: `user` (a login of the daemon's), `host` (an enrolled machine's).
+    pub ssh_certificates_issued: Family<KindLabels, Counter>,
     /// Machines by health and by enrollment state; set at scrape time.
     pub machines_by_health: Family<StateLabels, Gauge>,
     pub machines_by_enrollment: Family<StateLabels, Gauge>,
@@ -132,6 +134,7 @@ impl Metrics {
             // 5 ms … ~20 s.
             ssh_connect_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 13)),
             ssh_connect_failures: Family::default(),
+            ssh_certificates_issued: Family::default(),
             machines_by_health: Family::default(),
             machines_by_enrollment: Family::default(),
             state_machines: Family::default(),
@@ -214,6 +217,11 @@ impl Metrics {
             metrics.ssh_connect_failures.clone(),
         );
         r.register(
+            "ssh_certificates_issued",
+            "Certificates the SSH CA signed, by kind (user: a login of the daemon's; host: an enrolled machine's)",
+            metrics.ssh_certificates_issued.clone(),
+        );
+        r.register(
             "machines_by_health",
             "Machines in the inventory by health state",
             metrics.machines_by_health.clone(),
@@ -276,6 +284,13 @@ impl Metrics {
 
     pub fn ssh_connected(&self, took: Duration) {
         self.ssh_connect_seconds.observe(took.as_secs_f64());
+    }
+
+    /// One certificate signed, of `kind` (`user` or `host`).
+    pub fn certificate_issued(&self, kind: &'static str) {
+        self.ssh_certificates_issued
+            .get_or_create(&KindLabels { kind })
+            .inc();
     }
 
     pub fn ssh_failed(&self, reason: &'static str) {

@@ -39,15 +39,21 @@ pub async fn host_certificate(
     Json(request): Json<HostCertificateRequest>,
 ) -> Result<Json<HostCertificateView>, ApiError> {
     let user = caller.require(Role::Admin)?;
-    let issued = issue_host_certificate(state.authority.clone(), &state.store, &user.name, request)
-        .await
-        .map_err(|error| match error {
-            authority::Error::Invalid { field, message } => ApiError::Unprocessable {
-                field: field.into(),
-                message,
-            },
-            authority::Error::Store(error) => error.into(),
-            error => ApiError::Internal(error.to_string()),
-        })?;
+    let issued = issue_host_certificate(
+        state.authority.clone(),
+        &state.store,
+        &state.metrics,
+        &user.name,
+        request,
+    )
+    .await
+    .map_err(|error| match error {
+        authority::Error::Invalid { field, message } => ApiError::Unprocessable {
+            field: field.into(),
+            message,
+        },
+        authority::Error::Store(error) => error.into(),
+        error => ApiError::Internal(error.to_string()),
+    })?;
     Ok(Json(issued))
 }

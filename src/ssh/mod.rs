@@ -394,7 +394,9 @@ impl Connection {
                 let certifier = options.certifier.as_ref().ok_or(Error::NoCertifier {
                     target: target.to_string(),
                 })?;
-                Login::Certified(Box::new(certifier.certify(&target.user, purpose)?))
+                let certified = certifier.certify(&target.user, purpose)?;
+                options.metrics.certificate_issued("user");
+                Login::Certified(Box::new(certified))
             }
         };
         Connection::open_as(target, options, login).await

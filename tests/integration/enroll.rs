@@ -8,14 +8,15 @@
 
 use std::process::{Child, Command, Output, Stdio};
 
-use linkops::contract::{ClusterView, MachineView, OperationView};
+use linkops::contract::{ClusterView, MachineView, OperationView, TablePage};
 use linkops_reconcilers::enrollment::Enrollment;
 use linkops_reconcilers::operation::OperationState;
 use reqwest::StatusCode;
+use serde_json::json;
 use testbed::{TEST_USER, TestHost};
 
 use crate::cli::{linkops_with, logged_in, stderr, stdout};
-use crate::support::{ADMIN, FleetSetup, TestDaemon, eventually, run_to_end};
+use crate::support::{ADMIN, FleetSetup, TestDaemon, answer, eventually, run_to_end};
 
 const SCRIPTS: &str = "scripts:\n  - {id: whoami, name: Who am I, body: id -un}\n";
 /// Commits the CLI makes in the operator's checkout are theirs.
@@ -166,6 +167,28 @@ async fn a_bare_host_is_enrolled_by_one_command_and_reached_by_certificates_alon
     }
     let client_id = host.client_id().expect("a client id written");
     assert!(client_id.starts_with("LINKOPS-"), "{client_id}");
+    // The host certificate is audited as the admin's and counted.
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    let body = json!({ "table": "audit_log", "filter": [{ "column": "action", "op": "eq", "value": "ca.host_certificate" }] });
+    let (_, page) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/tables/query",
+            &token,
+            Some(body),
+        )
+        .await;
+    let issued = answer::<TablePage>(&page).rows;
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(
+        (&issued[0]["actor"], &issued[0]["target"]),
+        (&json!(ADMIN.0), &json!("host1"))
+    );
+    let metrics = daemon.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"linkops_ssh_certificates_issued_total{kind="host"} 1"#),
+        "{metrics}"
+    );
 
     // Reviewed and merged: the daemon follows.
     setup
