@@ -13,6 +13,8 @@
 //! `FANOUT_ONLY=takeover`: three replicas on one PostgreSQL store with the
 //! fleet; how long until the others own a replica's machines after it is
 //! killed, and after it is paused, over 20 rounds each.
+//! `FANOUT_ONLY=certificates`: the fleet's static key against certificates
+//! signed per login, cold and warm, and what signing one costs.
 
 mod common;
 
@@ -66,6 +68,26 @@ async fn bench() {
         }
         return;
     }
+    // FANOUT_ONLY=certificates: static keys against certificates signed per login.
+    if std::env::var("FANOUT_ONLY").is_ok_and(|only| only == "certificates") {
+        let rows = certificates(&fleet, &repo).await;
+        println!("\n| login | median | vs the key | runs (s) |\n|---|---|---|---|");
+        for (index, (name, times)) in rows.iter().enumerate() {
+            // Each row against the key row of its kind: cold the first, warm the third.
+            let key = median(&rows[if index < 2 { 0 } else { 2 }].1).as_secs_f64();
+            let m = median(times).as_secs_f64();
+            let runs: Vec<String> = times
+                .iter()
+                .map(|t| format!("{:.3}", t.as_secs_f64()))
+                .collect();
+            println!(
+                "| {name} | {m:.3} s | {:.2}× | {} |",
+                m / key,
+                runs.join(" ")
+            );
+        }
+        return;
+    }
     if std::env::var("FANOUT_ONLY").is_ok_and(|only| only == "takeover") {
         takeover(&fleet, &repo).await;
         return;
@@ -81,33 +103,18 @@ async fn bench() {
 
     // LinkOps, cold: the pool closes connections idle for 1 s; each run waits them out.
     let cold = Daemon::start(&fleet, &repo, "cold", "1s").await;
-    cold.wait_enrolled().await;
-    let mut times = Vec::new();
-    for _ in 0..REPETITIONS {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        times.push(
-            cold.run_to_end(json!({ "script": "client-id", "targets": { "tags": ["bench"] } }))
-                .await
-                .0,
-        );
-    }
-    rows.push(("LinkOps API, cold".into(), times));
+    rows.push((
+        "LinkOps API, cold".into(),
+        cold_runs(&cold, REPETITIONS).await,
+    ));
     drop(cold);
 
     // LinkOps, warm: connections stay pooled.
     let warm = Daemon::start(&fleet, &repo, "warm", "10m").await;
-    warm.wait_enrolled().await;
-    warm.run_to_end(json!({ "script": "client-id", "targets": { "tags": ["bench"] } }))
-        .await;
-    let mut times = Vec::new();
-    for _ in 0..REPETITIONS {
-        times.push(
-            warm.run_to_end(json!({ "script": "client-id", "targets": { "tags": ["bench"] } }))
-                .await
-                .0,
-        );
-    }
-    rows.push(("LinkOps API, warm".into(), times));
+    rows.push((
+        "LinkOps API, warm".into(),
+        warm_runs(&warm, REPETITIONS).await,
+    ));
     drop(warm);
     rows.extend(store_engines(&fleet, &repo).await);
     let warm = Daemon::start(&fleet, &repo, "warm-again", "10m").await;
@@ -133,6 +140,88 @@ async fn bench() {
 
     print_table(&rows);
     sse_flood(&warm).await;
+}
+
+/// The fan-out through the API cold: the pool closes connections idle for
+/// 1 s (`daemon` started so), each run waits them out.
+async fn cold_runs(daemon: &Daemon, runs: usize) -> Vec<Duration> {
+    daemon.wait_enrolled().await;
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let body = json!({ "script": "client-id", "targets": { "tags": ["bench"] } });
+        times.push(daemon.run_to_end(body).await.0);
+    }
+    times
+}
+
+/// The fan-out through the API warm: after one run, connections stay pooled.
+async fn warm_runs(daemon: &Daemon, runs: usize) -> Vec<Duration> {
+    daemon.wait_enrolled().await;
+    let body = json!({ "script": "client-id", "targets": { "tags": ["bench"] } });
+    daemon.run_to_end(body.clone()).await;
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        times.push(daemon.run_to_end(body.clone()).await.0);
+    }
+    times
+}
+
+/// The fan-out with the fleet's static key against certificates signed for
+/// each login (the same hosts, trusting the daemon's CA): cold, then warm —
+/// with each operation's own login (`[ssh] login_per_operation`, as shipped)
+/// and sharing the pooled connection.
+async fn certificates(fleet: &TestFleet, keys: &Path) -> Vec<(String, Vec<Duration>)> {
+    const RUNS: usize = 9;
+    let scripts =
+        "scripts:\n  - {id: client-id, name: Client id, body: cat /etc/linkops/client_id}\n";
+    let certified = common::certificate_repo(fleet, scripts).dir;
+    let authority = linkops::ssh::ca::Authority::open(&common::shared_ca(fleet)).unwrap();
+    let certifier =
+        linkops::ssh::ca::Certifier::new(Arc::new(authority), "bench", Duration::from_secs(600));
+    let purpose = linkops_reconcilers::certificate::Purpose::Health;
+    let mut signing: Vec<Duration> = (0..1000)
+        .map(|_| {
+            let started = Instant::now();
+            certifier.certify(TEST_USER, &purpose).unwrap();
+            started.elapsed()
+        })
+        .collect();
+    signing.sort();
+    println!(
+        "signing a user certificate: {:.1} µs (median of 1,000)",
+        signing[500].as_secs_f64() * 1e6
+    );
+    let mut rows = Vec::new();
+    let daemon = Daemon::start(fleet, keys, "key-cold", "1s").await;
+    rows.push((
+        "static key, cold".to_owned(),
+        cold_runs(&daemon, RUNS).await,
+    ));
+    drop(daemon);
+    let daemon = Daemon::start(fleet, &certified, "certificate-cold", "1s").await;
+    rows.push((
+        "certificates, cold".to_owned(),
+        cold_runs(&daemon, RUNS).await,
+    ));
+    drop(daemon);
+    let daemon = Daemon::start(fleet, keys, "key-warm", "10m").await;
+    rows.push((
+        "static key, warm".to_owned(),
+        warm_runs(&daemon, RUNS).await,
+    ));
+    drop(daemon);
+    let daemon = Daemon::start(fleet, &certified, "certificate-warm", "10m").await;
+    let label = "certificates, warm, a login per operation (as shipped)";
+    rows.push((label.to_owned(), warm_runs(&daemon, RUNS).await));
+    drop(daemon);
+    let shared = "login_per_operation = false";
+    let daemon =
+        Daemon::start_with_ssh(fleet, &certified, "certificate-shared", "10m", shared).await;
+    let label = "certificates, warm, operations on the pooled login";
+    rows.push((label.to_owned(), warm_runs(&daemon, RUNS).await));
+    drop(daemon);
+    rows
 }
 
 /// The warm fan-out through the API with the store in redb, then in PostgreSQL.

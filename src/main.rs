@@ -173,13 +173,24 @@ enum Command {
     /// sshd (putting everything back if it then fails); and proposes the
     /// machine's entry for links.yaml. Enrolling an enrolled machine changes
     /// nothing.
+    ///
+    /// `--from FILE` enrolls many: a line per machine, `HOST[:PORT] [ID] [SHA256:…]`
+    /// (`#` comments), `--concurrency` at once, a line as each ends and a
+    /// summary, their entries proposed together; exit code 1 if any failed.
     Enroll {
         /// The machine's host name or address, as the daemon will reach it.
-        host: String,
+        #[arg(required_unless_present = "from", conflicts_with = "from")]
+        host: Option<String>,
+        /// Enroll the machines this file lists instead.
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+        /// With --from: machines enrolled at once.
+        #[arg(long, default_value = "4", requires = "from")]
+        concurrency: usize,
         #[arg(long, default_value = "22")]
         port: u16,
         /// Its id in links.yaml. Default: the host name's first label.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from")]
         id: Option<String>,
         /// A tag for its entry (repeatable).
         #[arg(long = "tag", value_name = "TAG")]
@@ -195,7 +206,7 @@ enum Command {
         identity: Option<PathBuf>,
         /// The host key's fingerprint (`SHA256:…`), checked beforehand; without
         /// it, a key not in your known_hosts is shown for you to confirm.
-        #[arg(long, value_name = "SHA256")]
+        #[arg(long, value_name = "SHA256", conflicts_with = "from")]
         host_key_fingerprint: Option<String>,
         /// Commit the entry on a branch `enroll/<id>` of this config-repository
         /// checkout (default: print it).
@@ -506,6 +517,8 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
         Command::Plan { dir } => client::plan(&client, dir).await,
         Command::Enroll {
             host,
+            from,
+            concurrency,
             port,
             id,
             tags,
@@ -525,7 +538,7 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
                 None => client::enroll::Proposal::Print,
             };
             let args = client::enroll::EnrollArgs {
-                host: host.clone(),
+                host: host.clone().unwrap_or_default(),
                 port: *port,
                 id: id.clone(),
                 tags: tags.clone(),
@@ -533,9 +546,20 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
                 login: login.clone(),
                 identity: identity.clone(),
                 host_key_fingerprint: host_key_fingerprint.clone(),
+                ask: true,
                 proposal,
             };
-            Ok(client::enroll::enroll(&client, &args).await?)
+            match from {
+                None => Ok(client::enroll::enroll(&client, &args).await?),
+                Some(list) => {
+                    let text = std::fs::read_to_string(list).map_err(|error| {
+                        client::Error::Usage(format!("{}: {error}", list.display()))
+                    })?;
+                    let listed = client::enroll::parse_list(&text)?;
+                    let code = client::enroll::enroll_many(&client, &listed, &args, *concurrency);
+                    Ok(code.await?)
+                }
+            }
         }
         _ => unreachable!("only client commands come here"),
     }

@@ -32,6 +32,31 @@ pub fn config_repo(fleet: &TestFleet, scripts: &str) -> WorkRepo {
     repo
 }
 
+/// The CA every benchmark daemon shares (`fleet.dir()/bench-ca`, made once).
+pub fn shared_ca(fleet: &TestFleet) -> std::path::PathBuf {
+    let dir = fleet.dir().join("bench-ca");
+    linkops::ssh::ca::Authority::open(&dir).unwrap();
+    dir
+}
+
+/// A config repository for the fleet logging in with certificates of
+/// [`shared_ca`] alone: every host trusts it, and no key opens them.
+pub fn certificate_repo(fleet: &TestFleet, scripts: &str) -> WorkRepo {
+    let authority = linkops::ssh::ca::Authority::open(&shared_ca(fleet)).unwrap();
+    fleet
+        .trust_user_ca(&authority.user_public().to_openssh().unwrap())
+        .unwrap();
+    let repo = WorkRepo::new(&fleet.dir().join("config-certificates"), None);
+    let links = fleet.inventory("bench", &[], "health_interval: 1h");
+    repo.write(
+        "links.yaml",
+        &links.replace("    key: fleet_key\n", "    auth: certificate\n"),
+    );
+    repo.write("scripts.yaml", scripts);
+    repo.commit("bench, certificates");
+    repo
+}
+
 /// A data dir as the daemon wants it (0700), with the client key, the
 /// known_hosts and the admin user (password [`ADMIN_PASSWORD`]).
 pub fn private_data_dir(data: &Path, key: &Path, known_hosts: &str) {
@@ -77,9 +102,34 @@ impl Daemon {
         idle: &str,
         postgres: Option<&testbed::postgres::Database>,
     ) -> Daemon {
+        Daemon::launch(fleet, repo, name, idle, postgres, "").await
+    }
+
+    /// [`Daemon::start`] with more `[ssh]` settings (`key = value` lines).
+    pub async fn start_with_ssh(
+        fleet: &TestFleet,
+        repo: &Path,
+        name: &str,
+        idle: &str,
+        ssh: &str,
+    ) -> Daemon {
+        Daemon::launch(fleet, repo, name, idle, None, ssh).await
+    }
+
+    async fn launch(
+        fleet: &TestFleet,
+        repo: &Path,
+        name: &str,
+        idle: &str,
+        postgres: Option<&testbed::postgres::Database>,
+        ssh: &str,
+    ) -> Daemon {
         let data = fleet.dir().join(format!("data-{name}"));
         let known_hosts = std::fs::read_to_string(fleet.known_hosts()).unwrap();
         private_data_dir(&data, fleet.client_key(), &known_hosts);
+        // Every daemon signs with one CA: replicas refuse to start beside
+        // another's, and the fleet trusts it for `auth: certificate`.
+        testbed::copy_private(&shared_ca(fleet), &data.join("ca"));
         let store = match postgres {
             None => String::new(),
             Some(database) => {
@@ -88,15 +138,11 @@ impl Daemon {
                 std::fs::write(&password, &database.password).unwrap();
                 std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600))
                     .unwrap();
-                // Replicas sign tokens with one key and logins with one CA (each
-                // refuses to start beside others otherwise).
+                // Replicas sign tokens with one key (each refuses to start beside others otherwise).
                 let signing_key = data.join("jwt_secret");
                 std::fs::write(&signing_key, "bench-replicas-share-this-signing-key").unwrap();
                 std::fs::set_permissions(&signing_key, std::fs::Permissions::from_mode(0o600))
                     .unwrap();
-                let shared_ca = fleet.dir().join("bench-ca");
-                linkops::ssh::ca::Authority::open(&shared_ca).unwrap();
-                testbed::copy_private(&shared_ca, &data.join("ca"));
                 let (url, password) = (database.url.clone(), database.password.clone());
                 let options =
                     linkops::store::engine::postgres::Options::with_password(url, password);
@@ -111,7 +157,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {data:?}\n[git]\nurl = {repo:?}\n[ssh]\nidle_timeout = {idle:?}\nconcurrency = 64\n[reconcile]\nconcurrency = 64\n[operations]\noutput_cap = 16777216\n{store}"
+                "data_dir = {data:?}\n[git]\nurl = {repo:?}\n[ssh]\nidle_timeout = {idle:?}\nconcurrency = 64\n{ssh}\n[reconcile]\nconcurrency = 64\n[operations]\noutput_cap = 16777216\n{store}"
             ),
         )
         .unwrap();

@@ -56,7 +56,7 @@ pub enum Error {
         expected: String,
     },
     #[error(
-        "cannot confirm the host key of {target} ({presented}): nothing to ask on (stdin is no terminal); check it on the machine (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`) and pass --host-key-fingerprint {presented}"
+        "cannot confirm the host key of {target} ({presented}): nothing confirms it and there is no one to ask (stdin is no terminal, or several machines are enrolled at once); check it on the machine (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`) and pass --host-key-fingerprint {presented} (in a list: after the host)"
     )]
     Unconfirmable { target: String, presented: String },
     #[error("the host key of {target} was not confirmed: nothing was sent")]
@@ -119,11 +119,60 @@ pub struct EnrollArgs {
     pub identity: Option<PathBuf>,
     /// The host key's `SHA256:…`, confirmed beforehand (unattended use).
     pub host_key_fingerprint: Option<String>,
+    /// Whether a host key nothing else confirms is shown for the operator to
+    /// confirm (when stdin is a terminal; never when enrolling several at once).
+    pub ask: bool,
     pub proposal: Proposal,
 }
 
-/// `linkops enroll`. Prints each step as it is done; returns 0.
+/// `linkops enroll HOST`: the machine enrolled, each step printed as it is
+/// done, then its entry proposed; returns 0.
 pub async fn enroll(client: &Client, args: &EnrollArgs) -> Result<i32> {
+    let enrolled = enroll_machine(client, args, &Reporter::alone()).await?;
+    propose(&args.proposal, &[enrolled.entry], &Reporter::alone())?;
+    Ok(0)
+}
+
+/// One machine enrolled: its proposed entry, and whether anything changed on it.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    pub entry: NewMachine,
+    pub changed: bool,
+}
+
+/// Says what each step did, prefixed with the machine when several are enrolled at once.
+pub struct Reporter {
+    prefix: String,
+}
+
+impl Reporter {
+    /// For one machine: `• step`.
+    pub fn alone() -> Reporter {
+        Reporter {
+            prefix: "•".to_owned(),
+        }
+    }
+
+    /// For one of several: `[host] step`.
+    pub fn for_machine(host: &str) -> Reporter {
+        Reporter {
+            prefix: format!("[{host}]"),
+        }
+    }
+
+    fn step(&self, what: &str) {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{} {what}", self.prefix).ok();
+        stdout.flush().ok();
+    }
+}
+
+/// Enrolls the machine `args` names, saying each step to `report`.
+pub async fn enroll_machine(
+    client: &Client,
+    args: &EnrollArgs,
+    report: &Reporter,
+) -> Result<Enrolled> {
     let id = match &args.id {
         Some(id) => id.clone(),
         None => id_from_host(&args.host)?,
@@ -148,7 +197,7 @@ pub async fn enroll(client: &Client, args: &EnrollArgs) -> Result<i32> {
     // 1. The host key, confirmed before anything is sent.
     let presented = ssh::scan_host_key(&args.host, args.port, &options).await?;
     let how = confirm_host_key(args, &presented, &host_ca, &known_hosts, &target_name)?;
-    step(&format!("host key {} ({how})", presented.fingerprint()));
+    report.step(&format!("host key {} ({how})", presented.fingerprint()));
 
     // 2. The operator's login.
     let target = Target {
@@ -223,7 +272,7 @@ pub async fn enroll(client: &Client, args: &EnrollArgs) -> Result<i32> {
         };
         let issued: HostCertificateView =
             client.post("/api/ca/host-certificates", &request).await?;
-        step(&format!(
+        report.step(&format!(
             "host certificate serial {} for {} until {}",
             issued.serial,
             issued.principals.join(", "),
@@ -238,12 +287,13 @@ pub async fn enroll(client: &Client, args: &EnrollArgs) -> Result<i32> {
     }
 
     // 5. Written, checked, reloaded — or put back.
-    if plan.is_empty() {
-        step(&format!("{id} is enrolled already: nothing changed on it"));
+    let changed = !plan.is_empty();
+    if !changed {
+        report.step(&format!("{id} is enrolled already: nothing changed on it"));
     } else {
         let written = machine.write(&plan).await?;
         let paths: Vec<&str> = plan.writes.iter().map(|file| file.path.as_str()).collect();
-        step(&format!("wrote {}", paths.join(", ")));
+        report.step(&format!("wrote {}", paths.join(", ")));
         if plan.reload_sshd {
             let proved = presents_its_certificate(&args.host, args.port, &options, args).await;
             if let Err(reason) = proved {
@@ -253,33 +303,138 @@ pub async fn enroll(client: &Client, args: &EnrollArgs) -> Result<i32> {
                     format!("{reason}; what enrolling wrote was put back and sshd reloaded"),
                 ));
             }
-            step("sshd reloaded: it presents its host certificate and trusts the user CA");
+            report.step("sshd reloaded: it presents its host certificate and trusts the user CA");
         }
         machine.forget(&written).await?;
     }
 
-    // 6. The inventory entry, for review.
     let entry = NewMachine {
-        id: id.clone(),
+        id,
         host: args.host.clone(),
         port: args.port,
         user: args.user.clone(),
         uuid,
         tags: args.tags.clone(),
     };
-    match &args.proposal {
-        Proposal::Print => {
-            step(&format!("add this entry to {LINKS_FILE}:"));
-            print!("{}", trust::inventory_entry(&entry, "  "));
-        }
-        Proposal::Branch { repo, push } => propose(repo, &entry, *push)?,
-    }
-    Ok(0)
+    Ok(Enrolled { entry, changed })
 }
 
-fn step(what: &str) {
-    println!("• {what}");
-    std::io::stdout().flush().ok();
+/// One line of `linkops enroll --from FILE`: `HOST[:PORT] [ID] [SHA256:…]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedMachine {
+    pub host: String,
+    pub port: Option<u16>,
+    pub id: Option<String>,
+    pub fingerprint: Option<String>,
+}
+
+/// The machines of an enrollment list: one per line, blank lines and `#`
+/// comments skipped; a line that says more is refused naming it.
+pub fn parse_list(text: &str) -> Result<Vec<ListedMachine>> {
+    let mut listed = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let refused = || {
+            Error::Usage(format!(
+                "line {}: {line:?}: write HOST[:PORT] [ID] [SHA256:fingerprint]",
+                number + 1
+            ))
+        };
+        let mut words = line.split_whitespace();
+        let (host, port) = host_and_port(words.next().unwrap_or_default()).ok_or_else(refused)?;
+        let (mut id, mut fingerprint) = (None, None);
+        for word in words {
+            match word.starts_with("SHA256:") {
+                true if fingerprint.is_none() => fingerprint = Some(word.to_owned()),
+                false if id.is_none() && fingerprint.is_none() => id = Some(word.to_owned()),
+                _ => return Err(refused()),
+            }
+        }
+        listed.push(ListedMachine {
+            host,
+            port,
+            id,
+            fingerprint,
+        });
+    }
+    Ok(listed)
+}
+
+/// `host`, `host:port` or `[v6 address]:port`.
+fn host_and_port(word: &str) -> Option<(String, Option<u16>)> {
+    if let Some(rest) = word.strip_prefix('[') {
+        let (host, port) = rest.split_once("]:")?;
+        return Some((host.to_owned(), Some(port.parse().ok()?)));
+    }
+    match word.split_once(':') {
+        // A bare IPv6 address has several colons: no port.
+        Some((host, port)) if !port.contains(':') => {
+            Some((host.to_owned(), Some(port.parse().ok()?)))
+        }
+        _ => Some((word.to_owned(), None)),
+    }
+}
+
+/// `linkops enroll --from FILE`: each listed machine enrolled as `template`
+/// says (its host, id and fingerprint from the list), `concurrency` at once,
+/// a line per machine as it ends, then a summary; the entries of those
+/// enrolled proposed together. Exit code 1 when any failed.
+pub async fn enroll_many(
+    client: &Client,
+    listed: &[ListedMachine],
+    template: &EnrollArgs,
+    concurrency: usize,
+) -> Result<i32> {
+    use futures::StreamExt;
+    let total = listed.len();
+    let runs = futures::stream::iter(listed.iter().cloned().map(|machine| {
+        let args = EnrollArgs {
+            host: machine.host.clone(),
+            port: machine.port.unwrap_or(template.port),
+            id: machine.id.clone(),
+            host_key_fingerprint: machine.fingerprint.clone(),
+            ask: false,
+            ..template.clone()
+        };
+        async move {
+            let report = Reporter::for_machine(&machine.host);
+            (machine.host, enroll_machine(client, &args, &report).await)
+        }
+    }))
+    .buffer_unordered(concurrency.max(1));
+    futures::pin_mut!(runs);
+    let (mut entries, mut unchanged, mut failed) = (Vec::new(), 0, Vec::new());
+    let mut done = 0;
+    while let Some((host, result)) = runs.next().await {
+        done += 1;
+        match result {
+            Ok(enrolled) => {
+                println!("[{done}/{total}] {host}: enrolled as {}", enrolled.entry.id);
+                unchanged += usize::from(!enrolled.changed);
+                entries.push(enrolled.entry);
+            }
+            Err(error) => {
+                println!("[{done}/{total}] {host}: FAILED: {error}");
+                failed.push((host, error));
+            }
+        }
+    }
+    println!(
+        "{} enrolled ({unchanged} of them already were), {} failed",
+        entries.len(),
+        failed.len()
+    );
+    for (host, error) in &failed {
+        println!("  {host}: {error}");
+    }
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    if !entries.is_empty() {
+        propose(&template.proposal, &entries, &Reporter::alone())?;
+    }
+    Ok(i32::from(!failed.is_empty()))
 }
 
 fn unix_now() -> u64 {
@@ -351,7 +506,7 @@ fn confirm_host_key(
     {
         return Ok("in your known_hosts");
     }
-    if !std::io::stdin().is_terminal() {
+    if !args.ask || !std::io::stdin().is_terminal() {
         return Err(Error::Unconfirmable {
             target: target.to_owned(),
             presented: fingerprint,
@@ -615,45 +770,77 @@ fn quote(text: &str) -> String {
         .unwrap_or_else(|_| "''".to_owned())
 }
 
-/// Commits the machine's entry on the branch `enroll/<id>` of the checkout
-/// at `repo` (its own branch checked out again after), validated as the
-/// daemon would; pushes it to `origin` when asked.
-fn propose(repo: &Path, machine: &NewMachine, push: bool) -> Result<()> {
+/// Proposes `machines`' entries as `proposal` says.
+fn propose(proposal: &Proposal, machines: &[NewMachine], report: &Reporter) -> Result<()> {
+    match proposal {
+        Proposal::Print => {
+            report.step(&format!("add to {LINKS_FILE}:"));
+            let entries: String = machines
+                .iter()
+                .map(|machine| trust::inventory_entry(machine, "  "))
+                .collect();
+            print!("{entries}");
+            Ok(())
+        }
+        Proposal::Branch { repo, push } => commit_entries(repo, machines, *push, report),
+    }
+}
+
+/// Commits the machines' entries on a branch (`enroll/<id>`, or
+/// `enroll/<first id>-and-<n>-more`) of the checkout at `repo` (its own branch
+/// checked out again after), validated as the daemon would; pushes it to
+/// `origin` when asked. Machines already there (same uuid) are skipped.
+fn commit_entries(
+    repo: &Path,
+    machines: &[NewMachine],
+    push: bool,
+    report: &Reporter,
+) -> Result<()> {
     let links_path = repo.join(LINKS_FILE);
-    let links = std::fs::read_to_string(&links_path).map_err(|source| Error::Io {
+    let mut links = std::fs::read_to_string(&links_path).map_err(|source| Error::Io {
         path: links_path.clone(),
         source,
     })?;
     let files = crate::git::read_dir(repo).map_err(|error| Error::Usage(error.to_string()))?;
-    if let Ok(state) = desired::load("(checkout)", &files)
-        && let Some(existing) = state.machine(&machine.id)
-    {
-        return match existing.uuid == machine.uuid {
-            true => {
-                step(&format!(
+    let current = desired::load("(checkout)", &files).ok();
+    let mut added = Vec::new();
+    for machine in machines {
+        match current
+            .as_ref()
+            .and_then(|state| state.machine(&machine.id))
+        {
+            Some(existing) if existing.uuid == machine.uuid => {
+                report.step(&format!(
                     "{} is in {LINKS_FILE} already: nothing to propose",
                     machine.id
                 ));
-                Ok(())
             }
-            false => Err(Error::Usage(format!(
-                "{LINKS_FILE} has a machine {} with uuid {}, but the machine holds {}: another machine under that id? pass another --id",
-                machine.id, existing.uuid, machine.uuid
-            ))),
-        };
+            Some(existing) => {
+                return Err(Error::Usage(format!(
+                    "{LINKS_FILE} has a machine {} with uuid {}, but the machine holds {}: another machine under that id? pass another --id",
+                    machine.id, existing.uuid, machine.uuid
+                )));
+            }
+            None => {
+                links = trust::append_entry(&links, machine).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "{LINKS_FILE} does not end with its machines: list; add this entry yourself:\n{}",
+                        trust::inventory_entry(machine, "  ")
+                    ))
+                })?;
+                added.push(machine.id.as_str());
+            }
+        }
     }
-    let Some(proposed) = trust::append_entry(&links, machine) else {
-        return Err(Error::Usage(format!(
-            "{LINKS_FILE} does not end with its machines: list; add this entry yourself:\n{}",
-            trust::inventory_entry(machine, "  ")
-        )));
+    let Some(first) = added.first() else {
+        return Ok(());
     };
     let mut checked = files;
-    checked.insert(LINKS_FILE.to_owned(), proposed.clone().into_bytes());
+    checked.insert(LINKS_FILE.to_owned(), links.clone().into_bytes());
     if let Err(problems) = desired::load("(proposed)", &checked) {
         let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err(Error::Usage(format!(
-            "the entry would make the checkout invalid:\n{}",
+            "the entries would make the checkout invalid:\n{}",
             problems.join("\n")
         )));
     }
@@ -663,33 +850,40 @@ fn propose(repo: &Path, machine: &NewMachine, push: bool) -> Result<()> {
             repo.display()
         )));
     }
-    let branch = format!("enroll/{}", machine.id);
+    let branch = match added.len() {
+        1 => format!("enroll/{first}"),
+        n => format!("enroll/{first}-and-{}-more", n - 1),
+    };
     let original = git(repo, &["rev-parse", "--abbrev-ref", "HEAD"])?;
     git(repo, &["switch", "--quiet", "-c", &branch])?;
-    let committed = std::fs::write(&links_path, &proposed)
+    let committed = std::fs::write(&links_path, &links)
         .map_err(|source| Error::Io {
             path: links_path.clone(),
             source,
         })
         .and_then(|()| git(repo, &["add", LINKS_FILE]))
         .and_then(|_| {
-            let message = format!("Enroll {} ({})", machine.id, machine.host);
+            let message = format!("Enroll {}", added.join(", "));
             git(repo, &["commit", "--quiet", "-m", &message])
         });
     let back = git(repo, &["switch", "--quiet", original.trim()]);
     committed?;
     back?;
-    step(&format!(
-        "entry committed on branch {branch} of {}",
+    report.step(&format!(
+        "{} committed on branch {branch} of {}",
+        match added.len() {
+            1 => "entry".to_owned(),
+            n => format!("{n} entries"),
+        },
         repo.display()
     ));
     if push {
         git(repo, &["push", "--quiet", "-u", "origin", &branch])?;
-        step(&format!(
+        report.step(&format!(
             "pushed {branch} to origin: open a pull request to merge it"
         ));
     } else {
-        step(&format!(
+        report.step(&format!(
             "push it (`git push -u origin {branch}`) and open a pull request"
         ));
     }
@@ -720,6 +914,32 @@ fn git(repo: &Path, args: &[&str]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_enrollment_list_names_a_host_per_line_with_its_id_and_fingerprint() {
+        let text = "# the new rack\nweb-7.lan\n10.0.1.8:2222 web-8\n10.0.1.9 web-9 SHA256:abc  # checked\n\n[fd00::a]:22 SHA256:def\nfd00::b\n";
+        let listed = parse_list(text).unwrap();
+        let line = |host: &str, port, id: Option<&str>, fingerprint: Option<&str>| ListedMachine {
+            host: host.into(),
+            port,
+            id: id.map(Into::into),
+            fingerprint: fingerprint.map(Into::into),
+        };
+        assert_eq!(
+            listed,
+            [
+                line("web-7.lan", None, None, None),
+                line("10.0.1.8", Some(2222), Some("web-8"), None),
+                line("10.0.1.9", None, Some("web-9"), Some("SHA256:abc")),
+                line("fd00::a", Some(22), None, Some("SHA256:def")),
+                line("fd00::b", None, None, None),
+            ]
+        );
+        for bad in ["a b c\n", "host:notaport\n"] {
+            let refused = parse_list(bad).unwrap_err().to_string();
+            assert!(refused.contains("line 1"), "{refused}");
+        }
+    }
 
     #[test]
     fn an_id_is_made_of_a_host_name_s_first_label_or_an_address() {

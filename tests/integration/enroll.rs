@@ -339,3 +339,85 @@ async fn a_refused_step_leaves_the_host_as_it_was() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn machines_listed_in_a_file_are_enrolled_at_once_with_a_line_each_and_a_summary() {
+    let setup = FleetSetup::new(3, &[], SCRIPTS);
+    setup.work.write("links.yaml", "machines: []\n");
+    setup.work.commit("no machines yet");
+    for host in setup.fleet.hosts() {
+        host.remove_client_id().unwrap();
+    }
+    let daemon = setup.start().await;
+    let home = logged_in(&daemon).await;
+    let hosts = setup.fleet.hosts();
+    let line = |index: usize, fingerprint: &str| {
+        let host = &hosts[index];
+        format!(
+            "{}:{} {} {fingerprint}\n",
+            host.address(),
+            host.port(),
+            host.name()
+        )
+    };
+    // host3's fingerprint is wrong on purpose: it is refused, the others go on.
+    let list = format!(
+        "# the new rack\n{}{}{}",
+        line(0, &fingerprint(&hosts[0])),
+        line(1, &fingerprint(&hosts[1])),
+        line(2, &fingerprint(&hosts[0])),
+    );
+    let path = setup.fleet.dir().join("rack.txt");
+    std::fs::write(&path, list).unwrap();
+    let operator_key = setup.fleet.operator_key().to_str().unwrap().to_owned();
+    let output = linkops_with(
+        home.path(),
+        &[
+            "--server",
+            &daemon.url,
+            "enroll",
+            "--from",
+            path.to_str().unwrap(),
+            "--concurrency",
+            "3",
+            "--user",
+            TEST_USER,
+            "--identity",
+            &operator_key,
+            "--tag",
+            "rack",
+        ],
+        None,
+        &GIT_IDENTITY,
+    )
+    .await;
+    let said = stdout(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "one failed: {said}{}",
+        stderr(&output)
+    );
+    for host in ["host1", "host2"] {
+        assert!(
+            said.contains(&format!(": enrolled as {host}")),
+            "{host}: {said}"
+        );
+    }
+    assert!(said.contains("/3] "), "a progress count: {said}");
+    assert!(
+        said.contains("2 enrolled (0 of them already were), 1 failed"),
+        "{said}"
+    );
+    assert!(said.contains("as --host-key-fingerprint says"), "{said}");
+    // Printed together, the failed one not among them.
+    assert!(said.contains("add to links.yaml:"), "{said}");
+    assert_eq!(said.matches("auth: certificate").count(), 2, "{said}");
+    assert!(hosts[0].client_id().is_some() && hosts[1].client_id().is_some());
+    assert_eq!(
+        hosts[2].client_id(),
+        None,
+        "the refused one was not touched"
+    );
+    daemon.stop().await;
+}
