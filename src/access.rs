@@ -11,8 +11,10 @@ use linkops_reconcilers::enrollment::{CLIENT_ID_PATH, ClientIdReading};
 use linkops_reconcilers::machine::{Auth, CheckResult, Machine};
 use tokio::sync::Semaphore;
 
+use crate::authority::Revocations;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::operations::TrustFacts;
 use crate::ssh::ca::Certifier;
 use crate::ssh::{self, ExitStatus, Pool, Target};
 use crate::store::{Actor, AuditAction, Outcome, Store};
@@ -33,6 +35,8 @@ pub struct MachineAccess {
     login_per_operation: bool,
     /// Where host keys learned by trust on first use are audited.
     store: Store,
+    /// Host certificates refused; user certificates scripts are told of.
+    revocations: Revocations,
 }
 
 impl MachineAccess {
@@ -41,10 +45,13 @@ impl MachineAccess {
         store: Store,
         metrics: Arc<Metrics>,
         certifier: Arc<Certifier>,
+        revocations: Revocations,
     ) -> MachineAccess {
-        let options = ssh::ConnectOptions::new(&config.ssh, config.known_hosts_path(), metrics);
+        let options = ssh::ConnectOptions::new(&config.ssh, config.known_hosts_path(), metrics)
+            .with_certifier(certifier)
+            .with_revoked_hosts(revocations.hosts());
         MachineAccess {
-            pool: Pool::new(options.with_certifier(certifier), config.ssh.pool_size),
+            pool: Pool::new(options, config.ssh.pool_size),
             sessions: Arc::new(Semaphore::new(config.ssh.concurrency.max(1))),
             keys_dir: config.keys_dir(),
             default_user: config.ssh.user.clone(),
@@ -52,6 +59,28 @@ impl MachineAccess {
             command_timeout: config.ssh.command_timeout,
             login_per_operation: config.ssh.login_per_operation,
             store,
+            revocations,
+        }
+    }
+
+    /// What scripts are told of the trust machines hold in the daemon: its
+    /// user CA and the user certificates revoked.
+    pub fn trust_facts(&self) -> TrustFacts {
+        let user_ca = self
+            .pool
+            .options()
+            .certifier
+            .as_ref()
+            .and_then(|certifier| certifier.user_ca().to_openssh().ok());
+        let serials: Vec<String> = self
+            .revocations
+            .user_serials()
+            .iter()
+            .map(u64::to_string)
+            .collect();
+        TrustFacts {
+            user_cas: user_ca.map(|line| format!("{line}\n")).unwrap_or_default(),
+            revoked_serials: serials.join(" "),
         }
     }
 

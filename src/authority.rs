@@ -1,17 +1,24 @@
 //! The certificate authority as the daemon serves it: host certificates
 //! signed on an admin's request (what `linkops enroll` installs), each
-//! bounded, checked and audited before it is handed out.
+//! bounded, checked, recorded and audited before it is handed out; and
+//! revocations — recorded, audited, refused by this daemon's connections at
+//! once and told to every script, so the machines' trust state refuses
+//! them too.
 
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
-use linkops_reconcilers::certificate::host_grant;
+use linkops_reconcilers::certificate::{
+    CertificateKind, IssuedHostCertificate, Revocation, host_grant, revoked_host_serials,
+    revoked_user_serials,
+};
 use linkops_reconcilers::desired::is_id;
 
 use crate::contract::{HostCertificateRequest, HostCertificateView};
 use crate::metrics::Metrics;
+use crate::ssh::RevokedHosts;
 use crate::ssh::ca::{self, Authority, PublicKey};
-use crate::store::{self, Actor, AuditAction, Outcome, Store};
+use crate::store::{self, Actor, Store, now_ms};
 
 /// Names one host certificate may carry.
 pub const MAX_NAMES: usize = 16;
@@ -49,25 +56,24 @@ pub async fn issue_host_certificate(
         field: "host_key",
         message: error.to_string(),
     })?;
-    let detail = format!(
-        "serial {} for {} ({}), key {}",
-        certificate.serial(),
-        grant.principals.join(", "),
-        grant.key_id,
-        host_key.fingerprint(Default::default())
-    );
-    let (actor, machine) = (Actor::user(user), request.machine.clone());
-    store
-        .run(move |store| {
-            let action = AuditAction::CaHostCertificate;
-            store.audit(&actor, action, &machine, Outcome::Success, Some(detail))
-        })
-        .await?;
-    metrics.certificate_issued("host");
     let valid_before = i64::try_from(certificate.valid_before())
         .ok()
         .and_then(|seconds| jiff::Timestamp::from_second(seconds).ok())
         .unwrap_or(jiff::Timestamp::MAX);
+    let issued = IssuedHostCertificate {
+        serial: certificate.serial(),
+        machine: request.machine.clone(),
+        principals: grant.principals.clone(),
+        host_key: host_key.fingerprint(Default::default()).to_string(),
+        issued_by: user.to_owned(),
+        issued_at_ms: now_ms(),
+        valid_before_ms: valid_before.as_millisecond(),
+    };
+    let actor = Actor::user(user);
+    store
+        .run(move |store| store.record_host_certificate(&issued, &actor))
+        .await?;
+    metrics.certificate_issued("host");
     Ok(HostCertificateView {
         certificate: line,
         serial: certificate.serial().to_string(),
@@ -75,6 +81,162 @@ pub async fn issue_host_certificate(
         principals: grant.principals,
         valid_before,
     })
+}
+
+/// The longest reason a revocation keeps.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// What to revoke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoke {
+    /// A certificate by its serial: a host certificate recorded under it, else
+    /// a user certificate (one of the daemon's logins).
+    Serial(u64),
+    /// Every host certificate signed for a machine.
+    Machine(String),
+}
+
+/// The revocations in force, shared: the daemon's connections refuse the
+/// host certificates among them, and scripts are told the user certificates'.
+#[derive(Debug, Clone)]
+pub struct Revocations {
+    all: Arc<RwLock<Arc<Vec<Revocation>>>>,
+    hosts: RevokedHosts,
+}
+
+impl Revocations {
+    /// The revocations `store` holds.
+    pub fn load(store: &Store) -> Result<Revocations, store::Error> {
+        let revocations = Revocations {
+            all: Arc::default(),
+            hosts: RevokedHosts::default(),
+        };
+        revocations.replace(store.revocations()?);
+        Ok(revocations)
+    }
+
+    /// None revoked (tests that need no store read).
+    #[cfg(test)]
+    pub fn none() -> Revocations {
+        Revocations {
+            all: Arc::default(),
+            hosts: RevokedHosts::default(),
+        }
+    }
+
+    /// What connections consult for host certificates.
+    pub fn hosts(&self) -> RevokedHosts {
+        self.hosts.clone()
+    }
+
+    /// Every revocation recorded.
+    pub fn all(&self) -> Arc<Vec<Revocation>> {
+        self.all.read().expect("never poisoned").clone()
+    }
+
+    /// The user-certificate serials machines must refuse now.
+    pub fn user_serials(&self) -> Vec<u64> {
+        revoked_user_serials(&self.all(), now_ms())
+    }
+
+    fn replace(&self, all: Vec<Revocation>) {
+        self.hosts.replace(revoked_host_serials(&all));
+        *self.all.write().expect("never poisoned") = Arc::new(all);
+    }
+
+    /// Reads the store's revocations again (another replica's are seen so).
+    pub async fn refresh(&self, store: &Store) -> Result<(), Error> {
+        let all = store.run(|store| store.revocations()).await?;
+        self.replace(all);
+        Ok(())
+    }
+}
+
+/// Revokes what `what` names for `reason`, as `user`: recorded and audited
+/// in one transaction, then in force for this daemon at once. A user
+/// certificate is told to the machines until it has expired anyway
+/// (`certificate_lifetime` after now at the latest).
+pub async fn revoke(
+    revocations: &Revocations,
+    store: &Store,
+    user: &str,
+    what: Revoke,
+    reason: &str,
+    certificate_lifetime: Duration,
+) -> Result<Vec<Revocation>, Error> {
+    if reason.trim().is_empty() || reason.len() > MAX_REASON_BYTES {
+        return Err(Error::Invalid {
+            field: "reason",
+            message: format!("say why, in at most {MAX_REASON_BYTES} bytes"),
+        });
+    }
+    let now = now_ms();
+    let revocation = |serial, kind, machine: Option<String>, expires_at_ms| Revocation {
+        serial,
+        kind,
+        machine,
+        reason: reason.trim().to_owned(),
+        revoked_by: user.to_owned(),
+        revoked_at_ms: now,
+        expires_at_ms,
+    };
+    let lifetime = i64::try_from(certificate_lifetime.as_millis()).unwrap_or(i64::MAX);
+    let revoked = match what {
+        Revoke::Machine(machine) => {
+            if !is_id(&machine) {
+                return Err(Error::Invalid {
+                    field: "machine",
+                    message: "no machine id (lowercase letters, digits, '.', '_', '-')".into(),
+                });
+            }
+            let lookup = machine.clone();
+            let issued = store
+                .run(move |store| store.host_certificates(&lookup))
+                .await?;
+            if issued.is_empty() {
+                return Err(Error::Invalid {
+                    field: "machine",
+                    message: format!("no host certificate was signed for {machine:?}"),
+                });
+            }
+            issued
+                .into_iter()
+                .map(|c| {
+                    revocation(
+                        c.serial,
+                        CertificateKind::Host,
+                        Some(c.machine),
+                        c.valid_before_ms,
+                    )
+                })
+                .collect()
+        }
+        Revoke::Serial(serial) => {
+            let recorded = store
+                .run(move |store| store.host_certificate(serial))
+                .await?;
+            vec![match recorded {
+                Some(c) => revocation(
+                    serial,
+                    CertificateKind::Host,
+                    Some(c.machine),
+                    c.valid_before_ms,
+                ),
+                None => revocation(
+                    serial,
+                    CertificateKind::User,
+                    None,
+                    now.saturating_add(lifetime),
+                ),
+            }]
+        }
+    };
+    let (recorded, actor) = (revoked.clone(), Actor::user(user));
+    store
+        .run(move |store| store.revoke_certificates(&recorded, &actor))
+        .await?;
+    revocations.refresh(store).await?;
+    Ok(revoked)
 }
 
 /// The request's host key, once every field is within its bounds.

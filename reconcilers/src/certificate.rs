@@ -97,6 +97,71 @@ pub struct CertificateLogin {
     pub key_id: String,
 }
 
+/// Which CA signed a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateKind {
+    /// A login of the daemon's, to a machine.
+    User,
+    /// A machine's host key.
+    Host,
+}
+
+/// A certificate the CA no longer stands behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Revocation {
+    #[serde(with = "decimal")]
+    #[schema(value_type = String)]
+    pub serial: u64,
+    pub kind: CertificateKind,
+    /// The machine whose host certificate it is.
+    pub machine: Option<String>,
+    pub reason: String,
+    pub revoked_by: String,
+    pub revoked_at_ms: i64,
+    /// By when the certificate has expired anyway (Unix ms): a user
+    /// certificate's serial is distributed to the machines until then.
+    pub expires_at_ms: i64,
+}
+
+/// A host certificate the host CA signed, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IssuedHostCertificate {
+    #[serde(with = "decimal")]
+    #[schema(value_type = String)]
+    pub serial: u64,
+    pub machine: String,
+    pub principals: Vec<String>,
+    /// `SHA256:…` of the host key.
+    pub host_key: String,
+    pub issued_by: String,
+    pub issued_at_ms: i64,
+    pub valid_before_ms: i64,
+}
+
+/// The user-certificate serials machines must refuse at `now_ms`: those
+/// revoked whose certificate has not expired yet (after, sshd refuses it
+/// anyway), in order.
+pub fn revoked_user_serials(revocations: &[Revocation], now_ms: i64) -> Vec<u64> {
+    let mut serials: Vec<u64> = revocations
+        .iter()
+        .filter(|r| r.kind == CertificateKind::User && r.expires_at_ms > now_ms)
+        .map(|r| r.serial)
+        .collect();
+    serials.sort_unstable();
+    serials.dedup();
+    serials
+}
+
+/// The host-certificate serials the daemon refuses: every one revoked.
+pub fn revoked_host_serials(revocations: &[Revocation]) -> std::collections::BTreeSet<u64> {
+    revocations
+        .iter()
+        .filter(|r| r.kind == CertificateKind::Host)
+        .map(|r| r.serial)
+        .collect()
+}
+
 mod decimal {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -185,6 +250,35 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<CertificateLogin>(&json).unwrap(),
             login
+        );
+    }
+
+    #[test]
+    fn user_serials_are_refused_until_their_certificates_expire_host_serials_for_ever() {
+        let revoked = |serial, kind, expires_at_ms| Revocation {
+            serial,
+            kind,
+            machine: None,
+            reason: "lost".into(),
+            revoked_by: "ada".into(),
+            revoked_at_ms: 0,
+            expires_at_ms,
+        };
+        let revocations = [
+            revoked(9, CertificateKind::User, 2_000),
+            revoked(3, CertificateKind::User, 5_000),
+            revoked(7, CertificateKind::User, 1_000),
+            revoked(3, CertificateKind::User, 6_000),
+            revoked(5, CertificateKind::Host, 1_000),
+        ];
+        assert_eq!(revoked_user_serials(&revocations, 1_500), [3, 9]);
+        assert_eq!(revoked_user_serials(&revocations, 5_500), [3]);
+        assert_eq!(revoked_user_serials(&revocations, 9_000), Vec::<u64>::new());
+        assert_eq!(
+            revoked_host_serials(&revocations)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [5]
         );
     }
 

@@ -20,6 +20,12 @@ pub const USER_CA_PATH: &str = "/etc/ssh/linkops/user_ca.pub";
 pub const PRINCIPALS_DIR: &str = "/etc/ssh/linkops/principals";
 /// The key revocation list sshd reads; created empty, kept current by LinkOps.
 pub const REVOKED_KEYS_PATH: &str = "/etc/ssh/linkops/revoked_keys";
+/// The serials the revocation list was made of, as the daemon told them
+/// (what the trust state compares; the list itself is binary).
+pub const REVOKED_SERIALS_PATH: &str = "/etc/ssh/linkops/revoked_serials";
+/// The tag enrolling gives a machine: the trust state
+/// (`examples/config-repo/states/linkops-trust.yaml`) keeps the machines so tagged.
+pub const TRUST_TAG: &str = "linkops-trust";
 /// The sshd drop-in naming the files above (read through the stock
 /// `Include /etc/ssh/sshd_config.d/*.conf`; the first value sshd reads wins).
 pub const SSHD_DROP_IN_PATH: &str = "/etc/ssh/sshd_config.d/linkops.conf";
@@ -47,6 +53,10 @@ pub struct ManagedFile {
     /// Written only when absent (the revocation list: LinkOps keeps it
     /// current, enrolling again must not empty it).
     pub only_if_absent: bool,
+    /// Owned by the daemon's login, which keeps it current through the trust
+    /// state (the CAs and the revocation list; the login is in the
+    /// principals file alone, so no other account opens by them).
+    pub owned_by_login: bool,
 }
 
 impl ManagedFile {
@@ -55,6 +65,20 @@ impl ManagedFile {
             path: path.to_owned(),
             content,
             only_if_absent: false,
+            owned_by_login: false,
+        }
+    }
+
+    fn kept_current_by_the_daemon(
+        path: &str,
+        content: String,
+        only_if_absent: bool,
+    ) -> ManagedFile {
+        ManagedFile {
+            path: path.to_owned(),
+            content,
+            only_if_absent,
+            owned_by_login: true,
         }
     }
 }
@@ -81,16 +105,13 @@ pub fn files(trust: &Trust) -> Vec<ManagedFile> {
             CLIENT_ID_PATH,
             format!("{}\n", expected_client_id(&trust.uuid)),
         ),
-        ManagedFile::kept(USER_CA_PATH, user_cas),
+        ManagedFile::kept_current_by_the_daemon(USER_CA_PATH, user_cas, false),
         ManagedFile::kept(
             &format!("{PRINCIPALS_DIR}/{}", trust.login),
             format!("{}\n", trust.login),
         ),
-        ManagedFile {
-            path: REVOKED_KEYS_PATH.to_owned(),
-            content: String::new(),
-            only_if_absent: true,
-        },
+        ManagedFile::kept_current_by_the_daemon(REVOKED_KEYS_PATH, String::new(), true),
+        ManagedFile::kept_current_by_the_daemon(REVOKED_SERIALS_PATH, String::new(), true),
         ManagedFile::kept(SSHD_DROP_IN_PATH, drop_in),
     ]
 }
@@ -276,11 +297,22 @@ mod tests {
                 USER_CA_PATH,
                 "/etc/ssh/linkops/principals/root",
                 REVOKED_KEYS_PATH,
+                REVOKED_SERIALS_PATH,
                 SSHD_DROP_IN_PATH
             ]
         );
         assert!(plan.reload_sshd);
-        let drop_in = &plan.writes[4].content;
+        let owned: Vec<&str> = plan
+            .writes
+            .iter()
+            .filter(|f| f.owned_by_login)
+            .map(|f| f.path.as_str())
+            .collect();
+        assert_eq!(
+            owned,
+            [USER_CA_PATH, REVOKED_KEYS_PATH, REVOKED_SERIALS_PATH]
+        );
+        let drop_in = &plan.writes[5].content;
         for line in [
             "TrustedUserCAKeys /etc/ssh/linkops/user_ca.pub",
             "AuthorizedPrincipalsFile /etc/ssh/linkops/principals/%u",
@@ -302,6 +334,7 @@ mod tests {
     fn only_what_differs_is_written_and_the_revocation_list_is_never_emptied() {
         let mut there = on_machine(&files(&trust()));
         there.insert(REVOKED_KEYS_PATH.into(), "(a KRL)".into());
+        there.insert(REVOKED_SERIALS_PATH.into(), "42".into());
         there.remove(SSHD_DROP_IN_PATH);
         let planned = plan(files(&trust()), &there);
         let paths: Vec<&str> = planned.writes.iter().map(|f| f.path.as_str()).collect();

@@ -7,9 +7,10 @@ use linkops_reconcilers::role::Role;
 use super::auth::Authenticated;
 use super::extract::Json;
 use super::{ApiError, AppState};
-use crate::authority::{self, issue_host_certificate};
-use crate::contract::{CaView, HostCertificateRequest, HostCertificateView};
+use crate::authority::{self, Revoke, issue_host_certificate};
+use crate::contract::{CaView, HostCertificateRequest, HostCertificateView, RevokeRequest};
 use crate::ssh::ca::PublicKey;
+use linkops_reconcilers::certificate::Revocation;
 
 /// `GET /api/ca`
 #[utoipa::path(get, path = "/api/ca", tag = "daemon", responses((status = 200, description = "The SSH certificate authority's public keys: the user CA machines trust for the daemon's logins (`TrustedUserCAKeys`), the host CA", body = CaView)))]
@@ -25,6 +26,7 @@ pub async fn authority(
         user_ca_fingerprint: fingerprint(user),
         host_ca: line(host),
         host_ca_fingerprint: fingerprint(host),
+        revocations: state.revocations.all().to_vec(),
     }))
 }
 
@@ -47,13 +49,58 @@ pub async fn host_certificate(
         request,
     )
     .await
-    .map_err(|error| match error {
+    .map_err(refused)?;
+    Ok(Json(issued))
+}
+
+fn refused(error: authority::Error) -> ApiError {
+    match error {
         authority::Error::Invalid { field, message } => ApiError::Unprocessable {
             field: field.into(),
             message,
         },
         authority::Error::Store(error) => error.into(),
         error => ApiError::Internal(error.to_string()),
-    })?;
-    Ok(Json(issued))
+    }
+}
+
+/// `POST /api/ca/revocations` (admin; audited)
+#[utoipa::path(post, path = "/api/ca/revocations", tag = "daemon", request_body = RevokeRequest, responses(
+    (status = 200, description = "What was revoked: a host certificate is refused by the daemon at once; a user certificate's serial is told to every script (`LINKOPS_CA_REVOKED_SERIALS`) until it expires, which the trust state writes into the machines' revocation list", body = Vec<Revocation>),
+    (status = 422, description = "Neither or both of serial and machine, a serial that is no number, a machine no host certificate was signed for, or no reason", body = crate::contract::ErrorBody),
+))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Json(request): Json<RevokeRequest>,
+) -> Result<Json<Vec<Revocation>>, ApiError> {
+    let user = caller.require(Role::Admin)?;
+    let what = match (&request.serial, &request.machine) {
+        (Some(serial), None) => {
+            Revoke::Serial(serial.trim().parse().map_err(|_| ApiError::Unprocessable {
+                field: "serial".into(),
+                message: format!("{serial:?} is no certificate serial (a decimal number)"),
+            })?)
+        }
+        (None, Some(machine)) => Revoke::Machine(machine.clone()),
+        _ => {
+            return Err(ApiError::Unprocessable {
+                field: "serial".into(),
+                message: "give either serial or machine".into(),
+            });
+        }
+    };
+    let revoked = authority::revoke(
+        &state.revocations,
+        &state.store,
+        &user.name,
+        what,
+        &request.reason,
+        state.config.ssh.certificate_lifetime,
+    )
+    .await
+    .map_err(refused)?;
+    let machines: Vec<String> = revoked.iter().filter_map(|r| r.machine.clone()).collect();
+    state.controller.trust_changed(&machines).await;
+    Ok(Json(revoked))
 }

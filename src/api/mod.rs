@@ -62,6 +62,8 @@ pub struct AppState {
     pub membership: crate::replica::Membership,
     /// The SSH certificate authority (its public halves are shown).
     pub authority: Arc<crate::ssh::ca::Authority>,
+    /// The certificates revoked, in force for this replica.
+    pub revocations: crate::authority::Revocations,
 }
 
 /// Every route of the API, with request tracing.
@@ -124,6 +126,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cluster::status))
         .routes(routes!(ca::authority))
         .routes(routes!(ca::host_certificate))
+        .routes(routes!(ca::revoke))
         .routes(routes!(auth::login))
         .routes(routes!(auth::me))
         .routes(routes!(users::list, users::create))

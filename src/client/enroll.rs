@@ -242,6 +242,7 @@ pub async fn enroll_machine(
         USER_CA_PATH,
         principals.as_str(),
         trust::REVOKED_KEYS_PATH,
+        trust::REVOKED_SERIALS_PATH,
         SSHD_DROP_IN_PATH,
         certificate_path.as_str(),
     ];
@@ -282,6 +283,7 @@ pub async fn enroll_machine(
             path: certificate_path.clone(),
             content: format!("{}\n", issued.certificate.trim()),
             only_if_absent: false,
+            owned_by_login: false,
         });
         plan.reload_sshd = true;
     }
@@ -291,7 +293,7 @@ pub async fn enroll_machine(
     if !changed {
         report.step(&format!("{id} is enrolled already: nothing changed on it"));
     } else {
-        let written = machine.write(&plan).await?;
+        let written = machine.write(&plan, &args.user).await?;
         let paths: Vec<&str> = plan.writes.iter().map(|file| file.path.as_str()).collect();
         report.step(&format!("wrote {}", paths.join(", ")));
         if plan.reload_sshd {
@@ -308,13 +310,17 @@ pub async fn enroll_machine(
         machine.forget(&written).await?;
     }
 
+    let mut tags = args.tags.clone();
+    if !tags.iter().any(|tag| tag == trust::TRUST_TAG) {
+        tags.push(trust::TRUST_TAG.to_owned());
+    }
     let entry = NewMachine {
         id,
         host: args.host.clone(),
         port: args.port,
         user: args.user.clone(),
         uuid,
-        tags: args.tags.clone(),
+        tags,
     };
     Ok(Enrolled { entry, changed })
 }
@@ -683,7 +689,7 @@ true
     /// Writes the plan's files (what they replace kept aside), then, when sshd
     /// must reload: `sshd -t`, a check that sshd reads the drop-in first, and
     /// SIGHUP to the listener. Any refusal puts everything back.
-    async fn write(&self, plan: &trust::Plan) -> Result<Written> {
+    async fn write(&self, plan: &trust::Plan, login: &str) -> Result<Written> {
         let mut script = String::from("set -e\numask 022\nmade=\n");
         script.push_str(&format!(
             "for d in {TRUST_DIRS}; do [ -d \"$d\" ] || made=\"$d $made\"; done\nmkdir -p {TRUST_DIRS}\nbackup=$(mktemp -d /etc/ssh/linkops/.enroll-XXXXXX)\n"
@@ -696,6 +702,9 @@ true
                 "if [ -e {path} ]; then cp -p {path} \"$backup/{index}\"; fi\nprintf '%s' '{}' | base64 -d > {path}.linkops-new\nchmod 644 {path}.linkops-new\nmv -f {path}.linkops-new {path}\n",
                 BASE64.encode(file.content.as_bytes())
             ));
+            if file.owned_by_login {
+                script.push_str(&format!("chown {} {path}\n", quote(login)));
+            }
         }
         if plan.reload_sshd {
             script.push_str("set +e\nsshd=$(command -v sshd || echo /usr/sbin/sshd)\n");

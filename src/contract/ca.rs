@@ -1,5 +1,6 @@
 //! The SSH certificate authority as the API shows it: its public halves.
 
+use linkops_reconcilers::certificate::Revocation;
 use serde::{Deserialize, Serialize};
 
 /// `GET /api/ca`: what machines trust to accept the daemon's logins, and
@@ -13,6 +14,20 @@ pub struct CaView {
     /// The host CA's public key, an OpenSSH line.
     pub host_ca: String,
     pub host_ca_fingerprint: String,
+    /// Every certificate revoked, by serial.
+    pub revocations: Vec<Revocation>,
+}
+
+/// `POST /api/ca/revocations`: a certificate by its serial, or every host
+/// certificate of a machine.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// Decimal, as sshd logs it and operations record it.
+    pub serial: Option<String>,
+    pub machine: Option<String>,
+    /// Why (kept and audited; at most 1 KiB).
+    pub reason: String,
 }
 
 /// `POST /api/ca/host-certificates`: a host certificate for a machine's host

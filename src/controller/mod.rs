@@ -134,6 +134,25 @@ impl Controller {
         Ok(resumed)
     }
 
+    /// The trust changed (a revocation): connections to `machines` (whose
+    /// host certificates were revoked) are dropped, so the next one judges
+    /// their host keys anew, and every declared state looks again at once
+    /// (its digest says whether its machines are checked again).
+    pub async fn trust_changed(&self, machines: &[String]) {
+        let desired = self.context.desired.borrow().clone();
+        let Some(desired) = desired else {
+            return;
+        };
+        let access = &self.context.access;
+        for machine in machines.iter().filter_map(|id| desired.machine(id)) {
+            access.pool.forget(&access.target(machine)).await;
+        }
+        for id in desired.states.keys() {
+            self.scheduler
+                .trigger(ObjectKey::State(id.clone()), Reason::Api);
+        }
+    }
+
     /// Operations: start, stop, follow.
     pub fn operations(&self) -> &Engine {
         &self.context.engine

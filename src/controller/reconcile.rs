@@ -48,7 +48,7 @@ pub struct Context {
     pub(super) store: Store,
     /// Where checks store what they observed (group commit).
     statuses: store::StatusWriter,
-    access: MachineAccess,
+    pub(super) access: MachineAccess,
     pub(super) engine: Engine,
     pub(super) desired: watch::Receiver<Option<Arc<DesiredState>>>,
     /// Machines whose next reconcile checks them whatever their interval (a

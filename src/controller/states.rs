@@ -45,7 +45,7 @@ impl Context {
             .scripts
             .get(&state.script)
             .expect("validated: the state's script exists");
-        let digest = state::digest(state, script);
+        let digest = state::digest(state, script, &self.access.trust_facts().as_text());
         let selected = state.targets.select(&desired.machines);
         let (context, asked) = (self.clone(), id.to_owned());
         let (stored, mut targets, status, statuses, held) = self

@@ -6,7 +6,25 @@ use linkops_reconcilers::script::{ParamValue, Script};
 
 use super::Error;
 
-/// `echo $$; exec env 'LINKOPS_PARAM_<NAME>=value' … <interpreter>`.
+/// What every script is told of the trust machines hold in the daemon (a
+/// declared state keeps it on them: `examples/config-repo/states/linkops-trust.yaml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustFacts {
+    /// `LINKOPS_CA_USER_KEYS`: the user CAs machines trust, an OpenSSH line each.
+    pub user_cas: String,
+    /// `LINKOPS_CA_REVOKED_SERIALS`: user-certificate serials revoked and not
+    /// yet expired, space-separated, ascending.
+    pub revoked_serials: String,
+}
+
+impl TrustFacts {
+    /// The facts as one text, for a declared state's digest.
+    pub fn as_text(&self) -> String {
+        format!("{}\n{}", self.user_cas, self.revoked_serials)
+    }
+}
+
+/// `echo $$; exec env 'LINKOPS_CA_…=…' 'LINKOPS_PARAM_<NAME>=value' … <interpreter>`.
 ///
 /// Values are quoted for the remote shell, so no value can become code.
 /// sshd starts every session's command in a new session (`setsid`), so the
@@ -16,8 +34,19 @@ use super::Error;
 pub fn command_line(
     script: &Script,
     params: &BTreeMap<String, ParamValue>,
+    trust: &TrustFacts,
 ) -> Result<String, Error> {
     let mut command = String::from("echo \"$$\"; exec env");
+    for (name, value) in [
+        ("LINKOPS_CA_USER_KEYS", &trust.user_cas),
+        ("LINKOPS_CA_REVOKED_SERIALS", &trust.revoked_serials),
+    ] {
+        let assignment = format!("{name}={value}");
+        // Keys and decimal serials: nothing to refuse.
+        let quoted = shlex::try_quote(&assignment).unwrap_or_default();
+        command.push(' ');
+        command.push_str(&quoted);
+    }
     for (name, value) in params {
         if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(Error::ParamName(name.clone()));
@@ -115,8 +144,14 @@ mod tests {
             ),
         ]);
         // The interpreter prints what the script would see.
-        let script = script("printenv LINKOPS_PARAM_NOTE LINKOPS_PARAM_PACKAGE");
-        let line = command_line(&script, &params).unwrap();
+        let script = script(
+            "printenv LINKOPS_PARAM_NOTE LINKOPS_PARAM_PACKAGE LINKOPS_CA_USER_KEYS LINKOPS_CA_REVOKED_SERIALS",
+        );
+        let trust = TrustFacts {
+            user_cas: "ssh-ed25519 AAAA first\nssh-ed25519 BBBB second\n".into(),
+            revoked_serials: "3 18446744073709551615".into(),
+        };
+        let line = command_line(&script, &params, &trust).unwrap();
         let output = std::process::Command::new("sh")
             .arg("-c")
             .arg(&line)
@@ -128,7 +163,7 @@ mod tests {
         assert!(pgid.parse::<u32>().is_ok(), "{stdout}");
         assert_eq!(
             rest,
-            "it's $HOME `id` \"q\"\nline two $(touch pwned)\nhtop; rm -rf /\n"
+            "it's $HOME `id` \"q\"\nline two $(touch pwned)\nhtop; rm -rf /\nssh-ed25519 AAAA first\nssh-ed25519 BBBB second\n\n3 18446744073709551615\n"
         );
     }
 }

@@ -36,6 +36,7 @@ use crate::store::{self, Followed, Store, now_ms};
 use host::HostRun;
 use writer::{Update, Writer};
 
+pub use command::TrustFacts;
 pub use follow::PAGE_BYTES;
 pub use host::STOP_GRACE;
 
@@ -194,7 +195,7 @@ impl Engine {
         params: &BTreeMap<String, ParamValue>,
         keep: usize,
     ) -> Result<CheckRun, Error> {
-        let command = command::command_line(script, params)?;
+        let command = command::command_line(script, params, &self.access.trust_facts())?;
         let _session = self
             .access
             .sessions
@@ -245,7 +246,8 @@ impl Engine {
     /// applies — in the same transaction), then runs it in the background.
     /// Returns once recorded.
     pub fn start(&self, plan: Plan, claim: Option<store::Claim>) -> Result<Operation, Error> {
-        let command: Arc<str> = command::command_line(&plan.script, &plan.params)?.into();
+        let trust = self.access.trust_facts();
+        let command: Arc<str> = command::command_line(&plan.script, &plan.params, &trust)?.into();
         let hosts: Vec<HostResult> = plan
             .hosts
             .iter()
@@ -666,6 +668,7 @@ mod tests {
             store.clone(),
             metrics.clone(),
             Arc::new(certifier),
+            crate::authority::Revocations::none(),
         );
         let config = crate::config::Config::default();
         let notifier = Arc::new(crate::notify::Notifier::from_config(&config).unwrap());

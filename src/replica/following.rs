@@ -43,3 +43,25 @@ pub async fn follow_other_replicas(store: store::Store, stop: CancellationToken)
         }
     }
 }
+
+/// Keeps this replica's revocations as the store holds them: what another
+/// replica revoked is in force here within [`OTHERS_EVERY`] (its own at
+/// once). Nothing on an unshared store.
+pub async fn follow_revocations(
+    revocations: crate::authority::Revocations,
+    store: store::Store,
+    stop: CancellationToken,
+) {
+    if !store.is_shared() {
+        return;
+    }
+    loop {
+        if let Err(error) = revocations.refresh(&store).await {
+            tracing::warn!(%error, "cannot read the revocations; reading again");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(OTHERS_EVERY) => {}
+        }
+    }
+}

@@ -205,6 +205,7 @@ impl Daemon {
             prepared.store.clone(),
             metrics.clone(),
             Arc::new(certifier),
+            prepared.revocations.clone(),
         );
         let reaper = access
             .pool
@@ -276,6 +277,11 @@ impl Daemon {
             prepared.store.clone(),
             stop.clone(),
         )));
+        workers.push(tokio::spawn(replica::following::follow_revocations(
+            prepared.revocations.clone(),
+            prepared.store.clone(),
+            stop.clone(),
+        )));
         workers.push(leading.spawn({
             let (retention, metrics, stop) =
                 (config.retention.clone(), metrics.clone(), stop.clone());
@@ -319,6 +325,7 @@ impl Daemon {
             replica_tls: replicas.as_ref().map(|replicas| replicas.tls.clone()),
             membership: membership.clone(),
             authority: prepared.authority,
+            revocations: prepared.revocations,
         };
         let server = http::spawn(
             &config,
@@ -467,6 +474,7 @@ struct Prepared {
     notifier: Arc<crate::notify::Notifier>,
     /// Created at first start, like the admin password.
     authority: Arc<Authority>,
+    revocations: crate::authority::Revocations,
 }
 
 /// The first blocking part of start-up: directories, the store.
@@ -527,12 +535,14 @@ fn prepare(config: Arc<Config>, store: store::Store, replica: &str) -> Result<Pr
         unknown_names: config.auth.unknown_name_counters,
     };
     let auth = Auth::new(store.clone(), &secret, config.auth.token_lifetime, limits);
+    let revocations = crate::authority::Revocations::load(&store)?;
     Ok(Prepared {
         config,
         store,
         auth,
         notifier,
         authority,
+        revocations,
     })
 }
 

@@ -62,6 +62,11 @@ impl Certifier {
         }
     }
 
+    /// The user CA whose certificates machines accept.
+    pub fn user_ca(&self) -> &PublicKey {
+        self.authority.user_public()
+    }
+
     /// The host CA whose certificates prove machines' host keys.
     pub fn host_ca(&self) -> &PublicKey {
         self.authority.host_public()

@@ -4,6 +4,9 @@
 //! trust-on-first-use is on; a certificate that does not prove the host is
 //! refused unless its key is known.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::{Certificate, HashAlg, PublicKey};
 
@@ -16,6 +19,24 @@ pub struct ExpectedKeys {
     pub known: Vec<(usize, PublicKey)>,
     /// The host CA whose certificates prove a host key (the daemon's own).
     pub host_ca: Option<PublicKey>,
+    /// Host-certificate serials revoked: such a certificate proves nothing.
+    pub revoked: Arc<BTreeSet<u64>>,
+}
+
+/// The host-certificate serials the daemon refuses, shared by every
+/// connection and replaced whole when a revocation is recorded.
+#[derive(Debug, Clone, Default)]
+pub struct RevokedHosts(Arc<RwLock<Arc<BTreeSet<u64>>>>);
+
+impl RevokedHosts {
+    /// The serials revoked now.
+    pub fn current(&self) -> Arc<BTreeSet<u64>> {
+        self.0.read().expect("never poisoned").clone()
+    }
+
+    pub fn replace(&self, serials: BTreeSet<u64>) {
+        *self.0.write().expect("never poisoned") = Arc::new(serials);
+    }
 }
 
 /// The judgement on a presented host key.
@@ -78,6 +99,9 @@ impl ExpectedKeys {
             return self.judge(&key);
         }
         let reason = match &self.host_ca {
+            Some(_) if self.revoked.contains(&certificate.serial()) => {
+                format!("its serial {} is revoked", certificate.serial())
+            }
             Some(host_ca) => match proves(certificate, host_ca, host, now) {
                 Ok(()) => return Verdict::Trusted,
                 Err(reason) => reason,
@@ -175,7 +199,7 @@ mod tests {
         let expected = ExpectedKeys {
             pinned: None,
             known: vec![(3, key(&ED_A.replace(" a", " other")))],
-            host_ca: None,
+            ..ExpectedKeys::default()
         };
         assert_eq!(expected.judge(&key(ED_A)), Verdict::Trusted);
     }
@@ -185,7 +209,7 @@ mod tests {
         let expected = ExpectedKeys {
             pinned: None,
             known: vec![(7, key(ED_A))],
-            host_ca: None,
+            ..ExpectedKeys::default()
         };
         match expected.judge(&key(ED_B)) {
             Verdict::Changed { recorded } => assert!(recorded.contains("line 7"), "{recorded}"),
@@ -198,7 +222,7 @@ mod tests {
         let expected = ExpectedKeys {
             pinned: Some(key(ED_B)),
             known: vec![(1, key(ED_A))],
-            host_ca: None,
+            ..ExpectedKeys::default()
         };
         assert!(matches!(
             expected.judge(&key(ED_A)),
@@ -318,6 +342,18 @@ mod tests {
             let cert = certificate(&ca, CertType::Host, &["web1"], NOW + 60);
             let reason = refused(ExpectedKeys::default().judge_certificate(&cert, "web1", NOW));
             assert!(reason.contains("no host CA"), "{reason}");
+        }
+
+        #[test]
+        fn a_revoked_certificate_proves_nothing() {
+            let ca = private(1);
+            let cert = certificate(&ca, CertType::Host, &["web1"], NOW + 60);
+            let expected = ExpectedKeys {
+                revoked: Arc::new(BTreeSet::from([cert.serial()])),
+                ..trusting(&ca)
+            };
+            let reason = refused(expected.judge_certificate(&cert, "web1", NOW));
+            assert!(reason.contains("is revoked"), "{reason}");
         }
 
         #[test]

@@ -22,6 +22,7 @@ use russh::client;
 use russh::keys::{Certificate, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 
 pub use exec::{Execution, ExitStatus, Output, OutputEvent};
+pub use host_key::RevokedHosts;
 use host_key::{ExpectedKeys, Verdict, fingerprint};
 pub use known_hosts::KnownHosts;
 
@@ -216,6 +217,8 @@ pub struct ConnectOptions {
     pub certifier: Option<Arc<Certifier>>,
     /// The host CA whose host certificates prove machines' keys.
     pub host_ca: Option<PublicKey>,
+    /// Host certificates revoked: they prove nothing.
+    pub revoked_hosts: RevokedHosts,
 }
 
 /// The host-key algorithms whose certificates a connection asks for when it
@@ -252,6 +255,7 @@ impl ConnectOptions {
             metrics,
             certifier: None,
             host_ca: None,
+            revoked_hosts: RevokedHosts::default(),
         }
     }
 
@@ -261,6 +265,14 @@ impl ConnectOptions {
         ConnectOptions {
             host_ca: Some(certifier.host_ca().clone()),
             certifier: Some(certifier),
+            ..self
+        }
+    }
+
+    /// These options, refusing the host certificates `revoked` holds.
+    pub fn with_revoked_hosts(self, revoked: RevokedHosts) -> ConnectOptions {
+        ConnectOptions {
+            revoked_hosts: revoked,
             ..self
         }
     }
@@ -617,6 +629,7 @@ async fn load_identity_and_expectations(
     let target = target.clone();
     let known_hosts = options.known_hosts.clone();
     let host_ca = options.host_ca.clone();
+    let revoked = options.revoked_hosts.current();
     crate::blocking::run(move || {
         let key = match key_file {
             true => Some(load_private_key(&target.key.path()?)?),
@@ -639,6 +652,7 @@ async fn load_identity_and_expectations(
                 pinned,
                 known,
                 host_ca,
+                revoked,
             },
         ))
     })

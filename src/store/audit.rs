@@ -61,6 +61,7 @@ pub enum AuditAction {
     SshHostKeyLearned,
     SshHostKeyRefused,
     CaHostCertificate,
+    CaRevoke,
     GitSync,
 }
 
@@ -87,6 +88,7 @@ impl AuditAction {
             AuditAction::SshHostKeyLearned => "ssh.host_key_learned",
             AuditAction::SshHostKeyRefused => "ssh.host_key_refused",
             AuditAction::CaHostCertificate => "ca.host_certificate",
+            AuditAction::CaRevoke => "ca.revoke",
             AuditAction::GitSync => "git.sync",
         }
     }

@@ -8,6 +8,7 @@
 //! last committed state.
 
 mod audit;
+mod ca;
 mod changes;
 mod cluster;
 mod copy;

@@ -256,6 +256,8 @@ mod tests {
             decodes(OUTBOX),
             decodes(OUTBOX_DEAD),
             decodes(FORGE_STATUSES),
+            decodes(HOST_CERTIFICATES),
+            decodes(CA_REVOCATIONS),
             decodes(AUDIT_LOG),
         ];
         // The rest hold a number, a text, nothing or raw bytes.

@@ -2,6 +2,7 @@
 //! and the schema version they make ([`super::migrations`] brings older
 //! stores up to it).
 
+use linkops_reconcilers::certificate::{IssuedHostCertificate, Revocation};
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::machine::MachineStatus;
 use linkops_reconcilers::operation::{HostResult, Operation, RecordedEvent};
@@ -20,7 +21,7 @@ use super::records::{
 ///
 /// Version 8 keeps every table as ordered bytes (`engine::key`) with JSON
 /// records, the same in redb and PostgreSQL; older redb files are converted.
-pub const SCHEMA_VERSION: u64 = 9;
+pub const SCHEMA_VERSION: u64 = 10;
 
 /// Store metadata: `schema_version`, `write_probe_ms`.
 pub const META: Table<String, Json<u64>> = Table::new("meta");
@@ -99,11 +100,16 @@ pub const OUTBOX_DEAD: Table<u64, Json<Queued>> = Table::new("outbox_dead");
 /// The last commit status the forge accepted, by (commit, context) (version 7).
 pub const FORGE_STATUSES: Table<(String, String), Json<PostedStatus>> =
     Table::new("forge_statuses");
+/// Host certificates the host CA signed, by (machine, serial).
+pub const HOST_CERTIFICATES: Table<(String, u64), Json<IssuedHostCertificate>> =
+    Table::new("host_certificates");
+/// Certificates revoked, by serial.
+pub const CA_REVOCATIONS: Table<u64, Json<Revocation>> = Table::new("ca_revocations");
 /// The audit log by sequence number.
 pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
 /// Every table's name: what an engine creates, and what `linkops store migrate` copies.
-pub const TABLES: [&str; 34] = [
+pub const TABLES: [&str; 36] = [
     META.name,
     USERS.name,
     LOGIN_FAILURES.name,
@@ -137,6 +143,8 @@ pub const TABLES: [&str; 34] = [
     OUTBOX_CHANNELS.name,
     OUTBOX_DEAD.name,
     FORGE_STATUSES.name,
+    HOST_CERTIFICATES.name,
+    CA_REVOCATIONS.name,
     AUDIT_LOG.name,
 ];
 

@@ -4,11 +4,17 @@
 //! proposes the entry on a branch; once merged, the daemon checks the host
 //! and runs operations through certificates alone, and the host's own log
 //! names them. Enrolling again changes nothing; a refused step leaves the
-//! host as it was.
+//! host as it was. With the trust state shipped in `examples/`, a revoked
+//! certificate is refused by the host's sshd, and a revoked host by the daemon.
 
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use linkops::contract::{ClusterView, MachineView, OperationView, TablePage};
+use linkops::contract::{CaView, ClusterView, MachineView, OperationView, StateDetail, TablePage};
+use linkops::ssh::ca::{self, Authority};
+use linkops::ssh::{Certified, Connection};
+use linkops_reconcilers::certificate::{Purpose, user_grant};
 use linkops_reconcilers::enrollment::Enrollment;
 use linkops_reconcilers::operation::OperationState;
 use reqwest::StatusCode;
@@ -419,5 +425,153 @@ async fn machines_listed_in_a_file_are_enrolled_at_once_with_a_line_each_and_a_s
         None,
         "the refused one was not touched"
     );
+    daemon.stop().await;
+}
+
+/// Puts the trust state shipped in `examples/config-repo` (its script's
+/// entry, its two files, the state) into the test's config repository.
+fn ship_the_trust_state(setup: &FleetSetup) {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config-repo");
+    let read = |path: &str| std::fs::read_to_string(example.join(path)).unwrap();
+    let catalog = read("scripts.yaml");
+    let entry = &catalog[catalog
+        .find("  - id: linkops-trust")
+        .expect("the example's trust script")..];
+    let scripts = setup.work.read("scripts.yaml");
+    setup
+        .work
+        .write("scripts.yaml", &format!("{scripts}{entry}"));
+    for path in [
+        "scripts/linkops-trust.sh",
+        "scripts/linkops-trust-check.sh",
+        "states/linkops-trust.yaml",
+    ] {
+        setup.work.write(path, &read(path));
+    }
+}
+
+/// Waits until the trust state stands `standing` on host1.
+async fn trust_stands(daemon: &TestDaemon, token: &str, standing: &str) {
+    eventually(
+        &format!("the trust state to stand {standing} on host1"),
+        || async {
+            let detail: StateDetail = daemon.read("/api/states/linkops-trust", token).await;
+            let now = detail.machines.first().map(|m| format!("{:?}", m.standing));
+            now.filter(|now| now.to_lowercase().replace('_', "") == standing.replace('_', ""))
+                .map(drop)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_by_the_machine_and_a_revoked_host_by_the_daemon() {
+    let (setup, daemon) = bare_host_and_daemon().await;
+    let home = logged_in(&daemon).await;
+    let host = setup.fleet.host(0);
+    let operator_key = setup.fleet.operator_key().to_str().unwrap().to_owned();
+    let enrolled = enroll(
+        &daemon,
+        &setup,
+        home.path(),
+        &[
+            "--identity",
+            &operator_key,
+            "--host-key-fingerprint",
+            &fingerprint(host),
+            "--print",
+        ],
+    )
+    .await;
+    let said = stdout(&enrolled);
+    assert!(enrolled.status.success(), "{said}{}", stderr(&enrolled));
+    let entry = &said[said.find("  - id: host1").expect("the entry printed")..];
+    assert!(
+        entry.contains("linkops-trust"),
+        "enroll tags it for the trust state: {entry}"
+    );
+    setup
+        .work
+        .write("links.yaml", &format!("machines:\n{entry}"));
+    ship_the_trust_state(&setup);
+    setup.work.commit("host1, and the trust state");
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    let synced = daemon.post("/api/git/sync", Some(&token)).await;
+    assert_eq!(synced.status(), StatusCode::OK);
+    trust_stands(&daemon, &token, "in_sync").await;
+
+    // A certificate of the daemon's CA, live: it logs in.
+    // The daemon's own CA (`setup.config()` would copy the fleet's known_hosts back).
+    let authority = Authority::open(&setup.data.path().join("ca")).unwrap();
+    let grant = user_grant(
+        "elsewhere",
+        TEST_USER,
+        &Purpose::Health,
+        Duration::from_secs(300),
+    );
+    let certified = || {
+        let key = ca::session_key();
+        let certificate = authority
+            .sign_user(key.public_key(), &grant, SystemTime::now())
+            .unwrap();
+        Certified {
+            key: Arc::new(key),
+            certificate,
+        }
+    };
+    let (leaked, fresh) = (certified(), certified());
+    let options = crate::ssh::connect_options(&setup.fleet);
+    let target = crate::ssh::target(&setup.fleet, 0);
+    Connection::open_certified(&target, &options, leaked.clone())
+        .await
+        .unwrap();
+
+    // Revoked: the trust state writes it into the machine's list at once, and sshd refuses it.
+    let revoke = json!({ "serial": leaked.certificate.serial().to_string(), "reason": "leaked" });
+    let (status, revoked) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/ca/revocations",
+            &token,
+            Some(revoke),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert_eq!(revoked[0]["kind"], "user", "{revoked}");
+    eventually("sshd to refuse the revoked certificate", || async {
+        match Connection::open_certified(&target, &options, leaked.clone()).await {
+            Err(linkops::ssh::Error::AuthRejected { .. }) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    trust_stands(&daemon, &token, "in_sync").await;
+    // Another certificate, and the daemon's own logins, still get in.
+    Connection::open_certified(&target, &options, fresh)
+        .await
+        .unwrap();
+    let (_, ended) = run_to_end(&daemon, &token, "whoami", &["host1"]).await;
+    assert_eq!(ended, OperationState::Succeeded);
+    let shown: CaView = daemon.read("/api/ca", &token).await;
+    assert_eq!(shown.revocations.len(), 1, "{shown:?}");
+
+    // The machine revoked: its host certificate proves nothing to the daemon any more.
+    let revoke = json!({ "machine": "host1", "reason": "decommissioned" });
+    let (status, revoked) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/ca/revocations",
+            &token,
+            Some(revoke),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert_eq!(revoked[0]["kind"], "host", "{revoked}");
+    let verified = daemon.post("/api/links/host1/verify", Some(&token)).await;
+    let machine: MachineView = verified.json().await.unwrap();
+    match &machine.enrollment {
+        Enrollment::HostKeyMismatch { error } => assert!(error.contains("is revoked"), "{error}"),
+        other => panic!("a revoked host was trusted: {other:?}"),
+    }
     daemon.stop().await;
 }

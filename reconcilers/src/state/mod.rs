@@ -88,8 +88,10 @@ pub use record::{
 pub use window::{Weekday, Window, window_at};
 
 /// What a check and an apply are for: the state, its script's body, check and
-/// interpreter, and the parameters. A change of any re-checks every machine.
-pub fn digest(state: &DeclaredState, script: &Script) -> String {
+/// interpreter, the parameters, and `facts` — what the daemon tells every
+/// script besides (the trust machines hold in it: a revocation re-checks
+/// the states that keep it). A change of any re-checks every machine.
+pub fn digest(state: &DeclaredState, script: &Script, facts: &str) -> String {
     let content = serde_json::json!({
         "state": state.id,
         "script": script.id,
@@ -97,6 +99,7 @@ pub fn digest(state: &DeclaredState, script: &Script) -> String {
         "body": script.body,
         "check": script.check,
         "params": state.params,
+        "facts": facts,
     });
     let hash = sha2::Sha256::digest(content.to_string().as_bytes());
     hash.iter().take(12).map(|b| format!("{b:02x}")).collect()

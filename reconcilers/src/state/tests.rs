@@ -482,21 +482,23 @@ fn the_digest_follows_the_content() {
         ..crate::fixtures::script("motd", "echo hi > /etc/motd")
     };
     let state = state(Mode::Enforce, Rollout::default());
-    let base = digest(&state, &script);
+    let base = digest(&state, &script, "");
     assert_eq!(base.len(), 24);
     let mut other = state.clone();
     other.params.insert("x".into(), ParamValue::Int(1));
-    assert_ne!(digest(&other, &script), base);
+    assert_ne!(digest(&other, &script, ""), base);
+    // What the daemon tells scripts (a revocation) is content too.
+    assert_ne!(digest(&state, &script, "revoked 42"), base);
     let edited = Script {
         check: Some("test -s /etc/motd".into()),
         ..script.clone()
     };
-    assert_ne!(digest(&state, &edited), base);
+    assert_ne!(digest(&state, &edited, ""), base);
     // The mode, the interval and the rollout are not content.
     let mut reported = state.clone();
     reported.mode = Mode::Report;
     reported.interval = Duration::from_secs(60);
-    assert_eq!(digest(&reported, &script), base);
+    assert_eq!(digest(&reported, &script, ""), base);
 }
 
 /// The controller's loop over `decide`, on a clock of its own: decide,

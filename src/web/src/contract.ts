@@ -72,6 +72,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/ca/revocations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** `POST /api/ca/revocations` (admin; audited) */
+        post: operations["daemon_revoke"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/cluster": {
         parameters: {
             query?: never;
@@ -809,11 +826,18 @@ export interface components {
             /** @description The host CA's public key, an OpenSSH line. */
             host_ca: string;
             host_ca_fingerprint: string;
+            /** @description Every certificate revoked, by serial. */
+            revocations: components["schemas"]["Revocation"][];
             /** @description The user CA's public key, an OpenSSH line: a machine's `TrustedUserCAKeys`. */
             user_ca: string;
             /** @description Its SHA-256 fingerprint (`SHA256:…`, as `ssh-keygen -l` prints it). */
             user_ca_fingerprint: string;
         };
+        /**
+         * @description Which CA signed a certificate.
+         * @enum {string}
+         */
+        CertificateKind: "user" | "host";
         /**
          * @description The certificate a login presented, as the machine's sshd logs it
          *     (`ID <key_id> (serial <serial>)`): kept with the operation's host and the
@@ -1555,6 +1579,34 @@ export interface components {
             kind: "state";
             revision: string;
         };
+        /** @description A certificate the CA no longer stands behind. */
+        Revocation: {
+            /**
+             * Format: int64
+             * @description By when the certificate has expired anyway (Unix ms): a user
+             *     certificate's serial is distributed to the machines until then.
+             */
+            expires_at_ms: number;
+            kind: components["schemas"]["CertificateKind"];
+            /** @description The machine whose host certificate it is. */
+            machine?: string | null;
+            reason: string;
+            /** Format: int64 */
+            revoked_at_ms: number;
+            revoked_by: string;
+            serial: string;
+        };
+        /**
+         * @description `POST /api/ca/revocations`: a certificate by its serial, or every host
+         *     certificate of a machine.
+         */
+        RevokeRequest: {
+            machine?: string | null;
+            /** @description Why (kept and audited; at most 1 KiB). */
+            reason: string;
+            /** @description Decimal, as sshd logs it and operations record it. */
+            serial?: string | null;
+        };
         /**
          * @description What a user may do. Ordered: each role includes the ones before it.
          * @enum {string}
@@ -1976,6 +2028,7 @@ export type ApplyResult = components['schemas']['ApplyResult'];
 export type ApplyView = components['schemas']['ApplyView'];
 export type Auth = components['schemas']['Auth'];
 export type CaView = components['schemas']['CaView'];
+export type CertificateKind = components['schemas']['CertificateKind'];
 export type CertificateLogin = components['schemas']['CertificateLogin'];
 export type Check = components['schemas']['Check'];
 export type CheckOutcome = components['schemas']['CheckOutcome'];
@@ -2054,6 +2107,8 @@ export type Readiness = components['schemas']['Readiness'];
 export type RecordingView = components['schemas']['RecordingView'];
 export type Refusal = components['schemas']['Refusal'];
 export type Requester = components['schemas']['Requester'];
+export type Revocation = components['schemas']['Revocation'];
+export type RevokeRequest = components['schemas']['RevokeRequest'];
 export type Role = components['schemas']['Role'];
 export type RoleChange = components['schemas']['RoleChange'];
 export type Rollout = components['schemas']['Rollout'];
@@ -2195,6 +2250,39 @@ export interface operations {
                 };
             };
             /** @description A machine id, name or host key that is not one, or too many names */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    daemon_revoke: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RevokeRequest"];
+            };
+        };
+        responses: {
+            /** @description What was revoked: a host certificate is refused by the daemon at once; a user certificate's serial is told to every script (`LINKOPS_CA_REVOKED_SERIALS`) until it expires, which the trust state writes into the machines' revocation list */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Revocation"][];
+                };
+            };
+            /** @description Neither or both of serial and machine, a serial that is no number, a machine no host certificate was signed for, or no reason */
             422: {
                 headers: {
                     [name: string]: unknown;
