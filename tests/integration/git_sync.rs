@@ -105,9 +105,9 @@ async fn follows_a_remote_over_ssh_through_manual_syncs() {
     ))
     .await;
     let state = applied(&daemon, &first).await;
-    assert_eq!(state.machines.len(), 5);
-    assert_eq!(state.scripts.len(), 7);
-    assert_eq!(state.states.len(), 3);
+    assert_eq!(state.machines.len(), 6);
+    assert_eq!(state.scripts.len(), 8);
+    assert_eq!(state.states.len(), 4);
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
 
     let status = git_status(&daemon, &token).await;
@@ -292,7 +292,7 @@ async fn a_removed_machine_is_marked_removed_and_a_force_push_is_recorded() {
         matches!(record.outcome, SyncOutcome::Applied { forced: true, .. }),
         "{record:?}"
     );
-    assert_eq!(applied(&daemon, &rewritten).await.machines.len(), 4);
+    assert_eq!(applied(&daemon, &rewritten).await.machines.len(), 5);
     daemon.stop().await;
 
     let store = support::open_store(&support::config(setup.data.path()));
