@@ -52,40 +52,15 @@ async fn bench() {
     // FANOUT_ONLY=store: the warm fan-out on each store engine, side by side.
     if std::env::var("FANOUT_ONLY").is_ok_and(|only| only == "store") {
         let rows = store_engines(&fleet, &repo).await;
-        let redb = median(&rows[0].1).as_secs_f64();
-        println!("\n| store | median | vs redb | runs (s) |\n|---|---|---|---|");
-        for (name, times) in &rows {
-            let m = median(times).as_secs_f64();
-            let runs: Vec<String> = times
-                .iter()
-                .map(|t| format!("{:.3}", t.as_secs_f64()))
-                .collect();
-            println!(
-                "| {name} | {m:.3} s | {:.2}× | {} |",
-                m / redb,
-                runs.join(" ")
-            );
-        }
+        print_against("| store | median | vs redb | runs (s) |", &rows, |_| 0);
         return;
     }
     // FANOUT_ONLY=certificates: static keys against certificates signed per login.
     if std::env::var("FANOUT_ONLY").is_ok_and(|only| only == "certificates") {
         let rows = certificates(&fleet, &repo).await;
-        println!("\n| login | median | vs the key | runs (s) |\n|---|---|---|---|");
-        for (index, (name, times)) in rows.iter().enumerate() {
-            // Each row against the key row of its kind: cold the first, warm the third.
-            let key = median(&rows[if index < 2 { 0 } else { 2 }].1).as_secs_f64();
-            let m = median(times).as_secs_f64();
-            let runs: Vec<String> = times
-                .iter()
-                .map(|t| format!("{:.3}", t.as_secs_f64()))
-                .collect();
-            println!(
-                "| {name} | {m:.3} s | {:.2}× | {} |",
-                m / key,
-                runs.join(" ")
-            );
-        }
+        // Each row against the key's of its kind: cold the first, warm the third.
+        let key_row = |index| if index < 2 { 0 } else { 2 };
+        print_against("| login | median | vs the key | runs (s) |", &rows, key_row);
         return;
     }
     if std::env::var("FANOUT_ONLY").is_ok_and(|only| only == "takeover") {
@@ -515,6 +490,25 @@ fn ansible(fleet: &TestFleet, control: &Path) -> Duration {
         String::from_utf8_lossy(&output.stdout)
     );
     elapsed
+}
+
+/// A Markdown table under `header`: each row's median, against the median
+/// of the row `base` names for it, and its runs.
+fn print_against(header: &str, rows: &[(String, Vec<Duration>)], base: impl Fn(usize) -> usize) {
+    println!("\n{header}\n|---|---|---|---|");
+    for (index, (name, times)) in rows.iter().enumerate() {
+        let against = median(&rows[base(index)].1).as_secs_f64();
+        let m = median(times).as_secs_f64();
+        let runs: Vec<String> = times
+            .iter()
+            .map(|t| format!("{:.3}", t.as_secs_f64()))
+            .collect();
+        println!(
+            "| {name} | {m:.3} s | {:.2}× | {} |",
+            m / against,
+            runs.join(" ")
+        );
+    }
 }
 
 fn median(times: &[Duration]) -> Duration {

@@ -130,7 +130,7 @@ async fn sshd_refuses_a_certificate_expired_for_another_login_or_from_another_ca
 }
 
 /// That `host`'s sshd logged an accepted login with `certificate`.
-async fn logged(host: &testbed::TestHost, certificate: &CertificateLogin) {
+pub(crate) async fn logged(host: &testbed::TestHost, certificate: &CertificateLogin) {
     let named = format!("ID {} (serial {})", certificate.key_id, certificate.serial);
     eventually("sshd to log the login", || async {
         let log = host.sshd_log().unwrap();

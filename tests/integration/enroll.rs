@@ -49,15 +49,19 @@ async fn bare_host_and_daemon() -> (FleetSetup, TestDaemon) {
 }
 
 /// `linkops enroll` of host 0 as `host1`, as root with the operator's key
-/// file, its host key confirmed by fingerprint, and `extra` arguments.
+/// file, its host key confirmed as `fingerprint` (the host's own when
+/// `None`), and `extra` arguments.
 async fn enroll(
     daemon: &TestDaemon,
     setup: &FleetSetup,
     home: &std::path::Path,
+    fingerprint: Option<&str>,
     extra: &[&str],
 ) -> Output {
     let host = setup.fleet.host(0);
     let (address, port) = (host.address().to_string(), host.port().to_string());
+    let operator_key = setup.fleet.operator_key().to_str().unwrap().to_owned();
+    let fingerprint = fingerprint.map_or_else(|| self::fingerprint(host), str::to_owned);
     let mut args = vec![
         "--server",
         &daemon.url,
@@ -71,6 +75,10 @@ async fn enroll(
         "test",
         "--user",
         TEST_USER,
+        "--identity",
+        &operator_key,
+        "--host-key-fingerprint",
+        &fingerprint,
     ];
     args.extend_from_slice(extra);
     linkops_with(home, &args, None, &GIT_IDENTITY).await
@@ -143,21 +151,12 @@ async fn a_bare_host_is_enrolled_by_one_command_and_reached_by_certificates_alon
         checkout.to_str().unwrap(),
     ]);
 
-    let operator_key = setup.fleet.operator_key().to_str().unwrap().to_owned();
-    let fingerprint = fingerprint(host);
     let enrolled = enroll(
         &daemon,
         &setup,
         home.path(),
-        &[
-            "--identity",
-            &operator_key,
-            "--host-key-fingerprint",
-            &fingerprint,
-            "--repo",
-            checkout.to_str().unwrap(),
-            "--push",
-        ],
+        None,
+        &["--repo", checkout.to_str().unwrap(), "--push"],
     )
     .await;
     let said = stdout(&enrolled);
@@ -230,14 +229,7 @@ async fn a_bare_host_is_enrolled_by_one_command_and_reached_by_certificates_alon
         login.key_id,
         format!("linkops:{replica}:op-{id}:{}", ADMIN.0)
     );
-    let named = format!("ID {} (serial {})", login.key_id, login.serial);
-    eventually("sshd to log the operation's login", || async {
-        let log = host.sshd_log().unwrap();
-        log.lines()
-            .any(|line| line.contains("Accepted publickey") && line.contains(&named))
-            .then_some(())
-    })
-    .await;
+    crate::certificates::logged(host, &login).await;
 
     // Again, with the operator's ssh-agent and nothing to confirm: the host
     // proves itself by its certificate, and nothing changes.
@@ -292,21 +284,7 @@ async fn a_refused_step_leaves_the_host_as_it_was() {
     // never take the user CA, so enrolling refuses and puts everything back.
     let other = host.etc_ssh().join("sshd_config.d/00-other-ca.conf");
     std::fs::write(&other, "TrustedUserCAKeys /etc/ssh/other_ca.pub\n").unwrap();
-    let operator_key = setup.fleet.operator_key().to_str().unwrap().to_owned();
-    let fingerprint = fingerprint(host);
-    let refused = enroll(
-        &daemon,
-        &setup,
-        home.path(),
-        &[
-            "--identity",
-            &operator_key,
-            "--host-key-fingerprint",
-            &fingerprint,
-            "--print",
-        ],
-    )
-    .await;
+    let refused = enroll(&daemon, &setup, home.path(), None, &["--print"]).await;
     let said = stderr(&refused);
     assert!(!refused.status.success(), "{}", stdout(&refused));
     assert!(
@@ -325,19 +303,8 @@ async fn a_refused_step_leaves_the_host_as_it_was() {
     );
 
     // A host key other than the one confirmed: nothing is sent at all.
-    let wrong = enroll(
-        &daemon,
-        &setup,
-        home.path(),
-        &[
-            "--identity",
-            &operator_key,
-            "--host-key-fingerprint",
-            "SHA256:not-this-one",
-            "--print",
-        ],
-    )
-    .await;
+    let not_this_one = Some("SHA256:not-this-one");
+    let wrong = enroll(&daemon, &setup, home.path(), not_this_one, &["--print"]).await;
     let said = stderr(&wrong);
     assert!(
         said.contains("not SHA256:not-this-one as --host-key-fingerprint says"),
@@ -468,21 +435,7 @@ async fn trust_stands(daemon: &TestDaemon, token: &str, standing: &str) {
 async fn a_revoked_certificate_is_refused_by_the_machine_and_a_revoked_host_by_the_daemon() {
     let (setup, daemon) = bare_host_and_daemon().await;
     let home = logged_in(&daemon).await;
-    let host = setup.fleet.host(0);
-    let operator_key = setup.fleet.operator_key().to_str().unwrap().to_owned();
-    let enrolled = enroll(
-        &daemon,
-        &setup,
-        home.path(),
-        &[
-            "--identity",
-            &operator_key,
-            "--host-key-fingerprint",
-            &fingerprint(host),
-            "--print",
-        ],
-    )
-    .await;
+    let enrolled = enroll(&daemon, &setup, home.path(), None, &["--print"]).await;
     let said = stdout(&enrolled);
     assert!(enrolled.status.success(), "{said}{}", stderr(&enrolled));
     let entry = &said[said.find("  - id: host1").expect("the entry printed")..];
