@@ -182,6 +182,13 @@ pub async fn enroll_machine(
             "{id:?} is no machine id (lowercase letters, digits, '.', '_', '-'): pass --id"
         )));
     }
+    // It names a file on the machine (its principals) and goes into sshd's certificates.
+    if !is_login_name(&args.user) {
+        return Err(Error::Usage(format!(
+            "{:?} is no login name (a lowercase letter or '_', then letters, digits, '_', '-'; at most 32)",
+            args.user
+        )));
+    }
     let ca: CaView = client.get("/api/ca").await?;
     let user_ca = parse_key(&ca.user_ca, "user CA")?;
     let host_ca = parse_key(&ca.host_ca, "host CA")?;
@@ -471,6 +478,16 @@ fn id_from_host(host: &str) -> Result<String> {
             "cannot make a machine id of {host:?}: pass --id"
         ))),
     }
+}
+
+/// A POSIX-portable login name, as `useradd` takes by default.
+fn is_login_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 32
+        && chars
+            .next()
+            .is_some_and(|first| first.is_ascii_lowercase() || first == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
 }
 
 /// The operator's own known_hosts (`~/.ssh/known_hosts`).
@@ -947,6 +964,16 @@ mod tests {
         for bad in ["a b c\n", "host:notaport\n"] {
             let refused = parse_list(bad).unwrap_err().to_string();
             assert!(refused.contains("line 1"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn the_daemon_s_login_must_be_a_plain_login_name() {
+        for good in ["root", "linkops-test", "_svc", "ops2"] {
+            assert!(is_login_name(good), "{good}");
+        }
+        for bad in ["", "Root", "../etc", "a b", "2ops", &"a".repeat(33)] {
+            assert!(!is_login_name(bad), "{bad}");
         }
     }
 
