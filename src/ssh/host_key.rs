@@ -83,9 +83,7 @@ impl ExpectedKeys {
             },
         }
     }
-}
 
-impl ExpectedKeys {
     /// Judges a host certificate presented when dialling `host`, at `now`
     /// (Unix seconds). A pinned key still wins (the certificate must be for
     /// it); otherwise a certificate of the host CA naming `host` is trusted,
