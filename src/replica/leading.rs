@@ -31,6 +31,7 @@ pub async fn prune_store(
                     ("health_sample", pruned.health_samples),
                     ("output_event", pruned.output_events),
                     ("state_record", pruned.state_records),
+                    ("revocation", pruned.revocations),
                 ] {
                     metrics
                         .store_pruned

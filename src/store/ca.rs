@@ -10,6 +10,10 @@ use super::records::Outcome;
 use super::schema::{CA_REVOCATIONS, HOST_CERTIFICATES};
 use super::{Result, Store};
 
+/// How long a revocation is kept once its certificate has expired (shown by
+/// `GET /api/ca`; its audit entry stays for ever).
+const KEPT_AFTER_EXPIRY_MS: i64 = 30 * 24 * 3600 * 1000;
+
 impl Store {
     /// Records a host certificate the host CA signed, audited as `actor`'s.
     pub fn record_host_certificate(
@@ -84,6 +88,24 @@ impl Store {
         tx.commit()
     }
 
+    /// Lets go of the revocations whose certificate expired more than
+    /// [`KEPT_AFTER_EXPIRY_MS`] before `now_ms` (sshd refuses it anyway);
+    /// how many.
+    pub(super) fn prune_expired_revocations(&self, now_ms: i64) -> Result<u64> {
+        let mut tx = self.write()?;
+        let mut removed = 0;
+        tx.retain(CA_REVOCATIONS, |_, revocation| {
+            let keep = revocation
+                .expires_at_ms
+                .saturating_add(KEPT_AFTER_EXPIRY_MS)
+                > now_ms;
+            removed += u64::from(!keep);
+            keep
+        })?;
+        tx.commit()?;
+        Ok(removed)
+    }
+
     /// Every revocation, by serial.
     pub fn revocations(&self) -> Result<Vec<Revocation>> {
         let tx = self.read()?;
@@ -143,7 +165,13 @@ mod tests {
             store
                 .revoke_certificates(std::slice::from_ref(&revocation), &ada)
                 .unwrap();
+            assert_eq!(store.revocations().unwrap(), std::slice::from_ref(&revocation));
+            // Kept a month after its certificate expired, then let go.
+            let month = KEPT_AFTER_EXPIRY_MS;
+            assert_eq!(store.prune_expired_revocations(2 + month - 1).unwrap(), 0);
             assert_eq!(store.revocations().unwrap(), [revocation]);
+            assert_eq!(store.prune_expired_revocations(2 + month).unwrap(), 1);
+            assert_eq!(store.revocations().unwrap(), []);
             let audited: Vec<String> = store
                 .audit_entries(0, 100)
                 .unwrap()

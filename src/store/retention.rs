@@ -61,6 +61,8 @@ pub struct Pruned {
     pub output_events: u64,
     /// Records of states, and of states on machines, with their checks.
     pub state_records: u64,
+    /// Revocations of certificates long expired.
+    pub revocations: u64,
 }
 
 /// Only the tag of a stored operation event (its data is not decoded).
@@ -85,6 +87,7 @@ impl Store {
             health_samples: self.prune_health(&policy.health, now_ms)?,
             output_events: self.prune_output(policy.operation_output, now_ms)?,
             state_records: self.prune_departed_states(policy.departed_states, now_ms)?,
+            revocations: self.prune_expired_revocations(now_ms)?,
         })
     }
 
