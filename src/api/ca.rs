@@ -12,8 +12,11 @@ use crate::contract::{CaView, HostCertificateRequest, HostCertificateView, Revok
 use crate::ssh::ca::PublicKey;
 use linkops_reconcilers::certificate::Revocation;
 
+/// The host certificates `GET /api/ca` lists at most.
+const HOST_CERTIFICATES_SHOWN: usize = 1_000;
+
 /// `GET /api/ca`
-#[utoipa::path(get, path = "/api/ca", tag = "daemon", responses((status = 200, description = "The SSH certificate authority's public keys: the user CA machines trust for the daemon's logins (`TrustedUserCAKeys`), the host CA", body = CaView)))]
+#[utoipa::path(get, path = "/api/ca", tag = "daemon", responses((status = 200, description = "The SSH certificate authority's public keys: the user CA machines trust for the daemon's logins (`TrustedUserCAKeys`), the host CA; the host certificates signed and the certificates revoked", body = CaView)))]
 pub async fn authority(
     State(state): State<AppState>,
     _caller: Authenticated,
@@ -21,12 +24,17 @@ pub async fn authority(
     let line = |key: &PublicKey| key.to_openssh().unwrap_or_default();
     let fingerprint = |key: &PublicKey| key.fingerprint(Default::default()).to_string();
     let (user, host) = (state.authority.user_public(), state.authority.host_public());
+    let host_certificates = state
+        .store
+        .run(|store| store.all_host_certificates(HOST_CERTIFICATES_SHOWN))
+        .await?;
     Ok(Json(CaView {
         user_ca: line(user),
         user_ca_fingerprint: fingerprint(user),
         host_ca: line(host),
         host_ca_fingerprint: fingerprint(host),
         revocations: state.revocations.all().to_vec(),
+        host_certificates,
     }))
 }
 

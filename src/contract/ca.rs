@@ -1,6 +1,6 @@
 //! The SSH certificate authority as the API shows it: its public halves.
 
-use linkops_reconcilers::certificate::Revocation;
+use linkops_reconcilers::certificate::{IssuedHostCertificate, Revocation};
 use serde::{Deserialize, Serialize};
 
 /// `GET /api/ca`: what machines trust to accept the daemon's logins, and
@@ -16,6 +16,8 @@ pub struct CaView {
     pub host_ca_fingerprint: String,
     /// Every certificate revoked, by serial.
     pub revocations: Vec<Revocation>,
+    /// The host certificates signed, by machine (the first 1,000).
+    pub host_certificates: Vec<IssuedHostCertificate>,
 }
 
 /// `POST /api/ca/revocations`: a certificate by its serial, or every host

@@ -41,6 +41,15 @@ impl Store {
         tx.commit()
     }
 
+    /// Every host certificate signed, by machine; at most `limit`.
+    pub fn all_host_certificates(&self, limit: usize) -> Result<Vec<IssuedHostCertificate>> {
+        let tx = self.read()?;
+        tx.range(HOST_CERTIFICATES, (String::new(), 0u64)..)
+            .take(limit)
+            .map(|entry| entry.map(|(_, issued)| issued))
+            .collect()
+    }
+
     /// The host certificates signed for `machine`, oldest first.
     pub fn host_certificates(&self, machine: &str) -> Result<Vec<IssuedHostCertificate>> {
         let tx = self.read()?;
@@ -152,6 +161,12 @@ mod tests {
                 .map(|c| c.serial)
                 .collect();
             assert_eq!(serials, [3, 7], "web1's alone");
+            let all = store.all_host_certificates(2).unwrap();
+            assert_eq!(
+                all.iter().map(|c| c.serial).collect::<Vec<_>>(),
+                [3, 7],
+                "at most 2"
+            );
 
             let revocation = Revocation {
                 serial: u64::MAX,
@@ -165,7 +180,10 @@ mod tests {
             store
                 .revoke_certificates(std::slice::from_ref(&revocation), &ada)
                 .unwrap();
-            assert_eq!(store.revocations().unwrap(), std::slice::from_ref(&revocation));
+            assert_eq!(
+                store.revocations().unwrap(),
+                std::slice::from_ref(&revocation)
+            );
             // Kept a month after its certificate expired, then let go.
             let month = KEPT_AFTER_EXPIRY_MS;
             assert_eq!(store.prune_expired_revocations(2 + month - 1).unwrap(), 0);

@@ -507,6 +507,12 @@ async fn a_revoked_certificate_is_refused_by_the_machine_and_a_revoked_host_by_t
     assert_eq!(ended, OperationState::Succeeded);
     let shown: CaView = daemon.read("/api/ca", &token).await;
     assert_eq!(shown.revocations.len(), 1, "{shown:?}");
+    let signed: Vec<&str> = shown
+        .host_certificates
+        .iter()
+        .map(|c| c.machine.as_str())
+        .collect();
+    assert_eq!(signed, ["host1"], "the host certificate enroll asked for");
 
     // The machine revoked: its host certificate proves nothing to the daemon any more.
     let revoke = json!({ "machine": "host1", "reason": "decommissioned" });

@@ -826,6 +826,8 @@ export interface components {
             /** @description The host CA's public key, an OpenSSH line. */
             host_ca: string;
             host_ca_fingerprint: string;
+            /** @description The host certificates signed, by machine (the first 1,000). */
+            host_certificates: components["schemas"]["IssuedHostCertificate"][];
             /** @description Every certificate revoked, by serial. */
             revocations: components["schemas"]["Revocation"][];
             /** @description The user CA's public key, an OpenSSH line: a machine's `TrustedUserCAKeys`. */
@@ -1244,6 +1246,19 @@ export interface components {
             reason: string;
             /** @enum {string} */
             state: "held";
+        };
+        /** @description A host certificate the host CA signed, as recorded. */
+        IssuedHostCertificate: {
+            /** @description `SHA256:…` of the host key. */
+            host_key: string;
+            /** Format: int64 */
+            issued_at_ms: number;
+            issued_by: string;
+            machine: string;
+            principals: string[];
+            serial: string;
+            /** Format: int64 */
+            valid_before_ms: number;
         };
         /**
          * @description A column's type, as a page's `columns` name it.
@@ -2069,6 +2084,7 @@ export type HostCertificateView = components['schemas']['HostCertificateView'];
 export type HostEvent = components['schemas']['HostEvent'];
 export type HostResult = components['schemas']['HostResult'];
 export type HostState = components['schemas']['HostState'];
+export type IssuedHostCertificate = components['schemas']['IssuedHostCertificate'];
 export type Kind = components['schemas']['Kind'];
 export type Layout = components['schemas']['Layout'];
 export type LoginRequest = components['schemas']['LoginRequest'];
@@ -2216,7 +2232,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The SSH certificate authority's public keys: the user CA machines trust for the daemon's logins (`TrustedUserCAKeys`), the host CA */
+            /** @description The SSH certificate authority's public keys: the user CA machines trust for the daemon's logins (`TrustedUserCAKeys`), the host CA; the host certificates signed and the certificates revoked */
             200: {
                 headers: {
                     [name: string]: unknown;
