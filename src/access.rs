@@ -37,6 +37,8 @@ pub struct MachineAccess {
     store: Store,
     /// Host certificates refused; user certificates scripts are told of.
     revocations: Revocations,
+    /// The user CA scripts are told of (an OpenSSH line and a newline).
+    user_cas: String,
 }
 
 impl MachineAccess {
@@ -47,6 +49,7 @@ impl MachineAccess {
         certifier: Arc<Certifier>,
         revocations: Revocations,
     ) -> MachineAccess {
+        let user_cas = format!("{}\n", certifier.user_ca().to_openssh().unwrap_or_default());
         let options = ssh::ConnectOptions::new(&config.ssh, config.known_hosts_path(), metrics)
             .with_certifier(certifier)
             .with_revoked_hosts(revocations.hosts());
@@ -60,18 +63,13 @@ impl MachineAccess {
             login_per_operation: config.ssh.login_per_operation,
             store,
             revocations,
+            user_cas,
         }
     }
 
     /// What scripts are told of the trust machines hold in the daemon: its
     /// user CA and the user certificates revoked.
     pub fn trust_facts(&self) -> TrustFacts {
-        let user_ca = self
-            .pool
-            .options()
-            .certifier
-            .as_ref()
-            .and_then(|certifier| certifier.user_ca().to_openssh().ok());
         let serials: Vec<String> = self
             .revocations
             .user_serials()
@@ -79,7 +77,7 @@ impl MachineAccess {
             .map(u64::to_string)
             .collect();
         TrustFacts {
-            user_cas: user_ca.map(|line| format!("{line}\n")).unwrap_or_default(),
+            user_cas: self.user_cas.clone(),
             revoked_serials: serials.join(" "),
         }
     }

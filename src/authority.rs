@@ -43,7 +43,7 @@ pub enum Error {
 /// Signs a host certificate for `request`'s key and names, audits it as
 /// `user`'s, and counts it.
 pub async fn issue_host_certificate(
-    authority: Arc<Authority>,
+    authority: &Authority,
     store: &Store,
     metrics: &Metrics,
     user: &str,
@@ -85,6 +85,10 @@ pub async fn issue_host_certificate(
 
 /// The longest reason a revocation keeps.
 pub const MAX_REASON_BYTES: usize = 1024;
+/// User-certificate serials in force at once: every script is told them on
+/// its command line, which Linux caps at 128 KiB an argument (they expire
+/// within `[ssh] certificate_lifetime`).
+pub const MAX_REVOKED_USER_SERIALS: usize = 1_000;
 
 /// What to revoke.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +102,7 @@ pub enum Revoke {
 
 /// The revocations in force, shared: the daemon's connections refuse the
 /// host certificates among them, and scripts are told the user certificates'.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Revocations {
     all: Arc<RwLock<Arc<Vec<Revocation>>>>,
     hosts: RevokedHosts,
@@ -107,21 +111,9 @@ pub struct Revocations {
 impl Revocations {
     /// The revocations `store` holds.
     pub fn load(store: &Store) -> Result<Revocations, store::Error> {
-        let revocations = Revocations {
-            all: Arc::default(),
-            hosts: RevokedHosts::default(),
-        };
+        let revocations = Revocations::default();
         revocations.replace(store.revocations()?);
         Ok(revocations)
-    }
-
-    /// None revoked (tests that need no store read).
-    #[cfg(test)]
-    pub fn none() -> Revocations {
-        Revocations {
-            all: Arc::default(),
-            hosts: RevokedHosts::default(),
-        }
     }
 
     /// What connections consult for host certificates.

@@ -50,7 +50,7 @@ pub async fn host_certificate(
 ) -> Result<Json<HostCertificateView>, ApiError> {
     let user = caller.require(Role::Admin)?;
     let issued = issue_host_certificate(
-        state.authority.clone(),
+        &state.authority,
         &state.store,
         &state.metrics,
         &user.name,

@@ -668,7 +668,7 @@ mod tests {
             store.clone(),
             metrics.clone(),
             Arc::new(certifier),
-            crate::authority::Revocations::none(),
+            crate::authority::Revocations::default(),
         );
         let config = crate::config::Config::default();
         let notifier = Arc::new(crate::notify::Notifier::from_config(&config).unwrap());

@@ -707,16 +707,20 @@ impl Presented {
             host_ca: Some(host_ca.clone()),
             ..ExpectedKeys::default()
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        match expected.judge_certificate(certificate, host, now) {
+        match expected.judge_certificate(certificate, host, unix_now()) {
             Verdict::Trusted => Ok(()),
             Verdict::Uncertified { reason } => Err(reason),
             other => Err(format!("{other:?}")),
         }
     }
+}
+
+/// Now, in Unix seconds (what certificates' validity is written in).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// Reads the host key (and host certificate) `host:port` presents, trusting
@@ -814,13 +818,9 @@ impl client::Handler for HostKeyCheck {
                 (self.expected.judge(key), key.clone())
             }
             russh::keys::PublicKeyOrCertificate::Certificate(certificate) => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
                 let verdict = self
                     .expected
-                    .judge_certificate(certificate, &self.host, now);
+                    .judge_certificate(certificate, &self.host, unix_now());
                 (verdict, PublicKey::from(certificate.public_key().clone()))
             }
         };

@@ -24,7 +24,7 @@ use serde_json::json;
 use testbed::{TEST_USER, TestFleet};
 
 use crate::ssh::{connect_options, target};
-use crate::support::{ADMIN, FleetSetup, eventually, run_to_end};
+use crate::support::{ADMIN, FleetSetup, TestDaemon, eventually, run_to_end};
 use crate::terminal::{self, Terminal};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -129,6 +129,13 @@ async fn sshd_refuses_a_certificate_expired_for_another_login_or_from_another_ca
         .unwrap();
 }
 
+/// The certificate operation `id`'s (first) host logged in with.
+pub(crate) async fn operation_login(daemon: &TestDaemon, token: &str, id: u64) -> CertificateLogin {
+    let operation: OperationView = daemon.read(&format!("/api/operations/{id}"), token).await;
+    let host = operation.hosts.into_iter().next().expect("a host");
+    host.certificate.expect("a certificate login")
+}
+
 /// That `host`'s sshd logged an accepted login with `certificate`.
 pub(crate) async fn logged(host: &testbed::TestHost, certificate: &CertificateLogin) {
     let named = format!("ID {} (serial {})", certificate.key_id, certificate.serial);
@@ -188,11 +195,7 @@ async fn machines_on_certificates_alone_are_checked_and_run_operations_their_log
     // pooled): its record and host1's log name the same certificate.
     let (id, ended) = run_to_end(&daemon, &token, "whoami", &["host1"]).await;
     assert_eq!(ended, OperationState::Succeeded);
-    let operation: OperationView = daemon.read(&format!("/api/operations/{id}"), &token).await;
-    let login = operation.hosts[0]
-        .certificate
-        .clone()
-        .expect("a certificate login");
+    let login = operation_login(&daemon, &token, id).await;
     assert_eq!(
         login.key_id,
         format!("linkops:{replica}:op-{id}:{}", ADMIN.0)

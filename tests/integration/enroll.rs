@@ -11,10 +11,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use linkops::contract::{CaView, ClusterView, MachineView, OperationView, StateDetail, TablePage};
+use linkops::contract::{CaView, ClusterView, MachineView, StateDetail, TablePage};
 use linkops::ssh::ca::{self, Authority};
 use linkops::ssh::{Certified, Connection};
-use linkops_reconcilers::certificate::{Purpose, user_grant};
+use linkops_reconcilers::certificate::{CertificateKind, Purpose, Revocation, user_grant};
 use linkops_reconcilers::enrollment::Enrollment;
 use linkops_reconcilers::operation::OperationState;
 use reqwest::StatusCode;
@@ -216,11 +216,7 @@ async fn a_bare_host_is_enrolled_by_one_command_and_reached_by_certificates_alon
     // An operation, through a certificate the host's own log names.
     let (id, ended) = run_to_end(&daemon, &token, "whoami", &["host1"]).await;
     assert_eq!(ended, OperationState::Succeeded);
-    let operation: OperationView = daemon.read(&format!("/api/operations/{id}"), &token).await;
-    let login = operation.hosts[0]
-        .certificate
-        .clone()
-        .expect("a certificate login");
+    let login = crate::certificates::operation_login(&daemon, &token, id).await;
     let replica = daemon
         .read::<ClusterView>("/api/cluster", &token)
         .await
@@ -417,6 +413,20 @@ fn ship_the_trust_state(setup: &FleetSetup) {
     }
 }
 
+/// `POST /api/ca/revocations` as `token`'s holder; what was revoked.
+async fn revoke(daemon: &TestDaemon, token: &str, body: serde_json::Value) -> Vec<Revocation> {
+    let (status, revoked) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/ca/revocations",
+            token,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    answer(&revoked)
+}
+
 /// Waits until the trust state stands `standing` on host1.
 async fn trust_stands(daemon: &TestDaemon, token: &str, standing: &str) {
     eventually(
@@ -480,17 +490,13 @@ async fn a_revoked_certificate_is_refused_by_the_machine_and_a_revoked_host_by_t
         .unwrap();
 
     // Revoked: the trust state writes it into the machine's list at once, and sshd refuses it.
-    let revoke = json!({ "serial": leaked.certificate.serial().to_string(), "reason": "leaked" });
-    let (status, revoked) = daemon
-        .request(
-            reqwest::Method::POST,
-            "/api/ca/revocations",
-            &token,
-            Some(revoke),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{revoked}");
-    assert_eq!(revoked[0]["kind"], "user", "{revoked}");
+    let revoked = revoke(
+        &daemon,
+        &token,
+        json!({ "serial": leaked.certificate.serial().to_string(), "reason": "leaked" }),
+    )
+    .await;
+    assert_eq!(revoked[0].kind, CertificateKind::User, "{revoked:?}");
     eventually("sshd to refuse the revoked certificate", || async {
         match Connection::open_certified(&target, &options, leaked.clone()).await {
             Err(linkops::ssh::Error::AuthRejected { .. }) => Some(()),
@@ -515,17 +521,13 @@ async fn a_revoked_certificate_is_refused_by_the_machine_and_a_revoked_host_by_t
     assert_eq!(signed, ["host1"], "the host certificate enroll asked for");
 
     // The machine revoked: its host certificate proves nothing to the daemon any more.
-    let revoke = json!({ "machine": "host1", "reason": "decommissioned" });
-    let (status, revoked) = daemon
-        .request(
-            reqwest::Method::POST,
-            "/api/ca/revocations",
-            &token,
-            Some(revoke),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{revoked}");
-    assert_eq!(revoked[0]["kind"], "host", "{revoked}");
+    let revoked = revoke(
+        &daemon,
+        &token,
+        json!({ "machine": "host1", "reason": "decommissioned" }),
+    )
+    .await;
+    assert_eq!(revoked[0].kind, CertificateKind::Host, "{revoked:?}");
     let verified = daemon.post("/api/links/host1/verify", Some(&token)).await;
     let machine: MachineView = verified.json().await.unwrap();
     match &machine.enrollment {
