@@ -15,7 +15,7 @@ use crate::authority::Revocations;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::operations::TrustFacts;
-use crate::ssh::ca::Certifier;
+use crate::ssh::ca::{Authority, Certifier};
 use crate::ssh::{self, ExitStatus, Pool, Target};
 use crate::store::{Actor, AuditAction, Outcome, Store};
 
@@ -37,8 +37,8 @@ pub struct MachineAccess {
     store: Store,
     /// Host certificates refused; user certificates scripts are told of.
     revocations: Revocations,
-    /// The user CA scripts are told of (an OpenSSH line and a newline).
-    user_cas: String,
+    /// The user CAs scripts are told of.
+    authority: Arc<Authority>,
 }
 
 impl MachineAccess {
@@ -49,7 +49,7 @@ impl MachineAccess {
         certifier: Arc<Certifier>,
         revocations: Revocations,
     ) -> MachineAccess {
-        let user_cas = format!("{}\n", certifier.user_ca().to_openssh().unwrap_or_default());
+        let authority = certifier.authority().clone();
         let options = ssh::ConnectOptions::new(&config.ssh, config.known_hosts_path(), metrics)
             .with_certifier(certifier)
             .with_revoked_hosts(revocations.hosts());
@@ -63,23 +63,14 @@ impl MachineAccess {
             login_per_operation: config.ssh.login_per_operation,
             store,
             revocations,
-            user_cas,
+            authority,
         }
     }
 
     /// What scripts are told of the trust machines hold in the daemon: its
-    /// user CA and the user certificates revoked.
+    /// user CAs and the user certificates revoked.
     pub fn trust_facts(&self) -> TrustFacts {
-        let serials: Vec<String> = self
-            .revocations
-            .user_serials()
-            .iter()
-            .map(u64::to_string)
-            .collect();
-        TrustFacts {
-            user_cas: self.user_cas.clone(),
-            revoked_serials: serials.join(" "),
-        }
+        crate::authority::trust_facts(&self.authority, &self.revocations)
     }
 
     /// The SSH target of an inventory entry, with the daemon's defaults filled in.

@@ -1,9 +1,10 @@
 //! The certificate authority as the daemon serves it: host certificates
 //! signed on an admin's request (what `linkops enroll` installs), each
-//! bounded, checked, recorded and audited before it is handed out; and
+//! bounded, checked, recorded and audited before it is handed out;
 //! revocations — recorded, audited, refused by this daemon's connections at
 //! once and told to every script, so the machines' trust state refuses
-//! them too.
+//! them too; and the user CA's rotation, which finishes only once every
+//! machine logged in to with certificates trusts the next CA.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -12,10 +13,13 @@ use linkops_reconcilers::certificate::{
     CertificateKind, IssuedHostCertificate, Revocation, host_grant, revoked_host_serials,
     revoked_user_serials,
 };
-use linkops_reconcilers::desired::is_id;
+use linkops_reconcilers::desired::{DesiredState, is_id};
+use linkops_reconcilers::state::{digest, reads_trust_facts};
+use linkops_reconcilers::trust::{RotationWait, TrustKeeper, rotation_waits};
 
 use crate::contract::{HostCertificateRequest, HostCertificateView};
 use crate::metrics::Metrics;
+use crate::operations::TrustFacts;
 use crate::ssh::RevokedHosts;
 use crate::ssh::ca::{self, Authority, PublicKey};
 use crate::store::{self, Actor, Store, now_ms};
@@ -34,6 +38,12 @@ pub enum Error {
         field: &'static str,
         message: String,
     },
+    #[error(
+        "the rotation waits for {} machine(s) logged in to with certificates, which might not trust the next user CA yet: {}; finish once their trust state holds (or force it)",
+        .0.len(),
+        .0.iter().take(10).map(|w| format!("{} ({})", w.machine, w.reason)).collect::<Vec<_>>().join(", ")
+    )]
+    RotationWaits(Vec<RotationWait>),
     #[error(transparent)]
     Sign(#[from] ca::Error),
     #[error(transparent)]
@@ -229,6 +239,138 @@ pub async fn revoke(
         .await?;
     revocations.refresh(store).await?;
     Ok(revoked)
+}
+
+/// What every script is told of the trust machines hold in the daemon: the
+/// user CAs (two while one rotates in) and the user certificates revoked.
+pub fn trust_facts(authority: &Authority, revocations: &Revocations) -> TrustFacts {
+    let user_cas = authority
+        .trusted_user_cas()
+        .iter()
+        .map(|ca| format!("{}\n", ca.to_openssh().unwrap_or_default()))
+        .collect();
+    let serials: Vec<String> = revocations
+        .user_serials()
+        .iter()
+        .map(u64::to_string)
+        .collect();
+    TrustFacts {
+        user_cas,
+        revoked_serials: serials.join(" "),
+    }
+}
+
+/// A step of the user CA's rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationStep {
+    /// The next CA is made and trusted beside the current one.
+    Begin,
+    /// The next CA signs; the old one is gone. Unless `force`d, only once no
+    /// machine logged in to with certificates is waited for.
+    Finish { force: bool },
+}
+
+/// Takes `step` of the user CA's rotation as `user`: recorded (for the other
+/// replicas) and audited. The machines' trust state then rolls the change
+/// out (the caller tells the controller the trust changed).
+pub async fn rotate(
+    authority: &Authority,
+    store: &Store,
+    user: &str,
+    step: RotationStep,
+    waits: Vec<RotationWait>,
+) -> Result<(), Error> {
+    let detail = match step {
+        RotationStep::Begin => {
+            let next = authority.begin_rotation()?;
+            format!(
+                "began: {} trusted beside {}, which still signs",
+                fingerprint(&next),
+                fingerprint(&authority.user_public())
+            )
+        }
+        RotationStep::Finish { force } => {
+            if !force && !waits.is_empty() {
+                return Err(Error::RotationWaits(waits));
+            }
+            let old = authority.user_public();
+            let next = authority.finish_rotation()?;
+            let forced = match waits.len() {
+                0 => String::new(),
+                n => format!(" (forced past {n} machine(s) waited for)"),
+            };
+            format!(
+                "finished: {} signs, {} retired{forced}",
+                fingerprint(&next),
+                fingerprint(&old)
+            )
+        }
+    };
+    let (current, next, actor) = (
+        authority.user_ca_check(),
+        authority.next_user_ca_check(),
+        Actor::user(user),
+    );
+    store
+        .run(move |store| store.record_user_ca_rotation(current, next, &actor, detail))
+        .await?;
+    Ok(())
+}
+
+/// Days from now until a user CA signing since `since` is due to be
+/// rotated, `rotate_after` after it; negative: overdue.
+pub fn rotation_due_days(since: SystemTime, rotate_after: Duration) -> i64 {
+    const DAY: i64 = 24 * 3600;
+    let age = SystemTime::now()
+        .duration_since(since)
+        .unwrap_or_default()
+        .as_secs();
+    let left = i64::try_from(rotate_after.as_secs()).unwrap_or(i64::MAX)
+        - i64::try_from(age).unwrap_or(i64::MAX);
+    left.div_euclid(DAY)
+}
+
+fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(Default::default()).to_string()
+}
+
+/// The machines a rotation of the user CA waits for under `desired`, as the
+/// store records its trust-keeping states now (`facts`: what scripts are told).
+pub async fn rotation_waits_now(
+    desired: Option<Arc<DesiredState>>,
+    store: &Store,
+    facts: &TrustFacts,
+) -> Result<Vec<RotationWait>, store::Error> {
+    let Some(desired) = desired else {
+        return Ok(Vec::new());
+    };
+    let facts = facts.as_text();
+    let keeping: Vec<(String, String)> = desired
+        .states
+        .values()
+        .filter_map(|state| {
+            let script = desired.scripts.get(&state.script)?;
+            reads_trust_facts(script).then(|| (state.id.clone(), digest(state, script, &facts)))
+        })
+        .collect();
+    let ids: Vec<String> = keeping.iter().map(|(id, _)| id.clone()).collect();
+    let targets = store
+        .run(move |store| {
+            ids.iter()
+                .map(|id| store.state_targets(id))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    let keepers: Vec<TrustKeeper> = keeping
+        .iter()
+        .zip(&targets)
+        .map(|((id, digest), targets)| TrustKeeper {
+            state: &desired.states[id],
+            digest,
+            targets,
+        })
+        .collect();
+    Ok(rotation_waits(&desired.machines, &keepers))
 }
 
 /// The request's host key, once every field is within its bounds.

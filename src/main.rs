@@ -219,6 +219,13 @@ enum Command {
         #[arg(long, requires = "repo")]
         push: bool,
     },
+    /// The SSH certificate authority: its keys' fingerprints, the user CA's
+    /// age, the rotation under way and the machines it waits for, the
+    /// certificates revoked.
+    Ca {
+        #[command(subcommand)]
+        action: Option<CaCommand>,
+    },
     /// What a checkout (e.g. a branch before merging) would change against the
     /// daemon's applied revision, like `flux diff`.
     ///
@@ -226,6 +233,35 @@ enum Command {
     Plan {
         #[arg(default_value = ".")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Rotate the user CA with an overlap (admin; audited). Without
+    /// --finish: the next CA is made and trusted beside the current one,
+    /// which still signs; every machine's trust state rolls it out. With
+    /// --finish: once every machine logged in to with certificates trusts it
+    /// (`linkops ca` names those it waits for), the next CA signs, the old
+    /// key is gone, and the trust state stops trusting it.
+    Rotate {
+        #[arg(long)]
+        finish: bool,
+        /// Finish although machines are waited for: they refuse the daemon's
+        /// logins until they trust the new CA.
+        #[arg(long, requires = "finish")]
+        force: bool,
+    },
+    /// Revoke a certificate by its serial (as sshd logs it and operations
+    /// record it), or every host certificate of a machine (admin; audited).
+    Revoke {
+        #[arg(long, required_unless_present = "machine", conflicts_with = "machine")]
+        serial: Option<String>,
+        #[arg(long)]
+        machine: Option<String>,
+        /// Why (kept and audited).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -392,6 +428,7 @@ fn run() -> anyhow::Result<()> {
         | Command::Sync
         | Command::Status
         | Command::Enroll { .. }
+        | Command::Ca { .. }
         | Command::Plan { .. }) => {
             let code = match remote(command, cli.server.as_deref(), cli.json) {
                 Ok(code) => code,
@@ -515,6 +552,26 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
         Command::Sync => client::sync(&client, json).await,
         Command::Status => client::status(&client, json).await.map(|()| 0),
         Command::Plan { dir } => client::plan(&client, dir).await,
+        Command::Ca { action: None } => client::ca::show(&client, json).await.map(|()| 0),
+        Command::Ca {
+            action: Some(CaCommand::Rotate { finish, force }),
+        } => {
+            let request = linkops::contract::RotateRequest {
+                finish: *finish,
+                force: *force,
+            };
+            client::ca::rotate(&client, request, json).await.map(|()| 0)
+        }
+        Command::Ca {
+            action:
+                Some(CaCommand::Revoke {
+                    serial,
+                    machine,
+                    reason,
+                }),
+        } => client::ca::revoke(&client, serial.as_deref(), machine.as_deref(), reason, json)
+            .await
+            .map(|()| 0),
         Command::Enroll {
             host,
             from,

@@ -86,6 +86,10 @@ pub struct Metrics {
     pub ssh_connect_failures: Family<ReasonLabels, Counter>,
     /// Certificates the CA signed: `user` (a login of the daemon's), `host` (an enrolled machine's).
     pub ssh_certificates_issued: Family<KindLabels, Counter>,
+    /// Days until the user CA is due to be rotated (negative: overdue), and
+    /// whether a rotation is under way; set at scrape time.
+    pub ssh_user_ca_rotation_due_days: Gauge,
+    pub ssh_user_ca_rotating: Gauge,
     /// Machines by health and by enrollment state; set at scrape time.
     pub machines_by_health: Family<StateLabels, Gauge>,
     pub machines_by_enrollment: Family<StateLabels, Gauge>,
@@ -135,6 +139,8 @@ impl Metrics {
             ssh_connect_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 13)),
             ssh_connect_failures: Family::default(),
             ssh_certificates_issued: Family::default(),
+            ssh_user_ca_rotation_due_days: Gauge::default(),
+            ssh_user_ca_rotating: Gauge::default(),
             machines_by_health: Family::default(),
             machines_by_enrollment: Family::default(),
             state_machines: Family::default(),
@@ -220,6 +226,16 @@ impl Metrics {
             "ssh_certificates_issued",
             "Certificates the SSH CA signed, by kind (user: a login of the daemon's; host: an enrolled machine's)",
             metrics.ssh_certificates_issued.clone(),
+        );
+        r.register(
+            "ssh_user_ca_rotation_due_days",
+            "Days until the SSH user CA is due to be rotated ([ssh] user_ca_rotate_after); negative: overdue",
+            metrics.ssh_user_ca_rotation_due_days.clone(),
+        );
+        r.register(
+            "ssh_user_ca_rotating",
+            "1 while a rotation of the SSH user CA is under way (linkops ca rotate), else 0",
+            metrics.ssh_user_ca_rotating.clone(),
         );
         r.register(
             "machines_by_health",

@@ -12,7 +12,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::enrollment::{CLIENT_ID_PATH, expected_client_id};
+use crate::machine::{Auth, Machine};
+use crate::state::{DeclaredState, Standing, Target};
 
 /// The user CA(s) the machine trusts, one OpenSSH line each.
 pub const USER_CA_PATH: &str = "/etc/ssh/linkops/user_ca.pub";
@@ -264,6 +268,74 @@ fn scalar(value: &str) -> String {
     }
 }
 
+/// A declared state that keeps machines' trust (its script reads what the
+/// daemon tells of it), with its content's digest now and its records by machine.
+pub struct TrustKeeper<'a> {
+    pub state: &'a DeclaredState,
+    pub digest: &'a str,
+    pub targets: &'a BTreeMap<String, Target>,
+}
+
+/// A machine a rotation of the user CA still waits for, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RotationWait {
+    pub machine: String,
+    pub reason: String,
+}
+
+/// The machines logged in to with certificates that may not yet trust the
+/// next user CA: finishing the rotation then would lock the daemon out of
+/// them. A machine is ready when a state keeping its trust holds on it
+/// with today's content (what the daemon tells now: both CAs). None: the
+/// rotation may finish. In inventory order.
+pub fn rotation_waits(machines: &[Machine], keepers: &[TrustKeeper]) -> Vec<RotationWait> {
+    let selected: Vec<Vec<String>> = keepers
+        .iter()
+        .map(|keeper| keeper.state.targets.select(machines))
+        .collect();
+    machines
+        .iter()
+        .filter(|machine| machine.auth == Auth::Certificate)
+        .filter_map(|machine| {
+            let mut keeping = keepers
+                .iter()
+                .zip(&selected)
+                .filter(|(_, ids)| ids.contains(&machine.id))
+                .map(|(keeper, _)| keeper)
+                .peekable();
+            let Some(first) = keeping.peek().map(|keeper| keeper.state.id.clone()) else {
+                return Some(RotationWait {
+                    machine: machine.id.clone(),
+                    reason: format!(
+                        "no declared state keeps its trust: tag it {TRUST_TAG} for states/linkops-trust.yaml"
+                    ),
+                });
+            };
+            let mut standing = "not checked yet";
+            for keeper in keeping {
+                match keeper.targets.get(&machine.id) {
+                    Some(target) if holds_now(target, keeper.digest) => return None,
+                    Some(target) => standing = target.standing.name(),
+                    None => {}
+                }
+            }
+            Some(RotationWait {
+                machine: machine.id.clone(),
+                reason: format!("state {first}: {standing}, not yet holding with the next user CA"),
+            })
+        })
+        .collect()
+}
+
+/// In sync, as checked with the content of `digest`.
+fn holds_now(target: &Target, digest: &str) -> bool {
+    target.standing == Standing::InSync
+        && target
+            .check
+            .as_ref()
+            .is_some_and(|check| check.digest == digest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +349,108 @@ mod tests {
             uuid: UUID.into(),
             host_certificate_path: "/etc/ssh/ssh_host_ed25519_key-cert.pub".into(),
         }
+    }
+
+    fn keeper_state(tags: &[&str]) -> DeclaredState {
+        DeclaredState {
+            id: "linkops-trust".into(),
+            file: "states/linkops-trust.yaml".into(),
+            description: String::new(),
+            script: "linkops-trust".into(),
+            targets: crate::script::Targets {
+                machines: vec![],
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+            },
+            params: BTreeMap::new(),
+            mode: crate::state::Mode::Enforce,
+            interval: Duration::from_secs(60),
+            windows: vec![],
+            rollout: Default::default(),
+        }
+    }
+
+    fn target(machine: &str, standing: Standing, digest: &str) -> Target {
+        let mut target = Target::new("linkops-trust", machine, 0);
+        target.stand(standing, 1);
+        target.checked(crate::state::CheckRecord {
+            digest: digest.into(),
+            at_ms: 1,
+            duration_ms: 1,
+            outcome: crate::state::CheckOutcome::Holds,
+            output: String::new(),
+        });
+        target
+    }
+
+    #[test]
+    fn a_rotation_waits_for_each_certificate_machine_until_its_trust_holds_with_both_cas() {
+        let on_certificates = |id: &str, tags: &[&str]| Machine {
+            auth: Auth::Certificate,
+            ..crate::fixtures::machine(id, tags)
+        };
+        let machines = vec![
+            on_certificates("ready", &[TRUST_TAG]),
+            on_certificates("stale", &[TRUST_TAG]),
+            on_certificates("applying", &[TRUST_TAG]),
+            on_certificates("unchecked", &[TRUST_TAG]),
+            on_certificates("untagged", &[]),
+            crate::fixtures::machine("router", &[]), // auth: key, nothing to wait for
+        ];
+        let state = keeper_state(&[TRUST_TAG]);
+        let targets: BTreeMap<String, Target> = [
+            target("ready", Standing::InSync, "now"),
+            target("stale", Standing::InSync, "before"),
+            target("applying", Standing::Applying { operation_id: 7 }, "now"),
+        ]
+        .into_iter()
+        .map(|t| (t.machine_id.clone(), t))
+        .collect();
+        let keepers = [TrustKeeper {
+            state: &state,
+            digest: "now",
+            targets: &targets,
+        }];
+        let waits: Vec<(String, String)> = rotation_waits(&machines, &keepers)
+            .into_iter()
+            .map(|wait| (wait.machine, wait.reason))
+            .collect();
+        let expected = [
+            (
+                "stale",
+                "state linkops-trust: in_sync, not yet holding with the next user CA",
+            ),
+            (
+                "applying",
+                "state linkops-trust: applying, not yet holding with the next user CA",
+            ),
+            (
+                "unchecked",
+                "state linkops-trust: not checked yet, not yet holding with the next user CA",
+            ),
+            (
+                "untagged",
+                "no declared state keeps its trust: tag it linkops-trust for states/linkops-trust.yaml",
+            ),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(m, r)| (m.to_string(), r.to_string()))
+            .collect();
+        assert_eq!(waits, expected);
+        // Every one holding today's content: the rotation may finish.
+        let all: BTreeMap<String, Target> = machines
+            .iter()
+            .map(|m| (m.id.clone(), target(&m.id, Standing::InSync, "now")))
+            .collect();
+        let tagged_all = keeper_state(&[TRUST_TAG, "untagged-too"]);
+        let mut machines = machines;
+        machines[4].tags.push("untagged-too".into());
+        let keepers = [TrustKeeper {
+            state: &tagged_all,
+            digest: "now",
+            targets: &all,
+        }];
+        assert_eq!(rotation_waits(&machines, &keepers), []);
     }
 
     fn on_machine(files: &[ManagedFile]) -> BTreeMap<String, String> {

@@ -7,8 +7,10 @@ use linkops_reconcilers::role::Role;
 use super::auth::Authenticated;
 use super::extract::Json;
 use super::{ApiError, AppState};
-use crate::authority::{self, Revoke, issue_host_certificate};
-use crate::contract::{CaView, HostCertificateRequest, HostCertificateView, RevokeRequest};
+use crate::authority::{self, Revoke, RotationStep, issue_host_certificate};
+use crate::contract::{
+    CaView, HostCertificateRequest, HostCertificateView, RevokeRequest, RotateRequest, RotationView,
+};
 use crate::ssh::ca::PublicKey;
 use linkops_reconcilers::certificate::Revocation;
 
@@ -16,26 +18,81 @@ use linkops_reconcilers::certificate::Revocation;
 const HOST_CERTIFICATES_SHOWN: usize = 1_000;
 
 /// `GET /api/ca`
-#[utoipa::path(get, path = "/api/ca", tag = "daemon", responses((status = 200, description = "The SSH certificate authority's public keys: the user CA machines trust for the daemon's logins (`TrustedUserCAKeys`), the host CA; the host certificates signed and the certificates revoked", body = CaView)))]
+#[utoipa::path(get, path = "/api/ca", tag = "daemon", responses((status = 200, description = "The SSH certificate authority's public keys: the user CA machines trust for the daemon's logins (`TrustedUserCAKeys`), the host CA; the user CA's age and the rotation under way; the host certificates signed and the certificates revoked", body = CaView)))]
 pub async fn authority(
     State(state): State<AppState>,
     _caller: Authenticated,
 ) -> Result<Json<CaView>, ApiError> {
+    Ok(Json(view(&state).await?))
+}
+
+async fn view(state: &AppState) -> Result<CaView, ApiError> {
     let line = |key: &PublicKey| key.to_openssh().unwrap_or_default();
     let fingerprint = |key: &PublicKey| key.fingerprint(Default::default()).to_string();
-    let (user, host) = (state.authority.user_public(), state.authority.host_public());
+    let authority = &state.authority;
+    let (user, host) = (authority.user_public(), authority.host_public());
     let host_certificates = state
         .store
         .run(|store| store.all_host_certificates(HOST_CERTIFICATES_SHOWN))
         .await?;
-    Ok(Json(CaView {
-        user_ca: line(user),
-        user_ca_fingerprint: fingerprint(user),
+    let rotation = match authority.next_user_public() {
+        None => None,
+        Some(next) => {
+            let facts = authority::trust_facts(authority, &state.revocations);
+            let desired = state.git.desired().borrow().clone();
+            Some(RotationView {
+                next_user_ca: line(&next),
+                next_user_ca_fingerprint: fingerprint(&next),
+                waiting_for: authority::rotation_waits_now(desired, &state.store, &facts).await?,
+            })
+        }
+    };
+    let since = authority.user_ca_since();
+    Ok(CaView {
+        user_ca: line(&user),
+        user_ca_fingerprint: fingerprint(&user),
         host_ca: line(host),
         host_ca_fingerprint: fingerprint(host),
         revocations: state.revocations.all().to_vec(),
         host_certificates,
-    }))
+        user_ca_since: since.and_then(|since| jiff::Timestamp::try_from(since).ok()),
+        user_ca_rotation_due_days: since.map(|since| {
+            authority::rotation_due_days(since, state.config.ssh.user_ca_rotate_after)
+        }),
+        rotation,
+    })
+}
+
+/// `POST /api/ca/rotation` (admin; audited)
+#[utoipa::path(post, path = "/api/ca/rotation", tag = "daemon", request_body = RotateRequest, responses(
+    (status = 200, description = "The authority after the step. Begun: the next user CA is trusted beside the current one (which still signs) and every script is told both, so the trust state rolls it out; finished: the next one signs, the old key is gone and the trust state stops trusting it", body = CaView),
+    (status = 409, description = "Finishing while machines logged in to with certificates might not trust the next CA yet (they are named; `force` finishes anyway), or with no rotation under way", body = crate::contract::ErrorBody),
+))]
+pub async fn rotate(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Json(request): Json<RotateRequest>,
+) -> Result<Json<CaView>, ApiError> {
+    let user = caller.require(Role::Admin)?;
+    let step = match request.finish {
+        false => RotationStep::Begin,
+        true => RotationStep::Finish {
+            force: request.force,
+        },
+    };
+    let waits = match step {
+        RotationStep::Finish { .. } if state.authority.next_user_public().is_some() => {
+            let facts = authority::trust_facts(&state.authority, &state.revocations);
+            let desired = state.git.desired().borrow().clone();
+            authority::rotation_waits_now(desired, &state.store, &facts).await?
+        }
+        _ => Vec::new(),
+    };
+    authority::rotate(&state.authority, &state.store, &user.name, step, waits)
+        .await
+        .map_err(refused)?;
+    state.controller.trust_changed(&[]).await;
+    Ok(Json(view(&state).await?))
 }
 
 /// `POST /api/ca/host-certificates` (admin; audited)
@@ -68,6 +125,10 @@ fn refused(error: authority::Error) -> ApiError {
             message,
         },
         authority::Error::Store(error) => error.into(),
+        error @ (authority::Error::RotationWaits(_)
+        | authority::Error::Sign(crate::ssh::ca::Error::NoRotation { .. })) => {
+            ApiError::Conflict(error.to_string())
+        }
         error => ApiError::Internal(error.to_string()),
     }
 }

@@ -45,6 +45,13 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         *health.entry(h).or_insert(0) += 1;
         *enrollment.entry(e).or_insert(0) += 1;
     }
+    let authority = &state.authority;
+    if let Some(since) = authority.user_ca_since() {
+        let due = crate::authority::rotation_due_days(since, state.config.ssh.user_ca_rotate_after);
+        metrics.ssh_user_ca_rotation_due_days.set(due);
+    }
+    let rotating = authority.next_user_public().is_some();
+    metrics.ssh_user_ca_rotating.set(i64::from(rotating));
     set_counts(&metrics.machines_by_health, health);
     set_counts(&metrics.machines_by_enrollment, enrollment);
     set_states(metrics, &desired, states);

@@ -127,6 +127,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ca::authority))
         .routes(routes!(ca::host_certificate))
         .routes(routes!(ca::revoke))
+        .routes(routes!(ca::rotate))
         .routes(routes!(auth::login))
         .routes(routes!(auth::me))
         .routes(routes!(users::list, users::create))

@@ -3,6 +3,7 @@
 //! its public HTTP API (the same one the console uses); `enroll` brings a
 //! machine in over the operator's own SSH access, the daemon signing.
 
+pub mod ca;
 mod commands;
 pub mod enroll;
 mod follow;

@@ -1,5 +1,6 @@
 //! Reaching the config repository and the fleet, and who may: `[git]`, `[ssh]`, `[auth]`, `[webhook]`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -86,6 +87,17 @@ pub struct SshConfig {
     /// for it; false: operations share the pooled connection (no handshake,
     /// the log names what opened it).
     pub login_per_operation: bool,
+    /// The user CA's private key (OpenSSH format, 0600); unset: `ca/user_ca`
+    /// in the data dir. Elsewhere (an encrypted volume, a systemd credential),
+    /// a copy of the data dir holds no key that opens the fleet. A rotation
+    /// keeps the next key beside it (`<file>.next`).
+    pub user_ca_key: Option<PathBuf>,
+    /// The host CA's private key; unset: `ca/host_ca` in the data dir.
+    pub host_ca_key: Option<PathBuf>,
+    /// How long a user CA signs before it is due to be rotated
+    /// (`linkops_ssh_user_ca_rotation_due_days` counts down to it).
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub user_ca_rotate_after: Duration,
 }
 
 impl Default for SshConfig {
@@ -103,6 +115,9 @@ impl Default for SshConfig {
             keepalive_max: 3,
             certificate_lifetime: Duration::from_secs(600),
             login_per_operation: true,
+            user_ca_key: None,
+            host_ca_key: None,
+            user_ca_rotate_after: Duration::from_secs(365 * 24 * 3600),
         }
     }
 }

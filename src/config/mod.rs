@@ -248,9 +248,20 @@ impl Config {
         self.data_dir.join("jwt_secret")
     }
 
-    /// The SSH certificate authority's keys (`user_ca`, `host_ca`).
+    /// The SSH certificate authority's keys (`user_ca`, `host_ca`) unless
+    /// `[ssh] user_ca_key`/`host_ca_key` say otherwise.
     pub fn ca_dir(&self) -> PathBuf {
         self.data_dir.join("ca")
+    }
+
+    /// The user CA's private key.
+    pub fn user_ca_key(&self) -> PathBuf {
+        (self.ssh.user_ca_key.clone()).unwrap_or_else(|| self.ca_dir().join("user_ca"))
+    }
+
+    /// The host CA's private key.
+    pub fn host_ca_key(&self) -> PathBuf {
+        (self.ssh.host_ca_key.clone()).unwrap_or_else(|| self.ca_dir().join("host_ca"))
     }
 }
 
@@ -461,6 +472,10 @@ mod tests {
         assert_eq!(
             example.ssh.login_per_operation,
             defaults.ssh.login_per_operation
+        );
+        assert_eq!(
+            example.ssh.user_ca_rotate_after,
+            defaults.ssh.user_ca_rotate_after
         );
         assert_eq!(example.cluster.lease, defaults.cluster.lease);
     }

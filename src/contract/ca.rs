@@ -1,6 +1,7 @@
 //! The SSH certificate authority as the API shows it: its public halves.
 
 use linkops_reconcilers::certificate::{IssuedHostCertificate, Revocation};
+use linkops_reconcilers::trust::RotationWait;
 use serde::{Deserialize, Serialize};
 
 /// `GET /api/ca`: what machines trust to accept the daemon's logins, and
@@ -18,6 +19,39 @@ pub struct CaView {
     pub revocations: Vec<Revocation>,
     /// The host certificates signed, by machine (the first 1,000).
     pub host_certificates: Vec<IssuedHostCertificate>,
+    /// Since when the user CA signs (made, or rotated in).
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub user_ca_since: Option<jiff::Timestamp>,
+    /// Days until it is due to be rotated (`[ssh] user_ca_rotate_after`);
+    /// negative: overdue.
+    pub user_ca_rotation_due_days: Option<i64>,
+    /// The rotation under way, if one is.
+    pub rotation: Option<RotationView>,
+}
+
+/// A rotation of the user CA under way: the next CA is trusted beside the
+/// current one, which still signs, while the trust state rolls it out.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RotationView {
+    /// The next user CA's public key, an OpenSSH line.
+    pub next_user_ca: String,
+    pub next_user_ca_fingerprint: String,
+    /// The machines logged in to with certificates that might not trust it
+    /// yet: finishing waits for them (unless forced). Empty: it may finish.
+    pub waiting_for: Vec<RotationWait>,
+}
+
+/// `POST /api/ca/rotation`: begin a rotation of the user CA, or finish it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// Finish the rotation under way (false: begin one).
+    #[serde(default)]
+    pub finish: bool,
+    /// Finish although machines are waited for (they refuse the daemon's
+    /// logins until they trust the new CA).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `POST /api/ca/revocations`: a certificate by its serial, or every host

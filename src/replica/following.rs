@@ -1,11 +1,13 @@
 //! What other replicas (or the CLI) change of shared state, brought to this
 //! replica's long-lived connections.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store;
+use crate::ssh::ca::Authority;
+use crate::store::{self, SharedKey};
 
 /// How soon what another replica (or the CLI) changed reaches this one's
 /// long-lived connections (a revoked account's, the fleet's followers)
@@ -44,12 +46,16 @@ pub async fn follow_other_replicas(store: store::Store, stop: CancellationToken)
     }
 }
 
-/// Keeps this replica's revocations as the store holds them: what another
-/// replica revoked is in force here within [`OTHERS_EVERY`] (its own at
-/// once). Nothing on an unshared store.
-pub async fn follow_revocations(
+/// Keeps this replica's revocations and user CAs as the store holds them:
+/// what another replica revoked is in force here within [`OTHERS_EVERY`]
+/// (its own at once), and a rotation step another replica took is taken
+/// here too (the keys read again from this replica's files; the declared
+/// states look again). Nothing on an unshared store.
+pub async fn follow_authority(
+    authority: Arc<Authority>,
     revocations: crate::authority::Revocations,
     store: store::Store,
+    controller: crate::controller::Controller,
     stop: CancellationToken,
 ) {
     if !store.is_shared() {
@@ -59,9 +65,63 @@ pub async fn follow_revocations(
         if let Err(error) = revocations.refresh(&store).await {
             tracing::warn!(%error, "cannot read the revocations; reading again");
         }
+        match follow_rotation(&authority, &store).await {
+            Ok(true) => controller.trust_changed(&[]).await,
+            Ok(false) => {}
+            Err(error) => tracing::error!(%error, "cannot follow the user CA's rotation"),
+        }
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(OTHERS_EVERY) => {}
         }
     }
+}
+
+/// Why a rotation another replica took cannot be followed here.
+#[derive(Debug, thiserror::Error)]
+enum RotationError {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Keys(#[from] crate::ssh::ca::Error),
+    #[error(
+        "the other replicas rotated the user CA, but this replica's keys ({user_ca}, {next}) are not theirs: copy theirs here (mode 0600)"
+    )]
+    NotTheirs {
+        user_ca: std::path::PathBuf,
+        next: std::path::PathBuf,
+    },
+}
+
+/// Reads this replica's user CA keys again when the store says the
+/// replicas rotated (whether they changed).
+async fn follow_rotation(
+    authority: &Arc<Authority>,
+    store: &store::Store,
+) -> Result<bool, RotationError> {
+    let checks = (authority.user_ca_check(), authority.next_user_ca_check());
+    let (looking, reading) = (store.clone(), authority.clone());
+    let followed = crate::blocking::run(move || {
+        let recorded = (
+            looking.key_check(SharedKey::UserCa)?,
+            looking.key_check(SharedKey::UserCaNext)?.unwrap_or(0),
+        );
+        let Some(current) = recorded.0 else {
+            return Ok(false);
+        };
+        if (current, recorded.1) == checks {
+            return Ok(false);
+        }
+        reading.reload_user_cas()?;
+        let now = (reading.user_ca_check(), reading.next_user_ca_check());
+        if now != (current, recorded.1) {
+            return Err(RotationError::NotTheirs {
+                user_ca: reading.user_ca_path().to_owned(),
+                next: reading.next_user_path(),
+            });
+        }
+        Ok(now != checks)
+    })
+    .await;
+    followed.unwrap_or(Ok(false))
 }

@@ -55,9 +55,13 @@ pub enum Error {
     )]
     SigningKeyDiffers { key: String },
     #[error(
-        "this replica's SSH user CA ({dir}) is not the one the live replicas of this store sign logins with, so machines would refuse its certificates: copy the ca directory (its files mode 0600) from a running replica's data dir"
+        "this replica's SSH user CA ({key}) is not the one the live replicas of this store sign logins with, so machines would refuse its certificates: copy it (mode 0600) from a running replica"
     )]
-    UserCaDiffers { dir: std::path::PathBuf },
+    UserCaDiffers { key: std::path::PathBuf },
+    #[error(
+        "this replica's next SSH user CA ({key}) is not the one the live replicas of this store are rotating to: copy it (mode 0600) from a running replica, or remove it if none is rotating"
+    )]
+    NextUserCaDiffers { key: std::path::PathBuf },
     #[error("SSH certificate authority: {0}")]
     Authority(#[from] crate::ssh::ca::Error),
     #[error("creating the first admin failed: {0}")]
@@ -277,9 +281,11 @@ impl Daemon {
             prepared.store.clone(),
             stop.clone(),
         )));
-        workers.push(tokio::spawn(replica::following::follow_revocations(
+        workers.push(tokio::spawn(replica::following::follow_authority(
+            prepared.authority.clone(),
             prepared.revocations.clone(),
             prepared.store.clone(),
+            controller.clone(),
             stop.clone(),
         )));
         workers.push(leading.spawn({
@@ -500,7 +506,10 @@ fn prepare(config: Arc<Config>, store: store::Store, replica: &str) -> Result<Pr
         Some(secret) => secret.clone(),
         None => secrets::load_or_generate(&config.jwt_secret_path())?.into(),
     };
-    let authority = Arc::new(Authority::open(&config.ca_dir())?);
+    let authority = Arc::new(Authority::open_keys(
+        &config.user_ca_key(),
+        &config.host_ca_key(),
+    )?);
     if store.is_shared() {
         agree_on_shared_keys(&config, &store, replica, &secret, &authority)?;
     }
@@ -576,16 +585,22 @@ fn agree_on_shared_keys(
         }
     }
     match store.agree_on_key(SharedKey::UserCa, authority.user_ca_check(), alone)? {
-        Agreement::Same | Agreement::First => Ok(()),
-        Agreement::Changed => {
-            tracing::warn!(
-                "the SSH user CA changed while every replica was stopped: machines that trust the old one refuse the daemon's certificates until they trust this one"
-            );
-            Ok(())
+        Agreement::Same | Agreement::First => {}
+        Agreement::Changed => tracing::warn!(
+            "the SSH user CA changed while every replica was stopped: machines that trust the old one refuse the daemon's certificates until they trust this one"
+        ),
+        Agreement::Differs => {
+            return Err(Error::UserCaDiffers {
+                key: config.user_ca_key(),
+            });
         }
-        Agreement::Differs => Err(Error::UserCaDiffers {
-            dir: config.ca_dir(),
+    }
+    let next = authority.next_user_ca_check();
+    match store.agree_on_key(SharedKey::UserCaNext, next, alone)? {
+        Agreement::Differs => Err(Error::NextUserCaDiffers {
+            key: authority.next_user_path(),
         }),
+        _ => Ok(()),
     }
 }
 

@@ -1,8 +1,15 @@
 //! The SSH certificate authority: the user CA and the host CA (ed25519),
 //! created at first start in the data dir (`ca/user_ca`, `ca/host_ca`, 0600,
 //! OpenSSH's format, so `ssh-keygen -s` can use them too; their public halves
-//! beside them as `.pub`), and the short-lived user certificates they sign
-//! for the daemon's own connections.
+//! beside them as `.pub`) or read where `[ssh] user_ca_key`/`host_ca_key`
+//! point, and the short-lived user certificates they sign for the daemon's
+//! own connections.
+//!
+//! The user CA rotates with an overlap: [`Authority::begin_rotation`] makes
+//! the next key (`user_ca.next` beside the user CA's), trusted beside the
+//! current one while the machines' trust state rolls it out;
+//! [`Authority::finish_rotation`] makes it the one that signs, and the old
+//! one is gone from the daemon's disk.
 //!
 //! What a certificate grants is decided in `linkops_reconcilers::certificate`;
 //! this module holds the keys and signs. (It is SSH's: only `src/ssh` speaks
@@ -11,7 +18,7 @@
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use linkops_reconcilers::certificate::{HostGrant, Purpose, UserGrant, user_grant, validity};
@@ -39,6 +46,17 @@ pub enum Error {
         key_id: String,
         source: ssh_key::Error,
     },
+    #[error(
+        "no rotation of the user CA is under way: begin one with `linkops ca rotate` (it makes {next})"
+    )]
+    NoRotation { next: PathBuf },
+    #[error(
+        "cannot make {next} the user CA: {source} (the user CA's directory must be writable to rotate)"
+    )]
+    Rotate {
+        next: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Signs the daemon's logins: certificates for one in-memory key, each for
@@ -62,9 +80,9 @@ impl Certifier {
         }
     }
 
-    /// The user CA whose certificates machines accept.
-    pub fn user_ca(&self) -> &PublicKey {
-        self.authority.user_public()
+    /// The authority that signs.
+    pub fn authority(&self) -> &Arc<Authority> {
+        &self.authority
     }
 
     /// The host CA whose certificates prove machines' host keys.
@@ -98,37 +116,160 @@ impl std::fmt::Debug for Certifier {
     }
 }
 
-/// The two signing keys.
+/// The two signing keys, and the next user CA while one rotates in.
 pub struct Authority {
-    user: PrivateKey,
+    user_path: PathBuf,
+    user: RwLock<Arc<UserCas>>,
     host: PrivateKey,
+}
+
+/// The user CA that signs, and the one rotating in.
+struct UserCas {
+    signing: PrivateKey,
+    next: Option<PrivateKey>,
 }
 
 impl Authority {
     /// The authority whose keys are in `dir` (the data dir's `ca/`), each
     /// created (0600, in a 0700 directory) when absent.
     pub fn open(dir: &Path) -> Result<Authority, Error> {
+        Authority::open_keys(&dir.join("user_ca"), &dir.join("host_ca"))
+    }
+
+    /// The authority whose user CA key is `user_path` (and the next one beside
+    /// it, `<user_path>.next`, while a rotation is under way) and whose host
+    /// CA key is `host_path`, each created when absent.
+    pub fn open_keys(user_path: &Path, host_path: &Path) -> Result<Authority, Error> {
         Ok(Authority {
-            user: load_or_create(&dir.join("user_ca"), "linkops user CA")?,
-            host: load_or_create(&dir.join("host_ca"), "linkops host CA")?,
+            user: RwLock::new(Arc::new(read_user_cas(user_path)?)),
+            user_path: user_path.to_owned(),
+            host: load_or_create(host_path, "linkops host CA")?,
         })
     }
 
-    /// What machines trust to accept the daemon's logins (`TrustedUserCAKeys`).
-    pub fn user_public(&self) -> &PublicKey {
-        self.user.public_key()
+    fn user_cas(&self) -> Arc<UserCas> {
+        self.user
+            .read()
+            .expect("never poisoned: no panic holds it")
+            .clone()
+    }
+
+    /// The user CA that signs the daemon's logins.
+    pub fn user_public(&self) -> PublicKey {
+        self.user_cas().signing.public_key().clone()
+    }
+
+    /// The user CA rotating in, trusted beside the current one (not signing yet).
+    pub fn next_user_public(&self) -> Option<PublicKey> {
+        self.user_cas()
+            .next
+            .as_ref()
+            .map(|key| key.public_key().clone())
+    }
+
+    /// What machines trust to accept the daemon's logins (`TrustedUserCAKeys`):
+    /// the user CA, and the next one while a rotation is under way.
+    pub fn trusted_user_cas(&self) -> Vec<PublicKey> {
+        let cas = self.user_cas();
+        std::iter::once(&cas.signing)
+            .chain(&cas.next)
+            .map(|key| key.public_key().clone())
+            .collect()
     }
 
     /// A fingerprint of the user CA, for replicas to check they share it: the
     /// first 64 bits of its SHA-256 fingerprint (of the public half).
     pub fn user_ca_check(&self) -> u64 {
-        let fingerprint = self.user_public().fingerprint(Default::default());
-        let digest = fingerprint.as_bytes();
-        u64::from_be_bytes(
-            digest[..8]
-                .try_into()
-                .expect("a SHA-256 digest has 8 bytes"),
-        )
+        key_check(&self.user_public())
+    }
+
+    /// The same of the user CA rotating in; 0 when none is.
+    pub fn next_user_ca_check(&self) -> u64 {
+        self.next_user_public().as_ref().map_or(0, key_check)
+    }
+
+    /// When the signing user CA became the one that signs (its key file's
+    /// modification time: made, or rotated in).
+    pub fn user_ca_since(&self) -> Option<SystemTime> {
+        std::fs::metadata(&self.user_path)
+            .and_then(|metadata| metadata.modified())
+            .ok()
+    }
+
+    /// Begins a rotation of the user CA: the next key is read from
+    /// `<user CA key>.next` (one the operator made there) or made there. Both
+    /// are trusted from now on; the current one still signs. Under way
+    /// already: the same next key.
+    pub fn begin_rotation(&self) -> Result<PublicKey, Error> {
+        let mut user = self
+            .user
+            .write()
+            .expect("never poisoned: no panic holds it");
+        if let Some(next) = &user.next {
+            return Ok(next.public_key().clone());
+        }
+        let next = load_or_create(&self.next_user_path(), "linkops user CA")?;
+        let public = next.public_key().clone();
+        *user = Arc::new(UserCas {
+            signing: user.signing.clone(),
+            next: Some(next),
+        });
+        Ok(public)
+    }
+
+    /// Finishes the rotation: the next user CA signs from now on and replaces
+    /// the old one's key file (the old key is gone). The machines' trust
+    /// state then stops trusting the old one.
+    pub fn finish_rotation(&self) -> Result<PublicKey, Error> {
+        let mut user = self
+            .user
+            .write()
+            .expect("never poisoned: no panic holds it");
+        let next_path = self.next_user_path();
+        let Some(next) = user.next.clone() else {
+            return Err(Error::NoRotation { next: next_path });
+        };
+        let failed = |source| Error::Rotate {
+            next: next_path.clone(),
+            source,
+        };
+        // Rotated in now: its age counts from here.
+        std::fs::File::options()
+            .write(true)
+            .open(&next_path)
+            .and_then(|file| file.set_modified(SystemTime::now()))
+            .map_err(failed)?;
+        // The public half first: a crash between leaves the old key signing,
+        // with a `.pub` a rotation's next begin rewrites.
+        std::fs::rename(public_path(&next_path), public_path(&self.user_path)).map_err(failed)?;
+        std::fs::rename(&next_path, &self.user_path).map_err(failed)?;
+        let public = next.public_key().clone();
+        *user = Arc::new(UserCas {
+            signing: next,
+            next: None,
+        });
+        Ok(public)
+    }
+
+    /// Reads the user CA keys again: another replica began or finished a
+    /// rotation (the operator put the next key beside this one's too).
+    pub fn reload_user_cas(&self) -> Result<(), Error> {
+        let read = read_user_cas(&self.user_path)?;
+        *self
+            .user
+            .write()
+            .expect("never poisoned: no panic holds it") = Arc::new(read);
+        Ok(())
+    }
+
+    /// The user CA's key file.
+    pub fn user_ca_path(&self) -> &Path {
+        &self.user_path
+    }
+
+    /// Where the next user CA key is kept while it rotates in.
+    pub fn next_user_path(&self) -> PathBuf {
+        next_path(&self.user_path)
     }
 
     /// What the daemon trusts for machines' host certificates.
@@ -136,7 +277,8 @@ impl Authority {
         self.host.public_key()
     }
 
-    /// A user certificate for `subject` as `grant` says, valid from `now`.
+    /// A user certificate for `subject` as `grant` says, valid from `now`,
+    /// signed by the current user CA.
     pub fn sign_user(
         &self,
         subject: &PublicKey,
@@ -150,7 +292,7 @@ impl Authority {
             valid_for: grant.valid_for,
             pty: grant.pty,
         };
-        signing.sign(subject, now, &self.user)
+        signing.sign(subject, now, &self.user_cas().signing)
     }
 
     /// A host certificate for a machine's host key `subject`, as `grant` says,
@@ -170,6 +312,42 @@ impl Authority {
         };
         signing.sign(subject, now, &self.host)
     }
+}
+
+/// The first 64 bits of a key's SHA-256 fingerprint.
+fn key_check(key: &PublicKey) -> u64 {
+    let fingerprint = key.fingerprint(Default::default());
+    let digest = fingerprint.as_bytes();
+    u64::from_be_bytes(
+        digest[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 8 bytes"),
+    )
+}
+
+/// The user CA at `path` (made when absent) and the next one beside it, if any.
+fn read_user_cas(path: &Path) -> Result<UserCas, Error> {
+    let next = next_path(path);
+    Ok(UserCas {
+        signing: load_or_create(path, "linkops user CA")?,
+        next: match next.exists() {
+            true => Some(load_or_create(&next, "linkops user CA")?),
+            false => None,
+        },
+    })
+}
+
+fn next_path(user_path: &Path) -> PathBuf {
+    let mut path = user_path.as_os_str().to_owned();
+    path.push(".next");
+    PathBuf::from(path)
+}
+
+/// A key's public half beside it: `<path>.pub`.
+fn public_path(path: &Path) -> PathBuf {
+    let mut public = path.as_os_str().to_owned();
+    public.push(".pub");
+    PathBuf::from(public)
 }
 
 /// What goes in a certificate, user or host.
@@ -287,7 +465,7 @@ fn load_or_create(path: &Path, comment: &str) -> Result<PrivateKey, Error> {
         path: path.to_owned(),
         reason: error.to_string(),
     })?;
-    std::fs::write(path.with_extension("pub"), format!("{public}\n")).map_err(created)?;
+    std::fs::write(public_path(path), format!("{public}\n")).map_err(created)?;
     Ok(key)
 }
 
@@ -311,7 +489,7 @@ mod tests {
         }
         let mode = std::fs::metadata(&ca).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
-        assert_ne!(first.user_public(), first.host_public());
+        assert_ne!(&first.user_public(), first.host_public());
         let public = std::fs::read_to_string(ca.join("user_ca.pub")).unwrap();
         assert_eq!(
             public.trim(),
@@ -321,6 +499,57 @@ mod tests {
         let again = Authority::open(&ca).unwrap();
         assert_eq!(first.user_public(), again.user_public());
         assert_eq!(first.host_public(), again.host_public());
+    }
+
+    /// Both CAs trusted while the next one rolls out, the old one signing;
+    /// then the next one signs, in the old one's file, and the old key is
+    /// gone. A daemon opening the directory midway sees the same rotation.
+    #[test]
+    fn the_user_ca_rotates_with_an_overlap_and_the_old_key_is_gone_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::open(dir.path()).unwrap();
+        let old = ca.user_public();
+        assert!(matches!(
+            ca.finish_rotation(),
+            Err(Error::NoRotation { .. })
+        ));
+        assert_eq!(ca.next_user_ca_check(), 0);
+
+        let next = ca.begin_rotation().unwrap();
+        assert_ne!(next, old);
+        assert_eq!(ca.begin_rotation().unwrap(), next, "under way: the same");
+        assert_eq!(ca.trusted_user_cas(), [old.clone(), next.clone()]);
+        assert_eq!(ca.user_public(), old, "the old one still signs");
+        let mode = std::fs::metadata(dir.path().join("user_ca.next"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let reopened = Authority::open(dir.path()).unwrap();
+        assert_eq!(reopened.trusted_user_cas(), ca.trusted_user_cas());
+        assert_eq!(reopened.next_user_ca_check(), key_check(&next));
+
+        assert_eq!(ca.finish_rotation().unwrap(), next);
+        assert_eq!(ca.trusted_user_cas(), std::slice::from_ref(&next));
+        let grant = user_grant("r1", "root", &Purpose::Health, Duration::from_secs(60));
+        let subject = session_key();
+        let now = SystemTime::now();
+        let signed = ca.sign_user(subject.public_key(), &grant, now).unwrap();
+        assert_eq!(signed.signature_key(), next.key_data());
+        assert!(!dir.path().join("user_ca.next").exists());
+        assert!(!dir.path().join("user_ca.next.pub").exists());
+        let public = std::fs::read_to_string(dir.path().join("user_ca.pub")).unwrap();
+        assert_eq!(public.trim(), next.to_openssh().unwrap());
+        // The other daemon reads the finished rotation again.
+        reopened.reload_user_cas().unwrap();
+        assert_eq!(reopened.trusted_user_cas(), [next]);
+        assert!(
+            !std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|entry| super::super::load_private_key(&entry.unwrap().path()))
+                .any(|key| key.is_ok_and(|key| key.public_key() == &old)),
+            "the old user CA's key is on disk no more"
+        );
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub enum AuditAction {
     SshHostKeyRefused,
     CaHostCertificate,
     CaRevoke,
+    CaRotate,
     GitSync,
 }
 
@@ -89,6 +90,7 @@ impl AuditAction {
             AuditAction::SshHostKeyRefused => "ssh.host_key_refused",
             AuditAction::CaHostCertificate => "ca.host_certificate",
             AuditAction::CaRevoke => "ca.revoke",
+            AuditAction::CaRotate => "ca.rotate",
             AuditAction::GitSync => "git.sync",
         }
     }

@@ -263,6 +263,8 @@ pub enum SharedKey {
     TokenSigning,
     /// The SSH user CA machines trust for the daemon's logins (`ca/user_ca`).
     UserCa,
+    /// The user CA rotating in (`ca/user_ca.next`); 0: none is.
+    UserCaNext,
 }
 
 impl SharedKey {
@@ -271,6 +273,7 @@ impl SharedKey {
         match self {
             SharedKey::TokenSigning => "signing_key_check",
             SharedKey::UserCa => "user_ca_check",
+            SharedKey::UserCaNext => "user_ca_next_check",
         }
     }
 }
@@ -307,6 +310,37 @@ impl Store {
         };
         tx.commit()?;
         Ok(agreement)
+    }
+}
+
+impl Store {
+    /// The fingerprint recorded for `key` (what the replicas agreed on last).
+    pub fn key_check(&self, key: SharedKey) -> Result<Option<u64>> {
+        self.read()?.get(META, key.check_key())
+    }
+
+    /// Records a step of a user-CA rotation: `user_ca` and `next` (0: none)
+    /// are the keys every replica is to hold from now on; audited as
+    /// `actor`'s with `detail`.
+    pub fn record_user_ca_rotation(
+        &self,
+        user_ca: u64,
+        next: u64,
+        actor: &Actor,
+        detail: String,
+    ) -> Result<()> {
+        let mut tx = self.write()?;
+        tx.insert(META, SharedKey::UserCa.check_key(), &user_ca)?;
+        tx.insert(META, SharedKey::UserCaNext.check_key(), &next)?;
+        audit::append(
+            &mut tx,
+            actor,
+            AuditAction::CaRotate,
+            "user CA",
+            Outcome::Success,
+            Some(detail),
+        )?;
+        tx.commit()
     }
 }
 
@@ -372,11 +406,24 @@ mod tests {
             (SharedKey::TokenSigning, 2, true, Agreement::Changed),
             (SharedKey::TokenSigning, 1, false, Agreement::Differs),
             (SharedKey::UserCa, 1, false, Agreement::Same),
+            // No rotation under way (0), then one begun elsewhere: a replica
+            // without the next key is refused.
+            (SharedKey::UserCaNext, 0, false, Agreement::First),
         ];
         for (step, (key, check, alone, found)) in steps.into_iter().enumerate() {
             let agreement = store.agree_on_key(key, check, alone).unwrap();
             assert_eq!(agreement, found, "step {step}: {key:?}");
         }
+        store
+            .record_user_ca_rotation(1, 9, &Actor::user("ada"), "began".into())
+            .unwrap();
+        assert_eq!(store.key_check(SharedKey::UserCaNext).unwrap(), Some(9));
+        let refused = store.agree_on_key(SharedKey::UserCaNext, 0, false);
+        assert_eq!(refused.unwrap(), Agreement::Differs);
+        assert_eq!(
+            store.agree_on_key(SharedKey::UserCaNext, 9, false).unwrap(),
+            Agreement::Same
+        );
     }
 
     #[test]

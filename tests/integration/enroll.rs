@@ -36,14 +36,22 @@ const GIT_IDENTITY: [(&str, &str); 4] = [
 /// A daemon with an empty inventory and no host key in its known_hosts, and
 /// a fleet of one bare host.
 async fn bare_host_and_daemon() -> (FleetSetup, TestDaemon) {
+    bare_host_and_daemon_with(|_| {}).await
+}
+
+/// The same, its config changed by `change` first.
+async fn bare_host_and_daemon_with(
+    change: impl FnOnce(&mut linkops::config::Config),
+) -> (FleetSetup, TestDaemon) {
     let setup = FleetSetup::new(1, &[], SCRIPTS);
     setup.work.write("links.yaml", "machines: []\n");
     setup.work.commit("no machines yet");
     let host = setup.fleet.host(0);
     host.remove_client_id().unwrap();
     setup.fleet.revoke_client_keys().unwrap();
-    let config = setup.config();
+    let mut config = setup.config();
     std::fs::write(config.known_hosts_path(), "").unwrap();
+    change(&mut config);
     let daemon = setup.start_with(config).await;
     (setup, daemon)
 }
@@ -441,11 +449,12 @@ async fn trust_stands(daemon: &TestDaemon, token: &str, standing: &str) {
     .await;
 }
 
-#[tokio::test]
-async fn a_revoked_certificate_is_refused_by_the_machine_and_a_revoked_host_by_the_daemon() {
-    let (setup, daemon) = bare_host_and_daemon().await;
-    let home = logged_in(&daemon).await;
-    let enrolled = enroll(&daemon, &setup, home.path(), None, &["--print"]).await;
+/// Enrolls host 0 as `host1` (its entry printed, then committed with the
+/// trust state shipped in `examples/`) and waits for the trust state to
+/// hold on it; an admin's token.
+async fn enrolled_under_the_trust_state(setup: &FleetSetup, daemon: &TestDaemon) -> String {
+    let home = logged_in(daemon).await;
+    let enrolled = enroll(daemon, setup, home.path(), None, &["--print"]).await;
     let said = stdout(&enrolled);
     assert!(enrolled.status.success(), "{said}{}", stderr(&enrolled));
     let entry = &said[said.find("  - id: host1").expect("the entry printed")..];
@@ -456,12 +465,193 @@ async fn a_revoked_certificate_is_refused_by_the_machine_and_a_revoked_host_by_t
     setup
         .work
         .write("links.yaml", &format!("machines:\n{entry}"));
-    ship_the_trust_state(&setup);
+    ship_the_trust_state(setup);
     setup.work.commit("host1, and the trust state");
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     let synced = daemon.post("/api/git/sync", Some(&token)).await;
     assert_eq!(synced.status(), StatusCode::OK);
-    trust_stands(&daemon, &token, "in_sync").await;
+    trust_stands(daemon, &token, "in_sync").await;
+    token
+}
+
+/// The user CAs host1 trusts now (its `TrustedUserCAKeys` file).
+fn trusted_on_host(setup: &FleetSetup) -> String {
+    let file = setup.fleet.host(0).etc_ssh().join("linkops/user_ca.pub");
+    std::fs::read_to_string(file).unwrap()
+}
+
+/// `POST /api/ca/rotation` with `body`: its status and answer.
+async fn rotation(
+    daemon: &TestDaemon,
+    token: &str,
+    body: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    let path = "/api/ca/rotation";
+    daemon
+        .request(reqwest::Method::POST, path, token, Some(body))
+        .await
+}
+
+/// A certificate of `authority` for the test login, signed now.
+fn certified_by(authority: &Authority) -> Certified {
+    let grant = user_grant(
+        "elsewhere",
+        TEST_USER,
+        &Purpose::Health,
+        Duration::from_secs(300),
+    );
+    let key = ca::session_key();
+    let certificate = authority
+        .sign_user(key.public_key(), &grant, SystemTime::now())
+        .unwrap();
+    Certified {
+        key: Arc::new(key),
+        certificate,
+    }
+}
+
+#[tokio::test]
+async fn the_user_ca_rotates_under_continuous_operations_and_none_fails() {
+    // The user CA's key outside the data dir, as `[ssh] user_ca_key` puts it.
+    let outside = testbed::private_dir();
+    let user_ca_key = outside.path().join("linkops-user-ca");
+    let (setup, daemon) = bare_host_and_daemon_with(|config| {
+        config.ssh.user_ca_key = Some(user_ca_key.clone());
+    })
+    .await;
+    let ca_dir = setup.data.path().join("ca");
+    assert!(
+        !ca_dir.join("user_ca").exists(),
+        "no user CA in the data dir"
+    );
+    let token = enrolled_under_the_trust_state(&setup, &daemon).await;
+    let before: CaView = daemon.read("/api/ca", &token).await;
+    assert!(before.rotation.is_none(), "{before:?}");
+    assert!(
+        before
+            .user_ca_rotation_due_days
+            .is_some_and(|days| days > 360)
+    );
+    let (status, said) = rotation(&daemon, &token, json!({"finish": true})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "nothing to finish: {said}");
+    // The old key, kept by the test to show the machine refuses it after.
+    let keys = testbed::private_dir();
+    std::fs::copy(&user_ca_key, keys.path().join("user_ca")).unwrap();
+    let old = Authority::open(keys.path()).unwrap();
+    assert_eq!(
+        old.user_public().to_openssh().unwrap(),
+        before.user_ca,
+        "the daemon signs with the key where user_ca_key says"
+    );
+
+    let home = logged_in(&daemon).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let operations = async {
+        let mut ended = Vec::new();
+        let mut stopped = stopped;
+        while !*stopped.borrow_and_update() {
+            ended.push(run_to_end(&daemon, &token, "whoami", &["host1"]).await);
+        }
+        ended
+    };
+    let rotating = async {
+        // Begun by the command an operator types.
+        let ca = |args: &'static [&'static str]| {
+            let mut all = vec!["--server", daemon.url.as_str(), "ca"];
+            all.extend_from_slice(args);
+            let home = home.path().to_owned();
+            async move { linkops_with(&home, &all, None, &[]).await }
+        };
+        let said = ca(&["rotate"]).await;
+        assert!(said.status.success(), "{}", stderr(&said));
+        assert!(
+            stderr(&said).contains("rotation begun"),
+            "{}",
+            stderr(&said)
+        );
+        assert!(
+            stdout(&said).contains("rotation: next user CA SHA256:"),
+            "{}",
+            stdout(&said)
+        );
+        let begun: CaView = daemon.read("/api/ca", &token).await;
+        let next = begun.rotation.expect("a rotation under way");
+        assert_eq!(begun.user_ca, before.user_ca, "the old CA still signs");
+        let next_key = outside.path().join("linkops-user-ca.next");
+        assert!(next_key.exists(), "the next key beside the user CA's");
+        // Rolled out by the trust state: the host trusts both.
+        eventually("the trust state to roll the next CA out", || async {
+            let now: CaView = daemon.read("/api/ca", &token).await;
+            now.rotation
+                .filter(|rotation| rotation.waiting_for.is_empty())
+                .map(drop)
+        })
+        .await;
+        let trusted = trusted_on_host(&setup);
+        assert!(trusted.contains(before.user_ca.as_str()), "{trusted}");
+        assert!(trusted.contains(next.next_user_ca.as_str()), "{trusted}");
+
+        let (status, finished) = rotation(&daemon, &token, json!({"finish": true})).await;
+        assert_eq!(status, StatusCode::OK, "{finished}");
+        let finished: CaView = answer(&finished);
+        assert_eq!(finished.user_ca, next.next_user_ca);
+        assert!(finished.rotation.is_none());
+        eventually("the trust state to retire the old CA", || async {
+            (trusted_on_host(&setup).trim() == next.next_user_ca).then_some(())
+        })
+        .await;
+        // Operations logged in with the new CA once the old one was gone too.
+        for _ in 0..2 {
+            let (_, ended) = run_to_end(&daemon, &token, "whoami", &["host1"]).await;
+            assert_eq!(ended, OperationState::Succeeded);
+        }
+        stop.send(true).unwrap();
+    };
+    let (ended, ()) = tokio::join!(operations, rotating);
+    assert!(ended.len() >= 2, "operations ran throughout: {ended:?}");
+    let failed: Vec<&(u64, OperationState)> = ended
+        .iter()
+        .filter(|(_, state)| *state != OperationState::Succeeded)
+        .collect();
+    assert!(failed.is_empty(), "operations failed: {failed:?}");
+
+    // The old CA's certificates are refused by the machine now; the new one's get in.
+    let (options, target) = (
+        crate::ssh::connect_options(&setup.fleet),
+        crate::ssh::target(&setup.fleet, 0),
+    );
+    match Connection::open_certified(&target, &options, certified_by(&old)).await {
+        Err(linkops::ssh::Error::AuthRejected { .. }) => {}
+        other => panic!("the retired CA's certificate: {:?}", other.map(drop)),
+    }
+    let new = Authority::open_keys(&user_ca_key, &ca_dir.join("host_ca")).unwrap();
+    Connection::open_certified(&target, &options, certified_by(&new))
+        .await
+        .unwrap();
+    let body = json!({ "table": "audit_log", "filter": [{ "column": "action", "op": "eq", "value": "ca.rotate" }] });
+    let path = "/api/tables/query";
+    let (_, page) = (daemon.request(reqwest::Method::POST, path, &token, Some(body))).await;
+    let audited = answer::<TablePage>(&page).rows;
+    assert_eq!(audited.len(), 2, "begun and finished: {audited:?}");
+    let metrics = daemon.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("linkops_ssh_user_ca_rotating 0"),
+        "{metrics}"
+    );
+    let server = daemon.url.clone();
+    let shown = linkops_with(home.path(), &["--server", &server, "ca"], None, &[]).await;
+    assert!(
+        stdout(&shown).contains("rotation: none under way"),
+        "{}",
+        stdout(&shown)
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_by_the_machine_and_a_revoked_host_by_the_daemon() {
+    let (setup, daemon) = bare_host_and_daemon().await;
+    let token = enrolled_under_the_trust_state(&setup, &daemon).await;
 
     // A certificate of the daemon's CA, live: it logs in.
     // The daemon's own CA (`setup.config()` would copy the fleet's known_hosts back).

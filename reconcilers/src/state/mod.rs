@@ -88,9 +88,11 @@ pub use record::{
 pub use window::{Weekday, Window, window_at};
 
 /// What a check and an apply are for: the state, its script's body, check and
-/// interpreter, the parameters, and `facts` — what the daemon tells every
-/// script besides (the trust machines hold in it: a revocation re-checks
-/// the states that keep it). A change of any re-checks every machine.
+/// interpreter, the parameters, and — for a script that reads them
+/// ([`reads_trust_facts`]) — `facts`, what the daemon tells every script
+/// besides (the trust machines hold in it: a revocation or a CA rotation
+/// re-checks the states that keep it, and only those). A change of any
+/// re-checks every machine.
 pub fn digest(state: &DeclaredState, script: &Script, facts: &str) -> String {
     let content = serde_json::json!({
         "state": state.id,
@@ -99,10 +101,18 @@ pub fn digest(state: &DeclaredState, script: &Script, facts: &str) -> String {
         "body": script.body,
         "check": script.check,
         "params": state.params,
-        "facts": facts,
+        "facts": if reads_trust_facts(script) { facts } else { "" },
     });
     let hash = sha2::Sha256::digest(content.to_string().as_bytes());
     hash.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a script's body or check reads what the daemon tells scripts of
+/// its trust (`LINKOPS_CA_USER_KEYS`, `LINKOPS_CA_REVOKED_SERIALS`).
+pub fn reads_trust_facts(script: &Script) -> bool {
+    std::iter::once(&script.body)
+        .chain(&script.check)
+        .any(|text| text.contains("LINKOPS_CA_"))
 }
 
 /// What the daemon knows when it decides about one state.

@@ -487,8 +487,16 @@ fn the_digest_follows_the_content() {
     let mut other = state.clone();
     other.params.insert("x".into(), ParamValue::Int(1));
     assert_ne!(digest(&other, &script, ""), base);
-    // What the daemon tells scripts (a revocation) is content too.
-    assert_ne!(digest(&state, &script, "revoked 42"), base);
+    // What the daemon tells scripts (a revocation) is content of those that read it.
+    assert_eq!(digest(&state, &script, "revoked 42"), base);
+    let keeper = Script {
+        check: Some("grep -qF \"$LINKOPS_CA_USER_KEYS\" /etc/ssh/ca.pub".into()),
+        ..script.clone()
+    };
+    assert_ne!(
+        digest(&state, &keeper, "revoked 42"),
+        digest(&state, &keeper, "")
+    );
     let edited = Script {
         check: Some("test -s /etc/motd".into()),
         ..script.clone()

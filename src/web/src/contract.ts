@@ -89,6 +89,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/ca/rotation": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** `POST /api/ca/rotation` (admin; audited) */
+        post: operations["daemon_rotate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/cluster": {
         parameters: {
             query?: never;
@@ -830,10 +847,22 @@ export interface components {
             host_certificates: components["schemas"]["IssuedHostCertificate"][];
             /** @description Every certificate revoked, by serial. */
             revocations: components["schemas"]["Revocation"][];
+            rotation?: null | components["schemas"]["RotationView"];
             /** @description The user CA's public key, an OpenSSH line: a machine's `TrustedUserCAKeys`. */
             user_ca: string;
             /** @description Its SHA-256 fingerprint (`SHA256:…`, as `ssh-keygen -l` prints it). */
             user_ca_fingerprint: string;
+            /**
+             * Format: int64
+             * @description Days until it is due to be rotated (`[ssh] user_ca_rotate_after`);
+             *     negative: overdue.
+             */
+            user_ca_rotation_due_days?: number | null;
+            /**
+             * Format: date-time
+             * @description Since when the user CA signs (made, or rotated in).
+             */
+            user_ca_since?: string | null;
         };
         /**
          * @description Which CA signed a certificate.
@@ -1648,6 +1677,35 @@ export interface components {
              */
             max_failures?: number;
         };
+        /** @description `POST /api/ca/rotation`: begin a rotation of the user CA, or finish it. */
+        RotateRequest: {
+            /** @description Finish the rotation under way (false: begin one). */
+            finish?: boolean;
+            /**
+             * @description Finish although machines are waited for (they refuse the daemon's
+             *     logins until they trust the new CA).
+             */
+            force?: boolean;
+        };
+        /**
+         * @description A rotation of the user CA under way: the next CA is trusted beside the
+         *     current one, which still signs, while the trust state rolls it out.
+         */
+        RotationView: {
+            /** @description The next user CA's public key, an OpenSSH line. */
+            next_user_ca: string;
+            next_user_ca_fingerprint: string;
+            /**
+             * @description The machines logged in to with certificates that might not trust it
+             *     yet: finishing waits for them (unless forced). Empty: it may finish.
+             */
+            waiting_for: components["schemas"]["RotationWait"][];
+        };
+        /** @description A machine a rotation of the user CA still waits for, and why. */
+        RotationWait: {
+            machine: string;
+            reason: string;
+        };
         RunBody: {
             /** @description At most this many machines at once (the script's and the fleet's limits also apply). */
             concurrency?: number | null;
@@ -2128,6 +2186,9 @@ export type RevokeRequest = components['schemas']['RevokeRequest'];
 export type Role = components['schemas']['Role'];
 export type RoleChange = components['schemas']['RoleChange'];
 export type Rollout = components['schemas']['Rollout'];
+export type RotateRequest = components['schemas']['RotateRequest'];
+export type RotationView = components['schemas']['RotationView'];
+export type RotationWait = components['schemas']['RotationWait'];
 export type RunBody = components['schemas']['RunBody'];
 export type RunRequest = components['schemas']['RunRequest'];
 export type RunState = components['schemas']['RunState'];
@@ -2232,7 +2293,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The SSH certificate authority's public keys: the user CA machines trust for the daemon's logins (`TrustedUserCAKeys`), the host CA; the host certificates signed and the certificates revoked */
+            /** @description The SSH certificate authority's public keys: the user CA machines trust for the daemon's logins (`TrustedUserCAKeys`), the host CA; the user CA's age and the rotation under way; the host certificates signed and the certificates revoked */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -2300,6 +2361,39 @@ export interface operations {
             };
             /** @description Neither or both of serial and machine, a serial that is no number, a machine no host certificate was signed for, or no reason */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    daemon_rotate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RotateRequest"];
+            };
+        };
+        responses: {
+            /** @description The authority after the step. Begun: the next user CA is trusted beside the current one (which still signs) and every script is told both, so the trust state rolls it out; finished: the next one signs, the old key is gone and the trust state stops trusting it */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CaView"];
+                };
+            };
+            /** @description Finishing while machines logged in to with certificates might not trust the next CA yet (they are named; `force` finishes anyway), or with no rotation under way */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
