@@ -292,3 +292,64 @@ async fn a_host_is_proved_by_a_certificate_of_the_host_ca_naming_it_and_nothing_
         "a certified key is not learned"
     );
 }
+
+/// Dropbear (what routers run) takes no certificates: beside a machine on
+/// certificates alone, a router on `auth: key` is checked and runs
+/// operations with its key, as before.
+#[tokio::test]
+async fn a_dropbear_router_is_reached_with_its_key_beside_machines_on_certificates() {
+    let setup = FleetSetup::new(
+        1,
+        &[],
+        "scripts:\n  - {id: whoami, name: Who am I, body: id -un}\n",
+    );
+    let router = setup.fleet.start_dropbear("router1").unwrap();
+    let links = setup.fleet.inventory("test", &[], "");
+    let certified = links.replace("    key: fleet_key\n", "    auth: certificate\n");
+    setup.work.write(
+        "links.yaml",
+        &format!("{certified}{}", router.inventory_entry("routers")),
+    );
+    setup
+        .work
+        .commit("host1 on certificates, router1 on its key");
+    let config = setup.config();
+    let known_hosts = std::fs::read_to_string(config.known_hosts_path()).unwrap();
+    std::fs::write(
+        config.known_hosts_path(),
+        format!("{known_hosts}{}", router.known_hosts_line()),
+    )
+    .unwrap();
+    let authority = Authority::open(&config.ca_dir()).unwrap();
+    let user_ca = authority.user_public().to_openssh().unwrap();
+    setup.fleet.trust_user_ca(&user_ca).unwrap();
+    setup.fleet.revoke_client_keys().unwrap();
+    let daemon = setup.start_with(config).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+
+    for machine in ["host1", "router1"] {
+        let verified = daemon
+            .post(&format!("/api/links/{machine}/verify"), Some(&token))
+            .await;
+        assert_eq!(verified.status(), StatusCode::OK);
+        let view: MachineView = verified.json().await.unwrap();
+        assert_eq!(view.enrollment, Enrollment::Enrolled, "{machine}: {view:?}");
+    }
+    let (id, ended) = run_to_end(&daemon, &token, "whoami", &["host1", "router1"]).await;
+    assert_eq!(ended, OperationState::Succeeded);
+    let operation: OperationView = daemon.read(&format!("/api/operations/{id}"), &token).await;
+    let logins: Vec<(&str, bool)> = operation
+        .hosts
+        .iter()
+        .map(|host| (host.machine_id.as_str(), host.certificate.is_some()))
+        .collect();
+    assert_eq!(logins, [("host1", true), ("router1", false)]);
+    let events = crate::support::read_events(&daemon, &token, id, None).await;
+    let output = crate::support::output_text(&events, "router1", "stdout");
+    assert_eq!(
+        output.trim(),
+        TEST_USER,
+        "the router's script ran as the test user"
+    );
+    daemon.stop().await;
+}

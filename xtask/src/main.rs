@@ -23,6 +23,8 @@ const NEEDS: &[(&str, &str)] = &[
     ("ssh-keygen", "openssh-client"),
     ("git", "git"),
     ("unshare", "util-linux"),
+    // A router's SSH server: machines reached with a key alone.
+    ("/usr/sbin/dropbear", "dropbear-bin"),
     // The partition tests drop a test host's traffic.
     ("/usr/sbin/nft", "nftables"),
     // The console's build and its browser tests.

@@ -115,21 +115,8 @@ impl TestHost {
     /// kernel kills sshd after that, and sshd's sessions only as sshd exits, so
     /// until then a pooled connection could still be answered.
     pub fn stop(&mut self) {
-        if let Some(mut unshare) = self.sshd.take() {
-            // Opened before the kill, so the pid cannot be reused in between.
-            let sshd = namespace_init(&unshare);
-            unshare.kill().ok();
-            unshare.wait().ok();
-            if let Some(sshd) = sshd {
-                // Readable once sshd has exited — as the namespace's init, after every
-                // process in it. Bounded, should the kernel not deliver.
-                let mut ready = [PollFd::new(&sshd, PollFlags::IN)];
-                let timeout = Timespec {
-                    tv_sec: STOP_TIMEOUT.as_secs() as _,
-                    tv_nsec: 0,
-                };
-                event::poll(&mut ready, Some(&timeout)).ok();
-            }
+        if let Some(unshare) = self.sshd.take() {
+            stop_namespace(unshare);
         }
     }
 
@@ -226,7 +213,26 @@ impl Drop for TestHost {
     }
 }
 
-/// A pidfd of the sshd that `unshare` forked as its namespace's init, if it runs.
+/// Kills a server started by [`spawn_in_namespace`] and returns once it and
+/// every session it started are gone.
+pub(super) fn stop_namespace(mut unshare: Child) {
+    // Opened before the kill, so the pid cannot be reused in between.
+    let server = namespace_init(&unshare);
+    unshare.kill().ok();
+    unshare.wait().ok();
+    if let Some(server) = server {
+        // Readable once the server has exited — as the namespace's init, after
+        // every process in it. Bounded, should the kernel not deliver.
+        let mut ready = [PollFd::new(&server, PollFlags::IN)];
+        let timeout = Timespec {
+            tv_sec: STOP_TIMEOUT.as_secs() as _,
+            tv_nsec: 0,
+        };
+        event::poll(&mut ready, Some(&timeout)).ok();
+    }
+}
+
+/// A pidfd of the server that `unshare` forked as its namespace's init, if it runs.
 fn namespace_init(unshare: &Child) -> Option<OwnedFd> {
     let pid = unshare.id();
     let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
@@ -237,12 +243,47 @@ fn namespace_init(unshare: &Child) -> Option<OwnedFd> {
 /// Starts sshd as PID 1 of its own PID and mount namespaces (its own
 /// `/proc`), with `etc_dir` over `/etc/linkops` and `etc_ssh` over
 /// `/etc/ssh`; returns once it listens.
-///
-/// Killing the returned `unshare` kills sshd (`--kill-child`), and with it,
-/// as the namespace's init, every session it started — so established
-/// connections drop as they would when a machine goes down.
 fn spawn_sshd(name: &str, etc_dir: &Path, etc_ssh: &Path, log: &Path) -> Result<Child> {
-    let mut sshd = Command::new("unshare")
+    let server = Server {
+        name,
+        mounts: &[(etc_dir, "/etc/linkops"), (etc_ssh, "/etc/ssh")],
+        command: format!("{SSHD} -D -e -f /etc/ssh/sshd_config"),
+        log,
+        listening: "Server listening on",
+    };
+    spawn_in_namespace(&server)
+}
+
+/// An SSH server to start in a namespace of its own.
+pub(super) struct Server<'a> {
+    pub name: &'a str,
+    /// Directories bound over mount points inside its namespace.
+    pub mounts: &'a [(&'a Path, &'a str)],
+    /// Its command line, for `sh -c` (it must log to stderr, in the foreground).
+    pub command: String,
+    /// Where its log is copied.
+    pub log: &'a Path,
+    /// What its log says once it listens.
+    pub listening: &'a str,
+}
+
+/// Starts `server` as PID 1 of its own PID and mount namespaces (its own
+/// `/proc`), its directories bound; returns once it listens.
+///
+/// Killing the returned `unshare` kills the server (`--kill-child`), and
+/// with it, as the namespace's init, every session it started — so
+/// established connections drop as they would when a machine goes down.
+pub(super) fn spawn_in_namespace(server: &Server) -> Result<Child> {
+    let mut script = String::new();
+    for (index, (_, mount_point)) in server.mounts.iter().enumerate() {
+        script.push_str(&format!(
+            "mount --bind \"${}\" {mount_point} && ",
+            index + 1
+        ));
+    }
+    script.push_str("exec ");
+    script.push_str(&server.command);
+    let mut child = Command::new("unshare")
         .args([
             "--mount",
             "--pid",
@@ -254,31 +295,33 @@ fn spawn_sshd(name: &str, etc_dir: &Path, etc_ssh: &Path, log: &Path) -> Result<
             "sh",
             "-c",
         ])
-        .arg(format!(
-            "mount --bind \"$1\" /etc/linkops && mount --bind \"$2\" /etc/ssh && exec {SSHD} -D -e -f /etc/ssh/sshd_config"
-        ))
+        .arg(script)
         .arg("sh")
-        .arg(etc_dir)
-        .arg(etc_ssh)
+        .args(server.mounts.iter().map(|(dir, _)| dir))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| io_error(Path::new("unshare"), source))?;
-    let stderr = sshd.stderr.take().expect("stderr is piped");
-    if let Err(log) = wait_until_listening(stderr, log) {
-        sshd.kill().ok();
-        sshd.wait().ok();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    if let Err(log) = wait_until_listening(stderr, server.log, server.listening) {
+        child.kill().ok();
+        child.wait().ok();
         return Err(Error::SshdStart {
-            host: name.to_owned(),
+            host: server.name.to_owned(),
             log,
         });
     }
-    Ok(sshd)
+    Ok(child)
 }
 
-/// Reads sshd's log until it says it listens; then keeps copying it to `log_path`.
-fn wait_until_listening(stderr: std::process::ChildStderr, log_path: &Path) -> Result<(), String> {
+/// Reads a server's log until it says `listening`; then keeps copying it to `log_path`.
+fn wait_until_listening(
+    stderr: std::process::ChildStderr,
+    log_path: &Path,
+    listening: &str,
+) -> Result<(), String> {
+    let wanted = listening.to_owned();
     let (ready_tx, ready_rx) = mpsc::channel();
     let log_path = log_path.to_owned();
     std::thread::spawn(move || {
@@ -295,7 +338,7 @@ fn wait_until_listening(stderr: std::process::ChildStderr, log_path: &Path) -> R
                 writeln!(file, "{line}").ok();
             }
             if let Some(tx) = ready.take() {
-                if line.contains("Server listening on") {
+                if line.contains(&wanted) {
                     tx.send(Ok(())).ok();
                 } else {
                     seen.push_str(&line);
@@ -304,14 +347,14 @@ fn wait_until_listening(stderr: std::process::ChildStderr, log_path: &Path) -> R
                 }
             }
         }
-        // sshd exited before it listened.
+        // The server exited before it listened.
         if let Some(tx) = ready {
             tx.send(Err(seen)).ok();
         }
     });
     match ready_rx.recv_timeout(START_TIMEOUT) {
         Ok(result) => result,
-        Err(_) => Err(format!("no \"Server listening\" within {START_TIMEOUT:?}")),
+        Err(_) => Err(format!("no \"{listening}\" within {START_TIMEOUT:?}")),
     }
 }
 
@@ -319,7 +362,7 @@ fn wait_until_listening(stderr: std::process::ChildStderr, log_path: &Path) -> R
 /// holds. The claim is an abstract Unix socket named for the address: the
 /// kernel frees it when the holder exits, however it exits, and it leaves no
 /// file behind.
-fn lease_address() -> Result<(Ipv4Addr, std::os::unix::net::UnixListener)> {
+pub(super) fn lease_address() -> Result<(Ipv4Addr, std::os::unix::net::UnixListener)> {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::{SocketAddr, UnixListener};
     for third in 10..50u8 {
@@ -337,7 +380,7 @@ fn lease_address() -> Result<(Ipv4Addr, std::os::unix::net::UnixListener)> {
 }
 
 /// Port 22 when free on `address` (it is unless a wildcard sshd runs), else any free port.
-fn free_port(address: Ipv4Addr) -> Result<u16> {
+pub(super) fn free_port(address: Ipv4Addr) -> Result<u16> {
     if TcpListener::bind((address, 22)).is_ok() {
         return Ok(22);
     }

@@ -17,6 +17,7 @@
 //! log and its HTTP API — so the product can use it too (`linkops demo`).
 
 mod authority;
+mod dropbear;
 mod files;
 mod git;
 mod host;
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use authority::TestAuthority;
+pub use dropbear::DropbearHost;
 pub use files::{copy_private, private_dir, write_private};
 pub use git::WorkRepo;
 pub use host::TestHost;
