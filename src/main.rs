@@ -202,8 +202,15 @@ enum Command {
         #[arg(long, default_value = "root")]
         login: String,
         /// Your private key file. Default: the keys of your ssh-agent (SSH_AUTH_SOCK).
-        #[arg(long, value_name = "KEY_FILE")]
+        #[arg(long, value_name = "KEY_FILE", conflicts_with_all = ["password", "password_stdin"])]
         identity: Option<PathBuf>,
+        /// Log in with your password instead of a key: asked once (for every
+        /// machine of --from), never stored.
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: bool,
+        /// The password from the first line of stdin (for scripts).
+        #[arg(long)]
+        password_stdin: bool,
         /// The host key's fingerprint (`SHA256:…`), checked beforehand; without
         /// it, a key not in your known_hosts is shown for you to confirm.
         #[arg(long, value_name = "SHA256", conflicts_with = "from")]
@@ -582,11 +589,21 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
             user,
             login,
             identity,
+            password,
+            password_stdin,
             host_key_fingerprint,
             repo,
             push,
             print: _,
         } => {
+            let password = match (password, password_stdin) {
+                (false, false) => None,
+                (_, stdin) => {
+                    let host = host.as_deref().unwrap_or("each machine");
+                    let prompt = format!("{login}@{host}'s password (never stored): ");
+                    Some(client::read_password(&prompt, *stdin)?)
+                }
+            };
             let proposal = match repo {
                 Some(repo) => client::enroll::Proposal::Branch {
                     repo: repo.clone(),
@@ -602,8 +619,9 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
                 user: user.clone(),
                 login: login.clone(),
                 identity: identity.clone(),
+                password,
                 host_key_fingerprint: host_key_fingerprint.clone(),
-                ask: true,
+                ask: !password_stdin,
                 proposal,
             };
             match from {

@@ -18,15 +18,19 @@ use crate::enrollment::{CLIENT_ID_PATH, expected_client_id};
 use crate::machine::{Auth, Machine};
 use crate::state::{DeclaredState, Standing, Target};
 
+/// Where the files the trust state keeps current live: a directory of the
+/// daemon's login's own, so the trust state replaces each file whole (a
+/// rename) — sshd reads them at every login and never sees one half-written.
+pub const KEPT_DIR: &str = "/etc/ssh/linkops/kept";
 /// The user CA(s) the machine trusts, one OpenSSH line each.
-pub const USER_CA_PATH: &str = "/etc/ssh/linkops/user_ca.pub";
+pub const USER_CA_PATH: &str = "/etc/ssh/linkops/kept/user_ca.pub";
 /// One file per login the daemon may use, naming the principal it accepts.
 pub const PRINCIPALS_DIR: &str = "/etc/ssh/linkops/principals";
 /// The key revocation list sshd reads; created empty, kept current by LinkOps.
-pub const REVOKED_KEYS_PATH: &str = "/etc/ssh/linkops/revoked_keys";
+pub const REVOKED_KEYS_PATH: &str = "/etc/ssh/linkops/kept/revoked_keys";
 /// The serials the revocation list was made of, as the daemon told them
 /// (what the trust state compares; the list itself is binary).
-pub const REVOKED_SERIALS_PATH: &str = "/etc/ssh/linkops/revoked_serials";
+pub const REVOKED_SERIALS_PATH: &str = "/etc/ssh/linkops/kept/revoked_serials";
 /// The tag enrolling gives a machine: the trust state
 /// (`examples/config-repo/states/linkops-trust.yaml`) keeps the machines so tagged.
 pub const TRUST_TAG: &str = "linkops-trust";
@@ -488,9 +492,9 @@ mod tests {
         );
         let drop_in = &plan.writes[5].content;
         for line in [
-            "TrustedUserCAKeys /etc/ssh/linkops/user_ca.pub",
+            "TrustedUserCAKeys /etc/ssh/linkops/kept/user_ca.pub",
             "AuthorizedPrincipalsFile /etc/ssh/linkops/principals/%u",
-            "RevokedKeys /etc/ssh/linkops/revoked_keys",
+            "RevokedKeys /etc/ssh/linkops/kept/revoked_keys",
             "HostCertificate /etc/ssh/ssh_host_ed25519_key-cert.pub",
         ] {
             assert!(drop_in.lines().any(|l| l == line), "{line}");

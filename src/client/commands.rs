@@ -23,20 +23,12 @@ use crate::contract::{
 
 /// `linkops login`: exchanges a password for a token and saves the session.
 pub async fn login(server: &str, user: &str, password_stdin: bool) -> Result<()> {
-    let password = if password_stdin {
-        let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
-            .map_err(Error::Password)?;
-        line.trim_end_matches(['\r', '\n']).to_owned()
-    } else {
-        rpassword::prompt_password(format!("Password for {user} at {server}: "))
-            .map_err(Error::Password)?
-    };
+    let prompt = format!("Password for {user} at {server}: ");
+    let password = super::read_password(&prompt, password_stdin)?;
     let client = Client::new(server, None);
     let request = LoginRequest {
         username: user.to_owned(),
-        password,
+        password: secrecy::ExposeSecret::expose_secret(&password).to_owned(),
     };
     let answer: LoginResponse = client.post("/api/auth/login", &request).await?;
     let session = Session {

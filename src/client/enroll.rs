@@ -23,7 +23,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use linkops_reconcilers::desired::{self, LINKS_FILE};
 use linkops_reconcilers::enrollment::CLIENT_ID_PATH;
 use linkops_reconcilers::trust::{
-    self, ManagedFile, NewMachine, PRINCIPALS_DIR, SSHD_DROP_IN_PATH, Trust, USER_CA_PATH,
+    self, KEPT_DIR, ManagedFile, NewMachine, PRINCIPALS_DIR, SSHD_DROP_IN_PATH, Trust, USER_CA_PATH,
 };
 
 use super::Client;
@@ -62,7 +62,7 @@ pub enum Error {
     #[error("the host key of {target} was not confirmed: nothing was sent")]
     NotConfirmed { target: String },
     #[error(
-        "no way to log in as the operator: pass --identity KEY_FILE or run an ssh-agent (SSH_AUTH_SOCK) holding a key {login}@{host} accepts"
+        "no way to log in as the operator: pass --identity KEY_FILE, --password (typed once, never stored) or run an ssh-agent (SSH_AUTH_SOCK) holding a key {login}@{host} accepts"
     )]
     NoCredential { login: String, host: String },
     #[error("{machine}: {step}: {reason}")]
@@ -117,6 +117,9 @@ pub struct EnrollArgs {
     pub login: String,
     /// The operator's key file; the ssh-agent's keys when absent.
     pub identity: Option<PathBuf>,
+    /// The operator's password, typed once for every machine enrolled (never
+    /// stored, never shown); instead of a key.
+    pub password: Option<secrecy::SecretString>,
     /// The host key's `SHA256:…`, confirmed beforehand (unattended use).
     pub host_key_fingerprint: Option<String>,
     /// Whether a host key nothing else confirms is shown for the operator to
@@ -549,7 +552,8 @@ fn confirm_host_key(
     }
 }
 
-/// Logs in as the operator: with the key file, else the ssh-agent's keys.
+/// Logs in as the operator: with the key file, else the password typed,
+/// else the ssh-agent's keys.
 async fn operator_login(
     target: &Target,
     options: &ConnectOptions,
@@ -557,6 +561,9 @@ async fn operator_login(
 ) -> Result<Connection> {
     if args.identity.is_some() {
         return Ok(Connection::open(target, options).await?);
+    }
+    if let Some(password) = &args.password {
+        return Ok(Connection::open_with_password(target, options, password).await?);
     }
     match std::env::var_os("SSH_AUTH_SOCK") {
         Some(socket) => Ok(Connection::open_with_agent(target, options, Path::new(&socket)).await?),
@@ -709,7 +716,8 @@ true
     async fn write(&self, plan: &trust::Plan, login: &str) -> Result<Written> {
         let mut script = String::from("set -e\numask 022\nmade=\n");
         script.push_str(&format!(
-            "for d in {TRUST_DIRS}; do [ -d \"$d\" ] || made=\"$d $made\"; done\nmkdir -p {TRUST_DIRS}\nbackup=$(mktemp -d /etc/ssh/linkops/.enroll-XXXXXX)\n"
+            "for d in {TRUST_DIRS}; do [ -d \"$d\" ] || made=\"$d $made\"; done\nmkdir -p {TRUST_DIRS}\nchown {} {KEPT_DIR}\nbackup=$(mktemp -d /etc/ssh/linkops/.enroll-XXXXXX)\n",
+            quote(login)
         ));
         let paths: Vec<String> = plan.writes.iter().map(|file| file.path.clone()).collect();
         script.push_str(&restore_function(&paths));
@@ -770,8 +778,7 @@ true
 }
 
 /// The directories the trust lives in, parents first.
-const TRUST_DIRS: &str =
-    "/etc/linkops /etc/ssh/sshd_config.d /etc/ssh/linkops /etc/ssh/linkops/principals";
+const TRUST_DIRS: &str = "/etc/linkops /etc/ssh/sshd_config.d /etc/ssh/linkops /etc/ssh/linkops/principals /etc/ssh/linkops/kept";
 
 /// A shell function `restore` putting `paths` back from `$backup` (a file
 /// that was not there is removed), then removing the backup and the

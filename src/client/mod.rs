@@ -19,6 +19,22 @@ use serde::de::DeserializeOwned;
 use crate::contract::ErrorBody;
 
 pub use commands::*;
+
+/// A password: the first line of stdin (`--password-stdin`), else asked on
+/// the terminal after `prompt`, unechoed.
+pub fn read_password(prompt: &str, from_stdin: bool) -> Result<secrecy::SecretString> {
+    let password = match from_stdin {
+        true => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(Error::Password)?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+        false => rpassword::prompt_password(prompt).map_err(Error::Password)?,
+    };
+    Ok(password.into())
+}
 pub use follow::logs;
 pub use session::Session;
 

@@ -77,7 +77,7 @@ pub enum Error {
     PinnedKey { target: String, reason: String },
     #[error("known_hosts {path}: {reason}")]
     KnownHosts { path: PathBuf, reason: String },
-    #[error("{target} refused public-key authentication for user {user} with {key}")]
+    #[error("{target} refused the login of user {user} with {key}")]
     AuthRejected {
         target: String,
         user: String,
@@ -307,6 +307,8 @@ enum Login {
     Certified(Box<Certified>),
     /// The keys of the ssh-agent at this socket.
     Agent(PathBuf),
+    /// A password the operator typed (never stored, never shown).
+    Password(secrecy::SecretString),
 }
 
 /// Tries each key the agent at `socket` holds until `user` is let in.
@@ -434,6 +436,17 @@ impl Connection {
         Connection::open_as(target, options, Login::Agent(socket.to_owned())).await
     }
 
+    /// [`Connection::open`], logging in with `password` (the operator's own
+    /// access, typed once, for `linkops enroll`).
+    pub async fn open_with_password(
+        target: &Target,
+        options: &ConnectOptions,
+        password: &secrecy::SecretString,
+    ) -> Result<Connection> {
+        let login = Login::Password(password.clone());
+        Connection::open_as(target, options, login).await
+    }
+
     async fn open_as(
         target: &Target,
         options: &ConnectOptions,
@@ -525,6 +538,12 @@ impl Connection {
                     accepted,
                     format!("the keys of the ssh-agent at {}", socket.display()),
                 )
+            }
+            (Login::Password(password), _) => {
+                use secrecy::ExposeSecret;
+                let auth = handle.authenticate_password(&target.user, password.expose_secret());
+                let accepted = auth.await.map_err(protocol)?.success();
+                (accepted, "the password given".to_owned())
             }
             (Login::KeyFile, key) => {
                 let key = key.expect("loaded when no certificate is given");

@@ -280,6 +280,66 @@ async fn a_bare_host_is_enrolled_by_one_command_and_reached_by_certificates_alon
 }
 
 #[tokio::test]
+async fn an_operator_with_a_password_alone_enrolls_typing_it_once() {
+    let (setup, daemon) = bare_host_and_daemon().await;
+    let home = logged_in(&daemon).await;
+    let host = setup.fleet.host(0);
+    let password = format!("pw-{}", uuid::Uuid::new_v4());
+    host.set_operator_password(&password).unwrap();
+    let (address, port) = (host.address().to_string(), host.port().to_string());
+    let fingerprint = fingerprint(host);
+    let with_password = |typed: String| {
+        let args = [
+            "--server",
+            daemon.url.as_str(),
+            "enroll",
+            &address,
+            "--port",
+            &port,
+            "--id",
+            "host1",
+            "--user",
+            TEST_USER,
+            "--login",
+            testbed::PASSWORD_OPERATOR,
+            "--password-stdin",
+            "--host-key-fingerprint",
+            &fingerprint,
+            "--print",
+        ]
+        .map(str::to_owned);
+        let home = home.path().to_owned();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            linkops_with(&home, &args, Some(&format!("{typed}\n")), &[]).await
+        }
+    };
+
+    // A wrong one: refused before anything is written, and never shown.
+    let refused = with_password("not-the-password".into()).await;
+    let said = format!("{}{}", stdout(&refused), stderr(&refused));
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("refused the login of user linkops-operator with the password given"),
+        "{said}"
+    );
+    assert!(!said.contains("not-the-password"), "{said}");
+    assert_eq!(host.client_id(), None);
+
+    let enrolled = with_password(password.clone()).await;
+    let said = format!("{}{}", stdout(&enrolled), stderr(&enrolled));
+    assert!(enrolled.status.success(), "{said}");
+    assert!(
+        said.contains("sshd reloaded: it presents its host certificate"),
+        "{said}"
+    );
+    assert!(!said.contains(&password), "the password is never shown");
+    let client_id = host.client_id().expect("a client id written");
+    assert!(client_id.starts_with("LINKOPS-"), "{client_id}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
 async fn a_refused_step_leaves_the_host_as_it_was() {
     let (setup, daemon) = bare_host_and_daemon().await;
     let home = logged_in(&daemon).await;
@@ -476,7 +536,11 @@ async fn enrolled_under_the_trust_state(setup: &FleetSetup, daemon: &TestDaemon)
 
 /// The user CAs host1 trusts now (its `TrustedUserCAKeys` file).
 fn trusted_on_host(setup: &FleetSetup) -> String {
-    let file = setup.fleet.host(0).etc_ssh().join("linkops/user_ca.pub");
+    let file = setup
+        .fleet
+        .host(0)
+        .etc_ssh()
+        .join("linkops/kept/user_ca.pub");
     std::fs::read_to_string(file).unwrap()
 }
 
@@ -609,11 +673,15 @@ async fn the_user_ca_rotates_under_continuous_operations_and_none_fails() {
     };
     let (ended, ()) = tokio::join!(operations, rotating);
     assert!(ended.len() >= 2, "operations ran throughout: {ended:?}");
-    let failed: Vec<&(u64, OperationState)> = ended
-        .iter()
-        .filter(|(_, state)| *state != OperationState::Succeeded)
-        .collect();
-    assert!(failed.is_empty(), "operations failed: {failed:?}");
+    let mut failed = Vec::new();
+    for (id, state) in &ended {
+        if *state != OperationState::Succeeded {
+            let operation = crate::support::operation(&daemon, &token, *id).await;
+            failed.push(format!("{id}: {state:?}: {:?}", operation.hosts));
+        }
+    }
+    let log = setup.fleet.host(0).sshd_log().unwrap();
+    assert!(failed.is_empty(), "operations failed: {failed:#?}\n{log}");
 
     // The old CA's certificates are refused by the machine now; the new one's get in.
     let (options, target) = (

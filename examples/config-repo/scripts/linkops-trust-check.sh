@@ -1,6 +1,6 @@
 # Holds when the machine trusts exactly the daemon's user CAs and its
 # revocation list names exactly the serials the daemon revoked.
-dir=/etc/ssh/linkops
+dir=/etc/ssh/linkops/kept
 [ -f /etc/ssh/sshd_config.d/linkops.conf ] || {
   echo "/etc/ssh/sshd_config.d/linkops.conf is missing: enroll the machine again (linkops enroll)"
   exit 2

@@ -3,9 +3,9 @@
 # ssh-keygen from the serials the daemon revoked (LINKOPS_CA_REVOKED_SERIALS),
 # under each trusted CA. sshd reads both at each login: no reload.
 set -eu
-dir=/etc/ssh/linkops
+dir=/etc/ssh/linkops/kept
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+trap 'rm -rf "$tmp" "$dir"/.new.*' EXIT
 printf '%s' "$LINKOPS_CA_USER_KEYS" > "$tmp/cas"
 if [ -z "$LINKOPS_CA_REVOKED_SERIALS" ]; then
   : > "$tmp/revoked_keys" # nothing revoked: an empty list
@@ -24,8 +24,17 @@ else
   done < "$tmp/cas"
 fi
 # The revocation list first: a CA newly trusted never opens a login the list
-# should have refused. In place, as the files' owner (the daemon's login).
-cat "$tmp/revoked_keys" > "$dir/revoked_keys"
-printf '%s' "$LINKOPS_CA_REVOKED_SERIALS" > "$dir/revoked_serials"
-cat "$tmp/cas" > "$dir/user_ca.pub"
+# should have refused. Each file replaced whole (a rename in the directory
+# enroll gave the daemon's login): sshd reads them at every login and must
+# never see one half-written.
+replace() {
+  new=$(mktemp "$dir/.new.XXXXXX")
+  cat "$1" > "$new"
+  chmod 644 "$new"
+  mv -f "$new" "$dir/$2"
+}
+printf '%s' "$LINKOPS_CA_REVOKED_SERIALS" > "$tmp/revoked_serials"
+replace "$tmp/revoked_keys" revoked_keys
+replace "$tmp/revoked_serials" revoked_serials
+replace "$tmp/cas" user_ca.pub
 echo "trusting $(grep -c . "$tmp/cas") user CA(s), $(echo $LINKOPS_CA_REVOKED_SERIALS | wc -w) serial(s) revoked"

@@ -2,6 +2,7 @@
 
 import { saveSession, session } from "./api";
 import { h } from "./dom";
+import { certificatesPage } from "./pages/certificates";
 import { fleetPage, machinePage } from "./pages/fleet";
 import { gitPage } from "./pages/git";
 import { loginPage } from "./pages/login";
@@ -29,6 +30,7 @@ const routes: [RegExp, Page, string][] = [
   [/^\/terminals\/([^/]+)$/, workspacePage, "Workspace"],
   [/^\/recordings$/, recordingsPage, "Recordings"],
   [/^\/users$/, usersPage, "Users"],
+  [/^\/certificates$/, certificatesPage, "Certificates"],
 ];
 
 const NAV: [string, string, string?][] = [
@@ -39,6 +41,7 @@ const NAV: [string, string, string?][] = [
   ["#/terminals", "Terminals"],
   ["#/recordings", "Recordings"],
   ["#/git", "Git"],
+  ["#/certificates", "Certificates"],
   ["#/users", "Users", "admin"],
 ];
 

@@ -292,3 +292,29 @@ test("a bad commit shows its error, file:line:col, on the Git page", async () =>
   await page.screenshot({ path: `${SHOTS}git.png`, fullPage: true });
   await assertAccessible("the Git page");
 });
+
+test("Certificates: Add machine writes the enroll command; the CAs shown; an admin revokes a serial", async () => {
+  const ca = await apiGet("/api/ca", adminToken);
+  await page.goto(`${banner.console}#/certificates`);
+  await page.locator("[data-user-ca]").getByText(ca.user_ca_fingerprint).waitFor();
+  const form = page.getByRole("form", { name: "Add machine" });
+  await form.getByLabel("Host name or address").fill("web-3.lan");
+  await form.getByLabel("Tags (comma-separated)").fill("web, eu");
+  await form.getByLabel("Log in with").selectOption("password");
+  await form.getByLabel(/Host key fingerprint/).fill("SHA256:abc+/x");
+  await form.getByLabel(/Your checkout/).fill("/home/me/fleet config");
+  await form.getByLabel(/push the branch/).check();
+  const origin = new URL(banner.console).origin;
+  assert.equal(await page.locator("[data-enroll-command]").textContent(),
+    `linkops --server ${origin} enroll web-3.lan --tag web --tag eu --password --host-key-fingerprint SHA256:abc+/x --repo '/home/me/fleet config' --push`);
+  await page.screenshot({ path: `${SHOTS}certificates.png`, fullPage: true });
+  await assertAccessible("the Certificates page");
+
+  const revoke = page.getByRole("form", { name: "Revoke" });
+  await revoke.getByLabel("Serial or machine id").fill("4242");
+  await revoke.getByLabel("Reason").fill("leaked in a paste");
+  await revoke.getByRole("button", { name: "Revoke" }).click();
+  await page.getByRole("table", { name: "Revocations" }).getByText("leaked in a paste").waitFor();
+  const after = await apiGet("/api/ca", adminToken);
+  assert.ok(after.revocations.some((r) => r.serial === "4242" && r.kind === "user"), JSON.stringify(after.revocations));
+});

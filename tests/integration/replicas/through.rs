@@ -283,9 +283,12 @@ async fn terminals_and_tokens_work_through_any_replica() {
     let (other_ca, config) = replica_config(&server, &database.url, &fleet, &work.dir, LEASE);
     std::fs::remove_dir_all(other_ca.path().join("ca")).unwrap();
     let refused = refused_to_start(config, "a replica with another user CA").await;
-    let names = format!("SSH user CA ({})", other_ca.path().join("ca").display());
+    let names = format!(
+        "SSH user CA ({})",
+        other_ca.path().join("ca/user_ca").display()
+    );
     assert!(
-        refused.contains(&names) && refused.contains("copy the ca directory"),
+        refused.contains(&names) && refused.contains("copy it (mode 0600)"),
         "{refused}"
     );
     let members = linkops::blocking::run(move || store.live_members().unwrap())

@@ -15,8 +15,8 @@ use rustix::event::{self, PollFd, PollFlags, Timespec};
 use rustix::process::{self, Pid, PidfdFlags};
 
 use super::{
-    CLAIM_PREFIX, Error, Result, SSHD, SharedFiles, TEST_USER, generate_key, io_error, read,
-    set_mode, write,
+    CLAIM_PREFIX, Error, PASSWORD_OPERATOR, Result, SSHD, SharedFiles, TEST_USER, generate_key,
+    io_error, read, set_mode, write,
 };
 
 /// How long sshd may take to say it listens before the start counts as failed.
@@ -79,7 +79,7 @@ impl TestHost {
                  AuthorizedKeysFile {authorized_keys}\n\
                  TrustedUserCAKeys {trusted_user_ca_keys}\n\
                  StrictModes no\n\
-                 AllowUsers {TEST_USER} root\n\
+                 AllowUsers {TEST_USER} root {PASSWORD_OPERATOR}\n\
                  PermitRootLogin prohibit-password\n\
                  MaxStartups 500\n\
                  MaxSessions 500\n\
@@ -87,7 +87,10 @@ impl TestHost {
                  LogLevel INFO\n\
                  Match User root\n\
                  \x20   AuthorizedKeysFile {operator_authorized_keys}\n\
-                 \x20   PubkeyAcceptedAlgorithms ssh-ed25519\n",
+                 \x20   PubkeyAcceptedAlgorithms ssh-ed25519\n\
+                 Match User {PASSWORD_OPERATOR}\n\
+                 \x20   PasswordAuthentication yes\n\
+                 \x20   PermitRootLogin yes\n",
                 host_key = host_key.display(),
                 authorized_keys = shared.authorized_keys.display(),
                 trusted_user_ca_keys = shared.trusted_user_ca_keys.display(),
@@ -95,6 +98,7 @@ impl TestHost {
             ),
         )?;
 
+        write_accounts(&dir, "*")?;
         let sshd = spawn_sshd(name, &etc_dir, &etc_ssh, &dir.join("sshd.log"))?;
         Ok(TestHost {
             name: name.to_owned(),
@@ -145,6 +149,32 @@ impl TestHost {
             .join("sshd_config.d/testbed-host-certificate.conf");
         write(&drop_in, &format!("HostCertificate {}\n", path.display()))?;
         self.restart()
+    }
+
+    /// Lets [`PASSWORD_OPERATOR`] (root by another name) log in to this host
+    /// with `password` from now on.
+    pub fn set_operator_password(&self, password: &str) -> Result<()> {
+        use std::io::Write;
+        let mut openssl = Command::new("openssl")
+            .args(["passwd", "-6", "-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|source| io_error(Path::new("openssl"), source))?;
+        let mut stdin = openssl.stdin.take().expect("stdin is piped");
+        writeln!(stdin, "{password}").map_err(|source| io_error(Path::new("openssl"), source))?;
+        drop(stdin);
+        let hashed = openssl
+            .wait_with_output()
+            .map_err(|source| io_error(Path::new("openssl"), source))?;
+        let hash = String::from_utf8_lossy(&hashed.stdout).trim().to_owned();
+        if !hashed.status.success() || !hash.starts_with("$6$") {
+            return Err(Error::Command {
+                command: "openssl passwd -6 -stdin".into(),
+                output: String::from_utf8_lossy(&hashed.stderr).into_owned(),
+            });
+        }
+        write_accounts(self.etc_dir.parent().expect("host dir"), &hash)
     }
 
     pub fn name(&self) -> &str {
@@ -207,6 +237,32 @@ impl TestHost {
     }
 }
 
+/// The host's own `/etc/passwd` (the machine's, and [`PASSWORD_OPERATOR`]
+/// as uid 0) and `/etc/shadow` (no password but the operator's
+/// `operator_hash`, `*`: none), in `dir`. Rewritten in place: the host's
+/// namespace has them bound, and sees each change.
+fn write_accounts(dir: &Path, operator_hash: &str) -> Result<()> {
+    let passwd = read(Path::new("/etc/passwd"))?;
+    write(
+        &dir.join("passwd"),
+        &format!("{passwd}{PASSWORD_OPERATOR}:x:0:0:enrolls with a password:/root:/bin/sh\n"),
+    )?;
+    set_mode(&dir.join("passwd"), 0o644)?;
+    let shadow = dir.join("shadow");
+    // `*`: no password (and not locked, so keys still log in).
+    let line = |user: &str, hash: &str| format!("{user}:{hash}:20000:0:99999:7:::\n");
+    write(
+        &shadow,
+        &format!(
+            "{}{}{}",
+            line("root", "*"),
+            line(TEST_USER, "*"),
+            line(PASSWORD_OPERATOR, operator_hash)
+        ),
+    )?;
+    set_mode(&shadow, 0o600)
+}
+
 impl Drop for TestHost {
     fn drop(&mut self) {
         self.stop();
@@ -241,12 +297,20 @@ fn namespace_init(unshare: &Child) -> Option<OwnedFd> {
 }
 
 /// Starts sshd as PID 1 of its own PID and mount namespaces (its own
-/// `/proc`), with `etc_dir` over `/etc/linkops` and `etc_ssh` over
-/// `/etc/ssh`; returns once it listens.
+/// `/proc`), with `etc_dir` over `/etc/linkops`, `etc_ssh` over `/etc/ssh`
+/// and the host's accounts ([`write_accounts`]) over `/etc/passwd` and
+/// `/etc/shadow`; returns once it listens.
 fn spawn_sshd(name: &str, etc_dir: &Path, etc_ssh: &Path, log: &Path) -> Result<Child> {
+    let dir = etc_dir.parent().expect("the host's directory");
+    let (passwd, shadow) = (dir.join("passwd"), dir.join("shadow"));
     let server = Server {
         name,
-        mounts: &[(etc_dir, "/etc/linkops"), (etc_ssh, "/etc/ssh")],
+        mounts: &[
+            (etc_dir, "/etc/linkops"),
+            (etc_ssh, "/etc/ssh"),
+            (&passwd, "/etc/passwd"),
+            (&shadow, "/etc/shadow"),
+        ],
         command: format!("{SSHD} -D -e -f /etc/ssh/sshd_config"),
         log,
         listening: "Server listening on",

@@ -42,6 +42,11 @@ pub use serve::{ServeProcess, until_machines};
 
 /// The unprivileged account the test hosts log in.
 pub const TEST_USER: &str = "linkops-test";
+/// A second name for root that exists only inside the test hosts (their own
+/// `/etc/passwd` and `/etc/shadow`), logging in with a password the test
+/// sets: the operator who enrolls with a password typed once. Nothing of it
+/// reaches the machine running the tests.
+pub const PASSWORD_OPERATOR: &str = "linkops-operator";
 
 const SSHD: &str = "/usr/sbin/sshd";
 /// Abstract Unix socket names that claim addresses and mark running fleets:
