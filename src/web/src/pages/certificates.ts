@@ -104,7 +104,7 @@ function addMachine(): HTMLElement {
     h("p", { class: "muted" }, "Run this where you can ssh to the machine as your login, signed in with `linkops login` (admin). ",
       "Over your access, once, it installs the trust in the daemon's certificates, a host certificate and the enrollment id, ",
       "then proposes the machine's entry for links.yaml: merged, the daemon reaches it with certificates alone."),
-    form, h("p", {}, "Command:"), h("pre", {}, command));
+    form, h("p", {}, "Command:"), h("pre", { class: "command" }, command));
 }
 
 /** The CAs, the user CA's age, its rotation. */
