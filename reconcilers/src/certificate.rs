@@ -33,6 +33,9 @@ pub struct UserGrant {
     pub valid_for: Duration,
     /// Whether it may open a terminal (`permit-pty`); only terminals do.
     pub pty: bool,
+    /// The only client address it is good from (`source-address`: an IP
+    /// address as text), when the address machines see is known.
+    pub source_address: Option<String>,
 }
 
 /// How far a certificate's validity reaches back before it was signed, so a
@@ -51,6 +54,7 @@ pub fn user_grant(replica: &str, login: &str, purpose: &Purpose, valid_for: Dura
         key_id: format!("linkops:{replica}:{why}"),
         valid_for,
         pty: matches!(purpose, Purpose::Terminal { .. }),
+        source_address: None,
     }
 }
 

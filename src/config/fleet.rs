@@ -87,6 +87,11 @@ pub struct SshConfig {
     /// for it; false: operations share the pooled connection (no handshake,
     /// the log names what opened it).
     pub login_per_operation: bool,
+    /// Binds each login's certificate to the address its connection leaves
+    /// from (`source-address`), so a certificate copied off the wire is good
+    /// from nowhere else. Only when machines see the daemon's own address:
+    /// with NAT between (a container's bridge network), they refuse it.
+    pub certificate_source_address: bool,
     /// The user CA's private key (OpenSSH format, 0600); unset: `ca/user_ca`
     /// in the data dir. Elsewhere (an encrypted volume, a systemd credential),
     /// a copy of the data dir holds no key that opens the fleet. A rotation
@@ -115,6 +120,7 @@ impl Default for SshConfig {
             keepalive_max: 3,
             certificate_lifetime: Duration::from_secs(600),
             login_per_operation: true,
+            certificate_source_address: false,
             user_ca_key: None,
             host_ca_key: None,
             user_ca_rotate_after: Duration::from_secs(365 * 24 * 3600),

@@ -203,7 +203,8 @@ impl Daemon {
             prepared.authority.clone(),
             membership.id(),
             config.ssh.certificate_lifetime,
-        );
+        )
+        .binding_source_address(config.ssh.certificate_source_address);
         let access = MachineAccess::new(
             &config,
             prepared.store.clone(),

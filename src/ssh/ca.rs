@@ -66,6 +66,8 @@ pub struct Certifier {
     key: Arc<PrivateKey>,
     replica: String,
     lifetime: Duration,
+    /// `[ssh] certificate_source_address`.
+    source_address: bool,
 }
 
 impl Certifier {
@@ -77,6 +79,17 @@ impl Certifier {
             key: Arc::new(session_key()),
             replica: replica.to_owned(),
             lifetime,
+            source_address: false,
+        }
+    }
+
+    /// Binds each certificate to the address its connection leaves from
+    /// (`source-address`): good only when machines see that address, with
+    /// no NAT between (`[ssh] certificate_source_address`).
+    pub fn binding_source_address(self, bind: bool) -> Certifier {
+        Certifier {
+            source_address: bind,
+            ..self
         }
     }
 
@@ -90,9 +103,18 @@ impl Certifier {
         self.authority.host_public()
     }
 
-    /// A certificate to log in as `login` for `purpose`, signed now.
-    pub fn certify(&self, login: &str, purpose: &Purpose) -> Result<Certified, Error> {
-        let grant = user_grant(&self.replica, login, purpose, self.lifetime);
+    /// A certificate to log in as `login` for `purpose` over a connection
+    /// from the address `from`, signed now.
+    pub fn certify(
+        &self,
+        login: &str,
+        purpose: &Purpose,
+        from: std::net::IpAddr,
+    ) -> Result<Certified, Error> {
+        let grant = UserGrant {
+            source_address: self.source_address.then(|| from.to_string()),
+            ..user_grant(&self.replica, login, purpose, self.lifetime)
+        };
         let now = SystemTime::now();
         let certificate = self
             .authority
@@ -112,6 +134,7 @@ impl std::fmt::Debug for Certifier {
             .field("user_ca", &user_ca.to_string())
             .field("replica", &self.replica)
             .field("lifetime", &self.lifetime)
+            .field("source_address", &self.source_address)
             .finish()
     }
 }
@@ -291,6 +314,7 @@ impl Authority {
             principals: &grant.principals,
             valid_for: grant.valid_for,
             pty: grant.pty,
+            source_address: grant.source_address.as_deref(),
         };
         signing.sign(subject, now, &self.user_cas().signing)
     }
@@ -309,6 +333,7 @@ impl Authority {
             principals: &grant.principals,
             valid_for: grant.valid_for,
             pty: false,
+            source_address: None,
         };
         signing.sign(subject, now, &self.host)
     }
@@ -357,6 +382,7 @@ struct Signing<'a> {
     principals: &'a [String],
     valid_for: Duration,
     pty: bool,
+    source_address: Option<&'a str>,
 }
 
 impl Signing<'_> {
@@ -394,6 +420,11 @@ impl Signing<'_> {
         }
         if self.pty {
             builder.extension("permit-pty", "").map_err(failed)?;
+        }
+        if let Some(address) = self.source_address {
+            builder
+                .critical_option("source-address", address)
+                .map_err(failed)?;
         }
         builder.sign(ca).map_err(failed)
     }
@@ -549,6 +580,26 @@ mod tests {
                 .map(|entry| super::super::load_private_key(&entry.unwrap().path()))
                 .any(|key| key.is_ok_and(|key| key.public_key() == &old)),
             "the old user CA's key is on disk no more"
+        );
+    }
+
+    /// Bound, a certificate names the address its connection leaves from;
+    /// unbound (the default), none.
+    #[test]
+    fn a_certifier_binds_certificates_to_the_connection_s_address_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = Arc::new(Authority::open(dir.path()).unwrap());
+        let from: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let lifetime = Duration::from_secs(60);
+        let unbound = Certifier::new(authority.clone(), "r1", lifetime);
+        let signed = unbound.certify("root", &Purpose::Health, from).unwrap();
+        assert!(signed.certificate.critical_options().is_empty());
+        let bound = Certifier::new(authority, "r1", lifetime).binding_source_address(true);
+        let signed = bound.certify("root", &Purpose::Health, from).unwrap();
+        let options = signed.certificate.critical_options();
+        assert_eq!(
+            options.get("source-address").map(String::as_str),
+            Some("192.0.2.7")
         );
     }
 

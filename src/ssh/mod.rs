@@ -305,10 +305,26 @@ enum Login {
     KeyFile,
     /// A user certificate of the daemon's CA (boxed: a certificate is large).
     Certified(Box<Certified>),
+    /// A user certificate `Certifier` signs for this purpose once the
+    /// connection's own address is known (it may bind the certificate to it).
+    Certify(Arc<Certifier>, Purpose),
     /// The keys of the ssh-agent at this socket.
     Agent(PathBuf),
     /// A password the operator typed (never stored, never shown).
     Password(secrecy::SecretString),
+}
+
+/// Logs in as `user` with `certified`: whether it was let in, and the
+/// certificate as an error would name it.
+async fn present(
+    handle: &mut client::Handle<HostKeyCheck>,
+    user: &str,
+    certified: Certified,
+) -> Result<(bool, String), russh::Error> {
+    let credential = certified.to_string();
+    let Certified { key, certificate } = certified;
+    let auth = handle.authenticate_openssh_cert(user, key, certificate);
+    Ok((auth.await?.success(), credential))
 }
 
 /// Tries each key the agent at `socket` holds until `user` is let in.
@@ -405,12 +421,10 @@ impl Connection {
         let login = match target.auth {
             Auth::Key => Login::KeyFile,
             Auth::Certificate => {
-                let certifier = options.certifier.as_ref().ok_or(Error::NoCertifier {
+                let certifier = options.certifier.clone().ok_or(Error::NoCertifier {
                     target: target.to_string(),
                 })?;
-                let certified = certifier.certify(&target.user, purpose)?;
-                options.metrics.certificate_issued("user");
-                Login::Certified(Box::new(certified))
+                Login::Certify(certifier, purpose.clone())
             }
         };
         Connection::open_as(target, options, login).await
@@ -480,6 +494,10 @@ impl Connection {
                     source,
                 })?;
             stream.set_nodelay(true).ok();
+            let local = stream.local_addr().map_err(|source| Error::Connect {
+                target: name.clone(),
+                source,
+            })?;
             let mut config = client::Config {
                 // Keeps pooled connections alive through NAT and firewalls, and
                 // notices a peer that stopped answering.
@@ -501,9 +519,10 @@ impl Connection {
                 trust_on_first_use: options.trust_on_first_use,
                 learned: learned.clone(),
             };
-            client::connect_stream(config, stream, check).await
+            let handle = client::connect_stream(config, stream, check).await?;
+            Ok::<_, Error>((handle, local.ip()))
         };
-        let mut handle = tokio::time::timeout(options.connect_timeout, handshake)
+        let (mut handle, local) = tokio::time::timeout(options.connect_timeout, handshake)
             .await
             .map_err(|_| Error::ConnectTimeout {
                 target: name.clone(),
@@ -521,16 +540,20 @@ impl Connection {
             target: name.clone(),
             source,
         };
-        let certificate = match &login {
-            Login::Certified(certified) => Some(certified.login()),
-            _ => None,
-        };
+        let mut certificate = None;
         let (accepted, credential) = match (login, key) {
             (Login::Certified(certified), _) => {
-                let credential = certified.to_string();
-                let Certified { key, certificate } = *certified;
-                let auth = handle.authenticate_openssh_cert(&target.user, key, certificate);
-                (auth.await.map_err(protocol)?.success(), credential)
+                certificate = Some(certified.login());
+                let presented = present(&mut handle, &target.user, *certified).await;
+                presented.map_err(protocol)?
+            }
+            (Login::Certify(certifier, purpose), _) => {
+                // Signed now: the connection's own address is known (`source-address`).
+                let certified = certifier.certify(&target.user, &purpose, local)?;
+                options.metrics.certificate_issued("user");
+                certificate = Some(certified.login());
+                let presented = present(&mut handle, &target.user, certified).await;
+                presented.map_err(protocol)?
             }
             (Login::Agent(socket), _) => {
                 let accepted = agent_login(&mut handle, &target.user, &socket, &name).await?;

@@ -98,7 +98,7 @@ async fn a_user_certificate_alone_logs_in_and_the_machine_s_log_names_who_and_wh
 }
 
 #[tokio::test]
-async fn sshd_refuses_a_certificate_expired_for_another_login_or_from_another_ca() {
+async fn sshd_refuses_a_certificate_expired_for_another_login_from_another_address_or_ca() {
     let fleet = TestFleet::start(1).unwrap();
     let dir = testbed::private_dir();
     let authority = Authority::open(&dir.path().join("ca")).unwrap();
@@ -122,6 +122,14 @@ async fn sshd_refuses_a_certificate_expired_for_another_login_or_from_another_ca
     refused(
         login(&fleet, certified(&stranger, &grant, now)).await,
         "another CA's certificate",
+    );
+    let elsewhere = UserGrant {
+        source_address: Some("10.9.9.9".into()),
+        ..grant.clone()
+    };
+    refused(
+        login(&fleet, certified(&authority, &elsewhere, now)).await,
+        "a certificate good from another address only",
     );
     // The same grant, signed by the trusted CA now, is what gets in.
     login(&fleet, certified(&authority, &grant, now))
@@ -156,7 +164,9 @@ async fn machines_on_certificates_alone_are_checked_and_run_operations_their_log
     let certified = links.replace("    key: fleet_key\n", "    auth: certificate\n");
     setup.work.write("links.yaml", &certified);
     setup.work.commit("certificates instead of the fleet key");
-    let config = setup.config();
+    let mut config = setup.config();
+    // Each certificate good only from the address its connection leaves from.
+    config.ssh.certificate_source_address = true;
     // The daemon's CA, as its first start makes it; the hosts trust it and no key any more.
     let authority = Authority::open(&config.ca_dir()).unwrap();
     let user_ca = authority.user_public().to_openssh().unwrap();
