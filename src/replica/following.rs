@@ -61,6 +61,8 @@ pub async fn follow_authority(
     if !store.is_shared() {
         return;
     }
+    // Said once for each thing that stands in the way, not every 2 s.
+    let mut said = None;
     loop {
         if let Err(error) = revocations.refresh(&store).await {
             tracing::warn!(%error, "cannot read the revocations; reading again");
@@ -68,7 +70,13 @@ pub async fn follow_authority(
         match follow_rotation(&authority, &store).await {
             Ok(true) => controller.trust_changed(&[]).await,
             Ok(false) => {}
-            Err(error) => tracing::error!(%error, "cannot follow the user CA's rotation"),
+            Err(error) => {
+                let text = error.to_string();
+                if said.as_ref() != Some(&text) {
+                    tracing::error!(error = %text, "cannot follow the user CA's rotation");
+                    said = Some(text);
+                }
+            }
         }
         tokio::select! {
             () = stop.cancelled() => return,
@@ -93,8 +101,10 @@ enum RotationError {
     },
 }
 
-/// Reads this replica's user CA keys again when the store says the
-/// replicas rotated (whether they changed).
+/// Takes the rotation step the store says the replicas took: a finish (the
+/// next key this replica holds becomes its user CA, as on the replica that
+/// finished), else whatever this replica's files now hold (the operator
+/// copied the next key here). Whether the keys changed.
 async fn follow_rotation(
     authority: &Arc<Authority>,
     store: &store::Store,
@@ -112,7 +122,12 @@ async fn follow_rotation(
         if (current, recorded.1) == checks {
             return Ok(false);
         }
-        reading.reload_user_cas()?;
+        let (_, next) = checks;
+        if current == next && next != 0 {
+            reading.finish_rotation()?;
+        } else {
+            reading.reload_user_cas()?;
+        }
         let now = (reading.user_ca_check(), reading.next_user_ca_check());
         if now != (current, recorded.1) {
             return Err(RotationError::NotTheirs {

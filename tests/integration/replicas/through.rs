@@ -423,3 +423,60 @@ async fn refused_to_start(config: PathBuf, what: &str) -> String {
     let refused = started.await.unwrap().err();
     refused.unwrap_or_else(|| panic!("{what} started"))
 }
+
+/// A user-CA rotation taken through one replica is followed by the other:
+/// with the next key copied to it, it trusts both while the rotation is
+/// under way, and signs with the new one once the first finished it.
+#[tokio::test]
+async fn a_user_ca_rotation_through_one_replica_is_followed_by_the_other() {
+    let (server, database, _store) = shared_store(&[(ADMIN.0, Role::Admin, ADMIN.1)]).await;
+    let fleet = TestFleet::start(1).unwrap();
+    let (_work, data, a, b) =
+        two_replicas(&server, &database, &database.url, &fleet, None, LEASE).await;
+    let token = a.process.login(ADMIN.0, ADMIN.1).await.unwrap();
+    let rotation = "/api/ca/rotation";
+    let (status, begun) = call(
+        &a,
+        reqwest::Method::POST,
+        rotation,
+        &token,
+        Some(serde_json::json!({})),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{begun}");
+    let begun: linkops::contract::CaView = answer(&begun);
+    let next = begun.rotation.expect("a rotation under way").next_user_ca;
+    // The operator copies the next key to the other replica, as docs/config-repository.md says.
+    let (here, there) = (data[0].0.path().join("ca"), data[1].0.path().join("ca"));
+    for name in ["user_ca.next", "user_ca.next.pub"] {
+        std::fs::copy(here.join(name), there.join(name)).unwrap();
+    }
+    let ca_of = |replica: &Replica| {
+        let token = token.clone();
+        let url = replica.process.url.clone();
+        async move {
+            let client = reqwest::Client::new();
+            let (_, view) =
+                support::request(&client, &url, reqwest::Method::GET, "/api/ca", &token, None)
+                    .await;
+            answer::<linkops::contract::CaView>(&view)
+        }
+    };
+    eventually("the other replica to trust the next CA too", || async {
+        let seen = ca_of(&b).await;
+        (seen.rotation.map(|r| r.next_user_ca) == Some(next.clone())).then_some(())
+    })
+    .await;
+
+    let finish = Some(serde_json::json!({"finish": true}));
+    let (status, finished) = call(&a, reqwest::Method::POST, rotation, &token, finish).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{finished}");
+    eventually("the other replica to sign with the new CA", || async {
+        let seen = ca_of(&b).await;
+        (seen.user_ca == next && seen.rotation.is_none()).then_some(())
+    })
+    .await;
+    let kept = std::fs::read_to_string(there.join("user_ca.pub")).unwrap();
+    assert_eq!(kept.trim(), next, "its own files rotated too");
+    assert!(!there.join("user_ca.next").exists());
+}
