@@ -156,6 +156,19 @@ pub(crate) async fn logged(host: &testbed::TestHost, certificate: &CertificateLo
     .await;
 }
 
+/// A daemon on `config` whose CA (as its first start makes it) the hosts
+/// trust, their fleet key authorised no more; and its user CA's line.
+async fn on_certificates_alone(
+    setup: &FleetSetup,
+    config: linkops::config::Config,
+) -> (TestDaemon, String) {
+    let authority = Authority::open(&config.ca_dir()).unwrap();
+    let user_ca = authority.user_public().to_openssh().unwrap();
+    setup.fleet.trust_user_ca(&user_ca).unwrap();
+    setup.fleet.revoke_client_keys().unwrap();
+    (setup.start_with(config).await, user_ca)
+}
+
 #[tokio::test]
 async fn machines_on_certificates_alone_are_checked_and_run_operations_their_logs_name() {
     let scripts = "scripts:\n  - {id: whoami, name: Who am I, body: id -un}\n";
@@ -167,12 +180,7 @@ async fn machines_on_certificates_alone_are_checked_and_run_operations_their_log
     let mut config = setup.config();
     // Each certificate good only from the address its connection leaves from.
     config.ssh.certificate_source_address = true;
-    // The daemon's CA, as its first start makes it; the hosts trust it and no key any more.
-    let authority = Authority::open(&config.ca_dir()).unwrap();
-    let user_ca = authority.user_public().to_openssh().unwrap();
-    setup.fleet.trust_user_ca(&user_ca).unwrap();
-    setup.fleet.revoke_client_keys().unwrap();
-    let daemon = setup.start_with(config).await;
+    let (daemon, user_ca) = on_certificates_alone(&setup, config).await;
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
     let replica = daemon
         .read::<ClusterView>("/api/cluster", &token)
@@ -330,11 +338,7 @@ async fn a_dropbear_router_is_reached_with_its_key_beside_machines_on_certificat
         format!("{known_hosts}{}", router.known_hosts_line()),
     )
     .unwrap();
-    let authority = Authority::open(&config.ca_dir()).unwrap();
-    let user_ca = authority.user_public().to_openssh().unwrap();
-    setup.fleet.trust_user_ca(&user_ca).unwrap();
-    setup.fleet.revoke_client_keys().unwrap();
-    let daemon = setup.start_with(config).await;
+    let (daemon, _) = on_certificates_alone(&setup, config).await;
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
 
     for machine in ["host1", "router1"] {

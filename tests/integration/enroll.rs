@@ -724,23 +724,7 @@ async fn a_revoked_certificate_is_refused_by_the_machine_and_a_revoked_host_by_t
     // A certificate of the daemon's CA, live: it logs in.
     // The daemon's own CA (`setup.config()` would copy the fleet's known_hosts back).
     let authority = Authority::open(&setup.data.path().join("ca")).unwrap();
-    let grant = user_grant(
-        "elsewhere",
-        TEST_USER,
-        &Purpose::Health,
-        Duration::from_secs(300),
-    );
-    let certified = || {
-        let key = ca::session_key();
-        let certificate = authority
-            .sign_user(key.public_key(), &grant, SystemTime::now())
-            .unwrap();
-        Certified {
-            key: Arc::new(key),
-            certificate,
-        }
-    };
-    let (leaked, fresh) = (certified(), certified());
+    let (leaked, fresh) = (certified_by(&authority), certified_by(&authority));
     let options = crate::ssh::connect_options(&setup.fleet);
     let target = crate::ssh::target(&setup.fleet, 0);
     Connection::open_certified(&target, &options, leaked.clone())

@@ -8,7 +8,9 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Child, Command};
 
-use super::host::{Server, free_port, lease_address, spawn_in_namespace, stop_namespace};
+use super::host::{
+    Server, free_port, known_hosts_line, lease_address, spawn_in_namespace, stop_namespace,
+};
 use super::{Error, Result, TEST_USER, TestFleet, io_error, read, run, set_mode, write};
 
 const DROPBEAR: &str = "/usr/sbin/dropbear";
@@ -140,11 +142,7 @@ impl DropbearHost {
 
     /// Its known_hosts line.
     pub fn known_hosts_line(&self) -> String {
-        let host = match self.port {
-            22 => self.address.to_string(),
-            port => format!("[{}]:{port}", self.address),
-        };
-        format!("{host} {}\n", self.host_public_key)
+        known_hosts_line(self.address, self.port, &self.host_public_key)
     }
 }
 

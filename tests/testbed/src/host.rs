@@ -228,12 +228,15 @@ impl TestHost {
     }
 
     pub(super) fn known_hosts_line(&self) -> String {
-        let host = if self.port == 22 {
-            self.address.to_string()
-        } else {
-            format!("[{}]:{}", self.address, self.port)
-        };
-        format!("{host} {}\n", self.host_public_key())
+        known_hosts_line(self.address, self.port, &self.host_public_key)
+    }
+}
+
+/// A known_hosts line for a host key at `address`:`port`.
+pub(super) fn known_hosts_line(address: Ipv4Addr, port: u16, host_key: &str) -> String {
+    match port {
+        22 => format!("{address} {host_key}\n"),
+        port => format!("[{address}]:{port} {host_key}\n"),
     }
 }
 
