@@ -14,6 +14,7 @@ pub mod desired;
 pub mod enrollment;
 #[cfg(test)]
 mod fixtures;
+pub mod grant;
 pub mod machine;
 pub mod membership;
 pub mod operation;

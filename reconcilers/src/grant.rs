@@ -1,0 +1,318 @@
+//! Grants: who may do what to which part of the fleet.
+//!
+//! A grant is a role over a scope — the whole fleet, or the machines of some
+//! tags and ids, and for running, some scripts ("operator on tag `web` for
+//! `restart-nginx`", "viewer everywhere"). A person holds the grants of their
+//! account and of their groups; [`permits`] decides each thing they ask for
+//! from those grants and the machines it touches, and says what was missing.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::machine::Machine;
+use crate::role::Role;
+
+/// Which part of the fleet a grant reaches. Empty lists reach everything:
+/// no tags and no machines is the whole fleet, no scripts is every script.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Scope {
+    /// Machines with any of these tags…
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// …and these machines, by id.
+    #[serde(default)]
+    pub machines: Vec<String>,
+    /// The scripts it may run (operator and above); none: every one.
+    #[serde(default)]
+    pub scripts: Vec<String>,
+}
+
+impl Scope {
+    /// Everything.
+    pub fn fleet() -> Scope {
+        Scope::default()
+    }
+
+    /// Whether it reaches every machine and every script.
+    pub fn is_fleet(&self) -> bool {
+        self.tags.is_empty() && self.machines.is_empty() && self.scripts.is_empty()
+    }
+
+    /// Whether it reaches `machine`.
+    pub fn covers(&self, machine: &Machine) -> bool {
+        (self.tags.is_empty() && self.machines.is_empty())
+            || self.machines.contains(&machine.id)
+            || machine.tags.iter().any(|tag| self.tags.contains(tag))
+    }
+
+    /// Whether it may run `script`.
+    pub fn runs(&self, script: &str) -> bool {
+        self.scripts.is_empty() || self.scripts.iter().any(|s| s == script)
+    }
+}
+
+/// A role over a scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Grant {
+    pub role: Role,
+    #[serde(flatten)]
+    pub scope: Scope,
+}
+
+impl Grant {
+    /// `role` over the whole fleet: what a local account's role is.
+    pub fn fleet(role: Role) -> Grant {
+        Grant {
+            role,
+            scope: Scope::fleet(),
+        }
+    }
+}
+
+/// What someone asks to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need<'a> {
+    /// See a machine: its status, its part of operations, their output.
+    See(&'a Machine),
+    /// Run `script` on a machine (or stop it there, retry it).
+    Run {
+        script: &'a str,
+        machine: &'a Machine,
+    },
+    /// Open a shell on a machine: any command, so only a grant of every script.
+    Terminal(&'a Machine),
+    /// Change the daemon itself (users, syncs, the CA): an admin of the whole fleet.
+    Administer,
+}
+
+/// Why a need is refused: the grant it would take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub needed: Role,
+    /// What the grant must reach, in words ("machine db-1 for script deploy").
+    pub reach: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "this needs {} on {}", self.needed, self.reach)
+    }
+}
+
+/// Whether `grants` permit `need`; else what is missing.
+pub fn permits(grants: &[Grant], need: Need) -> Result<(), Refusal> {
+    let held = |role: Role, reaches: &dyn Fn(&Scope) -> bool| {
+        grants
+            .iter()
+            .any(|grant| grant.role >= role && reaches(&grant.scope))
+    };
+    let (needed, granted, reach) = match need {
+        Need::See(machine) => (
+            Role::Viewer,
+            held(Role::Viewer, &|scope| scope.covers(machine)),
+            format!("machine {}", machine.id),
+        ),
+        Need::Run { script, machine } => (
+            Role::Operator,
+            held(Role::Operator, &|scope| {
+                scope.covers(machine) && scope.runs(script)
+            }),
+            format!("machine {} for script {script}", machine.id),
+        ),
+        Need::Terminal(machine) => (
+            Role::Operator,
+            held(Role::Operator, &|scope| {
+                scope.covers(machine) && scope.scripts.is_empty()
+            }),
+            format!(
+                "machine {} for every script (a terminal runs anything)",
+                machine.id
+            ),
+        ),
+        Need::Administer => (
+            Role::Admin,
+            held(Role::Admin, &Scope::is_fleet),
+            "the whole fleet".to_owned(),
+        ),
+    };
+    match granted {
+        true => Ok(()),
+        false => Err(Refusal { needed, reach }),
+    }
+}
+
+/// The machines of `machines` that `grants` let one see, by id.
+pub fn visible<'a>(grants: &[Grant], machines: &'a [Machine]) -> BTreeSet<&'a str> {
+    machines
+        .iter()
+        .filter(|machine| permits(grants, Need::See(machine)).is_ok())
+        .map(|machine| machine.id.as_str())
+        .collect()
+}
+
+/// The highest role any grant gives, anywhere (what the console's menus offer).
+pub fn highest_role(grants: &[Grant]) -> Option<Role> {
+    grants.iter().map(|grant| grant.role).max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::machine;
+
+    fn on(role: Role, tags: &[&str], machines: &[&str], scripts: &[&str]) -> Grant {
+        let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect();
+        Grant {
+            role,
+            scope: Scope {
+                tags: list(tags),
+                machines: list(machines),
+                scripts: list(scripts),
+            },
+        }
+    }
+
+    #[test]
+    fn each_need_is_decided_by_the_grants_that_reach_it() {
+        let web = machine("web-1", &["web"]);
+        let db = machine("db-1", &["db"]);
+        let lone = machine("lone", &[]);
+        let web_operator = on(Role::Operator, &["web"], &[], &["restart-nginx", "deploy"]);
+        let viewer_everywhere = Grant::fleet(Role::Viewer);
+        let lone_operator = on(Role::Operator, &[], &["lone"], &[]);
+        let web_admin = on(Role::Admin, &["web"], &[], &[]);
+        let team = [web_operator.clone(), viewer_everywhere.clone()];
+        let cases: Vec<(&str, Vec<Grant>, Need, Result<(), &str>)> = vec![
+            (
+                "sees its tag",
+                vec![web_operator.clone()],
+                Need::See(&web),
+                Ok(()),
+            ),
+            (
+                "not another tag",
+                vec![web_operator.clone()],
+                Need::See(&db),
+                Err("viewer on machine db-1"),
+            ),
+            (
+                "a viewer everywhere sees all",
+                team.to_vec(),
+                Need::See(&db),
+                Ok(()),
+            ),
+            (
+                "runs a granted script",
+                team.to_vec(),
+                Need::Run {
+                    script: "deploy",
+                    machine: &web,
+                },
+                Ok(()),
+            ),
+            (
+                "not another script",
+                team.to_vec(),
+                Need::Run {
+                    script: "wipe",
+                    machine: &web,
+                },
+                Err("operator on machine web-1 for script wipe"),
+            ),
+            (
+                "not on another tag",
+                team.to_vec(),
+                Need::Run {
+                    script: "deploy",
+                    machine: &db,
+                },
+                Err("operator on machine db-1 for script deploy"),
+            ),
+            (
+                "a viewer runs nothing",
+                vec![viewer_everywhere.clone()],
+                Need::Run {
+                    script: "deploy",
+                    machine: &web,
+                },
+                Err("operator on machine web-1 for script deploy"),
+            ),
+            (
+                "scripts limit terminals out",
+                team.to_vec(),
+                Need::Terminal(&web),
+                Err("operator on machine web-1 for every script (a terminal runs anything)"),
+            ),
+            (
+                "a machine by id, every script",
+                vec![lone_operator.clone()],
+                Need::Terminal(&lone),
+                Ok(()),
+            ),
+            (
+                "an id reaches only that machine",
+                vec![lone_operator.clone()],
+                Need::See(&web),
+                Err("viewer on machine web-1"),
+            ),
+            (
+                "an admin of a tag administers nothing",
+                vec![web_admin.clone()],
+                Need::Administer,
+                Err("admin on the whole fleet"),
+            ),
+            (
+                "but operates its tag",
+                vec![web_admin.clone()],
+                Need::Terminal(&web),
+                Ok(()),
+            ),
+            (
+                "an admin of the fleet administers",
+                vec![Grant::fleet(Role::Admin)],
+                Need::Administer,
+                Ok(()),
+            ),
+            (
+                "no grants, nothing",
+                vec![],
+                Need::See(&lone),
+                Err("viewer on machine lone"),
+            ),
+        ];
+        for (why, grants, need, expected) in cases {
+            let decided = permits(&grants, need).map_err(|refusal| refusal.to_string());
+            let expected = expected.map_err(|reach| format!("this needs {reach}"));
+            assert_eq!(decided, expected, "{why}");
+        }
+    }
+
+    #[test]
+    fn a_person_sees_the_machines_their_grants_reach_and_their_highest_role() {
+        let machines = [
+            machine("web-1", &["web"]),
+            machine("web-2", &["web", "eu"]),
+            machine("db-1", &["db", "eu"]),
+        ];
+        let grants = [
+            on(Role::Operator, &["web"], &[], &["deploy"]),
+            on(Role::Viewer, &[], &["db-1"], &[]),
+        ];
+        let seen: Vec<&str> = visible(&grants, &machines).into_iter().collect();
+        assert_eq!(seen, ["db-1", "web-1", "web-2"]);
+        assert_eq!(visible(&grants[1..], &machines).len(), 1);
+        assert_eq!(highest_role(&grants), Some(Role::Operator));
+        assert_eq!(highest_role(&[]), None);
+    }
+
+    #[test]
+    fn a_grant_reads_as_yaml_with_its_scope_beside_its_role() {
+        let grant: Grant =
+            serde_json::from_str(r#"{"role": "operator", "tags": ["web"], "scripts": ["deploy"]}"#)
+                .unwrap();
+        assert_eq!(grant, on(Role::Operator, &["web"], &[], &["deploy"]));
+        let everywhere: Grant = serde_json::from_str(r#"{"role": "viewer"}"#).unwrap();
+        assert!(everywhere.scope.is_fleet());
+    }
+}
