@@ -183,7 +183,9 @@ mod tests {
         let lone_operator = on(Role::Operator, &[], &["lone"], &[]);
         let web_admin = on(Role::Admin, &["web"], &[], &[]);
         let team = [web_operator.clone(), viewer_everywhere.clone()];
-        let cases: Vec<(&str, Vec<Grant>, Need, Result<(), &str>)> = vec![
+        // (why, the grants held, what is asked, what is missing)
+        type Case<'a> = (&'a str, Vec<Grant>, Need<'a>, Result<(), &'a str>);
+        let cases: Vec<Case> = vec![
             (
                 "sees its tag",
                 vec![web_operator.clone()],
