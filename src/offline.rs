@@ -53,12 +53,13 @@ pub fn validate(dir: &Path) -> Result<bool, Error> {
     match desired::load("(working tree)", &files) {
         Ok(state) => {
             println!(
-                "{}: ok ({} machines, {} scripts, {} run-requests, {} states)",
+                "{}: ok ({} machines, {} scripts, {} run-requests, {} states, {} grants)",
                 dir.display(),
                 state.machines.len(),
                 state.scripts.len(),
                 state.runs.len(),
-                state.states.len()
+                state.states.len(),
+                state.grants.len()
             );
             Ok(true)
         }

@@ -70,6 +70,72 @@ impl Grant {
     }
 }
 
+/// Who holds a grant given in `access.yaml`.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Holder {
+    /// Everyone whose identity provider puts them in this group (at sign-in).
+    Group(String),
+    /// One user, by the name they sign in with.
+    User(String),
+}
+
+/// A grant and who holds it, as `access.yaml` gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Given {
+    pub to: Holder,
+    #[serde(flatten)]
+    pub grant: Grant,
+}
+
+impl std::fmt::Display for Given {
+    /// `group web-team: operator on tags web, machines db-1, scripts deploy`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.to {
+            Holder::Group(name) => write!(f, "group {name}: ")?,
+            Holder::User(name) => write!(f, "user {name}: ")?,
+        }
+        write!(f, "{}", self.grant.role)?;
+        let scope = &self.grant.scope;
+        if scope.tags.is_empty() && scope.machines.is_empty() {
+            f.write_str(" on the whole fleet")?;
+        }
+        for (what, items) in [
+            ("tags", &scope.tags),
+            ("machines", &scope.machines),
+            ("scripts", &scope.scripts),
+        ] {
+            if !items.is_empty() {
+                write!(f, ", {what} {}", items.join(" "))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The grants `given` to `user` as a member of `groups`.
+pub fn held_by(given: &[Given], user: &str, groups: &[String]) -> Vec<Grant> {
+    given
+        .iter()
+        .filter(|g| match &g.to {
+            Holder::User(name) => name == user,
+            Holder::Group(group) => groups.contains(group),
+        })
+        .map(|g| g.grant.clone())
+        .collect()
+}
+
 /// What someone asks to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need<'a> {
@@ -306,6 +372,36 @@ mod tests {
         assert_eq!(visible(&grants[1..], &machines).len(), 1);
         assert_eq!(highest_role(&grants), Some(Role::Operator));
         assert_eq!(highest_role(&[]), None);
+    }
+
+    #[test]
+    fn a_person_holds_their_own_grants_and_their_groups_ones() {
+        let given = [
+            Given {
+                to: Holder::Group("web-team".into()),
+                grant: on(Role::Operator, &["web"], &[], &[]),
+            },
+            Given {
+                to: Holder::User("alice".into()),
+                grant: Grant::fleet(Role::Viewer),
+            },
+            Given {
+                to: Holder::Group("dba".into()),
+                grant: on(Role::Operator, &["db"], &[], &[]),
+            },
+        ];
+        let web = ["web-team".to_owned()];
+        assert_eq!(
+            held_by(&given, "alice", &web),
+            [given[0].grant.clone(), given[1].grant.clone()]
+        );
+        assert_eq!(held_by(&given, "bob", &web), [given[0].grant.clone()]);
+        assert_eq!(held_by(&given, "bob", &[]), []);
+        assert_eq!(given[0].to_string(), "group web-team: operator, tags web");
+        assert_eq!(
+            given[1].to_string(),
+            "user alice: viewer on the whole fleet"
+        );
     }
 
     #[test]

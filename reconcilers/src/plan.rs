@@ -46,6 +46,9 @@ pub enum Change {
         fields: Vec<String>,
         rechecks: bool,
     },
+    /// A grant of `access.yaml`, as it reads (who, role, scope).
+    GrantGiven(String),
+    GrantTaken(String),
 }
 
 impl fmt::Display for Change {
@@ -89,6 +92,8 @@ impl fmt::Display for Change {
                 }
                 Ok(())
             }
+            Change::GrantGiven(grant) => write!(f, "+ grant {grant}"),
+            Change::GrantTaken(grant) => write!(f, "- grant {grant}"),
         }
     }
 }
@@ -216,6 +221,12 @@ pub fn plan(
     {
         changes.push(Change::StateRemoved(id.clone()));
     }
+    let grants = |desired: &DesiredState| -> BTreeSet<String> {
+        desired.grants.iter().map(ToString::to_string).collect()
+    };
+    let (before, after) = (grants(applied), grants(proposed));
+    changes.extend(after.difference(&before).cloned().map(Change::GrantGiven));
+    changes.extend(before.difference(&after).cloned().map(Change::GrantTaken));
     changes
 }
 
@@ -434,6 +445,35 @@ mod tests {
         assert_eq!(
             Vec::from(waiting),
             [ask("a", BranchWork::Forget), ask("b", BranchWork::Plan)]
+        );
+    }
+
+    #[test]
+    fn a_grant_given_or_taken_is_shown_as_it_reads() {
+        let with_access = |access: &str| {
+            let mut desired = state(&links("10.0.0.2"), SCRIPTS, &[]);
+            let mut files = RepoFiles::new();
+            files.insert("links.yaml".into(), links("10.0.0.2").into_bytes());
+            files.insert("scripts.yaml".into(), SCRIPTS.as_bytes().to_vec());
+            files.insert("access.yaml".into(), access.as_bytes().to_vec());
+            desired.grants = load("r", &files).unwrap().grants;
+            desired
+        };
+        let before =
+            with_access("grants:\n  - {to: {group: ops}, role: operator, machines: [a]}\n");
+        let after = with_access(
+            "grants:\n  - {to: {group: ops}, role: operator, machines: [a, b], scripts: [up]}\n",
+        );
+        let shown: Vec<String> = plan(&after, &before, &BTreeMap::new())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "+ grant group ops: operator, machines a b, scripts up",
+                "- grant group ops: operator, machines a",
+            ]
         );
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
     Hash,
     Serialize,
     Deserialize,
+    schemars::JsonSchema,
     utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]

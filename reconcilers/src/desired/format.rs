@@ -1,5 +1,5 @@
 //! The files of a config repository, exactly as written: `links.yaml`,
-//! `scripts.yaml`, `runs/*.yaml` and `states/*.yaml`.
+//! `scripts.yaml`, `access.yaml`, `runs/*.yaml` and `states/*.yaml`.
 //!
 //! These types define the JSON Schemas in `schemas/`. Fields that later
 //! checks must point at keep their source location (`Spanned`); the schema
@@ -11,7 +11,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::grant::Holder;
 use crate::machine::Auth;
+use crate::role::Role;
 use crate::rollout::Rollout;
 use crate::script::{ParamType, ParamValue};
 use crate::state::{Mode, Weekday};
@@ -290,3 +292,38 @@ pub struct WindowEntry {
 
 /// A time of day, `HH:MM` (24 hours).
 pub const TIME_PATTERN: &str = r"^([01][0-9]|2[0-3]):[0-5][0-9]$";
+
+/// `access.yaml`: who may do what to which part of the fleet, beyond the
+/// roles of local accounts — grants to the identity provider's groups and to
+/// users, reviewed in Git like the rest of the policy.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "LinkOps access (access.yaml)")]
+pub struct AccessFile {
+    #[schemars(with = "Vec<GrantEntry>")]
+    pub grants: Vec<Spanned<GrantEntry>>,
+}
+
+/// A role over a scope, and who holds it. No tags and no machines: the whole
+/// fleet; no scripts: every script (and terminals).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantEntry {
+    /// `{group: NAME}` (a group the identity provider names at sign-in) or `{user: NAME}`.
+    #[schemars(with = "Holder")]
+    pub to: Spanned<Holder>,
+    #[schemars(with = "Role")]
+    pub role: Spanned<Role>,
+    /// Machines with any of these tags…
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub tags: Vec<Spanned<String>>,
+    /// …and these machines, by id.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub machines: Vec<Spanned<String>>,
+    /// The scripts it may run; every one (and terminals) when absent.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub scripts: Vec<Spanned<String>>,
+}

@@ -5,8 +5,9 @@
 //! daemon and `linkops validate` hand it the files and print what it says.
 //!
 //! Repository layout: `links.yaml` (required), `scripts.yaml` (optional),
-//! `runs/*.yaml` (optional, one run-request per file), `states/*.yaml`
-//! (optional, one declared state per file), script files anywhere.
+//! `access.yaml` (optional: grants), `runs/*.yaml` (optional, one
+//! run-request per file), `states/*.yaml` (optional, one declared state per
+//! file), script files anywhere.
 
 pub mod format;
 mod validate;
@@ -18,6 +19,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::grant::Given;
 use crate::machine::Machine;
 use crate::run::RunRequest;
 use crate::script::Script;
@@ -25,6 +27,7 @@ use crate::state::DeclaredState;
 
 pub const LINKS_FILE: &str = "links.yaml";
 pub const SCRIPTS_FILE: &str = "scripts.yaml";
+pub const ACCESS_FILE: &str = "access.yaml";
 pub const RUNS_DIR: &str = "runs";
 pub const STATES_DIR: &str = "states";
 
@@ -42,6 +45,9 @@ pub struct DesiredState {
     pub runs: BTreeMap<String, RunRequest>,
     #[serde(default)]
     pub states: BTreeMap<String, DeclaredState>,
+    /// Who may do what, beyond local accounts' own roles (`access.yaml`).
+    #[serde(default)]
+    pub grants: Vec<Given>,
     #[serde(skip)]
     pub(crate) index: MachineIndex,
 }
@@ -134,6 +140,7 @@ pub fn schemas() -> Vec<(&'static str, String)> {
     vec![
         ("links.schema.json", render::<format::LinksFile>()),
         ("scripts.schema.json", render::<format::ScriptsFile>()),
+        ("access.schema.json", render::<format::AccessFile>()),
         (
             "run-request.schema.json",
             render::<format::RunRequestFile>(),

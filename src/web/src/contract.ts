@@ -1042,6 +1042,8 @@ export interface components {
         };
         /** @description Everything one valid revision asks for. */
         DesiredState: {
+            /** @description Who may do what, beyond local accounts' own roles (`access.yaml`). */
+            grants?: components["schemas"]["Given"][];
             /** @description In inventory order. */
             machines: components["schemas"]["Machine"][];
             /** @description The commit it was read from. */
@@ -1167,6 +1169,14 @@ export interface components {
             /** @description The remote, with any password in it masked; `null` when none is configured. */
             url?: string | null;
         };
+        /** @description A grant and who holds it, as `access.yaml` gives it. */
+        Given: components["schemas"]["Grant"] & {
+            to: components["schemas"]["Holder"];
+        };
+        /** @description A role over a scope. */
+        Grant: components["schemas"]["Scope"] & {
+            role: components["schemas"]["Role"];
+        };
         HaltView: {
             /** Format: date-time */
             at?: string | null;
@@ -1191,6 +1201,14 @@ export interface components {
             at?: string | null;
             enrolled: boolean;
             health: components["schemas"]["Health"];
+        };
+        /** @description Who holds a grant given in `access.yaml`. */
+        Holder: {
+            /** @description Everyone whose identity provider puts them in this group (at sign-in). */
+            group: string;
+        } | {
+            /** @description One user, by the name they sign in with. */
+            user: string;
         };
         /**
          * @description `POST /api/ca/host-certificates`: a host certificate for a machine's host
@@ -1766,6 +1784,18 @@ export interface components {
             /** Format: date-time */
             updated_at?: string | null;
         };
+        /**
+         * @description Which part of the fleet a grant reaches. Empty lists reach everything:
+         *     no tags and no machines is the whole fleet, no scripts is every script.
+         */
+        Scope: {
+            /** @description …and these machines, by id. */
+            machines?: string[];
+            /** @description The scripts it may run (operator and above); none: every one. */
+            scripts?: string[];
+            /** @description Machines with any of these tags… */
+            tags?: string[];
+        };
         /** @description A script of the catalog, with its body resolved. */
         Script: {
             body: string;
@@ -2134,9 +2164,12 @@ export type FleetSnapshot = components['schemas']['FleetSnapshot'];
 export type FleetStreamEvent = components['schemas']['FleetStreamEvent'];
 export type GitHealth = components['schemas']['GitHealth'];
 export type GitStatus = components['schemas']['GitStatus'];
+export type Given = components['schemas']['Given'];
+export type Grant = components['schemas']['Grant'];
 export type HaltView = components['schemas']['HaltView'];
 export type Health = components['schemas']['Health'];
 export type HealthPoint = components['schemas']['HealthPoint'];
+export type Holder = components['schemas']['Holder'];
 export type HostCertificateRequest = components['schemas']['HostCertificateRequest'];
 export type HostCertificateView = components['schemas']['HostCertificateView'];
 export type HostEvent = components['schemas']['HostEvent'];
@@ -2193,6 +2226,7 @@ export type RunBody = components['schemas']['RunBody'];
 export type RunRequest = components['schemas']['RunRequest'];
 export type RunState = components['schemas']['RunState'];
 export type RunView = components['schemas']['RunView'];
+export type Scope = components['schemas']['Scope'];
 export type Script = components['schemas']['Script'];
 export type ServerMessage = components['schemas']['ServerMessage'];
 export type SessionEnd = components['schemas']['SessionEnd'];

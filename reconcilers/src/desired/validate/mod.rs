@@ -1,6 +1,7 @@
 //! Parsing and cross-checking the files of a revision: one module per kind
-//! of file (`machines`, `scripts`, `runs`, `states`), reading in `parse`.
+//! of file (`machines`, `scripts`, `access`, `runs`, `states`), reading in `parse`.
 
+mod access;
 mod machines;
 mod parse;
 mod runs;
@@ -9,6 +10,7 @@ mod states;
 #[cfg(test)]
 mod tests;
 
+use access::check_access;
 use machines::check_machines;
 use parse::{Read, parse};
 use runs::{Asked, check_run};
@@ -25,11 +27,12 @@ use serde::de::DeserializeOwned;
 use serde_saphyr::Spanned;
 
 use super::format::{
-    ID_PATTERN, KEY_PATTERN, LinksFile, MachineEntry, PARAM_NAME_PATTERN, ParamEntry,
-    RunRequestFile, ScriptEntry, ScriptsFile, StateFile, TargetsEntry, WindowEntry,
+    AccessFile, GrantEntry, ID_PATTERN, KEY_PATTERN, LinksFile, MachineEntry, PARAM_NAME_PATTERN,
+    ParamEntry, RunRequestFile, ScriptEntry, ScriptsFile, StateFile, TargetsEntry, WindowEntry,
 };
 use super::{
-    DesiredState, LINKS_FILE, Problem, RepoFiles, SCRIPTS_FILE, is_run_request, is_state_file,
+    ACCESS_FILE, DesiredState, LINKS_FILE, Problem, RepoFiles, SCRIPTS_FILE, is_run_request,
+    is_state_file,
 };
 use crate::ask::{Ask, Problem as AskProblem};
 use crate::machine::Machine;
@@ -112,7 +115,11 @@ impl Report<'_> {
 pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Problem>> {
     let mut problems = Vec::new();
     let yaml = files.iter().filter(|(path, _)| {
-        *path == LINKS_FILE || *path == SCRIPTS_FILE || is_run_request(path) || is_state_file(path)
+        *path == LINKS_FILE
+            || *path == SCRIPTS_FILE
+            || *path == ACCESS_FILE
+            || is_run_request(path)
+            || is_state_file(path)
     });
     let mut total = 0;
     for (path, bytes) in yaml {
@@ -161,6 +168,17 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         (BTreeMap::new(), true)
     };
 
+    let grants = match parse::<AccessFile>(files, ACCESS_FILE, Some("grants"), &mut problems) {
+        Some(access) => {
+            let mut report = Report {
+                file: ACCESS_FILE,
+                problems: &mut problems,
+            };
+            check_access(access.value, &scripts, catalog_read, &known, &mut report)
+        }
+        None => Vec::new(),
+    };
+
     let runs = per_file(
         files,
         is_run_request,
@@ -187,6 +205,7 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
             scripts,
             runs,
             states,
+            grants,
             ..DesiredState::default()
         });
     }
@@ -194,8 +213,9 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
     let rank = |file: &str| match file {
         LINKS_FILE => 0,
         SCRIPTS_FILE => 1,
-        file if is_run_request(file) => 2,
-        _ => 3,
+        ACCESS_FILE => 2,
+        file if is_run_request(file) => 3,
+        _ => 4,
     };
     problems.sort_by(|a, b| {
         (rank(&a.file), &a.file, a.line, a.column).cmp(&(rank(&b.file), &b.file, b.line, b.column))

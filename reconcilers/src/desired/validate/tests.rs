@@ -132,3 +132,28 @@ fn a_machine_logs_in_by_key_unless_it_says_certificate_and_never_both() {
         said.message
     );
 }
+
+#[test]
+fn access_grants_roles_over_scopes_to_groups_and_users() {
+    let files: RepoFiles = [
+        (
+            "links.yaml",
+            "machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [web]}\n",
+        ),
+        ("scripts.yaml", "scripts:\n  - {id: deploy, name: Deploy, body: echo}\n"),
+        (
+            "access.yaml",
+            "grants:\n  - to: {group: web-team}\n    role: operator\n    tags: [web]\n    scripts: [deploy]\n  - to: {user: alice}\n    role: viewer\n",
+        ),
+    ]
+    .into_iter()
+    .map(|(path, text)| (path.to_owned(), text.as_bytes().to_vec()))
+    .collect();
+    let desired = load("r1", &files).unwrap();
+    let held = crate::grant::held_by(&desired.grants, "alice", &["web-team".to_owned()]);
+    assert_eq!(held.len(), 2);
+    assert_eq!(held[0].role, crate::role::Role::Operator);
+    assert_eq!(held[0].scope.tags, ["web"]);
+    assert_eq!(held[0].scope.scripts, ["deploy"]);
+    assert!(held[1].scope.is_fleet());
+}
