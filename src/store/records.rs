@@ -161,6 +161,8 @@ mod tests {
         // an operation's host or a terminal session logged in with.
         ("auth", r#""key""#),
         ("certificate", "null"),
+        // Issue 31: the grants of `access.yaml` in an applied desired state.
+        ("grants", "[]"),
     ];
 
     /// `encoded` without the [`ADDED`] fields that `stored` lacks, each checked
