@@ -208,6 +208,27 @@ pub fn permits(grants: &[Grant], need: Need) -> Result<(), Refusal> {
     }
 }
 
+/// Whether `grants` permit running `script` on every machine of `machines`;
+/// else what is needed on those where they do not.
+pub fn permits_run(grants: &[Grant], script: &str, machines: &[&Machine]) -> Result<(), Refusal> {
+    let refused: Vec<&str> = machines
+        .iter()
+        .filter(|machine| permits(grants, Need::Run { script, machine }).is_err())
+        .map(|machine| machine.id.as_str())
+        .collect();
+    match refused.as_slice() {
+        [] => Ok(()),
+        ids => Err(Refusal {
+            needed: Role::Operator,
+            reach: format!(
+                "machine{} {} for script {script}",
+                if ids.len() == 1 { "" } else { "s" },
+                ids.join(", ")
+            ),
+        }),
+    }
+}
+
 /// The machines of `machines` that `grants` let one see, by id.
 pub fn visible<'a>(grants: &[Grant], machines: &'a [Machine]) -> BTreeSet<&'a str> {
     machines
@@ -354,6 +375,27 @@ mod tests {
             let expected = expected.map_err(|reach| format!("this needs {reach}"));
             assert_eq!(decided, expected, "{why}");
         }
+    }
+
+    #[test]
+    fn a_run_is_permitted_on_all_its_machines_or_refused_naming_the_others() {
+        let (web, web2, db) = (
+            machine("web-1", &["web"]),
+            machine("web-2", &["web"]),
+            machine("db-1", &["db"]),
+        );
+        let grants = [on(Role::Operator, &["web"], &[], &["deploy"])];
+        assert_eq!(permits_run(&grants, "deploy", &[&web, &web2]), Ok(()));
+        let refused = permits_run(&grants, "deploy", &[&web, &db]).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "this needs operator on machine db-1 for script deploy"
+        );
+        let refused = permits_run(&grants, "wipe", &[&web, &web2]).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "this needs operator on machines web-1, web-2 for script wipe"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ use crate::auth::Grant;
 use crate::contract::{LoginRequest, LoginResponse, Me};
 use crate::store::User;
 use crate::terminal::protocol::TOKEN_SUBPROTOCOL_PREFIX;
+use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::grant;
 use linkops_reconcilers::role::Role;
 
 /// `POST /api/auth/login`
@@ -44,6 +46,15 @@ pub async fn me(Authenticated(user, _): Authenticated) -> Json<Me> {
 pub struct Authenticated(pub User, pub Grant);
 
 impl Authenticated {
+    /// What the user may do where: their account's role over the whole fleet,
+    /// and what `access.yaml` in `desired` gives them.
+    pub fn grants(&self, desired: Option<&DesiredState>) -> Vec<grant::Grant> {
+        let given = desired.map_or(&[][..], |desired| &desired.grants);
+        std::iter::once(grant::Grant::fleet(self.0.role))
+            .chain(grant::held_by(given, &self.0.name, &[]))
+            .collect()
+    }
+
     /// Refuses with 403 unless the user has at least `role`.
     pub fn require(&self, role: Role) -> Result<&User, ApiError> {
         if self.0.role >= role {

@@ -16,6 +16,8 @@ pub enum ApiError {
     Forbidden {
         needed: linkops_reconcilers::role::Role,
     },
+    /// The caller's grants do not reach what the request touches.
+    NotGranted(linkops_reconcilers::grant::Refusal),
     /// A browser page from an origin not allowed to open terminals.
     ForbiddenOrigin(String),
     InvalidCredentials,
@@ -99,6 +101,7 @@ impl From<crate::controller::RunError> for ApiError {
             RunError::NoSuchOperation(_) => ApiError::NotFound(error.to_string()),
             RunError::Unfit { field, message } => ApiError::Unprocessable { field, message },
             RunError::Conflict(message) => ApiError::Conflict(message),
+            RunError::NotGranted(refusal) => ApiError::NotGranted(refusal),
             RunError::Check(error) => error.into(),
             RunError::Store(error) | RunError::Start(crate::operations::Error::Store(error)) => {
                 error.into()
@@ -148,6 +151,12 @@ impl IntoResponse for ApiError {
                 ErrorCode::Forbidden,
                 format!("this needs the {needed} role"),
                 Some(json!({ "required_role": needed })),
+            ),
+            ApiError::NotGranted(refusal) => (
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                refusal.to_string(),
+                Some(json!({ "required_role": refusal.needed })),
             ),
             ApiError::ForbiddenOrigin(origin) => (
                 StatusCode::FORBIDDEN,

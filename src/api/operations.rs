@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use axum::extract::State;
 
 use super::extract::{Json, Path, Query};
+use crate::controller::Caller;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use base64::Engine as _;
@@ -64,7 +65,12 @@ pub async fn run(
     caller: Authenticated,
     Json(body): Json<RunBody>,
 ) -> Result<(StatusCode, Json<OperationView>), ApiError> {
-    let user = caller.require(Role::Operator)?;
+    let desired = state.git.desired().borrow().clone();
+    let grants = caller.grants(desired.as_deref());
+    let by = Caller {
+        name: &caller.0.name,
+        grants: &grants,
+    };
     let mut params = BTreeMap::new();
     for (name, value) in body.params {
         let value = match value {
@@ -93,10 +99,7 @@ pub async fn run(
         },
         rollout: body.rollout,
     };
-    let operation = state
-        .controller
-        .run(ask, body.concurrency, &user.name)
-        .await?;
+    let operation = state.controller.run(ask, body.concurrency, by).await?;
     started(&state, operation.id).await
 }
 
@@ -108,8 +111,13 @@ pub async fn retry(
     caller: Authenticated,
     Path(id): Path<u64>,
 ) -> Result<(StatusCode, Json<OperationView>), ApiError> {
-    let user = caller.require(Role::Operator)?;
-    let operation = state.controller.retry(id, &user.name).await?;
+    let desired = state.git.desired().borrow().clone();
+    let grants = caller.grants(desired.as_deref());
+    let by = Caller {
+        name: &caller.0.name,
+        grants: &grants,
+    };
+    let operation = state.controller.retry(id, by).await?;
     started(&state, operation.id).await
 }
 

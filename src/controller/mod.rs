@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use reconcile::{Context, ObjectKey};
-pub use runs::RunError;
+pub use runs::{Caller, RunError};
 pub use scheduler::{Action, Reason, Scheduler};
 
 use linkops_reconcilers::suspension::{self, Scope};

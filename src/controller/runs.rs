@@ -5,6 +5,7 @@
 use linkops_reconcilers::ask::{self, Ask};
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::enrollment::Enrollment;
+use linkops_reconcilers::grant::{self, Grant};
 use linkops_reconcilers::operation::{Operation, Requester};
 use linkops_reconcilers::run;
 use linkops_reconcilers::script::Targets;
@@ -26,6 +27,9 @@ pub enum RunError {
     /// Not now, or not this: the message says why and what to do instead.
     #[error("{0}")]
     Conflict(String),
+    /// The caller's grants do not reach every machine for the script.
+    #[error("{0}")]
+    NotGranted(grant::Refusal),
     #[error(transparent)]
     Check(#[from] super::Error),
     #[error(transparent)]
@@ -34,13 +38,20 @@ pub enum RunError {
     Store(#[from] store::Error),
 }
 
+/// Who asks for a run by hand: their name, and the grants they hold now.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub name: &'a str,
+    pub grants: &'a [Grant],
+}
+
 impl Controller {
-    /// Runs `ask` (at most `concurrency` machines at once), by user `by`.
+    /// Runs `ask` (at most `concurrency` machines at once), for `by`.
     pub async fn run(
         &self,
         ask: Ask,
         concurrency: Option<usize>,
-        by: &str,
+        by: Caller<'_>,
     ) -> Result<Operation, RunError> {
         let desired = self.applied()?;
         let resolved = ask
@@ -55,9 +66,9 @@ impl Controller {
         self.start(&desired, resolved, by, concurrency, None).await
     }
 
-    /// Runs operation `id`'s script with its values again (by user `by`), on
+    /// Runs operation `id`'s script with its values again (for `by`), on
     /// its machines that failed, timed out or were interrupted.
-    pub async fn retry(&self, id: u64, by: &str) -> Result<Operation, RunError> {
+    pub async fn retry(&self, id: u64, by: Caller<'_>) -> Result<Operation, RunError> {
         let (operation, hosts) = (self.context.store)
             .run(move |store| store.operation(id))
             .await?
@@ -158,19 +169,29 @@ impl Controller {
 
     /// Places `resolved` and starts it as asked by user `by` (at most
     /// `concurrency` machines at once; retrying operation `retry_of`).
+    /// Starts `resolved` for `by`, once their grants reach every machine it selects.
     async fn start(
         &self,
         desired: &DesiredState,
         resolved: ask::Resolved<'_>,
-        by: &str,
+        by: Caller<'_>,
         concurrency: Option<usize>,
         retry_of: Option<u64>,
     ) -> Result<Operation, RunError> {
+        let selected = resolved.targets.select(&desired.machines);
+        let machines: Vec<_> = selected
+            .iter()
+            .filter_map(|id| desired.machine(id))
+            .collect();
+        grant::permits_run(by.grants, &resolved.script.id, &machines)
+            .map_err(RunError::NotGranted)?;
         let plan = Plan {
             script: resolved.script.clone(),
             params: resolved.params,
             hosts: self.placed(desired, &resolved.targets).await?,
-            requested_by: Requester::User { name: by.into() },
+            requested_by: Requester::User {
+                name: by.name.into(),
+            },
             concurrency,
             rollout: resolved.rollout,
             retry_of,

@@ -18,6 +18,7 @@ mod fleet;
 mod forge;
 mod fuzz;
 mod git_sync;
+mod grants;
 mod hostile;
 mod metrics;
 mod openapi;
