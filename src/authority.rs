@@ -274,34 +274,39 @@ pub enum RotationStep {
 /// replicas) and audited. The machines' trust state then rolls the change
 /// out (the caller tells the controller the trust changed).
 pub async fn rotate(
-    authority: &Authority,
+    authority: &Arc<Authority>,
     store: &Store,
     user: &str,
     step: RotationStep,
     waits: Vec<RotationWait>,
 ) -> Result<(), Error> {
+    if let RotationStep::Finish { force: false } = step
+        && !waits.is_empty()
+    {
+        return Err(Error::RotationWaits(waits));
+    }
+    let old = authority.user_public();
+    // Key files are written and renamed: off the async runtime.
+    let stepping = authority.clone();
+    let taken = crate::blocking::run(move || match step {
+        RotationStep::Begin => stepping.begin_rotation(),
+        RotationStep::Finish { .. } => stepping.finish_rotation(),
+    });
+    let key = taken.await.map_err(|_| store::Error::ShuttingDown)??;
     let detail = match step {
-        RotationStep::Begin => {
-            let next = authority.begin_rotation()?;
-            format!(
-                "began: {} trusted beside {}, which still signs",
-                fingerprint(&next),
-                fingerprint(&authority.user_public())
-            )
-        }
-        RotationStep::Finish { force } => {
-            if !force && !waits.is_empty() {
-                return Err(Error::RotationWaits(waits));
-            }
-            let old = authority.user_public();
-            let next = authority.finish_rotation()?;
+        RotationStep::Begin => format!(
+            "began: {} trusted beside {}, which still signs",
+            fingerprint(&key),
+            fingerprint(&old)
+        ),
+        RotationStep::Finish { .. } => {
             let forced = match waits.len() {
                 0 => String::new(),
                 n => format!(" (forced past {n} machine(s) waited for)"),
             };
             format!(
                 "finished: {} signs, {} retired{forced}",
-                fingerprint(&next),
+                fingerprint(&key),
                 fingerprint(&old)
             )
         }
@@ -414,4 +419,58 @@ fn checked(request: &HostCertificateRequest) -> Result<PublicKey, Error> {
     }
     PublicKey::from_openssh(request.host_key.trim())
         .map_err(|error| invalid("host_key", format!("not an OpenSSH public key: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing;
+
+    /// Finishing while machines are waited for changes nothing unless forced;
+    /// each step is recorded for the other replicas and audited.
+    #[tokio::test]
+    async fn a_rotation_waited_for_finishes_only_when_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = Arc::new(Authority::open(dir.path()).unwrap());
+        let store = testing::redb().open();
+        rotate(&authority, &store, "ada", RotationStep::Begin, Vec::new())
+            .await
+            .unwrap();
+        let next = authority.next_user_public().expect("under way");
+        let waits = vec![RotationWait {
+            machine: "web-1".into(),
+            reason: "state linkops-trust: applying".into(),
+        }];
+        let finish = |force| RotationStep::Finish { force };
+        let refused = rotate(&authority, &store, "ada", finish(false), waits.clone()).await;
+        match refused {
+            Err(error @ Error::RotationWaits(_)) => {
+                assert!(
+                    error
+                        .to_string()
+                        .contains("web-1 (state linkops-trust: applying)")
+                );
+            }
+            other => panic!("finished while waited for: {other:?}"),
+        }
+        assert_eq!(
+            authority.next_user_public(),
+            Some(next.clone()),
+            "still under way"
+        );
+        rotate(&authority, &store, "ada", finish(true), waits)
+            .await
+            .unwrap();
+        assert_eq!(authority.user_public(), next);
+        let recorded = store
+            .run(|store| {
+                Ok((
+                    store.key_check(store::SharedKey::UserCa)?,
+                    store.key_check(store::SharedKey::UserCaNext)?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(recorded, (Some(authority.user_ca_check()), Some(0)));
+    }
 }

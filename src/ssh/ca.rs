@@ -146,9 +146,10 @@ pub struct Authority {
     host: PrivateKey,
 }
 
-/// The user CA that signs, and the one rotating in.
+/// The user CA that signs (since when), and the one rotating in.
 struct UserCas {
     signing: PrivateKey,
+    since: Option<SystemTime>,
     next: Option<PrivateKey>,
 }
 
@@ -212,14 +213,12 @@ impl Authority {
     }
 
     /// When the signing user CA became the one that signs (its key file's
-    /// modification time: made, or rotated in).
+    /// modification time as read: made, or rotated in).
     pub fn user_ca_since(&self) -> Option<SystemTime> {
-        std::fs::metadata(&self.user_path)
-            .and_then(|metadata| metadata.modified())
-            .ok()
+        self.user_cas().since
     }
 
-    /// Begins a rotation of the user CA: the next key is read from
+    /// (Blocking: it writes a key file.) Begins a rotation of the user CA: the next key is read from
     /// `<user CA key>.next` (one the operator made there) or made there. Both
     /// are trusted from now on; the current one still signs. Under way
     /// already: the same next key.
@@ -235,6 +234,7 @@ impl Authority {
         let public = next.public_key().clone();
         *user = Arc::new(UserCas {
             signing: user.signing.clone(),
+            since: user.since,
             next: Some(next),
         });
         Ok(public)
@@ -257,18 +257,21 @@ impl Authority {
             source,
         };
         // Rotated in now: its age counts from here.
+        let now = SystemTime::now();
         std::fs::File::options()
             .write(true)
             .open(&next_path)
-            .and_then(|file| file.set_modified(SystemTime::now()))
+            .and_then(|file| file.set_modified(now))
             .map_err(failed)?;
-        // The public half first: a crash between leaves the old key signing,
-        // with a `.pub` a rotation's next begin rewrites.
-        std::fs::rename(public_path(&next_path), public_path(&self.user_path)).map_err(failed)?;
+        // The private key's rename is the step (atomic): a crash before it
+        // leaves the rotation under way, after it finished; the public half
+        // beside it is for operators and follows.
         std::fs::rename(&next_path, &self.user_path).map_err(failed)?;
+        std::fs::rename(public_path(&next_path), public_path(&self.user_path)).map_err(failed)?;
         let public = next.public_key().clone();
         *user = Arc::new(UserCas {
             signing: next,
+            since: Some(now),
             next: None,
         });
         Ok(public)
@@ -353,8 +356,12 @@ fn key_check(key: &PublicKey) -> u64 {
 /// The user CA at `path` (made when absent) and the next one beside it, if any.
 fn read_user_cas(path: &Path) -> Result<UserCas, Error> {
     let next = next_path(path);
+    let signing = load_or_create(path, "linkops user CA")?;
     Ok(UserCas {
-        signing: load_or_create(path, "linkops user CA")?,
+        signing,
+        since: std::fs::metadata(path)
+            .and_then(|metadata| metadata.modified())
+            .ok(),
         next: match next.exists() {
             true => Some(load_or_create(&next, "linkops user CA")?),
             false => None,
