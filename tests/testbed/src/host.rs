@@ -228,7 +228,7 @@ impl TestHost {
     }
 
     pub(super) fn known_hosts_line(&self) -> String {
-        known_hosts_line(self.address, self.port, &self.host_public_key)
+        known_hosts_line(self.address, self.port, self.host_public_key())
     }
 }
 
