@@ -244,18 +244,13 @@ pub async fn revoke(
 /// What every script is told of the trust machines hold in the daemon: the
 /// user CAs (two while one rotates in) and the user certificates revoked.
 pub fn trust_facts(authority: &Authority, revocations: &Revocations) -> TrustFacts {
-    let user_cas = authority
-        .trusted_user_cas()
-        .iter()
-        .map(|ca| format!("{}\n", ca.to_openssh().unwrap_or_default()))
-        .collect();
     let serials: Vec<String> = revocations
         .user_serials()
         .iter()
         .map(u64::to_string)
         .collect();
     TrustFacts {
-        user_cas,
+        user_cas: authority.trusted_user_ca_lines(),
         revoked_serials: serials.join(" "),
     }
 }

@@ -11,7 +11,6 @@ use crate::auth::Grant;
 use crate::contract::{LoginRequest, LoginResponse, Me};
 use crate::store::User;
 use crate::terminal::protocol::TOKEN_SUBPROTOCOL_PREFIX;
-use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::grant;
 use linkops_reconcilers::role::Role;
 
@@ -47,9 +46,10 @@ pub struct Authenticated(pub User, pub Grant);
 
 impl Authenticated {
     /// What the user may do where: their account's role over the whole fleet,
-    /// and what `access.yaml` in `desired` gives them.
-    pub fn grants(&self, desired: Option<&DesiredState>) -> Vec<grant::Grant> {
-        let given = desired.map_or(&[][..], |desired| &desired.grants);
+    /// and what `access.yaml` in the desired state in force gives them.
+    pub fn grants(&self, state: &AppState) -> Vec<grant::Grant> {
+        let desired = state.git.desired().borrow().clone();
+        let given = desired.as_ref().map_or(&[][..], |desired| &desired.grants);
         std::iter::once(grant::Grant::fleet(self.0.role))
             .chain(grant::held_by(given, &self.0.name, &[]))
             .collect()

@@ -13,6 +13,7 @@ use crate::contract::{
 };
 use crate::ssh::ca::PublicKey;
 use linkops_reconcilers::certificate::Revocation;
+use linkops_reconcilers::trust::RotationWait;
 
 /// The host certificates `GET /api/ca` lists at most.
 const HOST_CERTIFICATES_SHOWN: usize = 1_000;
@@ -37,15 +38,11 @@ async fn view(state: &AppState) -> Result<CaView, ApiError> {
         .await?;
     let rotation = match authority.next_user_public() {
         None => None,
-        Some(next) => {
-            let facts = authority::trust_facts(authority, &state.revocations);
-            let desired = state.git.desired().borrow().clone();
-            Some(RotationView {
-                next_user_ca: line(&next),
-                next_user_ca_fingerprint: fingerprint(&next),
-                waiting_for: authority::rotation_waits_now(desired, &state.store, &facts).await?,
-            })
-        }
+        Some(next) => Some(RotationView {
+            next_user_ca: line(&next),
+            next_user_ca_fingerprint: fingerprint(&next),
+            waiting_for: rotation_waits(state).await?,
+        }),
     };
     let since = authority.user_ca_since();
     Ok(CaView {
@@ -82,9 +79,7 @@ pub async fn rotate(
     };
     let waits = match step {
         RotationStep::Finish { .. } if state.authority.next_user_public().is_some() => {
-            let facts = authority::trust_facts(&state.authority, &state.revocations);
-            let desired = state.git.desired().borrow().clone();
-            authority::rotation_waits_now(desired, &state.store, &facts).await?
+            rotation_waits(&state).await?
         }
         _ => Vec::new(),
     };
@@ -93,6 +88,13 @@ pub async fn rotate(
         .map_err(refused)?;
     state.controller.trust_changed(&[]).await;
     Ok(Json(view(&state).await?))
+}
+
+/// The machines the rotation under way waits for, as things stand now.
+async fn rotation_waits(state: &AppState) -> Result<Vec<RotationWait>, ApiError> {
+    let facts = authority::trust_facts(&state.authority, &state.revocations);
+    let desired = state.git.desired().borrow().clone();
+    Ok(authority::rotation_waits_now(desired, &state.store, &facts).await?)
 }
 
 /// `POST /api/ca/host-certificates` (admin; audited)

@@ -65,8 +65,7 @@ pub async fn run(
     caller: Authenticated,
     Json(body): Json<RunBody>,
 ) -> Result<(StatusCode, Json<OperationView>), ApiError> {
-    let desired = state.git.desired().borrow().clone();
-    let grants = caller.grants(desired.as_deref());
+    let grants = caller.grants(&state);
     let by = Caller {
         name: &caller.0.name,
         grants: &grants,
@@ -111,8 +110,7 @@ pub async fn retry(
     caller: Authenticated,
     Path(id): Path<u64>,
 ) -> Result<(StatusCode, Json<OperationView>), ApiError> {
-    let desired = state.git.desired().borrow().clone();
-    let grants = caller.grants(desired.as_deref());
+    let grants = caller.grants(&state);
     let by = Caller {
         name: &caller.0.name,
         grants: &grants,

@@ -134,17 +134,25 @@ impl Controller {
         desired.ok_or(RunError::NothingApplied)
     }
 
-    /// Where a run goes. Nothing starts on a suspended machine (the whole run
+    /// Where a run goes: nowhere unless `grants` permit its script on every
+    /// machine it selects. Nothing starts on a suspended machine (the whole run
     /// is refused when nothing it selects may start). Right after a start or an
     /// inventory change a target may not have been checked yet: it is checked
     /// now rather than skipped as "not checked yet".
     async fn placed(
         &self,
         desired: &DesiredState,
-        targets: &Targets,
+        resolved: &ask::Resolved<'_>,
+        grants: &[Grant],
     ) -> Result<Vec<HostPlan>, RunError> {
-        let held = self.held().await?;
+        let targets = &resolved.targets;
         let selected = targets.select(&desired.machines);
+        let machines: Vec<_> = selected
+            .iter()
+            .filter_map(|id| desired.machine(id))
+            .collect();
+        grant::permits_run(grants, &resolved.script.id, &machines).map_err(RunError::NotGranted)?;
+        let held = self.held().await?;
         if let Some(reason) = run::refused_by_suspension(&held, &selected) {
             return Err(RunError::Conflict(format!("nothing was started: {reason}")));
         }
@@ -167,9 +175,8 @@ impl Controller {
         Ok(HostPlan::from_placements(placements))
     }
 
-    /// Places `resolved` and starts it as asked by user `by` (at most
+    /// Places `resolved` and starts it as asked by `by` (at most
     /// `concurrency` machines at once; retrying operation `retry_of`).
-    /// Starts `resolved` for `by`, once their grants reach every machine it selects.
     async fn start(
         &self,
         desired: &DesiredState,
@@ -178,17 +185,11 @@ impl Controller {
         concurrency: Option<usize>,
         retry_of: Option<u64>,
     ) -> Result<Operation, RunError> {
-        let selected = resolved.targets.select(&desired.machines);
-        let machines: Vec<_> = selected
-            .iter()
-            .filter_map(|id| desired.machine(id))
-            .collect();
-        grant::permits_run(by.grants, &resolved.script.id, &machines)
-            .map_err(RunError::NotGranted)?;
+        let hosts = self.placed(desired, &resolved, by.grants).await?;
         let plan = Plan {
             script: resolved.script.clone(),
             params: resolved.params,
-            hosts: self.placed(desired, &resolved.targets).await?,
+            hosts,
             requested_by: Requester::User {
                 name: by.name.into(),
             },

@@ -151,6 +151,24 @@ struct UserCas {
     signing: PrivateKey,
     since: Option<SystemTime>,
     next: Option<PrivateKey>,
+    /// Both public halves as machines trust them, an OpenSSH line each: told
+    /// to every script, so made once per change, not per command.
+    trusted: String,
+}
+
+impl UserCas {
+    fn new(signing: PrivateKey, since: Option<SystemTime>, next: Option<PrivateKey>) -> UserCas {
+        let trusted = std::iter::once(&signing)
+            .chain(&next)
+            .map(|key| format!("{}\n", key.public_key().to_openssh().unwrap_or_default()))
+            .collect();
+        UserCas {
+            signing,
+            since,
+            next,
+            trusted,
+        }
+    }
 }
 
 impl Authority {
@@ -193,12 +211,20 @@ impl Authority {
 
     /// What machines trust to accept the daemon's logins (`TrustedUserCAKeys`):
     /// the user CA, and the next one while a rotation is under way.
-    pub fn trusted_user_cas(&self) -> Vec<PublicKey> {
+    #[cfg(test)]
+    fn trusted_user_cas(&self) -> Vec<PublicKey> {
         let cas = self.user_cas();
         std::iter::once(&cas.signing)
             .chain(&cas.next)
             .map(|key| key.public_key().clone())
             .collect()
+    }
+
+    /// What machines trust to accept the daemon's logins, as their
+    /// `TrustedUserCAKeys` file holds it: the user CA, and the next one while
+    /// a rotation is under way, an OpenSSH line each.
+    pub fn trusted_user_ca_lines(&self) -> String {
+        self.user_cas().trusted.clone()
     }
 
     /// A fingerprint of the user CA, for replicas to check they share it: the
@@ -218,10 +244,10 @@ impl Authority {
         self.user_cas().since
     }
 
-    /// (Blocking: it writes a key file.) Begins a rotation of the user CA: the next key is read from
-    /// `<user CA key>.next` (one the operator made there) or made there. Both
-    /// are trusted from now on; the current one still signs. Under way
-    /// already: the same next key.
+    /// Begins a rotation of the user CA: the next key is read from
+    /// `<user CA key>.next` (one the operator made there) or made there
+    /// (blocking file I/O). Both are trusted from now on; the current one
+    /// still signs. Under way already: the same next key.
     pub fn begin_rotation(&self) -> Result<PublicKey, Error> {
         let mut user = self
             .user
@@ -232,11 +258,7 @@ impl Authority {
         }
         let next = load_or_create(&self.next_user_path(), "linkops user CA")?;
         let public = next.public_key().clone();
-        *user = Arc::new(UserCas {
-            signing: user.signing.clone(),
-            since: user.since,
-            next: Some(next),
-        });
+        *user = Arc::new(UserCas::new(user.signing.clone(), user.since, Some(next)));
         Ok(public)
     }
 
@@ -269,11 +291,7 @@ impl Authority {
         std::fs::rename(&next_path, &self.user_path).map_err(failed)?;
         std::fs::rename(public_path(&next_path), public_path(&self.user_path)).map_err(failed)?;
         let public = next.public_key().clone();
-        *user = Arc::new(UserCas {
-            signing: next,
-            since: Some(now),
-            next: None,
-        });
+        *user = Arc::new(UserCas::new(next, Some(now), None));
         Ok(public)
     }
 
@@ -357,29 +375,30 @@ fn key_check(key: &PublicKey) -> u64 {
 fn read_user_cas(path: &Path) -> Result<UserCas, Error> {
     let next = next_path(path);
     let signing = load_or_create(path, "linkops user CA")?;
-    Ok(UserCas {
-        signing,
-        since: std::fs::metadata(path)
-            .and_then(|metadata| metadata.modified())
-            .ok(),
-        next: match next.exists() {
-            true => Some(load_or_create(&next, "linkops user CA")?),
-            false => None,
-        },
-    })
+    let since = std::fs::metadata(path)
+        .and_then(|metadata| metadata.modified())
+        .ok();
+    let next = match next.exists() {
+        true => Some(load_or_create(&next, "linkops user CA")?),
+        false => None,
+    };
+    Ok(UserCas::new(signing, since, next))
 }
 
+/// Where the next user CA rotates in beside the current one: `<path>.next`.
 fn next_path(user_path: &Path) -> PathBuf {
-    let mut path = user_path.as_os_str().to_owned();
-    path.push(".next");
-    PathBuf::from(path)
+    with_suffix(user_path, ".next")
 }
 
 /// A key's public half beside it: `<path>.pub`.
 fn public_path(path: &Path) -> PathBuf {
-    let mut public = path.as_os_str().to_owned();
-    public.push(".pub");
-    PathBuf::from(public)
+    with_suffix(path, ".pub")
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut named = path.as_os_str().to_owned();
+    named.push(suffix);
+    PathBuf::from(named)
 }
 
 /// What goes in a certificate, user or host.
