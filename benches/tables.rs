@@ -69,11 +69,11 @@ fn history(store: &Store) {
 
 fn time(store: &Store, name: &str, body: Value) {
     let request: QueryRequest = serde_json::from_value(body).unwrap();
-    let page = tables::run(store, &request).unwrap();
+    let page = tables::run(store, &request, &|_| true).unwrap();
     let mut times: Vec<Duration> = (0..RUNS)
         .map(|_| {
             let started = Instant::now();
-            let page = tables::run(store, &request).unwrap();
+            let page = tables::run(store, &request, &|_| true).unwrap();
             std::hint::black_box(page.rows_json());
             started.elapsed()
         })
@@ -128,7 +128,7 @@ fn main() {
         json!({ "table": "operations", "sort": newest, "limit": 1000, "offset": 50_000 }),
     )
     .unwrap();
-    let deep_page = tables::run(&store, &deep).unwrap();
+    let deep_page = tables::run(&store, &deep, &|_| true).unwrap();
     let cursor = deep_page.next_cursor.unwrap();
     time(
         &store,

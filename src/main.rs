@@ -8,7 +8,7 @@ use linkops::client::{self, Client};
 use linkops::config::Config;
 use linkops::offline::{self, PasswordSource};
 use linkops_reconcilers::operation::OperationState;
-use linkops_reconcilers::role::Role;
+use linkops_reconcilers::role::AccountRole;
 
 /// LinkOps keeps a fleet of Linux machines in the state a Git repository describes.
 ///
@@ -306,9 +306,10 @@ enum UserCommand {
     /// Create a user. Prints a generated password unless --password-stdin is given.
     Add {
         name: String,
-        /// viewer (read), operator (+ run, stop, terminals, verify) or admin (+ users, sync).
+        /// Over the whole fleet: viewer (read), operator (+ run, stop, terminals,
+        /// verify) or admin (+ users, sync); or none: only what access.yaml gives.
         #[arg(long, default_value = "viewer")]
-        role: Role,
+        role: AccountRole,
         #[command(flatten)]
         password: PasswordArgs,
     },
@@ -321,8 +322,8 @@ enum UserCommand {
     /// Change a user's role (the last admin cannot be demoted).
     Role {
         name: String,
-        /// viewer, operator or admin.
-        role: Role,
+        /// none, viewer, operator or admin.
+        role: AccountRole,
     },
     /// Delete a user; their tokens stop working. Their records and recordings stay.
     #[command(alias = "rm")]

@@ -13,7 +13,7 @@ use linkops_reconcilers::desired;
 use crate::auth::password;
 use crate::config::Config;
 use crate::store::{Actor, Store};
-use linkops_reconcilers::role::Role;
+use linkops_reconcilers::role::AccountRole;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -108,13 +108,13 @@ pub enum PasswordSource {
 pub fn add_user(
     config: &Config,
     name: &str,
-    role: Role,
+    role: AccountRole,
     source: PasswordSource,
 ) -> Result<(), Error> {
     validate_name(name)?;
     let store = open_store(config)?;
     let (password, generated) = obtain_password(source)?;
-    store.create_user(name, role, &password::hash(&password)?, &Actor::Cli)?;
+    store.create_user(name, role.0, &password::hash(&password)?, &Actor::Cli)?;
     report(name, &password, generated, "created");
     Ok(())
 }
@@ -129,10 +129,10 @@ pub fn set_password(config: &Config, name: &str, source: PasswordSource) -> Resu
 }
 
 /// `linkops user role NAME ROLE`
-pub fn change_role(config: &Config, name: &str, role: Role) -> Result<(), Error> {
+pub fn change_role(config: &Config, name: &str, role: AccountRole) -> Result<(), Error> {
     let store = open_store(config)?;
-    let user = crate::auth::change_role(&store, &Actor::Cli, name, role)?;
-    println!("user {} is now {}", user.name, user.role);
+    let user = crate::auth::change_role(&store, &Actor::Cli, name, role.0)?;
+    println!("user {} is now {}", user.name, AccountRole(user.role));
     Ok(())
 }
 
@@ -142,7 +142,8 @@ pub fn remove_user(config: &Config, name: &str) -> Result<(), Error> {
     let deleted = crate::auth::delete_user(&store, &Actor::Cli, name)?;
     println!(
         "user {} ({}) removed; the name stays retired",
-        deleted.user.name, deleted.user.role
+        deleted.user.name,
+        AccountRole(deleted.user.role)
     );
     Ok(())
 }

@@ -76,7 +76,12 @@ pub fn private_data_dir(data: &Path, key: &Path, known_hosts: &str) {
 fn create_admin(store: &Store) {
     let hash = password::hash(ADMIN_PASSWORD).unwrap();
     store
-        .create_user("admin", Role::Admin, &hash, &linkops::store::Actor::Cli)
+        .create_user(
+            "admin",
+            Some(Role::Admin),
+            &hash,
+            &linkops::store::Actor::Cli,
+        )
         .ok();
 }
 

@@ -6,8 +6,6 @@
 //! account and of their groups; [`permits`] decides each thing they ask for
 //! from those grants and the machines it touches, and says what was missing.
 
-use std::collections::BTreeSet;
-
 use serde::{Deserialize, Serialize};
 
 use crate::machine::Machine;
@@ -39,16 +37,45 @@ impl Scope {
         self.tags.is_empty() && self.machines.is_empty() && self.scripts.is_empty()
     }
 
+    /// Whether it reaches every machine.
+    pub fn is_whole_fleet(&self) -> bool {
+        self.tags.is_empty() && self.machines.is_empty()
+    }
+
     /// Whether it reaches `machine`.
-    pub fn covers(&self, machine: &Machine) -> bool {
-        (self.tags.is_empty() && self.machines.is_empty())
-            || self.machines.contains(&machine.id)
+    pub fn covers(&self, machine: Place) -> bool {
+        self.is_whole_fleet()
+            || self.machines.iter().any(|id| id == machine.id)
             || machine.tags.iter().any(|tag| self.tags.contains(tag))
     }
 
     /// Whether it may run `script`.
     pub fn runs(&self, script: &str) -> bool {
         self.scripts.is_empty() || self.scripts.iter().any(|s| s == script)
+    }
+}
+
+/// A machine as grants see it: its id and tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place<'a> {
+    pub id: &'a str,
+    pub tags: &'a [String],
+}
+
+impl<'a> Place<'a> {
+    /// A machine no longer in the inventory: only grants over the whole
+    /// fleet or naming its id reach its records.
+    pub fn gone(id: &'a str) -> Place<'a> {
+        Place { id, tags: &[] }
+    }
+}
+
+impl<'a> From<&'a Machine> for Place<'a> {
+    fn from(machine: &'a Machine) -> Place<'a> {
+        Place {
+            id: &machine.id,
+            tags: &machine.tags,
+        }
     }
 }
 
@@ -108,7 +135,7 @@ impl std::fmt::Display for Given {
         }
         write!(f, "{}", self.grant.role)?;
         let scope = &self.grant.scope;
-        if scope.tags.is_empty() && scope.machines.is_empty() {
+        if scope.is_whole_fleet() {
             f.write_str(" on the whole fleet")?;
         }
         for (what, items) in [
@@ -140,14 +167,15 @@ pub fn held_by(given: &[Given], user: &str, groups: &[String]) -> Vec<Grant> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need<'a> {
     /// See a machine: its status, its part of operations, their output.
-    See(&'a Machine),
+    See(Place<'a>),
     /// Run `script` on a machine (or stop it there, retry it).
-    Run {
-        script: &'a str,
-        machine: &'a Machine,
-    },
+    Run { script: &'a str, machine: Place<'a> },
+    /// Check a machine now (reachability, enrollment): no script runs.
+    Check(Place<'a>),
     /// Open a shell on a machine: any command, so only a grant of every script.
-    Terminal(&'a Machine),
+    Terminal(Place<'a>),
+    /// Keep terminal workspaces: a terminal somewhere.
+    Workspaces,
     /// Change the daemon itself (users, syncs, the CA): an admin of the whole fleet.
     Administer,
 }
@@ -186,6 +214,11 @@ pub fn permits(grants: &[Grant], need: Need) -> Result<(), Refusal> {
             }),
             format!("machine {} for script {script}", machine.id),
         ),
+        Need::Check(machine) => (
+            Role::Operator,
+            held(Role::Operator, &|scope| scope.covers(machine)),
+            format!("machine {}", machine.id),
+        ),
         Need::Terminal(machine) => (
             Role::Operator,
             held(Role::Operator, &|scope| {
@@ -195,6 +228,11 @@ pub fn permits(grants: &[Grant], need: Need) -> Result<(), Refusal> {
                 "machine {} for every script (a terminal runs anything)",
                 machine.id
             ),
+        ),
+        Need::Workspaces => (
+            Role::Operator,
+            held(Role::Operator, &|scope| scope.scripts.is_empty()),
+            "some machine for every script (terminals run anything)".to_owned(),
         ),
         Need::Administer => (
             Role::Admin,
@@ -210,11 +248,11 @@ pub fn permits(grants: &[Grant], need: Need) -> Result<(), Refusal> {
 
 /// Whether `grants` permit running `script` on every machine of `machines`;
 /// else what is needed on those where they do not.
-pub fn permits_run(grants: &[Grant], script: &str, machines: &[&Machine]) -> Result<(), Refusal> {
+pub fn permits_run(grants: &[Grant], script: &str, machines: &[Place]) -> Result<(), Refusal> {
     let refused: Vec<&str> = machines
         .iter()
-        .filter(|machine| permits(grants, Need::Run { script, machine }).is_err())
-        .map(|machine| machine.id.as_str())
+        .filter(|&&machine| permits(grants, Need::Run { script, machine }).is_err())
+        .map(|machine| machine.id)
         .collect();
     match refused.as_slice() {
         [] => Ok(()),
@@ -229,13 +267,31 @@ pub fn permits_run(grants: &[Grant], script: &str, machines: &[&Machine]) -> Res
     }
 }
 
-/// The machines of `machines` that `grants` let one see, by id.
-pub fn visible<'a>(grants: &[Grant], machines: &'a [Machine]) -> BTreeSet<&'a str> {
-    machines
-        .iter()
-        .filter(|machine| permits(grants, Need::See(machine)).is_ok())
-        .map(|machine| machine.id.as_str())
-        .collect()
+/// What someone may see of the fleet, decided once from their grants and
+/// asked per machine (lists, streams and tables filter by it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sight {
+    /// Every machine: a grant over the whole fleet.
+    Fleet,
+    /// The machines these scopes reach (every grant lets its holder see).
+    Scopes(Vec<Scope>),
+}
+
+impl Sight {
+    pub fn of(grants: &[Grant]) -> Sight {
+        if grants.iter().any(|grant| grant.scope.is_whole_fleet()) {
+            Sight::Fleet
+        } else {
+            Sight::Scopes(grants.iter().map(|grant| grant.scope.clone()).collect())
+        }
+    }
+
+    pub fn sees(&self, machine: Place) -> bool {
+        match self {
+            Sight::Fleet => true,
+            Sight::Scopes(scopes) => scopes.iter().any(|scope| scope.covers(machine)),
+        }
+    }
 }
 
 /// The highest role any grant gives, anywhere (what the console's menus offer).
@@ -276,19 +332,19 @@ mod tests {
             (
                 "sees its tag",
                 vec![web_operator.clone()],
-                Need::See(&web),
+                Need::See(Place::from(&web)),
                 Ok(()),
             ),
             (
                 "not another tag",
                 vec![web_operator.clone()],
-                Need::See(&db),
+                Need::See(Place::from(&db)),
                 Err("viewer on machine db-1"),
             ),
             (
                 "a viewer everywhere sees all",
                 team.to_vec(),
-                Need::See(&db),
+                Need::See(Place::from(&db)),
                 Ok(()),
             ),
             (
@@ -296,7 +352,7 @@ mod tests {
                 team.to_vec(),
                 Need::Run {
                     script: "deploy",
-                    machine: &web,
+                    machine: Place::from(&web),
                 },
                 Ok(()),
             ),
@@ -305,7 +361,7 @@ mod tests {
                 team.to_vec(),
                 Need::Run {
                     script: "wipe",
-                    machine: &web,
+                    machine: Place::from(&web),
                 },
                 Err("operator on machine web-1 for script wipe"),
             ),
@@ -314,7 +370,7 @@ mod tests {
                 team.to_vec(),
                 Need::Run {
                     script: "deploy",
-                    machine: &db,
+                    machine: Place::from(&db),
                 },
                 Err("operator on machine db-1 for script deploy"),
             ),
@@ -323,26 +379,32 @@ mod tests {
                 vec![viewer_everywhere.clone()],
                 Need::Run {
                     script: "deploy",
-                    machine: &web,
+                    machine: Place::from(&web),
                 },
                 Err("operator on machine web-1 for script deploy"),
             ),
             (
+                "a check runs no script",
+                team.to_vec(),
+                Need::Check(Place::from(&web)),
+                Ok(()),
+            ),
+            (
                 "scripts limit terminals out",
                 team.to_vec(),
-                Need::Terminal(&web),
+                Need::Terminal(Place::from(&web)),
                 Err("operator on machine web-1 for every script (a terminal runs anything)"),
             ),
             (
                 "a machine by id, every script",
                 vec![lone_operator.clone()],
-                Need::Terminal(&lone),
+                Need::Terminal(Place::from(&lone)),
                 Ok(()),
             ),
             (
                 "an id reaches only that machine",
                 vec![lone_operator.clone()],
-                Need::See(&web),
+                Need::See(Place::from(&web)),
                 Err("viewer on machine web-1"),
             ),
             (
@@ -354,8 +416,20 @@ mod tests {
             (
                 "but operates its tag",
                 vec![web_admin.clone()],
-                Need::Terminal(&web),
+                Need::Terminal(Place::from(&web)),
                 Ok(()),
+            ),
+            (
+                "workspaces need a terminal somewhere",
+                vec![lone_operator.clone()],
+                Need::Workspaces,
+                Ok(()),
+            ),
+            (
+                "which a scripts-bound grant is not",
+                team.to_vec(),
+                Need::Workspaces,
+                Err("operator on some machine for every script (terminals run anything)"),
             ),
             (
                 "an admin of the fleet administers",
@@ -366,7 +440,7 @@ mod tests {
             (
                 "no grants, nothing",
                 vec![],
-                Need::See(&lone),
+                Need::See(Place::from(&lone)),
                 Err("viewer on machine lone"),
             ),
         ];
@@ -385,13 +459,18 @@ mod tests {
             machine("db-1", &["db"]),
         );
         let grants = [on(Role::Operator, &["web"], &[], &["deploy"])];
-        assert_eq!(permits_run(&grants, "deploy", &[&web, &web2]), Ok(()));
-        let refused = permits_run(&grants, "deploy", &[&web, &db]).unwrap_err();
+        assert_eq!(
+            permits_run(&grants, "deploy", &[Place::from(&web), Place::from(&web2)]),
+            Ok(())
+        );
+        let refused =
+            permits_run(&grants, "deploy", &[Place::from(&web), Place::from(&db)]).unwrap_err();
         assert_eq!(
             refused.to_string(),
             "this needs operator on machine db-1 for script deploy"
         );
-        let refused = permits_run(&grants, "wipe", &[&web, &web2]).unwrap_err();
+        let refused =
+            permits_run(&grants, "wipe", &[Place::from(&web), Place::from(&web2)]).unwrap_err();
         assert_eq!(
             refused.to_string(),
             "this needs operator on machines web-1, web-2 for script wipe"
@@ -409,9 +488,16 @@ mod tests {
             on(Role::Operator, &["web"], &[], &["deploy"]),
             on(Role::Viewer, &[], &["db-1"], &[]),
         ];
-        let seen: Vec<&str> = visible(&grants, &machines).into_iter().collect();
-        assert_eq!(seen, ["db-1", "web-1", "web-2"]);
-        assert_eq!(visible(&grants[1..], &machines).len(), 1);
+        let seen = |sight: &Sight| {
+            let seen = machines.iter().filter(|m| sight.sees(Place::from(*m)));
+            seen.map(|m| m.id.as_str()).collect::<Vec<_>>()
+        };
+        assert_eq!(seen(&Sight::of(&grants)), ["web-1", "web-2", "db-1"]);
+        assert_eq!(seen(&Sight::of(&grants[1..])), ["db-1"]);
+        assert!(!Sight::of(&grants).sees(Place::gone("old-web")));
+        let everywhere = [grants[0].clone(), Grant::fleet(Role::Viewer)];
+        assert_eq!(Sight::of(&everywhere), Sight::Fleet);
+        assert!(Sight::of(&everywhere).sees(Place::gone("old-web")));
         assert_eq!(highest_role(&grants), Some(Role::Operator));
         assert_eq!(highest_role(&[]), None);
     }

@@ -1,5 +1,7 @@
 //! `/api/auth`: login, and the extractor that authenticates every other request.
 
+use std::sync::Arc;
+
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Uri, header};
@@ -7,11 +9,13 @@ use axum::http::{HeaderMap, Uri, header};
 use super::extract::Json;
 
 use super::{ApiError, AppState};
-use crate::auth::Grant;
+use crate::auth::Session;
 use crate::contract::{LoginRequest, LoginResponse, Me};
 use crate::store::User;
 use crate::terminal::protocol::TOKEN_SUBPROTOCOL_PREFIX;
-use linkops_reconcilers::grant;
+use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::grant::{self, Grant, Need, Place, Refusal, Sight};
+use linkops_reconcilers::operation::OperationEvent;
 use linkops_reconcilers::role::Role;
 
 /// `POST /api/auth/login`
@@ -33,35 +37,130 @@ pub async fn login(
 
 /// `GET /api/auth/me`: who the token belongs to.
 #[utoipa::path(get, path = "/api/auth/me", tag = "auth", responses((status = 200, description = "Who the token belongs to", body = Me)))]
-pub async fn me(Authenticated(user, _): Authenticated) -> Json<Me> {
+pub async fn me(State(state): State<AppState>, caller: Authenticated) -> Json<Me> {
+    let grants = caller.grants(&state);
+    let user = caller.signed_in();
     Json(Me {
-        username: user.name,
+        username: user.name.clone(),
         role: user.role,
+        grants,
     })
 }
 
-/// The user behind a request's bearer token, and what the token grants
-/// (for long-lived answers to re-check); rejects with 401 otherwise.
-pub struct Authenticated(pub User, pub Grant);
+/// The user behind a request's bearer token, and their session (for
+/// long-lived answers to re-check); rejects with 401 otherwise.
+///
+/// Every handler that takes one says what it checks, through one of its
+/// methods: [`signed_in`](Self::signed_in) (anyone signed in),
+/// [`may`](Self::may) and [`administers`](Self::administers) (a need decided
+/// by `reconcilers::grant`), [`reach`](Self::reach) (reads filtered to what
+/// the grants see), or [`grants`](Self::grants) handed to the service that
+/// decides (a run's machines are known only once selected).
+pub struct Authenticated {
+    pub user: User,
+    pub session: Session,
+}
 
 impl Authenticated {
-    /// What the user may do where: their account's role over the whole fleet,
-    /// and what `access.yaml` in the desired state in force gives them.
-    pub fn grants(&self, state: &AppState) -> Vec<grant::Grant> {
-        let desired = state.git.desired().borrow().clone();
-        let given = desired.as_ref().map_or(&[][..], |desired| &desired.grants);
-        std::iter::once(grant::Grant::fleet(self.0.role))
-            .chain(grant::held_by(given, &self.0.name, &[]))
-            .collect()
+    /// What any signed-in person may do: no grant is asked for.
+    pub fn signed_in(&self) -> &User {
+        &self.user
     }
 
-    /// Refuses with 403 unless the user has at least `role`.
-    pub fn require(&self, role: Role) -> Result<&User, ApiError> {
-        if self.0.role >= role {
-            Ok(&self.0)
-        } else {
-            Err(ApiError::Forbidden { needed: role })
+    /// What the user may do where, by the desired state in force.
+    pub fn grants(&self, state: &AppState) -> Vec<Grant> {
+        crate::auth::grants(&self.user, state.git.desired().borrow().as_deref())
+    }
+
+    /// Refuses with 403, naming the grant it would take, unless the user's
+    /// grants permit `need`.
+    pub fn may(&self, state: &AppState, need: Need) -> Result<&User, ApiError> {
+        grant::permits(&self.grants(state), need).map_err(ApiError::NotGranted)?;
+        Ok(&self.user)
+    }
+
+    /// Refuses with 403 unless the user administers the whole fleet.
+    pub fn administers(&self, state: &AppState) -> Result<&User, ApiError> {
+        self.may(state, Need::Administer)
+    }
+
+    /// What the user's grants reach of the inventory in force.
+    pub fn reach(&self, state: &AppState) -> Reach {
+        let desired = state.git.desired().borrow().clone();
+        let grants = crate::auth::grants(&self.user, desired.as_deref());
+        Reach {
+            sight: Sight::of(&grants),
+            grants,
+            desired,
         }
+    }
+
+    /// Completes when the user may no longer keep a long-lived answer: their
+    /// session ended, or `still` no longer holds of their grants.
+    pub fn lost<Still: Fn(&[Grant]) -> bool + Send + 'static>(
+        &self,
+        state: &AppState,
+        still: Still,
+    ) -> impl Future<Output = ()> + Send + use<Still> {
+        (state.auth).lost(self.session.clone(), state.git.desired(), still)
+    }
+}
+
+/// What a user's grants reach, asked of machines by id against the
+/// inventory in force (a machine no longer in it is reached only by a grant
+/// over the whole fleet or naming its id).
+pub struct Reach {
+    grants: Vec<Grant>,
+    sight: Sight,
+    desired: Option<Arc<DesiredState>>,
+}
+
+impl Reach {
+    pub fn grants(&self) -> &[Grant] {
+        &self.grants
+    }
+
+    /// The machines it sees, decided per machine.
+    pub fn sight(&self) -> &Sight {
+        &self.sight
+    }
+
+    /// Machine `id` as grants see it.
+    pub fn place<'a>(&'a self, id: &'a str) -> Place<'a> {
+        let machine = self.desired.as_ref().and_then(|d| d.machine(id));
+        machine.map_or(Place::gone(id), Place::from)
+    }
+
+    pub fn sees(&self, id: &str) -> bool {
+        self.sight.sees(self.place(id))
+    }
+
+    /// Refuses with 403 unless it sees at least one of `machines` (an
+    /// operation, a state: each is shown to who sees part of it).
+    pub fn sees_any(&self, machines: &[String]) -> Result<(), ApiError> {
+        if machines.is_empty() || machines.iter().any(|id| self.sees(id)) {
+            return Ok(());
+        }
+        Err(ApiError::NotGranted(Refusal {
+            needed: Role::Viewer,
+            reach: format!("one of machines {}", machines.join(", ")),
+        }))
+    }
+
+    /// Whether an operation's event is about a machine it sees (or the whole operation).
+    pub fn sees_event(&self, event: &OperationEvent) -> bool {
+        match event {
+            OperationEvent::Output { machine_id, .. } | OperationEvent::Host { machine_id, .. } => {
+                self.sees(machine_id)
+            }
+            OperationEvent::Operation { .. } | OperationEvent::End { .. } => true,
+        }
+    }
+
+    /// Refuses with 403 unless it may run `script` on every one of `machines`.
+    pub fn may_run(&self, script: &str, machines: &[String]) -> Result<(), ApiError> {
+        let places: Vec<Place> = machines.iter().map(|id| self.place(id)).collect();
+        grant::permits_run(&self.grants, script, &places).map_err(ApiError::NotGranted)
     }
 }
 
@@ -102,7 +201,7 @@ impl FromRequestParts<AppState> for Authenticated {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = presented_token(&parts.headers, &parts.uri).ok_or(ApiError::Unauthorized)?;
-        let (user, grant) = state.auth.authenticate(token.trim()).await?;
-        Ok(Authenticated(user, grant))
+        let (user, session) = state.auth.authenticate(token.trim()).await?;
+        Ok(Authenticated { user, session })
     }
 }

@@ -2,7 +2,6 @@
 //! certificates signed for enrolling machines.
 
 use axum::extract::State;
-use linkops_reconcilers::role::Role;
 
 use super::auth::Authenticated;
 use super::extract::Json;
@@ -22,9 +21,13 @@ const HOST_CERTIFICATES_SHOWN: usize = 1_000;
 #[utoipa::path(get, path = "/api/ca", tag = "daemon", responses((status = 200, description = "The SSH certificate authority's public keys: the user CA machines trust for the daemon's logins (`TrustedUserCAKeys`), the host CA; the user CA's age and the rotation under way; the host certificates signed and the certificates revoked", body = CaView)))]
 pub async fn authority(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
 ) -> Result<Json<CaView>, ApiError> {
-    Ok(Json(view(&state).await?))
+    let mut view = view(&state).await?;
+    // Host certificates name machines: those of machines the caller sees.
+    let reach = caller.reach(&state);
+    (view.host_certificates).retain(|certificate| reach.sees(&certificate.machine));
+    Ok(Json(view))
 }
 
 async fn view(state: &AppState) -> Result<CaView, ApiError> {
@@ -70,7 +73,7 @@ pub async fn rotate(
     caller: Authenticated,
     Json(request): Json<RotateRequest>,
 ) -> Result<Json<CaView>, ApiError> {
-    let user = caller.require(Role::Admin)?;
+    let user = caller.administers(&state)?;
     let step = match request.finish {
         false => RotationStep::Begin,
         true => RotationStep::Finish {
@@ -107,7 +110,7 @@ pub async fn host_certificate(
     caller: Authenticated,
     Json(request): Json<HostCertificateRequest>,
 ) -> Result<Json<HostCertificateView>, ApiError> {
-    let user = caller.require(Role::Admin)?;
+    let user = caller.administers(&state)?;
     let issued = issue_host_certificate(
         &state.authority,
         &state.store,
@@ -145,7 +148,7 @@ pub async fn revoke(
     caller: Authenticated,
     Json(request): Json<RevokeRequest>,
 ) -> Result<Json<Vec<Revocation>>, ApiError> {
-    let user = caller.require(Role::Admin)?;
+    let user = caller.administers(&state)?;
     let what = match (&request.serial, &request.machine) {
         (Some(serial), None) => {
             Revoke::Serial(serial.trim().parse().map_err(|_| ApiError::Unprocessable {

@@ -14,8 +14,9 @@ use linkops_reconcilers::membership::shares;
 #[utoipa::path(get, path = "/api/cluster", tag = "daemon", responses((status = 200, description = "The live replicas as the answering one sees them: which leads, where each is reached, and the machines, run-requests and states each reconciles", body = ClusterView)))]
 pub async fn status(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
 ) -> Result<Json<ClusterView>, ApiError> {
+    caller.signed_in();
     let shared = state.store.is_shared();
     let (members, leader) = state
         .store

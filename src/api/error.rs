@@ -13,9 +13,6 @@ use crate::{auth, store};
 #[derive(Debug)]
 pub enum ApiError {
     Unauthorized,
-    Forbidden {
-        needed: linkops_reconcilers::role::Role,
-    },
     /// The caller's grants do not reach what the request touches.
     NotGranted(linkops_reconcilers::grant::Refusal),
     /// A browser page from an origin not allowed to open terminals.
@@ -145,12 +142,6 @@ impl IntoResponse for ApiError {
                 ErrorCode::Unauthorized,
                 "a valid bearer token is required".into(),
                 None,
-            ),
-            ApiError::Forbidden { needed } => (
-                StatusCode::FORBIDDEN,
-                ErrorCode::Forbidden,
-                format!("this needs the {needed} role"),
-                Some(json!({ "required_role": needed })),
             ),
             ApiError::NotGranted(refusal) => (
                 StatusCode::FORBIDDEN,

@@ -15,9 +15,9 @@ use crate::contract::{
 use crate::git::sync::Trigger;
 use crate::git::webhook::{self, Triage};
 use crate::store::{self, DeliveryClaim, SyncRecord};
+use linkops_reconcilers::grant::Place;
 use linkops_reconcilers::outbox::FORGE;
 use linkops_reconcilers::plan::BranchWork;
-use linkops_reconcilers::role::Role;
 
 /// Largest webhook body accepted; push payloads are a few KiB.
 pub const WEBHOOK_BODY_LIMIT: usize = 1 << 20;
@@ -51,12 +51,17 @@ impl From<SyncRecord> for SyncView {
 #[utoipa::path(get, path = "/api/desired", tag = "git", responses((status = 200, description = "The desired state in force: machines, scripts, run-requests", body = linkops_reconcilers::desired::DesiredState), (status = 409, description = "No revision applied yet", body = crate::contract::ErrorBody)))]
 pub async fn desired(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
 ) -> Result<Json<linkops_reconcilers::desired::DesiredState>, ApiError> {
+    let reach = caller.reach(&state);
     let desired = state.git.desired().borrow().clone();
-    desired.map(|d| Json((*d).clone())).ok_or_else(|| {
+    let mut desired = desired.map(|d| (*d).clone()).ok_or_else(|| {
         ApiError::NotConfigured("no revision has been applied yet: see GET /api/git/status".into())
-    })
+    })?;
+    // The inventory as far as the caller sees; the catalog, run-requests,
+    // states and grants are the repository's, read alike by everyone.
+    (desired.machines).retain(|machine| reach.sight().sees(Place::from(machine)));
+    Ok(Json(desired))
 }
 
 /// Commit statuses waiting (and given up on) that `GET /api/git/status` shows.
@@ -103,7 +108,7 @@ pub async fn status(
     // Only the forge's messages (the oldest waiting, the newest given up on):
     // the rest is at /api/notifications. What the forge answered (redacted)
     // is for admins, as the outbox is.
-    let admin = caller.require(Role::Admin).is_ok();
+    let admin = caller.administers(&state).is_ok();
     let forge = |messages: Vec<linkops_reconcilers::outbox::Queued>| {
         messages
             .into_iter()
@@ -135,7 +140,7 @@ pub async fn sync(
     State(state): State<AppState>,
     caller: Authenticated,
 ) -> Result<Json<SyncView>, ApiError> {
-    let user = caller.require(Role::Admin)?;
+    let user = caller.administers(&state)?;
     if state.git.source().is_none() {
         return Err(ApiError::NotConfigured(
             "no Git source is configured: set [git] url".into(),

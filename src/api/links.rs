@@ -20,7 +20,7 @@ use crate::contract::{
 use crate::fleet::{self, FleetEvent, Page};
 use crate::metrics::Open;
 use crate::store::{Actor, HealthSample};
-use linkops_reconcilers::role::Role;
+use linkops_reconcilers::grant::{Need, Place, Sight};
 
 /// Most machines one page holds.
 const MAX_PAGE: usize = 1000;
@@ -29,15 +29,16 @@ const MAX_PAGE: usize = 1000;
 #[utoipa::path(get, path = "/api/links", tag = "machines", params(MachineQuery), responses((status = 200, description = "Machines of the applied inventory with health, enrollment and conditions, in id order, filtered and paged as asked", body = Vec<MachineView>, headers(("X-Total-Count" = u64, description = "How many machines match, over all pages"), ("Link" = String, description = "`<…>; rel=\"next\"`: the next page, when there is one"))), (status = 422, description = "An unknown state, or a limit out of range; details.field names it", body = crate::contract::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
     Query(query): Query<MachineQuery>,
 ) -> Result<(HeaderMap, Json<Vec<MachineView>>), ApiError> {
     check_query(&query)?;
+    let sight = caller.reach(&state).sight().clone();
     let limit = query.limit.unwrap_or(usize::MAX);
     // Thousands of statuses decoded: off the async runtime.
     let fleet = state.fleet.clone();
     let asked = query.clone();
-    let Page { total, mut views } = crate::blocking::run(move || fleet.page(&asked, limit))
+    let Page { total, mut views } = crate::blocking::run(move || fleet.page(&asked, &sight, limit))
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))??;
     let mut headers = HeaderMap::new();
@@ -97,8 +98,13 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     check_query(&query)?;
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    // A deleted user's stream, or one whose token a password change revoked, ends; so do all when the daemon stops.
-    let revoked = state.auth.revoked(caller.1, Role::Viewer);
+    let sight = caller.reach(&state).sight().clone();
+    // The stream shows what the grants saw when it opened: when that changes
+    // (or the user is deleted, or a password change revoked their token) it
+    // ends, and the client's reconnect gets a snapshot of what it sees now.
+    // All end when the daemon stops.
+    let opened = sight.clone();
+    let revoked = caller.lost(&state, move |grants| Sight::of(grants) == opened);
     let draining = state.draining.clone().cancelled_owned();
     let until = async move {
         tokio::select! {
@@ -107,20 +113,23 @@ pub async fn events(
         }
     };
     let open = Open::new(&state.metrics.sse_clients);
-    let events = state.fleet.follow(query, resume, until).map(move |event| {
-        let _open = &open;
-        let event = match event {
-            FleetEvent::Snapshot { id, snapshot } => Event::default()
-                .event(FleetStreamEvent::Snapshot.name())
-                .id(id)
-                .json_data(snapshot),
-            FleetEvent::Changes { id, changes } => Event::default()
-                .event(FleetStreamEvent::Changes.name())
-                .id(id)
-                .json_data(changes),
-        };
-        Ok(event.expect("machine views serialise"))
-    });
+    let events = state
+        .fleet
+        .follow(query, sight, resume, until)
+        .map(move |event| {
+            let _open = &open;
+            let event = match event {
+                FleetEvent::Snapshot { id, snapshot } => Event::default()
+                    .event(FleetStreamEvent::Snapshot.name())
+                    .id(id)
+                    .json_data(snapshot),
+                FleetEvent::Changes { id, changes } => Event::default()
+                    .event(FleetStreamEvent::Changes.name())
+                    .id(id)
+                    .json_data(changes),
+            };
+            Ok(event.expect("machine views serialise"))
+        });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
@@ -149,10 +158,11 @@ impl From<HealthSample> for HealthPoint {
 #[utoipa::path(get, path = "/api/links/{id}", tag = "machines", params(("id" = String, Path, description = "Machine id")), responses((status = 200, description = "A machine with recent operations and health history", body = MachineDetail)))]
 pub async fn get(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<MachineDetail>, ApiError> {
     let machine = desired_machine(&state, &id)?;
+    caller.may(&state, Need::See(Place::from(&machine)))?;
     let held = state.controller.held().await?;
     let (status, operations, samples) = state
         .store
@@ -178,8 +188,8 @@ pub async fn verify(
     caller: Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<MachineView>, ApiError> {
-    let user = caller.require(Role::Operator)?;
     let machine = desired_machine(&state, &id)?;
+    let user = caller.may(&state, Need::Check(Place::from(&machine)))?;
     if let Some(reason) = state.controller.held().await?.refusal(Some(&id)) {
         return Err(ApiError::Conflict(format!("nothing was checked: {reason}")));
     }

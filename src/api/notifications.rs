@@ -7,7 +7,6 @@ use super::extract::{Json, Query};
 use super::auth::Authenticated;
 use super::{ApiError, AppState};
 use crate::contract::{OutboxQuery, OutboxView};
-use linkops_reconcilers::role::Role;
 
 /// `GET /api/notifications`
 #[utoipa::path(get, path = "/api/notifications", tag = "daemon", params(OutboxQuery), responses((status = 200, description = "Commit statuses and notifications waiting for delivery, and the dead letters (admin)", body = OutboxView)))]
@@ -17,7 +16,7 @@ pub async fn list(
     Query(query): Query<OutboxQuery>,
 ) -> Result<Json<OutboxView>, ApiError> {
     // Admin: what the forge and sinks answered is theirs, whatever it says.
-    caller.require(Role::Admin)?;
+    caller.administers(&state)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let view = state.store.run(move |store| {
         let channel = query.channel.as_deref();

@@ -18,7 +18,7 @@ use linkops_reconcilers::operation::{
 use linkops_reconcilers::script::{ParamValue, Targets};
 use serde_json::Value;
 
-use super::auth::Authenticated;
+use super::auth::{Authenticated, Reach};
 use super::{ApiError, AppState, at};
 use crate::contract::{
     EventsQuery, HistoryQuery, HostEvent, OperationStreamEvent, OperationView, OutputBytes,
@@ -26,7 +26,7 @@ use crate::contract::{
 };
 use crate::metrics::Open;
 use crate::store::Actor;
-use linkops_reconcilers::role::Role;
+use linkops_reconcilers::grant::Sight;
 
 fn operation_view(operation: Operation, hosts: Vec<HostResult>) -> OperationView {
     OperationView {
@@ -46,14 +46,27 @@ async fn recorded(state: &AppState, id: u64) -> Result<(Operation, Vec<HostResul
         .ok_or_else(|| ApiError::NotFound(format!("no operation {id}")))
 }
 
+/// An operation as `reach` may read it: refused unless it sees one of its
+/// machines; the results of those it does not see left out.
+async fn readable(
+    state: &AppState,
+    reach: &Reach,
+    id: u64,
+) -> Result<(Operation, Vec<HostResult>), ApiError> {
+    let (operation, mut hosts) = recorded(state, id).await?;
+    reach.sees_any(&operation.machines)?;
+    hosts.retain(|host| reach.sees(&host.machine_id));
+    Ok((operation, hosts))
+}
+
 /// `GET /api/operations/{id}`
 #[utoipa::path(get, path = "/api/operations/{id}", tag = "operations", params(("id" = u64, Path, description = "Operation id")), responses((status = 200, description = "An operation and its per-machine results", body = OperationView)))]
 pub async fn get(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
     Path(id): Path<u64>,
 ) -> Result<Json<OperationView>, ApiError> {
-    let (operation, hosts) = recorded(&state, id).await?;
+    let (operation, hosts) = readable(&state, &caller.reach(&state), id).await?;
     Ok(Json(operation_view(operation, hosts)))
 }
 
@@ -67,7 +80,7 @@ pub async fn run(
 ) -> Result<(StatusCode, Json<OperationView>), ApiError> {
     let grants = caller.grants(&state);
     let by = Caller {
-        name: &caller.0.name,
+        name: &caller.user.name,
         grants: &grants,
     };
     let mut params = BTreeMap::new();
@@ -112,7 +125,7 @@ pub async fn retry(
 ) -> Result<(StatusCode, Json<OperationView>), ApiError> {
     let grants = caller.grants(&state);
     let by = Caller {
-        name: &caller.0.name,
+        name: &caller.user.name,
         grants: &grants,
     };
     let operation = state.controller.retry(id, by).await?;
@@ -132,10 +145,10 @@ pub async fn stop(
     caller: Authenticated,
     Path(id): Path<u64>,
 ) -> Result<(StatusCode, Json<Stopping>), ApiError> {
-    let user = caller.require(Role::Operator)?;
     let (operation, _) = recorded(&state, id).await?;
+    (caller.reach(&state)).may_run(&operation.script, &operation.machines)?;
     let stopping = (state.controller.operations())
-        .stop_as(id, &Actor::user(&user.name))
+        .stop_as(id, &Actor::user(&caller.user.name))
         .await?;
     if !stopping {
         return Err(ApiError::Conflict(format!(
@@ -150,9 +163,10 @@ pub async fn stop(
 #[utoipa::path(get, path = "/api/operations", tag = "operations", params(HistoryQuery), responses((status = 200, description = "Operations, newest first", body = Vec<OperationView>)))]
 pub async fn list(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<Vec<OperationView>>, ApiError> {
+    let reach = caller.reach(&state);
     let since = query.since.map(|t| t.as_millisecond());
     let operations = state
         .store
@@ -165,6 +179,7 @@ pub async fn list(
                         .is_none_or(|m| operation.machines.contains(m))
                     && query.state.is_none_or(|s| s == operation.state)
                     && since.is_none_or(|since| operation.created_at_ms >= since)
+                    && reach.sees_any(&operation.machines).is_ok()
             })
         })
         .await?;
@@ -180,11 +195,12 @@ pub async fn list(
 #[utoipa::path(get, path = "/api/operations/{id}/output", tag = "operations", params(("id" = u64, Path, description = "Operation id"), OutputQuery), responses((status = 200, description = "Recorded output, paged by event sequence number", body = OutputPage)))]
 pub async fn output(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
     Path(id): Path<u64>,
     Query(query): Query<OutputQuery>,
 ) -> Result<Json<OutputPage>, ApiError> {
-    recorded(&state, id).await?;
+    let reach = caller.reach(&state);
+    readable(&state, &reach, id).await?;
     let limit = query.limit.unwrap_or(1000).min(5000);
     let after = query.after;
     let events = state
@@ -199,7 +215,9 @@ pub async fn output(
                 machine_id,
                 stream,
                 data,
-            } if query.machine.as_ref().is_none_or(|m| *m == machine_id) => {
+            } if query.machine.as_ref().is_none_or(|m| *m == machine_id)
+                && reach.sees(&machine_id) =>
+            {
                 Some(output_chunk(machine_id, stream, &data))
             }
             _ => None,
@@ -222,7 +240,8 @@ pub async fn events(
     headers: HeaderMap,
     Query(query): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    recorded(&state, id).await?;
+    let reach = caller.reach(&state);
+    readable(&state, &reach, id).await?;
     let last = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -231,16 +250,21 @@ pub async fn events(
         .unwrap_or(0);
     let mut followed = state.controller.operations().follow(id, last);
     let open = Open::new(&state.metrics.sse_clients);
-    let events = futures::stream::poll_fn(move |cx| followed.poll_recv(cx)).map(move |live| {
-        let _open = &open;
-        // Encoded once for all the operation's live subscribers.
-        let data = live
-            .encoded
-            .get_or_init(|| event_data(&live.recorded.event));
-        Ok(sse_frame(&live.recorded, data.clone()))
-    });
-    // A deleted user's stream, or one whose token a password change revoked, ends.
-    let revoked = state.auth.revoked(caller.1, Role::Viewer);
+    let opened = reach.sight().clone();
+    let events = futures::stream::poll_fn(move |cx| followed.poll_recv(cx))
+        // Only the machines the caller sees: their output, their results.
+        .filter(move |live| std::future::ready(reach.sees_event(&live.recorded.event)))
+        .map(move |live| {
+            let _open = &open;
+            // Encoded once for all the operation's live subscribers.
+            let data = live
+                .encoded
+                .get_or_init(|| event_data(&live.recorded.event));
+            Ok(sse_frame(&live.recorded, data.clone()))
+        });
+    // Ends when the user is deleted, a password change revoked their token,
+    // or what their grants see changed (a reconnect resumes with what it sees now).
+    let revoked = caller.lost(&state, move |grants| Sight::of(grants) == opened);
     Ok(Sse::new(events.take_until(revoked)).keep_alive(KeepAlive::default()))
 }
 

@@ -7,8 +7,7 @@ use super::extract::Json;
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
 use crate::contract::{SuspensionScope, SuspensionView};
-use crate::store::Actor;
-use linkops_reconcilers::role::Role;
+use crate::store::{Actor, User};
 use linkops_reconcilers::suspension;
 
 /// `GET /api/reconcile`
@@ -17,7 +16,7 @@ pub async fn status(
     State(state): State<AppState>,
     caller: Authenticated,
 ) -> Result<Json<SuspensionView>, ApiError> {
-    caller.require(Role::Admin)?;
+    caller.administers(&state)?;
     Ok(Json(suspensions(&state).await?))
 }
 
@@ -28,7 +27,8 @@ pub async fn suspend(
     caller: Authenticated,
     Json(scope): Json<SuspensionScope>,
 ) -> Result<Json<SuspensionView>, ApiError> {
-    set(&state, &caller, scope, true).await
+    let admin = caller.administers(&state)?;
+    set(&state, admin, scope, true).await
 }
 
 /// `POST /api/reconcile/resume` `{"machine"?}`: resumes, and reconciles what was held back.
@@ -38,20 +38,20 @@ pub async fn resume(
     caller: Authenticated,
     Json(scope): Json<SuspensionScope>,
 ) -> Result<Json<SuspensionView>, ApiError> {
-    set(&state, &caller, scope, false).await
+    let admin = caller.administers(&state)?;
+    set(&state, admin, scope, false).await
 }
 
 async fn set(
     state: &AppState,
-    caller: &Authenticated,
+    admin: &User,
     scope: SuspensionScope,
     suspended: bool,
 ) -> Result<Json<SuspensionView>, ApiError> {
-    let user = caller.require(Role::Admin)?;
     let held = suspension::Scope::of(scope.machine.clone());
     state
         .controller
-        .set_suspended(&held, suspended, &Actor::user(&user.name))
+        .set_suspended(&held, suspended, &Actor::user(&admin.name))
         .await?;
     Ok(Json(suspensions(state).await?))
 }

@@ -14,8 +14,11 @@ use linkops_reconcilers::run::RunRecord;
 #[utoipa::path(get, path = "/api/runs", tag = "runs", responses((status = 200, description = "Run-requests in Git or in the store", body = Vec<RunView>)))]
 pub async fn list(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
 ) -> Result<Json<Vec<RunView>>, ApiError> {
+    // Run-requests are the repository's, read alike by everyone; what they
+    // did is their operations', read as far as the caller sees.
+    caller.signed_in();
     let desired = state.git.desired().borrow().clone();
     let mut ids: Vec<String> = desired
         .as_ref()
@@ -45,9 +48,10 @@ pub async fn list(
 #[utoipa::path(get, path = "/api/runs/{id}", tag = "runs", params(("id" = String, Path, description = "Run-request id")), responses((status = 200, description = "One run-request", body = RunView)))]
 pub async fn get(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<RunView>, ApiError> {
+    caller.signed_in();
     let desired = state.git.desired().borrow().clone();
     let asked = id.clone();
     let record = state

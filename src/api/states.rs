@@ -10,15 +10,17 @@ use super::{ApiError, AppState, at};
 use crate::contract::{ApplyView, CheckView, HaltView, StateDetail, StateMachineView, StateView};
 use crate::store::Actor;
 use linkops_reconcilers::desired::DesiredState;
-use linkops_reconcilers::role::Role;
 use linkops_reconcilers::state::{DeclaredState, StateStatus, Target};
 
 /// `GET /api/states`: every state of the applied revision.
 #[utoipa::path(get, path = "/api/states", tag = "states", responses((status = 200, description = "Declared states of the applied revision, by id", body = Vec<StateView>)))]
 pub async fn list(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
 ) -> Result<Json<Vec<StateView>>, ApiError> {
+    // States are the repository's, read alike by everyone; where each stands
+    // per machine, as far as the caller sees (`GET /api/states/{id}`).
+    caller.signed_in();
     let desired = state.git.desired().borrow().clone();
     let Some(desired) = desired else {
         return Ok(Json(Vec::new()));
@@ -42,9 +44,10 @@ pub async fn list(
 #[utoipa::path(get, path = "/api/states/{id}", tag = "states", params(("id" = String, Path, description = "State id")), responses((status = 200, description = "The state and each of its machines", body = StateDetail)))]
 pub async fn get(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    caller: Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<StateDetail>, ApiError> {
+    let reach = caller.reach(&state);
     let desired = state.git.desired().borrow().clone();
     let desired = desired.unwrap_or_default();
     let declared = declared(Some(&desired), &id)?;
@@ -57,6 +60,7 @@ pub async fn get(
         .targets
         .select(&desired.machines)
         .into_iter()
+        .filter(|machine| reach.sees(machine))
         .map(|machine| {
             let target = targets
                 .remove(&machine)
@@ -77,9 +81,13 @@ pub async fn resume(
     caller: Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<StateView>, ApiError> {
-    let user = caller.require(Role::Operator)?;
     let desired = state.git.desired().borrow().clone();
     let declared = declared(desired.as_deref(), &id)?.clone();
+    let machines = desired
+        .as_ref()
+        .map(|d| declared.targets.select(&d.machines));
+    (caller.reach(&state)).may_run(&declared.script, &machines.unwrap_or_default())?;
+    let user = caller.signed_in();
     let asked = id.clone();
     let halted = state
         .store

@@ -15,7 +15,7 @@ use linkops_reconcilers::terminal::{TerminalSession, Workspace};
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
-use crate::auth::{Auth, Grant};
+use crate::auth::{Auth, Session};
 use crate::contract::{
     ConnectAnswer, ConnectBody, CreateBody, PanesBody, RecordingView, RecordingsQuery,
     WorkspaceView,
@@ -25,8 +25,11 @@ use crate::store::{Actor, Store, User};
 use crate::terminal::protocol::{
     self, ClientMessage, Frame, ServerMessage, SocketEnd, parse_binary_input,
 };
-use crate::terminal::{self, AssignFailed, DEFAULT_SIZE, Terminals};
-use linkops_reconcilers::role::Role;
+use crate::terminal::{AssignFailed, DEFAULT_SIZE, Terminals};
+use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::grant::{self, Grant, Need, Place};
+use std::sync::Arc;
+use tokio::sync::watch;
 
 fn view(terminals: &Terminals, workspace: &Workspace) -> WorkspaceView {
     WorkspaceView {
@@ -41,16 +44,36 @@ fn view(terminals: &Terminals, workspace: &Workspace) -> WorkspaceView {
     }
 }
 
-/// The workspace, if `user` may use it (terminals need the operator role).
-async fn usable_workspace(state: &AppState, user: &User, id: &str) -> Result<Workspace, ApiError> {
+/// The workspace, if the caller may use it: their own, or any for an admin.
+async fn usable_workspace(
+    state: &AppState,
+    caller: &Authenticated,
+    id: &str,
+) -> Result<Workspace, ApiError> {
+    let admin = caller.administers(state).is_ok();
     let asked = id.to_owned();
     state
         .store
         .run(move |store| store.workspace(&asked))
         .await?
-        .filter(|workspace| workspace.usable_by(&user.name, user.role == Role::Admin))
+        .filter(|workspace| workspace.usable_by(&caller.user.name, admin))
         // Someone else's workspace is as absent as a missing one.
         .ok_or_else(|| ApiError::NotFound(format!("no terminal workspace {id}")))
+}
+
+/// Refuses with 403 unless the caller may open a terminal on every machine
+/// of `machines`.
+fn may_open(
+    state: &AppState,
+    caller: &Authenticated,
+    machines: &[Option<String>],
+) -> Result<(), ApiError> {
+    let reach = caller.reach(state);
+    for id in machines.iter().flatten() {
+        grant::permits(reach.grants(), Need::Terminal(reach.place(id)))
+            .map_err(ApiError::NotGranted)?;
+    }
+    Ok(())
 }
 
 /// Whether the handlers would let `caller` use workspace `id` through this
@@ -62,14 +85,14 @@ pub(super) async fn admits(
     id: &str,
     socket: Option<&HeaderMap>,
 ) -> Result<bool, ApiError> {
-    let Ok(user) = caller.require(terminal::ROLE) else {
+    if caller.may(state, Need::Workspaces).is_err() {
         return Ok(false);
-    };
+    }
     let origin = |headers| check_origin(headers, &state.config.terminal.allowed_origins);
     if socket.is_some_and(|headers| origin(headers).is_err()) {
         return Ok(false);
     }
-    match usable_workspace(state, user, id).await {
+    match usable_workspace(state, caller, id).await {
         Ok(_) => Ok(true),
         Err(ApiError::NotFound(_)) => Ok(false),
         Err(error) => Err(error),
@@ -83,7 +106,7 @@ pub async fn create(
     caller: Authenticated,
     Json(body): Json<CreateBody>,
 ) -> Result<(StatusCode, Json<WorkspaceView>), ApiError> {
-    let user = caller.require(terminal::ROLE)?;
+    let user = caller.may(&state, Need::Workspaces)?;
     let workspace = (state.terminals)
         .create(&user.name, body.layout, body.name)
         .await?;
@@ -101,7 +124,8 @@ pub async fn list(
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Result<Json<Vec<WorkspaceView>>, ApiError> {
-    let user = caller.require(terminal::ROLE)?;
+    let user = caller.may(&state, Need::Workspaces)?;
+    let admin = caller.administers(&state).is_ok();
     let workspaces = state.store.run(|store| store.workspaces()).await?;
     let mut elsewhere = match headers.contains_key(super::forward::FORWARDED_BY) {
         // Asked by a replica for what this one holds.
@@ -114,7 +138,7 @@ pub async fn list(
     Ok(Json(
         workspaces
             .iter()
-            .filter(|w| w.usable_by(&user.name, user.role == Role::Admin))
+            .filter(|w| w.usable_by(&user.name, admin))
             .map(|w| {
                 elsewhere
                     .remove(&w.id)
@@ -131,8 +155,8 @@ pub async fn get(
     caller: Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
-    let user = caller.require(terminal::ROLE)?;
-    let workspace = usable_workspace(&state, user, &id).await?;
+    caller.may(&state, Need::Workspaces)?;
+    let workspace = usable_workspace(&state, &caller, &id).await?;
     Ok(Json(view(&state.terminals, &workspace)))
 }
 
@@ -143,8 +167,8 @@ pub async fn delete(
     caller: Authenticated,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let user = caller.require(terminal::ROLE)?;
-    usable_workspace(&state, user, &id).await?;
+    caller.may(&state, Need::Workspaces)?;
+    usable_workspace(&state, &caller, &id).await?;
     state.terminals.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -158,8 +182,9 @@ pub async fn set_panes(
     Path(id): Path<String>,
     Json(body): Json<PanesBody>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
-    let user = caller.require(terminal::ROLE)?;
-    let workspace = usable_workspace(&state, user, &id).await?;
+    caller.may(&state, Need::Workspaces)?;
+    let workspace = usable_workspace(&state, &caller, &id).await?;
+    may_open(&state, &caller, body.panes.as_deref().unwrap_or_default())?;
     let updated = (state.terminals)
         .assign(&workspace, body.layout, body.panes)
         .await
@@ -182,8 +207,9 @@ pub async fn connect_all(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<ConnectAnswer>, ApiError> {
-    let user = caller.require(terminal::ROLE)?;
-    let workspace = usable_workspace(&state, user, &id).await?;
+    let user = caller.may(&state, Need::Workspaces)?;
+    let workspace = usable_workspace(&state, &caller, &id).await?;
+    may_open(&state, &caller, &workspace.panes)?;
     // The body is optional: no body means the default terminal size.
     let body: ConnectBody = if body.is_empty() {
         ConnectBody::default()
@@ -232,12 +258,28 @@ pub async fn socket(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     check_origin(&headers, &state.config.terminal.allowed_origins)?;
-    let user = caller.require(terminal::ROLE)?.clone();
-    let workspace = usable_workspace(&state, &user, &id).await?;
+    caller.may(&state, Need::Workspaces)?;
+    let workspace = usable_workspace(&state, &caller, &id).await?;
+    // The socket ends when the holder may no longer keep terminals, or open
+    // one on a machine its panes showed when it opened.
+    let machines = workspace.panes.clone();
+    let desired = state.git.desired();
+    let kept = move |grants: &[Grant]| {
+        let desired = desired.borrow().clone();
+        let place = |id| {
+            let machine = desired.as_ref().and_then(|d| d.machine(id));
+            machine.map_or(Place::gone(id), Place::from)
+        };
+        grant::permits(grants, Need::Workspaces).is_ok()
+            && (machines.iter().flatten())
+                .all(|id| grant::permits(grants, Need::Terminal(place(id))).is_ok())
+    };
+    let revoked = caller.lost(&state, kept);
     let holder = Holder {
-        user,
-        grant: caller.1,
+        user: caller.user,
+        session: caller.session,
         auth: state.auth.clone(),
+        desired: state.git.desired(),
     };
     let (terminals, store) = (state.terminals.clone(), state.store.clone());
     let open = Open::new(&state.metrics.websocket_clients);
@@ -245,7 +287,7 @@ pub async fn socket(
         .protocols([protocol::SUBPROTOCOL])
         .on_upgrade(move |socket| async move {
             let _open = open;
-            serve_socket(socket, terminals, store, workspace, holder).await;
+            serve_socket(socket, terminals, store, workspace, holder, revoked).await;
         })
         .into_response())
 }
@@ -270,25 +312,43 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError>
     }
 }
 
-/// Who holds a socket: the user as authenticated, and the grant re-checked
-/// whenever an account changes and before every `open`.
+/// Who holds a socket: the user as authenticated, and their session, whose
+/// grants are checked before every `open`.
 struct Holder {
     user: User,
-    grant: Grant,
+    session: Session,
     auth: Auth,
+    desired: watch::Receiver<Option<Arc<DesiredState>>>,
+}
+
+impl Holder {
+    /// Whether the holder may open a terminal on `machine` now; else why not.
+    async fn may_open(&self, machine: &str) -> Result<(), String> {
+        let revoked = "access revoked: the user was deleted or their password changed";
+        let user = match self.auth.current(&self.session).await {
+            Ok(Some(user)) => user,
+            _ => return Err(revoked.into()),
+        };
+        let desired = self.desired.borrow().clone();
+        let grants = crate::auth::grants(&user, desired.as_deref());
+        let found = desired.as_ref().and_then(|d| d.machine(machine));
+        let place = found.map_or(Place::gone(machine), Place::from);
+        grant::permits(&grants, Need::Terminal(place)).map_err(|refusal| refusal.to_string())
+    }
 }
 
 /// Runs one socket: frames from the panes out, client messages in, until
-/// either side closes, another socket takes over, the holder loses the
-/// operator role (deleted, demoted, password changed), or the daemon stops.
+/// either side closes, another socket takes over, the holder's access is
+/// `revoked` (deleted, demoted, password changed, `access.yaml` changed:
+/// then its sessions end too), or the daemon stops.
 async fn serve_socket(
     socket: WebSocket,
     terminals: Terminals,
     store: Store,
     workspace: Workspace,
     holder: Holder,
+    revoked: impl Future<Output = ()>,
 ) {
-    let revoked = holder.auth.revoked(holder.grant.clone(), terminal::ROLE);
     let attached = terminals.attach(&workspace).await;
     let (mut outgoing, mut incoming) = socket.split();
     let mut frames = attached.frames;
@@ -334,7 +394,10 @@ async fn serve_socket(
         _ = receive => None,
         // A dropped sender (no reason given) is no reason to close.
         Ok(end) = attached.ended => Some(end),
-        () = revoked => Some(SocketEnd::AccessRevoked),
+        () = revoked => {
+            terminals.end_workspaces(std::slice::from_ref(&workspace.id)).await;
+            Some(SocketEnd::AccessRevoked)
+        }
         _ = terminals.shutdown().cancelled() => Some(SocketEnd::DaemonStopping),
     };
     terminals.detach(&workspace.id, &attached.sink).await;
@@ -379,18 +442,6 @@ impl Client<'_> {
                     cols.unwrap_or(DEFAULT_SIZE.0).max(1),
                     rows.unwrap_or(DEFAULT_SIZE.1).max(1),
                 );
-                // Re-checked at every open: a session starts only for who may have one now.
-                if !self
-                    .holder
-                    .grant
-                    .allows(&self.holder.auth, terminal::ROLE)
-                    .await
-                {
-                    let message =
-                        "access revoked: the user was deleted, demoted or their password changed"
-                            .into();
-                    return self.error(Some(pane), message).await;
-                }
                 // Connecting takes a while: the status arrives on this socket when done.
                 let (terminals, user) = (self.terminals.clone(), self.holder.user.name.clone());
                 // The panes may have been reassigned since this socket opened.
@@ -399,6 +450,12 @@ impl Client<'_> {
                     Ok(Some(workspace)) => workspace,
                     _ => return self.error(Some(pane), "the workspace is gone".into()).await,
                 };
+                // Re-checked at every open: a session starts only for who may have one now.
+                if let Some(Some(machine)) = workspace.panes.get(pane)
+                    && let Err(refused) = self.holder.may_open(machine).await
+                {
+                    return self.error(Some(pane), refused).await;
+                }
                 tokio::spawn(async move {
                     terminals.open(&workspace, pane, &user, size).await;
                 });
@@ -443,8 +500,8 @@ pub async fn recordings(
     caller: Authenticated,
     Query(query): Query<RecordingsQuery>,
 ) -> Result<Json<Vec<RecordingView>>, ApiError> {
-    let user = caller.require(terminal::ROLE)?;
-    let admin = user.role == Role::Admin;
+    let user = caller.may(&state, Need::Workspaces)?;
+    let admin = caller.administers(&state).is_ok();
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let name = user.name.clone();
     let sessions = state
@@ -467,16 +524,18 @@ pub async fn recordings(
     Ok(Json(sessions.into_iter().map(recording_view).collect()))
 }
 
+/// A recording, if the caller may read it: their own, or any for an admin.
 async fn readable_recording(
     state: &AppState,
-    user: &User,
+    caller: &Authenticated,
     id: u64,
 ) -> Result<TerminalSession, ApiError> {
+    let admin = caller.administers(state).is_ok();
     state
         .store
         .run(move |store| store.terminal_session(id))
         .await?
-        .filter(|session| user.role == Role::Admin || session.user == user.name)
+        .filter(|session| admin || session.user == caller.user.name)
         .ok_or_else(|| ApiError::NotFound(format!("no terminal recording {id}")))
 }
 
@@ -487,9 +546,9 @@ pub async fn recording(
     caller: Authenticated,
     Path(id): Path<u64>,
 ) -> Result<Json<RecordingView>, ApiError> {
-    let user = caller.require(terminal::ROLE)?;
+    caller.may(&state, Need::Workspaces)?;
     Ok(Json(recording_view(
-        readable_recording(&state, user, id).await?,
+        readable_recording(&state, &caller, id).await?,
     )))
 }
 
@@ -500,8 +559,8 @@ pub async fn cast(
     caller: Authenticated,
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
-    let user = caller.require(terminal::ROLE)?;
-    let session = readable_recording(&state, user, id).await?;
+    let user = caller.may(&state, Need::Workspaces)?;
+    let session = readable_recording(&state, &caller, id).await?;
     let pages = (state.terminals)
         .cast(&session, &Actor::user(&user.name))
         .await?

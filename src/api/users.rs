@@ -10,7 +10,7 @@ use super::{ApiError, AppState, at};
 use crate::auth::{self, GeneratedPassword};
 use crate::contract::{Credentials, NewUser, RoleChange, UserView};
 use crate::store::{Actor, User};
-use linkops_reconcilers::role::Role;
+use linkops_reconcilers::grant::{self, Need};
 
 /// `GET /api/users`
 #[utoipa::path(get, path = "/api/users", tag = "users", responses((status = 200, description = "Every user (admin); never a password hash", body = Vec<UserView>)))]
@@ -18,7 +18,7 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Authenticated,
 ) -> Result<Json<Vec<UserView>>, ApiError> {
-    caller.require(Role::Admin)?;
+    caller.administers(&state)?;
     let users = state
         .store
         .run(|store| store.users())
@@ -55,7 +55,7 @@ pub async fn create(
     caller: Authenticated,
     Json(body): Json<NewUser>,
 ) -> Result<(StatusCode, Json<Credentials>), ApiError> {
-    let admin = Actor::user(&caller.require(Role::Admin)?.name);
+    let admin = Actor::user(&caller.administers(&state)?.name);
     let store = state.store.clone();
     let created =
         crate::blocking::run(move || auth::create_user(&store, &admin, &body.username, body.role))
@@ -71,7 +71,7 @@ pub async fn reset_password(
     caller: Authenticated,
     Path(name): Path<String>,
 ) -> Result<Json<Credentials>, ApiError> {
-    let admin = Actor::user(&caller.require(Role::Admin)?.name);
+    let admin = Actor::user(&caller.administers(&state)?.name);
     let store = state.store.clone();
     let reset = crate::blocking::run(move || auth::reset_password(&store, &admin, &name))
         .await
@@ -87,12 +87,14 @@ pub async fn change_role(
     Path(name): Path<String>,
     Json(body): Json<RoleChange>,
 ) -> Result<Json<UserView>, ApiError> {
-    let admin = Actor::user(&caller.require(Role::Admin)?.name);
+    let admin = Actor::user(&caller.administers(&state)?.name);
     let store = state.store.clone();
     let user = crate::blocking::run(move || auth::change_role(&store, &admin, &name, body.role))
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))??;
-    if user.role < crate::terminal::ROLE {
+    // Without a terminal anywhere, their sessions end (a socket also ends on its own).
+    let grants = auth::grants(&user, state.git.desired().borrow().as_deref());
+    if grant::permits(&grants, Need::Workspaces).is_err() {
         state.terminals.revoke(&user.name).await?;
     }
     Ok(Json(user.into()))
@@ -105,7 +107,7 @@ pub async fn delete(
     caller: Authenticated,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let admin = Actor::user(&caller.require(Role::Admin)?.name);
+    let admin = Actor::user(&caller.administers(&state)?.name);
     let store = state.store.clone();
     let deleted = crate::blocking::run(move || auth::delete_user(&store, &admin, &name))
         .await

@@ -1,4 +1,5 @@
-//! Authentication: password logins with persisted lockout, and signed session tokens.
+//! Authentication: password logins with persisted lockout, signed session
+//! tokens, and the grants a session's user holds.
 //!
 //! [`Auth`] is the service the API calls. Password hashing is argon2id and
 //! deliberately slow, so its callers run it on the blocking pool.
@@ -14,8 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::grant::{self, Grant};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::store::{self, Actor, AuditAction, LoginFailures, Outcome, Store, User};
 use linkops_reconcilers::role::Role;
@@ -269,67 +272,82 @@ impl Auth {
     }
 
     /// Resolves a bearer token to its user, as the store knows the user now,
-    /// and the grant a long-lived connection re-checks ([`Auth::revoked`]).
+    /// and the session a long-lived connection re-checks ([`Auth::lost`]).
     ///
     /// The role comes from the store, not the token, so a demotion or a
     /// deleted user takes effect at once; a password change revokes older tokens.
-    pub async fn authenticate(&self, token: &str) -> Result<(User, Grant), Error> {
+    pub async fn authenticate(&self, token: &str) -> Result<(User, Session), Error> {
         let claims = self.tokens.verify(token).ok_or(Error::InvalidToken)?;
-        let grant = Grant {
+        let session = Session {
             user: claims.sub,
             issued_at_ms: claims.iat_ms,
         };
-        let user = self.current(&grant).await?.ok_or(Error::InvalidToken)?;
-        Ok((user, grant))
+        let user = self.current(&session).await?.ok_or(Error::InvalidToken)?;
+        Ok((user, session))
     }
 
-    /// The grant's user as the store knows them now, if the grant still holds:
-    /// the account exists and its password has not changed since the token.
-    pub async fn current(&self, grant: &Grant) -> Result<Option<User>, Error> {
-        let (name, issued_at_ms) = (grant.user.clone(), grant.issued_at_ms);
+    /// The session's user as the store knows them now, if the session still
+    /// holds: the account exists and its password has not changed since.
+    pub async fn current(&self, session: &Session) -> Result<Option<User>, Error> {
+        let (name, issued_at_ms) = (session.user.clone(), session.issued_at_ms);
         let user = self.store.run(move |store| store.user(&name)).await?;
         Ok(user.filter(|user| issued_at_ms >= user.password_changed_at_ms))
     }
 
-    /// Completes when `grant` no longer gives `needed`: the user was deleted,
-    /// their password changed, or their role fell below it. Long-lived
+    /// Completes when `session` may no longer keep what it opened: its user
+    /// was deleted or changed their password, or `still` no longer holds of
+    /// their grants (a role changed, `access.yaml` changed). Long-lived
     /// connections (SSE, WebSocket) end on it; it re-checks after every
-    /// committed account change, and a store error counts as revoked.
-    pub fn revoked(
+    /// committed account change and every new desired state, and a store
+    /// error counts as lost.
+    pub fn lost<Still: Fn(&[Grant]) -> bool + Send + 'static>(
         &self,
-        grant: Grant,
-        needed: Role,
-    ) -> impl std::future::Future<Output = ()> + Send + use<> {
+        session: Session,
+        mut desired: watch::Receiver<Option<Arc<DesiredState>>>,
+        still: Still,
+    ) -> impl Future<Output = ()> + Send + use<Still> {
         let auth = self.clone();
         let mut changes = self.store.user_changes();
         async move {
             loop {
                 changes.mark_unchanged();
-                if !grant.allows(&auth, needed).await {
-                    tracing::info!(user = %grant.user, "a long-lived connection ends: its account no longer allows it");
+                desired.mark_unchanged();
+                let kept = match auth.current(&session).await {
+                    Ok(Some(user)) => still(&grants(&user, desired.borrow().as_deref())),
+                    Ok(None) | Err(_) => false,
+                };
+                if !kept {
+                    tracing::info!(user = %session.user, "a long-lived connection ends: its user may no longer keep it");
                     return;
                 }
-                if changes.changed().await.is_err() {
-                    // The store is closing: the daemon ends its connections itself.
-                    return std::future::pending().await;
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() {
+                        // The store is closing: the daemon ends its connections itself.
+                        return std::future::pending().await;
+                    },
+                    changed = desired.changed() => if changed.is_err() {
+                        return std::future::pending().await;
+                    },
                 }
             }
         }
     }
 }
 
-/// What a token grants, as long as it holds: who, and since when.
+/// A signed-in session, as long as it holds: whose, and since when.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
+pub struct Session {
     pub user: String,
     pub issued_at_ms: i64,
 }
 
-impl Grant {
-    /// Whether the grant still gives `needed` (see [`Auth::revoked`]).
-    pub async fn allows(&self, auth: &Auth, needed: Role) -> bool {
-        matches!(auth.current(self).await, Ok(Some(user)) if user.role >= needed)
-    }
+/// What `user` may do where: their account's role over the whole fleet, and
+/// what `access.yaml` in the desired state in force gives them.
+pub fn grants(user: &User, desired: Option<&DesiredState>) -> Vec<Grant> {
+    let given = desired.map_or(&[][..], |desired| &desired.grants);
+    (user.role.map(Grant::fleet).into_iter())
+        .chain(grant::held_by(given, &user.name, &[]))
+        .collect()
 }
 
 /// How a login attempt went, for its audit entry.
@@ -382,7 +400,7 @@ pub fn create_user(
     store: &Store,
     by: &Actor,
     name: &str,
-    role: Role,
+    role: Option<Role>,
 ) -> Result<GeneratedPassword, Error> {
     if !valid_user_name(name) {
         return Err(Error::InvalidName(name.to_owned()));
@@ -408,7 +426,12 @@ pub fn reset_password(store: &Store, by: &Actor, name: &str) -> Result<Generated
 
 /// Changes a user's role, audited as done `by` with the old and new role.
 /// A refusal (the last admin) is audited too.
-pub fn change_role(store: &Store, by: &Actor, name: &str, role: Role) -> Result<User, Error> {
+pub fn change_role(
+    store: &Store,
+    by: &Actor,
+    name: &str,
+    role: Option<Role>,
+) -> Result<User, Error> {
     let changed = store.set_role(name, role, by);
     audit_refusal(store, by, AuditAction::UserRole, name, &changed)?;
     Ok(changed?.1)
@@ -447,7 +470,7 @@ pub fn bootstrap_admin(store: &Store) -> Result<Option<GeneratedPassword>, Error
     }
     let password = password::generate();
     let hash = password::hash(&password)?;
-    match store.create_first_user("admin", Role::Admin, &hash)? {
+    match store.create_first_user("admin", Some(Role::Admin), &hash)? {
         Some(user) => Ok(Some(GeneratedPassword {
             user: user.name,
             password: password.into(),

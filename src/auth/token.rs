@@ -14,7 +14,7 @@ pub struct Claims {
     /// User name.
     pub sub: String,
     /// Role at issue time; informative only — requests use the stored role.
-    pub role: Role,
+    pub role: Option<Role>,
     /// Issued at, seconds (standard claim).
     pub iat: i64,
     /// Issued at, milliseconds: compared with the user's last password change.
@@ -99,7 +99,7 @@ mod tests {
     fn user() -> User {
         User {
             name: "ada".into(),
-            role: Role::Operator,
+            role: Some(Role::Operator),
             password_hash: String::new(),
             created_at_ms: 0,
             password_changed_at_ms: 0,
@@ -121,7 +121,7 @@ mod tests {
         let now = now_ms() / 1000;
         let claims = Claims {
             sub: "ada".into(),
-            role: Role::Operator,
+            role: Some(Role::Operator),
             iat: now - 120,
             iat_ms: 0,
             exp: now - 60,

@@ -41,7 +41,7 @@ pub async fn login(server: &str, user: &str, password_stdin: bool) -> Result<()>
     eprintln!(
         "logged in to {} as {user} ({}); session saved in {} (mode 0600), valid until {}",
         session.server,
-        answer.role,
+        linkops_reconcilers::role::AccountRole(answer.role),
         path.display(),
         session.expires_at
     );

@@ -15,20 +15,26 @@ pub struct LoginResponse {
     pub token: String,
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: jiff::Timestamp,
-    pub role: Role,
+    /// The account's role over the whole fleet; `null`: only what `access.yaml` gives.
+    pub role: Option<Role>,
 }
 
 /// Who a token belongs to.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Me {
     pub username: String,
-    pub role: Role,
+    /// The account's role over the whole fleet; `null`: only what `access.yaml` gives.
+    pub role: Option<Role>,
+    /// Everything the user holds: the account's role, and what `access.yaml`
+    /// gives them; the console offers what the highest of these allows.
+    pub grants: Vec<linkops_reconcilers::grant::Grant>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserView {
     pub username: String,
-    pub role: Role,
+    /// Over the whole fleet; `null`: only what `access.yaml` gives.
+    pub role: Option<Role>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: jiff::Timestamp,
 }
@@ -37,8 +43,9 @@ pub struct UserView {
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub username: String,
-    /// viewer (read), operator (+ run, stop, terminals, verify) or admin (+ users, sync).
-    pub role: Role,
+    /// Over the whole fleet: viewer (read), operator (+ run, stop, terminals,
+    /// verify) or admin (+ users, sync); `null`: only what `access.yaml` gives.
+    pub role: Option<Role>,
 }
 
 /// A generated password, shown this once; only its hash is stored.
@@ -51,5 +58,6 @@ pub struct Credentials {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleChange {
-    pub role: Role,
+    /// `null`: none over the whole fleet, only what `access.yaml` gives.
+    pub role: Option<Role>,
 }

@@ -5,7 +5,7 @@
 use linkops_reconcilers::ask::{self, Ask};
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::enrollment::Enrollment;
-use linkops_reconcilers::grant::{self, Grant};
+use linkops_reconcilers::grant::{self, Grant, Place};
 use linkops_reconcilers::operation::{Operation, Requester};
 use linkops_reconcilers::run;
 use linkops_reconcilers::script::Targets;
@@ -147,9 +147,9 @@ impl Controller {
     ) -> Result<Vec<HostPlan>, RunError> {
         let targets = &resolved.targets;
         let selected = targets.select(&desired.machines);
-        let machines: Vec<_> = selected
+        let machines: Vec<Place> = selected
             .iter()
-            .filter_map(|id| desired.machine(id))
+            .filter_map(|id| desired.machine(id).map(Place::from))
             .collect();
         grant::permits_run(grants, &resolved.script.id, &machines).map_err(RunError::NotGranted)?;
         let held = self.held().await?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::Stream;
 use futures::future::BoxFuture;
 use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::grant::{Place, Sight};
 use linkops_reconcilers::machine::Machine;
 use tokio::sync::watch;
 
@@ -29,13 +30,14 @@ pub enum FleetEvent {
 }
 
 impl Fleet {
-    /// The machines `query` asks for (paging aside), as a snapshot and then
+    /// The machines `query` asks for (paging aside) and `sight` sees, as a snapshot and then
     /// their changes, gathered over [`COALESCE`]. A client resuming after
     /// event `resume` gets only what changed since, when that can be told.
     /// Ends when `until` completes, or when the store cannot be read.
     pub fn follow<Until: Future<Output = ()> + Send + 'static>(
         &self,
         query: MachineQuery,
+        sight: Sight,
         resume: Option<&str>,
         until: Until,
     ) -> impl Stream<Item = FleetEvent> + Send + use<Until> {
@@ -51,6 +53,7 @@ impl Fleet {
                     after: None,
                     ..query
                 },
+                sight,
                 position: None,
                 sent: HashMap::new(),
                 sent_all: false,
@@ -105,6 +108,8 @@ struct FleetFollower {
 struct FleetViews {
     fleet: Fleet,
     query: MachineQuery,
+    /// The machines its grants let the client see.
+    sight: Sight,
     /// What the client has seen; `None` before the first event.
     position: Option<FleetPosition>,
     /// What each machine sent looked like (`MachineView::shown`): a check
@@ -211,7 +216,7 @@ impl FleetViews {
         let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
         let in_inventory: Vec<&Machine> = machines
             .iter()
-            .filter(|m| changed.contains(&m.id))
+            .filter(|m| changed.contains(&m.id) && self.sight.sees(Place::from(*m)))
             .collect();
         let mut changes = FleetChanges {
             changed: Vec::new(),
@@ -248,7 +253,7 @@ impl FleetViews {
         position: FleetPosition,
     ) -> Result<FleetEvent, store::Error> {
         let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
-        let machines = self.fleet.matching(machines, &self.query)?;
+        let machines = self.fleet.matching(machines, &self.query, &self.sight)?;
         self.sent = machines
             .iter()
             .map(|view| (view.spec.id.clone(), view.shown()))

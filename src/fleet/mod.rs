@@ -8,6 +8,7 @@ mod follow;
 use std::sync::Arc;
 
 use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::grant::{Place, Sight};
 use linkops_reconcilers::machine::{Machine, MachineStatus};
 use linkops_reconcilers::suspension::Held;
 use tokio::sync::watch;
@@ -61,26 +62,33 @@ impl Fleet {
     /// are read only for the page, unless the query filters on them: then a
     /// chunk at a time, only the page's views kept. Blocks: call it on the
     /// blocking pool.
-    pub fn page(&self, query: &MachineQuery, limit: usize) -> Result<Page, store::Error> {
+    pub fn page(
+        &self,
+        query: &MachineQuery,
+        sight: &Sight,
+        limit: usize,
+    ) -> Result<Page, store::Error> {
         let desired = self.desired.borrow().clone();
         let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
         let held = self.controller.held_now()?;
-        let candidates = in_inventory(machines, query);
+        let candidates = in_inventory(machines, query, sight);
         let (total, views) = paged(&candidates, query, limit, |machines| {
             self.views(machines, &held)
         })?;
         Ok(Page { total, views })
     }
 
-    /// The views of the machines `query` asks for (paging aside), in id order.
+    /// The views of the machines `query` asks for (paging aside) and
+    /// `sight` sees, in id order.
     fn matching(
         &self,
         machines: &[Machine],
         query: &MachineQuery,
+        sight: &Sight,
     ) -> Result<Vec<MachineView>, store::Error> {
         let held = self.controller.held_now()?;
         Ok(self
-            .views(&in_inventory(machines, query), &held)?
+            .views(&in_inventory(machines, query, sight), &held)?
             .into_iter()
             .filter(|view| query.observed_matches(view))
             .collect())
@@ -133,10 +141,18 @@ fn paged<'m, E>(
     Ok((total, page))
 }
 
-/// The machines whose inventory entry `query` asks for (tag, text), in id order.
-fn in_inventory<'a>(machines: &'a [Machine], query: &MachineQuery) -> Vec<&'a Machine> {
+/// The machines whose inventory entry `query` asks for (tag, text) and
+/// `sight` sees, in id order.
+fn in_inventory<'a>(
+    machines: &'a [Machine],
+    query: &MachineQuery,
+    sight: &Sight,
+) -> Vec<&'a Machine> {
     let inventory = query.inventory_filter();
-    let mut selected: Vec<&Machine> = machines.iter().filter(|m| inventory.matches(m)).collect();
+    let mut selected: Vec<&Machine> = machines
+        .iter()
+        .filter(|m| inventory.matches(m) && sight.sees(Place::from(*m)))
+        .collect();
     selected.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     selected
 }

@@ -318,14 +318,14 @@ mod tests {
             epoch: first,
         });
         as_first
-            .create_user("ada", Role::Admin, "h", &Actor::Cli)
+            .create_user("ada", Some(Role::Admin), "h", &Actor::Cli)
             .unwrap();
         // r1 is paused past its lease: it is no member any more…
         store.renew_member("r1", "127.0.0.1:1", 0).unwrap();
         assert_eq!(store.live_members().unwrap().len(), 1);
         // …so what it still tries to write is refused, and nothing of it lands.
         let refused = as_first
-            .create_user("bob", Role::Viewer, "h", &Actor::Cli)
+            .create_user("bob", Some(Role::Viewer), "h", &Actor::Cli)
             .unwrap_err();
         assert!(matches!(refused, Error::Fenced { .. }), "{refused}");
         assert!(refused.to_string().contains("member r1"), "{refused}");
@@ -334,7 +334,7 @@ mod tests {
         let second = store.renew_member("r1", "127.0.0.1:1", TTL).unwrap();
         assert!(second > first);
         assert!(matches!(
-            as_first.create_user("bob", Role::Viewer, "h", &Actor::Cli),
+            as_first.create_user("bob", Some(Role::Viewer), "h", &Actor::Cli),
             Err(Error::Fenced { .. })
         ));
         store
@@ -342,7 +342,7 @@ mod tests {
                 replica: "r1".into(),
                 epoch: second,
             })
-            .create_user("bob", Role::Viewer, "h", &Actor::Cli)
+            .create_user("bob", Some(Role::Viewer), "h", &Actor::Cli)
             .unwrap();
     }
 

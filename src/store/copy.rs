@@ -108,7 +108,7 @@ mod tests {
         };
         let source = redb.open();
         source
-            .create_user("ada", Role::Admin, "$argon2id$x", &Actor::Cli)
+            .create_user("ada", Some(Role::Admin), "$argon2id$x", &Actor::Cli)
             .unwrap();
         let operation = Operation {
             id: 0,
@@ -155,7 +155,7 @@ mod tests {
             .unwrap();
         assert!(events.entries > 1200, "{events:?}");
         // The copy reads as the original does.
-        assert_eq!(target.user("ada").unwrap().unwrap().role, Role::Admin);
+        assert_eq!(target.user("ada").unwrap().unwrap().role, Some(Role::Admin));
         let read = target
             .operation_events(created.id, 0, 5000, usize::MAX)
             .unwrap();

@@ -372,7 +372,7 @@ mod tests {
         store
             .create_user(
                 "ada",
-                linkops_reconcilers::role::Role::Admin,
+                Some(linkops_reconcilers::role::Role::Admin),
                 "$argon2id$fake",
                 &crate::store::Actor::Cli,
             )

@@ -111,7 +111,8 @@ pub type ScriptRecord = Declared<Script>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub name: String,
-    pub role: Role,
+    /// Over the whole fleet; none: only what `access.yaml` gives.
+    pub role: Option<Role>,
     pub password_hash: String,
     pub created_at_ms: i64,
     /// Tokens issued before this instant are no longer accepted.

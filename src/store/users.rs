@@ -1,6 +1,6 @@
 //! Users, their roles, and the persisted failed-login counters behind lockout.
 
-use linkops_reconcilers::role::Role;
+use linkops_reconcilers::role::{AccountRole, Role};
 
 use super::audit::{self, Actor, Audit, AuditAction};
 use super::engine::{Read, Write, WriteTx};
@@ -21,7 +21,7 @@ impl Store {
     pub fn create_user(
         &self,
         name: &str,
-        role: Role,
+        role: Option<Role>,
         password_hash: &str,
         by: &Actor,
     ) -> Result<User> {
@@ -34,7 +34,7 @@ impl Store {
         }
         let user = new_user(name, role, password_hash);
         tx.insert(USERS, name, &user)?;
-        let detail = format!("role {role}");
+        let detail = format!("role {}", AccountRole(role));
         audit::append(
             &mut tx,
             by,
@@ -51,7 +51,7 @@ impl Store {
     pub fn create_first_user(
         &self,
         name: &str,
-        role: Role,
+        role: Option<Role>,
         password_hash: &str,
     ) -> Result<Option<User>> {
         let mut tx = self.write()?;
@@ -110,20 +110,25 @@ impl Store {
 
     /// Changes a user's role, audited as done `by`; the last admin cannot be
     /// demoted. Returns the role before and the user now.
-    pub fn set_role(&self, name: &str, role: Role, by: &Actor) -> Result<(Role, User)> {
+    pub fn set_role(
+        &self,
+        name: &str,
+        role: Option<Role>,
+        by: &Actor,
+    ) -> Result<(Option<Role>, User)> {
         let mut tx = self.write()?;
         let changed = {
             let mut user = tx
                 .get(USERS, name)?
                 .ok_or_else(|| Error::NoSuchUser(name.to_owned()))?;
-            if role != Role::Admin {
+            if role != Some(Role::Admin) {
                 refuse_last_admin(&tx, &user)?;
             }
             let before = std::mem::replace(&mut user.role, role);
             tx.insert(USERS, name, &user)?;
             (before, user)
         };
-        let detail = format!("{} -> {role}", changed.0);
+        let detail = format!("{} -> {}", AccountRole(changed.0), AccountRole(role));
         audit::append(
             &mut tx,
             by,
@@ -164,7 +169,7 @@ impl Store {
         }
         let detail = format!(
             "was {}; {} terminal workspace(s) deleted; the name is retired",
-            user.role,
+            AccountRole(user.role),
             workspaces.len()
         );
         audit::append(
@@ -232,19 +237,19 @@ impl Store {
 /// Refuses to take the admin role from `user` when no other user has it:
 /// without an admin nobody can manage users through the API.
 fn refuse_last_admin(tx: &WriteTx, user: &User) -> Result<()> {
-    if user.role != Role::Admin {
+    if user.role != Some(Role::Admin) {
         return Ok(());
     }
     for entry in tx.all(USERS, false) {
         let (_, other) = entry?;
-        if other.role == Role::Admin && other.name != user.name {
+        if other.role == Some(Role::Admin) && other.name != user.name {
             return Ok(());
         }
     }
     Err(Error::LastAdmin(user.name.clone()))
 }
 
-fn new_user(name: &str, role: Role, password_hash: &str) -> User {
+fn new_user(name: &str, role: Option<Role>, password_hash: &str) -> User {
     let now = now_ms();
     User {
         name: name.to_owned(),
@@ -366,7 +371,7 @@ mod tests {
         };
         let (here, there) = (postgres.open(), postgres.open());
         for name in ["ada", "bob"] {
-            here.create_user(name, Role::Admin, "h", &Actor::Cli)
+            here.create_user(name, Some(Role::Admin), "h", &Actor::Cli)
                 .unwrap();
         }
         let mut changes = there.user_changes();
@@ -376,7 +381,8 @@ mod tests {
             !changes.has_changed().unwrap(),
             "the first look sets the mark"
         );
-        here.set_role("ada", Role::Viewer, &Actor::Cli).unwrap();
+        here.set_role("ada", Some(Role::Viewer), &Actor::Cli)
+            .unwrap();
         there.notice_account_changes(&mut seen).unwrap();
         assert!(changes.has_changed().unwrap());
         changes.mark_unchanged();
@@ -432,13 +438,13 @@ mod tests {
             let store = backing.open();
             assert!(
                 store
-                    .create_first_user("admin", Role::Admin, "h1")
+                    .create_first_user("admin", Some(Role::Admin), "h1")
                     .unwrap()
                     .is_some()
             );
             assert!(
                 store
-                    .create_first_user("admin2", Role::Admin, "h2")
+                    .create_first_user("admin2", Some(Role::Admin), "h2")
                     .unwrap()
                     .is_none()
             );
@@ -451,10 +457,14 @@ mod tests {
         for backing in testing::backings() {
             let store = backing.open();
             let ada = Actor::user("ada");
-            store.create_first_user("ada", Role::Admin, "h").unwrap();
-            store.create_user("bob", Role::Viewer, "h", &ada).unwrap();
+            store
+                .create_first_user("ada", Some(Role::Admin), "h")
+                .unwrap();
+            store
+                .create_user("bob", Some(Role::Viewer), "h", &ada)
+                .unwrap();
             store.set_password("bob", "h2", &ada).unwrap();
-            store.set_role("bob", Role::Operator, &ada).unwrap();
+            store.set_role("bob", Some(Role::Operator), &ada).unwrap();
             store.delete_user("bob", &ada).unwrap();
             // A refusal changes nothing and writes nothing.
             store.delete_user("ada", &ada).unwrap_err();
@@ -497,10 +507,10 @@ mod tests {
         for backing in testing::backings() {
             let store = backing.open();
             store
-                .create_user("ada", Role::Viewer, "h", &Actor::Cli)
+                .create_user("ada", Some(Role::Viewer), "h", &Actor::Cli)
                 .unwrap();
             let err = store
-                .create_user("ada", Role::Admin, "h", &Actor::Cli)
+                .create_user("ada", Some(Role::Admin), "h", &Actor::Cli)
                 .unwrap_err();
             assert!(matches!(err, Error::UserExists(name) if name == "ada"));
         }
@@ -511,7 +521,7 @@ mod tests {
         for backing in testing::backings() {
             let store = backing.open();
             store
-                .create_user("ada", Role::Viewer, "h", &Actor::Cli)
+                .create_user("ada", Some(Role::Viewer), "h", &Actor::Cli)
                 .unwrap();
             store
                 .update_login_failures(
@@ -543,13 +553,13 @@ mod tests {
         for backing in testing::backings() {
             let store = backing.open();
             store
-                .create_user("root", Role::Admin, "h", &Actor::Cli)
+                .create_user("root", Some(Role::Admin), "h", &Actor::Cli)
                 .unwrap();
             store
-                .create_user("ada", Role::Operator, "h", &Actor::Cli)
+                .create_user("ada", Some(Role::Operator), "h", &Actor::Cli)
                 .unwrap();
             let refused = store
-                .set_role("root", Role::Operator, &Actor::Cli)
+                .set_role("root", Some(Role::Operator), &Actor::Cli)
                 .unwrap_err();
             assert!(matches!(refused, Error::LastAdmin(name) if name == "root"));
             assert!(matches!(
@@ -557,9 +567,13 @@ mod tests {
                 Error::LastAdmin(_)
             ));
             // With a second admin, either can go.
-            store.set_role("ada", Role::Admin, &Actor::Cli).unwrap();
-            let (before, root) = store.set_role("root", Role::Viewer, &Actor::Cli).unwrap();
-            assert_eq!((before, root.role), (Role::Admin, Role::Viewer));
+            store
+                .set_role("ada", Some(Role::Admin), &Actor::Cli)
+                .unwrap();
+            let (before, root) = store
+                .set_role("root", Some(Role::Viewer), &Actor::Cli)
+                .unwrap();
+            assert_eq!((before, root.role), (Some(Role::Admin), Some(Role::Viewer)));
             assert!(matches!(
                 store.delete_user("ada", &Actor::Cli).unwrap_err(),
                 Error::LastAdmin(_)
@@ -568,7 +582,7 @@ mod tests {
             assert_eq!(store.user("root").unwrap(), None);
             // The name is retired: a new account cannot inherit what it owned.
             assert!(matches!(
-                store.create_user("root", Role::Admin, "h", &Actor::Cli).unwrap_err(),
+                store.create_user("root", Some(Role::Admin), "h", &Actor::Cli).unwrap_err(),
                 Error::NameRetired(name) if name == "root"
             ));
             assert!(matches!(

@@ -18,7 +18,6 @@ use linkops_reconcilers::terminal::{TerminalSession, Workspace};
 use serde_json::Value;
 
 use crate::store::{self, AuditEntry, OperationIndex, SeqTable, Store, SyncRecord};
-use linkops_reconcilers::role::Role;
 use query::{Cell, Column, Direction, Kind, Query, QueryError, QueryRequest};
 
 #[derive(Debug, thiserror::Error)]
@@ -138,23 +137,37 @@ macro_rules! columns {
     };
 }
 
-/// The tables, their columns (the first is the key) and the role that may read them.
-///
-/// A table shows every row, so it needs the role that sees every row through
-/// the routes: terminal workspaces and sessions are their owner's (admins see
-/// all), the audit log names every user and every change, users are admin's.
-pub const TABLES: &[(&str, &[Column], Role)] = &[
-    ("machines", MACHINES, Role::Viewer),
-    ("scripts", SCRIPTS, Role::Viewer),
-    ("operations", OPERATIONS, Role::Viewer),
-    ("operation_hosts", OPERATION_HOSTS, Role::Viewer),
-    ("sync_history", SYNC_HISTORY, Role::Viewer),
-    ("state_machines", STATE_MACHINES, Role::Viewer),
-    ("state_checks", STATE_CHECKS, Role::Viewer),
-    ("terminal_workspaces", WORKSPACES, Role::Admin),
-    ("terminal_sessions", SESSIONS, Role::Admin),
-    ("audit_log", AUDIT_LOG, Role::Admin),
-    ("users", USERS, Role::Admin),
+/// Who may read a table's rows, as the routes would show them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readers {
+    /// Anyone signed in: the repository's content and its syncs.
+    Everyone,
+    /// Anyone, each row only when they see its machine: this column holds
+    /// its id, or a list of ids of which one seen is enough.
+    SeeingMachine(usize),
+    /// Admins of the whole fleet: these rows are every user's (terminal
+    /// workspaces and sessions are their owner's through the routes, the
+    /// audit log names every user and change, users are admins').
+    Admins,
+}
+
+/// The tables, their columns (the first is the key) and who may read them.
+pub const TABLES: &[(&str, &[Column], Readers)] = &[
+    ("machines", MACHINES, Readers::SeeingMachine(0)),
+    ("scripts", SCRIPTS, Readers::Everyone),
+    ("operations", OPERATIONS, Readers::SeeingMachine(4)),
+    (
+        "operation_hosts",
+        OPERATION_HOSTS,
+        Readers::SeeingMachine(2),
+    ),
+    ("sync_history", SYNC_HISTORY, Readers::Everyone),
+    ("state_machines", STATE_MACHINES, Readers::SeeingMachine(2)),
+    ("state_checks", STATE_CHECKS, Readers::SeeingMachine(2)),
+    ("terminal_workspaces", WORKSPACES, Readers::Admins),
+    ("terminal_sessions", SESSIONS, Readers::Admins),
+    ("audit_log", AUDIT_LOG, Readers::Admins),
+    ("users", USERS, Readers::Admins),
 ];
 
 const MACHINES: &[Column] = columns!(id: String, name: String, host: String, port: Integer, user: String,
@@ -181,18 +194,24 @@ const AUDIT_LOG: &[Column] = columns!(seq: Integer, at: Timestamp, actor: String
 const USERS: &[Column] =
     columns!(name: String, role: String, created_at: Timestamp, password_changed_at: Timestamp);
 
-/// The role that may read `table`; the API checks it like a route's.
-pub fn required_role(table: &str) -> Result<Role, QueryError> {
+/// Who may read `table`; the API checks it like a route's.
+pub fn readers(table: &str) -> Result<Readers, QueryError> {
     TABLES
         .iter()
         .find(|(name, _, _)| *name == table)
-        .map(|(_, _, role)| *role)
+        .map(|(_, _, readers)| *readers)
         .ok_or_else(|| QueryError::UnknownTable(table.to_owned()))
 }
 
-/// Runs a query; the caller has checked [`required_role`]. Blocking (store reads).
-pub fn run(store: &Store, request: &QueryRequest) -> Result<Page, Error> {
-    let (table, columns, _) = TABLES
+/// Runs a query, the rows of a [`Readers::SeeingMachine`] table only those
+/// whose machine `sees` (by id); the caller has checked [`readers`]
+/// otherwise. Blocking (store reads).
+pub fn run(
+    store: &Store,
+    request: &QueryRequest,
+    sees: &dyn Fn(&str) -> bool,
+) -> Result<Page, Error> {
+    let (table, columns, readers) = TABLES
         .iter()
         .find(|(name, _, _)| *name == request.table)
         .copied()
@@ -203,7 +222,15 @@ pub fn run(store: &Store, request: &QueryRequest) -> Result<Page, Error> {
         table,
         "operations" | "sync_history" | "audit_log" | "terminal_sessions"
     );
-    let mut collector = Collector::new(&query, key_ordered);
+    let seen = |row: &[Cell]| match readers {
+        Readers::SeeingMachine(column) => match &row[column] {
+            Cell::Str(id) => sees(id),
+            Cell::List(ids) => ids.iter().any(|id| sees(id)),
+            _ => false,
+        },
+        Readers::Everyone | Readers::Admins => true,
+    };
+    let mut collector = Collector::new(&query, key_ordered, &seen);
     match table {
         "operations" => scan_operations(store, &query, &mut collector)?,
         "sync_history" => scan_seq(store, SeqTable::SyncHistory, &mut collector, sync_row)?,
@@ -259,7 +286,7 @@ pub fn run(store: &Store, request: &QueryRequest) -> Result<Page, Error> {
             // Never the password hash.
             collector.push(vec![
                 Cell::Str(user.name),
-                Cell::Str(user.role.to_string()),
+                text(user.role.map(|role| role.to_string())),
                 Cell::Time(user.created_at_ms),
                 Cell::Time(user.password_changed_at_ms),
             ])
@@ -318,6 +345,8 @@ fn scan_seq<V: serde::Serialize + serde::de::DeserializeOwned>(
 /// the rest.
 struct Collector<'q> {
     query: &'q Query,
+    /// Whether the reader may see a row at all (before it counts).
+    seen: &'q dyn Fn(&[Cell]) -> bool,
     rows: Vec<Vec<Cell>>,
     /// Key-ordered: rows arrive in the final order, so the scan can stop.
     streaming: bool,
@@ -325,9 +354,14 @@ struct Collector<'q> {
 }
 
 impl<'q> Collector<'q> {
-    fn new(query: &'q Query, key_ordered_scan: bool) -> Collector<'q> {
+    fn new(
+        query: &'q Query,
+        key_ordered_scan: bool,
+        seen: &'q dyn Fn(&[Cell]) -> bool,
+    ) -> Collector<'q> {
         Collector {
             query,
+            seen,
             rows: Vec::new(),
             streaming: key_ordered_scan && query.key_order().is_some(),
             matched: 0,
@@ -357,7 +391,7 @@ impl<'q> Collector<'q> {
     }
 
     fn push(&mut self, row: Vec<Cell>) {
-        if !self.query.matches(&row) {
+        if !(self.seen)(&row) || !self.query.matches(&row) {
             return;
         }
         self.matched += 1;
@@ -595,7 +629,7 @@ mod tests {
         }))
         .unwrap();
         let query = Query::compile("state_checks", STATE_CHECKS, &request).unwrap();
-        let mut collector = Collector::new(&query, false);
+        let mut collector = Collector::new(&query, false, &|_| true);
         let mut most = 0;
         for n in 0..10_000i64 {
             // Every third row does not match; the times come in no order.

@@ -160,7 +160,7 @@ impl SocketEnd {
             SocketEnd::WorkspaceDeleted => (4002, "the workspace was deleted"),
             SocketEnd::AccessRevoked => (
                 4003,
-                "access revoked: the user was deleted or no longer has the operator role",
+                "access revoked: the user was deleted, their password changed, or their grants no longer allow it",
             ),
             SocketEnd::DaemonStopping => (1001, "the daemon is stopping"),
         }

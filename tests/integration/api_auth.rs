@@ -33,7 +33,7 @@ async fn login_answers_token_expiry_and_role_and_the_token_works() {
     let response = server.login("ada", "pw-ada-1").await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: LoginResponse = response.json().await.unwrap();
-    assert_eq!(body.role, Role::Operator);
+    assert_eq!(body.role, Some(Role::Operator));
     let lifetime = body.expires_at.duration_since(jiff::Timestamp::now());
     assert!(
         lifetime > jiff::SignedDuration::from_hours(23),
@@ -264,7 +264,7 @@ async fn admins_create_users_and_reset_passwords_shown_once() {
         .json()
         .await
         .unwrap();
-    assert_eq!(me.role, Role::Viewer);
+    assert_eq!(me.role, Some(Role::Viewer));
 
     let (status, _) = post(
         "/api/users",
@@ -366,7 +366,10 @@ async fn admins_change_roles_and_delete_users_but_never_the_last_admin() {
     let (status, user) = patch("/api/users/oli", &admin, "viewer").await;
     assert_eq!(status, StatusCode::OK, "{user}");
     let user = support::answer::<UserView>(&user);
-    assert_eq!((user.username.as_str(), user.role), ("oli", Role::Viewer));
+    assert_eq!(
+        (user.username.as_str(), user.role),
+        ("oli", Some(Role::Viewer))
+    );
     assert_eq!(create_workspace(&oli).await.0, StatusCode::FORBIDDEN);
 
     // Only admins change users; the last admin stays one; unknown names and roles are refused.

@@ -69,7 +69,7 @@ async fn first_start_prints_a_generated_admin_password_once() {
     let response = login(password.clone()).await;
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     let body: LoginResponse = response.json().await.unwrap();
-    assert_eq!(body.role, Role::Admin);
+    assert_eq!(body.role, Some(Role::Admin));
     assert_eq!(
         login("admin".into()).await.status(),
         reqwest::StatusCode::UNAUTHORIZED
@@ -166,7 +166,7 @@ fn user_add_passwd_role_and_remove() {
     {
         let store = linkops::store::Store::open(&store_path).unwrap();
         let otto = store.user("otto").unwrap().unwrap();
-        assert_eq!(otto.role, linkops_reconcilers::role::Role::Operator);
+        assert_eq!(otto.role, Some(linkops_reconcilers::role::Role::Operator));
         assert!(linkops::auth::password::verify(
             "new-secret-1",
             Some(&otto.password_hash)

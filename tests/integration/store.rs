@@ -18,7 +18,8 @@ async fn a_migrated_redb_store_serves_from_postgres_and_a_second_migration_is_re
         // What a redb daemon left: an account and its audit.
         let store = Store::open(&data.path().join("linkops.redb")).unwrap();
         let hash = linkops::auth::password::hash("migrated-pw-1").unwrap();
-        support::as_the_cli(|| store.create_user("ada", Role::Admin, &hash, &Actor::Cli)).unwrap();
+        support::as_the_cli(|| store.create_user("ada", Some(Role::Admin), &hash, &Actor::Cli))
+            .unwrap();
     }
     let server = linkops::blocking::run(TestPostgres::start)
         .await

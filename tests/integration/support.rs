@@ -205,7 +205,7 @@ fn create_users(data_dir: &Path, users: &[(&str, Role, &str)]) {
         store
             .create_user(
                 name,
-                *role,
+                Some(*role),
                 &password::hash(secret).unwrap(),
                 &linkops::store::Actor::Cli,
             )

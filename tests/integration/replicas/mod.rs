@@ -155,7 +155,9 @@ async fn shared_store(
     support::as_the_cli(|| {
         for (name, role, password) in users {
             let hash = linkops::auth::password::hash(password).unwrap();
-            store.create_user(name, *role, &hash, &Actor::Cli).unwrap();
+            store
+                .create_user(name, Some(*role), &hash, &Actor::Cli)
+                .unwrap();
         }
     });
     (server, database, store)

@@ -29,7 +29,7 @@ async fn a_demoted_or_deleted_user_loses_their_open_terminals() {
         .await;
     assert_eq!(status, StatusCode::OK, "{user}");
     let user: UserView = answer(&user);
-    assert_eq!(user.role, Role::Viewer);
+    assert_eq!(user.role, Some(Role::Viewer));
     while terminal.read().await {}
     let (code, reason) = terminal.closed.clone().expect("a close frame");
     assert_eq!(code, 4003, "{reason}");
