@@ -340,7 +340,7 @@ impl Holder {
 /// Runs one socket: frames from the panes out, client messages in, until
 /// either side closes, another socket takes over, the holder's access is
 /// `revoked` (deleted, demoted, password changed, `access.yaml` changed:
-/// then its sessions end too), or the daemon stops.
+/// then the owner's sessions end too), or the daemon stops.
 async fn serve_socket(
     socket: WebSocket,
     terminals: Terminals,
@@ -395,7 +395,11 @@ async fn serve_socket(
         // A dropped sender (no reason given) is no reason to close.
         Ok(end) = attached.ended => Some(end),
         () = revoked => {
-            terminals.end_workspaces(std::slice::from_ref(&workspace.id)).await;
+            // The owner's sessions end with their access; an admin watching
+            // someone else's workspace only leaves it.
+            if workspace.owner == holder.user.name {
+                terminals.end_workspaces(std::slice::from_ref(&workspace.id)).await;
+            }
             Some(SocketEnd::AccessRevoked)
         }
         _ = terminals.shutdown().cancelled() => Some(SocketEnd::DaemonStopping),

@@ -47,7 +47,10 @@ async fn login_answers_token_expiry_and_role_and_the_token_works() {
     let me = server.get("/api/auth/me", Some(&body.token)).await;
     assert_eq!(me.status(), StatusCode::OK);
     let me: Value = me.json().await.unwrap();
-    assert_eq!(me, json!({ "username": "ada", "role": "operator" }));
+    assert_eq!(
+        me,
+        json!({ "username": "ada", "role": "operator", "grants": [{"role": "operator", "tags": [], "machines": [], "scripts": []}] })
+    );
     server.stop().await;
 }
 

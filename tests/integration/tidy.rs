@@ -404,3 +404,53 @@ fn every_store_test_runs_on_both_engines() {
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+#[test]
+fn every_route_declares_what_it_checks() {
+    // A handler that takes the caller says what it checks through one of
+    // `Authenticated`'s methods: anyone signed in, a need decided by
+    // `reconcilers::grant`, reads filtered by what the grants reach, or the
+    // grants handed to the service that decides. Only the routes the
+    // description marks public (`security(())`) take no caller.
+    const CHECKS: [&str; 5] = [
+        "caller.signed_in()",
+        "caller.may(",
+        "caller.administers(",
+        "caller.reach(",
+        "caller.grants(",
+    ];
+    let mut wrong = Vec::new();
+    let mut routes = 0;
+    for (name, text) in sources() {
+        if !name.starts_with("src/api/") {
+            continue;
+        }
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            if !line.starts_with("#[utoipa::path(") {
+                continue;
+            }
+            routes += 1;
+            let public = line.contains("security(())");
+            let handler: Vec<&str> = lines.by_ref().take_while(|l| *l != "}").collect();
+            let signature = handler.first().copied().unwrap_or_default();
+            let body = handler.join("\n");
+            let takes_caller = body.contains(": Authenticated");
+            let checks = CHECKS.iter().any(|check| body.contains(check));
+            match (public, takes_caller, checks) {
+                (true, false, _) | (false, true, true) => {}
+                (true, true, _) => wrong.push(format!(
+                    "{name}: {signature} is public (security(())) yet takes a caller"
+                )),
+                (false, false, _) => wrong.push(format!(
+                    "{name}: {signature} takes no caller: say security(()) if it is public"
+                )),
+                (false, true, false) => wrong.push(format!(
+                    "{name}: {signature} checks nothing: call one of {CHECKS:?}"
+                )),
+            }
+        }
+    }
+    assert!(routes > 40, "only {routes} routes seen");
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

@@ -1,9 +1,20 @@
 // The daemon's public API (the one /api/openapi.json describes): requests with the session's token.
 // Every shape it exchanges is in ./contract.ts, generated from schemas/openapi.json by `npm run build`.
 
-import type { ErrorBody, ErrorCode, FleetStreamEvent, OperationStreamEvent, Role } from "./contract";
+import type { ErrorBody, ErrorCode, FleetStreamEvent, Grant, OperationStreamEvent, Role } from "./contract";
 
-export interface Session { token: string; user: string; role: Role }
+/** `role` is what the console offers: the highest of the user's grants (the daemon decides each request). */
+export interface Session { token: string; user: string; role: Role | null }
+
+const RANK: Role[] = ["viewer", "operator", "admin"];
+
+/** The highest role any grant gives; admin only over the whole fleet (what admin pages need). */
+export function offeredRole(grants: Grant[]): Role | null {
+  const reach = grants.map((grant) =>
+    grant.role === "admin" && ((grant.tags ?? []).length > 0 || (grant.machines ?? []).length > 0) ? "operator" : grant.role);
+  return reach.reduce<Role | null>((best, role) =>
+    best === null || RANK.indexOf(role) > RANK.indexOf(best) ? role : best, null);
+}
 
 const KEY = "linkops.session";
 

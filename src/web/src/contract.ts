@@ -1324,7 +1324,7 @@ export interface components {
         LoginResponse: {
             /** Format: date-time */
             expires_at: string;
-            role: components["schemas"]["Role"];
+            role?: null | components["schemas"]["Role"];
             token: string;
         };
         /** @description A machine as the inventory (`links.yaml`) declares it. */
@@ -1378,7 +1378,12 @@ export interface components {
         };
         /** @description Who a token belongs to. */
         Me: {
-            role: components["schemas"]["Role"];
+            /**
+             * @description Everything the user holds: the account's role, and what `access.yaml`
+             *     gives them; the console offers what the highest of these allows.
+             */
+            grants: components["schemas"]["Grant"][];
+            role?: null | components["schemas"]["Role"];
             username: string;
         };
         /** @description One live replica. */
@@ -1407,8 +1412,7 @@ export interface components {
          */
         Mode: "enforce" | "report";
         NewUser: {
-            /** @description viewer (read), operator (+ run, stop, terminals, verify) or admin (+ users, sync). */
-            role: components["schemas"]["Role"];
+            role?: null | components["schemas"]["Role"];
             username: string;
         };
         /**
@@ -1675,7 +1679,7 @@ export interface components {
          */
         Role: "viewer" | "operator" | "admin";
         RoleChange: {
-            role: components["schemas"]["Role"];
+            role?: null | components["schemas"]["Role"];
         };
         /** @description A rollout policy. */
         Rollout: {
@@ -1868,7 +1872,7 @@ export interface components {
             reason: "interrupted";
         };
         /**
-         * @description Why the daemon closed a workspace socket. 4001: another connection took this workspace over; 4002: the workspace was deleted; 4003: access revoked: the user was deleted or no longer has the operator role; 1001: the daemon is stopping. The 4000s are final: reconnecting cannot help.
+         * @description Why the daemon closed a workspace socket. 4001: another connection took this workspace over; 4002: the workspace was deleted; 4003: access revoked: the user was deleted, their password changed, or their grants no longer allow it; 1001: the daemon is stopping. The 4000s are final: reconnecting cannot help.
          * @enum {integer}
          */
         SocketCloseCode: 4001 | 4002 | 4003 | 1001;
@@ -2071,7 +2075,7 @@ export interface components {
         UserView: {
             /** Format: date-time */
             created_at: string;
-            role: components["schemas"]["Role"];
+            role?: null | components["schemas"]["Role"];
             username: string;
         };
         /** @description What a push delivery did. */

@@ -84,7 +84,7 @@ function drawNav(path: string): void {
   }
   nav.replaceChildren(...NAV.filter(([, , role]) => !role || current.role === role).map(([href, label]) =>
     h("a", { href, "aria-current": path.startsWith(href.slice(1)) ? "page" : undefined }, label)));
-  who.replaceChildren(`${current.user} (${current.role})`,
+  who.replaceChildren(`${current.user} (${current.role ?? "no role"})`,
     h("button", { type: "button", onclick: () => { saveSession(null); location.hash = "#/login"; } }, "Sign out"));
 }
 

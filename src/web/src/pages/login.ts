@@ -1,5 +1,5 @@
-import { api, ApiError, saveSession } from "../api";
-import type { LoginRequest, LoginResponse } from "../contract";
+import { api, ApiError, offeredRole, saveSession } from "../api";
+import type { LoginRequest, LoginResponse, Me } from "../contract";
 import { h } from "../dom";
 
 export async function loginPage(main: HTMLElement): Promise<void> {
@@ -18,7 +18,10 @@ export async function loginPage(main: HTMLElement): Promise<void> {
     try {
       const answer = await api<LoginResponse>("POST", "/api/auth/login",
         { username: user.value, password: password.value } satisfies LoginRequest);
-      saveSession({ token: answer.token, user: user.value, role: answer.role });
+      saveSession({ token: answer.token, user: user.value, role: answer.role ?? null });
+      // What access.yaml gives counts too: the console offers the highest.
+      const me = await api<Me>("GET", "/api/auth/me");
+      saveSession({ token: answer.token, user: user.value, role: offeredRole(me.grants) });
       location.hash = "#/fleet";
     } catch (failure) {
       error.textContent = failure instanceof ApiError ? failure.message : String(failure);

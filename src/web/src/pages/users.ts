@@ -5,7 +5,9 @@ import { api, ApiError, saveSession, session } from "../api";
 import type { Credentials, NewUser, Role, RoleChange, UserView } from "../contract";
 import { h, table, when } from "../dom";
 
-const ROLES: Role[] = ["viewer", "operator", "admin"];
+// "none": no role over the whole fleet, only what access.yaml gives.
+const ROLES = ["none", "viewer", "operator", "admin"] as const;
+const chosen = (value: string): Role | null => (value === "none" ? null : (value as Role));
 
 export async function usersPage(main: HTMLElement): Promise<void> {
   const users = await api<UserView[]>("GET", "/api/users");
@@ -27,18 +29,18 @@ export async function usersPage(main: HTMLElement): Promise<void> {
 
   const roleSelect = (user: UserView) => {
     const select = h("select", { "aria-label": `Role of ${user.username}` },
-      ...ROLES.map((r) => h("option", { value: r, selected: r === user.role }, r)));
+      ...ROLES.map((r) => h("option", { value: r, selected: r === (user.role ?? "none") }, r)));
     select.addEventListener("change", () => void attempt(async () => {
-      const changed = await api<UserView>("PATCH", `/api/users/${encodeURIComponent(user.username)}`, { role: select.value as Role } satisfies RoleChange);
+      const changed = await api<UserView>("PATCH", `/api/users/${encodeURIComponent(user.username)}`, { role: chosen(select.value) } satisfies RoleChange);
       user.role = changed.role;
-      say(`${changed.username} is now ${changed.role}.`);
+      say(`${changed.username} is now ${changed.role ?? "without a role (access.yaml only)"}.`);
       const me = session();
       if (me && me.user === changed.username && changed.role !== "admin") {
         // Stepped down: this page is for admins only.
-        saveSession({ ...me, role: changed.role });
+        saveSession({ ...me, role: changed.role ?? null });
         location.hash = "#/fleet";
       }
-    }, () => (select.value = user.role)));
+    }, () => (select.value = user.role ?? "none")));
     return select;
   };
   const actions = (user: UserView) => {
@@ -60,14 +62,14 @@ export async function usersPage(main: HTMLElement): Promise<void> {
   const row = (user: UserView) => [user.username, roleSelect(user), when(user.created_at), actions(user)];
 
   const name = h("input", { name: "username", required: true, autocomplete: "off", pattern: "[A-Za-z0-9._-]{1,64}" });
-  const role = h("select", { name: "role" }, ...ROLES.map((r) => h("option", { value: r }, r)));
+  const role = h("select", { name: "role" }, ...ROLES.map((r) => h("option", { value: r, selected: r === "viewer" }, r)));
   const form = h("form", { class: "row" }, h("label", {}, "New user", name), h("label", {}, "Role", role),
     h("button", { class: "primary", type: "submit" }, "Create"));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     void attempt(async () => {
-      const created = await api<Credentials>("POST", "/api/users", { username: name.value, role: role.value as Role } satisfies NewUser);
-      const user: UserView = { username: created.username, role: role.value as Role, created_at: new Date().toISOString() };
+      const created = await api<Credentials>("POST", "/api/users", { username: name.value, role: chosen(role.value) } satisfies NewUser);
+      const user: UserView = { username: created.username, role: chosen(role.value), created_at: new Date().toISOString() };
       list.querySelector("tbody")!.append(h("tr", {}, ...row(user).map((cell) => h("td", {}, cell))));
       reveal(created, "Created");
       form.reset();
