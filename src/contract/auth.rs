@@ -45,6 +45,8 @@ pub struct NewUser {
     pub username: String,
     /// Over the whole fleet: viewer (read), operator (+ run, stop, terminals,
     /// verify) or admin (+ users, sync); `null`: only what `access.yaml` gives.
+    // Required even as `null`: a role left out is not taken for none.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub role: Option<Role>,
 }
 
@@ -59,5 +61,6 @@ pub struct Credentials {
 #[serde(deny_unknown_fields)]
 pub struct RoleChange {
     /// `null`: none over the whole fleet, only what `access.yaml` gives.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub role: Option<Role>,
 }

@@ -364,6 +364,23 @@ async fn admins_change_roles_and_delete_users_but_never_the_last_admin() {
         )
     };
 
+    // A role left out is refused, not taken for none.
+    let (status, said) = call(
+        reqwest::Method::PATCH,
+        "/api/users/oli",
+        &admin,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{said}");
+    assert!(
+        said["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `role`"),
+        "{said}"
+    );
+
     // Demoting an operator takes effect on their very next request, with the same token.
     assert_eq!(create_workspace(&oli).await.0, StatusCode::CREATED);
     let (status, user) = patch("/api/users/oli", &admin, "viewer").await;
