@@ -18,6 +18,9 @@ pub enum ApiError {
     /// A browser page from an origin not allowed to open terminals.
     ForbiddenOrigin(String),
     InvalidCredentials,
+    /// A sign-in refused for what it is, not for a wrong password: a disabled
+    /// user, password sign-in off, what an identity provider sent.
+    SignInRefused(String),
     Locked {
         retry_after_secs: u64,
     },
@@ -77,6 +80,26 @@ impl From<auth::Error> for ApiError {
                 retry_after_secs: retry_after.as_secs().max(1),
             },
             auth::Error::Hash(_) => ApiError::Internal(error.to_string()),
+            auth::Error::PasswordSignInOff => ApiError::SignInRefused(error.to_string()),
+            auth::Error::Sso(error) => error.into(),
+        }
+    }
+}
+
+impl From<auth::sso::Error> for ApiError {
+    fn from(error: auth::sso::Error) -> Self {
+        use auth::sso::Error;
+        match error {
+            Error::UnknownProvider(_) => ApiError::NotFound(error.to_string()),
+            Error::Unreachable { .. } => ApiError::Unavailable {
+                message: error.to_string(),
+                retry_after_secs: 5,
+            },
+            Error::Config { .. } | Error::Secret(_) => ApiError::Internal(error.to_string()),
+            Error::StateMismatch
+            | Error::Refused { .. }
+            | Error::IdToken { .. }
+            | Error::Claim { .. } => ApiError::SignInRefused(error.to_string()),
         }
     }
 }
@@ -119,6 +142,9 @@ impl From<store::Error> for ApiError {
             | store::Error::NameRetired(_)
             | store::Error::LastAdmin(_) => ApiError::Conflict(error.to_string()),
             store::Error::NoSuchUser(_) => ApiError::NotFound(error.to_string()),
+            store::Error::NameTaken { .. } | store::Error::Disabled(_) => {
+                ApiError::SignInRefused(error.to_string())
+            }
             // The database away (or restarting), or a disk that refuses writes:
             // not this request's fault, and nothing was done.
             error
@@ -163,6 +189,9 @@ impl IntoResponse for ApiError {
                 "invalid user name or password".into(),
                 None,
             ),
+            ApiError::SignInRefused(message) => {
+                (StatusCode::FORBIDDEN, ErrorCode::SignInRefused, message, None)
+            }
             ApiError::Locked { retry_after_secs } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::Locked,

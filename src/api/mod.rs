@@ -17,6 +17,7 @@ mod notifications;
 mod operations;
 mod reconcile;
 mod runs;
+mod sso;
 mod states;
 mod tables;
 mod terminal;
@@ -130,6 +131,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ca::rotate))
         .routes(routes!(auth::login))
         .routes(routes!(auth::me))
+        .routes(routes!(sso::providers))
+        .routes(routes!(sso::start))
+        .routes(routes!(sso::callback))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::change_role, users::delete))
         .routes(routes!(users::reset_password))

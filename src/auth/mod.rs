@@ -6,6 +6,7 @@
 
 pub mod lockout;
 pub mod password;
+pub mod sso;
 mod token;
 mod unknown;
 
@@ -20,6 +21,7 @@ use linkops_reconcilers::grant::{self, Grant};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Semaphore, watch};
 
+use crate::config::PasswordSignIn;
 use crate::store::{self, Actor, AuditAction, LoginFailures, Outcome, Store, User};
 use linkops_reconcilers::role::Role;
 pub use lockout::LockoutPolicy;
@@ -45,6 +47,12 @@ pub enum Error {
     Hash(String),
     #[error("invalid user name {0:?}: use letters, digits, '.', '_' or '-' (1-64 characters)")]
     InvalidName(String),
+    #[error(
+        "password sign-in is for local admin accounts alone here ([auth] password_sign_in = \"admins\"): sign in with your identity provider"
+    )]
+    PasswordSignInOff,
+    #[error(transparent)]
+    Sso(#[from] sso::Error),
     #[error(
         "too many logins at once ({queued} waiting for a password check, the limit set by [auth] login_queue); try again in {} s", retry_after.as_secs().max(1)
     )]
@@ -85,10 +93,17 @@ pub struct Auth {
     waiting: Arc<AtomicUsize>,
     queue: usize,
     unknown: Arc<Mutex<UnknownNames>>,
+    /// The identity providers people sign in with.
+    sso: sso::Sso,
+    /// Who may still sign in with a password.
+    passwords: PasswordSignIn,
     /// When a malformed login was last audited, and how many came since: they
     /// cost no hash, so their audit entries are rate-limited instead.
     malformed: Arc<Mutex<(Option<std::time::Instant>, u64)>>,
 }
+
+/// What a sign-in in progress is sealed for.
+const SSO_AUDIENCE: &str = "linkops:sso-pending";
 
 /// Malformed logins are audited at most once per this.
 const MALFORMED_AUDIT_INTERVAL: Duration = Duration::from_secs(1);
@@ -121,8 +136,72 @@ impl Auth {
                 limits.unknown_names,
                 window_ms,
             ))),
+            sso: sso::Sso::default(),
+            passwords: PasswordSignIn::Everyone,
             malformed: Arc::default(),
         }
+    }
+
+    /// This service, people also signing in at `sso`'s providers, and with a
+    /// password as `passwords` says.
+    pub fn signing_in(self, sso: sso::Sso, passwords: PasswordSignIn) -> Auth {
+        Auth {
+            sso,
+            passwords,
+            ..self
+        }
+    }
+
+    /// The identity providers.
+    pub fn sso(&self) -> &sso::Sso {
+        &self.sso
+    }
+
+    /// Starts a sign-in at `provider`: where to send the browser, and what it
+    /// carries back (sealed, good for [`sso::SIGN_IN_WINDOW`]).
+    pub async fn sso_start(&self, provider: &str, back: sso::Back) -> Result<(String, String), Error> {
+        let (url, pending) = self.sso.start(provider, back).await?;
+        let sealed = self.tokens.seal(&pending, SSO_AUDIENCE, sso::SIGN_IN_WINDOW);
+        Ok((url, sealed))
+    }
+
+    /// What a sign-in in progress will take the person back to, if `sealed` is one of ours.
+    pub fn sso_pending(&self, sealed: &str) -> Option<sso::Pending> {
+        self.tokens.open(sealed, SSO_AUDIENCE)
+    }
+
+    /// Finishes a sign-in the provider sent back: the person's account, with
+    /// the groups the provider says now, and a session lasting at most the
+    /// provider's `session_lifetime`. Refusals after the state checked out
+    /// are audited with the provider's name.
+    pub async fn sso_finish(&self, pending: sso::Pending, code: &str, state: &str) -> Result<Login, Error> {
+        let provider = pending.provider.clone();
+        let lifetime = self.sso.session_lifetime(&provider)?;
+        let identity = match self.sso.finish(pending, code, state).await {
+            Ok(identity) => identity,
+            Err(sso::Error::StateMismatch) => return Err(sso::Error::StateMismatch.into()),
+            Err(error) => {
+                let detail = format!("provider {provider}: {error}");
+                (self.store)
+                    .run(move |store| {
+                        let failed = Outcome::Failure;
+                        store.audit(&Actor::System, AuditAction::AuthSso, &provider, failed, Some(detail))
+                    })
+                    .await?;
+                return Err(error.into());
+            }
+        };
+        let sso = store::SsoIdentity {
+            provider: identity.provider,
+            subject: identity.subject,
+            groups: identity.groups,
+            signed_in_at_ms: store::now_ms(),
+        };
+        let user = (self.store)
+            .run(move |store| store.sign_in_sso(&identity.username, sso))
+            .await?;
+        let token = self.tokens.issue_for(&user, lifetime);
+        Ok(Login { token, user })
     }
 
     /// Checks a login attempt and records its outcome (failure counter, audit log).
@@ -199,6 +278,14 @@ impl Auth {
         }
     }
 
+    /// Whether `user` may sign in with a password ([`PasswordSignIn`]).
+    fn may_use_a_password(&self, user: &User) -> bool {
+        match self.passwords {
+            PasswordSignIn::Everyone => true,
+            PasswordSignIn::Admins => user.role == Some(Role::Admin),
+        }
+    }
+
     /// A name's failure counters: the store's for accounts, memory's for other names.
     fn failures(&self, name: &str, known: bool) -> Result<Option<LoginFailures>, Error> {
         Ok(if known {
@@ -231,6 +318,23 @@ impl Auth {
         // long as known ones.
         let valid = password::verify(password, user.as_ref().map(|u| u.password_hash.as_str()));
         match user {
+            Some(user) if valid && (user.disabled || !self.may_use_a_password(&user)) => {
+                let detail = match user.disabled {
+                    true => "right password, but the user is disabled",
+                    false => "right password, but password sign-in is for admins alone",
+                };
+                self.store.audit(
+                    &Actor::user(name),
+                    AuditAction::AuthLogin,
+                    name,
+                    Outcome::Denied,
+                    Some(detail.into()),
+                )?;
+                match user.disabled {
+                    true => Err(store::Error::Disabled(user.name).into()),
+                    false => Err(Error::PasswordSignInOff),
+                }
+            }
             Some(user) if valid => {
                 self.store.update_login_failures(
                     name,
@@ -291,7 +395,7 @@ impl Auth {
     pub async fn current(&self, session: &Session) -> Result<Option<User>, Error> {
         let (name, issued_at_ms) = (session.user.clone(), session.issued_at_ms);
         let user = self.store.run(move |store| store.user(&name)).await?;
-        Ok(user.filter(|user| issued_at_ms >= user.password_changed_at_ms))
+        Ok(user.filter(|user| issued_at_ms >= user.password_changed_at_ms && !user.disabled))
     }
 
     /// Completes when `session` may no longer keep what it opened: its user
@@ -342,11 +446,14 @@ pub struct Session {
 }
 
 /// What `user` may do where: their account's role over the whole fleet, and
-/// what `access.yaml` in the desired state in force gives them.
+/// what `access.yaml` in the desired state in force gives them and — for a
+/// person signing in at an identity provider — the groups it said they were
+/// in at their last sign-in.
 pub fn grants(user: &User, desired: Option<&DesiredState>) -> Vec<Grant> {
     let given = desired.map_or(&[][..], |desired| &desired.grants);
+    let groups = user.sso.as_ref().map_or(&[][..], |sso| &sso.groups);
     (user.role.map(Grant::fleet).into_iter())
-        .chain(grant::held_by(given, &user.name, &[]))
+        .chain(grant::held_by(given, &user.name, groups))
         .collect()
 }
 

@@ -1,4 +1,6 @@
-//! Session tokens: HS256 JWTs signed with the daemon's secret.
+//! Session tokens: HS256 JWTs signed with the daemon's secret; and, with the
+//! same key, what a browser carries between the steps of a sign-in (sealed
+//! for one audience, so that neither passes for the other).
 
 use std::time::Duration;
 
@@ -66,8 +68,14 @@ impl Tokens {
     }
 
     pub fn issue(&self, user: &User) -> IssuedToken {
+        self.issue_for(user, self.lifetime)
+    }
+
+    /// A token for `user` lasting `lifetime`, and never longer than the daemon's own.
+    pub fn issue_for(&self, user: &User, lifetime: Duration) -> IssuedToken {
         let iat_ms = now_ms();
-        let lifetime_ms = i64::try_from(self.lifetime.as_millis()).unwrap_or(i64::MAX);
+        let lifetime = lifetime.min(self.lifetime);
+        let lifetime_ms = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
         let exp_ms = iat_ms.saturating_add(lifetime_ms);
         let claims = Claims {
             sub: user.name.clone(),
@@ -90,6 +98,38 @@ impl Tokens {
             .ok()
             .map(|data| data.claims)
     }
+
+    /// `value`, signed for `audience` and good for `lifetime`: what a browser
+    /// carries between two requests without the daemon keeping it.
+    pub fn seal<T: Serialize>(&self, value: &T, audience: &str, lifetime: Duration) -> String {
+        let exp = (now_ms() / 1000).saturating_add(lifetime.as_secs() as i64);
+        let sealed = Sealed {
+            aud: audience,
+            exp,
+            value,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &sealed, &self.encoding)
+            .expect("HS256 signing with an in-memory key cannot fail")
+    }
+
+    /// What [`seal`](Self::seal) sealed for `audience`, unless forged or expired.
+    pub fn open<T: serde::de::DeserializeOwned>(&self, sealed: &str, audience: &str) -> Option<T> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "aud"]);
+        validation.set_audience(&[audience]);
+        jsonwebtoken::decode::<Sealed<String, T>>(sealed, &self.decoding, &validation)
+            .ok()
+            .map(|data| data.claims.value)
+    }
+}
+
+/// A value [`Tokens::seal`] signed.
+#[derive(Serialize, Deserialize)]
+struct Sealed<A, T> {
+    aud: A,
+    exp: i64,
+    value: T,
 }
 
 #[cfg(test)]
@@ -103,6 +143,8 @@ mod tests {
             password_hash: String::new(),
             created_at_ms: 0,
             password_changed_at_ms: 0,
+            sso: None,
+            disabled: false,
         }
     }
 
@@ -149,5 +191,32 @@ mod tests {
             ours.verify(&format!("{header_and_payload}.{signature}"))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_sealed_value_opens_for_its_audience_alone_and_is_never_a_session() {
+        let tokens = Tokens::new(b"s", Duration::from_secs(60));
+        let sealed = tokens.seal(&("state", 7), "linkops:sso", Duration::from_secs(60));
+        assert_eq!(
+            tokens.open::<(String, u32)>(&sealed, "linkops:sso"),
+            Some(("state".into(), 7))
+        );
+        assert_eq!(tokens.open::<(String, u32)>(&sealed, "other"), None);
+        assert!(tokens.verify(&sealed).is_none(), "a sealed value passed for a session");
+        let session = tokens.issue(&user()).token;
+        assert_eq!(tokens.open::<Claims>(&session, "linkops:sso").map(|c| c.sub), None);
+        let other = Tokens::new(b"t", Duration::from_secs(60));
+        assert_eq!(other.open::<(String, u32)>(&sealed, "linkops:sso"), None);
+    }
+
+    #[test]
+    fn a_session_lasts_the_shorter_of_what_is_asked_and_the_daemon_s_own() {
+        let tokens = Tokens::new(b"s", Duration::from_secs(3600));
+        let lasting = |asked| {
+            let claims = tokens.verify(&tokens.issue_for(&user(), asked).token).unwrap();
+            claims.exp - claims.iat
+        };
+        assert_eq!(lasting(Duration::from_secs(600)), 600);
+        assert_eq!(lasting(Duration::from_secs(7200)), 3600);
     }
 }

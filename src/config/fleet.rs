@@ -146,6 +146,79 @@ pub struct AuthConfig {
     /// Unknown user names whose failed logins are counted (in memory, for the
     /// lockout duration); the oldest is forgotten beyond it.
     pub unknown_name_counters: usize,
+    /// Who may sign in with a password: everyone, or — once people sign in
+    /// with an identity provider — admins alone (the break-glass way in).
+    pub password_sign_in: PasswordSignIn,
+    /// The identity providers people sign in with (`[[auth.oidc]]`).
+    pub oidc: Vec<OidcConfig>,
+}
+
+/// Who may sign in with a password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PasswordSignIn {
+    Everyone,
+    /// Local accounts with the admin role; everyone else signs in with a provider.
+    Admins,
+}
+
+/// An OpenID Connect provider people sign in with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Names it in URLs (`/api/auth/sso/<name>/…`) and the audit log: 1-32 of a-z, 0-9, '-'.
+    pub name: String,
+    /// What the console's button says: "Sign in with <display_name>"; default: the name.
+    pub display_name: Option<String>,
+    /// The issuer (`https://forgejo.example/`): its discovery document is at
+    /// `<issuer>/.well-known/openid-configuration`. https, or http on loopback.
+    pub issuer: String,
+    pub client_id: String,
+    /// The client secret: a file in the keys directory (or an absolute path), mode 0600.
+    pub client_secret_file: String,
+    /// Where the provider sends people back, as registered there: the
+    /// daemon's address as browsers reach it, then `/api/auth/sso/<name>/callback`.
+    pub redirect_url: String,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// The ID token claim that lists the person's groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// The ID token claim that is their user name in LinkOps.
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// A session signed in here lasts at most this (and at most `token_lifetime`).
+    #[serde(
+        default = "default_session_lifetime",
+        with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required"
+    )]
+    pub session_lifetime: Duration,
+    /// Each request to the provider (discovery, keys, the code's exchange) ends within this.
+    #[serde(
+        default = "default_provider_timeout",
+        with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required"
+    )]
+    pub timeout: Duration,
+}
+
+fn default_scopes() -> Vec<String> {
+    ["openid", "profile", "groups"].map(String::from).to_vec()
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+fn default_username_claim() -> String {
+    "preferred_username".into()
+}
+
+fn default_session_lifetime() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+fn default_provider_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for AuthConfig {
@@ -158,6 +231,8 @@ impl Default for AuthConfig {
             max_concurrent_hashes: 0,
             login_queue: 32,
             unknown_name_counters: 10_000,
+            password_sign_in: PasswordSignIn::Everyone,
+            oidc: Vec::new(),
         }
     }
 }

@@ -64,3 +64,21 @@ pub struct RoleChange {
     #[serde(deserialize_with = "Option::deserialize")]
     pub role: Option<Role>,
 }
+
+/// How people may sign in (`GET /api/auth/providers`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SignInOptions {
+    pub providers: Vec<SignInProvider>,
+    /// Password sign-in is for local admin accounts alone (`[auth] password_sign_in`).
+    pub passwords_for_admins_only: bool,
+}
+
+/// An identity provider people sign in at.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SignInProvider {
+    pub name: String,
+    /// "Sign in with <display_name>".
+    pub display_name: String,
+    /// Where the browser goes to sign in there.
+    pub start: String,
+}

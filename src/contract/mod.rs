@@ -46,6 +46,9 @@ pub enum ErrorCode {
     ForbiddenOrigin,
     /// A login with a wrong user name or password (401).
     InvalidCredentials,
+    /// A sign-in refused for what it is: a disabled user, password sign-in
+    /// off, what an identity provider sent; the message says which (403).
+    SignInRefused,
     /// Too many failed logins; `details.retry_after_secs` (429).
     Locked,
     /// Too much at once; `details.retry_after_secs` (429).

@@ -66,6 +66,8 @@ pub enum Error {
     Authority(#[from] crate::ssh::ca::Error),
     #[error("creating the first admin failed: {0}")]
     Bootstrap(#[from] auth::Error),
+    #[error("single sign-on: {0}")]
+    SingleSignOn(#[from] auth::sso::Error),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
     #[error("cannot listen for the other replicas at [cluster] listen = \"{address}\": {source}")]
@@ -544,7 +546,9 @@ fn prepare(config: Arc<Config>, store: store::Store, replica: &str) -> Result<Pr
         queue: config.auth.login_queue,
         unknown_names: config.auth.unknown_name_counters,
     };
-    let auth = Auth::new(store.clone(), &secret, config.auth.token_lifetime, limits);
+    let sso = auth::sso::Sso::new(&config.auth.oidc, &config.keys_dir())?;
+    let auth = Auth::new(store.clone(), &secret, config.auth.token_lifetime, limits)
+        .signing_in(sso, config.auth.password_sign_in);
     let revocations = crate::authority::Revocations::load(&store)?;
     Ok(Prepared {
         config,

@@ -42,7 +42,10 @@ impl std::fmt::Display for Actor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditAction {
     AuthLogin,
+    AuthSso,
     UserCreate,
+    UserDisable,
+    UserEnable,
     UserPasswd,
     UserRole,
     UserDelete,
@@ -70,6 +73,9 @@ impl AuditAction {
     pub fn name(self) -> &'static str {
         match self {
             AuditAction::AuthLogin => "auth.login",
+            AuditAction::AuthSso => "auth.sso",
+            AuditAction::UserDisable => "user.disable",
+            AuditAction::UserEnable => "user.enable",
             AuditAction::UserCreate => "user.create",
             AuditAction::UserPasswd => "user.passwd",
             AuditAction::UserRole => "user.role",

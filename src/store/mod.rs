@@ -43,7 +43,7 @@ pub use operations::Claim;
 pub use operations::OperationUpdate;
 pub use records::{
     AuditEntry, Declared, HealthSample, LoginFailures, MachineRecord, Outcome, PostedStatus,
-    ScriptRecord, SyncAsk, SyncOutcome, SyncRecord, User,
+    ScriptRecord, SsoIdentity, SyncAsk, SyncOutcome, SyncRecord, User,
 };
 pub use retention::{Pruned, Retention};
 pub use scan::{OperationIndex, SeqTable};
@@ -99,6 +99,12 @@ pub enum Error {
     NameRetired(String),
     #[error("no user named {0:?}")]
     NoSuchUser(String),
+    #[error(
+        "the name {name:?} is {holder}; an identity provider's sign-in never takes over another account: have the provider send another name, or delete the account first"
+    )]
+    NameTaken { name: String, holder: String },
+    #[error("user {0:?} is disabled: an admin enables them again (PUT /api/users/{0}/disabled)")]
+    Disabled(String),
     #[error(
         "user {0:?} is the last admin; make another user admin first, so that someone can still manage users"
     )]

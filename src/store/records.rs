@@ -117,6 +117,25 @@ pub struct User {
     pub created_at_ms: i64,
     /// Tokens issued before this instant are no longer accepted.
     pub password_changed_at_ms: i64,
+    /// Who an identity provider says they are, for a person who signs in
+    /// there (their password hash is then empty: no password opens it).
+    #[serde(default)]
+    pub sso: Option<SsoIdentity>,
+    /// Set by an admin: no sign-in, and every session ends.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// A person as an identity provider knows them, as of their last sign-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SsoIdentity {
+    /// The provider's name in `[[auth.oidc]]`.
+    pub provider: String,
+    /// The provider's stable id for them (`sub`).
+    pub subject: String,
+    /// Their groups when they last signed in: what `access.yaml` gives to groups.
+    pub groups: Vec<String>,
+    pub signed_in_at_ms: i64,
 }
 
 /// Consecutive failed logins for one user name.
@@ -162,8 +181,11 @@ mod tests {
         // an operation's host or a terminal session logged in with.
         ("auth", r#""key""#),
         ("certificate", "null"),
-        // Issue 31: the grants of `access.yaml` in an applied desired state.
+        // Issue 31: the grants of `access.yaml` in an applied desired state;
+        // a user's identity at a provider, and whether an admin disabled them.
         ("grants", "[]"),
+        ("sso", "null"),
+        ("disabled", "false"),
     ];
 
     /// `encoded` without the [`ADDED`] fields that `stored` lacks, each checked

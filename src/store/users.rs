@@ -5,7 +5,7 @@ use linkops_reconcilers::role::{AccountRole, Role};
 use super::audit::{self, Actor, Audit, AuditAction};
 use super::engine::{Read, Write, WriteTx};
 use super::records::Outcome;
-use super::records::{LoginFailures, User};
+use super::records::{LoginFailures, SsoIdentity, User};
 use super::schema::{LOGIN_FAILURES, META, RETIRED_NAMES, TERMINAL_WORKSPACES, USERS};
 use super::{Error, Result, Store, now_ms};
 
@@ -102,6 +102,96 @@ impl Store {
             Outcome::Success,
             None,
         )?;
+        bump_account_version(&mut tx)?;
+        tx.commit()?;
+        self.user_changed();
+        Ok(user)
+    }
+
+    /// Signs in a person an identity provider vouched for: their account —
+    /// made at their first sign-in, with no role of its own — with the groups
+    /// the provider says now, audited with the provider and subject. Refused
+    /// when the name is a local account's, another provider subject's, or
+    /// retired, and when an admin disabled them.
+    pub fn sign_in_sso(&self, name: &str, identity: SsoIdentity) -> Result<User> {
+        let mut tx = self.write()?;
+        if tx.get(RETIRED_NAMES, name)?.is_some() {
+            return Err(Error::NameRetired(name.to_owned()));
+        }
+        let user = match tx.get(USERS, name)? {
+            None => User {
+                sso: Some(identity.clone()),
+                ..new_user(name, None, "")
+            },
+            Some(user) => {
+                let holder = match &user.sso {
+                    None => Some("a local account's".to_owned()),
+                    Some(known)
+                        if (known.provider != identity.provider
+                            || known.subject != identity.subject) =>
+                    {
+                        Some(format!(
+                            "the sign-in of subject {:?} at provider {}",
+                            known.subject, known.provider
+                        ))
+                    }
+                    Some(_) => None,
+                };
+                if let Some(holder) = holder {
+                    return Err(Error::NameTaken {
+                        name: name.to_owned(),
+                        holder,
+                    });
+                }
+                if user.disabled {
+                    return Err(Error::Disabled(name.to_owned()));
+                }
+                User {
+                    sso: Some(identity.clone()),
+                    ..user
+                }
+            }
+        };
+        tx.insert(USERS, name, &user)?;
+        let detail = format!(
+            "provider {}, subject {}, groups [{}]",
+            identity.provider,
+            identity.subject,
+            identity.groups.join(", ")
+        );
+        audit::append(
+            &mut tx,
+            &Actor::user(name),
+            AuditAction::AuthSso,
+            name,
+            Outcome::Success,
+            Some(detail),
+        )?;
+        // Their groups may have changed: open connections re-check.
+        bump_account_version(&mut tx)?;
+        tx.commit()?;
+        self.user_changed();
+        Ok(user)
+    }
+
+    /// Disables (or enables again) a user, audited as done `by`: a disabled
+    /// user cannot sign in, and every session of theirs ends. The last admin
+    /// stays enabled.
+    pub fn set_disabled(&self, name: &str, disabled: bool, by: &Actor) -> Result<User> {
+        let mut tx = self.write()?;
+        let mut user = tx
+            .get(USERS, name)?
+            .ok_or_else(|| Error::NoSuchUser(name.to_owned()))?;
+        if disabled {
+            refuse_last_admin(&tx, &user)?;
+        }
+        user.disabled = disabled;
+        tx.insert(USERS, name, &user)?;
+        let action = match disabled {
+            true => AuditAction::UserDisable,
+            false => AuditAction::UserEnable,
+        };
+        audit::append(&mut tx, by, action, name, Outcome::Success, None)?;
         bump_account_version(&mut tx)?;
         tx.commit()?;
         self.user_changed();
@@ -257,6 +347,8 @@ fn new_user(name: &str, role: Option<Role>, password_hash: &str) -> User {
         password_hash: password_hash.to_owned(),
         created_at_ms: now,
         password_changed_at_ms: now,
+        sso: None,
+        disabled: false,
     }
 }
 
