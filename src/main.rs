@@ -100,6 +100,14 @@ enum Command {
         /// Read the password from the first line of stdin instead of prompting.
         #[arg(long)]
         password_stdin: bool,
+        /// Sign in through the browser at the daemon's identity provider (name
+        /// it when there are several): the CLI waits on a loopback port for the
+        /// browser to come back with the session.
+        #[arg(long, value_name = "PROVIDER", num_args = 0..=1, default_missing_value = "", conflicts_with_all = ["user", "password_stdin"])]
+        sso: Option<String>,
+        /// With --sso: print the link instead of opening a browser.
+        #[arg(long, requires = "sso")]
+        no_browser: bool,
     },
     /// List the machines: health, enrollment, readiness.
     Machines {
@@ -490,10 +498,18 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
     if let Command::Login {
         user,
         password_stdin,
+        sso,
+        no_browser,
     } = command
     {
         let server = server.unwrap_or(client::DEFAULT_SERVER);
-        client::login(server, user, *password_stdin).await?;
+        match sso {
+            Some(provider) => {
+                let provider = Some(provider.as_str()).filter(|p| !p.is_empty());
+                client::sso::login(server, provider, !no_browser).await?;
+            }
+            None => client::login(server, user, *password_stdin).await?,
+        }
         return Ok(0);
     }
     // The daemon's health needs no session: `status` tells it without one.

@@ -189,9 +189,12 @@ impl IntoResponse for ApiError {
                 "invalid user name or password".into(),
                 None,
             ),
-            ApiError::SignInRefused(message) => {
-                (StatusCode::FORBIDDEN, ErrorCode::SignInRefused, message, None)
-            }
+            ApiError::SignInRefused(message) => (
+                StatusCode::FORBIDDEN,
+                ErrorCode::SignInRefused,
+                message,
+                None,
+            ),
             ApiError::Locked { retry_after_secs } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::Locked,

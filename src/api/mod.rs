@@ -137,6 +137,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::change_role, users::delete))
         .routes(routes!(users::reset_password))
+        .routes(routes!(users::set_disabled))
         .routes(routes!(links::list))
         .routes(routes!(links::events))
         .routes(routes!(links::get))

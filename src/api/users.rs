@@ -8,7 +8,7 @@ use super::auth::Authenticated;
 use super::extract::{Json, Path};
 use super::{ApiError, AppState, at};
 use crate::auth::{self, GeneratedPassword};
-use crate::contract::{Credentials, NewUser, RoleChange, UserView};
+use crate::contract::{Credentials, Disabling, NewUser, RoleChange, SsoView, UserView};
 use crate::store::{Actor, User};
 use linkops_reconcilers::grant::{self, Need};
 
@@ -35,6 +35,13 @@ impl From<User> for UserView {
             username: user.name,
             role: user.role,
             created_at: at(user.created_at_ms).unwrap_or_default(),
+            disabled: user.disabled,
+            sso: user.sso.map(|sso| SsoView {
+                provider: sso.provider,
+                subject: sso.subject,
+                groups: sso.groups,
+                signed_in_at: at(sso.signed_in_at_ms).unwrap_or_default(),
+            }),
         }
     }
 }
@@ -95,6 +102,26 @@ pub async fn change_role(
     // Without a terminal anywhere, their sessions end (a socket also ends on its own).
     let grants = auth::grants(&user, state.git.desired().borrow().as_deref());
     if grant::permits(&grants, Need::Workspaces).is_err() {
+        state.terminals.revoke(&user.name).await?;
+    }
+    Ok(Json(user.into()))
+}
+
+/// `PUT /api/users/{name}/disabled`
+#[utoipa::path(put, path = "/api/users/{name}/disabled", tag = "users", params(("name" = String, Path, description = "User name")), request_body = Disabling, responses((status = 200, description = "Disabled or enabled again (admin): a disabled user signs in nowhere, a password nor an identity provider, and their sessions, streams and terminals end at once", body = UserView), (status = 404, description = "No such user", body = crate::contract::ErrorBody), (status = 409, description = "The last admin cannot be disabled", body = crate::contract::ErrorBody)))]
+pub async fn set_disabled(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(name): Path<String>,
+    Json(body): Json<Disabling>,
+) -> Result<Json<UserView>, ApiError> {
+    let admin = Actor::user(&caller.administers(&state)?.name);
+    let store = state.store.clone();
+    let user =
+        crate::blocking::run(move || auth::set_disabled(&store, &admin, &name, body.disabled))
+            .await
+            .map_err(|error| ApiError::Internal(error.to_string()))??;
+    if user.disabled {
         state.terminals.revoke(&user.name).await?;
     }
     Ok(Json(user.into()))

@@ -159,9 +159,15 @@ impl Auth {
 
     /// Starts a sign-in at `provider`: where to send the browser, and what it
     /// carries back (sealed, good for [`sso::SIGN_IN_WINDOW`]).
-    pub async fn sso_start(&self, provider: &str, back: sso::Back) -> Result<(String, String), Error> {
+    pub async fn sso_start(
+        &self,
+        provider: &str,
+        back: sso::Back,
+    ) -> Result<(String, String), Error> {
         let (url, pending) = self.sso.start(provider, back).await?;
-        let sealed = self.tokens.seal(&pending, SSO_AUDIENCE, sso::SIGN_IN_WINDOW);
+        let sealed = self
+            .tokens
+            .seal(&pending, SSO_AUDIENCE, sso::SIGN_IN_WINDOW);
         Ok((url, sealed))
     }
 
@@ -174,7 +180,12 @@ impl Auth {
     /// the groups the provider says now, and a session lasting at most the
     /// provider's `session_lifetime`. Refusals after the state checked out
     /// are audited with the provider's name.
-    pub async fn sso_finish(&self, pending: sso::Pending, code: &str, state: &str) -> Result<Login, Error> {
+    pub async fn sso_finish(
+        &self,
+        pending: sso::Pending,
+        code: &str,
+        state: &str,
+    ) -> Result<Login, Error> {
         let provider = pending.provider.clone();
         let lifetime = self.sso.session_lifetime(&provider)?;
         let identity = match self.sso.finish(pending, code, state).await {
@@ -185,7 +196,13 @@ impl Auth {
                 (self.store)
                     .run(move |store| {
                         let failed = Outcome::Failure;
-                        store.audit(&Actor::System, AuditAction::AuthSso, &provider, failed, Some(detail))
+                        store.audit(
+                            &Actor::System,
+                            AuditAction::AuthSso,
+                            &provider,
+                            failed,
+                            Some(detail),
+                        )
                     })
                     .await?;
                 return Err(error.into());
@@ -542,6 +559,15 @@ pub fn change_role(
     let changed = store.set_role(name, role, by);
     audit_refusal(store, by, AuditAction::UserRole, name, &changed)?;
     Ok(changed?.1)
+}
+
+/// Disables (or enables again) a user, audited as done `by`: a disabled user
+/// signs in nowhere, and their sessions end at once. A refusal (the last
+/// admin) is audited too.
+pub fn set_disabled(store: &Store, by: &Actor, name: &str, disabled: bool) -> Result<User, Error> {
+    let changed = store.set_disabled(name, disabled, by);
+    audit_refusal(store, by, AuditAction::UserDisable, name, &changed)?;
+    Ok(changed?)
 }
 
 /// Deletes a user, audited as done `by`; their tokens stop working at once.

@@ -17,9 +17,9 @@ use openidconnect::core::{
 };
 use openidconnect::{
     AdditionalClaims, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
-    EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields,
-    IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
-    StandardErrorResponse, StandardTokenResponse, TokenResponse,
+    EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields, IssuerUrl,
+    Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, StandardErrorResponse,
+    StandardTokenResponse, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -35,6 +35,19 @@ pub const SIGN_IN_WINDOW: Duration = Duration::from_secs(10 * 60);
 
 /// How far an ID token's issue time may be from this daemon's clock.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// The ID token signatures accepted.
+const SIGNATURES: [CoreJwsSigningAlgorithm; 9] = [
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha384,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha512,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
 
 /// Keys are fetched again for an unknown key id at most this often.
 const KEYS_REFRESH: Duration = Duration::from_secs(60);
@@ -169,13 +182,19 @@ impl Sso {
             if !name_ok {
                 return Err(problem("name: use 1-32 of a-z, 0-9 and '-'".into()));
             }
-            if providers.iter().any(|p: &Provider| p.config.name == config.name) {
+            if providers
+                .iter()
+                .any(|p: &Provider| p.config.name == config.name)
+            {
                 return Err(problem("two providers have this name".into()));
             }
             let issuer = IssuerUrl::new(config.issuer.clone())
                 .map_err(|error| problem(format!("issuer: {error}")))?;
             let loopback = issuer.url().host_str().is_some_and(|host| {
-                host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
             });
             if issuer.url().scheme() != "https" && !loopback {
                 return Err(problem(format!(
@@ -291,7 +310,7 @@ impl Sso {
         let nonce = Nonce::new(pending.nonce.clone());
         let verified = {
             let verifier = provider.verifier(&client);
-            id_token.claims(&verifier, &nonce).map(Clone::clone)
+            id_token.claims(&verifier, &nonce).cloned()
         };
         let claims = match verified {
             Ok(claims) => claims,
@@ -303,7 +322,7 @@ impl Sso {
                 let verifier = provider.verifier(&client);
                 id_token
                     .claims(&verifier, &nonce)
-                    .map(Clone::clone)
+                    .cloned()
                     .map_err(|error| provider.bad_token(error))?
             }
             Err(error) => return Err(provider.bad_token(error)),
@@ -355,6 +374,9 @@ impl Provider {
     ) -> openidconnect::IdTokenVerifier<'c, CoreJsonWebKey> {
         client
             .id_token_verifier()
+            // Public-key signatures alone, whatever the discovery document
+            // offers: never `none`, never an HMAC keyed with the client secret.
+            .set_allowed_algs(SIGNATURES)
             .set_issue_time_verifier_fn(|issued| {
                 let issued = issued.timestamp();
                 let now = jiff::Timestamp::now().as_second();
@@ -432,8 +454,10 @@ impl Provider {
         &self,
     ) -> impl Fn(
         openidconnect::HttpRequest,
-    ) -> futures::future::BoxFuture<'static, Result<openidconnect::HttpResponse, HttpError>>
-    + use<> {
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<openidconnect::HttpResponse, HttpError>,
+    > + use<> {
         let http = self.http.clone();
         move |request| {
             let http = http.clone();

@@ -202,9 +202,17 @@ mod tests {
             Some(("state".into(), 7))
         );
         assert_eq!(tokens.open::<(String, u32)>(&sealed, "other"), None);
-        assert!(tokens.verify(&sealed).is_none(), "a sealed value passed for a session");
+        assert!(
+            tokens.verify(&sealed).is_none(),
+            "a sealed value passed for a session"
+        );
         let session = tokens.issue(&user()).token;
-        assert_eq!(tokens.open::<Claims>(&session, "linkops:sso").map(|c| c.sub), None);
+        assert_eq!(
+            tokens
+                .open::<Claims>(&session, "linkops:sso")
+                .map(|c| c.sub),
+            None
+        );
         let other = Tokens::new(b"t", Duration::from_secs(60));
         assert_eq!(other.open::<(String, u32)>(&sealed, "linkops:sso"), None);
     }
@@ -213,7 +221,9 @@ mod tests {
     fn a_session_lasts_the_shorter_of_what_is_asked_and_the_daemon_s_own() {
         let tokens = Tokens::new(b"s", Duration::from_secs(3600));
         let lasting = |asked| {
-            let claims = tokens.verify(&tokens.issue_for(&user(), asked).token).unwrap();
+            let claims = tokens
+                .verify(&tokens.issue_for(&user(), asked).token)
+                .unwrap();
             claims.exp - claims.iat
         };
         assert_eq!(lasting(Duration::from_secs(600)), 600);

@@ -9,6 +9,7 @@ pub mod enroll;
 mod follow;
 mod print;
 mod session;
+pub mod sso;
 
 use std::path::PathBuf;
 

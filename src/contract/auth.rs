@@ -37,6 +37,28 @@ pub struct UserView {
     pub role: Option<Role>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: jiff::Timestamp,
+    /// Signs in nowhere, and has no session.
+    pub disabled: bool,
+    /// For a person who signs in at an identity provider: who it says they are.
+    pub sso: Option<SsoView>,
+}
+
+/// A person as an identity provider said at their last sign-in.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SsoView {
+    pub provider: String,
+    pub subject: String,
+    /// What `access.yaml` gives to groups, they hold through these.
+    pub groups: Vec<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub signed_in_at: jiff::Timestamp,
+}
+
+/// `PUT /api/users/{name}/disabled`
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Disabling {
+    pub disabled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -26,6 +26,7 @@ mod operations;
 mod replicas;
 mod serve;
 mod ssh;
+mod sso;
 mod states;
 mod store;
 mod tables;

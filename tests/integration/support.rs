@@ -27,6 +27,11 @@ pub struct TestDaemon {
 impl TestDaemon {
     pub async fn start(config: Config) -> TestDaemon {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TestDaemon::start_on(config, listener).await
+    }
+
+    /// Serves on `listener`: for a config that names the daemon's own address.
+    pub async fn start_on(config: Config, listener: tokio::net::TcpListener) -> TestDaemon {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, stopped) = oneshot::channel::<()>();
         let daemon = Daemon::start(config, listener, async {
@@ -435,7 +440,13 @@ impl FleetSetup {
     }
 
     pub async fn start_with(&self, config: Config) -> TestDaemon {
-        let daemon = TestDaemon::start(config).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.start_on(config, listener).await
+    }
+
+    /// Serves on `listener`: for a config that names the daemon's own address.
+    pub async fn start_on(&self, config: Config, listener: tokio::net::TcpListener) -> TestDaemon {
+        let daemon = TestDaemon::start_on(config, listener).await;
         let head = self.work.head();
         let mut desired = daemon.daemon().git().desired();
         desired

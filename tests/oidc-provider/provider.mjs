@@ -53,6 +53,13 @@ const provider = new Provider(issuer, {
   },
 });
 
+server.on("clientError", (error, socket) => {
+  console.error(`a request the provider could not read: ${error.code} ${error.message}`);
+  socket.destroy();
+});
+provider.on("server_error", (ctx, error) => console.error(`provider error: ${error.stack}`));
+provider.on("grant.error", (ctx, error) => console.error(`grant error: ${error.message} ${error.error_description ?? ""}`));
+
 const callback = provider.callback();
 server.on("request", async (req, res) => {
   const page = req.url.match(/^\/interaction\/([^/?]+)(\/login)?/);

@@ -38,6 +38,57 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/auth/providers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/auth/providers`: how people may sign in. */
+        get: operations["auth_providers"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/sso/{provider}/callback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/auth/sso/{provider}/callback` */
+        get: operations["auth_callback"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/sso/{provider}/start": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/auth/sso/{provider}/start` */
+        get: operations["auth_start"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/ca": {
         parameters: {
             query?: never;
@@ -749,6 +800,23 @@ export interface paths {
         patch: operations["users_change_role"];
         trace?: never;
     };
+    "/api/users/{name}/disabled": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** `PUT /api/users/{name}/disabled` */
+        put: operations["users_set_disabled"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/users/{name}/password": {
         parameters: {
             query?: never;
@@ -1060,6 +1128,10 @@ export interface components {
         };
         /** @enum {string} */
         Direction: "asc" | "desc";
+        /** @description `PUT /api/users/{name}/disabled` */
+        Disabling: {
+            disabled: boolean;
+        };
         /** @description How a `std::time::Duration` appears in JSON (for the OpenAPI description). */
         Duration: {
             /** Format: int32 */
@@ -1099,7 +1171,7 @@ export interface components {
          * @description What kind of error an answer is: stable, for programs (the message is for people).
          * @enum {string}
          */
-        ErrorCode: "unauthorized" | "forbidden" | "forbidden_origin" | "invalid_credentials" | "locked" | "busy" | "bad_request" | "not_found" | "no_route" | "invalid" | "conflict" | "bad_signature" | "unsupported_media_type" | "replayed" | "not_configured" | "unavailable" | "holder_unreachable" | "internal";
+        ErrorCode: "unauthorized" | "forbidden" | "forbidden_origin" | "invalid_credentials" | "sign_in_refused" | "locked" | "busy" | "bad_request" | "not_found" | "no_route" | "invalid" | "conflict" | "bad_signature" | "unsupported_media_type" | "replayed" | "not_configured" | "unavailable" | "holder_unreachable" | "internal";
         ErrorDetail: {
             /** @description Stable, for programs. */
             code: components["schemas"]["ErrorCode"];
@@ -1871,6 +1943,20 @@ export interface components {
             /** @enum {string} */
             reason: "interrupted";
         };
+        /** @description How people may sign in (`GET /api/auth/providers`). */
+        SignInOptions: {
+            /** @description Password sign-in is for local admin accounts alone (`[auth] password_sign_in`). */
+            passwords_for_admins_only: boolean;
+            providers: components["schemas"]["SignInProvider"][];
+        };
+        /** @description An identity provider people sign in at. */
+        SignInProvider: {
+            /** @description "Sign in with <display_name>". */
+            display_name: string;
+            name: string;
+            /** @description Where the browser goes to sign in there. */
+            start: string;
+        };
         /**
          * @description Why the daemon closed a workspace socket. 4001: another connection took this workspace over; 4002: the workspace was deleted; 4003: access revoked: the user was deleted, their password changed, or their grants no longer allow it; 1001: the daemon is stopping. The 4000s are final: reconnecting cannot help.
          * @enum {integer}
@@ -1879,6 +1965,15 @@ export interface components {
         SortRequest: {
             column: string;
             dir?: components["schemas"]["Direction"];
+        };
+        /** @description A person as an identity provider said at their last sign-in. */
+        SsoView: {
+            /** @description What `access.yaml` gives to groups, they hold through these. */
+            groups: string[];
+            provider: string;
+            /** Format: date-time */
+            signed_in_at: string;
+            subject: string;
         };
         /** @description Where a state stands on a machine, in the fleet's words. */
         Standing: {
@@ -2075,7 +2170,10 @@ export interface components {
         UserView: {
             /** Format: date-time */
             created_at: string;
+            /** @description Signs in nowhere, and has no session. */
+            disabled: boolean;
             role?: null | components["schemas"]["Role"];
+            sso?: null | components["schemas"]["SsoView"];
             username: string;
         };
         /** @description What a push delivery did. */
@@ -2156,6 +2254,7 @@ export type Credentials = components['schemas']['Credentials'];
 export type DeclaredState = components['schemas']['DeclaredState'];
 export type DesiredState = components['schemas']['DesiredState'];
 export type Direction = components['schemas']['Direction'];
+export type Disabling = components['schemas']['Disabling'];
 export type Duration = components['schemas']['Duration'];
 export type Enrollment = components['schemas']['Enrollment'];
 export type ErrorBody = components['schemas']['ErrorBody'];
@@ -2234,8 +2333,11 @@ export type Scope = components['schemas']['Scope'];
 export type Script = components['schemas']['Script'];
 export type ServerMessage = components['schemas']['ServerMessage'];
 export type SessionEnd = components['schemas']['SessionEnd'];
+export type SignInOptions = components['schemas']['SignInOptions'];
+export type SignInProvider = components['schemas']['SignInProvider'];
 export type SocketCloseCode = components['schemas']['SocketCloseCode'];
 export type SortRequest = components['schemas']['SortRequest'];
+export type SsoView = components['schemas']['SsoView'];
 export type Standing = components['schemas']['Standing'];
 export type StateDetail = components['schemas']['StateDetail'];
 export type StateEvent = components['schemas']['StateEvent'];
@@ -2318,6 +2420,106 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Me"];
+                };
+            };
+        };
+    };
+    auth_providers: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The identity providers people sign in at, and who may still sign in with a password */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SignInOptions"];
+                };
+            };
+        };
+    };
+    auth_callback: {
+        parameters: {
+            query?: {
+                code?: string | null;
+                state?: string | null;
+                /** @description The provider's refusal (`access_denied`, …) and its words. */
+                error?: string | null;
+                error_description?: string | null;
+            };
+            header?: never;
+            path: {
+                /** @description A provider's name in [[auth.oidc]] */
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Signed in: to the console (`/#/signed-in?token=…`) or to `linkops login --sso` on loopback; refused: the same places with `error` */
+            303: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No sign-in of this browser is under way here (no or a forged cookie) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    auth_start: {
+        parameters: {
+            query?: {
+                /** @description The loopback port `linkops login --sso` listens on. */
+                cli_port?: number | null;
+                /** @description What it expects back (16-128 of letters, digits, '-', '_'). */
+                cli_state?: string | null;
+            };
+            header?: never;
+            path: {
+                /** @description A provider's name in [[auth.oidc]] */
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description To the provider's sign-in, with the sign-in's state in a cookie (HttpOnly, SameSite=Lax, 10 minutes) */
+            303: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No such provider */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The provider does not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
@@ -3606,6 +3808,51 @@ export interface operations {
                 };
             };
             /** @description The last admin cannot be demoted */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    users_set_disabled: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description User name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["Disabling"];
+            };
+        };
+        responses: {
+            /** @description Disabled or enabled again (admin): a disabled user signs in nowhere, a password nor an identity provider, and their sessions, streams and terminals end at once */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserView"];
+                };
+            };
+            /** @description No such user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The last admin cannot be disabled */
             409: {
                 headers: {
                     [name: string]: unknown;

@@ -1,6 +1,7 @@
 // The console's shell: hash routes to pages, the navigation, the signed-in user.
 
-import { saveSession, session } from "./api";
+import { api, offeredRole, saveSession, session } from "./api";
+import type { Me } from "./contract";
 import { h } from "./dom";
 import { certificatesPage } from "./pages/certificates";
 import { fleetPage, machinePage } from "./pages/fleet";
@@ -48,7 +49,8 @@ const NAV: [string, string, string?][] = [
 let leave: void | (() => void);
 
 async function show(): Promise<void> {
-  const path = location.hash.replace(/^#/, "") || "/fleet";
+  const [path, query] = (location.hash.replace(/^#/, "") || "/fleet").split("?", 2);
+  if (path === "/signed-in") return signedIn(new URLSearchParams(query ?? ""));
   const current = session();
   if (!current && path !== "/login") {
     location.hash = "#/login";
@@ -71,6 +73,22 @@ async function show(): Promise<void> {
   } catch (error) {
     main.append(h("p", { class: "error", role: "alert" }, String((error as Error).message ?? error)));
   }
+}
+
+/** Back from an identity provider with a session: kept, then what the grants offer. */
+async function signedIn(back: URLSearchParams): Promise<void> {
+  const token = back.get("token");
+  const user = back.get("user");
+  if (!token || !user) {
+    location.hash = "#/login";
+    return;
+  }
+  saveSession({ token, user, role: null });
+  // The session must not linger in the address (history, screen shares).
+  history.replaceState(null, "", "#/fleet");
+  const me = await api<Me>("GET", "/api/auth/me");
+  saveSession({ token, user, role: offeredRole(me.grants) });
+  await show();
 }
 
 function drawNav(path: string): void {

@@ -11,7 +11,8 @@
 //! Beside the fleet, the other real things LinkOps is tested against: a
 //! PostgreSQL server ([`postgres`]), a TLS certificate authority for
 //! replicas' mutual TLS ([`TestAuthority`]), Git repositories driven by the real `git`
-//! ([`WorkRepo`]), the daemon as its own process ([`ServeProcess`]), and, for
+//! ([`WorkRepo`]), the daemon as its own process ([`ServeProcess`]), a certified
+//! OpenID provider ([`oidc`]), and, for
 //! benchmarks beyond what real sshd fits on one machine, a [`simulated`]
 //! fleet. It knows the daemon only from outside — its command line, its
 //! log and its HTTP API — so the product can use it too (`linkops demo`).
@@ -22,6 +23,7 @@ mod files;
 mod git;
 mod host;
 pub mod measure;
+pub mod oidc;
 mod partition;
 pub mod postgres;
 mod serve;

@@ -1,5 +1,5 @@
 import { api, ApiError, offeredRole, saveSession } from "../api";
-import type { LoginRequest, LoginResponse, Me } from "../contract";
+import type { LoginRequest, LoginResponse, Me, SignInOptions } from "../contract";
 import { h } from "../dom";
 
 export async function loginPage(main: HTMLElement): Promise<void> {
@@ -28,5 +28,14 @@ export async function loginPage(main: HTMLElement): Promise<void> {
     }
   });
   main.append(form);
+  // Back from an identity provider that refused: say why.
+  const refused = new URLSearchParams(location.hash.split("?", 2)[1] ?? "").get("error");
+  if (refused) error.textContent = refused;
+  const options = await api<SignInOptions>("GET", "/api/auth/providers");
+  if (options.providers.length > 0) {
+    form.prepend(...options.providers.map((provider) =>
+      h("a", { class: "button primary", href: provider.start }, `Sign in with ${provider.display_name}`)),
+    h("p", {}, options.passwords_for_admins_only ? "Or, for local admin accounts, with a password:" : "Or with a password:"));
+  }
   password.focus();
 }

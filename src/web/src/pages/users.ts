@@ -2,7 +2,7 @@
 // role changes and deletion. The daemon keeps the last admin; its refusal is shown as it says it.
 
 import { api, ApiError, saveSession, session } from "../api";
-import type { Credentials, NewUser, Role, RoleChange, UserView } from "../contract";
+import type { Credentials, Disabling, NewUser, Role, RoleChange, UserView } from "../contract";
 import { h, table, when } from "../dom";
 
 // "none": no role over the whole fleet, only what access.yaml gives.
@@ -59,7 +59,20 @@ export async function usersPage(main: HTMLElement): Promise<void> {
     });
     return h("span", { class: "row" }, reset, remove);
   };
-  const row = (user: UserView) => [user.username, roleSelect(user), when(user.created_at), actions(user)];
+  const toggle = (user: UserView) => {
+    const button = h("button", { type: "button" }, user.disabled ? "Enable" : "Disable");
+    button.addEventListener("click", () => void attempt(async () => {
+      const changed = await api<UserView>("PUT", `/api/users/${encodeURIComponent(user.username)}/disabled`, { disabled: !user.disabled } satisfies Disabling);
+      user.disabled = changed.disabled;
+      button.textContent = changed.disabled ? "Enable" : "Disable";
+      say(`${changed.username} is ${changed.disabled ? "disabled: their sessions ended" : "enabled again"}.`);
+    }));
+    return button;
+  };
+  const who = (user: UserView) => user.sso
+    ? h("span", {}, user.username, h("small", {}, ` (${user.sso.provider}: ${user.sso.groups.join(", ") || "no groups"})`))
+    : user.username;
+  const row = (user: UserView) => [who(user), roleSelect(user), when(user.created_at), h("span", { class: "row" }, actions(user), toggle(user))];
 
   const name = h("input", { name: "username", required: true, autocomplete: "off", pattern: "[A-Za-z0-9._-]{1,64}" });
   const role = h("select", { name: "role" }, ...ROLES.map((r) => h("option", { value: r, selected: r === "viewer" }, r)));
@@ -69,7 +82,7 @@ export async function usersPage(main: HTMLElement): Promise<void> {
     event.preventDefault();
     void attempt(async () => {
       const created = await api<Credentials>("POST", "/api/users", { username: name.value, role: chosen(role.value) } satisfies NewUser);
-      const user: UserView = { username: created.username, role: chosen(role.value), created_at: new Date().toISOString() };
+      const user: UserView = { username: created.username, role: chosen(role.value), created_at: new Date().toISOString(), disabled: false };
       list.querySelector("tbody")!.append(h("tr", {}, ...row(user).map((cell) => h("td", {}, cell))));
       reveal(created, "Created");
       form.reset();
