@@ -80,7 +80,11 @@ fn test() -> Result<(), String> {
     npm(&["run", "build"])?;
     // The single sign-on tests' OpenID provider (npm's oidc-provider).
     let provider = root_dir.join("tests/oidc-provider");
-    run(Command::new("npm").arg("--prefix").arg(&provider).args(["ci", "--no-audit", "--no-fund"]))?;
+    run(Command::new("npm").arg("--prefix").arg(&provider).args([
+        "ci",
+        "--no-audit",
+        "--no-fund",
+    ]))?;
     // The console is committed and compiled in, and its API types are generated
     // from schemas/openapi.json: rebuilding it must change nothing.
     let changed = output(Command::new("git").current_dir(&root_dir).args([

@@ -5,6 +5,8 @@
 //! `access.yaml` and taking them at the next sign-in, a disabled person shut
 //! out, and what an attacker could send back refused.
 
+mod hostile;
+
 use std::time::Duration;
 
 use linkops::config::{Config, OidcConfig};
