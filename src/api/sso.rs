@@ -7,13 +7,12 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use serde::Deserialize;
 
 use super::extract::{Json, Path, Query};
 use super::{ApiError, AppState};
 use crate::auth::sso::{Back, SIGN_IN_WINDOW};
 use crate::config::PasswordSignIn;
-use crate::contract::{SignInOptions, SignInProvider};
+use crate::contract::{SignInOptions, SignInProvider, SignedIn, SsoCallback, SsoStart};
 
 /// The cookie a sign-in in progress rides in.
 const COOKIE: &str = "linkops_sso";
@@ -38,22 +37,12 @@ pub async fn providers(State(state): State<AppState>) -> Json<SignInOptions> {
     })
 }
 
-/// Where `linkops login --sso` waits for the end of a sign-in.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct StartQuery {
-    /// The loopback port `linkops login --sso` listens on.
-    cli_port: Option<u16>,
-    /// What it expects back (16-128 of letters, digits, '-', '_').
-    cli_state: Option<String>,
-}
-
 /// `GET /api/auth/sso/{provider}/start`
-#[utoipa::path(get, path = "/api/auth/sso/{provider}/start", tag = "auth", security(()), params(("provider" = String, Path, description = "A provider's name in [[auth.oidc]]"), StartQuery), responses((status = 303, description = "To the provider's sign-in, with the sign-in's state in a cookie (HttpOnly, SameSite=Lax, 10 minutes)"), (status = 404, description = "No such provider", body = crate::contract::ErrorBody), (status = 503, description = "The provider does not answer", body = crate::contract::ErrorBody)))]
+#[utoipa::path(get, path = "/api/auth/sso/{provider}/start", tag = "auth", security(()), params(("provider" = String, Path, description = "A provider's name in [[auth.oidc]]"), SsoStart), responses((status = 303, description = "To the provider's sign-in, with the sign-in's state in a cookie (HttpOnly, SameSite=Lax, 10 minutes)"), (status = 404, description = "No such provider", body = crate::contract::ErrorBody), (status = 503, description = "The provider does not answer", body = crate::contract::ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
     Path(provider): Path<String>,
-    Query(query): Query<StartQuery>,
+    Query(query): Query<SsoStart>,
 ) -> Result<Response, ApiError> {
     let back = match (query.cli_port, query.cli_state) {
         (None, None) => Back::Console,
@@ -78,24 +67,15 @@ fn cli_state_ok(state: &str) -> bool {
         && (state.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// What the provider sends back.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct CallbackQuery {
-    code: Option<String>,
-    state: Option<String>,
-    /// The provider's refusal (`access_denied`, …) and its words.
-    error: Option<String>,
-    error_description: Option<String>,
-}
-
 /// `GET /api/auth/sso/{provider}/callback`
-#[utoipa::path(get, path = "/api/auth/sso/{provider}/callback", tag = "auth", security(()), params(("provider" = String, Path, description = "A provider's name in [[auth.oidc]]"), CallbackQuery), responses((status = 303, description = "Signed in: to the console (`/#/signed-in?token=…`) or to `linkops login --sso` on loopback; refused: the same places with `error`"), (status = 403, description = "No sign-in of this browser is under way here (no or a forged cookie)", body = crate::contract::ErrorBody)))]
+#[utoipa::path(get, path = "/api/auth/sso/{provider}/callback", tag = "auth", security(()), params(("provider" = String, Path, description = "A provider's name in [[auth.oidc]]"), SsoCallback), responses((status = 303, description = "Signed in: to the console (`/#/signed-in?token=…`) or to `linkops login --sso` on loopback; refused: the same places with `error`"), (status = 403, description = "No sign-in of this browser is under way here (no or a forged cookie)", body = crate::contract::ErrorBody), (status = 404, description = "No such provider", body = crate::contract::ErrorBody)))]
 pub async fn callback(
     State(state): State<AppState>,
     Path(provider): Path<String>,
     headers: HeaderMap,
-    Query(query): Query<CallbackQuery>,
+    Query(query): Query<SsoCallback>,
 ) -> Result<Response, ApiError> {
+    state.auth.sso().session_lifetime(&provider)?;
     let pending = sealed_cookie(&headers)
         .and_then(|sealed| state.auth.sso_pending(sealed))
         .filter(|pending| pending.provider == provider)
@@ -126,29 +106,25 @@ pub async fn callback(
     if let Err(reason) = &signed_in {
         tracing::warn!(%provider, %reason, "a sign-in was refused");
     }
-    let target = match (&back, signed_in) {
-        (Back::Console, Ok(login)) => format!(
-            "/#/signed-in?{}",
-            form(&[
-                ("token", &login.token.token),
-                ("user", &login.user.name),
-                ("expires_at", &login.token.expires_at.to_string()),
-            ])
-        ),
-        (Back::Console, Err(reason)) => format!("/#/login?{}", form(&[("error", &reason)])),
-        (Back::Cli { port, state }, Ok(login)) => format!(
-            "http://127.0.0.1:{port}/?{}",
-            form(&[
-                ("state", state),
-                ("token", &login.token.token),
-                ("user", &login.user.name),
-                ("expires_at", &login.token.expires_at.to_string()),
-            ])
-        ),
-        (Back::Cli { port, state }, Err(reason)) => format!(
-            "http://127.0.0.1:{port}/?{}",
-            form(&[("state", state), ("error", &reason)])
-        ),
+    let mut said = match signed_in {
+        Ok(login) => SignedIn {
+            token: Some(login.token.token),
+            user: Some(login.user.name),
+            expires_at: Some(login.token.expires_at),
+            ..SignedIn::default()
+        },
+        Err(reason) => SignedIn {
+            error: Some(reason),
+            ..SignedIn::default()
+        },
+    };
+    let target = match back {
+        Back::Console if said.error.is_none() => format!("/#/signed-in?{}", form(&said)),
+        Back::Console => format!("/#/login?{}", form(&said)),
+        Back::Cli { port, state } => {
+            said.state = Some(state);
+            format!("http://127.0.0.1:{port}/?{}", form(&said))
+        }
     };
     Ok(([(header::SET_COOKIE, cleared)], Redirect::to(&target)).into_response())
 }
@@ -180,6 +156,6 @@ fn bounded(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
-fn form(pairs: &[(&str, &str)]) -> String {
-    serde_urlencoded::to_string(pairs).unwrap_or_default()
+fn form(said: &SignedIn) -> String {
+    serde_urlencoded::to_string(said).unwrap_or_default()
 }

@@ -8,24 +8,13 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::response::Html;
-use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::{Client, Error, Result, Session};
-use crate::contract::SignInOptions;
+use crate::contract::{SignInOptions, SignedIn};
 
 /// How long the CLI waits for the browser to come back.
 const WAIT: Duration = Duration::from_secs(5 * 60);
-
-/// What the daemon's callback sends the browser back with.
-#[derive(Debug, Deserialize)]
-struct Back {
-    state: Option<String>,
-    token: Option<String>,
-    user: Option<String>,
-    expires_at: Option<jiff::Timestamp>,
-    error: Option<String>,
-}
 
 /// Signs in at `provider` (the daemon's only one when `None`) through the
 /// browser, and saves the session as `linkops login` does.
@@ -81,7 +70,7 @@ pub async fn login(server: &str, provider: Option<&str>, open_browser: bool) -> 
             .stderr(std::process::Stdio::null())
             .spawn();
     }
-    let (came_back, mut arrived) = mpsc::channel::<Back>(1);
+    let (came_back, mut arrived) = mpsc::channel::<SignedIn>(1);
     let routes = axum::Router::new()
         .route("/", axum::routing::get(answer))
         .with_state((state.clone(), came_back));
@@ -121,8 +110,8 @@ pub async fn login(server: &str, provider: Option<&str>, open_browser: bool) -> 
 
 /// The browser's arrival: taken when it carries this sign-in's state.
 async fn answer(
-    State((state, came_back)): State<(String, mpsc::Sender<Back>)>,
-    Query(back): Query<Back>,
+    State((state, came_back)): State<(String, mpsc::Sender<SignedIn>)>,
+    Query(back): Query<SignedIn>,
 ) -> Html<&'static str> {
     if back.state.as_deref() != Some(state.as_str()) {
         return Html("<p>This is not the sign-in the LinkOps CLI is waiting for.</p>");

@@ -104,3 +104,41 @@ pub struct SignInProvider {
     /// Where the browser goes to sign in there.
     pub start: String,
 }
+
+/// `GET /api/auth/sso/{provider}/start`: where `linkops login --sso` waits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SsoStart {
+    /// The loopback port `linkops login --sso` listens on.
+    pub cli_port: Option<u16>,
+    /// What it expects back (16-128 of letters, digits, '-', '_').
+    pub cli_state: Option<String>,
+}
+
+/// What an identity provider sends back to `GET /api/auth/sso/{provider}/callback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+pub struct SsoCallback {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    /// The provider's refusal (`access_denied`, …) and its words.
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+/// Where a finished sign-in takes the browser, as a query: the console's
+/// `/#/signed-in?…` (or `/#/login?error=…`), or the CLI's loopback listener
+/// (with the state it chose).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SignedIn {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<jiff::Timestamp>,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

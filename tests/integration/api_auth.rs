@@ -551,7 +551,8 @@ async fn every_route_needs_the_role_the_api_table_names() {
         if method != "GET" {
             continue;
         }
-        let concrete = path.replace("{id}", "1").replace("{name}", "nobody");
+        let concrete = (path.replace("{id}", "1").replace("{name}", "nobody"))
+            .replace("{provider}", "nobody");
         for (rank, token) in &callers {
             let status = server.get(&concrete, token.as_deref()).await.status();
             let expected = match (*rank < *role, token) {
