@@ -27,7 +27,8 @@ struct Cli {
     data_dir: Option<PathBuf>,
 
     /// The daemon the client commands talk to. Default: the logged-in session's,
-    /// else http://127.0.0.1:8000.
+    /// else http://127.0.0.1:8000. Automation: set LINKOPS_TOKEN to an API token
+    /// (`POST /api/tokens`) and the client commands send it instead of a session.
     #[arg(long, global = true, env = "LINKOPS_SERVER", value_name = "URL")]
     server: Option<String>,
 
@@ -513,9 +514,13 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
         return Ok(0);
     }
     // The daemon's health needs no session: `status` tells it without one.
+    // An API token from the environment (never an argument: those are visible to every local user).
+    let token = std::env::var("LINKOPS_TOKEN")
+        .ok()
+        .filter(|token| !token.is_empty());
     let client = match command {
-        Command::Status => Client::from_session_if_any(server)?,
-        _ => Client::from_session(server, None)?,
+        Command::Status if token.is_none() => Client::from_session_if_any(server)?,
+        _ => Client::from_session(server, token)?,
     };
     match command {
         Command::Machines { tag } => client::machines(&client, tag.as_deref(), json)

@@ -3,8 +3,10 @@
 //! A grant is a role over a scope — the whole fleet, or the machines of some
 //! tags and ids, and for running, some scripts ("operator on tag `web` for
 //! `restart-nginx`", "viewer everywhere"). A person holds the grants of their
-//! account and of their groups; [`permits`] decides each thing they ask for
-//! from those grants and the machines it touches, and says what was missing.
+//! account and of their groups; acting through an API token, only what the
+//! token's own grant also allows ([`Held`]). [`Held::permits`] decides each
+//! thing they ask for from those and the machines it touches, and says what
+//! was missing.
 
 use serde::{Deserialize, Serialize};
 
@@ -246,25 +248,92 @@ pub fn permits(grants: &[Grant], need: Need) -> Result<(), Refusal> {
     }
 }
 
-/// Whether `grants` permit running `script` on every machine of `machines`;
-/// else what is needed on those where they do not.
-pub fn permits_run(grants: &[Grant], script: &str, machines: &[Place]) -> Result<(), Refusal> {
-    let refused: Vec<&str> = machines
-        .iter()
-        .filter(|&&machine| permits(grants, Need::Run { script, machine }).is_err())
-        .map(|machine| machine.id)
-        .collect();
-    match refused.as_slice() {
-        [] => Ok(()),
-        ids => Err(Refusal {
-            needed: Role::Operator,
-            reach: format!(
-                "machine{} {} for script {script}",
-                if ids.len() == 1 { "" } else { "s" },
-                ids.join(", ")
-            ),
-        }),
+/// What a request may do: the grants of who makes it and — made with an API
+/// token — the token's own grant, which everything asked must fit too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    pub grants: Vec<Grant>,
+    pub within: Option<Grant>,
+}
+
+impl Held {
+    /// Grants alone (a session signed in, a service token's own grant).
+    pub fn grants(grants: Vec<Grant>) -> Held {
+        Held {
+            grants,
+            within: None,
+        }
     }
+
+    /// Whether `need` is permitted by the grants, and by the token's grant too.
+    pub fn permits(&self, need: Need) -> Result<(), Refusal> {
+        permits(&self.grants, need)?;
+        match &self.within {
+            Some(token) => permits(std::slice::from_ref(token), need).map_err(|refusal| Refusal {
+                reach: format!(
+                    "{}, which this API token's grant does not reach",
+                    refusal.reach
+                ),
+                ..refusal
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether running `script` on every machine of `machines` is permitted;
+    /// else what is needed on those where it is not.
+    pub fn permits_run(&self, script: &str, machines: &[Place]) -> Result<(), Refusal> {
+        let refused: Vec<&str> = machines
+            .iter()
+            .filter(|&&machine| self.permits(Need::Run { script, machine }).is_err())
+            .map(|machine| machine.id)
+            .collect();
+        // Refused by the token alone: say so, the fix is another token.
+        let by_the_token = self.within.is_some()
+            && machines
+                .iter()
+                .all(|&machine| permits(&self.grants, Need::Run { script, machine }).is_ok());
+        match refused.as_slice() {
+            [] => Ok(()),
+            ids => Err(Refusal {
+                needed: Role::Operator,
+                reach: format!(
+                    "machine{} {} for script {script}{}",
+                    if ids.len() == 1 { "" } else { "s" },
+                    ids.join(", "),
+                    if by_the_token {
+                        ", which this API token's grant does not reach"
+                    } else {
+                        ""
+                    }
+                ),
+            }),
+        }
+    }
+
+    /// The machines it sees.
+    pub fn sight(&self) -> Sight {
+        let seen = Sight::of(&self.grants);
+        match &self.within {
+            Some(token) if !token.scope.is_whole_fleet() => {
+                Sight::Within(Box::new(seen), token.scope.clone())
+            }
+            _ => seen,
+        }
+    }
+}
+
+/// Whether `outer` gives everything `inner` does: a token's grant must be
+/// within what its owner holds when it is made.
+pub fn contains(outer: &Grant, inner: &Grant) -> bool {
+    let (o, i) = (&outer.scope, &inner.scope);
+    let machines = o.is_whole_fleet()
+        || (!i.is_whole_fleet()
+            && i.tags.iter().all(|tag| o.tags.contains(tag))
+            && i.machines.iter().all(|id| o.machines.contains(id)));
+    let scripts = o.scripts.is_empty()
+        || (!i.scripts.is_empty() && i.scripts.iter().all(|s| o.scripts.contains(s)));
+    outer.role >= inner.role && machines && scripts
 }
 
 /// What someone may see of the fleet, decided once from their grants and
@@ -275,6 +344,8 @@ pub enum Sight {
     Fleet,
     /// The machines these scopes reach (every grant lets its holder see).
     Scopes(Vec<Scope>),
+    /// What the first sees within the scope of an API token's grant.
+    Within(Box<Sight>, Scope),
 }
 
 impl Sight {
@@ -290,6 +361,7 @@ impl Sight {
         match self {
             Sight::Fleet => true,
             Sight::Scopes(scopes) => scopes.iter().any(|scope| scope.covers(machine)),
+            Sight::Within(seen, scope) => seen.sees(machine) && scope.covers(machine),
         }
     }
 }
@@ -458,19 +530,21 @@ mod tests {
             machine("web-2", &["web"]),
             machine("db-1", &["db"]),
         );
-        let grants = [on(Role::Operator, &["web"], &[], &["deploy"])];
+        let grants = Held::grants(vec![on(Role::Operator, &["web"], &[], &["deploy"])]);
         assert_eq!(
-            permits_run(&grants, "deploy", &[Place::from(&web), Place::from(&web2)]),
+            grants.permits_run("deploy", &[Place::from(&web), Place::from(&web2)]),
             Ok(())
         );
-        let refused =
-            permits_run(&grants, "deploy", &[Place::from(&web), Place::from(&db)]).unwrap_err();
+        let refused = grants
+            .permits_run("deploy", &[Place::from(&web), Place::from(&db)])
+            .unwrap_err();
         assert_eq!(
             refused.to_string(),
             "this needs operator on machine db-1 for script deploy"
         );
-        let refused =
-            permits_run(&grants, "wipe", &[Place::from(&web), Place::from(&web2)]).unwrap_err();
+        let refused = grants
+            .permits_run("wipe", &[Place::from(&web), Place::from(&web2)])
+            .unwrap_err();
         assert_eq!(
             refused.to_string(),
             "this needs operator on machines web-1, web-2 for script wipe"
@@ -540,5 +614,92 @@ mod tests {
         assert_eq!(grant, on(Role::Operator, &["web"], &[], &["deploy"]));
         let everywhere: Grant = serde_json::from_str(r#"{"role": "viewer"}"#).unwrap();
         assert!(everywhere.scope.is_fleet());
+    }
+
+    #[test]
+    fn through_a_token_only_what_both_the_holder_and_the_token_give() {
+        let (web, db) = (machine("web-1", &["web"]), machine("db-1", &["db"]));
+        let admin = Held::grants(vec![Grant::fleet(Role::Admin)]);
+        let token = on(Role::Operator, &["web"], &[], &["deploy"]);
+        let through = Held {
+            within: Some(token.clone()),
+            ..admin.clone()
+        };
+        let run = |script, machine| Need::Run {
+            script,
+            machine: Place::from(machine),
+        };
+        assert_eq!(through.permits(run("deploy", &web)), Ok(()));
+        let refused = through.permits(run("wipe", &web)).unwrap_err().to_string();
+        assert_eq!(
+            refused,
+            "this needs operator on machine web-1 for script wipe, which this API token's grant does not reach"
+        );
+        assert!(through.permits(run("deploy", &db)).is_err());
+        let refused = through
+            .permits_run("wipe", &[Place::from(&web)])
+            .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .ends_with("which this API token's grant does not reach")
+        );
+        assert!(through.permits(Need::Administer).is_err());
+        assert!(admin.permits(Need::Administer).is_ok());
+        // The holder's own limits still hold: a viewer's token runs nothing.
+        let viewer = Held {
+            grants: vec![Grant::fleet(Role::Viewer)],
+            within: Some(token),
+        };
+        assert!(viewer.permits(run("deploy", &web)).is_err());
+        // Seeing: what both reach.
+        assert!(through.sight().sees(Place::from(&web)));
+        assert!(!through.sight().sees(Place::from(&db)));
+        assert_eq!(admin.sight(), Sight::Fleet);
+    }
+
+    #[test]
+    fn a_grant_contains_another_when_it_gives_at_least_as_much_everywhere_it_reaches() {
+        let fleet_operator = Grant::fleet(Role::Operator);
+        let web_deploy = on(Role::Operator, &["web"], &[], &["deploy"]);
+        let web_viewer = on(Role::Viewer, &["web"], &[], &[]);
+        // (why, outer, inner, contained)
+        let cases = [
+            ("the fleet holds a tag", &fleet_operator, &web_deploy, true),
+            (
+                "a tag does not hold the fleet",
+                &web_deploy,
+                &fleet_operator,
+                false,
+            ),
+            (
+                "a lower role is held",
+                &web_deploy,
+                &on(Role::Viewer, &["web"], &[], &["deploy"]),
+                true,
+            ),
+            ("a higher one is not", &web_viewer, &web_deploy, false),
+            (
+                "scripts must be among the outer's",
+                &web_deploy,
+                &on(Role::Operator, &["web"], &[], &["wipe"]),
+                false,
+            ),
+            (
+                "every script is not some",
+                &web_deploy,
+                &on(Role::Operator, &["web"], &[], &[]),
+                false,
+            ),
+            (
+                "another tag is not held",
+                &web_deploy,
+                &on(Role::Operator, &["db"], &[], &["deploy"]),
+                false,
+            ),
+        ];
+        for (why, outer, inner, contained) in cases {
+            assert_eq!(contains(outer, inner), contained, "{why}");
+        }
     }
 }

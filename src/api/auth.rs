@@ -9,12 +9,12 @@ use axum::http::{HeaderMap, Uri, header};
 use super::extract::Json;
 
 use super::{ApiError, AppState};
-use crate::auth::Session;
+use crate::auth::{Session, Signed};
 use crate::contract::{LoginRequest, LoginResponse, Me};
 use crate::store::User;
 use crate::terminal::protocol::TOKEN_SUBPROTOCOL_PREFIX;
 use linkops_reconcilers::desired::DesiredState;
-use linkops_reconcilers::grant::{self, Grant, Need, Place, Refusal, Sight};
+use linkops_reconcilers::grant::{Held, Need, Place, Refusal, Sight};
 use linkops_reconcilers::operation::OperationEvent;
 use linkops_reconcilers::role::Role;
 
@@ -38,12 +38,13 @@ pub async fn login(
 /// `GET /api/auth/me`: who the token belongs to.
 #[utoipa::path(get, path = "/api/auth/me", tag = "auth", responses((status = 200, description = "Who the token belongs to", body = Me)))]
 pub async fn me(State(state): State<AppState>, caller: Authenticated) -> Json<Me> {
-    let grants = caller.grants(&state);
+    let held = caller.grants(&state);
     let user = caller.signed_in();
     Json(Me {
         username: user.name.clone(),
         role: user.role,
-        grants,
+        grants: held.grants,
+        within: held.within,
     })
 }
 
@@ -57,8 +58,11 @@ pub async fn me(State(state): State<AppState>, caller: Authenticated) -> Json<Me
 /// the grants see), or [`grants`](Self::grants) handed to the service that
 /// decides (a run's machines are known only once selected).
 pub struct Authenticated {
+    /// Who it acts for (`token:<name>` for a service token).
     pub user: User,
     pub session: Session,
+    /// The API token it came with, if one.
+    pub token: Option<crate::store::ApiToken>,
 }
 
 impl Authenticated {
@@ -67,15 +71,25 @@ impl Authenticated {
         &self.user
     }
 
-    /// What the user may do where, by the desired state in force.
-    pub fn grants(&self, state: &AppState) -> Vec<Grant> {
-        crate::auth::grants(&self.user, state.git.desired().borrow().as_deref())
+    /// What the caller may do where, by the desired state in force.
+    pub fn grants(&self, state: &AppState) -> Held {
+        self.held(state.git.desired().borrow().as_deref())
     }
 
-    /// Refuses with 403, naming the grant it would take, unless the user's
+    fn held(&self, desired: Option<&DesiredState>) -> Held {
+        let signed = Signed {
+            user: self.user.clone(),
+            token: self.token.clone(),
+        };
+        signed.held(desired)
+    }
+
+    /// Refuses with 403, naming the grant it would take, unless the caller's
     /// grants permit `need`.
     pub fn may(&self, state: &AppState, need: Need) -> Result<&User, ApiError> {
-        grant::permits(&self.grants(state), need).map_err(ApiError::NotGranted)?;
+        self.grants(state)
+            .permits(need)
+            .map_err(ApiError::NotGranted)?;
         Ok(&self.user)
     }
 
@@ -87,17 +101,17 @@ impl Authenticated {
     /// What the user's grants reach of the inventory in force.
     pub fn reach(&self, state: &AppState) -> Reach {
         let desired = state.git.desired().borrow().clone();
-        let grants = crate::auth::grants(&self.user, desired.as_deref());
+        let held = self.held(desired.as_deref());
         Reach {
-            sight: Sight::of(&grants),
-            grants,
+            sight: held.sight(),
+            held,
             desired,
         }
     }
 
     /// Completes when the user may no longer keep a long-lived answer: their
     /// session ended, or `still` no longer holds of their grants.
-    pub fn lost<Still: Fn(&[Grant]) -> bool + Send + 'static>(
+    pub fn lost<Still: Fn(&Held) -> bool + Send + 'static>(
         &self,
         state: &AppState,
         still: Still,
@@ -110,14 +124,14 @@ impl Authenticated {
 /// inventory in force (a machine no longer in it is reached only by a grant
 /// over the whole fleet or naming its id).
 pub struct Reach {
-    grants: Vec<Grant>,
+    held: Held,
     sight: Sight,
     desired: Option<Arc<DesiredState>>,
 }
 
 impl Reach {
-    pub fn grants(&self) -> &[Grant] {
-        &self.grants
+    pub fn grants(&self) -> &Held {
+        &self.held
     }
 
     /// The machines it sees, decided per machine.
@@ -160,7 +174,7 @@ impl Reach {
     /// Refuses with 403 unless it may run `script` on every one of `machines`.
     pub fn may_run(&self, script: &str, machines: &[String]) -> Result<(), ApiError> {
         let places: Vec<Place> = machines.iter().map(|id| self.place(id)).collect();
-        grant::permits_run(&self.grants, script, &places).map_err(ApiError::NotGranted)
+        (self.held.permits_run(script, &places)).map_err(ApiError::NotGranted)
     }
 }
 
@@ -201,7 +215,11 @@ impl FromRequestParts<AppState> for Authenticated {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = presented_token(&parts.headers, &parts.uri).ok_or(ApiError::Unauthorized)?;
-        let (user, session) = state.auth.authenticate(token.trim()).await?;
-        Ok(Authenticated { user, session })
+        let (signed, session) = state.auth.authenticate(token.trim()).await?;
+        Ok(Authenticated {
+            user: signed.user,
+            session,
+            token: signed.token,
+        })
     }
 }

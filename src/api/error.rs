@@ -141,7 +141,12 @@ impl From<store::Error> for ApiError {
             store::Error::UserExists(_)
             | store::Error::NameRetired(_)
             | store::Error::LastAdmin(_) => ApiError::Conflict(error.to_string()),
-            store::Error::NoSuchUser(_) => ApiError::NotFound(error.to_string()),
+            store::Error::NoSuchUser(_) | store::Error::NoSuchToken(_) => {
+                ApiError::NotFound(error.to_string())
+            }
+            store::Error::TokenExists(_) | store::Error::TooManyTokens(_) => {
+                ApiError::Conflict(error.to_string())
+            }
             store::Error::NameTaken { .. } | store::Error::Disabled(_) => {
                 ApiError::SignInRefused(error.to_string())
             }

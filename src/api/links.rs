@@ -20,7 +20,7 @@ use crate::contract::{
 use crate::fleet::{self, FleetEvent, Page};
 use crate::metrics::Open;
 use crate::store::{Actor, HealthSample};
-use linkops_reconcilers::grant::{Need, Place, Sight};
+use linkops_reconcilers::grant::{Need, Place};
 
 /// Most machines one page holds.
 const MAX_PAGE: usize = 1000;
@@ -104,7 +104,7 @@ pub async fn events(
     // ends, and the client's reconnect gets a snapshot of what it sees now.
     // All end when the daemon stops.
     let opened = sight.clone();
-    let revoked = caller.lost(&state, move |grants| Sight::of(grants) == opened);
+    let revoked = caller.lost(&state, move |held| held.sight() == opened);
     let draining = state.draining.clone().cancelled_owned();
     let until = async move {
         tokio::select! {

@@ -21,6 +21,7 @@ mod sso;
 mod states;
 mod tables;
 mod terminal;
+mod tokens;
 mod users;
 
 use std::sync::Arc;
@@ -134,6 +135,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sso::providers))
         .routes(routes!(sso::start))
         .routes(routes!(sso::callback))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::change_role, users::delete))
         .routes(routes!(users::reset_password))

@@ -26,7 +26,6 @@ use crate::contract::{
 };
 use crate::metrics::Open;
 use crate::store::Actor;
-use linkops_reconcilers::grant::Sight;
 
 fn operation_view(operation: Operation, hosts: Vec<HostResult>) -> OperationView {
     OperationView {
@@ -264,7 +263,7 @@ pub async fn events(
         });
     // Ends when the user is deleted, a password change revoked their token,
     // or what their grants see changed (a reconnect resumes with what it sees now).
-    let revoked = caller.lost(&state, move |grants| Sight::of(grants) == opened);
+    let revoked = caller.lost(&state, move |held| held.sight() == opened);
     Ok(Sse::new(events.take_until(revoked)).keep_alive(KeepAlive::default()))
 }
 

@@ -27,7 +27,7 @@ use crate::terminal::protocol::{
 };
 use crate::terminal::{AssignFailed, DEFAULT_SIZE, Terminals};
 use linkops_reconcilers::desired::DesiredState;
-use linkops_reconcilers::grant::{self, Grant, Need, Place};
+use linkops_reconcilers::grant::{Held, Need, Place};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -70,8 +70,7 @@ fn may_open(
 ) -> Result<(), ApiError> {
     let reach = caller.reach(state);
     for id in machines.iter().flatten() {
-        grant::permits(reach.grants(), Need::Terminal(reach.place(id)))
-            .map_err(ApiError::NotGranted)?;
+        (reach.grants().permits(Need::Terminal(reach.place(id)))).map_err(ApiError::NotGranted)?;
     }
     Ok(())
 }
@@ -264,15 +263,14 @@ pub async fn socket(
     // one on a machine its panes showed when it opened.
     let machines = workspace.panes.clone();
     let desired = state.git.desired();
-    let kept = move |grants: &[Grant]| {
+    let kept = move |held: &Held| {
         let desired = desired.borrow().clone();
         let place = |id| {
             let machine = desired.as_ref().and_then(|d| d.machine(id));
             machine.map_or(Place::gone(id), Place::from)
         };
-        grant::permits(grants, Need::Workspaces).is_ok()
-            && (machines.iter().flatten())
-                .all(|id| grant::permits(grants, Need::Terminal(place(id))).is_ok())
+        held.permits(Need::Workspaces).is_ok()
+            && (machines.iter().flatten()).all(|id| held.permits(Need::Terminal(place(id))).is_ok())
     };
     let revoked = caller.lost(&state, kept);
     let holder = Holder {
@@ -324,16 +322,16 @@ struct Holder {
 impl Holder {
     /// Whether the holder may open a terminal on `machine` now; else why not.
     async fn may_open(&self, machine: &str) -> Result<(), String> {
-        let revoked = "access revoked: the user was deleted or their password changed";
-        let user = match self.auth.current(&self.session).await {
-            Ok(Some(user)) => user,
+        let revoked = "access revoked: the user was deleted, disabled or their password changed, or the API token revoked";
+        let signed = match self.auth.current(&self.session).await {
+            Ok(Some(signed)) => signed,
             _ => return Err(revoked.into()),
         };
         let desired = self.desired.borrow().clone();
-        let grants = crate::auth::grants(&user, desired.as_deref());
+        let held = signed.held(desired.as_deref());
         let found = desired.as_ref().and_then(|d| d.machine(machine));
         let place = found.map_or(Place::gone(machine), Place::from);
-        grant::permits(&grants, Need::Terminal(place)).map_err(|refusal| refusal.to_string())
+        (held.permits(Need::Terminal(place))).map_err(|refusal| refusal.to_string())
     }
 }
 

@@ -4,6 +4,7 @@
 //! [`Auth`] is the service the API calls. Password hashing is argon2id and
 //! deliberately slow, so its callers run it on the blocking pool.
 
+pub mod api_token;
 pub mod lockout;
 pub mod password;
 pub mod sso;
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use linkops_reconcilers::desired::DesiredState;
-use linkops_reconcilers::grant::{self, Grant};
+use linkops_reconcilers::grant::{self, Grant, Held};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Semaphore, watch};
 
@@ -392,27 +393,91 @@ impl Auth {
         }
     }
 
-    /// Resolves a bearer token to its user, as the store knows the user now,
-    /// and the session a long-lived connection re-checks ([`Auth::lost`]).
+    /// Resolves a bearer token — a session's, or an API token — to who it
+    /// acts for, as the store knows them now, and the session a long-lived
+    /// connection re-checks ([`Auth::lost`]).
     ///
     /// The role comes from the store, not the token, so a demotion or a
-    /// deleted user takes effect at once; a password change revokes older tokens.
-    pub async fn authenticate(&self, token: &str) -> Result<(User, Session), Error> {
-        let claims = self.tokens.verify(token).ok_or(Error::InvalidToken)?;
-        let session = Session {
-            user: claims.sub,
-            issued_at_ms: claims.iat_ms,
+    /// deleted user takes effect at once; a password change revokes older
+    /// sessions; a revoked or expired API token opens nothing.
+    pub async fn authenticate(&self, presented: &str) -> Result<(Signed, Session), Error> {
+        let session = match api_token::parse(presented) {
+            Some((id, secret)) => {
+                let record = self.api_token(id).await?.ok_or(Error::InvalidToken)?;
+                if !api_token::opens(&record, secret) {
+                    return Err(Error::InvalidToken);
+                }
+                self.note_use(&record);
+                Session {
+                    user: record.owner.clone().unwrap_or_default(),
+                    issued_at_ms: record.created_at_ms,
+                    api_token: Some(record.id),
+                }
+            }
+            None => {
+                let claims = self.tokens.verify(presented).ok_or(Error::InvalidToken)?;
+                Session {
+                    user: claims.sub,
+                    issued_at_ms: claims.iat_ms,
+                    api_token: None,
+                }
+            }
         };
-        let user = self.current(&session).await?.ok_or(Error::InvalidToken)?;
-        Ok((user, session))
+        let signed = self.current(&session).await?.ok_or(Error::InvalidToken)?;
+        Ok((signed, session))
     }
 
-    /// The session's user as the store knows them now, if the session still
-    /// holds: the account exists and its password has not changed since.
-    pub async fn current(&self, session: &Session) -> Result<Option<User>, Error> {
+    /// An API token that has not expired.
+    async fn api_token(&self, id: &str) -> Result<Option<store::ApiToken>, Error> {
+        let id = id.to_owned();
+        let record = self.store.run(move |store| store.api_token(&id)).await?;
+        Ok(record.filter(|record| record.expires_at_ms > store::now_ms()))
+    }
+
+    /// Notes a token's use, at most once a minute each (a write per request would cost every request a commit).
+    fn note_use(&self, record: &store::ApiToken) {
+        let now = store::now_ms();
+        if record.last_used_at_ms.is_some_and(|at| now - at < 60_000) {
+            return;
+        }
+        let (store, id) = (self.store.clone(), record.id.clone());
+        tokio::spawn(async move {
+            if let Err(error) = store
+                .run(move |store| store.note_api_token_use(&id, now))
+                .await
+            {
+                tracing::warn!(%error, "cannot note an API token's use");
+            }
+        });
+    }
+
+    /// Who the session acts for now, if it still holds: the account exists,
+    /// is not disabled and its password has not changed since; through an
+    /// API token, the token is neither revoked nor expired.
+    pub async fn current(&self, session: &Session) -> Result<Option<Signed>, Error> {
+        let token = match &session.api_token {
+            Some(id) => match self.api_token(id).await? {
+                Some(token) => Some(token),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        // A service token acts for nobody but itself.
+        if let Some(token) = token.as_ref().filter(|token| token.owner.is_none()) {
+            let user = User {
+                name: format!("token:{}", token.name),
+                ..service_user()
+            };
+            return Ok(Some(Signed {
+                user,
+                token: Some(token.clone()),
+            }));
+        }
         let (name, issued_at_ms) = (session.user.clone(), session.issued_at_ms);
         let user = self.store.run(move |store| store.user(&name)).await?;
-        Ok(user.filter(|user| issued_at_ms >= user.password_changed_at_ms && !user.disabled))
+        let user =
+            user.filter(|user| issued_at_ms >= user.password_changed_at_ms && !user.disabled);
+        Ok(user.map(|user| Signed { user, token }))
     }
 
     /// Completes when `session` may no longer keep what it opened: its user
@@ -421,7 +486,7 @@ impl Auth {
     /// connections (SSE, WebSocket) end on it; it re-checks after every
     /// committed account change and every new desired state, and a store
     /// error counts as lost.
-    pub fn lost<Still: Fn(&[Grant]) -> bool + Send + 'static>(
+    pub fn lost<Still: Fn(&Held) -> bool + Send + 'static>(
         &self,
         session: Session,
         mut desired: watch::Receiver<Option<Arc<DesiredState>>>,
@@ -434,7 +499,7 @@ impl Auth {
                 changes.mark_unchanged();
                 desired.mark_unchanged();
                 let kept = match auth.current(&session).await {
-                    Ok(Some(user)) => still(&grants(&user, desired.borrow().as_deref())),
+                    Ok(Some(signed)) => still(&signed.held(desired.borrow().as_deref())),
                     Ok(None) | Err(_) => false,
                 };
                 if !kept {
@@ -455,11 +520,49 @@ impl Auth {
     }
 }
 
-/// A signed-in session, as long as it holds: whose, and since when.
+/// A signed-in session, as long as it holds: whose, since when, and through
+/// which API token, if one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
+    /// The user it acts for (empty for a service token).
     pub user: String,
     pub issued_at_ms: i64,
+    pub api_token: Option<String>,
+}
+
+/// Who a request acts for, and the API token it came with.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// The user; for a service token, `token:<name>`, with no role or account.
+    pub user: User,
+    pub token: Option<store::ApiToken>,
+}
+
+impl Signed {
+    /// What it may do: the user's grants and, through a personal token, only
+    /// as far as the token's grant too; a service token's grant alone.
+    pub fn held(&self, desired: Option<&DesiredState>) -> Held {
+        match &self.token {
+            Some(token) if token.owner.is_none() => Held::grants(vec![token.grant.clone()]),
+            token => Held {
+                grants: grants(&self.user, desired),
+                within: token.as_ref().map(|token| token.grant.clone()),
+            },
+        }
+    }
+}
+
+/// The account a service token stands in: no role, no password, no groups.
+fn service_user() -> User {
+    User {
+        name: String::new(),
+        role: None,
+        password_hash: String::new(),
+        created_at_ms: 0,
+        password_changed_at_ms: 0,
+        sso: None,
+        disabled: false,
+    }
 }
 
 /// What `user` may do where: their account's role over the whole fleet, and
@@ -568,6 +671,37 @@ pub fn set_disabled(store: &Store, by: &Actor, name: &str, disabled: bool) -> Re
     let changed = store.set_disabled(name, disabled, by);
     audit_refusal(store, by, AuditAction::UserDisable, name, &changed)?;
     Ok(changed?)
+}
+
+/// Makes an API token `name` for `owner` (none: a service token) with
+/// `grant`, expiring at `expires_at_ms`, audited as `by`'s: the token itself,
+/// shown once, and its record (which keeps only a hash of its secret).
+pub fn create_api_token(
+    store: &Store,
+    by: &Actor,
+    name: &str,
+    owner: Option<&str>,
+    grant: Grant,
+    expires_at_ms: i64,
+) -> Result<(String, store::ApiToken), Error> {
+    if !valid_user_name(name) {
+        return Err(Error::InvalidName(name.to_owned()));
+    }
+    let minted = api_token::mint(
+        name,
+        owner,
+        grant,
+        &by.to_string(),
+        store::now_ms(),
+        expires_at_ms,
+    );
+    store.create_api_token(&minted.record, by)?;
+    Ok((minted.token, minted.record))
+}
+
+/// Revokes an API token, audited as `by`'s: it opens nothing from now on.
+pub fn revoke_api_token(store: &Store, by: &Actor, id: &str) -> Result<store::ApiToken, Error> {
+    Ok(store.revoke_api_token(id, by)?)
 }
 
 /// Deletes a user, audited as done `by`; their tokens stop working at once.

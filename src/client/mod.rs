@@ -60,6 +60,10 @@ pub enum Error {
         "your session for {server} is no longer valid (the daemon signs with another key, or your password or account changed): run `linkops login --server {server}`"
     )]
     SessionInvalid { server: String },
+    #[error(
+        "{server} refused the API token in LINKOPS_TOKEN: it was revoked, has expired or is mistyped"
+    )]
+    ApiTokenRefused { server: String },
     #[error("session file {path}: {reason}")]
     Session { path: PathBuf, reason: String },
     #[error(
@@ -215,6 +219,11 @@ impl Client {
     /// longer good, which the operator is told how to mend.
     fn refused(&self, status: u16, body: &[u8]) -> Error {
         match (status, &self.token) {
+            (401, Some(token)) if crate::auth::api_token::parse(token).is_some() => {
+                Error::ApiTokenRefused {
+                    server: self.server.clone(),
+                }
+            }
             (401, Some(_)) => Error::SessionInvalid {
                 server: self.server.clone(),
             },

@@ -151,6 +151,9 @@ pub struct AuthConfig {
     pub password_sign_in: PasswordSignIn,
     /// The identity providers people sign in with (`[[auth.oidc]]`).
     pub oidc: Vec<OidcConfig>,
+    /// An API token expires within this of being made.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub api_token_max_lifetime: Duration,
 }
 
 /// Who may sign in with a password.
@@ -233,6 +236,7 @@ impl Default for AuthConfig {
             unknown_name_counters: 10_000,
             password_sign_in: PasswordSignIn::Everyone,
             oidc: Vec::new(),
+            api_token_max_lifetime: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }

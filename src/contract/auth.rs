@@ -28,6 +28,8 @@ pub struct Me {
     /// Everything the user holds: the account's role, and what `access.yaml`
     /// gives them; the console offers what the highest of these allows.
     pub grants: Vec<linkops_reconcilers::grant::Grant>,
+    /// Asked with an API token: the token's grant, which everything must fit too.
+    pub within: Option<linkops_reconcilers::grant::Grant>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -141,4 +143,48 @@ pub struct SignedIn {
     /// Why not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `POST /api/tokens`: an API token to make.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// 1-64 of letters, digits, '.', '_', '-'; one per owner.
+    pub name: String,
+    /// What it may do: a role over the whole fleet or some tags and machines,
+    /// for every script or some. A personal token's must be within a grant you hold.
+    pub grant: linkops_reconcilers::grant::Grant,
+    /// Required, and at most `[auth] api_token_max_lifetime` away.
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: jiff::Timestamp,
+    /// A service token (admins): acts with its own grant alone, for no person.
+    #[serde(default)]
+    pub service: bool,
+}
+
+/// An API token, never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    /// The user it acts for; `null`: a service token.
+    pub owner: Option<String>,
+    pub grant: linkops_reconcilers::grant::Grant,
+    pub created_by: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: jiff::Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: jiff::Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<jiff::Timestamp>,
+    pub expired: bool,
+}
+
+/// A token just made: the token itself, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedToken {
+    /// `lot_<id>_<secret>`: send it as `Authorization: Bearer …` (the CLI: `LINKOPS_TOKEN`).
+    pub token: String,
+    #[serde(flatten)]
+    pub view: TokenView,
 }

@@ -5,7 +5,7 @@
 use linkops_reconcilers::ask::{self, Ask};
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::enrollment::Enrollment;
-use linkops_reconcilers::grant::{self, Grant, Place};
+use linkops_reconcilers::grant::{self, Held, Place};
 use linkops_reconcilers::operation::{Operation, Requester};
 use linkops_reconcilers::run;
 use linkops_reconcilers::script::Targets;
@@ -42,7 +42,7 @@ pub enum RunError {
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     pub name: &'a str,
-    pub grants: &'a [Grant],
+    pub grants: &'a Held,
 }
 
 impl Controller {
@@ -143,7 +143,7 @@ impl Controller {
         &self,
         desired: &DesiredState,
         resolved: &ask::Resolved<'_>,
-        grants: &[Grant],
+        grants: &Held,
     ) -> Result<Vec<HostPlan>, RunError> {
         let targets = &resolved.targets;
         let selected = targets.select(&desired.machines);
@@ -151,7 +151,7 @@ impl Controller {
             .iter()
             .filter_map(|id| desired.machine(id).map(Place::from))
             .collect();
-        grant::permits_run(grants, &resolved.script.id, &machines).map_err(RunError::NotGranted)?;
+        (grants.permits_run(&resolved.script.id, &machines)).map_err(RunError::NotGranted)?;
         let held = self.held().await?;
         if let Some(reason) = run::refused_by_suspension(&held, &selected) {
             return Err(RunError::Conflict(format!("nothing was started: {reason}")));

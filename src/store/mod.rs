@@ -25,6 +25,7 @@ mod schema;
 mod states;
 mod sync;
 mod terminals;
+mod tokens;
 mod users;
 mod webhook;
 
@@ -42,13 +43,14 @@ pub use observed::StatusWrite;
 pub use operations::Claim;
 pub use operations::OperationUpdate;
 pub use records::{
-    AuditEntry, Declared, HealthSample, LoginFailures, MachineRecord, Outcome, PostedStatus,
-    ScriptRecord, SsoIdentity, SyncAsk, SyncOutcome, SyncRecord, User,
+    ApiToken, AuditEntry, Declared, HealthSample, LoginFailures, MachineRecord, Outcome,
+    PostedStatus, ScriptRecord, SsoIdentity, SyncAsk, SyncOutcome, SyncRecord, User,
 };
 pub use retention::{Pruned, Retention};
 pub use scan::{OperationIndex, SeqTable};
 pub use schema::SCHEMA_VERSION;
 pub use states::StateWrite;
+pub use tokens::MAX_TOKENS_PER_OWNER;
 pub use users::{Agreement, DeletedUser, SharedKey};
 pub use webhook::DeliveryClaim;
 
@@ -103,6 +105,12 @@ pub enum Error {
         "the name {name:?} is {holder}; an identity provider's sign-in never takes over another account: have the provider send another name, or delete the account first"
     )]
     NameTaken { name: String, holder: String },
+    #[error("you already have an API token named {0:?}: revoke it, or choose another name")]
+    TokenExists(String),
+    #[error("at most {0} API tokens per user (and {0} service tokens): revoke some first")]
+    TooManyTokens(usize),
+    #[error("no API token {0:?}")]
+    NoSuchToken(String),
     #[error("user {0:?} is disabled: an admin enables them again (PUT /api/users/{0}/disabled)")]
     Disabled(String),
     #[error(

@@ -126,6 +126,24 @@ pub struct User {
     pub disabled: bool,
 }
 
+/// An API token: its secret is kept only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// Names it in `lot_<id>_<secret>` and in the API.
+    pub id: String,
+    pub name: String,
+    /// The user it acts for (then within what they hold); none: a service
+    /// token, made by an admin, acting with its own grant alone.
+    pub owner: Option<String>,
+    pub grant: linkops_reconcilers::grant::Grant,
+    /// SHA-256 of the secret, hex: a random secret of 190 bits needs no slow hash.
+    pub secret_sha256: String,
+    pub created_by: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub last_used_at_ms: Option<i64>,
+}
+
 /// A person as an identity provider knows them, as of their last sign-in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SsoIdentity {
@@ -283,6 +301,7 @@ mod tests {
             decodes(FORGE_STATUSES),
             decodes(HOST_CERTIFICATES),
             decodes(CA_REVOCATIONS),
+            decodes(API_TOKENS),
             decodes(AUDIT_LOG),
         ];
         // The rest hold a number, a text, nothing or raw bytes.

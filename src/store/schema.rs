@@ -13,15 +13,15 @@ use linkops_reconcilers::terminal::{TerminalSession, Workspace};
 
 use super::engine::{Json, Raw, Table, Unit};
 use super::records::{
-    AuditEntry, HealthSample, LoginFailures, MachineRecord, PostedStatus, ScriptRecord, SyncAsk,
-    SyncRecord, User,
+    ApiToken, AuditEntry, HealthSample, LoginFailures, MachineRecord, PostedStatus, ScriptRecord,
+    SyncAsk, SyncRecord, User,
 };
 
 /// Version of the table layout this binary writes. Bump it with a migration step.
 ///
 /// Version 8 keeps every table as ordered bytes (`engine::key`) with JSON
 /// records, the same in redb and PostgreSQL; older redb files are converted.
-pub const SCHEMA_VERSION: u64 = 10;
+pub const SCHEMA_VERSION: u64 = 11;
 
 /// Store metadata: `schema_version`, `write_probe_ms`.
 pub const META: Table<String, Json<u64>> = Table::new("meta");
@@ -105,11 +105,13 @@ pub const HOST_CERTIFICATES: Table<(String, u64), Json<IssuedHostCertificate>> =
     Table::new("host_certificates");
 /// Certificates revoked, by serial.
 pub const CA_REVOCATIONS: Table<u64, Json<Revocation>> = Table::new("ca_revocations");
+/// API tokens by id (version 11).
+pub const API_TOKENS: Table<String, Json<ApiToken>> = Table::new("api_tokens");
 /// The audit log by sequence number.
 pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
 /// Every table's name: what an engine creates, and what `linkops store migrate` copies.
-pub const TABLES: [&str; 36] = [
+pub const TABLES: [&str; 37] = [
     META.name,
     USERS.name,
     LOGIN_FAILURES.name,
@@ -145,6 +147,7 @@ pub const TABLES: [&str; 36] = [
     FORGE_STATUSES.name,
     HOST_CERTIFICATES.name,
     CA_REVOCATIONS.name,
+    API_TOKENS.name,
     AUDIT_LOG.name,
 ];
 

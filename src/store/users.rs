@@ -6,7 +6,7 @@ use super::audit::{self, Actor, Audit, AuditAction};
 use super::engine::{Read, Write, WriteTx};
 use super::records::Outcome;
 use super::records::{LoginFailures, SsoIdentity, User};
-use super::schema::{LOGIN_FAILURES, META, RETIRED_NAMES, TERMINAL_WORKSPACES, USERS};
+use super::schema::{API_TOKENS, LOGIN_FAILURES, META, RETIRED_NAMES, TERMINAL_WORKSPACES, USERS};
 use super::{Error, Result, Store, now_ms};
 
 /// A deleted account, and the terminal workspaces deleted with it.
@@ -257,10 +257,22 @@ impl Store {
         for id in &workspaces {
             tx.remove(TERMINAL_WORKSPACES, id)?;
         }
+        // Their API tokens go with them.
+        let mut tokens = Vec::new();
+        for entry in tx.all(API_TOKENS, false) {
+            let (id, token) = entry?;
+            if token.owner.as_deref() == Some(name) {
+                tokens.push(id);
+            }
+        }
+        for id in &tokens {
+            tx.remove(API_TOKENS, id.as_str())?;
+        }
         let detail = format!(
-            "was {}; {} terminal workspace(s) deleted; the name is retired",
+            "was {}; {} terminal workspace(s) and {} API token(s) deleted; the name is retired",
             AccountRole(user.role),
-            workspaces.len()
+            workspaces.len(),
+            tokens.len()
         );
         audit::append(
             &mut tx,
@@ -281,7 +293,7 @@ impl Store {
         self.user_changes.subscribe()
     }
 
-    fn user_changed(&self) {
+    pub(super) fn user_changed(&self) {
         self.user_changes.send_modify(|count| *count += 1);
     }
 
@@ -587,7 +599,9 @@ mod tests {
                     entry(
                         "ada",
                         "user.delete",
-                        Some("was operator; 0 terminal workspace(s) deleted; the name is retired")
+                        Some(
+                            "was operator; 0 terminal workspace(s) and 0 API token(s) deleted; the name is retired"
+                        )
                     ),
                 ]
             );

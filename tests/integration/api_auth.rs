@@ -474,7 +474,7 @@ async fn admins_change_roles_and_delete_users_but_never_the_last_admin() {
     assert_eq!(changes[0].3, "operator -> viewer");
     assert_eq!(
         changes[3].3,
-        "was viewer; 0 terminal workspace(s) deleted; the name is retired"
+        "was viewer; 0 terminal workspace(s) and 0 API token(s) deleted; the name is retired"
     );
 }
 
@@ -551,8 +551,8 @@ async fn every_route_needs_the_role_the_api_table_names() {
         if method != "GET" {
             continue;
         }
-        let concrete = (path.replace("{id}", "1").replace("{name}", "nobody"))
-            .replace("{provider}", "nobody");
+        let concrete =
+            (path.replace("{id}", "1").replace("{name}", "nobody")).replace("{provider}", "nobody");
         for (rank, token) in &callers {
             let status = server.get(&concrete, token.as_deref()).await.status();
             let expected = match (*rank < *role, token) {

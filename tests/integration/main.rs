@@ -32,4 +32,5 @@ mod store;
 mod tables;
 mod terminal;
 mod tidy;
+mod tokens;
 mod validate;

@@ -764,6 +764,41 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/tokens": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/tokens` */
+        get: operations["auth_list"];
+        put?: never;
+        /** `POST /api/tokens` */
+        post: operations["auth_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/tokens/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** `DELETE /api/tokens/{id}` */
+        delete: operations["auth_revoke"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/users": {
         parameters: {
             query?: never;
@@ -1081,6 +1116,11 @@ export interface components {
         CreateBody: {
             layout: components["schemas"]["Layout"];
             name?: string | null;
+        };
+        /** @description A token just made: the token itself, shown this once. */
+        CreatedToken: components["schemas"]["TokenView"] & {
+            /** @description `lot_<id>_<secret>`: send it as `Authorization: Bearer …` (the CLI: `LINKOPS_TOKEN`). */
+            token: string;
         };
         /** @description A generated password, shown this once; only its hash is stored. */
         Credentials: {
@@ -1457,6 +1497,7 @@ export interface components {
             grants: components["schemas"]["Grant"][];
             role?: null | components["schemas"]["Role"];
             username: string;
+            within?: null | components["schemas"]["Grant"];
         };
         /** @description One live replica. */
         MemberView: {
@@ -1483,6 +1524,23 @@ export interface components {
          * @enum {string}
          */
         Mode: "enforce" | "report";
+        /** @description `POST /api/tokens`: an API token to make. */
+        NewToken: {
+            /**
+             * Format: date-time
+             * @description Required, and at most `[auth] api_token_max_lifetime` away.
+             */
+            expires_at: string;
+            /**
+             * @description What it may do: a role over the whole fleet or some tags and machines,
+             *     for every script or some. A personal token's must be within a grant you hold.
+             */
+            grant: components["schemas"]["Grant"];
+            /** @description 1-64 of letters, digits, '.', '_', '-'; one per owner. */
+            name: string;
+            /** @description A service token (admins): acts with its own grant alone, for no person. */
+            service?: boolean;
+        };
         NewUser: {
             role?: null | components["schemas"]["Role"];
             username: string;
@@ -2167,6 +2225,22 @@ export interface components {
             user: string;
             workspace_id: string;
         };
+        /** @description An API token, never its secret. */
+        TokenView: {
+            /** Format: date-time */
+            created_at: string;
+            created_by: string;
+            expired: boolean;
+            /** Format: date-time */
+            expires_at: string;
+            grant: components["schemas"]["Grant"];
+            id: string;
+            /** Format: date-time */
+            last_used_at?: string | null;
+            name: string;
+            /** @description The user it acts for; `null`: a service token. */
+            owner?: string | null;
+        };
         UserView: {
             /** Format: date-time */
             created_at: string;
@@ -2250,6 +2324,7 @@ export type ConnectAnswer = components['schemas']['ConnectAnswer'];
 export type ConnectBody = components['schemas']['ConnectBody'];
 export type Counts = components['schemas']['Counts'];
 export type CreateBody = components['schemas']['CreateBody'];
+export type CreatedToken = components['schemas']['CreatedToken'];
 export type Credentials = components['schemas']['Credentials'];
 export type DeclaredState = components['schemas']['DeclaredState'];
 export type DesiredState = components['schemas']['DesiredState'];
@@ -2290,6 +2365,7 @@ export type Me = components['schemas']['Me'];
 export type MemberView = components['schemas']['MemberView'];
 export type Message = components['schemas']['Message'];
 export type Mode = components['schemas']['Mode'];
+export type NewToken = components['schemas']['NewToken'];
 export type NewUser = components['schemas']['NewUser'];
 export type Notification = components['schemas']['Notification'];
 export type Op = components['schemas']['Op'];
@@ -2355,6 +2431,7 @@ export type TablePage = components['schemas']['TablePage'];
 export type Targets = components['schemas']['Targets'];
 export type TargetsBody = components['schemas']['TargetsBody'];
 export type TerminalSession = components['schemas']['TerminalSession'];
+export type TokenView = components['schemas']['TokenView'];
 export type UserView = components['schemas']['UserView'];
 export type WebhookAnswer = components['schemas']['WebhookAnswer'];
 export type Weekday = components['schemas']['Weekday'];
@@ -2471,6 +2548,15 @@ export interface operations {
             };
             /** @description No sign-in of this browser is under way here (no or a forged cookie) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such provider */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3663,6 +3749,98 @@ export interface operations {
             };
             /** @description A viewer, or a foreign Origin */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    auth_list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Your API tokens (admins: every one, service tokens too), never their secrets */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TokenView"][];
+                };
+            };
+        };
+    };
+    auth_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NewToken"];
+            };
+        };
+        responses: {
+            /** @description Made: the token, shown this once (only a hash of it is kept); audited */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CreatedToken"];
+                };
+            };
+            /** @description A grant beyond yours, a service token by a non-admin, or asked with an API token */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A bad name, an expiry in the past or beyond [auth] api_token_max_lifetime, a grant that cannot be */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    auth_revoke: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Token id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Revoked: it opens nothing from now on, and what it holds open ends; audited */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No such token of yours */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
