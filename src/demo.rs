@@ -385,6 +385,8 @@ fn demo_config(data: &Path, repo: &Path, key: &Path, known_hosts: &Path) -> Resu
     config.git.url = Some(crate::config::RepoUrl::parse(&repo.display().to_string()));
     config.ssh.user = testbed::TEST_USER.to_owned();
     config.ssh.key = "demo_key".to_owned();
+    // A playground on loopback: terminals and admin pages without a second factor.
+    config.auth.step_up = false;
     Ok(config)
 }
 

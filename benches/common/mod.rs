@@ -162,7 +162,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {data:?}\n[git]\nurl = {repo:?}\n[ssh]\nidle_timeout = {idle:?}\nconcurrency = 64\n{ssh}\n[reconcile]\nconcurrency = 64\n[operations]\noutput_cap = 16777216\n{store}"
+                "data_dir = {data:?}\n[git]\nurl = {repo:?}\n[ssh]\nidle_timeout = {idle:?}\nconcurrency = 64\n{ssh}\n[reconcile]\nconcurrency = 64\n[operations]\noutput_cap = 16777216\n[auth]\nstep_up = false\n{store}"
             ),
         )
         .unwrap();

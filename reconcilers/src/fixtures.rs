@@ -23,6 +23,7 @@ pub fn machine(id: &str, tags: &[&str]) -> Machine {
         health_interval: Some(Duration::from_secs(60)),
         concurrency: None,
         auth: Auth::Key,
+        protected: false,
     }
 }
 

@@ -62,13 +62,19 @@ impl Scope {
 pub struct Place<'a> {
     pub id: &'a str,
     pub tags: &'a [String],
+    /// Running on it asks for a second factor first.
+    pub protected: bool,
 }
 
 impl<'a> Place<'a> {
     /// A machine no longer in the inventory: only grants over the whole
     /// fleet or naming its id reach its records.
     pub fn gone(id: &'a str) -> Place<'a> {
-        Place { id, tags: &[] }
+        Place {
+            id,
+            tags: &[],
+            protected: false,
+        }
     }
 }
 
@@ -77,8 +83,26 @@ impl<'a> From<&'a Machine> for Place<'a> {
         Place {
             id: &machine.id,
             tags: &machine.tags,
+            protected: machine.protected,
         }
     }
+}
+
+/// Whether `need` asks for a second factor within the last minutes, beyond
+/// the grant: a terminal (a root shell), running on a protected machine,
+/// and changing the daemon itself.
+pub fn needs_second_factor(need: Need) -> bool {
+    match need {
+        Need::Terminal(_) | Need::Administer => true,
+        Need::Run { machine, .. } => machine.protected,
+        Need::See(_) | Need::Check(_) | Need::Workspaces => false,
+    }
+}
+
+/// Whether a second factor given at `given_at_ms` (none: never) is fresh at
+/// `now_ms`, given at most `within_ms` before.
+pub fn second_factor_fresh(given_at_ms: Option<i64>, now_ms: i64, within_ms: i64) -> bool {
+    given_at_ms.is_some_and(|at| at <= now_ms && now_ms - at <= within_ms)
 }
 
 /// A role over a scope.
@@ -701,5 +725,51 @@ mod tests {
         for (why, outer, inner, contained) in cases {
             assert_eq!(contains(outer, inner), contained, "{why}");
         }
+    }
+
+    #[test]
+    fn a_terminal_a_protected_machine_and_the_daemon_ask_for_a_fresh_second_factor() {
+        let web = machine("web-1", &["web"]);
+        let vault = crate::machine::Machine {
+            protected: true,
+            ..machine("vault", &["db"])
+        };
+        let run = |machine| Need::Run {
+            script: "deploy",
+            machine,
+        };
+        // (why, the need, whether it asks)
+        let cases = [
+            ("a shell is root", Need::Terminal(Place::from(&web)), true),
+            ("changing the daemon", Need::Administer, true),
+            (
+                "running on a protected machine",
+                run(Place::from(&vault)),
+                true,
+            ),
+            ("running elsewhere", run(Place::from(&web)), false),
+            ("seeing", Need::See(Place::from(&vault)), false),
+            ("checking", Need::Check(Place::from(&vault)), false),
+            ("keeping workspaces", Need::Workspaces, false),
+        ];
+        for (why, need, asks) in cases {
+            assert_eq!(needs_second_factor(need), asks, "{why}");
+        }
+        let minute = 60_000;
+        assert!(second_factor_fresh(
+            Some(1_000),
+            1_000 + minute,
+            15 * minute
+        ));
+        assert!(!second_factor_fresh(
+            Some(1_000),
+            1_000 + 16 * minute,
+            15 * minute
+        ));
+        assert!(!second_factor_fresh(None, 1_000, 15 * minute));
+        assert!(
+            !second_factor_fresh(Some(5 * minute), minute, 15 * minute),
+            "given in the future"
+        );
     }
 }

@@ -43,6 +43,10 @@ pub struct Machine {
     /// How the daemon logs in.
     #[serde(default)]
     pub auth: Auth,
+    /// Running on it, like a terminal to it, asks for a second factor first.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub protected: bool,
 }
 
 /// How the daemon logs in to a machine.
@@ -450,6 +454,7 @@ mod tests {
             health_interval: Some(Duration::from_secs(60)),
             concurrency: None,
             auth: Auth::Key,
+            protected: false,
         }
     }
 

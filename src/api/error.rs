@@ -10,6 +10,16 @@ use serde_json::{Value, json};
 use crate::contract::{ErrorBody, ErrorCode, ErrorDetail};
 use crate::{auth, store};
 
+/// Why a second factor is asked for, and how to give one.
+#[derive(Debug, Clone)]
+pub struct StepUp {
+    pub message: String,
+    /// It must have been given within this.
+    pub within_secs: u64,
+    /// `totp`, `enrol` or `sso:<provider>`.
+    pub how: String,
+}
+
 #[derive(Debug)]
 pub enum ApiError {
     Unauthorized,
@@ -21,6 +31,8 @@ pub enum ApiError {
     /// A sign-in refused for what it is, not for a wrong password: a disabled
     /// user, password sign-in off, what an identity provider sent.
     SignInRefused(String),
+    /// Allowed, once a second factor is given.
+    StepUpRequired(StepUp),
     Locked {
         retry_after_secs: u64,
     },
@@ -80,7 +92,10 @@ impl From<auth::Error> for ApiError {
                 retry_after_secs: retry_after.as_secs().max(1),
             },
             auth::Error::Hash(_) => ApiError::Internal(error.to_string()),
-            auth::Error::PasswordSignInOff => ApiError::SignInRefused(error.to_string()),
+            auth::Error::PasswordSignInOff | auth::Error::SecondFactor(_) => {
+                ApiError::SignInRefused(error.to_string())
+            }
+            auth::Error::SecondFactorUnreadable(_) => ApiError::Internal(error.to_string()),
             auth::Error::Sso(error) => error.into(),
         }
     }
@@ -122,6 +137,8 @@ impl From<crate::controller::RunError> for ApiError {
             RunError::Unfit { field, message } => ApiError::Unprocessable { field, message },
             RunError::Conflict(message) => ApiError::Conflict(message),
             RunError::NotGranted(refusal) => ApiError::NotGranted(refusal),
+            // The handler says how to give one; this is what is left.
+            RunError::SecondFactor(_) => ApiError::SignInRefused(error.to_string()),
             RunError::Check(error) => error.into(),
             RunError::Store(error) | RunError::Start(crate::operations::Error::Store(error)) => {
                 error.into()
@@ -144,9 +161,10 @@ impl From<store::Error> for ApiError {
             store::Error::NoSuchUser(_) | store::Error::NoSuchToken(_) => {
                 ApiError::NotFound(error.to_string())
             }
-            store::Error::TokenExists(_) | store::Error::TooManyTokens(_) => {
-                ApiError::Conflict(error.to_string())
-            }
+            store::Error::TokenExists(_)
+            | store::Error::TooManyTokens(_)
+            | store::Error::SecondFactorEnrolled(_)
+            | store::Error::NoSecondFactor(_) => ApiError::Conflict(error.to_string()),
             store::Error::NameTaken { .. } | store::Error::Disabled(_) => {
                 ApiError::SignInRefused(error.to_string())
             }
@@ -193,6 +211,16 @@ impl IntoResponse for ApiError {
                 ErrorCode::InvalidCredentials,
                 "invalid user name or password".into(),
                 None,
+            ),
+            ApiError::StepUpRequired(StepUp {
+                message,
+                within_secs,
+                how,
+            }) => (
+                StatusCode::FORBIDDEN,
+                ErrorCode::StepUpRequired,
+                message,
+                Some(json!({ "within_seconds": within_secs, "how": how })),
             ),
             ApiError::SignInRefused(message) => (
                 StatusCode::FORBIDDEN,

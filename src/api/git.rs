@@ -108,7 +108,7 @@ pub async fn status(
     // Only the forge's messages (the oldest waiting, the newest given up on):
     // the rest is at /api/notifications. What the forge answered (redacted)
     // is for admins, as the outbox is.
-    let admin = caller.administers(&state).is_ok();
+    let admin = caller.is_admin(&state);
     let forge = |messages: Vec<linkops_reconcilers::outbox::Queued>| {
         messages
             .into_iter()

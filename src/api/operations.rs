@@ -5,8 +5,9 @@ use std::convert::Infallible;
 
 use axum::extract::State;
 
+use super::error::StepUp;
 use super::extract::{Json, Path, Query};
-use crate::controller::Caller;
+use crate::controller::{Caller, RunError};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use base64::Engine as _;
@@ -78,9 +79,11 @@ pub async fn run(
     Json(body): Json<RunBody>,
 ) -> Result<(StatusCode, Json<OperationView>), ApiError> {
     let grants = caller.grants(&state);
+    let fresh = caller.stepped_up(&state, "running on a protected machine");
     let by = Caller {
         name: &caller.user.name,
         grants: &grants,
+        second_factor_fresh: fresh.is_ok(),
     };
     let mut params = BTreeMap::new();
     for (name, value) in body.params {
@@ -110,7 +113,8 @@ pub async fn run(
         },
         rollout: body.rollout,
     };
-    let operation = state.controller.run(ask, body.concurrency, by).await?;
+    let operation = (state.controller.run(ask, body.concurrency, by).await)
+        .map_err(|error| refused(error, fresh))?;
     started(&state, operation.id).await
 }
 
@@ -123,12 +127,30 @@ pub async fn retry(
     Path(id): Path<u64>,
 ) -> Result<(StatusCode, Json<OperationView>), ApiError> {
     let grants = caller.grants(&state);
+    let fresh = caller.stepped_up(&state, "running on a protected machine");
     let by = Caller {
         name: &caller.user.name,
         grants: &grants,
+        second_factor_fresh: fresh.is_ok(),
     };
-    let operation = state.controller.retry(id, by).await?;
+    let operation =
+        (state.controller.retry(id, by).await).map_err(|error| refused(error, fresh))?;
     started(&state, operation.id).await
+}
+
+/// A run refused: for protected machines without a fresh second factor,
+/// how to give one.
+fn refused(error: RunError, fresh: Result<(), StepUp>) -> ApiError {
+    match (error, fresh) {
+        (RunError::SecondFactor(machines), Err(step_up)) => ApiError::StepUpRequired(StepUp {
+            message: step_up.message.replace(
+                "running on a protected machine",
+                &format!("running on protected machines {}", machines.join(", ")),
+            ),
+            ..step_up
+        }),
+        (error, _) => error.into(),
+    }
 }
 
 /// Answers as `POST /api/operations/run` does, for a started operation.

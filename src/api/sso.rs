@@ -57,7 +57,9 @@ pub async fn start(
             });
         }
     };
-    let (url, sealed) = state.auth.sso_start(&provider, back).await?;
+    let (url, sealed) = (state.auth)
+        .sso_start(&provider, back, query.step_up)
+        .await?;
     let cookie = cookie(&state, &provider, &sealed, SIGN_IN_WINDOW.as_secs());
     Ok(([(header::SET_COOKIE, cookie)], Redirect::to(&url)).into_response())
 }

@@ -50,7 +50,7 @@ async fn usable_workspace(
     caller: &Authenticated,
     id: &str,
 ) -> Result<Workspace, ApiError> {
-    let admin = caller.administers(state).is_ok();
+    let admin = caller.is_admin(state);
     let asked = id.to_owned();
     state
         .store
@@ -70,7 +70,7 @@ fn may_open(
 ) -> Result<(), ApiError> {
     let reach = caller.reach(state);
     for id in machines.iter().flatten() {
-        (reach.grants().permits(Need::Terminal(reach.place(id)))).map_err(ApiError::NotGranted)?;
+        caller.may(state, Need::Terminal(reach.place(id)))?;
     }
     Ok(())
 }
@@ -124,7 +124,7 @@ pub async fn list(
     uri: axum::http::Uri,
 ) -> Result<Json<Vec<WorkspaceView>>, ApiError> {
     let user = caller.may(&state, Need::Workspaces)?;
-    let admin = caller.administers(&state).is_ok();
+    let admin = caller.is_admin(&state);
     let workspaces = state.store.run(|store| store.workspaces()).await?;
     let mut elsewhere = match headers.contains_key(super::forward::FORWARDED_BY) {
         // Asked by a replica for what this one holds.
@@ -259,6 +259,7 @@ pub async fn socket(
     check_origin(&headers, &state.config.terminal.allowed_origins)?;
     caller.may(&state, Need::Workspaces)?;
     let workspace = usable_workspace(&state, &caller, &id).await?;
+    may_open(&state, &caller, &workspace.panes)?;
     // The socket ends when the holder may no longer keep terminals, or open
     // one on a machine its panes showed when it opened.
     let machines = workspace.panes.clone();
@@ -503,7 +504,7 @@ pub async fn recordings(
     Query(query): Query<RecordingsQuery>,
 ) -> Result<Json<Vec<RecordingView>>, ApiError> {
     let user = caller.may(&state, Need::Workspaces)?;
-    let admin = caller.administers(&state).is_ok();
+    let admin = caller.is_admin(&state);
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let name = user.name.clone();
     let sessions = state
@@ -532,7 +533,7 @@ async fn readable_recording(
     caller: &Authenticated,
     id: u64,
 ) -> Result<TerminalSession, ApiError> {
-    let admin = caller.administers(state).is_ok();
+    let admin = caller.is_admin(state);
     state
         .store
         .run(move |store| store.terminal_session(id))

@@ -37,6 +37,7 @@ pub async fn create(
     Json(body): Json<NewToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let held = caller.grants(&state);
+    (caller.stepped_up(&state, "making an API token")).map_err(ApiError::StepUpRequired)?;
     if caller.token.is_some() {
         return Err(ApiError::SignInRefused(
             "an API token cannot make API tokens: sign in as yourself".into(),
@@ -125,7 +126,7 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Authenticated,
 ) -> Result<Json<Vec<TokenView>>, ApiError> {
-    let admin = caller.administers(&state).is_ok();
+    let admin = caller.is_admin(&state);
     let name = caller.signed_in().name.clone();
     let tokens = state.store.run(|store| store.api_tokens()).await?;
     Ok(Json(
@@ -144,7 +145,7 @@ pub async fn revoke(
     caller: Authenticated,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let admin = caller.administers(&state).is_ok();
+    let admin = caller.is_admin(&state);
     let name = caller.signed_in().name.clone();
     let asked = id.clone();
     let token = state

@@ -36,6 +36,8 @@ impl From<User> for UserView {
             role: user.role,
             created_at: at(user.created_at_ms).unwrap_or_default(),
             disabled: user.disabled,
+            second_factor: (user.second_factor.as_ref())
+                .is_some_and(|f| f.confirmed_at_ms.is_some()),
             sso: user.sso.map(|sso| SsoView {
                 provider: sso.provider,
                 subject: sso.subject,
@@ -124,6 +126,21 @@ pub async fn set_disabled(
     if user.disabled {
         state.terminals.revoke(&user.name).await?;
     }
+    Ok(Json(user.into()))
+}
+
+/// `DELETE /api/users/{name}/second-factor`
+#[utoipa::path(delete, path = "/api/users/{name}/second-factor", tag = "users", params(("name" = String, Path, description = "User name")), responses((status = 200, description = "Removed (admin; a lost phone): they enrol again; audited", body = UserView), (status = 404, description = "No such user", body = crate::contract::ErrorBody)))]
+pub async fn remove_second_factor(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path(name): Path<String>,
+) -> Result<Json<UserView>, ApiError> {
+    let admin = Actor::user(&caller.administers(&state)?.name);
+    let store = state.store.clone();
+    let user = crate::blocking::run(move || auth::remove_second_factor(&store, &admin, &name))
+        .await
+        .map_err(|error| ApiError::Internal(error.to_string()))??;
     Ok(Json(user.into()))
 }
 

@@ -7,6 +7,7 @@
 pub mod api_token;
 pub mod lockout;
 pub mod password;
+pub mod second_factor;
 pub mod sso;
 mod token;
 mod unknown;
@@ -54,6 +55,11 @@ pub enum Error {
     PasswordSignInOff,
     #[error(transparent)]
     Sso(#[from] sso::Error),
+    #[error(transparent)]
+    SecondFactorUnreadable(#[from] second_factor::Error),
+    /// A second factor refused: the message says why and what to do.
+    #[error("{0}")]
+    SecondFactor(String),
     #[error(
         "too many logins at once ({queued} waiting for a password check, the limit set by [auth] login_queue); try again in {} s", retry_after.as_secs().max(1)
     )]
@@ -164,8 +170,9 @@ impl Auth {
         &self,
         provider: &str,
         back: sso::Back,
+        step_up: bool,
     ) -> Result<(String, String), Error> {
-        let (url, pending) = self.sso.start(provider, back).await?;
+        let (url, pending) = self.sso.start(provider, back, step_up).await?;
         let sealed = self
             .tokens
             .seal(&pending, SSO_AUDIENCE, sso::SIGN_IN_WINDOW);
@@ -209,6 +216,7 @@ impl Auth {
                 return Err(error.into());
             }
         };
+        let again = identity.signed_in_again_at_ms;
         let sso = store::SsoIdentity {
             provider: identity.provider,
             subject: identity.subject,
@@ -218,7 +226,7 @@ impl Auth {
         let user = (self.store)
             .run(move |store| store.sign_in_sso(&identity.username, sso))
             .await?;
-        let token = self.tokens.issue_for(&user, lifetime);
+        let token = self.tokens.issue_for(&user, lifetime, again);
         Ok(Login { token, user })
     }
 
@@ -411,6 +419,8 @@ impl Auth {
                 Session {
                     user: record.owner.clone().unwrap_or_default(),
                     issued_at_ms: record.created_at_ms,
+                    expires_at_s: record.expires_at_ms / 1000,
+                    second_factor_at_ms: None,
                     api_token: Some(record.id),
                 }
             }
@@ -419,6 +429,8 @@ impl Auth {
                 Session {
                     user: claims.sub,
                     issued_at_ms: claims.iat_ms,
+                    expires_at_s: claims.exp,
+                    second_factor_at_ms: claims.second_factor_at_ms,
                     api_token: None,
                 }
             }
@@ -480,6 +492,143 @@ impl Auth {
         Ok(user.map(|user| Signed { user, token }))
     }
 
+    /// Begins enrolling a TOTP second factor for `user`: the secret and the
+    /// `otpauth://` URL an authenticator app takes (a QR code of it).
+    pub async fn second_factor_begin(&self, user: &User) -> Result<(String, String), Error> {
+        if let Some(sso) = &user.sso {
+            return Err(Error::SecondFactor(format!(
+                "{} signs in at {}: a fresh sign-in there is the second factor",
+                user.name, sso.provider
+            )));
+        }
+        let secret = second_factor::new_secret();
+        let url =
+            second_factor::otpauth_url(&user.name, &second_factor::totp(&user.name, &secret)?)?;
+        let (name, kept) = (user.name.clone(), secret.clone());
+        self.store
+            .run(move |store| store.begin_second_factor(&name, &kept))
+            .await?;
+        Ok((secret, url))
+    }
+
+    /// Confirms the second factor `user` is enrolling with a first `code`
+    /// from their app: the recovery codes, shown this once.
+    pub async fn second_factor_confirm(
+        &self,
+        user: &User,
+        code: &str,
+    ) -> Result<Vec<String>, Error> {
+        let name = user.name.clone();
+        let current = self.store.run(move |store| store.user(&name)).await?;
+        let factor = current
+            .and_then(|user| user.second_factor)
+            .filter(|factor| factor.confirmed_at_ms.is_none())
+            .ok_or_else(|| store::Error::NoSecondFactor(user.name.clone()))?;
+        let totp = second_factor::totp(&user.name, &factor.secret_base32)?;
+        let step = second_factor::step_of(&totp, code, now_s()).ok_or_else(|| {
+            Error::SecondFactor(
+                "that code is not the app's: check the phone's clock, and type the code it shows now".into(),
+            )
+        })?;
+        let (codes, hashes) = second_factor::recovery_codes();
+        let name = user.name.clone();
+        self.store
+            .run(move |store| store.confirm_second_factor(&name, step, hashes))
+            .await?;
+        Ok(codes)
+    }
+
+    /// Steps `session` up with a code of the user's app, or a recovery code:
+    /// the same session, its second factor given now. A wrong code counts
+    /// like a wrong password (the lockout), a code is taken once.
+    pub async fn step_up(
+        &self,
+        session: &Session,
+        user: &User,
+        proof: Proof,
+    ) -> Result<IssuedToken, Error> {
+        let factor = user
+            .second_factor
+            .as_ref()
+            .filter(|factor| factor.confirmed_at_ms.is_some())
+            .ok_or_else(|| {
+                Error::SecondFactor(match &user.sso {
+                    Some(sso) => format!(
+                        "sign in at {} again: GET /api/auth/sso/{}/start?step_up=true",
+                        sso.provider, sso.provider
+                    ),
+                    None => "enrol a second factor first: POST /api/auth/second-factor".into(),
+                })
+            })?;
+        let now = store::now_ms();
+        let name = user.name.clone();
+        let failures = self.store.run(move |store| store.login_failures(&name)).await?;
+        if let Some(retry_after) = self.lockout.locked(failures, now) {
+            return Err(Error::Locked { retry_after });
+        }
+        let name = user.name.clone();
+        let taken = match proof {
+            Proof::Code(code) => {
+                let totp = second_factor::totp(&user.name, &factor.secret_base32)?;
+                match second_factor::step_of(&totp, &code, now_s()) {
+                    Some(step) => {
+                        self.store
+                            .run(move |store| store.take_second_factor_step(&name, step))
+                            .await?
+                    }
+                    None => false,
+                }
+            }
+            Proof::RecoveryCode(code) => {
+                let hash = second_factor::recovery_hash(&code);
+                self.store
+                    .run(move |store| store.take_recovery_code(&name, &hash))
+                    .await?
+            }
+        };
+        let (name, policy) = (user.name.clone(), self.lockout);
+        let outcome = match taken {
+            true => Attempt::Succeeded,
+            false => Attempt::WrongCredentials(None),
+        };
+        let detail = match taken {
+            true => "second factor given",
+            false => "a wrong or used code",
+        };
+        self.store
+            .run(move |store| {
+                store.update_login_failures(
+                    &name,
+                    |current| (!taken).then(|| policy.record_failure(current, now)),
+                    |_| store::Audit {
+                        actor: Actor::user(&name),
+                        action: AuditAction::AuthStepUp,
+                        target: name.clone(),
+                        outcome: match outcome {
+                            Attempt::Succeeded => Outcome::Success,
+                            Attempt::WrongCredentials(_) => Outcome::Failure,
+                        },
+                        detail: Some(detail.into()),
+                    },
+                )
+            })
+            .await?;
+        if !taken {
+            return Err(Error::SecondFactor(
+                "that code is wrong, or was used already: type the one the app shows now (or an unused recovery code)".into(),
+            ));
+        }
+        let claims = Claims {
+            sub: session.user.clone(),
+            role: user.role,
+            iat: session.issued_at_ms / 1000,
+            iat_ms: session.issued_at_ms,
+            exp: session.expires_at_s,
+            second_factor_at_ms: None,
+        };
+        Ok(self.tokens.stepped_up(claims, now))
+    }
+
     /// Completes when `session` may no longer keep what it opened: its user
     /// was deleted or changed their password, or `still` no longer holds of
     /// their grants (a role changed, `access.yaml` changed). Long-lived
@@ -520,6 +669,18 @@ impl Auth {
     }
 }
 
+/// What a person steps up with.
+pub enum Proof {
+    /// A code of their authenticator app.
+    Code(String),
+    /// One of the recovery codes shown at enrolment.
+    RecoveryCode(String),
+}
+
+fn now_s() -> u64 {
+    u64::try_from(store::now_ms() / 1000).unwrap_or_default()
+}
+
 /// A signed-in session, as long as it holds: whose, since when, and through
 /// which API token, if one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -527,6 +688,9 @@ pub struct Session {
     /// The user it acts for (empty for a service token).
     pub user: String,
     pub issued_at_ms: i64,
+    pub expires_at_s: i64,
+    /// When a second factor was last given in it.
+    pub second_factor_at_ms: Option<i64>,
     pub api_token: Option<String>,
 }
 
@@ -562,6 +726,7 @@ fn service_user() -> User {
         password_changed_at_ms: 0,
         sso: None,
         disabled: false,
+        second_factor: None,
     }
 }
 
@@ -702,6 +867,12 @@ pub fn create_api_token(
 /// Revokes an API token, audited as `by`'s: it opens nothing from now on.
 pub fn revoke_api_token(store: &Store, by: &Actor, id: &str) -> Result<store::ApiToken, Error> {
     Ok(store.revoke_api_token(id, by)?)
+}
+
+/// Removes a user's second factor (a lost phone), audited as `by`'s: they
+/// enrol again.
+pub fn remove_second_factor(store: &Store, by: &Actor, name: &str) -> Result<User, Error> {
+    Ok(store.remove_second_factor(name, by)?)
 }
 
 /// Deletes a user, audited as done `by`; their tokens stop working at once.

@@ -139,6 +139,9 @@ pub struct Pending {
     nonce: String,
     verifier: String,
     pub back: Back,
+    /// A step-up: the provider must sign the person in again now.
+    #[serde(default)]
+    pub step_up: bool,
 }
 
 /// A person as a provider vouched for them.
@@ -148,6 +151,8 @@ pub struct Identity {
     pub subject: String,
     pub username: String,
     pub groups: Vec<String>,
+    /// Asked as a step-up: when the provider signed them in again.
+    pub signed_in_again_at_ms: Option<i64>,
 }
 
 /// The identity providers; cheap to clone. None by default.
@@ -257,7 +262,12 @@ impl Sso {
 
     /// Starts a sign-in at `provider`: where to send the browser, and what it
     /// must bring back.
-    pub async fn start(&self, provider: &str, back: Back) -> Result<(String, Pending), Error> {
+    pub async fn start(
+        &self,
+        provider: &str,
+        back: Back,
+        step_up: bool,
+    ) -> Result<(String, Pending), Error> {
         let provider = self.provider(provider)?;
         let client = provider.client().await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -269,6 +279,10 @@ impl Sso {
         for scope in &provider.config.scopes {
             request = request.add_scope(Scope::new(scope.clone()));
         }
+        if step_up {
+            // A sign-in again, not a session the provider still holds.
+            request = request.add_extra_param("max_age", "0");
+        }
         let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
         let pending = Pending {
             provider: provider.config.name.clone(),
@@ -276,6 +290,7 @@ impl Sso {
             nonce: nonce.secret().clone(),
             verifier: verifier.secret().clone(),
             back,
+            step_up,
         };
         Ok((url.to_string(), pending))
     }
@@ -327,7 +342,23 @@ impl Sso {
             }
             Err(error) => return Err(provider.bad_token(error)),
         };
-        provider.identity(&claims)
+        let mut identity = provider.identity(&claims)?;
+        if pending.step_up {
+            let now = jiff::Timestamp::now().as_millisecond();
+            let again = claims.auth_time().map(|at| at.timestamp_millis());
+            let window = SIGN_IN_WINDOW.as_millis() as i64;
+            match again {
+                Some(at) if now - at <= window => identity.signed_in_again_at_ms = Some(at),
+                _ => {
+                    return Err(Error::IdToken {
+                        provider: provider.config.name.clone(),
+                        reason: "asked to sign in again (max_age=0), it sent no fresh auth_time"
+                            .into(),
+                    });
+                }
+            }
+        }
+        Ok(identity)
     }
 }
 
@@ -445,6 +476,7 @@ impl Provider {
             subject: claims.subject().to_string(),
             username,
             groups,
+            signed_in_again_at_ms: None,
         })
     }
 

@@ -23,6 +23,10 @@ pub struct Claims {
     pub iat_ms: i64,
     /// Expires at, seconds (standard claim).
     pub exp: i64,
+    /// When a second factor was last given in this session (a TOTP code, a
+    /// fresh sign-in at the provider), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_factor_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,11 +72,17 @@ impl Tokens {
     }
 
     pub fn issue(&self, user: &User) -> IssuedToken {
-        self.issue_for(user, self.lifetime)
+        self.issue_for(user, self.lifetime, None)
     }
 
-    /// A token for `user` lasting `lifetime`, and never longer than the daemon's own.
-    pub fn issue_for(&self, user: &User, lifetime: Duration) -> IssuedToken {
+    /// A token for `user` lasting `lifetime`, and never longer than the
+    /// daemon's own; a second factor given at `second_factor_at_ms`, if one.
+    pub fn issue_for(
+        &self,
+        user: &User,
+        lifetime: Duration,
+        second_factor_at_ms: Option<i64>,
+    ) -> IssuedToken {
         let iat_ms = now_ms();
         let lifetime = lifetime.min(self.lifetime);
         let lifetime_ms = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
@@ -83,8 +93,21 @@ impl Tokens {
             iat: iat_ms / 1000,
             iat_ms,
             exp: exp_ms / 1000,
+            second_factor_at_ms,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        self.sign(&claims)
+    }
+
+    /// The same session, a second factor given at `at_ms`: it ends when it would have.
+    pub fn stepped_up(&self, claims: Claims, at_ms: i64) -> IssuedToken {
+        self.sign(&Claims {
+            second_factor_at_ms: Some(at_ms),
+            ..claims
+        })
+    }
+
+    fn sign(&self, claims: &Claims) -> IssuedToken {
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .expect("HS256 signing with an in-memory key cannot fail");
         IssuedToken {
             token,
@@ -145,6 +168,7 @@ mod tests {
             password_changed_at_ms: 0,
             sso: None,
             disabled: false,
+            second_factor: None,
         }
     }
 
@@ -167,6 +191,7 @@ mod tests {
             iat: now - 120,
             iat_ms: 0,
             exp: now - 60,
+            second_factor_at_ms: None,
         };
         let stale = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -222,7 +247,7 @@ mod tests {
         let tokens = Tokens::new(b"s", Duration::from_secs(3600));
         let lasting = |asked| {
             let claims = tokens
-                .verify(&tokens.issue_for(&user(), asked).token)
+                .verify(&tokens.issue_for(&user(), asked, None).token)
                 .unwrap();
             claims.exp - claims.iat
         };

@@ -151,6 +151,12 @@ pub struct AuthConfig {
     pub password_sign_in: PasswordSignIn,
     /// The identity providers people sign in with (`[[auth.oidc]]`).
     pub oidc: Vec<OidcConfig>,
+    /// A terminal, running on a `protected` machine and every admin action
+    /// ask for a second factor (a TOTP code, or a fresh sign-in at the
+    /// identity provider) given within `step_up_within`.
+    pub step_up: bool,
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub step_up_within: Duration,
     /// An API token expires within this of being made.
     #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
     pub api_token_max_lifetime: Duration,
@@ -237,6 +243,8 @@ impl Default for AuthConfig {
             password_sign_in: PasswordSignIn::Everyone,
             oidc: Vec::new(),
             api_token_max_lifetime: Duration::from_secs(90 * 24 * 3600),
+            step_up: true,
+            step_up_within: Duration::from_secs(15 * 60),
         }
     }
 }

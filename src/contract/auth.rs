@@ -30,6 +30,11 @@ pub struct Me {
     pub grants: Vec<linkops_reconcilers::grant::Grant>,
     /// Asked with an API token: the token's grant, which everything must fit too.
     pub within: Option<linkops_reconcilers::grant::Grant>,
+    /// A TOTP second factor is enrolled.
+    pub second_factor: bool,
+    /// When a second factor was last given in this session.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub second_factor_at: Option<jiff::Timestamp>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -41,6 +46,8 @@ pub struct UserView {
     pub created_at: jiff::Timestamp,
     /// Signs in nowhere, and has no session.
     pub disabled: bool,
+    /// A TOTP second factor is enrolled.
+    pub second_factor: bool,
     /// For a person who signs in at an identity provider: who it says they are.
     pub sso: Option<SsoView>,
 }
@@ -115,6 +122,10 @@ pub struct SsoStart {
     pub cli_port: Option<u16>,
     /// What it expects back (16-128 of letters, digits, '-', '_').
     pub cli_state: Option<String>,
+    /// A step-up: the provider signs the person in again, and the session
+    /// counts it as a second factor given now.
+    #[serde(default)]
+    pub step_up: bool,
 }
 
 /// What an identity provider sends back to `GET /api/auth/sso/{provider}/callback`.
@@ -187,4 +198,37 @@ pub struct CreatedToken {
     pub token: String,
     #[serde(flatten)]
     pub view: TokenView,
+}
+
+/// `POST /api/auth/second-factor`: a TOTP second factor being enrolled.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SecondFactorEnrolment {
+    /// The shared secret, base32, for apps that take it typed.
+    pub secret: String,
+    /// `otpauth://totp/LinkOps:<user>?…`, what the QR code holds.
+    pub otpauth_url: String,
+    /// The QR code, as SVG.
+    pub qr_svg: String,
+}
+
+/// A code of the authenticator app.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecondFactorCode {
+    pub code: String,
+}
+
+/// The recovery codes of a second factor just enrolled, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecoveryCodes {
+    /// Each good once, in place of a code of the app.
+    pub recovery_codes: Vec<String>,
+}
+
+/// `POST /api/auth/step-up`: a code of the app, or a recovery code.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepUpRequest {
+    pub code: Option<String>,
+    pub recovery_code: Option<String>,
 }

@@ -49,6 +49,10 @@ pub enum ErrorCode {
     /// A sign-in refused for what it is: a disabled user, password sign-in
     /// off, what an identity provider sent; the message says which (403).
     SignInRefused,
+    /// Allowed once a second factor is given: `details.how` is `totp` (POST
+    /// /api/auth/step-up), `enrol` (POST /api/auth/second-factor first) or
+    /// `sso:<provider>` (sign in there again); `details.within_seconds` (403).
+    StepUpRequired,
     /// Too many failed logins; `details.retry_after_secs` (429).
     Locked,
     /// Too much at once; `details.retry_after_secs` (429).

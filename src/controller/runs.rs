@@ -30,6 +30,9 @@ pub enum RunError {
     /// The caller's grants do not reach every machine for the script.
     #[error("{0}")]
     NotGranted(grant::Refusal),
+    /// Protected machines among the selected, and no fresh second factor.
+    #[error("running on protected machines {} asks for a fresh second factor", .0.join(", "))]
+    SecondFactor(Vec<String>),
     #[error(transparent)]
     Check(#[from] super::Error),
     #[error(transparent)]
@@ -38,11 +41,13 @@ pub enum RunError {
     Store(#[from] store::Error),
 }
 
-/// Who asks for a run by hand: their name, and the grants they hold now.
+/// Who asks for a run by hand: their name, the grants they hold now, and
+/// whether they gave a second factor recently enough for protected machines.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     pub name: &'a str,
     pub grants: &'a Held,
+    pub second_factor_fresh: bool,
 }
 
 impl Controller {
@@ -143,7 +148,7 @@ impl Controller {
         &self,
         desired: &DesiredState,
         resolved: &ask::Resolved<'_>,
-        grants: &Held,
+        by: Caller<'_>,
     ) -> Result<Vec<HostPlan>, RunError> {
         let targets = &resolved.targets;
         let selected = targets.select(&desired.machines);
@@ -151,7 +156,14 @@ impl Controller {
             .iter()
             .filter_map(|id| desired.machine(id).map(Place::from))
             .collect();
-        (grants.permits_run(&resolved.script.id, &machines)).map_err(RunError::NotGranted)?;
+        (by.grants.permits_run(&resolved.script.id, &machines)).map_err(RunError::NotGranted)?;
+        let protected: Vec<String> = (machines.iter())
+            .filter(|machine| machine.protected)
+            .map(|machine| machine.id.to_owned())
+            .collect();
+        if !protected.is_empty() && !by.second_factor_fresh {
+            return Err(RunError::SecondFactor(protected));
+        }
         let held = self.held().await?;
         if let Some(reason) = run::refused_by_suspension(&held, &selected) {
             return Err(RunError::Conflict(format!("nothing was started: {reason}")));
@@ -185,7 +197,7 @@ impl Controller {
         concurrency: Option<usize>,
         retry_of: Option<u64>,
     ) -> Result<Operation, RunError> {
-        let hosts = self.placed(desired, &resolved, by.grants).await?;
+        let hosts = self.placed(desired, &resolved, by).await?;
         let plan = Plan {
             script: resolved.script.clone(),
             params: resolved.params,

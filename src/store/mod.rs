@@ -44,7 +44,7 @@ pub use operations::Claim;
 pub use operations::OperationUpdate;
 pub use records::{
     ApiToken, AuditEntry, Declared, HealthSample, LoginFailures, MachineRecord, Outcome,
-    PostedStatus, ScriptRecord, SsoIdentity, SyncAsk, SyncOutcome, SyncRecord, User,
+    PostedStatus, ScriptRecord, SecondFactor, SsoIdentity, SyncAsk, SyncOutcome, SyncRecord, User,
 };
 pub use retention::{Pruned, Retention};
 pub use scan::{OperationIndex, SeqTable};
@@ -111,6 +111,12 @@ pub enum Error {
     TooManyTokens(usize),
     #[error("no API token {0:?}")]
     NoSuchToken(String),
+    #[error(
+        "{0:?} has a second factor already: an admin removes it first (DELETE /api/users/{0}/second-factor)"
+    )]
+    SecondFactorEnrolled(String),
+    #[error("{0:?} is enrolling no second factor: begin again (POST /api/auth/second-factor)")]
+    NoSecondFactor(String),
     #[error("user {0:?} is disabled: an admin enables them again (PUT /api/users/{0}/disabled)")]
     Disabled(String),
     #[error(

@@ -124,6 +124,22 @@ pub struct User {
     /// Set by an admin: no sign-in, and every session ends.
     #[serde(default)]
     pub disabled: bool,
+    /// A TOTP second factor, once enrolled (or while being enrolled).
+    #[serde(default)]
+    pub second_factor: Option<SecondFactor>,
+}
+
+/// A user's TOTP second factor (RFC 6238: SHA-1, 6 digits, 30 s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecondFactor {
+    /// The shared secret, base32: the authenticator app holds it too.
+    pub secret_base32: String,
+    /// When a first code confirmed it; until then it is being enrolled and asks nothing.
+    pub confirmed_at_ms: Option<i64>,
+    /// The last time step a code was taken for: a code is taken once.
+    pub last_step: u64,
+    /// SHA-256 of each recovery code not yet used (a code has 95 bits).
+    pub recovery_sha256: Vec<String>,
 }
 
 /// An API token: its secret is kept only as a hash.
@@ -204,6 +220,8 @@ mod tests {
         ("grants", "[]"),
         ("sso", "null"),
         ("disabled", "false"),
+        ("second_factor", "null"),
+        ("protected", "false"),
     ];
 
     /// `encoded` without the [`ADDED`] fields that `stored` lacks, each checked

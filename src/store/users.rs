@@ -5,7 +5,7 @@ use linkops_reconcilers::role::{AccountRole, Role};
 use super::audit::{self, Actor, Audit, AuditAction};
 use super::engine::{Read, Write, WriteTx};
 use super::records::Outcome;
-use super::records::{LoginFailures, SsoIdentity, User};
+use super::records::{LoginFailures, SecondFactor, SsoIdentity, User};
 use super::schema::{API_TOKENS, LOGIN_FAILURES, META, RETIRED_NAMES, TERMINAL_WORKSPACES, USERS};
 use super::{Error, Result, Store, now_ms};
 
@@ -198,6 +198,136 @@ impl Store {
         Ok(user)
     }
 
+    /// Begins enrolling a second factor for `name` with `secret_base32`,
+    /// replacing one being enrolled; refused once one is confirmed.
+    pub fn begin_second_factor(&self, name: &str, secret_base32: &str) -> Result<()> {
+        self.change_second_factor(name, |user| {
+            if user
+                .second_factor
+                .as_ref()
+                .is_some_and(|f| f.confirmed_at_ms.is_some())
+            {
+                return Err(Error::SecondFactorEnrolled(user.name.clone()));
+            }
+            user.second_factor = Some(SecondFactor {
+                secret_base32: secret_base32.to_owned(),
+                confirmed_at_ms: None,
+                last_step: 0,
+                recovery_sha256: Vec::new(),
+            });
+            Ok(None)
+        })
+    }
+
+    /// Confirms the second factor being enrolled — a code of `step` was
+    /// right — with the hashes of its recovery codes; audited.
+    pub fn confirm_second_factor(
+        &self,
+        name: &str,
+        step: u64,
+        recovery_sha256: Vec<String>,
+    ) -> Result<()> {
+        self.change_second_factor(name, |user| {
+            let factor = user
+                .second_factor
+                .as_mut()
+                .filter(|f| f.confirmed_at_ms.is_none())
+                .ok_or_else(|| Error::NoSecondFactor(user.name.clone()))?;
+            factor.confirmed_at_ms = Some(now_ms());
+            factor.last_step = step;
+            factor.recovery_sha256 = recovery_sha256;
+            Ok(Some((
+                AuditAction::UserSecondFactor,
+                "enrolled (TOTP)".to_owned(),
+            )))
+        })
+    }
+
+    /// Takes a code of time step `step` unless one of that step or a later
+    /// one was taken already (a code is good once): whether it was taken.
+    pub fn take_second_factor_step(&self, name: &str, step: u64) -> Result<bool> {
+        let mut taken = false;
+        self.change_second_factor(name, |user| {
+            if let Some(factor) = user.second_factor.as_mut()
+                && factor.confirmed_at_ms.is_some()
+                && step > factor.last_step
+            {
+                factor.last_step = step;
+                taken = true;
+            }
+            Ok(None)
+        })?;
+        Ok(taken)
+    }
+
+    /// Takes a recovery code by its hash, once: whether it was one; audited.
+    pub fn take_recovery_code(&self, name: &str, sha256: &str) -> Result<bool> {
+        let mut taken = false;
+        self.change_second_factor(name, |user| {
+            let Some(factor) = user.second_factor.as_mut() else {
+                return Ok(None);
+            };
+            let before = factor.recovery_sha256.len();
+            factor.recovery_sha256.retain(|hash| hash != sha256);
+            taken = factor.recovery_sha256.len() < before;
+            let left = factor.recovery_sha256.len();
+            Ok(taken.then(|| {
+                (
+                    AuditAction::UserSecondFactor,
+                    format!("a recovery code used; {left} left"),
+                )
+            }))
+        })?;
+        Ok(taken)
+    }
+
+    /// Removes a user's second factor (a lost phone), audited as `by`'s.
+    pub fn remove_second_factor(&self, name: &str, by: &Actor) -> Result<User> {
+        let mut tx = self.write()?;
+        let mut user = tx
+            .get(USERS, name)?
+            .ok_or_else(|| Error::NoSuchUser(name.to_owned()))?;
+        user.second_factor = None;
+        tx.insert(USERS, name, &user)?;
+        let detail = Some("removed".to_owned());
+        audit::append(
+            &mut tx,
+            by,
+            AuditAction::UserSecondFactor,
+            name,
+            Outcome::Success,
+            detail,
+        )?;
+        tx.commit()?;
+        Ok(user)
+    }
+
+    /// Changes `name`'s second factor in one transaction, with the audit
+    /// entry (as the user's own) that `change` returns, if any.
+    fn change_second_factor(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut User) -> Result<Option<(AuditAction, String)>>,
+    ) -> Result<()> {
+        let mut tx = self.write()?;
+        let mut user = tx
+            .get(USERS, name)?
+            .ok_or_else(|| Error::NoSuchUser(name.to_owned()))?;
+        let audit = change(&mut user)?;
+        tx.insert(USERS, name, &user)?;
+        if let Some((action, detail)) = audit {
+            audit::append(
+                &mut tx,
+                &Actor::user(name),
+                action,
+                name,
+                Outcome::Success,
+                Some(detail),
+            )?;
+        }
+        tx.commit()
+    }
+
     /// Changes a user's role, audited as done `by`; the last admin cannot be
     /// demoted. Returns the role before and the user now.
     pub fn set_role(
@@ -361,6 +491,7 @@ fn new_user(name: &str, role: Option<Role>, password_hash: &str) -> User {
         password_changed_at_ms: now,
         sso: None,
         disabled: false,
+        second_factor: None,
     }
 }
 

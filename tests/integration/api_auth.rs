@@ -49,7 +49,7 @@ async fn login_answers_token_expiry_and_role_and_the_token_works() {
     let me: Value = me.json().await.unwrap();
     assert_eq!(
         me,
-        json!({ "username": "ada", "role": "operator", "grants": [{"role": "operator", "tags": [], "machines": [], "scripts": []}] })
+        json!({ "username": "ada", "role": "operator", "grants": [{"role": "operator", "tags": [], "machines": [], "scripts": []}], "within": null, "second_factor": false, "second_factor_at": null })
     );
     server.stop().await;
 }

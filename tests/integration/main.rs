@@ -24,6 +24,7 @@ mod metrics;
 mod openapi;
 mod operations;
 mod replicas;
+mod second_factor;
 mod serve;
 mod ssh;
 mod sso;

@@ -412,8 +412,10 @@ fn every_route_declares_what_it_checks() {
     // `reconcilers::grant`, reads filtered by what the grants reach, or the
     // grants handed to the service that decides. Only the routes the
     // description marks public (`security(())`) take no caller.
-    const CHECKS: [&str; 5] = [
+    const CHECKS: [&str; 7] = [
         "caller.signed_in()",
+        "own_account(&caller)",
+        "caller.is_admin(",
         "caller.may(",
         "caller.administers(",
         "caller.reach(",

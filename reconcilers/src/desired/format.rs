@@ -90,6 +90,10 @@ pub struct MachineEntry {
     /// (a short-lived certificate of its user CA; the machine's sshd trusts the CA).
     #[serde(default)]
     pub auth: Auth,
+    /// Running on it, and a terminal to it, ask for a second factor first
+    /// (a TOTP code, or a fresh sign-in at the identity provider).
+    #[serde(default)]
+    pub protected: bool,
 }
 
 fn default_port() -> u16 {

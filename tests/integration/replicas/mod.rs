@@ -133,7 +133,7 @@ fn replica_config(
     testbed::copy_private(&shared_ca, &data.path().join("ca"));
     let config = data.path().join("config.toml");
     let toml = format!(
-        "data_dir = {:?}\n[git]\nurl = {:?}\n[store]\nbackend = \"postgres\"\nurl = {:?}\n[cluster]\nlease = {lease:?}\n",
+        "data_dir = {:?}\n[git]\nurl = {:?}\n[store]\nbackend = \"postgres\"\nurl = {:?}\n[auth]\nstep_up = false\n[cluster]\nlease = {lease:?}\n",
         data.path(),
         work,
         url

@@ -26,6 +26,7 @@ pub(super) fn check_machines(links: LinksFile, problems: &mut Vec<Problem>) -> V
             health_interval,
             concurrency,
             auth,
+            protected,
         } = entry.value;
         if !conforms(&mut report, "machine id", &id, &ID, ID_RULE) {
             continue;
@@ -90,6 +91,7 @@ pub(super) fn check_machines(links: LinksFile, problems: &mut Vec<Problem>) -> V
             health_interval,
             concurrency,
             auth,
+            protected,
         });
     }
     machines
