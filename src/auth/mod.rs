@@ -562,7 +562,10 @@ impl Auth {
             })?;
         let now = store::now_ms();
         let name = user.name.clone();
-        let failures = self.store.run(move |store| store.login_failures(&name)).await?;
+        let failures = self
+            .store
+            .run(move |store| store.login_failures(&name))
+            .await?;
         if let Some(retry_after) = self.lockout.locked(failures, now) {
             return Err(Error::Locked { retry_after });
         }

@@ -142,6 +142,9 @@ pub struct Pending {
     /// A step-up: the provider must sign the person in again now.
     #[serde(default)]
     pub step_up: bool,
+    /// When it started, ms: a step-up's sign-in must be later.
+    #[serde(default)]
+    started_at_ms: i64,
 }
 
 /// A person as a provider vouched for them.
@@ -291,6 +294,7 @@ impl Sso {
             verifier: verifier.secret().clone(),
             back,
             step_up,
+            started_at_ms: jiff::Timestamp::now().as_millisecond(),
         };
         Ok((url.to_string(), pending))
     }
@@ -344,11 +348,13 @@ impl Sso {
         };
         let mut identity = provider.identity(&claims)?;
         if pending.step_up {
-            let now = jiff::Timestamp::now().as_millisecond();
+            // Signed in after this step-up began (a clock's skew allowed), not a session the provider kept.
             let again = claims.auth_time().map(|at| at.timestamp_millis());
-            let window = SIGN_IN_WINDOW.as_millis() as i64;
+            let skew = CLOCK_SKEW.as_millis() as i64;
             match again {
-                Some(at) if now - at <= window => identity.signed_in_again_at_ms = Some(at),
+                Some(at) if at >= pending.started_at_ms - skew => {
+                    identity.signed_in_again_at_ms = Some(at)
+                }
                 _ => {
                     return Err(Error::IdToken {
                         provider: provider.config.name.clone(),

@@ -68,7 +68,10 @@ async fn admin_actions_terminals_and_protected_machines_ask_for_a_second_factor(
     let begun: SecondFactorEnrolment = answer(&begun);
     assert!(begun.qr_svg.contains("<svg"), "{}", begun.qr_svg);
     let url = &begun.otpauth_url;
-    assert!(url.starts_with("otpauth://totp/LinkOps") && url.contains(&begun.secret), "{url}");
+    assert!(
+        url.starts_with("otpauth://totp/LinkOps") && url.contains(&begun.secret),
+        "{url}"
+    );
     let confirm = "/api/auth/second-factor/confirm";
     let (status, _) = ask(
         &daemon,

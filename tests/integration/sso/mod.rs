@@ -35,6 +35,8 @@ fn account(id: &str, groups: &[&str]) -> OidcAccount {
 struct Browser {
     http: reqwest::Client,
     cookies: std::sync::Arc<reqwest::cookie::Jar>,
+    /// How often the provider's sign-in form was filled in.
+    forms: std::sync::atomic::AtomicUsize,
 }
 
 /// Where a sign-in passed through the daemon's callback: the URL the
@@ -53,7 +55,11 @@ impl Browser {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
-        Browser { http, cookies }
+        Browser {
+            http,
+            cookies,
+            forms: Default::default(),
+        }
     }
 
     /// Goes to `start`, follows redirects and signs in as `login` at the
@@ -96,6 +102,7 @@ impl Browser {
                 .nth(1)
                 .and_then(|rest| rest.split('"').next())
                 .unwrap_or_else(|| panic!("{url} shows no form: {page}"));
+            (self.forms).fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let posted = self
                 .http
                 .post(url.join(action).unwrap())
@@ -130,6 +137,11 @@ struct SsoSetup {
 
 impl SsoSetup {
     async fn start(accounts: &[OidcAccount]) -> SsoSetup {
+        SsoSetup::start_asking(accounts, false).await
+    }
+
+    /// With `step_up`, terminals and admin actions ask for a fresh sign-in.
+    async fn start_asking(accounts: &[OidcAccount], step_up: bool) -> SsoSetup {
         let setup = FleetSetup::new(2, &[], SCRIPTS);
         let links = setup.fleet.inventory("test", &[], "");
         let links = links.replacen("    tags: [test]\n", "    tags: [test, web]\n", 1);
@@ -148,7 +160,8 @@ impl SsoSetup {
             redirect_uri: redirect_url.clone(),
         };
         let provider = OidcProvider::start(&[client], accounts).unwrap();
-        let config = sso_config(&setup, &provider.issuer, &redirect_url);
+        let mut config = sso_config(&setup, &provider.issuer, &redirect_url);
+        config.auth.step_up = step_up;
         let daemon = setup.start_on(config, listener).await;
         SsoSetup {
             setup,
@@ -165,9 +178,20 @@ impl SsoSetup {
 
     /// Signs `login` in through the console's path: the token the console gets.
     async fn console_sign_in(&self, login: &str) -> Result<String, String> {
-        let start = format!("{}/api/auth/sso/{PROVIDER}/start", self.daemon.url);
+        self.sign_in_through(&Browser::new(), login, "").await
+    }
+
+    /// Signs `login` in through the console's path in `browser`, the start's
+    /// query `query`: the token the console gets.
+    async fn sign_in_through(
+        &self,
+        browser: &Browser,
+        login: &str,
+        query: &str,
+    ) -> Result<String, String> {
+        let start = format!("{}/api/auth/sso/{PROVIDER}/start{query}", self.daemon.url);
         let sites = [self.daemon.url.as_str(), self.provider.issuer.as_str()];
-        let (back, _) = Browser::new().sign_in(&start, login, &sites).await;
+        let (back, _) = browser.sign_in(&start, login, &sites).await;
         let mut said = said(&back);
         match back.fragment().unwrap_or_default() {
             page if page.starts_with("/signed-in") => {
@@ -428,5 +452,55 @@ async fn a_replayed_code_a_foreign_state_and_a_forged_cookie_are_refused() {
         error.contains("this sign-in was not started here"),
         "{error}"
     );
+    sso.stop().await;
+}
+
+#[tokio::test]
+async fn a_terminal_asks_a_signed_in_person_to_sign_in_again_at_the_provider() {
+    let sso = SsoSetup::start_asking(&[account("dana", &["web-team"])], true).await;
+    let daemon = &sso.daemon;
+    let browser = Browser::new();
+    let dana = sso.sign_in_through(&browser, "dana", "").await.unwrap();
+    let (status, workspace) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/terminal/workspaces",
+            &dana,
+            Some(json!({"layout": "single"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{workspace}");
+    let panes = format!(
+        "/api/terminal/workspaces/{}/panes",
+        workspace["id"].as_str().unwrap()
+    );
+    let host1 = Some(json!({"panes": ["host1"]}));
+    let (status, said) = daemon
+        .request(reqwest::Method::PUT, &panes, &dana, host1.clone())
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{said}");
+    assert_eq!(said["error"]["details"]["how"], "sso:test", "{said}");
+
+    // A sign-in without a step-up: the provider's session answers, no form, no second factor.
+    let forms = || browser.forms.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(forms(), 1);
+    let kept = sso.sign_in_through(&browser, "dana", "").await.unwrap();
+    assert_eq!(forms(), 1, "the provider asked again without a step-up");
+    let (status, _) = daemon
+        .request(reqwest::Method::PUT, &panes, &kept, host1.clone())
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Signed in again: the provider asked for the form once more (max_age=0).
+    let again = sso
+        .sign_in_through(&browser, "dana", "?step_up=true")
+        .await
+        .unwrap();
+    assert_eq!(forms(), 2, "the provider did not ask again");
+    let me: Me = daemon.read("/api/auth/me", &again).await;
+    assert!(me.second_factor_at.is_some(), "{me:?}");
+    let (status, said) = daemon
+        .request(reqwest::Method::PUT, &panes, &again, host1)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{said}");
     sso.stop().await;
 }
