@@ -31,7 +31,8 @@ export function saveSession(value: Session | null): void {
 /** An error answer: `{"error": {"code", "message", "details"?}}`. */
 export class ApiError extends Error {
   /** `error` when the answer was not the API's (a proxy in between). */
-  constructor(public status: number, public code: ErrorCode | "error", message: string) {
+  constructor(public status: number, public code: ErrorCode | "error", message: string,
+    public details?: Record<string, string>) {
     super(message);
   }
 }
@@ -41,8 +42,60 @@ export async function api<T>(method: string, path: string, body?: unknown): Prom
   return (text ? JSON.parse(text) : null) as T;
 }
 
-/** A request whose answer is text (a recording), refusals still in the API's error shape. */
+/** A request whose answer is text (a recording), refusals still in the API's error shape.
+ * Asked for a second factor, it asks the person in place, then tries once more. */
 export async function apiText(method: string, path: string, body?: unknown): Promise<string> {
+  try {
+    return await request(method, path, body);
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.code !== "step_up_required" || !(await stepUp(error))) throw error;
+    return await request(method, path, body);
+  }
+}
+
+/** Asks for the second factor a refusal names: a code of the app here, a sign-in again at the
+ * provider (the page leaves), or — none enrolled — the way to the Account page. Whether to retry. */
+async function stepUp(refusal: ApiError): Promise<boolean> {
+  const how = refusal.details?.how ?? "";
+  if (how.startsWith("sso:")) {
+    location.href = `/api/auth/sso/${encodeURIComponent(how.slice(4))}/start?step_up=true`;
+    return false;
+  }
+  if (how !== "totp") return false;
+  const code = await askCode(refusal.message);
+  if (!code) return false;
+  const answer = JSON.parse(await request("POST", "/api/auth/step-up", { code })) as { token: string };
+  const current = session();
+  if (current) saveSession({ ...current, token: answer.token });
+  return true;
+}
+
+/** A dialog asking for a code of the authenticator app; null when cancelled. */
+function askCode(why: string): Promise<string | null> {
+  return new Promise((resolve) => {
+    const input = document.createElement("input");
+    Object.assign(input, { name: "code", inputMode: "numeric", autocomplete: "one-time-code", required: true });
+    input.setAttribute("aria-label", "Code of your authenticator app");
+    const dialog = document.createElement("dialog");
+    const form = document.createElement("form");
+    form.method = "dialog";
+    const ok = Object.assign(document.createElement("button"), { type: "submit", textContent: "Confirm", className: "primary" });
+    const cancel = Object.assign(document.createElement("button"), { type: "button", textContent: "Cancel" });
+    cancel.addEventListener("click", () => dialog.close(""));
+    form.append(Object.assign(document.createElement("p"), { textContent: why }), input, ok, cancel);
+    form.addEventListener("submit", () => dialog.close(input.value.trim()));
+    dialog.append(form);
+    dialog.addEventListener("close", () => {
+      dialog.remove();
+      resolve(dialog.returnValue || null);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    input.focus();
+  });
+}
+
+async function request(method: string, path: string, body?: unknown): Promise<string> {
   const headers: Record<string, string> = {};
   const current = session();
   if (current) headers.authorization = `Bearer ${current.token}`;
@@ -55,7 +108,8 @@ export async function apiText(method: string, path: string, body?: unknown): Pro
       saveSession(null);
       location.hash = "#/login";
     }
-    throw new ApiError(response.status, data?.error?.code ?? "error", data?.error?.message ?? response.statusText);
+    throw new ApiError(response.status, data?.error?.code ?? "error", data?.error?.message ?? response.statusText,
+      data?.error?.details as Record<string, string> | undefined);
   }
   return text;
 }

@@ -55,6 +55,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/auth/second-factor": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** `POST /api/auth/second-factor`: begins enrolling a TOTP second factor. */
+        post: operations["auth_second_factor_begin"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/second-factor/confirm": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** `POST /api/auth/second-factor/confirm`: a first code confirms it. */
+        post: operations["auth_second_factor_confirm"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/auth/sso/{provider}/callback": {
         parameters: {
             query?: never;
@@ -83,6 +117,23 @@ export interface paths {
         get: operations["auth_start"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/step-up": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** `POST /api/auth/step-up`: gives the second factor in this session. */
+        post: operations["auth_step_up"];
         delete?: never;
         options?: never;
         head?: never;
@@ -869,6 +920,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/users/{name}/second-factor": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** `DELETE /api/users/{name}/second-factor` */
+        delete: operations["users_remove_second_factor"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/health": {
         parameters: {
             query?: never;
@@ -1211,7 +1279,7 @@ export interface components {
          * @description What kind of error an answer is: stable, for programs (the message is for people).
          * @enum {string}
          */
-        ErrorCode: "unauthorized" | "forbidden" | "forbidden_origin" | "invalid_credentials" | "sign_in_refused" | "locked" | "busy" | "bad_request" | "not_found" | "no_route" | "invalid" | "conflict" | "bad_signature" | "unsupported_media_type" | "replayed" | "not_configured" | "unavailable" | "holder_unreachable" | "internal";
+        ErrorCode: "unauthorized" | "forbidden" | "forbidden_origin" | "invalid_credentials" | "sign_in_refused" | "step_up_required" | "locked" | "busy" | "bad_request" | "not_found" | "no_route" | "invalid" | "conflict" | "bad_signature" | "unsupported_media_type" | "replayed" | "not_configured" | "unavailable" | "holder_unreachable" | "internal";
         ErrorDetail: {
             /** @description Stable, for programs. */
             code: components["schemas"]["ErrorCode"];
@@ -1465,6 +1533,8 @@ export interface components {
             name: string;
             /** Format: int32 */
             port: number;
+            /** @description Running on it, like a terminal to it, asks for a second factor first. */
+            protected: boolean;
             tags: string[];
             /** @description Login user on the machine; the daemon's default when `None`. */
             user?: string | null;
@@ -1496,6 +1566,13 @@ export interface components {
              */
             grants: components["schemas"]["Grant"][];
             role?: null | components["schemas"]["Role"];
+            /** @description A TOTP second factor is enrolled. */
+            second_factor: boolean;
+            /**
+             * Format: date-time
+             * @description When a second factor was last given in this session.
+             */
+            second_factor_at?: string | null;
             username: string;
             within?: null | components["schemas"]["Grant"];
         };
@@ -1754,6 +1831,11 @@ export interface components {
             /** Format: date-time */
             started_at?: string | null;
         };
+        /** @description The recovery codes of a second factor just enrolled, shown this once. */
+        RecoveryCodes: {
+            /** @description Each good once, in place of a code of the app. */
+            recovery_codes: string[];
+        };
         /**
          * @description Why a pane could not be opened.
          * @enum {string}
@@ -1948,6 +2030,19 @@ export interface components {
             targets: components["schemas"]["Targets"];
             timeout: components["schemas"]["Duration"];
         };
+        /** @description A code of the authenticator app. */
+        SecondFactorCode: {
+            code: string;
+        };
+        /** @description `POST /api/auth/second-factor`: a TOTP second factor being enrolled. */
+        SecondFactorEnrolment: {
+            /** @description `otpauth://totp/LinkOps:<user>?…`, what the QR code holds. */
+            otpauth_url: string;
+            /** @description The QR code, as SVG. */
+            qr_svg: string;
+            /** @description The shared secret, base32, for apps that take it typed. */
+            secret: string;
+        };
         /** @description JSON messages from the server. */
         ServerMessage: {
             broadcast: boolean;
@@ -2106,6 +2201,11 @@ export interface components {
             /** Format: date-time */
             updated_at?: string | null;
         };
+        /** @description `POST /api/auth/step-up`: a code of the app, or a recovery code. */
+        StepUpRequest: {
+            code?: string | null;
+            recovery_code?: string | null;
+        };
         /** @description The answer to a stop. */
         Stopping: {
             /**
@@ -2247,6 +2347,8 @@ export interface components {
             /** @description Signs in nowhere, and has no session. */
             disabled: boolean;
             role?: null | components["schemas"]["Role"];
+            /** @description A TOTP second factor is enrolled. */
+            second_factor: boolean;
             sso?: null | components["schemas"]["SsoView"];
             username: string;
         };
@@ -2391,6 +2493,7 @@ export type QueryRequest = components['schemas']['QueryRequest'];
 export type Queued = components['schemas']['Queued'];
 export type Readiness = components['schemas']['Readiness'];
 export type RecordingView = components['schemas']['RecordingView'];
+export type RecoveryCodes = components['schemas']['RecoveryCodes'];
 export type Refusal = components['schemas']['Refusal'];
 export type Requester = components['schemas']['Requester'];
 export type Revocation = components['schemas']['Revocation'];
@@ -2407,6 +2510,8 @@ export type RunState = components['schemas']['RunState'];
 export type RunView = components['schemas']['RunView'];
 export type Scope = components['schemas']['Scope'];
 export type Script = components['schemas']['Script'];
+export type SecondFactorCode = components['schemas']['SecondFactorCode'];
+export type SecondFactorEnrolment = components['schemas']['SecondFactorEnrolment'];
 export type ServerMessage = components['schemas']['ServerMessage'];
 export type SessionEnd = components['schemas']['SessionEnd'];
 export type SignInOptions = components['schemas']['SignInOptions'];
@@ -2419,6 +2524,7 @@ export type StateDetail = components['schemas']['StateDetail'];
 export type StateEvent = components['schemas']['StateEvent'];
 export type StateMachineView = components['schemas']['StateMachineView'];
 export type StateView = components['schemas']['StateView'];
+export type StepUpRequest = components['schemas']['StepUpRequest'];
 export type Stopping = components['schemas']['Stopping'];
 export type Stream = components['schemas']['Stream'];
 export type SuspensionScope = components['schemas']['SuspensionScope'];
@@ -2521,6 +2627,68 @@ export interface operations {
             };
         };
     };
+    auth_second_factor_begin: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The secret, its otpauth:// URL and a QR code of it, for an authenticator app; confirm with a first code */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SecondFactorEnrolment"];
+                };
+            };
+            /** @description One is enrolled already (an admin removes it first) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    auth_second_factor_confirm: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SecondFactorCode"];
+            };
+        };
+        responses: {
+            /** @description Enrolled; the recovery codes, shown this once (only their hashes are kept); audited */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecoveryCodes"];
+                };
+            };
+            /** @description Not the app's code */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     auth_callback: {
         parameters: {
             query?: {
@@ -2573,6 +2741,11 @@ export interface operations {
                 cli_port?: number | null;
                 /** @description What it expects back (16-128 of letters, digits, '-', '_'). */
                 cli_state?: string | null;
+                /**
+                 * @description A step-up: the provider signs the person in again, and the session
+                 *     counts it as a second factor given now.
+                 */
+                step_up?: boolean;
             };
             header?: never;
             path: {
@@ -2601,6 +2774,48 @@ export interface operations {
             };
             /** @description The provider does not answer */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    auth_step_up: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["StepUpRequest"];
+            };
+        };
+        responses: {
+            /** @description The same session, its second factor given now: use this token from now on (it ends when the old one would have) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoginResponse"];
+                };
+            };
+            /** @description A wrong or used code (counted like a wrong password), or no second factor enrolled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Locked out for a while (Retry-After) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4060,6 +4275,38 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Credentials"];
+                };
+            };
+            /** @description No such user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    users_remove_second_factor: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description User name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed (admin; a lost phone): they enrol again; audited */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserView"];
                 };
             };
             /** @description No such user */

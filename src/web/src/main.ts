@@ -3,6 +3,7 @@
 import { api, offeredRole, saveSession, session } from "./api";
 import type { Me } from "./contract";
 import { h } from "./dom";
+import { accountPage } from "./pages/account";
 import { certificatesPage } from "./pages/certificates";
 import { fleetPage, machinePage } from "./pages/fleet";
 import { gitPage } from "./pages/git";
@@ -32,6 +33,7 @@ const routes: [RegExp, Page, string][] = [
   [/^\/recordings$/, recordingsPage, "Recordings"],
   [/^\/users$/, usersPage, "Users"],
   [/^\/certificates$/, certificatesPage, "Certificates"],
+  [/^\/account$/, accountPage, "Account"],
 ];
 
 const NAV: [string, string, string?][] = [
@@ -44,6 +46,7 @@ const NAV: [string, string, string?][] = [
   ["#/git", "Git"],
   ["#/certificates", "Certificates"],
   ["#/users", "Users", "admin"],
+  ["#/account", "Account"],
 ];
 
 let leave: void | (() => void);

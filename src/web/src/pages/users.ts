@@ -57,7 +57,13 @@ export async function usersPage(main: HTMLElement): Promise<void> {
         say(`${user.username} was deleted.`);
       });
     });
-    return h("span", { class: "row" }, reset, remove);
+    const factor = user.second_factor ? h("button", { type: "button" }, "Remove second factor") : null;
+    factor?.addEventListener("click", () => void attempt(async () => {
+      await api<UserView>("DELETE", `/api/users/${encodeURIComponent(user.username)}/second-factor`);
+      factor.remove();
+      say(`${user.username}'s second factor is removed: they enrol again.`);
+    }));
+    return h("span", { class: "row" }, reset, factor, remove);
   };
   const toggle = (user: UserView) => {
     const button = h("button", { type: "button" }, user.disabled ? "Enable" : "Disable");
@@ -82,7 +88,7 @@ export async function usersPage(main: HTMLElement): Promise<void> {
     event.preventDefault();
     void attempt(async () => {
       const created = await api<Credentials>("POST", "/api/users", { username: name.value, role: chosen(role.value) } satisfies NewUser);
-      const user: UserView = { username: created.username, role: chosen(role.value), created_at: new Date().toISOString(), disabled: false };
+      const user: UserView = { username: created.username, role: chosen(role.value), created_at: new Date().toISOString(), disabled: false, second_factor: false };
       list.querySelector("tbody")!.append(h("tr", {}, ...row(user).map((cell) => h("td", {}, cell))));
       reveal(created, "Created");
       form.reset();
