@@ -573,3 +573,38 @@ async fn every_route_needs_the_role_the_api_table_names() {
     assert!(asked > 60, "{asked} asks");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn with_passwords_for_admins_alone_others_are_sent_to_their_provider() {
+    let dir = data_dir_with_users(&[
+        ("ada", Role::Admin, "pw-ada-1"),
+        ("oli", Role::Operator, "pw-oli-1"),
+    ]);
+    let mut config = support::config(dir.path());
+    config.auth.password_sign_in = linkops::config::PasswordSignIn::Admins;
+    let server = TestDaemon::start(config).await;
+    assert_eq!(
+        server.login("ada", "pw-ada-1").await.status(),
+        StatusCode::OK
+    );
+    let refused = server.login("oli", "pw-oli-1").await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let body: ErrorBody = refused.json().await.unwrap();
+    assert_eq!(body.error.code, ErrorCode::SignInRefused);
+    assert!(
+        body.error.message.contains("password_sign_in"),
+        "{}",
+        body.error.message
+    );
+    // A wrong password is still only a wrong password: nothing said of the policy.
+    let wrong = server.login("oli", "not-it").await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    server.stop().await;
+    let audit = support::audit_log(dir.path(), 50);
+    let denied = audit.iter().find(|entry| {
+        entry.target == "oli"
+            && entry.detail.as_deref()
+                == Some("right password, but password sign-in is for admins alone")
+    });
+    assert!(denied.is_some(), "{audit:?}");
+}

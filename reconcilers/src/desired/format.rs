@@ -33,6 +33,11 @@ pub const PARAM_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$";
 pub struct LinksFile {
     #[schemars(with = "Vec<MachineEntry>")]
     pub machines: Vec<Spanned<MachineEntry>>,
+    /// Machines with any of these tags are protected, as if each said
+    /// `protected: true`: running on them, and a terminal, ask for a second factor.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub protected_tags: Vec<Spanned<String>>,
 }
 
 /// One machine of the inventory.

@@ -366,6 +366,30 @@ async fn the_cli_signs_in_through_the_browser_and_keeps_its_session() {
         rest.contains("logged in to") && rest.contains("as bob"),
         "{rest}"
     );
+    // The saved session runs on the web machine, and is refused elsewhere.
+    let run = |target: &'static str| {
+        let (home, url) = (home.path().to_owned(), daemon.url.clone());
+        async move {
+            let args = [
+                "--server",
+                url.as_str(),
+                "run",
+                "whoami",
+                "--target",
+                target,
+            ];
+            crate::cli::linkops_with(&home, &args, None, &[]).await
+        }
+    };
+    let ran = run("host1").await;
+    assert!(ran.status.success(), "{}", crate::cli::stderr(&ran));
+    let refused = run("host2").await;
+    assert!(!refused.status.success());
+    let said = crate::cli::stderr(&refused);
+    assert!(
+        said.contains("this needs operator on machine host2 for script whoami"),
+        "{said}"
+    );
     // The saved session works: bob sees the web machine.
     let machines = crate::cli::linkops_with(
         home.path(),

@@ -11,6 +11,7 @@ pub(super) fn check_machines(links: LinksFile, problems: &mut Vec<Problem>) -> V
     let mut ids: BTreeMap<String, u64> = BTreeMap::new();
     let mut uuids: BTreeMap<String, String> = BTreeMap::new();
     let mut machines = Vec::new();
+    let protected_tags = links.protected_tags;
     for entry in links.machines {
         let MachineEntry {
             id,
@@ -93,6 +94,20 @@ pub(super) fn check_machines(links: LinksFile, problems: &mut Vec<Problem>) -> V
             auth,
             protected,
         });
+    }
+    for tag in &protected_tags {
+        if !machines
+            .iter()
+            .any(|m: &Machine| m.tags.contains(&tag.value))
+        {
+            report.at(
+                tag,
+                format!("protected_tags: no machine has the tag {:?}", tag.value),
+            );
+        }
+    }
+    for machine in &mut machines {
+        machine.protected |= (protected_tags.iter()).any(|tag| machine.tags.contains(&tag.value));
     }
     machines
 }

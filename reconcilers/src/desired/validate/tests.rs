@@ -134,6 +134,24 @@ fn a_machine_logs_in_by_key_unless_it_says_certificate_and_never_both() {
 }
 
 #[test]
+fn a_machine_is_protected_by_its_own_mark_or_by_a_protected_tag() {
+    let links = "protected_tags: [db]\nmachines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [web]}\n  - {id: db1, name: DB, host: 10.0.0.2, uuid: 8d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [db]}\n  - {id: vault, name: Vault, host: 10.0.0.3, uuid: 9d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, protected: true}\n";
+    let files: RepoFiles = [("links.yaml".to_owned(), links.as_bytes().to_vec())].into();
+    let desired = load("r1", &files).unwrap();
+    let protected: Vec<bool> = desired.machines.iter().map(|m| m.protected).collect();
+    assert_eq!(protected, [false, true, true]);
+
+    let unknown = links.replace("protected_tags: [db]", "protected_tags: [prod]");
+    let files: RepoFiles = [("links.yaml".to_owned(), unknown.into_bytes())].into();
+    let problems = load("r1", &files).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(
+        (problems[0].line, problems[0].message.as_str()),
+        (1, "protected_tags: no machine has the tag \"prod\"")
+    );
+}
+
+#[test]
 fn access_grants_roles_over_scopes_to_groups_and_users() {
     let files: RepoFiles = [
         (
