@@ -590,14 +590,11 @@ impl Auth {
             }
         };
         let (name, policy) = (user.name.clone(), self.lockout);
-        let outcome = match taken {
-            true => Attempt::Succeeded,
-            false => Attempt::WrongCredentials(None),
+        let (outcome, detail) = match taken {
+            true => (Outcome::Success, "second factor given"),
+            false => (Outcome::Failure, "a wrong or used code"),
         };
-        let detail = match taken {
-            true => "second factor given",
-            false => "a wrong or used code",
-        };
+        // The count and its audit in one transaction, as a login's.
         self.store
             .run(move |store| {
                 store.update_login_failures(
@@ -607,10 +604,7 @@ impl Auth {
                         actor: Actor::user(&name),
                         action: AuditAction::AuthStepUp,
                         target: name.clone(),
-                        outcome: match outcome {
-                            Attempt::Succeeded => Outcome::Success,
-                            Attempt::WrongCredentials(_) => Outcome::Failure,
-                        },
+                        outcome,
                         detail: Some(detail.into()),
                     },
                 )
