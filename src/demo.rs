@@ -68,6 +68,7 @@ pub enum Error {
 /// in-flight work is cut short, but the demo machines and files are still removed.
 pub async fn run(
     listen: SocketAddr,
+    step_up: bool,
     stop: impl Future<Output = ()> + Send + 'static,
     abort: impl Future + Send,
 ) -> Result<(), Error> {
@@ -96,7 +97,9 @@ pub async fn run(
             std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o777))
                 .map_err(|source| io_error(&state_dir, source))?;
             write_repository(&repo, &links, &state_dir)?;
-            demo_config(&data, &repo, &key, &known_hosts)
+            let mut config = demo_config(&data, &repo, &key, &known_hosts)?;
+            config.auth.step_up = step_up;
+            Ok(config)
         })
         .await??
     };
@@ -385,7 +388,8 @@ fn demo_config(data: &Path, repo: &Path, key: &Path, known_hosts: &Path) -> Resu
     config.git.url = Some(crate::config::RepoUrl::parse(&repo.display().to_string()));
     config.ssh.user = testbed::TEST_USER.to_owned();
     config.ssh.key = "demo_key".to_owned();
-    // A playground on loopback: terminals and admin pages without a second factor.
+    // A playground on loopback: terminals and admin pages without a second
+    // factor, unless `linkops demo --step-up` asks for one.
     config.auth.step_up = false;
     Ok(config)
 }

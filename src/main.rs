@@ -92,6 +92,10 @@ enum Command {
         /// Where the daemon listens.
         #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR")]
         listen: std::net::SocketAddr,
+        /// Ask for a second factor before terminals and admin actions, as a
+        /// daemon does by default (the demo otherwise does not).
+        #[arg(long)]
+        step_up: bool,
     },
     /// Log in to a daemon; the token is kept in ~/.config/linkops/session.json (mode 0600).
     Login {
@@ -428,12 +432,12 @@ fn run() -> anyhow::Result<()> {
             print_all(&page).context("writing the man page")
         }
         #[cfg(feature = "demo")]
-        Command::Demo { listen } => {
+        Command::Demo { listen, step_up } => {
             // Runs on here only as root, or when sudo cannot be had (the demo then says what it needs).
             linkops::demo::elevate();
             // Quiet by default: the banner is the point; LINKOPS_LOG=info shows the daemon at work.
             linkops::telemetry::init(linkops::config::LogFormat::Text, "warn");
-            demo(*listen)
+            demo(*listen, *step_up)
         }
         command @ (Command::Login { .. }
         | Command::Machines { .. }
@@ -483,13 +487,13 @@ fn run() -> anyhow::Result<()> {
 
 #[cfg(feature = "demo")]
 #[tokio::main]
-async fn demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+async fn demo(listen: std::net::SocketAddr, step_up: bool) -> anyhow::Result<()> {
     // A second Ctrl-C cuts the daemon's stop short, but the demo still removes its machines.
     let (abort, aborted) = tokio::sync::oneshot::channel();
     let stop = shutdown_signal(move || {
         abort.send(()).ok();
     })?;
-    linkops::demo::run(listen, stop, aborted).await?;
+    linkops::demo::run(listen, step_up, stop, aborted).await?;
     Ok(())
 }
 
