@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::desired::DesiredState;
 use crate::machine::Machine;
 use crate::role::Role;
 
@@ -75,6 +76,12 @@ impl<'a> Place<'a> {
             tags: &[],
             protected: false,
         }
+    }
+
+    /// Machine `id` as `desired`'s inventory has it, else [`gone`](Self::gone).
+    pub fn find(desired: Option<&'a DesiredState>, id: &'a str) -> Place<'a> {
+        let machine = desired.and_then(|desired| desired.machine(id));
+        machine.map_or(Place::gone(id), Place::from)
     }
 }
 

@@ -11,7 +11,7 @@ use super::extract::Json;
 use super::error::StepUp;
 use super::{ApiError, AppState};
 use crate::auth::Proof;
-use crate::auth::{Session, Signed};
+use crate::auth::Session;
 use crate::contract::{
     LoginRequest, LoginResponse, Me, RecoveryCodes, SecondFactorCode, SecondFactorEnrolment,
     StepUpRequest,
@@ -51,7 +51,7 @@ pub async fn me(State(state): State<AppState>, caller: Authenticated) -> Json<Me
         role: user.role,
         grants: held.grants,
         within: held.within,
-        second_factor: (user.second_factor.as_ref()).is_some_and(|f| f.confirmed_at_ms.is_some()),
+        second_factor: user.second_factor_enrolled().is_some(),
         second_factor_at: caller.session.second_factor_at_ms.and_then(super::at),
     })
 }
@@ -149,11 +149,7 @@ impl Authenticated {
     }
 
     fn held(&self, desired: Option<&DesiredState>) -> Held {
-        let signed = Signed {
-            user: self.user.clone(),
-            token: self.token.clone(),
-        };
-        signed.held(desired)
+        crate::auth::held(&self.user, self.token.as_ref(), desired)
     }
 
     /// Refuses with 403, naming the grant it would take, unless the caller's
@@ -193,8 +189,7 @@ impl Authenticated {
             return Ok(());
         }
         let within = state.config.auth.step_up_within;
-        let enrolled =
-            (self.user.second_factor.as_ref()).is_some_and(|f| f.confirmed_at_ms.is_some());
+        let enrolled = self.user.second_factor_enrolled().is_some();
         let (how, instruction) = match (&self.user.sso, enrolled) {
             (Some(sso), _) => (
                 format!("sso:{}", sso.provider),
@@ -269,8 +264,7 @@ impl Reach {
 
     /// Machine `id` as grants see it.
     pub fn place<'a>(&'a self, id: &'a str) -> Place<'a> {
-        let machine = self.desired.as_ref().and_then(|d| d.machine(id));
-        machine.map_or(Place::gone(id), Place::from)
+        Place::find(self.desired.as_deref(), id)
     }
 
     pub fn sees(&self, id: &str) -> bool {

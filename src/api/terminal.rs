@@ -266,10 +266,7 @@ pub async fn socket(
     let desired = state.git.desired();
     let kept = move |held: &Held| {
         let desired = desired.borrow().clone();
-        let place = |id| {
-            let machine = desired.as_ref().and_then(|d| d.machine(id));
-            machine.map_or(Place::gone(id), Place::from)
-        };
+        let place = |id| Place::find(desired.as_deref(), id);
         held.permits(Need::Workspaces).is_ok()
             && (machines.iter().flatten()).all(|id| held.permits(Need::Terminal(place(id))).is_ok())
     };
@@ -330,8 +327,7 @@ impl Holder {
         };
         let desired = self.desired.borrow().clone();
         let held = signed.held(desired.as_deref());
-        let found = desired.as_ref().and_then(|d| d.machine(machine));
-        let place = found.map_or(Place::gone(machine), Place::from);
+        let place = Place::find(desired.as_deref(), machine);
         (held.permits(Need::Terminal(place))).map_err(|refusal| refusal.to_string())
     }
 }

@@ -10,6 +10,7 @@ use super::{ApiError, AppState, at};
 use crate::auth;
 use crate::contract::{CreatedToken, NewToken, TokenView};
 use crate::store::{Actor, ApiToken, now_ms};
+use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::grant::{self, Grant, Refusal};
 use linkops_reconcilers::role::Role;
 
@@ -50,7 +51,7 @@ pub async fn create(
         }
         false => Some(caller.signed_in().name.clone()),
     };
-    check_grant(&body.grant)?;
+    check_grant(&body.grant, state.git.desired().borrow().as_deref())?;
     if owner.is_some() && !held.grants.iter().any(|g| grant::contains(g, &body.grant)) {
         return Err(ApiError::NotGranted(Refusal {
             needed: body.grant.role,
@@ -86,22 +87,53 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(CreatedToken { token, view })))
 }
 
-/// A grant a token may carry: admin over the whole fleet alone (it changes
-/// the daemon), no scripts on a viewer (who runs none), as `access.yaml`'s.
-fn check_grant(grant: &Grant) -> Result<(), ApiError> {
-    let problem = match grant.role {
-        Role::Admin if !grant.scope.is_fleet() => {
-            "admin is over the whole fleet or nothing: it changes the daemon itself"
-        }
-        Role::Viewer if !grant.scope.scripts.is_empty() => {
-            "a viewer runs no script: name scripts on an operator grant"
-        }
-        _ => return Ok(()),
+/// Most tags, machines or scripts a token's grant names, each.
+const MAX_SCOPE_ITEMS: usize = 64;
+
+/// A grant a token may carry, as `access.yaml`'s: admin over the whole fleet
+/// alone (it changes the daemon), no scripts on a viewer (who runs none), and
+/// only tags, machines and scripts the desired state in force has — a
+/// mistyped one would give nothing, silently — at most [`MAX_SCOPE_ITEMS`] each.
+fn check_grant(grant: &Grant, desired: Option<&DesiredState>) -> Result<(), ApiError> {
+    let refuse = |message: String| {
+        Err(ApiError::Unprocessable {
+            field: "grant".into(),
+            message,
+        })
     };
-    Err(ApiError::Unprocessable {
-        field: "grant".into(),
-        message: problem.into(),
-    })
+    let scope = &grant.scope;
+    match grant.role {
+        Role::Admin if !scope.is_fleet() => {
+            return refuse(
+                "admin is over the whole fleet or nothing: it changes the daemon itself".into(),
+            );
+        }
+        Role::Viewer if !scope.scripts.is_empty() => {
+            return refuse("a viewer runs no script: name scripts on an operator grant".into());
+        }
+        _ => {}
+    }
+    let machines = desired.map_or(&[][..], |d| d.machines.as_slice());
+    let known_tag = |tag: &String| machines.iter().any(|m| m.tags.contains(tag));
+    let known_machine = |id: &String| machines.iter().any(|m| &m.id == id);
+    let known_script = |id: &String| desired.is_some_and(|d| d.scripts.contains_key(id));
+    for (what, items, known) in [
+        ("tag", &scope.tags, &known_tag as &dyn Fn(&String) -> bool),
+        ("machine", &scope.machines, &known_machine),
+        ("script", &scope.scripts, &known_script),
+    ] {
+        if items.len() > MAX_SCOPE_ITEMS {
+            return refuse(format!(
+                "at most {MAX_SCOPE_ITEMS} {what}s in a token's grant"
+            ));
+        }
+        if let Some(unknown) = items.iter().find(|item| !known(item)) {
+            return refuse(format!(
+                "no {what} {unknown:?} in the desired state in force"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn reach_words(grant: &Grant) -> String {

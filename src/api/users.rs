@@ -31,13 +31,13 @@ pub async fn list(
 
 impl From<User> for UserView {
     fn from(user: User) -> Self {
+        let second_factor = user.second_factor_enrolled().is_some();
         UserView {
             username: user.name,
             role: user.role,
             created_at: at(user.created_at_ms).unwrap_or_default(),
             disabled: user.disabled,
-            second_factor: (user.second_factor.as_ref())
-                .is_some_and(|f| f.confirmed_at_ms.is_some()),
+            second_factor,
             sso: user.sso.map(|sso| SsoView {
                 provider: sso.provider,
                 subject: sso.subject,

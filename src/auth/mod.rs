@@ -547,19 +547,15 @@ impl Auth {
         user: &User,
         proof: Proof,
     ) -> Result<IssuedToken, Error> {
-        let factor = user
-            .second_factor
-            .as_ref()
-            .filter(|factor| factor.confirmed_at_ms.is_some())
-            .ok_or_else(|| {
-                Error::SecondFactor(match &user.sso {
-                    Some(sso) => format!(
-                        "sign in at {} again: GET /api/auth/sso/{}/start?step_up=true",
-                        sso.provider, sso.provider
-                    ),
-                    None => "enrol a second factor first: POST /api/auth/second-factor".into(),
-                })
-            })?;
+        let factor = user.second_factor_enrolled().ok_or_else(|| {
+            Error::SecondFactor(match &user.sso {
+                Some(sso) => format!(
+                    "sign in at {} again: GET /api/auth/sso/{}/start?step_up=true",
+                    sso.provider, sso.provider
+                ),
+                None => "enrol a second factor first: POST /api/auth/second-factor".into(),
+            })
+        })?;
         let now = store::now_ms();
         let name = user.name.clone();
         let failures = self
@@ -700,16 +696,22 @@ pub struct Signed {
 }
 
 impl Signed {
-    /// What it may do: the user's grants and, through a personal token, only
-    /// as far as the token's grant too; a service token's grant alone.
+    /// What it may do ([`held`]).
     pub fn held(&self, desired: Option<&DesiredState>) -> Held {
-        match &self.token {
-            Some(token) if token.owner.is_none() => Held::grants(vec![token.grant.clone()]),
-            token => Held {
-                grants: grants(&self.user, desired),
-                within: token.as_ref().map(|token| token.grant.clone()),
-            },
-        }
+        held(&self.user, self.token.as_ref(), desired)
+    }
+}
+
+/// What `user` may do through `token`, if one: their grants and, through a
+/// personal token, only as far as the token's grant too; a service token's
+/// grant alone.
+pub fn held(user: &User, token: Option<&store::ApiToken>, desired: Option<&DesiredState>) -> Held {
+    match token {
+        Some(token) if token.owner.is_none() => Held::grants(vec![token.grant.clone()]),
+        token => Held {
+            grants: grants(user, desired),
+            within: token.map(|token| token.grant.clone()),
+        },
     }
 }
 

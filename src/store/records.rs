@@ -129,6 +129,13 @@ pub struct User {
     pub second_factor: Option<SecondFactor>,
 }
 
+impl User {
+    /// Their second factor, once a first code confirmed it.
+    pub fn second_factor_enrolled(&self) -> Option<&SecondFactor> {
+        (self.second_factor.as_ref()).filter(|factor| factor.confirmed_at_ms.is_some())
+    }
+}
+
 /// A user's TOTP second factor (RFC 6238: SHA-1, 6 digits, 30 s).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecondFactor {

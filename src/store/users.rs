@@ -202,11 +202,7 @@ impl Store {
     /// replacing one being enrolled; refused once one is confirmed.
     pub fn begin_second_factor(&self, name: &str, secret_base32: &str) -> Result<()> {
         self.change_second_factor(name, |user| {
-            if user
-                .second_factor
-                .as_ref()
-                .is_some_and(|f| f.confirmed_at_ms.is_some())
-            {
+            if user.second_factor_enrolled().is_some() {
                 return Err(Error::SecondFactorEnrolled(user.name.clone()));
             }
             user.second_factor = Some(SecondFactor {

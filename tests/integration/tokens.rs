@@ -142,6 +142,15 @@ async fn a_personal_token_stays_within_its_owner_makes_no_tokens_and_expires() {
             .contains("api_token_max_lifetime")
     );
 
+    // A grant naming what the fleet does not have would give nothing: refused.
+    let mistyped = json!({"name": "typo", "expires_at": in_seconds(3600), "grant": {"role": "viewer", "tags": ["wbe"]}});
+    let (status, said) = make(&daemon, &viewer, mistyped).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{said}");
+    assert_eq!(
+        said["error"]["message"],
+        "no tag \"wbe\" in the desired state in force"
+    );
+
     // Within it, expiring in two seconds: it reads, makes no token, then stops.
     let short = json!({"name": "short", "expires_at": in_seconds(2), "grant": {"role": "viewer"}});
     let (status, made) = make(&daemon, &viewer, short).await;
