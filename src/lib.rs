@@ -21,6 +21,7 @@ pub mod notify;
 pub mod offline;
 pub mod operations;
 pub mod replica;
+pub mod sealed;
 pub mod secrets;
 pub mod server;
 pub mod ssh;

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use crate::machine::Machine;
 use crate::rollout::Rollout;
-use crate::script::{ParamValue, Script, Targets};
+use crate::script::{ParamType, ParamValue, Script, Targets};
+use crate::secret::Secret;
 
 /// A run as asked for, unchecked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +29,9 @@ pub struct Resolved<'a> {
     pub params: BTreeMap<String, ParamValue>,
     pub targets: Targets,
     pub rollout: Option<Rollout>,
+    /// The secrets its `secret` parameters name, by parameter name: each may
+    /// be used by the script on every machine the targets select.
+    pub secrets: BTreeMap<String, &'a Secret>,
 }
 
 /// What is wrong with an ask, each about one part of it ([`Problem::field`]).
@@ -60,12 +64,14 @@ impl Problem {
 }
 
 impl Ask {
-    /// Resolves the ask against `scripts` and the inventory `machines`;
-    /// every problem found, in the order of the ask's parts, when it cannot run.
+    /// Resolves the ask against `scripts`, the inventory `machines` and the
+    /// repository's `secrets`; every problem found, in the order of the ask's
+    /// parts, when it cannot run.
     pub fn resolve<'a>(
         &self,
         scripts: &'a BTreeMap<String, Script>,
         machines: &[Machine],
+        secrets: &'a BTreeMap<String, Secret>,
     ) -> Result<Resolved<'a>, Vec<Problem>> {
         let Some(script) = scripts.get(&self.script) else {
             return Err(vec![Problem::UnknownScript(self.script.clone())]);
@@ -89,6 +95,33 @@ impl Ask {
         } else if let Some(tag) = targets.unmatched_tag(machines) {
             problems.push(Problem::UnmatchedTag(tag.to_owned()));
         }
+        let mut used = BTreeMap::new();
+        let secret_params = (script.params.iter()).filter(|spec| spec.kind == ParamType::Secret);
+        let selected: std::collections::BTreeSet<String> = match secret_params.clone().next() {
+            Some(_) => targets.select(machines).into_iter().collect(),
+            None => Default::default(),
+        };
+        let on = || machines.iter().filter(|m| selected.contains(&m.id));
+        for spec in secret_params {
+            let Some(ParamValue::String(name)) = params.get(&spec.name) else {
+                continue;
+            };
+            let refusal = match secrets.get(name) {
+                None => Some(format!(
+                    "no secret {name:?}: there is no secrets/{name}.yaml (`linkops secret set {name}` writes one)"
+                )),
+                Some(secret) => secret.refusal(&script.id, on()).or_else(|| {
+                    used.insert(spec.name.clone(), secret);
+                    None
+                }),
+            };
+            if let Some(message) = refusal {
+                problems.push(Problem::Param {
+                    name: spec.name.clone(),
+                    message,
+                });
+            }
+        }
         if let Some(problem) = self.rollout.and_then(|rollout| rollout.problem()) {
             problems.push(Problem::Rollout(problem));
         }
@@ -98,6 +131,7 @@ impl Ask {
                 params,
                 targets,
                 rollout: self.rollout,
+                secrets: used,
             }),
             false => Err(problems),
         }
@@ -158,7 +192,7 @@ mod tests {
     #[test]
     fn an_ask_resolves_to_its_script_values_and_targets_or_names_every_problem() {
         let (scripts, machines) = (catalog(), machines());
-        let fields = |ask: Ask| match ask.resolve(&scripts, &machines) {
+        let fields = |ask: Ask| match ask.resolve(&scripts, &machines, &BTreeMap::new()) {
             Ok(resolved) => vec![format!("ok {:?}", resolved.targets.tags)],
             Err(problems) => problems.iter().map(Problem::field).collect(),
         };
@@ -193,10 +227,53 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_must_exist_and_may_go_only_where_its_limits_say() {
+        let mut backup = fixtures::script("backup", "pg_dump");
+        backup.params = vec![ParamSpec {
+            kind: ParamType::Secret,
+            ..param("PASSWORD", None)
+        }];
+        let scripts = BTreeMap::from([("backup".to_owned(), backup)]);
+        let secret = Secret {
+            name: "db-password".into(),
+            description: String::new(),
+            file: "secrets/db-password.yaml".into(),
+            scripts: vec!["backup".into()],
+            targets: Targets {
+                machines: Vec::new(),
+                tags: vec!["db".into()],
+            },
+            sealed: String::new(),
+        };
+        let secrets = BTreeMap::from([("db-password".to_owned(), secret)]);
+        let resolve = |value: &str, tag: &str| {
+            ask("backup", &[("PASSWORD", value)], &[tag])
+                .resolve(&scripts, &machines(), &secrets)
+                .map(|resolved| resolved.secrets.keys().cloned().collect::<Vec<_>>())
+                .map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            resolve("db-password", "db"),
+            Ok(vec!["PASSWORD".to_owned()])
+        );
+        assert_eq!(
+            resolve("db-password", "web"),
+            Err(vec!["parameter PASSWORD: secret \"db-password\" may reach machines tagged db only; web1 is not among them (secrets/db-password.yaml)".to_owned()])
+        );
+        assert_eq!(
+            resolve("nope", "db"),
+            Err(vec!["parameter PASSWORD: no secret \"nope\": there is no secrets/nope.yaml (`linkops secret set nope` writes one)".to_owned()])
+        );
+        // A secret parameter takes a secret's name, never a value.
+        let refused = resolve("hunter2 !", "db").unwrap_err();
+        assert!(refused[0].contains("the name of a secret"), "{refused:?}");
+    }
+
+    #[test]
     fn a_resolved_ask_carries_the_defaults_filled_in() {
-        let scripts = catalog();
+        let (scripts, secrets) = (catalog(), BTreeMap::new());
         let resolved = ask("restart", &[("SERVICE", "nginx")], &["web"])
-            .resolve(&scripts, &machines())
+            .resolve(&scripts, &machines(), &secrets)
             .unwrap();
         assert_eq!(resolved.script.id, "restart");
         assert_eq!(

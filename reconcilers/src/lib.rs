@@ -25,6 +25,7 @@ pub mod role;
 pub mod rollout;
 pub mod run;
 pub mod script;
+pub mod secret;
 pub mod state;
 pub mod suspension;
 pub mod terminal;

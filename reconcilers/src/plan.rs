@@ -49,6 +49,15 @@ pub enum Change {
     /// A grant of `access.yaml`, as it reads (who, role, scope).
     GrantGiven(String),
     GrantTaken(String),
+    SecretAdded(String),
+    SecretRemoved(String),
+    /// `value` when it was sealed again: a new value, or new recipients.
+    SecretChanged {
+        name: String,
+        fields: Vec<String>,
+    },
+    /// `recipients.yaml` changed: `linkops secret rotate` seals the secrets to it.
+    RecipientsChanged,
 }
 
 impl fmt::Display for Change {
@@ -94,6 +103,14 @@ impl fmt::Display for Change {
             }
             Change::GrantGiven(grant) => write!(f, "+ grant {grant}"),
             Change::GrantTaken(grant) => write!(f, "- grant {grant}"),
+            Change::SecretAdded(name) => write!(f, "+ secret {name}"),
+            Change::SecretRemoved(name) => write!(f, "- secret {name}"),
+            Change::SecretChanged { name, fields } => {
+                write!(f, "~ secret {name}: {} changed", fields.join(", "))
+            }
+            Change::RecipientsChanged => f.write_str(
+                "~ recipients.yaml changed: `linkops secret rotate` seals every secret to it",
+            ),
         }
     }
 }
@@ -227,6 +244,32 @@ pub fn plan(
     let (before, after) = (grants(applied), grants(proposed));
     changes.extend(after.difference(&before).cloned().map(Change::GrantGiven));
     changes.extend(before.difference(&after).cloned().map(Change::GrantTaken));
+    // Names and limits only: a sealed value is shown as `value`, never read.
+    for (name, secret) in &proposed.secrets {
+        match applied.secrets.get(name) {
+            None => changes.push(Change::SecretAdded(name.clone())),
+            Some(before) => {
+                let fields: Vec<String> = (changed_fields(before, secret).into_iter())
+                    .map(|field| match field.as_str() {
+                        "sealed" => "value".to_owned(),
+                        _ => field,
+                    })
+                    .collect();
+                if !fields.is_empty() {
+                    changes.push(Change::SecretChanged {
+                        name: name.clone(),
+                        fields,
+                    });
+                }
+            }
+        }
+    }
+    for name in (applied.secrets.keys()).filter(|name| !proposed.secrets.contains_key(*name)) {
+        changes.push(Change::SecretRemoved(name.clone()));
+    }
+    if applied.recipients != proposed.recipients {
+        changes.push(Change::RecipientsChanged);
+    }
     changes
 }
 

@@ -37,6 +37,8 @@ pub enum ParamType {
     Int,
     Bool,
     Enum,
+    /// The name of a secret (`secrets/<name>.yaml`); the script gets its value.
+    Secret,
 }
 
 /// A parameter value as written in YAML: a string, an integer or a boolean.
@@ -151,6 +153,9 @@ impl ParamSpec {
                     Err(format!("{s:?} is not one of {}", self.values.join(", ")))
                 }
             }
+            (ParamType::Secret, ParamValue::String(s)) if crate::desired::is_id(s) => {
+                Ok(ParamValue::String(s.clone()))
+            }
             (ParamType::String, value) => {
                 let text = value.to_string();
                 match &self.pattern {
@@ -179,6 +184,7 @@ fn kind_name(kind: ParamType) -> &'static str {
         ParamType::Int => "an integer",
         ParamType::Bool => "true or false",
         ParamType::Enum => "one of the listed values",
+        ParamType::Secret => "the name of a secret in secrets/",
     }
 }
 

@@ -1,4 +1,5 @@
-//! Reaching the config repository and the fleet, and who may: `[git]`, `[ssh]`, `[auth]`, `[webhook]`.
+//! Reaching the config repository and the fleet, and who may: `[git]`, `[ssh]`, `[auth]`, `[webhook]`,
+//! and opening the repository's secrets: `[secrets]`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,6 +51,18 @@ impl GitConfig {
                     None => pattern == branch,
                 })
     }
+}
+
+/// The repository's secrets (`secrets/*.yaml`), sealed with age to the
+/// daemon's recipient among others.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// The daemon's age identity (`AGE-SECRET-KEY-1…` lines, mode 0600): a
+    /// file name in the keys directory, or an absolute path. Made on first
+    /// start when it is the default's and absent; several lines (an old and a
+    /// new key, while rotating) all open secrets.
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

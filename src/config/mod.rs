@@ -34,6 +34,9 @@ const NOT_SETTINGS: &[&str] = &[
 
 const ENV_PREFIX: &str = "LINKOPS_";
 
+/// The daemon's age identity's file name in the keys directory by default.
+pub const DEFAULT_AGE_IDENTITY: &str = "age-identity.txt";
+
 /// Sections of the file; `LINKOPS_<SECTION>_<KEY>` sets `[section] key`.
 const SECTIONS: &[&str] = &[
     "http",
@@ -49,6 +52,7 @@ const SECTIONS: &[&str] = &[
     "forge",
     "store",
     "cluster",
+    "secrets",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,7 @@ pub struct Config {
     pub notify: NotifyConfig,
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
+    pub secrets: SecretsConfig,
 }
 
 impl Default for Config {
@@ -110,6 +115,7 @@ impl Default for Config {
             notify: NotifyConfig::default(),
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
+            secrets: SecretsConfig::default(),
         }
     }
 }
@@ -242,6 +248,13 @@ impl Config {
     /// followed branch's, so that plans never hold up a sync).
     pub fn plans_dir(&self) -> PathBuf {
         self.data_dir.join("git-plans")
+    }
+
+    /// The daemon's age identity: `[secrets] identity` (in the keys dir
+    /// unless absolute), else `keys/age-identity.txt`.
+    pub fn age_identity_path(&self) -> PathBuf {
+        let name = self.secrets.identity.as_deref();
+        self.keys_dir().join(name.unwrap_or(DEFAULT_AGE_IDENTITY))
     }
 
     pub fn jwt_secret_path(&self) -> PathBuf {

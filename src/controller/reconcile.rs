@@ -328,6 +328,7 @@ impl Context {
         let hosts = HostPlan::from_placements(machines);
         let plan = Plan {
             script: script.clone(),
+            secrets: linkops_reconcilers::secret::named(script, &params, &desired.secrets),
             params,
             hosts,
             requested_by: Requester::RunRequest {

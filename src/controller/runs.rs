@@ -60,7 +60,7 @@ impl Controller {
     ) -> Result<Operation, RunError> {
         let desired = self.applied()?;
         let resolved = ask
-            .resolve(&desired.scripts, &desired.machines)
+            .resolve(&desired.scripts, &desired.machines, &desired.secrets)
             .map_err(|problems| {
                 let problem = problems.into_iter().next().expect("at least one problem");
                 RunError::Unfit {
@@ -113,7 +113,7 @@ impl Controller {
             rollout: operation.rollout,
         };
         let resolved = ask
-            .resolve(&desired.scripts, &desired.machines)
+            .resolve(&desired.scripts, &desired.machines, &desired.secrets)
             .map_err(|problems| {
                 let problem = problems.into_iter().next().expect("at least one problem");
                 let message = match &problem {
@@ -198,9 +198,13 @@ impl Controller {
         retry_of: Option<u64>,
     ) -> Result<Operation, RunError> {
         let hosts = self.placed(desired, &resolved, by).await?;
+        let secrets = (resolved.secrets.iter())
+            .map(|(param, secret)| (param.clone(), (*secret).clone()))
+            .collect();
         let plan = Plan {
             script: resolved.script.clone(),
             params: resolved.params,
+            secrets,
             hosts,
             requested_by: Requester::User {
                 name: by.name.into(),

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::operation::Requester;
 use linkops_reconcilers::script::Script;
+use linkops_reconcilers::secret::{self as secret, Secret};
 use linkops_reconcilers::state::{
     self, ApplyRecord, ApplyResult, CHECK_OUTPUT_BYTES, CheckOutcome, CheckRecord, DeclaredState,
     Standing, StateDecision, Target,
@@ -175,6 +176,7 @@ impl Context {
         digest: &str,
         machines: &[String],
     ) -> Vec<(String, CheckRecord)> {
+        let secrets = secret::named(script, &state.params, &desired.secrets);
         let targets: Vec<_> = machines
             .iter()
             .filter_map(|id| desired.machine(id).cloned())
@@ -183,7 +185,7 @@ impl Context {
             .into_iter()
             .map(|machine| {
                 let span = tracing::info_span!("check", machine.id = %machine.id);
-                self.check_one(machine, state, script, digest)
+                self.check_one(machine, state, script, &secrets, digest)
                     .instrument(span)
             })
             .collect();
@@ -198,13 +200,20 @@ impl Context {
         machine: linkops_reconcilers::machine::Machine,
         state: &DeclaredState,
         script: &Script,
+        secrets: &BTreeMap<String, Secret>,
         digest: &str,
     ) -> (String, CheckRecord) {
         let id = machine.id.clone();
         let at_ms = now_ms();
         let ran = self
             .engine
-            .check(machine, script, &state.params, CHECK_OUTPUT_BYTES)
+            .check(
+                machine,
+                script,
+                &state.params,
+                secrets.clone(),
+                CHECK_OUTPUT_BYTES,
+            )
             .await;
         let (outcome, output, duration) = match ran {
             Ok(run) => (CheckOutcome::of(&run.end), run.output, run.duration),
@@ -313,6 +322,7 @@ impl Context {
         let plan = Plan {
             script: script.clone(),
             params: state.params.clone(),
+            secrets: secret::named(script, &state.params, &desired.secrets),
             hosts,
             requested_by: Requester::State {
                 id: state.id.clone(),

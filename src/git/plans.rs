@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use linkops_reconcilers::desired::{self, DesiredState};
+use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::plan::{self, BranchWork, Queued, Waiting};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -140,7 +140,7 @@ async fn plan_branch(
             .map(|record| (record.id, record.state))
             .collect();
         let applied = applied.as_deref().cloned().unwrap_or_default();
-        let outcome = match desired::load(&revision, &files) {
+        let outcome = match crate::sealed::load(&revision, &files, &worker.keyring) {
             Ok(proposed) => Ok(plan::plan(&proposed, &applied, &runs)
                 .iter()
                 .map(ToString::to_string)

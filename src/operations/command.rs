@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use linkops_reconcilers::script::{ParamValue, Script};
+use zeroize::Zeroizing;
 
 use super::Error;
 
@@ -27,6 +28,10 @@ impl TrustFacts {
 /// `echo $$; exec env 'LINKOPS_CA_…=…' 'LINKOPS_PARAM_<NAME>=value' … <interpreter>`.
 ///
 /// Values are quoted for the remote shell, so no value can become code.
+/// Parameters named in `secret` are not on the line (which `ps` shows to
+/// every user of the machine): the shell reads each from its stdin, ahead
+/// of the script ([`secret_input`]), with builtins only (`read`, `printf`),
+/// and exports it to the interpreter.
 /// sshd starts every session's command in a new session (`setsid`), so the
 /// shell's pid, printed first, is the process group of everything the script
 /// starts: a stop signals that group, not just the channel. `exec` keeps the
@@ -34,9 +39,19 @@ impl TrustFacts {
 pub fn command_line(
     script: &Script,
     params: &BTreeMap<String, ParamValue>,
+    secret: impl Fn(&str) -> bool,
     trust: &TrustFacts,
 ) -> Result<String, Error> {
-    let mut command = String::from("echo \"$$\"; exec env");
+    let mut command = String::from("echo \"$$\";");
+    for name in params.keys().filter(|name| secret(name)) {
+        let variable = variable(name)?;
+        // `%b` turns the `\0ooo` escapes back into bytes; the `x` keeps
+        // trailing newlines from `$(…)`, which strips them.
+        command.push_str(&format!(
+            " IFS= read -r {variable} && {variable}=$(printf '%bx' \"${variable}\") && export {variable}=\"${{{variable}%x}}\" || {{ echo 'linkops: the secret of {variable} did not arrive on stdin' >&2; exit 125; }};"
+        ));
+    }
+    command.push_str(" exec env");
     for (name, value) in [
         ("LINKOPS_CA_USER_KEYS", &trust.user_cas),
         ("LINKOPS_CA_REVOKED_SERIALS", &trust.revoked_serials),
@@ -47,11 +62,8 @@ pub fn command_line(
         command.push(' ');
         command.push_str(&quoted);
     }
-    for (name, value) in params {
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(Error::ParamName(name.clone()));
-        }
-        let assignment = format!("LINKOPS_PARAM_{}={value}", name.to_ascii_uppercase());
+    for (name, value) in params.iter().filter(|(name, _)| !secret(name)) {
+        let assignment = format!("{}={value}", variable(name)?);
         let quoted = shlex::try_quote(&assignment).map_err(|_| Error::Param {
             name: name.clone(),
             message: "contains a NUL byte".into(),
@@ -62,6 +74,36 @@ pub fn command_line(
     command.push(' ');
     command.push_str(&script.interpreter);
     Ok(command)
+}
+
+/// `LINKOPS_PARAM_<NAME>`, for a name that can be one.
+fn variable(name: &str) -> Result<String, Error> {
+    match name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        true => Ok(format!("LINKOPS_PARAM_{}", name.to_ascii_uppercase())),
+        false => Err(Error::ParamName(name.to_owned())),
+    }
+}
+
+/// What the shell reads ahead of the script for [`command_line`]'s secret
+/// parameters, in their order: each value a line of `\0ooo` escapes (so any
+/// byte but NUL passes `read` unchanged). Wiped when dropped.
+pub fn secret_input<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Zeroizing<Vec<u8>> {
+    let values: Vec<&[u8]> = values.into_iter().collect();
+    let length = values.iter().map(|value| 5 * value.len() + 1).sum();
+    let mut input = Zeroizing::new(Vec::with_capacity(length));
+    for value in values {
+        for byte in value {
+            input.extend_from_slice(&[
+                b'\\',
+                b'0',
+                b'0' + (byte >> 6),
+                b'0' + ((byte >> 3) & 7),
+                b'0' + (byte & 7),
+            ]);
+        }
+        input.push(b'\n');
+    }
+    input
 }
 
 /// The command that signals a script's process group. (No `--`: dash's
@@ -151,7 +193,7 @@ mod tests {
             user_cas: "ssh-ed25519 AAAA first\nssh-ed25519 BBBB second\n".into(),
             revoked_serials: "3 18446744073709551615".into(),
         };
-        let line = command_line(&script, &params, &trust).unwrap();
+        let line = command_line(&script, &params, |_| false, &trust).unwrap();
         let output = std::process::Command::new("sh")
             .arg("-c")
             .arg(&line)
@@ -165,5 +207,54 @@ mod tests {
             rest,
             "it's $HOME `id` \"q\"\nline two $(touch pwned)\nhtop; rm -rf /\nssh-ed25519 AAAA first\nssh-ed25519 BBBB second\n\n3 18446744073709551615\n"
         );
+    }
+
+    #[test]
+    fn secrets_arrive_on_stdin_whole_and_never_on_the_command_line() {
+        use std::io::Write;
+        // Every byte but NUL, trailing newlines, quotes and an `x` at the end.
+        let awkward: Vec<u8> = (1..=255u8).chain(*b"'\"$(id)\\c\n\nx").collect();
+        let params = BTreeMap::from([
+            (
+                "token".to_owned(),
+                ParamValue::String("registry-token".into()),
+            ),
+            ("db".to_owned(), ParamValue::String("db-password".into())),
+            ("plain".to_owned(), ParamValue::String("visible".into())),
+        ]);
+        // The script (on stdin after the secrets) writes what it sees, raw.
+        let script = script("sh");
+        let line = command_line(
+            &script,
+            &params,
+            |name| name != "plain",
+            &TrustFacts::default(),
+        )
+        .unwrap();
+        assert!(
+            !line.contains("db-password") && !line.contains("registry-token"),
+            "{line}"
+        );
+        assert!(line.contains("LINKOPS_PARAM_PLAIN=visible"), "{line}");
+        let values: [&[u8]; 2] = [&awkward, b"t0ken"];
+        let mut input = secret_input(values).to_vec();
+        input.extend_from_slice(b"printf '%s|%s|%s' \"$LINKOPS_PARAM_DB\" \"$LINKOPS_PARAM_TOKEN\" \"$LINKOPS_PARAM_PLAIN\"\n");
+        for shell in ["sh", "bash"] {
+            let mut child = std::process::Command::new(shell)
+                .arg("-c")
+                .arg(&line)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(&input).unwrap();
+            let output = child.wait_with_output().unwrap();
+            assert!(output.status.success(), "{shell}: {line}");
+            let stdout = output.stdout;
+            let after_pid = stdout.iter().position(|b| *b == b'\n').unwrap() + 1;
+            let mut expected = awkward.clone();
+            expected.extend_from_slice(b"|t0ken|visible");
+            assert_eq!(stdout[after_pid..], expected[..], "{shell}");
+        }
     }
 }

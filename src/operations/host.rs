@@ -9,9 +9,16 @@ use linkops_reconcilers::operation::{HostState, Stream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::command::signal_group;
+use std::collections::BTreeMap;
+
+use linkops_reconcilers::secret::Secret;
+use zeroize::Zeroizing;
+
+use super::command::{secret_input, signal_group};
 use super::writer::Update;
 use crate::access::MachineAccess;
+use crate::sealed::mask::{Mask, Masker};
+use crate::sealed::{self, Keyring};
 use crate::ssh::{Connection, ExitStatus, OutputEvent};
 
 /// Between SIGTERM and SIGKILL when a script is stopped or times out.
@@ -30,11 +37,39 @@ pub struct HostRun {
     pub purpose: Purpose,
     pub command: Arc<str>,
     pub body: Arc<str>,
+    /// What its `secret` parameters name, opened only once the host runs.
+    pub secrets: Secrets,
     pub timeout: Duration,
     /// Output kept per stream.
     pub output_cap: u64,
     pub updates: mpsc::Sender<Update>,
     pub stop: CancellationToken,
+}
+
+/// The secrets a script is given, by parameter name, sealed until a host runs.
+#[derive(Clone)]
+pub struct Secrets {
+    pub keyring: Arc<Keyring>,
+    pub sealed: Arc<BTreeMap<String, Secret>>,
+}
+
+/// Secrets opened for one host: what the shell reads ahead of the script,
+/// and the mask of their values. Both wiped when dropped.
+struct Opened {
+    input: Zeroizing<Vec<u8>>,
+    mask: Arc<Mask>,
+}
+
+impl Secrets {
+    fn open(&self) -> Result<Opened, sealed::Error> {
+        let values = (self.sealed.values())
+            .map(|secret| self.keyring.open(secret))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Opened {
+            input: secret_input(values.iter().map(|value| &value[..])),
+            mask: Arc::new(Mask::of(values.iter().map(|value| &value[..]))),
+        })
+    }
 }
 
 /// How the script ended, before it is a [`HostState`].
@@ -53,7 +88,20 @@ impl HostRun {
     /// Runs the script; returns the host's final state (also sent to the writer).
     pub async fn run(self) -> HostState {
         self.send_state(HostState::Running).await;
-        let state = match self.execute().await {
+        let opened = match self.secrets.open() {
+            Ok(opened) => opened,
+            Err(error) => {
+                tracing::warn!(machine = %self.machine.id, %error, "the script's secrets cannot be opened");
+                let state = HostState::Failed {
+                    exit_code: None,
+                    signal: None,
+                    error: Some(error.to_string()),
+                };
+                self.send_state(state.clone()).await;
+                return state;
+            }
+        };
+        let state = match self.execute(opened).await {
             Ok(End::Exited(ExitStatus::Code(0))) => HostState::Succeeded,
             Ok(End::Exited(ExitStatus::Code(code))) => HostState::Failed {
                 exit_code: Some(code),
@@ -98,7 +146,7 @@ impl HostRun {
         self.updates.send(update).await.ok();
     }
 
-    async fn execute(&self) -> Result<End, crate::ssh::Error> {
+    async fn execute(&self, opened: Opened) -> Result<End, crate::ssh::Error> {
         let connection = self
             .access
             .connect(
@@ -117,10 +165,12 @@ impl HostRun {
         // The channel's own deadline is only a backstop: timeouts are handled
         // here, by signalling the script's process group.
         let backstop = self.timeout + STOP_GRACE * 4;
-        let mut execution = connection
-            .exec(&self.command, self.body.as_bytes(), backstop)
-            .await?;
-        let mut output = Output::new(self.machine.id.clone(), self.output_cap);
+        let Opened { input, mask } = opened;
+        let mut stdin = input;
+        stdin.extend_from_slice(self.body.as_bytes());
+        let mut execution = connection.exec(&self.command, &stdin, backstop).await?;
+        drop(stdin);
+        let mut output = Output::new(self.machine.id.clone(), self.output_cap, mask);
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
         // Once ending, the host's part is over by this instant whatever the
@@ -233,13 +283,16 @@ impl Ending {
 }
 
 /// Turns raw channel output into updates: strips the process-group line,
-/// keeps chunks on UTF-8 boundaries, and caps what is kept per stream.
+/// masks the secrets' values, keeps chunks on UTF-8 boundaries, and caps
+/// what is kept per stream.
 struct Output {
     machine_id: String,
     cap: u64,
     /// The first stdout line is the script's process group.
     pgid: Option<u32>,
     header: Vec<u8>,
+    /// Each stream's masking of the secrets' values, before anything else sees it.
+    maskers: [Masker; 2],
     /// Incomplete UTF-8 sequences held back until the next chunk, per stream.
     carry: [Vec<u8>; 2],
     kept: [u64; 2],
@@ -247,12 +300,13 @@ struct Output {
 }
 
 impl Output {
-    fn new(machine_id: String, cap: u64) -> Output {
+    fn new(machine_id: String, cap: u64, mask: Arc<Mask>) -> Output {
         Output {
             machine_id,
             cap,
             pgid: None,
             header: Vec::new(),
+            maskers: [Masker::new(mask.clone()), Masker::new(mask)],
             carry: [Vec::new(), Vec::new()],
             kept: [0, 0],
             truncated: [false, false],
@@ -286,8 +340,12 @@ impl Output {
     fn chunk(&mut self, stream: Stream, data: Vec<u8>, last: bool) -> Vec<Update> {
         let index = stream as usize;
         let received = data.len() as u64;
+        let masked = match last {
+            false => self.maskers[index].push(&data),
+            true => self.maskers[index].finish(),
+        };
         let mut bytes = std::mem::take(&mut self.carry[index]);
-        bytes.extend_from_slice(&data);
+        bytes.extend_from_slice(&masked);
         if !last {
             // Hold back an incomplete character at the end (at most 3 bytes).
             if let Err(error) = std::str::from_utf8(&bytes)

@@ -25,6 +25,7 @@ use linkops_reconcilers::operation::{
 use linkops_reconcilers::rollout::{Progress, Rollout};
 use linkops_reconcilers::run::Placement;
 use linkops_reconcilers::script::{ParamValue, Script};
+use linkops_reconcilers::secret::Secret;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
 use crate::replica::Membership;
@@ -32,8 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::access::MachineAccess;
+use crate::sealed::Keyring;
 use crate::store::{self, Followed, Store, now_ms};
-use host::HostRun;
+use host::{HostRun, Secrets};
 use writer::{Update, Writer};
 
 pub use command::TrustFacts;
@@ -68,6 +70,8 @@ pub struct Plan {
     pub rollout: Option<Rollout>,
     /// The operation this one retries.
     pub retry_of: Option<u64>,
+    /// The secrets its `secret` parameters name, by parameter name.
+    pub secrets: BTreeMap<String, Secret>,
 }
 
 /// One target of a plan.
@@ -149,6 +153,8 @@ pub struct Engine {
     /// What an operation's start and end tell the outside.
     notifier: Arc<crate::notify::Notifier>,
     metrics: Arc<Metrics>,
+    /// Opens the secrets scripts are given, host by host.
+    keyring: Arc<Keyring>,
 }
 
 impl Engine {
@@ -159,8 +165,10 @@ impl Engine {
         output_cap: u64,
         notifier: Arc<crate::notify::Notifier>,
         metrics: Arc<Metrics>,
+        keyring: Arc<Keyring>,
     ) -> Engine {
         Engine {
+            keyring,
             store,
             membership,
             access,
@@ -193,9 +201,11 @@ impl Engine {
         machine: Machine,
         script: &Script,
         params: &BTreeMap<String, ParamValue>,
+        secrets: BTreeMap<String, Secret>,
         keep: usize,
     ) -> Result<CheckRun, Error> {
-        let command = command::command_line(script, params, &self.access.trust_facts())?;
+        let secret = |name: &str| secrets.contains_key(name);
+        let command = command::command_line(script, params, secret, &self.access.trust_facts())?;
         let _session = self
             .access
             .sessions
@@ -209,6 +219,7 @@ impl Engine {
             purpose: Purpose::Health,
             command: command.into(),
             body: script.check.as_deref().unwrap_or_default().into(),
+            secrets: self.secrets(secrets),
             timeout: script.timeout,
             output_cap: keep as u64,
             updates,
@@ -247,7 +258,9 @@ impl Engine {
     /// Returns once recorded.
     pub fn start(&self, plan: Plan, claim: Option<store::Claim>) -> Result<Operation, Error> {
         let trust = self.access.trust_facts();
-        let command: Arc<str> = command::command_line(&plan.script, &plan.params, &trust)?.into();
+        let secret = |name: &str| plan.secrets.contains_key(name);
+        let command = command::command_line(&plan.script, &plan.params, secret, &trust)?;
+        let command: Arc<str> = command.into();
         let hosts: Vec<HostResult> = plan
             .hosts
             .iter()
@@ -431,6 +444,14 @@ impl Engine {
         self.live.lock().expect("never poisoned").contains_key(&id)
     }
 
+    /// `sealed`, to be opened by each host as it runs.
+    fn secrets(&self, sealed: BTreeMap<String, Secret>) -> Secrets {
+        Secrets {
+            keyring: self.keyring.clone(),
+            sealed: Arc::new(sealed),
+        }
+    }
+
     /// Live events of a running operation; `None` once it has ended.
     fn subscribe(&self, id: u64) -> Option<broadcast::Receiver<Arc<LiveEvent>>> {
         self.live
@@ -465,6 +486,7 @@ impl Engine {
         .clamp(1, Semaphore::MAX_PERMITS);
         let parallel = Arc::new(Semaphore::new(limit));
         let body: Arc<str> = plan.script.body.clone().into();
+        let secrets = self.secrets(plan.secrets.clone());
         let mut tasks = tokio::task::JoinSet::new();
         let mut states = Vec::new();
         let mut rollout = plan.rollout.map(|policy| Batches {
@@ -506,6 +528,7 @@ impl Engine {
                 purpose: purpose.clone(),
                 command: command.clone(),
                 body: body.clone(),
+                secrets: secrets.clone(),
                 timeout: plan.script.timeout,
                 output_cap: self.output_cap,
                 updates: updates.clone(),
@@ -672,7 +695,17 @@ mod tests {
         );
         let config = crate::config::Config::default();
         let notifier = Arc::new(crate::notify::Notifier::from_config(&config).unwrap());
-        let engine = Engine::new(store, Membership::alone(), access, 1024, notifier, metrics);
+        let keyring = Keyring::load_or_create(&dir.path().join("age-identity.txt")).unwrap();
+        let keyring = Arc::new(keyring);
+        let engine = Engine::new(
+            store,
+            Membership::alone(),
+            access,
+            1024,
+            notifier,
+            metrics,
+            keyring,
+        );
         let script = Script {
             id: "uptime".into(),
             name: "Uptime".into(),
@@ -696,6 +729,7 @@ mod tests {
             concurrency: None,
             rollout: None,
             retry_of: None,
+            secrets: BTreeMap::new(),
         };
         let starting = engine.clone();
         let operation = crate::blocking::run(move || starting.start(plan, None))

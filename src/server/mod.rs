@@ -64,6 +64,8 @@ pub enum Error {
     NextUserCaDiffers { key: std::path::PathBuf },
     #[error("SSH certificate authority: {0}")]
     Authority(#[from] crate::ssh::ca::Error),
+    #[error("the age identity that opens the repository's secrets ([secrets] identity): {0}")]
+    Keyring(#[from] crate::sealed::Error),
     #[error("creating the first admin failed: {0}")]
     Bootstrap(#[from] auth::Error),
     #[error("single sign-on: {0}")]
@@ -197,6 +199,7 @@ impl Daemon {
             &config,
             prepared.store.clone(),
             prepared.notifier.clone(),
+            prepared.keyring.clone(),
             metrics.clone(),
         );
         let (git, git_worker) =
@@ -224,6 +227,7 @@ impl Daemon {
             config.operations.output_cap,
             prepared.notifier.clone(),
             metrics.clone(),
+            prepared.keyring.clone(),
         );
         let stop_asks = tokio::spawn(engine.clone().follow_stop_asks(stop.clone()));
         let terminals = Terminals::new(
@@ -411,6 +415,7 @@ fn git_context(
     config: &Config,
     store: store::Store,
     notifier: Arc<crate::notify::Notifier>,
+    keyring: Arc<crate::sealed::Keyring>,
     metrics: Arc<Metrics>,
 ) -> SyncContext {
     let source = match &config.git.url {
@@ -438,6 +443,7 @@ fn git_context(
         store,
         interval: config.git.interval,
         notifier,
+        keyring,
         metrics,
     }
 }
@@ -484,6 +490,8 @@ struct Prepared {
     /// Created at first start, like the admin password.
     authority: Arc<Authority>,
     revocations: crate::authority::Revocations,
+    /// Opens the repository's secrets; made at first start when the default's.
+    keyring: Arc<crate::sealed::Keyring>,
 }
 
 /// The first blocking part of start-up: directories, the store.
@@ -550,6 +558,7 @@ fn prepare(config: Arc<Config>, store: store::Store, replica: &str) -> Result<Pr
     let auth = Auth::new(store.clone(), &secret, config.auth.token_lifetime, limits)
         .signing_in(sso, config.auth.password_sign_in);
     let revocations = crate::authority::Revocations::load(&store)?;
+    let keyring = Arc::new(open_keyring(&config)?);
     Ok(Prepared {
         config,
         store,
@@ -557,7 +566,21 @@ fn prepare(config: Arc<Config>, store: store::Store, replica: &str) -> Result<Pr
         notifier,
         authority,
         revocations,
+        keyring,
     })
+}
+
+/// The daemon's age identity: `[secrets] identity` as configured (it must
+/// exist), else the keys dir's, made on first start.
+fn open_keyring(config: &Config) -> Result<crate::sealed::Keyring, Error> {
+    let path = config.age_identity_path();
+    let keyring = match config.secrets.identity {
+        Some(_) => crate::sealed::Keyring::load(&path)?,
+        None => crate::sealed::Keyring::load_or_create(&path)?,
+    };
+    // Public: what recipients.yaml lists so that secrets open here.
+    tracing::info!(identity = %path.display(), recipients = ?keyring.recipients(), "the repository's secrets open with this age identity");
+    Ok(keyring)
 }
 
 /// Refuses to serve beside replicas that hold other keys: a load balancer

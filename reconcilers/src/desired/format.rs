@@ -1,5 +1,6 @@
 //! The files of a config repository, exactly as written: `links.yaml`,
-//! `scripts.yaml`, `access.yaml`, `runs/*.yaml` and `states/*.yaml`.
+//! `scripts.yaml`, `access.yaml`, `recipients.yaml`, `runs/*.yaml`,
+//! `states/*.yaml` and `secrets/*.yaml`.
 //!
 //! These types define the JSON Schemas in `schemas/`. Fields that later
 //! checks must point at keep their source location (`Spanned`); the schema
@@ -186,6 +187,8 @@ fn default_interpreter() -> String {
 /// A typed script parameter. It reaches the script as `LINKOPS_PARAM_<NAME>`.
 /// A value may have at most 32 KiB, and all of a run's parameters together
 /// at most 96 KiB (the remote shell receives the command as one argument).
+/// A `secret` parameter's value names a secret (`secrets/<name>.yaml`): the
+/// script gets the secret's value, passed on its stdin, never on a command line.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParamEntry {
@@ -335,4 +338,47 @@ pub struct GrantEntry {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub scripts: Vec<Spanned<String>>,
+}
+
+/// `recipients.yaml`: who can read the secrets in `secrets/` — age recipients
+/// (`age1…`, from `age-keygen` or `linkops secret recipient`). Every secret is
+/// sealed to `all`; a secret limited to tags also to those tags' recipients.
+/// After a change here, `linkops secret rotate` seals every secret again.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "LinkOps secret recipients (recipients.yaml)")]
+pub struct RecipientsFile {
+    /// The daemon's recipient (every replica holds its identity) and those
+    /// who edit every secret.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub all: Vec<Spanned<String>>,
+    /// Tag → the recipients who may read the secrets limited to its machines.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, Vec<String>>")]
+    pub tags: BTreeMap<String, Vec<Spanned<String>>>,
+}
+
+/// `secrets/<name>.yaml`: one secret, its value sealed with age, written by
+/// `linkops secret set` (or by hand: `age -e -a -R recipients.txt`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "LinkOps secret (secrets/*.yaml)")]
+pub struct SecretFile {
+    /// What scripts' `secret` parameters name.
+    #[schemars(with = "String", regex(pattern = ID_PATTERN))]
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: String,
+    /// The scripts that may use it; any when absent.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub scripts: Vec<Spanned<String>>,
+    /// The machines it may reach; any when absent. Limited to tags, it is
+    /// also sealed to those tags' recipients.
+    #[serde(default)]
+    pub targets: Option<TargetsEntry>,
+    /// The value: an ASCII-armored age file (`-----BEGIN AGE ENCRYPTED FILE-----`).
+    #[schemars(with = "String")]
+    pub value: Spanned<String>,
 }

@@ -7,7 +7,8 @@
 //! Repository layout: `links.yaml` (required), `scripts.yaml` (optional),
 //! `access.yaml` (optional: grants), `runs/*.yaml` (optional, one
 //! run-request per file), `states/*.yaml` (optional, one declared state per
-//! file), script files anywhere.
+//! file), `secrets/*.yaml` (optional, one sealed secret per file) and
+//! `recipients.yaml` (who can read them), script files anywhere.
 
 pub mod format;
 mod validate;
@@ -23,6 +24,7 @@ use crate::grant::Given;
 use crate::machine::Machine;
 use crate::run::RunRequest;
 use crate::script::Script;
+use crate::secret::{Recipients, Secret};
 use crate::state::DeclaredState;
 
 pub const LINKS_FILE: &str = "links.yaml";
@@ -30,6 +32,8 @@ pub const SCRIPTS_FILE: &str = "scripts.yaml";
 pub const ACCESS_FILE: &str = "access.yaml";
 pub const RUNS_DIR: &str = "runs";
 pub const STATES_DIR: &str = "states";
+pub const RECIPIENTS_FILE: &str = "recipients.yaml";
+pub const SECRETS_DIR: &str = "secrets";
 
 /// The files of one revision: repository-relative path → content.
 pub type RepoFiles = BTreeMap<String, Vec<u8>>;
@@ -48,6 +52,12 @@ pub struct DesiredState {
     /// Who may do what, beyond local accounts' own roles (`access.yaml`).
     #[serde(default)]
     pub grants: Vec<Given>,
+    /// The secrets of `secrets/`, by name: sealed, never in clear.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Secret>,
+    /// Who can read them (`recipients.yaml`).
+    #[serde(default)]
+    pub recipients: Recipients,
     #[serde(skip)]
     pub(crate) index: MachineIndex,
 }
@@ -114,6 +124,11 @@ pub fn is_run_request(path: &str) -> bool {
     in_dir(path, RUNS_DIR)
 }
 
+/// Whether `path` is a secret's file (`secrets/<name>.yaml` or `.yml`).
+pub fn is_secret_file(path: &str) -> bool {
+    in_dir(path, SECRETS_DIR)
+}
+
 /// Whether `path` is a declared state's file (`states/<name>.yaml` or `.yml`).
 pub fn is_state_file(path: &str) -> bool {
     in_dir(path, STATES_DIR)
@@ -146,6 +161,8 @@ pub fn schemas() -> Vec<(&'static str, String)> {
             render::<format::RunRequestFile>(),
         ),
         ("state.schema.json", render::<format::StateFile>()),
+        ("secret.schema.json", render::<format::SecretFile>()),
+        ("recipients.schema.json", render::<format::RecipientsFile>()),
     ]
 }
 

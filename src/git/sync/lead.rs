@@ -361,7 +361,7 @@ pub(super) fn fetch_and_load(
         None => (files.keys().cloned().collect(), false),
     };
     Ok(Fetched::Loaded {
-        result: desired::load(&revision, &files).map(Box::new),
+        result: crate::sealed::load(&revision, &files, &context.keyring).map(Box::new),
         revision,
         changed_files,
         forced,

@@ -145,6 +145,8 @@ pub struct SyncContext {
     pub plan_queue: usize,
     /// What a fetched revision tells the forge and the sinks.
     pub notifier: Arc<crate::notify::Notifier>,
+    /// Opens the repository's secrets: a revision with one it cannot open is refused.
+    pub keyring: Arc<crate::sealed::Keyring>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 

@@ -6,6 +6,7 @@ mod machines;
 mod parse;
 mod runs;
 mod scripts;
+mod secrets;
 mod states;
 #[cfg(test)]
 mod tests;
@@ -15,6 +16,7 @@ use machines::check_machines;
 use parse::{Read, parse};
 use runs::{Asked, check_run};
 use scripts::check_scripts;
+use secrets::{check_recipients, check_secret, check_secret_scripts};
 use states::check_state;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,11 +30,12 @@ use serde_saphyr::Spanned;
 
 use super::format::{
     AccessFile, GrantEntry, ID_PATTERN, KEY_PATTERN, LinksFile, MachineEntry, PARAM_NAME_PATTERN,
-    ParamEntry, RunRequestFile, ScriptEntry, ScriptsFile, StateFile, TargetsEntry, WindowEntry,
+    ParamEntry, RecipientsFile, RunRequestFile, ScriptEntry, ScriptsFile, SecretFile, StateFile,
+    TargetsEntry, WindowEntry,
 };
 use super::{
-    ACCESS_FILE, DesiredState, LINKS_FILE, Problem, RepoFiles, SCRIPTS_FILE, is_run_request,
-    is_state_file,
+    ACCESS_FILE, DesiredState, LINKS_FILE, Problem, RECIPIENTS_FILE, RepoFiles, SCRIPTS_FILE,
+    is_run_request, is_secret_file, is_state_file,
 };
 use crate::ask::{Ask, Problem as AskProblem};
 use crate::machine::Machine;
@@ -118,8 +121,10 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         *path == LINKS_FILE
             || *path == SCRIPTS_FILE
             || *path == ACCESS_FILE
+            || *path == RECIPIENTS_FILE
             || is_run_request(path)
             || is_state_file(path)
+            || is_secret_file(path)
     });
     let mut total = 0;
     for (path, bytes) in yaml {
@@ -149,12 +154,33 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         .flat_map(|m| m.tags.iter().map(String::as_str))
         .collect();
     let ids: BTreeSet<&str> = machines.iter().map(|m| m.id.as_str()).collect();
-    let known = Known {
+    let mut known = Known {
         machines: &machines,
         ids,
         tags,
         inventory_read,
+        secrets: BTreeSet::new(),
     };
+
+    let recipients = match parse::<RecipientsFile>(files, RECIPIENTS_FILE, None, &mut problems) {
+        Some(read) => {
+            let mut report = Report {
+                file: RECIPIENTS_FILE,
+                problems: &mut problems,
+            };
+            check_recipients(read.value, &known, &mut report)
+        }
+        None => Default::default(),
+    };
+    let secrets_read = per_file(
+        files,
+        is_secret_file,
+        "secret",
+        |secret: &SecretFile| &secret.name,
+        &mut problems,
+        |secret, path, report| check_secret(secret, path, &known, report),
+    );
+    known.secrets = secrets_read.keys().cloned().collect();
 
     let (scripts, catalog_read) = if files.contains_key(SCRIPTS_FILE) {
         match parse::<ScriptsFile>(files, SCRIPTS_FILE, Some("scripts"), &mut problems) {
@@ -167,6 +193,13 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
     } else {
         (BTreeMap::new(), true)
     };
+
+    if catalog_read {
+        check_secret_scripts(&secrets_read, &scripts, &mut problems);
+    }
+    let secrets: BTreeMap<String, crate::secret::Secret> = (secrets_read.into_iter())
+        .map(|(name, read)| (name, read.secret))
+        .collect();
 
     let grants = match parse::<AccessFile>(files, ACCESS_FILE, Some("grants"), &mut problems) {
         Some(access) => {
@@ -185,7 +218,17 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         "run-request",
         |request: &RunRequestFile| &request.id,
         &mut problems,
-        |request, path, report| check_run(request, path, &scripts, catalog_read, &known, report),
+        |request, path, report| {
+            check_run(
+                request,
+                path,
+                &scripts,
+                &secrets,
+                catalog_read,
+                &known,
+                report,
+            )
+        },
     );
     let states = per_file(
         files,
@@ -194,7 +237,15 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         |declared: &StateFile| &declared.id,
         &mut problems,
         |declared, path, report| {
-            check_state(declared, path, &scripts, catalog_read, &known, report)
+            check_state(
+                declared,
+                path,
+                &scripts,
+                &secrets,
+                catalog_read,
+                &known,
+                report,
+            )
         },
     );
 
@@ -206,6 +257,8 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
             runs,
             states,
             grants,
+            secrets,
+            recipients,
             ..DesiredState::default()
         });
     }
@@ -214,8 +267,10 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         LINKS_FILE => 0,
         SCRIPTS_FILE => 1,
         ACCESS_FILE => 2,
-        file if is_run_request(file) => 3,
-        _ => 4,
+        RECIPIENTS_FILE => 3,
+        file if is_secret_file(file) => 4,
+        file if is_run_request(file) => 5,
+        _ => 6,
     };
     problems.sort_by(|a, b| {
         (rank(&a.file), &a.file, a.line, a.column).cmp(&(rank(&b.file), &b.file, b.line, b.column))
@@ -283,6 +338,8 @@ struct Known<'a> {
     /// False when links.yaml could not be read: references to machines are
     /// then not checked, rather than all reported as unknown.
     inventory_read: bool,
+    /// The names of the repository's secrets.
+    secrets: BTreeSet<String>,
 }
 
 impl Known<'_> {

@@ -1,11 +1,13 @@
 //! Run-requests (`runs/*.yaml`): their script, targets and parameters.
 
 use super::*;
+use crate::secret::Secret;
 
 pub(super) fn check_run(
     request: RunRequestFile,
     path: &str,
     scripts: &BTreeMap<String, Script>,
+    secrets: &BTreeMap<String, Secret>,
     // False when scripts.yaml could not be read whole: an unknown script is
     // then not reported (it may be one of the broken entries).
     catalog_read: bool,
@@ -29,7 +31,7 @@ pub(super) fn check_run(
         owner: &id,
         what: "run-request",
     };
-    let resolved = asked.report(given, scripts, catalog_read, known, report);
+    let resolved = asked.report(given, scripts, secrets, catalog_read, known, report);
     let not_before = match not_before {
         None => None,
         Some(text) => {
@@ -76,6 +78,7 @@ impl Asked<'_> {
         &self,
         targets: Targets,
         scripts: &BTreeMap<String, Script>,
+        secrets: &BTreeMap<String, Secret>,
         // False when scripts.yaml could not be read whole: an unknown script is
         // then not reported (it may be one of the broken entries).
         catalog_read: bool,
@@ -90,7 +93,7 @@ impl Asked<'_> {
             targets,
             rollout: None,
         };
-        let problems = match ask.resolve(scripts, known.machines) {
+        let problems = match ask.resolve(scripts, known.machines, secrets) {
             Ok(resolved) => return Some((resolved.targets, resolved.params)),
             Err(problems) => problems,
         };
@@ -101,11 +104,12 @@ impl Asked<'_> {
                     format!("unknown script {script:?}: it is not in scripts.yaml"),
                 ),
                 AskProblem::Param { name, message } => {
+                    // A secret default that exists but may not go where this
+                    // ask goes is this file's problem, not the catalog's.
                     let from_default = scripts.get(&self.script.value).is_some_and(|script| {
-                        script
-                            .params
-                            .iter()
-                            .any(|p| p.name == name && p.default.is_some())
+                        script.params.iter().any(|p| {
+                            p.name == name && p.default.is_some() && p.kind != ParamType::Secret
+                        })
                     });
                     match self.params.get(&name) {
                         Some(value) => report.at(value, message),

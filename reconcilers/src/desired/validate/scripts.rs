@@ -96,7 +96,7 @@ pub(super) fn check_scripts(
             }
             (None, None) => None,
         };
-        let params = check_params(params, &mut report);
+        let params = check_params(params, &known.secrets, &mut report);
         let timeout = timeout.and_then(|t| duration(&t, &mut report));
         let targets = targets
             .map(|t| known.check_targets(&t, &mut report))
@@ -161,6 +161,8 @@ pub(super) fn script_file(
 
 pub(super) fn check_params(
     params: Vec<Spanned<ParamEntry>>,
+    // The names of the repository's secrets, for `secret` parameters' defaults.
+    secrets: &BTreeSet<String>,
     report: &mut Report,
 ) -> Vec<ParamSpec> {
     let mut names = BTreeSet::new();
@@ -224,6 +226,18 @@ pub(super) fn check_params(
             && let Err(message) = spec.check(&default.value)
         {
             report.at(default, format!("default of {}: {message}", spec.name));
+        } else if let Some(default) = &default
+            && spec.kind == ParamType::Secret
+            && !secrets.contains(&default.value.to_string())
+        {
+            let name = default.value.to_string();
+            report.at(
+                default,
+                format!(
+                    "default of {}: no secret {name:?}: there is no secrets/{name}.yaml",
+                    spec.name
+                ),
+            );
         }
         specs.push(spec);
     }

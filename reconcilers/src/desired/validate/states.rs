@@ -6,6 +6,7 @@ pub(super) fn check_state(
     declared: StateFile,
     path: &str,
     scripts: &BTreeMap<String, Script>,
+    secrets: &BTreeMap<String, crate::secret::Secret>,
     catalog_read: bool,
     known: &Known,
     report: &mut Report,
@@ -42,7 +43,7 @@ pub(super) fn check_state(
         owner: &id,
         what: "state",
     };
-    let resolved = asked.report(given, scripts, catalog_read, known, report);
+    let resolved = asked.report(given, scripts, secrets, catalog_read, known, report);
     let interval = match interval {
         None => Some(state::DEFAULT_INTERVAL),
         Some(text) => duration(&text, report).filter(|interval| {

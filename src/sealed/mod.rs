@@ -1,0 +1,244 @@
+//! The repository's secrets, opened at use: the daemon's age identity (a
+//! [`Keyring`]), a value sealed to recipients ([`seal`]), opened for one
+//! script's run ([`Keyring::open`]), and whether a revision's secrets can be
+//! opened at all ([`unopenable`], which the sync and `linkops validate` ask).
+//! A value in clear lives only in a [`Zeroizing`] buffer, for as long as a
+//! script runs; [`mask`] keeps it out of what the script prints.
+
+pub mod mask;
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use age::secrecy::ExposeSecret;
+use linkops_reconcilers::desired::{self, DesiredState, Problem, RepoFiles};
+use linkops_reconcilers::secret::{MAX_SECRET_BYTES, Secret};
+use zeroize::Zeroizing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    File(#[from] crate::secrets::Error),
+    #[error(
+        "{path}, line {line}: not an age identity (a line `AGE-SECRET-KEY-1…`, as `age-keygen` writes)"
+    )]
+    Identity { path: PathBuf, line: usize },
+    #[error("{path} holds no age identity (a line `AGE-SECRET-KEY-1…`, as `age-keygen` writes)")]
+    NoIdentity { path: PathBuf },
+    #[error("cannot create the age identity {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "secret {name:?} ({file}) cannot be opened with the age identity {identity} (recipient {recipients}): \
+         it must be sealed to that recipient too — add it to recipients.yaml and run `linkops secret rotate {name}`"
+    )]
+    NotARecipient {
+        name: String,
+        file: String,
+        identity: String,
+        recipients: String,
+    },
+    #[error("secret {name:?} ({file}) is not a readable age file: {reason}")]
+    Unreadable {
+        name: String,
+        file: String,
+        reason: String,
+    },
+    #[error(
+        "secret {name:?}: its value is over {MAX_SECRET_BYTES} bytes, the most a secret may hold"
+    )]
+    TooLong { name: String },
+    #[error("secret {name:?}: its value holds a NUL byte, which no environment variable can carry")]
+    Nul { name: String },
+    #[error("{0:?} is not an age recipient (`age1…`)")]
+    Recipient(String),
+    #[error("nothing to seal to: name at least one recipient (recipients.yaml `all`)")]
+    NoRecipients,
+    #[error("cannot seal the value: {0}")]
+    Seal(String),
+}
+
+/// An age identity: the keys that open secrets. Each key is wiped when dropped.
+pub struct Keyring {
+    path: PathBuf,
+    identities: Vec<age::x25519::Identity>,
+}
+
+impl Keyring {
+    /// Reads the identity file at `path` (mode 0600: a looser one is refused):
+    /// one key per `AGE-SECRET-KEY-1…` line; blank lines and `#` comments skipped.
+    pub fn load(path: &Path) -> Result<Keyring, Error> {
+        let text = Zeroizing::new(crate::secrets::read_private(path)?);
+        let mut identities = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            // The error names the line, never its content.
+            let identity = age::x25519::Identity::from_str(line).map_err(|_| Error::Identity {
+                path: path.to_owned(),
+                line: number + 1,
+            })?;
+            identities.push(identity);
+        }
+        if identities.is_empty() {
+            return Err(Error::NoIdentity {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Keyring {
+            path: path.to_owned(),
+            identities,
+        })
+    }
+
+    /// Reads the identity at `path`, or makes one there (mode 0600, as
+    /// `age-keygen` writes it) when there is none.
+    pub fn load_or_create(path: &Path) -> Result<Keyring, Error> {
+        if !path.exists() {
+            let identity = age::x25519::Identity::generate();
+            let create = |source| Error::Create {
+                path: path.to_owned(),
+                source,
+            };
+            let text = Zeroizing::new(format!(
+                "# created by linkops: the daemon's age identity; back it up, keep it 0600\n\
+                 # public key: {}\n{}\n",
+                identity.to_public(),
+                identity.to_string().expose_secret()
+            ));
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(create)?;
+            }
+            use std::os::unix::fs::OpenOptionsExt;
+            // create_new: two daemons starting at once must not both write one.
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(mut file) => {
+                    file.write_all(text.as_bytes()).map_err(create)?;
+                    file.sync_all().map_err(create)?;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(error) => return Err(create(error)),
+            }
+        }
+        Keyring::load(path)
+    }
+
+    /// The identity's recipients (`age1…`), one per key: what recipients.yaml lists.
+    pub fn recipients(&self) -> Vec<String> {
+        (self.identities.iter())
+            .map(|identity| identity.to_public().to_string())
+            .collect()
+    }
+
+    /// Whether the keyring opens `secret`, without reading its value: the
+    /// file key is unwrapped and the header's MAC checked, no more.
+    pub fn can_open(&self, secret: &Secret) -> Result<(), Error> {
+        self.decryptor(secret).map(drop)
+    }
+
+    /// The value of `secret`, in clear, wiped when dropped. Runs on the
+    /// blocking pool's time, not the runtime's: it is a few X25519 operations.
+    pub fn open(&self, secret: &Secret) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let reader = self.decryptor(secret)?;
+        let mut value = Zeroizing::new(Vec::with_capacity(256));
+        let read = (reader.take(MAX_SECRET_BYTES as u64 + 1)).read_to_end(&mut value);
+        read.map_err(|error| self.unreadable(secret, error.to_string()))?;
+        if value.len() > MAX_SECRET_BYTES {
+            return Err(Error::TooLong {
+                name: secret.name.clone(),
+            });
+        }
+        if value.contains(&0) {
+            return Err(Error::Nul {
+                name: secret.name.clone(),
+            });
+        }
+        Ok(value)
+    }
+
+    fn decryptor<'a>(&self, secret: &'a Secret) -> Result<impl std::io::Read + 'a, Error> {
+        let armored = age::armor::ArmoredReader::new(secret.sealed.as_bytes());
+        let decryptor = age::Decryptor::new_buffered(armored)
+            .map_err(|error| self.unreadable(secret, error.to_string()))?;
+        let identities = self.identities.iter().map(|i| i as &dyn age::Identity);
+        decryptor.decrypt(identities).map_err(|error| match error {
+            age::DecryptError::NoMatchingKeys => Error::NotARecipient {
+                name: secret.name.clone(),
+                file: secret.file.clone(),
+                identity: self.path.display().to_string(),
+                recipients: self.recipients().join(", "),
+            },
+            error => self.unreadable(secret, error.to_string()),
+        })
+    }
+
+    fn unreadable(&self, secret: &Secret, reason: String) -> Error {
+        Error::Unreadable {
+            name: secret.name.clone(),
+            file: secret.file.clone(),
+            reason,
+        }
+    }
+}
+
+/// `value` sealed to `recipients` (`age1…`), ASCII-armored: what a secret's
+/// file holds, and what `age -d` opens.
+pub fn seal(value: &[u8], recipients: &[&str]) -> Result<String, Error> {
+    let parsed = (recipients.iter())
+        .map(|r| age::x25519::Recipient::from_str(r).map_err(|_| Error::Recipient((*r).into())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let encryptor =
+        age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|_| Error::NoRecipients)?;
+    let seal = |error: std::io::Error| Error::Seal(error.to_string());
+    let mut sealed = Vec::new();
+    let armored =
+        age::armor::ArmoredWriter::wrap_output(&mut sealed, age::armor::Format::AsciiArmor)
+            .map_err(seal)?;
+    let mut writer = encryptor.wrap_output(armored).map_err(seal)?;
+    writer.write_all(value).map_err(seal)?;
+    writer
+        .finish()
+        .and_then(|armor| armor.finish())
+        .map_err(seal)?;
+    String::from_utf8(sealed).map_err(|_| Error::Seal("the armor is not text".into()))
+}
+
+/// [`desired::load`], and then every secret must open with `keyring`: what a
+/// sync applies, a plan judges and `linkops validate --identity` checks.
+pub fn load(
+    revision: &str,
+    files: &RepoFiles,
+    keyring: &Keyring,
+) -> Result<DesiredState, Vec<Problem>> {
+    let desired = desired::load(revision, files)?;
+    match unopenable(&desired, keyring) {
+        problems if problems.is_empty() => Ok(desired),
+        problems => Err(problems),
+    }
+}
+
+/// The secrets of `desired` that `keyring` cannot open, each as a problem at
+/// its file: a revision whose secrets the daemon cannot open is refused, as a
+/// broken file is, rather than failing at 3 a.m. when a script needs one.
+pub fn unopenable(desired: &DesiredState, keyring: &Keyring) -> Vec<Problem> {
+    (desired.secrets.values())
+        .filter_map(|secret| keyring.can_open(secret).err().map(|error| (secret, error)))
+        .map(|(secret, error)| Problem {
+            file: secret.file.clone(),
+            line: 1,
+            column: 1,
+            message: error.to_string(),
+        })
+        .collect()
+}
