@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use linkops::client::{self, Client};
 use linkops::config::Config;
 use linkops::offline::{self, PasswordSource};
+use linkops::sealed::Keyring;
 use linkops_reconcilers::operation::OperationState;
 use linkops_reconcilers::role::AccountRole;
 
@@ -59,6 +60,18 @@ enum Command {
         /// The repository's root directory.
         #[arg(default_value = ".")]
         dir: PathBuf,
+        /// Also check that every secret opens with this age identity (the
+        /// daemon's, on its host: /var/lib/linkops/keys/age-identity.txt), as
+        /// the daemon checks on every sync. No value is printed.
+        #[arg(long, value_name = "IDENTITY_FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Secrets in the config repository (`secrets/<name>.yaml`), sealed with
+    /// age to the recipients `recipients.yaml` names. These work on a
+    /// checkout; commit and push what they write.
+    Secret {
+        #[command(subcommand)]
+        action: SecretCommand,
     },
     /// Write the JSON Schemas of links.yaml, scripts.yaml and run-requests,
     /// and the HTTP API's OpenAPI description (openapi.json).
@@ -286,6 +299,67 @@ enum CaCommand {
 }
 
 #[derive(Subcommand)]
+enum SecretCommand {
+    /// Seal a value as secret NAME and write secrets/NAME.yaml: the value is
+    /// read from stdin (one trailing newline dropped) or typed twice at a
+    /// prompt, and sealed to recipients.yaml's `all` and, when it is limited
+    /// to tags, those tags' recipients. An existing secret keeps the limits
+    /// not given.
+    Set {
+        name: String,
+        /// The checkout of the config repository.
+        #[arg(long, default_value = ".", value_name = "CHECKOUT")]
+        repo: PathBuf,
+        #[arg(long)]
+        description: Option<String>,
+        /// Only this script may use it (repeatable; default: any script).
+        #[arg(long = "script", value_name = "SCRIPT")]
+        scripts: Vec<String>,
+        /// Only machines with this tag (repeatable); also seals it to the tag's recipients.
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Only this machine (repeatable).
+        #[arg(long = "machine", value_name = "ID")]
+        machines: Vec<String>,
+    },
+    /// Change secret NAME's value in $VISUAL or $EDITOR (a file only you can
+    /// read, in memory where /dev/shm is, wiped after), sealed again.
+    Edit {
+        name: String,
+        #[arg(long, default_value = ".", value_name = "CHECKOUT")]
+        repo: PathBuf,
+        /// Your age identity, which must open the secret.
+        #[arg(long, value_name = "IDENTITY_FILE", default_value_os_t = default_identity())]
+        identity: PathBuf,
+    },
+    /// Seal secrets again (all, or those named) to the recipients
+    /// recipients.yaml gives them now: after adding or removing a recipient,
+    /// e.g. a new daemon key, or a person who left.
+    Rotate {
+        names: Vec<String>,
+        #[arg(long, default_value = ".", value_name = "CHECKOUT")]
+        repo: PathBuf,
+        /// Your age identity, which must open every secret rotated.
+        #[arg(long, value_name = "IDENTITY_FILE", default_value_os_t = default_identity())]
+        identity: PathBuf,
+    },
+    /// Print the age recipient (`age1…`) of an identity, for recipients.yaml:
+    /// the daemon's (from its configuration) unless --identity names another.
+    Recipient {
+        #[arg(long, value_name = "IDENTITY_FILE")]
+        identity: Option<PathBuf>,
+    },
+}
+
+/// The operator's own age identity: `~/.config/linkops/age-identity.txt`.
+fn default_identity() -> PathBuf {
+    let config = (std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from))
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    config.join("linkops").join("age-identity.txt")
+}
+
+#[derive(Subcommand)]
 enum OpsCommand {
     /// An operation's output, each line prefixed with its machine.
     Logs {
@@ -364,6 +438,61 @@ impl PasswordArgs {
 /// backtrace (anyhow would print one whenever RUST_BACKTRACE is set).
 /// Writes `bytes` to standard output; a reader that stopped early
 /// (`linkops man | head`) is no error.
+/// `linkops secret …`: on a checkout, or (`recipient`) the daemon's identity.
+fn secret(
+    action: &SecretCommand,
+    config: impl Fn() -> anyhow::Result<Config>,
+) -> anyhow::Result<()> {
+    match action {
+        SecretCommand::Set {
+            name,
+            repo,
+            description,
+            scripts,
+            tags,
+            machines,
+        } => {
+            let given = |list: &Vec<String>| (!list.is_empty()).then(|| list.clone());
+            let targets = (!tags.is_empty() || !machines.is_empty()).then(|| {
+                linkops_reconcilers::script::Targets {
+                    machines: machines.clone(),
+                    tags: tags.clone(),
+                }
+            });
+            let limits = linkops::sealed::files::Limits {
+                description: description.clone(),
+                scripts: given(scripts),
+                targets,
+            };
+            Ok(offline::secret_set(repo, name, limits)?)
+        }
+        SecretCommand::Edit {
+            name,
+            repo,
+            identity,
+        } => Ok(offline::secret_edit(repo, name, &Keyring::load(identity)?)?),
+        SecretCommand::Rotate {
+            names,
+            repo,
+            identity,
+        } => Ok(offline::secret_rotate(
+            repo,
+            names,
+            &Keyring::load(identity)?,
+        )?),
+        SecretCommand::Recipient { identity } => {
+            let path = match identity {
+                Some(path) => path.clone(),
+                None => config()?.age_identity_path(),
+            };
+            for recipient in Keyring::load(&path)?.recipients() {
+                println!("{recipient}");
+            }
+            Ok(())
+        }
+    }
+}
+
 fn print_all(bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
@@ -410,12 +539,14 @@ fn run() -> anyhow::Result<()> {
             linkops::telemetry::init(config.log.format, "info");
             serve(config)
         }
-        Command::Validate { dir } => {
-            if !offline::validate(dir)? {
+        Command::Validate { dir, identity } => {
+            let keyring = identity.as_deref().map(Keyring::load).transpose()?;
+            if !offline::validate(dir, keyring.as_ref())? {
                 std::process::exit(1);
             }
             Ok(())
         }
+        Command::Secret { action } => secret(action, config),
         Command::Schema { out } => Ok(offline::write_schemas(out)?),
         Command::Completions { shell } => {
             use clap::CommandFactory;

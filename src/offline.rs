@@ -1,5 +1,6 @@
 //! Operator commands that run without the daemon: repository validation,
-//! schema generation, user management and moving the store between engines.
+//! the repository's secrets, schema generation, user management and moving
+//! the store between engines.
 //!
 //! The user commands open the store themselves, so they need the daemon
 //! stopped (redb allows one process at a time); the error says so when it is
@@ -12,6 +13,8 @@ use linkops_reconcilers::desired;
 
 use crate::auth::password;
 use crate::config::Config;
+use crate::sealed::Keyring;
+use crate::sealed::files::{self, Checkout, Limits};
 use crate::store::{Actor, Store};
 use linkops_reconcilers::role::AccountRole;
 
@@ -33,6 +36,8 @@ pub enum Error {
     EmptyPassword,
     #[error(transparent)]
     Files(#[from] crate::git::FilesError),
+    #[error(transparent)]
+    Secrets(#[from] crate::sealed::files::Error),
     #[error("cannot write {path}: {source}")]
     Write {
         path: std::path::PathBuf,
@@ -46,20 +51,30 @@ pub enum Error {
     DaemonRunning { path: std::path::PathBuf },
 }
 
-/// `linkops validate DIR`: prints every problem as `file:line:col: message`.
+/// `linkops validate DIR`: prints every problem as `file:line:col: message`;
+/// with a `keyring`, every secret must open with it too (no value is read).
 /// Returns whether the repository is valid.
-pub fn validate(dir: &Path) -> Result<bool, Error> {
+pub fn validate(dir: &Path, keyring: Option<&Keyring>) -> Result<bool, Error> {
     let files = crate::git::read_dir(dir)?;
-    match desired::load("(working tree)", &files) {
+    let loaded = match keyring {
+        Some(keyring) => crate::sealed::load("(working tree)", &files, keyring),
+        None => desired::load("(working tree)", &files),
+    };
+    match loaded {
         Ok(state) => {
             println!(
-                "{}: ok ({} machines, {} scripts, {} run-requests, {} states, {} grants)",
+                "{}: ok ({} machines, {} scripts, {} run-requests, {} states, {} grants, {} secrets{})",
                 dir.display(),
                 state.machines.len(),
                 state.scripts.len(),
                 state.runs.len(),
                 state.states.len(),
-                state.grants.len()
+                state.grants.len(),
+                state.secrets.len(),
+                match keyring {
+                    Some(_) => ", each opens with the identity given",
+                    None => "",
+                }
             );
             Ok(true)
         }
@@ -71,6 +86,36 @@ pub fn validate(dir: &Path) -> Result<bool, Error> {
             Ok(false)
         }
     }
+}
+
+/// `linkops secret set NAME`: the value from stdin or a prompt, sealed and written.
+pub fn secret_set(checkout: &Path, name: &str, limits: Limits) -> Result<(), Error> {
+    let value = files::read_value()?;
+    let (path, recipients) = Checkout::new(checkout).set(name, &value, limits)?;
+    println!(
+        "wrote {} (sealed to {recipients} recipient(s)); commit and push it",
+        path.display()
+    );
+    Ok(())
+}
+
+/// `linkops secret edit NAME`: opened with `keyring`, changed in the editor, sealed again.
+pub fn secret_edit(checkout: &Path, name: &str, keyring: &Keyring) -> Result<(), Error> {
+    match Checkout::new(checkout).edit(name, keyring, files::in_editor)? {
+        true => println!("secret {name} sealed again with its new value; commit and push it"),
+        false => println!("secret {name} unchanged"),
+    }
+    Ok(())
+}
+
+/// `linkops secret rotate [NAME…]`: sealed again to recipients.yaml as it is now.
+pub fn secret_rotate(checkout: &Path, names: &[String], keyring: &Keyring) -> Result<(), Error> {
+    let rotated = Checkout::new(checkout).rotate(names, keyring)?;
+    for (name, recipients) in &rotated {
+        println!("{name}: sealed to {recipients} recipient(s)");
+    }
+    println!("{} secret(s) rotated; commit and push them", rotated.len());
+    Ok(())
 }
 
 /// `linkops schema --out DIR`: writes the JSON Schemas of the repository

@@ -233,7 +233,10 @@ mod tests {
         let expected_start =
             "start *** | b64 ***A== | basic YWRtaW46***A== | url *** | form *** | twice ****** |";
         assert!(whole_text.starts_with(expected_start), "{whole_text}");
-        assert!(whole_text.ends_with("| overlap s3cr3t *** end"), "{whole_text}");
+        assert!(
+            whole_text.ends_with("| overlap s3cr3t *** end"),
+            "{whole_text}"
+        );
         // Cut at every byte into two pieces, and into single bytes: the same text.
         let bytes = text.as_bytes();
         for cut in 0..=bytes.len() {

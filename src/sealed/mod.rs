@@ -5,6 +5,7 @@
 //! A value in clear lives only in a [`Zeroizing`] buffer, for as long as a
 //! script runs; [`mask`] keeps it out of what the script prints.
 
+pub mod files;
 pub mod mask;
 
 use std::io::{Read as _, Write as _};

@@ -13,7 +13,7 @@
 pub mod format;
 mod validate;
 
-pub use validate::is_id;
+pub use validate::{is_id, read_recipients, read_secret};
 
 use std::collections::BTreeMap;
 use std::fmt;

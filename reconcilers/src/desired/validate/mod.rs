@@ -291,6 +291,43 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
     Err(problems)
 }
 
+/// One secret's file on its own, as `linkops secret` reads it to change it
+/// (its references to the inventory and the catalog are left to `load`).
+pub fn read_secret(path: &str, bytes: &[u8]) -> Result<crate::secret::Secret, Vec<Problem>> {
+    let files = RepoFiles::from([(path.to_owned(), bytes.to_vec())]);
+    let known = Known::unread();
+    let mut problems = Vec::new();
+    let read = parse::<SecretFile>(&files, path, None, &mut problems).and_then(|read| {
+        let mut report = Report {
+            file: path,
+            problems: &mut problems,
+        };
+        check_secret(read.value, path, &known, &mut report)
+    });
+    match (read, problems.is_empty()) {
+        (Some(read), true) => Ok(read.secret),
+        _ => Err(problems),
+    }
+}
+
+/// `recipients.yaml` on its own, as `linkops secret` reads it to seal.
+pub fn read_recipients(bytes: &[u8]) -> Result<crate::secret::Recipients, Vec<Problem>> {
+    let files = RepoFiles::from([(RECIPIENTS_FILE.to_owned(), bytes.to_vec())]);
+    let mut problems = Vec::new();
+    let read = parse::<RecipientsFile>(&files, RECIPIENTS_FILE, None, &mut problems);
+    let recipients = read.map(|read| {
+        let mut report = Report {
+            file: RECIPIENTS_FILE,
+            problems: &mut problems,
+        };
+        check_recipients(read.value, &Known::unread(), &mut report)
+    });
+    match (recipients, problems.is_empty()) {
+        (Some(recipients), true) => Ok(recipients),
+        _ => Err(problems),
+    }
+}
+
 /// Reads the files that each hold one object (run-requests, states): each
 /// id conforming and unique across the files, then `check`ed into what the
 /// revision holds, by id.
@@ -343,6 +380,17 @@ struct Known<'a> {
 }
 
 impl Known<'_> {
+    /// No inventory: references to machines are not checked.
+    fn unread() -> Known<'static> {
+        Known {
+            machines: &[],
+            ids: BTreeSet::new(),
+            tags: BTreeSet::new(),
+            inventory_read: false,
+            secrets: BTreeSet::new(),
+        }
+    }
+
     /// Reports ids that are not in the inventory and tags no machine has.
     fn check_targets(&self, targets: &TargetsEntry, report: &mut Report) -> Targets {
         let selected = Targets {
