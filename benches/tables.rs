@@ -59,6 +59,7 @@ fn history(store: &Store) {
                     finished_at_ms: Some(1_700_000_000_000 + n as i64 * 30_000 + 900),
                     rollout: None,
                     retry_of: None,
+                    secrets: Vec::new(),
                 };
                 (operation, hosts)
             })

@@ -14,7 +14,7 @@ use linkops_reconcilers::certificate::{
     revoked_user_serials,
 };
 use linkops_reconcilers::desired::{DesiredState, is_id};
-use linkops_reconcilers::state::{digest, reads_trust_facts};
+use linkops_reconcilers::state::reads_trust_facts;
 use linkops_reconcilers::trust::{RotationWait, TrustKeeper, rotation_waits};
 
 use crate::contract::{HostCertificateRequest, HostCertificateView};
@@ -350,7 +350,8 @@ pub async fn rotation_waits_now(
         .values()
         .filter_map(|state| {
             let script = desired.scripts.get(&state.script)?;
-            reads_trust_facts(script).then(|| (state.id.clone(), digest(state, script, &facts)))
+            let digest = || desired.state_digest(state, script, &facts);
+            reads_trust_facts(script).then(|| (state.id.clone(), digest()))
         })
         .collect();
     let ids: Vec<String> = keeping.iter().map(|(id, _)| id.clone()).collect();

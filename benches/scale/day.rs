@@ -136,6 +136,7 @@ pub(super) fn store_after_a_day(size: usize) {
                         finished_at_ms: None,
                         rollout: None,
                         retry_of: None,
+                        secrets: Vec::new(),
                     },
                     "local",
                     &hosts,

@@ -134,6 +134,9 @@ pub struct Operation {
     /// The operation whose failed, timed-out and interrupted machines it runs again.
     #[serde(default)]
     pub retry_of: Option<u64>,
+    /// The secrets its `secret` parameters gave the script, by name (never a value).
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// One machine's part in an operation.

@@ -216,7 +216,7 @@ pub fn plan(
                 .scripts
                 .get(&state.script)
                 // The daemon's facts are the same on both sides of a plan.
-                .map(|script| crate::state::digest(state, script, ""))
+                .map(|script| desired.state_digest(state, script, ""))
         };
         let rechecks = content(applied, before) != content(proposed, state);
         let mut fields = changed_fields(before, state);

@@ -46,7 +46,8 @@ impl Context {
             .scripts
             .get(&state.script)
             .expect("validated: the state's script exists");
-        let digest = state::digest(state, script, &self.access.trust_facts().as_text());
+        let facts = self.access.trust_facts().as_text();
+        let digest = desired.state_digest(state, script, &facts);
         let selected = state.targets.select(&desired.machines);
         let (context, asked) = (self.clone(), id.to_owned());
         let (stored, mut targets, status, statuses, held) = self

@@ -294,6 +294,11 @@ impl Engine {
             finished_at_ms: None,
             rollout: plan.rollout,
             retry_of: plan.retry_of,
+            secrets: (plan.secrets.values())
+                .map(|secret| secret.name.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         };
         let notifier = &self.notifier;
         let operation = self.store.create_operation(

@@ -121,6 +121,7 @@ mod tests {
             finished_at_ms: None,
             rollout: None,
             retry_of: None,
+            secrets: Vec::new(),
         };
         let host = HostResult {
             machine_id: "web1".into(),

@@ -162,7 +162,7 @@ impl Store {
                 match created.retry_of {
                     Some(of) => format!("script {} (retry of operation {of})", created.script),
                     None => format!("script {}", created.script),
-                },
+                } + &given_secrets(&created),
             ),
             Requester::RunRequest { id, revision } => (
                 Actor::Git {
@@ -170,7 +170,7 @@ impl Store {
                 },
                 AuditAction::RunStart,
                 id.clone(),
-                format!("operation {}", created.id),
+                format!("operation {}", created.id) + &given_secrets(&created),
             ),
             Requester::State { id, revision } => (
                 Actor::Git {
@@ -183,7 +183,7 @@ impl Store {
                     created.id,
                     created.script,
                     created.machines.join(", ")
-                ),
+                ) + &given_secrets(&created),
             ),
         };
         audit::append(
@@ -445,6 +445,14 @@ fn held_bytes(event: &OperationEvent) -> usize {
     }
 }
 
+/// `, giving secret(s) a, b` for the audit: the secrets' names, never a value.
+fn given_secrets(operation: &Operation) -> String {
+    match operation.secrets.is_empty() {
+        true => String::new(),
+        false => format!(", giving secret(s) {}", operation.secrets.join(", ")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,6 +470,7 @@ mod tests {
             finished_at_ms: None,
             rollout: None,
             retry_of: None,
+            secrets: Vec::new(),
         }
     }
 
@@ -565,3 +574,4 @@ mod tests {
         }
     }
 }
+

@@ -462,6 +462,7 @@ mod tests {
                 finished_at_ms: None,
                 rollout: None,
                 retry_of: None,
+                secrets: Vec::new(),
             };
             let output = |text: &str| OperationEvent::Output {
                 machine_id: "m".into(),

@@ -33,6 +33,7 @@ fn operations(n: usize) -> Vec<(Operation, Vec<HostResult>)> {
                 finished_at_ms: Some(1_700_000_000_000 + i as i64 * 60_000 + 5_000),
                 rollout: None,
                 retry_of: None,
+                secrets: Vec::new(),
             };
             let hosts = machines
                 .into_iter()

@@ -63,6 +63,18 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
+    /// [`crate::state::digest`] of `state` (whose script is `script`) in this
+    /// revision: with the secrets its parameters give.
+    pub fn state_digest(
+        &self,
+        state: &crate::state::DeclaredState,
+        script: &Script,
+        facts: &str,
+    ) -> String {
+        let secrets = crate::secret::named(script, &state.params, &self.secrets);
+        crate::state::digest(state, script, facts, &secrets)
+    }
+
     /// The machine with this id. Indexed (a reconcile looks its machine up,
     /// and a revision's diff every machine: at 10,000 machines a scan each
     /// time was most of a sweep's string comparisons).

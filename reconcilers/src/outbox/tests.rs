@@ -129,6 +129,7 @@ fn an_ended_run_request_reports_on_its_commit_with_counts() {
         finished_at_ms: Some(5),
         rollout: None,
         retry_of: None,
+        secrets: Vec::new(),
     };
     let (statuses, events) = for_operation(&operation, &hosts, None, 5);
     assert_eq!(statuses.len(), 1);

@@ -19,6 +19,7 @@ use crate::machine::Machine;
 use crate::rollout::Rollout;
 use crate::run::{Statuses, describe};
 use crate::script::{ParamValue, Script, Targets};
+use crate::secret::Secret;
 use crate::suspension::Held;
 
 /// How often a state is checked when it says nothing.
@@ -88,13 +89,19 @@ pub use record::{
 pub use window::{Weekday, Window, window_at};
 
 /// What a check and an apply are for: the state, its script's body, check and
-/// interpreter, the parameters, and — for a script that reads them
-/// ([`reads_trust_facts`]) — `facts`, what the daemon tells every script
-/// besides (the trust machines hold in it: a revocation or a CA rotation
-/// re-checks the states that keep it, and only those). A change of any
-/// re-checks every machine.
-pub fn digest(state: &DeclaredState, script: &Script, facts: &str) -> String {
-    let content = serde_json::json!({
+/// interpreter, the parameters, the sealed values of the secrets they give
+/// (`secrets`, by parameter: a new value or new recipients re-check), and —
+/// for a script that reads them ([`reads_trust_facts`]) — `facts`, what the
+/// daemon tells every script besides (the trust machines hold in it: a
+/// revocation or a CA rotation re-checks the states that keep it, and only
+/// those). A change of any re-checks every machine.
+pub fn digest(
+    state: &DeclaredState,
+    script: &Script,
+    facts: &str,
+    secrets: &BTreeMap<String, Secret>,
+) -> String {
+    let mut content = serde_json::json!({
         "state": state.id,
         "script": script.id,
         "interpreter": script.interpreter,
@@ -103,6 +110,13 @@ pub fn digest(state: &DeclaredState, script: &Script, facts: &str) -> String {
         "params": state.params,
         "facts": if reads_trust_facts(script) { facts } else { "" },
     });
+    // Only when there are some: the digests of states without secrets stay as they were.
+    if !secrets.is_empty() {
+        let sealed: BTreeMap<&str, &str> = (secrets.iter())
+            .map(|(param, secret)| (param.as_str(), secret.sealed.as_str()))
+            .collect();
+        content["secrets"] = serde_json::json!(sealed);
+    }
     let hash = sha2::Sha256::digest(content.to_string().as_bytes());
     hash.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }

@@ -482,31 +482,47 @@ fn the_digest_follows_the_content() {
         ..crate::fixtures::script("motd", "echo hi > /etc/motd")
     };
     let state = state(Mode::Enforce, Rollout::default());
-    let base = digest(&state, &script, "");
+    let none = BTreeMap::new();
+    let base = digest(&state, &script, "", &none);
     assert_eq!(base.len(), 24);
     let mut other = state.clone();
     other.params.insert("x".into(), ParamValue::Int(1));
-    assert_ne!(digest(&other, &script, ""), base);
+    assert_ne!(digest(&other, &script, "", &none), base);
     // What the daemon tells scripts (a revocation) is content of those that read it.
-    assert_eq!(digest(&state, &script, "revoked 42"), base);
+    assert_eq!(digest(&state, &script, "revoked 42", &none), base);
     let keeper = Script {
         check: Some("grep -qF \"$LINKOPS_CA_USER_KEYS\" /etc/ssh/ca.pub".into()),
         ..script.clone()
     };
     assert_ne!(
-        digest(&state, &keeper, "revoked 42"),
-        digest(&state, &keeper, "")
+        digest(&state, &keeper, "revoked 42", &none),
+        digest(&state, &keeper, "", &none)
     );
     let edited = Script {
         check: Some("test -s /etc/motd".into()),
         ..script.clone()
     };
-    assert_ne!(digest(&state, &edited, ""), base);
+    assert_ne!(digest(&state, &edited, "", &none), base);
     // The mode, the interval and the rollout are not content.
     let mut reported = state.clone();
     reported.mode = Mode::Report;
     reported.interval = Duration::from_secs(60);
-    assert_eq!(digest(&reported, &script, ""), base);
+    assert_eq!(digest(&reported, &script, "", &none), base);
+    // A secret it gives, sealed again (a new value, new recipients), is content.
+    let secret = |sealed: &str| crate::secret::Secret {
+        name: "token".into(),
+        description: String::new(),
+        file: "secrets/token.yaml".into(),
+        scripts: Vec::new(),
+        targets: crate::script::Targets::default(),
+        sealed: sealed.into(),
+    };
+    let given = |sealed: &str| BTreeMap::from([("TOKEN".to_owned(), secret(sealed))]);
+    assert_ne!(digest(&state, &script, "", &given("one")), base);
+    assert_ne!(
+        digest(&state, &script, "", &given("one")),
+        digest(&state, &script, "", &given("two"))
+    );
 }
 
 /// The controller's loop over `decide`, on a clock of its own: decide,
