@@ -243,3 +243,123 @@ pub fn unopenable(desired: &DesiredState, keyring: &Keyring) -> Vec<Problem> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+
+    use linkops_reconcilers::script::Targets;
+
+    use super::*;
+
+    fn secret(name: &str, sealed: String) -> Secret {
+        Secret {
+            name: name.into(),
+            description: String::new(),
+            file: format!("secrets/{name}.yaml"),
+            scripts: Vec::new(),
+            targets: Targets::default(),
+            sealed,
+        }
+    }
+
+    /// `age` (Debian's CLI) with `args`, `input` on stdin; its stdout.
+    fn age(args: &[&str], input: &[u8]) -> Vec<u8> {
+        let mut child = Command::new("age")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the age CLI (apt-get install age)");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "age {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    }
+
+    #[test]
+    fn values_sealed_here_open_with_the_age_cli_and_the_cli_s_open_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/age-identity.txt");
+        let daemon = Keyring::load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Made once: a second start reads the same key.
+        assert_eq!(
+            Keyring::load_or_create(&path).unwrap().recipients(),
+            daemon.recipients()
+        );
+        let recipient = daemon.recipients().remove(0);
+        // What we made is what age-keygen reads.
+        let public = Command::new("age-keygen")
+            .arg("-y")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(public.stdout).unwrap().trim(), recipient);
+
+        let sealed = seal(b"hunter2\n", &[&recipient]).unwrap();
+        assert!(sealed.starts_with(linkops_reconcilers::secret::ARMOR_BEGIN));
+        let opened = age(&["-d", "-i", path.to_str().unwrap()], sealed.as_bytes());
+        assert_eq!(opened, b"hunter2\n");
+
+        let by_cli =
+            String::from_utf8(age(&["-e", "-a", "-r", &recipient], b"from the cli")).unwrap();
+        assert_eq!(
+            &daemon.open(&secret("cli", by_cli)).unwrap()[..],
+            b"from the cli"
+        );
+    }
+
+    #[test]
+    fn a_secret_that_does_not_open_names_itself_and_the_recipient_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Keyring::load_or_create(&dir.path().join("daemon.txt")).unwrap();
+        let other = Keyring::load_or_create(&dir.path().join("other.txt")).unwrap();
+        let sealed = seal(b"v", &[&other.recipients()[0]]).unwrap();
+        let refused = daemon
+            .open(&secret("db-password", sealed.clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("secret \"db-password\" (secrets/db-password.yaml)"),
+            "{refused}"
+        );
+        assert!(refused.contains(&daemon.recipients()[0]), "{refused}");
+        assert!(!refused.contains(&other.recipients()[0]), "{refused}");
+        let mut desired = DesiredState::default();
+        desired.secrets = [("db-password".to_owned(), secret("db-password", sealed))].into();
+        let problems = unopenable(&desired, &daemon);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].file, "secrets/db-password.yaml");
+        assert!(unopenable(&desired, &other).is_empty());
+        // Values a script cannot be given are refused when opened.
+        let nul = seal(b"a\0b", &[&daemon.recipients()[0]]).unwrap();
+        let refused = daemon.open(&secret("nul", nul)).unwrap_err().to_string();
+        assert!(refused.contains("NUL"), "{refused}");
+    }
+
+    #[test]
+    fn an_identity_readable_by_others_or_not_an_identity_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.txt");
+        Keyring::load_or_create(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = Keyring::load(&path).err().unwrap().to_string();
+        assert!(refused.contains("chmod 600"), "{refused}");
+        std::fs::write(&path, "# a comment\nAGE-SECRET-KEY-1NOPE\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let refused = Keyring::load(&path).err().unwrap().to_string();
+        // The line, never its content.
+        assert!(
+            refused.contains("line 2") && !refused.contains("NOPE"),
+            "{refused}"
+        );
+    }
+}

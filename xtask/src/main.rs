@@ -34,6 +34,8 @@ const NEEDS: &[(&str, &str)] = &[
     ("/usr/lib/postgresql/15/bin/postgres", "postgresql"),
     // The replicas' mutual TLS: a test certificate authority.
     ("/usr/bin/openssl", "openssl"),
+    // Secrets sealed by the real age CLI, and ours opened by it.
+    ("/usr/bin/age", "age"),
 ];
 
 const USAGE: &str = "usage: cargo xtask test       every check and test, then the package's install, upgrade and purge

@@ -104,18 +104,19 @@ impl Asked<'_> {
                     format!("unknown script {script:?}: it is not in scripts.yaml"),
                 ),
                 AskProblem::Param { name, message } => {
-                    // A secret default that exists but may not go where this
-                    // ask goes is this file's problem, not the catalog's.
-                    let from_default = scripts.get(&self.script.value).is_some_and(|script| {
-                        script.params.iter().any(|p| {
-                            p.name == name && p.default.is_some() && p.kind != ParamType::Secret
-                        })
-                    });
-                    match self.params.get(&name) {
-                        Some(value) => report.at(value, message),
+                    let spec = (scripts.get(&self.script.value))
+                        .and_then(|script| script.params.iter().find(|p| p.name == name));
+                    match (self.params.get(&name), spec) {
+                        (Some(value), _) => report.at(value, message),
+                        // A secret default that exists but may not go where
+                        // this ask goes is this file's problem, not the catalog's.
+                        (None, Some(spec)) if spec.kind == ParamType::Secret => report.at(
+                            self.owner,
+                            format!("parameter {name} (its default): {message}"),
+                        ),
                         // A broken default is reported once, where scripts.yaml declares it.
-                        None if from_default => {}
-                        None => report.at(self.owner, message),
+                        (None, Some(spec)) if spec.default.is_some() => {}
+                        (None, _) => report.at(self.owner, message),
                     }
                 }
                 AskProblem::NoTargets { script } => report.at(

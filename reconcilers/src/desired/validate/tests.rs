@@ -175,3 +175,115 @@ fn access_grants_roles_over_scopes_to_groups_and_users() {
     assert_eq!(held[0].scope.scripts, ["deploy"]);
     assert!(held[1].scope.is_fleet());
 }
+
+#[test]
+fn secrets_are_sealed_named_where_they_live_and_used_only_within_their_limits() {
+    const SEALED: &str =
+        "|\n  -----BEGIN AGE ENCRYPTED FILE-----\n  YWdl\n  -----END AGE ENCRYPTED FILE-----\n";
+    let recipient = format!("age1{}", "q".repeat(58));
+    let files = |extra: &[(&str, String)]| -> RepoFiles {
+        let mut files: RepoFiles = [
+            (
+                "links.yaml".to_owned(),
+                "machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [web]}\n  - {id: db1, name: Db, host: 10.0.0.2, uuid: 8d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [db]}\n".to_owned(),
+            ),
+            (
+                "scripts.yaml".to_owned(),
+                "scripts:\n  - id: backup\n    name: Backup\n    body: pg_dump\n    check: \"false\"\n    params:\n      - {name: password, type: secret, default: db-password}\n".to_owned(),
+            ),
+            (
+                "recipients.yaml".to_owned(),
+                format!("all: [{recipient}]\ntags:\n  db: [{recipient}]\n"),
+            ),
+            (
+                "secrets/db-password.yaml".to_owned(),
+                format!("name: db-password\nscripts: [backup]\ntargets: {{tags: [db]}}\nvalue: {SEALED}"),
+            ),
+        ]
+        .into_iter()
+        .map(|(path, text)| (path, text.into_bytes()))
+        .collect();
+        for (path, text) in extra {
+            files.insert((*path).to_owned(), text.clone().into_bytes());
+        }
+        files
+    };
+    let problems = |extra: &[(&str, String)]| -> Vec<String> {
+        match load("r1", &files(extra)) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems.iter().map(ToString::to_string).collect(),
+        }
+    };
+    let desired = load("r1", &files(&[])).unwrap();
+    let secret = &desired.secrets["db-password"];
+    assert_eq!(secret.scripts, ["backup"]);
+    assert!(
+        secret
+            .sealed
+            .starts_with("-----BEGIN AGE ENCRYPTED FILE-----\nYWdl\n")
+    );
+    assert_eq!(desired.recipients.of(secret), [recipient.as_str()]);
+
+    let table: [(&[(&str, String)], &[&str]); 6] = [
+        // Within its limits.
+        (
+            &[(
+                "runs/ok.yaml",
+                "id: ok\nscript: backup\ntargets: {tags: [db]}\n".into(),
+            )],
+            &[],
+        ),
+        // A run-request that takes the default secret where it may not go.
+        (
+            &[(
+                "runs/web.yaml",
+                "id: web\nscript: backup\ntargets: {tags: [web]}\n".into(),
+            )],
+            &[
+                "runs/web.yaml:1:5: parameter password (its default): secret \"db-password\" may reach machines tagged db only; web1 is not among them (secrets/db-password.yaml)",
+            ],
+        ),
+        // A state naming a secret that is not there: at the value.
+        (
+            &[(
+                "states/s.yaml",
+                "id: s\nscript: backup\ntargets: {tags: [db]}\nparams:\n  password: db-pasword\n"
+                    .into(),
+            )],
+            &[
+                "states/s.yaml:5:13: no secret \"db-pasword\": there is no secrets/db-pasword.yaml (`linkops secret set db-pasword` writes one)",
+            ],
+        ),
+        // A value in clear, a file whose name is not the secret's, an unknown script.
+        (
+            &[(
+                "secrets/clear.yaml",
+                "name: other\nscripts: [nope]\nvalue: hunter2\n".into(),
+            )],
+            &[
+                "secrets/clear.yaml:1:7: secret \"other\" must be in secrets/other.yaml, where `linkops secret` looks for it",
+                "secrets/clear.yaml:3:8: the value of secret \"other\" is not sealed: it must be an ASCII-armored age file (-----BEGIN AGE ENCRYPTED FILE----- …), as `linkops secret set` or `age -e -a` writes it — never a value in clear",
+            ],
+        ),
+        (
+            &[(
+                "secrets/token.yaml",
+                format!("name: token\nscripts: [nope]\nvalue: {SEALED}"),
+            )],
+            &["secrets/token.yaml:2:11: unknown script \"nope\": it is not in scripts.yaml"],
+        ),
+        (
+            &[(
+                "recipients.yaml",
+                "all: [ssh-ed25519 AAAA]\ntags:\n  nope: []\n".into(),
+            )],
+            &[
+                "recipients.yaml:1:1: tag \"nope\" matches no machine in links.yaml",
+                "recipients.yaml:1:7: \"ssh-ed25519 AAAA\" is not an age recipient: it is `age1` and 58 more characters, as `age-keygen -y` or `linkops secret recipient` prints it",
+            ],
+        ),
+    ];
+    for (extra, expected) in table {
+        assert_eq!(problems(extra), expected, "{extra:?}");
+    }
+}
