@@ -344,6 +344,7 @@ impl Engine {
                 .collect(),
             updates: receiver,
             events,
+            tails: HashMap::new(),
         };
         let engine = self.clone();
         let id = operation.id;

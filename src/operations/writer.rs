@@ -19,6 +19,8 @@ use tokio::sync::{broadcast, mpsc};
 use crate::store::{OperationUpdate, Store, now_ms};
 
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// The last output kept per host for a failure's notification.
+const TAIL_BYTES: usize = 512;
 const BATCH_BYTES: usize = 256 << 10;
 
 /// What host tasks tell the writer.
@@ -53,6 +55,9 @@ pub struct Writer {
     pub hosts: HashMap<String, HostResult>,
     pub updates: mpsc::Receiver<Update>,
     pub events: broadcast::Sender<Arc<super::LiveEvent>>,
+    /// The last [`TAIL_BYTES`] each host printed (masked, as stored): what a
+    /// failure's notification quotes.
+    pub tails: HashMap<String, Vec<u8>>,
 }
 
 impl Writer {
@@ -95,6 +100,9 @@ impl Writer {
                     batch.touched.insert(machine_id.clone());
                 }
                 if !data.is_empty() {
+                    let tail = self.tails.entry(machine_id.clone()).or_default();
+                    tail.extend_from_slice(&data);
+                    tail.drain(..tail.len().saturating_sub(TAIL_BYTES));
                     batch.bytes += data.len();
                     batch.update.events.push(OperationEvent::Output {
                         machine_id,
@@ -157,9 +165,13 @@ impl Writer {
                     .filter_map(|id| self.hosts.get(id).cloned())
                     .collect();
                 let notifier = &self.notifier;
+                let tails = (self.tails.iter())
+                    .map(|(id, tail)| (id.clone(), String::from_utf8_lossy(tail).into_owned()))
+                    .collect();
                 let (statuses, events) = linkops_reconcilers::outbox::for_operation(
                     &ended,
                     &hosts,
+                    &tails,
                     notifier.console_url(),
                     now_ms(),
                 );

@@ -25,6 +25,7 @@ mod openapi;
 mod operations;
 mod replicas;
 mod second_factor;
+mod secrets;
 mod serve;
 mod ssh;
 mod sso;

@@ -215,11 +215,17 @@ fn operation_page(console: Option<&str>, id: u64) -> Option<String> {
     console.map(|base| format!("{}/#/operations/{id}", base.trim_end_matches('/')))
 }
 
-/// What an ended operation tells the outside: a failure notified; a
-/// run-request's end notified and set on its commit.
+/// How many failed machines a failure's notification quotes the last line of.
+const QUOTED_FAILURES: usize = 3;
+
+/// What an ended operation tells the outside: a failure notified, with the
+/// last line each of the first failed machines printed (`tails`: each
+/// machine's last output, as stored); a run-request's end notified and set
+/// on its commit.
 pub fn for_operation(
     operation: &Operation,
     hosts: &[HostResult],
+    tails: &BTreeMap<String, String>,
     console: Option<&str>,
     now_ms: i64,
 ) -> (Vec<CommitStatus>, Vec<Notification>) {
@@ -237,7 +243,7 @@ pub fn for_operation(
         operation.state,
         OperationState::Failed | OperationState::PartiallyFailed
     ) {
-        events.push(event(
+        let mut failure = event(
             EventKind::OperationFailed,
             format!(
                 "operation {} ({}, by {}) {ended}",
@@ -245,7 +251,18 @@ pub fn for_operation(
                 operation.script,
                 operation.requested_by.label()
             ),
-        ));
+        );
+        let failed = (hosts.iter()).filter(|host| host.state.is_retried());
+        for host in failed.take(QUOTED_FAILURES) {
+            let last = (tails.get(&host.machine_id))
+                .and_then(|tail| tail.lines().rev().find(|line| !line.trim().is_empty()));
+            if let Some(line) = last {
+                failure
+                    .text
+                    .push_str(&format!("\n{}: {}", host.machine_id, line.trim()));
+            }
+        }
+        events.push(failure);
     }
     if let Requester::RunRequest { id, revision } = &operation.requested_by {
         events.push(event(

@@ -131,7 +131,14 @@ fn an_ended_run_request_reports_on_its_commit_with_counts() {
         retry_of: None,
         secrets: Vec::new(),
     };
-    let (statuses, events) = for_operation(&operation, &hosts, None, 5);
+    let tails = BTreeMap::from([
+        ("web-1".to_owned(), "all good\n".to_owned()),
+        (
+            "web-2".to_owned(),
+            "unpacking\nE: disk full  \n\n".to_owned(),
+        ),
+    ]);
+    let (statuses, events) = for_operation(&operation, &hosts, &tails, None, 5);
     assert_eq!(statuses.len(), 1);
     assert_eq!(statuses[0].context, "linkops/run/nightly");
     assert_eq!(statuses[0].state, CommitState::Failure);
@@ -148,6 +155,12 @@ fn an_ended_run_request_reports_on_its_commit_with_counts() {
         events[0].title,
         "operation 9 (upgrade, by run:nightly) partially failed"
     );
+    // The failed machine's last line, as stored (secrets masked already).
+    assert!(
+        events[0].text.ends_with("\nweb-2: E: disk full"),
+        "{}",
+        events[0].text
+    );
 
     // A person's operation that succeeded tells nobody.
     let quiet = Operation {
@@ -156,7 +169,7 @@ fn an_ended_run_request_reports_on_its_commit_with_counts() {
         ..operation
     };
     assert_eq!(
-        for_operation(&quiet, &hosts[..1], None, 5),
+        for_operation(&quiet, &hosts[..1], &BTreeMap::new(), None, 5),
         (vec![], vec![])
     );
     assert!(for_restart(&[], 5).is_none());

@@ -197,7 +197,7 @@ pub(crate) struct TestSinks {
     pub(crate) received: Arc<Received>,
 }
 
-const HOOK_SECRET: &str = "sink-secret-1";
+pub(crate) const HOOK_SECRET: &str = "sink-secret-1";
 const NTFY_TOKEN: &str = "tk_ntfy0123";
 
 impl TestSinks {
@@ -322,7 +322,7 @@ async fn failed_on_host1(daemon: &TestDaemon, token: &str) -> u64 {
         .0
 }
 
-fn write_secret(config: &Config, name: &str, value: &str) {
+pub(crate) fn write_secret(config: &Config, name: &str, value: &str) {
     std::fs::create_dir_all(config.keys_dir()).unwrap();
     let path = config.keys_dir().join(name);
     std::fs::write(&path, value).unwrap();

@@ -73,7 +73,10 @@ async fn a_failed_operation_reaches_each_sink_once_across_a_restart_and_an_outag
     let event = &webhook[0]["event"];
     assert_eq!(event["kind"], "operation_failed");
     assert_eq!(event["subject"], id.to_string());
-    assert_eq!(event["text"], "0 succeeded, 1 failed on host1");
+    assert_eq!(
+        event["text"],
+        "0 succeeded, 1 failed on host1\nhost1: about to fail"
+    );
     assert_eq!(
         event["url"],
         format!("https://linkops.example/#/operations/{id}")
