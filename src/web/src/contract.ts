@@ -232,7 +232,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** `GET /api/desired`: the desired state in force (machines, scripts, run-requests). */
+        /**
+         * `GET /api/desired`: the desired state in force (machines, scripts,
+         *     run-requests, states, grants, secrets by name without their values).
+         */
         get: operations["git_desired"];
         put?: never;
         post?: never;
@@ -1222,6 +1225,8 @@ export interface components {
             grants?: components["schemas"]["Given"][];
             /** @description In inventory order. */
             machines: components["schemas"]["Machine"][];
+            /** @description Who can read them (`recipients.yaml`). */
+            recipients?: components["schemas"]["Recipients"];
             /** @description The commit it was read from. */
             revision: string;
             runs: {
@@ -1229,6 +1234,10 @@ export interface components {
             };
             scripts: {
                 [key: string]: components["schemas"]["Script"];
+            };
+            /** @description The secrets of `secrets/`, by name: sealed, never in clear. */
+            secrets?: {
+                [key: string]: components["schemas"]["Secret"];
             };
             states?: {
                 [key: string]: components["schemas"]["DeclaredState"];
@@ -1666,6 +1675,8 @@ export interface components {
             retry_of?: number | null;
             rollout?: null | components["schemas"]["Rollout"];
             script: string;
+            /** @description The secrets its `secret` parameters gave the script, by name (never a value). */
+            secrets?: string[];
             state: components["schemas"]["OperationState"];
         };
         /**
@@ -1772,7 +1783,7 @@ export interface components {
          * @description The type of a script parameter.
          * @enum {string}
          */
-        ParamType: "string" | "int" | "bool" | "enum";
+        ParamType: "string" | "int" | "bool" | "enum" | "secret";
         /** @description A parameter value as written in YAML: a string, an integer or a boolean. */
         ParamValue: boolean | number | string;
         /** @description A commit status the forge accepted. */
@@ -1825,6 +1836,21 @@ export interface components {
         };
         /** @enum {string} */
         Readiness: "ok" | "degraded";
+        /**
+         * @description Who can read the secrets (`recipients.yaml`): age recipients (`age1…`)
+         *     for every secret, and more for the secrets limited to a tag.
+         */
+        Recipients: {
+            /** @description Every secret is sealed to these: the daemon's, and those who edit every secret. */
+            all?: string[];
+            /**
+             * @description A secret limited to machines with one of these tags is also sealed to
+             *     the tag's recipients, and only a secret so limited.
+             */
+            tags?: {
+                [key: string]: string[];
+            };
+        };
         RecordingView: components["schemas"]["TerminalSession"] & {
             /** Format: date-time */
             ended_at?: string | null;
@@ -2042,6 +2068,22 @@ export interface components {
             qr_svg: string;
             /** @description The shared secret, base32, for apps that take it typed. */
             secret: string;
+        };
+        /** @description A secret as the repository declares it: never its value in clear. */
+        Secret: {
+            description?: string;
+            /** @description The file it was read from (`secrets/<name>.yaml`). */
+            file: string;
+            name: string;
+            /** @description The scripts that may use it; any script when empty. */
+            scripts?: string[];
+            /**
+             * @description The value, age-encrypted and ASCII-armored (`age -d` reads it as is).
+             *     Empty in what the API answers.
+             */
+            sealed: string;
+            /** @description The machines it may reach; any machine when empty. */
+            targets?: components["schemas"]["Targets"];
         };
         /** @description JSON messages from the server. */
         ServerMessage: {
@@ -2492,6 +2534,7 @@ export type Progress = components['schemas']['Progress'];
 export type QueryRequest = components['schemas']['QueryRequest'];
 export type Queued = components['schemas']['Queued'];
 export type Readiness = components['schemas']['Readiness'];
+export type Recipients = components['schemas']['Recipients'];
 export type RecordingView = components['schemas']['RecordingView'];
 export type RecoveryCodes = components['schemas']['RecoveryCodes'];
 export type Refusal = components['schemas']['Refusal'];
@@ -2512,6 +2555,7 @@ export type Scope = components['schemas']['Scope'];
 export type Script = components['schemas']['Script'];
 export type SecondFactorCode = components['schemas']['SecondFactorCode'];
 export type SecondFactorEnrolment = components['schemas']['SecondFactorEnrolment'];
+export type Secret = components['schemas']['Secret'];
 export type ServerMessage = components['schemas']['ServerMessage'];
 export type SessionEnd = components['schemas']['SessionEnd'];
 export type SignInOptions = components['schemas']['SignInOptions'];
