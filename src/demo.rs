@@ -55,6 +55,10 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error(transparent)]
     Auth(#[from] auth::Error),
+    #[error("the demo's secret: {0}")]
+    Keyring(#[from] crate::sealed::Error),
+    #[error("the demo's secret: {0}")]
+    Secret(#[from] crate::sealed::files::Error),
     #[error(transparent)]
     Daemon(#[from] crate::server::Error),
     #[error("stopped at once by a second Ctrl-C (in-flight work was cut short); {0}")]
@@ -96,8 +100,10 @@ pub async fn run(
             std::fs::create_dir(&state_dir).map_err(|source| io_error(&state_dir, source))?;
             std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o777))
                 .map_err(|source| io_error(&state_dir, source))?;
-            write_repository(&repo, &links, &state_dir)?;
             let mut config = demo_config(&data, &repo, &key, &known_hosts)?;
+            // The daemon's age identity, made before it starts: the demo's secret is sealed to it.
+            let keyring = crate::sealed::Keyring::load_or_create(&config.age_identity_path())?;
+            write_repository(&repo, &links, &state_dir, &keyring.recipients())?;
             config.auth.step_up = step_up;
             Ok(config)
         })
@@ -300,6 +306,17 @@ const SCRIPTS: &str = r#"scripts:
       echo liftoff
     timeout: 5m
 
+  - id: use-token
+    name: Use a secret
+    description: Prints the demo's API token as a careless script would — the output shows *** (secrets/demo-token.yaml, sealed with age to the daemon).
+    params:
+      - name: token
+        type: secret
+        default: demo-token
+    body: |
+      echo "calling the API with token $LINKOPS_PARAM_TOKEN"
+      echo "Authorization: Basic $(printf 'demo:%s' "$LINKOPS_PARAM_TOKEN" | base64)"
+
   - id: motd
     name: Message of the day
     description: A message-of-the-day file with exactly this text (the demo keeps one per machine in $STATE_DIR).
@@ -321,12 +338,22 @@ const WELCOME_RUN: &str = "id: welcome\nscript: system-info\ntargets:\n  tags: [
 
 const README: &str = "# LinkOps demo configuration\n\nEdit, commit, and watch the daemon follow: a new file under runs/ runs its script once; states/ declares what the machines are kept in.\n";
 
-fn write_repository(repo: &Path, links: &str, state_dir: &Path) -> Result<(), Error> {
+/// The demo secret's value: known, so that the browser tests can look for it (never found).
+pub const DEMO_TOKEN: &str = "demo-t0ken/s3cret";
+
+fn write_repository(
+    repo: &Path,
+    links: &str,
+    state_dir: &Path,
+    recipients: &[String],
+) -> Result<(), Error> {
     let scripts = SCRIPTS.replace("$STATE_DIR", &state_dir.display().to_string());
+    let recipients = format!("all: [{}]  # the demo daemon\n", recipients.join(", "));
     let files = [
         ("README.md", README),
         ("links.yaml", links),
         ("scripts.yaml", &scripts),
+        ("recipients.yaml", &recipients),
         ("runs/welcome.yaml", WELCOME_RUN),
         ("states/motd.yaml", MOTD_STATE),
     ];
@@ -337,6 +364,12 @@ fn write_repository(repo: &Path, links: &str, state_dir: &Path) -> Result<(), Er
         }
         std::fs::write(&path, content).map_err(|source| io_error(&path, source))?;
     }
+    let limits = crate::sealed::files::Limits {
+        description: Some("The demo's API token".into()),
+        scripts: Some(vec!["use-token".into()]),
+        targets: None,
+    };
+    crate::sealed::files::Checkout::new(repo).set("demo-token", DEMO_TOKEN.as_bytes(), limits)?;
     git(repo, &["init", "-q", "-b", "main"])?;
     // So that the operator's own commits in the demo repository just work.
     git(repo, &["config", "user.name", "LinkOps demo"])?;

@@ -143,6 +143,24 @@ test("run a script from the catalog's form and see each host's output appear liv
   await assertAccessible("the operation page");
 });
 
+test("a secret's value never reaches the page: the script's output shows ***", async () => {
+  await page.goto(`${banner.console}#/run`);
+  await page.getByLabel("Script").selectOption("use-token");
+  // Chosen by name; the daemon opens it on each machine.
+  await page.getByLabel("token", { exact: true }).selectOption("demo-token");
+  await page.getByLabel("tag web").check();
+  await page.getByRole("button", { name: "Run" }).click();
+  await page.waitForURL(/#\/operations\/\d+$/);
+  const panel = page.getByRole("region", { name: "Output of host1" });
+  await panel.getByText("calling the API with token ***").waitFor();
+  await page.getByRole("status").getByText("succeeded").waitFor();
+  // The demo's value (src/demo.rs DEMO_TOKEN), and its base64 inside the Basic header.
+  const shown = await page.content();
+  assert.ok(!shown.includes("demo-t0ken/s3cret"), "the value is on the page");
+  assert.ok(!shown.includes(Buffer.from("demo:demo-t0ken/s3cret").toString("base64").slice(8, 24)), "its base64 is on the page");
+  await assertAccessible("an operation with a secret");
+});
+
 test("the States page shows the declared state on its machines, and each check's output", async () => {
   // The daemon converges the demo's state on its own; wait for it through the API.
   const deadline = Date.now() + WAIT;

@@ -178,7 +178,7 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         "secret",
         |secret: &SecretFile| &secret.name,
         &mut problems,
-        |secret, path, report| check_secret(secret, path, &known, report),
+        |secret, path, report| Some(check_secret(secret, path, &known, report)),
     );
     known.secrets = secrets_read.keys().cloned().collect();
 
@@ -297,7 +297,7 @@ pub fn read_secret(path: &str, bytes: &[u8]) -> Result<crate::secret::Secret, Ve
     let files = RepoFiles::from([(path.to_owned(), bytes.to_vec())]);
     let known = Known::unread();
     let mut problems = Vec::new();
-    let read = parse::<SecretFile>(&files, path, None, &mut problems).and_then(|read| {
+    let read = parse::<SecretFile>(&files, path, None, &mut problems).map(|read| {
         let mut report = Report {
             file: path,
             problems: &mut problems,

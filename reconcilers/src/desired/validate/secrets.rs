@@ -63,7 +63,7 @@ pub(super) fn check_secret(
     path: &str,
     known: &Known,
     report: &mut Report,
-) -> Option<SecretRead> {
+) -> SecretRead {
     let SecretFile {
         name,
         description,
@@ -72,7 +72,6 @@ pub(super) fn check_secret(
         value,
     } = file;
     let expected = format!("{}/{}.yaml", super::super::SECRETS_DIR, name.value);
-    let mut fine = true;
     if path != expected && path != expected.replace(".yaml", ".yml") {
         report.at(
             &name,
@@ -81,7 +80,6 @@ pub(super) fn check_secret(
                 name.value
             ),
         );
-        fine = false;
     }
     let targets = targets.map_or_else(Targets::default, |targets| {
         known.check_targets(&targets, report)
@@ -95,7 +93,6 @@ pub(super) fn check_secret(
                 value.value.len()
             ),
         );
-        fine = false;
     } else if !(sealed.starts_with(ARMOR_BEGIN) && sealed.ends_with(ARMOR_END)) {
         report.at(
             &value,
@@ -104,9 +101,10 @@ pub(super) fn check_secret(
                 name.value
             ),
         );
-        fine = false;
     }
-    fine.then(|| SecretRead {
+    // Kept even when broken (the revision is refused anyway), so that what
+    // names it is checked against it rather than called missing.
+    SecretRead {
         secret: Secret {
             name: name.value,
             description,
@@ -116,7 +114,7 @@ pub(super) fn check_secret(
             sealed: format!("{sealed}\n"),
         },
         scripts,
-    })
+    }
 }
 
 /// Reports the scripts a secret's limit names that the catalog has not.

@@ -262,6 +262,7 @@ fn secrets_are_sealed_named_where_they_live_and_used_only_within_their_limits() 
             )],
             &[
                 "secrets/clear.yaml:1:7: secret \"other\" must be in secrets/other.yaml, where `linkops secret` looks for it",
+                "secrets/clear.yaml:2:11: unknown script \"nope\": it is not in scripts.yaml",
                 "secrets/clear.yaml:3:8: the value of secret \"other\" is not sealed: it must be an ASCII-armored age file (-----BEGIN AGE ENCRYPTED FILE----- …), as `linkops secret set` or `age -e -a` writes it — never a value in clear",
             ],
         ),

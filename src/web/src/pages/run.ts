@@ -20,7 +20,7 @@ export async function runPage(main: HTMLElement): Promise<void> {
   const drawParams = () => {
     const script = desired.scripts[select.value];
     description.textContent = script?.description ?? "";
-    params.replaceChildren(h("legend", {}, "Parameters"), ...(script?.params ?? []).map(paramInput));
+    params.replaceChildren(h("legend", {}, "Parameters"), ...(script?.params ?? []).map((spec) => paramInput(spec, secretsFor(desired, select.value))));
     if (!script?.params.length) params.append(h("p", { class: "muted" }, "This script takes no parameters."));
   };
   select.addEventListener("change", drawParams);
@@ -52,9 +52,22 @@ export async function runPage(main: HTMLElement): Promise<void> {
   main.append(h("h1", {}, "Run a script"), scripts.length ? form : h("p", {}, "The catalog has no scripts."));
 }
 
-function paramInput(spec: ParamSpec): HTMLElement {
+/// The secrets `script` may use (their names; values stay sealed in Git).
+function secretsFor(desired: DesiredState, script: string): string[] {
+  return Object.values(desired.secrets ?? {})
+    .filter((secret) => !secret.scripts?.length || secret.scripts.includes(script))
+    .map((secret) => secret.name);
+}
+
+function paramInput(spec: ParamSpec, secrets: string[]): HTMLElement {
   const name = `param.${spec.name}`;
   const hint = spec.description ? h("small", {}, spec.description) : null;
+  if (spec.kind === "secret") {
+    // A secret is chosen by name; the daemon opens it on each machine.
+    return h("label", {}, spec.name, h("select", { name, required: spec.required && spec.default == null },
+      h("option", { value: "" }, "(choose a secret)"),
+      ...secrets.map((v) => h("option", { value: v, selected: v === spec.default }, `secret ${v}`))), hint);
+  }
   if (spec.kind === "bool") {
     return h("label", { class: "row" }, h("input", { type: "checkbox", name, checked: spec.default === true }), spec.name, hint);
   }
