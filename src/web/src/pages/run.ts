@@ -64,7 +64,7 @@ function paramInput(spec: ParamSpec, secrets: string[]): HTMLElement {
   const hint = spec.description ? h("small", {}, spec.description) : null;
   if (spec.kind === "secret") {
     // A secret is chosen by name; the daemon opens it on each machine.
-    return h("label", {}, spec.name, h("select", { name, required: spec.required && spec.default == null },
+    return h("label", {}, spec.name, h("select", { name, "aria-label": spec.name, required: spec.required && spec.default == null },
       h("option", { value: "" }, "(choose a secret)"),
       ...secrets.map((v) => h("option", { value: v, selected: v === spec.default }, `secret ${v}`))), hint);
   }
