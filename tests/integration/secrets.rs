@@ -11,7 +11,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use base64::Engine as _;
 use futures::StreamExt;
@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::forge::{HOOK_SECRET, TestSinks, write_secret};
 use crate::git_sync::{applied, sync};
-use crate::support::{ADMIN, FleetSetup, TestDaemon, answer, read_events};
+use crate::support::{ADMIN, FleetSetup, TestDaemon, answer, read_events, with_stdin};
 
 const SCRIPTS: &str = r#"scripts:
   - id: show
@@ -66,33 +66,13 @@ const DB_PASSWORD: &str = "pg-pass-0123";
 
 /// `linkops` (this build) with `args`, `stdin` piped in: its output.
 fn linkops(args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_linkops"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let mut command = Command::new(env!("CARGO_BIN_EXE_linkops"));
+    with_stdin(command.args(args), stdin.as_bytes())
 }
 
 /// A real `age` or `age-keygen` with `args` and `stdin`: its stdout, and whether it succeeded.
 fn age(program: &str, args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the age CLI (apt-get install age)");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = with_stdin(Command::new(program).args(args), stdin);
     (output.status.success(), output.stdout)
 }
 

@@ -111,25 +111,14 @@ fn unknown_config_key_is_refused_naming_it() {
 
 #[test]
 fn user_add_passwd_role_and_remove() {
-    use std::io::Write;
     let dir = testbed::private_dir();
     let run = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_linkops"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_linkops"));
+        command
             .args(["--config", "/dev/null", "--data-dir"])
             .arg(dir.path())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+            .args(args);
+        crate::support::with_stdin(&mut command, stdin.as_bytes())
     };
     // While a daemon holds the store, the user commands say where to go instead.
     let store = linkops::store::Store::open(&dir.path().join("linkops.redb")).unwrap();

@@ -385,6 +385,20 @@ pub fn output_text(events: &[SseEvent], machine: &str, stream: &str) -> String {
         .collect()
 }
 
+/// Runs `command` with `stdin` written to it (its other streams captured): how it ended.
+pub fn with_stdin(command: &mut std::process::Command, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = (command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped()))
+    .spawn()
+    .unwrap_or_else(|error| panic!("{command:?}: {error}"));
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// A running test fleet, a local config repository describing it, and a data dir.
 pub struct FleetSetup {
     pub fleet: testbed::TestFleet,

@@ -57,18 +57,7 @@ fn check_grant(
     let reached = known.check_targets(&targets, report);
     fine &= report.problems.len() == errors_before;
     if catalog_read {
-        for script in &named {
-            if !scripts.contains_key(&script.value) {
-                report.at(
-                    script,
-                    format!(
-                        "unknown script {:?}: it is not in scripts.yaml",
-                        script.value
-                    ),
-                );
-                fine = false;
-            }
-        }
+        fine &= in_catalog(&named, scripts, report);
     }
     let scope = Scope {
         tags: reached.tags,

@@ -423,6 +423,24 @@ impl Known<'_> {
     }
 }
 
+/// Reports each script of `named` that the catalog has not; whether all are in it.
+fn in_catalog(
+    named: &[Spanned<String>],
+    scripts: &BTreeMap<String, Script>,
+    report: &mut Report,
+) -> bool {
+    let mut all = true;
+    for script in named.iter().filter(|s| !scripts.contains_key(&s.value)) {
+        let message = format!(
+            "unknown script {:?}: it is not in scripts.yaml",
+            script.value
+        );
+        report.at(script, message);
+        all = false;
+    }
+    all
+}
+
 /// A rollout as given, if its numbers can work.
 fn check_rollout(rollout: &Spanned<Rollout>, report: &mut Report) -> Option<Rollout> {
     match rollout.value.problem() {

@@ -128,16 +128,6 @@ pub(super) fn check_secret_scripts(
             file: &secret.secret.file,
             problems,
         };
-        for script in &secret.scripts {
-            if !scripts.contains_key(&script.value) {
-                report.at(
-                    script,
-                    format!(
-                        "unknown script {:?}: it is not in scripts.yaml",
-                        script.value
-                    ),
-                );
-            }
-        }
+        in_catalog(&secret.scripts, scripts, &mut report);
     }
 }
