@@ -519,4 +519,64 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn a_secret_is_shown_by_name_and_what_changed_never_its_value() {
+        use crate::secret::{Recipients, Secret};
+        let secret = |sealed: &str, scripts: &[&str]| Secret {
+            name: "token".into(),
+            description: String::new(),
+            file: "secrets/token.yaml".into(),
+            scripts: scripts.iter().map(|s| (*s).into()).collect(),
+            targets: crate::script::Targets::default(),
+            sealed: sealed.into(),
+        };
+        let with = |secrets: Vec<Secret>, all: &[&str]| {
+            let mut desired = state(&links("10.0.0.2"), SCRIPTS, &[]);
+            desired.secrets = secrets.into_iter().map(|s| (s.name.clone(), s)).collect();
+            desired.recipients = Recipients {
+                all: all.iter().map(|r| (*r).into()).collect(),
+                tags: BTreeMap::new(),
+            };
+            desired
+        };
+        let shown = |after: &DesiredState, before: &DesiredState| -> Vec<String> {
+            (plan(after, before, &BTreeMap::new()).iter())
+                .map(ToString::to_string)
+                .collect()
+        };
+        let before = with(vec![secret("SEALED-ONE", &[])], &["age1a"]);
+        assert!(shown(&before, &before).is_empty());
+        let table: [(DesiredState, &[&str]); 3] = [
+            (
+                with(vec![secret("SEALED-TWO", &["up"])], &["age1a"]),
+                &["~ secret token: scripts, value changed"],
+            ),
+            (
+                with(vec![], &["age1b"]),
+                &[
+                    "- secret token",
+                    "~ recipients.yaml changed: `linkops secret rotate` seals every secret to it",
+                ],
+            ),
+            (
+                with(
+                    vec![
+                        secret("SEALED-ONE", &[]),
+                        Secret {
+                            name: "new".into(),
+                            ..secret("S", &[])
+                        },
+                    ],
+                    &["age1a"],
+                ),
+                &["+ secret new"],
+            ),
+        ];
+        for (after, expected) in table {
+            let said = shown(&after, &before);
+            assert_eq!(said, expected);
+            assert!(said.iter().all(|line| !line.contains("SEALED")), "{said:?}");
+        }
+    }
 }

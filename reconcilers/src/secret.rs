@@ -33,8 +33,8 @@ pub struct Secret {
     /// The machines it may reach; any machine when empty.
     #[serde(default)]
     pub targets: Targets,
-    /// The value, age-encrypted and ASCII-armored (`age -d` reads it as is).
-    /// Empty in what the API answers.
+    /// The value, age-encrypted and ASCII-armored (`age -d` reads it as is),
+    /// as the repository holds it.
     pub sealed: String,
 }
 

@@ -48,7 +48,8 @@ impl From<SyncRecord> for SyncView {
 }
 
 /// `GET /api/desired`: the desired state in force (machines, scripts,
-/// run-requests, states, grants, secrets by name without their values).
+/// run-requests, states, grants, and secrets as Git holds them: sealed, so
+/// that `linkops plan` tells a changed value from an unchanged one).
 #[utoipa::path(get, path = "/api/desired", tag = "git", responses((status = 200, description = "The desired state in force: machines, scripts, run-requests", body = linkops_reconcilers::desired::DesiredState), (status = 409, description = "No revision applied yet", body = crate::contract::ErrorBody)))]
 pub async fn desired(
     State(state): State<AppState>,
@@ -62,10 +63,6 @@ pub async fn desired(
     // The inventory as far as the caller sees; the catalog, run-requests,
     // states and grants are the repository's, read alike by everyone.
     (desired.machines).retain(|machine| reach.sight().sees(Place::from(machine)));
-    // Secrets by name and limits: their sealed values stay in Git.
-    for secret in desired.secrets.values_mut() {
-        secret.sealed.clear();
-    }
     Ok(Json(desired))
 }
 

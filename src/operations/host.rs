@@ -166,10 +166,17 @@ impl HostRun {
         // here, by signalling the script's process group.
         let backstop = self.timeout + STOP_GRACE * 4;
         let Opened { input, mask } = opened;
-        let mut stdin = input;
-        stdin.extend_from_slice(self.body.as_bytes());
-        let mut execution = connection.exec(&self.command, &stdin, backstop).await?;
-        drop(stdin);
+        // The script alone, unless there are secrets to read ahead of it.
+        let with_secrets = (!input.is_empty()).then(|| {
+            let mut stdin = input;
+            stdin.extend_from_slice(self.body.as_bytes());
+            stdin
+        });
+        let stdin = with_secrets
+            .as_deref()
+            .map_or(self.body.as_bytes(), Vec::as_slice);
+        let mut execution = connection.exec(&self.command, stdin, backstop).await?;
+        drop(with_secrets);
         let mut output = Output::new(self.machine.id.clone(), self.output_cap, mask);
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
@@ -291,8 +298,9 @@ struct Output {
     /// The first stdout line is the script's process group.
     pgid: Option<u32>,
     header: Vec<u8>,
-    /// Each stream's masking of the secrets' values, before anything else sees it.
-    maskers: [Masker; 2],
+    /// Each stream's masking of the secrets' values, before anything else
+    /// sees it; none for a script given no secret.
+    maskers: Option<[Masker; 2]>,
     /// Incomplete UTF-8 sequences held back until the next chunk, per stream.
     carry: [Vec<u8>; 2],
     kept: [u64; 2],
@@ -306,7 +314,7 @@ impl Output {
             cap,
             pgid: None,
             header: Vec::new(),
-            maskers: [Masker::new(mask.clone()), Masker::new(mask)],
+            maskers: (!mask.is_empty()).then(|| [Masker::new(mask.clone()), Masker::new(mask)]),
             carry: [Vec::new(), Vec::new()],
             kept: [0, 0],
             truncated: [false, false],
@@ -340,12 +348,13 @@ impl Output {
     fn chunk(&mut self, stream: Stream, data: Vec<u8>, last: bool) -> Vec<Update> {
         let index = stream as usize;
         let received = data.len() as u64;
-        let masked = match last {
-            false => self.maskers[index].push(&data),
-            true => self.maskers[index].finish(),
+        let data = match (&mut self.maskers, last) {
+            (None, _) => data,
+            (Some(maskers), false) => maskers[index].push(&data),
+            (Some(maskers), true) => maskers[index].finish(),
         };
         let mut bytes = std::mem::take(&mut self.carry[index]);
-        bytes.extend_from_slice(&masked);
+        bytes.extend_from_slice(&data);
         if !last {
             // Hold back an incomplete character at the end (at most 3 bytes).
             if let Err(error) = std::str::from_utf8(&bytes)

@@ -362,8 +362,14 @@ async fn a_secret_reaches_its_script_and_nothing_else_shows_it() {
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    // The catalog as Git holds it: sealed.
     let desired: Value = daemon.read("/api/desired", &admin).await;
-    assert_eq!(desired["secrets"]["api-token"]["sealed"], "");
+    let sealed = desired["secrets"]["api-token"]["sealed"].as_str().unwrap();
+    assert!(
+        sealed.starts_with("-----BEGIN AGE ENCRYPTED FILE-----"),
+        "{sealed}"
+    );
+    never_shows(&desired.to_string(), &[API_TOKEN]);
 
     // A run-request naming a missing secret: refused where it names it; the good revision stays.
     setup.work.write(
