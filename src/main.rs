@@ -481,11 +481,11 @@ fn secret(
             &Keyring::load(identity)?,
         )?),
         SecretCommand::Recipient { identity } => {
-            let path = match identity {
-                Some(path) => path.clone(),
-                None => config()?.age_identity_path(),
+            let keyring = match identity {
+                Some(path) => Keyring::load(path)?,
+                None => Keyring::of_config(&config()?, false)?,
             };
-            for recipient in Keyring::load(&path)?.recipients() {
+            for recipient in keyring.recipients() {
                 println!("{recipient}");
             }
             Ok(())

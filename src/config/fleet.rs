@@ -63,6 +63,10 @@ pub struct SecretsConfig {
     /// start when it is the default's and absent; several lines (an old and a
     /// new key, while rotating) all open secrets.
     pub identity: Option<String>,
+    /// Instead of a file: a command (`sh -c`) that prints the identity —
+    /// `systemd-creds decrypt /etc/linkops/age.cred -`, a password manager —
+    /// run once at start, within 30 s, at most 64 KiB.
+    pub identity_command: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -22,11 +22,26 @@ pub enum Error {
     #[error(transparent)]
     File(#[from] crate::secrets::Error),
     #[error(
-        "{path}, line {line}: not an age identity (a line `AGE-SECRET-KEY-1…`, as `age-keygen` writes)"
+        "{origin}, line {line}: not an age identity (a line `AGE-SECRET-KEY-1…`, as `age-keygen` writes)"
     )]
-    Identity { path: PathBuf, line: usize },
-    #[error("{path} holds no age identity (a line `AGE-SECRET-KEY-1…`, as `age-keygen` writes)")]
-    NoIdentity { path: PathBuf },
+    Identity { origin: String, line: usize },
+    #[error("{origin} holds no age identity (a line `AGE-SECRET-KEY-1…`, as `age-keygen` writes)")]
+    NoIdentity { origin: String },
+    #[error("[secrets]: set identity or identity_command, not both")]
+    BothIdentities,
+    #[error("[secrets] identity_command {command:?} cannot run: {source}")]
+    CommandStart {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "[secrets] identity_command {command:?} did not finish within {seconds} s: it was killed"
+    )]
+    CommandTimedOut { command: String, seconds: u64 },
+    #[error("[secrets] identity_command {command:?} failed ({status}); its errors are in this log")]
+    CommandFailed { command: String, status: String },
+    #[error("[secrets] identity_command {command:?} printed over {MAX_IDENTITY_BYTES} bytes")]
+    CommandTooLong { command: String },
     #[error("cannot create the age identity {path}: {source}")]
     Create {
         path: PathBuf,
@@ -62,17 +77,94 @@ pub enum Error {
     Seal(String),
 }
 
+/// How long `[secrets] identity_command` may take.
+const IDENTITY_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Most bytes an identity command may print: dozens of keys.
+const MAX_IDENTITY_BYTES: usize = 64 << 10;
+
 /// An age identity: the keys that open secrets. Each key is wiped when dropped.
 pub struct Keyring {
-    path: PathBuf,
+    /// Where the keys came from: a file, or `[secrets] identity_command`.
+    origin: String,
     identities: Vec<age::x25519::Identity>,
 }
 
 impl Keyring {
-    /// Reads the identity file at `path` (mode 0600: a looser one is refused):
-    /// one key per `AGE-SECRET-KEY-1…` line; blank lines and `#` comments skipped.
+    /// The daemon's identity as `config` says: `[secrets] identity_command`'s
+    /// output, the `identity` file, or the keys dir's — made there when
+    /// `create` (the daemon's first start) and absent.
+    pub fn of_config(config: &crate::config::Config, create: bool) -> Result<Keyring, Error> {
+        let secrets = &config.secrets;
+        match (&secrets.identity, &secrets.identity_command) {
+            (Some(_), Some(_)) => Err(Error::BothIdentities),
+            (None, Some(command)) => Keyring::from_command(command, IDENTITY_COMMAND_TIMEOUT),
+            (None, None) if create => Keyring::load_or_create(&config.age_identity_path()),
+            _ => Keyring::load(&config.age_identity_path()),
+        }
+    }
+
+    /// Reads the identity file at `path` (mode 0600: a looser one is refused).
     pub fn load(path: &Path) -> Result<Keyring, Error> {
         let text = Zeroizing::new(crate::secrets::read_private(path)?);
+        Keyring::parse(&text, path.display().to_string())
+    }
+
+    /// The identity `command` prints (`sh -c`; e.g. `systemd-creds decrypt
+    /// …` or a password manager's), run once, killed after `timeout`; what it
+    /// prints on stderr goes to the daemon's.
+    pub fn from_command(command: &str, timeout: std::time::Duration) -> Result<Keyring, Error> {
+        use std::process::{Command, Stdio};
+        let start = |source| Error::CommandStart {
+            command: command.to_owned(),
+            source,
+        };
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(start)?;
+        let mut stdout = child.stdout.take().expect("piped");
+        let (sender, printed) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = Zeroizing::new(Vec::new());
+            let read = (&mut stdout)
+                .take(MAX_IDENTITY_BYTES as u64 + 1)
+                .read_to_end(&mut text);
+            sender.send(read.map(|_| text)).ok();
+        });
+        let text = match printed.recv_timeout(timeout) {
+            Ok(read) => read.map_err(start)?,
+            Err(_) => {
+                child.kill().ok();
+                child.wait().ok();
+                return Err(Error::CommandTimedOut {
+                    command: command.to_owned(),
+                    seconds: timeout.as_secs(),
+                });
+            }
+        };
+        let status = child.wait().map_err(start)?;
+        if !status.success() {
+            return Err(Error::CommandFailed {
+                command: command.to_owned(),
+                status: status.to_string(),
+            });
+        }
+        if text.len() > MAX_IDENTITY_BYTES {
+            return Err(Error::CommandTooLong {
+                command: command.to_owned(),
+            });
+        }
+        let text = Zeroizing::new(String::from_utf8_lossy(&text).into_owned());
+        Keyring::parse(&text, format!("[secrets] identity_command {command:?}"))
+    }
+
+    /// One key per `AGE-SECRET-KEY-1…` line; blank lines and `#` comments skipped.
+    fn parse(text: &str, origin: String) -> Result<Keyring, Error> {
         let mut identities = Vec::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -81,20 +173,15 @@ impl Keyring {
             }
             // The error names the line, never its content.
             let identity = age::x25519::Identity::from_str(line).map_err(|_| Error::Identity {
-                path: path.to_owned(),
+                origin: origin.clone(),
                 line: number + 1,
             })?;
             identities.push(identity);
         }
-        if identities.is_empty() {
-            return Err(Error::NoIdentity {
-                path: path.to_owned(),
-            });
+        match identities.is_empty() {
+            true => Err(Error::NoIdentity { origin }),
+            false => Ok(Keyring { origin, identities }),
         }
-        Ok(Keyring {
-            path: path.to_owned(),
-            identities,
-        })
     }
 
     /// Reads the identity at `path`, or makes one there (mode 0600, as
@@ -176,7 +263,7 @@ impl Keyring {
             age::DecryptError::NoMatchingKeys => Error::NotARecipient {
                 name: secret.name.clone(),
                 file: secret.file.clone(),
-                identity: self.path.display().to_string(),
+                identity: self.origin.clone(),
                 recipients: self.recipients().join(", "),
             },
             error => self.unreadable(secret, error.to_string()),
@@ -343,6 +430,27 @@ mod tests {
         let nul = seal(b"a\0b", &[&daemon.recipients()[0]]).unwrap();
         let refused = daemon.open(&secret("nul", nul)).unwrap_err().to_string();
         assert!(refused.contains("NUL"), "{refused}");
+    }
+
+    #[test]
+    fn an_identity_can_come_from_a_command_bounded_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.txt");
+        let file = Keyring::load_or_create(&path).unwrap();
+        let second = std::time::Duration::from_secs(1);
+        let command = format!("cat {}", path.display());
+        let printed = Keyring::from_command(&command, second * 10).unwrap();
+        assert_eq!(printed.recipients(), file.recipients());
+        let refused = Keyring::from_command("exit 3", second * 10).err().unwrap();
+        assert!(refused.to_string().contains("exit status: 3"), "{refused}");
+        // A command that never ends is killed at its bound.
+        let refused = Keyring::from_command("exec sleep 60", second)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(refused, Error::CommandTimedOut { seconds: 1, .. }),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -573,13 +573,9 @@ fn prepare(config: Arc<Config>, store: store::Store, replica: &str) -> Result<Pr
 /// The daemon's age identity: `[secrets] identity` as configured (it must
 /// exist), else the keys dir's, made on first start.
 fn open_keyring(config: &Config) -> Result<crate::sealed::Keyring, Error> {
-    let path = config.age_identity_path();
-    let keyring = match config.secrets.identity {
-        Some(_) => crate::sealed::Keyring::load(&path)?,
-        None => crate::sealed::Keyring::load_or_create(&path)?,
-    };
+    let keyring = crate::sealed::Keyring::of_config(config, true)?;
     // Public: what recipients.yaml lists so that secrets open here.
-    tracing::info!(identity = %path.display(), recipients = ?keyring.recipients(), "the repository's secrets open with this age identity");
+    tracing::info!(recipients = ?keyring.recipients(), "the repository's secrets open with this age identity");
     Ok(keyring)
 }
 

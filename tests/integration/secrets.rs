@@ -443,3 +443,104 @@ async fn a_secret_reaches_its_script_and_nothing_else_shows_it() {
     assert_eq!(applied(&daemon, &good).await.revision, good);
     daemon.stop().await;
 }
+
+/// On a checkout, no daemon: `edit` changes a value in the editor (a file only
+/// its owner reads, gone after), and `validate --identity` says whether every
+/// secret opens with a key, without printing one.
+#[test]
+fn a_secret_is_edited_in_place_and_validated_against_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("config");
+    std::fs::create_dir(&repo).unwrap();
+    let (operator, operator_recipient) = keygen(dir.path(), "operator.txt");
+    let (other, _) = keygen(dir.path(), "other.txt");
+    std::fs::write(repo.join("links.yaml"), "machines: []\n").unwrap();
+    std::fs::write(
+        repo.join("recipients.yaml"),
+        format!("all: [{operator_recipient}]\n"),
+    )
+    .unwrap();
+    let repo_arg = repo.to_str().unwrap();
+    let set = linkops(
+        &["secret", "set", "api-token", "--repo", repo_arg],
+        "old-value-0123\n",
+    );
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+
+    // The editor notes where it was given the value, and changes it there.
+    let noted = dir.path().join("edited-at");
+    let editor = format!(
+        "f() {{ echo \"$1\" > {}; sed -i s/old/new/ \"$1\"; }}; f",
+        noted.display()
+    );
+    let mut command = Command::new(env!("CARGO_BIN_EXE_linkops"));
+    command
+        .args([
+            "secret",
+            "edit",
+            "api-token",
+            "--repo",
+            repo_arg,
+            "--identity",
+        ])
+        .arg(&operator)
+        .env_remove("VISUAL")
+        .env("EDITOR", editor);
+    let edited = with_stdin(&mut command, b"");
+    assert!(
+        edited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&edited.stderr)
+    );
+    let edited_at = std::fs::read_to_string(&noted).unwrap();
+    assert!(
+        edited_at.starts_with("/dev/shm/linkops-secret-"),
+        "{edited_at}"
+    );
+    assert!(
+        !Path::new(edited_at.trim()).exists(),
+        "the editor's copy is gone"
+    );
+    let file = std::fs::read_to_string(repo.join("secrets/api-token.yaml")).unwrap();
+    never_shows(&file, &["new-value-0123", "old-value-0123"]);
+    let (opened, value) = age(
+        "age",
+        &["-d", "-i", operator.to_str().unwrap()],
+        sealed_block(&file).as_bytes(),
+    );
+    assert!(opened);
+    assert_eq!(
+        value, b"new-value-0123",
+        "the editor's newline is not part of it"
+    );
+
+    let validate = |identity: &Path| {
+        let output = linkops(
+            &[
+                "validate",
+                repo_arg,
+                "--identity",
+                identity.to_str().unwrap(),
+            ],
+            "",
+        );
+        let said = String::from_utf8_lossy(&output.stdout).into_owned();
+        never_shows(&said, &["new-value-0123"]);
+        (output.status.success(), said)
+    };
+    let (valid, said) = validate(&operator);
+    assert!(
+        valid && said.contains("1 secrets, each opens with the identity given"),
+        "{said}"
+    );
+    let (valid, said) = validate(&other);
+    assert!(!valid);
+    assert!(
+        said.starts_with("secrets/api-token.yaml:1:1: secret \"api-token\""),
+        "{said}"
+    );
+}

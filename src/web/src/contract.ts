@@ -234,7 +234,8 @@ export interface paths {
         };
         /**
          * `GET /api/desired`: the desired state in force (machines, scripts,
-         *     run-requests, states, grants, secrets by name without their values).
+         *     run-requests, states, grants, and secrets as Git holds them: sealed, so
+         *     that `linkops plan` tells a changed value from an unchanged one).
          */
         get: operations["git_desired"];
         put?: never;
@@ -2078,8 +2079,8 @@ export interface components {
             /** @description The scripts that may use it; any script when empty. */
             scripts?: string[];
             /**
-             * @description The value, age-encrypted and ASCII-armored (`age -d` reads it as is).
-             *     Empty in what the API answers.
+             * @description The value, age-encrypted and ASCII-armored (`age -d` reads it as is),
+             *     as the repository holds it.
              */
             sealed: string;
             /** @description The machines it may reach; any machine when empty. */

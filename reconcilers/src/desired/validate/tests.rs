@@ -224,7 +224,9 @@ fn secrets_are_sealed_named_where_they_live_and_used_only_within_their_limits() 
     );
     assert_eq!(desired.recipients.of(secret), [recipient.as_str()]);
 
-    let table: [(&[(&str, String)], &[&str]); 6] = [
+    // Files added to the repository, and the problems they make.
+    type Case<'a> = (&'a [(&'a str, String)], &'a [&'a str]);
+    let table: [Case; 6] = [
         // Within its limits.
         (
             &[(
