@@ -1,6 +1,7 @@
 //! How the daemon reaches machines: SSH targets from inventory entries, the
-//! shared connection pool, the fleet-wide session limit, and the check that
-//! both proves a machine reachable and reads its enrollment id.
+//! shared connection pool, the fleet-wide session limit, the check that
+//! both proves a machine reachable and reads its enrollment id, and the
+//! gathering of its facts.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +22,11 @@ use crate::store::{Actor, AuditAction, Outcome, Store};
 
 /// The longest a check's command may take once connected.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest gathering facts may take once connected (a package manager
+/// working out pending updates takes seconds).
+const FACTS_TIMEOUT: Duration = Duration::from_secs(60);
+/// What gathers a machine's facts: `name=value` lines (`reconcilers::facts::parse`).
+const GATHERER: &str = include_str!("facts.sh");
 
 #[derive(Clone)]
 pub struct MachineAccess {
@@ -115,6 +121,32 @@ impl MachineAccess {
         CheckResult {
             latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             reading,
+        }
+    }
+
+    /// Gathers a machine's facts over its pooled connection: the gatherer's
+    /// output (bounded), or why it could not be had.
+    pub async fn gather_facts(&self, machine: &Machine) -> Result<String, String> {
+        let _session = self
+            .sessions
+            .acquire()
+            .await
+            .expect("the session semaphore is never closed");
+        let target = self.target(machine);
+        let connection = (self.connect(&target, &machine.id, &Purpose::Health).await)
+            .map_err(|error| error.to_string())?;
+        let execution = (connection
+            .exec("sh", GATHERER.as_bytes(), FACTS_TIMEOUT)
+            .await)
+            .map_err(|error| error.to_string())?;
+        let limit = linkops_reconcilers::facts::MAX_OUTPUT_BYTES;
+        let output = execution
+            .collect(limit + 1)
+            .await
+            .map_err(|error| error.to_string())?;
+        match output.truncated {
+            true => Err(format!("the facts' output passed {limit} bytes")),
+            false => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
         }
     }
 

@@ -133,6 +133,17 @@ enum Command {
         #[arg(long)]
         tag: Option<String>,
     },
+    /// What machines are: OS, kernel, CPUs, memory, disk, pending and
+    /// security updates, whether a reboot is required — gathered from each
+    /// enrolled machine hourly (`[facts] interval`) and at enrollment.
+    ///
+    /// With an id: every fact of that machine and what changed lately.
+    Facts {
+        id: Option<String>,
+        /// Only machines with this tag (without an id).
+        #[arg(long, conflicts_with = "id")]
+        tag: Option<String>,
+    },
     /// Run a catalog script on machines and follow its output live.
     ///
     /// Exits 0 when every machine succeeded, 1 when any failed (or was
@@ -572,6 +583,7 @@ fn run() -> anyhow::Result<()> {
         }
         command @ (Command::Login { .. }
         | Command::Machines { .. }
+        | Command::Facts { .. }
         | Command::Run { .. }
         | Command::Retry { .. }
         | Command::States { .. }
@@ -659,6 +671,9 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
     };
     match command {
         Command::Machines { tag } => client::machines(&client, tag.as_deref(), json)
+            .await
+            .map(|()| 0),
+        Command::Facts { id, tag } => client::facts(&client, id.as_deref(), tag.as_deref(), json)
             .await
             .map(|()| 0),
         Command::Run {

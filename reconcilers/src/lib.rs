@@ -12,6 +12,7 @@ pub mod certificate;
 pub mod condition;
 pub mod desired;
 pub mod enrollment;
+pub mod facts;
 #[cfg(test)]
 mod fixtures;
 pub mod grant;

@@ -15,7 +15,8 @@ use super::auth::Authenticated;
 use super::extract::{Json, Path, Query};
 use super::{ApiError, AppState, at};
 use crate::contract::{
-    FleetStreamEvent, HealthPoint, MachineDetail, MachineQuery, MachineView, OperationSummary,
+    FactsQuery, FactsView, FleetStreamEvent, HealthPoint, MachineDetail, MachineQuery, MachineView,
+    OperationSummary,
 };
 use crate::fleet::{self, FleetEvent, Page};
 use crate::metrics::Open;
@@ -24,6 +25,8 @@ use linkops_reconcilers::grant::{Need, Place};
 
 /// Most machines one page holds.
 const MAX_PAGE: usize = 1000;
+/// A machine's latest fact changes its detail shows.
+const FACT_CHANGES_SHOWN: usize = 20;
 
 /// `GET /api/links`
 #[utoipa::path(get, path = "/api/links", tag = "machines", params(MachineQuery), responses((status = 200, description = "Machines of the applied inventory with health, enrollment and conditions, in id order, filtered and paged as asked", body = Vec<MachineView>, headers(("X-Total-Count" = u64, description = "How many machines match, over all pages"), ("Link" = String, description = "`<…>; rel=\"next\"`: the next page, when there is one"))), (status = 422, description = "An unknown state, or a limit out of range; details.field names it", body = crate::contract::ErrorBody)))]
@@ -86,6 +89,52 @@ fn check_query(query: &MachineQuery) -> Result<(), ApiError> {
         });
     }
     Ok(())
+}
+
+/// `GET /api/facts`: the facts of the machines the caller sees, a page at a time.
+#[utoipa::path(get, path = "/api/facts", tag = "machines", params(FactsQuery), responses((status = 200, description = "Each machine's facts as last gathered (machines never gathered from are left out), in machine id order; `Link` names the next page", body = Vec<FactsView>, headers(("Link" = String, description = "`<…>; rel=\"next\"`: the next page, when there is one"))), (status = 422, description = "A limit out of range", body = crate::contract::ErrorBody)))]
+pub async fn facts(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Query(query): Query<FactsQuery>,
+) -> Result<(HeaderMap, Json<Vec<FactsView>>), ApiError> {
+    let limit = query.limit.unwrap_or(MAX_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::Unprocessable {
+            field: "limit".into(),
+            message: format!("limit must be 1 to {MAX_PAGE}; page on with `after`"),
+        });
+    }
+    let reach = caller.reach(&state);
+    let desired = state.git.desired().borrow().clone();
+    let mut ids: Vec<String> = (desired.iter().flat_map(|d| d.machines.iter()))
+        .filter(|m| query.tag.as_ref().is_none_or(|tag| m.tags.contains(tag)))
+        .filter(|m| query.after.as_ref().is_none_or(|after| &m.id > after))
+        .filter(|m| reach.sight().sees(Place::from(*m)))
+        .map(|m| m.id.clone())
+        .collect();
+    ids.sort_unstable();
+    let more = ids.len() > limit;
+    ids.truncate(limit);
+    let mut headers = HeaderMap::new();
+    if more {
+        let next = FactsQuery {
+            after: ids.last().cloned(),
+            ..query
+        };
+        let link = format!(
+            "</api/facts?{}>; rel=\"next\"",
+            serde_urlencoded::to_string(&next).unwrap_or_default()
+        );
+        if let Ok(link) = HeaderValue::from_str(&link) {
+            headers.insert(header::LINK, link);
+        }
+    }
+    let gathered = state.store.run(move |store| store.facts_of(&ids)).await?;
+    let views = (gathered.into_iter())
+        .map(|facts| FactsView::of(facts, Vec::new()))
+        .collect();
+    Ok((headers, Json(views)))
 }
 
 /// `GET /api/fleet/events`: the fleet live, as Server-Sent Events.
@@ -164,13 +213,18 @@ pub async fn get(
     let machine = desired_machine(&state, &id)?;
     caller.may(&state, Need::See(Place::from(&machine)))?;
     let held = state.controller.held().await?;
-    let (status, operations, samples) = state
+    let (status, operations, samples, facts) = state
         .store
         .run(move |store| {
+            let facts = match store.machine_facts(&id)? {
+                Some(gathered) => Some((gathered, store.fact_changes(&id, FACT_CHANGES_SHOWN)?)),
+                None => None,
+            };
             Ok((
                 store.machine_status(&id)?,
                 store.operations_for_machine(&id, 10)?,
                 store.health_history(&id, 50)?,
+                facts,
             ))
         })
         .await?;
@@ -178,6 +232,7 @@ pub async fn get(
         machine: fleet::view(machine, status, &held),
         recent_operations: operations.into_iter().map(Into::into).collect(),
         health_history: samples.into_iter().map(Into::into).collect(),
+        facts: facts.map(|(gathered, changes)| FactsView::of(gathered, changes)),
     }))
 }
 

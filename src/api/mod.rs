@@ -148,6 +148,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(links::list))
         .routes(routes!(links::events))
         .routes(routes!(links::get))
+        .routes(routes!(links::facts))
         .routes(routes!(links::verify))
         .routes(routes!(runs::list))
         .routes(routes!(runs::get))

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use linkops_reconcilers::condition::ConditionKind;
 use linkops_reconcilers::desired::{self, DesiredState};
+use linkops_reconcilers::facts::FactValue;
 use linkops_reconcilers::plan::plan as plan_changes;
 use linkops_reconcilers::rollout::Rollout;
 use linkops_reconcilers::run::RunState;
@@ -16,9 +17,9 @@ use super::follow::{exit_code, follow};
 use super::print::{api_name, or_dash, print_json, print_table};
 use super::{Client, Error, Result, Session};
 use crate::contract::{
-    GitStatus, Health, HistoryQuery, LoginRequest, LoginResponse, MachineQuery, MachineView,
-    OperationView, RunBody, RunView, StateDetail, StateView, Stopping, SyncOutcome, SyncView,
-    TargetsBody,
+    FactsQuery, FactsView, GitStatus, Health, HistoryQuery, LoginRequest, LoginResponse,
+    MachineDetail, MachineQuery, MachineView, OperationView, RunBody, RunView, StateDetail,
+    StateView, Stopping, SyncOutcome, SyncView, TargetsBody,
 };
 
 /// `linkops login`: exchanges a password for a token and saves the session.
@@ -82,6 +83,90 @@ pub async fn machines(client: &Client, tag: Option<&str>, json: bool) -> Result<
             "READY",
             "LAST SEEN",
             "TAGS",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
+/// `linkops facts [ID]`: one machine's facts and their latest changes, or the
+/// fleet's main facts, a machine per line.
+pub async fn facts(client: &Client, id: Option<&str>, tag: Option<&str>, json: bool) -> Result<()> {
+    let Some(id) = id else {
+        return fleet_facts(client, tag, json).await;
+    };
+    let detail: MachineDetail = client.get(&format!("/api/links/{id}")).await?;
+    if json {
+        return print_json(&detail.facts);
+    }
+    let Some(facts) = detail.facts else {
+        println!("{id}: no facts yet (they are gathered once the machine is enrolled)");
+        return Ok(());
+    };
+    let rows = (facts.facts.iter())
+        .map(|(name, value)| vec![name.clone(), value.to_string()])
+        .collect();
+    print_table(&["FACT", "VALUE"], rows);
+    println!("gathered {}", or_dash(facts.gathered_at));
+    if let Some(error) = &facts.error {
+        println!("the last gathering failed: {error}");
+    }
+    for change in &facts.changes {
+        let changed: Vec<String> = (change.changed.iter())
+            .map(|(name, diff)| {
+                let shown =
+                    |v: &Option<FactValue>| v.as_ref().map_or("-".to_owned(), ToString::to_string);
+                format!("{name} {} → {}", shown(&diff.before), shown(&diff.after))
+            })
+            .collect();
+        println!("{}: {}", or_dash(change.at), changed.join(", "));
+    }
+    Ok(())
+}
+
+/// Every seen machine's main facts, a page of the API at a time.
+async fn fleet_facts(client: &Client, tag: Option<&str>, json: bool) -> Result<()> {
+    const PAGE: usize = 1000;
+    let mut all: Vec<FactsView> = Vec::new();
+    loop {
+        let query = FactsQuery {
+            tag: tag.map(str::to_owned),
+            after: all.last().map(|f| f.machine.clone()),
+            limit: Some(PAGE),
+        };
+        let page: Vec<FactsView> = client.get_query("/api/facts", &query).await?;
+        let full = page.len() == PAGE;
+        all.extend(page);
+        if !full {
+            break;
+        }
+    }
+    if json {
+        return print_json(&all);
+    }
+    let fact = |facts: &FactsView, name: &str| {
+        facts
+            .facts
+            .get(name)
+            .map_or("-".to_owned(), ToString::to_string)
+    };
+    let rows = (all.iter())
+        .map(|f| {
+            vec![
+                f.machine.clone(),
+                fact(f, "os"),
+                fact(f, "kernel"),
+                fact(f, "updates"),
+                fact(f, "security_updates"),
+                fact(f, "reboot_required"),
+                fact(f, "root_used_pct"),
+                or_dash(f.gathered_at),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "MACHINE", "OS", "KERNEL", "UPDATES", "SECURITY", "REBOOT", "ROOT %", "GATHERED",
         ],
         rows,
     );

@@ -53,6 +53,24 @@ impl GitConfig {
     }
 }
 
+/// What the daemon gathers from each machine: its facts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FactsConfig {
+    /// How often each enrolled machine's facts are gathered (spread by up to a
+    /// tenth per machine), and at once when it is enrolled; `0s` gathers none.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub interval: Duration,
+}
+
+impl Default for FactsConfig {
+    fn default() -> Self {
+        FactsConfig {
+            interval: linkops_reconcilers::facts::DEFAULT_INTERVAL,
+        }
+    }
+}
+
 /// The repository's secrets (`secrets/*.yaml`), sealed with age to the
 /// daemon's recipient among others.
 #[derive(Debug, Clone, Default, Deserialize)]

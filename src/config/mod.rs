@@ -53,6 +53,7 @@ const SECTIONS: &[&str] = &[
     "store",
     "cluster",
     "secrets",
+    "facts",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
     pub secrets: SecretsConfig,
+    pub facts: FactsConfig,
 }
 
 impl Default for Config {
@@ -116,6 +118,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
             secrets: SecretsConfig::default(),
+            facts: FactsConfig::default(),
         }
     }
 }

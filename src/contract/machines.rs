@@ -2,6 +2,7 @@
 
 use linkops_reconcilers::condition::{Condition, ConditionKind};
 use linkops_reconcilers::enrollment::Enrollment;
+use linkops_reconcilers::facts::{FactChange, FactValue, Facts, MachineFacts};
 use linkops_reconcilers::machine::{Health, Machine};
 use linkops_reconcilers::operation::OperationState;
 use serde::{Deserialize, Serialize};
@@ -157,6 +158,71 @@ pub struct MachineDetail {
     pub machine: MachineView,
     pub recent_operations: Vec<OperationSummary>,
     pub health_history: Vec<HealthPoint>,
+    /// What it is, as last gathered, with what changed lately; `null` before
+    /// the first gathering (facts are gathered once it is enrolled).
+    pub facts: Option<FactsView>,
+}
+
+/// A machine's facts as last gathered (`GET /api/facts`, and in a machine's detail).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FactsView {
+    pub machine: String,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub gathered_at: Option<jiff::Timestamp>,
+    /// By name: OS (`os`, `os_name`), `kernel`, `arch`, `uptime_s`,
+    /// `booted_at_ms`, `cpus`, `memory_bytes`, `root_size_bytes`,
+    /// `root_used_bytes`, `root_used_pct`, `package_manager`, `updates`,
+    /// `security_updates`, `reboot_required`; a fact the machine cannot tell is absent.
+    pub facts: Facts,
+    /// Why the last gathering failed, if it did (the facts are the last good ones).
+    pub error: Option<String>,
+    /// What the latest gatherings changed, newest first (in a machine's detail only).
+    pub changes: Vec<FactChangeView>,
+}
+
+/// One gathering's changes: each fact's value before and after (`null`: absent).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FactChangeView {
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub at: Option<jiff::Timestamp>,
+    pub changed: std::collections::BTreeMap<String, FactDiff>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FactDiff {
+    pub before: Option<FactValue>,
+    pub after: Option<FactValue>,
+}
+
+impl FactsView {
+    pub fn of(gathered: MachineFacts, changes: Vec<FactChange>) -> FactsView {
+        FactsView {
+            machine: gathered.machine_id,
+            gathered_at: jiff::Timestamp::from_millisecond(gathered.gathered_at_ms).ok(),
+            facts: gathered.facts,
+            error: gathered.error,
+            changes: (changes.into_iter())
+                .map(|change| FactChangeView {
+                    at: jiff::Timestamp::from_millisecond(change.at_ms).ok(),
+                    changed: (change.changed.into_iter())
+                        .map(|(name, (before, after))| (name, FactDiff { before, after }))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Which machines' facts `GET /api/facts` answers, in id order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FactsQuery {
+    /// Only machines with this tag.
+    pub tag: Option<String>,
+    /// Only machines whose id comes after this one (the `Link` header's next page).
+    pub after: Option<String>,
+    /// At most this many (1 to 1000, the default).
+    pub limit: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::facts;
 use linkops_reconcilers::machine::{self, Machine, MachineDecision};
 use linkops_reconcilers::operation::Requester;
 use linkops_reconcilers::run::{self, RunDecision, RunRecord, RunState};
@@ -59,6 +60,11 @@ pub struct Context {
     /// What reconciles tell the forge and the sinks.
     pub(super) notifier: Arc<crate::notify::Notifier>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// `[facts] interval`; zero gathers none.
+    facts_interval: Duration,
+    /// When each machine's facts are next due (Unix ms), once known: a check
+    /// reads the store for them only after a restart or when they are due.
+    facts_due: Arc<Mutex<HashMap<String, i64>>>,
 }
 
 impl Context {
@@ -72,6 +78,8 @@ impl Context {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Context {
         Context {
+            facts_interval: facts::DEFAULT_INTERVAL,
+            facts_due: Arc::default(),
             notifier,
             statuses: store::StatusWriter::start(store.clone()),
             store,
@@ -81,6 +89,15 @@ impl Context {
             check_asked: Arc::default(),
             suspended_by_config,
             metrics,
+        }
+    }
+
+    /// Gathers each enrolled machine's facts every `interval` (`[facts]
+    /// interval`; zero: never) rather than hourly.
+    pub fn gathering_facts_every(self, interval: Duration) -> Context {
+        Context {
+            facts_interval: interval,
+            ..self
         }
     }
 }
@@ -171,8 +188,11 @@ impl Context {
             MachineDecision::WaitFor(left) => Ok(Action::Requeue(left)),
             MachineDecision::CheckNow => {
                 let asked_by = asked_by.unwrap_or_default();
-                self.check(machine, status, &desired.revision, asked_by)
-                    .await?;
+                let was_enrolled = status.as_ref().is_some_and(|s| s.enrollment.is_enrolled());
+                let enrolled = (self.check(machine, status, &desired.revision, asked_by)).await?;
+                if enrolled {
+                    self.gather_facts(machine, !was_enrolled).await?;
+                }
                 Ok(Action::Requeue(jittered(
                     machine
                         .health_interval
@@ -182,13 +202,14 @@ impl Context {
         }
     }
 
+    /// Checks `machine` and records what it saw: whether it is enrolled.
     async fn check(
         &self,
         machine: &Machine,
         status: Option<machine::MachineStatus>,
         revision: &str,
         asked_by: Vec<Actor>,
-    ) -> Result<(), store::Error> {
+    ) -> Result<bool, store::Error> {
         let mut reconciling = status
             .clone()
             .unwrap_or_else(|| machine::MachineStatus::new(&machine.id));
@@ -248,6 +269,7 @@ impl Context {
             enrolled: observed.enrollment.is_enrolled(),
         };
         tracing::debug!(machine = %machine.id, health = ?observed.health, enrollment = ?observed.enrollment, "checked");
+        let enrolled = observed.enrollment.is_enrolled();
         self.statuses
             .put(store::StatusWrite {
                 status: observed,
@@ -256,6 +278,79 @@ impl Context {
                 outgoing,
             })
             .await?;
+        Ok(enrolled)
+    }
+
+    /// Gathers an enrolled machine's facts when they are due (at once when it
+    /// was `just_enrolled`) and records them — or, when the gathering fails,
+    /// why, beside the last good ones.
+    async fn gather_facts(
+        &self,
+        machine: &Machine,
+        just_enrolled: bool,
+    ) -> Result<(), store::Error> {
+        if self.facts_interval.is_zero() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let known = self
+            .facts_due
+            .lock()
+            .expect("never poisoned")
+            .get(&machine.id)
+            .copied();
+        if !just_enrolled && known.is_some_and(|due_at| now < due_at) {
+            return Ok(());
+        }
+        let id = machine.id.clone();
+        let last = self
+            .store
+            .run(move |store| store.machine_facts(&id))
+            .await?;
+        let left = facts::due(
+            &machine.id,
+            last.as_ref(),
+            just_enrolled,
+            self.facts_interval,
+            now,
+        );
+        if !left.is_zero() {
+            let due_at = now + i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
+            self.facts_due
+                .lock()
+                .expect("never poisoned")
+                .insert(machine.id.clone(), due_at);
+            return Ok(());
+        }
+        let gathered = (self.access.gather_facts(machine).await)
+            .and_then(|output| facts::parse(&output, now_ms()));
+        let id = machine.id.clone();
+        let at_ms = now_ms();
+        match gathered {
+            Ok(found) => {
+                tracing::debug!(machine = %id, facts = found.len(), "facts gathered");
+                let gathered = facts::MachineFacts {
+                    machine_id: id,
+                    gathered_at_ms: at_ms,
+                    facts: found,
+                    error: None,
+                };
+                self.store
+                    .run(move |store| store.record_facts(&gathered))
+                    .await?;
+            }
+            Err(error) => {
+                tracing::warn!(machine = %id, %error, "cannot gather facts");
+                self.store
+                    .run(move |store| store.record_facts_error(&id, &error, at_ms))
+                    .await?;
+            }
+        }
+        let next = at_ms + i64::try_from(self.facts_interval.as_millis()).unwrap_or(i64::MAX);
+        self.facts_due
+            .lock()
+            .expect("never poisoned")
+            .insert(machine.id.clone(), next);
         Ok(())
     }
 

@@ -247,7 +247,8 @@ impl Daemon {
             config.reconcile.suspended,
             prepared.notifier.clone(),
             metrics.clone(),
-        );
+        )
+        .gathering_facts_every(config.facts.interval);
         let (controller, mut workers) = controller::start(
             context,
             config.reconcile.concurrency,

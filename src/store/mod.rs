@@ -13,6 +13,7 @@ mod changes;
 mod cluster;
 mod copy;
 pub mod engine;
+mod facts;
 mod group_commit;
 mod migrations;
 mod observed;

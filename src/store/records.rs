@@ -333,6 +333,8 @@ mod tests {
             decodes(HOST_CERTIFICATES),
             decodes(CA_REVOCATIONS),
             decodes(API_TOKENS),
+            decodes(MACHINE_FACTS),
+            decodes(FACT_CHANGES),
             decodes(AUDIT_LOG),
         ];
         // The rest hold a number, a text, nothing or raw bytes.

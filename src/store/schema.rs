@@ -4,6 +4,7 @@
 
 use linkops_reconcilers::certificate::{IssuedHostCertificate, Revocation};
 use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::facts::{FactChange, MachineFacts};
 use linkops_reconcilers::machine::MachineStatus;
 use linkops_reconcilers::operation::{HostResult, Operation, RecordedEvent};
 use linkops_reconcilers::outbox::Queued;
@@ -21,7 +22,7 @@ use super::records::{
 ///
 /// Version 8 keeps every table as ordered bytes (`engine::key`) with JSON
 /// records, the same in redb and PostgreSQL; older redb files are converted.
-pub const SCHEMA_VERSION: u64 = 11;
+pub const SCHEMA_VERSION: u64 = 12;
 
 /// Store metadata: `schema_version`, `write_probe_ms`.
 pub const META: Table<String, Json<u64>> = Table::new("meta");
@@ -107,11 +108,16 @@ pub const HOST_CERTIFICATES: Table<(String, u64), Json<IssuedHostCertificate>> =
 pub const CA_REVOCATIONS: Table<u64, Json<Revocation>> = Table::new("ca_revocations");
 /// API tokens by id (version 11).
 pub const API_TOKENS: Table<String, Json<ApiToken>> = Table::new("api_tokens");
+/// Each machine's last gathered facts, by machine id (version 12).
+pub const MACHINE_FACTS: Table<String, Json<MachineFacts>> = Table::new("machine_facts");
+/// What each gathering changed, by (machine id, time in ms); the newest
+/// hundred per machine (version 12).
+pub const FACT_CHANGES: Table<(String, i64), Json<FactChange>> = Table::new("fact_changes");
 /// The audit log by sequence number.
 pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
 /// Every table's name: what an engine creates, and what `linkops store migrate` copies.
-pub const TABLES: [&str; 37] = [
+pub const TABLES: [&str; 39] = [
     META.name,
     USERS.name,
     LOGIN_FAILURES.name,
@@ -148,6 +154,8 @@ pub const TABLES: [&str; 37] = [
     HOST_CERTIFICATES.name,
     CA_REVOCATIONS.name,
     API_TOKENS.name,
+    MACHINE_FACTS.name,
+    FACT_CHANGES.name,
     AUDIT_LOG.name,
 ];
 

@@ -14,6 +14,7 @@ mod cli;
 mod demo;
 mod enroll;
 mod exactly_once;
+mod facts;
 mod fleet;
 mod forge;
 mod fuzz;

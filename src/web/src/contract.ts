@@ -246,6 +246,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/facts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/facts`: the facts of the machines the caller sees, a page at a time. */
+        get: operations["machines_facts"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/fleet/events": {
         parameters: {
             query?: never;
@@ -1010,6 +1027,9 @@ export interface components {
          * @enum {string}
          */
         Auth: "key" | "certificate";
+        BTreeMap: {
+            [key: string]: boolean | number | string;
+        };
         /**
          * @description `GET /api/ca`: what machines trust to accept the daemon's logins, and
          *     what the daemon trusts for machines' host certificates.
@@ -1303,6 +1323,40 @@ export interface components {
          * @enum {string}
          */
         EventKind: "revision_refused" | "revision_recovered" | "operation_failed" | "run_request_done" | "daemon_recovered" | "state_drifted" | "rollout_halted" | "machine_unreachable" | "machine_unenrolled" | "machine_host_key_changed" | "machine_recovered";
+        /** @description One gathering's changes: each fact's value before and after (`null`: absent). */
+        FactChangeView: {
+            /** Format: date-time */
+            at?: string | null;
+            changed: {
+                [key: string]: components["schemas"]["FactDiff"];
+            };
+        };
+        FactDiff: {
+            after?: null | components["schemas"]["FactValue"];
+            before?: null | components["schemas"]["FactValue"];
+        };
+        /**
+         * @description A fact's value: text, a whole number or a flag. A fact the machine could
+         *     not tell (no package manager the gatherer knows) is absent, not an error.
+         */
+        FactValue: boolean | number | string;
+        /** @description A machine's facts as last gathered (`GET /api/facts`, and in a machine's detail). */
+        FactsView: {
+            /** @description What the latest gatherings changed, newest first (in a machine's detail only). */
+            changes: components["schemas"]["FactChangeView"][];
+            /** @description Why the last gathering failed, if it did (the facts are the last good ones). */
+            error?: string | null;
+            /**
+             * @description By name: OS (`os`, `os_name`), `kernel`, `arch`, `uptime_s`,
+             *     `booted_at_ms`, `cpus`, `memory_bytes`, `root_size_bytes`,
+             *     `root_used_bytes`, `root_used_pct`, `package_manager`, `updates`,
+             *     `security_updates`, `reboot_required`; a fact the machine cannot tell is absent.
+             */
+            facts: components["schemas"]["BTreeMap"];
+            /** Format: date-time */
+            gathered_at?: string | null;
+            machine: string;
+        };
         FilterRequest: {
             column: string;
             op: components["schemas"]["Op"];
@@ -1552,6 +1606,7 @@ export interface components {
             uuid: string;
         };
         MachineDetail: components["schemas"]["MachineView"] & {
+            facts?: null | components["schemas"]["FactsView"];
             health_history: components["schemas"]["HealthPoint"][];
             recent_operations: components["schemas"]["OperationSummary"][];
         };
@@ -2451,6 +2506,7 @@ export interface components {
 export type ApplyResult = components['schemas']['ApplyResult'];
 export type ApplyView = components['schemas']['ApplyView'];
 export type Auth = components['schemas']['Auth'];
+export type BTreeMap = components['schemas']['BTreeMap'];
 export type CaView = components['schemas']['CaView'];
 export type CertificateKind = components['schemas']['CertificateKind'];
 export type CertificateLogin = components['schemas']['CertificateLogin'];
@@ -2481,6 +2537,10 @@ export type ErrorBody = components['schemas']['ErrorBody'];
 export type ErrorCode = components['schemas']['ErrorCode'];
 export type ErrorDetail = components['schemas']['ErrorDetail'];
 export type EventKind = components['schemas']['EventKind'];
+export type FactChangeView = components['schemas']['FactChangeView'];
+export type FactDiff = components['schemas']['FactDiff'];
+export type FactValue = components['schemas']['FactValue'];
+export type FactsView = components['schemas']['FactsView'];
 export type FilterRequest = components['schemas']['FilterRequest'];
 export type FleetChanges = components['schemas']['FleetChanges'];
 export type FleetSnapshot = components['schemas']['FleetSnapshot'];
@@ -3029,6 +3089,44 @@ export interface operations {
             };
             /** @description No revision applied yet */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    machines_facts: {
+        parameters: {
+            query?: {
+                /** @description Only machines with this tag. */
+                tag?: string;
+                /** @description Only machines whose id comes after this one (the `Link` header's next page). */
+                after?: string;
+                /** @description At most this many (1 to 1000, the default). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Each machine's facts as last gathered (machines never gathered from are left out), in machine id order; `Link` names the next page */
+            200: {
+                headers: {
+                    /** @description `<…>; rel="next"`: the next page, when there is one */
+                    Link?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FactsView"][];
+                };
+            };
+            /** @description A limit out of range */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

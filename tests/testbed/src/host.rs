@@ -99,6 +99,7 @@ impl TestHost {
         )?;
 
         write_accounts(&dir, "*")?;
+        machine_state(&dir)?;
         let sshd = spawn_sshd(name, &etc_dir, &etc_ssh, &dir.join("sshd.log"))?;
         Ok(TestHost {
             name: name.to_owned(),
@@ -217,6 +218,42 @@ impl TestHost {
     }
 
     /// This host's `/etc/ssh`, as seen from outside its namespace.
+    /// Sets what the host's package manager says is pending: `(package,
+    /// security)` each (none: up to date).
+    pub fn set_pending_updates(&self, pending: &[(&str, bool)]) -> Result<()> {
+        let list: String = (pending.iter())
+            .map(|(package, security)| {
+                format!(
+                    "{package} {}\n",
+                    if *security { "security" } else { "regular" }
+                )
+            })
+            .collect();
+        let path = self.dir().join("run/linkops-test/pending");
+        write(&path, &list)?;
+        set_mode(&path, 0o644)
+    }
+
+    /// Raises or clears the host's reboot-required flag (Debian's `/run/reboot-required`).
+    pub fn set_reboot_required(&self, required: bool) -> Result<()> {
+        let path = self.dir().join("run/reboot-required");
+        match required {
+            true => write(&path, "*** System restart required ***\n")
+                .and_then(|()| set_mode(&path, 0o644)),
+            false => match fs::remove_file(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    Err(io_error(&path, error))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// The host's own directory (beside the fleet's).
+    fn dir(&self) -> &Path {
+        self.etc_dir.parent().expect("the host's directory")
+    }
+
     pub fn etc_ssh(&self) -> &Path {
         &self.etc_ssh
     }
@@ -272,6 +309,43 @@ impl Drop for TestHost {
     }
 }
 
+/// A test host's `apt-get`: see [`machine_state`].
+const APT_GET: &str = r#"#!/bin/sh
+case "$*" in
+  *-s*upgrade*)
+    [ -r /run/linkops-test/pending ] || exit 0
+    while read -r package kind; do
+      case "$kind" in
+        security) echo "Inst $package [1.0-1] (1.0-2 Debian-Security:12/stable-security [amd64])" ;;
+        *) echo "Inst $package [1.0-1] (1.0-2 Debian:12.9/stable [amd64])" ;;
+      esac
+    done < /run/linkops-test/pending
+    exit 0 ;;
+esac
+exec /usr/bin/apt-get "$@"
+"#;
+
+/// The host's own `/run` (sshd's privilege-separation directory, and what
+/// the tests set: `reboot-required`, `linkops-test/pending`) and
+/// `/usr/local/bin`, whose `apt-get` answers `-s upgrade` from that
+/// list as Debian's does (`Inst` lines; a security update from
+/// `Debian-Security`) and passes anything else to the real one: the
+/// machines share this computer's packages, so what is pending is set per host.
+fn machine_state(dir: &Path) -> Result<()> {
+    let run = dir.join("run");
+    for sub in ["sshd", "linkops-test"] {
+        fs::create_dir_all(run.join(sub)).map_err(|source| io_error(&run, source))?;
+        set_mode(&run.join(sub), 0o755)?;
+    }
+    set_mode(&run, 0o755)?;
+    let bin = dir.join("usr-local-bin");
+    fs::create_dir_all(&bin).map_err(|source| io_error(&bin, source))?;
+    set_mode(&bin, 0o755)?;
+    let apt_get = bin.join("apt-get");
+    write(&apt_get, APT_GET)?;
+    set_mode(&apt_get, 0o755)
+}
+
 /// Kills a server started by [`spawn_in_namespace`] and returns once it and
 /// every session it started are gone.
 pub(super) fn stop_namespace(mut unshare: Child) {
@@ -306,6 +380,7 @@ fn namespace_init(unshare: &Child) -> Option<OwnedFd> {
 fn spawn_sshd(name: &str, etc_dir: &Path, etc_ssh: &Path, log: &Path) -> Result<Child> {
     let dir = etc_dir.parent().expect("the host's directory");
     let (passwd, shadow) = (dir.join("passwd"), dir.join("shadow"));
+    let (run, bin) = (dir.join("run"), dir.join("usr-local-bin"));
     let server = Server {
         name,
         mounts: &[
@@ -313,6 +388,8 @@ fn spawn_sshd(name: &str, etc_dir: &Path, etc_ssh: &Path, log: &Path) -> Result<
             (etc_ssh, "/etc/ssh"),
             (&passwd, "/etc/passwd"),
             (&shadow, "/etc/shadow"),
+            (&run, "/run"),
+            (&bin, "/usr/local/bin"),
         ],
         command: format!("{SSHD} -D -e -f /etc/ssh/sshd_config"),
         log,

@@ -1,0 +1,114 @@
+//! Facts against the real sshd fleet: gathered from every machine once it is
+//! enrolled, followed within the fact interval when the test changes a host
+//! (updates made pending, a reboot-required flag raised), and shown in the
+//! machine's detail with what changed, in `GET /api/facts` and `linkops facts`.
+
+use std::time::Duration;
+
+use linkops::contract::{FactsView, MachineDetail};
+use linkops_reconcilers::facts::FactValue;
+
+use crate::cli::{linkops_with, logged_in};
+use crate::support::{ADMIN, FleetSetup, eventually};
+
+#[tokio::test]
+async fn facts_are_gathered_at_enrollment_and_follow_a_change_within_their_interval() {
+    let setup = FleetSetup::new(2, &[], "scripts: []\n");
+    // Checked every second, facts due every two: a change shows within seconds.
+    let links = setup.fleet.inventory("test", &[], "health_interval: 1s");
+    setup.work.write("links.yaml", &links);
+    setup.work.commit("checked every second");
+    let mut config = setup.config();
+    config.facts.interval = Duration::from_secs(2);
+    let daemon = setup.start_with(config).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+
+    let both = eventually("both machines' facts", || async {
+        let listed: Vec<FactsView> = daemon.read("/api/facts", &token).await;
+        (listed.len() == 2).then_some(listed)
+    })
+    .await;
+    // What this computer is, as each machine (they share its kernel and OS) says.
+    let release = std::fs::read_to_string("/etc/os-release").unwrap();
+    let field = |name: &str| {
+        (release.lines())
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .map(|v| v.trim_matches('"').to_owned())
+            .unwrap_or_default()
+    };
+    let kernel = String::from_utf8(
+        std::process::Command::new("uname")
+            .arg("-r")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for facts in &both {
+        let fact = |name: &str| facts.facts.get(name).cloned();
+        assert_eq!(
+            fact("os"),
+            Some(FactValue::Text(format!(
+                "{}-{}",
+                field("ID"),
+                field("VERSION_ID")
+            )))
+        );
+        assert_eq!(
+            fact("kernel"),
+            Some(FactValue::Text(kernel.trim().to_owned()))
+        );
+        assert_eq!(fact("package_manager"), Some(FactValue::Text("apt".into())));
+        assert_eq!(fact("updates"), Some(FactValue::Int(0)), "{facts:?}");
+        assert_eq!(fact("reboot_required"), Some(FactValue::Bool(false)));
+        assert!(matches!(fact("memory_bytes"), Some(FactValue::Int(bytes)) if bytes > 0));
+        assert!(matches!(fact("cpus"), Some(FactValue::Int(cpus)) if cpus > 0));
+        assert!(facts.error.is_none(), "{facts:?}");
+    }
+
+    // On host1: two updates pending (one for security), and a reboot asked for.
+    let host1 = setup.fleet.host(0);
+    host1
+        .set_pending_updates(&[("openssl", true), ("curl", false)])
+        .unwrap();
+    host1.set_reboot_required(true).unwrap();
+    let changed = eventually("host1's new facts", || async {
+        let detail: MachineDetail = daemon.read("/api/links/host1", &token).await;
+        let facts = detail.facts?;
+        (facts.facts.get("reboot_required") == Some(&FactValue::Bool(true))).then_some(facts)
+    })
+    .await;
+    assert_eq!(changed.facts["updates"], FactValue::Int(2));
+    assert_eq!(changed.facts["security_updates"], FactValue::Int(1));
+    let change = &changed.changes[0];
+    assert_eq!(change.changed["updates"].before, Some(FactValue::Int(0)));
+    assert_eq!(change.changed["updates"].after, Some(FactValue::Int(2)));
+    assert_eq!(
+        change.changed["reboot_required"].before,
+        Some(FactValue::Bool(false))
+    );
+    // host2 is as it was.
+    let host2: MachineDetail = daemon.read("/api/links/host2", &token).await;
+    assert_eq!(host2.facts.unwrap().facts["updates"], FactValue::Int(0));
+
+    // The CLI: the fleet a machine per line, one machine fact by fact.
+    let home = logged_in(&daemon).await;
+    let listed = linkops_with(home.path(), &["facts"], None, &[]).await;
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let host1_line = listed
+        .lines()
+        .find(|l| l.starts_with("host1"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        host1_line.contains(" 2 ") && host1_line.contains(" true "),
+        "{listed}"
+    );
+    let one = linkops_with(home.path(), &["facts", "host1"], None, &[]).await;
+    let one = String::from_utf8_lossy(&one.stdout).into_owned();
+    assert!(
+        one.contains("security_updates") && one.contains("updates 0 → 2"),
+        "{one}"
+    );
+    daemon.stop().await;
+}
