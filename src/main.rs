@@ -160,6 +160,11 @@ enum Command {
         /// A parameter as name=value (repeatable).
         #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
         params: Vec<String>,
+        /// Only machines with this fact (repeatable: all of them), e.g.
+        /// `--where reboot_required=true` (`linkops facts` shows them); decided
+        /// when the run starts.
+        #[arg(long = "where", value_name = "FACT=VALUE")]
+        facts: Vec<String>,
         /// At most this many machines at once.
         #[arg(long)]
         concurrency: Option<usize>,
@@ -468,6 +473,7 @@ fn secret(
                 linkops_reconcilers::script::Targets {
                     machines: machines.clone(),
                     tags: tags.clone(),
+                    where_: Default::default(),
                 }
             });
             let limits = linkops::sealed::files::Limits {
@@ -681,6 +687,7 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
             targets,
             tags,
             params,
+            facts,
             concurrency,
             batch,
             canary,
@@ -699,6 +706,7 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
                 machines: targets,
                 tags,
                 params,
+                facts,
                 concurrency: *concurrency,
                 rollout,
             };

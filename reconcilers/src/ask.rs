@@ -97,9 +97,17 @@ impl Ask {
         }
         let mut used = BTreeMap::new();
         let secret_params = (script.params.iter()).filter(|spec| spec.kind == ParamType::Secret);
+        // Where facts narrow the targets, every machine they could choose
+        // must be within the secret's limits: which ones they choose is not
+        // known before the run starts.
+        let could = Targets {
+            where_: BTreeMap::new(),
+            ..targets.clone()
+        };
         let selected: std::collections::BTreeSet<String> = match secret_params.clone().next() {
-            Some(_) => targets.select(machines).into_iter().collect(),
             None => Default::default(),
+            Some(_) if could.is_empty() => machines.iter().map(|m| m.id.clone()).collect(),
+            Some(_) => could.select(machines).into_iter().collect(),
         };
         let on = || machines.iter().filter(|m| selected.contains(&m.id));
         for spec in secret_params {
@@ -184,6 +192,7 @@ mod tests {
             targets: Targets {
                 machines: Vec::new(),
                 tags: tags.iter().map(|t| (*t).into()).collect(),
+                where_: Default::default(),
             },
             rollout: None,
         }
@@ -242,6 +251,7 @@ mod tests {
             targets: Targets {
                 machines: Vec::new(),
                 tags: vec!["db".into()],
+                where_: Default::default(),
             },
             sealed: String::new(),
         };

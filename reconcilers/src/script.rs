@@ -252,16 +252,73 @@ impl Script {
     }
 }
 
-/// Which machines: named ones, and those with any of the tags.
+/// Which machines: named ones, and those with any of the tags — of those
+/// (or of every machine, when neither is given), the ones whose facts match
+/// every one of `where` (`reboot_required: true`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Targets {
     pub machines: Vec<String>,
     pub tags: Vec<String>,
+    /// Facts a machine must have, by name (a machine whose facts are not
+    /// known yet matches none).
+    #[serde(default, rename = "where", skip_serializing_if = "BTreeMap::is_empty")]
+    pub where_: BTreeMap<String, ParamValue>,
 }
 
 impl Targets {
     pub fn is_empty(&self) -> bool {
-        self.machines.is_empty() && self.tags.is_empty()
+        self.machines.is_empty() && self.tags.is_empty() && self.where_.is_empty()
+    }
+
+    /// Whether the selector asks about facts: then it is resolved against
+    /// them ([`Targets::on_facts`]) before anything selects with it.
+    pub fn asks_facts(&self) -> bool {
+        !self.where_.is_empty()
+    }
+
+    /// The machines this selects now, named: what a run decided by hand or a
+    /// run-request's start records, given each machine's facts (`facts_of`).
+    pub fn on_facts<'a>(
+        &self,
+        machines: &[Machine],
+        facts_of: impl Fn(&str) -> Option<&'a crate::facts::Facts>,
+    ) -> Targets {
+        let named_or_tagged = Targets {
+            where_: BTreeMap::new(),
+            ..self.clone()
+        };
+        let candidates: Vec<&Machine> = match named_or_tagged.is_empty() {
+            true => machines.iter().collect(),
+            false => {
+                let chosen: BTreeSet<String> =
+                    named_or_tagged.select(machines).into_iter().collect();
+                machines.iter().filter(|m| chosen.contains(&m.id)).collect()
+            }
+        };
+        let matching = candidates
+            .into_iter()
+            .filter(|m| facts_of(&m.id).is_some_and(|facts| self.facts_match(facts)))
+            .map(|m| m.id.clone())
+            .collect();
+        Targets {
+            machines: matching,
+            tags: Vec::new(),
+            where_: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `facts` hold every fact `where` asks for (a number or a flag
+    /// given as text, `"true"`, `"3"`, matches its value).
+    pub fn facts_match(&self, facts: &crate::facts::Facts) -> bool {
+        use crate::facts::FactValue;
+        self.where_
+            .iter()
+            .all(|(name, wanted)| match (facts.get(name), wanted) {
+                (Some(FactValue::Bool(have)), ParamValue::Bool(want)) => have == want,
+                (Some(FactValue::Int(have)), ParamValue::Int(want)) => have == want,
+                (Some(have), wanted) => have.to_string() == wanted.to_string(),
+                (None, _) => false,
+            })
     }
 
     /// A tag of the selector that no machine has: a typo, not an empty selection.
@@ -401,5 +458,73 @@ mod tests {
         assert!(problems[0].1.contains("MAX_ARG_STRLEN"), "{problems:?}");
         let three = (0..3).map(|i| (format!("p{i}"), value.clone())).collect();
         assert!(script.resolve_params(&three).is_ok());
+    }
+
+    #[test]
+    fn where_narrows_the_named_and_tagged_or_the_whole_fleet_to_the_facts_asked() {
+        use crate::facts::{FactValue, Facts};
+        use crate::fixtures::machine;
+        let machines = vec![
+            machine("web1", &["web"]),
+            machine("web2", &["web"]),
+            machine("db1", &["db"]),
+        ];
+        let facts: BTreeMap<&str, Facts> = BTreeMap::from([
+            (
+                "web1",
+                Facts::from([
+                    ("reboot_required".to_owned(), FactValue::Bool(true)),
+                    ("updates".to_owned(), FactValue::Int(3)),
+                ]),
+            ),
+            (
+                "web2",
+                Facts::from([("reboot_required".to_owned(), FactValue::Bool(false))]),
+            ),
+            (
+                "db1",
+                Facts::from([
+                    ("reboot_required".to_owned(), FactValue::Bool(true)),
+                    ("os".to_owned(), FactValue::Text("debian-12".into())),
+                ]),
+            ),
+        ]);
+        let chosen = |tags: &[&str], wanted: &[(&str, ParamValue)]| -> Vec<String> {
+            let targets = Targets {
+                machines: Vec::new(),
+                tags: tags.iter().map(|t| (*t).into()).collect(),
+                where_: wanted
+                    .iter()
+                    .map(|(k, v)| ((*k).into(), v.clone()))
+                    .collect(),
+            };
+            assert!(targets.asks_facts());
+            targets.on_facts(&machines, |id| facts.get(id)).machines
+        };
+        assert_eq!(
+            chosen(&[], &[("reboot_required", ParamValue::Bool(true))]),
+            ["web1", "db1"]
+        );
+        assert_eq!(
+            chosen(&["web"], &[("reboot_required", ParamValue::Bool(true))]),
+            ["web1"]
+        );
+        // Every fact asked must hold; a number or a flag given as text matches too.
+        assert_eq!(
+            chosen(
+                &[],
+                &[
+                    ("reboot_required", ParamValue::String("true".into())),
+                    ("updates", ParamValue::String("3".into()))
+                ]
+            ),
+            ["web1"]
+        );
+        assert_eq!(
+            chosen(&[], &[("os", ParamValue::String("debian-12".into()))]),
+            ["db1"]
+        );
+        // A fact a machine does not have matches nothing.
+        assert!(chosen(&[], &[("kernel", ParamValue::String("6.1".into()))]).is_empty());
     }
 }

@@ -167,6 +167,7 @@ mod tests {
             targets: Targets {
                 machines: machines.iter().map(|s| (*s).into()).collect(),
                 tags: tags.iter().map(|s| (*s).into()).collect(),
+                where_: Default::default(),
             },
             sealed: String::new(),
         }

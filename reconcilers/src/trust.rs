@@ -364,6 +364,7 @@ mod tests {
             targets: crate::script::Targets {
                 machines: vec![],
                 tags: tags.iter().map(|t| t.to_string()).collect(),
+                where_: Default::default(),
             },
             params: BTreeMap::new(),
             mode: crate::state::Mode::Enforce,

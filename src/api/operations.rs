@@ -110,6 +110,7 @@ pub async fn run(
         targets: Targets {
             machines: body.targets.machines,
             tags: body.targets.tags,
+            where_: body.targets.where_,
         },
         rollout: body.rollout,
     };

@@ -180,29 +180,44 @@ pub struct RunArgs<'a> {
     pub tags: &'a [String],
     /// `name=value`; values are sent as strings, integers or booleans when they read as such.
     pub params: &'a [String],
+    /// Facts as `name=value`, read alike.
+    pub facts: &'a [String],
     pub concurrency: Option<usize>,
     pub rollout: Option<Rollout>,
+}
+
+/// `name=value` pairs (`what`: the flag, for the error) by name, each value
+/// an integer or a boolean when it reads as one, else text.
+fn pairs<T: serde::de::DeserializeOwned>(
+    given: &[String],
+    what: &str,
+) -> Result<BTreeMap<String, T>> {
+    let mut read = BTreeMap::new();
+    for pair in given {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("{what} {pair:?}: write it as name=value")))?;
+        let value = serde_json::from_str::<Value>(value)
+            .ok()
+            .filter(|v| v.is_i64() || v.is_boolean())
+            .unwrap_or_else(|| Value::String(value.to_owned()));
+        let value = serde_json::from_value(value)
+            .map_err(|e| Error::Usage(format!("{what} {pair:?}: {e}")))?;
+        read.insert(name.to_owned(), value);
+    }
+    Ok(read)
 }
 
 /// `linkops run`: starts the script, follows its output live, and returns the
 /// exit code (0 when every host succeeded, 1 otherwise).
 pub async fn run(client: &Client, args: RunArgs<'_>, json: bool) -> Result<i32> {
-    let mut params = BTreeMap::new();
-    for param in args.params {
-        let (name, value) = param
-            .split_once('=')
-            .ok_or_else(|| Error::Usage(format!("--param {param:?}: write it as name=value")))?;
-        let value = serde_json::from_str::<Value>(value)
-            .ok()
-            .filter(|v| v.is_i64() || v.is_boolean())
-            .unwrap_or_else(|| Value::String(value.to_owned()));
-        params.insert(name.to_owned(), value);
-    }
+    let params = pairs(args.params, "--param")?;
     let body = RunBody {
         script: args.script.to_owned(),
         targets: TargetsBody {
             machines: args.machines.to_vec(),
             tags: args.tags.to_vec(),
+            where_: pairs(args.facts, "--where")?,
         },
         params,
         concurrency: args.concurrency,

@@ -44,6 +44,15 @@ pub struct TargetsBody {
     pub machines: Vec<String>,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Of those (or of every machine), the ones whose facts are these, e.g.
+    /// `{"reboot_required": true}` — decided when the run starts.
+    #[serde(
+        default,
+        rename = "where",
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    #[schema(value_type = Object)]
+    pub where_: std::collections::BTreeMap<String, linkops_reconcilers::script::ParamValue>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]

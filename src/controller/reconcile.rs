@@ -357,8 +357,21 @@ impl Context {
     /// A run-request's reconcile, on the blocking pool (it reads, decides,
     /// records and starts; nothing in it waits for a machine).
     fn run_request(&self, desired: &DesiredState, id: &str) -> Result<Action, store::Error> {
-        let request = desired.runs.get(id);
+        let written = desired.runs.get(id);
         let record = self.store.run_record(id)?;
+        // Targets that ask about facts are decided on the facts as they are
+        // now; what is recorded (its content, for a later edit) is the file's.
+        let on_facts = match written {
+            Some(request) if request.targets.asks_facts() => {
+                let targets = self.store.on_facts(&request.targets, &desired.machines)?;
+                Some(run::RunRequest {
+                    targets,
+                    ..request.clone()
+                })
+            }
+            _ => None,
+        };
+        let request = on_facts.as_ref().or(written);
         let selected = request.map_or_else(Vec::new, |r| r.targets.select(&desired.machines));
         let statuses = self.store.machine_statuses(&selected)?;
         let decision = run::decide(
@@ -402,7 +415,7 @@ impl Context {
                 Ok(Action::AwaitChange)
             }
             RunDecision::Start { machines } => {
-                let request = request.expect("a run decided to start is in Git");
+                let request = written.expect("a run decided to start is in Git");
                 self.start_run(request, machines, desired)?;
                 Ok(Action::AwaitChange)
             }

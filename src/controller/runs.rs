@@ -108,7 +108,7 @@ impl Controller {
             params: operation.params,
             targets: Targets {
                 machines: again,
-                tags: Vec::new(),
+                ..Targets::default()
             },
             rollout: operation.rollout,
         };
@@ -197,6 +197,20 @@ impl Controller {
         concurrency: Option<usize>,
         retry_of: Option<u64>,
     ) -> Result<Operation, RunError> {
+        let mut resolved = resolved;
+        if resolved.targets.asks_facts() {
+            let (asked, machines) = (resolved.targets.clone(), desired.machines.clone());
+            let chosen = (self.context.store)
+                .run(move |store| store.on_facts(&asked, &machines))
+                .await?;
+            if chosen.machines.is_empty() {
+                return Err(RunError::Unfit {
+                    field: "targets.where".into(),
+                    message: "no machine's facts match `where` now (`linkops facts` shows them): nothing was started".into(),
+                });
+            }
+            resolved.targets = chosen;
+        }
         let hosts = self.placed(desired, &resolved, by).await?;
         let secrets = (resolved.secrets.iter())
             .map(|(param, secret)| (param.clone(), (*secret).clone()))

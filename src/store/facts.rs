@@ -2,7 +2,9 @@
 //! each gathering changed (`fact_changes`, the newest
 //! [`facts::MAX_CHANGES`] per machine), written in one transaction.
 
-use linkops_reconcilers::facts::{self, FactChange, MachineFacts};
+use linkops_reconcilers::facts::{self, FactChange, Facts, MachineFacts};
+use linkops_reconcilers::machine::Machine;
+use linkops_reconcilers::script::Targets;
 
 use super::engine::{Read, Write};
 use super::schema::{FACT_CHANGES, MACHINE_FACTS};
@@ -65,6 +67,16 @@ impl Store {
         Ok(found)
     }
 
+    /// `targets` resolved on the facts of `machines` as they are now: the
+    /// machines they select, named (one read of every machine's facts).
+    pub fn on_facts(&self, targets: &Targets, machines: &[Machine]) -> Result<Targets> {
+        let ids: Vec<String> = machines.iter().map(|m| m.id.clone()).collect();
+        let known: std::collections::HashMap<String, Facts> = (self.facts_of(&ids)?.into_iter())
+            .map(|gathered| (gathered.machine_id, gathered.facts))
+            .collect();
+        Ok(targets.on_facts(machines, |id| known.get(id)))
+    }
+
     /// A machine's fact changes, newest first, at most `limit`.
     pub fn fact_changes(&self, machine_id: &str, limit: usize) -> Result<Vec<FactChange>> {
         let read = self.read()?;
@@ -80,7 +92,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use linkops_reconcilers::facts::{FactValue, Facts};
+    use linkops_reconcilers::facts::FactValue;
 
     use super::*;
     use crate::store::testing;

@@ -11,9 +11,11 @@ use linkops_reconcilers::facts::FactValue;
 use crate::cli::{linkops_with, logged_in};
 use crate::support::{ADMIN, FleetSetup, eventually};
 
+const SCRIPTS: &str = "scripts:\n  - {id: reboot, name: Reboot, body: echo rebooting}\n";
+
 #[tokio::test]
 async fn facts_are_gathered_at_enrollment_and_follow_a_change_within_their_interval() {
-    let setup = FleetSetup::new(2, &[], "scripts: []\n");
+    let setup = FleetSetup::new(2, &[], SCRIPTS);
     // Checked every second, facts due every two: a change shows within seconds.
     let links = setup.fleet.inventory("test", &[], "health_interval: 1s");
     setup.work.write("links.yaml", &links);
@@ -90,6 +92,55 @@ async fn facts_are_gathered_at_enrollment_and_follow_a_change_within_their_inter
     // host2 is as it was.
     let host2: MachineDetail = daemon.read("/api/links/host2", &token).await;
     assert_eq!(host2.facts.unwrap().facts["updates"], FactValue::Int(0));
+
+    // A run by hand `where: {reboot_required: true}` reaches exactly that machine…
+    let body =
+        serde_json::json!({"script": "reboot", "targets": {"where": {"reboot_required": true}}});
+    let (status, started) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/operations/run",
+            &token,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{started}");
+    assert_eq!(started["machines"], serde_json::json!(["host1"]));
+    // …as does a run-request committed with it; none matching starts nothing.
+    setup.work.write(
+        "runs/reboot.yaml",
+        "id: reboot-pending\nscript: reboot\ntargets:\n  where: {reboot_required: true}\n",
+    );
+    let head = setup.work.commit("reboot what asks for it");
+    let synced = daemon.post("/api/git/sync", Some(&token)).await;
+    assert_eq!(synced.status(), reqwest::StatusCode::OK);
+    crate::git_sync::applied(&daemon, &head).await;
+    let run = eventually("the run-request's operation", || async {
+        let runs: serde_json::Value = daemon.read("/api/runs", &token).await;
+        let run = runs
+            .as_array()?
+            .iter()
+            .find(|r| r["id"] == "reboot-pending")?
+            .clone();
+        run["state"]["operation_id"].as_u64()
+    })
+    .await;
+    let operation: serde_json::Value = daemon.read(&format!("/api/operations/{run}"), &token).await;
+    assert_eq!(operation["machines"], serde_json::json!(["host1"]));
+    let body = serde_json::json!({"script": "reboot", "targets": {"where": {"os": "plan9"}}});
+    let (status, refused) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/operations/run",
+            &token,
+            Some(body),
+        )
+        .await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        "{refused}"
+    );
 
     // The CLI: the fleet a machine per line, one machine fact by fact.
     let home = logged_in(&daemon).await;

@@ -466,9 +466,11 @@ impl FleetSetup {
         let daemon = TestDaemon::start_on(config, listener).await;
         let head = self.work.head();
         let mut desired = daemon.daemon().git().desired();
-        desired
-            .wait_for(|d| d.as_ref().is_some_and(|d| d.revision == head))
+        let applied = desired.wait_for(|d| d.as_ref().is_some_and(|d| d.revision == head));
+        // Bounded: a test whose repository is invalid fails here, not never.
+        tokio::time::timeout(std::time::Duration::from_secs(60), applied)
             .await
+            .expect("the repository's head applied within 60 s: is the test's repository valid? (GET /api/git/status says)")
             .unwrap();
         daemon
     }

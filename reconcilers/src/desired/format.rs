@@ -212,7 +212,8 @@ pub struct ParamEntry {
     pub pattern: Option<Spanned<String>>,
 }
 
-/// Which machines: ids and/or tags (a machine matches if it is named or has any of the tags).
+/// Which machines: ids and/or tags (a machine matches if it is named or has
+/// any of the tags), narrowed by facts (`where`).
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetsEntry {
@@ -222,6 +223,12 @@ pub struct TargetsEntry {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub tags: Vec<Spanned<String>>,
+    /// Of those (or of every machine, when neither is given), the ones whose
+    /// facts (`linkops facts`) are these, e.g. `{reboot_required: true}`; for
+    /// run-requests (resolved when they start), not for states.
+    #[serde(default, rename = "where")]
+    #[schemars(with = "BTreeMap<String, ParamValue>")]
+    pub where_: BTreeMap<String, Spanned<ParamValue>>,
 }
 
 /// `runs/<name>.yaml`: asks for a script to run once on some machines.

@@ -7,6 +7,7 @@ fn run(not_before: Option<&str>) -> RunRequest {
     let targets = Targets {
         machines: vec!["db".into()],
         tags: vec!["web".into()],
+        where_: Default::default(),
     };
     RunRequest {
         not_before: not_before.map(|t| t.parse().unwrap()),
@@ -382,6 +383,7 @@ fn a_tag_no_machine_has_is_named() {
     let targets = |tags: &[&str]| Targets {
         machines: vec![],
         tags: tags.iter().map(|t| t.to_string()).collect(),
+        where_: Default::default(),
     };
     assert_eq!(targets(&["web", "db"]).unmatched_tag(&machines), None);
     assert_eq!(

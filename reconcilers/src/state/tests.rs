@@ -19,6 +19,7 @@ fn state(mode: Mode, rollout: Rollout) -> DeclaredState {
         targets: Targets {
             machines: vec![],
             tags: vec!["web".into()],
+            where_: Default::default(),
         },
         params: BTreeMap::new(),
         mode,

@@ -2386,14 +2386,30 @@ export interface components {
              */
             total?: number | null;
         };
-        /** @description Which machines: named ones, and those with any of the tags. */
+        /**
+         * @description Which machines: named ones, and those with any of the tags — of those
+         *     (or of every machine, when neither is given), the ones whose facts match
+         *     every one of `where` (`reboot_required: true`).
+         */
         Targets: {
             machines: string[];
             tags: string[];
+            /**
+             * @description Facts a machine must have, by name (a machine whose facts are not
+             *     known yet matches none).
+             */
+            where?: {
+                [key: string]: components["schemas"]["ParamValue"];
+            };
         };
         TargetsBody: {
             machines?: string[];
             tags?: string[];
+            /**
+             * @description Of those (or of every machine), the ones whose facts are these, e.g.
+             *     `{"reboot_required": true}` — decided when the run starts.
+             */
+            where?: Record<string, never>;
         };
         /** @description A terminal session as recorded: who opened a shell where, and how it went. */
         TerminalSession: {

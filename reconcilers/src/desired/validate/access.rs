@@ -52,7 +52,11 @@ fn check_grant(
         );
         fine = false;
     }
-    let targets = TargetsEntry { machines, tags };
+    let targets = TargetsEntry {
+        machines,
+        tags,
+        where_: BTreeMap::new(),
+    };
     let errors_before = report.problems.len();
     let reached = known.check_targets(&targets, report);
     fine &= report.problems.len() == errors_before;

@@ -391,11 +391,39 @@ impl Known<'_> {
         }
     }
 
-    /// Reports ids that are not in the inventory and tags no machine has.
+    /// Reports a `where` given where facts do not select: `what` (a state, a
+    /// script's default targets, a secret's limit) names where.
+    fn no_facts(&self, targets: &TargetsEntry, what: &str, report: &mut Report) {
+        if let Some(value) = targets.where_.values().next() {
+            report.at(
+                value,
+                format!("`where` selects machines by their facts for runs and run-requests only, not for {what}: name tags or machines"),
+            );
+        }
+    }
+
+    /// Reports ids that are not in the inventory, tags no machine has and
+    /// fact names that cannot be.
     fn check_targets(&self, targets: &TargetsEntry, report: &mut Report) -> Targets {
+        for (name, value) in &targets.where_ {
+            let fact = name.len() <= crate::facts::MAX_NAME_BYTES
+                && !name.is_empty()
+                && (name.bytes()).all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.'
+                });
+            if !fact {
+                report.at(
+                    value,
+                    format!("{name:?} is not a fact's name (`linkops facts ID` lists them)"),
+                );
+            }
+        }
         let selected = Targets {
             machines: targets.machines.iter().map(|s| s.value.clone()).collect(),
             tags: targets.tags.iter().map(|s| s.value.clone()).collect(),
+            where_: (targets.where_.iter())
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect(),
         };
         if !self.inventory_read {
             return selected;
@@ -416,10 +444,7 @@ impl Known<'_> {
                 );
             }
         }
-        Targets {
-            machines: targets.machines.iter().map(|s| s.value.clone()).collect(),
-            tags: targets.tags.iter().map(|s| s.value.clone()).collect(),
-        }
+        selected
     }
 }
 

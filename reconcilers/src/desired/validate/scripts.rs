@@ -99,7 +99,10 @@ pub(super) fn check_scripts(
         let params = check_params(params, &known.secrets, &mut report);
         let timeout = timeout.and_then(|t| duration(&t, &mut report));
         let targets = targets
-            .map(|t| known.check_targets(&t, &mut report))
+            .map(|t| {
+                known.no_facts(&t, "a script's default targets", &mut report);
+                known.check_targets(&t, &mut report)
+            })
             .unwrap_or_default();
         // Kept even when broken (the revision is rejected anyway), so that runs
         // naming it are checked against it rather than called unknown.

@@ -82,6 +82,7 @@ pub(super) fn check_secret(
         );
     }
     let targets = targets.map_or_else(Targets::default, |targets| {
+        known.no_facts(&targets, "a secret's limit", report);
         known.check_targets(&targets, report)
     });
     let sealed = value.value.trim();

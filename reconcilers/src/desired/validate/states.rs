@@ -35,6 +35,7 @@ pub(super) fn check_state(
         );
     }
     let given = targets.map_or_else(Targets::default, |targets| {
+        known.no_facts(&targets, "a declared state", report);
         known.check_targets(&targets, report)
     });
     let asked = Asked {

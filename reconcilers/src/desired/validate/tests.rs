@@ -290,3 +290,43 @@ fn secrets_are_sealed_named_where_they_live_and_used_only_within_their_limits() 
         assert_eq!(problems(extra), expected, "{extra:?}");
     }
 }
+
+#[test]
+fn where_selects_by_facts_for_run_requests_only() {
+    let files = |run: &str, state: &str| -> RepoFiles {
+        [
+            (
+                "links.yaml",
+                "machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [web]}\n",
+            ),
+            (
+                "scripts.yaml",
+                "scripts:\n  - {id: reboot, name: Reboot, body: reboot, check: \"true\"}\n",
+            ),
+            ("runs/r.yaml", run),
+            ("states/s.yaml", state),
+        ]
+        .into_iter()
+        .map(|(path, text)| (path.to_owned(), text.as_bytes().to_vec()))
+        .collect()
+    };
+    let run = "id: r\nscript: reboot\ntargets:\n  tags: [web]\n  where: {reboot_required: true}\n";
+    let state = "id: s\nscript: reboot\ntargets: {tags: [web]}\n";
+    let desired = load("r1", &files(run, state)).unwrap();
+    let targets = &desired.runs["r"].targets;
+    assert_eq!(targets.where_["reboot_required"], ParamValue::Bool(true));
+    assert_eq!(targets.tags, ["web"]);
+
+    let state = "id: s\nscript: reboot\ntargets:\n  where: {os: debian-12}\n";
+    let run = "id: r\nscript: reboot\ntargets:\n  where: {\"Not A Fact\": 1}\n";
+    let problems: Vec<String> = (load("r1", &files(run, state)).unwrap_err().iter())
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            "runs/r.yaml:4:25: \"Not A Fact\" is not a fact's name (`linkops facts ID` lists them)",
+            "states/s.yaml:4:15: `where` selects machines by their facts for runs and run-requests only, not for a declared state: name tags or machines",
+        ]
+    );
+}
