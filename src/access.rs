@@ -96,14 +96,15 @@ impl MachineAccess {
         }
     }
 
+    /// A turn among the fleet's SSH sessions (`[ssh] concurrency`), held while it lives.
+    pub async fn session(&self) -> tokio::sync::SemaphorePermit<'_> {
+        (self.sessions.acquire().await).expect("the session semaphore is never closed")
+    }
+
     /// Connects (or reuses the connection) and reads the client id: one
     /// round-trip answers both "is it up?" and "is it the machine we mean?".
     pub async fn check(&self, machine: &Machine) -> CheckResult {
-        let _session = self
-            .sessions
-            .acquire()
-            .await
-            .expect("the session semaphore is never closed");
+        let _session = self.session().await;
         let target = self.target(machine);
         let started = Instant::now();
         let mut reading = self.read_client_id(&target, &machine.id).await;
@@ -127,11 +128,7 @@ impl MachineAccess {
     /// Gathers a machine's facts over its pooled connection: the gatherer's
     /// output (bounded), or why it could not be had.
     pub async fn gather_facts(&self, machine: &Machine) -> Result<String, String> {
-        let _session = self
-            .sessions
-            .acquire()
-            .await
-            .expect("the session semaphore is never closed");
+        let _session = self.session().await;
         let target = self.target(machine);
         let connection = (self.connect(&target, &machine.id, &Purpose::Health).await)
             .map_err(|error| error.to_string())?;

@@ -339,7 +339,7 @@ const WELCOME_RUN: &str = "id: welcome\nscript: system-info\ntargets:\n  tags: [
 const README: &str = "# LinkOps demo configuration\n\nEdit, commit, and watch the daemon follow: a new file under runs/ runs its script once; states/ declares what the machines are kept in.\n";
 
 /// The demo secret's value: known, so that the browser tests can look for it (never found).
-pub const DEMO_TOKEN: &str = "demo-t0ken/s3cret";
+const DEMO_TOKEN: &str = "demo-t0ken/s3cret";
 
 fn write_repository(
     repo: &Path,

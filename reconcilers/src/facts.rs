@@ -58,10 +58,11 @@ pub struct FactChange {
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
 /// Most bytes the gatherer's output may have (more is an error, not a truncation).
 pub const MAX_OUTPUT_BYTES: usize = 64 << 10;
-/// Most facts one machine may have; a name's and a text value's longest.
+/// Most facts one machine may have; a name's longest (bytes) and a text
+/// value's (characters: a longer one is cut).
 pub const MAX_FACTS: usize = 256;
 pub const MAX_NAME_BYTES: usize = 64;
-pub const MAX_TEXT_BYTES: usize = 1024;
+pub const MAX_TEXT_CHARS: usize = 1024;
 /// Changes kept per machine; older ones go.
 pub const MAX_CHANGES: usize = 100;
 
@@ -116,7 +117,7 @@ pub fn parse(output: &str, now_ms: i64) -> Result<Facts, String> {
                 _ => continue,
             }
         } else {
-            FactValue::Text(value.chars().take(MAX_TEXT_BYTES).collect())
+            FactValue::Text(value.chars().take(MAX_TEXT_CHARS).collect())
         };
         facts.insert(name.to_owned(), value);
         if facts.len() > MAX_FACTS {
@@ -157,7 +158,7 @@ pub fn parse_custom(fact: &str, output: &str) -> Result<Facts, String> {
                 None => FactValue::Text(n.to_string()),
             },
             serde_json::Value::String(s) => {
-                FactValue::Text(s.chars().take(MAX_TEXT_BYTES).collect())
+                FactValue::Text(s.chars().take(MAX_TEXT_CHARS).collect())
             }
             serde_json::Value::Null => continue,
             _ => {

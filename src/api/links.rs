@@ -52,15 +52,17 @@ pub async fn list(
             after: views.last().map(|view| view.spec.id.clone()),
             ..query
         };
-        let link = format!(
-            "</api/links?{}>; rel=\"next\"",
-            serde_urlencoded::to_string(&next).unwrap_or_default()
-        );
-        if let Ok(link) = HeaderValue::from_str(&link) {
-            headers.insert(header::LINK, link);
-        }
+        link_next(&mut headers, "/api/links", &next);
     }
     Ok((headers, Json(views)))
+}
+
+/// `Link: <path?next>; rel="next"`: where the next page of a paged answer is.
+fn link_next(headers: &mut HeaderMap, path: &str, next: &impl serde::Serialize) {
+    let query = serde_urlencoded::to_string(next).unwrap_or_default();
+    if let Ok(link) = HeaderValue::from_str(&format!("<{path}?{query}>; rel=\"next\"")) {
+        headers.insert(header::LINK, link);
+    }
 }
 
 /// Refuses a state no machine can be in, and a page size out of range.
@@ -122,13 +124,7 @@ pub async fn facts(
             after: ids.last().cloned(),
             ..query
         };
-        let link = format!(
-            "</api/facts?{}>; rel=\"next\"",
-            serde_urlencoded::to_string(&next).unwrap_or_default()
-        );
-        if let Ok(link) = HeaderValue::from_str(&link) {
-            headers.insert(header::LINK, link);
-        }
+        link_next(&mut headers, "/api/facts", &next);
     }
     let gathered = state.store.run(move |store| store.facts_of(&ids)).await?;
     let views = (gathered.into_iter())

@@ -206,12 +206,7 @@ impl Engine {
     ) -> Result<CheckRun, Error> {
         let secret = |name: &str| secrets.contains_key(name);
         let command = command::command_line(script, params, secret, &self.access.trust_facts())?;
-        let _session = self
-            .access
-            .sessions
-            .acquire()
-            .await
-            .expect("the session semaphore is never closed");
+        let _session = self.access.session().await;
         let (updates, mut receiver) = mpsc::channel(64);
         let run = HostRun {
             access: self.access.clone(),

@@ -114,13 +114,7 @@ async fn run(
 
 /// Follows operation `id`'s live output until `marker` has been printed.
 async fn until_printed(daemon: &TestDaemon, token: &str, id: u64, marker: &str) -> String {
-    use eventsource_stream::Eventsource;
-    let url = format!(
-        "{}/api/operations/{id}/events?access_token={token}",
-        daemon.url
-    );
-    let response = daemon.client().get(url).send().await.unwrap();
-    let mut events = response.bytes_stream().eventsource();
+    let mut events = std::pin::pin!(crate::support::event_stream(daemon, token, id, None).await);
     let mut text = String::new();
     while !text.contains(marker) {
         let event = events

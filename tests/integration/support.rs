@@ -313,7 +313,7 @@ pub async fn read_events(
 }
 
 /// An operation's raw SSE stream, after `last_event_id` if given.
-async fn event_stream(
+pub(crate) async fn event_stream(
     daemon: &TestDaemon,
     token: &str,
     operation: u64,

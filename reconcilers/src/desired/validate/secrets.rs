@@ -72,7 +72,7 @@ pub(super) fn check_secret(
         value,
     } = file;
     let expected = format!("{}/{}.yaml", super::super::SECRETS_DIR, name.value);
-    if path != expected && path != expected.replace(".yaml", ".yml") {
+    if path != expected {
         report.at(
             &name,
             format!(
