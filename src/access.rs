@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use linkops_reconcilers::certificate::Purpose;
 use linkops_reconcilers::enrollment::{CLIENT_ID_PATH, ClientIdReading};
+use linkops_reconcilers::facts::CustomFact;
 use linkops_reconcilers::machine::{Auth, CheckResult, Machine};
 use tokio::sync::Semaphore;
 
@@ -125,25 +126,56 @@ impl MachineAccess {
         }
     }
 
-    /// Gathers a machine's facts over its pooled connection: the gatherer's
-    /// output (bounded), or why it could not be had.
+    /// Gathers a machine's built-in facts over its pooled connection: the
+    /// gatherer's output (bounded), or why it could not be had.
     pub async fn gather_facts(&self, machine: &Machine) -> Result<String, String> {
+        let limit = linkops_reconcilers::facts::MAX_OUTPUT_BYTES;
+        let output = self.read_only(machine, GATHERER, FACTS_TIMEOUT, limit).await?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// A custom fact's output from `machine`, or why there is none (it
+    /// failed, or printed too much).
+    pub async fn gather_custom_fact(
+        &self,
+        machine: &Machine,
+        fact: &CustomFact,
+    ) -> Result<String, String> {
+        let limit = linkops_reconcilers::facts::MAX_CUSTOM_OUTPUT_BYTES;
+        let output = (self.read_only(machine, &fact.script, fact.timeout, limit).await)
+            .map_err(|error| format!("custom fact {}: {error}", fact.name))?;
+        if !output.status.success() {
+            let said = String::from_utf8_lossy(&output.stderr);
+            let said = said.lines().next().unwrap_or_default();
+            let ended = match output.status {
+                ExitStatus::Code(code) => format!("exited with {code}"),
+                ExitStatus::Signal { name, .. } => format!("killed by SIG{name}"),
+                ExitStatus::Unknown => "ended without an exit status".to_owned(),
+            };
+            return Err(format!("custom fact {}: {ended}: {said}", fact.name));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Runs a read-only `sh` script on `machine` over its pooled connection
+    /// and collects at most `limit` bytes of each output.
+    async fn read_only(
+        &self,
+        machine: &Machine,
+        script: &str,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<ssh::Output, String> {
         let _session = self.session().await;
         let target = self.target(machine);
         let connection = (self.connect(&target, &machine.id, &Purpose::Health).await)
             .map_err(|error| error.to_string())?;
-        let execution = (connection
-            .exec("sh", GATHERER.as_bytes(), FACTS_TIMEOUT)
-            .await)
+        let execution = (connection.exec("sh", script.as_bytes(), timeout).await)
             .map_err(|error| error.to_string())?;
-        let limit = linkops_reconcilers::facts::MAX_OUTPUT_BYTES;
-        let output = execution
-            .collect(limit + 1)
-            .await
-            .map_err(|error| error.to_string())?;
+        let output = (execution.collect(limit + 1).await).map_err(|error| error.to_string())?;
         match output.truncated {
-            true => Err(format!("the facts' output passed {limit} bytes")),
-            false => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
+            true => Err(format!("the output passed {limit} bytes")),
+            false => Ok(output),
         }
     }
 

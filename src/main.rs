@@ -132,6 +132,10 @@ enum Command {
         /// Only machines with this tag.
         #[arg(long)]
         tag: Option<String>,
+        /// Only machines whose facts are these: `--where os=debian-12`
+        /// (repeatable: all of them; `linkops facts` shows them).
+        #[arg(long = "where", value_name = "FACT=VALUE")]
+        facts: Vec<String>,
     },
     /// What machines are: OS, kernel, CPUs, memory, disk, pending and
     /// security updates, whether a reboot is required — gathered from each
@@ -676,7 +680,7 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
         _ => Client::from_session(server, token)?,
     };
     match command {
-        Command::Machines { tag } => client::machines(&client, tag.as_deref(), json)
+        Command::Machines { tag, facts } => client::machines(&client, tag.as_deref(), &facts, json)
             .await
             .map(|()| 0),
         Command::Facts { id, tag } => client::facts(&client, id.as_deref(), tag.as_deref(), json)

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::script::ParamValue;
+
 /// A fact's value: text, a whole number or a flag. A fact the machine could
 /// not tell (no package manager the gatherer knows) is absent, not an error.
 #[derive(
@@ -38,10 +40,11 @@ pub type Facts = BTreeMap<String, FactValue>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineFacts {
     pub machine_id: String,
-    /// When they were gathered (Unix ms); the facts stand until the next gathering.
+    /// When they were last gathered, or tried (Unix ms).
     pub gathered_at_ms: i64,
     pub facts: Facts,
-    /// Why the last gathering failed, if it did (the facts are the last good ones).
+    /// What went wrong in the last gathering, if anything: all of it (the
+    /// facts are the last good ones) or a custom fact (its values are).
     #[serde(default)]
     pub error: Option<String>,
 }
@@ -138,19 +141,57 @@ pub fn parse(output: &str, now_ms: i64) -> Result<Facts, String> {
     Ok(facts)
 }
 
-/// A custom fact's output (a JSON object of names to strings, numbers or
-/// booleans) as facts named `<fact>.<name>`.
+/// A custom fact declared in the config repository (`facts/<name>.yaml`),
+/// like Salt's custom grains: a small `sh` script printing a JSON object
+/// whose values become facts named `<name>.<key>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CustomFact {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The machines it is gathered on; every machine when empty.
+    #[serde(default)]
+    pub targets: crate::script::Targets,
+    pub script: String,
+    #[schema(value_type = crate::DurationSchema)]
+    pub timeout: Duration,
+}
+
+/// A custom fact's name: lower-case letters, digits and `_`.
+pub const CUSTOM_NAME_PATTERN: &str = "^[a-z][a-z0-9_]{0,31}$";
+/// Most custom facts one repository may declare (each is one more command
+/// per machine and gathering).
+pub const MAX_CUSTOM_FACTS: usize = 32;
+/// A custom fact's script, and its output.
+pub const MAX_CUSTOM_SCRIPT_BYTES: usize = 16 << 10;
+pub const MAX_CUSTOM_OUTPUT_BYTES: usize = 16 << 10;
+/// How long a custom fact may take unless it says (and the most it may say).
+pub const DEFAULT_CUSTOM_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_CUSTOM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A custom fact's output (a JSON object of keys — lower-case letters,
+/// digits, `_` — to strings, numbers or booleans; `null`: not told) as
+/// facts named `<fact>.<key>`.
 pub fn parse_custom(fact: &str, output: &str) -> Result<Facts, String> {
-    if output.len() > MAX_OUTPUT_BYTES {
+    if output.len() > MAX_CUSTOM_OUTPUT_BYTES {
         return Err(format!(
-            "custom fact {fact}: {} bytes of output; at most {MAX_OUTPUT_BYTES}",
+            "custom fact {fact}: {} bytes of output; at most {MAX_CUSTOM_OUTPUT_BYTES}",
             output.len()
         ));
     }
     let object: BTreeMap<String, serde_json::Value> = serde_json::from_str(output.trim())
         .map_err(|error| format!("custom fact {fact}: not a JSON object of values: {error}"))?;
     let mut facts = Facts::new();
-    for (name, value) in object {
+    for (key, value) in object {
+        let name = format!("{fact}.{key}");
+        let named = !key.is_empty()
+            && name.len() <= MAX_NAME_BYTES
+            && (key.bytes()).all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !named {
+            return Err(format!(
+                "custom fact {fact}: key {key:?} is not lower-case letters, digits and `_` (at most {MAX_NAME_BYTES} bytes with the fact's name)"
+            ));
+        }
         let value = match value {
             serde_json::Value::Bool(v) => FactValue::Bool(v),
             serde_json::Value::Number(n) => match n.as_i64() {
@@ -163,16 +204,101 @@ pub fn parse_custom(fact: &str, output: &str) -> Result<Facts, String> {
             serde_json::Value::Null => continue,
             _ => {
                 return Err(format!(
-                    "custom fact {fact}: {name:?} is not a string, a number or a boolean"
+                    "custom fact {fact}: {key:?} is not a string, a number or a boolean"
                 ));
             }
         };
-        facts.insert(format!("{fact}.{name}"), value);
+        facts.insert(name, value);
     }
     if facts.len() > MAX_FACTS {
         return Err(format!("custom fact {fact}: more than {MAX_FACTS} values"));
     }
     Ok(facts)
+}
+
+/// One gathering's facts: the gatherer's (`builtin`, already parsed) and
+/// each custom fact's output or why it failed. A custom fact that failed
+/// keeps its last values (from `last`) and says why in `error`; a whole
+/// gathering is never lost to one custom fact.
+pub fn gathered(
+    machine_id: &str,
+    builtin: Facts,
+    custom: Vec<(String, Result<String, String>)>,
+    last: Option<&MachineFacts>,
+    now_ms: i64,
+) -> MachineFacts {
+    let mut facts = builtin;
+    let mut errors = Vec::new();
+    for (fact, output) in custom {
+        match output.and_then(|output| parse_custom(&fact, &output)) {
+            Ok(found) => facts.extend(found),
+            Err(error) => {
+                let prefix = format!("{fact}.");
+                let kept = (last.into_iter())
+                    .flat_map(|last| &last.facts)
+                    .filter(|(name, _)| name.starts_with(&prefix))
+                    .map(|(name, value)| (name.clone(), value.clone()));
+                facts.extend(kept);
+                errors.push(error);
+            }
+        }
+        if facts.len() > MAX_FACTS {
+            errors.push(format!("more than {MAX_FACTS} facts: the rest are left out"));
+            while facts.len() > MAX_FACTS {
+                facts.pop_last();
+            }
+            break;
+        }
+    }
+    MachineFacts {
+        machine_id: machine_id.to_owned(),
+        gathered_at_ms: now_ms,
+        facts,
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+    }
+}
+
+/// Longest selector text a query may give (`os=debian-12,reboot_required=true`).
+pub const MAX_SELECTOR_BYTES: usize = 1024;
+
+/// A selector written `fact=value[,fact=value…]` (a query string's `where`),
+/// as [`crate::script::Targets::where_`] holds it: `true`/`false` are flags,
+/// whole numbers numbers, anything else text.
+pub fn selector(text: &str) -> Result<BTreeMap<String, ParamValue>, String> {
+    if text.len() > MAX_SELECTOR_BYTES {
+        return Err(format!(
+            "{} bytes; a selector is at most {MAX_SELECTOR_BYTES}",
+            text.len()
+        ));
+    }
+    let mut wanted = BTreeMap::new();
+    for pair in text.split(',').filter(|pair| !pair.trim().is_empty()) {
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(format!("{pair:?}: write each as fact=value"));
+        };
+        let name = name.trim();
+        let named = !name.is_empty()
+            && name.len() <= MAX_NAME_BYTES
+            && (name.bytes())
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+        if !named {
+            return Err(format!("{name:?} is not a fact's name"));
+        }
+        let value = value.trim();
+        let value = match value {
+            "true" => ParamValue::Bool(true),
+            "false" => ParamValue::Bool(false),
+            _ => match value.parse::<i64>() {
+                Ok(number) => ParamValue::Int(number),
+                Err(_) => ParamValue::String(value.to_owned()),
+            },
+        };
+        wanted.insert(name.to_owned(), value);
+    }
+    match wanted.is_empty() {
+        true => Err("no fact=value in it".to_owned()),
+        false => Ok(wanted),
+    }
 }
 
 /// How long until a machine's facts are due: now (`Duration::ZERO`) when it
@@ -275,6 +401,49 @@ mod tests {
         assert_eq!(facts.len(), 3);
         assert!(parse_custom("nginx", r#"{"nested": {"a": 1}}"#).is_err());
         assert!(parse_custom("nginx", "not json").is_err());
+    }
+
+    #[test]
+    fn a_failing_custom_fact_keeps_its_last_values_and_says_why_beside_the_rest() {
+        let text = |v: &str| FactValue::Text(v.into());
+        let last = MachineFacts {
+            machine_id: "web1".into(),
+            gathered_at_ms: NOW - 1000,
+            facts: Facts::from([
+                ("os".into(), text("debian-11")),
+                ("nginx.version".into(), text("1.22.1")),
+                ("raid.ok".into(), FactValue::Bool(true)),
+            ]),
+            error: None,
+        };
+        let builtin = Facts::from([("os".into(), text("debian-12"))]);
+        let custom = vec![
+            ("nginx".into(), Err("custom fact nginx: exited with 127".into())),
+            ("raid".into(), Ok(r#"{"ok": false}"#.into())),
+            ("bad".into(), Ok(r#"{"Has Space": 1}"#.into())),
+        ];
+        let now = gathered("web1", builtin, custom, Some(&last), NOW);
+        assert_eq!(now.facts["os"], text("debian-12"));
+        assert_eq!(now.facts["nginx.version"], text("1.22.1"));
+        assert_eq!(now.facts["raid.ok"], FactValue::Bool(false));
+        assert!(!now.facts.keys().any(|k| k.starts_with("bad.")));
+        let error = now.error.unwrap();
+        assert!(error.contains("exited with 127"), "{error}");
+        assert!(error.contains("\"Has Space\""), "{error}");
+        let clean = gathered("web1", Facts::new(), Vec::new(), None, NOW);
+        assert_eq!((clean.error, clean.gathered_at_ms), (None, NOW));
+    }
+
+    #[test]
+    fn a_selector_reads_flags_numbers_and_text_and_refuses_what_names_no_fact() {
+        let wanted = selector("os=debian-12, reboot_required=true,updates=0").unwrap();
+        assert_eq!(wanted["os"], ParamValue::String("debian-12".into()));
+        assert_eq!(wanted["reboot_required"], ParamValue::Bool(true));
+        assert_eq!(wanted["updates"], ParamValue::Int(0));
+        assert_eq!(selector("nginx.version=1.22").unwrap().len(), 1);
+        for bad in ["", "os", "OS=x", "a b=1", &format!("os={}", "x".repeat(1100))] {
+            assert!(selector(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

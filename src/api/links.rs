@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
+use linkops_reconcilers::facts;
 use linkops_reconcilers::enrollment::Enrollment;
 use linkops_reconcilers::machine::{Health, Machine};
 use linkops_reconcilers::operation::Operation;
@@ -81,6 +82,12 @@ fn check_query(query: &MachineQuery) -> Result<(), ApiError> {
     {
         return Err(unknown("enrollment", enrollment, &Enrollment::NAMES));
     }
+    if let Some(Err(problem)) = query.where_.as_deref().map(facts::selector) {
+        return Err(ApiError::Unprocessable {
+            field: "where".into(),
+            message: format!("where: {problem}"),
+        });
+    }
     if query
         .limit
         .is_some_and(|limit| !(1..=MAX_PAGE).contains(&limit))
@@ -142,6 +149,12 @@ pub async fn events(
     Query(query): Query<MachineQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     check_query(&query)?;
+    if query.where_.is_some() {
+        return Err(ApiError::Unprocessable {
+            field: "where".into(),
+            message: "`where` filters GET /api/links only: facts are gathered on an interval, not followed live; follow by tag, health, enrollment or q".into(),
+        });
+    }
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let sight = caller.reach(&state).sight().clone();
     // The stream shows what the grants saw when it opened: when that changes

@@ -50,9 +50,19 @@ pub async fn login(server: &str, user: &str, password_stdin: bool) -> Result<()>
 }
 
 /// `linkops machines`
-pub async fn machines(client: &Client, tag: Option<&str>, json: bool) -> Result<()> {
+pub async fn machines(
+    client: &Client,
+    tag: Option<&str>,
+    facts: &[String],
+    json: bool,
+) -> Result<()> {
+    if let Some(pair) = facts.iter().find(|pair| pair.contains(',')) {
+        let usage = format!("--where {pair:?}: one fact=value each; repeat --where for more");
+        return Err(Error::Usage(usage));
+    }
     let query = MachineQuery {
         tag: tag.map(str::to_owned),
+        where_: (!facts.is_empty()).then(|| facts.join(",")),
         ..MachineQuery::default()
     };
     let machines: Vec<MachineView> = client.get_query("/api/links", &query).await?;

@@ -61,12 +61,16 @@ pub struct FactsConfig {
     /// tenth per machine), and at once when it is enrolled; `0s` gathers none.
     #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
     pub interval: Duration,
+    /// Machines whose facts are gathered at once, beside (never in) the
+    /// reconcile's own `concurrency`.
+    pub concurrency: usize,
 }
 
 impl Default for FactsConfig {
     fn default() -> Self {
         FactsConfig {
             interval: linkops_reconcilers::facts::DEFAULT_INTERVAL,
+            concurrency: 4,
         }
     }
 }

@@ -84,6 +84,12 @@ pub struct MachineQuery {
     pub limit: Option<usize>,
     /// Only machines whose id sorts after this: the last id of the previous page.
     pub after: Option<String>,
+    /// Only machines whose facts are these, `fact=value[,fact=value…]`, e.g.
+    /// `os=debian-12,reboot_required=true` (`GET /api/links` only: facts
+    /// are gathered hourly, not followed live).
+    #[serde(rename = "where", default, skip_serializing_if = "Option::is_none")]
+    #[param(rename = "where")]
+    pub where_: Option<String>,
 }
 
 impl MachineQuery {

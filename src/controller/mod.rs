@@ -6,6 +6,7 @@
 //! them; the reconcilers ([`reconcile`], `states.rs`) decide with
 //! `reconcilers/` and act over SSH.
 
+mod facts;
 pub mod reconcile;
 mod runs;
 pub mod scheduler;

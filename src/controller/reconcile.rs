@@ -18,6 +18,7 @@ use linkops_reconcilers::suspension;
 use rand::RngExt;
 use tokio::sync::watch;
 
+use super::facts::FactGathering;
 use super::scheduler::{Action, Reason, Reconcile};
 use crate::access::MachineAccess;
 use crate::operations::{Engine, HostPlan, Plan};
@@ -60,11 +61,8 @@ pub struct Context {
     /// What reconciles tell the forge and the sinks.
     pub(super) notifier: Arc<crate::notify::Notifier>,
     metrics: Arc<crate::metrics::Metrics>,
-    /// `[facts] interval`; zero gathers none.
-    facts_interval: Duration,
-    /// When each machine's facts are next due (Unix ms), once known: a check
-    /// reads the store for them only after a restart or when they are due.
-    facts_due: Arc<Mutex<HashMap<String, i64>>>,
+    /// Whose facts are due and being gathered.
+    pub(super) facts: Arc<FactGathering>,
 }
 
 impl Context {
@@ -78,8 +76,7 @@ impl Context {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Context {
         Context {
-            facts_interval: facts::DEFAULT_INTERVAL,
-            facts_due: Arc::default(),
+            facts: Arc::new(FactGathering::new(facts::DEFAULT_INTERVAL, 1)),
             notifier,
             statuses: store::StatusWriter::start(store.clone()),
             store,
@@ -93,10 +90,11 @@ impl Context {
     }
 
     /// Gathers each enrolled machine's facts every `interval` (`[facts]
-    /// interval`; zero: never) rather than hourly.
-    pub fn gathering_facts_every(self, interval: Duration) -> Context {
+    /// interval`; zero: never) rather than hourly, at most `concurrency`
+    /// machines at once.
+    pub fn gathering_facts(self, interval: Duration, concurrency: usize) -> Context {
         Context {
-            facts_interval: interval,
+            facts: Arc::new(FactGathering::new(interval, concurrency)),
             ..self
         }
     }
@@ -167,7 +165,7 @@ impl Context {
         })
     }
 
-    async fn machine(&self, desired: &DesiredState, id: &str) -> Result<Action, store::Error> {
+    async fn machine(&self, desired: &Arc<DesiredState>, id: &str) -> Result<Action, store::Error> {
         let Some(machine) = desired.machine(id) else {
             // Gone from the inventory: the sync marked it removed; its history stays.
             return Ok(Action::AwaitChange);
@@ -191,7 +189,7 @@ impl Context {
                 let was_enrolled = status.as_ref().is_some_and(|s| s.enrollment.is_enrolled());
                 let enrolled = (self.check(machine, status, &desired.revision, asked_by)).await?;
                 if enrolled {
-                    self.gather_facts(machine, !was_enrolled).await?;
+                    self.gather_facts_when_due(desired, machine, !was_enrolled);
                 }
                 Ok(Action::Requeue(jittered(
                     machine
@@ -279,79 +277,6 @@ impl Context {
             })
             .await?;
         Ok(enrolled)
-    }
-
-    /// Gathers an enrolled machine's facts when they are due (at once when it
-    /// was `just_enrolled`) and records them — or, when the gathering fails,
-    /// why, beside the last good ones.
-    async fn gather_facts(
-        &self,
-        machine: &Machine,
-        just_enrolled: bool,
-    ) -> Result<(), store::Error> {
-        if self.facts_interval.is_zero() {
-            return Ok(());
-        }
-        let now = now_ms();
-        let known = self
-            .facts_due
-            .lock()
-            .expect("never poisoned")
-            .get(&machine.id)
-            .copied();
-        if !just_enrolled && known.is_some_and(|due_at| now < due_at) {
-            return Ok(());
-        }
-        let id = machine.id.clone();
-        let last = self
-            .store
-            .run(move |store| store.machine_facts(&id))
-            .await?;
-        let left = facts::due(
-            &machine.id,
-            last.as_ref(),
-            just_enrolled,
-            self.facts_interval,
-            now,
-        );
-        if !left.is_zero() {
-            let due_at = now + i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
-            self.facts_due
-                .lock()
-                .expect("never poisoned")
-                .insert(machine.id.clone(), due_at);
-            return Ok(());
-        }
-        let gathered = (self.access.gather_facts(machine).await)
-            .and_then(|output| facts::parse(&output, now_ms()));
-        let id = machine.id.clone();
-        let at_ms = now_ms();
-        match gathered {
-            Ok(found) => {
-                tracing::debug!(machine = %id, facts = found.len(), "facts gathered");
-                let gathered = facts::MachineFacts {
-                    machine_id: id,
-                    gathered_at_ms: at_ms,
-                    facts: found,
-                    error: None,
-                };
-                self.store
-                    .run(move |store| store.record_facts(&gathered))
-                    .await?;
-            }
-            Err(error) => {
-                tracing::warn!(machine = %id, %error, "cannot gather facts");
-                self.store
-                    .run(move |store| store.record_facts_error(&id, &error, at_ms))
-                    .await?;
-            }
-        }
-        let next = at_ms + i64::try_from(self.facts_interval.as_millis()).unwrap_or(i64::MAX);
-        self.facts_due
-            .lock()
-            .expect("never poisoned")
-            .insert(machine.id.clone(), next);
-        Ok(())
     }
 
     /// A run-request's reconcile, on the blocking pool (it reads, decides,

@@ -5,11 +5,14 @@
 
 mod follow;
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::facts;
 use linkops_reconcilers::grant::{Place, Sight};
 use linkops_reconcilers::machine::{Machine, MachineStatus};
+use linkops_reconcilers::script::{ParamValue, Targets};
 use linkops_reconcilers::suspension::Held;
 use tokio::sync::watch;
 
@@ -71,7 +74,10 @@ impl Fleet {
         let desired = self.desired.borrow().clone();
         let machines = desired.as_ref().map_or(&[][..], |d| d.machines.as_slice());
         let held = self.controller.held_now()?;
-        let candidates = in_inventory(machines, query, sight);
+        let mut candidates = in_inventory(machines, query, sight);
+        if let Some(Ok(wanted)) = query.where_.as_deref().map(facts::selector) {
+            candidates = self.on_facts(candidates, wanted)?;
+        }
         let (total, views) = paged(&candidates, query, limit, |machines| {
             self.views(machines, &held)
         })?;
@@ -92,6 +98,29 @@ impl Fleet {
             .into_iter()
             .filter(|view| query.observed_matches(view))
             .collect())
+    }
+
+    /// Those of `candidates` whose facts are `wanted`, read
+    /// [`STATUS_CHUNK`] machines at a time.
+    fn on_facts<'m>(
+        &self,
+        candidates: Vec<&'m Machine>,
+        wanted: BTreeMap<String, ParamValue>,
+    ) -> Result<Vec<&'m Machine>, store::Error> {
+        let selector = Targets {
+            where_: wanted,
+            ..Targets::default()
+        };
+        let mut kept = Vec::new();
+        for chunk in candidates.chunks(STATUS_CHUNK) {
+            let ids: Vec<String> = chunk.iter().map(|m| m.id.clone()).collect();
+            let matching: HashSet<String> = (self.store.facts_of(&ids)?.into_iter())
+                .filter(|gathered| selector.facts_match(&gathered.facts))
+                .map(|gathered| gathered.machine_id)
+                .collect();
+            kept.extend(chunk.iter().filter(|m| matching.contains(&m.id)));
+        }
+        Ok(kept)
     }
 
     /// The views of `machines`, with their statuses read in one transaction,

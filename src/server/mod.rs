@@ -248,7 +248,7 @@ impl Daemon {
             prepared.notifier.clone(),
             metrics.clone(),
         )
-        .gathering_facts_every(config.facts.interval);
+        .gathering_facts(config.facts.interval, config.facts.concurrency);
         let (controller, mut workers) = controller::start(
             context,
             config.reconcile.concurrency,

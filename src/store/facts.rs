@@ -67,6 +67,14 @@ impl Store {
         Ok(found)
     }
 
+    /// Every machine's facts, for table queries and the fleet's pictures.
+    pub fn scan_facts(&self, mut visit: impl FnMut(MachineFacts)) -> Result<()> {
+        for entry in self.read()?.all(MACHINE_FACTS, false) {
+            visit(entry?.1);
+        }
+        Ok(())
+    }
+
     /// `targets` resolved on the facts of `machines` as they are now: the
     /// machines they select, named (one read of every machine's facts).
     pub fn on_facts(&self, targets: &Targets, machines: &[Machine]) -> Result<Targets> {
@@ -134,6 +142,9 @@ mod tests {
             assert_eq!(kept.facts["kernel"], FactValue::Text("6.104".into()));
             let listed = store.facts_of(&["nope".into(), "web1".into()]).unwrap();
             assert_eq!(listed.len(), 1);
+            let mut scanned = Vec::new();
+            store.scan_facts(|f| scanned.push(f.machine_id)).unwrap();
+            assert_eq!(scanned, ["web1"]);
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod query;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use linkops_reconcilers::facts::{FactValue, MachineFacts};
 use linkops_reconcilers::operation::{HostResult, HostState, Operation};
 use linkops_reconcilers::state::{Standing, Target};
 use linkops_reconcilers::terminal::{TerminalSession, Workspace};
@@ -168,6 +169,7 @@ pub const TABLES: &[(&str, &[Column], Readers)] = &[
     ("terminal_sessions", SESSIONS, Readers::Admins),
     ("audit_log", AUDIT_LOG, Readers::Admins),
     ("users", USERS, Readers::Admins),
+    ("facts", FACTS, Readers::SeeingMachine(0)),
 ];
 
 const MACHINES: &[Column] = columns!(id: String, name: String, host: String, port: Integer, user: String,
@@ -191,6 +193,10 @@ const SESSIONS: &[Column] = columns!(id: Integer, workspace_id: String, pane: In
     user: String, started_at: Timestamp, ended_at: Timestamp, end: String, recorded_bytes: Integer);
 const AUDIT_LOG: &[Column] = columns!(seq: Integer, at: Timestamp, actor: String, action: String,
     target: String, outcome: String, detail: String);
+const FACTS: &[Column] = columns!(machine: String, os: String, kernel: String, arch: String,
+    cpus: Integer, memory_bytes: Integer, root_used_pct: Integer, package_manager: String, updates: Integer,
+    security_updates: Integer, reboot_required: Boolean, booted_at: Timestamp, gathered_at: Timestamp,
+    error: String);
 const USERS: &[Column] =
     columns!(name: String, role: String, created_at: Timestamp, password_changed_at: Timestamp);
 
@@ -291,9 +297,46 @@ pub fn run(
                 Cell::Time(user.password_changed_at_ms),
             ])
         }),
+        "facts" => store.scan_facts(|gathered| collector.push(facts_row(gathered)))?,
         _ => unreachable!("every table in TABLES has a source"),
     }
     Ok(collector.finish(columns))
+}
+
+/// A machine's facts as the `facts` table's row: the built-in facts (custom
+/// ones are in `GET /api/facts`); what the machine could not tell is null.
+fn facts_row(gathered: MachineFacts) -> Vec<Cell> {
+    let facts = &gathered.facts;
+    let text = |name: &str| match facts.get(name) {
+        Some(FactValue::Text(value)) => Cell::Str(value.clone()),
+        _ => Cell::Null,
+    };
+    let number = |name: &str| match facts.get(name) {
+        Some(FactValue::Int(value)) => Cell::Int(*value),
+        _ => Cell::Null,
+    };
+    vec![
+        Cell::Str(gathered.machine_id.clone()),
+        text("os"),
+        text("kernel"),
+        text("arch"),
+        number("cpus"),
+        number("memory_bytes"),
+        number("root_used_pct"),
+        text("package_manager"),
+        number("updates"),
+        number("security_updates"),
+        match facts.get("reboot_required") {
+            Some(FactValue::Bool(flag)) => Cell::Bool(*flag),
+            _ => Cell::Null,
+        },
+        match facts.get("booted_at_ms") {
+            Some(FactValue::Int(at_ms)) => Cell::Time(*at_ms),
+            _ => Cell::Null,
+        },
+        Cell::Time(gathered.gathered_at_ms),
+        gathered.error.map_or(Cell::Null, Cell::Str),
+    ]
 }
 
 /// Operations through the index when a filter pins an indexed column, in id order when the sort allows.

@@ -259,6 +259,30 @@ pub struct RunRequestFile {
     pub rollout: Option<Spanned<Rollout>>,
 }
 
+/// `facts/<name>.yaml`: a custom fact, gathered with the built-in ones.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "LinkOps custom fact (facts/*.yaml)")]
+pub struct CustomFactFile {
+    /// Its facts are named `<name>.<key>`, one per key of the script's JSON.
+    #[schemars(with = "String", regex(pattern = crate::facts::CUSTOM_NAME_PATTERN))]
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: String,
+    /// A `sh` script printing one JSON object of strings, numbers or
+    /// booleans (at most 16 KiB); read-only and quick: it runs at every
+    /// gathering on every machine it targets.
+    #[schemars(with = "String")]
+    pub script: Spanned<String>,
+    /// The machines it is gathered on (tags or machines); every machine when absent.
+    #[serde(default)]
+    pub targets: Option<TargetsEntry>,
+    /// Longest it may take, e.g. `5s` (default 10s, at most 60s).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Spanned<String>>,
+}
+
 /// `states/<name>.yaml`: a state the targets converge to and are kept in.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -8,7 +8,8 @@
 //! `access.yaml` (optional: grants), `runs/*.yaml` (optional, one
 //! run-request per file), `states/*.yaml` (optional, one declared state per
 //! file), `secrets/*.yaml` (optional, one sealed secret per file) and
-//! `recipients.yaml` (who can read them), script files anywhere.
+//! `recipients.yaml` (who can read them), `facts/*.yaml` (optional, one custom
+//! fact per file), script files anywhere.
 
 pub mod format;
 mod validate;
@@ -34,6 +35,7 @@ pub const RUNS_DIR: &str = "runs";
 pub const STATES_DIR: &str = "states";
 pub const RECIPIENTS_FILE: &str = "recipients.yaml";
 pub const SECRETS_DIR: &str = "secrets";
+pub const FACTS_DIR: &str = "facts";
 
 /// The files of one revision: repository-relative path → content.
 pub type RepoFiles = BTreeMap<String, Vec<u8>>;
@@ -58,6 +60,9 @@ pub struct DesiredState {
     /// Who can read them (`recipients.yaml`).
     #[serde(default)]
     pub recipients: Recipients,
+    /// Custom facts (`facts/*.yaml`), by name.
+    #[serde(default)]
+    pub custom_facts: BTreeMap<String, crate::facts::CustomFact>,
     #[serde(skip)]
     pub(crate) index: MachineIndex,
 }
@@ -141,6 +146,11 @@ pub fn is_secret_file(path: &str) -> bool {
     in_dir(path, SECRETS_DIR)
 }
 
+/// Whether `path` is a custom fact's file (`facts/<name>.yaml` or `.yml`).
+pub fn is_custom_fact_file(path: &str) -> bool {
+    in_dir(path, FACTS_DIR)
+}
+
 /// Whether `path` is a declared state's file (`states/<name>.yaml` or `.yml`).
 pub fn is_state_file(path: &str) -> bool {
     in_dir(path, STATES_DIR)
@@ -174,6 +184,7 @@ pub fn schemas() -> Vec<(&'static str, String)> {
         ),
         ("state.schema.json", render::<format::StateFile>()),
         ("secret.schema.json", render::<format::SecretFile>()),
+        ("fact.schema.json", render::<format::CustomFactFile>()),
         ("recipients.schema.json", render::<format::RecipientsFile>()),
     ]
 }

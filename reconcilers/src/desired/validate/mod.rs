@@ -2,6 +2,7 @@
 //! of file (`machines`, `scripts`, `access`, `runs`, `states`), reading in `parse`.
 
 mod access;
+mod facts;
 mod machines;
 mod parse;
 mod runs;
@@ -12,6 +13,7 @@ mod states;
 mod tests;
 
 use access::check_access;
+use facts::check_custom_fact;
 use machines::check_machines;
 use parse::{Read, parse};
 use runs::{Asked, check_run};
@@ -29,13 +31,13 @@ use serde::de::DeserializeOwned;
 use serde_saphyr::Spanned;
 
 use super::format::{
-    AccessFile, GrantEntry, ID_PATTERN, KEY_PATTERN, LinksFile, MachineEntry, PARAM_NAME_PATTERN,
+    AccessFile, CustomFactFile, GrantEntry, ID_PATTERN, KEY_PATTERN, LinksFile, MachineEntry, PARAM_NAME_PATTERN,
     ParamEntry, RecipientsFile, RunRequestFile, ScriptEntry, ScriptsFile, SecretFile, StateFile,
     TargetsEntry, WindowEntry,
 };
 use super::{
     ACCESS_FILE, DesiredState, LINKS_FILE, Problem, RECIPIENTS_FILE, RepoFiles, SCRIPTS_FILE,
-    is_run_request, is_secret_file, is_state_file,
+    is_custom_fact_file, is_run_request, is_secret_file, is_state_file,
 };
 use crate::ask::{Ask, Problem as AskProblem};
 use crate::machine::Machine;
@@ -125,6 +127,7 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
             || is_run_request(path)
             || is_state_file(path)
             || is_secret_file(path)
+            || is_custom_fact_file(path)
     });
     let mut total = 0;
     for (path, bytes) in yaml {
@@ -249,6 +252,27 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         },
     );
 
+    let custom_facts = per_file(
+        files,
+        is_custom_fact_file,
+        "custom fact",
+        |fact: &CustomFactFile| &fact.name,
+        &mut problems,
+        |fact, path, report| check_custom_fact(fact, path, &known, report),
+    );
+    if custom_facts.len() > crate::facts::MAX_CUSTOM_FACTS {
+        let last = custom_facts.keys().next_back().expect("more than none");
+        let mut report = Report {
+            file: super::FACTS_DIR,
+            problems: &mut problems,
+        };
+        report.at_start(format!(
+            "{} custom facts (the last {last:?}); at most {}: each is one more command on every machine at every gathering",
+            custom_facts.len(),
+            crate::facts::MAX_CUSTOM_FACTS
+        ));
+    }
+
     if problems.is_empty() {
         return Ok(DesiredState {
             revision: revision.to_owned(),
@@ -259,6 +283,7 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
             grants,
             secrets,
             recipients,
+            custom_facts,
             ..DesiredState::default()
         });
     }
@@ -270,7 +295,8 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         RECIPIENTS_FILE => 3,
         file if is_secret_file(file) => 4,
         file if is_run_request(file) => 5,
-        _ => 6,
+        file if is_state_file(file) => 6,
+        _ => 7,
     };
     problems.sort_by(|a, b| {
         (rank(&a.file), &a.file, a.line, a.column).cmp(&(rank(&b.file), &b.file, b.line, b.column))

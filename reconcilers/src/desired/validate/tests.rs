@@ -330,3 +330,50 @@ fn where_selects_by_facts_for_run_requests_only() {
         ]
     );
 }
+
+#[test]
+fn custom_facts_are_named_where_they_live_bounded_and_targeted() {
+    let load_with = |fact_files: &[(&str, &str)]| {
+        let mut files: RepoFiles = [(
+            "links.yaml".to_owned(),
+            b"machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [web]}\n".to_vec(),
+        )]
+        .into();
+        for (path, text) in fact_files {
+            files.insert((*path).to_owned(), text.as_bytes().to_vec());
+        }
+        load("r1", &files).map_err(|problems| {
+            problems.iter().map(ToString::to_string).collect::<Vec<_>>()
+        })
+    };
+    let desired = load_with(&[(
+        "facts/nginx.yaml",
+        "name: nginx\ntargets: {tags: [web]}\ntimeout: 5s\nscript: |\n  echo '{\"version\": \"1.22\"}'\n",
+    )])
+    .unwrap();
+    let nginx = &desired.custom_facts["nginx"];
+    assert_eq!(nginx.targets.tags, ["web"]);
+    assert_eq!(nginx.timeout, Duration::from_secs(5));
+    assert!(nginx.script.contains("version"));
+
+    let long = format!("name: big\nscript: \"{}\"\n", "x".repeat(17 << 10));
+    let problems = load_with(&[
+        ("facts/other.yaml", "name: nginx\nscript: echo {}\n"),
+        ("facts/raid.yaml", "name: raid\nscript: echo {}\ntimeout: 2m\n"),
+        ("facts/Bad.yaml", "name: Bad\nscript: echo {}\n"),
+        ("facts/big.yaml", &long),
+        ("facts/db.yaml", "name: db\nscript: echo {}\ntargets: {tags: [dbs], where: {os: x}}\n"),
+    ])
+    .unwrap_err();
+    assert_eq!(
+        problems,
+        [
+            "facts/Bad.yaml:1:7: custom fact id \"Bad\" is not allowed: use lower-case letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 characters",
+            "facts/big.yaml:2:9: the script is 17408 bytes; a custom fact's is at most 16384 (it runs on every machine at every gathering)",
+            "facts/db.yaml:3:18: tag \"dbs\" matches no machine in links.yaml",
+            "facts/db.yaml:3:36: `where` selects machines by their facts for runs and run-requests only, not for custom facts: name tags or machines",
+            "facts/other.yaml:1:7: custom fact \"nginx\" must be in facts/nginx.yaml",
+            "facts/raid.yaml:3:10: a custom fact may take at most 60s",
+        ]
+    );
+}
