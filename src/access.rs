@@ -130,7 +130,9 @@ impl MachineAccess {
     /// gatherer's output (bounded), or why it could not be had.
     pub async fn gather_facts(&self, machine: &Machine) -> Result<String, String> {
         let limit = linkops_reconcilers::facts::MAX_OUTPUT_BYTES;
-        let output = self.read_only(machine, GATHERER, FACTS_TIMEOUT, limit).await?;
+        let output = self
+            .read_only(machine, GATHERER, FACTS_TIMEOUT, limit)
+            .await?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
@@ -142,7 +144,9 @@ impl MachineAccess {
         fact: &CustomFact,
     ) -> Result<String, String> {
         let limit = linkops_reconcilers::facts::MAX_CUSTOM_OUTPUT_BYTES;
-        let output = (self.read_only(machine, &fact.script, fact.timeout, limit).await)
+        let output = (self
+            .read_only(machine, &fact.script, fact.timeout, limit)
+            .await)
             .map_err(|error| format!("custom fact {}: {error}", fact.name))?;
         if !output.status.success() {
             let said = String::from_utf8_lossy(&output.stderr);

@@ -680,7 +680,7 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
         _ => Client::from_session(server, token)?,
     };
     match command {
-        Command::Machines { tag, facts } => client::machines(&client, tag.as_deref(), &facts, json)
+        Command::Machines { tag, facts } => client::machines(&client, tag.as_deref(), facts, json)
             .await
             .map(|()| 0),
         Command::Facts { id, tag } => client::facts(&client, id.as_deref(), tag.as_deref(), json)

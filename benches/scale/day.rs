@@ -22,7 +22,8 @@ pub(super) fn inventory_at(size: usize) {
     files.insert("links.yaml".into(), inventory(&bigger).into_bytes());
     let proposed = linkops_reconcilers::desired::load("b", &files).unwrap();
     let started = Instant::now();
-    let changes = linkops_reconcilers::plan::plan(&proposed, &applied, &BTreeMap::new());
+    let changes =
+        linkops_reconcilers::plan::plan(&proposed, &applied, &BTreeMap::new(), &BTreeMap::new());
     let planned = started.elapsed();
     assert_eq!(changes.len(), 1);
     println!(

@@ -243,7 +243,9 @@ pub fn gathered(
             }
         }
         if facts.len() > MAX_FACTS {
-            errors.push(format!("more than {MAX_FACTS} facts: the rest are left out"));
+            errors.push(format!(
+                "more than {MAX_FACTS} facts: the rest are left out"
+            ));
             while facts.len() > MAX_FACTS {
                 facts.pop_last();
             }
@@ -418,7 +420,10 @@ mod tests {
         };
         let builtin = Facts::from([("os".into(), text("debian-12"))]);
         let custom = vec![
-            ("nginx".into(), Err("custom fact nginx: exited with 127".into())),
+            (
+                "nginx".into(),
+                Err("custom fact nginx: exited with 127".into()),
+            ),
             ("raid".into(), Ok(r#"{"ok": false}"#.into())),
             ("bad".into(), Ok(r#"{"Has Space": 1}"#.into())),
         ];
@@ -441,7 +446,13 @@ mod tests {
         assert_eq!(wanted["reboot_required"], ParamValue::Bool(true));
         assert_eq!(wanted["updates"], ParamValue::Int(0));
         assert_eq!(selector("nginx.version=1.22").unwrap().len(), 1);
-        for bad in ["", "os", "OS=x", "a b=1", &format!("os={}", "x".repeat(1100))] {
+        for bad in [
+            "",
+            "os",
+            "OS=x",
+            "a b=1",
+            &format!("os={}", "x".repeat(1100)),
+        ] {
             assert!(selector(bad).is_err(), "{bad}");
         }
     }

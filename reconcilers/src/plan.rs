@@ -8,6 +8,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::desired::DesiredState;
+use crate::facts::Facts;
 use crate::run::RunState;
 
 /// One difference between the applied and the proposed desired state.
@@ -26,10 +27,12 @@ pub enum Change {
         id: String,
         fields: Vec<String>,
     },
-    /// A run-request the daemon has not started: it would start (once due).
+    /// A run-request the daemon has not started: it would start (once due);
+    /// with a `where`, on the machines `selects` names (by their facts now).
     RunWouldStart {
         id: String,
         script: String,
+        selects: Option<Vec<String>>,
     },
     /// A run-request that already ran was edited: it will not run again.
     RunEditedAfterStart {
@@ -58,6 +61,13 @@ pub enum Change {
     },
     /// `recipients.yaml` changed: `linkops secret rotate` seals the secrets to it.
     RecipientsChanged,
+    /// A custom fact (`facts/*.yaml`): gathered from the next gathering on.
+    FactAdded(String),
+    FactRemoved(String),
+    FactChanged {
+        name: String,
+        fields: Vec<String>,
+    },
 }
 
 impl fmt::Display for Change {
@@ -73,8 +83,29 @@ impl fmt::Display for Change {
             Change::ScriptChanged { id, fields } => {
                 write!(f, "~ script {id}: {} changed", fields.join(", "))
             }
-            Change::RunWouldStart { id, script } => {
-                write!(f, "▶ run-request {id} would start script {script}")
+            Change::RunWouldStart {
+                id,
+                script,
+                selects,
+            } => {
+                write!(f, "▶ run-request {id} would start script {script}")?;
+                match selects.as_deref() {
+                    None => Ok(()),
+                    Some([]) => f.write_str("; its `where` selects no machine on their facts now"),
+                    Some(machines) => {
+                        const SHOWN: usize = 10;
+                        let names = machines[..machines.len().min(SHOWN)].join(", ");
+                        let more = match machines.len() > SHOWN {
+                            true => format!(" and {} more", machines.len() - SHOWN),
+                            false => String::new(),
+                        };
+                        write!(
+                            f,
+                            " on {names}{more} (its `where` selects {} machine(s) on their facts now)",
+                            machines.len()
+                        )
+                    }
+                }
             }
             Change::RunEditedAfterStart { id, operation_id } => write!(
                 f,
@@ -111,15 +142,33 @@ impl fmt::Display for Change {
             Change::RecipientsChanged => f.write_str(
                 "~ recipients.yaml changed: `linkops secret rotate` seals every secret to it",
             ),
+            Change::FactAdded(name) => {
+                write!(
+                    f,
+                    "+ fact {name} (gathered from each machine's next gathering)"
+                )
+            }
+            Change::FactRemoved(name) => {
+                write!(
+                    f,
+                    "- fact {name} (its values go at each machine's next gathering)"
+                )
+            }
+            Change::FactChanged { name, fields } => {
+                write!(f, "~ fact {name}: {} changed", fields.join(", "))
+            }
         }
     }
 }
 
-/// What applying `proposed` would change, given `applied` and the run-requests' recorded states.
+/// What applying `proposed` would change, given `applied`, the
+/// run-requests' recorded states and each machine's facts (what a
+/// run-request's `where` would select).
 pub fn plan(
     proposed: &DesiredState,
     applied: &DesiredState,
     runs: &BTreeMap<String, RunState>,
+    facts: &BTreeMap<String, Facts>,
 ) -> Vec<Change> {
     let mut changes = Vec::new();
     let applied_machines: BTreeMap<&str, _> = applied
@@ -186,9 +235,15 @@ pub fn plan(
             Some(RunState::Cancelled) => {}
             Some(RunState::Waiting { .. }) | None => {
                 if applied.runs.get(id) != Some(request) {
+                    let selects = (request.targets.asks_facts()).then(|| {
+                        (request.targets)
+                            .on_facts(&proposed.machines, |id| facts.get(id))
+                            .machines
+                    });
                     changes.push(Change::RunWouldStart {
                         id: id.clone(),
                         script: request.script.clone(),
+                        selects,
                     });
                 }
             }
@@ -269,6 +324,23 @@ pub fn plan(
     }
     if applied.recipients != proposed.recipients {
         changes.push(Change::RecipientsChanged);
+    }
+    for (name, fact) in &proposed.custom_facts {
+        match applied.custom_facts.get(name) {
+            None => changes.push(Change::FactAdded(name.clone())),
+            Some(before) => {
+                let fields = changed_fields(before, fact);
+                if !fields.is_empty() {
+                    changes.push(Change::FactChanged {
+                        name: name.clone(),
+                        fields,
+                    });
+                }
+            }
+        }
+    }
+    for name in (applied.custom_facts.keys()).filter(|n| !proposed.custom_facts.contains_key(*n)) {
+        changes.push(Change::FactRemoved(name.clone()));
     }
     changes
 }
@@ -367,7 +439,7 @@ mod tests {
             &[("r1", "id: r1\nscript: up\ntargets: {machines: [a]}\n")],
         );
         let runs = BTreeMap::from([("r1".to_owned(), RunState::Started { operation_id: 4 })]);
-        assert!(plan(&applied, &applied, &runs).is_empty());
+        assert!(plan(&applied, &applied, &runs, &BTreeMap::new()).is_empty());
     }
 
     #[test]
@@ -403,7 +475,7 @@ mod tests {
                 },
             ),
         ]);
-        let changes: Vec<String> = plan(&proposed, &applied, &runs)
+        let changes: Vec<String> = plan(&proposed, &applied, &runs, &BTreeMap::new())
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -452,7 +524,7 @@ mod tests {
                 ),
             ],
         );
-        let changes: Vec<String> = plan(&proposed, &applied, &BTreeMap::new())
+        let changes: Vec<String> = plan(&proposed, &applied, &BTreeMap::new(), &BTreeMap::new())
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -507,7 +579,7 @@ mod tests {
         let after = with_access(
             "grants:\n  - {to: {group: ops}, role: operator, machines: [a, b], scripts: [up]}\n",
         );
-        let shown: Vec<String> = plan(&after, &before, &BTreeMap::new())
+        let shown: Vec<String> = plan(&after, &before, &BTreeMap::new(), &BTreeMap::new())
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -541,7 +613,7 @@ mod tests {
             desired
         };
         let shown = |after: &DesiredState, before: &DesiredState| -> Vec<String> {
-            (plan(after, before, &BTreeMap::new()).iter())
+            (plan(after, before, &BTreeMap::new(), &BTreeMap::new()).iter())
                 .map(ToString::to_string)
                 .collect()
         };
@@ -578,5 +650,55 @@ mod tests {
             assert_eq!(said, expected);
             assert!(said.iter().all(|line| !line.contains("SEALED")), "{said:?}");
         }
+    }
+
+    #[test]
+    fn a_where_shows_the_machines_it_selects_now_and_custom_facts_show_as_changes() {
+        use crate::facts::FactValue;
+        let reboot = "id: reboot\nscript: up\ntargets:\n  where: {reboot_required: true}\n";
+        let applied = state(
+            &links("10.0.0.2"),
+            "scripts:\n  - {id: up, name: Up, body: uptime}\n",
+            &[],
+        );
+        let proposed = state(
+            &links("10.0.0.2"),
+            "scripts:\n  - {id: up, name: Up, body: uptime}\n",
+            &[
+                ("reboot", reboot),
+                (
+                    "facts/raid.yaml",
+                    "name: raid\nscript: |\n  echo '{\"ok\": true}'\n",
+                ),
+            ],
+        );
+        let flag = |on: bool| Facts::from([("reboot_required".to_owned(), FactValue::Bool(on))]);
+        let facts = BTreeMap::from([("a".to_owned(), flag(true)), ("b".to_owned(), flag(false))]);
+        let shown: Vec<String> = plan(&proposed, &applied, &BTreeMap::new(), &facts)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "▶ run-request reboot would start script up on a (its `where` selects 1 machine(s) on their facts now)",
+                "+ fact raid (gathered from each machine's next gathering)",
+            ]
+        );
+        let none = plan(&proposed, &applied, &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(
+            none[0].to_string(),
+            "▶ run-request reboot would start script up; its `where` selects no machine on their facts now"
+        );
+        let back: Vec<String> = plan(&applied, &proposed, &BTreeMap::new(), &facts)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            back.contains(
+                &"- fact raid (its values go at each machine's next gathering)".to_owned()
+            ),
+            "{back:?}"
+        );
     }
 }

@@ -7,8 +7,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
-use linkops_reconcilers::facts;
 use linkops_reconcilers::enrollment::Enrollment;
+use linkops_reconcilers::facts;
 use linkops_reconcilers::machine::{Health, Machine};
 use linkops_reconcilers::operation::Operation;
 

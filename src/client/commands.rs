@@ -134,8 +134,9 @@ pub async fn facts(client: &Client, id: Option<&str>, tag: Option<&str>, json: b
     Ok(())
 }
 
-/// Every seen machine's main facts, a page of the API at a time.
-async fn fleet_facts(client: &Client, tag: Option<&str>, json: bool) -> Result<()> {
+/// The facts of every machine the caller sees (with `tag`), a page of the
+/// API at a time.
+async fn all_facts(client: &Client, tag: Option<&str>) -> Result<Vec<FactsView>> {
     const PAGE: usize = 1000;
     let mut all: Vec<FactsView> = Vec::new();
     loop {
@@ -148,9 +149,14 @@ async fn fleet_facts(client: &Client, tag: Option<&str>, json: bool) -> Result<(
         let full = page.len() == PAGE;
         all.extend(page);
         if !full {
-            break;
+            return Ok(all);
         }
     }
+}
+
+/// Every seen machine's main facts.
+async fn fleet_facts(client: &Client, tag: Option<&str>, json: bool) -> Result<()> {
+    let all = all_facts(client, tag).await?;
     if json {
         return print_json(&all);
     }
@@ -512,7 +518,13 @@ pub async fn plan(client: &Client, dir: &Path) -> Result<i32> {
         .into_iter()
         .filter_map(|run| Some((run.id, run.state?)))
         .collect();
-    let changes = plan_changes(&proposed, &applied, &states);
+    // What a run-request's `where` would select, on the daemon's facts now.
+    let mut facts = BTreeMap::new();
+    if proposed.runs.values().any(|run| run.targets.asks_facts()) {
+        let all = all_facts(client, None).await?;
+        facts.extend(all.into_iter().map(|view| (view.machine, view.facts)));
+    }
+    let changes = plan_changes(&proposed, &applied, &states, &facts);
     let short = &applied.revision[..applied.revision.len().min(12)];
     if changes.is_empty() {
         println!("no changes against the applied revision {short}");

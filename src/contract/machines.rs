@@ -178,9 +178,11 @@ pub struct FactsView {
     /// By name: OS (`os`, `os_name`), `kernel`, `arch`, `uptime_s`,
     /// `booted_at_ms`, `cpus`, `memory_bytes`, `root_size_bytes`,
     /// `root_used_bytes`, `root_used_pct`, `package_manager`, `updates`,
-    /// `security_updates`, `reboot_required`; a fact the machine cannot tell is absent.
+    /// `security_updates`, `reboot_required`, and each custom fact's
+    /// `<name>.<key>` (`facts/*.yaml`); a fact the machine cannot tell is absent.
     pub facts: Facts,
-    /// Why the last gathering failed, if it did (the facts are the last good ones).
+    /// What went wrong in the last gathering, if anything: all of it (the
+    /// facts are the last good ones) or a custom fact (its values are).
     pub error: Option<String>,
     /// What the latest gatherings changed, newest first (in a machine's detail only).
     pub changes: Vec<FactChangeView>,

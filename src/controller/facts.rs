@@ -79,7 +79,8 @@ impl Context {
         if later && !just_enrolled {
             return;
         }
-        let first = (self.facts.gathering.lock().expect("never poisoned")).insert(machine.id.clone());
+        let first =
+            (self.facts.gathering.lock().expect("never poisoned")).insert(machine.id.clone());
         if !first {
             return;
         }
@@ -94,7 +95,10 @@ impl Context {
             let Ok(_slot) = context.facts.slots.acquire().await else {
                 return;
             };
-            if let Err(error) = context.gather_facts(&desired, &machine, just_enrolled).await {
+            if let Err(error) = context
+                .gather_facts(&desired, &machine, just_enrolled)
+                .await
+            {
                 tracing::warn!(%error, "cannot record facts");
             }
         };
@@ -110,13 +114,17 @@ impl Context {
         just_enrolled: bool,
     ) -> Result<(), store::Error> {
         let id = machine.id.clone();
-        let last = self.store.run(move |store| store.machine_facts(&id)).await?;
+        let last = self
+            .store
+            .run(move |store| store.machine_facts(&id))
+            .await?;
         let now = now_ms();
         let interval = self.facts.interval;
         let left = facts::due(&machine.id, last.as_ref(), just_enrolled, interval, now);
         if !left.is_zero() {
             let left_ms = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
-            self.facts.set_due_at(&machine.id, now.saturating_add(left_ms));
+            self.facts
+                .set_due_at(&machine.id, now.saturating_add(left_ms));
             return Ok(());
         }
         let builtin = (self.access.gather_facts(machine).await)
@@ -131,8 +139,12 @@ impl Context {
                 }
                 let gathered = facts::gathered(&machine.id, builtin, custom, last.as_ref(), at_ms);
                 match &gathered.error {
-                    None => tracing::debug!(machine = %machine.id, facts = gathered.facts.len(), "facts gathered"),
-                    Some(error) => tracing::warn!(machine = %machine.id, %error, "facts gathered, not all"),
+                    None => {
+                        tracing::debug!(machine = %machine.id, facts = gathered.facts.len(), "facts gathered")
+                    }
+                    Some(error) => {
+                        tracing::warn!(machine = %machine.id, %error, "facts gathered, not all")
+                    }
                 }
                 self.store
                     .run(move |store| store.record_facts(&gathered))
@@ -158,7 +170,8 @@ fn custom_facts_of<'a>(
     desired: &'a DesiredState,
     machine: &'a Machine,
 ) -> impl Iterator<Item = &'a CustomFact> {
-    desired.custom_facts.values().filter(move |fact| {
-        fact.targets.is_empty() || !fact.targets.select([machine]).is_empty()
-    })
+    desired
+        .custom_facts
+        .values()
+        .filter(move |fact| fact.targets.is_empty() || !fact.targets.select([machine]).is_empty())
 }

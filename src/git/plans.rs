@@ -4,6 +4,7 @@
 //! the task that plans them, on a mirror of its own, so that no plan ever
 //! holds up the followed branch's sync.
 
+use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -141,10 +142,21 @@ async fn plan_branch(
             .collect();
         let applied = applied.as_deref().cloned().unwrap_or_default();
         let outcome = match crate::sealed::load(&revision, &files, &worker.keyring) {
-            Ok(proposed) => Ok(plan::plan(&proposed, &applied, &runs)
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<String>>()),
+            Ok(proposed) => {
+                // What a run-request's `where` would select, on the facts as they are.
+                let mut facts = BTreeMap::new();
+                if proposed.runs.values().any(|run| run.targets.asks_facts()) {
+                    (worker.store)
+                        .scan_facts(|gathered| {
+                            facts.insert(gathered.machine_id, gathered.facts);
+                        })
+                        .map_err(SyncError::Store)?;
+                }
+                Ok(plan::plan(&proposed, &applied, &runs, &facts)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<String>>())
+            }
             Err(problems) => Err(problems),
         };
         Ok((revision, outcome))

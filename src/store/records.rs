@@ -234,6 +234,8 @@ mod tests {
         ("secrets", "{}"),
         ("secrets", "[]"),
         ("recipients", r#"{"all":[],"tags":{}}"#),
+        // Issue 33: the custom facts of an applied desired state.
+        ("custom_facts", "{}"),
     ];
 
     /// `encoded` without the [`ADDED`] fields that `stored` lacks, each checked

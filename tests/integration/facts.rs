@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use linkops::contract::{FactsView, MachineDetail};
+use linkops::contract::{FactsView, MachineDetail, MachineView};
 use linkops_reconcilers::facts::FactValue;
 
 use crate::cli::{linkops_with, logged_in};
@@ -160,6 +160,117 @@ async fn facts_are_gathered_at_enrollment_and_follow_a_change_within_their_inter
     assert!(
         one.contains("security_updates") && one.contains("updates 0 → 2"),
         "{one}"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn custom_facts_from_git_are_gathered_where_they_target_and_select_machines() {
+    let setup = FleetSetup::new(2, &[], SCRIPTS);
+    let links = setup.fleet.inventory("test", &[], "health_interval: 1s");
+    setup.work.write("links.yaml", &links);
+    // Every machine says the address its sshd answered on; only host2 has
+    // the answer; a broken one fails everywhere without losing the rest.
+    setup.work.write(
+        "facts/sshd.yaml",
+        "name: sshd\nscript: |\n  set -- $SSH_CONNECTION\n  printf '{\"address\": \"%s\", \"port\": %s}' \"$3\" \"$4\"\n",
+    );
+    setup.work.write(
+        "facts/only2.yaml",
+        "name: only2\ntargets: {machines: [host2]}\nscript: |\n  echo '{\"answer\": 42}'\n",
+    );
+    setup.work.write(
+        "facts/raid.yaml",
+        "name: raid\ntimeout: 5s\nscript: |\n  echo 'no raid here' >&2\n  exit 3\n",
+    );
+    setup.work.commit("three custom facts");
+    let mut config = setup.config();
+    config.facts.interval = Duration::from_secs(2);
+    let daemon = setup.start_with(config).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+
+    let both = eventually("both machines' custom facts", || async {
+        let listed: Vec<FactsView> = daemon.read("/api/facts", &token).await;
+        let gathered = listed.iter().all(|f| f.facts.contains_key("sshd.address"));
+        (listed.len() == 2 && gathered).then_some(listed)
+    })
+    .await;
+    for (index, facts) in both.iter().enumerate() {
+        let host = setup.fleet.host(index);
+        assert_eq!(facts.machine, host.name());
+        assert_eq!(
+            facts.facts["sshd.address"],
+            FactValue::Text(host.address().to_string())
+        );
+        assert_eq!(facts.facts["sshd.port"], FactValue::Int(host.port().into()));
+        assert!(facts.facts.contains_key("kernel"), "{facts:?}");
+        assert!(!facts.facts.keys().any(|name| name.starts_with("raid.")));
+        let error = facts.error.as_deref().unwrap_or_default();
+        assert_eq!(error, "custom fact raid: exited with 3: no raid here");
+    }
+    assert!(!both[0].facts.contains_key("only2.answer"));
+    assert_eq!(both[1].facts["only2.answer"], FactValue::Int(42));
+
+    // Selecting by a custom fact: the API, the CLI, the tables API, the plan.
+    let selected: Vec<MachineView> = daemon
+        .read("/api/links?where=only2.answer%3D42", &token)
+        .await;
+    let ids: Vec<&str> = selected.iter().map(|m| m.spec.id.as_str()).collect();
+    assert_eq!(ids, ["host2"]);
+    let (status, refused) = daemon
+        .request(
+            reqwest::Method::GET,
+            "/api/links?where=Not%20a%20fact",
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused["error"]["details"]["field"], "where", "{refused}");
+    let home = logged_in(&daemon).await;
+    let listed = linkops_with(
+        home.path(),
+        &["machines", "--where", "only2.answer=42"],
+        None,
+        &[],
+    )
+    .await;
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains("host2") && !listed.contains("host1"),
+        "{listed}"
+    );
+    let body = serde_json::json!({"table": "facts", "filter": [{"column": "machine", "op": "eq", "value": "host1"}]});
+    let (status, table) = daemon
+        .request(
+            reqwest::Method::POST,
+            "/api/tables/query",
+            &token,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{table}");
+    let row = &table["rows"][0];
+    assert_eq!(row["machine"], "host1", "{table}");
+    assert_eq!(row["package_manager"], "apt");
+    assert_eq!(row["reboot_required"], false);
+    assert_eq!(
+        row["error"],
+        "custom fact raid: exited with 3: no raid here"
+    );
+
+    setup.work.write(
+        "runs/ask.yaml",
+        "id: ask\nscript: reboot\ntargets:\n  where: {only2.answer: 42}\n",
+    );
+    let checkout = setup.work.dir.to_str().unwrap().to_owned();
+    let planned = linkops_with(home.path(), &["plan", &checkout], None, &[]).await;
+    let planned = String::from_utf8_lossy(&planned.stdout).into_owned();
+    assert!(
+        planned.contains(
+            "▶ run-request ask would start script reboot on host2 (its `where` selects 1 machine(s) on their facts now)"
+        ),
+        "{planned}"
     );
     daemon.stop().await;
 }

@@ -1219,6 +1219,19 @@ export interface components {
             password: string;
             username: string;
         };
+        /**
+         * @description A custom fact declared in the config repository (`facts/<name>.yaml`),
+         *     like Salt's custom grains: a small `sh` script printing a JSON object
+         *     whose values become facts named `<name>.<key>`.
+         */
+        CustomFact: {
+            description?: string;
+            name: string;
+            script: string;
+            /** @description The machines it is gathered on; every machine when empty. */
+            targets?: components["schemas"]["Targets"];
+            timeout: components["schemas"]["Duration"];
+        };
         /** @description A declared state as committed under `states/`. */
         DeclaredState: {
             description: string;
@@ -1242,6 +1255,10 @@ export interface components {
         };
         /** @description Everything one valid revision asks for. */
         DesiredState: {
+            /** @description Custom facts (`facts/*.yaml`), by name. */
+            custom_facts?: {
+                [key: string]: components["schemas"]["CustomFact"];
+            };
             /** @description Who may do what, beyond local accounts' own roles (`access.yaml`). */
             grants?: components["schemas"]["Given"][];
             /** @description In inventory order. */
@@ -1344,13 +1361,17 @@ export interface components {
         FactsView: {
             /** @description What the latest gatherings changed, newest first (in a machine's detail only). */
             changes: components["schemas"]["FactChangeView"][];
-            /** @description Why the last gathering failed, if it did (the facts are the last good ones). */
+            /**
+             * @description What went wrong in the last gathering, if anything: all of it (the
+             *     facts are the last good ones) or a custom fact (its values are).
+             */
             error?: string | null;
             /**
              * @description By name: OS (`os`, `os_name`), `kernel`, `arch`, `uptime_s`,
              *     `booted_at_ms`, `cpus`, `memory_bytes`, `root_size_bytes`,
              *     `root_used_bytes`, `root_used_pct`, `package_manager`, `updates`,
-             *     `security_updates`, `reboot_required`; a fact the machine cannot tell is absent.
+             *     `security_updates`, `reboot_required`, and each custom fact's
+             *     `<name>.<key>` (`facts/*.yaml`); a fact the machine cannot tell is absent.
              */
             facts: components["schemas"]["BTreeMap"];
             /** Format: date-time */
@@ -2543,6 +2564,7 @@ export type Counts = components['schemas']['Counts'];
 export type CreateBody = components['schemas']['CreateBody'];
 export type CreatedToken = components['schemas']['CreatedToken'];
 export type Credentials = components['schemas']['Credentials'];
+export type CustomFact = components['schemas']['CustomFact'];
 export type DeclaredState = components['schemas']['DeclaredState'];
 export type DesiredState = components['schemas']['DesiredState'];
 export type Direction = components['schemas']['Direction'];
@@ -3173,6 +3195,12 @@ export interface operations {
                 limit?: number;
                 /** @description Only machines whose id sorts after this: the last id of the previous page. */
                 after?: string;
+                /**
+                 * @description Only machines whose facts are these, `fact=value[,fact=value…]`, e.g.
+                 *     `os=debian-12,reboot_required=true` (`GET /api/links` only: facts
+                 *     are gathered hourly, not followed live).
+                 */
+                where?: string;
             };
             header?: {
                 /** @description Resume after this event */
@@ -3325,6 +3353,12 @@ export interface operations {
                 limit?: number;
                 /** @description Only machines whose id sorts after this: the last id of the previous page. */
                 after?: string;
+                /**
+                 * @description Only machines whose facts are these, `fact=value[,fact=value…]`, e.g.
+                 *     `os=debian-12,reboot_required=true` (`GET /api/links` only: facts
+                 *     are gathered hourly, not followed live).
+                 */
+                where?: string;
             };
             header?: never;
             path?: never;

@@ -76,7 +76,7 @@ pub(super) fn check_custom_fact(
         }
         None => Targets::default(),
     };
-    sound.then(|| CustomFact {
+    sound.then_some(CustomFact {
         name: name.value,
         description,
         targets,

@@ -31,9 +31,9 @@ use serde::de::DeserializeOwned;
 use serde_saphyr::Spanned;
 
 use super::format::{
-    AccessFile, CustomFactFile, GrantEntry, ID_PATTERN, KEY_PATTERN, LinksFile, MachineEntry, PARAM_NAME_PATTERN,
-    ParamEntry, RecipientsFile, RunRequestFile, ScriptEntry, ScriptsFile, SecretFile, StateFile,
-    TargetsEntry, WindowEntry,
+    AccessFile, CustomFactFile, GrantEntry, ID_PATTERN, KEY_PATTERN, LinksFile, MachineEntry,
+    PARAM_NAME_PATTERN, ParamEntry, RecipientsFile, RunRequestFile, ScriptEntry, ScriptsFile,
+    SecretFile, StateFile, TargetsEntry, WindowEntry,
 };
 use super::{
     ACCESS_FILE, DesiredState, LINKS_FILE, Problem, RECIPIENTS_FILE, RepoFiles, SCRIPTS_FILE,

@@ -342,9 +342,8 @@ fn custom_facts_are_named_where_they_live_bounded_and_targeted() {
         for (path, text) in fact_files {
             files.insert((*path).to_owned(), text.as_bytes().to_vec());
         }
-        load("r1", &files).map_err(|problems| {
-            problems.iter().map(ToString::to_string).collect::<Vec<_>>()
-        })
+        load("r1", &files)
+            .map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>())
     };
     let desired = load_with(&[(
         "facts/nginx.yaml",
@@ -359,10 +358,16 @@ fn custom_facts_are_named_where_they_live_bounded_and_targeted() {
     let long = format!("name: big\nscript: \"{}\"\n", "x".repeat(17 << 10));
     let problems = load_with(&[
         ("facts/other.yaml", "name: nginx\nscript: echo {}\n"),
-        ("facts/raid.yaml", "name: raid\nscript: echo {}\ntimeout: 2m\n"),
+        (
+            "facts/raid.yaml",
+            "name: raid\nscript: echo {}\ntimeout: 2m\n",
+        ),
         ("facts/Bad.yaml", "name: Bad\nscript: echo {}\n"),
         ("facts/big.yaml", &long),
-        ("facts/db.yaml", "name: db\nscript: echo {}\ntargets: {tags: [dbs], where: {os: x}}\n"),
+        (
+            "facts/db.yaml",
+            "name: db\nscript: echo {}\ntargets: {tags: [dbs], where: {os: x}}\n",
+        ),
     ])
     .unwrap_err();
     assert_eq!(
