@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use linkops::contract::{FactsView, MachineDetail, MachineView};
 use linkops_reconcilers::facts::FactValue;
+use linkops_reconcilers::operation::HostState;
 
 use crate::cli::{linkops_with, logged_in};
 use crate::support::{ADMIN, FleetSetup, eventually};
@@ -272,5 +273,109 @@ async fn custom_facts_from_git_are_gathered_where_they_target_and_select_machine
         ),
         "{planned}"
     );
+    daemon.stop().await;
+}
+
+/// The shipped patch-day run-request, as written, on the test fleet's tag.
+fn example(path: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config-repo");
+    std::fs::read_to_string(root.join(path)).unwrap()
+}
+
+#[tokio::test]
+async fn the_patch_day_example_reboots_only_what_asks_for_it_and_halts_on_a_failed_canary() {
+    let scripts = "scripts:\n  - {id: reboot-if-required, name: Reboot, file: scripts/reboot-if-required.sh, timeout: 2m}\n";
+    let setup = FleetSetup::new(4, &[], scripts);
+    let links = setup.fleet.inventory("test", &[], "health_interval: 1s");
+    setup.work.write("links.yaml", &links);
+    setup.work.write(
+        "scripts/reboot-if-required.sh",
+        &example("scripts/reboot-if-required.sh"),
+    );
+    setup.work.commit("the patch-day script");
+    // host1 to host3 ask for a reboot; host4 does not. host1 — the canary, the
+    // first in inventory order — cannot schedule it.
+    for index in 0..3 {
+        setup.fleet.host(index).set_reboot_required(true).unwrap();
+    }
+    setup.fleet.host(0).set_shutdown_fails(true).unwrap();
+    let mut config = setup.config();
+    config.facts.interval = Duration::from_secs(2);
+    let daemon = setup.start_with(config).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+    eventually("every machine's reboot flag", || async {
+        let listed: Vec<FactsView> = daemon.read("/api/facts", &token).await;
+        let flagged = (listed.iter())
+            .filter(|f| f.facts.get("reboot_required") == Some(&FactValue::Bool(true)))
+            .count();
+        (listed.len() == 4 && flagged == 3).then_some(())
+    })
+    .await;
+
+    let request = example("runs/2026-12-08-reboot-pending.yaml")
+        .replace("tags: [debian]", "tags: [test]")
+        .replace("not_before: 2026-12-08T05:30:00Z\n", "");
+    setup.work.write("runs/reboot-pending.yaml", &request);
+    let head = setup.work.commit("patch day");
+    let synced = daemon.post("/api/git/sync", Some(&token)).await;
+    assert_eq!(synced.status(), reqwest::StatusCode::OK);
+    crate::git_sync::applied(&daemon, &head).await;
+    let id = eventually("the patch day's operation", || async {
+        let run: serde_json::Value = daemon
+            .read("/api/runs/2026-12-08-reboot-pending", &token)
+            .await;
+        run["state"]["operation_id"].as_u64()
+    })
+    .await;
+    crate::support::read_events(&daemon, &token, id, None).await;
+    let ran = crate::support::operation(&daemon, &token, id).await;
+    let hosts: Vec<&str> = ran.hosts.iter().map(|h| h.machine_id.as_str()).collect();
+    assert_eq!(hosts, ["host1", "host2", "host3"], "{ran:?}");
+    let state = |machine: &str| {
+        let host = ran.hosts.iter().find(|h| h.machine_id == machine).unwrap();
+        host.state.name().to_owned()
+    };
+    assert_eq!(state("host1"), "failed", "{ran:?}");
+    let canary = (ran.hosts.iter())
+        .find(|h| h.machine_id == "host1")
+        .unwrap();
+    assert!(
+        matches!(
+            canary.state,
+            HostState::Failed {
+                exit_code: Some(1),
+                ..
+            }
+        ),
+        "{ran:?}"
+    );
+    for held in ["host2", "host3"] {
+        assert_eq!(state(held), "held", "{ran:?}");
+    }
+    for index in 0..4 {
+        assert!(!setup.fleet.host(index).rebooted(), "host{}", index + 1);
+    }
+
+    // host1 fixed, the same request under a new id: exactly the three reboot.
+    setup.fleet.host(0).set_shutdown_fails(false).unwrap();
+    let again = request.replace("id: 2026-12-08-reboot-pending", "id: reboot-again");
+    setup.work.write("runs/reboot-again.yaml", &again);
+    let head = setup.work.commit("patch day, again");
+    let synced = daemon.post("/api/git/sync", Some(&token)).await;
+    assert_eq!(synced.status(), reqwest::StatusCode::OK);
+    crate::git_sync::applied(&daemon, &head).await;
+    let id = eventually("the second operation", || async {
+        let run: serde_json::Value = daemon.read("/api/runs/reboot-again", &token).await;
+        run["state"]["operation_id"].as_u64()
+    })
+    .await;
+    crate::support::read_events(&daemon, &token, id, None).await;
+    let ran = crate::support::operation(&daemon, &token, id).await;
+    let succeeded = (ran.hosts.iter())
+        .filter(|h| h.state.name() == "succeeded")
+        .count();
+    assert_eq!((ran.hosts.len(), succeeded), (3, 3), "{ran:?}");
+    let rebooted: Vec<bool> = (0..4).map(|i| setup.fleet.host(i).rebooted()).collect();
+    assert_eq!(rebooted, [true, true, true, false]);
     daemon.stop().await;
 }

@@ -249,6 +249,21 @@ impl TestHost {
         }
     }
 
+    /// Makes the host's `shutdown` fail (as a machine whose reboot cannot be
+    /// scheduled), or work again.
+    pub fn set_shutdown_fails(&self, fails: bool) -> Result<()> {
+        let path = self.dir().join("run/linkops-test/shutdown-fails");
+        match fails {
+            true => write(&path, "").and_then(|()| set_mode(&path, 0o644)),
+            false => fs::remove_file(&path).map_err(|source| io_error(&path, source)),
+        }
+    }
+
+    /// Whether the host's `shutdown -r` ran (its reboot was "scheduled").
+    pub fn rebooted(&self) -> bool {
+        self.dir().join("run/linkops-test/rebooted").exists()
+    }
+
     /// The host's own directory (beside the fleet's).
     fn dir(&self) -> &Path {
         self.etc_dir.parent().expect("the host's directory")
@@ -325,25 +340,41 @@ esac
 exec /usr/bin/apt-get "$@"
 "#;
 
+/// A test host's `shutdown`: never the real one. It records what it was
+/// asked in `/run/linkops-test/rebooted` and says it scheduled it, unless
+/// `/run/linkops-test/shutdown-fails` is there.
+const SHUTDOWN: &str = r#"#!/bin/sh
+if [ -e /run/linkops-test/shutdown-fails ]; then
+  echo "shutdown: Failed to set wall message, ignoring: Access denied" >&2
+  echo "Failed to call ScheduleShutdown in logind, proceeding with immediate shutdown: Access denied" >&2
+  exit 1
+fi
+echo "$*" >> /run/linkops-test/rebooted
+echo "Reboot scheduled for $(date -d '+1 min' 2>/dev/null), use 'shutdown -c' to cancel."
+"#;
+
 /// The host's own `/run` (sshd's privilege-separation directory, and what
 /// the tests set: `reboot-required`, `linkops-test/pending`) and
-/// `/usr/local/bin`, whose `apt-get` answers `-s upgrade` from that
+/// `/usr/local/bin`, whose `shutdown` is a stand-in ([`SHUTDOWN`]) and whose `apt-get` answers `-s upgrade` from that
 /// list as Debian's does (`Inst` lines; a security update from
 /// `Debian-Security`) and passes anything else to the real one: the
 /// machines share this computer's packages, so what is pending is set per host.
 fn machine_state(dir: &Path) -> Result<()> {
     let run = dir.join("run");
-    for sub in ["sshd", "linkops-test"] {
+    // The test user's `shutdown` writes in linkops-test.
+    for (sub, mode) in [("sshd", 0o755), ("linkops-test", 0o1777)] {
         fs::create_dir_all(run.join(sub)).map_err(|source| io_error(&run, source))?;
-        set_mode(&run.join(sub), 0o755)?;
+        set_mode(&run.join(sub), mode)?;
     }
     set_mode(&run, 0o755)?;
     let bin = dir.join("usr-local-bin");
     fs::create_dir_all(&bin).map_err(|source| io_error(&bin, source))?;
     set_mode(&bin, 0o755)?;
-    let apt_get = bin.join("apt-get");
-    write(&apt_get, APT_GET)?;
-    set_mode(&apt_get, 0o755)
+    for (name, text) in [("apt-get", APT_GET), ("shutdown", SHUTDOWN)] {
+        write(&bin.join(name), text)?;
+        set_mode(&bin.join(name), 0o755)?;
+    }
+    Ok(())
 }
 
 /// Kills a server started by [`spawn_in_namespace`] and returns once it and
