@@ -125,6 +125,18 @@ test("sign in, and the fleet shows four machines online and the unenrolled one f
   await page.setViewportSize({ width: 1280, height: 800 });
 });
 
+test("a machine's page shows what it is: its facts as gathered", async () => {
+  await page.goto(`${banner.console}#/machines/host1`);
+  const facts = page.getByRole("table", { name: "Facts", exact: true });
+  const row = (name) => facts.getByRole("row").filter({ has: page.getByRole("cell", { name, exact: true }) });
+  // Gathered at enrollment: the kernel is this computer's (the demo's machines share it).
+  const kernel = execFileSync("uname", ["-r"], { encoding: "utf8" }).trim();
+  await row("kernel").getByRole("cell", { name: kernel, exact: true }).waitFor();
+  await row("package_manager").getByRole("cell", { name: "apt", exact: true }).waitFor();
+  await page.screenshot({ path: `${SHOTS}machine.png`, fullPage: true });
+  await assertAccessible("a machine's page");
+});
+
 test("run a script from the catalog's form and see each host's output appear live", async () => {
   await page.goto(`${banner.console}#/run`);
   await assertAccessible("the run page");

@@ -1,8 +1,8 @@
 // The fleet: machines with live health and enrollment; one machine's details.
 
 import { api, fleetEvents, session } from "../api";
-import type { FleetChanges, FleetSnapshot, MachineDetail, MachineView } from "../contract";
-import { badge, h, put, table, when } from "../dom";
+import type { FactsView, FactValue, FleetChanges, FleetSnapshot, MachineDetail, MachineView } from "../contract";
+import { badge, type Child, h, put, table, when } from "../dom";
 
 /** Rows on one page of the fleet's table: at 10,000 machines the DOM holds a page, not the fleet. */
 const PAGE = 100;
@@ -123,5 +123,37 @@ export async function machinePage(main: HTMLElement, [id]: string[]): Promise<vo
     h("h2", {}, "Health history"),
     table(["Checked", "Health", "Enrolled"], (machine.health_history ?? []).map((s) => [
       when(s.at), badge(s.health.state), s.enrolled ? "yes" : "no"]), "Health history"),
+    ...factsSection(machine.facts),
   );
+}
+
+/** What the machine is (its facts, as last gathered) and what changed lately. */
+function factsSection(facts: FactsView | null | undefined): Child[] {
+  if (!facts) return [h("h2", {}, "Facts"), h("p", { class: "muted" }, "Not gathered yet: facts are gathered once a machine is enrolled.")];
+  const shown = (value: FactValue | null | undefined) => value === null || value === undefined ? "—" : String(value);
+  return [
+    h("h2", {}, "Facts"),
+    h("p", { class: "muted" }, `Gathered ${when(facts.gathered_at)}`),
+    facts.error ? h("p", { class: "error" }, facts.error) : null,
+    table(["Fact", "Value"], Object.entries(facts.facts).map(([name, value]) => [name, readable(name, value)]), "Facts"),
+    facts.changes.length ? h("h3", {}, "What changed") : null,
+    facts.changes.length
+      ? table(["When", "Changes"], facts.changes.map((change) => [when(change.at),
+        Object.entries(change.changed).map(([name, diff]) => `${name} ${shown(diff.before)} → ${shown(diff.after)}`).join(", ")]),
+        "Fact changes")
+      : null,
+  ];
+}
+
+/** A fact as a person reads it: sizes in GiB, times as dates, durations in days and hours. */
+function readable(name: string, value: FactValue): string {
+  if (typeof value !== "number") return String(value);
+  if (name.endsWith("_bytes")) return `${(value / 2 ** 30).toFixed(1)} GiB`;
+  if (name.endsWith("_at_ms")) return new Date(value).toLocaleString();
+  if (name === "uptime_s") {
+    const days = Math.floor(value / 86400), hours = Math.floor((value % 86400) / 3600), minutes = Math.floor((value % 3600) / 60);
+    return days ? `${days} d ${hours} h` : hours ? `${hours} h ${minutes} min` : `${minutes} min`;
+  }
+  if (name.endsWith("_pct")) return `${value} %`;
+  return String(value);
 }
