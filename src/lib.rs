@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod notify;
 pub mod offline;
 pub mod operations;
+pub mod pictures;
 pub mod replica;
 pub mod sealed;
 pub mod secrets;

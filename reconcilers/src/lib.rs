@@ -20,6 +20,7 @@ pub mod machine;
 pub mod membership;
 pub mod operation;
 pub mod outbox;
+pub mod picture;
 pub mod plan;
 pub mod retention;
 pub mod role;

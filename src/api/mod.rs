@@ -15,6 +15,7 @@ mod links;
 mod metrics;
 mod notifications;
 mod operations;
+mod pictures;
 mod reconcile;
 mod runs;
 mod sso;
@@ -150,6 +151,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(links::get))
         .routes(routes!(links::facts))
         .routes(routes!(links::verify))
+        .routes(routes!(pictures::fleet))
+        .routes(routes!(pictures::machine))
+        .routes(routes!(pictures::states))
         .routes(routes!(runs::list))
         .routes(routes!(runs::get))
         .routes(routes!(states::list))
@@ -241,7 +245,7 @@ fn described_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     tags(
         (name = "auth"), (name = "machines"), (name = "operations"), (name = "runs"), (name = "states", description = "Declared states: what the fleet converges to and is kept in"),
         (name = "terminals", description = "Workspaces of panes. The WebSocket sends ServerMessage (JSON) and `[pane][bytes]` binary output, takes ClientMessage and `[pane][bytes]` input, and closes with a SocketCloseCode; see src/terminal/protocol.md"),
-        (name = "git"), (name = "reconcile"), (name = "tables"), (name = "users"), (name = "daemon")
+        (name = "git"), (name = "reconcile"), (name = "tables"), (name = "pictures", description = "The fleet drawn: series and counts aggregated by the daemon for the console's charts"), (name = "users"), (name = "daemon")
     )
 )]
 struct ApiDoc;

@@ -75,6 +75,24 @@ impl Default for FactsConfig {
     }
 }
 
+/// The fleet's pictures in the console: what the leader samples for them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PicturesConfig {
+    /// How often machines by health and each state's machines by standing are
+    /// sampled into hourly rollups (kept eight days).
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub interval: Duration,
+}
+
+impl Default for PicturesConfig {
+    fn default() -> Self {
+        PicturesConfig {
+            interval: Duration::from_secs(300),
+        }
+    }
+}
+
 /// The repository's secrets (`secrets/*.yaml`), sealed with age to the
 /// daemon's recipient among others.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -54,6 +54,7 @@ const SECTIONS: &[&str] = &[
     "cluster",
     "secrets",
     "facts",
+    "pictures",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +96,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub secrets: SecretsConfig,
     pub facts: FactsConfig,
+    pub pictures: PicturesConfig,
 }
 
 impl Default for Config {
@@ -119,6 +121,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             secrets: SecretsConfig::default(),
             facts: FactsConfig::default(),
+            pictures: PicturesConfig::default(),
         }
     }
 }

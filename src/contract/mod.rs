@@ -14,6 +14,7 @@ mod cluster;
 mod git;
 mod machines;
 mod operations;
+mod pictures;
 mod states;
 mod terminals;
 
@@ -23,6 +24,7 @@ pub use cluster::*;
 pub use git::*;
 pub use machines::*;
 pub use operations::*;
+pub use pictures::*;
 pub use states::*;
 pub use terminals::*;
 

@@ -302,6 +302,10 @@ impl Daemon {
             move |store| leading::prune_store(store, retention, metrics, stop)
         }));
         workers.push(leading.spawn({
+            let (desired, interval, stop) = (git.desired(), config.pictures.interval, stop.clone());
+            move |store| crate::pictures::sample(store, desired, interval, stop)
+        }));
+        workers.push(leading.spawn({
             let (membership, notifier, stop) =
                 (membership.clone(), prepared.notifier.clone(), stop.clone());
             move |store| leading::end_what_the_gone_left(store, membership, notifier, stop)

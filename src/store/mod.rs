@@ -19,6 +19,7 @@ mod migrations;
 mod observed;
 mod operations;
 mod outbox;
+mod pictures;
 mod records;
 mod retention;
 mod scan;

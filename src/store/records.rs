@@ -337,6 +337,7 @@ mod tests {
             decodes(API_TOKENS),
             decodes(MACHINE_FACTS),
             decodes(FACT_CHANGES),
+            decodes(ROLLUPS),
             decodes(AUDIT_LOG),
         ];
         // The rest hold a number, a text, nothing or raw bytes.

@@ -8,6 +8,7 @@ use linkops_reconcilers::facts::{FactChange, MachineFacts};
 use linkops_reconcilers::machine::MachineStatus;
 use linkops_reconcilers::operation::{HostResult, Operation, RecordedEvent};
 use linkops_reconcilers::outbox::Queued;
+use linkops_reconcilers::picture::Rollup;
 use linkops_reconcilers::run::RunRecord;
 use linkops_reconcilers::state::{CheckRecord, StateStatus, Target};
 use linkops_reconcilers::terminal::{TerminalSession, Workspace};
@@ -22,7 +23,7 @@ use super::records::{
 ///
 /// Version 8 keeps every table as ordered bytes (`engine::key`) with JSON
 /// records, the same in redb and PostgreSQL; older redb files are converted.
-pub const SCHEMA_VERSION: u64 = 12;
+pub const SCHEMA_VERSION: u64 = 13;
 
 /// Store metadata: `schema_version`, `write_probe_ms`.
 pub const META: Table<String, Json<u64>> = Table::new("meta");
@@ -113,11 +114,14 @@ pub const MACHINE_FACTS: Table<String, Json<MachineFacts>> = Table::new("machine
 /// What each gathering changed, by (machine id, time in ms); the newest
 /// hundred per machine (version 12).
 pub const FACT_CHANGES: Table<(String, i64), Json<FactChange>> = Table::new("fact_changes");
+/// The fleet's pictures: hourly rollups of what the leader sampled, by
+/// (series, hour start in ms); eight days kept (version 13).
+pub const ROLLUPS: Table<(String, i64), Json<Rollup>> = Table::new("rollups");
 /// The audit log by sequence number.
 pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
 /// Every table's name: what an engine creates, and what `linkops store migrate` copies.
-pub const TABLES: [&str; 39] = [
+pub const TABLES: [&str; 40] = [
     META.name,
     USERS.name,
     LOGIN_FAILURES.name,
@@ -156,6 +160,7 @@ pub const TABLES: [&str; 39] = [
     API_TOKENS.name,
     MACHINE_FACTS.name,
     FACT_CHANGES.name,
+    ROLLUPS.name,
     AUDIT_LOG.name,
 ];
 

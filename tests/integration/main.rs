@@ -24,6 +24,7 @@ mod hostile;
 mod metrics;
 mod openapi;
 mod operations;
+mod pictures;
 mod replicas;
 mod second_factor;
 mod secrets;

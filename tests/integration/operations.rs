@@ -80,7 +80,7 @@ async fn run(daemon: &TestDaemon, token: &str, body: Value) -> reqwest::Response
         .unwrap()
 }
 
-async fn started(daemon: &TestDaemon, token: &str, body: Value) -> u64 {
+pub(crate) async fn started(daemon: &TestDaemon, token: &str, body: Value) -> u64 {
     let response = run(daemon, token, body).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let operation: OperationView = response.json().await.unwrap();

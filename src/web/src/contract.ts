@@ -534,6 +534,57 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/pictures/fleet": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/pictures/fleet` */
+        get: operations["pictures_fleet"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/pictures/machines/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/pictures/machines/{id}` */
+        get: operations["pictures_machine"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/pictures/states": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/pictures/states` */
+        get: operations["pictures_states"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/reconcile": {
         parameters: {
             query?: never;
@@ -1287,12 +1338,40 @@ export interface components {
         Disabling: {
             disabled: boolean;
         };
+        /**
+         * @description How many machines have each value of a fact, the most common first; past
+         *     [`TOP_VALUES`] the rest are `other`, machines without it `unknown`.
+         */
+        Distribution: {
+            fact: string;
+            values: [
+                string,
+                number
+            ][];
+        };
         /** @description How a `std::time::Duration` appears in JSON (for the OpenAPI description). */
         Duration: {
             /** Format: int32 */
             nanos: number;
             /** Format: int64 */
             secs: number;
+        };
+        /** @description How long one script's operations took over a span. */
+        Durations: {
+            /**
+             * Format: int32
+             * @description Of those, how many did not succeed on every machine.
+             */
+            failed: number;
+            /** Format: int64 */
+            max_ms: number;
+            /** Format: int64 */
+            median_ms: number;
+            /** Format: int32 */
+            operations: number;
+            /** Format: int64 */
+            p90_ms: number;
+            script: string;
         };
         /** @description The enrollment state of a machine. */
         Enrollment: {
@@ -1391,6 +1470,33 @@ export interface components {
         FleetChanges: {
             changed: components["schemas"]["MachineView"][];
             removed: string[];
+        };
+        /**
+         * @description The fleet over a span, as the console draws it: a few hundred numbers
+         *     whatever the fleet's size.
+         */
+        FleetPicture: {
+            /**
+             * @description Hourly: the mean number of machines `reachable`, `unreachable`,
+             *     `unknown` (sampled by the leader every `[pictures] interval`). Only for
+             *     callers who see the whole fleet (none otherwise).
+             */
+            availability?: components["schemas"]["Point"][] | null;
+            /** @description Each declared state's machines by standing, hourly (whole fleet only). */
+            compliance: components["schemas"]["StateCompliance"][];
+            /** @description How long each script's operations took (operations on machines the caller sees). */
+            durations: components["schemas"]["Durations"][];
+            /**
+             * @description How many machines the caller sees have each OS, kernel, architecture,
+             *     number of pending (security) updates, reboot flag.
+             */
+            facts: components["schemas"]["Distribution"][];
+            /**
+             * Format: int32
+             * @description Machines the caller sees.
+             */
+            machines: number;
+            span: components["schemas"]["Span"];
         };
         /**
          * @description The first event of `/api/fleet/events` (and again when the client was too
@@ -1631,6 +1737,34 @@ export interface components {
             health_history: components["schemas"]["HealthPoint"][];
             recent_operations: components["schemas"]["OperationSummary"][];
         };
+        /**
+         * @description One machine's reachability and SSH latency over a span, from its kept
+         *     health history.
+         */
+        MachinePicture: {
+            machine: string;
+            points: components["schemas"]["MachinePoint"][];
+            span: components["schemas"]["Span"];
+        };
+        /** @description A bucket of one machine's checks. */
+        MachinePoint: {
+            /** Format: int64 */
+            at_ms: number;
+            /** Format: int32 */
+            checks: number;
+            /** Format: int64 */
+            latency_max_ms?: number | null;
+            /**
+             * Format: double
+             * @description Mean and highest SSH latency of those (none: it never answered).
+             */
+            latency_ms?: number | null;
+            /**
+             * Format: int32
+             * @description Checks it answered.
+             */
+            reachable: number;
+        };
         /** @description A machine as `GET /api/links` and the `machines` event of `/api/fleet/events` show it. */
         MachineView: components["schemas"]["Machine"] & {
             /** Format: date-time */
@@ -1863,6 +1997,17 @@ export interface components {
         ParamType: "string" | "int" | "bool" | "enum" | "secret";
         /** @description A parameter value as written in YAML: a string, an integer or a boolean. */
         ParamValue: boolean | number | string;
+        /**
+         * @description A point of a series: its bucket's start, and by category the mean count
+         *     (none: no sample fell in it — a gap, not a zero).
+         */
+        Point: {
+            /** Format: int64 */
+            at_ms: number;
+            values?: {
+                [key: string]: number;
+            } | null;
+        };
         /** @description A commit status the forge accepted. */
         PostedStatusView: {
             /** Format: date-time */
@@ -2238,6 +2383,11 @@ export interface components {
             column: string;
             dir?: components["schemas"]["Direction"];
         };
+        /**
+         * @description What a picture covers, ending now.
+         * @enum {string}
+         */
+        Span: "day" | "week";
         /** @description A person as an identity provider said at their last sign-in. */
         SsoView: {
             /** @description What `access.yaml` gives to groups, they hold through these. */
@@ -2276,6 +2426,23 @@ export interface components {
             message: string;
             /** @enum {string} */
             standing: "check_error";
+        };
+        /**
+         * @description A declared state's machines by tag (then by standing), for the states
+         *     grid at fleet size.
+         */
+        StateByTag: {
+            state: string;
+            tags: {
+                [key: string]: {
+                    [key: string]: number;
+                };
+            };
+        };
+        StateCompliance: {
+            /** @description Hourly: the mean number of its machines `in_sync`, `drifted`, `failed`, … . */
+            points: components["schemas"]["Point"][];
+            state: string;
         };
         /** @description `GET /api/states/{id}`: the state and each of its machines. */
         StateDetail: {
@@ -2569,7 +2736,9 @@ export type DeclaredState = components['schemas']['DeclaredState'];
 export type DesiredState = components['schemas']['DesiredState'];
 export type Direction = components['schemas']['Direction'];
 export type Disabling = components['schemas']['Disabling'];
+export type Distribution = components['schemas']['Distribution'];
 export type Duration = components['schemas']['Duration'];
+export type Durations = components['schemas']['Durations'];
 export type Enrollment = components['schemas']['Enrollment'];
 export type ErrorBody = components['schemas']['ErrorBody'];
 export type ErrorCode = components['schemas']['ErrorCode'];
@@ -2581,6 +2750,7 @@ export type FactValue = components['schemas']['FactValue'];
 export type FactsView = components['schemas']['FactsView'];
 export type FilterRequest = components['schemas']['FilterRequest'];
 export type FleetChanges = components['schemas']['FleetChanges'];
+export type FleetPicture = components['schemas']['FleetPicture'];
 export type FleetSnapshot = components['schemas']['FleetSnapshot'];
 export type FleetStreamEvent = components['schemas']['FleetStreamEvent'];
 export type GitHealth = components['schemas']['GitHealth'];
@@ -2603,6 +2773,8 @@ export type LoginRequest = components['schemas']['LoginRequest'];
 export type LoginResponse = components['schemas']['LoginResponse'];
 export type Machine = components['schemas']['Machine'];
 export type MachineDetail = components['schemas']['MachineDetail'];
+export type MachinePicture = components['schemas']['MachinePicture'];
+export type MachinePoint = components['schemas']['MachinePoint'];
 export type MachineView = components['schemas']['MachineView'];
 export type Me = components['schemas']['Me'];
 export type MemberView = components['schemas']['MemberView'];
@@ -2627,6 +2799,7 @@ export type PanesBody = components['schemas']['PanesBody'];
 export type ParamSpec = components['schemas']['ParamSpec'];
 export type ParamType = components['schemas']['ParamType'];
 export type ParamValue = components['schemas']['ParamValue'];
+export type Point = components['schemas']['Point'];
 export type PostedStatusView = components['schemas']['PostedStatusView'];
 export type Problem = components['schemas']['Problem'];
 export type Progress = components['schemas']['Progress'];
@@ -2661,8 +2834,11 @@ export type SignInOptions = components['schemas']['SignInOptions'];
 export type SignInProvider = components['schemas']['SignInProvider'];
 export type SocketCloseCode = components['schemas']['SocketCloseCode'];
 export type SortRequest = components['schemas']['SortRequest'];
+export type Span = components['schemas']['Span'];
 export type SsoView = components['schemas']['SsoView'];
 export type Standing = components['schemas']['Standing'];
+export type StateByTag = components['schemas']['StateByTag'];
+export type StateCompliance = components['schemas']['StateCompliance'];
 export type StateDetail = components['schemas']['StateDetail'];
 export type StateEvent = components['schemas']['StateEvent'];
 export type StateMachineView = components['schemas']['StateMachineView'];
@@ -3682,6 +3858,84 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    pictures_fleet: {
+        parameters: {
+            query?: {
+                /** @description `day` (the default: hourly points) or `week`. */
+                span?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The fleet over the span: availability and each state's compliance hourly (whole-fleet callers), operation durations per script and distributions of facts (of the machines the caller sees) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FleetPicture"];
+                };
+            };
+        };
+    };
+    pictures_machine: {
+        parameters: {
+            query?: {
+                /** @description `day` (the default: hourly points) or `week`. */
+                span?: string;
+            };
+            header?: never;
+            path: {
+                /** @description Machine id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The machine's reachability and SSH latency over the span, from its kept health history */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MachinePicture"];
+                };
+            };
+            /** @description No such machine in the applied inventory */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    pictures_states: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Each declared state's machines the caller sees, by tag then standing: the states grid at fleet size */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StateByTag"][];
                 };
             };
         };
