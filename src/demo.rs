@@ -424,6 +424,8 @@ fn demo_config(data: &Path, repo: &Path, key: &Path, known_hosts: &Path) -> Resu
     // A playground on loopback: terminals and admin pages without a second
     // factor, unless `linkops demo --step-up` asks for one.
     config.auth.step_up = false;
+    // Pictures that move while you look: a sample every ten seconds.
+    config.pictures.interval = std::time::Duration::from_secs(10);
     Ok(config)
 }
 

@@ -21,15 +21,24 @@ use crate::store::{self, Store};
 /// How many machines' statuses or facts one read takes.
 const CHUNK: usize = 256;
 
-/// Samples the fleet every `interval` (the first at once), as the leader.
+/// Samples the fleet every `interval` (the first once a revision is
+/// applied), as the leader.
 pub async fn sample(
     store: Store,
     desired: watch::Receiver<Option<Arc<DesiredState>>>,
     interval: Duration,
     stop: CancellationToken,
 ) {
+    let mut desired = desired;
     loop {
-        let applied = desired.borrow().clone();
+        // Nothing is sampled before the first applied revision: it comes at once.
+        let applied = tokio::select! {
+            () = stop.cancelled() => return,
+            applied = desired.wait_for(Option::is_some) => match applied {
+                Ok(applied) => applied.clone(),
+                Err(_) => return,
+            },
+        };
         if let Some(applied) = applied {
             let store = store.clone();
             let sampled =
@@ -116,15 +125,14 @@ pub fn fleet(
     let visible = (operations.iter())
         .filter(|o| whole || o.machines.iter().any(|m| seen_ids.contains(m.as_str())));
     let durations = picture::durations(visible, since);
-    let mut facts = Vec::new();
+    // A machine never gathered from (not enrolled yet) counts as `unknown`.
+    let mut facts = Vec::with_capacity(seen.len());
     let ids: Vec<String> = seen.iter().map(|m| m.id.clone()).collect();
     for chunk in ids.chunks(CHUNK) {
-        facts.extend(
-            store
-                .facts_of(chunk)?
-                .into_iter()
-                .map(|gathered| gathered.facts),
-        );
+        let gathered = store.facts_of(chunk)?;
+        let never = chunk.len() - gathered.len();
+        facts.extend(gathered.into_iter().map(|gathered| gathered.facts));
+        facts.extend(std::iter::repeat_with(Default::default).take(never));
     }
     Ok(FleetPicture {
         span,

@@ -8,6 +8,7 @@ import { certificatesPage } from "./pages/certificates";
 import { fleetPage, machinePage } from "./pages/fleet";
 import { gitPage } from "./pages/git";
 import { loginPage } from "./pages/login";
+import { overviewPage } from "./pages/overview";
 import { historyPage, operationPage } from "./pages/operations";
 import { recordingsPage } from "./pages/recordings";
 import { runPage } from "./pages/run";
@@ -21,6 +22,7 @@ export type Page = (main: HTMLElement, params: string[]) => Promise<void | (() =
 const routes: [RegExp, Page, string][] = [
   [/^\/login$/, loginPage, "Sign in"],
   [/^\/fleet$/, fleetPage, "Fleet"],
+  [/^\/overview$/, overviewPage, "Overview"],
   [/^\/machines\/([^/]+)$/, machinePage, "Machine"],
   [/^\/states$/, statesPage, "States"],
   [/^\/states\/([^/]+)$/, statePage, "State"],
@@ -38,6 +40,7 @@ const routes: [RegExp, Page, string][] = [
 
 const NAV: [string, string, string?][] = [
   ["#/fleet", "Fleet"],
+  ["#/overview", "Overview"],
   ["#/states", "States"],
   ["#/run", "Run"],
   ["#/operations", "Operations"],

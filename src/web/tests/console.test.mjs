@@ -203,6 +203,42 @@ test("the States page shows the declared state on its machines, and each check's
   await assertAccessible("a state's page");
 });
 
+test("the Overview draws availability, each state's compliance, durations and facts, accessibly", async () => {
+  // The demo's operations have run and its state converged by now (the tests before waited for
+  // them); the leader samples every ten seconds: wait until a sample saw the state in sync.
+  const deadline = Date.now() + WAIT;
+  for (;;) {
+    const picture = await apiGet("/api/pictures/fleet", adminToken);
+    const motd = picture.compliance.find((state) => state.state === "motd");
+    if (motd?.points.some((point) => point.values?.in_sync > 0)) break;
+    assert.ok(Date.now() < deadline, "a sample sees the motd state in sync");
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  await page.goto(`${banner.console}#/overview`);
+  const figure = (name) => page.getByRole("img", { name, exact: true });
+  await figure("Machines by health, hourly").waitFor();
+  await figure("State motd: machines by standing, hourly").waitFor();
+  await figure("Operating systems").waitFor();
+  await page.getByRole("img", { name: /^Median duration per script/ }).waitFor();
+  // Each picture names its latest numbers, for those who cannot see it.
+  const described = await figure("Machines by health, hourly").locator("desc").textContent();
+  assert.match(described, /the latest: reachable \d/);
+  const os = await figure("Operating systems").locator("desc").textContent();
+  assert.match(os, / 4, unknown 1$/, "four enrolled demo machines run this computer's OS; the fifth is not enrolled");
+  await page.screenshot({ path: `${SHOTS}overview.png`, fullPage: true });
+  await assertAccessible("the Overview");
+  await page.getByRole("button", { name: "Last week" }).click();
+  await page.waitForURL(/span=week$/);
+  await page.getByRole("button", { name: "Last week", pressed: true }).waitFor();
+  await figure("Machines by health, hourly").waitFor();
+  // A machine's page draws its checks and latency over the last day.
+  await page.goto(`${banner.console}#/machines/host1`);
+  await figure("SSH latency per half hour (mean; dashed: highest)").waitFor();
+  const checks = await figure("Checks per half hour").locator("desc").textContent();
+  assert.match(checks, /the latest: answered [1-9]/);
+  await assertAccessible("a machine's pictures");
+});
+
 test("stop a long script", async () => {
   await page.goto(`${banner.console}#/run`);
   await page.getByLabel("Script").selectOption("countdown");

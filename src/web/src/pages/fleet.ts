@@ -1,7 +1,8 @@
 // The fleet: machines with live health and enrollment; one machine's details.
 
 import { api, fleetEvents, session } from "../api";
-import type { FactsView, FactValue, FleetChanges, FleetSnapshot, MachineDetail, MachineView } from "../contract";
+import { type Category, lines, stackedColumns } from "../charts";
+import type { FactsView, FactValue, FleetChanges, FleetSnapshot, MachineDetail, MachinePicture, MachineView } from "../contract";
 import { badge, type Child, h, put, table, when } from "../dom";
 
 /** Rows on one page of the fleet's table: at 10,000 machines the DOM holds a page, not the fleet. */
@@ -98,7 +99,10 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
 }
 
 export async function machinePage(main: HTMLElement, [id]: string[]): Promise<void> {
-  const machine = await api<MachineDetail>("GET", `/api/links/${encodeURIComponent(id)}`);
+  const [machine, picture] = await Promise.all([
+    api<MachineDetail>("GET", `/api/links/${encodeURIComponent(id)}`),
+    api<MachinePicture>("GET", `/api/pictures/machines/${encodeURIComponent(id)}?span=day`),
+  ]);
   const verify = h("button", { type: "button" }, "Verify now");
   verify.addEventListener("click", async () => {
     verify.disabled = true;
@@ -120,12 +124,25 @@ export async function machinePage(main: HTMLElement, [id]: string[]): Promise<vo
     h("h2", {}, "Recent operations"),
     table(["Operation", "Script", "State", "Created"], (machine.recent_operations ?? []).map((o) => [
       h("a", { href: `#/operations/${o.id}` }, `#${o.id}`), o.script, badge(o.state), when(o.created_at)]), "Recent operations"),
+    h("h2", {}, "The last day"),
+    h("div", { class: "pictures" },
+      stackedColumns("Checks per half hour", picture.points.map((p) => ({
+        at: p.at_ms, values: p.checks ? { reachable: p.reachable, unreachable: p.checks - p.reachable } : null,
+      })), CHECKS, 1_800_000),
+      lines("SSH latency per half hour (mean; dashed: highest)", picture.points.map((p) => ({
+        at: p.at_ms, value: p.latency_ms ?? null, high: p.latency_max_ms ?? null,
+      })), " ms")),
     h("h2", {}, "Health history"),
     table(["Checked", "Health", "Enrolled"], (machine.health_history ?? []).map((s) => [
       when(s.at), badge(s.health.state), s.enrolled ? "yes" : "no"]), "Health history"),
     ...factsSection(machine.facts),
   );
 }
+
+const CHECKS: Category[] = [
+  { key: "reachable", name: "answered", tone: "ok" },
+  { key: "unreachable", name: "unreachable", tone: "bad" },
+];
 
 /** What the machine is (its facts, as last gathered) and what changed lately. */
 function factsSection(facts: FactsView | null | undefined): Child[] {

@@ -2,8 +2,10 @@
 // applies linked to their live operation, and resuming a halted rollout.
 
 import { api, session } from "../api";
-import type { StateDetail, StateMachineView, StateView } from "../contract";
+import type { MachineView, StateByTag, StateDetail, StateMachineView, StateView } from "../contract";
+import { shareBar } from "../charts";
 import { badge, h, table, when } from "../dom";
+import { STANDINGS } from "./overview";
 
 /** Machines drawn as a grid on the list page; beyond, each state shows its counts only. */
 const GRID_MACHINES = 60;
@@ -24,12 +26,13 @@ export async function statesPage(main: HTMLElement): Promise<void> {
     ]), "Declared states"));
 
   // The grid: one row per state, one cell per machine, coloured by its standing.
-  const details = await Promise.all(states.map((s) => api<StateDetail>("GET", `/api/states/${encodeURIComponent(s.id)}`)));
-  const machines = [...new Set(details.flatMap((d) => d.machines.map((m) => m.machine_id)))].sort();
-  if (machines.length > GRID_MACHINES) {
-    main.append(h("p", { class: "muted" }, `${machines.length} machines: open a state to see each of them.`));
+  const machineCount = states.reduce((most, s) => Math.max(most, total(s)), 0);
+  if (machineCount > GRID_MACHINES) {
+    main.append(h("h2", {}, "States × tags"), await byTag());
     return;
   }
+  const details = await Promise.all(states.map((s) => api<StateDetail>("GET", `/api/states/${encodeURIComponent(s.id)}`)));
+  const machines = [...new Set(details.flatMap((d) => d.machines.map((m) => m.machine_id)))].sort();
   const rows = details.map((detail) => {
     const by = new Map(detail.machines.map((m) => [m.machine_id, m]));
     return [
@@ -43,15 +46,41 @@ export async function statesPage(main: HTMLElement): Promise<void> {
   main.append(h("h2", {}, "States × machines"), table(["State", ...machines], rows, "States by machine"));
 }
 
+/** At fleet size, a state's machines by tag: each cell its counts by standing, drawn as one bar, linked to those machines. */
+async function byTag(): Promise<HTMLElement> {
+  const grid = await api<StateByTag[]>("GET", "/api/pictures/states");
+  const tags = [...new Set(grid.flatMap((state) => Object.keys(state.tags)))].sort();
+  const rows = grid.map((state) => [
+    h("a", { href: `#/states/${encodeURIComponent(state.state)}` }, state.state),
+    ...tags.map((tag) => {
+      const counts = state.tags[tag];
+      if (!counts) return h("span", { class: "muted" }, "—");
+      const all = Object.values(counts).reduce((sum, n) => sum + n, 0);
+      const summary = STANDINGS.filter((k) => counts[k.key]).map((k) => `${counts[k.key]} ${k.name}`).join(", ");
+      const bar = shareBar(STANDINGS.filter((k) => counts[k.key]).map((k) => [k.tone, counts[k.key]]));
+      return h("a", { href: `#/states/${encodeURIComponent(state.state)}?tag=${encodeURIComponent(tag)}`, "aria-label": `${state.state} on ${tag}: ${summary}` },
+        bar, h("span", {}, `${counts.in_sync ?? 0}/${all} in sync`));
+    }),
+  ]);
+  return table(["State", ...tags], rows, "States by tag");
+}
+
 function total(state: StateView): number {
   return Object.values(state.counts).reduce((sum, count) => sum + count, 0);
 }
 
 export async function statePage(main: HTMLElement, [id]: string[]): Promise<void> {
   const detail = await api<StateDetail>("GET", `/api/states/${encodeURIComponent(id)}`);
+  // Drilled down from the grid by tag: only that tag's machines.
+  const tag = new URLSearchParams(location.hash.split("?")[1] ?? "").get("tag");
+  if (tag) {
+    const tagged = await api<MachineView[]>("GET", `/api/links?tag=${encodeURIComponent(tag)}`);
+    const ids = new Set(tagged.map((m) => m.id));
+    detail.machines = detail.machines.filter((m) => ids.has(m.machine_id));
+  }
   const state = detail.state;
   main.append(
-    h("h1", {}, `State ${state.id}`),
+    h("h1", {}, `State ${state.id}${tag ? ` on ${tag}` : ""}`),
     h("p", {}, state.declared.description || "", " ",
       h("span", { class: "muted" }, `script ${state.declared.script} · ${state.declared.mode} · content ${state.digest ?? "not reconciled yet"} · revision ${state.revision?.slice(0, 12) ?? "—"}`)),
   );
