@@ -16,6 +16,7 @@ pub mod controller;
 pub mod demo;
 pub mod fleet;
 pub mod git;
+pub mod inventory;
 pub mod metrics;
 pub mod notify;
 pub mod offline;

@@ -73,6 +73,12 @@ enum Command {
         #[command(subcommand)]
         action: SecretCommand,
     },
+    /// Inventory sources: machines declared elsewhere (Proxmox VE), proposed
+    /// as a commit on a branch of the config repository for a person to merge.
+    Inventory {
+        #[command(subcommand)]
+        action: InventoryCommand,
+    },
     /// Write the JSON Schemas of links.yaml, scripts.yaml and run-requests,
     /// and the HTTP API's OpenAPI description (openapi.json).
     Schema {
@@ -319,6 +325,33 @@ enum CaCommand {
 }
 
 #[derive(Subcommand)]
+enum InventoryCommand {
+    /// Read Proxmox VE's guests as the checkout's inventory/proxmox.yaml
+    /// says (which guests, which tags, which user and address) and commit
+    /// the machines they make on its branch (inventory/proxmox unless it
+    /// names another), made again from the checkout's head: the entries
+    /// between the source's two marker lines in links.yaml are replaced;
+    /// entries written by hand are never touched. Push the branch, and the
+    /// daemon's plan on it shows what merging would change.
+    Sync {
+        /// The config repository's checkout.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// The API token's secret, alone in a file of mode 0600
+        /// [default: ~/.config/linkops/proxmox-token].
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// The cluster's CA certificate (/etc/pve/pve-root-ca.pem on a
+        /// node), when its API's certificate is not one the system trusts.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// Push the branch to origin, replacing an earlier proposal there.
+        #[arg(long)]
+        push: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum SecretCommand {
     /// Seal a value as secret NAME and write secrets/NAME.yaml: the value is
     /// read from stdin (one trailing newline dropped) or typed twice at a
@@ -373,10 +406,15 @@ enum SecretCommand {
 
 /// The operator's own age identity: `~/.config/linkops/age-identity.txt`.
 fn default_identity() -> PathBuf {
+    operator_file("age-identity.txt")
+}
+
+/// A file of the operator's LinkOps configuration: `~/.config/linkops/NAME`.
+fn operator_file(name: &str) -> PathBuf {
     let config = (std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from))
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))
         .unwrap_or_else(|| PathBuf::from("."));
-    config.join("linkops").join("age-identity.txt")
+    config.join("linkops").join(name)
 }
 
 #[derive(Subcommand)]
@@ -459,6 +497,53 @@ impl PasswordArgs {
 /// Writes `bytes` to standard output; a reader that stopped early
 /// (`linkops man | head`) is no error.
 /// `linkops secret …`: on a checkout, or (`recipient`) the daemon's identity.
+fn inventory(action: &InventoryCommand) -> anyhow::Result<()> {
+    let InventoryCommand::Sync {
+        repo,
+        token_file,
+        ca_file,
+        push,
+    } = action;
+    let token_file = (token_file.clone()).unwrap_or_else(|| operator_file("proxmox-token"));
+    let args = linkops::inventory::SyncArgs {
+        repo,
+        token_file: &token_file,
+        ca_file: ca_file.as_deref(),
+        push: *push,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let synced = runtime.block_on(linkops::inventory::sync(&args))?;
+    for skipped in &synced.skipped {
+        println!("skipped {}: {}", skipped.guest, skipped.why);
+    }
+    for (sign, ids) in [
+        ("+", &synced.added),
+        ("-", &synced.removed),
+        ("~", &synced.changed),
+    ] {
+        for id in ids {
+            println!("{sign} machine {id}");
+        }
+    }
+    match (synced.committed, *push) {
+        (false, _) => println!("links.yaml already holds what Proxmox VE has: nothing to propose"),
+        (true, false) => println!(
+            "committed on branch {} of {}: push it (`git push --force -u origin {}`) and merge it once its plan looks right",
+            synced.branch,
+            repo.display(),
+            synced.branch
+        ),
+        (true, true) => println!(
+            "committed on branch {} and pushed to origin: merge it once its plan looks right",
+            synced.branch
+        ),
+    }
+    Ok(())
+}
+
 fn secret(
     action: &SecretCommand,
     config: impl Fn() -> anyhow::Result<Config>,
@@ -568,6 +653,7 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Secret { action } => secret(action, config),
+        Command::Inventory { action } => inventory(action),
         Command::Schema { out } => Ok(offline::write_schemas(out)?),
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -16,6 +16,7 @@ pub mod facts;
 #[cfg(test)]
 mod fixtures;
 pub mod grant;
+pub mod inventory;
 pub mod machine;
 pub mod membership;
 pub mod operation;

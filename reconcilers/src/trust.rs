@@ -256,7 +256,7 @@ pub fn append_entry(links_yaml: &str, machine: &NewMachine) -> Option<String> {
 
 /// A YAML scalar: plain when it is safe so, else double-quoted (JSON's
 /// escapes are YAML's).
-fn scalar(value: &str) -> String {
+pub(crate) fn scalar(value: &str) -> String {
     let plain = !value.is_empty()
         && value
             .chars()

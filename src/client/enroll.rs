@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
@@ -29,6 +28,7 @@ use linkops_reconcilers::trust::{
 use super::Client;
 use crate::config::SshConfig;
 use crate::contract::{CaView, HostCertificateRequest, HostCertificateView};
+use crate::git::propose;
 use crate::ssh::ca::{PublicKey, examine_host_certificate};
 use crate::ssh::{self, ConnectOptions, Connection, ExitStatus, KeyFile, KnownHosts, Target};
 
@@ -73,12 +73,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Usage(String),
-    #[error("git {command} in {repo}: {output}")]
-    Git {
-        command: String,
-        repo: PathBuf,
-        output: String,
-    },
+    #[error(transparent)]
+    Propose(#[from] crate::git::propose::Error),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -877,31 +873,18 @@ fn commit_entries(
             problems.join("\n")
         )));
     }
-    if !git(repo, &["status", "--porcelain"])?.trim().is_empty() {
-        return Err(Error::Usage(format!(
-            "{} has uncommitted changes: commit or stash them, or use --print",
-            repo.display()
-        )));
-    }
     let branch = match added.len() {
         1 => format!("enroll/{first}"),
         n => format!("enroll/{first}-and-{}-more", n - 1),
     };
-    let original = git(repo, &["rev-parse", "--abbrev-ref", "HEAD"])?;
-    git(repo, &["switch", "--quiet", "-c", &branch])?;
-    let committed = std::fs::write(&links_path, &links)
-        .map_err(|source| Error::Io {
-            path: links_path.clone(),
-            source,
-        })
-        .and_then(|()| git(repo, &["add", LINKS_FILE]))
-        .and_then(|_| {
-            let message = format!("Enroll {}", added.join(", "));
-            git(repo, &["commit", "--quiet", "-m", &message])
-        });
-    let back = git(repo, &["switch", "--quiet", original.trim()]);
-    committed?;
-    back?;
+    let message = format!("Enroll {}", added.join(", "));
+    let proposal = propose::Proposal {
+        branch: &branch,
+        files: &[(LINKS_FILE, links)],
+        message: &message,
+        replaces: false,
+    };
+    propose::commit(repo, &proposal)?;
     report.step(&format!(
         "{} committed on branch {branch} of {}",
         match added.len() {
@@ -911,7 +894,7 @@ fn commit_entries(
         repo.display()
     ));
     if push {
-        git(repo, &["push", "--quiet", "-u", "origin", &branch])?;
+        propose::push(repo, &branch, false)?;
         report.step(&format!(
             "pushed {branch} to origin: open a pull request to merge it"
         ));
@@ -921,27 +904,6 @@ fn commit_entries(
         ));
     }
     Ok(())
-}
-
-/// `git ARGS` in `repo`; its standard output.
-fn git(repo: &Path, args: &[&str]) -> Result<String> {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(args)
-        .output()
-        .map_err(|source| Error::Io {
-            path: PathBuf::from("git"),
-            source,
-        })?;
-    match output.status.success() {
-        true => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
-        false => Err(Error::Git {
-            command: args.join(" "),
-            repo: repo.to_owned(),
-            output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        }),
-    }
 }
 
 #[cfg(test)]

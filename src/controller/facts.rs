@@ -11,6 +11,8 @@ use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::facts::{self, CustomFact};
 use linkops_reconcilers::machine::Machine;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::reconcile::Context;
@@ -27,6 +29,10 @@ pub(super) struct FactGathering {
     due: Mutex<HashMap<String, i64>>,
     /// Machines whose gathering is queued or under way: one at a time each.
     gathering: Mutex<HashSet<String>>,
+    /// The gatherings' tasks, ended and awaited when the daemon stops
+    /// ([`FactGathering::stop`]): none outlives it holding the store.
+    tasks: TaskTracker,
+    stopping: CancellationToken,
 }
 
 impl FactGathering {
@@ -36,7 +42,17 @@ impl FactGathering {
             slots: Semaphore::new(concurrency.max(1)),
             due: Mutex::default(),
             gathering: Mutex::default(),
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
         }
+    }
+
+    /// Ends the gatherings under way (a gathering cut short is done again
+    /// after the restart: nothing of it was recorded) and waits for their tasks.
+    pub(super) async fn stop(&self) {
+        self.stopping.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     fn due_at(&self, machine_id: &str) -> Option<i64> {
@@ -72,7 +88,7 @@ impl Context {
         machine: &Machine,
         just_enrolled: bool,
     ) {
-        if self.facts.interval.is_zero() {
+        if self.facts.interval.is_zero() || self.facts.stopping.is_cancelled() {
             return;
         }
         let later = (self.facts.due_at(&machine.id)).is_some_and(|due_at| now_ms() < due_at);

@@ -180,9 +180,17 @@ pub fn start(
         context.clone(),
         scheduler.clone(),
         resync,
-        shutdown,
+        shutdown.clone(),
     ));
-    (Controller { scheduler, context }, vec![runner, triggers])
+    let facts = context.facts.clone();
+    let gatherings = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        facts.stop().await;
+    });
+    (
+        Controller { scheduler, context },
+        vec![runner, triggers, gatherings],
+    )
 }
 
 /// Turns revisions, the resync timer, the end of a state's apply and

@@ -3,6 +3,7 @@
 mod files;
 pub mod mirror;
 pub mod plans;
+pub mod propose;
 pub mod sync;
 mod watch;
 pub mod webhook;

@@ -26,7 +26,7 @@ use crate::support::{ADMIN, FleetSetup, TestDaemon, answer, eventually, run_to_e
 
 const SCRIPTS: &str = "scripts:\n  - {id: whoami, name: Who am I, body: id -un}\n";
 /// Commits the CLI makes in the operator's checkout are theirs.
-const GIT_IDENTITY: [(&str, &str); 4] = [
+pub(crate) const GIT_IDENTITY: [(&str, &str); 4] = [
     ("GIT_AUTHOR_NAME", "Operator"),
     ("GIT_AUTHOR_EMAIL", "operator@example.invalid"),
     ("GIT_COMMITTER_NAME", "Operator"),

@@ -21,6 +21,7 @@ mod fuzz;
 mod git_sync;
 mod grants;
 mod hostile;
+mod inventory;
 mod metrics;
 mod openapi;
 mod operations;
