@@ -56,6 +56,16 @@ pub enum Error {
 /// Returns whether the repository is valid.
 pub fn validate(dir: &Path, keyring: Option<&Keyring>) -> Result<bool, Error> {
     let files = crate::git::read_dir(dir)?;
+    // The Proxmox source's rules: read by `linkops inventory sync`, not the daemon.
+    let rules = linkops_reconcilers::inventory::PROXMOX_RULES_FILE;
+    if let Some(text) = files.get(rules) {
+        let text = String::from_utf8_lossy(text);
+        if let Err(problem) = linkops_reconcilers::inventory::ProxmoxRules::read(&text) {
+            println!("{problem}");
+            eprintln!("{}: 1 problem(s)", dir.display());
+            return Ok(false);
+        }
+    }
     let loaded = match keyring {
         Some(keyring) => crate::sealed::load("(working tree)", &files, keyring),
         None => desired::load("(working tree)", &files),

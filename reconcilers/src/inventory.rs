@@ -8,8 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::desired::Problem;
 use crate::machine::Machine;
 use crate::trust::scalar;
 
@@ -27,8 +29,9 @@ pub const MAX_GUESTS: usize = 10_000;
 
 /// `inventory/proxmox.yaml`: where Proxmox VE is, which guests become
 /// machines, and how.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "LinkOps inventory source: Proxmox VE (inventory/proxmox.yaml)")]
 pub struct ProxmoxRules {
     /// The API's base, e.g. `https://pve.lan:8006`.
     pub url: String,
@@ -36,6 +39,7 @@ pub struct ProxmoxRules {
     pub token_id: String,
     /// The branch the proposal is committed on.
     #[serde(default = "default_branch")]
+    #[schemars(default = "default_branch")]
     pub branch: String,
     #[serde(default)]
     pub guests: GuestRules,
@@ -46,30 +50,36 @@ pub struct ProxmoxRules {
 impl ProxmoxRules {
     /// `inventory/proxmox.yaml`, read and checked: an `https://` URL, a token
     /// id `USER@REALM!TOKENID`, a branch of the source's own.
-    pub fn read(text: &str) -> Result<ProxmoxRules, String> {
-        let rules: ProxmoxRules =
-            serde_saphyr::from_str(text).map_err(|error| error.to_string())?;
+    pub fn read(text: &str) -> Result<ProxmoxRules, Problem> {
+        let rules: ProxmoxRules = serde_saphyr::from_str(text)
+            .map_err(|error| crate::desired::yaml_problem(PROXMOX_RULES_FILE, 0, &error))?;
+        let refused = |message: String| Problem {
+            file: PROXMOX_RULES_FILE.to_owned(),
+            line: 1,
+            column: 1,
+            message,
+        };
         if !rules.url.starts_with("https://") {
-            return Err(format!(
+            return Err(refused(format!(
                 "url {:?}: Proxmox VE's API is https://HOST:8006",
                 rules.url
-            ));
+            )));
         }
         let token = rules
             .token_id
             .split_once('@')
             .and_then(|(_, rest)| rest.split_once('!'));
         if !token.is_some_and(|(realm, id)| !realm.is_empty() && !id.is_empty()) {
-            return Err(format!(
+            return Err(refused(format!(
                 "token_id {:?}: write it USER@REALM!TOKENID, as Proxmox VE shows it (its secret goes in the token file, not here)",
                 rules.token_id
-            ));
+            )));
         }
         if matches!(rules.branch.as_str(), "main" | "master" | "") {
-            return Err(format!(
+            return Err(refused(format!(
                 "branch {:?}: the proposal needs a branch of its own, merged by a person",
                 rules.branch
-            ));
+            )));
         }
         Ok(rules)
     }
@@ -80,7 +90,7 @@ fn default_branch() -> String {
 }
 
 /// Which guests become machines; every rule given must hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestRules {
     /// Guests with any of these Proxmox tags (none: any guest).
@@ -98,7 +108,7 @@ pub struct GuestRules {
 }
 
 /// How a guest becomes an inventory entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EntryRules {
     /// The machine's id: the guest's `{name}`, `{vmid}` and `{node}` put in.
@@ -128,7 +138,7 @@ impl Default for EntryRules {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GuestKind {
     Qemu,
@@ -484,7 +494,7 @@ mod tests {
         assert_eq!(made[0].id, "vm-101");
         assert!(entries(&rules("network: nope"), &guests, &[]).is_err());
         assert!(splice("machines: []\nsettings: {}\n", &made).is_none());
-        let refused = |text: &str| ProxmoxRules::read(text).unwrap_err();
+        let refused = |text: &str| ProxmoxRules::read(text).unwrap_err().to_string();
         assert!(refused("url: http://pve:8006\ntoken_id: a@pve!t\n").contains("https://"));
         assert!(
             refused("url: https://pve:8006\ntoken_id: a@pve=secret\n")

@@ -22,6 +22,8 @@ const MAX_RULES_BYTES: usize = 64 << 10;
 pub enum Error {
     #[error("{path}: {reason}")]
     Rules { path: PathBuf, reason: String },
+    #[error("{0}")]
+    RulesProblem(linkops_reconcilers::desired::Problem),
     #[error(
         "the checkout at {repo} is not a valid revision ({problems} problem(s), first: {first}): fix it before syncing"
     )]
@@ -174,7 +176,7 @@ fn read_rules(path: &Path) -> Result<ProxmoxRules, Error> {
             text.len()
         )));
     }
-    ProxmoxRules::read(&text).map_err(rules_error)
+    ProxmoxRules::read(&text).map_err(Error::RulesProblem)
 }
 
 /// The source's entries against the checkout's: ids added, removed, changed.

@@ -14,6 +14,7 @@
 pub mod format;
 mod validate;
 
+pub(crate) use validate::yaml_problem;
 pub use validate::{is_id, read_recipients, read_secret};
 
 use std::collections::BTreeMap;
@@ -185,6 +186,10 @@ pub fn schemas() -> Vec<(&'static str, String)> {
         ("state.schema.json", render::<format::StateFile>()),
         ("secret.schema.json", render::<format::SecretFile>()),
         ("fact.schema.json", render::<format::CustomFactFile>()),
+        (
+            "proxmox.schema.json",
+            render::<crate::inventory::ProxmoxRules>(),
+        ),
         ("recipients.schema.json", render::<format::RecipientsFile>()),
     ]
 }

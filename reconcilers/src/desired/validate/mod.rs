@@ -15,6 +15,7 @@ mod tests;
 use access::check_access;
 use facts::check_custom_fact;
 use machines::check_machines;
+pub(crate) use parse::yaml_problem;
 use parse::{Read, parse};
 use runs::{Asked, check_run};
 use scripts::check_scripts;

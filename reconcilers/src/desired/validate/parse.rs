@@ -87,7 +87,7 @@ pub(super) fn parse<T: DeserializeOwned>(
 }
 
 /// A YAML error as a problem, `offset` lines further down the file.
-pub(super) fn yaml_problem(path: &str, offset: u64, error: &serde_saphyr::Error) -> Problem {
+pub(crate) fn yaml_problem(path: &str, offset: u64, error: &serde_saphyr::Error) -> Problem {
     let (line, column) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
     let rendered = error.without_snippet().to_string();
     // The crate appends the location to its message; we print it in front.
