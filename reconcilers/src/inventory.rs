@@ -350,26 +350,8 @@ pub fn splice(links_yaml: &str, entries: &[Entry]) -> Option<String> {
         text.extend(lines[end + 1..].iter().map(|l| format!("{l}\n")));
         return Some(text);
     }
-    let last_key = lines
-        .iter()
-        .rfind(|line| !line.starts_with([' ', '\t', '#', '-']) && !line.trim().is_empty())?;
-    if last_key.trim_end() != "machines:" && last_key.trim_end() != "machines: []" {
-        return None;
-    }
-    let indent = lines
-        .iter()
-        .find_map(|line| {
-            let trimmed = line.trim_start();
-            trimmed
-                .starts_with("- ")
-                .then(|| &line[..line.len() - trimmed.len()])
-        })
-        .unwrap_or("  ");
-    let mut text = links_yaml.replace("machines: []", "machines:");
-    if !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(&block(entries, indent));
+    let (mut text, indent) = crate::trust::open_machines_list(links_yaml)?;
+    text.push_str(&block(entries, &indent));
     Some(text)
 }
 

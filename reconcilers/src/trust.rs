@@ -228,6 +228,18 @@ pub fn inventory_entry(machine: &NewMachine, indent: &str) -> String {
 /// the file's last top-level key is not `machines:` (the entry is then printed
 /// for the operator to place).
 pub fn append_entry(links_yaml: &str, machine: &NewMachine) -> Option<String> {
+    let (mut text, indent) = open_machines_list(links_yaml)?;
+    if !text.ends_with("\n\n") && !text.trim_end().ends_with("machines:") {
+        text.push('\n');
+    }
+    text.push_str(&inventory_entry(machine, &indent));
+    Some(text)
+}
+
+/// `links.yaml` ready for entries appended at the end of its `machines:`
+/// list (`machines: []` opened, a final newline), and the list's indentation.
+/// `None` when the file's last top-level key is not `machines:`.
+pub(crate) fn open_machines_list(links_yaml: &str) -> Option<(String, String)> {
     let last_key = links_yaml
         .lines()
         .rfind(|line| !line.starts_with([' ', '\t', '#', '-']) && !line.trim().is_empty())?;
@@ -247,11 +259,7 @@ pub fn append_entry(links_yaml: &str, machine: &NewMachine) -> Option<String> {
     if !text.ends_with('\n') {
         text.push('\n');
     }
-    if !text.ends_with("\n\n") && !text.trim_end().ends_with("machines:") {
-        text.push('\n');
-    }
-    text.push_str(&inventory_entry(machine, indent));
-    Some(text)
+    Some((text, indent.to_owned()))
 }
 
 /// A YAML scalar: plain when it is safe so, else double-quoted (JSON's

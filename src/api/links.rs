@@ -268,7 +268,7 @@ pub async fn verify(
     Ok(Json(fleet::view(machine, status, &held)))
 }
 
-fn desired_machine(state: &AppState, id: &str) -> Result<Machine, ApiError> {
+pub(super) fn desired_machine(state: &AppState, id: &str) -> Result<Machine, ApiError> {
     (state.fleet.machine(id))
         .ok_or_else(|| ApiError::NotFound(format!("no machine {id:?} in the applied inventory")))
 }

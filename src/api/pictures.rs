@@ -34,8 +34,7 @@ pub async fn machine(
     Path(id): Path<String>,
     Query(query): Query<PictureQuery>,
 ) -> Result<Json<MachinePicture>, ApiError> {
-    let machine = (state.fleet.machine(&id))
-        .ok_or_else(|| ApiError::NotFound(format!("no machine {id:?} in the applied inventory")))?;
+    let machine = super::links::desired_machine(&state, &id)?;
     caller.may(&state, Need::See(Place::from(&machine)))?;
     let picture = state
         .store
