@@ -27,6 +27,7 @@ pub mod retention;
 pub mod role;
 pub mod rollout;
 pub mod run;
+pub mod schedule;
 pub mod script;
 pub mod secret;
 pub mod state;

@@ -120,6 +120,10 @@ fn the_functional_core_does_no_io_reads_no_clock_and_runs_no_runtime() {
         "SystemTime::now",
         "Instant::now",
         "Timestamp::now",
+        // Time zones come in as data: the shell reads the tz database.
+        "tz::db",
+        "TimeZone::system",
+        "TimeZone::get",
     ];
     let mut wrong = Vec::new();
     for (name, text) in sources() {

@@ -1,0 +1,423 @@
+//! Schedules (`schedules/<name>.yaml`): a catalog script run on a cron
+//! expression read in a time zone. Here: when a schedule fires next — the
+//! zone given as data (the shell reads the tz database), its daylight-saving
+//! rules croner's: a time a spring-forward skips fires once, at the first
+//! instant after the gap; a time a fall-back repeats fires once, at its first
+//! occurrence — and what a schedule's reconcile does now: wait, fire a due
+//! time, or let a missed one go as its catch-up and concurrency policies say.
+//! Each fire is claimed in the store by (schedule, due time) before it
+//! starts, so it runs at most once whatever restarts or replicas.
+
+use std::collections::BTreeMap;
+
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde::{Deserialize, Serialize};
+
+use crate::rollout::Rollout;
+use crate::script::{ParamValue, Targets};
+
+/// How late a fire may start and still be on time; later, it was missed
+/// (the daemon was down across it) and the catch-up policy decides.
+pub const ON_TIME_MS: i64 = 60_000;
+/// How far a cron expression's next fire is looked for: one that fires less
+/// often (`0 0 29 2 1`: a Monday the 29th of February) is refused.
+pub const HORIZON_YEARS: i16 = 5;
+
+/// A schedule as the repository declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Schedule {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub script: String,
+    pub targets: Targets,
+    /// As written (what the content digest covers).
+    pub params: BTreeMap<String, ParamValue>,
+    /// What the script gets: checked against its parameters, defaults filled in.
+    #[serde(default)]
+    pub resolved: BTreeMap<String, ParamValue>,
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+    /// Five fields (minute hour day-of-month month day-of-week), croner's
+    /// extensions (`L`, `#`, `W`) and nicknames (`@daily`) included.
+    pub cron: String,
+    /// An IANA time zone (`Europe/Berlin`); `UTC` when the file names none.
+    pub zone: String,
+    pub catch_up: CatchUp,
+    pub concurrency: Concurrency,
+    /// No fire after this instant.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub until: Option<Timestamp>,
+    /// Declared suspended: no fire until the file says otherwise.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// What happens to fires missed while the daemon was down.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// They are recorded as missed, and the schedule waits for its next time.
+    #[default]
+    Skip,
+    /// The latest of them runs, once, when the daemon is back.
+    Once,
+}
+
+/// What a fire does while the previous one still runs.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Concurrency {
+    /// It is recorded as skipped.
+    #[default]
+    Skip,
+    /// It waits for the previous one to end, then runs (one waits at most).
+    Queue,
+}
+
+impl Schedule {
+    /// What the schedule asks for, as a digest: a fire records the content it ran.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let content = serde_json::json!({
+            "script": self.script, "targets": self.targets, "params": self.params,
+            "rollout": self.rollout, "cron": self.cron, "zone": self.zone,
+        });
+        let hash = Sha256::digest(content.to_string().as_bytes());
+        hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Reads a cron expression: five fields (no seconds, no year), or a nickname,
+/// refused when it would not fire within [`HORIZON_YEARS`].
+pub fn parse_cron(text: &str) -> Result<Cron, String> {
+    let parser = CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build();
+    let cron = parser
+        .parse(text)
+        .map_err(|error| format!("{text:?} is not a cron expression: {error}"))?;
+    let start = Timestamp::UNIX_EPOCH.to_zoned(TimeZone::UTC);
+    match cron.find_next_occurrence(&start, false) {
+        Ok(next) if next.year() < 1970 + HORIZON_YEARS => Ok(cron),
+        _ => Err(format!(
+            "{text:?} does not fire within {HORIZON_YEARS} years: is a field impossible (the 31st of a 30-day month)?"
+        )),
+    }
+}
+
+/// The first fire strictly after `after`, read in `zone`; none past `until`.
+pub fn next_fire(
+    cron: &Cron,
+    zone: &TimeZone,
+    after: Timestamp,
+    until: Option<Timestamp>,
+) -> Option<Timestamp> {
+    let next = cron
+        .find_next_occurrence(&after.to_zoned(zone.clone()), false)
+        .ok()?
+        .timestamp();
+    until.is_none_or(|until| next <= until).then_some(next)
+}
+
+/// What a schedule's reconcile knows of its fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fired {
+    /// The due time of its latest fire (run, missed or skipped) — or, before
+    /// any, when the schedule appeared: fires are counted from there.
+    pub last_due: Timestamp,
+    /// Whether that fire's operation still runs.
+    pub running: bool,
+}
+
+/// What a schedule's reconcile does now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScheduleDecision {
+    /// Suspended, or past its `until`: nothing until the file changes.
+    Idle,
+    /// Reconcile again at this instant.
+    WaitUntil(Timestamp),
+    /// Claim and start the fire due at `due`.
+    Fire { due: Timestamp },
+    /// Record the fire due at `due` as not run (`missed`, `skipped`), then go on.
+    Pass { due: Timestamp, reason: String },
+    /// The previous fire still runs; `due` waits for its end (queued).
+    Queue { due: Timestamp },
+}
+
+/// Decides for a schedule given its fires so far and the time.
+pub fn decide(
+    schedule: &Schedule,
+    cron: &Cron,
+    zone: &TimeZone,
+    fired: Fired,
+    now: Timestamp,
+) -> ScheduleDecision {
+    if schedule.suspend {
+        return ScheduleDecision::Idle;
+    }
+    let Some(due) = next_fire(cron, zone, fired.last_due, schedule.until) else {
+        return ScheduleDecision::Idle;
+    };
+    if due > now {
+        return ScheduleDecision::WaitUntil(due);
+    }
+    // Only the latest fire due counts: catching up runs once, whatever was
+    // missed; it was missed when the daemon was not there as it fell due.
+    let mut latest = due;
+    while let Some(later) = next_fire(cron, zone, latest, schedule.until).filter(|t| *t <= now) {
+        latest = later;
+    }
+    let missed = now.as_millisecond() - latest.as_millisecond() > ON_TIME_MS;
+    if missed && schedule.catch_up == CatchUp::Skip {
+        let reason = format!(
+            "missed: the daemon was not running at {} ({}); catch_up is skip",
+            in_zone(latest, zone),
+            schedule.zone
+        );
+        return ScheduleDecision::Pass {
+            due: latest,
+            reason,
+        };
+    }
+    if fired.running {
+        return match schedule.concurrency {
+            Concurrency::Skip => ScheduleDecision::Pass {
+                due: latest,
+                reason: "skipped: the previous fire still runs; concurrency is skip".into(),
+            },
+            Concurrency::Queue => ScheduleDecision::Queue { due: latest },
+        };
+    }
+    ScheduleDecision::Fire { due: latest }
+}
+
+/// An instant as the schedule's zone reads it, e.g. `2027-03-28 03:00 CEST`.
+pub fn in_zone(at: Timestamp, zone: &TimeZone) -> String {
+    at.to_zoned(zone.clone())
+        .strftime("%Y-%m-%d %H:%M %Z")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real tz database's Berlin (Debian's tzdata), read at build time:
+    /// the core reads no files.
+    fn berlin() -> TimeZone {
+        TimeZone::tzif(
+            "Europe/Berlin",
+            include_bytes!("/usr/share/zoneinfo/Europe/Berlin"),
+        )
+        .unwrap()
+    }
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    fn schedule(cron: &str, catch_up: CatchUp, concurrency: Concurrency) -> Schedule {
+        Schedule {
+            name: "nightly".into(),
+            description: String::new(),
+            script: "backup".into(),
+            targets: Targets::default(),
+            params: BTreeMap::new(),
+            resolved: BTreeMap::new(),
+            rollout: None,
+            cron: cron.into(),
+            zone: "Europe/Berlin".into(),
+            catch_up,
+            concurrency,
+            until: None,
+            suspend: false,
+        }
+    }
+
+    /// Every fire in `[from, to)`, as Berlin reads them and as UTC.
+    fn fires(cron: &str, from: &str, to: &str) -> Vec<String> {
+        let (cron, zone) = (parse_cron(cron).unwrap(), berlin());
+        let mut all = Vec::new();
+        let mut after = at(from);
+        while let Some(next) = next_fire(&cron, &zone, after, Some(at(to))) {
+            all.push(format!("{} = {}", in_zone(next, &zone), next));
+            after = next;
+        }
+        all
+    }
+
+    #[test]
+    fn berlin_s_2027_changes_skip_nothing_and_run_nothing_twice() {
+        // 28 March 2027, 02:00 CET → 03:00 CEST: 02:30 does not exist; it runs at 03:00, once.
+        assert_eq!(
+            fires("30 2 * * *", "2027-03-26T12:00:00Z", "2027-03-29T12:00:00Z"),
+            [
+                "2027-03-27 02:30 CET = 2027-03-27T01:30:00Z",
+                "2027-03-28 03:00 CEST = 2027-03-28T01:00:00Z",
+                "2027-03-29 02:30 CEST = 2027-03-29T00:30:00Z",
+            ]
+        );
+        // 31 October 2027, 03:00 CEST → 02:00 CET: 02:30 exists twice; it runs at the first.
+        assert_eq!(
+            fires("30 2 * * *", "2027-10-29T12:00:00Z", "2027-11-01T12:00:00Z"),
+            [
+                "2027-10-30 02:30 CEST = 2027-10-30T00:30:00Z",
+                "2027-10-31 02:30 CEST = 2027-10-31T00:30:00Z",
+                "2027-11-01 02:30 CET = 2027-11-01T01:30:00Z",
+            ]
+        );
+        // A time away from the change keeps its wall-clock time, an hour apart in UTC.
+        assert_eq!(
+            fires("0 9 * * 1", "2027-03-20T00:00:00Z", "2027-04-06T00:00:00Z"),
+            [
+                "2027-03-22 09:00 CET = 2027-03-22T08:00:00Z",
+                "2027-03-29 09:00 CEST = 2027-03-29T07:00:00Z",
+                "2027-04-05 09:00 CEST = 2027-04-05T07:00:00Z",
+            ]
+        );
+    }
+
+    #[test]
+    fn cron_expressions_that_cannot_be_or_never_fire_are_refused() {
+        assert!(parse_cron("0 3 * * 0").is_ok());
+        assert!(parse_cron("@daily").is_ok());
+        assert!(
+            parse_cron("0 0 L * *").is_ok(),
+            "croner's last day of the month"
+        );
+        for bad in [
+            "",
+            "61 * * * *",
+            "0 3 * *",
+            "0 0 0 3 * * *",
+            "0 0 31 2 *",
+            "every day",
+        ] {
+            assert!(parse_cron(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_due_fire_runs_a_missed_one_runs_once_or_not_and_a_running_one_is_skipped_or_queued() {
+        let (cron, zone) = (parse_cron("0 3 * * *").unwrap(), berlin());
+        let fired = |last: &str, running| Fired {
+            last_due: at(last),
+            running,
+        };
+        let decide_at = |policy: (CatchUp, Concurrency), last: &str, running, now: &str| {
+            decide(
+                &schedule("0 3 * * *", policy.0, policy.1),
+                &cron,
+                &zone,
+                fired(last, running),
+                at(now),
+            )
+        };
+        let defaults = (CatchUp::Skip, Concurrency::Skip);
+        // 03:00 CET is 02:00Z.
+        let due = at("2027-01-10T02:00:00Z");
+        assert_eq!(
+            decide_at(
+                defaults,
+                "2027-01-09T02:00:00Z",
+                false,
+                "2027-01-09T12:00:00Z"
+            ),
+            ScheduleDecision::WaitUntil(due)
+        );
+        assert_eq!(
+            decide_at(
+                defaults,
+                "2027-01-09T02:00:00Z",
+                false,
+                "2027-01-10T02:00:05Z"
+            ),
+            ScheduleDecision::Fire { due }
+        );
+        // Down from before the 10th's fire to after the 12th's: one decision for all of them.
+        let back = "2027-01-12T09:00:00Z";
+        let latest = at("2027-01-12T02:00:00Z");
+        assert_eq!(
+            decide_at(defaults, "2027-01-09T02:00:00Z", false, back),
+            ScheduleDecision::Pass {
+                due: latest,
+                reason: "missed: the daemon was not running at 2027-01-12 03:00 CET (Europe/Berlin); catch_up is skip".into()
+            }
+        );
+        assert_eq!(
+            decide_at(
+                (CatchUp::Once, Concurrency::Skip),
+                "2027-01-09T02:00:00Z",
+                false,
+                back
+            ),
+            ScheduleDecision::Fire { due: latest }
+        );
+        // The previous fire still runs.
+        assert!(matches!(
+            decide_at(defaults, "2027-01-09T02:00:00Z", true, "2027-01-10T02:00:05Z"),
+            ScheduleDecision::Pass { due: d, .. } if d == due
+        ));
+        assert_eq!(
+            decide_at(
+                (CatchUp::Skip, Concurrency::Queue),
+                "2027-01-09T02:00:00Z",
+                true,
+                "2027-01-10T02:00:05Z"
+            ),
+            ScheduleDecision::Queue { due }
+        );
+        // Suspended, or past its until: idle.
+        let mut suspended = schedule("0 3 * * *", CatchUp::Skip, Concurrency::Skip);
+        suspended.suspend = true;
+        assert_eq!(
+            decide(
+                &suspended,
+                &cron,
+                &zone,
+                fired("2027-01-09T02:00:00Z", false),
+                due
+            ),
+            ScheduleDecision::Idle
+        );
+        let mut ended = schedule("0 3 * * *", CatchUp::Skip, Concurrency::Skip);
+        ended.until = Some(at("2027-01-09T12:00:00Z"));
+        assert_eq!(
+            decide(
+                &ended,
+                &cron,
+                &zone,
+                fired("2027-01-09T02:00:00Z", false),
+                due
+            ),
+            ScheduleDecision::Idle
+        );
+    }
+}
