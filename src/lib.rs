@@ -23,6 +23,7 @@ pub mod offline;
 pub mod operations;
 pub mod pictures;
 pub mod replica;
+pub mod schedules;
 pub mod sealed;
 pub mod secrets;
 pub mod server;

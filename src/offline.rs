@@ -68,7 +68,12 @@ pub fn validate(dir: &Path, keyring: Option<&Keyring>) -> Result<bool, Error> {
     }
     let loaded = match keyring {
         Some(keyring) => crate::sealed::load("(working tree)", &files, keyring),
-        None => desired::load("(working tree)", &files),
+        None => desired::load("(working tree)", &files).and_then(|state| {
+            match crate::schedules::unknown_zones(&state) {
+                problems if problems.is_empty() => Ok(state),
+                problems => Err(problems),
+            }
+        }),
     };
     match loaded {
         Ok(state) => {

@@ -61,6 +61,13 @@ pub enum Change {
     },
     /// `recipients.yaml` changed: `linkops secret rotate` seals the secrets to it.
     RecipientsChanged,
+    /// A schedule (`schedules/*.yaml`), with its next fire when it is new.
+    ScheduleAdded(String),
+    ScheduleRemoved(String),
+    ScheduleChanged {
+        name: String,
+        fields: Vec<String>,
+    },
     /// A custom fact (`facts/*.yaml`): gathered from the next gathering on.
     FactAdded(String),
     FactRemoved(String),
@@ -142,6 +149,13 @@ impl fmt::Display for Change {
             Change::RecipientsChanged => f.write_str(
                 "~ recipients.yaml changed: `linkops secret rotate` seals every secret to it",
             ),
+            Change::ScheduleAdded(name) => write!(f, "+ schedule {name}"),
+            Change::ScheduleRemoved(name) => {
+                write!(f, "- schedule {name} (no more fires; its record is kept)")
+            }
+            Change::ScheduleChanged { name, fields } => {
+                write!(f, "~ schedule {name}: {} changed", fields.join(", "))
+            }
             Change::FactAdded(name) => {
                 write!(
                     f,
@@ -324,6 +338,25 @@ pub fn plan(
     }
     if applied.recipients != proposed.recipients {
         changes.push(Change::RecipientsChanged);
+    }
+    for (name, schedule) in &proposed.schedules {
+        match applied.schedules.get(name) {
+            None => changes.push(Change::ScheduleAdded(name.clone())),
+            Some(before) => {
+                let fields: Vec<String> = (changed_fields(before, schedule).into_iter())
+                    .filter(|field| field != "resolved")
+                    .collect();
+                if !fields.is_empty() {
+                    changes.push(Change::ScheduleChanged {
+                        name: name.clone(),
+                        fields,
+                    });
+                }
+            }
+        }
+    }
+    for name in (applied.schedules.keys()).filter(|n| !proposed.schedules.contains_key(*n)) {
+        changes.push(Change::ScheduleRemoved(name.clone()));
     }
     for (name, fact) in &proposed.custom_facts {
         match applied.custom_facts.get(name) {
@@ -670,6 +703,10 @@ mod tests {
                     "facts/raid.yaml",
                     "name: raid\nscript: |\n  echo '{\"ok\": true}'\n",
                 ),
+                (
+                    "schedules/hourly.yaml",
+                    "name: hourly\nscript: up\ntargets: {machines: [a]}\ncron: \"0 * * * *\"\n",
+                ),
             ],
         );
         let flag = |on: bool| Facts::from([("reboot_required".to_owned(), FactValue::Bool(on))]);
@@ -682,6 +719,7 @@ mod tests {
             shown,
             [
                 "▶ run-request reboot would start script up on a (its `where` selects 1 machine(s) on their facts now)",
+                "+ schedule hourly",
                 "+ fact raid (gathered from each machine's next gathering)",
             ]
         );

@@ -32,6 +32,8 @@ pub struct Schedule {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// Repository path of the file that declares it.
+    pub file: String,
     pub script: String,
     pub targets: Targets,
     /// As written (what the content digest covers).
@@ -247,6 +249,7 @@ mod tests {
         Schedule {
             name: "nightly".into(),
             description: String::new(),
+            file: "schedules/nightly.yaml".into(),
             script: "backup".into(),
             targets: Targets::default(),
             params: BTreeMap::new(),

@@ -302,17 +302,20 @@ pub fn seal(value: &[u8], recipients: &[&str]) -> Result<String, Error> {
     String::from_utf8(sealed).map_err(|_| Error::Seal("the armor is not text".into()))
 }
 
-/// [`desired::load`], and then every secret must open with `keyring`: what a
-/// sync applies, a plan judges and `linkops validate --identity` checks.
+/// [`desired::load`], and then every secret must open with `keyring` and
+/// every schedule's zone be in the tz database: what a sync applies, a plan
+/// judges and `linkops validate --identity` checks.
 pub fn load(
     revision: &str,
     files: &RepoFiles,
     keyring: &Keyring,
 ) -> Result<DesiredState, Vec<Problem>> {
     let desired = desired::load(revision, files)?;
-    match unopenable(&desired, keyring) {
-        problems if problems.is_empty() => Ok(desired),
-        problems => Err(problems),
+    let mut problems = unopenable(&desired, keyring);
+    problems.extend(crate::schedules::unknown_zones(&desired));
+    match problems.is_empty() {
+        true => Ok(desired),
+        false => Err(problems),
     }
 }
 

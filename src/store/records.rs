@@ -236,6 +236,8 @@ mod tests {
         ("recipients", r#"{"all":[],"tags":{}}"#),
         // Issue 33: the custom facts of an applied desired state.
         ("custom_facts", "{}"),
+        // Issue 34: its schedules.
+        ("schedules", "{}"),
     ];
 
     /// `encoded` without the [`ADDED`] fields that `stored` lacks, each checked

@@ -259,6 +259,54 @@ pub struct RunRequestFile {
     pub rollout: Option<Spanned<Rollout>>,
 }
 
+/// `schedules/<name>.yaml`: a catalog script run on a cron expression in a time zone.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "LinkOps schedule (schedules/*.yaml)")]
+pub struct ScheduleFile {
+    /// Unique among schedules; the file is `schedules/<name>.yaml`, its fires are kept under it.
+    #[schemars(with = "String", regex(pattern = ID_PATTERN))]
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: String,
+    /// The catalog script each fire runs.
+    #[schemars(with = "String")]
+    pub script: Spanned<String>,
+    /// Where it runs; the script's default targets when absent. `where` is
+    /// decided on the facts at each fire.
+    #[serde(default)]
+    pub targets: Option<TargetsEntry>,
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ParamValue>")]
+    pub params: BTreeMap<String, Spanned<ParamValue>>,
+    #[serde(default)]
+    #[schemars(with = "Option<Rollout>")]
+    pub rollout: Option<Spanned<Rollout>>,
+    /// When: five fields (minute hour day-of-month month day-of-week), e.g.
+    /// `0 3 * * *`; `L` (last), `#` (nth weekday), `W` and `@daily`-style nicknames too.
+    #[schemars(with = "String")]
+    pub cron: Spanned<String>,
+    /// The time zone the cron expression is read in (IANA, e.g.
+    /// `Europe/Berlin`); UTC when absent. A time a spring-forward skips
+    /// fires once at the first instant after it; one a fall-back repeats, once.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub zone: Option<Spanned<String>>,
+    /// Fires missed while the daemon was down: `skip` (default) or run the latest `once`.
+    #[serde(default)]
+    pub catch_up: crate::schedule::CatchUp,
+    /// A fire while the previous one runs: `skip` (default) or `queue` (one waits).
+    #[serde(default)]
+    pub concurrency: crate::schedule::Concurrency,
+    /// No fire after this instant (RFC 3339).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub until: Option<Spanned<String>>,
+    /// No fire while true.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
 /// `facts/<name>.yaml`: a custom fact, gathered with the built-in ones.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

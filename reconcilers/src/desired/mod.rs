@@ -9,7 +9,7 @@
 //! run-request per file), `states/*.yaml` (optional, one declared state per
 //! file), `secrets/*.yaml` (optional, one sealed secret per file) and
 //! `recipients.yaml` (who can read them), `facts/*.yaml` (optional, one custom
-//! fact per file), script files anywhere.
+//! fact per file), `schedules/*.yaml` (optional, one schedule per file), script files anywhere.
 
 pub mod format;
 mod validate;
@@ -37,6 +37,7 @@ pub const STATES_DIR: &str = "states";
 pub const RECIPIENTS_FILE: &str = "recipients.yaml";
 pub const SECRETS_DIR: &str = "secrets";
 pub const FACTS_DIR: &str = "facts";
+pub const SCHEDULES_DIR: &str = "schedules";
 
 /// The files of one revision: repository-relative path → content.
 pub type RepoFiles = BTreeMap<String, Vec<u8>>;
@@ -64,6 +65,9 @@ pub struct DesiredState {
     /// Custom facts (`facts/*.yaml`), by name.
     #[serde(default)]
     pub custom_facts: BTreeMap<String, crate::facts::CustomFact>,
+    /// Schedules (`schedules/*.yaml`), by name.
+    #[serde(default)]
+    pub schedules: BTreeMap<String, crate::schedule::Schedule>,
     #[serde(skip)]
     pub(crate) index: MachineIndex,
 }
@@ -152,6 +156,11 @@ pub fn is_custom_fact_file(path: &str) -> bool {
     in_dir(path, FACTS_DIR)
 }
 
+/// Whether `path` is a schedule's file (`schedules/<name>.yaml` or `.yml`).
+pub fn is_schedule_file(path: &str) -> bool {
+    in_dir(path, SCHEDULES_DIR)
+}
+
 /// Whether `path` is a declared state's file (`states/<name>.yaml` or `.yml`).
 pub fn is_state_file(path: &str) -> bool {
     in_dir(path, STATES_DIR)
@@ -186,6 +195,7 @@ pub fn schemas() -> Vec<(&'static str, String)> {
         ("state.schema.json", render::<format::StateFile>()),
         ("secret.schema.json", render::<format::SecretFile>()),
         ("fact.schema.json", render::<format::CustomFactFile>()),
+        ("schedule.schema.json", render::<format::ScheduleFile>()),
         (
             "proxmox.schema.json",
             render::<crate::inventory::ProxmoxRules>(),

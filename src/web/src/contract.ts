@@ -1111,6 +1111,11 @@ export interface components {
             user_ca_since?: string | null;
         };
         /**
+         * @description What happens to fires missed while the daemon was down.
+         * @enum {string}
+         */
+        CatchUp: "skip" | "once";
+        /**
          * @description Which CA signed a certificate.
          * @enum {string}
          */
@@ -1210,6 +1215,11 @@ export interface components {
             state: components["schemas"]["CommitState"];
             target_url?: string | null;
         };
+        /**
+         * @description What a fire does while the previous one still runs.
+         * @enum {string}
+         */
+        Concurrency: "skip" | "queue";
         Condition: {
             /** Format: int64 */
             last_transition_ms: number;
@@ -1320,6 +1330,10 @@ export interface components {
             revision: string;
             runs: {
                 [key: string]: components["schemas"]["RunRequest"];
+            };
+            /** @description Schedules (`schedules/*.yaml`), by name. */
+            schedules?: {
+                [key: string]: components["schemas"]["Schedule"];
             };
             scripts: {
                 [key: string]: components["schemas"]["Script"];
@@ -2248,6 +2262,40 @@ export interface components {
             /** Format: date-time */
             updated_at?: string | null;
         };
+        /** @description A schedule as the repository declares it. */
+        Schedule: {
+            catch_up: components["schemas"]["CatchUp"];
+            concurrency: components["schemas"]["Concurrency"];
+            /**
+             * @description Five fields (minute hour day-of-month month day-of-week), croner's
+             *     extensions (`L`, `#`, `W`) and nicknames (`@daily`) included.
+             */
+            cron: string;
+            description?: string;
+            /** @description Repository path of the file that declares it. */
+            file: string;
+            name: string;
+            /** @description As written (what the content digest covers). */
+            params: {
+                [key: string]: components["schemas"]["ParamValue"];
+            };
+            /** @description What the script gets: checked against its parameters, defaults filled in. */
+            resolved?: {
+                [key: string]: components["schemas"]["ParamValue"];
+            };
+            rollout?: null | components["schemas"]["Rollout"];
+            script: string;
+            /** @description Declared suspended: no fire until the file says otherwise. */
+            suspend?: boolean;
+            targets: components["schemas"]["Targets"];
+            /**
+             * Format: date-time
+             * @description No fire after this instant.
+             */
+            until?: string | null;
+            /** @description An IANA time zone (`Europe/Berlin`); `UTC` when the file names none. */
+            zone: string;
+        };
         /**
          * @description Which part of the fleet a grant reaches. Empty lists reach everything:
          *     no tags and no machines is the whole fleet, no scripts is every script.
@@ -2712,6 +2760,7 @@ export type ApplyView = components['schemas']['ApplyView'];
 export type Auth = components['schemas']['Auth'];
 export type BTreeMap = components['schemas']['BTreeMap'];
 export type CaView = components['schemas']['CaView'];
+export type CatchUp = components['schemas']['CatchUp'];
 export type CertificateKind = components['schemas']['CertificateKind'];
 export type CertificateLogin = components['schemas']['CertificateLogin'];
 export type Check = components['schemas']['Check'];
@@ -2721,6 +2770,7 @@ export type ClientMessage = components['schemas']['ClientMessage'];
 export type ClusterView = components['schemas']['ClusterView'];
 export type CommitState = components['schemas']['CommitState'];
 export type CommitStatus = components['schemas']['CommitStatus'];
+export type Concurrency = components['schemas']['Concurrency'];
 export type Condition = components['schemas']['Condition'];
 export type ConditionKind = components['schemas']['ConditionKind'];
 export type ConditionStatus = components['schemas']['ConditionStatus'];
@@ -2823,6 +2873,7 @@ export type RunBody = components['schemas']['RunBody'];
 export type RunRequest = components['schemas']['RunRequest'];
 export type RunState = components['schemas']['RunState'];
 export type RunView = components['schemas']['RunView'];
+export type Schedule = components['schemas']['Schedule'];
 export type Scope = components['schemas']['Scope'];
 export type Script = components['schemas']['Script'];
 export type SecondFactorCode = components['schemas']['SecondFactorCode'];

@@ -6,6 +6,7 @@ mod facts;
 mod machines;
 mod parse;
 mod runs;
+mod schedules;
 mod scripts;
 mod secrets;
 mod states;
@@ -18,6 +19,7 @@ use machines::check_machines;
 pub(crate) use parse::yaml_problem;
 use parse::{Read, parse};
 use runs::{Asked, check_run};
+use schedules::check_schedule;
 use scripts::check_scripts;
 use secrets::{check_recipients, check_secret, check_secret_scripts};
 use states::check_state;
@@ -33,12 +35,12 @@ use serde_saphyr::Spanned;
 
 use super::format::{
     AccessFile, CustomFactFile, GrantEntry, ID_PATTERN, KEY_PATTERN, LinksFile, MachineEntry,
-    PARAM_NAME_PATTERN, ParamEntry, RecipientsFile, RunRequestFile, ScriptEntry, ScriptsFile,
-    SecretFile, StateFile, TargetsEntry, WindowEntry,
+    PARAM_NAME_PATTERN, ParamEntry, RecipientsFile, RunRequestFile, ScheduleFile, ScriptEntry,
+    ScriptsFile, SecretFile, StateFile, TargetsEntry, WindowEntry,
 };
 use super::{
     ACCESS_FILE, DesiredState, LINKS_FILE, Problem, RECIPIENTS_FILE, RepoFiles, SCRIPTS_FILE,
-    is_custom_fact_file, is_run_request, is_secret_file, is_state_file,
+    is_custom_fact_file, is_run_request, is_schedule_file, is_secret_file, is_state_file,
 };
 use crate::ask::{Ask, Problem as AskProblem};
 use crate::machine::Machine;
@@ -129,6 +131,7 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
             || is_state_file(path)
             || is_secret_file(path)
             || is_custom_fact_file(path)
+            || is_schedule_file(path)
     });
     let mut total = 0;
     for (path, bytes) in yaml {
@@ -253,6 +256,24 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         },
     );
 
+    let schedules = per_file(
+        files,
+        is_schedule_file,
+        "schedule",
+        |schedule: &ScheduleFile| &schedule.name,
+        &mut problems,
+        |schedule, path, report| {
+            check_schedule(
+                schedule,
+                path,
+                &scripts,
+                &secrets,
+                catalog_read,
+                &known,
+                report,
+            )
+        },
+    );
     let custom_facts = per_file(
         files,
         is_custom_fact_file,
@@ -285,6 +306,7 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
             secrets,
             recipients,
             custom_facts,
+            schedules,
             ..DesiredState::default()
         });
     }

@@ -382,3 +382,72 @@ fn custom_facts_are_named_where_they_live_bounded_and_targeted() {
         ]
     );
 }
+
+#[test]
+fn schedules_name_their_script_a_cron_expression_and_a_zone() {
+    let load_with = |schedule_files: &[(&str, &str)]| {
+        let mut files: RepoFiles = [
+            (
+                "links.yaml".to_owned(),
+                b"machines:\n  - {id: db1, name: DB, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [db]}\n".to_vec(),
+            ),
+            (
+                "scripts.yaml".to_owned(),
+                b"scripts:\n  - id: backup\n    name: Backup\n    body: pg_dumpall\n    params:\n      - {name: keep, type: int, default: 7}\n".to_vec(),
+            ),
+        ]
+        .into();
+        for (path, text) in schedule_files {
+            files.insert((*path).to_owned(), text.as_bytes().to_vec());
+        }
+        load("r1", &files)
+            .map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    let desired = load_with(&[(
+        "schedules/nightly.yaml",
+        "name: nightly\nscript: backup\ntargets: {tags: [db]}\ncron: \"30 2 * * *\"\nzone: Europe/Berlin\ncatch_up: once\nconcurrency: queue\n",
+    )])
+    .unwrap();
+    let nightly = &desired.schedules["nightly"];
+    assert_eq!(
+        (nightly.cron.as_str(), nightly.zone.as_str()),
+        ("30 2 * * *", "Europe/Berlin")
+    );
+    assert_eq!(nightly.resolved["keep"], ParamValue::Int(7));
+    assert_eq!(nightly.catch_up, crate::schedule::CatchUp::Once);
+    assert_eq!(nightly.targets.tags, ["db"]);
+
+    let problems = load_with(&[
+        ("schedules/a.yaml", "name: b\nscript: backup\ntargets: {tags: [db]}\ncron: \"0 3 * * *\"\n"),
+        ("schedules/c.yaml", "name: c\nscript: backup\ntargets: {tags: [db]}\ncron: \"0 25 * * *\"\nzone: \"Europe/Berlin; rm\"\n"),
+        ("schedules/d.yaml", "name: d\nscript: nope\ncron: \"@daily\"\nuntil: tomorrow\n"),
+        ("schedules/e.yaml", "name: e\nscript: backup\ntargets: {tags: [db]}\ncron: \"0 3 * * *\"\ncatch_up: always\n"),
+    ])
+    .unwrap_err();
+    assert_eq!(problems.len(), 6, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("schedules/a.yaml:1:7: schedule \"b\" must be in schedules/b.yaml"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].starts_with("schedules/c.yaml:4:7: \"0 25 * * *\" is not a cron expression"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[2]
+            .starts_with("schedules/c.yaml:5:7: \"Europe/Berlin; rm\" is not a time zone's name"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[3].starts_with("schedules/d.yaml:2:9: unknown script \"nope\""),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[4].starts_with("schedules/d.yaml:4:8: until must be an RFC 3339 time"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[5].starts_with("schedules/e.yaml:5:11: unknown variant `always`"),
+        "{problems:#?}"
+    );
+}

@@ -1,0 +1,44 @@
+//! Schedules in the daemon: the time zones their cron expressions are read
+//! in, from the system's tz database (`/usr/share/zoneinfo`, Debian's
+//! `tzdata`) — the core (`reconcilers::schedule`) gets them as data.
+
+use linkops_reconcilers::desired::{DesiredState, Problem};
+
+/// The zone named `name` (`UTC` included), or why there is none.
+pub fn zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
+    jiff::tz::db().get(name).map_err(|error| {
+        format!("time zone {name:?} is not in the tz database (/usr/share/zoneinfo; Debian's tzdata): {error}")
+    })
+}
+
+/// The schedules of `desired` whose zone the tz database does not know,
+/// each a problem at its file: refused like a broken file.
+pub fn unknown_zones(desired: &DesiredState) -> Vec<Problem> {
+    (desired.schedules.values())
+        .filter_map(|schedule| zone(&schedule.zone).err().map(|error| (schedule, error)))
+        .map(|(schedule, message)| Problem {
+            file: schedule.file.clone(),
+            line: 1,
+            column: 1,
+            message,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zones_come_from_the_system_tz_database() {
+        let berlin = zone("Europe/Berlin").unwrap();
+        let summer: jiff::Timestamp = "2027-07-01T12:00:00Z".parse().unwrap();
+        assert_eq!(berlin.to_offset(summer).seconds(), 2 * 3600);
+        assert!(zone("UTC").is_ok());
+        assert!(
+            zone("Europe/Berln")
+                .unwrap_err()
+                .contains("not in the tz database")
+        );
+    }
+}
