@@ -6,7 +6,7 @@
 //! touched.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use core::net::IpAddr;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
