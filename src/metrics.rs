@@ -76,6 +76,10 @@ pub struct Metrics {
     /// Seconds since the applied revision was applied; set at scrape time.
     pub sync_applied_age: Gauge,
     pub reconciles: Family<ReconcileLabels, Counter>,
+    /// Schedules' fires, by what became of them (`started`, `missed`, `skipped`).
+    pub schedule_fires: Family<ResultLabels, Counter>,
+    /// How long after its due time each fire was recorded.
+    pub schedule_lateness: Histogram,
     /// Objects waiting for a reconcile; set at scrape time.
     pub reconcile_queue: Gauge,
     /// Operations that ended, by final state.
@@ -131,6 +135,9 @@ impl Metrics {
             syncs: Family::default(),
             sync_applied_age: Gauge::default(),
             reconciles: Family::default(),
+            schedule_fires: Family::default(),
+            // 0.1 s … ~14 min.
+            schedule_lateness: Histogram::new(exponential_buckets(0.1, 2.0, 14)),
             reconcile_queue: Gauge::default(),
             operations_finished: Family::default(),
             operations_running: Gauge::default(),
@@ -191,6 +198,16 @@ impl Metrics {
             "reconciles",
             "Reconciles by object kind and result",
             metrics.reconciles.clone(),
+        );
+        r.register(
+            "schedule_fires",
+            "Schedules' fires by result: started, missed (the daemon was down), skipped (the previous still ran)",
+            metrics.schedule_fires.clone(),
+        );
+        r.register(
+            "schedule_lateness_seconds",
+            "How long after its due time a fire was started or passed",
+            metrics.schedule_lateness.clone(),
         );
         r.register(
             "reconcile_queue_depth",

@@ -5,8 +5,8 @@
 //! — between its two marker lines, so that entries written by hand are never
 //! touched.
 
-use std::collections::{BTreeMap, BTreeSet};
 use core::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet};
 
 use schemars::JsonSchema;
 use serde::Deserialize;

@@ -104,15 +104,22 @@ pub enum Requester {
         id: String,
         revision: String,
     },
+    /// A schedule's fire, due at `due_ms`, as the revision declared it.
+    Schedule {
+        name: String,
+        due_ms: i64,
+        revision: String,
+    },
 }
 
 impl Requester {
-    /// Who asked, in a word: the user's name, `run:<id>` or `state:<id>`.
+    /// Who asked, in a word: the user's name, `run:<id>`, `state:<id>` or `schedule:<name>`.
     pub fn label(&self) -> String {
         match self {
             Requester::User { name } => name.clone(),
             Requester::RunRequest { id, .. } => format!("run:{id}"),
             Requester::State { id, .. } => format!("state:{id}"),
+            Requester::Schedule { name, .. } => format!("schedule:{name}"),
         }
     }
 }

@@ -148,6 +148,41 @@ pub fn next_fire(
     until.is_none_or(|until| next <= until).then_some(next)
 }
 
+/// One fire of a schedule, as recorded under (schedule, due time): claimed
+/// when its operation is created, in the same transaction, so it runs at
+/// most once; or recorded as not run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FireRecord {
+    pub schedule: String,
+    pub due_ms: i64,
+    /// The schedule's content when it fired ([`Schedule::digest`]).
+    pub digest: String,
+    pub revision: String,
+    /// When it was recorded.
+    pub at_ms: i64,
+    pub outcome: FireOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum FireOutcome {
+    /// It started this operation (the store fills the id in as it creates it).
+    Started { operation_id: u64 },
+    /// Not run: missed while the daemon was down, or skipped while the previous ran.
+    Passed { reason: String },
+}
+
+impl FireOutcome {
+    /// `started`, `missed` or `skipped`: the metric's and the API's word.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FireOutcome::Started { .. } => "started",
+            FireOutcome::Passed { reason } if reason.starts_with("missed") => "missed",
+            FireOutcome::Passed { .. } => "skipped",
+        }
+    }
+}
+
 /// What a schedule's reconcile knows of its fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fired {

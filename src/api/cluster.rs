@@ -80,7 +80,10 @@ pub async fn status(
 fn ids(keys: Vec<ObjectKey>) -> Vec<String> {
     keys.into_iter()
         .map(|key| match key {
-            ObjectKey::Machine(id) | ObjectKey::RunRequest(id) | ObjectKey::State(id) => id,
+            ObjectKey::Machine(id)
+            | ObjectKey::RunRequest(id)
+            | ObjectKey::State(id)
+            | ObjectKey::Schedule(id) => id,
         })
         .collect()
 }

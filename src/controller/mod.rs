@@ -10,6 +10,7 @@ mod facts;
 pub mod reconcile;
 mod runs;
 pub mod scheduler;
+mod schedules;
 mod states;
 
 use std::collections::HashSet;
@@ -268,6 +269,11 @@ async fn all_keys(desired: Option<&DesiredState>, store: &crate::store::Store) -
                 .map(|m| ObjectKey::Machine(m.id.clone()))
                 .chain(d.runs.keys().map(|id| ObjectKey::RunRequest(id.clone())))
                 .chain(d.states.keys().map(|id| ObjectKey::State(id.clone())))
+                .chain(
+                    d.schedules
+                        .keys()
+                        .map(|name| ObjectKey::Schedule(name.clone())),
+                )
         })
         .collect();
     let in_git: HashSet<&str> = desired
@@ -317,6 +323,12 @@ pub fn changed_keys(before: Option<&DesiredState>, after: Option<&DesiredState>)
     for id in before.runs.keys() {
         if !after.runs.contains_key(id) {
             keys.push(ObjectKey::RunRequest(id.clone()));
+        }
+    }
+    // A schedule when it changed or left (what its next fire is, or none).
+    for (name, schedule) in &after.schedules {
+        if before.schedules.get(name) != Some(schedule) {
+            keys.push(ObjectKey::Schedule(name.clone()));
         }
     }
     // A state is looked at again when it, its script, or its machines changed

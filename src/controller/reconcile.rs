@@ -30,6 +30,7 @@ pub enum ObjectKey {
     Machine(String),
     RunRequest(String),
     State(String),
+    Schedule(String),
 }
 
 impl fmt::Display for ObjectKey {
@@ -38,6 +39,7 @@ impl fmt::Display for ObjectKey {
             ObjectKey::Machine(id) => write!(f, "machine/{id}"),
             ObjectKey::RunRequest(id) => write!(f, "run/{id}"),
             ObjectKey::State(id) => write!(f, "state/{id}"),
+            ObjectKey::Schedule(name) => write!(f, "schedule/{name}"),
         }
     }
 }
@@ -60,7 +62,7 @@ pub struct Context {
     suspended_by_config: bool,
     /// What reconciles tell the forge and the sinks.
     pub(super) notifier: Arc<crate::notify::Notifier>,
-    metrics: Arc<crate::metrics::Metrics>,
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
     /// Whose facts are due and being gathered.
     pub(super) facts: Arc<FactGathering>,
 }
@@ -126,6 +128,14 @@ impl Reconcile<ObjectKey> for Context {
                 )
             }
             ObjectKey::State(id) => ("state", self.declared_state(&desired, id).await),
+            ObjectKey::Schedule(name) => {
+                let (context, name) = (self.clone(), name.clone());
+                let decided = crate::blocking::run(move || context.schedule(&desired, &name));
+                (
+                    "schedule",
+                    decided.await.unwrap_or(Err(store::Error::ShuttingDown)),
+                )
+            }
         };
         let labels = crate::metrics::ReconcileLabels {
             kind,

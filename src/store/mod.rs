@@ -23,6 +23,7 @@ mod pictures;
 mod records;
 mod retention;
 mod scan;
+mod schedules;
 mod schema;
 mod states;
 mod sync;
@@ -87,6 +88,14 @@ pub enum Error {
     CorruptKey { table: &'static str, key: String },
     #[error("run-request {run:?} already started operation {operation_id}; run-requests run once")]
     AlreadyClaimed { run: String, operation_id: u64 },
+    #[error(
+        "schedule {schedule:?}'s fire due at {due_ms} is recorded already ({outcome}): a fire runs at most once"
+    )]
+    AlreadyFired {
+        schedule: String,
+        due_ms: i64,
+        outcome: &'static str,
+    },
     #[error(
         "state {state:?} is being applied on {machine:?} by operation {operation_id} (another replica owned the state a moment ago); it is looked at again after that"
     )]

@@ -12,6 +12,7 @@ use linkops_reconcilers::operation::{
     summarize,
 };
 use linkops_reconcilers::run::{RunRecord, RunState};
+use linkops_reconcilers::schedule::{FireOutcome, FireRecord};
 use linkops_reconcilers::state::{ApplyResult, Standing, StateStatus, Target};
 
 use super::audit::{self, Actor, Audit, AuditAction};
@@ -19,8 +20,8 @@ use super::engine::{Read, Write, WriteTx};
 use super::records::Outcome;
 use super::scan::{SeqTable, index_operation};
 use super::schema::{
-    OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, OPERATIONS_RUNNING, RUN_REQUESTS, STATE_STATUS,
-    STATE_TARGETS, STOP_ASKS,
+    OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, OPERATIONS_RUNNING, RUN_REQUESTS,
+    SCHEDULE_FIRES, STATE_STATUS, STATE_TARGETS, STOP_ASKS,
 };
 use super::{Error, Result, Store, now_ms};
 
@@ -36,6 +37,24 @@ pub enum Claim {
         status: StateStatus,
         targets: Vec<Target>,
     },
+    /// A schedule's fire, started by this operation (so never again).
+    Fire(FireRecord),
+}
+
+/// Records a schedule's fire as started by operation `id`, unless that
+/// fire (schedule, due time) already has a record: started, missed or skipped.
+fn claim_fire(tx: &mut WriteTx, mut fire: FireRecord, id: u64) -> Result<()> {
+    let key = (fire.schedule.as_str(), fire.due_ms);
+    if let Some(recorded) = tx.get(SCHEDULE_FIRES, key)? {
+        return Err(Error::AlreadyFired {
+            schedule: fire.schedule,
+            due_ms: fire.due_ms,
+            outcome: recorded.outcome.name(),
+        });
+    }
+    fire.outcome = FireOutcome::Started { operation_id: id };
+    tx.insert(SCHEDULE_FIRES, (fire.schedule.as_str(), fire.due_ms), &fire)?;
+    Ok(())
 }
 
 /// Records a run-request as started by operation `id`, unless it already was.
@@ -132,6 +151,7 @@ impl Store {
             };
             match claim {
                 Some(Claim::Run(claim)) => claim_run(&mut tx, claim, id)?,
+                Some(Claim::Fire(fire)) => claim_fire(&mut tx, fire, id)?,
                 Some(Claim::StateApply { status, targets }) => {
                     claim_state_apply(&mut tx, &status, targets, id)?
                 }
@@ -171,6 +191,24 @@ impl Store {
                 AuditAction::RunStart,
                 id.clone(),
                 format!("operation {}", created.id) + &given_secrets(&created),
+            ),
+            Requester::Schedule {
+                name,
+                due_ms,
+                revision,
+            } => (
+                Actor::Git {
+                    revision: revision.clone(),
+                },
+                AuditAction::ScheduleFire,
+                name.clone(),
+                format!(
+                    "operation {} runs script {}, the fire due at {}",
+                    created.id,
+                    created.script,
+                    crate::contract::at(*due_ms)
+                        .map_or_else(|| due_ms.to_string(), |t| t.to_string())
+                ) + &given_secrets(&created),
             ),
             Requester::State { id, revision } => (
                 Actor::Git {

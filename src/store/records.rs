@@ -340,6 +340,7 @@ mod tests {
             decodes(MACHINE_FACTS),
             decodes(FACT_CHANGES),
             decodes(ROLLUPS),
+            decodes(SCHEDULE_FIRES),
             decodes(AUDIT_LOG),
         ];
         // The rest hold a number, a text, nothing or raw bytes.
@@ -356,6 +357,7 @@ mod tests {
             SUSPENSIONS.name,
             WEBHOOK_DELIVERIES.name,
             OUTBOX_CHANNELS.name,
+            SCHEDULE_SINCE.name,
         ];
         let covered: BTreeSet<&str> = checked.iter().chain(&plain).copied().collect();
         let tables: BTreeSet<&str> = TABLES.into_iter().collect();

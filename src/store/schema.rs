@@ -10,6 +10,7 @@ use linkops_reconcilers::operation::{HostResult, Operation, RecordedEvent};
 use linkops_reconcilers::outbox::Queued;
 use linkops_reconcilers::picture::Rollup;
 use linkops_reconcilers::run::RunRecord;
+use linkops_reconcilers::schedule::FireRecord;
 use linkops_reconcilers::state::{CheckRecord, StateStatus, Target};
 use linkops_reconcilers::terminal::{TerminalSession, Workspace};
 
@@ -23,7 +24,7 @@ use super::records::{
 ///
 /// Version 8 keeps every table as ordered bytes (`engine::key`) with JSON
 /// records, the same in redb and PostgreSQL; older redb files are converted.
-pub const SCHEMA_VERSION: u64 = 13;
+pub const SCHEMA_VERSION: u64 = 14;
 
 /// Store metadata: `schema_version`, `write_probe_ms`.
 pub const META: Table<String, Json<u64>> = Table::new("meta");
@@ -117,11 +118,17 @@ pub const FACT_CHANGES: Table<(String, i64), Json<FactChange>> = Table::new("fac
 /// The fleet's pictures: hourly rollups of what the leader sampled, by
 /// (series, hour start in ms); eight days kept (version 13).
 pub const ROLLUPS: Table<(String, i64), Json<Rollup>> = Table::new("rollups");
+/// Schedules' fires by (schedule, due time in ms): started, missed or
+/// skipped — claimed before a fire runs, so it runs at most once (version 14).
+pub const SCHEDULE_FIRES: Table<(String, i64), Json<FireRecord>> = Table::new("schedule_fires");
+/// When each schedule was first seen (ms): its fires are counted from
+/// there until it has one (version 14).
+pub const SCHEDULE_SINCE: Table<String, Json<i64>> = Table::new("schedule_since");
 /// The audit log by sequence number.
 pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
 /// Every table's name: what an engine creates, and what `linkops store migrate` copies.
-pub const TABLES: [&str; 40] = [
+pub const TABLES: [&str; 42] = [
     META.name,
     USERS.name,
     LOGIN_FAILURES.name,
@@ -161,6 +168,8 @@ pub const TABLES: [&str; 40] = [
     MACHINE_FACTS.name,
     FACT_CHANGES.name,
     ROLLUPS.name,
+    SCHEDULE_FIRES.name,
+    SCHEDULE_SINCE.name,
     AUDIT_LOG.name,
 ];
 

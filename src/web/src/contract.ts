@@ -2118,6 +2118,13 @@ export interface components {
             /** @enum {string} */
             kind: "state";
             revision: string;
+        } | {
+            /** Format: int64 */
+            due_ms: number;
+            /** @enum {string} */
+            kind: "schedule";
+            name: string;
+            revision: string;
         };
         /** @description A certificate the CA no longer stands behind. */
         Revocation: {

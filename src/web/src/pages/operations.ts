@@ -1,7 +1,7 @@
 // Operations: the history, and one operation live — per-host output, states, exit codes, a stop button.
 
 import { api, operationEvents, session } from "../api";
-import type { HostEvent, HostState, OperationState, OperationView, OutputChunk, StateEvent } from "../contract";
+import type { HostEvent, HostState, OperationState, OperationView, OutputChunk, Requester, StateEvent } from "../contract";
 import { badge, h, table, when } from "../dom";
 
 const FINISHED: OperationState[] = ["succeeded", "failed", "partially_failed", "stopped", "interrupted"];
@@ -19,8 +19,7 @@ export async function historyPage(main: HTMLElement): Promise<void> {
     body.replaceChildren(table(["Operation", "Script", "State", "Machines", "By", "Created"],
       operations.map((o) => [
         h("a", { href: `#/operations/${o.id}` }, `#${o.id}`), o.script, badge(o.state), o.machines.length,
-        o.requested_by.kind === "user" ? o.requested_by.name
-          : o.requested_by.kind === "state" ? `state ${o.requested_by.id}` : `run-request ${o.requested_by.id}`,
+        requester(o.requested_by),
         when(o.created_at),
       ]), "Operations"));
   };
@@ -115,4 +114,14 @@ export async function operationPage(main: HTMLElement, [idText]: string[]): Prom
     events.close();
   });
   return () => events.close();
+}
+
+/** Who asked for an operation, in a few words. */
+function requester(by: Requester): string {
+  switch (by.kind) {
+    case "user": return by.name;
+    case "state": return `state ${by.id}`;
+    case "run_request": return `run-request ${by.id}`;
+    case "schedule": return `schedule ${by.name}`;
+  }
 }

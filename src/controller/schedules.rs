@@ -1,0 +1,188 @@
+//! The schedule reconciler: reads a schedule's latest fire (or when it was
+//! first seen), asks `reconcilers::schedule::decide` what to do now, and
+//! waits, records a passed fire, or claims and starts the fire due — the
+//! claim in the operation's own transaction, so a fire runs at most once
+//! whatever restarts, `kill -9`s or replicas. On the blocking pool: nothing
+//! here waits for a machine.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::operation::Requester;
+use linkops_reconcilers::run;
+use linkops_reconcilers::schedule::{
+    self, FireOutcome, FireRecord, Fired, Schedule, ScheduleDecision,
+};
+
+use super::reconcile::Context;
+use super::scheduler::Action;
+use crate::operations::{HostPlan, Plan};
+use crate::store::{self, now_ms};
+
+/// How often a fire queued behind a running one looks again.
+const QUEUED_RECHECK: Duration = Duration::from_secs(5);
+
+impl Context {
+    pub(super) fn schedule(
+        &self,
+        desired: &DesiredState,
+        name: &str,
+    ) -> Result<Action, store::Error> {
+        let Some(declared) = desired.schedules.get(name) else {
+            // Gone from Git: no more fires; its record stays.
+            return Ok(Action::AwaitChange);
+        };
+        // The daemon's load refused unknown zones and bad expressions: these hold.
+        let (zone, cron) = match (
+            crate::schedules::zone(&declared.zone),
+            schedule::parse_cron(&declared.cron),
+        ) {
+            (Ok(zone), Ok(cron)) => (zone, cron),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(schedule = name, %error, "the schedule cannot fire");
+                return Ok(Action::AwaitChange);
+            }
+        };
+        let now = now_ms();
+        let last = self.store.schedule_fires(name, 1)?.pop();
+        let running = match &last {
+            Some(FireRecord {
+                outcome: FireOutcome::Started { operation_id },
+                ..
+            }) => (self.store.operation(*operation_id)?)
+                .is_some_and(|(operation, _)| !operation.state.is_finished()),
+            _ => false,
+        };
+        let last_due = match &last {
+            Some(fire) => fire.due_ms,
+            None => self.store.schedule_since(name, now)?,
+        };
+        let fired = Fired {
+            last_due: instant(last_due),
+            running,
+        };
+        match schedule::decide(declared, &cron, &zone, fired, instant(now)) {
+            ScheduleDecision::Idle => Ok(Action::AwaitChange),
+            ScheduleDecision::WaitUntil(due) => Ok(Action::Requeue(until(due, now))),
+            ScheduleDecision::Queue { .. } => Ok(Action::Requeue(QUEUED_RECHECK)),
+            ScheduleDecision::Pass { due, reason } => {
+                tracing::info!(schedule = name, due = %due, %reason, "a fire passed");
+                let fire = self.fire(declared, due, desired, FireOutcome::Passed { reason });
+                match self.store.record_passed_fire(&fire) {
+                    Ok(()) | Err(store::Error::AlreadyFired { .. }) => {}
+                    Err(error) => return Err(error),
+                }
+                self.count_fire(&fire);
+                Ok(Action::Requeue(Duration::ZERO))
+            }
+            ScheduleDecision::Fire { due } => {
+                self.start_fire(declared, due, desired)?;
+                Ok(Action::Requeue(Duration::ZERO))
+            }
+        }
+    }
+
+    /// Claims the fire due at `due` and starts its operation (one transaction).
+    fn start_fire(
+        &self,
+        declared: &Schedule,
+        due: Timestamp,
+        desired: &DesiredState,
+    ) -> Result<(), store::Error> {
+        let script = desired
+            .scripts
+            .get(&declared.script)
+            .expect("validated: the script exists");
+        // `where` is decided on the facts as they are at the fire.
+        let targets = match declared.targets.asks_facts() {
+            true => self.store.on_facts(&declared.targets, &desired.machines)?,
+            false => declared.targets.clone(),
+        };
+        let selected = targets.select(&desired.machines);
+        let statuses = self.store.machine_statuses(&selected)?;
+        let placements = run::place(&targets, &desired.machines, &statuses, &self.held_now()?);
+        let params = declared.resolved.clone();
+        let plan = Plan {
+            script: script.clone(),
+            secrets: linkops_reconcilers::secret::named(script, &params, &desired.secrets),
+            params,
+            hosts: HostPlan::from_placements(placements),
+            requested_by: Requester::Schedule {
+                name: declared.name.clone(),
+                due_ms: due.as_millisecond(),
+                revision: desired.revision.clone(),
+            },
+            concurrency: None,
+            rollout: declared.rollout,
+            retry_of: None,
+        };
+        // The store fills in the operation id as it creates the operation.
+        let claim = self.fire(
+            declared,
+            due,
+            desired,
+            FireOutcome::Started { operation_id: 0 },
+        );
+        match self
+            .engine
+            .start(plan, Some(store::Claim::Fire(claim.clone())))
+        {
+            Ok(operation) => {
+                tracing::info!(schedule = %declared.name, due = %due, operation = operation.id, "a fire started");
+                self.count_fire(&claim);
+                Ok(())
+            }
+            // Another replica, or this one before a restart, has it.
+            Err(crate::operations::Error::Store(store::Error::AlreadyFired { .. })) => Ok(()),
+            Err(crate::operations::Error::Store(error)) => Err(error),
+            Err(error) => {
+                // Nothing could run (no machine, say): the fire is recorded as passed, with why.
+                let reason = format!("skipped: {error}");
+                tracing::warn!(schedule = %declared.name, due = %due, %reason, "a fire could not start");
+                let fire = self.fire(declared, due, desired, FireOutcome::Passed { reason });
+                match self.store.record_passed_fire(&fire) {
+                    Ok(()) | Err(store::Error::AlreadyFired { .. }) => Ok(()),
+                    Err(error) => Err(error),
+                }
+            }
+        }
+    }
+
+    fn fire(
+        &self,
+        declared: &Schedule,
+        due: Timestamp,
+        desired: &DesiredState,
+        outcome: FireOutcome,
+    ) -> FireRecord {
+        FireRecord {
+            schedule: declared.name.clone(),
+            due_ms: due.as_millisecond(),
+            digest: declared.digest(),
+            revision: desired.revision.clone(),
+            at_ms: now_ms(),
+            outcome,
+        }
+    }
+
+    fn count_fire(&self, fire: &FireRecord) {
+        let labels = crate::metrics::ResultLabels {
+            result: fire.outcome.name(),
+        };
+        self.metrics.schedule_fires.get_or_create(&labels).inc();
+        let late_ms = (fire.at_ms - fire.due_ms).max(0);
+        self.metrics
+            .schedule_lateness
+            .observe(late_ms as f64 / 1000.0);
+    }
+}
+
+fn instant(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// How long from `now_ms` until `due`.
+fn until(due: Timestamp, now_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(due.as_millisecond() - now_ms).unwrap_or(0))
+}
