@@ -199,6 +199,10 @@ enum Command {
     /// where one stands on each machine (drift, the last check's output,
     /// applies, why a machine is held).
     States { id: Option<String> },
+    /// Schedules (`schedules/*.yaml`): each one's cron expression and zone,
+    /// its next fire as its zone reads it and as yours does, and its latest
+    /// fire. With a name: its fires, newest first.
+    Schedules { name: Option<String> },
     /// Operation history, newest first; `ops logs ID [-f]` shows one's output.
     Ops {
         #[command(subcommand)]
@@ -683,6 +687,7 @@ fn run() -> anyhow::Result<()> {
         | Command::Run { .. }
         | Command::Retry { .. }
         | Command::States { .. }
+        | Command::Schedules { .. }
         | Command::Ops { .. }
         | Command::Stop { .. }
         | Command::Sync
@@ -805,6 +810,9 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
         Command::Retry { id } => client::retry(&client, *id, json).await,
         Command::States { id: None } => client::states(&client, json).await.map(|()| 0),
         Command::States { id: Some(id) } => client::state(&client, id, json).await.map(|()| 0),
+        Command::Schedules { name } => client::schedules(&client, name.as_deref(), json)
+            .await
+            .map(|()| 0),
         Command::Ops {
             logs: Some(OpsCommand::Logs { id, follow }),
             ..

@@ -18,6 +18,7 @@ mod operations;
 mod pictures;
 mod reconcile;
 mod runs;
+mod schedules;
 mod sso;
 mod states;
 mod tables;
@@ -156,6 +157,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pictures::states))
         .routes(routes!(runs::list))
         .routes(routes!(runs::get))
+        .routes(routes!(schedules::list))
+        .routes(routes!(schedules::get))
         .routes(routes!(states::list))
         .routes(routes!(states::get))
         .routes(routes!(states::resume))
@@ -245,7 +248,7 @@ fn described_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     tags(
         (name = "auth"), (name = "machines"), (name = "operations"), (name = "runs"), (name = "states", description = "Declared states: what the fleet converges to and is kept in"),
         (name = "terminals", description = "Workspaces of panes. The WebSocket sends ServerMessage (JSON) and `[pane][bytes]` binary output, takes ClientMessage and `[pane][bytes]` input, and closes with a SocketCloseCode; see src/terminal/protocol.md"),
-        (name = "git"), (name = "reconcile"), (name = "tables"), (name = "pictures", description = "The fleet drawn: series and counts aggregated by the daemon for the console's charts"), (name = "users"), (name = "daemon")
+        (name = "git"), (name = "reconcile"), (name = "tables"), (name = "schedules", description = "Scripts run on cron expressions in time zones, each fire claimed once"), (name = "pictures", description = "The fleet drawn: series and counts aggregated by the daemon for the console's charts"), (name = "users"), (name = "daemon")
     )
 )]
 struct ApiDoc;

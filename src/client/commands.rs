@@ -18,8 +18,8 @@ use super::print::{api_name, or_dash, print_json, print_table};
 use super::{Client, Error, Result, Session};
 use crate::contract::{
     FactsQuery, FactsView, GitStatus, Health, HistoryQuery, LoginRequest, LoginResponse,
-    MachineDetail, MachineQuery, MachineView, OperationView, RunBody, RunView, StateDetail,
-    StateView, Stopping, SyncOutcome, SyncView, TargetsBody,
+    MachineDetail, MachineQuery, MachineView, OperationView, RunBody, RunView, ScheduleDetail,
+    ScheduleView, StateDetail, StateView, Stopping, SyncOutcome, SyncView, TargetsBody,
 };
 
 /// `linkops login`: exchanges a password for a token and saves the session.
@@ -305,6 +305,83 @@ pub async fn states(client: &Client, json: bool) -> Result<()> {
     print_table(
         &[
             "STATE", "MODE", "IN SYNC", "DRIFTED", "APPLYING", "FAILED", "HELD", "ROLLOUT",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
+/// `linkops schedules [NAME]`: the schedules and their next fires, in their
+/// zone and the viewer's; with a name, its fires.
+pub async fn schedules(client: &Client, name: Option<&str>, json: bool) -> Result<()> {
+    let local = |at: Option<jiff::Timestamp>| {
+        at.map_or("-".to_owned(), |at| {
+            at.to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M %Z")
+                .to_string()
+        })
+    };
+    let fire_row = |fire: &linkops_reconcilers::schedule::FireRecord| {
+        let due = jiff::Timestamp::from_millisecond(fire.due_ms).ok();
+        let what = match &fire.outcome {
+            linkops_reconcilers::schedule::FireOutcome::Started { operation_id } => {
+                format!("operation {operation_id}")
+            }
+            linkops_reconcilers::schedule::FireOutcome::Passed { reason } => reason.clone(),
+        };
+        vec![local(due), fire.outcome.name().to_owned(), what]
+    };
+    if let Some(name) = name {
+        let detail: ScheduleDetail = client.get(&format!("/api/schedules/{name}")).await?;
+        if json {
+            return print_json(&detail);
+        }
+        let schedule = &detail.view.schedule;
+        eprintln!(
+            "{} runs {} at {:?} ({}); next: {} — {} here",
+            schedule.name,
+            schedule.script,
+            schedule.cron,
+            schedule.zone,
+            detail.view.next_fire_in_zone.as_deref().unwrap_or("none"),
+            local(detail.view.next_fire)
+        );
+        print_table(
+            &["DUE (HERE)", "RESULT", "WHAT"],
+            detail.fires.iter().map(fire_row).collect(),
+        );
+        return Ok(());
+    }
+    let schedules: Vec<ScheduleView> = client.get("/api/schedules").await?;
+    if json {
+        return print_json(&schedules);
+    }
+    let rows = schedules
+        .iter()
+        .map(|view| {
+            let schedule = &view.schedule;
+            vec![
+                schedule.name.clone(),
+                schedule.script.clone(),
+                schedule.cron.clone(),
+                schedule.zone.clone(),
+                view.next_fire_in_zone.clone().unwrap_or_else(|| "-".into()),
+                local(view.next_fire),
+                view.last_fire
+                    .as_ref()
+                    .map_or("-".to_owned(), |fire| fire.outcome.name().to_owned()),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "SCHEDULE",
+            "SCRIPT",
+            "CRON",
+            "ZONE",
+            "NEXT (ITS ZONE)",
+            "NEXT (HERE)",
+            "LAST",
         ],
         rows,
     );

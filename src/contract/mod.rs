@@ -15,6 +15,7 @@ mod git;
 mod machines;
 mod operations;
 mod pictures;
+mod schedules;
 mod states;
 mod terminals;
 
@@ -25,6 +26,7 @@ pub use git::*;
 pub use machines::*;
 pub use operations::*;
 pub use pictures::*;
+pub use schedules::*;
 pub use states::*;
 pub use terminals::*;
 

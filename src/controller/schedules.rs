@@ -22,6 +22,8 @@ use crate::store::{self, now_ms};
 
 /// How often a fire queued behind a running one looks again.
 const QUEUED_RECHECK: Duration = Duration::from_secs(5);
+/// How often a fire due looks again while its machines wait for their first check.
+const FIRST_CHECKS_RECHECK: Duration = Duration::from_millis(500);
 
 impl Context {
     pub(super) fn schedule(
@@ -77,6 +79,13 @@ impl Context {
                 Ok(Action::Requeue(Duration::ZERO))
             }
             ScheduleDecision::Fire { due } => {
+                // Just started: its machines are checked first (within seconds;
+                // a fire kept waiting past its minute is missed, as its policy says).
+                let selected = declared.targets.select(&desired.machines);
+                let statuses = self.store.machine_statuses(&selected)?;
+                if selected.iter().any(|id| !statuses.contains_key(id)) {
+                    return Ok(Action::Requeue(FIRST_CHECKS_RECHECK));
+                }
                 self.start_fire(declared, due, desired)?;
                 Ok(Action::Requeue(Duration::ZERO))
             }

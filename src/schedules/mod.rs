@@ -3,6 +3,7 @@
 //! `tzdata`) — the core (`reconcilers::schedule`) gets them as data.
 
 use linkops_reconcilers::desired::{DesiredState, Problem};
+use linkops_reconcilers::schedule::{self, FireRecord, Fired, Schedule, ScheduleDecision};
 
 /// The zone named `name` (`UTC` included), or why there is none.
 pub fn zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
@@ -23,6 +24,31 @@ pub fn unknown_zones(desired: &DesiredState) -> Vec<Problem> {
             message,
         })
         .collect()
+}
+
+/// When `schedule` fires next after `now`, given its latest fire (or when it
+/// was first seen, `since_ms`): a fire due and not yet taken is due now.
+pub fn next_fire(
+    schedule: &Schedule,
+    last: Option<&FireRecord>,
+    since_ms: i64,
+    now: jiff::Timestamp,
+) -> Option<jiff::Timestamp> {
+    let (zone, cron) = (
+        zone(&schedule.zone).ok()?,
+        schedule::parse_cron(&schedule.cron).ok()?,
+    );
+    let fired = Fired {
+        last_due: jiff::Timestamp::from_millisecond(last.map_or(since_ms, |f| f.due_ms)).ok()?,
+        running: false,
+    };
+    match schedule::decide(schedule, &cron, &zone, fired, now) {
+        ScheduleDecision::Idle => None,
+        ScheduleDecision::WaitUntil(due) => Some(due),
+        ScheduleDecision::Fire { due }
+        | ScheduleDecision::Pass { due, .. }
+        | ScheduleDecision::Queue { due } => Some(due),
+    }
 }
 
 #[cfg(test)]

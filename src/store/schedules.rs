@@ -26,6 +26,11 @@ impl Store {
         Ok(since)
     }
 
+    /// When `schedule` was first seen, if its reconcile has seen it.
+    pub fn schedule_since_if_seen(&self, schedule: &str) -> Result<Option<i64>> {
+        self.read_one(SCHEDULE_SINCE, schedule)
+    }
+
     /// Records a fire that did not run (missed, skipped), unless the fire
     /// has a record already.
     pub fn record_passed_fire(&self, fire: &FireRecord) -> Result<()> {

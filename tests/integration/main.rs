@@ -27,6 +27,7 @@ mod openapi;
 mod operations;
 mod pictures;
 mod replicas;
+mod schedules;
 mod second_factor;
 mod secrets;
 mod serve;

@@ -670,6 +670,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/schedules": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/schedules` */
+        get: operations["schedules_list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/schedules/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/schedules/{name}` */
+        get: operations["schedules_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/states": {
         parameters: {
             query?: never;
@@ -1475,6 +1509,35 @@ export interface components {
             column: string;
             op: components["schemas"]["Op"];
             value: unknown;
+        };
+        FireOutcome: {
+            /** Format: int64 */
+            operation_id: number;
+            /** @enum {string} */
+            outcome: "started";
+        } | {
+            /** @enum {string} */
+            outcome: "passed";
+            reason: string;
+        };
+        /**
+         * @description One fire of a schedule, as recorded under (schedule, due time): claimed
+         *     when its operation is created, in the same transaction, so it runs at
+         *     most once; or recorded as not run.
+         */
+        FireRecord: {
+            /**
+             * Format: int64
+             * @description When it was recorded.
+             */
+            at_ms: number;
+            /** @description The schedule's content when it fired ([`Schedule::digest`]). */
+            digest: string;
+            /** Format: int64 */
+            due_ms: number;
+            outcome: components["schemas"]["FireOutcome"];
+            revision: string;
+            schedule: string;
         };
         /**
          * @description A later event of `/api/fleet/events`: machines whose health state,
@@ -2303,6 +2366,21 @@ export interface components {
             /** @description An IANA time zone (`Europe/Berlin`); `UTC` when the file names none. */
             zone: string;
         };
+        ScheduleDetail: components["schemas"]["ScheduleView"] & {
+            /** @description Its fires, newest first (the latest 50). */
+            fires: components["schemas"]["FireRecord"][];
+        };
+        ScheduleView: {
+            last_fire?: null | components["schemas"]["FireRecord"];
+            /**
+             * Format: date-time
+             * @description Its next fire (none: suspended, past its `until`).
+             */
+            next_fire?: string | null;
+            /** @description The next fire as the schedule's zone reads it, e.g. `2027-03-28 03:00 CEST`. */
+            next_fire_in_zone?: string | null;
+            schedule: components["schemas"]["Schedule"];
+        };
         /**
          * @description Which part of the fleet a grant reaches. Empty lists reach everything:
          *     no tags and no machines is the whole fleet, no scripts is every script.
@@ -2806,6 +2884,8 @@ export type FactDiff = components['schemas']['FactDiff'];
 export type FactValue = components['schemas']['FactValue'];
 export type FactsView = components['schemas']['FactsView'];
 export type FilterRequest = components['schemas']['FilterRequest'];
+export type FireOutcome = components['schemas']['FireOutcome'];
+export type FireRecord = components['schemas']['FireRecord'];
 export type FleetChanges = components['schemas']['FleetChanges'];
 export type FleetPicture = components['schemas']['FleetPicture'];
 export type FleetSnapshot = components['schemas']['FleetSnapshot'];
@@ -2881,6 +2961,8 @@ export type RunRequest = components['schemas']['RunRequest'];
 export type RunState = components['schemas']['RunState'];
 export type RunView = components['schemas']['RunView'];
 export type Schedule = components['schemas']['Schedule'];
+export type ScheduleDetail = components['schemas']['ScheduleDetail'];
+export type ScheduleView = components['schemas']['ScheduleView'];
 export type Scope = components['schemas']['Scope'];
 export type Script = components['schemas']['Script'];
 export type SecondFactorCode = components['schemas']['SecondFactorCode'];
@@ -4105,6 +4187,58 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["RunView"];
+                };
+            };
+        };
+    };
+    schedules_list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Every schedule of the applied revision, by name, with its next fire and its latest one */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ScheduleView"][];
+                };
+            };
+        };
+    };
+    schedules_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Schedule name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A schedule with its latest fires */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ScheduleDetail"];
+                };
+            };
+            /** @description No such schedule in the applied revision */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
