@@ -334,9 +334,11 @@ const SCRIPTS: &str = r#"scripts:
 
 const MOTD_STATE: &str = "id: motd\ndescription: Every web machine has the message of the day.\nscript: motd\ntargets:\n  tags: [web]\ninterval: 30s\nrollout: {canary: 1, batch: 5, max_failures: 1}\n";
 
+const HELLO_SCHEDULE: &str = "name: morning-hello\ndescription: Greets the web machines every morning, Berlin time.\nscript: greet\ntargets:\n  tags: [web]\ncron: \"0 9 * * *\"\nzone: Europe/Berlin\n";
+
 const WELCOME_RUN: &str = "id: welcome\nscript: system-info\ntargets:\n  tags: [web, db]\n";
 
-const README: &str = "# LinkOps demo configuration\n\nEdit, commit, and watch the daemon follow: a new file under runs/ runs its script once; states/ declares what the machines are kept in.\n";
+const README: &str = "# LinkOps demo configuration\n\nEdit, commit, and watch the daemon follow: a new file under runs/ runs its script once; states/ declares what the machines are kept in; schedules/ runs scripts on a cron expression in a time zone.\n";
 
 /// The demo secret's value: known, so that the browser tests can look for it (never found).
 const DEMO_TOKEN: &str = "demo-t0ken/s3cret";
@@ -356,6 +358,7 @@ fn write_repository(
         ("recipients.yaml", &recipients),
         ("runs/welcome.yaml", WELCOME_RUN),
         ("states/motd.yaml", MOTD_STATE),
+        ("schedules/morning-hello.yaml", HELLO_SCHEDULE),
     ];
     for (name, content) in files {
         let path = repo.join(name);

@@ -31,7 +31,7 @@ export function badge(text: string | null | undefined): HTMLElement {
   const bad = ["unreachable", "mismatch", "missing_file", "host_key_mismatch", "failed", "partially_failed",
     "False", "error", "invalid", "timeout", "interrupted", "denied", "failure", "revoked", "check_error", "halted"];
   const warn = ["running", "pending", "stopped", "connecting", "unknown", "skipped", "waiting", "suspended",
-    "drifted", "applying", "held"];
+    "drifted", "applying", "held", "missed"];
   const kind = good.includes(value) ? "ok" : bad.includes(value) ? "bad" : warn.includes(value) ? "warn" : "";
   return h("span", { class: `badge ${kind}` }, value);
 }

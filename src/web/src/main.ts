@@ -12,6 +12,7 @@ import { overviewPage } from "./pages/overview";
 import { historyPage, operationPage } from "./pages/operations";
 import { recordingsPage } from "./pages/recordings";
 import { runPage } from "./pages/run";
+import { schedulePage, schedulesPage } from "./pages/schedules";
 import { statePage, statesPage } from "./pages/states";
 import { terminalsPage, workspacePage } from "./pages/terminals";
 import { usersPage } from "./pages/users";
@@ -26,6 +27,8 @@ const routes: [RegExp, Page, string][] = [
   [/^\/machines\/([^/]+)$/, machinePage, "Machine"],
   [/^\/states$/, statesPage, "States"],
   [/^\/states\/([^/]+)$/, statePage, "State"],
+  [/^\/schedules$/, schedulesPage, "Schedules"],
+  [/^\/schedules\/([^/]+)$/, schedulePage, "Schedule"],
   [/^\/run$/, runPage, "Run a script"],
   [/^\/operations$/, historyPage, "Operations"],
   [/^\/operations\/(\d+)$/, operationPage, "Operation"],
@@ -42,6 +45,7 @@ const NAV: [string, string, string?][] = [
   ["#/fleet", "Fleet"],
   ["#/overview", "Overview"],
   ["#/states", "States"],
+  ["#/schedules", "Schedules"],
   ["#/run", "Run"],
   ["#/operations", "Operations"],
   ["#/terminals", "Terminals"],

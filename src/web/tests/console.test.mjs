@@ -239,6 +239,19 @@ test("the Overview draws availability, each state's compliance, durations and fa
   await assertAccessible("a machine's pictures");
 });
 
+test("Schedules lists the demo's morning greeting, next at 09:00 Berlin time, in winter or summer", async () => {
+  await page.goto(`${banner.console}#/schedules`);
+  const row = page.getByRole("table", { name: "Schedules" }).getByRole("row")
+    .filter({ has: page.getByRole("link", { name: "morning-hello", exact: true }) });
+  await row.getByText(/ 09:00 CES?T$/).waitFor();
+  await row.getByText("0 9 * * * (Europe/Berlin)").waitFor();
+  await assertAccessible("the Schedules page");
+  await row.getByRole("link", { name: "morning-hello" }).click();
+  await page.getByRole("heading", { name: "Schedule morning-hello" }).waitFor();
+  await page.getByRole("table", { name: "Fires of morning-hello" }).waitFor();
+  await assertAccessible("a schedule's page");
+});
+
 test("stop a long script", async () => {
   await page.goto(`${banner.console}#/run`);
   await page.getByLabel("Script").selectOption("countdown");

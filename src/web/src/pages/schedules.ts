@@ -1,0 +1,45 @@
+// Schedules: each one's cron expression and zone, its next fire as its zone reads it and as the
+// browser's does, and what became of its fires.
+
+import { api } from "../api";
+import type { FireRecord, ScheduleDetail, ScheduleView } from "../contract";
+import { badge, h, table, when } from "../dom";
+
+export async function schedulesPage(main: HTMLElement): Promise<void> {
+  const schedules = await api<ScheduleView[]>("GET", "/api/schedules");
+  main.append(h("h1", {}, "Schedules"));
+  if (schedules.length === 0) {
+    main.append(h("p", {}, "No schedules: commit one under schedules/ (see the README's “Work on a schedule”)."));
+    return;
+  }
+  main.append(table(["Schedule", "Script", "When", "Next (its zone)", "Next (yours)", "Last fire"],
+    schedules.map((view) => [
+      h("a", { href: `#/schedules/${encodeURIComponent(view.schedule.name)}` }, view.schedule.name),
+      view.schedule.script,
+      `${view.schedule.cron} (${view.schedule.zone})`,
+      view.schedule.suspend ? badge("suspended") : view.next_fire_in_zone ?? "—",
+      when(view.next_fire),
+      view.last_fire ? fired(view.last_fire) : "—",
+    ]), "Schedules"));
+}
+
+export async function schedulePage(main: HTMLElement, [name]: string[]): Promise<void> {
+  const detail = await api<ScheduleDetail>("GET", `/api/schedules/${encodeURIComponent(name)}`);
+  const schedule = detail.schedule;
+  main.append(
+    h("h1", {}, `Schedule ${schedule.name}`),
+    h("p", {}, schedule.description || "", " ",
+      h("span", { class: "muted" }, `script ${schedule.script} · ${schedule.cron} in ${schedule.zone} · catch-up ${schedule.catch_up} · concurrency ${schedule.concurrency}`)),
+    h("p", {}, "Next fire: ", detail.next_fire_in_zone ?? "none", detail.next_fire ? ` (${when(detail.next_fire)} here)` : ""),
+    table(["Due", "Result", "What"], detail.fires.map((fire) => [
+      when(new Date(fire.due_ms).toISOString()), fired(fire),
+      fire.outcome.outcome === "started" ? h("a", { href: `#/operations/${fire.outcome.operation_id}` }, `operation #${fire.outcome.operation_id}`)
+        : fire.outcome.reason,
+    ]), `Fires of ${schedule.name}`),
+  );
+}
+
+function fired(fire: FireRecord): HTMLElement {
+  const name = fire.outcome.outcome === "started" ? "started" : fire.outcome.reason.startsWith("missed") ? "missed" : "skipped";
+  return badge(name);
+}
