@@ -175,3 +175,125 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
         }
     }
 }
+
+/// The fires schedule `name` recorded, newest first.
+async fn fires(daemon: &Daemon, name: &str) -> Vec<linkops_reconcilers::schedule::FireRecord> {
+    let detail: Option<linkops::contract::ScheduleDetail> =
+        daemon.get(&format!("/api/schedules/{name}")).await;
+    detail.map(|d| d.fires).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_schedule_s_fire_survives_sigkill_after_its_claim_without_running_twice() {
+    let rounds: usize = std::env::var("EXACTLY_ONCE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2)
+        .min(6);
+    let fleet = TestFleet::start(2).unwrap();
+    let marks_dir = fleet.dir().join("marks");
+    std::fs::create_dir(&marks_dir).unwrap();
+    std::fs::set_permissions(
+        &marks_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let work = WorkRepo::new(&fleet.dir().join("config"), None);
+    work.write("links.yaml", &fleet.inventory("test", &[], ""));
+    work.write(
+        "scripts.yaml",
+        &format!(
+            "scripts:\n  - id: slow\n    name: Mark, then take a while\n    params:\n      - {{name: run, type: string, required: true}}\n    body: |\n      echo x >> {marks}/$LINKOPS_PARAM_RUN-$(cat /etc/linkops/client_id)\n      sleep 30\n",
+            marks = marks_dir.display()
+        ),
+    );
+    work.commit("fleet and script");
+    let data = testbed::private_dir();
+    add_users(data.path(), &[(ADMIN.0, Role::Admin, ADMIN.1)]);
+    let in_process = fleet_config(data.path(), &fleet);
+    let store = crate::support::store_toml(&in_process);
+    let config = data.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[git]\nurl = {:?}\n{store}",
+            data.path(),
+            work.dir
+        ),
+    )
+    .unwrap();
+
+    for round in 0..rounds {
+        let name = format!("every-minute-{round}");
+        // Known since just before the current minute began, and until just
+        // after: its one fire, at the minute's start, is due when the daemon
+        // starts (caught up once if the start took past the minute).
+        let now = jiff::Timestamp::now().as_millisecond();
+        let minute = now - now.rem_euclid(60_000);
+        {
+            let store = crate::support::open_store(&in_process);
+            crate::support::as_the_cli(|| store.schedule_since(&name, minute - 10_000).unwrap());
+        }
+        let until = jiff::Timestamp::from_millisecond(minute + 1_000).unwrap();
+        work.write(
+            &format!("schedules/{name}.yaml"),
+            &format!("name: {name}\nscript: slow\ntargets: {{tags: [test]}}\nparams: {{run: {name}}}\ncron: \"* * * * *\"\nzone: Europe/Berlin\ncatch_up: once\nuntil: {until}\n"),
+        );
+        work.commit(&name);
+        let daemon = Daemon::start(&config).await;
+        // Killed as soon as the fire is claimed, or once its script ran on every host.
+        let claimed = eventually("the fire's claim", || async {
+            let fires = fires(&daemon, &name).await;
+            fires.into_iter().find_map(|fire| match fire.outcome {
+                linkops_reconcilers::schedule::FireOutcome::Started { operation_id } => {
+                    Some((fire.due_ms, operation_id))
+                }
+                _ => None,
+            })
+        })
+        .await;
+        if round % 2 == 1 {
+            eventually("the script to run on both hosts", || async {
+                (marks(&marks_dir, &name).len() == 2).then_some(())
+            })
+            .await;
+        }
+        daemon.process.kill_9();
+
+        let daemon = Daemon::start(&config).await;
+        let (due_ms, operation_id) = claimed;
+        let operation = eventually("the operation to be marked interrupted", || async {
+            let operation: OperationView = daemon
+                .get(&format!("/api/operations/{operation_id}"))
+                .await?;
+            let state = operation.operation.state;
+            let unfinished = [OperationState::Pending, OperationState::Running].contains(&state);
+            (!unfinished).then_some(operation)
+        })
+        .await;
+        assert_eq!(
+            operation.operation.state,
+            OperationState::Interrupted,
+            "round {round}"
+        );
+        // The fire is the one recorded; none is claimed for the same due time again.
+        let recorded = fires(&daemon, &name).await;
+        assert_eq!(
+            recorded.iter().filter(|f| f.due_ms == due_ms).count(),
+            1,
+            "round {round}: {recorded:?}"
+        );
+        let (status, log) = daemon.process.terminate();
+        assert!(status.success(), "round {round}: {status:?} {log}");
+        let counts = marks(&marks_dir, &name);
+        assert!(
+            counts.iter().all(|c| *c == 1),
+            "round {round}: ran more than once: {counts:?}"
+        );
+        if round % 2 == 1 {
+            assert_eq!(counts.len(), 2, "round {round}");
+        }
+        work.remove(&format!("schedules/{name}.yaml"));
+        work.commit(&format!("{name} done"));
+    }
+}
