@@ -7,6 +7,7 @@
 //! `takeover.rs`, `through.rs` and `database.rs`.
 
 mod database;
+mod schedules;
 mod takeover;
 mod through;
 
