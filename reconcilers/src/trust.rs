@@ -378,6 +378,7 @@ mod tests {
             mode: crate::state::Mode::Enforce,
             interval: Duration::from_secs(60),
             windows: vec![],
+            zone: "UTC".into(),
             rollout: Default::default(),
         }
     }

@@ -61,12 +61,15 @@ impl Context {
                 Ok((stored, targets, status, statuses, context.held_now()?))
             })
             .await?;
+        // The daemon's load refused a revision naming a zone it does not know.
+        let zone = crate::schedules::zone(&state.zone).unwrap_or(jiff::tz::TimeZone::UTC);
         let decide = |targets: &BTreeMap<String, Target>| {
             let observed = state::Observed {
                 status: status.as_ref(),
                 targets,
                 statuses: &statuses,
                 held: &held,
+                zone: &zone,
             };
             state::decide(
                 state,

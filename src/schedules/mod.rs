@@ -1,6 +1,7 @@
-//! Schedules in the daemon: the time zones their cron expressions are read
-//! in, from the system's tz database (`/usr/share/zoneinfo`, Debian's
-//! `tzdata`) — the core (`reconcilers::schedule`) gets them as data.
+//! Schedules in the daemon: the time zones their cron expressions (and
+//! declared states' windows) are read in, from the system's tz database
+//! (`/usr/share/zoneinfo`, Debian's `tzdata`) — the core gets them as data —
+//! and a schedule's next fire as the API shows it.
 
 use linkops_reconcilers::desired::{DesiredState, Problem};
 use linkops_reconcilers::schedule::{self, FireRecord, Fired, Schedule, ScheduleDecision};
@@ -12,13 +13,16 @@ pub fn zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
     })
 }
 
-/// The schedules of `desired` whose zone the tz database does not know,
-/// each a problem at its file: refused like a broken file.
+/// The schedules and declared states of `desired` whose zone the tz
+/// database does not know, each a problem at its file: refused like a broken file.
 pub fn unknown_zones(desired: &DesiredState) -> Vec<Problem> {
-    (desired.schedules.values())
-        .filter_map(|schedule| zone(&schedule.zone).err().map(|error| (schedule, error)))
-        .map(|(schedule, message)| Problem {
-            file: schedule.file.clone(),
+    let schedules = (desired.schedules.values()).map(|s| (&s.file, &s.zone));
+    let states = (desired.states.values()).map(|s| (&s.file, &s.zone));
+    schedules
+        .chain(states)
+        .filter_map(|(file, name)| zone(name).err().map(|message| (file, message)))
+        .map(|(file, message)| Problem {
+            file: file.clone(),
             line: 1,
             column: 1,
             message,

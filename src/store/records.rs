@@ -236,8 +236,9 @@ mod tests {
         ("recipients", r#"{"all":[],"tags":{}}"#),
         // Issue 33: the custom facts of an applied desired state.
         ("custom_facts", "{}"),
-        // Issue 34: its schedules.
+        // Issue 34: its schedules, and the zone a declared state's windows are read in.
         ("schedules", "{}"),
+        ("zone", r#""UTC""#),
     ];
 
     /// `encoded` without the [`ADDED`] fields that `stored` lacks, each checked

@@ -357,10 +357,15 @@ pub struct StateFile {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub interval: Option<Spanned<String>>,
-    /// When applying is allowed (UTC); at any time when absent. Checks run at any time.
+    /// When applying is allowed, read in `zone`; at any time when absent. Checks run at any time.
     #[serde(default)]
     #[schemars(with = "Vec<WindowEntry>")]
     pub windows: Vec<Spanned<WindowEntry>>,
+    /// The time zone the windows are read in (IANA, e.g. `Europe/Berlin`);
+    /// UTC when absent. Daylight saving as schedules have it.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub zone: Option<Spanned<String>>,
     /// Applies in batches (default: 1 canary, then 5 at a time, halted by the first failure).
     #[serde(default)]
     #[schemars(with = "Option<Rollout>")]

@@ -50,9 +50,16 @@ pub struct DeclaredState {
     /// How often each machine is checked.
     #[schema(value_type = crate::DurationSchema)]
     pub interval: Duration,
-    /// When applying is allowed (UTC); none: at any time. Checks run at any time.
+    /// When applying is allowed, read in `zone`; none: at any time. Checks run at any time.
     pub windows: Vec<Window>,
+    /// The IANA time zone the windows are read in.
+    #[serde(default = "utc")]
+    pub zone: String,
     pub rollout: Rollout,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
 }
 
 /// What a state does about drift.
@@ -138,6 +145,8 @@ pub struct Observed<'a> {
     /// The selected machines' statuses.
     pub statuses: &'a Statuses,
     pub held: &'a Held,
+    /// The state's zone (its windows are read in it), from the tz database.
+    pub zone: &'a jiff::tz::TimeZone,
 }
 
 /// What to do about a state now.
@@ -212,7 +221,14 @@ pub fn decide(
         });
         halted_now = true;
     }
-    let gate = gate(state, &status, candidates.len(), in_flight, now_ms);
+    let gate = gate(
+        state,
+        observed.zone,
+        &status,
+        candidates.len(),
+        in_flight,
+        now_ms,
+    );
     wake.after(gate.look_again_ms);
     let (now, later) = candidates.split_at(gate.apply);
     let apply = now.iter().map(|&i| targets[i].machine_id.clone()).collect();
@@ -368,6 +384,7 @@ struct Gate {
 /// (canaries first) with `in_flight` applies already running.
 fn gate(
     state: &DeclaredState,
+    zone: &jiff::tz::TimeZone,
     status: &StateStatus,
     candidates: usize,
     in_flight: usize,
@@ -381,12 +398,13 @@ fn gate(
     if let Some(halt) = &status.halted {
         return held(format!("the rollout is halted: {}", halt.reason));
     }
-    if let Err(opens) = window_at(&state.windows, now_ms) {
+    if let Err(opens) = window_at(&state.windows, zone, now_ms) {
         return match opens.and_then(|at| jiff::Timestamp::from_millisecond(at).ok()) {
             Some(at) if candidates > 0 => Gate {
                 look_again_ms: Some(at.as_millisecond() - now_ms),
                 ..held(format!(
-                    "outside the maintenance windows; the next opens at {at}"
+                    "outside the maintenance windows; the next opens at {} ({at})",
+                    crate::schedule::in_zone(at, zone)
                 ))
             },
             _ => held("outside the maintenance windows".to_owned()),

@@ -25,6 +25,7 @@ fn state(mode: Mode, rollout: Rollout) -> DeclaredState {
         mode,
         interval: Duration::from_secs(300),
         windows: vec![],
+        zone: "UTC".into(),
         rollout,
     }
 }
@@ -78,6 +79,7 @@ fn decide_with(
         targets: &targets,
         statuses: &statuses,
         held,
+        zone: &jiff::tz::TimeZone::UTC,
     };
     decide(state, "d1", "r1", machines, &observed, now_ms)
 }
@@ -323,7 +325,7 @@ fn applying_is_held_outside_the_windows_and_suspension_holds_everything() {
     assert_eq!(
         decision.targets[0].standing,
         Standing::Held {
-            reason: "outside the maintenance windows; the next opens at 2025-12-06T22:00:00Z"
+            reason: "outside the maintenance windows; the next opens at 2025-12-06 22:00 UTC (2025-12-06T22:00:00Z)"
                 .into()
         }
     );
@@ -374,6 +376,7 @@ fn machines_not_enrolled_are_held_and_unknown_ones_waited_for() {
         targets: &BTreeMap::new(),
         statuses: &statuses,
         held: &Held::default(),
+        zone: &jiff::tz::TimeZone::UTC,
     };
     let decision = decide(&state, "d1", "r1", &machines, &observed, NOW);
     assert!(decision.check.is_empty());
@@ -554,6 +557,7 @@ fn every_target_is_checked_again_within_its_interval_every_cycle() {
             targets,
             statuses: &statuses,
             held: &held,
+            zone: &jiff::tz::TimeZone::UTC,
         };
         decide(&state, "d1", "r1", &machines, &observed, now)
     };

@@ -1345,8 +1345,10 @@ export interface components {
             script: string;
             /** @description The resolved targets (the script's defaults when the state names none). */
             targets: components["schemas"]["Targets"];
-            /** @description When applying is allowed (UTC); none: at any time. Checks run at any time. */
+            /** @description When applying is allowed, read in `zone`; none: at any time. Checks run at any time. */
             windows: components["schemas"]["Window"][];
+            /** @description The IANA time zone the windows are read in. */
+            zone?: string;
         };
         /** @description Everything one valid revision asks for. */
         DesiredState: {
@@ -2808,14 +2810,16 @@ export interface components {
         Weekday: "mon" | "tue" | "wed" | "thu" | "fri" | "sat" | "sun";
         /**
          * @description A maintenance window: on these days (every day when none), from one time
-         *     of day to another, in UTC. A window that ends before it starts runs past
-         *     midnight into the next day.
+         *     of day to another, in the state's zone (UTC unless it names one). A window
+         *     that ends before it starts runs past midnight into the next day. Daylight
+         *     saving as schedules have it: an opening time a spring-forward skips opens
+         *     at the first instant after the gap; one a fall-back repeats, at the first.
          */
         Window: {
             days: components["schemas"]["Weekday"][];
             /**
              * Format: int32
-             * @description Minutes after midnight, UTC.
+             * @description Minutes after midnight, in the state's zone.
              */
             from_minute: number;
             /** Format: int32 */

@@ -13,6 +13,22 @@ static ZONE: LazyLock<Regex> = LazyLock::new(|| {
         .expect("a valid pattern")
 });
 
+/// A zone as written (`UTC` when absent); `None` when it cannot be a zone's name (reported).
+pub(super) fn check_zone(zone: Option<Spanned<String>>, report: &mut Report) -> Option<String> {
+    match zone {
+        None => Some("UTC".to_owned()),
+        Some(zone) if ZONE.is_match(&zone.value) && zone.value.len() <= 64 => Some(zone.value),
+        Some(zone) => {
+            let message = format!(
+                "{:?} is not a time zone's name: an IANA name such as Europe/Berlin, or UTC",
+                zone.value
+            );
+            report.at(&zone, message);
+            None
+        }
+    }
+}
+
 pub(super) fn check_schedule(
     file: ScheduleFile,
     path: &str,
@@ -51,21 +67,10 @@ pub(super) fn check_schedule(
         report.at(&cron, problem);
         sound = false;
     }
-    let zone = match zone {
-        None => "UTC".to_owned(),
-        Some(zone) if ZONE.is_match(&zone.value) && zone.value.len() <= 64 => zone.value,
-        Some(zone) => {
-            report.at(
-                &zone,
-                format!(
-                    "{:?} is not a time zone's name: an IANA name such as Europe/Berlin, or UTC",
-                    zone.value
-                ),
-            );
-            sound = false;
-            String::new()
-        }
-    };
+    let zone = check_zone(zone, report).unwrap_or_else(|| {
+        sound = false;
+        String::new()
+    });
     let until = match until {
         None => None,
         Some(text) => match text.value.parse::<jiff::Timestamp>() {

@@ -20,8 +20,10 @@ pub(super) fn check_state(
         mode,
         interval,
         windows,
+        zone,
         rollout,
     } = declared;
+    let zone = super::schedules::check_zone(zone, report);
     let catalog_script = scripts.get(&script.value);
     if let Some(catalog_script) = catalog_script
         && catalog_script.check.is_none()
@@ -81,6 +83,7 @@ pub(super) fn check_state(
         mode,
         interval: interval?,
         windows: windows.into_iter().collect::<Option<_>>()?,
+        zone: zone?,
         rollout: rollout?,
     })
 }

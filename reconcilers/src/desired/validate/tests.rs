@@ -451,3 +451,36 @@ fn schedules_name_their_script_a_cron_expression_and_a_zone() {
         "{problems:#?}"
     );
 }
+
+#[test]
+fn a_state_s_windows_are_read_in_its_zone() {
+    let files = |zone: &str| -> RepoFiles {
+        [
+            (
+                "links.yaml",
+                "machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [web]}\n".to_owned(),
+            ),
+            (
+                "scripts.yaml",
+                "scripts:\n  - {id: motd, name: Motd, body: 'true', check: 'true'}\n".to_owned(),
+            ),
+            (
+                "states/motd.yaml",
+                format!("id: motd\nscript: motd\ntargets: {{tags: [web]}}\nwindows: [{{from: \"02:00\", to: \"04:00\"}}]\n{zone}"),
+            ),
+        ]
+        .into_iter()
+        .map(|(path, text)| (path.to_owned(), text.into_bytes()))
+        .collect()
+    };
+    assert_eq!(load("r1", &files("")).unwrap().states["motd"].zone, "UTC");
+    let berlin = load("r1", &files("zone: Europe/Berlin\n")).unwrap();
+    assert_eq!(berlin.states["motd"].zone, "Europe/Berlin");
+    let problems = load("r1", &files("zone: \"../../etc/passwd\"\n")).unwrap_err();
+    assert!(
+        problems[0]
+            .to_string()
+            .starts_with("states/motd.yaml:5:7: \"../../etc/passwd\" is not a time zone's name"),
+        "{problems:?}"
+    );
+}
