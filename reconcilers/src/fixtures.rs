@@ -56,3 +56,10 @@ pub fn script(id: &str, body: &str) -> Script {
         targets: Targets::default(),
     }
 }
+
+/// The real tz database's Berlin (Debian's tzdata), read at build time: the
+/// core reads no files, and its tests see the zone the daemon would.
+pub fn berlin() -> jiff::tz::TimeZone {
+    let tzif = include_bytes!("/usr/share/zoneinfo/Europe/Berlin");
+    jiff::tz::TimeZone::tzif("Europe/Berlin", tzif).expect("Debian's tzdata")
+}

@@ -265,16 +265,7 @@ pub fn in_zone(at: Timestamp, zone: &TimeZone) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The real tz database's Berlin (Debian's tzdata), read at build time:
-    /// the core reads no files.
-    fn berlin() -> TimeZone {
-        TimeZone::tzif(
-            "Europe/Berlin",
-            include_bytes!("/usr/share/zoneinfo/Europe/Berlin"),
-        )
-        .unwrap()
-    }
+    use crate::fixtures::berlin;
 
     fn at(text: &str) -> Timestamp {
         text.parse().unwrap()

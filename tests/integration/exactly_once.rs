@@ -67,12 +67,19 @@ fn marks(dir: &Path, run: &str) -> Vec<usize> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_run_request_survives_sigkill_without_running_twice() {
-    let rounds: usize = std::env::var("EXACTLY_ONCE_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(2);
+/// Two test hosts, a directory where the script marks each run, a config
+/// repository with the `slow` script, and a daemon's config: its file (for a
+/// process of its own) and as a value (to open its store while it is stopped).
+struct Slow {
+    fleet: TestFleet,
+    marks_dir: std::path::PathBuf,
+    work: WorkRepo,
+    _data: tempfile::TempDir,
+    config: std::path::PathBuf,
+    in_process: linkops::config::Config,
+}
+
+fn slow_fleet() -> Slow {
     let fleet = TestFleet::start(2).unwrap();
     let marks_dir = fleet.dir().join("marks");
     std::fs::create_dir(&marks_dir).unwrap();
@@ -91,10 +98,10 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
         ),
     );
     work.commit("fleet and script");
-
     let data = testbed::private_dir();
     add_users(data.path(), &[(ADMIN.0, Role::Admin, ADMIN.1)]);
-    let store = crate::support::store_toml(&fleet_config(data.path(), &fleet));
+    let in_process = fleet_config(data.path(), &fleet);
+    let store = crate::support::store_toml(&in_process);
     let config = data.path().join("config.toml");
     std::fs::write(
         &config,
@@ -105,6 +112,30 @@ async fn a_run_request_survives_sigkill_without_running_twice() {
         ),
     )
     .unwrap();
+    Slow {
+        fleet,
+        marks_dir,
+        work,
+        _data: data,
+        config,
+        in_process,
+    }
+}
+
+#[tokio::test]
+async fn a_run_request_survives_sigkill_without_running_twice() {
+    let rounds: usize = std::env::var("EXACTLY_ONCE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2);
+    let Slow {
+        fleet: _fleet,
+        marks_dir,
+        work,
+        _data,
+        config,
+        ..
+    } = slow_fleet();
 
     for round in 0..rounds {
         let run = format!("round-{round}");
@@ -190,38 +221,14 @@ async fn a_schedule_s_fire_survives_sigkill_after_its_claim_without_running_twic
         .and_then(|r| r.parse().ok())
         .unwrap_or(2)
         .min(6);
-    let fleet = TestFleet::start(2).unwrap();
-    let marks_dir = fleet.dir().join("marks");
-    std::fs::create_dir(&marks_dir).unwrap();
-    std::fs::set_permissions(
-        &marks_dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
-    let work = WorkRepo::new(&fleet.dir().join("config"), None);
-    work.write("links.yaml", &fleet.inventory("test", &[], ""));
-    work.write(
-        "scripts.yaml",
-        &format!(
-            "scripts:\n  - id: slow\n    name: Mark, then take a while\n    params:\n      - {{name: run, type: string, required: true}}\n    body: |\n      echo x >> {marks}/$LINKOPS_PARAM_RUN-$(cat /etc/linkops/client_id)\n      sleep 30\n",
-            marks = marks_dir.display()
-        ),
-    );
-    work.commit("fleet and script");
-    let data = testbed::private_dir();
-    add_users(data.path(), &[(ADMIN.0, Role::Admin, ADMIN.1)]);
-    let in_process = fleet_config(data.path(), &fleet);
-    let store = crate::support::store_toml(&in_process);
-    let config = data.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n[git]\nurl = {:?}\n{store}",
-            data.path(),
-            work.dir
-        ),
-    )
-    .unwrap();
+    let Slow {
+        fleet: _fleet,
+        marks_dir,
+        work,
+        _data,
+        config,
+        in_process,
+    } = slow_fleet();
 
     for round in 0..rounds {
         let name = format!("every-minute-{round}");

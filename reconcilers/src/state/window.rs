@@ -131,14 +131,7 @@ pub fn window_at(windows: &[Window], zone: &TimeZone, at_ms: i64) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn berlin() -> TimeZone {
-        TimeZone::tzif(
-            "Europe/Berlin",
-            include_bytes!("/usr/share/zoneinfo/Europe/Berlin"),
-        )
-        .unwrap()
-    }
+    use crate::fixtures::berlin;
 
     fn ms(text: &str) -> i64 {
         text.parse::<jiff::Timestamp>().unwrap().as_millisecond()
