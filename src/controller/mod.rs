@@ -241,11 +241,16 @@ async fn watch_desired(
                 }
             }
             ended = finished.recv() => match ended {
-                Ok(operation) => {
-                    if let Requester::State { id, .. } = operation.requested_by {
+                Ok(operation) => match operation.requested_by {
+                    Requester::State { id, .. } => {
                         scheduler.trigger(ObjectKey::State(id), Reason::Api);
                     }
-                }
+                    // A fire queued behind this one starts now.
+                    Requester::Schedule { name, .. } => {
+                        scheduler.trigger(ObjectKey::Schedule(name), Reason::Api);
+                    }
+                    Requester::User { .. } | Requester::RunRequest { .. } => {}
+                },
                 // Missed some: every state looks at its applies again.
                 Err(RecvError::Lagged(_)) => {
                     for id in current.iter().flat_map(|d| d.states.keys()) {

@@ -20,8 +20,9 @@ use super::scheduler::Action;
 use crate::operations::{HostPlan, Plan};
 use crate::store::{self, now_ms};
 
-/// How often a fire queued behind a running one looks again.
-const QUEUED_RECHECK: Duration = Duration::from_secs(5);
+/// How often a fire queued behind a running one looks again, should the
+/// running one's end (which wakes it) be missed.
+const QUEUED_RECHECK: Duration = Duration::from_secs(60);
 /// How often a fire due looks again while its machines wait for their first check.
 const FIRST_CHECKS_RECHECK: Duration = Duration::from_millis(500);
 
