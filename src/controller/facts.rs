@@ -106,6 +106,7 @@ impl Context {
         };
         let (desired, machine) = (desired.clone(), machine.clone());
         let span = tracing::info_span!("gather_facts", machine = %machine.id);
+        let stopping = self.facts.stopping.clone();
         let gathered = async move {
             let context = &gathering.context;
             let Ok(_slot) = context.facts.slots.acquire().await else {
@@ -118,7 +119,16 @@ impl Context {
                 tracing::warn!(%error, "cannot record facts");
             }
         };
-        tokio::spawn(gathered.instrument(span));
+        // Tracked, and ended when the daemon stops: none outlives it holding the store.
+        self.facts.tasks.spawn(
+            async move {
+                tokio::select! {
+                    () = stopping.cancelled() => {}
+                    () = gathered => {}
+                }
+            }
+            .instrument(span),
+        );
     }
 
     /// Gathers `machine`'s facts — the built-in ones and each custom fact
