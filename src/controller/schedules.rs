@@ -87,18 +87,21 @@ impl Context {
                 if selected.iter().any(|id| !statuses.contains_key(id)) {
                     return Ok(Action::Requeue(FIRST_CHECKS_RECHECK));
                 }
-                self.start_fire(declared, due, desired)?;
+                self.start_fire(declared, due, desired, &statuses)?;
                 Ok(Action::Requeue(Duration::ZERO))
             }
         }
     }
 
-    /// Claims the fire due at `due` and starts its operation (one transaction).
+    /// Claims the fire due at `due` and starts its operation (one transaction),
+    /// on the machines placed by `statuses` (those of every machine its
+    /// targets name: a `where` only narrows them).
     fn start_fire(
         &self,
         declared: &Schedule,
         due: Timestamp,
         desired: &DesiredState,
+        statuses: &run::Statuses,
     ) -> Result<(), store::Error> {
         let script = desired
             .scripts
@@ -109,9 +112,7 @@ impl Context {
             true => self.store.on_facts(&declared.targets, &desired.machines)?,
             false => declared.targets.clone(),
         };
-        let selected = targets.select(&desired.machines);
-        let statuses = self.store.machine_statuses(&selected)?;
-        let placements = run::place(&targets, &desired.machines, &statuses, &self.held_now()?);
+        let placements = run::place(&targets, &desired.machines, statuses, &self.held_now()?);
         let params = declared.resolved.clone();
         let plan = Plan {
             script: script.clone(),
