@@ -84,7 +84,7 @@ impl Context {
                 // a fire kept waiting past its minute is missed, as its policy says).
                 let selected = declared.targets.select(&desired.machines);
                 let statuses = self.store.machine_statuses(&selected)?;
-                if selected.iter().any(|id| !statuses.contains_key(id)) {
+                if run::first_unchecked(&selected, &statuses).is_some() {
                     return Ok(Action::Requeue(FIRST_CHECKS_RECHECK));
                 }
                 self.start_fire(declared, due, desired, &statuses)?;

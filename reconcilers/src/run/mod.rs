@@ -215,11 +215,7 @@ pub fn decide(
     if let Some(reason) = selected.iter().find_map(|id| held.refusal(Some(id))) {
         return RunDecision::Suspended { reason };
     }
-    if let Some(id) = selected.iter().find(|id| {
-        statuses
-            .get(*id)
-            .is_none_or(|s| s.enrollment == Enrollment::Unknown)
-    }) {
+    if let Some(id) = first_unchecked(&selected, statuses) {
         return RunDecision::Wait {
             reason: format!("machine {id} has not been checked yet"),
             retry_after_ms: ENROLLMENT_WAIT_MS,
@@ -229,6 +225,17 @@ pub fn decide(
     RunDecision::Start {
         machines: placements,
     }
+}
+
+/// The first of `selected` not checked yet since the daemon knew it: no
+/// status, or one whose check is still under way (a status is written as
+/// the check begins). A run placed now would skip it as not enrolled.
+pub fn first_unchecked<'a>(selected: &'a [String], statuses: &Statuses) -> Option<&'a String> {
+    selected.iter().find(|id| {
+        statuses
+            .get(*id)
+            .is_none_or(|status| status.enrollment == Enrollment::Unknown)
+    })
 }
 
 /// Why a run asked for by hand (or a retry) is refused as a whole: the fleet

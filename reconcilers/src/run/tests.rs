@@ -245,6 +245,25 @@ fn waits_for_not_before_and_for_first_checks() {
 }
 
 #[test]
+fn a_machine_is_unchecked_until_its_first_check_ends() {
+    let selected: Vec<String> = vec!["web-1".into(), "db".into()];
+    let mut statuses = status(Enrollment::Enrolled);
+    assert_eq!(first_unchecked(&selected, &statuses), None);
+    // A check under way has written its status, still unknown.
+    statuses.get_mut("db").unwrap().enrollment = Enrollment::Unknown;
+    assert_eq!(first_unchecked(&selected, &statuses), Some(&selected[1]));
+    statuses.remove("db");
+    assert_eq!(first_unchecked(&selected, &statuses), Some(&selected[1]));
+    // Checked and found wanting is checked: placement says why it is skipped.
+    statuses.get_mut("web-1").unwrap().enrollment = Enrollment::MissingFile;
+    statuses.insert("db".into(), MachineStatus::new("db"));
+    statuses.get_mut("db").unwrap().enrollment = Enrollment::Unreachable {
+        error: "refused".into(),
+    };
+    assert_eq!(first_unchecked(&selected, &statuses), None);
+}
+
+#[test]
 fn a_started_request_never_starts_again_and_reports_edits() {
     let request = run(None);
     let record = started(request.content());
