@@ -41,6 +41,28 @@ pub fn run_request(id: &str, script: &str, targets: Targets) -> RunRequest {
     }
 }
 
+/// A schedule of `script` on `targets` daily at 03:00 in Berlin, by the
+/// policies' defaults.
+pub fn schedule(name: &str, script: &str, targets: Targets) -> crate::schedule::Schedule {
+    crate::schedule::Schedule {
+        name: name.into(),
+        description: String::new(),
+        file: format!("schedules/{name}.yaml"),
+        script: script.into(),
+        state: None,
+        targets,
+        params: BTreeMap::new(),
+        resolved: BTreeMap::new(),
+        rollout: None,
+        cron: "0 3 * * *".into(),
+        zone: "Europe/Berlin".into(),
+        catch_up: Default::default(),
+        concurrency: Default::default(),
+        until: None,
+        suspend: false,
+    }
+}
+
 /// A script of `body` without parameters, check or targets.
 pub fn script(id: &str, body: &str) -> Script {
     Script {

@@ -61,8 +61,12 @@ pub enum Change {
     },
     /// `recipients.yaml` changed: `linkops secret rotate` seals the secrets to it.
     RecipientsChanged,
-    /// A schedule (`schedules/*.yaml`), with its next fire when it is new.
-    ScheduleAdded(String),
+    /// A schedule (`schedules/*.yaml`), with what it runs and when.
+    ScheduleAdded {
+        name: String,
+        runs: String,
+        when: String,
+    },
     ScheduleRemoved(String),
     ScheduleChanged {
         name: String,
@@ -149,7 +153,9 @@ impl fmt::Display for Change {
             Change::RecipientsChanged => f.write_str(
                 "~ recipients.yaml changed: `linkops secret rotate` seals every secret to it",
             ),
-            Change::ScheduleAdded(name) => write!(f, "+ schedule {name}"),
+            Change::ScheduleAdded { name, runs, when } => {
+                write!(f, "+ schedule {name}: {runs}, {when}")
+            }
             Change::ScheduleRemoved(name) => {
                 write!(f, "- schedule {name} (no more fires; its record is kept)")
             }
@@ -341,7 +347,14 @@ pub fn plan(
     }
     for (name, schedule) in &proposed.schedules {
         match applied.schedules.get(name) {
-            None => changes.push(Change::ScheduleAdded(name.clone())),
+            None => changes.push(Change::ScheduleAdded {
+                name: name.clone(),
+                runs: match &schedule.state {
+                    Some(state) => format!("applies state {state}"),
+                    None => format!("runs script {}", schedule.script),
+                },
+                when: format!("{:?} in {}", schedule.cron, schedule.zone),
+            }),
             Some(before) => {
                 let fields: Vec<String> = (changed_fields(before, schedule).into_iter())
                     .filter(|field| field != "resolved")
@@ -719,7 +732,7 @@ mod tests {
             shown,
             [
                 "▶ run-request reboot would start script up on a (its `where` selects 1 machine(s) on their facts now)",
-                "+ schedule hourly",
+                "+ schedule hourly: runs script up, \"0 * * * *\" in UTC",
                 "+ fact raid (gathered from each machine's next gathering)",
             ]
         );

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rollout::Rollout;
 use crate::script::{ParamValue, Targets};
+use crate::state::{DeclaredState, window_at};
 
 /// How late a fire may start and still be on time; later, it was missed
 /// (the daemon was down across it) and the catch-up policy decides.
@@ -34,7 +35,12 @@ pub struct Schedule {
     pub description: String,
     /// Repository path of the file that declares it.
     pub file: String,
+    /// The catalog script each fire runs (the state's, when it applies one).
     pub script: String,
+    /// The declared state each fire applies, if it applies one: its script,
+    /// targets and parameters are copied here, inside its windows.
+    #[serde(default)]
+    pub state: Option<String>,
     pub targets: Targets,
     /// As written (what the content digest covers).
     pub params: BTreeMap<String, ParamValue>,
@@ -107,7 +113,7 @@ impl Schedule {
     pub fn digest(&self) -> String {
         use sha2::{Digest, Sha256};
         let content = serde_json::json!({
-            "script": self.script, "targets": self.targets, "params": self.params,
+            "script": self.script, "state": self.state, "targets": self.targets, "params": self.params,
             "rollout": self.rollout, "cron": self.cron, "zone": self.zone,
         });
         let hash = Sha256::digest(content.to_string().as_bytes());
@@ -168,8 +174,11 @@ pub struct FireRecord {
 pub enum FireOutcome {
     /// It started this operation (the store fills the id in as it creates it).
     Started { operation_id: u64 },
-    /// Not run: missed while the daemon was down, or skipped while the previous ran.
-    Passed { reason: String },
+    /// Not run: it fell due while the daemon was down or the fleet held,
+    /// and `catch_up` is skip.
+    Missed { reason: String },
+    /// Not run: the previous fire still ran, or nothing could start.
+    Skipped { reason: String },
 }
 
 impl FireOutcome {
@@ -177,8 +186,8 @@ impl FireOutcome {
     pub fn name(&self) -> &'static str {
         match self {
             FireOutcome::Started { .. } => "started",
-            FireOutcome::Passed { reason } if reason.starts_with("missed") => "missed",
-            FireOutcome::Passed { .. } => "skipped",
+            FireOutcome::Missed { .. } => "missed",
+            FireOutcome::Skipped { .. } => "skipped",
         }
     }
 }
@@ -202,18 +211,72 @@ pub enum ScheduleDecision {
     WaitUntil(Timestamp),
     /// Claim and start the fire due at `due`.
     Fire { due: Timestamp },
-    /// Record the fire due at `due` as not run (`missed`, `skipped`), then go on.
-    Pass { due: Timestamp, reason: String },
+    /// Record the fire due at `due` as not run (`outcome`: missed or
+    /// skipped, with why), then go on.
+    Pass {
+        due: Timestamp,
+        outcome: FireOutcome,
+    },
+    /// `due` waits while it is held ([`Hold`]), looking again at
+    /// `look_again`; held past its minute, it was missed and `catch_up` decides.
+    Held {
+        due: Timestamp,
+        reason: String,
+        look_again: Timestamp,
+    },
     /// The previous fire still runs; `due` waits for its end (queued).
     Queue { due: Timestamp },
 }
 
-/// Decides for a schedule given its fires so far and the time.
+/// What keeps a fire from starting now: a suspension holding the fleet or
+/// every machine the schedule targets, or, for a state's apply, the state's
+/// maintenance windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub reason: String,
+    /// When it is known to end (the next window opens).
+    pub until: Option<Timestamp>,
+}
+
+/// How often a fire held by a suspension (whose end nobody can say) looks again.
+pub const HELD_RECHECK_MS: i64 = 60_000;
+
+/// What holds a fire now, given the suspension that holds what the schedule
+/// targets (`suspension`, as `Held::refusal` names it) and, when it applies
+/// a state, the state with its zone.
+pub fn hold(
+    suspension: Option<String>,
+    state: Option<(&DeclaredState, &TimeZone)>,
+    now: Timestamp,
+) -> Option<Hold> {
+    if let Some(reason) = suspension {
+        return Some(Hold {
+            reason,
+            until: None,
+        });
+    }
+    let (state, zone) = state?;
+    let opens = window_at(&state.windows, zone, now.as_millisecond()).err()?;
+    let until = opens.and_then(|at| Timestamp::from_millisecond(at).ok());
+    let reason = match until {
+        Some(at) => format!(
+            "outside state {}'s maintenance windows; the next opens at {}",
+            state.id,
+            in_zone(at, zone)
+        ),
+        None => format!("outside state {}'s maintenance windows", state.id),
+    };
+    Some(Hold { reason, until })
+}
+
+/// Decides for a schedule given its fires so far, what holds it now
+/// ([`hold`]), and the time.
 pub fn decide(
     schedule: &Schedule,
     cron: &Cron,
     zone: &TimeZone,
     fired: Fired,
+    held: Option<&Hold>,
     now: Timestamp,
 ) -> ScheduleDecision {
     if schedule.suspend {
@@ -234,20 +297,35 @@ pub fn decide(
     let missed = now.as_millisecond() - latest.as_millisecond() > ON_TIME_MS;
     if missed && schedule.catch_up == CatchUp::Skip {
         let reason = format!(
-            "missed: the daemon was not running at {} ({}); catch_up is skip",
+            "not fired at {} ({}): the daemon was down or reconciliation suspended; catch_up is skip",
             in_zone(latest, zone),
             schedule.zone
         );
         return ScheduleDecision::Pass {
             due: latest,
-            reason,
+            outcome: FireOutcome::Missed { reason },
+        };
+    }
+    if let Some(hold) = held {
+        let look_again = match schedule.catch_up {
+            // Then it is missed.
+            CatchUp::Skip => latest.as_millisecond() + ON_TIME_MS + 1,
+            CatchUp::Once => (hold.until.map(|at| at.as_millisecond()))
+                .unwrap_or(now.as_millisecond() + HELD_RECHECK_MS),
+        };
+        return ScheduleDecision::Held {
+            due: latest,
+            reason: hold.reason.clone(),
+            look_again: Timestamp::from_millisecond(look_again).unwrap_or(now),
         };
     }
     if fired.running {
         return match schedule.concurrency {
             Concurrency::Skip => ScheduleDecision::Pass {
                 due: latest,
-                reason: "skipped: the previous fire still runs; concurrency is skip".into(),
+                outcome: FireOutcome::Skipped {
+                    reason: "the previous fire still runs; concurrency is skip".into(),
+                },
             },
             Concurrency::Queue => ScheduleDecision::Queue { due: latest },
         };
@@ -273,20 +351,10 @@ mod tests {
 
     fn schedule(cron: &str, catch_up: CatchUp, concurrency: Concurrency) -> Schedule {
         Schedule {
-            name: "nightly".into(),
-            description: String::new(),
-            file: "schedules/nightly.yaml".into(),
-            script: "backup".into(),
-            targets: Targets::default(),
-            params: BTreeMap::new(),
-            resolved: BTreeMap::new(),
-            rollout: None,
             cron: cron.into(),
-            zone: "Europe/Berlin".into(),
             catch_up,
             concurrency,
-            until: None,
-            suspend: false,
+            ..crate::fixtures::schedule("nightly", "backup", Targets::default())
         }
     }
 
@@ -366,6 +434,7 @@ mod tests {
                 &cron,
                 &zone,
                 fired(last, running),
+                None,
                 at(now),
             )
         };
@@ -397,7 +466,9 @@ mod tests {
             decide_at(defaults, "2027-01-09T02:00:00Z", false, back),
             ScheduleDecision::Pass {
                 due: latest,
-                reason: "missed: the daemon was not running at 2027-01-12 03:00 CET (Europe/Berlin); catch_up is skip".into()
+                outcome: FireOutcome::Missed {
+                    reason: "not fired at 2027-01-12 03:00 CET (Europe/Berlin): the daemon was down or reconciliation suspended; catch_up is skip".into()
+                }
             }
         );
         assert_eq!(
@@ -412,8 +483,43 @@ mod tests {
         // The previous fire still runs.
         assert!(matches!(
             decide_at(defaults, "2027-01-09T02:00:00Z", true, "2027-01-10T02:00:05Z"),
-            ScheduleDecision::Pass { due: d, .. } if d == due
+            ScheduleDecision::Pass { due: d, outcome: FireOutcome::Skipped { .. } } if d == due
         ));
+        // Held by a suspension: the fire waits; held past its minute, catch_up decides.
+        let held = hold(Some("reconciliation is suspended".into()), None, due).unwrap();
+        let fired_9th = fired("2027-01-09T02:00:00Z", false);
+        let held_at = |catch_up, now: &str| {
+            let schedule = schedule("0 3 * * *", catch_up, Concurrency::Skip);
+            decide(&schedule, &cron, &zone, fired_9th, Some(&held), at(now))
+        };
+        assert_eq!(
+            held_at(CatchUp::Skip, "2027-01-10T02:00:05Z"),
+            ScheduleDecision::Held {
+                due,
+                reason: held.reason.clone(),
+                look_again: at("2027-01-10T02:01:00.001Z")
+            }
+        );
+        assert!(matches!(
+            held_at(CatchUp::Skip, "2027-01-10T05:00:00Z"),
+            ScheduleDecision::Pass {
+                outcome: FireOutcome::Missed { .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            held_at(CatchUp::Once, "2027-01-10T05:00:00Z"),
+            ScheduleDecision::Held { look_again, .. } if look_again == at("2027-01-10T05:01:00Z")
+        ));
+        assert_eq!(
+            decide_at(
+                (CatchUp::Once, Concurrency::Skip),
+                "2027-01-09T02:00:00Z",
+                false,
+                "2027-01-10T05:00:00Z"
+            ),
+            ScheduleDecision::Fire { due }
+        );
         assert_eq!(
             decide_at(
                 (CatchUp::Skip, Concurrency::Queue),
@@ -432,6 +538,7 @@ mod tests {
                 &cron,
                 &zone,
                 fired("2027-01-09T02:00:00Z", false),
+                None,
                 due
             ),
             ScheduleDecision::Idle
@@ -444,9 +551,51 @@ mod tests {
                 &cron,
                 &zone,
                 fired("2027-01-09T02:00:00Z", false),
+                None,
                 due
             ),
             ScheduleDecision::Idle
         );
+    }
+
+    #[test]
+    fn a_state_s_apply_is_held_outside_its_windows_until_the_next_opens() {
+        let zone = berlin();
+        let state = DeclaredState {
+            id: "motd".into(),
+            file: "states/motd.yaml".into(),
+            description: String::new(),
+            script: "motd".into(),
+            targets: Targets::default(),
+            params: BTreeMap::new(),
+            mode: crate::state::Mode::Report,
+            interval: std::time::Duration::from_secs(300),
+            windows: vec![crate::state::Window {
+                days: vec![crate::state::Weekday::Sun],
+                from_minute: 2 * 60,
+                to_minute: 4 * 60,
+            }],
+            zone: "Europe/Berlin".into(),
+            rollout: Rollout::default(),
+        };
+        // Sunday 2027-01-10, 01:30 and 02:30 in Berlin (CET, UTC+1).
+        let early = hold(None, Some((&state, &zone)), at("2027-01-10T00:30:00Z")).unwrap();
+        assert_eq!(early.until, Some(at("2027-01-10T01:00:00Z")));
+        assert_eq!(
+            early.reason,
+            "outside state motd's maintenance windows; the next opens at 2027-01-10 02:00 CET"
+        );
+        assert_eq!(
+            hold(None, Some((&state, &zone)), at("2027-01-10T01:30:00Z")),
+            None
+        );
+        // A suspension holds first, whatever the windows.
+        let suspended = hold(
+            Some("held".into()),
+            Some((&state, &zone)),
+            at("2027-01-10T01:30:00Z"),
+        );
+        assert_eq!(suspended.unwrap().reason, "held");
+        assert_eq!(hold(None, None, at("2027-01-10T00:30:00Z")), None);
     }
 }

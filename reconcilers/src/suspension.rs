@@ -80,6 +80,8 @@ pub struct Released {
     pub machines: Vec<String>,
     pub runs: Vec<String>,
     pub states: Vec<String>,
+    /// Schedules whose fire a suspension held (it starts now, on time or caught up).
+    pub schedules: Vec<String>,
 }
 
 pub fn released(scope: &Scope, desired: &DesiredState) -> Released {
@@ -107,10 +109,17 @@ pub fn released(scope: &Scope, desired: &DesiredState) -> Released {
         .filter(|state| released(&state.targets))
         .map(|state| state.id.clone())
         .collect();
+    let schedules = desired
+        .schedules
+        .values()
+        .filter(|schedule| released(&schedule.targets))
+        .map(|schedule| schedule.name.clone())
+        .collect();
     Released {
         machines,
         runs,
         states,
+        schedules,
     }
 }
 
@@ -120,11 +129,17 @@ mod tests {
 
     #[test]
     fn a_resume_releases_its_scope() {
-        use crate::fixtures::{machine, run_request};
+        use crate::fixtures::{machine, run_request, schedule};
         let once = run_request("once", "uptime", Default::default());
+        let on_db1 = crate::script::Targets {
+            machines: vec!["db1".into()],
+            ..Default::default()
+        };
+        let nightly = schedule("nightly", "backup", on_db1);
         let desired = DesiredState {
             machines: vec![machine("web1", &[]), machine("db1", &[])],
             runs: [("once".to_owned(), once)].into(),
+            schedules: [("nightly".to_owned(), nightly)].into(),
             ..DesiredState::default()
         };
         assert_eq!(
@@ -133,6 +148,7 @@ mod tests {
                 machines: vec!["web1".into(), "db1".into()],
                 runs: vec!["once".into()],
                 states: vec![],
+                schedules: vec!["nightly".into()],
             }
         );
         assert_eq!(
@@ -141,6 +157,7 @@ mod tests {
                 machines: vec!["db1".into()],
                 runs: vec![],
                 states: vec![],
+                schedules: vec!["nightly".into()],
             }
         );
         assert_eq!(

@@ -2,7 +2,9 @@
 //! what became of its fires.
 
 use axum::extract::State;
+use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::schedule::Schedule;
+use linkops_reconcilers::suspension::Held;
 
 use super::auth::Authenticated;
 use super::extract::{Json, Path};
@@ -22,11 +24,12 @@ pub async fn list(
     // Schedules are the repository's, read alike by everyone.
     caller.signed_in();
     let desired = state.git.desired().borrow().clone().unwrap_or_default();
+    let held = state.controller.held().await?;
     let views = state
         .store
         .run(move |store| {
             (desired.schedules.values())
-                .map(|schedule| Ok(view(store, schedule, 1)?.0))
+                .map(|schedule| Ok(view(store, schedule, &desired, &held, 1)?.0))
                 .collect::<Result<Vec<_>, store::Error>>()
         })
         .await?;
@@ -42,14 +45,18 @@ pub async fn get(
 ) -> Result<Json<ScheduleDetail>, ApiError> {
     caller.signed_in();
     let desired = state.git.desired().borrow().clone().unwrap_or_default();
-    let Some(schedule) = desired.schedules.get(&name).cloned() else {
+    if !desired.schedules.contains_key(&name) {
         return Err(ApiError::NotFound(format!(
             "no schedule {name:?} in the applied revision"
         )));
-    };
+    }
+    let held = state.controller.held().await?;
     let (view, fires) = state
         .store
-        .run(move |store| view(store, &schedule, FIRES_SHOWN))
+        .run(move |store| {
+            let schedule = &desired.schedules[&name];
+            view(store, schedule, &desired, &held, FIRES_SHOWN)
+        })
         .await?;
     Ok(Json(ScheduleDetail { view, fires }))
 }
@@ -59,6 +66,8 @@ pub async fn get(
 fn view(
     store: &Store,
     schedule: &Schedule,
+    desired: &DesiredState,
+    held: &Held,
     fires: usize,
 ) -> Result<(ScheduleView, Vec<linkops_reconcilers::schedule::FireRecord>), store::Error> {
     let fires = store.schedule_fires(&schedule.name, fires)?;
@@ -74,6 +83,11 @@ fn view(
         next_fire_in_zone: next
             .zip(zone)
             .map(|(at, zone)| linkops_reconcilers::schedule::in_zone(at, &zone)),
+        // Said of a fire due, not of one to come.
+        held: next
+            .filter(|at| *at <= now)
+            .and_then(|_| crate::schedules::hold(schedule, desired, held, now))
+            .map(|hold| hold.reason),
         last_fire: fires.first().cloned(),
     };
     Ok((view, fires))

@@ -327,7 +327,8 @@ pub async fn schedules(client: &Client, name: Option<&str>, json: bool) -> Resul
             linkops_reconcilers::schedule::FireOutcome::Started { operation_id } => {
                 format!("operation {operation_id}")
             }
-            linkops_reconcilers::schedule::FireOutcome::Passed { reason } => reason.clone(),
+            linkops_reconcilers::schedule::FireOutcome::Missed { reason }
+            | linkops_reconcilers::schedule::FireOutcome::Skipped { reason } => reason.clone(),
         };
         vec![local(due), fire.outcome.name().to_owned(), what]
     };

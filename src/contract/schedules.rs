@@ -12,6 +12,9 @@ pub struct ScheduleView {
     pub next_fire: Option<jiff::Timestamp>,
     /// The next fire as the schedule's zone reads it, e.g. `2027-03-28 03:00 CEST`.
     pub next_fire_in_zone: Option<String>,
+    /// Why its fire due now waits: a suspension holding what it targets, or
+    /// the maintenance windows of the state it applies.
+    pub held: Option<String>,
     /// Its latest fire: started, missed or skipped.
     pub last_fire: Option<FireRecord>,
 }

@@ -103,7 +103,8 @@ impl Controller {
             let released = suspension::released(scope, &desired);
             let keys = (released.machines.into_iter().map(ObjectKey::Machine))
                 .chain(released.runs.into_iter().map(ObjectKey::RunRequest))
-                .chain(released.states.into_iter().map(ObjectKey::State));
+                .chain(released.states.into_iter().map(ObjectKey::State))
+                .chain(released.schedules.into_iter().map(ObjectKey::Schedule));
             for key in keys {
                 self.scheduler.trigger(key, Reason::Api);
             }
@@ -245,8 +246,14 @@ async fn watch_desired(
                     Requester::State { id, .. } => {
                         scheduler.trigger(ObjectKey::State(id), Reason::Api);
                     }
-                    // A fire queued behind this one starts now.
+                    // A fire queued behind this one starts now; a state it
+                    // applied is checked at once.
                     Requester::Schedule { name, .. } => {
+                        let applied = (current.as_deref())
+                            .and_then(|d| d.schedules.get(&name)?.state.clone());
+                        if let Some(state) = applied {
+                            scheduler.trigger(ObjectKey::State(state), Reason::Api);
+                        }
                         scheduler.trigger(ObjectKey::Schedule(name), Reason::Api);
                     }
                     Requester::User { .. } | Requester::RunRequest { .. } => {}

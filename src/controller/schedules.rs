@@ -14,6 +14,7 @@ use linkops_reconcilers::run;
 use linkops_reconcilers::schedule::{
     self, FireOutcome, FireRecord, Fired, Schedule, ScheduleDecision,
 };
+use linkops_reconcilers::suspension;
 
 use super::reconcile::Context;
 use super::scheduler::Action;
@@ -65,14 +66,24 @@ impl Context {
             last_due: instant(last_due),
             running,
         };
-        match schedule::decide(declared, &cron, &zone, fired, instant(now)) {
+        let held = self.held_now()?;
+        let hold = crate::schedules::hold(declared, desired, &held, instant(now));
+        match schedule::decide(declared, &cron, &zone, fired, hold.as_ref(), instant(now)) {
             ScheduleDecision::Idle => Ok(Action::AwaitChange),
             ScheduleDecision::WaitUntil(due) => Ok(Action::Requeue(until(due, now))),
             ScheduleDecision::Queue { .. } => Ok(Action::Requeue(QUEUED_RECHECK)),
-            ScheduleDecision::Pass { due, reason } => {
-                tracing::info!(schedule = name, due = %due, %reason, "a fire passed");
-                let fire = self.fire(declared, due, desired, FireOutcome::Passed { reason });
-                match self.store.record_passed_fire(&fire) {
+            ScheduleDecision::Held {
+                due,
+                reason,
+                look_again,
+            } => {
+                tracing::debug!(schedule = name, due = %due, %reason, "a fire is held");
+                Ok(Action::Requeue(until(look_again, now)))
+            }
+            ScheduleDecision::Pass { due, outcome } => {
+                tracing::info!(schedule = name, due = %due, ?outcome, "a fire passed");
+                let fire = self.fire(declared, due, desired, outcome);
+                match self.store.record_passed_fire(&fire, &[]) {
                     Ok(()) | Err(store::Error::AlreadyFired { .. }) => {}
                     Err(error) => return Err(error),
                 }
@@ -87,7 +98,7 @@ impl Context {
                 if run::first_unchecked(&selected, &statuses).is_some() {
                     return Ok(Action::Requeue(FIRST_CHECKS_RECHECK));
                 }
-                self.start_fire(declared, due, desired, &statuses)?;
+                self.start_fire(declared, due, desired, &statuses, &held)?;
                 Ok(Action::Requeue(Duration::ZERO))
             }
         }
@@ -102,6 +113,7 @@ impl Context {
         due: Timestamp,
         desired: &DesiredState,
         statuses: &run::Statuses,
+        held: &suspension::Held,
     ) -> Result<(), store::Error> {
         let script = desired
             .scripts
@@ -112,7 +124,7 @@ impl Context {
             true => self.store.on_facts(&declared.targets, &desired.machines)?,
             false => declared.targets.clone(),
         };
-        let placements = run::place(&targets, &desired.machines, statuses, &self.held_now()?);
+        let placements = run::place(&targets, &desired.machines, statuses, held);
         let params = declared.resolved.clone();
         let plan = Plan {
             script: script.clone(),
@@ -148,11 +160,19 @@ impl Context {
             Err(crate::operations::Error::Store(store::Error::AlreadyFired { .. })) => Ok(()),
             Err(crate::operations::Error::Store(error)) => Err(error),
             Err(error) => {
-                // Nothing could run (no machine, say): the fire is recorded as passed, with why.
-                let reason = format!("skipped: {error}");
+                // Nothing could run (no machine, say): the fire is recorded as skipped, with why.
+                let reason = error.to_string();
                 tracing::warn!(schedule = %declared.name, due = %due, %reason, "a fire could not start");
-                let fire = self.fire(declared, due, desired, FireOutcome::Passed { reason });
-                match self.store.record_passed_fire(&fire) {
+                let (status, event) = linkops_reconcilers::outbox::for_fire_not_started(
+                    &declared.name,
+                    &desired.revision,
+                    &reason,
+                    self.notifier.console_url(),
+                    now_ms(),
+                );
+                let outgoing = self.notifier.route(vec![status], vec![event]);
+                let fire = self.fire(declared, due, desired, FireOutcome::Skipped { reason });
+                match self.store.record_passed_fire(&fire, &outgoing) {
                     Ok(()) | Err(store::Error::AlreadyFired { .. }) => Ok(()),
                     Err(error) => Err(error),
                 }

@@ -1,10 +1,12 @@
 //! Schedules in the daemon: the time zones their cron expressions (and
 //! declared states' windows) are read in, from the system's tz database
 //! (`/usr/share/zoneinfo`, Debian's `tzdata`) — the core gets them as data —
-//! and a schedule's next fire as the API shows it.
+//! what holds a schedule's fire, and its next fire as the API shows it.
 
 use linkops_reconcilers::desired::{DesiredState, Problem};
-use linkops_reconcilers::schedule::{self, FireRecord, Fired, Schedule, ScheduleDecision};
+use linkops_reconcilers::run;
+use linkops_reconcilers::schedule::{self, FireRecord, Fired, Hold, Schedule, ScheduleDecision};
+use linkops_reconcilers::suspension::Held;
 
 /// The zone named `name` (`UTC` included), or why there is none.
 pub fn zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
@@ -30,6 +32,24 @@ pub fn unknown_zones(desired: &DesiredState) -> Vec<Problem> {
         .collect()
 }
 
+/// What holds `schedule`'s fire at `now` ([`schedule::hold`]): the
+/// suspension holding the fleet or every machine it targets, or the windows
+/// of the state it applies.
+pub fn hold(
+    schedule: &Schedule,
+    desired: &DesiredState,
+    held: &Held,
+    now: jiff::Timestamp,
+) -> Option<Hold> {
+    let selected = schedule.targets.select(&desired.machines);
+    let suspension = run::refused_by_suspension(held, &selected);
+    // The state's zone was checked at load, as the schedule's was.
+    let state = (schedule.state.as_ref())
+        .and_then(|id| desired.states.get(id))
+        .and_then(|state| Some((state, zone(&state.zone).ok()?)));
+    schedule::hold(suspension, state.as_ref().map(|(s, z)| (*s, z)), now)
+}
+
 /// When `schedule` fires next after `now`, given its latest fire (or when it
 /// was first seen, `since_ms`): a fire due and not yet taken is due now.
 pub fn next_fire(
@@ -46,11 +66,13 @@ pub fn next_fire(
         last_due: jiff::Timestamp::from_millisecond(last.map_or(since_ms, |f| f.due_ms)).ok()?,
         running: false,
     };
-    match schedule::decide(schedule, &cron, &zone, fired, now) {
+    // What holds it is the reconcile's to say: here, only when it is due.
+    match schedule::decide(schedule, &cron, &zone, fired, None, now) {
         ScheduleDecision::Idle => None,
         ScheduleDecision::WaitUntil(due) => Some(due),
         ScheduleDecision::Fire { due }
         | ScheduleDecision::Pass { due, .. }
+        | ScheduleDecision::Held { due, .. }
         | ScheduleDecision::Queue { due } => Some(due),
     }
 }

@@ -2,6 +2,7 @@
 //! its operation (`operations.rs` claims it in the operation's transaction)
 //! or passed — and when each schedule was first seen.
 
+use linkops_reconcilers::outbox::Outgoing;
 use linkops_reconcilers::schedule::{FireOutcome, FireRecord};
 
 use super::engine::{Read, Write};
@@ -31,10 +32,10 @@ impl Store {
         self.read_one(SCHEDULE_SINCE, schedule)
     }
 
-    /// Records a fire that did not run (missed, skipped), unless the fire
-    /// has a record already.
-    pub fn record_passed_fire(&self, fire: &FireRecord) -> Result<()> {
-        debug_assert!(matches!(fire.outcome, FireOutcome::Passed { .. }));
+    /// Records a fire that did not run (missed, skipped), with what it
+    /// tells the outside (`outgoing`), unless the fire has a record already.
+    pub fn record_passed_fire(&self, fire: &FireRecord, outgoing: &[Outgoing]) -> Result<()> {
+        debug_assert!(!matches!(fire.outcome, FireOutcome::Started { .. }));
         let mut tx = self.write()?;
         let key = (fire.schedule.as_str(), fire.due_ms);
         if let Some(recorded) = tx.get(SCHEDULE_FIRES, key)? {
@@ -45,6 +46,7 @@ impl Store {
             });
         }
         tx.insert(SCHEDULE_FIRES, key, fire)?;
+        super::outbox::enqueue(&mut tx, outgoing, self.outbox_bound)?;
         tx.commit()
     }
 
@@ -84,16 +86,18 @@ mod tests {
                 5,
                 "the first sight stays"
             );
-            let missed = FireOutcome::Passed {
-                reason: "missed: down".into(),
+            let missed = FireOutcome::Missed {
+                reason: "down".into(),
             };
             store
-                .record_passed_fire(&fire(100, missed.clone()))
+                .record_passed_fire(&fire(100, missed.clone()), &[])
                 .unwrap();
             store
-                .record_passed_fire(&fire(200, missed.clone()))
+                .record_passed_fire(&fire(200, missed.clone()), &[])
                 .unwrap();
-            let again = store.record_passed_fire(&fire(100, missed)).unwrap_err();
+            let again = store
+                .record_passed_fire(&fire(100, missed), &[])
+                .unwrap_err();
             assert!(
                 matches!(
                     again,

@@ -25,6 +25,19 @@ async fn fired_operations(
         .collect()
 }
 
+/// Waits until schedules have been reconciled `count` times (the metric counts them).
+async fn schedules_reconciled(daemon: &support::TestDaemon, count: f64) {
+    eventually("the schedules' reconciles", || async {
+        let metrics = daemon.get("/metrics", None).await.text().await.unwrap();
+        let line = metrics.lines().find(|l| {
+            l.starts_with("linkops_reconciles_total{kind=\"schedule\",result=\"success\"}")
+        })?;
+        let seen: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        (seen >= count).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_due_fire_runs_missed_ones_run_once_or_not_and_a_restart_runs_nothing_again() {
     let setup = FleetSetup::new(2, &[], SCRIPTS);
@@ -93,11 +106,11 @@ async fn a_due_fire_runs_missed_ones_run_once_or_not_and_a_restart_runs_nothing_
         1,
         "three hours missed, one decision: {skipper:?}"
     );
-    let FireOutcome::Passed { reason } = &skipper.fires[0].outcome else {
+    let FireOutcome::Missed { reason } = &skipper.fires[0].outcome else {
         panic!("{skipper:?}");
     };
     assert!(
-        reason.starts_with("missed: the daemon was not running at "),
+        reason.starts_with("not fired at ") && reason.ends_with("catch_up is skip"),
         "{reason}"
     );
     assert!(
@@ -134,21 +147,77 @@ async fn a_due_fire_runs_missed_ones_run_once_or_not_and_a_restart_runs_nothing_
     daemon.stop().await;
     let daemon = setup.start_with(config).await;
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
-    // Each of the three schedules reconciled at start (its metric counts them).
-    eventually("the schedules' reconciles after the restart", || async {
-        let metrics = daemon.get("/metrics", None).await.text().await.unwrap();
-        let line = metrics.lines().find(|l| {
-            l.starts_with("linkops_reconciles_total{kind=\"schedule\",result=\"success\"}")
-        })?;
-        let count: f64 = line.rsplit(' ').next()?.parse().ok()?;
-        (count >= 3.0).then_some(())
-    })
-    .await;
+    // Each of the three schedules reconciled at start.
+    schedules_reconciled(&daemon, 3.0).await;
     let after: Vec<u64> = fired_operations(&daemon, &token, "catcher")
         .await
         .iter()
         .map(|o| o.operation.id)
         .collect();
     assert_eq!(after, before);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_schedule_applies_a_reporting_state_once_a_suspension_lets_it() {
+    use crate::states::{self, in_sync, until_state};
+    use reqwest::{Method, StatusCode};
+
+    let setup = states::setup(2, &[0, 1], &states::state_file("v1", "mode: report\n"));
+    setup.work.write(
+        "schedules/apply-config.yaml",
+        "name: apply-config\nstate: app-config\ncron: \"* * * * *\"\ncatch_up: once\n",
+    );
+    setup.work.commit("apply the reported state every minute");
+    // Known since just before this minute's fire, the fleet held since before the daemon starts.
+    let config = setup.config();
+    {
+        let store = support::open_store(&config);
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        support::as_the_cli(|| {
+            let since = now_ms - now_ms.rem_euclid(MINUTE_MS) - 10_000;
+            store.schedule_since("apply-config", since).unwrap();
+            let fleet = linkops_reconcilers::suspension::Scope::Fleet;
+            (store.set_suspended(&fleet, true, &linkops::store::Actor::Cli)).unwrap();
+        });
+    }
+    let daemon = setup.start_with(config).await;
+    let token = daemon.token(ADMIN.0, ADMIN.1).await;
+
+    // The suspension holds the fire: reconciled, nothing recorded, nothing run.
+    schedules_reconciled(&daemon, 1.0).await;
+    let detail: ScheduleDetail = daemon.read("/api/schedules/apply-config", &token).await;
+    assert!(detail.fires.is_empty(), "{detail:?}");
+    let held = detail.view.held.as_deref().unwrap_or_default();
+    assert!(held.contains("suspended"), "{detail:?}");
+    assert_eq!(detail.view.schedule.script, "config-file");
+    assert!(
+        fired_operations(&daemon, &token, "apply-config")
+            .await
+            .is_empty()
+    );
+
+    // Resumed: the fire runs (on time, or caught up once), and the state holds after it.
+    let (status, answer) = daemon
+        .request(
+            Method::POST,
+            "/api/reconcile/resume",
+            &token,
+            Some(serde_json::json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let ran = eventually("the state's scheduled apply", || async {
+        let fired = fired_operations(&daemon, &token, "apply-config").await;
+        fired.into_iter().find(|o| o.operation.state.is_finished())
+    })
+    .await;
+    assert_eq!(ran.operation.state.name(), "succeeded", "{ran:?}");
+    assert_eq!(ran.operation.script, "config-file");
+    assert_eq!(ran.operation.machines, ["host1", "host2"]);
+    until_state(&daemon, &token, "both in sync after the apply", |d| {
+        in_sync(d, 2)
+    })
+    .await;
     daemon.stop().await;
 }

@@ -269,16 +269,24 @@ pub struct ScheduleFile {
     pub name: Spanned<String>,
     #[serde(default)]
     pub description: String,
-    /// The catalog script each fire runs.
-    #[schemars(with = "String")]
-    pub script: Spanned<String>,
-    /// Where it runs; the script's default targets when absent. `where` is
-    /// decided on the facts at each fire.
+    /// The catalog script each fire runs (or `state`: one of the two).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub script: Option<Spanned<String>>,
+    /// A declared state (`mode: report`) each fire applies: its script with
+    /// its parameters on its targets, inside its maintenance windows.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub state: Option<Spanned<String>>,
+    /// Where the script runs; its default targets when absent. `where` is
+    /// decided on the facts at each fire. Not with `state`.
     #[serde(default)]
     pub targets: Option<TargetsEntry>,
+    /// The script's parameters. Not with `state`.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, ParamValue>")]
     pub params: BTreeMap<String, Spanned<ParamValue>>,
+    /// The batches (the state's rollout when absent and a state is applied).
     #[serde(default)]
     #[schemars(with = "Option<Rollout>")]
     pub rollout: Option<Spanned<Rollout>>,

@@ -10,8 +10,9 @@ mod tell;
 mod tests;
 
 pub use tell::{
-    MACHINE_DAMPING_MS, SyncEnd, Told, for_machine, for_operation, for_plan, for_restart,
-    for_run_started, for_state, for_sync, run_context, state_context, tally,
+    MACHINE_DAMPING_MS, SyncEnd, Told, for_fire_not_started, for_machine, for_operation, for_plan,
+    for_restart, for_run_started, for_state, for_sync, run_context, schedule_context,
+    state_context, tally,
 };
 
 use std::collections::BTreeMap;

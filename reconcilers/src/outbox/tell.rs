@@ -195,6 +195,41 @@ pub fn run_context(id: &str) -> String {
     format!("linkops/run/{id}")
 }
 
+/// The context of a schedule's commit status: its latest fire's end.
+pub fn schedule_context(name: &str) -> String {
+    format!("linkops/schedule/{name}")
+}
+
+/// A schedule's fire that could not start (no machine it may run on):
+/// `failure` on the commit that declared it, and notified as a failure.
+pub fn for_fire_not_started(
+    name: &str,
+    revision: &str,
+    reason: &str,
+    console: Option<&str>,
+    now_ms: i64,
+) -> (CommitStatus, Notification) {
+    let url = console.map(|base| format!("{}/#/schedules/{name}", base.trim_end_matches('/')));
+    let status = CommitStatus {
+        sha: revision.to_owned(),
+        context: schedule_context(name),
+        state: CommitState::Failure,
+        description: short(&format!("a fire could not start: {reason}")),
+        target_url: url.clone(),
+    };
+    let about = About {
+        subject: name.to_owned(),
+        url,
+        at_ms: now_ms,
+    };
+    let event = about.tell(
+        EventKind::OperationFailed,
+        format!("schedule {name}'s fire could not start"),
+        reason.to_owned(),
+    );
+    (status, event)
+}
+
 /// A run-request's operation started: `pending` on its commit.
 pub fn for_run_started(
     id: &str,
@@ -264,22 +299,41 @@ pub fn for_operation(
         }
         events.push(failure);
     }
-    if let Requester::RunRequest { id, revision } = &operation.requested_by {
-        events.push(event(
-            EventKind::RunRequestDone,
-            format!("run-request {id} {ended} (operation {})", operation.id),
-        ));
-        let state = match operation.state {
-            OperationState::Succeeded => CommitState::Success,
-            _ => CommitState::Failure,
-        };
-        statuses.push(CommitStatus {
-            sha: revision.clone(),
-            context: run_context(id),
-            state,
-            description: short(&format!("{ended}: {counts}")),
-            target_url: url.clone(),
-        });
+    let state = match operation.state {
+        OperationState::Succeeded => CommitState::Success,
+        _ => CommitState::Failure,
+    };
+    match &operation.requested_by {
+        Requester::RunRequest { id, revision } => {
+            events.push(event(
+                EventKind::RunRequestDone,
+                format!("run-request {id} {ended} (operation {})", operation.id),
+            ));
+            statuses.push(CommitStatus {
+                sha: revision.clone(),
+                context: run_context(id),
+                state,
+                description: short(&format!("{ended}: {counts}")),
+                target_url: url.clone(),
+            });
+        }
+        // A schedule's latest fire, on the commit that declared it.
+        Requester::Schedule {
+            name,
+            due_ms,
+            revision,
+        } => {
+            let due = jiff::Timestamp::from_millisecond(*due_ms)
+                .map_or_else(|_| due_ms.to_string(), |at| at.to_string());
+            statuses.push(CommitStatus {
+                sha: revision.clone(),
+                context: schedule_context(name),
+                state,
+                description: short(&format!("fire due {due} {ended}: {counts}")),
+                target_url: url.clone(),
+            });
+        }
+        Requester::User { .. } | Requester::State { .. } => {}
     }
     (statuses, events)
 }

@@ -162,6 +162,44 @@ fn an_ended_run_request_reports_on_its_commit_with_counts() {
         events[0].text
     );
 
+    // A schedule's fire: its end on the commit that declared the schedule.
+    let fired = Operation {
+        requested_by: Requester::Schedule {
+            name: "nightly".into(),
+            due_ms: 1_800_000_000_000,
+            revision: REV.into(),
+        },
+        ..operation.clone()
+    };
+    let (statuses, events) = for_operation(&fired, &hosts, &tails, None, 5);
+    assert_eq!(
+        (statuses[0].context.as_str(), statuses[0].state),
+        ("linkops/schedule/nightly", CommitState::Failure)
+    );
+    assert_eq!(
+        statuses[0].description,
+        "fire due 2027-01-15T08:00:00Z partially failed: 3 succeeded, 1 failed on web-2"
+    );
+    assert_eq!(
+        events[0].title,
+        "operation 9 (upgrade, by schedule:nightly) partially failed"
+    );
+    let (status, event) = for_fire_not_started(
+        "nightly",
+        REV,
+        "no machine may run it",
+        Some("https://ops.example"),
+        5,
+    );
+    assert_eq!(
+        (status.state, status.target_url.as_deref()),
+        (
+            CommitState::Failure,
+            Some("https://ops.example/#/schedules/nightly")
+        )
+    );
+    assert_eq!(event.kind, EventKind::OperationFailed);
+
     // A person's operation that succeeded tells nobody.
     let quiet = Operation {
         requested_by: Requester::User { name: "ada".into() },

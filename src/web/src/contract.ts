@@ -1519,7 +1519,11 @@ export interface components {
             outcome: "started";
         } | {
             /** @enum {string} */
-            outcome: "passed";
+            outcome: "missed";
+            reason: string;
+        } | {
+            /** @enum {string} */
+            outcome: "skipped";
             reason: string;
         };
         /**
@@ -2356,7 +2360,13 @@ export interface components {
                 [key: string]: components["schemas"]["ParamValue"];
             };
             rollout?: null | components["schemas"]["Rollout"];
+            /** @description The catalog script each fire runs (the state's, when it applies one). */
             script: string;
+            /**
+             * @description The declared state each fire applies, if it applies one: its script,
+             *     targets and parameters are copied here, inside its windows.
+             */
+            state?: string | null;
             /** @description Declared suspended: no fire until the file says otherwise. */
             suspend?: boolean;
             targets: components["schemas"]["Targets"];
@@ -2373,6 +2383,11 @@ export interface components {
             fires: components["schemas"]["FireRecord"][];
         };
         ScheduleView: {
+            /**
+             * @description Why its fire due now waits: a suspension holding what it targets, or
+             *     the maintenance windows of the state it applies.
+             */
+            held?: string | null;
             last_fire?: null | components["schemas"]["FireRecord"];
             /**
              * Format: date-time

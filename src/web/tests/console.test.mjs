@@ -220,6 +220,10 @@ test("the Overview draws availability, each state's compliance, durations and fa
   await figure("State motd: machines by standing, hourly").waitFor();
   await figure("Operating systems").waitFor();
   await page.getByRole("img", { name: /^Median duration per script/ }).waitFor();
+  // What runs by itself next: the demo's morning greeting, at 09:00 Berlin time.
+  await page.getByRole("table", { name: "The next scheduled fires" }).getByRole("row")
+    .filter({ has: page.getByRole("link", { name: "morning-hello", exact: true }) })
+    .getByText(/ 09:00 CES?T$/).waitFor();
   // Each picture names its latest numbers, for those who cannot see it.
   const described = await figure("Machines by health, hourly").locator("desc").textContent();
   assert.match(described, /the latest: reachable \d/);

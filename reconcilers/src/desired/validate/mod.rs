@@ -266,9 +266,12 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
             check_schedule(
                 schedule,
                 path,
-                &scripts,
-                &secrets,
-                catalog_read,
+                schedules::Catalog {
+                    scripts: &scripts,
+                    secrets: &secrets,
+                    states: &states,
+                    read: catalog_read,
+                },
                 &known,
                 report,
             )

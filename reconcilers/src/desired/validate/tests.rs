@@ -453,6 +453,76 @@ fn schedules_name_their_script_a_cron_expression_and_a_zone() {
 }
 
 #[test]
+fn a_schedule_applies_a_reporting_state_with_its_script_targets_and_parameters() {
+    let load_with = |schedule: &str| {
+        let files: RepoFiles = [
+            (
+                "links.yaml",
+                "machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [web]}\n",
+            ),
+            (
+                "scripts.yaml",
+                "scripts:\n  - {id: motd, name: Motd, body: 'echo $TEXT > /etc/motd', check: 'true', params: [{name: text, type: string, default: hi}]}\n",
+            ),
+            ("states/motd.yaml", "id: motd\nscript: motd\ntargets: {tags: [web]}\nmode: report\nrollout: {canary: 1}\n"),
+            ("states/enforced.yaml", "id: enforced\nscript: motd\ntargets: {tags: [web]}\n"),
+            ("schedules/weekly.yaml", schedule),
+        ]
+        .into_iter()
+        .map(|(path, text)| (path.to_owned(), text.as_bytes().to_vec()))
+        .collect();
+        load("r1", &files)
+            .map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    let desired = load_with("name: weekly\nstate: motd\ncron: \"0 3 * * 0\"\n").unwrap();
+    let weekly = &desired.schedules["weekly"];
+    let motd = &desired.states["motd"];
+    assert_eq!(weekly.state.as_deref(), Some("motd"));
+    assert_eq!(
+        (
+            &weekly.script,
+            &weekly.targets,
+            &weekly.resolved,
+            weekly.rollout
+        ),
+        (
+            &motd.script,
+            &motd.targets,
+            &motd.params,
+            Some(motd.rollout)
+        )
+    );
+    for (schedule, problem) in [
+        (
+            "name: weekly\nstate: enforced\ncron: \"@daily\"\n",
+            "schedules/weekly.yaml:2:8: state \"enforced\" enforces",
+        ),
+        (
+            "name: weekly\nstate: nope\ncron: \"@daily\"\n",
+            "schedules/weekly.yaml:2:8: no declared state \"nope\" (states/*.yaml declares: enforced, motd)",
+        ),
+        (
+            "name: weekly\nstate: motd\ntargets: {tags: [web]}\ncron: \"@daily\"\n",
+            "schedules/weekly.yaml:2:8: a schedule that applies a state takes the state's targets",
+        ),
+        (
+            "name: weekly\nstate: motd\nscript: motd\ncron: \"@daily\"\n",
+            "schedules/weekly.yaml:3:9: a schedule runs a script or applies a state, not both",
+        ),
+        (
+            "name: weekly\ncron: \"@daily\"\n",
+            "schedules/weekly.yaml:1:7: a schedule needs what it runs",
+        ),
+    ] {
+        let problems = load_with(schedule).unwrap_err();
+        assert!(
+            problems.len() == 1 && problems[0].starts_with(problem),
+            "{schedule}: {problems:#?}"
+        );
+    }
+}
+
+#[test]
 fn a_state_s_windows_are_read_in_its_zone() {
     let files = |zone: &str| -> RepoFiles {
         [

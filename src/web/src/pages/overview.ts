@@ -4,8 +4,8 @@
 
 import { api } from "../api";
 import { bars, type Category, stackedColumns } from "../charts";
-import type { FleetPicture } from "../contract";
-import { h, table } from "../dom";
+import type { FleetPicture, ScheduleView } from "../contract";
+import { h, table, when } from "../dom";
 
 const HEALTH: Category[] = [
   { key: "reachable", name: "reachable", tone: "ok" },
@@ -24,6 +24,9 @@ export const STANDINGS: Category[] = [
   { key: "pending", name: "pending", tone: "muted" },
 ];
 
+/** How many of the nearest scheduled fires the Overview lists. */
+const COMING_UP = 5;
+
 const FACT_NAMES: Record<string, string> = {
   os: "Operating systems", kernel: "Kernels", arch: "Architectures", updates: "Pending updates",
   security_updates: "Pending security updates", reboot_required: "Reboot required",
@@ -32,7 +35,10 @@ const FACT_NAMES: Record<string, string> = {
 export async function overviewPage(main: HTMLElement): Promise<void> {
   const span = new URLSearchParams(location.hash.split("?")[1] ?? "").get("span") === "week" ? "week" : "day";
   const started = performance.now();
-  const picture = await api<FleetPicture>("GET", `/api/pictures/fleet?span=${span}`);
+  const [picture, schedules] = await Promise.all([
+    api<FleetPicture>("GET", `/api/pictures/fleet?span=${span}`),
+    api<ScheduleView[]>("GET", "/api/schedules"),
+  ]);
   const choice = h("div", { class: "row span-choice", role: "group", "aria-label": "Span" },
     ...(["day", "week"] as const).map((each) => {
       const button = h("button", { type: "button", "aria-pressed": String(each === span) }, each === "day" ? "Last day" : "Last week");
@@ -53,6 +59,18 @@ export async function overviewPage(main: HTMLElement): Promise<void> {
     main.append(h("h2", {}, "Compliance of each declared state"));
     main.append(h("div", { class: "pictures" }, ...picture.compliance.map((state) =>
       stackedColumns(`State ${state.state}: machines by standing, hourly`, columns(state.points), STANDINGS, hour))));
+  }
+
+  // What runs by itself next: the schedules' nearest fires.
+  const next = schedules.filter((view) => view.next_fire && !view.schedule.suspend)
+    .sort((a, b) => (a.next_fire ?? "").localeCompare(b.next_fire ?? "")).slice(0, COMING_UP);
+  if (next.length) {
+    main.append(h("h2", {}, "Coming up"), table(["Schedule", "Runs", "Next (its zone)", "Next (yours)"],
+      next.map((view) => [
+        h("a", { href: `#/schedules/${encodeURIComponent(view.schedule.name)}` }, view.schedule.name),
+        view.schedule.state ? `state ${view.schedule.state}` : view.schedule.script,
+        view.next_fire_in_zone ?? "—", when(view.next_fire),
+      ]), "The next scheduled fires"));
   }
 
   main.append(h("h2", {}, "Operations: how long each script takes"));

@@ -2,7 +2,7 @@
 // browser's does, and what became of its fires.
 
 import { api } from "../api";
-import type { FireRecord, ScheduleDetail, ScheduleView } from "../contract";
+import type { ScheduleDetail, ScheduleView } from "../contract";
 import { badge, h, table, when } from "../dom";
 
 export async function schedulesPage(main: HTMLElement): Promise<void> {
@@ -12,14 +12,14 @@ export async function schedulesPage(main: HTMLElement): Promise<void> {
     main.append(h("p", {}, "No schedules: commit one under schedules/ (see the README's “Work on a schedule”)."));
     return;
   }
-  main.append(table(["Schedule", "Script", "When", "Next (its zone)", "Next (yours)", "Last fire"],
+  main.append(table(["Schedule", "Runs", "When", "Next (its zone)", "Next (yours)", "Last fire"],
     schedules.map((view) => [
       h("a", { href: `#/schedules/${encodeURIComponent(view.schedule.name)}` }, view.schedule.name),
-      view.schedule.script,
+      view.schedule.state ? `state ${view.schedule.state}` : view.schedule.script,
       `${view.schedule.cron} (${view.schedule.zone})`,
-      view.schedule.suspend ? badge("suspended") : view.next_fire_in_zone ?? "—",
+      view.schedule.suspend ? badge("suspended") : view.held ? h("span", {}, badge("held"), " ", view.held) : view.next_fire_in_zone ?? "—",
       when(view.next_fire),
-      view.last_fire ? fired(view.last_fire) : "—",
+      view.last_fire ? badge(view.last_fire.outcome.outcome) : "—",
     ]), "Schedules"));
 }
 
@@ -29,17 +29,13 @@ export async function schedulePage(main: HTMLElement, [name]: string[]): Promise
   main.append(
     h("h1", {}, `Schedule ${schedule.name}`),
     h("p", {}, schedule.description || "", " ",
-      h("span", { class: "muted" }, `script ${schedule.script} · ${schedule.cron} in ${schedule.zone} · catch-up ${schedule.catch_up} · concurrency ${schedule.concurrency}`)),
-    h("p", {}, "Next fire: ", detail.next_fire_in_zone ?? "none", detail.next_fire ? ` (${when(detail.next_fire)} here)` : ""),
+      h("span", { class: "muted" }, `${schedule.state ? `applies state ${schedule.state} (script ${schedule.script})` : `script ${schedule.script}`} · ${schedule.cron} in ${schedule.zone} · catch-up ${schedule.catch_up} · concurrency ${schedule.concurrency}`)),
+    h("p", {}, "Next fire: ", detail.next_fire_in_zone ?? "none", detail.next_fire ? ` (${when(detail.next_fire)} here)` : "",
+      detail.held ? `, held: ${detail.held}` : ""),
     table(["Due", "Result", "What"], detail.fires.map((fire) => [
-      when(new Date(fire.due_ms).toISOString()), fired(fire),
+      when(new Date(fire.due_ms).toISOString()), badge(fire.outcome.outcome),
       fire.outcome.outcome === "started" ? h("a", { href: `#/operations/${fire.outcome.operation_id}` }, `operation #${fire.outcome.operation_id}`)
         : fire.outcome.reason,
     ]), `Fires of ${schedule.name}`),
   );
-}
-
-function fired(fire: FireRecord): HTMLElement {
-  const name = fire.outcome.outcome === "started" ? "started" : fire.outcome.reason.startsWith("missed") ? "missed" : "skipped";
-  return badge(name);
 }
