@@ -110,9 +110,16 @@ async fn discovery(State(provider): State<Hostile>) -> Response {
 async fn jwks(State(provider): State<Hostile>) -> Response {
     let key = provider.keys.published.1.clone();
     if provider.wrong == Wrong::HugeKeys {
-        let padding = "x".repeat(50 << 20);
-        let keys = json!({"keys": [key], "padding": padding});
-        return axum::Json(keys).into_response();
+        // 50 MiB of keys, streamed as they are sent: what is tested is their
+        // size, not how long a debug build takes to make them.
+        let head = bytes::Bytes::from(format!("{{\"keys\": [{key}], \"padding\": \""));
+        let padding = bytes::Bytes::from(vec![b'x'; 64 << 10]);
+        let chunks = std::iter::once(head)
+            .chain(std::iter::repeat_n(padding, 800))
+            .chain(std::iter::once(bytes::Bytes::from_static(b"\"}")));
+        let body = futures::stream::iter(chunks.map(Ok::<_, std::convert::Infallible>));
+        let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+        return (json, axum::body::Body::from_stream(body)).into_response();
     }
     axum::Json(json!({"keys": [key]})).into_response()
 }
