@@ -33,6 +33,7 @@ pub mod secret;
 pub mod state;
 pub mod suspension;
 pub mod terminal;
+pub mod trigger;
 pub mod trust;
 
 /// How a `std::time::Duration` appears in JSON (for the OpenAPI description).

@@ -75,6 +75,16 @@ pub enum Change {
     /// A custom fact (`facts/*.yaml`): gathered from the next gathering on.
     FactAdded(String),
     FactRemoved(String),
+    /// An inbound trigger (`triggers/*.yaml`): its URL answers from the merge on.
+    TriggerAdded {
+        name: String,
+        script: String,
+    },
+    TriggerRemoved(String),
+    TriggerChanged {
+        name: String,
+        fields: Vec<String>,
+    },
     FactChanged {
         name: String,
         fields: Vec<String>,
@@ -161,6 +171,19 @@ impl fmt::Display for Change {
             }
             Change::ScheduleChanged { name, fields } => {
                 write!(f, "~ schedule {name}: {} changed", fields.join(", "))
+            }
+            Change::TriggerAdded { name, script } => write!(
+                f,
+                "+ trigger {name}: POST /api/triggers/{name} runs script {script}"
+            ),
+            Change::TriggerRemoved(name) => {
+                write!(
+                    f,
+                    "- trigger {name} (its URL answers 404; its runs are kept)"
+                )
+            }
+            Change::TriggerChanged { name, fields } => {
+                write!(f, "~ trigger {name}: {} changed", fields.join(", "))
             }
             Change::FactAdded(name) => {
                 write!(
@@ -387,6 +410,26 @@ pub fn plan(
     }
     for name in (applied.custom_facts.keys()).filter(|n| !proposed.custom_facts.contains_key(*n)) {
         changes.push(Change::FactRemoved(name.clone()));
+    }
+    for (name, trigger) in &proposed.triggers {
+        match applied.triggers.get(name) {
+            None => changes.push(Change::TriggerAdded {
+                name: name.clone(),
+                script: trigger.script.clone(),
+            }),
+            Some(before) => {
+                let fields = changed_fields(before, trigger);
+                if !fields.is_empty() {
+                    changes.push(Change::TriggerChanged {
+                        name: name.clone(),
+                        fields,
+                    });
+                }
+            }
+        }
+    }
+    for name in (applied.triggers.keys()).filter(|n| !proposed.triggers.contains_key(*n)) {
+        changes.push(Change::TriggerRemoved(name.clone()));
     }
     changes
 }
@@ -720,6 +763,10 @@ mod tests {
                     "schedules/hourly.yaml",
                     "name: hourly\nscript: up\ntargets: {machines: [a]}\ncron: \"0 * * * *\"\n",
                 ),
+                (
+                    "triggers/alert.yaml",
+                    "name: alert\nscript: up\nmachines: {machines: [a]}\n",
+                ),
             ],
         );
         let flag = |on: bool| Facts::from([("reboot_required".to_owned(), FactValue::Bool(on))]);
@@ -734,6 +781,7 @@ mod tests {
                 "▶ run-request reboot would start script up on a (its `where` selects 1 machine(s) on their facts now)",
                 "+ schedule hourly: runs script up, \"0 * * * *\" in UTC",
                 "+ fact raid (gathered from each machine's next gathering)",
+                "+ trigger alert: POST /api/triggers/alert runs script up",
             ]
         );
         let none = plan(&proposed, &applied, &BTreeMap::new(), &BTreeMap::new());

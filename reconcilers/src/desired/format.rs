@@ -315,6 +315,72 @@ pub struct ScheduleFile {
     pub suspend: bool,
 }
 
+/// `triggers/<name>.yaml`: an authenticated inbound webhook
+/// (`POST /api/triggers/<name>`) that runs one catalog script on the machines
+/// it allows, with parameters taken from the request.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "LinkOps inbound trigger (triggers/*.yaml)")]
+pub struct TriggerFile {
+    /// Unique among triggers; the file is `triggers/<name>.yaml`, its URL `/api/triggers/<name>`.
+    #[schemars(with = "String", regex(pattern = ID_PATTERN))]
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: String,
+    /// The one catalog script it runs.
+    #[schemars(with = "String")]
+    pub script: Spanned<String>,
+    /// The machines it may run on (tags or machines): a request naming another is refused.
+    pub machines: TargetsEntry,
+    /// `alertmanager` (default): Alertmanager's webhook, each firing alert one
+    /// run; `json`: any JSON object, one run.
+    #[serde(default)]
+    pub format: crate::trigger::Format,
+    /// Where each alert (or the body) names the machine, a dotted path: its
+    /// id, or its host with any `:port` dropped. Default `labels.instance`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub machine: Option<Spanned<String>>,
+    /// Parameters taken from the request: parameter → dotted path (`labels.mountpoint`).
+    /// Never a `secret` parameter.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub map: BTreeMap<String, Spanned<String>>,
+    /// Parameters fixed here.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ParamValue>")]
+    pub params: BTreeMap<String, Spanned<ParamValue>>,
+    /// `bearer` (default): `Authorization: Bearer <token>`; `hmac_sha256`:
+    /// `X-LinkOps-Signature: sha256=<hex of HMAC-SHA256(body)>`.
+    #[serde(default)]
+    pub auth: crate::trigger::Auth,
+    /// The sealed secret (`secrets/<name>.yaml`) holding the token or key;
+    /// absent, the daemon reads `<[triggers] secrets_dir>/<trigger>.secret` (mode 0600).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub secret: Option<Spanned<String>>,
+    /// The same run (machine and parameters) asked again within this long
+    /// does nothing, e.g. `4h` (default 1h): Alertmanager resends firing alerts.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub dedup: Option<Spanned<String>>,
+    /// At most `runs` started in any `per` (default 10 per 1h).
+    #[serde(default)]
+    #[schemars(with = "Option<RateEntry>")]
+    pub rate: Option<Spanned<RateEntry>>,
+    /// Answer what it would run; run nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// A trigger's rate: at most `runs` in any `per` (`1h`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateEntry {
+    pub runs: u32,
+    pub per: String,
+}
+
 /// `facts/<name>.yaml`: a custom fact, gathered with the built-in ones.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

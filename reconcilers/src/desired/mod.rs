@@ -9,7 +9,8 @@
 //! run-request per file), `states/*.yaml` (optional, one declared state per
 //! file), `secrets/*.yaml` (optional, one sealed secret per file) and
 //! `recipients.yaml` (who can read them), `facts/*.yaml` (optional, one custom
-//! fact per file), `schedules/*.yaml` (optional, one schedule per file), script files anywhere.
+//! fact per file), `schedules/*.yaml` (optional, one schedule per file),
+//! `triggers/*.yaml` (optional, one inbound trigger per file), script files anywhere.
 
 pub mod format;
 mod validate;
@@ -38,6 +39,7 @@ pub const RECIPIENTS_FILE: &str = "recipients.yaml";
 pub const SECRETS_DIR: &str = "secrets";
 pub const FACTS_DIR: &str = "facts";
 pub const SCHEDULES_DIR: &str = "schedules";
+pub const TRIGGERS_DIR: &str = "triggers";
 
 /// The files of one revision: repository-relative path → content.
 pub type RepoFiles = BTreeMap<String, Vec<u8>>;
@@ -68,6 +70,9 @@ pub struct DesiredState {
     /// Schedules (`schedules/*.yaml`), by name.
     #[serde(default)]
     pub schedules: BTreeMap<String, crate::schedule::Schedule>,
+    /// Inbound triggers (`triggers/*.yaml`), by name.
+    #[serde(default)]
+    pub triggers: BTreeMap<String, crate::trigger::Trigger>,
     #[serde(skip)]
     pub(crate) index: MachineIndex,
 }
@@ -156,6 +161,11 @@ pub fn is_custom_fact_file(path: &str) -> bool {
     in_dir(path, FACTS_DIR)
 }
 
+/// Whether `path` is a trigger's file (`triggers/<name>.yaml` or `.yml`).
+pub fn is_trigger_file(path: &str) -> bool {
+    in_dir(path, TRIGGERS_DIR)
+}
+
 /// Whether `path` is a schedule's file (`schedules/<name>.yaml` or `.yml`).
 pub fn is_schedule_file(path: &str) -> bool {
     in_dir(path, SCHEDULES_DIR)
@@ -196,6 +206,7 @@ pub fn schemas() -> Vec<(&'static str, String)> {
         ("secret.schema.json", render::<format::SecretFile>()),
         ("fact.schema.json", render::<format::CustomFactFile>()),
         ("schedule.schema.json", render::<format::ScheduleFile>()),
+        ("trigger.schema.json", render::<format::TriggerFile>()),
         (
             "proxmox.schema.json",
             render::<crate::inventory::ProxmoxRules>(),

@@ -12,6 +12,7 @@ mod secrets;
 mod states;
 #[cfg(test)]
 mod tests;
+mod triggers;
 
 use access::check_access;
 use facts::check_custom_fact;
@@ -23,6 +24,7 @@ use schedules::check_schedule;
 use scripts::check_scripts;
 use secrets::{check_recipients, check_secret, check_secret_scripts};
 use states::check_state;
+use triggers::check_trigger;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
@@ -36,11 +38,12 @@ use serde_saphyr::Spanned;
 use super::format::{
     AccessFile, CustomFactFile, GrantEntry, ID_PATTERN, KEY_PATTERN, LinksFile, MachineEntry,
     PARAM_NAME_PATTERN, ParamEntry, RecipientsFile, RunRequestFile, ScheduleFile, ScriptEntry,
-    ScriptsFile, SecretFile, StateFile, TargetsEntry, WindowEntry,
+    ScriptsFile, SecretFile, StateFile, TargetsEntry, TriggerFile, WindowEntry,
 };
 use super::{
     ACCESS_FILE, DesiredState, LINKS_FILE, Problem, RECIPIENTS_FILE, RepoFiles, SCRIPTS_FILE,
     is_custom_fact_file, is_run_request, is_schedule_file, is_secret_file, is_state_file,
+    is_trigger_file,
 };
 use crate::ask::{Ask, Problem as AskProblem};
 use crate::machine::Machine;
@@ -132,6 +135,7 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
             || is_secret_file(path)
             || is_custom_fact_file(path)
             || is_schedule_file(path)
+            || is_trigger_file(path)
     });
     let mut total = 0;
     for (path, bytes) in yaml {
@@ -277,6 +281,24 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
             )
         },
     );
+    let triggers = per_file(
+        files,
+        is_trigger_file,
+        "trigger",
+        |trigger: &TriggerFile| &trigger.name,
+        &mut problems,
+        |trigger, path, report| {
+            check_trigger(
+                trigger,
+                path,
+                &scripts,
+                &secrets,
+                catalog_read,
+                &known,
+                report,
+            )
+        },
+    );
     let custom_facts = per_file(
         files,
         is_custom_fact_file,
@@ -310,6 +332,7 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
             recipients,
             custom_facts,
             schedules,
+            triggers,
             ..DesiredState::default()
         });
     }

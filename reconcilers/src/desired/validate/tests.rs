@@ -554,3 +554,67 @@ fn a_state_s_windows_are_read_in_its_zone() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn a_trigger_maps_paths_to_its_script_s_parameters_but_never_to_a_secret() {
+    let load_with = |trigger: &str| {
+        let files: RepoFiles = [
+            (
+                "links.yaml",
+                "machines:\n  - {id: web1, name: Web, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [web]}\n",
+            ),
+            (
+                "scripts.yaml",
+                "scripts:\n  - id: cleanup\n    name: Cleanup\n    body: du -sh $MOUNT\n    params:\n      - {name: mountpoint, type: string, required: true}\n      - {name: keep, type: int, default: 7}\n      - {name: token, type: secret}\n",
+            ),
+            ("triggers/disk-full.yaml", trigger),
+        ]
+        .into_iter()
+        .map(|(path, text)| (path.to_owned(), text.as_bytes().to_vec()))
+        .collect();
+        load("r1", &files)
+            .map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    let desired = load_with(
+        "name: disk-full\nscript: cleanup\nmachines: {tags: [web]}\nmap: {mountpoint: labels.mountpoint}\n",
+    )
+    .unwrap();
+    let trigger = &desired.triggers["disk-full"];
+    assert_eq!(trigger.machine, "labels.instance");
+    assert_eq!(trigger.dedup, Duration::from_secs(3600));
+    assert_eq!(trigger.rate, crate::trigger::Rate::default());
+    assert_eq!(trigger.auth, crate::trigger::Auth::Bearer);
+
+    for (trigger, problem) in [
+        (
+            "name: disk-full\nscript: cleanup\nmachines: {tags: [web]}\nmap: {mountpoint: labels.mountpoint, token: labels.job}\n",
+            "triggers/disk-full.yaml:4:45: parameter token is a secret",
+        ),
+        (
+            "name: disk-full\nscript: cleanup\nmachines: {tags: [web]}\nmap: {mountpoint: \"labels..x\"}\n",
+            "triggers/disk-full.yaml:4:19: \"labels..x\" is not a dotted path",
+        ),
+        (
+            "name: disk-full\nscript: cleanup\nmachines: {tags: [web]}\n",
+            "triggers/disk-full.yaml:2:9: script cleanup requires parameter mountpoint",
+        ),
+        (
+            "name: disk-full\nscript: cleanup\nmachines: {tags: [web]}\nmap: {mountpoint: labels.m}\nparams: {keep: seven}\n",
+            "triggers/disk-full.yaml:5:16: ",
+        ),
+        (
+            "name: disk-full\nscript: cleanup\nmachines: {tags: [web]}\nmap: {mountpoint: labels.m}\nrate: {runs: 0, per: 1h}\n",
+            "triggers/disk-full.yaml:5:7: rate.runs is 0",
+        ),
+        (
+            "name: other\nscript: cleanup\nmachines: {tags: [web]}\nmap: {mountpoint: labels.m}\n",
+            "triggers/disk-full.yaml:1:7: trigger \"other\" must be in triggers/other.yaml",
+        ),
+    ] {
+        let problems = load_with(trigger).unwrap_err();
+        assert!(
+            problems.len() == 1 && problems[0].starts_with(problem),
+            "{trigger}: {problems:#?}"
+        );
+    }
+}
