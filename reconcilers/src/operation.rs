@@ -110,16 +110,25 @@ pub enum Requester {
         due_ms: i64,
         revision: String,
     },
+    /// An inbound trigger's request (an alert, say), as the revision declared the trigger.
+    Trigger {
+        name: String,
+        /// The alert's fingerprint, when Alertmanager gave one.
+        alert: Option<String>,
+        revision: String,
+    },
 }
 
 impl Requester {
-    /// Who asked, in a word: the user's name, `run:<id>`, `state:<id>` or `schedule:<name>`.
+    /// Who asked, in a word: the user's name, `run:<id>`, `state:<id>`,
+    /// `schedule:<name>` or `trigger:<name>`.
     pub fn label(&self) -> String {
         match self {
             Requester::User { name } => name.clone(),
             Requester::RunRequest { id, .. } => format!("run:{id}"),
             Requester::State { id, .. } => format!("state:{id}"),
             Requester::Schedule { name, .. } => format!("schedule:{name}"),
+            Requester::Trigger { name, .. } => format!("trigger:{name}"),
         }
     }
 }

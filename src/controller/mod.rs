@@ -256,7 +256,9 @@ async fn watch_desired(
                         }
                         scheduler.trigger(ObjectKey::Schedule(name), Reason::Api);
                     }
-                    Requester::User { .. } | Requester::RunRequest { .. } => {}
+                    Requester::User { .. }
+                    | Requester::RunRequest { .. }
+                    | Requester::Trigger { .. } => {}
                 },
                 // Missed some: every state looks at its applies again.
                 Err(RecvError::Lagged(_)) => {

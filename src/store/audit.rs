@@ -18,6 +18,8 @@ pub enum Actor {
     Git { revision: String },
     /// A sync, named by what triggered it (`timer`, `webhook`, `api:<user>`, …).
     Sync(String),
+    /// Whoever holds an inbound trigger's token or key, named by the trigger.
+    Trigger(String),
 }
 
 impl Actor {
@@ -34,6 +36,7 @@ impl std::fmt::Display for Actor {
             Actor::Cli => f.write_str("cli"),
             Actor::System => f.write_str("system"),
             Actor::Git { revision } => write!(f, "git@{revision}"),
+            Actor::Trigger(name) => write!(f, "trigger:{name}"),
         }
     }
 }
@@ -61,6 +64,8 @@ pub enum AuditAction {
     RunStart,
     StateApply,
     ScheduleFire,
+    TriggerRun,
+    TriggerRefused,
     StateRolloutHalted,
     StateRolloutResume,
     TerminalOpen,
@@ -97,6 +102,8 @@ impl AuditAction {
             AuditAction::RunStart => "run.start",
             AuditAction::StateApply => "state.apply",
             AuditAction::ScheduleFire => "schedule.fire",
+            AuditAction::TriggerRun => "trigger.run",
+            AuditAction::TriggerRefused => "trigger.refused",
             AuditAction::StateRolloutHalted => "state.rollout_halted",
             AuditAction::StateRolloutResume => "state.rollout_resume",
             AuditAction::TerminalOpen => "terminal.open",

@@ -37,7 +37,7 @@ pub fn migrate(engine: &Engine, store: &str) -> Result<()> {
     if found == Some(SCHEMA_VERSION) {
         return Ok(());
     }
-    // Versions 2, 3, 6, 7, 10, 11, 12, 13 and 14 added tables (3 also an index built from the
+    // Versions 2, 3, 6, 7, 10, 11, 12, 13, 14 and 15 added tables (3 also an index built from the
     // operations), 8 converted redb's tables to bytes: a fresh store (None)
     // has its tables now. A version that changes records adds its step here.
     if let Some(version) = found {

@@ -96,6 +96,11 @@ pub enum Error {
         due_ms: i64,
         outcome: &'static str,
     },
+    #[error("trigger {trigger:?} started nothing: {refusal}")]
+    TriggerRefused {
+        trigger: String,
+        refusal: linkops_reconcilers::trigger::Refusal,
+    },
     #[error(
         "state {state:?} is being applied on {machine:?} by operation {operation_id} (another replica owned the state a moment ago); it is looked at again after that"
     )]

@@ -21,8 +21,9 @@ use super::records::Outcome;
 use super::scan::{SeqTable, index_operation};
 use super::schema::{
     OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, OPERATIONS_RUNNING, RUN_REQUESTS,
-    SCHEDULE_FIRES, STATE_STATUS, STATE_TARGETS, STOP_ASKS,
+    SCHEDULE_FIRES, STATE_STATUS, STATE_TARGETS, STOP_ASKS, TRIGGER_RUNS,
 };
+use linkops_reconcilers::trigger::TriggerRun;
 use super::{Error, Result, Store, now_ms};
 
 /// What an operation takes over, written in the transaction that creates it.
@@ -39,6 +40,46 @@ pub enum Claim {
     },
     /// A schedule's fire, started by this operation (so never again).
     Fire(FireRecord),
+    /// A trigger's run, admitted by the trigger's dedup window and rate as
+    /// they stand in this transaction (whatever replica answers).
+    Trigger {
+        run: TriggerRun,
+        trigger: Box<linkops_reconcilers::trigger::Trigger>,
+    },
+}
+
+/// Records a trigger's run as started by operation `id`, unless the same
+/// run started within the dedup window or the trigger is past its rate;
+/// forgets runs older than both windows.
+fn claim_trigger(
+    tx: &mut WriteTx,
+    mut run: TriggerRun,
+    trigger: &linkops_reconcilers::trigger::Trigger,
+    id: u64,
+) -> Result<()> {
+    let horizon = trigger.dedup.max(trigger.rate.per).as_millis() as i64;
+    let name = run.trigger.as_str();
+    let old = (name, i64::MIN, String::new())..(name, run.at_ms - horizon, String::new());
+    let forgotten: Vec<(String, i64, String)> = tx.range(TRIGGER_RUNS, old)
+        .map(|entry| entry.map(|(key, _)| key))
+        .collect::<Result<_>>()?;
+    for key in &forgotten {
+        tx.remove(TRIGGER_RUNS, (key.0.as_str(), key.1, key.2.as_str()))?;
+    }
+    let recent = (name, run.at_ms - horizon, String::new())..=(name, i64::MAX, String::new());
+    let recent: Vec<(i64, String)> = tx.range(TRIGGER_RUNS, recent)
+        .map(|entry| entry.map(|((_, at, key), _)| (at, key)))
+        .collect::<Result<_>>()?;
+    let recent: Vec<(i64, &str)> = recent.iter().map(|(at, key)| (*at, key.as_str())).collect();
+    linkops_reconcilers::trigger::admit(trigger, &run.key, &recent, run.at_ms).map_err(
+        |refusal| Error::TriggerRefused {
+            trigger: run.trigger.clone(),
+            refusal,
+        },
+    )?;
+    run.operation_id = id;
+    tx.insert(TRIGGER_RUNS, (name, run.at_ms, run.key.as_str()), &run)?;
+    Ok(())
 }
 
 /// Records a schedule's fire as started by operation `id`, unless that
@@ -152,6 +193,7 @@ impl Store {
             match claim {
                 Some(Claim::Run(claim)) => claim_run(&mut tx, claim, id)?,
                 Some(Claim::Fire(fire)) => claim_fire(&mut tx, fire, id)?,
+                Some(Claim::Trigger { run, trigger }) => claim_trigger(&mut tx, run, &trigger, id)?,
                 Some(Claim::StateApply { status, targets }) => {
                     claim_state_apply(&mut tx, &status, targets, id)?
                 }
@@ -208,6 +250,24 @@ impl Store {
                     created.script,
                     crate::contract::at(*due_ms)
                         .map_or_else(|| due_ms.to_string(), |t| t.to_string())
+                ) + &given_secrets(&created),
+            ),
+            Requester::Trigger {
+                name,
+                alert,
+                revision,
+            } => (
+                Actor::Trigger(name.clone()),
+                AuditAction::TriggerRun,
+                name.clone(),
+                format!(
+                    "operation {} runs script {} on {} as the trigger at {revision} maps{}",
+                    created.id,
+                    created.script,
+                    created.machines.join(", "),
+                    alert
+                        .as_ref()
+                        .map_or_else(String::new, |alert| format!(" alert {alert}"))
                 ) + &given_secrets(&created),
             ),
             Requester::State { id, revision } => (

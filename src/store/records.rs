@@ -342,6 +342,7 @@ mod tests {
             decodes(FACT_CHANGES),
             decodes(ROLLUPS),
             decodes(SCHEDULE_FIRES),
+            decodes(TRIGGER_RUNS),
             decodes(AUDIT_LOG),
         ];
         // The rest hold a number, a text, nothing or raw bytes.

@@ -13,6 +13,7 @@ use linkops_reconcilers::run::RunRecord;
 use linkops_reconcilers::schedule::FireRecord;
 use linkops_reconcilers::state::{CheckRecord, StateStatus, Target};
 use linkops_reconcilers::terminal::{TerminalSession, Workspace};
+use linkops_reconcilers::trigger::TriggerRun;
 
 use super::engine::{Json, Raw, Table, Unit};
 use super::records::{
@@ -24,7 +25,7 @@ use super::records::{
 ///
 /// Version 8 keeps every table as ordered bytes (`engine::key`) with JSON
 /// records, the same in redb and PostgreSQL; older redb files are converted.
-pub const SCHEMA_VERSION: u64 = 14;
+pub const SCHEMA_VERSION: u64 = 15;
 
 /// Store metadata: `schema_version`, `write_probe_ms`.
 pub const META: Table<String, Json<u64>> = Table::new("meta");
@@ -124,11 +125,16 @@ pub const SCHEDULE_FIRES: Table<(String, i64), Json<FireRecord>> = Table::new("s
 /// When each schedule was first seen (ms): its fires are counted from
 /// there until it has one (version 14).
 pub const SCHEDULE_SINCE: Table<String, Json<i64>> = Table::new("schedule_since");
+/// The runs triggers started, by (trigger, start in ms, key): what a resend
+/// and the rate are judged by; those older than both windows go as a run is
+/// claimed (the operations stay) (version 15).
+pub const TRIGGER_RUNS: Table<(String, i64, String), Json<TriggerRun>> =
+    Table::new("trigger_runs");
 /// The audit log by sequence number.
 pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
 /// Every table's name: what an engine creates, and what `linkops store migrate` copies.
-pub const TABLES: [&str; 42] = [
+pub const TABLES: [&str; 43] = [
     META.name,
     USERS.name,
     LOGIN_FAILURES.name,
@@ -170,6 +176,7 @@ pub const TABLES: [&str; 42] = [
     ROLLUPS.name,
     SCHEDULE_FIRES.name,
     SCHEDULE_SINCE.name,
+    TRIGGER_RUNS.name,
     AUDIT_LOG.name,
 ];
 

@@ -333,7 +333,7 @@ pub fn for_operation(
                 target_url: url.clone(),
             });
         }
-        Requester::User { .. } | Requester::State { .. } => {}
+        Requester::User { .. } | Requester::State { .. } | Requester::Trigger { .. } => {}
     }
     (statuses, events)
 }
