@@ -26,6 +26,14 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// A trigger's name is one the repository declares (a request naming
+/// another counts as `unknown`): the label's values are bounded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    pub trigger: String,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
     pub kind: &'static str,
@@ -80,6 +88,10 @@ pub struct Metrics {
     pub schedule_fires: Family<ResultLabels, Counter>,
     /// How long after its due time each fire was recorded.
     pub schedule_lateness: Histogram,
+    /// What triggers' requests asked for, by trigger and what became of it.
+    pub trigger_runs: Family<TriggerLabels, Counter>,
+    /// Trigger requests refused whole, by why (`unauthorized`, `unknown`, `busy`, …).
+    pub trigger_refusals: Family<ResultLabels, Counter>,
     /// Objects waiting for a reconcile; set at scrape time.
     pub reconcile_queue: Gauge,
     /// Operations that ended, by final state.
@@ -136,6 +148,8 @@ impl Metrics {
             sync_applied_age: Gauge::default(),
             reconciles: Family::default(),
             schedule_fires: Family::default(),
+            trigger_runs: Family::default(),
+            trigger_refusals: Family::default(),
             // 0.1 s … ~14 min.
             schedule_lateness: Histogram::new(exponential_buckets(0.1, 2.0, 14)),
             reconcile_queue: Gauge::default(),
@@ -208,6 +222,16 @@ impl Metrics {
             "schedule_lateness_seconds",
             "How long after its due time a fire was started or passed",
             metrics.schedule_lateness.clone(),
+        );
+        r.register(
+            "trigger_runs",
+            "What triggers' requests asked for, by trigger and result: started, would_run (dry run), duplicate, rate_limited, ignored, refused, not_started",
+            metrics.trigger_runs.clone(),
+        );
+        r.register(
+            "trigger_refusals",
+            "Trigger requests refused whole, by why: unknown, unauthorized, too_large, bad_body, busy",
+            metrics.trigger_refusals.clone(),
         );
         r.register(
             "reconcile_queue_depth",

@@ -54,6 +54,10 @@ pub enum ApiError {
     Conflict(String),
     /// A webhook delivery whose signature or headers do not check out.
     Webhook(crate::git::webhook::Rejection),
+    /// A trigger's caller without its token or signature; the message says which.
+    BadCaller(String),
+    /// A body over a limit; the message names it and its setting.
+    TooLarge(String),
     UnsupportedMediaType(String),
     /// A webhook delivery id seen before.
     Replayed(String),
@@ -271,6 +275,18 @@ impl IntoResponse for ApiError {
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::BadSignature,
                 rejection.to_string(),
+                None,
+            ),
+            ApiError::BadCaller(message) => (
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::BadSignature,
+                message,
+                None,
+            ),
+            ApiError::TooLarge(message) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::TooLarge,
+                message,
                 None,
             ),
             ApiError::UnsupportedMediaType(message) => (

@@ -24,6 +24,7 @@ mod states;
 mod tables;
 mod terminal;
 mod tokens;
+mod triggers;
 mod users;
 
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub authority: Arc<crate::ssh::ca::Authority>,
     /// The certificates revoked, in force for this replica.
     pub revocations: crate::authority::Revocations,
+    /// Trigger requests being answered (`[triggers] concurrency`).
+    pub trigger_requests: Arc<tokio::sync::Semaphore>,
 }
 
 /// Every route of the API, with request tracing.
@@ -157,6 +160,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pictures::states))
         .routes(routes!(runs::list))
         .routes(routes!(runs::get))
+        .routes(routes!(triggers::trigger))
         .routes(routes!(schedules::list))
         .routes(routes!(schedules::get))
         .routes(routes!(states::list))

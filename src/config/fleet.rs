@@ -93,6 +93,30 @@ impl Default for PicturesConfig {
     }
 }
 
+/// Inbound triggers (`triggers/*.yaml`, `POST /api/triggers/<name>`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggersConfig {
+    /// Where a trigger that names no sealed secret keeps its token or HMAC
+    /// key: `<secrets_dir>/<trigger>.secret`, mode 0600.
+    pub secrets_dir: std::path::PathBuf,
+    /// The largest request body a trigger reads, in bytes (Alertmanager's
+    /// groups are a few KiB an alert).
+    pub max_body: usize,
+    /// Trigger requests answered at once; more wait for a turn.
+    pub concurrency: usize,
+}
+
+impl Default for TriggersConfig {
+    fn default() -> Self {
+        TriggersConfig {
+            secrets_dir: "/etc/linkops/triggers".into(),
+            max_body: 256 << 10,
+            concurrency: 8,
+        }
+    }
+}
+
 /// The repository's secrets (`secrets/*.yaml`), sealed with age to the
 /// daemon's recipient among others.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -55,6 +55,7 @@ const SECTIONS: &[&str] = &[
     "secrets",
     "facts",
     "pictures",
+    "triggers",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +98,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub facts: FactsConfig,
     pub pictures: PicturesConfig,
+    pub triggers: TriggersConfig,
 }
 
 impl Default for Config {
@@ -122,6 +124,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             facts: FactsConfig::default(),
             pictures: PicturesConfig::default(),
+            triggers: TriggersConfig::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ mod pictures;
 mod schedules;
 mod states;
 mod terminals;
+mod triggers;
 
 pub use auth::*;
 pub use ca::*;
@@ -29,6 +30,7 @@ pub use pictures::*;
 pub use schedules::*;
 pub use states::*;
 pub use terminals::*;
+pub use triggers::*;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -68,8 +70,10 @@ pub enum ErrorCode {
     /// A well-formed request that does not fit; `details.field` names what (422).
     Invalid,
     Conflict,
-    /// A webhook delivery whose signature does not check out (401).
+    /// A webhook delivery, or a trigger's request, whose signature or token does not check out (401).
     BadSignature,
+    /// A body over a limit; the message names it and its setting (413).
+    TooLarge,
     UnsupportedMediaType,
     /// A webhook delivery received before (409).
     Replayed,

@@ -12,6 +12,7 @@ mod runs;
 pub mod scheduler;
 mod schedules;
 mod states;
+mod triggers;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use reconcile::{Context, ObjectKey};
 pub use runs::{Caller, RunError};
 pub use scheduler::{Action, Reason, Scheduler};
+pub use triggers::{Proof, TriggerError};
 
 use linkops_reconcilers::suspension::{self, Scope};
 

@@ -158,6 +158,11 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// What opens the repository's secrets (a trigger's key among them).
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
     pub fn new(
         store: Store,
         membership: Membership,

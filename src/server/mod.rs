@@ -339,6 +339,7 @@ impl Daemon {
                 config.http.table_queries,
                 config.http.table_queries_per_user,
             ),
+            trigger_requests: Arc::new(tokio::sync::Semaphore::new(config.triggers.concurrency)),
             draining,
             replica_tls: replicas.as_ref().map(|replicas| replicas.tls.clone()),
             membership: membership.clone(),

@@ -23,8 +23,8 @@ use super::schema::{
     OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, OPERATIONS_RUNNING, RUN_REQUESTS,
     SCHEDULE_FIRES, STATE_STATUS, STATE_TARGETS, STOP_ASKS, TRIGGER_RUNS,
 };
-use linkops_reconcilers::trigger::TriggerRun;
 use super::{Error, Result, Store, now_ms};
+use linkops_reconcilers::trigger::TriggerRun;
 
 /// What an operation takes over, written in the transaction that creates it.
 #[derive(Debug)]
@@ -60,14 +60,16 @@ fn claim_trigger(
     let horizon = trigger.dedup.max(trigger.rate.per).as_millis() as i64;
     let name = run.trigger.as_str();
     let old = (name, i64::MIN, String::new())..(name, run.at_ms - horizon, String::new());
-    let forgotten: Vec<(String, i64, String)> = tx.range(TRIGGER_RUNS, old)
+    let forgotten: Vec<(String, i64, String)> = tx
+        .range(TRIGGER_RUNS, old)
         .map(|entry| entry.map(|(key, _)| key))
         .collect::<Result<_>>()?;
     for key in &forgotten {
         tx.remove(TRIGGER_RUNS, (key.0.as_str(), key.1, key.2.as_str()))?;
     }
     let recent = (name, run.at_ms - horizon, String::new())..=(name, i64::MAX, String::new());
-    let recent: Vec<(i64, String)> = tx.range(TRIGGER_RUNS, recent)
+    let recent: Vec<(i64, String)> = tx
+        .range(TRIGGER_RUNS, recent)
         .map(|entry| entry.map(|((_, at, key), _)| (at, key)))
         .collect::<Result<_>>()?;
     let recent: Vec<(i64, &str)> = recent.iter().map(|(at, key)| (*at, key.as_str())).collect();

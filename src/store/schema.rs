@@ -128,8 +128,7 @@ pub const SCHEDULE_SINCE: Table<String, Json<i64>> = Table::new("schedule_since"
 /// The runs triggers started, by (trigger, start in ms, key): what a resend
 /// and the rate are judged by; those older than both windows go as a run is
 /// claimed (the operations stay) (version 15).
-pub const TRIGGER_RUNS: Table<(String, i64, String), Json<TriggerRun>> =
-    Table::new("trigger_runs");
+pub const TRIGGER_RUNS: Table<(String, i64, String), Json<TriggerRun>> = Table::new("trigger_runs");
 /// The audit log by sequence number.
 pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
