@@ -956,6 +956,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/triggers/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** `POST /api/triggers/{name}` */
+        post: operations["triggers_trigger"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/users": {
         parameters: {
             query?: never;
@@ -1108,10 +1125,10 @@ export interface components {
             started_at?: string | null;
         };
         /**
-         * @description How the daemon logs in to a machine.
+         * @description How a caller proves it may call.
          * @enum {string}
          */
-        Auth: "key" | "certificate";
+        Auth: "bearer" | "hmac_sha256";
         BTreeMap: {
             [key: string]: boolean | number | string;
         };
@@ -1381,6 +1398,10 @@ export interface components {
             states?: {
                 [key: string]: components["schemas"]["DeclaredState"];
             };
+            /** @description Inbound triggers (`triggers/*.yaml`), by name. */
+            triggers?: {
+                [key: string]: components["schemas"]["Trigger"];
+            };
         };
         /** @enum {string} */
         Direction: "asc" | "desc";
@@ -1455,7 +1476,7 @@ export interface components {
          * @description What kind of error an answer is: stable, for programs (the message is for people).
          * @enum {string}
          */
-        ErrorCode: "unauthorized" | "forbidden" | "forbidden_origin" | "invalid_credentials" | "sign_in_refused" | "step_up_required" | "locked" | "busy" | "bad_request" | "not_found" | "no_route" | "invalid" | "conflict" | "bad_signature" | "unsupported_media_type" | "replayed" | "not_configured" | "unavailable" | "holder_unreachable" | "internal";
+        ErrorCode: "unauthorized" | "forbidden" | "forbidden_origin" | "invalid_credentials" | "sign_in_refused" | "step_up_required" | "locked" | "busy" | "bad_request" | "not_found" | "no_route" | "invalid" | "conflict" | "bad_signature" | "too_large" | "unsupported_media_type" | "replayed" | "not_configured" | "unavailable" | "holder_unreachable" | "internal";
         ErrorDetail: {
             /** @description Stable, for programs. */
             code: components["schemas"]["ErrorCode"];
@@ -1593,6 +1614,11 @@ export interface components {
          * @enum {string}
          */
         FleetStreamEvent: "snapshot" | "changes";
+        /**
+         * @description What a request's body is.
+         * @enum {string}
+         */
+        Format: "alertmanager" | "json";
         GitHealth: {
             /** @description The revision in force, if any. */
             applied_revision?: string | null;
@@ -2139,6 +2165,12 @@ export interface components {
             /** Format: int64 */
             seq: number;
         };
+        /** @description At most `runs` runs started in any `per`. */
+        Rate: {
+            per: components["schemas"]["Duration"];
+            /** Format: int32 */
+            runs: number;
+        };
         /** @enum {string} */
         Readiness: "ok" | "degraded";
         /**
@@ -2192,6 +2224,13 @@ export interface components {
             due_ms: number;
             /** @enum {string} */
             kind: "schedule";
+            name: string;
+            revision: string;
+        } | {
+            /** @description The alert's fingerprint, when Alertmanager gave one. */
+            alert?: string | null;
+            /** @enum {string} */
+            kind: "trigger";
             name: string;
             revision: string;
         };
@@ -2793,6 +2832,92 @@ export interface components {
             /** @description The user it acts for; `null`: a service token. */
             owner?: string | null;
         };
+        /** @description A trigger as the repository declares it. */
+        Trigger: {
+            auth: components["schemas"]["Auth"];
+            /**
+             * @description A request asking for what ran within this long (same machine, same
+             *     parameters) does nothing: Alertmanager resends firing alerts.
+             */
+            dedup: components["schemas"]["Duration"];
+            description?: string;
+            /** @description Answers what it would run, runs nothing. */
+            dry_run: boolean;
+            /** @description Repository path of the file that declares it. */
+            file: string;
+            format: components["schemas"]["Format"];
+            /**
+             * @description Where in each alert (or the body) the machine is named: its id, or its
+             *     host (a `:port` after it, as Prometheus's `instance` has, is dropped).
+             */
+            machine: string;
+            /** @description The machines it may run on; a request naming another is refused. */
+            machines: components["schemas"]["Targets"];
+            /** @description Parameters taken from the request: parameter → where in the alert. */
+            map: {
+                [key: string]: string;
+            };
+            name: string;
+            /** @description Parameters fixed in the file. */
+            params: {
+                [key: string]: components["schemas"]["ParamValue"];
+            };
+            rate: components["schemas"]["Rate"];
+            /** @description The one catalog script it runs. */
+            script: string;
+            /**
+             * @description The sealed secret (`secrets/<name>.yaml`) holding its token or HMAC
+             *     key; absent, the 0600 file `<[triggers] secrets_dir>/<name>.secret`.
+             */
+            secret?: string | null;
+        };
+        /** @description What became of each run a trigger's request asked for, in the request's order. */
+        TriggerAnswer: {
+            /** @description The trigger only said what it would run. */
+            dry_run: boolean;
+            /** @description The revision that declared the trigger. */
+            revision: string;
+            runs: components["schemas"]["TriggerRunView"][];
+            trigger: string;
+        };
+        TriggerOutcome: {
+            /** Format: int64 */
+            operation_id: number;
+            /** @enum {string} */
+            outcome: "started";
+        } | {
+            /** @enum {string} */
+            outcome: "would_run";
+            params: {
+                [key: string]: components["schemas"]["ParamValue"];
+            };
+        } | {
+            /** @enum {string} */
+            outcome: "duplicate";
+            reason: string;
+        } | {
+            /** @enum {string} */
+            outcome: "rate_limited";
+            reason: string;
+        } | {
+            /** @enum {string} */
+            outcome: "ignored";
+            reason: string;
+        } | {
+            /** @enum {string} */
+            outcome: "refused";
+            reason: string;
+        } | {
+            /** @enum {string} */
+            outcome: "not_started";
+            reason: string;
+        };
+        TriggerRunView: components["schemas"]["TriggerOutcome"] & {
+            /** @description The alert's fingerprint, when Alertmanager gave one. */
+            alert?: string | null;
+            /** @description The machine it names, when it names one of the inventory. */
+            machine?: string | null;
+        };
         UserView: {
             /** Format: date-time */
             created_at: string;
@@ -2909,6 +3034,7 @@ export type FleetChanges = components['schemas']['FleetChanges'];
 export type FleetPicture = components['schemas']['FleetPicture'];
 export type FleetSnapshot = components['schemas']['FleetSnapshot'];
 export type FleetStreamEvent = components['schemas']['FleetStreamEvent'];
+export type Format = components['schemas']['Format'];
 export type GitHealth = components['schemas']['GitHealth'];
 export type GitStatus = components['schemas']['GitStatus'];
 export type Given = components['schemas']['Given'];
@@ -2961,6 +3087,7 @@ export type Problem = components['schemas']['Problem'];
 export type Progress = components['schemas']['Progress'];
 export type QueryRequest = components['schemas']['QueryRequest'];
 export type Queued = components['schemas']['Queued'];
+export type Rate = components['schemas']['Rate'];
 export type Readiness = components['schemas']['Readiness'];
 export type Recipients = components['schemas']['Recipients'];
 export type RecordingView = components['schemas']['RecordingView'];
@@ -3016,6 +3143,10 @@ export type Targets = components['schemas']['Targets'];
 export type TargetsBody = components['schemas']['TargetsBody'];
 export type TerminalSession = components['schemas']['TerminalSession'];
 export type TokenView = components['schemas']['TokenView'];
+export type Trigger = components['schemas']['Trigger'];
+export type TriggerAnswer = components['schemas']['TriggerAnswer'];
+export type TriggerOutcome = components['schemas']['TriggerOutcome'];
+export type TriggerRunView = components['schemas']['TriggerRunView'];
 export type UserView = components['schemas']['UserView'];
 export type WebhookAnswer = components['schemas']['WebhookAnswer'];
 export type Weekday = components['schemas']['Weekday'];
@@ -4714,6 +4845,97 @@ export interface operations {
             };
             /** @description No such token of yours */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    triggers_trigger: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Trigger name (triggers/<name>.yaml) */
+                name: string;
+            };
+            cookie?: never;
+        };
+        /** @description Alertmanager's webhook payload (version 4), or any JSON object for `format: json`; `Authorization: Bearer <token>` or `X-LinkOps-Signature: sha256=<hex>` as the trigger's `auth` says */
+        requestBody: {
+            content: {
+                "application/json": Record<string, never>;
+            };
+        };
+        responses: {
+            /** @description Nothing started: resends, resolved alerts, a spent rate; each run says why */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TriggerAnswer"];
+                };
+            };
+            /** @description At least one run started (or, in a dry run, would) */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TriggerAnswer"];
+                };
+            };
+            /** @description No token or signature, or not this trigger's */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such trigger */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The trigger's key cannot be read (the operator's to fix) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Body over [triggers] max_body */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the trigger's format, too many alerts, or every run refused (a machine outside its machines) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description [triggers] concurrency requests already being answered */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };

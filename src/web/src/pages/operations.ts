@@ -123,5 +123,6 @@ function requester(by: Requester): string {
     case "state": return `state ${by.id}`;
     case "run_request": return `run-request ${by.id}`;
     case "schedule": return `schedule ${by.name}`;
+    case "trigger": return by.alert ? `trigger ${by.name} (alert ${by.alert})` : `trigger ${by.name}`;
   }
 }
