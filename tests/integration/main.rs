@@ -39,4 +39,5 @@ mod tables;
 mod terminal;
 mod tidy;
 mod tokens;
+mod triggers;
 mod validate;
