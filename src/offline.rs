@@ -78,12 +78,14 @@ pub fn validate(dir: &Path, keyring: Option<&Keyring>) -> Result<bool, Error> {
     match loaded {
         Ok(state) => {
             println!(
-                "{}: ok ({} machines, {} scripts, {} run-requests, {} states, {} grants, {} secrets{})",
+                "{}: ok ({} machines, {} scripts, {} run-requests, {} states, {} schedules, {} triggers, {} grants, {} secrets{})",
                 dir.display(),
                 state.machines.len(),
                 state.scripts.len(),
                 state.runs.len(),
                 state.states.len(),
+                state.schedules.len(),
+                state.triggers.len(),
                 state.grants.len(),
                 state.secrets.len(),
                 match keyring {

@@ -25,7 +25,7 @@ fn example_repository_is_valid() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("6 machines, 11 scripts, 2 run-requests, 5 states, 2 grants, 0 secrets"),
+        stdout.contains("6 machines, 12 scripts, 2 run-requests, 5 states, 1 schedules, 1 triggers, 2 grants, 0 secrets"),
         "{stdout}"
     );
 }
