@@ -226,3 +226,39 @@ async fn an_alert_runs_its_script_on_its_machine_once_and_nothing_else_gets_thro
         .collect();
     assert!(refused.iter().any(|d| d.contains("host4")), "{refused:?}");
 }
+
+#[tokio::test]
+async fn a_trigger_s_token_can_be_a_sealed_secret_of_the_repository() {
+    let setup = FleetSetup::new(4, &[], SCRIPTS);
+    let config = setup.config();
+    // The daemon's identity where it looks for it; the token sealed to it by Debian's age.
+    let daemon_key = linkops::sealed::Keyring::load_or_create(&config.age_identity_path()).unwrap();
+    let recipient = daemon_key.recipients().remove(0);
+    setup
+        .work
+        .write("recipients.yaml", &format!("all:\n  - {recipient}\n"));
+    let mut age = std::process::Command::new("age");
+    age.args(["-e", "-a", "-r", &recipient]);
+    let sealed = support::with_stdin(&mut age, TOKEN.as_bytes());
+    assert!(sealed.status.success());
+    let indented: String = (String::from_utf8(sealed.stdout).unwrap().lines())
+        .map(|line| format!("  {line}\n"))
+        .collect();
+    setup.work.write(
+        "secrets/alert-token.yaml",
+        &format!("name: alert-token\nvalue: |\n{indented}"),
+    );
+    setup.work.write(
+        "triggers/disk-full.yaml",
+        &trigger("disk-full", "secret: alert-token\ndry_run: true\n"),
+    );
+    setup.work.commit("a trigger whose token is sealed in Git");
+    let daemon = setup.start_with(config).await;
+
+    let (status, answer) = call(&daemon, "disk-full", Some(TOKEN), DISK_FULL).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(outcomes(&answer), ["host3 would_run"]);
+    let (status, _) = call(&daemon, "disk-full", Some(OTHER_TOKEN), DISK_FULL).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    daemon.stop().await;
+}
