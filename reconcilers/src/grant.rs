@@ -101,7 +101,7 @@ impl<'a> From<&'a Machine> for Place<'a> {
 pub fn needs_second_factor(need: Need) -> bool {
     match need {
         Need::Terminal(_) | Need::Administer => true,
-        Need::Run { machine, .. } => machine.protected,
+        Need::Run { machine, .. } | Need::Approve { machine, .. } => machine.protected,
         Need::See(_) | Need::Check(_) | Need::Workspaces => false,
     }
 }
@@ -211,6 +211,13 @@ pub enum Need<'a> {
     Workspaces,
     /// Change the daemon itself (users, syncs, the CA): an admin of the whole fleet.
     Administer,
+    /// Approve a run of `script` on a machine: `role` over it for the script
+    /// (an approval rule's `role`).
+    Approve {
+        script: &'a str,
+        machine: Place<'a>,
+        role: Role,
+    },
 }
 
 /// Why a need is refused: the grant it would take.
@@ -271,6 +278,15 @@ pub fn permits(grants: &[Grant], need: Need) -> Result<(), Refusal> {
             Role::Admin,
             held(Role::Admin, &Scope::is_fleet),
             "the whole fleet".to_owned(),
+        ),
+        Need::Approve {
+            script,
+            machine,
+            role,
+        } => (
+            role,
+            held(role, &|scope| scope.covers(machine) && scope.runs(script)),
+            format!("machine {} for script {script} (to approve)", machine.id),
         ),
     };
     match granted {

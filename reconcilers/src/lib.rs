@@ -7,6 +7,7 @@
 //! The daemon (`src/`) reads Git, talks SSH and writes the store; it asks this
 //! crate what the readings mean.
 
+pub mod approval;
 pub mod ask;
 pub mod certificate;
 pub mod condition;

@@ -355,6 +355,9 @@ fn asks(need: Need) -> String {
     match need {
         Need::Terminal(machine) => format!("a terminal to {}", machine.id),
         Need::Run { machine, .. } => format!("running on protected machine {}", machine.id),
+        Need::Approve { machine, .. } => {
+            format!("approving a run on protected machine {}", machine.id)
+        }
         Need::Administer => "changing the daemon (an admin action)".to_owned(),
         Need::See(_) | Need::Check(_) | Need::Workspaces => "this".to_owned(),
     }
