@@ -470,8 +470,45 @@ pub const TIME_PATTERN: &str = r"^([01][0-9]|2[0-3]):[0-5][0-9]$";
 #[serde(deny_unknown_fields)]
 #[schemars(title = "LinkOps access (access.yaml)")]
 pub struct AccessFile {
+    #[serde(default)]
     #[schemars(with = "Vec<GrantEntry>")]
     pub grants: Vec<Spanned<GrantEntry>>,
+    /// Runs that wait for approvers before they start.
+    #[serde(default)]
+    #[schemars(with = "Vec<ApprovalEntry>")]
+    pub approvals: Vec<Spanned<ApprovalEntry>>,
+}
+
+/// Runs that need approval: a script (none: every one) on machines of these
+/// tags or ids (none: every machine) waits for `approvers` distinct people —
+/// never the requester — holding `role` over each of its machines for the
+/// script, within `expires`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalEntry {
+    /// Named in the request and the audit log.
+    #[schemars(with = "String", regex(pattern = ID_PATTERN))]
+    pub name: Spanned<String>,
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub tags: Vec<Spanned<String>>,
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub machines: Vec<Spanned<String>>,
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub scripts: Vec<Spanned<String>>,
+    /// How many distinct approvers (1 to 10).
+    #[schemars(with = "u32")]
+    pub approvers: Spanned<u32>,
+    /// What an approver holds over each machine, for the script: `operator` (default) or `admin`.
+    #[serde(default)]
+    #[schemars(with = "Option<Role>")]
+    pub role: Option<Spanned<Role>>,
+    /// How long a request waits before it expires and never runs, e.g. `4h` (default 24h).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub expires: Option<Spanned<String>>,
 }
 
 /// A role over a scope, and who holds it. No tags and no machines: the whole

@@ -58,6 +58,9 @@ pub struct DesiredState {
     /// Who may do what, beyond local accounts' own roles (`access.yaml`).
     #[serde(default)]
     pub grants: Vec<Given>,
+    /// Which runs wait for approvers (`access.yaml`'s `approvals`).
+    #[serde(default)]
+    pub approvals: Vec<crate::approval::Rule>,
     /// The secrets of `secrets/`, by name: sealed, never in clear.
     #[serde(default)]
     pub secrets: BTreeMap<String, Secret>,

@@ -2,6 +2,7 @@
 //! and scripts that exist, and its role meaning what its scope says.
 
 use super::*;
+use crate::approval::{MAX_APPROVERS, Rule};
 use crate::grant::{Given, Grant, Holder, Scope};
 use crate::role::Role;
 
@@ -9,18 +10,97 @@ use crate::role::Role;
 /// group names are free text; the daemon's user names are at most 64).
 pub const MAX_HOLDER_BYTES: usize = 256;
 
+/// How long an approval request waits when its rule says nothing.
+const DEFAULT_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+/// The grants and the approval rules of `access.yaml`.
 pub(super) fn check_access(
     access: AccessFile,
     scripts: &BTreeMap<String, Script>,
     catalog_read: bool,
     known: &Known,
     report: &mut Report,
-) -> Vec<Given> {
-    access
-        .grants
-        .into_iter()
+) -> (Vec<Given>, Vec<Rule>) {
+    let grants = (access.grants.into_iter())
         .filter_map(|entry| check_grant(entry, scripts, catalog_read, known, report))
-        .collect()
+        .collect();
+    let (mut names, mut rules) = (BTreeSet::new(), Vec::new());
+    for entry in access.approvals {
+        let name = &entry.value.name;
+        if !names.insert(name.value.clone()) {
+            let message = format!("approval rule {:?} is named twice", name.value);
+            report.at(name, message);
+            continue;
+        }
+        rules.extend(check_approval(entry, scripts, catalog_read, known, report));
+    }
+    (grants, rules)
+}
+
+fn check_approval(
+    entry: Spanned<ApprovalEntry>,
+    scripts: &BTreeMap<String, Script>,
+    catalog_read: bool,
+    known: &Known,
+    report: &mut Report,
+) -> Option<Rule> {
+    let ApprovalEntry {
+        name,
+        tags,
+        machines,
+        scripts: named,
+        approvers,
+        role,
+        expires,
+    } = entry.value;
+    let mut fine = true;
+    let errors_before = report.problems.len();
+    let targets = TargetsEntry {
+        machines,
+        tags,
+        where_: BTreeMap::new(),
+    };
+    let reached = known.check_targets(&targets, report);
+    if catalog_read {
+        in_catalog(&named, scripts, report);
+    }
+    fine &= report.problems.len() == errors_before;
+    if !(1..=MAX_APPROVERS).contains(&approvers.value) {
+        report.at(
+            &approvers,
+            format!(
+                "approvers is {}: give 1 to {MAX_APPROVERS} (distinct people, never the requester)",
+                approvers.value
+            ),
+        );
+        fine = false;
+    }
+    let role = match role {
+        Some(role) if role.value == Role::Viewer => {
+            report.at(
+                &role,
+                "a viewer runs nothing, so approves nothing: give operator or admin",
+            );
+            return None;
+        }
+        Some(role) => role.value,
+        None => Role::Operator,
+    };
+    let expires = match expires {
+        Some(given) => duration(&given, report)?,
+        None => DEFAULT_EXPIRY,
+    };
+    fine.then_some(Rule {
+        name: name.value,
+        scope: Scope {
+            tags: reached.tags,
+            machines: reached.machines,
+            scripts: named.iter().map(|s| s.value.clone()).collect(),
+        },
+        approvers: approvers.value,
+        role,
+        expires,
+    })
 }
 
 fn check_grant(

@@ -36,9 +36,9 @@ use serde::de::DeserializeOwned;
 use serde_saphyr::Spanned;
 
 use super::format::{
-    AccessFile, CustomFactFile, GrantEntry, ID_PATTERN, KEY_PATTERN, LinksFile, MachineEntry,
-    PARAM_NAME_PATTERN, ParamEntry, RecipientsFile, RunRequestFile, ScheduleFile, ScriptEntry,
-    ScriptsFile, SecretFile, StateFile, TargetsEntry, TriggerFile, WindowEntry,
+    AccessFile, ApprovalEntry, CustomFactFile, GrantEntry, ID_PATTERN, KEY_PATTERN, LinksFile,
+    MachineEntry, PARAM_NAME_PATTERN, ParamEntry, RecipientsFile, RunRequestFile, ScheduleFile,
+    ScriptEntry, ScriptsFile, SecretFile, StateFile, TargetsEntry, TriggerFile, WindowEntry,
 };
 use super::{
     ACCESS_FILE, DesiredState, LINKS_FILE, Problem, RECIPIENTS_FILE, RepoFiles, SCRIPTS_FILE,
@@ -212,16 +212,17 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
         .map(|(name, read)| (name, read.secret))
         .collect();
 
-    let grants = match parse::<AccessFile>(files, ACCESS_FILE, Some("grants"), &mut problems) {
-        Some(access) => {
-            let mut report = Report {
-                file: ACCESS_FILE,
-                problems: &mut problems,
-            };
-            check_access(access.value, &scripts, catalog_read, &known, &mut report)
-        }
-        None => Vec::new(),
-    };
+    let (grants, approvals) =
+        match parse::<AccessFile>(files, ACCESS_FILE, Some("grants"), &mut problems) {
+            Some(access) => {
+                let mut report = Report {
+                    file: ACCESS_FILE,
+                    problems: &mut problems,
+                };
+                check_access(access.value, &scripts, catalog_read, &known, &mut report)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
 
     let runs = per_file(
         files,
@@ -328,6 +329,7 @@ pub fn load(revision: &str, files: &RepoFiles) -> Result<DesiredState, Vec<Probl
             runs,
             states,
             grants,
+            approvals,
             secrets,
             recipients,
             custom_facts,

@@ -177,6 +177,57 @@ fn access_grants_roles_over_scopes_to_groups_and_users() {
 }
 
 #[test]
+fn access_names_the_runs_that_wait_for_approvers() {
+    let load_with = |access: &str| {
+        let files: RepoFiles = [
+            (
+                "links.yaml",
+                "machines:\n  - {id: db1, name: Db, host: 10.0.0.1, uuid: 7d41e0a2-93c8-4b5f-a6d2-0e8b17c4f935, tags: [prod]}\n",
+            ),
+            ("scripts.yaml", "scripts:\n  - {id: deploy, name: Deploy, body: echo}\n"),
+            ("access.yaml", access),
+        ]
+        .into_iter()
+        .map(|(path, text)| (path.to_owned(), text.as_bytes().to_vec()))
+        .collect();
+        load("r1", &files)
+            .map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    let desired =
+        load_with("approvals:\n  - {name: prod, tags: [prod], approvers: 2, expires: 4h}\n")
+            .unwrap();
+    let rule = &desired.approvals[0];
+    assert_eq!((rule.name.as_str(), rule.approvers), ("prod", 2));
+    assert_eq!(rule.role, crate::role::Role::Operator);
+    assert_eq!(rule.expires, Duration::from_secs(4 * 3600));
+    assert_eq!(rule.scope.tags, ["prod"]);
+    for (access, problem) in [
+        (
+            "approvals:\n  - {name: prod, tags: [prod], approvers: 0}\n",
+            "access.yaml:2:43: approvers is 0",
+        ),
+        (
+            "approvals:\n  - {name: prod, tags: [prod], approvers: 1, role: viewer}\n",
+            "access.yaml:2:52: a viewer runs nothing",
+        ),
+        (
+            "approvals:\n  - {name: prod, tags: [qa], approvers: 1}\n",
+            "access.yaml:2:25: tag \"qa\" matches no machine",
+        ),
+        (
+            "approvals:\n  - {name: prod, approvers: 1}\n  - {name: prod, approvers: 2}\n",
+            "access.yaml:3:12: approval rule \"prod\" is named twice",
+        ),
+    ] {
+        let problems = load_with(access).unwrap_err();
+        assert!(
+            problems.len() == 1 && problems[0].starts_with(problem),
+            "{access}: {problems:#?}"
+        );
+    }
+}
+
+#[test]
 fn secrets_are_sealed_named_where_they_live_and_used_only_within_their_limits() {
     const SEALED: &str =
         "|\n  -----BEGIN AGE ENCRYPTED FILE-----\n  YWdl\n  -----END AGE ENCRYPTED FILE-----\n";
