@@ -7,6 +7,7 @@
 //! engines. Every write is one transaction: a crash at any point leaves the
 //! last committed state.
 
+mod approvals;
 mod audit;
 mod ca;
 mod changes;
@@ -96,6 +97,10 @@ pub enum Error {
         due_ms: i64,
         outcome: &'static str,
     },
+    #[error(
+        "approval request {id} changed as this vote was counted (another vote, or its end): vote again"
+    )]
+    VoteRaced { id: u64 },
     #[error("trigger {trigger:?} started nothing: {refusal}")]
     TriggerRefused {
         trigger: String,

@@ -21,8 +21,9 @@ use super::records::Outcome;
 use super::scan::{SeqTable, index_operation};
 use super::schema::{
     OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, OPERATIONS_RUNNING, RUN_REQUESTS,
-    SCHEDULE_FIRES, STATE_STATUS, STATE_TARGETS, STOP_ASKS, TRIGGER_RUNS,
+    APPROVALS, SCHEDULE_FIRES, STATE_STATUS, STATE_TARGETS, STOP_ASKS, TRIGGER_RUNS,
 };
+use linkops_reconcilers::approval::{Request, RequestState};
 use super::{Error, Result, Store, now_ms};
 use linkops_reconcilers::trigger::TriggerRun;
 
@@ -46,6 +47,9 @@ pub enum Claim {
         run: TriggerRun,
         trigger: Box<linkops_reconcilers::trigger::Trigger>,
     },
+    /// An approval request's last approval (`voted`: the request with it),
+    /// with its audit entry: the request is marked started by this operation.
+    Approval { voted: Box<Request>, audit: Audit },
 }
 
 /// Records a trigger's run as started by operation `id`, unless the same
@@ -196,6 +200,15 @@ impl Store {
                 Some(Claim::Run(claim)) => claim_run(&mut tx, claim, id)?,
                 Some(Claim::Fire(fire)) => claim_fire(&mut tx, fire, id)?,
                 Some(Claim::Trigger { run, trigger }) => claim_trigger(&mut tx, run, &trigger, id)?,
+                Some(Claim::Approval { voted, audit }) => {
+                    super::approvals::still_as_voted_on(&mut tx, &voted)?;
+                    let started = Request {
+                        state: RequestState::Started { operation_id: id },
+                        ..*voted
+                    };
+                    tx.insert(APPROVALS, started.id, &started)?;
+                    audit::append_audit(&mut tx, &audit)?;
+                }
                 Some(Claim::StateApply { status, targets }) => {
                     claim_state_apply(&mut tx, &status, targets, id)?
                 }

@@ -238,6 +238,9 @@ mod tests {
         ("custom_facts", "{}"),
         // Issue 34: its schedules, and the zone a declared state's windows are read in.
         ("schedules", "{}"),
+        // Issue 34: its inbound triggers and approval rules.
+        ("triggers", "{}"),
+        ("approvals", "[]"),
         ("zone", r#""UTC""#),
     ];
 
@@ -343,6 +346,7 @@ mod tests {
             decodes(ROLLUPS),
             decodes(SCHEDULE_FIRES),
             decodes(TRIGGER_RUNS),
+            decodes(APPROVALS),
             decodes(AUDIT_LOG),
         ];
         // The rest hold a number, a text, nothing or raw bytes.

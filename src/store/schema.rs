@@ -2,6 +2,7 @@
 //! and the schema version they make ([`super::migrations`] brings older
 //! stores up to it).
 
+use linkops_reconcilers::approval::Request;
 use linkops_reconcilers::certificate::{IssuedHostCertificate, Revocation};
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::facts::{FactChange, MachineFacts};
@@ -129,11 +130,14 @@ pub const SCHEDULE_SINCE: Table<String, Json<i64>> = Table::new("schedule_since"
 /// and the rate are judged by; those older than both windows go as a run is
 /// claimed (the operations stay) (version 15).
 pub const TRIGGER_RUNS: Table<(String, i64, String), Json<TriggerRun>> = Table::new("trigger_runs");
+/// Approval requests by id: runs waiting for approvers, and what became of
+/// them (version 15).
+pub const APPROVALS: Table<u64, Json<Request>> = Table::new("approvals");
 /// The audit log by sequence number.
 pub const AUDIT_LOG: Table<u64, Json<AuditEntry>> = Table::new("audit_log");
 
 /// Every table's name: what an engine creates, and what `linkops store migrate` copies.
-pub const TABLES: [&str; 43] = [
+pub const TABLES: [&str; 44] = [
     META.name,
     USERS.name,
     LOGIN_FAILURES.name,
@@ -176,6 +180,7 @@ pub const TABLES: [&str; 43] = [
     SCHEDULE_FIRES.name,
     SCHEDULE_SINCE.name,
     TRIGGER_RUNS.name,
+    APPROVALS.name,
     AUDIT_LOG.name,
 ];
 
