@@ -157,7 +157,8 @@ enum Command {
     /// Run a catalog script on machines and follow its output live.
     ///
     /// Exits 0 when every machine succeeded, 1 when any failed (or was
-    /// skipped or stopped), 2 when the run could not start.
+    /// skipped or stopped), 2 when the run could not start, 3 when it waits
+    /// for approvers (`access.yaml`'s approvals; `linkops approvals` lists them).
     Run {
         /// The script's id in scripts.yaml.
         script: String,
@@ -203,6 +204,25 @@ enum Command {
     /// its next fire as its zone reads it and as yours does, and its latest
     /// fire. With a name: its fires, newest first.
     Schedules { name: Option<String> },
+    /// Runs waiting for approvers (`access.yaml`'s approvals), newest first;
+    /// with an id, one request and its votes.
+    Approvals { id: Option<u64> },
+    /// Approve a run waiting for approvers (someone other than who asked,
+    /// holding the rule's role over its machines); the last approval needed
+    /// starts it.
+    Approve {
+        id: u64,
+        /// Kept with the vote.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Reject a run waiting for approvers: it never runs.
+    Reject {
+        id: u64,
+        /// Why (kept with the vote).
+        #[arg(long)]
+        comment: String,
+    },
     /// Operation history, newest first; `ops logs ID [-f]` shows one's output.
     Ops {
         #[command(subcommand)]
@@ -688,6 +708,9 @@ fn run() -> anyhow::Result<()> {
         | Command::Retry { .. }
         | Command::States { .. }
         | Command::Schedules { .. }
+        | Command::Approvals { .. }
+        | Command::Approve { .. }
+        | Command::Reject { .. }
         | Command::Ops { .. }
         | Command::Stop { .. }
         | Command::Sync
@@ -811,6 +834,13 @@ async fn remote(command: &Command, server: Option<&str>, json: bool) -> client::
         Command::States { id: None } => client::states(&client, json).await.map(|()| 0),
         Command::States { id: Some(id) } => client::state(&client, id, json).await.map(|()| 0),
         Command::Schedules { name } => client::schedules(&client, name.as_deref(), json)
+            .await
+            .map(|()| 0),
+        Command::Approvals { id } => client::approvals(&client, *id, json).await.map(|()| 0),
+        Command::Approve { id, comment } => (client::vote(&client, *id, true, comment, json))
+            .await
+            .map(|()| 0),
+        Command::Reject { id, comment } => (client::vote(&client, *id, false, comment, json))
             .await
             .map(|()| 0),
         Command::Ops {

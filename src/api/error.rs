@@ -143,6 +143,8 @@ impl From<crate::controller::RunError> for ApiError {
             RunError::NotGranted(refusal) => ApiError::NotGranted(refusal),
             // The handler says how to give one; this is what is left.
             RunError::SecondFactor(_) => ApiError::SignInRefused(error.to_string()),
+            // The handlers answer `201` with the request; this is what is left.
+            RunError::AwaitingApproval(_) => ApiError::Conflict(error.to_string()),
             RunError::Check(error) => error.into(),
             RunError::Store(error) | RunError::Start(crate::operations::Error::Store(error)) => {
                 error.into()
@@ -166,6 +168,7 @@ impl From<store::Error> for ApiError {
                 ApiError::NotFound(error.to_string())
             }
             store::Error::TokenExists(_)
+            | store::Error::VoteRaced { .. }
             | store::Error::TooManyTokens(_)
             | store::Error::SecondFactorEnrolled(_)
             | store::Error::NoSecondFactor(_) => ApiError::Conflict(error.to_string()),

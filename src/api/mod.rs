@@ -1,6 +1,7 @@
 //! The HTTP API. Submodules mirror the URL tree; handlers parse, authorise,
 //! call a service and map errors in one place ([`ApiError`]).
 
+mod approvals;
 mod auth;
 mod ca;
 mod cluster;
@@ -161,6 +162,10 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::list))
         .routes(routes!(runs::get))
         .routes(routes!(triggers::trigger))
+        .routes(routes!(approvals::list))
+        .routes(routes!(approvals::get))
+        .routes(routes!(approvals::approve))
+        .routes(routes!(approvals::reject))
         .routes(routes!(schedules::list))
         .routes(routes!(schedules::get))
         .routes(routes!(states::list))

@@ -10,6 +10,7 @@ use super::extract::{Json, Path, Query};
 use crate::controller::{Caller, RunError};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use futures::{Stream, StreamExt};
 use linkops_reconcilers::ask::Ask;
@@ -72,12 +73,12 @@ pub async fn get(
 
 /// `POST /api/operations/run`: starts at once and answers with the operation;
 /// it continues in the background (follow it at `/api/operations/{id}/events`).
-#[utoipa::path(post, path = "/api/operations/run", tag = "operations", request_body = RunBody, responses((status = 202, description = "Started; follow it at /api/operations/{id}/events (operator); suspended machines are skipped, naming their suspension", body = OperationView), (status = 409, description = "The fleet, or every machine it selects, is suspended", body = crate::contract::ErrorBody), (status = 422, description = "Unknown script, bad parameters or no targets; details.field names it", body = crate::contract::ErrorBody)))]
+#[utoipa::path(post, path = "/api/operations/run", tag = "operations", request_body = RunBody, responses((status = 202, description = "Started; follow it at /api/operations/{id}/events (operator); suspended machines are skipped, naming their suspension", body = OperationView), (status = 201, description = "Recorded as awaiting approval (access.yaml's approvals): the request at Location", body = crate::contract::ApprovalView), (status = 409, description = "The fleet, or every machine it selects, is suspended", body = crate::contract::ErrorBody), (status = 422, description = "Unknown script, bad parameters or no targets; details.field names it", body = crate::contract::ErrorBody)))]
 pub async fn run(
     State(state): State<AppState>,
     caller: Authenticated,
     Json(body): Json<RunBody>,
-) -> Result<(StatusCode, Json<OperationView>), ApiError> {
+) -> Result<Response, ApiError> {
     let grants = caller.grants(&state);
     let fresh = caller.stepped_up(&state, "running on a protected machine");
     let by = Caller {
@@ -114,19 +115,21 @@ pub async fn run(
         },
         rollout: body.rollout,
     };
-    let operation = (state.controller.run(ask, body.concurrency, by).await)
-        .map_err(|error| refused(error, fresh))?;
-    started(&state, operation.id).await
+    match state.controller.run(ask, body.concurrency, by).await {
+        Ok(operation) => Ok(started(&state, operation.id).await?.into_response()),
+        Err(RunError::AwaitingApproval(request)) => Ok(super::approvals::awaiting(*request)),
+        Err(error) => Err(refused(error, fresh)),
+    }
 }
 
 /// `POST /api/operations/{id}/retry`: the same script and parameters again, on
 /// the machines of the operation that failed, timed out or were interrupted.
-#[utoipa::path(post, path = "/api/operations/{id}/retry", tag = "operations", params(("id" = u64, Path, description = "Operation id")), responses((status = 202, description = "Started (operator): a new operation whose `retry_of` is this one", body = OperationView), (status = 409, description = "Still running, no machine of it failed, timed out or was interrupted, a state's apply (resume the state instead), or its machines are suspended", body = crate::contract::ErrorBody), (status = 422, description = "Its script left the catalog, or its parameters no longer fit it", body = crate::contract::ErrorBody)))]
+#[utoipa::path(post, path = "/api/operations/{id}/retry", tag = "operations", params(("id" = u64, Path, description = "Operation id")), responses((status = 202, description = "Started (operator): a new operation whose `retry_of` is this one", body = OperationView), (status = 201, description = "Recorded as awaiting approval: the request at Location", body = crate::contract::ApprovalView), (status = 409, description = "Still running, no machine of it failed, timed out or was interrupted, a state's apply (resume the state instead), or its machines are suspended", body = crate::contract::ErrorBody), (status = 422, description = "Its script left the catalog, or its parameters no longer fit it", body = crate::contract::ErrorBody)))]
 pub async fn retry(
     State(state): State<AppState>,
     caller: Authenticated,
     Path(id): Path<u64>,
-) -> Result<(StatusCode, Json<OperationView>), ApiError> {
+) -> Result<Response, ApiError> {
     let grants = caller.grants(&state);
     let fresh = caller.stepped_up(&state, "running on a protected machine");
     let by = Caller {
@@ -134,9 +137,11 @@ pub async fn retry(
         grants: &grants,
         second_factor_fresh: fresh.is_ok(),
     };
-    let operation =
-        (state.controller.retry(id, by).await).map_err(|error| refused(error, fresh))?;
-    started(&state, operation.id).await
+    match state.controller.retry(id, by).await {
+        Ok(operation) => Ok(started(&state, operation.id).await?.into_response()),
+        Err(RunError::AwaitingApproval(request)) => Ok(super::approvals::awaiting(*request)),
+        Err(error) => Err(refused(error, fresh)),
+    }
 }
 
 /// A run refused: for protected machines without a fresh second factor,

@@ -239,21 +239,43 @@ pub async fn run(client: &Client, args: RunArgs<'_>, json: bool) -> Result<i32> 
         concurrency: args.concurrency,
         rollout: args.rollout,
     };
-    let operation: OperationView = client.post("/api/operations/run", &body).await?;
-    started(client, operation, json).await
+    let answer: RunAnswer = client.post("/api/operations/run", &body).await?;
+    started(client, answer, json).await
 }
+
+/// What a run asked for became: started, or awaiting approvers.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum RunAnswer {
+    Started(Box<OperationView>),
+    Awaiting(Box<crate::contract::ApprovalView>),
+}
+
+/// The exit code of a run recorded as awaiting approval (it has not run yet).
+pub const AWAITING_APPROVAL: i32 = 3;
 
 /// `linkops retry ID`: runs the operation's script again on its machines that
 /// failed, timed out or were interrupted, and follows it like `linkops run`.
 pub async fn retry(client: &Client, id: u64, json: bool) -> Result<i32> {
-    let operation: OperationView = client
+    let answer: RunAnswer = client
         .post(&format!("/api/operations/{id}/retry"), &json!({}))
         .await?;
-    started(client, operation, json).await
+    started(client, answer, json).await
 }
 
-/// Says what started, follows it to its end; the exit code of its end.
-async fn started(client: &Client, operation: OperationView, json: bool) -> Result<i32> {
+/// Says what started, follows it to its end; the exit code of its end. A run
+/// awaiting approval is said, and exits [`AWAITING_APPROVAL`].
+async fn started(client: &Client, answer: RunAnswer, json: bool) -> Result<i32> {
+    let operation = match answer {
+        RunAnswer::Started(operation) => *operation,
+        RunAnswer::Awaiting(view) => {
+            match json {
+                true => print_json(&view)?,
+                false => super::approvals::describe(&view),
+            }
+            return Ok(AWAITING_APPROVAL);
+        }
+    };
     let id = operation.operation.id;
     if !json {
         let retry = match operation.operation.retry_of {

@@ -3,6 +3,7 @@
 //! its public HTTP API (the same one the console uses); `enroll` brings a
 //! machine in over the operator's own SSH access, the daemon signing.
 
+mod approvals;
 pub mod ca;
 mod commands;
 pub mod enroll;
@@ -19,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::contract::ErrorBody;
 
+pub use approvals::{approvals, vote};
 pub use commands::*;
 
 /// A password: the first line of stdin (`--password-stdin`), else asked on

@@ -8,6 +8,7 @@
 //! Only data lives here (and [`at`], how a stored time is shown); how a view
 //! is built from the store is its service's.
 
+mod approvals;
 mod auth;
 mod ca;
 mod cluster;
@@ -20,6 +21,7 @@ mod states;
 mod terminals;
 mod triggers;
 
+pub use approvals::*;
 pub use auth::*;
 pub use ca::*;
 pub use cluster::*;

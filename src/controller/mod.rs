@@ -6,6 +6,7 @@
 //! them; the reconcilers ([`reconcile`], `states.rs`) decide with
 //! `reconcilers/` and act over SSH.
 
+mod approvals;
 mod facts;
 pub mod reconcile;
 mod runs;
@@ -22,6 +23,7 @@ use linkops_reconcilers::desired::DesiredState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use approvals::{ApprovalError, Voter};
 pub use reconcile::{Context, ObjectKey};
 pub use runs::{Caller, RunError};
 pub use scheduler::{Action, Reason, Scheduler};

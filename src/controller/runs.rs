@@ -2,6 +2,7 @@
 //! resolved as a run-request's file is ([`ask`]), placed on the machines that
 //! may take them, and started.
 
+use linkops_reconcilers::approval;
 use linkops_reconcilers::ask::{self, Ask};
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::enrollment::Enrollment;
@@ -33,6 +34,9 @@ pub enum RunError {
     /// Protected machines among the selected, and no fresh second factor.
     #[error("running on protected machines {} asks for a fresh second factor", .0.join(", "))]
     SecondFactor(Vec<String>),
+    /// Not started: it waits for approvers (`access.yaml`'s approvals).
+    #[error("run awaits approval (request {})", .0.id)]
+    AwaitingApproval(Box<approval::Request>),
     #[error(transparent)]
     Check(#[from] super::Error),
     #[error(transparent)]
@@ -212,6 +216,27 @@ impl Controller {
             resolved.targets = chosen;
         }
         let hosts = self.placed(desired, &resolved, by).await?;
+        let places: Vec<Place> = (hosts.iter())
+            .map(|host| Place::find(Some(desired), host.machine_id()))
+            .collect();
+        if let Some(needed) = approval::needed(&desired.approvals, &resolved.script.id, &places) {
+            let content = approval::Content {
+                script: resolved.script.id.clone(),
+                params: resolved.params.clone(),
+                machines: hosts
+                    .iter()
+                    .map(|host| host.machine_id().to_owned())
+                    .collect(),
+                rollout: resolved.rollout,
+                concurrency,
+                script_digest: approval::script_digest(resolved.script),
+            };
+            let by = Requester::User {
+                name: by.name.into(),
+            };
+            let request = self.request_approval(needed, content, by).await?;
+            return Err(RunError::AwaitingApproval(Box::new(request)));
+        }
         let secrets = (resolved.secrets.iter())
             .map(|(param, secret)| (param.clone(), (*secret).clone()))
             .collect();

@@ -166,7 +166,8 @@ fn priority(kind: EventKind) -> &'static str {
         | EventKind::RolloutHalted
         | EventKind::MachineUnreachable
         | EventKind::MachineUnenrolled
-        | EventKind::MachineHostKeyChanged => "4",
+        | EventKind::MachineHostKeyChanged
+        | EventKind::ApprovalRequested => "4",
         EventKind::RevisionRecovered | EventKind::RunRequestDone | EventKind::MachineRecovered => {
             "3"
         }

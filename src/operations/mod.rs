@@ -95,7 +95,7 @@ impl HostPlan {
             .collect()
     }
 
-    fn machine_id(&self) -> &str {
+    pub fn machine_id(&self) -> &str {
         match self {
             HostPlan::Run(machine) => &machine.id,
             HostPlan::Skip { machine_id, .. } => machine_id,

@@ -20,11 +20,11 @@ use super::engine::{Read, Write, WriteTx};
 use super::records::Outcome;
 use super::scan::{SeqTable, index_operation};
 use super::schema::{
-    OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, OPERATIONS_RUNNING, RUN_REQUESTS,
-    APPROVALS, SCHEDULE_FIRES, STATE_STATUS, STATE_TARGETS, STOP_ASKS, TRIGGER_RUNS,
+    APPROVALS, OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS, OPERATIONS_RUNNING, RUN_REQUESTS,
+    SCHEDULE_FIRES, STATE_STATUS, STATE_TARGETS, STOP_ASKS, TRIGGER_RUNS,
 };
-use linkops_reconcilers::approval::{Request, RequestState};
 use super::{Error, Result, Store, now_ms};
+use linkops_reconcilers::approval::{Request, RequestState};
 use linkops_reconcilers::trigger::TriggerRun;
 
 /// What an operation takes over, written in the transaction that creates it.

@@ -8,6 +8,7 @@
 mod support;
 
 mod api_auth;
+mod approvals;
 mod audit;
 mod certificates;
 mod cli;

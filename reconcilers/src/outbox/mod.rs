@@ -10,9 +10,9 @@ mod tell;
 mod tests;
 
 pub use tell::{
-    MACHINE_DAMPING_MS, SyncEnd, Told, for_fire_not_started, for_machine, for_operation, for_plan,
-    for_restart, for_run_started, for_state, for_sync, run_context, schedule_context,
-    state_context, tally,
+    MACHINE_DAMPING_MS, SyncEnd, Told, for_approval, for_fire_not_started, for_machine,
+    for_operation, for_plan, for_restart, for_run_started, for_state, for_sync, run_context,
+    schedule_context, state_context, tally,
 };
 
 use std::collections::BTreeMap;
@@ -84,10 +84,12 @@ pub enum EventKind {
     MachineHostKeyChanged,
     /// A machine is reachable and enrolled again.
     MachineRecovered,
+    /// A run waits for approvers (a link to approve it in the console).
+    ApprovalRequested,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::RevisionRefused,
         EventKind::RevisionRecovered,
         EventKind::OperationFailed,
@@ -99,6 +101,7 @@ impl EventKind {
         EventKind::MachineUnenrolled,
         EventKind::MachineHostKeyChanged,
         EventKind::MachineRecovered,
+        EventKind::ApprovalRequested,
     ];
 }
 /// The current version of [`Notification`]'s shape; receivers check it.

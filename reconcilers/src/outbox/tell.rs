@@ -338,6 +338,44 @@ pub fn for_operation(
     (statuses, events)
 }
 
+/// A run waits for approvers: who asked for what, how many approvals it
+/// needs and until when, and where to approve it.
+pub fn for_approval(
+    request: &crate::approval::Request,
+    console: Option<&str>,
+    now_ms: i64,
+) -> Notification {
+    let content = &request.content;
+    let about = About {
+        subject: request.id.to_string(),
+        url: console
+            .map(|base| format!("{}/#/approvals/{}", base.trim_end_matches('/'), request.id)),
+        at_ms: now_ms,
+    };
+    let machines = match content.machines.len() {
+        0..=5 => content.machines.join(", "),
+        n => format!("{} and {} more", content.machines[..5].join(", "), n - 5),
+    };
+    let expires = jiff::Timestamp::from_millisecond(request.expires_at_ms)
+        .map_or_else(|_| request.expires_at_ms.to_string(), |at| at.to_string());
+    about.tell(
+        EventKind::ApprovalRequested,
+        format!(
+            "{} asks to run {} on {machines}: {} approval(s) needed (request {})",
+            request.requested_by.label(),
+            content.script,
+            request.approvers,
+            request.id
+        ),
+        format!(
+            "rules {}; approvers hold {} over the machines; expires {expires}. `linkops approve {}` or the console.",
+            request.rules.join(", "),
+            request.role,
+            request.id
+        ),
+    )
+}
+
 /// What merging a branch would change, on its head (`linkops/plan`):
 /// `success` with the changes in a line, or `failure` where it would be refused.
 pub fn for_plan(

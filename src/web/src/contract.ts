@@ -4,6 +4,74 @@
  */
 
 export interface paths {
+    "/api/approvals": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/approvals` */
+        get: operations["approvals_list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/approvals/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/approvals/{id}` */
+        get: operations["approvals_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/approvals/{id}/approve": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** `POST /api/approvals/{id}/approve` */
+        post: operations["approvals_approve"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/approvals/{id}/reject": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** `POST /api/approvals/{id}/reject` */
+        post: operations["approvals_reject"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/auth/login": {
         parameters: {
             query?: never;
@@ -1124,6 +1192,13 @@ export interface components {
             /** Format: date-time */
             started_at?: string | null;
         };
+        /** @description A request and where it stands now (one past its expiry has expired). */
+        ApprovalView: {
+            /** @description Approvals so far, of `request.approvers`. */
+            approvals: number;
+            request: components["schemas"]["Request"];
+            state: components["schemas"]["RequestState"];
+        };
         /**
          * @description How a caller proves it may call.
          * @enum {string}
@@ -1300,6 +1375,20 @@ export interface components {
             /** Format: int32 */
             rows?: number | null;
         };
+        /** @description What a request covers, exactly: the run as it was asked for. */
+        Content: {
+            /** @description At most this many machines at once. */
+            concurrency?: number | null;
+            /** @description The machines it runs on. */
+            machines: string[];
+            params: {
+                [key: string]: components["schemas"]["ParamValue"];
+            };
+            rollout?: null | components["schemas"]["Rollout"];
+            script: string;
+            /** @description The script as the catalog had it ([`script_digest`]): another body is another run. */
+            script_digest: string;
+        };
         /** @description Machines of a state by standing. */
         Counts: {
             /** Format: int32 */
@@ -1369,6 +1458,8 @@ export interface components {
         };
         /** @description Everything one valid revision asks for. */
         DesiredState: {
+            /** @description Which runs wait for approvers (`access.yaml`'s `approvals`). */
+            approvals?: components["schemas"]["Rule"][];
             /** @description Custom facts (`facts/*.yaml`), by name. */
             custom_facts?: {
                 [key: string]: components["schemas"]["CustomFact"];
@@ -1489,7 +1580,7 @@ export interface components {
          * @description What a notification is about; sinks choose by these.
          * @enum {string}
          */
-        EventKind: "revision_refused" | "revision_recovered" | "operation_failed" | "run_request_done" | "daemon_recovered" | "state_drifted" | "rollout_halted" | "machine_unreachable" | "machine_unenrolled" | "machine_host_key_changed" | "machine_recovered";
+        EventKind: "revision_refused" | "revision_recovered" | "operation_failed" | "run_request_done" | "daemon_recovered" | "state_drifted" | "rollout_halted" | "machine_unreachable" | "machine_unenrolled" | "machine_host_key_changed" | "machine_recovered" | "approval_requested";
         /** @description One gathering's changes: each fact's value before and after (`null`: absent). */
         FactChangeView: {
             /** Format: date-time */
@@ -2204,6 +2295,50 @@ export interface components {
          * @enum {string}
          */
         Refusal: "unknown_machine" | "unenrolled" | "unreachable" | "host_key_mismatch" | "authentication_failed" | "no_machine" | "error";
+        /** @description A run waiting for approval, or what became of it. */
+        Request: {
+            /** Format: int32 */
+            approvers: number;
+            content: components["schemas"]["Content"];
+            /** Format: int64 */
+            created_at_ms: number;
+            /** @description [`Content::digest`] of `content`. */
+            digest: string;
+            /** Format: int64 */
+            expires_at_ms: number;
+            /** Format: int64 */
+            id: number;
+            requested_by: components["schemas"]["Requester"];
+            role: components["schemas"]["Role"];
+            /** @description The rules it falls under. */
+            rules: string[];
+            state: components["schemas"]["RequestState"];
+            votes: components["schemas"]["Vote"][];
+        };
+        RequestState: {
+            /** @enum {string} */
+            state: "awaiting_approval";
+        } | {
+            /** Format: int64 */
+            operation_id: number;
+            /** @enum {string} */
+            state: "started";
+        } | {
+            reason: string;
+            /** @enum {string} */
+            state: "not_started";
+        } | {
+            by: string;
+            /** @enum {string} */
+            state: "rejected";
+        } | {
+            /** @enum {string} */
+            state: "expired";
+        } | {
+            reason: string;
+            /** @enum {string} */
+            state: "superseded";
+        };
         /** @description Who asked for an operation. */
         Requester: {
             /** @enum {string} */
@@ -2316,6 +2451,19 @@ export interface components {
         RotationWait: {
             machine: string;
             reason: string;
+        };
+        /** @description A rule of `access.yaml`'s `approvals`. */
+        Rule: components["schemas"]["Scope"] & {
+            /**
+             * Format: int32
+             * @description Distinct approvers, the requester never among them.
+             */
+            approvers: number;
+            /** @description An approval not given within this long never runs. */
+            expires: components["schemas"]["Duration"];
+            name: string;
+            /** @description What each approver holds over every machine of the run, for its script. */
+            role: components["schemas"]["Role"];
         };
         RunBody: {
             /** @description At most this many machines at once (the script's and the fleet's limits also apply). */
@@ -2929,6 +3077,19 @@ export interface components {
             sso?: null | components["schemas"]["SsoView"];
             username: string;
         };
+        /** @description One approver's word. */
+        Vote: {
+            approve: boolean;
+            /** Format: int64 */
+            at_ms: number;
+            by: string;
+            comment?: string;
+        };
+        /** @description `POST /api/approvals/{id}/approve` and `/reject`. */
+        VoteBody: {
+            /** @description Why (kept with the vote; at most 500 characters). */
+            comment?: string;
+        };
         /** @description What a push delivery did. */
         WebhookAnswer: {
             /** @description A sync is queued. */
@@ -2986,6 +3147,7 @@ export interface components {
 }
 export type ApplyResult = components['schemas']['ApplyResult'];
 export type ApplyView = components['schemas']['ApplyView'];
+export type ApprovalView = components['schemas']['ApprovalView'];
 export type Auth = components['schemas']['Auth'];
 export type BTreeMap = components['schemas']['BTreeMap'];
 export type CaView = components['schemas']['CaView'];
@@ -3006,6 +3168,7 @@ export type ConditionStatus = components['schemas']['ConditionStatus'];
 export type ConditionView = components['schemas']['ConditionView'];
 export type ConnectAnswer = components['schemas']['ConnectAnswer'];
 export type ConnectBody = components['schemas']['ConnectBody'];
+export type Content = components['schemas']['Content'];
 export type Counts = components['schemas']['Counts'];
 export type CreateBody = components['schemas']['CreateBody'];
 export type CreatedToken = components['schemas']['CreatedToken'];
@@ -3093,6 +3256,8 @@ export type Recipients = components['schemas']['Recipients'];
 export type RecordingView = components['schemas']['RecordingView'];
 export type RecoveryCodes = components['schemas']['RecoveryCodes'];
 export type Refusal = components['schemas']['Refusal'];
+export type Request = components['schemas']['Request'];
+export type RequestState = components['schemas']['RequestState'];
 export type Requester = components['schemas']['Requester'];
 export type Revocation = components['schemas']['Revocation'];
 export type RevokeRequest = components['schemas']['RevokeRequest'];
@@ -3102,6 +3267,7 @@ export type Rollout = components['schemas']['Rollout'];
 export type RotateRequest = components['schemas']['RotateRequest'];
 export type RotationView = components['schemas']['RotationView'];
 export type RotationWait = components['schemas']['RotationWait'];
+export type Rule = components['schemas']['Rule'];
 export type RunBody = components['schemas']['RunBody'];
 export type RunRequest = components['schemas']['RunRequest'];
 export type RunState = components['schemas']['RunState'];
@@ -3148,12 +3314,156 @@ export type TriggerAnswer = components['schemas']['TriggerAnswer'];
 export type TriggerOutcome = components['schemas']['TriggerOutcome'];
 export type TriggerRunView = components['schemas']['TriggerRunView'];
 export type UserView = components['schemas']['UserView'];
+export type Vote = components['schemas']['Vote'];
+export type VoteBody = components['schemas']['VoteBody'];
 export type WebhookAnswer = components['schemas']['WebhookAnswer'];
 export type Weekday = components['schemas']['Weekday'];
 export type Window = components['schemas']['Window'];
 export type WorkspaceView = components['schemas']['WorkspaceView'];
 export type $defs = Record<string, never>;
 export interface operations {
+    approvals_list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Approval requests on machines the caller sees, newest first (200 at most) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApprovalView"][];
+                };
+            };
+        };
+    };
+    approvals_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Approval request id */
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The request, its votes and where it stands */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApprovalView"];
+                };
+            };
+            /** @description No such request (or not on machines the caller sees) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    approvals_approve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Approval request id */
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VoteBody"];
+            };
+        };
+        responses: {
+            /** @description Counted; the last approval needed starts the run (`state: started` with its operation) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApprovalView"];
+                };
+            };
+            /** @description Not an approver: the rule's role over every machine for the script (details.required_role), or a fresh second factor for protected machines */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description One's own request, voted already, expired, or no longer awaiting */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    approvals_reject: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Approval request id */
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VoteBody"];
+            };
+        };
+        responses: {
+            /** @description Rejected: it never runs */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApprovalView"];
+                };
+            };
+            /** @description Not an approver */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description One's own request, voted already, expired, or no longer awaiting */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     auth_login: {
         parameters: {
             query?: never;
@@ -3969,6 +4279,15 @@ export interface operations {
             };
         };
         responses: {
+            /** @description Recorded as awaiting approval (access.yaml's approvals): the request at Location */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApprovalView"];
+                };
+            };
             /** @description Started; follow it at /api/operations/{id}/events (operator); suspended machines are skipped, naming their suspension */
             202: {
                 headers: {
@@ -4091,6 +4410,15 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
+            /** @description Recorded as awaiting approval: the request at Location */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApprovalView"];
+                };
+            };
             /** @description Started (operator): a new operation whose `retry_of` is this one */
             202: {
                 headers: {

@@ -1,0 +1,163 @@
+//! Approvals against the real sshd fleet: a run on `prod` waits for two
+//! approvers other than the requester — the requester's own approval, a
+//! viewer's and a second vote by one approver refused — and starts exactly
+//! what was asked once the second approves (through the CLI); a run
+//! elsewhere starts at once; a request not approved in time never runs.
+
+use linkops::contract::{ApprovalView, OperationView};
+use linkops_reconcilers::approval::RequestState;
+use linkops_reconcilers::role::Role;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::cli::{linkops_with, logged_in};
+use crate::support::{self, ADMIN, FleetSetup, VIEWER, eventually, read_events};
+
+const SCRIPTS: &str = "scripts:\n  - {id: hello, name: Hello, body: echo hello from $(cat /etc/linkops/client_id)}\n  - {id: slow, name: Slow, body: echo slow}\n";
+const OLGA: (&str, &str) = ("olga", "pw-olga-1");
+const BOB: (&str, &str) = ("bob", "pw-bob-1");
+
+async fn run(
+    daemon: &support::TestDaemon,
+    token: &str,
+    script: &str,
+    machine: &str,
+) -> (StatusCode, serde_json::Value) {
+    let body = json!({"script": script, "targets": {"machines": [machine]}});
+    (daemon.request(Method::POST, "/api/operations/run", token, Some(body))).await
+}
+
+async fn vote(
+    daemon: &support::TestDaemon,
+    token: &str,
+    id: u64,
+    verb: &str,
+) -> (StatusCode, serde_json::Value) {
+    let path = format!("/api/approvals/{id}/{verb}");
+    let body = json!({"comment": "checked"});
+    daemon.request(Method::POST, &path, token, Some(body)).await
+}
+
+#[tokio::test]
+async fn a_run_on_prod_waits_for_two_approvers_other_than_its_requester() {
+    let setup = FleetSetup::new(2, &[], SCRIPTS);
+    let links = setup.fleet.inventory("test", &[], "");
+    let links = links.replacen("    tags: [test]\n", "    tags: [test, prod]\n", 1);
+    setup.work.write("links.yaml", &links);
+    setup.work.write(
+        "access.yaml",
+        "approvals:\n  - {name: prod, tags: [prod], approvers: 2, expires: 1h}\n  - {name: slow-prod, tags: [prod], scripts: [slow], approvers: 1, expires: 1s}\n",
+    );
+    setup.work.commit("runs on prod need two approvers");
+    support::add_users(
+        setup.data.path(),
+        &[
+            (OLGA.0, Role::Operator, OLGA.1),
+            (BOB.0, Role::Operator, BOB.1),
+        ],
+    );
+    let daemon = setup.start().await;
+    let olga = daemon.token(OLGA.0, OLGA.1).await;
+    let bob = daemon.token(BOB.0, BOB.1).await;
+    let vic = daemon.token(VIEWER.0, VIEWER.1).await;
+    // On prod: recorded as awaiting approval, nothing runs.
+    let (status, answer) = run(&daemon, &olga, "hello", "host1").await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let asked: ApprovalView = support::answer(&answer);
+    let id = asked.request.id;
+    assert_eq!(asked.state, RequestState::AwaitingApproval);
+    assert_eq!((asked.request.approvers, asked.approvals), (2, 0));
+    assert_eq!(asked.request.content.machines, ["host1"]);
+    let operations: Vec<OperationView> = daemon.read("/api/operations", &olga).await;
+    assert!(operations.is_empty(), "{operations:?}");
+
+    // The requester's own approval, a viewer's, and a second vote are refused.
+    let (status, answer) = vote(&daemon, &olga, id, "approve").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("never approves their own")
+    );
+    let (status, answer) = vote(&daemon, &vic, id, "approve").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    let (status, answer) = vote(&daemon, &bob, id, "approve").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let counted: ApprovalView = support::answer(&answer);
+    assert_eq!(
+        (counted.approvals, &counted.state),
+        (1, &RequestState::AwaitingApproval)
+    );
+    let (status, _) = vote(&daemon, &bob, id, "approve").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // The second approver, through the CLI: the run starts, exactly as asked.
+    let home = logged_in(&daemon).await;
+    let approved = linkops_with(
+        home.path(),
+        &["approve", &id.to_string(), "--comment", "go"],
+        None,
+        &[],
+    )
+    .await;
+    let said = String::from_utf8_lossy(&approved.stderr);
+    assert!(approved.status.success(), "{said}");
+    assert!(said.contains("approved: operation "), "{said}");
+    let view: ApprovalView = daemon.read(&format!("/api/approvals/{id}"), &olga).await;
+    let RequestState::Started { operation_id } = view.state else {
+        panic!("{view:?}");
+    };
+    let events = read_events(&daemon, &olga, operation_id, None).await;
+    assert_eq!(events.last().unwrap().state().name(), "succeeded");
+    let ran = support::operation(&daemon, &olga, operation_id).await;
+    assert_eq!(ran.operation.machines, ["host1"]);
+    assert_eq!(ran.operation.requested_by.label(), "olga");
+    let voters: Vec<&str> = view.request.votes.iter().map(|v| v.by.as_str()).collect();
+    assert_eq!(voters, ["bob", ADMIN.0]);
+
+    // Off prod, a run starts at once.
+    let (status, answer) = run(&daemon, &olga, "hello", "host2").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+
+    // A request not approved within its expiry never runs.
+    let (status, answer) = run(&daemon, &olga, "slow", "host1").await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let late: ApprovalView = support::answer(&answer);
+    let path = format!("/api/approvals/{}", late.request.id);
+    eventually("the request's expiry", || async {
+        let view: ApprovalView = daemon.read(&path, &olga).await;
+        (view.state == RequestState::Expired).then_some(())
+    })
+    .await;
+    let (status, answer) = vote(&daemon, &bob, late.request.id, "approve").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+    let slow: Vec<OperationView> = daemon.read("/api/operations", &olga).await;
+    assert!(
+        slow.iter().all(|o| o.operation.script != "slow"),
+        "{slow:?}"
+    );
+    daemon.stop().await;
+
+    // Every step is in the audit log.
+    let audit = support::audit_log(setup.data.path(), 10_000);
+    let steps: Vec<(&str, &str)> = (audit.iter())
+        .filter(|entry| entry.action.starts_with("approval."))
+        .map(|entry| (entry.action.as_str(), entry.actor.as_str()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("approval.request", "olga"),
+            ("approval.approve", "bob"),
+            ("approval.approve", ADMIN.0),
+            ("approval.request", "olga"),
+        ]
+    );
+}
