@@ -317,6 +317,12 @@ const SCRIPTS: &str = r#"scripts:
       echo "calling the API with token $LINKOPS_PARAM_TOKEN"
       echo "Authorization: Basic $(printf 'demo:%s' "$LINKOPS_PARAM_TOKEN" | base64)"
 
+  - id: restart-app
+    name: Restart the app
+    description: Restarts the demo's app (it only says so) — on the web machines it waits for a second pair of eyes (access.yaml's approvals).
+    body: |
+      echo "restarting the app on $(cat /etc/linkops/client_id)"
+
   - id: motd
     name: Message of the day
     description: A message-of-the-day file with exactly this text (the demo keeps one per machine in $STATE_DIR).
@@ -335,6 +341,8 @@ const SCRIPTS: &str = r#"scripts:
 const MOTD_STATE: &str = "id: motd\ndescription: Every web machine has the message of the day.\nscript: motd\ntargets:\n  tags: [web]\ninterval: 30s\nrollout: {canary: 1, batch: 5, max_failures: 1}\n";
 
 const HELLO_SCHEDULE: &str = "name: morning-hello\ndescription: Greets the web machines every morning, Berlin time.\nscript: greet\ntargets:\n  tags: [web]\ncron: \"0 9 * * *\"\nzone: Europe/Berlin\n";
+
+const ACCESS: &str = "approvals:\n  # Restarting the app on the web machines waits for someone else's approval.\n  - {name: web-restarts, tags: [web], scripts: [restart-app], approvers: 1, expires: 1h}\n";
 
 const WELCOME_RUN: &str = "id: welcome\nscript: system-info\ntargets:\n  tags: [web, db]\n";
 
@@ -356,6 +364,7 @@ fn write_repository(
         ("links.yaml", links),
         ("scripts.yaml", &scripts),
         ("recipients.yaml", &recipients),
+        ("access.yaml", ACCESS),
         ("runs/welcome.yaml", WELCOME_RUN),
         ("states/motd.yaml", MOTD_STATE),
         ("schedules/morning-hello.yaml", HELLO_SCHEDULE),

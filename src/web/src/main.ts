@@ -12,6 +12,7 @@ import { overviewPage } from "./pages/overview";
 import { historyPage, operationPage } from "./pages/operations";
 import { recordingsPage } from "./pages/recordings";
 import { runPage } from "./pages/run";
+import { approvalPage, approvalsPage } from "./pages/approvals";
 import { schedulePage, schedulesPage } from "./pages/schedules";
 import { statePage, statesPage } from "./pages/states";
 import { terminalsPage, workspacePage } from "./pages/terminals";
@@ -30,6 +31,8 @@ const routes: [RegExp, Page, string][] = [
   [/^\/schedules$/, schedulesPage, "Schedules"],
   [/^\/schedules\/([^/]+)$/, schedulePage, "Schedule"],
   [/^\/run$/, runPage, "Run a script"],
+  [/^\/approvals$/, approvalsPage, "Approvals"],
+  [/^\/approvals\/(\d+)$/, approvalPage, "Approval"],
   [/^\/operations$/, historyPage, "Operations"],
   [/^\/operations\/(\d+)$/, operationPage, "Operation"],
   [/^\/git$/, gitPage, "Git"],
@@ -47,6 +50,7 @@ const NAV: [string, string, string?][] = [
   ["#/states", "States"],
   ["#/schedules", "Schedules"],
   ["#/run", "Run"],
+  ["#/approvals", "Approvals"],
   ["#/operations", "Operations"],
   ["#/terminals", "Terminals"],
   ["#/recordings", "Recordings"],

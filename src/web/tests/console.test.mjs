@@ -363,6 +363,36 @@ test("an admin creates a user, whose generated password is shown once and works"
   assert.equal((await me()).status, 401);
 });
 
+test("a run that needs approval waits, and another operator approves it in the console", async () => {
+  // Dora, an operator, asks to restart the app on the web machines: it waits (access.yaml's approvals).
+  const made = await fetch(`${banner.api}/api/users`, {
+    method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${adminToken}` },
+    body: JSON.stringify({ username: "dora", role: "operator" }),
+  }).then((r) => r.json());
+  const dora = await fetch(`${banner.api}/api/auth/login`, {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ username: "dora", password: made.password }),
+  }).then((r) => r.json());
+  const asked = await fetch(`${banner.api}/api/operations/run`, {
+    method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${dora.token}` },
+    body: JSON.stringify({ script: "restart-app", targets: { tags: ["web"] } }),
+  });
+  assert.equal(asked.status, 201);
+  const { request } = await asked.json();
+  await page.goto(`${banner.console}#/approvals`);
+  const row = page.getByRole("table", { name: "Approval requests" }).getByRole("row")
+    .filter({ has: page.getByRole("link", { name: `#${request.id}`, exact: true }) });
+  await row.getByText("awaiting_approval").waitFor();
+  await assertAccessible("the Approvals page");
+  await row.getByRole("link", { name: `#${request.id}` }).click();
+  await page.getByRole("heading", { name: `Approval request #${request.id}` }).waitFor();
+  await assertAccessible("an approval request's page");
+  await page.getByLabel("Comment").fill("looks fine");
+  await page.getByRole("button", { name: "Approve" }).click();
+  await page.getByRole("link", { name: /^operation #\d+$/ }).click();
+  await page.getByRole("heading", { name: /^Operation #\d+/ }).waitFor();
+});
+
 test("a bad commit shows its error, file:line:col, on the Git page", async () => {
   writeFileSync(`${banner.config}/links.yaml`, "machines:\n  - id: broken\n    host: [not, a, host]\n");
   execFileSync("git", ["-C", banner.config, "commit", "-qam", "a broken inventory"]);

@@ -1,7 +1,7 @@
 // Run a script: a form generated from the catalog's typed parameters, targets by machine or tag.
 
 import { api, ApiError } from "../api";
-import type { DesiredState, MachineView, OperationView, ParamSpec, RunBody } from "../contract";
+import type { ApprovalView, DesiredState, MachineView, OperationView, ParamSpec, RunBody } from "../contract";
 import { h } from "../dom";
 
 export async function runPage(main: HTMLElement): Promise<void> {
@@ -43,8 +43,9 @@ export async function runPage(main: HTMLElement): Promise<void> {
         targets: { machines: data.getAll("machine").map(String), tags: data.getAll("tag").map(String) },
         params: values,
       };
-      const operation = await api<OperationView>("POST", "/api/operations/run", body);
-      location.hash = `#/operations/${operation.id}`;
+      // Started, or — under an approval rule — waiting for approvers.
+      const answer = await api<OperationView | ApprovalView>("POST", "/api/operations/run", body);
+      location.hash = "request" in answer ? `#/approvals/${answer.request.id}` : `#/operations/${answer.id}`;
     } catch (failure) {
       error.textContent = failure instanceof ApiError ? failure.message : String(failure);
     }
