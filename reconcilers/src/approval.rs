@@ -144,6 +144,8 @@ pub struct Vote {
 pub enum RequestState {
     /// Waiting for approvers (until it expires).
     AwaitingApproval,
+    /// Approved; a run-request's own reconcile starts it (claiming the run-request).
+    Approved,
     /// Approved; its operation started.
     Started {
         operation_id: u64,
@@ -167,6 +169,7 @@ impl RequestState {
     pub fn name(&self) -> &'static str {
         match self {
             RequestState::AwaitingApproval => "awaiting_approval",
+            RequestState::Approved => "approved",
             RequestState::Started { .. } => "started",
             RequestState::NotStarted { .. } => "not_started",
             RequestState::Rejected { .. } => "rejected",
@@ -206,6 +209,70 @@ impl Request {
     pub fn approvals(&self) -> usize {
         self.votes.iter().filter(|vote| vote.approve).count()
     }
+}
+
+/// What a run-request that needs approval does now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// Approved by request `approved`: it starts.
+    Start { approved: u64 },
+    /// No request covers its content: one is recorded.
+    Ask,
+    /// It waits, saying why — until `until_ms` (the request's expiry) when it can change by itself.
+    Wait {
+        reason: String,
+        until_ms: Option<i64>,
+    },
+}
+
+/// What a run-request whose content digests to `digest` does, given the
+/// requests recorded for it (newest first): an approval covers exactly its
+/// content, so one for other content does not count.
+pub fn gate(recorded: &[Request], digest: &str, now_ms: i64) -> Gate {
+    let Some(request) = recorded.iter().find(|request| request.digest == digest) else {
+        return Gate::Ask;
+    };
+    let again = "change the run-request (or its script) to ask again";
+    let (reason, until_ms) = match request.state_at(now_ms) {
+        RequestState::Approved => {
+            return Gate::Start {
+                approved: request.id,
+            };
+        }
+        RequestState::AwaitingApproval => (
+            format!(
+                "awaiting approval: request {}, {} of {} (`linkops approve {}`)",
+                request.id,
+                request.approvals(),
+                request.approvers,
+                request.id
+            ),
+            Some(request.expires_at_ms),
+        ),
+        RequestState::Started { operation_id } => (
+            format!(
+                "approved by request {} as operation {operation_id}",
+                request.id
+            ),
+            None,
+        ),
+        RequestState::Rejected { by } => (
+            format!(
+                "rejected by {by} (approval request {}): {again}",
+                request.id
+            ),
+            None,
+        ),
+        RequestState::Expired => (
+            format!(
+                "approval request {} expired unapproved: {again}",
+                request.id
+            ),
+            None,
+        ),
+        RequestState::NotStarted { .. } | RequestState::Superseded { .. } => return Gate::Ask,
+    };
+    Gate::Wait { reason, until_ms }
 }
 
 /// What a vote did.

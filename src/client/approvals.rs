@@ -89,6 +89,7 @@ pub(super) fn describe(view: &ApprovalView) {
             "awaiting approval: {} of {} by others holding {} (expires {expires}); `linkops approve {}`",
             view.approvals, request.approvers, request.role, request.id
         ),
+        RequestState::Approved => "approved: its run-request starts it".to_owned(),
         RequestState::Started { operation_id } => {
             format!(
                 "approved: operation {operation_id} started (`linkops ops logs {operation_id} -f`)"

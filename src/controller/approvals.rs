@@ -51,36 +51,9 @@ impl Controller {
     ) -> Result<Request, store::Error> {
         let request = Request::new(needed, content, requested_by, now_ms());
         let notifier = self.context.notifier.clone();
-        let created = (self.context.store)
-            .run(move |store| {
-                store.create_approval(
-                    &request,
-                    |created| Audit {
-                        actor: actor_of(&created.requested_by),
-                        action: AuditAction::ApprovalRequest,
-                        target: created.id.to_string(),
-                        outcome: Outcome::Success,
-                        detail: Some(format!(
-                            "script {} on {}: {} approval(s) by rules {}",
-                            created.content.script,
-                            created.content.machines.join(", "),
-                            created.approvers,
-                            created.rules.join(", ")
-                        )),
-                    },
-                    |created| {
-                        let told = linkops_reconcilers::outbox::for_approval(
-                            created,
-                            notifier.console_url(),
-                            now_ms(),
-                        );
-                        notifier.route(Vec::new(), vec![told])
-                    },
-                )
-            })
-            .await?;
-        tracing::info!(approval = created.id, script = %created.content.script, "a run awaits approval");
-        Ok(created)
+        (self.context.store)
+            .run(move |store| record_request(store, &notifier, &request))
+            .await
     }
 
     /// `by` approves (or rejects) request `id`, with `comment`; the request
@@ -132,14 +105,26 @@ impl Controller {
                 Tally::Rejected => format!("rejected: {comment}"),
             }),
         };
-        if tally != Tally::Approved {
-            let voted = request.clone();
-            (self.context.store)
-                .run(move |store| store.record_vote(&voted, &audit))
-                .await?;
-            return Ok(request);
+        // A run-request's own reconcile starts what is approved for it (claiming it, once).
+        let run_request = match &request.requested_by {
+            Requester::RunRequest { id, .. } => Some(id.clone()),
+            _ => None,
+        };
+        if tally == Tally::Approved && run_request.is_none() {
+            return self.start_approved(&desired, request, audit).await;
         }
-        self.start_approved(&desired, request, audit).await
+        if tally == Tally::Approved {
+            request.state = RequestState::Approved;
+        }
+        let voted = request.clone();
+        (self.context.store)
+            .run(move |store| store.record_vote(&voted, &audit))
+            .await?;
+        if let Some(id) = run_request.filter(|_| tally == Tally::Approved) {
+            self.scheduler
+                .trigger(super::ObjectKey::RunRequest(id), super::Reason::Api);
+        }
+        Ok(request)
     }
 
     /// Starts what `voted` (approved by its last vote) covers, exactly: the
@@ -254,6 +239,41 @@ impl Controller {
         tracing::warn!(approval = ended.id, state = ?ended.state, "an approved run did not start");
         Ok(ended)
     }
+}
+
+/// Records `request` (awaiting approval) with its audit entry, and tells
+/// the sinks it waits, with a link to approve it; the request as recorded.
+pub(super) fn record_request(
+    store: &store::Store,
+    notifier: &crate::notify::Notifier,
+    request: &Request,
+) -> Result<Request, store::Error> {
+    let created = store.create_approval(
+        request,
+        |created| Audit {
+            actor: actor_of(&created.requested_by),
+            action: AuditAction::ApprovalRequest,
+            target: created.id.to_string(),
+            outcome: Outcome::Success,
+            detail: Some(format!(
+                "script {} on {}: {} approval(s) by rules {}",
+                created.content.script,
+                created.content.machines.join(", "),
+                created.approvers,
+                created.rules.join(", ")
+            )),
+        },
+        |created| {
+            let told = linkops_reconcilers::outbox::for_approval(
+                created,
+                notifier.console_url(),
+                now_ms(),
+            );
+            notifier.route(Vec::new(), vec![told])
+        },
+    )?;
+    tracing::info!(approval = created.id, script = %created.content.script, by = %created.requested_by.label(), "a run awaits approval");
+    Ok(created)
 }
 
 /// Who asked, as the audit log names them.

@@ -9,8 +9,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use linkops_reconcilers::approval;
 use linkops_reconcilers::desired::DesiredState;
 use linkops_reconcilers::facts;
+use linkops_reconcilers::grant::Place;
 use linkops_reconcilers::machine::{self, Machine, MachineDecision};
 use linkops_reconcilers::operation::Requester;
 use linkops_reconcilers::run::{self, RunDecision, RunRecord, RunState};
@@ -351,18 +353,89 @@ impl Context {
             }
             RunDecision::Start { machines } => {
                 let request = written.expect("a run decided to start is in Git");
-                self.start_run(request, machines, desired)?;
+                let approved = match self.approval_gate(request, &machines, desired)? {
+                    Ok(approved) => approved,
+                    Err(action) => return Ok(action),
+                };
+                let started = self.start_run(request, machines, desired)?;
+                if let (Some(approval), Some(operation_id)) = (approved, started) {
+                    let state = approval::RequestState::Started { operation_id };
+                    self.store.set_approval_state(approval, state)?;
+                }
                 Ok(Action::AwaitChange)
             }
         }
     }
 
+    /// Whether a run-request about to start may: `Ok(None)` when no approval
+    /// rule covers it, `Ok(Some(request))` when that request approved its
+    /// content; otherwise it waits (its record says why), asking for approval
+    /// the first time its content does.
+    fn approval_gate(
+        &self,
+        request: &run::RunRequest,
+        machines: &[(String, run::Placement)],
+        desired: &DesiredState,
+    ) -> Result<Result<Option<u64>, Action>, store::Error> {
+        let script = desired
+            .scripts
+            .get(&request.script)
+            .expect("validated: the script exists");
+        let places: Vec<Place> = (machines.iter())
+            .map(|(id, _)| Place::find(Some(desired), id))
+            .collect();
+        let Some(needed) = approval::needed(&desired.approvals, &script.id, &places) else {
+            return Ok(Ok(None));
+        };
+        let content = approval::Content {
+            script: script.id.clone(),
+            params: request.resolved.clone(),
+            machines: machines.iter().map(|(id, _)| id.clone()).collect(),
+            rollout: request.rollout,
+            concurrency: None,
+            script_digest: approval::script_digest(script),
+        };
+        let recorded = self.store.approvals_of_run(&request.id)?;
+        let (reason, until_ms) = match approval::gate(&recorded, &content.digest(), now_ms()) {
+            approval::Gate::Start { approved } => return Ok(Ok(Some(approved))),
+            approval::Gate::Wait { reason, until_ms } => (reason, until_ms),
+            approval::Gate::Ask => {
+                let by = Requester::RunRequest {
+                    id: request.id.clone(),
+                    revision: desired.revision.clone(),
+                };
+                let asked = approval::Request::new(needed, content, by, now_ms());
+                let asked = super::approvals::record_request(&self.store, &self.notifier, &asked)?;
+                let reason = format!(
+                    "awaiting approval: request {}, 0 of {} (`linkops approve {}`)",
+                    asked.id, asked.approvers, asked.id
+                );
+                (reason, Some(asked.expires_at_ms))
+            }
+        };
+        self.record_run(
+            &request.id,
+            Some(request),
+            RunState::Waiting { reason },
+            desired,
+        )?;
+        // A vote wakes it; its expiry changes what it says.
+        Ok(Err(match until_ms {
+            Some(at) => Action::Requeue(Duration::from_millis(
+                u64::try_from(at - now_ms()).unwrap_or(0),
+            )),
+            None => Action::AwaitChange,
+        }))
+    }
+
+    /// Starts `request` on `machines`, claiming it; its operation's id when
+    /// this call started it.
     fn start_run(
         &self,
         request: &run::RunRequest,
         machines: Vec<(String, run::Placement)>,
         desired: &DesiredState,
-    ) -> Result<(), store::Error> {
+    ) -> Result<Option<u64>, store::Error> {
         let script = desired
             .scripts
             .get(&request.script)
@@ -400,18 +473,20 @@ impl Context {
         match self.engine.start(plan, Some(store::Claim::Run(claim))) {
             Ok(operation) => {
                 tracing::info!(run = %request.id, operation = operation.id, "run-request started");
-                Ok(())
+                Ok(Some(operation.id))
             }
-            Err(crate::operations::Error::Store(store::Error::AlreadyClaimed { .. })) => Ok(()),
+            Err(crate::operations::Error::Store(store::Error::AlreadyClaimed { .. })) => Ok(None),
             Err(crate::operations::Error::Store(error)) => Err(error),
-            Err(error) => self.record_run(
-                &request.id,
-                Some(request),
-                RunState::Waiting {
-                    reason: error.to_string(),
-                },
-                desired,
-            ),
+            Err(error) => self
+                .record_run(
+                    &request.id,
+                    Some(request),
+                    RunState::Waiting {
+                        reason: error.to_string(),
+                    },
+                    desired,
+                )
+                .map(|()| None),
         }
     }
 

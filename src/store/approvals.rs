@@ -5,6 +5,7 @@
 //! the operation it starts are one transaction (`operations.rs` claims it).
 
 use linkops_reconcilers::approval::{Request, RequestState};
+use linkops_reconcilers::operation::Requester;
 use linkops_reconcilers::outbox::Outgoing;
 
 use super::audit::{Audit, append_audit};
@@ -44,6 +45,18 @@ impl Store {
         read.range_rev(APPROVALS, 0_u64..)
             .take(limit)
             .map(|entry| entry.map(|(_, request)| request))
+            .collect()
+    }
+
+    /// The requests run-request `id` made, newest first.
+    pub fn approvals_of_run(&self, id: &str) -> Result<Vec<Request>> {
+        let read = self.read()?;
+        let made_by = |request: &Request| matches!(&request.requested_by, Requester::RunRequest { id: run, .. } if run == id);
+        read.range_rev(APPROVALS, 0_u64..)
+            .filter_map(|entry| match entry {
+                Ok((_, request)) if !made_by(&request) => None,
+                entry => Some(entry.map(|(_, request)| request)),
+            })
             .collect()
     }
 

@@ -161,3 +161,63 @@ async fn a_run_on_prod_waits_for_two_approvers_other_than_its_requester() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_run_request_on_prod_waits_for_its_approvers_then_runs_once() {
+    use linkops::contract::RunView;
+    use linkops_reconcilers::run::RunState;
+
+    let setup = FleetSetup::new(2, &[], SCRIPTS);
+    let links = setup.fleet.inventory("test", &[], "");
+    let links = links.replacen("    tags: [test]\n", "    tags: [test, prod]\n", 1);
+    setup.work.write("links.yaml", &links);
+    setup.work.write(
+        "access.yaml",
+        "approvals:\n  - {name: prod, tags: [prod], approvers: 2, expires: 1h}\n",
+    );
+    setup.work.write(
+        "runs/greet-prod.yaml",
+        "id: greet-prod\nscript: hello\ntargets: {machines: [host1]}\n",
+    );
+    setup.work.commit("a run-request on prod");
+    support::add_users(setup.data.path(), &[(BOB.0, Role::Operator, BOB.1)]);
+    let daemon = setup.start().await;
+    let admin = daemon.token(ADMIN.0, ADMIN.1).await;
+    let bob = daemon.token(BOB.0, BOB.1).await;
+
+    // It waits, saying for which request; the request is the commit's.
+    let waiting = eventually("the run-request waiting for approval", || async {
+        let view: RunView = daemon.read("/api/runs/greet-prod", &admin).await;
+        match view.state {
+            Some(RunState::Waiting { reason }) if reason.starts_with("awaiting approval") => {
+                Some(reason)
+            }
+            _ => None,
+        }
+    })
+    .await;
+    let requests: Vec<ApprovalView> = daemon.read("/api/approvals", &admin).await;
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let id = requests[0].request.id;
+    assert!(waiting.contains(&format!("request {id}")), "{waiting}");
+    assert_eq!(requests[0].request.requested_by.label(), "run:greet-prod");
+
+    // Two approvals: its reconcile starts it, once.
+    let (status, answer) = vote(&daemon, &bob, id, "approve").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, answer) = vote(&daemon, &admin, id, "approve").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let operation_id = eventually("the approved run-request's start", || async {
+        let view: RunView = daemon.read("/api/runs/greet-prod", &admin).await;
+        match view.state {
+            Some(RunState::Started { operation_id }) => Some(operation_id),
+            _ => None,
+        }
+    })
+    .await;
+    let events = read_events(&daemon, &admin, operation_id, None).await;
+    assert_eq!(events.last().unwrap().state().name(), "succeeded");
+    let view: ApprovalView = daemon.read(&format!("/api/approvals/{id}"), &admin).await;
+    assert_eq!(view.state, RequestState::Started { operation_id });
+    daemon.stop().await;
+}

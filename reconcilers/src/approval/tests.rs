@@ -171,3 +171,37 @@ fn an_approval_covers_exactly_its_content() {
     assert_ne!(asked.digest(), other_params.digest());
     assert_ne!(asked.digest(), other_script.digest());
 }
+
+#[test]
+fn a_run_request_asks_once_waits_and_starts_only_on_an_approval_of_its_content() {
+    let mut asked = request(1);
+    asked.requested_by = Requester::RunRequest {
+        id: "upgrade".into(),
+        revision: "r1".into(),
+    };
+    let digest = asked.digest.clone();
+    assert_eq!(gate(&[], &digest, 2_000), Gate::Ask);
+    assert!(matches!(
+        gate(std::slice::from_ref(&asked), &digest, 2_000),
+        Gate::Wait { until_ms: Some(at), .. } if at == asked.expires_at_ms
+    ));
+    // An approval of other content does not count: this content asks anew.
+    assert_eq!(
+        gate(std::slice::from_ref(&asked), "other", 2_000),
+        Gate::Ask
+    );
+    let expired = gate(std::slice::from_ref(&asked), &digest, asked.expires_at_ms);
+    assert!(
+        matches!(&expired, Gate::Wait { reason, until_ms: None } if reason.contains("expired"))
+    );
+    asked.state = RequestState::Approved;
+    assert_eq!(
+        gate(std::slice::from_ref(&asked), &digest, 2_000),
+        Gate::Start { approved: 7 }
+    );
+    asked.state = RequestState::Rejected { by: "bob".into() };
+    assert!(matches!(
+        gate(&[asked], &digest, 2_000),
+        Gate::Wait { until_ms: None, .. }
+    ));
+}

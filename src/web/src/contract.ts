@@ -2319,6 +2319,9 @@ export interface components {
             /** @enum {string} */
             state: "awaiting_approval";
         } | {
+            /** @enum {string} */
+            state: "approved";
+        } | {
             /** Format: int64 */
             operation_id: number;
             /** @enum {string} */
