@@ -84,7 +84,7 @@ pub struct Metrics {
     /// Seconds since the applied revision was applied; set at scrape time.
     pub sync_applied_age: Gauge,
     pub reconciles: Family<ReconcileLabels, Counter>,
-    /// Schedules' fires, by what became of them (`started`, `missed`, `skipped`).
+    /// Schedules' fires, by what became of them (`started`, `missed`, `skipped`, `awaiting_approval`).
     pub schedule_fires: Family<ResultLabels, Counter>,
     /// How long after its due time each fire was recorded.
     pub schedule_lateness: Histogram,
@@ -215,7 +215,7 @@ impl Metrics {
         );
         r.register(
             "schedule_fires",
-            "Schedules' fires by result: started, missed (the daemon was down), skipped (the previous still ran)",
+            "Schedules' fires by result: started, missed (the daemon was down or the fire held past its minute), skipped (the previous still ran, or nothing could start), awaiting_approval",
             metrics.schedule_fires.clone(),
         );
         r.register(

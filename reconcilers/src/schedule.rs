@@ -179,6 +179,9 @@ pub enum FireOutcome {
     Missed { reason: String },
     /// Not run: the previous fire still ran, or nothing could start.
     Skipped { reason: String },
+    /// Waiting for approvers (`access.yaml`'s approvals): approval request
+    /// `approval`, whose last approval starts it.
+    AwaitingApproval { approval: u64 },
 }
 
 impl FireOutcome {
@@ -188,6 +191,7 @@ impl FireOutcome {
             FireOutcome::Started { .. } => "started",
             FireOutcome::Missed { .. } => "missed",
             FireOutcome::Skipped { .. } => "skipped",
+            FireOutcome::AwaitingApproval { .. } => "awaiting_approval",
         }
     }
 }

@@ -351,6 +351,9 @@ pub async fn schedules(client: &Client, name: Option<&str>, json: bool) -> Resul
             }
             linkops_reconcilers::schedule::FireOutcome::Missed { reason }
             | linkops_reconcilers::schedule::FireOutcome::Skipped { reason } => reason.clone(),
+            linkops_reconcilers::schedule::FireOutcome::AwaitingApproval { approval } => {
+                format!("approval request {approval} (`linkops approvals {approval}`)")
+            }
         };
         vec![local(due), fire.outcome.name().to_owned(), what]
     };

@@ -202,6 +202,12 @@ impl Controller {
                     operation = operation.id,
                     "an approved run started"
                 );
+                if let Requester::Schedule { name, due_ms, .. } = &voted.requested_by {
+                    let (name, due_ms, id) = (name.clone(), *due_ms, operation.id);
+                    (self.context.store)
+                        .run(move |store| store.set_fire_started(&name, due_ms, id))
+                        .await?;
+                }
                 Ok(Request {
                     state: RequestState::Started {
                         operation_id: operation.id,
@@ -248,8 +254,19 @@ pub(super) fn record_request(
     notifier: &crate::notify::Notifier,
     request: &Request,
 ) -> Result<Request, store::Error> {
+    record_request_with(store, notifier, request, None)
+}
+
+/// [`record_request`], claiming a schedule's `fire` with it.
+pub(super) fn record_request_with(
+    store: &store::Store,
+    notifier: &crate::notify::Notifier,
+    request: &Request,
+    fire: Option<&linkops_reconcilers::schedule::FireRecord>,
+) -> Result<Request, store::Error> {
     let created = store.create_approval(
         request,
+        fire,
         |created| Audit {
             actor: actor_of(&created.requested_by),
             action: AuditAction::ApprovalRequest,

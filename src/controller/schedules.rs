@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
+use linkops_reconcilers::approval;
 use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::grant::Place;
 use linkops_reconcilers::operation::Requester;
 use linkops_reconcilers::run;
 use linkops_reconcilers::schedule::{
@@ -50,12 +52,22 @@ impl Context {
         };
         let now = now_ms();
         let last = self.store.schedule_fires(name, 1)?.pop();
+        // A fire awaiting its approvers counts as running until they decide.
         let running = match &last {
             Some(FireRecord {
                 outcome: FireOutcome::Started { operation_id },
                 ..
             }) => (self.store.operation(*operation_id)?)
                 .is_some_and(|(operation, _)| !operation.state.is_finished()),
+            Some(FireRecord {
+                outcome: FireOutcome::AwaitingApproval { approval },
+                ..
+            }) => (self.store.approval(*approval)?).is_some_and(|request| {
+                matches!(
+                    request.state_at(now),
+                    approval::RequestState::AwaitingApproval | approval::RequestState::Approved
+                )
+            }),
             _ => false,
         };
         let last_due = match &last {
@@ -126,6 +138,46 @@ impl Context {
         };
         let placements = run::place(&targets, &desired.machines, statuses, held);
         let params = declared.resolved.clone();
+        let places: Vec<Place> = (placements.iter())
+            .map(|(id, _)| Place::find(Some(desired), id))
+            .collect();
+        if let Some(needed) = approval::needed(&desired.approvals, &script.id, &places) {
+            // It waits for approvers: the request claims the fire.
+            let content = approval::Content {
+                script: script.id.clone(),
+                params,
+                machines: placements.iter().map(|(id, _)| id.clone()).collect(),
+                rollout: declared.rollout,
+                concurrency: None,
+                script_digest: approval::script_digest(script),
+            };
+            let by = Requester::Schedule {
+                name: declared.name.clone(),
+                due_ms: due.as_millisecond(),
+                revision: desired.revision.clone(),
+            };
+            let request = approval::Request::new(needed, content, by, now_ms());
+            let fire = self.fire(
+                declared,
+                due,
+                desired,
+                FireOutcome::AwaitingApproval { approval: 0 },
+            );
+            let asked = super::approvals::record_request_with(
+                &self.store,
+                &self.notifier,
+                &request,
+                Some(&fire),
+            );
+            return match asked {
+                Ok(_) => {
+                    self.count_fire(&fire);
+                    Ok(())
+                }
+                Err(store::Error::AlreadyFired { .. }) => Ok(()),
+                Err(error) => Err(error),
+            };
+        }
         let plan = Plan {
             script: script.clone(),
             secrets: linkops_reconcilers::secret::named(script, &params, &desired.secrets),

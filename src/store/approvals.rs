@@ -7,6 +7,7 @@
 use linkops_reconcilers::approval::{Request, RequestState};
 use linkops_reconcilers::operation::Requester;
 use linkops_reconcilers::outbox::Outgoing;
+use linkops_reconcilers::schedule::{FireOutcome, FireRecord};
 
 use super::audit::{Audit, append_audit};
 use super::engine::{Read, Write, WriteTx};
@@ -15,10 +16,13 @@ use super::{Error, Result, Store};
 
 impl Store {
     /// Records `request` (its id assigned) with its audit entry and what it
-    /// tells the outside (`outgoing`, made from the request as recorded).
+    /// tells the outside (`outgoing`, made from the request as recorded);
+    /// a schedule's request claims its fire with it (`fire`, recorded as
+    /// awaiting this approval — or [`Error::AlreadyFired`]).
     pub fn create_approval(
         &self,
         request: &Request,
+        fire: Option<&FireRecord>,
         audit: impl FnOnce(&Request) -> Audit,
         outgoing: impl FnOnce(&Request) -> Vec<Outgoing>,
     ) -> Result<Request> {
@@ -28,6 +32,13 @@ impl Store {
             id,
             ..request.clone()
         };
+        if let Some(fire) = fire {
+            let awaiting = FireRecord {
+                outcome: FireOutcome::AwaitingApproval { approval: id },
+                ..fire.clone()
+            };
+            super::schedules::claim_fire(&mut tx, &awaiting)?;
+        }
         tx.insert(APPROVALS, id, &created)?;
         append_audit(&mut tx, &audit(&created))?;
         super::outbox::enqueue(&mut tx, &outgoing(&created), self.outbox_bound)?;

@@ -5,9 +5,22 @@
 use linkops_reconcilers::outbox::Outgoing;
 use linkops_reconcilers::schedule::{FireOutcome, FireRecord};
 
-use super::engine::{Read, Write};
+use super::engine::{Read, Write, WriteTx};
 use super::schema::{SCHEDULE_FIRES, SCHEDULE_SINCE};
 use super::{Error, Result, Store};
+
+/// Records `fire` unless the fire (schedule, due time) has a record already.
+pub(super) fn claim_fire(tx: &mut WriteTx, fire: &FireRecord) -> Result<()> {
+    let key = (fire.schedule.as_str(), fire.due_ms);
+    if let Some(recorded) = tx.get(SCHEDULE_FIRES, key)? {
+        return Err(Error::AlreadyFired {
+            schedule: fire.schedule.clone(),
+            due_ms: fire.due_ms,
+            outcome: recorded.outcome.name(),
+        });
+    }
+    tx.insert(SCHEDULE_FIRES, key, fire)
+}
 
 impl Store {
     /// When `schedule` was first seen: `now_ms` the first time it is asked.
@@ -37,16 +50,18 @@ impl Store {
     pub fn record_passed_fire(&self, fire: &FireRecord, outgoing: &[Outgoing]) -> Result<()> {
         debug_assert!(!matches!(fire.outcome, FireOutcome::Started { .. }));
         let mut tx = self.write()?;
-        let key = (fire.schedule.as_str(), fire.due_ms);
-        if let Some(recorded) = tx.get(SCHEDULE_FIRES, key)? {
-            return Err(Error::AlreadyFired {
-                schedule: fire.schedule.clone(),
-                due_ms: fire.due_ms,
-                outcome: recorded.outcome.name(),
-            });
-        }
-        tx.insert(SCHEDULE_FIRES, key, fire)?;
+        claim_fire(&mut tx, fire)?;
         super::outbox::enqueue(&mut tx, outgoing, self.outbox_bound)?;
+        tx.commit()
+    }
+
+    /// An approved fire's operation: its record says it started.
+    pub fn set_fire_started(&self, schedule: &str, due_ms: i64, operation_id: u64) -> Result<()> {
+        let mut tx = self.write()?;
+        if let Some(mut fire) = tx.get(SCHEDULE_FIRES, (schedule, due_ms))? {
+            fire.outcome = FireOutcome::Started { operation_id };
+            tx.insert(SCHEDULE_FIRES, (schedule, due_ms), &fire)?;
+        }
         tx.commit()
     }
 

@@ -221,3 +221,68 @@ async fn a_run_request_on_prod_waits_for_its_approvers_then_runs_once() {
     assert_eq!(view.state, RequestState::Started { operation_id });
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_schedule_s_fire_on_prod_waits_for_its_approver() {
+    use linkops::contract::ScheduleDetail;
+    use linkops_reconcilers::schedule::FireOutcome;
+
+    let setup = FleetSetup::new(2, &[], SCRIPTS);
+    let links = setup.fleet.inventory("test", &[], "");
+    let links = links.replacen("    tags: [test]\n", "    tags: [test, prod]\n", 1);
+    setup.work.write("links.yaml", &links);
+    setup.work.write(
+        "access.yaml",
+        "approvals:\n  - {name: prod, tags: [prod], approvers: 1, expires: 1h}\n",
+    );
+    setup.work.write(
+        "schedules/greet.yaml",
+        "name: greet\nscript: hello\ntargets: {machines: [host1]}\ncron: \"* * * * *\"\ncatch_up: once\n",
+    );
+    setup.work.commit("a schedule on prod");
+    support::add_users(setup.data.path(), &[(BOB.0, Role::Operator, BOB.1)]);
+    // Known since before this minute's fire: it is due as the daemon starts.
+    let config = setup.config();
+    {
+        let store = support::open_store(&config);
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        support::as_the_cli(|| {
+            let since = now_ms - now_ms.rem_euclid(60_000) - 10_000;
+            store.schedule_since("greet", since).unwrap();
+        });
+    }
+    let daemon = setup.start_with(config).await;
+    let bob = daemon.token(BOB.0, BOB.1).await;
+
+    // The fire is claimed as awaiting approval; nothing runs.
+    let approval = eventually("the fire awaiting approval", || async {
+        let detail: ScheduleDetail = daemon.read("/api/schedules/greet", &bob).await;
+        match detail.fires.first().map(|fire| &fire.outcome) {
+            Some(FireOutcome::AwaitingApproval { approval }) => Some(*approval),
+            _ => None,
+        }
+    })
+    .await;
+    let operations: Vec<OperationView> = daemon.read("/api/operations", &bob).await;
+    assert!(operations.is_empty(), "{operations:?}");
+    let asked: ApprovalView = daemon
+        .read(&format!("/api/approvals/{approval}"), &bob)
+        .await;
+    assert_eq!(asked.request.requested_by.label(), "schedule:greet");
+
+    // Approved: the fire runs, and its record says so.
+    let (status, answer) = vote(&daemon, &bob, approval, "approve").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let approved: ApprovalView = support::answer(&answer);
+    let RequestState::Started { operation_id } = approved.state else {
+        panic!("{approved:?}");
+    };
+    let events = read_events(&daemon, &bob, operation_id, None).await;
+    assert_eq!(events.last().unwrap().state().name(), "succeeded");
+    let detail: ScheduleDetail = daemon.read("/api/schedules/greet", &bob).await;
+    assert_eq!(
+        detail.fires[0].outcome,
+        FireOutcome::Started { operation_id }
+    );
+    daemon.stop().await;
+}

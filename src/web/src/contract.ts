@@ -1637,6 +1637,11 @@ export interface components {
             /** @enum {string} */
             outcome: "skipped";
             reason: string;
+        } | {
+            /** Format: int64 */
+            approval: number;
+            /** @enum {string} */
+            outcome: "awaiting_approval";
         };
         /**
          * @description One fire of a schedule, as recorded under (schedule, due time): claimed
