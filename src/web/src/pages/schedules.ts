@@ -35,6 +35,7 @@ export async function schedulePage(main: HTMLElement, [name]: string[]): Promise
     table(["Due", "Result", "What"], detail.fires.map((fire) => [
       when(new Date(fire.due_ms).toISOString()), badge(fire.outcome.outcome),
       fire.outcome.outcome === "started" ? h("a", { href: `#/operations/${fire.outcome.operation_id}` }, `operation #${fire.outcome.operation_id}`)
+        : fire.outcome.outcome === "awaiting_approval" ? h("a", { href: `#/approvals/${fire.outcome.approval}` }, `approval request #${fire.outcome.approval}`)
         : fire.outcome.reason,
     ]), `Fires of ${schedule.name}`),
   );
