@@ -68,7 +68,8 @@ pub async fn approve(
     Path(id): Path<u64>,
     Json(body): Json<VoteBody>,
 ) -> Result<Json<ApprovalView>, ApiError> {
-    vote(state, caller, id, true, body).await
+    let grants = caller.grants(&state);
+    vote(state, caller, grants, id, true, body).await
 }
 
 /// `POST /api/approvals/{id}/reject`
@@ -79,17 +80,19 @@ pub async fn reject(
     Path(id): Path<u64>,
     Json(body): Json<VoteBody>,
 ) -> Result<Json<ApprovalView>, ApiError> {
-    vote(state, caller, id, false, body).await
+    let grants = caller.grants(&state);
+    vote(state, caller, grants, id, false, body).await
 }
 
+/// `caller`'s vote (holding `grants` now).
 async fn vote(
     state: AppState,
     caller: Authenticated,
+    grants: linkops_reconcilers::grant::Held,
     id: u64,
     approve: bool,
     body: VoteBody,
 ) -> Result<Json<ApprovalView>, ApiError> {
-    let grants = caller.grants(&state);
     let fresh = caller.stepped_up(&state, "approving a run on a protected machine");
     let voter = Voter {
         name: &caller.user.name,

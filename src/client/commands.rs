@@ -18,8 +18,9 @@ use super::print::{api_name, or_dash, print_json, print_table};
 use super::{Client, Error, Result, Session};
 use crate::contract::{
     FactsQuery, FactsView, GitStatus, Health, HistoryQuery, LoginRequest, LoginResponse,
-    MachineDetail, MachineQuery, MachineView, OperationView, RunBody, RunView, ScheduleDetail,
-    ScheduleView, StateDetail, StateView, Stopping, SyncOutcome, SyncView, TargetsBody,
+    MachineDetail, MachineQuery, MachineView, OperationView, RunAnswer, RunBody, RunView,
+    ScheduleDetail, ScheduleView, StateDetail, StateView, Stopping, SyncOutcome, SyncView,
+    TargetsBody,
 };
 
 /// `linkops login`: exchanges a password for a token and saves the session.
@@ -241,14 +242,6 @@ pub async fn run(client: &Client, args: RunArgs<'_>, json: bool) -> Result<i32> 
     };
     let answer: RunAnswer = client.post("/api/operations/run", &body).await?;
     started(client, answer, json).await
-}
-
-/// What a run asked for became: started, or awaiting approvers.
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum RunAnswer {
-    Started(Box<OperationView>),
-    Awaiting(Box<crate::contract::ApprovalView>),
 }
 
 /// The exit code of a run recorded as awaiting approval (it has not run yet).

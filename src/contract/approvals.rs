@@ -22,6 +22,15 @@ impl ApprovalView {
     }
 }
 
+/// What `POST /api/operations/run` (or a retry) answers: the operation
+/// started (`202`), or the request it waits on (`201`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RunAnswer {
+    Started(Box<super::OperationView>),
+    Awaiting(Box<ApprovalView>),
+}
+
 /// `POST /api/approvals/{id}/approve` and `/reject`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VoteBody {

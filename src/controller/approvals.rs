@@ -105,12 +105,14 @@ impl Controller {
                 Tally::Rejected => format!("rejected: {comment}"),
             }),
         };
-        // A run-request's own reconcile starts what is approved for it (claiming it, once).
-        let run_request = match &request.requested_by {
-            Requester::RunRequest { id, .. } => Some(id.clone()),
+        // A run-request's or a state's own reconcile starts what is approved
+        // for it (a run-request claiming itself, once; a state applying its content).
+        let owner = match &request.requested_by {
+            Requester::RunRequest { id, .. } => Some(super::ObjectKey::RunRequest(id.clone())),
+            Requester::State { id, .. } => Some(super::ObjectKey::State(id.clone())),
             _ => None,
         };
-        if tally == Tally::Approved && run_request.is_none() {
+        if tally == Tally::Approved && owner.is_none() {
             return self.start_approved(&desired, request, audit).await;
         }
         if tally == Tally::Approved {
@@ -120,9 +122,8 @@ impl Controller {
         (self.context.store)
             .run(move |store| store.record_vote(&voted, &audit))
             .await?;
-        if let Some(id) = run_request.filter(|_| tally == Tally::Approved) {
-            self.scheduler
-                .trigger(super::ObjectKey::RunRequest(id), super::Reason::Api);
+        if let Some(key) = owner.filter(|_| tally == Tally::Approved) {
+            self.scheduler.trigger(key, super::Reason::Api);
         }
         Ok(request)
     }

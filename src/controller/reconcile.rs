@@ -395,7 +395,7 @@ impl Context {
             concurrency: None,
             script_digest: approval::script_digest(script),
         };
-        let recorded = self.store.approvals_of_run(&request.id)?;
+        let recorded = (self.store).approvals_of(&store::Owner::RunRequest(request.id.clone()))?;
         let (reason, until_ms) = match approval::gate(&recorded, &content.digest(), now_ms()) {
             approval::Gate::Start { approved } => return Ok(Ok(Some(approved))),
             approval::Gate::Wait { reason, until_ms } => (reason, until_ms),

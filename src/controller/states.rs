@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use linkops_reconcilers::approval;
 use linkops_reconcilers::desired::DesiredState;
+use linkops_reconcilers::grant::Place;
 use linkops_reconcilers::operation::Requester;
 use linkops_reconcilers::script::Script;
 use linkops_reconcilers::secret::{self as secret, Secret};
@@ -28,6 +30,10 @@ use crate::store::{self, Actor, Audit, AuditAction, Outcome, now_ms};
 
 /// Checks of one state running at once (the fleet's session limit applies too).
 const CHECKS_AT_ONCE: usize = 32;
+
+/// What a drifted machine is held by while no approval request covers its
+/// state's content yet (one is asked for at once, and this replaced).
+const ASKING: &str = "awaiting approval: asking for it";
 
 /// How often a state whose apply runs on another replica is looked at.
 const APPLY_ELSEWHERE_POLL: Duration = Duration::from_secs(2);
@@ -49,8 +55,26 @@ impl Context {
         let facts = self.access.trust_facts().as_text();
         let digest = desired.state_digest(state, script, &facts);
         let selected = state.targets.select(&desired.machines);
+        // Applies under an approval rule wait for approvers of this content.
+        let approval = {
+            let places: Vec<Place> = (selected.iter())
+                .map(|id| Place::find(Some(desired), id))
+                .collect();
+            approval::needed(&desired.approvals, &script.id, &places).map(|needed| {
+                let content = approval::Content {
+                    script: script.id.clone(),
+                    params: state.params.clone(),
+                    machines: selected.clone(),
+                    rollout: Some(state.rollout),
+                    concurrency: None,
+                    script_digest: approval::script_digest(script),
+                };
+                (needed, content)
+            })
+        };
         let (context, asked) = (self.clone(), id.to_owned());
-        let (stored, mut targets, status, statuses, held) = self
+        let digest_asked = approval.as_ref().map(|(_, content)| content.digest());
+        let (stored, mut targets, status, statuses, held, gate) = self
             .store
             .run(move |store| {
                 let stored = store.state_targets(&asked)?;
@@ -58,18 +82,31 @@ impl Context {
                 let mut status = store.state_status(&asked)?;
                 context.settle_applies(&mut targets, status.as_mut())?;
                 let statuses = store.machine_statuses(&selected)?;
-                Ok((stored, targets, status, statuses, context.held_now()?))
+                let gate = match digest_asked {
+                    Some(digest) => {
+                        let recorded = store.approvals_of(&store::Owner::State(asked))?;
+                        Some(approval::gate(&recorded, &digest, now_ms()))
+                    }
+                    None => None,
+                };
+                Ok((stored, targets, status, statuses, context.held_now()?, gate))
             })
             .await?;
+        let mut awaiting = match &gate {
+            Some(approval::Gate::Wait { reason, .. }) => Some(reason.clone()),
+            Some(approval::Gate::Ask) => Some(ASKING.to_owned()),
+            Some(approval::Gate::Start { .. }) | None => None,
+        };
         // The daemon's load refused a revision naming a zone it does not know.
         let zone = crate::schedules::zone(&state.zone).unwrap_or(jiff::tz::TimeZone::UTC);
-        let decide = |targets: &BTreeMap<String, Target>| {
+        let decide = |targets: &BTreeMap<String, Target>, awaiting: Option<&str>| {
             let observed = state::Observed {
                 status: status.as_ref(),
                 targets,
                 statuses: &statuses,
                 held: &held,
                 zone: &zone,
+                awaiting,
             };
             state::decide(
                 state,
@@ -80,7 +117,31 @@ impl Context {
                 now_ms(),
             )
         };
-        let mut decision = decide(&targets);
+        let mut decision = decide(&targets, awaiting.as_deref());
+        // Drift the approvers have not seen yet: ask them, once for this content.
+        let drifted = |decision: &state::StateDecision| {
+            (decision.targets.iter()).any(
+                |target| matches!(&target.standing, Standing::Held { reason } if reason == ASKING),
+            )
+        };
+        if drifted(&decision)
+            && let Some((needed, content)) = approval
+        {
+            let by = Requester::State {
+                id: id.to_owned(),
+                revision: desired.revision.clone(),
+            };
+            let request = approval::Request::new(needed, content, by, now_ms());
+            let notifier = self.notifier.clone();
+            let asked = (self.store)
+                .run(move |store| super::approvals::record_request(store, &notifier, &request))
+                .await?;
+            awaiting = Some(format!(
+                "awaiting approval: request {}, 0 of {} (`linkops approve {}`)",
+                asked.id, asked.approvers, asked.id
+            ));
+            decision = decide(&targets, awaiting.as_deref());
+        }
         let mut checks = Vec::new();
         if !decision.check.is_empty() {
             checks = self
@@ -92,7 +153,7 @@ impl Context {
                     .or_insert_with(|| Target::new(id, machine, check.at_ms))
                     .checked(check.clone());
             }
-            decision = decide(&targets);
+            decision = decide(&targets, awaiting.as_deref());
         }
         let wake = decision
             .wake_after_ms

@@ -14,6 +14,13 @@ use super::engine::{Read, Write, WriteTx};
 use super::schema::APPROVALS;
 use super::{Error, Result, Store};
 
+/// What in Git asks for approvals of its own content, and starts what is approved itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    RunRequest(String),
+    State(String),
+}
+
 impl Store {
     /// Records `request` (its id assigned) with its audit entry and what it
     /// tells the outside (`outgoing`, made from the request as recorded);
@@ -59,10 +66,14 @@ impl Store {
             .collect()
     }
 
-    /// The requests run-request `id` made, newest first.
-    pub fn approvals_of_run(&self, id: &str) -> Result<Vec<Request>> {
+    /// The requests `owner` made (a run-request, a state), newest first.
+    pub fn approvals_of(&self, owner: &Owner) -> Result<Vec<Request>> {
         let read = self.read()?;
-        let made_by = |request: &Request| matches!(&request.requested_by, Requester::RunRequest { id: run, .. } if run == id);
+        let made_by = |request: &Request| match (&request.requested_by, owner) {
+            (Requester::RunRequest { id, .. }, Owner::RunRequest(owner)) => id == owner,
+            (Requester::State { id, .. }, Owner::State(owner)) => id == owner,
+            _ => false,
+        };
         read.range_rev(APPROVALS, 0_u64..)
             .filter_map(|entry| match entry {
                 Ok((_, request)) if !made_by(&request) => None,

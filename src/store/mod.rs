@@ -8,6 +8,7 @@
 //! last committed state.
 
 mod approvals;
+pub use approvals::Owner;
 mod audit;
 mod ca;
 mod changes;

@@ -286,3 +286,48 @@ async fn a_schedule_s_fire_on_prod_waits_for_its_approver() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_state_touching_prod_applies_only_once_its_content_is_approved() {
+    use crate::states::{self, in_sync, until_state};
+    use linkops_reconcilers::state::Standing;
+
+    let setup = states::setup(2, &[0, 1], &states::state_file("v1", ""));
+    let links =
+        states::links(&setup, &[0, 1]).replacen("tags: [test, web]", "tags: [test, web, prod]", 1);
+    setup.work.write("links.yaml", &links);
+    setup.work.write(
+        "access.yaml",
+        "approvals:\n  - {name: prod, tags: [prod], approvers: 1, expires: 1h}\n",
+    );
+    setup.work.commit("applies on prod need an approver");
+    support::add_users(setup.data.path(), &[(BOB.0, Role::Operator, BOB.1)]);
+    let daemon = setup.start().await;
+    let bob = daemon.token(BOB.0, BOB.1).await;
+
+    // Checked and found drifted, held for approvers; one request asked.
+    let held = until_state(&daemon, &bob, "both held for approval", |d| {
+        d.machines.iter().all(|m| {
+            matches!(&m.standing, Standing::Held { reason } if reason.starts_with("awaiting approval: request"))
+        }) && d.machines.len() == 2
+    })
+    .await;
+    let requests: Vec<ApprovalView> = daemon.read("/api/approvals", &bob).await;
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].request.requested_by.label(), "state:app-config");
+    assert_eq!(requests[0].request.content.machines, ["host1", "host2"]);
+    assert!(held.machines.iter().all(|m| m.apply.is_none()), "{held:?}");
+
+    // Approved: the state applies its content, in its rollout's batches.
+    let (status, answer) = vote(&daemon, &bob, requests[0].request.id, "approve").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    until_state(&daemon, &bob, "both in sync once approved", |d| {
+        in_sync(d, 2)
+    })
+    .await;
+    let view: ApprovalView = daemon
+        .read(&format!("/api/approvals/{}", requests[0].request.id), &bob)
+        .await;
+    assert_eq!(view.state, RequestState::Approved);
+    daemon.stop().await;
+}

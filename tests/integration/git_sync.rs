@@ -106,7 +106,7 @@ async fn follows_a_remote_over_ssh_through_manual_syncs() {
     .await;
     let state = applied(&daemon, &first).await;
     assert_eq!(state.machines.len(), 6);
-    assert_eq!(state.scripts.len(), 11);
+    assert_eq!(state.scripts.len(), 12);
     assert_eq!(state.states.len(), 5);
     let token = daemon.token(ADMIN.0, ADMIN.1).await;
 

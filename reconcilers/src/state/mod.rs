@@ -147,6 +147,9 @@ pub struct Observed<'a> {
     pub held: &'a Held,
     /// The state's zone (its windows are read in it), from the tz database.
     pub zone: &'a jiff::tz::TimeZone,
+    /// Why its applies wait for approvers (`access.yaml`'s approvals); none:
+    /// no rule covers them, or their content is approved.
+    pub awaiting: Option<&'a str>,
 }
 
 /// What to do about a state now.
@@ -223,7 +226,7 @@ pub fn decide(
     }
     let gate = gate(
         state,
-        observed.zone,
+        observed,
         &status,
         candidates.len(),
         in_flight,
@@ -384,7 +387,7 @@ struct Gate {
 /// (canaries first) with `in_flight` applies already running.
 fn gate(
     state: &DeclaredState,
-    zone: &jiff::tz::TimeZone,
+    observed: &Observed,
     status: &StateStatus,
     candidates: usize,
     in_flight: usize,
@@ -398,6 +401,10 @@ fn gate(
     if let Some(halt) = &status.halted {
         return held(format!("the rollout is halted: {}", halt.reason));
     }
+    if let Some(awaiting) = observed.awaiting {
+        return held(awaiting.to_owned());
+    }
+    let zone = observed.zone;
     if let Err(opens) = window_at(&state.windows, zone, now_ms) {
         return match opens.and_then(|at| jiff::Timestamp::from_millisecond(at).ok()) {
             Some(at) if candidates > 0 => Gate {

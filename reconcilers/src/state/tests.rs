@@ -80,6 +80,7 @@ fn decide_with(
         statuses: &statuses,
         held,
         zone: &jiff::tz::TimeZone::UTC,
+        awaiting: None,
     };
     decide(state, "d1", "r1", machines, &observed, now_ms)
 }
@@ -307,6 +308,44 @@ fn checks_are_due_on_new_content_after_the_interval_and_after_an_apply() {
 }
 
 #[test]
+fn drifted_machines_wait_for_approvers_while_checks_go_on() {
+    let machines = fleet(2);
+    let state = state(Mode::Enforce, Rollout::default());
+    let targets: BTreeMap<String, Target> = [
+        checked("web1", CheckOutcome::Drifted, NOW - MINUTE),
+        checked("web2", CheckOutcome::Holds, NOW - 10 * MINUTE),
+    ]
+    .into_iter()
+    .map(|t| (t.machine_id.clone(), t))
+    .collect();
+    let statuses = enrolled(&machines);
+    let reason = "awaiting approval: request 4, 0 of 2 (`linkops approve 4`)";
+    let observed = Observed {
+        status: None,
+        targets: &targets,
+        statuses: &statuses,
+        held: &Held::default(),
+        zone: &jiff::tz::TimeZone::UTC,
+        awaiting: Some(reason),
+    };
+    let decision = decide(&state, "d1", "r1", &machines, &observed, NOW);
+    assert!(decision.apply.is_empty());
+    assert_eq!(
+        decision.targets[0].standing,
+        Standing::Held {
+            reason: reason.into()
+        }
+    );
+    assert_eq!(decision.check, ["web2"], "checks go on");
+    let approved = Observed {
+        awaiting: None,
+        ..observed
+    };
+    let decision = decide(&state, "d1", "r1", &machines, &approved, NOW);
+    assert_eq!(decision.apply, ["web1"]);
+}
+
+#[test]
 fn applying_is_held_outside_the_windows_and_suspension_holds_everything() {
     let machines = fleet(2);
     let mut state = state(Mode::Enforce, Rollout::default());
@@ -377,6 +416,7 @@ fn machines_not_enrolled_are_held_and_unknown_ones_waited_for() {
         statuses: &statuses,
         held: &Held::default(),
         zone: &jiff::tz::TimeZone::UTC,
+        awaiting: None,
     };
     let decision = decide(&state, "d1", "r1", &machines, &observed, NOW);
     assert!(decision.check.is_empty());
@@ -558,6 +598,7 @@ fn every_target_is_checked_again_within_its_interval_every_cycle() {
             statuses: &statuses,
             held: &held,
             zone: &jiff::tz::TimeZone::UTC,
+            awaiting: None,
         };
         decide(&state, "d1", "r1", &machines, &observed, now)
     };
