@@ -17,6 +17,22 @@ const SCRIPTS: &str = "scripts:\n  - {id: hello, name: Hello, body: echo hello f
 const OLGA: (&str, &str) = ("olga", "pw-olga-1");
 const BOB: (&str, &str) = ("bob", "pw-bob-1");
 
+/// Two hosts, host1 tagged `prod`; `access` as access.yaml, `files` beside
+/// it, committed; bob an operator.
+fn prod_fleet(access: &str, files: &[(&str, &str)]) -> FleetSetup {
+    let setup = FleetSetup::new(2, &[], SCRIPTS);
+    let links = setup.fleet.inventory("test", &[], "");
+    let links = links.replacen("    tags: [test]\n", "    tags: [test, prod]\n", 1);
+    setup.work.write("links.yaml", &links);
+    setup.work.write("access.yaml", access);
+    for (path, text) in files {
+        setup.work.write(path, text);
+    }
+    setup.work.commit("runs on prod need approvers");
+    support::add_users(setup.data.path(), &[(BOB.0, Role::Operator, BOB.1)]);
+    setup
+}
+
 async fn run(
     daemon: &support::TestDaemon,
     token: &str,
@@ -40,22 +56,11 @@ async fn vote(
 
 #[tokio::test]
 async fn a_run_on_prod_waits_for_two_approvers_other_than_its_requester() {
-    let setup = FleetSetup::new(2, &[], SCRIPTS);
-    let links = setup.fleet.inventory("test", &[], "");
-    let links = links.replacen("    tags: [test]\n", "    tags: [test, prod]\n", 1);
-    setup.work.write("links.yaml", &links);
-    setup.work.write(
-        "access.yaml",
+    let setup = prod_fleet(
         "approvals:\n  - {name: prod, tags: [prod], approvers: 2, expires: 1h}\n  - {name: slow-prod, tags: [prod], scripts: [slow], approvers: 1, expires: 1s}\n",
+        &[],
     );
-    setup.work.commit("runs on prod need two approvers");
-    support::add_users(
-        setup.data.path(),
-        &[
-            (OLGA.0, Role::Operator, OLGA.1),
-            (BOB.0, Role::Operator, BOB.1),
-        ],
-    );
+    support::add_users(setup.data.path(), &[(OLGA.0, Role::Operator, OLGA.1)]);
     let daemon = setup.start().await;
     let olga = daemon.token(OLGA.0, OLGA.1).await;
     let bob = daemon.token(BOB.0, BOB.1).await;
@@ -167,20 +172,13 @@ async fn a_run_request_on_prod_waits_for_its_approvers_then_runs_once() {
     use linkops::contract::RunView;
     use linkops_reconcilers::run::RunState;
 
-    let setup = FleetSetup::new(2, &[], SCRIPTS);
-    let links = setup.fleet.inventory("test", &[], "");
-    let links = links.replacen("    tags: [test]\n", "    tags: [test, prod]\n", 1);
-    setup.work.write("links.yaml", &links);
-    setup.work.write(
-        "access.yaml",
+    let setup = prod_fleet(
         "approvals:\n  - {name: prod, tags: [prod], approvers: 2, expires: 1h}\n",
+        &[(
+            "runs/greet-prod.yaml",
+            "id: greet-prod\nscript: hello\ntargets: {machines: [host1]}\n",
+        )],
     );
-    setup.work.write(
-        "runs/greet-prod.yaml",
-        "id: greet-prod\nscript: hello\ntargets: {machines: [host1]}\n",
-    );
-    setup.work.commit("a run-request on prod");
-    support::add_users(setup.data.path(), &[(BOB.0, Role::Operator, BOB.1)]);
     let daemon = setup.start().await;
     let admin = daemon.token(ADMIN.0, ADMIN.1).await;
     let bob = daemon.token(BOB.0, BOB.1).await;
@@ -227,20 +225,13 @@ async fn a_schedule_s_fire_on_prod_waits_for_its_approver() {
     use linkops::contract::ScheduleDetail;
     use linkops_reconcilers::schedule::FireOutcome;
 
-    let setup = FleetSetup::new(2, &[], SCRIPTS);
-    let links = setup.fleet.inventory("test", &[], "");
-    let links = links.replacen("    tags: [test]\n", "    tags: [test, prod]\n", 1);
-    setup.work.write("links.yaml", &links);
-    setup.work.write(
-        "access.yaml",
+    let setup = prod_fleet(
         "approvals:\n  - {name: prod, tags: [prod], approvers: 1, expires: 1h}\n",
+        &[(
+            "schedules/greet.yaml",
+            "name: greet\nscript: hello\ntargets: {machines: [host1]}\ncron: \"* * * * *\"\ncatch_up: once\n",
+        )],
     );
-    setup.work.write(
-        "schedules/greet.yaml",
-        "name: greet\nscript: hello\ntargets: {machines: [host1]}\ncron: \"* * * * *\"\ncatch_up: once\n",
-    );
-    setup.work.commit("a schedule on prod");
-    support::add_users(setup.data.path(), &[(BOB.0, Role::Operator, BOB.1)]);
     // Known since before this minute's fire: it is due as the daemon starts.
     let config = setup.config();
     {
