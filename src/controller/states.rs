@@ -118,15 +118,24 @@ impl Context {
             )
         };
         let mut decision = decide(&targets, awaiting.as_deref());
+        let mut checks = Vec::new();
+        if !decision.check.is_empty() {
+            checks = self
+                .run_checks(desired, state, script, &digest, &decision.check)
+                .await;
+            for (machine, check) in &checks {
+                targets
+                    .entry(machine.clone())
+                    .or_insert_with(|| Target::new(id, machine, check.at_ms))
+                    .checked(check.clone());
+            }
+            decision = decide(&targets, awaiting.as_deref());
+        }
         // Drift the approvers have not seen yet: ask them, once for this content.
-        let drifted = |decision: &state::StateDecision| {
-            (decision.targets.iter()).any(
-                |target| matches!(&target.standing, Standing::Held { reason } if reason == ASKING),
-            )
-        };
-        if drifted(&decision)
-            && let Some((needed, content)) = approval
-        {
+        let asking = (decision.targets.iter()).any(
+            |target| matches!(&target.standing, Standing::Held { reason } if reason == ASKING),
+        );
+        if asking && let Some((needed, content)) = approval {
             let by = Requester::State {
                 id: id.to_owned(),
                 revision: desired.revision.clone(),
@@ -140,19 +149,6 @@ impl Context {
                 "awaiting approval: request {}, 0 of {} (`linkops approve {}`)",
                 asked.id, asked.approvers, asked.id
             ));
-            decision = decide(&targets, awaiting.as_deref());
-        }
-        let mut checks = Vec::new();
-        if !decision.check.is_empty() {
-            checks = self
-                .run_checks(desired, state, script, &digest, &decision.check)
-                .await;
-            for (machine, check) in &checks {
-                targets
-                    .entry(machine.clone())
-                    .or_insert_with(|| Target::new(id, machine, check.at_ms))
-                    .checked(check.clone());
-            }
             decision = decide(&targets, awaiting.as_deref());
         }
         let wake = decision
