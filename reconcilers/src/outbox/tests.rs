@@ -299,3 +299,39 @@ fn retries_back_off_and_then_give_up() {
     assert_eq!(retry_after_ms(9), Some(MAX_BACKOFF_MS));
     assert_eq!(retry_after_ms(MAX_ATTEMPTS), None);
 }
+
+#[test]
+fn a_run_awaiting_approval_is_told_with_a_link_to_approve_it() {
+    let content = crate::approval::Content {
+        script: "apt-upgrade".into(),
+        params: BTreeMap::new(),
+        machines: vec!["db-1".into(), "db-2".into()],
+        rollout: None,
+        concurrency: None,
+        script_digest: "d".into(),
+    };
+    let needed = crate::approval::Needed {
+        rules: vec!["prod".into()],
+        approvers: 2,
+        role: crate::role::Role::Operator,
+        expires: std::time::Duration::from_secs(3600),
+    };
+    let by = Requester::User {
+        name: "olga".into(),
+    };
+    let request = crate::approval::Request {
+        id: 3,
+        ..crate::approval::Request::new(needed, content, by, 1_800_000_000_000)
+    };
+    let told = for_approval(&request, Some("https://ops.example/"), 5);
+    assert_eq!(told.kind, EventKind::ApprovalRequested);
+    assert_eq!(
+        told.title,
+        "olga asks to run apt-upgrade on db-1, db-2: 2 approval(s) needed (request 3)"
+    );
+    assert_eq!(
+        told.url.as_deref(),
+        Some("https://ops.example/#/approvals/3")
+    );
+    assert!(told.text.contains("`linkops approve 3`"), "{}", told.text);
+}
