@@ -97,18 +97,14 @@ pub struct Content {
 impl Content {
     /// The content, digested: an approval covers this and nothing else.
     pub fn digest(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let hash = Sha256::digest(serde_json::to_vec(self).expect("serialisable").as_slice());
-        hash.iter().take(12).map(|b| format!("{b:02x}")).collect()
+        crate::short_digest(&serde_json::to_vec(self).expect("serialisable"), 12)
     }
 }
 
 /// A script's definition, digested: its body, check, interpreter, parameters
 /// and timeout.
 pub fn script_digest(script: &Script) -> String {
-    use sha2::{Digest, Sha256};
-    let hash = Sha256::digest(serde_json::to_vec(script).expect("serialisable").as_slice());
-    hash.iter().take(12).map(|b| format!("{b:02x}")).collect()
+    crate::short_digest(&serde_json::to_vec(script).expect("serialisable"), 12)
 }
 
 /// A run waiting for approval, or what became of it.

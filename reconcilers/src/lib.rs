@@ -37,6 +37,17 @@ pub mod terminal;
 pub mod trigger;
 pub mod trust;
 
+/// The first `bytes` bytes of `content`'s SHA-256, in hex: the short
+/// digests records carry (a state's content, a schedule's, an approval's).
+pub(crate) fn short_digest(content: &[u8], bytes: usize) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(content);
+    hash.iter()
+        .take(bytes)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// How a `std::time::Duration` appears in JSON (for the OpenAPI description).
 #[derive(utoipa::ToSchema)]
 #[schema(as = Duration)]

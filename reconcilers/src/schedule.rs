@@ -111,13 +111,11 @@ pub enum Concurrency {
 impl Schedule {
     /// What the schedule asks for, as a digest: a fire records the content it ran.
     pub fn digest(&self) -> String {
-        use sha2::{Digest, Sha256};
         let content = serde_json::json!({
             "script": self.script, "state": self.state, "targets": self.targets, "params": self.params,
             "rollout": self.rollout, "cron": self.cron, "zone": self.zone,
         });
-        let hash = Sha256::digest(content.to_string().as_bytes());
-        hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
+        crate::short_digest(content.to_string().as_bytes(), 8)
     }
 }
 

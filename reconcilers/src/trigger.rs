@@ -323,10 +323,8 @@ fn scalar(value: &Value) -> Option<ParamValue> {
 /// the parameters (not the alert's fingerprint: two alerts asking the same
 /// of one machine are one run).
 pub fn key(trigger: &str, machine: &str, params: &BTreeMap<String, ParamValue>) -> String {
-    use sha2::{Digest, Sha256};
     let content = serde_json::json!({"trigger": trigger, "machine": machine, "params": params});
-    let hash = Sha256::digest(content.to_string().as_bytes());
-    hash.iter().take(12).map(|b| format!("{b:02x}")).collect()
+    crate::short_digest(content.to_string().as_bytes(), 12)
 }
 
 /// A run a trigger started, kept under (trigger, key) to recognise resends

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
 use crate::enrollment::Enrollment;
 use crate::machine::Machine;
@@ -124,8 +123,7 @@ pub fn digest(
             .collect();
         content["secrets"] = serde_json::json!(sealed);
     }
-    let hash = sha2::Sha256::digest(content.to_string().as_bytes());
-    hash.iter().take(12).map(|b| format!("{b:02x}")).collect()
+    crate::short_digest(content.to_string().as_bytes(), 12)
 }
 
 /// Whether a script's body or check reads what the daemon tells scripts of

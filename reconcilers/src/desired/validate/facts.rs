@@ -25,20 +25,7 @@ pub(super) fn check_custom_fact(
     } = file;
     let rule = "use lower-case letters, digits and '_', starting with a letter, at most 32 characters: its facts are named <name>.<key>";
     let mut sound = conforms(report, "custom fact name", &name, &CUSTOM_NAME, rule);
-    let file_name = path.rsplit('/').next().unwrap_or(path);
-    let stem = file_name.trim_end_matches(".yaml").trim_end_matches(".yml");
-    if sound && stem != name.value {
-        report.at(
-            &name,
-            format!(
-                "custom fact {:?} must be in {}/{}.yaml",
-                name.value,
-                super::super::FACTS_DIR,
-                name.value
-            ),
-        );
-        sound = false;
-    }
+    sound = sound && in_its_file(&name, path, super::super::FACTS_DIR, "custom fact", report);
     if script.value.trim().is_empty() {
         report.at(&script, "the script is empty: it prints one JSON object");
         sound = false;

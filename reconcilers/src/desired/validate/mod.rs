@@ -554,6 +554,28 @@ fn check_rollout(rollout: &Spanned<Rollout>, report: &mut Report) -> Option<Roll
     }
 }
 
+/// Whether a file of `dir` holds what it is named for (`schedules/nightly.yaml`
+/// the schedule `nightly`); else reported at its name.
+fn in_its_file(
+    name: &Spanned<String>,
+    path: &str,
+    dir: &str,
+    what: &str,
+    report: &mut Report,
+) -> bool {
+    let file_name = path.rsplit('/').next().unwrap_or(path);
+    let stem = file_name.trim_end_matches(".yaml").trim_end_matches(".yml");
+    if stem == name.value {
+        return true;
+    }
+    let message = format!(
+        "{what} {:?} must be in {dir}/{}.yaml",
+        name.value, name.value
+    );
+    report.at(name, message);
+    false
+}
+
 /// Parses `30s`, `5m`, `1h30m`.
 fn duration(text: &Spanned<String>, report: &mut Report) -> Option<Duration> {
     let parsed = text

@@ -61,17 +61,7 @@ pub(super) fn check_schedule(
         until,
         suspend,
     } = file;
-    let file_name = path.rsplit('/').next().unwrap_or(path);
-    let stem = file_name.trim_end_matches(".yaml").trim_end_matches(".yml");
-    let mut sound = true;
-    if stem != name.value {
-        let expected = format!("{}/{}.yaml", super::super::SCHEDULES_DIR, name.value);
-        report.at(
-            &name,
-            format!("schedule {:?} must be in {expected}", name.value),
-        );
-        sound = false;
-    }
+    let mut sound = in_its_file(&name, path, super::super::SCHEDULES_DIR, "schedule", report);
     if let Err(problem) = parse_cron(&cron.value) {
         report.at(&cron, problem);
         sound = false;

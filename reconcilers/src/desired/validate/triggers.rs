@@ -40,17 +40,7 @@ pub(super) fn check_trigger(
         rate,
         dry_run,
     } = file;
-    let file_name = path.rsplit('/').next().unwrap_or(path);
-    let stem = file_name.trim_end_matches(".yaml").trim_end_matches(".yml");
-    let mut sound = true;
-    if stem != name.value {
-        let expected = format!("{}/{}.yaml", super::super::TRIGGERS_DIR, name.value);
-        report.at(
-            &name,
-            format!("trigger {:?} must be in {expected}", name.value),
-        );
-        sound = false;
-    }
+    let mut sound = in_its_file(&name, path, super::super::TRIGGERS_DIR, "trigger", report);
     let machines = known.check_targets(&machines, report);
     let mut path_ok = |path: &Spanned<String>, report: &mut Report| {
         let fits = path.value.len() <= MAX_PATH && PATH.is_match(&path.value);
