@@ -301,6 +301,45 @@ pub fn written_by_source(machine: &Machine) -> bool {
     machine.labels.get(SOURCE_LABEL).map(String::as_str) == Some(SOURCE)
 }
 
+/// What a sync changes in the source's block, by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Differences {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+/// The source's `entries` against the entries it wrote before (those of
+/// `machines` labelled as its own; hand-written ones are never compared).
+pub fn compare(machines: &[Machine], entries: &[Entry]) -> Differences {
+    let before: BTreeMap<&str, &Machine> = (machines.iter())
+        .filter(|m| written_by_source(m))
+        .map(|m| (m.id.as_str(), m))
+        .collect();
+    let after: BTreeSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    let added = (entries.iter())
+        .filter(|e| !before.contains_key(e.id.as_str()))
+        .map(|e| e.id.clone())
+        .collect();
+    let removed = (before.keys())
+        .filter(|id| !after.contains(*id))
+        .map(|id| (*id).to_owned())
+        .collect();
+    let changed = (entries.iter())
+        .filter(|e| {
+            before.get(e.id.as_str()).is_some_and(|m| {
+                m.host != e.host || m.tags != e.tags || m.name != e.name || m.port != e.port
+            })
+        })
+        .map(|e| e.id.clone())
+        .collect();
+    Differences {
+        added,
+        removed,
+        changed,
+    }
+}
+
 /// The source's block of `links.yaml`: its markers and its entries, in the list's `indent`.
 pub fn block(entries: &[Entry], indent: &str) -> String {
     let mut text = format!("{indent}{BLOCK_BEGIN}\n");
@@ -456,6 +495,60 @@ mod tests {
         let ids: Vec<&str> = read.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["router", "web1"]);
         assert_eq!(read[1].host, "10.0.0.50");
+    }
+
+    #[test]
+    fn a_sync_compares_only_the_entries_it_wrote() {
+        let guests = [
+            guest(101, "web1", GuestKind::Qemu, &["linkops"], &["10.0.0.5"]),
+            guest(102, "db1", GuestKind::Lxc, &["linkops"], &["10.0.0.6"]),
+        ];
+        let (first, _) = entries(&rules(""), &guests, &inventory(HAND)).unwrap();
+        let written = inventory(&splice(HAND, &first).unwrap());
+        let cases: [(&str, &[Guest], Differences); 4] = [
+            ("the same guests", &guests, Differences::default()),
+            (
+                "db1 gone, web1 moved, cache new",
+                &[
+                    guest(101, "web1", GuestKind::Qemu, &["linkops"], &["10.0.0.50"]),
+                    guest(107, "cache", GuestKind::Lxc, &["linkops"], &["10.0.0.7"]),
+                ],
+                Differences {
+                    added: vec!["cache".into()],
+                    removed: vec!["db1".into()],
+                    changed: vec!["web1".into()],
+                },
+            ),
+            (
+                "web1 retagged",
+                &[
+                    guest(
+                        101,
+                        "web1",
+                        GuestKind::Qemu,
+                        &["linkops", "edge"],
+                        &["10.0.0.5"],
+                    ),
+                    guest(102, "db1", GuestKind::Lxc, &["linkops"], &["10.0.0.6"]),
+                ],
+                Differences {
+                    changed: vec!["web1".into()],
+                    ..Differences::default()
+                },
+            ),
+            (
+                "no guests: the hand-written router is never removed",
+                &[],
+                Differences {
+                    removed: vec!["db1".into(), "web1".into()],
+                    ..Differences::default()
+                },
+            ),
+        ];
+        for (case, now, expected) in cases {
+            let (proposed, _) = entries(&rules(""), now, &written).unwrap();
+            assert_eq!(compare(&written, &proposed), expected, "{case}");
+        }
     }
 
     #[test]

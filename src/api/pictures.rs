@@ -1,11 +1,13 @@
 //! The fleet's pictures (`src/pictures.rs` aggregates them): each a few
-//! hundred numbers, read off the async runtime.
+//! hundred numbers, read off the async runtime, each holding a place among
+//! the table reads running at once (`[http] table_queries`).
 
 use axum::extract::State;
 use linkops_reconcilers::grant::{Need, Place};
 
 use super::auth::Authenticated;
 use super::extract::{Json, Path, Query};
+use super::tables::read_permit;
 use super::{ApiError, AppState};
 use crate::contract::{FleetPicture, MachinePicture, PictureQuery, StateByTag};
 use crate::store::now_ms;
@@ -18,10 +20,14 @@ pub async fn fleet(
     Query(query): Query<PictureQuery>,
 ) -> Result<Json<FleetPicture>, ApiError> {
     let sight = caller.reach(&state).sight().clone();
+    let permit = read_permit(&state, &caller.signed_in().name)?;
     let desired = state.git.desired().borrow().clone().unwrap_or_default();
     let picture = state
         .store
-        .run(move |store| crate::pictures::fleet(store, &desired, &sight, query.span, now_ms()))
+        .run(move |store| {
+            let _permit = permit;
+            crate::pictures::fleet(store, &desired, &sight, query.span, now_ms())
+        })
         .await?;
     Ok(Json(picture))
 }
@@ -36,9 +42,13 @@ pub async fn machine(
 ) -> Result<Json<MachinePicture>, ApiError> {
     let machine = super::links::desired_machine(&state, &id)?;
     caller.may(&state, Need::See(Place::from(&machine)))?;
+    let permit = read_permit(&state, &caller.signed_in().name)?;
     let picture = state
         .store
-        .run(move |store| crate::pictures::machine(store, &id, query.span, now_ms()))
+        .run(move |store| {
+            let _permit = permit;
+            crate::pictures::machine(store, &id, query.span, now_ms())
+        })
         .await?;
     Ok(Json(picture))
 }
@@ -50,10 +60,14 @@ pub async fn states(
     caller: Authenticated,
 ) -> Result<Json<Vec<StateByTag>>, ApiError> {
     let sight = caller.reach(&state).sight().clone();
+    let permit = read_permit(&state, &caller.signed_in().name)?;
     let desired = state.git.desired().borrow().clone().unwrap_or_default();
     let grid = state
         .store
-        .run(move |store| crate::pictures::states_by_tag(store, &desired, &sight))
+        .run(move |store| {
+            let _permit = permit;
+            crate::pictures::states_by_tag(store, &desired, &sight)
+        })
         .await?;
     Ok(Json(grid))
 }

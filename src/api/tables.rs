@@ -27,13 +27,7 @@ pub async fn query(
         Readers::Everyone | Readers::SeeingMachine(_) => caller.signed_in(),
     };
     let reach = caller.reach(&state);
-    let permit = state
-        .table_queries
-        .take(&user.name)
-        .map_err(|error| ApiError::Busy {
-            message: error.to_string(),
-            retry_after_secs: 1,
-        })?;
+    let permit = read_permit(&state, &user.name)?;
     let store = state.store.clone();
     let table = request.table.clone();
     let page = crate::blocking::run(move || {
@@ -63,4 +57,13 @@ pub async fn query(
         has_more: page.next_cursor.is_some(),
         next_cursor: page.next_cursor,
     }))
+}
+
+/// A place among the reads over whole tables running at once — table queries
+/// and pictures (`[http] table_queries`, `table_queries_per_user`), or 429.
+pub(super) fn read_permit(state: &AppState, user: &str) -> Result<tables::Permit, ApiError> {
+    (state.table_queries.take(user)).map_err(|error| ApiError::Busy {
+        message: error.to_string(),
+        retry_after_secs: 1,
+    })
 }

@@ -9,9 +9,7 @@ mod proxmox;
 use std::path::{Path, PathBuf};
 
 use linkops_reconcilers::desired::{self, LINKS_FILE};
-use linkops_reconcilers::inventory::{
-    self, Entry, PROXMOX_RULES_FILE, ProxmoxRules, Skipped, written_by_source,
-};
+use linkops_reconcilers::inventory::{self, PROXMOX_RULES_FILE, ProxmoxRules, Skipped};
 
 use crate::git::propose;
 
@@ -129,7 +127,11 @@ pub async fn sync(args: &SyncArgs<'_>) -> Result<Synced, Error> {
             problems.join("\n")
         ))
     })?;
-    let (added, removed, changed) = compare(&current.machines, &entries);
+    let inventory::Differences {
+        added,
+        removed,
+        changed,
+    } = inventory::compare(&current.machines, &entries);
     let committed = proposed != links;
     if committed {
         let message = format!(
@@ -177,34 +179,4 @@ fn read_rules(path: &Path) -> Result<ProxmoxRules, Error> {
         )));
     }
     ProxmoxRules::read(&text).map_err(Error::RulesProblem)
-}
-
-/// The source's entries against the checkout's: ids added, removed, changed.
-fn compare(
-    machines: &[linkops_reconcilers::machine::Machine],
-    entries: &[Entry],
-) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let before: std::collections::BTreeMap<&str, &linkops_reconcilers::machine::Machine> =
-        (machines.iter())
-            .filter(|m| written_by_source(m))
-            .map(|m| (m.id.as_str(), m))
-            .collect();
-    let after: std::collections::BTreeSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-    let added = (entries.iter())
-        .filter(|e| !before.contains_key(e.id.as_str()))
-        .map(|e| e.id.clone())
-        .collect();
-    let removed = (before.keys())
-        .filter(|id| !after.contains(*id))
-        .map(|id| (*id).to_owned())
-        .collect();
-    let changed = (entries.iter())
-        .filter(|e| {
-            before.get(e.id.as_str()).is_some_and(|m| {
-                m.host != e.host || m.tags != e.tags || m.name != e.name || m.port != e.port
-            })
-        })
-        .map(|e| e.id.clone())
-        .collect();
-    (added, removed, changed)
 }

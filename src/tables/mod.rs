@@ -31,15 +31,17 @@ pub enum Error {
 
 /// A query refused because too many run at once.
 #[derive(Debug, thiserror::Error)]
-#[error("{running} table queries already run ({setting} = {limit}): try again when one has ended")]
+#[error(
+    "{running} table queries or pictures already run ({setting} = {limit}): try again when one has ended"
+)]
 pub struct Busy {
     running: usize,
     limit: usize,
     setting: &'static str,
 }
 
-/// Table queries running at once, bounded per user and in all: each reads
-/// the store on a blocking thread, and what many viewers ask at once must
+/// Table queries and pictures running at once, bounded per user and in all:
+/// each reads the store on a blocking thread, and what many viewers ask at once must
 /// not take the daemon's memory or threads.
 #[derive(Clone)]
 pub struct Permits {
