@@ -95,7 +95,7 @@ enum Command {
     /// Manage user accounts (stop the daemon first: the store admits one process).
     #[command(subcommand)]
     User(UserCommand),
-    /// Move the store between engines (stop the daemon first).
+    /// Move the store between engines, or compact it (stop the daemon first).
     #[command(subcommand)]
     Store(StoreCommand),
     #[cfg(feature = "demo")]
@@ -468,6 +468,10 @@ enum StoreCommand {
         #[arg(long, value_name = "FILE")]
         password_file: Option<std::path::PathBuf>,
     },
+    /// Give the filesystem back the space `[retention]` freed inside the
+    /// redb store (redb reuses freed pages but never shrinks its file).
+    /// The daemon stopped; PostgreSQL stores have VACUUM FULL instead.
+    Compact,
 }
 
 #[derive(Subcommand)]
@@ -749,6 +753,7 @@ fn run() -> anyhow::Result<()> {
             to,
             password_file,
         }) => Ok(offline::migrate_store(from, to, password_file.as_deref())?),
+        Command::Store(StoreCommand::Compact) => Ok(offline::compact_store(&config()?)?),
     }
 }
 

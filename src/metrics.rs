@@ -120,7 +120,7 @@ pub struct Metrics {
     pub state_rollout_halted: Family<DeclaredStateLabels, Gauge>,
     pub sse_clients: Gauge,
     pub websocket_clients: Gauge,
-    /// Records the retention pass let go: `health_sample`, `output_event`.
+    /// Records the retention pass let go: `health_sample`, `output_event`, `operation`, `state_record`, `revocation`.
     pub store_pruned: Family<KindLabels, Counter>,
     pub terminal_sessions: Gauge,
     /// HTTP connections open, and those refused at `[http] max_connections`.

@@ -49,6 +49,14 @@ pub enum Error {
         "the store {path} is in use: the daemon is running. While it runs, manage users in the console's Users page or through /api/users (admin); or stop it first (systemctl stop linkopsd)"
     )]
     DaemonRunning { path: std::path::PathBuf },
+    #[error(
+        "the store {path} is in use: the daemon is running. Compaction rewrites the file: stop it first (systemctl stop linkopsd), compact, then start it again"
+    )]
+    CompactWhileRunning { path: std::path::PathBuf },
+    #[error(
+        "the store is in PostgreSQL ({database}): `linkops store compact` rewrites a redb file. PostgreSQL reuses what retention deletes after its (auto)vacuum; `VACUUM FULL` returns the space to the filesystem"
+    )]
+    CompactPostgres { database: String },
 }
 
 /// `linkops validate DIR`: prints every problem as `file:line:col: message`;
@@ -245,6 +253,36 @@ pub fn migrate_store(
     }
     println!(
         "verified: every table is the same on both sides. Now set [store] backend = \"postgres\" and url = {url:?}, and start the daemon."
+    );
+    Ok(())
+}
+
+/// `linkops store compact`: rewrites the redb store of `config` without the
+/// space retention freed inside it, and says what it returned.
+pub fn compact_store(config: &Config) -> Result<(), Error> {
+    let path = match crate::store::Location::of(config)? {
+        crate::store::Location::Redb(path) => path,
+        crate::store::Location::Postgres(options) => {
+            return Err(Error::CompactPostgres {
+                database: options.shown(),
+            });
+        }
+    };
+    if !path.exists() {
+        return Err(Error::NoStore { path });
+    }
+    eprintln!("compacting {} …", path.display());
+    let (before, after) = Store::compact(&path).map_err(|error| match error {
+        crate::store::Error::InUse { path } => Error::CompactWhileRunning { path },
+        error => error.into(),
+    })?;
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    println!(
+        "{}: {:.1} MiB → {:.1} MiB ({:.1} MiB returned)",
+        path.display(),
+        mib(before),
+        mib(after),
+        mib(before.saturating_sub(after))
     );
     Ok(())
 }

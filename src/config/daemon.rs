@@ -99,6 +99,9 @@ pub struct RetentionConfig {
     /// Output of operations that ended longer ago goes (records and results stay).
     #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
     pub operation_output: Duration,
+    /// Operations that ended longer ago go whole: record, per-machine results, events.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub operations: Duration,
     /// Sync attempts kept besides those that applied a revision (the deploy
     /// history, which stays).
     pub sync_records: usize,
@@ -119,6 +122,7 @@ impl Default for RetentionConfig {
             health_window: Duration::from_secs(7 * 24 * 3600),
             health_max_samples: 1000,
             operation_output: Duration::from_secs(30 * 24 * 3600),
+            operations: Duration::from_secs(90 * 24 * 3600),
             sync_records: 10_000,
             departed_states: Duration::from_secs(30 * 24 * 3600),
             interval: Duration::from_secs(600),

@@ -30,6 +30,7 @@ pub async fn prune_store(
                 for (kind, count) in [
                     ("health_sample", pruned.health_samples),
                     ("output_event", pruned.output_events),
+                    ("operation", pruned.operations),
                     ("state_record", pruned.state_records),
                     ("revocation", pruned.revocations),
                 ] {

@@ -290,6 +290,13 @@ impl Store {
         Store::with_engine(engine, &path.display().to_string())
     }
 
+    /// Rewrites the redb store at `path` without the space retention freed
+    /// inside it: its size in bytes before and after ([`Error::InUse`] while
+    /// the daemon holds it). Blocking.
+    pub fn compact(path: &Path) -> Result<(u64, u64)> {
+        engine::redb::Redb::compact(path)
+    }
+
     /// Connects to the PostgreSQL store and brings its schema up to date.
     pub fn connect(options: &engine::postgres::Options) -> Result<Store> {
         let engine = Engine::Postgres(engine::postgres::Postgres::connect(options)?);

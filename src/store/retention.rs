@@ -1,7 +1,8 @@
 //! What the store lets go, so its size is bounded by settings rather than by
 //! how long the daemon has run: health history thinned with age
-//! (`reconcilers::retention`) and the output of operations that ended long
-//! ago (sync attempts are bounded as they are recorded: `sync.rs`), and the
+//! (`reconcilers::retention`), the output of operations that ended long
+//! ago and, later, the operations themselves (sync attempts are bounded as
+//! they are recorded: `sync.rs`), and the
 //! records of declared states that left Git, or of machines that left a
 //! state's targets, once their grace passed. Run in batches of small
 //! transactions, so writers never wait long.
@@ -13,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::{Json, Read, Table, Write};
 use super::schema::{
-    APPLIED_STATE, HEALTH_HISTORY, META, OPERATION_EVENTS, OPERATIONS, STATE_CHECKS, STATE_STATUS,
-    STATE_TARGETS,
+    APPLIED_STATE, HEALTH_HISTORY, META, OPERATION_EVENTS, OPERATION_HOSTS, OPERATIONS,
+    STATE_CHECKS, STATE_STATUS, STATE_TARGETS,
 };
 use super::{Result, Store};
 
@@ -22,7 +23,7 @@ use super::{Result, Store};
 const MACHINES_PER_BATCH: usize = 200;
 /// Departed records of states on machines one transaction removes.
 const TARGETS_PER_BATCH: usize = 200;
-/// Operations whose output one transaction removes.
+/// Operations whose output (or whole record) one transaction removes.
 const OPERATIONS_PER_BATCH: usize = 20;
 /// `META` key: operations with a smaller id have had their output judged.
 const OUTPUT_JUDGED_BELOW: &str = "retention.output_judged_below";
@@ -32,8 +33,10 @@ const OUTPUT_JUDGED_BELOW: &str = "retention.output_judged_below";
 pub struct Retention {
     pub health: HealthRetention,
     /// The output of an operation that ended longer ago than this goes; its
-    /// record, per-machine results and states stay.
+    /// record, per-machine results and states stay…
     pub operation_output: Duration,
+    /// …until it ended longer ago than this: then it goes whole.
+    pub operations: Duration,
     /// A declared state's records stay this long after it left Git (its
     /// record on a machine, after the machine left its targets).
     pub departed_states: Duration,
@@ -49,6 +52,7 @@ impl From<&crate::config::RetentionConfig> for Retention {
                 max_samples: config.health_max_samples,
             },
             operation_output: config.operation_output,
+            operations: config.operations,
             departed_states: config.departed_states,
         }
     }
@@ -59,6 +63,8 @@ impl From<&crate::config::RetentionConfig> for Retention {
 pub struct Pruned {
     pub health_samples: u64,
     pub output_events: u64,
+    /// Operations gone whole (record, per-machine results, events).
+    pub operations: u64,
     /// Records of states, and of states on machines, with their checks.
     pub state_records: u64,
     /// Revocations of certificates long expired.
@@ -86,6 +92,7 @@ impl Store {
         Ok(Pruned {
             health_samples: self.prune_health(&policy.health, now_ms)?,
             output_events: self.prune_output(policy.operation_output, now_ms)?,
+            operations: self.prune_operations(policy.operations, now_ms)?,
             state_records: self.prune_departed_states(policy.departed_states, now_ms)?,
             revocations: self.prune_expired_revocations(now_ms)?,
         })
@@ -219,6 +226,57 @@ impl Store {
         }
     }
 
+    /// Lets go of operations that ended before `keep`, oldest first, each
+    /// whole: its record, index entries, per-machine results and events. The
+    /// newest operation always stays: a new one's id is the newest's plus
+    /// one, and an id must never name two operations (run-requests, fires
+    /// and approvals keep the id they started).
+    fn prune_operations(&self, keep: Duration, now_ms: i64) -> Result<u64> {
+        let cutoff = now_ms.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+        let mut removed = 0;
+        loop {
+            let mut tx = self.write()?;
+            let Some((newest, _)) = tx.last(OPERATIONS)? else {
+                return Ok(removed);
+            };
+            let mut ended = Vec::new();
+            for entry in tx.range(OPERATIONS, ..newest) {
+                let (_, operation) = entry?;
+                // As for output: one not ended before the cutoff waits, and those after it.
+                if operation.finished_at_ms.is_none_or(|at| at >= cutoff)
+                    || ended.len() == OPERATIONS_PER_BATCH
+                {
+                    break;
+                }
+                ended.push(operation);
+            }
+            for operation in &ended {
+                let id = operation.id;
+                let hosts: Vec<String> = tx
+                    .range(OPERATION_HOSTS, (id, "")..(id.saturating_add(1), ""))
+                    .map(|entry| entry.map(|((_, machine), _)| machine))
+                    .collect::<Result<_>>()?;
+                for machine in hosts {
+                    tx.remove(OPERATION_HOSTS, (id, machine.as_str()))?;
+                }
+                let events: Vec<u64> = tx
+                    .range(EVENT_KINDS, (id, 0)..=(id, u64::MAX))
+                    .map(|entry| entry.map(|((_, seq), _)| seq))
+                    .collect::<Result<_>>()?;
+                for seq in events {
+                    tx.remove(OPERATION_EVENTS, (id, seq))?;
+                }
+                super::scan::unindex_operation(&mut tx, operation)?;
+                tx.remove(OPERATIONS, id)?;
+            }
+            tx.commit()?;
+            removed += ended.len() as u64;
+            if ended.len() < OPERATIONS_PER_BATCH {
+                return Ok(removed);
+            }
+        }
+    }
+
     fn prune_output(&self, keep: Duration, now_ms: i64) -> Result<u64> {
         let cutoff = now_ms.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
         let mut removed = 0;
@@ -297,6 +355,7 @@ mod tests {
                 max_samples: 1000,
             },
             operation_output: Duration::from_secs(30 * 86400),
+            operations: Duration::from_secs(90 * 86400),
             departed_states: Duration::from_secs(30 * 86400),
         }
     }
@@ -514,6 +573,107 @@ mod tests {
             assert_eq!(kinds(ids[2]), ["other", "output", "output"]);
             assert!(store.operation(ids[0]).unwrap().is_some());
             assert_eq!(store.prune(&policy(), later).unwrap(), Pruned::default());
+        }
+    }
+
+    #[test]
+    fn operations_that_ended_long_ago_go_whole_and_their_ids_never_come_back() {
+        use super::super::schema::OPERATION_INDEX;
+        use linkops_reconcilers::operation::{HostResult, HostState};
+        for backing in testing::backings() {
+            let store = backing.open();
+            let operation = Operation {
+                id: 0,
+                script: "uptime".into(),
+                params: Default::default(),
+                machines: vec!["m".into()],
+                requested_by: Requester::User { name: "ada".into() },
+                state: OperationState::Running,
+                created_at_ms: now_ms(),
+                finished_at_ms: None,
+                rollout: None,
+                retry_of: None,
+                secrets: Vec::new(),
+            };
+            let host = HostResult {
+                machine_id: "m".into(),
+                state: HostState::Running,
+                started_at_ms: None,
+                finished_at_ms: None,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+                certificate: None,
+            };
+            // Ended, still running, ended, ended (the newest).
+            let mut ids = Vec::new();
+            for finished in [true, false, true, true] {
+                let id = (store.create_operation(
+                    &operation,
+                    "local",
+                    std::slice::from_ref(&host),
+                    None,
+                    |_| Vec::new(),
+                ))
+                .unwrap()
+                .id;
+                let update = OperationUpdate {
+                    events: vec![OperationEvent::Output {
+                        machine_id: "m".into(),
+                        stream: Stream::Stdout,
+                        data: b"up\n".to_vec(),
+                    }],
+                    state: finished.then_some((OperationState::Succeeded, true)),
+                    ..OperationUpdate::default()
+                };
+                store.record_operation_update(id, update).unwrap();
+                ids.push(id);
+            }
+            let index_entries = |id: u64| {
+                let tx = store.read().unwrap();
+                let all = tx.all(OPERATION_INDEX, false);
+                (all.filter(|entry| entry.as_ref().unwrap().0.2 == id)).count()
+            };
+            assert_eq!(index_entries(ids[0]), 3, "state, script, machine");
+            // Within the 90 days nothing goes but output.
+            let pruned = store.prune(&policy(), now_ms() + 89 * DAY).unwrap();
+            assert_eq!(pruned.operations, 0);
+            let later = now_ms() + 91 * DAY;
+            let pruned = store.prune(&policy(), later).unwrap();
+            // The first goes whole; the running one waits, and those after it.
+            assert_eq!(pruned.operations, 1);
+            assert!(store.operation(ids[0]).unwrap().is_none());
+            assert!(
+                store
+                    .operation_events(ids[0], 0, 100, 1 << 20)
+                    .unwrap()
+                    .is_empty()
+            );
+            let mut hosts = 0;
+            (store.scan_operation_hosts(Some(ids[0]), |_, _| {
+                hosts += 1;
+                true
+            }))
+            .unwrap();
+            assert_eq!(hosts, 0);
+            assert_eq!(index_entries(ids[0]), 0);
+            assert!(store.operation(ids[1]).unwrap().is_some());
+
+            // Once it ends, those after it go too, but never the newest.
+            let ended = OperationUpdate {
+                state: Some((OperationState::Succeeded, true)),
+                ..OperationUpdate::default()
+            };
+            store.record_operation_update(ids[1], ended).unwrap();
+            let pruned = store.prune(&policy(), now_ms() + 181 * DAY).unwrap();
+            assert_eq!(pruned.operations, 2);
+            assert!(
+                store.operation(ids[3]).unwrap().is_some(),
+                "the newest stays"
+            );
+            let next = (store.create_operation(&operation, "local", &[], None, |_| Vec::new()))
+                .unwrap()
+                .id;
+            assert_eq!(next, ids[3] + 1, "an id never names two operations");
         }
     }
 }

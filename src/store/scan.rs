@@ -94,6 +94,14 @@ pub(super) fn index_operation(
     Ok(())
 }
 
+/// Drops an operation's index entries (its record goes).
+pub(super) fn unindex_operation(tx: &mut WriteTx, operation: &Operation) -> Result<()> {
+    for (column, value) in index_entries(operation) {
+        tx.remove(OPERATION_INDEX, (column, value.as_str(), operation.id))?;
+    }
+    Ok(())
+}
+
 /// Builds the operation index from the operations table (migration to version 3).
 pub(super) fn backfill_operation_index(tx: &mut WriteTx) -> Result<()> {
     let mut entries = Vec::new();

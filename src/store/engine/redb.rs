@@ -112,6 +112,30 @@ impl Redb {
         })
     }
 
+    /// Rewrites the file at `path` without the free pages redb keeps for
+    /// reuse (what retention let go stays inside the file until then); its
+    /// size in bytes before and after. [`Error::InUse`] while the daemon
+    /// holds it.
+    pub fn compact(path: &Path) -> Result<(u64, u64)> {
+        let size = |path: &Path| {
+            (std::fs::metadata(path).map(|m| m.len())).map_err(|e| Error::Redb(redb::Error::Io(e)))
+        };
+        let before = size(path)?;
+        let mut db = redb::Database::open(path).map_err(|source| match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse {
+                path: path.to_owned(),
+            },
+            source => Error::Open {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+        // Each pass moves what it can towards the start; the last finds nothing to move.
+        while db.compact().map_err(redb::Error::from)? {}
+        drop(db);
+        Ok((before, size(path)?))
+    }
+
     /// The writes this file refused.
     pub fn refusals(&self) -> &Refusals {
         &self.refusals
