@@ -70,7 +70,10 @@ async fn daemon_with_history(n: usize) -> (tempfile::TempDir, TestDaemon) {
     };
     support::as_the_cli(|| store.record_operation_update(3, update).unwrap());
     drop(store);
-    let daemon = TestDaemon::start(support::config(data.path())).await;
+    let mut config = support::config(data.path());
+    // The history is from 2023: kept whole, not let go as `[retention] operations` would.
+    config.retention.operations = std::time::Duration::from_secs(100 * 365 * 86400);
+    let daemon = TestDaemon::start(config).await;
     (data, daemon)
 }
 
