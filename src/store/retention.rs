@@ -346,6 +346,23 @@ mod tests {
     const DAY: i64 = 24 * HOUR;
     const EVERY: i64 = 10 * MINUTE;
 
+    /// An operation of `uptime` on machine `m`, running from now.
+    fn running_on_m() -> Operation {
+        Operation {
+            id: 0,
+            script: "uptime".into(),
+            params: Default::default(),
+            machines: vec!["m".into()],
+            requested_by: Requester::User { name: "ada".into() },
+            state: OperationState::Running,
+            created_at_ms: now_ms(),
+            finished_at_ms: None,
+            rollout: None,
+            retry_of: None,
+            secrets: Vec::new(),
+        }
+    }
+
     fn policy() -> Retention {
         Retention {
             health: HealthRetention {
@@ -510,19 +527,7 @@ mod tests {
     fn output_of_operations_that_ended_long_ago_goes_and_their_record_stays() {
         for backing in testing::backings() {
             let store = backing.open();
-            let operation = Operation {
-                id: 0,
-                script: "uptime".into(),
-                params: Default::default(),
-                machines: vec!["m".into()],
-                requested_by: Requester::User { name: "ada".into() },
-                state: OperationState::Running,
-                created_at_ms: now_ms(),
-                finished_at_ms: None,
-                rollout: None,
-                retry_of: None,
-                secrets: Vec::new(),
-            };
+            let operation = running_on_m();
             let output = |text: &str| OperationEvent::Output {
                 machine_id: "m".into(),
                 stream: Stream::Stdout,
@@ -582,19 +587,7 @@ mod tests {
         use linkops_reconcilers::operation::{HostResult, HostState};
         for backing in testing::backings() {
             let store = backing.open();
-            let operation = Operation {
-                id: 0,
-                script: "uptime".into(),
-                params: Default::default(),
-                machines: vec!["m".into()],
-                requested_by: Requester::User { name: "ada".into() },
-                state: OperationState::Running,
-                created_at_ms: now_ms(),
-                finished_at_ms: None,
-                rollout: None,
-                retry_of: None,
-                secrets: Vec::new(),
-            };
+            let operation = running_on_m();
             let host = HostResult {
                 machine_id: "m".into(),
                 state: HostState::Running,

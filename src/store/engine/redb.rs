@@ -72,6 +72,19 @@ impl Refusals {
     }
 }
 
+/// Why the file at `path` did not open: another process holds it, or `source`.
+fn not_opened(path: &Path, source: redb::DatabaseError) -> Error {
+    match source {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse {
+            path: path.to_owned(),
+        },
+        source => Error::Open {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
 fn table(name: &'static str) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
     TableDefinition::new(name)
 }
@@ -96,15 +109,7 @@ impl Redb {
                 result => break result,
             }
         };
-        let db = db.map_err(|source| match source {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse {
-                path: path.to_owned(),
-            },
-            source => Error::Open {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
+        let db = db.map_err(|source| not_opened(path, source))?;
         Ok(Redb {
             db,
             refusals: Refusals::default(),
@@ -121,15 +126,7 @@ impl Redb {
             (std::fs::metadata(path).map(|m| m.len())).map_err(|e| Error::Redb(redb::Error::Io(e)))
         };
         let before = size(path)?;
-        let mut db = redb::Database::open(path).map_err(|source| match source {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse {
-                path: path.to_owned(),
-            },
-            source => Error::Open {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
+        let mut db = redb::Database::open(path).map_err(|source| not_opened(path, source))?;
         // Each pass moves what it can towards the start; the last finds nothing to move.
         while db.compact().map_err(redb::Error::from)? {}
         drop(db);
