@@ -338,6 +338,16 @@ fn set_conditions(status: &mut MachineStatus, now_ms: i64) {
     }
 }
 
+/// Whether a check is announced as it begins — its status written with the
+/// `Reconciling` condition before it connects: a machine's first check
+/// (from then on it has a status), and a check someone asked for, who
+/// watches it. A routine check is not: it lasts milliseconds, and at fleet
+/// size announcing it doubled the status writes of a sweep and told every
+/// live view two changes per check (the condition's flip and back).
+pub fn announces_check(status: Option<&MachineStatus>, asked: bool) -> bool {
+    status.is_none() || asked
+}
+
 /// Marks a machine as being checked (the `Reconciling` condition).
 pub fn mark_reconciling(status: &mut MachineStatus, now_ms: i64) {
     condition::set(
@@ -382,6 +392,32 @@ pub fn is_plain_file_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_routine_check_is_one_write_and_no_change_shown() {
+        let first = observe(&machine(), None, enrolled(), "r1", 1_000).status;
+        assert!(announces_check(None, false), "the first check");
+        assert!(announces_check(Some(&first), true), "a verify");
+        assert!(!announces_check(Some(&first), false), "a routine check");
+        // Unannounced, the next check's status differs only in times and latency.
+        let again = observe(&machine(), Some(first.clone()), enrolled(), "r1", 61_000).status;
+        assert!(!shown_change(Some(&first), &again));
+        // Announced, it showed twice: the condition's flip, and back.
+        let mut announced = first.clone();
+        mark_reconciling(&mut announced, 61_000);
+        assert!(shown_change(Some(&first), &announced));
+        let after = observe(
+            &machine(),
+            Some(announced.clone()),
+            enrolled(),
+            "r1",
+            61_010,
+        );
+        assert!(shown_change(Some(&announced), &after.status));
+        // A change of health is shown, announced or not.
+        let down = observe(&machine(), Some(first.clone()), unreachable(), "r1", 61_000);
+        assert!(shown_change(Some(&first), &down.status));
+    }
 
     #[test]
     fn a_check_that_only_moves_times_and_latency_is_no_shown_change() {

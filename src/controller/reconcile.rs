@@ -220,18 +220,20 @@ impl Context {
         revision: &str,
         asked_by: Vec<Actor>,
     ) -> Result<bool, store::Error> {
-        let mut reconciling = status
-            .clone()
-            .unwrap_or_else(|| machine::MachineStatus::new(&machine.id));
-        machine::mark_reconciling(&mut reconciling, now_ms());
-        self.statuses
-            .put(store::StatusWrite {
-                status: reconciling,
-                sample: None,
-                audits: Vec::new(),
-                outgoing: Vec::new(),
-            })
-            .await?;
+        if machine::announces_check(status.as_ref(), !asked_by.is_empty()) {
+            let mut reconciling = status
+                .clone()
+                .unwrap_or_else(|| machine::MachineStatus::new(&machine.id));
+            machine::mark_reconciling(&mut reconciling, now_ms());
+            self.statuses
+                .put(store::StatusWrite {
+                    status: reconciling,
+                    sample: None,
+                    audits: Vec::new(),
+                    outgoing: Vec::new(),
+                })
+                .await?;
+        }
         let result = self.access.check(machine).await;
         let machine::Observed {
             status: mut observed,
