@@ -34,6 +34,8 @@ pub struct MachineAccess {
     pub pool: Pool,
     /// Bounds SSH sessions across the whole fleet (`[ssh] concurrency`).
     pub sessions: Arc<Semaphore>,
+    /// How many `sessions` holds.
+    session_limit: usize,
     keys_dir: PathBuf,
     default_user: String,
     default_key: String,
@@ -63,6 +65,7 @@ impl MachineAccess {
         MachineAccess {
             pool: Pool::new(options, config.ssh.pool_size),
             sessions: Arc::new(Semaphore::new(config.ssh.concurrency.max(1))),
+            session_limit: config.ssh.concurrency.max(1),
             keys_dir: config.keys_dir(),
             default_user: config.ssh.user.clone(),
             default_key: config.ssh.key.clone(),
@@ -95,6 +98,11 @@ impl MachineAccess {
             auth: machine.auth,
             ..Target::new(machine.host.clone(), machine.port, user.clone(), key)
         }
+    }
+
+    /// SSH sessions the fleet may hold at once (`[ssh] concurrency`).
+    pub fn session_limit(&self) -> usize {
+        self.session_limit
     }
 
     /// A turn among the fleet's SSH sessions (`[ssh] concurrency`), held while it lives.

@@ -28,9 +28,6 @@ use super::scheduler::Action;
 use crate::operations::{HostPlan, Plan};
 use crate::store::{self, Actor, Audit, AuditAction, Outcome, now_ms};
 
-/// Checks of one state running at once (the fleet's session limit applies too).
-const CHECKS_AT_ONCE: usize = 32;
-
 /// What a drifted machine is held by while no approval request covers its
 /// state's content yet (one is asked for at once, and this replaced).
 const ASKING: &str = "awaiting approval: asking for it";
@@ -74,7 +71,7 @@ impl Context {
         };
         let (context, asked) = (self.clone(), id.to_owned());
         let digest_asked = approval.as_ref().map(|(_, content)| content.digest());
-        let (stored, mut targets, status, statuses, held, gate) = self
+        let (mut stored, mut targets, status, statuses, held, gate) = self
             .store
             .run(move |store| {
                 let stored = store.state_targets(&asked)?;
@@ -120,6 +117,27 @@ impl Context {
         let mut decision = decide(&targets, awaiting.as_deref());
         let mut checks = Vec::new();
         if !decision.check.is_empty() {
+            // Machines new to the state show as pending while their first checks run.
+            if (decision.targets.iter()).any(|t| !stored.contains_key(&t.machine_id)) {
+                let pending = StateDecision {
+                    apply: Vec::new(),
+                    halted_now: false,
+                    ..decision.clone()
+                };
+                let written = stored.clone();
+                let (context, desired, id) = (self.clone(), desired.clone(), id.to_owned());
+                self.store
+                    .run(move |_| {
+                        let state = &desired.states[&id];
+                        context.record_state(state, pending, &written, Vec::new(), &desired)
+                    })
+                    .await?;
+                let shown = decision
+                    .targets
+                    .iter()
+                    .map(|t| (t.machine_id.clone(), t.clone()));
+                stored.extend(shown);
+            }
             checks = self
                 .run_checks(desired, state, script, &digest, &decision.check)
                 .await;
@@ -228,7 +246,9 @@ impl Context {
         Ok(())
     }
 
-    /// Runs the checks of `machines`, a few at a time; each result is for `digest`.
+    /// Runs the checks of `machines` (a wave: `state::CHECKS_PER_DECISION` at
+    /// most), as many at once as the fleet's sessions allow (`[ssh]
+    /// concurrency`, which each check also takes a turn of); each result is for `digest`.
     async fn run_checks(
         &self,
         desired: &DesiredState,
@@ -251,7 +271,7 @@ impl Context {
             })
             .collect();
         futures::stream::iter(checks)
-            .buffer_unordered(CHECKS_AT_ONCE)
+            .buffer_unordered(self.access.session_limit())
             .collect()
             .await
     }

@@ -31,6 +31,11 @@ pub const CHECK_OUTPUT_BYTES: usize = 4 << 10;
 pub const CHECK_HISTORY: usize = 20;
 /// How soon to look again at machines not checked yet by their own reconciler.
 const ENROLLMENT_WAIT_MS: i64 = 2_000;
+/// Checks one decision asks for at most. The reconcile runs them, records
+/// what they found and decides again at once: at fleet size the standings
+/// show, and a rollout's canary starts, as the first checks come in rather
+/// than after the checks of every machine.
+pub const CHECKS_PER_DECISION: usize = 256;
 
 /// A declared state as committed under `states/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -153,7 +158,8 @@ pub struct Observed<'a> {
 /// What to do about a state now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateDecision {
-    /// Machines to check now.
+    /// Machines to check now: at most [`CHECKS_PER_DECISION`], the rest
+    /// due at the next decision (which it asks for at once).
     pub check: Vec<String>,
     /// Machines to apply on now, as one operation: the next batch of the rollout.
     pub apply: Vec<String>,
@@ -204,6 +210,7 @@ pub fn decide(
         wake.after(stand.look_again_ms);
         match stand.asks {
             Asks::Nothing => {}
+            Asks::Check if check.len() == CHECKS_PER_DECISION => {}
             Asks::Check => check.push(id),
             Asks::Apply => candidates.push(targets.len()),
             Asks::InFlight => in_flight += 1,

@@ -218,8 +218,10 @@ impl Target {
     }
 
     /// Whether a check must run before anything else is decided: never
-    /// checked, checked for other content, the interval passed, or an apply
-    /// ended since (interrupted ones included: the check proves what they left).
+    /// checked, checked for other content, the interval (and the machine's
+    /// jitter, [`check_jitter_ms`]) passed or passes within
+    /// [`CHECKS_COALESCE_MS`], or an apply ended since (interrupted ones
+    /// included: the check proves what they left). `Err`: due after this long.
     pub(super) fn check_due(
         &self,
         digest: &str,
@@ -233,13 +235,38 @@ impl Target {
             .apply
             .as_ref()
             .is_some_and(|a| a.result != ApplyResult::Running && a.started_at_ms >= check.at_ms);
-        let due_at = check.at_ms + i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
-        if check.digest != digest || applied_since || now_ms >= due_at {
+        let interval = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+        let due_at = (check.at_ms.saturating_add(interval)).saturating_add(check_jitter_ms(
+            &self.machine_id,
+            check.at_ms,
+            interval,
+        ));
+        if check.digest != digest || applied_since || now_ms + CHECKS_COALESCE_MS >= due_at {
             Ok(())
         } else {
-            Err(due_at - now_ms)
+            Err(due_at - CHECKS_COALESCE_MS - now_ms)
         }
     }
+}
+
+/// A state's check falling due this soon is run with those due now: a
+/// reconcile reads every record of its state, so spread checks must not
+/// each wake one.
+pub const CHECKS_COALESCE_MS: i64 = 2_000;
+
+/// How much later than its interval a machine's next check falls due — up
+/// to a tenth of the interval, from its id and last check time — so that a
+/// wave of checks spreads out over the next cycles instead of repeating (as
+/// machines' own checks are jittered). A hash, not a random number: the
+/// core reads no entropy, and the same record always falls due at the same time.
+pub fn check_jitter_ms(machine: &str, checked_at_ms: i64, interval_ms: i64) -> i64 {
+    // FNV-1a over the id and the time.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in machine.bytes().chain(checked_at_ms.to_le_bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let span = u64::try_from(interval_ms / 10).unwrap_or(0);
+    i64::try_from(hash % span.saturating_add(1)).unwrap_or(0)
 }
 
 /// A state's own record: the content in force and its rollout.
