@@ -25,7 +25,7 @@ use crate::store::{Actor, HealthSample};
 use linkops_reconcilers::grant::{Need, Place};
 
 /// Most machines one page holds.
-const MAX_PAGE: usize = 1000;
+pub(super) const MAX_PAGE: usize = 1000;
 /// A machine's latest fact changes its detail shows.
 const FACT_CHANGES_SHOWN: usize = 20;
 
@@ -59,7 +59,7 @@ pub async fn list(
 }
 
 /// `Link: <path?next>; rel="next"`: where the next page of a paged answer is.
-fn link_next(headers: &mut HeaderMap, path: &str, next: &impl serde::Serialize) {
+pub(super) fn link_next(headers: &mut HeaderMap, path: &str, next: &impl serde::Serialize) {
     let query = serde_urlencoded::to_string(next).unwrap_or_default();
     if let Ok(link) = HeaderValue::from_str(&format!("<{path}?{query}>; rel=\"next\"")) {
         headers.insert(header::LINK, link);

@@ -2,15 +2,18 @@
 //! resuming a halted rollout.
 
 use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
 
-use super::extract::{Json, Path};
+use super::extract::{Json, Path, Query};
 
 use super::auth::Authenticated;
 use super::{ApiError, AppState, at};
-use crate::contract::{ApplyView, CheckView, HaltView, StateDetail, StateMachineView, StateView};
+use crate::contract::{
+    ApplyView, CheckView, HaltView, StateDetail, StateMachineView, StateMachinesQuery, StateView,
+};
 use crate::store::Actor;
 use linkops_reconcilers::desired::DesiredState;
-use linkops_reconcilers::state::{DeclaredState, StateStatus, Target};
+use linkops_reconcilers::state::{DeclaredState, Standing, StateStatus, Target};
 
 /// `GET /api/states`: every state of the applied revision.
 #[utoipa::path(get, path = "/api/states", tag = "states", responses((status = 200, description = "Declared states of the applied revision, by id", body = Vec<StateView>)))]
@@ -41,12 +44,14 @@ pub async fn list(
 }
 
 /// `GET /api/states/{id}`
-#[utoipa::path(get, path = "/api/states/{id}", tag = "states", params(("id" = String, Path, description = "State id")), responses((status = 200, description = "The state and each of its machines", body = StateDetail)))]
+#[utoipa::path(get, path = "/api/states/{id}", tag = "states", params(("id" = String, Path, description = "State id"), StateMachinesQuery), responses((status = 200, description = "The state and its machines the caller sees, in inventory order, filtered and paged as asked", body = StateDetail, headers(("X-Total-Count" = u64, description = "How many of its machines match, over all pages"), ("Link" = String, description = "`<…>; rel=\"next\"`: the next page, when there is one"))), (status = 422, description = "An unknown standing, or a limit out of range; details.field names it", body = crate::contract::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Authenticated,
     Path(id): Path<String>,
-) -> Result<Json<StateDetail>, ApiError> {
+    Query(query): Query<StateMachinesQuery>,
+) -> Result<(HeaderMap, Json<StateDetail>), ApiError> {
+    check_query(&query)?;
     let reach = caller.reach(&state);
     let desired = state.git.desired().borrow().clone();
     let desired = desired.unwrap_or_default();
@@ -56,22 +61,74 @@ pub async fn get(
         .store
         .run(move |store| store.state_detail(&asked))
         .await?;
-    let machines = declared
-        .targets
-        .select(&desired.machines)
-        .into_iter()
-        .filter(|machine| reach.sees(machine))
-        .map(|machine| {
-            let target = targets
-                .remove(&machine)
-                .unwrap_or_else(|| Target::new(&id, &machine, 0));
-            machine_view(target)
+    let tagged = |machine: &str| {
+        (query.tag.as_ref()).is_none_or(|tag| {
+            (desired.machine(machine)).is_some_and(|m| m.tags.iter().any(|t| t == tag))
         })
-        .collect();
-    Ok(Json(StateDetail {
+    };
+    let mut matching = (declared.targets.select(&desired.machines).into_iter())
+        .filter(|machine| reach.sees(machine) && tagged(machine))
+        .map(|machine| (targets.remove(&machine)).unwrap_or_else(|| Target::new(&id, &machine, 0)))
+        .filter(|target| {
+            (query.standing.as_deref()).is_none_or(|standing| target.standing.name() == standing)
+        });
+    // Matches counted, a page kept: at 10,000 machines the whole list is megabytes.
+    let mut total = 0_u64;
+    let mut after = query.after.is_some();
+    let limit = query.limit.unwrap_or(usize::MAX);
+    let mut page = Vec::new();
+    let mut more = false;
+    for target in matching.by_ref() {
+        total += 1;
+        if after {
+            after = query.after.as_deref() != Some(target.machine_id.as_str());
+            continue;
+        }
+        match page.len() < limit {
+            true => page.push(target),
+            false => more = true,
+        }
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert("x-total-count", HeaderValue::from(total));
+    if more {
+        let next = StateMachinesQuery {
+            after: page.last().map(|target| target.machine_id.clone()),
+            ..query
+        };
+        super::links::link_next(&mut headers, &format!("/api/states/{id}"), &next);
+    }
+    let machines = page.into_iter().map(machine_view).collect();
+    let detail = StateDetail {
         state: view(declared, status),
         machines,
-    }))
+    };
+    Ok((headers, Json(detail)))
+}
+
+/// Refuses a standing no machine can have, and a page size out of range.
+fn check_query(query: &StateMachinesQuery) -> Result<(), ApiError> {
+    if let Some(standing) = query.standing.as_deref()
+        && !Standing::NAMES.contains(&standing)
+    {
+        return Err(ApiError::Unprocessable {
+            field: "standing".into(),
+            message: format!(
+                "no standing {standing:?}; one of {}",
+                Standing::NAMES.join(", ")
+            ),
+        });
+    }
+    if query
+        .limit
+        .is_some_and(|limit| !(1..=super::links::MAX_PAGE).contains(&limit))
+    {
+        return Err(ApiError::Unprocessable {
+            field: "limit".into(),
+            message: format!("limit is 1 to {} machines", super::links::MAX_PAGE),
+        });
+    }
+    Ok(())
 }
 
 /// `POST /api/states/{id}/resume`: resumes a halted rollout (operator).

@@ -31,11 +31,28 @@ pub struct HaltView {
     pub at: Option<jiff::Timestamp>,
 }
 
+/// Which of a state's machines `GET /api/states/{id}` shows, in inventory order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StateMachinesQuery {
+    /// Only machines with this tag.
+    pub tag: Option<String>,
+    /// Only machines standing so: `pending`, `in_sync`, `drifted`, `applying`,
+    /// `failed`, `held`, `check_error`.
+    pub standing: Option<String>,
+    /// At most this many (1 to 1000; every matching machine when absent). The
+    /// `X-Total-Count` header says how many match, `Link` where the next page is.
+    pub limit: Option<usize>,
+    /// Only machines after this one in inventory order: the last id of the previous page.
+    pub after: Option<String>,
+}
+
 /// `GET /api/states/{id}`: the state and each of its machines.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StateDetail {
     pub state: StateView,
-    /// Its selected machines, in inventory order.
+    /// Its selected machines the caller sees, in inventory order (a page of
+    /// them, as asked).
     pub machines: Vec<StateMachineView>,
 }
 

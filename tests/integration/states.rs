@@ -349,6 +349,43 @@ async fn new_content_rolls_out_in_batches_and_a_failed_canary_halts_the_rest() {
     }
     let reason = &halted.state.halted.as_ref().unwrap().reason;
     assert!(reason.starts_with("a canary failed"), "{reason}");
+
+    // Its machines in pages, filtered by standing, the total over all pages.
+    let page = |query: &'static str| {
+        let (daemon, token) = (&daemon, &token);
+        async move {
+            let path = format!("/api/states/app-config?{query}");
+            let response = daemon.get(&path, Some(token)).await;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (status, headers, body)
+        }
+    };
+    let ids = |body: &serde_json::Value| -> Vec<String> {
+        let detail: StateDetail = answer(body);
+        detail.machines.into_iter().map(|m| m.machine_id).collect()
+    };
+    let (_, headers, body) = page("standing=held&limit=2").await;
+    assert_eq!(ids(&body), ["host2", "host3"]);
+    assert_eq!(headers["x-total-count"], "3");
+    let link = headers[reqwest::header::LINK].to_str().unwrap().to_owned();
+    assert!(link.contains("after=host3"), "{link}");
+    let (_, headers, body) = page("standing=held&limit=2&after=host3").await;
+    assert_eq!(ids(&body), ["host4"]);
+    assert!(
+        headers.get(reqwest::header::LINK).is_none(),
+        "the last page"
+    );
+    let (_, headers, body) = page("tag=web&standing=failed").await;
+    assert_eq!(ids(&body), ["host1"]);
+    assert_eq!(headers["x-total-count"], "1");
+    for (query, field) in [("standing=asleep", "standing"), ("limit=0", "limit")] {
+        let (status, _, body) = page(query).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        let refused: linkops::contract::ErrorBody = answer(&body);
+        assert_eq!(refused.error.details.unwrap()["field"], field, "{body}");
+    }
     assert_eq!(applies(&daemon, &token).await.len(), done + 1);
     assert!((1..4).all(|host| config_of(&setup, host).as_deref() == Some("content=v2")));
 

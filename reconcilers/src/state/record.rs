@@ -156,6 +156,17 @@ pub enum Standing {
 }
 
 impl Standing {
+    /// Every standing's [`Standing::name`].
+    pub const NAMES: [&'static str; 7] = [
+        "pending",
+        "in_sync",
+        "drifted",
+        "applying",
+        "failed",
+        "held",
+        "check_error",
+    ];
+
     /// The name the API, tables and metrics use.
     pub fn name(&self) -> &'static str {
         match self {

@@ -2791,7 +2791,10 @@ export interface components {
         };
         /** @description `GET /api/states/{id}`: the state and each of its machines. */
         StateDetail: {
-            /** @description Its selected machines, in inventory order. */
+            /**
+             * @description Its selected machines the caller sees, in inventory order (a page of
+             *     them, as asked).
+             */
             machines: components["schemas"]["StateMachineView"][];
             state: components["schemas"]["StateView"];
         };
@@ -4751,7 +4754,22 @@ export interface operations {
     };
     states_get: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Only machines with this tag. */
+                tag?: string;
+                /**
+                 * @description Only machines standing so: `pending`, `in_sync`, `drifted`, `applying`,
+                 *     `failed`, `held`, `check_error`.
+                 */
+                standing?: string;
+                /**
+                 * @description At most this many (1 to 1000; every matching machine when absent). The
+                 *     `X-Total-Count` header says how many match, `Link` where the next page is.
+                 */
+                limit?: number;
+                /** @description Only machines after this one in inventory order: the last id of the previous page. */
+                after?: string;
+            };
             header?: never;
             path: {
                 /** @description State id */
@@ -4761,13 +4779,26 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The state and each of its machines */
+            /** @description The state and its machines the caller sees, in inventory order, filtered and paged as asked */
             200: {
                 headers: {
+                    /** @description `<…>; rel="next"`: the next page, when there is one */
+                    Link?: string;
+                    /** @description How many of its machines match, over all pages */
+                    "X-Total-Count"?: number;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["StateDetail"];
+                };
+            };
+            /** @description An unknown standing, or a limit out of range; details.field names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };

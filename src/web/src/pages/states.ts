@@ -2,7 +2,7 @@
 // applies linked to their live operation, and resuming a halted rollout.
 
 import { api, session } from "../api";
-import type { MachineView, StateByTag, StateDetail, StateMachineView, StateView } from "../contract";
+import type { StateByTag, StateDetail, StateMachineView, StateView } from "../contract";
 import { shareBar } from "../charts";
 import { badge, h, table, when } from "../dom";
 import { STANDINGS } from "./overview";
@@ -69,15 +69,18 @@ function total(state: StateView): number {
   return Object.values(state.counts).reduce((sum, count) => sum + count, 0);
 }
 
+/** A state's machines one page shows: at fleet size the rest are a standing or a tag away. */
+const PAGE = 500;
+
 export async function statePage(main: HTMLElement, [id]: string[]): Promise<void> {
-  const detail = await api<StateDetail>("GET", `/api/states/${encodeURIComponent(id)}`);
-  // Drilled down from the grid by tag: only that tag's machines.
-  const tag = new URLSearchParams(location.hash.split("?")[1] ?? "").get("tag");
-  if (tag) {
-    const tagged = await api<MachineView[]>("GET", `/api/links?tag=${encodeURIComponent(tag)}`);
-    const ids = new Set(tagged.map((m) => m.id));
-    detail.machines = detail.machines.filter((m) => ids.has(m.machine_id));
-  }
+  // Drilled down from the grid by tag, or narrowed to a standing.
+  const asked = new URLSearchParams(location.hash.split("?")[1] ?? "");
+  const tag = asked.get("tag");
+  const only = asked.get("standing");
+  const query = new URLSearchParams({ limit: String(PAGE) });
+  if (tag) query.set("tag", tag);
+  if (only) query.set("standing", only);
+  const detail = await api<StateDetail>("GET", `/api/states/${encodeURIComponent(id)}?${query}`);
   const state = detail.state;
   main.append(
     h("h1", {}, `State ${state.id}${tag ? ` on ${tag}` : ""}`),
@@ -93,6 +96,20 @@ export async function statePage(main: HTMLElement, [id]: string[]): Promise<void
       location.reload();
     });
     main.append(h("p", { role: "alert", class: "error" }, `The rollout is halted: ${state.halted.reason} (${when(state.halted.at)}). `, resume));
+  }
+  const narrowed = (standing: string | null): string => {
+    const next = new URLSearchParams();
+    if (tag) next.set("tag", tag);
+    if (standing) next.set("standing", standing);
+    const suffix = next.toString();
+    return `#/states/${encodeURIComponent(id)}${suffix ? `?${suffix}` : ""}`;
+  };
+  const counts = state.counts as unknown as Record<string, number>;
+  main.append(h("p", {}, "Show: ", h("a", { href: narrowed(null), "aria-current": only ? "false" : "page" }, "all"),
+    ...STANDINGS.filter((k) => counts[k.key]).flatMap((k) => [" · ",
+      h("a", { href: narrowed(k.key), "aria-current": only === k.key ? "page" : "false" }, `${k.name} (${counts[k.key]})`)])));
+  if (detail.machines.length === PAGE) {
+    main.append(h("p", { class: "muted" }, `The first ${PAGE} are shown: choose a standing or a tag for the others.`));
   }
   main.append(table(["Machine", "Standing", "Since", "Last check", "Last apply"],
     detail.machines.map((machine) => [
