@@ -66,29 +66,13 @@ pub async fn get(
             (desired.machine(machine)).is_some_and(|m| m.tags.iter().any(|t| t == tag))
         })
     };
-    let mut matching = (declared.targets.select(&desired.machines).into_iter())
+    let matching = (declared.targets.select(&desired.machines).into_iter())
         .filter(|machine| reach.sees(machine) && tagged(machine))
         .map(|machine| (targets.remove(&machine)).unwrap_or_else(|| Target::new(&id, &machine, 0)))
         .filter(|target| {
             (query.standing.as_deref()).is_none_or(|standing| target.standing.name() == standing)
         });
-    // Matches counted, a page kept: at 10,000 machines the whole list is megabytes.
-    let mut total = 0_u64;
-    let mut after = query.after.is_some();
-    let limit = query.limit.unwrap_or(usize::MAX);
-    let mut page = Vec::new();
-    let mut more = false;
-    for target in matching.by_ref() {
-        total += 1;
-        if after {
-            after = query.after.as_deref() != Some(target.machine_id.as_str());
-            continue;
-        }
-        match page.len() < limit {
-            true => page.push(target),
-            false => more = true,
-        }
-    }
+    let Page { total, page, more } = page_of(matching, query.after.as_deref(), query.limit);
     let mut headers = HeaderMap::new();
     headers.insert("x-total-count", HeaderValue::from(total));
     if more {
@@ -104,6 +88,41 @@ pub async fn get(
         machines,
     };
     Ok((headers, Json(detail)))
+}
+
+/// A page of a state's machines, and how many match over all pages.
+struct Page {
+    total: u64,
+    page: Vec<Target>,
+    /// Matches follow the page.
+    more: bool,
+}
+
+/// The page after machine `after` (in `matching`'s order) of at most `limit`,
+/// counting every match: at 10,000 machines the whole list is megabytes.
+fn page_of(
+    matching: impl Iterator<Item = Target>,
+    after: Option<&str>,
+    limit: Option<usize>,
+) -> Page {
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut skipping = after.is_some();
+    let mut paged = Page {
+        total: 0,
+        page: Vec::new(),
+        more: false,
+    };
+    for target in matching {
+        paged.total += 1;
+        if skipping {
+            skipping = after != Some(target.machine_id.as_str());
+        } else if paged.page.len() < limit {
+            paged.page.push(target);
+        } else {
+            paged.more = true;
+        }
+    }
+    paged
 }
 
 /// Refuses a standing no machine can have, and a page size out of range.
