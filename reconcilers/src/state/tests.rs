@@ -552,6 +552,9 @@ fn counts_are_named_as_the_standings_are() {
         assert_eq!(tagged["standing"], standing.name());
     }
     assert_eq!(Counts::of(&standings).total(), 7);
+    // The names the API accepts as a filter are these, in this order.
+    let names: Vec<&str> = standings.iter().map(Standing::name).collect();
+    assert_eq!(names, Standing::NAMES);
 }
 
 #[test]
