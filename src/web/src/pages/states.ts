@@ -104,10 +104,12 @@ export async function statePage(main: HTMLElement, [id]: string[]): Promise<void
     const suffix = next.toString();
     return `#/states/${encodeURIComponent(id)}${suffix ? `?${suffix}` : ""}`;
   };
+  // The state's counts are of all its machines: drilled down to a tag, the standings are named without them.
   const counts = state.counts as unknown as Record<string, number>;
+  const named = (k: { key: string; name: string }): string => tag ? k.name : `${k.name} (${counts[k.key]})`;
   main.append(h("p", {}, "Show: ", h("a", { href: narrowed(null), "aria-current": only ? "false" : "page" }, "all"),
     ...STANDINGS.filter((k) => counts[k.key]).flatMap((k) => [" · ",
-      h("a", { href: narrowed(k.key), "aria-current": only === k.key ? "page" : "false" }, `${k.name} (${counts[k.key]})`)])));
+      h("a", { href: narrowed(k.key), "aria-current": only === k.key ? "page" : "false" }, named(k))])));
   if (detail.machines.length === PAGE) {
     main.append(h("p", { class: "muted" }, `The first ${PAGE} are shown: choose a standing or a tag for the others.`));
   }
