@@ -84,10 +84,13 @@ pub fn lifecycle(root_dir: &Path, root: &Root) -> Result<(), String> {
         std::fs::copy(&built, &kept).map_err(|e| format!("{}: {e}", built.display()))?;
         Ok(kept)
     };
-    let second = aside(build(root_dir, Some("2"))?)?;
-    // The first last, so that target/debian/ holds the package as `cargo xtask deb` makes it.
-    let first = aside(build(root_dir, None)?)?;
-    let tested = install_upgrade(root, &first, &second);
+    let tested = (|| {
+        let second = aside(build(root_dir, Some("2"))?)?;
+        // The first last, so that target/debian/ holds the package as `cargo xtask deb` makes it.
+        let first = aside(build(root_dir, None)?)?;
+        install_upgrade(root, &first, &second)
+    })();
+    // Also when a build failed: nothing is left in the temp dir.
     std::fs::remove_dir_all(&dir).ok();
     // Whatever happened, the machine is left as it was.
     let purged = purge(root);
