@@ -199,7 +199,8 @@ impl Context {
             MachineDecision::CheckNow => {
                 let asked_by = asked_by.unwrap_or_default();
                 let was_enrolled = status.as_ref().is_some_and(|s| s.enrollment.is_enrolled());
-                let enrolled = (self.check(machine, status, &desired.revision, asked_by)).await?;
+                let enrolled =
+                    (self.check(machine, status, &desired.revision, asked.check, asked_by)).await?;
                 if enrolled {
                     self.gather_facts_when_due(desired, machine, !was_enrolled);
                 }
@@ -213,14 +214,16 @@ impl Context {
     }
 
     /// Checks `machine` and records what it saw: whether it is enrolled.
+    /// `asked`: someone asked for this check (a verify, with or without actors to audit).
     async fn check(
         &self,
         machine: &Machine,
         status: Option<machine::MachineStatus>,
         revision: &str,
+        asked: bool,
         asked_by: Vec<Actor>,
     ) -> Result<bool, store::Error> {
-        if machine::announces_check(status.as_ref(), !asked_by.is_empty()) {
+        if machine::announces_check(status.as_ref(), asked) {
             let mut reconciling = status
                 .clone()
                 .unwrap_or_else(|| machine::MachineStatus::new(&machine.id));
