@@ -74,6 +74,15 @@ async fn bench() {
         sse_flood(&daemon).await;
         return;
     }
+    // FANOUT_ONLY=warm: LinkOps warm against the bare client warm (goal 3), alone.
+    if std::env::var("FANOUT_ONLY").is_ok_and(|only| only == "warm") {
+        let warm = Daemon::start(&fleet, &repo, "warm", "10m").await;
+        let linkops = warm_runs(&warm, 4 * REPETITIONS).await;
+        let bare = bare_warm(&fleet).await;
+        let script = bare_warm_as_a_script(&fleet).await;
+        print_goal(median(&linkops), median(&bare), median(&script));
+        return;
+    }
     let mut rows: Vec<(String, Vec<Duration>)> = Vec::new();
 
     // LinkOps, cold: the pool closes connections idle for 1 s; each run waits them out.
@@ -97,6 +106,10 @@ async fn bench() {
 
     rows.push(("bare russh client, cold".into(), bare_cold(&fleet).await));
     rows.push(("bare russh client, warm".into(), bare_warm(&fleet).await));
+    rows.push((
+        "bare russh client, warm, running the script as the daemon does".into(),
+        bare_warm_as_a_script(&fleet).await,
+    ));
     rows.push(("parallel-ssh -p 50".into(), repeat(|| pssh(&fleet))));
     let control = fleet.dir().join("ansible-cp-cold");
     rows.push((
@@ -398,6 +411,59 @@ async fn bare_warm(fleet: &TestFleet) -> Vec<Duration> {
     times
 }
 
+/// The bare client warm, running the script as the daemon does: its command
+/// line (the shell's pid, the environment, `exec sh`) with the body on stdin.
+/// The difference to LinkOps is the daemon's own (API, store, SSE); to
+/// [`bare_warm`], what running a script costs each machine.
+async fn bare_warm_as_a_script(fleet: &TestFleet) -> Vec<Duration> {
+    let script = linkops_reconcilers::script::Script {
+        id: "client-id".into(),
+        name: "Client id".into(),
+        description: String::new(),
+        body: "cat /etc/linkops/client_id\n".into(),
+        check: None,
+        interpreter: "sh".into(),
+        params: Vec::new(),
+        timeout: Duration::from_secs(30),
+        max_parallel: None,
+        targets: Default::default(),
+    };
+    let command = linkops::operations::command_line(
+        &script,
+        &Default::default(),
+        |_| false,
+        &Default::default(),
+    )
+    .unwrap();
+    let mut connections = Vec::new();
+    for i in 0..HOSTS {
+        let (target, options) = reach(fleet, i);
+        let connection = Connection::open(&target, &options).await.unwrap();
+        connections.push(Arc::new(connection));
+    }
+    let mut times = Vec::new();
+    for _ in 0..REPETITIONS {
+        let started = Instant::now();
+        let tasks: Vec<_> = (connections.iter().cloned())
+            .map(|connection| {
+                let (command, body) = (command.clone(), script.body.clone());
+                tokio::spawn(async move {
+                    let execution =
+                        (connection.exec(&command, body.as_bytes(), Duration::from_secs(30)))
+                            .await
+                            .unwrap();
+                    execution.collect(128).await.unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap().status.success());
+        }
+        times.push(started.elapsed());
+    }
+    times
+}
+
 /// The bare client's unit of work: the enrollment check's command on a new channel.
 async fn read_client_id(connection: &Connection) -> linkops::ssh::Output {
     connection
@@ -518,6 +584,34 @@ fn median(times: &[Duration]) -> Duration {
     sorted[sorted.len() / 2]
 }
 
+/// The warm fan-out through the API beside the bare client's (issue 35, goal
+/// 3), and beside the bare client running the script as the daemon does.
+fn print_goal(linkops: Duration, bare: Duration, script: Duration) {
+    let ratio = |base: Duration| linkops.as_secs_f64() / base.as_secs_f64();
+    let met = |base| {
+        if ratio(base) <= 1.2 {
+            "met"
+        } else {
+            "**not met**"
+        }
+    };
+    println!("\n| goal | target | measured | beside | met |\n|---|---|---|---|---|");
+    println!(
+        "| 3. warm fan-out on {HOSTS} real sshd | ≤ 1.2× the bare russh client | {:.3} s ({:.2}×) | bare russh client {:.3} s | {} |",
+        linkops.as_secs_f64(),
+        ratio(bare),
+        bare.as_secs_f64(),
+        met(bare)
+    );
+    println!(
+        "| 3. … the daemon's own share | ≤ 1.2× the bare client running the script | {:.3} s ({:.2}×) | bare client, the script's command line {:.3} s | {} |",
+        linkops.as_secs_f64(),
+        ratio(script),
+        script.as_secs_f64(),
+        met(script)
+    );
+}
+
 fn print_table(rows: &[(String, Vec<Duration>)]) {
     let pssh = median(
         &rows
@@ -564,6 +658,12 @@ fn print_table(rows: &[(String, Vec<Duration>)]) {
             runs.join(" ")
         );
     }
+    let row = |wanted: &str| median(&rows.iter().find(|(name, _)| name == wanted).unwrap().1);
+    print_goal(
+        row("LinkOps API, warm"),
+        bare_warm,
+        row("bare russh client, warm, running the script as the daemon does"),
+    );
 }
 
 /// 10 MiB of output on one host, watched by 200 SSE clients: every byte to every client.

@@ -3,23 +3,30 @@
 //! sharing this machine's cores with the daemon) with 0.5 % of its hosts
 //! down, 2 % slow and 0.2 % serving a changed host key.
 //!
-//! Per size: the time until every machine is observed, whether the next
-//! sweep of checks (every 60 s) keeps to its interval (the longest gap
-//! between a machine's first and second check), the daemon's
-//! memory (RSS, and per machine), CPU over that sweep and open files; then a
-//! fan-out of the client-id read to every machine through the API until the
-//! SSE `end`, twice (the second on the connections the first left pooled),
-//! with the daemon's memory after it; 40 pushes, each a run-request for one
-//! machine sent by a signed webhook, timed to the revision's application and
-//! to the run's exec on the host; at 1,000 machines the same read with
-//! `parallel-ssh -p 200` and `ansible -m raw -f 200` on the same fleet. And
-//! the inventory's parse, validation and plan at 10,000 machines.
+//! Per size, first the daemon as shipped (`[ssh] pool_size` 256): the time
+//! until every machine is observed, whether the next sweep of checks (every
+//! 60 s) keeps to its interval (the longest gap between a machine's first and
+//! second check), the daemon's memory (RSS, and per machine), CPU over that
+//! sweep and open files; a fan-out of the client-id read to every machine
+//! through the API until the SSE `end`, twice (the second on what the first
+//! left pooled), with the daemon's memory after it; 40 pushes, each a
+//! run-request for one machine sent by a signed webhook, timed to the
+//! revision's application and to the run's exec on the host; a declared state
+//! on every machine (`states.rs`: counted, converged, applied once, the next
+//! cycle's check gaps, CPU and memory); the fleet's first event as the
+//! console reads it (rows) and in full (views). Then a daemon keeping every
+//! machine's connection (`pool_size` the fleet's size): the same sweep and
+//! fan-outs. Then `parallel-ssh -p 200` on the same fleet (and `ansible -m
+//! raw -f 200` up to 1,000 machines). And the inventory's parse, validation
+//! and plan at 10,000 machines.
 //!
 //! Then, with no fleet: a simulated day of the store at 10,000 machines
 //! (its size at the end, by table), written as the daemon writes it.
 //!
+//! Last, the largest size's figures beside their goals (`goals.rs`).
+//!
 //! `cargo bench --bench scale` as root (it binds 127.100.x.y:2222), about
-//! 25 minutes. Sizes: `SCALE_SIZES=1000,5000,10000` (the default); the
+//! 40 minutes. Sizes: `SCALE_SIZES=1000,5000,10000` (the default); the
 //! simulated day's: `SCALE_DAY_MACHINES=10000` (0 skips it).
 //!
 //! Here: the fleet's measures; the peers in `peers.rs`, what needs no fleet in `day.rs`.
@@ -27,7 +34,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod day;
+mod goals;
 mod peers;
+mod states;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,12 +51,12 @@ use testbed::{ServeProcess, WorkRepo, until_machines};
 
 const SEED: u64 = 2026;
 
-/// The largest fleet `parallel-ssh` and Ansible are run on.
-const PEERS_UP_TO: usize = 1000;
+/// The largest fleet Ansible is run on (38 s at 1,000); `parallel-ssh` runs at every size.
+const ANSIBLE_UP_TO: usize = 1000;
 
 const HOSTS_PER_WORKER: usize = 2500;
 
-const SCRIPTS: &str = "scripts:\n  - id: client-id\n    name: Read the client id\n    targets: {tags: [bench]}\n    max_parallel: 256\n    body: |\n      cat /etc/linkops/client_id\n  - id: clock\n    name: Say when it ran\n    targets: {tags: [bench]}\n    body: |\n      date +%s%N\n";
+const SCRIPTS: &str = "scripts:\n  - id: client-id\n    name: Read the client id\n    targets: {tags: [bench]}\n    max_parallel: 256\n    body: |\n      cat /etc/linkops/client_id\n  - id: clock\n    name: Say when it ran\n    targets: {tags: [bench]}\n    body: |\n      date +%s%N\n  - id: touched\n    name: A file touched, once\n    targets: {tags: [bench]}\n    check: |\n      test -f /var/lib/linkops-bench/touched\n    body: |\n      touch /var/lib/linkops-bench/touched\n";
 
 /// Pushes timed from the webhook to the run-request's first exec, per size.
 const PUSHES: usize = 40;
@@ -76,11 +85,12 @@ fn main() {
         day::store_after_a_day(day);
     }
     println!(
-        "\n| machines | all observed | longest gap between two checks | daemon RSS | per machine | CPU in a sweep | per check | open files | fan-out 1st | fan-out 2nd | RSS after |"
+        "\n| machines | pool | all observed | longest gap between two checks | daemon RSS | per machine | CPU in a sweep | per check | open files | fan-out 1st | fan-out 2nd | RSS after |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
-        println!("{row}");
+        println!("{}", row.shipped.line(row.size, "256"));
+        println!("{}", row.pooled.line(row.size, "every machine"));
     }
     println!(
         "\n| machines | webhook → revision applied, p50 | p99 | webhook → first exec of its run-request, p50 | p99 |"
@@ -97,40 +107,106 @@ fn main() {
             ms(row.push.exec[1])
         );
     }
+    println!(
+        "\n| machines | state counted | converged | applies / reachable machines | check gap p50 | p99 | longest | CPU per check | RSS |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        let state = &row.state;
+        println!(
+            "| {} | {:.2} s | {:.1} s | {} / {} | {:.1} s | {:.1} s | {:.1} s | {:.2} ms | {:.0} MiB |",
+            row.size,
+            state.counted.as_secs_f64(),
+            state.converged.as_secs_f64(),
+            state.applied.0,
+            state.applied.1,
+            state.gaps[0].as_secs_f64(),
+            state.gaps[1].as_secs_f64(),
+            state.gaps[2].as_secs_f64(),
+            state.cpu_per_check.as_secs_f64() * 1000.0,
+            state.rss_kib as f64 / 1024.0,
+        );
+    }
+    println!(
+        "\n| machines | fleet snapshot as rows | bytes | as views | bytes | parallel-ssh -p 200 | answered | ansible -m raw -f 200 | answered |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        let peer = |run: &Option<peers::PeerRun>| {
+            run.as_ref().map_or("not run | ".to_owned(), |run| {
+                format!("{:.1} s | {}", run.took.as_secs_f64(), run.answered)
+            })
+        };
+        println!(
+            "| {} | {:.0} ms | {:.1} MB | {:.0} ms | {:.1} MB | {} | {} |",
+            row.size,
+            row.snapshot.rows.0.as_secs_f64() * 1000.0,
+            row.snapshot.rows.1 as f64 / 1e6,
+            row.snapshot.views.0.as_secs_f64() * 1000.0,
+            row.snapshot.views.1 as f64 / 1e6,
+            peer(&row.peers.pssh),
+            peer(&row.peers.ansible),
+        );
+    }
+    if let Some(largest) = rows.last() {
+        goals::print(largest);
+    }
 }
 
+/// One size's figures: the daemon as shipped, then keeping every machine's connection.
 struct Row {
     size: usize,
+    /// `[ssh] pool_size` as shipped (256).
+    shipped: Sweep,
+    /// `[ssh] pool_size` the fleet's size: no check or fan-out connects afresh.
+    pooled: Sweep,
+    push: PushLatency,
+    state: states::StateFigures,
+    snapshot: Snapshots,
+    peers: peers::Peers,
+}
+
+/// A daemon's first observation of the fleet, its next sweep, and two fan-outs.
+struct Sweep {
     observed: Duration,
-    sweep: Option<Duration>,
+    gap: Option<Duration>,
     rss_kib: u64,
     cpu: Duration,
     files: usize,
     fanout: [Duration; 2],
     rss_after_kib: u64,
-    push: PushLatency,
 }
 
-impl std::fmt::Display for Row {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sweep = self.sweep.map_or("not in 120 s".to_owned(), |gap| {
+impl Sweep {
+    fn line(&self, size: usize, pool: &str) -> String {
+        let gap = self.gap.map_or("not in 120 s".to_owned(), |gap| {
             format!("{:.1} s", gap.as_secs_f64())
         });
-        write!(
-            f,
-            "| {} | {:.1} s | {sweep} | {:.0} MiB | {:.0} KiB | {:.1} s | {:.2} ms | {} | {:.1} s | {:.1} s | {:.0} MiB |",
-            self.size,
+        format!(
+            "| {size} | {pool} | {:.1} s | {gap} | {:.0} MiB | {:.0} KiB | {:.1} s | {:.2} ms | {} | {:.1} s | {:.1} s | {:.0} MiB |",
             self.observed.as_secs_f64(),
             self.rss_kib as f64 / 1024.0,
-            self.rss_kib as f64 / self.size as f64,
+            self.rss_kib as f64 / size as f64,
             self.cpu.as_secs_f64(),
-            self.cpu.as_secs_f64() * 1000.0 / self.size as f64,
+            self.per_check(size).as_secs_f64() * 1000.0,
             self.files,
             self.fanout[0].as_secs_f64(),
             self.fanout[1].as_secs_f64(),
             self.rss_after_kib as f64 / 1024.0,
         )
     }
+
+    /// The daemon's CPU per machine checked in the sweep.
+    fn per_check(&self, size: usize) -> Duration {
+        self.cpu / size.max(1) as u32
+    }
+}
+
+/// The fleet's first event as the console's fleet page reads it (rows) and
+/// in full (views): how long until its end, and its bytes.
+struct Snapshots {
+    rows: (Duration, usize),
+    views: (Duration, usize),
 }
 
 fn spec(size: usize) -> Spec {
@@ -142,6 +218,175 @@ fn spec(size: usize) -> Spec {
         down_every: 200,
         slow_every: 50,
         rekeyed_every: 500,
+    }
+}
+
+/// A running daemon on the bench's data dir, and its admin's token.
+struct Daemon {
+    process: ServeProcess,
+    token: String,
+    started: Instant,
+}
+
+impl Daemon {
+    /// Starts `linkops serve` as the unit runs it, with `env` beside `SCALE_DAEMON_ENV`'s.
+    async fn start(data: &Path, env: &[(&str, String)]) -> Daemon {
+        let started = Instant::now();
+        let mut binary = Command::new("prlimit");
+        binary
+            .arg("--nofile=20000:20000")
+            // Profiling: SCALE_DAEMON_WRAPPER="heaptrack -o /tmp/daemon". Only the
+            // wrapper is killed at the end: heaptrack's daemon outlives it (pkill it).
+            .args(
+                std::env::var("SCALE_DAEMON_WRAPPER")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
+            .arg(env!("CARGO_BIN_EXE_linkops"))
+            .env("LINKOPS_LOG", "warn,linkops::server=info")
+            // As deploy/linkopsd.service runs it.
+            .env("MALLOC_ARENA_MAX", "2")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            // Experiments: SCALE_DAEMON_ENV=MALLOC_ARENA_MAX=2,LINKOPS_SSH_POOL_SIZE=100
+            .envs(
+                std::env::var("SCALE_DAEMON_ENV")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect::<Vec<_>>(),
+            );
+        let config = data.join("config.toml");
+        let (mut process, _) =
+            ServeProcess::spawn(binary, ["--config".as_ref(), config.as_os_str()]).unwrap();
+        process.drain_log();
+        let token = process
+            .login("admin", common::ADMIN_PASSWORD)
+            .await
+            .unwrap();
+        Daemon {
+            process,
+            token,
+            started,
+        }
+    }
+
+    fn url(&self) -> &str {
+        &self.process.url
+    }
+
+    /// Until every machine is observed, then the next sweep (every 60 s);
+    /// then the client-id read through the API to every machine, twice.
+    async fn sweep(&self, client: &reqwest::Client, size: usize) -> Sweep {
+        let token = &self.token;
+        let id: fn(&MachineView) -> &str = |m| &m.spec.id;
+        let observed = until_machines(
+            self.url(),
+            token,
+            "every machine observed",
+            id,
+            |machines| machines.len() == size && machines.iter().all(|m| m.checked_at.is_some()),
+        )
+        .await
+        .unwrap();
+        let observed_after = self.started.elapsed();
+        let first: BTreeMap<String, jiff::Timestamp> = observed
+            .iter()
+            .filter_map(|m| Some((m.spec.id.clone(), m.checked_at?)))
+            .collect();
+        let pid = self.process.pid();
+
+        // The next sweep: polled (the fleet's events do not carry mere check times),
+        // until every machine was checked again; the longest gap between a
+        // machine's two checks says whether the sweep kept to its 60 s. Polled
+        // only once every machine is due again (its interval and a tenth of
+        // jitter): reading every machine's view is the bench's work, not the sweep's.
+        let cpu_before = cpu_time(pid);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        tokio::time::sleep(Duration::from_secs(66)).await;
+        let mut gap = None;
+        while gap.is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let machines: Vec<linkops::contract::MachineView> =
+                common::get_json(client, &format!("{}/api/links", self.url()), token).await;
+            let gaps: Option<Vec<(jiff::SignedDuration, &str)>> = machines
+                .iter()
+                .map(|m| {
+                    let before = first.get(&m.spec.id)?;
+                    let now = m.checked_at.filter(|at| at > before)?;
+                    Some((now.duration_since(*before), m.spec.id.as_str()))
+                })
+                .collect();
+            if let Some(mut gaps) = gaps {
+                gaps.sort();
+                let at = |q: f64| gaps[((gaps.len() - 1) as f64 * q) as usize];
+                println!(
+                    "{size} machines, gaps between two checks: p50 {:?}, p99 {:?}, longest {:?}",
+                    at(0.5).0,
+                    at(0.99).0,
+                    at(1.0)
+                );
+                gap = Duration::try_from(at(1.0).0).ok();
+            }
+        }
+        let cpu = cpu_time(pid).saturating_sub(cpu_before);
+        let rss_kib = status_kib(pid, "VmRSS:");
+        let files = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+
+        let mut fanout = [Duration::ZERO; 2];
+        for run in &mut fanout {
+            let begun = Instant::now();
+            let operation: serde_json::Value = client
+                .post(format!("{}/api/operations/run", self.url()))
+                .bearer_auth(token)
+                .json(&json!({ "script": "client-id", "concurrency": 256 }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let id = operation["id"].as_u64().expect("an operation");
+            common::read_to_end(client, self.url(), token, id).await;
+            *run = begun.elapsed();
+        }
+        Sweep {
+            observed: observed_after,
+            gap,
+            rss_kib,
+            cpu,
+            files,
+            fanout,
+            rss_after_kib: status_kib(pid, "VmRSS:"),
+        }
+    }
+
+    /// The first event of the fleet's stream in `shape`: until its end, and its bytes.
+    async fn snapshot(&self, client: &reqwest::Client, shape: &str) -> (Duration, usize) {
+        use futures::StreamExt;
+        let asked = Instant::now();
+        let url = format!("{}/api/fleet/events?shape={shape}", self.url());
+        let response = client
+            .get(url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+        let mut body = response.bytes_stream();
+        let (mut bytes, mut last) = (0, 0u8);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.unwrap();
+            bytes += chunk.len();
+            // An event ends with a blank line, perhaps split between two chunks.
+            let ends = (last == b'\n' && chunk.first() == Some(&b'\n'))
+                || chunk.windows(2).any(|pair| pair == b"\n\n");
+            if ends {
+                break;
+            }
+            last = chunk.last().copied().unwrap_or(last);
+        }
+        (asked.elapsed(), bytes)
     }
 }
 
@@ -157,126 +402,51 @@ async fn measure(size: usize) -> Row {
     .unwrap();
     let repo = config_repo(dir.path(), &fleet.spec);
     let data = data_dir(dir.path(), &key, &fleet.spec, &repo.dir);
-
-    let started = Instant::now();
-    let mut binary = Command::new("prlimit");
-    binary
-        .arg("--nofile=20000:20000")
-        // Profiling: SCALE_DAEMON_WRAPPER="heaptrack -o /tmp/daemon". Only the
-        // wrapper is killed at the end: heaptrack's daemon outlives it (pkill it).
-        .args(
-            std::env::var("SCALE_DAEMON_WRAPPER")
-                .unwrap_or_default()
-                .split_whitespace(),
-        )
-        .arg(env!("CARGO_BIN_EXE_linkops"))
-        .env("LINKOPS_LOG", "warn,linkops::server=info")
-        // As deploy/linkopsd.service runs it.
-        .env("MALLOC_ARENA_MAX", "2")
-        // Experiments: SCALE_DAEMON_ENV=MALLOC_ARENA_MAX=2,LINKOPS_SSH_POOL_SIZE=100
-        .envs(
-            std::env::var("SCALE_DAEMON_ENV")
-                .unwrap_or_default()
-                .split(',')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect::<Vec<_>>(),
-        );
-    let config = data.join("config.toml");
-    let (mut daemon, _) =
-        ServeProcess::spawn(binary, ["--config".as_ref(), config.as_os_str()]).unwrap();
-    daemon.drain_log();
-    let token = daemon.login("admin", common::ADMIN_PASSWORD).await.unwrap();
-    let id: fn(&MachineView) -> &str = |m| &m.spec.id;
-    let observed = until_machines(
-        &daemon.url,
-        &token,
-        "every machine observed",
-        id,
-        |machines| machines.len() == size && machines.iter().all(|m| m.checked_at.is_some()),
-    )
-    .await
-    .unwrap();
-    let observed_after = started.elapsed();
-    let first: BTreeMap<String, jiff::Timestamp> = observed
-        .iter()
-        .filter_map(|m| Some((m.spec.id.clone(), m.checked_at?)))
-        .collect();
-    let pid = daemon.pid();
-
-    // The next sweep: polled (the fleet's events do not carry mere check times),
-    // until every machine was checked again; the longest gap between a
-    // machine's two checks says whether the sweep kept to its 60 s. Polled
-    // only once every machine is due again (its interval and a tenth of
-    // jitter): reading every machine's view is the bench's work, not the sweep's.
     let client = reqwest::Client::new();
-    let cpu_before = cpu_time(pid);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    tokio::time::sleep(Duration::from_secs(66)).await;
-    let mut sweep = None;
-    while sweep.is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let machines: Vec<linkops::contract::MachineView> =
-            common::get_json(&client, &format!("{}/api/links", daemon.url), &token).await;
-        let gaps: Option<Vec<(jiff::SignedDuration, &str)>> = machines
-            .iter()
-            .map(|m| {
-                let before = first.get(&m.spec.id)?;
-                let now = m.checked_at.filter(|at| at > before)?;
-                Some((now.duration_since(*before), m.spec.id.as_str()))
-            })
-            .collect();
-        if let Some(mut gaps) = gaps {
-            gaps.sort();
-            let at = |q: f64| gaps[((gaps.len() - 1) as f64 * q) as usize];
-            println!(
-                "{size} machines, gaps between two checks: p50 {:?}, p99 {:?}, longest {:?}",
-                at(0.5).0,
-                at(0.99).0,
-                at(1.0)
-            );
-            sweep = Duration::try_from(at(1.0).0).ok();
-        }
-    }
-    let cpu = cpu_time(pid).saturating_sub(cpu_before);
-    let rss_kib = status_kib(pid, "VmRSS:");
-    let files = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
 
-    let mut fanout = [Duration::ZERO; 2];
-    for run in &mut fanout {
-        let begun = Instant::now();
-        let operation: serde_json::Value = client
-            .post(format!("{}/api/operations/run", daemon.url))
-            .bearer_auth(&token)
-            .json(&json!({ "script": "client-id", "concurrency": 256 }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = operation["id"].as_u64().expect("an operation");
-        common::read_to_end(&client, &daemon.url, &token, id).await;
-        *run = begun.elapsed();
-    }
-    let rss_after_kib = status_kib(pid, "VmRSS:");
-    let push = pushes(&client, &daemon.url, &token, &repo, &fleet.spec).await;
+    // As shipped: the sweep, the fan-outs, pushes, a declared state, the snapshot.
+    let daemon = Daemon::start(&data, &[]).await;
+    let shipped = daemon.sweep(&client, size).await;
+    let push = pushes(&client, daemon.url(), &daemon.token, &repo, &fleet.spec).await;
+    let state = states::rollout_and_cycle(
+        &client,
+        daemon.url(),
+        &daemon.token,
+        &repo,
+        &fleet.spec,
+        daemon.process.pid(),
+    )
+    .await;
+    let snapshot = Snapshots {
+        rows: daemon.snapshot(&client, "rows").await,
+        views: daemon.snapshot(&client, "views").await,
+    };
     drop(daemon);
-    // The same read with the peers, on the same fleet, where they manage in reasonable time.
-    if size <= PEERS_UP_TO {
-        peers::peers(&fleet.spec, &key, &data.join("ssh/known_hosts"), dir.path());
-    }
+
+    // Every machine's connection kept: the state gone, so the sweep is the health checks'.
+    repo.remove("states/bench.yaml");
+    repo.commit("no state");
+    let daemon = Daemon::start(&data, &[("LINKOPS_SSH_POOL_SIZE", size.to_string())]).await;
+    let pooled = daemon.sweep(&client, size).await;
+    drop(daemon);
+
+    // The same read with the peers, on the same fleet (Ansible where it manages in reasonable time).
+    let peers = peers::peers(
+        &fleet.spec,
+        &key,
+        &data.join("ssh/known_hosts"),
+        dir.path(),
+        size <= ANSIBLE_UP_TO,
+    );
     drop(fleet);
     Row {
         size,
-        observed: observed_after,
-        sweep,
-        rss_kib,
-        cpu,
-        files,
-        fanout,
-        rss_after_kib,
+        shipped,
+        pooled,
         push,
+        state,
+        snapshot,
+        peers,
     }
 }
 
@@ -385,27 +555,6 @@ async fn pushes(
         spec.count, latency.applied[0], latency.applied[1], latency.exec[0], latency.exec[1]
     );
     latency
-}
-
-/// A peer's time on `machines`, and how many answered (lines of its output with `answered`).
-fn report(
-    tool: &str,
-    package: &str,
-    output: std::io::Result<std::process::Output>,
-    answered: &str,
-    machines: usize,
-    started: Instant,
-) {
-    match output {
-        Ok(output) => println!(
-            "{tool} on {machines} machines: {:.1} s, {} answered",
-            started.elapsed().as_secs_f64(),
-            String::from_utf8_lossy(&output.stdout)
-                .matches(answered)
-                .count()
-        ),
-        Err(error) => println!("{tool} not run ({error}): apt-get install {package}"),
-    }
 }
 
 fn client_key(dir: &Path) -> PathBuf {

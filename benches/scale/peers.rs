@@ -2,9 +2,27 @@
 
 use super::*;
 
-/// `parallel-ssh -p 200` and `ansible -m raw -f 200` reading every client id;
-/// their times and how many hosts answered (down and rekeyed ones cannot).
-pub(super) fn peers(spec: &Spec, key: &Path, known_hosts: &Path, dir: &Path) {
+/// A peer's time reading every client id, and how many hosts answered (down
+/// and rekeyed ones cannot).
+pub(super) struct PeerRun {
+    pub took: Duration,
+    pub answered: usize,
+}
+
+/// The peers' runs; `None` for one not run.
+pub(super) struct Peers {
+    pub pssh: Option<PeerRun>,
+    pub ansible: Option<PeerRun>,
+}
+
+/// `parallel-ssh -p 200`, and `ansible -m raw -f 200` when asked, reading every client id.
+pub(super) fn peers(
+    spec: &Spec,
+    key: &Path,
+    known_hosts: &Path,
+    dir: &Path,
+    with_ansible: bool,
+) -> Peers {
     let hosts: Vec<String> = (spec.first..spec.first + spec.count)
         .map(|index| format!("{}:{}", simulated::address(index), simulated::PORT))
         .collect();
@@ -22,7 +40,7 @@ pub(super) fn peers(spec: &Spec, key: &Path, known_hosts: &Path, dir: &Path) {
         ))
         .arg("cat /etc/linkops/client_id")
         .output();
-    report(
+    let pssh = report(
         "parallel-ssh -p 200",
         "pssh",
         pssh,
@@ -30,6 +48,12 @@ pub(super) fn peers(spec: &Spec, key: &Path, known_hosts: &Path, dir: &Path) {
         spec.count,
         started,
     );
+    if !with_ansible {
+        return Peers {
+            pssh,
+            ansible: None,
+        };
+    }
     let inventory = dir.join("ansible-inventory");
     let lines: String = (spec.first..spec.first + spec.count)
         .map(|index| {
@@ -62,7 +86,7 @@ pub(super) fn peers(spec: &Spec, key: &Path, known_hosts: &Path, dir: &Path) {
         )
         .env("ANSIBLE_LOCAL_TEMP", dir.join("ansible-tmp"))
         .output();
-    report(
+    let ansible = report(
         "ansible -m raw -f 200",
         "ansible-core",
         ansible,
@@ -70,4 +94,33 @@ pub(super) fn peers(spec: &Spec, key: &Path, known_hosts: &Path, dir: &Path) {
         spec.count,
         started,
     );
+    Peers { pssh, ansible }
+}
+
+/// Says how a peer's run went; its time and answers when it ran.
+fn report(
+    tool: &str,
+    package: &str,
+    output: std::io::Result<std::process::Output>,
+    answered: &str,
+    machines: usize,
+    started: Instant,
+) -> Option<PeerRun> {
+    let took = started.elapsed();
+    match output {
+        Ok(output) => {
+            let answered = String::from_utf8_lossy(&output.stdout)
+                .matches(answered)
+                .count();
+            println!(
+                "{tool} on {machines} machines: {:.1} s, {answered} answered",
+                took.as_secs_f64()
+            );
+            Some(PeerRun { took, answered })
+        }
+        Err(error) => {
+            println!("{tool} not run ({error}): apt-get install {package}");
+            None
+        }
+    }
 }

@@ -25,7 +25,7 @@ impl TrustFacts {
     }
 }
 
-/// `echo $$; exec env 'LINKOPS_CA_…=…' 'LINKOPS_PARAM_<NAME>=value' … <interpreter>`.
+/// `echo $$; export 'LINKOPS_CA_…=…' 'LINKOPS_PARAM_<NAME>=value' …; exec <interpreter>`.
 ///
 /// Values are quoted for the remote shell, so no value can become code.
 /// Parameters named in `secret` are not on the line (which `ps` shows to
@@ -35,7 +35,9 @@ impl TrustFacts {
 /// sshd starts every session's command in a new session (`setsid`), so the
 /// shell's pid, printed first, is the process group of everything the script
 /// starts: a stop signals that group, not just the channel. `exec` keeps the
-/// pid and lets the interpreter's own exit status or signal through.
+/// pid and lets the interpreter's own exit status or signal through. The
+/// login shell must be a POSIX one (sh, dash, bash, ash, zsh), as `$$`,
+/// `export` and `read` are.
 pub fn command_line(
     script: &Script,
     params: &BTreeMap<String, ParamValue>,
@@ -51,7 +53,9 @@ pub fn command_line(
             " IFS= read -r {variable} && {variable}=$(printf '%bx' \"${variable}\") && export {variable}=\"${{{variable}%x}}\" || {{ echo 'linkops: the secret of {variable} did not arrive on stdin' >&2; exit 125; }};"
         ));
     }
-    command.push_str(" exec env");
+    // `export`, not `exec env …`: a builtin, where env is one more program
+    // started on the machine for every script (a fifth of a warm fan-out's time).
+    command.push_str(" export");
     for (name, value) in [
         ("LINKOPS_CA_USER_KEYS", &trust.user_cas),
         ("LINKOPS_CA_REVOKED_SERIALS", &trust.revoked_serials),
@@ -71,7 +75,7 @@ pub fn command_line(
         command.push(' ');
         command.push_str(&quoted);
     }
-    command.push(' ');
+    command.push_str("; exec ");
     command.push_str(&script.interpreter);
     Ok(command)
 }
@@ -194,19 +198,23 @@ mod tests {
             revoked_serials: "3 18446744073709551615".into(),
         };
         let line = command_line(&script, &params, |_| false, &trust).unwrap();
-        let output = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&line)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{line}");
-        let stdout = String::from_utf8(output.stdout).unwrap();
-        let (pgid, rest) = stdout.split_once('\n').unwrap();
-        assert!(pgid.parse::<u32>().is_ok(), "{stdout}");
-        assert_eq!(
-            rest,
-            "it's $HOME `id` \"q\"\nline two $(touch pwned)\nhtop; rm -rf /\nssh-ed25519 AAAA first\nssh-ed25519 BBBB second\n\n3 18446744073709551615\n"
-        );
+        // Login shells as machines have them: dash (Debian's sh) and bash.
+        for shell in ["sh", "bash"] {
+            let output = std::process::Command::new(shell)
+                .arg("-c")
+                .arg(&line)
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{shell}: {line}");
+            let stdout = String::from_utf8(output.stdout).unwrap();
+            let (pgid, rest) = stdout.split_once('\n').unwrap();
+            assert!(pgid.parse::<u32>().is_ok(), "{stdout}");
+            assert_eq!(
+                rest,
+                "it's $HOME `id` \"q\"\nline two $(touch pwned)\nhtop; rm -rf /\nssh-ed25519 AAAA first\nssh-ed25519 BBBB second\n\n3 18446744073709551615\n",
+                "{shell}"
+            );
+        }
     }
 
     #[test]

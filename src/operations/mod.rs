@@ -38,7 +38,7 @@ use crate::store::{self, Followed, Store, now_ms};
 use host::{HostRun, Secrets};
 use writer::{Update, Writer};
 
-pub use command::TrustFacts;
+pub use command::{TrustFacts, command_line};
 pub use follow::PAGE_BYTES;
 pub use host::STOP_GRACE;
 

@@ -1,8 +1,9 @@
 //! The reconcile loop against a real fleet: health, enrollment, verify, run-requests.
 
 use linkops::contract::{
-    ErrorBody, ErrorCode, FleetChanges, FleetSnapshot, FleetStreamEvent, MachineDetail,
-    MachineView, OperationView, RunView, SuspensionView,
+    ErrorBody, ErrorCode, FleetChanges, FleetRowChanges, FleetRows, FleetSnapshot,
+    FleetStreamEvent, MachineDetail, MachineRow, MachineView, OperationView, RunView,
+    SuspensionView,
 };
 use linkops_reconcilers::condition::{Condition, ConditionKind, ConditionStatus};
 use linkops_reconcilers::enrollment::Enrollment;
@@ -201,6 +202,29 @@ impl FleetStream {
     }
 }
 
+/// `/api/fleet/events?shape=rows`, as the console's fleet page follows it.
+async fn rows_stream(daemon: &TestDaemon, token: &str) -> Events {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let url = format!(
+        "{}/api/fleet/events?shape=rows&access_token={token}",
+        daemon.url
+    );
+    let response = daemon.client().get(url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let events = (response.bytes_stream().eventsource())
+        .map(|event| event.map_err(|error| error.to_string()));
+    Box::pin(events)
+}
+
+/// The next event's kind and data.
+async fn next_event(events: &mut Events) -> (FleetStreamEvent, Value) {
+    use futures::StreamExt;
+    let event = events.next().await.expect("the stream ended").unwrap();
+    let kind = answer(&Value::String(event.event));
+    (kind, serde_json::from_str(&event.data).unwrap())
+}
+
 /// An event of `/api/fleet/events` read as the contract has it; a snapshot
 /// also as sent, for its field names.
 #[derive(Debug)]
@@ -238,6 +262,31 @@ async fn the_fleet_stream_sends_a_snapshot_then_only_what_changed_and_resumes() 
             .collect::<Vec<_>>()
     };
     assert_eq!(fields(&sent["machines"][0]), fields(&listed[0]));
+    // The same machines as rows (what the console's table reads): each what its view says.
+    let mut rows = rows_stream(&daemon, &token).await;
+    let (kind, snapshot) = next_event(&mut rows).await;
+    assert_eq!(kind, FleetStreamEvent::Snapshot);
+    let snapshot: FleetRows = answer(&snapshot);
+    let as_rows: Vec<MachineRow> = first
+        .machines
+        .iter()
+        .cloned()
+        .map(MachineRow::from)
+        .collect();
+    assert_eq!(snapshot.machines, as_rows);
+    assert_eq!(snapshot.machines[0].health, "reachable");
+    assert_eq!(snapshot.machines[0].ready, Some(ConditionStatus::True));
+    let unknown = daemon
+        .get("/api/fleet/events?shape=columns", Some(&token))
+        .await;
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+    let refusal: ErrorBody = unknown.json().await.unwrap();
+    // It names what was asked and what can be.
+    let message = &refusal.error.message;
+    assert!(
+        message.contains("columns") && message.contains("`rows`"),
+        "{refusal:?}"
+    );
 
     // A check that changes only times says nothing: the next event is host1 going down, alone.
     verify(&daemon, &token, "host2").await;
@@ -251,6 +300,12 @@ async fn the_fleet_stream_sends_a_snapshot_then_only_what_changed_and_resumes() 
     let down = &stream.machines["host1"];
     assert_eq!(down.health.name(), "unreachable");
     assert_eq!(condition(down, ConditionKind::Ready).reason, "Unreachable");
+    let (kind, changed) = next_event(&mut rows).await;
+    assert_eq!(kind, FleetStreamEvent::Changes);
+    let changed: FleetRowChanges = answer(&changed);
+    assert_eq!(changed.changed, [MachineRow::from(down.clone())]);
+    assert_eq!(changed.changed[0].ready, Some(ConditionStatus::False));
+    drop(rows);
 
     // Disconnected, host1 comes back; reconnecting resumes with just that.
     let last = stream.last_id.clone();

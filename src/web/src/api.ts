@@ -121,7 +121,8 @@ export interface Stream<E extends string> {
 }
 
 function stream<E extends string>(path: string): Stream<E> {
-  const source = new EventSource(`${path}?access_token=${encodeURIComponent(session()?.token ?? "")}`);
+  const separator = path.includes("?") ? "&" : "?";
+  const source = new EventSource(`${path}${separator}access_token=${encodeURIComponent(session()?.token ?? "")}`);
   return {
     on: (name, listener) => source.addEventListener(name, (event) => listener((event as MessageEvent<string>).data)),
     close: () => source.close(),
@@ -133,9 +134,9 @@ export function operationEvents(id: number): Stream<OperationStreamEvent> {
   return stream(`/api/operations/${id}/events`);
 }
 
-/** The fleet live: a `snapshot` event with every machine, then `changes` with what changed. */
-export function fleetEvents(): Stream<FleetStreamEvent> {
-  return stream("/api/fleet/events");
+/** The fleet live, a row per machine: a `snapshot` event (FleetRows), then `changes` (FleetRowChanges). */
+export function fleetRows(): Stream<FleetStreamEvent> {
+  return stream("/api/fleet/events?shape=rows");
 }
 
 /** A workspace's WebSocket; the token travels as a subprotocol, never in a log line. */

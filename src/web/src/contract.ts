@@ -1698,6 +1698,20 @@ export interface components {
             machines: number;
             span: components["schemas"]["Span"];
         };
+        /** @description `/api/fleet/events?shape=rows`' later events: [`FleetChanges`] as rows. */
+        FleetRowChanges: {
+            changed: components["schemas"]["MachineRow"][];
+            removed: string[];
+        };
+        /** @description `/api/fleet/events?shape=rows`' first event: every machine asked for, as rows. */
+        FleetRows: {
+            machines: components["schemas"]["MachineRow"][];
+        };
+        /**
+         * @description How `/api/fleet/events` shows each machine.
+         * @enum {string}
+         */
+        FleetShape: "views" | "rows";
         /**
          * @description The first event of `/api/fleet/events` (and again when the client was too
          *     far behind, or the inventory changed): every machine asked for.
@@ -1969,6 +1983,29 @@ export interface components {
              * @description Checks it answered.
              */
             reachable: number;
+        };
+        /**
+         * @description A machine as one row of the fleet's table: what it is called and where,
+         *     its health, enrollment and readiness, when it was last seen.
+         */
+        MachineRow: {
+            /** @description Its enrollment's `state` (one of `GET /api/links`' `enrollment` filter's). */
+            enrollment: string;
+            /** @description What its client id reads, when that is not what the inventory expects. */
+            found?: string | null;
+            /** @description Its health's `state`: `unknown`, `reachable`, `unreachable`. */
+            health: string;
+            host: string;
+            id: string;
+            /** Format: date-time */
+            last_seen?: string | null;
+            name: string;
+            /** Format: int32 */
+            port: number;
+            ready?: null | components["schemas"]["ConditionStatus"];
+            ready_message?: string | null;
+            suspended: boolean;
+            tags: string[];
         };
         /** @description A machine as `GET /api/links` and the `machines` event of `/api/fleet/events` show it. */
         MachineView: components["schemas"]["Machine"] & {
@@ -3206,6 +3243,9 @@ export type FireOutcome = components['schemas']['FireOutcome'];
 export type FireRecord = components['schemas']['FireRecord'];
 export type FleetChanges = components['schemas']['FleetChanges'];
 export type FleetPicture = components['schemas']['FleetPicture'];
+export type FleetRowChanges = components['schemas']['FleetRowChanges'];
+export type FleetRows = components['schemas']['FleetRows'];
+export type FleetShape = components['schemas']['FleetShape'];
 export type FleetSnapshot = components['schemas']['FleetSnapshot'];
 export type FleetStreamEvent = components['schemas']['FleetStreamEvent'];
 export type Format = components['schemas']['Format'];
@@ -3231,6 +3271,7 @@ export type Machine = components['schemas']['Machine'];
 export type MachineDetail = components['schemas']['MachineDetail'];
 export type MachinePicture = components['schemas']['MachinePicture'];
 export type MachinePoint = components['schemas']['MachinePoint'];
+export type MachineRow = components['schemas']['MachineRow'];
 export type MachineView = components['schemas']['MachineView'];
 export type Me = components['schemas']['Me'];
 export type MemberView = components['schemas']['MemberView'];
@@ -3988,6 +4029,11 @@ export interface operations {
                  *     are gathered hourly, not followed live).
                  */
                 where?: string;
+                /**
+                 * @description `views` (the default: every machine as `GET /api/links` shows it) or
+                 *     `rows` (`FleetRows` and `FleetRowChanges`: what a table of the fleet shows).
+                 */
+                shape?: components["schemas"]["FleetShape"];
             };
             header?: {
                 /** @description Resume after this event */
@@ -3998,7 +4044,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Server-Sent Events: `snapshot` (FleetSnapshot: every machine asked for, as `GET /api/links` answers without paging) first, then `changes` (FleetChanges: machines whose health state, enrollment, conditions, revision or suspension changed — not mere check times — and ids no longer among those asked for); changes within 200 ms make one event. Each event's id resumes: reconnecting with Last-Event-ID sends only what changed since, or a new snapshot when that cannot be told (a restart, a new revision, a client too far behind). EventSource cannot send headers: pass ?access_token=. The stream ends when the daemon stops. */
+            /** @description Server-Sent Events: `snapshot` (FleetSnapshot: every machine asked for, as `GET /api/links` answers without paging) first, then `changes` (FleetChanges: machines whose health state, enrollment, conditions, revision or suspension changed — not mere check times — and ids no longer among those asked for); with `shape=rows`, FleetRows and FleetRowChanges instead, each machine a MachineRow (what a table of the fleet shows, about a fifth of the bytes); changes within 200 ms make one event. Each event's id resumes: reconnecting with Last-Event-ID sends only what changed since, or a new snapshot when that cannot be told (a restart, a new revision, a client too far behind). EventSource cannot send headers: pass ?access_token=. The stream ends when the daemon stops. */
             200: {
                 headers: {
                     [name: string]: unknown;

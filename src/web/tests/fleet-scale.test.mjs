@@ -130,7 +130,7 @@ test("the fleet page shows 10,000 machines: counts at a glance, a page of rows, 
   await page.getByText(`101–200 of ${MACHINES}`).waitFor();
   // What of the first render is the daemon's: its snapshot, read as the page reads it.
   const asked = performance.now();
-  const stream = await fetch(`${url}/api/fleet/events?access_token=${encodeURIComponent(token)}`);
+  const stream = await fetch(`${url}/api/fleet/events?shape=rows&access_token=${encodeURIComponent(token)}`);
   const reader = stream.body.getReader();
   const decoder = new TextDecoder();
   const chunks = [];

@@ -13,21 +13,24 @@
 //!
 //! What a host answers, by the command it is asked to run:
 //! - anything containing `cat /etc/linkops/client_id`: its client id;
-//! - a script the daemon runs (`echo "$$"; exec env … sh`, the body on
+//! - a script the daemon runs (`echo "$$"; export …; exec sh`, the body on
 //!   stdin), line by line: `cat /etc/linkops/client_id`, `echo TEXT`,
 //!   `date +%s%N` (the time it ran, in nanoseconds since the epoch),
-//!   `yes x | head -c N` (N bytes of "x\n"), `sleep SECONDS`, `exit CODE`;
+//!   `yes x | head -c N` (N bytes of "x\n"), `sleep SECONDS`, `exit CODE`,
+//!   `touch PATH` and `test -f PATH` (the host remembers the paths touched,
+//!   for as long as it runs: a declared state's apply and check); the
+//!   script's exit code is its last line's;
 //! - `kill …`: nothing, exit 0; anything else: exit 127.
 //!
 //! Every host answers after its latency; every `slow_every`-th host after
 //! ten times that, every `down_every`-th does not listen, and every
 //! `rekeyed_every`-th serves another host key than its known_hosts line.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::keys::{PrivateKey, PublicKey};
@@ -213,6 +216,7 @@ async fn serve(spec: Spec, authorized: PublicKey) -> std::io::Result<()> {
             authorized: authorized.clone(),
             latency: spec.latency_of(index),
             channels: HashMap::new(),
+            files: Arc::default(),
         };
         tasks.spawn(async move {
             loop {
@@ -243,6 +247,8 @@ struct Host {
     latency: Duration,
     /// Scripts being received on stdin, by channel: the command, then the body.
     channels: HashMap<ChannelId, Vec<u8>>,
+    /// The paths its scripts touched, shared by its connections.
+    files: Arc<Mutex<HashSet<String>>>,
 }
 
 impl russh::server::Handler for Host {
@@ -324,73 +330,91 @@ impl russh::server::Handler for Host {
             return Ok(());
         };
         let (client_id, latency, handle) = (self.client_id.clone(), self.latency, session.handle());
+        let files = self.files.clone();
         tokio::spawn(async move {
             tokio::time::sleep(latency).await;
             handle.data(channel, b"4242\n".to_vec()).await.ok();
-            let code = run_script(
-                &String::from_utf8_lossy(&body),
-                &client_id,
-                &handle,
+            let script = Script {
+                client_id: &client_id,
+                files: &files,
+                handle: &handle,
                 channel,
-            )
-            .await;
+            };
+            let code = script.run(&String::from_utf8_lossy(&body)).await;
             end(&handle, channel, code).await;
         });
         Ok(())
     }
 }
 
-/// Runs a script's lines as the module doc says; its exit code.
-async fn run_script(body: &str, client_id: &str, handle: &Handle, channel: ChannelId) -> u32 {
-    for line in body
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        if line == "cat /etc/linkops/client_id" {
-            handle
-                .data(channel, client_id.as_bytes().to_vec())
-                .await
-                .ok();
-        } else if line == "date +%s%N" {
-            // The host's clock is this machine's: benchmarks time the exec with it.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            handle
-                .data(channel, format!("{}\n", now.as_nanos()).into_bytes())
-                .await
-                .ok();
-        } else if let Some(text) = line.strip_prefix("echo ") {
-            handle
-                .data(channel, format!("{text}\n").into_bytes())
-                .await
-                .ok();
-        } else if let Some(count) = line.strip_prefix("yes x | head -c ") {
-            let mut left: usize = count.parse().unwrap_or(0);
-            while left > 0 {
-                let chunk = left.min(32 << 10);
-                let bytes: Vec<u8> = b"x\n".iter().copied().cycle().take(chunk).collect();
-                if handle.data(channel, bytes).await.is_err() {
-                    return 141;
+/// A script a host runs: what it answers with, and where.
+struct Script<'h> {
+    client_id: &'h str,
+    files: &'h Mutex<HashSet<String>>,
+    handle: &'h Handle,
+    channel: ChannelId,
+}
+
+impl Script<'_> {
+    /// Runs `body`'s lines as the module doc says; its exit code (its last line's).
+    async fn run(&self, body: &str) -> u32 {
+        let mut status = 0;
+        for line in body
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            status = 0;
+            if line == "cat /etc/linkops/client_id" {
+                self.say(self.client_id.as_bytes().to_vec()).await;
+            } else if line == "date +%s%N" {
+                // The host's clock is this machine's: benchmarks time the exec with it.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                self.say(format!("{}\n", now.as_nanos()).into_bytes()).await;
+            } else if let Some(text) = line.strip_prefix("echo ") {
+                self.say(format!("{text}\n").into_bytes()).await;
+            } else if let Some(count) = line.strip_prefix("yes x | head -c ") {
+                let mut left: usize = count.parse().unwrap_or(0);
+                while left > 0 {
+                    let chunk = left.min(32 << 10);
+                    let bytes: Vec<u8> = b"x\n".iter().copied().cycle().take(chunk).collect();
+                    if self.handle.data(self.channel, bytes).await.is_err() {
+                        return 141;
+                    }
+                    left -= chunk;
                 }
-                left -= chunk;
+            } else if let Some(seconds) = line.strip_prefix("sleep ") {
+                let seconds: f64 = seconds.parse().unwrap_or(0.0);
+                tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))).await;
+            } else if let Some(code) = line.strip_prefix("exit ") {
+                return code.parse().unwrap_or(1);
+            } else if let Some(path) = line.strip_prefix("touch ") {
+                self.files().insert(path.to_owned());
+            } else if let Some(path) = line.strip_prefix("test -f ") {
+                status = u32::from(!self.files().contains(path));
+            } else {
+                let said = format!("simulated host: not simulated: {line}\n");
+                (self.handle)
+                    .extended_data(self.channel, 1, said.into_bytes())
+                    .await
+                    .ok();
+                return 127;
             }
-        } else if let Some(seconds) = line.strip_prefix("sleep ") {
-            let seconds: f64 = seconds.parse().unwrap_or(0.0);
-            tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))).await;
-        } else if let Some(code) = line.strip_prefix("exit ") {
-            return code.parse().unwrap_or(1);
-        } else {
-            let said = format!("simulated host: not simulated: {line}\n");
-            handle
-                .extended_data(channel, 1, said.into_bytes())
-                .await
-                .ok();
-            return 127;
         }
+        status
     }
-    0
+
+    async fn say(&self, bytes: Vec<u8>) {
+        self.handle.data(self.channel, bytes).await.ok();
+    }
+
+    fn files(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.files
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 async fn end(handle: &Handle, channel: ChannelId, code: u32) {

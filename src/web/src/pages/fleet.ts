@@ -1,8 +1,8 @@
 // The fleet: machines with live health and enrollment; one machine's details.
 
-import { api, fleetEvents, session } from "../api";
+import { api, fleetRows, session } from "../api";
 import { type Category, lines, stackedColumns } from "../charts";
-import type { FactsView, FactValue, FleetChanges, FleetSnapshot, MachineDetail, MachinePicture, MachineView } from "../contract";
+import type { FactsView, FactValue, FleetRowChanges, FleetRows, MachineDetail, MachinePicture, MachineRow, MachineView } from "../contract";
 import { badge, type Child, h, put, table, when } from "../dom";
 
 /** Rows on one page of the fleet's table: at 10,000 machines the DOM holds a page, not the fleet. */
@@ -24,8 +24,8 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
   // A one-machine page first, so that a refusal (an expired session) comes as the API's; the
   // fleet itself comes with the stream's snapshot, then every change.
   await api<MachineView[]>("GET", "/api/links?limit=1");
-  const machines = new Map<string, MachineView>();
-  const counts = (state: (m: MachineView) => string) => {
+  const machines = new Map<string, MachineRow>();
+  const counts = (state: (m: MachineRow) => string) => {
     const by = new Map<string, number>();
     for (const m of machines.values()) by.set(state(m), (by.get(state(m)) ?? 0) + 1);
     return [...by.entries()].sort(([a], [b]) => a.localeCompare(b));
@@ -42,8 +42,8 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
       filter.value = chosen;
     }
     summary.replaceChildren(`${all.length} machines:`,
-      ...counts((m) => m.health.state).map(([state, n]) => h("span", {}, badge(state), ` ${n}`)),
-      ...counts((m) => m.enrollment.state).map(([state, n]) => h("span", {}, badge(state), ` ${n}`)));
+      ...counts((m) => m.health).map(([state, n]) => h("span", {}, badge(state), ` ${n}`)),
+      ...counts((m) => m.enrollment).map(([state, n]) => h("span", {}, badge(state), ` ${n}`)));
     const text = search.value.trim().toLowerCase();
     const shown = all.filter((m) => (!filter.value || m.tags.includes(filter.value))
       && (!text || [m.id, m.name, m.host].some((field) => field.toLowerCase().includes(text))));
@@ -52,19 +52,16 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
     const page = shown.slice(first, first + PAGE);
     body.replaceChildren(table(
       ["Machine", "Address", "Health", "Enrollment", "Ready", "Last seen", "Tags"],
-      page.map((m) => {
-        const ready = m.conditions.find((c) => c.type === "Ready");
-        return [
-          h("span", {}, h("a", { href: `#/machines/${encodeURIComponent(m.id)}` }, m.id),
-            ...(m.suspended ? [" ", badge("suspended")] : [])),
-          `${m.host}:${m.port}`,
-          badge(m.health.state),
-          h("span", { title: m.enrollment.state === "mismatch" ? `holds ${m.enrollment.found}` : "" }, badge(m.enrollment.state)),
-          h("span", { title: ready?.message ?? "" }, badge(ready?.status)),
-          when(m.last_seen),
-          m.tags.join(", "),
-        ];
-      }),
+      page.map((m) => [
+        h("span", {}, h("a", { href: `#/machines/${encodeURIComponent(m.id)}` }, m.id),
+          ...(m.suspended ? [" ", badge("suspended")] : [])),
+        `${m.host}:${m.port}`,
+        badge(m.health),
+        h("span", { title: m.found ? `holds ${m.found}` : "" }, badge(m.enrollment)),
+        h("span", { title: m.ready_message ?? "" }, badge(m.ready)),
+        when(m.last_seen),
+        m.tags.join(", "),
+      ]),
       "Machines"));
     range.textContent = shown.length ? `${first + 1}–${first + page.length} of ${shown.length}` : "no machine matches";
     previous.disabled = first === 0;
@@ -79,15 +76,15 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
   summary.textContent = "Loading the fleet…";
   // A snapshot first (and after a reconnect the daemon cannot resume), then only what changed.
   // EventSource reconnects by itself after a network drop, sending the last event's id.
-  const events = fleetEvents();
+  const events = fleetRows();
   events.on("snapshot", (event) => {
-    const snapshot = JSON.parse(event) as FleetSnapshot;
+    const snapshot = JSON.parse(event) as FleetRows;
     machines.clear();
     for (const m of snapshot.machines) machines.set(m.id, m);
     redraw();
   });
   events.on("changes", (event) => {
-    const changes = JSON.parse(event) as FleetChanges;
+    const changes = JSON.parse(event) as FleetRowChanges;
     for (const m of changes.changed) machines.set(m.id, m);
     for (const id of changes.removed) machines.delete(id);
     redraw();

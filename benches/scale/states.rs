@@ -1,0 +1,169 @@
+//! A declared state on every machine of the simulated fleet: a check
+//! (`test -f`) that finds every machine drifted, an apply (`touch`) rolled out
+//! with a canary and batches of 500, then a cycle of checks every 60 s.
+//!
+//! Figures: how soon the state's counts show every machine (`pending` before
+//! its first wave), how soon the fleet converges, whether each machine was
+//! applied exactly once, the longest gap between a machine's two checks
+//! (interval and jitter), and the daemon's CPU and memory over that cycle.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use linkops::contract::{StateDetail, StateView};
+use testbed::WorkRepo;
+use testbed::measure::{cpu_time, status_kib};
+use testbed::simulated::Spec;
+
+use crate::common;
+
+/// The state's file: every machine, its check every minute, a canary then 500 at a time.
+const STATE: &str = "id: bench\nscript: touched\ntargets: {tags: [bench]}\ninterval: 1m\nrollout: {canary: 1, batch: 500, max_failures: 50}\n";
+
+/// Its machines read per page of `GET /api/states/bench`.
+const PAGE: usize = 1000;
+
+/// What the state's rollout and its next cycle measured.
+pub struct StateFigures {
+    /// From the sync until the counts name every selected machine.
+    pub counted: Duration,
+    /// From the sync until every reachable machine is in sync.
+    pub converged: Duration,
+    /// Applies that succeeded, and the machines that could take one.
+    pub applied: (u32, usize),
+    /// The gaps between a machine's check at convergence and its next: p50, p99, longest.
+    pub gaps: [Duration; 3],
+    pub cpu_per_check: Duration,
+    pub rss_kib: u64,
+}
+
+/// Commits the state, syncs, and follows the rollout and the next cycle of checks.
+pub async fn rollout_and_cycle(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    repo: &WorkRepo,
+    spec: &Spec,
+    pid: u32,
+) -> StateFigures {
+    let reachable = (0..spec.count)
+        .filter(|&i| !spec.is_down(i) && !spec.is_rekeyed(i))
+        .count();
+    repo.write("states/bench.yaml", STATE);
+    repo.commit("a state on every machine");
+    let synced = Instant::now();
+    let answer = client
+        .post(format!("{url}/api/git/sync"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "sync: {}", answer.status());
+    let mut counted = None;
+    let converged = loop {
+        let state = state(client, url, token).await;
+        let counts = state.counts;
+        let named = counts.pending
+            + counts.in_sync
+            + counts.drifted
+            + counts.applying
+            + counts.failed
+            + counts.held
+            + counts.check_error;
+        if counted.is_none() && named as usize == spec.count {
+            counted = Some(synced.elapsed());
+        }
+        if counts.in_sync as usize >= reachable {
+            break synced.elapsed();
+        }
+        assert!(
+            state.halted.is_none(),
+            "the rollout halted: {:?}",
+            state.halted
+        );
+        assert!(
+            synced.elapsed() < Duration::from_secs(600),
+            "not converged in 600 s: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let progress = state(client, url, token).await.progress;
+    println!(
+        "{} machines, a state on each: counted after {:?}, converged after {converged:?}, {} applies for {reachable} reachable machines",
+        spec.count, counted, progress.succeeded
+    );
+
+    // The next cycle: every machine checked again within its interval and jitter.
+    let first = checked_at(client, url, token).await;
+    let cpu_before = cpu_time(pid);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let gaps = loop {
+        let now = checked_at(client, url, token).await;
+        let mut gaps: Vec<Duration> = (first.iter())
+            .filter_map(|(id, before)| {
+                let after = now.get(id).filter(|after| *after > before)?;
+                Duration::try_from(after.duration_since(*before)).ok()
+            })
+            .collect();
+        if gaps.len() == first.len() || Instant::now() > deadline {
+            gaps.sort();
+            let at = |q: f64| gaps[((gaps.len() - 1) as f64 * q) as usize];
+            println!(
+                "{} machines, a state on each: {} of {} checked again; gaps p50 {:?}, p99 {:?}, longest {:?}",
+                spec.count,
+                gaps.len(),
+                first.len(),
+                at(0.5),
+                at(0.99),
+                at(1.0)
+            );
+            break [at(0.5), at(0.99), at(1.0)];
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let cpu = cpu_time(pid).saturating_sub(cpu_before);
+    // The health sweep runs beside it: a state check and a health check per machine.
+    let checks = (2 * first.len()).max(1) as u32;
+    StateFigures {
+        counted: counted.unwrap_or(converged),
+        converged,
+        applied: (progress.succeeded, reachable),
+        gaps,
+        cpu_per_check: cpu / checks,
+        rss_kib: status_kib(pid, "VmRSS:"),
+    }
+}
+
+async fn state(client: &reqwest::Client, url: &str, token: &str) -> StateView {
+    let detail: StateDetail =
+        common::get_json(client, &format!("{url}/api/states/bench?limit=1"), token).await;
+    detail.state
+}
+
+/// When each machine's latest check of the state ran, paged as the console reads it.
+async fn checked_at(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> BTreeMap<String, jiff::Timestamp> {
+    let mut at = BTreeMap::new();
+    let mut after = String::new();
+    loop {
+        let page: StateDetail = common::get_json(
+            client,
+            &format!("{url}/api/states/bench?limit={PAGE}&after={after}"),
+            token,
+        )
+        .await;
+        let Some(last) = page.machines.last() else {
+            return at;
+        };
+        after = last.machine_id.clone();
+        for machine in page.machines {
+            if let Some(check) = machine.check.and_then(|check| check.at) {
+                at.insert(machine.machine_id, check);
+            }
+        }
+    }
+}
