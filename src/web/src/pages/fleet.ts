@@ -21,9 +21,6 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
     h("div", { class: "row" }, previous, range, next));
   let tags: string[] = [];
   let first = 0;
-  // A one-machine page first, so that a refusal (an expired session) comes as the API's; the
-  // fleet itself comes with the stream's snapshot, then every change.
-  await api<MachineView[]>("GET", "/api/links?limit=1");
   const machines = new Map<string, MachineRow>();
   const counts = (state: (m: MachineRow) => string) => {
     const by = new Map<string, number>();
@@ -81,13 +78,21 @@ export async function fleetPage(main: HTMLElement): Promise<() => void> {
     const snapshot = JSON.parse(event) as FleetRows;
     machines.clear();
     for (const m of snapshot.machines) machines.set(m.id, m);
-    redraw();
+    // The whole fleet at once: drawn now, not at the next frame (which a busy page may delay).
+    if (drawing) cancelAnimationFrame(drawing);
+    draw();
   });
   events.on("changes", (event) => {
     const changes = JSON.parse(event) as FleetRowChanges;
     for (const m of changes.changed) machines.set(m.id, m);
     for (const id of changes.removed) machines.delete(id);
     redraw();
+  });
+  // A one-machine page beside the stream, so that a refusal (an expired session) comes as the
+  // API's; the fleet itself comes with the stream's snapshot, then every change.
+  await api<MachineView[]>("GET", "/api/links?limit=1").catch((error: unknown) => {
+    events.close();
+    throw error;
   });
   return () => {
     events.close();
