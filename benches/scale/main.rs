@@ -450,6 +450,25 @@ async fn measure(size: usize) -> Row {
     }
 }
 
+/// Tells the daemon of `revision` as the forge does: a signed push webhook.
+async fn push(client: &reqwest::Client, url: &str, revision: &str, delivery: &str) {
+    let body = json!({ "ref": "refs/heads/main", "after": revision }).to_string();
+    let answer = client
+        .post(format!("{url}/api/git/webhook"))
+        .header("content-type", "application/json")
+        .header("x-forgejo-event", "push")
+        .header("x-forgejo-delivery", delivery)
+        .header(
+            "x-forgejo-signature",
+            linkops::git::webhook::sign(body.as_bytes(), WEBHOOK_SECRET.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
+}
+
 /// Webhook to applied revision, and to the first exec of the run-request it
 /// brought (the host's clock, which is this machine's), p50 and p99.
 #[derive(Debug, Default)]
@@ -473,29 +492,15 @@ async fn pushes(
     let healthy = (0..spec.count)
         .map(|n| (n * 7919) % spec.count)
         .filter(|&index| !spec.is_down(index) && !spec.is_rekeyed(index) && !spec.is_slow(index));
-    for (push, index) in healthy.take(PUSHES).enumerate() {
-        let id = format!("latency-{push}");
+    for (number, index) in healthy.take(PUSHES).enumerate() {
+        let id = format!("latency-{number}");
         repo.write(
             &format!("runs/{id}.yaml"),
             &format!("id: {id}\nscript: clock\ntargets: {{machines: [m{index:05}]}}\n"),
         );
         let revision = repo.commit(&id);
-        let body = json!({ "ref": "refs/heads/main", "after": revision }).to_string();
         let sent = std::time::SystemTime::now();
-        let answer = client
-            .post(format!("{url}/api/git/webhook"))
-            .header("content-type", "application/json")
-            .header("x-forgejo-event", "push")
-            .header("x-forgejo-delivery", &id)
-            .header(
-                "x-forgejo-signature",
-                linkops::git::webhook::sign(body.as_bytes(), WEBHOOK_SECRET.as_bytes()),
-            )
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
+        push(client, url, &revision, &id).await;
         let deadline = Instant::now() + Duration::from_secs(60);
         let operation = loop {
             assert!(
@@ -590,6 +595,9 @@ fn config_repo(dir: &Path, spec: &Spec) -> WorkRepo {
     repo
 }
 
+/// The daemon's data dir and config: as shipped but for the fleet's size
+/// (sessions, reconciles, connections) and facts (gathered at enrollment and
+/// hourly, an exec per machine that would fall in the sweep measured).
 fn data_dir(dir: &Path, key: &Path, spec: &Spec, repo: &Path) -> PathBuf {
     let data = dir.join("data");
     let known_hosts: String = (spec.first..spec.first + spec.count)
@@ -599,7 +607,7 @@ fn data_dir(dir: &Path, key: &Path, spec: &Spec, repo: &Path) -> PathBuf {
     std::fs::write(
         data.join("config.toml"),
         format!(
-            "data_dir = {data:?}\n[git]\nurl = {repo:?}\n[ssh]\nuser = \"bench\"\nkey = \"fleet_key\"\nconcurrency = 256\nidle_timeout = \"1h\"\n[reconcile]\nconcurrency = 128\n[http]\nmax_connections = 1024\n[webhook]\nsecret = {WEBHOOK_SECRET:?}\n"
+            "data_dir = {data:?}\n[git]\nurl = {repo:?}\n[ssh]\nuser = \"bench\"\nkey = \"fleet_key\"\nconcurrency = 256\nidle_timeout = \"1h\"\n[reconcile]\nconcurrency = 128\n[facts]\ninterval = \"0s\"\n[http]\nmax_connections = 1024\n[webhook]\nsecret = {WEBHOOK_SECRET:?}\n"
         ),
     )
     .unwrap();

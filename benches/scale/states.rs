@@ -25,9 +25,9 @@ const PAGE: usize = 1000;
 
 /// What the state's rollout and its next cycle measured.
 pub struct StateFigures {
-    /// From the sync until the counts name every selected machine.
+    /// From the push until the counts name every selected machine.
     pub counted: Duration,
-    /// From the sync until every reachable machine is in sync.
+    /// From the push until every reachable machine is in sync.
     pub converged: Duration,
     /// Applies that succeeded, and the machines that could take one.
     pub applied: (u32, usize),
@@ -37,7 +37,7 @@ pub struct StateFigures {
     pub rss_kib: u64,
 }
 
-/// Commits the state, syncs, and follows the rollout and the next cycle of checks.
+/// Commits the state, pushes it, and follows the rollout and the next cycle of checks.
 pub async fn rollout_and_cycle(
     client: &reqwest::Client,
     url: &str,
@@ -50,18 +50,15 @@ pub async fn rollout_and_cycle(
         .filter(|&i| !spec.is_down(i) && !spec.is_rekeyed(i))
         .count();
     repo.write("states/bench.yaml", STATE);
-    repo.commit("a state on every machine");
+    let revision = repo.commit("a state on every machine");
     let synced = Instant::now();
-    let answer = client
-        .post(format!("{url}/api/git/sync"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert!(answer.status().is_success(), "sync: {}", answer.status());
+    crate::push(client, url, &revision, "state").await;
     let mut counted = None;
     let converged = loop {
-        let state = state(client, url, token).await;
+        let Some(state) = state(client, url, token).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
         let counts = state.counts;
         let named = counts.pending
             + counts.in_sync
@@ -87,7 +84,9 @@ pub async fn rollout_and_cycle(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let progress = state(client, url, token).await.progress;
+    let progress = (state(client, url, token).await)
+        .expect("the state converged")
+        .progress;
     println!(
         "{} machines, a state on each: counted after {:?}, converged after {converged:?}, {} applies for {reachable} reachable machines",
         spec.count, counted, progress.succeeded
@@ -135,10 +134,19 @@ pub async fn rollout_and_cycle(
     }
 }
 
-async fn state(client: &reqwest::Client, url: &str, token: &str) -> StateView {
-    let detail: StateDetail =
-        common::get_json(client, &format!("{url}/api/states/bench?limit=1"), token).await;
-    detail.state
+/// The state as the API shows it; `None` before the daemon has applied its revision.
+async fn state(client: &reqwest::Client, url: &str, token: &str) -> Option<StateView> {
+    let answer = client
+        .get(format!("{url}/api/states/bench?limit=1"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    if answer.status() == reqwest::StatusCode::NOT_FOUND {
+        return None;
+    }
+    assert!(answer.status().is_success(), "{}", answer.status());
+    Some(answer.json::<StateDetail>().await.unwrap().state)
 }
 
 /// When each machine's latest check of the state ran, paged as the console reads it.
@@ -148,18 +156,16 @@ async fn checked_at(
     token: &str,
 ) -> BTreeMap<String, jiff::Timestamp> {
     let mut at = BTreeMap::new();
-    let mut after = String::new();
+    let mut page_url = format!("{url}/api/states/bench?limit={PAGE}");
     loop {
-        let page: StateDetail = common::get_json(
-            client,
-            &format!("{url}/api/states/bench?limit={PAGE}&after={after}"),
-            token,
-        )
-        .await;
+        let page: StateDetail = common::get_json(client, &page_url, token).await;
         let Some(last) = page.machines.last() else {
             return at;
         };
-        after = last.machine_id.clone();
+        page_url = format!(
+            "{url}/api/states/bench?limit={PAGE}&after={}",
+            last.machine_id
+        );
         for machine in page.machines {
             if let Some(check) = machine.check.and_then(|check| check.at) {
                 at.insert(machine.machine_id, check);
