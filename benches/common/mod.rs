@@ -73,7 +73,7 @@ pub fn private_data_dir(data: &Path, key: &Path, known_hosts: &str) {
 }
 
 /// The benchmarks' admin (password [`ADMIN_PASSWORD`]), unless it exists.
-fn create_admin(store: &Store) {
+pub fn create_admin(store: &Store) {
     let hash = password::hash(ADMIN_PASSWORD).unwrap();
     store
         .create_user(

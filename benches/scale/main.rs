@@ -36,6 +36,7 @@ mod common;
 mod day;
 mod goals;
 mod peers;
+mod replicas;
 mod states;
 
 use std::collections::BTreeMap;
@@ -75,6 +76,9 @@ fn main() {
     for &size in &sizes {
         rows.push(runtime.block_on(measure(size)));
     }
+    let shared: Vec<replicas::ReplicaRow> = (replicas::sizes().into_iter())
+        .map(|size| runtime.block_on(replicas::measure(size)))
+        .collect();
     day::inventory_at(10_000);
     // SCALE_DAY_MACHINES=0 skips the simulated day (13 minutes at 10,000).
     let day: usize = std::env::var("SCALE_DAY_MACHINES")
@@ -148,8 +152,9 @@ fn main() {
             peer(&row.peers.ansible),
         );
     }
+    replicas::print(&shared);
     if let Some(largest) = rows.last() {
-        goals::print(largest);
+        goals::print(largest, shared.last());
     }
 }
 
@@ -423,9 +428,11 @@ async fn measure(size: usize) -> Row {
     };
     drop(daemon);
 
-    // Every machine's connection kept: the state gone, so the sweep is the health checks'.
+    // Every machine's connection kept, on a store of its own (every machine
+    // observed afresh); the state gone, so the sweep is the health checks'.
     repo.remove("states/bench.yaml");
     repo.commit("no state");
+    let data = data_dir(&dir.path().join("pooled"), &key, &fleet.spec, &repo.dir);
     let daemon = Daemon::start(&data, &[("LINKOPS_SSH_POOL_SIZE", size.to_string())]).await;
     let pooled = daemon.sweep(&client, size).await;
     drop(daemon);
