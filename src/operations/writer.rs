@@ -2,13 +2,13 @@
 //!
 //! Host tasks send updates over a bounded channel (a slow store slows the
 //! hosts' reads, and so the SSH windows, rather than growing memory); the
-//! writer numbers them in store transactions — each takes what arrived while
-//! the last one committed, up to 256 KiB — then broadcasts them to live
-//! subscribers. A subscriber that falls behind misses
+//! writer numbers them in store transactions of up to 20 ms or 256 KiB, then
+//! broadcasts them to live subscribers. A subscriber that falls behind misses
 //! broadcasts, never blocks the writer, and catches up from the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use linkops_reconcilers::certificate::CertificateLogin;
 use linkops_reconcilers::operation::{
@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::store::{OperationUpdate, Store, now_ms};
 
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// The last output kept per host for a failure's notification.
 const TAIL_BYTES: usize = 512;
 const BATCH_BYTES: usize = 256 << 10;
@@ -68,12 +69,14 @@ impl Writer {
             };
             let mut batch = Batch::default();
             finished = self.add(&mut batch, first);
-            // Everything that came while the last commit ran goes in this one:
-            // an update alone is committed at once, a flood in few commits.
+            let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
             while !finished && batch.bytes < BATCH_BYTES {
-                match self.updates.try_recv() {
-                    Ok(update) => finished = self.add(&mut batch, update),
-                    Err(_) => break,
+                tokio::select! {
+                    update = self.updates.recv() => match update {
+                        Some(update) => finished = self.add(&mut batch, update),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
             self.commit(batch).await;
