@@ -43,6 +43,11 @@ fn main() {
 }
 
 async fn bench() {
+    // FANOUT_ONLY=pool: what keeping a connection costs with real sshd (1,000 hosts).
+    if std::env::var("FANOUT_ONLY").is_ok_and(|only| only == "pool") {
+        pooled_memory().await;
+        return;
+    }
     let fleet = TestFleet::start(HOSTS).expect("the benchmark needs root and openssh-server");
     let repo = common::config_repo(
         &fleet,
@@ -128,6 +133,52 @@ async fn bench() {
 
     print_table(&rows);
     sse_flood(&warm).await;
+}
+
+/// Real sshd hosts whose connections a daemon keeps, for [`pooled_memory`].
+const POOLED_HOSTS: usize = 1000;
+
+/// What an idle pooled connection to real OpenSSH costs the daemon (issue 35,
+/// goal 1, beside the simulated fleet's in `cargo bench --bench scale`): a
+/// daemon keeping 256 connections, then one keeping every machine's, each
+/// after every machine was checked and a fan-out read every client id.
+async fn pooled_memory() {
+    let fleet =
+        TestFleet::start(POOLED_HOSTS).expect("the benchmark needs root and openssh-server");
+    let repo = common::config_repo(
+        &fleet,
+        "scripts:\n  - {id: client-id, name: Client id, body: cat /etc/linkops/client_id}\n",
+    )
+    .dir;
+    let body =
+        json!({ "script": "client-id", "targets": { "tags": ["bench"] }, "concurrency": 256 });
+    let mut kept = Vec::new();
+    for pool in [256, POOLED_HOSTS] {
+        let ssh = format!("pool_size = {pool}");
+        let daemon =
+            Daemon::start_with_ssh(&fleet, &repo, &format!("pool-{pool}"), "1h", &ssh).await;
+        daemon.wait_enrolled().await;
+        daemon.run_to_end(body.clone()).await;
+        let (warm, _) = daemon.run_to_end(body.clone()).await;
+        let rss = daemon.rss_kib();
+        println!(
+            "{POOLED_HOSTS} real sshd, {pool} connections kept: RSS {} MiB, a warm fan-out {:.2} s",
+            rss / 1024,
+            warm.as_secs_f64()
+        );
+        kept.push((pool, rss, warm));
+    }
+    let [(few, few_rss, few_warm), (all, all_rss, all_warm)] = kept[..] else {
+        unreachable!("two daemons measured");
+    };
+    let each = all_rss.saturating_sub(few_rss) as f64 / (all - few) as f64;
+    println!(
+        "\n| {POOLED_HOSTS} real sshd | connections kept | daemon RSS | fan-out, warm |\n|---|---:|---:|---:|\n| as shipped | {few} | {} MiB | {:.2} s |\n| every machine's | {all} | {} MiB | {:.2} s |\n\nAn idle pooled connection to OpenSSH: {each:.0} KiB (goal < 15 KiB).",
+        few_rss / 1024,
+        few_warm.as_secs_f64(),
+        all_rss / 1024,
+        all_warm.as_secs_f64()
+    );
 }
 
 /// The fan-out through the API cold: the pool closes connections idle for
