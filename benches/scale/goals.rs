@@ -87,16 +87,17 @@ pub(super) fn print(row: &Row, replicas: Option<&replicas::ReplicaRow>) {
         String::new(),
         Some(state.gaps[2] <= STATE_INTERVAL + STATE_INTERVAL / 10 + Duration::from_secs(1)),
     );
+    let largest = state.rss_kib.iter().copied().max().unwrap_or_default();
     goals.add(
-        "4. a state on every machine: CPU per check, RSS",
-        "RSS < 200 MiB",
+        "4. a state on every machine: CPU per check, RSS after each cycle",
+        "RSS < 200 MiB, not creeping",
         format!(
-            "{:.2} ms, {:.0} MiB",
+            "{:.2} ms, {} MiB",
             state.cpu_per_check.as_secs_f64() * 1000.0,
-            mib(state.rss_kib)
+            mib_each(&state.rss_kib)
         ),
         String::new(),
-        Some(state.rss_kib < BUDGET_KIB),
+        Some(largest < BUDGET_KIB),
     );
     match replicas {
         Some(shared) => {

@@ -112,13 +112,13 @@ fn main() {
         );
     }
     println!(
-        "\n| machines | state counted | converged | applies / reachable machines | check gap p50 | p99 | longest | CPU per check | RSS |"
+        "\n| machines | state counted | converged | applies / reachable machines | check gap p50 | p99 | longest | CPU per check | RSS after each cycle |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
         let state = &row.state;
         println!(
-            "| {} | {:.2} s | {:.1} s | {} / {} | {:.1} s | {:.1} s | {:.1} s | {:.2} ms | {:.0} MiB |",
+            "| {} | {:.2} s | {:.1} s | {} / {} | {:.1} s | {:.1} s | {:.1} s | {:.2} ms | {} MiB |",
             row.size,
             state.counted.as_secs_f64(),
             state.converged.as_secs_f64(),
@@ -128,7 +128,7 @@ fn main() {
             state.gaps[1].as_secs_f64(),
             state.gaps[2].as_secs_f64(),
             state.cpu_per_check.as_secs_f64() * 1000.0,
-            state.rss_kib as f64 / 1024.0,
+            mib_each(&state.rss_kib),
         );
     }
     println!(
@@ -156,6 +156,12 @@ fn main() {
     if let Some(largest) = rows.last() {
         goals::print(largest, shared.last());
     }
+}
+
+/// Memory figures in MiB, `a → b → c`.
+fn mib_each(kib: &[u64]) -> String {
+    let each: Vec<String> = kib.iter().map(|kib| (kib / 1024).to_string()).collect();
+    each.join(" → ")
 }
 
 /// One size's figures: the daemon as shipped, then keeping every machine's connection.

@@ -5,7 +5,8 @@
 //! Figures: how soon the state's counts show every machine (`pending` before
 //! its first wave), how soon the fleet converges, whether each machine was
 //! applied exactly once, the longest gap between a machine's two checks
-//! (interval and jitter), and the daemon's CPU and memory over that cycle.
+//! (interval and jitter) over three cycles, the daemon's CPU over them and
+//! its memory after each (does it creep?).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -20,6 +21,9 @@ use crate::common;
 /// The state's file: every machine, its check every minute, a canary then 500 at a time.
 const STATE: &str = "id: bench\nscript: touched\ntargets: {tags: [bench]}\ninterval: 1m\nrollout: {canary: 1, batch: 500, max_failures: 50}\n";
 
+/// Cycles of checks measured after the rollout.
+const CYCLES: usize = 3;
+
 /// Its machines read per page of `GET /api/states/bench`.
 const PAGE: usize = 1000;
 
@@ -31,10 +35,11 @@ pub struct StateFigures {
     pub converged: Duration,
     /// Applies that succeeded, and the machines that could take one.
     pub applied: (u32, usize),
-    /// The gaps between a machine's check at convergence and its next: p50, p99, longest.
+    /// The gaps between a machine's two checks over the cycles: p50, p99, longest.
     pub gaps: [Duration; 3],
     pub cpu_per_check: Duration,
-    pub rss_kib: u64,
+    /// The daemon's RSS after each cycle.
+    pub rss_kib: Vec<u64>,
 }
 
 /// Commits the state, pushes it, and follows the rollout and the next cycle of checks.
@@ -92,45 +97,64 @@ pub async fn rollout_and_cycle(
         spec.count, counted, progress.succeeded
     );
 
-    // The next cycle: every machine checked again within its interval and jitter.
-    let first = checked_at(client, url, token).await;
+    // The next cycles: every machine checked again within its interval and
+    // jitter each time, and the daemon's memory after each.
     let cpu_before = cpu_time(pid);
+    let mut gaps = Vec::new();
+    let mut checks = 0;
+    let mut rss_kib = Vec::new();
+    let mut first = checked_at(client, url, token).await;
+    for cycle in 1..=CYCLES {
+        let (next, cycle_gaps) = next_cycle(client, url, token, &first).await;
+        checks += cycle_gaps.len();
+        gaps.extend(cycle_gaps);
+        rss_kib.push(status_kib(pid, "VmRSS:"));
+        println!(
+            "{} machines, a state on each: cycle {cycle}, {} of {} checked again, RSS {} MiB",
+            spec.count,
+            next.len(),
+            first.len(),
+            rss_kib.last().copied().unwrap_or_default() / 1024
+        );
+        first = next;
+    }
+    let cpu = cpu_time(pid).saturating_sub(cpu_before);
+    gaps.sort();
+    let at = |q: f64| gaps[((gaps.len() - 1) as f64 * q) as usize];
+    // The health sweep runs beside it: a state check and a health check per machine.
+    let checks = (2 * checks).max(1) as u32;
+    StateFigures {
+        counted: counted.unwrap_or(converged),
+        converged,
+        applied: (progress.succeeded, reachable),
+        gaps: [at(0.5), at(0.99), at(1.0)],
+        cpu_per_check: cpu / checks,
+        rss_kib,
+    }
+}
+
+/// Waits a cycle, then until every machine of `first` was checked again
+/// (or a minute more): the latest check times, and the gaps.
+async fn next_cycle(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    first: &BTreeMap<String, jiff::Timestamp>,
+) -> (BTreeMap<String, jiff::Timestamp>, Vec<Duration>) {
     tokio::time::sleep(Duration::from_secs(60)).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    let gaps = loop {
+    loop {
         let now = checked_at(client, url, token).await;
-        let mut gaps: Vec<Duration> = (first.iter())
+        let gaps: Vec<Duration> = (first.iter())
             .filter_map(|(id, before)| {
                 let after = now.get(id).filter(|after| *after > before)?;
                 Duration::try_from(after.duration_since(*before)).ok()
             })
             .collect();
         if gaps.len() == first.len() || Instant::now() > deadline {
-            gaps.sort();
-            let at = |q: f64| gaps[((gaps.len() - 1) as f64 * q) as usize];
-            println!(
-                "{} machines, a state on each: {} of {} checked again; gaps p50 {:?}, p99 {:?}, longest {:?}",
-                spec.count,
-                gaps.len(),
-                first.len(),
-                at(0.5),
-                at(0.99),
-                at(1.0)
-            );
-            break [at(0.5), at(0.99), at(1.0)];
+            return (now, gaps);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-    };
-    let cpu = cpu_time(pid).saturating_sub(cpu_before);
-    // The health sweep runs beside it: a state check and a health check per machine.
-    let checks = (2 * first.len()).max(1) as u32;
-    StateFigures {
-        counted: counted.unwrap_or(converged),
-        converged,
-        applied: (progress.succeeded, reachable),
-        gaps,
-        cpu_per_check: cpu / checks,
-        rss_kib: status_kib(pid, "VmRSS:"),
     }
 }
 
