@@ -440,26 +440,7 @@ async fn bare_cold(fleet: &TestFleet) -> Vec<Duration> {
 }
 
 async fn bare_warm(fleet: &TestFleet) -> Vec<Duration> {
-    let mut connections = Vec::new();
-    for i in 0..HOSTS {
-        let (target, options) = reach(fleet, i);
-        let connection = Connection::open(&target, &options).await.unwrap();
-        connections.push(Arc::new(connection));
-    }
-    let mut times = Vec::new();
-    for _ in 0..REPETITIONS {
-        let started = Instant::now();
-        let tasks: Vec<_> = connections
-            .iter()
-            .cloned()
-            .map(|connection| tokio::spawn(async move { read_client_id(&connection).await }))
-            .collect();
-        for task in tasks {
-            assert!(task.await.unwrap().status.success());
-        }
-        times.push(started.elapsed());
-    }
-    times
+    warm_execs(fleet, "cat /etc/linkops/client_id", "").await
 }
 
 /// The bare client warm, running the script as the daemon does: its command
@@ -486,6 +467,12 @@ async fn bare_warm_as_a_script(fleet: &TestFleet) -> Vec<Duration> {
         &Default::default(),
     )
     .unwrap();
+    warm_execs(fleet, &command, &script.body).await
+}
+
+/// `command` (with `stdin`) on every host at once over connections opened
+/// beforehand, [`REPETITIONS`] times.
+async fn warm_execs(fleet: &TestFleet, command: &str, stdin: &str) -> Vec<Duration> {
     let mut connections = Vec::new();
     for i in 0..HOSTS {
         let (target, options) = reach(fleet, i);
@@ -497,12 +484,12 @@ async fn bare_warm_as_a_script(fleet: &TestFleet) -> Vec<Duration> {
         let started = Instant::now();
         let tasks: Vec<_> = (connections.iter().cloned())
             .map(|connection| {
-                let (command, body) = (command.clone(), script.body.clone());
+                let (command, stdin) = (command.to_owned(), stdin.to_owned());
                 tokio::spawn(async move {
-                    let execution =
-                        (connection.exec(&command, body.as_bytes(), Duration::from_secs(30)))
-                            .await
-                            .unwrap();
+                    let execution = connection
+                        .exec(&command, stdin.as_bytes(), Duration::from_secs(30))
+                        .await
+                        .unwrap();
                     execution.collect(128).await.unwrap()
                 })
             })

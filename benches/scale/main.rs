@@ -344,23 +344,7 @@ impl Daemon {
         let rss_kib = status_kib(pid, "VmRSS:");
         let files = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
 
-        let mut fanout = [Duration::ZERO; 2];
-        for run in &mut fanout {
-            let begun = Instant::now();
-            let operation: serde_json::Value = client
-                .post(format!("{}/api/operations/run", self.url()))
-                .bearer_auth(token)
-                .json(&json!({ "script": "client-id", "concurrency": 256 }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let id = operation["id"].as_u64().expect("an operation");
-            common::read_to_end(client, self.url(), token, id).await;
-            *run = begun.elapsed();
-        }
+        let fanout = [self.fan_out(client).await, self.fan_out(client).await];
         Sweep {
             observed: observed_after,
             gap,
@@ -370,6 +354,24 @@ impl Daemon {
             fanout,
             rss_after_kib: status_kib(pid, "VmRSS:"),
         }
+    }
+
+    /// The client-id read through the API on every machine, until the SSE `end`.
+    async fn fan_out(&self, client: &reqwest::Client) -> Duration {
+        let begun = Instant::now();
+        let operation: serde_json::Value = client
+            .post(format!("{}/api/operations/run", self.url()))
+            .bearer_auth(&self.token)
+            .json(&json!({ "script": "client-id", "concurrency": 256 }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = operation["id"].as_u64().expect("an operation");
+        common::read_to_end(client, self.url(), &self.token, id).await;
+        begun.elapsed()
     }
 
     /// The first event of the fleet's stream in `shape`: until its end, and its bytes.
@@ -401,9 +403,9 @@ impl Daemon {
     }
 }
 
-async fn measure(size: usize) -> Row {
-    let dir = tempfile::tempdir().unwrap();
-    let key = client_key(dir.path());
+/// A simulated fleet of `size` accepting a new client key in `dir`, and the key.
+fn simulated_fleet(dir: &Path, size: usize) -> (PathBuf, SimulatedFleet) {
+    let key = client_key(dir);
     let fleet = SimulatedFleet::start(
         &std::env::current_exe().unwrap(),
         spec(size),
@@ -411,6 +413,12 @@ async fn measure(size: usize) -> Row {
         &key.with_extension("pub"),
     )
     .unwrap();
+    (key, fleet)
+}
+
+async fn measure(size: usize) -> Row {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, fleet) = simulated_fleet(dir.path(), size);
     let repo = config_repo(dir.path(), &fleet.spec);
     let data = data_dir(dir.path(), &key, &fleet.spec, &repo.dir);
     let client = reqwest::Client::new();

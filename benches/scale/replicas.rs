@@ -39,14 +39,7 @@ pub(super) async fn measure(size: usize) -> ReplicaRow {
         testbed::postgres::TestPostgres::start().expect("the benchmark needs Debian's postgresql");
     let database = server.database().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let key = client_key(dir.path());
-    let fleet = SimulatedFleet::start(
-        &std::env::current_exe().unwrap(),
-        spec(size),
-        HOSTS_PER_WORKER,
-        &key.with_extension("pub"),
-    )
-    .unwrap();
+    let (key, fleet) = simulated_fleet(dir.path(), size);
     let repo = config_repo(dir.path(), &fleet.spec);
     // Every replica signs tokens and certificates with the same keys.
     let authority = dir.path().join("ca");
@@ -103,20 +96,7 @@ pub(super) async fn measure(size: usize) -> ReplicaRow {
         })
         .collect();
 
-    let begun = Instant::now();
-    let operation: serde_json::Value = client
-        .post(format!("{}/api/operations/run", through.url()))
-        .bearer_auth(&through.token)
-        .json(&json!({ "script": "client-id", "concurrency": 256 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = operation["id"].as_u64().expect("an operation");
-    common::read_to_end(&client, through.url(), &through.token, id).await;
-    let fanout = begun.elapsed();
+    let fanout = through.fan_out(&client).await;
 
     // One replica killed mid-sweep: every machine checked again after it,
     // its share by the other two once they have taken it over.
