@@ -12,13 +12,15 @@
 //! left pooled), with the daemon's memory after it; 40 pushes, each a
 //! run-request for one machine sent by a signed webhook, timed to the
 //! revision's application and to the run's exec on the host; a declared state
-//! on every machine (`states.rs`: counted, converged, applied once, the next
-//! cycle's check gaps, CPU and memory); the fleet's first event as the
+//! on every machine (`states.rs`: counted, converged, applied once, three
+//! cycles' check gaps, CPU and memory after each); the fleet's first event as the
 //! console reads it (rows) and in full (views). Then a daemon keeping every
 //! machine's connection (`pool_size` the fleet's size): the same sweep and
 //! fan-outs. Then `parallel-ssh -p 200` on the same fleet (and `ansible -m
 //! raw -f 200` up to 1,000 machines). And the inventory's parse, validation
 //! and plan at 10,000 machines.
+//!
+//! Then three replicas on one PostgreSQL sharing a fleet (`replicas.rs`).
 //!
 //! Then, with no fleet: a simulated day of the store at 10,000 machines
 //! (its size at the end, by table), written as the daemon writes it.
@@ -26,10 +28,13 @@
 //! Last, the largest size's figures beside their goals (`goals.rs`).
 //!
 //! `cargo bench --bench scale` as root (it binds 127.100.x.y:2222), about
-//! 40 minutes. Sizes: `SCALE_SIZES=1000,5000,10000` (the default); the
-//! simulated day's: `SCALE_DAY_MACHINES=10000` (0 skips it).
+//! 45 minutes. Sizes: `SCALE_SIZES=1000,5000,10000` (the default); the
+//! replicas': `SCALE_REPLICAS=3000,6000` (0 skips them); the simulated
+//! day's: `SCALE_DAY_MACHINES=10000` (0 skips it).
 //!
-//! Here: the fleet's measures; the peers in `peers.rs`, what needs no fleet in `day.rs`.
+//! Here: the fleet's measures; the peers in `peers.rs`, the state in
+//! `states.rs`, the replicas in `replicas.rs`, what needs no fleet in
+//! `day.rs`, the goals in `goals.rs`.
 
 #[path = "../common/mod.rs"]
 mod common;
